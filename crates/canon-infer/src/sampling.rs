@@ -1,0 +1,246 @@
+//! Token sampling as GPT-2/GPT-3-era decoders do it, in llama.cpp's order:
+//! repetition penalty (Keskar et al., 2019: divide positive logits, multiply negative ones, over the
+//! last `repeat_last_n` tokens) → top-k (Fan et al., 2018) → nucleus/top-p (Holtzman et al., 2020:
+//! the smallest set whose probability reaches p) → min-p (keep tokens with p ≥ min_p · p_max) →
+//! temperature → a draw from the renormalised distribution. Temperature 0 is greedy (argmax; ties
+//! go to the lowest id, as `torch.argmax`).
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{InferError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    /// 1.0 = off.
+    pub repeat_penalty: f32,
+    /// How many recent tokens (prompt included) the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: Some(40),
+            top_p: Some(0.95),
+            min_p: Some(0.05),
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 42,
+        }
+    }
+}
+
+impl SamplingConfig {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(InferError::Sampling(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be ≥ 0, found {}", self.temperature));
+        }
+        if self.top_k == Some(0) {
+            return bad("top-k must be ≥ 1 (omit it to disable)".into());
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top-p must be in (0, 1], found {p}"));
+            }
+        }
+        if let Some(p) = self.min_p {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("min-p must be in [0, 1], found {p}"));
+            }
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return bad(format!("repeat penalty must be > 0, found {}", self.repeat_penalty));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    cfg: SamplingConfig,
+    rng: StdRng,
+}
+
+/// Index of the largest value; the first one on ties; NaN never wins.
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > bv {
+            bv = x;
+            best = i;
+        }
+    }
+    best
+}
+
+/// `log softmax` of a row, computed stably in f64.
+pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = xs.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+    xs.iter().map(|&x| (x as f64 - lse) as f32).collect()
+}
+
+impl Sampler {
+    pub fn new(cfg: SamplingConfig) -> Result<Self> {
+        cfg.validate()?;
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        Ok(Self { cfg, rng })
+    }
+
+    pub fn config(&self) -> &SamplingConfig {
+        &self.cfg
+    }
+
+    /// Picks the next token from `logits` given the ids so far (`history`).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let mut l = logits.to_vec();
+        let c = &self.cfg;
+        if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
+            let start = history.len().saturating_sub(c.repeat_last_n);
+            let mut seen = std::collections::HashSet::new();
+            for &t in &history[start..] {
+                if let Some(x) = l.get_mut(t as usize) {
+                    if seen.insert(t) {
+                        *x = if *x > 0.0 { *x / c.repeat_penalty } else { *x * c.repeat_penalty };
+                    }
+                }
+            }
+        }
+        if c.temperature <= 0.0 {
+            return argmax(&l) as u32;
+        }
+        // Candidates sorted by logit, highest first (stable: lower id first on ties).
+        let mut cand: Vec<(u32, f32)> = l
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| !x.is_nan())
+            .map(|(i, &x)| (i as u32, x))
+            .collect();
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(k) = c.top_k {
+            cand.truncate(k.max(1));
+        }
+        let probs = |cand: &[(u32, f32)], t: f32| -> Vec<f64> {
+            let m = cand.first().map_or(0.0, |x| x.1) as f64;
+            let e: Vec<f64> = cand.iter().map(|x| ((x.1 as f64 - m) / t as f64).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / s).collect()
+        };
+        if let Some(p) = c.top_p.filter(|&p| p < 1.0) {
+            let pr = probs(&cand, 1.0);
+            let mut cum = 0.0;
+            let mut keep = cand.len();
+            for (i, q) in pr.iter().enumerate() {
+                cum += q;
+                if cum >= p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep.max(1));
+        }
+        if let Some(mp) = c.min_p.filter(|&m| m > 0.0) {
+            let pr = probs(&cand, 1.0);
+            let pmax = pr.first().copied().unwrap_or(1.0);
+            let keep = pr.iter().take_while(|&&q| q >= mp as f64 * pmax).count();
+            cand.truncate(keep.max(1));
+        }
+        let pr = probs(&cand, c.temperature);
+        let u: f64 = self.rng.random();
+        let mut cum = 0.0;
+        for (i, q) in pr.iter().enumerate() {
+            cum += q;
+            if u < cum {
+                return cand[i].0;
+            }
+        }
+        cand.last().map_or(0, |x| x.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(t: f32) -> SamplingConfig {
+        SamplingConfig { temperature: t, top_k: None, top_p: None, min_p: None, ..SamplingConfig::greedy() }
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(cfg(0.0)).unwrap();
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_frequencies_follow_softmax() {
+        let logits = [1.0f32, 2.0, 0.5, 1.5];
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplingConfig { seed, ..cfg(1.0) }).unwrap();
+            (0..20000).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        let a = draw(7);
+        assert_eq!(a, draw(7));
+        assert_ne!(a, draw(8));
+        let p: Vec<f32> = log_softmax(&logits).iter().map(|x| x.exp()).collect();
+        for (i, &pi) in p.iter().enumerate() {
+            let f = a.iter().filter(|&&t| t as usize == i).count() as f32 / a.len() as f32;
+            assert!((f - pi).abs() < 0.015, "token {i}: frequency {f} vs probability {pi}");
+        }
+    }
+
+    #[test]
+    fn top_k_top_p_min_p_restrict_the_support() {
+        let logits = [5.0f32, 4.0, 3.0, 0.0, -2.0];
+        let support = |c: SamplingConfig| {
+            let mut s = Sampler::new(c).unwrap();
+            let mut seen: Vec<u32> = (0..3000).map(|_| s.sample(&logits, &[])).collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        assert_eq!(support(SamplingConfig { top_k: Some(2), ..cfg(1.0) }), vec![0, 1]);
+        // p(0) = 0.6652, p(0)+p(1) = 0.9099: top-p 0.9 keeps two tokens.
+        assert_eq!(support(SamplingConfig { top_p: Some(0.9), ..cfg(1.0) }), vec![0, 1]);
+        // min-p 0.2: p(2)/p(0) = e^-2 = 0.135 < 0.2, p(1)/p(0) = 0.37.
+        assert_eq!(support(SamplingConfig { min_p: Some(0.2), ..cfg(1.0) }), vec![0, 1]);
+    }
+
+    #[test]
+    fn repeat_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut s = Sampler::new(SamplingConfig { repeat_penalty: 2.0, ..cfg(0.0) }).unwrap();
+        // Token 0 (3.0 → 1.5) loses to token 1 (2.0) once it was seen.
+        assert_eq!(s.sample(&[3.0, 2.0], &[0]), 1);
+        assert_eq!(s.sample(&[3.0, 2.0], &[]), 0);
+        // Negative: -1.0 → -2.0 < -1.5.
+        assert_eq!(s.sample(&[-1.0, -1.5], &[0]), 1);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        assert!(Sampler::new(SamplingConfig { top_p: Some(1.5), ..cfg(1.0) }).is_err());
+        assert!(Sampler::new(SamplingConfig { top_k: Some(0), ..cfg(1.0) }).is_err());
+        assert!(Sampler::new(cfg(-1.0)).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Typed model configurations, validated once where they are read (GGUF metadata or config.json).
+
+use serde::{Deserialize, Serialize};
+
+use canon_nn::{Activation, RopeLayout};
+
+/// LLaMA family (paper 25): RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f32,
+    pub rope_layout: RopeLayout,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Checks the relations a forward pass relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(format!("{k} must be positive, found 0"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim must be even for RoPE, found {}", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(format!("rms_norm_eps must be in (0, 1), found {}", self.rms_norm_eps));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(format!("rope_theta must be positive, found {}", self.rope_theta));
+        }
+        if self.max_position_embeddings > 1 << 22 {
+            return Err(format!(
+                "max_position_embeddings {} is beyond what Canon supports (4M)",
+                self.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// BERT family (paper 3): post-LN encoder with learned absolute positions and token types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+}
+
+impl BertConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size ({}) must be a multiple of num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(format!("{k} must be positive, found 0"));
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            return Err(format!("layer_norm_eps must be in (0, 1), found {}", self.layer_norm_eps));
+        }
+        Ok(())
+    }
+
+    /// The HF `hidden_act` spelling → our activation.
+    pub fn activation_from_hf(name: &str) -> Option<Activation> {
+        match name {
+            "gelu" => Some(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            "silu" | "swish" => Some(Activation::Silu),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Model families as computation graphs over `canon-nn` layers, the traits everything above is
+//! written against, and the one weight loader.
+//!
+//! - `CausalLm`: ids + cache → next-token logits (LLaMA now; GPT, Transformer-XL later).
+//! - `Encoder`: ids + mask → hidden states (BERT).
+//! - `load`: safetensors (HF names) and GGUF (llama.cpp names) through one name table, every tensor's
+//!   shape checked against the config.
+
+pub mod bert;
+pub mod config;
+pub mod llama;
+pub mod load;
+pub mod sentence;
+pub mod source;
+
+use candle_core::Tensor;
+use canon_nn::KvCache;
+
+pub use bert::Bert;
+pub use config::{BertConfig, LlamaConfig};
+pub use llama::Llama;
+pub use load::{LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder};
+pub use source::WeightMode;
+pub use sentence::{Pooling, SentenceEmbedder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Gguf(#[from] canon_quant::gguf::GgufError),
+    #[error(transparent)]
+    Quant(#[from] canon_quant::QuantError),
+    #[error(transparent)]
+    Text(#[from] canon_text::TextError),
+    #[error(transparent)]
+    Asset(#[from] canon_assets::AssetError),
+    #[error("unsupported architecture '{found}': expected one of {expected}")]
+    Architecture { found: String, expected: String },
+    #[error("{file}: missing tensor '{name}'")]
+    MissingTensor { file: String, name: String },
+    #[error("{file}: tensor '{name}' has shape {found:?}, but the config implies {expected:?}")]
+    Shape {
+        file: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+    #[error("cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{0}")]
+    Input(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Which positions a causal LM returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    All,
+    /// Only the last position (generation): skips the output projection elsewhere.
+    Last,
+}
+
+/// Per-sequence decoding state: one KV cache per layer.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    pub layers: Vec<KvCache>,
+}
+
+impl Cache {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![KvCache::new(); n_layers],
+        }
+    }
+    /// Number of positions already processed.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, KvCache::len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(KvCache::clear);
+    }
+}
+
+/// A decoder-only language model.
+pub trait CausalLm: Send + Sync {
+    /// `ids: [b, t]` (u32) continuing the sequence in `cache`; returns logits `[b, t', vocab]` with
+    /// `t' = t` for `Positions::All` and 1 for `Positions::Last`.
+    fn forward(&self, ids: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor>;
+    fn new_cache(&self) -> Cache;
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence (prompt + generated) the model accepts.
+    fn max_seq_len(&self) -> usize;
+}
+
+/// A bidirectional encoder.
+pub trait Encoder: Send + Sync {
+    /// `ids, mask: [b, t]` (mask 1 for real tokens, 0 for padding); returns `[b, t, hidden]`.
+    fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: &Tensor) -> Result<Tensor>;
+    fn hidden_size(&self) -> usize;
+    fn max_positions(&self) -> usize;
+}

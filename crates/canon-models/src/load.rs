@@ -1,0 +1,468 @@
+//! The one loader: `--model` is an alias of a pinned asset (`smollm2`, `minilm`), a `.gguf` file, or an
+//! HF-style folder (config.json + model.safetensors + tokenizer.json). Configuration comes only from
+//! the file's own metadata; tokenizer and chat template come with the model.
+
+use std::path::{Path, PathBuf};
+
+use canon_assets::FetchProgress;
+use canon_nn::RopeLayout;
+use canon_quant::gguf::{GgufFile, Value};
+use canon_text::{ChatTemplate, GgufVocab, Tokenizer};
+use serde_json::Value as Json;
+
+use crate::source::{GgufSource, SafetensorsSource, WeightMode, llama_gguf_name};
+use crate::{
+    Bert, BertConfig, CausalLm, Llama, LlamaConfig, ModelError, Pooling, Result, SentenceEmbedder,
+};
+
+/// What `--model` named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    Alias(String),
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+impl ModelSpec {
+    pub fn parse(s: &str) -> Result<Self> {
+        let p = Path::new(s);
+        if p.is_dir() {
+            return Ok(Self::HfDir(p.to_path_buf()));
+        }
+        if p.is_file() {
+            return Ok(Self::Gguf(p.to_path_buf()));
+        }
+        if canon_assets::spec(s).is_ok() {
+            return Ok(Self::Alias(s.to_string()));
+        }
+        let aliases: Vec<&str> = canon_assets::ASSETS.iter().map(|a| a.name).collect();
+        Err(ModelError::Input(format!(
+            "--model '{s}' is neither an existing file or folder nor a known alias (expected a .gguf file, an HF-style folder, or one of: {})",
+            aliases.join(", ")
+        )))
+    }
+
+    /// Resolves an alias to its local path, fetching the asset on first use.
+    pub fn resolve(&self, progress: &dyn FetchProgress) -> Result<ModelSpec> {
+        match self {
+            Self::Alias(a) => {
+                let p = canon_assets::ensure_main(a, progress)?;
+                Ok(if p.is_dir() { Self::HfDir(p) } else { Self::Gguf(p) })
+            }
+            other => Ok(other.clone()),
+        }
+    }
+}
+
+/// A causal LM with everything generation needs.
+pub struct LoadedLm {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A sentence-embedding model.
+pub struct LoadedEncoder {
+    pub embedder: SentenceEmbedder,
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub fn load_causal_lm(
+    spec: &ModelSpec,
+    mode: WeightMode,
+    progress: &dyn FetchProgress,
+) -> Result<LoadedLm> {
+    match spec.resolve(progress)? {
+        ModelSpec::Gguf(p) => load_gguf_lm(&p, mode),
+        ModelSpec::HfDir(d) => load_hf_lm(&d),
+        ModelSpec::Alias(_) => unreachable_alias(),
+    }
+}
+
+pub fn load_encoder(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<LoadedEncoder> {
+    match spec.resolve(progress)? {
+        ModelSpec::HfDir(d) => load_hf_encoder(&d),
+        ModelSpec::Gguf(p) => Err(ModelError::Architecture {
+            found: format!("GGUF file {}", p.display()),
+            expected: "an HF-style BERT folder (config.json, model.safetensors, tokenizer.json) for embeddings".into(),
+        }),
+        ModelSpec::Alias(_) => unreachable_alias(),
+    }
+}
+
+fn unreachable_alias<T>() -> Result<T> {
+    Err(ModelError::Input("internal: alias left unresolved".into()))
+}
+
+// ---------------------------------------------------------------- GGUF
+
+fn meta_err(file: &GgufFile, message: String) -> ModelError {
+    ModelError::Config {
+        file: file.path.display().to_string(),
+        message,
+    }
+}
+
+fn meta_u64(f: &GgufFile, key: &str) -> Result<u64> {
+    let v = f
+        .get(key)
+        .ok_or_else(|| meta_err(f, format!("missing metadata key '{key}'")))?;
+    v.as_u64()
+        .ok_or_else(|| meta_err(f, format!("'{key}' should be an integer, found {}", v.type_name())))
+}
+
+fn meta_u64_opt(f: &GgufFile, key: &str) -> Option<u64> {
+    f.get(key).and_then(Value::as_u64)
+}
+
+fn meta_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            meta_err(f, format!("'{key}' should be a number, found {}", v.type_name()))
+        }),
+    }
+}
+
+fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match f.get(key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| meta_err(f, format!("'{key}' should hold strings")))
+            })
+            .collect(),
+        Some(v) => Err(meta_err(f, format!("'{key}' should be an array, found {}", v.type_name()))),
+    }
+}
+
+/// LLaMA-family hyper-parameters from GGUF metadata (`{arch}.*` keys).
+pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
+    const SUPPORTED: &[&str] = &["llama", "mistral"];
+    let arch = f
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| meta_err(f, "missing 'general.architecture'".into()))?
+        .to_string();
+    if !SUPPORTED.contains(&arch.as_str()) {
+        return Err(ModelError::Architecture {
+            found: arch,
+            expected: SUPPORTED.join(", "),
+        });
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let d = meta_u64(f, &k("embedding_length"))? as usize;
+    let n_heads = meta_u64(f, &k("attention.head_count"))? as usize;
+    let n_kv = meta_u64_opt(f, &k("attention.head_count_kv")).unwrap_or(n_heads as u64) as usize;
+    let head_dim = match meta_u64_opt(f, &k("attention.key_length")) {
+        Some(v) => v as usize,
+        None if n_heads > 0 => d / n_heads,
+        None => 0,
+    };
+    if let Some(rd) = meta_u64_opt(f, &k("rope.dimension_count")) {
+        if rd as usize != head_dim {
+            return Err(meta_err(
+                f,
+                format!("partial rotary embeddings (rope.dimension_count {rd} < head dim {head_dim}) are not supported"),
+            ));
+        }
+    }
+    let vocab = match meta_u64_opt(f, &k("vocab_size")) {
+        Some(v) => v as usize,
+        None => match f.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.len(),
+            _ => f
+                .tensor_info("token_embd.weight")
+                .and_then(|t| t.shape.first().copied())
+                .unwrap_or(0),
+        },
+    };
+    let cfg = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: d,
+        intermediate_size: meta_u64(f, &k("feed_forward_length"))? as usize,
+        num_hidden_layers: meta_u64(f, &k("block_count"))? as usize,
+        num_attention_heads: n_heads,
+        num_key_value_heads: n_kv,
+        head_dim,
+        rms_norm_eps: meta_f64(f, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+        rope_theta: meta_f64(f, &k("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+        rope_layout: RopeLayout::Interleaved,
+        max_position_embeddings: meta_u64(f, &k("context_length"))? as usize,
+        tie_word_embeddings: f.tensor_info("output.weight").is_none(),
+    };
+    cfg.validate().map_err(|m| meta_err(f, m))?;
+    Ok(cfg)
+}
+
+/// The `tokenizer.ggml.*` metadata as plain data.
+pub fn gguf_vocab(f: &GgufFile) -> Result<GgufVocab> {
+    let id = |key: &str| meta_u64_opt(f, key).map(|v| v as u32);
+    let token_types = match f.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_i64().unwrap_or(1) as i32).collect(),
+        _ => Vec::new(),
+    };
+    Ok(GgufVocab {
+        model: f
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| meta_err(f, "missing 'tokenizer.ggml.model': the file has no tokenizer".into()))?
+            .to_string(),
+        pre: f.get("tokenizer.ggml.pre").and_then(Value::as_str).map(str::to_string),
+        tokens: strings(f, "tokenizer.ggml.tokens")?,
+        token_types,
+        merges: strings(f, "tokenizer.ggml.merges")?,
+        bos_id: id("tokenizer.ggml.bos_token_id"),
+        eos_id: id("tokenizer.ggml.eos_token_id"),
+        eot_id: id("tokenizer.ggml.eot_token_id"),
+        eom_id: id("tokenizer.ggml.eom_token_id"),
+        pad_id: id("tokenizer.ggml.padding_token_id"),
+        unk_id: id("tokenizer.ggml.unknown_token_id"),
+        add_bos: f
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        add_eos: f
+            .get("tokenizer.ggml.add_eos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+pub fn load_gguf_lm(path: &Path, mode: WeightMode) -> Result<LoadedLm> {
+    let file = GgufFile::open(path)?;
+    let cfg = llama_config_from_gguf(&file)?;
+    let vocab = gguf_vocab(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&vocab)?;
+    let tok_text = |id: Option<u32>| {
+        id.and_then(|i| vocab.tokens.get(i as usize).cloned())
+            .unwrap_or_default()
+    };
+    let chat_template = match file.get("tokenizer.chat_template").and_then(Value::as_str) {
+        Some(src) => Some(ChatTemplate::new(src, &tok_text(vocab.bos_id), &tok_text(vocab.eos_id))?),
+        None => None,
+    };
+    let name = file
+        .get("general.name")
+        .and_then(Value::as_str)
+        .unwrap_or("model")
+        .to_string();
+    let src = GgufSource::new(file, llama_gguf_name);
+    let model = Llama::load(cfg, &src, mode)?;
+    Ok(LoadedLm {
+        model: Box::new(model),
+        tokenizer,
+        chat_template,
+        name,
+        path: path.to_path_buf(),
+    })
+}
+
+// ---------------------------------------------------------------- HF folders
+
+fn read_json(path: &Path) -> Result<Json> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        file: path.display().to_string(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
+fn read_json_opt(path: &Path) -> Result<Option<Json>> {
+    if path.is_file() { read_json(path).map(Some) } else { Ok(None) }
+}
+
+struct Cfg<'a> {
+    v: &'a Json,
+    file: String,
+}
+
+impl Cfg<'_> {
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.v[key].as_u64().map(|x| x as usize).ok_or_else(|| ModelError::Config {
+            file: self.file.clone(),
+            message: format!("'{key}' should be a non-negative integer, found {}", self.v[key]),
+        })
+    }
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.v[key].is_null() { Ok(default) } else { self.usize(key) }
+    }
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match &self.v[key] {
+            Json::Null => Ok(default),
+            v => v.as_f64().ok_or_else(|| ModelError::Config {
+                file: self.file.clone(),
+                message: format!("'{key}' should be a number, found {v}"),
+            }),
+        }
+    }
+}
+
+fn model_type(cfg: &Json) -> String {
+    cfg["model_type"].as_str().unwrap_or("").to_string()
+}
+
+fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let p = dir.join("tokenizer.json");
+    if !p.is_file() {
+        return Err(ModelError::Io {
+            path: p.display().to_string(),
+            message: "missing: an HF-style folder needs tokenizer.json".into(),
+        });
+    }
+    Ok(Tokenizer::from_file(&p)?)
+}
+
+fn token_id(tok: &Tokenizer, v: &Json) -> Option<u32> {
+    match v {
+        Json::String(s) => tok.token_to_id(s),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).and_then(|s| tok.token_to_id(s)),
+        _ => None,
+    }
+}
+
+pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
+    let cfg_path = dir.join("config.json");
+    let v = read_json(&cfg_path)?;
+    let mt = model_type(&v);
+    if mt != "llama" && mt != "mistral" {
+        return Err(ModelError::Architecture {
+            found: if mt.is_empty() { "(no model_type in config.json)".into() } else { mt },
+            expected: "llama, mistral (causal LM); bert for embeddings".into(),
+        });
+    }
+    let c = Cfg {
+        v: &v,
+        file: cfg_path.display().to_string(),
+    };
+    let d = c.usize("hidden_size")?;
+    let nh = c.usize("num_attention_heads")?;
+    let cfg = LlamaConfig {
+        vocab_size: c.usize("vocab_size")?,
+        hidden_size: d,
+        intermediate_size: c.usize("intermediate_size")?,
+        num_hidden_layers: c.usize("num_hidden_layers")?,
+        num_attention_heads: nh,
+        num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
+        head_dim: c.usize_or("head_dim", if nh > 0 { d / nh } else { 0 })?,
+        rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
+        rope_theta: c.f64_or("rope_theta", 10000.0)? as f32,
+        rope_layout: RopeLayout::HalfSplit,
+        max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
+        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+    };
+    let mut tokenizer = hf_tokenizer(dir)?;
+    tokenizer.use_post_processor = true;
+    let tcfg = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let gcfg = read_json_opt(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
+    let mut eog: Vec<u32> = Vec::new();
+    for src in [&v["eos_token_id"], &gcfg["eos_token_id"]] {
+        match src {
+            Json::Number(n) => eog.extend(n.as_u64().map(|x| x as u32)),
+            Json::Array(a) => eog.extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32))),
+            _ => {}
+        }
+    }
+    eog.extend(token_id(&tokenizer, &tcfg["eos_token"]));
+    eog.sort_unstable();
+    eog.dedup();
+    tokenizer.eos_id = eog.first().copied();
+    tokenizer.eog_ids = eog;
+    tokenizer.bos_id = token_id(&tokenizer, &tcfg["bos_token"]);
+    let text_of = |v: &Json| match v {
+        Json::String(s) => s.clone(),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    let chat_template = match tcfg["chat_template"].as_str() {
+        Some(s) => Some(ChatTemplate::new(s, &text_of(&tcfg["bos_token"]), &text_of(&tcfg["eos_token"]))?),
+        None => None,
+    };
+    let src = SafetensorsSource::open_dir(dir)?;
+    let model = Llama::load(cfg, &src, WeightMode::DequantizeF32)?;
+    Ok(LoadedLm {
+        model: Box::new(model),
+        tokenizer,
+        chat_template,
+        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        path: dir.to_path_buf(),
+    })
+}
+
+pub fn load_hf_encoder(dir: &Path) -> Result<LoadedEncoder> {
+    let cfg_path = dir.join("config.json");
+    let v = read_json(&cfg_path)?;
+    let mt = model_type(&v);
+    if mt != "bert" {
+        return Err(ModelError::Architecture {
+            found: if mt.is_empty() { "(no model_type in config.json)".into() } else { mt },
+            expected: "bert (sentence embeddings)".into(),
+        });
+    }
+    let c = Cfg {
+        v: &v,
+        file: cfg_path.display().to_string(),
+    };
+    let act_name = v["hidden_act"].as_str().unwrap_or("gelu");
+    let cfg = BertConfig {
+        vocab_size: c.usize("vocab_size")?,
+        hidden_size: c.usize("hidden_size")?,
+        num_hidden_layers: c.usize("num_hidden_layers")?,
+        num_attention_heads: c.usize("num_attention_heads")?,
+        intermediate_size: c.usize("intermediate_size")?,
+        hidden_act: BertConfig::activation_from_hf(act_name).ok_or_else(|| ModelError::Config {
+            file: c.file.clone(),
+            message: format!("unsupported hidden_act '{act_name}'"),
+        })?,
+        layer_norm_eps: c.f64_or("layer_norm_eps", 1e-12)?,
+        max_position_embeddings: c.usize_or("max_position_embeddings", 512)?,
+        type_vocab_size: c.usize_or("type_vocab_size", 2)?,
+    };
+    let mut src = SafetensorsSource::open_dir(dir)?;
+    src.detect_prefix("embeddings.word_embeddings.weight", &["bert.", "model."]);
+    let encoder = Bert::load(cfg.clone(), &src)?;
+    // sentence-transformers' settings: max_seq_length, pooling, normalisation.
+    let st = read_json_opt(&dir.join("sentence_bert_config.json"))?.unwrap_or(Json::Null);
+    let max_seq_length = st["max_seq_length"]
+        .as_u64()
+        .map(|x| x as usize)
+        .unwrap_or(cfg.max_position_embeddings)
+        .min(cfg.max_position_embeddings);
+    let pool = read_json_opt(&dir.join("1_Pooling/config.json"))?.unwrap_or(Json::Null);
+    let pooling = if pool["pooling_mode_cls_token"].as_bool() == Some(true)
+        && pool["pooling_mode_mean_tokens"].as_bool() != Some(true)
+    {
+        Pooling::Cls
+    } else {
+        Pooling::Mean
+    };
+    let normalize = match read_json_opt(&dir.join("modules.json"))? {
+        Some(Json::Array(mods)) => mods
+            .iter()
+            .any(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Normalize"))),
+        _ => true,
+    };
+    let tokenizer = hf_tokenizer(dir)?.with_truncation(max_seq_length)?;
+    let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
+    Ok(LoadedEncoder {
+        embedder: SentenceEmbedder {
+            encoder: Box::new(encoder),
+            tokenizer,
+            max_seq_length,
+            pooling,
+            normalize,
+            pad_id,
+        },
+        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        path: dir.to_path_buf(),
+    })
+}

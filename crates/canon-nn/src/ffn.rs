@@ -1,0 +1,40 @@
+//! Position-wise feed-forward blocks.
+//! - `Mlp`: `W₂ act(W₁ x + b₁) + b₂` (Transformer, GPT, BERT).
+//! - `SwiGlu`: `W₂ (SiLU(W₁ x) ⊙ W₃ x)` (Shazeer, 2020; PaLM and LLaMA, papers 19 and 25).
+//!
+//! Shapes: `[..., d] → [..., d]`.
+
+use candle_core::Tensor;
+
+use crate::{Activation, Linear};
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub act: Activation,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SwiGlu {
+    /// W₁, the gated branch.
+    pub gate: Linear,
+    /// W₃, the linear branch.
+    pub up: Linear,
+    /// W₂
+    pub down: Linear,
+}
+
+impl SwiGlu {
+    pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        let g = self.gate.forward(x)?.silu()?;
+        let u = self.up.forward(x)?;
+        self.down.forward(&(g * u)?)
+    }
+}

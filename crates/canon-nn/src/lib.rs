@@ -1,0 +1,26 @@
+//! Layers shared by every model family: linear (owning weight format and adapters), embeddings,
+//! norms, positions (RoPE), attention, feed-forward blocks and the KV cache. Each primitive exists
+//! once; model families compose them. Layers never name a model.
+//!
+//! Every layer here is written with composed candle ops that record a backward pass (candle's fused
+//! `softmax_last_dim`, `rms_norm`, `layer_norm` and `rope*` do not), so the same code serves training.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod ffn;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
+pub mod rope;
+
+pub use activation::Activation;
+pub use attention::{AttnMask, attention};
+pub use embedding::Embedding;
+pub use ffn::{Mlp, SwiGlu};
+pub use kv_cache::KvCache;
+pub use linear::{Linear, Lora, Weight};
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{Rope, RopeLayout};
+
+pub type Result<T> = candle_core::Result<T>;

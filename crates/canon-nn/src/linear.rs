@@ -1,0 +1,139 @@
+//! `Linear`: `y = x Wᵀ + b (+ LoRA)`. It owns the weight's storage format (`Weight`) and the adapter
+//! slot, so LoRA (paper 13), LLM.int8() (paper 22) and NF4/QLoRA (paper 27) plug in here and nowhere
+//! else.
+//!
+//! Shapes: weight `[out, in]`, input `[..., in]`, output `[..., out]`.
+
+use std::sync::Arc;
+
+use candle_core::{D, Tensor};
+use canon_quant::GgmlTensor;
+
+/// How a weight matrix is stored.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// A plain float tensor `[out, in]`.
+    Dense(Tensor),
+    /// ggml blocks as read from a GGUF file. Multiplication dequantizes the matrix first; the fast
+    /// quantized kernels are the subject of the speed work (see README).
+    Ggml(Arc<GgmlTensor>),
+}
+
+impl Weight {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Weight::Dense(t) => t.dims().to_vec(),
+            Weight::Ggml(q) => q.shape.clone(),
+        }
+    }
+
+    /// The weight as a float tensor `[out, in]`.
+    pub fn to_dense(&self) -> crate::Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Ggml(q) => q
+                .dequantize()
+                .map_err(|e| candle_core::Error::Msg(e.to_string())),
+        }
+    }
+}
+
+/// Low-rank adapter `ΔW = (α/r)·B A` with `A: [r, in]`, `B: [out, r]` (Hu et al., 2021, eq. 3).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// `α / r`.
+    pub scale: f64,
+}
+
+impl Lora {
+    /// `(α/r) · x Aᵀ Bᵀ` for `x: [n, in]`.
+    fn delta(&self, x2: &Tensor) -> crate::Result<Tensor> {
+        x2.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    pub fn new(weight: Weight, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape().last().copied().unwrap_or(0)
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.shape().first().copied().unwrap_or(0)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_f = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+        let n = x.elem_count() / in_f.max(1);
+        // [..., in] -> [n, in]
+        let x2 = x.reshape((n, in_f))?;
+        let w = self.weight.to_dense()?;
+        let mut y = x2.matmul(&w.t()?)?; // [n, out]
+        if let Some(l) = &self.lora {
+            y = (y + l.delta(&x2)?)?;
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap_or(&mut 0) = y.dim(D::Minus1)?;
+        y.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canon_testkit::{Tol, assert_close, randn};
+
+    #[test]
+    fn dense_matches_manual_product_and_keeps_leading_dims() {
+        let w = randn(&[5, 3], 1);
+        let b = randn(&[5], 2);
+        let x = randn(&[2, 4, 3], 3);
+        let l = Linear::new(Weight::Dense(w.clone()), Some(b.clone()));
+        let y = l.forward(&x).unwrap();
+        assert_eq!(y.dims(), &[2, 4, 5]);
+        let manual = x
+            .reshape((8, 3))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .reshape((2, 4, 5))
+            .unwrap();
+        assert_close(&y, &manual, Tol::F32);
+    }
+
+    #[test]
+    fn lora_with_zero_b_is_the_identity() {
+        let w = randn(&[4, 6], 1);
+        let x = randn(&[3, 6], 2);
+        let mut l = Linear::new(Weight::Dense(w), None);
+        let base = l.forward(&x).unwrap();
+        l.lora = Some(Lora {
+            a: randn(&[2, 6], 3),
+            b: Tensor::zeros((4, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            scale: 8.0,
+        });
+        assert_close(&l.forward(&x).unwrap(), &base, Tol::EXACT);
+    }
+}

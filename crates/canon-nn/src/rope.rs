@@ -1,0 +1,184 @@
+//! Rotary position embedding (Su et al., 2021, "RoFormer", paper 12).
+//!
+//! Idea: rotate each pair of query/key features by an angle proportional to the absolute position, so
+//! that the dot product of a rotated query and key depends only on their relative position.
+//! Equations (paper eq. 34): `f(x, m) = x ⊙ cos(mθ) + rot(x) ⊙ sin(mθ)`, `rot(x₁, x₂) = (−x₂, x₁)` per
+//! pair, `θᵢ = base^(−2i/d)`, i = 0..d/2−1. Angles are `m · θᵢ` computed in f32, as the references do.
+//!
+//! Two pair layouts exist and a checkpoint is tied to one: `Interleaved` pairs `(2i, 2i+1)` (the
+//! paper, Meta's LLaMA, every llama GGUF) and `HalfSplit` pairs `(i, i + d/2)` (GPT-NeoX, HF LLaMA).
+//!
+//! Shapes: `x: [b, heads, t, d]`, positions `offset .. offset + t`.
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeLayout {
+    Interleaved,
+    HalfSplit,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `[max_pos, d/2]`
+    cos: Tensor,
+    sin: Tensor,
+    pub layout: RopeLayout,
+    pub dim: usize,
+    pub max_pos: usize,
+}
+
+impl Rope {
+    pub fn new(
+        dim: usize,
+        max_pos: usize,
+        base: f32,
+        layout: RopeLayout,
+        device: &Device,
+    ) -> crate::Result<Self> {
+        if dim % 2 != 0 || dim == 0 {
+            candle_core::bail!("rope: the rotated dimension must be even and positive, found {dim}");
+        }
+        let half = dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for m in 0..max_pos {
+            for &f in &inv_freq {
+                let a = m as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+            layout,
+            dim,
+            max_pos,
+        })
+    }
+
+    /// Rotates `x: [b, h, t, d]` for positions `offset..offset+t`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> crate::Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        if d != self.dim {
+            candle_core::bail!("rope: expected head dim {}, found {d}", self.dim);
+        }
+        if offset + t > self.max_pos {
+            candle_core::bail!(
+                "rope: position {} is beyond the table of {} positions",
+                offset + t,
+                self.max_pos
+            );
+        }
+        let half = d / 2;
+        let dtype = x.dtype();
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?; // [t, d/2]
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
+        match self.layout {
+            RopeLayout::Interleaved => {
+                // [b, h, t, d] -> [b, h, t, d/2, 2]
+                let xp = x.reshape((b, h, t, half, 2))?;
+                let x0 = xp.narrow(4, 0, 1)?.squeeze(4)?; // [b, h, t, d/2]
+                let x1 = xp.narrow(4, 1, 1)?.squeeze(4)?;
+                let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::stack(&[y0, y1], 4)?.reshape((b, h, t, d))
+            }
+            RopeLayout::HalfSplit => {
+                let x0 = x.narrow(3, 0, half)?;
+                let x1 = x.narrow(3, half, half)?;
+                let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::cat(&[y0, y1], 3)
+            }
+        }
+    }
+}
+
+/// The row permutation that turns an interleaved-layout projection into a half-split one (per head):
+/// output row `j < d/2` takes input row `2j`, row `d/2 + j` takes `2j + 1`.
+pub fn interleaved_to_half_split_rows(head_dim: usize) -> Vec<usize> {
+    let half = head_dim / 2;
+    (0..head_dim)
+        .map(|j| if j < half { 2 * j } else { 2 * (j - half) + 1 })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canon_testkit::{Tol, assert_close, randn, to_vec};
+
+    fn dot(a: &Tensor, b: &Tensor) -> f64 {
+        to_vec(a)
+            .iter()
+            .zip(to_vec(b))
+            .map(|(x, y)| *x as f64 * y as f64)
+            .sum()
+    }
+
+    #[test]
+    fn score_depends_only_on_relative_position() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+            let rope = Rope::new(64, 5000, 10000.0, layout, &Device::Cpu).unwrap();
+            let q = randn(&[1, 1, 1, 64], 1);
+            let k = randn(&[1, 1, 1, 64], 2);
+            let score = |m: usize, n: usize| {
+                dot(&rope.apply(&q, m).unwrap(), &rope.apply(&k, n).unwrap())
+            };
+            for (m, n, s) in [(3, 10, 100), (0, 7, 4000), (50, 20, 1234)] {
+                let a = score(m, n);
+                let b = score(m + s, n + s);
+                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{layout:?} {m} {n} {s}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn preserves_norm_and_position_zero_is_identity() {
+        let rope = Rope::new(64, 100, 10000.0, RopeLayout::Interleaved, &Device::Cpu).unwrap();
+        let x = randn(&[2, 3, 4, 64], 3);
+        assert_close(&rope.apply(&x.narrow(2, 0, 1).unwrap(), 0).unwrap(), &x.narrow(2, 0, 1).unwrap(), Tol::EXACT);
+        let y = rope.apply(&x, 17).unwrap();
+        let nx = x.sqr().unwrap().sum(3).unwrap();
+        let ny = y.sqr().unwrap().sum(3).unwrap();
+        assert_close(&ny, &nx, Tol::new(1e-4, 1e-5));
+    }
+
+    #[test]
+    fn matches_candle_fused_rope_in_both_layouts() {
+        let (t, d) = (7, 32);
+        let x = randn(&[2, 3, t, d], 5);
+        for (layout, off) in [(RopeLayout::Interleaved, 0), (RopeLayout::HalfSplit, 5)] {
+            let rope = Rope::new(d, 64, 10000.0, layout, &Device::Cpu).unwrap();
+            let ours = rope.apply(&x, off).unwrap();
+            let cos = rope.cos.narrow(0, off, t).unwrap();
+            let sin = rope.sin.narrow(0, off, t).unwrap();
+            let fused = match layout {
+                RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin).unwrap(),
+                RopeLayout::HalfSplit => candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap(),
+            };
+            assert_close(&ours, &fused, Tol::new(1e-6, 1e-6));
+        }
+    }
+
+    #[test]
+    fn layouts_are_equivalent_up_to_the_row_permutation() {
+        let d = 16;
+        let x = randn(&[1, 1, 3, d], 9);
+        let perm = interleaved_to_half_split_rows(d);
+        let idx = Tensor::from_vec(perm.iter().map(|&p| p as u32).collect::<Vec<_>>(), d, &Device::Cpu).unwrap();
+        let xp = x.index_select(&idx, 3).unwrap();
+        let ri = Rope::new(d, 8, 10000.0, RopeLayout::Interleaved, &Device::Cpu).unwrap();
+        let rh = Rope::new(d, 8, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        let a = ri.apply(&x, 4).unwrap().index_select(&idx, 3).unwrap();
+        let b = rh.apply(&xp, 4).unwrap();
+        assert_close(&a, &b, Tol::new(1e-6, 1e-6));
+    }
+}

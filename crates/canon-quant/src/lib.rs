@@ -1,0 +1,212 @@
+//! Weight formats and kernels. Now: the GGUF container and llama.cpp's ggml block formats
+//! (dequantization through candle's block types). Later: LLM.int8() (paper 22) and NF4 with double
+//! quantization (paper 27), and our own SIMD kernels for the formats candle runs slowly.
+//!
+//! This crate never names a model.
+
+pub mod gguf;
+pub mod gguf_write;
+
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+/// The ggml tensor types a GGUF file may hold (numbering from ggml.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+}
+
+impl GgmlType {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            15 => Self::Q8K,
+            30 => Self::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block.
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
+            _ => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn type_size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q8_0 => 34,
+            Self::Q8_1 => 36,
+            Self::Q2K => 84,
+            Self::Q3K => 110,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+            Self::Q8K => 292,
+        }
+    }
+
+    /// Bits per weight, for size reports.
+    pub fn bits_per_weight(self) -> f64 {
+        self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+
+    fn candle(self) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::BF16 => GgmlDType::BF16,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q8_1 => GgmlDType::Q8_1,
+            Self::Q2K => GgmlDType::Q2K,
+            Self::Q3K => GgmlDType::Q3K,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
+            Self::Q6K => GgmlDType::Q6K,
+            Self::Q8K => GgmlDType::Q8K,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error(
+        "tensor data has {found} bytes, but {shape:?} in {dtype:?} needs {expected}"
+    )]
+    Size {
+        dtype: GgmlType,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("row length {row} is not a multiple of the {dtype:?} block size {block}")]
+    Block {
+        dtype: GgmlType,
+        row: usize,
+        block: usize,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A ggml-block-quantized matrix (or vector) held in its file format.
+#[derive(Debug)]
+pub struct GgmlTensor {
+    pub dtype: GgmlType,
+    pub shape: Vec<usize>,
+    inner: QTensor,
+}
+
+impl GgmlTensor {
+    /// Wraps raw ggml block bytes; `shape` is outermost first, the last dimension is the row.
+    pub fn from_bytes(dtype: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<Self, QuantError> {
+        let row = shape.last().copied().unwrap_or(1);
+        if row % dtype.block_size() != 0 {
+            return Err(QuantError::Block {
+                dtype,
+                row,
+                block: dtype.block_size(),
+            });
+        }
+        let n: usize = shape.iter().product();
+        let expected = n / dtype.block_size() * dtype.type_size();
+        if bytes.len() != expected {
+            return Err(QuantError::Size {
+                dtype,
+                shape: shape.to_vec(),
+                expected,
+                found: bytes.len(),
+            });
+        }
+        // candle's block types need aligned memory: copy into an owned, aligned buffer.
+        let storage = candle_core::quantized::QStorage::from_data(
+            Cow::Borrowed(bytes),
+            &Device::Cpu,
+            dtype.candle(),
+        )?;
+        let inner = QTensor::new(storage, shape.to_vec())?;
+        Ok(Self {
+            dtype,
+            shape: shape.to_vec(),
+            inner,
+        })
+    }
+
+    /// Dequantizes to an f32 tensor of the same shape.
+    pub fn dequantize(&self) -> Result<Tensor, QuantError> {
+        Ok(self.inner.dequantize(&Device::Cpu)?)
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.inner.storage_size_in_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One Q4_1 block: d = 0.5, m = -1.0, nibbles 0..15 then 15..0 (low nibbles are elements 0..15).
+    #[test]
+    fn q4_1_dequantizes_as_the_format_defines() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+        b.extend_from_slice(&half::f16::from_f32(-1.0).to_le_bytes());
+        for i in 0..16u8 {
+            b.push(i | ((15 - i) << 4));
+        }
+        let t = GgmlTensor::from_bytes(GgmlType::Q4_1, &[1, 32], &b).unwrap();
+        let v: Vec<f32> = t.dequantize().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..16 {
+            assert_eq!(v[i], 0.5 * i as f32 - 1.0);
+            assert_eq!(v[16 + i], 0.5 * (15 - i) as f32 - 1.0);
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        assert!(GgmlTensor::from_bytes(GgmlType::Q4_1, &[1, 32], &[0u8; 19]).is_err());
+        assert!(GgmlTensor::from_bytes(GgmlType::Q8_0, &[1, 33], &[0u8; 34]).is_err());
+    }
+}

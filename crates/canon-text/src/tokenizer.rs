@@ -1,0 +1,154 @@
+//! `Tokenizer`: one type for every source (tokenizer.json, GGUF metadata) with the model-level facts
+//! generation needs: whether to prepend BOS, which ids end a generation, the special token texts.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::{GgufVocab, Result, TextError};
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Plain-text twin of `inner` that never matches special tokens in the input.
+    literal: tokenizers::Tokenizer,
+    pub add_bos: bool,
+    /// Let the tokenizer's own post-processor add special tokens (HF folders); GGUF tokenizers
+    /// prepend BOS themselves according to `add_bos`.
+    pub use_post_processor: bool,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub pad_id: Option<u32>,
+    /// Ids that end a generation.
+    pub eog_ids: Vec<u32>,
+    special_ids: std::collections::HashSet<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("add_bos", &self.add_bos)
+            .field("eog_ids", &self.eog_ids)
+            .finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> TextError {
+    TextError::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    fn from_inner(inner: tokenizers::Tokenizer) -> Self {
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        let special_ids = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        Self {
+            special_ids,
+            inner,
+            literal,
+            add_bos: false,
+            use_post_processor: false,
+            bos_id: None,
+            eos_id: None,
+            pad_id: None,
+            eog_ids: Vec::new(),
+        }
+    }
+
+    /// Loads a `tokenizer.json`. Its own post-processor (e.g. BERT's [CLS]/[SEP]) applies when
+    /// `encode_with_special` is used.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TextError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self::from_inner(inner))
+    }
+
+    /// Builds the tokenizer a GGUF file describes.
+    pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
+        let json = vocab.to_tokenizer_json()?;
+        let inner = tokenizers::Tokenizer::from_str(&json).map_err(|e| TextError::Load {
+            path: "GGUF metadata".into(),
+            message: e.to_string(),
+        })?;
+        let mut t = Self::from_inner(inner);
+        t.add_bos = vocab.add_bos;
+        t.bos_id = vocab.bos_id;
+        t.eos_id = vocab.eos_id;
+        t.pad_id = vocab.pad_id;
+        t.eog_ids = vocab.eog_ids();
+        Ok(t)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Tokenizes `text` for a causal LM: BOS first when the model asks for it; special-token texts
+    /// (`<|im_start|>`) become their ids when `parse_special`, else they are tokenized as plain text.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let t = if parse_special { &self.inner } else { &self.literal };
+        let enc = t.encode_fast(text, self.use_post_processor).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Tokenizes with the tokenizer's own post-processor (e.g. `[CLS] … [SEP]` for BERT).
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, true).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids to text; special tokens are left out when `skip_special`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The token's own string in the vocabulary (e.g. `Ġthe`), if the id exists.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The text one token stands for on its own (byte-level pieces decoded; may be part of a
+    /// multi-byte character).
+    pub fn piece(&self, id: u32) -> Result<String> {
+        self.decode(&[id], false)
+    }
+
+    /// Whether `id` is an added special token (control token).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.contains(&id)
+    }
+
+    /// A copy that truncates `encode_with_special` output to `max_len` tokens, special tokens
+    /// included (the right end is cut, the closing special token kept).
+    pub fn with_truncation(&self, max_len: usize) -> Result<Self> {
+        let mut t = self.clone();
+        t.inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(tok_err)?;
+        Ok(t)
+    }
+
+    /// Access to the underlying HF tokenizer (padding, truncation, batches).
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}

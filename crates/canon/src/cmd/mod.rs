@@ -1,0 +1,6 @@
+pub mod assets;
+pub mod chat;
+pub mod embed;
+pub mod generate;
+pub mod sampling;
+pub mod tokenize;

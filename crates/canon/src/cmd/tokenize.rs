@@ -1,0 +1,72 @@
+//! `canon tokenize`: ids and pieces of a text under a model's tokenizer.
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon tokenize --model smollm2 --text \"Hello, world!\"
+  canon tokenize --model minilm --text \"Crème brûlée\" --json")]
+pub struct TokenizeArgs {
+    /// Model: an alias (smollm2, minilm), a .gguf file, or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// The text (read from standard input when omitted).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Treat special-token texts such as <|im_start|> as plain text.
+    #[arg(long)]
+    pub no_parse_special: bool,
+    /// Print one JSON object: {"ids": [...], "pieces": [...]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: TokenizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let text = match &a.text {
+        Some(t) => t.clone(),
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("cannot read standard input")?;
+            s
+        }
+    };
+    let spec = canon_models::ModelSpec::parse(&a.model)?;
+    let resolved = spec.resolve(ctx.progress())?;
+    // Encoders (BERT folders) tokenize with [CLS]/[SEP]; causal LMs as for generation.
+    let tok = match &resolved {
+        canon_models::ModelSpec::HfDir(d) if is_encoder(d) => {
+            model_gen::load_encoder(&a.model, ctx)?.embedder.tokenizer
+        }
+        _ => model_gen::load_lm(&a.model, ctx)?.tokenizer,
+    };
+    let ids = if matches!(&resolved, canon_models::ModelSpec::HfDir(d) if is_encoder(d)) {
+        tok.encode_with_special(&text)?
+    } else {
+        tok.encode(&text, !a.no_parse_special)?
+    };
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap_or_default())
+        .collect();
+    if a.json {
+        println!("{}", json!({"ids": ids, "pieces": pieces}));
+    } else {
+        for (i, p) in ids.iter().zip(&pieces) {
+            println!("{i:>8}  {p:?}");
+        }
+        eprintln!("{} tokens", ids.len());
+    }
+    Ok(())
+}
+
+fn is_encoder(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v["model_type"] == "bert")
+}

