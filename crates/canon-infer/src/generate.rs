@@ -9,7 +9,9 @@ use canon_models::{Cache, CausalLm, LoadedLm, Positions};
 use canon_text::{TokenStream, Tokenizer};
 
 use crate::sampling::{Sampler, log_softmax};
-use crate::{FinishReason, GenerateRequest, Generation, InferError, Result, TextGenerator, TokenLogprob};
+use crate::{
+    FinishReason, GenerateRequest, Generation, InferError, Result, TextGenerator, TokenLogprob,
+};
 
 /// A decoding session: the cache and the ids it holds, reused across calls when a new prompt extends
 /// the previous one (multi-turn chat re-sends the whole history).
@@ -20,7 +22,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(lm: &dyn CausalLm) -> Self {
-        Self { cache: lm.new_cache(), ids: Vec::new() }
+        Self {
+            cache: lm.new_cache(),
+            ids: Vec::new(),
+        }
     }
     pub fn reset(&mut self) {
         self.cache.clear();
@@ -39,12 +44,18 @@ impl<'a> StopFilter<'a> {
     /// Adds a piece; returns (text safe to emit now, whether a stop string was found).
     fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
-        let search_from = self.emitted.saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
+        let search_from = self
+            .emitted
+            .saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
         let found = self
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| i + search_from))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|i| i + search_from)
+            })
             .min();
         if let Some(at) = found {
             self.text.truncate(at);
@@ -106,13 +117,22 @@ pub fn generate_ids(
     }
     let ctx = lm.max_seq_len();
     if prompt.len() >= ctx {
-        return Err(InferError::PromptTooLong { found: prompt.len(), max: ctx, needed: 1 });
+        return Err(InferError::PromptTooLong {
+            found: prompt.len(),
+            max: ctx,
+            needed: 1,
+        });
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
     let t0 = Instant::now();
     // Reuse the cached prefix the new prompt shares with the session (at least one token is fed, to
     // get logits).
-    let common = session.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    let common = session
+        .ids
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
     let reuse = common.min(prompt.len() - 1);
     if reuse < session.ids.len() {
         if reuse == 0 {
@@ -131,7 +151,11 @@ pub fn generate_ids(
     let mut tokens = Vec::new();
     let mut lps = req.logprobs.map(|_| Vec::new());
     let mut stream = TokenStream::new();
-    let mut filter = StopFilter { stops: &req.stop, text: String::new(), emitted: 0 };
+    let mut filter = StopFilter {
+        stops: &req.stop,
+        text: String::new(),
+        emitted: 0,
+    };
     let mut finish = FinishReason::Length;
     let mut stopped_by_caller = false;
     while tokens.len() < req.max_tokens {
@@ -144,14 +168,19 @@ pub fn generate_ids(
             let ls = log_softmax(&logits);
             let mut order: Vec<usize> = (0..ls.len()).collect();
             let k = k.min(ls.len());
-            order.select_nth_unstable_by(k.saturating_sub(1).min(ls.len() - 1), |&a, &b| ls[b].total_cmp(&ls[a]));
+            order.select_nth_unstable_by(k.saturating_sub(1).min(ls.len() - 1), |&a, &b| {
+                ls[b].total_cmp(&ls[a])
+            });
             order.truncate(k);
             order.sort_by(|&a, &b| ls[b].total_cmp(&ls[a]).then(a.cmp(&b)));
             v.push(TokenLogprob {
                 token: next,
                 text: tok.piece(next)?,
                 logprob: ls[next as usize],
-                top: order.iter().map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i]))).collect::<Result<_>>()?,
+                top: order
+                    .iter()
+                    .map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i])))
+                    .collect::<Result<_>>()?,
             });
         }
         tokens.push(next);
@@ -181,12 +210,12 @@ pub fn generate_ids(
         }
         logits = feed(lm, session, &[next])?;
     }
-    if !matches!(finish, FinishReason::Stop) || !filter.text.is_empty() {
-        if let Some(rest) = stream.flush(tok)? {
-            let (out, _) = filter.push(&rest);
-            if !out.is_empty() {
-                on_text(&out);
-            }
+    if (!matches!(finish, FinishReason::Stop) || !filter.text.is_empty())
+        && let Some(rest) = stream.flush(tok)?
+    {
+        let (out, _) = filter.push(&rest);
+        if !out.is_empty() {
+            on_text(&out);
         }
     }
     let tail = filter.finish();
@@ -224,7 +253,14 @@ impl LmGenerator {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let ids = self.lm.tokenizer.encode(&req.prompt, true)?;
-        generate_ids(self.lm.model.as_ref(), &self.lm.tokenizer, &mut self.session, &ids, req, on_text)
+        generate_ids(
+            self.lm.model.as_ref(),
+            &self.lm.tokenizer,
+            &mut self.session,
+            &ids,
+            req,
+            on_text,
+        )
     }
 }
 
@@ -241,7 +277,11 @@ mod tests {
     #[test]
     fn stop_filter_never_emits_a_stop_string() {
         let stops = vec!["\ndef".to_string()];
-        let mut f = StopFilter { stops: &stops, text: String::new(), emitted: 0 };
+        let mut f = StopFilter {
+            stops: &stops,
+            text: String::new(),
+            emitted: 0,
+        };
         let mut out = String::new();
         for piece in ["x = 1", "\n", "d", "ef foo"] {
             let (o, stop) = f.push(piece);
@@ -257,7 +297,11 @@ mod tests {
     #[test]
     fn stop_filter_releases_held_text_that_was_not_a_stop() {
         let stops = vec!["STOP".to_string()];
-        let mut f = StopFilter { stops: &stops, text: String::new(), emitted: 0 };
+        let mut f = StopFilter {
+            stops: &stops,
+            text: String::new(),
+            emitted: 0,
+        };
         let (a, _) = f.push("abc ST");
         assert_eq!(a, "abc ");
         let (b, s) = f.push("ART");

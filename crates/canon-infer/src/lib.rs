@@ -24,12 +24,25 @@ pub enum InferError {
     },
     #[error("invalid sampling setting: {0}")]
     Sampling(String),
+    // Boxed: model and tensor errors are large, and this error travels through every caller.
     #[error(transparent)]
-    Model(#[from] canon_models::ModelError),
+    Model(Box<canon_models::ModelError>),
     #[error(transparent)]
     Text(#[from] canon_text::TextError),
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
+}
+
+impl From<canon_models::ModelError> for InferError {
+    fn from(e: canon_models::ModelError) -> Self {
+        InferError::Model(Box::new(e))
+    }
+}
+
+impl From<candle_core::Error> for InferError {
+    fn from(e: candle_core::Error) -> Self {
+        InferError::Candle(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, InferError>;

@@ -54,23 +54,29 @@ impl SamplingConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(InferError::Sampling(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be ≥ 0, found {}", self.temperature));
+            return bad(format!(
+                "temperature must be ≥ 0, found {}",
+                self.temperature
+            ));
         }
         if self.top_k == Some(0) {
             return bad("top-k must be ≥ 1 (omit it to disable)".into());
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return bad(format!("top-p must be in (0, 1], found {p}"));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad(format!("top-p must be in (0, 1], found {p}"));
         }
-        if let Some(p) = self.min_p {
-            if !(0.0..=1.0).contains(&p) {
-                return bad(format!("min-p must be in [0, 1], found {p}"));
-            }
+        if let Some(p) = self.min_p
+            && !(0.0..=1.0).contains(&p)
+        {
+            return bad(format!("min-p must be in [0, 1], found {p}"));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad(format!("repeat penalty must be > 0, found {}", self.repeat_penalty));
+            return bad(format!(
+                "repeat penalty must be > 0, found {}",
+                self.repeat_penalty
+            ));
         }
         Ok(())
     }
@@ -120,10 +126,14 @@ impl Sampler {
             let start = history.len().saturating_sub(c.repeat_last_n);
             let mut seen = std::collections::HashSet::new();
             for &t in &history[start..] {
-                if let Some(x) = l.get_mut(t as usize) {
-                    if seen.insert(t) {
-                        *x = if *x > 0.0 { *x / c.repeat_penalty } else { *x * c.repeat_penalty };
-                    }
+                if let Some(x) = l.get_mut(t as usize)
+                    && seen.insert(t)
+                {
+                    *x = if *x > 0.0 {
+                        *x / c.repeat_penalty
+                    } else {
+                        *x * c.repeat_penalty
+                    };
                 }
             }
         }
@@ -143,7 +153,10 @@ impl Sampler {
         }
         let probs = |cand: &[(u32, f32)], t: f32| -> Vec<f64> {
             let m = cand.first().map_or(0.0, |x| x.1) as f64;
-            let e: Vec<f64> = cand.iter().map(|x| ((x.1 as f64 - m) / t as f64).exp()).collect();
+            let e: Vec<f64> = cand
+                .iter()
+                .map(|x| ((x.1 as f64 - m) / t as f64).exp())
+                .collect();
             let s: f64 = e.iter().sum();
             e.into_iter().map(|x| x / s).collect()
         };
@@ -184,7 +197,13 @@ mod tests {
     use super::*;
 
     fn cfg(t: f32) -> SamplingConfig {
-        SamplingConfig { temperature: t, top_k: None, top_p: None, min_p: None, ..SamplingConfig::greedy() }
+        SamplingConfig {
+            temperature: t,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            ..SamplingConfig::greedy()
+        }
     }
 
     #[test]
@@ -198,7 +217,9 @@ mod tests {
         let logits = [1.0f32, 2.0, 0.5, 1.5];
         let draw = |seed| {
             let mut s = Sampler::new(SamplingConfig { seed, ..cfg(1.0) }).unwrap();
-            (0..20000).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..20000)
+                .map(|_| s.sample(&logits, &[]))
+                .collect::<Vec<_>>()
         };
         let a = draw(7);
         assert_eq!(a, draw(7));
@@ -206,7 +227,10 @@ mod tests {
         let p: Vec<f32> = log_softmax(&logits).iter().map(|x| x.exp()).collect();
         for (i, &pi) in p.iter().enumerate() {
             let f = a.iter().filter(|&&t| t as usize == i).count() as f32 / a.len() as f32;
-            assert!((f - pi).abs() < 0.015, "token {i}: frequency {f} vs probability {pi}");
+            assert!(
+                (f - pi).abs() < 0.015,
+                "token {i}: frequency {f} vs probability {pi}"
+            );
         }
     }
 
@@ -220,16 +244,38 @@ mod tests {
             seen.dedup();
             seen
         };
-        assert_eq!(support(SamplingConfig { top_k: Some(2), ..cfg(1.0) }), vec![0, 1]);
+        assert_eq!(
+            support(SamplingConfig {
+                top_k: Some(2),
+                ..cfg(1.0)
+            }),
+            vec![0, 1]
+        );
         // p(0) = 0.6652, p(0)+p(1) = 0.9099: top-p 0.9 keeps two tokens.
-        assert_eq!(support(SamplingConfig { top_p: Some(0.9), ..cfg(1.0) }), vec![0, 1]);
+        assert_eq!(
+            support(SamplingConfig {
+                top_p: Some(0.9),
+                ..cfg(1.0)
+            }),
+            vec![0, 1]
+        );
         // min-p 0.2: p(2)/p(0) = e^-2 = 0.135 < 0.2, p(1)/p(0) = 0.37.
-        assert_eq!(support(SamplingConfig { min_p: Some(0.2), ..cfg(1.0) }), vec![0, 1]);
+        assert_eq!(
+            support(SamplingConfig {
+                min_p: Some(0.2),
+                ..cfg(1.0)
+            }),
+            vec![0, 1]
+        );
     }
 
     #[test]
     fn repeat_penalty_divides_positive_and_multiplies_negative_logits() {
-        let mut s = Sampler::new(SamplingConfig { repeat_penalty: 2.0, ..cfg(0.0) }).unwrap();
+        let mut s = Sampler::new(SamplingConfig {
+            repeat_penalty: 2.0,
+            ..cfg(0.0)
+        })
+        .unwrap();
         // Token 0 (3.0 → 1.5) loses to token 1 (2.0) once it was seen.
         assert_eq!(s.sample(&[3.0, 2.0], &[0]), 1);
         assert_eq!(s.sample(&[3.0, 2.0], &[]), 0);
@@ -239,8 +285,20 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_rejected() {
-        assert!(Sampler::new(SamplingConfig { top_p: Some(1.5), ..cfg(1.0) }).is_err());
-        assert!(Sampler::new(SamplingConfig { top_k: Some(0), ..cfg(1.0) }).is_err());
+        assert!(
+            Sampler::new(SamplingConfig {
+                top_p: Some(1.5),
+                ..cfg(1.0)
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingConfig {
+                top_k: Some(0),
+                ..cfg(1.0)
+            })
+            .is_err()
+        );
         assert!(Sampler::new(cfg(-1.0)).is_err());
     }
 }

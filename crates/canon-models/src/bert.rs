@@ -45,7 +45,11 @@ impl Bert {
         let d = c.hidden_size;
         let lin = |p: String, out: usize, inp: usize| -> Result<Linear> {
             Ok(Linear::new(
-                src.weight(&format!("{p}.weight"), &[out, inp], WeightMode::DequantizeF32)?,
+                src.weight(
+                    &format!("{p}.weight"),
+                    &[out, inp],
+                    WeightMode::DequantizeF32,
+                )?,
                 Some(src.tensor(&format!("{p}.bias"), &[out])?),
             ))
         };
@@ -74,7 +78,9 @@ impl Bert {
             });
         }
         Ok(Self {
-            word: Embedding::new(src.tensor("embeddings.word_embeddings.weight", &[c.vocab_size, d])?),
+            word: Embedding::new(
+                src.tensor("embeddings.word_embeddings.weight", &[c.vocab_size, d])?,
+            ),
             position: Embedding::new(src.tensor(
                 "embeddings.position_embeddings.weight",
                 &[c.max_position_embeddings, d],

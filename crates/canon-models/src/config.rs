@@ -39,20 +39,32 @@ impl LlamaConfig {
                 return Err(format!("{k} must be positive, found 0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim must be even for RoPE, found {}", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim must be even for RoPE, found {}",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return Err(format!("rms_norm_eps must be in (0, 1), found {}", self.rms_norm_eps));
+            return Err(format!(
+                "rms_norm_eps must be in (0, 1), found {}",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
-            return Err(format!("rope_theta must be positive, found {}", self.rope_theta));
+            return Err(format!(
+                "rope_theta must be positive, found {}",
+                self.rope_theta
+            ));
         }
         if self.max_position_embeddings > 1 << 22 {
             return Err(format!(
@@ -80,7 +92,9 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size ({}) must be a multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
@@ -98,7 +112,10 @@ impl BertConfig {
             }
         }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
-            return Err(format!("layer_norm_eps must be in (0, 1), found {}", self.layer_norm_eps));
+            return Err(format!(
+                "layer_norm_eps must be in (0, 1), found {}",
+                self.layer_norm_eps
+            ));
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ pub use bert::Bert;
 pub use config::{BertConfig, LlamaConfig};
 pub use llama::Llama;
 pub use load::{LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder};
-pub use source::WeightMode;
 pub use sentence::{Pooling, SentenceEmbedder};
+pub use source::WeightMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -104,9 +104,21 @@ impl Llama {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let h = blk.attn_norm.forward(x)?;
         // [b, t, heads·hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
-        let q = blk.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-        let k = blk.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let v = blk.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let q = blk
+            .q
+            .forward(&h)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = blk
+            .k
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = blk
+            .v
+            .forward(&h)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
         let q = self.rope.apply(&q.contiguous()?, offset)?;
         let k = self.rope.apply(&k.contiguous()?, offset)?;
         let (k, v) = cache.append(&k, &v.contiguous()?)?;
@@ -123,7 +135,9 @@ impl CausalLm for Llama {
         let (_, t) = ids.dims2()?;
         let offset = cache.len();
         if t == 0 {
-            return Err(ModelError::Input("forward: expected at least one token, found 0".into()));
+            return Err(ModelError::Input(
+                "forward: expected at least one token, found 0".into(),
+            ));
         }
         if offset + t > self.config.max_position_embeddings {
             return Err(ModelError::Input(format!(
@@ -144,7 +158,10 @@ impl CausalLm for Llama {
             Positions::Last => x.narrow(1, t - 1, 1)?,
         };
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(candle_core::DType::F32)?)
+        Ok(self
+            .lm_head
+            .forward(&x)?
+            .to_dtype(candle_core::DType::F32)?)
     }
 
     fn new_cache(&self) -> Cache {
@@ -213,7 +230,12 @@ mod tests {
             max_position_embeddings: 64,
             tie_word_embeddings: true,
         };
-        Llama::load(cfg, &RandomSource(Default::default()), WeightMode::DequantizeF32).unwrap()
+        Llama::load(
+            cfg,
+            &RandomSource(Default::default()),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap()
     }
 
     fn ids(v: &[u32]) -> Tensor {
@@ -224,9 +246,14 @@ mod tests {
     fn cached_decoding_equals_the_full_forward_pass() {
         let m = tiny(2);
         let seq = [3u32, 7, 1, 9, 4, 4, 12, 30];
-        let full = m.forward(&ids(&seq), &mut m.new_cache(), Positions::All).unwrap();
+        let full = m
+            .forward(&ids(&seq), &mut m.new_cache(), Positions::All)
+            .unwrap();
         let mut cache = m.new_cache();
-        let mut steps = vec![m.forward(&ids(&seq[..3]), &mut cache, Positions::All).unwrap()];
+        let mut steps = vec![
+            m.forward(&ids(&seq[..3]), &mut cache, Positions::All)
+                .unwrap(),
+        ];
         for &t in &seq[3..] {
             steps.push(m.forward(&ids(&[t]), &mut cache, Positions::All).unwrap());
         }
@@ -237,16 +264,28 @@ mod tests {
     #[test]
     fn later_tokens_do_not_change_earlier_logits() {
         let m = tiny(4);
-        let a = m.forward(&ids(&[5, 6, 7, 8]), &mut m.new_cache(), Positions::All).unwrap();
-        let b = m.forward(&ids(&[5, 6, 7, 8, 40, 2]), &mut m.new_cache(), Positions::All).unwrap();
+        let a = m
+            .forward(&ids(&[5, 6, 7, 8]), &mut m.new_cache(), Positions::All)
+            .unwrap();
+        let b = m
+            .forward(
+                &ids(&[5, 6, 7, 8, 40, 2]),
+                &mut m.new_cache(),
+                Positions::All,
+            )
+            .unwrap();
         assert_close(&b.narrow(1, 0, 4).unwrap(), &a, Tol::F32);
     }
 
     #[test]
     fn last_position_equals_the_last_row_of_all() {
         let m = tiny(1);
-        let all = m.forward(&ids(&[1, 2, 3]), &mut m.new_cache(), Positions::All).unwrap();
-        let last = m.forward(&ids(&[1, 2, 3]), &mut m.new_cache(), Positions::Last).unwrap();
+        let all = m
+            .forward(&ids(&[1, 2, 3]), &mut m.new_cache(), Positions::All)
+            .unwrap();
+        let last = m
+            .forward(&ids(&[1, 2, 3]), &mut m.new_cache(), Positions::Last)
+            .unwrap();
         assert_close(&last, &all.narrow(1, 2, 1).unwrap(), Tol::F32);
         assert_eq!(last.dtype(), DType::F32);
     }
@@ -255,10 +294,15 @@ mod tests {
     fn context_overflow_and_empty_input_are_errors() {
         let m = tiny(2);
         let long: Vec<u32> = (0..65).map(|i| i % 50).collect();
-        let e = m.forward(&ids(&long), &mut m.new_cache(), Positions::Last).unwrap_err();
+        let e = m
+            .forward(&ids(&long), &mut m.new_cache(), Positions::Last)
+            .unwrap_err();
         assert!(e.to_string().contains("context of 64"), "{e}");
         let empty = Tensor::zeros((1, 0), DType::U32, &Device::Cpu).unwrap();
-        assert!(m.forward(&empty, &mut m.new_cache(), Positions::Last).is_err());
+        assert!(
+            m.forward(&empty, &mut m.new_cache(), Positions::Last)
+                .is_err()
+        );
     }
 
     #[test]
@@ -287,7 +331,9 @@ mod tests {
         }
         let mut cfg = tiny(2).config;
         cfg.num_hidden_layers = 1;
-        let e = Llama::load(cfg, &Bad, WeightMode::DequantizeF32).unwrap_err().to_string();
+        let e = Llama::load(cfg, &Bad, WeightMode::DequantizeF32)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("k_proj") && e.contains("bad.gguf"), "{e}");
     }
 }

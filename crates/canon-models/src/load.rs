@@ -47,7 +47,11 @@ impl ModelSpec {
         match self {
             Self::Alias(a) => {
                 let p = canon_assets::ensure_main(a, progress)?;
-                Ok(if p.is_dir() { Self::HfDir(p) } else { Self::Gguf(p) })
+                Ok(if p.is_dir() {
+                    Self::HfDir(p)
+                } else {
+                    Self::Gguf(p)
+                })
             }
             other => Ok(other.clone()),
         }
@@ -110,8 +114,12 @@ fn meta_u64(f: &GgufFile, key: &str) -> Result<u64> {
     let v = f
         .get(key)
         .ok_or_else(|| meta_err(f, format!("missing metadata key '{key}'")))?;
-    v.as_u64()
-        .ok_or_else(|| meta_err(f, format!("'{key}' should be an integer, found {}", v.type_name())))
+    v.as_u64().ok_or_else(|| {
+        meta_err(
+            f,
+            format!("'{key}' should be an integer, found {}", v.type_name()),
+        )
+    })
 }
 
 fn meta_u64_opt(f: &GgufFile, key: &str) -> Option<u64> {
@@ -122,7 +130,10 @@ fn meta_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-            meta_err(f, format!("'{key}' should be a number, found {}", v.type_name()))
+            meta_err(
+                f,
+                format!("'{key}' should be a number, found {}", v.type_name()),
+            )
         }),
     }
 }
@@ -138,7 +149,10 @@ fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>> {
                     .ok_or_else(|| meta_err(f, format!("'{key}' should hold strings")))
             })
             .collect(),
-        Some(v) => Err(meta_err(f, format!("'{key}' should be an array, found {}", v.type_name()))),
+        Some(v) => Err(meta_err(
+            f,
+            format!("'{key}' should be an array, found {}", v.type_name()),
+        )),
     }
 }
 
@@ -165,13 +179,15 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
         None if n_heads > 0 => d / n_heads,
         None => 0,
     };
-    if let Some(rd) = meta_u64_opt(f, &k("rope.dimension_count")) {
-        if rd as usize != head_dim {
-            return Err(meta_err(
-                f,
-                format!("partial rotary embeddings (rope.dimension_count {rd} < head dim {head_dim}) are not supported"),
-            ));
-        }
+    if let Some(rd) = meta_u64_opt(f, &k("rope.dimension_count"))
+        && rd as usize != head_dim
+    {
+        return Err(meta_err(
+            f,
+            format!(
+                "partial rotary embeddings (rope.dimension_count {rd} < head dim {head_dim}) are not supported"
+            ),
+        ));
     }
     let vocab = match meta_u64_opt(f, &k("vocab_size")) {
         Some(v) => v as usize,
@@ -212,9 +228,17 @@ pub fn gguf_vocab(f: &GgufFile) -> Result<GgufVocab> {
         model: f
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
-            .ok_or_else(|| meta_err(f, "missing 'tokenizer.ggml.model': the file has no tokenizer".into()))?
+            .ok_or_else(|| {
+                meta_err(
+                    f,
+                    "missing 'tokenizer.ggml.model': the file has no tokenizer".into(),
+                )
+            })?
             .to_string(),
-        pre: f.get("tokenizer.ggml.pre").and_then(Value::as_str).map(str::to_string),
+        pre: f
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         tokens: strings(f, "tokenizer.ggml.tokens")?,
         token_types,
         merges: strings(f, "tokenizer.ggml.merges")?,
@@ -245,7 +269,11 @@ pub fn load_gguf_lm(path: &Path, mode: WeightMode) -> Result<LoadedLm> {
             .unwrap_or_default()
     };
     let chat_template = match file.get("tokenizer.chat_template").and_then(Value::as_str) {
-        Some(src) => Some(ChatTemplate::new(src, &tok_text(vocab.bos_id), &tok_text(vocab.eos_id))?),
+        Some(src) => Some(ChatTemplate::new(
+            src,
+            &tok_text(vocab.bos_id),
+            &tok_text(vocab.eos_id),
+        )?),
         None => None,
     };
     let name = file
@@ -278,7 +306,11 @@ fn read_json(path: &Path) -> Result<Json> {
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Json>> {
-    if path.is_file() { read_json(path).map(Some) } else { Ok(None) }
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 struct Cfg<'a> {
@@ -288,13 +320,23 @@ struct Cfg<'a> {
 
 impl Cfg<'_> {
     fn usize(&self, key: &str) -> Result<usize> {
-        self.v[key].as_u64().map(|x| x as usize).ok_or_else(|| ModelError::Config {
-            file: self.file.clone(),
-            message: format!("'{key}' should be a non-negative integer, found {}", self.v[key]),
-        })
+        self.v[key]
+            .as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| ModelError::Config {
+                file: self.file.clone(),
+                message: format!(
+                    "'{key}' should be a non-negative integer, found {}",
+                    self.v[key]
+                ),
+            })
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        if self.v[key].is_null() { Ok(default) } else { self.usize(key) }
+        if self.v[key].is_null() {
+            Ok(default)
+        } else {
+            self.usize(key)
+        }
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match &self.v[key] {
@@ -325,7 +367,10 @@ fn hf_tokenizer(dir: &Path) -> Result<Tokenizer> {
 fn token_id(tok: &Tokenizer, v: &Json) -> Option<u32> {
     match v {
         Json::String(s) => tok.token_to_id(s),
-        Json::Object(o) => o.get("content").and_then(Json::as_str).and_then(|s| tok.token_to_id(s)),
+        Json::Object(o) => o
+            .get("content")
+            .and_then(Json::as_str)
+            .and_then(|s| tok.token_to_id(s)),
         _ => None,
     }
 }
@@ -336,7 +381,11 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     let mt = model_type(&v);
     if mt != "llama" && mt != "mistral" {
         return Err(ModelError::Architecture {
-            found: if mt.is_empty() { "(no model_type in config.json)".into() } else { mt },
+            found: if mt.is_empty() {
+                "(no model_type in config.json)".into()
+            } else {
+                mt
+            },
             expected: "llama, mistral (causal LM); bert for embeddings".into(),
         });
     }
@@ -353,7 +402,7 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         num_hidden_layers: c.usize("num_hidden_layers")?,
         num_attention_heads: nh,
         num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
-        head_dim: c.usize_or("head_dim", if nh > 0 { d / nh } else { 0 })?,
+        head_dim: c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?,
         rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
         rope_theta: c.f64_or("rope_theta", 10000.0)? as f32,
         rope_layout: RopeLayout::HalfSplit,
@@ -380,11 +429,19 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     tokenizer.bos_id = token_id(&tokenizer, &tcfg["bos_token"]);
     let text_of = |v: &Json| match v {
         Json::String(s) => s.clone(),
-        Json::Object(o) => o.get("content").and_then(Json::as_str).unwrap_or("").to_string(),
+        Json::Object(o) => o
+            .get("content")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string(),
         _ => String::new(),
     };
     let chat_template = match tcfg["chat_template"].as_str() {
-        Some(s) => Some(ChatTemplate::new(s, &text_of(&tcfg["bos_token"]), &text_of(&tcfg["eos_token"]))?),
+        Some(s) => Some(ChatTemplate::new(
+            s,
+            &text_of(&tcfg["bos_token"]),
+            &text_of(&tcfg["eos_token"]),
+        )?),
         None => None,
     };
     let src = SafetensorsSource::open_dir(dir)?;
@@ -393,7 +450,10 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         model: Box::new(model),
         tokenizer,
         chat_template,
-        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         path: dir.to_path_buf(),
     })
 }
@@ -404,7 +464,11 @@ pub fn load_hf_encoder(dir: &Path) -> Result<LoadedEncoder> {
     let mt = model_type(&v);
     if mt != "bert" {
         return Err(ModelError::Architecture {
-            found: if mt.is_empty() { "(no model_type in config.json)".into() } else { mt },
+            found: if mt.is_empty() {
+                "(no model_type in config.json)".into()
+            } else {
+                mt
+            },
             expected: "bert (sentence embeddings)".into(),
         });
     }
@@ -446,9 +510,11 @@ pub fn load_hf_encoder(dir: &Path) -> Result<LoadedEncoder> {
         Pooling::Mean
     };
     let normalize = match read_json_opt(&dir.join("modules.json"))? {
-        Some(Json::Array(mods)) => mods
-            .iter()
-            .any(|m| m["type"].as_str().is_some_and(|t| t.ends_with(".Normalize"))),
+        Some(Json::Array(mods)) => mods.iter().any(|m| {
+            m["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(".Normalize"))
+        }),
         _ => true,
     };
     let tokenizer = hf_tokenizer(dir)?.with_truncation(max_seq_length)?;
@@ -462,7 +528,10 @@ pub fn load_hf_encoder(dir: &Path) -> Result<LoadedEncoder> {
             normalize,
             pad_id,
         },
-        name: dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         path: dir.to_path_buf(),
     })
 }

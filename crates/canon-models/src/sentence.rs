@@ -66,7 +66,9 @@ impl SentenceEmbedder {
         let mut mask = vec![0f32; b * t];
         for (i, r) in rows.iter().enumerate() {
             ids[i * t..i * t + r.len()].copy_from_slice(r);
-            mask[i * t..i * t + r.len()].iter_mut().for_each(|m| *m = 1.0);
+            mask[i * t..i * t + r.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1.0);
         }
         let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
         let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
@@ -81,7 +83,11 @@ impl SentenceEmbedder {
             Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
         };
         let pooled = if self.normalize {
-            let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::MAX)?;
             pooled.broadcast_div(&norm)?
         } else {
             pooled

@@ -51,22 +51,22 @@ fn check_shape(file: &str, name: &str, expected: &[usize], found: &[usize]) -> R
 
 /// Maps HF LLaMA names to llama.cpp's GGUF names.
 pub fn llama_gguf_name(hf: &str) -> String {
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        if let Some((layer, tail)) = rest.split_once('.') {
-            let g = match tail {
-                "input_layernorm.weight" => "attn_norm.weight",
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                other => other,
-            };
-            return format!("blk.{layer}.{g}");
-        }
+    if let Some(rest) = hf.strip_prefix("model.layers.")
+        && let Some((layer, tail)) = rest.split_once('.')
+    {
+        let g = match tail {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            other => other,
+        };
+        return format!("blk.{layer}.{g}");
     }
     match hf {
         "model.embed_tokens.weight" => "token_embd.weight",
@@ -89,12 +89,19 @@ impl GgufSource {
 
     fn ggml(&self, name: &str, shape: &[usize]) -> Result<GgmlTensor> {
         let gname = (self.map)(name);
-        let info = self.file.tensor_info(&gname).ok_or_else(|| ModelError::MissingTensor {
-            file: self.describe(),
-            name: gname.clone(),
-        })?;
+        let info = self
+            .file
+            .tensor_info(&gname)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: self.describe(),
+                name: gname.clone(),
+            })?;
         check_shape(&self.describe(), &gname, shape, &info.shape)?;
-        Ok(GgmlTensor::from_bytes(info.dtype, &info.shape, self.file.tensor_bytes(info))?)
+        Ok(GgmlTensor::from_bytes(
+            info.dtype,
+            &info.shape,
+            self.file.tensor_bytes(info),
+        )?)
     }
 }
 
@@ -141,12 +148,11 @@ impl SafetensorsSource {
                 path: p.display().to_string(),
                 message: e.to_string(),
             })?;
-            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-                ModelError::Config {
+            let (header, meta) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Config {
                     file: p.display().to_string(),
                     message: format!("not a valid safetensors file: {e}"),
-                }
-            })?;
+                })?;
             for (name, info) in meta.tensors() {
                 index.insert(name, (i, info.clone()));
             }
@@ -168,7 +174,8 @@ impl SafetensorsSource {
         let idx = dir.join("model.safetensors.index.json");
         let text = std::fs::read_to_string(&idx).map_err(|_| ModelError::Io {
             path: dir.display().to_string(),
-            message: "expected model.safetensors or model.safetensors.index.json in the folder".into(),
+            message: "expected model.safetensors or model.safetensors.index.json in the folder"
+                .into(),
         })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
             file: idx.display().to_string(),
@@ -220,10 +227,13 @@ impl WeightSource for SafetensorsSource {
     }
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
-        let (fi, info) = self.index.get(&full).ok_or_else(|| ModelError::MissingTensor {
-            file: self.describe(),
-            name: full.clone(),
-        })?;
+        let (fi, info) = self
+            .index
+            .get(&full)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: self.describe(),
+                name: full.clone(),
+            })?;
         let (path, mmap, base) = &self.files[*fi];
         let file = path.display().to_string();
         check_shape(&file, &full, shape, &info.shape)?;
@@ -240,10 +250,12 @@ impl WeightSource for SafetensorsSource {
             }
         };
         let (s, e) = info.data_offsets;
-        let bytes = mmap.get(base + s..base + e).ok_or_else(|| ModelError::Config {
-            file: file.clone(),
-            message: format!("tensor '{full}' lies beyond the end of the file"),
-        })?;
+        let bytes = mmap
+            .get(base + s..base + e)
+            .ok_or_else(|| ModelError::Config {
+                file: file.clone(),
+                message: format!("tensor '{full}' lies beyond the end of the file"),
+            })?;
         let t = Tensor::from_raw_buffer(bytes, dtype, &info.shape, &Device::Cpu)?;
         Ok(t.to_dtype(DType::F32)?)
     }

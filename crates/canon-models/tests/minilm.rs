@@ -25,14 +25,31 @@ fn embeddings_and_token_ids_match_sentence_transformers() {
     let enc = embedder();
     let cases = g["texts"].as_array().expect("texts");
     assert!(cases.len() >= 20);
-    let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = cases
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
     let ours = enc.embedder.embed(&texts, 16).unwrap();
     let mut worst = 0.0f64;
     for (c, v) in cases.iter().zip(&ours) {
         let name = c["name"].as_str().unwrap();
-        let ids: Vec<u32> = c["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(enc.embedder.token_ids(c["text"].as_str().unwrap()).unwrap(), ids, "token ids of {name}");
-        let r: Vec<f32> = c["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let ids: Vec<u32> = c["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            enc.embedder.token_ids(c["text"].as_str().unwrap()).unwrap(),
+            ids,
+            "token ids of {name}"
+        );
+        let r: Vec<f32> = c["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         let d = assert_close_f32(v, &r, Tol::new(1e-5, 0.0));
         worst = worst.max(d);
         assert!(cosine(v, &r) >= 0.9999, "{name}: cosine {}", cosine(v, &r));
@@ -62,10 +79,14 @@ fn a_text_alone_equals_the_same_text_in_a_padded_batch() {
 #[test]
 fn paraphrase_ranks_above_unrelated() {
     let enc = embedder();
-    let t: Vec<String> = ["A man is eating food.", "A man is eating a piece of bread.", "A man is riding a horse."]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let t: Vec<String> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "A man is riding a horse.",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let e = enc.embedder.embed(&t, 8).unwrap();
     assert!(cosine(&e[0], &e[1]) > cosine(&e[0], &e[2]) + 0.1);
 }

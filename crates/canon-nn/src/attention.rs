@@ -35,7 +35,15 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> crate::Result<Tensor> {
 /// Additive causal mask `[tq, tk]`: 0 where `j <= offset + i`, −∞ elsewhere.
 pub fn causal_mask(tq: usize, tk: usize, offset: usize, device: &Device) -> crate::Result<Tensor> {
     let v: Vec<f32> = (0..tq)
-        .flat_map(|i| (0..tk).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(v, (tq, tk), device)
 }
@@ -99,10 +107,22 @@ mod tests {
         let v = randn(&[1, 2, 6, 4], 3);
         let full = attention(&q, &k, &v, AttnMask::Causal { offset: 0 }).unwrap();
         let q3 = q.narrow(2, 0, 3).unwrap();
-        let part = attention(&q3, &k.narrow(2, 0, 3).unwrap(), &v.narrow(2, 0, 3).unwrap(), AttnMask::Causal { offset: 0 }).unwrap();
+        let part = attention(
+            &q3,
+            &k.narrow(2, 0, 3).unwrap(),
+            &v.narrow(2, 0, 3).unwrap(),
+            AttnMask::Causal { offset: 0 },
+        )
+        .unwrap();
         assert_close(&full.narrow(2, 0, 3).unwrap(), &part, Tol::F32);
         // A cached query at offset 4 sees keys 0..=4.
-        let last = attention(&q.narrow(2, 4, 1).unwrap(), &k.narrow(2, 0, 5).unwrap(), &v.narrow(2, 0, 5).unwrap(), AttnMask::Causal { offset: 4 }).unwrap();
+        let last = attention(
+            &q.narrow(2, 4, 1).unwrap(),
+            &k.narrow(2, 0, 5).unwrap(),
+            &v.narrow(2, 0, 5).unwrap(),
+            AttnMask::Causal { offset: 4 },
+        )
+        .unwrap();
         assert_close(&full.narrow(2, 4, 1).unwrap(), &last, Tol::F32);
     }
 
@@ -113,7 +133,13 @@ mod tests {
         let v = randn(&[1, 2, 5, 4], 3);
         let keep = Tensor::new(&[[1f32, 1., 1., 0., 0.]], &Device::Cpu).unwrap();
         let padded = attention(&q, &k, &v, AttnMask::Padding(&keep)).unwrap();
-        let short = attention(&q, &k.narrow(2, 0, 3).unwrap(), &v.narrow(2, 0, 3).unwrap(), AttnMask::None).unwrap();
+        let short = attention(
+            &q,
+            &k.narrow(2, 0, 3).unwrap(),
+            &v.narrow(2, 0, 3).unwrap(),
+            AttnMask::None,
+        )
+        .unwrap();
         assert_close(&padded, &short, Tol::F32);
     }
 }

@@ -80,7 +80,9 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         let dims = x.dims().to_vec();
-        let in_f = *dims.last().ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+        let in_f = *dims
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
         let n = x.elem_count() / in_f.max(1);
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;

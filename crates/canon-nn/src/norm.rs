@@ -66,16 +66,29 @@ mod tests {
     fn rms_and_layer_norm_agree_on_zero_mean_input_and_differ_on_shifted() {
         let d = 16;
         let x = randn(&[3, d], 7);
-        let x0 = x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap()).unwrap();
+        let x0 = x
+            .broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap())
+            .unwrap();
         let ones = Tensor::ones(d, DType::F32, &Device::Cpu).unwrap();
         let rms = RmsNorm::new(ones.clone(), 1e-5);
         let ln = LayerNorm::new(ones, None, 1e-5);
-        assert_close(&rms.forward(&x0).unwrap(), &ln.forward(&x0).unwrap(), Tol::F32);
+        assert_close(
+            &rms.forward(&x0).unwrap(),
+            &ln.forward(&x0).unwrap(),
+            Tol::F32,
+        );
         let shifted = (x0 + 3.0).unwrap();
         let a = to_vec(&rms.forward(&shifted).unwrap());
         let b = to_vec(&ln.forward(&shifted).unwrap());
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(diff > 0.1, "RMSNorm must not subtract the mean (max diff {diff})");
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff > 0.1,
+            "RMSNorm must not subtract the mean (max diff {diff})"
+        );
     }
 
     #[test]
@@ -86,7 +99,9 @@ mod tests {
         let ours = RmsNorm::new(g.clone(), 1e-5).forward(&x).unwrap();
         let fused = candle_nn::ops::rms_norm(&x, &g, 1e-5).unwrap();
         assert_close(&ours, &fused, Tol::F32);
-        let ours = LayerNorm::new(g.clone(), Some(b.clone()), 1e-12).forward(&x).unwrap();
+        let ours = LayerNorm::new(g.clone(), Some(b.clone()), 1e-12)
+            .forward(&x)
+            .unwrap();
         let fused = candle_nn::ops::layer_norm(&x, &g, &b, 1e-12).unwrap();
         assert_close(&ours, &fused, Tol::F32);
     }
@@ -99,7 +114,7 @@ mod tests {
         let y = LayerNorm::new(g.as_tensor().clone(), Some(b.as_tensor().clone()), 1e-5)
             .forward(x.as_tensor())
             .unwrap();
-        let loss = (y.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let loss = y.sqr().unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         for v in [&x, &g, &b] {
             let gr = grads.get(v.as_tensor()).expect("gradient");

@@ -38,8 +38,10 @@ impl Rope {
         layout: RopeLayout,
         device: &Device,
     ) -> crate::Result<Self> {
-        if dim % 2 != 0 || dim == 0 {
-            candle_core::bail!("rope: the rotated dimension must be even and positive, found {dim}");
+        if !dim.is_multiple_of(2) || dim == 0 {
+            candle_core::bail!(
+                "rope: the rotated dimension must be even and positive, found {dim}"
+            );
         }
         let half = dim / 2;
         let inv_freq: Vec<f32> = (0..half)
@@ -129,13 +131,15 @@ mod tests {
             let rope = Rope::new(64, 5000, 10000.0, layout, &Device::Cpu).unwrap();
             let q = randn(&[1, 1, 1, 64], 1);
             let k = randn(&[1, 1, 1, 64], 2);
-            let score = |m: usize, n: usize| {
-                dot(&rope.apply(&q, m).unwrap(), &rope.apply(&k, n).unwrap())
-            };
+            let score =
+                |m: usize, n: usize| dot(&rope.apply(&q, m).unwrap(), &rope.apply(&k, n).unwrap());
             for (m, n, s) in [(3, 10, 100), (0, 7, 4000), (50, 20, 1234)] {
                 let a = score(m, n);
                 let b = score(m + s, n + s);
-                assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{layout:?} {m} {n} {s}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                    "{layout:?} {m} {n} {s}: {a} vs {b}"
+                );
             }
         }
     }
@@ -144,7 +148,11 @@ mod tests {
     fn preserves_norm_and_position_zero_is_identity() {
         let rope = Rope::new(64, 100, 10000.0, RopeLayout::Interleaved, &Device::Cpu).unwrap();
         let x = randn(&[2, 3, 4, 64], 3);
-        assert_close(&rope.apply(&x.narrow(2, 0, 1).unwrap(), 0).unwrap(), &x.narrow(2, 0, 1).unwrap(), Tol::EXACT);
+        assert_close(
+            &rope.apply(&x.narrow(2, 0, 1).unwrap(), 0).unwrap(),
+            &x.narrow(2, 0, 1).unwrap(),
+            Tol::EXACT,
+        );
         let y = rope.apply(&x, 17).unwrap();
         let nx = x.sqr().unwrap().sum(3).unwrap();
         let ny = y.sqr().unwrap().sum(3).unwrap();
@@ -173,7 +181,12 @@ mod tests {
         let d = 16;
         let x = randn(&[1, 1, 3, d], 9);
         let perm = interleaved_to_half_split_rows(d);
-        let idx = Tensor::from_vec(perm.iter().map(|&p| p as u32).collect::<Vec<_>>(), d, &Device::Cpu).unwrap();
+        let idx = Tensor::from_vec(
+            perm.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            d,
+            &Device::Cpu,
+        )
+        .unwrap();
         let xp = x.index_select(&idx, 3).unwrap();
         let ri = Rope::new(d, 8, 10000.0, RopeLayout::Interleaved, &Device::Cpu).unwrap();
         let rh = Rope::new(d, 8, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();

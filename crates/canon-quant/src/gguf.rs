@@ -443,7 +443,10 @@ mod tests {
     fn parses_a_valid_file() {
         let f = write(&tiny_gguf());
         let g = GgufFile::open(f.path()).unwrap();
-        assert_eq!(g.get("general.architecture").unwrap().as_str(), Some("llama"));
+        assert_eq!(
+            g.get("general.architecture").unwrap().as_str(),
+            Some("llama")
+        );
         assert_eq!(
             g.get("x.list").unwrap(),
             &Value::Array(vec![Value::U32(7), Value::U32(9)])
@@ -459,7 +462,10 @@ mod tests {
         let full = tiny_gguf();
         for cut in 0..full.len() {
             let f = write(&full[..cut]);
-            assert!(GgufFile::open(f.path()).is_err(), "cut at {cut} was accepted");
+            assert!(
+                GgufFile::open(f.path()).is_err(),
+                "cut at {cut} was accepted"
+            );
         }
     }
 

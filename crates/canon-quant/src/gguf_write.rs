@@ -75,7 +75,10 @@ fn put_value(w: &mut Vec<u8>, v: &Value) -> io::Result<()> {
         Value::Array(a) => {
             let code = a.first().map_or(4, value_code);
             if a.iter().any(|x| value_code(x) != code) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "GGUF arrays hold one type"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "GGUF arrays hold one type",
+                ));
             }
             w.extend_from_slice(&code.to_le_bytes());
             w.extend_from_slice(&(a.len() as u64).to_le_bytes());
@@ -88,7 +91,11 @@ fn put_value(w: &mut Vec<u8>, v: &Value) -> io::Result<()> {
 }
 
 /// Writes a GGUF file atomically (temporary file + rename).
-pub fn write_gguf(path: &Path, metadata: &[(&str, Value)], tensors: &[TensorOut<'_>]) -> io::Result<()> {
+pub fn write_gguf(
+    path: &Path,
+    metadata: &[(&str, Value)],
+    tensors: &[TensorOut<'_>],
+) -> io::Result<()> {
     const ALIGN: usize = 32;
     let mut head = Vec::new();
     head.extend_from_slice(b"GGUF");
@@ -107,7 +114,11 @@ pub fn write_gguf(path: &Path, metadata: &[(&str, Value)], tensors: &[TensorOut<
         if t.data.len() != expected {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("tensor {}: {} bytes, expected {expected}", t.name, t.data.len()),
+                format!(
+                    "tensor {}: {} bytes, expected {expected}",
+                    t.name,
+                    t.data.len()
+                ),
             ));
         }
         put_str(&mut head, t.name);
@@ -122,7 +133,10 @@ pub fn write_gguf(path: &Path, metadata: &[(&str, Value)], tensors: &[TensorOut<
     while head.len() % ALIGN != 0 {
         head.push(0);
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     {
         let mut w = io::BufWriter::new(tmp.as_file_mut());
@@ -155,11 +169,19 @@ mod tests {
                 ("general.architecture", Value::String("llama".into())),
                 ("a.list", Value::Array(vec![Value::I32(1), Value::I32(-2)])),
             ],
-            &[TensorOut { name: "w", dtype: GgmlType::F32, shape: &[2, 3], data: &data }],
+            &[TensorOut {
+                name: "w",
+                dtype: GgmlType::F32,
+                shape: &[2, 3],
+                data: &data,
+            }],
         )
         .unwrap();
         let g = GgufFile::open(&p).unwrap();
-        assert_eq!(g.get("a.list").unwrap(), &Value::Array(vec![Value::I32(1), Value::I32(-2)]));
+        assert_eq!(
+            g.get("a.list").unwrap(),
+            &Value::Array(vec![Value::I32(1), Value::I32(-2)])
+        );
         let t = g.tensor_info("w").unwrap();
         assert_eq!(t.shape, vec![2, 3]);
         assert_eq!(g.tensor_bytes(t), &data[..]);

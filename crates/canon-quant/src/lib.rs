@@ -111,9 +111,7 @@ impl GgmlType {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
-    #[error(
-        "tensor data has {found} bytes, but {shape:?} in {dtype:?} needs {expected}"
-    )]
+    #[error("tensor data has {found} bytes, but {shape:?} in {dtype:?} needs {expected}")]
     Size {
         dtype: GgmlType,
         shape: Vec<usize>,
@@ -197,7 +195,13 @@ mod tests {
             b.push(i | ((15 - i) << 4));
         }
         let t = GgmlTensor::from_bytes(GgmlType::Q4_1, &[1, 32], &b).unwrap();
-        let v: Vec<f32> = t.dequantize().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = t
+            .dequantize()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for i in 0..16 {
             assert_eq!(v[i], 0.5 * i as f32 - 1.0);
             assert_eq!(v[16 + i], 0.5 * (15 - i) as f32 - 1.0);

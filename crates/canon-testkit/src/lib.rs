@@ -37,20 +37,19 @@ pub fn check_close(actual: &[f64], reference: &[f64], tol: Tol) -> Result<f64, S
         ));
     }
     let mut worst = 0.0f64;
-    let mut worst_i = None;
+    // (index, actual, reference, allowed) of the worst failing element.
+    let mut failure: Option<(usize, f64, f64, f64)> = None;
     for (i, (&a, &r)) in actual.iter().zip(reference).enumerate() {
         let d = (a - r).abs();
         let allowed = tol.atol + tol.rtol * r.abs();
-        if !(d <= allowed) {
-            if worst_i.is_none() || d > worst {
-                worst = d;
-                worst_i = Some((i, a, r, allowed));
-            }
-        } else if d > worst && worst_i.is_none() {
-            worst = d;
+        let fails = d.is_nan() || d > allowed;
+        if fails && failure.is_none_or(|(_, fa, fr, _)| d > (fa - fr).abs() || d.is_nan()) {
+            failure = Some((i, a, r, allowed));
+        } else if !fails {
+            worst = worst.max(d);
         }
     }
-    match worst_i {
+    match failure {
         Some((i, a, r, allowed)) => Err(format!(
             "element {i}: actual {a} vs reference {r}: |diff| {} > allowed {allowed} (atol {}, rtol {})",
             (a - r).abs(),
@@ -108,7 +107,8 @@ pub fn goldens_dir() -> PathBuf {
 /// Reads a JSON fixture below `goldens/`.
 pub fn golden(rel: &str) -> serde_json::Value {
     let p = goldens_dir().join(rel);
-    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    let s =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("cannot parse {}: {e}", p.display()))
 }
 

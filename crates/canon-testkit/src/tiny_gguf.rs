@@ -37,7 +37,11 @@ pub struct TinyLlama {
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        Self { context_length: 64, architecture: "llama", q_rows_factor: 1 }
+        Self {
+            context_length: 64,
+            architecture: "llama",
+            q_rows_factor: 1,
+        }
     }
 }
 
@@ -78,39 +82,87 @@ pub fn write_tiny_llama(path: &Path, opts: &TinyLlama) -> std::io::Result<usize>
         ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String(format!("{} {}", table[b'h' as usize], table[b'i' as usize]))])),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vec![Value::String(format!(
+                "{} {}",
+                table[b'h' as usize], table[b'i' as usize]
+            ))]),
+        ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(TINY_CHATML.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(TINY_CHATML.into()),
+        ),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut rand_bytes = |n: usize| -> Vec<u8> {
-        (0..n).flat_map(|_| ((rng.random::<f32>() - 0.5) * 0.5).to_le_bytes()).collect()
+        (0..n)
+            .flat_map(|_| ((rng.random::<f32>() - 0.5) * 0.5).to_le_bytes())
+            .collect()
     };
     let ones = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| 1f32.to_le_bytes()).collect() };
     // (name, shape, data)
     let mut ts: Vec<(String, Vec<usize>, Vec<u8>)> = vec![
-        ("token_embd.weight".into(), vec![vocab, d], rand_bytes(vocab * d)),
+        (
+            "token_embd.weight".into(),
+            vec![vocab, d],
+            rand_bytes(vocab * d),
+        ),
         ("output_norm.weight".into(), vec![d], ones(d)),
     ];
     for l in 0..layers {
         let p = format!("blk.{l}");
         let q_rows = nh * hd * opts.q_rows_factor;
         ts.push((format!("{p}.attn_norm.weight"), vec![d], ones(d)));
-        ts.push((format!("{p}.attn_q.weight"), vec![q_rows, d], rand_bytes(q_rows * d)));
-        ts.push((format!("{p}.attn_k.weight"), vec![nkv * hd, d], rand_bytes(nkv * hd * d)));
-        ts.push((format!("{p}.attn_v.weight"), vec![nkv * hd, d], rand_bytes(nkv * hd * d)));
-        ts.push((format!("{p}.attn_output.weight"), vec![d, nh * hd], rand_bytes(d * nh * hd)));
+        ts.push((
+            format!("{p}.attn_q.weight"),
+            vec![q_rows, d],
+            rand_bytes(q_rows * d),
+        ));
+        ts.push((
+            format!("{p}.attn_k.weight"),
+            vec![nkv * hd, d],
+            rand_bytes(nkv * hd * d),
+        ));
+        ts.push((
+            format!("{p}.attn_v.weight"),
+            vec![nkv * hd, d],
+            rand_bytes(nkv * hd * d),
+        ));
+        ts.push((
+            format!("{p}.attn_output.weight"),
+            vec![d, nh * hd],
+            rand_bytes(d * nh * hd),
+        ));
         ts.push((format!("{p}.ffn_norm.weight"), vec![d], ones(d)));
-        ts.push((format!("{p}.ffn_gate.weight"), vec![ffn, d], rand_bytes(ffn * d)));
-        ts.push((format!("{p}.ffn_up.weight"), vec![ffn, d], rand_bytes(ffn * d)));
-        ts.push((format!("{p}.ffn_down.weight"), vec![d, ffn], rand_bytes(d * ffn)));
+        ts.push((
+            format!("{p}.ffn_gate.weight"),
+            vec![ffn, d],
+            rand_bytes(ffn * d),
+        ));
+        ts.push((
+            format!("{p}.ffn_up.weight"),
+            vec![ffn, d],
+            rand_bytes(ffn * d),
+        ));
+        ts.push((
+            format!("{p}.ffn_down.weight"),
+            vec![d, ffn],
+            rand_bytes(d * ffn),
+        ));
     }
     let meta: Vec<(&str, Value)> = keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let outs: Vec<TensorOut<'_>> = ts
         .iter()
-        .map(|(n, s, b)| TensorOut { name: n, dtype: GgmlType::F32, shape: s, data: b })
+        .map(|(n, s, b)| TensorOut {
+            name: n,
+            dtype: GgmlType::F32,
+            shape: s,
+            data: b,
+        })
         .collect();
     write_gguf(path, &meta, &outs)?;
     Ok(vocab)

@@ -50,9 +50,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Deterministic: templates use it for a date line; we do not read the clock here.
             let _ = fmt;
@@ -95,9 +98,18 @@ mod tests {
             "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         let s = t
-            .render(&[Message::new("system", "Be terse."), Message::new("user", "Hi")], false)
+            .render(
+                &[
+                    Message::new("system", "Be terse."),
+                    Message::new("user", "Hi"),
+                ],
+                false,
+            )
             .unwrap();
-        assert_eq!(s, "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+        assert_eq!(
+            s,
+            "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
@@ -108,8 +120,16 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(t.render(&[Message::new("user", " hi ")], false).unwrap(), " HI ");
-        assert!(t.render(&[Message::new("user", "  ")], false).unwrap_err().to_string().contains("empty"));
+        assert_eq!(
+            t.render(&[Message::new("user", " hi ")], false).unwrap(),
+            " HI "
+        );
+        assert!(
+            t.render(&[Message::new("user", "  ")], false)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
     }
 
     #[test]

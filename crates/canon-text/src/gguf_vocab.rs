@@ -35,12 +35,26 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 /// `tokenizer.ggml.pre` values we know, with the regexes llama.cpp applies for them (in order).
 pub const PRE_TOKENIZERS: &[(&[&str], &[&str])] = &[
-    (&["default", "gpt2", "gpt-2", "mpt", "olmo", "jais"], &[GPT2_REGEX]),
     (
-        &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"],
+        &["default", "gpt2", "gpt-2", "mpt", "olmo", "jais"],
+        &[GPT2_REGEX],
+    ),
+    (
+        &[
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+            "minerva",
+        ],
         &[r"\p{N}", GPT2_REGEX],
     ),
-    (&["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"], &[LLAMA3_REGEX]),
+    (
+        &["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"],
+        &[LLAMA3_REGEX],
+    ),
     (&["qwen2", "stablelm2", "deepseek-r1-qwen"], &[QWEN2_REGEX]),
 ];
 
@@ -66,7 +80,10 @@ impl GgufVocab {
             .flatten()
             .collect();
         for (i, t) in self.tokens.iter().enumerate() {
-            let control = self.token_types.get(i).is_some_and(|&ty| ty == 3 || ty == 4);
+            let control = self
+                .token_types
+                .get(i)
+                .is_some_and(|&ty| ty == 3 || ty == 4);
             if control && EOG_TEXTS.contains(&t.as_str()) {
                 ids.push(i as u32);
             }
@@ -83,8 +100,10 @@ impl GgufVocab {
             .find(|(names, _)| names.contains(&pre))
             .map(|(_, r)| *r)
             .ok_or_else(|| {
-                let known: Vec<&str> =
-                    PRE_TOKENIZERS.iter().flat_map(|(n, _)| n.iter().copied()).collect();
+                let known: Vec<&str> = PRE_TOKENIZERS
+                    .iter()
+                    .flat_map(|(n, _)| n.iter().copied())
+                    .collect();
                 TextError::Unsupported(format!(
                     "tokenizer.ggml.pre = '{pre}'; supported: {}",
                     known.join(", ")
@@ -123,7 +142,11 @@ impl GgufVocab {
             )));
         }
         let n = self.tokens.len() as u32;
-        for (name, id) in [("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id)] {
+        for (name, id) in [
+            ("bos", self.bos_id),
+            ("eos", self.eos_id),
+            ("pad", self.pad_id),
+        ] {
             if let Some(id) = id.filter(|&id| id >= n) {
                 return Err(TextError::BadVocab(format!(
                     "{name} id {id} is outside the vocabulary of {n} tokens"
@@ -137,7 +160,9 @@ impl GgufVocab {
         let mut merges = Vec::with_capacity(self.merges.len());
         for (i, m) in self.merges.iter().enumerate() {
             let (a, b) = m.split_once(' ').ok_or_else(|| {
-                TextError::BadVocab(format!("merge {i} '{m}' is not two tokens separated by a space"))
+                TextError::BadVocab(format!(
+                    "merge {i} '{m}' is not two tokens separated by a space"
+                ))
             })?;
             merges.push(json!([a, b]));
         }
@@ -176,8 +201,17 @@ mod tests {
 
     #[test]
     fn unknown_model_and_pre_tokenizer_are_named_in_the_error() {
-        let v = GgufVocab { model: "llama".into(), tokens: vec!["a".into()], ..Default::default() };
-        assert!(v.to_tokenizer_json().unwrap_err().to_string().contains("'llama'"));
+        let v = GgufVocab {
+            model: "llama".into(),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        };
+        assert!(
+            v.to_tokenizer_json()
+                .unwrap_err()
+                .to_string()
+                .contains("'llama'")
+        );
         let v = GgufVocab {
             model: "gpt2".into(),
             pre: Some("martian".into()),
@@ -196,6 +230,11 @@ mod tests {
             merges: vec!["ab".into()],
             ..Default::default()
         };
-        assert!(v.to_tokenizer_json().unwrap_err().to_string().contains("merge 0"));
+        assert!(
+            v.to_tokenizer_json()
+                .unwrap_err()
+                .to_string()
+                .contains("merge 0")
+        );
     }
 }

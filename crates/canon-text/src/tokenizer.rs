@@ -63,10 +63,14 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`. Its own post-processor (e.g. BERT's [CLS]/[SEP]) applies when
     /// `encode_with_special` is used.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TextError::Load {
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TextError::Load {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        // Padding and truncation stored in the file (MiniLM's pads to 128) are decided by the
+        // caller here: batches are padded dynamically, truncation set with `with_truncation`.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(tok_err)?;
         Ok(Self::from_inner(inner))
     }
 
@@ -93,8 +97,14 @@ impl Tokenizer {
     /// Tokenizes `text` for a causal LM: BOS first when the model asks for it; special-token texts
     /// (`<|im_start|>`) become their ids when `parse_special`, else they are tokenized as plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special { &self.inner } else { &self.literal };
-        let enc = t.encode_fast(text, self.use_post_processor).map_err(tok_err)?;
+        let t = if parse_special {
+            &self.inner
+        } else {
+            &self.literal
+        };
+        let enc = t
+            .encode_fast(text, self.use_post_processor)
+            .map_err(tok_err)?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
             ids.extend(self.bos_id);

@@ -35,6 +35,8 @@ enum Command {
     Embed(cmd::embed::EmbedArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Evaluate a model (HumanEval pass@k with sandboxed execution).
+    Eval(cmd::eval::EvalArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
 }
@@ -48,7 +50,11 @@ pub struct Ctx {
 impl Ctx {
     /// Where asset-fetch progress goes.
     pub fn progress(&self) -> &'static dyn canon_assets::FetchProgress {
-        if self.quiet { &canon_assets::Quiet } else { &canon_assets::Stderr }
+        if self.quiet {
+            &canon_assets::Quiet
+        } else {
+            &canon_assets::Stderr
+        }
     }
 }
 
@@ -65,12 +71,16 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     }
-    let ctx = Ctx { threads, quiet: cli.quiet };
+    let ctx = Ctx {
+        threads,
+        quiet: cli.quiet,
+    };
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(a, &ctx),
         Command::Chat(a) => cmd::chat::run(a, &ctx),
         Command::Embed(a) => cmd::embed::run(a, &ctx),
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
+        Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
     };
     match result {

@@ -19,7 +19,6 @@ pub fn load_encoder(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedEncoder> {
 }
 
 /// A `TextGenerator` over the named model (evaluation, agents).
-#[allow(dead_code)]
 pub fn load_generator(model: &str, ctx: &Ctx) -> anyhow::Result<Box<dyn TextGenerator>> {
     Ok(Box::new(LmGenerator::new(load_lm(model, ctx)?)))
 }

@@ -22,7 +22,10 @@ fn stderr(o: &Output) -> String {
 /// Fails unless the command failed cleanly with a one-line error containing every needle.
 fn assert_clean_error(o: &Output, needles: &[&str]) {
     let e = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {e}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
     assert!(!e.contains("panicked"), "panic: {e}");
     let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {e}");
@@ -41,29 +44,88 @@ fn tiny(dir: &Path, name: &str, opts: &TinyLlama) -> PathBuf {
 fn bad_models_end_in_one_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let h = d.path();
-    let o = canon(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "x"], h);
+    let o = canon(
+        &[
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "x",
+        ],
+        h,
+    );
     assert_clean_error(&o, &["/nonexistent/model.gguf", "alias"]);
     let o = canon(&["generate", "--model", "gpt-17", "--prompt", "x"], h);
     assert_clean_error(&o, &["gpt-17", "smollm2"]);
 
     let garbage = h.join("garbage.gguf");
     std::fs::write(&garbage, b"definitely not a model").unwrap();
-    let o = canon(&["generate", "--model", garbage.to_str().unwrap(), "--prompt", "x"], h);
+    let o = canon(
+        &[
+            "generate",
+            "--model",
+            garbage.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        h,
+    );
     assert_clean_error(&o, &["not a GGUF file"]);
 
     let good = tiny(h, "good.gguf", &TinyLlama::default());
     let bytes = std::fs::read(&good).unwrap();
     let cut = h.join("truncated.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let o = canon(&["generate", "--model", cut.to_str().unwrap(), "--prompt", "x"], h);
+    let o = canon(
+        &[
+            "generate",
+            "--model",
+            cut.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        h,
+    );
     assert_clean_error(&o, &["truncated"]);
 
-    let arch = tiny(h, "arch.gguf", &TinyLlama { architecture: "gptx", ..Default::default() });
-    let o = canon(&["generate", "--model", arch.to_str().unwrap(), "--prompt", "x"], h);
+    let arch = tiny(
+        h,
+        "arch.gguf",
+        &TinyLlama {
+            architecture: "gptx",
+            ..Default::default()
+        },
+    );
+    let o = canon(
+        &[
+            "generate",
+            "--model",
+            arch.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        h,
+    );
     assert_clean_error(&o, &["unsupported architecture", "gptx"]);
 
-    let shape = tiny(h, "shape.gguf", &TinyLlama { q_rows_factor: 2, ..Default::default() });
-    let o = canon(&["generate", "--model", shape.to_str().unwrap(), "--prompt", "x"], h);
+    let shape = tiny(
+        h,
+        "shape.gguf",
+        &TinyLlama {
+            q_rows_factor: 2,
+            ..Default::default()
+        },
+    );
+    let o = canon(
+        &[
+            "generate",
+            "--model",
+            shape.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        h,
+    );
     assert_clean_error(&o, &["blk.0.attn_q.weight", "[16, 16]", "[32, 16]"]);
 
     // An alias whose asset cannot be fetched: pip is missing.
@@ -74,14 +136,24 @@ fn bad_models_end_in_one_clear_error() {
 #[test]
 fn bad_prompts_end_in_one_clear_error() {
     let d = tempfile::tempdir().unwrap();
-    let m = tiny(d.path(), "m.gguf", &TinyLlama { context_length: 32, ..Default::default() });
+    let m = tiny(
+        d.path(),
+        "m.gguf",
+        &TinyLlama {
+            context_length: 32,
+            ..Default::default()
+        },
+    );
     let m = m.to_str().unwrap();
     let o = canon(&["generate", "--model", m, "--prompt", ""], d.path());
     assert_clean_error(&o, &["empty prompt"]);
     let long = "x".repeat(40);
     let o = canon(&["generate", "--model", m, "--prompt", &long], d.path());
     assert_clean_error(&o, &["40 tokens", "32"]);
-    let o = canon(&["generate", "--model", m, "--prompt", "hi", "--top-p", "2"], d.path());
+    let o = canon(
+        &["generate", "--model", m, "--prompt", "hi", "--top-p", "2"],
+        d.path(),
+    );
     assert_clean_error(&o, &["top-p"]);
 }
 
@@ -101,19 +173,51 @@ fn generation_flags_behave() {
         json_out(&canon(&a, d.path()))
     };
     // --ignore-eos generates exactly --max-tokens.
-    let v = run(&["--max-tokens", "12", "--ignore-eos", "--temperature", "1", "--seed", "3"]);
+    let v = run(&[
+        "--max-tokens",
+        "12",
+        "--ignore-eos",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+    ]);
     assert_eq!(v["tokens"].as_array().unwrap().len(), 12);
     assert_eq!(v["finish_reason"], "length");
     assert_eq!(v["timings"]["decode_tokens"], 12);
     // "hi" merges into one token; " there" is six byte tokens.
     assert_eq!(v["prompt_tokens"].as_array().unwrap().len(), 7);
     // Same seed, same text; another seed, (almost surely) another text.
-    let w = run(&["--max-tokens", "12", "--ignore-eos", "--temperature", "1", "--seed", "3"]);
+    let w = run(&[
+        "--max-tokens",
+        "12",
+        "--ignore-eos",
+        "--temperature",
+        "1",
+        "--seed",
+        "3",
+    ]);
     assert_eq!(v["tokens"], w["tokens"]);
-    let x = run(&["--max-tokens", "12", "--ignore-eos", "--temperature", "1", "--seed", "4"]);
+    let x = run(&[
+        "--max-tokens",
+        "12",
+        "--ignore-eos",
+        "--temperature",
+        "1",
+        "--seed",
+        "4",
+    ]);
     assert_ne!(v["tokens"], x["tokens"]);
     // --logprobs K: K alternatives per token, probabilities that sum to at most 1.
-    let l = run(&["--max-tokens", "3", "--ignore-eos", "--temperature", "0", "--logprobs", "4"]);
+    let l = run(&[
+        "--max-tokens",
+        "3",
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--logprobs",
+        "4",
+    ]);
     let lps = l["logprobs"].as_array().unwrap();
     assert_eq!(lps.len(), 3);
     for e in lps {
@@ -121,7 +225,10 @@ fn generation_flags_behave() {
         assert_eq!(top.len(), 4);
         // Greedy: the chosen token is the most likely one.
         assert_eq!(top[0]["id"], e["id"]);
-        let s: f64 = top.iter().map(|t| t["logprob"].as_f64().unwrap().exp()).sum();
+        let s: f64 = top
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap().exp())
+            .sum();
         assert!(s <= 1.0 + 1e-5);
     }
 }
@@ -132,15 +239,42 @@ fn chat_template_and_tokenize_work_on_the_tiny_model() {
     let m = tiny(d.path(), "m.gguf", &TinyLlama::default());
     let m = m.to_str().unwrap();
     let v = json_out(&canon(
-        &["generate", "--model", m, "--prompt", "hi", "--chat", "--max-tokens", "2", "--json", "--temperature", "0"],
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--chat",
+            "--max-tokens",
+            "2",
+            "--json",
+            "--temperature",
+            "0",
+        ],
         d.path(),
     ));
     // <|im_start|> user \n hi <|im_end|> \n <|im_start|> assistant \n: specials are one token each.
-    let p: Vec<u64> = v["prompt_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let p: Vec<u64> = v["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(p[0], 1);
     assert_eq!(p.iter().filter(|&&x| x == 1).count(), 2);
     assert_eq!(p.iter().filter(|&&x| x == 2).count(), 1);
-    let o = canon(&["tokenize", "--model", m, "--text", "<|im_start|>hi", "--json"], d.path());
+    let o = canon(
+        &[
+            "tokenize",
+            "--model",
+            m,
+            "--text",
+            "<|im_start|>hi",
+            "--json",
+        ],
+        d.path(),
+    );
     let t = json_out(&o);
     assert_eq!(t["ids"], serde_json::json!([1, 259]));
 }

@@ -38,17 +38,27 @@ pub fn run(a: AssetsArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
         AssetsAction::List => {
-            println!("{:<10} {:<28} {:<7} description", "name", "package", "cached");
+            println!(
+                "{:<10} {:<28} {:<7} description",
+                "name", "package", "cached"
+            );
             for s in canon_assets::ASSETS {
                 println!(
                     "{:<10} {:<28} {:<7} {}",
                     s.name,
                     format!("{}=={}", s.package, s.version),
-                    if canon_assets::is_cached(s) { "yes" } else { "no" },
+                    if canon_assets::is_cached(s) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     s.description
                 );
             }
-            println!("cache: {}", canon_assets::canon_home().join("assets").display());
+            println!(
+                "cache: {}",
+                canon_assets::canon_home().join("assets").display()
+            );
         }
     }
     Ok(())

@@ -40,7 +40,10 @@ pub fn run(a: ChatArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut g = LmGenerator::new(lm);
     let interactive = std::io::stdin().is_terminal();
     if interactive && !ctx.quiet {
-        eprintln!("canon: chat with {} — /reset clears the history, /exit quits", g.lm.name);
+        eprintln!(
+            "canon: chat with {} — /reset clears the history, /exit quits",
+            g.lm.name
+        );
     }
     let mut history: Vec<Message> = Vec::new();
     if let Some(s) = &a.system {
@@ -80,7 +83,10 @@ pub fn run(a: ChatArgs, ctx: &Ctx) -> anyhow::Result<()> {
             logprobs: None,
         };
         let out = g.generate_streaming(&req, &mut |piece| {
-            stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
         })?;
         writeln!(stdout)?;
         history.push(Message::new("assistant", out.text.trim().to_string()));

