@@ -70,6 +70,9 @@ const LOGIT_TOL: Tol = Tol::new(5e-4, 0.0);
 fn prompts_tokenize_like_llama_cpp_and_greedy_ids_equal_the_f32_reference() {
     let gold = golden("smollm2/smollm2.json");
     let mut g = load();
+    // End-of-generation ids as llama.cpp decides them from the metadata.
+    assert_eq!(g.lm.tokenizer.eog_ids, ids(&gold["eog_ids"]));
+    assert!(!g.lm.tokenizer.add_bos);
     let cases = gold["cases"].as_array().unwrap();
     assert!(cases.len() >= 6);
     for case in cases {

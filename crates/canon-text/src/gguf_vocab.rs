@@ -58,7 +58,8 @@ pub const PRE_TOKENIZERS: &[(&[&str], &[&str])] = &[
     (&["qwen2", "stablelm2", "deepseek-r1-qwen"], &[QWEN2_REGEX]),
 ];
 
-/// Token texts llama.cpp also treats as end of generation when they are control tokens.
+/// Token texts llama.cpp also treats as end of generation: end-of-turn markers, and the
+/// fill-in-the-middle pad / repository / file-separator tokens it detects by name.
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
@@ -70,10 +71,20 @@ const EOG_TEXTS: &[&str] = &[
     "_<EOT>",
     "<|end_of_text|>",
     "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 impl GgufVocab {
-    /// The ids that end a generation: eos, eot, eom, and control tokens with a known end text.
+    /// The ids that end a generation: eos, eot, eom, and tokens with a known end text (SmolLM2:
+    /// 0 `<|endoftext|>`, 2 `<|im_end|>`, 4 `<reponame>`, as llama.cpp decides).
     pub fn eog_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = [self.eos_id, self.eot_id, self.eom_id]
             .into_iter()

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Canon against the peers users would otherwise pick, side by side in one run on one machine.
+
+  - decode: 128 tokens after a 16-token prompt (llama-bench `-p 0 -n 128 -d 16`) vs
+    `canon generate --ignore-eos --max-tokens 128` on a 16-token prompt (decode_tokens / decode_ms);
+  - prefill: a 512-token prompt (llama-bench `-p 512 -n 0`) vs `canon generate --max-tokens 1` on a
+    512-token prompt (prompt_tokens / prefill_ms);
+  - embeddings: 1,000 sentences of ~20 words, batch 32: sentence-transformers `encode` vs
+    `canon embed --timings` (model loading excluded on both sides).
+
+Runs alternate peer and Canon, REPEAT times each, and prints medians and ratios (Canon / peer;
+> 1 means Canon is faster). Set up the peers first with bench/setup_peers.sh.
+
+Usage:
+  CANON_PEERS=~/.cache/canon-peers $CANON_PEERS/venv/bin/python bench/compare.py [--repeat 5] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = os.environ.get("CANON_PEERS", os.path.expanduser("~/.cache/canon-peers"))
+HOME = os.environ.get("CANON_HOME", os.path.expanduser("~/.cache/canon"))
+GGUF = os.path.join(HOME, "assets", "smollm2-0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+MINILM = os.path.join(HOME, "assets", "minilm-0.1.0")
+WORDS = (
+    "the model reads a sentence and writes a vector that keeps its meaning close to other "
+    "sentences about the same thing while far from those about something else entirely today"
+).split()
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def canon_bin():
+    b = os.path.join(ROOT, "target", "release", "canon")
+    if not os.path.exists(b):
+        subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)
+    return b
+
+
+def llama_bench(args, threads):
+    exe = os.path.join(PEERS, "llama.cpp-build", "bin", "llama-bench")
+    out = subprocess.run(
+        [exe, "-m", GGUF, "-t", str(threads), "-r", "1", "-o", "json"] + args,
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)[0]["avg_ts"]
+
+
+def canon_generate(exe, prompt, max_tokens, threads, extra=()):
+    out = subprocess.run(
+        [exe, "--quiet", "--threads", str(threads), "generate", "--model", GGUF, "--prompt", prompt,
+         "--max-tokens", str(max_tokens), "--temperature", "0", "--json", *extra],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)["timings"]
+
+
+def prompt_of(exe, n_tokens):
+    """A prompt of exactly n_tokens tokens under SmolLM2's tokenizer."""
+    # Cut a long text at the first word boundary that gives n_tokens tokens (binary search).
+    words = WORDS * (n_tokens // len(WORDS) + 2)
+    lo, hi = 1, len(words)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        t = " ".join(words[:mid])
+        n = len(json.loads(subprocess.run(
+            [exe, "--quiet", "tokenize", "--model", GGUF, "--text", t, "--json"],
+            capture_output=True, text=True, check=True).stdout)["ids"])
+        if n < n_tokens:
+            lo = mid + 1
+        else:
+            hi = mid
+    return " ".join(words[:lo])
+
+
+def sentences(n, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(20)) for _ in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip", default="", help="comma list of decode,prefill,embed to skip")
+    a = ap.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    exe = canon_bin()
+    subprocess.run([exe, "--quiet", "assets", "fetch", "smollm2"], check=True, capture_output=True)
+    subprocess.run([exe, "--quiet", "assets", "fetch", "minilm"], check=True, capture_output=True)
+    rows = []
+    print(f"CPU: {cpu_model()}, threads {a.threads}, median of {a.repeat}", flush=True)
+
+    if "decode" not in skip:
+        p16 = prompt_of(exe, 16)
+        peer, ours = [], []
+        for _ in range(a.repeat):
+            peer.append(llama_bench(["-p", "0", "-n", "128", "-d", "16"], a.threads))
+            t = canon_generate(exe, p16, 128, a.threads, ["--ignore-eos"])
+            ours.append(t["decode_tokens"] / t["decode_ms"] * 1e3)
+        rows.append(("decode tg128 @16 (tok/s)", "llama.cpp", peer, ours))
+
+    if "prefill" not in skip:
+        p512 = prompt_of(exe, 512)
+        peer, ours = [], []
+        for _ in range(a.repeat):
+            peer.append(llama_bench(["-p", "512", "-n", "0"], a.threads))
+            t = canon_generate(exe, p512, 1, a.threads)
+            ours.append(t["prompt_tokens"] / t["prefill_ms"] * 1e3)
+        rows.append(("prefill pp512 (tok/s)", "llama.cpp", peer, ours))
+
+    if "embed" not in skip:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.set_num_threads(a.threads)
+        sents = sentences(1000)
+        st = SentenceTransformer(MINILM, device="cpu")
+        st.encode(sents[:64], batch_size=32)  # warm-up
+        data = "\n".join(sents) + "\n"
+        peer, ours = [], []
+        for _ in range(a.repeat):
+            t0 = time.perf_counter()
+            st.encode(sents, batch_size=32)
+            peer.append(len(sents) / (time.perf_counter() - t0))
+            r = subprocess.run(
+                [exe, "--quiet", "--threads", str(a.threads), "embed", "--model", MINILM,
+                 "--batch-size", "32", "--timings"],
+                input=data, capture_output=True, text=True, check=True)
+            ours.append(json.loads(r.stderr.strip().splitlines()[-1])["texts_per_s"])
+        rows.append(("embeddings, 1000 x ~20 words, batch 32 (texts/s)", "sentence-transformers", peer, ours))
+
+    print()
+    print(f"| measure | peer | peer median | Canon median | Canon / peer |")
+    print(f"|---|---|---|---|---|")
+    for name, peer_name, peer, ours in rows:
+        pm, om = statistics.median(peer), statistics.median(ours)
+        print(f"| {name} | {peer_name} | {pm:.1f} | {om:.1f} | {om / pm:.2f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
