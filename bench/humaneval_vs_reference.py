@@ -11,8 +11,7 @@ repository (${CANON_PEERS:-~/.cache/canon-peers}/humaneval-venv) and enables tha
 venv's installed copy only.
 
 Canon: the `canon` binary (CANON_BIN, default target/release/canon) when it has `eval humaneval`;
-otherwise the stand-alone `eval_cli` example of canon-eval (the same code, crates/canon/src/cmd/eval.rs),
-built with `cargo build --release -p canon-eval --example eval_cli`.
+otherwise it builds it with `cargo build --release -p canon`.
 
 Usage: python3 bench/humaneval_vs_reference.py [--jobs 2] [--runs 3]
 """
@@ -63,9 +62,9 @@ def canon_command(jobs):
     canon = Path(os.environ.get("CANON_BIN", REPO / "target" / "release" / "canon"))
     if canon.exists() and subprocess.run([str(canon), "eval", "humaneval", "--help"], capture_output=True).returncode == 0:
         return [str(canon)], canon.name
-    sh(["cargo", "build", "--release", "-q", "-p", "canon-eval", "--example", "eval_cli"], cwd=REPO)
+    sh(["cargo", "build", "--release", "-q", "-p", "canon"], cwd=REPO)
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return [str(target / "release" / "examples" / "eval_cli")], "eval_cli example (canon CLI not wired yet)"
+    return [str(target / "release" / "canon")], "canon"
 
 
 def timed(cmd, **kw):

@@ -117,6 +117,17 @@ fn fork_bomb_is_contained_and_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let root_path = root.path().canonicalize().unwrap();
     let sb = Sandbox::new(config(&root_path)).unwrap();
+    // Without a process-count limit the bomb would exhaust the machine's pids: fail without it.
+    let limit = sb
+        .facilities()
+        .into_iter()
+        .find(|f| f.name == "process-count limit")
+        .unwrap();
+    assert!(
+        limit.available,
+        "no process-count limit, not running the fork bomb: {}",
+        limit.detail
+    );
     let bomb = "import os, time\n\
                 while True:\n\
                 \x20   try:\n\
@@ -146,14 +157,8 @@ fn fork_bomb_is_contained_and_leaves_nothing() {
         max_seen > 1,
         "the bomb never forked (saw {max_seen} processes)"
     );
-    let limited = sb
-        .facilities()
-        .iter()
-        .any(|f| f.name == "process-count limit" && f.available);
-    if limited {
-        // max_processes = 8 sample processes, plus the supervisor (its cwd is the sample directory too).
-        assert!(max_seen <= 9, "saw {max_seen} processes with a limit of 8");
-    }
+    // max_processes = 8 sample processes, plus the supervisor (its cwd is the sample directory too).
+    assert!(max_seen <= 9, "saw {max_seen} processes with a limit of 8");
     let left = processes_under(&root_path);
     assert!(left.is_empty(), "processes outlived the run: {left:?}");
     still_works(&sb);

@@ -97,6 +97,25 @@ pub fn load_encoder(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<Lo
     }
 }
 
+/// Only the tokenizer of a model (no weights are read): GGUF metadata or `tokenizer.json`.
+/// Returns the tokenizer and whether the model is an encoder (BERT folders add [CLS]/[SEP]).
+pub fn load_tokenizer(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<(Tokenizer, bool)> {
+    match spec.resolve(progress)? {
+        ModelSpec::Gguf(p) => {
+            let file = GgufFile::open(&p)?;
+            Ok((Tokenizer::from_gguf(&gguf_vocab(&file)?)?, false))
+        }
+        ModelSpec::HfDir(d) => {
+            let v = read_json(&d.join("config.json"))?;
+            let encoder = model_type(&v) == "bert";
+            let mut t = hf_tokenizer(&d)?;
+            t.use_post_processor = true;
+            Ok((t, encoder))
+        }
+        ModelSpec::Alias(_) => unreachable_alias(),
+    }
+}
+
 fn unreachable_alias<T>() -> Result<T> {
     Err(ModelError::Input("internal: alias left unresolved".into()))
 }

@@ -137,10 +137,16 @@ impl CgroupBase {
 impl Drop for CgroupBase {
     fn drop(&mut self) {
         if let Ok(free) = self.free.get_mut() {
-            for cg in free.drain(..) {
-                let _ = fs::remove_dir(&cg.dir);
-            }
+            free.clear(); // each removes its directory
         }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for SampleCgroup {
+    /// A cgroup not given back (its run failed) or dropped with the pool: remove it (empty by then;
+    /// rmdir fails harmlessly otherwise).
+    fn drop(&mut self) {
         let _ = fs::remove_dir(&self.dir);
     }
 }

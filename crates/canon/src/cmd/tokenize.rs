@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use crate::{Ctx, model_gen};
+use crate::Ctx;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -36,15 +36,10 @@ pub fn run(a: TokenizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     };
     let spec = canon_models::ModelSpec::parse(&a.model)?;
-    let resolved = spec.resolve(ctx.progress())?;
+    let (tok, encoder) = canon_models::load::load_tokenizer(&spec, ctx.progress())
+        .with_context(|| format!("cannot load the tokenizer of '{}'", a.model))?;
     // Encoders (BERT folders) tokenize with [CLS]/[SEP]; causal LMs as for generation.
-    let tok = match &resolved {
-        canon_models::ModelSpec::HfDir(d) if is_encoder(d) => {
-            model_gen::load_encoder(&a.model, ctx)?.embedder.tokenizer
-        }
-        _ => model_gen::load_lm(&a.model, ctx)?.tokenizer,
-    };
-    let ids = if matches!(&resolved, canon_models::ModelSpec::HfDir(d) if is_encoder(d)) {
+    let ids = if encoder {
         tok.encode_with_special(&text)?
     } else {
         tok.encode(&text, !a.no_parse_special)?
@@ -62,11 +57,4 @@ pub fn run(a: TokenizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         eprintln!("{} tokens", ids.len());
     }
     Ok(())
-}
-
-fn is_encoder(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .is_some_and(|v| v["model_type"] == "bert")
 }
