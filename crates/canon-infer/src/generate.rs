@@ -44,9 +44,14 @@ impl<'a> StopFilter<'a> {
     /// Adds a piece; returns (text safe to emit now, whether a stop string was found).
     fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
-        let search_from = self
+        // Search from a little before the emitted point (a stop string may straddle it), moved back
+        // to a character boundary.
+        let mut search_from = self
             .emitted
             .saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
+        while !self.text.is_char_boundary(search_from) {
+            search_from -= 1;
+        }
         let found = self
             .stops
             .iter()
@@ -292,6 +297,25 @@ mod tests {
         }
         assert_eq!(out, "x = 1");
         assert_eq!(f.text, "x = 1");
+    }
+
+    #[test]
+    fn stop_filter_handles_multibyte_text_around_the_search_window() {
+        let stops = vec!["\n#".to_string(), "\ndef".to_string()];
+        let mut f = StopFilter {
+            stops: &stops,
+            text: String::new(),
+            emitted: 0,
+        };
+        let mut out = String::new();
+        for piece in ["x – y", "é", "–", "ü done", "\n", "# end"] {
+            let (o, stop) = f.push(piece);
+            out.push_str(&o);
+            if stop {
+                break;
+            }
+        }
+        assert_eq!(out, "x – yé–ü done".replace('Ü', "ü"));
     }
 
     #[test]
