@@ -8,10 +8,13 @@
 
 pub mod bert;
 pub mod config;
+pub mod family;
+pub mod gpt;
 pub mod llama;
 pub mod load;
 pub mod sentence;
 pub mod source;
+pub mod varstore;
 
 use candle_core::Tensor;
 use canon_nn::KvCache;
@@ -22,6 +25,9 @@ pub use llama::Llama;
 pub use load::{LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder};
 pub use sentence::{Pooling, SentenceEmbedder};
 pub use source::WeightMode;
+pub use family::{ModelConfig, TrainOutput, TrainableLm};
+pub use gpt::{Gpt, GptConfig};
+pub use varstore::VarStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

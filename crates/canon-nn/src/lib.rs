@@ -11,7 +11,12 @@ pub mod embedding;
 pub mod ffn;
 pub mod kv_cache;
 pub mod linear;
+pub mod loss;
+pub mod moe;
 pub mod norm;
+pub mod gradcheck;
+pub mod pos;
+pub mod rng;
 pub mod rope;
 
 pub use activation::Activation;
@@ -22,5 +27,8 @@ pub use kv_cache::KvCache;
 pub use linear::{Linear, Lora, Weight};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{Rope, RopeLayout};
+pub use loss::{LmLoss, lm_loss};
+pub use moe::{DenseFfn, Moe, MoeConfig, MoeOutput};
+pub use rng::SplitMix64;
 
 pub type Result<T> = candle_core::Result<T>;

@@ -1,0 +1,537 @@
+//! The GPT decoder family as configuration of shared layers: GPT-1 (Radford et al., 2018, paper 2),
+//! GPT-2 (Radford et al., 2019, paper 5), PaLM's block (Chowdhery et al., 2022, paper 19) and GLaM's
+//! mixture-of-experts FFN (Du et al., 2022, paper 16). LLaMA (paper 25) trains through `llama.rs`.
+//!
+//! A block is one of (`x: [b, t, d]`):
+//!   post-LN (GPT-1):   x = LN₁(x + Attn(x));        x = LN₂(x + FFN(x))
+//!   pre-LN (GPT-2):    x = x + Attn(LN₁(x));        x = x + FFN(LN₂(x));  final LN after the stack
+//!   parallel (PaLM):   x = x + Attn(LN(x)) + FFN(LN(x))                       (one norm per block)
+//! Attention has `n_head` query heads and `n_kv_head` key/value heads (`1` = PaLM's multi-query);
+//! positions are learned (GPT) or rotary (PaLM, paper 12). FFN is GELU-MLP, SwiGLU, or, every
+//! `moe_every`-th block, a top-2 mixture of experts (GLaM). The output head is tied to the token
+//! embedding or separate; PaLM scales tied logits by `1/√d`.
+//!
+//! Initialisation (GPT-2, nanoGPT): N(0, 0.02), residual output projections (`c_proj`, `down`)
+//! N(0, 0.02/√(2·n_layer)) when `scaled_residual_init`; PaLM embeddings N(0, 1) via `embed_init_std`.
+//! Deviation: no dropout (the small runs here are data-rich relative to their size).
+//!
+//! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
+
+use candle_core::{DType, Tensor};
+use canon_nn::{
+    Activation, AttnMask, DenseFfn, Embedding, KvCache, LayerNorm, Linear, Mlp, Moe, MoeConfig,
+    RmsNorm, Rope, RopeLayout, SwiGlu, Weight, attention,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::source::{WeightMode, WeightSource};
+use crate::varstore::{Init, InitPolicy, ParamInfo};
+use crate::{Cache, CausalLm, ModelError, Positions, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockStyle {
+    PostLn,
+    PreLn,
+    Parallel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    LayerNorm,
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PosKind {
+    Learned,
+    Rope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FfnKind {
+    Mlp,
+    SwiGlu,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_act() -> Activation {
+    Activation::GeluTanh
+}
+fn d_std() -> f64 {
+    0.02
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_theta() -> f32 {
+    10000.0
+}
+fn d_every() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Filled from the trained tokenizer when 0.
+    #[serde(default)]
+    pub vocab_size: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Key/value heads (default `n_head`; 1 = multi-query attention).
+    #[serde(default)]
+    pub n_kv_head: Option<usize>,
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub max_seq_len: usize,
+    pub block: BlockStyle,
+    pub norm: NormKind,
+    /// LayerNorm has a bias β (GPT); PaLM's norms have none.
+    #[serde(default = "d_true")]
+    pub norm_bias: bool,
+    pub positions: PosKind,
+    pub ffn: FfnKind,
+    #[serde(default = "d_act")]
+    pub activation: Activation,
+    /// Biases in dense layers.
+    pub bias: bool,
+    pub tie_embeddings: bool,
+    #[serde(default)]
+    pub final_norm: bool,
+    #[serde(default)]
+    pub scaled_residual_init: bool,
+    #[serde(default = "d_std")]
+    pub init_std: f64,
+    /// Token-embedding init std (PaLM: 1.0); default `init_std`.
+    #[serde(default)]
+    pub embed_init_std: Option<f64>,
+    /// Multiply logits by `1/√d_model` (PaLM with shared embeddings).
+    #[serde(default)]
+    pub scale_logits: bool,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "d_theta")]
+    pub rope_theta: f32,
+    /// GLaM: a mixture of experts replaces the FFN of every `moe_every`-th block (1-based: blocks
+    /// `moe_every − 1, 2·moe_every − 1, …` counting from 0).
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
+    #[serde(default = "d_every")]
+    pub moe_every: usize,
+}
+
+impl GptConfig {
+    pub fn n_kv(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head.max(1)
+    }
+    pub fn is_moe_block(&self, i: usize) -> bool {
+        self.moe.is_some() && self.moe_every > 0 && (i + 1) % self.moe_every == 0
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("d_model", self.d_model),
+            ("d_ff", self.d_ff),
+            ("max_seq_len", self.max_seq_len),
+            ("n_kv_head", self.n_kv()),
+        ] {
+            if v == 0 {
+                return Err(format!("model.{k} must be positive, found 0"));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_head) {
+            return Err(format!(
+                "model.d_model ({}) must be a multiple of model.n_head ({})",
+                self.d_model, self.n_head
+            ));
+        }
+        if !self.n_head.is_multiple_of(self.n_kv()) {
+            return Err(format!(
+                "model.n_head ({}) must be a multiple of model.n_kv_head ({})",
+                self.n_head,
+                self.n_kv()
+            ));
+        }
+        if self.positions == PosKind::Rope && !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "rotary positions need an even head dimension, found {}",
+                self.head_dim()
+            ));
+        }
+        if let Some(m) = &self.moe {
+            m.validate()?;
+            if self.moe_every == 0 {
+                return Err("model.moe_every must be positive".into());
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.init_std > 0.0) {
+            return Err("model.norm_eps and model.init_std must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Initialisation and weight-decay policy by parameter name (see the module header).
+    pub fn init_policy(&self) -> InitPolicy {
+        let std = self.init_std;
+        let resid = if self.scaled_residual_init {
+            std / ((2 * self.n_layer) as f64).sqrt()
+        } else {
+            std
+        };
+        let emb = self.embed_init_std.unwrap_or(std);
+        Box::new(move |name: &str, _shape: &[usize]| {
+            let (init, decay) = if name.ends_with(".bias") {
+                (Init::Zeros, false)
+            } else if name.starts_with("ln_") || name.contains(".ln_") {
+                (Init::Ones, false)
+            } else if name.starts_with("wte.") {
+                (Init::Normal { std: emb }, false)
+            } else if name.starts_with("wpe.") {
+                (Init::Normal { std }, false)
+            } else if name.ends_with("c_proj.weight") || name.ends_with("down.weight") {
+                (Init::Normal { std: resid }, true)
+            } else {
+                (Init::Normal { std }, true)
+            };
+            ParamInfo { init, decay }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> canon_nn::Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Ffn {
+    Dense(DenseFfn),
+    Moe(Moe),
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: Norm,
+    /// Absent in the parallel block (one norm feeds both branches).
+    ln_2: Option<Norm>,
+    /// Fused `[W_q; W_k; W_v]`, `[(n_head + 2·n_kv)·hd, d]`.
+    c_attn: Linear,
+    c_proj: Linear,
+    ffn: Ffn,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    pub config: GptConfig,
+    wte: Embedding,
+    wpe: Option<Tensor>,
+    blocks: Vec<Block>,
+    ln_f: Option<Norm>,
+    lm_head: Linear,
+    rope: Option<Rope>,
+}
+
+/// What a training forward returns besides logits.
+#[derive(Debug, Clone, Default)]
+pub struct Aux {
+    /// Σ over MoE layers of `l_aux`.
+    pub moe_aux_loss: Option<Tensor>,
+    /// Per MoE layer, `f_e` (fraction of tokens whose top-1 expert is `e`).
+    pub expert_load: Vec<Vec<f32>>,
+}
+
+impl Gpt {
+    pub fn load(config: GptConfig, src: &dyn WeightSource) -> Result<Self> {
+        config.validate().map_err(|message| ModelError::Config {
+            file: src.describe(),
+            message,
+        })?;
+        let c = &config;
+        let (d, hd, nh, nkv) = (c.d_model, c.head_dim(), c.n_head, c.n_kv());
+        let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+            let w = src.weight(&format!("{name}.weight"), &[out, inp], WeightMode::DequantizeF32)?;
+            let b = if c.bias {
+                Some(src.tensor(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
+            Ok(Linear::new(w, b))
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            let w = src.tensor(&format!("{name}.weight"), &[d])?;
+            Ok(match c.norm {
+                NormKind::RmsNorm => Norm::Rms(RmsNorm::new(w, c.norm_eps)),
+                NormKind::LayerNorm => {
+                    let b = if c.norm_bias {
+                        Some(src.tensor(&format!("{name}.bias"), &[d])?)
+                    } else {
+                        None
+                    };
+                    Norm::Layer(LayerNorm::new(w, b, c.norm_eps))
+                }
+            })
+        };
+        let dense = |p: &str| -> Result<DenseFfn> {
+            Ok(match c.ffn {
+                FfnKind::Mlp => DenseFfn::Mlp(Mlp {
+                    fc1: lin(&format!("{p}.c_fc"), c.d_ff, d)?,
+                    fc2: lin(&format!("{p}.c_proj"), d, c.d_ff)?,
+                    act: c.activation,
+                }),
+                FfnKind::SwiGlu => DenseFfn::SwiGlu(SwiGlu {
+                    gate: lin(&format!("{p}.gate"), c.d_ff, d)?,
+                    up: lin(&format!("{p}.up"), c.d_ff, d)?,
+                    down: lin(&format!("{p}.down"), d, c.d_ff)?,
+                }),
+            })
+        };
+        let wte = src.tensor("wte.weight", &[c.vocab_size, d])?;
+        let wpe = match c.positions {
+            PosKind::Learned => Some(src.tensor("wpe.weight", &[c.max_seq_len, d])?),
+            PosKind::Rope => None,
+        };
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = format!("h.{i}");
+            let ffn = match (&c.moe, c.is_moe_block(i)) {
+                (Some(m), true) => Ffn::Moe(Moe {
+                    router: Linear::new(
+                        src.weight(
+                            &format!("{p}.moe.router.weight"),
+                            &[m.n_experts, d],
+                            WeightMode::DequantizeF32,
+                        )?,
+                        None,
+                    ),
+                    experts: (0..m.n_experts)
+                        .map(|e| dense(&format!("{p}.moe.experts.{e}")))
+                        .collect::<Result<_>>()?,
+                    config: m.clone(),
+                }),
+                _ => Ffn::Dense(dense(&format!("{p}.mlp"))?),
+            };
+            blocks.push(Block {
+                ln_1: norm(&format!("{p}.ln_1"))?,
+                ln_2: if c.block == BlockStyle::Parallel {
+                    None
+                } else {
+                    Some(norm(&format!("{p}.ln_2"))?)
+                },
+                c_attn: lin(&format!("{p}.attn.c_attn"), (nh + 2 * nkv) * hd, d)?,
+                c_proj: lin(&format!("{p}.attn.c_proj"), d, nh * hd)?,
+                ffn,
+            });
+        }
+        let ln_f = if c.final_norm {
+            Some(norm("ln_f")?)
+        } else {
+            None
+        };
+        let lm_head = if c.tie_embeddings {
+            Linear::new(Weight::Dense(wte.clone()), None)
+        } else {
+            Linear::new(
+                src.weight("lm_head.weight", &[c.vocab_size, d], WeightMode::DequantizeF32)?,
+                None,
+            )
+        };
+        let rope = match c.positions {
+            PosKind::Rope => Some(Rope::new(
+                hd,
+                c.max_seq_len,
+                c.rope_theta,
+                RopeLayout::Interleaved,
+                wte.device(),
+            )?),
+            PosKind::Learned => None,
+        };
+        Ok(Self {
+            config,
+            wte: Embedding::new(wte),
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            rope,
+        })
+    }
+
+    fn attn(
+        &self,
+        blk: &Block,
+        h: &Tensor,
+        kv: Option<&mut KvCache>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = h.dims3()?;
+        let (nh, nkv, hd) = (c.n_head, c.n_kv(), c.head_dim());
+        let qkv = blk.c_attn.forward(h)?; // [b, t, (nh + 2·nkv)·hd]
+        // [b, t, heads·hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
+        let split = |start: usize, heads: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, start * hd, heads * hd)?
+                .reshape((b, t, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let mut q = split(0, nh)?;
+        let mut k = split(nh, nkv)?;
+        let v = split(nh + nkv, nkv)?;
+        if let Some(r) = &self.rope {
+            q = r.apply(&q, offset)?;
+            k = r.apply(&k, offset)?;
+        }
+        let (k, v) = match kv {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let a = attention(&q, &k, &v, AttnMask::Causal { offset })?; // [b, nh, t, hd]
+        let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        Ok(blk.c_proj.forward(&a)?)
+    }
+
+    fn ffn(&self, blk: &Block, h: &Tensor, aux: &mut Aux) -> Result<Tensor> {
+        match &blk.ffn {
+            Ffn::Dense(f) => Ok(f.forward(h)?),
+            Ffn::Moe(m) => {
+                let out = m.forward(h)?;
+                aux.moe_aux_loss = Some(match aux.moe_aux_loss.take() {
+                    Some(a) => (a + out.aux_loss)?,
+                    None => out.aux_loss,
+                });
+                aux.expert_load.push(out.routing.top1_fraction);
+                Ok(out.y)
+            }
+        }
+    }
+
+    fn block(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        kv: Option<&mut KvCache>,
+        offset: usize,
+        aux: &mut Aux,
+    ) -> Result<Tensor> {
+        Ok(match (self.config.block, &blk.ln_2) {
+            (BlockStyle::PostLn, Some(ln_2)) => {
+                let x = blk.ln_1.forward(&(x + self.attn(blk, x, kv, offset)?)?)?;
+                ln_2.forward(&(&x + self.ffn(blk, &x, aux)?)?)?
+            }
+            (BlockStyle::PreLn, Some(ln_2)) => {
+                let x = (x + self.attn(blk, &blk.ln_1.forward(x)?, kv, offset)?)?;
+                let f = self.ffn(blk, &ln_2.forward(&x)?, aux)?;
+                (x + f)?
+            }
+            _ => {
+                let h = blk.ln_1.forward(x)?;
+                let a = self.attn(blk, &h, kv, offset)?;
+                let f = self.ffn(blk, &h, aux)?;
+                ((x + a)? + f)?
+            }
+        })
+    }
+
+    /// Logits `[b, t, vocab]` for every position, and the MoE auxiliaries (training; no cache).
+    pub fn forward_train(&self, ids: &Tensor) -> Result<(Tensor, Aux)> {
+        let mut aux = Aux::default();
+        let x = self.hidden(ids, None, 0, &mut aux)?;
+        Ok((self.head(&x)?, aux))
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut Cache>,
+        offset: usize,
+        aux: &mut Aux,
+    ) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Input(
+                "forward: expected at least one token, found 0".into(),
+            ));
+        }
+        if offset + t > self.config.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "the sequence would reach {} tokens, beyond the model's context of {}",
+                offset + t,
+                self.config.max_seq_len
+            )));
+        }
+        let mut x = self.wte.forward(ids)?; // [b, t, d]
+        if let Some(wpe) = &self.wpe {
+            x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
+        }
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let kv = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
+            x = self.block(blk, &x, kv, offset, aux)?;
+        }
+        if let Some(ln) = &self.ln_f {
+            x = ln.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(x)?;
+        Ok(if self.config.scale_logits {
+            (logits * (1.0 / (self.config.d_model as f64).sqrt()))?
+        } else {
+            logits
+        })
+    }
+}
+
+impl CausalLm for Gpt {
+    fn forward(&self, ids: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor> {
+        if cache.layers.len() != self.blocks.len() {
+            *cache = self.new_cache();
+        }
+        let offset = cache.len();
+        let t = ids.dim(1)?;
+        let mut aux = Aux::default();
+        let x = self.hidden(ids, Some(cache), offset, &mut aux)?;
+        let x = match which {
+            Positions::All => x,
+            Positions::Last => x.narrow(1, t.saturating_sub(1), 1)?,
+        };
+        Ok(self.head(&x)?.to_dtype(DType::F32)?)
+    }
+    fn new_cache(&self) -> Cache {
+        Cache::new(self.blocks.len())
+    }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn max_seq_len(&self) -> usize {
+        self.config.max_seq_len
+    }
+}
+
+#[cfg(test)]
+#[path = "gpt_tests.rs"]
+mod tests;

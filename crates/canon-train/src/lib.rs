@@ -1,0 +1,56 @@
+//! Training from scratch: the loop, optimizers, schedules, data, checkpoints and metrics.
+//!
+//! - `optim`: AdamW (decoupled weight decay; no decay on norms, biases and embeddings) and SGD with
+//!   momentum, each a fused in-place update over the f32 storage of candle variables; global-norm
+//!   clipping.
+//! - `schedule`: warmup + cosine, linear, the Transformer's inverse square root.
+//! - `data`: corpora present on the machine, tokenizers trained with the `tokenizers` crate, seeded
+//!   batch sampling.
+//! - `checkpoint`: weights + optimizer state + step + RNG state in one safetensors file, written
+//!   atomically (temporary file, then rename).
+//! - `metrics`: `metrics.jsonl` and the loss-curve PNG.
+//! - `trainer`: the loop over any `TrainableLm`, with gradient accumulation, evaluation, Ctrl-C and
+//!   exact resume.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{DataConfig, RunConfig, TrainConfig};
+pub use data::TokenData;
+pub use optim::{Optimizer, OptimizerConfig, Param};
+pub use schedule::Schedule;
+pub use trainer::{Outcome, StepReport, Trainer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] canon_models::ModelError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+    #[error("data: {0}")]
+    Data(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: String, message: String },
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged { step: u64, loss: f64 },
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+pub(crate) fn io_err(path: &std::path::Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
