@@ -9,7 +9,7 @@
 //! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
 
 use candle_core::{D, Tensor};
-use canon_nn::{AttnMask, Embedding, Linear, RmsNorm, Rope, SwiGlu, Weight, attention};
+use canon_nn::{AttnMask, Linear, RmsNorm, Rope, SwiGlu, Weight, attention};
 
 use crate::source::{WeightMode, WeightSource};
 use crate::{Cache, CausalLm, LlamaConfig, ModelError, Positions, Result};
@@ -28,7 +28,8 @@ struct Block {
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: Embedding,
+    /// The token table `[vocab, d]`, in the file's format (looked up row by row).
+    embed: Weight,
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -52,7 +53,7 @@ impl Llama {
         let norm = |name: String| -> Result<RmsNorm> {
             Ok(RmsNorm::new(src.tensor(&name, &[d])?, c.rms_norm_eps))
         };
-        let embed_w = src.tensor("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let embed_w = src.weight("model.embed_tokens.weight", &[c.vocab_size, d], mode)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -73,17 +74,17 @@ impl Llama {
         let lm_head = if !c.tie_word_embeddings && src.has("lm_head.weight") {
             lin("lm_head.weight".into(), c.vocab_size, d)?
         } else {
-            Linear::new(Weight::Dense(embed_w.clone()), None)
+            Linear::new(embed_w.clone(), None)
         };
         let rope = Rope::new(
             hd,
             c.max_position_embeddings,
             c.rope_theta,
             c.rope_layout,
-            embed_w.device(),
+            &candle_core::Device::Cpu,
         )?;
         Ok(Self {
-            embed: Embedding::new(embed_w),
+            embed: embed_w,
             blocks,
             norm: norm("model.norm.weight".into())?,
             lm_head,
@@ -149,7 +150,12 @@ impl CausalLm for Llama {
         if cache.layers.len() != self.blocks.len() {
             *cache = self.new_cache();
         }
-        let mut x = self.embed.forward(ids)?;
+        let (b, _) = ids.dims2()?;
+        // [b, t] -> [b·t, d] -> [b, t, d]
+        let mut x = self
+            .embed
+            .rows(ids)?
+            .reshape((b, t, self.config.hidden_size))?;
         for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = self.block_forward(blk, &x, kv, offset)?;
         }
@@ -199,6 +205,22 @@ mod tests {
 
     /// A source of random weights with HF names, for tiny models.
     pub(crate) struct RandomSource(pub std::cell::RefCell<HashMap<String, Tensor>>);
+
+    /// The same weights wrapped as variables: every op records a backward pass, so the model runs
+    /// its composed (training) path instead of the inference loops.
+    struct TrackedSource(RandomSource);
+    impl WeightSource for TrackedSource {
+        fn describe(&self) -> String {
+            "tracked".into()
+        }
+        fn has(&self, name: &str) -> bool {
+            self.0.has(name)
+        }
+        fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+            let t = self.0.tensor(name, shape)?;
+            Ok(candle_core::Var::from_tensor(&t)?.as_tensor().clone())
+        }
+    }
     impl WeightSource for RandomSource {
         fn describe(&self) -> String {
             "random".into()
@@ -216,7 +238,16 @@ mod tests {
     }
 
     pub(crate) fn tiny(n_kv: usize) -> Llama {
-        let cfg = LlamaConfig {
+        Llama::load(
+            tiny_config(n_kv),
+            &RandomSource(Default::default()),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap()
+    }
+
+    fn tiny_config(n_kv: usize) -> LlamaConfig {
+        LlamaConfig {
             vocab_size: 50,
             hidden_size: 32,
             intermediate_size: 48,
@@ -229,13 +260,32 @@ mod tests {
             rope_layout: RopeLayout::Interleaved,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
-        };
-        Llama::load(
-            cfg,
+        }
+    }
+
+    #[test]
+    fn inference_loops_equal_the_composed_training_path() {
+        let cfg = tiny_config(2);
+        let fast = Llama::load(
+            cfg.clone(),
             &RandomSource(Default::default()),
             WeightMode::DequantizeF32,
         )
-        .unwrap()
+        .unwrap();
+        let slow = Llama::load(
+            cfg,
+            &TrackedSource(RandomSource(Default::default())),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap();
+        let seq = [3u32, 7, 1, 9, 4];
+        let (mut cf, mut cs) = (fast.new_cache(), slow.new_cache());
+        for (i, part) in [&seq[..3], &seq[3..4], &seq[4..]].into_iter().enumerate() {
+            let a = fast.forward(&ids(part), &mut cf, Positions::All).unwrap();
+            let b = slow.forward(&ids(part), &mut cs, Positions::All).unwrap();
+            assert!(b.track_op() && !a.track_op(), "step {i}: paths not distinct");
+            assert_close(&a, &b.detach(), Tol::new(1e-5, 1e-5));
+        }
     }
 
     fn ids(v: &[u32]) -> Tensor {

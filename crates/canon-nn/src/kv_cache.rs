@@ -5,11 +5,21 @@
 
 use candle_core::Tensor;
 
+/// Keys and values live in buffers with room for more positions; appending writes the new
+/// positions in place (no copy of the past), and the buffers double when full.
+///
+/// The in-place write records no backward pass, so keys/values that track gradients (training
+/// through a forward pass that uses a cache) are concatenated instead, as a differentiable op.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
+    /// `[b, h_kv, capacity, d]`
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
 }
+
+/// Positions allocated on first use.
+const FIRST_CAPACITY: usize = 256;
 
 impl KvCache {
     pub fn new() -> Self {
@@ -18,42 +28,143 @@ impl KvCache {
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Appends new keys/values and returns the whole cached sequence.
+    fn capacity(&self) -> usize {
+        self.k.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+    }
+
+    /// Appends new keys/values `[b, h_kv, t, d]` and returns the whole cached sequence (views of
+    /// the buffers, `[b, h_kv, len, d]`).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> crate::Result<(Tensor, Tensor)> {
-        let (k, v) = match (&self.k, &self.v) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, k], 2)?, Tensor::cat(&[pv, v], 2)?),
-            _ => (k.clone(), v.clone()),
+        let (b, h, t, d) = k.dims4()?;
+        if v.dims4()? != (b, h, t, d) {
+            candle_core::bail!(
+                "kv cache: keys {:?} and values {:?} differ in shape",
+                k.dims(),
+                v.dims()
+            );
+        }
+        if let Some(old) = &self.k {
+            let (ob, oh, _, od) = old.dims4()?;
+            if (ob, oh, od) != (b, h, d) {
+                candle_core::bail!(
+                    "kv cache: expected [{ob}, {oh}, t, {od}], found {:?}",
+                    k.dims()
+                );
+            }
+        }
+        let need = self.len + t;
+        if k.track_op() || v.track_op() {
+            let join = |old: &Option<Tensor>, new: &Tensor| -> crate::Result<Tensor> {
+                match old {
+                    Some(o) if self.len > 0 => Tensor::cat(&[&o.narrow(2, 0, self.len)?, new], 2),
+                    _ => Ok(new.clone()),
+                }
+            };
+            let (kc, vc) = (join(&self.k, k)?, join(&self.v, v)?);
+            self.k = Some(kc.clone());
+            self.v = Some(vc.clone());
+            self.len = need;
+            return Ok((kc, vc));
+        }
+        if need > self.capacity() {
+            let cap = need.max(2 * self.capacity()).max(FIRST_CAPACITY);
+            let grow = |old: &Option<Tensor>| -> crate::Result<Tensor> {
+                let buf = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+                if let Some(o) = old
+                    && self.len > 0
+                {
+                    buf.slice_set(&o.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => candle_core::bail!("kv cache: buffers missing after growth"),
         };
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        Ok((k, v))
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 
     pub fn clear(&mut self) {
         self.k = None;
         self.v = None;
+        self.len = 0;
     }
 }
 
 impl KvCache {
-    /// Keeps only the first `n` positions.
+    /// Keeps only the first `n` positions (the buffers stay allocated).
     pub fn truncate(&mut self, n: usize) -> crate::Result<()> {
-        if n >= self.len() {
-            return Ok(());
-        }
         if n == 0 {
             self.clear();
-            return Ok(());
+        } else {
+            self.len = self.len.min(n);
         }
-        self.k = self.k.as_ref().map(|k| k.narrow(2, 0, n)).transpose()?;
-        self.v = self.v.as_ref().map(|v| v.narrow(2, 0, n)).transpose()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canon_testkit::{Tol, assert_close, randn};
+
+    #[test]
+    fn appending_in_pieces_equals_the_concatenation_across_growth() {
+        // 300 positions in uneven pieces cross the first capacity (256) once.
+        let k = randn(&[1, 2, 300, 4], 1);
+        let v = randn(&[1, 2, 300, 4], 2);
+        let mut c = KvCache::new();
+        let mut at = 0;
+        for step in [5, 1, 1, 200, 60, 1, 32] {
+            let (ka, va) = c
+                .append(&k.narrow(2, at, step).unwrap(), &v.narrow(2, at, step).unwrap())
+                .unwrap();
+            at += step;
+            assert_eq!(c.len(), at);
+            assert_close(&ka, &k.narrow(2, 0, at).unwrap(), Tol::EXACT);
+            assert_close(&va, &v.narrow(2, 0, at).unwrap(), Tol::EXACT);
+        }
+    }
+
+    #[test]
+    fn truncate_then_append_overwrites_the_dropped_positions() {
+        let k = randn(&[1, 1, 6, 2], 3);
+        let mut c = KvCache::new();
+        c.append(&k, &k).unwrap();
+        c.truncate(2).unwrap();
+        let other = randn(&[1, 1, 3, 2], 4);
+        let (ka, _) = c.append(&other, &other).unwrap();
+        let want = Tensor::cat(&[&k.narrow(2, 0, 2).unwrap(), &other], 2).unwrap();
+        assert_close(&ka, &want, Tol::EXACT);
+        assert!(c.append(&randn(&[1, 2, 1, 2], 5), &randn(&[1, 2, 1, 2], 5)).is_err());
+    }
+
+    #[test]
+    fn tracked_keys_keep_their_gradient() {
+        let k = candle_core::Var::from_tensor(&randn(&[1, 1, 3, 2], 6)).unwrap();
+        let mut c = KvCache::new();
+        c.append(&randn(&[1, 1, 2, 2], 7), &randn(&[1, 1, 2, 2], 7))
+            .unwrap();
+        let (ka, va) = c.append(k.as_tensor(), k.as_tensor()).unwrap();
+        assert_eq!(ka.dims(), &[1, 1, 5, 2]);
+        let g = (ka.sum_all().unwrap() + va.sum_all().unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gk: Vec<f32> = g.get(k.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(gk.iter().all(|&x| x == 2.0));
     }
 }

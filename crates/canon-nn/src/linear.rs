@@ -14,8 +14,9 @@ use canon_quant::GgmlTensor;
 pub enum Weight {
     /// A plain float tensor `[out, in]`.
     Dense(Tensor),
-    /// ggml blocks as read from a GGUF file. Multiplication dequantizes the matrix first; the fast
-    /// quantized kernels are the subject of the speed work (see README).
+    /// ggml blocks as read from a GGUF file. Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 multiply on canon-quant's
+    /// block kernels (activations rounded to 8 bits per block, as llama.cpp does); other formats
+    /// are dequantized for each product.
     Ggml(Arc<GgmlTensor>),
 }
 
@@ -31,11 +32,33 @@ impl Weight {
     pub fn to_dense(&self) -> crate::Result<Tensor> {
         match self {
             Weight::Dense(t) => Ok(t.clone()),
-            Weight::Ggml(q) => q
-                .dequantize()
-                .map_err(|e| candle_core::Error::Msg(e.to_string())),
+            Weight::Ggml(q) => q.dequantize().map_err(quant_err),
         }
     }
+
+    /// `x Wᵀ` for `x: [n, in]`.
+    pub fn matmul_t(&self, x2: &Tensor) -> crate::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => x2.matmul(&w.t()?),
+            Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
+            Weight::Ggml(q) => x2.matmul(&q.dequantize().map_err(quant_err)?.t()?),
+        }
+    }
+
+    /// Rows `ids` of the matrix as floats, `[ids.len(), in]`: an embedding lookup in any format.
+    pub fn rows(&self, ids: &Tensor) -> crate::Result<Tensor> {
+        match self {
+            Weight::Dense(w) => w.index_select(&ids.flatten_all()?, 0),
+            Weight::Ggml(q) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                q.dequantize_rows(&ids).map_err(quant_err)
+            }
+        }
+    }
+}
+
+fn quant_err(e: canon_quant::QuantError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
 }
 
 /// Low-rank adapter `ΔW = (α/r)·B A` with `A: [r, in]`, `B: [out, r]` (Hu et al., 2021, eq. 3).
@@ -86,8 +109,7 @@ impl Linear {
         let n = x.elem_count() / in_f.max(1);
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;
-        let w = self.weight.to_dense()?;
-        let mut y = x2.matmul(&w.t()?)?; // [n, out]
+        let mut y = self.weight.matmul_t(&x2)?; // [n, out]
         if let Some(l) = &self.lora {
             y = (y + l.delta(&x2)?)?;
         }

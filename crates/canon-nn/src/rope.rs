@@ -25,6 +25,9 @@ pub struct Rope {
     /// `[max_pos, d/2]`
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as plain vectors, for the inference loop.
+    cos_v: std::sync::Arc<Vec<f32>>,
+    sin_v: std::sync::Arc<Vec<f32>>,
     pub layout: RopeLayout,
     pub dim: usize,
     pub max_pos: usize,
@@ -57,8 +60,10 @@ impl Rope {
             }
         }
         Ok(Self {
-            cos: Tensor::from_vec(cos, (max_pos, half), device)?,
-            sin: Tensor::from_vec(sin, (max_pos, half), device)?,
+            cos: Tensor::from_vec(cos.clone(), (max_pos, half), device)?,
+            sin: Tensor::from_vec(sin.clone(), (max_pos, half), device)?,
+            cos_v: std::sync::Arc::new(cos),
+            sin_v: std::sync::Arc::new(sin),
             layout,
             dim,
             max_pos,
@@ -79,6 +84,28 @@ impl Rope {
             );
         }
         let half = d / 2;
+        if crate::fused::no_grad(&[x])
+            && let Some(xs) = crate::fused::F32Data::new(x)
+        {
+            // Inference: one pass over the rows, the same products as the composed formula.
+            let mut out = vec![0.0f32; xs.len()];
+            for (r, (xr, yr)) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+                let pos = offset + r % t;
+                let cos = &self.cos_v[pos * half..(pos + 1) * half];
+                let sin = &self.sin_v[pos * half..(pos + 1) * half];
+                for i in 0..half {
+                    let (a, b) = match self.layout {
+                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                        RopeLayout::HalfSplit => (i, i + half),
+                    };
+                    let (x0, x1) = (xr[a], xr[b]);
+                    yr[a] = x0 * cos[i] - x1 * sin[i];
+                    yr[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+            drop(xs);
+            return Tensor::from_vec(out, (b, h, t, d), x.device());
+        }
         let dtype = x.dtype();
         let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?; // [t, d/2]
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
@@ -123,6 +150,18 @@ mod tests {
             .zip(to_vec(b))
             .map(|(x, y)| *x as f64 * y as f64)
             .sum()
+    }
+
+    #[test]
+    fn the_inference_loop_equals_the_composed_formula() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+            let rope = Rope::new(8, 64, 10000.0, layout, &Device::Cpu).unwrap();
+            let x = randn(&[2, 3, 5, 8], 9);
+            let fast = rope.apply(&x, 7).unwrap();
+            let tracked = candle_core::Var::from_tensor(&x).unwrap();
+            let composed = rope.apply(tracked.as_tensor(), 7).unwrap();
+            assert_close(&fast, &composed.detach(), Tol::EXACT);
+        }
     }
 
     #[test]

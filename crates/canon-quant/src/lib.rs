@@ -6,6 +6,11 @@
 
 pub mod gguf;
 pub mod gguf_write;
+pub mod kernels;
+pub mod pool;
+mod qmatmul;
+
+pub use kernels::{Isa, Kind};
 
 use std::borrow::Cow;
 
@@ -124,6 +129,10 @@ pub enum QuantError {
         row: usize,
         block: usize,
     },
+    #[error("expected a 2-D tensor, found shape {0:?}")]
+    Rank(Vec<usize>),
+    #[error("row {index} requested from a table of {rows} rows")]
+    Index { index: u32, rows: usize },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -133,7 +142,7 @@ pub enum QuantError {
 pub struct GgmlTensor {
     pub dtype: GgmlType,
     pub shape: Vec<usize>,
-    inner: QTensor,
+    bytes: Vec<u8>,
 }
 
 impl GgmlTensor {
@@ -157,27 +166,77 @@ impl GgmlTensor {
                 found: bytes.len(),
             });
         }
-        // candle's block types need aligned memory: copy into an owned, aligned buffer.
-        let storage = candle_core::quantized::QStorage::from_data(
-            Cow::Borrowed(bytes),
-            &Device::Cpu,
-            dtype.candle(),
-        )?;
-        let inner = QTensor::new(storage, shape.to_vec())?;
         Ok(Self {
             dtype,
             shape: shape.to_vec(),
-            inner,
+            bytes: bytes.to_vec(),
         })
+    }
+
+    /// The raw ggml blocks.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Dequantizes to an f32 tensor of the same shape.
     pub fn dequantize(&self) -> Result<Tensor, QuantError> {
-        Ok(self.inner.dequantize(&Device::Cpu)?)
+        if let Some(w) = self.as_matrix() {
+            let mut out = vec![0.0f32; w.rows * w.cols];
+            for (r, row) in out.chunks_mut(w.cols.max(1)).enumerate() {
+                kernels::dequantize_row(w, r, row);
+            }
+            return Ok(Tensor::from_vec(out, self.shape.clone(), &Device::Cpu)?);
+        }
+        // Other formats through candle's block types (which need an aligned copy).
+        let storage = candle_core::quantized::QStorage::from_data(
+            Cow::Borrowed(&self.bytes),
+            &Device::Cpu,
+            self.dtype.candle(),
+        )?;
+        Ok(QTensor::new(storage, self.shape.clone())?.dequantize(&Device::Cpu)?)
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        self.inner.storage_size_in_bytes()
+        self.bytes.len()
+    }
+
+    /// Whether `matmul` runs on quantized kernels for this format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    pub fn has_kernel(&self) -> bool {
+        self.as_matrix().is_some()
+    }
+
+    /// A 2-D view for the kernels, when the format has one.
+    pub fn as_matrix(&self) -> Option<kernels::QMatrixRef<'_>> {
+        let kind = Kind::of(self.dtype)?;
+        let cols = *self.shape.last()?;
+        let rows = self.shape.iter().rev().skip(1).product();
+        Some(kernels::QMatrixRef {
+            kind,
+            rows,
+            cols,
+            bytes: &self.bytes,
+        })
+    }
+
+    /// Rows `ids` of a 2-D tensor, dequantized: `[ids.len(), cols]` (an embedding lookup).
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor, QuantError> {
+        let (rows, cols) = match self.shape.as_slice() {
+            [r, c] => (*r, *c),
+            s => return Err(QuantError::Rank(s.to_vec())),
+        };
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(QuantError::Index { index: bad, rows });
+        }
+        let Some(w) = self.as_matrix() else {
+            let all = self.dequantize()?;
+            let idx = Tensor::new(ids, &Device::Cpu)?;
+            return Ok(all.index_select(&idx, 0)?);
+        };
+        let mut out = vec![0.0f32; ids.len() * cols];
+        for (&i, row) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
+            kernels::dequantize_row(w, i as usize, row);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }
 }
 

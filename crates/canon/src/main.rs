@@ -15,9 +15,13 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "canon", version, propagate_version = true)]
 struct Cli {
-    /// Compute threads for every kernel (default: the number of cores).
+    /// Compute threads for every kernel (default: the number of physical cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Dequantize GGUF weights to f32 at load instead of multiplying on the quantized kernels: the
+    /// float32 reference arithmetic (what transformers computes), about 4× the memory and slower.
+    #[arg(long = "f32", global = true)]
+    f32_weights: bool,
     /// Print no progress messages on standard error.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -37,6 +41,8 @@ enum Command {
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model (HumanEval pass@k with sandboxed execution).
     Eval(cmd::eval::EvalArgs),
+    /// Train a model family from scratch (or resume a run).
+    Train(cmd::train::TrainArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
 }
@@ -45,6 +51,8 @@ enum Command {
 pub struct Ctx {
     pub threads: usize,
     pub quiet: bool,
+    /// `--f32`: dequantize GGUF weights at load.
+    pub f32_weights: bool,
 }
 
 impl Ctx {
@@ -58,8 +66,29 @@ impl Ctx {
     }
 }
 
+/// Physical cores this process may run on: logical CPUs in its affinity set, counting SMT siblings
+/// (same package and core id) once. Falls back to the logical count where sysfs is not readable.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let read = |cpu: usize, f: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{f}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let mut cores = std::collections::HashSet::new();
+    for cpu in 0..logical.max(1) * 64 {
+        if cores.len() >= logical {
+            break;
+        }
+        match (read(cpu, "physical_package_id"), read(cpu, "core_id")) {
+            (Some(p), Some(c)) => {
+                cores.insert((p, c));
+            }
+            _ if cpu >= logical => break,
+            _ => return logical,
+        }
+    }
+    cores.len().clamp(1, logical)
 }
 
 fn main() -> ExitCode {
@@ -74,6 +103,7 @@ fn main() -> ExitCode {
     let ctx = Ctx {
         threads,
         quiet: cli.quiet,
+        f32_weights: cli.f32_weights,
     };
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(a, &ctx),
@@ -82,6 +112,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
+        Command::Train(a) => cmd::train::run(a, &ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,12 @@ use crate::Ctx;
 
 pub fn load_lm(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedLm> {
     let spec = ModelSpec::parse(model)?;
-    canon_models::load_causal_lm(&spec, WeightMode::DequantizeF32, ctx.progress())
+    let mode = if ctx.f32_weights {
+        WeightMode::DequantizeF32
+    } else {
+        WeightMode::KeepQuantized
+    };
+    canon_models::load_causal_lm(&spec, mode, ctx.progress())
         .with_context(|| format!("cannot load model '{model}'"))
 }
 

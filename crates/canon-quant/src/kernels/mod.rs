@@ -1,0 +1,280 @@
+//! Matrix products over ggml block formats without dequantizing the matrix.
+//!
+//! `y = x Wᵀ` with `W: [n, k]` in Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks of 32 and `x: [m, k]` in f32.
+//! As in llama.cpp, each activation row is rounded once per product to blocks of 32 signed bytes
+//! with one scale (`d = max|x| / 127`, stored as f16) and, for the formats with a minimum, the
+//! block sum `s = d·Σq` (also f16). A block product is then an integer dot product of 32 byte pairs:
+//!
+//!   symmetric formats (Q4_0, Q5_0, Q8_0):  Σ_blocks d_w·d_x·Σ q_w q_x
+//!   formats with a minimum (Q4_1, Q5_1):   Σ_blocks d_w·d_x·Σ q_w q_x + m_w·s_x
+//!
+//! Two paths compute it: a plain scalar reference (`scalar`) and AVX2 + FMA + F16C (`avx2`), chosen
+//! at run time. The output rows are split over `pool`'s persistent threads; for prompt processing each
+//! weight block is unpacked once and multiplied with four activation rows (a GEMM-shaped kernel,
+//! not repeated matrix–vector products).
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+use std::sync::OnceLock;
+
+use crate::GgmlType;
+
+/// Values per block in every format handled here.
+pub const QK: usize = 32;
+
+/// The block formats with a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl Kind {
+    pub fn of(t: GgmlType) -> Option<Self> {
+        Some(match t {
+            GgmlType::Q4_0 => Self::Q4_0,
+            GgmlType::Q4_1 => Self::Q4_1,
+            GgmlType::Q5_0 => Self::Q5_0,
+            GgmlType::Q5_1 => Self::Q5_1,
+            GgmlType::Q8_0 => Self::Q8_0,
+            _ => return None,
+        })
+    }
+
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            Self::Q4_0 => GgmlType::Q4_0,
+            Self::Q4_1 => GgmlType::Q4_1,
+            Self::Q5_0 => GgmlType::Q5_0,
+            Self::Q5_1 => GgmlType::Q5_1,
+            Self::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Bytes per block of 32.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().type_size()
+    }
+
+    /// Whether blocks carry a minimum (`x = d·q + m`, q unsigned) instead of `x = d·q` (q signed).
+    pub fn has_min(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q5_1)
+    }
+}
+
+/// The instruction set a product runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 with FMA and F16C (x86-64).
+    Avx2,
+}
+
+impl Isa {
+    /// The best path this CPU supports (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if Isa::Avx2.available() {
+                Isa::Avx2
+            } else {
+                Isa::Scalar
+            }
+        })
+    }
+
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 => false,
+        }
+    }
+}
+
+/// Activation rows rounded to 8-bit blocks: `x ≈ d·q` per block of 32, plus `s = d·Σq`.
+#[derive(Debug, Clone, Default)]
+pub struct Q8Rows {
+    pub rows: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    /// `[rows, nb·32]`
+    pub qs: Vec<i8>,
+    /// `[rows, nb]`, f16-rounded scales.
+    pub d: Vec<f32>,
+    /// `[rows, nb]`, f16-rounded `d·Σq`.
+    pub s: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// Rounds `x: [rows, k]` (k a multiple of 32) to 8-bit blocks.
+    pub fn quantize(x: &[f32], rows: usize, k: usize) -> Self {
+        let nb = k / QK;
+        let mut out = Q8Rows {
+            rows,
+            nb,
+            qs: vec![0; rows * k],
+            d: vec![0.0; rows * nb],
+            s: vec![0.0; rows * nb],
+        };
+        let isa = Isa::best();
+        for ((q, (d, s)), xb) in out
+            .qs
+            .chunks_mut(QK)
+            .zip(out.d.iter_mut().zip(out.s.iter_mut()))
+            .zip(x.chunks(QK))
+        {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx2 is chosen only after run-time detection; blocks hold 32 values.
+                Isa::Avx2 => unsafe { avx2::quantize_block(xb, q, d, s) },
+                _ => quantize_block(xb, q, d, s),
+            }
+        }
+        out
+    }
+
+    fn row(&self, r: usize) -> ActRow<'_> {
+        let k = self.nb * QK;
+        ActRow {
+            qs: &self.qs[r * k..(r + 1) * k],
+            d: &self.d[r * self.nb..(r + 1) * self.nb],
+            s: &self.s[r * self.nb..(r + 1) * self.nb],
+        }
+    }
+}
+
+/// One block: `d = max|x|/127`, `q = round(x/d)` (ties to even, as the SIMD rounding does).
+pub fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let dd = amax / 127.0;
+    let id = if dd > 0.0 { 1.0 / dd } else { 0.0 };
+    let mut sum = 0i32;
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        let v = (xi * id).round_ties_even() as i32;
+        *qi = v as i8;
+        sum += v;
+    }
+    *d = f16_round(dd);
+    *s = f16_round(dd * sum as f32);
+}
+
+/// Rounds to the nearest f16 and back (how ggml stores activation scales).
+pub fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// One activation row, borrowed.
+#[derive(Clone, Copy)]
+pub struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// A quantized matrix `[rows, cols]` in ggml blocks, row-major, rows contiguous.
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrixRef<'a> {
+    pub kind: Kind,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> QMatrixRef<'a> {
+    pub fn row_bytes(&self) -> usize {
+        self.cols / QK * self.kind.block_bytes()
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.bytes[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Computes `y[t, r] = Σ_blocks` for rows `r` of `w` and activation rows `acts` (at most 4),
+/// writing `out[t]` for each activation row.
+fn dot_rows(isa: Isa, kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: `Isa::Avx2` is only chosen after run-time detection of avx2, fma and f16c
+            // (`Isa::available`).
+            unsafe { avx2::dot_rows(kind, w, acts, out) }
+        }
+        _ => scalar::dot_rows(kind, w, acts, out),
+    }
+}
+
+/// `y = x Wᵀ`: `x: [m, k]` f32 row-major, `w: [n, k]`, `y: [m, n]` f32 row-major.
+///
+/// Panics never; callers check shapes (`k == w.cols`, `k % 32 == 0`, lengths).
+pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), m * k);
+    debug_assert_eq!(y.len(), m * n);
+    let act = Q8Rows::quantize(x, m, k);
+    matmul_q8(isa, w, &act, y);
+}
+
+/// `y = x Wᵀ` with `x` already rounded to 8-bit blocks.
+pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
+    let (n, m) = (w.rows, act.rows);
+    assert_eq!(y.len(), n * m, "matmul_q8: output length");
+    let threads = crate::pool::pool().threads();
+    // Enough tasks to balance the threads, few enough that scheduling costs little.
+    let rows_per_task = n.div_ceil(threads * 8).max(4);
+    let tasks = n.div_ceil(rows_per_task);
+    let acts: Vec<ActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
+    let out = SyncPtr(y.as_mut_ptr());
+    crate::pool::parallel_for(tasks, &|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        // Four activation rows at a time against every weight row of the task: the task's weights
+        // stay in L1 while the activations stream.
+        let mut buf = [0.0f32; 4];
+        for t0 in (0..m).step_by(4) {
+            let t1 = (t0 + 4).min(m);
+            for r in r0..r1 {
+                dot_rows(isa, w.kind, w.row(r), &acts[t0..t1], &mut buf[..t1 - t0]);
+                for (j, v) in buf[..t1 - t0].iter().enumerate() {
+                    // SAFETY: (t0 + j) < m and r < n index inside y; tasks own disjoint rows r, so
+                    // no two threads write the same element.
+                    unsafe { *out.get().add((t0 + j) * n + r) = *v };
+                }
+            }
+        }
+    });
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes inside `parallel_for`, which returns after all of them.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Dequantizes one row of `w` into `out` (`w.cols` values).
+pub fn dequantize_row(w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
+    scalar::dequantize_row(w.kind, w.row(r), out)
+}
+
+#[cfg(test)]
+mod tests;

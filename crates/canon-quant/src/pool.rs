@@ -1,0 +1,198 @@
+//! A persistent pool for the kernels: `parallel_for(n, f)` runs `f(0..n)` over the calling thread and
+//! `threads − 1` workers, and returns when every index is done.
+//!
+//! Why not rayon here: one decoded token runs ~200 matrix products of a few tens of microseconds
+//! each. Handing each one from a non-pool thread to rayon and back parks and wakes threads every
+//! time (a futex round trip per product). These workers instead spin briefly on a generation counter
+//! after each job — the next product usually arrives within microseconds — and only then park; the
+//! caller works on the job too instead of waiting.
+//!
+//! The thread count is rayon's (`RAYON_NUM_THREADS`, which `--threads` sets), read once.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before parking.
+const SPIN: Duration = Duration::from_micros(200);
+
+struct Job {
+    /// `&(dyn Fn(usize) + Sync)` with its lifetime erased; dereferenced only for indices `< n`,
+    /// all of which complete before `parallel_for` returns.
+    f: *const (dyn Fn(usize) + Sync + 'static),
+    n: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+}
+
+// SAFETY: the closure behind `f` is `Sync`, and it is only called while `parallel_for` (which owns
+// the borrow) waits for `done == n`.
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Runs indices until none are left; returns how many this thread ran.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.n {
+                return;
+            }
+            // SAFETY: i < n, so `parallel_for` is still waiting and the closure is alive.
+            unsafe { (*self.f)(i) };
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+struct Shared {
+    generation: AtomicU64,
+    slot: Mutex<Option<Arc<Job>>>,
+    wake: Condvar,
+    sleepers: AtomicUsize,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: usize,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            generation: AtomicU64::new(0),
+            slot: Mutex::new(None),
+            wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
+        });
+        for w in 1..threads {
+            let s = shared.clone();
+            // A worker that cannot start only lowers parallelism: the caller runs every index itself.
+            let _ = std::thread::Builder::new()
+                .name(format!("canon-kernel-{w}"))
+                .spawn(move || worker(s));
+        }
+        Pool { shared, threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+fn worker(s: Arc<Shared>) {
+    let mut seen = 0u64;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        // Spin, then park, until the generation moves.
+        while s.generation.load(Ordering::Acquire) == seen {
+            spins = spins.wrapping_add(1);
+            if spins % 256 == 0 {
+                // Let a runnable thread (perhaps the one about to publish work) have the core.
+                std::thread::yield_now();
+            }
+            if spins % 64 == 0 && start.elapsed() > SPIN {
+                let mut g = s.slot.lock().unwrap_or_else(|p| p.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                while s.generation.load(Ordering::Acquire) == seen {
+                    g = s.wake.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                drop(g);
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        seen = s.generation.load(Ordering::Acquire);
+        let job = s.slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(job) = job {
+            job.work();
+        }
+    }
+}
+
+/// The process-wide pool.
+pub fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::new(rayon::current_num_threads().max(1)))
+}
+
+/// Runs `f(i)` for every `i < n` on the pool (the calling thread included); returns when all are
+/// done. Calls from inside `f` run serially on the calling thread.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let p = pool();
+    if n <= 1 || p.threads == 1 || INSIDE.with(|c| c.get()) {
+        (0..n).for_each(f);
+        return;
+    }
+    // SAFETY: erases the closure's lifetime; see `Job::f`.
+    let f_static: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+    let job = Arc::new(Job {
+        f: f_static,
+        n,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+    });
+    let s = &p.shared;
+    {
+        let mut g = s.slot.lock().unwrap_or_else(|e| e.into_inner());
+        *g = Some(job.clone());
+        s.generation.fetch_add(1, Ordering::AcqRel);
+    }
+    if s.sleepers.load(Ordering::SeqCst) > 0 {
+        s.wake.notify_all();
+    }
+    INSIDE.with(|c| c.set(true));
+    job.work();
+    INSIDE.with(|c| c.set(false));
+    // Wait for tasks other threads still run. If one of them was preempted (a busy machine), yield
+    // instead of burning the time slice it needs.
+    let mut spins = 0u32;
+    while job.done.load(Ordering::Acquire) < n {
+        spins = spins.wrapping_add(1);
+        if spins > 2000 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_runs_exactly_once() {
+        for n in [0, 1, 2, 7, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            parallel_for(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_and_nested_calls_complete() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..50 {
+                        parallel_for(8, &|_| {
+                            parallel_for(3, &|_| {
+                                total.fetch_add(1, Ordering::Relaxed);
+                            });
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 3 * 50 * 8 * 3);
+    }
+}
