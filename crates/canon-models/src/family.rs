@@ -287,17 +287,32 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 4, 7, 2, 18, 0]], &candle_core::Device::Cpu).unwrap();
         let out = m.forward_train(&ids).unwrap();
         assert_eq!(out.logits.dims(), &[1, 6, 19]);
-        let g = out.logits.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        let g = out
+            .logits
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let vars = store.vars();
         // embed, 2 × (2 norms + q k v o + gate up down), final norm, lm_head.
         assert_eq!(vars.len(), 1 + 2 * 9 + 2);
         for (name, v, decay) in &vars {
-            let gr = g.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let gr = g
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
             let gv: Vec<f32> = gr.flatten_all().unwrap().to_vec1().unwrap();
             assert!(gv.iter().any(|x| *x != 0.0), "{name}");
             assert_eq!(*decay, v.rank() == 2 && !name.contains("embed"), "{name}");
         }
         // SwiGLU width by LLaMA's rule: 2/3·4·16 = 42 → 48 (multiple of 8).
-        assert_eq!(store.get("model.layers.0.mlp.gate_proj.weight").unwrap().dims(), &[48, 16]);
+        assert_eq!(
+            store
+                .get("model.layers.0.mlp.gate_proj.weight")
+                .unwrap()
+                .dims(),
+            &[48, 16]
+        );
     }
 }

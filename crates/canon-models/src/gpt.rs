@@ -271,7 +271,11 @@ impl Gpt {
         let c = &config;
         let (d, hd, nh, nkv) = (c.d_model, c.head_dim(), c.n_head, c.n_kv());
         let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            let w = src.weight(&format!("{name}.weight"), &[out, inp], WeightMode::DequantizeF32)?;
+            let w = src.weight(
+                &format!("{name}.weight"),
+                &[out, inp],
+                WeightMode::DequantizeF32,
+            )?;
             let b = if c.bias {
                 Some(src.tensor(&format!("{name}.bias"), &[out])?)
             } else {
@@ -353,7 +357,11 @@ impl Gpt {
             Linear::new(Weight::Dense(wte.clone()), None)
         } else {
             Linear::new(
-                src.weight("lm_head.weight", &[c.vocab_size, d], WeightMode::DequantizeF32)?,
+                src.weight(
+                    "lm_head.weight",
+                    &[c.vocab_size, d],
+                    WeightMode::DequantizeF32,
+                )?,
                 None,
             )
         };

@@ -171,7 +171,11 @@ fn every_parameter_of_every_gpt_preset_receives_a_gradient() {
 
 #[test]
 fn cached_decoding_equals_the_full_forward_for_learned_and_rotary_positions() {
-    for c in [tiny(BlockStyle::PreLn), tiny(BlockStyle::PostLn), tiny_palm()] {
+    for c in [
+        tiny(BlockStyle::PreLn),
+        tiny(BlockStyle::PostLn),
+        tiny_palm(),
+    ] {
         let (m, _) = build(&c, 9);
         let seq = [3u32, 7, 1, 9, 4, 4, 12, 22];
         let full = m
@@ -222,7 +226,10 @@ fn palm_inventory_has_one_norm_per_block_no_biases_and_one_kv_head() {
     let qkv = s.get("h.0.attn.c_attn.weight").unwrap();
     // q: n_head·hd rows, then one K head and one V head of head_dim rows each.
     assert_eq!(qkv.dims(), &[(4 + 2) * 4, 16]);
-    assert!(!names.iter().any(|n| n.starts_with("lm_head")), "shared embedding");
+    assert!(
+        !names.iter().any(|n| n.starts_with("lm_head")),
+        "shared embedding"
+    );
 }
 
 #[test]
@@ -262,9 +269,19 @@ fn multi_query_equals_multi_head_with_copied_kv_heads() {
     let mut c2 = m2.new_cache();
     m1.forward(&x, &mut c1, Positions::Last).unwrap();
     m2.forward(&x, &mut c2, Positions::Last).unwrap();
-    let (k1, _) = c1.layers[0].append(&Tensor::zeros((1, 1, 0, hd), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((1, 1, 0, hd), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let (k1, _) = c1.layers[0]
+        .append(
+            &Tensor::zeros((1, 1, 0, hd), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((1, 1, 0, hd), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
     assert_eq!(k1.dims()[1], 1);
-    let (k2, _) = c2.layers[0].append(&Tensor::zeros((1, 4, 0, hd), DType::F32, &Device::Cpu).unwrap(), &Tensor::zeros((1, 4, 0, hd), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let (k2, _) = c2.layers[0]
+        .append(
+            &Tensor::zeros((1, 4, 0, hd), DType::F32, &Device::Cpu).unwrap(),
+            &Tensor::zeros((1, 4, 0, hd), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
     assert_eq!(k2.dims()[1], 4);
 }
 
@@ -283,7 +300,10 @@ fn tied_embedding_gradient_is_the_sum_of_input_and_output_gradients() {
     }
     let wte = s1.get("wte.weight").unwrap();
     s2.tensor("lm_head.weight", wte.dims()).unwrap();
-    s2.get("lm_head.weight").unwrap().set(wte.as_tensor()).unwrap();
+    s2.get("lm_head.weight")
+        .unwrap()
+        .set(wte.as_tensor())
+        .unwrap();
     let m2 = Gpt::load(untied, &s2).unwrap();
     let x = ids(&[4, 8, 15, 16, 22, 2]);
     let loss = |m: &Gpt| {
@@ -301,7 +321,8 @@ fn tied_embedding_gradient_is_the_sum_of_input_and_output_gradients() {
     let g2 = loss(&m2).backward().unwrap();
     let tied_g = g1.get(wte.as_tensor()).unwrap();
     let sum = (g2.get(s2.get("wte.weight").unwrap().as_tensor()).unwrap()
-        + g2.get(s2.get("lm_head.weight").unwrap().as_tensor()).unwrap())
+        + g2.get(s2.get("lm_head.weight").unwrap().as_tensor())
+            .unwrap())
     .unwrap();
     assert_close(tied_g, &sum, Tol::new(1e-5, 1e-4));
 }

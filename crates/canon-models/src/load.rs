@@ -81,6 +81,7 @@ pub fn load_causal_lm(
 ) -> Result<LoadedLm> {
     match spec.resolve(progress)? {
         ModelSpec::Gguf(p) => load_gguf_lm(&p, mode),
+        ModelSpec::HfDir(d) if crate::family::is_run_dir(&d) => crate::family::load_run_dir(&d),
         ModelSpec::HfDir(d) => load_hf_lm(&d),
         ModelSpec::Alias(_) => unreachable_alias(),
     }
@@ -105,6 +106,10 @@ pub fn load_tokenizer(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<
             let file = GgufFile::open(&p)?;
             Ok((Tokenizer::from_gguf(&gguf_vocab(&file)?)?, false))
         }
+        ModelSpec::HfDir(d) if crate::family::is_run_dir(&d) => Ok((
+            Tokenizer::from_file(&d.join(crate::family::RUN_TOKENIZER_FILE))?,
+            false,
+        )),
         ModelSpec::HfDir(d) => {
             let v = read_json(&d.join("config.json"))?;
             let encoder = model_type(&v) == "bert";

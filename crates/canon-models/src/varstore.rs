@@ -198,8 +198,17 @@ mod tests {
         let s = VarStore::new_random(1, policy());
         let a = s.tensor("w", &[3, 4]).unwrap();
         let b = s.tensor("w", &[3, 4]).unwrap();
-        assert_eq!(a.id(), b.id(), "the same variable (tied weights share gradients)");
-        assert!(s.tensor("w", &[4, 3]).unwrap_err().to_string().contains("'w'"));
+        assert_eq!(
+            a.id(),
+            b.id(),
+            "the same variable (tied weights share gradients)"
+        );
+        assert!(
+            s.tensor("w", &[4, 3])
+                .unwrap_err()
+                .to_string()
+                .contains("'w'")
+        );
         let n = s.tensor("x.norm", &[5]).unwrap();
         assert_eq!(n.to_vec1::<f32>().unwrap(), vec![1.0; 5]);
         let vars = s.vars();

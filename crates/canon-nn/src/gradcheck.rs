@@ -63,7 +63,6 @@ fn flat(t: &Tensor) -> Result<Vec<f64>, String> {
         .map_err(|e| e.to_string())
 }
 
-
 #[cfg(test)]
 mod tests {
     //! Finite-difference checks of every layer the training paths use (f64 where the layer keeps the
@@ -86,10 +85,19 @@ mod tests {
 
     #[test]
     fn causal_multi_head_attention() {
-        let vs = [var64(&[1, 2, 4, 3], 1), var64(&[1, 2, 4, 3], 2), var64(&[1, 2, 4, 3], 3)];
+        let vs = [
+            var64(&[1, 2, 4, 3], 1),
+            var64(&[1, 2, 4, 3], 2),
+            var64(&[1, 2, 4, 3], 3),
+        ];
         let worst = check_gradients(
             &vs,
-            |t| weighted_sum(&attention(&t[0], &t[1], &t[2], AttnMask::Causal { offset: 0 })?, 9),
+            |t| {
+                weighted_sum(
+                    &attention(&t[0], &t[1], &t[2], AttnMask::Causal { offset: 0 })?,
+                    9,
+                )
+            },
             1e-5,
             1e-7,
             1e-5,
@@ -100,10 +108,19 @@ mod tests {
 
     #[test]
     fn multi_query_attention_with_a_cached_offset() {
-        let vs = [var64(&[1, 4, 2, 3], 1), var64(&[1, 1, 5, 3], 2), var64(&[1, 1, 5, 3], 3)];
+        let vs = [
+            var64(&[1, 4, 2, 3], 1),
+            var64(&[1, 1, 5, 3], 2),
+            var64(&[1, 1, 5, 3], 3),
+        ];
         check_gradients(
             &vs,
-            |t| weighted_sum(&attention(&t[0], &t[1], &t[2], AttnMask::Causal { offset: 3 })?, 9),
+            |t| {
+                weighted_sum(
+                    &attention(&t[0], &t[1], &t[2], AttnMask::Causal { offset: 3 })?,
+                    9,
+                )
+            },
             1e-5,
             1e-7,
             1e-5,

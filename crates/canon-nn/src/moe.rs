@@ -76,7 +76,8 @@ impl MoeConfig {
 
     /// `C = ceil(capacity_factor · k · S / E)` token slots per expert for a group of `S` tokens.
     pub fn capacity(&self, tokens: usize) -> usize {
-        (self.capacity_factor * (self.top_k * tokens) as f64 / self.n_experts as f64).ceil() as usize
+        (self.capacity_factor * (self.top_k * tokens) as f64 / self.n_experts as f64).ceil()
+            as usize
     }
 }
 
@@ -187,7 +188,8 @@ impl Moe {
             let out = ex.forward(&xe)?.broadcast_mul(&w)?; // [m, d]
             y = y.index_add(&toks, &out, 0)?;
         }
-        let f = Tensor::new(routing.top1_fraction.as_slice(), x.device())?.to_dtype(probs.dtype())?;
+        let f =
+            Tensor::new(routing.top1_fraction.as_slice(), x.device())?.to_dtype(probs.dtype())?;
         let p_mean = probs.mean(0)?; // [E]
         let aux_loss = ((f * p_mean)?.sum_all()? * e as f64)?;
         Ok(MoeOutput {
@@ -242,13 +244,21 @@ mod tests {
         let mut w = vec![0f32; 8 * 6];
         w[0] = 1000.0; // expert 0's logit = 1000·x₀
         m.router = Linear::new(
-            Weight::Dense(Tensor::from_vec(w, (8, 6), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()),
+            Weight::Dense(
+                Tensor::from_vec(w, (8, 6), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap(),
+            ),
             None,
         );
         let x = r64(&[16, 6], 4).abs().unwrap(); // x₀ > 0 so expert 0 wins everywhere
         let out = m.forward(&x).unwrap();
         let aux = out.aux_loss.to_scalar::<f64>().unwrap();
-        assert!((aux - 8.0).abs() < 1e-3, "collapsed routing gives E = 8, found {aux}");
+        assert!(
+            (aux - 8.0).abs() < 1e-3,
+            "collapsed routing gives E = 8, found {aux}"
+        );
         assert_eq!(out.routing.top1_fraction[0], 1.0);
     }
 
@@ -267,7 +277,11 @@ mod tests {
         for t in 0..64 {
             let first = if t < 20 { 0 } else { 1 + t % 7 };
             for ex in 0..8 {
-                probs[t * 8 + ex] = if ex == first { 0.5 } else { 0.5 / 7.0 - ex as f32 * 1e-4 };
+                probs[t * 8 + ex] = if ex == first {
+                    0.5
+                } else {
+                    0.5 / 7.0 - ex as f32 * 1e-4
+                };
             }
         }
         let r = route(&probs, 64, 8, 2, 16);
@@ -276,7 +290,11 @@ mod tests {
             .filter(|(_, rank)| *rank == 0)
             .map(|(t, _)| *t)
             .collect();
-        assert_eq!(firsts, (0..16).collect::<Vec<_>>(), "the first 16 in token order");
+        assert_eq!(
+            firsts,
+            (0..16).collect::<Vec<_>>(),
+            "the first 16 in token order"
+        );
         assert_eq!(r.assigned[0].len(), 16);
         // Reversing token order changes which tokens are dropped, not how many.
         let mut rev = Vec::new();

@@ -64,7 +64,10 @@ pub fn save(path: &Path, params: &[Param], opt: &Optimizer, state: TrainState) -
     for (i, p) in params.iter().enumerate() {
         let shape = p.var.dims().to_vec();
         let w: Vec<f32> = p.var.as_tensor().flatten_all()?.to_vec1()?;
-        entries.push((format!("{CHECKPOINT_PARAM_PREFIX}{}", p.name), view(&shape, &w)));
+        entries.push((
+            format!("{CHECKPOINT_PARAM_PREFIX}{}", p.name),
+            view(&shape, &w),
+        ));
         if !opt.m[i].is_empty() {
             entries.push((format!("optim.m.{}", p.name), view(&shape, &opt.m[i])));
         }

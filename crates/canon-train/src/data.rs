@@ -212,14 +212,23 @@ fn tok_err(e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Trains a tokenizer of `kind` on `docs`.
-pub fn train_tokenizer(kind: TokenizerKind, docs: &[String], vocab_size: usize) -> Result<Tokenizer> {
+pub fn train_tokenizer(
+    kind: TokenizerKind,
+    docs: &[String],
+    vocab_size: usize,
+) -> Result<Tokenizer> {
     match kind {
         TokenizerKind::Char => {
             // Every character seen, sorted: BPE with no merges is exactly a character vocabulary;
             // the Fuse decoder joins pieces without spaces.
             let chars: BTreeSet<char> = docs.iter().flat_map(|d| d.chars()).collect();
             let mut vocab: Vec<(String, u32)> = vec![("<unk>".to_string(), 0)];
-            vocab.extend(chars.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32 + 1)));
+            vocab.extend(
+                chars
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.to_string(), i as u32 + 1)),
+            );
             let bpe = BPE::builder()
                 .vocab_and_merges(
                     vocab
@@ -248,8 +257,7 @@ pub fn train_tokenizer(kind: TokenizerKind, docs: &[String], vocab_size: usize) 
                 PreTokenizerWrapper,
                 tokenizers::PostProcessorWrapper,
                 DecoderWrapper,
-            > =
-                tokenizers::TokenizerImpl::new(ModelWrapper::BPE(BPE::default()));
+            > = tokenizers::TokenizerImpl::new(ModelWrapper::BPE(BPE::default()));
             t.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
                 false, true, true,
             ))));
@@ -407,7 +415,12 @@ mod tests {
         let (x2, _) = data.sample(&mut SplitMix64::new(3), 4, 8);
         assert_eq!(x1, x2);
         assert_eq!(&x1[1..8], &y1[..7], "targets are inputs shifted by one");
-        assert!(data.check(100_000).unwrap_err().to_string().contains("block_size"));
+        assert!(
+            data.check(100_000)
+                .unwrap_err()
+                .to_string()
+                .contains("block_size")
+        );
         assert!(TokenData::encode(&t, &[], 0.1).is_err());
     }
 
@@ -422,6 +435,12 @@ mod tests {
         )
         .unwrap();
         let c = python_docs(dir.path(), 1 << 20).unwrap();
-        assert_eq!(c.docs, vec!["The assert statement\nis a way.\n", "The \"pass\" statement."]);
+        assert_eq!(
+            c.docs,
+            vec![
+                "The assert statement\nis a way.\n",
+                "The \"pass\" statement."
+            ]
+        );
     }
 }

@@ -161,7 +161,11 @@ pub fn plot_loss(lines: &[MetricsLine], path: &Path) -> Result<()> {
     let mut g = y0;
     while g <= y1 {
         let (_, yy) = map((x0, g));
-        c.line((MARGIN as i64, yy), ((W - MARGIN) as i64, yy), [225, 225, 225]);
+        c.line(
+            (MARGIN as i64, yy),
+            ((W - MARGIN) as i64, yy),
+            [225, 225, 225],
+        );
         g += 1.0;
     }
     let axis = [60, 60, 60];

@@ -304,7 +304,11 @@ mod tests {
     #[test]
     fn fused_adamw_matches_the_equations_and_skips_decay_where_told() {
         let init = [0.5f32, -1.0, 2.0];
-        let grads = vec![vec![0.1f32, -0.2, 0.3], vec![0.05, 0.4, -0.1], vec![1.0, 0.0, 0.2]];
+        let grads = vec![
+            vec![0.1f32, -0.2, 0.3],
+            vec![0.05, 0.4, -0.1],
+            vec![1.0, 0.0, 0.2],
+        ];
         for decay in [true, false] {
             let params = vec![param(&init, decay)];
             let mut opt = Optimizer::new(OptimizerConfig::default(), &params);

@@ -103,7 +103,10 @@ mod tests {
         close(s.lr(0, 110, 1.0), 0.1);
         close(s.lr(4, 110, 1.0), 0.5);
         close(s.lr(10, 110, 1.0), 1.0); // first step after warmup: the peak
-        close(s.lr(60, 110, 1.0), 0.1 + 0.45 * (1.0 + (std::f64::consts::PI * 0.5).cos()));
+        close(
+            s.lr(60, 110, 1.0),
+            0.1 + 0.45 * (1.0 + (std::f64::consts::PI * 0.5).cos()),
+        );
         close(s.lr(110, 110, 1.0), 0.1);
         close(s.lr(500, 110, 1.0), 0.1);
     }

@@ -159,7 +159,11 @@ impl Trainer {
     /// One optimizer step (with accumulation); advances `step` and the data RNG.
     pub fn train_step(&mut self, data: &TokenData) -> Result<StepReport> {
         let t0 = Instant::now();
-        let (b, t, acc) = (self.cfg.batch_size, self.cfg.block_size, self.cfg.grad_accum);
+        let (b, t, acc) = (
+            self.cfg.batch_size,
+            self.cfg.block_size,
+            self.cfg.grad_accum,
+        );
         let mut grads: Vec<Vec<f32>> = self
             .params
             .iter()

@@ -112,8 +112,10 @@ fn resume_is_exact_bit_for_bit() {
     let files = RunFiles::in_dir(&half_dir);
     let mut b = Trainer::new(&mc, train_cfg(n)).unwrap();
     let mut losses_b = Vec::new();
-    b.run(&d, n / 2, &stop, &files, &mut |r| losses_b.push(r.loss.to_bits()))
-        .unwrap();
+    b.run(&d, n / 2, &stop, &files, &mut |r| {
+        losses_b.push(r.loss.to_bits())
+    })
+    .unwrap();
     drop(b);
     // A new process would start from a different random init: the checkpoint must restore it all.
     let mut other = train_cfg(n);
@@ -122,8 +124,10 @@ fn resume_is_exact_bit_for_bit() {
     c.cfg.seed = 7;
     c.resume(&files.checkpoint).unwrap();
     assert_eq!(c.step, n / 2);
-    c.run(&d, n, &stop, &files, &mut |r| losses_b.push(r.loss.to_bits()))
-        .unwrap();
+    c.run(&d, n, &stop, &files, &mut |r| {
+        losses_b.push(r.loss.to_bits())
+    })
+    .unwrap();
 
     assert_eq!(losses_a, losses_b, "per-step losses");
     assert_eq!(params_bits(&a), params_bits(&c), "final weights");

@@ -5,3 +5,4 @@ pub mod eval;
 pub mod generate;
 pub mod sampling;
 pub mod tokenize;
+pub mod train;

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Training throughput of Canon vs PyTorch on configs/nanogpt-bench.toml, in the same run.
+
+Canon trains the config for --steps steps (every step logged); PyTorch trains an equivalent model
+written here (nanoGPT's GPT shape: pre-LN blocks without biases, fused QKV, causal attention, 4x GELU
+MLP, final LayerNorm, tied head, AdamW with weight decay on matrices, clip 1.0) on random tokens of
+the same vocabulary, with the same batch, block and thread count. Both skip warm-up steps; the
+script prints the median tokens/s of each and the ratio Canon / PyTorch.
+
+    /work/peers/venv/bin/python bench/nanogpt_vs_torch.py --steps 20 --threads 2
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_config(path):
+    text = path.read_text()
+    try:
+        import tomllib
+
+        return text, tomllib.loads(text)
+    except ImportError:  # Python < 3.11
+        sys.exit("needs Python 3.11+ (tomllib)")
+
+
+def run_canon(canon, cfg_text, steps, threads, warmup):
+    with tempfile.TemporaryDirectory() as tmp:
+        # Log every step; evaluate only at the end (not timed as a training step).
+        text = re.sub(r"(?m)^log_every\s*=.*$", "log_every = 1", cfg_text)
+        text = re.sub(r"(?m)^eval_every\s*=.*$", "eval_every = 1000000", text)
+        text = re.sub(r"(?m)^eval_batches\s*=.*$", "eval_batches = 1", text)
+        text = re.sub(r"(?m)^checkpoint_every\s*=.*$", "checkpoint_every = 1000000", text)
+        cfg = Path(tmp) / "bench.toml"
+        cfg.write_text(text)
+        out = Path(tmp) / "run"
+        cmd = [str(canon), "--threads", str(threads), "-q", "train", "--config", str(cfg),
+               "--stop-at", str(steps), "--out", str(out)]
+        subprocess.run(cmd, check=True)
+        lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        vocab = json.loads((out / "model.json").read_text())["vocab_size"]
+    tps = [l["tokens_per_s"] for l in lines if l["step"] > warmup]
+    losses = [l["loss"] for l in lines]
+    return tps, losses, vocab
+
+
+def run_torch(cfg, vocab, steps, threads, warmup):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    m, t = cfg["model"], cfg["train"]
+    d, nh, nl, dff, T = m["d_model"], m["n_head"], m["n_layer"], m["d_ff"], m["max_seq_len"]
+    B, block = t["batch_size"], t["block_size"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(d, bias=False)
+            self.c_attn = nn.Linear(d, 3 * d, bias=False)
+            self.attn_proj = nn.Linear(d, d, bias=False)
+            self.ln_2 = nn.LayerNorm(d, bias=False)
+            self.c_fc = nn.Linear(d, dff, bias=False)
+            self.mlp_proj = nn.Linear(dff, d, bias=False)
+
+        def forward(self, x):
+            b, s, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+            q, k, v = (z.view(b, s, nh, d // nh).transpose(1, 2) for z in (q, k, v))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.attn_proj(a.transpose(1, 2).reshape(b, s, d))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(vocab, d)
+            self.wpe = nn.Embedding(T, d)
+            self.h = nn.ModuleList(Block() for _ in range(nl))
+            self.ln_f = nn.LayerNorm(d, bias=False)
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    std = 0.02 / math.sqrt(2 * nl) if name.endswith("proj.weight") else 0.02
+                    nn.init.normal_(p, 0.0, std)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for blk in self.h:
+                x = blk(x)
+            logits = self.ln_f(x) @ self.wte.weight.t()
+            return F.cross_entropy(logits.view(-1, vocab), targets.view(-1))
+
+    model = GPT()
+    o = t.get("optimizer", {})
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p is not model.wte.weight]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or p is model.wte.weight]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.get("weight_decay", 0.1)},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=t["lr"], betas=(o.get("beta1", 0.9), o.get("beta2", 0.95)), fused=False, foreach=True)
+    tps = []
+    for step in range(1, steps + 1):
+        x = torch.randint(0, vocab, (B, block))
+        y = torch.randint(0, vocab, (B, block))
+        t0 = time.perf_counter()
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.get("grad_clip", 1.0))
+        opt.step()
+        dt = time.perf_counter() - t0
+        if step > warmup:
+            tps.append(B * block / dt)
+    n_params = sum(p.numel() for p in model.parameters())
+    return tps, n_params, torch.__version__
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "nanogpt-bench.toml")
+    ap.add_argument("--canon", type=Path, default=ROOT / "target" / "release" / "canon")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    if not a.canon.is_file():
+        sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
+    text, cfg = read_config(a.config)
+    c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup)
+    t_tps, n_params, tv = run_torch(cfg, vocab, a.steps, a.threads, a.warmup)
+    cm, tm = statistics.median(c_tps), statistics.median(t_tps)
+    print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
+          f"batch {cfg['train']['batch_size']} x block {cfg['train']['block_size']}, {a.threads} threads, "
+          f"{a.steps} steps ({a.warmup} warm-up skipped)")
+    print(f"canon   median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
+    print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
+    print(f"ratio canon/pytorch = {cm / tm:.2f}")
+
+
+if __name__ == "__main__":
+    main()
