@@ -59,11 +59,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
     }
     let g = h / hkv;
     let scale = 1.0 / (d as f64).sqrt();
-    if tq <= DIRECT_MAX_QUERIES
-        && crate::fused::no_grad(&[q, k, v])
-        && let Some(y) = attention_direct(q, k, v, mask, scale as f32)?
-    {
-        return Ok(y);
+    if crate::fused::no_grad(&[q, k, v]) {
+        let y = if tq <= DIRECT_MAX_QUERIES {
+            attention_direct(q, k, v, mask, scale as f32)?
+        } else {
+            attention_gemm(q, k, v, mask, scale as f32)?
+        };
+        if let Some(y) = y {
+            return Ok(y);
+        }
     }
     // [b, h, tq, d] -> [b, h_kv, g·tq, d]; x [b, h_kv, d, tk] -> [b, h_kv, g·tq, tk] -> [b, h, tq, tk]
     let qg = q.contiguous()?.reshape((b, hkv, g * tq, d))?;
@@ -119,7 +123,10 @@ fn view4(t: &Tensor) -> Option<View4<'_>> {
     let stride: [usize; 4] = layout.stride().try_into().ok()?;
     let dims = t.dims();
     // The furthest element must lie inside the storage.
-    let last = layout.start_offset() + (0..4).map(|i| (dims[i].max(1) - 1) * stride[i]).sum::<usize>();
+    let last = layout.start_offset()
+        + (0..4)
+            .map(|i| (dims[i].max(1) - 1) * stride[i])
+            .sum::<usize>();
     match &*guard {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v))
             if stride[3] == 1 && dims.iter().all(|&n| n > 0) && last < v.len() => {}
@@ -147,7 +154,8 @@ fn one_query<'a>(
         use std::sync::OnceLock;
         static AVX2: OnceLock<bool> = OnceLock::new();
         if *AVX2.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         }) {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             return unsafe { one_query_avx2(q, keys, vals, n, scale, p, o) };
@@ -255,6 +263,118 @@ fn attention_direct(
     Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
 }
 
+/// Eq. 1 for many queries without gradients (prompt processing): per K/V head, `S = Q Kᵀ` for the
+/// `g·tq` query rows that share it, a causal softmax that only reads the allowed keys (no mask
+/// tensor), and `O = P V`, with both products on the `gemm` crate straight from the cache's
+/// strided views. `None` in the cases `attention_direct` declines.
+fn attention_gemm(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+    scale: f32,
+) -> crate::Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let offset = match mask {
+        AttnMask::None => None,
+        AttnMask::Causal { offset } => Some(offset),
+        AttnMask::Padding(_) => return Ok(None),
+    };
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, hkv, tk, _) = k.dims4()?;
+    let g = h / hkv;
+    let qc = q.contiguous()?;
+    let (Some(qv), Some(kv), Some(vv)) = (view4(&qc), view4(k), view4(v)) else {
+        return Ok(None);
+    };
+    let rows = g * tq;
+    let mut out = vec![0.0f32; b * h * tq * d];
+    let mut s = vec![0.0f32; rows * tk];
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    for bi in 0..b {
+        for kh in 0..hkv {
+            // The g query heads of this K/V head are g·tq consecutive rows of q.
+            let qrows = qv.row(bi, kh * g, 0, rows * d);
+            let krow0 = kv.row(bi, kh, 0, d).as_ptr();
+            let vrow0 = vv.row(bi, kh, 0, d).as_ptr();
+            let (ks, vs) = (kv.stride[2] as isize, vv.stride[2] as isize);
+            // S [rows, tk] = Q [rows, d] · Kᵀ [d, tk]
+            // SAFETY: Q is a contiguous [rows, d] block; K rows j < tk start at krow0 + j·ks and
+            // hold d values inside the storage (view4 checked the furthest element); S has
+            // rows·tk elements.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    tk,
+                    d,
+                    s.as_mut_ptr(),
+                    1,
+                    tk as isize,
+                    false,
+                    qrows.as_ptr(),
+                    1,
+                    d as isize,
+                    krow0,
+                    ks,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            // Row r is query i = r % tq of head r / tq: softmax over its allowed keys, zero after.
+            s.par_chunks_mut(tk).enumerate().for_each(|(r, row)| {
+                let n = offset.map_or(tk, |o| (o + r % tq + 1).min(tk));
+                let (live, dead) = row.split_at_mut(n);
+                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in live.iter_mut() {
+                    *x = ((*x - max) * scale).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+                dead.fill(0.0);
+            });
+            // O [rows, d] = P [rows, tk] · V [tk, d], written to the heads' rows of the output.
+            let o = &mut out[(bi * h + kh * g) * tq * d..][..rows * d];
+            // SAFETY: as above; V rows j < tk start at vrow0 + j·vs; O is a [rows, d] block.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d,
+                    tk,
+                    o.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    s.as_ptr(),
+                    1,
+                    tk as isize,
+                    vrow0,
+                    1,
+                    vs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
+}
+
 /// A batched matmul that accepts the strided views a cache hands out, copying only when the
 /// layout is one the matmul kernel cannot read.
 fn matmul_strided(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
@@ -312,14 +432,20 @@ mod tests {
     }
 
     #[test]
-    fn direct_loops_equal_the_matmul_path_on_strided_cache_views() {
+    fn inference_paths_equal_the_composed_path_on_strided_cache_views() {
         // A cache-like buffer with room for 10 positions, of which 7 are used.
         let buf = randn(&[2, 3, 10, 16], 4);
-        let (k, v) = (buf.narrow(2, 0, 7).unwrap(), (buf.narrow(2, 0, 7).unwrap() * 0.5).unwrap());
+        let (k, v) = (
+            buf.narrow(2, 0, 7).unwrap(),
+            (buf.narrow(2, 0, 7).unwrap() * 0.5).unwrap(),
+        );
         for (tq, mask) in [
             (1, AttnMask::Causal { offset: 6 }),
             (3, AttnMask::Causal { offset: 4 }),
             (2, AttnMask::None),
+            (7, AttnMask::Causal { offset: 0 }),
+            (5, AttnMask::Causal { offset: 2 }),
+            (6, AttnMask::None),
         ] {
             let q = randn(&[2, 6, tq, 16], 5 + tq as u64);
             let direct = attention(&q, &k, &v, mask).unwrap();

@@ -88,7 +88,9 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn q8_matrix(n: usize, k: usize) -> Arc<GgmlTensor> {
-        let vals: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0).collect();
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0)
+            .collect();
         let mut bytes = Vec::new();
         scalar::quantize_row(kernels::Kind::Q8_0, &vals, &mut bytes);
         Arc::new(GgmlTensor::from_bytes(GgmlType::Q8_0, &[n, k], &bytes).unwrap())

@@ -225,11 +225,75 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
+    if m >= GEMM_MIN_ROWS {
+        return matmul_dequantized(w, x, m, y);
+    }
     let act = Q8Rows::quantize(x, m, k);
     matmul_q8(isa, w, &act, y);
 }
 
-/// `y = x Wᵀ` with `x` already rounded to 8-bit blocks.
+/// From this many activation rows on (prompt processing), products dequantize `W` tile by tile
+/// and run an f32 GEMM: the 8-bit block product spends most of its instructions on per-block
+/// scales, while a GEMM reuses each dequantized tile across all rows at full FMA throughput.
+/// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
+pub const GEMM_MIN_ROWS: usize = 16;
+
+/// `y = x Wᵀ` through f32 tiles of `W` (about 4 MiB each) and the `gemm` crate.
+pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    if n == 0 || k == 0 || m == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let threads = crate::pool::pool().threads();
+    let tile = ((4 << 20) / (4 * k)).clamp(64, n);
+    let mut buf = vec![0.0f32; tile * k];
+    for r0 in (0..n).step_by(tile) {
+        let rows = tile.min(n - r0);
+        let bp = SyncPtr(buf.as_mut_ptr());
+        crate::pool::parallel_for(rows.div_ceil(32), &|c| {
+            for r in c * 32..((c + 1) * 32).min(rows) {
+                // SAFETY: row r of the tile buffer (r < rows <= tile); tasks own disjoint rows.
+                let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(r * k), k) };
+                dequantize_row(w, r0 + r, out);
+            }
+        });
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // dst [m, rows] at y[.., r0..] (row stride n); lhs x [m, k]; rhs tileᵀ [k, rows] read from
+        // the row-major tile [rows, k] (column stride k, row stride 1).
+        // SAFETY: every pointer/stride pair stays inside its slice: y has m·n elements and
+        // r0 + rows <= n; x has m·k; buf has at least rows·k.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows,
+                k,
+                y.as_mut_ptr().add(r0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                buf.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+/// `y = x Wᵀ` with `x` already rounded to 8-bit blocks (any number of rows).
 pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     let (n, m) = (w.rows, act.rows);
     assert_eq!(y.len(), n * m, "matmul_q8: output length");

@@ -70,7 +70,10 @@ fn round_trip_error_is_within_the_format_step() {
             };
             let bound = err + amax * 2e-3 + 1e-6;
             for (a, b) in xb.iter().zip(yb) {
-                assert!((a - b).abs() <= bound, "{kind:?}: {a} vs {b}, bound {bound}");
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{kind:?}: {a} vs {b}, bound {bound}"
+                );
             }
         }
     }
@@ -190,7 +193,10 @@ fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
                     dot_rows(isa, kind, &w, &acts, &mut got);
                     for (g, e) in got.iter().zip(&want) {
                         let tol = 1e-5 * e.abs().max(1.0) + 1e-4;
-                        assert!((g - e).abs() <= tol, "{isa:?} {kind:?} nb {nb} m {m}: {g} vs {e}");
+                        assert!(
+                            (g - e).abs() <= tol,
+                            "{isa:?} {kind:?} nb {nb} m {m}: {g} vs {e}"
+                        );
                     }
                 }
             }
@@ -278,7 +284,9 @@ fn simd_activation_rounding_equals_scalar() {
             }
             if case == 1 {
                 // A ramp: many codes, one block maximum.
-                x = (0..32).map(|j| j as f32 / 254.0 * if j == 31 { 2.0 } else { 1.0 }).collect();
+                x = (0..32)
+                    .map(|j| j as f32 / 254.0 * if j == 31 { 2.0 } else { 1.0 })
+                    .collect();
             }
             let (mut q0, mut d0, mut s0) = ([0i8; 32], 0.0, 0.0);
             let (mut q1, mut d1, mut s1) = ([0i8; 32], 0.0, 0.0);
@@ -289,6 +297,39 @@ fn simd_activation_rounding_equals_scalar() {
                 _ => unreachable!(),
             }
             assert_eq!((q0, d0, s0), (q1, d1, s1), "{isa:?} case {case}");
+        }
+    }
+}
+
+#[test]
+fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
+    let mut rng = Rng(31);
+    let (n, k, m) = (70, 64, GEMM_MIN_ROWS + 3);
+    for kind in [Kind::Q4_1, Kind::Q8_0] {
+        let bytes = quantize_matrix(kind, &rng.vec(n * k, 0.3));
+        let w = QMatrixRef {
+            kind,
+            rows: n,
+            cols: k,
+            bytes: &bytes,
+        };
+        let x = rng.vec(m * k, 1.0);
+        let mut y = vec![0.0; m * n];
+        matmul(Isa::best(), w, &x, m, &mut y);
+        let mut row = vec![0.0; k];
+        for r in 0..n {
+            dequantize_row(w, r, &mut row);
+            for t in 0..m {
+                let e: f32 = row
+                    .iter()
+                    .zip(&x[t * k..(t + 1) * k])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    (y[t * n + r] - e).abs() <= 1e-4 * e.abs().max(1.0),
+                    "{kind:?}"
+                );
+            }
         }
     }
 }
