@@ -97,10 +97,10 @@ impl GgufSource {
                 name: gname.clone(),
             })?;
         check_shape(&self.describe(), &gname, shape, &info.shape)?;
-        Ok(GgmlTensor::from_bytes(
+        Ok(GgmlTensor::from_view(
             info.dtype,
             &info.shape,
-            self.file.tensor_bytes(info),
+            self.file.tensor_view(info),
         )?)
     }
 }

@@ -147,7 +147,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
-    mmap: Mmap,
+    mmap: std::sync::Arc<Mmap>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -375,7 +375,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
-            mmap,
+            mmap: std::sync::Arc::new(mmap),
         })
     }
 
@@ -390,6 +390,16 @@ impl GgufFile {
     /// The raw bytes of a tensor (already bounds-checked at open).
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.offset..info.offset + info.n_bytes]
+    }
+
+    /// A tensor's bytes as a view that keeps the mapping alive (no copy: the pages stay the
+    /// operating system's file cache, shared between processes, as llama.cpp's mmap loading does).
+    pub fn tensor_view(&self, info: &TensorInfo) -> crate::Bytes {
+        crate::Bytes::Mapped {
+            map: self.mmap.clone(),
+            start: info.offset,
+            len: info.n_bytes,
+        }
     }
 }
 

@@ -137,17 +137,43 @@ pub enum QuantError {
     Candle(#[from] candle_core::Error),
 }
 
+/// Tensor bytes: owned, or a range of a memory-mapped file kept alive by the view.
+#[derive(Debug, Clone)]
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Mapped {
+        map: std::sync::Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+        }
+    }
+}
+
 /// A ggml-block-quantized matrix (or vector) held in its file format.
 #[derive(Debug)]
 pub struct GgmlTensor {
     pub dtype: GgmlType,
     pub shape: Vec<usize>,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 impl GgmlTensor {
-    /// Wraps raw ggml block bytes; `shape` is outermost first, the last dimension is the row.
+    /// Wraps raw ggml block bytes (copied); `shape` is outermost first, the last dimension is the row.
     pub fn from_bytes(dtype: GgmlType, shape: &[usize], bytes: &[u8]) -> Result<Self, QuantError> {
+        Self::from_view(dtype, shape, Bytes::Owned(bytes.to_vec()))
+    }
+
+    /// Wraps ggml block bytes without copying them (e.g. a range of a mapped GGUF file).
+    pub fn from_view(dtype: GgmlType, shape: &[usize], bytes: Bytes) -> Result<Self, QuantError> {
         let row = shape.last().copied().unwrap_or(1);
         if row % dtype.block_size() != 0 {
             return Err(QuantError::Block {
@@ -169,7 +195,7 @@ impl GgmlTensor {
         Ok(Self {
             dtype,
             shape: shape.to_vec(),
-            bytes: bytes.to_vec(),
+            bytes,
         })
     }
 
