@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpt::{Gpt, GptConfig};
 use crate::source::{WeightMode, WeightSource};
+use crate::transformer_xl::{SegmentMemory, TransformerXl, TxlConfig};
 use crate::varstore::{Init, InitPolicy, ParamInfo, VarStore};
 use crate::{Cache, CausalLm, Llama, LlamaConfig, LoadedLm, ModelError, Positions, Result};
 
@@ -115,6 +116,7 @@ impl LlamaTrainConfig {
 pub enum ModelConfig {
     Gpt(GptConfig),
     Llama(LlamaTrainConfig),
+    TransformerXl(TxlConfig),
 }
 
 impl ModelConfig {
@@ -122,18 +124,21 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.vocab_size = v,
             ModelConfig::Llama(c) => c.vocab_size = v,
+            ModelConfig::TransformerXl(c) => c.vocab_size = v,
         }
     }
     pub fn max_seq_len(&self) -> usize {
         match self {
             ModelConfig::Gpt(c) => c.max_seq_len,
             ModelConfig::Llama(c) => c.max_seq_len,
+            ModelConfig::TransformerXl(c) => c.max_seq_len,
         }
     }
     pub fn init_policy(&self) -> InitPolicy {
         match self {
             ModelConfig::Gpt(c) => c.init_policy(),
             ModelConfig::Llama(c) => c.init_policy(),
+            ModelConfig::TransformerXl(c) => c.init_policy(),
         }
     }
     /// Builds the model over `src` (a `VarStore` for training; shapes are checked by name).
@@ -143,6 +148,7 @@ impl ModelConfig {
             ModelConfig::Llama(c) => {
                 Box::new(Llama::load(c.to_llama(), src, WeightMode::DequantizeF32)?)
             }
+            ModelConfig::TransformerXl(c) => Box::new(TransformerXl::load(c.clone(), src)?),
         })
     }
 }
@@ -160,7 +166,26 @@ pub struct TrainOutput {
 
 /// A causal LM that can be trained: a forward over whole sequences that keeps the graph.
 pub trait TrainableLm: CausalLm {
+    /// Logits for every position of `ids` (for a recurrent model, continuing its memory).
     fn forward_train(&self, ids: &Tensor) -> Result<TrainOutput>;
+    /// Segment-level recurrence (Transformer-XL): the trainer feeds consecutive segments and
+    /// evaluates with and without memory.
+    fn segment_memory(&self) -> Option<&dyn SegmentMemory> {
+        None
+    }
+}
+
+impl TrainableLm for TransformerXl {
+    fn forward_train(&self, ids: &Tensor) -> Result<TrainOutput> {
+        Ok(TrainOutput {
+            logits: self.forward_with_memory(ids)?,
+            moe_aux_loss: None,
+            expert_load: Vec::new(),
+        })
+    }
+    fn segment_memory(&self) -> Option<&dyn SegmentMemory> {
+        Some(self)
+    }
 }
 
 impl TrainableLm for Gpt {

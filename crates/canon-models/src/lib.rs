@@ -14,6 +14,7 @@ pub mod llama;
 pub mod load;
 pub mod sentence;
 pub mod source;
+pub mod transformer_xl;
 pub mod varstore;
 
 use candle_core::Tensor;

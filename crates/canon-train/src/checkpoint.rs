@@ -59,8 +59,20 @@ fn ck_err(path: &Path, m: impl std::fmt::Display) -> TrainError {
     }
 }
 
-pub fn save(path: &Path, params: &[Param], opt: &Optimizer, state: TrainState) -> Result<()> {
+/// Writes a checkpoint; `extra` holds model state besides weights (Transformer-XL's memory), saved
+/// under `state.<name>`.
+pub fn save(
+    path: &Path,
+    params: &[Param],
+    opt: &Optimizer,
+    state: TrainState,
+    extra: &[(String, Tensor)],
+) -> Result<()> {
     let mut entries: Vec<(String, F32View)> = Vec::new();
+    for (name, t) in extra {
+        let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        entries.push((format!("state.{name}"), view(t.dims(), &v)));
+    }
     for (i, p) in params.iter().enumerate() {
         let shape = p.var.dims().to_vec();
         let w: Vec<f32> = p.var.as_tensor().flatten_all()?.to_vec1()?;
@@ -92,8 +104,13 @@ pub fn save(path: &Path, params: &[Param], opt: &Optimizer, state: TrainState) -
     Ok(())
 }
 
-/// Restores weights (into the existing variables), optimizer state and the train state.
-pub fn load(path: &Path, params: &[Param], opt: &mut Optimizer) -> Result<TrainState> {
+/// Restores weights (into the existing variables), optimizer state and the train state; returns the
+/// extra state tensors (names without the `state.` prefix, sorted).
+pub fn load(
+    path: &Path,
+    params: &[Param],
+    opt: &mut Optimizer,
+) -> Result<(TrainState, Vec<(String, Tensor)>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ck_err(path, e))?;
@@ -149,8 +166,28 @@ pub fn load(path: &Path, params: &[Param], opt: &mut Optimizer) -> Result<TrainS
         }
     }
     opt.t = num("optimizer_t")?;
-    Ok(TrainState {
-        step: num("step")?,
-        rng_state: num("rng_state")?,
-    })
+    let mut names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("state."))
+        .map(|n| n.to_string())
+        .collect();
+    names.sort();
+    let mut extra = Vec::new();
+    for n in names {
+        let v = st.tensor(&n).map_err(|e| ck_err(path, e))?;
+        let shape = v.shape().to_vec();
+        let data = read(&n, &shape)?;
+        extra.push((
+            n["state.".len()..].to_string(),
+            Tensor::from_vec(data, shape.as_slice(), &Device::Cpu)?,
+        ));
+    }
+    Ok((
+        TrainState {
+            step: num("step")?,
+            rng_state: num("rng_state")?,
+        },
+        extra,
+    ))
 }

@@ -345,6 +345,35 @@ impl TokenData {
         (x, y)
     }
 
+    /// Consecutive segments for a recurrent model (Transformer-XL): the split is cut into `batch`
+    /// contiguous streams; segment `index` takes tokens `[index·block, (index+1)·block)` of each
+    /// stream (wrapping around). Returns the inputs, targets and whether this segment starts a
+    /// pass over the streams (memory must be reset).
+    pub fn sequential(
+        split: &[u32],
+        batch: usize,
+        block: usize,
+        index: usize,
+    ) -> (Vec<u32>, Vec<u32>, bool) {
+        let n = Self::segments(split, batch, block).max(1);
+        let s = index % n;
+        let stream = split.len() / batch.max(1);
+        let mut x = Vec::with_capacity(batch * block);
+        let mut y = Vec::with_capacity(batch * block);
+        for b in 0..batch {
+            let start = b * stream + s * block;
+            x.extend_from_slice(&split[start..start + block]);
+            y.extend_from_slice(&split[start + 1..start + block + 1]);
+        }
+        (x, y, s == 0)
+    }
+
+    /// Number of whole segments per stream.
+    pub fn segments(split: &[u32], batch: usize, block: usize) -> usize {
+        let stream = split.len() / batch.max(1);
+        stream.saturating_sub(1) / block.max(1)
+    }
+
     /// `n` evenly spaced windows of the held-out split (the same every evaluation).
     pub fn eval_windows(&self, n: usize, block: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
         let span = self.val.len() - block - 1;

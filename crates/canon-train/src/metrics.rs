@@ -16,6 +16,9 @@ pub struct MetricsLine {
     pub grad_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
+    /// Transformer-XL: the same held-out text evaluated without memory.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval_loss_no_mem: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub moe_aux_loss: Option<f64>,
     /// Per MoE layer, the fraction of tokens whose top-1 expert is each expert.

@@ -35,6 +35,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub tokens_per_s: f64,
     pub eval_loss: Option<f64>,
+    /// Transformer-XL: held-out loss of the same text without memory.
+    pub eval_loss_no_mem: Option<f64>,
     pub moe_aux_loss: Option<f64>,
     pub expert_load: Vec<Vec<f32>>,
 }
@@ -113,6 +115,17 @@ impl Trainer {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
+        let extra: Vec<(String, Tensor)> = match self.model.segment_memory() {
+            Some(mem) => {
+                let m = mem.take_memory();
+                mem.put_memory(m.clone());
+                m.into_iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("mem.{i:03}"), t))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         checkpoint::save(
             path,
             &self.params,
@@ -121,12 +134,22 @@ impl Trainer {
                 step: self.step,
                 rng_state: self.rng.state,
             },
+            &extra,
         )
     }
 
     /// Restores weights, optimizer state, step and data order from a checkpoint.
     pub fn resume(&mut self, path: &Path) -> Result<()> {
-        let st = checkpoint::load(path, &self.params, &mut self.opt)?;
+        let (st, extra) = checkpoint::load(path, &self.params, &mut self.opt)?;
+        if let Some(mem) = self.model.segment_memory() {
+            mem.put_memory(
+                extra
+                    .into_iter()
+                    .filter(|(n, _)| n.starts_with("mem."))
+                    .map(|(_, t)| t)
+                    .collect(),
+            );
+        }
         self.step = st.step;
         self.rng = SplitMix64 {
             state: st.rng_state,
@@ -171,8 +194,19 @@ impl Trainer {
             .collect();
         let (mut ce, mut aux_sum, mut has_aux) = (0.0, 0.0, false);
         let mut load = Vec::new();
-        for _ in 0..acc {
-            let (x, y) = data.sample(&mut self.rng, b, t);
+        for micro in 0..acc {
+            let (x, y) = match self.model.segment_memory() {
+                Some(mem) => {
+                    // Consecutive segments; a new pass over the streams starts without memory.
+                    let index = (self.step as usize) * acc + micro;
+                    let (x, y, first) = TokenData::sequential(&data.train, b, t, index);
+                    if first {
+                        mem.take_memory();
+                    }
+                    (x, y)
+                }
+                None => data.sample(&mut self.rng, b, t),
+            };
             let l = self.losses(x, y, b, t)?;
             if !l.ce.is_finite() {
                 return Err(TrainError::Diverged {
@@ -219,13 +253,54 @@ impl Trainer {
             grad_norm,
             tokens_per_s: (b * t * acc) as f64 / secs,
             eval_loss: None,
+            eval_loss_no_mem: None,
             moe_aux_loss: has_aux.then_some(aux_sum),
             expert_load: load,
         })
     }
 
-    /// Mean cross-entropy over `eval_batches · batch_size` fixed held-out windows of `block` tokens.
+    /// Transformer-XL: mean cross-entropy over consecutive held-out segments with a memory of
+    /// `mem_len` (0 = none); the training memory is set aside and restored.
+    pub fn evaluate_recurrent(&self, data: &TokenData, mem_len: usize) -> Result<Option<f64>> {
+        let Some(mem) = self.model.segment_memory() else {
+            return Ok(None);
+        };
+        let (b, t) = (self.cfg.batch_size, self.cfg.block_size);
+        let saved = mem.take_memory();
+        let train_len = mem.mem_len();
+        mem.set_mem_len(mem_len);
+        let n = TokenData::segments(&data.val, b, t).min(self.cfg.eval_batches * 4);
+        let mut sum = 0.0;
+        let mut result = Ok(());
+        for i in 0..n {
+            let (x, y, _) = TokenData::sequential(&data.val, b, t, i);
+            match self.losses(x, y, b, t) {
+                Ok(l) => sum += l.ce,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        mem.set_mem_len(train_len);
+        mem.put_memory(saved);
+        result?;
+        if n == 0 {
+            return Err(TrainError::Data(format!(
+                "the held-out split has too few tokens for one segment of {t} per stream of {b}"
+            )));
+        }
+        Ok(Some(sum / n as f64))
+    }
+
+    /// Mean cross-entropy over `eval_batches · batch_size` fixed held-out windows of `block` tokens
+    /// (Transformer-XL: over consecutive segments with its evaluation memory).
     pub fn evaluate(&self, data: &TokenData, block: usize) -> Result<f64> {
+        if let Some(mem) = self.model.segment_memory() {
+            return Ok(self
+                .evaluate_recurrent(data, mem.eval_mem_len())?
+                .unwrap_or(f64::NAN));
+        }
         let b = self.cfg.batch_size;
         let wins = data.eval_windows(self.cfg.eval_batches * b, block);
         let mut sum = 0.0;
@@ -248,6 +323,18 @@ impl Trainer {
         on_step: &mut dyn FnMut(&StepReport),
     ) -> Result<Outcome> {
         data.check(self.cfg.block_size)?;
+        if self.model.segment_memory().is_some() {
+            for (name, split) in [("training", &data.train), ("held-out", &data.val)] {
+                if TokenData::segments(split, self.cfg.batch_size, self.cfg.block_size) == 0 {
+                    return Err(TrainError::Data(format!(
+                        "the {name} split ({} tokens) cannot hold one segment of train.block_size {} in each of train.batch_size {} streams",
+                        split.len(),
+                        self.cfg.block_size,
+                        self.cfg.batch_size
+                    )));
+                }
+            }
+        }
         let resumed = self.step > 0;
         let mut metrics = MetricsFile::open(&files.metrics, resumed.then_some(self.step))?;
         let mut saved_at = self.step;
@@ -262,6 +349,7 @@ impl Trainer {
             let last = s == stop_at;
             if s % self.cfg.eval_every == 0 || last {
                 r.eval_loss = Some(self.evaluate(data, self.cfg.block_size)?);
+                r.eval_loss_no_mem = self.evaluate_recurrent(data, 0)?;
             }
             if s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
                 metrics.append(&MetricsLine {
@@ -271,6 +359,7 @@ impl Trainer {
                     lr: r.lr,
                     grad_norm: r.grad_norm,
                     eval_loss: r.eval_loss,
+                    eval_loss_no_mem: r.eval_loss_no_mem,
                     moe_aux_loss: r.moe_aux_loss,
                     expert_load: r.expert_load.clone(),
                 })?;

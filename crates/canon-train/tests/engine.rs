@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use canon_models::ModelConfig;
 use canon_models::family::LlamaTrainConfig;
 use canon_models::gpt::{BlockStyle, FfnKind, GptConfig, NormKind, PosKind};
+use canon_models::transformer_xl::TxlConfig;
 use canon_nn::{Activation, MoeConfig};
 use canon_train::data::{TokenizerKind, train_tokenizer};
 use canon_train::trainer::RunFiles;
@@ -90,10 +91,31 @@ fn params_bits(t: &Trainer) -> Vec<u32> {
         .collect()
 }
 
+fn txl(vocab: usize) -> ModelConfig {
+    ModelConfig::TransformerXl(TxlConfig {
+        vocab_size: vocab,
+        n_layer: 2,
+        n_head: 2,
+        d_model: 32,
+        d_inner: 64,
+        mem_len: 16,
+        eval_mem_len: 32,
+        max_seq_len: 32,
+        init_std: 0.02,
+    })
+}
+
 #[test]
 fn resume_is_exact_bit_for_bit() {
     let d = data();
-    let mc = ModelConfig::Gpt(gpt(d.vocab_size, BlockStyle::PreLn));
+    let v = d.vocab_size;
+    exact_resume(&d, ModelConfig::Gpt(gpt(v, BlockStyle::PreLn)));
+    // Transformer-XL: the memory travels in the checkpoint.
+    exact_resume(&d, txl(v));
+}
+
+fn exact_resume(d: &TokenData, mc: ModelConfig) {
+    let d = d.clone();
     let n = 8;
     let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
@@ -199,6 +221,23 @@ fn every_family_learns_a_tiny_corpus() {
         init_std: 0.02,
     };
     loss_falls(ModelConfig::Llama(llama), 40);
+    loss_falls(txl(v), 40);
+}
+
+#[test]
+fn transformer_xl_evaluates_with_and_without_memory() {
+    let d = data();
+    let mut cfg = train_cfg(20);
+    cfg.grad_accum = 1;
+    cfg.batch_size = 2;
+    let mut t = Trainer::new(&txl(d.vocab_size), cfg).unwrap();
+    for _ in 0..20 {
+        t.train_step(&d).unwrap();
+    }
+    let with = t.evaluate(&d, 16).unwrap();
+    let without = t.evaluate_recurrent(&d, 0).unwrap().unwrap();
+    assert!(with.is_finite() && without.is_finite());
+    assert_ne!(with, without, "memory must change the evaluation");
 }
 
 #[test]

@@ -1,3 +1,5 @@
-//! Position encodings that are not RoPE (which lives in `rope`): the Transformer's fixed sinusoids.
+//! Position encodings that are not RoPE (which lives in `rope`): the Transformer's fixed sinusoids
+//! and Transformer-XL's relative attention.
 
+pub mod relative;
 pub mod sinusoidal;
