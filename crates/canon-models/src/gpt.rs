@@ -134,7 +134,7 @@ impl GptConfig {
         self.d_model / self.n_head.max(1)
     }
     pub fn is_moe_block(&self, i: usize) -> bool {
-        self.moe.is_some() && self.moe_every > 0 && (i + 1) % self.moe_every == 0
+        self.moe.is_some() && self.moe_every > 0 && (i + 1).is_multiple_of(self.moe_every)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {

@@ -123,7 +123,7 @@ impl TrainConfig {
             return Err(format!("train.lr must be positive, found {}", self.lr));
         }
         if let Some(c) = self.grad_clip
-            && !(c > 0.0)
+            && (c.is_nan() || c <= 0.0)
         {
             return Err(format!("train.grad_clip must be positive, found {c}"));
         }

@@ -79,7 +79,7 @@ impl OptimizerConfig {
                         return Err(format!("train.optimizer.{k} must be in [0, 1), found {v}"));
                     }
                 }
-                if !(eps > 0.0) || weight_decay < 0.0 {
+                if eps.is_nan() || eps <= 0.0 || weight_decay < 0.0 {
                     return Err("train.optimizer.eps must be positive and weight_decay ≥ 0".into());
                 }
             }
