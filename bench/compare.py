@@ -62,6 +62,15 @@ def llama_bench(args, threads):
     return json.loads(out)[0]["avg_ts"]
 
 
+def peak_rss_mb(cmd):
+    """Peak resident memory of one child process (ru_maxrss of that child alone)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{cmd[0]} failed with status {status}")
+    return ru.ru_maxrss / 1024
+
+
 def canon_generate(exe, prompt, max_tokens, threads, extra=()):
     out = subprocess.run(
         [exe, "--quiet", "--threads", str(threads), "generate", "--model", GGUF, "--prompt", prompt,
@@ -115,6 +124,15 @@ def main():
             t = canon_generate(exe, p16, 128, a.threads, ["--ignore-eos"])
             ours.append(t["decode_tokens"] / t["decode_ms"] * 1e3)
         rows.append(("decode tg128 @16 (tok/s)", "llama.cpp", peer, ours))
+        peer, ours = [], []
+        for _ in range(a.repeat):
+            peer.append(peak_rss_mb([os.path.join(PEERS, "llama.cpp-build", "bin", "llama-bench"),
+                                     "-m", GGUF, "-t", str(a.threads), "-r", "1",
+                                     "-p", "0", "-n", "128", "-d", "16"]))
+            ours.append(peak_rss_mb([exe, "--quiet", "--threads", str(a.threads), "generate",
+                                     "--model", GGUF, "--prompt", p16, "--max-tokens", "128",
+                                     "--temperature", "0", "--ignore-eos"]))
+        rows.append(("peak RSS while decoding (MB; lower is better)", "llama.cpp", peer, ours))
 
     if "prefill" not in skip:
         p512 = prompt_of(exe, 512)
@@ -152,6 +170,8 @@ def main():
     for name, peer_name, peer, ours in rows:
         pm, om = statistics.median(peer), statistics.median(ours)
         print(f"| {name} | {peer_name} | {pm:.1f} | {om:.1f} | {om / pm:.2f} |")
+    print()
+    print("Canon / peer > 1 means Canon is faster, except for memory, where it means Canon uses more.")
     sys.stdout.flush()
 
 
