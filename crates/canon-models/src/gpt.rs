@@ -463,6 +463,19 @@ impl Gpt {
         })
     }
 
+    /// Final hidden states `[b, t, d]` (after the final norm, before the output head), with the MoE
+    /// auxiliaries (GPT-1's task heads read these).
+    pub fn forward_hidden(&self, ids: &Tensor) -> Result<(Tensor, Aux)> {
+        let mut aux = Aux::default();
+        let x = self.hidden(ids, None, 0, &mut aux)?;
+        Ok((x, aux))
+    }
+
+    /// Logits `[b, t, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.head(hidden)
+    }
+
     /// Logits `[b, t, vocab]` for every position, and the MoE auxiliaries (training; no cache).
     pub fn forward_train(&self, ids: &Tensor) -> Result<(Tensor, Aux)> {
         let mut aux = Aux::default();
@@ -543,3 +556,9 @@ impl CausalLm for Gpt {
 #[cfg(test)]
 #[path = "gpt_tests.rs"]
 mod tests;
+
+/// Tiny configurations shared by this crate's tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::tiny;
+}

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod config;
 pub mod family;
 pub mod gpt;
+pub mod gpt_tasks;
 pub mod llama;
 pub mod load;
 pub mod sentence;

@@ -351,7 +351,7 @@ impl Trainer {
                 r.eval_loss = Some(self.evaluate(data, self.cfg.block_size)?);
                 r.eval_loss_no_mem = self.evaluate_recurrent(data, 0)?;
             }
-            if s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
+            if s == 1 || s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
                 metrics.append(&MetricsLine {
                     step: s,
                     loss: r.loss,
