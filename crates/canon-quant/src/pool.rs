@@ -88,11 +88,11 @@ fn worker(s: Arc<Shared>) {
         // Spin, then park, until the generation moves.
         while s.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 // Let a runnable thread (perhaps the one about to publish work) have the core.
                 std::thread::yield_now();
             }
-            if spins % 64 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut g = s.slot.lock().unwrap_or_else(|p| p.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
                 while s.generation.load(Ordering::Acquire) == seen {

@@ -303,3 +303,29 @@ pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32
         }
     }
 }
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_fmt<F: Fmt>(w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
+    let acts = std::slice::from_ref(act);
+    for (row, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
+        unsafe { dot_n::<F, 1>(row, acts, std::slice::from_mut(o)) };
+    }
+}
+
+/// `out[r] = w_r · act` for consecutive rows `w` (`out.len()` rows of `row_bytes` each): decoding's
+/// matrix–vector product with one dispatch per call instead of per row.
+///
+/// # Safety
+/// As `dot_rows`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gemv(kind: Kind, w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
+    unsafe {
+        match kind {
+            Kind::Q4_0 => gemv_fmt::<Q40>(w, row_bytes, act, out),
+            Kind::Q4_1 => gemv_fmt::<Q41>(w, row_bytes, act, out),
+            Kind::Q5_0 => gemv_fmt::<Q50>(w, row_bytes, act, out),
+            Kind::Q5_1 => gemv_fmt::<Q51>(w, row_bytes, act, out),
+            Kind::Q8_0 => gemv_fmt::<Q80>(w, row_bytes, act, out),
+        }
+    }
+}

@@ -303,6 +303,19 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     let tasks = n.div_ceil(rows_per_task);
     let acts: Vec<ActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
     let out = SyncPtr(y.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && isa == Isa::Avx2 {
+        let rb = w.row_bytes();
+        crate::pool::parallel_for(tasks, &|task| {
+            let r0 = task * rows_per_task;
+            let r1 = (r0 + rows_per_task).min(n);
+            // SAFETY: rows r0..r1 of y belong to this task alone; y has n elements (m = 1).
+            let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
+            // SAFETY: Avx2 was detected; the rows hold whole blocks matching the activation row.
+            unsafe { avx2::gemv(w.kind, &w.bytes[r0 * rb..r1 * rb], rb, &acts[0], ys) };
+        });
+        return;
+    }
     crate::pool::parallel_for(tasks, &|task| {
         let r0 = task * rows_per_task;
         let r1 = (r0 + rows_per_task).min(n);
