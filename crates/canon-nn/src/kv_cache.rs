@@ -130,7 +130,10 @@ mod tests {
         let mut at = 0;
         for step in [5, 1, 1, 200, 60, 1, 32] {
             let (ka, va) = c
-                .append(&k.narrow(2, at, step).unwrap(), &v.narrow(2, at, step).unwrap())
+                .append(
+                    &k.narrow(2, at, step).unwrap(),
+                    &v.narrow(2, at, step).unwrap(),
+                )
                 .unwrap();
             at += step;
             assert_eq!(c.len(), at);
@@ -149,7 +152,10 @@ mod tests {
         let (ka, _) = c.append(&other, &other).unwrap();
         let want = Tensor::cat(&[&k.narrow(2, 0, 2).unwrap(), &other], 2).unwrap();
         assert_close(&ka, &want, Tol::EXACT);
-        assert!(c.append(&randn(&[1, 2, 1, 2], 5), &randn(&[1, 2, 1, 2], 5)).is_err());
+        assert!(
+            c.append(&randn(&[1, 2, 1, 2], 5), &randn(&[1, 2, 1, 2], 5))
+                .is_err()
+        );
     }
 
     #[test]
@@ -164,7 +170,13 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let gk: Vec<f32> = g.get(k.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let gk: Vec<f32> = g
+            .get(k.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(gk.iter().all(|&x| x == 2.0));
     }
 }
