@@ -7,9 +7,21 @@
 //! GELU is exact (erf) for HF/MiniLM checkpoints, the tanh form when the config says so.
 //!
 //! Shapes: ids, mask `[b, t]` → hidden `[b, t, d]`.
+//!
+//! Two implementations of the same forward pass:
+//! - composed `canon-nn` layers ([`Bert::forward_composed`]), which record a backward pass — used
+//!   whenever any parameter tracks gradients (training);
+//! - an inference pass over plain f32 buffers ([`Bert::forward_inference`]): the embeddings summed
+//!   and normalised in one pass, Q, K and V written by three GEMMs into one `[rows, 3d]` buffer
+//!   (bias added by the GEMM), attention per (sequence, head) with padded keys skipped, residual
+//!   add fused into layer norm, GELU in place. Sequences are split across threads, each running the
+//!   whole stack single-threaded on its share, so no kernel waits for another thread.
+//!   `Encoder::forward` takes it when nothing tracks gradients and every weight is dense f32.
 
-use candle_core::{DType, Tensor};
-use canon_nn::{AttnMask, Embedding, LayerNorm, Linear, Mlp, attention};
+use candle_core::{DType, Device, Tensor};
+use canon_nn::fused::{self, AttnDims, F32Data, Parallelism};
+use canon_nn::{Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Weight, attention};
+use rayon::prelude::*;
 
 use crate::source::{WeightMode, WeightSource};
 use crate::{BertConfig, Encoder, ModelError, Result};
@@ -96,8 +108,8 @@ impl Bert {
     }
 }
 
-impl Encoder for Bert {
-    fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: &Tensor) -> Result<Tensor> {
+impl Bert {
+    fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<(usize, usize)> {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         if t > c.max_position_embeddings {
@@ -112,6 +124,18 @@ impl Encoder for Bert {
                 mask.dims()
             )));
         }
+        Ok((b, t))
+    }
+
+    /// The forward pass through composed `canon-nn` layers (records a backward pass).
+    pub fn forward_composed(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t) = self.check_input(ids, mask)?;
         let pos = Tensor::arange(0u32, t as u32, ids.device())?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
@@ -141,11 +165,397 @@ impl Encoder for Bert {
         Ok(x)
     }
 
+    /// Every parameter tensor.
+    fn parameters(&self) -> Vec<&Tensor> {
+        fn lin<'a>(l: &'a Linear, v: &mut Vec<&'a Tensor>) {
+            if let Weight::Dense(w) = &l.weight {
+                v.push(w);
+            }
+            v.extend(l.bias.iter());
+        }
+        fn ln<'a>(n: &'a LayerNorm, v: &mut Vec<&'a Tensor>) {
+            v.push(&n.weight);
+            v.extend(n.bias.iter());
+        }
+        let mut v = Vec::new();
+        v.extend([
+            &self.word.weight,
+            &self.position.weight,
+            &self.token_type.weight,
+        ]);
+        ln(&self.emb_norm, &mut v);
+        for l in &self.layers {
+            for x in [&l.q, &l.k, &l.v, &l.o, &l.mlp.fc1, &l.mlp.fc2] {
+                lin(x, &mut v);
+            }
+            ln(&l.attn_norm, &mut v);
+            ln(&l.out_norm, &mut v);
+        }
+        v
+    }
+
+    /// The inference pass (no backward), or `None` when it does not apply: a parameter tracks
+    /// gradients, a weight is not dense f32 on the CPU, a linear layer carries a LoRA adapter, or
+    /// the activation is not exact GELU.
+    pub fn forward_inference(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let c = &self.config;
+        let (b, t) = self.check_input(ids, mask)?;
+        let params = self.parameters();
+        let linears_plain = self.layers.iter().all(|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.mlp.fc1, &l.mlp.fc2]
+                .iter()
+                .all(|x| {
+                    x.lora.is_none() && matches!(x.weight, Weight::Dense(_)) && x.bias.is_some()
+                })
+        });
+        let norms_biased = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.attn_norm, &l.out_norm])
+            .chain([&self.emb_norm])
+            .all(|n| n.bias.is_some());
+        if !linears_plain
+            || !norms_biased
+            || c.hidden_act != Activation::Gelu
+            || !fused::no_grad(&params)
+            || !matches!(ids.device(), Device::Cpu)
+        {
+            return Ok(None);
+        }
+        // Fixed order: word, position, type, LN γ, LN β, then per layer q w/b, k w/b, v w/b,
+        // o w/b, fc1 w/b, fc2 w/b, attention LN γ/β, output LN γ/β (see `parameters`).
+        let data: Option<Vec<F32Data<'_>>> = params.iter().map(|p| F32Data::new(p)).collect();
+        let Some(data) = data else {
+            return Ok(None);
+        };
+        let p: Vec<&[f32]> = data.iter().map(|d| &**d).collect();
+        let w = Weights {
+            word: p[0],
+            position: p[1],
+            token_type: p[2],
+            emb_norm: (p[3], p[4]),
+            layers: p[5..]
+                .chunks_exact(16)
+                .map(|q| LayerW {
+                    qkv: [(q[0], q[1]), (q[2], q[3]), (q[4], q[5])],
+                    o: (q[6], q[7]),
+                    fc1: (q[8], q[9]),
+                    fc2: (q[10], q[11]),
+                    attn_norm: (q[12], q[13]),
+                    out_norm: (q[14], q[15]),
+                })
+                .collect(),
+            d: c.hidden_size,
+            inter: c.intermediate_size,
+            heads: c.num_attention_heads,
+            eps: c.layer_norm_eps as f32,
+        };
+
+        let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let types: Vec<u32> = match type_ids {
+            Some(tt) => tt.flatten_all()?.to_vec1()?,
+            None => vec![0; b * t],
+        };
+        if types.len() != b * t {
+            return Err(ModelError::Input(format!(
+                "token type ids have {} elements, expected {b}×{t}",
+                types.len()
+            )));
+        }
+        for (what, v, n) in [
+            ("token", &ids, c.vocab_size),
+            ("token type", &types, c.type_vocab_size),
+        ] {
+            if let Some(bad) = v.iter().find(|&&i| i as usize >= n) {
+                return Err(ModelError::Input(format!(
+                    "{what} id {bad} is out of range 0..{n}"
+                )));
+            }
+        }
+        let keep: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+
+        // Work split: whole sequences per task, about TASK_ROWS rows each, at least one task per
+        // thread. One task (a single long sequence) lets the GEMMs use the threads instead.
+        const TASK_ROWS: usize = 512;
+        let threads = rayon::current_num_threads().max(1);
+        let per = b.div_ceil(threads).min(TASK_ROWS.div_ceil(t.max(1))).max(1);
+        let par = if per >= b && threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        let d = c.hidden_size;
+        let mut out = vec![0f32; b * t * d];
+        if b * t > 0 {
+            out.par_chunks_mut(per * t * d)
+                .enumerate()
+                .for_each(|(i, o)| {
+                    let (s0, n) = (i * per, o.len() / (t * d));
+                    let r = s0 * t..(s0 + n) * t;
+                    w.encode(&ids[r.clone()], &types[r.clone()], &keep[r], n, t, o, par);
+                });
+        }
+        Ok(Some(Tensor::from_vec(out, (b, t, d), &Device::Cpu)?))
+    }
+}
+
+/// Weight slices of the inference pass; pairs are (weight, bias) or (γ, β).
+struct Weights<'a> {
+    word: &'a [f32],
+    position: &'a [f32],
+    token_type: &'a [f32],
+    emb_norm: (&'a [f32], &'a [f32]),
+    layers: Vec<LayerW<'a>>,
+    d: usize,
+    inter: usize,
+    heads: usize,
+    eps: f32,
+}
+
+struct LayerW<'a> {
+    qkv: [(&'a [f32], &'a [f32]); 3],
+    o: (&'a [f32], &'a [f32]),
+    fc1: (&'a [f32], &'a [f32]),
+    fc2: (&'a [f32], &'a [f32]),
+    attn_norm: (&'a [f32], &'a [f32]),
+    out_norm: (&'a [f32], &'a [f32]),
+}
+
+impl Weights<'_> {
+    /// Runs the encoder over `n` sequences of `t` positions (`ids`, `types`, `keep`: `[n·t]`),
+    /// writing the hidden states `[n·t, d]` into `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        ids: &[u32],
+        types: &[u32],
+        keep: &[f32],
+        n: usize,
+        t: usize,
+        x: &mut [f32],
+        par: Parallelism,
+    ) {
+        let (d, inter) = (self.d, self.inter);
+        let rows = n * t;
+        // E = word[ids] + position[0..t] + token_type[types], then LayerNorm.
+        for (r, row) in x.chunks_exact_mut(d).enumerate() {
+            let (id, tt, pos) = (ids[r] as usize, types[r] as usize, r % t);
+            let word = &self.word[id * d..(id + 1) * d];
+            let p = &self.position[pos * d..(pos + 1) * d];
+            let ty = &self.token_type[tt * d..(tt + 1) * d];
+            for (((v, a), b), c) in row.iter_mut().zip(word).zip(p).zip(ty) {
+                *v = a + b + c;
+            }
+        }
+        let ln = |x: &mut [f32], res: Option<&[f32]>, (g, b): (&[f32], &[f32])| {
+            fused::layer_norm_rows(x, res, d, g, Some(b), self.eps);
+        };
+        ln(x, None, self.emb_norm);
+        let mut qkv = vec![0f32; rows * 3 * d];
+        let mut ctx = vec![0f32; rows * d];
+        let mut tmp = vec![0f32; rows * d];
+        let mut ff = vec![0f32; rows * inter];
+        let dims = AttnDims {
+            batch: n,
+            seq: t,
+            heads: self.heads,
+            head_dim: d / self.heads,
+        };
+        for l in &self.layers {
+            // [rows, d] -> [rows, 3d]: Q | K | V
+            for (j, (wm, bv)) in l.qkv.iter().enumerate() {
+                fused::linear(x, rows, d, wm, d, Some(bv), &mut qkv[j * d..], 3 * d, par);
+            }
+            fused::self_attention(&qkv, 3 * d, keep, dims, &mut ctx, d);
+            // h = LayerNorm(x + W_o·a + b_o)
+            fused::linear(&ctx, rows, d, l.o.0, d, Some(l.o.1), &mut tmp, d, par);
+            ln(x, Some(&tmp), l.attn_norm);
+            // y = LayerNorm(h + W_2·GELU(W_1 h + b_1) + b_2)
+            fused::linear(
+                x,
+                rows,
+                d,
+                l.fc1.0,
+                inter,
+                Some(l.fc1.1),
+                &mut ff,
+                inter,
+                par,
+            );
+            fused::gelu_erf_inplace(&mut ff);
+            fused::linear(
+                &ff,
+                rows,
+                inter,
+                l.fc2.0,
+                d,
+                Some(l.fc2.1),
+                &mut tmp,
+                d,
+                par,
+            );
+            ln(x, Some(&tmp), l.out_norm);
+        }
+    }
+}
+
+impl Encoder for Bert {
+    /// The inference pass when it applies (see [`Bert::forward_inference`]), else the composed one.
+    fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: &Tensor) -> Result<Tensor> {
+        match self.forward_inference(ids, type_ids, mask)? {
+            Some(h) => Ok(h),
+            None => self.forward_composed(ids, type_ids, mask),
+        }
+    }
+
     fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
 
     fn max_positions(&self) -> usize {
         self.config.max_position_embeddings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+    use canon_testkit::{Tol, assert_close, randn, to_vec};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    /// Random weights by HF name; `vars` makes every tensor a trainable `Var`.
+    struct Random {
+        made: RefCell<HashMap<String, Tensor>>,
+        vars: bool,
+    }
+    impl WeightSource for Random {
+        fn describe(&self) -> String {
+            "random".into()
+        }
+        fn has(&self, _name: &str) -> bool {
+            true
+        }
+        fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+            let mut m = self.made.borrow_mut();
+            let seed = m.len() as u64 + 1;
+            let t = (randn(shape, seed) * 0.3)?;
+            // LayerNorm γ around 1, as trained models have.
+            let t = if name.ends_with("LayerNorm.weight") {
+                (t + 1.0)?
+            } else {
+                t
+            };
+            let t = if self.vars {
+                Var::from_tensor(&t)?.as_tensor().clone()
+            } else {
+                t
+            };
+            Ok(m.entry(name.to_string()).or_insert(t).clone())
+        }
+    }
+
+    fn tiny(vars: bool, act: Activation) -> (Bert, Vec<Tensor>) {
+        let cfg = BertConfig {
+            vocab_size: 40,
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 96,
+            hidden_act: act,
+            layer_norm_eps: 1e-12,
+            max_position_embeddings: 48,
+            type_vocab_size: 2,
+        };
+        let src = Random {
+            made: Default::default(),
+            vars,
+        };
+        let bert = Bert::load(cfg, &src).unwrap();
+        let params = src.made.into_inner().into_values().collect();
+        (bert, params)
+    }
+
+    /// Three sequences of 37 positions: full, padded after 20, padded after 1.
+    fn batch() -> (Tensor, Tensor, Tensor) {
+        let (b, t) = (3usize, 37usize);
+        let lens = [37usize, 20, 1];
+        let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % 40) as u32).collect();
+        let types: Vec<u32> = (0..b * t).map(|i| u32::from(i % t >= 10)).collect();
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| f32::from(u8::from(i % t < lens[i / t])))
+            .collect();
+        let dev = &Device::Cpu;
+        (
+            Tensor::from_vec(ids, (b, t), dev).unwrap(),
+            Tensor::from_vec(types, (b, t), dev).unwrap(),
+            Tensor::from_vec(mask, (b, t), dev).unwrap(),
+        )
+    }
+
+    #[test]
+    fn inference_pass_equals_the_composed_pass_padding_included() {
+        let (bert, _) = tiny(false, Activation::Gelu);
+        let (ids, types, mask) = batch();
+        for tt in [None, Some(&types)] {
+            let fast = bert
+                .forward_inference(&ids, tt, &mask)
+                .unwrap()
+                .expect("inference pass applies to a frozen dense f32 model");
+            let composed = bert.forward_composed(&ids, tt, &mask).unwrap();
+            // Padded positions too: both compute every query against the real keys.
+            assert_close(&fast, &composed, Tol::F32);
+            assert_close(&bert.forward(&ids, tt, &mask).unwrap(), &fast, Tol::EXACT);
+        }
+        // One sequence alone (the GEMMs share the threads instead of the sequences).
+        let one = |t: &Tensor| t.narrow(0, 1, 1).unwrap();
+        let fast = bert
+            .forward_inference(&one(&ids), None, &one(&mask))
+            .unwrap()
+            .unwrap();
+        let composed = bert
+            .forward_composed(&one(&ids), None, &one(&mask))
+            .unwrap();
+        assert_close(&fast, &composed, Tol::F32);
+    }
+
+    #[test]
+    fn inference_pass_rejects_out_of_range_ids() {
+        let (bert, _) = tiny(false, Activation::Gelu);
+        let (_, _, mask) = batch();
+        let ids = Tensor::full(40u32, (3, 37), &Device::Cpu).unwrap();
+        let err = bert.forward(&ids, None, &mask).unwrap_err().to_string();
+        assert!(err.contains("token id 40"), "{err}");
+    }
+
+    #[test]
+    fn inference_pass_steps_aside_when_it_does_not_apply() {
+        // tanh GELU: not what the fused kernel computes.
+        let (bert, _) = tiny(false, Activation::GeluTanh);
+        let (ids, _, mask) = batch();
+        assert!(bert.forward_inference(&ids, None, &mask).unwrap().is_none());
+        // Trainable weights: must take the composed path.
+        let (bert, _) = tiny(true, Activation::Gelu);
+        assert!(bert.forward_inference(&ids, None, &mask).unwrap().is_none());
+    }
+
+    #[test]
+    fn gradients_reach_every_parameter_when_weights_are_trainable() {
+        let (bert, params) = tiny(true, Activation::Gelu);
+        let (ids, types, mask) = batch();
+        let h = bert.forward(&ids, Some(&types), &mask).unwrap();
+        assert!(h.track_op(), "a trainable model must run the composed pass");
+        let grads = h.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(params.len(), 5 + 2 * 16);
+        for p in &params {
+            let g = grads.get(p).expect("every parameter receives a gradient");
+            assert!(to_vec(g).iter().any(|v| *v != 0.0));
+        }
     }
 }

@@ -73,25 +73,33 @@ impl SentenceEmbedder {
         let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
         let mask = Tensor::from_vec(mask, (b, t), &Device::Cpu)?;
         let h = self.encoder.forward(&ids, None, &mask)?; // [b, t, d]
-        let pooled = match self.pooling {
-            Pooling::Mean => {
-                let m = mask.unsqueeze(2)?; // [b, t, 1]
-                let sum = h.broadcast_mul(&m)?.sum(1)?; // [b, d]
-                let n = m.sum(1)?.clamp(1e-9, f64::MAX)?; // [b, 1]
-                sum.broadcast_div(&n)?
+        let d = h.dim(2)?;
+        let h: Vec<f32> = h.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        // Pooling over plain rows: for a handful of vectors per batch, candle ops would cost more
+        // in allocation and dispatch than the arithmetic.
+        let pooled = rows.iter().enumerate().map(|(i, r)| {
+            let seq = &h[i * t * d..(i + 1) * t * d];
+            let mut v = match self.pooling {
+                // Σ_j h_j over the real tokens / their count (clamped like sentence-transformers).
+                Pooling::Mean => {
+                    let mut sum = vec![0f32; d];
+                    for tok in seq.chunks_exact(d).take(r.len()) {
+                        for (s, x) in sum.iter_mut().zip(tok) {
+                            *s += x;
+                        }
+                    }
+                    let n = (r.len() as f32).max(1e-9);
+                    sum.iter_mut().for_each(|s| *s /= n);
+                    sum
+                }
+                Pooling::Cls => seq[..d].to_vec(),
+            };
+            if self.normalize {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                v.iter_mut().for_each(|x| *x /= norm);
             }
-            Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let pooled = if self.normalize {
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12, f64::MAX)?;
-            pooled.broadcast_div(&norm)?
-        } else {
-            pooled
-        };
-        Ok(pooled.to_dtype(DType::F32)?.to_vec2()?)
+            v
+        });
+        Ok(pooled.collect())
     }
 }

@@ -90,3 +90,59 @@ fn paraphrase_ranks_above_unrelated() {
     let e = enc.embedder.embed(&t, 8).unwrap();
     assert!(cosine(&e[0], &e[1]) > cosine(&e[0], &e[2]) + 0.1);
 }
+
+/// The fused inference pass (what `embed` runs) against the composed, backward-capable pass on
+/// the real weights, padded positions included.
+#[test]
+fn inference_pass_equals_composed_pass_on_real_weights() {
+    use canon_models::source::{SafetensorsSource, WeightSource};
+    use canon_models::{Bert, BertConfig};
+
+    let enc = embedder();
+    let dir = &enc.path;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let u = |k: &str| v[k].as_u64().unwrap() as usize;
+    let cfg = BertConfig {
+        vocab_size: u("vocab_size"),
+        hidden_size: u("hidden_size"),
+        num_hidden_layers: u("num_hidden_layers"),
+        num_attention_heads: u("num_attention_heads"),
+        intermediate_size: u("intermediate_size"),
+        hidden_act: canon_nn::Activation::Gelu,
+        layer_norm_eps: v["layer_norm_eps"].as_f64().unwrap(),
+        max_position_embeddings: u("max_position_embeddings"),
+        type_vocab_size: u("type_vocab_size"),
+    };
+    let mut src = SafetensorsSource::open_dir(dir).unwrap();
+    src.detect_prefix("embeddings.word_embeddings.weight", &["bert.", "model."]);
+    assert!(src.has("embeddings.word_embeddings.weight"));
+    let bert = Bert::load(cfg, &src).unwrap();
+
+    let texts = [
+        "A considerably longer sentence that forces the others in its batch to be padded.",
+        "short",
+        "naïve café",
+    ];
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| enc.embedder.token_ids(t).unwrap())
+        .collect();
+    let t = rows.iter().map(Vec::len).max().unwrap();
+    let mut ids = vec![0u32; rows.len() * t];
+    let mut mask = vec![0f32; rows.len() * t];
+    for (i, r) in rows.iter().enumerate() {
+        ids[i * t..i * t + r.len()].copy_from_slice(r);
+        mask[i * t..i * t + r.len()].fill(1.0);
+    }
+    let dev = &candle_core::Device::Cpu;
+    let ids = candle_core::Tensor::from_vec(ids, (rows.len(), t), dev).unwrap();
+    let mask = candle_core::Tensor::from_vec(mask, (rows.len(), t), dev).unwrap();
+    let fast = bert
+        .forward_inference(&ids, None, &mask)
+        .unwrap()
+        .expect("the inference pass applies to frozen f32 MiniLM");
+    let composed = bert.forward_composed(&ids, None, &mask).unwrap();
+    let d = canon_testkit::assert_close(&fast, &composed, Tol::new(2e-5, 1e-5));
+    eprintln!("inference vs composed pass, max |diff| over hidden states: {d:.2e}");
+}

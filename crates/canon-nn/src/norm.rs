@@ -20,6 +20,31 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        // Inference (nothing tracks gradients) on f32 CPU tensors: one pass per row.
+        if crate::fused::no_grad(&[x, &self.weight])
+            && let (Some(xs), Some(w)) = (
+                crate::fused::F32Data::new(x),
+                crate::fused::F32Data::new(&self.weight),
+            )
+            && !w.is_empty()
+            && xs.len() % w.len() == 0
+        {
+            let d = w.len();
+            let mut out = vec![0.0f32; xs.len()];
+            for (xr, yr) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let denom = (ms + self.eps as f32).sqrt();
+                for ((y, v), g) in yr.iter_mut().zip(xr).zip(w.iter()) {
+                    *y = v / denom * g;
+                }
+            }
+            return Tensor::from_vec(out, x.shape(), x.device());
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed formula (records a backward pass).
+    pub fn forward_composed(&self, x: &Tensor) -> crate::Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [..., 1]
@@ -40,7 +65,21 @@ impl LayerNorm {
         Self { weight, bias, eps }
     }
 
+    /// Inference (nothing tracks gradients) on f32 CPU tensors takes one fused pass
+    /// ([`crate::fused::layer_norm`]); otherwise composed ops that record a backward pass.
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        if crate::fused::no_grad(&[x, &self.weight])
+            && self.bias.as_ref().is_none_or(|b| !b.track_op())
+            && let Some(y) =
+                crate::fused::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)?
+        {
+            return Ok(y);
+        }
+        self.forward_composed(x)
+    }
+
+    /// The composed formula (records a backward pass).
+    pub fn forward_composed(&self, x: &Tensor) -> crate::Result<Tensor> {
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -104,6 +143,44 @@ mod tests {
             .unwrap();
         let fused = candle_nn::ops::layer_norm(&x, &g, &b, 1e-12).unwrap();
         assert_close(&ours, &fused, Tol::F32);
+    }
+
+    #[test]
+    fn fused_inference_path_equals_the_composed_path() {
+        let x = (randn(&[3, 4, 384], 11) * 2.0).unwrap();
+        let g = randn(&[384], 12);
+        let b = randn(&[384], 13);
+        for bias in [Some(b), None] {
+            let ln = LayerNorm::new(g.clone(), bias, 1e-12);
+            let fast = ln.forward(&x).unwrap();
+            assert!(!fast.track_op());
+            assert_close(&fast, &ln.forward_composed(&x).unwrap(), Tol::F32);
+        }
+        // A non-contiguous input goes through the same kernel.
+        let xt = randn(&[384, 5], 14).t().unwrap();
+        let ln = LayerNorm::new(g, None, 1e-5);
+        assert_close(
+            &ln.forward(&xt).unwrap(),
+            &ln.forward_composed(&xt).unwrap(),
+            Tol::F32,
+        );
+    }
+
+    #[test]
+    fn gradients_flow_through_forward_when_only_the_input_tracks() {
+        // Frozen parameters, trainable input: forward must still take the composed path.
+        let x = Var::from_tensor(&randn(&[2, 8], 1)).unwrap();
+        let ln = LayerNorm::new(randn(&[8], 2), Some(randn(&[8], 3)), 1e-5);
+        let loss = ln
+            .forward(&(x.as_tensor() * 1.5).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let gr = grads.get(x.as_tensor()).expect("gradient of the input");
+        assert!(to_vec(gr).iter().any(|v| v.abs() > 0.0));
     }
 
     #[test]
