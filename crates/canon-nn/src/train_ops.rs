@@ -1,0 +1,494 @@
+//! Fused CPU kernels **with a backward pass**, for training. candle's fused `softmax_last_dim`,
+//! `layer_norm` and friends record no backward, and the composed equivalents run a chain of
+//! tensor-sized ops forward and a longer one backward; these do one pass each way per row.
+//!
+//! - `causal_softmax(x, offset, scale)`: `y = softmax(scale·x + M)` over the last dimension with the
+//!   causal mask `M` (query row `i` sees keys `j ≤ offset + i`); backward
+//!   `dx = scale · y ⊙ (g − Σ_j g_j y_j)`.
+//! - `layer_norm(x, γ, β, eps)` (Ba et al., 2016): `y = x̂ γ + β`, `x̂ = (x − μ)/√(σ² + eps)`;
+//!   backward `dx = (1/√(σ²+eps)) · (ĝ − mean(ĝ) − x̂ · mean(ĝ x̂))` with `ĝ = g γ`,
+//!   `dγ = Σ_rows g x̂`, `dβ = Σ_rows g`.
+//! - `gelu(x, tanh)`: exact GELU `x Φ(x)` (erf by Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7)
+//!   or the tanh form; backward the analytic derivative.
+//!
+//! Every kernel takes contiguous f32 on the CPU (inputs are made contiguous first); they are checked
+//! against the composed ops and by finite differences below.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: expected f32");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: expected a contiguous tensor");
+    };
+    Ok(&v[a..b])
+}
+
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
+const ROWS_PER_TASK: usize = 16;
+
+// ------------------------------------------------------------------ causal softmax
+
+struct CausalSoftmax {
+    offset: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let dims = l.dims();
+        let tk = last_dim(l);
+        let tq = if dims.len() >= 2 {
+            dims[dims.len() - 2]
+        } else {
+            1
+        };
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(tk * ROWS_PER_TASK)
+            .zip(x.par_chunks(tk * ROWS_PER_TASK))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                for (r, (yr, xr)) in yc.chunks_mut(tk).zip(xc.chunks(tk)).enumerate() {
+                    let i = (c * ROWS_PER_TASK + r) % tq;
+                    let n = (self.offset + i + 1).min(tk);
+                    let m = xr[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0f32;
+                    for j in 0..n {
+                        let e = (self.scale * (xr[j] - m)).exp();
+                        yr[j] = e;
+                        sum += e;
+                    }
+                    let inv = 1.0 / sum;
+                    yr[..n].iter_mut().for_each(|v| *v *= inv);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        Ok(Some(
+            y.apply_op2_no_bwd(&g, &SoftmaxBwd { scale: self.scale })?,
+        ))
+    }
+}
+
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "causal-softmax-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let tk = last_dim(l1);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(tk * ROWS_PER_TASK)
+            .zip(
+                y.par_chunks(tk * ROWS_PER_TASK)
+                    .zip(g.par_chunks(tk * ROWS_PER_TASK)),
+            )
+            .for_each(|(dc, (yc, gc))| {
+                for ((dr, yr), gr) in dc.chunks_mut(tk).zip(yc.chunks(tk)).zip(gc.chunks(tk)) {
+                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for j in 0..tk {
+                        dr[j] = self.scale * yr[j] * (gr[j] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `softmax(scale · x + causal mask)` over the last dimension of `x: [..., tq, tk]`, with backward.
+pub fn causal_softmax(x: &Tensor, offset: usize, scale: f64) -> crate::Result<Tensor> {
+    x.contiguous()?.apply_op1(CausalSoftmax {
+        offset,
+        scale: scale as f32,
+    })
+}
+
+/// Causal attention `softmax(Q Kᵀ/√d + M) V` for training (`q: [b, h, t, d]`, `k, v: [b, h_kv, t, d]`),
+/// through `causal_softmax`.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+) -> crate::Result<Tensor> {
+    let (_, h, _, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    if hkv == 0 || h % hkv != 0 {
+        candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
+    }
+    let k = crate::attention::repeat_kv(k, h / hkv)?.contiguous()?;
+    let v = crate::attention::repeat_kv(v, h / hkv)?.contiguous()?;
+    let scores = q.contiguous()?.matmul(&k.t()?)?; // [b, h, tq, tk]
+    causal_softmax(&scores, offset, 1.0 / (d as f64).sqrt())?.matmul(&v)
+}
+
+// ------------------------------------------------------------------ layer norm
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let b = slice(s3, l3, self.name())?;
+        let d = last_dim(l1);
+        if w.len() != d || b.len() != d {
+            candle_core::bail!("layer norm: parameters of {} for rows of {d}", w.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for j in 0..d {
+                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dx = vec![0f32; xv.len()];
+        // Per task: dx rows, and partial sums of dγ and dβ.
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(
+                xv.par_chunks(d * ROWS_PER_TASK)
+                    .zip(gv.par_chunks(d * ROWS_PER_TASK)),
+            )
+            .map(|(dc, (xc, gc))| {
+                let mut dw = vec![0f32; d];
+                let mut db = vec![0f32; d];
+                let mut xhat = vec![0f32; d];
+                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for j in 0..d {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        let gh = gr[j] * wv[j];
+                        m1 += gh;
+                        m2 += gh * xhat[j];
+                        dw[j] += gr[j] * xhat[j];
+                        db[j] += gr[j];
+                    }
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for j in 0..d {
+                        dr[j] = rstd * (gr[j] * wv[j] - m1 - xhat[j] * m2);
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        let mut db = vec![0f32; d];
+        for (pw, pb) in partial {
+            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// Layer norm over the last dimension with a backward pass (no bias: β = 0, not trained).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> crate::Result<Tensor> {
+    let zeros;
+    let b = match b {
+        Some(b) => b,
+        None => {
+            zeros = w.zeros_like()?;
+            &zeros
+        }
+    };
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
+}
+
+// ------------------------------------------------------------------ GELU
+
+/// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7).
+fn erf(x: f32) -> f32 {
+    let s = x.signum();
+    let x = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_74) * t
+            + 0.254_829_6)
+            * t
+            * (-x * x).exp();
+    s * y
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+struct Gelu {
+    tanh: bool,
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-train"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        let tanh = self.tanh;
+        y.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(yc, xc)| {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = if tanh {
+                        0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh())
+                    } else {
+                        0.5 * v * (1.0 + erf(v * INV_SQRT_2))
+                    };
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(
+            &g.contiguous()?,
+            &GeluBwd { tanh: self.tanh },
+        )?))
+    }
+}
+
+struct GeluBwd {
+    tanh: bool,
+}
+
+impl CustomOp2 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "gelu-train-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let g = slice(s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        let tanh = self.tanh;
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+            .for_each(|(dc, (xc, gc))| {
+                for ((o, &v), &gr) in dc.iter_mut().zip(xc).zip(gc) {
+                    let d = if tanh {
+                        let t = (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh();
+                        0.5 * (1.0 + t)
+                            + 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 0.134_145 * v * v)
+                    } else {
+                        0.5 * (1.0 + erf(v * INV_SQRT_2)) + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
+                    };
+                    *o = gr * d;
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// GELU (exact when `tanh` is false, the tanh approximation otherwise) with a backward pass.
+pub fn gelu(x: &Tensor, tanh: bool) -> crate::Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu { tanh })
+}
+
+/// The activation through a fused kernel where one exists (f32 GELU), else the layer's own.
+pub fn activation(act: crate::Activation, x: &Tensor) -> crate::Result<Tensor> {
+    match (act, x.dtype()) {
+        (crate::Activation::Gelu, candle_core::DType::F32) => gelu(x, false),
+        (crate::Activation::GeluTanh, candle_core::DType::F32) => gelu(x, true),
+        _ => act.forward(x),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::check_gradients;
+    use crate::{AttnMask, LayerNorm, attention};
+    use candle_core::{D, Var};
+    use canon_testkit::{Tol, assert_close, randn};
+
+    fn wsum(y: &Tensor, seed: u64) -> crate::Result<Tensor> {
+        (y * randn(y.dims(), seed))?.sum_all()
+    }
+
+    #[test]
+    fn causal_attention_matches_the_composed_layer_forward_and_backward() {
+        let q = Var::from_tensor(&randn(&[2, 4, 5, 8], 1)).unwrap();
+        let k = Var::from_tensor(&randn(&[2, 2, 5, 8], 2)).unwrap();
+        let v = Var::from_tensor(&randn(&[2, 2, 5, 8], 3)).unwrap();
+        let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0).unwrap();
+        let refr = attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            AttnMask::Causal { offset: 0 },
+        )
+        .unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+        let g1 = wsum(&ours, 7).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 7).unwrap().backward().unwrap();
+        for x in [&q, &k, &v] {
+            assert_close(
+                g1.get(x.as_tensor()).unwrap(),
+                g2.get(x.as_tensor()).unwrap(),
+                Tol::new(1e-5, 1e-4),
+            );
+        }
+    }
+
+    #[test]
+    fn causal_softmax_with_an_offset_matches_masked_softmax() {
+        let x = randn(&[3, 4, 7], 5);
+        let ours = causal_softmax(&x, 3, 0.5).unwrap();
+        let m = crate::attention::causal_mask(4, 7, 3, x.device()).unwrap();
+        let refr =
+            candle_nn::ops::softmax(&(x * 0.5).unwrap().broadcast_add(&m).unwrap(), D::Minus1)
+                .unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_layer_forward_and_backward() {
+        let x = Var::from_tensor(&randn(&[3, 5, 16], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[16], 2)).unwrap();
+        let b = Var::from_tensor(&randn(&[16], 3)).unwrap();
+        let ours = layer_norm(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 1e-5).unwrap();
+        let refr = LayerNorm::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), 1e-5)
+            .forward(x.as_tensor())
+            .unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+        let g1 = wsum(&ours, 9).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 9).unwrap().backward().unwrap();
+        for t in [&x, &w, &b] {
+            assert_close(
+                g1.get(t.as_tensor()).unwrap(),
+                g2.get(t.as_tensor()).unwrap(),
+                Tol::new(1e-4, 1e-4),
+            );
+        }
+        // Without a bias.
+        let nb = layer_norm(x.as_tensor(), w.as_tensor(), None, 1e-5).unwrap();
+        let nr = LayerNorm::new(w.as_tensor().clone(), None, 1e-5)
+            .forward(x.as_tensor())
+            .unwrap();
+        assert_close(&nb, &nr, Tol::F32);
+    }
+
+    #[test]
+    fn gelu_forms_match_candle_and_finite_differences() {
+        let x = randn(&[4, 33], 4);
+        assert_close(
+            &gelu(&x, false).unwrap(),
+            &x.gelu_erf().unwrap(),
+            Tol::new(1e-6, 1e-6),
+        );
+        assert_close(
+            &gelu(&x, true).unwrap(),
+            &x.gelu().unwrap(),
+            Tol::new(1e-6, 1e-5),
+        );
+        for tanh in [false, true] {
+            let v = Var::from_tensor(&randn(&[3, 5], 6)).unwrap();
+            check_gradients(&[v], |t| wsum(&gelu(&t[0], tanh)?, 2), 1e-2, 2e-3, 2e-2).unwrap();
+        }
+    }
+
+    #[test]
+    fn finite_differences_through_fused_softmax_and_layer_norm() {
+        let s = Var::from_tensor(&randn(&[2, 3, 4], 1)).unwrap();
+        check_gradients(
+            &[s],
+            |t| wsum(&causal_softmax(&t[0], 1, 0.7)?, 3),
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
+        let x = Var::from_tensor(&randn(&[3, 6], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[6], 2)).unwrap();
+        let b = Var::from_tensor(&randn(&[6], 3)).unwrap();
+        check_gradients(
+            &[x, w, b],
+            |t| wsum(&layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5)?, 4),
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
+    }
+}
