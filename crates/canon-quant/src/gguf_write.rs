@@ -31,6 +31,7 @@ fn ty_code(t: GgmlType) -> u32 {
         GgmlType::Q5K => 13,
         GgmlType::Q6K => 14,
         GgmlType::Q8K => 15,
+        GgmlType::I8 => 24,
         GgmlType::BF16 => 30,
     }
 }

@@ -6,11 +6,15 @@
 
 pub mod gguf;
 pub mod gguf_write;
+pub mod int8;
 pub mod kernels;
+pub mod nf4;
 pub mod pool;
 mod qmatmul;
 
+pub use int8::Int8Tensor;
 pub use kernels::{Isa, Kind};
+pub use nf4::Nf4Tensor;
 
 use std::borrow::Cow;
 
@@ -35,6 +39,8 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     Q8K,
+    /// Plain signed bytes (ggml's `GGML_TYPE_I8`): Canon stores NF4/int8 payloads in it.
+    I8,
 }
 
 impl GgmlType {
@@ -54,6 +60,7 @@ impl GgmlType {
             13 => Self::Q5K,
             14 => Self::Q6K,
             15 => Self::Q8K,
+            24 => Self::I8,
             30 => Self::BF16,
             _ => return None,
         })
@@ -62,7 +69,7 @@ impl GgmlType {
     /// Elements per block.
     pub fn block_size(self) -> usize {
         match self {
-            Self::F32 | Self::F16 | Self::BF16 => 1,
+            Self::F32 | Self::F16 | Self::BF16 | Self::I8 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q8_1 => 32,
             _ => 256,
         }
@@ -73,6 +80,7 @@ impl GgmlType {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
+            Self::I8 => 1,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
@@ -95,6 +103,8 @@ impl GgmlType {
 
     fn candle(self) -> GgmlDType {
         match self {
+            // Read by `dequantize` before reaching candle.
+            Self::I8 => GgmlDType::F32,
             Self::F32 => GgmlDType::F32,
             Self::F16 => GgmlDType::F16,
             Self::BF16 => GgmlDType::BF16,
@@ -128,6 +138,12 @@ pub enum QuantError {
         dtype: GgmlType,
         row: usize,
         block: usize,
+    },
+    #[error("{what}: expected {expected}, found {found}")]
+    Layout {
+        what: String,
+        expected: usize,
+        found: usize,
     },
     #[error("expected a 2-D tensor, found shape {0:?}")]
     Rank(Vec<usize>),
@@ -212,6 +228,10 @@ impl GgmlTensor {
                 kernels::dequantize_row(w, r, row);
             }
             return Ok(Tensor::from_vec(out, self.shape.clone(), &Device::Cpu)?);
+        }
+        if self.dtype == GgmlType::I8 {
+            let v: Vec<f32> = self.bytes.iter().map(|&b| b as i8 as f32).collect();
+            return Ok(Tensor::from_vec(v, self.shape.clone(), &Device::Cpu)?);
         }
         // Other formats through candle's block types (which need an aligned copy).
         let storage = candle_core::quantized::QStorage::from_data(
