@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::{D, Tensor};
-use canon_quant::GgmlTensor;
+use canon_quant::{GgmlTensor, Int8Tensor, Nf4Tensor};
 
 /// How a weight matrix is stored.
 #[derive(Debug, Clone)]
@@ -18,6 +18,10 @@ pub enum Weight {
     /// block kernels (activations rounded to 8 bits per block, as llama.cpp does); other formats
     /// are dequantized for each product.
     Ggml(Arc<GgmlTensor>),
+    /// LLM.int8() (paper 22): vector-wise int8 with outlier features in floating point.
+    Int8(Arc<Int8Tensor>),
+    /// NF4 with double-quantized block constants (paper 27), dequantized block by block.
+    Nf4(Arc<Nf4Tensor>),
 }
 
 impl Weight {
@@ -25,6 +29,8 @@ impl Weight {
         match self {
             Weight::Dense(t) => t.dims().to_vec(),
             Weight::Ggml(q) => q.shape.clone(),
+            Weight::Int8(q) => q.shape(),
+            Weight::Nf4(q) => q.shape(),
         }
     }
 
@@ -33,6 +39,8 @@ impl Weight {
         match self {
             Weight::Dense(t) => Ok(t.clone()),
             Weight::Ggml(q) => q.dequantize().map_err(quant_err),
+            Weight::Int8(q) => q.to_tensor().map_err(quant_err),
+            Weight::Nf4(q) => q.to_tensor().map_err(quant_err),
         }
     }
 
@@ -42,6 +50,8 @@ impl Weight {
             Weight::Dense(w) => x2.matmul(&w.t()?),
             Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
             Weight::Ggml(q) => x2.matmul(&q.dequantize().map_err(quant_err)?.t()?),
+            Weight::Int8(q) => q.forward(x2).map_err(quant_err),
+            Weight::Nf4(q) => q.forward(x2).map_err(quant_err),
         }
     }
 
@@ -53,6 +63,7 @@ impl Weight {
                 let ids = ids.flatten_all()?.to_vec1::<u32>()?;
                 q.dequantize_rows(&ids).map_err(quant_err)
             }
+            Weight::Int8(_) | Weight::Nf4(_) => self.to_dense()?.index_select(&ids.flatten_all()?, 0),
         }
     }
 }
@@ -159,5 +170,30 @@ mod tests {
             scale: 8.0,
         });
         assert_close(&l.forward(&x).unwrap(), &base, Tol::EXACT);
+    }
+
+    #[test]
+    fn nf4_and_int8_weights_multiply_like_their_dequantized_matrices() {
+        let w = randn(&[6, 128], 4);
+        let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = randn(&[2, 3, 128], 5);
+        let nf4 = Weight::Nf4(Arc::new(Nf4Tensor::quantize(&wv, 6, 128, true).unwrap()));
+        let int8 = Weight::Int8(Arc::new(
+            Int8Tensor::quantize(&wv, 6, 128, canon_quant::int8::THRESHOLD, true).unwrap(),
+        ));
+        for (weight, tol) in [(nf4, Tol::new(1e-3, 1e-4)), (int8, Tol::new(0.5, 0.05))] {
+            assert_eq!(weight.shape(), vec![6, 128]);
+            let dense = Linear::new(Weight::Dense(weight.to_dense().unwrap()), None);
+            let l = Linear::new(weight, None);
+            let y = l.forward(&x).unwrap();
+            assert_eq!(y.dims(), &[2, 3, 6]);
+            assert_close(&y, &dense.forward(&x).unwrap(), tol);
+            let ids = Tensor::new(&[5u32, 0], &candle_core::Device::Cpu).unwrap();
+            assert_close(
+                &l.weight.rows(&ids).unwrap(),
+                &dense.weight.rows(&ids).unwrap(),
+                Tol::EXACT,
+            );
+        }
     }
 }

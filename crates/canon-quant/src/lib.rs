@@ -10,6 +10,7 @@ pub mod int8;
 pub mod kernels;
 pub mod nf4;
 pub mod pool;
+mod dequant_op;
 mod qmatmul;
 
 pub use int8::Int8Tensor;
