@@ -20,7 +20,7 @@
 use candle_core::{DType, Tensor};
 use canon_nn::{
     Activation, AttnMask, DenseFfn, Embedding, KvCache, LayerNorm, Linear, Mlp, Moe, MoeConfig,
-    RmsNorm, Rope, RopeLayout, SwiGlu, Weight, attention,
+    RmsNorm, Rope, RopeLayout, SwiGlu, Weight, attention, train_ops,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,6 +219,10 @@ enum Norm {
 impl Norm {
     fn forward(&self, x: &Tensor) -> canon_nn::Result<Tensor> {
         match self {
+            // One fused pass each way (with backward) instead of a chain of composed ops.
+            Norm::Layer(n) if x.dtype() == DType::F32 => {
+                train_ops::layer_norm(x, &n.weight, n.bias.as_ref(), n.eps)
+            }
             Norm::Layer(n) => n.forward(x),
             Norm::Rms(n) => n.forward(x),
         }
@@ -412,11 +416,14 @@ impl Gpt {
             q = r.apply(&q, offset)?;
             k = r.apply(&k, offset)?;
         }
-        let (k, v) = match kv {
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
-        };
-        let a = attention(&q, &k, &v, AttnMask::Causal { offset })?; // [b, nh, t, hd]
+        let a = match kv {
+            Some(cache) => {
+                let (k, v) = cache.append(&k, &v)?;
+                attention(&q, &k, &v, AttnMask::Causal { offset })?
+            }
+            // Training (whole sequences): the fused causal softmax with its backward.
+            None => train_ops::causal_attention(&q, &k, &v, offset)?,
+        }; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         Ok(blk.c_proj.forward(&a)?)
     }

@@ -53,9 +53,15 @@ pub fn rel_attention(
     // (b) + (d): [b, h, q, d] x [1→b, h, d, k]
     let rk = r.unsqueeze(0)?.broadcast_as((b, h, kl, d))?.contiguous()?;
     let bd = rel_shift(&q.broadcast_add(&vb)?.contiguous()?.matmul(&rk.t()?)?)?;
-    let scores = ((ac + bd)? * (1.0 / (d as f64).sqrt()))?;
-    let mask = memory_causal_mask(ql, kl, mlen, q.device())?.to_dtype(scores.dtype())?;
-    let probs = candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let probs = if q.dtype() == candle_core::DType::F32 {
+        // Scale, mask (j ≤ i + mlen) and softmax in one pass with its backward.
+        crate::train_ops::causal_softmax(&(ac + bd)?, mlen, scale)?
+    } else {
+        let scores = ((ac + bd)? * scale)?;
+        let mask = memory_causal_mask(ql, kl, mlen, q.device())?.to_dtype(scores.dtype())?;
+        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?
+    };
     probs.matmul(&v.contiguous()?)
 }
 
