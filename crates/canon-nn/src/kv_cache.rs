@@ -19,7 +19,7 @@ pub struct KvCache {
 }
 
 /// Positions allocated on first use.
-const FIRST_CAPACITY: usize = 256;
+const FIRST_CAPACITY: usize = 64;
 
 impl KvCache {
     pub fn new() -> Self {
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn appending_in_pieces_equals_the_concatenation_across_growth() {
-        // 300 positions in uneven pieces cross the first capacity (256) once.
+        // 300 positions in uneven pieces cross the first capacity (64) and grow three times.
         let k = randn(&[1, 2, 300, 4], 1);
         let v = randn(&[1, 2, 300, 4], 2);
         let mut c = KvCache::new();
