@@ -9,7 +9,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use canon_nn::Weight;
 use canon_quant::gguf::GgufFile;
-use canon_quant::{GgmlTensor, GgmlType};
+use canon_quant::nf4::{Absmax, DoubleQuant};
+use canon_quant::{Bytes, GgmlTensor, GgmlType, Int8Tensor, Nf4Tensor};
 use memmap2::Mmap;
 
 use crate::{ModelError, Result};
@@ -105,17 +106,91 @@ impl GgufSource {
     }
 }
 
+impl GgufSource {
+    /// A tensor's bytes, checked against `shape` and `dtype`.
+    fn part(&self, gname: &str, dtype: GgmlType, shape: &[usize]) -> Result<Bytes> {
+        let info = self
+            .file
+            .tensor_info(gname)
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: self.describe(),
+                name: gname.to_string(),
+            })?;
+        check_shape(&self.describe(), gname, shape, &info.shape)?;
+        if info.dtype != dtype {
+            return Err(ModelError::Config {
+                file: self.describe(),
+                message: format!("tensor '{gname}' is {:?}; expected {dtype:?}", info.dtype),
+            });
+        }
+        Ok(self.file.tensor_view(info))
+    }
+
+    fn part_f32(&self, gname: &str, len: usize) -> Result<Vec<f32>> {
+        let b = self.part(gname, GgmlType::F32, &[len])?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Canon's NF4 / int8 tensors for weight `gname` (see `canon quantize`), if the file has them.
+    fn canon_quantized(&self, gname: &str, shape: &[usize]) -> Result<Option<Weight>> {
+        let [rows, cols] = shape else {
+            return Ok(None);
+        };
+        let (rows, cols) = (*rows, *cols);
+        if self.file.tensor_info(&format!("{gname}.nf4.codes")).is_some() {
+            let n = rows * cols;
+            let nb = n.div_ceil(canon_quant::nf4::BLOCK);
+            let codes = self.part(&format!("{gname}.nf4.codes"), GgmlType::I8, &[rows, cols / 2])?;
+            let q = self.part(&format!("{gname}.nf4.absmax_q"), GgmlType::I8, &[nb])?;
+            let scale = self.part_f32(
+                &format!("{gname}.nf4.absmax_scale"),
+                nb.div_ceil(canon_quant::nf4::DQ_BLOCK),
+            )?;
+            let mean = self.part_f32(&format!("{gname}.nf4.absmax_mean"), 1)?[0];
+            let absmax = Absmax::Double(DoubleQuant { q, scale, mean });
+            let t = Nf4Tensor::from_parts(rows, cols, codes, absmax)?;
+            return Ok(Some(Weight::Nf4(Arc::new(t))));
+        }
+        if self.file.tensor_info(&format!("{gname}.int8")).is_some() {
+            let q = self.part(&format!("{gname}.int8"), GgmlType::I8, &[rows, cols])?;
+            let scale = self.part_f32(&format!("{gname}.int8.scale"), rows)?;
+            let threshold = self
+                .file
+                .get("canon.int8.threshold")
+                .and_then(|v| v.as_f64())
+                .map_or(canon_quant::int8::THRESHOLD, |v| v as f32);
+            let t = Int8Tensor::from_parts(rows, cols, q, scale, threshold)?;
+            return Ok(Some(Weight::Int8(Arc::new(t))));
+        }
+        Ok(None)
+    }
+}
+
 impl WeightSource for GgufSource {
     fn describe(&self) -> String {
         self.file.path.display().to_string()
     }
     fn has(&self, name: &str) -> bool {
-        self.file.tensor_info(&(self.map)(name)).is_some()
+        let g = (self.map)(name);
+        self.file.tensor_info(&g).is_some()
+            || self.file.tensor_info(&format!("{g}.nf4.codes")).is_some()
+            || self.file.tensor_info(&format!("{g}.int8")).is_some()
     }
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(w) = self.canon_quantized(&(self.map)(name), shape)? {
+            return Ok(w.to_dense()?);
+        }
         Ok(self.ggml(name, shape)?.dequantize()?)
     }
     fn weight(&self, name: &str, shape: &[usize], mode: WeightMode) -> Result<Weight> {
+        if let Some(w) = self.canon_quantized(&(self.map)(name), shape)? {
+            return Ok(match mode {
+                WeightMode::KeepQuantized => w,
+                WeightMode::DequantizeF32 => Weight::Dense(w.to_dense()?),
+            });
+        }
         let q = self.ggml(name, shape)?;
         let float = matches!(q.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
         Ok(match mode {

@@ -45,6 +45,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
+    /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
+    Quantize(cmd::quantize::QuantizeArgs),
 }
 
 /// Settings every subcommand sees.
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
+        Command::Quantize(a) => cmd::quantize::run(a, &ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
