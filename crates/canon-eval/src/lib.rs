@@ -6,9 +6,11 @@
 //!   results and summary files, and generation through any [`canon_infer::TextGenerator`].
 //! - [`sandbox`]: one Python process per sample under Linux isolation (namespaces, cgroup, rlimits,
 //!   Landlock, seccomp, dropped capabilities), probed at run time and reported when missing.
+//! - [`perplexity`]: sliding-window (strided) perplexity of any [`canon_models::CausalLm`].
 
 pub mod humaneval;
 pub mod pass_at_k;
+pub mod perplexity;
 pub mod sandbox;
 
 pub use pass_at_k::{pass_at_k, pass_at_k_one};
@@ -64,6 +66,12 @@ pub enum EvalError {
     },
     #[error("stopped by the caller")]
     Cancelled,
+    #[error("perplexity: {0}")]
+    Perplexity(String),
+    #[error(transparent)]
+    Model(#[from] canon_models::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;
