@@ -352,11 +352,13 @@ impl Weights<'_> {
                 *v = a + b + c;
             }
         }
-        let ln = |x: &mut [f32], res: Option<&[f32]>, (g, b): (&[f32], &[f32])| {
-            fused::layer_norm_rows(x, res, d, g, Some(b), self.eps);
+        let ln = |x: &mut [f32], res: Option<(&[f32], &[f32])>, (g, b): (&[f32], &[f32])| {
+            let (r, rb) = res.unzip();
+            fused::layer_norm_rows(x, r, rb, d, g, Some(b), self.eps);
         };
         ln(x, None, self.emb_norm);
         let mut qkv = vec![0f32; rows * 3 * d];
+        let mut qkv_bias = vec![0f32; 3 * d];
         let mut ctx = vec![0f32; rows * d];
         let mut tmp = vec![0f32; rows * d];
         let mut ff = vec![0f32; rows * inter];
@@ -366,40 +368,23 @@ impl Weights<'_> {
             heads: self.heads,
             head_dim: d / self.heads,
         };
+        // Each GEMM writes x·Wᵀ only; its bias is added by the pass that reads the product next
+        // (attention, GELU, residual + layer norm), saving a write and a read of every output.
         for l in &self.layers {
             // [rows, d] -> [rows, 3d]: Q | K | V
             for (j, (wm, bv)) in l.qkv.iter().enumerate() {
-                fused::linear(x, rows, d, wm, d, Some(bv), &mut qkv[j * d..], 3 * d, par);
+                fused::linear(x, rows, d, wm, d, None, &mut qkv[j * d..], 3 * d, par);
+                qkv_bias[j * d..(j + 1) * d].copy_from_slice(&bv[..d]);
             }
-            fused::self_attention(&qkv, 3 * d, keep, dims, &mut ctx, d);
-            // h = LayerNorm(x + W_o·a + b_o)
-            fused::linear(&ctx, rows, d, l.o.0, d, Some(l.o.1), &mut tmp, d, par);
-            ln(x, Some(&tmp), l.attn_norm);
-            // y = LayerNorm(h + W_2·GELU(W_1 h + b_1) + b_2)
-            fused::linear(
-                x,
-                rows,
-                d,
-                l.fc1.0,
-                inter,
-                Some(l.fc1.1),
-                &mut ff,
-                inter,
-                par,
-            );
-            fused::gelu_erf_inplace(&mut ff);
-            fused::linear(
-                &ff,
-                rows,
-                inter,
-                l.fc2.0,
-                d,
-                Some(l.fc2.1),
-                &mut tmp,
-                d,
-                par,
-            );
-            ln(x, Some(&tmp), l.out_norm);
+            fused::self_attention(&qkv, 3 * d, Some(&qkv_bias), keep, dims, &mut ctx, d);
+            // h = LayerNorm(x + (W_o·a + b_o))
+            fused::linear(&ctx, rows, d, l.o.0, d, None, &mut tmp, d, par);
+            ln(x, Some((&tmp, l.o.1)), l.attn_norm);
+            // y = LayerNorm(h + (W_2·GELU(W_1 h + b_1) + b_2))
+            fused::linear(x, rows, d, l.fc1.0, inter, None, &mut ff, inter, par);
+            fused::bias_gelu_erf_rows(&mut ff, &l.fc1.1[..inter]);
+            fused::linear(&ff, rows, inter, l.fc2.0, d, None, &mut tmp, d, par);
+            ln(x, Some((&tmp, l.fc2.1)), l.out_norm);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use canon_text::Tokenizer;
+use rayon::prelude::*;
 
 use crate::{Encoder, ModelError, Result};
 
@@ -41,16 +42,24 @@ impl SentenceEmbedder {
             return Err(ModelError::Input("batch size must be at least 1".into()));
         }
         let encoded: Vec<Vec<u32>> = texts
-            .iter()
+            .par_iter()
             .map(|t| self.token_ids(t))
             .collect::<Result<_>>()?;
         // Longest first, as sentence-transformers does: similar lengths share a batch.
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
+        // Batches are independent: running them as parallel tasks (each also splits its sequences
+        // across threads) keeps every core busy across batch boundaries.
+        let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
+        let pooled: Vec<Vec<Vec<f32>>> = batches
+            .par_iter()
+            .map(|chunk| {
+                let rows: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
+                self.embed_batch(&rows)
+            })
+            .collect::<Result<_>>()?;
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(batch_size) {
-            let rows: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].as_slice()).collect();
-            let pooled = self.embed_batch(&rows)?;
+        for (chunk, pooled) in batches.iter().zip(pooled) {
             for (&i, v) in chunk.iter().zip(pooled) {
                 out[i] = v;
             }

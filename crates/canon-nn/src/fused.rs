@@ -195,6 +195,22 @@ dispatch! {
     pub fn gelu_erf_inplace / gelu_erf_avx2 => gelu_erf_impl(x: &mut [f32])
 }
 
+#[inline(always)]
+fn bias_gelu_erf_impl<const F: bool>(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            let u = *v + b;
+            *v = 0.5 * u * (1.0 + erf::<F>(u * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+dispatch! {
+    /// `GELU(x + bias)` in place for each `bias.len()`-wide row of `x` (a linear layer's bias
+    /// added in the activation's pass instead of its own).
+    pub fn bias_gelu_erf_rows / bias_gelu_erf_avx2 => bias_gelu_erf_impl(x: &mut [f32], bias: &[f32])
+}
+
 // ------------------------------------------------------------------ softmax, layer norm
 
 #[inline(always)]
@@ -218,6 +234,7 @@ dispatch! {
 fn layer_norm_impl<const F: bool>(
     x: &mut [f32],
     residual: Option<&[f32]>,
+    residual_bias: Option<&[f32]>,
     d: usize,
     gamma: &[f32],
     beta: Option<&[f32]>,
@@ -225,10 +242,18 @@ fn layer_norm_impl<const F: bool>(
 ) {
     let gamma = &gamma[..d];
     for (i, row) in x.chunks_exact_mut(d).enumerate() {
-        if let Some(r) = residual {
-            for (v, r) in row.iter_mut().zip(&r[i * d..(i + 1) * d]) {
-                *v += r;
+        match (residual, residual_bias) {
+            (Some(r), Some(rb)) => {
+                for ((v, r), b) in row.iter_mut().zip(&r[i * d..(i + 1) * d]).zip(&rb[..d]) {
+                    *v += r + b;
+                }
             }
+            (Some(r), None) => {
+                for (v, r) in row.iter_mut().zip(&r[i * d..(i + 1) * d]) {
+                    *v += r;
+                }
+            }
+            _ => {}
         }
         let mean = sum8(row) / d as f32;
         let var = sum_sq_dev8::<F>(row, mean) / d as f32;
@@ -249,11 +274,13 @@ fn layer_norm_impl<const F: bool>(
 }
 
 dispatch! {
-    /// Layer norm of each `d`-wide row of `x` in place; with `residual`, of `x + residual` (same
-    /// shape as `x`). `gamma`, `beta`: `[d]`.
+    /// Layer norm of each `d`-wide row of `x` in place; with `residual` (same shape as `x`), of
+    /// `x + (residual + residual_bias)` (the bias `[d]` of the linear layer that produced
+    /// `residual`). `gamma`, `beta`: `[d]`.
     pub fn layer_norm_rows / layer_norm_avx2 => layer_norm_impl(
         x: &mut [f32],
         residual: Option<&[f32]>,
+        residual_bias: Option<&[f32]>,
         d: usize,
         gamma: &[f32],
         beta: Option<&[f32]>,
@@ -351,6 +378,8 @@ pub struct AttnDims {
 #[derive(Default)]
 struct AttnScratch {
     kept: Vec<usize>,
+    /// One query with its bias added.
+    q: Vec<f32>,
     /// `Kᵀ` of one head over the kept keys, `[head_dim, nk_padded]` (padding columns zero).
     kt: Vec<f32>,
     /// `V` of one head over the kept keys, `[nk, head_dim]`.
@@ -362,6 +391,7 @@ struct AttnScratch {
 fn self_attention_impl<const F: bool>(
     qkv: &[f32],
     stride: usize,
+    bias: Option<&[f32]>,
     keep: &[f32],
     dims: AttnDims,
     out: &mut [f32],
@@ -393,18 +423,42 @@ fn self_attention_impl<const F: bool>(
         sc.kt.resize(hd * nkp, 0.0);
         sc.v.resize(nk * hd, 0.0);
         sc.scores.resize(nkp, 0.0);
+        sc.q.resize(hd, 0.0);
         for h in 0..heads {
             let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
             // Gather this head's keys (transposed) and values into small contiguous tiles.
             for (jj, &j) in sc.kept.iter().enumerate() {
                 let row = &qkv[(s * t + j) * stride..];
-                for (c, &k) in row[ko..ko + hd].iter().enumerate() {
-                    sc.kt[c * nkp + jj] = k;
+                let vdst = &mut sc.v[jj * hd..(jj + 1) * hd];
+                match bias {
+                    Some(b) => {
+                        for (c, (&k, bk)) in row[ko..ko + hd].iter().zip(&b[ko..]).enumerate() {
+                            sc.kt[c * nkp + jj] = k + bk;
+                        }
+                        for ((dst, &v), bv) in vdst.iter_mut().zip(&row[vo..vo + hd]).zip(&b[vo..])
+                        {
+                            *dst = v + bv;
+                        }
+                    }
+                    None => {
+                        for (c, &k) in row[ko..ko + hd].iter().enumerate() {
+                            sc.kt[c * nkp + jj] = k;
+                        }
+                        vdst.copy_from_slice(&row[vo..vo + hd]);
+                    }
                 }
-                sc.v[jj * hd..(jj + 1) * hd].copy_from_slice(&row[vo..vo + hd]);
             }
             for i in 0..t {
                 let q = &qkv[(s * t + i) * stride + qo..][..hd];
+                let q = match bias {
+                    Some(b) => {
+                        for ((dst, &x), bq) in sc.q.iter_mut().zip(q).zip(&b[qo..]) {
+                            *dst = x + bq;
+                        }
+                        &sc.q[..]
+                    }
+                    None => q,
+                };
                 if uniform {
                     sc.scores[..nk].fill(1.0 / nk as f32);
                 } else {
@@ -463,6 +517,7 @@ dispatch! {
     fn self_attention_dispatch / self_attention_avx2 => self_attention_impl(
         qkv: &[f32],
         stride: usize,
+        bias: Option<&[f32]>,
         keep: &[f32],
         dims: AttnDims,
         out: &mut [f32],
@@ -476,11 +531,14 @@ dispatch! {
 /// an additive −∞ mask, without building one).
 ///
 /// `qkv: [batch·seq, stride]` holds Q in columns `0..d`, K in `d..2d`, V in `2d..3d`
-/// (`d = heads·head_dim`, head `h` in columns `h·head_dim..` of each); `keep: [batch·seq]` is 1 for
-/// real tokens and 0 for padding; `out: [batch·seq, out_stride]` receives the heads concatenated.
+/// (`d = heads·head_dim`, head `h` in columns `h·head_dim..` of each), to which `bias` (`[3d]`, the
+/// projections' biases) is added on the fly; `keep: [batch·seq]` is 1 for real tokens and 0 for
+/// padding; `out: [batch·seq, out_stride]` receives the heads concatenated.
+#[allow(clippy::too_many_arguments)]
 pub fn self_attention(
     qkv: &[f32],
     stride: usize,
+    bias: Option<&[f32]>,
     keep: &[f32],
     dims: AttnDims,
     out: &mut [f32],
@@ -494,8 +552,9 @@ pub fn self_attention(
     assert!(stride >= 3 * d && qkv.len() >= (rows - 1) * stride + 3 * d);
     assert!(out_stride >= d && out.len() >= (rows - 1) * out_stride + d);
     assert!(keep.len() >= rows);
+    assert!(bias.is_none_or(|b| b.len() >= 3 * d));
     let mut scratch = AttnScratch::default();
-    self_attention_dispatch(qkv, stride, keep, dims, out, out_stride, &mut scratch);
+    self_attention_dispatch(qkv, stride, bias, keep, dims, out, out_stride, &mut scratch);
 }
 
 // ------------------------------------------------------------------ tensor-level entry points
@@ -547,7 +606,7 @@ pub fn layer_norm(
     let rows = out.len() / d;
     let b = b.as_deref();
     out.par_chunks_mut(rows_per_task(rows, d) * d)
-        .for_each(|c| layer_norm_rows(c, None, d, &g, b, eps as f32));
+        .for_each(|c| layer_norm_rows(c, None, None, d, &g, b, eps as f32));
     Ok(Some(Tensor::from_vec(out, x.shape(), &Device::Cpu)?))
 }
 
@@ -641,6 +700,7 @@ mod tests {
         layer_norm_rows(
             &mut v,
             Some(&to_vec(&r)),
+            None,
             d,
             &to_vec(&g),
             Some(&to_vec(&b)),
@@ -648,8 +708,33 @@ mod tests {
         );
         assert_close_f32(&v, &reference, Tol::F32);
         let mut v = to_vec(&sum);
-        layer_norm_impl::<false>(&mut v, None, d, &to_vec(&g), Some(&to_vec(&b)), 1e-12);
+        layer_norm_impl::<false>(&mut v, None, None, d, &to_vec(&g), Some(&to_vec(&b)), 1e-12);
         assert_close_f32(&v, &reference, Tol::F32);
+        // The residual's own bias folded in: LN(x + (r + rb)).
+        let rb = randn(&[d], 5);
+        let sum = (&x + r.broadcast_add(&rb).unwrap()).unwrap();
+        let reference = to_vec(&candle_nn::ops::layer_norm(&sum, &g, &b, 1e-12).unwrap());
+        let mut v = to_vec(&x);
+        layer_norm_rows(
+            &mut v,
+            Some(&to_vec(&r)),
+            Some(&to_vec(&rb)),
+            d,
+            &to_vec(&g),
+            Some(&to_vec(&b)),
+            1e-12,
+        );
+        assert_close_f32(&v, &reference, Tol::F32);
+    }
+
+    #[test]
+    fn bias_gelu_equals_gelu_of_the_sum() {
+        let x = (randn(&[5, 24], 6) * 2.0).unwrap();
+        let b = randn(&[24], 7);
+        let reference = to_vec(&x.broadcast_add(&b).unwrap().gelu_erf().unwrap());
+        let mut v = to_vec(&x);
+        bias_gelu_erf_rows(&mut v, &to_vec(&b));
+        assert_close_f32(&v, &reference, Tol::new(2e-6, 1e-6));
     }
 
     #[test]
@@ -685,9 +770,16 @@ mod tests {
         assert!((0..rows).all(|r| out[r * stride] == 7.0 && out[r * stride + 1] == 7.0));
     }
 
-    fn check_self_attention(b: usize, t: usize, h: usize, hd: usize, seed: u64) {
+    fn check_self_attention(b: usize, t: usize, h: usize, hd: usize, seed: u64, with_bias: bool) {
         let d = h * hd;
-        let qkv = (randn(&[b * t, 3 * d], seed) * 2.0).unwrap();
+        let raw = (randn(&[b * t, 3 * d], seed) * 2.0).unwrap();
+        let bias = randn(&[3 * d], seed + 100);
+        // The composed reference sees the biases added; the kernel adds them itself.
+        let qkv = if with_bias {
+            raw.broadcast_add(&bias).unwrap()
+        } else {
+            raw.clone()
+        };
         // Sequence 0 full, sequence 1 with its last keys padded, sequence 2 without any real key
         // (uniform weights, as the composed additive mask gives).
         let keep_v: Vec<f32> = (0..b * t)
@@ -721,9 +813,11 @@ mod tests {
         .reshape((b * t, d))
         .unwrap();
         let mut out = vec![0f32; b * t * d];
+        let bias_v = to_vec(&bias);
         self_attention(
-            &to_vec(&qkv),
+            &to_vec(&raw),
             3 * d,
+            with_bias.then_some(&bias_v[..]),
             &keep_v,
             AttnDims {
                 batch: b,
@@ -741,10 +835,10 @@ mod tests {
     fn self_attention_matches_composed_attention_with_padding() {
         // Head sizes below, at and above the 32-wide register block; key counts below and above
         // the 32-key score block.
-        check_self_attention(3, 5, 2, 4, 9);
-        check_self_attention(3, 22, 3, 32, 10);
-        check_self_attention(3, 37, 2, 40, 11);
-        check_self_attention(3, 70, 2, 64, 12);
+        check_self_attention(3, 5, 2, 4, 9, false);
+        check_self_attention(3, 22, 3, 32, 10, true);
+        check_self_attention(3, 37, 2, 40, 11, false);
+        check_self_attention(3, 70, 2, 64, 12, true);
     }
 
     #[test]
