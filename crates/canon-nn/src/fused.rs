@@ -388,6 +388,7 @@ struct AttnScratch {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn self_attention_impl<const F: bool>(
     qkv: &[f32],
     stride: usize,
