@@ -23,6 +23,8 @@ pub struct EvalArgs {
 pub enum EvalCommand {
     /// HumanEval: functional correctness of generated code, pass@k with the unbiased estimator.
     Humaneval(HumanevalArgs),
+    /// Perplexity of a model on a text file, with a sliding window over long texts.
+    Perplexity(super::perplexity::PerplexityArgs),
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +105,7 @@ pub struct HumanevalArgs {
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match args.command {
         EvalCommand::Humaneval(a) => humaneval_cmd(a, ctx),
+        EvalCommand::Perplexity(a) => super::perplexity::run(a, ctx),
     }
 }
 
