@@ -380,9 +380,10 @@ struct AttnScratch {
     kept: Vec<usize>,
     /// One query with its bias added.
     q: Vec<f32>,
-    /// `Kᵀ` of one head over the kept keys, `[head_dim, nk_padded]` (padding columns zero).
+    /// `Kᵀ` of every head over the kept keys, `[heads, head_dim, nk_padded]` (padding columns
+    /// zero).
     kt: Vec<f32>,
-    /// `V` of one head over the kept keys, `[nk, head_dim]`.
+    /// `V` of every head over the kept keys, `[heads, nk, head_dim]`.
     v: Vec<f32>,
     scores: Vec<f32>,
 }
@@ -421,20 +422,23 @@ fn self_attention_impl<const F: bool>(
         // the key axis of the Kᵀ tile is padded with zeros to a multiple of 32.
         let nkp = nk.div_ceil(32) * 32;
         sc.kt.clear();
-        sc.kt.resize(hd * nkp, 0.0);
-        sc.v.resize(nk * hd, 0.0);
+        sc.kt.resize(heads * hd * nkp, 0.0);
+        sc.v.resize(heads * nk * hd, 0.0);
         sc.scores.resize(nkp, 0.0);
         sc.q.resize(hd, 0.0);
-        for h in 0..heads {
-            let (qo, ko, vo) = (h * hd, d + h * hd, 2 * d + h * hd);
-            // Gather this head's keys (transposed) and values into small contiguous tiles.
-            for (jj, &j) in sc.kept.iter().enumerate() {
-                let row = &qkv[(s * t + j) * stride..];
-                let vdst = &mut sc.v[jj * hd..(jj + 1) * hd];
+        // One sequential pass over the sequence's rows gathers every head's keys (transposed,
+        // `[h][c][j]`) and values (`[h][j][c]`) into small tiles, biases added; reading whole rows
+        // in order is what the prefetchers follow, and leaves the rows in cache for the queries.
+        for (jj, &j) in sc.kept.iter().enumerate() {
+            let row = &qkv[(s * t + j) * stride..][..3 * d];
+            for h in 0..heads {
+                let (ko, vo) = (d + h * hd, 2 * d + h * hd);
+                let kt = &mut sc.kt[h * hd * nkp..(h + 1) * hd * nkp];
+                let vdst = &mut sc.v[(h * nk + jj) * hd..(h * nk + jj + 1) * hd];
                 match bias {
                     Some(b) => {
                         for (c, (&k, bk)) in row[ko..ko + hd].iter().zip(&b[ko..]).enumerate() {
-                            sc.kt[c * nkp + jj] = k + bk;
+                            kt[c * nkp + jj] = k + bk;
                         }
                         for ((dst, &v), bv) in vdst.iter_mut().zip(&row[vo..vo + hd]).zip(&b[vo..])
                         {
@@ -443,12 +447,17 @@ fn self_attention_impl<const F: bool>(
                     }
                     None => {
                         for (c, &k) in row[ko..ko + hd].iter().enumerate() {
-                            sc.kt[c * nkp + jj] = k;
+                            kt[c * nkp + jj] = k;
                         }
                         vdst.copy_from_slice(&row[vo..vo + hd]);
                     }
                 }
             }
+        }
+        for h in 0..heads {
+            let qo = h * hd;
+            let kt = &sc.kt[h * hd * nkp..(h + 1) * hd * nkp];
+            let vt = &sc.v[h * nk * hd..(h + 1) * nk * hd];
             for i in 0..t {
                 let q = &qkv[(s * t + i) * stride + qo..][..hd];
                 let q = match bias {
@@ -467,7 +476,7 @@ fn self_attention_impl<const F: bool>(
                     for g in (0..nkp).step_by(32) {
                         let mut acc = [[0f32; 8]; 4];
                         for (c, &qc) in q.iter().enumerate() {
-                            let k = &sc.kt[c * nkp + g..][..32];
+                            let k = &kt[c * nkp + g..][..32];
                             for (a, k8) in acc.iter_mut().zip(k.chunks_exact(8)) {
                                 for l in 0..8 {
                                     a[l] = fma::<F>(qc, k8[l], a[l]);
@@ -488,7 +497,7 @@ fn self_attention_impl<const F: bool>(
                 let mut c0 = 0;
                 while c0 + 32 <= hd {
                     let mut acc = [[0f32; 8]; 4];
-                    for (&pj, vrow) in p.iter().zip(sc.v.chunks_exact(hd)) {
+                    for (&pj, vrow) in p.iter().zip(vt.chunks_exact(hd)) {
                         for (a, v8) in acc.iter_mut().zip(vrow[c0..c0 + 32].chunks_exact(8)) {
                             for l in 0..8 {
                                 a[l] = fma::<F>(pj, v8[l], a[l]);
@@ -503,7 +512,7 @@ fn self_attention_impl<const F: bool>(
                 if c0 < hd {
                     let o = &mut o[c0..];
                     o.fill(0.0);
-                    for (&pj, vrow) in p.iter().zip(sc.v.chunks_exact(hd)) {
+                    for (&pj, vrow) in p.iter().zip(vt.chunks_exact(hd)) {
                         for (o, &v) in o.iter_mut().zip(&vrow[c0..]) {
                             *o = fma::<F>(pj, v, *o);
                         }
