@@ -121,14 +121,20 @@ pub struct Q8Rows {
 impl Q8Rows {
     /// Rounds `x: [rows, k]` (k a multiple of 32) to 8-bit blocks.
     pub fn quantize(x: &[f32], rows: usize, k: usize) -> Self {
+        let mut out = Q8Rows::default();
+        out.quantize_into(x, rows, k);
+        out
+    }
+
+    /// As `quantize`, reusing this buffer's memory.
+    pub fn quantize_into(&mut self, x: &[f32], rows: usize, k: usize) {
         let nb = k / QK;
-        let mut out = Q8Rows {
-            rows,
-            nb,
-            qs: vec![0; rows * k],
-            d: vec![0.0; rows * nb],
-            s: vec![0.0; rows * nb],
-        };
+        self.rows = rows;
+        self.nb = nb;
+        self.qs.resize(rows * k, 0);
+        self.d.resize(rows * nb, 0.0);
+        self.s.resize(rows * nb, 0.0);
+        let out = self;
         let isa = Isa::best();
         for ((q, (d, s)), xb) in out
             .qs
@@ -143,7 +149,6 @@ impl Q8Rows {
                 _ => quantize_block(xb, q, d, s),
             }
         }
-        out
     }
 
     fn row(&self, r: usize) -> ActRow<'_> {
@@ -228,8 +233,17 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
     }
-    let act = Q8Rows::quantize(x, m, k);
-    matmul_q8(isa, w, &act, y);
+    thread_local! {
+        // Decoding runs a few hundred products per token: reuse one activation buffer per thread.
+        static SCRATCH: std::cell::RefCell<Q8Rows> = std::cell::RefCell::new(Q8Rows::default());
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut act) => {
+            act.quantize_into(x, m, k);
+            matmul_q8(isa, w, &act, y);
+        }
+        Err(_) => matmul_q8(isa, w, &Q8Rows::quantize(x, m, k), y),
+    });
 }
 
 /// From this many activation rows on (prompt processing), products dequantize `W` tile by tile
