@@ -396,6 +396,29 @@ impl Nf4Tensor {
                 found: x.len() + y.len(),
             });
         }
+        #[cfg(target_arch = "x86_64")]
+        if m == 1 && isa == Isa::Avx2 && k % BLOCK == 0 {
+            // Decoding: dequantize and multiply in registers, no row buffer.
+            let threads = crate::pool::pool().threads();
+            let per = n.div_ceil(threads * 8).max(4);
+            let out = SyncPtr(y.as_mut_ptr());
+            let nb = k / BLOCK;
+            crate::pool::parallel_for(n.div_ceil(per), &|task| {
+                let mut scales = vec![0.0f32; nb];
+                for r in task * per..((task + 1) * per).min(n) {
+                    for (j, sc) in scales.iter_mut().enumerate() {
+                        *sc = self.absmax.get(r * nb + j);
+                    }
+                    let codes = &self.codes[r * k / 2..(r + 1) * k / 2];
+                    // SAFETY: Avx2 was detected; `codes` holds k/2 bytes, `x` k values, `scales`
+                    // k/64 values.
+                    let v = unsafe { avx2::row_dot(codes, &scales, x) };
+                    // SAFETY: r < n = y.len(); tasks own disjoint rows.
+                    unsafe { *out.get().add(r) = v };
+                }
+            });
+            return Ok(());
+        }
         if m >= crate::kernels::GEMM_MIN_ROWS {
             gemm_dequantized(n, k, x, m, y, &|r, out| self.dequantize_row(isa, r, out));
         } else {
@@ -551,6 +574,44 @@ mod avx2 {
                     _mm256_storeu_ps(out.as_mut_ptr().add(16 * c + 8 * h), v);
                 }
             }
+        }
+    }
+
+    /// `Σ_e NF4[idx_e]·absmax_{e/64}·x_e` over one row: codes are looked up as in
+    /// `dequantize_block` and multiplied with `x` in registers; each block's sum is scaled once.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn row_dot(codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
+        debug_assert!(codes.len() * 2 == x.len() && scales.len() * 64 == x.len());
+        unsafe {
+            let t0 = _mm256_loadu_ps(NF4_CODE.as_ptr());
+            let t1 = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
+            let seven = _mm256_set1_epi32(7);
+            let mask = _mm_set1_epi8(0x0F);
+            let mut acc = _mm256_setzero_ps();
+            for (j, &s) in scales.iter().enumerate() {
+                let mut blk = _mm256_setzero_ps();
+                for c in 0..4 {
+                    let b = _mm_loadl_epi64(codes.as_ptr().add(32 * j + 8 * c) as *const __m128i);
+                    let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+                    let lo = _mm_and_si128(b, mask);
+                    let idx = _mm_unpacklo_epi8(hi, lo);
+                    for h in 0..2 {
+                        let part = if h == 0 { idx } else { _mm_srli_si128(idx, 8) };
+                        let i = _mm256_cvtepu8_epi32(part);
+                        let v0 = _mm256_permutevar8x32_ps(t0, i);
+                        let v1 = _mm256_permutevar8x32_ps(t1, i);
+                        let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, seven));
+                        let w = _mm256_blendv_ps(v0, v1, upper);
+                        let xv = _mm256_loadu_ps(x.as_ptr().add(64 * j + 16 * c + 8 * h));
+                        blk = _mm256_fmadd_ps(w, xv, blk);
+                    }
+                }
+                acc = _mm256_fmadd_ps(blk, _mm256_set1_ps(s), acc);
+            }
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
         }
     }
 
