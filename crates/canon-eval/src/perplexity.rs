@@ -143,7 +143,10 @@ mod tests {
     fn toy_logits(prefix: &[u32]) -> Vec<f64> {
         let s: u32 = prefix.iter().sum();
         (0..V)
-            .map(|v| ((s as f64 + 1.0) * 0.37 * (v as f64 + 1.0)).sin() + 0.1 * prefix.len() as f64 * v as f64 / V as f64)
+            .map(|v| {
+                ((s as f64 + 1.0) * 0.37 * (v as f64 + 1.0)).sin()
+                    + 0.1 * prefix.len() as f64 * v as f64 / V as f64
+            })
             .collect()
     }
 
@@ -158,7 +161,11 @@ mod tests {
             let rows: Vec<f32> = (0..ids.len())
                 .flat_map(|p| toy_logits(&ids[..=p]).into_iter().map(|v| v as f32))
                 .collect();
-            Ok(Tensor::from_vec(rows, (1, ids.len(), V), &candle_core::Device::Cpu)?)
+            Ok(Tensor::from_vec(
+                rows,
+                (1, ids.len(), V),
+                &candle_core::Device::Cpu,
+            )?)
         }
         fn new_cache(&self) -> Cache {
             Cache::new(0)
@@ -234,9 +241,17 @@ mod tests {
     fn bad_settings_are_errors() {
         let ids = [1u32, 2, 3];
         let run = |c, s, ids: &[u32]| {
-            perplexity(&Toy, ids, PerplexityConfig { context: c, stride: s }, &mut |_, _| {})
-                .unwrap_err()
-                .to_string()
+            perplexity(
+                &Toy,
+                ids,
+                PerplexityConfig {
+                    context: c,
+                    stride: s,
+                },
+                &mut |_, _| {},
+            )
+            .unwrap_err()
+            .to_string()
         };
         assert!(run(8, 0, &ids).contains("stride"));
         assert!(run(8, 9, &ids).contains("stride"));

@@ -139,10 +139,18 @@ impl GgufSource {
             return Ok(None);
         };
         let (rows, cols) = (*rows, *cols);
-        if self.file.tensor_info(&format!("{gname}.nf4.codes")).is_some() {
+        if self
+            .file
+            .tensor_info(&format!("{gname}.nf4.codes"))
+            .is_some()
+        {
             let n = rows * cols;
             let nb = n.div_ceil(canon_quant::nf4::BLOCK);
-            let codes = self.part(&format!("{gname}.nf4.codes"), GgmlType::I8, &[rows, cols / 2])?;
+            let codes = self.part(
+                &format!("{gname}.nf4.codes"),
+                GgmlType::I8,
+                &[rows, cols / 2],
+            )?;
             let q = self.part(&format!("{gname}.nf4.absmax_q"), GgmlType::I8, &[nb])?;
             let scale = self.part_f32(
                 &format!("{gname}.nf4.absmax_scale"),

@@ -340,7 +340,9 @@ mod tests {
             let dec = Int8Tensor::quantize(&w, k, k, THRESHOLD, true).unwrap();
             assert_eq!(dec.matmul(Isa::best(), &x, m, &mut y).unwrap(), 4);
             let e_dec = rel_fro(&y, &exact);
-            eprintln!("seed {seed}: rel. Frobenius error plain {e_plain:.4}, decomposed {e_dec:.4}");
+            eprintln!(
+                "seed {seed}: rel. Frobenius error plain {e_plain:.4}, decomposed {e_dec:.4}"
+            );
             // Spec: plain 0.0307–0.0314, decomposed 0.0069–0.0070.
             assert!(e_dec < 0.010, "decomposed {e_dec}");
             assert!(e_plain > 0.025, "plain {e_plain}");
@@ -367,14 +369,21 @@ mod tests {
     #[test]
     fn the_threshold_test_is_greater_or_equal() {
         let x = [6.0, 5.999, -6.0, 0.0];
-        assert_eq!(outlier_columns(&x, 1, 4, 6.0), vec![true, false, true, false]);
+        assert_eq!(
+            outlier_columns(&x, 1, 4, 6.0),
+            vec![true, false, true, false]
+        );
     }
 
     #[test]
     fn integer_accumulation_is_exact_and_simd_matches_scalar() {
         let (m, n, k) = (5, 9, 1000 + 7);
-        let a: Vec<i8> = (0..m * k).map(|i| ((i * 73 % 255) as i32 - 127) as i8).collect();
-        let b: Vec<i8> = (0..n * k).map(|i| ((i * 151 % 255) as i32 - 127) as i8).collect();
+        let a: Vec<i8> = (0..m * k)
+            .map(|i| ((i * 73 % 255) as i32 - 127) as i8)
+            .collect();
+        let b: Vec<i8> = (0..n * k)
+            .map(|i| ((i * 151 % 255) as i32 - 127) as i8)
+            .collect();
         let mut acc = vec![0i32; m * n];
         matmul_i8(Isa::Scalar, &a, &b, m, n, k, &mut acc);
         for t in 0..m {
@@ -428,9 +437,18 @@ mod tests {
         // Tensor-wise: one absmax for all of X and one for all of W.
         let cx = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let cw = w.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let xt: Vec<f32> = x.iter().map(|&v| q8(v, 127.0 / cx) as f32 * cx / 127.0).collect();
-        let wt: Vec<f32> = w.iter().map(|&v| q8(v, 127.0 / cw) as f32 * cw / 127.0).collect();
+        let xt: Vec<f32> = x
+            .iter()
+            .map(|&v| q8(v, 127.0 / cx) as f32 * cx / 127.0)
+            .collect();
+        let wt: Vec<f32> = w
+            .iter()
+            .map(|&v| q8(v, 127.0 / cw) as f32 * cw / 127.0)
+            .collect();
         let e_tensor = rel_fro(&reference(&xt, &wt, m, n, k), &exact);
-        assert!(e_row < e_tensor, "row-wise {e_row} vs tensor-wise {e_tensor}");
+        assert!(
+            e_row < e_tensor,
+            "row-wise {e_row} vs tensor-wise {e_tensor}"
+        );
     }
 }

@@ -4,13 +4,13 @@
 //!
 //! This crate never names a model.
 
+mod dequant_op;
 pub mod gguf;
 pub mod gguf_write;
 pub mod int8;
 pub mod kernels;
 pub mod nf4;
 pub mod pool;
-mod dequant_op;
 mod qmatmul;
 
 pub use int8::Int8Tensor;

@@ -274,7 +274,7 @@ pub fn unpack(bytes: &[u8], n: usize) -> Vec<u8> {
 #[inline]
 fn nibble(bytes: &[u8], e: usize) -> u8 {
     let b = bytes[e / 2];
-    if e % 2 == 0 { b >> 4 } else { b & 0x0F }
+    if e.is_multiple_of(2) { b >> 4 } else { b & 0x0F }
 }
 
 impl Nf4Tensor {
@@ -330,7 +330,11 @@ impl Nf4Tensor {
         check("packed code bytes", n.div_ceil(2), codes.len())?;
         check("absmax constants", n.div_ceil(BLOCK), absmax.len())?;
         if let Absmax::Double(d) = &absmax {
-            check("second-level scales", d.q.len().div_ceil(DQ_BLOCK), d.scale.len())?;
+            check(
+                "second-level scales",
+                d.q.len().div_ceil(DQ_BLOCK),
+                d.scale.len(),
+            )?;
         }
         Ok(Self {
             rows,
@@ -358,7 +362,7 @@ impl Nf4Tensor {
     pub fn dequantize_row(&self, isa: Isa, r: usize, out: &mut [f32]) {
         let k = self.cols;
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && k % BLOCK == 0 {
+        if isa == Isa::Avx2 && k.is_multiple_of(BLOCK) {
             let start = r * k;
             for (j, o) in out.chunks_mut(BLOCK).enumerate() {
                 let b = start / BLOCK + j;
@@ -397,7 +401,7 @@ impl Nf4Tensor {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        if m == 1 && isa == Isa::Avx2 && k % BLOCK == 0 {
+        if m == 1 && isa == Isa::Avx2 && k.is_multiple_of(BLOCK) {
             // Decoding: dequantize and multiply in registers, no row buffer.
             let threads = crate::pool::pool().threads();
             let per = n.div_ceil(threads * 8).max(4);
@@ -714,7 +718,11 @@ pub(crate) mod tests {
         assert_eq!(m[255], 1.0);
         assert!(m.contains(&0.0));
         // Smallest magnitude: 1e-6 · (0.1 + 1)/2.
-        let min_pos = m.iter().copied().filter(|&v| v > 0.0).fold(1.0f32, f32::min);
+        let min_pos = m
+            .iter()
+            .copied()
+            .filter(|&v| v > 0.0)
+            .fold(1.0f32, f32::min);
         assert!((min_pos - 0.55e-6).abs() < 1e-12, "{min_pos}");
     }
 
@@ -751,7 +759,9 @@ pub(crate) mod tests {
     #[test]
     fn nf4_beats_uniform_int4_on_normal_weights() {
         let w = normals(1 << 20, 7, 1.0);
-        let nf4 = Nf4Tensor::quantize(&w, 1024, 1024, false).unwrap().dequantize();
+        let nf4 = Nf4Tensor::quantize(&w, 1024, 1024, false)
+            .unwrap()
+            .dequantize();
         let e_nf4 = mse(&w, &nf4);
         let e_int4 = mse(&w, &int4_round_trip(&w));
         eprintln!("MSE on N(0,1), block 64: NF4 {e_nf4:.5}, int4 absmax {e_int4:.5}");
@@ -779,7 +789,9 @@ pub(crate) mod tests {
             sum += rel;
         }
         let mean = sum / exact.absmax.len() as f64;
-        eprintln!("double quant: {bits:.4} bits/param, absmax rel. error max {worst:.4} mean {mean:.5}");
+        eprintln!(
+            "double quant: {bits:.4} bits/param, absmax rel. error max {worst:.4} mean {mean:.5}"
+        );
         assert!(worst <= 0.01 && mean < 0.005, "max {worst}, mean {mean}");
         // The weight reconstruction error barely moves.
         let (e0, e1) = (mse(&w, &exact.dequantize()), mse(&w, &dq.dequantize()));
@@ -828,7 +840,10 @@ pub(crate) mod tests {
                         .map(|j| x[t * k + j] as f64 * wd[r * k + j] as f64)
                         .sum();
                     let got = y[t * n + r] as f64;
-                    assert!((got - want).abs() < 1e-4 + 1e-4 * want.abs(), "{got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4 + 1e-4 * want.abs(),
+                        "{got} vs {want}"
+                    );
                 }
             }
         }

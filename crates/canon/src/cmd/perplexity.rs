@@ -67,7 +67,9 @@ pub fn run(a: PerplexityArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ProgressBar::hidden()
     } else {
         let pb = ProgressBar::new(0);
-        if let Ok(s) = ProgressStyle::with_template("perplexity [{bar:40}] {pos}/{len} windows ({eta} left)") {
+        if let Ok(s) =
+            ProgressStyle::with_template("perplexity [{bar:40}] {pos}/{len} windows ({eta} left)")
+        {
             pb.set_style(s.progress_chars("=> "));
         }
         pb

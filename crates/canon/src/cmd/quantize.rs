@@ -100,7 +100,10 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     if args.out.is_dir() {
-        bail!("--out {} is a folder; expected a file name", args.out.display());
+        bail!(
+            "--out {} is a folder; expected a file name",
+            args.out.display()
+        );
     }
     let path = match ModelSpec::parse(&args.model)?.resolve(ctx.progress())? {
         ModelSpec::Gguf(p) => p,
@@ -114,7 +117,10 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let file = GgufFile::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if !args.threshold.is_finite() && args.method == Method::Int8 {
         // An infinite α is valid (plain vector-wise int8); say so.
-        eprintln!("note: threshold {} turns the outlier decomposition off", args.threshold);
+        eprintln!(
+            "note: threshold {} turns the outlier decomposition off",
+            args.threshold
+        );
     }
 
     let mut outs: Vec<Out> = Vec::with_capacity(file.tensors.len() * 4);
@@ -136,7 +142,7 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             Ok(src.dequantize()?.flatten_all()?.to_vec1::<f32>()?)
         };
         match args.method {
-            Method::Q8_0 if info.shape.len() == 2 && info.shape[1] % 32 == 0 => {
+            Method::Q8_0 if info.shape.len() == 2 && info.shape[1].is_multiple_of(32) => {
                 let mut data = Vec::new();
                 scalar::quantize_row(Kind::Q8_0, &floats()?, &mut data);
                 quant_params += n;
@@ -150,8 +156,11 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
             Method::Nf4 if is_block_linear(&info.name) && info.shape.len() == 2 => {
                 let (rows, cols) = (info.shape[0], info.shape[1]);
-                if cols % 2 != 0 {
-                    bail!("tensor {}: NF4 needs an even row length, found {cols}", info.name);
+                if !cols.is_multiple_of(2) {
+                    bail!(
+                        "tensor {}: NF4 needs an even row length, found {cols}",
+                        info.name
+                    );
                 }
                 let q = Nf4Tensor::quantize(&floats()?, rows, cols, true)?;
                 let nf4::Absmax::Double(dq) = &q.absmax else {
