@@ -236,7 +236,10 @@ fn quantized_kernels_stay_as_close_to_the_reference_as_llama_cpp() {
             ours = ours.max((row[i as usize] - v).abs());
         }
         eprintln!("{name}: first-step logits vs f32: quantized {ours:.3}, llama.cpp {gap:.3}");
-        assert!(ours <= gap + 0.3, "{name}: quantized logits drift {ours} (llama.cpp: {gap})");
+        assert!(
+            ours <= gap + 0.3,
+            "{name}: quantized logits drift {ours} (llama.cpp: {gap})"
+        );
         let req = GenerateRequest {
             prompt: text,
             max_tokens: case["max_tokens"].as_u64().unwrap() as usize,
@@ -247,8 +250,16 @@ fn quantized_kernels_stay_as_close_to_the_reference_as_llama_cpp() {
         };
         let out = g.generate_streaming(&req, &mut |_| true).unwrap();
         let want = ids(&case["greedy_ids_f32"]);
-        let same = out.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!("{name}: greedy ids equal the f32 reference's for {same} of {}", want.len());
+        let same = out
+            .tokens
+            .iter()
+            .zip(&want)
+            .take_while(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "{name}: greedy ids equal the f32 reference's for {same} of {}",
+            want.len()
+        );
         if f32_vals[0] - f32_vals[1] > 0.5 {
             assert_eq!(out.tokens.first(), want.first(), "{name}: first greedy id");
         }

@@ -283,7 +283,10 @@ mod tests {
         for (i, part) in [&seq[..3], &seq[3..4], &seq[4..]].into_iter().enumerate() {
             let a = fast.forward(&ids(part), &mut cf, Positions::All).unwrap();
             let b = slow.forward(&ids(part), &mut cs, Positions::All).unwrap();
-            assert!(b.track_op() && !a.track_op(), "step {i}: paths not distinct");
+            assert!(
+                b.track_op() && !a.track_op(),
+                "step {i}: paths not distinct"
+            );
             assert_close(&a, &b.detach(), Tol::new(1e-5, 1e-5));
         }
     }
