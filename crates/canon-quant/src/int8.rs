@@ -241,13 +241,19 @@ impl Int8Tensor {
         }
         let cols: Vec<usize> = (0..k).filter(|&j| outl[j]).collect();
         if !cols.is_empty() {
+            // Gather X[:, O] ([m, |O|]) and W[:, O] ([n, |O|]) once, then a small f32 product.
+            let o = cols.len();
+            let xo: Vec<f32> = (0..m)
+                .flat_map(|t| cols.iter().map(move |&j| x[t * k + j]))
+                .collect();
+            let wo: Vec<f32> = (0..n)
+                .flat_map(|r| cols.iter().map(move |&j| (r, j)))
+                .map(|(r, j)| self.outlier_weight(r, j))
+                .collect();
             for t in 0..m {
+                let xr = &xo[t * o..(t + 1) * o];
                 for r in 0..n {
-                    let s: f32 = cols
-                        .iter()
-                        .map(|&j| x[t * k + j] * self.outlier_weight(r, j))
-                        .sum();
-                    y[t * n + r] += s;
+                    y[t * n + r] += crate::nf4::dot(isa, xr, &wo[r * o..(r + 1) * o]);
                 }
             }
         }
