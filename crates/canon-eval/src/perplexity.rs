@@ -217,6 +217,54 @@ mod tests {
         assert!((direct(&ids, 8, 8) - direct(&ids, 8, 1)).abs() > 1e-3);
     }
 
+    /// On a tiny random LLaMA (written by the test kit): every token's log-probability computed
+    /// directly, one forward pass over exactly its context per token, gives the same perplexity.
+    #[test]
+    fn a_tiny_llama_scores_as_the_direct_per_token_computation() {
+        use canon_models::WeightMode;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("tiny.gguf");
+        canon_testkit::tiny_gguf::write_tiny_llama(&p, &Default::default()).unwrap();
+        let lm = canon_models::load::load_gguf_lm(&p, WeightMode::DequantizeF32).unwrap();
+        let model = lm.model.as_ref();
+        let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 11) % 250 + 3).collect();
+        for (c, s) in [(16, 16), (16, 5), (64, 64)] {
+            let cfg = PerplexityConfig {
+                context: c,
+                stride: s,
+            };
+            let r = perplexity(model, &ids, cfg, &mut |_, _| {}).unwrap();
+            let mut nll = 0.0f64;
+            for j in 1..ids.len() {
+                let e = (1 + ((j - 1) / s + 1) * s).min(ids.len());
+                let from = (e - 1).saturating_sub(c);
+                let x = Tensor::new(&ids[from..j], &candle_core::Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let mut cache = model.new_cache();
+                let logits = model.forward(&x, &mut cache, Positions::Last).unwrap();
+                let l: Vec<f64> = logits
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
+                let max = l.iter().copied().fold(f64::MIN, f64::max);
+                let lse = max + l.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                nll -= l[ids[j] as usize] - lse;
+            }
+            let want = (nll / (ids.len() - 1) as f64).exp();
+            assert!(
+                (r.perplexity - want).abs() < 1e-4 * want,
+                "c={c} s={s}: {} vs {want}",
+                r.perplexity
+            );
+        }
+    }
+
     #[test]
     fn windows_cover_every_token_once() {
         for (n, c, s) in [(10, 4, 4), (10, 4, 3), (11, 5, 2), (3, 8, 8), (100, 17, 9)] {
