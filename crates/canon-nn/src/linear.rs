@@ -63,8 +63,13 @@ impl Weight {
                 let ids = ids.flatten_all()?.to_vec1::<u32>()?;
                 q.dequantize_rows(&ids).map_err(quant_err)
             }
-            Weight::Int8(_) | Weight::Nf4(_) => {
-                self.to_dense()?.index_select(&ids.flatten_all()?, 0)
+            Weight::Int8(q) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                q.dequantize_rows(&ids).map_err(quant_err)
+            }
+            Weight::Nf4(q) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                q.dequantize_rows(&ids).map_err(quant_err)
             }
         }
     }

@@ -120,7 +120,32 @@ fn apply<K: Kernel + 'static>(w: &Arc<K>, x: &Tensor) -> Result<Tensor, QuantErr
     Ok(x.apply_op1(Op(w.clone()))?)
 }
 
+/// Rows `ids` of a `[rows, cols]` matrix through `row(r, out)`: `[ids.len(), cols]`.
+fn gather_rows(
+    rows: usize,
+    cols: usize,
+    ids: &[u32],
+    row: &dyn Fn(usize, &mut [f32]),
+) -> Result<Tensor, QuantError> {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+        return Err(QuantError::Index { index: bad, rows });
+    }
+    let mut out = vec![0.0f32; ids.len() * cols];
+    for (&i, o) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
+        row(i as usize, o);
+    }
+    Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
+}
+
 impl Nf4Tensor {
+    /// Rows `ids`, dequantized (an embedding lookup): `[ids.len(), cols]`.
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor, QuantError> {
+        let isa = Isa::best();
+        gather_rows(self.rows, self.cols, ids, &|r, o| {
+            self.dequantize_row(isa, r, o)
+        })
+    }
+
     /// `x Wᵀ` on the NF4 kernel: `x: [..., cols]` → `[..., rows]`; backward gives only `∂L/∂x`.
     pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor, QuantError> {
         apply(self, x)
@@ -137,6 +162,17 @@ impl Nf4Tensor {
 }
 
 impl Int8Tensor {
+    /// Rows `ids`, dequantized (`W8 · c_w / 127`): `[ids.len(), cols]`.
+    pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor, QuantError> {
+        let (k, q) = (self.cols, self.q8());
+        gather_rows(self.rows, k, ids, &|r, o| {
+            let s = self.scale[r] / 127.0;
+            for (v, &w) in o.iter_mut().zip(&q[r * k..(r + 1) * k]) {
+                *v = w as f32 * s;
+            }
+        })
+    }
+
     /// `x Wᵀ` with LLM.int8(): `x: [..., cols]` → `[..., rows]`; backward gives only `∂L/∂x`.
     pub fn forward(self: &Arc<Self>, x: &Tensor) -> Result<Tensor, QuantError> {
         apply(self, x)
