@@ -274,7 +274,11 @@ pub fn unpack(bytes: &[u8], n: usize) -> Vec<u8> {
 #[inline]
 fn nibble(bytes: &[u8], e: usize) -> u8 {
     let b = bytes[e / 2];
-    if e.is_multiple_of(2) { b >> 4 } else { b & 0x0F }
+    if e.is_multiple_of(2) {
+        b >> 4
+    } else {
+        b & 0x0F
+    }
 }
 
 impl Nf4Tensor {
