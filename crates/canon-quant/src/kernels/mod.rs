@@ -260,7 +260,8 @@ pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32])
         return;
     }
     let threads = crate::pool::pool().threads();
-    let tile = ((4 << 20) / (4 * k)).clamp(64, n);
+    // (max then min: a matrix of fewer than 64 rows is one tile; `clamp` would panic there.)
+    let tile = ((4 << 20) / (4 * k)).max(64).min(n);
     let mut buf = vec![0.0f32; tile * k];
     for r0 in (0..n).step_by(tile) {
         let rows = tile.min(n - r0);

@@ -303,8 +303,12 @@ fn simd_activation_rounding_equals_scalar() {
 #[test]
 fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
     let mut rng = Rng(31);
-    let (n, k, m) = (70, 64, GEMM_MIN_ROWS + 3);
-    for kind in [Kind::Q4_1, Kind::Q8_0] {
+    for (n, k, m, kind) in [
+        (70, 64, GEMM_MIN_ROWS + 3, Kind::Q4_1),
+        (70, 64, GEMM_MIN_ROWS + 3, Kind::Q8_0),
+        // Fewer rows than one tile's minimum.
+        (5, 32, GEMM_MIN_ROWS, Kind::Q8_0),
+    ] {
         let bytes = quantize_matrix(kind, &rng.vec(n * k, 0.3));
         let w = QMatrixRef {
             kind,
