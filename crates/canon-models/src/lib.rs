@@ -23,12 +23,12 @@ use canon_nn::KvCache;
 
 pub use bert::Bert;
 pub use config::{BertConfig, LlamaConfig};
+pub use family::{ModelConfig, TrainOutput, TrainableLm};
+pub use gpt::{Gpt, GptConfig};
 pub use llama::Llama;
 pub use load::{LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder};
 pub use sentence::{Pooling, SentenceEmbedder};
 pub use source::WeightMode;
-pub use family::{ModelConfig, TrainOutput, TrainableLm};
-pub use gpt::{Gpt, GptConfig};
 pub use varstore::VarStore;
 
 #[derive(Debug, thiserror::Error)]

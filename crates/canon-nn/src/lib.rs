@@ -18,8 +18,8 @@ pub mod moe;
 pub mod norm;
 pub mod pos;
 pub mod rng;
-pub mod train_ops;
 pub mod rope;
+pub mod train_ops;
 
 pub use activation::Activation;
 pub use attention::{AttnMask, attention};
