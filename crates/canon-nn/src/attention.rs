@@ -71,7 +71,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
     }
     // [b, h, tq, d] -> [b, h_kv, g·tq, d]; x [b, h_kv, d, tk] -> [b, h_kv, g·tq, tk] -> [b, h, tq, tk]
     let qg = q.contiguous()?.reshape((b, hkv, g * tq, d))?;
-    let mut scores = (matmul_strided(&qg, &k.t()?)? * scale)?.reshape((b, h, tq, tk))?;
+    let raw = matmul_strided(&qg, &k.t()?)?.reshape((b, h, tq, tk))?;
+    if let AttnMask::Causal { offset } = mask
+        && raw.dtype() == DType::F32
+        && raw.device().is_cpu()
+    {
+        // Training: scale, mask and softmax in one op with its own backward (no mask tensor).
+        let probs = crate::train_ops::causal_softmax(&raw, offset, scale)?;
+        return matmul_strided(&probs.reshape((b, hkv, g * tq, tk))?, v)?.reshape((b, h, tq, d));
+    }
+    let mut scores = (raw * scale)?;
     match mask {
         AttnMask::None => {}
         AttnMask::Causal { offset } => {
