@@ -13,6 +13,7 @@ pub mod gpt;
 pub mod gpt_tasks;
 pub mod llama;
 pub mod load;
+pub mod peft;
 pub mod sentence;
 pub mod source;
 pub mod transformer_xl;
@@ -105,6 +106,14 @@ pub trait CausalLm: Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Longest sequence (prompt + generated) the model accepts.
     fn max_seq_len(&self) -> usize;
+    /// The adaptable linear layers by their HF module names (`model.layers.0.self_attn.q_proj`),
+    /// for LoRA adapters (paper 13). Models without named layers return none.
+    fn linear_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn linear_mut(&mut self, _name: &str) -> Option<&mut canon_nn::Linear> {
+        None
+    }
 }
 
 /// A bidirectional encoder.

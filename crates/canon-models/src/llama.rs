@@ -181,7 +181,39 @@ impl CausalLm for Llama {
     fn max_seq_len(&self) -> usize {
         self.config.max_position_embeddings
     }
+
+    fn linear_names(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for i in 0..self.blocks.len() {
+            for m in ATTN_MODULES {
+                v.push(format!("model.layers.{i}.self_attn.{m}"));
+            }
+            for m in MLP_MODULES {
+                v.push(format!("model.layers.{i}.mlp.{m}"));
+            }
+        }
+        v
+    }
+
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (i, tail) = rest.split_once('.')?;
+        let blk = self.blocks.get_mut(i.parse::<usize>().ok()?)?;
+        Some(match tail {
+            "self_attn.q_proj" => &mut blk.q,
+            "self_attn.k_proj" => &mut blk.k,
+            "self_attn.v_proj" => &mut blk.v,
+            "self_attn.o_proj" => &mut blk.o,
+            "mlp.gate_proj" => &mut blk.ffn.gate,
+            "mlp.up_proj" => &mut blk.ffn.up,
+            "mlp.down_proj" => &mut blk.ffn.down,
+            _ => return None,
+        })
+    }
 }
+
+const ATTN_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+const MLP_MODULES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
 /// Index of the largest logit in the last position, for tests and greedy decoding.
 pub fn argmax_last(logits: &Tensor) -> Result<u32> {
@@ -195,7 +227,7 @@ pub fn argmax_last(logits: &Tensor) -> Result<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::source::WeightSource;
     use candle_core::{DType, Device};

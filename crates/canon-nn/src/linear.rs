@@ -89,6 +89,11 @@ pub struct Lora {
 }
 
 impl Lora {
+    /// `ΔW = scale · B A`, `[out, in]`.
+    pub fn delta_weight(&self) -> crate::Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+
     /// `(α/r) · x Aᵀ Bᵀ` for `x: [n, in]`.
     fn delta(&self, x2: &Tensor) -> crate::Result<Tensor> {
         x2.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
@@ -109,6 +114,33 @@ impl Linear {
             bias,
             lora: None,
         }
+    }
+
+    /// Attaches an adapter after checking `A: [r, in]`, `B: [out, r]`, `r > 0` (errors name the
+    /// expected and found shapes).
+    pub fn set_lora(&mut self, lora: Lora) -> crate::Result<()> {
+        let (out, inp) = (self.out_features(), self.in_features());
+        let (ra, ia) = lora.a.dims2()?;
+        let (ob, rb) = lora.b.dims2()?;
+        if ra == 0 || ra != rb || ia != inp || ob != out {
+            candle_core::bail!(
+                "LoRA: expected A [r, {inp}] and B [{out}, r] with r > 0, found A {:?} and B {:?}",
+                lora.a.dims(),
+                lora.b.dims()
+            );
+        }
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// The same layer with its adapter folded in: `W' = W + (α/r)·B A` as a dense f32 weight
+    /// (paper 13, §4.1: no extra inference latency). Without an adapter, a clone.
+    pub fn merged(&self) -> crate::Result<Linear> {
+        let Some(l) = &self.lora else {
+            return Ok(self.clone());
+        };
+        let w = (self.weight.to_dense()?.to_dtype(candle_core::DType::F32)? + l.delta_weight()?)?;
+        Ok(Linear::new(Weight::Dense(w), self.bias.clone()))
     }
 
     pub fn in_features(&self) -> usize {
@@ -163,6 +195,39 @@ mod tests {
             .reshape((2, 4, 5))
             .unwrap();
         assert_close(&y, &manual, Tol::F32);
+    }
+
+    #[test]
+    fn merged_equals_the_adapter_applied_on_the_side() {
+        let mut l = Linear::new(Weight::Dense(randn(&[4, 6], 1)), Some(randn(&[4], 9)));
+        l.set_lora(Lora {
+            a: randn(&[2, 6], 3),
+            b: randn(&[4, 2], 4),
+            scale: 0.5,
+        })
+        .unwrap();
+        let x = randn(&[3, 6], 2);
+        let merged = l.merged().unwrap();
+        assert!(merged.lora.is_none());
+        assert_close(
+            &merged.forward(&x).unwrap(),
+            &l.forward(&x).unwrap(),
+            Tol::F32,
+        );
+        // Shapes are checked, and rank 0 is refused.
+        let bad = Lora {
+            a: randn(&[2, 5], 3),
+            b: randn(&[4, 2], 4),
+            scale: 1.0,
+        };
+        let e = l.set_lora(bad).unwrap_err().to_string();
+        assert!(e.contains("[2, 5]") && e.contains("[r, 6]"), "{e}");
+        let zero = Lora {
+            a: Tensor::zeros((0, 6), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            b: Tensor::zeros((4, 0), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            scale: 1.0,
+        };
+        assert!(l.set_lora(zero).is_err());
     }
 
     #[test]
