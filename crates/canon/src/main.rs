@@ -22,6 +22,10 @@ struct Cli {
     /// float32 reference arithmetic (what transformers computes), about 4× the memory and slower.
     #[arg(long = "f32", global = true)]
     f32_weights: bool,
+    /// Run the model with a LoRA adapter in PEFT's layout (a folder with adapter_config.json and
+    /// adapter_model.safetensors) on top of its linear layers.
+    #[arg(long, global = true, value_name = "DIR")]
+    lora: Option<std::path::PathBuf>,
     /// Print no progress messages on standard error.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -47,6 +51,8 @@ enum Command {
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
+    /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
+    Merge(cmd::merge::MergeArgs),
 }
 
 /// Settings every subcommand sees.
@@ -55,6 +61,8 @@ pub struct Ctx {
     pub quiet: bool,
     /// `--f32`: dequantize GGUF weights at load.
     pub f32_weights: bool,
+    /// `--lora DIR`: an adapter to attach to the loaded language model.
+    pub lora: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
@@ -106,6 +114,7 @@ fn main() -> ExitCode {
         threads,
         quiet: cli.quiet,
         f32_weights: cli.f32_weights,
+        lora: cli.lora,
     };
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(a, &ctx),
@@ -116,6 +125,7 @@ fn main() -> ExitCode {
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
+        Command::Merge(a) => cmd::merge::run(a, &ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,8 +13,22 @@ pub fn load_lm(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedLm> {
     } else {
         WeightMode::KeepQuantized
     };
-    canon_models::load_causal_lm(&spec, mode, ctx.progress())
-        .with_context(|| format!("cannot load model '{model}'"))
+    let mut lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
+        .with_context(|| format!("cannot load model '{model}'"))?;
+    if let Some(dir) = &ctx.lora {
+        let adapter = canon_models::peft::read_adapter(dir)?;
+        let n = canon_models::peft::apply_adapter(lm.model.as_mut(), &adapter)
+            .with_context(|| format!("cannot apply the adapter in {}", dir.display()))?;
+        if !ctx.quiet {
+            eprintln!(
+                "LoRA: {n} modules from {} (rank {}, scale {})",
+                dir.display(),
+                adapter.rank,
+                adapter.scale
+            );
+        }
+    }
+    Ok(lm)
 }
 
 pub fn load_encoder(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedEncoder> {

@@ -3,6 +3,7 @@ pub mod chat;
 pub mod embed;
 pub mod eval;
 pub mod generate;
+pub mod merge;
 pub mod perplexity;
 pub mod quantize;
 pub mod sampling;
