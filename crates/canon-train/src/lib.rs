@@ -4,6 +4,8 @@
 //!   momentum, each a fused in-place update over the f32 storage of candle variables; global-norm
 //!   clipping.
 //! - `schedule`: warmup + cosine, linear, the Transformer's inverse square root.
+//! - `finetune`: GPT-1 supervised fine-tuning of a pretrained run (task tokens, `W_y`, λ·LM loss)
+//!   and the standard-library module-group classification task.
 //! - `data`: corpora present on the machine, tokenizers trained with the `tokenizers` crate, seeded
 //!   batch sampling.
 //! - `checkpoint`: weights + optimizer state + step + RNG state in one safetensors file, written
@@ -15,6 +17,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod finetune;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

@@ -47,6 +47,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Train a model family from scratch (or resume a run).
     Train(cmd::train::TrainArgs),
+    /// GPT-1 fine-tuning of a trained GPT run on a standard-library classification task.
+    #[command(name = "finetune-gpt1")]
+    FinetuneGpt1(cmd::finetune::FinetuneArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
+        Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
     };

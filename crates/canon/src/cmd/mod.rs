@@ -2,6 +2,7 @@ pub mod assets;
 pub mod chat;
 pub mod embed;
 pub mod eval;
+pub mod finetune;
 pub mod generate;
 pub mod merge;
 pub mod perplexity;

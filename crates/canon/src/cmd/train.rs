@@ -46,7 +46,7 @@ pub struct TrainArgs {
 
 /// Where the Python standard library lives: `$CANON_PYTHON_STDLIB`, else what `python3` reports,
 /// else the newest `/usr/lib/python3.*`.
-fn python_stdlib_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn python_stdlib_dir() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("CANON_PYTHON_STDLIB") {
         return Ok(PathBuf::from(p));
     }
