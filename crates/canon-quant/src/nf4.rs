@@ -23,6 +23,7 @@
 
 use std::sync::OnceLock;
 
+use crate::pool::SyncPtr;
 use crate::{Bytes, Isa, QuantError};
 
 /// Weights per absmax block.
@@ -428,25 +429,15 @@ impl Nf4Tensor {
             return Ok(());
         }
         if m >= crate::kernels::GEMM_MIN_ROWS {
-            gemm_dequantized(n, k, x, m, y, &|r, out| self.dequantize_row(isa, r, out));
+            crate::kernels::gemm_dequantized(n, k, x, m, y, &|r, out| {
+                self.dequantize_row(isa, r, out)
+            });
         } else {
             gemv_dequantized(isa, n, k, x, m, y, &|r, out| {
                 self.dequantize_row(isa, r, out)
             });
         }
         Ok(())
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub(crate) *mut f32);
-// SAFETY: used only for disjoint writes inside `parallel_for`, which returns after all of them.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -475,67 +466,6 @@ pub(crate) fn gemv_dequantized(
             }
         }
     });
-}
-
-/// Many activation rows (prompts, evaluation): dequantize `W` in tiles of about 4 MiB and run an
-/// f32 GEMM on each.
-pub(crate) fn gemm_dequantized(
-    n: usize,
-    k: usize,
-    x: &[f32],
-    m: usize,
-    y: &mut [f32],
-    row: &(dyn Fn(usize, &mut [f32]) + Sync),
-) {
-    if n == 0 || k == 0 || m == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let threads = crate::pool::pool().threads();
-    let tile = ((4 << 20) / (4 * k)).clamp(64, n.max(64)).min(n);
-    let mut buf = vec![0.0f32; tile * k];
-    for r0 in (0..n).step_by(tile) {
-        let rows = tile.min(n - r0);
-        let bp = SyncPtr(buf.as_mut_ptr());
-        crate::pool::parallel_for(rows.div_ceil(32), &|c| {
-            for r in c * 32..((c + 1) * 32).min(rows) {
-                // SAFETY: row r < rows <= tile of the buffer; tasks own disjoint rows.
-                let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(r * k), k) };
-                row(r0 + r, out);
-            }
-        });
-        let par = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // dst [m, rows] at y[.., r0..] (row stride n); lhs x [m, k]; rhs = tileᵀ [k, rows].
-        // SAFETY: every pointer/stride pair stays inside its slice (y: m·n, x: m·k, buf ≥ rows·k,
-        // r0 + rows <= n).
-        unsafe {
-            gemm::gemm(
-                m,
-                rows,
-                k,
-                y.as_mut_ptr().add(r0),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                buf.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
 }
 
 /// `Σ a_i b_i` in f32.

@@ -112,6 +112,18 @@ fn worker(s: Arc<Shared>) {
     }
 }
 
+/// A raw output pointer shared by `parallel_for` tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: used only for disjoint writes inside `parallel_for`, which returns after all of them.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// The process-wide pool.
 pub fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();

@@ -252,9 +252,22 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
 
-/// `y = x Wᵀ` through f32 tiles of `W` (about 4 MiB each) and the `gemm` crate.
+/// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
+    gemm_dequantized(w.rows, w.cols, x, m, y, &|r, out| dequantize_row(w, r, out));
+}
+
+/// `y = x Wᵀ` for any `W: [n, k]` whose rows `row(r, out)` dequantizes: f32 tiles of `W` (about
+/// 4 MiB each, rows dequantized in parallel) multiplied by the `gemm` crate. Shared by every
+/// quantized format (ggml blocks here, NF4).
+pub(crate) fn gemm_dequantized(
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    row: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
     if n == 0 || k == 0 || m == 0 {
         y.fill(0.0);
         return;
@@ -265,12 +278,12 @@ pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32])
     let mut buf = vec![0.0f32; tile * k];
     for r0 in (0..n).step_by(tile) {
         let rows = tile.min(n - r0);
-        let bp = SyncPtr(buf.as_mut_ptr());
+        let bp = crate::pool::SyncPtr(buf.as_mut_ptr());
         crate::pool::parallel_for(rows.div_ceil(32), &|c| {
             for r in c * 32..((c + 1) * 32).min(rows) {
                 // SAFETY: row r of the tile buffer (r < rows <= tile); tasks own disjoint rows.
                 let out = unsafe { std::slice::from_raw_parts_mut(bp.get().add(r * k), k) };
-                dequantize_row(w, r0 + r, out);
+                row(r0 + r, out);
             }
         });
         let par = if threads > 1 {
@@ -317,7 +330,7 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     let rows_per_task = n.div_ceil(threads * 8).max(4);
     let tasks = n.div_ceil(rows_per_task);
     let acts: Vec<ActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
-    let out = SyncPtr(y.as_mut_ptr());
+    let out = crate::pool::SyncPtr(y.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if m == 1 && isa == Isa::Avx2 {
         let rb = w.row_bytes();
@@ -349,18 +362,6 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
             }
         }
     });
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for disjoint writes inside `parallel_for`, which returns after all of them.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Dequantizes one row of `w` into `out` (`w.cols` values).
