@@ -11,11 +11,11 @@ use canon_models::ModelSpec;
 use canon_models::peft::read_adapter;
 use canon_models::source::llama_gguf_name;
 use canon_quant::gguf::GgufFile;
-use canon_quant::gguf_write::{TensorOut, write_gguf};
 use canon_quant::{GgmlTensor, GgmlType};
 use clap::Args;
 
 use crate::Ctx;
+use crate::cmd::quantize::{Out, write_outs};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -58,12 +58,6 @@ pub fn run(args: MergeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .keys()
         .map(|m| (llama_gguf_name(&format!("{m}.weight")), m.as_str()))
         .collect();
-    struct Out {
-        name: String,
-        dtype: GgmlType,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    }
     let mut outs = Vec::with_capacity(file.tensors.len());
     for info in &file.tensors {
         let bytes = file.tensor_bytes(info);
@@ -108,23 +102,13 @@ pub fn run(args: MergeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let metadata: Vec<(&str, canon_quant::gguf::Value)> = file
+    let metadata: Vec<(String, canon_quant::gguf::Value)> = file
         .metadata
         .iter()
         .filter(|(k, _)| k.as_str() != "general.alignment")
-        .map(|(k, v)| (k.as_str(), v.clone()))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let tensors: Vec<TensorOut<'_>> = outs
-        .iter()
-        .map(|o| TensorOut {
-            name: &o.name,
-            dtype: o.dtype,
-            shape: &o.shape,
-            data: &o.data,
-        })
-        .collect();
-    write_gguf(&args.out, &metadata, &tensors)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    write_outs(&args.out, &metadata, &outs)?;
     let size = std::fs::metadata(&args.out)?.len();
     if !ctx.quiet {
         eprintln!(

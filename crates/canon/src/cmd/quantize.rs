@@ -75,11 +75,35 @@ fn is_block_linear(name: &str) -> bool {
         .is_some_and(|(_, tail)| LINEAR.contains(&tail))
 }
 
-struct Out {
-    name: String,
-    dtype: GgmlType,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// One tensor of an output GGUF, owned.
+pub(crate) struct Out {
+    pub name: String,
+    pub dtype: GgmlType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Writes `outs` with `metadata` to `path` (atomically, through `write_gguf`).
+pub(crate) fn write_outs(
+    path: &Path,
+    metadata: &[(String, Value)],
+    outs: &[Out],
+) -> anyhow::Result<()> {
+    let meta_refs: Vec<(&str, Value)> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let tensors: Vec<TensorOut<'_>> = outs
+        .iter()
+        .map(|o| TensorOut {
+            name: &o.name,
+            dtype: o.dtype,
+            shape: &o.shape,
+            data: &o.data,
+        })
+        .collect();
+    write_gguf(path, &meta_refs, &tensors)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -246,21 +270,7 @@ pub fn run(args: QuantizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             metadata.push(("canon.int8.threshold".into(), Value::F32(args.threshold)));
         }
     }
-    let meta_refs: Vec<(&str, Value)> = metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
-    let tensors: Vec<TensorOut<'_>> = outs
-        .iter()
-        .map(|o| TensorOut {
-            name: &o.name,
-            dtype: o.dtype,
-            shape: &o.shape,
-            data: &o.data,
-        })
-        .collect();
-    write_gguf(&args.out, &meta_refs, &tensors)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    write_outs(&args.out, &metadata, &outs)?;
     let size = std::fs::metadata(&args.out)?.len();
     let secs = start.elapsed().as_secs_f64();
     println!(
