@@ -1,0 +1,231 @@
+use super::*;
+use canon_testkit::{Tol, assert_close_f32, randn, to_vec};
+
+// Both instantiations are checked on every CPU: `mul_add` is exact fused multiply-add
+// everywhere (in software where the CPU lacks it), so `::<true>` is correct, only slower, there.
+
+#[test]
+fn exp_is_accurate_over_its_range() {
+    let (mut w_fma, mut w_plain) = (0.0f64, 0.0f64);
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let r = (x as f64).exp();
+        w_fma = w_fma.max(((exp::<true>(x) as f64 - r) / r).abs());
+        w_plain = w_plain.max(((exp::<false>(x) as f64 - r) / r).abs());
+        x += 0.0137;
+    }
+    assert!(
+        w_fma < 4e-7 && w_plain < 4e-7,
+        "exp relative error {w_fma:e} / {w_plain:e}"
+    );
+}
+
+#[test]
+fn erf_error_is_within_the_handbook_bound() {
+    // erf to 10 digits.
+    for (z, r) in [
+        (1.0f32, 0.842_700_792_9f64),
+        (0.5, 0.520_499_877_8),
+        (-1.0, -0.842_700_792_9),
+        (2.5, 0.999_593_047_98),
+        (0.01, 0.011_283_415_6),
+    ] {
+        // The formula's 1.5e-7 plus f32 rounding (cancellation in 1 − …).
+        for e in [erf::<true>(z), erf::<false>(z)] {
+            assert!((e as f64 - r).abs() < 5e-7, "erf({z}) = {e}, expected {r}");
+        }
+    }
+}
+
+#[test]
+fn gelu_matches_candle_erf_gelu() {
+    let x = (randn(&[4096], 5) * 3.0).unwrap();
+    let reference = to_vec(&x.gelu_erf().unwrap());
+    for simd in [true, false] {
+        let mut v = to_vec(&x);
+        if simd {
+            gelu_erf_inplace(&mut v);
+        } else {
+            gelu_erf_impl::<false>(&mut v);
+        }
+        // A&S 7.1.26: |Δerf| ≤ 1.5e-7, so |Δgelu| ≤ ½|x|·1.5e-7 plus rounding.
+        assert_close_f32(&v, &reference, Tol::new(2e-6, 1e-6));
+    }
+    // Extremes saturate to x and 0, and the odd case 0 stays 0.
+    let mut v = vec![-30.0, 0.0, 30.0, f32::MIN_POSITIVE];
+    gelu_erf_inplace(&mut v);
+    assert_eq!(&v[..3], &[-0.0, 0.0, 30.0]);
+}
+
+#[test]
+fn layer_norm_rows_with_residual_matches_candle() {
+    let (rows, d) = (7, 37);
+    let x = randn(&[rows, d], 1);
+    let r = randn(&[rows, d], 2);
+    let g = randn(&[d], 3);
+    let b = randn(&[d], 4);
+    let sum = (&x + &r).unwrap();
+    let reference = to_vec(&candle_nn::ops::layer_norm(&sum, &g, &b, 1e-12).unwrap());
+    let mut v = to_vec(&x);
+    layer_norm_rows(
+        &mut v,
+        Some(&to_vec(&r)),
+        None,
+        d,
+        &to_vec(&g),
+        Some(&to_vec(&b)),
+        1e-12,
+    );
+    assert_close_f32(&v, &reference, Tol::F32);
+    let mut v = to_vec(&sum);
+    layer_norm_impl::<false>(&mut v, None, None, d, &to_vec(&g), Some(&to_vec(&b)), 1e-12);
+    assert_close_f32(&v, &reference, Tol::F32);
+    // The residual's own bias folded in: LN(x + (r + rb)).
+    let rb = randn(&[d], 5);
+    let sum = (&x + r.broadcast_add(&rb).unwrap()).unwrap();
+    let reference = to_vec(&candle_nn::ops::layer_norm(&sum, &g, &b, 1e-12).unwrap());
+    let mut v = to_vec(&x);
+    layer_norm_rows(
+        &mut v,
+        Some(&to_vec(&r)),
+        Some(&to_vec(&rb)),
+        d,
+        &to_vec(&g),
+        Some(&to_vec(&b)),
+        1e-12,
+    );
+    assert_close_f32(&v, &reference, Tol::F32);
+}
+
+#[test]
+fn bias_gelu_equals_gelu_of_the_sum() {
+    let x = (randn(&[5, 24], 6) * 2.0).unwrap();
+    let b = randn(&[24], 7);
+    let reference = to_vec(&x.broadcast_add(&b).unwrap().gelu_erf().unwrap());
+    let mut v = to_vec(&x);
+    bias_gelu_erf_rows(&mut v, &to_vec(&b));
+    assert_close_f32(&v, &reference, Tol::new(2e-6, 1e-6));
+}
+
+#[test]
+fn linear_matches_matmul_and_fills_a_column_block() {
+    let (rows, k, n) = (9, 13, 6);
+    let x = randn(&[rows, k], 1);
+    let w = randn(&[n, k], 2);
+    let b = randn(&[n], 3);
+    let reference = to_vec(
+        &x.matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap(),
+    );
+    // Write into columns 2..2+n of a [rows, n + 3] buffer; the other columns stay untouched.
+    let stride = n + 3;
+    let mut out = vec![7.0f32; rows * stride];
+    linear(
+        &to_vec(&x),
+        rows,
+        k,
+        &to_vec(&w),
+        n,
+        Some(&to_vec(&b)),
+        &mut out[2..],
+        stride,
+        Parallelism::None,
+    );
+    let block: Vec<f32> = (0..rows)
+        .flat_map(|r| out[r * stride + 2..r * stride + 2 + n].to_vec())
+        .collect();
+    assert_close_f32(&block, &reference, Tol::F32);
+    assert!((0..rows).all(|r| out[r * stride] == 7.0 && out[r * stride + 1] == 7.0));
+}
+
+fn check_self_attention(b: usize, t: usize, h: usize, hd: usize, seed: u64, with_bias: bool) {
+    let d = h * hd;
+    let raw = (randn(&[b * t, 3 * d], seed) * 2.0).unwrap();
+    let bias = randn(&[3 * d], seed + 100);
+    // The composed reference sees the biases added; the kernel adds them itself.
+    let qkv = if with_bias {
+        raw.broadcast_add(&bias).unwrap()
+    } else {
+        raw.clone()
+    };
+    // Sequence 0 full, sequence 1 with its last keys padded, sequence 2 without any real key
+    // (uniform weights, as the composed additive mask gives).
+    let keep_v: Vec<f32> = (0..b * t)
+        .map(|r| match r / t {
+            0 => 1.0,
+            1 => f32::from(u8::from(r % t < t / 2 + 1)),
+            _ => 0.0,
+        })
+        .collect();
+    let keep = Tensor::from_vec(keep_v.clone(), (b, t), &Device::Cpu).unwrap();
+    // Composed reference: [b·t, 3d] -> three [b, h, t, hd].
+    let split = |i: usize| {
+        qkv.narrow(1, i * d, d)
+            .unwrap()
+            .reshape((b, t, h, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let reference = crate::attention(
+        &split(0),
+        &split(1),
+        &split(2),
+        crate::AttnMask::Padding(&keep),
+    )
+    .unwrap()
+    .transpose(1, 2)
+    .unwrap()
+    .reshape((b * t, d))
+    .unwrap();
+    let mut out = vec![0f32; b * t * d];
+    let bias_v = to_vec(&bias);
+    self_attention(
+        &to_vec(&raw),
+        3 * d,
+        with_bias.then_some(&bias_v[..]),
+        &keep_v,
+        AttnDims {
+            batch: b,
+            seq: t,
+            heads: h,
+            head_dim: hd,
+        },
+        &mut out,
+        d,
+    );
+    assert_close_f32(&out, &to_vec(&reference), Tol::F32);
+}
+
+#[test]
+fn self_attention_matches_composed_attention_with_padding() {
+    // Head sizes below, at and above the 32-wide register block; key counts below and above
+    // the 32-key score block.
+    check_self_attention(3, 5, 2, 4, 9, false);
+    check_self_attention(3, 22, 3, 32, 10, true);
+    check_self_attention(3, 37, 2, 40, 11, false);
+    check_self_attention(3, 70, 2, 64, 12, true);
+}
+
+#[test]
+fn tensor_entry_points_refuse_what_they_cannot_do() {
+    let x = randn(&[2, 8], 1).to_dtype(DType::F64).unwrap();
+    let g = randn(&[8], 2);
+    assert!(layer_norm(&x, &g, None, 1e-5).unwrap().is_none());
+    assert!(gelu_erf(&x).unwrap().is_none());
+    // Wrong parameter size.
+    let x = randn(&[2, 8], 1);
+    assert!(
+        layer_norm(&x, &randn(&[7], 2), None, 1e-5)
+            .unwrap()
+            .is_none()
+    );
+    // A transposed (non-contiguous) input still works.
+    let xt = randn(&[8, 2], 3).t().unwrap();
+    let y = layer_norm(&xt, &g, None, 1e-5).unwrap().unwrap();
+    assert_eq!(y.dims(), &[2, 8]);
+}
