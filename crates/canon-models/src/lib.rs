@@ -123,3 +123,32 @@ pub trait Encoder: Send + Sync {
     fn hidden_size(&self) -> usize;
     fn max_positions(&self) -> usize;
 }
+
+/// An encoder-decoder model (the Transformer of paper 1, T5 of paper 8).
+///
+/// Decoding keeps one self-attention KV cache per decoder layer in `cache`; the encoder states are
+/// passed on every call (a model may cache their cross-attention projections in its own way, but
+/// must give the same logits as the full decode).
+pub trait Seq2SeqLm: Send + Sync {
+    /// `src, src_mask: [b, s]` (u32 ids; mask 1 for tokens, 0 for padding) → encoder states
+    /// `[b, s, d]`.
+    fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<Tensor>;
+    /// `tgt: [b, t]` target ids continuing the prefix held in `cache` (the first call starts with
+    /// `decoder_start_id`) → logits `[b, t, vocab]`. Decoding one token at a time with the cache
+    /// equals decoding the whole prefix at once.
+    fn decode(
+        &self,
+        enc: &Tensor,
+        src_mask: &Tensor,
+        tgt: &Tensor,
+        cache: &mut Cache,
+    ) -> Result<Tensor>;
+    fn new_cache(&self) -> Cache;
+    fn vocab_size(&self) -> usize;
+    /// The id the decoder input starts with.
+    fn decoder_start_id(&self) -> u32;
+    /// The id that ends a target.
+    fn eos_id(&self) -> u32;
+    /// Longest target the decoder accepts (positions).
+    fn max_target_len(&self) -> usize;
+}

@@ -27,7 +27,7 @@ pub use embedding::Embedding;
 pub use ffn::{Mlp, SwiGlu};
 pub use kv_cache::KvCache;
 pub use linear::{Linear, Lora, Weight};
-pub use loss::{LmLoss, lm_loss};
+pub use loss::{IGNORE_INDEX, LmLoss, lm_loss, masked_cross_entropy};
 pub use moe::{DenseFfn, Moe, MoeConfig, MoeOutput};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rng::SplitMix64;

@@ -52,6 +52,67 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor, z_coef: f64) -> crate::Result<
     })
 }
 
+/// Label of a row that is not predicted (padding, unmasked positions).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Cross-entropy over the rows whose label is not `IGNORE_INDEX`, averaged over those rows, with
+/// label smoothing `eps` (the Transformer's ε_ls = 0.1): the target distribution is
+/// `(1 − ε)·onehot(y) + ε/V`, so the loss per row is `(1 − ε)(log Z − z_y) + ε(log Z − mean_j z_j)`.
+/// Returns the scalar loss and the number of predicted rows (the loss is 0 when there are none).
+pub fn masked_cross_entropy(
+    logits: &Tensor,
+    labels: &[i64],
+    eps: f64,
+) -> crate::Result<(Tensor, usize)> {
+    let (n, v) = logits.dims2()?;
+    if labels.len() != n {
+        candle_core::bail!(
+            "masked_cross_entropy: expected {n} labels for {n} rows of logits, found {}",
+            labels.len()
+        );
+    }
+    if !(0.0..1.0).contains(&eps) {
+        candle_core::bail!("label smoothing must be in [0, 1), found {eps}");
+    }
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (i, &l) in labels.iter().enumerate() {
+        if l == IGNORE_INDEX {
+            continue;
+        }
+        if l < 0 || l as usize >= v {
+            candle_core::bail!("label {l} at row {i} is outside the vocabulary of {v}");
+        }
+        rows.push(i as u32);
+        targets.push(l as u32);
+    }
+    let dev = logits.device();
+    if rows.is_empty() {
+        return Ok((Tensor::zeros((), DType::F32, dev)?, 0));
+    }
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits.clone(),
+        _ => logits.to_dtype(DType::F32)?,
+    };
+    let k = rows.len();
+    let sel = if k == n {
+        logits
+    } else {
+        logits.index_select(&Tensor::from_vec(rows, k, dev)?, 0)?
+    };
+    let lse = logsumexp(&sel)?; // [k]
+    let t = Tensor::from_vec(targets, (k, 1), dev)?;
+    let picked = sel.gather(&t, 1)?.squeeze(1)?; // [k]
+    let nll = (&lse - picked)?;
+    let per_row = if eps == 0.0 {
+        nll
+    } else {
+        let smooth = (&lse - sel.mean_keepdim(D::Minus1)?.squeeze(D::Minus1)?)?;
+        ((nll * (1.0 - eps))? + (smooth * eps)?)?
+    };
+    Ok((per_row.mean_all()?, k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +150,34 @@ mod tests {
                 assert!((g[i * 7 + j] - want).abs() < 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn masked_cross_entropy_skips_ignored_rows_and_smooths_labels() {
+        let logits = Tensor::new(
+            &[[1.0f32, 2.0, 0.5], [0.0, 0.0, 0.0], [3.0, -1.0, 0.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ln = |r: [f64; 3]| r.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let (l, k) = masked_cross_entropy(&logits, &[1, IGNORE_INDEX, 0], 0.0).unwrap();
+        assert_eq!(k, 2);
+        let want = ((ln([1.0, 2.0, 0.5]) - 2.0) + (ln([3.0, -1.0, 0.0]) - 3.0)) / 2.0;
+        assert!((l.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-6);
+        // ε = 0.1 over V = 3: q = (0.9 + 0.1/3) on the label and 0.1/3 elsewhere.
+        let (l, _) = masked_cross_entropy(&logits, &[1, IGNORE_INDEX, IGNORE_INDEX], 0.1).unwrap();
+        let lz = ln([1.0, 2.0, 0.5]);
+        let q = [0.1 / 3.0, 0.9 + 0.1 / 3.0, 0.1 / 3.0];
+        let want: f64 = [1.0, 2.0, 0.5]
+            .iter()
+            .zip(q)
+            .map(|(z, q)| -q * (z - lz))
+            .sum();
+        assert!((l.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-6);
+        // Nothing predicted: zero loss; out-of-range labels are refused.
+        let (l, k) = masked_cross_entropy(&logits, &[IGNORE_INDEX; 3], 0.1).unwrap();
+        assert_eq!((l.to_scalar::<f32>().unwrap(), k), (0.0, 0));
+        assert!(masked_cross_entropy(&logits, &[0, 3, 0], 0.0).is_err());
+        assert!(masked_cross_entropy(&logits, &[0, 1], 0.0).is_err());
     }
 }

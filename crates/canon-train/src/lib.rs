@@ -19,6 +19,7 @@ pub mod config;
 pub mod data;
 pub mod finetune;
 pub mod metrics;
+pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
