@@ -151,6 +151,7 @@ impl<'a> LmObjective<'a> {
         let Some(mem) = self.model.segment_memory() else {
             return Ok(None);
         };
+        self.model.set_noise(None);
         let (b, t) = (self.batch_size, self.block_size);
         let saved = mem.take_memory();
         let train_len = mem.mem_len();
@@ -187,6 +188,7 @@ impl<'a> LmObjective<'a> {
                 .evaluate_recurrent(mem.eval_mem_len())?
                 .unwrap_or(f64::NAN));
         }
+        self.model.set_noise(None);
         let b = self.batch_size;
         let wins = self.data.eval_windows(self.eval_batches * b, block);
         let mut sum = 0.0;
@@ -202,6 +204,9 @@ impl<'a> LmObjective<'a> {
 impl Objective for LmObjective<'_> {
     fn train_batch(&mut self, rng: &mut SplitMix64, index: u64) -> Result<BatchLoss> {
         let (b, t) = (self.batch_size, self.block_size);
+        if self.model.uses_noise() {
+            self.model.set_noise(Some(rng.next_u64()));
+        }
         let (x, y) = match self.model.segment_memory() {
             Some(mem) => {
                 // Consecutive segments; a new pass over the streams starts without memory.

@@ -50,6 +50,7 @@ fn gpt(vocab: usize, block: BlockStyle) -> GptConfig {
         rope_theta: 10000.0,
         moe: None,
         moe_every: 2,
+        dropout: 0.0,
     }
 }
 
@@ -113,6 +114,21 @@ fn resume_is_exact_bit_for_bit() {
     exact_resume(&d, ModelConfig::Gpt(gpt(v, BlockStyle::PreLn)));
     // Transformer-XL: the memory travels in the checkpoint.
     exact_resume(&d, txl(v));
+    // Dropout masks and GLaM's sampled second expert come from the checkpointed RNG.
+    exact_resume(&d, ModelConfig::Gpt(noisy_glam(v)));
+}
+
+fn noisy_glam(v: usize) -> GptConfig {
+    GptConfig {
+        moe: Some(MoeConfig {
+            n_experts: 4,
+            top_k: 2,
+            capacity_factor: 2.0,
+            second_expert: canon_nn::SecondExpert::Sampled,
+        }),
+        dropout: 0.1,
+        ..gpt(v, BlockStyle::PreLn)
+    }
 }
 
 fn exact_resume(d: &TokenData, mc: ModelConfig) {
@@ -198,15 +214,7 @@ fn every_family_learns_a_tiny_corpus() {
         ..gpt(v, BlockStyle::Parallel)
     };
     loss_falls(ModelConfig::Gpt(palm), 40);
-    let glam = GptConfig {
-        moe: Some(MoeConfig {
-            n_experts: 4,
-            top_k: 2,
-            capacity_factor: 2.0,
-        }),
-        ..gpt(v, BlockStyle::PreLn)
-    };
-    loss_falls(ModelConfig::Gpt(glam), 40);
+    loss_falls(ModelConfig::Gpt(noisy_glam(v)), 40);
     let llama = LlamaTrainConfig {
         vocab_size: v,
         n_layer: 2,
