@@ -90,11 +90,64 @@ pub fn gather_extract(hidden: &Tensor, extract: &[usize]) -> Result<Tensor> {
     Ok(flat.index_select(&Tensor::new(idx.as_slice(), hidden.device())?, 0)?)
 }
 
+/// How the extract states of an example's sequences become its logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// One sequence per example; `W_y` maps its state to class logits.
+    Single,
+    /// Similarity: two sequences (both orders) per example, states added, then `W_y`.
+    Sum,
+    /// Multiple choice: one sequence per candidate; `W_y` (one output) scores each; the logits
+    /// across candidates are those scores.
+    Choices,
+}
+
+/// Logits `[n, classes]` (or `[n, candidates]`) for `n` examples of `k` sequences each, all run as
+/// one right-padded batch; also the final hidden states `[n·k, t, d]` for the LM term.
+pub fn task_logits(
+    model: &Gpt,
+    w_y: &Linear,
+    examples: &[Vec<Vec<u32>>],
+    combine: Combine,
+    pad: u32,
+) -> Result<(Tensor, Tensor)> {
+    let n = examples.len();
+    let k = examples.first().map_or(0, Vec::len);
+    if n == 0 || k == 0 || examples.iter().any(|e| e.len() != k) {
+        return Err(ModelError::Input(format!(
+            "task batch: expected a non-empty batch with the same number of sequences per example, found {:?}",
+            examples.iter().map(Vec::len).collect::<Vec<_>>()
+        )));
+    }
+    if combine == Combine::Sum && k != 2 {
+        return Err(ModelError::Input(format!(
+            "similarity: expected 2 sequences (both orders) per example, found {k}"
+        )));
+    }
+    let flat: Vec<Vec<u32>> = examples.iter().flatten().cloned().collect();
+    let (ids, ex) = pad_batch(&flat, pad)?;
+    let (h, _) = model.forward_hidden(&ids)?;
+    let states = gather_extract(&h, &ex)?; // [n·k, d]
+    let logits = match combine {
+        Combine::Single if k == 1 => w_y.forward(&states)?,
+        Combine::Single => {
+            return Err(ModelError::Input(format!(
+                "classification: expected 1 sequence per example, found {k}"
+            )));
+        }
+        Combine::Sum => {
+            let d = states.dim(1)?;
+            w_y.forward(&states.reshape((n, 2, d))?.sum(1)?)?
+        }
+        Combine::Choices => w_y.forward(&states)?.reshape((n, k))?,
+    };
+    Ok((logits, h))
+}
+
 /// Classifier logits `[b, classes]` for right-padded task sequences.
 pub fn classify(model: &Gpt, w_y: &Linear, seqs: &[Vec<u32>], pad: u32) -> Result<Tensor> {
-    let (ids, ex) = pad_batch(seqs, pad)?;
-    let (h, _) = model.forward_hidden(&ids)?;
-    Ok(w_y.forward(&gather_extract(&h, &ex)?)?)
+    let groups: Vec<Vec<Vec<u32>>> = seqs.iter().map(|s| vec![s.clone()]).collect();
+    Ok(task_logits(model, w_y, &groups, Combine::Single, pad)?.0)
 }
 
 /// Similarity: the extract states of `[s] a [d] b [e]` and `[s] b [d] a [e]` summed, then `W_y`.
@@ -107,10 +160,8 @@ pub fn similarity(
     budget: usize,
     pad: u32,
 ) -> Result<Tensor> {
-    let (ids, ex) = pad_batch(&[tok.pair(a, b, budget), tok.pair(b, a, budget)], pad)?;
-    let (h, _) = model.forward_hidden(&ids)?;
-    let s = gather_extract(&h, &ex)?.sum_keepdim(0)?; // [1, d]
-    Ok(w_y.forward(&s)?)
+    let group = vec![tok.pair(a, b, budget), tok.pair(b, a, budget)];
+    Ok(task_logits(model, w_y, &[group], Combine::Sum, pad)?.0)
 }
 
 /// Multiple choice: one scalar per candidate (`w_y` has one output), softmax across candidates.
@@ -127,12 +178,13 @@ pub fn multiple_choice(
         .iter()
         .map(|a| tok.pair(context, a, budget))
         .collect();
-    let scores = classify(model, w_y, &seqs, pad)?.squeeze(1)?; // [k]
+    let scores = task_logits(model, w_y, &[seqs], Combine::Choices, pad)?
+        .0
+        .squeeze(0)?; // [k]
     Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
 }
 
-/// `L3 = L2 + λ·L1`: classification cross-entropy plus λ times the LM loss on the same inputs
-/// (padding positions excluded). Returns `(total, clf, lm)`.
+/// `L3 = L2 + λ·L1` for classification (one sequence per example). Returns `(total, clf, lm)`.
 pub fn finetune_loss(
     model: &Gpt,
     w_y: &Linear,
@@ -141,18 +193,46 @@ pub fn finetune_loss(
     lambda: f64,
     pad: u32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (ids, ex) = pad_batch(seqs, pad)?;
-    let (h, _) = model.forward_hidden(&ids)?;
-    let clf_logits = w_y.forward(&gather_extract(&h, &ex)?)?;
+    let groups: Vec<Vec<Vec<u32>>> = seqs.iter().map(|s| vec![s.clone()]).collect();
+    task_loss(model, w_y, &groups, Combine::Single, labels, lambda, pad)
+}
+
+/// `L3 = L2 + λ·L1` for any task: cross-entropy of the example logits (classes, or candidates for
+/// multiple choice) plus λ times the LM loss on every input sequence (padding excluded).
+/// Returns `(total, clf, lm)`.
+pub fn task_loss(
+    model: &Gpt,
+    w_y: &Linear,
+    examples: &[Vec<Vec<u32>>],
+    combine: Combine,
+    labels: &[u32],
+    lambda: f64,
+    pad: u32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if labels.len() != examples.len() {
+        return Err(ModelError::Input(format!(
+            "task batch: {} labels for {} examples",
+            labels.len(),
+            examples.len()
+        )));
+    }
+    let (clf_logits, h) = task_logits(model, w_y, examples, combine, pad)?;
+    let classes = clf_logits.dim(1)?;
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(ModelError::Input(format!(
+            "label {l} is out of range for {classes} classes or candidates"
+        )));
+    }
     let y = Tensor::new(labels, &Device::Cpu)?;
     let clf = lm_loss(&clf_logits, &y, 0.0)?.cross_entropy;
     // LM: predict token k+1 from position k, for real tokens only.
+    let seqs: Vec<&Vec<u32>> = examples.iter().flatten().collect();
     let logits = model.logits(&h)?;
     let (_, t, v) = logits.dims3()?;
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (i, s) in seqs.iter().enumerate() {
-        for k in 0..s.len() - 1 {
+        for k in 0..s.len().saturating_sub(1) {
             rows.push((i * t + k) as u32);
             targets.push(s[k + 1]);
         }

@@ -1,6 +1,8 @@
 //! GPT-1 supervised fine-tuning (Radford et al., 2018, §3.2–3.3) of a pretrained run on a text
-//! classification task, and the task this repository ships: which module group of the Python
-//! standard library a source snippet comes from.
+//! classification, similarity or multiple-choice task, and the tasks this repository builds from the
+//! Python standard library: which module group a source snippet comes from (classification);
+//! whether two snippets come from the same group (similarity, both input orders summed); which of
+//! `k` candidate endings continues a snippet (multiple choice, the Story Cloze shape).
 //!
 //! The model is the pretrained GPT with its token table (and untied output head) grown by three rows
 //! for the start, delimiter and extract tokens (new rows drawn from the init policy, pretrained rows
@@ -17,20 +19,76 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, Tensor};
 use canon_models::gpt::{Gpt, GptConfig};
-use canon_models::gpt_tasks::{TaskTokens, classify, finetune_loss};
+use canon_models::gpt_tasks::{Combine, TaskTokens, task_logits, task_loss};
 use canon_models::source::WeightSource;
 use canon_models::{ModelConfig, VarStore, WeightMode};
 use canon_nn::{Linear, SplitMix64};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::optim::{Optimizer, OptimizerConfig, Param, clip_global_norm};
 use crate::{Result, Schedule, TrainError, io_err};
 
-/// One labelled input, already tokenized (without the task tokens).
+/// Which task head and input transformation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskKind {
+    /// `[s] text [e]` → `classes` logits.
+    Classification { classes: usize },
+    /// `[s] a [d] b [e]` and `[s] b [d] a [e]`, states added → `classes` logits.
+    Similarity { classes: usize },
+    /// `[s] context [d] answer_k [e]` per candidate → one score each; the label is the right index.
+    MultipleChoice { choices: usize },
+}
+
+impl TaskKind {
+    /// Outputs of `W_y`.
+    pub fn head_outputs(&self) -> usize {
+        match *self {
+            TaskKind::Classification { classes } | TaskKind::Similarity { classes } => classes,
+            TaskKind::MultipleChoice { .. } => 1,
+        }
+    }
+    /// Distinct labels.
+    pub fn labels(&self) -> usize {
+        match *self {
+            TaskKind::Classification { classes } | TaskKind::Similarity { classes } => classes,
+            TaskKind::MultipleChoice { choices } => choices,
+        }
+    }
+    /// Token segments per example (text; a and b; context and each answer).
+    pub fn parts(&self) -> usize {
+        match *self {
+            TaskKind::Classification { .. } => 1,
+            TaskKind::Similarity { .. } => 2,
+            TaskKind::MultipleChoice { choices } => 1 + choices,
+        }
+    }
+    fn combine(&self) -> Combine {
+        match self {
+            TaskKind::Classification { .. } => Combine::Single,
+            TaskKind::Similarity { .. } => Combine::Sum,
+            TaskKind::MultipleChoice { .. } => Combine::Choices,
+        }
+    }
+}
+
+/// One labelled example, already tokenized (without the task tokens): `parts` holds the text
+/// (classification), the two texts (similarity) or the context then each candidate (multiple
+/// choice).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClfExample {
-    pub tokens: Vec<u32>,
+pub struct TaskExample {
+    pub parts: Vec<Vec<u32>>,
     pub label: u32,
+}
+
+impl TaskExample {
+    /// A classification example.
+    pub fn text(tokens: Vec<u32>, label: u32) -> Self {
+        Self {
+            parts: vec![tokens],
+            label,
+        }
+    }
 }
 
 /// A labelled snippet of text and the file it came from.
@@ -97,9 +155,9 @@ pub struct Finetuner {
     pub opt: Optimizer,
     pub tokens: TaskTokens,
     pub pad: u32,
-    /// Text tokens kept per input (`max_seq_len − 2`).
-    pub budget: usize,
-    pub classes: usize,
+    /// The pretrained model's config (its vocabulary without the task tokens).
+    pub base: GptConfig,
+    pub kind: TaskKind,
     pub cfg: FinetuneConfig,
     pub step: u64,
     rng: SplitMix64,
@@ -115,12 +173,12 @@ fn cfg_err(m: impl Into<String>) -> TrainError {
 impl Finetuner {
     /// A GPT of `base` (whose `vocab_size` is the pretraining vocabulary) with three task tokens
     /// added, and a `classes`-way head; every parameter freshly initialised from `cfg.seed`.
-    pub fn new_random(base: &GptConfig, classes: usize, cfg: FinetuneConfig) -> Result<Self> {
-        Self::build(base, classes, cfg, None)
+    pub fn new_random(base: &GptConfig, kind: TaskKind, cfg: FinetuneConfig) -> Result<Self> {
+        Self::build(base, kind, cfg, None)
     }
 
     /// Loads a pretrained GPT run folder (`model.json`, `checkpoint.safetensors` from `canon train`).
-    pub fn from_run(dir: &Path, classes: usize, cfg: FinetuneConfig) -> Result<Self> {
+    pub fn from_run(dir: &Path, kind: TaskKind, cfg: FinetuneConfig) -> Result<Self> {
         let ck = dir.join(canon_models::family::RUN_CHECKPOINT_FILE);
         if !canon_models::family::is_run_dir(dir) {
             return Err(io_err(
@@ -138,17 +196,26 @@ impl Finetuner {
                 )));
             }
         };
-        Self::build(&base, classes, cfg, Some(&ck))
+        Self::build(&base, kind, cfg, Some(&ck))
     }
 
     fn build(
         base: &GptConfig,
-        classes: usize,
+        kind: TaskKind,
         cfg: FinetuneConfig,
         pretrained: Option<&Path>,
     ) -> Result<Self> {
-        if classes < 2 {
-            return Err(cfg_err("a classification task needs at least 2 classes"));
+        if kind.labels() < 2 {
+            return Err(cfg_err(format!(
+                "a task needs at least 2 classes or candidates, found {}",
+                kind.labels()
+            )));
+        }
+        if base.max_seq_len < 5 {
+            return Err(cfg_err(format!(
+                "the model's context of {} tokens cannot hold a task input",
+                base.max_seq_len
+            )));
         }
         if cfg.batch_size == 0 || cfg.steps == 0 {
             return Err(cfg_err("batch size and steps must be positive"));
@@ -194,9 +261,9 @@ impl Finetuner {
                 var.set(&t)?;
             }
         }
-        let d = c.d_model;
-        let w = store.weight("clf.weight", &[classes, d], WeightMode::DequantizeF32)?;
-        let b = store.tensor("clf.bias", &[classes])?;
+        let (d, outs) = (c.d_model, kind.head_outputs());
+        let w = store.weight("clf.weight", &[outs, d], WeightMode::DequantizeF32)?;
+        let b = store.tensor("clf.bias", &[outs])?;
         let head = Linear::new(w, Some(b));
         let params: Vec<Param> = store
             .vars()
@@ -220,23 +287,38 @@ impl Finetuner {
             opt,
             tokens: TaskTokens::after_vocab(vocab as u32),
             pad: 0,
-            budget: c.max_seq_len - 2,
-            classes,
+            base: base.clone(),
+            kind,
             cfg,
             step: 0,
             rng,
         })
     }
 
-    fn inputs(&self, batch: &[&ClfExample]) -> Vec<Vec<u32>> {
+    /// The task's input transformation: per example, its token sequences. A text keeps
+    /// `max_seq_len − 2` tokens; each segment of a pair keeps `(max_seq_len − 3) / 2`.
+    fn inputs(&self, batch: &[&TaskExample]) -> Vec<Vec<Vec<u32>>> {
+        let n_ctx = self.base.max_seq_len;
+        let (one, two) = (n_ctx - 2, (n_ctx - 3) / 2);
+        let t = &self.tokens;
         batch
             .iter()
-            .map(|e| self.tokens.classification(&e.tokens, self.budget))
+            .map(|e| match self.kind {
+                TaskKind::Classification { .. } => vec![t.classification(&e.parts[0], one)],
+                TaskKind::Similarity { .. } => vec![
+                    t.pair(&e.parts[0], &e.parts[1], two),
+                    t.pair(&e.parts[1], &e.parts[0], two),
+                ],
+                TaskKind::MultipleChoice { .. } => e.parts[1..]
+                    .iter()
+                    .map(|a| t.pair(&e.parts[0], a, two))
+                    .collect(),
+            })
             .collect()
     }
 
     /// A class-balanced batch: row `i` draws uniformly from class `i mod classes`.
-    fn sample<'a>(&mut self, by_class: &[Vec<&'a ClfExample>]) -> Vec<&'a ClfExample> {
+    fn sample<'a>(&mut self, by_class: &[Vec<&'a TaskExample>]) -> Vec<&'a TaskExample> {
         (0..self.cfg.batch_size)
             .map(|i| {
                 let pool = &by_class[i % by_class.len()];
@@ -246,13 +328,14 @@ impl Finetuner {
     }
 
     /// One optimizer step on `batch`.
-    pub fn train_step(&mut self, batch: &[&ClfExample]) -> Result<FinetuneReport> {
+    pub fn train_step(&mut self, batch: &[&TaskExample]) -> Result<FinetuneReport> {
         let seqs = self.inputs(batch);
         let labels: Vec<u32> = batch.iter().map(|e| e.label).collect();
-        let (total, clf, lm) = finetune_loss(
+        let (total, clf, lm) = task_loss(
             &self.model,
             &self.head,
             &seqs,
+            self.kind.combine(),
             &labels,
             self.cfg.lambda,
             self.pad,
@@ -291,18 +374,70 @@ impl Finetuner {
     }
 
     /// Predicted class of each example.
-    pub fn predict(&self, examples: &[ClfExample]) -> Result<Vec<u32>> {
+    pub fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
+        check_split("prediction", examples, self.kind)?;
         let mut out = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(16) {
-            let refs: Vec<&ClfExample> = chunk.iter().collect();
-            let logits = classify(&self.model, &self.head, &self.inputs(&refs), self.pad)?;
+            let refs: Vec<&TaskExample> = chunk.iter().collect();
+            let (logits, _) = task_logits(
+                &self.model,
+                &self.head,
+                &self.inputs(&refs),
+                self.kind.combine(),
+                self.pad,
+            )?;
             out.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?);
         }
         Ok(out)
     }
 
+    /// Writes the fine-tuned weights (with optimizer state and step: a checkpoint) to
+    /// `dir/finetuned.safetensors` and the task and model description to `dir/task.json`, each
+    /// atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::checkpoint::save(
+            &dir.join(FINETUNED_FILE),
+            &self.params,
+            &self.opt,
+            crate::checkpoint::TrainState {
+                step: self.step,
+                rng_state: self.rng.state,
+            },
+            &[],
+        )?;
+        let meta = TaskFile {
+            kind: self.kind,
+            base: self.base.clone(),
+        };
+        let path = dir.join(TASK_FILE);
+        let tmp = dir.join(format!("{TASK_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(&meta).map_err(|e| io_err(&path, e))?;
+        std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
+    }
+
+    /// Loads what [`Finetuner::save`] wrote (weights, optimizer state and step), ready to predict
+    /// or to continue.
+    pub fn load(dir: &Path, cfg: FinetuneConfig) -> Result<Self> {
+        let path = dir.join(TASK_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            io_err(
+                &path,
+                format!("{e} (not a fine-tuned folder from `canon finetune-gpt1`)"),
+            )
+        })?;
+        let meta: TaskFile = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
+        let mut ft = Self::build(&meta.base, meta.kind, cfg, None)?;
+        let (st, _) = crate::checkpoint::load(&dir.join(FINETUNED_FILE), &ft.params, &mut ft.opt)?;
+        ft.step = st.step;
+        ft.rng = SplitMix64 {
+            state: st.rng_state,
+        };
+        Ok(ft)
+    }
+
     /// Fraction of `examples` classified correctly.
-    pub fn accuracy(&self, examples: &[ClfExample]) -> Result<f64> {
+    pub fn accuracy(&self, examples: &[TaskExample]) -> Result<f64> {
         if examples.is_empty() {
             return Err(TrainError::Data("no examples to evaluate".into()));
         }
@@ -321,14 +456,14 @@ impl Finetuner {
     /// final held-out accuracy.
     pub fn run(
         &mut self,
-        train: &[ClfExample],
-        test: &[ClfExample],
+        train: &[TaskExample],
+        test: &[TaskExample],
         on_step: &mut dyn FnMut(&FinetuneReport) -> Result<()>,
     ) -> Result<f64> {
-        check_split("training", train)?;
-        check_split("held-out", test)?;
-        let classes = self.classes;
-        let mut by_class: Vec<Vec<&ClfExample>> = vec![Vec::new(); classes];
+        check_split("training", train, self.kind)?;
+        check_split("held-out", test, self.kind)?;
+        let classes = self.kind.labels();
+        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); classes];
         for e in train {
             let c = by_class.get_mut(e.label as usize).ok_or_else(|| {
                 TrainError::Data(format!("label {} ≥ {classes} classes", e.label))
@@ -341,7 +476,7 @@ impl Finetuner {
             )));
         }
         let stride = test.len().div_ceil(self.cfg.eval_max.max(1));
-        let subset: Vec<ClfExample> = test.iter().step_by(stride.max(1)).cloned().collect();
+        let subset: Vec<TaskExample> = test.iter().step_by(stride.max(1)).cloned().collect();
         let mut final_acc = None;
         while self.step < self.cfg.steps {
             let batch = self.sample(&by_class);
@@ -362,20 +497,47 @@ impl Finetuner {
     }
 }
 
-fn check_split(what: &str, s: &[ClfExample]) -> Result<()> {
+fn check_split(what: &str, s: &[TaskExample], kind: TaskKind) -> Result<()> {
     if s.is_empty() {
         return Err(TrainError::Data(format!("the {what} split is empty")));
     }
-    if s.iter().any(|e| e.tokens.is_empty()) {
-        return Err(TrainError::Data(format!(
-            "the {what} split has an example with no tokens"
-        )));
+    for (i, e) in s.iter().enumerate() {
+        if e.parts.len() != kind.parts() {
+            return Err(TrainError::Data(format!(
+                "example {i} of the {what} split has {} segments; a {kind:?} task needs {}",
+                e.parts.len(),
+                kind.parts()
+            )));
+        }
+        if e.parts.iter().any(Vec::is_empty) {
+            return Err(TrainError::Data(format!(
+                "the {what} split has an example with no tokens (example {i})"
+            )));
+        }
+        if e.label as usize >= kind.labels() {
+            return Err(TrainError::Data(format!(
+                "example {i} of the {what} split has label {}; the task has {}",
+                e.label,
+                kind.labels()
+            )));
+        }
     }
     Ok(())
 }
 
+/// The fine-tuned weights file in a `canon finetune-gpt1 --out` folder.
+pub const FINETUNED_FILE: &str = "finetuned.safetensors";
+/// The task and base-model description next to it.
+pub const TASK_FILE: &str = "task.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TaskFile {
+    kind: TaskKind,
+    base: GptConfig,
+}
+
 /// Fraction of `test` in its most frequent class (the majority-class baseline).
-pub fn majority_baseline(test: &[ClfExample]) -> f64 {
+pub fn majority_baseline(test: &[TaskExample]) -> f64 {
     if test.is_empty() {
         return 0.0;
     }
@@ -466,6 +628,99 @@ pub fn module_group_task(
         }
     }
     Ok((train, test))
+}
+
+/// A labelled example as text (before tokenization); `parts` as in [`TaskExample`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextExample {
+    pub parts: Vec<String>,
+    pub label: u32,
+}
+
+/// The similarity task over labelled snippets: for each snippet, in order, a partner drawn
+/// uniformly from the same group (label 1, "same") or from the other groups (label 0) with equal
+/// probability, never itself nor a snippet of the same file. Seeded, so train and test are fixed.
+pub fn similarity_pairs(snips: &[Snippet], seed: u64) -> Result<Vec<TextExample>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = Vec::with_capacity(snips.len());
+    for (i, a) in snips.iter().enumerate() {
+        let same = rng.next_f64() < 0.5;
+        let pool: Vec<&Snippet> = snips
+            .iter()
+            .enumerate()
+            .filter(|&(j, b)| j != i && b.file != a.file && (b.label == a.label) == same)
+            .map(|(_, b)| b)
+            .collect();
+        if pool.is_empty() {
+            continue;
+        }
+        let b = pool[rng.below(pool.len())];
+        out.push(TextExample {
+            parts: vec![a.text.clone(), b.text.clone()],
+            label: same as u32,
+        });
+    }
+    if out.is_empty() {
+        return Err(TrainError::Data(
+            "the similarity task needs snippets from at least two files and two groups".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The multiple-choice task over snippets (the Story Cloze shape): each snippet of at least four
+/// lines is cut in half by lines; the context is the first half, the right ending the second half,
+/// and `choices − 1` wrong endings are second halves of snippets from other files. The right
+/// ending's position is drawn uniformly. Seeded.
+pub fn ending_choices(snips: &[Snippet], choices: usize, seed: u64) -> Result<Vec<TextExample>> {
+    if choices < 2 {
+        return Err(TrainError::Data(format!(
+            "multiple choice needs at least 2 candidates, found {choices}"
+        )));
+    }
+    let halves: Vec<(String, String, &Path)> = snips
+        .iter()
+        .filter_map(|s| {
+            let lines: Vec<&str> = s.text.split_inclusive('\n').collect();
+            (lines.len() >= 4).then(|| {
+                let h = lines.len() / 2;
+                (lines[..h].concat(), lines[h..].concat(), s.file.as_path())
+            })
+        })
+        .collect();
+    let mut rng = SplitMix64::new(seed);
+    let mut out = Vec::with_capacity(halves.len());
+    for (i, (ctx, end, file)) in halves.iter().enumerate() {
+        let others: Vec<usize> = (0..halves.len())
+            .filter(|&j| j != i && halves[j].2 != *file)
+            .collect();
+        if others.len() < choices - 1 {
+            continue;
+        }
+        let mut wrong = Vec::with_capacity(choices - 1);
+        while wrong.len() < choices - 1 {
+            let j = others[rng.below(others.len())];
+            if !wrong.contains(&j) {
+                wrong.push(j);
+            }
+        }
+        let right = rng.below(choices);
+        let mut cands: Vec<String> = wrong.iter().map(|&j| halves[j].1.clone()).collect();
+        cands.insert(right, end.clone());
+        let mut parts = vec![ctx.clone()];
+        parts.extend(cands);
+        out.push(TextExample {
+            parts,
+            label: right as u32,
+        });
+    }
+    if out.is_empty() {
+        return Err(TrainError::Data(format!(
+            "no snippet of at least 4 lines has {} wrong endings from other files",
+            choices - 1
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,8 +1,15 @@
 //! `canon finetune-gpt1`: GPT-1 supervised fine-tuning (paper 2, §3.2–3.3) of a run that
-//! `canon train --config configs/gpt1.toml` pretrained, on a classification task built from the
-//! Python standard library of this machine: which module group (default `email/`+`http/` vs
-//! `json/`+`xml/`) a source snippet comes from, held out by file. Inputs are `[s] snippet [e]`, the
-//! loss is `L2 + 0.5·L1`; `metrics.jsonl` in `--out` logs every step and the held-out accuracy.
+//! `canon train --config configs/gpt1.toml` pretrained, on a task built from the Python standard
+//! library of this machine, held out by file:
+//! - `classify`: which module group (default `email/`+`http/` vs `json/`+`xml/`) a snippet comes
+//!   from; inputs `[s] snippet [e]`;
+//! - `similarity`: whether two snippets come from the same group; both orders `[s] a [d] b [e]`,
+//!   states added;
+//! - `choice`: which of `--choices` endings continues a snippet's first half; one
+//!   `[s] context [d] ending [e]` per candidate, softmax across them.
+//!
+//! The loss is `L2 + 0.5·L1`; `--out` receives `metrics.jsonl` (every step and the held-out
+//! accuracy), the fine-tuned weights (`finetuned.safetensors`) and `task.json`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,21 +17,30 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use canon_models::family::RUN_TOKENIZER_FILE;
 use canon_train::finetune::{
-    ClfExample, FinetuneConfig, Finetuner, Snippet, majority_baseline, module_group_task,
+    FinetuneConfig, Finetuner, Snippet, TaskExample, TaskKind, TextExample, ending_choices,
+    majority_baseline, module_group_task, similarity_pairs,
 };
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::Ctx;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   canon train --config configs/gpt1.toml --out runs/gpt1
-  canon --threads 2 finetune-gpt1 --pretrained runs/gpt1 --out runs/gpt1-ft")]
+  canon --threads 2 finetune-gpt1 --pretrained runs/gpt1 --out runs/gpt1-ft
+  canon finetune-gpt1 --pretrained runs/gpt1 --task similarity --out runs/gpt1-sim
+  canon finetune-gpt1 --pretrained runs/gpt1 --task choice --choices 2 --out runs/gpt1-mc")]
 pub struct FinetuneArgs {
+    /// The task and its input transformation.
+    #[arg(long, value_enum, default_value_t = Task::Classify)]
+    pub task: Task,
+    /// Candidates per multiple-choice question (the right ending and wrong ones).
+    #[arg(long, default_value_t = 2)]
+    pub choices: usize,
     /// The pretrained GPT run folder (from `canon train`).
     #[arg(long, value_name = "DIR")]
     pub pretrained: PathBuf,
-    /// Folder for metrics.jsonl.
+    /// Folder for metrics.jsonl, the fine-tuned weights and task.json.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Standard-library directories of class 0 (comma-separated).
@@ -55,6 +71,16 @@ pub struct FinetuneArgs {
     pub eval_max: usize,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Which module group a snippet comes from.
+    Classify,
+    /// Whether two snippets come from the same module group.
+    Similarity,
+    /// Which candidate ending continues a snippet.
+    Choice,
+}
+
 pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let say = |s: String| {
         if !ctx.quiet {
@@ -75,7 +101,12 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         eval_max: a.eval_max,
         ..FinetuneConfig::default()
     };
-    let mut ft = Finetuner::from_run(&a.pretrained, 2, cfg)
+    let kind = match a.task {
+        Task::Classify => TaskKind::Classification { classes: 2 },
+        Task::Similarity => TaskKind::Similarity { classes: 2 },
+        Task::Choice => TaskKind::MultipleChoice { choices: a.choices },
+    };
+    let mut ft = Finetuner::from_run(&a.pretrained, kind, cfg)
         .with_context(|| format!("cannot load the pretrained run {}", a.pretrained.display()))?;
     let tok_path = a.pretrained.join(RUN_TOKENIZER_FILE);
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
@@ -87,34 +118,59 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &[a.group_a.clone(), a.group_b.clone()],
         a.snippet_bytes,
     )?;
-    let encode = |s: &[Snippet]| -> anyhow::Result<Vec<ClfExample>> {
-        s.iter()
-            .map(|s| {
-                let enc = tok
-                    .encode(s.text.as_str(), false)
-                    .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-                Ok(ClfExample {
-                    tokens: enc.get_ids().to_vec(),
+    let texts = |s: &[Snippet], seed: u64| -> anyhow::Result<Vec<TextExample>> {
+        Ok(match a.task {
+            Task::Classify => s
+                .iter()
+                .map(|s| TextExample {
+                    parts: vec![s.text.clone()],
                     label: s.label,
+                })
+                .collect(),
+            Task::Similarity => similarity_pairs(s, seed)?,
+            Task::Choice => ending_choices(s, a.choices, seed)?,
+        })
+    };
+    let encode = |v: Vec<TextExample>| -> anyhow::Result<Vec<TaskExample>> {
+        v.into_iter()
+            .map(|e| {
+                let parts = e
+                    .parts
+                    .iter()
+                    .map(|p| {
+                        tok.encode(p.as_str(), false)
+                            .map(|enc| enc.get_ids().to_vec())
+                            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok(TaskExample {
+                    parts,
+                    label: e.label,
                 })
             })
             .collect()
     };
-    let (train, test) = (encode(&train_s)?, encode(&test_s)?);
-    let count = |v: &[ClfExample], l: u32| v.iter().filter(|e| e.label == l).count();
+    let train = encode(texts(&train_s, a.seed)?)?;
+    let test = encode(texts(&test_s, a.seed ^ 0x7E57)?)?;
+    let labels = kind.labels();
+    let counts = |v: &[TaskExample]| -> String {
+        (0..labels as u32)
+            .map(|l| v.iter().filter(|e| e.label == l).count().to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     let baseline = majority_baseline(&test);
     say(format!(
-        "task: {} vs {} in {}: {} train snippets ({} / {}), {} held-out ({} / {}) from other files; \
+        "task {:?} over {} vs {} in {}: {} train examples ({}), {} held-out ({}) from other files; \
          majority-class baseline {:.1} %",
+        a.task,
         a.group_a.join("+"),
         a.group_b.join("+"),
         stdlib.display(),
         train.len(),
-        count(&train, 0),
-        count(&train, 1),
+        counts(&train),
         test.len(),
-        count(&test, 0),
-        count(&test, 1),
+        counts(&test),
         100.0 * baseline
     ));
     say(format!(
@@ -154,12 +210,15 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
+    ft.save(&a.out)
+        .with_context(|| format!("cannot save the fine-tuned model in {}", a.out.display()))?;
     println!(
-        "held-out accuracy {:.1} % on {} snippets (majority-class baseline {:.1} %); metrics in {}",
+        "held-out accuracy {:.1} % on {} examples (majority-class baseline {:.1} %); metrics and \
+         fine-tuned weights in {}",
         100.0 * acc,
         test.len(),
         100.0 * baseline,
-        mpath.display()
+        a.out.display()
     );
     Ok(())
 }
