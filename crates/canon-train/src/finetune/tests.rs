@@ -205,7 +205,7 @@ fn snippets_split_at_lines_and_files_are_held_out_whole() {
 /// Similarity: label 1 when both texts come from the same half of the vocabulary.
 fn synthetic_pairs(n: usize, seed: u64) -> Vec<TaskExample> {
     let mut r = SplitMix64::new(seed);
-    let mut text = |half: u32, r: &mut SplitMix64| -> Vec<u32> {
+    let text = |half: u32, r: &mut SplitMix64| -> Vec<u32> {
         (0..2 + r.below(3))
             .map(|_| 1 + 5 * half + r.below(5) as u32)
             .collect()
