@@ -17,6 +17,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod ernie_data;
+pub mod transe;
 pub mod finetune;
 pub mod metrics;
 pub mod objectives;
