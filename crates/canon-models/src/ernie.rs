@@ -18,6 +18,8 @@
 //! auto-encoder (eq. 8): `p(e_j | w_i) = softmax_j((W w_i)ᵀ e_j)` over the candidate entities of the
 //! sequence; `W w_i` is the reference `BertEntPredictionHead` transform `LN(GELU(dense(w_i)))`.
 //!
+//! The last aggregator has no entity output map (`e_j`): nothing reads its entity states.
+//!
 //! Deviations: every K-layer is a full aggregator (the reference's `layer_types` list also has "mix"
 //! layers without entity attention); no NSP head; sizes are configurable (paper: N = 6, M = 6,
 //! d = 768 / 12 heads, k = 100 / 4 heads).
@@ -162,8 +164,9 @@ pub struct Aggregator {
     pub fuse_ent: Linear,
     pub out_tok: Linear,
     pub out_tok_norm: LayerNorm,
-    pub out_ent: Linear,
-    pub out_ent_norm: LayerNorm,
+    /// W_e, b_e and the entity LayerNorm; none in the last layer, whose entity states nothing
+    /// reads (no gradient could reach them).
+    pub out_ent: Option<(Linear, LayerNorm)>,
     pub act: Activation,
 }
 
@@ -185,10 +188,11 @@ impl Aggregator {
             .act
             .forward(&(self.fuse_tok.forward(&wt)? + ent_term)?)?;
         let w2 = self.out_tok_norm.forward(&(&wt + self.out_tok.forward(&h)?)?)?;
-        let e2 = self
-            .out_ent_norm
-            .forward(&(&et + self.out_ent.forward(&h)?)?)?
-            .broadcast_mul(&m)?;
+        let e2 = match &self.out_ent {
+            Some((dense, norm)) => norm.forward(&(&et + dense.forward(&h)?)?)?,
+            None => et,
+        }
+        .broadcast_mul(&m)?;
         Ok((w2, e2))
     }
 }
@@ -232,7 +236,8 @@ impl EntityInput {
 pub struct ErnieOutput {
     /// `[b, t, d]`
     pub tokens: Tensor,
-    /// `[b, t, k]` (zero where no entity); the input vectors when there is no K-Encoder.
+    /// `[b, t, k]` (zero where no entity): the last layer's entity attention output ẽ; the input
+    /// vectors when there is no K-Encoder.
     pub entities: Tensor,
 }
 
@@ -246,9 +251,8 @@ pub struct Ernie {
     mlm_norm: LayerNorm,
     word_embeddings: Tensor,
     mlm_bias: Tensor,
-    /// dEA head transform (d → k) and its LayerNorm.
-    dea_dense: Linear,
-    dea_norm: LayerNorm,
+    /// dEA head transform (d → k) and its LayerNorm; none without a K-Encoder.
+    dea: Option<(Linear, LayerNorm)>,
 }
 
 impl Ernie {
@@ -293,8 +297,14 @@ impl Ernie {
                 fuse_ent: lin(&format!("{p}.intermediate.dense_ent"), inter, k)?,
                 out_tok: lin(&format!("{p}.output.dense"), d, inter)?,
                 out_tok_norm: ln(&format!("{p}.output.LayerNorm"), d)?,
-                out_ent: lin(&format!("{p}.output_ent.dense"), k, inter)?,
-                out_ent_norm: ln(&format!("{p}.output_ent.LayerNorm"), k)?,
+                out_ent: if i + 1 < c.k_layers {
+                    Some((
+                        lin(&format!("{p}.output_ent.dense"), k, inter)?,
+                        ln(&format!("{p}.output_ent.LayerNorm"), k)?,
+                    ))
+                } else {
+                    None
+                },
                 act: c.hidden_act,
             });
         }
@@ -303,8 +313,14 @@ impl Ernie {
             mlm_norm: ln("cls.predictions.transform.LayerNorm", d)?,
             word_embeddings: src.tensor("embeddings.word_embeddings.weight", &[c.vocab_size, d])?,
             mlm_bias: src.tensor("cls.predictions.bias", &[c.vocab_size])?,
-            dea_dense: lin("cls.entity.transform.dense", k, d)?,
-            dea_norm: ln("cls.entity.transform.LayerNorm", k)?,
+            dea: if c.k_layers > 0 {
+                Some((
+                    lin("cls.entity.transform.dense", k, d)?,
+                    ln("cls.entity.transform.LayerNorm", k)?,
+                ))
+            } else {
+                None
+            },
             t_encoder,
             k_encoder,
             config,
@@ -342,9 +358,15 @@ impl Ernie {
     }
 
     /// The dEA projection `W w_i`: token states `[.., d]` → `[.., k]`.
+    /// Errors for a model without a K-Encoder (a plain BERT has no dEA head).
     pub fn dea_project(&self, h: &Tensor) -> Result<Tensor> {
-        let x = self.config.hidden_act.forward(&self.dea_dense.forward(h)?)?;
-        Ok(self.dea_norm.forward(&x)?)
+        let Some((dense, norm)) = &self.dea else {
+            return Err(ModelError::Input(
+                "a model without K-Encoder layers has no dEA head".into(),
+            ));
+        };
+        let x = self.config.hidden_act.forward(&dense.forward(h)?)?;
+        Ok(norm.forward(&x)?)
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::VarStore;
-use candle_core::{Device, Var};
+use candle_core::Device;
 use canon_testkit::{Tol, assert_close, randn, to_vec};
 
 fn cfg(t_layers: usize, k_layers: usize) -> ErnieConfig {
@@ -231,7 +231,6 @@ fn gradients_reach_every_parameter_and_bad_inputs_are_refused() {
     let small = EntityInput::lookup(&table, &[0; 10], 1, 10).unwrap();
     let err = ernie.forward(&ids, &mask, &small).unwrap_err().to_string();
     assert!(err.contains("entity input"), "{err}");
-    let _ = Var::from_tensor(&table).unwrap();
     let mut bad = cfg(1, 1);
     bad.entity_heads = 3;
     assert!(Ernie::load(bad, &store(1)).unwrap_err().to_string().contains("entity_heads"));

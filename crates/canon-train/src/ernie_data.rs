@@ -27,10 +27,10 @@
 //! Mention alignment (exact match, see [`Linker`]): a run of words `a.b.c` written without spaces is
 //! tried longest prefix first as (1) a qualified entity name, (2) a name defined in the paragraph's
 //! module, (3) an import alias of that module; a single word also as (4) a class or function name
-//! defined exactly once in the graph. A single word that matches only a module, or a name that is a
-//! plain lower-case word, is accepted only when it looks like code: it contains `_`, a digit or an
-//! upper-case letter after the first, or is followed by `(`; a module name also when next to the word
-//! `module` or after `import`; a capitalised class name also when it does not start a sentence. The
+//! defined exactly once in the graph. A single word is accepted only when it looks like code: it
+//! heads a dotted name (`math` in `math.pi`), contains `_`, a digit or an upper-case letter after the
+//! first, or is followed by `(`; a module name also when next to the word `module` or after
+//! `import`; a capitalised class name also when it does not start a sentence. The
 //! entity is aligned to the *first word* of the mention (as in the paper); the other words of the
 //! mention carry no entity.
 
@@ -466,7 +466,10 @@ impl KnowledgeGraph {
                     } else {
                         src.to_string()
                     };
-                    aliases.push((String::new(), src_mod.clone()));
+                    if names.trim() == "*" {
+                        // Only the source module is known (a non-module name below imports it too).
+                        aliases.push((String::new(), src_mod.clone()));
+                    }
                     for part in names.split(',') {
                         let w: Vec<&str> = part.split_whitespace().collect();
                         let (name, alias) = match w.as_slice() {
@@ -766,7 +769,7 @@ impl<'a> Linker<'a> {
                 let name = name.join(".");
                 let last = comps[k - 1];
                 let next = w.get(last + 1).map(|x| x.text.as_str());
-                if let Some(e) = self.candidate(&name, module, k, w, i, next) {
+                if let Some(e) = self.candidate(&name, module, k, comps.len() > 1, w, i, next) {
                     found = Some((e, last));
                     break;
                 }
@@ -782,11 +785,13 @@ impl<'a> Linker<'a> {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn candidate(
         &self,
         name: &str,
         module: &str,
         parts: usize,
+        dotted: bool,
         w: &[Word],
         i: usize,
         next: Option<&str>,
@@ -802,6 +807,7 @@ impl<'a> Linker<'a> {
         }
         let prev = i.checked_sub(1).map(|p| w[p].text.as_str());
         let ok = code_like(name)
+            || dotted
             || next == Some("(")
             || match kg.entities[e as usize].kind {
                 EntityKind::Module => {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod ernie_data;
+pub mod ernie_train;
 pub mod finetune;
 pub mod metrics;
 pub mod objectives;

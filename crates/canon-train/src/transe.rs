@@ -297,7 +297,7 @@ impl TransE {
                     Norm::L2 => diff.sqr()?.sum(D::Minus1)?,
                 }
                 .to_vec1()?;
-                let truth = if count % 2 == 0 { tr.t } else { tr.h } as usize;
+                let truth = (if count % 2 == 0 { tr.t } else { tr.h }) as usize;
                 let rank = 1 + (0..n).filter(|&j| d[j] < d[truth]).count();
                 rank_sum += rank as f64;
                 hits += usize::from(rank <= 10);
