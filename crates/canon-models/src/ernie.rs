@@ -142,7 +142,9 @@ impl AttnBlock {
         let hd = n / self.heads;
         // [b, t, n] -> [b, t, h, hd] -> [b, h, t, hd]
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
@@ -187,7 +189,9 @@ impl Aggregator {
         let h = self
             .act
             .forward(&(self.fuse_tok.forward(&wt)? + ent_term)?)?;
-        let w2 = self.out_tok_norm.forward(&(&wt + self.out_tok.forward(&h)?)?)?;
+        let w2 = self
+            .out_tok_norm
+            .forward(&(&wt + self.out_tok.forward(&h)?)?)?;
         let e2 = match &self.out_ent {
             Some((dense, norm)) => norm.forward(&(&et + dense.forward(&h)?)?)?,
             None => et,
@@ -265,7 +269,11 @@ impl Ernie {
         let (d, k, inter) = (c.hidden_size, c.entity_dim, c.intermediate_size);
         let lin = |p: &str, out: usize, inp: usize| -> Result<Linear> {
             Ok(Linear::new(
-                src.weight(&format!("{p}.weight"), &[out, inp], WeightMode::DequantizeF32)?,
+                src.weight(
+                    &format!("{p}.weight"),
+                    &[out, inp],
+                    WeightMode::DequantizeF32,
+                )?,
                 Some(src.tensor(&format!("{p}.bias"), &[out])?),
             ))
         };
@@ -352,9 +360,13 @@ impl Ernie {
 
     /// MLM logits `[n, vocab]` for token states `[n, d]`.
     pub fn mlm_logits(&self, h: &Tensor) -> Result<Tensor> {
-        let x = self.config.hidden_act.forward(&self.mlm_dense.forward(h)?)?;
+        let x = self
+            .config
+            .hidden_act
+            .forward(&self.mlm_dense.forward(h)?)?;
         let x = self.mlm_norm.forward(&x)?;
-        Ok(x.matmul(&self.word_embeddings.t()?)?.broadcast_add(&self.mlm_bias)?)
+        Ok(x.matmul(&self.word_embeddings.t()?)?
+            .broadcast_add(&self.mlm_bias)?)
     }
 
     /// The dEA projection `W w_i`: token states `[.., d]` → `[.., k]`.

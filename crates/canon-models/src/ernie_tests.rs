@@ -65,7 +65,9 @@ impl WeightSource for AsBert<'_> {
 fn batch() -> (Tensor, Tensor) {
     let dev = &Device::Cpu;
     let ids: Vec<u32> = (0..2 * 10).map(|i| ((i * 7 + 5) % 30) as u32).collect();
-    let mask: Vec<f32> = (0..20).map(|i| f32::from(u8::from(i < 10 || i % 10 < 6))).collect();
+    let mask: Vec<f32> = (0..20)
+        .map(|i| f32::from(u8::from(i < 10 || i % 10 < 6)))
+        .collect();
     (
         Tensor::from_vec(ids, (2, 10), dev).unwrap(),
         Tensor::from_vec(mask, (2, 10), dev).unwrap(),
@@ -122,7 +124,10 @@ fn an_entity_enters_at_its_first_token_only_and_spreads_downstream() {
     let table_b = Tensor::from_vec(tb, (3, 8), &Device::Cpu).unwrap();
     let run = |m: &Ernie, table: &Tensor| {
         let e = EntityInput::lookup(table, &ent_ids, 2, 10).unwrap();
-        assert_eq!(to_vec(&e.mask)[..10], [0., 0., 0., 1., 0., 0., 0., 1., 0., 0.]);
+        assert_eq!(
+            to_vec(&e.mask)[..10],
+            [0., 0., 0., 1., 0., 0., 0., 1., 0., 0.]
+        );
         to_vec(&m.forward(&ids, &mask, &e).unwrap().tokens)
     };
     let d = 16;
@@ -197,7 +202,10 @@ fn dea_head_shapes_scaled_gold_and_permutation() {
     assert!((l.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-6);
     // Padding candidates are never chosen.
     let lg = dea_logits(&p, &cc, &Tensor::new(&[[0f32, 1.0]], dev).unwrap()).unwrap();
-    assert_eq!(to_vec(&lg.argmax(2).unwrap().to_dtype(DType::F32).unwrap()), [1.0, 1.0]);
+    assert_eq!(
+        to_vec(&lg.argmax(2).unwrap().to_dtype(DType::F32).unwrap()),
+        [1.0, 1.0]
+    );
 }
 
 #[test]
@@ -216,8 +224,12 @@ fn gradients_reach_every_parameter_and_bad_inputs_are_refused() {
     let mlm = ernie.mlm_logits(&h).unwrap();
     let proj = ernie.dea_project(&out.tokens).unwrap();
     let cands = table.unsqueeze(0).unwrap().repeat((2, 1, 1)).unwrap();
-    let dl = dea_logits(&proj, &cands, &Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap())
-        .unwrap();
+    let dl = dea_logits(
+        &proj,
+        &cands,
+        &Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
     let total = (mlm.sqr().unwrap().mean_all().unwrap()
         + dl.sqr().unwrap().mean_all().unwrap()
         + out.entities.sqr().unwrap().mean_all().unwrap())
@@ -226,7 +238,9 @@ fn gradients_reach_every_parameter_and_bad_inputs_are_refused() {
     let vars = vs.vars();
     assert!(vars.len() > 40);
     for (name, v, _) in &vars {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
         // A key bias adds the same q·b to every score of a query, which softmax cancels: its
         // gradient is zero in exact arithmetic.
         if !name.ends_with("key.bias") {
@@ -241,5 +255,10 @@ fn gradients_reach_every_parameter_and_bad_inputs_are_refused() {
     assert!(err.contains("entity input"), "{err}");
     let mut bad = cfg(1, 1);
     bad.entity_heads = 3;
-    assert!(Ernie::load(bad, &store(1)).unwrap_err().to_string().contains("entity_heads"));
+    assert!(
+        Ernie::load(bad, &store(1))
+            .unwrap_err()
+            .to_string()
+            .contains("entity_heads")
+    );
 }

@@ -300,7 +300,8 @@ fn called_names(t: &str) -> Vec<&str> {
     let mut i = 0;
     while i < b.len() {
         let is_start = (b[i].is_ascii_alphabetic() || b[i] == b'_')
-            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.'));
+            && (i == 0
+                || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.'));
         if !is_start {
             i += 1;
             continue;
@@ -747,7 +748,9 @@ impl<'a> Linker<'a> {
         let mut out = vec![None; w.len()];
         let mut i = 0;
         while i < w.len() {
-            if !is_identifier(&w[i].text) || (i > 0 && w[i - 1].text == "." && w[i - 1].end == w[i].start) {
+            if !is_identifier(&w[i].text)
+                || (i > 0 && w[i - 1].text == "." && w[i - 1].end == w[i].start)
+            {
                 i += 1;
                 continue;
             }

@@ -51,7 +51,9 @@ fn triple(kg: &KnowledgeGraph, h: &str, r: Relation, t: &str) -> bool {
     let (Some(h), Some(t)) = (kg.id(h), kg.id(t)) else {
         return false;
     };
-    kg.triples.binary_search(&Triple { h, r: r as u32, t }).is_ok()
+    kg.triples
+        .binary_search(&Triple { h, r: r as u32, t })
+        .is_ok()
 }
 
 #[test]
@@ -114,7 +116,9 @@ fn text_units_and_exact_match_alignment() {
     let kg = KnowledgeGraph::build(&files);
     let units = text_units(&files);
     let texts: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
-    assert!(texts.contains(&"The Shape class is the base of Circle; use make_circle() to build one."));
+    assert!(
+        texts.contains(&"The Shape class is the base of Circle; use make_circle() to build one.")
+    );
     assert!(texts.contains(&"uses math.pi and util.square to compute the area of a circle"));
     // "Geometric shapes for drawing." has 5 words: dropped.
     assert!(!texts.iter().any(|t| t.starts_with("Geometric")));
@@ -125,7 +129,9 @@ fn text_units_and_exact_match_alignment() {
             .link(&w, module)
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.map(|e| (w[i].text.clone(), kg.entities[e as usize].name.clone())))
+            .filter_map(|(i, e)| {
+                e.map(|e| (w[i].text.clone(), kg.entities[e as usize].name.clone()))
+            })
             .collect()
     };
     // Capitalised class names not at a sentence start, `name(`, dotted names through aliases.

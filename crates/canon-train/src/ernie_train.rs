@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
-use canon_models::ernie::{Ernie, EntityInput, dea_accuracy, dea_logits, dea_loss};
+use canon_models::ernie::{EntityInput, Ernie, dea_accuracy, dea_logits, dea_loss};
 use canon_nn::{IGNORE_INDEX, Linear, SplitMix64, masked_cross_entropy};
 use serde::{Deserialize, Serialize};
 
@@ -92,9 +92,12 @@ impl Vocab {
 
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        let words: Vec<String> = serde_json::from_str(&text).map_err(|e| TrainError::Data(
-            format!("{}: not a vocabulary (a JSON list of words): {e}", path.display()),
-        ))?;
+        let words: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+            TrainError::Data(format!(
+                "{}: not a vocabulary (a JSON list of words): {e}",
+                path.display()
+            ))
+        })?;
         if words.len() <= SPECIALS.len() || words[..SPECIALS.len()] != SPECIALS {
             return Err(TrainError::Data(format!(
                 "{}: a vocabulary must start with {SPECIALS:?}",
@@ -115,9 +118,9 @@ pub struct Sequence {
 /// Whether a module's text is held out (about 1 in 20 modules, by a hash of its name).
 pub fn held_out(module: &str) -> bool {
     // FNV-1a: stable across runs and platforms.
-    let h = module
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     h % 20 == 7
 }
 
@@ -233,11 +236,7 @@ pub struct Batch {
 pub fn pad_batch(rows: &[(Vec<u32>, Vec<i64>)], table: &Tensor) -> Result<Batch> {
     let b = rows.len();
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(1).max(1);
-    let (mut ids, mut mask, mut ents) = (
-        vec![PAD; b * t],
-        vec![0f32; b * t],
-        vec![-1i64; b * t],
-    );
+    let (mut ids, mut mask, mut ents) = (vec![PAD; b * t], vec![0f32; b * t], vec![-1i64; b * t]);
     for (i, (x, e)) in rows.iter().enumerate() {
         ids[i * t..i * t + x.len()].copy_from_slice(x);
         ents[i * t..i * t + e.len()].copy_from_slice(e);
@@ -295,7 +294,9 @@ pub fn pretrain_batch(
                 if l < 0 {
                     IGNORE_INDEX
                 } else {
-                    cand.iter().position(|&x| x == l).map_or(IGNORE_INDEX, |p| p as i64)
+                    cand.iter()
+                        .position(|&x| x == l)
+                        .map_or(IGNORE_INDEX, |p| p as i64)
                 }
             })
             .collect();
@@ -416,7 +417,14 @@ impl PretrainObjective {
             let seqs: Vec<&Sequence> = (0..batch_size)
                 .map(|j| &data.val[(i * batch_size + j) * 7919 % n])
                 .collect();
-            eval.push(pretrain_batch(&seqs, &data.table, data.vocab_size, &mlm, &dea, &mut rng)?);
+            eval.push(pretrain_batch(
+                &seqs,
+                &data.table,
+                data.vocab_size,
+                &mlm,
+                &dea,
+                &mut rng,
+            )?);
         }
         Ok(Self {
             model,
@@ -466,7 +474,12 @@ impl Objective for PretrainObjective {
                 dea += f64::from(x.to_scalar::<f32>()?);
                 n_dea_b += 1;
             }
-            (mc, mn, dc, dn) = (mc + l.mlm_correct, mn + l.mlm_count, dc + l.dea_correct, dn + l.dea_count);
+            (mc, mn, dc, dn) = (
+                mc + l.mlm_correct,
+                mn + l.mlm_count,
+                dc + l.dea_correct,
+                dn + l.dea_count,
+            );
             // Chance level of the dEA choice: 1 / (number of candidates) per labelled position.
             let cm: Vec<f32> = pb.cand_mask.sum(1)?.to_vec1()?;
             let t = pb.batch.t;
@@ -569,7 +582,8 @@ impl Objective for TypingObjective {
         let labels: Vec<i64> = ex.iter().map(|x| x.label as i64).collect();
         let (loss, _) = masked_cross_entropy(&logits, &labels, 0.0)?;
         let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-        let acc = pred.iter().zip(&ex).filter(|(p, x)| **p == x.label).count() as f64 / ex.len() as f64;
+        let acc =
+            pred.iter().zip(&ex).filter(|(p, x)| **p == x.label).count() as f64 / ex.len() as f64;
         let tokens = ex.iter().map(|x| self.data.train[x.seq].ids.len()).sum();
         Ok(BatchLoss {
             loss: f64::from(loss.to_scalar::<f32>()?),
@@ -605,7 +619,10 @@ impl Objective for TypingObjective {
         ];
         for k in EntityKind::ALL {
             let (c, t) = per_kind[k.index()];
-            out.push((format!("eval_accuracy_{}", k.name()), c as f64 / t.max(1) as f64));
+            out.push((
+                format!("eval_accuracy_{}", k.name()),
+                c as f64 / t.max(1) as f64,
+            ));
         }
         Ok(out)
     }

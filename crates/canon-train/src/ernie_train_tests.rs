@@ -9,12 +9,17 @@ use canon_nn::Activation;
 #[test]
 fn dea_corruption_follows_the_reference_proportions() {
     // 1e5 aligned positions among 2e5 (every other position unaligned).
-    let ents: Vec<i64> = (0..200_000).map(|i| if i % 2 == 0 { (i / 2 % 50) as i64 } else { -1 }).collect();
+    let ents: Vec<i64> = (0..200_000)
+        .map(|i| if i % 2 == 0 { (i / 2 % 50) as i64 } else { -1 })
+        .collect();
     let c = corrupt_alignments(&ents, 50, &DeaConfig::default(), &mut SplitMix64::new(5));
     let (mut rep, mut masked, mut kept) = (0usize, 0usize, 0usize);
     for (i, &e) in ents.iter().enumerate() {
         if e < 0 {
-            assert_eq!(c.labels[i], IGNORE_INDEX, "unaligned positions carry no label");
+            assert_eq!(
+                c.labels[i], IGNORE_INDEX,
+                "unaligned positions carry no label"
+            );
             assert_eq!(c.input[i], -1);
             continue;
         }
@@ -115,14 +120,23 @@ fn train_cfg(steps: u64, lr: f64) -> TrainConfig {
 fn pretrain_batch_candidates_and_labels_agree() {
     let data = tiny_corpus();
     let seqs: Vec<&Sequence> = data.train.iter().take(4).collect();
-    let pb = pretrain_batch(&seqs, &data.table, 40, &MlmConfig::default(), &DeaConfig::default(), &mut SplitMix64::new(1)).unwrap();
+    let pb = pretrain_batch(
+        &seqs,
+        &data.table,
+        40,
+        &MlmConfig::default(),
+        &DeaConfig::default(),
+        &mut SplitMix64::new(1),
+    )
+    .unwrap();
     let t = pb.batch.t;
     let (_, c, k) = pb.candidates.dims3().unwrap();
     let cand = pb.candidates.to_vec3::<f32>().unwrap();
     let table = data.table.to_vec2::<f32>().unwrap();
     let cm = pb.cand_mask.to_vec2::<f32>().unwrap();
     for (i, s) in seqs.iter().enumerate() {
-        let distinct: std::collections::BTreeSet<i64> = s.ents.iter().copied().filter(|&e| e >= 0).collect();
+        let distinct: std::collections::BTreeSet<i64> =
+            s.ents.iter().copied().filter(|&e| e >= 0).collect();
         assert_eq!(cm[i].iter().sum::<f32>() as usize, distinct.len());
         for p in 0..t {
             let l = pb.dea_labels[i * t + p];
@@ -148,11 +162,22 @@ fn pretraining_gradient_reaches_every_parameter_and_the_loss_falls() {
     assert!(l.extra.iter().any(|(k, _)| k == "dea_loss"));
     let grads = l.total.backward().unwrap();
     for (name, v, _) in vs.vars() {
-        let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
         // A key bias adds the same q·b to every score of a query: softmax cancels it, so its
         // gradient is zero in exact arithmetic (it is still computed).
         if !name.ends_with("key.bias") {
-            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}");
+            assert!(
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0,
+                "{name}"
+            );
         }
     }
     let before = obj.evaluate().unwrap();
@@ -163,8 +188,14 @@ fn pretraining_gradient_reaches_every_parameter_and_the_loss_falls() {
     }
     let after = obj.evaluate().unwrap();
     let get = |m: &[(String, f64)], k: &str| m.iter().find(|x| x.0 == k).unwrap().1;
-    assert!(get(&after, "eval_loss") < get(&before, "eval_loss") - 0.3, "{before:?} -> {after:?}");
-    assert!(get(&after, "eval_dea_loss") < get(&before, "eval_dea_loss"), "{before:?} -> {after:?}");
+    assert!(
+        get(&after, "eval_loss") < get(&before, "eval_loss") - 0.3,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        get(&after, "eval_dea_loss") < get(&before, "eval_dea_loss"),
+        "{before:?} -> {after:?}"
+    );
 }
 
 #[test]
@@ -175,7 +206,10 @@ fn typing_uses_the_entities_ernie_sees_and_bert_does_not() {
     let run = |k_layers: usize, t_layers: usize| -> f64 {
         let (model, vs) = tiny_model(k_layers, t_layers, 5);
         let classifier = Linear::new(
-            canon_nn::Weight::Dense(canon_models::source::WeightSource::tensor(&vs, "classifier.weight", &[3, 16]).unwrap()),
+            canon_nn::Weight::Dense(
+                canon_models::source::WeightSource::tensor(&vs, "classifier.weight", &[3, 16])
+                    .unwrap(),
+            ),
             Some(canon_models::source::WeightSource::tensor(&vs, "classifier.bias", &[3]).unwrap()),
         );
         let mut obj = TypingObjective {
@@ -212,6 +246,11 @@ fn vocabulary_round_trips_and_rejects_bad_files() {
     assert_eq!(w.words, v.words);
     assert_eq!(w.id("c"), 6);
     std::fs::write(&p, "[\"x\"]").unwrap();
-    assert!(Vocab::load(&p).unwrap_err().to_string().contains("vocab.json"));
+    assert!(
+        Vocab::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("vocab.json")
+    );
     assert!(Vocab::build(["a"].into_iter(), 5).is_err());
 }

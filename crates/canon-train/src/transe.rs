@@ -102,7 +102,10 @@ impl TransEConfig {
             return Err("transe.dim and transe.batch_size must be positive".into());
         }
         if !(self.margin > 0.0 && self.margin.is_finite()) {
-            return Err(format!("transe.margin must be positive, found {}", self.margin));
+            return Err(format!(
+                "transe.margin must be positive, found {}",
+                self.margin
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(format!("transe.lr must be positive, found {}", self.lr));
@@ -140,7 +143,12 @@ fn unit_rows(x: &Tensor) -> Result<Tensor> {
 
 impl TransE {
     /// Bordes et al.'s initialisation: uniform in ±6/√k, relations normalised, entities normalised.
-    pub fn new(n_entities: usize, n_relations: usize, cfg: &TransEConfig, seed: u64) -> Result<Self> {
+    pub fn new(
+        n_entities: usize,
+        n_relations: usize,
+        cfg: &TransEConfig,
+        seed: u64,
+    ) -> Result<Self> {
         let k = cfg.dim;
         let b = 6.0 / (k as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
@@ -157,9 +165,7 @@ impl TransE {
 
     /// Projects every entity vector onto the unit sphere (Algorithm 1, line 5).
     pub fn normalize_entities(&self) -> Result<()> {
-        Ok(self
-            .entities
-            .set(&unit_rows(self.entities.as_tensor())?)?)
+        Ok(self.entities.set(&unit_rows(self.entities.as_tensor())?)?)
     }
 
     /// `d(h, r, t) = ‖e_h + r − e_t‖_p` for each triple: `[n]`.
@@ -229,7 +235,9 @@ impl TransE {
         on_step: &mut dyn FnMut(u64, f64),
     ) -> Result<TransEReport> {
         if triples.is_empty() {
-            return Err(TrainError::Data("transe: the knowledge graph has no triples".into()));
+            return Err(TrainError::Data(
+                "transe: the knowledge graph has no triples".into(),
+            ));
         }
         let t0 = std::time::Instant::now();
         let n_ent = self.entities.dim(0)?;
@@ -326,10 +334,9 @@ impl TransE {
     /// Reads the entity table written by [`TransE::save`], checking its shape.
     pub fn load_entities(path: &Path, n_entities: usize, dim: usize) -> Result<Tensor> {
         let m = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| io_err(path, e))?;
-        let e = m.get("entities").ok_or_else(|| TrainError::Data(format!(
-            "{}: no 'entities' tensor",
-            path.display()
-        )))?;
+        let e = m
+            .get("entities")
+            .ok_or_else(|| TrainError::Data(format!("{}: no 'entities' tensor", path.display())))?;
         if e.dims() != [n_entities, dim] {
             return Err(TrainError::Data(format!(
                 "{}: entity table has shape {:?}, expected [{n_entities}, {dim}] (the knowledge graph changed?)",
@@ -352,7 +359,9 @@ mod tests {
     #[test]
     fn loss_on_a_hand_computed_case() {
         let dev = &Device::Cpu;
-        let m = |v: Vec<f32>, r: usize| Var::from_tensor(&Tensor::from_vec(v, (r, 2), dev).unwrap()).unwrap();
+        let m = |v: Vec<f32>, r: usize| {
+            Var::from_tensor(&Tensor::from_vec(v, (r, 2), dev).unwrap()).unwrap()
+        };
         for norm in [Norm::L1, Norm::L2] {
             let te = TransE {
                 // e0 = (1, 0), e1 = (0, 1), e2 = (1, 1); r0 = (−1, 1).
@@ -423,10 +432,18 @@ mod tests {
             };
             let te = TransE::new(20, 2, &cfg, 7).unwrap();
             let neg_before = TransE::corrupt(&triples, 20, &mut SplitMix64::new(9));
-            let before = te.loss(&triples, &neg_before).unwrap().to_scalar::<f32>().unwrap();
+            let before = te
+                .loss(&triples, &neg_before)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let rep = te.train(&triples, &cfg, 11, &mut |_, _| {}).unwrap();
             assert!(rep.last_loss < rep.first_loss);
-            let after = te.loss(&triples, &neg_before).unwrap().to_scalar::<f32>().unwrap();
+            let after = te
+                .loss(&triples, &neg_before)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(after < 0.2 * before, "{norm:?}: {before} -> {after}");
             // Every function's true module is the nearest of the four modules.
             for f in 4..20u32 {
@@ -436,22 +453,47 @@ mod tests {
                 assert_eq!(best as u32, f % 4, "{norm:?} f{f}: {d:?}");
             }
             let (mr, hits) = te.link_prediction(&triples).unwrap();
-            assert!(mr < 6.0 && hits > 0.8, "{norm:?}: mean rank {mr}, hits@10 {hits}");
+            assert!(
+                mr < 6.0 && hits > 0.8,
+                "{norm:?}: mean rank {mr}, hits@10 {hits}"
+            );
             // Entities stay on the unit sphere.
-            let n: Vec<f32> = te.entity_table().sqr().unwrap().sum(1).unwrap().to_vec1().unwrap();
+            let n: Vec<f32> = te
+                .entity_table()
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             assert!(n.iter().all(|x| (x - 1.0).abs() < 1e-4));
         }
     }
 
     #[test]
     fn saved_table_round_trips_and_a_wrong_shape_is_named() {
-        let te = TransE::new(5, 2, &TransEConfig { dim: 4, ..Default::default() }, 1).unwrap();
+        let te = TransE::new(
+            5,
+            2,
+            &TransEConfig {
+                dim: 4,
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("transe.safetensors");
         te.save(&p).unwrap();
         let e = TransE::load_entities(&p, 5, 4).unwrap();
-        assert_eq!(e.to_vec2::<f32>().unwrap(), te.entity_table().to_vec2::<f32>().unwrap());
+        assert_eq!(
+            e.to_vec2::<f32>().unwrap(),
+            te.entity_table().to_vec2::<f32>().unwrap()
+        );
         let err = TransE::load_entities(&p, 6, 4).unwrap_err().to_string();
-        assert!(err.contains("[6, 4]") && err.contains("transe.safetensors"), "{err}");
+        assert!(
+            err.contains("[6, 4]") && err.contains("transe.safetensors"),
+            "{err}"
+        );
     }
 }

@@ -118,7 +118,10 @@ fn write_model_json(dir: &Path, c: &ErnieConfig) -> anyhow::Result<()> {
     if let Some(o) = v.as_object_mut() {
         o.insert("family".into(), "ernie".into());
     }
-    write_atomic(&dir.join(RUN_MODEL_FILE), &serde_json::to_string_pretty(&v)?)
+    write_atomic(
+        &dir.join(RUN_MODEL_FILE),
+        &serde_json::to_string_pretty(&v)?,
+    )
 }
 
 /// Trains TransE (every 50th triple held out for the link-prediction report) or reuses the table.
@@ -246,13 +249,18 @@ pub fn setup(
             (mc, vocab, dir.to_path_buf())
         }
         Task::Typing => {
-            let init = run
-                .ernie
-                .init
-                .clone()
-                .with_context(|| format!("{file}: a typing run needs ernie.init = \"PRETRAINED_RUN_DIR\""))?;
-            if run.model.as_table().is_some_and(|t| t.keys().any(|k| k != "family")) {
-                bail!("{file}: a typing run takes its model from {}; [model] holds only family", init.display());
+            let init = run.ernie.init.clone().with_context(|| {
+                format!("{file}: a typing run needs ernie.init = \"PRETRAINED_RUN_DIR\"")
+            })?;
+            if run
+                .model
+                .as_table()
+                .is_some_and(|t| t.keys().any(|k| k != "family"))
+            {
+                bail!(
+                    "{file}: a typing run takes its model from {}; [model] holds only family",
+                    init.display()
+                );
             }
             let mc = read_model_json(&init.join(RUN_MODEL_FILE))?;
             let vocab = Vocab::load(&init.join(VOCAB_FILE))?;
@@ -260,7 +268,8 @@ pub fn setup(
         }
     };
     mc.vocab_size = vocab.len();
-    mc.validate().map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
+    mc.validate()
+        .map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
     if block > mc.max_position_embeddings {
         bail!(
             "{file}: train.block_size ({block}) exceeds model.max_position_embeddings ({})",
@@ -276,13 +285,22 @@ pub fn setup(
     }
     let table = if mc.k_layers > 0 {
         let reuse = resuming || run.ernie.task == Task::Typing;
-        entity_table(&kg, &run.transe, &table_src.join(TRANSE_FILE), reuse, seed, &say)?
+        entity_table(
+            &kg,
+            &run.transe,
+            &table_src.join(TRANSE_FILE),
+            reuse,
+            seed,
+            &say,
+        )?
     } else {
         zero_table(kg.entities.len(), mc.entity_dim)?
     };
     let (train, val) = sequences(&units, &kg, &vocab, block)?;
     let aligned = |s: &[canon_train::ernie_train::Sequence]| -> usize {
-        s.iter().map(|x| x.ents.iter().filter(|&&e| e >= 0).count()).sum()
+        s.iter()
+            .map(|x| x.ents.iter().filter(|&&e| e >= 0).count())
+            .sum()
     };
     let unk = train
         .iter()
