@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod ernie;
 pub mod family;
 pub mod gpt;
 pub mod gpt_tasks;

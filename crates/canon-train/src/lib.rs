@@ -20,12 +20,15 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod ernie_data;
+pub mod ernie_train;
 pub mod finetune;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+pub mod transe;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};
 pub use data::TokenData;

@@ -1,0 +1,376 @@
+//! `canon train` for `[model] family = "ernie"` (paper 6).
+//!
+//! `[ernie] task = "pretrain"` (default): builds the standard-library knowledge graph and text
+//! (`canon_train::ernie_data`), trains TransE on the graph (`[transe]`, written to
+//! `transe.safetensors`; skipped for a plain BERT, `k_layers = 0`), builds the word vocabulary
+//! (`vocab.json`), and pre-trains with MLM + dEA.
+//!
+//! `[ernie] task = "typing"` with `init = "RUN_DIR"`: fine-tunes the pre-trained run in `RUN_DIR`
+//! (its `model.json`, `vocab.json`, `transe.safetensors` and checkpoint) on mention typing
+//! (module / class / function); held-out accuracy is logged as `eval_accuracy`. `[model]` then holds
+//! only `family`: the model is the pre-trained one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use canon_models::VarStore;
+use canon_models::ernie::{Ernie, ErnieConfig, init_policy};
+use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE};
+use canon_models::source::WeightSource;
+use canon_nn::{Linear, Weight};
+use canon_train::engine::Objective;
+use canon_train::ernie_data::{KnowledgeGraph, Relation, Triple, stdlib_sources, text_units};
+use canon_train::ernie_train::{
+    DeaConfig, ErnieCorpus, PretrainObjective, TypingObjective, Vocab, held_out, sequences,
+    typing_examples, zero_table,
+};
+use canon_train::transe::{TransE, TransEConfig};
+use canon_train::{Engine, Param, TrainConfig};
+use serde::Deserialize;
+
+use crate::Ctx;
+
+pub const VOCAB_FILE: &str = "vocab.json";
+pub const TRANSE_FILE: &str = "transe.safetensors";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Task {
+    #[default]
+    Pretrain,
+    Typing,
+}
+
+fn d_vocab() -> usize {
+    8000
+}
+fn d_test() -> usize {
+    4000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataToml {
+    /// Word vocabulary size (specials included).
+    #[serde(default = "d_vocab")]
+    vocab_size: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErnieToml {
+    #[serde(default)]
+    task: Task,
+    /// The pre-trained run folder a typing run starts from.
+    #[serde(default)]
+    init: Option<PathBuf>,
+    #[serde(default)]
+    dea: DeaConfig,
+    /// Typing: at most this many held-out mentions are scored.
+    #[serde(default = "d_test")]
+    max_test: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunToml {
+    model: toml::Value,
+    data: DataToml,
+    #[serde(default)]
+    transe: TransEConfig,
+    #[serde(default)]
+    ernie: ErnieToml,
+    train: TrainConfig,
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn model_config(model: &toml::Value, file: &str) -> anyhow::Result<ErnieConfig> {
+    let mut m = model
+        .as_table()
+        .with_context(|| format!("{file}: [model] must be a table"))?
+        .clone();
+    m.remove("family");
+    let c: ErnieConfig = toml::Value::Table(m)
+        .try_into()
+        .with_context(|| format!("{file}: invalid [model] table"))?;
+    Ok(c)
+}
+
+fn read_model_json(path: &Path) -> anyhow::Result<ErnieConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("family");
+    }
+    serde_json::from_value(v).with_context(|| format!("{}: not an ERNIE model", path.display()))
+}
+
+fn write_model_json(dir: &Path, c: &ErnieConfig) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(c)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("family".into(), "ernie".into());
+    }
+    write_atomic(
+        &dir.join(RUN_MODEL_FILE),
+        &serde_json::to_string_pretty(&v)?,
+    )
+}
+
+/// Trains TransE (every 50th triple held out for the link-prediction report) or reuses the table.
+fn entity_table(
+    kg: &KnowledgeGraph,
+    cfg: &TransEConfig,
+    path: &Path,
+    reuse: bool,
+    seed: u64,
+    say: &dyn Fn(String),
+) -> anyhow::Result<candle_core::Tensor> {
+    if reuse && path.exists() {
+        return Ok(TransE::load_entities(path, kg.entities.len(), cfg.dim)?);
+    }
+    let (mut train, mut test): (Vec<Triple>, Vec<Triple>) = (Vec::new(), Vec::new());
+    for (i, t) in kg.triples.iter().enumerate() {
+        let split = if i % 50 == 49 { &mut test } else { &mut train };
+        split.push(*t);
+    }
+    let te = TransE::new(kg.entities.len(), Relation::ALL.len(), cfg, seed)?;
+    test.truncate(500);
+    let (mr0, h0) = te.link_prediction(&test)?;
+    let rep = te.train(&train, cfg, seed ^ 0x7A5E, &mut |_, _| {})?;
+    let (mr, h) = te.link_prediction(&test)?;
+    say(format!(
+        "TransE: {} steps in {:.1}s, loss {:.4} -> {:.4}; {} held-out triples: mean rank {:.0} -> {:.0} of {}, hits@10 {:.3} -> {:.3}",
+        cfg.steps,
+        rep.seconds,
+        rep.first_loss,
+        rep.last_loss,
+        test.len(),
+        mr0,
+        mr,
+        kg.entities.len(),
+        h0,
+        h
+    ));
+    te.save(path)?;
+    Ok(te.entity_table())
+}
+
+/// Copies the parameters of a pre-trained run's checkpoint into `vs` (every name but `skip_prefix`).
+fn load_pretrained(vs: &VarStore, ckpt: &Path, skip_prefix: &str) -> anyhow::Result<()> {
+    let m = candle_core::safetensors::load(ckpt, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot read {}", ckpt.display()))?;
+    for (name, var, _) in vs.vars() {
+        if name.starts_with(skip_prefix) {
+            continue;
+        }
+        let key = format!("{CHECKPOINT_PARAM_PREFIX}{name}");
+        let t = m
+            .get(&key)
+            .with_context(|| format!("{}: missing tensor '{key}'", ckpt.display()))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "{}: tensor '{key}' has shape {:?}, the model expects {:?}",
+                ckpt.display(),
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(t)?;
+    }
+    Ok(())
+}
+
+pub fn setup(
+    config: &toml::Value,
+    config_path: &Path,
+    dir: &Path,
+    resuming: bool,
+    ctx: &Ctx,
+) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
+    let file = config_path.display().to_string();
+    let run: RunToml = config
+        .clone()
+        .try_into()
+        .with_context(|| format!("invalid config {file}"))?;
+    run.train
+        .validate()
+        .map_err(|m| anyhow::anyhow!("{file}: {m}"))?;
+    run.transe
+        .validate()
+        .map_err(|m| anyhow::anyhow!("{file}: {m}"))?;
+    let d = run.ernie.dea;
+    if d.replace < 0.0 || d.mask < 0.0 || d.replace + d.mask > 1.0 {
+        bail!("{file}: ernie.dea.replace and ernie.dea.mask must be ≥ 0 and sum to at most 1");
+    }
+    let quiet = ctx.quiet;
+    let say = move |s: String| {
+        if !quiet {
+            eprintln!("canon: {s}");
+        }
+    };
+    let stdlib = super::train::python_stdlib_dir()?;
+    let files = stdlib_sources(&stdlib)?;
+    let kg = KnowledgeGraph::build(&files);
+    let units = text_units(&files);
+    say(format!(
+        "knowledge graph from {} modules under {}: {}",
+        files.len(),
+        stdlib.display(),
+        kg.summary()
+    ));
+    let block = run.train.block_size;
+    let seed = run.train.seed;
+
+    let (mut mc, vocab, table_src) = match run.ernie.task {
+        Task::Pretrain => {
+            let mc = model_config(&run.model, &file)?;
+            let vpath = dir.join(VOCAB_FILE);
+            let vocab = if resuming {
+                Vocab::load(&vpath)?
+            } else {
+                let v = Vocab::build(
+                    units
+                        .iter()
+                        .filter(|u| !held_out(&u.module))
+                        .map(|u| u.text.as_str()),
+                    run.data.vocab_size,
+                )?;
+                v.save(&vpath)?;
+                v
+            };
+            (mc, vocab, dir.to_path_buf())
+        }
+        Task::Typing => {
+            let init = run.ernie.init.clone().with_context(|| {
+                format!("{file}: a typing run needs ernie.init = \"PRETRAINED_RUN_DIR\"")
+            })?;
+            if run
+                .model
+                .as_table()
+                .is_some_and(|t| t.keys().any(|k| k != "family"))
+            {
+                bail!(
+                    "{file}: a typing run takes its model from {}; [model] holds only family",
+                    init.display()
+                );
+            }
+            let mc = read_model_json(&init.join(RUN_MODEL_FILE))?;
+            let vocab = Vocab::load(&init.join(VOCAB_FILE))?;
+            (mc, vocab, init)
+        }
+    };
+    mc.vocab_size = vocab.len();
+    mc.validate()
+        .map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
+    if block > mc.max_position_embeddings {
+        bail!(
+            "{file}: train.block_size ({block}) exceeds model.max_position_embeddings ({})",
+            mc.max_position_embeddings
+        );
+    }
+    if mc.k_layers > 0 && mc.entity_dim != run.transe.dim {
+        bail!(
+            "{file}: model.entity_dim ({}) must equal transe.dim ({})",
+            mc.entity_dim,
+            run.transe.dim
+        );
+    }
+    let table = if mc.k_layers > 0 {
+        let reuse = resuming || run.ernie.task == Task::Typing;
+        entity_table(
+            &kg,
+            &run.transe,
+            &table_src.join(TRANSE_FILE),
+            reuse,
+            seed,
+            &say,
+        )?
+    } else {
+        zero_table(kg.entities.len(), mc.entity_dim)?
+    };
+    let (train, val) = sequences(&units, &kg, &vocab, block)?;
+    let aligned = |s: &[canon_train::ernie_train::Sequence]| -> usize {
+        s.iter()
+            .map(|x| x.ents.iter().filter(|&&e| e >= 0).count())
+            .sum()
+    };
+    let unk = train
+        .iter()
+        .flat_map(|s| &s.ids)
+        .filter(|&&i| i == canon_train::ernie_train::UNK)
+        .count() as f64
+        / train.iter().map(|s| s.ids.len()).sum::<usize>().max(1) as f64;
+    say(format!(
+        "text: {} paragraphs; {} training sequences ({} aligned mentions), {} held-out ({} mentions); vocabulary {} words, {:.1}% [UNK]",
+        units.len(),
+        train.len(),
+        aligned(&train),
+        val.len(),
+        aligned(&val),
+        vocab.len(),
+        unk * 100.0
+    ));
+    let corpus = Arc::new(ErnieCorpus {
+        train,
+        val,
+        table,
+        kinds: kg.entities.iter().map(|e| e.kind).collect(),
+        vocab_size: vocab.len(),
+    });
+    write_model_json(dir, &mc)?;
+
+    let vs = VarStore::new_random(seed, init_policy());
+    let model = Ernie::load(mc.clone(), &vs)?;
+    let b = run.train.batch_size;
+    let obj: Box<dyn Objective> = match run.ernie.task {
+        Task::Pretrain => Box::new(PretrainObjective::new(
+            model,
+            corpus,
+            b,
+            run.train.eval_batches,
+            run.ernie.dea,
+        )?),
+        Task::Typing => {
+            let classifier = Linear::new(
+                Weight::Dense(vs.tensor("classifier.weight", &[3, mc.hidden_size])?),
+                Some(vs.tensor("classifier.bias", &[3])?),
+            );
+            if !resuming {
+                load_pretrained(&vs, &table_src.join(RUN_CHECKPOINT_FILE), "classifier.")?;
+            }
+            let train = typing_examples(&corpus.train, &corpus.kinds);
+            let all_test = typing_examples(&corpus.val, &corpus.kinds);
+            // An evenly spaced subset keeps evaluation short.
+            let step = all_test.len().div_ceil(run.ernie.max_test.max(1)).max(1);
+            let test: Vec<_> = all_test.into_iter().step_by(step).collect();
+            if train.is_empty() || test.is_empty() {
+                bail!("{file}: the text has no aligned mentions to type");
+            }
+            let mut counts = [0usize; 3];
+            test.iter().for_each(|x| counts[x.label as usize] += 1);
+            say(format!(
+                "typing: {} training mentions, {} held-out (module/class/function: {:?})",
+                train.len(),
+                test.len(),
+                counts
+            ));
+            Box::new(TypingObjective {
+                model,
+                classifier,
+                data: corpus,
+                train,
+                test,
+                batch_size: b,
+            })
+        }
+    };
+    Ok((Engine::params_of(&vs), run.train, obj))
+}
