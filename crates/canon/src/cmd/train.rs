@@ -95,6 +95,8 @@ fn load_corpus(cfg: &RunConfig) -> anyhow::Result<Corpus> {
 
 /// The families `canon_models::ModelConfig` trains as causal language models.
 const CAUSAL_FAMILIES: [&str; 3] = ["gpt", "llama", "transformer_xl"];
+/// The families trained through their own objective (`new_family_setup`).
+const OBJECTIVE_FAMILIES: &[&str] = &["ernie"];
 
 fn read_config(path: &Path) -> anyhow::Result<toml::Value> {
     let text = std::fs::read_to_string(path)
@@ -112,9 +114,10 @@ fn family_of(cfg: &toml::Value, path: &Path) -> anyhow::Result<String> {
         .map(str::to_string)
         .with_context(|| {
             format!(
-                "{}: expected a [model] table with family = \"...\" (one of {})",
+                "{}: expected a [model] table with family = \"...\" (one of {}, {})",
                 path.display(),
-                CAUSAL_FAMILIES.join(", ")
+                CAUSAL_FAMILIES.join(", "),
+                OBJECTIVE_FAMILIES.join(", ")
             )
         })
 }
@@ -145,15 +148,13 @@ fn new_family_setup(
     resuming: bool,
     ctx: &Ctx,
 ) -> anyhow::Result<FamilySetup> {
-    let _ = (cfg, dir, resuming, ctx);
-    #[allow(clippy::match_single_binding)]
     match family {
-        // One arm per family: "name" => super::train_name::setup(cfg, config_path, dir, resuming, ctx),
         "ernie" => super::train_ernie::setup(cfg, config_path, dir, resuming, ctx),
         f => bail!(
-            "{}: unknown model family '{f}'; expected one of {}",
+            "{}: unknown model family '{f}'; expected one of {}, {}",
             config_path.display(),
-            CAUSAL_FAMILIES.join(", ")
+            CAUSAL_FAMILIES.join(", "),
+            OBJECTIVE_FAMILIES.join(", ")
         ),
     }
 }
