@@ -9,6 +9,7 @@
 //! - [`perplexity`]: sliding-window (strided) perplexity of any [`canon_models::CausalLm`].
 
 pub mod humaneval;
+pub mod bleu;
 pub mod pass_at_k;
 pub mod perplexity;
 pub mod sandbox;

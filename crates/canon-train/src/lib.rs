@@ -23,6 +23,7 @@ pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+pub mod translation;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};
 pub use data::TokenData;
