@@ -173,6 +173,13 @@ pub trait TrainableLm: CausalLm {
     fn segment_memory(&self) -> Option<&dyn SegmentMemory> {
         None
     }
+    /// Whether training draws randomness (dropout, sampled routing); the trainer then seeds it
+    /// before every batch from its checkpointed RNG.
+    fn uses_noise(&self) -> bool {
+        false
+    }
+    /// Seeds the training randomness for the next forward (`None`: off, as in evaluation).
+    fn set_noise(&self, _seed: Option<u64>) {}
 }
 
 impl TrainableLm for TransformerXl {
@@ -196,6 +203,12 @@ impl TrainableLm for Gpt {
             moe_aux_loss: aux.moe_aux_loss,
             expert_load: aux.expert_load,
         })
+    }
+    fn uses_noise(&self) -> bool {
+        Gpt::uses_noise(self)
+    }
+    fn set_noise(&self, seed: Option<u64>) {
+        Gpt::set_noise(self, seed);
     }
 }
 

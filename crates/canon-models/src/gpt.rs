@@ -20,7 +20,7 @@
 use candle_core::{DType, Tensor};
 use canon_nn::{
     Activation, AttnMask, DenseFfn, Embedding, KvCache, LayerNorm, Linear, Mlp, Moe, MoeConfig,
-    RmsNorm, Rope, RopeLayout, SwiGlu, Weight, attention, train_ops,
+    Noise, RmsNorm, Rope, RopeLayout, SecondExpert, SwiGlu, Weight, attention, dropout, train_ops,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,10 @@ pub struct GptConfig {
     pub moe: Option<MoeConfig>,
     #[serde(default = "d_every")]
     pub moe_every: usize,
+    /// Dropout probability (GPT-1: 0.1) on the embeddings, the attention probabilities and each
+    /// residual branch, during training only.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl GptConfig {
@@ -150,6 +154,12 @@ impl GptConfig {
             if v == 0 {
                 return Err(format!("model.{k} must be positive, found 0"));
             }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!(
+                "model.dropout must be in [0, 1), found {}",
+                self.dropout
+            ));
         }
         if !self.d_model.is_multiple_of(self.n_head) {
             return Err(format!(
@@ -255,6 +265,8 @@ pub struct Gpt {
     ln_f: Option<Norm>,
     lm_head: Linear,
     rope: Option<Rope>,
+    /// Training randomness: dropout masks and GLaM's sampled second expert.
+    noise: Noise,
 }
 
 /// What a training forward returns besides logits.
@@ -387,7 +399,27 @@ impl Gpt {
             ln_f,
             lm_head,
             rope,
+            noise: Noise::default(),
         })
+    }
+
+    /// Seeds the training randomness for one batch (`None`: off, as in evaluation).
+    pub fn set_noise(&self, seed: Option<u64>) {
+        self.noise.set(seed);
+    }
+
+    /// Whether training draws randomness (dropout or a sampled second expert).
+    pub fn uses_noise(&self) -> bool {
+        self.config.dropout > 0.0
+            || self
+                .config
+                .moe
+                .as_ref()
+                .is_some_and(|m| m.second_expert == SecondExpert::Sampled)
+    }
+
+    fn dropped(&self, x: Tensor) -> Result<Tensor> {
+        Ok(dropout(&x, self.config.dropout, &self.noise)?)
     }
 
     fn attn(
@@ -421,24 +453,32 @@ impl Gpt {
                 let (k, v) = cache.append(&k, &v)?;
                 attention(&q, &k, &v, AttnMask::Causal { offset })?
             }
-            // Training (whole sequences): the fused causal softmax with its backward.
-            None => train_ops::causal_attention(&q, &k, &v, offset)?,
+            // Training (whole sequences): the fused causal softmax with its backward, dropout on
+            // the attention probabilities.
+            None => {
+                let probs = if self.config.dropout > 0.0 && self.noise.is_active() {
+                    Some((self.config.dropout, &self.noise))
+                } else {
+                    None
+                };
+                train_ops::causal_attention_dropout(&q, &k, &v, offset, probs)?
+            }
         }; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        Ok(blk.c_proj.forward(&a)?)
+        self.dropped(blk.c_proj.forward(&a)?)
     }
 
     fn ffn(&self, blk: &Block, h: &Tensor, aux: &mut Aux) -> Result<Tensor> {
         match &blk.ffn {
-            Ffn::Dense(f) => Ok(f.forward(h)?),
+            Ffn::Dense(f) => self.dropped(f.forward(h)?),
             Ffn::Moe(m) => {
-                let out = m.forward(h)?;
+                let out = m.forward_with(h, self.noise.next_rng())?;
                 aux.moe_aux_loss = Some(match aux.moe_aux_loss.take() {
                     Some(a) => (a + out.aux_loss)?,
                     None => out.aux_loss,
                 });
                 aux.expert_load.push(out.routing.top1_fraction);
-                Ok(out.y)
+                self.dropped(out.y)
             }
         }
     }
@@ -514,6 +554,7 @@ impl Gpt {
         if let Some(wpe) = &self.wpe {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
+        x = self.dropped(x)?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let kv = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
             x = self.block(blk, &x, kv, offset, aux)?;

@@ -33,6 +33,7 @@ pub(crate) fn tiny(block: BlockStyle) -> GptConfig {
         rope_theta: 10000.0,
         moe: None,
         moe_every: 2,
+        dropout: 0.0,
     }
 }
 
@@ -57,6 +58,7 @@ pub(crate) fn tiny_glam() -> GptConfig {
             n_experts: 4,
             top_k: 2,
             capacity_factor: 2.0,
+            second_expert: canon_nn::SecondExpert::Argmax,
         }),
         ..tiny(BlockStyle::PreLn)
     }
@@ -349,4 +351,29 @@ fn bad_configs_name_the_field() {
     c.n_head = 4;
     c.vocab_size = 0;
     assert!(c.validate().unwrap_err().contains("vocab_size"));
+}
+
+#[test]
+fn dropout_acts_only_while_training_noise_is_seeded() {
+    let cfg = GptConfig {
+        dropout: 0.3,
+        ..tiny(BlockStyle::PostLn)
+    };
+    let store = VarStore::new_random(3, cfg.init_policy());
+    let m = Gpt::load(cfg, &store).unwrap();
+    assert!(m.uses_noise());
+    let x = ids(&[1, 2, 3, 4, 5]);
+    let plain = to_vec(&m.forward_train(&x).unwrap().0);
+    m.set_noise(Some(9));
+    let a = to_vec(&m.forward_train(&x).unwrap().0);
+    m.set_noise(Some(9));
+    let b = to_vec(&m.forward_train(&x).unwrap().0);
+    m.set_noise(None);
+    let again = to_vec(&m.forward_train(&x).unwrap().0);
+    assert_ne!(plain, a, "seeded dropout changes the output");
+    assert_eq!(a, b, "the same seed repeats the masks");
+    assert_eq!(
+        plain, again,
+        "unseeded (evaluation) is deterministic and dropout-free"
+    );
 }

@@ -11,15 +11,18 @@
 //! top-1 expert is `e` (a count, no gradient) and `P_e` the mean router probability (differentiable).
 //! Uniform routing gives 1; everything on one expert gives `E`.
 //!
-//! Deviations: the second expert is the deterministic arg-max (GShard's sampled second expert is not
-//! implemented); the group is the whole batch (`S` = all tokens of the forward call).
+//! Second expert: the arg-max of the remaining gates (`second_expert = "argmax"`, the default), or,
+//! in training, sampled among the other experts with probability proportional to their gates
+//! (`"sampled"`, GShard's random second expert; the Gumbel-max trick of DeepSpeed draws from the
+//! same distribution). Evaluation and inference always take the arg-max.
+//! Deviation: the group is the whole batch (`S` = all tokens of the forward call).
 //!
 //! Shapes: `x: [..., d]` → `y: [..., d]`; router `[E, d]`.
 
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{Linear, Mlp, SwiGlu};
+use crate::{Linear, Mlp, SplitMix64, SwiGlu};
 
 /// One expert (or the dense FFN a mixture replaces).
 #[derive(Debug, Clone)]
@@ -55,6 +58,18 @@ pub struct MoeConfig {
     pub top_k: usize,
     #[serde(default = "default_capacity_factor")]
     pub capacity_factor: f64,
+    #[serde(default)]
+    pub second_expert: SecondExpert,
+}
+
+/// How the second of the top-2 experts is chosen during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondExpert {
+    #[default]
+    Argmax,
+    /// Drawn among the other experts with probability proportional to their gates.
+    Sampled,
 }
 
 impl MoeConfig {
@@ -99,6 +114,19 @@ pub struct Routing {
 
 /// Top-k routing with capacity over router probabilities `probs` (`n` rows of `e`).
 pub fn route(probs: &[f32], n: usize, e: usize, k: usize, capacity: usize) -> Routing {
+    route_with(probs, n, e, k, capacity, None)
+}
+
+/// [`route`], with the second expert drawn from `sample` (∝ the gates of the experts other than
+/// the first) when given.
+pub fn route_with(
+    probs: &[f32],
+    n: usize,
+    e: usize,
+    k: usize,
+    capacity: usize,
+    mut sample: Option<&mut SplitMix64>,
+) -> Routing {
     let mut choices = Vec::with_capacity(n);
     for row in probs.chunks(e).take(n) {
         let mut idx: Vec<usize> = (0..e).collect();
@@ -109,6 +137,20 @@ pub fn route(probs: &[f32], n: usize, e: usize, k: usize, capacity: usize) -> Ro
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
         idx.truncate(k);
+        if k == 2
+            && let Some(rng) = sample.as_deref_mut()
+        {
+            let first = idx[0];
+            let rest: f64 = (0..e).filter(|&j| j != first).map(|j| row[j] as f64).sum();
+            let mut u = rng.next_f64() * rest;
+            for j in (0..e).filter(|&j| j != first) {
+                idx[1] = j;
+                u -= row[j] as f64;
+                if u < 0.0 {
+                    break;
+                }
+            }
+        }
         choices.push(idx);
     }
     let mut assigned = vec![Vec::new(); e];
@@ -154,7 +196,17 @@ pub struct MoeOutput {
 }
 
 impl Moe {
+    /// Routing with the arg-max second expert.
     pub fn forward(&self, x: &Tensor) -> crate::Result<MoeOutput> {
+        self.forward_with(x, None)
+    }
+
+    /// `rng`: the stream a sampled second expert draws from (training); `None` = arg-max.
+    pub fn forward_with(&self, x: &Tensor, rng: Option<SplitMix64>) -> crate::Result<MoeOutput> {
+        let mut rng = match self.config.second_expert {
+            SecondExpert::Sampled => rng,
+            SecondExpert::Argmax => None,
+        };
         let dims = x.dims().to_vec();
         let d = *dims
             .last()
@@ -166,7 +218,7 @@ impl Moe {
         let logits = self.router.forward(&x2)?; // [n, E]
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?; // [n, E]
         let pv: Vec<f32> = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let routing = route(&pv, n, e, k, self.config.capacity(n));
+        let routing = route_with(&pv, n, e, k, self.config.capacity(n), rng.as_mut());
         // Combine weights: the top-k gate values renormalised to sum to 1 per token, [n, k].
         let top_idx: Vec<u32> = routing
             .choices
@@ -231,6 +283,7 @@ mod tests {
                 n_experts: e,
                 top_k: k,
                 capacity_factor: cf,
+                second_expert: SecondExpert::Argmax,
             },
         }
     }
@@ -272,6 +325,7 @@ mod tests {
             n_experts: 8,
             top_k: 2,
             capacity_factor: 1.0,
+            second_expert: SecondExpert::Argmax,
         };
         assert_eq!(cfg.capacity(64), 16);
         // 20 tokens prefer expert 0 (tokens 0..20), the rest prefer expert (t % 7) + 1.
@@ -396,5 +450,28 @@ mod tests {
             1e-4,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn sampled_second_expert_follows_the_gates_and_never_repeats_the_first() {
+        // Gates 0.5 / 0.3 / 0.15 / 0.05: the second expert is drawn from {1, 2, 3} ∝ {0.3, 0.15, 0.05}.
+        let row = [0.5f32, 0.3, 0.15, 0.05];
+        let n = 40_000;
+        let probs: Vec<f32> = row.iter().copied().cycle().take(4 * n).collect();
+        let mut rng = SplitMix64::new(5);
+        let r = route_with(&probs, n, 4, 2, 2 * n, Some(&mut rng));
+        let mut counts = [0usize; 4];
+        for c in &r.choices {
+            assert_eq!(c[0], 0);
+            counts[c[1]] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        for (j, want) in [(1, 0.6), (2, 0.3), (3, 0.1)] {
+            let got = counts[j] as f64 / n as f64;
+            assert!((got - want).abs() < 0.01, "expert {j}: {got} vs {want}");
+        }
+        // Without a stream the arg-max is taken.
+        let r = route_with(&probs[..8], 2, 4, 2, 4, None);
+        assert_eq!(r.choices, vec![vec![0, 1], vec![0, 1]]);
     }
 }

@@ -137,6 +137,18 @@ pub fn causal_attention(
     v: &Tensor,
     offset: usize,
 ) -> crate::Result<Tensor> {
+    causal_attention_dropout(q, k, v, offset, None)
+}
+
+/// [`causal_attention`] with dropout `(p, noise)` on the attention probabilities (GPT-1's
+/// attention dropout); `None` is exactly `causal_attention`.
+pub fn causal_attention_dropout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+    dropout: Option<(f64, &crate::Noise)>,
+) -> crate::Result<Tensor> {
     let (_, h, _, d) = q.dims4()?;
     let hkv = k.dim(1)?;
     if hkv == 0 || h % hkv != 0 {
@@ -145,7 +157,11 @@ pub fn causal_attention(
     let k = crate::attention::repeat_kv(k, h / hkv)?.contiguous()?;
     let v = crate::attention::repeat_kv(v, h / hkv)?.contiguous()?;
     let scores = q.contiguous()?.matmul(&k.t()?)?; // [b, h, tq, tk]
-    causal_softmax(&scores, offset, 1.0 / (d as f64).sqrt())?.matmul(&v)
+    let probs = causal_softmax(&scores, offset, 1.0 / (d as f64).sqrt())?;
+    match dropout {
+        Some((p, noise)) => crate::dropout(&probs, p, noise)?.matmul(&v),
+        None => probs.matmul(&v),
+    }
 }
 
 // ------------------------------------------------------------------ layer norm

@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rope_theta: 10000.0,
         moe: None,
         moe_every: 2,
+        dropout: 0.0,
     };
     let mc = ModelConfig::Gpt(cfg);
     let store = canon_models::VarStore::new_random(1, mc.init_policy());

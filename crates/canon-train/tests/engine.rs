@@ -50,6 +50,7 @@ fn gpt(vocab: usize, block: BlockStyle) -> GptConfig {
         rope_theta: 10000.0,
         moe: None,
         moe_every: 2,
+        dropout: 0.0,
     }
 }
 
@@ -77,7 +78,8 @@ fn train_cfg(steps: u64) -> TrainConfig {
 }
 
 fn params_bits(t: &Trainer) -> Vec<u32> {
-    t.params
+    t.engine
+        .params
         .iter()
         .flat_map(|p| {
             p.var
@@ -112,6 +114,21 @@ fn resume_is_exact_bit_for_bit() {
     exact_resume(&d, ModelConfig::Gpt(gpt(v, BlockStyle::PreLn)));
     // Transformer-XL: the memory travels in the checkpoint.
     exact_resume(&d, txl(v));
+    // Dropout masks and GLaM's sampled second expert come from the checkpointed RNG.
+    exact_resume(&d, ModelConfig::Gpt(noisy_glam(v)));
+}
+
+fn noisy_glam(v: usize) -> GptConfig {
+    GptConfig {
+        moe: Some(MoeConfig {
+            n_experts: 4,
+            top_k: 2,
+            capacity_factor: 2.0,
+            second_expert: canon_nn::SecondExpert::Sampled,
+        }),
+        dropout: 0.1,
+        ..gpt(v, BlockStyle::PreLn)
+    }
 }
 
 fn exact_resume(d: &TokenData, mc: ModelConfig) {
@@ -143,9 +160,9 @@ fn exact_resume(d: &TokenData, mc: ModelConfig) {
     let mut other = train_cfg(n);
     other.seed = 99;
     let mut c = Trainer::new(&mc, other).unwrap();
-    c.cfg.seed = 7;
+    c.engine.cfg.seed = 7;
     c.resume(&files.checkpoint).unwrap();
-    assert_eq!(c.step, n / 2);
+    assert_eq!(c.engine.step, n / 2);
     c.run(&d, n, &stop, &files, &mut |r| {
         losses_b.push(r.loss.to_bits())
     })
@@ -197,15 +214,7 @@ fn every_family_learns_a_tiny_corpus() {
         ..gpt(v, BlockStyle::Parallel)
     };
     loss_falls(ModelConfig::Gpt(palm), 40);
-    let glam = GptConfig {
-        moe: Some(MoeConfig {
-            n_experts: 4,
-            top_k: 2,
-            capacity_factor: 2.0,
-        }),
-        ..gpt(v, BlockStyle::PreLn)
-    };
-    loss_falls(ModelConfig::Gpt(glam), 40);
+    loss_falls(ModelConfig::Gpt(noisy_glam(v)), 40);
     let llama = LlamaTrainConfig {
         vocab_size: v,
         n_layer: 2,
@@ -271,7 +280,7 @@ fn interrupt_writes_a_checkpoint_and_reports_it() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let out = t.run(&d, 10, &stop, &files, &mut |_| {}).unwrap();
     assert_eq!(out, Outcome::Interrupted);
-    assert_eq!(t.step, 2);
+    assert_eq!(t.step(), 2);
     assert!(files.checkpoint.is_file());
     // No temporary file is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())

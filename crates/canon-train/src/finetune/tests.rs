@@ -27,6 +27,7 @@ fn tiny() -> GptConfig {
         rope_theta: 10000.0,
         moe: None,
         moe_every: 2,
+        dropout: 0.0,
     }
 }
 
