@@ -4,6 +4,7 @@ use canon_models::transformer::{Transformer, TransformerConfig};
 
 fn tiny(seed: u64, eos: u32) -> Transformer {
     let c = TransformerConfig {
+        family: Default::default(),
         vocab_size: 13,
         n_encoder_layers: 1,
         n_decoder_layers: 2,
@@ -45,7 +46,7 @@ fn score_of(m: &Transformer, src: &[u32], h: &Hypothesis) -> f64 {
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let logits = m.forward_train(&s, &mask, &t, None).unwrap();
+    let logits = m.forward_train(&s, &mask, &t).unwrap();
     let rows: Vec<Vec<f32>> = logits.squeeze(0).unwrap().to_vec2().unwrap();
     gold.iter()
         .zip(&rows)

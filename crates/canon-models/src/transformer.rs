@@ -14,8 +14,9 @@
 //! Each sub-layer is post-LN: `x = LayerNorm(x + Dropout(Sublayer(x)))`. Residual dropout (p = 0.1)
 //! also follows `embedding + PE`.
 //!
-//! Deviations: no dropout on the attention probabilities (the paper has none either; the annotated
-//! reference adds it). The position table is computed in f64 and rounded once, so the relative-shift
+//! Deviations: no dropout on the attention probabilities (the paper has none; the annotated
+//! reference adds it). Dropout masks come from `canon_nn::Noise`, seeded per batch by the
+//! objective from the engine's checkpointed RNG, and are off in evaluation and decoding. The position table is computed in f64 and rounded once, so the relative-shift
 //! property holds to 1e-5 up to position 4096 (an f32 angle would be off by ~2e-4 there).
 //!
 //! Decoding: `Cache` holds `2·N` KV caches: `0..N` the decoder self-attention keys/values (growing by
@@ -26,8 +27,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use canon_nn::{
-    Activation, AttnMask, Embedding, KvCache, LayerNorm, Linear, Mlp, SplitMix64, Weight,
-    attention, train_ops,
+    Activation, AttnMask, Embedding, KvCache, LayerNorm, Linear, Mlp, Noise, Weight, attention,
+    dropout, train_ops,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,10 +43,21 @@ fn d_eps() -> f64 {
     1e-6
 }
 
+/// The `family` tag of a Transformer `[model]` table (serde's internally tagged structs do not
+/// combine with `deny_unknown_fields`, so the tag is an ordinary one-value field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformerFamily {
+    #[default]
+    Transformer,
+}
+
 /// The `[model]` table of `configs/transformer-mt.toml` (`family = "transformer"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "family", rename = "transformer", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
+    #[serde(default)]
+    pub family: TransformerFamily,
     /// Shared source/target vocabulary; filled from the trained tokenizer when 0.
     #[serde(default)]
     pub vocab_size: usize,
@@ -207,42 +219,6 @@ struct DecoderLayer {
     ln_3: Norm,
 }
 
-/// Dropout for a training forward: which generator draws the masks.
-pub struct Dropout<'a> {
-    pub p: f64,
-    pub rng: &'a mut SplitMix64,
-}
-
-impl Dropout<'_> {
-    /// `x ⊙ m / (1 − p)` with `m ~ Bernoulli(1 − p)` per element.
-    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 - self.p;
-        let scale = (1.0 / keep) as f32;
-        let n = x.elem_count();
-        let m: Vec<f32> = (0..n)
-            .map(|_| {
-                if self.rng.next_f64() < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let m = Tensor::from_vec(m, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok((x * m)?)
-    }
-}
-
-fn drop(d: &mut Option<Dropout<'_>>, x: Tensor) -> Result<Tensor> {
-    match d {
-        Some(d) => d.apply(&x),
-        None => Ok(x),
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Transformer {
     pub config: TransformerConfig,
@@ -252,6 +228,8 @@ pub struct Transformer {
     pe: Tensor,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
+    /// Training randomness (dropout masks); inactive unless seeded by `set_noise`.
+    noise: Noise,
 }
 
 impl Transformer {
@@ -323,11 +301,22 @@ impl Transformer {
             encoder,
             decoder,
             config,
+            noise: Noise::default(),
         })
     }
 
+    /// Seeds the dropout masks of the next training forward (`None`: off, as in evaluation).
+    pub fn set_noise(&self, seed: Option<u64>) {
+        self.noise.set(seed);
+    }
+
+    /// Residual dropout (identity unless the noise is seeded).
+    fn dropped(&self, x: Tensor) -> Result<Tensor> {
+        Ok(dropout(&x, self.config.dropout, &self.noise)?)
+    }
+
     /// `√d · E[ids] + PE[offset .. offset + t]`, then dropout.
-    fn embed(&self, ids: &Tensor, offset: usize, dr: &mut Option<Dropout<'_>>) -> Result<Tensor> {
+    fn embed(&self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if t == 0 {
             return Err(ModelError::Input(
@@ -342,8 +331,7 @@ impl Transformer {
             )));
         }
         let x = (self.shared.forward(ids)? * (self.config.d_model as f64).sqrt())?; // [b, t, d]
-        let x = x.broadcast_add(&self.pe.narrow(0, offset, t)?)?;
-        drop(dr, x)
+        self.dropped(x.broadcast_add(&self.pe.narrow(0, offset, t)?)?)
     }
 
     /// `[b, t, n·hd] → n tensors [b, h, t, hd]`.
@@ -378,21 +366,16 @@ impl Transformer {
     }
 
     /// Encoder states `[b, s, d]` (eq. 1–2 in `N` post-LN layers).
-    pub fn encode_with(
-        &self,
-        src: &Tensor,
-        src_mask: &Tensor,
-        dr: &mut Option<Dropout<'_>>,
-    ) -> Result<Tensor> {
+    fn encode_states(&self, src: &Tensor, src_mask: &Tensor) -> Result<Tensor> {
         Self::check_mask(src, src_mask)?;
         let keep = src_mask.to_dtype(DType::F32)?;
-        let mut x = self.embed(src, 0, dr)?;
+        let mut x = self.embed(src, 0)?;
         for l in &self.encoder {
             let qkv = self.heads(&l.qkv.forward(&x)?, 3)?;
             let a = attention(&qkv[0], &qkv[1], &qkv[2], AttnMask::Padding(&keep))?;
-            let a = drop(dr, l.o.forward(&self.merge(&a)?)?)?;
+            let a = self.dropped(l.o.forward(&self.merge(&a)?)?)?;
             x = l.ln_1.forward(&(x + a)?)?;
-            let f = drop(dr, l.ffn.forward(&x)?)?;
+            let f = self.dropped(l.ffn.forward(&x)?)?;
             x = l.ln_2.forward(&(x + f)?)?;
         }
         Ok(x)
@@ -406,7 +389,6 @@ impl Transformer {
         src_mask: &Tensor,
         tgt: &Tensor,
         mut cache: Option<&mut Cache>,
-        dr: &mut Option<Dropout<'_>>,
     ) -> Result<Tensor> {
         let n = self.decoder.len();
         if let Some(c) = cache.as_deref_mut()
@@ -416,7 +398,7 @@ impl Transformer {
         }
         let offset = cache.as_deref().map_or(0, Cache::len);
         let keep = src_mask.to_dtype(DType::F32)?;
-        let mut y = self.embed(tgt, offset, dr)?;
+        let mut y = self.embed(tgt, offset)?;
         for (i, l) in self.decoder.iter().enumerate() {
             // Masked self-attention over the prefix.
             let qkv = self.heads(&l.qkv.forward(&y)?, 3)?;
@@ -427,7 +409,7 @@ impl Transformer {
                 }
                 None => train_ops::causal_attention(&qkv[0], &qkv[1], &qkv[2], 0)?,
             };
-            let a = drop(dr, l.o.forward(&self.merge(&a)?)?)?;
+            let a = self.dropped(l.o.forward(&self.merge(&a)?)?)?;
             y = l.ln_1.forward(&(y + a)?)?;
             // Encoder-decoder attention; its keys/values depend only on the encoder states.
             let q = self.heads(&l.cross_q.forward(&y)?, 1)?.remove(0);
@@ -446,29 +428,19 @@ impl Transformer {
                 }
             };
             let a = attention(&q, &k, &v, AttnMask::Padding(&keep))?;
-            let a = drop(dr, l.cross_o.forward(&self.merge(&a)?)?)?;
+            let a = self.dropped(l.cross_o.forward(&self.merge(&a)?)?)?;
             y = l.ln_2.forward(&(y + a)?)?;
-            let f = drop(dr, l.ffn.forward(&y)?)?;
+            let f = self.dropped(l.ffn.forward(&y)?)?;
             y = l.ln_3.forward(&(y + f)?)?;
         }
         Ok(y)
     }
 
-    /// Logits `[b, t, V]` for teacher-forced `tgt_in` (training): encoder and decoder with dropout
-    /// drawn from `dropout` (None = evaluation).
-    pub fn forward_train(
-        &self,
-        src: &Tensor,
-        src_mask: &Tensor,
-        tgt_in: &Tensor,
-        rng: Option<&mut SplitMix64>,
-    ) -> Result<Tensor> {
-        let mut dr = rng.map(|rng| Dropout {
-            p: self.config.dropout,
-            rng,
-        });
-        let enc = self.encode_with(src, src_mask, &mut dr)?;
-        let y = self.decode_hidden(&enc, src_mask, tgt_in, None, &mut dr)?;
+    /// Logits `[b, t, V]` for teacher-forced `tgt_in` (training; the whole prefix at once, graph
+    /// kept), with dropout when the noise is seeded.
+    pub fn forward_train(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor) -> Result<Tensor> {
+        let enc = self.encode_states(src, src_mask)?;
+        let y = self.decode_hidden(&enc, src_mask, tgt_in, None)?;
         Ok(self.head.forward(&y)?)
     }
 }
@@ -493,7 +465,7 @@ impl Transformer {
 
 impl Seq2SeqLm for Transformer {
     fn encode(&self, src: &Tensor, src_mask: &Tensor) -> Result<Tensor> {
-        self.encode_with(src, src_mask, &mut None)
+        self.encode_states(src, src_mask)
     }
 
     fn decode(
@@ -503,7 +475,7 @@ impl Seq2SeqLm for Transformer {
         tgt: &Tensor,
         cache: &mut Cache,
     ) -> Result<Tensor> {
-        let y = self.decode_hidden(enc, src_mask, tgt, Some(cache), &mut None)?;
+        let y = self.decode_hidden(enc, src_mask, tgt, Some(cache))?;
         Ok(self.head.forward(&y)?)
     }
 

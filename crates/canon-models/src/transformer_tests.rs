@@ -4,6 +4,7 @@ use canon_testkit::{Tol, assert_close, to_vec};
 
 pub(crate) fn tiny() -> TransformerConfig {
     TransformerConfig {
+        family: Default::default(),
         vocab_size: 23,
         n_encoder_layers: 2,
         n_decoder_layers: 2,
@@ -43,7 +44,7 @@ fn cached_one_token_decoding_equals_the_full_decode() {
     let full = m.decode(&enc, &mask, &tgt, &mut m.new_cache()).unwrap();
     assert_eq!(full.dims(), &[2, 6, 23]);
     // The training forward (no cache, no dropout) gives the same logits.
-    let train = m.forward_train(&src, &mask, &tgt, None).unwrap();
+    let train = m.forward_train(&src, &mask, &tgt).unwrap();
     assert_close(&train, &full, Tol::new(1e-5, 1e-5));
     // One token at a time, then a chunk of two, through the cache.
     let mut cache = m.new_cache();
@@ -70,8 +71,8 @@ fn future_target_tokens_do_not_change_past_logits() {
     let mask = ones(1, 4);
     let a = ids(&[&[1, 11, 12, 13, 14, 15]]);
     let b = ids(&[&[1, 11, 12, 3, 22, 4]]);
-    let la = m.forward_train(&src, &mask, &a, None).unwrap();
-    let lb = m.forward_train(&src, &mask, &b, None).unwrap();
+    let la = m.forward_train(&src, &mask, &a).unwrap();
+    let lb = m.forward_train(&src, &mask, &b).unwrap();
     let (pa, pb) = (la.narrow(1, 0, 3).unwrap(), lb.narrow(1, 0, 3).unwrap());
     assert_close(&pa, &pb, Tol::new(1e-6, 0.0));
     // The changed positions do change (the check can fail).
@@ -86,15 +87,15 @@ fn padded_source_keys_do_not_change_the_outputs() {
     let short = ids(&[&[5, 6, 7, 2]]);
     let long = ids(&[&[5, 6, 7, 2, 0, 0, 0]]);
     let long_mask = ids(&[&[1, 1, 1, 1, 0, 0, 0]]);
-    let ls = m.forward_train(&short, &ones(1, 4), &tgt, None).unwrap();
-    let ll = m.forward_train(&long, &long_mask, &tgt, None).unwrap();
+    let ls = m.forward_train(&short, &ones(1, 4), &tgt).unwrap();
+    let ll = m.forward_train(&long, &long_mask, &tgt).unwrap();
     assert_close(&ll, &ls, Tol::new(1e-5, 1e-5));
     // Encoder states at real positions agree too.
     let es = m.encode(&short, &ones(1, 4)).unwrap();
     let el = m.encode(&long, &long_mask).unwrap();
     assert_close(&el.narrow(1, 0, 4).unwrap(), &es, Tol::new(1e-5, 1e-5));
     // Unmasked, the padding would leak in.
-    let lu = m.forward_train(&long, &ones(1, 7), &tgt, None).unwrap();
+    let lu = m.forward_train(&long, &ones(1, 7), &tgt).unwrap();
     let d = to_vec(&(lu - &ls).unwrap());
     assert!(d.iter().any(|x| x.abs() > 1e-4));
 }
@@ -133,16 +134,17 @@ fn every_parameter_gets_a_gradient_and_the_embedding_is_shared() {
     let src = ids(&[&[5, 6, 7, 2], &[8, 2, 0, 0]]);
     let mask = ids(&[&[1, 1, 1, 1], &[1, 1, 0, 0]]);
     let tgt = ids(&[&[1, 11, 12], &[1, 13, 2]]);
-    let mut rng = SplitMix64::new(5);
-    let logits = m.forward_train(&src, &mask, &tgt, Some(&mut rng)).unwrap();
+    m.set_noise(Some(5));
+    let logits = m.forward_train(&src, &mask, &tgt).unwrap();
     let (loss, k) =
         canon_nn::masked_cross_entropy(&logits.reshape((6, 23)).unwrap(), &[11, 12, 2, 13, 2, -100], 0.1)
             .unwrap();
     assert_eq!(k, 5);
     let g = loss.backward().unwrap();
     let vars = store.vars();
-    // shared, encoder 2 × (qkv, o, fc1, fc2: w+b; 2 LN: γ+β) = 12, decoder 2 × (6 linears + 3 LN) · 2.
-    assert_eq!(vars.len(), 1 + 2 * 12 + 2 * 18);
+    // shared; encoder 2 × (qkv, o, fc1, fc2: w + b; 2 LN: γ + β) = 2 × 12; decoder 2 × (qkv, o,
+    // cross q, cross kv, cross o, fc1, fc2: w + b; 3 LN) = 2 × 20.
+    assert_eq!(vars.len(), 1 + 2 * 12 + 2 * 20);
     for (name, v, decay) in &vars {
         let gv = to_vec(
             g.get(v.as_tensor())
@@ -153,9 +155,13 @@ fn every_parameter_gets_a_gradient_and_the_embedding_is_shared() {
     }
     assert!(store.get("lm_head.weight").is_none());
     // Dropout changes a training forward; evaluation is deterministic.
-    let again = m.forward_train(&src, &mask, &tgt, Some(&mut rng)).unwrap();
+    let again = m.forward_train(&src, &mask, &tgt).unwrap();
     let d = to_vec(&(again - &logits).unwrap());
     assert!(d.iter().any(|x| x.abs() > 1e-4));
+    m.set_noise(None);
+    let e1 = m.forward_train(&src, &mask, &tgt).unwrap();
+    let e2 = m.forward_train(&src, &mask, &tgt).unwrap();
+    assert_close(&e1, &e2, Tol::EXACT);
 }
 
 #[test]

@@ -544,14 +544,14 @@ impl LengthBuckets {
 }
 
 /// The loss of a batch: the label-smoothed cross-entropy the gradient comes from, and the plain
-/// cross-entropy (nats per target token) that is reported. `rng` draws dropout (None: evaluation).
+/// cross-entropy (nats per target token) that is reported. Dropout applies when the model's noise
+/// is seeded (`Transformer::set_noise`).
 pub fn batch_loss(
     model: &Transformer,
     batch: &Batch,
     label_smoothing: f64,
-    rng: Option<&mut SplitMix64>,
 ) -> Result<(Tensor, f64, usize)> {
-    let logits = model.forward_train(&batch.src, &batch.src_mask, &batch.tgt_in, rng)?;
+    let logits = model.forward_train(&batch.src, &batch.src_mask, &batch.tgt_in)?;
     let (b, t, v) = logits.dims3()?;
     let flat = logits.reshape((b * t, v))?; // [b·t, V]
     let (smoothed, n) = masked_cross_entropy(&flat, &batch.labels, label_smoothing)?;

@@ -10,3 +10,5 @@ pub mod quantize;
 pub mod sampling;
 pub mod tokenize;
 pub mod train;
+pub mod train_transformer;
+pub mod translate;
