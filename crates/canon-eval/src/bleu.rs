@@ -22,7 +22,11 @@ pub const MAX_ORDER: usize = 4;
 /// The `13a` tokenizer: unescapes four HTML entities, then splits punctuation and symbols off
 /// words (a period or comma only when not between digits, a dash after a digit).
 pub fn tokenize_13a(line: &str) -> Vec<String> {
-    let mut s = line.trim_end().replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut s = line
+        .trim_end()
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if s.contains('&') {
         s = s
             .replace("&quot;", "\"")
@@ -32,9 +36,8 @@ pub fn tokenize_13a(line: &str) -> Vec<String> {
     }
     let s = format!(" {s} ");
     // Rule 1: `[{-~[-` -&(-+:-@/]` → ` c `.
-    let sym = |c: char| {
-        matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/')
-    };
+    let sym =
+        |c: char| matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/');
     let mut r1 = String::with_capacity(s.len() * 2);
     for c in s.chars() {
         if sym(c) {
@@ -48,24 +51,39 @@ pub fn tokenize_13a(line: &str) -> Vec<String> {
     let digit = |c: char| c.is_ascii_digit();
     let dot = |c: char| c == '.' || c == ',';
     // Rules 2–4 are two-character patterns, replaced left to right without overlap (re.sub).
-    let r2 = sub2(&r1, |a| !digit(a), dot, |a, b, o| {
-        o.push(a);
-        o.push(' ');
-        o.push(b);
-        o.push(' ');
-    });
-    let r3 = sub2(&r2, dot, |b| !digit(b), |a, b, o| {
-        o.push(' ');
-        o.push(a);
-        o.push(' ');
-        o.push(b);
-    });
-    let r4 = sub2(&r3, digit, |b| b == '-', |a, b, o| {
-        o.push(a);
-        o.push(' ');
-        o.push(b);
-        o.push(' ');
-    });
+    let r2 = sub2(
+        &r1,
+        |a| !digit(a),
+        dot,
+        |a, b, o| {
+            o.push(a);
+            o.push(' ');
+            o.push(b);
+            o.push(' ');
+        },
+    );
+    let r3 = sub2(
+        &r2,
+        dot,
+        |b| !digit(b),
+        |a, b, o| {
+            o.push(' ');
+            o.push(a);
+            o.push(' ');
+            o.push(b);
+        },
+    );
+    let r4 = sub2(
+        &r3,
+        digit,
+        |b| b == '-',
+        |a, b, o| {
+            o.push(a);
+            o.push(' ');
+            o.push(b);
+            o.push(' ');
+        },
+    );
     r4.split_whitespace().map(str::to_string).collect()
 }
 
@@ -228,8 +246,14 @@ mod tests {
     fn thirteen_a_splits_punctuation_but_not_numbers() {
         assert_eq!(toks("Hello, world."), ["Hello", ",", "world", "."]);
         assert_eq!(toks("3.14 and 1,000"), ["3.14", "and", "1,000"]);
-        assert_eq!(toks("(a/b) x-y 5-6"), ["(", "a", "/", "b", ")", "x-y", "5", "-", "6"]);
-        assert_eq!(toks("Tom&apos;s &amp; \"it's\""), ["Tom", "&", "apos", ";", "s", "&", "\"", "it's", "\""]);
+        assert_eq!(
+            toks("(a/b) x-y 5-6"),
+            ["(", "a", "/", "b", ")", "x-y", "5", "-", "6"]
+        );
+        assert_eq!(
+            toks("Tom&apos;s &amp; \"it's\""),
+            ["Tom", "&", "apos", ";", "s", "&", "\"", "it's", "\""]
+        );
         assert!(toks("   ").is_empty());
     }
 

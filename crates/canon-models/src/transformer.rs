@@ -438,7 +438,12 @@ impl Transformer {
 
     /// Logits `[b, t, V]` for teacher-forced `tgt_in` (training; the whole prefix at once, graph
     /// kept), with dropout when the noise is seeded.
-    pub fn forward_train(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor) -> Result<Tensor> {
+    pub fn forward_train(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+    ) -> Result<Tensor> {
         let enc = self.encode_states(src, src_mask)?;
         let y = self.decode_hidden(&enc, src_mask, tgt_in, None)?;
         Ok(self.head.forward(&y)?)

@@ -27,7 +27,11 @@ pub(crate) fn tiny_model(seed: u64) -> (Transformer, VarStore) {
 }
 
 fn ids(v: &[&[u32]]) -> Tensor {
-    Tensor::new(v.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), &Device::Cpu).unwrap()
+    Tensor::new(
+        v.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn ones(b: usize, s: usize) -> Tensor {
@@ -136,9 +140,12 @@ fn every_parameter_gets_a_gradient_and_the_embedding_is_shared() {
     let tgt = ids(&[&[1, 11, 12], &[1, 13, 2]]);
     m.set_noise(Some(5));
     let logits = m.forward_train(&src, &mask, &tgt).unwrap();
-    let (loss, k) =
-        canon_nn::masked_cross_entropy(&logits.reshape((6, 23)).unwrap(), &[11, 12, 2, 13, 2, -100], 0.1)
-            .unwrap();
+    let (loss, k) = canon_nn::masked_cross_entropy(
+        &logits.reshape((6, 23)).unwrap(),
+        &[11, 12, 2, 13, 2, -100],
+        0.1,
+    )
+    .unwrap();
     assert_eq!(k, 5);
     let g = loss.backward().unwrap();
     let vars = store.vars();
@@ -151,7 +158,11 @@ fn every_parameter_gets_a_gradient_and_the_embedding_is_shared() {
                 .unwrap_or_else(|| panic!("{name}: no gradient")),
         );
         assert!(gv.iter().any(|x| *x != 0.0), "{name}: zero gradient");
-        assert_eq!(*decay, name.ends_with(".weight") && !name.contains("ln_") && name != "shared.weight", "{name}");
+        assert_eq!(
+            *decay,
+            name.ends_with(".weight") && !name.contains("ln_") && name != "shared.weight",
+            "{name}"
+        );
     }
     assert!(store.get("lm_head.weight").is_none());
     // Dropout changes a training forward; evaluation is deterministic.
@@ -188,7 +199,9 @@ fn config_reads_the_family_tag_and_reports_bad_fields() {
     let wrong = text.replace("\"transformer\"", "\"gpt\"");
     assert!(serde_json::from_str::<TransformerConfig>(&wrong).is_err());
     let typo = text.replace("d_ff", "dff");
-    let e = serde_json::from_str::<TransformerConfig>(&typo).unwrap_err().to_string();
+    let e = serde_json::from_str::<TransformerConfig>(&typo)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("dff"), "{e}");
     let mut bad = tiny();
     bad.n_head = 3;
@@ -204,6 +217,8 @@ fn decoding_past_the_position_table_is_an_error() {
     let src = ids(&[&[5, 2]]);
     let enc = m.encode(&src, &ones(1, 2)).unwrap();
     let long = Tensor::ones((1, 25), DType::U32, &Device::Cpu).unwrap();
-    let e = m.decode(&enc, &ones(1, 2), &long, &mut m.new_cache()).unwrap_err();
+    let e = m
+        .decode(&enc, &ones(1, 2), &long, &mut m.new_cache())
+        .unwrap_err();
     assert!(e.to_string().contains("max_seq_len"), "{e}");
 }

@@ -124,7 +124,11 @@ impl KvCache {
         }
         let pick = |t: &Option<Tensor>| -> crate::Result<Option<Tensor>> {
             t.as_ref()
-                .map(|t| t.narrow(2, 0, self.len)?.index_select(rows, 0)?.contiguous())
+                .map(|t| {
+                    t.narrow(2, 0, self.len)?
+                        .contiguous()?
+                        .index_select(rows, 0)
+                })
                 .transpose()
         };
         let (k, v) = (pick(&self.k)?, pick(&self.v)?);

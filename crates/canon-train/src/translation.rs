@@ -458,8 +458,16 @@ pub fn encode_pairs(
     let mut out = Vec::with_capacity(pairs.len());
     let mut dropped = 0;
     for (s, t) in pairs {
-        let mut src = tok.encode(s.as_str(), false).map_err(tok_err)?.get_ids().to_vec();
-        let mut tgt = tok.encode(t.as_str(), false).map_err(tok_err)?.get_ids().to_vec();
+        let mut src = tok
+            .encode(s.as_str(), false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec();
+        let mut tgt = tok
+            .encode(t.as_str(), false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec();
         src.push(eos);
         tgt.push(eos);
         if src.len() > max_len || tgt.len() > max_len {

@@ -40,7 +40,10 @@ fn sample_entries(charset: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let header = format!("Project-Id-Version: x\nContent-Type: text/plain; charset={charset}\n");
     vec![
         (b"".to_vec(), header.into_bytes()),
-        (b"File not found".to_vec(), "Datei nicht gefunden".as_bytes().to_vec()),
+        (
+            b"File not found".to_vec(),
+            "Datei nicht gefunden".as_bytes().to_vec(),
+        ),
         (b"menu\x04_Open".to_vec(), "Ö_ffnen".as_bytes().to_vec()),
         (
             b"%d file\0%d files".to_vec(),
@@ -58,9 +61,15 @@ fn sample_entries(charset: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[test]
 fn mo_files_parse_in_both_byte_orders_and_become_clean_pairs() {
     let e = sample_entries("UTF-8");
-    let refs: Vec<(&[u8], &[u8])> = e.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
     let want = vec![
-        ("File not found".to_string(), "Datei nicht gefunden".to_string()),
+        (
+            "File not found".to_string(),
+            "Datei nicht gefunden".to_string(),
+        ),
         ("Open".into(), "Öffnen".into()),
         ("%d file".into(), "%d Datei".into()),
         ("Usage: %s [OPTION]".into(), "Aufruf: %s [OPTION]".into()),
@@ -82,39 +91,61 @@ fn latin1_catalogs_decode_by_their_header() {
         ),
         (b"Size".to_vec(), b"Gr\xf6\xdfe".to_vec()),
     ];
-    let refs: Vec<(&[u8], &[u8])> = e.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
     let pairs = catalog_pairs(&write_mo(&refs, true), "l.mo").unwrap();
     assert_eq!(pairs, vec![("Size".to_string(), "Größe".to_string())]);
     // The same bytes declared UTF-8 are an error naming the file.
     let mut e2 = e.clone();
     e2[0].1 = b"Content-Type: text/plain; charset=UTF-8\n".to_vec();
-    let refs: Vec<(&[u8], &[u8])> = e2.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
-    let err = catalog_pairs(&write_mo(&refs, true), "l.mo").unwrap_err().to_string();
+    let refs: Vec<(&[u8], &[u8])> = e2
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    let err = catalog_pairs(&write_mo(&refs, true), "l.mo")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("l.mo") && err.contains("utf-8"), "{err}");
 }
 
 #[test]
 fn broken_catalogs_are_errors_naming_the_file_and_byte() {
     let e = sample_entries("UTF-8");
-    let refs: Vec<(&[u8], &[u8])> = e.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
     let good = write_mo(&refs, true);
     let mut bad_magic = good.clone();
     bad_magic[0] = 0;
     let err = parse_mo(&bad_magic, "a.mo").unwrap_err().to_string();
-    assert!(err.contains("a.mo: byte 0") && err.contains("magic"), "{err}");
+    assert!(
+        err.contains("a.mo: byte 0") && err.contains("magic"),
+        "{err}"
+    );
     let err = parse_mo(&good[..10], "b.mo").unwrap_err().to_string();
     assert!(err.contains("b.mo: byte 8"), "{err}");
     // Cut inside the strings: the first entry whose string runs past the end is named.
     let err = parse_mo(&good[..good.len() - 20], "c.mo")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("c.mo: byte ") && err.contains("past the end"), "{err}");
+    assert!(
+        err.contains("c.mo: byte ") && err.contains("past the end"),
+        "{err}"
+    );
     // A table that does not fit.
     let mut huge = good.clone();
     huge[8..12].copy_from_slice(&1_000_000u32.to_le_bytes());
     let err = parse_mo(&huge, "d.mo").unwrap_err().to_string();
     assert!(err.contains("d.mo: byte 8"), "{err}");
-    assert!(parse_mo(&[], "e.mo").unwrap_err().to_string().contains("e.mo"));
+    assert!(
+        parse_mo(&[], "e.mo")
+            .unwrap_err()
+            .to_string()
+            .contains("e.mo")
+    );
 }
 
 #[test]
@@ -126,7 +157,10 @@ fn splits_are_a_stable_function_of_the_source() {
     let split: Vec<Split> = srcs.iter().map(|s| split_of(s, 0.05, 0.05)).collect();
     let test = split.iter().filter(|s| **s == Split::Test).count();
     let valid = split.iter().filter(|s| **s == Split::Valid).count();
-    assert!((140..260).contains(&test) && (140..260).contains(&valid), "{test} {valid}");
+    assert!(
+        (140..260).contains(&test) && (140..260).contains(&valid),
+        "{test} {valid}"
+    );
     assert_eq!(split_of("sentence 7", 0.05, 0.05), split[7]);
 }
 
@@ -166,7 +200,10 @@ fn inverse_sqrt_schedule_gives_the_papers_values() {
         (16000, 3.493856e-04),
     ] {
         let got = s.lr(step - 1, 100_000, peak);
-        assert!((got - want).abs() < 1e-6 * want + 1e-12, "step {step}: {got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-6 * want + 1e-12,
+            "step {step}: {got} vs {want}"
+        );
     }
 }
 
@@ -197,12 +234,24 @@ fn batches_pad_and_shift_the_target() {
     let (_, dropped) = encode_pairs(&tok, &pairs_for(50), 3).unwrap();
     assert!(dropped > 0);
     let items = [
-        &Encoded { src: vec![5, 6, 2], tgt: vec![7, 2] },
-        &Encoded { src: vec![8, 2], tgt: vec![9, 10, 11, 2] },
+        &Encoded {
+            src: vec![5, 6, 2],
+            tgt: vec![7, 2],
+        },
+        &Encoded {
+            src: vec![8, 2],
+            tgt: vec![9, 10, 11, 2],
+        },
     ];
     let b = make_batch(&items, pad, bos).unwrap();
-    assert_eq!(b.src.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 2], vec![8, 2, 0]]);
-    assert_eq!(b.src_mask.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1], vec![1, 1, 0]]);
+    assert_eq!(
+        b.src.to_vec2::<u32>().unwrap(),
+        vec![vec![5, 6, 2], vec![8, 2, 0]]
+    );
+    assert_eq!(
+        b.src_mask.to_vec2::<u32>().unwrap(),
+        vec![vec![1, 1, 1], vec![1, 1, 0]]
+    );
     assert_eq!(
         b.tgt_in.to_vec2::<u32>().unwrap(),
         vec![vec![1, 7, 0, 0], vec![1, 9, 10, 11]]
@@ -212,7 +261,11 @@ fn batches_pad_and_shift_the_target() {
     assert_eq!(b.tokens, 11);
     // Length buckets hold neighbours of similar length.
     let lb = LengthBuckets::new(enc);
-    let lens: Vec<usize> = lb.items.iter().map(|e| e.src.len().max(e.tgt.len())).collect();
+    let lens: Vec<usize> = lb
+        .items
+        .iter()
+        .map(|e| e.src.len().max(e.tgt.len()))
+        .collect();
     assert!(lens.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(lb.sample(&mut SplitMix64::new(1), 8).len(), 8);
 }

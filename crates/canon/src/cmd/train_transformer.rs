@@ -16,8 +16,8 @@ use canon_models::transformer::{Transformer, TransformerConfig};
 use canon_nn::SplitMix64;
 use canon_train::engine::{BatchLoss, Engine, Objective};
 use canon_train::translation::{
-    Batch, Encoded, LengthBuckets, TranslationDataConfig, batch_loss, check_specials,
-    encode_pairs, load_pairs, make_batch, train_shared_bpe,
+    Batch, Encoded, LengthBuckets, TranslationDataConfig, batch_loss, check_specials, encode_pairs,
+    load_pairs, make_batch, train_shared_bpe,
 };
 use canon_train::{Param, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -70,8 +70,12 @@ pub fn read_mt_config(config: &toml::Value, path: &Path) -> anyhow::Result<MtRun
         .clone()
         .try_into()
         .with_context(|| format!("invalid config {f}"))?;
-    cfg.data.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
-    cfg.train.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    cfg.data
+        .validate()
+        .map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    cfg.train
+        .validate()
+        .map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
     let ls = cfg.translation.label_smoothing;
     if !(0.0..1.0).contains(&ls) {
         bail!("{f}: translation.label_smoothing must be in [0, 1), found {ls}");

@@ -111,7 +111,13 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn test_bleu(run: &MtRun, dir: &Path, opts: &DecodeOptions, limit: Option<usize>, ctx: &Ctx) -> anyhow::Result<()> {
+fn test_bleu(
+    run: &MtRun,
+    dir: &Path,
+    opts: &DecodeOptions,
+    limit: Option<usize>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
     let cpath = dir.join("config.toml");
     let text = std::fs::read_to_string(&cpath)
         .with_context(|| format!("cannot read {}", cpath.display()))?;
@@ -128,7 +134,11 @@ fn test_bleu(run: &MtRun, dir: &Path, opts: &DecodeOptions, limit: Option<usize>
     for (i, chunk) in src.chunks(32).enumerate() {
         hyps.extend(run.translate(chunk, opts)?);
         if !ctx.quiet {
-            eprint!("\rcanon: translated {}/{}", (i * 32 + chunk.len()), src.len());
+            eprint!(
+                "\rcanon: translated {}/{}",
+                (i * 32 + chunk.len()),
+                src.len()
+            );
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -165,7 +175,10 @@ fn test_bleu(run: &MtRun, dir: &Path, opts: &DecodeOptions, limit: Option<usize>
         "tokenize": "13a",
         "seconds": secs,
     });
-    write_atomic(&dir.join("test_bleu.json"), &serde_json::to_string_pretty(&json)?)?;
+    write_atomic(
+        &dir.join("test_bleu.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
     let tsv: String = src
         .iter()
         .zip(&refs)
