@@ -20,7 +20,7 @@
 //! - `printf` formats (`%s`, `%d`, `%1$s`) are kept: a translator copies them into the target, and so
 //!   should the model.
 //! Pairs are deduplicated by source sentence (the first file in name order wins), and the split is a
-//! function of the source text alone (FNV-1a 64 of its bytes): stable across machines and catalog
+//! function of the source text alone (FNV-1a 64 of its bytes, bit-mixed): stable across machines and catalog
 //! versions, and a sentence never sits in two splits.
 
 use std::collections::HashSet;
@@ -301,10 +301,20 @@ pub enum Split {
     Test,
 }
 
-/// Which split a source sentence belongs to: its hash in `[0, 1)` below `test` → test, below
-/// `test + valid` → valid.
+/// MurmurHash3's 64-bit finalizer: FNV-1a's high bits barely change between strings that differ
+/// only at their end ("sentence 1", "sentence 2"), so they are mixed before use.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Which split a source sentence belongs to: its mixed hash in `[0, 1)` below `test` → test,
+/// below `test + valid` → valid.
 pub fn split_of(src: &str, valid: f64, test: f64) -> Split {
-    let u = (fnv1a64(src.as_bytes()) >> 11) as f64 / (1u64 << 53) as f64;
+    let u = (fmix64(fnv1a64(src.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64;
     if u < test {
         Split::Test
     } else if u < test + valid {
