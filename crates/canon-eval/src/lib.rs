@@ -8,6 +8,7 @@
 //!   Landlock, seccomp, dropped capabilities), probed at run time and reported when missing.
 //! - [`perplexity`]: sliding-window (strided) perplexity of any [`canon_models::CausalLm`].
 
+pub mod bleu;
 pub mod humaneval;
 pub mod pass_at_k;
 pub mod perplexity;

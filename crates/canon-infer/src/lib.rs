@@ -5,6 +5,7 @@
 pub mod generate;
 pub mod generator;
 pub mod sampling;
+pub mod seq2seq;
 
 pub use generate::{LmGenerator, Session, generate_ids};
 pub use generator::{FinishReason, GenerateRequest, Generation, TextGenerator, TokenLogprob};

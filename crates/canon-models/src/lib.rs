@@ -17,6 +17,7 @@ pub mod load;
 pub mod peft;
 pub mod sentence;
 pub mod source;
+pub mod transformer;
 pub mod transformer_xl;
 pub mod varstore;
 

@@ -114,6 +114,28 @@ impl KvCache {
         }
         Ok(())
     }
+
+    /// Keeps batch rows `rows` (u32 `[b']`, repeats allowed) in that order: beam search reorders
+    /// its hypotheses' caches by parent beam. The buffers are copied, so rows that share a parent
+    /// stop sharing storage.
+    pub fn select_rows(&mut self, rows: &Tensor) -> crate::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        let pick = |t: &Option<Tensor>| -> crate::Result<Option<Tensor>> {
+            t.as_ref()
+                .map(|t| {
+                    t.narrow(2, 0, self.len)?
+                        .contiguous()?
+                        .index_select(rows, 0)
+                })
+                .transpose()
+        };
+        let (k, v) = (pick(&self.k)?, pick(&self.v)?);
+        self.k = k;
+        self.v = v;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +178,20 @@ mod tests {
             c.append(&randn(&[1, 2, 1, 2], 5), &randn(&[1, 2, 1, 2], 5))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn select_rows_reorders_the_batch_and_unshares_the_buffers() {
+        let k = randn(&[3, 2, 4, 2], 8);
+        let mut c = KvCache::new();
+        c.append(&k, &k).unwrap();
+        let rows = Tensor::new(&[2u32, 2, 0], &candle_core::Device::Cpu).unwrap();
+        c.select_rows(&rows).unwrap();
+        let next = randn(&[3, 2, 1, 2], 9);
+        let (ka, _) = c.append(&next, &next).unwrap();
+        let want = Tensor::cat(&[&k.index_select(&rows, 0).unwrap(), &next], 2).unwrap();
+        assert_close(&ka, &want, Tol::EXACT);
+        assert_eq!(c.len(), 5);
     }
 
     #[test]

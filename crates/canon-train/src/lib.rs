@@ -29,6 +29,7 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 pub mod transe;
+pub mod translation;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};
 pub use data::TokenData;

@@ -56,6 +56,8 @@ enum Command {
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
     Merge(cmd::merge::MergeArgs),
+    /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
+    Translate(cmd::translate::TranslateArgs),
 }
 
 /// Settings every subcommand sees.
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
+        Command::Translate(a) => cmd::translate::run(a, &ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

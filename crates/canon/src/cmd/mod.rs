@@ -11,3 +11,5 @@ pub mod sampling;
 pub mod tokenize;
 pub mod train;
 pub mod train_ernie;
+pub mod train_transformer;
+pub mod translate;

@@ -1,0 +1,349 @@
+use super::*;
+use crate::optim::{Optimizer, OptimizerConfig, Param};
+use crate::schedule::Schedule;
+use canon_models::VarStore;
+use canon_models::transformer::TransformerConfig;
+
+/// Writes an `.mo` file (tables right after the 28-byte header, strings after the tables).
+fn write_mo(entries: &[(&[u8], &[u8])], little: bool) -> Vec<u8> {
+    let w = |v: u32| {
+        if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    };
+    let n = entries.len() as u32;
+    let (orig, trans) = (28u32, 28 + 8 * n);
+    let mut strings = Vec::new();
+    let mut tables = (Vec::new(), Vec::new());
+    let base = trans + 8 * n;
+    for (id, s) in entries {
+        for (text, table) in [(id, &mut tables.0), (s, &mut tables.1)] {
+            table.extend(w(text.len() as u32));
+            table.extend(w(base + strings.len() as u32));
+            strings.extend_from_slice(text);
+            strings.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    for v in [0x950412de, 0, n, orig, trans, 0, 0] {
+        out.extend(w(v));
+    }
+    out.extend(tables.0);
+    out.extend(tables.1);
+    out.extend(strings);
+    out
+}
+
+fn sample_entries(charset: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let header = format!("Project-Id-Version: x\nContent-Type: text/plain; charset={charset}\n");
+    vec![
+        (b"".to_vec(), header.into_bytes()),
+        (
+            b"File not found".to_vec(),
+            "Datei nicht gefunden".as_bytes().to_vec(),
+        ),
+        (b"menu\x04_Open".to_vec(), "Ö_ffnen".as_bytes().to_vec()),
+        (
+            b"%d file\0%d files".to_vec(),
+            b"%d Datei\0%d Dateien".to_vec(),
+        ),
+        (b"Untranslated".to_vec(), b"".to_vec()),
+        (
+            b"Usage:  %s\n   [OPTION]".to_vec(),
+            b"Aufruf:  %s [OPTION]".to_vec(),
+        ),
+        (b"snake_case and _x".to_vec(), b"_y".to_vec()),
+    ]
+}
+
+#[test]
+fn mo_files_parse_in_both_byte_orders_and_become_clean_pairs() {
+    let e = sample_entries("UTF-8");
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    let want = vec![
+        (
+            "File not found".to_string(),
+            "Datei nicht gefunden".to_string(),
+        ),
+        ("Open".into(), "Öffnen".into()),
+        ("%d file".into(), "%d Datei".into()),
+        ("Usage: %s [OPTION]".into(), "Aufruf: %s [OPTION]".into()),
+        ("snake_case and _x".into(), "_y".into()),
+    ];
+    for little in [true, false] {
+        let bytes = write_mo(&refs, little);
+        assert_eq!(parse_mo(&bytes, "t.mo").unwrap().len(), 7);
+        assert_eq!(catalog_pairs(&bytes, "t.mo").unwrap(), want);
+    }
+}
+
+#[test]
+fn latin1_catalogs_decode_by_their_header() {
+    let e = vec![
+        (
+            b"".to_vec(),
+            b"Content-Type: text/plain; charset=ISO-8859-1\n".to_vec(),
+        ),
+        (b"Size".to_vec(), b"Gr\xf6\xdfe".to_vec()),
+    ];
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    let pairs = catalog_pairs(&write_mo(&refs, true), "l.mo").unwrap();
+    assert_eq!(pairs, vec![("Size".to_string(), "Größe".to_string())]);
+    // The same bytes declared UTF-8 are an error naming the file.
+    let mut e2 = e.clone();
+    e2[0].1 = b"Content-Type: text/plain; charset=UTF-8\n".to_vec();
+    let refs: Vec<(&[u8], &[u8])> = e2
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    let err = catalog_pairs(&write_mo(&refs, true), "l.mo")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("l.mo") && err.contains("utf-8"), "{err}");
+}
+
+#[test]
+fn broken_catalogs_are_errors_naming_the_file_and_byte() {
+    let e = sample_entries("UTF-8");
+    let refs: Vec<(&[u8], &[u8])> = e
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    let good = write_mo(&refs, true);
+    let mut bad_magic = good.clone();
+    bad_magic[0] = 0;
+    let err = parse_mo(&bad_magic, "a.mo").unwrap_err().to_string();
+    assert!(
+        err.contains("a.mo: byte 0") && err.contains("magic"),
+        "{err}"
+    );
+    let err = parse_mo(&good[..10], "b.mo").unwrap_err().to_string();
+    assert!(err.contains("b.mo: byte 8"), "{err}");
+    // Cut inside the strings: the first entry whose string runs past the end is named.
+    let err = parse_mo(&good[..good.len() - 20], "c.mo")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("c.mo: byte ") && err.contains("past the end"),
+        "{err}"
+    );
+    // A table that does not fit.
+    let mut huge = good.clone();
+    huge[8..12].copy_from_slice(&1_000_000u32.to_le_bytes());
+    let err = parse_mo(&huge, "d.mo").unwrap_err().to_string();
+    assert!(err.contains("d.mo: byte 8"), "{err}");
+    assert!(
+        parse_mo(&[], "e.mo")
+            .unwrap_err()
+            .to_string()
+            .contains("e.mo")
+    );
+}
+
+#[test]
+fn splits_are_a_stable_function_of_the_source() {
+    // FNV-1a 64 reference values.
+    assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    let srcs: Vec<String> = (0..4000).map(|i| format!("sentence {i}")).collect();
+    let split: Vec<Split> = srcs.iter().map(|s| split_of(s, 0.05, 0.05)).collect();
+    let test = split.iter().filter(|s| **s == Split::Test).count();
+    let valid = split.iter().filter(|s| **s == Split::Valid).count();
+    assert!(
+        (140..260).contains(&test) && (140..260).contains(&valid),
+        "{test} {valid}"
+    );
+    assert_eq!(split_of("sentence 7", 0.05, 0.05), split[7]);
+}
+
+#[test]
+fn the_catalog_directory_reads_when_present_and_missing_is_an_error() {
+    let cfg = TranslationDataConfig {
+        locale_dir: "/usr/share/locale".into(),
+        language: "de".into(),
+        exclude: vec!["iso_".into()],
+        vocab_size: 1000,
+        valid_fraction: 0.05,
+        test_fraction: 0.05,
+    };
+    if cfg.catalog_dir().is_dir() {
+        let c = load_pairs(&cfg).unwrap();
+        assert!(c.len() > 100, "{} pairs", c.len());
+        assert!(c.catalogs.iter().all(|(n, _)| !n.starts_with("iso_")));
+        let srcs: HashSet<&String> = c.train.iter().map(|p| &p.0).collect();
+        assert!(c.test.iter().all(|p| !srcs.contains(&p.0)));
+    }
+    let mut missing = cfg.clone();
+    missing.language = "xx-nowhere".into();
+    let err = load_pairs(&missing).unwrap_err().to_string();
+    assert!(err.contains("xx-nowhere"), "{err}");
+}
+
+#[test]
+fn inverse_sqrt_schedule_gives_the_papers_values() {
+    // PAPERS.md §1: d = 512, warmup = 4000; our schedule is peak-scaled with step s = index + 1.
+    let peak = 512f64.powf(-0.5) * 4000f64.powf(-0.5);
+    let s = Schedule::InverseSqrt { warmup: 4000 };
+    for (step, want) in [
+        (1u64, 1.746928e-07),
+        (1000, 1.746928e-04),
+        (4000, 6.987712e-04),
+        (8000, 4.941059e-04),
+        (16000, 3.493856e-04),
+    ] {
+        let got = s.lr(step - 1, 100_000, peak);
+        assert!(
+            (got - want).abs() < 1e-6 * want + 1e-12,
+            "step {step}: {got} vs {want}"
+        );
+    }
+}
+
+fn pairs_for(n: usize) -> Vec<(String, String)> {
+    // A tiny "language": German words for digits, in order.
+    let en = ["zero", "one", "two", "three", "four", "five"];
+    let de = ["null", "eins", "zwei", "drei", "vier", "fünf"];
+    let mut rng = SplitMix64::new(3);
+    (0..n)
+        .map(|_| {
+            let k = 1 + rng.below(4);
+            let idx: Vec<usize> = (0..k).map(|_| rng.below(6)).collect();
+            (
+                idx.iter().map(|&i| en[i]).collect::<Vec<_>>().join(" "),
+                idx.iter().map(|&i| de[i]).collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn batches_pad_and_shift_the_target() {
+    let tok = train_shared_bpe(&pairs_for(200), 300).unwrap();
+    let (pad, bos, eos) = check_specials(&tok).unwrap();
+    assert_eq!((pad, bos, eos), (0, 1, 2));
+    let (enc, dropped) = encode_pairs(&tok, &pairs_for(50), 64).unwrap();
+    assert_eq!((enc.len(), dropped), (50, 0));
+    let (_, dropped) = encode_pairs(&tok, &pairs_for(50), 3).unwrap();
+    assert!(dropped > 0);
+    let items = [
+        &Encoded {
+            src: vec![5, 6, 2],
+            tgt: vec![7, 2],
+        },
+        &Encoded {
+            src: vec![8, 2],
+            tgt: vec![9, 10, 11, 2],
+        },
+    ];
+    let b = make_batch(&items, pad, bos).unwrap();
+    assert_eq!(
+        b.src.to_vec2::<u32>().unwrap(),
+        vec![vec![5, 6, 2], vec![8, 2, 0]]
+    );
+    assert_eq!(
+        b.src_mask.to_vec2::<u32>().unwrap(),
+        vec![vec![1, 1, 1], vec![1, 1, 0]]
+    );
+    assert_eq!(
+        b.tgt_in.to_vec2::<u32>().unwrap(),
+        vec![vec![1, 7, 0, 0], vec![1, 9, 10, 11]]
+    );
+    let ig = IGNORE_INDEX;
+    assert_eq!(b.labels, vec![7, 2, ig, ig, 9, 10, 11, 2]);
+    assert_eq!(b.tokens, 11);
+    // Length buckets hold neighbours of similar length.
+    let lb = LengthBuckets::new(enc);
+    let lens: Vec<usize> = lb
+        .items
+        .iter()
+        .map(|e| e.src.len().max(e.tgt.len()))
+        .collect();
+    assert!(lens.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(lb.sample(&mut SplitMix64::new(1), 8).len(), 8);
+}
+
+#[test]
+fn a_tiny_transformer_learns_word_translation_with_adam_and_the_warmup() {
+    let pairs = pairs_for(300);
+    let tok = train_shared_bpe(&pairs, 300).unwrap();
+    let (pad, bos, eos) = check_specials(&tok).unwrap();
+    let (enc, _) = encode_pairs(&tok, &pairs, 32).unwrap();
+    let data = LengthBuckets::new(enc);
+    let cfg = TransformerConfig {
+        family: Default::default(),
+        vocab_size: tok.get_vocab_size(true),
+        n_encoder_layers: 1,
+        n_decoder_layers: 1,
+        d_model: 32,
+        n_head: 4,
+        d_ff: 64,
+        max_seq_len: 32,
+        dropout: 0.1,
+        norm_eps: 1e-6,
+        pad_id: pad,
+        bos_id: bos,
+        eos_id: eos,
+    };
+    let store = VarStore::new_random(7, cfg.init_policy());
+    let model = Transformer::load(cfg, &store).unwrap();
+    let params: Vec<Param> = store
+        .vars()
+        .into_iter()
+        .map(|(name, var, decay)| Param { name, var, decay })
+        .collect();
+    let mut opt = Optimizer::new(
+        OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            weight_decay: 0.0,
+        },
+        &params,
+    );
+    let sched = Schedule::InverseSqrt { warmup: 20 };
+    let eval: Vec<Batch> = data
+        .chunks(64)
+        .map(|c| make_batch(&c, pad, bos).unwrap())
+        .collect();
+    let eval_loss = |m: &Transformer| -> f64 {
+        let (mut sum, mut n) = (0.0, 0);
+        for b in &eval {
+            let (_, ce, k) = batch_loss(m, b, 0.1).unwrap();
+            sum += ce * k as f64;
+            n += k;
+        }
+        sum / n as f64
+    };
+    let before = eval_loss(&model);
+    let mut rng = SplitMix64::new(11);
+    for step in 0..60 {
+        let batch = make_batch(&data.sample(&mut rng, 16), pad, bos).unwrap();
+        model.set_noise(Some(rng.next_u64()));
+        let (loss, _, _) = batch_loss(&model, &batch, 0.1).unwrap();
+        model.set_noise(None);
+        let g = loss.backward().unwrap();
+        let grads: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| {
+                g.get(p.var.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        opt.step(&params, &grads, sched.lr(step, 60, 3e-3)).unwrap();
+    }
+    let after = eval_loss(&model);
+    assert!(before > 3.0, "untrained loss {before}");
+    assert!(after < 0.6 * before, "loss {before} -> {after}");
+}

@@ -1,0 +1,223 @@
+//! `canon translate`: English→German with a trained Transformer run (paper 1): beam search with the
+//! GNMT length penalty, one translation per `--text` or per line of standard input; `--test-bleu`
+//! translates the run's held-out test split and reports corpus BLEU (sacreBLEU's definition).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use canon_eval::bleu::corpus_bleu;
+use canon_infer::seq2seq::DecodeOptions;
+use canon_models::VarStore;
+use canon_models::family::{
+    CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
+};
+use canon_models::transformer::{Transformer, TransformerConfig};
+use canon_train::translation::load_pairs;
+use clap::Args;
+use tokenizers::Tokenizer;
+
+use super::train_transformer::{read_mt_config, translate_encoded};
+use crate::Ctx;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon train --config configs/transformer-mt.toml --out runs/mt
+  canon translate --model runs/mt --text \"File not found\"
+  printf 'Permission denied\\nNo space left on device\\n' | canon translate --model runs/mt
+  canon translate --model runs/mt --test-bleu")]
+pub struct TranslateArgs {
+    /// A Transformer run folder (model.json, checkpoint.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The English text; without it, each line of standard input is translated.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Beam size (1 = greedy).
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// GNMT length penalty α (0 = none).
+    #[arg(long, default_value_t = 0.6)]
+    pub length_penalty: f64,
+    /// Most tokens per translation (default: source length + 50).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Translate the run's held-out test split and print corpus BLEU (also written to
+    /// DIR/test_bleu.json with the translations in DIR/test_translations.tsv).
+    #[arg(long, conflicts_with = "text")]
+    pub test_bleu: bool,
+    /// With --test-bleu: only the first N test sentences.
+    #[arg(long, requires = "test_bleu")]
+    pub limit: Option<usize>,
+}
+
+/// A trained Transformer run.
+pub struct MtRun {
+    pub model: Transformer,
+    pub tok: Tokenizer,
+}
+
+pub fn load_run(dir: &Path) -> anyhow::Result<MtRun> {
+    let mpath = dir.join(RUN_MODEL_FILE);
+    let text = std::fs::read_to_string(&mpath)
+        .with_context(|| format!("{} is not a run folder", dir.display()))?;
+    let cfg: TransformerConfig = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a Transformer (family = \"transformer\") model",
+            mpath.display()
+        )
+    })?;
+    let store = VarStore::from_safetensors(
+        &dir.join(RUN_CHECKPOINT_FILE),
+        CHECKPOINT_PARAM_PREFIX,
+        cfg.init_policy(),
+    )?;
+    let model = Transformer::load(cfg, &store)?;
+    let tpath = dir.join(RUN_TOKENIZER_FILE);
+    let tok = Tokenizer::from_file(&tpath)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tpath.display()))?;
+    Ok(MtRun { model, tok })
+}
+
+impl MtRun {
+    /// Source ids: the text (whitespace squashed as the training data was) + `</s>`, cut to the
+    /// position table.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let clean = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut ids = self
+            .tok
+            .encode(clean.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the input: {e}"))?
+            .get_ids()
+            .to_vec();
+        let max = self.model.config.max_seq_len;
+        ids.truncate(max - 1);
+        ids.push(self.model.config.eos_id);
+        Ok(ids)
+    }
+
+    pub fn translate(&self, texts: &[String], opts: &DecodeOptions) -> anyhow::Result<Vec<String>> {
+        let srcs = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        translate_encoded(&self.model, &self.tok, &srcs, opts)
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn test_bleu(
+    run: &MtRun,
+    dir: &Path,
+    opts: &DecodeOptions,
+    limit: Option<usize>,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let cpath = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cpath)
+        .with_context(|| format!("cannot read {}", cpath.display()))?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("invalid config {}", cpath.display()))?;
+    let cfg = read_mt_config(&value, &cpath)?;
+    let mut test = load_pairs(&cfg.data)?.test;
+    if let Some(n) = limit {
+        test.truncate(n);
+    }
+    let (src, refs): (Vec<String>, Vec<String>) = test.into_iter().unzip();
+    let t0 = std::time::Instant::now();
+    let mut hyps = Vec::with_capacity(src.len());
+    for (i, chunk) in src.chunks(32).enumerate() {
+        hyps.extend(run.translate(chunk, opts)?);
+        if !ctx.quiet {
+            eprint!(
+                "\rcanon: translated {}/{}",
+                (i * 32 + chunk.len()),
+                src.len()
+            );
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let b = corpus_bleu(&hyps, &refs).map_err(anyhow::Error::msg)?;
+    if !ctx.quiet {
+        eprintln!();
+    }
+    println!(
+        "BLEU = {:.2} {:.1}/{:.1}/{:.1}/{:.1} (BP = {:.3}, ratio = {:.3}, hyp_len = {}, ref_len = {}) on {} test sentences, beam {}, α {} ({:.1} s, {:.1} sentences/s)",
+        b.score,
+        b.precisions[0],
+        b.precisions[1],
+        b.precisions[2],
+        b.precisions[3],
+        b.brevity_penalty,
+        b.stats.sys_len as f64 / b.stats.ref_len.max(1) as f64,
+        b.stats.sys_len,
+        b.stats.ref_len,
+        src.len(),
+        opts.beam_size,
+        opts.length_penalty,
+        secs,
+        src.len() as f64 / secs.max(1e-9)
+    );
+    let json = serde_json::json!({
+        "bleu": b.score,
+        "precisions": b.precisions,
+        "brevity_penalty": b.brevity_penalty,
+        "sys_len": b.stats.sys_len,
+        "ref_len": b.stats.ref_len,
+        "sentences": src.len(),
+        "beam": opts.beam_size,
+        "length_penalty": opts.length_penalty,
+        "tokenize": "13a",
+        "seconds": secs,
+    });
+    write_atomic(
+        &dir.join("test_bleu.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    let tsv: String = src
+        .iter()
+        .zip(&refs)
+        .zip(&hyps)
+        .map(|((s, r), h)| format!("{s}\t{r}\t{h}\n"))
+        .collect();
+    write_atomic(&dir.join("test_translations.tsv"), &tsv)
+}
+
+pub fn run(a: TranslateArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let opts = DecodeOptions {
+        beam_size: a.beam,
+        length_penalty: a.length_penalty,
+        extra_len: 50,
+        max_tokens: a.max_tokens,
+    };
+    opts.validate()?;
+    let run = load_run(&a.model)?;
+    if a.test_bleu {
+        return test_bleu(&run, &a.model, &opts, a.limit, ctx);
+    }
+    let mut out = std::io::stdout().lock();
+    if let Some(t) = &a.text {
+        if t.trim().is_empty() {
+            bail!("--text is empty");
+        }
+        let h = run.translate(std::slice::from_ref(t), &opts)?;
+        writeln!(out, "{}", h[0])?;
+        return Ok(());
+    }
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read standard input line {}", i + 1))?;
+        if line.trim().is_empty() {
+            writeln!(out)?;
+            continue;
+        }
+        let h = run.translate(std::slice::from_ref(&line), &opts)?;
+        writeln!(out, "{}", h[0])?;
+        out.flush()?;
+    }
+    Ok(())
+}
