@@ -16,6 +16,7 @@ pub mod load;
 pub mod peft;
 pub mod sentence;
 pub mod source;
+pub mod t5;
 pub mod transformer_xl;
 pub mod varstore;
 

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod schedule;
+pub mod span_corruption;
 pub mod trainer;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};
