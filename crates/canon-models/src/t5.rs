@@ -202,8 +202,15 @@ struct Attn {
 
 #[derive(Debug, Clone)]
 enum Ffn {
-    Relu { wi: Linear, wo: Linear },
-    GatedGelu { wi_0: Linear, wi_1: Linear, wo: Linear },
+    Relu {
+        wi: Linear,
+        wo: Linear,
+    },
+    GatedGelu {
+        wi_0: Linear,
+        wi_1: Linear,
+        wo: Linear,
+    },
 }
 
 impl Ffn {
@@ -458,14 +465,7 @@ impl T5 {
             )?;
             y = (y + a)?;
             let h = blk.ln_cross.forward(&y)?;
-            let a = self.attend(
-                &blk.cross,
-                &h,
-                enc,
-                None,
-                AttnMask::Padding(src_mask),
-                None,
-            )?;
+            let a = self.attend(&blk.cross, &h, enc, None, AttnMask::Padding(src_mask), None)?;
             y = (y + a)?;
             y = (&y + blk.ffn.forward(&blk.ln_ffn.forward(&y)?)?)?;
         }
@@ -477,7 +477,12 @@ impl T5 {
     }
 
     /// Teacher-forced logits `[b, t, V]` of decoder inputs `tgt_in` (training; keeps the graph).
-    pub fn forward_train(&self, src: &Tensor, src_mask: &Tensor, tgt_in: &Tensor) -> Result<Tensor> {
+    pub fn forward_train(
+        &self,
+        src: &Tensor,
+        src_mask: &Tensor,
+        tgt_in: &Tensor,
+    ) -> Result<Tensor> {
         let enc = self.encode_states(src, src_mask)?;
         self.decode_inner(&enc, src_mask, tgt_in, None)
     }

@@ -104,7 +104,11 @@ fn matches_transformers_t5_on_random_weights() {
         let enc = m.encode(&src, &mask).unwrap();
         // Padded positions' states are not compared (HF computes them too; they are unused), so
         // compare all: both sides compute them the same way.
-        assert_close_f32(&to_vec(&enc), &fl(&case["encoder_out"]), Tol::new(2e-5, 1e-4));
+        assert_close_f32(
+            &to_vec(&enc),
+            &fl(&case["encoder_out"]),
+            Tol::new(2e-5, 1e-4),
+        );
         let mut cache = m.new_cache();
         let logits = m.decode(&enc, &mask, &tgt, &mut cache).unwrap();
         assert_eq!(logits.dims(), &[2, 7, cfg.vocab_size]);
@@ -172,7 +176,10 @@ fn future_target_tokens_do_not_change_past_logits() {
         Tol::new(1e-6, 1e-5),
     );
     let d = to_vec(&(a.narrow(1, 3, 3).unwrap() - b.narrow(1, 3, 3).unwrap()).unwrap());
-    assert!(d.iter().any(|x| x.abs() > 1e-3), "later positions must differ");
+    assert!(
+        d.iter().any(|x| x.abs() > 1e-3),
+        "later positions must differ"
+    );
 }
 
 #[test]
@@ -229,18 +236,31 @@ fn one_bias_table_per_stack_and_every_parameter_gets_a_gradient() {
     // shared + enc 2×(4 attn + 2 ffn + 2 ln) + enc bias + final ln + dec 2×(8 attn + 2 ffn + 3 ln)
     // + dec bias + final ln; no lm_head (tied).
     assert_eq!(names.len(), 1 + 2 * 8 + 1 + 1 + 2 * 13 + 1 + 1);
-    assert!(!names.iter().any(|n| n.ends_with(".bias") || n == "lm_head.weight"));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".bias") || n == "lm_head.weight")
+    );
     let src = ids(&[&[5, 6, 7, 8, 9, 1]]);
     let mask = mask_of(&[&[1, 1, 1, 1, 1, 1]]);
     let logits = m
         .forward_train(&src, &mask, &ids(&[&[0, 3, 4, 5, 6]]))
         .unwrap();
-    let g = logits.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let g = logits
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for (name, v, decay) in store.vars() {
         let gr = g
             .get(v.as_tensor())
             .unwrap_or_else(|| panic!("{name}: no gradient"));
-        assert!(to_vec(gr).iter().any(|x| *x != 0.0), "{name}: zero gradient");
+        assert!(
+            to_vec(gr).iter().any(|x| *x != 0.0),
+            "{name}: zero gradient"
+        );
         assert_eq!(
             decay,
             !(name.contains("layer_norm") || name.contains("relative") || name == "shared.weight"),
@@ -256,7 +276,10 @@ fn one_bias_table_per_stack_and_every_parameter_gets_a_gradient() {
         std("encoder.block.0.layer.0.SelfAttention.q.weight"),
         std("encoder.block.0.layer.0.SelfAttention.k.weight"),
     );
-    assert!((q - 0.125).abs() < 0.03 && (k - 0.25).abs() < 0.06, "{q} {k}");
+    assert!(
+        (q - 0.125).abs() < 0.03 && (k - 0.25).abs() < 0.06,
+        "{q} {k}"
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub mod objectives;
 pub mod optim;
 pub mod schedule;
 pub mod span_corruption;
+pub mod t5_train;
 pub mod trainer;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};

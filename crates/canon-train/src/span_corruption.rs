@@ -211,7 +211,12 @@ pub fn corrupt(
 
 /// The inverse: every sentinel of the input replaced by the tokens that follow the same sentinel in
 /// the target (up to the next sentinel). Errors when the pair is malformed.
-pub fn reconstruct(input: &[u32], target: &[u32], sentinels: Sentinels, eos: u32) -> Result<Vec<u32>> {
+pub fn reconstruct(
+    input: &[u32],
+    target: &[u32],
+    sentinels: Sentinels,
+    eos: u32,
+) -> Result<Vec<u32>> {
     let bad = |m: &str| TrainError::Data(format!("span corruption: {m}"));
     let strip = |s: &[u32], what: &str| -> Result<Vec<u32>> {
         match s.split_last() {
@@ -270,12 +275,14 @@ mod tests {
         // T5's default: 568 raw tokens give inputs of 512 (with EOS); targets 85 + 28 + 2 = 115.
         assert_eq!(c.output_lengths(568), (512, 115));
         assert_eq!(c.raw_length_for(512), Some(568));
-        assert!(SpanConfig {
-            noise_density: 1.0,
-            mean_span: 3.0
-        }
-        .validate()
-        .is_err());
+        assert!(
+            SpanConfig {
+                noise_density: 1.0,
+                mean_span: 3.0
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]
@@ -309,7 +316,9 @@ mod tests {
                 let mask = noise_mask(len, &cfg, &mut rng);
                 let (noise, spans) = cfg.counts(len);
                 assert_eq!(mask.iter().filter(|&&m| m).count(), noise, "len {len}");
-                let starts = (0..len).filter(|&i| mask[i] && (i == 0 || !mask[i - 1])).count();
+                let starts = (0..len)
+                    .filter(|&i| mask[i] && (i == 0 || !mask[i - 1]))
+                    .count();
                 assert_eq!(starts, spans, "len {len}");
                 assert!(!mask[0], "starts with non-noise");
                 assert!(mask[len - 1], "ends with noise");
@@ -331,7 +340,10 @@ mod tests {
     fn the_papers_example() {
         // "Thank you for inviting me to your party last week ." with spans "for inviting", "last".
         let tokens: Vec<u32> = (10..21).collect();
-        let mask: Vec<bool> = [0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0].iter().map(|&m| m == 1).collect();
+        let mask: Vec<bool> = [0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0]
+            .iter()
+            .map(|&m| m == 1)
+            .collect();
         let c = apply_mask(&tokens, &mask, S, EOS).unwrap();
         assert_eq!(c.input, vec![10, 11, 999, 14, 15, 16, 17, 998, 19, 20, EOS]);
         assert_eq!(c.target, vec![999, 12, 13, 998, 18, 997, EOS]);
@@ -340,8 +352,16 @@ mod tests {
         assert!(reconstruct(&c.input, &[12, 999, EOS], S, EOS).is_err());
         assert!(reconstruct(&c.input, &c.target[..6], S, EOS).is_err());
         assert!(reconstruct(&[10, 998, EOS], &c.target, S, EOS).is_err());
-        let few = Sentinels { first: 999, count: 2 };
-        assert!(apply_mask(&tokens, &mask, few, EOS).unwrap_err().to_string().contains("3 sentinel"));
+        let few = Sentinels {
+            first: 999,
+            count: 2,
+        };
+        assert!(
+            apply_mask(&tokens, &mask, few, EOS)
+                .unwrap_err()
+                .to_string()
+                .contains("3 sentinel")
+        );
     }
 
     #[test]

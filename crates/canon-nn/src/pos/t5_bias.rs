@@ -83,10 +83,12 @@ pub fn bucket_ids(
     for i in 0..tq {
         let qp = (q_offset + i) as i64;
         for j in 0..tk {
-            ids.push(
-                relative_position_bucket(j as i64 - qp, bidirectional, num_buckets, max_distance)
-                    as u32,
-            );
+            ids.push(relative_position_bucket(
+                j as i64 - qp,
+                bidirectional,
+                num_buckets,
+                max_distance,
+            ) as u32);
         }
     }
     ids
@@ -119,14 +121,7 @@ impl RelativeBias {
     /// the table through the lookup.
     pub fn bias(&self, tq: usize, tk: usize, q_offset: usize) -> crate::Result<Tensor> {
         let (nbk, h) = self.table.dims2()?;
-        let ids = bucket_ids(
-            tq,
-            tk,
-            q_offset,
-            self.bidirectional,
-            nbk,
-            self.max_distance,
-        );
+        let ids = bucket_ids(tq, tk, q_offset, self.bidirectional, nbk, self.max_distance);
         let ids = Tensor::from_vec(ids, tq * tk, self.table.device())?;
         // [tq·tk, h] -> [tq, tk, h] -> [h, tq, tk] -> [1, h, tq, tk]
         self.table
@@ -161,13 +156,19 @@ pub fn biased_attention(
         }
         AttnMask::Causal { offset } => {
             let m = crate::attention::causal_mask(tq, tk, offset, q.device())?;
-            candle_nn::ops::softmax(&scores.broadcast_add(&m.to_dtype(scores.dtype())?)?, D::Minus1)?
+            candle_nn::ops::softmax(
+                &scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+                D::Minus1,
+            )?
         }
         AttnMask::Padding(keep) => {
             // [b, tk] of 1/0 -> additive [b, 1, 1, tk] of 0/−1e30 (finite: an all-padding row stays
             // a uniform distribution instead of NaN).
             let add = ((keep.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, tk))?;
-            candle_nn::ops::softmax(&scores.broadcast_add(&add.to_dtype(scores.dtype())?)?, D::Minus1)?
+            candle_nn::ops::softmax(
+                &scores.broadcast_add(&add.to_dtype(scores.dtype())?)?,
+                D::Minus1,
+            )?
         }
         AttnMask::None => candle_nn::ops::softmax(&scores, D::Minus1)?,
     };

@@ -49,7 +49,11 @@ fn bucket_table_matches_the_papers_values_in_f32_and_f64() {
         assert_eq!(relative_position_bucket(rp, true, 32, 128), want, "rp {rp}");
     }
     for &(rp, want) in CAUSAL {
-        assert_eq!(relative_position_bucket(rp, false, 32, 128), want, "rp {rp}");
+        assert_eq!(
+            relative_position_bucket(rp, false, 32, 128),
+            want,
+            "rp {rp}"
+        );
     }
     for rp in 1..2000 {
         assert_eq!(relative_position_bucket(rp, false, 32, 128), 0, "rp {rp}");
@@ -76,7 +80,11 @@ fn bucket_table_matches_transformers() {
         for (rp, w) in rps.iter().zip(want) {
             let rp = rp.as_i64().unwrap();
             let w = w.as_u64().unwrap() as usize;
-            assert_eq!(relative_position_bucket(rp, bi, 32, 128), w, "{mode} rp {rp}");
+            assert_eq!(
+                relative_position_bucket(rp, bi, 32, 128),
+                w,
+                "{mode} rp {rp}"
+            );
         }
     }
 }
@@ -118,7 +126,11 @@ fn biased_attention_with_zero_bias_is_scaled_attention_on_prescaled_queries() {
     let q = randn(&[2, 3, 5, d], 1);
     let k = randn(&[2, 3, 5, d], 2);
     let v = randn(&[2, 3, 5, d], 3);
-    let keep = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]], &Device::Cpu).unwrap();
+    let keep = Tensor::new(
+        &[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let zero = Tensor::zeros((1, 3, 5, 5), DType::F32, &Device::Cpu).unwrap();
     let qs = (&q * (d as f64).sqrt()).unwrap();
     for mask in [

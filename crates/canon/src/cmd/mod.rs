@@ -10,3 +10,4 @@ pub mod quantize;
 pub mod sampling;
 pub mod tokenize;
 pub mod train;
+pub mod train_t5;

@@ -149,6 +149,7 @@ fn new_family_setup(
     #[allow(clippy::match_single_binding)]
     match family {
         // One arm per family: "name" => super::train_name::setup(cfg, config_path, dir, resuming, ctx),
+        "t5" => super::train_t5::setup(cfg, config_path, dir, resuming, ctx),
         f => bail!(
             "{}: unknown model family '{f}'; expected one of {}",
             config_path.display(),
