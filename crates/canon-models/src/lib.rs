@@ -18,6 +18,7 @@ pub mod peft;
 pub mod sentence;
 pub mod source;
 pub mod transformer;
+pub mod t5;
 pub mod transformer_xl;
 pub mod varstore;
 

@@ -27,6 +27,8 @@ pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod schedule;
+pub mod span_corruption;
+pub mod t5_train;
 pub mod trainer;
 pub mod transe;
 pub mod translation;

@@ -3,3 +3,4 @@
 
 pub mod relative;
 pub mod sinusoidal;
+pub mod t5_bias;

@@ -13,3 +13,4 @@ pub mod train;
 pub mod train_ernie;
 pub mod train_transformer;
 pub mod translate;
+pub mod train_t5;

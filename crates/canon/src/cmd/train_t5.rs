@@ -1,0 +1,393 @@
+//! `canon train` for T5 (paper 8): `[t5] stage = "span_corruption"` pre-trains on a corpus with
+//! span corruption; `stage = "multitask"` trains text-to-text tasks with prefixes, from a
+//! pre-trained run folder (`init_from`) or from scratch.
+//!
+//! Config tables: `[model]` (`family = "t5"` and `canon_models::t5::T5Config`; with `init_from`
+//! only `family`, the rest comes from the pre-trained run), `[data]` (span corruption: `corpus`,
+//! `vocab_size`, `extra_ids`, `max_bytes`, `val_fraction`), `[t5]` (`stage`, `noise_density`,
+//! `mean_span`, `init_from`, `tasks`, `mixing_cap`, `groups`, `snippet_bytes`) and `[train]`
+//! (`block_size` = the longest source or target in tokens).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use canon_models::VarStore;
+use canon_models::family::{
+    CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
+};
+use canon_models::t5::{T5, T5Config};
+use canon_train::data::{self, Corpus};
+use canon_train::engine::{Engine, Objective};
+use canon_train::span_corruption::SpanConfig;
+use canon_train::t5_train::tasks::{self, TextRecord};
+use canon_train::t5_train::{
+    Mixture, Source, SpecialIds, Stage, T5Objective, encode_records, t5_tokenizer,
+};
+use canon_train::{Param, TokenData, TrainConfig};
+use serde::Deserialize;
+
+use crate::Ctx;
+
+fn d_vocab() -> usize {
+    4096
+}
+fn d_extra() -> usize {
+    100
+}
+fn d_max_bytes() -> usize {
+    4_000_000
+}
+fn d_val() -> f64 {
+    0.05
+}
+fn d_density() -> f64 {
+    0.15
+}
+fn d_span() -> f64 {
+    3.0
+}
+fn d_groups() -> Vec<String> {
+    vec!["email".into(), "http".into()]
+}
+fn d_snippet() -> usize {
+    300
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataSection {
+    /// `python-docs`, `python-stdlib`, or a text file or folder (span corruption; for the multitask
+    /// stage from scratch, the tokenizer is trained on the task texts instead).
+    #[serde(default)]
+    corpus: Option<String>,
+    #[serde(default = "d_vocab")]
+    vocab_size: usize,
+    #[serde(default = "d_extra")]
+    extra_ids: usize,
+    #[serde(default = "d_max_bytes")]
+    max_bytes: usize,
+    #[serde(default = "d_val")]
+    val_fraction: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct T5Section {
+    stage: Stage,
+    #[serde(default = "d_density")]
+    noise_density: f64,
+    #[serde(default = "d_span")]
+    mean_span: f64,
+    /// A pre-trained run folder (multitask stage).
+    #[serde(default)]
+    init_from: Option<PathBuf>,
+    /// `function_name`, `stdlib_group`, `jsonl:PATH` (multitask stage).
+    #[serde(default)]
+    tasks: Vec<String>,
+    /// T5's `K` of examples-proportional mixing (0 = no limit).
+    #[serde(default)]
+    mixing_cap: usize,
+    /// Packages of the `stdlib_group` task.
+    #[serde(default = "d_groups")]
+    groups: Vec<String>,
+    #[serde(default = "d_snippet")]
+    snippet_bytes: usize,
+}
+
+fn table<T: serde::de::DeserializeOwned>(
+    cfg: &toml::Value,
+    key: &str,
+    file: &Path,
+) -> anyhow::Result<T> {
+    let v = cfg
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Table(Default::default()));
+    v.try_into()
+        .with_context(|| format!("{}: invalid [{key}] table", file.display()))
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn save_tokenizer(tok: &tokenizers::Tokenizer, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    tok.save(&tmp, false)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// `model.json`: the T5 config tagged with `"family": "t5"`.
+fn write_model_json(dir: &Path, cfg: &T5Config) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(cfg)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("family".into(), "t5".into());
+    }
+    write_atomic(
+        &dir.join(RUN_MODEL_FILE),
+        &serde_json::to_string_pretty(&v)?,
+    )
+}
+
+/// Reads a run folder's `model.json` written by `write_model_json`.
+pub fn read_model_json(dir: &Path) -> anyhow::Result<T5Config> {
+    let p = dir.join(RUN_MODEL_FILE);
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
+    match v.as_object_mut().and_then(|o| o.remove("family")) {
+        Some(f) if f == "t5" => {}
+        other => bail!("{}: expected family \"t5\", found {other:?}", p.display()),
+    }
+    serde_json::from_value(v).with_context(|| format!("{}: invalid T5 config", p.display()))
+}
+
+/// `[model]` without its `family` key.
+fn model_table(cfg: &toml::Value) -> toml::Value {
+    let mut m = cfg
+        .get("model")
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Table(Default::default()));
+    if let Some(t) = m.as_table_mut() {
+        t.remove("family");
+    }
+    m
+}
+
+fn load_corpus(spec: &str, max_bytes: usize) -> anyhow::Result<Corpus> {
+    Ok(match spec {
+        "python-stdlib" => data::python_stdlib(&super::train::python_stdlib_dir()?, max_bytes)?,
+        "python-docs" => data::python_docs(&super::train::python_stdlib_dir()?, max_bytes)?,
+        p => data::text_path(Path::new(p), max_bytes)
+            .with_context(|| format!("data.corpus = '{p}'"))?,
+    })
+}
+
+/// Builds the (train, test) records of each task named in `[t5] tasks`.
+fn task_records(
+    t: &T5Section,
+    file: &Path,
+) -> anyhow::Result<Vec<(String, Vec<TextRecord>, Vec<TextRecord>)>> {
+    if t.tasks.is_empty() {
+        bail!(
+            "{}: [t5] tasks is empty; name at least one of function_name, stdlib_group, jsonl:PATH",
+            file.display()
+        );
+    }
+    let mut out = Vec::new();
+    for name in &t.tasks {
+        let (train, test) = match name.as_str() {
+            "function_name" => tasks::function_name_task(&super::train::python_stdlib_dir()?)?,
+            "stdlib_group" => {
+                let g: Vec<&str> = t.groups.iter().map(String::as_str).collect();
+                tasks::stdlib_group_task(&super::train::python_stdlib_dir()?, &g, t.snippet_bytes)?
+            }
+            other => match other.strip_prefix("jsonl:") {
+                Some(p) => tasks::split_every_fourth(tasks::jsonl_records(Path::new(p), other)?),
+                None => bail!(
+                    "{}: unknown task '{other}' in [t5] tasks; expected function_name, stdlib_group or jsonl:PATH",
+                    file.display()
+                ),
+            },
+        };
+        out.push((name.clone(), train, test));
+    }
+    Ok(out)
+}
+
+pub fn setup(
+    config: &toml::Value,
+    config_path: &Path,
+    dir: &Path,
+    resuming: bool,
+    ctx: &Ctx,
+) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
+    let f = config_path.display();
+    let say = |s: String| {
+        if !ctx.quiet {
+            eprintln!("canon: {s}");
+        }
+    };
+    let train: TrainConfig = table(config, "train", config_path)?;
+    train.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    let data_cfg: DataSection = table(config, "data", config_path)?;
+    let t5: T5Section = table(config, "t5", config_path)?;
+    let span = SpanConfig {
+        noise_density: t5.noise_density,
+        mean_span: t5.mean_span,
+    };
+    span.validate()
+        .map_err(|m| anyhow::anyhow!("{f}: [t5] {m}"))?;
+    let tok_path = dir.join(RUN_TOKENIZER_FILE);
+    let block = train.block_size;
+
+    // The model config, tokenizer and initial weights.
+    let (tok, cfg, store) = match (&t5.init_from, resuming) {
+        (_, true) => {
+            // The checkpoint holds every weight; build the same shapes, then the engine loads it.
+            let tok = load_tokenizer(&tok_path)?;
+            let cfg = read_model_json(dir)?;
+            let store = VarStore::new_random(train.seed, cfg.init_policy());
+            (tok, cfg, store)
+        }
+        (Some(from), false) => {
+            if t5.stage != Stage::Multitask {
+                bail!("{f}: [t5] init_from is for stage = \"multitask\"");
+            }
+            let extra: Vec<String> = model_table(config)
+                .as_table()
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            if !extra.is_empty() {
+                bail!(
+                    "{f}: with [t5] init_from, [model] takes only `family` (the architecture comes from {}); found {}",
+                    from.display(),
+                    extra.join(", ")
+                );
+            }
+            let tok = load_tokenizer(&from.join(RUN_TOKENIZER_FILE))?;
+            let cfg = read_model_json(from)?;
+            let ckpt = from.join(RUN_CHECKPOINT_FILE);
+            let store =
+                VarStore::from_safetensors(&ckpt, CHECKPOINT_PARAM_PREFIX, cfg.init_policy())
+                    .with_context(|| format!("[t5] init_from = {}", from.display()))?;
+            say(format!("initialised from {}", from.display()));
+            (tok, cfg, store)
+        }
+        (None, false) => {
+            let mut cfg: T5Config = model_table(config)
+                .try_into()
+                .with_context(|| format!("{f}: invalid [model] table for family t5"))?;
+            let docs: Vec<String> = match t5.stage {
+                Stage::SpanCorruption => {
+                    let spec = data_cfg.corpus.as_deref().with_context(|| {
+                        format!("{f}: [data] corpus is required for span corruption")
+                    })?;
+                    load_corpus(spec, data_cfg.max_bytes)?.docs
+                }
+                Stage::Multitask => task_records(&t5, config_path)?
+                    .into_iter()
+                    .flat_map(|(_, tr, _)| tr)
+                    .map(|r| format!("{}{}\n{}\n", r.prefix, r.input, r.target))
+                    .collect(),
+            };
+            let tok = t5_tokenizer(&docs, data_cfg.vocab_size, data_cfg.extra_ids)?;
+            let ids = SpecialIds::of(&tok)?;
+            cfg.vocab_size = tok.get_vocab_size(true);
+            cfg.pad_id = ids.pad;
+            cfg.eos_id = ids.eos;
+            let store = VarStore::new_random(train.seed, cfg.init_policy());
+            (tok, cfg, store)
+        }
+    };
+    let ids = SpecialIds::of(&tok)?;
+    if cfg.vocab_size != tok.get_vocab_size(true) {
+        bail!(
+            "model vocab_size {} differs from the tokenizer's {}",
+            cfg.vocab_size,
+            tok.get_vocab_size(true)
+        );
+    }
+    cfg.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    if block > cfg.max_seq_len {
+        bail!(
+            "{f}: train.block_size ({block}) exceeds model.max_seq_len ({})",
+            cfg.max_seq_len
+        );
+    }
+    if !resuming {
+        save_tokenizer(&tok, &tok_path)?;
+        write_model_json(dir, &cfg)?;
+    }
+    let model = T5::load(cfg.clone(), &store)?;
+
+    let source = match t5.stage {
+        Stage::SpanCorruption => {
+            let spec = data_cfg
+                .corpus
+                .as_deref()
+                .with_context(|| format!("{f}: [data] corpus is required for span corruption"))?;
+            let corpus = load_corpus(spec, data_cfg.max_bytes)?;
+            say(format!(
+                "corpus {}: {} documents, {:.1} MB",
+                corpus.name,
+                corpus.docs.len(),
+                corpus.bytes() as f64 / 1e6
+            ));
+            let data = TokenData::encode(&tok, &corpus.docs, data_cfg.val_fraction)?;
+            let raw_len = span.raw_length_for(block).with_context(|| {
+                format!("{f}: train.block_size ({block}) is too small for span corruption")
+            })?;
+            let (noise, spans) = span.counts(raw_len);
+            if spans + 1 > ids.n_sentinels {
+                bail!(
+                    "{f}: {spans} spans per sequence need {} sentinels; data.extra_ids gives {}",
+                    spans + 1,
+                    ids.n_sentinels
+                );
+            }
+            say(format!(
+                "tokens: {} train, {} held out; windows of {raw_len} tokens, {noise} noise in {spans} spans",
+                data.train.len(),
+                data.val.len()
+            ));
+            Source::Spans {
+                data,
+                raw_len,
+                cfg: span,
+            }
+        }
+        Stage::Multitask => {
+            let recs = task_records(&t5, config_path)?;
+            let (mut train_ex, mut test_ex, mut names) = (Vec::new(), Vec::new(), Vec::new());
+            for (name, tr, te) in recs {
+                if tr.is_empty() || te.is_empty() {
+                    bail!(
+                        "task {name}: {} training and {} test records; both must be non-empty",
+                        tr.len(),
+                        te.len()
+                    );
+                }
+                say(format!(
+                    "task {name}: {} train, {} test (e.g. \"{}{}\" → \"{}\")",
+                    tr.len(),
+                    te.len(),
+                    tr[0].prefix,
+                    tr[0].input.chars().take(60).collect::<String>(),
+                    tr[0].target
+                ));
+                train_ex.push(encode_records(&tok, &tr, ids.eos, block)?);
+                test_ex.push(encode_records(&tok, &te, ids.eos, block)?);
+                names.push(name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+            }
+            let sizes: Vec<usize> = train_ex.iter().map(Vec::len).collect();
+            let mixture = Mixture::new(&sizes, t5.mixing_cap)?;
+            say(format!(
+                "mixing rates {:?}",
+                mixture
+                    .rates()
+                    .iter()
+                    .map(|r| (r * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>()
+            ));
+            Source::Tasks {
+                train: train_ex,
+                test: test_ex,
+                names,
+                mixture,
+            }
+        }
+    };
+    say(format!("{} parameters", store.num_params()));
+    let obj = T5Objective::new(model, source, ids, train.batch_size, train.eval_batches)?;
+    Ok((Engine::params_of(&store), train, Box::new(obj)))
+}
