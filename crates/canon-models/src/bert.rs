@@ -109,6 +109,11 @@ impl Bert {
 }
 
 impl Bert {
+    /// The word-embedding table `[vocab, d]` (BERT's MLM decoder is tied to it).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word.weight
+    }
+
     fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<(usize, usize)> {
         let c = &self.config;
         let (b, t) = ids.dims2()?;

@@ -14,9 +14,12 @@
 //! - `trainer`: the loop over any `TrainableLm`, with gradient accumulation, evaluation, Ctrl-C and
 //!   exact resume.
 
+pub mod bert_data;
+pub mod bert_pretrain;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod finetune;
 pub mod metrics;
 pub mod objectives;
