@@ -278,7 +278,7 @@ pub fn train_tokenizer(
 }
 
 /// Tokens of the training and held-out splits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenData {
     pub train: Vec<u32>,
     pub val: Vec<u32>,

@@ -11,8 +11,10 @@
 //! - `checkpoint`: weights + optimizer state + step + RNG state in one safetensors file, written
 //!   atomically (temporary file, then rename).
 //! - `metrics`: `metrics.jsonl` and the loss-curve PNG.
-//! - `trainer`: the loop over any `TrainableLm`, with gradient accumulation, evaluation, Ctrl-C and
-//!   exact resume.
+//! - `engine`: the loop every family shares (an `Objective` builds losses; the `Engine` does
+//!   accumulation, clipping, updates, evaluation, metrics, checkpoints, Ctrl-C and exact resume).
+//! - `trainer`: the causal-LM objective over any `TrainableLm` and `Trainer` (engine + objective).
+//! - `objectives`: BERT's masked-LM corruption.
 
 pub mod bert_data;
 pub mod bert_pretrain;
@@ -20,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod distill;
+pub mod engine;
 pub mod finetune;
 pub mod metrics;
 pub mod objectives;
@@ -29,9 +32,10 @@ pub mod trainer;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};
 pub use data::TokenData;
+pub use engine::{BatchLoss, Engine, Objective};
 pub use optim::{Optimizer, OptimizerConfig, Param};
 pub use schedule::Schedule;
-pub use trainer::{Outcome, StepReport, Trainer};
+pub use trainer::{LmObjective, Outcome, StepReport, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

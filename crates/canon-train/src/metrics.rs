@@ -16,11 +16,10 @@ pub struct MetricsLine {
     pub grad_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
-    /// Transformer-XL: the same held-out text evaluated without memory.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub eval_loss_no_mem: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub moe_aux_loss: Option<f64>,
+    /// Other training terms and held-out metrics by name (GLaM's `moe_aux_loss`,
+    /// Transformer-XL's `eval_loss_no_mem`, accuracies, BLEU), as top-level keys.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, f64>,
     /// Per MoE layer, the fraction of tokens whose top-1 expert is each expert.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub expert_load: Vec<Vec<f32>>,

@@ -77,7 +77,8 @@ fn train_cfg(steps: u64) -> TrainConfig {
 }
 
 fn params_bits(t: &Trainer) -> Vec<u32> {
-    t.params
+    t.engine
+        .params
         .iter()
         .flat_map(|p| {
             p.var
@@ -143,9 +144,9 @@ fn exact_resume(d: &TokenData, mc: ModelConfig) {
     let mut other = train_cfg(n);
     other.seed = 99;
     let mut c = Trainer::new(&mc, other).unwrap();
-    c.cfg.seed = 7;
+    c.engine.cfg.seed = 7;
     c.resume(&files.checkpoint).unwrap();
-    assert_eq!(c.step, n / 2);
+    assert_eq!(c.engine.step, n / 2);
     c.run(&d, n, &stop, &files, &mut |r| {
         losses_b.push(r.loss.to_bits())
     })
@@ -271,7 +272,7 @@ fn interrupt_writes_a_checkpoint_and_reports_it() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let out = t.run(&d, 10, &stop, &files, &mut |_| {}).unwrap();
     assert_eq!(out, Outcome::Interrupted);
-    assert_eq!(t.step, 2);
+    assert_eq!(t.step(), 2);
     assert!(files.checkpoint.is_file());
     // No temporary file is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())

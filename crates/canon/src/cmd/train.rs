@@ -11,7 +11,10 @@ use anyhow::{Context, bail};
 use canon_models::family::{RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
 use canon_train::data::{self, Corpus};
 use canon_train::trainer::RunFiles;
-use canon_train::{Outcome, RunConfig, StepReport, TokenData, Trainer};
+use canon_train::{
+    Engine, LmObjective, Objective, Outcome, Param, RunConfig, StepReport, TokenData, TrainConfig,
+    Trainer,
+};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -90,12 +93,68 @@ fn load_corpus(cfg: &RunConfig) -> anyhow::Result<Corpus> {
     })
 }
 
-fn read_config(path: &Path) -> anyhow::Result<RunConfig> {
+/// The families `canon_models::ModelConfig` trains as causal language models.
+const CAUSAL_FAMILIES: [&str; 3] = ["gpt", "llama", "transformer_xl"];
+
+fn read_config(path: &Path) -> anyhow::Result<toml::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    let cfg: RunConfig =
+    let cfg: toml::Value =
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
     Ok(cfg)
+}
+
+/// `[model] family` of a config.
+fn family_of(cfg: &toml::Value, path: &Path) -> anyhow::Result<String> {
+    cfg.get("model")
+        .and_then(|m| m.get("family"))
+        .and_then(|f| f.as_str())
+        .map(str::to_string)
+        .with_context(|| {
+            format!(
+                "{}: expected a [model] table with family = \"...\" (one of {})",
+                path.display(),
+                CAUSAL_FAMILIES.join(", ")
+            )
+        })
+}
+
+/// Sets `[train] key = value`, creating the table if needed.
+fn set_train_key(cfg: &mut toml::Value, key: &str, value: toml::Value) -> anyhow::Result<()> {
+    let table = cfg
+        .as_table_mut()
+        .context("a config must be a TOML table")?
+        .entry("train")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    table
+        .as_table_mut()
+        .context("[train] must be a table")?
+        .insert(key.to_string(), value);
+    Ok(())
+}
+
+/// Families trained through their own objective (issue 5's encoders and sequence-to-sequence
+/// models): each returns its trainable parameters, its `[train]` settings and its objective.
+type FamilySetup = (Vec<Param>, TrainConfig, Box<dyn Objective>);
+
+fn new_family_setup(
+    family: &str,
+    cfg: &toml::Value,
+    config_path: &Path,
+    dir: &Path,
+    resuming: bool,
+    ctx: &Ctx,
+) -> anyhow::Result<FamilySetup> {
+    let _ = (cfg, dir, resuming, ctx);
+    #[allow(clippy::match_single_binding)]
+    match family {
+        // One arm per family: "name" => super::train_name::setup(cfg, config_path, dir, resuming, ctx),
+        f => bail!(
+            "{}: unknown model family '{f}'; expected one of {}",
+            config_path.display(),
+            CAUSAL_FAMILIES.join(", ")
+        ),
+    }
 }
 
 fn validate(cfg: &RunConfig, file: &Path) -> anyhow::Result<()> {
@@ -123,11 +182,12 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let (dir, mut cfg, resuming) = match (&a.resume, &a.config, &a.out) {
+    let (dir, config_path, mut value, resuming) = match (&a.resume, &a.config, &a.out) {
         (Some(dir), _, _) => {
-            let cfg = read_config(&dir.join("config.toml"))
+            let path = dir.join("config.toml");
+            let cfg = read_config(&path)
                 .with_context(|| format!("{} is not a run folder", dir.display()))?;
-            (dir.clone(), cfg, true)
+            (dir.clone(), path, cfg, true)
         }
         (None, Some(config), Some(out)) => {
             let cfg = read_config(config)?;
@@ -138,19 +198,40 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     out.display()
                 );
             }
-            (out.clone(), cfg, false)
+            (out.clone(), config.clone(), cfg, false)
         }
         _ => bail!("give --config FILE --out DIR, or --resume DIR"),
     };
     if let Some(n) = a.max_steps {
-        cfg.train.max_steps = n;
+        set_train_key(&mut value, "max_steps", toml::Value::Integer(n as i64))?;
     }
     if let Some(s) = a.seed {
-        cfg.train.seed = s;
+        set_train_key(&mut value, "seed", toml::Value::Integer(s as i64))?;
     }
-    validate(&cfg, &dir.join("config.toml"))?;
+    let family = family_of(&value, &config_path)?;
+    if CAUSAL_FAMILIES.contains(&family.as_str()) {
+        let cfg: RunConfig = value
+            .try_into()
+            .with_context(|| format!("invalid config {}", config_path.display()))?;
+        return run_causal(cfg, &dir, resuming, &a, ctx);
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (params, train_cfg, mut obj) =
+        new_family_setup(&family, &value, &config_path, &dir, resuming, ctx)?;
+    write_atomic(&dir.join("config.toml"), &toml::to_string_pretty(&value)?)?;
+    let mut engine = Engine::new(params, train_cfg)?;
+    drive(&mut engine, &mut *obj, &dir, resuming, &a, ctx)
+}
 
+fn run_causal(
+    mut cfg: RunConfig,
+    dir: &Path,
+    resuming: bool,
+    a: &TrainArgs,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    validate(&cfg, &dir.join("config.toml"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let say = |s: String| {
         if !ctx.quiet {
             eprintln!("canon: {s}");
@@ -188,14 +269,34 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )?;
 
     let mut trainer = Trainer::new(&cfg.model, cfg.train.clone())?;
-    let files = RunFiles::in_dir(&dir);
+    let mut obj = LmObjective::new(&*trainer.model, &data, &cfg.train);
+    obj.check()?;
+    drive(&mut trainer.engine, &mut obj, dir, resuming, a, ctx)
+}
+
+/// Resumes if asked, then trains with a progress bar until the step limit or Ctrl-C, and prints a
+/// summary.
+fn drive(
+    engine: &mut Engine,
+    obj: &mut dyn Objective,
+    dir: &Path,
+    resuming: bool,
+    a: &TrainArgs,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !ctx.quiet {
+            eprintln!("canon: {s}");
+        }
+    };
+    let files = RunFiles::in_dir(dir);
     if resuming {
-        trainer.resume(&files.checkpoint)?;
-        say(format!("resumed at step {}", trainer.step));
+        engine.resume(obj, &files.checkpoint)?;
+        say(format!("resumed at step {}", engine.step));
     }
     say(format!(
         "{} parameters, {} threads",
-        trainer.num_params(),
+        engine.num_params(),
         ctx.threads
     ));
 
@@ -205,10 +306,8 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("cannot install the Ctrl-C handler")?;
     }
-    let stop_at = a
-        .stop_at
-        .unwrap_or(cfg.train.max_steps)
-        .min(cfg.train.max_steps);
+    let max_steps = engine.cfg.max_steps;
+    let stop_at = a.stop_at.unwrap_or(max_steps).min(max_steps);
     let bar = if ctx.quiet {
         ProgressBar::hidden()
     } else {
@@ -218,13 +317,15 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_position(trainer.step);
+    bar.set_position(engine.step);
     let mut last_eval = None;
+    let mut last_metrics: Vec<(String, f64)> = Vec::new();
     let mut tps = Vec::new();
     let mut last: Option<StepReport> = None;
-    let outcome = trainer.run(&data, stop_at, &stop, &files, &mut |r| {
+    let outcome = engine.run(obj, stop_at, &stop, &files, &mut |r| {
         if r.eval_loss.is_some() {
             last_eval = r.eval_loss;
+            last_metrics = r.eval.clone();
         }
         tps.push(r.tokens_per_s);
         bar.set_position(r.step);
@@ -242,16 +343,20 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match outcome {
         Outcome::Interrupted => say(format!(
             "interrupted: checkpoint at step {} in {}; continue with canon train --resume {}",
-            trainer.step,
+            engine.step,
             dir.display(),
             dir.display()
         )),
         Outcome::Finished => say(format!(
-            "done: step {}, train loss {}, eval loss {}, median {:.0} tokens/s; run folder {}",
-            trainer.step,
+            "done: step {}, train loss {}, eval loss {}{}, median {:.0} tokens/s; run folder {}",
+            engine.step,
             last.as_ref()
                 .map_or("-".into(), |r| format!("{:.4}", r.loss)),
             last_eval.map_or("-".into(), |e| format!("{e:.4}")),
+            last_metrics
+                .iter()
+                .map(|(k, v)| format!(", {k} {v:.4}"))
+                .collect::<String>(),
             median,
             dir.display()
         )),

@@ -1,0 +1,274 @@
+//! The training loop every family shares: an [`Objective`] builds each micro-batch's loss; the
+//! [`Engine`] owns the trainable parameters, the optimizer, the step counter and the data RNG, and
+//! does accumulation, clipping, the scheduled update, evaluation, metrics, checkpoints and Ctrl-C.
+//!
+//! Exact resume: a checkpoint holds the weights, the optimizer state, the step, the RNG state and the
+//! objective's own state (e.g. Transformer-XL's memory). An objective draws every random choice
+//! (batch, masking, corruption) from the RNG the engine hands it, so N steps straight equal N/2
+//! steps, resume, N/2 steps, bit for bit.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use canon_models::VarStore;
+use canon_nn::SplitMix64;
+
+use crate::checkpoint::{self, TrainState};
+use crate::metrics::{MetricsFile, MetricsLine, plot_loss, read_lines};
+use crate::optim::{Optimizer, Param, clip_global_norm};
+use crate::trainer::{Outcome, RunFiles, StepReport};
+use crate::{Result, TrainConfig, TrainError};
+
+/// Named values: training terms or held-out metrics.
+pub type Metrics = Vec<(String, f64)>;
+
+/// The loss of one micro-batch.
+pub struct BatchLoss {
+    /// Scalar tensor the gradients come from (graph kept).
+    pub total: Tensor,
+    /// The main reported loss (e.g. mean cross-entropy, nats/token), logged as `loss`.
+    pub loss: f64,
+    /// Tokens this batch processed (for tokens/s).
+    pub tokens: usize,
+    /// Further terms to log by name, e.g. `("mlm_loss", 2.1)`; they become extra keys of the
+    /// step's `metrics.jsonl` line (averaged over the step's micro-batches).
+    pub extra: Vec<(String, f64)>,
+}
+
+/// What a family trains on: builds losses from its data and evaluates on held-out data.
+pub trait Objective {
+    /// The loss of training micro-batch `index` (0, 1, 2, … over the whole run, counting the
+    /// micro-batches of gradient accumulation), drawing any randomness from `rng`.
+    fn train_batch(&mut self, rng: &mut SplitMix64, index: u64) -> Result<BatchLoss>;
+    /// Held-out evaluation: `("eval_loss", x)` first, then any other metrics
+    /// (`("eval_accuracy", 0.83)`); all are logged.
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>>;
+    /// Non-parameter state to checkpoint (e.g. a recurrent memory).
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Restores what `state` saved.
+    fn restore_state(&mut self, _state: Vec<(String, Tensor)>) -> Result<()> {
+        Ok(())
+    }
+    /// GLaM: per MoE layer, the fraction of the last batch's tokens routed to each expert.
+    fn expert_load(&self) -> Vec<Vec<f32>> {
+        Vec::new()
+    }
+}
+
+pub struct Engine {
+    pub params: Vec<Param>,
+    pub opt: Optimizer,
+    pub cfg: TrainConfig,
+    /// Steps completed.
+    pub step: u64,
+    pub rng: SplitMix64,
+}
+
+impl Engine {
+    /// `params` are the variables the optimizer updates (all of a model, or only LoRA's A and B).
+    pub fn new(params: Vec<Param>, cfg: TrainConfig) -> Result<Self> {
+        cfg.validate().map_err(|m| TrainError::Config {
+            file: "train config".into(),
+            message: m,
+        })?;
+        if params.is_empty() {
+            return Err(TrainError::Config {
+                file: "train config".into(),
+                message: "nothing to train: the model has no trainable parameters".into(),
+            });
+        }
+        let opt = Optimizer::new(cfg.optimizer, &params);
+        // The data order has its own stream, derived from the seed.
+        let rng = SplitMix64::new(cfg.seed ^ 0xDA7A_0D3D_5EED_0001);
+        Ok(Self {
+            params,
+            opt,
+            cfg,
+            step: 0,
+            rng,
+        })
+    }
+
+    /// Every variable of a store, with its weight-decay flag.
+    pub fn params_of(store: &VarStore) -> Vec<Param> {
+        store
+            .vars()
+            .into_iter()
+            .map(|(name, var, decay)| Param { name, var, decay })
+            .collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    pub fn save(&self, obj: &dyn Objective, path: &Path) -> Result<()> {
+        checkpoint::save(
+            path,
+            &self.params,
+            &self.opt,
+            TrainState {
+                step: self.step,
+                rng_state: self.rng.state,
+            },
+            &obj.state()?,
+        )
+    }
+
+    /// Restores weights, optimizer state, step, data order and the objective's state.
+    pub fn resume(&mut self, obj: &mut dyn Objective, path: &Path) -> Result<()> {
+        let (st, extra) = checkpoint::load(path, &self.params, &mut self.opt)?;
+        obj.restore_state(extra)?;
+        self.step = st.step;
+        self.rng = SplitMix64 {
+            state: st.rng_state,
+        };
+        Ok(())
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches, backward, gradients averaged, clipped by
+    /// global norm, one fused update at the scheduled learning rate.
+    pub fn train_step(&mut self, obj: &mut dyn Objective) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let acc = self.cfg.grad_accum;
+        let mut grads: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|p| vec![0f32; p.var.elem_count()])
+            .collect();
+        let mut loss = 0.0;
+        let mut tokens = 0usize;
+        let mut extra: Vec<(String, f64)> = Vec::new();
+        for micro in 0..acc {
+            let index = self.step * acc as u64 + micro as u64;
+            let l = obj.train_batch(&mut self.rng, index)?;
+            if !l.loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    step: self.step + 1,
+                    loss: l.loss,
+                });
+            }
+            loss += l.loss / acc as f64;
+            tokens += l.tokens;
+            for (k, v) in l.extra {
+                match extra.iter_mut().find(|(n, _)| *n == k) {
+                    Some((_, s)) => *s += v / acc as f64,
+                    None => extra.push((k, v / acc as f64)),
+                }
+            }
+            let total = if acc > 1 {
+                (l.total / acc as f64)?
+            } else {
+                l.total
+            };
+            let gs = total.backward()?;
+            for (p, g) in self.params.iter().zip(grads.iter_mut()) {
+                // A parameter that did not take part (an expert no token reached) gets zero.
+                if let Some(gr) = gs.get(p.var.as_tensor()) {
+                    let gv: Vec<f32> = gr.flatten_all()?.to_vec1()?;
+                    if acc == 1 {
+                        *g = gv;
+                    } else {
+                        g.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+        }
+        let grad_norm = clip_global_norm(&mut grads, self.cfg.grad_clip);
+        let lr = self
+            .cfg
+            .schedule
+            .lr(self.step, self.cfg.max_steps, self.cfg.lr);
+        self.opt.step(&self.params, &grads, lr)?;
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64().max(1e-9);
+        Ok(StepReport {
+            step: self.step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: tokens as f64 / secs,
+            eval_loss: None,
+            eval: Vec::new(),
+            extra,
+            expert_load: obj.expert_load(),
+        })
+    }
+
+    /// Runs `obj.evaluate()` and splits `eval_loss` from the other metrics.
+    pub fn evaluate(obj: &mut dyn Objective) -> Result<(Option<f64>, Metrics)> {
+        let mut all = obj.evaluate()?;
+        let pos = all.iter().position(|(k, _)| k == "eval_loss");
+        let loss = pos.map(|i| all.remove(i).1);
+        Ok((loss, all))
+    }
+
+    /// Trains until `stop_at` steps are complete (or `stop` is raised), evaluating every
+    /// `eval_every` steps and at the end, writing metrics, plot and checkpoints into `files`.
+    /// `on_step` sees every step's report (progress display).
+    pub fn run(
+        &mut self,
+        obj: &mut dyn Objective,
+        stop_at: u64,
+        stop: &AtomicBool,
+        files: &RunFiles,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<Outcome> {
+        let resumed = self.step > 0;
+        let mut metrics = MetricsFile::open(&files.metrics, resumed.then_some(self.step))?;
+        let mut saved_at = self.step;
+        while self.step < stop_at {
+            if stop.load(Ordering::SeqCst) {
+                self.save(obj, &files.checkpoint)?;
+                plot(files)?;
+                return Ok(Outcome::Interrupted);
+            }
+            let mut r = self.train_step(obj)?;
+            let s = r.step;
+            let last = s == stop_at;
+            if s % self.cfg.eval_every == 0 || last {
+                (r.eval_loss, r.eval) = Self::evaluate(obj)?;
+            }
+            if s == 1 || s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
+                metrics.append(&MetricsLine {
+                    step: s,
+                    loss: r.loss,
+                    tokens_per_s: r.tokens_per_s,
+                    lr: r.lr,
+                    grad_norm: r.grad_norm,
+                    eval_loss: r.eval_loss,
+                    extra: r.extra.iter().chain(&r.eval).cloned().collect(),
+                    expert_load: r.expert_load.clone(),
+                })?;
+            }
+            on_step(&r);
+            if s % self.cfg.checkpoint_every == 0 || last {
+                self.save(obj, &files.checkpoint)?;
+                saved_at = s;
+                plot(files)?;
+            }
+        }
+        if saved_at != self.step || !files.checkpoint.is_file() {
+            self.save(obj, &files.checkpoint)?;
+            plot(files)?;
+        }
+        Ok(if stop.load(Ordering::SeqCst) {
+            Outcome::Interrupted
+        } else {
+            Outcome::Finished
+        })
+    }
+}
+
+fn plot(files: &RunFiles) -> Result<()> {
+    let lines = if files.metrics.is_file() {
+        read_lines(&files.metrics)?
+    } else {
+        Vec::new()
+    };
+    plot_loss(&lines, &files.plot)
+}
