@@ -52,7 +52,8 @@ pub fn train_wordpiece(docs: &[String], vocab_size: usize) -> Result<Tokenizer> 
     > = TokenizerImpl::new(ModelWrapper::WordPiece(WordPiece::default()));
     t.with_normalizer(Some(NormalizerWrapper::BertNormalizer(BertNormalizer::new(
         true, true, None, true,
-    ))));
+    ))))
+    .map_err(tok_err)?;
     t.with_pre_tokenizer(Some(PreTokenizerWrapper::BertPreTokenizer(BertPreTokenizer)));
     t.with_decoder(Some(DecoderWrapper::WordPiece(
         tokenizers::decoders::wordpiece::WordPiece::default(),
@@ -446,7 +447,7 @@ pub fn load_corpus(corpus: &str, stdlib: impl Fn() -> Result<std::path::PathBuf>
         "python-docs" => crate::data::python_docs(&stdlib()?, max_bytes),
         "python-docstrings" => {
             // Docstrings are a fraction of the sources: read more source than the budget asks.
-            let src = crate::data::python_stdlib(&stdlib()?, max_bytes.saturating_mul(6))?;
+            let src = crate::data::python_stdlib(&stdlib()?, max_bytes.saturating_mul(10))?;
             let mut c = docstrings(&src);
             let mut total = 0;
             c.docs.retain(|d| {

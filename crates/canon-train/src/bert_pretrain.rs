@@ -8,14 +8,135 @@
 //! held-out documents with a fixed seed (the same pairs and masks every time): it reports the
 //! total loss, the MLM loss and accuracy over masked positions and the NSP accuracy.
 
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
-use canon_models::bert_heads::{BertPretraining, argmax_rows};
+use canon_models::bert_heads::{BertPretraining, argmax_rows, bert_init_policy};
+use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
+use canon_models::source::{SafetensorsSource, WeightSource};
+use canon_models::{BertConfig, VarStore};
 use canon_nn::{SplitMix64, masked_cross_entropy};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 
 use crate::bert_data::{MlmBatch, PairConfig, SentenceData, Specials, collate, draw_example};
 use crate::objectives::mlm::MlmConfig;
 use crate::optim::{Optimizer, Param, clip_global_norm};
-use crate::{Result, TrainError};
+use crate::engine::{BatchLoss, Objective};
+use crate::{Result, TrainError, io_err};
+
+/// `model.json` of a BERT-family run folder (`bert` pre-training or a `distilbert` student).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertRunModel {
+    pub family: String,
+    pub config: BertConfig,
+    /// Whether the model has the pooler and NSP head.
+    pub nsp: bool,
+}
+
+/// A pretrained BERT: its config, weights (HF names), tokenizer, and where it came from.
+pub struct Pretrained {
+    pub config: BertConfig,
+    pub weights: Box<dyn WeightSource>,
+    pub tokenizer: Tokenizer,
+    /// Whether the weights hold the MLM head (`cls.predictions.*`); MiniLM's do not.
+    pub has_mlm_head: bool,
+    pub nsp: bool,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let mut t = Tokenizer::from_file(path).map_err(|e| io_err(path, e))?;
+    // Examples are assembled here: no truncation or padding by the tokenizer.
+    t.with_truncation(None)
+        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    t.with_padding(None);
+    Ok(t)
+}
+
+/// Opens a BERT run folder of `canon train` (`model.json`, `checkpoint.safetensors`,
+/// `tokenizer.json`) or an HF BERT folder (`config.json`, `model.safetensors`, `tokenizer.json`,
+/// e.g. MiniLM's).
+pub fn open_pretrained(dir: &Path) -> Result<Pretrained> {
+    if canon_models::family::is_run_dir(dir) {
+        let mpath = dir.join(RUN_MODEL_FILE);
+        let m: BertRunModel =
+            serde_json::from_value(read_json(&mpath)?).map_err(|e| TrainError::Config {
+                file: mpath.display().to_string(),
+                message: format!("not a BERT-family run: {e}"),
+            })?;
+        let store = VarStore::from_safetensors(
+            &dir.join(RUN_CHECKPOINT_FILE),
+            CHECKPOINT_PARAM_PREFIX,
+            bert_init_policy(0.02),
+        )?;
+        let has_mlm_head = store.get("cls.predictions.bias").is_some();
+        return Ok(Pretrained {
+            config: m.config,
+            weights: Box::new(store),
+            tokenizer: read_tokenizer(&dir.join(RUN_TOKENIZER_FILE))?,
+            has_mlm_head,
+            nsp: m.nsp,
+        });
+    }
+    let cpath = dir.join("config.json");
+    if !cpath.is_file() {
+        return Err(io_err(
+            dir,
+            "neither a BERT run folder (model.json, checkpoint.safetensors) nor an HF BERT folder (config.json)",
+        ));
+    }
+    let v = read_json(&cpath)?;
+    let file = cpath.display().to_string();
+    let cfg_err = |m: String| TrainError::Config {
+        file: file.clone(),
+        message: m,
+    };
+    if v["model_type"].as_str() != Some("bert") {
+        return Err(cfg_err(format!(
+            "model_type is {}, expected \"bert\"",
+            v["model_type"]
+        )));
+    }
+    let num = |k: &str, default: Option<u64>| -> Result<usize> {
+        v[k].as_u64()
+            .or(default)
+            .map(|x| x as usize)
+            .ok_or_else(|| cfg_err(format!("missing integer '{k}'")))
+    };
+    let act = v["hidden_act"].as_str().unwrap_or("gelu");
+    let config = BertConfig {
+        vocab_size: num("vocab_size", None)?,
+        hidden_size: num("hidden_size", None)?,
+        num_hidden_layers: num("num_hidden_layers", None)?,
+        num_attention_heads: num("num_attention_heads", None)?,
+        intermediate_size: num("intermediate_size", None)?,
+        hidden_act: BertConfig::activation_from_hf(act)
+            .ok_or_else(|| cfg_err(format!("unsupported hidden_act '{act}'")))?,
+        layer_norm_eps: v["layer_norm_eps"].as_f64().unwrap_or(1e-12),
+        max_position_embeddings: num("max_position_embeddings", Some(512))?,
+        type_vocab_size: num("type_vocab_size", Some(2))?,
+    };
+    config.validate().map_err(cfg_err)?;
+    let mut src = SafetensorsSource::open_dir(dir)?;
+    src.detect_prefix("embeddings.word_embeddings.weight", &["bert.", "model."]);
+    let has_mlm_head = src.has("cls.predictions.transform.dense.weight");
+    let nsp = src.has("cls.seq_relationship.weight");
+    Ok(Pretrained {
+        config,
+        weights: Box::new(src),
+        tokenizer: read_tokenizer(&dir.join("tokenizer.json"))?,
+        has_mlm_head,
+        nsp,
+    })
+}
 
 /// Backward of `total`, clipping to `clip`, and one update of `params` at `lr` (used outside the
 /// engine: fine-tuning and tests). Returns the gradient norm before clipping.
@@ -225,6 +346,22 @@ impl BertPretrain {
             out.push(("eval_mlm_accuracy".into(), correct as f64 / k.max(1) as f64));
         }
         Ok(out)
+    }
+}
+
+impl Objective for BertPretrain {
+    fn train_batch(&mut self, rng: &mut SplitMix64, _index: u64) -> Result<BatchLoss> {
+        let m = self.micro_batch(rng)?;
+        Ok(BatchLoss {
+            total: m.total,
+            loss: m.loss,
+            tokens: m.tokens,
+            extra: m.extra,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        self.eval_metrics()
     }
 }
 

@@ -27,6 +27,7 @@ use canon_nn::{IGNORE_INDEX, SplitMix64, masked_cross_entropy};
 
 use crate::bert_data::{MlmBatch, PairConfig, SentenceData, Specials, collate, draw_example};
 use crate::bert_pretrain::{MicroBatch, batch_tensors};
+use crate::engine::{BatchLoss, Objective};
 use crate::objectives::mlm::MlmConfig;
 use crate::{Result, TrainError};
 
@@ -486,6 +487,22 @@ impl Distill {
             ));
         }
         Ok(out)
+    }
+}
+
+impl Objective for Distill {
+    fn train_batch(&mut self, rng: &mut SplitMix64, _index: u64) -> Result<BatchLoss> {
+        let m = self.micro_batch(rng)?;
+        Ok(BatchLoss {
+            total: m.total,
+            loss: m.loss,
+            tokens: m.tokens,
+            extra: m.extra,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        self.eval_metrics()
     }
 }
 

@@ -17,6 +17,7 @@
 //! - `objectives`: BERT's masked-LM corruption.
 
 pub mod bert_data;
+pub mod bert_finetune;
 pub mod bert_pretrain;
 pub mod checkpoint;
 pub mod config;

@@ -149,6 +149,8 @@ fn new_family_setup(
     #[allow(clippy::match_single_binding)]
     match family {
         // One arm per family: "name" => super::train_name::setup(cfg, config_path, dir, resuming, ctx),
+        "bert" => super::train_bert::setup(cfg, config_path, dir, resuming, ctx),
+        "distilbert" => super::train_distilbert::setup(cfg, config_path, dir, resuming, ctx),
         f => bail!(
             "{}: unknown model family '{f}'; expected one of {}",
             config_path.display(),
