@@ -96,7 +96,11 @@ pub fn bert_init_policy(std: f64) -> InitPolicy {
 
 fn linear(src: &dyn WeightSource, p: &str, out: usize, inp: usize) -> Result<Linear> {
     Ok(Linear::new(
-        src.weight(&format!("{p}.weight"), &[out, inp], WeightMode::DequantizeF32)?,
+        src.weight(
+            &format!("{p}.weight"),
+            &[out, inp],
+            WeightMode::DequantizeF32,
+        )?,
         Some(src.tensor(&format!("{p}.bias"), &[out])?),
     ))
 }

@@ -50,11 +50,13 @@ pub fn train_wordpiece(docs: &[String], vocab_size: usize) -> Result<Tokenizer> 
         PostProcessorWrapper,
         DecoderWrapper,
     > = TokenizerImpl::new(ModelWrapper::WordPiece(WordPiece::default()));
-    t.with_normalizer(Some(NormalizerWrapper::BertNormalizer(BertNormalizer::new(
-        true, true, None, true,
-    ))))
+    t.with_normalizer(Some(NormalizerWrapper::BertNormalizer(
+        BertNormalizer::new(true, true, None, true),
+    )))
     .map_err(tok_err)?;
-    t.with_pre_tokenizer(Some(PreTokenizerWrapper::BertPreTokenizer(BertPreTokenizer)));
+    t.with_pre_tokenizer(Some(PreTokenizerWrapper::BertPreTokenizer(
+        BertPreTokenizer,
+    )));
     t.with_decoder(Some(DecoderWrapper::WordPiece(
         tokenizers::decoders::wordpiece::WordPiece::default(),
     )));
@@ -62,7 +64,12 @@ pub fn train_wordpiece(docs: &[String], vocab_size: usize) -> Result<Tokenizer> 
         .vocab_size(vocab_size)
         .min_frequency(2)
         .show_progress(false)
-        .special_tokens(SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .special_tokens(
+            SPECIALS
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
         .build()
         .into();
     t.train(&mut trainer, docs.iter()).map_err(tok_err)?;
@@ -92,12 +99,16 @@ pub struct Specials {
 impl Specials {
     pub fn of(tok: &Tokenizer) -> Result<Self> {
         let id = |s: &str| {
-            tok.token_to_id(s).ok_or_else(|| {
-                TrainError::Tokenizer(format!("the vocabulary has no {s} token"))
-            })
+            tok.token_to_id(s)
+                .ok_or_else(|| TrainError::Tokenizer(format!("the vocabulary has no {s} token")))
         };
-        let (pad, unk, cls, sep, mask) =
-            (id("[PAD]")?, id("[UNK]")?, id("[CLS]")?, id("[SEP]")?, id("[MASK]")?);
+        let (pad, unk, cls, sep, mask) = (
+            id("[PAD]")?,
+            id("[UNK]")?,
+            id("[CLS]")?,
+            id("[SEP]")?,
+            id("[MASK]")?,
+        );
         let mut random_from = pad.max(unk).max(cls).max(sep).max(mask) + 1;
         // MiniLM/BERT-base vocabularies keep `[unusedN]` slots after the specials.
         while tok
@@ -400,7 +411,12 @@ pub fn collate(
     rng: &mut SplitMix64,
 ) -> MlmBatch {
     let b = examples.len();
-    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
+    let t = examples
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut batch = MlmBatch {
         b,
         t,
@@ -442,7 +458,11 @@ pub fn collate(
 
 /// Reads the corpus a BERT-family `[data]` table names: `python-docs`, `python-docstrings`, or a
 /// text file or folder.
-pub fn load_corpus(corpus: &str, stdlib: impl Fn() -> Result<std::path::PathBuf>, max_bytes: usize) -> Result<Corpus> {
+pub fn load_corpus(
+    corpus: &str,
+    stdlib: impl Fn() -> Result<std::path::PathBuf>,
+    max_bytes: usize,
+) -> Result<Corpus> {
     match corpus {
         "python-docs" => crate::data::python_docs(&stdlib()?, max_bytes),
         "python-docstrings" => {

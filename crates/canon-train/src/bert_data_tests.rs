@@ -37,7 +37,9 @@ fn wordpiece_vocabulary_has_the_specials_first_and_continuation_pieces() {
     let (tok, sp, _) = setup();
     assert_eq!((sp.pad, sp.unk, sp.cls, sp.sep, sp.mask), (0, 1, 2, 3, 4));
     assert_eq!(sp.random_from, 5);
-    let enc = tok.encode("The Module RETURNS doc11sentence5", true).unwrap();
+    let enc = tok
+        .encode("The Module RETURNS doc11sentence5", true)
+        .unwrap();
     let toks = enc.get_tokens();
     assert_eq!(toks.first().map(String::as_str), Some("[CLS]"));
     assert_eq!(toks.last().map(String::as_str), Some("[SEP]"));
@@ -52,7 +54,12 @@ fn sentences_split_at_terminal_punctuation_and_paragraphs() {
     let s = sentences("First one. Second?  Third!\n\nNew para e.g.x stays\nhere.");
     assert_eq!(
         s,
-        vec!["First one.", "Second?", "Third!", "New para e.g.x stays here."]
+        vec![
+            "First one.",
+            "Second?",
+            "Third!",
+            "New para e.g.x stays here."
+        ]
     );
 }
 
@@ -154,7 +161,12 @@ fn collate_pads_masks_and_never_selects_specials() {
             assert_eq!(b.input[i], b.original[i], "specials are never corrupted");
         }
     }
-    assert_eq!(b.nsp, ex.iter().map(|e| u32::from(e.random_next)).collect::<Vec<_>>());
+    assert_eq!(
+        b.nsp,
+        ex.iter()
+            .map(|e| u32::from(e.random_next))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -190,7 +190,11 @@ impl BertFinetuner {
             return Err(TrainError::Data("no examples to evaluate".into()));
         }
         let p = self.predict(examples)?;
-        let right = p.iter().zip(examples).filter(|(p, e)| **p == e.label).count();
+        let right = p
+            .iter()
+            .zip(examples)
+            .filter(|(p, e)| **p == e.label)
+            .count();
         Ok(right as f64 / examples.len() as f64)
     }
 
@@ -203,7 +207,9 @@ impl BertFinetuner {
         on_step: &mut dyn FnMut(&BertFinetuneReport) -> Result<()>,
     ) -> Result<f64> {
         if train.is_empty() || test.is_empty() {
-            return Err(TrainError::Data("the training and held-out splits must not be empty".into()));
+            return Err(TrainError::Data(
+                "the training and held-out splits must not be empty".into(),
+            ));
         }
         let mut by_class: Vec<Vec<&ClfExample>> = vec![Vec::new(); self.classes];
         for e in train {
@@ -254,7 +260,9 @@ mod tests {
     #[test]
     fn a_classifier_learns_a_token_presence_task_from_scratch() {
         // Class 1 iff the word "bright" occurs: learnable from the pooled [CLS] state.
-        let words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "bright"];
+        let words = [
+            "alpha", "beta", "gamma", "delta", "omega", "sigma", "bright",
+        ];
         let docs: Vec<String> = (0..50).map(|i| words[i % 7].repeat(1 + i % 3)).collect();
         let tok = train_wordpiece(&[docs.join(" ")], 100).unwrap();
         let mut rng = SplitMix64::new(3);

@@ -12,7 +12,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use canon_models::bert_heads::{BertPretraining, argmax_rows, bert_init_policy};
-use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
+use canon_models::family::{
+    CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
+};
 use canon_models::source::{SafetensorsSource, WeightSource};
 use canon_models::{BertConfig, VarStore};
 use canon_nn::{SplitMix64, masked_cross_entropy};
@@ -20,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::bert_data::{MlmBatch, PairConfig, SentenceData, Specials, collate, draw_example};
+use crate::engine::{BatchLoss, Objective};
 use crate::objectives::mlm::MlmConfig;
 use crate::optim::{Optimizer, Param, clip_global_norm};
-use crate::engine::{BatchLoss, Objective};
 use crate::{Result, TrainError, io_err};
 
 /// `model.json` of a BERT-family run folder (`bert` pre-training or a `distilbert` student).

@@ -128,7 +128,10 @@ impl DistillWeights {
 
 /// Teacher layers the student's layers start from: one out of two (`[0, 2, 4, …]`), except the
 /// reference extraction's map for 12 → 6, `[0, 2, 4, 7, 9, 11]`.
-pub fn layer_map(teacher_layers: usize, student_layers: usize) -> std::result::Result<Vec<usize>, String> {
+pub fn layer_map(
+    teacher_layers: usize,
+    student_layers: usize,
+) -> std::result::Result<Vec<usize>, String> {
     if student_layers == 0 || student_layers > teacher_layers {
         return Err(format!(
             "a student of {student_layers} layers cannot start from a teacher of {teacher_layers}"

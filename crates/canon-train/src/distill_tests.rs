@@ -58,7 +58,11 @@ fn soft_target_gradient_is_t_times_the_probability_gap_over_rows() {
     let pt = to_vec(&softmax_t(&zt, temp).unwrap());
     for i in 0..8 {
         let want = temp as f32 * (ps[i] - pt[i]) / 2.0;
-        assert!((g[i] - want).abs() < 1e-6, "analytic {i}: {} vs {want}", g[i]);
+        assert!(
+            (g[i] - want).abs() < 1e-6,
+            "analytic {i}: {} vs {want}",
+            g[i]
+        );
         let h = 1e-2f32;
         let mut up = zs_v;
         up[i] += h;
@@ -117,8 +121,14 @@ fn student_starts_from_alternate_teacher_layers_bit_for_bit() {
         "attention.output.LayerNorm.bias",
         "output.dense.weight",
     ] {
-        assert!(same(&format!("encoder.layer.0.{tail}"), &format!("encoder.layer.0.{tail}")));
-        assert!(same(&format!("encoder.layer.1.{tail}"), &format!("encoder.layer.2.{tail}")));
+        assert!(same(
+            &format!("encoder.layer.0.{tail}"),
+            &format!("encoder.layer.0.{tail}")
+        ));
+        assert!(same(
+            &format!("encoder.layer.1.{tail}"),
+            &format!("encoder.layer.2.{tail}")
+        ));
         // Not the neighbouring layer (LayerNorm β starts at 0 in every layer: weights only).
         if tail.ends_with("weight") {
             assert!(!same(
@@ -147,7 +157,11 @@ fn student_starts_from_alternate_teacher_layers_bit_for_bit() {
         .unwrap();
     assert_eq!(to_vec(tt.as_tensor()), to_vec(&t0));
     // No pooler or NSP head in the student.
-    assert!(ss.vars().iter().all(|v| !v.0.starts_with("pooler") && !v.0.contains("seq_rel")));
+    assert!(
+        ss.vars()
+            .iter()
+            .all(|v| !v.0.starts_with("pooler") && !v.0.contains("seq_rel"))
+    );
 }
 
 fn distill_setup(init_from_teacher: bool) -> (Distill, Vec<crate::optim::Param>) {
@@ -191,7 +205,10 @@ fn teacher_initialised_student_starts_closer_and_gradients_reach_every_parameter
     let get = |m: &[(String, f64)], k: &str| m.iter().find(|x| x.0 == k).unwrap().1;
     let mi = init.eval_metrics().unwrap();
     let mr = random.eval_metrics().unwrap();
-    assert!(get(&mi, "eval_ce_loss") < get(&mr, "eval_ce_loss"), "{mi:?} {mr:?}");
+    assert!(
+        get(&mi, "eval_ce_loss") < get(&mr, "eval_ce_loss"),
+        "{mi:?} {mr:?}"
+    );
     assert!(get(&mi, "eval_student_tokens_per_s") > 0.0);
     // The teacher is frozen: its outputs carry no graph; every student parameter gets a gradient.
     let mut rng = SplitMix64::new(1);
@@ -199,7 +216,9 @@ fn teacher_initialised_student_starts_closer_and_gradients_reach_every_parameter
     let l = triple_loss(&init.student, &init.teacher, &b, &init.weights).unwrap();
     let g = l.total.backward().unwrap();
     for p in &params {
-        let gr = g.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{}", p.name));
+        let gr = g
+            .get(p.var.as_tensor())
+            .unwrap_or_else(|| panic!("{}", p.name));
         assert!(to_vec(gr).iter().any(|x| *x != 0.0), "{}", p.name);
     }
 }

@@ -5,15 +5,15 @@
 //! MiniLM ships no MLM head, so the teacher gets one tied to its word embeddings (fresh transform).
 
 use canon_models::VarStore;
-use canon_models::source::WeightSource;
 use canon_models::bert_heads::{BertPretraining, bert_init_policy, copy_into};
-use canon_train::bert_data::{Specials, SentenceData, collate, draw_example, PairConfig};
+use canon_models::source::WeightSource;
+use canon_nn::SplitMix64;
+use canon_train::bert_data::{PairConfig, SentenceData, Specials, collate, draw_example};
 use canon_train::bert_pretrain::open_pretrained;
 use canon_train::distill::{
     DistillWeights, Frozen, init_student, layer_map, student_config, triple_loss,
 };
 use canon_train::objectives::mlm::MlmConfig;
-use canon_nn::SplitMix64;
 
 fn minilm_dir() -> std::path::PathBuf {
     match canon_models::ModelSpec::Alias("minilm".into())
@@ -34,7 +34,10 @@ fn student_from_minilm_copies_alternate_layers_and_starts_closer_than_random() {
     let ts = VarStore::new_random(1, bert_init_policy(0.02));
     let _ = BertPretraining::load(p.config.clone(), &ts, false).unwrap();
     let (copied, fresh) = copy_into(&ts, &*p.weights).unwrap();
-    assert!(fresh.iter().all(|n| n.starts_with("cls.predictions")), "{fresh:?}");
+    assert!(
+        fresh.iter().all(|n| n.starts_with("cls.predictions")),
+        "{fresh:?}"
+    );
     assert_eq!(copied.len(), 5 + 6 * 16);
     let teacher = BertPretraining::load(p.config.clone(), &Frozen(&ts), false).unwrap();
     assert_eq!(teacher.mlm.decoder.dims(), [30522, 384]);
@@ -52,17 +55,33 @@ fn student_from_minilm_copies_alternate_layers_and_starts_closer_than_random() {
     };
     let (ss, init) = make(true);
     let bits = |t: &candle_core::Tensor| -> Vec<u32> {
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
     };
     for (j, i) in map.iter().enumerate() {
-        for tail in ["attention.self.key.weight", "intermediate.dense.bias", "output.LayerNorm.weight"] {
+        for tail in [
+            "attention.self.key.weight",
+            "intermediate.dense.bias",
+            "output.LayerNorm.weight",
+        ] {
             let s = ss.get(&format!("encoder.layer.{j}.{tail}")).unwrap();
-            let t = p.weights.tensor(&format!("encoder.layer.{i}.{tail}"), s.dims()).unwrap();
+            let t = p
+                .weights
+                .tensor(&format!("encoder.layer.{i}.{tail}"), s.dims())
+                .unwrap();
             assert_eq!(bits(s.as_tensor()), bits(&t), "layer {j} ← {i}: {tail}");
         }
     }
     let w = ss.get("embeddings.word_embeddings.weight").unwrap();
-    let tw = p.weights.tensor("embeddings.word_embeddings.weight", w.dims()).unwrap();
+    let tw = p
+        .weights
+        .tensor("embeddings.word_embeddings.weight", w.dims())
+        .unwrap();
     assert_eq!(bits(w.as_tensor()), bits(&tw));
     let (_, random) = make(false);
 
@@ -70,7 +89,10 @@ fn student_from_minilm_copies_alternate_layers_and_starts_closer_than_random() {
     let stdlib = std::path::PathBuf::from(
         String::from_utf8(
             std::process::Command::new("python3")
-                .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+                .args([
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+                ])
                 .output()
                 .unwrap()
                 .stdout,

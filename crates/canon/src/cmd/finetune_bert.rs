@@ -154,8 +154,10 @@ pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 "canon: step {} loss {:.4}{}",
                 r.step,
                 r.loss,
-                r.eval_accuracy
-                    .map_or(String::new(), |x| format!(" held-out accuracy {:.1} %", 100.0 * x))
+                r.eval_accuracy.map_or(String::new(), |x| format!(
+                    " held-out accuracy {:.1} %",
+                    100.0 * x
+                ))
             );
         }
         Ok(())

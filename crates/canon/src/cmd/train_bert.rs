@@ -284,7 +284,7 @@ pub fn setup(
         short_seq_prob: d.short_seq_prob,
         pairs: m.nsp,
     };
-    let mut obj = BertPretrain::new(
+    let obj = BertPretrain::new(
         model,
         data,
         sp,

@@ -109,11 +109,13 @@ pub fn setup(
         alpha_cos: w.alpha_cos,
         restrict_ce_to_mask: w.restrict_ce_to_mask,
     };
-    weights.validate().map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
+    weights
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
 
     let tdir = model_dir(&m.teacher, ctx)?;
-    let t = open_pretrained(&tdir)
-        .with_context(|| format!("{f}: model.teacher = '{}'", m.teacher))?;
+    let t =
+        open_pretrained(&tdir).with_context(|| format!("{f}: model.teacher = '{}'", m.teacher))?;
     if !t.has_mlm_head {
         bail!(
             "{f}: the teacher {} has no MLM head (cls.predictions.*); give it one first, e.g. \
@@ -126,7 +128,9 @@ pub fn setup(
     let map = match &m.layers {
         Some(l) => {
             if l.len() != n || l.iter().any(|&i| i >= tl) {
-                bail!("{f}: model.layers must list {n} teacher layers, each below {tl}; found {l:?}");
+                bail!(
+                    "{f}: model.layers must list {n} teacher layers, each below {tl}; found {l:?}"
+                );
             }
             l.clone()
         }
@@ -192,7 +196,7 @@ pub fn setup(
         weights.alpha_mlm,
         weights.alpha_cos
     ));
-    let mut obj = Distill::new(
+    let obj = Distill::new(
         student,
         store,
         teacher,
