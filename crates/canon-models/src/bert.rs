@@ -20,7 +20,9 @@
 
 use candle_core::{DType, Device, Tensor};
 use canon_nn::fused::{self, AttnDims, F32Data, Parallelism};
-use canon_nn::{Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Weight, attention};
+use canon_nn::{
+    Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Weight, attention, train_ops,
+};
 use rayon::prelude::*;
 
 use crate::source::{WeightMode, WeightSource};
@@ -109,6 +111,11 @@ impl Bert {
 }
 
 impl Bert {
+    /// The word-embedding table `[vocab, d]` (BERT's MLM decoder is tied to it).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word.weight
+    }
+
     fn check_input(&self, ids: &Tensor, mask: &Tensor) -> Result<(usize, usize)> {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
@@ -146,7 +153,16 @@ impl Bert {
         };
         let x = (self.word.forward(ids)? + self.position.forward(&pos)?)?;
         let x = (x + self.token_type.forward(&types)?)?;
-        let mut x = self.emb_norm.forward(&x)?;
+        // f32 layer norms and GELU through the fused training ops (one pass each way with a
+        // backward) instead of chains of composed ops.
+        let ln = |n: &LayerNorm, x: &Tensor| -> Result<Tensor> {
+            Ok(if x.dtype() == DType::F32 {
+                train_ops::layer_norm(x, &n.weight, n.bias.as_ref(), n.eps)?
+            } else {
+                n.forward(x)?
+            })
+        };
+        let mut x = ln(&self.emb_norm, &x)?;
         let nh = c.num_attention_heads;
         let hd = c.hidden_size / nh;
         for l in &self.layers {
@@ -159,8 +175,10 @@ impl Bert {
             let v = split(l.v.forward(&x)?)?;
             let a = attention(&q, &k, &v, AttnMask::Padding(mask))?;
             let a = a.transpose(1, 2)?.reshape((b, t, c.hidden_size))?;
-            let h = l.attn_norm.forward(&(x + l.o.forward(&a)?)?)?;
-            x = l.out_norm.forward(&(&h + l.mlp.forward(&h)?)?)?;
+            let h = ln(&l.attn_norm, &(x + l.o.forward(&a)?)?)?;
+            let ff = l.mlp.fc1.forward(&h)?;
+            let ff = l.mlp.fc2.forward(&train_ops::activation(l.mlp.act, &ff)?)?;
+            x = ln(&l.out_norm, &(&h + ff)?)?;
         }
         Ok(x)
     }

@@ -7,6 +7,7 @@
 //!   shape checked against the config.
 
 pub mod bert;
+pub mod bert_heads;
 pub mod config;
 pub mod ernie;
 pub mod family;

@@ -16,9 +16,13 @@
 //! - `trainer`: the causal-LM objective over any `TrainableLm` and `Trainer` (engine + objective).
 //! - `objectives`: BERT's masked-LM corruption.
 
+pub mod bert_data;
+pub mod bert_finetune;
+pub mod bert_pretrain;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod engine;
 pub mod ernie_data;
 pub mod ernie_train;

@@ -50,6 +50,8 @@ enum Command {
     /// GPT-1 fine-tuning of a trained GPT run on a standard-library classification task.
     #[command(name = "finetune-gpt1")]
     FinetuneGpt1(cmd::finetune::FinetuneArgs),
+    /// Fine-tune a pretrained BERT (a BERT run or MiniLM) as a classifier (paper 3).
+    FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
+        Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
         Command::Translate(a) => cmd::translate::run(a, &ctx),

@@ -96,7 +96,7 @@ fn load_corpus(cfg: &RunConfig) -> anyhow::Result<Corpus> {
 /// The families `canon_models::ModelConfig` trains as causal language models.
 const CAUSAL_FAMILIES: [&str; 3] = ["gpt", "llama", "transformer_xl"];
 /// The families trained through their own objective (`new_family_setup`).
-const OBJECTIVE_FAMILIES: &[&str] = &["ernie", "transformer", "t5"];
+const OBJECTIVE_FAMILIES: &[&str] = &["ernie", "transformer", "t5", "bert", "distilbert"];
 
 fn read_config(path: &Path) -> anyhow::Result<toml::Value> {
     let text = std::fs::read_to_string(path)
@@ -152,6 +152,8 @@ fn new_family_setup(
         "ernie" => super::train_ernie::setup(cfg, config_path, dir, resuming, ctx),
         "transformer" => super::train_transformer::setup(cfg, config_path, dir, resuming, ctx),
         "t5" => super::train_t5::setup(cfg, config_path, dir, resuming, ctx),
+        "bert" => super::train_bert::setup(cfg, config_path, dir, resuming, ctx),
+        "distilbert" => super::train_distilbert::setup(cfg, config_path, dir, resuming, ctx),
         f => bail!(
             "{}: unknown model family '{f}'; expected one of {}, {}",
             config_path.display(),
