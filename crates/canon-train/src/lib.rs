@@ -21,10 +21,12 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod finetune;
+pub mod instruct;
 pub mod metrics;
 pub mod objectives;
 pub mod optim;
 pub mod schedule;
+pub mod sft;
 pub mod trainer;
 
 pub use config::{DataConfig, RunConfig, TrainConfig};

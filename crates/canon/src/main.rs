@@ -50,6 +50,10 @@ enum Command {
     /// GPT-1 fine-tuning of a trained GPT run on a standard-library classification task.
     #[command(name = "finetune-gpt1")]
     FinetuneGpt1(cmd::finetune::FinetuneArgs),
+    /// LoRA / QLoRA fine-tuning of a pretrained model on prompt/completion or chat records.
+    Finetune(cmd::lora_finetune::LoraFinetuneArgs),
+    /// FLAN instruction mixtures built from data on this machine.
+    Flan(cmd::flan::FlanArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
@@ -128,6 +132,8 @@ fn main() -> ExitCode {
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
+        Command::Finetune(a) => cmd::lora_finetune::run(a, &ctx),
+        Command::Flan(a) => cmd::flan::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
     };
