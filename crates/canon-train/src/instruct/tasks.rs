@@ -522,7 +522,7 @@ pub fn build_tasks(src: &Sources, per_language: usize, seed: u64) -> Result<Vec<
     }
     let modules: Vec<String> = per_module
         .iter()
-        .filter(|(_, &n)| n >= 8)
+        .filter(|(_, n)| **n >= 8)
         .map(|(m, _)| m.to_string())
         .collect();
     let ex: Vec<Example> = funcs
