@@ -84,9 +84,9 @@ pub fn fill(pattern: &str, ex: &Example) -> Result<String> {
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let j = after.find('}').ok_or_else(|| {
-            TrainError::Data(format!("template '{pattern}': unclosed '{{'"))
-        })?;
+        let j = after
+            .find('}')
+            .ok_or_else(|| TrainError::Data(format!("template '{pattern}': unclosed '{{'")))?;
         let key = &after[..j];
         if key == "options" {
             if ex.options.is_empty() {

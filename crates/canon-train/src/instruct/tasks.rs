@@ -199,14 +199,18 @@ pub fn stdlib_functions(stdlib: &Path) -> Result<Vec<(String, String, String)>> 
                 continue;
             }
             // The signature may span lines; the docstring is the first line after it.
-            let Some(sig_end) = (i..lines.len().min(i + 8)).find(|&j| lines[j].trim_end().ends_with(':'))
+            let Some(sig_end) =
+                (i..lines.len().min(i + 8)).find(|&j| lines[j].trim_end().ends_with(':'))
             else {
                 continue;
             };
             let Some(doc_line) = lines.get(sig_end + 1).map(|s| s.trim()) else {
                 continue;
             };
-            let Some(quote) = ["\"\"\"", "'''"].into_iter().find(|q| doc_line.starts_with(q)) else {
+            let Some(quote) = ["\"\"\"", "'''"]
+                .into_iter()
+                .find(|q| doc_line.starts_with(q))
+            else {
                 continue;
             };
             let mut doc = String::new();
@@ -335,7 +339,9 @@ pub fn decode_roff(s: &str) -> Option<String> {
 fn read_gz(path: &Path) -> Option<String> {
     let f = std::fs::File::open(path).ok()?;
     let mut s = String::new();
-    flate2::read::GzDecoder::new(f).read_to_string(&mut s).ok()?;
+    flate2::read::GzDecoder::new(f)
+        .read_to_string(&mut s)
+        .ok()?;
     Some(s)
 }
 
@@ -410,7 +416,9 @@ fn decode_locale(s: &str) -> Option<String> {
     while let Some(i) = rest.find("<U") {
         out.push_str(&rest[..i]);
         let j = rest[i..].find('>')? + i;
-        out.push(char::from_u32(u32::from_str_radix(&rest[i + 2..j], 16).ok()?)?);
+        out.push(char::from_u32(
+            u32::from_str_radix(&rest[i + 2..j], 16).ok()?,
+        )?);
         rest = &rest[j + 1..];
     }
     out.push_str(rest);
@@ -542,21 +550,37 @@ pub fn build_tasks(src: &Sources, per_language: usize, seed: u64) -> Result<Vec<
             continue;
         };
         for (en, w) in EN_DAYS.iter().zip(&days) {
-            ex.push(Example::new(&[("kind", "weekday"), ("en", en), ("word", w), ("lang", &lang)]));
+            ex.push(Example::new(&[
+                ("kind", "weekday"),
+                ("en", en),
+                ("word", w),
+                ("lang", &lang),
+            ]));
         }
         for (en, w) in EN_MONTHS.iter().zip(&mons) {
-            ex.push(Example::new(&[("kind", "month"), ("en", en), ("word", w), ("lang", &lang)]));
+            ex.push(Example::new(&[
+                ("kind", "month"),
+                ("en", en),
+                ("word", w),
+                ("lang", &lang),
+            ]));
         }
     }
     if ex.is_empty() {
-        return Err(io_err(&src.locales, "no locale with day and month names found"));
+        return Err(io_err(
+            &src.locales,
+            "no locale with day and month names found",
+        ));
     }
     tasks.push(task("calendar_words", "translation", WORD_TRANSLATION, ex));
 
     // shell + translation of manual-page summaries
     let english = man_pages(&src.man);
     if english.is_empty() {
-        return Err(io_err(&src.man, "no English manual page with a NAME line found"));
+        return Err(io_err(
+            &src.man,
+            "no English manual page with a NAME line found",
+        ));
     }
     let ex: Vec<Example> = english
         .values()
@@ -604,14 +628,22 @@ pub fn build_tasks(src: &Sources, per_language: usize, seed: u64) -> Result<Vec<
             }
         }
     }
-    tasks.push(task("manpage_summaries", "translation", SENTENCE_TRANSLATION, summaries));
+    tasks.push(task(
+        "manpage_summaries",
+        "translation",
+        SENTENCE_TRANSLATION,
+        summaries,
+    ));
     let langs: Vec<String> = MAN_LANGUAGES
         .iter()
         .filter(|(_, l)| lang_lines.iter().any(|(_, x)| x == l))
         .map(|(_, l)| l.to_string())
         .collect();
     if langs.len() < 2 {
-        return Err(io_err(&src.man, "fewer than two languages of translated manual pages"));
+        return Err(io_err(
+            &src.man,
+            "fewer than two languages of translated manual pages",
+        ));
     }
     // Interleave languages so that any prefix is balanced.
     let mut by_lang: Vec<Vec<&(String, String)>> = langs

@@ -54,7 +54,12 @@ fn templates_render_byte_exact_with_the_options_block() {
         input: "{nope}",
         target: "",
     };
-    assert!(render(&bad, &ex).unwrap_err().to_string().contains("'nope'"));
+    assert!(
+        render(&bad, &ex)
+            .unwrap_err()
+            .to_string()
+            .contains("'nope'")
+    );
     assert!(fill("{text", &ex).is_err());
     assert!(fill("{options}", &Example::new(&[])).is_err());
 }
@@ -96,7 +101,10 @@ fn no_training_record_comes_from_the_held_out_cluster() {
         let ev = held_out_eval(&tasks, held, 100).unwrap();
         assert!(ev.iter().all(|r| r.cluster == held));
         assert!(ev.iter().all(|r| r.options.contains(&r.answer)));
-        assert!(ev.iter().all(|r| r.prompt.contains("OPTIONS:\n- yes\n- no")));
+        assert!(
+            ev.iter()
+                .all(|r| r.prompt.contains("OPTIONS:\n- yes\n- no"))
+        );
     }
     assert!(build_mixture(&tasks, "Z", 30, 10, 1).is_err());
     assert!(build_mixture(&tasks[..2], "A", 30, 10, 1).is_err());

@@ -101,7 +101,10 @@ fn build(a: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if !all.iter().any(|x| &x.name == t) {
                 bail!(
                     "--tasks: unknown task '{t}' (tasks: {})",
-                    all.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                    all.iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }

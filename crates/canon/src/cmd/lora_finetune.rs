@@ -261,8 +261,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     // The data.
     let tmpl = lm.chat_template.as_ref();
-    let (records, dropped) =
-        load_examples(&settings.data, &lm.tokenizer, tmpl, settings.max_len)?;
+    let (records, dropped) = load_examples(&settings.data, &lm.tokenizer, tmpl, settings.max_len)?;
     let (train, eval) = match &settings.eval_data {
         Some(p) => (
             records,
@@ -282,11 +281,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             String::new()
         }
     ));
-    let pad = lm
-        .tokenizer
-        .pad_id
-        .or(lm.tokenizer.eos_id)
-        .unwrap_or(0);
+    let pad = lm.tokenizer.pad_id.or(lm.tokenizer.eos_id).unwrap_or(0);
     let mut obj = SftObjective {
         model: lm.model,
         lora: set,
@@ -382,7 +377,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             r.loss,
             last.1.map_or(String::new(), |e| format!(" eval {e:.3}"))
         ));
-        if (r.step % checkpoint_every == 0 || r.step == max_steps)
+        if (r.step.is_multiple_of(checkpoint_every) || r.step == max_steps)
             && io_error.is_none()
             && let Err(e) = write_adapter("checkpoint")
         {

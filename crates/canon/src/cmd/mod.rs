@@ -11,5 +11,5 @@ pub mod perplexity;
 pub mod quantize;
 pub mod sampling;
 pub mod tokenize;
-pub mod zero_shot;
 pub mod train;
+pub mod zero_shot;

@@ -49,8 +49,8 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<EvalRec>> {
             continue;
         }
         let at = |m: &str| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| at(&format!("malformed JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
         let prompt = v["prompt"]
             .as_str()
             .ok_or_else(|| at("no string \"prompt\""))?
@@ -71,7 +71,10 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<EvalRec>> {
                 .position(|o| o == s)
                 .ok_or_else(|| at(&format!("the answer '{s}' is not one of the options")))?,
             Value::Number(n) => {
-                let k = n.as_u64().ok_or_else(|| at("\"answer\" index must be ≥ 0"))? as usize;
+                let k = n
+                    .as_u64()
+                    .ok_or_else(|| at("\"answer\" index must be ≥ 0"))?
+                    as usize;
                 if k >= options.len() {
                     return Err(at("\"answer\" index is beyond the options"));
                 }
@@ -104,9 +107,8 @@ pub fn option_logprobs(
     prompt: &[u32],
     options: &[Vec<u32>],
 ) -> anyhow::Result<Vec<Vec<f64>>> {
-    let ids = |v: &[u32]| -> anyhow::Result<Tensor> {
-        Ok(Tensor::new(v, &Device::Cpu)?.unsqueeze(0)?)
-    };
+    let ids =
+        |v: &[u32]| -> anyhow::Result<Tensor> { Ok(Tensor::new(v, &Device::Cpu)?.unsqueeze(0)?) };
     let mut cache: Cache = model.new_cache();
     let first = log_softmax_row(&model.forward(&ids(prompt)?, &mut cache, Positions::Last)?)?;
     let n = prompt.len();
