@@ -52,6 +52,10 @@ enum Command {
     FinetuneGpt1(cmd::finetune::FinetuneArgs),
     /// Fine-tune a pretrained BERT (a BERT run or MiniLM) as a classifier (paper 3).
     FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
+    /// LoRA / QLoRA fine-tuning of a pretrained model on prompt/completion or chat records.
+    Finetune(cmd::lora_finetune::LoraFinetuneArgs),
+    /// FLAN instruction mixtures built from data on this machine.
+    Flan(cmd::flan::FlanArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
@@ -133,6 +137,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),
+        Command::Finetune(a) => cmd::lora_finetune::run(a, &ctx),
+        Command::Flan(a) => cmd::flan::run(a, &ctx),
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
         Command::Translate(a) => cmd::translate::run(a, &ctx),

@@ -25,6 +25,8 @@ pub enum EvalCommand {
     Humaneval(HumanevalArgs),
     /// Perplexity of a model on a text file, with a sliding window over long texts.
     Perplexity(super::perplexity::PerplexityArgs),
+    /// Zero-shot rank classification over options (FLAN), e.g. on `canon flan build --eval-out`.
+    ZeroShot(super::zero_shot::ZeroShotArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +108,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match args.command {
         EvalCommand::Humaneval(a) => humaneval_cmd(a, ctx),
         EvalCommand::Perplexity(a) => super::perplexity::run(a, ctx),
+        EvalCommand::ZeroShot(a) => super::zero_shot::run(a, ctx),
     }
 }
 

@@ -1,0 +1,351 @@
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use canon_models::{LoadedLm, Positions, WeightMode};
+use canon_nn::{IGNORE_INDEX, SplitMix64};
+use canon_testkit::tiny_gguf::{TinyLlama, write_tiny_llama};
+use canon_testkit::{Tol, assert_close};
+
+use super::lora::{LoraSpec, SftObjective, attach, parse_targets, requantize_nf4};
+use super::*;
+use crate::optim::{Optimizer, OptimizerConfig};
+
+fn tiny_lm(dir: &Path) -> LoadedLm {
+    let p = dir.join("tiny.gguf");
+    write_tiny_llama(&p, &TinyLlama::default()).unwrap();
+    canon_models::load::load_gguf_lm(&p, WeightMode::DequantizeF32).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_records_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "{\"prompt\": \"a\", \"completion\": \"b\"}\n{oops",
+            ":2: malformed JSON",
+        ),
+        (
+            "\n{\"prompt\": \"a\"}",
+            ":2: the record has a \"prompt\" but no \"completion\"",
+        ),
+        ("{\"messages\": []}", ":1: \"messages\" is empty"),
+        (
+            "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
+            ":1: message 0 has unknown role \"robot\"",
+        ),
+        (
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}",
+            "no assistant turn",
+        ),
+        ("{\"text\": \"x\"}", "found neither"),
+        (
+            "{\"prompt\": \"a\", \"completion\": \"\"}",
+            "\"completion\" is empty",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let p = write(dir.path(), &format!("bad{i}.jsonl"), text);
+        let e = read_jsonl(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains(want),
+            "{e}"
+        );
+    }
+    let p = write(dir.path(), "empty.jsonl", "\n\n");
+    assert!(
+        read_jsonl(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("no records")
+    );
+}
+
+#[test]
+fn completion_records_predict_only_the_completion_and_eos() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny_lm(dir.path());
+    let tok = &lm.tokenizer;
+    let rec = Record::Completion {
+        prompt: "Q: ab".into(),
+        completion: " cd".into(),
+    };
+    let ex = encode_record(&rec, tok, None, 64).unwrap().unwrap();
+    let p = tok.encode("Q: ab", false).unwrap();
+    let c = tok.encode(" cd", false).unwrap();
+    let eos = tok.eos_id.unwrap();
+    let mut want_ids = p.clone();
+    want_ids.extend(&c);
+    want_ids.push(eos);
+    assert_eq!(ex.ids, want_ids);
+    // Position p predicts token p + 1: the last prompt position predicts the first completion
+    // token; the EOS position predicts nothing.
+    let n = p.len();
+    for (i, &l) in ex.labels.iter().enumerate() {
+        if i + 1 >= n && i + 1 < want_ids.len() {
+            assert_eq!(l, want_ids[i + 1] as i64, "position {i}");
+        } else {
+            assert_eq!(l, IGNORE_INDEX, "position {i}");
+        }
+    }
+    assert_eq!(ex.targets(), c.len() + 1);
+    // Truncation keeps the first tokens; a record whose targets are all cut is dropped.
+    assert!(encode_record(&rec, tok, None, n).unwrap().is_none());
+    let cut = encode_record(&rec, tok, None, n + 1).unwrap().unwrap();
+    assert_eq!(cut.targets(), 1);
+}
+
+#[test]
+fn chat_records_predict_only_assistant_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let lm = tiny_lm(dir.path());
+    let tok = &lm.tokenizer;
+    let tmpl = lm.chat_template.as_ref().unwrap();
+    let msgs = vec![
+        Message::new("system", "Be kind."),
+        Message::new("user", "hi"),
+        Message::new("assistant", "hello"),
+        Message::new("user", "and?"),
+        Message::new("assistant", "bye"),
+    ];
+    let rec = Record::Chat(msgs.clone());
+    let ex = encode_record(&rec, tok, Some(tmpl), 256).unwrap().unwrap();
+    // The targets, read back in order, are the two assistant turns with their end markers.
+    let targets: Vec<u32> = ex
+        .labels
+        .iter()
+        .filter(|&&l| l != IGNORE_INDEX)
+        .map(|&l| l as u32)
+        .collect();
+    let text = tok.decode(&targets, false).unwrap();
+    assert_eq!(text, "hello<|im_end|>\nbye<|im_end|>\n");
+    // Without a template, a chat record is an error.
+    assert!(encode_record(&rec, tok, None, 256).is_err());
+    // Through a file: errors carry the line.
+    let p = write(
+        dir.path(),
+        "chat.jsonl",
+        &format!(
+            "{}\n{{\"prompt\": \"x\", \"completion\": \"y\"}}\n",
+            serde_json::json!({ "messages": msgs })
+        ),
+    );
+    let (exs, dropped) = load_examples(&p, tok, Some(tmpl), 256).unwrap();
+    assert_eq!((exs.len(), dropped), (2, 0));
+    let (train, val) = split_held_out(exs, 0.5).unwrap();
+    assert_eq!((train.len(), val.len()), (1, 1));
+}
+
+#[test]
+fn collate_pads_on_the_right_and_ignores_padding() {
+    let a = SftExample {
+        ids: vec![5, 6, 7],
+        labels: vec![IGNORE_INDEX, 7, IGNORE_INDEX],
+    };
+    let b = SftExample {
+        ids: vec![8],
+        labels: vec![IGNORE_INDEX],
+    };
+    let (ids, labels, t, real) = collate(&[&a, &b], 0);
+    assert_eq!((t, real), (3, 4));
+    assert_eq!(ids, vec![5, 6, 7, 8, 0, 0]);
+    assert_eq!(labels[1], 7);
+    assert_eq!(labels.iter().filter(|&&l| l != IGNORE_INDEX).count(), 1);
+}
+
+fn logits(lm: &LoadedLm, ids: &[u32]) -> Tensor {
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    lm.model
+        .forward(&x, &mut lm.model.new_cache(), Positions::All)
+        .unwrap()
+        .detach()
+}
+
+fn dense_weights(lm: &mut LoadedLm) -> Vec<Vec<f32>> {
+    lm.model
+        .linear_names()
+        .iter()
+        .map(|n| {
+            lm.model
+                .linear_mut(n)
+                .unwrap()
+                .weight
+                .to_dense()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Trains a few AdamW steps on one record and returns (first loss, last loss).
+fn fit(obj: &mut SftObjective, steps: usize) -> (f64, f64) {
+    let params = obj.lora.params();
+    let mut opt = Optimizer::new(
+        OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        &params,
+    );
+    let mut rng = SplitMix64::new(3);
+    let (mut first, mut last) = (f64::NAN, f64::NAN);
+    for s in 0..steps {
+        let l = obj.train_loss(&mut rng).unwrap();
+        if s == 0 {
+            first = l.loss;
+        }
+        last = l.loss;
+        let g = l.total.backward().unwrap();
+        let grads: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| {
+                g.get(p.var.as_tensor())
+                    .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+                    .unwrap_or_else(|| vec![0.0; p.var.elem_count()])
+            })
+            .collect();
+        opt.step(&params, &grads, 3e-2).unwrap();
+    }
+    (first, last)
+}
+
+#[test]
+fn lora_starts_at_the_base_model_trains_only_adapters_and_fits_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny_lm(dir.path());
+    let ids = [5u32, 9, 40, 3];
+    let base = logits(&lm, &ids);
+    let before = dense_weights(&mut lm);
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: parse_targets("q,v").unwrap(),
+        seed: 1,
+    };
+    let set = attach(lm.model.as_mut(), &spec).unwrap();
+    // 2 layers × (q: 4·(16+16), v: 4·(16+8)).
+    assert_eq!(set.modules.len(), 4);
+    assert_eq!(set.num_params(), 2 * (4 * 32 + 4 * 24));
+    // B = 0: the adapted model's logits equal the base model's.
+    let adapted = logits(&lm, &ids);
+    // (The adapters are variables, so the model runs its composed training path rather than the
+    // fused inference kernels: equal within f32 rounding; Linear's own test checks bitwise.)
+    assert_close(&adapted, &base, Tol::new(1e-5, 1e-5));
+    let rec = Record::Completion {
+        prompt: "Q: reverse abc".into(),
+        completion: " A: cba".into(),
+    };
+    let ex = encode_record(&rec, &lm.tokenizer, None, 64)
+        .unwrap()
+        .unwrap();
+    let mut obj = SftObjective {
+        model: lm.model,
+        lora: set,
+        train: vec![ex.clone()],
+        eval: vec![ex],
+        batch_size: 2,
+        pad: 0,
+        eval_batches: 0,
+    };
+    // Gradients exist for A and B only: the base weights are not variables at all.
+    let l = obj.train_loss(&mut SplitMix64::new(1)).unwrap();
+    let g = l.total.backward().unwrap();
+    for m in &obj.lora.modules {
+        assert!(g.get(m.a.as_tensor()).is_some() && g.get(m.b.as_tensor()).is_some());
+    }
+    let e0 = obj.eval_loss().unwrap();
+    assert!((e0 - l.loss).abs() < 1e-4, "{e0} vs {}", l.loss);
+    let (first, last) = fit(&mut obj, 30);
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    assert!(obj.eval_loss().unwrap() < 0.8 * e0);
+    // The base weights are bitwise unchanged.
+    let mut lm2 = LoadedLm {
+        model: obj.model,
+        ..tiny_lm(dir.path())
+    };
+    assert_eq!(dense_weights(&mut lm2), before);
+    // The adapter as PEFT writes it.
+    let ad = obj.lora.to_adapter().unwrap();
+    assert_eq!((ad.rank, ad.scale), (4, 2.0));
+    assert!(ad.modules.contains_key("model.layers.1.self_attn.v_proj"));
+}
+
+#[test]
+fn qlora_over_nf4_starts_at_the_quantized_base_and_fits_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny_lm(dir.path());
+    let bytes = requantize_nf4(lm.model.as_mut()).unwrap();
+    assert!(bytes > 0);
+    let first = lm.model.linear_names()[0].clone();
+    assert!(matches!(
+        lm.model.linear_mut(&first).unwrap().weight,
+        canon_nn::Weight::Nf4(_)
+    ));
+    let ids = [7u32, 8, 9];
+    let base = logits(&lm, &ids);
+    let spec = LoraSpec {
+        rank: 2,
+        alpha: 4.0,
+        targets: parse_targets("all").unwrap(),
+        seed: 2,
+    };
+    let set = attach(lm.model.as_mut(), &spec).unwrap();
+    assert_eq!(set.modules.len(), 14);
+    let adapted = logits(&lm, &ids);
+    // (The adapters are variables, so the model runs its composed training path rather than the
+    // fused inference kernels: equal within f32 rounding; Linear's own test checks bitwise.)
+    assert_close(&adapted, &base, Tol::new(1e-5, 1e-5));
+    let rec = Record::Completion {
+        prompt: "Q: reverse xyz".into(),
+        completion: " A: zyx".into(),
+    };
+    let ex = encode_record(&rec, &lm.tokenizer, None, 64)
+        .unwrap()
+        .unwrap();
+    let mut obj = SftObjective {
+        model: lm.model,
+        lora: set,
+        train: vec![ex.clone()],
+        eval: vec![ex],
+        batch_size: 1,
+        pad: 0,
+        eval_batches: 0,
+    };
+    let (first, last) = fit(&mut obj, 30);
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    assert_eq!(
+        obj.lora.modules[0].a.dtype(),
+        DType::F32,
+        "adapters stay in f32"
+    );
+}
+
+#[test]
+fn bad_adapter_settings_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lm = tiny_lm(dir.path());
+    let e = parse_targets("q,zz").unwrap_err().to_string();
+    assert!(e.contains("unknown module 'zz'"), "{e}");
+    assert!(parse_targets(" , ").is_err());
+    let spec = LoraSpec {
+        rank: 0,
+        alpha: 8.0,
+        targets: vec!["q_proj".into()],
+        seed: 1,
+    };
+    let e = attach(lm.model.as_mut(), &spec).unwrap_err().to_string();
+    assert!(e.contains("rank must be at least 1"), "{e}");
+}

@@ -1,0 +1,412 @@
+//! `canon finetune`: LoRA (paper 13) or QLoRA (paper 27) supervised fine-tuning of a pretrained
+//! causal LM on JSONL records (`{"prompt", "completion"}` or `{"messages"}`), loss on the
+//! completion / assistant tokens only.
+//!
+//! - `--method lora`: the base weights dequantized to f32 and frozen (plain tensors, not
+//!   variables: no gradient, no gradient memory).
+//! - `--method qlora`: every adaptable linear layer re-quantized to NF4 with double quantization and
+//!   frozen; the token table and (tied) output layer stay in the file's format; the adapters stay in
+//!   f32 and the backward runs through the dequantizing product.
+//!
+//! The run folder holds `adapter_config.json` + `adapter_model.safetensors` (PEFT's layout, for
+//! `canon generate --lora DIR` and `canon merge`), `checkpoint.safetensors` (adapters, AdamW state,
+//! step, data-order RNG: exact resume), `finetune.json` (the settings a resume must match),
+//! `metrics.jsonl` and `loss.png`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use canon_models::{ModelSpec, WeightMode};
+use canon_train::sft::lora::{LoraSpec, SftObjective, attach, parse_targets, requantize_nf4};
+use canon_train::sft::{load_examples, split_held_out};
+use canon_train::trainer::RunFiles;
+use canon_train::{Engine, OptimizerConfig, Outcome, Schedule, StepReport, TrainConfig};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Adapters over the f32 base.
+    Lora,
+    /// Adapters over the base re-quantized to NF4 (double quantization).
+    Qlora,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon flan build --tasks docstring_to_name --n 600 --out doc.jsonl
+  canon finetune --method lora --data doc.jsonl --out runs/lora --max-steps 150
+  canon finetune --method qlora --data doc.jsonl --out runs/qlora --targets all
+  canon finetune --resume runs/lora --max-steps 300
+  canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
+  canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
+pub struct LoraFinetuneArgs {
+    /// lora (f32 base) or qlora (NF4 base).
+    #[arg(long, value_enum, default_value = "lora")]
+    pub method: Method,
+    /// Base model: an alias (smollm2), a .gguf file or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Training records, one JSON object per line.
+    #[arg(long, value_name = "FILE.jsonl", required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run folder to create (it must not hold a run already; use --resume).
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its checkpoint (settings come from its finetune.json).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "data"])]
+    pub resume: Option<PathBuf>,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA α (the update is scaled by α/r).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Dropout on the adapter input (not supported yet: the Linear layer has no dropout slot).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Adapted modules: 'all' or some of q,k,v,o,gate,up,down (default: q,v for lora, all for
+    /// qlora, as the papers).
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// Total optimizer steps.
+    #[arg(long, default_value_t = 200)]
+    pub max_steps: u64,
+    /// Peak learning rate (constant after a 3 % warmup, as QLoRA).
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Held-out records (default: every k-th record of --data with k = 1/--val-fraction).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "resume")]
+    pub eval_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Tokens kept per record (longer records are cut at the end).
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    /// Held-out loss every N steps (and at the end).
+    #[arg(long, default_value_t = 25)]
+    pub eval_every: u64,
+    /// At most this many held-out batches per evaluation (0 = all).
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Checkpoint (and adapter) every N steps (and at the end, and on Ctrl-C).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// Global gradient-norm clip (QLoRA: 0.3).
+    #[arg(long, default_value_t = 0.3)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The settings of a run, written to `finetune.json`; a resume reads them back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub method: Method,
+    pub model: String,
+    pub data: PathBuf,
+    pub eval_data: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub grad_clip: f64,
+    pub seed: u64,
+}
+
+pub const SETTINGS_FILE: &str = "finetune.json";
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let say = |s: String| {
+        if !ctx.quiet {
+            eprintln!("canon: {s}");
+        }
+    };
+    if a.dropout != 0.0 {
+        bail!(
+            "--dropout {}: LoRA dropout is not supported yet (canon_nn::Linear has no dropout slot \
+             on the adapter path); use --dropout 0",
+            a.dropout
+        );
+    }
+    let (dir, settings, resuming) = match &a.resume {
+        Some(dir) => {
+            let p = dir.join(SETTINGS_FILE);
+            let text = std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "--resume {}: cannot read {} (not a `canon finetune` run folder)",
+                    dir.display(),
+                    p.display()
+                )
+            })?;
+            let s: RunSettings = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid run settings", p.display()))?;
+            (dir.clone(), s, true)
+        }
+        None => {
+            let dir = a.out.clone().context("--out is required")?;
+            if dir.join(SETTINGS_FILE).exists() {
+                bail!(
+                    "--out {}: the folder holds a run already (continue it with --resume {0}, or \
+                     choose another folder)",
+                    dir.display()
+                );
+            }
+            let targets = parse_targets(a.targets.as_deref().unwrap_or(match a.method {
+                Method::Lora => "q,v",
+                Method::Qlora => "all",
+            }))?;
+            if a.rank == 0 {
+                bail!("--rank 0: a LoRA rank must be at least 1");
+            }
+            let s = RunSettings {
+                method: a.method,
+                model: a.model.clone(),
+                data: a.data.clone().context("--data is required")?,
+                eval_data: a.eval_data.clone(),
+                val_fraction: a.val_fraction,
+                rank: a.rank,
+                alpha: a.alpha,
+                targets,
+                lr: a.lr,
+                batch_size: a.batch_size,
+                grad_accum: a.grad_accum,
+                max_len: a.max_len,
+                grad_clip: a.grad_clip,
+                seed: a.seed,
+            };
+            (dir, s, false)
+        }
+    };
+    if settings.batch_size == 0 || settings.grad_accum == 0 {
+        bail!("--batch-size and --grad-accum must be positive");
+    }
+    if a.eval_every == 0 || a.checkpoint_every == 0 {
+        bail!("--eval-every and --checkpoint-every must be positive");
+    }
+    if !(settings.lr > 0.0 && settings.lr.is_finite()) {
+        bail!("--lr must be positive, found {}", settings.lr);
+    }
+
+    // The base model.
+    let t0 = Instant::now();
+    let spec = ModelSpec::parse(&settings.model)?;
+    let mode = match settings.method {
+        Method::Lora => WeightMode::DequantizeF32,
+        Method::Qlora => WeightMode::KeepQuantized,
+    };
+    let mut lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
+        .with_context(|| format!("cannot load model '{}'", settings.model))?;
+    let base_name = lm.path.display().to_string();
+    if settings.method == Method::Qlora {
+        let bytes = requantize_nf4(lm.model.as_mut())?;
+        say(format!(
+            "QLoRA: {} linear layers re-quantized to NF4 with double quantization ({:.1} MB)",
+            lm.model.linear_names().len(),
+            bytes as f64 / 1e6
+        ));
+    }
+    let lora_spec = LoraSpec {
+        rank: settings.rank,
+        alpha: settings.alpha,
+        targets: settings.targets.clone(),
+        seed: settings.seed,
+    };
+    let set = attach(lm.model.as_mut(), &lora_spec)?;
+    say(format!(
+        "{} on {} ({:.1} s to load): {} adapted layers ({}), rank {}, α {}, {} trainable parameters",
+        match settings.method {
+            Method::Lora => "LoRA",
+            Method::Qlora => "QLoRA",
+        },
+        lm.name,
+        t0.elapsed().as_secs_f64(),
+        set.modules.len(),
+        settings.targets.join(","),
+        settings.rank,
+        settings.alpha,
+        set.num_params()
+    ));
+
+    // The data.
+    let tmpl = lm.chat_template.as_ref();
+    let (records, dropped) = load_examples(&settings.data, &lm.tokenizer, tmpl, settings.max_len)?;
+    let (train, eval) = match &settings.eval_data {
+        Some(p) => (
+            records,
+            load_examples(p, &lm.tokenizer, tmpl, settings.max_len)?.0,
+        ),
+        None => split_held_out(records, settings.val_fraction)?,
+    };
+    let targets: usize = train.iter().map(|e| e.targets()).sum();
+    say(format!(
+        "{} training records ({} target tokens), {} held-out{}",
+        train.len(),
+        targets,
+        eval.len(),
+        if dropped > 0 {
+            format!("; {dropped} records dropped (no target within --max-len)")
+        } else {
+            String::new()
+        }
+    ));
+    let pad = lm.tokenizer.pad_id.or(lm.tokenizer.eos_id).unwrap_or(0);
+    let mut obj = SftObjective {
+        model: lm.model,
+        lora: set,
+        train,
+        eval,
+        batch_size: settings.batch_size,
+        pad,
+        eval_batches: a.eval_batches,
+    };
+    let cfg = TrainConfig {
+        batch_size: settings.batch_size,
+        block_size: settings.max_len,
+        grad_accum: settings.grad_accum,
+        max_steps: a.max_steps,
+        lr: settings.lr,
+        // QLoRA's recipe: constant rate after a 3 % warmup, no weight decay, clipped gradients.
+        schedule: Schedule::Constant {
+            warmup: (a.max_steps * 3 / 100).max(1),
+        },
+        optimizer: OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        grad_clip: Some(settings.grad_clip),
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches.max(1),
+        log_every: 1,
+        checkpoint_every: a.checkpoint_every,
+        seed: settings.seed,
+        z_loss: 0.0,
+        moe_aux_weight: 0.0,
+    };
+    let mut engine = Engine::new(obj.lora.params(), cfg)?;
+    let files = RunFiles::in_dir(&dir);
+    if resuming {
+        engine
+            .resume(&mut obj, &files.checkpoint)
+            .with_context(|| format!("cannot resume from {}", files.checkpoint.display()))?;
+        say(format!("resuming at step {}", engine.step));
+    } else {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(
+            &dir.join(SETTINGS_FILE),
+            &serde_json::to_string_pretty(&settings)?,
+        )?;
+    }
+    let max_steps = a.max_steps;
+    if engine.step >= max_steps {
+        bail!(
+            "the run is at step {} already; give a larger --max-steps",
+            engine.step
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let s = stop.clone();
+        let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
+    }
+    let bar = if ctx.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(max_steps);
+        b.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_position(engine.step);
+        b
+    };
+    // The adapters' variables, shared with the objective: the PEFT files are written whenever the
+    // engine checkpoints.
+    let adapters = obj.lora.clone();
+    let write_adapter = |why: &str| -> anyhow::Result<()> {
+        canon_models::peft::write_adapter(&dir, &adapters.to_adapter()?, &base_name)
+            .with_context(|| format!("cannot write the adapter ({why})"))
+    };
+    let mut first_loss = None;
+    let mut last = (f64::NAN, None::<f64>);
+    let mut io_error = None;
+    let start = Instant::now();
+    let start_step = engine.step;
+    let checkpoint_every = a.checkpoint_every;
+    let outcome = engine.run(&mut obj, max_steps, &stop, &files, &mut |r: &StepReport| {
+        first_loss.get_or_insert(r.loss);
+        last = (r.loss, r.eval_loss.or(last.1));
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "loss {:.3}{}",
+            r.loss,
+            last.1.map_or(String::new(), |e| format!(" eval {e:.3}"))
+        ));
+        if (r.step.is_multiple_of(checkpoint_every) || r.step == max_steps)
+            && io_error.is_none()
+            && let Err(e) = write_adapter("checkpoint")
+        {
+            io_error = Some(e);
+        }
+    })?;
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    write_adapter("end of run")?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let steps_run = engine.step - start_step;
+    println!(
+        "{} step {}/{max_steps}: loss {} -> {:.4}, held-out loss {}, {:.0} s ({:.1} s/step), \
+         peak RSS {:.0} MiB; adapter in {}",
+        if outcome == Outcome::Interrupted {
+            "interrupted at"
+        } else {
+            "finished"
+        },
+        engine.step,
+        first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        last.0,
+        last.1.map_or("-".into(), |e| format!("{e:.4}")),
+        secs,
+        secs / steps_run.max(1) as f64,
+        peak_rss_mib().unwrap_or(f64::NAN),
+        dir.display()
+    );
+    Ok(())
+}
