@@ -86,7 +86,7 @@ fn beam_never_scores_below_greedy_and_its_scores_are_consistent() {
         let m = tiny(100 + seed, 2);
         let src = vec![3u32, 4, 5, 6, 7];
         for alpha in [0.0, 0.6] {
-            let g = greedy(&m, &[src.clone()], 0, &opts(1, alpha)).unwrap();
+            let g = greedy(&m, std::slice::from_ref(&src), 0, &opts(1, alpha)).unwrap();
             let b = beam_search(&m, &src, &opts(4, alpha)).unwrap();
             assert!(!b.is_empty() && b.len() <= 8);
             assert!(b.windows(2).all(|w| w[0].score >= w[1].score));

@@ -18,8 +18,8 @@ pub mod load;
 pub mod peft;
 pub mod sentence;
 pub mod source;
-pub mod transformer;
 pub mod t5;
+pub mod transformer;
 pub mod transformer_xl;
 pub mod varstore;
 

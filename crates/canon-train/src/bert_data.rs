@@ -167,14 +167,11 @@ pub fn docstrings(sources: &Corpus) -> Corpus {
     for src in &sources.docs {
         let mut doc = String::new();
         let mut rest = src.as_str();
-        loop {
-            let Some((q, at)) = ["\"\"\"", "'''"]
-                .iter()
-                .filter_map(|q| rest.find(q).map(|i| (*q, i)))
-                .min_by_key(|x| x.1)
-            else {
-                break;
-            };
+        while let Some((q, at)) = ["\"\"\"", "'''"]
+            .iter()
+            .filter_map(|q| rest.find(q).map(|i| (*q, i)))
+            .min_by_key(|x| x.1)
+        {
             let body = &rest[at + 3..];
             let Some(end) = body.find(q) else { break };
             let lit = body[..end].trim();

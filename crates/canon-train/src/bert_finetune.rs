@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::bert_data::Specials;
 use crate::bert_pretrain::{Pretrained, optimizer_step, params_of};
-use crate::finetune::ClfExample;
+use crate::finetune::TaskExample;
 use crate::optim::{Optimizer, OptimizerConfig, Param};
 use crate::{Result, Schedule, TrainError};
 
@@ -124,20 +124,20 @@ impl BertFinetuner {
     }
 
     /// `[CLS] text [SEP]` rows, padded: ids and mask `[b, t]`.
-    fn inputs(&self, batch: &[&ClfExample]) -> Result<(Tensor, Tensor)> {
+    fn inputs(&self, batch: &[&TaskExample]) -> Result<(Tensor, Tensor)> {
         let keep = self.cfg.max_len - 2;
         let t = batch
             .iter()
-            .map(|e| e.tokens.len().min(keep) + 2)
+            .map(|e| e.parts[0].len().min(keep) + 2)
             .max()
             .unwrap_or(2);
         let b = batch.len();
         let mut ids = vec![self.specials.pad; b * t];
         let mut mask = vec![0f32; b * t];
         for (i, e) in batch.iter().enumerate() {
-            let n = e.tokens.len().min(keep);
+            let n = e.parts[0].len().min(keep);
             ids[i * t] = self.specials.cls;
-            ids[i * t + 1..i * t + 1 + n].copy_from_slice(&e.tokens[..n]);
+            ids[i * t + 1..i * t + 1 + n].copy_from_slice(&e.parts[0][..n]);
             ids[i * t + 1 + n] = self.specials.sep;
             mask[i * t..i * t + n + 2].iter_mut().for_each(|m| *m = 1.0);
         }
@@ -148,7 +148,7 @@ impl BertFinetuner {
         ))
     }
 
-    pub fn train_step(&mut self, batch: &[&ClfExample]) -> Result<BertFinetuneReport> {
+    pub fn train_step(&mut self, batch: &[&TaskExample]) -> Result<BertFinetuneReport> {
         let (ids, mask) = self.inputs(batch)?;
         let logits = self.model.forward(&ids, &mask)?;
         let labels: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
@@ -175,17 +175,17 @@ impl BertFinetuner {
         })
     }
 
-    pub fn predict(&self, examples: &[ClfExample]) -> Result<Vec<u32>> {
+    pub fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(32) {
-            let refs: Vec<&ClfExample> = chunk.iter().collect();
+            let refs: Vec<&TaskExample> = chunk.iter().collect();
             let (ids, mask) = self.inputs(&refs)?;
             out.extend(argmax_rows(&self.model.forward(&ids, &mask)?.detach())?);
         }
         Ok(out)
     }
 
-    pub fn accuracy(&self, examples: &[ClfExample]) -> Result<f64> {
+    pub fn accuracy(&self, examples: &[TaskExample]) -> Result<f64> {
         if examples.is_empty() {
             return Err(TrainError::Data("no examples to evaluate".into()));
         }
@@ -202,8 +202,8 @@ impl BertFinetuner {
     /// every `eval_every` steps and on all of `test` at the end (returned).
     pub fn run(
         &mut self,
-        train: &[ClfExample],
-        test: &[ClfExample],
+        train: &[TaskExample],
+        test: &[TaskExample],
         on_step: &mut dyn FnMut(&BertFinetuneReport) -> Result<()>,
     ) -> Result<f64> {
         if train.is_empty() || test.is_empty() {
@@ -211,7 +211,7 @@ impl BertFinetuner {
                 "the training and held-out splits must not be empty".into(),
             ));
         }
-        let mut by_class: Vec<Vec<&ClfExample>> = vec![Vec::new(); self.classes];
+        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); self.classes];
         for e in train {
             by_class
                 .get_mut(e.label as usize)
@@ -226,10 +226,10 @@ impl BertFinetuner {
             )));
         }
         let stride = test.len().div_ceil(self.cfg.eval_max.max(1)).max(1);
-        let subset: Vec<ClfExample> = test.iter().step_by(stride).cloned().collect();
+        let subset: Vec<TaskExample> = test.iter().step_by(stride).cloned().collect();
         let mut last = None;
         while self.step < self.cfg.steps {
-            let batch: Vec<&ClfExample> = (0..self.cfg.batch_size)
+            let batch: Vec<&TaskExample> = (0..self.cfg.batch_size)
                 .map(|i| {
                     let pool = &by_class[i % by_class.len()];
                     pool[self.rng.below(pool.len())]
@@ -266,7 +266,7 @@ mod tests {
         let docs: Vec<String> = (0..50).map(|i| words[i % 7].repeat(1 + i % 3)).collect();
         let tok = train_wordpiece(&[docs.join(" ")], 100).unwrap();
         let mut rng = SplitMix64::new(3);
-        let mut make = |n: usize| -> Vec<ClfExample> {
+        let mut make = |n: usize| -> Vec<TaskExample> {
             (0..n)
                 .map(|i| {
                     let label = (i % 2) as u32;
@@ -276,8 +276,8 @@ mod tests {
                         w[at] = "bright";
                     }
                     let enc = tok.encode(w.join(" "), false).unwrap();
-                    ClfExample {
-                        tokens: enc.get_ids().to_vec(),
+                    TaskExample {
+                        parts: vec![enc.get_ids().to_vec()],
                         label,
                     }
                 })
@@ -309,8 +309,8 @@ mod tests {
             .unwrap();
         assert!(acc > 0.9, "held-out accuracy {acc}");
         assert!(losses[55..].iter().sum::<f64>() < losses[..5].iter().sum::<f64>());
-        let bad = vec![ClfExample {
-            tokens: vec![7],
+        let bad = vec![TaskExample {
+            parts: vec![vec![7]],
             label: 5,
         }];
         assert!(ft.run(&bad, &test, &mut |_| Ok(())).is_err());

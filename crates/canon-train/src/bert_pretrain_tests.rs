@@ -104,7 +104,7 @@ fn tier3_bert_pretrain_distill_finetune() {
         Distill, DistillWeights, Frozen, init_student, layer_map, student_config,
     };
     use crate::engine::{Engine, Objective};
-    use crate::finetune::{ClfExample, majority_baseline, module_group_task};
+    use crate::finetune::{TaskExample, majority_baseline, module_group_task};
     let env = |k: &str, d: u64| {
         std::env::var(k)
             .ok()
@@ -246,14 +246,15 @@ fn tier3_bert_pretrain_distill_finetune() {
         256,
     )
     .unwrap();
-    let enc = |s: &[crate::finetune::Snippet]| -> Vec<ClfExample> {
+    let enc = |s: &[crate::finetune::Snippet]| -> Vec<TaskExample> {
         s.iter()
-            .map(|s| ClfExample {
-                tokens: tok
-                    .encode(s.text.as_str(), false)
-                    .unwrap()
-                    .get_ids()
-                    .to_vec(),
+            .map(|s| TaskExample {
+                parts: vec![
+                    tok.encode(s.text.as_str(), false)
+                        .unwrap()
+                        .get_ids()
+                        .to_vec(),
+                ],
                 label: s.label,
             })
             .collect()

@@ -87,7 +87,7 @@ pub fn t5_tokenizer(docs: &[String], vocab_size: usize, extra_ids: usize) -> Res
             "data.extra_ids must be positive (span corruption needs sentinels)".into(),
         ));
     }
-    let base = vocab_size.checked_sub(extra_ids + 2).unwrap_or(0);
+    let base = vocab_size.saturating_sub(extra_ids + 2);
     let mut tok = train_tokenizer(TokenizerKind::ByteBpe, docs, base)?;
     let mut special = vec![
         AddedToken::from("<pad>", true),

@@ -19,9 +19,10 @@
 //!   accelerators (Qt) are left alone: in these catalogs `&` is mostly literal text;
 //! - `printf` formats (`%s`, `%d`, `%1$s`) are kept: a translator copies them into the target, and so
 //!   should the model.
+//!
 //! Pairs are deduplicated by source sentence (the first file in name order wins), and the split is a
-//! function of the source text alone (FNV-1a 64 of its bytes, bit-mixed): stable across machines and catalog
-//! versions, and a sentence never sits in two splits.
+//! function of the source text alone (FNV-1a 64 of its bytes, bit-mixed): stable across machines and
+//! catalog versions, and a sentence never sits in two splits.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

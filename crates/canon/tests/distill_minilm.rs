@@ -6,7 +6,6 @@
 
 use canon_models::VarStore;
 use canon_models::bert_heads::{BertPretraining, bert_init_policy, copy_into};
-use canon_models::source::WeightSource;
 use canon_nn::SplitMix64;
 use canon_train::bert_data::{PairConfig, SentenceData, Specials, collate, draw_example};
 use canon_train::bert_pretrain::open_pretrained;

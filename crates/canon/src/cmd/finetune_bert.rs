@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use canon_train::bert_finetune::{BertFinetuneConfig, BertFinetuner};
 use canon_train::bert_pretrain::open_pretrained;
-use canon_train::finetune::{ClfExample, Snippet, majority_baseline, module_group_task};
+use canon_train::finetune::{Snippet, TaskExample, majority_baseline, module_group_task};
 use clap::Args;
 
 use crate::Ctx;
@@ -80,22 +80,22 @@ pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &[a.group_a.clone(), a.group_b.clone()],
         a.snippet_bytes,
     )?;
-    let encode = |s: &[Snippet]| -> anyhow::Result<Vec<ClfExample>> {
+    let encode = |s: &[Snippet]| -> anyhow::Result<Vec<TaskExample>> {
         s.iter()
             .map(|s| {
                 let enc = p
                     .tokenizer
                     .encode(s.text.as_str(), false)
                     .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-                Ok(ClfExample {
-                    tokens: enc.get_ids().to_vec(),
+                Ok(TaskExample {
+                    parts: vec![enc.get_ids().to_vec()],
                     label: s.label,
                 })
             })
             .collect()
     };
     let (train, test) = (encode(&train_s)?, encode(&test_s)?);
-    let count = |v: &[ClfExample], l: u32| v.iter().filter(|e| e.label == l).count();
+    let count = |v: &[TaskExample], l: u32| v.iter().filter(|e| e.label == l).count();
     let baseline = majority_baseline(&test);
     say(format!(
         "task: {} vs {}: {} train snippets ({} / {}), {} held-out ({} / {}) from other files; majority-class baseline {:.1} %",

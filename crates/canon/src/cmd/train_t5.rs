@@ -172,11 +172,11 @@ fn load_corpus(spec: &str, max_bytes: usize) -> anyhow::Result<Corpus> {
     })
 }
 
+/// A task's name and its (train, test) records.
+type TaskSplit = (String, Vec<TextRecord>, Vec<TextRecord>);
+
 /// Builds the (train, test) records of each task named in `[t5] tasks`.
-fn task_records(
-    t: &T5Section,
-    file: &Path,
-) -> anyhow::Result<Vec<(String, Vec<TextRecord>, Vec<TextRecord>)>> {
+fn task_records(t: &T5Section, file: &Path) -> anyhow::Result<Vec<TaskSplit>> {
     if t.tasks.is_empty() {
         bail!(
             "{}: [t5] tasks is empty; name at least one of function_name, stdlib_group, jsonl:PATH",

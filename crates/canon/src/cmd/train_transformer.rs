@@ -135,7 +135,7 @@ impl MtObjective {
             .map(|c| make_batch(c, pad, bos))
             .collect::<canon_train::Result<Vec<_>>>()?;
         let n = opts.eval_bleu_sentences.min(valid.len());
-        let step = if n == 0 { 1 } else { valid.len() / n };
+        let step = valid.len().checked_div(n).unwrap_or(1);
         let picks: Vec<usize> = (0..n).map(|i| i * step.max(1)).collect();
         Ok(Self {
             train: LengthBuckets::new(train),
