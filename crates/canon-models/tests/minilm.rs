@@ -143,6 +143,8 @@ fn inference_pass_equals_composed_pass_on_real_weights() {
         .unwrap()
         .expect("the inference pass applies to frozen f32 MiniLM");
     let composed = bert.forward_composed(&ids, None, &mask).unwrap();
-    let d = canon_testkit::assert_close(&fast, &composed, Tol::new(2e-5, 1e-5));
+    // Both passes evaluate GELU with (different) f32 erf approximations and fused layer norms; over
+    // six layers they agree to a few 1e-5 on hidden states of magnitude ~1.
+    let d = canon_testkit::assert_close(&fast, &composed, Tol::new(5e-5, 1e-5));
     eprintln!("inference vs composed pass, max |diff| over hidden states: {d:.2e}");
 }
