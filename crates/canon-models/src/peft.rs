@@ -30,6 +30,8 @@ pub struct Adapter {
     pub scale: f64,
     /// Module name → (A `[r, in]`, B `[out, r]`).
     pub modules: BTreeMap<String, (Tensor, Tensor)>,
+    /// The dropout it was trained with (`lora_dropout`; recorded, not applied at inference).
+    pub dropout: f64,
 }
 
 fn bad(dir: &Path, file: &str, message: impl Into<String>) -> ModelError {
@@ -155,11 +157,16 @@ pub fn read_adapter(dir: &Path) -> Result<Adapter> {
     if modules.is_empty() {
         return Err(bad(dir, WEIGHTS_FILE, "no LoRA matrices found"));
     }
+    let dropout = cfg
+        .get("lora_dropout")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
     Ok(Adapter {
         rank,
         alpha,
         scale,
         modules,
+        dropout,
     })
 }
 
@@ -179,6 +186,7 @@ pub fn apply_adapter(model: &mut dyn CausalLm, adapter: &Adapter) -> Result<usiz
             a: a.clone(),
             b: b.clone(),
             scale: adapter.scale,
+            dropout: None,
         })
         .map_err(|e| ModelError::Input(format!("module '{m}': {e}")))?;
     }
@@ -205,7 +213,7 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter, base_model: &str) -> Result<
         "base_model_name_or_path": base_model,
         "r": adapter.rank,
         "lora_alpha": adapter.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": adapter.dropout,
         "target_modules": targets,
         "bias": "none",
         "fan_in_fan_out": false,
@@ -257,6 +265,7 @@ mod tests {
             alpha: 8.0,
             scale: 2.0,
             modules,
+            dropout: 0.0,
         }
     }
 

@@ -86,6 +86,9 @@ pub struct Lora {
     pub b: Tensor,
     /// `α / r`.
     pub scale: f64,
+    /// LoRA dropout on the adapter's input `(p, noise)` (training only: inactive noise is the
+    /// identity); the frozen path `W₀ x` never sees it, as in PEFT.
+    pub dropout: Option<(f64, std::sync::Arc<crate::Noise>)>,
 }
 
 impl Lora {
@@ -96,7 +99,11 @@ impl Lora {
 
     /// `(α/r) · x Aᵀ Bᵀ` for `x: [n, in]`.
     fn delta(&self, x2: &Tensor) -> crate::Result<Tensor> {
-        x2.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+        let x = match &self.dropout {
+            Some((p, noise)) => crate::dropout(x2, *p, noise)?,
+            None => x2.clone(),
+        };
+        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
     }
 }
 
@@ -204,6 +211,7 @@ mod tests {
             a: randn(&[2, 6], 3),
             b: randn(&[4, 2], 4),
             scale: 0.5,
+            dropout: None,
         })
         .unwrap();
         let x = randn(&[3, 6], 2);
@@ -219,6 +227,7 @@ mod tests {
             a: randn(&[2, 5], 3),
             b: randn(&[4, 2], 4),
             scale: 1.0,
+            dropout: None,
         };
         let e = l.set_lora(bad).unwrap_err().to_string();
         assert!(e.contains("[2, 5]") && e.contains("[r, 6]"), "{e}");
@@ -226,6 +235,7 @@ mod tests {
             a: Tensor::zeros((0, 6), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
             b: Tensor::zeros((4, 0), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
             scale: 1.0,
+            dropout: None,
         };
         assert!(l.set_lora(zero).is_err());
     }
@@ -240,8 +250,54 @@ mod tests {
             a: randn(&[2, 6], 3),
             b: Tensor::zeros((4, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
             scale: 8.0,
+            dropout: None,
         });
         assert_close(&l.forward(&x).unwrap(), &base, Tol::EXACT);
+    }
+
+    #[test]
+    fn lora_dropout_acts_on_the_adapter_input_only_while_training() {
+        let w = randn(&[4, 6], 1);
+        let x = randn(&[3, 6], 2);
+        let noise = std::sync::Arc::new(crate::Noise::default());
+        let lora = |dropout| Lora {
+            a: randn(&[2, 6], 3),
+            b: randn(&[4, 2], 4),
+            scale: 2.0,
+            dropout,
+        };
+        let mut plain = Linear::new(Weight::Dense(w.clone()), None);
+        plain.set_lora(lora(None)).unwrap();
+        let mut dropped = Linear::new(Weight::Dense(w.clone()), None);
+        dropped.set_lora(lora(Some((0.5, noise.clone())))).unwrap();
+        // Inactive noise (evaluation, inference): exactly the plain adapter.
+        let want = plain.forward(&x).unwrap();
+        assert_close(&dropped.forward(&x).unwrap(), &want, Tol::EXACT);
+        // Seeded: the adapter sees a dropped-out input, the frozen path the whole input.
+        noise.set(Some(5));
+        let got = dropped.forward(&x).unwrap();
+        assert!(
+            (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 1e-3
+        );
+        noise.set(Some(5));
+        let masked = crate::dropout(&x, 0.5, &noise).unwrap();
+        let frozen = Linear::new(Weight::Dense(w), None).forward(&x).unwrap();
+        let adapter = (masked
+            .matmul(&randn(&[2, 6], 3).t().unwrap())
+            .unwrap()
+            .matmul(&randn(&[4, 2], 4).t().unwrap())
+            .unwrap()
+            * 2.0)
+            .unwrap();
+        assert_close(&got, &(frozen + adapter).unwrap(), Tol::F32);
     }
 
     #[test]

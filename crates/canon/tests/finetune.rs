@@ -137,6 +137,7 @@ fn lora_run_writes_a_peft_adapter_that_merges_and_resumes_exactly() {
         (cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()),
         (Some(8), Some(16.0))
     );
+    assert_eq!(cfg["lora_dropout"].as_f64(), Some(0.0));
     assert_eq!(
         cfg["target_modules"],
         serde_json::json!(["o_proj", "q_proj", "v_proj"])
@@ -171,15 +172,33 @@ fn lora_run_writes_a_peft_adapter_that_merges_and_resumes_exactly() {
     ));
     assert_eq!(greedy(&merged, home, &[]), with);
 
-    // 6 steps, then a resume to 12, equals 12 straight (adapter bytes). The schedule (3 % warmup,
-    // then constant) is the same for both.
+    // 6 steps, then a resume to 12, equals 12 straight (adapter bytes), LoRA dropout included (its
+    // masks come from the checkpointed RNG). The schedule (3 % warmup, then constant) is the same
+    // for both.
+    let straight = dir.path().join("straight");
+    ok(&finetune(
+        &model,
+        &data,
+        &straight,
+        home,
+        &[
+            "--max-steps",
+            "12",
+            "--targets",
+            "q,v,o",
+            "--dropout",
+            "0.1",
+        ],
+    ));
+    let cfg = std::fs::read_to_string(straight.join("adapter_config.json")).unwrap();
+    assert!(cfg.contains("\"lora_dropout\": 0.1"), "{cfg}");
     let half = dir.path().join("half");
     ok(&finetune(
         &model,
         &data,
         &half,
         home,
-        &["--max-steps", "6", "--targets", "q,v,o"],
+        &["--max-steps", "6", "--targets", "q,v,o", "--dropout", "0.1"],
     ));
     let o = canon(
         &[
@@ -200,8 +219,10 @@ fn lora_run_writes_a_peft_adapter_that_merges_and_resumes_exactly() {
     );
     assert!(ok(&o).contains("finished step 12/12"));
     let a = std::fs::read(half.join("adapter_model.safetensors")).unwrap();
-    let b = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(straight.join("adapter_model.safetensors")).unwrap();
     assert_eq!(a, b, "resumed adapter differs from the straight run");
+    let c = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
+    assert_ne!(a, c, "dropout changed nothing");
     assert_eq!(metrics(&half).len(), 12);
 }
 
@@ -268,6 +289,14 @@ fn bad_finetune_input_is_one_clear_error() {
         &["--rank", "0"],
     ));
     assert!(e.contains("rank must be at least 1"), "{e}");
+    let e = err(&finetune(
+        &model,
+        &data,
+        &dir.path().join("r5"),
+        home,
+        &["--dropout", "1.5"],
+    ));
+    assert!(e.contains("--dropout must be in [0, 1)"), "{e}");
     let e = err(&finetune(
         &model,
         &data,

@@ -74,6 +74,7 @@ fn adapter(scale: f32) -> Adapter {
         alpha: 16.0,
         scale: 4.0,
         modules,
+        dropout: 0.0,
     }
 }
 

@@ -73,6 +73,8 @@ pub struct LoraSpec {
     /// Module suffixes (`q_proj`, ...).
     pub targets: Vec<String>,
     pub seed: u64,
+    /// Dropout on each adapter's input during training (PEFT's `lora_dropout`).
+    pub dropout: f64,
 }
 
 /// One adapted layer.
@@ -89,6 +91,8 @@ pub struct LoraSet {
     pub spec: LoraSpec,
     pub scale: f64,
     pub modules: Vec<LoraModule>,
+    /// The per-batch randomness of LoRA dropout (seeded by the objective from the engine's RNG).
+    pub noise: std::sync::Arc<canon_nn::Noise>,
 }
 
 impl LoraSet {
@@ -135,6 +139,7 @@ impl LoraSet {
             alpha: self.spec.alpha,
             scale: self.scale,
             modules,
+            dropout: self.spec.dropout,
         })
     }
 
@@ -150,10 +155,13 @@ impl LoraSet {
             let lin = model.linear_mut(&m.name).ok_or_else(|| {
                 TrainError::Data(format!("the model lost its module '{}'", m.name))
             })?;
+            let dropout = (tracking && self.spec.dropout > 0.0)
+                .then(|| (self.spec.dropout, self.noise.clone()));
             lin.set_lora(Lora {
                 a,
                 b,
                 scale: self.scale,
+                dropout,
             })?;
         }
         Ok(())
@@ -168,6 +176,12 @@ pub fn attach(model: &mut dyn CausalLm, spec: &LoraSpec) -> Result<LoraSet> {
             "--rank 0: a LoRA rank must be at least 1".into(),
         ));
     }
+    if !(0.0..1.0).contains(&spec.dropout) {
+        return Err(TrainError::Data(format!(
+            "--dropout must be in [0, 1), found {}",
+            spec.dropout
+        )));
+    }
     if !(spec.alpha > 0.0 && spec.alpha.is_finite()) {
         return Err(TrainError::Data(format!(
             "--alpha must be positive, found {}",
@@ -177,6 +191,7 @@ pub fn attach(model: &mut dyn CausalLm, spec: &LoraSpec) -> Result<LoraSet> {
     let names = model.linear_names();
     let mut rng = SplitMix64::new(spec.seed ^ 0x10AA_A5EE_D000_0001);
     let mut modules = Vec::new();
+    let noise: std::sync::Arc<canon_nn::Noise> = Default::default();
     for t in &spec.targets {
         if !names
             .iter()
@@ -209,6 +224,7 @@ pub fn attach(model: &mut dyn CausalLm, spec: &LoraSpec) -> Result<LoraSet> {
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
             scale,
+            dropout: (spec.dropout > 0.0).then(|| (spec.dropout, noise.clone())),
         })?;
         modules.push(LoraModule {
             name: name.clone(),
@@ -225,6 +241,7 @@ pub fn attach(model: &mut dyn CausalLm, spec: &LoraSpec) -> Result<LoraSet> {
         spec: spec.clone(),
         scale,
         modules,
+        noise,
     })
 }
 
@@ -348,6 +365,9 @@ impl crate::engine::Objective for SftObjective {
         rng: &mut SplitMix64,
         _index: u64,
     ) -> Result<crate::engine::BatchLoss> {
+        if self.lora.spec.dropout > 0.0 {
+            self.lora.noise.set(Some(rng.next_u64()));
+        }
         let l = self.train_loss(rng)?;
         Ok(crate::engine::BatchLoss {
             total: l.total,

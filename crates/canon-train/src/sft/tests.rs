@@ -234,6 +234,7 @@ fn lora_starts_at_the_base_model_trains_only_adapters_and_fits_a_record() {
         alpha: 8.0,
         targets: parse_targets("q,v").unwrap(),
         seed: 1,
+        dropout: 0.0,
     };
     let set = attach(lm.model.as_mut(), &spec).unwrap();
     // 2 layers × (q: 4·(16+16), v: 4·(16+8)).
@@ -301,6 +302,7 @@ fn qlora_over_nf4_starts_at_the_quantized_base_and_fits_a_record() {
         alpha: 4.0,
         targets: parse_targets("all").unwrap(),
         seed: 2,
+        dropout: 0.0,
     };
     let set = attach(lm.model.as_mut(), &spec).unwrap();
     assert_eq!(set.modules.len(), 14);
@@ -345,6 +347,7 @@ fn bad_adapter_settings_are_clear_errors() {
         alpha: 8.0,
         targets: vec!["q_proj".into()],
         seed: 1,
+        dropout: 0.0,
     };
     let e = attach(lm.model.as_mut(), &spec).unwrap_err().to_string();
     assert!(e.contains("rank must be at least 1"), "{e}");

@@ -69,7 +69,7 @@ pub struct LoraFinetuneArgs {
     /// LoRA α (the update is scaled by α/r).
     #[arg(long, default_value_t = 16.0)]
     pub alpha: f64,
-    /// Dropout on the adapter input (not supported yet: the Linear layer has no dropout slot).
+    /// Dropout on each adapter's input during training (PEFT's lora_dropout; 0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Adapted modules: 'all' or some of q,k,v,o,gate,up,down (default: q,v for lora, all for
@@ -128,6 +128,8 @@ pub struct RunSettings {
     pub max_len: usize,
     pub grad_clip: f64,
     pub seed: u64,
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 pub const SETTINGS_FILE: &str = "finetune.json";
@@ -153,13 +155,6 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             eprintln!("canon: {s}");
         }
     };
-    if a.dropout != 0.0 {
-        bail!(
-            "--dropout {}: LoRA dropout is not supported yet (canon_nn::Linear has no dropout slot \
-             on the adapter path); use --dropout 0",
-            a.dropout
-        );
-    }
     let (dir, settings, resuming) = match &a.resume {
         Some(dir) => {
             let p = dir.join(SETTINGS_FILE);
@@ -205,6 +200,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 max_len: a.max_len,
                 grad_clip: a.grad_clip,
                 seed: a.seed,
+                dropout: a.dropout,
             };
             (dir, s, false)
         }
@@ -242,6 +238,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         alpha: settings.alpha,
         targets: settings.targets.clone(),
         seed: settings.seed,
+        dropout: settings.dropout,
     };
     let set = attach(lm.model.as_mut(), &lora_spec)?;
     say(format!(
