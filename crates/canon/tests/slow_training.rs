@@ -92,7 +92,7 @@ fn nanogpt_bench_learns() {
 #[ignore = "tier 3: minutes of training"]
 fn transformer_xl_memory_lowers_held_out_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let (first, eval, last) = train(&config("transformer-xl"), 150, dir.path());
+    let (first, eval, last) = train(&config("transformer-xl"), 300, dir.path());
     assert!(eval < first - 1.0, "{eval} vs {first}");
     let no_mem = last["eval_loss_no_mem"].as_f64().unwrap();
     assert!(eval < no_mem, "with memory {eval:.4}, without {no_mem:.4}");
