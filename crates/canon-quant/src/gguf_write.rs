@@ -150,6 +150,13 @@ pub fn write_gguf(
         w.flush()?;
     }
     tmp.as_file().sync_all()?;
+    // A temporary file is created private (0600); a model file is an ordinary readable file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -186,5 +193,11 @@ mod tests {
         let t = g.tensor_info("w").unwrap();
         assert_eq!(t.shape, vec![2, 3]);
         assert_eq!(g.tensor_bytes(t), &data[..]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+        }
     }
 }
