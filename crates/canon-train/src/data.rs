@@ -251,30 +251,45 @@ pub fn train_tokenizer(
                     "data.vocab_size must exceed the 256 byte symbols for byte_bpe, found {vocab_size}"
                 )));
             }
-            let mut t: tokenizers::TokenizerImpl<
-                ModelWrapper,
-                tokenizers::NormalizerWrapper,
-                PreTokenizerWrapper,
-                tokenizers::PostProcessorWrapper,
-                DecoderWrapper,
-            > = tokenizers::TokenizerImpl::new(ModelWrapper::BPE(BPE::default()));
-            t.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-                false, true, true,
-            ))));
-            t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-            t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-            let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
-                .vocab_size(vocab_size)
-                .min_frequency(2)
-                .show_progress(false)
-                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-                .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-                .build()
-                .into();
-            t.train(&mut trainer, docs.iter()).map_err(tok_err)?;
-            Ok(Tokenizer::from(t))
+            train_byte_bpe(docs.iter(), vocab_size, &["<|endoftext|>"])
         }
     }
+}
+
+/// GPT-2's byte-level BPE trained on `texts` with `vocab_size` tokens (merges seen at least
+/// twice); `specials` are added first, in order, as special tokens.
+pub fn train_byte_bpe<I, S>(texts: I, vocab_size: usize, specials: &[&str]) -> Result<Tokenizer>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    let mut t: tokenizers::TokenizerImpl<
+        ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        DecoderWrapper,
+    > = tokenizers::TokenizerImpl::new(ModelWrapper::BPE(BPE::default()));
+    t.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, true,
+    ))));
+    t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
+    t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+    let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
+        .build()
+        .into();
+    t.train(&mut trainer, texts).map_err(tok_err)?;
+    Ok(Tokenizer::from(t))
 }
 
 /// Tokens of the training and held-out splits.

@@ -31,12 +31,7 @@ use candle_core::{Device, Tensor};
 use canon_models::transformer::Transformer;
 use canon_nn::{IGNORE_INDEX, SplitMix64, masked_cross_entropy};
 use serde::{Deserialize, Serialize};
-use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::ModelWrapper;
-use tokenizers::models::bpe::{BPE, BpeTrainer};
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::Tokenizer;
 
 use crate::{Result, TrainError, io_err};
 
@@ -409,34 +404,8 @@ fn tok_err(e: impl std::fmt::Display) -> TrainError {
 /// A byte-level BPE vocabulary shared by both languages, trained on both sides of `pairs`;
 /// ids 0, 1, 2 are `<pad>`, `<s>`, `</s>`.
 pub fn train_shared_bpe(pairs: &[(String, String)], vocab_size: usize) -> Result<Tokenizer> {
-    let mut t: tokenizers::TokenizerImpl<
-        ModelWrapper,
-        tokenizers::NormalizerWrapper,
-        PreTokenizerWrapper,
-        tokenizers::PostProcessorWrapper,
-        DecoderWrapper,
-    > = tokenizers::TokenizerImpl::new(ModelWrapper::BPE(BPE::default()));
-    t.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-        false, true, true,
-    ))));
-    t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-    t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-    let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
-        .vocab_size(vocab_size)
-        .min_frequency(2)
-        .show_progress(false)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(
-            [PAD, BOS, EOS]
-                .iter()
-                .map(|s| AddedToken::from(*s, true))
-                .collect(),
-        )
-        .build()
-        .into();
     let texts = pairs.iter().flat_map(|(s, t)| [s, t]);
-    t.train(&mut trainer, texts).map_err(tok_err)?;
-    let t = Tokenizer::from(t);
+    let t = crate::data::train_byte_bpe(texts, vocab_size, &[PAD, BOS, EOS])?;
     check_specials(&t)?;
     Ok(t)
 }
