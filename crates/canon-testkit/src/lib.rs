@@ -124,3 +124,35 @@ mod tests {
         assert!(check_close(&[1.0, 2.0], &[1.0], Tol::EXACT).is_err());
     }
 }
+
+/// Writes a gettext `.mo` catalog of `(msgid, msgstr)` entries (tables right after the 28-byte header, strings after the tables).
+pub fn write_mo(entries: &[(&[u8], &[u8])], little: bool) -> Vec<u8> {
+    let w = |v: u32| {
+        if little {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        }
+    };
+    let n = entries.len() as u32;
+    let (orig, trans) = (28u32, 28 + 8 * n);
+    let mut strings = Vec::new();
+    let mut tables = (Vec::new(), Vec::new());
+    let base = trans + 8 * n;
+    for (id, s) in entries {
+        for (text, table) in [(id, &mut tables.0), (s, &mut tables.1)] {
+            table.extend(w(text.len() as u32));
+            table.extend(w(base + strings.len() as u32));
+            strings.extend_from_slice(text);
+            strings.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    for v in [0x950412de, 0, n, orig, trans, 0, 0] {
+        out.extend(w(v));
+    }
+    out.extend(tables.0);
+    out.extend(tables.1);
+    out.extend(strings);
+    out
+}

@@ -288,3 +288,61 @@ fn multitask_text_to_text_learns_two_prefixed_tasks() {
         .count();
     assert!(hits >= 8, "first-token exact match {hits}/20");
 }
+
+#[test]
+fn translation_task_uses_t5s_prefix_and_the_transformers_split() {
+    use crate::translation::{TranslationDataConfig, split_of};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("de/LC_MESSAGES");
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = b"Content-Type: text/plain; charset=UTF-8\n".to_vec();
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), header)];
+    for i in 0..400 {
+        entries.push((
+            format!("Cannot open file number {i}").into_bytes(),
+            format!("Datei Nummer {i} kann nicht geöffnet werden").into_bytes(),
+        ));
+    }
+    let refs: Vec<(&[u8], &[u8])> = entries
+        .iter()
+        .map(|(a, b)| (a.as_slice(), b.as_slice()))
+        .collect();
+    std::fs::write(dir.join("app.mo"), canon_testkit::write_mo(&refs, true)).unwrap();
+    // A name list the task leaves out, as configs/transformer-mt.toml does.
+    std::fs::write(dir.join("iso_639.mo"), b"not a catalog").unwrap();
+    let cfg = TranslationDataConfig {
+        locale_dir: root.path().display().to_string(),
+        language: "de".into(),
+        exclude: vec!["iso_".into()],
+        vocab_size: 8000,
+        valid_fraction: 0.05,
+        test_fraction: 0.05,
+    };
+    let (train, test) = translation_task(&cfg).unwrap();
+    assert!(!train.is_empty() && !test.is_empty());
+    assert!(
+        train.len() + test.len() < 400,
+        "the validation split is left out"
+    );
+    for r in train.iter().chain(&test) {
+        assert_eq!(r.prefix, "translate English to German: ");
+        assert_eq!(r.task, "translate_en_de");
+        let n = r.input.rsplit(' ').next().unwrap();
+        assert_eq!(
+            r.target,
+            format!("Datei Nummer {n} kann nicht geöffnet werden")
+        );
+    }
+    for r in &test {
+        assert_eq!(
+            split_of(&r.input, 0.05, 0.05),
+            crate::translation::Split::Test,
+            "{}",
+            r.input
+        );
+    }
+    // A catalog that cannot be parsed is reported with its file.
+    std::fs::write(dir.join("broken.mo"), b"\x00\x01").unwrap();
+    let err = translation_task(&cfg).unwrap_err().to_string();
+    assert!(err.contains("broken.mo"), "{err}");
+}

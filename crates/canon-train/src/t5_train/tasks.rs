@@ -7,6 +7,10 @@
 //!   function's name (`"function name: Return the value of the named header."` → `get`…).
 //! - `stdlib_group`: a snippet of standard-library source → the package it comes from, as text
 //!   (`"stdlib group: …"` → `"email"` or `"http"`; classification as text, like T5's GLUE tasks).
+//! - `translate_en_de`: an English message of a gettext catalog → its German translation
+//!   (`"translate English to German: File not found"` → `"Datei nicht gefunden"`, T5's own prefix),
+//!   over the pairs and the hash split of `configs/transformer-mt.toml`, so the test split is the
+//!   Transformer's test split.
 //! - `jsonl:PATH`: any records, one JSON object per line with `input` and `target` (and optional
 //!   `prefix`, `task`); an unreadable line or a record without a target is an error naming file and
 //!   line.
@@ -226,6 +230,33 @@ pub fn stdlib_group_task(
         train.into_iter().map(rec).collect(),
         test.into_iter().map(rec).collect(),
     ))
+}
+
+/// T5's prefix for English→German.
+pub const EN_DE_PREFIX: &str = "translate English to German: ";
+
+/// The `translate_en_de` task: `(train, test)` records from the gettext pairs of `cfg` (its train
+/// and test splits; the validation split is left out).
+pub fn translation_task(
+    cfg: &crate::translation::TranslationDataConfig,
+) -> Result<(Vec<TextRecord>, Vec<TextRecord>)> {
+    cfg.validate().map_err(TrainError::Data)?;
+    let pairs = crate::translation::load_pairs(cfg)?;
+    let dir = cfg.catalog_dir().display().to_string();
+    let records = |pairs: Vec<(String, String)>, split: &str| -> Vec<TextRecord> {
+        pairs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (src, tgt))| TextRecord {
+                task: "translate_en_de".into(),
+                prefix: EN_DE_PREFIX.into(),
+                input: src,
+                target: tgt,
+                origin: format!("{dir} ({split} pair {})", i + 1),
+            })
+            .collect()
+    };
+    Ok((records(pairs.train, "train"), records(pairs.test, "test")))
 }
 
 /// Records from a JSON-lines file (see the module header); blank lines are skipped.

@@ -276,18 +276,23 @@ pub fn setup(
             mc.max_position_embeddings
         );
     }
-    if mc.k_layers > 0 && mc.entity_dim != run.transe.dim {
+    // A typing run reuses the pre-trained run's entity table, whose width is its entity_dim.
+    let mut transe_cfg = run.transe.clone();
+    if run.ernie.task == Task::Typing {
+        transe_cfg.dim = mc.entity_dim;
+    }
+    if mc.k_layers > 0 && mc.entity_dim != transe_cfg.dim {
         bail!(
             "{file}: model.entity_dim ({}) must equal transe.dim ({})",
             mc.entity_dim,
-            run.transe.dim
+            transe_cfg.dim
         );
     }
     let table = if mc.k_layers > 0 {
         let reuse = resuming || run.ernie.task == Task::Typing;
         entity_table(
             &kg,
-            &run.transe,
+            &transe_cfg,
             &table_src.join(TRANSE_FILE),
             reuse,
             seed,

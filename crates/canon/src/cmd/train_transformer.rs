@@ -10,9 +10,9 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use canon_infer::seq2seq::{DecodeOptions, translate_ids};
-use canon_models::VarStore;
 use canon_models::family::{RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
 use canon_models::transformer::{Transformer, TransformerConfig};
+use canon_models::{Seq2SeqLm, VarStore};
 use canon_nn::SplitMix64;
 use canon_train::engine::{BatchLoss, Engine, Objective};
 use canon_train::translation::{
@@ -152,12 +152,13 @@ impl MtObjective {
 
 /// Translates encoded sources into text.
 pub fn translate_encoded(
-    model: &Transformer,
+    model: &dyn Seq2SeqLm,
+    pad: u32,
     tok: &Tokenizer,
     srcs: &[Vec<u32>],
     opts: &DecodeOptions,
 ) -> anyhow::Result<Vec<String>> {
-    let hyps = translate_ids(model, srcs, model.config.pad_id, opts)?;
+    let hyps = translate_ids(model, srcs, pad, opts)?;
     hyps.iter()
         .map(|h| {
             tok.decode(&h.tokens, true)
@@ -197,8 +198,14 @@ impl Objective for MtObjective {
                 beam_size: 1,
                 ..DecodeOptions::default()
             };
-            let hyps = translate_encoded(&self.model, &self.tok, &self.bleu_src, &opts)
-                .map_err(|e| canon_train::TrainError::Data(format!("{e:#}")))?;
+            let hyps = translate_encoded(
+                &self.model,
+                self.model.config.pad_id,
+                &self.tok,
+                &self.bleu_src,
+                &opts,
+            )
+            .map_err(|e| canon_train::TrainError::Data(format!("{e:#}")))?;
             let b = canon_eval::bleu::corpus_bleu(&hyps, &self.bleu_ref)
                 .map_err(canon_train::TrainError::Data)?;
             out.push(("eval_bleu".into(), b.score));

@@ -1,6 +1,8 @@
-//! `canon translate`: English→German with a trained Transformer run (paper 1): beam search with the
-//! GNMT length penalty, one translation per `--text` or per line of standard input; `--test-bleu`
-//! translates the run's held-out test split and reports corpus BLEU (sacreBLEU's definition).
+//! `canon translate`: English→German with a trained Transformer (paper 1) or T5 (paper 8) run: beam
+//! search with the GNMT length penalty, one translation per `--text` or per line of standard input;
+//! `--test-bleu` translates the run's held-out test split and reports corpus BLEU (sacreBLEU's
+//! definition). A T5 run gets its task prefix (`translate English to German: ` unless `--prefix`
+//! says otherwise), so any of its text-to-text tasks can be run.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -8,15 +10,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use canon_eval::bleu::corpus_bleu;
 use canon_infer::seq2seq::DecodeOptions;
+use canon_models::Seq2SeqLm;
 use canon_models::VarStore;
 use canon_models::family::{
     CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
 };
+use canon_models::t5::T5;
 use canon_models::transformer::{Transformer, TransformerConfig};
+use canon_train::t5_train::tasks::EN_DE_PREFIX;
+use canon_train::translation::TranslationDataConfig;
 use canon_train::translation::load_pairs;
 use clap::Args;
 use tokenizers::Tokenizer;
 
+use super::train_t5::{en_de_catalogs, read_model_json};
 use super::train_transformer::{read_mt_config, translate_encoded};
 use crate::Ctx;
 
@@ -25,14 +32,19 @@ use crate::Ctx;
   canon train --config configs/transformer-mt.toml --out runs/mt
   canon translate --model runs/mt --text \"File not found\"
   printf 'Permission denied\\nNo space left on device\\n' | canon translate --model runs/mt
-  canon translate --model runs/mt --test-bleu")]
+  canon translate --model runs/mt --test-bleu
+  canon translate --model runs/t5-multitask --text \"File not found\"
+  canon translate --model runs/t5-multitask --prefix \"function name: \" --text \"Return the number of items.\"")]
 pub struct TranslateArgs {
-    /// A Transformer run folder (model.json, checkpoint.safetensors, tokenizer.json).
+    /// A Transformer or T5 run folder (model.json, checkpoint.safetensors, tokenizer.json).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// The English text; without it, each line of standard input is translated.
     #[arg(long)]
     pub text: Option<String>,
+    /// Text put before each input (T5 runs only; default \"translate English to German: \").
+    #[arg(long)]
+    pub prefix: Option<String>,
     /// Beam size (1 = greedy).
     #[arg(long, default_value_t = 4)]
     pub beam: usize,
@@ -51,48 +63,83 @@ pub struct TranslateArgs {
     pub limit: Option<usize>,
 }
 
-/// A trained Transformer run.
+/// A trained sequence-to-sequence run: a Transformer (paper 1) or a T5 (paper 8) run folder.
 pub struct MtRun {
-    pub model: Transformer,
+    pub model: Box<dyn Seq2SeqLm>,
     pub tok: Tokenizer,
+    pub family: &'static str,
+    pad: u32,
+    eos: u32,
+    max_len: usize,
+    /// Text put before every source (T5's task prefix; empty for the Transformer).
+    pub prefix: String,
 }
 
 pub fn load_run(dir: &Path) -> anyhow::Result<MtRun> {
     let mpath = dir.join(RUN_MODEL_FILE);
     let text = std::fs::read_to_string(&mpath)
         .with_context(|| format!("{} is not a run folder", dir.display()))?;
-    let cfg: TransformerConfig = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a Transformer (family = \"transformer\") model",
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", mpath.display()))?;
+    let ckpt = dir.join(RUN_CHECKPOINT_FILE);
+    let (model, family, pad, eos, max_len, prefix): (Box<dyn Seq2SeqLm>, _, _, _, _, _) = match v
+        .get("family")
+        .and_then(|f| f.as_str())
+    {
+        Some("t5") => {
+            let cfg = read_model_json(dir)?;
+            let store =
+                VarStore::from_safetensors(&ckpt, CHECKPOINT_PARAM_PREFIX, cfg.init_policy())?;
+            let (pad, eos, max) = (cfg.pad_id, cfg.eos_id, cfg.max_seq_len);
+            let m = T5::load(cfg, &store)?;
+            (Box::new(m), "t5", pad, eos, max, EN_DE_PREFIX.to_string())
+        }
+        Some("transformer") | None => {
+            let cfg: TransformerConfig = serde_json::from_value(v).with_context(|| {
+                format!(
+                    "{}: not a Transformer (family = \"transformer\") model",
+                    mpath.display()
+                )
+            })?;
+            let store =
+                VarStore::from_safetensors(&ckpt, CHECKPOINT_PARAM_PREFIX, cfg.init_policy())?;
+            let (pad, eos, max) = (cfg.pad_id, cfg.eos_id, cfg.max_seq_len);
+            let m = Transformer::load(cfg, &store)?;
+            (Box::new(m), "transformer", pad, eos, max, String::new())
+        }
+        Some(other) => bail!(
+            "{}: family \"{other}\" is not a sequence-to-sequence model; expected \"transformer\" or \"t5\"",
             mpath.display()
-        )
-    })?;
-    let store = VarStore::from_safetensors(
-        &dir.join(RUN_CHECKPOINT_FILE),
-        CHECKPOINT_PARAM_PREFIX,
-        cfg.init_policy(),
-    )?;
-    let model = Transformer::load(cfg, &store)?;
+        ),
+    };
     let tpath = dir.join(RUN_TOKENIZER_FILE);
     let tok = Tokenizer::from_file(&tpath)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tpath.display()))?;
-    Ok(MtRun { model, tok })
+    Ok(MtRun {
+        model,
+        tok,
+        family,
+        pad,
+        eos,
+        max_len,
+        prefix,
+    })
 }
 
 impl MtRun {
-    /// Source ids: the text (whitespace squashed as the training data was) + `</s>`, cut to the
-    /// position table.
+    /// Source ids: the prefix and the text (whitespace squashed as the training data was) +
+    /// `</s>`, cut to the position table.
     pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         let clean = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let full = format!("{}{clean}", self.prefix);
         let mut ids = self
             .tok
-            .encode(clean.as_str(), false)
+            .encode(full.as_str(), false)
             .map_err(|e| anyhow::anyhow!("cannot tokenize the input: {e}"))?
             .get_ids()
             .to_vec();
-        let max = self.model.config.max_seq_len;
-        ids.truncate(max - 1);
-        ids.push(self.model.config.eos_id);
+        ids.truncate(self.max_len - 1);
+        ids.push(self.eos);
         Ok(ids)
     }
 
@@ -101,7 +148,25 @@ impl MtRun {
             .iter()
             .map(|t| self.encode(t))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        translate_encoded(&self.model, &self.tok, &srcs, opts)
+        translate_encoded(self.model.as_ref(), self.pad, &self.tok, &srcs, opts)
+    }
+
+    /// The catalogs and split the run's test sentences come from.
+    fn test_data(&self, dir: &Path) -> anyhow::Result<TranslationDataConfig> {
+        let cpath = dir.join("config.toml");
+        let text = std::fs::read_to_string(&cpath)
+            .with_context(|| format!("cannot read {}", cpath.display()))?;
+        let value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", cpath.display()))?;
+        if self.family == "t5" {
+            let locale = value
+                .get("t5")
+                .and_then(|t| t.get("locale_dir"))
+                .and_then(|l| l.as_str())
+                .unwrap_or("/usr/share/locale");
+            return Ok(en_de_catalogs(locale));
+        }
+        Ok(read_mt_config(&value, &cpath)?.data)
     }
 }
 
@@ -118,13 +183,8 @@ fn test_bleu(
     limit: Option<usize>,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
-    let cpath = dir.join("config.toml");
-    let text = std::fs::read_to_string(&cpath)
-        .with_context(|| format!("cannot read {}", cpath.display()))?;
-    let value: toml::Value =
-        toml::from_str(&text).with_context(|| format!("invalid config {}", cpath.display()))?;
-    let cfg = read_mt_config(&value, &cpath)?;
-    let mut test = load_pairs(&cfg.data)?.test;
+    let data = run.test_data(dir)?;
+    let mut test = load_pairs(&data)?.test;
     if let Some(n) = limit {
         test.truncate(n);
     }
@@ -196,7 +256,17 @@ pub fn run(a: TranslateArgs, ctx: &Ctx) -> anyhow::Result<()> {
         max_tokens: a.max_tokens,
     };
     opts.validate()?;
-    let run = load_run(&a.model)?;
+    let mut run = load_run(&a.model)?;
+    if let Some(p) = a.prefix {
+        if run.family != "t5" && !p.is_empty() {
+            bail!(
+                "--prefix is for T5 runs; {} is a {} run, which takes the English text alone",
+                a.model.display(),
+                run.family
+            );
+        }
+        run.prefix = p;
+    }
     if a.test_bleu {
         return test_bleu(&run, &a.model, &opts, a.limit, ctx);
     }
