@@ -101,6 +101,29 @@ impl Cache {
     }
 }
 
+/// Cross-attention keys/values of an encoder-decoder layer through its cache slot: the first
+/// decoding step computes them from the encoder states `enc` `[b, s, d]` (`compute`) and stores
+/// them; later steps read them back. Errors when the cached states cover another source length.
+pub(crate) fn cross_kv(
+    slot: &mut canon_nn::KvCache,
+    enc: &candle_core::Tensor,
+    compute: impl FnOnce() -> Result<(candle_core::Tensor, candle_core::Tensor)>,
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    let s = enc.dim(1)?;
+    if let Some((k, v)) = slot.view()? {
+        if k.dim(2)? != s {
+            return Err(ModelError::Input(format!(
+                "the cache holds cross-attention states for {} source positions, but the encoder \
+                 states have {s}",
+                k.dim(2)?
+            )));
+        }
+        return Ok((k, v));
+    }
+    let (k, v) = compute()?;
+    Ok(slot.append(&k, &v)?)
+}
+
 /// A decoder-only language model.
 pub trait CausalLm: Send + Sync {
     /// `ids: [b, t]` (u32) continuing the sequence in `cache`; returns logits `[b, t', vocab]` with

@@ -20,8 +20,8 @@
 //!   so HF checkpoints and the goldens of `goldens/t5/gen.py` load as they are.
 //!
 //! Decoding keeps one self-attention KV cache per decoder layer; the relative bias of a cached step
-//! is computed for its absolute query position. Cross-attention keys/values are recomputed from the
-//! encoder states on every call (the `KvCache` type offers no read-back without appending).
+//! is computed for its absolute query position. Cross-attention keys/values are computed from the
+//! encoder states at the first step and read back from their own cache slots after that.
 //! Deviation: no dropout (the small runs here see each example few times).
 //!
 //! Shapes: src ids `[b, s]` → encoder states `[b, s, d]`; target ids `[b, t]` → logits `[b, t, V]`.
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::WeightSource;
 use crate::varstore::{Init, InitPolicy, ParamInfo};
-use crate::{Cache, ModelError, Result, Seq2SeqLm};
+use crate::{Cache, ModelError, Result, Seq2SeqLm, cross_kv};
 
 /// The feed-forward variant (`feed_forward_proj` in HF).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +452,7 @@ impl T5 {
         // Queries at offset .. offset + t against keys 0 .. offset + t.
         let bias = self.dec_bias.bias(t, offset + t, offset)?;
         let mut y = self.shared.forward(tgt)?; // [b, t, d]
+        let n = self.dec.len();
         for (i, blk) in self.dec.iter().enumerate() {
             let kv = cache.as_deref_mut().and_then(|c| c.layers.get_mut(i));
             let h = blk.ln_self.forward(&y)?;
@@ -465,7 +466,25 @@ impl T5 {
             )?;
             y = (y + a)?;
             let h = blk.ln_cross.forward(&y)?;
-            let a = self.attend(&blk.cross, &h, enc, None, AttnMask::Padding(src_mask), None)?;
+            let a = match cache.as_deref_mut() {
+                // Cross-attention keys/values depend only on the encoder states: computed at the
+                // first step, then read back from the cache's second half.
+                Some(c) => {
+                    let slot = &mut c.layers[n + i];
+                    let (k, v) = cross_kv(slot, enc, || {
+                        Ok((
+                            self.heads(&blk.cross.k.forward(enc)?)?,
+                            self.heads(&blk.cross.v.forward(enc)?)?,
+                        ))
+                    })?;
+                    let q = self.heads(&blk.cross.q.forward(&h)?)?;
+                    let y = biased_attention(&q, &k, &v, None, AttnMask::Padding(src_mask))?;
+                    blk.cross.o.forward(&self.merge(&y)?)?
+                }
+                None => {
+                    self.attend(&blk.cross, &h, enc, None, AttnMask::Padding(src_mask), None)?
+                }
+            };
             y = (y + a)?;
             y = (&y + blk.ffn.forward(&blk.ln_ffn.forward(&y)?)?)?;
         }
@@ -500,14 +519,15 @@ impl Seq2SeqLm for T5 {
         tgt: &Tensor,
         cache: &mut Cache,
     ) -> Result<Tensor> {
-        if cache.layers.len() != self.dec.len() {
+        if cache.layers.len() != 2 * self.dec.len() {
             *cache = self.new_cache();
         }
         self.decode_inner(enc, src_mask, tgt, Some(cache))
     }
 
+    /// One slot per decoder layer for self-attention, then one per layer for cross-attention.
     fn new_cache(&self) -> Cache {
-        Cache::new(self.dec.len())
+        Cache::new(2 * self.dec.len())
     }
     fn vocab_size(&self) -> usize {
         self.config.vocab_size

@@ -27,14 +27,14 @@
 
 use candle_core::{DType, Device, Tensor};
 use canon_nn::{
-    Activation, AttnMask, Embedding, KvCache, LayerNorm, Linear, Mlp, Noise, Weight, attention,
-    dropout, train_ops,
+    Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Noise, Weight, attention, dropout,
+    train_ops,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::source::{WeightMode, WeightSource};
 use crate::varstore::{Init, InitPolicy, ParamInfo};
-use crate::{Cache, ModelError, Result, Seq2SeqLm};
+use crate::{Cache, ModelError, Result, Seq2SeqLm, cross_kv};
 
 fn d_dropout() -> f64 {
     0.1
@@ -230,6 +230,9 @@ pub struct Transformer {
     decoder: Vec<DecoderLayer>,
     /// Training randomness (dropout masks); inactive unless seeded by `set_noise`.
     noise: Noise,
+    /// The teacher-forced decoder attends to every target position (no causal mask): only the
+    /// negative control of the copy-task test sets this (see `without_causal_mask`).
+    unmasked: bool,
 }
 
 impl Transformer {
@@ -302,7 +305,17 @@ impl Transformer {
             decoder,
             config,
             noise: Noise::default(),
+            unmasked: false,
         })
+    }
+
+    /// A deliberately broken copy whose teacher-forced decoder sees future target tokens: the
+    /// negative control of paper 1's copy-task check (training loss falls to ~0 while greedy
+    /// decoding, which has no future tokens, fails). Cached decoding is unaffected.
+    #[doc(hidden)]
+    pub fn without_causal_mask(mut self) -> Self {
+        self.unmasked = true;
+        self
     }
 
     /// Seeds the dropout masks of the next training forward (`None`: off, as in evaluation).
@@ -407,6 +420,7 @@ impl Transformer {
                     let (k, v) = c.layers[i].append(&qkv[1], &qkv[2])?;
                     attention(&qkv[0], &k, &v, AttnMask::Causal { offset })?
                 }
+                None if self.unmasked => attention(&qkv[0], &qkv[1], &qkv[2], AttnMask::None)?,
                 None => train_ops::causal_attention(&qkv[0], &qkv[1], &qkv[2], 0)?,
             };
             let a = self.dropped(l.o.forward(&self.merge(&a)?)?)?;
@@ -414,13 +428,10 @@ impl Transformer {
             // Encoder-decoder attention; its keys/values depend only on the encoder states.
             let q = self.heads(&l.cross_q.forward(&y)?, 1)?.remove(0);
             let (k, v) = match cache.as_deref_mut() {
-                Some(c) if !c.layers[n + i].is_empty() => {
-                    self.cross_cached(&mut c.layers[n + i], enc)?
-                }
-                Some(c) => {
+                Some(c) => cross_kv(&mut c.layers[n + i], enc, || {
                     let kv = self.heads(&l.cross_kv.forward(enc)?, 2)?;
-                    c.layers[n + i].append(&kv[0], &kv[1])?
-                }
+                    Ok((kv[0].clone(), kv[1].clone()))
+                })?,
                 None => {
                     let mut kv = self.heads(&l.cross_kv.forward(enc)?, 2)?;
                     let v = kv.remove(1);
@@ -447,24 +458,6 @@ impl Transformer {
         let enc = self.encode_states(src, src_mask)?;
         let y = self.decode_hidden(&enc, src_mask, tgt_in, None)?;
         Ok(self.head.forward(&y)?)
-    }
-}
-
-impl Transformer {
-    /// The cross-attention keys/values already in `kv`: appending zero positions returns the
-    /// cached ones without a copy (`KvCache` has no other read access).
-    fn cross_cached(&self, kv: &mut KvCache, enc: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, s, _) = enc.dims3()?;
-        if kv.len() != s {
-            return Err(ModelError::Input(format!(
-                "transformer: the cache holds cross-attention states for {} source positions, but \
-                 the encoder states have {s}",
-                kv.len()
-            )));
-        }
-        let (h, hd) = (self.config.n_head, self.config.head_dim());
-        let none = Tensor::zeros((b, h, 0, hd), enc.dtype(), enc.device())?;
-        Ok(kv.append(&none, &none)?)
     }
 }
 

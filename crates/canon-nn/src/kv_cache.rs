@@ -97,6 +97,17 @@ impl KvCache {
         Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 
+    /// The cached keys and values `[b, h_kv, len, d]` (views of the buffers), or `None` when
+    /// empty: encoder-decoder models read their cross-attention states back with it.
+    pub fn view(&self) -> crate::Result<Option<(Tensor, Tensor)>> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) if self.len > 0 => {
+                Ok(Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     pub fn clear(&mut self) {
         self.k = None;
         self.v = None;
