@@ -395,3 +395,78 @@ fn ernie_pretrains_and_fine_tunes_typing() {
         "{last}"
     );
 }
+
+#[test]
+fn bad_data_is_one_clear_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let fails = |cfg: &Path, needles: &[&str]| {
+        let o = canon(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            tmp.path().join("run").to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "'{n}' not in: {err}");
+        }
+    };
+    // An empty corpus, for the BERT and T5 pre-training configs.
+    for name in ["bert", "t5"] {
+        let cfg = config(
+            name,
+            tmp.path(),
+            &[("data.corpus", s(empty.to_str().unwrap()))],
+        );
+        fails(&cfg, &["empty.txt"]);
+    }
+    // A text-to-text record without a target: file and line.
+    let t5 = tmp.path().join("t5");
+    let mut p = short_run(2);
+    p.extend([
+        ("model.d_model", int(32)),
+        ("model.d_kv", int(16)),
+        ("model.n_heads", int(2)),
+        ("model.d_ff", int(64)),
+        ("model.n_layers", int(1)),
+        ("model.n_decoder_layers", int(1)),
+        ("data.vocab_size", int(400)),
+        ("data.max_bytes", int(100_000)),
+        ("train.batch_size", int(2)),
+    ]);
+    train(&config("t5", tmp.path(), &p), &t5);
+    let tasks = tmp.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": \"no target here\"}\n",
+    )
+    .unwrap();
+    let q = [
+        ("t5.init_from", s(t5.to_str().unwrap())),
+        (
+            "t5.tasks",
+            toml::Value::Array(vec![s(&format!("jsonl:{}", tasks.display()))]),
+        ),
+    ];
+    fails(
+        &config("t5-multitask", tmp.path(), &q),
+        &["tasks.jsonl:2", "target"],
+    );
+    // A Transformer's catalog folder without catalogs.
+    let bare = tmp.path().join("bare/de/LC_MESSAGES");
+    std::fs::create_dir_all(&bare).unwrap();
+    let cfg = config(
+        "transformer-mt",
+        tmp.path(),
+        &[(
+            "data.locale_dir",
+            s(tmp.path().join("bare").to_str().unwrap()),
+        )],
+    );
+    fails(&cfg, &["LC_MESSAGES", "no .mo catalogs"]);
+}
