@@ -5,6 +5,7 @@ use crate::{Schedule, TrainConfig};
 use canon_models::VarStore;
 use canon_models::ernie::{ErnieConfig, init_policy};
 use canon_nn::Activation;
+use canon_nn::Linear;
 
 #[test]
 fn dea_corruption_follows_the_reference_proportions() {
