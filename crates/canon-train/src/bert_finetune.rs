@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::bert_data::Specials;
 use crate::bert_pretrain::{Pretrained, optimizer_step, params_of};
-use crate::finetune::TaskExample;
+use crate::finetune::{ClassBalanced, TaskExample, eval_subset};
 use crate::optim::{Optimizer, OptimizerConfig, Param};
 use crate::{Result, Schedule, TrainError};
 
@@ -211,30 +211,11 @@ impl BertFinetuner {
                 "the training and held-out splits must not be empty".into(),
             ));
         }
-        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); self.classes];
-        for e in train {
-            by_class
-                .get_mut(e.label as usize)
-                .ok_or_else(|| {
-                    TrainError::Data(format!("label {} ≥ {} classes", e.label, self.classes))
-                })?
-                .push(e);
-        }
-        if let Some(c) = by_class.iter().position(Vec::is_empty) {
-            return Err(TrainError::Data(format!(
-                "the training split has no example of class {c}"
-            )));
-        }
-        let stride = test.len().div_ceil(self.cfg.eval_max.max(1)).max(1);
-        let subset: Vec<TaskExample> = test.iter().step_by(stride).cloned().collect();
+        let pools = ClassBalanced::new(train, self.classes)?;
+        let subset = eval_subset(test, self.cfg.eval_max);
         let mut last = None;
         while self.step < self.cfg.steps {
-            let batch: Vec<&TaskExample> = (0..self.cfg.batch_size)
-                .map(|i| {
-                    let pool = &by_class[i % by_class.len()];
-                    pool[self.rng.below(pool.len())]
-                })
-                .collect();
+            let batch = pools.batch(&mut self.rng, self.cfg.batch_size);
             let mut r = self.train_step(&batch)?;
             if r.step == self.cfg.steps {
                 let a = self.accuracy(test)?;

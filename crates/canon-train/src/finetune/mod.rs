@@ -320,16 +320,6 @@ impl Finetuner {
             .collect()
     }
 
-    /// A class-balanced batch: row `i` draws uniformly from class `i mod classes`.
-    fn sample<'a>(&mut self, by_class: &[Vec<&'a TaskExample>]) -> Vec<&'a TaskExample> {
-        (0..self.cfg.batch_size)
-            .map(|i| {
-                let pool = &by_class[i % by_class.len()];
-                pool[self.rng.below(pool.len())]
-            })
-            .collect()
-    }
-
     /// One optimizer step on `batch`.
     pub fn train_step(&mut self, batch: &[&TaskExample]) -> Result<FinetuneReport> {
         let seqs = self.inputs(batch);
@@ -465,24 +455,11 @@ impl Finetuner {
     ) -> Result<f64> {
         check_split("training", train, self.kind)?;
         check_split("held-out", test, self.kind)?;
-        let classes = self.kind.labels();
-        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); classes];
-        for e in train {
-            let c = by_class.get_mut(e.label as usize).ok_or_else(|| {
-                TrainError::Data(format!("label {} ≥ {classes} classes", e.label))
-            })?;
-            c.push(e);
-        }
-        if let Some(c) = by_class.iter().position(Vec::is_empty) {
-            return Err(TrainError::Data(format!(
-                "the training split has no example of class {c}"
-            )));
-        }
-        let stride = test.len().div_ceil(self.cfg.eval_max.max(1));
-        let subset: Vec<TaskExample> = test.iter().step_by(stride.max(1)).cloned().collect();
+        let pools = ClassBalanced::new(train, self.kind.labels())?;
+        let subset = eval_subset(test, self.cfg.eval_max);
         let mut final_acc = None;
         while self.step < self.cfg.steps {
-            let batch = self.sample(&by_class);
+            let batch = pools.batch(&mut self.rng, self.cfg.batch_size);
             let mut r = self.train_step(&batch)?;
             if r.step == self.cfg.steps {
                 let a = self.accuracy(test)?;
@@ -530,6 +507,46 @@ fn check_split(what: &str, s: &[TaskExample], kind: TaskKind) -> Result<()> {
 
 /// The fine-tuned weights file in a `canon finetune-gpt1 --out` folder.
 pub const FINETUNED_FILE: &str = "finetuned.safetensors";
+/// Training examples grouped by label for class-balanced batches (GPT-1's and BERT's classifier
+/// fine-tuning): row `i` of a batch draws uniformly from class `i mod classes`.
+pub struct ClassBalanced<'a> {
+    by_class: Vec<Vec<&'a TaskExample>>,
+}
+
+impl<'a> ClassBalanced<'a> {
+    /// Errors on a label outside `0..classes` or a class without examples.
+    pub fn new(train: &'a [TaskExample], classes: usize) -> Result<Self> {
+        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); classes];
+        for e in train {
+            by_class
+                .get_mut(e.label as usize)
+                .ok_or_else(|| TrainError::Data(format!("label {} ≥ {classes} classes", e.label)))?
+                .push(e);
+        }
+        if let Some(c) = by_class.iter().position(Vec::is_empty) {
+            return Err(TrainError::Data(format!(
+                "the training split has no example of class {c}"
+            )));
+        }
+        Ok(Self { by_class })
+    }
+
+    pub fn batch(&self, rng: &mut SplitMix64, size: usize) -> Vec<&'a TaskExample> {
+        (0..size)
+            .map(|i| {
+                let pool = &self.by_class[i % self.by_class.len()];
+                pool[rng.below(pool.len())]
+            })
+            .collect()
+    }
+}
+
+/// Every `⌈len/eval_max⌉`-th held-out example: the fixed subset scored during training.
+pub fn eval_subset(test: &[TaskExample], eval_max: usize) -> Vec<TaskExample> {
+    let stride = test.len().div_ceil(eval_max.max(1)).max(1);
+    test.iter().step_by(stride).cloned().collect()
+}
+
 /// The task and base-model description next to it.
 pub const TASK_FILE: &str = "task.json";
 
