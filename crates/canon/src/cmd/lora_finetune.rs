@@ -13,7 +13,7 @@
 //! step, data-order RNG: exact resume), `finetune.json` (the settings a resume must match),
 //! `metrics.jsonl` and `loss.png`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -28,6 +28,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use super::write_atomic;
 use crate::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -133,13 +134,6 @@ pub struct RunSettings {
 }
 
 pub const SETTINGS_FILE: &str = "finetune.json";
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {

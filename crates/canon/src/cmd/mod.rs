@@ -20,3 +20,12 @@ pub mod train_t5;
 pub mod train_transformer;
 pub mod translate;
 pub mod zero_shot;
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader never sees a
+/// half-written file.
+pub(crate) fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -18,6 +18,7 @@ use canon_train::{
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::write_atomic;
 use crate::Ctx;
 
 #[derive(Args, Debug)]
@@ -179,12 +180,6 @@ fn validate(cfg: &RunConfig, file: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {

@@ -27,6 +27,7 @@ use canon_train::objectives::mlm::MlmConfig;
 use canon_train::{Param, TrainConfig};
 use serde::Deserialize;
 
+use super::write_atomic;
 use crate::Ctx;
 
 fn d_true() -> bool {
@@ -101,12 +102,6 @@ pub(crate) fn model_dir(spec: &str, ctx: &Ctx) -> anyhow::Result<PathBuf> {
         };
     }
     Ok(PathBuf::from(spec))
-}
-
-pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads the corpus of `[data]` and cuts its documents into tokenized sentences.

@@ -34,7 +34,8 @@ use canon_train::engine::{Engine, Objective};
 use canon_train::{Param, TrainConfig};
 use serde::Deserialize;
 
-use super::train_bert::{DataTable, load_corpus, model_dir, sentence_data, table, write_atomic};
+use super::train_bert::{DataTable, load_corpus, model_dir, sentence_data, table};
+use super::write_atomic;
 use crate::Ctx;
 
 fn d_teacher_init() -> String {

@@ -29,6 +29,7 @@ use canon_train::transe::{TransE, TransEConfig};
 use canon_train::{Engine, Param, TrainConfig};
 use serde::Deserialize;
 
+use super::write_atomic;
 use crate::Ctx;
 
 pub const VOCAB_FILE: &str = "vocab.json";
@@ -82,12 +83,6 @@ struct RunToml {
     #[serde(default)]
     ernie: ErnieToml,
     train: TrainConfig,
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn model_config(model: &toml::Value, file: &str) -> anyhow::Result<ErnieConfig> {

@@ -32,6 +32,7 @@ use canon_train::{Param, TokenData, TrainConfig};
 use serde::Deserialize;
 
 use super::train_transformer::translate_encoded;
+use super::write_atomic;
 use crate::Ctx;
 
 fn d_vocab() -> usize {
@@ -124,12 +125,6 @@ fn table<T: serde::de::DeserializeOwned>(
         .unwrap_or_else(|| toml::Value::Table(Default::default()));
     v.try_into()
         .with_context(|| format!("{}: invalid [{key}] table", file.display()))
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn save_tokenizer(tok: &tokenizers::Tokenizer, path: &Path) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ use canon_train::{Param, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use super::write_atomic;
 use crate::Ctx;
 
 fn d_ls() -> f64 {
@@ -88,12 +89,6 @@ pub fn read_mt_config(config: &toml::Value, path: &Path) -> anyhow::Result<MtRun
         );
     }
     Ok(cfg)
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The training objective: label-smoothed cross-entropy on length-bucketed batches; evaluation is

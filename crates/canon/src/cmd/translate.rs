@@ -25,6 +25,7 @@ use tokenizers::Tokenizer;
 
 use super::train_t5::{en_de_catalogs, read_model_json};
 use super::train_transformer::{read_mt_config, translate_encoded};
+use super::write_atomic;
 use crate::Ctx;
 
 #[derive(Args, Debug)]
@@ -168,12 +169,6 @@ impl MtRun {
         }
         Ok(read_mt_config(&value, &cpath)?.data)
     }
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn test_bleu(
