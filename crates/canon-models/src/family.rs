@@ -249,7 +249,8 @@ pub fn load_run_dir(dir: &Path) -> Result<LoadedLm> {
         CHECKPOINT_PARAM_PREFIX,
         cfg.init_policy(),
     )?;
-    let model = cfg.build(&store)?;
+    // Inference only: detached weights record no autograd graph.
+    let model = cfg.build(&crate::source::Detached(&store))?;
     let tok_path = dir.join(RUN_TOKENIZER_FILE);
     if !tok_path.is_file() {
         return Err(ModelError::Io {

@@ -38,6 +38,25 @@ pub trait WeightSource {
     }
 }
 
+/// Detached views of another source's tensors: same storage (no copy), no autograd tracking. A
+/// model built from a `VarStore` through it runs inference without recording a graph — decoding
+/// with a KV cache then writes in place instead of concatenating tracked tensors, whose history
+/// would otherwise be kept alive step after step. It sees the variables' current values (the
+/// optimizer updates their storage in place).
+pub struct Detached<'a>(pub &'a dyn WeightSource);
+
+impl WeightSource for Detached<'_> {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.has(name)
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.0.tensor(name, shape)?.detach())
+    }
+}
+
 fn check_shape(file: &str, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
     if expected != found {
         return Err(ModelError::Shape {

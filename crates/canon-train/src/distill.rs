@@ -207,20 +207,8 @@ fn teacher_types(teacher: &dyn WeightSource, d: usize) -> Result<usize> {
     }))
 }
 
-/// A weight source whose tensors are detached copies (no gradients: the fast inference path).
-pub struct Frozen<'a>(pub &'a dyn WeightSource);
-
-impl WeightSource for Frozen<'_> {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.has(name)
-    }
-    fn tensor(&self, name: &str, shape: &[usize]) -> canon_models::Result<Tensor> {
-        Ok(self.0.tensor(name, shape)?.detach())
-    }
-}
+/// The teacher's weights, detached (no gradients: the fast inference path).
+pub use canon_models::source::Detached as Frozen;
 
 /// The three terms of one batch.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ use canon_models::VarStore;
 use canon_models::family::{
     CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
 };
+use canon_models::source::Detached;
 use canon_models::t5::{T5, T5Config};
 use canon_nn::SplitMix64;
 use canon_train::TrainError;
@@ -437,18 +438,21 @@ pub fn setup(
         }
     };
     let obj = T5Objective::new(model, source, ids, train.batch_size, train.eval_batches)?;
+    let params = Engine::params_of(&store);
     let probes: Vec<GenerationProbe> = probes.into_iter().filter(|p| !p.srcs.is_empty()).collect();
     let obj: Box<dyn Objective> = if probes.is_empty() {
         Box::new(obj)
     } else {
         Box::new(GenerativeEval {
             inner: obj,
+            store,
+            cfg,
             tok,
             probes,
             max_tokens: block,
         })
     };
-    Ok((Engine::params_of(&store), train, obj))
+    Ok((params, train, obj))
 }
 
 /// Held-out examples of one task, decoded at each evaluation.
@@ -465,6 +469,9 @@ struct GenerationProbe {
 /// classification-as-text tasks, and translation tasks also by corpus BLEU.
 struct GenerativeEval {
     inner: T5Objective,
+    /// The trained variables, for a detached inference copy of the model at each evaluation.
+    store: VarStore,
+    cfg: T5Config,
     tok: tokenizers::Tokenizer,
     probes: Vec<GenerationProbe>,
     max_tokens: usize,
@@ -476,16 +483,19 @@ fn squash(s: &str) -> String {
 }
 
 impl GenerativeEval {
+    /// Greedy outputs of the current weights, through a detached copy of the model (decoding the
+    /// training model would record an autograd graph over every step).
     fn decode(&self, srcs: &[Vec<u32>]) -> canon_train::Result<Vec<String>> {
         let opts = DecodeOptions {
             beam_size: 1,
             max_tokens: Some(self.max_tokens),
             ..DecodeOptions::default()
         };
+        let model = T5::load(self.cfg.clone(), &Detached(&self.store))?;
         let pad = self.inner.ids.pad;
         let mut out = Vec::with_capacity(srcs.len());
         for chunk in srcs.chunks(32) {
-            let texts = translate_encoded(&self.inner.model, pad, &self.tok, chunk, &opts)
+            let texts = translate_encoded(&model, pad, &self.tok, chunk, &opts)
                 .map_err(|e| TrainError::Data(format!("decoding held-out examples: {e:#}")))?;
             out.extend(texts.iter().map(|t| squash(t)));
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use canon_infer::seq2seq::{DecodeOptions, translate_ids};
 use canon_models::family::{RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
+use canon_models::source::Detached;
 use canon_models::transformer::{Transformer, TransformerConfig};
 use canon_models::{Seq2SeqLm, VarStore};
 use canon_nn::SplitMix64;
@@ -95,6 +96,8 @@ pub fn read_mt_config(config: &toml::Value, path: &Path) -> anyhow::Result<MtRun
 /// the plain cross-entropy on the validation split plus greedy BLEU on some of its sentences.
 pub struct MtObjective {
     pub model: Transformer,
+    /// The trained variables, for a detached inference copy of the model when BLEU is measured.
+    store: VarStore,
     train: LengthBuckets,
     valid: Vec<Batch>,
     bleu_src: Vec<Vec<u32>>,
@@ -108,6 +111,7 @@ impl MtObjective {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: Transformer,
+        store: VarStore,
         tok: Tokenizer,
         train: Vec<Encoded>,
         valid: Vec<Encoded>,
@@ -138,6 +142,7 @@ impl MtObjective {
             bleu_src: picks.iter().map(|&i| valid[i].src.clone()).collect(),
             bleu_ref: picks.iter().map(|&i| valid_refs[i].clone()).collect(),
             model,
+            store,
             tok,
             batch_size,
             label_smoothing: opts.label_smoothing,
@@ -193,8 +198,10 @@ impl Objective for MtObjective {
                 beam_size: 1,
                 ..DecodeOptions::default()
             };
+            // Greedy decoding through detached weights (no autograd graph over the steps).
+            let model = Transformer::load(self.model.config.clone(), &Detached(&self.store))?;
             let hyps = translate_encoded(
-                &self.model,
+                &model,
                 self.model.config.pad_id,
                 &self.tok,
                 &self.bleu_src,
@@ -276,6 +283,7 @@ pub fn setup(
     let params = Engine::params_of(&store);
     let obj = MtObjective::new(
         model,
+        store,
         tok,
         train,
         valid,

@@ -15,6 +15,7 @@ use canon_models::VarStore;
 use canon_models::family::{
     CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
 };
+use canon_models::source::Detached;
 use canon_models::t5::T5;
 use canon_models::transformer::{Transformer, TransformerConfig};
 use canon_train::t5_train::tasks::EN_DE_PREFIX;
@@ -92,7 +93,7 @@ pub fn load_run(dir: &Path) -> anyhow::Result<MtRun> {
             let store =
                 VarStore::from_safetensors(&ckpt, CHECKPOINT_PARAM_PREFIX, cfg.init_policy())?;
             let (pad, eos, max) = (cfg.pad_id, cfg.eos_id, cfg.max_seq_len);
-            let m = T5::load(cfg, &store)?;
+            let m = T5::load(cfg, &Detached(&store))?;
             (Box::new(m), "t5", pad, eos, max, EN_DE_PREFIX.to_string())
         }
         Some("transformer") | None => {
@@ -105,7 +106,7 @@ pub fn load_run(dir: &Path) -> anyhow::Result<MtRun> {
             let store =
                 VarStore::from_safetensors(&ckpt, CHECKPOINT_PARAM_PREFIX, cfg.init_policy())?;
             let (pad, eos, max) = (cfg.pad_id, cfg.eos_id, cfg.max_seq_len);
-            let m = Transformer::load(cfg, &store)?;
+            let m = Transformer::load(cfg, &Detached(&store))?;
             (Box::new(m), "transformer", pad, eos, max, String::new())
         }
         Some(other) => bail!(
