@@ -112,19 +112,6 @@ pub fn golden(rel: &str) -> serde_json::Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("cannot parse {}: {e}", p.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tolerance_rule_is_atol_plus_rtol_times_reference() {
-        assert!(check_close(&[1.0 + 1.5e-5], &[1.0], Tol::new(1e-5, 1e-5)).is_ok());
-        assert!(check_close(&[1.0 + 2.5e-5], &[1.0], Tol::new(1e-5, 1e-5)).is_err());
-        assert!(check_close(&[f64::NAN], &[1.0], Tol::new(1.0, 1.0)).is_err());
-        assert!(check_close(&[1.0, 2.0], &[1.0], Tol::EXACT).is_err());
-    }
-}
-
 /// Writes a gettext `.mo` catalog of `(msgid, msgstr)` entries (tables right after the 28-byte header, strings after the tables).
 pub fn write_mo(entries: &[(&[u8], &[u8])], little: bool) -> Vec<u8> {
     let w = |v: u32| {
@@ -155,4 +142,17 @@ pub fn write_mo(entries: &[(&[u8], &[u8])], little: bool) -> Vec<u8> {
     out.extend(tables.1);
     out.extend(strings);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_rule_is_atol_plus_rtol_times_reference() {
+        assert!(check_close(&[1.0 + 1.5e-5], &[1.0], Tol::new(1e-5, 1e-5)).is_ok());
+        assert!(check_close(&[1.0 + 2.5e-5], &[1.0], Tol::new(1e-5, 1e-5)).is_err());
+        assert!(check_close(&[f64::NAN], &[1.0], Tol::new(1.0, 1.0)).is_err());
+        assert!(check_close(&[1.0, 2.0], &[1.0], Tol::EXACT).is_err());
+    }
 }
