@@ -286,8 +286,9 @@ impl T5Objective {
             Source::Tasks { test, names, .. } => {
                 let mut out = Vec::new();
                 for (name, ex) in names.iter().zip(test) {
-                    let take = ex.len().min(bs * nb);
-                    let batches = ex[..take]
+                    // Spread over the whole test split (records come grouped by file and class).
+                    let picked: Vec<&Example> = spread(ex, bs * nb).collect();
+                    let batches = picked
                         .chunks(bs)
                         .map(|c| {
                             let pairs: Vec<_> =
@@ -372,6 +373,13 @@ impl Objective for T5Objective {
         out.extend(per_task);
         Ok(out)
     }
+}
+
+/// At most `n` items evenly spaced over `items` (every `⌈len/n⌉`-th, from the first): held-out
+/// subsets that see every part of a split whose records come grouped (by file, by class).
+pub fn spread<T>(items: &[T], n: usize) -> impl Iterator<Item = &T> {
+    let stride = items.len().div_ceil(n.max(1)).max(1);
+    items.iter().step_by(stride)
 }
 
 /// Tokenizes text records into examples: source `prefix + input` and target `target`, each cut to

@@ -346,3 +346,14 @@ fn translation_task_uses_t5s_prefix_and_the_transformers_split() {
     let err = translation_task(&cfg).unwrap_err().to_string();
     assert!(err.contains("broken.mo"), "{err}");
 }
+
+#[test]
+fn held_out_subsets_spread_over_the_whole_split() {
+    // A split grouped by class: 30 of class 0, then 30 of class 1.
+    let items: Vec<u32> = (0..60).map(|i| u32::from(i >= 30)).collect();
+    let picked: Vec<u32> = spread(&items, 8).copied().collect();
+    assert_eq!(picked.len(), 8);
+    assert!(picked.contains(&0) && picked.contains(&1), "{picked:?}");
+    assert_eq!(spread(&items, 100).count(), 60);
+    assert_eq!(spread(&items[..0], 5).count(), 0);
+}

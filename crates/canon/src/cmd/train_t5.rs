@@ -26,7 +26,7 @@ use canon_train::engine::{BatchLoss, Engine, Objective};
 use canon_train::span_corruption::SpanConfig;
 use canon_train::t5_train::tasks::{self, TextRecord};
 use canon_train::t5_train::{
-    Mixture, Source, SpecialIds, Stage, T5Objective, encode_records, t5_tokenizer,
+    Mixture, Source, SpecialIds, Stage, T5Objective, encode_records, spread, t5_tokenizer,
 };
 use canon_train::translation::TranslationDataConfig;
 use canon_train::{Param, TokenData, TrainConfig};
@@ -405,11 +405,12 @@ pub fn setup(
                 ));
                 let test = encode_records(&tok, &te, ids.eos, block)?;
                 let short = name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-                let k = t5.generate_eval.min(te.len());
+                // Probes spread over the test split (its records come grouped by file and class).
+                let k = t5.generate_eval;
                 probes.push(GenerationProbe {
                     name: short.clone(),
-                    srcs: test[..k].iter().map(|e| e.src.clone()).collect(),
-                    refs: te[..k].iter().map(|r| r.target.clone()).collect(),
+                    srcs: spread(&test, k).take(k).map(|e| e.src.clone()).collect(),
+                    refs: spread(&te, k).take(k).map(|r| r.target.clone()).collect(),
                     bleu: name.starts_with("translate_"),
                 });
                 train_ex.push(encode_records(&tok, &tr, ids.eos, block)?);
