@@ -446,8 +446,10 @@ fn copy_task_is_learned_and_the_unmasked_decoder_cheats() {
         c_loss < 0.05,
         "the unmasked decoder should copy its input: loss {c_loss}"
     );
+    // Greedy decoding fails without the mask: whole sequences are almost never right (the
+    // position-wise token matches stay high, since the model copies some prefix correctly).
     assert!(
-        c_tok < 0.5,
-        "greedy decoding should fail without the mask: {c_tok}"
+        c_seq < 0.2 && c_seq < seq_acc - 0.5,
+        "greedy decoding should fail without the mask: sequences {c_seq}, tokens {c_tok}"
     );
 }
