@@ -4,6 +4,7 @@
 use super::*;
 use crate::varstore::VarStore;
 use candle_core::{D, DType, Device, Var};
+use canon_nn::Activation;
 use canon_nn::MoeConfig;
 use canon_testkit::{Tol, assert_close, to_vec};
 

@@ -164,11 +164,7 @@ pub fn optimizer_step(
 
 /// The parameters of a variable store, for the optimizer.
 pub fn params_of(store: &canon_models::VarStore) -> Vec<Param> {
-    store
-        .vars()
-        .into_iter()
-        .map(|(name, var, decay)| Param { name, var, decay })
-        .collect()
+    crate::engine::Engine::params_of(store)
 }
 
 /// The tensors of a batch: ids, types, mask `[b, t]`.

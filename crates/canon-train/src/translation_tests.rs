@@ -1,4 +1,6 @@
 use super::*;
+use crate::bert_pretrain::optimizer_step;
+use crate::engine::Engine;
 use crate::optim::{Optimizer, OptimizerConfig, Param};
 use crate::schedule::Schedule;
 use canon_models::VarStore;
@@ -177,6 +179,19 @@ fn inverse_sqrt_schedule_gives_the_papers_values() {
     }
 }
 
+/// Adam(0.9, 0.98, 1e-9) without weight decay, the paper's optimizer.
+fn paper_adam(params: &[Param]) -> Optimizer {
+    Optimizer::new(
+        OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-9,
+            weight_decay: 0.0,
+        },
+        params,
+    )
+}
+
 fn pairs_for(n: usize) -> Vec<(String, String)> {
     // A tiny "language": German words for digits, in order.
     let en = ["zero", "one", "two", "three", "four", "five"];
@@ -264,20 +279,8 @@ fn a_tiny_transformer_learns_word_translation_with_adam_and_the_warmup() {
     };
     let store = VarStore::new_random(7, cfg.init_policy());
     let model = Transformer::load(cfg, &store).unwrap();
-    let params: Vec<Param> = store
-        .vars()
-        .into_iter()
-        .map(|(name, var, decay)| Param { name, var, decay })
-        .collect();
-    let mut opt = Optimizer::new(
-        OptimizerConfig::AdamW {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-9,
-            weight_decay: 0.0,
-        },
-        &params,
-    );
+    let params = Engine::params_of(&store);
+    let mut opt = paper_adam(&params);
     let sched = Schedule::InverseSqrt { warmup: 20 };
     let eval: Vec<Batch> = data
         .chunks(64)
@@ -299,19 +302,7 @@ fn a_tiny_transformer_learns_word_translation_with_adam_and_the_warmup() {
         model.set_noise(Some(rng.next_u64()));
         let (loss, _, _) = batch_loss(&model, &batch, 0.1).unwrap();
         model.set_noise(None);
-        let g = loss.backward().unwrap();
-        let grads: Vec<Vec<f32>> = params
-            .iter()
-            .map(|p| {
-                g.get(p.var.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            })
-            .collect();
-        opt.step(&params, &grads, sched.lr(step, 60, 3e-3)).unwrap();
+        optimizer_step(&loss, &params, &mut opt, sched.lr(step, 60, 3e-3), None).unwrap();
     }
     let after = eval_loss(&model);
     assert!(before > 3.0, "untrained loss {before}");
@@ -349,20 +340,8 @@ fn copy_task(unmasked: bool, steps: usize) -> (f64, f64, f64) {
     if unmasked {
         model = model.without_causal_mask();
     }
-    let params: Vec<Param> = store
-        .vars()
-        .into_iter()
-        .map(|(name, var, decay)| Param { name, var, decay })
-        .collect();
-    let mut opt = Optimizer::new(
-        OptimizerConfig::AdamW {
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-9,
-            weight_decay: 0.0,
-        },
-        &params,
-    );
+    let params = Engine::params_of(&store);
+    let mut opt = paper_adam(&params);
     let sched = Schedule::InverseSqrt { warmup: 100 };
     let mut rng = SplitMix64::new(17);
     let mut last = f64::NAN;
@@ -380,20 +359,14 @@ fn copy_task(unmasked: bool, steps: usize) -> (f64, f64, f64) {
         let batch = make_batch(&refs, pad, bos).unwrap();
         let (loss, ce, _) = batch_loss(&model, &batch, 0.0).unwrap();
         last = ce;
-        let g = loss.backward().unwrap();
-        let grads: Vec<Vec<f32>> = params
-            .iter()
-            .map(|p| {
-                g.get(p.var.as_tensor())
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            })
-            .collect();
-        opt.step(&params, &grads, sched.lr(step as u64, steps as u64, 2e-3))
-            .unwrap();
+        optimizer_step(
+            &loss,
+            &params,
+            &mut opt,
+            sched.lr(step as u64, steps as u64, 2e-3),
+            None,
+        )
+        .unwrap();
     }
     // Greedy decoding with the KV cache, one sequence at a time.
     let dev = Device::Cpu;
