@@ -2,11 +2,13 @@
 //! generation loop over any `CausalLm`, and the `TextGenerator` seam that RAG, agents and evaluation
 //! are written against.
 
+pub mod constrained;
 pub mod generate;
 pub mod generator;
 pub mod sampling;
 pub mod seq2seq;
 
+pub use constrained::{Allowed, TokenConstraint};
 pub use generate::{LmGenerator, Session, generate_ids};
 pub use generator::{FinishReason, GenerateRequest, Generation, TextGenerator, TokenLogprob};
 pub use sampling::{Sampler, SamplingConfig};
