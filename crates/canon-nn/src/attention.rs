@@ -173,6 +173,10 @@ fn one_query<'a>(
     one_query_body(q, keys, vals, n, scale, p, o)
 }
 
+/// `one_query_body` compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn one_query_avx2<'a>(

@@ -105,6 +105,7 @@ pub fn matmul_i8(isa: Isa, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, acc
 struct SyncI32(*mut i32);
 // SAFETY: disjoint writes inside `parallel_for`, which returns after all of them.
 unsafe impl Send for SyncI32 {}
+// SAFETY: as for `Send`: tasks never write the same element, and no one reads until all are done.
 unsafe impl Sync for SyncI32 {}
 impl SyncI32 {
     fn get(self) -> *mut i32 {
@@ -267,9 +268,13 @@ mod avx2 {
 
     /// i8 dot product: 16 bytes at a time sign-extended to i16, `madd` into 8 i32 lanes.
     /// A pair sum is at most 2·127² < 2³¹, and k ≤ 2²⁴ keeps the total in range.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (callers check with `is_x86_feature_detected!`).
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
         let n = a.len().min(b.len());
+        // SAFETY: every load reads 16 bytes at i with i + 16 ≤ n ≤ both lengths; loads are unaligned.
         unsafe {
             let mut acc = _mm256_setzero_si256();
             let mut i = 0;

@@ -28,6 +28,7 @@ struct Job {
 // SAFETY: the closure behind `f` is `Sync`, and it is only called while `parallel_for` (which owns
 // the borrow) waits for `done == n`.
 unsafe impl Send for Job {}
+// SAFETY: as for `Send`: shared access only calls the `Sync` closure and touches atomics.
 unsafe impl Sync for Job {}
 
 impl Job {
@@ -117,6 +118,7 @@ fn worker(s: Arc<Shared>) {
 pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: used only for disjoint writes inside `parallel_for`, which returns after all of them.
 unsafe impl Send for SyncPtr {}
+// SAFETY: as for `Send`: tasks never write the same element, and no one reads until all are done.
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     pub(crate) fn get(self) -> *mut f32 {

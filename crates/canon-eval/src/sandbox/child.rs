@@ -116,7 +116,7 @@ impl ChildPlan {
     /// # Safety
     /// Must be called only between `fork` and `exec` of a child process.
     pub unsafe fn run(&self) -> io::Result<()> {
-        // SAFETY (whole body): raw system calls on data owned by `self`, valid for the call.
+        // SAFETY: (whole body) raw system calls on data owned by `self`, valid for the call.
         unsafe {
             // The supervisor dies with the harness (then its child dies with it, and with that
             // child a pid namespace's every process).
@@ -222,6 +222,11 @@ impl ChildPlan {
         Ok(())
     }
 
+    /// Applies the resource limits with `setrlimit`.
+    ///
+    /// # Safety
+    /// Runs in the forked child between `fork` and `exec` (from `run`): only async-signal-safe
+    /// calls, no allocation.
     unsafe fn set_limits(&self) -> io::Result<()> {
         let l = &self.limits;
         let set = |res, soft: u64, hard: u64| {
@@ -255,6 +260,10 @@ impl ChildPlan {
 /// With a per-sample real uid (`sweep_uid`), it finally takes that uid itself and `kill(-1)`s until
 /// nothing is left: that reaches every process the sample made, even ones that left the group, and
 /// nothing else (a signal from uid R reaches only processes whose real or saved uid is R).
+///
+/// # Safety
+/// Runs in the forked supervisor process between `fork` and `exec`: only async-signal-safe calls,
+/// and `child` must be this process's own child.
 unsafe fn supervise(
     child: libc::pid_t,
     timeout_ms: libc::c_int,

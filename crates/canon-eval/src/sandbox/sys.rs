@@ -29,6 +29,9 @@ pub(crate) fn sleep_ms(ms: i64) {
 }
 
 /// Waits until `child` has exited (without reaping it) or `timeout_ms` passed.
+///
+/// # Safety
+/// `child` must be a child of this process; safe to call after `fork` (async-signal-safe calls only).
 pub(crate) unsafe fn wait_exit_or_timeout(child: libc::pid_t, timeout_ms: libc::c_int) {
     let deadline = now_ms() + timeout_ms as i64;
     // SAFETY: raw system calls with stack-allocated arguments.
@@ -69,6 +72,9 @@ pub(crate) unsafe fn wait_exit_or_timeout(child: libc::pid_t, timeout_ms: libc::
 
 /// SIGKILLs every child listed in `/proc/self/task/<pid>/children` (needs CONFIG_PROC_CHILDREN;
 /// without it nothing happens). No allocation: the path and the pids are handled in stack buffers.
+///
+/// # Safety
+/// Meant for a forked supervisor: it signals every child of the calling thread.
 pub(crate) unsafe fn kill_children() {
     let mut path = [0u8; 64];
     let mut len = 0;
@@ -127,6 +133,9 @@ pub(crate) unsafe fn kill_children() {
 }
 
 /// open + write + close, all async-signal-safe.
+///
+/// # Safety
+/// Safe to call after `fork` (no allocation); the caller owns the decision to write `path`.
 pub(crate) unsafe fn write_file(path: &CString, bytes: &[u8]) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated, `bytes` valid for its length.
     unsafe {
@@ -147,6 +156,9 @@ pub(crate) unsafe fn write_file(path: &CString, bytes: &[u8]) -> io::Result<()> 
 /// Empties the bounding, ambient, inheritable, permitted and effective capability sets, so that
 /// a root-owned harness runs samples as an ordinary uid 0 process: no CAP_SYS_ADMIN, no
 /// CAP_DAC_OVERRIDE, no CAP_KILL. After `exec` the sets stay empty (bounding set is empty).
+///
+/// # Safety
+/// Changes the calling process's capabilities for good: call only in a forked child before `exec`.
 pub(crate) unsafe fn drop_capabilities() -> io::Result<()> {
     #[repr(C)]
     struct CapHeader {

@@ -77,6 +77,10 @@ fn has_avx2_fma() -> bool {
 /// them and `$imp::<false>` (baseline target features, no fused multiply-add) otherwise.
 macro_rules! dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident / $avx:ident => $imp:ident ($($a:ident : $t:ty),*)) => {
+        /// The generic body compiled with AVX2 and FMA.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]

@@ -14,13 +14,20 @@ trait Fmt {
     const HAS_MIN: bool;
     const BYTES: usize;
     /// (values as bytes — unsigned if `HAS_MIN`, signed otherwise —, d, m)
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C, and `p` points at `BYTES` readable bytes.
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32);
 }
 
 /// Values 0..15 from 16 packed bytes: low nibbles are elements 0..15, high nibbles 16..31.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `p` points at 16 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 16 readable bytes at `p`; the load is unaligned.
     let qs = unsafe { _mm_loadu_si128(p as *const __m128i) };
     let m = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(qs, m);
@@ -29,9 +36,13 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 }
 
 /// 16 in every byte `j` whose bit `j` of `qh` is set, 0 elsewhere.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `p` points at 4 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn fifth_bits(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`; `read_unaligned` needs no alignment.
     let qh = unsafe { (p as *const u32).read_unaligned() };
     // Byte j takes byte j/8 of the word, then keeps bit j%8 of it.
     let spread = _mm256_shuffle_epi8(
@@ -49,17 +60,26 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
 }
 
 /// Two f16 values at `p` as f32.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `p` points at 4 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16x2(p: *const u8) -> (f32, f32) {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`; `read_unaligned` needs no alignment.
     let bits = unsafe { (p as *const u32).read_unaligned() };
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)))
 }
 
+/// One f16 value at `p` as f32.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `p` points at 2 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16x1(p: *const u8) -> f32 {
+    // SAFETY: the caller guarantees 2 readable bytes at `p`; `read_unaligned` needs no alignment.
     let bits = unsafe { (p as *const u16).read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
@@ -73,9 +93,13 @@ struct Q80;
 impl Fmt for Q40 {
     const HAS_MIN: bool = false;
     const BYTES: usize = 18;
+    /// # Safety
+    /// As `Fmt::unpack`: AVX2/FMA/F16C present and `BYTES` readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: every offset read below (scales, high bits, quants) lies inside the block's
+        // `BYTES` bytes, which the caller guarantees are readable.
         unsafe {
             let v = _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8));
             (v, f16x1(p), 0.0)
@@ -86,9 +110,13 @@ impl Fmt for Q40 {
 impl Fmt for Q41 {
     const HAS_MIN: bool = true;
     const BYTES: usize = 20;
+    /// # Safety
+    /// As `Fmt::unpack`: AVX2/FMA/F16C present and `BYTES` readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: every offset read below (scales, high bits, quants) lies inside the block's
+        // `BYTES` bytes, which the caller guarantees are readable.
         unsafe {
             let (d, m) = f16x2(p);
             (nibbles(p.add(4)), d, m)
@@ -99,9 +127,13 @@ impl Fmt for Q41 {
 impl Fmt for Q50 {
     const HAS_MIN: bool = false;
     const BYTES: usize = 22;
+    /// # Safety
+    /// As `Fmt::unpack`: AVX2/FMA/F16C present and `BYTES` readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: every offset read below (scales, high bits, quants) lies inside the block's
+        // `BYTES` bytes, which the caller guarantees are readable.
         unsafe {
             let v = _mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2)));
             (_mm256_sub_epi8(v, _mm256_set1_epi8(16)), f16x1(p), 0.0)
@@ -112,9 +144,13 @@ impl Fmt for Q50 {
 impl Fmt for Q51 {
     const HAS_MIN: bool = true;
     const BYTES: usize = 24;
+    /// # Safety
+    /// As `Fmt::unpack`: AVX2/FMA/F16C present and `BYTES` readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: every offset read below (scales, high bits, quants) lies inside the block's
+        // `BYTES` bytes, which the caller guarantees are readable.
         unsafe {
             let (d, m) = f16x2(p);
             let v = _mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4)));
@@ -126,9 +162,13 @@ impl Fmt for Q51 {
 impl Fmt for Q80 {
     const HAS_MIN: bool = false;
     const BYTES: usize = 34;
+    /// # Safety
+    /// As `Fmt::unpack`: AVX2/FMA/F16C present and `BYTES` readable bytes at `p`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn unpack(p: *const u8) -> (__m256i, f32, f32) {
+        // SAFETY: every offset read below (scales, high bits, quants) lies inside the block's
+        // `BYTES` bytes, which the caller guarantees are readable.
         unsafe {
             let v = _mm256_loadu_si256(p.add(2) as *const __m256i);
             (v, f16x1(p), 0.0)
@@ -136,6 +176,10 @@ impl Fmt for Q80 {
     }
 }
 
+/// Sum of the 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -147,6 +191,10 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// Block `b` of one weight row against `T` activation rows, accumulated into `acc` (and the
 /// minimum terms into `macc`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `w` holds at least `b + 1` blocks of `F` and every
+/// row of `acts` holds at least `(b + 1)·QK` quantized values and `b + 1` scales.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn step<F: Fmt, const T: usize>(
@@ -166,6 +214,7 @@ unsafe fn step<F: Fmt, const T: usize>(
     let ones = _mm256_set1_epi16(1);
     for t in 0..T {
         let a = &acts[t];
+        // SAFETY: row `t` holds at least `(b + 1)·QK` bytes (caller), so these 32 are in bounds.
         let x = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i) };
         let x = if F::HAS_MIN {
             x
@@ -182,6 +231,10 @@ unsafe fn step<F: Fmt, const T: usize>(
 
 /// One weight row against `T` activation rows. Even and odd blocks go to separate accumulators so
 /// that consecutive fused multiply-adds do not wait on each other.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`); `acts.len() == T ≤ out.len()`, `w` holds whole
+/// blocks of `F`, and every activation row holds as many blocks as `w`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
@@ -192,6 +245,7 @@ unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut
     let mut macc1 = [0.0f32; T];
     let mut b = 0;
     while b + 1 < nb {
+        // SAFETY: b + 1 < nb, so both blocks lie inside `w`, and the rows match `w` (caller).
         unsafe {
             step::<F, T>(w, acts, b, &mut acc0, &mut macc0);
             step::<F, T>(w, acts, b + 1, &mut acc1, &mut macc1);
@@ -199,14 +253,19 @@ unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut
         b += 2;
     }
     if b < nb {
+        // SAFETY: b < nb, so the block lies inside `w`, and the rows match `w` (caller).
         unsafe { step::<F, T>(w, acts, b, &mut acc0, &mut macc0) };
     }
     for t in 0..T {
+        // SAFETY: the CPU features are guaranteed by the caller (this function's own contract).
         out[t] = unsafe { hsum(_mm256_add_ps(acc0[t], acc1[t])) } + (macc0[t] + macc1[t]);
     }
 }
 
 /// `round(v·id)` to nearest, ties to even.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn round_scaled(v: __m256, id: __m256) -> __m256i {
@@ -223,6 +282,8 @@ unsafe fn round_scaled(v: __m256, id: __m256) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     debug_assert!(x.len() >= QK && q.len() >= QK);
+    // SAFETY: the caller guarantees 32 values in `x` and `q`; all loads and the store are
+    // unaligned and stay within those 32 elements.
     unsafe {
         let p = x.as_ptr();
         let v = [
@@ -268,8 +329,14 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) 
     }
 }
 
+/// `dot_n` for any number of activation rows, four at a time.
+///
+/// # Safety
+/// As `dot_n`, with `acts.len() ≤ out.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dispatch<F: Fmt>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+    // SAFETY: each arm passes T = acts.len() rows and at least as many outputs; the CPU and
+    // block-shape conditions are the caller's.
     unsafe {
         match acts.len() {
             1 => dot_n::<F, 1>(w, acts, out),
@@ -293,6 +360,7 @@ unsafe fn dispatch<F: Fmt>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
 /// has as many blocks as `w`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+    // SAFETY: forwarded from this function's contract; `kind` selects the matching block layout.
     unsafe {
         match kind {
             Kind::Q4_0 => dispatch::<Q40>(w, acts, out),
@@ -304,10 +372,15 @@ pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32
     }
 }
 
+/// `gemv` for one block format.
+///
+/// # Safety
+/// As `gemv`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_fmt<F: Fmt>(w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
     let acts = std::slice::from_ref(act);
     for (row, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
+        // SAFETY: one row of whole blocks against one activation row of the same length (caller).
         unsafe { dot_n::<F, 1>(row, acts, std::slice::from_mut(o)) };
     }
 }
@@ -319,6 +392,7 @@ unsafe fn gemv_fmt<F: Fmt>(w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &m
 /// As `dot_rows`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gemv(kind: Kind, w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
+    // SAFETY: forwarded from this function's contract; `kind` selects the matching block layout.
     unsafe {
         match kind {
             Kind::Q4_0 => gemv_fmt::<Q40>(w, row_bytes, act, out),

@@ -292,6 +292,7 @@ fn simd_activation_rounding_equals_scalar() {
             quantize_block(&x, &mut q0, &mut d0, &mut s0);
             match isa {
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` lists only paths this CPU supports; both buffers hold 32 values.
                 Isa::Avx2 => unsafe { avx2::quantize_block(&x, &mut q1, &mut d1, &mut s1) },
                 _ => unreachable!(),
             }

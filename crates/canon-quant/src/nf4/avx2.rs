@@ -4,9 +4,14 @@ use super::NF4_CODE;
 
 /// One block of 64 values from 32 packed bytes: `out[e] = NF4[idx_e] · absmax`.
 /// Codes are looked up with two 8-entry permutes and a blend on bit 3 of the index.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `bytes` holds at least 32 bytes and `out` at least 64 values.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dequantize_block(bytes: &[u8], absmax: f32, out: &mut [f32]) {
     debug_assert!(bytes.len() == 32 && out.len() == 64);
+    // SAFETY: NF4_CODE has 16 entries (two loads of 8); reads cover bytes[0..32] and writes
+    // out[0..64], inside the lengths the caller guarantees; all accesses are unaligned.
     unsafe {
         let t0 = _mm256_loadu_ps(NF4_CODE.as_ptr());
         let t1 = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
@@ -34,9 +39,15 @@ pub unsafe fn dequantize_block(bytes: &[u8], absmax: f32, out: &mut [f32]) {
 
 /// `Σ_e NF4[idx_e]·absmax_{e/64}·x_e` over one row: codes are looked up as in
 /// `dequantize_block` and multiplied with `x` in registers; each block's sum is scaled once.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `codes.len() ≥ 32·scales.len()` and
+/// `x.len() ≥ 64·scales.len()`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn row_dot(codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
     debug_assert!(codes.len() * 2 == x.len() && scales.len() * 64 == x.len());
+    // SAFETY: block j reads codes[32j..32j+32] and x[64j..64j+64], inside the lengths the caller
+    // guarantees for j < scales.len(); NF4_CODE has 16 entries; all accesses are unaligned.
     unsafe {
         let t0 = _mm256_loadu_ps(NF4_CODE.as_ptr());
         let t1 = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
@@ -70,9 +81,14 @@ pub unsafe fn row_dot(codes: &[u8], scales: &[f32], x: &[f32]) -> f32 {
     }
 }
 
+/// `Σ a_i·b_i` over the shorter length.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
+    // SAFETY: every load reads 8 values below n ≤ both lengths; the tail is indexed safely.
     unsafe {
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
