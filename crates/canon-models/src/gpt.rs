@@ -13,7 +13,8 @@
 //!
 //! Initialisation (GPT-2, nanoGPT): N(0, 0.02), residual output projections (`c_proj`, `down`)
 //! N(0, 0.02/√(2·n_layer)) when `scaled_residual_init`; PaLM embeddings N(0, 1) via `embed_init_std`.
-//! Deviation: no dropout (the small runs here are data-rich relative to their size).
+//! Dropout (`config.dropout`, GPT-1's 0.1) applies to embeddings, attention weights and residual
+//! branches during training only; the shipped GPT-2/PaLM/GLaM configs leave it at 0.
 //!
 //! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
 

@@ -1,7 +1,8 @@
 //! Model families as computation graphs over `canon-nn` layers, the traits everything above is
 //! written against, and the one weight loader.
 //!
-//! - `CausalLm`: ids + cache → next-token logits (LLaMA now; GPT, Transformer-XL later).
+//! - `CausalLm`: ids + cache → next-token logits (LLaMA, the GPT family, Transformer-XL, and
+//!   `family::TrainedLm` over whichever a run folder holds).
 //! - `Encoder`: ids + mask → hidden states (BERT).
 //! - `load`: safetensors (HF names) and GGUF (llama.cpp names) through one name table, every tensor's
 //!   shape checked against the config.

@@ -4,7 +4,8 @@
 //!   h = x + W_o · Attn(RoPE(W_q · RMSNorm(x)), RoPE(W_k · RMSNorm(x)), W_v · RMSNorm(x))
 //!   y = h + W_2 (SiLU(W_1 · RMSNorm(h)) ⊙ W_3 · RMSNorm(h))
 //! then a final RMSNorm and the output projection (tied to the embedding when the checkpoint has no
-//! separate one, as SmolLM2). Configured only from GGUF metadata or config.json.
+//! separate one, as SmolLM2). Configured from GGUF metadata, an HF config.json, or a training config
+//! (`configs/llama.toml`, trained from scratch through the same code).
 //!
 //! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
 

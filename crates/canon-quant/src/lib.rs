@@ -1,6 +1,7 @@
-//! Weight formats and kernels. Now: the GGUF container and llama.cpp's ggml block formats
-//! (dequantization through candle's block types). Later: LLM.int8() (paper 22) and NF4 with double
-//! quantization (paper 27), and our own SIMD kernels for the formats candle runs slowly.
+//! Weight formats and kernels: the GGUF container (reader and writer), llama.cpp's ggml block
+//! formats with our own integer-dot kernels (`kernels`, scalar reference plus AVX2), LLM.int8()
+//! (paper 22, `int8`), NF4 with double quantization (paper 27, `nf4`), and the thread pool the
+//! kernels split rows over.
 //!
 //! This crate never names a model.
 
