@@ -10,7 +10,7 @@ load average, then medians and the ratio (Canon / peer; > 1 means Canon is faste
 the two sides' embeddings agree.
 
 Usage (set the peers up first with bench/setup_peers.sh):
-  CANON_PEERS=/work/peers /work/peers/venv/bin/python bench/embed_vs_st.py [--repeat 7] [--threads 2]
+  ~/.cache/canon-peers/venv/bin/python bench/embed_vs_st.py [--repeat 7] [--threads 2]
 """
 
 import argparse

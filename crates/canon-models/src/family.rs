@@ -295,8 +295,8 @@ mod tests {
 
     #[test]
     fn llama_ffn_sizes_follow_the_papers_rule() {
-        // PAPERS.md §25: d = 4096 -> 11008, 5120 -> 13824, 6656 -> 17920, 8192 -> 22016 (multiple_of
-        // 256), 576 -> 1536 (SmolLM2, multiple_of 256... 1536 = 6·256).
+        // docs/papers/25-llama.md: d = 4096 -> 11008, 5120 -> 13824, 6656 -> 17920, 8192 -> 22016
+        // (multiple_of 256), 576 -> 1536 (SmolLM2, multiple_of 256... 1536 = 6·256).
         assert_eq!(llama_ffn_dim(4096, 256), 11008);
         assert_eq!(llama_ffn_dim(5120, 256), 13824);
         assert_eq!(llama_ffn_dim(6656, 256), 17920);

@@ -1,5 +1,5 @@
-//! Tests of the GPT family: PAPERS.md acceptance checks for GPT-2, PaLM and GLaM presets, gradients
-//! reaching every parameter, and cached decoding.
+//! Tests of the GPT family: the acceptance checks (docs/papers/) for GPT-2, PaLM and GLaM presets,
+//! gradients reaching every parameter, and cached decoding.
 
 use super::*;
 use crate::varstore::VarStore;

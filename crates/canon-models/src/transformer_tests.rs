@@ -177,7 +177,8 @@ fn every_parameter_gets_a_gradient_and_the_embedding_is_shared() {
 
 #[test]
 fn label_smoothing_matches_the_papers_worked_values() {
-    // PAPERS.md §1, convention (a): the target is (1 − ε)·onehot + ε/V on every class.
+    // docs/papers/01-transformer.md, convention (a): the target is (1 − ε)·onehot + ε/V on every
+    // class.
     let uniform = Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap();
     for eps in [0.0, 0.1, 0.5] {
         let (l, _) = canon_nn::masked_cross_entropy(&uniform, &[0, 3, 4], eps).unwrap();

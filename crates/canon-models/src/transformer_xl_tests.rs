@@ -1,4 +1,4 @@
-//! PAPERS.md §4 acceptance checks for Transformer-XL.
+//! docs/papers/04-transformer-xl.md acceptance checks for Transformer-XL.
 
 use super::*;
 use crate::varstore::VarStore;

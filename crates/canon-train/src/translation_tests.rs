@@ -161,7 +161,8 @@ fn the_catalog_directory_reads_when_present_and_missing_is_an_error() {
 
 #[test]
 fn inverse_sqrt_schedule_gives_the_papers_values() {
-    // PAPERS.md §1: d = 512, warmup = 4000; our schedule is peak-scaled with step s = index + 1.
+    // docs/papers/01-transformer.md: d = 512, warmup = 4000; our schedule is peak-scaled with
+    // step s = index + 1.
     let peak = 512f64.powf(-0.5) * 4000f64.powf(-0.5);
     let s = Schedule::InverseSqrt { warmup: 4000 };
     for (step, want) in [

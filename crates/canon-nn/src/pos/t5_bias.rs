@@ -35,7 +35,8 @@ pub fn relative_position_bucket(
     })
 }
 
-/// The same bucket computed in `f32` (as PyTorch does); PAPERS.md requires both to agree.
+/// The same bucket computed in `f32` (as PyTorch does); docs/papers/08-t5.md requires both to
+/// agree.
 pub fn relative_position_bucket_f32(
     rp: i64,
     bidirectional: bool,

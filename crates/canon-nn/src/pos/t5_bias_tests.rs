@@ -3,7 +3,7 @@ use crate::attention::attention;
 use candle_core::{Device, Var};
 use canon_testkit::{Tol, assert_close, golden, randn, to_vec};
 
-/// PAPERS.md §8, "Acceptance": the bucket table.
+/// docs/papers/08-t5.md, acceptance: the bucket table.
 const BIDIRECTIONAL: &[(i64, usize)] = &[
     (-1000, 15),
     (-128, 15),
