@@ -12,7 +12,7 @@ Runs alternate peer and Canon, REPEAT times each, and prints medians and ratios 
 > 1 means Canon is faster). Set up the peers first with bench/setup_peers.sh.
 
 Usage:
-  CANON_PEERS=~/.cache/canon-peers $CANON_PEERS/venv/bin/python bench/compare.py [--repeat 5] [--threads 2]
+  ~/.cache/canon-peers/venv/bin/python bench/compare.py [--repeat 5] [--threads 2]
 """
 
 import argparse
