@@ -158,10 +158,13 @@ fn gguf_info(path: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-/// dtype → (tensors, parameters, bytes) over the safetensors files of a folder, from headers only.
-fn safetensors_formats(dir: &Path) -> anyhow::Result<(u64, BTreeMap<String, (u64, u64)>)> {
+/// dtype → (tensors, parameters).
+type Formats = BTreeMap<String, (u64, u64)>;
+
+/// Total parameters and their formats over the safetensors files of a folder, from headers only.
+fn safetensors_formats(dir: &Path) -> anyhow::Result<(u64, Formats)> {
     let mut params = 0u64;
-    let mut formats: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut formats = Formats::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .flatten()
