@@ -22,6 +22,10 @@ impl Message {
     }
 }
 
+/// The most instructions one rendering may run (minijinja's fuel): about 20,000 messages of a
+/// typical template, and a fraction of a second of work.
+pub const TEMPLATE_FUEL: u64 = 10_000_000;
+
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     source: String,
@@ -47,6 +51,11 @@ impl ChatTemplate {
 
     fn env(&self) -> Result<Environment<'static>> {
         let mut env = Environment::new();
+        // A template comes from the model file, which may be hostile: bound the work one
+        // rendering may do (nested loops over `range`) and its recursion. Real chat templates
+        // spend a few hundred units per message.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(64);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -86,6 +95,31 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_template_runs_out_of_fuel_instead_of_hanging() {
+        let t = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let e = t.render(&[Message::new("user", "hi")], true).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
+        let t = ChatTemplate::new(
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert!(t.render(&[Message::new("user", "hi")], true).is_err());
+        // The fuel is no limit for real use: a 2,000-message conversation renders.
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let long: Vec<Message> = (0..2000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "text"))
+            .collect();
+        assert!(t.render(&long, true).unwrap().len() > 2000 * 20);
+    }
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
