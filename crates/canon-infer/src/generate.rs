@@ -34,15 +34,15 @@ impl Session {
 }
 
 /// Holds back text that may be the start of a stop string, so a stop string is never printed.
-struct StopFilter<'a> {
-    stops: &'a [String],
-    text: String,
-    emitted: usize,
+pub(crate) struct StopFilter<'a> {
+    pub(crate) stops: &'a [String],
+    pub(crate) text: String,
+    pub(crate) emitted: usize,
 }
 
 impl<'a> StopFilter<'a> {
     /// Adds a piece; returns (text safe to emit now, whether a stop string was found).
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         // Search from a little before the emitted point (a stop string may straddle it), moved back
         // to a character boundary.
@@ -87,7 +87,7 @@ impl<'a> StopFilter<'a> {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         let out = self.text.get(self.emitted..).unwrap_or("").to_string();
         self.emitted = self.text.len();
         out

@@ -3,12 +3,16 @@
 //! are written against.
 
 pub mod constrained;
+pub mod engine;
 pub mod generate;
 pub mod generator;
 pub mod sampling;
 pub mod seq2seq;
 
 pub use constrained::{Allowed, TokenConstraint};
+pub use engine::{
+    Completion, Engine, EngineConfig, EngineError, EngineStats, Event, Request, RequestHandle,
+};
 pub use generate::{LmGenerator, Session, generate_ids};
 pub use generator::{FinishReason, GenerateRequest, Generation, TextGenerator, TokenLogprob};
 pub use sampling::{Sampler, SamplingConfig};

@@ -142,6 +142,28 @@ pub trait CausalLm: Send + Sync {
     fn linear_mut(&mut self, _name: &str) -> Option<&mut canon_nn::Linear> {
         None
     }
+    /// One step for several independent sequences: `ids[i]` (at least one token) continues
+    /// `caches[i]`. Returns the logits of each sequence's last new position, `[n, vocab]` f32.
+    ///
+    /// The default runs the sequences one after another. A model that overrides it runs them in
+    /// one pass, so that each weight matrix is read once per step for all of them (decoding is
+    /// memory-bound); per-sequence results must equal `forward`'s.
+    fn forward_batch(&self, ids: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        if ids.len() != caches.len() {
+            return Err(ModelError::Input(format!(
+                "forward_batch: {} sequences but {} caches",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(ids.len());
+        for (seq, cache) in ids.iter().zip(caches.iter_mut()) {
+            let t = Tensor::new(*seq, &candle_core::Device::Cpu)?.unsqueeze(0)?;
+            let logits = self.forward(&t, cache, Positions::Last)?; // [1, 1, vocab]
+            rows.push(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?);
+        }
+        Ok(Tensor::stack(&rows, 0)?)
+    }
 }
 
 /// A bidirectional encoder.

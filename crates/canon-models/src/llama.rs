@@ -171,6 +171,98 @@ impl CausalLm for Llama {
             .to_dtype(candle_core::DType::F32)?)
     }
 
+    fn forward_batch(&self, ids: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        let c = &self.config;
+        if ids.len() != caches.len() {
+            return Err(ModelError::Input(format!(
+                "forward_batch: {} sequences but {} caches",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        if ids.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, c.vocab_size),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?);
+        }
+        // Row ranges of each sequence in the stacked activations, and its cache offset.
+        let mut spans = Vec::with_capacity(ids.len());
+        let mut all = Vec::new();
+        for (i, (seq, cache)) in ids.iter().zip(caches.iter_mut()).enumerate() {
+            if seq.is_empty() {
+                return Err(ModelError::Input(format!(
+                    "forward_batch: sequence {i} has no new token"
+                )));
+            }
+            if cache.layers.len() != self.blocks.len() {
+                **cache = self.new_cache();
+            }
+            let offset = cache.len();
+            if offset + seq.len() > c.max_position_embeddings {
+                return Err(ModelError::Input(format!(
+                    "sequence {i} would reach {} tokens, beyond the model's context of {}",
+                    offset + seq.len(),
+                    c.max_position_embeddings
+                )));
+            }
+            spans.push((all.len(), seq.len(), offset));
+            all.extend_from_slice(seq);
+        }
+        let n = all.len();
+        let (d, nh, nkv, hd) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let ids_t = Tensor::new(all.as_slice(), &candle_core::Device::Cpu)?;
+        // [n, d]: every sequence's new rows, stacked; every linear layer multiplies them at once.
+        let mut x = self.embed.rows(&ids_t)?.reshape((n, d))?;
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let h = blk.attn_norm.forward(&x)?;
+            let q = blk.q.forward(&h)?;
+            let k = blk.k.forward(&h)?;
+            let v = blk.v.forward(&h)?;
+            let mut outs = Vec::with_capacity(spans.len());
+            for (&(start, t, offset), cache) in spans.iter().zip(caches.iter_mut()) {
+                // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
+                let heads = |m: &Tensor, h: usize| -> Result<Tensor> {
+                    Ok(m.narrow(0, start, t)?
+                        .reshape((1, t, h, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()?)
+                };
+                let qi = self.rope.apply(&heads(&q, nh)?, offset)?;
+                let ki = self.rope.apply(&heads(&k, nkv)?, offset)?;
+                let vi = heads(&v, nkv)?;
+                let (ka, va) = cache.layers[l].append(&ki, &vi)?;
+                let a = attention(&qi, &ka, &va, AttnMask::Causal { offset })?;
+                outs.push(a.transpose(1, 2)?.reshape((t, nh * hd))?);
+            }
+            let a = if outs.len() == 1 {
+                outs.remove(0)
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            let x1 = (&x + blk.o.forward(&a)?)?;
+            let f = blk.ffn.forward(&blk.ffn_norm.forward(&x1)?)?;
+            x = (x1 + f)?;
+        }
+        // Each sequence's last row.
+        let last: Vec<u32> = spans
+            .iter()
+            .map(|&(start, t, _)| (start + t - 1) as u32)
+            .collect();
+        let last = Tensor::new(last.as_slice(), &candle_core::Device::Cpu)?;
+        let x = self.norm.forward(&x.index_select(&last, 0)?)?;
+        Ok(self
+            .lm_head
+            .forward(&x)?
+            .to_dtype(candle_core::DType::F32)?)
+    }
+
     fn new_cache(&self) -> Cache {
         Cache::new(self.blocks.len())
     }

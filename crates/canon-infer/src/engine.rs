@@ -1,0 +1,847 @@
+//! Batched generation with continuous batching: many sequences, each with its own KV cache,
+//! sampler, seed, stop strings and constraint, advance together, one forward pass per step over
+//! all decoding sequences (`CausalLm::forward_batch`), so each weight matrix is read once per step
+//! for the whole batch instead of once per sequence.
+//!
+//! A worker thread owns the model and a fixed number of slots. Between steps, queued requests take
+//! free slots (preferring the slot whose cached tokens share the longest prefix with the prompt, which
+//! then skips prefilling that prefix) and finished or cancelled ones leave. A prompt is prefilled in
+//! chunks of `prefill_chunk` tokens, one chunk per step, interleaved with the others' decode steps.
+//!
+//! Determinism: a request's tokens depend only on the request (its seed included), not on what else
+//! is in the batch. Decode rows are multiplied in groups small enough to stay on the kernels'
+//! row-independent 8-bit path (`GEMM_ROWS_MAX`), and prompts are prefilled one sequence per pass, so
+//! greedy ids equal `generate_ids`' for the same prompt (tested on 8 prompts batched and one by one).
+//! One exception, as with llama.cpp's cache reuse: a prompt that reuses a cached prefix recomputes
+//! only its last position, in a one-row pass whose logits can differ in the last bits from a full
+//! prefill's, so a sampled continuation after prefix reuse may differ from a cold start's.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use canon_models::{Cache, CausalLm, LoadedLm};
+use canon_text::{TokenStream, Tokenizer};
+
+use crate::constrained::{Allowed, TokenConstraint};
+use crate::generate::StopFilter;
+use crate::sampling::{Sampler, log_softmax};
+use crate::{FinishReason, InferError, Result, SamplingConfig, TokenLogprob};
+
+/// Decode rows per forward pass. Quantized products switch from the row-independent 8-bit kernel
+/// to a dequantizing GEMM at 16 rows; staying below keeps a sequence's arithmetic independent of
+/// its batch.
+pub const GEMM_ROWS_MAX: usize = 15;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences generated at once (each holds a KV cache).
+    pub slots: usize,
+    /// Longest sequence (prompt + generated) per slot; 0 = the model's context.
+    pub ctx_size: usize,
+    /// Prompt tokens prefilled per step for one sequence.
+    pub prefill_chunk: usize,
+    /// Requests waiting for a slot beyond which `submit` refuses (`EngineError::QueueFull`).
+    pub queue_limit: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            slots: 8,
+            ctx_size: 0,
+            prefill_chunk: 256,
+            queue_limit: 64,
+        }
+    }
+}
+
+/// One generation request.
+pub struct Request {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    /// Sampling settings; `sampling.seed` seeds this request's own random generator.
+    pub sampling: SamplingConfig,
+    /// Generation ends before the first of these strings; it is never emitted.
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// Per generated token, its log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+    /// Restricts the tokens that may be sampled (structured output, tool calls).
+    pub constraint: Option<Box<dyn TokenConstraint + Send>>,
+}
+
+impl Request {
+    /// Greedy decoding of `max_tokens` tokens at most.
+    pub fn new(prompt_ids: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt_ids,
+            max_tokens,
+            sampling: SamplingConfig::greedy(),
+            stop: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            constraint: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("prompt_tokens", &self.prompt_ids.len())
+            .field("max_tokens", &self.max_tokens)
+            .field("sampling", &self.sampling)
+            .field("stop", &self.stop)
+            .field("constrained", &self.constraint.is_some())
+            .finish()
+    }
+}
+
+/// What a request's handle receives, in order: tokens, then one `Done` or `Error`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token and the text it completes (may be empty while a multi-byte character or
+    /// a possible stop string is held back).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text released at the end that no token event carried (held back while it could have
+    /// begun a stop string, or the tail of a multi-byte character).
+    Text(String),
+    Done(Completion),
+    Error(String),
+}
+
+/// A finished request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Completion {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV states were reused from a slot's cache (not prefilled again).
+    pub cached_tokens: usize,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub logprobs: Option<Vec<TokenLogprob>>,
+    /// From submission to the first generated token (queueing and prefill included).
+    pub ttft_ms: f64,
+    /// From the first generated token to the last.
+    pub decode_ms: f64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the queue is full ({0} requests waiting); retry later")]
+    QueueFull(usize),
+    #[error(
+        "the prompt has {found} tokens, but a slot holds {max} (at least one more position is needed to generate)"
+    )]
+    PromptTooLong { found: usize, max: usize },
+    #[error("empty prompt: expected at least one token")]
+    EmptyPrompt,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the engine has shut down")]
+    ShutDown,
+}
+
+/// Counters for monitoring (`/metrics`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub slots: usize,
+    pub busy_slots: usize,
+    pub queued: usize,
+    pub requests_finished: u64,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Generated tokens per second over the engine's busy time.
+    pub decode_tokens_per_s: f64,
+}
+
+/// The receiving end of a request. Dropping it (or `cancel`) frees the slot within one step.
+pub struct RequestHandle {
+    rx: flume::Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl RequestHandle {
+    /// The next event; `None` once the request is over and every event was read.
+    pub fn recv(&self) -> Option<Event> {
+        self.rx.recv().ok()
+    }
+    /// `recv` with a time limit; `None` on timeout or at the end.
+    pub fn recv_timeout(&self, limit: std::time::Duration) -> Option<Event> {
+        self.rx.recv_timeout(limit).ok()
+    }
+    /// `recv` for async callers.
+    pub async fn recv_async(&self) -> Option<Event> {
+        self.rx.recv_async().await.ok()
+    }
+    /// Stops the request: its slot is freed at the next step, and no `Done` follows.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+    /// Reads events until the end; returns the completion.
+    pub fn wait(self) -> Result<Completion> {
+        while let Some(e) = self.recv() {
+            match e {
+                Event::Token { .. } | Event::Text(_) => {}
+                Event::Done(c) => return Ok(c),
+                Event::Error(m) => return Err(InferError::Sampling(m)),
+            }
+        }
+        Err(InferError::Sampling("the engine stopped".into()))
+    }
+}
+
+impl Drop for RequestHandle {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Pending {
+    req: Request,
+    tx: flume::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+struct Queue {
+    pending: VecDeque<Pending>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stats: Mutex<EngineStats>,
+    busy_ns: AtomicU64,
+}
+
+/// A running batched-generation engine. Clones share the same worker.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    tokenizer: Arc<Tokenizer>,
+    worker: Arc<Mutex<Option<JoinHandle<()>>>>,
+    max_len: usize,
+    queue_limit: usize,
+    vocab: usize,
+}
+
+impl Engine {
+    /// Starts the worker thread over a loaded model.
+    pub fn start(lm: LoadedLm, cfg: EngineConfig) -> Result<Engine> {
+        if cfg.slots == 0 || cfg.prefill_chunk == 0 {
+            return Err(InferError::Sampling(
+                "engine: slots and prefill_chunk must be at least 1".into(),
+            ));
+        }
+        let model_ctx = lm.model.max_seq_len();
+        let max_len = if cfg.ctx_size == 0 {
+            model_ctx
+        } else {
+            cfg.ctx_size.min(model_ctx)
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                pending: VecDeque::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            stats: Mutex::new(EngineStats {
+                slots: cfg.slots,
+                ..Default::default()
+            }),
+            busy_ns: AtomicU64::new(0),
+        });
+        let tokenizer = Arc::new(lm.tokenizer.clone());
+        let vocab = lm.model.vocab_size();
+        let worker = {
+            let shared = shared.clone();
+            let tok = tokenizer.clone();
+            let cfg = cfg.clone();
+            std::thread::Builder::new()
+                .name("canon-engine".into())
+                .spawn(move || Worker::new(lm.model, tok, cfg, max_len, shared).run())
+                .map_err(|e| InferError::Sampling(format!("cannot start the engine: {e}")))?
+        };
+        Ok(Engine {
+            shared,
+            tokenizer,
+            worker: Arc::new(Mutex::new(Some(worker))),
+            max_len,
+            queue_limit: cfg.queue_limit,
+            vocab,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Longest sequence (prompt + generated) a slot holds.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Queues a request; its events arrive on the handle.
+    pub fn submit(&self, req: Request) -> std::result::Result<RequestHandle, EngineError> {
+        if req.prompt_ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.prompt_ids.len() >= self.max_len {
+            return Err(EngineError::PromptTooLong {
+                found: req.prompt_ids.len(),
+                max: self.max_len,
+            });
+        }
+        req.sampling
+            .validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if let Some(&bad) = req.prompt_ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(EngineError::Invalid(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let (tx, rx) = flume::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut q = self
+                .shared
+                .queue
+                .lock()
+                .map_err(|_| EngineError::ShutDown)?;
+            if q.shutdown {
+                return Err(EngineError::ShutDown);
+            }
+            if q.pending.len() >= self.queue_limit {
+                return Err(EngineError::QueueFull(q.pending.len()));
+            }
+            q.pending.push_back(Pending {
+                req,
+                tx,
+                cancel: cancel.clone(),
+                submitted: Instant::now(),
+            });
+        }
+        self.shared.wake.notify_one();
+        Ok(RequestHandle { rx, cancel })
+    }
+
+    /// Runs every request to its end (together) and returns the completions in order.
+    pub fn generate_batch(&self, reqs: Vec<Request>) -> Result<Vec<Completion>> {
+        let handles = reqs
+            .into_iter()
+            .map(|r| {
+                self.submit(r)
+                    .map_err(|e| InferError::Sampling(e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        handles.into_iter().map(RequestHandle::wait).collect()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self
+            .shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        if let Ok(q) = self.shared.queue.lock() {
+            s.queued = q.pending.len();
+        }
+        let busy = self.shared.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        s.decode_tokens_per_s = if busy > 0.0 {
+            s.generated_tokens as f64 / busy
+        } else {
+            0.0
+        };
+        s
+    }
+
+    /// Stops the worker: queued and running requests end with `Event::Error`.
+    pub fn shutdown(&self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.shutdown = true;
+        }
+        self.shared.wake.notify_all();
+        if let Ok(mut w) = self.worker.lock()
+            && let Some(h) = w.take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+enum Phase {
+    /// Prefilling the prompt; `next` is the first prompt position not yet in the cache.
+    Prefill { next: usize },
+    /// The token to feed at the next decode step.
+    Decode { feed: u32 },
+}
+
+struct Active {
+    req: Request,
+    tx: flume::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+    first_token: Option<Instant>,
+    phase: Phase,
+    sampler: Sampler,
+    history: Vec<u32>,
+    tokens: Vec<u32>,
+    lps: Option<Vec<TokenLogprob>>,
+    stream: TokenStream,
+    text: String,
+    emitted: usize,
+    cached: usize,
+    hit_stop_string: bool,
+}
+
+struct Slot {
+    cache: Cache,
+    /// The tokens whose states the cache holds.
+    ids: Vec<u32>,
+    active: Option<Active>,
+}
+
+struct Worker {
+    lm: Box<dyn CausalLm>,
+    tok: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    max_len: usize,
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+}
+
+/// What a sampled token did to its sequence.
+enum Outcome {
+    Continue(u32),
+    Finished(FinishReason),
+}
+
+impl Worker {
+    fn new(
+        lm: Box<dyn CausalLm>,
+        tok: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        max_len: usize,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let slots = (0..cfg.slots)
+            .map(|_| Slot {
+                cache: lm.new_cache(),
+                ids: Vec::new(),
+                active: None,
+            })
+            .collect();
+        Self {
+            lm,
+            tok,
+            cfg,
+            max_len,
+            shared,
+            slots,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            // Wait for work; take new requests into free slots.
+            let shared = self.shared.clone();
+            let shutdown = {
+                let Ok(mut q) = shared.queue.lock() else {
+                    return;
+                };
+                while !q.shutdown && q.pending.is_empty() && self.idle() {
+                    q = match shared.wake.wait(q) {
+                        Ok(q) => q,
+                        Err(_) => return,
+                    };
+                }
+                if !q.shutdown {
+                    self.admit(&mut q.pending);
+                }
+                q.shutdown
+            };
+            if shutdown {
+                self.fail_all("the engine is shutting down");
+                return;
+            }
+            let t0 = Instant::now();
+            if let Err(e) = self.step() {
+                // A model error fails the requests in flight; the engine keeps serving.
+                self.fail_active(&format!("generation failed: {e}"));
+            }
+            self.shared
+                .busy_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.publish_busy();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.slots.iter().all(|s| s.active.is_none())
+    }
+
+    fn publish_busy(&self) {
+        if let Ok(mut s) = self.shared.stats.lock() {
+            s.busy_slots = self.slots.iter().filter(|s| s.active.is_some()).count();
+        }
+    }
+
+    /// Moves queued requests into free slots, reusing the longest cached prefix.
+    fn admit(&mut self, pending: &mut VecDeque<Pending>) {
+        while let Some(p) = pending.front() {
+            if p.cancel.load(Ordering::Relaxed) {
+                pending.pop_front();
+                continue;
+            }
+            let prompt = &p.req.prompt_ids;
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .map(|(i, s)| {
+                    let common = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                    (i, common)
+                })
+                .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)));
+            let Some((i, common)) = best else {
+                return;
+            };
+            let Some(p) = pending.pop_front() else {
+                return;
+            };
+            // At least one prompt token is fed, to get the logits of the first generated token.
+            let reuse = common.min(p.req.prompt_ids.len() - 1);
+            let slot = &mut self.slots[i];
+            if reuse == 0 {
+                slot.cache.clear();
+                slot.ids.clear();
+            } else if reuse < slot.ids.len() {
+                for l in slot.cache.layers.iter_mut() {
+                    let _ = l.truncate(reuse);
+                }
+                slot.ids.truncate(reuse);
+            }
+            let sampler = match Sampler::new(p.req.sampling.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = p.tx.send(Event::Error(e.to_string()));
+                    continue;
+                }
+            };
+            let lps = p.req.logprobs.map(|_| Vec::new());
+            slot.active = Some(Active {
+                history: p.req.prompt_ids.clone(),
+                phase: Phase::Prefill { next: reuse },
+                sampler,
+                tokens: Vec::new(),
+                lps,
+                stream: TokenStream::new(),
+                text: String::new(),
+                emitted: 0,
+                cached: reuse,
+                hit_stop_string: false,
+                first_token: None,
+                submitted: p.submitted,
+                cancel: p.cancel,
+                tx: p.tx,
+                req: p.req,
+            });
+        }
+    }
+
+    /// One step: drop cancelled requests, one prefill chunk, one decode pass over the others.
+    fn step(&mut self) -> Result<()> {
+        for s in self.slots.iter_mut() {
+            if s.active
+                .as_ref()
+                .is_some_and(|a| a.cancel.load(Ordering::Relaxed) || a.tx.is_disconnected())
+            {
+                s.active = None;
+            }
+        }
+        // Prefill: the first slot still prefilling gets one chunk.
+        if let Some(i) = self.slots.iter().position(|s| {
+            matches!(
+                s.active,
+                Some(Active {
+                    phase: Phase::Prefill { .. },
+                    ..
+                })
+            )
+        }) {
+            self.prefill_chunk(i)?;
+        }
+        // Decode: every slot with a token to feed, in groups of at most GEMM_ROWS_MAX rows.
+        let decoding: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                matches!(
+                    self.slots[i].active,
+                    Some(Active {
+                        phase: Phase::Decode { .. },
+                        ..
+                    })
+                )
+            })
+            .collect();
+        for group in decoding.chunks(GEMM_ROWS_MAX) {
+            self.decode_group(group)?;
+        }
+        Ok(())
+    }
+
+    fn prefill_chunk(&mut self, i: usize) -> Result<()> {
+        let chunk_len = self.cfg.prefill_chunk;
+        let slot = &mut self.slots[i];
+        let Some(a) = slot.active.as_mut() else {
+            return Ok(());
+        };
+        let Phase::Prefill { next } = a.phase else {
+            return Ok(());
+        };
+        let prompt = &a.req.prompt_ids;
+        let end = (next + chunk_len).min(prompt.len());
+        let chunk: Vec<u32> = prompt[next..end].to_vec();
+        let logits = self
+            .lm
+            .forward_batch(&[chunk.as_slice()], &mut [&mut slot.cache])?;
+        slot.ids.extend_from_slice(&chunk);
+        if end < prompt.len() {
+            a.phase = Phase::Prefill { next: end };
+            return Ok(());
+        }
+        let row = logits.flatten_all()?.to_vec1::<f32>()?;
+        if let Ok(mut s) = self.shared.stats.lock() {
+            s.prompt_tokens += prompt.len() as u64;
+            s.cached_prompt_tokens += a.cached as u64;
+        }
+        self.after_logits(i, row)
+    }
+
+    fn decode_group(&mut self, group: &[usize]) -> Result<()> {
+        let feeds: Vec<[u32; 1]> = group
+            .iter()
+            .map(|&i| match &self.slots[i].active {
+                Some(Active {
+                    phase: Phase::Decode { feed },
+                    ..
+                }) => [*feed],
+                _ => [0],
+            })
+            .collect();
+        let ids: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
+        let logits = {
+            let mut caches: Vec<&mut Cache> = Vec::with_capacity(group.len());
+            let mut rest: &mut [Slot] = &mut self.slots;
+            let mut base = 0;
+            for &i in group {
+                let (_, tail) = rest.split_at_mut(i - base);
+                let (one, tail) = tail.split_at_mut(1);
+                caches.push(&mut one[0].cache);
+                rest = tail;
+                base = i + 1;
+            }
+            self.lm.forward_batch(&ids, &mut caches)?
+        };
+        let rows = logits.to_vec2::<f32>()?;
+        for ((&i, row), feed) in group.iter().zip(rows).zip(&feeds) {
+            self.slots[i].ids.push(feed[0]);
+            self.after_logits(i, row)?;
+        }
+        Ok(())
+    }
+
+    /// Samples slot `i`'s next token from `logits`, emits it, and decides whether to go on.
+    fn after_logits(&mut self, i: usize, mut logits: Vec<f32>) -> Result<()> {
+        let max_len = self.max_len;
+        let tok = self.tok.clone();
+        let slot = &mut self.slots[i];
+        let cache_len = slot.ids.len();
+        let Some(a) = slot.active.as_mut() else {
+            return Ok(());
+        };
+        let outcome = sample_and_emit(a, &tok, &mut logits, cache_len, max_len);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = a.tx.send(Event::Error(e));
+                slot.active = None;
+                return Ok(());
+            }
+        };
+        match outcome {
+            Outcome::Continue(next) => a.phase = Phase::Decode { feed: next },
+            Outcome::Finished(reason) => {
+                let Some(a) = slot.active.take() else {
+                    return Ok(());
+                };
+                let generated = a.tokens.len() as u64;
+                finish(a, &tok, reason)?;
+                if let Ok(mut s) = self.shared.stats.lock() {
+                    s.requests_finished += 1;
+                    s.generated_tokens += generated;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_active(&mut self, msg: &str) {
+        for s in self.slots.iter_mut() {
+            if let Some(a) = s.active.take() {
+                let _ = a.tx.send(Event::Error(msg.to_string()));
+            }
+            // The cache may hold a half-written step: forget it.
+            s.cache.clear();
+            s.ids.clear();
+        }
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        self.fail_active(msg);
+        if let Ok(mut q) = self.shared.queue.lock() {
+            for p in q.pending.drain(..) {
+                let _ = p.tx.send(Event::Error(msg.to_string()));
+            }
+        }
+    }
+}
+
+/// The sampling half of one step for one sequence (the same decisions as `generate_ids`).
+fn sample_and_emit(
+    a: &mut Active,
+    tok: &Tokenizer,
+    logits: &mut [f32],
+    cache_len: usize,
+    max_len: usize,
+) -> std::result::Result<Outcome, String> {
+    if let Some(c) = a.req.constraint.as_mut() {
+        match c.allowed()? {
+            Allowed::All => {}
+            Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop)),
+            allowed @ Allowed::Mask(_) => {
+                for (id, l) in logits.iter_mut().enumerate() {
+                    if !allowed.allows(id as u32) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+                if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    return Err("the output constraint allows no token of this vocabulary".into());
+                }
+            }
+        }
+    }
+    let next = a.sampler.sample(logits, &a.history);
+    if a.first_token.is_none() {
+        a.first_token = Some(Instant::now());
+    }
+    if !a.req.ignore_eos && tok.eog_ids.contains(&next) {
+        return Ok(Outcome::Finished(FinishReason::Stop));
+    }
+    if let Some(c) = a.req.constraint.as_mut() {
+        c.commit(next)?;
+    }
+    let logprob = match a.req.logprobs {
+        Some(k) => Some(token_logprob(tok, logits, next, k).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let (Some(lp), Some(v)) = (&logprob, a.lps.as_mut()) {
+        v.push(lp.clone());
+    }
+    a.tokens.push(next);
+    a.history.push(next);
+    let mut hit_stop = false;
+    let mut text = String::new();
+    if let Some(piece) = a.stream.push(tok, next).map_err(|e| e.to_string())? {
+        let mut f = StopFilter {
+            stops: &a.req.stop,
+            text: std::mem::take(&mut a.text),
+            emitted: a.emitted,
+        };
+        let (out, stop) = f.push(&piece);
+        a.text = f.text;
+        a.emitted = f.emitted;
+        text = out;
+        hit_stop = stop;
+    }
+    let _ = a.tx.send(Event::Token {
+        id: next,
+        text,
+        logprob,
+    });
+    if hit_stop {
+        a.hit_stop_string = true;
+        return Ok(Outcome::Finished(FinishReason::Stop));
+    }
+    if a.tokens.len() >= a.req.max_tokens || cache_len + 1 >= max_len {
+        return Ok(Outcome::Finished(FinishReason::Length));
+    }
+    Ok(Outcome::Continue(next))
+}
+
+fn token_logprob(tok: &Tokenizer, logits: &[f32], next: u32, k: usize) -> Result<TokenLogprob> {
+    let ls = log_softmax(logits);
+    let mut order: Vec<usize> = (0..ls.len()).collect();
+    let k = k.min(ls.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| ls[b].total_cmp(&ls[a]));
+    }
+    order.truncate(k);
+    order.sort_by(|&a, &b| ls[b].total_cmp(&ls[a]).then(a.cmp(&b)));
+    Ok(TokenLogprob {
+        token: next,
+        text: tok.piece(next)?,
+        logprob: ls[next as usize],
+        top: order
+            .iter()
+            .map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i])))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Flushes held-back text and sends `Done`.
+fn finish(mut a: Active, tok: &Tokenizer, reason: FinishReason) -> Result<()> {
+    let mut f = StopFilter {
+        stops: &a.req.stop,
+        text: std::mem::take(&mut a.text),
+        emitted: a.emitted,
+    };
+    let mut tail = String::new();
+    if !a.hit_stop_string
+        && let Some(rest) = a.stream.flush(tok)?
+    {
+        let (out, _) = f.push(&rest);
+        tail.push_str(&out);
+    }
+    tail.push_str(&f.finish());
+    if !tail.is_empty() {
+        let _ = a.tx.send(Event::Text(tail));
+    }
+    let now = Instant::now();
+    let first = a.first_token.unwrap_or(now);
+    let _ = a.tx.send(Event::Done(Completion {
+        prompt_tokens: a.req.prompt_ids.len(),
+        cached_tokens: a.cached,
+        tokens: a.tokens,
+        text: f.text,
+        finish_reason: reason,
+        logprobs: a.lps,
+        ttft_ms: first.duration_since(a.submitted).as_secs_f64() * 1e3,
+        decode_ms: now.duration_since(first).as_secs_f64() * 1e3,
+    }));
+    Ok(())
+}
