@@ -342,3 +342,40 @@ fn completions_and_help_teach() {
     let o = canon(&["completions", "tcsh"], h);
     assert!(!o.status.success());
 }
+
+#[test]
+fn generate_n_samples_k_completions_each_equal_to_its_seed_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let m = tiny(d.path(), "m.gguf", &TinyLlama::default());
+    let m = m.to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi there",
+        "--json",
+        "--max-tokens",
+        "10",
+        "--ignore-eos",
+        "--temperature",
+        "1",
+    ];
+    let mut a = base.to_vec();
+    a.extend_from_slice(&["--n", "4", "--seed", "20"]);
+    let v = json_out(&canon(&a, d.path()));
+    let arr = v.as_array().expect("an array of completions");
+    assert_eq!(arr.len(), 4);
+    for (i, c) in arr.iter().enumerate() {
+        assert_eq!(c["seed"], 20 + i as u64);
+        let seed = (20 + i).to_string();
+        let mut one = base.to_vec();
+        one.extend_from_slice(&["--seed", &seed]);
+        let alone = json_out(&canon(&one, d.path()));
+        assert_eq!(c["tokens"], alone["tokens"], "completion {i}");
+        assert_eq!(c["text"], alone["text"], "completion {i}");
+    }
+    let mut bad = base.to_vec();
+    bad.extend_from_slice(&["--n", "0"]);
+    assert_clean_error(&canon(&bad, d.path()), &["--n", "between 1 and"]);
+}

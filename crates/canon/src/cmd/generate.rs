@@ -15,7 +15,8 @@ use crate::{Ctx, model_gen};
 #[command(after_help = "Examples:
   canon generate --model smollm2 --prompt \"The capital of France is\" --max-tokens 48 --temperature 0
   canon generate --model smollm2 --chat --prompt \"Write a haiku about Rust.\"
-  canon generate --model ./my-model.gguf --prompt \"Once upon a time\" --seed 7 --json --logprobs 3")]
+  canon generate --model ./my-model.gguf --prompt \"Once upon a time\" --seed 7 --json --logprobs 3
+  canon generate --model smollm2 --prompt \"A story:\" --n 8 --temperature 0.8 --seed 1   # 8 samples, batched")]
 pub struct GenerateArgs {
     /// Model: an alias (smollm2), a .gguf file, or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
@@ -44,9 +45,16 @@ pub struct GenerateArgs {
     /// With --json: per generated token, its log-probability and the K most likely alternatives.
     #[arg(long, value_name = "K")]
     pub logprobs: Option<usize>,
+    /// Sample this many completions of the prompt together (batched generation: one forward pass
+    /// per step for all of them). Completion i uses seed --seed + i.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub n: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
+
+/// Most completions `--n` generates at once.
+const MAX_N: usize = 256;
 
 pub fn build_prompt(
     lm: &canon_models::LoadedLm,
@@ -116,8 +124,14 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("empty prompt: give --prompt TEXT or text on standard input");
     }
+    if a.n == 0 || a.n > MAX_N {
+        bail!("--n must be between 1 and {MAX_N}, found {}", a.n);
+    }
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let text = build_prompt(&lm, &prompt, a.chat, a.system.as_deref())?;
+    if a.n > 1 {
+        return run_many(a, lm, text, sampling, ctx);
+    }
     let req = GenerateRequest {
         prompt: text,
         max_tokens: a.max_tokens,
@@ -152,6 +166,104 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
             out.decode_ms,
             tps(out.tokens.len(), out.decode_ms),
             out.finish_reason
+        );
+    }
+    Ok(())
+}
+
+/// `--n K`: K completions of one prompt through the batched engine.
+fn run_many(
+    a: GenerateArgs,
+    lm: canon_models::LoadedLm,
+    text: String,
+    sampling: canon_infer::SamplingConfig,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    use canon_infer::{Engine, EngineConfig, Request};
+    let ids = lm.tokenizer.encode(&text, true)?;
+    if ids.is_empty() {
+        bail!("empty prompt: it has no tokens");
+    }
+    if !ctx.quiet && sampling.temperature == 0.0 {
+        eprintln!(
+            "canon: --temperature 0 is greedy: all {} completions will be the same",
+            a.n
+        );
+    }
+    let engine = Engine::start(
+        lm,
+        EngineConfig {
+            slots: a.n.min(64),
+            ..Default::default()
+        },
+    )?;
+    let t0 = std::time::Instant::now();
+    let reqs = (0..a.n)
+        .map(|i| {
+            let mut r = Request::new(ids.clone(), a.max_tokens);
+            r.sampling = sampling.clone();
+            r.sampling.seed = sampling.seed.wrapping_add(i as u64);
+            r.stop = a.stop.clone();
+            r.ignore_eos = a.ignore_eos;
+            r.logprobs = a.logprobs;
+            r
+        })
+        .collect();
+    let outs = engine
+        .generate_batch(reqs)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    engine.shutdown();
+    let generated: usize = outs.iter().map(|c| c.tokens.len()).sum();
+    if a.json {
+        let arr: Vec<serde_json::Value> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = json!({
+                    "index": i,
+                    "seed": sampling.seed.wrapping_add(i as u64),
+                    "prompt_tokens": c.prompt_tokens,
+                    "tokens": c.tokens,
+                    "text": c.text,
+                    "finish_reason": c.finish_reason,
+                    "timings": {"ttft_ms": c.ttft_ms, "decode_ms": c.decode_ms},
+                });
+                if let Some(lps) = &c.logprobs {
+                    v["logprobs"] = lps
+                        .iter()
+                        .map(|l| {
+                            json!({
+                                "id": l.token, "token": l.text, "logprob": l.logprob,
+                                "top_logprobs": l.top.iter().map(|(id, t, lp)| json!({"id": id, "token": t, "logprob": lp})).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for (i, c) in outs.iter().enumerate() {
+            let _ = writeln!(
+                stdout,
+                "--- completion {} of {} (seed {}, {} tokens, finish: {:?})",
+                i + 1,
+                a.n,
+                sampling.seed.wrapping_add(i as u64),
+                c.tokens.len(),
+                c.finish_reason
+            );
+            let _ = writeln!(stdout, "{}", c.text);
+        }
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "canon: {} completions, {generated} tokens in {secs:.2} s ({:.1} tok/s aggregate)",
+            a.n,
+            generated as f64 / secs.max(1e-9)
         );
     }
     Ok(())
