@@ -1,6 +1,7 @@
 //! Token sampling as GPT-2/GPT-3-era decoders do it, in llama.cpp's order:
 //! repetition penalty (Keskar et al., 2019: divide positive logits, multiply negative ones, over the
-//! last `repeat_last_n` tokens) → top-k (Fan et al., 2018) → nucleus/top-p (Holtzman et al., 2020:
+//! last `repeat_last_n` tokens; then OpenAI's presence and frequency penalties over the same
+//! window) → top-k (Fan et al., 2018) → nucleus/top-p (Holtzman et al., 2020:
 //! the smallest set whose probability reaches p) → min-p (keep tokens with p ≥ min_p · p_max) →
 //! temperature → a draw from the renormalised distribution. Temperature 0 is greedy (argmax; ties
 //! go to the lowest id, as `torch.argmax`).
@@ -19,8 +20,14 @@ pub struct SamplingConfig {
     pub min_p: Option<f32>,
     /// 1.0 = off.
     pub repeat_penalty: f32,
-    /// How many recent tokens (prompt included) the penalty looks at.
+    /// How many recent tokens (prompt included) the penalties look at.
     pub repeat_last_n: usize,
+    /// OpenAI's presence penalty: subtracted once from the logit of every token in the window.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted per occurrence of a token in the window.
+    #[serde(default)]
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
@@ -33,6 +40,8 @@ impl Default for SamplingConfig {
             min_p: Some(0.05),
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 42,
         }
     }
@@ -47,6 +56,8 @@ impl SamplingConfig {
             min_p: None,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -137,6 +148,19 @@ impl Sampler {
                 }
             }
         }
+        if (c.presence_penalty != 0.0 || c.frequency_penalty != 0.0) && c.repeat_last_n > 0 {
+            // As llama.cpp: over the same window, logit −= count·frequency + [count > 0]·presence.
+            let start = history.len().saturating_sub(c.repeat_last_n);
+            let mut counts = std::collections::HashMap::<u32, u32>::new();
+            for &t in &history[start..] {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, n) in counts {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x -= n as f32 * c.frequency_penalty + c.presence_penalty;
+                }
+            }
+        }
         if c.temperature <= 0.0 {
             return argmax(&l) as u32;
         }
@@ -195,6 +219,26 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_and_frequency_penalties_subtract_per_window_counts() {
+        // Token 0 leads by 1.5; seen twice in the window.
+        let logits = [3.0f32, 1.5, 1.0];
+        let greedy = |presence: f32, frequency: f32| {
+            let mut s = Sampler::new(SamplingConfig {
+                presence_penalty: presence,
+                frequency_penalty: frequency,
+                ..SamplingConfig::greedy()
+            })
+            .unwrap();
+            s.sample(&logits, &[0, 0, 2])
+        };
+        assert_eq!(greedy(0.0, 0.0), 0);
+        assert_eq!(greedy(1.0, 0.0), 0); // 3 − 1 = 2 > 1.5
+        assert_eq!(greedy(2.0, 0.0), 1); // 3 − 2 = 1 < 1.5
+        assert_eq!(greedy(0.0, 0.8), 1); // 3 − 2·0.8 = 1.4 < 1.5
+        assert_eq!(greedy(-2.0, 0.0), 0);
+    }
 
     fn cfg(t: f32) -> SamplingConfig {
         SamplingConfig {

@@ -61,6 +61,8 @@ fn sampling(i: usize) -> SamplingConfig {
         min_p: None,
         repeat_penalty: 1.1,
         repeat_last_n: 16,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
         seed: 100 + i as u64,
     }
 }

@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
   canon train --config configs/gpt2.toml --out runs/gpt2
   canon finetune --method lora --data records.jsonl --out runs/lora
   canon eval humaneval --model smollm2 --limit 10
+  canon serve --model smollm2 --embedding-model minilm   # OpenAI-compatible API + chat page
   canon completions bash > ~/.local/share/bash-completion/completions/canon
 
 Every command has --help with examples."
@@ -75,6 +76,8 @@ enum Command {
     Assets(cmd::assets::AssetsArgs),
     /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
     Info(cmd::info::InfoArgs),
+    /// An OpenAI-compatible HTTP server with batched generation and a chat page.
+    Serve(cmd::serve::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   canon completions bash > ~/.local/share/bash-completion/completions/canon
@@ -140,7 +143,9 @@ impl Command {
     /// honour is an error, never silently ignored.
     fn honours(&self) -> (bool, bool) {
         match self {
-            Command::Generate(_) | Command::Chat(_) | Command::Eval(_) => (true, true),
+            Command::Generate(_) | Command::Chat(_) | Command::Eval(_) | Command::Serve(_) => {
+                (true, true)
+            }
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             Command::Embed(_)
@@ -179,12 +184,12 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
     let name = cli.command.name();
     if cli.lora.is_some() && !lora_ok {
         return Err(format!(
-            "--lora has no effect on `canon {name}` (it applies to generate, chat and eval); remove it"
+            "--lora has no effect on `canon {name}` (it applies to generate, chat, eval and serve); remove it"
         ));
     }
     if cli.f32_weights && !f32_ok {
         return Err(format!(
-            "--f32 has no effect on `canon {name}` (it applies to generate, chat, eval and finetune); remove it"
+            "--f32 has no effect on `canon {name}` (it applies to generate, chat, eval, serve and finetune); remove it"
         ));
     }
     Ok(())
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd::merge::run(a, &ctx),
         Command::Translate(a) => cmd::translate::run(a, &ctx),
         Command::Info(a) => cmd::info::run(a, &ctx),
+        Command::Serve(a) => cmd::serve::run(a, &ctx),
         Command::Completions { .. } => Ok(()),
     };
     match result {

@@ -318,7 +318,10 @@ fn global_flags_a_command_cannot_honour_are_errors() {
         ],
         h,
     );
-    assert_clean_error(&o, &["--lora", "canon embed", "generate, chat and eval"]);
+    assert_clean_error(
+        &o,
+        &["--lora", "canon embed", "generate, chat, eval and serve"],
+    );
     let o = canon(&["--f32", "train", "--config", "c.toml", "--out", "o"], h);
     assert_clean_error(&o, &["--f32", "canon train"]);
 }

@@ -12,6 +12,7 @@ pub mod merge;
 pub mod perplexity;
 pub mod quantize;
 pub mod sampling;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 pub mod train_bert;

@@ -1,0 +1,454 @@
+//! The server end to end on a tiny GGUF model written by the test, over loopback on a free port:
+//! OpenAI shapes (chat, streaming, n, completions, models, health, metrics), every kind of bad
+//! input answered with OpenAI's error object (the server still answers afterwards), auth, the
+//! queue limit, a client that disconnects mid-stream, and 16 concurrent clients.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use canon_infer::{Engine, EngineConfig};
+use canon_serve::{Loaded, ServeConfig, Server};
+use canon_testkit::tiny_gguf::{TINY_CHATML, TinyLlama, write_tiny_llama};
+use serde_json::{Value, json};
+
+struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(slots: usize, queue: usize, api_key: Option<&str>) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(
+        &path,
+        &TinyLlama {
+            context_length: 128,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cfg = ServeConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        api_key: api_key.map(str::to_string),
+        max_body_bytes: 64 << 10,
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let server = Server::bind(&cfg).await.unwrap();
+            addr_tx.send(server.local_addr().unwrap()).unwrap();
+            let _loading = server.spawn_load(move || {
+                let mut lm = canon_models::load::load_gguf_lm(
+                    &path,
+                    canon_models::WeightMode::KeepQuantized,
+                )
+                .map_err(|e| e.to_string())?;
+                if lm.chat_template.is_none() {
+                    lm.chat_template = Some(
+                        canon_text::ChatTemplate::new(TINY_CHATML, "", "")
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                let chat_template = lm.chat_template.clone();
+                let engine = Engine::start(
+                    lm,
+                    EngineConfig {
+                        slots,
+                        ctx_size: 0,
+                        prefill_chunk: 32,
+                        queue_limit: queue,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Loaded {
+                    engine,
+                    chat_template,
+                    model_id: "tiny".into(),
+                    embedder: None,
+                })
+            });
+            server
+                .run(async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let r = Running {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        _dir: dir,
+    };
+    // Wait until the model is loaded.
+    for _ in 0..300 {
+        if client()
+            .get(r.url("/health"))
+            .send()
+            .is_ok_and(|x| x.status() == 200)
+        {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the server did not become ready");
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = client().post(self.url(path)).json(body).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+    fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = client()
+            .post(self.url(path))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+    fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn chat_body(content: &str, extra: Value) -> Value {
+    let mut b = json!({"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 12, "temperature": 0, "seed": 1});
+    if let (Some(o), Some(e)) = (b.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    b
+}
+
+/// Reads an SSE response: the JSON payloads and whether `[DONE]` ended it.
+fn sse(r: reqwest::blocking::Response) -> (Vec<Value>, bool) {
+    let mut out = Vec::new();
+    let mut done = false;
+    for line in BufReader::new(r).lines() {
+        let line = line.unwrap();
+        if let Some(d) = line.strip_prefix("data: ") {
+            if d == "[DONE]" {
+                done = true;
+            } else {
+                out.push(serde_json::from_str(d).unwrap());
+            }
+        }
+    }
+    (out, done)
+}
+
+fn assert_error(status: u16, body: &Value, want: u16, needle: &str) {
+    assert_eq!(status, want, "{body}");
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains(needle)),
+        "{body}"
+    );
+    assert!(
+        e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
+}
+
+#[test]
+fn openai_shapes_streaming_and_n() {
+    let s = start(4, 16, None);
+    let (st, v) = s.post("/v1/chat/completions", &chat_body("hello", json!({})));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let usage = &v["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    // Streamed: the same greedy text, deltas then a finish reason, usage, [DONE].
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body(
+            "hello",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (chunks, done) = sse(r);
+    assert!(done, "no [DONE]");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"].is_string())
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"]["completion_tokens"],
+        usage["completion_tokens"]
+    );
+    // n = 3 with sampling: three choices, indices 0..3.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "hi",
+            json!({"n": 3, "temperature": 1.0, "logprobs": true, "top_logprobs": 2}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let ch = v["choices"].as_array().unwrap();
+    assert_eq!(ch.len(), 3);
+    for (i, c) in ch.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let lps = c["logprobs"]["content"].as_array().unwrap();
+        assert!(!lps.is_empty() && lps[0]["top_logprobs"].as_array().unwrap().len() == 2);
+    }
+    // Text completions: a list of prompts, echo, logprobs.
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": ["ab", "cd"], "max_tokens": 5, "temperature": 0, "echo": true, "logprobs": 1}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert!(v["choices"][1]["text"].as_str().unwrap().starts_with("cd"));
+    assert_eq!(
+        v["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    let models: Value = client()
+        .get(s.url("/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny");
+    let page = client().get(s.url("/")).send().unwrap().text().unwrap();
+    assert!(page.contains("/v1/chat/completions") && page.contains("Stop"));
+    // No embedding model: a clear 404.
+    let (st, v) = s.post("/v1/embeddings", &json!({"input": "x"}));
+    assert_error(st, &v, 404, "--embedding-model");
+}
+
+#[test]
+fn bad_input_gets_openai_errors_and_the_server_keeps_answering() {
+    let s = start(2, 8, None);
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "not valid JSON"),
+        (b"[1, 2]".to_vec(), 400, "JSON object"),
+        (br#"{"messages": "hi"}"#.to_vec(), 400, "invalid request"),
+        (br#"{"messages": []}"#.to_vec(), 400, "messages is empty"),
+        (br#"{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}"#.to_vec(), 404, "gpt-9"),
+        (br#"{"messages": [{"role": "wizard", "content": "x"}]}"#.to_vec(), 400, "wizard"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "n": 100}"#.to_vec(), 400, "n must be"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}"#.to_vec(), 400, "max_tokens"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#.to_vec(), 400, "at least 1"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "temperature": 9}"#.to_vec(), 400, "temperature"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#.to_vec(), 400, "invalid request"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}"#.to_vec(), 400, "logprobs"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#.to_vec(), 400, "not supported"),
+    ];
+    for (body, want, needle) in cases {
+        let (st, v) = s.post_raw("/v1/chat/completions", body.clone());
+        assert_error(st, &v, want, needle);
+    }
+    let long = "x".repeat(400);
+    let (st, v) = s.post("/v1/chat/completions", &chat_body(&long, json!({})));
+    assert_error(st, &v, 400, "context");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let huge = vec![b' '; 100 << 10];
+    let (st, v) = s.post_raw("/v1/chat/completions", huge);
+    assert_error(st, &v, 413, "too large");
+    let (st, v) = s.post_raw("/v1/nowhere", b"{}".to_vec());
+    assert_error(st, &v, 404, "unknown endpoint");
+    // Still serving.
+    let (st, _) = s.post("/v1/chat/completions", &chat_body("ok?", json!({})));
+    assert_eq!(st, 200);
+    assert!(s.metric("canon_errors_total{class=\"4xx\"}") >= 16.0);
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let s = start(1, 4, Some("sesame"));
+    let body = chat_body("x", json!({}));
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth("sesame")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Health stays open (load balancers probe it).
+    assert_eq!(client().get(s.url("/health")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn a_full_queue_is_429_and_a_vanished_client_frees_its_slot() {
+    let s = start(1, 1, None);
+    // A raw streaming request that occupies the only slot; read one chunk, then hang up.
+    let body = chat_body(
+        "x",
+        json!({"stream": true, "max_tokens": 100, "temperature": 1.0}),
+    )
+    .to_string();
+    let mut sock = TcpStream::connect(s.addr).unwrap();
+    write!(
+        sock,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    // While it runs: one request may wait (queue 1), the next is refused with 429.
+    let waiting = {
+        let url = s.url("/v1/chat/completions");
+        std::thread::spawn(move || {
+            client()
+                .post(url)
+                .json(&chat_body("y", json!({})))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body("z", json!({})))
+        .send()
+        .unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 429));
+    drop(sock); // the streaming client goes away: its slot frees within a step
+    assert_eq!(waiting.join().unwrap(), 200);
+    // A server that queues nothing refuses with 429, Retry-After and OpenAI's error object.
+    let full = start(1, 0, None);
+    let r = client()
+        .post(full.url("/v1/chat/completions"))
+        .json(&chat_body("z", json!({})))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "queue_full");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+}
+
+#[test]
+fn sixteen_concurrent_clients_and_metrics_that_add_up() {
+    let s = start(4, 64, None);
+    let url = s.url("/v1/chat/completions");
+    let threads: Vec<_> = (0..16)
+        .map(|c| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut tokens = 0u64;
+                for r in 0..3 {
+                    let stream = (c + r) % 2 == 0;
+                    let body = chat_body(
+                        &format!("client {c} request {r}"),
+                        json!({"stream": stream, "stream_options": {"include_usage": true}, "temperature": 0.8, "seed": c * 10 + r, "max_tokens": 8}),
+                    );
+                    let resp = client().post(&url).json(&body).send().unwrap();
+                    assert_eq!(resp.status(), 200);
+                    if stream {
+                        let (chunks, done) = sse(resp);
+                        assert!(done);
+                        tokens += chunks.last().unwrap()["usage"]["completion_tokens"].as_u64().unwrap();
+                    } else {
+                        let v: Value = resp.json().unwrap();
+                        assert!(v["choices"][0]["message"]["content"].is_string());
+                        tokens += v["usage"]["completion_tokens"].as_u64().unwrap();
+                    }
+                }
+                tokens
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(s.metric("canon_requests_total{endpoint=\"chat\"}"), 48.0);
+    assert_eq!(s.metric("canon_completion_tokens_total"), total as f64);
+    assert_eq!(s.metric("canon_errors_total{class=\"4xx\"}"), 0.0);
+    assert_eq!(s.metric("canon_errors_total{class=\"5xx\"}"), 0.0);
+}
