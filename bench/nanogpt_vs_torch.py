@@ -7,7 +7,7 @@ MLP, final LayerNorm, tied head, AdamW with weight decay on matrices, clip 1.0) 
 the same vocabulary, with the same batch, block and thread count. Both skip warm-up steps; the
 script prints the median tokens/s of each and the ratio Canon / PyTorch.
 
-    /work/peers/venv/bin/python bench/nanogpt_vs_torch.py --steps 20 --threads 2
+    ~/.cache/canon-peers/venv/bin/python bench/nanogpt_vs_torch.py --steps 20 --threads 2
 """
 
 import argparse
