@@ -33,8 +33,19 @@ pub struct SwiGlu {
 
 impl SwiGlu {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
-        let g = self.gate.forward(x)?.silu()?;
+        let g = self.gate.forward(x)?;
         let u = self.up.forward(x)?;
-        self.down.forward(&(g * u)?)
+        // Training on f32 CPU tensors: SiLU and the product in one op with its own backward.
+        let h = if (g.track_op() || u.track_op())
+            && g.dtype() == candle_core::DType::F32
+            && u.dtype() == candle_core::DType::F32
+            && g.device().is_cpu()
+            && g.dims() == u.dims()
+        {
+            crate::train_ops::silu_mul(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
+        self.down.forward(&h)
     }
 }

@@ -16,8 +16,17 @@ pub struct LmLoss {
     pub z_loss: Tensor,
 }
 
-/// `log Σ_j exp(z_j)` over the last dimension, stabilised by the (detached) row maximum.
+/// `log Σ_j exp(z_j)` over the last dimension: f32 on the CPU through the fused kernel
+/// [`crate::train_ops::logsumexp`] (one pass per row forward and backward), else the composed ops.
 pub fn logsumexp(logits: &Tensor) -> crate::Result<Tensor> {
+    if logits.dtype() == DType::F32 && logits.device().is_cpu() {
+        return crate::train_ops::logsumexp(logits);
+    }
+    logsumexp_composed(logits)
+}
+
+/// `log Σ_j exp(z_j)` with composed candle ops, stabilised by the (detached) row maximum.
+pub fn logsumexp_composed(logits: &Tensor) -> crate::Result<Tensor> {
     let m = logits.max_keepdim(D::Minus1)?.detach(); // [n, 1]
     let s = logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?; // [n, 1]
     (s.log()? + m)?.squeeze(D::Minus1) // [n]

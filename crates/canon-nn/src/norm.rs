@@ -40,6 +40,14 @@ impl RmsNorm {
             }
             return Tensor::from_vec(out, x.shape(), x.device());
         }
+        // Training on f32 CPU tensors: the fused kernel with its own backward.
+        if x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && x.device().is_cpu()
+            && self.weight.device().is_cpu()
+        {
+            return crate::train_ops::rms_norm(x, &self.weight, self.eps);
+        }
         self.forward_composed(x)
     }
 

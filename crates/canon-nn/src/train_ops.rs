@@ -390,6 +390,249 @@ pub fn activation(act: crate::Activation, x: &Tensor) -> crate::Result<Tensor> {
     }
 }
 
+// ------------------------------------------------------------------ RMS norm
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+fn rms_rstd(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let d = last_dim(l1);
+        if w.len() != d {
+            candle_core::bail!("rms norm: a weight of {} for rows of {d}", w.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(x.par_chunks(d * ROWS_PER_TASK))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let r = rms_rstd(xr, self.eps);
+                    for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = v * r * g;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut dx = vec![0f32; xv.len()];
+        // x̂ = x r; dx = r (g w − x̂ · mean(g w x̂)); dw = Σ_rows g x̂.
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(d * ROWS_PER_TASK)
+            .zip(
+                xv.par_chunks(d * ROWS_PER_TASK)
+                    .zip(gv.par_chunks(d * ROWS_PER_TASK)),
+            )
+            .map(|(dc, (xc, gc))| {
+                let mut dw = vec![0f32; d];
+                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let r = rms_rstd(xr, self.eps);
+                    let mut m = 0f32;
+                    for j in 0..d {
+                        let xh = xr[j] * r;
+                        m += gr[j] * wv[j] * xh;
+                        dw[j] += gr[j] * xh;
+                    }
+                    let m = m / d as f32;
+                    for j in 0..d {
+                        dr[j] = r * (gr[j] * wv[j] - xr[j] * r * m);
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        for p in partial {
+            dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// RMS norm `x / √(mean(x²) + eps) · w` over the last dimension (f32) with a backward pass for
+/// both the input and the weight.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNormOp { eps: eps as f32 })
+}
+
+// ------------------------------------------------------------------ SiLU(a) ⊙ b (SwiGLU)
+
+struct SiluMul;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+const ELEMS_PER_TASK: usize = 1 << 14;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let a = slice(s1, l1, self.name())?;
+        let b = slice(s2, l2, self.name())?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!(
+                "silu-mul: the gate is {:?} but the linear branch {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(
+                a.par_chunks(ELEMS_PER_TASK)
+                    .zip(b.par_chunks(ELEMS_PER_TASK)),
+            )
+            .for_each(|(yc, (ac, bc))| {
+                for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
+                    *o = u * sigmoid(u) * v;
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let av: Vec<f32> = a.flatten_all()?.to_vec1()?;
+        let bv: Vec<f32> = b.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut da = vec![0f32; av.len()];
+        let mut db = vec![0f32; av.len()];
+        // d silu(a)/da = σ(a) (1 + a (1 − σ(a))).
+        da.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(db.par_chunks_mut(ELEMS_PER_TASK))
+            .zip(
+                av.par_chunks(ELEMS_PER_TASK).zip(
+                    bv.par_chunks(ELEMS_PER_TASK)
+                        .zip(gv.par_chunks(ELEMS_PER_TASK)),
+                ),
+            )
+            .for_each(|((dac, dbc), (ac, (bc, gc)))| {
+                for i in 0..ac.len() {
+                    let (u, v, gr) = (ac[i], bc[i], gc[i]);
+                    let s = sigmoid(u);
+                    dac[i] = gr * v * s * (1.0 + u * (1.0 - s));
+                    dbc[i] = gr * u * s;
+                }
+            });
+        let dev = a.device();
+        Ok((
+            Some(Tensor::from_vec(da, a.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+/// SwiGLU's gating `SiLU(a) ⊙ b` (f32, same shapes) in one pass with a backward pass for both.
+pub fn silu_mul(a: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, SiluMul)
+}
+
+// ------------------------------------------------------------------ log-sum-exp
+
+struct LogSumExp;
+
+impl CustomOp1 for LogSumExp {
+    fn name(&self) -> &'static str {
+        "logsumexp-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let v = last_dim(l);
+        let n = x.len() / v;
+        let mut out = vec![0f32; n];
+        out.par_iter_mut()
+            .zip(x.par_chunks(v))
+            .for_each(|(o, xr)| *o = row_lse(xr));
+        let dims = l.dims();
+        let shape: Shape = dims[..dims.len().saturating_sub(1)].to_vec().into();
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d lse / dx_j = softmax(x)_j = exp(x_j − lse).
+        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let lse: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        let gv: Vec<f32> = g.flatten_all()?.to_vec1()?;
+        let v = x.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(v)
+            .zip(xv.par_chunks(v))
+            .enumerate()
+            .for_each(|(i, (dr, xr))| {
+                let (m, gi) = (lse[i], gv[i]);
+                for (o, &z) in dr.iter_mut().zip(xr) {
+                    *o = gi * (z - m).exp();
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+fn row_lse(x: &[f32]) -> f32 {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    let s: f32 = x.iter().map(|&z| (z - m).exp()).sum();
+    s.ln() + m
+}
+
+/// `log Σ_j exp(x_j)` over the last dimension of f32 `x: [..., v]` → `[...]`, one pass per row each
+/// way (the backward writes `g · softmax(x)` directly).
+pub fn logsumexp(x: &Tensor) -> crate::Result<Tensor> {
+    x.contiguous()?.apply_op1(LogSumExp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,5 +749,83 @@ mod tests {
             2e-2,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composed_layer_and_finite_differences() {
+        let x = Var::from_tensor(&randn(&[3, 5, 16], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[16], 2)).unwrap();
+        let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+        let refr = crate::RmsNorm::new(w.as_tensor().clone(), 1e-5)
+            .forward_composed(x.as_tensor())
+            .unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+        let g1 = wsum(&ours, 9).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 9).unwrap().backward().unwrap();
+        for t in [&x, &w] {
+            assert_close(
+                g1.get(t.as_tensor()).unwrap(),
+                g2.get(t.as_tensor()).unwrap(),
+                Tol::new(1e-4, 1e-4),
+            );
+        }
+        let x = Var::from_tensor(&randn(&[3, 6], 4)).unwrap();
+        let w = Var::from_tensor(&randn(&[6], 5)).unwrap();
+        check_gradients(
+            &[x, w],
+            |t| wsum(&rms_norm(&t[0], &t[1], 1e-5)?, 6),
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn silu_mul_matches_the_composed_ops_and_finite_differences() {
+        let a = Var::from_tensor(&(randn(&[4, 37], 1) * 3.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&randn(&[4, 37], 2)).unwrap();
+        let ours = silu_mul(a.as_tensor(), b.as_tensor()).unwrap();
+        let refr = (a.as_tensor().silu().unwrap() * b.as_tensor()).unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+        let g1 = wsum(&ours, 3).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 3).unwrap().backward().unwrap();
+        for t in [&a, &b] {
+            assert_close(
+                g1.get(t.as_tensor()).unwrap(),
+                g2.get(t.as_tensor()).unwrap(),
+                Tol::new(1e-5, 1e-4),
+            );
+        }
+        let a = Var::from_tensor(&randn(&[3, 5], 7)).unwrap();
+        let b = Var::from_tensor(&randn(&[3, 5], 8)).unwrap();
+        check_gradients(
+            &[a, b],
+            |t| wsum(&silu_mul(&t[0], &t[1])?, 9),
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
+        // Shapes must agree.
+        assert!(silu_mul(&randn(&[2, 3], 1), &randn(&[3, 2], 1)).is_err());
+    }
+
+    #[test]
+    fn logsumexp_matches_the_composed_ops_and_finite_differences() {
+        let x = Var::from_tensor(&(randn(&[6, 50], 1) * 5.0).unwrap()).unwrap();
+        let ours = logsumexp(x.as_tensor()).unwrap();
+        let refr = crate::loss::logsumexp_composed(x.as_tensor()).unwrap();
+        assert_eq!(ours.dims(), &[6]);
+        assert_close(&ours, &refr, Tol::F32);
+        let g1 = wsum(&ours, 2).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 2).unwrap().backward().unwrap();
+        assert_close(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+            Tol::new(1e-6, 1e-4),
+        );
+        let x = Var::from_tensor(&randn(&[3, 7], 4)).unwrap();
+        check_gradients(&[x], |t| wsum(&logsumexp(&t[0])?, 5), 1e-2, 2e-3, 2e-2).unwrap();
     }
 }
