@@ -56,6 +56,8 @@ enum Command {
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
+    /// Plot runs' metrics side by side, or two keys of any JSON-lines table (PNG or SVG).
+    Plot(cmd::plot::PlotArgs),
     /// Fetch or list the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
+        Command::Plot(a) => cmd::plot::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;
+pub mod plot;
 pub mod quantize;
 pub mod sampling;
 pub mod tokenize;
