@@ -192,6 +192,7 @@ impl Engine {
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / secs,
+            tokens: tokens as u64,
             eval_loss: None,
             eval: Vec::new(),
             extra,
@@ -220,15 +221,25 @@ impl Engine {
     ) -> Result<Outcome> {
         let resumed = self.step > 0;
         let mut metrics = MetricsFile::open(&files.metrics, resumed.then_some(self.step))?;
+        // Token and time counters continue from the last line a resumed run kept.
+        let kept = if resumed && files.metrics.is_file() {
+            read_lines(&files.metrics)?.pop()
+        } else {
+            None
+        };
+        let mut tokens_seen = kept.as_ref().and_then(|l| l.tokens).unwrap_or(0);
+        let elapsed_before = kept.as_ref().and_then(|l| l.elapsed_s).unwrap_or(0.0);
+        let started = Instant::now();
         let mut saved_at = self.step;
         while self.step < stop_at {
             if stop.load(Ordering::SeqCst) {
                 self.save(obj, &files.checkpoint)?;
-                plot(files)?;
+                self.plot(files)?;
                 return Ok(Outcome::Interrupted);
             }
             let mut r = self.train_step(obj)?;
             let s = r.step;
+            tokens_seen += r.tokens;
             let last = s == stop_at;
             if s % self.cfg.eval_every == 0 || last {
                 (r.eval_loss, r.eval) = Self::evaluate(obj)?;
@@ -241,6 +252,8 @@ impl Engine {
                     lr: r.lr,
                     grad_norm: r.grad_norm,
                     eval_loss: r.eval_loss,
+                    tokens: Some(tokens_seen),
+                    elapsed_s: Some(elapsed_before + started.elapsed().as_secs_f64()),
                     extra: r.extra.iter().chain(&r.eval).cloned().collect(),
                     expert_load: r.expert_load.clone(),
                 })?;
@@ -249,12 +262,12 @@ impl Engine {
             if s % self.cfg.checkpoint_every == 0 || last {
                 self.save(obj, &files.checkpoint)?;
                 saved_at = s;
-                plot(files)?;
+                self.plot(files)?;
             }
         }
         if saved_at != self.step || !files.checkpoint.is_file() {
             self.save(obj, &files.checkpoint)?;
-            plot(files)?;
+            self.plot(files)?;
         }
         Ok(if stop.load(Ordering::SeqCst) {
             Outcome::Interrupted
@@ -264,11 +277,25 @@ impl Engine {
     }
 }
 
-fn plot(files: &RunFiles) -> Result<()> {
-    let lines = if files.metrics.is_file() {
-        read_lines(&files.metrics)?
-    } else {
-        Vec::new()
-    };
-    plot_loss(&lines, &files.plot)
+impl Engine {
+    /// Redraws the run's loss figure from its metrics file.
+    fn plot(&self, files: &RunFiles) -> Result<()> {
+        let lines = if files.metrics.is_file() {
+            read_lines(&files.metrics)?
+        } else {
+            Vec::new()
+        };
+        let run = files
+            .plot
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let c = &self.cfg;
+        let foot = format!(
+            "run {run} · seed {} · batch {} × {} tokens × {} accumulation · peak lr {}",
+            c.seed, c.batch_size, c.block_size, c.grad_accum, c.lr
+        );
+        plot_loss(&lines, &files.plot, &format!("Loss: {run}"), &[foot])
+    }
 }

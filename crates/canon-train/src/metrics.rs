@@ -1,4 +1,4 @@
-//! `metrics.jsonl` (one JSON object per logged step) and the loss-curve PNG drawn from it.
+//! `metrics.jsonl` (one JSON object per logged step) and the loss figure drawn from it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,12 @@ pub struct MetricsLine {
     pub grad_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval_loss: Option<f64>,
+    /// Training tokens processed up to and including this step (absent in older runs).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens: Option<u64>,
+    /// Wall-clock seconds of training up to this step, across resumptions (absent in older runs).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub elapsed_s: Option<f64>,
     /// Other training terms and held-out metrics by name (GLaM's `moe_aux_loss`,
     /// Transformer-XL's `eval_loss_no_mem`, accuracies, BLEU), as top-level keys.
     #[serde(flatten)]
@@ -80,121 +86,145 @@ pub fn read_lines(path: &Path) -> Result<Vec<MetricsLine>> {
         .collect()
 }
 
-const W: usize = 800;
-const H: usize = 480;
-const MARGIN: usize = 40;
-
-struct Canvas {
-    px: Vec<u8>,
+/// Smoothing window for the train-loss line: about a twentieth of the logged points.
+fn smoothing_window(n: usize) -> usize {
+    (n / 20).clamp(1, 200)
 }
 
-impl Canvas {
-    fn new() -> Self {
-        Self {
-            px: vec![255; W * H * 3],
-        }
-    }
-    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
-            let i = (y as usize * W + x as usize) * 3;
-            self.px[i..i + 3].copy_from_slice(&c);
-        }
-    }
-    /// A line two pixels wide (Bresenham).
-    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.set(x, y, c);
-            self.set(x, y + 1, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-}
-
-/// Draws training loss (blue) and eval loss (red, with dots) against step, on a light grid with
-/// one line per unit of loss. Written atomically.
-pub fn plot_loss(lines: &[MetricsLine], path: &Path) -> Result<()> {
-    let mut c = Canvas::new();
-    let train: Vec<(f64, f64)> = lines
-        .iter()
-        .filter(|l| l.loss.is_finite())
-        .map(|l| (l.step as f64, l.loss))
-        .collect();
+/// Draws a run's `loss.png` (or `.svg`): train loss raw (faint) and smoothed, eval loss as a
+/// line with points, the learning-rate schedule on the right axis, x = optimizer step. The
+/// footnotes (run, seed, batch shape) are printed under it, followed by the tokens seen when the
+/// metrics record them. Written atomically.
+pub fn plot_loss(
+    lines: &[MetricsLine],
+    path: &Path,
+    title: &str,
+    footnotes: &[String],
+) -> Result<()> {
+    use canon_plot::{Figure, PALETTE, Series, moving_average};
+    let train: Vec<(f64, f64)> = lines.iter().map(|l| (l.step as f64, l.loss)).collect();
     let eval: Vec<(f64, f64)> = lines
         .iter()
         .filter_map(|l| l.eval_loss.map(|e| (l.step as f64, e)))
-        .filter(|p| p.1.is_finite())
         .collect();
-    let all = train.iter().chain(&eval);
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+    let lr: Vec<(f64, f64)> = lines.iter().map(|l| (l.step as f64, l.lr)).collect();
+    let w = smoothing_window(train.len());
+    let mut fig = Figure::new(title)
+        .x_title("optimizer step")
+        .y_title("loss (nats/token)")
+        .y2_title("learning rate");
+    if w > 1 {
+        fig = fig
+            .series(
+                Series::line("train loss", train.clone())
+                    .color(PALETTE[0])
+                    .alpha(0.3)
+                    .width(1),
+            )
+            .series(
+                Series::line(
+                    &format!("train loss, mean of last {w} logged"),
+                    moving_average(&train, w),
+                )
+                .color(PALETTE[0]),
+            );
+    } else {
+        fig = fig.series(Series::line("train loss", train).color(PALETTE[0]));
     }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    if !eval.is_empty() {
+        fig = fig.series(Series::line_points("eval loss", eval).color(PALETTE[3]));
     }
-    let y0 = y0.floor().max(0.0);
-    let y1 = y1.ceil().max(y0 + 1.0);
-    let x1 = x1.max(x0 + 1.0);
-    let (pw, ph) = ((W - 2 * MARGIN) as f64, (H - 2 * MARGIN) as f64);
-    let map = |(x, y): (f64, f64)| -> (i64, i64) {
-        (
-            (MARGIN as f64 + (x - x0) / (x1 - x0) * pw) as i64,
-            (MARGIN as f64 + (1.0 - (y - y0) / (y1 - y0)) * ph) as i64,
-        )
-    };
-    // Grid: one horizontal line per unit of loss.
-    let mut g = y0;
-    while g <= y1 {
-        let (_, yy) = map((x0, g));
-        c.line(
-            (MARGIN as i64, yy),
-            ((W - MARGIN) as i64, yy),
-            [225, 225, 225],
+    if !lr.is_empty() {
+        fig = fig.series(
+            Series::line("learning rate (right axis)", lr)
+                .color(PALETTE[7])
+                .width(1)
+                .on_right(),
         );
-        g += 1.0;
     }
-    let axis = [60, 60, 60];
-    c.line(map((x0, y0)), map((x1, y0)), axis);
-    c.line(map((x0, y0)), map((x0, y1)), axis);
-    for w in train.windows(2) {
-        c.line(map(w[0]), map(w[1]), [31, 119, 180]);
+    for f in footnotes {
+        fig = fig.footnote(f);
     }
-    for w in eval.windows(2) {
-        c.line(map(w[0]), map(w[1]), [214, 39, 40]);
+    if let Some(last) = lines.last() {
+        let mut f = format!("{} steps", last.step);
+        if let Some(t) = last.tokens {
+            f.push_str(&format!(", {} training tokens", thousands(t)));
+        }
+        if let Some(s) = last.elapsed_s {
+            f.push_str(&format!(", {:.1} min of training", s / 60.0));
+        }
+        fig = fig.footnote(&f);
     }
-    for &p in &eval {
-        let (x, y) = map(p);
-        for dx in -2..=2 {
-            for dy in -2..=2 {
-                c.set(x + dx, y + dy, [214, 39, 40]);
-            }
+    fig.save(path).map(|_| ()).map_err(|e| io_err(path, e))
+}
+
+/// 1234567 → "1,234,567".
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(step: u64, loss: f64, eval: Option<f64>) -> MetricsLine {
+        MetricsLine {
+            step,
+            loss,
+            tokens_per_s: 1000.0,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            eval_loss: eval,
+            tokens: Some(step * 4096),
+            elapsed_s: Some(step as f64),
+            extra: Default::default(),
+            expert_load: Vec::new(),
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    {
-        let f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), W as u32, H as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(|e| io_err(&tmp, e))?;
-        w.write_image_data(&c.px).map_err(|e| io_err(&tmp, e))?;
+
+    #[test]
+    fn loss_plot_names_its_parts() {
+        let lines: Vec<MetricsLine> = (1..=100)
+            .map(|s| line(s, 5.0 - s as f64 / 50.0, (s % 50 == 0).then_some(4.0)))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("loss.svg");
+        plot_loss(&lines, &svg, "run-a", &["seed 7".to_string()]).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for want in [
+            "run-a",
+            "train loss",
+            "train loss, mean of last 5 logged",
+            "eval loss",
+            "learning rate (right axis)",
+            "optimizer step",
+            "seed 7",
+            "100 steps, 409,600 training tokens, 1.7 min of training",
+        ] {
+            assert!(text.contains(want), "missing {want}");
+        }
+        let png = dir.path().join("loss.png");
+        plot_loss(&lines[..1], &png, "one step", &[]).unwrap();
+        assert!(png.is_file());
     }
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+
+    #[test]
+    fn old_metrics_lines_without_tokens_still_parse() {
+        let l: MetricsLine = serde_json::from_str(
+            r#"{"step":3,"loss":2.5,"tokens_per_s":10.0,"lr":0.1,"grad_norm":1.0}"#,
+        )
+        .unwrap();
+        assert_eq!((l.tokens, l.elapsed_s), (None, None));
+        assert!(l.extra.is_empty());
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(12), "12");
+    }
 }

@@ -27,6 +27,8 @@ pub struct StepReport {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,
+    /// Training tokens in this step (all micro-batches).
+    pub tokens: u64,
     pub eval_loss: Option<f64>,
     /// Other held-out metrics (Transformer-XL's `eval_loss_no_mem`, accuracies, BLEU).
     pub eval: Vec<(String, f64)>,

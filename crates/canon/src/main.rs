@@ -72,6 +72,8 @@ enum Command {
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
+    /// Plot runs' metrics side by side, or two keys of any JSON-lines table (PNG or SVG).
+    Plot(cmd::plot::PlotArgs),
     /// Fetch, list or verify the pinned default assets.
     Assets(cmd::assets::AssetsArgs),
     /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
@@ -156,6 +158,7 @@ impl Command {
             | Command::Flan(_)
             | Command::Assets(_)
             | Command::Info(_)
+            | Command::Plot(_)
             | Command::Completions { .. }
             | Command::Quantize(_)
             | Command::Merge(_)
@@ -235,6 +238,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),
+        Command::Plot(a) => cmd::plot::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),

@@ -10,6 +10,7 @@ pub mod info;
 pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;
+pub mod plot;
 pub mod quantize;
 pub mod sampling;
 pub mod serve;
