@@ -39,6 +39,9 @@ pub struct Meta {
     pub dim: usize,
     pub chunks: usize,
     pub man_rendered: bool,
+    /// The `--docs` paths the index was built from (`index update` walks them again).
+    #[serde(default)]
+    pub roots: Vec<String>,
     pub files: Vec<FileEntry>,
     pub stats: ReadStats,
 }

@@ -134,6 +134,7 @@ fn toy_index(dir: &std::path::Path, model: &str) {
         dim: 2,
         chunks: chunks.len(),
         man_rendered: false,
+        roots: vec![],
         files: vec![FileEntry { path: "x.1".into(), size: 1, mtime: 0, chunk_start: 0, chunk_end: 2 }],
         stats: ReadStats::default(),
     };
