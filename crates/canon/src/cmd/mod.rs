@@ -6,6 +6,7 @@ pub mod finetune;
 pub mod finetune_bert;
 pub mod flan;
 pub mod generate;
+pub mod index;
 pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;
