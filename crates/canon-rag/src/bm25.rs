@@ -89,7 +89,9 @@ impl Bm25 {
         qt.dedup();
         let mut acc: HashMap<u32, f32> = HashMap::new();
         for t in qt {
-            let Some(&id) = self.vocab.get(&t) else { continue };
+            let Some(&id) = self.vocab.get(&t) else {
+                continue;
+            };
             let p = &self.postings[id as usize];
             let nt = p.len() as f32;
             let idf = (1.0 + (n - nt + 0.5) / (nt + 0.5)).ln();
@@ -147,7 +149,10 @@ impl Bm25 {
         if nd > b.len() || nt > b.len() {
             return Err(bad());
         }
-        let mut ix = Bm25 { doc_len: Vec::with_capacity(nd), ..Default::default() };
+        let mut ix = Bm25 {
+            doc_len: Vec::with_capacity(nd),
+            ..Default::default()
+        };
         for _ in 0..nd {
             ix.doc_len.push(get(&mut pos)?);
         }

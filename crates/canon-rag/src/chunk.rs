@@ -39,13 +39,20 @@ pub struct ChunkConfig {
 
 impl Default for ChunkConfig {
     fn default() -> Self {
-        ChunkConfig { max_tokens: 200, overlap: 32 }
+        ChunkConfig {
+            max_tokens: 200,
+            overlap: 32,
+        }
     }
 }
 
 /// Splits `doc` into chunks; `count` gives the token count of a line (the embedding tokenizer,
 /// or [`word_count`]).
-pub fn chunk_document(doc: &Document, cfg: ChunkConfig, count: &dyn Fn(&str) -> usize) -> Vec<Chunk> {
+pub fn chunk_document(
+    doc: &Document,
+    cfg: ChunkConfig,
+    count: &dyn Fn(&str) -> usize,
+) -> Vec<Chunk> {
     let mut bounds: Vec<(usize, String)> = Vec::new();
     if doc.headings.first().is_none_or(|h| h.0 > 0) {
         bounds.push((0, String::new()));
@@ -53,7 +60,10 @@ pub fn chunk_document(doc: &Document, cfg: ChunkConfig, count: &dyn Fn(&str) -> 
     bounds.extend(doc.headings.iter().cloned());
     let mut out = Vec::new();
     for (i, (start, title)) in bounds.iter().enumerate() {
-        let end = bounds.get(i + 1).map_or(doc.lines.len(), |b| b.0).min(doc.lines.len());
+        let end = bounds
+            .get(i + 1)
+            .map_or(doc.lines.len(), |b| b.0)
+            .min(doc.lines.len());
         if *start >= end {
             continue;
         }

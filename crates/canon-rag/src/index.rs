@@ -62,7 +62,9 @@ impl std::str::FromStr for Mode {
             "hybrid" => Ok(Mode::Hybrid),
             "dense" => Ok(Mode::Dense),
             "bm25" => Ok(Mode::Bm25),
-            o => Err(RagError::Invalid(format!("expected a search mode hybrid, dense or bm25, found '{o}'"))),
+            o => Err(RagError::Invalid(format!(
+                "expected a search mode hybrid, dense or bm25, found '{o}'"
+            ))),
         }
     }
 }
@@ -70,7 +72,11 @@ impl std::str::FromStr for Mode {
 /// File size and modification time (seconds).
 pub fn file_stamp(p: &Path) -> Result<(u64, u64)> {
     let m = std::fs::metadata(p).map_err(|e| io_err(p, e))?;
-    let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+    let t = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
     Ok((m.len(), t))
 }
 
@@ -85,7 +91,10 @@ pub fn write_index(out: &Path, meta: &Meta, chunks: &[Chunk], vectors: &[f32]) -
         )));
     }
     let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("index");
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -106,8 +115,24 @@ pub fn write_index(out: &Path, meta: &Meta, chunks: &[Chunk], vectors: &[f32]) -
             vb.extend_from_slice(&v.to_le_bytes());
         }
         w("vectors.f32", &vb)?;
-        w("bm25.bin", &Bm25::build(chunks.iter().map(|c| c.indexed_text()).collect::<Vec<_>>().iter().map(String::as_str)).to_bytes())?;
-        w("meta.json", serde_json::to_string_pretty(meta).map_err(|e| RagError::Invalid(e.to_string()))?.as_bytes())?;
+        w(
+            "bm25.bin",
+            &Bm25::build(
+                chunks
+                    .iter()
+                    .map(|c| c.indexed_text())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            )
+            .to_bytes(),
+        )?;
+        w(
+            "meta.json",
+            serde_json::to_string_pretty(meta)
+                .map_err(|e| RagError::Invalid(e.to_string()))?
+                .as_bytes(),
+        )?;
         Ok(())
     })();
     if let Err(e) = res {
@@ -149,11 +174,18 @@ pub struct Hit {
 pub fn read_meta(dir: &Path, model: Option<&str>) -> Result<Meta> {
     let mp = dir.join("meta.json");
     if !dir.is_dir() {
-        return Err(RagError::Invalid(format!("expected an index folder, found no folder at {}", dir.display())));
+        return Err(RagError::Invalid(format!(
+            "expected an index folder, found no folder at {}",
+            dir.display()
+        )));
     }
     let text = std::fs::read_to_string(&mp).map_err(|e| io_err(&mp, e))?;
-    let meta: Meta = serde_json::from_str(&text)
-        .map_err(|e| RagError::Invalid(format!("expected {FORMAT} metadata in {}, found unreadable JSON ({e})", mp.display())))?;
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| {
+        RagError::Invalid(format!(
+            "expected {FORMAT} metadata in {}, found unreadable JSON ({e})",
+            mp.display()
+        ))
+    })?;
     if meta.format != FORMAT || meta.version != VERSION {
         return Err(RagError::Invalid(format!(
             "expected index format {FORMAT} version {VERSION}, found {} version {} in {}",
@@ -183,8 +215,13 @@ impl Index {
             .lines()
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str::<Chunk>(l)
-                    .map_err(|e| RagError::Invalid(format!("expected a chunk on line {} of {}, found {e}", i + 1, cp.display())))
+                serde_json::from_str::<Chunk>(l).map_err(|e| {
+                    RagError::Invalid(format!(
+                        "expected a chunk on line {} of {}, found {e}",
+                        i + 1,
+                        cp.display()
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let vp = dir.join("vectors.f32");
@@ -204,9 +241,19 @@ impl Index {
         let bp = dir.join("bm25.bin");
         let bm25 = Bm25::from_bytes(&std::fs::read(&bp).map_err(|e| io_err(&bp, e))?)?;
         if bm25.len() != meta.chunks {
-            return Err(RagError::Invalid(format!("expected BM25 rows for {} chunks, found {}", meta.chunks, bm25.len())));
+            return Err(RagError::Invalid(format!(
+                "expected BM25 rows for {} chunks, found {}",
+                meta.chunks,
+                bm25.len()
+            )));
         }
-        Ok(Index { path: dir.to_path_buf(), meta, chunks, vectors, bm25 })
+        Ok(Index {
+            path: dir.to_path_buf(),
+            meta,
+            chunks,
+            vectors,
+            bm25,
+        })
     }
 
     /// The stored vectors (the map is page-aligned, so the f32 view is aligned).
@@ -226,26 +273,56 @@ impl Index {
     }
 
     /// Searches with an already embedded, normalised query (`qvec`, needed for dense and hybrid).
-    pub fn search(&self, query: &str, qvec: Option<&[f32]>, mode: Mode, k: usize) -> Result<Vec<Hit>> {
+    pub fn search(
+        &self,
+        query: &str,
+        qvec: Option<&[f32]>,
+        mode: Mode,
+        k: usize,
+    ) -> Result<Vec<Hit>> {
         if query.trim().is_empty() {
-            return Err(RagError::Invalid("expected a non-empty query, found an empty one".into()));
+            return Err(RagError::Invalid(
+                "expected a non-empty query, found an empty one".into(),
+            ));
         }
         let dense_hits = |n: usize| -> Result<Vec<(usize, f32)>> {
-            let q = qvec.ok_or_else(|| RagError::Invalid("dense search needs the query embedding".into()))?;
+            let q = qvec.ok_or_else(|| {
+                RagError::Invalid("dense search needs the query embedding".into())
+            })?;
             Ok(dense::search(self.vectors(), self.meta.dim, q, n))
         };
         let ranked: Vec<(usize, f64)> = match mode {
-            Mode::Dense => dense_hits(k)?.into_iter().map(|(i, s)| (i, s as f64)).collect(),
-            Mode::Bm25 => self.bm25.search(query, k).into_iter().map(|(i, s)| (i, s as f64)).collect(),
+            Mode::Dense => dense_hits(k)?
+                .into_iter()
+                .map(|(i, s)| (i, s as f64))
+                .collect(),
+            Mode::Bm25 => self
+                .bm25
+                .search(query, k)
+                .into_iter()
+                .map(|(i, s)| (i, s as f64))
+                .collect(),
             Mode::Hybrid => {
                 let depth = (k * 4).max(50);
                 let d: Vec<usize> = dense_hits(depth)?.into_iter().map(|h| h.0).collect();
-                let b: Vec<usize> = self.bm25.search(query, depth).into_iter().map(|h| h.0).collect();
+                let b: Vec<usize> = self
+                    .bm25
+                    .search(query, depth)
+                    .into_iter()
+                    .map(|h| h.0)
+                    .collect();
                 let mut f = fuse::rrf(&[d, b], fuse::RRF_K);
                 f.truncate(k);
                 f
             }
         };
-        Ok(ranked.into_iter().map(|(id, score)| Hit { id, score, chunk: self.chunks[id].clone() }).collect())
+        Ok(ranked
+            .into_iter()
+            .map(|(id, score)| Hit {
+                id,
+                score,
+                chunk: self.chunks[id].clone(),
+            })
+            .collect())
     }
 }

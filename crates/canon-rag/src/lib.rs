@@ -32,5 +32,8 @@ pub enum RagError {
 pub type Result<T> = std::result::Result<T, RagError>;
 
 pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> RagError {
-    RagError::Io { path: path.display().to_string(), source }
+    RagError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }

@@ -25,8 +25,19 @@ pub fn logsumexp(v: &[f64]) -> f64 {
 }
 
 /// `log p(y | x, z)` for one document: the sum of token log-probabilities.
-pub fn seq_logprob(z: usize, y: &[u32], next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>) -> f64 {
-    (0..y.len()).map(|i| next_logprobs(z, &y[..i]).get(y[i] as usize).copied().unwrap_or(f64::NEG_INFINITY)).sum()
+pub fn seq_logprob(
+    z: usize,
+    y: &[u32],
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> f64 {
+    (0..y.len())
+        .map(|i| {
+            next_logprobs(z, &y[..i])
+                .get(y[i] as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY)
+        })
+        .sum()
 }
 
 /// RAG-Sequence `log p(y|x)`.
@@ -35,7 +46,9 @@ pub fn rag_sequence_logprob(
     y: &[u32],
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> f64 {
-    let per: Vec<f64> = (0..log_prior.len()).map(|z| log_prior[z] + seq_logprob(z, y, next_logprobs)).collect();
+    let per: Vec<f64> = (0..log_prior.len())
+        .map(|z| log_prior[z] + seq_logprob(z, y, next_logprobs))
+        .collect();
     logsumexp(&per)
 }
 
@@ -45,10 +58,18 @@ pub fn rag_token_next(
     prefix: &[u32],
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> Vec<f64> {
-    let per: Vec<Vec<f64>> = (0..log_prior.len()).map(|z| next_logprobs(z, prefix)).collect();
+    let per: Vec<Vec<f64>> = (0..log_prior.len())
+        .map(|z| next_logprobs(z, prefix))
+        .collect();
     let vocab = per.iter().map(Vec::len).min().unwrap_or(0);
     (0..vocab)
-        .map(|t| logsumexp(&(0..per.len()).map(|z| log_prior[z] + per[z][t]).collect::<Vec<_>>()))
+        .map(|t| {
+            logsumexp(
+                &(0..per.len())
+                    .map(|z| log_prior[z] + per[z][t])
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect()
 }
 
@@ -59,12 +80,20 @@ pub fn rag_token_logprob(
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> f64 {
     (0..y.len())
-        .map(|i| rag_token_next(log_prior, &y[..i], next_logprobs).get(y[i] as usize).copied().unwrap_or(f64::NEG_INFINITY))
+        .map(|i| {
+            rag_token_next(log_prior, &y[..i], next_logprobs)
+                .get(y[i] as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY)
+        })
         .sum()
 }
 
 fn argmax(v: &[f64]) -> Option<u32> {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0))).map(|(i, _)| i as u32)
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i as u32)
 }
 
 /// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after `eos`
@@ -77,7 +106,9 @@ pub fn rag_token_greedy(
 ) -> Vec<u32> {
     let mut y = Vec::new();
     while y.len() < max_new {
-        let Some(t) = argmax(&rag_token_next(log_prior, &y, next_logprobs)) else { break };
+        let Some(t) = argmax(&rag_token_next(log_prior, &y, next_logprobs)) else {
+            break;
+        };
         y.push(t);
         if Some(t) == eos {
             break;
@@ -95,7 +126,9 @@ pub fn greedy_for_doc(
 ) -> Vec<u32> {
     let mut y = Vec::new();
     while y.len() < max_new {
-        let Some(t) = argmax(&next_logprobs(z, &y)) else { break };
+        let Some(t) = argmax(&next_logprobs(z, &y)) else {
+            break;
+        };
         y.push(t);
         if Some(t) == eos {
             break;
@@ -129,7 +162,10 @@ pub fn rag_sequence_decode(
         .into_iter()
         .map(|y| {
             let per: Vec<f64> = (0..log_prior.len())
-                .filter(|&z| mode == SeqDecoding::Thorough || candidates.get(z).is_some_and(|c| c.contains(&y)))
+                .filter(|&z| {
+                    mode == SeqDecoding::Thorough
+                        || candidates.get(z).is_some_and(|c| c.contains(&y))
+                })
                 .map(|z| log_prior[z] + seq_logprob(z, &y, next_logprobs))
                 .collect();
             let lp = logsumexp(&per);

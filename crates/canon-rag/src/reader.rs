@@ -72,7 +72,9 @@ pub fn kind_of(path: &Path) -> Option<Kind> {
     let name = path.file_name()?.to_str()?;
     let base = strip_gz(name);
     let in_man = path.components().any(|c| {
-        c.as_os_str().to_str().is_some_and(|s| s == "man" || (s.starts_with("man") && s.len() <= 6))
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|s| s == "man" || (s.starts_with("man") && s.len() <= 6))
     });
     let ext = base.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
     match ext.as_deref() {
@@ -81,7 +83,9 @@ pub fn kind_of(path: &Path) -> Option<Kind> {
         Some("txt" | "text" | "rst") | None if !in_man => Some(Kind::Text),
         Some("info") => Some(Kind::Info),
         Some(e) if e.starts_with("info-") => Some(Kind::Info),
-        Some(e) if e.chars().next().is_some_and(|c| c.is_ascii_digit()) || in_man => Some(Kind::Man),
+        Some(e) if e.chars().next().is_some_and(|c| c.is_ascii_digit()) || in_man => {
+            Some(Kind::Man)
+        }
         _ => None,
     }
 }
@@ -122,7 +126,9 @@ fn read_bytes(path: &Path) -> std::result::Result<Vec<u8>, Skip> {
     let raw = std::fs::read(path).map_err(|_| Skip::Unreadable)?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|_| Skip::Binary)?;
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|_| Skip::Binary)?;
         Ok(out)
     } else {
         Ok(raw)
@@ -150,12 +156,21 @@ pub fn read(path: &Path, kind: Kind, render_man: bool) -> std::result::Result<Do
                 Some((n, s)) => format!("{n}({s})"),
                 None => base.to_string(),
             };
-            let rendered = if render_man { render_with_man(path) } else { None };
+            let rendered = if render_man {
+                render_with_man(path)
+            } else {
+                None
+            };
             let (lines, headings) = match rendered {
                 Some(t) => man_rendered(&t),
                 None => man_source(&to_text(read_bytes(path)?)?),
             };
-            Document { path: path.display().to_string(), page, lines, headings }
+            Document {
+                path: path.display().to_string(),
+                page,
+                lines,
+                headings,
+            }
         }
         _ => {
             let text = to_text(read_bytes(path)?)?;
@@ -166,7 +181,12 @@ pub fn read(path: &Path, kind: Kind, render_man: bool) -> std::result::Result<Do
                 Kind::Info => info(&text),
                 _ => (text.lines().map(str::to_string).collect(), Vec::new()),
             };
-            Document { path: path.display().to_string(), page: stem, lines, headings }
+            Document {
+                path: path.display().to_string(),
+                page: stem,
+                lines,
+                headings,
+            }
         }
     };
     if doc.lines.iter().all(|l| l.trim().is_empty()) {
@@ -293,7 +313,10 @@ pub fn man_source(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
     let mut tp_pending = false;
     for raw in text.lines() {
         if let Some(rest) = raw.strip_prefix('.').or_else(|| raw.strip_prefix('\'')) {
-            let (mac, args) = rest.trim_start().split_once(char::is_whitespace).unwrap_or((rest.trim(), ""));
+            let (mac, args) = rest
+                .trim_start()
+                .split_once(char::is_whitespace)
+                .unwrap_or((rest.trim(), ""));
             let args = unescape_roff(args.trim()).replace('"', "");
             match mac {
                 "SH" | "Sh" | "SS" | "Ss" => {
@@ -308,7 +331,8 @@ pub fn man_source(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
                     }
                 }
                 "PP" | "LP" | "P" | "Pp" | "br" | "sp" => lines.push(String::new()),
-                "B" | "I" | "BR" | "IR" | "RB" | "RI" | "BI" | "IB" | "Nm" | "Fl" | "Ar" | "Op" | "Nd" => {
+                "B" | "I" | "BR" | "IR" | "RB" | "RI" | "BI" | "IB" | "Nm" | "Fl" | "Ar" | "Op"
+                | "Nd" => {
                     if !args.is_empty() {
                         let args = if matches!(mac, "BR" | "IR" | "RB" | "RI" | "BI" | "IB") {
                             args.split_whitespace().collect::<String>()
@@ -365,12 +389,18 @@ pub fn html_to_text(html: &str) -> String {
                 None => break,
             };
             let tag = &lower[i + 1..end - 1];
-            let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let name: String = tag
+                .trim_start_matches('/')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
             if (name == "script" || name == "style") && !tag.starts_with('/') {
                 let close = format!("</{name}");
                 i = lower[end..].find(&close).map_or(bytes.len(), |p| {
                     let after = end + p;
-                    lower[after..].find('>').map_or(bytes.len(), |q| after + q + 1)
+                    lower[after..]
+                        .find('>')
+                        .map_or(bytes.len(), |q| after + q + 1)
                 });
                 continue;
             }
@@ -381,8 +411,8 @@ pub fn html_to_text(html: &str) -> String {
                     out.push_str(&"#".repeat(n as usize));
                     out.push(' ');
                 }
-                "p" | "div" | "br" | "li" | "tr" | "pre" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "dt"
-                | "dd" | "table" | "ul" | "ol" | "section" => out.push('\n'),
+                "p" | "div" | "br" | "li" | "tr" | "pre" | "h1" | "h2" | "h3" | "h4" | "h5"
+                | "h6" | "dt" | "dd" | "table" | "ul" | "ol" | "section" => out.push('\n'),
                 _ => {}
             }
             i = end;
@@ -411,7 +441,10 @@ pub fn info(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
     for node in text.split('\u{1f}') {
         let mut it = node.trim_start_matches('\n').lines();
         let Some(first) = it.next() else { continue };
-        if first.starts_with("Tag Table:") || first.starts_with("End Tag Table") || first.starts_with("Indirect:") {
+        if first.starts_with("Tag Table:")
+            || first.starts_with("End Tag Table")
+            || first.starts_with("Indirect:")
+        {
             continue;
         }
         if let Some(p) = first.find("Node: ") {
@@ -426,7 +459,11 @@ pub fn info(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
 }
 
 /// Reads every file, skipping and counting the unreadable ones.
-pub fn read_all(files: &[(PathBuf, Kind)], render_man: bool, stats: &mut ReadStats) -> Vec<Document> {
+pub fn read_all(
+    files: &[(PathBuf, Kind)],
+    render_man: bool,
+    stats: &mut ReadStats,
+) -> Vec<Document> {
     let mut out = Vec::new();
     for (p, k) in files {
         match read(p, *k, render_man) {
@@ -444,7 +481,10 @@ pub fn read_all(files: &[(PathBuf, Kind)], render_man: bool, stats: &mut ReadSta
 pub fn check_roots(roots: &[PathBuf]) -> Result<()> {
     for r in roots {
         if !r.exists() {
-            return Err(RagError::Invalid(format!("expected a file or folder to index, found no such path: {}", r.display())));
+            return Err(RagError::Invalid(format!(
+                "expected a file or folder to index, found no such path: {}",
+                r.display()
+            )));
         }
     }
     Ok(())

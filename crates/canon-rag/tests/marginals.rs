@@ -4,14 +4,28 @@
 use canon_rag::marginal::*;
 
 fn toy(z: usize, prefix: &[u32]) -> Vec<f64> {
-    let h = prefix.iter().fold(z as u64 * 7 + 3, |a, &t| a * 31 + t as u64 + 1);
-    let logits: Vec<f64> = (0..4u64).map(|t| (((h * 17 + t * 13) % 11) as f64) / 3.0).collect();
+    let h = prefix
+        .iter()
+        .fold(z as u64 * 7 + 3, |a, &t| a * 31 + t as u64 + 1);
+    let logits: Vec<f64> = (0..4u64)
+        .map(|t| (((h * 17 + t * 13) % 11) as f64) / 3.0)
+        .collect();
     let lse = logsumexp(&logits);
     logits.iter().map(|l| l - lse).collect()
 }
 
 fn all_seqs(n: usize) -> Vec<Vec<u32>> {
-    (0..4usize.pow(n as u32)).map(|mut c| (0..n).map(|_| { let t = (c % 4) as u32; c /= 4; t }).collect()).collect()
+    (0..4usize.pow(n as u32))
+        .map(|mut c| {
+            (0..n)
+                .map(|_| {
+                    let t = (c % 4) as u32;
+                    c /= 4;
+                    t
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -52,8 +66,14 @@ fn rag_sequence_and_token_match_brute_force() {
         assert!((rag_token_logprob(&prior, &y, &mut f).exp() - tok).abs() < 1e-12);
     }
     // Both are distributions over sequences of a fixed length.
-    let s: f64 = all_seqs(3).iter().map(|y| rag_sequence_logprob(&prior, y, &mut f).exp()).sum();
-    let t: f64 = all_seqs(3).iter().map(|y| rag_token_logprob(&prior, y, &mut f).exp()).sum();
+    let s: f64 = all_seqs(3)
+        .iter()
+        .map(|y| rag_sequence_logprob(&prior, y, &mut f).exp())
+        .sum();
+    let t: f64 = all_seqs(3)
+        .iter()
+        .map(|y| rag_token_logprob(&prior, y, &mut f).exp())
+        .sum();
     assert!((s - 1.0).abs() < 1e-9 && (t - 1.0).abs() < 1e-9);
 }
 
@@ -67,12 +87,17 @@ fn decoding_rag_token_greedy_and_rag_sequence_thorough_vs_fast() {
         assert!(m.iter().all(|&v| v <= m[y[i] as usize]));
         assert!((m.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-12);
     }
-    let cands: Vec<Vec<Vec<u32>>> = (0..3).map(|z| vec![greedy_for_doc(z, None, 3, &mut f)]).collect();
+    let cands: Vec<Vec<Vec<u32>>> = (0..3)
+        .map(|z| vec![greedy_for_doc(z, None, 3, &mut f)])
+        .collect();
     let thorough = rag_sequence_decode(&prior, &cands, SeqDecoding::Thorough, &mut f);
     let fast = rag_sequence_decode(&prior, &cands, SeqDecoding::Fast, &mut f);
     for (y, lp) in &thorough {
         assert!((lp - rag_sequence_logprob(&prior, y, &mut f)).abs() < 1e-12);
         let fl = fast.iter().find(|c| &c.0 == y).unwrap().1;
-        assert!(fl <= *lp + 1e-12, "fast drops terms, so it never exceeds thorough");
+        assert!(
+            fl <= *lp + 1e-12,
+            "fast drops terms, so it never exceeds thorough"
+        );
     }
 }

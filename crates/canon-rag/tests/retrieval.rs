@@ -30,20 +30,37 @@ fn builtin_man_reader_keeps_option_lines_and_sections() {
 fn rendered_man_drops_header_footer_and_finds_headings() {
     let t = "LS(1)   User Commands   LS(1)\n\nNAME\n       ls - list\n\nOPTIONS\n       -a, --all\n              do not ignore\n\nGNU   2024   LS(1)\n";
     let (lines, heads) = reader::man_rendered(t);
-    assert_eq!(heads.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), ["NAME", "OPTIONS"]);
-    assert!(!lines.iter().any(|l| l.contains("User Commands") || l.contains("GNU")));
-    assert_eq!(reader::strip_overstrike("N\u{8}NA\u{8}A \u{1b}[1mx\u{1b}[0m"), "NA x");
+    assert_eq!(
+        heads.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(),
+        ["NAME", "OPTIONS"]
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("User Commands") || l.contains("GNU"))
+    );
+    assert_eq!(
+        reader::strip_overstrike("N\u{8}NA\u{8}A \u{1b}[1mx\u{1b}[0m"),
+        "NA x"
+    );
 }
 
 #[test]
 fn html_markdown_info_readers() {
-    let h = reader::html_to_text("<html><style>x{}</style><h2>Usage</h2><p>Run &amp; see</p><script>bad()</script></html>");
+    let h = reader::html_to_text(
+        "<html><style>x{}</style><h2>Usage</h2><p>Run &amp; see</p><script>bad()</script></html>",
+    );
     let (lines, heads) = reader::markdown(&h);
     assert_eq!(heads, vec![(1, "Usage".to_string())]);
     assert!(lines.iter().any(|l| l == "Run & see"));
     assert!(!h.contains("bad()") && !h.contains("x{}"));
-    let (_, heads) = reader::info("intro\n\u{1f}\nFile: a.info,  Node: Top,  Next: B\n\ntext\n\u{1f}\nFile: a.info,  Node: B,  Up: Top\nmore\n");
-    assert_eq!(heads.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(), ["Top", "B"]);
+    let (_, heads) = reader::info(
+        "intro\n\u{1f}\nFile: a.info,  Node: Top,  Next: B\n\ntext\n\u{1f}\nFile: a.info,  Node: B,  Up: Top\nmore\n",
+    );
+    assert_eq!(
+        heads.iter().map(|h| h.1.as_str()).collect::<Vec<_>>(),
+        ["Top", "B"]
+    );
 }
 
 #[test]
@@ -60,9 +77,18 @@ fn skips_binary_bad_utf8_and_empty_files() {
     let docs = reader::read_all(&files, false, &mut st);
     assert_eq!((st.read, st.binary, st.bad_utf8, st.empty), (2, 1, 1, 1));
     assert_eq!(docs[1].headings, vec![(0, "T".to_string())]);
-    assert_eq!(reader::read(&d.path().join("d.txt"), Kind::Text, false), Err(Skip::Empty));
-    assert_eq!(reader::kind_of(std::path::Path::new("/usr/share/man/man1/ls.1.gz")), Some(Kind::Man));
-    assert_eq!(reader::kind_of(std::path::Path::new("/x/coreutils.info.gz")), Some(Kind::Info));
+    assert_eq!(
+        reader::read(&d.path().join("d.txt"), Kind::Text, false),
+        Err(Skip::Empty)
+    );
+    assert_eq!(
+        reader::kind_of(std::path::Path::new("/usr/share/man/man1/ls.1.gz")),
+        Some(Kind::Man)
+    );
+    assert_eq!(
+        reader::kind_of(std::path::Path::new("/x/coreutils.info.gz")),
+        Some(Kind::Info)
+    );
 }
 
 #[test]
@@ -74,14 +100,27 @@ fn chunks_stay_in_sections_respect_budget_and_overlap() {
         lines,
         headings: vec![(0, "A".into()), (20, "B".into())],
     };
-    let ch = chunk_document(&doc, ChunkConfig { max_tokens: 20, overlap: 4 }, &word_count);
+    let ch = chunk_document(
+        &doc,
+        ChunkConfig {
+            max_tokens: 20,
+            overlap: 4,
+        },
+        &word_count,
+    );
     for c in &ch {
         assert!(word_count(&c.text) <= 20, "{c:?}");
-        assert!(c.section == "A" && c.line_end <= 20 || c.section == "B" && c.line_start > 20, "{c:?}");
+        assert!(
+            c.section == "A" && c.line_end <= 20 || c.section == "B" && c.line_start > 20,
+            "{c:?}"
+        );
     }
     // Every line is covered, and consecutive chunks of a section share exactly one line (4 tokens).
     for l in 1..=30 {
-        assert!(ch.iter().any(|c| c.line_start <= l && l <= c.line_end), "line {l} missing");
+        assert!(
+            ch.iter().any(|c| c.line_start <= l && l <= c.line_end),
+            "line {l} missing"
+        );
     }
     let a: Vec<_> = ch.iter().filter(|c| c.section == "A").collect();
     assert_eq!(a[0].line_start, 1);
@@ -91,7 +130,11 @@ fn chunks_stay_in_sections_respect_budget_and_overlap() {
 
 #[test]
 fn bm25_matches_hand_computed_score() {
-    let docs = ["list directory contents", "copy files and directories", "list list files"];
+    let docs = [
+        "list directory contents",
+        "copy files and directories",
+        "list list files",
+    ];
     let ix = Bm25::build(docs);
     let hits = ix.search("list", 10);
     assert_eq!(hits.len(), 2);
@@ -135,7 +178,13 @@ fn toy_index(dir: &std::path::Path, model: &str) {
         chunks: chunks.len(),
         man_rendered: false,
         roots: vec![],
-        files: vec![FileEntry { path: "x.1".into(), size: 1, mtime: 0, chunk_start: 0, chunk_end: 2 }],
+        files: vec![FileEntry {
+            path: "x.1".into(),
+            size: 1,
+            mtime: 0,
+            chunk_start: 0,
+            chunk_end: 2,
+        }],
         stats: ReadStats::default(),
     };
     write_index(dir, &meta, &chunks, &vectors).unwrap();
@@ -148,9 +197,16 @@ fn index_round_trip_checks_model_version_and_corruption() {
     toy_index(&ip, "m1");
     let ix = Index::open(&ip, Some("m1")).unwrap();
     assert_eq!(ix.chunks.len(), 2);
-    let h = ix.search("gamma", Some(&[0.0, 1.0]), Mode::Hybrid, 1).unwrap();
+    let h = ix
+        .search("gamma", Some(&[0.0, 1.0]), Mode::Hybrid, 1)
+        .unwrap();
     assert_eq!(h[0].chunk.section, "OPTIONS");
-    assert_eq!(ix.search("alpha", None, Mode::Bm25, 5).unwrap()[0].chunk.section, "NAME");
+    assert_eq!(
+        ix.search("alpha", None, Mode::Bm25, 5).unwrap()[0]
+            .chunk
+            .section,
+        "NAME"
+    );
     assert!(ix.search("  ", None, Mode::Bm25, 5).is_err());
     let e = Index::open(&ip, Some("other")).err().unwrap().to_string();
     assert!(e.contains("embedded with 'm1'"), "{e}");
@@ -161,7 +217,13 @@ fn index_round_trip_checks_model_version_and_corruption() {
     let mp = ip.join("meta.json");
     let m = std::fs::read_to_string(&mp).unwrap();
     std::fs::write(&mp, m.replace("\"version\": 1", "\"version\": 99")).unwrap();
-    assert!(Index::open(&ip, None).err().unwrap().to_string().contains("version 99"));
+    assert!(
+        Index::open(&ip, None)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("version 99")
+    );
     std::fs::write(&mp, m).unwrap();
     std::fs::write(ip.join("vectors.f32"), [0u8; 12]).unwrap();
     assert!(Index::open(&ip, None).is_err());

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use canon_rag::chunk::{Chunk, ChunkConfig, chunk_document};
-use canon_rag::index::{FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index};
+use canon_rag::index::{
+    FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index,
+};
 use canon_rag::reader::{self, ReadStats};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -104,8 +106,10 @@ fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new(len as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
 }
@@ -133,21 +137,33 @@ fn build_files(
     let mut entries = Vec::new();
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut old_vecs: Vec<Option<Vec<f32>>> = Vec::new();
-    let count = |s: &str| enc.embedder.token_ids(s).map(|t| t.len()).unwrap_or_else(|_| s.split_whitespace().count());
+    let count = |s: &str| {
+        enc.embedder
+            .token_ids(s)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.split_whitespace().count())
+    };
     let pb = bar(ctx, files.len(), "read files/s");
     for (p, k) in files {
         pb.inc(1);
         let key = p.display().to_string();
         let (size, mtime) = file_stamp(p)?;
         let start = chunks.len();
-        if let Some((e, cs, vs)) = reuse.get(&key).filter(|(e, _, _)| e.size == size && e.mtime == mtime) {
+        if let Some((e, cs, vs)) = reuse
+            .get(&key)
+            .filter(|(e, _, _)| e.size == size && e.mtime == mtime)
+        {
             stats.read += 1;
             let dim = enc.embedder.dim();
             for (i, c) in cs.iter().enumerate() {
                 chunks.push(c.clone());
                 old_vecs.push(Some(vs[i * dim..(i + 1) * dim].to_vec()));
             }
-            entries.push(FileEntry { chunk_start: start, chunk_end: chunks.len(), ..e.clone() });
+            entries.push(FileEntry {
+                chunk_start: start,
+                chunk_end: chunks.len(),
+                ..e.clone()
+            });
             continue;
         }
         match reader::read(p, *k, render_man) {
@@ -157,14 +173,22 @@ fn build_files(
                     chunks.push(c);
                     old_vecs.push(None);
                 }
-                entries.push(FileEntry { path: key, size, mtime, chunk_start: start, chunk_end: chunks.len() });
+                entries.push(FileEntry {
+                    path: key,
+                    size,
+                    mtime,
+                    chunk_start: start,
+                    chunk_end: chunks.len(),
+                });
             }
             Err(s) => stats.count(s),
         }
     }
     pb.finish_and_clear();
     let read_s = t0.elapsed().as_secs_f64();
-    let todo: Vec<usize> = (0..chunks.len()).filter(|&i| old_vecs[i].is_none()).collect();
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&i| old_vecs[i].is_none())
+        .collect();
     let dim = enc.embedder.dim();
     let mut vectors = vec![0f32; chunks.len() * dim];
     for (i, v) in old_vecs.iter().enumerate() {
@@ -193,12 +217,21 @@ fn build_files(
                 "threads": ctx.threads})
         );
     }
-    Ok(Built { files: entries, chunks, vectors, stats })
+    Ok(Built {
+        files: entries,
+        chunks,
+        vectors,
+        stats,
+    })
 }
 
 fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if b.max_tokens == 0 || b.overlap >= b.max_tokens {
-        bail!("expected 0 <= --overlap < --max-tokens, found overlap {} and max tokens {}", b.overlap, b.max_tokens);
+        bail!(
+            "expected 0 <= --overlap < --max-tokens, found overlap {} and max tokens {}",
+            b.overlap,
+            b.max_tokens
+        );
     }
     reader::check_roots(&b.docs)?;
     let mut files = reader::walk(&b.docs)?;
@@ -209,15 +242,37 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         bail!("expected readable files under --docs, found none");
     }
     let enc = model_gen::load_encoder(&b.model, ctx)?;
-    let cfg = ChunkConfig { max_tokens: b.max_tokens, overlap: b.overlap };
+    let cfg = ChunkConfig {
+        max_tokens: b.max_tokens,
+        overlap: b.overlap,
+    };
     let t0 = Instant::now();
     let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &HashMap::new(), ctx)?;
-    finish(&b.out, &b.model, b.man, b.docs.iter().map(|p| p.display().to_string()).collect(), built, t0, ctx)
+    finish(
+        &b.out,
+        &b.model,
+        b.man,
+        b.docs.iter().map(|p| p.display().to_string()).collect(),
+        built,
+        t0,
+        ctx,
+    )
 }
 
-fn finish(out: &std::path::Path, model: &str, man: bool, roots: Vec<String>, built: Built, t0: Instant, ctx: &Ctx) -> anyhow::Result<()> {
+fn finish(
+    out: &std::path::Path,
+    model: &str,
+    man: bool,
+    roots: Vec<String>,
+    built: Built,
+    t0: Instant,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
     if built.chunks.is_empty() {
-        bail!("expected text to index, found none ({} files skipped)", built.stats.skipped());
+        bail!(
+            "expected text to index, found none ({} files skipped)",
+            built.stats.skipped()
+        );
     }
     let dim = built.vectors.len() / built.chunks.len();
     let meta = Meta {
@@ -249,7 +304,11 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let files = reader::walk(&roots)?;
     let enc = model_gen::load_encoder(&meta.model, ctx)?;
     if enc.embedder.dim() != meta.dim {
-        bail!("expected a {}-wide embedding model for this index, found {}", meta.dim, enc.embedder.dim());
+        bail!(
+            "expected a {}-wide embedding model for this index, found {}",
+            meta.dim,
+            enc.embedder.dim()
+        );
     }
     let mut reuse = HashMap::new();
     for e in &meta.files {
@@ -259,9 +318,25 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     // The chunking limits are not stored; updates use the defaults of `index build`.
     let t0 = Instant::now();
-    let built = build_files(&files, meta.man_rendered, ChunkConfig::default(), &enc, u.batch_size, &reuse, ctx)?;
+    let built = build_files(
+        &files,
+        meta.man_rendered,
+        ChunkConfig::default(),
+        &enc,
+        u.batch_size,
+        &reuse,
+        ctx,
+    )?;
     drop(old);
-    finish(&u.index, &meta.model, meta.man_rendered, meta.roots.clone(), built, t0, ctx)
+    finish(
+        &u.index,
+        &meta.model,
+        meta.man_rendered,
+        meta.roots.clone(),
+        built,
+        t0,
+        ctx,
+    )
 }
 
 pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -278,9 +353,18 @@ pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         let enc = model_gen::load_encoder(&ix.meta.model, ctx)?;
         if enc.embedder.dim() != ix.meta.dim {
-            bail!("expected a {}-wide embedding model for this index, found {}", ix.meta.dim, enc.embedder.dim());
+            bail!(
+                "expected a {}-wide embedding model for this index, found {}",
+                ix.meta.dim,
+                enc.embedder.dim()
+            );
         }
-        let mut v = enc.embedder.embed(std::slice::from_ref(&a.query), 1)?.into_iter().next().context("no query embedding")?;
+        let mut v = enc
+            .embedder
+            .embed(std::slice::from_ref(&a.query), 1)?
+            .into_iter()
+            .next()
+            .context("no query embedding")?;
         canon_rag::dense::normalize(&mut v);
         Some(v)
     };
@@ -295,14 +379,26 @@ pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     "path": h.chunk.path, "lines": [h.chunk.line_start, h.chunk.line_end], "text": h.chunk.text})
             );
         } else {
-            println!("[{}] {} — {} ({}:{}-{}) score {:.4}", n + 1, h.chunk.page, h.chunk.section, h.chunk.path, h.chunk.line_start, h.chunk.line_end, h.score);
+            println!(
+                "[{}] {} — {} ({}:{}-{}) score {:.4}",
+                n + 1,
+                h.chunk.page,
+                h.chunk.section,
+                h.chunk.path,
+                h.chunk.line_start,
+                h.chunk.line_end,
+                h.score
+            );
             for l in h.chunk.text.lines().take(6) {
                 println!("    {l}");
             }
         }
     }
     if !ctx.quiet && !a.json {
-        eprintln!("{}", json!({"search_ms": ms, "mode": a.mode, "chunks": ix.meta.chunks}));
+        eprintln!(
+            "{}",
+            json!({"search_ms": ms, "mode": a.mode, "chunks": ix.meta.chunks})
+        );
     }
     Ok(())
 }
