@@ -310,7 +310,6 @@ fn unescape_roff(s: &str) -> String {
 pub fn man_source(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
     let mut lines = Vec::new();
     let mut headings = Vec::new();
-    let mut tp_pending = false;
     for raw in text.lines() {
         if let Some(rest) = raw.strip_prefix('.').or_else(|| raw.strip_prefix('\'')) {
             let (mac, args) = rest
@@ -324,33 +323,24 @@ pub fn man_source(text: &str) -> (Vec<String>, Vec<(usize, String)>) {
                     headings.push((lines.len(), args.clone()));
                     lines.push(args);
                 }
-                "TP" => tp_pending = true,
-                "IP" | "It" | "TQ" => {
-                    if !args.is_empty() {
-                        lines.push(args);
-                    }
-                }
+                "IP" | "It" | "TQ" if !args.is_empty() => lines.push(args),
                 "PP" | "LP" | "P" | "Pp" | "br" | "sp" => lines.push(String::new()),
                 "B" | "I" | "BR" | "IR" | "RB" | "RI" | "BI" | "IB" | "Nm" | "Fl" | "Ar" | "Op"
-                | "Nd" => {
-                    if !args.is_empty() {
-                        let args = if matches!(mac, "BR" | "IR" | "RB" | "RI" | "BI" | "IB") {
-                            args.split_whitespace().collect::<String>()
-                        } else {
-                            args
-                        };
-                        lines.push(args);
-                    }
+                | "Nd"
+                    if !args.is_empty() =>
+                {
+                    let args = if matches!(mac, "BR" | "IR" | "RB" | "RI" | "BI" | "IB") {
+                        args.split_whitespace().collect::<String>()
+                    } else {
+                        args
+                    };
+                    lines.push(args);
                 }
                 _ => {}
             }
             continue;
         }
-        let t = unescape_roff(raw);
-        if tp_pending {
-            tp_pending = false;
-        }
-        lines.push(t);
+        lines.push(unescape_roff(raw));
     }
     (lines, headings)
 }

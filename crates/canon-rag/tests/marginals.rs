@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 //! RAG-Sequence and RAG-Token against brute force on a toy generator with 3 documents and a
 //! 4-token vocabulary whose next-token distribution depends on the document and the prefix.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 use canon_rag::bm25::{Bm25, terms};
 use canon_rag::chunk::{ChunkConfig, chunk_document, word_count};
 use canon_rag::index::{FORMAT, FileEntry, Index, Meta, Mode, VERSION, write_index};
