@@ -57,6 +57,10 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// Sentence embeddings, one JSON line per input text.
     Embed(cmd::embed::EmbedArgs),
+    /// Build or update a retrieval index over documents and man pages.
+    Index(cmd::index::IndexArgs),
+    /// Search a retrieval index (hybrid, dense or BM25).
+    Search(cmd::index::SearchArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model (HumanEval pass@k with sandboxed execution).
@@ -159,6 +163,8 @@ impl Command {
             | Command::Assets(_)
             | Command::Info(_)
             | Command::Plot(_)
+            | Command::Index(_)
+            | Command::Search(_)
             | Command::Completions { .. }
             | Command::Quantize(_)
             | Command::Merge(_)
@@ -235,6 +241,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a, &ctx),
         Command::Chat(a) => cmd::chat::run(a, &ctx),
         Command::Embed(a) => cmd::embed::run(a, &ctx),
+        Command::Index(a) => cmd::index::run(a, &ctx),
+        Command::Search(a) => cmd::index::search(a, &ctx),
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),

@@ -7,6 +7,7 @@ pub mod finetune_bert;
 pub mod flan;
 pub mod generate;
 pub mod info;
+pub mod index;
 pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;

@@ -1,0 +1,39 @@
+//! Retrieval-augmented generation building blocks (Lewis et al., 2020).
+//!
+//! * [`reader`]: text, Markdown, HTML (text only), man pages and info files, with skip counts.
+//! * [`chunk`]: section-aware chunks with overlap that keep their source (file, page, section, lines).
+//! * [`bm25`]: an Okapi BM25 inverted index.
+//! * [`dense`]: exact cosine search over memory-mapped vectors.
+//! * [`fuse`]: reciprocal rank fusion of several rankings.
+//! * [`index`]: the on-disk index (format version and embedding model id checked at load).
+//! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
+
+pub mod bm25;
+pub mod chunk;
+pub mod dense;
+pub mod fuse;
+pub mod index;
+pub mod marginal;
+pub mod reader;
+
+/// Errors of the retrieval crate.
+#[derive(Debug, thiserror::Error)]
+pub enum RagError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, RagError>;
+
+pub(crate) fn io_err(path: &std::path::Path, source: std::io::Error) -> RagError {
+    RagError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}

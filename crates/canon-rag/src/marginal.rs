@@ -1,0 +1,177 @@
+//! The two RAG models of Lewis et al. (2020), over the top-k retrieved documents `z`:
+//!
+//! * document prior `p(z|x) = softmax_z(score(z, x))` over the top-k retrieval scores;
+//! * RAG-Sequence: `p(y|x) = Σ_z p(z|x) Π_i p(y_i | x, z, y_<i)` (one document per sequence);
+//! * RAG-Token: `p(y|x) = Π_i Σ_z p(z|x) p(y_i | x, z, y_<i)` (a document per token), whose
+//!   per-step marginal `p'(y_i | x, y_<i) = Σ_z p(z|x) p(y_i | x, z, y_<i)` drives decoding.
+//!
+//! The generator is abstract: `next_logprobs(z, prefix)` returns log-probabilities over the
+//! vocabulary for the next token given document `z` (and the fixed input x) and the prefix.
+
+/// `p(z|x)`: log-softmax of the retrieval scores.
+pub fn doc_log_prior(scores: &[f64]) -> Vec<f64> {
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln();
+    scores.iter().map(|s| s - lse).collect()
+}
+
+/// `log Σ exp(v)`, `-inf` for an empty or all `-inf` input.
+pub fn logsumexp(v: &[f64]) -> f64 {
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+/// `log p(y | x, z)` for one document: the sum of token log-probabilities.
+pub fn seq_logprob(
+    z: usize,
+    y: &[u32],
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> f64 {
+    (0..y.len())
+        .map(|i| {
+            next_logprobs(z, &y[..i])
+                .get(y[i] as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY)
+        })
+        .sum()
+}
+
+/// RAG-Sequence `log p(y|x)`.
+pub fn rag_sequence_logprob(
+    log_prior: &[f64],
+    y: &[u32],
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> f64 {
+    let per: Vec<f64> = (0..log_prior.len())
+        .map(|z| log_prior[z] + seq_logprob(z, y, next_logprobs))
+        .collect();
+    logsumexp(&per)
+}
+
+/// RAG-Token per-step marginal: log `p'(· | x, prefix)` over the vocabulary.
+pub fn rag_token_next(
+    log_prior: &[f64],
+    prefix: &[u32],
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<f64> {
+    let per: Vec<Vec<f64>> = (0..log_prior.len())
+        .map(|z| next_logprobs(z, prefix))
+        .collect();
+    let vocab = per.iter().map(Vec::len).min().unwrap_or(0);
+    (0..vocab)
+        .map(|t| {
+            logsumexp(
+                &(0..per.len())
+                    .map(|z| log_prior[z] + per[z][t])
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+/// RAG-Token `log p(y|x)`.
+pub fn rag_token_logprob(
+    log_prior: &[f64],
+    y: &[u32],
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> f64 {
+    (0..y.len())
+        .map(|i| {
+            rag_token_next(log_prior, &y[..i], next_logprobs)
+                .get(y[i] as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY)
+        })
+        .sum()
+}
+
+fn argmax(v: &[f64]) -> Option<u32> {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i as u32)
+}
+
+/// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after `eos`
+/// (included) or `max_new` tokens.
+pub fn rag_token_greedy(
+    log_prior: &[f64],
+    eos: Option<u32>,
+    max_new: usize,
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<u32> {
+    let mut y = Vec::new();
+    while y.len() < max_new {
+        let Some(t) = argmax(&rag_token_next(log_prior, &y, next_logprobs)) else {
+            break;
+        };
+        y.push(t);
+        if Some(t) == eos {
+            break;
+        }
+    }
+    y
+}
+
+/// Greedy decoding with one document: the per-document hypothesis of RAG-Sequence decoding.
+pub fn greedy_for_doc(
+    z: usize,
+    eos: Option<u32>,
+    max_new: usize,
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<u32> {
+    let mut y = Vec::new();
+    while y.len() < max_new {
+        let Some(t) = argmax(&next_logprobs(z, &y)) else {
+            break;
+        };
+        y.push(t);
+        if Some(t) == eos {
+            break;
+        }
+    }
+    y
+}
+
+/// RAG-Sequence decoding mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqDecoding {
+    /// Every candidate is scored under every document (an extra forward pass per pair).
+    Thorough,
+    /// A candidate not produced by document z gets `p(y|x,z) ≈ 0` for that document.
+    Fast,
+}
+
+/// RAG-Sequence decoding over candidate sets: `candidates[z]` are the hypotheses document z's own
+/// search produced (a greedy hypothesis per document when built with [`greedy_for_doc`]). Returns
+/// every distinct candidate with its `log p(y|x)` estimate, best first.
+pub fn rag_sequence_decode(
+    log_prior: &[f64],
+    candidates: &[Vec<Vec<u32>>],
+    mode: SeqDecoding,
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<(Vec<u32>, f64)> {
+    let mut all: Vec<Vec<u32>> = candidates.iter().flatten().cloned().collect();
+    all.sort();
+    all.dedup();
+    let mut out: Vec<(Vec<u32>, f64)> = all
+        .into_iter()
+        .map(|y| {
+            let per: Vec<f64> = (0..log_prior.len())
+                .filter(|&z| {
+                    mode == SeqDecoding::Thorough
+                        || candidates.get(z).is_some_and(|c| c.contains(&y))
+                })
+                .map(|z| log_prior[z] + seq_logprob(z, &y, next_logprobs))
+                .collect();
+            let lp = logsumexp(&per);
+            (y, lp)
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}

@@ -1,0 +1,404 @@
+//! `canon index build|update` and `canon search`: retrieval over local documents and man pages.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use canon_rag::chunk::{Chunk, ChunkConfig, chunk_document};
+use canon_rag::index::{
+    FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index,
+};
+use canon_rag::reader::{self, ReadStats};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    pub cmd: IndexCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCmd {
+    /// Read, chunk, embed and index documents into a new index folder.
+    #[command(after_help = "Examples:
+  canon index build --docs notes/ README.md --out docs.idx
+  canon index build --man --docs /usr/share/man/man1 --out man1.idx")]
+    Build(BuildArgs),
+    /// Re-index the files of an index that changed, appeared or disappeared since it was built.
+    #[command(after_help = "Example:
+  canon index update --index docs.idx")]
+    Update(UpdateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Files or folders to index (folders are walked; .gz files are read decompressed).
+    #[arg(long, num_args = 1.., required = true)]
+    pub docs: Vec<PathBuf>,
+    /// Render man pages with the system `man` (no hyphenation or justification) instead of the
+    /// built-in reader.
+    #[arg(long)]
+    pub man: bool,
+    /// The index folder to write (replaced atomically when it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Embedding model.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// Most tokens (embedding tokenizer) per chunk.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Tokens repeated from the previous chunk of the same section.
+    #[arg(long, default_value_t = 32)]
+    pub overlap: usize,
+    /// Texts per embedding forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Index at most this many files (the first in path order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// The index folder to update.
+    #[arg(long)]
+    pub index: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon search --index man1.idx \"list directory contents sorted by time\"
+  canon search --index man1.idx --mode bm25 --k 10 --json \"--block-size\"")]
+pub struct SearchArgs {
+    /// The index folder.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// The query.
+    pub query: String,
+    /// Number of passages.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// hybrid (reciprocal rank fusion of dense and BM25), dense or bm25.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    /// One JSON object per hit.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: IndexArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    match a.cmd {
+        IndexCmd::Build(b) => build(b, ctx),
+        IndexCmd::Update(u) => update(u, ctx),
+    }
+}
+
+fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
+    if ctx.quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+struct Built {
+    files: Vec<FileEntry>,
+    chunks: Vec<Chunk>,
+    vectors: Vec<f32>,
+    stats: ReadStats,
+}
+
+/// Reads, chunks and embeds `files`; `reuse` maps an unchanged path to its old chunks and vectors.
+#[allow(clippy::too_many_arguments)]
+fn build_files(
+    files: &[(PathBuf, reader::Kind)],
+    render_man: bool,
+    cfg: ChunkConfig,
+    enc: &canon_models::LoadedEncoder,
+    batch_size: usize,
+    reuse: &HashMap<String, (FileEntry, Vec<Chunk>, Vec<f32>)>,
+    ctx: &Ctx,
+) -> anyhow::Result<Built> {
+    let t0 = Instant::now();
+    let mut stats = ReadStats::default();
+    let mut entries = Vec::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut old_vecs: Vec<Option<Vec<f32>>> = Vec::new();
+    let count = |s: &str| {
+        enc.embedder
+            .token_ids(s)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.split_whitespace().count())
+    };
+    let pb = bar(ctx, files.len(), "read files/s");
+    for (p, k) in files {
+        pb.inc(1);
+        let key = p.display().to_string();
+        let (size, mtime) = file_stamp(p)?;
+        let start = chunks.len();
+        if let Some((e, cs, vs)) = reuse
+            .get(&key)
+            .filter(|(e, _, _)| e.size == size && e.mtime == mtime)
+        {
+            stats.read += 1;
+            let dim = enc.embedder.dim();
+            for (i, c) in cs.iter().enumerate() {
+                chunks.push(c.clone());
+                old_vecs.push(Some(vs[i * dim..(i + 1) * dim].to_vec()));
+            }
+            entries.push(FileEntry {
+                chunk_start: start,
+                chunk_end: chunks.len(),
+                ..e.clone()
+            });
+            continue;
+        }
+        match reader::read(p, *k, render_man) {
+            Ok(doc) => {
+                stats.read += 1;
+                for c in chunk_document(&doc, cfg, &count) {
+                    chunks.push(c);
+                    old_vecs.push(None);
+                }
+                entries.push(FileEntry {
+                    path: key,
+                    size,
+                    mtime,
+                    chunk_start: start,
+                    chunk_end: chunks.len(),
+                });
+            }
+            Err(s) => stats.count(s),
+        }
+    }
+    pb.finish_and_clear();
+    let read_s = t0.elapsed().as_secs_f64();
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&i| old_vecs[i].is_none())
+        .collect();
+    let dim = enc.embedder.dim();
+    let mut vectors = vec![0f32; chunks.len() * dim];
+    for (i, v) in old_vecs.iter().enumerate() {
+        if let Some(v) = v {
+            vectors[i * dim..(i + 1) * dim].copy_from_slice(v);
+        }
+    }
+    let t1 = Instant::now();
+    let pb = bar(ctx, todo.len(), "embed chunks/s");
+    for group in todo.chunks(batch_size.max(1) * 8) {
+        let texts: Vec<String> = group.iter().map(|&i| chunks[i].indexed_text()).collect();
+        let vs = enc.embedder.embed(&texts, batch_size)?;
+        for (&i, mut v) in group.iter().zip(vs) {
+            canon_rag::dense::normalize(&mut v);
+            vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+        }
+        pb.inc(group.len() as u64);
+    }
+    pb.finish_and_clear();
+    let embed_s = t1.elapsed().as_secs_f64();
+    if !ctx.quiet {
+        eprintln!(
+            "{}",
+            json!({"files_read": stats.read, "skipped": stats.skipped(), "chunks": chunks.len(), "embedded": todo.len(),
+                "read_chunk_s": read_s, "embed_s": embed_s, "chunks_per_s": todo.len() as f64 / embed_s.max(1e-9),
+                "threads": ctx.threads})
+        );
+    }
+    Ok(Built {
+        files: entries,
+        chunks,
+        vectors,
+        stats,
+    })
+}
+
+fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if b.max_tokens == 0 || b.overlap >= b.max_tokens {
+        bail!(
+            "expected 0 <= --overlap < --max-tokens, found overlap {} and max tokens {}",
+            b.overlap,
+            b.max_tokens
+        );
+    }
+    reader::check_roots(&b.docs)?;
+    let mut files = reader::walk(&b.docs)?;
+    if let Some(l) = b.limit {
+        files.truncate(l);
+    }
+    if files.is_empty() {
+        bail!("expected readable files under --docs, found none");
+    }
+    let enc = model_gen::load_encoder(&b.model, ctx)?;
+    let cfg = ChunkConfig {
+        max_tokens: b.max_tokens,
+        overlap: b.overlap,
+    };
+    let t0 = Instant::now();
+    let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &HashMap::new(), ctx)?;
+    finish(
+        &b.out,
+        &b.model,
+        b.man,
+        b.docs.iter().map(|p| p.display().to_string()).collect(),
+        built,
+        t0,
+        ctx,
+    )
+}
+
+fn finish(
+    out: &std::path::Path,
+    model: &str,
+    man: bool,
+    roots: Vec<String>,
+    built: Built,
+    t0: Instant,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    if built.chunks.is_empty() {
+        bail!(
+            "expected text to index, found none ({} files skipped)",
+            built.stats.skipped()
+        );
+    }
+    let dim = built.vectors.len() / built.chunks.len();
+    let meta = Meta {
+        format: FORMAT.into(),
+        version: VERSION,
+        model: model.into(),
+        dim,
+        chunks: built.chunks.len(),
+        man_rendered: man,
+        roots,
+        files: built.files,
+        stats: built.stats,
+    };
+    write_index(out, &meta, &built.chunks, &built.vectors)?;
+    if !ctx.quiet {
+        eprintln!(
+            "{}",
+            json!({"index": out.display().to_string(), "files": meta.files.len(), "chunks": meta.chunks, "stats": meta.stats, "total_s": t0.elapsed().as_secs_f64()})
+        );
+    }
+    Ok(())
+}
+
+fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let meta = read_meta(&u.index, None)?;
+    let old = Index::open(&u.index, Some(&meta.model))?;
+    let roots: Vec<PathBuf> = meta.roots.iter().map(PathBuf::from).collect();
+    reader::check_roots(&roots)?;
+    let files = reader::walk(&roots)?;
+    let enc = model_gen::load_encoder(&meta.model, ctx)?;
+    if enc.embedder.dim() != meta.dim {
+        bail!(
+            "expected a {}-wide embedding model for this index, found {}",
+            meta.dim,
+            enc.embedder.dim()
+        );
+    }
+    let mut reuse = HashMap::new();
+    for e in &meta.files {
+        let cs = old.chunks[e.chunk_start..e.chunk_end].to_vec();
+        let vs = old.vectors()[e.chunk_start * meta.dim..e.chunk_end * meta.dim].to_vec();
+        reuse.insert(e.path.clone(), (e.clone(), cs, vs));
+    }
+    // The chunking limits are not stored; updates use the defaults of `index build`.
+    let t0 = Instant::now();
+    let built = build_files(
+        &files,
+        meta.man_rendered,
+        ChunkConfig::default(),
+        &enc,
+        u.batch_size,
+        &reuse,
+        ctx,
+    )?;
+    drop(old);
+    finish(
+        &u.index,
+        &meta.model,
+        meta.man_rendered,
+        meta.roots.clone(),
+        built,
+        t0,
+        ctx,
+    )
+}
+
+pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mode: Mode = a.mode.parse()?;
+    if a.query.trim().is_empty() {
+        bail!("expected a non-empty query, found an empty one");
+    }
+    if a.k == 0 {
+        bail!("expected --k of at least 1, found 0");
+    }
+    let ix = Index::open(&a.index, None)?;
+    let qvec = if mode == Mode::Bm25 {
+        None
+    } else {
+        let enc = model_gen::load_encoder(&ix.meta.model, ctx)?;
+        if enc.embedder.dim() != ix.meta.dim {
+            bail!(
+                "expected a {}-wide embedding model for this index, found {}",
+                ix.meta.dim,
+                enc.embedder.dim()
+            );
+        }
+        let mut v = enc
+            .embedder
+            .embed(std::slice::from_ref(&a.query), 1)?
+            .into_iter()
+            .next()
+            .context("no query embedding")?;
+        canon_rag::dense::normalize(&mut v);
+        Some(v)
+    };
+    let t0 = Instant::now();
+    let hits = ix.search(&a.query, qvec.as_deref(), mode, a.k)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    for (n, h) in hits.iter().enumerate() {
+        if a.json {
+            println!(
+                "{}",
+                json!({"rank": n + 1, "id": h.id, "score": h.score, "page": h.chunk.page, "section": h.chunk.section,
+                    "path": h.chunk.path, "lines": [h.chunk.line_start, h.chunk.line_end], "text": h.chunk.text})
+            );
+        } else {
+            println!(
+                "[{}] {} — {} ({}:{}-{}) score {:.4}",
+                n + 1,
+                h.chunk.page,
+                h.chunk.section,
+                h.chunk.path,
+                h.chunk.line_start,
+                h.chunk.line_end,
+                h.score
+            );
+            for l in h.chunk.text.lines().take(6) {
+                println!("    {l}");
+            }
+        }
+    }
+    if !ctx.quiet && !a.json {
+        eprintln!(
+            "{}",
+            json!({"search_ms": ms, "mode": a.mode, "chunks": ix.meta.chunks})
+        );
+    }
+    Ok(())
+}
