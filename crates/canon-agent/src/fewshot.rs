@@ -287,7 +287,11 @@ pub fn evaluate(
     cfg: FewShotConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<FewShotReport> {
-    let test: Vec<&Item> = task.test.iter().take(cfg.limit.unwrap_or(usize::MAX)).collect();
+    let test: Vec<&Item> = task
+        .test
+        .iter()
+        .take(cfg.limit.unwrap_or(usize::MAX))
+        .collect();
     if test.is_empty() {
         return Err(AgentError::Task(format!(
             "task {}: expected at least one test item, found none",
@@ -431,7 +435,12 @@ mod tests {
     #[test]
     fn shared_prefix_scores_equal_scoring_each_full_sequence() {
         let ctx = vec![3u32, 1, 4, 1, 5];
-        let conts = vec![vec![9u32, 2, 6], vec![5u32], vec![3u32, 5, 8, 9, 7], vec![9u32, 2]];
+        let conts = vec![
+            vec![9u32, 2, 6],
+            vec![5u32],
+            vec![3u32, 5, 8, 9, 7],
+            vec![9u32, 2],
+        ];
         let got = continuation_logprobs(&Toy, &ctx, &conts).unwrap();
         for (c, g) in conts.iter().zip(&got) {
             let mut seq = ctx.clone();

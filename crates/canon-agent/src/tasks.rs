@@ -54,7 +54,10 @@ pub fn parse_jsonl(name: &str, path_label: &str, text: &str) -> Result<Task> {
         if !l.options.is_empty() && !l.options.contains(&l.answer) {
             return Err(err(
                 n,
-                format!("answer {:?} is not one of the options {:?}", l.answer, l.options),
+                format!(
+                    "answer {:?} is not one of the options {:?}",
+                    l.answer, l.options
+                ),
             ));
         }
         if l.options.len() == 1 {
@@ -230,7 +233,10 @@ mod tests {
             r#"{"split":"test","question":"b","answer":"z","options":["x","y"]}"#
         );
         let e = parse_jsonl("t", "t.jsonl", &text).unwrap_err().to_string();
-        assert!(e.starts_with("t.jsonl:2:") && e.contains("not one of"), "{e}");
+        assert!(
+            e.starts_with("t.jsonl:2:") && e.contains("not one of"),
+            "{e}"
+        );
         let text = r#"{"split":"dev","question":"b","answer":"z"}"#;
         let e = parse_jsonl("t", "t.jsonl", text).unwrap_err().to_string();
         assert!(e.contains("\"dev\""), "{e}");
