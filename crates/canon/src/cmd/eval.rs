@@ -27,6 +27,8 @@ pub enum EvalCommand {
     Perplexity(super::perplexity::PerplexityArgs),
     /// Zero-shot rank classification over options (FLAN), e.g. on `canon flan build --eval-out`.
     ZeroShot(super::zero_shot::ZeroShotArgs),
+    /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
+    Fewshot(super::fewshot::FewShotArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +111,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         EvalCommand::Humaneval(a) => humaneval_cmd(a, ctx),
         EvalCommand::Perplexity(a) => super::perplexity::run(a, ctx),
         EvalCommand::ZeroShot(a) => super::zero_shot::run(a, ctx),
+        EvalCommand::Fewshot(a) => super::fewshot::run(a, ctx),
     }
 }
 

@@ -1,0 +1,34 @@
+//! Prompting papers: in-context few-shot evaluation (paper 10, GPT-3).
+//!
+//! - [`fewshot`]: tasks (JSONL or generated from data on the machine), K-shot prompts with
+//!   demonstrations drawn from the train split, multiple choice scored by log-likelihood with three
+//!   normalisations, free-form answers by greedy decoding and exact match.
+
+pub mod fewshot;
+pub mod tasks;
+
+/// Errors of the prompting library; each says what was expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{path}:{line}: {message}")]
+    Jsonl {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Task(String),
+    #[error("{0}")]
+    Model(#[from] canon_models::ModelError),
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Text(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, AgentError>;
