@@ -154,6 +154,8 @@ impl Command {
             }
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
+            // `merge --lora DIR` names the adapter to fold in.
+            Command::Merge(_) => (true, false),
             Command::Embed(_)
             | Command::Tokenize(_)
             | Command::Train(_)
@@ -167,7 +169,6 @@ impl Command {
             | Command::Search(_)
             | Command::Completions { .. }
             | Command::Quantize(_)
-            | Command::Merge(_)
             | Command::Translate(_) => (false, false),
         }
     }
