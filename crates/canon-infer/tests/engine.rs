@@ -2,7 +2,10 @@
 //! on what else is in the batch, equal the single-sequence loop's, and survive joins, cancels,
 //! prefix reuse and chunked prefill.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use canon_infer::{Allowed, TokenConstraint};
 
 use canon_infer::{
     Engine, EngineConfig, EngineError, Event, GenerateRequest, Request, SamplingConfig, Session,
@@ -160,7 +163,15 @@ fn a_cancelled_request_frees_its_slot_and_the_queue_has_a_limit() {
     )
     .unwrap();
     let ps = prompts();
-    let a = e.submit(request(&ps[0], sampling(0), 200)).unwrap();
+    // `a` holds the worker inside its second sampling step until the gate opens, so nothing is
+    // admitted meanwhile: the queue state below does not depend on timing.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let mut ra = request(&ps[0], sampling(0), 200);
+    ra.constraint = Some(Box::new(Gate {
+        gate: gate.clone(),
+        free_steps: 1,
+    }));
+    let a = e.submit(ra).unwrap();
     assert!(matches!(
         a.recv_timeout(Duration::from_secs(30)),
         Some(Event::Token { .. })
@@ -170,7 +181,12 @@ fn a_cancelled_request_frees_its_slot_and_the_queue_has_a_limit() {
         e.submit(request(&ps[2], sampling(2), 5)),
         Err(EngineError::QueueFull(1))
     ));
-    drop(a); // frees the only slot
+    drop(a); // cancels `a`: its slot is freed at the next step, and `b` takes it
+    {
+        let (m, c) = &*gate;
+        *m.lock().unwrap() = true;
+        c.notify_all();
+    }
     let c = b.wait().unwrap();
     assert_eq!(c.tokens.len(), 5);
     assert!(matches!(
@@ -264,4 +280,29 @@ fn stop_strings_end_generation_before_the_string_as_the_single_loop_does() {
     );
     assert!(!done.text.contains(&stop));
     e.shutdown();
+}
+
+/// A constraint that allows everything, but blocks the worker in `allowed` after `free_steps`
+/// steps until the gate opens.
+struct Gate {
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    free_steps: usize,
+}
+
+impl TokenConstraint for Gate {
+    fn allowed(&mut self) -> Result<Allowed, String> {
+        if self.free_steps > 0 {
+            self.free_steps -= 1;
+            return Ok(Allowed::All);
+        }
+        let (m, c) = &*self.gate;
+        let mut open = m.lock().map_err(|e| e.to_string())?;
+        while !*open {
+            open = c.wait(open).map_err(|e| e.to_string())?;
+        }
+        Ok(Allowed::All)
+    }
+    fn commit(&mut self, _token: u32) -> Result<(), String> {
+        Ok(())
+    }
 }
