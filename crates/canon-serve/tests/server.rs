@@ -398,9 +398,14 @@ fn a_full_queue_is_429_and_a_vanished_client_frees_its_slot() {
         .json(&chat_body("z", json!({})))
         .send()
         .unwrap();
-    assert!(matches!(r.status().as_u16(), 200 | 429));
+    let z = r.status().as_u16();
     drop(sock); // the streaming client goes away: its slot frees within a step
-    assert_eq!(waiting.join().unwrap(), 200);
+    let y = waiting.join().unwrap();
+    // The queue holds one: at most one of the two is refused, whichever arrived second.
+    assert!(
+        matches!((y, z), (200, 200) | (200, 429) | (429, 200)),
+        "{y} {z}"
+    );
     // A server that queues nothing refuses with 429, Retry-After and OpenAI's error object.
     let full = start(1, 0, None);
     let r = client()
