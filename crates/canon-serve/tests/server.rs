@@ -201,6 +201,8 @@ fn assert_error(status: u16, body: &Value, want: u16, needle: &str) {
 #[test]
 fn openai_shapes_streaming_and_n() {
     let s = start(4, 16, None);
+    // Twice: the second answer, like the streamed one below, reuses the cached prompt.
+    let _ = s.post("/v1/chat/completions", &chat_body("hello", json!({})));
     let (st, v) = s.post("/v1/chat/completions", &chat_body("hello", json!({})));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
