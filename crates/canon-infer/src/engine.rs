@@ -27,7 +27,7 @@ use canon_text::{TokenStream, Tokenizer};
 
 use crate::constrained::{Allowed, TokenConstraint};
 use crate::generate::StopFilter;
-use crate::sampling::{Sampler, log_softmax};
+use crate::sampling::{Sampler, token_logprob};
 use crate::{FinishReason, InferError, Result, SamplingConfig, TokenLogprob};
 
 /// Decode rows per forward pass. Quantized products switch from the row-independent 8-bit kernel
@@ -791,26 +791,6 @@ fn sample_and_emit(
         return Ok(Outcome::Finished(FinishReason::Length));
     }
     Ok(Outcome::Continue(next))
-}
-
-fn token_logprob(tok: &Tokenizer, logits: &[f32], next: u32, k: usize) -> Result<TokenLogprob> {
-    let ls = log_softmax(logits);
-    let mut order: Vec<usize> = (0..ls.len()).collect();
-    let k = k.min(ls.len());
-    if k > 0 {
-        order.select_nth_unstable_by(k - 1, |&a, &b| ls[b].total_cmp(&ls[a]));
-    }
-    order.truncate(k);
-    order.sort_by(|&a, &b| ls[b].total_cmp(&ls[a]).then(a.cmp(&b)));
-    Ok(TokenLogprob {
-        token: next,
-        text: tok.piece(next)?,
-        logprob: ls[next as usize],
-        top: order
-            .iter()
-            .map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i])))
-            .collect::<Result<_>>()?,
-    })
 }
 
 /// Flushes held-back text and sends `Done`.

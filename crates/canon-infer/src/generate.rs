@@ -8,10 +8,8 @@ use candle_core::{Device, Tensor};
 use canon_models::{Cache, CausalLm, LoadedLm, Positions};
 use canon_text::{TokenStream, Tokenizer};
 
-use crate::sampling::{Sampler, log_softmax};
-use crate::{
-    FinishReason, GenerateRequest, Generation, InferError, Result, TextGenerator, TokenLogprob,
-};
+use crate::sampling::{Sampler, token_logprob};
+use crate::{FinishReason, GenerateRequest, Generation, InferError, Result, TextGenerator};
 
 /// A decoding session: the cache and the ids it holds, reused across calls when a new prompt extends
 /// the previous one (multi-turn chat re-sends the whole history).
@@ -170,23 +168,7 @@ pub fn generate_ids(
             break;
         }
         if let (Some(k), Some(v)) = (req.logprobs, lps.as_mut()) {
-            let ls = log_softmax(&logits);
-            let mut order: Vec<usize> = (0..ls.len()).collect();
-            let k = k.min(ls.len());
-            order.select_nth_unstable_by(k.saturating_sub(1).min(ls.len() - 1), |&a, &b| {
-                ls[b].total_cmp(&ls[a])
-            });
-            order.truncate(k);
-            order.sort_by(|&a, &b| ls[b].total_cmp(&ls[a]).then(a.cmp(&b)));
-            v.push(TokenLogprob {
-                token: next,
-                text: tok.piece(next)?,
-                logprob: ls[next as usize],
-                top: order
-                    .iter()
-                    .map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i])))
-                    .collect::<Result<_>>()?,
-            });
+            v.push(token_logprob(tok, &logits, next, k)?);
         }
         tokens.push(next);
         history.push(next);

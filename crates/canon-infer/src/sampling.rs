@@ -216,6 +216,33 @@ impl Sampler {
     }
 }
 
+/// The chosen token's log-probability under `logits` (temperature 1, before any truncation) and
+/// the `k` most likely alternatives, most probable first (ties: lower id first).
+pub(crate) fn token_logprob(
+    tok: &canon_text::Tokenizer,
+    logits: &[f32],
+    next: u32,
+    k: usize,
+) -> crate::Result<crate::TokenLogprob> {
+    let ls = log_softmax(logits);
+    let mut order: Vec<usize> = (0..ls.len()).collect();
+    let k = k.min(ls.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| ls[b].total_cmp(&ls[a]));
+    }
+    order.truncate(k);
+    order.sort_by(|&a, &b| ls[b].total_cmp(&ls[a]).then(a.cmp(&b)));
+    Ok(crate::TokenLogprob {
+        token: next,
+        text: tok.piece(next)?,
+        logprob: ls[next as usize],
+        top: order
+            .iter()
+            .map(|&i| Ok((i as u32, tok.piece(i as u32)?, ls[i])))
+            .collect::<crate::Result<_>>()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,17 +94,21 @@ pub fn generation_json(g: &Generation, tok: &canon_text::Tokenizer) -> serde_jso
     });
     if let Some(lps) = &g.logprobs {
         let _ = tok;
-        v["logprobs"] = lps
-            .iter()
-            .map(|l| {
-                json!({
-                    "id": l.token, "token": l.text, "logprob": l.logprob,
-                    "top_logprobs": l.top.iter().map(|(id, t, lp)| json!({"id": id, "token": t, "logprob": lp})).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        v["logprobs"] = logprobs_json(lps);
     }
     v
+}
+
+/// Per-token log-probabilities with their alternatives, as `--json` prints them.
+fn logprobs_json(lps: &[canon_infer::TokenLogprob]) -> serde_json::Value {
+    lps.iter()
+        .map(|l| {
+            json!({
+                "id": l.token, "token": l.text, "logprob": l.logprob,
+                "top_logprobs": l.top.iter().map(|(id, t, lp)| json!({"id": id, "token": t, "logprob": lp})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -230,15 +234,7 @@ fn run_many(
                     "timings": {"ttft_ms": c.ttft_ms, "decode_ms": c.decode_ms},
                 });
                 if let Some(lps) = &c.logprobs {
-                    v["logprobs"] = lps
-                        .iter()
-                        .map(|l| {
-                            json!({
-                                "id": l.token, "token": l.text, "logprob": l.logprob,
-                                "top_logprobs": l.top.iter().map(|(id, t, lp)| json!({"id": id, "token": t, "logprob": lp})).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect();
+                    v["logprobs"] = logprobs_json(lps);
                 }
                 v
             })

