@@ -8,6 +8,7 @@ pub mod generate;
 pub mod generator;
 pub mod sampling;
 pub mod seq2seq;
+pub mod structured;
 
 pub use constrained::{Allowed, TokenConstraint};
 pub use engine::{
@@ -16,6 +17,7 @@ pub use engine::{
 pub use generate::{LmGenerator, Session, generate_ids};
 pub use generator::{FinishReason, GenerateRequest, Generation, TextGenerator, TokenLogprob};
 pub use sampling::{Sampler, SamplingConfig};
+pub use structured::{Grammar, GrammarCompiler, GrammarConstraint, GrammarError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
