@@ -7,8 +7,9 @@
 //! `Retry-After`; a client that disconnects mid-stream frees its slot within one engine step.
 
 pub mod api;
+mod stream;
+pub mod tools;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,7 +19,6 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use canon_infer::{
@@ -26,10 +26,12 @@ use canon_infer::{
 };
 use canon_models::LoadedEncoder;
 use canon_text::{ChatTemplate, Message};
-use futures_util::Stream;
 use serde_json::{Value, json};
 
 use api::{ApiError, ChatRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, Sampling};
+use canon_infer::{Grammar, GrammarCompiler};
+use stream::{StreamMeta, stream_response};
+use tools::ToolMode;
 
 /// Most completions one request may ask for (`n`).
 pub const MAX_N: usize = 16;
@@ -70,7 +72,7 @@ impl Default for ServeConfig {
 }
 
 #[derive(Default)]
-struct Metrics {
+pub(crate) struct Metrics {
     chat_requests: AtomicU64,
     completion_requests: AtomicU64,
     embedding_requests: AtomicU64,
@@ -80,17 +82,19 @@ struct Metrics {
     completion_tokens: AtomicU64,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     ready: OnceLock<Arc<Loaded>>,
+    /// The grammar compiler for the model's tokenizer, built on the first structured request.
+    grammar: OnceLock<Result<GrammarCompiler, String>>,
     load_error: OnceLock<String>,
     api_key: Option<String>,
     metrics: Metrics,
     counter: AtomicU64,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -132,6 +136,28 @@ impl AppState {
             retry_after: Some(2),
             ..ApiError::server("the model is loading; retry shortly")
         })
+    }
+
+    /// One constraint per request for `grammar` (checked once; a bad grammar is a 400 on `param`).
+    fn constraints(
+        &self,
+        l: &Loaded,
+        grammar: &Grammar,
+        n: usize,
+        param: &str,
+    ) -> Result<Vec<canon_infer::GrammarConstraint>, ApiError> {
+        let compiler = self
+            .grammar
+            .get_or_init(|| GrammarCompiler::new(l.engine.tokenizer()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| ApiError::server(e.clone()))?;
+        (0..n)
+            .map(|_| {
+                compiler
+                    .compile(grammar)
+                    .map_err(|e| ApiError::invalid(e.to_string(), Some(param)))
+            })
+            .collect()
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -207,6 +233,7 @@ impl Server {
             listener,
             state: Arc::new(AppState {
                 ready: OnceLock::new(),
+                grammar: OnceLock::new(),
                 load_error: OnceLock::new(),
                 api_key: cfg.api_key.clone(),
                 metrics: Metrics::default(),
@@ -588,14 +615,14 @@ fn submit_all(l: &Loaded, reqs: Vec<Request>) -> Result<Vec<canon_infer::Request
     Ok(handles)
 }
 
-fn finish_str(f: FinishReason) -> &'static str {
+pub(crate) fn finish_str(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
     }
 }
 
-fn chat_logprob(lp: &TokenLogprob) -> Value {
+pub(crate) fn chat_logprob(lp: &TokenLogprob) -> Value {
     json!({
         "token": lp.text,
         "logprob": lp.logprob,
@@ -605,7 +632,11 @@ fn chat_logprob(lp: &TokenLogprob) -> Value {
 }
 
 /// The rendered chat prompt of a request's messages.
-fn render_chat(l: &Loaded, req: &ChatRequest) -> Result<String, ApiError> {
+fn render_chat(
+    l: &Loaded,
+    req: &ChatRequest,
+    tools: Option<&ToolMode>,
+) -> Result<String, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages is empty: expected at least one message",
@@ -653,12 +684,34 @@ fn render_chat(l: &Loaded, req: &ChatRequest) -> Result<String, ApiError> {
                 t
             }
         };
-        let role = if m.role == "developer" {
-            "system"
-        } else {
-            m.role.as_str()
+        let (role, text) = match m.role.as_str() {
+            "developer" => ("system", text),
+            "tool" => (
+                "user",
+                tools::render_tool_result(&text, m.name.as_deref(), m.tool_call_id.as_deref()),
+            ),
+            "assistant" => match &m.tool_calls {
+                Some(tc) if !tc.is_null() => {
+                    let t = tools::render_assistant_calls(&text, tc).map_err(|e| {
+                        ApiError::invalid(format!("messages[{i}].{e}"), Some("messages"))
+                    })?;
+                    ("assistant", t)
+                }
+                _ => ("assistant", text),
+            },
+            r => (r, text),
         };
         msgs.push(Message::new(role, text));
+    }
+    if let Some(t) = tools.filter(|t| t.active()) {
+        // The tools go into the system message (a new one first when there is none).
+        let how = t.instructions();
+        match msgs.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{how}", first.content);
+            }
+            _ => msgs.insert(0, Message::new("system", how)),
+        }
     }
     tmpl.render(&msgs, true).map_err(|e| {
         ApiError::invalid(
@@ -690,28 +743,14 @@ async fn chat_inner(
     let req: ChatRequest = api::parse(&body)?;
     let l = st.loaded()?;
     check_model(&l, &req.model)?;
-    if req
-        .response_format
-        .as_ref()
-        .is_some_and(|f| f["type"] != "text")
-    {
-        return Err(ApiError::invalid(
-            "response_format json_object/json_schema is not supported by this server yet",
-            Some("response_format"),
-        )
-        .with_code("unsupported"));
-    }
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
-    {
-        return Err(
-            ApiError::invalid("tools are not supported by this server yet", Some("tools"))
-                .with_code("unsupported"),
-        );
-    }
-    let prompt = render_chat(&l, &req)?;
+    let answer_format = tools::response_format(req.response_format.as_ref())?;
+    let tool_mode = tools::parse(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    let calling = tool_mode.as_ref().is_some_and(ToolMode::active);
+    let grammar = match &tool_mode {
+        Some(t) => t.grammar(answer_format.as_ref()),
+        None => answer_format,
+    };
+    let prompt = render_chat(&l, &req, tool_mode.as_ref())?;
     let ids = l
         .engine
         .tokenizer()
@@ -727,7 +766,14 @@ async fn chat_inner(
     } else {
         None
     };
-    let p = plan(st, &l, ids, req.sampling.clone(), top)?;
+    let mut p = plan(st, &l, ids, req.sampling.clone(), top)?;
+    if let Some(g) = &grammar {
+        let param = if calling { "tools" } else { "response_format" };
+        let cs = st.constraints(&l, g, p.reqs.len(), param)?;
+        for (r, c) in p.reqs.iter_mut().zip(cs) {
+            r.constraint = Some(Box::new(c));
+        }
+    }
     let id = st.next_id("chatcmpl");
     let model = l.model_id.clone();
     let handles = submit_all(&l, p.reqs)?;
@@ -735,11 +781,14 @@ async fn chat_inner(
         return Ok(stream_response(
             st.clone(),
             handles,
-            id,
-            model,
-            p.prompt_tokens,
-            p.include_usage,
-            true,
+            StreamMeta {
+                id,
+                model,
+                prompt_tokens: p.prompt_tokens,
+                include_usage: p.include_usage,
+                chat: true,
+                tools: calling,
+            },
         ));
     }
     let mut choices = Vec::new();
@@ -753,6 +802,14 @@ async fn chat_inner(
             "finish_reason": finish_str(c.finish_reason),
             "logprobs": null,
         });
+        if calling && let Some((text, calls)) = tools::parse_calls(&c.text) {
+            choice["message"] = json!({
+                "role": "assistant",
+                "content": if text.is_empty() { Value::Null } else { json!(text) },
+                "tool_calls": tools::tool_calls_json(&calls, &format!("{id}_{i}"), false),
+            });
+            choice["finish_reason"] = json!("tool_calls");
+        }
         if p.logprobs
             && let Some(lps) = &c.logprobs
         {
@@ -787,148 +844,6 @@ async fn wait(h: canon_infer::RequestHandle) -> Result<canon_infer::Completion, 
         }
     }
     Err(ApiError::server("the engine stopped"))
-}
-
-/// Server-sent events for `n` running requests: chunks as tokens arrive, a final chunk with the
-/// finish reason per choice, the usage chunk when asked, then `[DONE]`. Dropping the stream (a
-/// client that went away) drops the handles, which cancels the requests.
-fn stream_response(
-    st: Shared,
-    handles: Vec<canon_infer::RequestHandle>,
-    id: String,
-    model: String,
-    prompt_tokens: usize,
-    include_usage: bool,
-    chat: bool,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Event)>(256);
-    for (i, h) in handles.into_iter().enumerate() {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(e) = h.recv_async().await {
-                let last = matches!(e, Event::Done(_) | Event::Error(_));
-                if tx.send((i, e)).await.is_err() {
-                    return; // the client left: dropping `h` cancels the request
-                }
-                if last {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let created = now_secs();
-    let object = if chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let chunk = move |choices: Value| -> Value {
-        json!({"id": id, "object": object, "created": created, "model": model, "choices": choices})
-    };
-    struct S {
-        rx: tokio::sync::mpsc::Receiver<(usize, Event)>,
-        pending: std::collections::VecDeque<Result<SseEvent, Infallible>>,
-        completion_tokens: usize,
-        done: bool,
-        started: bool,
-        n: usize,
-    }
-    let n_choices = 0usize;
-    let state = S {
-        rx,
-        pending: Default::default(),
-        completion_tokens: 0,
-        done: false,
-        started: false,
-        n: n_choices,
-    };
-    let data = |v: Value| Ok::<SseEvent, Infallible>(SseEvent::default().data(v.to_string()));
-    let stream = futures_util::stream::unfold(state, move |mut s| {
-        let chunk = chunk.clone();
-        let st = st.clone();
-        async move {
-            loop {
-                if let Some(e) = s.pending.pop_front() {
-                    return Some((e, s));
-                }
-                if s.done {
-                    return None;
-                }
-                if chat && !s.started {
-                    s.started = true;
-                    s.pending.push_back(data(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]))));
-                    continue;
-                }
-                match s.rx.recv().await {
-                    Some((i, Event::Token { text, logprob, .. })) => {
-                        s.completion_tokens += 1;
-                        let lp = logprob
-                            .as_ref()
-                            .map(|l| json!({"content": [chat_logprob(l)]}));
-                        if text.is_empty() && lp.is_none() {
-                            continue;
-                        }
-                        let c = if chat {
-                            json!([{"index": i, "delta": {"content": text}, "finish_reason": null, "logprobs": lp}])
-                        } else {
-                            json!([{"index": i, "text": text, "finish_reason": null, "logprobs": null}])
-                        };
-                        s.pending.push_back(data(chunk(c)));
-                    }
-                    Some((i, Event::Text(text))) => {
-                        let c = if chat {
-                            json!([{"index": i, "delta": {"content": text}, "finish_reason": null, "logprobs": null}])
-                        } else {
-                            json!([{"index": i, "text": text, "finish_reason": null, "logprobs": null}])
-                        };
-                        s.pending.push_back(data(chunk(c)));
-                    }
-                    Some((i, Event::Done(c))) => {
-                        s.n += 1;
-                        let f = finish_str(c.finish_reason);
-                        let c = if chat {
-                            json!([{"index": i, "delta": {}, "finish_reason": f, "logprobs": null}])
-                        } else {
-                            json!([{"index": i, "text": "", "finish_reason": f, "logprobs": null}])
-                        };
-                        s.pending.push_back(data(chunk(c)));
-                    }
-                    Some((_, Event::Error(m))) => {
-                        st.metrics.errors_5xx.fetch_add(1, Ordering::Relaxed);
-                        s.pending.push_back(data(ApiError::server(m).body()));
-                        s.done = true;
-                    }
-                    None => {
-                        // Every request ended.
-                        st.metrics
-                            .prompt_tokens
-                            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-                        st.metrics
-                            .completion_tokens
-                            .fetch_add(s.completion_tokens as u64, Ordering::Relaxed);
-                        if include_usage {
-                            let mut u = chunk(json!([]));
-                            u["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": s.completion_tokens, "total_tokens": prompt_tokens + s.completion_tokens});
-                            s.pending.push_back(data(u));
-                        }
-                        s.pending.push_back(Ok(SseEvent::default().data("[DONE]")));
-                        s.done = true;
-                    }
-                }
-            }
-        }
-    });
-    sse(stream)
-}
-
-fn sse<S>(stream: S) -> Response
-where
-    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
-{
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
 }
 
 async fn completions(
@@ -1002,11 +917,14 @@ async fn completions_inner(
         return Ok(stream_response(
             st.clone(),
             handles,
-            id,
-            model,
-            p.prompt_tokens,
-            p.include_usage,
-            false,
+            StreamMeta {
+                id,
+                model,
+                prompt_tokens: p.prompt_tokens,
+                include_usage: p.include_usage,
+                chat: false,
+                tools: false,
+            },
         ));
     }
     let mut all = Vec::new();

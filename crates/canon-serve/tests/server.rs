@@ -31,12 +31,16 @@ impl Drop for Running {
 }
 
 fn start(slots: usize, queue: usize, api_key: Option<&str>) -> Running {
+    start_ctx(slots, queue, api_key, 128)
+}
+
+fn start_ctx(slots: usize, queue: usize, api_key: Option<&str>, ctx: u32) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_llama(
         &path,
         &TinyLlama {
-            context_length: 128,
+            context_length: ctx,
             ..Default::default()
         },
     )
@@ -311,7 +315,7 @@ fn bad_input_gets_openai_errors_and_the_server_keeps_answering() {
         (br#"{"messages": [{"role": "user", "content": "x"}], "temperature": 9}"#.to_vec(), 400, "temperature"),
         (br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#.to_vec(), 400, "invalid request"),
         (br#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}"#.to_vec(), 400, "logprobs"),
-        (br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#.to_vec(), 400, "not supported"),
+        (br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": 7}}}"#.to_vec(), 400, "response_format.json_schema.schema"),
     ];
     for (body, want, needle) in cases {
         let (st, v) = s.post_raw("/v1/chat/completions", body.clone());
@@ -458,4 +462,188 @@ fn sixteen_concurrent_clients_and_metrics_that_add_up() {
     assert_eq!(s.metric("canon_completion_tokens_total"), total as f64);
     assert_eq!(s.metric("canon_errors_total{class=\"4xx\"}"), 0.0);
     assert_eq!(s.metric("canon_errors_total{class=\"5xx\"}"), 0.0);
+}
+
+fn tools_list() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "add", "description": "a + b",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 999},
+                "b": {"type": "integer", "minimum": 0, "maximum": 999}}, "required": ["a", "b"], "additionalProperties": false}}}
+    ])
+}
+
+/// A call's arguments obey its tool's schema.
+fn check_call(call: &Value) {
+    assert_eq!(call["type"], "function", "{call}");
+    assert!(call["id"].as_str().is_some_and(|i| i.starts_with("call_")));
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    match call["function"]["name"].as_str().unwrap() {
+        "get_weather" => {
+            let city = args["city"].as_str().unwrap();
+            assert!(city.chars().count() <= 8, "{args}");
+            assert_eq!(args.as_object().unwrap().len(), 1, "{args}");
+        }
+        "add" => {
+            for k in ["a", "b"] {
+                assert!((0..=999).contains(&args[k].as_i64().unwrap()), "{args}");
+            }
+        }
+        other => panic!("unknown tool {other}"),
+    }
+}
+
+#[test]
+fn structured_output_and_tool_calls_obey_their_schemas() {
+    let s = start_ctx(2, 16, None, 1024);
+    let schema = json!({"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "required": ["answer", "confidence"], "additionalProperties": false});
+    for seed in 0..3 {
+        let (st, v) = s.post(
+            "/v1/chat/completions",
+            &chat_body(
+                "is it raining?",
+                json!({"max_tokens": 60, "temperature": 1.0, "seed": seed,
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}),
+            ),
+        );
+        assert_eq!(st, 200, "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let o: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(
+            ["yes", "no"].contains(&o["answer"].as_str().unwrap()),
+            "{o}"
+        );
+        assert!(
+            (0..=100).contains(&o["confidence"].as_i64().unwrap()),
+            "{o}"
+        );
+    }
+    // json_object: an object.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "json please",
+            json!({"max_tokens": 40, "response_format": {"type": "json_object"}}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with('{')
+    );
+    // Tools, required: every reply is one or more valid calls.
+    for seed in 0..3 {
+        let (st, v) = s.post(
+            "/v1/chat/completions",
+            &chat_body(
+                "weather in Paris?",
+                json!({"max_tokens": 120, "temperature": 1.0, "seed": seed, "tools": tools_list(), "tool_choice": "required"}),
+            ),
+        );
+        assert_eq!(st, 200, "{v}");
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        let calls = c["message"]["tool_calls"].as_array().unwrap();
+        assert!(!calls.is_empty());
+        calls.iter().for_each(check_call);
+    }
+    // A named function is the one called.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "1 + 2?",
+            json!({"max_tokens": 120, "tools": tools_list(), "tool_choice": {"type": "function", "function": {"name": "add"}}}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "add");
+    check_call(call);
+    // Auto: a call, or text that is not one.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body(
+            "hi",
+            json!({"max_tokens": 30, "temperature": 1.0, "tools": tools_list()}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let m = &v["choices"][0]["message"];
+    match m["tool_calls"].as_array() {
+        Some(calls) => calls.iter().for_each(check_call),
+        None => assert!(!m["content"].as_str().unwrap().starts_with('<'), "{m}"),
+    }
+    // Streamed calls: one tool_calls delta per choice, then finish_reason tool_calls.
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&chat_body(
+            "weather?",
+            json!({"max_tokens": 120, "stream": true, "tools": tools_list(), "tool_choice": "required"}),
+        ))
+        .send()
+        .unwrap();
+    let (chunks, done) = sse(r);
+    assert!(done);
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{chunks:?}");
+    let call = &deltas[0][0];
+    assert_eq!(call["index"], 0);
+    check_call(call);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+    assert!(!chunks.iter().any(|c| {
+        c["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("<tool_call>"))
+    }));
+    // A round trip: the call and its result in the history, then an answer.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": [
+            {"role": "user", "content": "1 + 2?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "add", "arguments": "{\"a\": 1, \"b\": 2}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "3"}],
+            "tools": tools_list(), "max_tokens": 8, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    // Bad schemas and choices are 400s naming the parameter; the server still answers.
+    for (extra, param) in [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "response_format",
+        ),
+        (
+            json!({"tools": tools_list(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}]}),
+            "tools",
+        ),
+        (json!({"tools": "all"}), "tools"),
+    ] {
+        let (st, v) = s.post("/v1/chat/completions", &chat_body("x", extra.clone()));
+        assert_eq!(st, 400, "{extra}: {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+    let (st, _) = s.post("/v1/chat/completions", &chat_body("x", json!({})));
+    assert_eq!(st, 200);
 }
