@@ -49,6 +49,27 @@ check(len(r.choices) == 3 and [x.index for x in r.choices] == [0, 1, 2], "n = 3"
 r = c.completions.create(model="smollm2", prompt=["The capital of France is", "1, 2, 3,"], max_tokens=6, temperature=0)
 check(len(r.choices) == 2 and all(isinstance(x.text, str) for x in r.choices), "completions")
 
+# Structured output: the reply parses and validates against the schema.
+schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}, "population_millions": {"type": "number"}}, "required": ["city", "country", "population_millions"], "additionalProperties": False}
+r = c.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Give the largest city of Japan as JSON."}], max_tokens=80, temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}})
+obj = json.loads(r.choices[0].message.content)
+check(set(obj) == {"city", "country", "population_millions"} and isinstance(obj["population_millions"], (int, float)), f"json_schema output {obj}")
+
+# A tool call round trip: the model calls the tool with valid arguments, the result goes back.
+tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}}, "required": ["city"], "additionalProperties": False}}}]
+msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
+r = c.chat.completions.create(model="smollm2", messages=msgs, tools=tools, tool_choice="required", max_tokens=60, temperature=0)
+call = r.choices[0].message.tool_calls[0]
+check(r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather", f"tool call {r.choices[0]}")
+args = json.loads(call.function.arguments)
+check(isinstance(args.get("city"), str), f"tool arguments {args}")
+msgs += [r.choices[0].message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "18 C, sunny"}]
+r = c.chat.completions.create(model="smollm2", messages=msgs, tools=tools, max_tokens=30, temperature=0)
+check(r.choices[0].message.content or r.choices[0].message.tool_calls, "answer after the tool result")
+s = c.chat.completions.create(model="smollm2", messages=msgs[:1], tools=tools, tool_choice="required", max_tokens=60, temperature=0, stream=True)
+streamed = [tc for ch in s for choice in ch.choices for tc in (choice.delta.tool_calls or [])]
+check(len(streamed) == 1 and streamed[0].function.name == "get_weather" and json.loads(streamed[0].function.arguments) == args, f"streamed tool call {streamed}")
+
 texts = [json.loads(l) for l in open(ref_path) if l.strip()]
 e = c.embeddings.create(model="minilm", input=[t["text"] for t in texts])
 check(len(e.data) == len(texts), "embedding count")
