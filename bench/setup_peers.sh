@@ -6,7 +6,7 @@
 #                              gguf, numpy, jinja2, cmake, ninja, llama-cpp-python (binding only)
 #   src/                       the llama-cpp-python sdist
 #   llama-cpp-python-<ver>/    the unpacked sdist (its vendored llama.cpp is what gets built)
-#   llama.cpp-build/bin/       libllama.so, libggml*.so and llama-bench
+#   llama.cpp-build/bin/       libllama.so, libggml*.so, llama-bench and llama-server
 #
 # The Python binding is installed WITHOUT its own native library (-DLLAMA_BUILD=OFF); point it at the
 # library built here with LLAMA_CPP_LIB_PATH=<peers>/llama.cpp-build/bin (the script prints the exports).
@@ -104,17 +104,18 @@ CMAKE_FLAGS=(
     "${ISA_FLAGS[@]}"
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
     -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
     -DLLAMA_OPENSSL=OFF
 )
 STAMP="$BUILD/.canon-build-flags"
 want_stamp="$LLAMA_CPP_PY_VERSION ${CMAKE_FLAGS[*]}"
 if [ "${PEERS_FORCE_BUILD:-0}" = 1 ] || [ ! -f "$BUILD/bin/libllama.so" ] || [ ! -x "$BUILD/bin/llama-bench" ] \
+    || [ ! -x "$BUILD/bin/llama-server" ] \
     || [ "$(cat "$STAMP" 2>/dev/null)" != "$want_stamp" ]; then
     log "configuring llama.cpp in $BUILD"
     cmake -S "$TREE/vendor/llama.cpp" -B "$BUILD" "${CMAKE_FLAGS[@]}"
-    log "building llama + llama-bench with -j$JOBS (about 15 minutes on 2 cores)"
-    nice -n 10 cmake --build "$BUILD" --target llama llama-bench -j "$JOBS"
+    log "building llama + llama-bench + llama-server with -j$JOBS (about 20 minutes on 2 cores)"
+    nice -n 10 cmake --build "$BUILD" --target llama llama-bench llama-server -j "$JOBS"
     printf '%s' "$want_stamp" > "$STAMP"
 else
     log "llama.cpp already built in $BUILD"
@@ -140,5 +141,6 @@ cat <<EOF
 export CANON_PEERS="$PEERS"
 export LLAMA_CPP_LIB_PATH="$BUILD/bin"
 export LLAMA_BENCH="$BUILD/bin/llama-bench"
+export LLAMA_SERVER="$BUILD/bin/llama-server"
 export PEERS_PYTHON="$PY"
 EOF

@@ -93,6 +93,9 @@ pub struct Sampling {
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
     pub n: Option<i64>,
+    /// Extension (as llama-server and vLLM): generate through end-of-text tokens, for benchmarks.
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

@@ -532,7 +532,7 @@ fn plan(
             format!("repeat_penalty must be > 0, found {r}"),
         );
     }
-    let stop = s.stop.map(api::Stop::into_vec).unwrap_or_default();
+    let stop = s.stop.clone().map(api::Stop::into_vec).unwrap_or_default();
     if stop.len() > 4 {
         return bad(
             "stop",
@@ -573,6 +573,7 @@ fn plan(
             r.sampling.seed = seed.wrapping_add(i as u64);
             r.stop = stop.clone();
             r.logprobs = top_logprobs;
+            r.ignore_eos = s.ignore_eos;
             r
         })
         .collect();

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""`canon serve` against llama.cpp's `llama-server`, side by side in one run, same GGUF, same threads.
+
+Both servers get the same request mix from this one load script: C concurrent clients (C in
+--concurrency, default 1, 4, 8), each sending --requests streamed chat requests of --max-tokens
+generated tokens (`ignore_eos`, temperature 0.8, a different prompt per request). Reported per C,
+medians over --repeat rounds:
+  - aggregate decode tokens/s: all generated tokens / wall time of the round;
+  - time to first token, p50 and p95 over the round's requests;
+and, per server, the peak resident memory (VmHWM) with --parallel slots of --ctx tokens each.
+Both servers run with --parallel 8 slots (continuous batching) and --threads.
+
+    bash bench/setup_peers.sh          # builds llama-server into ~/.cache/canon-peers
+    python3 bench/serve_vs_llama_server.py --threads 2
+
+The CPU is named in the header. Nothing here is a pass/fail check.
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = Path(os.environ.get("CANON_PEERS", Path.home() / ".cache" / "canon-peers"))
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle stays upright.",
+    "Describe the water cycle to a child.",
+    "List some uses of a paperclip and explain each.",
+    "What makes a good cup of tea?",
+    "Tell me about the history of the printing press.",
+    "How do bees make honey?",
+    "Describe a walk through an autumn forest.",
+]
+
+
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base, proc, name, limit=300):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if proc.poll() is not None:
+            sys.exit(f"error: {name} exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"error: {name} was not ready after {limit} s")
+
+
+def peak_rss_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one_request(base, prompt, max_tokens, seed):
+    body = json.dumps({
+        "model": "m", "messages": [{"role": "user", "content": prompt}], "stream": True,
+        "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first = None
+    tokens = 0
+    pieces = 0
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for raw in r:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            msg = json.loads(line[6:])
+            if msg.get("usage"):
+                tokens = msg["usage"]["completion_tokens"]
+            for c in msg.get("choices") or []:
+                if (c.get("delta") or {}).get("content"):
+                    pieces += 1
+                    if first is None:
+                        first = time.perf_counter() - t0
+    return tokens or pieces, first if first is not None else float("nan")
+
+
+def round_(base, conc, requests, max_tokens, seed0):
+    results = []
+    lock = threading.Lock()
+
+    def client(k):
+        for j in range(requests):
+            i = k * requests + j
+            out = one_request(base, PROMPTS[i % len(PROMPTS)], max_tokens, seed0 + i)
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(conc)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    toks = sum(r[0] for r in results)
+    ttft = sorted(r[1] for r in results)
+    p95 = ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))]
+    return toks / wall, statistics.median(ttft), p95
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", default=str(Path.home() / ".cache/canon/assets/smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--concurrency", default="1,4,8")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", str(PEERS / "llama.cpp-build" / "bin" / "llama-server")))
+    args = ap.parse_args()
+    if not Path(args.gguf).is_file():
+        sys.exit(f"error: no GGUF at {args.gguf} (run `canon assets fetch` or pass --gguf)")
+    if not Path(args.llama_server).is_file():
+        sys.exit(f"error: no llama-server at {args.llama_server}: run bench/setup_peers.sh first")
+    canon = ROOT / "target" / "release" / "canon"
+    if not canon.exists():
+        subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)
+    slots = 8
+    servers = {
+        "canon serve": lambda port: [str(canon), "--threads", str(args.threads), "serve", "--model", args.gguf,
+                                     "--port", str(port), "--parallel", str(slots), "--ctx-size", str(args.ctx)],
+        "llama-server": lambda port: [args.llama_server, "-m", args.gguf, "--port", str(port), "--host", "127.0.0.1",
+                                      "--parallel", str(slots), "-c", str(args.ctx * slots), "--threads", str(args.threads),
+                                      "--threads-batch", str(args.threads), "--cont-batching", "--no-webui"],
+    }
+    concs = [int(c) for c in args.concurrency.split(",")]
+    table = {}
+    rss = {}
+    env = dict(os.environ, LD_LIBRARY_PATH=str(Path(args.llama_server).parent))
+    for name, cmd in servers.items():
+        port = free_port()
+        proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, proc, name)
+            one_request(base, PROMPTS[0], 8, 0)  # warm-up
+            for c in concs:
+                rounds = [round_(base, c, args.requests, args.max_tokens, 1000 * r) for r in range(args.repeat)]
+                table[(name, c)] = tuple(statistics.median(x[k] for x in rounds) for k in range(3))
+                print(f"  {name:13s} C={c}: {table[(name, c)][0]:7.1f} tok/s, TTFT p50 {table[(name, c)][1] * 1000:6.0f} ms,"
+                      f" p95 {table[(name, c)][2] * 1000:6.0f} ms", file=sys.stderr)
+            rss[name] = peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(f"# canon serve vs llama-server — {cpu_name()}, {args.threads} threads, {slots} slots x {args.ctx} ctx,"
+          f" {args.max_tokens} tokens per request, {args.requests} requests per client, median of {args.repeat}")
+    print(f"# model: {Path(args.gguf).name}")
+    print("| streams | canon tok/s | llama-server tok/s | ratio | canon TTFT p50/p95 ms | llama-server TTFT p50/p95 ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for c in concs:
+        a, b = table[("canon serve", c)], table[("llama-server", c)]
+        print(f"| {c} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |"
+              f" {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |")
+    c1, cmax = concs[0], concs[-1]
+    print(f"canon: {cmax}-stream aggregate / {c1}-stream = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
+          f" llama-server: {table[('llama-server', cmax)][0] / table[('llama-server', c1)][0]:.2f}x")
+    print(f"peak RSS: canon serve {rss['canon serve']:.0f} MB, llama-server {rss['llama-server']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
