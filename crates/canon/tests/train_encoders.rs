@@ -255,7 +255,7 @@ fn bert_pretrains_distils_and_fine_tunes() {
         bert.to_str().unwrap(),
         "--out",
         ft.to_str().unwrap(),
-        "--steps",
+        "--max-steps",
         "8",
         "--batch-size",
         "4",

@@ -27,9 +27,9 @@ use crate::Ctx;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   canon train --config configs/gpt1.toml --out runs/gpt1
-  canon --threads 2 finetune-gpt1 --pretrained runs/gpt1 --out runs/gpt1-ft
-  canon finetune-gpt1 --pretrained runs/gpt1 --task similarity --out runs/gpt1-sim
-  canon finetune-gpt1 --pretrained runs/gpt1 --task choice --choices 2 --out runs/gpt1-mc")]
+  canon --threads 2 finetune-gpt1 --model runs/gpt1 --out runs/gpt1-ft
+  canon finetune-gpt1 --model runs/gpt1 --task similarity --out runs/gpt1-sim
+  canon finetune-gpt1 --model runs/gpt1 --task choice --choices 2 --out runs/gpt1-mc")]
 pub struct FinetuneArgs {
     /// The task and its input transformation.
     #[arg(long, value_enum, default_value_t = Task::Classify)]
@@ -38,7 +38,7 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 2)]
     pub choices: usize,
     /// The pretrained GPT run folder (from `canon train`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long = "model", visible_alias = "pretrained", value_name = "DIR")]
     pub pretrained: PathBuf,
     /// Folder for metrics.jsonl, the fine-tuned weights and task.json.
     #[arg(long, value_name = "DIR")]
@@ -52,7 +52,8 @@ pub struct FinetuneArgs {
     /// Snippet size in bytes (cut at line boundaries).
     #[arg(long, default_value_t = 256)]
     pub snippet_bytes: usize,
-    #[arg(long, default_value_t = 300)]
+    /// Optimizer steps.
+    #[arg(long = "max-steps", visible_alias = "steps", default_value_t = 300)]
     pub steps: u64,
     /// Peak learning rate (linear warmup over 10 % of the steps, then linear decay to 0).
     #[arg(long, default_value_t = 5e-4)]

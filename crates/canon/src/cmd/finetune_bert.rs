@@ -38,7 +38,8 @@ pub struct FinetuneBertArgs {
     pub group_b: Vec<String>,
     #[arg(long, default_value_t = 256)]
     pub snippet_bytes: usize,
-    #[arg(long, default_value_t = 200)]
+    /// Optimizer steps.
+    #[arg(long = "max-steps", visible_alias = "steps", default_value_t = 200)]
     pub steps: u64,
     /// Peak learning rate (linear warmup over 10 % of the steps, then linear decay to 0).
     #[arg(long, default_value_t = 5e-5)]
