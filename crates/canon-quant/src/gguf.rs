@@ -271,110 +271,12 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut r = Reader {
-            buf: &mmap,
-            pos: 0,
-            path,
-        };
-        if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
-            return Err(GgufError::Magic {
-                path: path.to_path_buf(),
-                found: mmap[..mmap.len().min(4)].to_vec(),
-            });
-        }
-        r.pos = 4;
-        let version = r.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(GgufError::Version {
-                path: path.to_path_buf(),
-                found: version,
-            });
-        }
-        let n_tensors = r.u64("tensor count")?;
-        let n_kv = r.u64("metadata count")?;
-        // Each entry takes at least 8 bytes (a key length); reject absurd counts before looping.
-        r.need(n_kv.saturating_mul(8), "metadata entries")?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string("metadata key")?;
-            let ty = r.u32(&key)?;
-            let v = r.value(ty, &key, 0)?;
-            metadata.insert(key, v);
-        }
-        r.need(n_tensors.saturating_mul(8), "tensor infos")?;
-        let mut raw = Vec::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let name = r.string("tensor name")?;
-            let n_dims = r.u32(&name)?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.corrupt(format!("tensor {name}: {n_dims} dimensions")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(r.u64(&name)?);
-            }
-            let ty = r.u32(&name)?;
-            let off = r.u64(&name)?;
-            raw.push((name, dims, ty, off));
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => 32,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 16 => a,
-                _ => {
-                    return Err(r.corrupt(format!(
-                        "general.alignment must be a power of two, found {v:?}"
-                    )));
-                }
-            },
-        };
-        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-        let len = mmap.len() as u64;
-        let mut tensors = Vec::with_capacity(raw.len());
-        for (name, dims, ty, off) in raw {
-            let dtype = GgmlType::from_u32(ty)
-                .ok_or_else(|| r.corrupt(format!("tensor {name}: unknown ggml type {ty}")))?;
-            let mut n_elem: u64 = 1;
-            for &d in &dims {
-                n_elem = n_elem
-                    .checked_mul(d)
-                    .filter(|&n| n < 1 << 40)
-                    .ok_or_else(|| r.corrupt(format!("tensor {name}: dimensions {dims:?}")))?;
-            }
-            let block = dtype.block_size() as u64;
-            if dims[0] % block != 0 {
-                return Err(r.corrupt(format!(
-                    "tensor {name}: row length {} is not a multiple of the {dtype:?} block size {block}",
-                    dims[0]
-                )));
-            }
-            let n_bytes = n_elem / block * dtype.type_size() as u64;
-            let start = data_start
-                .checked_add(off)
-                .ok_or_else(|| r.corrupt(format!("tensor {name}: offset {off}")))?;
-            if start.checked_add(n_bytes).is_none_or(|e| e > len) {
-                return Err(GgufError::Truncated {
-                    path: path.to_path_buf(),
-                    what: format!("tensor {name} ({dtype:?} {dims:?})"),
-                    offset: start,
-                    needed: n_bytes,
-                    len,
-                });
-            }
-            let shape = dims.iter().rev().map(|&d| d as usize).collect();
-            tensors.push(TensorInfo {
-                name,
-                shape,
-                dtype,
-                offset: start as usize,
-                n_bytes: n_bytes as usize,
-            });
-        }
+        let h = parse(&mmap, path)?;
         Ok(Self {
             path: path.to_path_buf(),
-            version,
-            metadata,
-            tensors,
+            version: h.version,
+            metadata: h.metadata,
+            tensors: h.tensors,
             mmap: std::sync::Arc::new(mmap),
         })
     }
@@ -401,6 +303,120 @@ impl GgufFile {
             len: info.n_bytes,
         }
     }
+}
+
+/// What the header of a GGUF file says: version, metadata, and the tensor table with every
+/// tensor's byte range checked against the file's length.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+}
+
+/// Parses a GGUF file's bytes (`path` only names it in errors). Every count and offset is checked
+/// against the bytes before anything is allocated for it.
+pub fn parse(buf: &[u8], path: &Path) -> Result<GgufHeader, GgufError> {
+    let mut r = Reader { buf, pos: 0, path };
+    if buf.len() < 4 || &buf[..4] != b"GGUF" {
+        return Err(GgufError::Magic {
+            path: path.to_path_buf(),
+            found: buf[..buf.len().min(4)].to_vec(),
+        });
+    }
+    r.pos = 4;
+    let version = r.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::Version {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    let n_tensors = r.u64("tensor count")?;
+    let n_kv = r.u64("metadata count")?;
+    // Each entry takes at least 8 bytes (a key length); reject absurd counts before looping.
+    r.need(n_kv.saturating_mul(8), "metadata entries")?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..n_kv {
+        let key = r.string("metadata key")?;
+        let ty = r.u32(&key)?;
+        let v = r.value(ty, &key, 0)?;
+        metadata.insert(key, v);
+    }
+    r.need(n_tensors.saturating_mul(8), "tensor infos")?;
+    let mut raw = Vec::with_capacity(n_tensors as usize);
+    for _ in 0..n_tensors {
+        let name = r.string("tensor name")?;
+        let n_dims = r.u32(&name)?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(r.corrupt(format!("tensor {name}: {n_dims} dimensions")));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(r.u64(&name)?);
+        }
+        let ty = r.u32(&name)?;
+        let off = r.u64(&name)?;
+        raw.push((name, dims, ty, off));
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => 32,
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 16 => a,
+            _ => {
+                return Err(r.corrupt(format!(
+                    "general.alignment must be a power of two, found {v:?}"
+                )));
+            }
+        },
+    };
+    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+    let len = buf.len() as u64;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, dims, ty, off) in raw {
+        let dtype = GgmlType::from_u32(ty)
+            .ok_or_else(|| r.corrupt(format!("tensor {name}: unknown ggml type {ty}")))?;
+        let mut n_elem: u64 = 1;
+        for &d in &dims {
+            n_elem = n_elem
+                .checked_mul(d)
+                .filter(|&n| n < 1 << 40)
+                .ok_or_else(|| r.corrupt(format!("tensor {name}: dimensions {dims:?}")))?;
+        }
+        let block = dtype.block_size() as u64;
+        if dims[0] % block != 0 {
+            return Err(r.corrupt(format!(
+                "tensor {name}: row length {} is not a multiple of the {dtype:?} block size {block}",
+                dims[0]
+            )));
+        }
+        let n_bytes = n_elem / block * dtype.type_size() as u64;
+        let start = data_start
+            .checked_add(off)
+            .ok_or_else(|| r.corrupt(format!("tensor {name}: offset {off}")))?;
+        if start.checked_add(n_bytes).is_none_or(|e| e > len) {
+            return Err(GgufError::Truncated {
+                path: path.to_path_buf(),
+                what: format!("tensor {name} ({dtype:?} {dims:?})"),
+                offset: start,
+                needed: n_bytes,
+                len,
+            });
+        }
+        let shape = dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.push(TensorInfo {
+            name,
+            shape,
+            dtype,
+            offset: start as usize,
+            n_bytes: n_bytes as usize,
+        });
+    }
+    Ok(GgufHeader {
+        version,
+        metadata,
+        tensors,
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! generation needs: whether to prepend BOS, which ids end a generation, the special token texts.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use crate::{GgufVocab, Result, TextError};
 
@@ -63,10 +62,31 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`. Its own post-processor (e.g. BERT's [CLS]/[SEP]) applies when
     /// `encode_with_special` is used.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TextError::Load {
+        let bytes = std::fs::read(path).map_err(|e| TextError::Load {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        Self::parse_json(&bytes, &path.display().to_string())
+    }
+
+    /// Parses a `tokenizer.json` held in memory.
+    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::parse_json(bytes, "tokenizer.json")
+    }
+
+    fn parse_json(bytes: &[u8], label: &str) -> Result<Self> {
+        let load = |message: String| TextError::Load {
+            path: label.to_string(),
+            message,
+        };
+        // The tokenizers crate panics on some JSON syntax errors inside its sections (it expects
+        // the file to be well-formed): check the syntax first, and turn any panic left into an
+        // error too.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| load(format!("not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| load("the tokenizer library rejected this file".into()))?;
+        let mut inner = parsed.map_err(|e| load(e.to_string()))?;
         // Padding and truncation stored in the file (MiniLM's pads to 128) are decided by the
         // caller here: batches are padded dynamically, truncation set with `with_truncation`.
         inner.with_padding(None);
@@ -77,11 +97,7 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
         let json = vocab.to_tokenizer_json()?;
-        let inner = tokenizers::Tokenizer::from_str(&json).map_err(|e| TextError::Load {
-            path: "GGUF metadata".into(),
-            message: e.to_string(),
-        })?;
-        let mut t = Self::from_inner(inner);
+        let mut t = Self::parse_json(json.as_bytes(), "GGUF metadata")?;
         t.add_bos = vocab.add_bos;
         t.bos_id = vocab.bos_id;
         t.eos_id = vocab.eos_id;

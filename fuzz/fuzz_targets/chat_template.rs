@@ -1,0 +1,3 @@
+#![no_main]
+// Coverage-guided fuzzing of canon_fuzz::chat_template (see fuzz/README.md).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| canon_fuzz::chat_template(data));
