@@ -15,6 +15,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod quantize;
 pub mod sampling;
+pub mod scale;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
