@@ -11,6 +11,7 @@
 //!   licence manifest, heuristic quality labels, a classifier on embeddings, filtering and
 //!   decontamination against evaluation problems.
 
+pub mod data;
 pub mod fit;
 pub mod ladder;
 pub mod report;
