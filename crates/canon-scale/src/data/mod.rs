@@ -16,8 +16,11 @@
 //!   filter that keeps items in order.
 //! - `dedup`: exact (normalised-text hash) and near-duplicate (shared 13-gram, or Jaccard of
 //!   5-gram shingles) detection against evaluation problems.
+//! - `experiment`: the same model and token budget trained on unfiltered, filtered and filtered +
+//!   synthetic data, compared by held-out loss.
 
 pub mod classify;
 pub mod corpus;
 pub mod dedup;
+pub mod experiment;
 pub mod quality;

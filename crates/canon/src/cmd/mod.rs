@@ -1,5 +1,6 @@
 pub mod assets;
 pub mod chat;
+pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod fewshot;
