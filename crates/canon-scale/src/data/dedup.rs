@@ -4,7 +4,9 @@
 //! Code is tokenised into identifiers, numbers and single punctuation characters (whitespace and
 //! comments' layout do not matter). A text is flagged against a problem (prompt + solution) when:
 //! - **exact**: the whitespace-normalised texts are equal (SHA-256), or the problem occurs in it;
-//! - **13-gram**: they share any run of 13 tokens;
+//! - **13-gram**: they share any run of 13 whitespace-separated words (the usual decontamination
+//!   n-gram; code tokens split at every bracket and comma made 13-grams of punctuation and digits,
+//!   e.g. rows of a 0/1 matrix, match unrelated code);
 //! - **near**: at least `containment` (default 0.5) of the problem's 5-token shingles occur in the
 //!   text (containment rather than Jaccard, so a long file holding a problem is caught).
 
@@ -34,6 +36,11 @@ pub fn code_tokens(text: &str) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// Whitespace-separated words.
+pub fn word_tokens(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
 }
 
 /// Whitespace runs collapsed to one space, ends trimmed.
@@ -94,6 +101,7 @@ impl Decontaminator {
     /// `problems`: the evaluation texts (e.g. HumanEval prompt + canonical solution).
     pub fn new(problems: &[String], n: usize, shingle: usize, containment: f64) -> Self {
         let toks: Vec<Vec<String>> = problems.iter().map(|p| code_tokens(p)).collect();
+        let words: Vec<Vec<String>> = problems.iter().map(|p| word_tokens(p)).collect();
         Self {
             n,
             shingle,
@@ -105,7 +113,16 @@ impl Decontaminator {
                     (sha256_hex(&s), s)
                 })
                 .collect(),
-            long_grams: toks.iter().map(|t| grams(t, n)).collect(),
+            long_grams: words
+                .iter()
+                .map(|t| {
+                    if t.len() >= n {
+                        grams(t, n)
+                    } else {
+                        HashSet::new()
+                    }
+                })
+                .collect(),
             shingles: toks.iter().map(|t| grams(t, shingle)).collect(),
         }
     }
@@ -127,20 +144,21 @@ impl Decontaminator {
                 });
             }
         }
-        let toks = code_tokens(text);
-        let long: HashSet<u64> = if toks.len() >= self.n {
-            toks.windows(self.n).map(hash_gram).collect()
+        let words = word_tokens(text);
+        let long: HashSet<u64> = if words.len() >= self.n {
+            words.windows(self.n).map(hash_gram).collect()
         } else {
             HashSet::new()
         };
         for (i, g) in self.long_grams.iter().enumerate() {
-            if g.len() > 0 && toks.len() >= self.n && g.iter().any(|x| long.contains(x)) {
+            if g.iter().any(|x| long.contains(x)) {
                 return Some(Contamination {
                     problem: i,
                     kind: MatchKind::NGram,
                 });
             }
         }
+        let toks = code_tokens(text);
         let sh = grams(&toks, self.shingle);
         let mut best: Option<(usize, f64)> = None;
         for (i, g) in self.shingles.iter().enumerate() {
@@ -225,6 +243,14 @@ mod tests {
             matches!(c.kind, MatchKind::Near { .. } | MatchKind::NGram),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn rows_of_numbers_are_not_a_match() {
+        let problem = "def f(grid):\n    \"\"\"grid = [[0,0,1,0], [0,1,0,0], [1,1,1,1]]\"\"\"\n    return sum(map(sum, grid))\n";
+        let d = Decontaminator::with_defaults(&[problem.to_string()]);
+        let other = "M = Matrix([[0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]])\nassert M.rank() == 4\n";
+        assert_eq!(d.check(other), None);
     }
 
     #[test]
