@@ -16,6 +16,8 @@
 //!   filter that keeps items in order.
 //! - `dedup`: exact (normalised-text hash) and near-duplicate (shared 13-gram, or Jaccard of
 //!   5-gram shingles) detection against evaluation problems.
+//! - `synth`: synthetic textbook passages and exercises from a generating model on rotating
+//!   topics, decontaminated and deduplicated.
 //! - `experiment`: the same model and token budget trained on unfiltered, filtered and filtered +
 //!   synthetic data, compared by held-out loss.
 
@@ -24,3 +26,4 @@ pub mod corpus;
 pub mod dedup;
 pub mod experiment;
 pub mod quality;
+pub mod synth;

@@ -31,6 +31,8 @@ pub enum DataCommand {
     /// Corpus (stdlib + site-packages, dedup, licence manifest), quality labels, a classifier on
     /// MiniLM embeddings, decontamination against HumanEval, and the filtered set.
     Filter(FilterArgs),
+    /// Synthetic textbook passages and exercises from a generating model, decontaminated.
+    Synth(SynthArgs),
     /// Train one small model per data set for the same number of tokens; compare held-out loss.
     Compare(CompareArgs),
 }
@@ -64,6 +66,29 @@ pub struct FilterArgs {
     /// Skip decontamination against HumanEval (when the asset cannot be fetched).
     #[arg(long)]
     pub no_decontaminate: bool,
+    #[arg(long, default_value_t = 28)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon data synth --out runs/phi1 --model smollm2 --n 24 --max-tokens 200
+
+Writes synthetic.jsonl (kept items: index, kind, topic, text) and synth-report.json (counts of
+duplicates, empty outputs and generations that matched a HumanEval problem) into --out;
+`canon data compare` then adds a filtered+synthetic arm.")]
+pub struct SynthArgs {
+    /// The folder of `canon data filter` (the synthetic set is written beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The generating model (a chat model: its template wraps each prompt).
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Items to generate (topics and kinds rotate).
+    #[arg(long, default_value_t = 24)]
+    pub n: usize,
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
     #[arg(long, default_value_t = 28)]
     pub seed: u64,
 }
@@ -134,7 +159,70 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match a.command {
         DataCommand::Filter(f) => filter(f, ctx),
         DataCommand::Compare(c) => compare_cmd(c, ctx),
+        DataCommand::Synth(s) => synth_cmd(s, ctx),
     }
+}
+
+fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    use canon_scale::data::synth;
+    if a.n == 0 || a.max_tokens == 0 {
+        bail!("--n and --max-tokens must be positive");
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let problems = canon_eval::humaneval::load_default(ctx.progress())
+        .context("cannot load HumanEval for decontamination")?;
+    let texts: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}{}", p.prompt, p.canonical_solution))
+        .collect();
+    let deco = Decontaminator::with_defaults(&texts);
+    let lm = model_gen::load_lm(&a.model, ctx)?;
+    let tmpl = lm
+        .chat_template
+        .clone()
+        .with_context(|| format!("{} has no chat template; synth needs a chat model", a.model))?;
+    let wrap = move |user: &str| -> canon_scale::Result<String> {
+        tmpl.render(&[canon_text::chat::Message::new("user", user)], true)
+            .map_err(|e| canon_scale::ScaleError::Data(format!("chat template: {e}")))
+    };
+    let mut generator = canon_infer::LmGenerator::new(lm);
+    let bar = if ctx.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.n as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("generating {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let t0 = std::time::Instant::now();
+    let rep = synth::generate(
+        &mut generator,
+        &wrap,
+        a.n,
+        a.max_tokens,
+        a.seed,
+        &deco,
+        &mut |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    jsonl(&a.out.join("synthetic.jsonl"), &rep.kept)?;
+    let summary = serde_json::json!({
+        "model": a.model, "requested": a.n, "kept": rep.kept.len(),
+        "duplicates": rep.duplicates, "empty": rep.empty,
+        "contaminated": rep.contaminated.iter()
+            .map(|(i, p)| serde_json::json!({"index": i, "task_id": problems[*p].task_id}))
+            .collect::<Vec<_>>(),
+        "characters": rep.kept.iter().map(|k| k.text.len()).sum::<usize>(),
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    write_atomic(
+        &a.out.join("synth-report.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }
 
 fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -358,7 +446,7 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .map(|r| r.text.clone())
             .collect()
     };
-    let arms = vec![
+    let mut arms = vec![
         Arm {
             name: "unfiltered".into(),
             docs: texts(&|r| r.pool == "train"),
@@ -368,6 +456,27 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
             docs: texts(&|r| r.pool == "train" && r.kept),
         },
     ];
+    let synth_path = a.data.join("synthetic.jsonl");
+    if synth_path.is_file() {
+        let text = std::fs::read_to_string(&synth_path)
+            .with_context(|| format!("cannot read {}", synth_path.display()))?;
+        let mut docs = texts(&|r| r.pool == "train" && r.kept);
+        for (i, l) in text.lines().enumerate() {
+            let item: canon_scale::data::synth::SynthItem =
+                serde_json::from_str(l).with_context(|| {
+                    format!(
+                        "{} line {}: not a synthetic item",
+                        synth_path.display(),
+                        i + 1
+                    )
+                })?;
+            docs.push(item.text);
+        }
+        arms.push(Arm {
+            name: "filtered+synthetic".into(),
+            docs,
+        });
+    }
     let evals = vec![
         EvalSet {
             name: "eval-textbook".into(),
