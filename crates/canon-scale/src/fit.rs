@@ -157,8 +157,9 @@ fn solve(mut m: Vec<Vec<f64>>, mut rhs: Vec<f64>) -> Option<Vec<f64>> {
         rhs.swap(col, piv);
         for row in col + 1..n {
             let f = m[row][col] / m[col][col];
-            for k in col..n {
-                m[row][k] -= f * m[col][k];
+            let pivot_row = m[col].clone();
+            for (v, p) in m[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *v -= f * p;
             }
             rhs[row] -= f * rhs[col];
         }
@@ -232,7 +233,7 @@ fn levenberg_marquardt(model: &Model, mut th: Vec<f64>) -> (Vec<f64>, f64, usize
                     cost = c2;
                     lambda = (lambda / 10.0).max(1e-15);
                     improved = true;
-                    if cost < 1e-30 || small_step || (rel < 1e-15 && rel >= 0.0 && it > 5) {
+                    if cost < 1e-30 || small_step || ((0.0..1e-15).contains(&rel) && it > 5) {
                         return (th, cost, it);
                     }
                     break;

@@ -55,7 +55,7 @@ pub enum SynthKind {
 /// The user prompt for item `i` (topic and kind rotate).
 pub fn prompt(i: usize) -> (SynthKind, &'static str, String) {
     let topic = TOPICS[i % TOPICS.len()];
-    let kind = if (i / TOPICS.len()) % 2 == 0 {
+    let kind = if (i / TOPICS.len()).is_multiple_of(2) {
         SynthKind::Textbook
     } else {
         SynthKind::Exercise
@@ -97,7 +97,7 @@ pub struct SynthReport {
 /// flags.
 pub fn generate(
     generator: &mut dyn TextGenerator,
-    wrap: &dyn Fn(&str) -> Result<String>,
+    wrap: &dyn Fn(&str) -> std::result::Result<String, String>,
     n: usize,
     max_tokens: usize,
     seed: u64,
@@ -108,7 +108,10 @@ pub fn generate(
     let mut seen = HashSet::new();
     for i in 0..n {
         let (kind, topic, user) = prompt(i);
-        let mut req = GenerateRequest::new(wrap(&user)?, max_tokens);
+        let mut req = GenerateRequest::new(
+            wrap(&user).map_err(|e| ScaleError::Data(format!("prompt {i}: {e}")))?,
+            max_tokens,
+        );
         req.sampling = SamplingConfig {
             temperature: 0.8,
             top_p: Some(0.95),

@@ -182,9 +182,9 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .chat_template
         .clone()
         .with_context(|| format!("{} has no chat template; synth needs a chat model", a.model))?;
-    let wrap = move |user: &str| -> canon_scale::Result<String> {
+    let wrap = move |user: &str| -> Result<String, String> {
         tmpl.render(&[canon_text::chat::Message::new("user", user)], true)
-            .map_err(|e| canon_scale::ScaleError::Data(format!("chat template: {e}")))
+            .map_err(|e| format!("chat template: {e}"))
     };
     let mut generator = canon_infer::LmGenerator::new(lm);
     let bar = if ctx.quiet {
@@ -302,7 +302,7 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     jsonl(&a.out.join("contaminated.jsonl"), &contaminated)?;
     // Held-out files: every tenth kept file (by manifest index) never trains any arm.
-    let is_eval = |s: &corpus::Snippet| s.file % 10 == 0;
+    let is_eval = |s: &corpus::Snippet| s.file.is_multiple_of(10);
     let labels: Vec<quality::Assessment> =
         sample.iter().map(|s| quality::assess(&s.text)).collect();
     let train_idx: Vec<usize> = (0..sample.len())
