@@ -367,6 +367,7 @@ pub fn plot(r: &SweepReport, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     fn res(name: &str, compute: f64, loss: f64) -> RungResult {
         RungResult {
@@ -409,5 +410,91 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         plot(&rep, &dir.path().join("s.png")).unwrap();
         assert!(dir.path().join("s.png").is_file());
+    }
+
+    struct Quiet(usize);
+    impl Progress for Quiet {
+        fn run_start(&mut self, _p: &RungPlan, _i: usize, _n: usize) {}
+        fn step(&mut self, _r: &StepReport) {
+            self.0 += 1;
+        }
+        fn run_done(&mut self, _r: &RungResult) {}
+        fn note(&mut self, _l: &str) {}
+    }
+
+    #[test]
+    fn an_interrupted_sweep_continues_where_it_stopped() {
+        let cfg_text = r#"
+[scale]
+tokens_per_param = 0.5
+bootstrap = 20
+final_eval_batches = 2
+rungs = [
+  { d_model = 8, d_ff = 16 },
+  { d_model = 12, d_ff = 24 },
+  { d_model = 16, d_ff = 32 },
+]
+target = { d_model = 40, d_ff = 80 }
+
+[model]
+family = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 8
+d_ff = 16
+max_seq_len = 16
+block = "pre_ln"
+norm = "layer_norm"
+positions = "learned"
+ffn = "mlp"
+bias = false
+tie_embeddings = true
+final_norm = true
+
+[data]
+corpus = "inline"
+tokenizer = "char"
+
+[train]
+batch_size = 2
+block_size = 16
+max_steps = 1
+lr = 1e-2
+"#;
+        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("def f{i}(x):\n    return x + {i}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Stopped before the first step: the first rung is left with a checkpoint at step 0.
+        let stop = AtomicBool::new(true);
+        let mut p = Quiet(0);
+        let out = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap();
+        assert!(matches!(out, SweepOutcome::Interrupted));
+        assert!(dir.path().join("rung-0/checkpoint.safetensors").is_file());
+        assert!(!dir.path().join("rung-0/result.json").exists());
+        // Continued: every run finishes; the prediction precedes the target's folder.
+        let stop = AtomicBool::new(false);
+        let SweepOutcome::Done(r) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        let steps_first = p.0;
+        assert!(steps_first > 0);
+        assert_eq!(r.rungs.len(), 3);
+        assert!(dir.path().join("prediction.json").is_file());
+        assert!(dir.path().join("scaling.png").is_file());
+        assert!(
+            r.prediction.compute_ratio >= 10.0,
+            "{}",
+            r.prediction.compute_ratio
+        );
+        // Again: nothing is retrained, the same report comes back.
+        let SweepOutcome::Done(r2) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        assert_eq!(p.0, steps_first);
+        assert_eq!(r2.target.final_loss, r.target.final_loss);
     }
 }
