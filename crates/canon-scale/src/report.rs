@@ -14,7 +14,7 @@ use canon_train::{StepReport, TokenData, data};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::fit::{Law, Prediction, bootstrap, fit, predict_from_smaller};
+use crate::fit::{Law, Prediction, fit, predict_from_smaller};
 use crate::ladder::{LadderConfig, RungPlan, RungResult, rung_dir, train_rung};
 use crate::{Result, ScaleError, io_err, write_atomic};
 
@@ -177,7 +177,7 @@ pub fn run_sweep(
         return Ok(SweepOutcome::Interrupted);
     };
     progress.run_done(&tres);
-    let report = analyse(results, tres, saved, cfg.scale.bootstrap)?;
+    let report = analyse(results, tres, saved)?;
     to_json(&report, &out.join("report.json"))?;
     write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
     plot(&report, &out.join("scaling.png"))?;
@@ -196,7 +196,6 @@ pub fn analyse(
     rungs: Vec<RungResult>,
     target: RungResult,
     prediction: SavedPrediction,
-    resamples: usize,
 ) -> Result<SweepReport> {
     let measured = target.final_loss;
     let rel = |p: f64| (p - measured).abs() / measured;
@@ -207,11 +206,9 @@ pub fn analyse(
         let sub = &pts[..k];
         let f = fit(sub, Law::PowerPlusConstant)?;
         let v = f.predict(target.compute);
-        let iv = if k > 3 {
-            f.delta_interval(target.compute)
-        } else {
-            bootstrap(sub, Law::PowerPlusConstant, target.compute, resamples, 7).0
-        };
+        // With 3 points for 3 parameters there is no residual to estimate the noise from (and a
+        // bootstrap of 3 runs rarely draws 3 distinct ones): no interval.
+        let iv = f.delta_interval(target.compute);
         by_points.push(ErrorRow {
             rungs: k,
             compute_ratio: target.compute / sub[k - 1].0,
@@ -355,7 +352,7 @@ pub fn plot(r: &SweepReport, path: &Path) -> Result<()> {
             .color(Rgb(214, 39, 40)),
         )
         .footnote(&format!(
-            "{} ladder runs, one recipe, {:.0} tokens/parameter; target = {:.0}× the largest fitted compute; interval at the target: bootstrap over runs",
+            "{} ladder runs, one recipe, {:.0} tokens/parameter; target = {:.1}× the largest fitted compute; interval at the target: bootstrap over runs",
             r.rungs.len(),
             r.target.tokens as f64 / r.target.params as f64,
             p.compute_ratio
@@ -401,7 +398,7 @@ mod tests {
             compute_ratio: tc / pts[5].0,
         };
         let target = res("target", tc, law(tc) * 1.01);
-        let rep = analyse(rungs, target, saved, 50).unwrap();
+        let rep = analyse(rungs, target, saved).unwrap();
         assert!((rep.relative_error - 0.01 / 1.01).abs() < 1e-6);
         assert_eq!(rep.by_points.len(), 4);
         assert_eq!(rep.by_points[0].rungs, 3);

@@ -102,8 +102,14 @@ impl Progress for Bars {
 
 pub fn run(a: ScaleArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.replot {
-        let r = report::read_sweep(&a.out)
+        let old = report::read_sweep(&a.out)
             .with_context(|| format!("{} holds no finished sweep", a.out.display()))?;
+        // The analysis is recomputed from the saved runs and the saved prediction.
+        let r = report::analyse(old.rungs, old.target, old.prediction)?;
+        super::write_atomic(
+            &a.out.join("report.json"),
+            &serde_json::to_string_pretty(&r)?,
+        )?;
         report::plot(&r, &a.out.join("scaling.png"))?;
         super::write_atomic(&a.out.join("report.md"), &report::markdown(&r))?;
         println!("{}", report::markdown(&r));
