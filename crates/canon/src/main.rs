@@ -76,6 +76,10 @@ enum Command {
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
+    /// Phi-1 data pipeline: corpus, quality labels, classifier, filter, decontamination, comparison.
+    Data(cmd::data::DataArgs),
+    /// Predictable scaling: train a ladder, fit L(C) = a·C^b + c, predict a larger run, check it.
+    Scale(cmd::scale::ScaleArgs),
     /// Plot runs' metrics side by side, or two keys of any JSON-lines table (PNG or SVG).
     Plot(cmd::plot::PlotArgs),
     /// Fetch, list or verify the pinned default assets.
@@ -159,6 +163,8 @@ impl Command {
             Command::Embed(_)
             | Command::Tokenize(_)
             | Command::Train(_)
+            | Command::Scale(_)
+            | Command::Data(_)
             | Command::FinetuneGpt1(_)
             | Command::FinetuneBert(_)
             | Command::Flan(_)
@@ -249,6 +255,8 @@ fn main() -> ExitCode {
         Command::Assets(a) => cmd::assets::run(a, &ctx),
         Command::Plot(a) => cmd::plot::run(a, &ctx),
         Command::Train(a) => cmd::train::run(a, &ctx),
+        Command::Scale(a) => cmd::scale::run(a, &ctx),
+        Command::Data(a) => cmd::data::run(a, &ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
         Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),
         Command::Finetune(a) => cmd::lora_finetune::run(a, &ctx),

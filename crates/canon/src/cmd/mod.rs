@@ -1,5 +1,6 @@
 pub mod assets;
 pub mod chat;
+pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod fewshot;
@@ -15,6 +16,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod quantize;
 pub mod sampling;
+pub mod scale;
 pub mod serve;
 pub mod tokenize;
 pub mod train;

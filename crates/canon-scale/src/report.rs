@@ -1,0 +1,497 @@
+//! The sweep: train the ladder, fit, predict the target and save the prediction before the target
+//! is trained, train the target, then report the error, how the error shrinks with more ladder
+//! points, and the scaling plot.
+//!
+//! Files in the sweep folder: `tokenizer.json` (shared by every run), `plan.json`, one run folder
+//! per rung and `target/`, `prediction.json` (written before `target/` is created),
+//! `report.json`, `report.md` and `scaling.png`.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use canon_plot::{Figure, Rgb, Series};
+use canon_train::{StepReport, TokenData, data};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::fit::{Law, Prediction, fit, predict_from_smaller};
+use crate::ladder::{LadderConfig, RungPlan, RungResult, rung_dir, train_rung};
+use crate::{Result, ScaleError, io_err, write_atomic};
+
+/// What a sweep reports as it goes.
+pub trait Progress {
+    /// A run starts (or resumes): its plan, its index and the number of runs.
+    fn run_start(&mut self, plan: &RungPlan, index: usize, total: usize);
+    fn step(&mut self, r: &StepReport);
+    fn run_done(&mut self, r: &RungResult);
+    fn note(&mut self, line: &str);
+}
+
+/// The prediction saved before the target is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPrediction {
+    pub fitted_rungs: Vec<String>,
+    pub law: crate::fit::Fit,
+    pub prediction: Prediction,
+    /// Target compute / largest fitted compute.
+    pub compute_ratio: f64,
+}
+
+/// The error of a prediction made from the smallest `rungs` runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorRow {
+    pub rungs: usize,
+    pub compute_ratio: f64,
+    pub predicted: f64,
+    pub interval: Option<(f64, f64)>,
+    pub relative_error: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub rungs: Vec<RungResult>,
+    pub target: RungResult,
+    pub prediction: SavedPrediction,
+    pub relative_error: f64,
+    pub inside_delta_interval: Option<bool>,
+    pub inside_bootstrap_interval: Option<bool>,
+    /// Predictions from the smallest k runs, k = 3 … all.
+    pub by_points: Vec<ErrorRow>,
+}
+
+/// How a sweep ended.
+#[derive(Debug)]
+pub enum SweepOutcome {
+    Done(Box<SweepReport>),
+    Interrupted,
+}
+
+fn load_or_train_tokenizer(cfg: &LadderConfig, docs: &[String], out: &Path) -> Result<Tokenizer> {
+    let p = out.join("tokenizer.json");
+    if p.is_file() {
+        return Tokenizer::from_file(&p).map_err(|e| io_err(&p, e));
+    }
+    let t = data::train_tokenizer(cfg.data.tokenizer, docs, cfg.data.vocab_size)?;
+    let tmp = out.join("tokenizer.json.tmp");
+    t.save(&tmp, false).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))?;
+    Ok(t)
+}
+
+fn to_json<T: Serialize>(v: &T, path: &Path) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| io_err(path, e))?;
+    write_atomic(path, s.as_bytes())
+}
+
+/// Runs (or continues) the sweep in `out` on the documents `docs`.
+pub fn run_sweep(
+    cfg: &LadderConfig,
+    docs: &[String],
+    out: &Path,
+    stop: &AtomicBool,
+    progress: &mut dyn Progress,
+) -> Result<SweepOutcome> {
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let tok = load_or_train_tokenizer(cfg, docs, out)?;
+    let data = TokenData::encode(&tok, docs, cfg.data.val_fraction)?;
+    progress.note(&format!(
+        "tokens: {} train, {} held out, vocabulary {}",
+        data.train.len(),
+        data.val.len(),
+        data.vocab_size
+    ));
+    let (plans, target) = cfg.plan(data.vocab_size)?;
+    let mut all = plans.clone();
+    all.push(target.clone());
+    to_json(&all, &out.join("plan.json"))?;
+    let total = all.len();
+    let mut results = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        progress.run_start(p, i, total);
+        let dir = rung_dir(out, p);
+        match train_rung(
+            p,
+            &tok,
+            &data,
+            cfg.scale.final_eval_batches,
+            &dir,
+            stop,
+            &mut |r| progress.step(r),
+        )? {
+            Some(r) => {
+                progress.run_done(&r);
+                results.push(r);
+            }
+            None => return Ok(SweepOutcome::Interrupted),
+        }
+    }
+    // The prediction, made and saved before the target run exists.
+    let pred_path = out.join("prediction.json");
+    let saved: SavedPrediction = if pred_path.is_file() {
+        let text = std::fs::read_to_string(&pred_path).map_err(|e| io_err(&pred_path, e))?;
+        serde_json::from_str(&text).map_err(|e| io_err(&pred_path, e))?
+    } else {
+        if rung_dir(out, &target).exists() {
+            return Err(ScaleError::Data(format!(
+                "{} exists but {} does not: the prediction would no longer be made before the \
+                 target run; remove the target folder to predict again",
+                rung_dir(out, &target).display(),
+                pred_path.display()
+            )));
+        }
+        let pts: Vec<(f64, f64)> = results.iter().map(|r| (r.compute, r.final_loss)).collect();
+        let (law, prediction) = predict_from_smaller(
+            &pts,
+            Law::PowerPlusConstant,
+            target.compute,
+            cfg.scale.max_fit_fraction,
+            cfg.scale.bootstrap,
+            0x5ca1e,
+        )?;
+        let largest = pts.iter().map(|p| p.0).fold(0.0, f64::max);
+        let s = SavedPrediction {
+            fitted_rungs: results.iter().map(|r| r.name.clone()).collect(),
+            law,
+            prediction,
+            compute_ratio: target.compute / largest,
+        };
+        to_json(&s, &pred_path)?;
+        s
+    };
+    progress.note(&format!(
+        "predicted final loss of the target ({:.3e} FLOPs, {:.1}× the largest rung): {:.4}",
+        target.compute, saved.compute_ratio, saved.prediction.value
+    ));
+    progress.run_start(&target, total - 1, total);
+    let tdir = rung_dir(out, &target);
+    let Some(tres) = train_rung(
+        &target,
+        &tok,
+        &data,
+        cfg.scale.final_eval_batches,
+        &tdir,
+        stop,
+        &mut |r| progress.step(r),
+    )?
+    else {
+        return Ok(SweepOutcome::Interrupted);
+    };
+    progress.run_done(&tres);
+    let report = analyse(results, tres, saved)?;
+    to_json(&report, &out.join("report.json"))?;
+    write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
+    plot(&report, &out.join("scaling.png"))?;
+    Ok(SweepOutcome::Done(Box::new(report)))
+}
+
+/// Re-reads a finished sweep's runs (for re-plotting without training).
+pub fn read_sweep(out: &Path) -> Result<SweepReport> {
+    let p = out.join("report.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| io_err(&p, e))
+}
+
+/// The error of the saved prediction and of predictions from fewer rungs.
+pub fn analyse(
+    rungs: Vec<RungResult>,
+    target: RungResult,
+    prediction: SavedPrediction,
+) -> Result<SweepReport> {
+    let measured = target.final_loss;
+    let rel = |p: f64| (p - measured).abs() / measured;
+    let inside = |iv: Option<(f64, f64)>| iv.map(|(lo, hi)| lo <= measured && measured <= hi);
+    let pts: Vec<(f64, f64)> = rungs.iter().map(|r| (r.compute, r.final_loss)).collect();
+    let mut by_points = Vec::new();
+    for k in 3..=pts.len() {
+        let sub = &pts[..k];
+        let f = fit(sub, Law::PowerPlusConstant)?;
+        let v = f.predict(target.compute);
+        // With 3 points for 3 parameters there is no residual to estimate the noise from (and a
+        // bootstrap of 3 runs rarely draws 3 distinct ones): no interval.
+        let iv = f.delta_interval(target.compute);
+        by_points.push(ErrorRow {
+            rungs: k,
+            compute_ratio: target.compute / sub[k - 1].0,
+            predicted: v,
+            interval: iv,
+            relative_error: rel(v),
+        });
+    }
+    Ok(SweepReport {
+        relative_error: rel(prediction.prediction.value),
+        inside_delta_interval: inside(prediction.prediction.delta_interval),
+        inside_bootstrap_interval: inside(prediction.prediction.bootstrap_interval),
+        rungs,
+        target,
+        prediction,
+        by_points,
+    })
+}
+
+fn fmt_iv(iv: Option<(f64, f64)>) -> String {
+    iv.map_or("-".into(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+}
+
+/// The report as Markdown tables.
+pub fn markdown(r: &SweepReport) -> String {
+    let mut s = String::from(
+        "| run | parameters | tokens | compute (FLOPs) | final held-out loss | seconds |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
+        s += &format!(
+            "| {} | {} | {} | {:.3e} | {:.4} | {:.0} |\n",
+            x.name, x.params, x.tokens, x.compute, x.final_loss, x.seconds
+        );
+    }
+    let p = &r.prediction;
+    let l = &p.law.params;
+    s += &format!(
+        "\nFit on {} runs: L(C) = {:.4e} · C^{:.4} + {:.4}",
+        p.fitted_rungs.len(),
+        l.a,
+        l.b,
+        l.c
+    );
+    if let Some(se) = p.law.std_err {
+        s += &format!(" (standard errors: b ± {:.4}, c ± {:.4})", se[1], se[2]);
+    }
+    s += &format!(
+        "\n\nTarget ({:.1}× the largest fitted compute): predicted {:.4}, 95% interval {} (Jacobian) / {} (bootstrap, {} fits); measured {:.4}; relative error {:.2}%.\n",
+        p.compute_ratio,
+        p.prediction.value,
+        fmt_iv(p.prediction.delta_interval),
+        fmt_iv(p.prediction.bootstrap_interval),
+        p.prediction.bootstrap_fits,
+        r.target.final_loss,
+        100.0 * r.relative_error
+    );
+    s += "\n| fitted runs (smallest first) | target / largest fitted compute | predicted | 95% interval | relative error |\n|---:|---:|---:|---|---:|\n";
+    for e in &r.by_points {
+        s += &format!(
+            "| {} | {:.0}× | {:.4} | {} | {:.2}% |\n",
+            e.rungs,
+            e.compute_ratio,
+            e.predicted,
+            fmt_iv(e.interval),
+            100.0 * e.relative_error
+        );
+    }
+    s
+}
+
+/// The ladder, the fit, the predicted point with its interval and the measured point.
+pub fn plot(r: &SweepReport, path: &Path) -> Result<()> {
+    let p = &r.prediction;
+    let ladder: Vec<(f64, f64)> = r.rungs.iter().map(|x| (x.compute, x.final_loss)).collect();
+    let c_lo = ladder.first().map_or(1.0, |x| x.0) / 2.0;
+    let c_hi = r.target.compute * 2.0;
+    let n = 60;
+    let curve: Vec<(f64, f64)> = (0..=n)
+        .map(|i| {
+            let c = c_lo * (c_hi / c_lo).powf(i as f64 / n as f64);
+            (c, p.law.predict(c))
+        })
+        .collect();
+    let band: Vec<(f64, f64, f64)> = curve
+        .iter()
+        .filter_map(|&(c, _)| p.law.delta_interval(c).map(|(lo, hi)| (c, lo, hi)))
+        .collect();
+    let pc = p.prediction.compute;
+    let mut fig = Figure::new("Predictable scaling: final held-out loss vs training compute")
+        .x_title("training compute C = 6·N·D (FLOPs)")
+        .y_title("held-out loss (nats/token)")
+        .log_x()
+        .log_y();
+    if !band.is_empty() {
+        fig = fig.series(
+            Series::band("95% interval of the fit (Jacobian)", band).color(Rgb(31, 119, 180)),
+        );
+    }
+    fig = fig
+        .series(
+            Series::line(
+                &format!(
+                    "fit L(C) = {:.3}·(C/{:.1e})^{:.3} + {:.3}",
+                    p.law.predict(p.law.c_min) - p.law.params.c,
+                    p.law.c_min,
+                    p.law.params.b,
+                    p.law.params.c
+                ),
+                curve,
+            )
+            .color(Rgb(31, 119, 180)),
+        )
+        .series(Series::scatter("ladder runs (fitted)", ladder).color(Rgb(44, 160, 44)));
+    if let Some((lo, hi)) = p
+        .prediction
+        .bootstrap_interval
+        .or(p.prediction.delta_interval)
+    {
+        fig = fig.series(
+            Series::line_points("prediction interval (95%)", vec![(pc, lo), (pc, hi)])
+                .color(Rgb(255, 127, 14)),
+        );
+    }
+    fig = fig
+        .series(
+            Series::scatter(
+                &format!("predicted before training: {:.4}", p.prediction.value),
+                vec![(pc, p.prediction.value)],
+            )
+            .color(Rgb(255, 127, 14)),
+        )
+        .series(
+            Series::scatter(
+                &format!(
+                    "measured: {:.4} (error {:.2}%)",
+                    r.target.final_loss,
+                    100.0 * r.relative_error
+                ),
+                vec![(r.target.compute, r.target.final_loss)],
+            )
+            .color(Rgb(214, 39, 40)),
+        )
+        .footnote(&format!(
+            "{} ladder runs, one recipe, {:.0} tokens/parameter; target = {:.1}× the largest fitted compute; interval at the target: bootstrap over runs",
+            r.rungs.len(),
+            r.target.tokens as f64 / r.target.params as f64,
+            p.compute_ratio
+        ));
+    fig.save(path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn res(name: &str, compute: f64, loss: f64) -> RungResult {
+        RungResult {
+            name: name.into(),
+            params: 1000,
+            steps: 10,
+            tokens: 20_000,
+            compute,
+            final_loss: loss,
+            last_train_loss: loss,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn analysis_reports_errors_by_number_of_points() {
+        let law = |c: f64| 2.0 * c.powf(-0.3) + 1.5;
+        let rungs: Vec<RungResult> = (0..6)
+            .map(|i| {
+                let c = 10f64.powf(i as f64 * 0.4);
+                res(&format!("rung-{i}"), c, law(c))
+            })
+            .collect();
+        let pts: Vec<(f64, f64)> = rungs.iter().map(|r| (r.compute, r.final_loss)).collect();
+        let tc = 1e4;
+        let (f, pred) = predict_from_smaller(&pts, Law::PowerPlusConstant, tc, 0.1, 50, 1).unwrap();
+        let saved = SavedPrediction {
+            fitted_rungs: rungs.iter().map(|r| r.name.clone()).collect(),
+            law: f,
+            prediction: pred,
+            compute_ratio: tc / pts[5].0,
+        };
+        let target = res("target", tc, law(tc) * 1.01);
+        let rep = analyse(rungs, target, saved).unwrap();
+        assert!((rep.relative_error - 0.01 / 1.01).abs() < 1e-6);
+        assert_eq!(rep.by_points.len(), 4);
+        assert_eq!(rep.by_points[0].rungs, 3);
+        let md = markdown(&rep);
+        assert!(md.contains("| target |"));
+        let dir = tempfile::tempdir().unwrap();
+        plot(&rep, &dir.path().join("s.png")).unwrap();
+        assert!(dir.path().join("s.png").is_file());
+    }
+
+    struct Quiet(usize);
+    impl Progress for Quiet {
+        fn run_start(&mut self, _p: &RungPlan, _i: usize, _n: usize) {}
+        fn step(&mut self, _r: &StepReport) {
+            self.0 += 1;
+        }
+        fn run_done(&mut self, _r: &RungResult) {}
+        fn note(&mut self, _l: &str) {}
+    }
+
+    #[test]
+    fn an_interrupted_sweep_continues_where_it_stopped() {
+        let cfg_text = r#"
+[scale]
+tokens_per_param = 0.5
+bootstrap = 20
+final_eval_batches = 2
+rungs = [
+  { d_model = 8, d_ff = 16 },
+  { d_model = 12, d_ff = 24 },
+  { d_model = 16, d_ff = 32 },
+]
+target = { d_model = 40, d_ff = 80 }
+
+[model]
+family = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 8
+d_ff = 16
+max_seq_len = 16
+block = "pre_ln"
+norm = "layer_norm"
+positions = "learned"
+ffn = "mlp"
+bias = false
+tie_embeddings = true
+final_norm = true
+
+[data]
+corpus = "inline"
+tokenizer = "char"
+
+[train]
+batch_size = 2
+block_size = 16
+max_steps = 1
+lr = 1e-2
+"#;
+        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("def f{i}(x):\n    return x + {i}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Stopped before the first step: the first rung is left with a checkpoint at step 0.
+        let stop = AtomicBool::new(true);
+        let mut p = Quiet(0);
+        let out = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap();
+        assert!(matches!(out, SweepOutcome::Interrupted));
+        assert!(dir.path().join("rung-0/checkpoint.safetensors").is_file());
+        assert!(!dir.path().join("rung-0/result.json").exists());
+        // Continued: every run finishes; the prediction precedes the target's folder.
+        let stop = AtomicBool::new(false);
+        let SweepOutcome::Done(r) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        let steps_first = p.0;
+        assert!(steps_first > 0);
+        assert_eq!(r.rungs.len(), 3);
+        assert!(dir.path().join("prediction.json").is_file());
+        assert!(dir.path().join("scaling.png").is_file());
+        assert!(
+            r.prediction.compute_ratio >= 10.0,
+            "{}",
+            r.prediction.compute_ratio
+        );
+        // Again: nothing is retrained, the same report comes back.
+        let SweepOutcome::Done(r2) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        assert_eq!(p.0, steps_first);
+        assert_eq!(r2.target.final_loss, r.target.final_loss);
+    }
+}
