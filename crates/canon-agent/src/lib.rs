@@ -6,6 +6,7 @@
 
 pub mod fewshot;
 pub mod tasks;
+pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]
