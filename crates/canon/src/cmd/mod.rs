@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod assets;
 pub mod chat;
 pub mod embed;
