@@ -11,6 +11,7 @@ pub mod fewshot;
 pub mod react;
 pub mod react_data;
 pub mod tasks;
+pub mod toolformer;
 pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.
