@@ -8,6 +8,7 @@
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
 pub mod fewshot;
+pub mod browser;
 pub mod react;
 pub mod react_data;
 pub mod tasks;

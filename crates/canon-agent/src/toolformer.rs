@@ -322,6 +322,126 @@ impl Scorer for LmScorer<'_> {
     }
 }
 
+/// One text of the arithmetic corpus: the number at its end is computed from numbers before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Text {
+    pub id: String,
+    pub split: String,
+    pub text: String,
+    /// The text up to the computed number (for held-out evaluation).
+    pub prefix: String,
+    pub answer: String,
+    /// The expression that computes the answer.
+    pub expression: String,
+}
+
+/// Arithmetic-in-text sentences from the package database's installed sizes: sums, differences,
+/// ratios (2 decimals) and means of packages' sizes. Split by the first package named (one in
+/// `test_every` to test). `n` texts at most, in a seeded order.
+pub fn arithmetic_texts(status: &str, n: usize, seed: u64, test_every: u64) -> Vec<Text> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut sizes: Vec<(String, i128)> = Vec::new();
+    for block in status.split("\n\n") {
+        let field = |k: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+        };
+        if let (Some(p), Some(sz)) = (field("Package:"), field("Installed-Size:"))
+            && let Ok(v) = sz.parse::<i128>()
+            && v > 0
+        {
+            sizes.push((p, v));
+        }
+    }
+    sizes.sort();
+    sizes.dedup_by(|a, b| a.0 == b.0);
+    let mut out = Vec::new();
+    if sizes.len() < 3 {
+        return out;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut tries = 0;
+    while out.len() < n && tries < n * 20 {
+        tries += 1;
+        let pick = |rng: &mut rand::rngs::StdRng| sizes[rng.random_range(0..sizes.len())].clone();
+        let (a, sa) = pick(&mut rng);
+        let (b, sb) = pick(&mut rng);
+        if a == b {
+            continue;
+        }
+        let kind = rng.random_range(0..4u8);
+        let (prefix, answer, expression) = match kind {
+            0 => (
+                format!("The packages {a} and {b} take {sa} kB and {sb} kB once installed, so together they take"),
+                (sa + sb).to_string(),
+                format!("{sa} + {sb}"),
+            ),
+            1 if sa > sb => (
+                format!("Installed, {a} takes {sa} kB and {b} takes {sb} kB, so {a} is larger by"),
+                (sa - sb).to_string(),
+                format!("{sa} - {sb}"),
+            ),
+            2 if sa > sb => {
+                let e = format!("{sa} / {sb}");
+                let Ok(r) = crate::tools::evaluate(&e) else { continue };
+                (
+                    format!("{a} takes {sa} kB and {b} takes {sb} kB, so {a} is larger by a factor of"),
+                    r.decimal(2),
+                    e,
+                )
+            }
+            3 => {
+                let (c, sc) = pick(&mut rng);
+                if c == a || c == b {
+                    continue;
+                }
+                let e = format!("({sa} + {sb} + {sc}) / 3");
+                let Ok(r) = crate::tools::evaluate(&e) else { continue };
+                (
+                    format!("The packages {a}, {b} and {c} take {sa}, {sb} and {sc} kB, so on average each takes"),
+                    r.decimal(2),
+                    e,
+                )
+            }
+            _ => continue,
+        };
+        let unit = if kind == 2 { "." } else { " kB." };
+        out.push(Text {
+            id: format!("t{}", out.len()),
+            split: crate::react_data::split_of(&a, test_every).into(),
+            text: format!("{prefix} {answer}{unit}"),
+            prefix,
+            answer,
+            expression,
+        });
+    }
+    out.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 1));
+    out
+}
+
+/// The few-shot annotation prompt `P(x)` for the calculator; demonstrations are train texts with
+/// their call inserted (`demos`: at most 3 are used).
+pub fn calculator_prompt(demos: &[&Text], x: &str) -> String {
+    let mut s = String::from(
+        "Add calls to a Calculator where a number in the text is computed from numbers before it. \
+Write [Calculator(expression)] just before the computed number, with the expression that gives it.\n\n",
+    );
+    for d in demos.iter().take(3) {
+        s.push_str(&format!(
+            "Input:\n{}\nOutput:\n{} [Calculator({})] {}{}\n\n",
+            d.text,
+            d.prefix,
+            d.expression,
+            d.answer,
+            &d.text[d.prefix.len() + 1 + d.answer.len()..]
+        ));
+    }
+    s.push_str(&format!("Input:\n{x}\nOutput:\n"));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,6 +553,21 @@ mod tests {
         assert_eq!(p, [(13, "Calculator".into(), "400 / 1400".into(), "0.29".into())]);
         assert_eq!(parse_call("Calculator(2 * (3 + 4))] rest"), Some(("Calculator".into(), "2 * (3 + 4)".into())));
         assert_eq!(parse_call("no call"), None);
+    }
+
+    #[test]
+    fn arithmetic_texts_compute_their_answers() {
+        let status = "Package: a\nInstalled-Size: 300\n\nPackage: b\nInstalled-Size: 120\n\nPackage: c\nInstalled-Size: 7\n";
+        let ts = arithmetic_texts(status, 40, 1, 2);
+        assert!(ts.len() >= 20, "{}", ts.len());
+        for t in &ts {
+            let v = crate::tools::evaluate(&t.expression).unwrap();
+            assert!(v.decimal(2) == t.answer, "{t:?}");
+            assert!(t.text.starts_with(&t.prefix) && t.text.contains(&format!(" {} ", t.answer)) || t.text.ends_with(&format!(" {}.", t.answer)));
+        }
+        let p = calculator_prompt(&[&ts[0]], "x");
+        assert!(p.contains(&format!("[Calculator({})] {}", ts[0].expression, ts[0].answer)));
+        assert!(p.ends_with("Input:\nx\nOutput:\n"));
     }
 
     #[test]

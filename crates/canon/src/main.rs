@@ -92,6 +92,8 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Tools and agents: tool list/calls, ReAct question set and evaluation.
     Agent(cmd::agent::AgentArgs),
+    /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
+    Toolformer(cmd::toolformer::ToolformerArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
@@ -155,7 +157,8 @@ impl Command {
             | Command::Chat(_)
             | Command::Eval(_)
             | Command::Serve(_)
-            | Command::Agent(_) => {
+            | Command::Agent(_)
+            | Command::Toolformer(_) => {
                 (true, true)
             }
             // --f32: the frozen base dequantized at load.
@@ -265,6 +268,7 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Serve(a) => cmd::serve::run(a, &ctx),
         Command::Agent(a) => cmd::agent::run(a, &ctx),
+        Command::Toolformer(a) => cmd::toolformer::run(a, &ctx),
         Command::Completions { .. } => Ok(()),
     };
     match result {

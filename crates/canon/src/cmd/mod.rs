@@ -18,6 +18,7 @@ pub mod quantize;
 pub mod sampling;
 pub mod serve;
 pub mod tokenize;
+pub mod toolformer;
 pub mod train;
 pub mod train_bert;
 pub mod train_distilbert;
