@@ -922,6 +922,29 @@ mod tests {
     }
 
     #[test]
+    fn python_runs_in_the_sandbox() {
+        let sb = canon_eval::Sandbox::new(canon_eval::SandboxConfig {
+            timeout: Duration::from_secs(2),
+            report_missing: false,
+            ..Default::default()
+        })
+        .expect("the HumanEval sandbox (python3) is needed by this test");
+        let tb = Toolbox::new(Limits {
+            timeout: Duration::from_secs(30),
+            max_output_chars: 200,
+        })
+        .with(Arc::new(Python { sandbox: Arc::new(sb) }));
+        let o = tb.call_text("python", "print(sum(range(10)))\nprint('a\\nb')");
+        assert!(o.ok && o.text == "45\na\nb", "{o:?}");
+        let o = tb.call_text("python", "print('partial')\n1/0");
+        assert!(!o.ok && o.text == "error: partial\nZeroDivisionError: division by zero", "{o:?}");
+        let o = tb.call_text("python", "while True: pass");
+        assert!(!o.ok && o.text.contains("timed out"), "{o:?}");
+        let o = tb.call_text("python", "import socket; socket.create_connection(('1.1.1.1', 80), timeout=1)");
+        assert!(!o.ok, "no network in the sandbox: {o:?}");
+    }
+
+    #[test]
     fn python_wrapper_is_valid_python_shape() {
         let w = Python::wrap("print('a\"b')\n");
         assert!(w.contains("exec(compile(\"print('a\\\"b')\\n\""), "{w}");

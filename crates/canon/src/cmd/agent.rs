@@ -31,6 +31,8 @@ pub enum AgentCmd {
     Questions(QuestionsArgs),
     /// ReAct, Act-only and CoT-only on the question set, by exact match.
     React(ReactArgs),
+    /// WebGPT's text browser over a folder of HTML or text pages, driven by commands.
+    Browse(super::browse::BrowseArgs),
 }
 
 pub fn run(a: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -38,6 +40,7 @@ pub fn run(a: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
         AgentCmd::Tools(t) => run_tools(t),
         AgentCmd::Questions(q) => run_questions(q, ctx),
         AgentCmd::React(r) => run_react(r, ctx),
+        AgentCmd::Browse(b) => super::browse::run(b, ctx),
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod assets;
+pub mod browse;
 pub mod chat;
 pub mod embed;
 pub mod eval;
