@@ -442,6 +442,57 @@ Write [Calculator(expression)] just before the computed number, with the express
     s
 }
 
+/// What one inference did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inference {
+    pub text: String,
+    /// `(tool, args, result)` of the call made, if any.
+    pub call: Option<(String, String, String)>,
+}
+
+/// Stage 5, inference: decode until the model writes `->` inside an open `[Tool(args)`, run the
+/// call, insert ` -> result]` and continue; at most one call per input (a later `->` is left as
+/// text). A call that fails inserts its error text as the result. Greedy: a call starts when `[`
+/// is the most likely token (the paper's top-k start rule needs the logits and is not applied).
+pub fn infer(
+    lm: &mut dyn crate::react::AgentLm,
+    prompt: &str,
+    tools: &Toolbox,
+    max_tokens: usize,
+) -> Result<Inference> {
+    let first = lm.complete(prompt, &["->".to_string()], max_tokens, None)?;
+    let Some(open) = first.rfind('[') else {
+        return Ok(Inference { text: first, call: None });
+    };
+    let Some((tool, args)) = parse_call(&first[open..]) else {
+        return Ok(Inference { text: first, call: None });
+    };
+    let used = first.len();
+    let result = if tool.eq_ignore_ascii_case("calculator") {
+        crate::tools::evaluate(&args).map(|r| r.decimal(2)).unwrap_or_else(|e| format!("error: {e}"))
+    } else {
+        tools.call_text(&tool, &args).text
+    };
+    let mut text = format!("{} -> {result}]", first.trim_end());
+    let left = max_tokens.saturating_sub(used / 4 + 1).max(1);
+    let rest = lm.complete(&format!("{prompt}{text}"), &[], left, None)?;
+    text.push_str(&rest);
+    Ok(Inference { text, call: Some((tool, args, result)) })
+}
+
+/// The first number in `s` (digits with an optional sign and decimal point).
+pub fn first_number(s: &str) -> Option<String> {
+    let cs: Vec<char> = s.chars().collect();
+    let start = cs.iter().position(|c| c.is_ascii_digit())?;
+    let mut end = start;
+    while end < cs.len() && (cs[end].is_ascii_digit() || cs[end] == '.' && cs.get(end + 1).is_some_and(|c| c.is_ascii_digit())) {
+        end += 1;
+    }
+    let neg = start > 0 && cs[start - 1] == '-';
+    let n: String = cs[start..end].iter().collect();
+    Some(if neg { format!("-{n}") } else { n })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +619,42 @@ mod tests {
         let p = calculator_prompt(&[&ts[0]], "x");
         assert!(p.contains(&format!("[Calculator({})] {}", ts[0].expression, ts[0].answer)));
         assert!(p.ends_with("Input:\nx\nOutput:\n"));
+    }
+
+    struct Script(Vec<String>, Vec<String>);
+    impl crate::react::AgentLm for Script {
+        fn complete(&mut self, prompt: &str, stop: &[String], _: usize, _: Option<&[String]>) -> Result<String> {
+            self.1.push(prompt.to_string());
+            let mut o = if self.0.is_empty() { String::new() } else { self.0.remove(0) };
+            for s in stop {
+                if let Some(i) = o.find(s.as_str()) {
+                    o.truncate(i);
+                }
+            }
+            Ok(o)
+        }
+    }
+
+    #[test]
+    fn inference_runs_the_call_on_the_arrow_once() {
+        let tb = Toolbox::new(Default::default());
+        let mut lm = Script(
+            vec![
+                " [Calculator(400 / 1400) -> 0.5] and more".into(),
+                " 0.29 of them. [Calculator(1 + 1) -> 3] stays text".into(),
+            ],
+            vec![],
+        );
+        let r = infer(&mut lm, "Out of 1400, 400 passed: a share of", &tb, 40).unwrap();
+        assert_eq!(r.call, Some(("Calculator".into(), "400 / 1400".into(), "0.29".into())));
+        assert_eq!(lm.1[1], "Out of 1400, 400 passed: a share of [Calculator(400 / 1400) -> 0.29]");
+        assert_eq!(r.text, " [Calculator(400 / 1400) -> 0.29] 0.29 of them. [Calculator(1 + 1) -> 3] stays text");
+        let mut lm = Script(vec![" 12 kB.".into()], vec![]);
+        let r = infer(&mut lm, "x", &tb, 40).unwrap();
+        assert!(r.call.is_none() && r.text == " 12 kB.");
+        assert_eq!(first_number(" about -12.5 kB."), Some("-12.5".into()));
+        assert_eq!(first_number(" 7."), Some("7".into()));
+        assert_eq!(first_number("none"), None);
     }
 
     #[test]

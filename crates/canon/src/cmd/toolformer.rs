@@ -44,6 +44,25 @@ pub enum Stage {
     Filter(FilterArgs),
     /// Every stage in a row.
     Run(RunArgs),
+    /// Held-out texts: does the model complete the computed number? (--tools: Toolformer inference)
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long, value_name = "DIR")]
+    pub work: PathBuf,
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Test texts to score.
+    #[arg(long, default_value_t = 40)]
+    pub limit: usize,
+    /// Run calls the model writes (`[Calculator(...) ->`) and insert their results.
+    #[arg(long)]
+    pub tools: bool,
+    /// Tokens generated per text.
+    #[arg(long, default_value_t = 24)]
+    pub max_tokens: usize,
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +139,7 @@ pub fn run(a: ToolformerArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Stage::Sample(s) => sample(&s, ctx),
         Stage::Execute(w) => execute(&w.work),
         Stage::Filter(f) => filter(&f.work, &f.model, f.tau_f, ctx),
+        Stage::Eval(e) => eval(&e, ctx),
         Stage::Run(r) => {
             data(&r.sample.work, &r.status, r.n, r.sample.seed)?;
             sample(&r.sample, ctx)?;
@@ -357,6 +377,60 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
         json!({"counts": c, "tau_f": tau_f,
             "calls_with_the_right_result": right.len(), "kept_rate_right": rate(&right),
             "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong)})
+    );
+    Ok(())
+}
+
+fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let texts = load_texts(&a.work)?;
+    let test: Vec<&Text> = texts.iter().filter(|t| t.split == "test").take(a.limit).collect();
+    if test.is_empty() {
+        bail!("{}: expected test texts, found none", a.work.display());
+    }
+    let lm = model_gen::load_lm(&a.model, ctx)?;
+    let name = lm.name.clone();
+    let texts_tab = std::sync::Arc::new(canon_agent::react::TokenTexts(Vec::new()));
+    let engine = canon_infer::Engine::start(lm, canon_infer::EngineConfig::default())?;
+    let mut elm = canon_agent::react::EngineLm {
+        engine: engine.clone(),
+        texts: texts_tab,
+    };
+    let tb = Toolbox::new(Default::default());
+    let pb = super::agent::progress(ctx, test.len(), "eval");
+    let (mut right, mut calls) = (0, 0);
+    let mut rows = String::new();
+    for t in &test {
+        let out = if a.tools {
+            toolformer::infer(&mut elm, &t.prefix, &tb, a.max_tokens)?
+        } else {
+            use canon_agent::react::AgentLm;
+            toolformer::Inference {
+                text: elm.complete(&t.prefix, &["\n".to_string()], a.max_tokens, None)?,
+                call: None,
+            }
+        };
+        // the number the text states: after the call's closing bracket when there is a call
+        let after = match out.text.rfind(']') {
+            Some(i) if out.call.is_some() => &out.text[i + 1..],
+            _ => out.text.as_str(),
+        };
+        let got = toolformer::first_number(after);
+        let ok = got.as_deref() == Some(t.answer.as_str());
+        right += usize::from(ok);
+        calls += usize::from(out.call.is_some());
+        rows.push_str(&serde_json::to_string(&json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
+            "output": out.text, "call": out.call, "number": got, "correct": ok}))?);
+        rows.push('\n');
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    engine.shutdown();
+    let file = a.work.join(if a.tools { "eval-tools.jsonl" } else { "eval.jsonl" });
+    write_atomic(&file, &rows)?;
+    println!(
+        "{}",
+        json!({"model": name, "lora": ctx.lora, "tools": a.tools, "texts": test.len(),
+            "correct": right, "accuracy": right as f64 / test.len() as f64, "calls": calls})
     );
     Ok(())
 }
