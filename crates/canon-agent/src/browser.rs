@@ -65,11 +65,27 @@ pub fn render_html(html: &str) -> (String, Vec<String>, Vec<(String, String)>) {
     };
     while !rest.is_empty() {
         let Some(lt) = rest.find('<') else {
-            push_text(rest, &mut cur, &mut in_link, in_title, &mut title, skip.is_some());
+            push_text(
+                rest,
+                &mut cur,
+                &mut in_link,
+                in_title,
+                &mut title,
+                skip.is_some(),
+            );
             break;
         };
-        push_text(&rest[..lt], &mut cur, &mut in_link, in_title, &mut title, skip.is_some());
-        let Some(gt) = rest[lt..].find('>') else { break };
+        push_text(
+            &rest[..lt],
+            &mut cur,
+            &mut in_link,
+            in_title,
+            &mut title,
+            skip.is_some(),
+        );
+        let Some(gt) = rest[lt..].find('>') else {
+            break;
+        };
         let tag = &rest[lt + 1..lt + gt];
         rest = &rest[lt + gt + 1..];
         let closing = tag.starts_with('/');
@@ -195,7 +211,10 @@ impl Site {
             } else {
                 render_html(&text)
             };
-            let base = Path::new(&url).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            let base = Path::new(&url)
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
             let links = links
                 .into_iter()
                 .map(|(t, href)| {
@@ -410,7 +429,14 @@ impl<'a> Browser<'a> {
         let mut links = Vec::new();
         for (i, (doc, _)) in hits.iter().enumerate() {
             let p = &self.site.pages[*doc];
-            let snippet: String = p.lines.iter().skip(1).take(1).cloned().collect::<Vec<_>>().join(" ");
+            let snippet: String = p
+                .lines
+                .iter()
+                .skip(1)
+                .take(1)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
             let snippet = strip_markers(&snippet);
             let snippet: String = snippet.chars().take(120).collect();
             lines.push(format!("【{i}†{}】 {}", p.title, p.url));
@@ -494,7 +520,11 @@ impl<'a> Browser<'a> {
                 let start = (v.cursor + self.cfg.window).min(n);
                 let hit = (start..n)
                     .chain(0..start)
-                    .find(|&i| strip_markers(&v.page.lines[i]).to_lowercase().contains(&needle))
+                    .find(|&i| {
+                        strip_markers(&v.page.lines[i])
+                            .to_lowercase()
+                            .contains(&needle)
+                    })
                     .ok_or_else(|| format!("{t:?} is not on this page"))?;
                 if let Some(v) = self.view.as_mut() {
                     v.cursor = hit;
@@ -502,7 +532,10 @@ impl<'a> Browser<'a> {
             }
             Command::Quote(t) => {
                 let v = self.view.as_ref().ok_or("no page is open: search first")?;
-                let text = strip_markers(&v.page.text()).split_whitespace().collect::<Vec<_>>().join(" ");
+                let text = strip_markers(&v.page.text())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let want = t.split_whitespace().collect::<Vec<_>>().join(" ");
                 if !text.contains(&want) {
                     return Err(format!("the quote is not on this page: {t:?}"));
@@ -550,7 +583,13 @@ impl<'a> Browser<'a> {
             s.push_str("(none)\n");
         }
         for (i, q) in self.quotes.iter().enumerate() {
-            s.push_str(&format!("[{}] From {} ({}):\n{}\n", i + 1, q.title, q.url, q.text));
+            s.push_str(&format!(
+                "[{}] From {} ({}):\n{}\n",
+                i + 1,
+                q.title,
+                q.url,
+                q.text
+            ));
         }
         s.push_str("\nPast actions:\n");
         if self.actions.is_empty() {
@@ -593,9 +632,17 @@ impl<'a> Browser<'a> {
     pub fn answer_prompt(&self) -> String {
         let mut s = format!("Question: {}\n\nReferences:\n", self.question);
         for (i, q) in self.quotes.iter().enumerate() {
-            s.push_str(&format!("[{}] {} ({}): {}\n", i + 1, q.title, q.url, q.text));
+            s.push_str(&format!(
+                "[{}] {} ({}): {}\n",
+                i + 1,
+                q.title,
+                q.url,
+                q.text
+            ));
         }
-        s.push_str("\nAnswer the question from the references, citing them as [1], [2], ...\nAnswer:");
+        s.push_str(
+            "\nAnswer the question from the references, citing them as [1], [2], ...\nAnswer:",
+        );
         s
     }
 }
@@ -645,19 +692,47 @@ mod tests {
         let s = site();
         let home = &s.pages[0];
         assert_eq!(home.url, "index.html");
-        assert_eq!(home.lines, ["Welcome to the 【0†Rust page】 and the 【1†outside】.", "Fish & chips."]);
+        assert_eq!(
+            home.lines,
+            [
+                "Welcome to the 【0†Rust page】 and the 【1†outside】.",
+                "Fish & chips."
+            ]
+        );
         assert_eq!(home.links[0].target, Some(1));
         assert_eq!(home.links[1].target, None);
         assert_eq!(s.pages[2].links[0].target, Some(0), "./index.html resolves");
-        assert_eq!(strip_markers(&home.lines[0]), "Welcome to the Rust page and the outside.");
+        assert_eq!(
+            strip_markers(&home.lines[0]),
+            "Welcome to the Rust page and the outside."
+        );
     }
 
     #[test]
     fn commands_round_trip_and_malformed_ones_are_errors() {
-        for c in ["Search rust release", "Clicked on link 3", "Find in page: 2015", "Quote: Rust was first released in 2015.", "Scrolled down 2", "Scrolled up 1", "Top", "Back", "End: Answer", "End: Nonsense", "End: Controversial"] {
+        for c in [
+            "Search rust release",
+            "Clicked on link 3",
+            "Find in page: 2015",
+            "Quote: Rust was first released in 2015.",
+            "Scrolled down 2",
+            "Scrolled up 1",
+            "Top",
+            "Back",
+            "End: Answer",
+            "End: Nonsense",
+            "End: Controversial",
+        ] {
             assert_eq!(Command::parse(c).unwrap().text(), c);
         }
-        for bad in ["Scrolled down 4", "Clicked on link x", "Search ", "End: Maybe", "Jump", "Quote:"] {
+        for bad in [
+            "Scrolled down 4",
+            "Clicked on link x",
+            "Search ",
+            "End: Maybe",
+            "Jump",
+            "Quote:",
+        ] {
             assert!(Command::parse(bad).is_err(), "{bad}");
         }
     }
@@ -665,14 +740,25 @@ mod tests {
     #[test]
     fn a_scripted_episode_gives_exact_observations() {
         let s = site();
-        let cfg = BrowserConfig { window: 10, max_actions: 13, max_quote_chars: 500, search_results: 3 };
+        let cfg = BrowserConfig {
+            window: 10,
+            max_actions: 13,
+            max_quote_chars: 500,
+            search_results: 3,
+        };
         let mut b = Browser::new(&s, "When was Rust first released?", cfg);
         let o = b.step("Search Rust released");
         assert!(o.starts_with("Question:\nWhen was Rust first released?\n\nQuotes:\n(none)\n\nPast actions:\nSearch Rust released\n\nTitle: Search results for 'Rust released'\nURL: search?q=Rust released\nLines 1-"), "{o}");
         assert!(o.contains("【0†Rust】 rust.html\nRust line 1.\n"), "{o}");
         let o = b.step("Clicked on link 0");
-        assert!(o.contains("Title: Rust\nURL: rust.html\nLines 1-10 of 25:\nRust\nRust line 1.\n"), "{o}");
-        assert!(o.ends_with("Rust line 9.\n\nActions left: 11\nNext action:"), "{o}");
+        assert!(
+            o.contains("Title: Rust\nURL: rust.html\nLines 1-10 of 25:\nRust\nRust line 1.\n"),
+            "{o}"
+        );
+        assert!(
+            o.ends_with("Rust line 9.\n\nActions left: 11\nNext action:"),
+            "{o}"
+        );
         // scrolling clamps at the last window
         let o = b.step("Scrolled down 3");
         assert!(o.contains("Lines 21-25 of 25:\nRust line 20.\n"), "{o}");
@@ -680,13 +766,25 @@ mod tests {
         assert!(o.contains("Lines 11-20 of 25:\nRust line 10.\n"), "{o}");
         // find jumps to the next matching line after the window, wrapping to the top
         let o = b.step("Find in page: line 3");
-        assert!(o.contains("Lines 4-13 of 25:\nRust line 3.\n"), "wrapped to the top: {o}");
+        assert!(
+            o.contains("Lines 4-13 of 25:\nRust line 3.\n"),
+            "wrapped to the top: {o}"
+        );
         let o = b.step("Find in page: nowhere");
-        assert!(o.starts_with("error: \"nowhere\" is not on this page\n"), "{o}");
+        assert!(
+            o.starts_with("error: \"nowhere\" is not on this page\n"),
+            "{o}"
+        );
         let o = b.step("Find in page: released");
-        assert!(o.contains("Lines 25-25 of 25:\nRust was first released in 2015. See 【0†Cargo】.\n"), "{o}");
+        assert!(
+            o.contains("Lines 25-25 of 25:\nRust was first released in 2015. See 【0†Cargo】.\n"),
+            "{o}"
+        );
         let o = b.step("Quote: first released in 2015");
-        assert!(o.contains("Quotes:\n[1] From Rust (rust.html):\nfirst released in 2015\n"), "{o}");
+        assert!(
+            o.contains("Quotes:\n[1] From Rust (rust.html):\nfirst released in 2015\n"),
+            "{o}"
+        );
         let o = b.step("Quote: released in 1999");
         assert!(o.starts_with("error: the quote is not on this page"), "{o}");
         b.step("Quote: first released in 2015"); // a duplicate is kept once
@@ -695,9 +793,15 @@ mod tests {
         b.step("Quote: Cargo is the Rust package manager.");
         // Back after two clicks: the Rust page at the cursor it had
         let o = b.step("Back");
-        assert!(o.contains("Title: Rust\nURL: rust.html\nLines 25-25 of 25:"), "{o}");
+        assert!(
+            o.contains("Title: Rust\nURL: rust.html\nLines 25-25 of 25:"),
+            "{o}"
+        );
         let o = b.step("Back");
-        assert!(o.contains("Title: Search results for 'Rust released'"), "{o}");
+        assert!(
+            o.contains("Title: Search results for 'Rust released'"),
+            "{o}"
+        );
         assert_eq!(
             b.answer_prompt(),
             "Question: When was Rust first released?\n\nReferences:\n[1] Rust (rust.html): first released in 2015\n[2] Cargo (cargo.html): Cargo is the Rust package manager.\n\nAnswer the question from the references, citing them as [1], [2], ...\nAnswer:"
@@ -715,15 +819,27 @@ mod tests {
         let s = site();
         let mut b = Browser::new(&s, "q", BrowserConfig::default());
         let before = b.render();
-        assert!(b.step("Clicked on link 0").starts_with("error: no page is open"));
-        assert!(b.step("Back").starts_with("error: there is no previous page"));
-        assert!(b.step("Scrolled down 9").starts_with("error: expected a scroll amount"));
+        assert!(
+            b.step("Clicked on link 0")
+                .starts_with("error: no page is open")
+        );
+        assert!(
+            b.step("Back")
+                .starts_with("error: there is no previous page")
+        );
+        assert!(
+            b.step("Scrolled down 9")
+                .starts_with("error: expected a scroll amount")
+        );
         assert_eq!(b.render(), before);
         b.step("Search welcome");
         let o = b.step("Clicked on link 7");
         assert!(o.starts_with("error: expected a link id below"), "{o}");
         b.step("Clicked on link 0");
-        assert!(b.step("Clicked on link 1").starts_with("error: link 1 leads outside the site"));
+        assert!(
+            b.step("Clicked on link 1")
+                .starts_with("error: link 1 leads outside the site")
+        );
         assert_eq!(b.actions, ["Search welcome", "Clicked on link 0"]);
     }
 }

@@ -7,8 +7,8 @@
 //!   demonstrations drawn from the train split, multiple choice scored by log-likelihood with three
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
-pub mod fewshot;
 pub mod browser;
+pub mod fewshot;
 pub mod react;
 pub mod react_data;
 pub mod tasks;

@@ -374,29 +374,66 @@ mod tests {
         std::fs::write(&status, "Package: coreutils\nStatus: install ok installed\nPriority: required\nSection: utils\nMaintainer: Michael Stone <m@example.org>\nVersion: 9.1-1\nPre-Depends: libc6 (>= 2.34), libacl1\nDescription: GNU core utilities\n long text\n\nPackage: libc6\nStatus: install ok installed\nPriority: optional\nSection: libs\nMaintainer: GNU Libc Maintainers <x@example.org>\nVersion: 2.36-9\nDescription: GNU C Library: Shared libraries\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n").unwrap();
         let info = d.path().join("info");
         std::fs::create_dir(&info).unwrap();
-        std::fs::write(info.join("coreutils.list"), "/usr/bin\n/usr/bin/ls\n/bin/cat\n/usr/bin/nodoc\n").unwrap();
+        std::fs::write(
+            info.join("coreutils.list"),
+            "/usr/bin\n/usr/bin/ls\n/bin/cat\n/usr/bin/nodoc\n",
+        )
+        .unwrap();
         let man = d.path().join("man1");
         std::fs::create_dir(&man).unwrap();
-        gz(&man.join("ls.1.gz"), ".SH NAME\nls \\- list directory contents\n.SH SYNOPSIS\n");
-        gz(&man.join("cat.1.gz"), ".SH NAME\ncat \\- concatenate files and print\n.SH X\n");
+        gz(
+            &man.join("ls.1.gz"),
+            ".SH NAME\nls \\- list directory contents\n.SH SYNOPSIS\n",
+        );
+        gz(
+            &man.join("cat.1.gz"),
+            ".SH NAME\ncat \\- concatenate files and print\n.SH X\n",
+        );
         let (pages, qs) = build(
-            &Sources { status: &status, info_dir: &info, man_dir: &man },
+            &Sources {
+                status: &status,
+                info_dir: &info,
+                man_dir: &man,
+            },
             2,
         )
         .unwrap();
         let titles: Vec<&str> = pages.iter().map(|p| p.title.as_str()).collect();
         assert_eq!(titles, ["coreutils", "libc6", "cat", "ls"]);
-        assert!(pages[0].text.contains("Its version is 9.1-1. It is maintained by Michael Stone."));
-        assert!(pages[0].text.ends_with("It depends on libc6, libacl1. It provides the commands cat, ls."));
-        assert_eq!(pages[3].text, "ls is a command: list directory contents. The command ls is provided by the package coreutils. Its manual page is in section 1.");
+        assert!(
+            pages[0]
+                .text
+                .contains("Its version is 9.1-1. It is maintained by Michael Stone.")
+        );
+        assert!(
+            pages[0]
+                .text
+                .ends_with("It depends on libc6, libacl1. It provides the commands cat, ls.")
+        );
+        assert_eq!(
+            pages[3].text,
+            "ls is a command: list directory contents. The command ls is provided by the package coreutils. Its manual page is in section 1."
+        );
         let q = qs.iter().find(|q| q.id == "dep_version:coreutils").unwrap();
         assert_eq!(q.answer, "2.36-9");
-        assert_eq!(q.path, ["Search[coreutils]", "Lookup[depends]", "Search[libc6]", "Finish[2.36-9]"]);
+        assert_eq!(
+            q.path,
+            [
+                "Search[coreutils]",
+                "Lookup[depends]",
+                "Search[libc6]",
+                "Finish[2.36-9]"
+            ]
+        );
         let q = qs.iter().find(|q| q.id == "cmd_maintainer:ls").unwrap();
         assert_eq!(q.answer, "Michael Stone");
         assert_eq!(qs.len(), 5);
         // split by entity: both questions about one command land on the same side
-        let s: Vec<&str> = qs.iter().filter(|q| q.entity == "ls").map(|q| q.split.as_str()).collect();
+        let s: Vec<&str> = qs
+            .iter()
+            .filter(|q| q.entity == "ls")
+            .map(|q| q.split.as_str())
+            .collect();
         assert!(s.len() == 2 && s[0] == s[1]);
     }
 }

@@ -89,7 +89,9 @@ pub fn parse_annotated(text: &str) -> Vec<(usize, String, String, String)> {
     let mut from = 0;
     while let Some(rel) = text[from..].find('[') {
         let at = from + rel;
-        let Some(end_rel) = text[at..].find(']') else { break };
+        let Some(end_rel) = text[at..].find(']') else {
+            break;
+        };
         let inner = &text[at + 1..at + end_rel];
         if let Some((call, result)) = inner.split_once(" -> ")
             && let Some((tool, args)) = parse_call(call)
@@ -241,18 +243,23 @@ pub fn filter(
 
 /// Stage 5: the text with its best kept call (lowest `L+`) inserted inline.
 pub fn augment(text: &str, cands: &[&Candidate]) -> Option<String> {
-    let best = cands
-        .iter()
-        .filter(|c| c.kept)
-        .min_by(|a, b| {
-            let la = a.losses.map_or(f64::INFINITY, |l| l.with_result);
-            let lb = b.losses.map_or(f64::INFINITY, |l| l.with_result);
-            la.total_cmp(&lb)
-        })?;
-    let (tool, args, result) = (best.tool.as_ref()?, best.args.as_ref()?, best.result.as_ref()?);
+    let best = cands.iter().filter(|c| c.kept).min_by(|a, b| {
+        let la = a.losses.map_or(f64::INFINITY, |l| l.with_result);
+        let lb = b.losses.map_or(f64::INFINITY, |l| l.with_result);
+        la.total_cmp(&lb)
+    })?;
+    let (tool, args, result) = (
+        best.tool.as_ref()?,
+        best.args.as_ref()?,
+        best.result.as_ref()?,
+    );
     let at = best.offset.min(text.len());
     let (head, tail) = text.split_at(at);
-    let sep = if head.ends_with(' ') || head.is_empty() { "" } else { " " };
+    let sep = if head.ends_with(' ') || head.is_empty() {
+        ""
+    } else {
+        " "
+    };
     Some(format!(
         "{head}{sep}{} {}",
         linearize(tool, args, Some(result)),
@@ -374,7 +381,9 @@ pub fn arithmetic_texts(status: &str, n: usize, seed: u64, test_every: u64) -> V
         let kind = rng.random_range(0..4u8);
         let (prefix, answer, expression) = match kind {
             0 => (
-                format!("The packages {a} and {b} take {sa} kB and {sb} kB once installed, so together they take"),
+                format!(
+                    "The packages {a} and {b} take {sa} kB and {sb} kB once installed, so together they take"
+                ),
                 (sa + sb).to_string(),
                 format!("{sa} + {sb}"),
             ),
@@ -385,9 +394,13 @@ pub fn arithmetic_texts(status: &str, n: usize, seed: u64, test_every: u64) -> V
             ),
             2 if sa > sb => {
                 let e = format!("{sa} / {sb}");
-                let Ok(r) = crate::tools::evaluate(&e) else { continue };
+                let Ok(r) = crate::tools::evaluate(&e) else {
+                    continue;
+                };
                 (
-                    format!("{a} takes {sa} kB and {b} takes {sb} kB, so {a} is larger by a factor of"),
+                    format!(
+                        "{a} takes {sa} kB and {b} takes {sb} kB, so {a} is larger by a factor of"
+                    ),
                     r.decimal(2),
                     e,
                 )
@@ -398,9 +411,13 @@ pub fn arithmetic_texts(status: &str, n: usize, seed: u64, test_every: u64) -> V
                     continue;
                 }
                 let e = format!("({sa} + {sb} + {sc}) / 3");
-                let Ok(r) = crate::tools::evaluate(&e) else { continue };
+                let Ok(r) = crate::tools::evaluate(&e) else {
+                    continue;
+                };
                 (
-                    format!("The packages {a}, {b} and {c} take {sa}, {sb} and {sc} kB, so on average each takes"),
+                    format!(
+                        "The packages {a}, {b} and {c} take {sa}, {sb} and {sc} kB, so on average each takes"
+                    ),
                     r.decimal(2),
                     e,
                 )
@@ -462,14 +479,22 @@ pub fn infer(
 ) -> Result<Inference> {
     let first = lm.complete(prompt, &["->".to_string()], max_tokens, None)?;
     let Some(open) = first.rfind('[') else {
-        return Ok(Inference { text: first, call: None });
+        return Ok(Inference {
+            text: first,
+            call: None,
+        });
     };
     let Some((tool, args)) = parse_call(&first[open..]) else {
-        return Ok(Inference { text: first, call: None });
+        return Ok(Inference {
+            text: first,
+            call: None,
+        });
     };
     let used = first.len();
     let result = if tool.eq_ignore_ascii_case("calculator") {
-        crate::tools::evaluate(&args).map(|r| r.decimal(2)).unwrap_or_else(|e| format!("error: {e}"))
+        crate::tools::evaluate(&args)
+            .map(|r| r.decimal(2))
+            .unwrap_or_else(|e| format!("error: {e}"))
     } else {
         tools.call_text(&tool, &args).text
     };
@@ -477,7 +502,10 @@ pub fn infer(
     let left = max_tokens.saturating_sub(used / 4 + 1).max(1);
     let rest = lm.complete(&format!("{prompt}{text}"), &[], left, None)?;
     text.push_str(&rest);
-    Ok(Inference { text, call: Some((tool, args, result)) })
+    Ok(Inference {
+        text,
+        call: Some((tool, args, result)),
+    })
 }
 
 /// The first number in `s` (digits with an optional sign and decimal point).
@@ -485,7 +513,10 @@ pub fn first_number(s: &str) -> Option<String> {
     let cs: Vec<char> = s.chars().collect();
     let start = cs.iter().position(|c| c.is_ascii_digit())?;
     let mut end = start;
-    while end < cs.len() && (cs[end].is_ascii_digit() || cs[end] == '.' && cs.get(end + 1).is_some_and(|c| c.is_ascii_digit())) {
+    while end < cs.len()
+        && (cs[end].is_ascii_digit()
+            || cs[end] == '.' && cs.get(end + 1).is_some_and(|c| c.is_ascii_digit()))
+    {
         end += 1;
     }
     let neg = start > 0 && cs[start - 1] == '-';
@@ -500,7 +531,16 @@ mod tests {
     #[test]
     fn weights_are_the_papers() {
         let w = weights(8);
-        let want = [1.0 / 3.0, 4.0 / 15.0, 1.0 / 5.0, 2.0 / 15.0, 1.0 / 15.0, 0.0, 0.0, 0.0];
+        let want = [
+            1.0 / 3.0,
+            4.0 / 15.0,
+            1.0 / 5.0,
+            2.0 / 15.0,
+            1.0 / 15.0,
+            0.0,
+            0.0,
+            0.0,
+        ];
         for (a, b) in w.iter().zip(want) {
             assert!((a - b).abs() < 1e-12, "{w:?}");
         }
@@ -513,14 +553,26 @@ mod tests {
     #[test]
     fn filter_decisions_on_known_losses() {
         // (a) the result makes the continuation likely: kept
-        let a = Losses { none: 4.0, no_result: 3.8, with_result: 1.0 };
+        let a = Losses {
+            none: 4.0,
+            no_result: 3.8,
+            with_result: 1.0,
+        };
         assert!(a.keep(1.0));
         // (b) an irrelevant result: rejected
-        let b = Losses { none: 4.0, no_result: 3.9, with_result: 3.6 };
+        let b = Losses {
+            none: 4.0,
+            no_result: 3.9,
+            with_result: 3.6,
+        };
         assert!(!b.keep(1.0));
         // (c) the call without its result already helps: L- takes that minimum and rejects it,
         // where L(empty) alone would keep it
-        let c = Losses { none: 4.0, no_result: 2.0, with_result: 2.5 };
+        let c = Losses {
+            none: 4.0,
+            no_result: 2.0,
+            with_result: 2.5,
+        };
         assert!(4.0 - c.with_result >= 1.0 && !c.keep(1.0));
         assert_eq!(c.minus(), 2.0);
     }
@@ -549,7 +601,9 @@ mod tests {
             Ok(vec![lp; cont.len()])
         }
         fn next_probs(&mut self, _: &[u32], x: &[u32], _: &[u32]) -> Result<Vec<f64>> {
-            Ok((0..x.len()).map(|i| if i == 9 { 0.5 } else { 0.01 }).collect())
+            Ok((0..x.len())
+                .map(|i| if i == 9 { 0.5 } else { 0.01 })
+                .collect())
         }
     }
 
@@ -599,10 +653,19 @@ mod tests {
             "Out of 1400, {} 400 passed.",
             linearize("Calculator", "400 / 1400", Some("0.29"))
         );
-        assert_eq!(t, "Out of 1400, [Calculator(400 / 1400) -> 0.29] 400 passed.");
+        assert_eq!(
+            t,
+            "Out of 1400, [Calculator(400 / 1400) -> 0.29] 400 passed."
+        );
         let p = parse_annotated(&t);
-        assert_eq!(p, [(13, "Calculator".into(), "400 / 1400".into(), "0.29".into())]);
-        assert_eq!(parse_call("Calculator(2 * (3 + 4))] rest"), Some(("Calculator".into(), "2 * (3 + 4)".into())));
+        assert_eq!(
+            p,
+            [(13, "Calculator".into(), "400 / 1400".into(), "0.29".into())]
+        );
+        assert_eq!(
+            parse_call("Calculator(2 * (3 + 4))] rest"),
+            Some(("Calculator".into(), "2 * (3 + 4)".into()))
+        );
         assert_eq!(parse_call("no call"), None);
     }
 
@@ -614,18 +677,34 @@ mod tests {
         for t in &ts {
             let v = crate::tools::evaluate(&t.expression).unwrap();
             assert!(v.decimal(2) == t.answer, "{t:?}");
-            assert!(t.text.starts_with(&t.prefix) && t.text.contains(&format!(" {} ", t.answer)) || t.text.ends_with(&format!(" {}.", t.answer)));
+            assert!(
+                t.text.starts_with(&t.prefix) && t.text.contains(&format!(" {} ", t.answer))
+                    || t.text.ends_with(&format!(" {}.", t.answer))
+            );
         }
         let p = calculator_prompt(&[&ts[0]], "x");
-        assert!(p.contains(&format!("[Calculator({})] {}", ts[0].expression, ts[0].answer)));
+        assert!(p.contains(&format!(
+            "[Calculator({})] {}",
+            ts[0].expression, ts[0].answer
+        )));
         assert!(p.ends_with("Input:\nx\nOutput:\n"));
     }
 
     struct Script(Vec<String>, Vec<String>);
     impl crate::react::AgentLm for Script {
-        fn complete(&mut self, prompt: &str, stop: &[String], _: usize, _: Option<&[String]>) -> Result<String> {
+        fn complete(
+            &mut self,
+            prompt: &str,
+            stop: &[String],
+            _: usize,
+            _: Option<&[String]>,
+        ) -> Result<String> {
             self.1.push(prompt.to_string());
-            let mut o = if self.0.is_empty() { String::new() } else { self.0.remove(0) };
+            let mut o = if self.0.is_empty() {
+                String::new()
+            } else {
+                self.0.remove(0)
+            };
             for s in stop {
                 if let Some(i) = o.find(s.as_str()) {
                     o.truncate(i);
@@ -646,9 +725,18 @@ mod tests {
             vec![],
         );
         let r = infer(&mut lm, "Out of 1400, 400 passed: a share of", &tb, 40).unwrap();
-        assert_eq!(r.call, Some(("Calculator".into(), "400 / 1400".into(), "0.29".into())));
-        assert_eq!(lm.1[1], "Out of 1400, 400 passed: a share of [Calculator(400 / 1400) -> 0.29]");
-        assert_eq!(r.text, " [Calculator(400 / 1400) -> 0.29] 0.29 of them. [Calculator(1 + 1) -> 3] stays text");
+        assert_eq!(
+            r.call,
+            Some(("Calculator".into(), "400 / 1400".into(), "0.29".into()))
+        );
+        assert_eq!(
+            lm.1[1],
+            "Out of 1400, 400 passed: a share of [Calculator(400 / 1400) -> 0.29]"
+        );
+        assert_eq!(
+            r.text,
+            " [Calculator(400 / 1400) -> 0.29] 0.29 of them. [Calculator(1 + 1) -> 3] stays text"
+        );
         let mut lm = Script(vec![" 12 kB.".into()], vec![]);
         let r = infer(&mut lm, "x", &tb, 40).unwrap();
         assert!(r.call.is_none() && r.text == " 12 kB.");

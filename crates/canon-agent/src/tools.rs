@@ -286,23 +286,26 @@ impl Rational {
     fn ovf<T>(x: Option<T>) -> Result<T, ToolError> {
         x.ok_or_else(|| ToolError::new(OVERFLOW))
     }
-    pub fn add(self, o: Rational) -> Result<Rational, ToolError> {
+    pub fn plus(self, o: Rational) -> Result<Rational, ToolError> {
         let g = gcd(self.den, o.den);
         let l = self.den / g;
         let a = Self::ovf(self.num.checked_mul(o.den / g))?;
         let b = Self::ovf(o.num.checked_mul(l))?;
-        Rational::new(Self::ovf(a.checked_add(b))?, Self::ovf(l.checked_mul(o.den))?)
+        Rational::new(
+            Self::ovf(a.checked_add(b))?,
+            Self::ovf(l.checked_mul(o.den))?,
+        )
     }
-    pub fn neg(self) -> Result<Rational, ToolError> {
+    pub fn negate(self) -> Result<Rational, ToolError> {
         Ok(Rational {
             num: Self::ovf(self.num.checked_neg())?,
             den: self.den,
         })
     }
-    pub fn sub(self, o: Rational) -> Result<Rational, ToolError> {
-        self.add(o.neg()?)
+    pub fn minus(self, o: Rational) -> Result<Rational, ToolError> {
+        self.plus(o.negate()?)
     }
-    pub fn mul(self, o: Rational) -> Result<Rational, ToolError> {
+    pub fn times(self, o: Rational) -> Result<Rational, ToolError> {
         let g1 = gcd(self.num, o.den).max(1);
         let g2 = gcd(o.num, self.den).max(1);
         Rational::new(
@@ -310,11 +313,11 @@ impl Rational {
             Self::ovf((self.den / g2).checked_mul(o.den / g1))?,
         )
     }
-    pub fn div(self, o: Rational) -> Result<Rational, ToolError> {
+    pub fn over(self, o: Rational) -> Result<Rational, ToolError> {
         if o.num == 0 {
             return Err(ToolError::new("division by zero"));
         }
-        self.mul(Rational::new(o.den, o.num)?)
+        self.times(Rational::new(o.den, o.num)?)
     }
     pub fn pow(self, e: i128) -> Result<Rational, ToolError> {
         if e.abs() > 4096 {
@@ -324,9 +327,13 @@ impl Rational {
         }
         let mut r = Rational::int(1);
         for _ in 0..e.abs() {
-            r = r.mul(self)?;
+            r = r.times(self)?;
         }
-        if e < 0 { Rational::int(1).div(r) } else { Ok(r) }
+        if e < 0 {
+            Rational::int(1).over(r)
+        } else {
+            Ok(r)
+        }
     }
     /// `p/q` or the integer.
     pub fn exact(&self) -> String {
@@ -483,10 +490,7 @@ impl Parser {
     /// Precedence climbing: `+ -` < `* /` < unary minus < `^` (right-associative).
     fn expr(&mut self, min: u8) -> Result<Rational, ToolError> {
         let mut lhs = self.unary()?;
-        loop {
-            let Some(Tok::Op(op)) = self.peek().cloned() else {
-                break;
-            };
+        while let Some(Tok::Op(op)) = self.peek().cloned() {
             let prec = match op {
                 '+' | '-' => 1,
                 '*' | '/' => 2,
@@ -498,10 +502,10 @@ impl Parser {
             self.pos += 1;
             let rhs = self.expr(prec + 1)?;
             lhs = match op {
-                '+' => lhs.add(rhs)?,
-                '-' => lhs.sub(rhs)?,
-                '*' => lhs.mul(rhs)?,
-                _ => lhs.div(rhs)?,
+                '+' => lhs.plus(rhs)?,
+                '-' => lhs.minus(rhs)?,
+                '*' => lhs.times(rhs)?,
+                _ => lhs.over(rhs)?,
             };
         }
         Ok(lhs)
@@ -510,7 +514,7 @@ impl Parser {
         match self.peek() {
             Some(Tok::Op('-')) => {
                 self.pos += 1;
-                self.unary()?.neg()
+                self.unary()?.negate()
             }
             Some(Tok::Op('+')) => {
                 self.pos += 1;
@@ -635,7 +639,11 @@ impl Tool for Calendar {
         }
     }
     fn call(&self, args: &Value) -> Result<String, ToolError> {
-        let op = args["op"].as_str().unwrap_or("").trim().to_ascii_lowercase();
+        let op = args["op"]
+            .as_str()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         let date = || {
             args["date"]
                 .as_str()
@@ -700,7 +708,12 @@ impl Tool for IndexSearch {
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                let text = h.chunk.text.split_whitespace().collect::<Vec<_>>().join(" ");
+                let text = h
+                    .chunk
+                    .text
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 format!("[{}] {}: {}", i + 1, h.chunk.page, text)
             })
             .collect::<Vec<_>>()
@@ -759,9 +772,7 @@ impl Tool for Python {
                 "the program ended the interpreter before its output was collected",
             )),
             canon_eval::Outcome::Failed(msg) => {
-                let Some(json) = msg
-                    .strip_prefix(PY_MARK)
-                    .and_then(|m| m.strip_prefix(": "))
+                let Some(json) = msg.strip_prefix(PY_MARK).and_then(|m| m.strip_prefix(": "))
                 else {
                     return Err(ToolError::new(format!("the program failed: {msg}")));
                 };
@@ -836,10 +847,14 @@ mod tests {
             "366"
         );
         assert_eq!(
-            c.call(&json!({"op": "weekday", "date": "1969-07-20"})).unwrap(),
+            c.call(&json!({"op": "weekday", "date": "1969-07-20"}))
+                .unwrap(),
             "Sunday"
         );
-        assert!(c.call(&json!({"op": "weekday", "date": "20-07-1969"})).is_err());
+        assert!(
+            c.call(&json!({"op": "weekday", "date": "20-07-1969"}))
+                .is_err()
+        );
     }
 
     struct Slow;
@@ -895,7 +910,10 @@ mod tests {
             .with(Arc::new(Chatty))
             .with(Arc::new(Calculator));
         let o = tb.call_json("slow", "{}");
-        assert!(!o.ok && o.text.contains("did not answer within 0.2 s"), "{o:?}");
+        assert!(
+            !o.ok && o.text.contains("did not answer within 0.2 s"),
+            "{o:?}"
+        );
         // the others get all the time they need: only the slow tool's outcome depends on time
         let tb = Toolbox {
             limits: Limits {
@@ -911,7 +929,10 @@ mod tests {
         let o = tb.call_json("nope", "{}");
         assert!(!o.ok && o.text.contains("unknown tool 'nope'"));
         let o = tb.call_json("calculator", "{\"expression\": 3}");
-        assert!(!o.ok && o.text.contains("expected argument 'expression'"), "{o:?}");
+        assert!(
+            !o.ok && o.text.contains("expected argument 'expression'"),
+            "{o:?}"
+        );
         let o = tb.call_json("calculator", "not json");
         assert!(!o.ok && o.text.contains("expected JSON arguments"));
         let o = tb.call_text("Calculator", "6 * 7");
@@ -933,14 +954,22 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_output_chars: 200,
         })
-        .with(Arc::new(Python { sandbox: Arc::new(sb) }));
+        .with(Arc::new(Python {
+            sandbox: Arc::new(sb),
+        }));
         let o = tb.call_text("python", "print(sum(range(10)))\nprint('a\\nb')");
         assert!(o.ok && o.text == "45\na\nb", "{o:?}");
         let o = tb.call_text("python", "print('partial')\n1/0");
-        assert!(!o.ok && o.text == "error: partial\nZeroDivisionError: division by zero", "{o:?}");
+        assert!(
+            !o.ok && o.text == "error: partial\nZeroDivisionError: division by zero",
+            "{o:?}"
+        );
         let o = tb.call_text("python", "while True: pass");
         assert!(!o.ok && o.text.contains("timed out"), "{o:?}");
-        let o = tb.call_text("python", "import socket; socket.create_connection(('1.1.1.1', 80), timeout=1)");
+        let o = tb.call_text(
+            "python",
+            "import socket; socket.create_connection(('1.1.1.1', 80), timeout=1)",
+        );
         assert!(!o.ok, "no network in the sandbox: {o:?}");
     }
 

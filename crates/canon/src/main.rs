@@ -158,9 +158,7 @@ impl Command {
             | Command::Eval(_)
             | Command::Serve(_)
             | Command::Agent(_)
-            | Command::Toolformer(_) => {
-                (true, true)
-            }
+            | Command::Toolformer(_) => (true, true),
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             // `merge --lora DIR` names the adapter to fold in.

@@ -80,12 +80,19 @@ pub fn builtin_tools(index: Option<&Path>, limits: Limits, quiet: bool) -> anyho
         .with(Arc::new(tools::Calculator))
         .with(Arc::new(tools::Calendar { today: None }));
     let cfg = canon_eval::SandboxConfig {
-        timeout: limits.timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_secs(1)),
+        timeout: limits
+            .timeout
+            .saturating_sub(Duration::from_millis(500))
+            .max(Duration::from_secs(1)),
         report_missing: !quiet,
         ..Default::default()
     };
     match canon_eval::Sandbox::new(cfg) {
-        Ok(sb) => tb = tb.with(Arc::new(tools::Python { sandbox: Arc::new(sb) })),
+        Ok(sb) => {
+            tb = tb.with(Arc::new(tools::Python {
+                sandbox: Arc::new(sb),
+            }))
+        }
         Err(e) => {
             if !quiet {
                 eprintln!("canon: the python tool is unavailable: {e}");
@@ -159,7 +166,8 @@ fn run_questions(a: QuestionsArgs, ctx: &Ctx) -> anyhow::Result<()> {
         },
         a.test_every,
     )?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     write_atomic(&a.out.join("pages.jsonl"), &react_data::to_jsonl(&pages))?;
     write_atomic(&a.out.join("questions.jsonl"), &react_data::to_jsonl(&qs))?;
     let test = qs.iter().filter(|q| q.split == "test").count();
@@ -237,7 +245,11 @@ fn demos_for(qs: &[Question], wiki: &Arc<Wiki>, mode: Mode, shots: usize) -> Vec
     kinds.dedup();
     let mut by_kind: Vec<Vec<&Question>> = kinds
         .iter()
-        .map(|k| qs.iter().filter(|q| q.split == "train" && q.kind == *k).collect())
+        .map(|k| {
+            qs.iter()
+                .filter(|q| q.split == "train" && q.kind == *k)
+                .collect()
+        })
         .collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -272,7 +284,11 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         run.truncate(n);
     }
     if run.is_empty() {
-        bail!("{}: expected {} questions, found none", a.data.display(), a.split);
+        bail!(
+            "{}: expected {} questions, found none",
+            a.data.display(),
+            a.split
+        );
     }
     if a.oracle {
         let out = a.out.as_ref().context("--oracle needs --out FILE")?;
@@ -284,12 +300,18 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 let head = format!("Question: {}\n", q.question);
                 let p = react::prompt(*m, &demos, &q.question);
                 let completion = full.strip_prefix(&head).unwrap_or(&full);
-                text.push_str(&serde_json::to_string(&json!({"prompt": p, "completion": completion}))?);
+                text.push_str(&serde_json::to_string(
+                    &json!({"prompt": p, "completion": completion}),
+                )?);
                 text.push('\n');
             }
         }
         write_atomic(out, &text)?;
-        eprintln!("canon: {} oracle records in {}", run.len() * modes.len(), out.display());
+        eprintln!(
+            "canon: {} oracle records in {}",
+            run.len() * modes.len(),
+            out.display()
+        );
         return Ok(());
     }
     let lm = model_gen::load_lm(&a.model, ctx)?;
@@ -302,7 +324,10 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let elm = EngineLm { engine: engine.clone(), texts };
+    let elm = EngineLm {
+        engine: engine.clone(),
+        texts,
+    };
     let mut all: Vec<Episode> = Vec::new();
     let mut scores = Vec::new();
     for m in modes {
@@ -341,7 +366,11 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 })
                 .collect();
             hs.into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(anyhow::anyhow!("an episode thread panicked"))]))
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(anyhow::anyhow!("an episode thread panicked"))]
+                    })
+                })
                 .collect()
         });
         pb.finish_and_clear();
@@ -357,9 +386,11 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .count();
         let steps: usize = eps.iter().map(|e| e.1.steps.len()).sum();
         let secs = t0.elapsed().as_secs_f64();
-        scores.push(json!({"mode": m, "questions": n, "exact_match": em as f64 / n as f64,
+        scores.push(
+            json!({"mode": m, "questions": n, "exact_match": em as f64 / n as f64,
             "correct": em, "finished": finished, "steps": steps, "invalid_actions": invalid,
-            "seconds": secs}));
+            "seconds": secs}),
+        );
         if !a.json {
             println!(
                 "{name} {m:?} ({} shots, {n} {} questions): exact match {:.1} % ({em}/{n}), finished {finished}, {steps} steps, {invalid} invalid actions, {secs:.0} s",
@@ -375,7 +406,10 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         write_atomic(out, &react_data::to_jsonl(&all))?;
     }
     if a.json {
-        println!("{}", json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores}));
+        println!(
+            "{}",
+            json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores})
+        );
     }
     Ok(())
 }
@@ -385,7 +419,9 @@ pub(crate) fn progress(ctx: &Ctx, n: usize, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(n as u64);
-    if let Ok(s) = ProgressStyle::with_template(&format!("{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)")) {
+    if let Ok(s) = ProgressStyle::with_template(&format!(
+        "{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)"
+    )) {
         pb.set_style(s.progress_chars("=> "));
     }
     pb

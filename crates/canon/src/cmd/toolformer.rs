@@ -296,7 +296,11 @@ fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
         parsed: cands.iter().filter(|c| c.tool.is_some()).count(),
         ..Default::default()
     };
-    write_counts(&a.work, &counts, &json!({"tau_s": a.tau_s, "k": a.k, "m": a.m}))?;
+    write_counts(
+        &a.work,
+        &counts,
+        &json!({"tau_s": a.tau_s, "k": a.k, "m": a.m}),
+    )?;
     eprintln!(
         "canon: {} texts, {} positions, {} distinct sampled calls, {} parsed",
         counts.texts, counts.positions, counts.sampled, counts.parsed
@@ -306,7 +310,10 @@ fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 fn write_counts(work: &Path, c: &StageCounts, settings: &serde_json::Value) -> anyhow::Result<()> {
     let v = json!({"counts": c, "settings": settings});
-    write_atomic(&work.join("counts.json"), &serde_json::to_string_pretty(&v)?)
+    write_atomic(
+        &work.join("counts.json"),
+        &serde_json::to_string_pretty(&v)?,
+    )
 }
 
 fn read_counts(work: &Path) -> (StageCounts, serde_json::Value) {
@@ -320,8 +327,8 @@ fn read_counts(work: &Path) -> (StageCounts, serde_json::Value) {
 
 fn execute(work: &Path) -> anyhow::Result<()> {
     let mut cands = load_cands(work)?;
-    let tb = Toolbox::new(Default::default())
-        .with(std::sync::Arc::new(canon_agent::tools::Calculator));
+    let tb =
+        Toolbox::new(Default::default()).with(std::sync::Arc::new(canon_agent::tools::Calculator));
     toolformer::execute(&mut cands, &tb, 2);
     write_atomic(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
     let (mut c, s) = read_counts(work);
@@ -335,7 +342,11 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
     let texts = load_texts(work)?;
     let mut cands = load_cands(work)?;
     if let Some(c) = cands.iter().find(|c| c.text_id >= texts.len()) {
-        bail!("candidates.jsonl names text {} but texts.jsonl has {}", c.text_id, texts.len());
+        bail!(
+            "candidates.jsonl names text {} but texts.jsonl has {}",
+            c.text_id,
+            texts.len()
+        );
     }
     let lm = model_gen::load_lm(model, ctx)?;
     let mut sc = LmScorer {
@@ -351,7 +362,9 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
         let mine: Vec<&Candidate> = cands.iter().filter(|c| c.text_id == i).collect();
         if let Some(aug) = toolformer::augment(&t.text, &mine) {
             with_call += 1;
-            recs.push_str(&serde_json::to_string(&json!({"prompt": "", "completion": aug}))?);
+            recs.push_str(&serde_json::to_string(
+                &json!({"prompt": "", "completion": aug}),
+            )?);
             recs.push('\n');
         }
     }
@@ -364,7 +377,8 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
     // correct vs corrupted: how often calls whose result equals the text's answer pass
     let correct = |c: &&Candidate| c.result.as_deref() == Some(texts[c.text_id].answer.as_str());
     let scored: Vec<&Candidate> = cands.iter().filter(|c| c.losses.is_some()).collect();
-    let (right, wrong): (Vec<&Candidate>, Vec<&Candidate>) = scored.iter().copied().partition(|c| correct(&c));
+    let (right, wrong): (Vec<&Candidate>, Vec<&Candidate>) =
+        scored.iter().copied().partition(|c| correct(c));
     let rate = |v: &[&Candidate]| {
         if v.is_empty() {
             0.0
@@ -383,7 +397,11 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
 
 fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let texts = load_texts(&a.work)?;
-    let test: Vec<&Text> = texts.iter().filter(|t| t.split == "test").take(a.limit).collect();
+    let test: Vec<&Text> = texts
+        .iter()
+        .filter(|t| t.split == "test")
+        .take(a.limit)
+        .collect();
     if test.is_empty() {
         bail!("{}: expected test texts, found none", a.work.display());
     }
@@ -418,14 +436,20 @@ fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let ok = got.as_deref() == Some(t.answer.as_str());
         right += usize::from(ok);
         calls += usize::from(out.call.is_some());
-        rows.push_str(&serde_json::to_string(&json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
-            "output": out.text, "call": out.call, "number": got, "correct": ok}))?);
+        rows.push_str(&serde_json::to_string(
+            &json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
+            "output": out.text, "call": out.call, "number": got, "correct": ok}),
+        )?);
         rows.push('\n');
         pb.inc(1);
     }
     pb.finish_and_clear();
     engine.shutdown();
-    let file = a.work.join(if a.tools { "eval-tools.jsonl" } else { "eval.jsonl" });
+    let file = a.work.join(if a.tools {
+        "eval-tools.jsonl"
+    } else {
+        "eval.jsonl"
+    });
     write_atomic(&file, &rows)?;
     println!(
         "{}",
