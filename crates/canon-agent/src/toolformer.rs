@@ -170,6 +170,23 @@ pub struct Candidate {
     pub result: Option<String>,
     pub losses: Option<Losses>,
     pub kept: bool,
+    /// A control: the same call with a corrupted result, scored but never inserted.
+    #[serde(default)]
+    pub control: bool,
+}
+
+/// A control twin of an executed call: its result made wrong (a number plus 7, rounded as the
+/// calculator rounds), to compare keep rates of right and corrupted results.
+pub fn corrupted(c: &Candidate) -> Option<Candidate> {
+    let r = c.result.as_ref()?;
+    let v = crate::tools::evaluate(&format!("{r} + 7")).ok()?;
+    Some(Candidate {
+        result: Some(v.decimal(2)),
+        control: true,
+        losses: None,
+        kept: false,
+        ..c.clone()
+    })
 }
 
 /// Counts per stage.
@@ -618,6 +635,7 @@ mod tests {
             result: Some(result.into()),
             losses: None,
             kept: false,
+            control: false,
         }
     }
 
@@ -629,6 +647,13 @@ mod tests {
         let l = cs[0].losses.unwrap();
         assert!((l.with_result - 0.1).abs() < 1e-9 && (l.minus() - 3.0).abs() < 1e-9);
         assert!(cs[0].kept && !cs[1].kept, "{cs:?}");
+        // a corrupted control is scored (and here dropped) but never inserted
+        let mut ctl = vec![corrupted(&cs[0]).unwrap()];
+        assert_eq!(ctl[0].result.as_deref(), Some("49"));
+        filter(&mut Fake, &texts, &mut ctl, 1.0).unwrap();
+        assert!(!ctl[0].kept);
+        ctl[0].kept = true;
+        assert_eq!(augment(&texts[0], &[&ctl[0]]), None);
         let refs: Vec<&Candidate> = cs.iter().collect();
         assert_eq!(
             augment(&texts[0], &refs).unwrap(),

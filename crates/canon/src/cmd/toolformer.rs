@@ -282,6 +282,7 @@ fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 result: None,
                 losses: None,
                 kept: false,
+                control: false,
             });
         }
         pb.inc(1);
@@ -354,6 +355,9 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
         tok: &lm.tokenizer,
     };
     let strings: Vec<String> = texts.iter().map(|t| t.text.clone()).collect();
+    cands.retain(|c| !c.control);
+    let controls: Vec<Candidate> = cands.iter().filter_map(toolformer::corrupted).collect();
+    cands.extend(controls);
     toolformer::filter(&mut sc, &strings, &mut cands, tau_f)?;
     write_atomic(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
     let mut recs = String::new();
@@ -370,13 +374,20 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
     }
     write_atomic(&work.join("augmented.jsonl"), &recs)?;
     let (mut c, mut s) = read_counts(work);
-    c.kept = cands.iter().filter(|c| c.kept).count();
+    c.kept = cands.iter().filter(|c| c.kept && !c.control).count();
     c.texts_with_a_kept_call = with_call;
     s["tau_f"] = json!(tau_f);
     write_counts(work, &c, &s)?;
     // correct vs corrupted: how often calls whose result equals the text's answer pass
     let correct = |c: &&Candidate| c.result.as_deref() == Some(texts[c.text_id].answer.as_str());
-    let scored: Vec<&Candidate> = cands.iter().filter(|c| c.losses.is_some()).collect();
+    let scored: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.losses.is_some() && !c.control)
+        .collect();
+    let ctrl: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.control && c.losses.is_some())
+        .collect();
     let (right, wrong): (Vec<&Candidate>, Vec<&Candidate>) =
         scored.iter().copied().partition(|c| correct(c));
     let rate = |v: &[&Candidate]| {
@@ -390,7 +401,8 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
         "{}",
         json!({"counts": c, "tau_f": tau_f,
             "calls_with_the_right_result": right.len(), "kept_rate_right": rate(&right),
-            "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong)})
+            "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong),
+            "corrupted_controls": ctrl.len(), "kept_rate_corrupted": rate(&ctrl)})
     );
     Ok(())
 }
