@@ -260,11 +260,14 @@ pub fn filter(
 
 /// Stage 5: the text with its best kept call (lowest `L+`) inserted inline.
 pub fn augment(text: &str, cands: &[&Candidate]) -> Option<String> {
-    let best = cands.iter().filter(|c| c.kept).min_by(|a, b| {
-        let la = a.losses.map_or(f64::INFINITY, |l| l.with_result);
-        let lb = b.losses.map_or(f64::INFINITY, |l| l.with_result);
-        la.total_cmp(&lb)
-    })?;
+    let best = cands
+        .iter()
+        .filter(|c| c.kept && !c.control)
+        .min_by(|a, b| {
+            let la = a.losses.map_or(f64::INFINITY, |l| l.with_result);
+            let lb = b.losses.map_or(f64::INFINITY, |l| l.with_result);
+            la.total_cmp(&lb)
+        })?;
     let (tool, args, result) = (
         best.tool.as_ref()?,
         best.args.as_ref()?,
