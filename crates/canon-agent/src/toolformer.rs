@@ -324,18 +324,30 @@ impl Scorer for LmScorer<'_> {
                 all.len()
             )));
         }
-        let t = Tensor::new(all.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        // the context once (last position only), then x on the same cache: only x's rows are
+        // projected to the vocabulary
         let mut cache = self.lm.new_cache();
-        let logits = self
-            .lm
-            .forward(&t, &mut cache, canon_models::Positions::All)?
-            .squeeze(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2::<f32>()?;
-        // row r predicts token r + 1; before x_i is row context.len() - 1 + i
+        let to_rows = |t: Tensor| -> Result<Vec<Vec<f32>>> {
+            Ok(t.squeeze(0)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec2::<f32>()?)
+        };
+        let c = Tensor::new(context, &Device::Cpu)?.unsqueeze(0)?;
+        let mut rows = to_rows(
+            self.lm
+                .forward(&c, &mut cache, canon_models::Positions::Last)?,
+        )?;
+        if x.len() > 1 {
+            let t = Tensor::new(&x[..x.len() - 1], &Device::Cpu)?.unsqueeze(0)?;
+            rows.extend(to_rows(self.lm.forward(
+                &t,
+                &mut cache,
+                canon_models::Positions::All,
+            )?)?);
+        }
+        // rows[i] predicts x_i
         let mut out = Vec::with_capacity(x.len());
-        for i in 0..x.len() {
-            let row = &logits[context.len() - 1 + i];
+        for row in rows.iter().take(x.len()) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
             let p: f64 = set
