@@ -606,6 +606,9 @@ pub fn cot_answer(text: &str) -> String {
         .to_string()
 }
 
+/// Token budget of a constrained action (the argument is at most 60 characters).
+pub const ACTION_TOKENS: usize = 80;
+
 /// Runs one episode.
 pub fn run_episode(
     lm: &mut dyn AgentLm,
@@ -672,7 +675,7 @@ pub fn run_episode(
                 let a = lm.complete(
                     &format!("{p}Thought {i}: {t}\nAction {i}:"),
                     &["\n".to_string()],
-                    40,
+                    ACTION_TOKENS,
                     Some(&names),
                 )?;
                 (Some(t), a.trim().to_string())
@@ -681,7 +684,11 @@ pub fn run_episode(
                 let a = lm.complete(
                     &format!("{p}Action {i}:"),
                     &[obs_stop.clone(), "\n".to_string()],
-                    if constrained { 40 } else { cfg.max_tokens },
+                    if constrained {
+                        ACTION_TOKENS
+                    } else {
+                        cfg.max_tokens
+                    },
                     constrained.then_some(names.as_slice()),
                 )?;
                 (None, a.trim().to_string())
