@@ -18,6 +18,11 @@ use super::write_atomic;
 use crate::{Ctx, model_gen};
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent tools --call calculator --args '{\"expression\": \"1/3 + 1/6\"}'
+  canon agent questions --out data/react
+  canon agent react --data data/react --mode all --shots 3 --limit 12
+  canon agent browse --site data/browse-site --question 'What is 2024-02-28 plus two days?' --commands cmds.txt")]
 pub struct AgentArgs {
     #[command(subcommand)]
     pub cmd: AgentCmd,

@@ -22,6 +22,7 @@ use crate::{Ctx, model_gen};
   canon toolformer execute --work runs/tf                  # stage 3: run the calls
   canon toolformer filter --work runs/tf --tau-f 1.0       # stage 4: L- - L+ >= tau_f; writes augmented.jsonl
   canon toolformer run --work runs/tf --limit 40           # all stages
+  canon toolformer eval --work runs/tf --limit 40 --tools  # held-out texts, calls executed on ->
   canon finetune --method lora --data runs/tf/augmented.jsonl --out runs/tf-lora   # stage 5
 
 Files in the work folder: texts.jsonl, candidates.jsonl (every call with its position, p, result,
