@@ -974,6 +974,56 @@ mod tests {
     }
 
     #[test]
+    fn index_search_answers_passages_by_bm25() {
+        use canon_rag::chunk::Chunk;
+        use canon_rag::index::{FORMAT, Index, Meta, VERSION, write_index};
+        let d = tempfile::tempdir().unwrap();
+        let chunk = |page: &str, text: &str| Chunk {
+            path: format!("/man/{page}.1"),
+            page: page.into(),
+            section: "NAME".into(),
+            line_start: 1,
+            line_end: 1,
+            text: text.into(),
+        };
+        let chunks = vec![
+            chunk("ls(1)", "ls - list directory contents"),
+            chunk(
+                "cat(1)",
+                "cat - concatenate files and print on the standard output",
+            ),
+        ];
+        let meta = Meta {
+            format: FORMAT.into(),
+            version: VERSION,
+            model: "none".into(),
+            dim: 1,
+            chunks: 2,
+            man_rendered: false,
+            roots: vec![],
+            files: vec![],
+            stats: Default::default(),
+        };
+        let dir = d.path().join("ix");
+        write_index(&dir, &meta, &chunks, &[1.0, 1.0]).unwrap();
+        let tool = IndexSearch {
+            index: Index::open(&dir, None).unwrap(),
+            k: 3,
+        };
+        let out = tool.call(&json!({"query": "list the directory"})).unwrap();
+        assert!(
+            out.starts_with("[1] ls(1): ls - list directory contents"),
+            "{out}"
+        );
+        assert!(
+            tool.call(&json!({"query": "zebra"}))
+                .unwrap()
+                .starts_with("No passage")
+        );
+        assert!(tool.call(&json!({"query": "  "})).is_err());
+    }
+
+    #[test]
     fn python_wrapper_is_valid_python_shape() {
         let w = Python::wrap("print('a\"b')\n");
         assert!(w.contains("exec(compile(\"print('a\\\"b')\\n\""), "{w}");
