@@ -246,6 +246,42 @@ fn unknown(name: &str) -> Observation {
     }
 }
 
+/// The built-in tools, as one toolbox (what `canon agent tools` lists and a server can offer):
+/// calculator, calendar, python (when the sandbox starts on this machine) and, with an index
+/// folder, search. Returns the toolbox and a note for each tool that could not be set up.
+pub fn builtin_toolbox(
+    index: Option<&std::path::Path>,
+    limits: Limits,
+    report_missing_sandbox_facilities: bool,
+) -> Result<(Toolbox, Vec<String>), ToolError> {
+    let mut notes = Vec::new();
+    let mut tb = Toolbox::new(limits)
+        .with(Arc::new(Calculator))
+        .with(Arc::new(Calendar { today: None }));
+    let cfg = canon_eval::SandboxConfig {
+        timeout: limits
+            .timeout
+            .saturating_sub(Duration::from_millis(500))
+            .max(Duration::from_secs(1)),
+        report_missing: report_missing_sandbox_facilities,
+        ..Default::default()
+    };
+    match canon_eval::Sandbox::new(cfg) {
+        Ok(sb) => {
+            tb = tb.with(Arc::new(Python {
+                sandbox: Arc::new(sb),
+            }))
+        }
+        Err(e) => notes.push(format!("the python tool is unavailable: {e}")),
+    }
+    if let Some(dir) = index {
+        let ix = canon_rag::index::Index::open(dir, None)
+            .map_err(|e| ToolError::new(format!("index {}: {e}", dir.display())))?;
+        tb = tb.with(Arc::new(IndexSearch { index: ix, k: 3 }));
+    }
+    Ok((tb, notes))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Calculator: exact rationals.
 

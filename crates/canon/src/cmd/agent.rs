@@ -78,36 +78,15 @@ pub struct ToolsArgs {
     pub max_output: usize,
 }
 
-/// The built-in tools: calculator, calendar, python (when the sandbox starts) and search (with an
-/// index). What could not be set up is said on stderr.
+/// The built-in tools (`canon_agent::tools::builtin_toolbox`); what could not be set up is said
+/// on stderr.
 pub fn builtin_tools(index: Option<&Path>, limits: Limits, quiet: bool) -> anyhow::Result<Toolbox> {
-    let mut tb = Toolbox::new(limits)
-        .with(Arc::new(tools::Calculator))
-        .with(Arc::new(tools::Calendar { today: None }));
-    let cfg = canon_eval::SandboxConfig {
-        timeout: limits
-            .timeout
-            .saturating_sub(Duration::from_millis(500))
-            .max(Duration::from_secs(1)),
-        report_missing: !quiet,
-        ..Default::default()
-    };
-    match canon_eval::Sandbox::new(cfg) {
-        Ok(sb) => {
-            tb = tb.with(Arc::new(tools::Python {
-                sandbox: Arc::new(sb),
-            }))
+    let (tb, notes) = tools::builtin_toolbox(index, limits, !quiet)
+        .map_err(|e| anyhow::anyhow!("--index: {e}"))?;
+    if !quiet {
+        for n in notes {
+            eprintln!("canon: {n}");
         }
-        Err(e) => {
-            if !quiet {
-                eprintln!("canon: the python tool is unavailable: {e}");
-            }
-        }
-    }
-    if let Some(dir) = index {
-        let ix = canon_rag::index::Index::open(dir, None)
-            .with_context(|| format!("--index {}", dir.display()))?;
-        tb = tb.with(Arc::new(tools::IndexSearch { index: ix, k: 3 }));
     }
     Ok(tb)
 }
