@@ -622,7 +622,7 @@ impl<'a> Browser<'a> {
             Some(v) => s.push_str(&format!("\nEnded: {v}\n")),
             None => s.push_str(&format!(
                 "\nActions left: {}\nNext action:",
-                self.cfg.max_actions - self.actions.len()
+                self.cfg.max_actions.saturating_sub(self.actions.len())
             )),
         }
         s

@@ -590,7 +590,8 @@ pub fn exact_match(pred: &str, gold: &str) -> bool {
 
 /// CoT's answer: the text after the last `answer is` / `Answer:`, up to the end of its line.
 pub fn cot_answer(text: &str) -> String {
-    let lower = text.to_lowercase();
+    // ASCII lower-casing keeps byte offsets, so they index `text` too
+    let lower = text.to_ascii_lowercase();
     let at = ["answer:", "answer is"]
         .iter()
         .filter_map(|k| lower.rfind(k).map(|i| i + k.len()))

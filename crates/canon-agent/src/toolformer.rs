@@ -229,7 +229,14 @@ pub fn filter(
         let (Some(tool), Some(args), Some(result)) = (&c.tool, &c.args, &c.result) else {
             continue;
         };
-        let x = scorer.encode(&texts[c.text_id])?;
+        let text = texts.get(c.text_id).ok_or_else(|| {
+            AgentError::Task(format!(
+                "a candidate names text {}, but there are {} texts",
+                c.text_id,
+                texts.len()
+            ))
+        })?;
+        let x = scorer.encode(text)?;
         let i = c.position.token;
         if i == 0 || i >= x.len() {
             return Err(AgentError::Task(format!(
@@ -273,7 +280,10 @@ pub fn augment(text: &str, cands: &[&Candidate]) -> Option<String> {
         best.args.as_ref()?,
         best.result.as_ref()?,
     );
-    let at = best.offset.min(text.len());
+    let mut at = best.offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
     let (head, tail) = text.split_at(at);
     let sep = if head.ends_with(' ') || head.is_empty() {
         ""
