@@ -647,6 +647,44 @@ impl<'a> Browser<'a> {
     }
 }
 
+/// A documented heuristic answer score until a reward model exists: +1 per distinct valid
+/// citation `[k]` (1 ≤ k ≤ `references`), −1 per citation of a reference that does not exist,
+/// −1 for an empty answer; a tiny length term (−0.001 per character beyond 600) breaks ties toward
+/// concise answers.
+pub fn heuristic_score(answer: &str, references: usize) -> f64 {
+    if answer.trim().is_empty() {
+        return -1.0;
+    }
+    let mut valid = std::collections::BTreeSet::new();
+    let mut invalid = 0usize;
+    let mut rest = answer;
+    while let Some(a) = rest.find('[') {
+        let after = &rest[a + 1..];
+        let Some(b) = after.find(']') else { break };
+        if let Ok(k) = after[..b].trim().parse::<usize>() {
+            if (1..=references).contains(&k) {
+                valid.insert(k);
+            } else {
+                invalid += 1;
+            }
+        }
+        rest = &after[b + 1..];
+    }
+    let len = answer.chars().count().saturating_sub(600) as f64;
+    valid.len() as f64 - invalid as f64 - 0.001 * len
+}
+
+/// Best-of-n: the index of the highest score, the lowest index among ties; `None` when empty.
+pub fn best_of_n(scores: &[f64]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, s) in scores.iter().enumerate() {
+        if best.is_none_or(|b| *s > scores[b]) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 /// The text without link markers (`【3†text】` → `text`).
 pub fn strip_markers(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -812,6 +850,25 @@ mod tests {
         assert_eq!(b.ended.as_deref(), Some("Answer"));
         assert!(o.ends_with("\nEnded: Answer\n"), "{o}");
         assert!(b.step("Top").starts_with("error: the episode has ended"));
+    }
+
+    #[test]
+    fn best_of_n_takes_the_highest_score_and_the_first_of_ties() {
+        assert_eq!(best_of_n(&[]), None);
+        assert_eq!(best_of_n(&[0.5]), Some(0));
+        assert_eq!(best_of_n(&[1.0, 3.0, 3.0, 2.0]), Some(1));
+        assert_eq!(
+            heuristic_score("Rust came out in 2015 [1], says [2].", 2),
+            2.0
+        );
+        assert_eq!(heuristic_score("In 2015 [1][1] and [3].", 2), 0.0);
+        assert_eq!(heuristic_score("  ", 2), -1.0);
+        let s = [
+            heuristic_score("No idea.", 1),
+            heuristic_score("2015 [1].", 1),
+            heuristic_score("2015 [1]. Also [1].", 1),
+        ];
+        assert_eq!(best_of_n(&s), Some(1));
     }
 
     #[test]

@@ -105,6 +105,52 @@ fn browser_runs_commands_on_the_example_site() {
             .unwrap()
             .contains("[1] Tools (tools.html): 2024-02-28 plus 2 days is 2024-03-01")
     );
+    // best-of-n answers from the answer prompt (a tiny random model: the scores, not the text)
+    let model = d.path().join("tiny.gguf");
+    write_tiny_llama(
+        &model,
+        &TinyLlama {
+            context_length: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let o = canon(
+        &[
+            "agent",
+            "browse",
+            "--site",
+            site.to_str().unwrap(),
+            "--question",
+            "q?",
+            "--commands",
+            cmds.to_str().unwrap(),
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--n",
+            "3",
+            "--answer-tokens",
+            "8",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let scores: Vec<f64> = v["answers"]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 3);
+    let best = v["answers"]["best"].as_u64().unwrap() as usize;
+    assert!(scores.iter().all(|s| *s <= scores[best]));
+    assert_eq!(
+        scores.iter().position(|s| *s == scores[best]),
+        Some(best),
+        "ties go to the first"
+    );
     one_error(
         &canon(
             &[

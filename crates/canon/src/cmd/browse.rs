@@ -11,6 +11,7 @@ use serde_json::json;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   canon agent browse --site ./site --question 'When was Rust first released?' --commands cmds.txt
+  canon agent browse --site ./site --question 'Q?' --commands cmds.txt --model smollm2 --n 4   # best-of-4 answer
   printf 'Search rust release\\nClicked on link 0\\nFind in page: released\\nQuote: first released in 2015\\nEnd: Answer\\n' \\
     | canon agent browse --site ./site --question 'When was Rust first released?'
 
@@ -41,11 +42,25 @@ pub struct BrowseArgs {
     /// Print one JSON object (observations, quotes, answer prompt) instead of the states.
     #[arg(long)]
     pub json: bool,
+    /// After browsing, answer with this model from the answer prompt (best-of-n with --n).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Answers sampled (temperature 0.8, seeds 0..n); the one the heuristic scorer prefers is kept
+    /// (+1 per distinct valid citation [k], -1 per citation of a missing reference; ties: the
+    /// first).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 128)]
+    pub answer_tokens: usize,
 }
 
-pub fn run(a: BrowseArgs, _ctx: &crate::Ctx) -> anyhow::Result<()> {
+pub fn run(a: BrowseArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
     if a.window == 0 || a.max_actions == 0 {
         bail!("--window and --max-actions must be at least 1");
+    }
+    if a.n == 0 || a.n > 64 {
+        bail!("--n must be between 1 and 64, found {}", a.n);
     }
     let site = Site::load(&a.site).with_context(|| format!("--site {}", a.site.display()))?;
     let lines: Vec<String> = match &a.commands {
@@ -74,14 +89,70 @@ pub fn run(a: BrowseArgs, _ctx: &crate::Ctx) -> anyhow::Result<()> {
         }
         steps.push(json!({"command": l, "observation": obs}));
     }
+    let answers = match &a.model {
+        Some(m) => answer(m, &b.answer_prompt(), b.quotes.len(), &a, ctx)?,
+        None => serde_json::Value::Null,
+    };
     if a.json {
         println!(
             "{}",
             json!({"question": a.question, "steps": steps, "quotes": b.quotes,
-                "ended": b.ended, "answer_prompt": b.answer_prompt()})
+                "ended": b.ended, "answer_prompt": b.answer_prompt(), "answers": answers})
         );
     } else {
         println!("--- answer prompt\n{}", b.answer_prompt());
+        if let Some(best) = answers.get("best") {
+            println!(
+                "--- best of {} (heuristic score {}):\n{}",
+                a.n,
+                answers["scores"][best.as_u64().unwrap_or(0) as usize],
+                answers["answers"][best.as_u64().unwrap_or(0) as usize]
+                    .as_str()
+                    .unwrap_or("")
+            );
+        }
     }
     Ok(())
+}
+
+/// n sampled answers, their heuristic scores and the index of the best.
+fn answer(
+    model: &str,
+    prompt: &str,
+    refs: usize,
+    a: &BrowseArgs,
+    ctx: &crate::Ctx,
+) -> anyhow::Result<serde_json::Value> {
+    let lm = crate::model_gen::load_lm(model, ctx)?;
+    let ids = lm.tokenizer.encode(prompt, false)?;
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: a.n.min(15),
+            ..Default::default()
+        },
+    )?;
+    let reqs = (0..a.n)
+        .map(|i| {
+            let mut r = canon_infer::Request::new(ids.clone(), a.answer_tokens);
+            r.sampling = canon_infer::SamplingConfig {
+                seed: i as u64,
+                ..Default::default()
+            };
+            r.stop = vec!["\nQuestion:".into()];
+            r
+        })
+        .collect();
+    let outs = engine.generate_batch(reqs)?;
+    engine.shutdown();
+    let texts: Vec<String> = outs
+        .into_iter()
+        .map(|c| c.text.trim().to_string())
+        .collect();
+    let scores: Vec<f64> = texts
+        .iter()
+        .map(|t| canon_agent::browser::heuristic_score(t, refs))
+        .collect();
+    let best = canon_agent::browser::best_of_n(&scores);
+    Ok(json!({"answers": texts, "scores": scores, "best": best}))
 }
