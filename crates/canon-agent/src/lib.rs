@@ -1,11 +1,19 @@
-//! Prompting papers: in-context few-shot evaluation (paper 10, GPT-3).
+//! Prompting and agent papers: in-context few-shot evaluation (paper 10, GPT-3), tools, ReAct
+//! (paper 23), Toolformer (paper 24) and WebGPT's text browser (paper 17).
 //!
+//! - [`tools`]: the `Tool` seam (JSON-schema arguments, time and output limits) and built-ins.
+//! - [`react`], [`react_data`]: the ReAct loop, its baselines and a multi-hop question set.
 //! - [`fewshot`]: tasks (JSONL or generated from data on the machine), K-shot prompts with
 //!   demonstrations drawn from the train split, multiple choice scored by log-likelihood with three
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
+pub mod browser;
 pub mod fewshot;
+pub mod react;
+pub mod react_data;
 pub mod tasks;
+pub mod toolformer;
+pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]

@@ -94,6 +94,10 @@ enum Command {
   canon completions zsh > ~/.zfunc/_canon
   canon completions fish > ~/.config/fish/completions/canon.fish")]
     Completions { shell: clap_complete::Shell },
+    /// Tools and agents: tool list/calls, ReAct question set and evaluation.
+    Agent(cmd::agent::AgentArgs),
+    /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
+    Toolformer(cmd::toolformer::ToolformerArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
@@ -153,9 +157,12 @@ impl Command {
     /// honour is an error, never silently ignored.
     fn honours(&self) -> (bool, bool) {
         match self {
-            Command::Generate(_) | Command::Chat(_) | Command::Eval(_) | Command::Serve(_) => {
-                (true, true)
-            }
+            Command::Generate(_)
+            | Command::Chat(_)
+            | Command::Eval(_)
+            | Command::Serve(_)
+            | Command::Agent(_)
+            | Command::Toolformer(_) => (true, true),
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             // `merge --lora DIR` names the adapter to fold in.
@@ -266,6 +273,8 @@ fn main() -> ExitCode {
         Command::Translate(a) => cmd::translate::run(a, &ctx),
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Serve(a) => cmd::serve::run(a, &ctx),
+        Command::Agent(a) => cmd::agent::run(a, &ctx),
+        Command::Toolformer(a) => cmd::toolformer::run(a, &ctx),
         Command::Completions { .. } => Ok(()),
     };
     match result {

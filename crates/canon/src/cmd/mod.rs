@@ -1,4 +1,6 @@
+pub mod agent;
 pub mod assets;
+pub mod browse;
 pub mod chat;
 pub mod data;
 pub mod embed;
@@ -19,6 +21,7 @@ pub mod sampling;
 pub mod scale;
 pub mod serve;
 pub mod tokenize;
+pub mod toolformer;
 pub mod train;
 pub mod train_bert;
 pub mod train_distilbert;

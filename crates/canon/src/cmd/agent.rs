@@ -1,0 +1,412 @@
+//! `canon agent`: tools, ReAct (paper 23) and WebGPT's text browser (paper 17).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use canon_agent::react::{self, EngineLm, Episode, LoopConfig, Mode, TokenTexts, Wiki, WikiEnv};
+use canon_agent::react_data::{self, Page, Question};
+use canon_agent::tools::{self, Limits, Toolbox};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::write_atomic;
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent tools --call calculator --args '{\"expression\": \"1/3 + 1/6\"}'
+  canon agent questions --out data/react
+  canon agent react --data data/react --mode all --shots 3 --limit 12
+  canon agent browse --site data/browse-site --question 'What is 2024-02-28 plus two days?' --commands cmds.txt")]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub cmd: AgentCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// List the built-in tools (OpenAI `tools` JSON) or call one.
+    Tools(ToolsArgs),
+    /// Build the multi-hop question set (pages + questions) from the package database.
+    Questions(QuestionsArgs),
+    /// ReAct, Act-only and CoT-only on the question set, by exact match.
+    React(ReactArgs),
+    /// WebGPT's text browser over a folder of HTML or text pages, driven by commands.
+    Browse(super::browse::BrowseArgs),
+}
+
+pub fn run(a: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    match a.cmd {
+        AgentCmd::Tools(t) => run_tools(t),
+        AgentCmd::Questions(q) => run_questions(q, ctx),
+        AgentCmd::React(r) => run_react(r, ctx),
+        AgentCmd::Browse(b) => super::browse::run(b, ctx),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent tools                                   # the tools as OpenAI `tools` JSON
+  canon agent tools --call calculator --args '{\"expression\": \"(400 / 1400) * 3\"}'
+  canon agent tools --call calendar --args '{\"op\": \"add_days\", \"date\": \"2024-02-28\", \"days\": 2}'
+  canon agent tools --call python --args '{\"code\": \"print(sum(range(10)))\"}'
+  canon agent tools --index runs/man-index --call search --args '{\"query\": \"list directory\"}'
+
+A failing, slow or unknown tool prints an error observation (ok: false), never a crash.")]
+pub struct ToolsArgs {
+    /// Call this tool instead of listing.
+    #[arg(long, value_name = "NAME")]
+    pub call: Option<String>,
+    /// The call's arguments as a JSON object.
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub args: String,
+    /// A `canon index build` folder for the `search` tool.
+    #[arg(long, value_name = "DIR")]
+    pub index: Option<PathBuf>,
+    /// Per-call time limit in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Longest observation in characters.
+    #[arg(long, default_value_t = 2000)]
+    pub max_output: usize,
+}
+
+/// The built-in tools (`canon_agent::tools::builtin_toolbox`); what could not be set up is said
+/// on stderr.
+pub fn builtin_tools(index: Option<&Path>, limits: Limits, quiet: bool) -> anyhow::Result<Toolbox> {
+    let (tb, notes) = tools::builtin_toolbox(index, limits, !quiet)
+        .map_err(|e| anyhow::anyhow!("--index: {e}"))?;
+    if !quiet {
+        for n in notes {
+            eprintln!("canon: {n}");
+        }
+    }
+    Ok(tb)
+}
+
+fn limits(timeout: f64, max_output: usize) -> anyhow::Result<Limits> {
+    if !(timeout > 0.0 && timeout <= 600.0) {
+        bail!("--timeout: expected seconds in (0, 600], found {timeout}");
+    }
+    Ok(Limits {
+        timeout: Duration::from_secs_f64(timeout),
+        max_output_chars: max_output.max(1),
+    })
+}
+
+fn run_tools(a: ToolsArgs) -> anyhow::Result<()> {
+    let tb = builtin_tools(a.index.as_deref(), limits(a.timeout, a.max_output)?, false)?;
+    match a.call {
+        None => {
+            let specs: Vec<_> = tb.specs().iter().map(|s| s.openai()).collect();
+            println!("{}", serde_json::to_string_pretty(&specs)?);
+        }
+        Some(name) => {
+            let o = tb.call_json(&name, &a.args);
+            println!("{}", serde_json::to_string(&o)?);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent questions --out data/react
+  canon agent questions --out /tmp/qs --test-every 3
+
+Writes pages.jsonl ({title, text}: one page per installed package and per command with a man
+page) and questions.jsonl ({id, split, kind, entity, question, answer, path, facts}). Kinds:
+cmd_version and cmd_maintainer (command -> package -> field), dep_version (package -> lookup of
+its dependencies -> first dependency's version). The split is by entity.")]
+pub struct QuestionsArgs {
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "/var/lib/dpkg/status", value_name = "FILE")]
+    pub status: PathBuf,
+    #[arg(long, default_value = "/var/lib/dpkg/info", value_name = "DIR")]
+    pub info_dir: PathBuf,
+    #[arg(long, default_value = "/usr/share/man/man1", value_name = "DIR")]
+    pub man_dir: PathBuf,
+    /// One entity in N goes to the test split.
+    #[arg(long, default_value_t = 4)]
+    pub test_every: u64,
+}
+
+fn run_questions(a: QuestionsArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let (pages, qs) = react_data::build(
+        &react_data::Sources {
+            status: &a.status,
+            info_dir: &a.info_dir,
+            man_dir: &a.man_dir,
+        },
+        a.test_every,
+    )?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    write_atomic(&a.out.join("pages.jsonl"), &react_data::to_jsonl(&pages))?;
+    write_atomic(&a.out.join("questions.jsonl"), &react_data::to_jsonl(&qs))?;
+    let test = qs.iter().filter(|q| q.split == "test").count();
+    if !ctx.quiet {
+        eprintln!(
+            "canon: {} pages, {} questions ({} train, {test} test) in {}",
+            pages.len(),
+            qs.len(),
+            qs.len() - test,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent react --data data/react --mode react --limit 20 --out runs/react.jsonl
+  canon agent react --data data/react --mode all --limit 30 --parallel 4 --json
+  canon agent react --data data/react --mode act --no-constrain --shots 3
+  canon agent react --data data/react --oracle --mode react --split train --out react-train.jsonl
+
+Prompts: an instruction, --shots demonstrations (oracle trajectories of train questions, one kind
+after another) and `Question: ...`. ReAct generates `Thought i:` and `Action i:`, stops at
+`Observation i:`, runs the action (Search[entity], Lookup[keyword], Finish[answer]) and appends the
+observation, for at most --max-steps steps. Act-only omits thoughts; CoT-only reasons without
+actions and answers after `Answer:`. Actions are constrained to `Name[argument]` unless
+--no-constrain. Greedy decoding. Score: exact match after SQuAD normalisation.
+--oracle writes the oracle's trajectories (prompt/completion records for `canon finetune`).")]
+pub struct ReactArgs {
+    /// Folder with pages.jsonl and questions.jsonl (`canon agent questions`).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// react, act, cot or all.
+    #[arg(long, default_value = "react")]
+    pub mode: String,
+    /// Demonstrations in the prompt (the paper: 6).
+    #[arg(long, default_value_t = 6)]
+    pub shots: usize,
+    /// Steps before the episode ends without an answer (the paper: 7).
+    #[arg(long, default_value_t = 7)]
+    pub max_steps: usize,
+    /// Tokens per generation call (the paper: 100).
+    #[arg(long, default_value_t = 100)]
+    pub max_tokens: usize,
+    /// Generate actions freely (the paper's loop) instead of constraining their syntax.
+    #[arg(long)]
+    pub no_constrain: bool,
+    /// Questions of the split to run (in the file's order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Episodes run at once (sequences batched in the engine).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Transcripts, one JSON line per episode.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object with the scores.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the oracle's prompt/completion records to --out instead of running a model.
+    #[arg(long)]
+    pub oracle: bool,
+}
+
+fn demos_for(qs: &[Question], wiki: &Arc<Wiki>, mode: Mode, shots: usize) -> Vec<String> {
+    let mut kinds: Vec<&str> = qs.iter().map(|q| q.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let mut by_kind: Vec<Vec<&Question>> = kinds
+        .iter()
+        .map(|k| {
+            qs.iter()
+                .filter(|q| q.split == "train" && q.kind == *k)
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < shots && by_kind.iter().any(|v| !v.is_empty()) {
+        let k = i % by_kind.len();
+        if !by_kind[k].is_empty() {
+            let q = by_kind[k].remove(0);
+            out.push(react::demonstration(q, &WikiEnv::new(wiki.clone()), mode));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let modes: Vec<Mode> = if a.mode == "all" {
+        vec![Mode::React, Mode::Act, Mode::Cot]
+    } else {
+        vec![a.mode.parse()?]
+    };
+    if a.split != "test" && a.split != "train" {
+        bail!("--split: expected train or test, found {:?}", a.split);
+    }
+    if a.max_steps == 0 || a.parallel == 0 {
+        bail!("--max-steps and --parallel must be at least 1");
+    }
+    let pages: Vec<Page> = react_data::from_jsonl(&a.data.join("pages.jsonl"))?;
+    let qs: Vec<Question> = react_data::from_jsonl(&a.data.join("questions.jsonl"))?;
+    let wiki = Arc::new(Wiki::new(pages));
+    let mut run: Vec<&Question> = qs.iter().filter(|q| q.split == a.split).collect();
+    if let Some(n) = a.limit {
+        run.truncate(n);
+    }
+    if run.is_empty() {
+        bail!(
+            "{}: expected {} questions, found none",
+            a.data.display(),
+            a.split
+        );
+    }
+    if a.oracle {
+        let out = a.out.as_ref().context("--oracle needs --out FILE")?;
+        let mut text = String::new();
+        for m in &modes {
+            let demos = demos_for(&qs, &wiki, *m, a.shots);
+            for q in &run {
+                let full = react::demonstration(q, &WikiEnv::new(wiki.clone()), *m);
+                let head = format!("Question: {}\n", q.question);
+                let p = react::prompt(*m, &demos, &q.question);
+                let completion = full.strip_prefix(&head).unwrap_or(&full);
+                text.push_str(&serde_json::to_string(
+                    &json!({"prompt": p, "completion": completion}),
+                )?);
+                text.push('\n');
+            }
+        }
+        write_atomic(out, &text)?;
+        eprintln!(
+            "canon: {} oracle records in {}",
+            run.len() * modes.len(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let lm = model_gen::load_lm(&a.model, ctx)?;
+    let texts = Arc::new(TokenTexts::new(&lm.tokenizer));
+    let name = lm.name.clone();
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: a.parallel.min(15),
+            ..Default::default()
+        },
+    )?;
+    let elm = EngineLm {
+        engine: engine.clone(),
+        texts,
+    };
+    let mut all: Vec<Episode> = Vec::new();
+    let mut scores = Vec::new();
+    for m in modes {
+        let demos = demos_for(&qs, &wiki, m, a.shots);
+        let cfg = LoopConfig {
+            mode: m,
+            max_steps: a.max_steps,
+            max_tokens: a.max_tokens,
+            constrained: !a.no_constrain,
+        };
+        let pb = progress(ctx, run.len(), &format!("{m:?}"));
+        let t0 = Instant::now();
+        let next = AtomicUsize::new(0);
+        let results: Vec<anyhow::Result<(usize, Episode)>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..a.parallel.min(run.len()))
+                .map(|_| {
+                    let mut lm = elm.clone();
+                    let (run, demos, cfg, wiki, next, pb) = (&run, &demos, &cfg, &wiki, &next, &pb);
+                    s.spawn(move || {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= run.len() {
+                                break;
+                            }
+                            let env = WikiEnv::new(wiki.clone());
+                            let tb = react::episode_tools(&env, &[], Limits::default());
+                            let r = react::run_episode(&mut lm, &tb, demos, run[i], cfg)
+                                .map(|e| (i, e))
+                                .map_err(anyhow::Error::from);
+                            pb.inc(1);
+                            out.push(r);
+                        }
+                        out
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(anyhow::anyhow!("an episode thread panicked"))]
+                    })
+                })
+                .collect()
+        });
+        pb.finish_and_clear();
+        let mut eps: Vec<(usize, Episode)> = results.into_iter().collect::<anyhow::Result<_>>()?;
+        eps.sort_by_key(|e| e.0);
+        let n = eps.len();
+        let em = eps.iter().filter(|e| e.1.exact_match).count();
+        let finished = eps.iter().filter(|e| e.1.finished).count();
+        let invalid = eps
+            .iter()
+            .flat_map(|e| &e.1.steps)
+            .filter(|s| s.observation.starts_with("Invalid action"))
+            .count();
+        let steps: usize = eps.iter().map(|e| e.1.steps.len()).sum();
+        let secs = t0.elapsed().as_secs_f64();
+        scores.push(
+            json!({"mode": m, "questions": n, "exact_match": em as f64 / n as f64,
+            "correct": em, "finished": finished, "steps": steps, "invalid_actions": invalid,
+            "seconds": secs}),
+        );
+        if !a.json {
+            println!(
+                "{name} {m:?} ({} shots, {n} {} questions): exact match {:.1} % ({em}/{n}), finished {finished}, {steps} steps, {invalid} invalid actions, {secs:.0} s",
+                a.shots,
+                a.split,
+                100.0 * em as f64 / n as f64
+            );
+        }
+        all.extend(eps.into_iter().map(|e| e.1));
+    }
+    engine.shutdown();
+    if let Some(out) = &a.out {
+        write_atomic(out, &react_data::to_jsonl(&all))?;
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores})
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn progress(ctx: &Ctx, n: usize, what: &str) -> ProgressBar {
+    if ctx.quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    if let Ok(s) = ProgressStyle::with_template(&format!(
+        "{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)"
+    )) {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    pb
+}

@@ -1,0 +1,158 @@
+//! `canon agent browse`: WebGPT's text browser (paper 17) over a local site, driven by commands.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use canon_agent::browser::{Browser, BrowserConfig, Site};
+use clap::Args;
+use serde_json::json;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon agent browse --site ./site --question 'When was Rust first released?' --commands cmds.txt
+  canon agent browse --site ./site --question 'Q?' --commands cmds.txt --model smollm2 --n 4   # best-of-4 answer
+  printf 'Search rust release\\nClicked on link 0\\nFind in page: released\\nQuote: first released in 2015\\nEnd: Answer\\n' \\
+    | canon agent browse --site ./site --question 'When was Rust first released?'
+
+The site is a folder of .html/.htm/.txt pages (links between them are followed; others are shown
+but lead nowhere); a BM25 engine serves `Search`. Commands, one per line: Search <query>,
+Clicked on link <id>, Find in page: <text>, Quote: <text>, Scrolled down <1-3>, Scrolled up <1-3>,
+Top, Back, End: Answer | Nonsense | Controversial. After each command the page state is printed as
+the model would see it; at the end, the answer prompt with the quotes as numbered references.
+A malformed or failing command prints an error line and leaves the state unchanged.")]
+pub struct BrowseArgs {
+    /// Folder of pages.
+    #[arg(long, value_name = "DIR")]
+    pub site: PathBuf,
+    #[arg(long)]
+    pub question: String,
+    /// Commands, one per line (standard input when omitted).
+    #[arg(long, value_name = "FILE")]
+    pub commands: Option<PathBuf>,
+    /// Lines shown per window (one scroll step).
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Action budget; the episode ends with a forced `End: Answer` when it is spent.
+    #[arg(long, default_value_t = 20)]
+    pub max_actions: usize,
+    /// Quote characters beyond which the episode ends.
+    #[arg(long, default_value_t = 2000)]
+    pub max_quote_chars: usize,
+    /// Print one JSON object (observations, quotes, answer prompt) instead of the states.
+    #[arg(long)]
+    pub json: bool,
+    /// After browsing, answer with this model from the answer prompt (best-of-n with --n).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Answers sampled (temperature 0.8, seeds 0..n); the one the heuristic scorer prefers is kept
+    /// (+1 per distinct valid citation [k], -1 per citation of a missing reference; ties: the
+    /// first).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 128)]
+    pub answer_tokens: usize,
+}
+
+pub fn run(a: BrowseArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
+    if a.window == 0 || a.max_actions == 0 {
+        bail!("--window and --max-actions must be at least 1");
+    }
+    if a.n == 0 || a.n > 64 {
+        bail!("--n must be between 1 and 64, found {}", a.n);
+    }
+    let site = Site::load(&a.site).with_context(|| format!("--site {}", a.site.display()))?;
+    let lines: Vec<String> = match &a.commands {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => std::io::stdin().lock().lines().collect::<Result<_, _>>()?,
+    };
+    let cfg = BrowserConfig {
+        window: a.window,
+        max_actions: a.max_actions,
+        max_quote_chars: a.max_quote_chars,
+        ..Default::default()
+    };
+    let mut b = Browser::new(&site, &a.question, cfg);
+    let mut steps = Vec::new();
+    for l in lines.iter().filter(|l| !l.trim().is_empty()) {
+        if b.ended.is_some() {
+            break;
+        }
+        let obs = b.step(l);
+        if !a.json {
+            println!("> {l}\n{obs}\n");
+        }
+        steps.push(json!({"command": l, "observation": obs}));
+    }
+    let answers = match &a.model {
+        Some(m) => answer(m, &b.answer_prompt(), b.quotes.len(), &a, ctx)?,
+        None => serde_json::Value::Null,
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({"question": a.question, "steps": steps, "quotes": b.quotes,
+                "ended": b.ended, "answer_prompt": b.answer_prompt(), "answers": answers})
+        );
+    } else {
+        println!("--- answer prompt\n{}", b.answer_prompt());
+        if let Some(best) = answers.get("best") {
+            println!(
+                "--- best of {} (heuristic score {}):\n{}",
+                a.n,
+                answers["scores"][best.as_u64().unwrap_or(0) as usize],
+                answers["answers"][best.as_u64().unwrap_or(0) as usize]
+                    .as_str()
+                    .unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// n sampled answers, their heuristic scores and the index of the best.
+fn answer(
+    model: &str,
+    prompt: &str,
+    refs: usize,
+    a: &BrowseArgs,
+    ctx: &crate::Ctx,
+) -> anyhow::Result<serde_json::Value> {
+    let lm = crate::model_gen::load_lm(model, ctx)?;
+    let ids = lm.tokenizer.encode(prompt, false)?;
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: a.n.min(15),
+            ..Default::default()
+        },
+    )?;
+    let reqs = (0..a.n)
+        .map(|i| {
+            let mut r = canon_infer::Request::new(ids.clone(), a.answer_tokens);
+            r.sampling = canon_infer::SamplingConfig {
+                seed: i as u64,
+                ..Default::default()
+            };
+            r.stop = vec!["\nQuestion:".into()];
+            r
+        })
+        .collect();
+    let outs = engine.generate_batch(reqs)?;
+    engine.shutdown();
+    let texts: Vec<String> = outs
+        .into_iter()
+        .map(|c| c.text.trim().to_string())
+        .collect();
+    let scores: Vec<f64> = texts
+        .iter()
+        .map(|t| canon_agent::browser::heuristic_score(t, refs))
+        .collect();
+    let best = canon_agent::browser::best_of_n(&scores);
+    Ok(json!({"answers": texts, "scores": scores, "best": best}))
+}
