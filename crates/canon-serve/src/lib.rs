@@ -8,6 +8,7 @@
 
 pub mod api;
 mod stream;
+mod tool_routes;
 pub mod tools;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub struct Loaded {
     /// Name under which `/v1/models` lists the language model.
     pub model_id: String,
     pub embedder: Option<(String, LoadedEncoder)>,
+    /// Tools the server runs for clients (`GET /v1/tools`, `POST /v1/tools/{name}`).
+    pub tools: Option<Arc<canon_agent::tools::Toolbox>>,
 }
 
 /// How the server listens and what it accepts.
@@ -80,6 +83,7 @@ pub(crate) struct Metrics {
     errors_5xx: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    tool_calls: AtomicU64,
 }
 
 pub(crate) struct AppState {
@@ -213,6 +217,8 @@ fn router(state: Shared, max_body: usize) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/tools", get(tool_routes::list))
+        .route("/v1/tools/{name}", post(tool_routes::call))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -362,6 +368,12 @@ async fn metrics(State(st): State<Shared>) -> Response {
         "counter",
         "Generated tokens sent to clients.",
         vec![(String::new(), g(&m.completion_tokens) as f64)],
+    );
+    put(
+        "canon_tool_calls_total",
+        "counter",
+        "Tool calls run through POST /v1/tools/{name}.",
+        vec![(String::new(), g(&m.tool_calls) as f64)],
     );
     if let Some(l) = st.ready.get() {
         let s = l.engine.stats();

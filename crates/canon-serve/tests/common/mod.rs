@@ -34,6 +34,16 @@ pub fn start(slots: usize, queue: usize, api_key: Option<&str>) -> Running {
 }
 
 pub fn start_ctx(slots: usize, queue: usize, api_key: Option<&str>, ctx: u32) -> Running {
+    start_with(slots, queue, api_key, ctx, None)
+}
+
+pub fn start_with(
+    slots: usize,
+    queue: usize,
+    api_key: Option<&str>,
+    ctx: u32,
+    tools: Option<std::sync::Arc<canon_agent::tools::Toolbox>>,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_llama(
@@ -89,6 +99,7 @@ pub fn start_ctx(slots: usize, queue: usize, api_key: Option<&str>, ctx: u32) ->
                     chat_template,
                     model_id: "tiny".into(),
                     embedder: None,
+                    tools,
                 })
             });
             server

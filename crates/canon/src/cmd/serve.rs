@@ -12,6 +12,7 @@ use crate::{Ctx, model_gen};
   canon serve --model smollm2                                   # http://127.0.0.1:8080
   canon serve --model smollm2 --embedding-model minilm --parallel 8 --port 9000
   canon serve --model ./my-model.gguf --api-key secret --host 0.0.0.0
+  canon serve --model smollm2 --tools --tools-index runs/man-index  # + GET /v1/tools, POST /v1/tools/NAME
 
 Then:
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -19,7 +20,7 @@ Then:
   open http://127.0.0.1:8080/ for the chat page.
 
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models, /health,
-/metrics (Prometheus), / (chat page). --lora DIR and --f32 (global flags) apply to the model.")]
+/metrics (Prometheus), / (chat page); with --tools, GET /v1/tools and POST /v1/tools/NAME. --lora DIR and --f32 (global flags) apply to the model.")]
 pub struct ServeArgs {
     /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
@@ -51,6 +52,17 @@ pub struct ServeArgs {
     /// Largest request body in MiB (413 beyond).
     #[arg(long, default_value_t = 4)]
     pub max_body_mib: usize,
+    /// Run Canon's tools for clients: GET /v1/tools lists them (OpenAI `tools` entries),
+    /// POST /v1/tools/NAME runs one (calculator, calendar, python in the sandbox; search with
+    /// --tools-index).
+    #[arg(long)]
+    pub tools: bool,
+    /// A `canon index build` folder for the search tool (implies --tools).
+    #[arg(long, value_name = "DIR")]
+    pub tools_index: Option<std::path::PathBuf>,
+    /// Longest a tool call may run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub tool_timeout: u64,
 }
 
 pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -66,6 +78,29 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
             a.max_body_mib
         );
     }
+    let tools = if a.tools || a.tools_index.is_some() {
+        if a.tool_timeout == 0 || a.tool_timeout > 600 {
+            anyhow::bail!(
+                "--tool-timeout must be between 1 and 600 seconds, found {}",
+                a.tool_timeout
+            );
+        }
+        let limits = canon_agent::tools::Limits {
+            timeout: std::time::Duration::from_secs(a.tool_timeout),
+            ..Default::default()
+        };
+        let (tb, notes) =
+            canon_agent::tools::builtin_toolbox(a.tools_index.as_deref(), limits, false)
+                .map_err(|e| anyhow::anyhow!("cannot set up the tools: {e}"))?;
+        if !ctx.quiet {
+            for n in &notes {
+                eprintln!("canon: {n}");
+            }
+        }
+        Some(std::sync::Arc::new(tb))
+    } else {
+        None
+    };
     let cfg = ServeConfig {
         host: a.host.clone(),
         port: a.port,
@@ -125,6 +160,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 chat_template,
                 model_id: model,
                 embedder,
+                tools,
             })
         });
         // A model that fails to load stops the server with that error.
