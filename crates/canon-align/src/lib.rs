@@ -16,7 +16,9 @@ pub mod dpo;
 pub mod eval;
 pub mod lm;
 pub mod losses;
+pub mod pipeline;
 pub mod ppo;
+pub mod prm;
 
 pub mod rm;
 pub mod sft;

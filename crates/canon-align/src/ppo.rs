@@ -409,3 +409,108 @@ impl Objective for PpoObjective<'_> {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::{ScalarHead, tiny_config};
+    use crate::task::{CharVocab, split};
+    use canon_train::{Engine, OptimizerConfig, Schedule, TrainConfig};
+
+    fn engine_cfg(steps: u64) -> TrainConfig {
+        TrainConfig {
+            batch_size: 1,
+            block_size: 1,
+            grad_accum: 1,
+            max_steps: steps,
+            lr: 1e-2,
+            schedule: Schedule::Constant { warmup: 0 },
+            optimizer: OptimizerConfig::default(),
+            grad_clip: Some(1.0),
+            eval_every: 1000,
+            eval_batches: 1,
+            log_every: 1,
+            checkpoint_every: 1000,
+            seed: 3,
+            z_loss: 0.0,
+            moe_aux_weight: 0.0,
+        }
+    }
+
+    /// Mean planted reward of the first and last rollouts and the last rollout's KL.
+    fn run_planted(beta: f64, rollouts: u64) -> (f64, f64, f64) {
+        let cfg = tiny_config(CharVocab.size(), 1, 16, 16);
+        let reference = Lm::new_random(cfg.clone(), 9).unwrap();
+        let mut policy = Lm::new_random(cfg, 9).unwrap();
+        policy.head = Some(ScalarHead::zeros(16).unwrap());
+        let target = CharVocab.encode("7").unwrap()[0];
+        // The planted reward: how many times the response writes '7'.
+        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
+            Ok(resp
+                .iter()
+                .map(|r| r.iter().filter(|&&t| t == target).count() as f64)
+                .collect())
+        };
+        let (train, _) = split(1);
+        let ppo = PpoConfig {
+            rollout_prompts: 32,
+            max_new: 6,
+            minibatches: 2,
+            ppo_epochs: 2,
+            beta,
+            ..PpoConfig::default()
+        };
+        let per = ppo.steps_per_rollout();
+        let mut obj = PpoObjective::new(
+            &policy,
+            &reference,
+            &reward,
+            &train,
+            &[],
+            &[],
+            &[],
+            None,
+            ppo,
+            1,
+        )
+        .unwrap();
+        let mut engine = Engine::new(policy.params(), engine_cfg(rollouts * per)).unwrap();
+        let (mut first, mut last, mut kl) = (f64::NAN, 0.0, 0.0);
+        for s in 0..rollouts * per {
+            let r = engine.train_step(&mut obj).unwrap();
+            if s == 0 {
+                first = r.get("reward").unwrap();
+            }
+            last = r.get("reward").unwrap();
+            kl = r.get("kl").unwrap();
+            assert!(r.get("clipfrac").unwrap() >= 0.0);
+        }
+        assert_eq!(obj.rollouts, rollouts);
+        (first, last, kl)
+    }
+
+    #[test]
+    fn tiny_ppo_learns_a_planted_reward() {
+        let (first, last, kl) = run_planted(0.01, 30);
+        assert!(last > 2.0 * first.max(0.05), "reward {first} -> {last}");
+        assert!(kl > 0.0, "the policy moved away from the reference");
+        // A strong KL penalty holds the policy closer to the reference.
+        let (_, _, kl_strong) = run_planted(1.0, 30);
+        assert!(
+            kl_strong < kl,
+            "KL with β=1: {kl_strong}, with β=0.01: {kl}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let mut c = PpoConfig::default();
+        c.minibatches = 100;
+        assert!(c.validate().is_err());
+        let c = PpoConfig {
+            beta: -1.0,
+            ..PpoConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("beta"));
+    }
+}

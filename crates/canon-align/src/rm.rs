@@ -17,7 +17,7 @@ use crate::task::{MAX_RESPONSE, Problem, judge, response_text};
 use crate::{Result, data_err};
 
 /// One prompt's K responses and their gold scores.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Group {
     pub problem: Problem,
     pub responses: Vec<Vec<u32>>,
