@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod ppo;
 pub mod prm;
 
+pub mod rlaif;
 pub mod rm;
 pub mod sft;
 pub mod task;

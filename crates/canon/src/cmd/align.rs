@@ -44,6 +44,23 @@ pub enum AlignCommand {
     Ppo(PpoArgs),
     /// Process vs outcome reward models vs majority vote: best-of-N on multi-step sums.
     Prm(PrmArgs),
+    /// RLAIF: an LLM labels the RM stage's held-out pairs; agreement with the gold judge with and
+    /// without the order swap.
+    Rlaif(RlaifArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:
+  canon align rlaif --dir runs/align --model smollm2 --pairs 100")]
+pub struct RlaifArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The labeller: an alias (smollm2), a .gguf file or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Pairs to label (each scored in both orders).
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
 }
 
 /// The options every stage shares.
@@ -323,6 +340,40 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 a.common.dir.join(&a.name).join("ppo.png").display(),
                 a.common.dir.join(&a.name).join("ppo_stats.png").display()
             );
+        }
+        AlignCommand::Rlaif(a) => {
+            if a.pairs == 0 {
+                bail!("--pairs must be at least 1");
+            }
+            let pairs = pipeline::labeller_pairs(&a.common.dir, a.pairs)?;
+            let spec = canon_models::ModelSpec::parse(&a.model)?;
+            let lm = canon_models::load_causal_lm(
+                &spec,
+                canon_models::WeightMode::DequantizeF32,
+                ctx.progress(),
+            )
+            .with_context(|| format!("cannot load the labeller {}", a.model))?;
+            let t0 = std::time::Instant::now();
+            let pb = bar(ctx, pairs.len() as u64, "label");
+            let labels =
+                canon_align::rlaif::label_pairs(&lm, &pairs, &mut |i| pb.set_position(i as u64))?;
+            pb.finish_and_clear();
+            let (single, swapped) =
+                canon_align::rlaif::agreement(&labels).context("no pair was labelled")?;
+            let mean_first =
+                labels.iter().map(|l| (l.p_ab + l.p_ba) / 2.0).sum::<f64>() / labels.len() as f64;
+            let out = a.common.dir.join("rlaif_labels.json");
+            pipeline::save_json(&out, &labels)?;
+            println!(
+                "rlaif: {} pairs labelled by {} in both orders, {:.1} s",
+                labels.len(),
+                lm.name,
+                t0.elapsed().as_secs_f64()
+            );
+            println!("  agreement_one_order              {single:.4}");
+            println!("  agreement_order_swapped          {swapped:.4}");
+            println!("  mean_p_first_shown               {mean_first:.4}");
+            println!("  labels: {}", out.display());
         }
         AlignCommand::Prm(a) => {
             if a.gen_steps == 0
