@@ -24,6 +24,7 @@ pub mod rlaif;
 pub mod rm;
 pub mod sft;
 pub mod task;
+pub mod w2s;
 
 pub use canon_train::{Result, TrainError};
 

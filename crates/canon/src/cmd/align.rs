@@ -47,6 +47,32 @@ pub enum AlignCommand {
     /// RLAIF: an LLM labels the RM stage's held-out pairs; agreement with the gold judge with and
     /// without the order swap.
     Rlaif(RlaifArgs),
+    /// Weak-to-strong: PGR on three gettext classification tasks, with and without the
+    /// auxiliary confidence loss.
+    W2s(W2sArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example:
+  canon align w2s --out runs/w2s --per-class 600 --seeds 5")]
+pub struct W2sArgs {
+    /// Output folder (w2s.json, w2s.png).
+    #[arg(long, value_name = "DIR", default_value = "runs/w2s")]
+    pub out: PathBuf,
+    /// Folder of the gettext catalogs.
+    #[arg(long, default_value = "/usr/share/locale")]
+    pub locale_dir: PathBuf,
+    /// Texts per class and task (at most).
+    #[arg(long, default_value_t = 600)]
+    pub per_class: usize,
+    /// Random splits averaged per task.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// The strong model's encoder: an alias (minilm) or an HF-style BERT folder.
+    #[arg(long, default_value = "minilm")]
+    pub encoder: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -374,6 +400,55 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("  agreement_order_swapped          {swapped:.4}");
             println!("  mean_p_first_shown               {mean_first:.4}");
             println!("  labels: {}", out.display());
+        }
+        AlignCommand::W2s(a) => {
+            if a.per_class < 20 || a.seeds == 0 {
+                bail!("--per-class must be at least 20 and --seeds at least 1");
+            }
+            let tasks = canon_align::w2s::gettext_tasks(&a.locale_dir, a.per_class, a.seed)?;
+            let spec = canon_models::ModelSpec::parse(&a.encoder)?;
+            let enc = canon_models::load_encoder(&spec, ctx.progress())
+                .with_context(|| format!("cannot load the encoder {}", a.encoder))?;
+            let t0 = std::time::Instant::now();
+            let mut embed = |texts: &[String]| -> canon_align::Result<Vec<Vec<f32>>> {
+                enc.embedder
+                    .embed(texts, 32)
+                    .map_err(|e| canon_align::TrainError::Data(e.to_string()))
+            };
+            let res = canon_align::w2s::run(&tasks, &mut embed, a.seeds, &a.out)?;
+            println!(
+                "w2s: {} tasks, mean of {} splits, {:.1} s (strong = linear probe on {})",
+                res.len(),
+                a.seeds,
+                t0.elapsed().as_secs_f64(),
+                enc.name
+            );
+            println!(
+                "  {:<10} {:>6} {:>7} {:>9} {:>12} {:>8} {:>9} {:>12}",
+                "task",
+                "texts",
+                "weak",
+                "w2s xent",
+                "w2s logconf",
+                "ceiling",
+                "PGR xent",
+                "PGR logconf"
+            );
+            let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            for r in &res {
+                println!(
+                    "  {:<10} {:>6} {:>7.3} {:>9.3} {:>12.3} {:>8.3} {:>9} {:>12}",
+                    r.task,
+                    r.texts,
+                    r.weak,
+                    r.w2s_xent,
+                    r.w2s_logconf,
+                    r.ceiling,
+                    f(r.pgr_xent),
+                    f(r.pgr_logconf)
+                );
+            }
+            println!("  plot: {}", a.out.join("w2s.png").display());
         }
         AlignCommand::Prm(a) => {
             if a.gen_steps == 0
