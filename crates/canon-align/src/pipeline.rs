@@ -433,8 +433,14 @@ pub fn plot_ppo(metrics: &Path, out: &Path, name: &str) -> Result<Vec<PathBuf>> 
         .x_title("optimizer step")
         .y_title("value")
         .series(Series::line("entropy (nats/token)", series("entropy")))
-        .series(Series::line("clip fraction", series("clipfrac")))
-        .series(Series::line("value loss", series("value_loss")))
+        .series(Series::line(
+            "clip fraction (mean of 16 steps)",
+            canon_plot::moving_average(&series("clipfrac"), 16),
+        ))
+        .series(Series::line(
+            "value loss (mean of 16 steps)",
+            canon_plot::moving_average(&series("value_loss"), 16),
+        ))
         .save(&p2)
         .map_err(|e| io(&p2, e))?;
     Ok(vec![p1, p2])

@@ -96,7 +96,8 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
     Translate(cmd::translate::TranslateArgs),
-    /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N.
+    /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
+    /// labelling, weak-to-strong.
     Align(cmd::align::AlignArgs),
 }
 

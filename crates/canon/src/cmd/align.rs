@@ -6,6 +6,8 @@
 //! - `dpo`: DPO from SFT on the same preference pairs.
 //! - `ppo`: PPO (optionally PPO-ptx) from SFT against the reward model.
 //! - `prm`: process vs outcome reward model vs majority vote, best-of-N on multi-step sums.
+//! - `rlaif`: an LLM as preference labeller (order-swap debiasing), agreement with the gold judge.
+//! - `w2s`: weak-to-strong generalisation (paper 30), PGR with and without the confidence loss.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,13 +22,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::Ctx;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Examples (about 15 minutes in all on 2 cores):
-  canon align sft --dir runs/align
-  canon align rm --dir runs/align
-  canon align dpo --dir runs/align
-  canon align ppo --dir runs/align
-  canon align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
-  canon align prm --dir runs/prm")]
+#[command(after_help = "Examples (one thread is fastest for these tiny models):
+  canon --threads 1 align sft --dir runs/align
+  canon --threads 1 align rm --dir runs/align
+  canon --threads 1 align dpo --dir runs/align
+  canon --threads 1 align ppo --dir runs/align
+  canon --threads 1 align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
+  canon --threads 1 align prm --dir runs/prm
+  canon align rlaif --dir runs/align --model smollm2 --pairs 100
+  canon --threads 1 align w2s --out runs/w2s")]
 pub struct AlignArgs {
     #[command(subcommand)]
     pub command: AlignCommand,
@@ -50,6 +54,12 @@ pub enum AlignCommand {
     /// Weak-to-strong: PGR on three gettext classification tasks, with and without the
     /// auxiliary confidence loss.
     W2s(W2sArgs),
+    /// Redraw a PPO run's ppo.png and ppo_stats.png from its metrics.jsonl.
+    PlotPpo {
+        /// The PPO run folder (e.g. runs/align/ppo).
+        #[arg(long, value_name = "DIR")]
+        run: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -449,6 +459,15 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 );
             }
             println!("  plot: {}", a.out.join("w2s.png").display());
+        }
+        AlignCommand::PlotPpo { run } => {
+            let name = run
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for p in pipeline::plot_ppo(&run.join("metrics.jsonl"), &run, &name)? {
+                println!("{}", p.display());
+            }
         }
         AlignCommand::Prm(a) => {
             if a.gen_steps == 0
