@@ -255,14 +255,14 @@ impl<'a> PpoObjective<'a> {
         let mut adv_rows = Vec::with_capacity(seqs.len());
         let mut ret_rows = Vec::with_capacity(seqs.len());
         let (mut kl, mut non_score) = (0.0, 0.0);
-        for i in 0..seqs.len() {
-            let r = kl_rewards(&pol.logp[i], &refs.logp[i], c.beta, scores[i]);
+        for (i, &score) in scores.iter().enumerate().take(seqs.len()) {
+            let r = kl_rewards(&pol.logp[i], &refs.logp[i], c.beta, score);
             kl += pol.logp[i]
                 .iter()
                 .zip(&refs.logp[i])
                 .map(|(a, b)| a - b)
                 .sum::<f64>();
-            non_score += r.iter().sum::<f64>() - scores[i];
+            non_score += r.iter().sum::<f64>() - score;
             let (a, ret) = gae(&r, &pol.values[i], c.gamma, c.lam);
             adv_rows.push(a);
             ret_rows.push(ret);
@@ -504,8 +504,10 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected() {
-        let mut c = PpoConfig::default();
-        c.minibatches = 100;
+        let c = PpoConfig {
+            minibatches: 100,
+            ..PpoConfig::default()
+        };
         assert!(c.validate().is_err());
         let c = PpoConfig {
             beta: -1.0,

@@ -328,8 +328,10 @@ pub struct BestOfN {
     pub majority: f64,
 }
 
-/// Per test problem: for each sample, (answer, correct, PRM log-score, ORM log-score).
-type Scored = Vec<Vec<(Option<i64>, bool, f64, f64)>>;
+/// One sample: (answer, correct, PRM log-score, ORM log-score).
+type Sample = (Option<i64>, bool, f64, f64);
+/// Per test problem, its samples.
+type Scored = Vec<Vec<Sample>>;
 
 /// The best-of-N curve over `ns` with `trials` seeded subsets per N.
 pub fn best_of_n_curve(scored: &Scored, ns: &[usize], trials: usize, seed: u64) -> Vec<BestOfN> {
@@ -349,9 +351,8 @@ pub fn best_of_n_curve(scored: &Scored, ns: &[usize], trials: usize, seed: u64) 
                     let j = i + rng.below(k - i);
                     idx.swap(i, j);
                 }
-                let sub: Vec<&(Option<i64>, bool, f64, f64)> =
-                    idx[..n].iter().map(|&i| &samples[i]).collect();
-                let pick = |f: &dyn Fn(&(Option<i64>, bool, f64, f64)) -> f64| {
+                let sub: Vec<&Sample> = idx[..n].iter().map(|&i| &samples[i]).collect();
+                let pick = |f: &dyn Fn(&Sample) -> f64| {
                     let s: Vec<Option<f64>> = sub.iter().map(|x| x.0.map(|_| f(x))).collect();
                     best_of_n(&s).is_some_and(|i| sub[i].1) as u8 as f64
                 };
@@ -545,7 +546,7 @@ pub fn run(
             .collect();
         let ps = log_scores(&verifiers[0].0, &pl)?;
         let os = log_scores(&verifiers[1].0, &ol)?;
-        let row: Vec<(Option<i64>, bool, f64, f64)> = rs
+        let row: Vec<Sample> = rs
             .iter()
             .enumerate()
             .map(|(i, r)| {

@@ -317,35 +317,12 @@ pub fn run_task(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logreg_learns_a_separable_set_and_trigrams_are_normalised() {
-        let xs: Vec<Vec<f32>> = (0..200)
-            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, (i % 7) as f32 / 7.0])
-            .collect();
-        let y: Vec<u8> = (0..200).map(|i| (i % 2 == 0) as u8).collect();
-        let t: Vec<f64> = y.iter().map(|&v| v as f64).collect();
-        for loss in [Loss::Xent, Loss::Logconf] {
-            let m = LogReg::train(&xs, &t, loss, 10, 0.1, 1).unwrap();
-            assert_eq!(m.accuracy(&xs, &y), 1.0);
-        }
-        let h = hashed_trigrams("Cannot open file", 16);
-        assert!((h.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
-        assert!(LogReg::train(&[], &[], Loss::Xent, 1, 0.1, 1).is_err());
-    }
-}
+/// Sentence embeddings of a batch of texts (the strong model's features).
+pub type EmbedFn<'a> = dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>> + 'a;
 
 /// The whole experiment: weak features, strong features from `embed`, every task, then
 /// `w2s.json` and `w2s.png` (PGR per task with and without the confidence loss) in `out`.
-pub fn run(
-    tasks: &[Task],
-    embed: &mut dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>>,
-    seeds: u64,
-    out: &Path,
-) -> Result<Vec<W2sResult>> {
+pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Result<Vec<W2sResult>> {
     let mut results = Vec::new();
     for t in tasks {
         let weak_x: Vec<Vec<f32>> = t.texts.iter().map(|s| hashed_trigrams(s, 16)).collect();
@@ -374,4 +351,25 @@ pub fn run(
         .save(&png)
         .map_err(|e| data_err(format!("{}: {e}", png.display())))?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logreg_learns_a_separable_set_and_trigrams_are_normalised() {
+        let xs: Vec<Vec<f32>> = (0..200)
+            .map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, (i % 7) as f32 / 7.0])
+            .collect();
+        let y: Vec<u8> = (0..200).map(|i| (i % 2 == 0) as u8).collect();
+        let t: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+        for loss in [Loss::Xent, Loss::Logconf] {
+            let m = LogReg::train(&xs, &t, loss, 10, 0.1, 1).unwrap();
+            assert_eq!(m.accuracy(&xs, &y), 1.0);
+        }
+        let h = hashed_trigrams("Cannot open file", 16);
+        assert!((h.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(LogReg::train(&[], &[], Loss::Xent, 1, 0.1, 1).is_err());
+    }
 }
