@@ -668,8 +668,11 @@ mod tests {
                 let ch = check(c, &d);
                 // The answer step is always consistent in a demonstration.
                 assert!(ch.steps.last().unwrap().1, "{d}");
-                assert_eq!(ch.correct, ch.steps.iter().all(|s| s.1), "{d}");
-                wrong += (!ch.correct) as usize;
+                // All steps right implies the right answer; the converse can fail when two
+                // planted errors cancel (a right answer for wrong reasons).
+                let all = ch.steps.iter().all(|s| s.1);
+                assert!(!all || ch.correct, "{d}");
+                wrong += (!all) as usize;
             }
         }
         let rate = wrong as f64 / 1000.0;
