@@ -317,6 +317,8 @@ pub struct PrmOpts {
     pub test_problems: usize,
     pub max_n: usize,
     pub trials: usize,
+    /// Reuse the generator already trained in `dir/generator` instead of training one.
+    pub reuse_generator: bool,
 }
 
 /// Solve rates of the three selectors at one N.
@@ -469,25 +471,30 @@ pub fn run(
             })
         })
         .collect::<Result<_>>()?;
-    let g = Lm::new_random(tiny_config(CharVocab.size(), 2, 64, 64), seed)?;
     let gdir = dir.join("generator");
-    std::fs::create_dir_all(&gdir).map_err(|e| io(&gdir, e))?;
     let stop = AtomicBool::new(false);
-    let mut e = Engine::new(g.params(), train_config(o.gen_steps, 3e-3, seed))?;
-    let mut obj = SftObjective {
-        lm: &g,
-        train: &demos,
-        val: &val,
-        batch: 64,
+    let g = if o.reuse_generator {
+        Lm::load(&gdir)?
+    } else {
+        let g = Lm::new_random(tiny_config(CharVocab.size(), 2, 64, 64), seed)?;
+        std::fs::create_dir_all(&gdir).map_err(|e| io(&gdir, e))?;
+        let mut e = Engine::new(g.params(), train_config(o.gen_steps, 3e-3, seed))?;
+        let mut obj = SftObjective {
+            lm: &g,
+            train: &demos,
+            val: &val,
+            batch: 64,
+        };
+        e.run(
+            &mut obj,
+            o.gen_steps,
+            &stop,
+            &RunFiles::in_dir(&gdir),
+            &mut |r| on_step("generator", r),
+        )?;
+        g.save(&gdir)?;
+        g
     };
-    e.run(
-        &mut obj,
-        o.gen_steps,
-        &stop,
-        &RunFiles::in_dir(&gdir),
-        &mut |r| on_step("generator", r),
-    )?;
-    g.save(&gdir)?;
     let gen_nll = mean_nll(&g, &val, 256)?;
     // 2. Sampled solutions for the verifiers, labelled by the checker.
     let samples = sample_all(&g, &train, o.samples_per_train_problem, seed ^ 0x5A)?;

@@ -224,6 +224,9 @@ pub struct PrmArgs {
     /// Random subsets per N.
     #[arg(long, default_value_t = 32)]
     pub trials: usize,
+    /// Reuse the generator a previous run left in DIR/generator (retrain only the verifiers).
+    #[arg(long)]
+    pub reuse_generator: bool,
 }
 
 fn bar(ctx: &Ctx, len: u64, what: &str) -> ProgressBar {
@@ -503,6 +506,7 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     test_problems: a.test_problems,
                     max_n: a.max_n,
                     trials: a.trials,
+                    reuse_generator: a.reuse_generator,
                 },
                 &mut cb,
             )
