@@ -206,3 +206,51 @@ impl Objective for RmObjective<'_> {
         ])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::{ScalarHead, tiny_config};
+    use crate::sft::demonstrations;
+    use crate::task::{CharVocab, split};
+
+    #[test]
+    fn normalised_rewards_average_zero_on_the_demonstrations() {
+        let mut rm = Lm::new_random(tiny_config(CharVocab.size(), 1, 16, 32), 4).unwrap();
+        let head = ScalarHead::zeros(16).unwrap();
+        head.w
+            .set(
+                &candle_core::Tensor::ones(
+                    (16, 1),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        head.shift(0.7).unwrap();
+        rm.head = Some(head);
+        let (train, _) = split(1);
+        let demos = demonstrations(&train[..20], 2, 3).unwrap();
+        let before = normalise(&rm, &demos).unwrap();
+        assert!(before.abs() > 1e-3);
+        let seqs: Vec<Vec<u32>> = demos.iter().map(|e| e.ids.clone()).collect();
+        let r = score(&rm, &seqs).unwrap();
+        let mean = r.iter().sum::<f64>() / r.len() as f64;
+        assert!(mean.abs() < 1e-5, "{mean}");
+    }
+
+    #[test]
+    fn groups_pair_only_strictly_ranked_responses() {
+        let g = Group {
+            problem: Problem { a: 1, b: 2 },
+            responses: vec![vec![5, 2], vec![6, 2], vec![7, 2]],
+            scores: vec![3.5, 3.5, 0.0],
+        };
+        assert_eq!(g.pairs(), vec![(0, 2), (1, 2)]);
+        assert_eq!(
+            g.sequences()[0][..g.problem.prompt_ids().len()],
+            g.problem.prompt_ids()[..]
+        );
+    }
+}
