@@ -104,6 +104,9 @@ enum Command {
     Merge(cmd::merge::MergeArgs),
     /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
     Translate(cmd::translate::TranslateArgs),
+    /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
+    /// labelling, weak-to-strong.
+    Align(cmd::align::AlignArgs),
 }
 
 /// Settings every subcommand sees.
@@ -182,7 +185,8 @@ impl Command {
             | Command::Search(_)
             | Command::Completions { .. }
             | Command::Quantize(_)
-            | Command::Translate(_) => (false, false),
+            | Command::Translate(_)
+            | Command::Align(_) => (false, false),
         }
     }
 
@@ -271,6 +275,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => cmd::quantize::run(a, &ctx),
         Command::Merge(a) => cmd::merge::run(a, &ctx),
         Command::Translate(a) => cmd::translate::run(a, &ctx),
+        Command::Align(a) => cmd::align::run(a, &ctx),
         Command::Info(a) => cmd::info::run(a, &ctx),
         Command::Serve(a) => cmd::serve::run(a, &ctx),
         Command::Agent(a) => cmd::agent::run(a, &ctx),

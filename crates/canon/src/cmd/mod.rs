@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod align;
 pub mod assets;
 pub mod browse;
 pub mod chat;

@@ -1,0 +1,34 @@
+//! Alignment: learning from preferences and feedback.
+//!
+//! - [`task`]: the miniature task every experiment shares — fixed-width addition prompts, a
+//!   character vocabulary, noisy demonstrations, and the programmatic gold judge that stands in for
+//!   human labellers and evaluators.
+//! - [`lm`]: the tiny GPT policy / reward / value models built on `canon_models::Gpt`, batched
+//!   KV-cached sampling, per-token log-probabilities and scalar heads.
+//! - [`losses`]: the formulas — InstructGPT's pairwise loss (paper 20), DPO, the per-token KL
+//!   reward, GAE, the clipped surrogate and value losses, the PRM product score (paper 21), the
+//!   RLAIF order-swap average and soft-label loss (paper 29), PGR and the confidence loss (paper 30).
+//! - [`sft`], [`rm`], [`dpo`], [`ppo`]: objectives on `canon_train::Engine` (its optimizer,
+//!   schedules, clipping, metrics and checkpoints).
+//! - [`prm`]: process vs outcome reward models and best-of-N on multi-step arithmetic.
+
+pub mod dpo;
+pub mod eval;
+pub mod lm;
+pub mod losses;
+pub mod pipeline;
+pub mod ppo;
+pub mod prm;
+
+pub mod rlaif;
+pub mod rm;
+pub mod sft;
+pub mod task;
+pub mod w2s;
+
+pub use canon_train::{Result, TrainError};
+
+/// A data error (bad input, empty sets) as the engine's error type.
+pub(crate) fn data_err(msg: impl Into<String>) -> TrainError {
+    TrainError::Data(msg.into())
+}

@@ -1,0 +1,480 @@
+//! The InstructGPT pipeline in miniature, stage by stage, in one work folder:
+//!
+//! - `sft/`: a tiny GPT trained from scratch on the mixed demonstrations of the training prompts
+//!   (`config.json`, `model.safetensors`, the engine's `metrics.jsonl`, `loss.png`, checkpoint).
+//! - `rm/`: the reward model (SFT trunk + scalar head), `groups.json` (K sampled responses per
+//!   prompt with their gold scores: train and held-out), `report.json`.
+//! - `dpo/`, `ppo/` (or any `--name`): policies trained from SFT, each with `report.json`.
+//!
+//! Every stage evaluates on the held-out prompts with the gold judge and reports the win rate
+//! against the SFT policy's samples.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use canon_plot::{Figure, Series};
+use canon_train::trainer::RunFiles;
+use canon_train::{Engine, OptimizerConfig, Schedule, StepReport, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::dpo::{DpoObjective, pairs_from_groups};
+use crate::eval::{PolicyEval, evaluate_policy};
+use crate::lm::{Lm, ScalarHead, tiny_config};
+use crate::ppo::{PpoConfig, PpoObjective, RewardFn};
+use crate::rm::{Group, RmObjective, collect_groups, normalise, pair_accuracy};
+use crate::sft::{SftObjective, demonstrations, mean_nll};
+use crate::task::{CharVocab, Problem, split};
+use crate::{Result, TrainError, data_err};
+
+/// Seeds of the two evaluation samplings: the SFT baseline's and every trained policy's.
+const BASELINE_SEED: u64 = 0xBA5E_0000_0000_0001;
+const EVAL_SEED: u64 = 0xE7A1_0000_0000_0001;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| io(path, e))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io(
+            path,
+            format!("{e} (expected {what}; run the earlier stage first)"),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| io(path, format!("not {what}: {e}")))
+}
+
+fn train_config(steps: u64, lr: f64, seed: u64, eval_every: u64) -> TrainConfig {
+    TrainConfig {
+        batch_size: 1,
+        block_size: 1,
+        grad_accum: 1,
+        max_steps: steps,
+        lr,
+        schedule: Schedule::Cosine {
+            warmup: (steps / 20).min(50),
+            min_lr_ratio: 0.1,
+        },
+        optimizer: OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        grad_clip: Some(1.0),
+        eval_every: eval_every.max(1),
+        eval_batches: 1,
+        log_every: 5,
+        checkpoint_every: steps.max(1),
+        seed,
+        z_loss: 0.0,
+        moe_aux_weight: 0.0,
+    }
+}
+
+/// The figures of one stage, written to its `report.json` and printed by the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub stage: String,
+    pub params: usize,
+    pub steps: u64,
+    pub seconds: f64,
+    /// Named figures in order.
+    pub figures: Vec<(String, f64)>,
+}
+
+impl Report {
+    pub fn get(&self, k: &str) -> Option<f64> {
+        self.figures.iter().find(|(n, _)| n == k).map(|x| x.1)
+    }
+}
+
+fn policy_figures(e: &PolicyEval, baseline: &PolicyEval) -> Vec<(String, f64)> {
+    let mut f = e.metrics("test_");
+    f.push(("win_rate_vs_sft".into(), e.win_rate(baseline)));
+    f
+}
+
+/// The SFT baseline's test samples (the fixed reference every win rate is measured against).
+pub fn sft_baseline(dir: &Path, test: &[Problem]) -> Result<PolicyEval> {
+    let sft = Lm::load(&dir.join("sft"))?;
+    evaluate_policy(&sft, test, BASELINE_SEED)
+}
+
+/// SFT settings.
+#[derive(Debug, Clone)]
+pub struct SftOpts {
+    pub steps: u64,
+    pub lr: f64,
+    pub batch: usize,
+    pub layers: usize,
+    pub width: usize,
+    /// Demonstrations per training prompt.
+    pub per_prompt: usize,
+}
+
+/// Trains the SFT policy from scratch into `dir/sft`.
+pub fn sft(
+    dir: &Path,
+    seed: u64,
+    o: &SftOpts,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let (train, test) = split(seed);
+    let demos = demonstrations(&train, o.per_prompt, seed)?;
+    let val = demonstrations(&test, 1, seed ^ 1)?;
+    let lm = Lm::new_random(tiny_config(CharVocab.size(), o.layers, o.width, 32), seed)?;
+    let out = dir.join("sft");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let mut engine = Engine::new(lm.params(), train_config(o.steps, o.lr, seed, o.steps / 4))?;
+    let mut obj = SftObjective {
+        lm: &lm,
+        train: &demos,
+        val: &val,
+        batch: o.batch,
+    };
+    let stop = AtomicBool::new(false);
+    engine.run(&mut obj, o.steps, &stop, &RunFiles::in_dir(&out), on_step)?;
+    lm.save(&out)?;
+    let e = evaluate_policy(&lm, &test, EVAL_SEED)?;
+    let base = evaluate_policy(&lm, &test, BASELINE_SEED)?;
+    let mut figures = vec![("held_out_nll".into(), mean_nll(&lm, &val, 256)?)];
+    figures.extend(policy_figures(&e, &base));
+    let r = Report {
+        stage: "sft".into(),
+        params: lm.num_params(),
+        steps: o.steps,
+        seconds: t0.elapsed().as_secs_f64(),
+        figures,
+    };
+    write_json(&out.join("report.json"), &r)?;
+    Ok(r)
+}
+
+/// Reward-model settings.
+#[derive(Debug, Clone)]
+pub struct RmOpts {
+    /// Responses ranked per prompt (K).
+    pub k: usize,
+    pub train_prompts: usize,
+    pub val_prompts: usize,
+    /// Prompts per batch (each with all its C(K,2) comparisons).
+    pub batch: usize,
+    pub lr: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Groups {
+    train: Vec<Group>,
+    val: Vec<Group>,
+}
+
+/// Samples K responses per prompt from SFT, ranks them by the gold judge, trains the RM (one
+/// epoch), normalises it on the SFT demonstrations and reports held-out pair accuracy.
+pub fn rm(
+    dir: &Path,
+    seed: u64,
+    o: &RmOpts,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    if o.k < 2 {
+        return Err(data_err(format!("--k must be at least 2, found {}", o.k)));
+    }
+    let (train, test) = split(seed);
+    let sft = Lm::load(&dir.join("sft"))?;
+    let tp = &train[..o.train_prompts.min(train.len())];
+    let vp = &test[..o.val_prompts.min(test.len())];
+    let groups = Groups {
+        train: collect_groups(&sft, tp, o.k, seed ^ 0x6A)?,
+        val: collect_groups(&sft, vp, o.k, seed ^ 0x6B)?,
+    };
+    let out = dir.join("rm");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    write_json(&out.join("groups.json"), &groups)?;
+    let mut rm = Lm::load(&dir.join("sft"))?;
+    rm.head = Some(ScalarHead::zeros(rm.cfg.d_model)?);
+    let mut obj = RmObjective::new(&rm, &groups.train, &groups.val, o.batch, seed);
+    let steps = obj.train.len().div_ceil(o.batch.max(1)) as u64;
+    if steps == 0 {
+        return Err(data_err(
+            "no training prompt has two responses of different gold score",
+        ));
+    }
+    let pairs: usize = obj.train.iter().map(|g| g.pairs().len()).sum();
+    let mut engine = Engine::new(rm.params(), train_config(steps, o.lr, seed, steps / 4))?;
+    let stop = AtomicBool::new(false);
+    engine.run(&mut obj, steps, &stop, &RunFiles::in_dir(&out), on_step)?;
+    let demos = demonstrations(tp, 1, seed)?;
+    let shift = normalise(&rm, &demos)?;
+    let (acc, loss) = pair_accuracy(&rm, &groups.val)?;
+    let (train_acc, _) = pair_accuracy(&rm, &groups.train)?;
+    rm.save(&out)?;
+    let val_pairs: usize = groups.val.iter().map(|g| g.pairs().len()).sum();
+    let r = Report {
+        stage: "rm".into(),
+        params: rm.num_params(),
+        steps,
+        seconds: t0.elapsed().as_secs_f64(),
+        figures: vec![
+            ("train_prompts_with_pairs".into(), obj.train.len() as f64),
+            ("train_pairs".into(), pairs as f64),
+            ("held_out_pairs".into(), val_pairs as f64),
+            ("train_pair_accuracy".into(), train_acc),
+            ("held_out_pair_accuracy".into(), acc),
+            ("held_out_loss".into(), loss),
+            ("demo_mean_before_shift".into(), shift),
+        ],
+    };
+    write_json(&out.join("report.json"), &r)?;
+    Ok(r)
+}
+
+/// DPO settings.
+#[derive(Debug, Clone)]
+pub struct DpoOpts {
+    pub steps: u64,
+    pub lr: f64,
+    pub batch: usize,
+    pub beta: f64,
+}
+
+/// DPO from SFT on the RM stage's preference pairs, into `dir/dpo`.
+pub fn dpo(
+    dir: &Path,
+    seed: u64,
+    o: &DpoOpts,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let (_, test) = split(seed);
+    let groups: Groups = read_json(&dir.join("rm/groups.json"), "the RM stage's groups")?;
+    let reference = Lm::load(&dir.join("sft"))?;
+    let policy = Lm::load(&dir.join("sft"))?;
+    let pairs = pairs_from_groups(&reference, &groups.train)?;
+    let base = sft_baseline(dir, &test)?;
+    let out = dir.join("dpo");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let mut obj = DpoObjective {
+        policy: &policy,
+        pairs: &pairs,
+        batch: o.batch,
+        beta: o.beta,
+        test: &test,
+        baseline: &base,
+        eval_seed: EVAL_SEED,
+    };
+    let mut engine = Engine::new(
+        policy.params(),
+        train_config(o.steps, o.lr, seed, o.steps / 4),
+    )?;
+    let stop = AtomicBool::new(false);
+    engine.run(&mut obj, o.steps, &stop, &RunFiles::in_dir(&out), on_step)?;
+    policy.save(&out)?;
+    let e = evaluate_policy(&policy, &test, EVAL_SEED)?;
+    let mut figures = vec![("pairs".into(), pairs.len() as f64)];
+    figures.extend(policy_figures(&e, &base));
+    let r = Report {
+        stage: "dpo".into(),
+        params: policy.num_params(),
+        steps: o.steps,
+        seconds: t0.elapsed().as_secs_f64(),
+        figures,
+    };
+    write_json(&out.join("report.json"), &r)?;
+    Ok(r)
+}
+
+/// What PPO maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewardKind {
+    /// The trained reward model (RLHF).
+    Model,
+    /// The gold judge itself (an upper bound: no reward-model error).
+    Gold,
+}
+
+/// PPO settings.
+#[derive(Debug, Clone)]
+pub struct PpoOpts {
+    pub name: String,
+    pub rollouts: u64,
+    pub lr: f64,
+    pub reward: RewardKind,
+    pub cfg: PpoConfig,
+}
+
+/// PPO (or PPO-ptx) from SFT against the reward model, into `dir/<name>`; also draws
+/// `ppo.png` (reward, gold, KL) and `ppo_stats.png` (entropy, clip fraction, value loss).
+pub fn ppo(
+    dir: &Path,
+    seed: u64,
+    o: &PpoOpts,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let (train, test) = split(seed);
+    let reference = Lm::load(&dir.join("sft"))?;
+    let mut policy = Lm::load(&dir.join("sft"))?;
+    policy.head = Some(ScalarHead::zeros(policy.cfg.d_model)?);
+    let rm_model = match o.reward {
+        RewardKind::Model => Some(Lm::load(&dir.join("rm"))?),
+        RewardKind::Gold => None,
+    };
+    let reward: Box<RewardFn> = match &rm_model {
+        Some(rm) => Box::new(move |probs: &[Problem], resp: &[Vec<u32>]| {
+            let seqs: Vec<Vec<u32>> = probs
+                .iter()
+                .zip(resp)
+                .map(|(p, r)| [p.prompt_ids(), r.clone()].concat())
+                .collect();
+            crate::rm::score(rm, &seqs)
+        }),
+        None => Box::new(|probs: &[Problem], resp: &[Vec<u32>]| {
+            Ok(probs
+                .iter()
+                .zip(resp)
+                .map(|(p, r)| crate::task::judge(p, &crate::task::response_text(r)).score())
+                .collect())
+        }),
+    };
+    let demos = demonstrations(&train, 1, seed)?;
+    let val = demonstrations(&test, 1, seed ^ 1)?;
+    let base = sft_baseline(dir, &test)?;
+    let sft_ptx = mean_nll(&reference, &val, 256)?;
+    let out = dir.join(&o.name);
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let steps = o.rollouts * o.cfg.steps_per_rollout();
+    let mut obj = PpoObjective::new(
+        &policy,
+        &reference,
+        &*reward,
+        &train,
+        &demos,
+        &val,
+        &test,
+        Some(&base),
+        o.cfg.clone(),
+        EVAL_SEED,
+    )?;
+    let mut tc = train_config(steps, o.lr, seed, steps / 4);
+    tc.schedule = Schedule::Constant { warmup: 0 };
+    tc.log_every = 1;
+    let mut engine = Engine::new(policy.params(), tc)?;
+    let stop = AtomicBool::new(false);
+    let files = RunFiles::in_dir(&out);
+    engine.run(&mut obj, steps, &stop, &files, on_step)?;
+    policy.save(&out)?;
+    plot_ppo(&files.metrics, &out, &o.name)?;
+    let e = evaluate_policy(&policy, &test, EVAL_SEED)?;
+    let lines = canon_train::metrics::read_lines(&files.metrics)?;
+    let first = lines.first().map(|l| l.extra.clone()).unwrap_or_default();
+    let last = lines.last().map(|l| l.extra.clone()).unwrap_or_default();
+    let g = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
+        m.get(k).copied().unwrap_or(f64::NAN)
+    };
+    let mut figures = vec![
+        ("rollouts".into(), o.rollouts as f64),
+        ("reward_first_rollout".into(), g(&first, "reward")),
+        ("reward_last_rollout".into(), g(&last, "reward")),
+        ("kl_last_rollout".into(), g(&last, "kl")),
+        ("entropy_first_rollout".into(), g(&first, "entropy")),
+        ("entropy_last_rollout".into(), g(&last, "entropy")),
+        ("beta".into(), o.cfg.beta),
+        ("ptx_coef".into(), o.cfg.ptx_coef),
+        ("sft_pretrain_nll".into(), sft_ptx),
+        ("pretrain_nll".into(), mean_nll(&policy, &val, 256)?),
+    ];
+    figures.extend(policy_figures(&e, &base));
+    let r = Report {
+        stage: o.name.clone(),
+        params: policy.num_params(),
+        steps,
+        seconds: t0.elapsed().as_secs_f64(),
+        figures,
+    };
+    write_json(&out.join("report.json"), &r)?;
+    Ok(r)
+}
+
+/// `ppo.png` and `ppo_stats.png` from a PPO run's metrics.
+pub fn plot_ppo(metrics: &Path, out: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    let lines = canon_train::metrics::read_lines(metrics)?;
+    let series = |k: &str| -> Vec<(f64, f64)> {
+        lines
+            .iter()
+            .filter_map(|l| l.extra.get(k).map(|&v| (l.step as f64, v)))
+            .collect()
+    };
+    let p1 = out.join("ppo.png");
+    Figure::new(&format!("PPO ({name}): reward and KL per step"))
+        .x_title("optimizer step")
+        .y_title("score")
+        .y2_title("KL(π ‖ π_SFT), nats / response")
+        .series(Series::line("RM reward (rollout mean)", series("reward")))
+        .series(Series::line("gold score (rollout mean)", series("gold")))
+        .series(Series::line("KL", series("kl")).on_right())
+        .save(&p1)
+        .map_err(|e| io(&p1, e))?;
+    let p2 = out.join("ppo_stats.png");
+    Figure::new(&format!("PPO ({name}): entropy, clip fraction, value loss"))
+        .x_title("optimizer step")
+        .y_title("value")
+        .series(Series::line("entropy (nats/token)", series("entropy")))
+        .series(Series::line(
+            "clip fraction (mean of 16 steps)",
+            canon_plot::moving_average(&series("clipfrac"), 16),
+        ))
+        .series(Series::line(
+            "value loss (mean of 16 steps)",
+            canon_plot::moving_average(&series("value_loss"), 16),
+        ))
+        .save(&p2)
+        .map_err(|e| io(&p2, e))?;
+    Ok(vec![p1, p2])
+}
+
+/// Up to `n` held-out pairs of the RM stage for an AI labeller: per prompt, its best and worst
+/// response by the gold judge (when they differ), as (problem, gold winner, gold loser) texts.
+pub fn labeller_pairs(dir: &Path, n: usize) -> Result<Vec<(Problem, String, String)>> {
+    let groups: Groups = read_json(&dir.join("rm/groups.json"), "the RM stage's groups")?;
+    let mut out = Vec::new();
+    for g in groups.val.iter().chain(&groups.train) {
+        if out.len() >= n {
+            break;
+        }
+        let best = (0..g.scores.len())
+            .max_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(b.cmp(&a)));
+        let worst = (0..g.scores.len())
+            .min_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(a.cmp(&b)));
+        if let (Some(w), Some(l)) = (best, worst)
+            && g.scores[w] > g.scores[l]
+        {
+            let t = |i: usize| crate::task::response_text(&g.responses[i]);
+            out.push((g.problem, t(w), t(l)));
+        }
+    }
+    if out.is_empty() {
+        return Err(data_err(
+            "no held-out prompt has two responses of different gold score",
+        ));
+    }
+    Ok(out)
+}
+
+/// Writes any serialisable value as pretty JSON through a temporary file.
+pub fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    write_json(path, v)
+}

@@ -1,0 +1,518 @@
+//! Step 3 of InstructGPT (paper 20): PPO against the reward model, as `lm-human-preferences` and
+//! TRL implement it.
+//!
+//! Each rollout: `rollout_prompts` training prompts, one response each sampled from the policy at
+//! temperature 1; the policy's and the frozen reference's per-token log-probabilities and the value
+//! head's values (state before each response token); the reward source's score of each response;
+//! per-token rewards `−β (log π − log π_ref)` with the score added at the last token; GAE
+//! (γ, λ) advantages, whitened over the rollout; returns = advantages + values. Then
+//! `ppo_epochs` passes over the rollout in `minibatches` shuffled minibatches, each one optimizer
+//! step of the engine: clipped surrogate + `vf_coef` · clipped value loss (+ PPO-ptx:
+//! `ptx_coef` · the LM loss on a batch of the pretraining text).
+//!
+//! Deviations: the value function is a second scalar head on the policy's trunk (zero-initialised),
+//! as in `lm-human-preferences`, not a separate model initialised from the RM; the KL coefficient
+//! is fixed (no adaptive controller). Every step's `metrics.jsonl` line carries the rollout's
+//! `reward`, `kl`, `entropy`, `gold` and the minibatch's `clipfrac`, `value_loss`, `pg_loss`.
+
+use candle_core::{Device, Tensor};
+use canon_nn::SplitMix64;
+use canon_train::{BatchLoss, Objective};
+
+use crate::eval::{PolicyEval, evaluate_policy};
+use crate::lm::{Lm, entropies, pad, select, token_logprobs};
+use crate::losses::{clipped_pg_loss, clipped_value_loss, gae, kl_rewards, whiten};
+use crate::sft::{Example, draw, mean_nll, response_nll};
+use crate::task::{Problem, judge, response_text};
+use crate::{Result, data_err};
+
+/// PPO's hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PpoConfig {
+    pub rollout_prompts: usize,
+    pub max_new: usize,
+    pub minibatches: usize,
+    pub ppo_epochs: usize,
+    /// KL coefficient β of the per-token penalty.
+    pub beta: f64,
+    pub gamma: f64,
+    pub lam: f64,
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+    /// PPO-ptx: weight γ of the pretraining LM loss (0 = plain PPO).
+    pub ptx_coef: f64,
+    pub ptx_batch: usize,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            rollout_prompts: 64,
+            max_new: crate::task::MAX_RESPONSE,
+            minibatches: 4,
+            ppo_epochs: 4,
+            beta: 0.05,
+            gamma: 1.0,
+            lam: 0.95,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            ptx_coef: 0.0,
+            ptx_batch: 32,
+        }
+    }
+}
+
+impl PpoConfig {
+    /// Optimizer steps per rollout.
+    pub fn steps_per_rollout(&self) -> u64 {
+        (self.ppo_epochs * self.minibatches) as u64
+    }
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.rollout_prompts == 0 || self.minibatches == 0 || self.ppo_epochs == 0 {
+            return Err("PPO: rollout prompts, minibatches and epochs must be positive".into());
+        }
+        if self.minibatches > self.rollout_prompts {
+            return Err(format!(
+                "PPO: {} minibatches cannot split a rollout of {} prompts",
+                self.minibatches, self.rollout_prompts
+            ));
+        }
+        if self.max_new == 0 {
+            return Err("PPO: max_new must be at least 1".into());
+        }
+        for (k, v) in [
+            ("beta", self.beta),
+            ("ptx_coef", self.ptx_coef),
+            ("vf_coef", self.vf_coef),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(format!("PPO: {k} must be ≥ 0, found {v}"));
+            }
+        }
+        if !(self.cliprange > 0.0 && self.cliprange_value > 0.0) {
+            return Err("PPO: clip ranges must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Scores responses to problems (the reward model, the gold judge, a planted reward, …).
+pub type RewardFn<'a> = dyn Fn(&[Problem], &[Vec<u32>]) -> Result<Vec<f64>> + 'a;
+
+/// One rollout, flattened per response token where noted.
+struct Rollout {
+    seqs: Vec<Vec<u32>>,
+    prompt_len: Vec<usize>,
+    /// Per row, per response token.
+    old_logp: Vec<Vec<f64>>,
+    values: Vec<Vec<f64>>,
+    adv: Vec<Vec<f64>>,
+    returns: Vec<Vec<f64>>,
+    stats: Vec<(String, f64)>,
+}
+
+/// Per-token log-probabilities, values and entropies of each row's response (no graph).
+struct Scored {
+    logp: Vec<Vec<f64>>,
+    values: Vec<Vec<f64>>,
+    entropy: Vec<f64>,
+}
+
+/// Flat indices of the response positions: into `[b, t−1]` log-probs and into `[b, t]` values.
+fn positions(seqs: &[Vec<u32>], prompt_len: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
+    let (mut lp, mut v) = (Vec::new(), Vec::new());
+    for (i, s) in seqs.iter().enumerate() {
+        for p in prompt_len[i] - 1..s.len() - 1 {
+            lp.push((i * (t - 1) + p) as u32);
+            v.push((i * t + p) as u32);
+        }
+    }
+    (lp, v)
+}
+
+fn split_rows(flat: &[f32], seqs: &[Vec<u32>], prompt_len: &[usize]) -> Vec<Vec<f64>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    let mut off = 0;
+    for (s, &pl) in seqs.iter().zip(prompt_len) {
+        let n = s.len() - pl;
+        out.push(flat[off..off + n].iter().map(|&x| x as f64).collect());
+        off += n;
+    }
+    out
+}
+
+fn score_tokens(lm: &Lm, seqs: &[Vec<u32>], prompt_len: &[usize], values: bool) -> Result<Scored> {
+    let (ids, t) = pad(seqs)?;
+    let h = lm.hidden(&ids)?;
+    let logits = lm.logits(&h)?;
+    let lp = token_logprobs(&logits, &ids)?;
+    let (ilp, iv) = positions(seqs, prompt_len, t);
+    let flat_lp: Vec<f32> = select(&lp, &ilp)?.detach().to_vec1()?;
+    let v = logits.dim(2)?;
+    let rows = logits
+        .reshape((seqs.len() * t, v))?
+        .index_select(&Tensor::from_slice(&iv, iv.len(), &Device::Cpu)?, 0)?;
+    let entropy = entropies(&rows)?;
+    let vals = if values {
+        let fv: Vec<f32> = select(&lm.head_values(&h)?, &iv)?.detach().to_vec1()?;
+        split_rows(&fv, seqs, prompt_len)
+    } else {
+        Vec::new()
+    };
+    Ok(Scored {
+        logp: split_rows(&flat_lp, seqs, prompt_len),
+        values: vals,
+        entropy,
+    })
+}
+
+/// PPO on the engine.
+pub struct PpoObjective<'a> {
+    /// The policy with its value head.
+    pub policy: &'a Lm,
+    pub reference: &'a Lm,
+    pub reward: &'a RewardFn<'a>,
+    pub prompts: &'a [Problem],
+    /// Pretraining text for PPO-ptx and the held-out perplexity check.
+    pub ptx_train: &'a [Example],
+    pub ptx_val: &'a [Example],
+    pub test: &'a [Problem],
+    pub baseline: Option<&'a PolicyEval>,
+    pub cfg: PpoConfig,
+    pub eval_seed: u64,
+    rollout: Option<Rollout>,
+    queue: Vec<Vec<usize>>,
+    pub rollouts: u64,
+}
+
+impl<'a> PpoObjective<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: &'a Lm,
+        reference: &'a Lm,
+        reward: &'a RewardFn<'a>,
+        prompts: &'a [Problem],
+        ptx_train: &'a [Example],
+        ptx_val: &'a [Example],
+        test: &'a [Problem],
+        baseline: Option<&'a PolicyEval>,
+        cfg: PpoConfig,
+        eval_seed: u64,
+    ) -> Result<Self> {
+        cfg.validate().map_err(data_err)?;
+        if policy.head.is_none() {
+            return Err(data_err("PPO: the policy needs a value head"));
+        }
+        if prompts.is_empty() {
+            return Err(data_err("PPO: no training prompts"));
+        }
+        if cfg.ptx_coef > 0.0 && ptx_train.is_empty() {
+            return Err(data_err("PPO-ptx: no pretraining text"));
+        }
+        Ok(Self {
+            policy,
+            reference,
+            reward,
+            prompts,
+            ptx_train,
+            ptx_val,
+            test,
+            baseline,
+            cfg,
+            eval_seed,
+            rollout: None,
+            queue: Vec::new(),
+            rollouts: 0,
+        })
+    }
+
+    fn new_rollout(&mut self, rng: &mut SplitMix64) -> Result<()> {
+        let c = &self.cfg;
+        let problems: Vec<Problem> = draw(self.prompts, c.rollout_prompts, rng)
+            .into_iter()
+            .copied()
+            .collect();
+        let prompts: Vec<Vec<u32>> = problems.iter().map(Problem::prompt_ids).collect();
+        let responses = self
+            .policy
+            .sample(&prompts, c.max_new, 1.0, rng.next_u64())?;
+        if responses.iter().any(Vec::is_empty) {
+            return Err(data_err(
+                "PPO: a prompt left no room for a response in the model's context",
+            ));
+        }
+        let seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&responses)
+            .map(|(p, r)| [p.as_slice(), r.as_slice()].concat())
+            .collect();
+        let prompt_len: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let pol = score_tokens(self.policy, &seqs, &prompt_len, true)?;
+        let refs = score_tokens(self.reference, &seqs, &prompt_len, false)?;
+        let scores = (self.reward)(&problems, &responses)?;
+        let mut adv_rows = Vec::with_capacity(seqs.len());
+        let mut ret_rows = Vec::with_capacity(seqs.len());
+        let (mut kl, mut non_score) = (0.0, 0.0);
+        for (i, &score) in scores.iter().enumerate().take(seqs.len()) {
+            let r = kl_rewards(&pol.logp[i], &refs.logp[i], c.beta, score);
+            kl += pol.logp[i]
+                .iter()
+                .zip(&refs.logp[i])
+                .map(|(a, b)| a - b)
+                .sum::<f64>();
+            non_score += r.iter().sum::<f64>() - score;
+            let (a, ret) = gae(&r, &pol.values[i], c.gamma, c.lam);
+            adv_rows.push(a);
+            ret_rows.push(ret);
+        }
+        // Advantages whitened over every token of the rollout.
+        let mut flat: Vec<f64> = adv_rows.iter().flatten().copied().collect();
+        whiten(&mut flat, true);
+        let mut off = 0;
+        for a in adv_rows.iter_mut() {
+            let n = a.len();
+            a.copy_from_slice(&flat[off..off + n]);
+            off += n;
+        }
+        let n = seqs.len() as f64;
+        let gold = problems
+            .iter()
+            .zip(&responses)
+            .map(|(p, r)| judge(p, &response_text(r)).score())
+            .sum::<f64>()
+            / n;
+        let stats = vec![
+            ("reward".into(), scores.iter().sum::<f64>() / n),
+            ("kl".into(), kl / n),
+            ("non_score_reward".into(), non_score / n),
+            (
+                "entropy".into(),
+                pol.entropy.iter().sum::<f64>() / pol.entropy.len().max(1) as f64,
+            ),
+            ("gold".into(), gold),
+            (
+                "response_length".into(),
+                responses.iter().map(Vec::len).sum::<usize>() as f64 / n,
+            ),
+        ];
+        // The minibatches of every epoch, each epoch in a fresh shuffled order.
+        let mut queue = Vec::new();
+        let rows = seqs.len();
+        for _ in 0..c.ppo_epochs {
+            let mut order: Vec<usize> = (0..rows).collect();
+            for i in (1..rows).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+            let per = rows.div_ceil(c.minibatches);
+            for mb in order.chunks(per) {
+                queue.push(mb.to_vec());
+            }
+        }
+        queue.reverse();
+        self.queue = queue;
+        self.rollout = Some(Rollout {
+            seqs,
+            prompt_len,
+            old_logp: pol.logp,
+            values: pol.values,
+            adv: adv_rows,
+            returns: ret_rows,
+            stats,
+        });
+        self.rollouts += 1;
+        Ok(())
+    }
+}
+
+fn tensor(rows: &[usize], src: &[Vec<f64>]) -> Result<Tensor> {
+    let v: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| src[i].iter().map(|&x| x as f32))
+        .collect();
+    let n = v.len();
+    Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
+}
+
+impl Objective for PpoObjective<'_> {
+    fn train_batch(&mut self, rng: &mut SplitMix64, _index: u64) -> Result<BatchLoss> {
+        if self.queue.is_empty() {
+            self.new_rollout(rng)?;
+        }
+        let mb = self
+            .queue
+            .pop()
+            .ok_or_else(|| data_err("PPO: empty minibatch queue"))?;
+        let ro = self
+            .rollout
+            .as_ref()
+            .ok_or_else(|| data_err("PPO: no rollout"))?;
+        let seqs: Vec<Vec<u32>> = mb.iter().map(|&i| ro.seqs[i].clone()).collect();
+        let pl: Vec<usize> = mb.iter().map(|&i| ro.prompt_len[i]).collect();
+        let (ids, t) = pad(&seqs)?;
+        let h = self.policy.hidden(&ids)?;
+        let lp = token_logprobs(&self.policy.logits(&h)?, &ids)?;
+        let (ilp, iv) = positions(&seqs, &pl, t);
+        let new_lp = select(&lp, &ilp)?;
+        let new_v = select(&self.policy.head_values(&h)?, &iv)?;
+        let old_lp = tensor(&mb, &ro.old_logp)?;
+        let old_v = tensor(&mb, &ro.values)?;
+        let adv = tensor(&mb, &ro.adv)?;
+        let ret = tensor(&mb, &ro.returns)?;
+        let c = &self.cfg;
+        let (pg, clipfrac) = clipped_pg_loss(&new_lp, &old_lp, &adv, c.cliprange)?;
+        let vf = clipped_value_loss(&new_v, &old_v, &ret, c.cliprange_value)?;
+        let approx_kl = {
+            let d: Vec<f32> = (&new_lp - &old_lp)?.detach().to_vec1()?;
+            d.iter().map(|&x| 0.5 * (x as f64).powi(2)).sum::<f64>() / d.len().max(1) as f64
+        };
+        let pg_v = pg.to_scalar::<f32>()? as f64;
+        let vf_v = vf.to_scalar::<f32>()? as f64;
+        let mut total = (pg + (vf * c.vf_coef)?)?;
+        let mut extra = ro.stats.clone();
+        if c.ptx_coef > 0.0 {
+            let batch = draw(self.ptx_train, c.ptx_batch, rng);
+            let (nll, _) = response_nll(self.policy, &batch)?;
+            extra.push(("ptx_loss".into(), nll.to_scalar::<f32>()? as f64));
+            total = (total + (nll * c.ptx_coef)?)?;
+        }
+        extra.extend([
+            ("pg_loss".to_string(), pg_v),
+            ("value_loss".to_string(), vf_v),
+            ("clipfrac".to_string(), clipfrac),
+            ("approx_kl".to_string(), approx_kl),
+        ]);
+        Ok(BatchLoss {
+            loss: total.to_scalar::<f32>()? as f64,
+            total,
+            tokens: seqs.iter().map(Vec::len).sum(),
+            extra,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        let mut m = Vec::new();
+        if !self.test.is_empty() {
+            let e = evaluate_policy(self.policy, self.test, self.eval_seed)?;
+            m.extend(e.metrics("eval_"));
+            if let Some(b) = self.baseline {
+                m.push(("eval_win_rate".into(), e.win_rate(b)));
+            }
+        }
+        if !self.ptx_val.is_empty() {
+            m.push((
+                "eval_ptx_nll".into(),
+                mean_nll(self.policy, self.ptx_val, 256)?,
+            ));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::{ScalarHead, tiny_config};
+    use crate::task::{CharVocab, split};
+    use canon_train::{Engine, OptimizerConfig, Schedule, TrainConfig};
+
+    fn engine_cfg(steps: u64) -> TrainConfig {
+        TrainConfig {
+            batch_size: 1,
+            block_size: 1,
+            grad_accum: 1,
+            max_steps: steps,
+            lr: 1e-2,
+            schedule: Schedule::Constant { warmup: 0 },
+            optimizer: OptimizerConfig::default(),
+            grad_clip: Some(1.0),
+            eval_every: 1000,
+            eval_batches: 1,
+            log_every: 1,
+            checkpoint_every: 1000,
+            seed: 3,
+            z_loss: 0.0,
+            moe_aux_weight: 0.0,
+        }
+    }
+
+    /// Mean planted reward of the first and last rollouts and the last rollout's KL.
+    fn run_planted(beta: f64, rollouts: u64) -> (f64, f64, f64) {
+        let cfg = tiny_config(CharVocab.size(), 1, 16, 16);
+        let reference = Lm::new_random(cfg.clone(), 9).unwrap();
+        let mut policy = Lm::new_random(cfg, 9).unwrap();
+        policy.head = Some(ScalarHead::zeros(16).unwrap());
+        let target = CharVocab.encode("7").unwrap()[0];
+        // The planted reward: how many times the response writes '7'.
+        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
+            Ok(resp
+                .iter()
+                .map(|r| r.iter().filter(|&&t| t == target).count() as f64)
+                .collect())
+        };
+        let (train, _) = split(1);
+        let ppo = PpoConfig {
+            rollout_prompts: 32,
+            max_new: 6,
+            minibatches: 2,
+            ppo_epochs: 2,
+            beta,
+            ..PpoConfig::default()
+        };
+        let per = ppo.steps_per_rollout();
+        let mut obj = PpoObjective::new(
+            &policy,
+            &reference,
+            &reward,
+            &train,
+            &[],
+            &[],
+            &[],
+            None,
+            ppo,
+            1,
+        )
+        .unwrap();
+        let mut engine = Engine::new(policy.params(), engine_cfg(rollouts * per)).unwrap();
+        let (mut first, mut last, mut kl) = (f64::NAN, 0.0, 0.0);
+        for s in 0..rollouts * per {
+            let r = engine.train_step(&mut obj).unwrap();
+            if s == 0 {
+                first = r.get("reward").unwrap();
+            }
+            last = r.get("reward").unwrap();
+            kl = r.get("kl").unwrap();
+            assert!(r.get("clipfrac").unwrap() >= 0.0);
+        }
+        assert_eq!(obj.rollouts, rollouts);
+        (first, last, kl)
+    }
+
+    #[test]
+    fn tiny_ppo_learns_a_planted_reward() {
+        let (first, last, kl) = run_planted(0.01, 30);
+        assert!(last > 2.0 * first.max(0.05), "reward {first} -> {last}");
+        assert!(kl > 0.0, "the policy moved away from the reference");
+        // A strong KL penalty holds the policy closer to the reference.
+        let (_, _, kl_strong) = run_planted(1.0, 30);
+        assert!(
+            kl_strong < kl,
+            "KL with β=1: {kl_strong}, with β=0.01: {kl}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let c = PpoConfig {
+            minibatches: 100,
+            ..PpoConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = PpoConfig {
+            beta: -1.0,
+            ..PpoConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("beta"));
+    }
+}
