@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{client, start, start_ctx};
+use common::{client, start, start_ctx, start_with};
 use serde_json::{Value, json};
 
 fn chat_body(content: &str, extra: Value) -> Value {
@@ -496,4 +496,48 @@ fn structured_output_and_tool_calls_obey_their_schemas() {
     }
     let (st, _) = s.post("/v1/chat/completions", &chat_body("x", json!({})));
     assert_eq!(st, 200);
+}
+
+#[test]
+fn canon_tools_are_listed_and_run_over_http() {
+    use canon_agent::tools::{Calculator, Limits, Toolbox};
+    let tb = Toolbox::new(Limits::default()).with(std::sync::Arc::new(Calculator));
+    let s = start_with(1, 8, None, 128, Some(std::sync::Arc::new(tb)));
+    let list: Value = client()
+        .get(s.url("/v1/tools"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let tools = list["data"].as_array().unwrap();
+    assert_eq!(tools.len(), 1, "{list}");
+    assert_eq!(tools[0]["type"], "function");
+    assert_eq!(tools[0]["function"]["name"], "calculator");
+    // The listed tools are valid `tools` for chat completions.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &chat_body("x", json!({"tools": list["data"], "tool_choice": "none"})),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.post("/v1/tools/calculator", &json!({"expression": "1/3 + 1/6"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["content"].as_str().unwrap().starts_with("1/2"), "{v}");
+    // A failing call is an observation, not an HTTP error.
+    let (st, v) = s.post("/v1/tools/calculator", &json!({"expression": "1/0"}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    let (st, v) = s.post("/v1/tools/nope", &json!({}));
+    assert_error(st, &v, 404, "no tool named 'nope'");
+    let (st, v) = s.post_raw("/v1/tools/calculator", b"[1, 2]".to_vec());
+    assert_error(st, &v, 400, "JSON object");
+    let (st, v) = s.post_raw("/v1/tools/calculator", b"{oops".to_vec());
+    assert_error(st, &v, 400, "not valid JSON");
+    assert!(s.metric("canon_tool_calls_total") >= 2.0);
+    // A server started without tools says how to get them.
+    let plain = start(1, 8, None);
+    let r = client().get(plain.url("/v1/tools")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("--tools"));
 }
