@@ -8,9 +8,11 @@
 //! * [`index`]: the on-disk index (format version and embedding model id checked at load).
 //! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
 
+pub mod ask;
 pub mod bm25;
 pub mod chunk;
 pub mod dense;
+pub mod eval;
 pub mod fuse;
 pub mod index;
 pub mod marginal;

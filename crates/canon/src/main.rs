@@ -61,6 +61,8 @@ enum Command {
     Index(cmd::index::IndexArgs),
     /// Search a retrieval index (hybrid, dense or BM25).
     Search(cmd::index::SearchArgs),
+    /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
+    Ask(cmd::ask::AskArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model (HumanEval pass@k with sandboxed execution).
@@ -149,9 +151,11 @@ impl Command {
     /// honour is an error, never silently ignored.
     fn honours(&self) -> (bool, bool) {
         match self {
-            Command::Generate(_) | Command::Chat(_) | Command::Eval(_) | Command::Serve(_) => {
-                (true, true)
-            }
+            Command::Generate(_)
+            | Command::Chat(_)
+            | Command::Eval(_)
+            | Command::Serve(_)
+            | Command::Ask(_) => (true, true),
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             // `merge --lora DIR` names the adapter to fold in.
@@ -244,6 +248,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => cmd::embed::run(a, &ctx),
         Command::Index(a) => cmd::index::run(a, &ctx),
         Command::Search(a) => cmd::index::search(a, &ctx),
+        Command::Ask(a) => cmd::ask::run(a, &ctx),
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),

@@ -1,7 +1,9 @@
+pub mod ask;
 pub mod assets;
 pub mod chat;
 pub mod embed;
 pub mod eval;
+pub mod eval_rag;
 pub mod fewshot;
 pub mod finetune;
 pub mod finetune_bert;

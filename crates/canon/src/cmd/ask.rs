@@ -1,0 +1,266 @@
+//! `canon ask`: retrieve passages, answer from them with `[n]` citations naming page and section.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use canon_infer::{GenerateRequest, LmGenerator};
+use canon_rag::ask::{Passage, build_prompt, cited};
+use canon_rag::index::{Hit, Index, Mode};
+use canon_text::Message;
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon ask --index man.idx \"how do I make tar extract into another directory?\"
+  canon ask --index man.idx --k 3 --json \"which ls option sorts by modification time?\"
+
+The answer cites passages as [n]; the sources printed below it name page, section, file and
+lines. --json prints {question, answer, citations, chunks, timings}.")]
+pub struct AskArgs {
+    /// The index folder (from `canon index build`).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// The question.
+    pub question: String,
+    /// Generating model: an alias (smollm2), a .gguf file or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Passages retrieved.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Retrieval: hybrid, dense or bm25.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: String,
+    /// Most answer tokens.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Prompt budget in tokens (default: the model's context less --max-tokens, at most 2048).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A loaded index with its query encoder (when the mode needs one).
+pub struct Retriever {
+    pub index: Index,
+    enc: Option<canon_models::LoadedEncoder>,
+}
+
+impl Retriever {
+    pub fn open(path: &std::path::Path, need_dense: bool, ctx: &Ctx) -> anyhow::Result<Self> {
+        let index = Index::open(path, None)?;
+        let enc = if need_dense {
+            let enc = model_gen::load_encoder(&index.meta.model, ctx)?;
+            if enc.embedder.dim() != index.meta.dim {
+                bail!(
+                    "expected a {}-wide embedding model for this index, found {}",
+                    index.meta.dim,
+                    enc.embedder.dim()
+                );
+            }
+            Some(enc)
+        } else {
+            None
+        };
+        Ok(Retriever { index, enc })
+    }
+
+    /// The normalised query embedding.
+    pub fn embed(&self, q: &str) -> anyhow::Result<Option<Vec<f32>>> {
+        let Some(enc) = &self.enc else {
+            return Ok(None);
+        };
+        let mut v = enc
+            .embedder
+            .embed(&[q.to_string()], 1)?
+            .into_iter()
+            .next()
+            .context("no query embedding")?;
+        canon_rag::dense::normalize(&mut v);
+        Ok(Some(v))
+    }
+
+    pub fn search(&self, q: &str, mode: Mode, k: usize) -> anyhow::Result<Vec<Hit>> {
+        let v = if mode == Mode::Bm25 {
+            None
+        } else {
+            self.embed(q)?
+        };
+        Ok(self.index.search(q, v.as_deref(), mode, k)?)
+    }
+}
+
+/// A generator with its prompt budget.
+pub struct Answerer {
+    pub lm: LmGenerator,
+    pub budget: usize,
+    pub max_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub question: String,
+    pub answer: String,
+    pub citations: Vec<Passage>,
+    pub chunks: Vec<Passage>,
+    pub prompt_tokens: usize,
+    pub dropped_passages: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Answerer {
+    pub fn load(
+        model: &str,
+        context: Option<usize>,
+        max_tokens: usize,
+        ctx: &Ctx,
+    ) -> anyhow::Result<Self> {
+        let lm = model_gen::load_lm(model, ctx)?;
+        let max_seq = lm.model.max_seq_len();
+        if max_tokens == 0 || max_tokens >= max_seq {
+            bail!(
+                "expected --max-tokens between 1 and {} (the model's context), found {max_tokens}",
+                max_seq - 1
+            );
+        }
+        let room = max_seq - max_tokens;
+        let budget = match context {
+            Some(c) if c > room => bail!(
+                "expected --context at most {room} (model context {max_seq} less --max-tokens), found {c}"
+            ),
+            Some(c) => c,
+            None => room.min(2048),
+        };
+        Ok(Answerer {
+            lm: LmGenerator::new(lm),
+            budget,
+            max_tokens,
+        })
+    }
+
+    pub fn count(&self, s: &str) -> usize {
+        self.lm
+            .lm
+            .tokenizer
+            .encode(s, false)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.len())
+    }
+
+    /// The chat-templated prompt of a user message (the message itself without a template).
+    pub fn render(&self, user: &str) -> anyhow::Result<String> {
+        Ok(match &self.lm.lm.chat_template {
+            Some(t) => t.render(&[Message::new("user", user)], true)?,
+            None => user.to_string(),
+        })
+    }
+
+    /// Generates greedily from a user message, checking the templated prompt fits.
+    pub fn complete(
+        &mut self,
+        user: &str,
+        max_tokens: usize,
+    ) -> anyhow::Result<(String, f64, f64, usize)> {
+        let prompt = self.render(user)?;
+        let n = self.count(&prompt);
+        let max_seq = self.lm.lm.model.max_seq_len();
+        if n + max_tokens > max_seq {
+            bail!(
+                "expected a prompt that fits the model's context of {max_seq} tokens with {max_tokens} answer tokens, found {n} prompt tokens"
+            );
+        }
+        let req = GenerateRequest::new(prompt, max_tokens);
+        let g = self.lm.generate_streaming(&req, &mut |_| true)?;
+        Ok((g.text.trim().to_string(), g.prefill_ms, g.decode_ms, n))
+    }
+
+    /// Answers `question` from `hits` with citations.
+    pub fn answer(&mut self, question: &str, hits: &[Hit]) -> anyhow::Result<Answer> {
+        // The chat template's own tokens come out of the budget.
+        let overhead = self.count(&self.render("")?);
+        let budget = self.budget.saturating_sub(overhead);
+        let p = {
+            let count = |s: &str| self.count(s);
+            build_prompt(question, hits, budget, &count)?
+        };
+        let (text, prefill_ms, decode_ms, n) = self.complete(&p.text, self.max_tokens)?;
+        let citations = cited(&text, p.passages.len())
+            .into_iter()
+            .map(|n| p.passages[n - 1].clone())
+            .collect();
+        Ok(Answer {
+            question: question.trim().to_string(),
+            answer: text,
+            citations,
+            chunks: p.passages,
+            prompt_tokens: n,
+            dropped_passages: p.dropped,
+            prefill_ms,
+            decode_ms,
+        })
+    }
+}
+
+pub fn print_answer(a: &Answer, json: bool, extra: serde_json::Value) {
+    if json {
+        let mut v = json!(a);
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        println!("{v}");
+        return;
+    }
+    println!("{}", a.answer);
+    println!();
+    let show: Vec<&Passage> = if a.citations.is_empty() {
+        println!("Sources (retrieved; the answer cites none):");
+        a.chunks.iter().collect()
+    } else {
+        println!("Sources:");
+        a.citations.iter().collect()
+    };
+    for p in show {
+        println!(
+            "[{}] {} ({}:{}-{})",
+            p.n,
+            p.source(),
+            p.path,
+            p.lines[0],
+            p.lines[1]
+        );
+    }
+}
+
+pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.question.trim().is_empty() {
+        bail!("expected a non-empty question, found an empty one");
+    }
+    if a.k == 0 {
+        bail!("expected --k of at least 1, found 0");
+    }
+    let mode: Mode = a.mode.parse()?;
+    let t0 = Instant::now();
+    let r = Retriever::open(&a.index, mode != Mode::Bm25, ctx)?;
+    let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let hits = r.search(&a.question, mode, a.k)?;
+    let search_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let out = ans.answer(&a.question, &hits)?;
+    print_answer(
+        &out,
+        a.json,
+        json!({"timings": {"load_ms": load_ms, "search_ms": search_ms, "prefill_ms": out.prefill_ms, "decode_ms": out.decode_ms}}),
+    );
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `canon eval rag`: retrieval (recall@k, MRR of the source page) and answers (exact match,
+//! contains, citation correctness) over a question file.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use canon_rag::eval::{Outcome, Summary, read_questions, score, summarize};
+use canon_rag::index::Mode;
+use clap::Args;
+use serde_json::json;
+
+use super::ask::{Answerer, Retriever};
+use crate::Ctx;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon eval rag --index man.idx --questions goldens/rag/man-devset.jsonl
+  canon eval rag --index man.idx --questions q.jsonl --methods hybrid,bm25 --answer --model smollm2 --limit 40 --out runs/rag-eval.jsonl
+
+Questions are JSON lines {id, question, answer, aliases?, page, section?, kind?}; `page` names
+the source page as the index does (tar(1)). Retrieval metrics are computed for every method,
+answers only with --answer. Methods: hybrid, dense, bm25, graph-local, graph-global (the graph
+methods need `canon graph build` on the index).")]
+pub struct EvalRagArgs {
+    /// The index folder.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Question file (JSON lines).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub questions: PathBuf,
+    /// Methods, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "hybrid,dense,bm25")]
+    pub methods: Vec<String>,
+    /// Retrieval depth scored (recall@1/5/10 and MRR need 10).
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Also generate answers (with --model) from the top --answer-k passages.
+    #[arg(long)]
+    pub answer: bool,
+    /// Generating model for --answer.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Passages in the answer prompt.
+    #[arg(long, default_value_t = 3)]
+    pub answer_k: usize,
+    /// Most answer tokens.
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write one JSON line per question and method.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the summaries as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
+    if ctx.quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.k == 0 || a.answer_k == 0 {
+        bail!("expected --k and --answer-k of at least 1");
+    }
+    let text = std::fs::read_to_string(&a.questions)
+        .with_context(|| format!("cannot read {}", a.questions.display()))?;
+    let mut qs = read_questions(&text, &a.questions.display().to_string())?;
+    if let Some(l) = a.limit {
+        qs.truncate(l);
+    }
+    let mut methods = Vec::new();
+    for m in &a.methods {
+        match m.as_str() {
+            "hybrid" | "dense" | "bm25" => methods.push(Method::Flat(m.parse::<Mode>()?)),
+            o => bail!(
+                "expected methods among hybrid, dense, bm25, graph-local, graph-global, found '{o}'"
+            ),
+        }
+    }
+    let need_dense = methods
+        .iter()
+        .any(|m| !matches!(m, Method::Flat(Mode::Bm25)));
+    let r = Retriever::open(&a.index, need_dense, ctx)?;
+    //GRAPH_LOAD
+    let mut ans = if a.answer {
+        Some(Answerer::load(&a.model, None, a.max_tokens, ctx)?)
+    } else {
+        None
+    };
+    let mut lines = String::new();
+    let mut sums: Vec<Summary> = Vec::new();
+    for m in &methods {
+        let name = m.name();
+        let pb = bar(ctx, qs.len(), &name);
+        let mut outs: Vec<Outcome> = Vec::new();
+        let mut ms = Vec::new();
+        for q in &qs {
+            pb.inc(1);
+            let t0 = Instant::now();
+            let hits = match m {
+                Method::Flat(mode) => r.search(&q.question, *mode, a.k)?,
+                //GRAPH_HITS
+            };
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
+            let o = match ans.as_mut() {
+                Some(llm) => {
+                    let top = &hits[..hits.len().min(a.answer_k)];
+                    let out = llm.answer(&q.question, top)?;
+                    let cited: Vec<&str> = out.citations.iter().map(|p| p.text.as_str()).collect();
+                    score(q, &pages, Some(&out.answer), &cited)
+                }
+                None => score(q, &pages, None, &[]),
+            };
+            lines.push_str(
+                &json!({"method": name, "question": q.id, "kind": q.kind, "outcome": o, "pages": pages})
+                    .to_string(),
+            );
+            lines.push('\n');
+            outs.push(o);
+        }
+        pb.finish_and_clear();
+        sums.push(summarize(&name, &outs, &ms));
+    }
+    if let Some(p) = &a.out {
+        super::write_atomic(p, &lines)?;
+    }
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}", v * 100.0));
+    if a.json {
+        for s in &sums {
+            println!("{}", json!(s));
+        }
+    } else {
+        println!(
+            "| method | questions | recall@1 | recall@5 | recall@10 | MRR | exact % | contains % | cites % | citation correct % | p50 ms |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for s in &sums {
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {} | {} | {:.1} |",
+                s.method,
+                s.questions,
+                s.recall_at_1 * 100.0,
+                s.recall_at_5 * 100.0,
+                s.recall_at_10 * 100.0,
+                s.mrr,
+                pct(s.exact_match),
+                pct(s.contains),
+                pct(s.cite_rate),
+                pct(s.citation_correct),
+                s.p50_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+enum Method {
+    Flat(Mode),
+}
+
+impl Method {
+    fn name(&self) -> String {
+        match self {
+            Method::Flat(Mode::Hybrid) => "hybrid".into(),
+            Method::Flat(Mode::Dense) => "dense".into(),
+            Method::Flat(Mode::Bm25) => "bm25".into(),
+        }
+    }
+}
