@@ -521,7 +521,11 @@ mod tests {
                     assert!(c.nodes.iter().all(|v| cs[p].nodes.contains(v)));
                 }
             }
-            let covered: usize = cs.iter().filter(|c| c.level == 0).map(|c| c.nodes.len()).sum();
+            let covered: usize = cs
+                .iter()
+                .filter(|c| c.level == 0)
+                .map(|c| c.nodes.len())
+                .sum();
             assert_eq!(covered, 32);
         }
         // A clique of 12 cannot split: it stays a leaf above max size.

@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod dense;
 pub mod eval;
 pub mod fuse;
+pub mod graph;
 pub mod index;
 pub mod leiden;
 pub mod marginal;

@@ -6,7 +6,10 @@
 use canon_rag::leiden::{Graph, LeidenConfig, hierarchical_leiden, leiden, modularity};
 
 fn load() -> serde_json::Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../goldens/rag/leiden_reference.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../goldens/rag/leiden_reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).expect("golden file")).expect("json")
 }
 
@@ -63,10 +66,19 @@ fn modularity_matches_networkx_and_leiden_is_as_good_as_louvain() {
         let ref_m = membership(g.len(), &gv["louvain"]);
         let want = gv["louvain_modularity"].as_f64().unwrap();
         let q_ref = modularity(&g, &ref_m, 1.0);
-        assert!((q_ref - want).abs() < 1e-9, "{name}: {q_ref} vs networkx {want}");
+        assert!(
+            (q_ref - want).abs() < 1e-9,
+            "{name}: {q_ref} vs networkx {want}"
+        );
         let mut best = f64::MIN;
         for seed in [0xDEAD_BEEFu64, 1, 2, 3, 4] {
-            let m = leiden(&g, &LeidenConfig { seed, ..Default::default() });
+            let m = leiden(
+                &g,
+                &LeidenConfig {
+                    seed,
+                    ..Default::default()
+                },
+            );
             let q = modularity(&g, &m, 1.0);
             best = best.max(q);
             let c = m.iter().max().unwrap() + 1;
@@ -75,7 +87,10 @@ fn modularity_matches_networkx_and_leiden_is_as_good_as_louvain() {
             }
         }
         eprintln!("{name}: Leiden {best:.4}, networkx Louvain {want:.4}");
-        assert!(best >= want - 0.005, "{name}: Leiden {best} vs Louvain {want}");
+        assert!(
+            best >= want - 0.005,
+            "{name}: Leiden {best} vs Louvain {want}"
+        );
         if let Some(p) = gv.get("planted") {
             let pm = membership(g.len(), p);
             let m = leiden(&g, &LeidenConfig::default());

@@ -61,6 +61,8 @@ enum Command {
     Index(cmd::index::IndexArgs),
     /// Search a retrieval index (hybrid, dense or BM25).
     Search(cmd::index::SearchArgs),
+    /// GraphRAG: entity graph, Leiden communities and reports over an index (paper 31).
+    Graph(cmd::graph::GraphArgs),
     /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
     Ask(cmd::ask::AskArgs),
     /// Show how a model's tokenizer splits a text.
@@ -155,7 +157,8 @@ impl Command {
             | Command::Chat(_)
             | Command::Eval(_)
             | Command::Serve(_)
-            | Command::Ask(_) => (true, true),
+            | Command::Ask(_)
+            | Command::Graph(_) => (true, true),
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             // `merge --lora DIR` names the adapter to fold in.
@@ -249,6 +252,7 @@ fn main() -> ExitCode {
         Command::Index(a) => cmd::index::run(a, &ctx),
         Command::Search(a) => cmd::index::search(a, &ctx),
         Command::Ask(a) => cmd::ask::run(a, &ctx),
+        Command::Graph(a) => cmd::graph::run(a, &ctx),
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),

@@ -18,6 +18,8 @@ use crate::{Ctx, model_gen};
 #[command(after_help = "Examples:
   canon ask --index man.idx \"how do I make tar extract into another directory?\"
   canon ask --index man.idx --k 3 --json \"which ls option sorts by modification time?\"
+  canon ask --index man.idx --graph local \"which files does useradd read?\"
+  canon ask --index man.idx --graph global \"what do these manuals say about compression?\"
 
 The answer cites passages as [n]; the sources printed below it name page, section, file and
 lines. --json prints {question, answer, citations, chunks, timings}.")]
@@ -42,6 +44,9 @@ pub struct AskArgs {
     /// Prompt budget in tokens (default: the model's context less --max-tokens, at most 2048).
     #[arg(long)]
     pub context: Option<usize>,
+    /// GraphRAG query over the index's graph (`canon graph build`): global or local.
+    #[arg(long)]
+    pub graph: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -249,6 +254,9 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
         bail!("expected --k of at least 1, found 0");
     }
     let mode: Mode = a.mode.parse()?;
+    if let Some(g) = &a.graph {
+        return super::graph::ask(&a, g, ctx);
+    }
     let t0 = Instant::now();
     let r = Retriever::open(&a.index, mode != Mode::Bm25, ctx)?;
     let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;

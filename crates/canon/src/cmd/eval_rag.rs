@@ -87,6 +87,8 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     for m in &a.methods {
         match m.as_str() {
             "hybrid" | "dense" | "bm25" => methods.push(Method::Flat(m.parse::<Mode>()?)),
+            "graph-local" => methods.push(Method::GraphLocal),
+            "graph-global" => methods.push(Method::GraphGlobal),
             o => bail!(
                 "expected methods among hybrid, dense, bm25, graph-local, graph-global, found '{o}'"
             ),
@@ -96,7 +98,14 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .iter()
         .any(|m| !matches!(m, Method::Flat(Mode::Bm25)));
     let r = Retriever::open(&a.index, need_dense, ctx)?;
-    //GRAPH_LOAD
+    let graph = if methods
+        .iter()
+        .any(|m| matches!(m, Method::GraphLocal | Method::GraphGlobal))
+    {
+        Some(super::graph::load_graph(&r.index)?)
+    } else {
+        None
+    };
     let mut ans = if a.answer {
         Some(Answerer::load(&a.model, None, a.max_tokens, ctx)?)
     } else {
@@ -114,7 +123,16 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
             let t0 = Instant::now();
             let hits = match m {
                 Method::Flat(mode) => r.search(&q.question, *mode, a.k)?,
-                //GRAPH_HITS
+                Method::GraphLocal | Method::GraphGlobal => {
+                    let g = graph.as_ref().context("graph not loaded")?;
+                    super::graph::graph_hits(
+                        g,
+                        &r.index,
+                        &q.question,
+                        matches!(m, Method::GraphGlobal),
+                        a.k,
+                    )
+                }
             };
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
             let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
@@ -172,6 +190,8 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 enum Method {
     Flat(Mode),
+    GraphLocal,
+    GraphGlobal,
 }
 
 impl Method {
@@ -180,6 +200,8 @@ impl Method {
             Method::Flat(Mode::Hybrid) => "hybrid".into(),
             Method::Flat(Mode::Dense) => "dense".into(),
             Method::Flat(Mode::Bm25) => "bm25".into(),
+            Method::GraphLocal => "graph-local".into(),
+            Method::GraphGlobal => "graph-global".into(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod finetune_bert;
 pub mod flan;
 pub mod generate;
+pub mod graph;
 pub mod index;
 pub mod info;
 pub mod lora_finetune;
