@@ -150,8 +150,10 @@ pub struct Summary {
     pub cite_rate: Option<f64>,
     /// Fraction of answers with a cited passage that contains the reference answer.
     pub citation_correct: Option<f64>,
-    /// Median per-question retrieval (or retrieval + answer) time, ms.
+    /// Median per-question search time after the query is embedded, ms.
     pub p50_ms: f64,
+    /// Median query-embedding time, ms (0 for BM25).
+    pub p50_embed_ms: f64,
 }
 
 pub fn summarize(method: &str, outs: &[Outcome], ms: &[f64]) -> Summary {
@@ -182,6 +184,7 @@ pub fn summarize(method: &str, outs: &[Outcome], ms: &[f64]) -> Summary {
         cite_rate: frac(&|o| o.cites),
         citation_correct: frac(&|o| o.citation_correct),
         p50_ms: median(ms),
+        p50_embed_ms: 0.0,
     }
 }
 

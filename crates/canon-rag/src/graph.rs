@@ -894,17 +894,28 @@ Write `0: none` if nothing helps."
     )
 }
 
-/// Parses map output lines `score: point` (score clamped to 0..=100); other lines are skipped.
+/// Parses map output lines `score: point` (also `Score 80 - point`, `(80) point`; score clamped
+/// to 0..=100); lines without a leading score are skipped.
 pub fn parse_map(out: &str, report: usize) -> Vec<KeyPoint> {
     out.lines()
         .filter_map(|l| {
-            let l = l.trim().trim_start_matches(['-', '*', ' ']);
-            let (s, t) = l.split_once(':')?;
-            let score: f64 = s.trim().trim_matches(['[', ']', '*']).parse().ok()?;
-            let t = t.trim();
-            (!t.is_empty()).then(|| KeyPoint {
-                score: score.clamp(0.0, 100.0).round() as u32,
-                text: t.to_string(),
+            let mut t = l.trim().trim_start_matches(['-', '*', ' ', '(', '[']);
+            if t.len() >= 5 && t[..5].eq_ignore_ascii_case("score") {
+                t = t[5..].trim_start_matches([' ', ':', '=']);
+            }
+            let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            if digits == 0 || digits > 3 {
+                return None;
+            }
+            let score: u32 = t[..digits].parse().ok()?;
+            let rest = t[digits..]
+                .trim_start_matches(['/', ')', ']', ':', '-', '.', ' ', '%'])
+                .trim_start_matches("100")
+                .trim_start_matches([')', ']', ':', '-', '.', ' '])
+                .trim();
+            (!rest.is_empty()).then(|| KeyPoint {
+                score: score.min(100),
+                text: rest.to_string(),
                 report,
             })
         })
@@ -975,6 +986,11 @@ pub fn extractive_map(
     question: &str,
     top: usize,
 ) -> Vec<KeyPoint> {
+    extractive_map_with(g, &report_index(g, level), question, top)
+}
+
+/// The reports of a level (and the leaves above it) with their BM25 index.
+pub fn report_index(g: &KnowledgeGraph, level: usize) -> (Vec<usize>, Bm25) {
     let ids: Vec<usize> = (0..g.reports.len())
         .filter(|&i| {
             g.reports[i].level == level
@@ -982,6 +998,17 @@ pub fn extractive_map(
         })
         .collect();
     let bm = Bm25::build(ids.iter().map(|&i| g.reports[i].text.as_str()));
+    (ids, bm)
+}
+
+/// [`extractive_map`] over a prebuilt [`report_index`].
+pub fn extractive_map_with(
+    g: &KnowledgeGraph,
+    ix: &(Vec<usize>, Bm25),
+    question: &str,
+    top: usize,
+) -> Vec<KeyPoint> {
+    let (ids, bm) = ix;
     let hits = bm.search(question, top);
     let best = hits.first().map_or(0.0, |h| h.1 as f64);
     let qterms: BTreeSet<String> = crate::bm25::terms(question).into_iter().collect();
@@ -1032,14 +1059,23 @@ fn is_leaf(g: &KnowledgeGraph, cluster: usize) -> bool {
 /// Local search: the entities matching the question (BM25 over name and description, plus
 /// entities named in the question), ranked.
 pub fn match_entities(g: &KnowledgeGraph, question: &str, k: usize) -> Vec<usize> {
-    let bm = Bm25::build(
+    match_entities_with(g, &entity_index(g), question, k)
+}
+
+/// BM25 over entity names and descriptions.
+pub fn entity_index(g: &KnowledgeGraph) -> Bm25 {
+    Bm25::build(
         g.entities
             .iter()
             .map(|e| format!("{} {}", e.name, e.summary(400)))
             .collect::<Vec<_>>()
             .iter()
             .map(String::as_str),
-    );
+    )
+}
+
+/// [`match_entities`] over a prebuilt [`entity_index`].
+pub fn match_entities_with(g: &KnowledgeGraph, bm: &Bm25, question: &str, k: usize) -> Vec<usize> {
     let q_up = question.to_uppercase();
     let mut named: Vec<usize> = g
         .entities

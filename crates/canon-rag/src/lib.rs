@@ -15,6 +15,7 @@ pub mod dense;
 pub mod eval;
 pub mod fuse;
 pub mod graph;
+pub mod hnsw;
 pub mod index;
 pub mod leiden;
 pub mod marginal;

@@ -118,11 +118,34 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let pb = bar(ctx, qs.len(), &name);
         let mut outs: Vec<Outcome> = Vec::new();
         let mut ms = Vec::new();
+        let mut ems = Vec::new();
+        let (mut ann_found, mut ann_total) = (0usize, 0usize);
         for q in &qs {
             pb.inc(1);
             let t0 = Instant::now();
             let hits = match m {
-                Method::Flat(mode) => r.search(&q.question, *mode, a.k)?,
+                Method::Flat(mode) => {
+                    let v = if *mode == Mode::Bm25 {
+                        None
+                    } else {
+                        r.embed(&q.question)?
+                    };
+                    ems.push(t0.elapsed().as_secs_f64() * 1e3);
+                    let t1 = Instant::now();
+                    let h = r.index.search(&q.question, v.as_deref(), *mode, a.k)?;
+                    ms.push(t1.elapsed().as_secs_f64() * 1e3);
+                    if let (Some(qv), Mode::Dense, Some(_)) = (&v, mode, &r.index.hnsw) {
+                        let exact: Vec<usize> = r
+                            .index
+                            .dense(qv, a.k, true)
+                            .into_iter()
+                            .map(|x| x.0)
+                            .collect();
+                        ann_found += h.iter().filter(|x| exact.contains(&x.id)).count();
+                        ann_total += exact.len();
+                    }
+                    h
+                }
                 Method::GraphLocal | Method::GraphGlobal => {
                     let g = graph.as_ref().context("graph not loaded")?;
                     super::graph::graph_hits(
@@ -134,7 +157,10 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     )
                 }
             };
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            if !matches!(m, Method::Flat(_)) {
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                ems.push(0.0);
+            }
             let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
             let o = match ans.as_mut() {
                 Some(llm) => {
@@ -145,15 +171,25 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
                 None => score(q, &pages, None, &[]),
             };
-            lines.push_str(
-                &json!({"method": name, "question": q.id, "kind": q.kind, "outcome": o, "pages": pages})
-                    .to_string(),
-            );
+            let line = json!({"method": name, "question": q.id, "kind": q.kind, "outcome": o, "pages": pages})
+                .to_string();
+            if a.answer && !ctx.quiet && !std::io::stderr().is_terminal() {
+                eprintln!("{line}");
+            }
+            lines.push_str(&line);
             lines.push('\n');
             outs.push(o);
         }
         pb.finish_and_clear();
-        sums.push(summarize(&name, &outs, &ms));
+        if ann_total > 0 && !ctx.quiet {
+            eprintln!(
+                "{}",
+                json!({"method": name, "hnsw_recall_vs_exact": ann_found as f64 / ann_total as f64, "k": a.k})
+            );
+        }
+        let mut s = summarize(&name, &outs, &ms);
+        s.p50_embed_ms = canon_rag::eval::median(&ems);
+        sums.push(s);
     }
     if let Some(p) = &a.out {
         super::write_atomic(p, &lines)?;
@@ -165,12 +201,12 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     } else {
         println!(
-            "| method | questions | recall@1 | recall@5 | recall@10 | MRR | exact % | contains % | cites % | citation correct % | p50 ms |"
+            "| method | questions | recall@1 | recall@5 | recall@10 | MRR | exact % | contains % | cites % | citation correct % | p50 search ms | p50 query embed ms |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for s in &sums {
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {} | {} | {} | {} | {:.2} | {:.1} |",
                 s.method,
                 s.questions,
                 s.recall_at_1 * 100.0,
@@ -181,7 +217,8 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 pct(s.contains),
                 pct(s.cite_rate),
                 pct(s.citation_correct),
-                s.p50_ms
+                s.p50_ms,
+                s.p50_embed_ms
             );
         }
     }

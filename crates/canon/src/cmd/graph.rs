@@ -268,8 +268,20 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn load_graph(index: &Index) -> anyhow::Result<KnowledgeGraph> {
-    Ok(KnowledgeGraph::load(&index.path, index.meta.chunks)?)
+/// A loaded graph with its search indexes (entities; level-0 reports).
+pub struct LoadedGraph {
+    pub g: KnowledgeGraph,
+    entities: canon_rag::bm25::Bm25,
+    reports: (Vec<usize>, canon_rag::bm25::Bm25),
+}
+
+pub fn load_graph(index: &Index) -> anyhow::Result<LoadedGraph> {
+    let g = KnowledgeGraph::load(&index.path, index.meta.chunks)?;
+    Ok(LoadedGraph {
+        entities: graph::entity_index(&g),
+        reports: graph::report_index(&g, 0),
+        g,
+    })
 }
 
 fn hit(index: &Index, id: usize, score: f64) -> Hit {
@@ -283,15 +295,16 @@ fn hit(index: &Index, id: usize, score: f64) -> Hit {
 /// The text units a graph query rests on, best first: local search's ranked text units, or
 /// global search's top reports' text units (extractive map).
 pub fn graph_hits(
-    g: &KnowledgeGraph,
+    lg: &LoadedGraph,
     index: &Index,
     question: &str,
     global: bool,
     k: usize,
 ) -> Vec<Hit> {
+    let g = &lg.g;
     let mut ids: Vec<usize> = Vec::new();
     if global {
-        let pts = graph::extractive_map(g, 0, question, k);
+        let pts = graph::extractive_map_with(g, &lg.reports, question, k);
         for p in pts.iter().filter(|p| p.score > 0) {
             for &u in &g.reports[p.report].text_units {
                 if !ids.contains(&u) {
@@ -306,7 +319,7 @@ pub fn graph_hits(
             }
         }
     } else {
-        let m = graph::match_entities(g, question, 10);
+        let m = graph::match_entities_with(g, &lg.entities, question, 10);
         ids = graph::local_context(g, &m, k, 10).text_units;
     }
     ids.into_iter()
@@ -319,12 +332,13 @@ pub fn graph_hits(
 /// `canon ask --graph global|local`.
 pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
     let index = Index::open(&a.index, None)?;
-    let g = load_graph(&index)?;
+    let lg = load_graph(&index)?;
+    let g = &lg.g;
     let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
     match mode {
         "local" => {
-            let m = graph::match_entities(&g, &a.question, 10);
-            let lc = graph::local_context(&g, &m, a.k, 10);
+            let m = graph::match_entities_with(g, &lg.entities, &a.question, 10);
+            let lc = graph::local_context(g, &m, a.k, 10);
             // Entities, relationships and community titles: at most half of the budget (the
             // text units get the rest, as GraphRAG's 0.5 text-unit proportion).
             let mut pre = String::from("Entities and relationships:\n");
@@ -375,7 +389,7 @@ pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        "global" => global(a, &g, &index, &mut ans, ctx),
+        "global" => global(a, g, &index, &mut ans, ctx),
         o => bail!("expected --graph global or local, found '{o}'"),
     }
 }
@@ -405,6 +419,7 @@ fn global(
         graph::pack(&reports, map_budget, &count)
     };
     let mut points: Vec<KeyPoint> = Vec::new();
+    let mut raw: Vec<String> = Vec::new();
     let pb = bar(ctx, batches.len(), "map batches");
     let t0 = Instant::now();
     for b in &batches {
@@ -421,6 +436,7 @@ fn global(
         }
         let (out, ..) = ans.complete(&graph::map_prompt(&a.question, &text), 120)?;
         points.extend(graph::parse_map(&out, reports[b[0]].0));
+        raw.push(out);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -470,7 +486,7 @@ Answer using the key points and cite them by number, like [1].",
         println!(
             "{}",
             json!({"question": a.question.trim(), "answer": answer, "graph": "global", "citations": cites,
-                "points": point_json, "map_batches": batches.len(), "timings": {"map_ms": map_ms}})
+                "points": point_json, "map_batches": batches.len(), "map_outputs": raw, "timings": {"map_ms": map_ms}})
         );
     } else {
         println!("{answer}\n");
