@@ -908,11 +908,14 @@ pub fn parse_map(out: &str, report: usize) -> Vec<KeyPoint> {
                 return None;
             }
             let score: u32 = t[..digits].parse().ok()?;
-            let rest = t[digits..]
-                .trim_start_matches(['/', ')', ']', ':', '-', '.', ' ', '%'])
-                .trim_start_matches("100")
-                .trim_start_matches([')', ']', ':', '-', '.', ' '])
-                .trim();
+            // The score is followed by `:`, `/100`, `)`, `]` or ` -`; `1.` is list numbering.
+            let after = &t[digits..];
+            let after = after.strip_prefix("/100").unwrap_or(after);
+            let rest = match after.strip_prefix([':', ')', ']']) {
+                Some(r) => r,
+                None => after.strip_prefix(" -")?,
+            };
+            let rest = rest.trim_start_matches([':', ' ', '-']).trim();
             (!rest.is_empty()).then(|| KeyPoint {
                 score: score.min(100),
                 text: rest.to_string(),
@@ -960,7 +963,7 @@ pub fn reduce_context(
     if kept.is_empty() {
         return None;
     }
-    kept.sort_by(|a, b| b.score.cmp(&a.score));
+    kept.sort_by_key(|p| std::cmp::Reverse(p.score));
     let mut ctx = String::new();
     let mut used = 0;
     let mut out = Vec::new();
@@ -1029,7 +1032,7 @@ pub fn extractive_map_with(
                     )
                 })
                 .collect();
-            lines.sort_by(|a, b| b.0.cmp(&a.0));
+            lines.sort_by_key(|l| std::cmp::Reverse(l.0));
             let text = lines
                 .iter()
                 .take(2)

@@ -68,7 +68,7 @@ fn row(data: &[f32], dim: usize, i: usize) -> &[f32] {
 impl Hnsw {
     /// Builds the graph over `data` (row-major, `dim` wide).
     pub fn build(data: &[f32], dim: usize, cfg: &HnswConfig) -> Hnsw {
-        let n = if dim == 0 { 0 } else { data.len() / dim };
+        let n = data.len().checked_div(dim).unwrap_or(0);
         let m = cfg.m.max(2);
         let ml = 1.0 / (m as f64).ln();
         let mut rng = Rng::new(cfg.seed);

@@ -311,6 +311,7 @@ fn dry_run(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn finish(
     out: &std::path::Path,
     model: &str,
