@@ -96,7 +96,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let need_dense = methods
         .iter()
-        .any(|m| !matches!(m, Method::Flat(Mode::Bm25)));
+        .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
     let r = Retriever::open(&a.index, need_dense, ctx)?;
     let graph = if methods
         .iter()
