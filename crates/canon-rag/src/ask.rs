@@ -65,13 +65,29 @@ pub fn build_prompt(
     budget: usize,
     count: &dyn Fn(&str) -> usize,
 ) -> Result<Prompt> {
+    build_prompt_with("", question, hits, budget, count)
+}
+
+/// [`build_prompt`] with extra context (GraphRAG local search's entities and relationships)
+/// between the instruction and the passages; it counts against the budget.
+pub fn build_prompt_with(
+    preamble: &str,
+    question: &str,
+    hits: &[Hit],
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Result<Prompt> {
     let q = question.trim();
     if q.is_empty() {
         return Err(RagError::Invalid(
             "expected a non-empty question, found an empty one".into(),
         ));
     }
-    let fixed = format!("{INSTRUCTION}\n\n");
+    let fixed = if preamble.trim().is_empty() {
+        format!("{INSTRUCTION}\n\n")
+    } else {
+        format!("{INSTRUCTION}\n\n{}\n\nPassages:\n", preamble.trim())
+    };
     let end = tail(q);
     let base = count(&fixed) + count(&end);
     if base > budget {
@@ -261,6 +277,12 @@ mod tests {
         assert_eq!(p.passages[0].text, "-C, --directory=DIR");
         assert_eq!(p.dropped, 1);
         assert!(build_prompt("  ", &hits, 1000, &words).is_err());
+        let p = build_prompt_with("- TAR --DIRECTORY: option", "q", &hits, 1000, &words).unwrap();
+        let (e, first) = (
+            p.text.find("TAR --DIRECTORY").unwrap(),
+            p.text.find("[1] ").unwrap(),
+        );
+        assert!(e < first, "{}", p.text);
         let e = build_prompt("q", &hits, base - 1, &words).unwrap_err();
         assert!(e.to_string().contains("fits the model's context"), "{e}");
     }

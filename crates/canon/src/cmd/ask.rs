@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use canon_infer::{GenerateRequest, LmGenerator};
-use canon_rag::ask::{Passage, build_prompt, cited};
+use canon_rag::ask::{Passage, build_prompt_with, cited};
 use canon_rag::index::{Hit, Index, Mode};
 use canon_text::Message;
 use clap::Args;
@@ -189,12 +189,22 @@ impl Answerer {
 
     /// Answers `question` from `hits` with citations.
     pub fn answer(&mut self, question: &str, hits: &[Hit]) -> anyhow::Result<Answer> {
+        self.answer_with("", question, hits)
+    }
+
+    /// [`Answerer::answer`] with extra context before the passages.
+    pub fn answer_with(
+        &mut self,
+        preamble: &str,
+        question: &str,
+        hits: &[Hit],
+    ) -> anyhow::Result<Answer> {
         // The chat template's own tokens come out of the budget.
         let overhead = self.count(&self.render("")?);
         let budget = self.budget.saturating_sub(overhead);
         let p = {
             let count = |s: &str| self.count(s);
-            build_prompt(question, hits, budget, &count)?
+            build_prompt_with(preamble, question, hits, budget, &count)?
         };
         let (text, prefill_ms, decode_ms, n) = self.complete(&p.text, self.max_tokens)?;
         let citations = cited(&text, p.passages.len())

@@ -377,11 +377,7 @@ pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(r, &u)| hit(&index, u, 1.0 / (r as f64 + 1.0)))
                 .collect();
-            let save = ans.budget;
-            ans.budget = save.saturating_sub(ans.count(&kept));
-            let q = format!("{}\n\n{kept}", a.question.trim());
-            let mut out = ans.answer(&q, &hits)?;
-            out.question = a.question.trim().to_string();
+            let out = ans.answer_with(&kept, &a.question, &hits)?;
             super::ask::print_answer(
                 &out,
                 a.json,
