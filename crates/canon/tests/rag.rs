@@ -214,3 +214,60 @@ fn bad_inputs_are_one_error_line() {
     assert_eq!(std::fs::read_to_string(&mp).unwrap(), m);
     assert!(!idx2.join("graph.json").exists());
 }
+
+/// Slow tier (real MiniLM and SmolLM2 from the cache): index two small Markdown pages, ask a
+/// question, and check the JSON answer's passages and citations point into the index.
+#[test]
+#[ignore = "slow: embeds with MiniLM and generates with SmolLM2"]
+fn ask_end_to_end_with_real_models() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let docs = p.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("tar.md"),
+        "# tar\n\n## Options\n\n-C, --directory=DIR\nchange to directory DIR before extracting.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("ls.md"),
+        "# ls\n\n## Options\n\n-t\nsort by modification time, newest first.\n",
+    )
+    .unwrap();
+    let home = std::env::var("CANON_HOME")
+        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_canon"))
+            .args(args)
+            .current_dir(p)
+            .env("CANON_HOME", &home)
+            .output()
+            .expect("run canon")
+    };
+    let o = run(&[
+        "--quiet", "index", "build", "--docs", "docs", "--out", "d.idx",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "--quiet",
+        "ask",
+        "--index",
+        "d.idx",
+        "--k",
+        "2",
+        "--max-tokens",
+        "40",
+        "--json",
+        "Which tar option changes to a directory before extracting?",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks[0]["page"], "tar", "{v}");
+    assert_eq!(chunks[0]["n"], 1);
+    assert!(!v["answer"].as_str().unwrap().is_empty());
+    for c in v["citations"].as_array().unwrap() {
+        let n = c["n"].as_u64().unwrap() as usize;
+        assert!((1..=chunks.len()).contains(&n));
+    }
+}
