@@ -175,3 +175,30 @@ pub fn rag_sequence_decode(
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out
 }
+
+/// RAG-Sequence `log p(y|x)` from the target tokens' log-probabilities under each document,
+/// `token_lp[z][i] = log p(y_i | x, z, y_<i)` (what a model scoring the target gives).
+pub fn rag_sequence_from_token_logprobs(log_prior: &[f64], token_lp: &[Vec<f64>]) -> f64 {
+    let per: Vec<f64> = log_prior
+        .iter()
+        .zip(token_lp)
+        .map(|(p, lps)| p + lps.iter().sum::<f64>())
+        .collect();
+    logsumexp(&per)
+}
+
+/// RAG-Token `log p(y|x)` from the same matrix: `Σ_i log Σ_z p(z|x) p(y_i | x, z, y_<i)`.
+pub fn rag_token_from_token_logprobs(log_prior: &[f64], token_lp: &[Vec<f64>]) -> f64 {
+    let n = token_lp.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            logsumexp(
+                &log_prior
+                    .iter()
+                    .zip(token_lp)
+                    .map(|(p, lps)| p + lps[i])
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .sum()
+}

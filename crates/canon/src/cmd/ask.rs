@@ -18,6 +18,7 @@ use crate::{Ctx, model_gen};
 #[command(after_help = "Examples:
   canon ask --index man.idx \"how do I make tar extract into another directory?\"
   canon ask --index man.idx --k 3 --json \"which ls option sorts by modification time?\"
+  canon ask --index man.idx --k 4 --candidate \"-C\" --candidate \"-x\" \"which tar option changes directory?\"
   canon ask --index man.idx --graph local \"which files does useradd read?\"
   canon ask --index man.idx --graph global \"what do these manuals say about compression?\"
 
@@ -44,6 +45,10 @@ pub struct AskArgs {
     /// Prompt budget in tokens (default: the model's context less --max-tokens, at most 2048).
     #[arg(long)]
     pub context: Option<usize>,
+    /// Score these candidate answers under RAG-Sequence and RAG-Token over the top --k passages
+    /// (p(z|x) = softmax of the passages' dense scores) instead of generating (repeatable).
+    #[arg(long = "candidate", value_name = "TEXT", allow_hyphen_values = true)]
+    pub candidates: Vec<String>,
     /// GraphRAG query over the index's graph (`canon graph build`): global or local.
     #[arg(long)]
     pub graph: Option<String>,
@@ -267,6 +272,9 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(g) = &a.graph {
         return super::graph::ask(&a, g, ctx);
     }
+    if !a.candidates.is_empty() {
+        return score_candidates(&a, mode, ctx);
+    }
     let t0 = Instant::now();
     let r = Retriever::open(&a.index, mode != Mode::Bm25, ctx)?;
     let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
@@ -280,5 +288,120 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
         a.json,
         json!({"timings": {"load_ms": load_ms, "search_ms": search_ms, "prefill_ms": out.prefill_ms, "decode_ms": out.decode_ms}}),
     );
+    Ok(())
+}
+
+/// Paper 9's two models as scorers of candidate answers: for each retrieved passage z, the
+/// generator's log-probabilities of the candidate's tokens after a prompt holding z and the
+/// question; then RAG-Sequence and RAG-Token marginalise them with p(z|x).
+fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
+    use canon_rag::marginal::{
+        doc_log_prior, rag_sequence_from_token_logprobs, rag_token_from_token_logprobs,
+    };
+    if a.candidates.iter().any(|c| c.trim().is_empty()) {
+        bail!("expected non-empty --candidate answers, found an empty one");
+    }
+    let r = Retriever::open(&a.index, true, ctx)?;
+    let hits = r.search(&a.question, mode, a.k)?;
+    if hits.is_empty() {
+        bail!("expected retrieved passages, found none");
+    }
+    // p(z|x) ∝ exp(d(z)·q(x)) over the retrieved passages, as DPR's inner product.
+    let q = r.embed(&a.question)?.context("no query embedding")?;
+    let scores: Vec<f64> = hits
+        .iter()
+        .map(|h| {
+            r.index
+                .vector(h.id)
+                .iter()
+                .zip(&q)
+                .map(|(x, y)| (x * y) as f64)
+                .sum()
+        })
+        .collect();
+    let prior = doc_log_prior(&scores);
+    let ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let tok = &ans.lm.lm.tokenizer;
+    let cands: Vec<Vec<u32>> = a
+        .candidates
+        .iter()
+        .map(|c| tok.encode(&format!(" {}", c.trim()), false))
+        .collect::<Result<_, _>>()?;
+    let prompt_for = |passage: Option<&Hit>| -> anyhow::Result<Vec<u32>> {
+        let user = match passage {
+            Some(h) => format!(
+                "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
+                h.chunk.page,
+                h.chunk.section,
+                h.chunk.text,
+                a.question.trim()
+            ),
+            None => format!("Question: {}\nAnswer briefly.", a.question.trim()),
+        };
+        Ok(tok.encode(&(ans.render(&user)? + "Answer:"), true)?)
+    };
+    let lm = ans.lm.lm.model.as_ref();
+    // token_lp[c][z][i]
+    let mut token_lp: Vec<Vec<Vec<f64>>> = vec![Vec::new(); cands.len()];
+    for h in &hits {
+        let ids = prompt_for(Some(h))?;
+        let lps = canon_agent::fewshot::continuation_logprobs(lm, &ids, &cands)?;
+        for (c, lp) in lps.into_iter().enumerate() {
+            token_lp[c].push(lp);
+        }
+    }
+    let base = canon_agent::fewshot::continuation_logprobs(lm, &prompt_for(None)?, &cands)?;
+    let mut rows: Vec<serde_json::Value> = a
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(c, text)| {
+            let per_doc: Vec<f64> = token_lp[c].iter().map(|l| l.iter().sum()).collect();
+            json!({"candidate": text, "tokens": cands[c].len(),
+                "rag_sequence_logprob": rag_sequence_from_token_logprobs(&prior, &token_lp[c]),
+                "rag_token_logprob": rag_token_from_token_logprobs(&prior, &token_lp[c]),
+                "no_retrieval_logprob": base[c].iter().sum::<f64>(),
+                "per_passage_logprob": per_doc})
+        })
+        .collect();
+    rows.sort_by(|x, y| {
+        y["rag_sequence_logprob"]
+            .as_f64()
+            .unwrap_or(f64::MIN)
+            .total_cmp(&x["rag_sequence_logprob"].as_f64().unwrap_or(f64::MIN))
+    });
+    let passages: Vec<serde_json::Value> = hits
+        .iter()
+        .zip(&prior)
+        .enumerate()
+        .map(|(i, (h, p))| json!({"n": i + 1, "page": h.chunk.page, "section": h.chunk.section, "p_z_given_x": p.exp()}))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({"question": a.question.trim(), "candidates": rows, "passages": passages})
+        );
+    } else {
+        println!("| candidate | log p RAG-Sequence | log p RAG-Token | log p without retrieval |");
+        println!("|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {:.3} | {:.3} | {:.3} |",
+                r["candidate"].as_str().unwrap_or(""),
+                r["rag_sequence_logprob"].as_f64().unwrap_or(f64::NAN),
+                r["rag_token_logprob"].as_f64().unwrap_or(f64::NAN),
+                r["no_retrieval_logprob"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        for p in &passages {
+            println!(
+                "[{}] {}, {} p(z|x) = {:.3}",
+                p["n"],
+                p["page"].as_str().unwrap_or(""),
+                p["section"].as_str().unwrap_or(""),
+                p["p_z_given_x"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     Ok(())
 }
