@@ -96,11 +96,11 @@ fn argmax(v: &[f64]) -> Option<u32> {
         .map(|(i, _)| i as u32)
 }
 
-/// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after `eos`
+/// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after an `eos` token
 /// (included) or `max_new` tokens.
 pub fn rag_token_greedy(
     log_prior: &[f64],
-    eos: Option<u32>,
+    eos: &[u32],
     max_new: usize,
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> Vec<u32> {
@@ -110,7 +110,7 @@ pub fn rag_token_greedy(
             break;
         };
         y.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             break;
         }
     }
@@ -120,7 +120,7 @@ pub fn rag_token_greedy(
 /// Greedy decoding with one document: the per-document hypothesis of RAG-Sequence decoding.
 pub fn greedy_for_doc(
     z: usize,
-    eos: Option<u32>,
+    eos: &[u32],
     max_new: usize,
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> Vec<u32> {
@@ -130,7 +130,7 @@ pub fn greedy_for_doc(
             break;
         };
         y.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             break;
         }
     }

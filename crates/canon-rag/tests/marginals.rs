@@ -82,14 +82,14 @@ fn rag_sequence_and_token_match_brute_force() {
 fn decoding_rag_token_greedy_and_rag_sequence_thorough_vs_fast() {
     let prior = doc_log_prior(&[0.3, 1.1, -0.4]);
     let mut f = |z: usize, p: &[u32]| toy(z, p);
-    let y = rag_token_greedy(&prior, None, 3, &mut f);
+    let y = rag_token_greedy(&prior, &[], 3, &mut f);
     for i in 0..3 {
         let m = rag_token_next(&prior, &y[..i], &mut f);
         assert!(m.iter().all(|&v| v <= m[y[i] as usize]));
         assert!((m.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-12);
     }
     let cands: Vec<Vec<Vec<u32>>> = (0..3)
-        .map(|z| vec![greedy_for_doc(z, None, 3, &mut f)])
+        .map(|z| vec![greedy_for_doc(z, &[], 3, &mut f)])
         .collect();
     let thorough = rag_sequence_decode(&prior, &cands, SeqDecoding::Thorough, &mut f);
     let fast = rag_sequence_decode(&prior, &cands, SeqDecoding::Fast, &mut f);

@@ -49,6 +49,11 @@ pub struct AskArgs {
     /// (p(z|x) = softmax of the passages' dense scores) instead of generating (repeatable).
     #[arg(long = "candidate", value_name = "TEXT", allow_hyphen_values = true)]
     pub candidates: Vec<String>,
+    /// Generate with paper 9's decoders over the top --k passages instead of one prompt of
+    /// numbered passages: token (RAG-Token, greedy on the per-step marginal), sequence-thorough or
+    /// sequence-fast (RAG-Sequence: a greedy hypothesis per passage, rescored).
+    #[arg(long)]
+    pub rag: Option<String>,
     /// GraphRAG query over the index's graph (`canon graph build`): global or local.
     #[arg(long)]
     pub graph: Option<String>,
@@ -275,6 +280,9 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if !a.candidates.is_empty() {
         return score_candidates(&a, mode, ctx);
     }
+    if let Some(r) = &a.rag {
+        return rag_decode(&a, r, mode, ctx);
+    }
     let t0 = Instant::now();
     let r = Retriever::open(&a.index, mode != Mode::Bm25, ctx)?;
     let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
@@ -396,6 +404,211 @@ fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
         for p in &passages {
             println!(
                 "[{}] {}, {} p(z|x) = {:.3}",
+                p["n"],
+                p["page"].as_str().unwrap_or(""),
+                p["section"].as_str().unwrap_or(""),
+                p["p_z_given_x"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Next-token log-probabilities of one generator under several passage prompts, with one KV cache
+/// per passage that follows the decoded prefix (rewound to the prompt when a prefix is not an
+/// extension of what it holds).
+struct DocLm<'a> {
+    lm: &'a dyn canon_models::CausalLm,
+    prompts: Vec<Vec<u32>>,
+    caches: Vec<canon_models::Cache>,
+    fed: Vec<Vec<u32>>,
+    last: Vec<Vec<f32>>,
+}
+
+fn forward_last(
+    lm: &dyn canon_models::CausalLm,
+    ids: &[u32],
+    cache: &mut canon_models::Cache,
+) -> anyhow::Result<Vec<f32>> {
+    let t = candle_core::Tensor::new(ids, &candle_core::Device::Cpu)?.unsqueeze(0)?;
+    let out = lm.forward(&t, cache, canon_models::Positions::Last)?;
+    Ok(out
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?)
+}
+
+impl<'a> DocLm<'a> {
+    fn new(lm: &'a dyn canon_models::CausalLm, prompts: Vec<Vec<u32>>) -> anyhow::Result<Self> {
+        let mut caches = Vec::new();
+        let mut last = Vec::new();
+        for p in &prompts {
+            let mut c = lm.new_cache();
+            last.push(forward_last(lm, p, &mut c)?);
+            caches.push(c);
+        }
+        Ok(DocLm {
+            lm,
+            fed: vec![Vec::new(); prompts.len()],
+            prompts,
+            caches,
+            last,
+        })
+    }
+
+    fn next(&mut self, z: usize, prefix: &[u32]) -> anyhow::Result<Vec<f64>> {
+        if !prefix.starts_with(&self.fed[z]) {
+            // Rewind: keep the prompt but its last token, and run that token again.
+            let n = self.prompts[z].len();
+            for layer in &mut self.caches[z].layers {
+                layer.truncate(n - 1)?;
+            }
+            self.last[z] = forward_last(self.lm, &self.prompts[z][n - 1..], &mut self.caches[z])?;
+            self.fed[z].clear();
+        }
+        let rest = prefix[self.fed[z].len()..].to_vec();
+        if !rest.is_empty() {
+            self.last[z] = forward_last(self.lm, &rest, &mut self.caches[z])?;
+            self.fed[z].extend_from_slice(&rest);
+        }
+        let l = &self.last[z];
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max + l.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        Ok(l.iter().map(|&v| v as f64 - lse).collect())
+    }
+}
+
+/// Retrieved passages, their log p(z|x), and one token prompt per passage.
+type PassagePrompts = (Vec<Hit>, Vec<f64>, Vec<Vec<u32>>);
+
+/// The top passages, their p(z|x) from dense scores, and one prompt per passage.
+fn passage_prompts(
+    a: &AskArgs,
+    mode: Mode,
+    ans: &Answerer,
+    ctx: &Ctx,
+) -> anyhow::Result<PassagePrompts> {
+    let r = Retriever::open(&a.index, true, ctx)?;
+    let hits = r.search(&a.question, mode, a.k)?;
+    if hits.is_empty() {
+        bail!("expected retrieved passages, found none");
+    }
+    let q = r.embed(&a.question)?.context("no query embedding")?;
+    let scores: Vec<f64> = hits
+        .iter()
+        .map(|h| {
+            r.index
+                .vector(h.id)
+                .iter()
+                .zip(&q)
+                .map(|(x, y)| (x * y) as f64)
+                .sum()
+        })
+        .collect();
+    let prior = canon_rag::marginal::doc_log_prior(&scores);
+    let tok = &ans.lm.lm.tokenizer;
+    let mut prompts = Vec::new();
+    for h in &hits {
+        let user = format!(
+            "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
+            h.chunk.page,
+            h.chunk.section,
+            h.chunk.text,
+            a.question.trim()
+        );
+        let ids = tok.encode(&ans.render(&user)?, true)?;
+        if ids.len() + a.max_tokens > ans.lm.lm.model.max_seq_len() {
+            bail!(
+                "expected passage prompts that fit the model's context with --max-tokens, found one of {} tokens",
+                ids.len()
+            );
+        }
+        prompts.push(ids);
+    }
+    Ok((hits, prior, prompts))
+}
+
+/// `canon ask --rag token|sequence-thorough|sequence-fast`: paper 9's decoders with the real model.
+fn rag_decode(a: &AskArgs, how: &str, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
+    use canon_rag::marginal::{SeqDecoding, greedy_for_doc, rag_sequence_decode, rag_token_greedy};
+    let seq = match how {
+        "token" => None,
+        "sequence-thorough" => Some(SeqDecoding::Thorough),
+        "sequence-fast" => Some(SeqDecoding::Fast),
+        o => bail!("expected --rag token, sequence-thorough or sequence-fast, found '{o}'"),
+    };
+    let ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let (hits, prior, prompts) = passage_prompts(a, mode, &ans, ctx)?;
+    let eog = ans.lm.lm.tokenizer.eog_ids.clone();
+    let t0 = Instant::now();
+    let mut dl = DocLm::new(ans.lm.lm.model.as_ref(), prompts)?;
+    let mut failure: Option<anyhow::Error> = None;
+    let mut f = |z: usize, prefix: &[u32]| -> Vec<f64> {
+        match dl.next(z, prefix) {
+            Ok(v) => v,
+            Err(e) => {
+                failure.get_or_insert(e);
+                Vec::new()
+            }
+        }
+    };
+    let (best, lp, candidates) = match seq {
+        None => {
+            let y = rag_token_greedy(&prior, &eog, a.max_tokens, &mut f);
+            (y, None, Vec::new())
+        }
+        Some(m) => {
+            let cands: Vec<Vec<Vec<u32>>> = (0..prior.len())
+                .map(|z| vec![greedy_for_doc(z, &eog, a.max_tokens, &mut f)])
+                .collect();
+            let ranked = rag_sequence_decode(&prior, &cands, m, &mut f);
+            let (y, lp) = ranked.first().cloned().unwrap_or_default();
+            (y, Some(lp), ranked)
+        }
+    };
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let tok = &ans.lm.lm.tokenizer;
+    let text = |y: &[u32]| -> String {
+        let cut: Vec<u32> = y.iter().copied().take_while(|t| !eog.contains(t)).collect();
+        tok.decode(&cut, true)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let answer = text(&best);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let passages: Vec<serde_json::Value> = hits
+        .iter()
+        .zip(&prior)
+        .enumerate()
+        .map(|(i, (h, p))| json!({"n": i + 1, "page": h.chunk.page, "section": h.chunk.section, "path": h.chunk.path,
+            "lines": [h.chunk.line_start, h.chunk.line_end], "p_z_given_x": p.exp()}))
+        .collect();
+    let hyps: Vec<serde_json::Value> = candidates
+        .iter()
+        .map(|(y, l)| json!({"text": text(y), "logprob": l}))
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({"question": a.question.trim(), "answer": answer, "decoding": how, "logprob": lp,
+                "hypotheses": hyps, "passages": passages, "timings": {"decode_ms": ms}})
+        );
+    } else {
+        println!("{answer}\n");
+        for h in &hyps {
+            println!(
+                "hypothesis {:.3}: {}",
+                h["logprob"].as_f64().unwrap_or(f64::NAN),
+                h["text"].as_str().unwrap_or("")
+            );
+        }
+        println!("Passages (p(z|x)):");
+        for p in &passages {
+            println!(
+                "[{}] {}, {} {:.3}",
                 p["n"],
                 p["page"].as_str().unwrap_or(""),
                 p["section"].as_str().unwrap_or(""),
