@@ -183,6 +183,13 @@ fn bad_inputs_are_one_error_line() {
     let ix = idx.to_str().unwrap();
     let o = canon(&["ask", "--index", ix, "--graph", "local", "what?"], p);
     assert_clean_error(&o, &["graph build"]);
+    let o = canon(
+        &[
+            "ask", "--index", ix, "--graph", "local", "--rag", "token", "q",
+        ],
+        p,
+    );
+    assert_clean_error(&o, &["at most one of"]);
     let o = canon(&["search", "--index", ix, "--mode", "sideways", "x"], p);
     assert_clean_error(&o, &["hybrid, dense or bm25"]);
     let q = p.join("q.jsonl");

@@ -19,6 +19,7 @@ use crate::{Ctx, model_gen};
   canon ask --index man.idx \"how do I make tar extract into another directory?\"
   canon ask --index man.idx --k 3 --json \"which ls option sorts by modification time?\"
   canon ask --index man.idx --k 4 --candidate \"-C\" --candidate \"-x\" \"which tar option changes directory?\"
+  canon ask --index man.idx --k 3 --rag sequence-thorough \"which tar option changes directory?\"
   canon ask --index man.idx --graph local \"which files does useradd read?\"
   canon ask --index man.idx --graph global \"what do these manuals say about compression?\"
 
@@ -274,6 +275,10 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
         bail!("expected --k of at least 1, found 0");
     }
     let mode: Mode = a.mode.parse()?;
+    let chosen = [a.graph.is_some(), !a.candidates.is_empty(), a.rag.is_some()];
+    if chosen.iter().filter(|&&x| x).count() > 1 {
+        bail!("expected at most one of --graph, --candidate and --rag, found several");
+    }
     if let Some(g) = &a.graph {
         return super::graph::ask(&a, g, ctx);
     }
