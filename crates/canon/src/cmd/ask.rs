@@ -304,23 +304,77 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Paper 9's two models as scorers of candidate answers: for each retrieved passage z, the
-/// generator's log-probabilities of the candidate's tokens after a prompt holding z and the
-/// question; then RAG-Sequence and RAG-Token marginalise them with p(z|x).
-fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
-    use canon_rag::marginal::{
-        doc_log_prior, rag_sequence_from_token_logprobs, rag_token_from_token_logprobs,
+/// Candidate scores: (RAG-Sequence, RAG-Token, no-retrieval) log-probabilities and the
+/// per-passage sums, for each candidate.
+pub struct CandidateScores {
+    pub sequence: Vec<f64>,
+    pub token: Vec<f64>,
+    pub no_retrieval: Vec<f64>,
+    pub per_passage: Vec<Vec<f64>>,
+    pub tokens: Vec<usize>,
+}
+
+/// Paper 9's two models as scorers of candidate answers: for each passage z, the generator's
+/// log-probabilities of the candidate's tokens after a prompt holding z and the question; then
+/// RAG-Sequence and RAG-Token marginalise them with `log_prior` = log p(z|x).
+pub fn rag_candidate_scores(
+    ans: &Answerer,
+    question: &str,
+    hits: &[Hit],
+    log_prior: &[f64],
+    candidates: &[String],
+) -> anyhow::Result<CandidateScores> {
+    use canon_rag::marginal::{rag_sequence_from_token_logprobs, rag_token_from_token_logprobs};
+    let tok = &ans.lm.lm.tokenizer;
+    let cands: Vec<Vec<u32>> = candidates
+        .iter()
+        .map(|c| tok.encode(&format!(" {}", c.trim()), false))
+        .collect::<Result<_, _>>()?;
+    let prompt_for = |passage: Option<&Hit>| -> anyhow::Result<Vec<u32>> {
+        let user = match passage {
+            Some(h) => format!(
+                "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
+                h.chunk.page,
+                h.chunk.section,
+                h.chunk.text,
+                question.trim()
+            ),
+            None => format!("Question: {}\nAnswer briefly.", question.trim()),
+        };
+        Ok(tok.encode(&(ans.render(&user)? + "Answer:"), true)?)
     };
-    if a.candidates.iter().any(|c| c.trim().is_empty()) {
-        bail!("expected non-empty --candidate answers, found an empty one");
+    let lm = ans.lm.lm.model.as_ref();
+    // token_lp[c][z][i]
+    let mut token_lp: Vec<Vec<Vec<f64>>> = vec![Vec::new(); cands.len()];
+    for h in hits {
+        let ids = prompt_for(Some(h))?;
+        let lps = canon_agent::fewshot::continuation_logprobs(lm, &ids, &cands)?;
+        for (c, lp) in lps.into_iter().enumerate() {
+            token_lp[c].push(lp);
+        }
     }
-    let r = Retriever::open(&a.index, true, ctx)?;
-    let hits = r.search(&a.question, mode, a.k)?;
-    if hits.is_empty() {
-        bail!("expected retrieved passages, found none");
-    }
-    // p(z|x) ∝ exp(d(z)·q(x)) over the retrieved passages, as DPR's inner product.
-    let q = r.embed(&a.question)?.context("no query embedding")?;
+    let base = canon_agent::fewshot::continuation_logprobs(lm, &prompt_for(None)?, &cands)?;
+    Ok(CandidateScores {
+        sequence: token_lp
+            .iter()
+            .map(|m| rag_sequence_from_token_logprobs(log_prior, m))
+            .collect(),
+        token: token_lp
+            .iter()
+            .map(|m| rag_token_from_token_logprobs(log_prior, m))
+            .collect(),
+        no_retrieval: base.iter().map(|l| l.iter().sum()).collect(),
+        per_passage: token_lp
+            .iter()
+            .map(|m| m.iter().map(|l| l.iter().sum()).collect())
+            .collect(),
+        tokens: cands.iter().map(Vec::len).collect(),
+    })
+}
+
+/// log p(z|x) ∝ d(z)·q(x) over the retrieved passages, as DPR's inner product.
+pub fn dense_log_prior(r: &Retriever, question: &str, hits: &[Hit]) -> anyhow::Result<Vec<f64>> {
+    let q = r.embed(question)?.context("no query embedding")?;
     let scores: Vec<f64> = hits
         .iter()
         .map(|h| {
@@ -332,49 +386,31 @@ fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
                 .sum()
         })
         .collect();
-    let prior = doc_log_prior(&scores);
-    let ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
-    let tok = &ans.lm.lm.tokenizer;
-    let cands: Vec<Vec<u32>> = a
-        .candidates
-        .iter()
-        .map(|c| tok.encode(&format!(" {}", c.trim()), false))
-        .collect::<Result<_, _>>()?;
-    let prompt_for = |passage: Option<&Hit>| -> anyhow::Result<Vec<u32>> {
-        let user = match passage {
-            Some(h) => format!(
-                "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
-                h.chunk.page,
-                h.chunk.section,
-                h.chunk.text,
-                a.question.trim()
-            ),
-            None => format!("Question: {}\nAnswer briefly.", a.question.trim()),
-        };
-        Ok(tok.encode(&(ans.render(&user)? + "Answer:"), true)?)
-    };
-    let lm = ans.lm.lm.model.as_ref();
-    // token_lp[c][z][i]
-    let mut token_lp: Vec<Vec<Vec<f64>>> = vec![Vec::new(); cands.len()];
-    for h in &hits {
-        let ids = prompt_for(Some(h))?;
-        let lps = canon_agent::fewshot::continuation_logprobs(lm, &ids, &cands)?;
-        for (c, lp) in lps.into_iter().enumerate() {
-            token_lp[c].push(lp);
-        }
+    Ok(canon_rag::marginal::doc_log_prior(&scores))
+}
+
+fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.candidates.iter().any(|c| c.trim().is_empty()) {
+        bail!("expected non-empty --candidate answers, found an empty one");
     }
-    let base = canon_agent::fewshot::continuation_logprobs(lm, &prompt_for(None)?, &cands)?;
+    let r = Retriever::open(&a.index, true, ctx)?;
+    let hits = r.search(&a.question, mode, a.k)?;
+    if hits.is_empty() {
+        bail!("expected retrieved passages, found none");
+    }
+    let prior = dense_log_prior(&r, &a.question, &hits)?;
+    let ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let sc = rag_candidate_scores(&ans, &a.question, &hits, &prior, &a.candidates)?;
     let mut rows: Vec<serde_json::Value> = a
         .candidates
         .iter()
         .enumerate()
         .map(|(c, text)| {
-            let per_doc: Vec<f64> = token_lp[c].iter().map(|l| l.iter().sum()).collect();
-            json!({"candidate": text, "tokens": cands[c].len(),
-                "rag_sequence_logprob": rag_sequence_from_token_logprobs(&prior, &token_lp[c]),
-                "rag_token_logprob": rag_token_from_token_logprobs(&prior, &token_lp[c]),
-                "no_retrieval_logprob": base[c].iter().sum::<f64>(),
-                "per_passage_logprob": per_doc})
+            json!({"candidate": text, "tokens": sc.tokens[c],
+                "rag_sequence_logprob": sc.sequence[c],
+                "rag_token_logprob": sc.token[c],
+                "no_retrieval_logprob": sc.no_retrieval[c],
+                "per_passage_logprob": sc.per_passage[c]})
         })
         .collect();
     rows.sort_by(|x, y| {

@@ -48,6 +48,11 @@ pub struct EvalRagArgs {
     /// Most answer tokens.
     #[arg(long, default_value_t = 48)]
     pub max_tokens: usize,
+    /// Also score the reference answer against N distractors (other questions' answers of the
+    /// same kind) under RAG-Sequence, RAG-Token and without retrieval, over the top --answer-k
+    /// passages: accuracy of each and how often retrieval raises the answer's log-probability.
+    #[arg(long, value_name = "N")]
+    pub score_options: Option<usize>,
     /// Only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -94,9 +99,10 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ),
         }
     }
-    let need_dense = methods
-        .iter()
-        .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
+    let need_dense = a.score_options.is_some()
+        || methods
+            .iter()
+            .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
     let r = Retriever::open(&a.index, need_dense, ctx)?;
     let graph = if methods
         .iter()
@@ -106,7 +112,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut ans = if a.answer {
+    let mut ans = if a.answer || a.score_options.is_some() {
         Some(Answerer::load(&a.model, None, a.max_tokens, ctx)?)
     } else {
         None
@@ -120,6 +126,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let mut ms = Vec::new();
         let mut ems = Vec::new();
         let (mut ann_found, mut ann_total) = (0usize, 0usize);
+        let mut opt_stats = (0usize, 0usize, 0usize, 0usize, 0usize);
         for q in &qs {
             pb.inc(1);
             let t0 = Instant::now();
@@ -162,7 +169,41 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 ems.push(0.0);
             }
             let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
-            let o = match ans.as_mut() {
+            if let (Some(nd), Some(llm)) = (a.score_options, ans.as_ref()) {
+                let mut cands = vec![q.answer.clone()];
+                let pool: Vec<&str> = qs
+                    .iter()
+                    .filter(|o| {
+                        o.kind == q.kind && o.answer != q.answer && !q.aliases.contains(&o.answer)
+                    })
+                    .map(|o| o.answer.as_str())
+                    .collect();
+                let qi = qs.iter().position(|o| o.id == q.id).unwrap_or(0);
+                for j in 0..pool.len() {
+                    if cands.len() > nd {
+                        break;
+                    }
+                    let c = pool[(qi * 7 + j * 13) % pool.len()];
+                    if !cands.iter().any(|x| x == c) {
+                        cands.push(c.to_string());
+                    }
+                }
+                let top = &hits[..hits.len().min(a.answer_k)];
+                let prior = super::ask::dense_log_prior(&r, &q.question, top)?;
+                let sc = super::ask::rag_candidate_scores(llm, &q.question, top, &prior, &cands)?;
+                let best = |v: &[f64]| {
+                    v.iter()
+                        .enumerate()
+                        .max_by(|x, y| x.1.total_cmp(y.1))
+                        .map(|x| x.0)
+                };
+                opt_stats.0 += 1;
+                opt_stats.1 += (best(&sc.sequence) == Some(0)) as usize;
+                opt_stats.2 += (best(&sc.token) == Some(0)) as usize;
+                opt_stats.3 += (best(&sc.no_retrieval) == Some(0)) as usize;
+                opt_stats.4 += (sc.sequence[0] > sc.no_retrieval[0]) as usize;
+            }
+            let o = match ans.as_mut().filter(|_| a.answer) {
                 Some(llm) => {
                     let top = &hits[..hits.len().min(a.answer_k)];
                     let out = llm.answer(&q.question, top)?;
@@ -185,6 +226,15 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
             eprintln!(
                 "{}",
                 json!({"method": name, "hnsw_recall_vs_exact": ann_found as f64 / ann_total as f64, "k": a.k})
+            );
+        }
+        if opt_stats.0 > 0 {
+            let n = opt_stats.0 as f64;
+            println!(
+                "{}",
+                json!({"method": name, "option_scoring": {"questions": opt_stats.0, "candidates": a.score_options.map(|d| d + 1),
+                    "rag_sequence_accuracy": opt_stats.1 as f64 / n, "rag_token_accuracy": opt_stats.2 as f64 / n,
+                    "no_retrieval_accuracy": opt_stats.3 as f64 / n, "retrieval_raises_answer_logprob": opt_stats.4 as f64 / n}})
             );
         }
         let mut s = summarize(&name, &outs, &ms);
