@@ -534,19 +534,7 @@ fn passage_prompts(
     if hits.is_empty() {
         bail!("expected retrieved passages, found none");
     }
-    let q = r.embed(&a.question)?.context("no query embedding")?;
-    let scores: Vec<f64> = hits
-        .iter()
-        .map(|h| {
-            r.index
-                .vector(h.id)
-                .iter()
-                .zip(&q)
-                .map(|(x, y)| (x * y) as f64)
-                .sum()
-        })
-        .collect();
-    let prior = canon_rag::marginal::doc_log_prior(&scores);
+    let prior = dense_log_prior(&r, &a.question, &hits)?;
     let tok = &ans.lm.lm.tokenizer;
     let mut prompts = Vec::new();
     for h in &hits {
