@@ -19,6 +19,8 @@ use crate::reader::ReadStats;
 use crate::{RagError, Result, dense, fuse, io_err};
 
 pub const FORMAT: &str = "canon-rag-index";
+/// Indexes with at least this many chunks get an HNSW graph (`hnsw.bin`) for dense search.
+pub const HNSW_MIN_CHUNKS: usize = 20_000;
 pub const VERSION: u32 = 1;
 
 /// One indexed file and its chunks `[chunk_start, chunk_end)`.
@@ -81,7 +83,19 @@ pub fn file_stamp(p: &Path) -> Result<(u64, u64)> {
 }
 
 /// Writes a complete index to `out` atomically. `vectors` holds `chunks.len()` rows of `dim`.
+/// An HNSW graph is added from [`HNSW_MIN_CHUNKS`] chunks on.
 pub fn write_index(out: &Path, meta: &Meta, chunks: &[Chunk], vectors: &[f32]) -> Result<()> {
+    write_index_with(out, meta, chunks, vectors, chunks.len() >= HNSW_MIN_CHUNKS)
+}
+
+/// [`write_index`] with the HNSW graph chosen by the caller.
+pub fn write_index_with(
+    out: &Path,
+    meta: &Meta,
+    chunks: &[Chunk],
+    vectors: &[f32],
+    hnsw: bool,
+) -> Result<()> {
     if meta.chunks != chunks.len() || vectors.len() != chunks.len() * meta.dim {
         return Err(RagError::Invalid(format!(
             "index rows disagree: {} chunks, {} vector values for width {}",
@@ -115,6 +129,13 @@ pub fn write_index(out: &Path, meta: &Meta, chunks: &[Chunk], vectors: &[f32]) -
             vb.extend_from_slice(&v.to_le_bytes());
         }
         w("vectors.f32", &vb)?;
+        if hnsw {
+            w(
+                "hnsw.bin",
+                &crate::hnsw::Hnsw::build(vectors, meta.dim, &crate::hnsw::HnswConfig::default())
+                    .to_bytes(),
+            )?;
+        }
         w(
             "bm25.bin",
             &Bm25::build(
@@ -160,6 +181,8 @@ pub struct Index {
     pub chunks: Vec<Chunk>,
     vectors: memmap2::Mmap,
     pub bm25: Bm25,
+    /// The HNSW graph when the index has one (dense search then is approximate).
+    pub hnsw: Option<crate::hnsw::Hnsw>,
 }
 
 /// One search hit.
@@ -247,12 +270,31 @@ impl Index {
                 bm25.len()
             )));
         }
+        let hp = dir.join("hnsw.bin");
+        let hnsw = if hp.exists() {
+            let h =
+                crate::hnsw::Hnsw::from_bytes(&std::fs::read(&hp).map_err(|e| io_err(&hp, e))?)?;
+            if h.links.len() != meta.chunks || h.dim != meta.dim {
+                return Err(RagError::Invalid(format!(
+                    "expected an HNSW graph over {} vectors of width {} in {}, found {} of width {}",
+                    meta.chunks,
+                    meta.dim,
+                    hp.display(),
+                    h.links.len(),
+                    h.dim
+                )));
+            }
+            Some(h)
+        } else {
+            None
+        };
         Ok(Index {
             path: dir.to_path_buf(),
             meta,
             chunks,
             vectors,
             bm25,
+            hnsw,
         })
     }
 
@@ -272,6 +314,14 @@ impl Index {
         &self.vectors()[i * self.meta.dim..(i + 1) * self.meta.dim]
     }
 
+    /// Dense top-`k`: through the HNSW graph when there is one (unless `exact`), else a scan.
+    pub fn dense(&self, q: &[f32], k: usize, exact: bool) -> Vec<(usize, f32)> {
+        match &self.hnsw {
+            Some(h) if !exact => h.search(self.vectors(), q, k, crate::hnsw::EF_SEARCH.max(k)),
+            _ => dense::search(self.vectors(), self.meta.dim, q, k),
+        }
+    }
+
     /// Searches with an already embedded, normalised query (`qvec`, needed for dense and hybrid).
     pub fn search(
         &self,
@@ -289,7 +339,7 @@ impl Index {
             let q = qvec.ok_or_else(|| {
                 RagError::Invalid("dense search needs the query embedding".into())
             })?;
-            Ok(dense::search(self.vectors(), self.meta.dim, q, n))
+            Ok(self.dense(q, n, false))
         };
         let ranked: Vec<(usize, f64)> = match mode {
             Mode::Dense => dense_hits(k)?

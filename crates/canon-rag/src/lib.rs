@@ -8,11 +8,16 @@
 //! * [`index`]: the on-disk index (format version and embedding model id checked at load).
 //! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
 
+pub mod ask;
 pub mod bm25;
 pub mod chunk;
 pub mod dense;
+pub mod eval;
 pub mod fuse;
+pub mod graph;
+pub mod hnsw;
 pub mod index;
+pub mod leiden;
 pub mod marginal;
 pub mod reader;
 

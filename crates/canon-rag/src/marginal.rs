@@ -96,11 +96,11 @@ fn argmax(v: &[f64]) -> Option<u32> {
         .map(|(i, _)| i as u32)
 }
 
-/// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after `eos`
+/// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after an `eos` token
 /// (included) or `max_new` tokens.
 pub fn rag_token_greedy(
     log_prior: &[f64],
-    eos: Option<u32>,
+    eos: &[u32],
     max_new: usize,
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> Vec<u32> {
@@ -110,7 +110,7 @@ pub fn rag_token_greedy(
             break;
         };
         y.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             break;
         }
     }
@@ -120,7 +120,7 @@ pub fn rag_token_greedy(
 /// Greedy decoding with one document: the per-document hypothesis of RAG-Sequence decoding.
 pub fn greedy_for_doc(
     z: usize,
-    eos: Option<u32>,
+    eos: &[u32],
     max_new: usize,
     next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
 ) -> Vec<u32> {
@@ -130,7 +130,7 @@ pub fn greedy_for_doc(
             break;
         };
         y.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             break;
         }
     }
@@ -174,4 +174,31 @@ pub fn rag_sequence_decode(
         .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     out
+}
+
+/// RAG-Sequence `log p(y|x)` from the target tokens' log-probabilities under each document,
+/// `token_lp[z][i] = log p(y_i | x, z, y_<i)` (what a model scoring the target gives).
+pub fn rag_sequence_from_token_logprobs(log_prior: &[f64], token_lp: &[Vec<f64>]) -> f64 {
+    let per: Vec<f64> = log_prior
+        .iter()
+        .zip(token_lp)
+        .map(|(p, lps)| p + lps.iter().sum::<f64>())
+        .collect();
+    logsumexp(&per)
+}
+
+/// RAG-Token `log p(y|x)` from the same matrix: `Σ_i log Σ_z p(z|x) p(y_i | x, z, y_<i)`.
+pub fn rag_token_from_token_logprobs(log_prior: &[f64], token_lp: &[Vec<f64>]) -> f64 {
+    let n = token_lp.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            logsumexp(
+                &log_prior
+                    .iter()
+                    .zip(token_lp)
+                    .map(|(p, lps)| p + lps[i])
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .sum()
 }

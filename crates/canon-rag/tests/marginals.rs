@@ -82,14 +82,14 @@ fn rag_sequence_and_token_match_brute_force() {
 fn decoding_rag_token_greedy_and_rag_sequence_thorough_vs_fast() {
     let prior = doc_log_prior(&[0.3, 1.1, -0.4]);
     let mut f = |z: usize, p: &[u32]| toy(z, p);
-    let y = rag_token_greedy(&prior, None, 3, &mut f);
+    let y = rag_token_greedy(&prior, &[], 3, &mut f);
     for i in 0..3 {
         let m = rag_token_next(&prior, &y[..i], &mut f);
         assert!(m.iter().all(|&v| v <= m[y[i] as usize]));
         assert!((m.iter().map(|v| v.exp()).sum::<f64>() - 1.0).abs() < 1e-12);
     }
     let cands: Vec<Vec<Vec<u32>>> = (0..3)
-        .map(|z| vec![greedy_for_doc(z, None, 3, &mut f)])
+        .map(|z| vec![greedy_for_doc(z, &[], 3, &mut f)])
         .collect();
     let thorough = rag_sequence_decode(&prior, &cands, SeqDecoding::Thorough, &mut f);
     let fast = rag_sequence_decode(&prior, &cands, SeqDecoding::Fast, &mut f);
@@ -101,4 +101,38 @@ fn decoding_rag_token_greedy_and_rag_sequence_thorough_vs_fast() {
             "fast drops terms, so it never exceeds thorough"
         );
     }
+}
+
+#[test]
+fn token_logprob_matrix_forms_agree_and_discriminate() {
+    let prior = doc_log_prior(&[0.3, 1.1, -0.4]);
+    let mut f = |z: usize, p: &[u32]| toy(z, p);
+    for y in all_seqs(3) {
+        let m: Vec<Vec<f64>> = (0..3)
+            .map(|z| {
+                (0..y.len())
+                    .map(|i| toy(z, &y[..i])[y[i] as usize])
+                    .collect()
+            })
+            .collect();
+        let s = rag_sequence_from_token_logprobs(&prior, &m);
+        let t = rag_token_from_token_logprobs(&prior, &m);
+        assert!((s - rag_sequence_logprob(&prior, &y, &mut f)).abs() < 1e-9);
+        assert!((t - rag_token_logprob(&prior, &y, &mut f)).abs() < 1e-9);
+    }
+    // The discriminating example: weights [0.5, 0.5]; under z1 p(y1)=1, p(y2|y1)=0, under z2
+    // p(y1)=0, p(y2|y1)=1. RAG-Sequence = 0, RAG-Token = 0.25.
+    let half = [0.5f64.ln(), 0.5f64.ln()];
+    let ninf = f64::NEG_INFINITY;
+    let m = vec![vec![0.0, ninf], vec![ninf, 0.0]];
+    assert_eq!(rag_sequence_from_token_logprobs(&half, &m), ninf);
+    assert!((rag_token_from_token_logprobs(&half, &m).exp() - 0.25).abs() < 1e-12);
+    // One-token targets: both forms agree.
+    let one = vec![vec![-0.7], vec![-2.0]];
+    assert!(
+        (rag_sequence_from_token_logprobs(&half, &one)
+            - rag_token_from_token_logprobs(&half, &one))
+        .abs()
+            < 1e-12
+    );
 }

@@ -230,3 +230,53 @@ fn index_round_trip_checks_model_version_and_corruption() {
     assert!(Index::open(&ip, None).is_err());
     assert!(Index::open(&d.path().join("missing"), None).is_err());
 }
+
+#[test]
+fn index_with_hnsw_searches_through_it_and_refuses_a_bad_graph() {
+    use canon_rag::index::write_index_with;
+    let n = 300;
+    let dim = 8;
+    let mut rng = canon_rag::leiden::Rng::new(5);
+    let mut vectors = Vec::with_capacity(n * dim);
+    let mut chunks = Vec::new();
+    for i in 0..n {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
+        dense::normalize(&mut v);
+        vectors.extend(v);
+        chunks.push(canon_rag::chunk::Chunk {
+            path: "p".into(),
+            page: format!("p{i}(1)"),
+            section: String::new(),
+            line_start: 1,
+            line_end: 1,
+            text: format!("word{i}"),
+        });
+    }
+    let meta = Meta {
+        format: FORMAT.into(),
+        version: VERSION,
+        model: "m".into(),
+        dim,
+        chunks: n,
+        man_rendered: false,
+        roots: vec![],
+        files: vec![],
+        stats: ReadStats::default(),
+    };
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("h.idx");
+    write_index_with(&out, &meta, &chunks, &vectors, true).unwrap();
+    let ix = Index::open(&out, Some("m")).unwrap();
+    assert!(ix.hnsw.is_some());
+    let mut agree = 0;
+    for q in 0..50 {
+        let qv = ix.vector(q * 5).to_vec();
+        let approx: Vec<usize> = ix.dense(&qv, 10, false).iter().map(|h| h.0).collect();
+        let exact: Vec<usize> = ix.dense(&qv, 10, true).iter().map(|h| h.0).collect();
+        assert_eq!(approx[0], q * 5);
+        agree += approx.iter().filter(|i| exact.contains(i)).count();
+    }
+    assert!(agree as f64 / 500.0 >= 0.98, "{agree}");
+    std::fs::write(out.join("hnsw.bin"), b"junk").unwrap();
+    assert!(Index::open(&out, None).is_err());
+}

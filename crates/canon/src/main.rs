@@ -61,6 +61,10 @@ enum Command {
     Index(cmd::index::IndexArgs),
     /// Search a retrieval index (hybrid, dense or BM25).
     Search(cmd::index::SearchArgs),
+    /// GraphRAG: entity graph, Leiden communities and reports over an index (paper 31).
+    Graph(cmd::graph::GraphArgs),
+    /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
+    Ask(cmd::ask::AskArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model (HumanEval pass@k with sandboxed execution).
@@ -165,7 +169,9 @@ impl Command {
             | Command::Eval(_)
             | Command::Serve(_)
             | Command::Agent(_)
-            | Command::Toolformer(_) => (true, true),
+            | Command::Toolformer(_)
+            | Command::Ask(_)
+            | Command::Graph(_) => (true, true),
             // --f32: the frozen base dequantized at load.
             Command::Finetune(_) => (false, true),
             // `merge --lora DIR` names the adapter to fold in.
@@ -261,6 +267,8 @@ fn main() -> ExitCode {
         Command::Embed(a) => cmd::embed::run(a, &ctx),
         Command::Index(a) => cmd::index::run(a, &ctx),
         Command::Search(a) => cmd::index::search(a, &ctx),
+        Command::Ask(a) => cmd::ask::run(a, &ctx),
+        Command::Graph(a) => cmd::graph::run(a, &ctx),
         Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
         Command::Eval(a) => cmd::eval::run(a, &ctx),
         Command::Assets(a) => cmd::assets::run(a, &ctx),

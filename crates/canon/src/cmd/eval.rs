@@ -29,6 +29,8 @@ pub enum EvalCommand {
     ZeroShot(super::zero_shot::ZeroShotArgs),
     /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
     Fewshot(super::fewshot::FewShotArgs),
+    /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
+    Rag(super::eval_rag::EvalRagArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +114,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         EvalCommand::Perplexity(a) => super::perplexity::run(a, ctx),
         EvalCommand::ZeroShot(a) => super::zero_shot::run(a, ctx),
         EvalCommand::Fewshot(a) => super::fewshot::run(a, ctx),
+        EvalCommand::Rag(a) => super::eval_rag::run(a, ctx),
     }
 }
 

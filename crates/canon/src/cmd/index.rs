@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use canon_rag::chunk::{Chunk, ChunkConfig, chunk_document};
 use canon_rag::index::{
-    FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index,
+    FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index_with,
 };
 use canon_rag::reader::{self, ReadStats};
 use clap::{Args, Subcommand};
@@ -58,9 +58,15 @@ pub struct BuildArgs {
     /// Texts per embedding forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Build an HNSW graph for dense search when the index has at least this many chunks.
+    #[arg(long, default_value_t = canon_rag::index::HNSW_MIN_CHUNKS)]
+    pub hnsw_min: usize,
     /// Index at most this many files (the first in path order).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Read and chunk only: print the counts and the reading time, embed and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +76,9 @@ pub struct UpdateArgs {
     pub index: PathBuf,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Build an HNSW graph for dense search when the index has at least this many chunks.
+    #[arg(long, default_value_t = canon_rag::index::HNSW_MIN_CHUNKS)]
+    pub hnsw_min: usize,
 }
 
 #[derive(Args, Debug)]
@@ -247,6 +256,9 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         overlap: b.overlap,
     };
     let t0 = Instant::now();
+    if b.dry_run {
+        return dry_run(&files, b.man, cfg, &enc, t0, ctx);
+    }
     let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &HashMap::new(), ctx)?;
     finish(
         &b.out,
@@ -254,17 +266,59 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         b.man,
         b.docs.iter().map(|p| p.display().to_string()).collect(),
         built,
+        b.hnsw_min,
         t0,
         ctx,
     )
 }
 
+fn dry_run(
+    files: &[(PathBuf, reader::Kind)],
+    render_man: bool,
+    cfg: ChunkConfig,
+    enc: &canon_models::LoadedEncoder,
+    t0: Instant,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let mut stats = ReadStats::default();
+    let (mut chunks, mut tokens) = (0usize, 0usize);
+    let count = |s: &str| {
+        enc.embedder
+            .token_ids(s)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.split_whitespace().count())
+    };
+    let pb = bar(ctx, files.len(), "read files/s");
+    for (p, k) in files {
+        pb.inc(1);
+        match reader::read(p, *k, render_man) {
+            Ok(doc) => {
+                stats.read += 1;
+                for c in chunk_document(&doc, cfg, &count) {
+                    chunks += 1;
+                    tokens += count(&c.indexed_text());
+                }
+            }
+            Err(s) => stats.count(s),
+        }
+    }
+    pb.finish_and_clear();
+    println!(
+        "{}",
+        json!({"dry_run": true, "files": files.len(), "stats": stats, "chunks": chunks, "tokens": tokens,
+            "read_chunk_s": t0.elapsed().as_secs_f64(), "threads": ctx.threads})
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn finish(
     out: &std::path::Path,
     model: &str,
     man: bool,
     roots: Vec<String>,
     built: Built,
+    hnsw_min: usize,
     t0: Instant,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
@@ -286,11 +340,12 @@ fn finish(
         files: built.files,
         stats: built.stats,
     };
-    write_index(out, &meta, &built.chunks, &built.vectors)?;
+    let hnsw = built.chunks.len() >= hnsw_min;
+    write_index_with(out, &meta, &built.chunks, &built.vectors, hnsw)?;
     if !ctx.quiet {
         eprintln!(
             "{}",
-            json!({"index": out.display().to_string(), "files": meta.files.len(), "chunks": meta.chunks, "stats": meta.stats, "total_s": t0.elapsed().as_secs_f64()})
+            json!({"index": out.display().to_string(), "files": meta.files.len(), "chunks": meta.chunks, "hnsw": hnsw, "stats": meta.stats, "total_s": t0.elapsed().as_secs_f64()})
         );
     }
     Ok(())
@@ -334,6 +389,7 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
         meta.man_rendered,
         meta.roots.clone(),
         built,
+        u.hnsw_min,
         t0,
         ctx,
     )

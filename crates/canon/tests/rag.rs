@@ -1,0 +1,280 @@
+//! `canon search`, `canon ask`, `canon graph build` and `canon eval rag` on an index written by
+//! the library with made-up vectors (no model needed: BM25 and graph methods only), and the bad
+//! inputs each command must refuse with one `error:` line.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use canon_rag::chunk::Chunk;
+use canon_rag::index::{FORMAT, FileEntry, Meta, VERSION, write_index};
+use canon_rag::reader::ReadStats;
+
+fn canon(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(args)
+        .current_dir(dir)
+        .env("CANON_HOME", dir.join("home"))
+        .output()
+        .expect("run canon")
+}
+
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure; stderr: {e}");
+    assert!(!e.contains("panicked"), "panic: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {e}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
+    }
+}
+
+fn chunk(page: &str, section: &str, text: &str) -> Chunk {
+    Chunk {
+        path: format!("/m/{page}.gz"),
+        page: page.into(),
+        section: section.into(),
+        line_start: 1,
+        line_end: text.lines().count(),
+        text: text.into(),
+    }
+}
+
+fn make_index(dir: &Path) -> std::path::PathBuf {
+    let chunks = vec![
+        chunk("tar(1)", "NAME", "tar - an archiving utility"),
+        chunk(
+            "tar(1)",
+            "OPTIONS",
+            "-C, --directory=DIR\nchange to directory DIR before extracting archives\nSee also gzip(1).",
+        ),
+        chunk("ls(1)", "NAME", "ls - list directory contents"),
+        chunk(
+            "ls(1)",
+            "OPTIONS",
+            "-t\nsort by time, newest first; see --time\nSee also dir(1).",
+        ),
+        chunk(
+            "gzip(1)",
+            "NAME",
+            "gzip, gunzip, zcat - compress or expand files",
+        ),
+        chunk(
+            "gzip(1)",
+            "OPTIONS",
+            "-d, --decompress\ndecompress compressed archives\nSee also tar(1).",
+        ),
+    ];
+    let dim = 4;
+    let vectors: Vec<f32> = (0..chunks.len() * dim)
+        .map(|i| if i % (dim + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let files = vec![FileEntry {
+        path: "/m".into(),
+        size: 1,
+        mtime: 1,
+        chunk_start: 0,
+        chunk_end: chunks.len(),
+    }];
+    let meta = Meta {
+        format: FORMAT.into(),
+        version: VERSION,
+        model: "minilm".into(),
+        dim,
+        chunks: chunks.len(),
+        man_rendered: false,
+        roots: vec![],
+        files,
+        stats: ReadStats::default(),
+    };
+    let out = dir.join("t.idx");
+    write_index(&out, &meta, &chunks, &vectors).unwrap();
+    out
+}
+
+#[test]
+fn bm25_graph_and_eval_on_a_small_index() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = make_index(d.path());
+    let ix = idx.to_str().unwrap();
+    let o = canon(
+        &[
+            "search",
+            "--index",
+            ix,
+            "--mode",
+            "bm25",
+            "--json",
+            "--k",
+            "2",
+            "decompress archives",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["page"], "gzip(1)");
+
+    let o = canon(
+        &["graph", "build", "--index", ix, "--max-cluster-size", "3"],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(idx.join("graph.json")).unwrap()).unwrap();
+    let names: Vec<&str> = g["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"TAR --DIRECTORY") && names.contains(&"GZIP"),
+        "{names:?}"
+    );
+    assert!(!g["reports"].as_array().unwrap().is_empty());
+
+    let q = d.path().join("q.jsonl");
+    std::fs::write(
+        &q,
+        "{\"id\":\"a\",\"question\":\"Which option of tar: change to directory DIR before extracting archives?\",\"answer\":\"--directory\",\"aliases\":[\"-C\"],\"page\":\"tar(1)\"}\n\
+         {\"id\":\"b\",\"question\":\"Which command would you use to compress or expand files?\",\"answer\":\"gzip\",\"page\":\"gzip(1)\"}\n",
+    )
+    .unwrap();
+    let o = canon(
+        &[
+            "eval",
+            "rag",
+            "--index",
+            ix,
+            "--questions",
+            q.to_str().unwrap(),
+            "--methods",
+            "bm25,graph-local,graph-global",
+            "--json",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sums: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sums.len(), 3);
+    assert_eq!(sums[0]["method"], "bm25");
+    assert_eq!(sums[0]["recall_at_1"], 1.0);
+    assert!(
+        sums[1]["recall_at_10"].as_f64().unwrap() >= 0.5,
+        "{}",
+        sums[1]
+    );
+}
+
+#[test]
+fn bad_inputs_are_one_error_line() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let o = canon(&["ask", "--index", "nope.idx", "what?"], p);
+    assert_clean_error(&o, &["index folder", "nope.idx"]);
+    let o = canon(&["ask", "--index", "nope.idx", "  "], p);
+    assert_clean_error(&o, &["non-empty question"]);
+    let idx = make_index(p);
+    let ix = idx.to_str().unwrap();
+    let o = canon(&["ask", "--index", ix, "--graph", "local", "what?"], p);
+    assert_clean_error(&o, &["graph build"]);
+    let o = canon(
+        &[
+            "ask", "--index", ix, "--graph", "local", "--rag", "token", "q",
+        ],
+        p,
+    );
+    assert_clean_error(&o, &["at most one of"]);
+    let o = canon(&["search", "--index", ix, "--mode", "sideways", "x"], p);
+    assert_clean_error(&o, &["hybrid, dense or bm25"]);
+    let q = p.join("q.jsonl");
+    std::fs::write(&q, "{\"id\": 3}\n").unwrap();
+    let o = canon(
+        &[
+            "eval",
+            "rag",
+            "--index",
+            ix,
+            "--questions",
+            q.to_str().unwrap(),
+        ],
+        p,
+    );
+    assert_clean_error(&o, &["line 1"]);
+    // A corrupt index and one of another format version: refused, and left as it was.
+    std::fs::write(idx.join("meta.json"), "{not json").unwrap();
+    let o = canon(&["search", "--index", ix, "--mode", "bm25", "x"], p);
+    assert_clean_error(&o, &["unreadable JSON"]);
+    let idx2 = make_index(&p.join("b"));
+    let mp = idx2.join("meta.json");
+    let m = std::fs::read_to_string(&mp)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 99");
+    std::fs::write(&mp, &m).unwrap();
+    let o = canon(&["graph", "build", "--index", idx2.to_str().unwrap()], p);
+    assert_clean_error(&o, &["version 99"]);
+    assert_eq!(std::fs::read_to_string(&mp).unwrap(), m);
+    assert!(!idx2.join("graph.json").exists());
+}
+
+/// Slow tier (real MiniLM and SmolLM2 from the cache): index two small Markdown pages, ask a
+/// question, and check the JSON answer's passages and citations point into the index.
+#[test]
+#[ignore = "slow: embeds with MiniLM and generates with SmolLM2"]
+fn ask_end_to_end_with_real_models() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let docs = p.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("tar.md"),
+        "# tar\n\n## Options\n\n-C, --directory=DIR\nchange to directory DIR before extracting.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("ls.md"),
+        "# ls\n\n## Options\n\n-t\nsort by modification time, newest first.\n",
+    )
+    .unwrap();
+    let home = std::env::var("CANON_HOME")
+        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_canon"))
+            .args(args)
+            .current_dir(p)
+            .env("CANON_HOME", &home)
+            .output()
+            .expect("run canon")
+    };
+    let o = run(&[
+        "--quiet", "index", "build", "--docs", "docs", "--out", "d.idx",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "--quiet",
+        "ask",
+        "--index",
+        "d.idx",
+        "--k",
+        "2",
+        "--max-tokens",
+        "40",
+        "--json",
+        "Which tar option changes to a directory before extracting?",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let chunks = v["chunks"].as_array().unwrap();
+    assert_eq!(chunks[0]["page"], "tar", "{v}");
+    assert_eq!(chunks[0]["n"], 1);
+    assert!(!v["answer"].as_str().unwrap().is_empty());
+    for c in v["citations"].as_array().unwrap() {
+        let n = c["n"].as_u64().unwrap() as usize;
+        assert!((1..=chunks.len()).contains(&n));
+    }
+}
