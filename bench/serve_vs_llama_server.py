@@ -80,7 +80,7 @@ def peak_rss_mb(pid):
 
 def one_request(base, prompt, max_tokens, seed):
     body = json.dumps({
-        "model": "m", "messages": [{"role": "user", "content": prompt}], "stream": True,
+        "messages": [{"role": "user", "content": prompt}], "stream": True,
         "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }).encode()
