@@ -8,6 +8,7 @@
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
 pub mod browser;
+pub mod cot;
 pub mod fewshot;
 pub mod react;
 pub mod react_data;

@@ -31,6 +31,8 @@ pub enum EvalCommand {
     Fewshot(super::fewshot::FewShotArgs),
     /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
     Rag(super::eval_rag::EvalRagArgs),
+    /// Chain-of-thought prompting and self-consistency (majority vote over sampled rationales).
+    Cot(super::cot::CotArgs),
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +117,7 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         EvalCommand::ZeroShot(a) => super::zero_shot::run(a, ctx),
         EvalCommand::Fewshot(a) => super::fewshot::run(a, ctx),
         EvalCommand::Rag(a) => super::eval_rag::run(a, ctx),
+        EvalCommand::Cot(a) => super::cot::run(a, ctx),
     }
 }
 

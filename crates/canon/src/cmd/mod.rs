@@ -4,6 +4,7 @@ pub mod ask;
 pub mod assets;
 pub mod browse;
 pub mod chat;
+pub mod cot;
 pub mod data;
 pub mod embed;
 pub mod eval;

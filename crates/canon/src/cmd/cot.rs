@@ -1,0 +1,277 @@
+//! `canon eval cot`: chain-of-thought prompting and self-consistency (paper 18) on any model:
+//! greedy answers with and without rationales, then m sampled rationales per problem and their
+//! majority vote, for every m asked.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use canon_agent::cot::{self, Problem, Style};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon eval cot --model smollm2 --generate 40 --steps 1-4 --samples 1,3,5,10
+  canon eval cot --model smollm2 --problems problems.jsonl --shots 0 --json
+  canon eval cot --generate 200 --steps 1-6 --write-problems data/cot/problems.jsonl
+
+Problems file: one {\"question\": \"...\", \"answer\": \"42\"} a line (answer compared as a number
+where it parses as one). Without --problems, multi-step arithmetic word problems are generated
+(seeded; demonstrations come from a disjoint seed).")]
+pub struct CotArgs {
+    /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Problems (JSONL); otherwise --generate N problems.
+    #[arg(long, value_name = "FILE")]
+    pub problems: Option<PathBuf>,
+    /// Generated problems when no --problems.
+    #[arg(long, default_value_t = 40)]
+    pub generate: usize,
+    /// Steps of the generated problems, MIN-MAX.
+    #[arg(long, default_value = "1-4")]
+    pub steps: String,
+    /// Worked demonstrations in the prompt (0 = zero-shot "Let's think step by step").
+    #[arg(long, default_value_t = 4)]
+    pub shots: usize,
+    /// Numbers of sampled rationales to vote over (the largest is sampled; smaller m use its first m).
+    #[arg(long, default_value = "1,3,5,10", value_delimiter = ',')]
+    pub samples: Vec<usize>,
+    /// Sampling temperature of the voted rationales.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Longest rationale in tokens.
+    #[arg(long, default_value_t = 160)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the generated problems (with rationales) to FILE and stop.
+    #[arg(long, value_name = "FILE")]
+    pub write_problems: Option<PathBuf>,
+    /// One JSON object with every figure and the per-problem answers.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One problem's outcome: the problem, the direct answer, the greedy chain-of-thought answer, the
+/// sampled rationales' answers, and the generated texts (direct, greedy, samples...).
+type Row<'a> = (
+    &'a Problem,
+    Option<String>,
+    Option<String>,
+    Vec<Option<String>>,
+    Vec<String>,
+);
+
+fn parse_steps(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b): (usize, usize) = (
+        a.trim()
+            .parse()
+            .with_context(|| format!("--steps: expected MIN-MAX such as 1-4, found '{s}'"))?,
+        b.trim()
+            .parse()
+            .with_context(|| format!("--steps: expected MIN-MAX such as 1-4, found '{s}'"))?,
+    );
+    if a == 0 || b < a || b > 12 {
+        bail!("--steps: expected 1 ≤ MIN ≤ MAX ≤ 12, found '{s}'");
+    }
+    Ok((a, b))
+}
+
+pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let (lo, hi) = parse_steps(&a.steps)?;
+    if a.samples.is_empty() || a.samples.contains(&0) || a.samples.iter().any(|&m| m > 64) {
+        bail!(
+            "--samples: expected numbers between 1 and 64, found {:?}",
+            a.samples
+        );
+    }
+    if !(a.temperature > 0.0 && a.temperature <= 2.0) {
+        bail!("--temperature must be in (0, 2], found {}", a.temperature);
+    }
+    if a.max_tokens == 0 || a.max_tokens > 2048 {
+        bail!(
+            "--max-tokens must be between 1 and 2048, found {}",
+            a.max_tokens
+        );
+    }
+    // Demonstrations come from another seed than the test problems, so none is tested.
+    let demos = cot::generate(a.shots, lo, hi, a.seed ^ 0xD3A0);
+    let problems: Vec<Problem> = match &a.problems {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            cot::parse_problems(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => {
+            if a.generate == 0 {
+                bail!("--generate must be at least 1");
+            }
+            cot::generate(a.generate, lo, hi, a.seed)
+        }
+    };
+    if let Some(out) = &a.write_problems {
+        let mut s = String::new();
+        for p in &problems {
+            s.push_str(&serde_json::to_string(p)?);
+            s.push('\n');
+        }
+        super::write_atomic(out, &s)?;
+        println!("wrote {} problems to {}", problems.len(), out.display());
+        return Ok(());
+    }
+    let max_m = *a.samples.iter().max().unwrap_or(&1);
+    let lm = model_gen::load_lm(&a.model, ctx)?;
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: (max_m + 2).min(15),
+            ..Default::default()
+        },
+    )?;
+    let tok = engine.tokenizer().clone();
+    let pb = if a.json || ctx.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(problems.len() as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} problems, {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let cot_style = if a.shots == 0 {
+        Style::ZeroShotCot
+    } else {
+        Style::FewShotCot
+    };
+    let stops = vec!["\nQ:".to_string(), "\n\n".to_string()];
+    let mut rows: Vec<Row> = Vec::new();
+    for (pi, p) in problems.iter().enumerate() {
+        let mut reqs = Vec::new();
+        let mut push = |text: String, temperature: f32, seed: u64| -> anyhow::Result<()> {
+            let ids = tok.encode(&text, false)?;
+            let mut r = canon_infer::Request::new(ids, a.max_tokens);
+            r.sampling = canon_infer::SamplingConfig {
+                temperature,
+                seed,
+                ..Default::default()
+            };
+            r.stop = stops.clone();
+            reqs.push(r);
+            Ok(())
+        };
+        // 0: greedy direct answer (few-shot answers only; zero-shot asks for the answer).
+        let direct = if a.shots == 0 {
+            format!("Q: {}\nA: The answer is", p.question)
+        } else {
+            cot::prompt(p, &demos, Style::FewShotDirect)
+        };
+        push(direct, 0.0, 0)?;
+        // 1: greedy chain of thought; 2..: sampled rationales.
+        let cot_prompt = cot::prompt(p, &demos, cot_style);
+        push(cot_prompt.clone(), 0.0, 0)?;
+        for s in 0..max_m {
+            push(
+                cot_prompt.clone(),
+                a.temperature,
+                a.seed.wrapping_mul(1_000_003) ^ ((pi as u64) << 20) ^ s as u64,
+            )?;
+        }
+        let outs = engine.generate_batch(reqs)?;
+        let texts: Vec<String> = outs.into_iter().map(|c| c.text).collect();
+        let direct_ans = if a.shots == 0 {
+            cot::extract_answer(&format!("The answer is{}", texts[0]))
+        } else {
+            cot::extract_answer(&texts[0])
+        };
+        let greedy_ans = cot::extract_answer(&texts[1]);
+        let sampled: Vec<Option<String>> =
+            texts[2..].iter().map(|t| cot::extract_answer(t)).collect();
+        rows.push((p, direct_ans, greedy_ans, sampled, texts));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    engine.shutdown();
+
+    let n = rows.len() as f64;
+    let acc = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count() as f64 / n;
+    let direct = acc(&|r| cot::is_correct(r.1.as_deref(), &r.0.answer));
+    let greedy = acc(&|r| cot::is_correct(r.2.as_deref(), &r.0.answer));
+    let mut ms: Vec<usize> = a.samples.clone();
+    ms.sort_unstable();
+    ms.dedup();
+    let vote: Vec<(usize, f64)> = ms
+        .iter()
+        .map(|&m| {
+            (
+                m,
+                acc(&|r| cot::is_correct(cot::majority(&r.3[..m]).as_deref(), &r.0.answer)),
+            )
+        })
+        .collect();
+    // By number of steps (generated problems know theirs).
+    let mut by_steps: std::collections::BTreeMap<usize, (usize, usize, usize)> = Default::default();
+    for r in &rows {
+        let e = by_steps.entry(r.0.steps).or_default();
+        e.0 += 1;
+        e.1 += cot::is_correct(r.1.as_deref(), &r.0.answer) as usize;
+        e.2 += cot::is_correct(r.2.as_deref(), &r.0.answer) as usize;
+    }
+    if a.json {
+        let per: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({"question": r.0.question, "answer": r.0.answer, "steps": r.0.steps,
+                    "direct": r.1, "greedy_cot": r.2, "sampled": r.3,
+                    "vote": cot::majority(&r.3), "greedy_cot_text": r.4[1]})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "model": a.model, "problems": rows.len(), "shots": a.shots,
+                "style": if a.shots == 0 { "zero-shot cot" } else { "few-shot cot" },
+                "accuracy_direct": direct, "accuracy_greedy_cot": greedy,
+                "accuracy_vote": vote.iter().map(|(m, v)| json!({"m": m, "accuracy": v})).collect::<Vec<_>>(),
+                "by_steps": by_steps.iter().map(|(s, (k, d, c))| json!({"steps": s, "n": k, "direct": *d as f64 / *k as f64, "greedy_cot": *c as f64 / *k as f64})).collect::<Vec<_>>(),
+                "per_problem": per,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{} problems, {} ({} shots), model {}",
+        rows.len(),
+        if a.shots == 0 {
+            "zero-shot \"Let's think step by step\""
+        } else {
+            "few-shot chain of thought"
+        },
+        a.shots,
+        a.model
+    );
+    println!("  direct answer (greedy)        {:5.1} %", 100.0 * direct);
+    println!("  chain of thought (greedy)     {:5.1} %", 100.0 * greedy);
+    for (m, v) in &vote {
+        println!(
+            "  self-consistency, m = {m:<3}    {:5.1} %   (temperature {})",
+            100.0 * v,
+            a.temperature
+        );
+    }
+    if by_steps.len() > 1 || by_steps.keys().any(|&s| s > 0) {
+        println!("  by steps: steps  n  direct  cot");
+        for (s, (k, d, c)) in &by_steps {
+            println!(
+                "            {s:>5} {k:>2}  {:5.1} % {:5.1} %",
+                100.0 * *d as f64 / *k as f64,
+                100.0 * *c as f64 / *k as f64
+            );
+        }
+    }
+    Ok(())
+}
