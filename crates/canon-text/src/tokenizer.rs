@@ -82,9 +82,11 @@ impl Tokenizer {
         // The tokenizers crate panics on some JSON syntax errors inside its sections (it expects
         // the file to be well-formed): check the syntax first, and turn any panic left into an
         // error too.
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        // (Skipping values does not check their strings' UTF-8, so check the whole text first.)
+        let text = std::str::from_utf8(bytes).map_err(|e| load(format!("not UTF-8 text: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
             .map_err(|e| load(format!("not valid JSON: {e}")))?;
-        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
             .map_err(|_| load("the tokenizer library rejected this file".into()))?;
         let mut inner = parsed.map_err(|e| load(e.to_string()))?;
         // Padding and truncation stored in the file (MiniLM's pads to 128) are decided by the
