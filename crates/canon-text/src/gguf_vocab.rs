@@ -175,6 +175,15 @@ impl GgufVocab {
                     "merge {i} '{m}' is not two tokens separated by a space"
                 ))
             })?;
+            // Each side and their concatenation must be tokens (the tokenizers crate indexes a
+            // buffer by these lengths and panics otherwise; found by fuzzing).
+            for part in [a, b, &format!("{a}{b}")] {
+                if !vocab.contains_key(part) {
+                    return Err(TextError::BadVocab(format!(
+                        "merge {i} '{m}': '{part}' is not in the vocabulary"
+                    )));
+                }
+            }
             merges.push(json!([a, b]));
         }
         let added: Vec<Value> = self
