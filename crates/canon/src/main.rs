@@ -67,7 +67,7 @@ enum Command {
     Ask(cmd::ask::AskArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
-    /// Evaluate a model (HumanEval pass@k with sandboxed execution).
+    /// Evaluate a model: HumanEval pass@k, perplexity, zero-/few-shot, chain of thought, RAG.
     Eval(cmd::eval::EvalArgs),
     /// Train a model family from scratch (or resume a run).
     Train(cmd::train::TrainArgs),
