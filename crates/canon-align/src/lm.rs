@@ -161,15 +161,11 @@ impl Lm {
             map.insert("head.bias".into(), h.b.as_tensor().clone());
         }
         let w = dir.join("model.safetensors");
-        let tmp = dir.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, &w).map_err(|e| io(&w, e))?;
+        let bytes = safetensors::serialize(&map, None).map_err(|e| io(&w, e))?;
+        canon_fs::write_atomic(&w, &bytes).map_err(|e| io(&w, e))?;
         let c = dir.join("config.json");
-        let tmp = dir.join(".config.json.tmp");
         let text = serde_json::to_string_pretty(&self.cfg).map_err(|e| io(&c, e))?;
-        std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &c).map_err(|e| io(&c, e))?;
-        Ok(())
+        canon_fs::write_atomic(&c, text.as_bytes()).map_err(|e| io(&c, e))
     }
 
     /// The trunk's parameters and the head's (if any), for the optimizer.

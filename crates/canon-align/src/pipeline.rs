@@ -40,9 +40,7 @@ fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| io(path, e))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    canon_fs::write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {

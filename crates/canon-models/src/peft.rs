@@ -227,14 +227,11 @@ pub fn write_adapter(dir: &Path, adapter: &Adapter, base_model: &str) -> Result<
     }
     let cfg_path = dir.join(CONFIG_FILE);
     let w_path = dir.join(WEIGHTS_FILE);
-    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
-    candle_core::safetensors::save(&named.into_iter().collect(), &tmp).map_err(|e| io(&tmp, &e))?;
-    std::fs::rename(&tmp, &w_path).map_err(|e| io(&w_path, &e))?;
-    let tmp_cfg = dir.join(format!(".{CONFIG_FILE}.tmp"));
+    let named: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
+    let bytes = safetensors::serialize(&named, None).map_err(|e| io(&w_path, &e))?;
+    canon_fs::write_atomic(&w_path, &bytes).map_err(|e| io(&w_path, &e))?;
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| io(&cfg_path, &e))?;
-    std::fs::write(&tmp_cfg, text).map_err(|e| io(&tmp_cfg, &e))?;
-    std::fs::rename(&tmp_cfg, &cfg_path).map_err(|e| io(&cfg_path, &e))?;
-    Ok(())
+    canon_fs::write_atomic(&cfg_path, text.as_bytes()).map_err(|e| io(&cfg_path, &e))
 }
 
 #[cfg(test)]

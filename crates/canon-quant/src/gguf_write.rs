@@ -134,30 +134,19 @@ pub fn write_gguf(
     while head.len() % ALIGN != 0 {
         head.push(0);
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    {
-        let mut w = io::BufWriter::new(tmp.as_file_mut());
+    canon_fs::write_atomic_with(path, |w| {
         w.write_all(&head)?;
-        for t in tensors {
+        for (i, t) in tensors.iter().enumerate() {
             w.write_all(t.data)?;
             let pad = t.data.len().div_ceil(ALIGN) * ALIGN - t.data.len();
             w.write_all(&vec![0u8; pad])?;
+            if i + 1 == tensors.len() / 2 {
+                w.flush()?;
+                canon_fs::crash_point(canon_fs::POINT_MID_WRITE, path);
+            }
         }
-        w.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    // A temporary file is created private (0600); a model file is an ordinary readable file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -469,11 +469,9 @@ impl<'a> CachedLlm<'a> {
         }
         let r = self.inner.chat(messages, max_tokens)?;
         self.misses += 1;
-        let tmp = self.dir.join(format!(".{k}.tmp"));
         let body = serde_json::json!({"request": req, "response": r}).to_string();
-        if std::fs::write(&tmp, body).is_ok() {
-            let _ = std::fs::rename(&tmp, &p);
-        }
+        // A cache entry that cannot be written is only a lost cache hit.
+        let _ = canon_fs::write_atomic(&p, body.as_bytes());
         Ok(r)
     }
 }
@@ -829,10 +827,8 @@ impl KnowledgeGraph {
     /// Writes `graph.json` into the index folder atomically.
     pub fn save(&self, index_dir: &Path) -> Result<()> {
         let p = index_dir.join(GRAPH_FILE);
-        let tmp = index_dir.join(format!(".{GRAPH_FILE}.tmp-{}", std::process::id()));
         let s = serde_json::to_string(self).map_err(|e| RagError::Invalid(e.to_string()))?;
-        std::fs::write(&tmp, s).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))
+        canon_fs::write_atomic(&p, s.as_bytes()).map_err(|e| io_err(&p, e))
     }
 
     /// Reads `graph.json`, checking format, version and that it matches the index's chunk count.

@@ -104,15 +104,13 @@ pub fn write_index_with(
             meta.dim
         )));
     }
-    let name = out.file_name().and_then(|s| s.to_str()).unwrap_or("index");
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let staged = canon_fs::StagedDir::new(out).map_err(|e| io_err(out, e))?;
+    let tmp = staged.path().to_path_buf();
     let res = (|| -> Result<()> {
         let mut jl = String::new();
         for c in chunks {
@@ -156,21 +154,8 @@ pub fn write_index_with(
         )?;
         Ok(())
     })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| io_err(out, e))?;
-        if let Err(e) = std::fs::rename(&tmp, out) {
-            let _ = std::fs::rename(&old, out);
-            return Err(io_err(out, e));
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))?;
-    }
+    res?;
+    staged.commit().map_err(|e| io_err(out, e))?;
     Ok(())
 }
 

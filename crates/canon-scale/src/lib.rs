@@ -47,7 +47,5 @@ pub(crate) fn io_err(path: &std::path::Path, e: impl std::fmt::Display) -> Scale
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    canon_fs::write_atomic(path, bytes).map_err(|e| io_err(path, e))
 }

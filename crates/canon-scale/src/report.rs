@@ -72,9 +72,8 @@ fn load_or_train_tokenizer(cfg: &LadderConfig, docs: &[String], out: &Path) -> R
         return Tokenizer::from_file(&p).map_err(|e| io_err(&p, e));
     }
     let t = data::train_tokenizer(cfg.data.tokenizer, docs, cfg.data.vocab_size)?;
-    let tmp = out.join("tokenizer.json.tmp");
-    t.save(&tmp, false).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))?;
+    let text = t.to_string(false).map_err(|e| io_err(&p, e))?;
+    crate::write_atomic(&p, text.as_bytes())?;
     Ok(t)
 }
 

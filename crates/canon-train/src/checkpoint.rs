@@ -5,7 +5,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -94,14 +93,7 @@ pub fn save(
     meta.insert("optimizer".to_string(), opt.config.name().to_string());
     meta.insert("optimizer_t".to_string(), opt.t.to_string());
     let bytes = safetensors::serialize(entries, Some(meta)).map_err(|e| ck_err(path, e))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    Ok(())
+    canon_fs::write_atomic(path, &bytes).map_err(|e| io_err(path, e))
 }
 
 /// Restores weights (into the existing variables), optimizer state and the train state; returns the

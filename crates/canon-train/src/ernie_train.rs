@@ -88,9 +88,7 @@ impl Vocab {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string(&self.words).map_err(|e| io_err(path, e))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+        canon_fs::write_atomic(path, text.as_bytes()).map_err(|e| io_err(path, e))
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -326,9 +326,8 @@ impl TransE {
         let mut m = HashMap::new();
         m.insert("entities".to_string(), self.entities.as_tensor().detach());
         m.insert("relations".to_string(), self.relations.as_tensor().detach());
-        let tmp = path.with_extension("tmp");
-        candle_core::safetensors::save(&m, &tmp).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+        let bytes = safetensors::serialize(&m, None).map_err(|e| io_err(path, e))?;
+        canon_fs::write_atomic(path, &bytes).map_err(|e| io_err(path, e))
     }
 
     /// Reads the entity table written by [`TransE::save`], checking its shape.

@@ -403,10 +403,8 @@ impl Finetuner {
             base: self.base.clone(),
         };
         let path = dir.join(TASK_FILE);
-        let tmp = dir.join(format!("{TASK_FILE}.tmp"));
         let text = serde_json::to_string_pretty(&meta).map_err(|e| io_err(&path, e))?;
-        std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))
+        canon_fs::write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))
     }
 
     /// Loads what [`Finetuner::save`] wrote (weights, optimizer state and step), ready to predict

@@ -66,20 +66,15 @@ pub struct BuildArgs {
     pub locales_dir: PathBuf,
 }
 
-fn write_jsonl<T: serde::Serialize>(path: &PathBuf, rows: &[T]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    {
-        let f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(f);
+fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> anyhow::Result<()> {
+    canon_fs::write_atomic_with(path, |w| {
         for r in rows {
-            serde_json::to_writer(&mut w, r)?;
+            serde_json::to_writer(&mut *w, r)?;
             w.write_all(b"\n")?;
         }
-        w.flush()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        Ok(())
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn run(a: FlanArgs, ctx: &Ctx) -> anyhow::Result<()> {

@@ -129,10 +129,10 @@ fn table<T: serde::de::DeserializeOwned>(
 }
 
 fn save_tokenizer(tok: &tokenizers::Tokenizer, path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    tok.save(&tmp, false)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let text = tok
+        .to_string(false)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    crate::cmd::write_atomic(path, &text)
 }
 
 fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {

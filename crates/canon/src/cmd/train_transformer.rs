@@ -246,11 +246,10 @@ pub fn setup(
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tok_path.display()))?
     } else {
         let t = train_shared_bpe(&corpus.train, cfg.data.vocab_size)?;
-        let tmp = tok_path.with_extension("tmp");
-        t.save(&tmp, false)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &tok_path)
-            .with_context(|| format!("cannot write {}", tok_path.display()))?;
+        let text = t
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tok_path.display()))?;
+        crate::cmd::write_atomic(&tok_path, &text)?;
         t
     };
     let (pad, bos, eos) = check_specials(&tok)?;
