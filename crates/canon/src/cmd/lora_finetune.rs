@@ -342,7 +342,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         )?;
     }
     let max_steps = a.max_steps;
-    if engine.step >= max_steps {
+    if engine.step > max_steps || (engine.step == max_steps && !resuming) {
         bail!(
             "the run is at step {} already; give a larger --max-steps",
             engine.step
@@ -372,6 +372,17 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         canon_models::peft::write_adapter(&dir, &adapters.to_adapter()?, &base_name)
             .with_context(|| format!("cannot write the adapter ({why})"))
     };
+    if engine.step == max_steps {
+        // A run killed after its last checkpoint and before its last adapter write ends here: the
+        // adapter is written again from the checkpoint's weights.
+        write_adapter("end of run")?;
+        eprintln!(
+            "the run is complete at step {max_steps}: adapter written again from its last \
+             checkpoint in {} (give a larger --max-steps to train on)",
+            dir.display()
+        );
+        return Ok(());
+    }
     let mut first_loss = None;
     let mut last = (f64::NAN, None::<f64>);
     let mut io_error = None;
