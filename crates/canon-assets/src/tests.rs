@@ -277,3 +277,94 @@ fn garbage_wheel_is_a_clear_error() {
     let e = unpack_member_dir(&wheel, "x/", tmp.path()).unwrap_err();
     assert!(e.to_string().contains("bad.whl"), "{e}");
 }
+
+/// Set by [`a_killed_fetch_leaves_nothing_or_the_whole_asset`] for the child process it kills: the
+/// folder of the parent's fixture (wheel, fake interpreter, cache home).
+const CHILD_ENV: &str = "CANON_ASSETS_TEST_FETCH_CHILD";
+
+/// The process the kill test starts and kills; a no-op in an ordinary test run.
+#[test]
+fn fetch_in_a_child_process() {
+    let Some(root) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let wheel = root.join("testpkg-1.0-py3-none-any.whl");
+    let spec = AssetSpec {
+        name: "testasset",
+        package: "testpkg",
+        version: "1.0",
+        wheel_sha256: leak(sha256_file(&wheel).unwrap()),
+        member_dir: "pkg/data/",
+        main_file: "a.bin",
+        pinned: Box::leak(
+            vec![
+                PinnedFile {
+                    path: "a.bin",
+                    sha256: leak(sha256_hex(&[1u8, 2, 3, 4])),
+                },
+                PinnedFile {
+                    path: "sub/b.txt",
+                    sha256: leak(sha256_hex(b"hello")),
+                },
+            ]
+            .into_boxed_slice(),
+        ),
+        description: "a test asset",
+    };
+    let python = root.join("fakepython").display().to_string();
+    ensure_in(&root.join("home"), &python, &spec, &Quiet).unwrap();
+}
+
+#[test]
+fn a_killed_fetch_leaves_nothing_or_the_whole_asset() {
+    let f = fixture(|_, _| {});
+    let root = f._tmp.path().to_path_buf();
+    let child = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::fetch_in_a_child_process", "--test-threads", "1"])
+            .env(CHILD_ENV, &root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The whole fetch takes the fake interpreter's 0.2 s sleep plus the unpacking.
+    let t = std::time::Instant::now();
+    let status = child().wait().unwrap();
+    assert!(status.success());
+    let full = t.elapsed();
+    assert!(is_cached_in(&f));
+    for frac in [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99] {
+        fs::remove_dir_all(f.dir()).unwrap();
+        let mut c = child();
+        std::thread::sleep(full.mul_f64(frac));
+        // SIGKILL.
+        let _ = c.kill();
+        let _ = c.wait();
+        let dir = f.dir();
+        if dir.exists() {
+            assert_eq!(
+                verify_dir(f.spec, &dir).unwrap(),
+                vec![],
+                "SIGKILL at {:.0} %: a folder is in place but not the complete asset",
+                frac * 100.0
+            );
+            assert!(is_cached_in(&f), "a complete folder carries its marker");
+        }
+        // The next fetch works, whatever the kill left.
+        let got = f.ensure().unwrap();
+        assert_eq!(fs::read(got.join("a.bin")).unwrap(), [1, 2, 3, 4]);
+    }
+    // Leftover work folders of killed fetches are removed by a later fetch.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::remove_dir_all(f.dir()).unwrap();
+    f.ensure().unwrap();
+    let parent = f.dir().parent().unwrap().to_path_buf();
+    let work: Vec<String> = fs::read_dir(&parent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-fetch-"))
+        .collect();
+    assert!(work.is_empty(), "work folders left: {work:?}");
+}
