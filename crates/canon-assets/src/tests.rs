@@ -321,7 +321,12 @@ fn a_killed_fetch_leaves_nothing_or_the_whole_asset() {
     let root = f._tmp.path().to_path_buf();
     let child = || {
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tests::fetch_in_a_child_process", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "tests::fetch_in_a_child_process",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_ENV, &root)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

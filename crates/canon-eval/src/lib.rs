@@ -67,6 +67,8 @@ pub enum EvalError {
     },
     #[error("stopped by the caller")]
     Cancelled,
+    #[error(transparent)]
+    Lines(#[from] canon_fs::lines::LineError),
     #[error("perplexity: {0}")]
     Perplexity(String),
     #[error(transparent)]

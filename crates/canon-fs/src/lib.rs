@@ -13,6 +13,8 @@
 //! SIGKILL would (no destructors, no cleanup). The variable is read only by the write functions
 //! here and means nothing else.
 
+pub mod lines;
+
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};

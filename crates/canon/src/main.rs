@@ -45,6 +45,10 @@ struct Cli {
     /// Print no progress messages on standard error.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Longest line accepted in line-oriented input (JSONL data, problem and sample files), in
+    /// bytes; a longer line is an error naming it.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = canon_fs::lines::DEFAULT_MAX_LINE_BYTES)]
+    max_line_bytes: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
         };
     }
     let threads = cli.threads.unwrap_or_else(default_threads).max(1);
+    canon_fs::lines::set_max_line_bytes(cli.max_line_bytes);
     // candle's CPU kernels and rayon read these once, at first use: set them before any work.
     // SAFETY: no other thread exists yet.
     unsafe {

