@@ -1,0 +1,67 @@
+//! Runs one fuzz target over many deterministic mutations of the files given (or of one empty
+//! input) in a single process and prints the resident memory as it goes: a steady climb over
+//! rounds of the *same* inputs is a leak; a plateau is allocator or cache state.
+//!
+//! `cargo run --release -p canon-fuzz --example soak -- gguf_vocab 100000 fuzz/corpus/gguf_vocab/*`
+
+use canon_fuzz::{TARGETS, mutations};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(name), Some(count)) = (args.first(), args.get(1).and_then(|c| c.parse().ok()))
+    else {
+        eprintln!("error: usage: soak TARGET COUNT [SEED_FILE...]");
+        std::process::exit(2);
+    };
+    let count: usize = count;
+    let Some((_, target)) = TARGETS.iter().find(|(n, _)| n == name) else {
+        let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+        eprintln!("error: expected a target ({}), found {name}", names.join(", "));
+        std::process::exit(2);
+    };
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    for f in &args[2..] {
+        match std::fs::read(f) {
+            Ok(b) => seeds.push(b),
+            Err(e) => {
+                eprintln!("error: cannot read {f}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if seeds.is_empty() {
+        seeds.push(Vec::new());
+    }
+    // One fixed set of inputs, run again each round.
+    let per_seed = (count / seeds.len()).clamp(1, 2000);
+    let inputs: Vec<Vec<u8>> = seeds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| mutations(s, per_seed, 0x9e37_79b9 + i as u64))
+        .collect();
+    let rounds = count.div_ceil(inputs.len()).max(1);
+    let start = std::time::Instant::now();
+    println!("round  inputs  rss_kib  seconds");
+    for r in 0..rounds {
+        for x in &inputs {
+            target(x);
+        }
+        println!(
+            "{r:5}  {:6}  {:7}  {:7.1}",
+            inputs.len(),
+            rss_kib(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
