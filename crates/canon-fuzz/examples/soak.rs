@@ -19,15 +19,17 @@ fn rss_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(name), Some(count)) = (args.first(), args.get(1).and_then(|c| c.parse().ok()))
-    else {
+    let (Some(name), Some(count)) = (args.first(), args.get(1).and_then(|c| c.parse().ok())) else {
         eprintln!("error: usage: soak TARGET COUNT [SEED_FILE...]");
         std::process::exit(2);
     };
     let count: usize = count;
     let Some((_, target)) = TARGETS.iter().find(|(n, _)| n == name) else {
         let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
-        eprintln!("error: expected a target ({}), found {name}", names.join(", "));
+        eprintln!(
+            "error: expected a target ({}), found {name}",
+            names.join(", ")
+        );
         std::process::exit(2);
     };
     let mut seeds: Vec<Vec<u8>> = Vec::new();

@@ -75,12 +75,14 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Train a model family from scratch (or resume a run).
     Train(cmd::train::TrainArgs),
-    /// GPT-1 fine-tuning of a trained GPT run on a standard-library classification task.
-    #[command(name = "finetune-gpt1")]
+    /// GPT-1 fine-tuning (`canon finetune --method gpt1-heads`).
+    #[command(name = "finetune-gpt1", hide = true)]
     FinetuneGpt1(cmd::finetune::FinetuneArgs),
-    /// Fine-tune a pretrained BERT (a BERT run or MiniLM) as a classifier (paper 3).
+    /// BERT classifier fine-tuning (`canon finetune --method classifier`).
+    #[command(hide = true)]
     FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
-    /// LoRA / QLoRA fine-tuning of a pretrained model on prompt/completion or chat records.
+    /// Fine-tune: LoRA / QLoRA on prompt/completion or chat records, GPT-1's task heads, a BERT
+    /// classifier (--method lora|qlora|gpt1-heads|classifier).
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
@@ -232,8 +234,56 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Global flags that take a value (the subcommand is the first word after them).
+const GLOBAL_VALUE_FLAGS: [&str; 3] = ["--threads", "--lora", "--max-line-bytes"];
+
+/// `canon finetune --method gpt1-heads|classifier ...` runs the GPT-1 and BERT fine-tuners, whose
+/// flags differ from LoRA's: the words are rewritten to their own (hidden) subcommands before
+/// parsing, so one command family covers every method and `--help` shows the method's own flags.
+fn route_finetune_method(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if GLOBAL_VALUE_FLAGS.contains(&a.as_ref()) {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).is_none_or(|a| a != "finetune") {
+        return args;
+    }
+    let sub = i;
+    let mut j = sub + 1;
+    while j < args.len() {
+        let a = args[j].to_string_lossy().into_owned();
+        let (value, width) = if a == "--method" {
+            match args.get(j + 1) {
+                Some(v) => (v.to_string_lossy().into_owned(), 2),
+                None => break,
+            }
+        } else if let Some(v) = a.strip_prefix("--method=") {
+            (v.to_string(), 1)
+        } else {
+            j += 1;
+            continue;
+        };
+        let target = match value.as_str() {
+            "gpt1-heads" => "finetune-gpt1",
+            "classifier" => "finetune-bert",
+            _ => return args,
+        };
+        args.drain(j..j + width);
+        args[sub] = target.into();
+        return args;
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(route_finetune_method(std::env::args_os().collect()));
     if let Err(msg) = check_global_flags(&cli) {
         eprintln!("error: {msg}");
         return ExitCode::FAILURE;

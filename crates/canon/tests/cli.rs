@@ -347,6 +347,47 @@ fn completions_and_help_teach() {
 }
 
 #[test]
+fn finetune_is_one_command_family() {
+    let d = tempfile::tempdir().unwrap();
+    let h = d.path();
+    let help = |args: &[&str]| {
+        let o = canon(args, h);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = help(&["finetune", "--help"]);
+    assert!(
+        s.contains("gpt1-heads") && s.contains("classifier") && s.contains("--targets"),
+        "{s}"
+    );
+    // Each method's own flags, whatever the global flags before the command.
+    let s = help(&["finetune", "--method", "gpt1-heads", "--help"]);
+    assert!(s.contains("--lambda") && !s.contains("--targets"), "{s}");
+    let s = help(&[
+        "-q",
+        "--threads",
+        "1",
+        "finetune",
+        "--method=classifier",
+        "--help",
+    ]);
+    assert!(s.contains("minilm") && !s.contains("--targets"), "{s}");
+    // The top-level list no longer shows the separate commands.
+    let s = help(&["--help"]);
+    assert!(
+        !s.contains("finetune-gpt1") && !s.contains("finetune-bert"),
+        "{s}"
+    );
+    // A bad method is still clap's one clear error.
+    let o = canon(&["finetune", "--method", "full"], h);
+    assert!(
+        !o.status.success() && stderr(&o).contains("invalid value 'full'"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn generate_n_samples_k_completions_each_equal_to_its_seed_alone() {
     let d = tempfile::tempdir().unwrap();
     let m = tiny(d.path(), "m.gguf", &TinyLlama::default());

@@ -1,4 +1,4 @@
-//! `canon finetune-gpt1`: GPT-1 supervised fine-tuning (paper 2, §3.2–3.3) of a run that
+//! `canon finetune --method gpt1-heads`: GPT-1 supervised fine-tuning (paper 2, §3.2–3.3) of a run that
 //! `canon train --config configs/gpt1.toml` pretrained, on a task built from the Python standard
 //! library of this machine, held out by file:
 //! - `classify`: which module group (default `email/`+`http/` vs `json/`+`xml/`) a snippet comes
@@ -27,9 +27,9 @@ use crate::Ctx;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   canon train --config configs/gpt1.toml --out runs/gpt1
-  canon --threads 2 finetune-gpt1 --model runs/gpt1 --out runs/gpt1-ft
-  canon finetune-gpt1 --model runs/gpt1 --task similarity --out runs/gpt1-sim
-  canon finetune-gpt1 --model runs/gpt1 --task choice --choices 2 --out runs/gpt1-mc")]
+  canon --threads 2 finetune --method gpt1-heads --model runs/gpt1 --out runs/gpt1-ft
+  canon finetune --method gpt1-heads --model runs/gpt1 --task similarity --out runs/gpt1-sim
+  canon finetune --method gpt1-heads --model runs/gpt1 --task choice --choices 2 --out runs/gpt1-mc")]
 pub struct FinetuneArgs {
     /// The task and its input transformation.
     #[arg(long, value_enum, default_value_t = Task::Classify)]

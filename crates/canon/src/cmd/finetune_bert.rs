@@ -1,4 +1,4 @@
-//! `canon finetune-bert`: BERT sequence classification (paper 3, §4) from a pretrained BERT — a
+//! `canon finetune --method classifier`: BERT sequence classification (paper 3, §4) from a pretrained BERT — a
 //! run of `canon train --config configs/bert.toml`, `minilm`, or an HF BERT folder — on the
 //! standard-library module-group task GPT-1's fine-tuning uses (which group a source snippet comes
 //! from, held out by file). `--from-scratch` trains the same architecture without the pretrained
@@ -18,8 +18,8 @@ use crate::Ctx;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   canon train --config configs/bert.toml --out runs/bert
-  canon --threads 2 finetune-bert --model runs/bert --out runs/bert-ft
-  canon --threads 2 finetune-bert --model minilm --out runs/minilm-ft")]
+  canon --threads 2 finetune --method classifier --model runs/bert --out runs/bert-ft
+  canon --threads 2 finetune --method classifier --model minilm --out runs/minilm-ft")]
 pub struct FinetuneBertArgs {
     /// A BERT run folder, `minilm`, or an HF BERT folder.
     #[arg(long, value_name = "RUN_DIR|minilm|DIR")]

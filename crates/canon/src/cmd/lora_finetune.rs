@@ -52,7 +52,10 @@ pub enum Method {
   canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
   canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
 pub struct LoraFinetuneArgs {
-    /// lora (frozen base in the file's format, f32 with --f32) or qlora (NF4 base).
+    /// lora (frozen base in the file's format, f32 with --f32) or qlora (NF4 base). Two more
+    /// methods have flags of their own: gpt1-heads (GPT-1's task heads on a trained GPT run, paper
+    /// 2) and classifier (a BERT run or MiniLM as a classifier, paper 3); see `canon finetune
+    /// --method gpt1-heads --help` and `canon finetune --method classifier --help`.
     #[arg(long, value_enum, default_value = "lora")]
     pub method: Method,
     /// Base model: an alias (smollm2), a .gguf file or an HF-style folder.
