@@ -94,6 +94,20 @@ pub fn read_lines(path: &Path) -> Result<Vec<(usize, String)>, LineError> {
     lines(path)?.collect()
 }
 
+/// Reads the whole of `path` as text for a parser that takes a string, refusing any line longer
+/// than the bound (lines are joined with `\n`).
+pub fn read_text(path: &Path) -> Result<String, LineError> {
+    let mut out = String::new();
+    for item in lines(path)? {
+        let (n, line) = item?;
+        if n > 1 {
+            out.push('\n');
+        }
+        out.push_str(&line);
+    }
+    Ok(out)
+}
+
 impl<R: BufRead> Lines<R> {
     /// Lines of any buffered reader; `path` names it in errors.
     pub fn new(reader: R, path: &Path, limit: usize) -> Self {

@@ -103,8 +103,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let demos = cot::generate(a.shots, lo, hi, a.seed ^ 0xD3A0);
     let problems: Vec<Problem> = match &a.problems {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
+            let text = canon_fs::lines::read_text(p)?;
             cot::parse_problems(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => {

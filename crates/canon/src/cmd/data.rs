@@ -468,8 +468,7 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ];
     let synth_path = a.data.join("synthetic.jsonl");
     if synth_path.is_file() {
-        let text = std::fs::read_to_string(&synth_path)
-            .with_context(|| format!("cannot read {}", synth_path.display()))?;
+        let text = canon_fs::lines::read_text(&synth_path)?;
         let mut docs = texts(&|r| r.pool == "train" && r.kept);
         for (i, l) in text.lines().enumerate() {
             let item: canon_scale::data::synth::SynthItem =

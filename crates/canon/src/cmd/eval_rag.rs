@@ -82,8 +82,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.k == 0 || a.answer_k == 0 {
         bail!("expected --k and --answer-k of at least 1");
     }
-    let text = std::fs::read_to_string(&a.questions)
-        .with_context(|| format!("cannot read {}", a.questions.display()))?;
+    let text = canon_fs::lines::read_text(&a.questions)?;
     let mut qs = read_questions(&text, &a.questions.display().to_string())?;
     if let Some(l) = a.limit {
         qs.truncate(l);
