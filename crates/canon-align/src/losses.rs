@@ -91,6 +91,27 @@ pub fn kl_rewards(logp: &[f64], ref_logp: &[f64], beta: f64, score: f64) -> Vec<
     r
 }
 
+/// The adaptive KL controller of Ziegler et al. (2019), used by `lm-human-preferences` and TRL:
+/// after each rollout, `β ← β · (1 + e · n / horizon)` with the proportional error
+/// `e = clip(KL / target − 1, −0.2, 0.2)`, where KL is the rollout's mean per-response KL and `n`
+/// the responses it holds. β rises while the policy drifts faster than the target, and falls when
+/// it stays closer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveKl {
+    pub value: f64,
+    pub target: f64,
+    pub horizon: f64,
+}
+
+impl AdaptiveKl {
+    /// Updates β from a rollout of `n` responses whose mean KL was `kl`; returns the new β.
+    pub fn update(&mut self, kl: f64, n: usize) -> f64 {
+        let e = (kl / self.target - 1.0).clamp(-0.2, 0.2);
+        self.value *= 1.0 + e * n as f64 / self.horizon;
+        self.value
+    }
+}
+
 /// Generalised advantage estimation over one response (value after the last token is 0):
 /// returns (advantages, returns = advantages + values).
 pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lam: f64) -> (Vec<f64>, Vec<f64>) {
@@ -283,6 +304,22 @@ pub fn logconf_loss(logits: &Tensor, targets: &[[f64; 2]]) -> Result<Tensor> {
 mod tests {
     use super::*;
     use canon_testkit::{Tol, check_close};
+
+    #[test]
+    fn adaptive_kl_follows_ziegler_et_al() {
+        let mut c = AdaptiveKl {
+            value: 0.2,
+            target: 6.0,
+            horizon: 10_000.0,
+        };
+        // KL 9 over target 6: error 0.5 clipped to 0.2; 512 responses.
+        assert!((c.update(9.0, 512) - 0.2 * (1.0 + 0.2 * 512.0 / 10_000.0)).abs() < 1e-15);
+        let before = c.value;
+        // KL 5.4: error −0.1, inside the clip.
+        assert!((c.update(5.4, 512) - before * (1.0 - 0.1 * 512.0 / 10_000.0)).abs() < 1e-15);
+        let before = c.value;
+        assert_eq!(c.update(6.0, 512), before, "on target β stays");
+    }
 
     fn t(x: &[f64]) -> Tensor {
         Tensor::from_vec(

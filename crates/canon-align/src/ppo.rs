@@ -11,8 +11,9 @@
 //! `ptx_coef` · the LM loss on a batch of the pretraining text).
 //!
 //! Deviations: the value function is a second scalar head on the policy's trunk (zero-initialised),
-//! as in `lm-human-preferences`, not a separate model initialised from the RM; the KL coefficient
-//! is fixed (no adaptive controller). Every step's `metrics.jsonl` line carries the rollout's
+//! as in `lm-human-preferences`, not a separate model initialised from the RM. The KL coefficient
+//! is fixed unless `kl_target` is set, when Ziegler et al.'s adaptive controller
+//! ([`crate::losses::AdaptiveKl`]) moves it after every rollout toward that KL. Every step's `metrics.jsonl` line carries the rollout's
 //! `reward`, `kl`, `entropy`, `gold` and the minibatch's `clipfrac`, `value_loss`, `pg_loss`.
 
 use candle_core::{Device, Tensor};
@@ -21,7 +22,7 @@ use canon_train::{BatchLoss, Objective};
 
 use crate::eval::{PolicyEval, evaluate_policy};
 use crate::lm::{Lm, entropies, pad, select, token_logprobs};
-use crate::losses::{clipped_pg_loss, clipped_value_loss, gae, kl_rewards, whiten};
+use crate::losses::{AdaptiveKl, clipped_pg_loss, clipped_value_loss, gae, kl_rewards, whiten};
 use crate::sft::{Example, draw, mean_nll, response_nll};
 use crate::task::{Problem, judge, response_text};
 use crate::{Result, data_err};
@@ -33,8 +34,12 @@ pub struct PpoConfig {
     pub max_new: usize,
     pub minibatches: usize,
     pub ppo_epochs: usize,
-    /// KL coefficient β of the per-token penalty.
+    /// KL coefficient β of the per-token penalty (the initial value when `kl_target` is set).
     pub beta: f64,
+    /// Adaptive KL: the per-response KL (nats) the controller steers toward; `None` = fixed β.
+    pub kl_target: Option<f64>,
+    /// Adaptive KL: the controller's horizon in responses (10,000 in `lm-human-preferences`).
+    pub kl_horizon: f64,
     pub gamma: f64,
     pub lam: f64,
     pub cliprange: f64,
@@ -53,6 +58,8 @@ impl Default for PpoConfig {
             minibatches: 4,
             ppo_epochs: 4,
             beta: 0.05,
+            kl_target: None,
+            kl_horizon: 10_000.0,
             gamma: 1.0,
             lam: 0.95,
             cliprange: 0.2,
@@ -90,6 +97,17 @@ impl PpoConfig {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(format!("PPO: {k} must be ≥ 0, found {v}"));
             }
+        }
+        if let Some(t) = self.kl_target
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err(format!("PPO: kl_target must be positive, found {t}"));
+        }
+        if !(self.kl_horizon > 0.0 && self.kl_horizon.is_finite()) {
+            return Err(format!(
+                "PPO: kl_horizon must be positive, found {}",
+                self.kl_horizon
+            ));
         }
         if !(self.cliprange > 0.0 && self.cliprange_value > 0.0) {
             return Err("PPO: clip ranges must be positive".into());
@@ -185,6 +203,8 @@ pub struct PpoObjective<'a> {
     rollout: Option<Rollout>,
     queue: Vec<Vec<usize>>,
     pub rollouts: u64,
+    /// β in force for the next rollout (moved by the adaptive controller when `kl_target` is set).
+    pub beta: f64,
 }
 
 impl<'a> PpoObjective<'a> {
@@ -212,6 +232,7 @@ impl<'a> PpoObjective<'a> {
             return Err(data_err("PPO-ptx: no pretraining text"));
         }
         Ok(Self {
+            beta: cfg.beta,
             policy,
             reference,
             reward,
@@ -256,7 +277,7 @@ impl<'a> PpoObjective<'a> {
         let mut ret_rows = Vec::with_capacity(seqs.len());
         let (mut kl, mut non_score) = (0.0, 0.0);
         for (i, &score) in scores.iter().enumerate().take(seqs.len()) {
-            let r = kl_rewards(&pol.logp[i], &refs.logp[i], c.beta, score);
+            let r = kl_rewards(&pol.logp[i], &refs.logp[i], self.beta, score);
             kl += pol.logp[i]
                 .iter()
                 .zip(&refs.logp[i])
@@ -283,9 +304,19 @@ impl<'a> PpoObjective<'a> {
             .map(|(p, r)| judge(p, &response_text(r)).score())
             .sum::<f64>()
             / n;
+        let beta_used = self.beta;
+        if let Some(target) = c.kl_target {
+            let mut ctl = AdaptiveKl {
+                value: self.beta,
+                target,
+                horizon: c.kl_horizon,
+            };
+            self.beta = ctl.update(kl / n, seqs.len());
+        }
         let stats = vec![
             ("reward".into(), scores.iter().sum::<f64>() / n),
             ("kl".into(), kl / n),
+            ("beta".into(), beta_used),
             ("non_score_reward".into(), non_score / n),
             (
                 "entropy".into(),
@@ -439,6 +470,18 @@ mod tests {
 
     /// Mean planted reward of the first and last rollouts and the last rollout's KL.
     fn run_planted(beta: f64, rollouts: u64) -> (f64, f64, f64) {
+        let (first, last, kl, _) = run_planted_kl(beta, rollouts, None);
+        (first, last, kl)
+    }
+
+    /// As `run_planted`, with the adaptive KL controller when `kl_target` is set; also returns
+    /// each rollout's (KL, β used) and β after the last rollout.
+    #[allow(clippy::type_complexity)]
+    fn run_planted_kl(
+        beta: f64,
+        rollouts: u64,
+        kl_target: Option<f64>,
+    ) -> (f64, f64, f64, (Vec<(f64, f64)>, f64)) {
         let cfg = tiny_config(CharVocab.size(), 1, 16, 16);
         let reference = Lm::new_random(cfg.clone(), 9).unwrap();
         let mut policy = Lm::new_random(cfg, 9).unwrap();
@@ -458,6 +501,9 @@ mod tests {
             minibatches: 2,
             ppo_epochs: 2,
             beta,
+            kl_target,
+            // A short horizon, so that a few rollouts move β visibly.
+            kl_horizon: 320.0,
             ..PpoConfig::default()
         };
         let per = ppo.steps_per_rollout();
@@ -476,8 +522,12 @@ mod tests {
         .unwrap();
         let mut engine = Engine::new(policy.params(), engine_cfg(rollouts * per)).unwrap();
         let (mut first, mut last, mut kl) = (f64::NAN, 0.0, 0.0);
+        let mut per_rollout = Vec::new();
         for s in 0..rollouts * per {
             let r = engine.train_step(&mut obj).unwrap();
+            if s % per == 0 {
+                per_rollout.push((r.get("kl").unwrap(), r.get("beta").unwrap()));
+            }
             if s == 0 {
                 first = r.get("reward").unwrap();
             }
@@ -486,7 +536,32 @@ mod tests {
             assert!(r.get("clipfrac").unwrap() >= 0.0);
         }
         assert_eq!(obj.rollouts, rollouts);
-        (first, last, kl)
+        (first, last, kl, (per_rollout, obj.beta))
+    }
+
+    #[test]
+    fn the_adaptive_controller_moves_beta_toward_the_kl_target() {
+        // Without a target β stays put.
+        let (.., (rows, b)) = run_planted_kl(0.1, 4, None);
+        assert_eq!(b, 0.1);
+        assert!(rows.iter().all(|&(_, beta)| beta == 0.1));
+        // With one, each rollout's β follows from the previous rollout's KL by Ziegler et al.'s
+        // rule (32 responses a rollout, horizon 320): a step of at most ±2 %.
+        for target in [1e-3, 0.05, 1e6] {
+            let (.., (rows, last)) = run_planted_kl(0.1, 5, Some(target));
+            let mut want = 0.1;
+            for (i, &(kl, beta)) in rows.iter().enumerate() {
+                assert!(
+                    (beta - want).abs() < 1e-12,
+                    "rollout {i}: β {beta}, expected {want}"
+                );
+                want *= 1.0 + (kl / target - 1.0).clamp(-0.2, 0.2) * 32.0 / 320.0;
+            }
+            assert!((last - want).abs() < 1e-12);
+            if target == 1e6 {
+                assert!((last / 0.1 - 0.98f64.powi(5)).abs() < 1e-9, "{last}");
+            }
+        }
     }
 
     #[test]

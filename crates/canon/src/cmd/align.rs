@@ -188,9 +188,16 @@ pub struct PpoArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f64,
-    /// Per-token KL coefficient β.
+    /// Per-token KL coefficient β (the starting value with --kl-target).
     #[arg(long, default_value_t = 0.05)]
     pub beta: f64,
+    /// Adaptive KL (Ziegler et al.): steer β after every rollout toward this mean KL per response,
+    /// in nats (6 in lm-human-preferences); without it β is fixed.
+    #[arg(long, value_name = "NATS")]
+    pub kl_target: Option<f64>,
+    /// Adaptive KL: the controller's horizon, in responses.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub kl_horizon: f64,
     /// PPO-ptx: weight of the LM loss on the pretraining (demonstration) text; 0 = plain PPO.
     #[arg(long, default_value_t = 0.0)]
     pub ptx_coef: f64,
@@ -347,6 +354,8 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 minibatches: a.minibatches,
                 ppo_epochs: a.epochs,
                 beta: a.beta,
+                kl_target: a.kl_target,
+                kl_horizon: a.kl_horizon,
                 ptx_coef: a.ptx_coef,
                 ..PpoConfig::default()
             };
