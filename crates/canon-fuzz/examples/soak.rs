@@ -3,6 +3,9 @@
 //! rounds of the *same* inputs is a leak; a plateau is allocator or cache state.
 //!
 //! `cargo run --release -p canon-fuzz --example soak -- gguf_vocab 100000 fuzz/corpus/gguf_vocab/*`
+//!
+//! With `SOAK_EACH=N` set, each file instead runs alone N times and the files after which the
+//! resident memory grew by more than 1 MiB are listed: the inputs that leak.
 
 use canon_fuzz::{TARGETS, mutations};
 
@@ -44,6 +47,23 @@ fn main() {
     }
     if seeds.is_empty() {
         seeds.push(Vec::new());
+    }
+    if let Some(n) = std::env::var("SOAK_EACH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for (f, x) in args[2..].iter().zip(&seeds) {
+            target(x);
+            let before = rss_kib();
+            for _ in 0..n {
+                target(x);
+            }
+            let grew = rss_kib().saturating_sub(before);
+            if grew > 1024 {
+                println!("{f}: +{grew} KiB over {n} runs");
+            }
+        }
+        return;
     }
     // One fixed set of inputs, run again each round.
     let per_seed = (count / seeds.len()).clamp(1, 2000);
