@@ -137,6 +137,92 @@ pub fn greedy_for_doc(
     y
 }
 
+/// Beam search over a next-token scorer: `beam` hypotheses are extended by their `beam` best next
+/// tokens each step and the `beam` best prefixes (sum of log-probabilities) kept; a hypothesis ends
+/// at an `eos` token (included) or at `max_new` tokens. Returns the finished hypotheses with their
+/// log-probabilities, best first (at most `beam`). `beam = 1` is greedy decoding.
+pub fn beam_search(
+    beam: usize,
+    eos: &[u32],
+    max_new: usize,
+    next: &mut dyn FnMut(&[u32]) -> Vec<f64>,
+) -> Vec<(Vec<u32>, f64)> {
+    let beam = beam.max(1);
+    let mut live: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
+    let mut done: Vec<(Vec<u32>, f64)> = Vec::new();
+    for _ in 0..max_new {
+        let mut grown: Vec<(Vec<u32>, f64)> = Vec::new();
+        for (y, lp) in &live {
+            let dist = next(y);
+            let mut order: Vec<usize> = (0..dist.len()).filter(|&t| dist[t].is_finite()).collect();
+            order.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
+            for &t in order.iter().take(beam) {
+                let mut z = y.clone();
+                z.push(t as u32);
+                grown.push((z, lp + dist[t]));
+            }
+        }
+        grown.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        grown.truncate(beam);
+        live.clear();
+        for (y, lp) in grown {
+            if y.last().is_some_and(|t| eos.contains(t)) {
+                done.push((y, lp));
+            } else {
+                live.push((y, lp));
+            }
+        }
+        // Every live hypothesis already scores below the beam's worst finished one: stop.
+        if done.len() >= beam {
+            done.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let worst = done[beam - 1].1;
+            if live.iter().all(|(_, lp)| *lp <= worst) {
+                break;
+            }
+        }
+        if live.is_empty() {
+            break;
+        }
+    }
+    done.extend(live.into_iter().filter(|(y, _)| !y.is_empty()));
+    done.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    done.truncate(beam);
+    done
+}
+
+/// RAG-Sequence's per-document search: beam search under `p(y_i | x, z, y_<i)` for document `z`;
+/// the hypotheses form that document's candidate set for [`rag_sequence_decode`].
+pub fn beams_for_doc(
+    z: usize,
+    beam: usize,
+    eos: &[u32],
+    max_new: usize,
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<Vec<u32>> {
+    beam_search(beam, eos, max_new, &mut |y| next_logprobs(z, y))
+        .into_iter()
+        .map(|(y, _)| y)
+        .collect()
+}
+
+/// RAG-Token beam decoding: a standard beam search under the per-step marginal
+/// `p'(y_i | x, y_<i) = Σ_z p(z|x) p(y_i | x, z, y_<i)`; returns the best hypothesis.
+pub fn rag_token_beam(
+    log_prior: &[f64],
+    beam: usize,
+    eos: &[u32],
+    max_new: usize,
+    next_logprobs: &mut dyn FnMut(usize, &[u32]) -> Vec<f64>,
+) -> Vec<u32> {
+    beam_search(beam, eos, max_new, &mut |y| {
+        rag_token_next(log_prior, y, next_logprobs)
+    })
+    .into_iter()
+    .next()
+    .map(|(y, _)| y)
+    .unwrap_or_default()
+}
+
 /// RAG-Sequence decoding mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqDecoding {

@@ -136,3 +136,51 @@ fn token_logprob_matrix_forms_agree_and_discriminate() {
             < 1e-12
     );
 }
+
+#[test]
+fn beam_search_finds_what_greedy_misses_and_equals_greedy_at_width_one() {
+    // Greedy takes token 0 (p 0.6) and then can only continue at p 0.34; token 1 (p 0.4) leads to
+    // a continuation at p 0.95: the better sequence is [1, 0] (0.38 > 0.204).
+    let mut next = |y: &[u32]| -> Vec<f64> {
+        let p: [f64; 3] = match y {
+            [] => [0.6, 0.4, 0.0],
+            [0] => [0.34, 0.33, 0.33],
+            [1] => [0.95, 0.03, 0.02],
+            _ => [0.0, 0.0, 1.0],
+        };
+        p.iter().map(|v| v.ln()).collect()
+    };
+    let eos = [2u32];
+    let greedy = beam_search(1, &eos, 2, &mut next);
+    assert_eq!(greedy[0].0, vec![0, 0]);
+    let wide = beam_search(2, &eos, 2, &mut next);
+    assert_eq!(wide[0].0, vec![1, 0]);
+    assert!((wide[0].1 - (0.4f64 * 0.95).ln()).abs() < 1e-12);
+    assert_eq!(wide.len(), 2);
+    // On the toy generator, width 1 is greedy decoding for RAG-Token and per document.
+    let prior = doc_log_prior(&[0.3, 1.1, -0.4]);
+    let mut f = |z: usize, p: &[u32]| toy(z, p);
+    assert_eq!(
+        rag_token_beam(&prior, 1, &[], 3, &mut f),
+        rag_token_greedy(&prior, &[], 3, &mut f)
+    );
+    for z in 0..3 {
+        assert_eq!(
+            beams_for_doc(z, 1, &[], 3, &mut f),
+            vec![greedy_for_doc(z, &[], 3, &mut f)]
+        );
+    }
+    // Wider beams never find a worse best sequence (exhaustive over length-3 sequences here).
+    let best_token = rag_token_beam(&prior, 4, &[], 3, &mut f);
+    let greedy_token = rag_token_greedy(&prior, &[], 3, &mut f);
+    assert!(
+        rag_token_logprob(&prior, &best_token, &mut f)
+            >= rag_token_logprob(&prior, &greedy_token, &mut f) - 1e-12
+    );
+    let exhaustive = all_seqs(3)
+        .into_iter()
+        .map(|y| rag_token_logprob(&prior, &y, &mut f))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let wide = rag_token_beam(&prior, 27, &[], 3, &mut f);
+    assert!((rag_token_logprob(&prior, &wide, &mut f) - exhaustive).abs() < 1e-12);
+}

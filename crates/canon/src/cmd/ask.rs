@@ -51,10 +51,13 @@ pub struct AskArgs {
     #[arg(long = "candidate", value_name = "TEXT", allow_hyphen_values = true)]
     pub candidates: Vec<String>,
     /// Generate with paper 9's decoders over the top --k passages instead of one prompt of
-    /// numbered passages: token (RAG-Token, greedy on the per-step marginal), sequence-thorough or
-    /// sequence-fast (RAG-Sequence: a greedy hypothesis per passage, rescored).
+    /// numbered passages: token (RAG-Token, beam search on the per-step marginal), sequence-thorough
+    /// or sequence-fast (RAG-Sequence: a beam search per passage, its hypotheses rescored).
     #[arg(long)]
     pub rag: Option<String>,
+    /// Beam width of the --rag decoders (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
     /// GraphRAG query over the index's graph (`canon graph build`): global or local.
     #[arg(long)]
     pub graph: Option<String>,
@@ -499,13 +502,25 @@ impl<'a> DocLm<'a> {
 
     fn next(&mut self, z: usize, prefix: &[u32]) -> anyhow::Result<Vec<f64>> {
         if !prefix.starts_with(&self.fed[z]) {
-            // Rewind: keep the prompt but its last token, and run that token again.
+            // Rewind to the longest prefix shared with what was fed (beam search hops between
+            // hypotheses): keep the cache up to the token before it and run that token again.
+            let c = self.fed[z]
+                .iter()
+                .zip(prefix)
+                .take_while(|(a, b)| a == b)
+                .count();
             let n = self.prompts[z].len();
+            let keep = n + c;
             for layer in &mut self.caches[z].layers {
-                layer.truncate(n - 1)?;
+                layer.truncate(keep - 1)?;
             }
-            self.last[z] = forward_last(self.lm, &self.prompts[z][n - 1..], &mut self.caches[z])?;
-            self.fed[z].clear();
+            let last_tok = if c == 0 {
+                self.prompts[z][n - 1]
+            } else {
+                self.fed[z][c - 1]
+            };
+            self.last[z] = forward_last(self.lm, &[last_tok], &mut self.caches[z])?;
+            self.fed[z].truncate(c);
         }
         let rest = prefix[self.fed[z].len()..].to_vec();
         if !rest.is_empty() {
@@ -559,7 +574,10 @@ fn passage_prompts(
 
 /// `canon ask --rag token|sequence-thorough|sequence-fast`: paper 9's decoders with the real model.
 fn rag_decode(a: &AskArgs, how: &str, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
-    use canon_rag::marginal::{SeqDecoding, greedy_for_doc, rag_sequence_decode, rag_token_greedy};
+    use canon_rag::marginal::{SeqDecoding, beams_for_doc, rag_sequence_decode, rag_token_beam};
+    if a.beams == 0 || a.beams > 64 {
+        bail!("expected --beams between 1 and 64, found {}", a.beams);
+    }
     let seq = match how {
         "token" => None,
         "sequence-thorough" => Some(SeqDecoding::Thorough),
@@ -583,12 +601,12 @@ fn rag_decode(a: &AskArgs, how: &str, mode: Mode, ctx: &Ctx) -> anyhow::Result<(
     };
     let (best, lp, candidates) = match seq {
         None => {
-            let y = rag_token_greedy(&prior, &eog, a.max_tokens, &mut f);
+            let y = rag_token_beam(&prior, a.beams, &eog, a.max_tokens, &mut f);
             (y, None, Vec::new())
         }
         Some(m) => {
             let cands: Vec<Vec<Vec<u32>>> = (0..prior.len())
-                .map(|z| vec![greedy_for_doc(z, &eog, a.max_tokens, &mut f)])
+                .map(|z| beams_for_doc(z, a.beams, &eog, a.max_tokens, &mut f))
                 .collect();
             let ranked = rag_sequence_decode(&prior, &cands, m, &mut f);
             let (y, lp) = ranked.first().cloned().unwrap_or_default();
