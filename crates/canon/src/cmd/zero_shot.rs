@@ -40,7 +40,7 @@ struct EvalRec {
     answer: usize,
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<Vec<EvalRec>> {
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<EvalRec>> {
     let mut out = Vec::new();
     for item in canon_fs::lines::lines(path)? {
         let (n, line) = item?;
