@@ -115,10 +115,14 @@ pub fn render(t: &Template, ex: &Example) -> Result<(String, String)> {
     Ok((fill(t.input, ex)?, fill(t.target, ex)?))
 }
 
-/// Examples-proportional mixing with a cap: dataset `i` is drawn with probability
-/// `min(n_i, cap) / Σ_j min(n_j, cap)`.
+/// Examples-proportional mixing with a cap (T5 §3.5.2, FLAN): dataset `i` is drawn with
+/// probability `min(n_i, cap) / Σ_j min(n_j, cap)`; `cap = 0` means no cap. The one mixing rule of
+/// the workspace (FLAN mixtures and T5's multi-task training both use it).
 pub fn mixing_rates(sizes: &[usize], cap: usize) -> Vec<f64> {
-    let capped: Vec<f64> = sizes.iter().map(|&n| n.min(cap) as f64).collect();
+    let capped: Vec<f64> = sizes
+        .iter()
+        .map(|&n| if cap == 0 { n } else { n.min(cap) } as f64)
+        .collect();
     let total: f64 = capped.iter().sum();
     if total == 0.0 {
         return vec![0.0; sizes.len()];

@@ -80,6 +80,8 @@ fn mixing_rates_cap_large_datasets_and_sampling_follows_them() {
         assert!((*c as f64 / n as f64 - p).abs() < 0.01, "{counts:?}");
     }
     assert_eq!(mixing_rates(&[0, 0], 5), vec![0.0, 0.0]);
+    // A cap of 0 is no cap (as T5's multi-task mixture reads it).
+    assert_eq!(mixing_rates(&[1, 3], 0), vec![0.25, 0.75]);
 }
 
 #[test]

@@ -61,16 +61,11 @@ impl Mixture {
                 "every task needs training examples; sizes {sizes:?}"
             )));
         }
-        let w: Vec<f64> = sizes
-            .iter()
-            .map(|&e| (if cap == 0 { e } else { e.min(cap) }) as f64)
-            .collect();
-        let total: f64 = w.iter().sum();
         let mut acc = 0.0;
-        let mut cumulative: Vec<f64> = w
+        let mut cumulative: Vec<f64> = crate::instruct::mixing_rates(sizes, cap)
             .iter()
-            .map(|x| {
-                acc += x / total;
+            .map(|r| {
+                acc += r;
                 acc
             })
             .collect();

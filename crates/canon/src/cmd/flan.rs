@@ -47,7 +47,7 @@ pub struct BuildArgs {
     /// Records in the mixture.
     #[arg(long, default_value_t = 2000)]
     pub n: usize,
-    /// Per-dataset cap of examples-proportional mixing (FLAN: 3000).
+    /// Per-dataset cap of examples-proportional mixing (FLAN: 3000; 0 = no cap).
     #[arg(long, default_value_t = 3000)]
     pub cap: usize,
     /// At most this many evaluation records per held-out task.
