@@ -266,6 +266,16 @@ pub fn gguf_vocab(f: &GgufFile) -> Result<GgufVocab> {
         tokens: strings(f, "tokenizer.ggml.tokens")?,
         token_types,
         merges: strings(f, "tokenizer.ggml.merges")?,
+        scores: match f.get("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32).unwrap_or(f32::NAN))
+                .collect(),
+            _ => Vec::new(),
+        },
+        add_space_prefix: f
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool),
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),
         eot_id: id("tokenizer.ggml.eot_token_id"),
