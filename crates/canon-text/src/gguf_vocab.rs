@@ -71,19 +71,32 @@ pub const PRE_TOKENIZERS: &[(&[&str], &[&str])] = &[
 ];
 
 /// Token texts llama.cpp also treats as end of generation: end-of-turn markers, and the
-/// fill-in-the-middle pad / repository / file-separator tokens it detects by name.
+/// fill-in-the-middle pad / repository / file-separator tokens it detects by name. llama.cpp also
+/// makes such a token a control token when the file marks it user-defined (Gemma 3's `</s>`), so
+/// it is then special: read as plain text unless special tokens are parsed.
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
+    "[EOT]",
+    "[EOS]",
     "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>",
     "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
     "<|fim_pad|>",
     "<fim-pad>",
     "<|fim_repo|>",
@@ -182,9 +195,9 @@ impl GgufVocab {
             .enumerate()
             .filter(|(i, _)| self.token_types.get(*i).is_some_and(|&t| t == 3 || t == 4))
             .map(|(i, t)| {
+                let special = self.token_types[i] == 3 || EOG_TEXTS.contains(&t.as_str());
                 json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": false,
-                       "special": self.token_types[i] == 3})
+                       "rstrip": false, "normalized": false, "special": special})
             })
             .collect()
     }
