@@ -28,7 +28,7 @@ use candle_core::Tensor;
 use canon_nn::KvCache;
 
 pub use bert::Bert;
-pub use config::{BertConfig, LlamaConfig};
+pub use config::{BertConfig, LlamaConfig, LlamaVariant};
 pub use family::{ModelConfig, TrainOutput, TrainableLm};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::Llama;
