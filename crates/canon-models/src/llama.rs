@@ -552,6 +552,109 @@ pub(crate) mod tests {
         assert_close(&inc, &full, Tol::new(1e-5, 1e-4));
     }
 
+    /// The tiny model with Gemma 3's block: window 3, every 2nd layer global, its own local RoPE.
+    fn tiny_gemma() -> Llama {
+        let mut cfg = tiny_config(1);
+        cfg.num_hidden_layers = 4;
+        cfg.rope_layout = RopeLayout::HalfSplit;
+        cfg.variant = crate::LlamaVariant {
+            scale_embeddings: true,
+            qk_norm: true,
+            post_norms: true,
+            gelu_tanh_ffn: true,
+            sliding_window: Some(3),
+            sliding_window_pattern: 2,
+            rope_theta_local: Some(100.0),
+            query_scale: Some(0.2),
+            final_logit_softcap: Some(5.0),
+        };
+        Llama::load(
+            cfg,
+            &RandomSource(Default::default()),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gemma_variant_decodes_like_its_full_pass_and_batches_like_one_sequence() {
+        let m = tiny_gemma();
+        assert!(m.config.is_local_layer(0) && !m.config.is_local_layer(1));
+        assert!(m.config.is_local_layer(2) && !m.config.is_local_layer(3));
+        let seq = [3u32, 7, 1, 9, 4, 4, 12, 30, 2, 8];
+        let full = m
+            .forward(&ids(&seq), &mut m.new_cache(), Positions::All)
+            .unwrap();
+        // Soft-capped logits stay inside (-5, 5).
+        let max = full
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max < 5.0, "{max}");
+        let mut cache = m.new_cache();
+        let mut steps = vec![
+            m.forward(&ids(&seq[..4]), &mut cache, Positions::All)
+                .unwrap(),
+        ];
+        for &t in &seq[4..] {
+            steps.push(m.forward(&ids(&[t]), &mut cache, Positions::All).unwrap());
+        }
+        let inc = Tensor::cat(&steps, 1).unwrap();
+        assert_close(&inc, &full, Tol::new(1e-5, 1e-4));
+        // Two sequences in one batch step equal each run alone.
+        let (a, b) = (&seq[..6], &seq[2..9]);
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        let both = m.forward_batch(&[a, b], &mut [&mut ca, &mut cb]).unwrap();
+        for (i, s) in [a, b].into_iter().enumerate() {
+            let alone = m
+                .forward(&ids(s), &mut m.new_cache(), Positions::Last)
+                .unwrap();
+            assert_close(
+                &both.narrow(0, i, 1).unwrap(),
+                &alone.squeeze(0).unwrap(),
+                Tol::new(1e-5, 1e-4),
+            );
+        }
+    }
+
+    #[test]
+    fn the_sliding_window_forgets_old_tokens_on_local_layers_only() {
+        // With every layer local and a window of 3, the last position's logits depend only on the
+        // last 3 + (layers - 1)·2 tokens; a change further back leaves them equal.
+        let mut m = tiny_gemma();
+        m.config.variant.sliding_window_pattern = 0;
+        let a = [5u32, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        let mut b = a;
+        b[0] = 40;
+        let la = m
+            .forward(&ids(&a), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let lb = m
+            .forward(&ids(&b), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        assert_close(&la, &lb, Tol::F32);
+        // With global layers the change reaches the end.
+        m.config.variant.sliding_window_pattern = 2;
+        let la = m
+            .forward(&ids(&a), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let lb = m
+            .forward(&ids(&b), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let d = (la - lb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d > 1e-4, "{d}");
+    }
+
     #[test]
     fn later_tokens_do_not_change_earlier_logits() {
         let m = tiny(4);
