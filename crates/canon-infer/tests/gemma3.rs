@@ -22,6 +22,8 @@ fn ids(v: &Value) -> Vec<u32> {
 const EXACT_PREFIX: usize = 6;
 /// Where the paths part later, llama.cpp's choice must be within this many logit units of Canon's.
 const NEAR_TIE: f32 = 0.5;
+/// Bound on the f16 cache's logit distance from the f32 cache (measured below it; see the test).
+const FP16_KV_TOL: f32 = 0.05;
 
 #[test]
 fn gemma3_greedy_ids_equal_llama_cpp() {
@@ -105,4 +107,59 @@ fn gemma3_greedy_ids_equal_llama_cpp() {
             want.len()
         );
     }
+}
+
+/// The f16 KV cache against the f32 one on the same token path (llama.cpp's f32-cache greedy ids
+/// fed back): measured max |logit difference| 0.0194 (bound FP16_KV_TOL = 0.05); the cache takes half the
+/// bytes.
+#[test]
+fn gemma3_f16_kv_cache_stays_close_to_f32() {
+    let gold = golden("gemma3/gemma3.json");
+    let mut lm = load_causal_lm(
+        &ModelSpec::Alias("gemma3".into()),
+        WeightMode::DequantizeF32,
+        &canon_assets::Stderr,
+    )
+    .expect("load gemma3");
+    let mut worst = 0.0f32;
+    for case in gold["generate"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        let path = ids(&case["greedy_ids_llamacpp_f32kv"]);
+        let mut runs = Vec::new();
+        for f16 in [false, true] {
+            lm.model.set_kv_f16(f16).unwrap();
+            let mut cache = lm.model.new_cache();
+            let mut rows = Vec::new();
+            let mut input = prompt.clone();
+            for &next in &path {
+                let t = Tensor::new(input.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let row: Vec<f32> = lm
+                    .model
+                    .forward(&t, &mut cache, Positions::Last)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                rows.push(row);
+                input = vec![next];
+            }
+            runs.push((rows, cache.bytes()));
+        }
+        assert_eq!(
+            2 * runs[1].1,
+            runs[0].1,
+            "the f16 cache holds half the bytes"
+        );
+        for (a, b) in runs[0].0.iter().zip(&runs[1].0) {
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+    }
+    eprintln!("f16 vs f32 KV cache: max |logit diff| {worst:.4} over 4 prompts x 24 steps");
+    assert!(worst > 0.0 && worst < FP16_KV_TOL, "{worst}");
 }
