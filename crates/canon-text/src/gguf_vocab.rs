@@ -258,6 +258,18 @@ impl GgufVocab {
     /// applies them: by the score of the token they make, highest first (ties: lower token id,
     /// then shorter left part).
     pub fn spm_merges(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .spm_splits()?
+            .into_iter()
+            .map(|(id, cut)| {
+                let t = &self.tokens[id];
+                (t[..cut].to_string(), t[cut..].to_string())
+            })
+            .collect())
+    }
+
+    /// `spm_merges` as (token id, byte offset of the cut).
+    fn spm_splits(&self) -> Result<Vec<(usize, usize)>> {
         if self.scores.len() != self.tokens.len() {
             return Err(TextError::BadVocab(format!(
                 "{} tokens but {} scores",
@@ -273,22 +285,21 @@ impl GgufVocab {
         }
         let index: std::collections::HashSet<&str> =
             self.tokens.iter().map(String::as_str).collect();
-        let mut found: Vec<(f32, usize, usize)> = Vec::new();
+        let mut found: Vec<(usize, usize)> = Vec::new();
         for (id, t) in self.tokens.iter().enumerate() {
             for (cut, _) in t.char_indices().skip(1) {
                 if index.contains(&t[..cut]) && index.contains(&t[cut..]) {
-                    found.push((self.scores[id], id, cut));
+                    found.push((id, cut));
                 }
             }
         }
-        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        Ok(found
-            .into_iter()
-            .map(|(_, id, cut)| {
-                let t = &self.tokens[id];
-                (t[..cut].to_string(), t[cut..].to_string())
-            })
-            .collect())
+        found.sort_by(|a, b| {
+            self.scores[b.0]
+                .total_cmp(&self.scores[a.0])
+                .then(a.0.cmp(&b.0))
+                .then(a.1.cmp(&b.1))
+        });
+        Ok(found)
     }
 
     fn spm_json(&self) -> Result<String> {
@@ -299,20 +310,16 @@ impl GgufVocab {
                 "unk id {id} is outside the vocabulary of {n} tokens"
             )));
         }
-        let mut vocab = serde_json::Map::with_capacity(self.tokens.len());
+        let mut seen = std::collections::HashSet::with_capacity(self.tokens.len());
         for (i, t) in self.tokens.iter().enumerate() {
-            if t.is_empty() || vocab.contains_key(t) {
+            if t.is_empty() || !seen.insert(t.as_str()) {
                 return Err(TextError::BadVocab(format!(
                     "token {i} '{t}' is empty or appears twice in the vocabulary"
                 )));
             }
-            vocab.insert(t.clone(), json!(i));
         }
-        let merges: Vec<Value> = self
-            .spm_merges()?
-            .into_iter()
-            .map(|(a, b)| json!([a, b]))
-            .collect();
+        drop(seen);
+        let splits = self.spm_splits()?;
         let prefix = self.add_space_prefix.unwrap_or(true);
         let mut normalizers = Vec::new();
         if prefix {
@@ -329,21 +336,48 @@ impl GgufVocab {
             decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
         }
         let unk = self.unk_id.map(|id| self.tokens[id as usize].clone());
-        let doc = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": self.added_tokens(),
-            "normalizer": {"type": "Sequence", "normalizers": normalizers},
-            "pre_tokenizer": null,
-            "post_processor": null,
-            "decoder": {"type": "Sequence", "decoders": decoders},
-            "model": {"type": "BPE", "dropout": null, "unk_token": unk,
-                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges}
-        });
-        serde_json::to_string(&doc).map_err(|e| TextError::BadVocab(e.to_string()))
+        // The document is written piece by piece: a JSON value tree of 262k tokens and 515k
+        // merges (Gemma 3) would take ~100 MB on its own.
+        let js =
+            |v: &Value| serde_json::to_string(v).map_err(|e| TextError::BadVocab(e.to_string()));
+        let quote =
+            |t: &str| serde_json::to_string(t).map_err(|e| TextError::BadVocab(e.to_string()));
+        let mut out = String::with_capacity(48 * (self.tokens.len() + splits.len()));
+        out.push_str(r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":"#);
+        out.push_str(&js(&Value::Array(self.added_tokens()))?);
+        out.push_str(r#","normalizer":"#);
+        out.push_str(&js(
+            &json!({"type": "Sequence", "normalizers": normalizers}),
+        )?);
+        out.push_str(r#","pre_tokenizer":null,"post_processor":null,"decoder":"#);
+        out.push_str(&js(&json!({"type": "Sequence", "decoders": decoders}))?);
+        out.push_str(r#","model":{"type":"BPE","dropout":null,"unk_token":"#);
+        out.push_str(&js(&json!(unk))?);
+        out.push_str(
+            r#","continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":true,"byte_fallback":true,"ignore_merges":false,"vocab":{"#,
+        );
+        for (i, t) in self.tokens.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&quote(t)?);
+            out.push(':');
+            out.push_str(&i.to_string());
+        }
+        out.push_str(r#"},"merges":["#);
+        for (k, &(id, cut)) in splits.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            let t = &self.tokens[id];
+            out.push('[');
+            out.push_str(&quote(&t[..cut])?);
+            out.push(',');
+            out.push_str(&quote(&t[cut..])?);
+            out.push(']');
+        }
+        out.push_str("]}}");
+        Ok(out)
     }
 }
 
