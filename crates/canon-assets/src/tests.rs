@@ -105,6 +105,8 @@ fn fixture(tweak: impl FnOnce(&mut AssetSpec, &mut Vec<PinnedFile>)) -> Fixture 
         main_file: "a.bin",
         pinned: &[],
         description: "a test asset",
+        extra_wheels: &[],
+        assemble: None,
     };
     tweak(&mut spec, &mut pins);
     spec.pinned = Box::leak(pins.into_boxed_slice());
@@ -310,6 +312,8 @@ fn fetch_in_a_child_process() {
             .into_boxed_slice(),
         ),
         description: "a test asset",
+        extra_wheels: &[],
+        assemble: None,
     };
     let python = root.join("fakepython").display().to_string();
     ensure_in(&root.join("home"), &python, &spec, &Quiet).unwrap();
@@ -372,4 +376,92 @@ fn a_killed_fetch_leaves_nothing_or_the_whole_asset() {
         .filter(|n| n.contains("-fetch-"))
         .collect();
     assert!(work.is_empty(), "work folders left: {work:?}");
+}
+
+#[test]
+fn chunk_wheels_are_fetched_together_checked_and_joined() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    fs::create_dir_all(&wheels).unwrap();
+    let w1 = wheels.join("chunky_part1-1.0-py3-none-any.whl");
+    let w2 = wheels.join("chunky_part2-1.0-py3-none-any.whl");
+    write_wheel(
+        &w1,
+        &[
+            ("chunky_part1/data/m.bin.part00", b"hello "),
+            ("chunky_part1/__init__.py", b""),
+        ],
+    );
+    write_wheel(&w2, &[("chunky_part2/data/m.bin.part01", b"world")]);
+    let python = tmp.path().join("fakepython");
+    fs::write(
+        &python,
+        format!(
+            "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  if [ \"$1\" = --dest ]; then dest=$2; fi\n  shift\ndone\n\
+             mkdir -p \"$dest\" && cp '{}'/*.whl \"$dest/\"\n",
+            wheels.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
+    let parts: &'static [PinnedFile] = Box::leak(Box::new([
+        PinnedFile {
+            path: "m.bin.part00",
+            sha256: leak(sha256_hex(b"hello ")),
+        },
+        PinnedFile {
+            path: "m.bin.part01",
+            sha256: leak(sha256_hex(b"world")),
+        },
+    ]));
+    let pinned: &'static [PinnedFile] = Box::leak(Box::new([PinnedFile {
+        path: "m.bin",
+        sha256: leak(sha256_hex(b"hello world")),
+    }]));
+    let extra: &'static [ExtraWheel] = Box::leak(Box::new([ExtraWheel {
+        package: "chunky-part2",
+        version: "1.0",
+        wheel_sha256: leak(sha256_file(&w2).unwrap()),
+        member_dir: "chunky_part2/data/",
+    }]));
+    let mut spec = AssetSpec {
+        name: "chunky",
+        package: "chunky-part1",
+        version: "1.0",
+        wheel_sha256: leak(sha256_file(&w1).unwrap()),
+        member_dir: "chunky_part1/data/",
+        main_file: "m.bin",
+        pinned,
+        description: "a chunked asset",
+        extra_wheels: extra,
+        assemble: Some(Assemble {
+            parts,
+            into: "m.bin",
+        }),
+    };
+    let home = tmp.path().join("home");
+    let py = python.display().to_string();
+    let dir = ensure_in(&home, &py, Box::leak(Box::new(spec)), &Quiet).unwrap();
+    assert_eq!(fs::read(dir.join("m.bin")).unwrap(), b"hello world");
+    assert_eq!(list_files(&dir).unwrap(), vec![".complete", "m.bin"]);
+
+    // A chunk that differs from its pin is refused by name, and nothing is left in place.
+    let bad: &'static [PinnedFile] = Box::leak(Box::new([
+        parts[0],
+        PinnedFile {
+            path: "m.bin.part01",
+            sha256: leak(sha256_hex(b"earth")),
+        },
+    ]));
+    spec.name = "chunky2";
+    spec.assemble = Some(Assemble {
+        parts: bad,
+        into: "m.bin",
+    });
+    let e = ensure_in(&home, &py, Box::leak(Box::new(spec)), &Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("m.bin.part01") && e.contains("checksum"), "{e}");
+    assert!(!home.join("assets").join("chunky2-1.0").exists());
 }

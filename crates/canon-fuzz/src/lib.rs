@@ -67,6 +67,10 @@ pub fn gguf_vocab(data: &[u8]) {
             .enumerate()
             .map(|(i, _)| (i as i32 + i32::from(head)) % 7)
             .collect(),
+        scores: (0..tokens.len())
+            .map(|i| -((i as f32) * f32::from(head % 5)))
+            .collect(),
+        add_space_prefix: (head & 0x20 != 0).then_some(head & 0x10 != 0),
         tokens,
         merges,
         bos_id: id(head),

@@ -19,9 +19,44 @@ pub struct LlamaConfig {
     pub rope_layout: RopeLayout,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// Block differences of LLaMA-like families (Gemma 3); all off for LLaMA itself.
+    #[serde(default)]
+    pub variant: LlamaVariant,
+}
+
+/// What a LLaMA-like family changes in the block, as configuration (Gemma 3, read from `gemma3.*`
+/// GGUF metadata; llama.cpp's `gemma3` graph is the reference).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlamaVariant {
+    /// Token embeddings multiplied by √hidden_size.
+    pub scale_embeddings: bool,
+    /// RMSNorm over each head's queries and keys before RoPE.
+    pub qk_norm: bool,
+    /// RMSNorm on the attention output and on the FFN output before each residual add.
+    pub post_norms: bool,
+    /// Gated FFN with the tanh GELU instead of SiLU (GeGLU).
+    pub gelu_tanh_ffn: bool,
+    /// Sliding-window attention on local layers: a query sees this many positions (itself
+    /// included).
+    pub sliding_window: Option<usize>,
+    /// With a window, every `n`-th layer (n-1, 2n-1, ...) is global and the others local; 0 makes
+    /// every layer local.
+    pub sliding_window_pattern: usize,
+    /// RoPE base of local layers (global layers use `rope_theta`).
+    pub rope_theta_local: Option<f32>,
+    /// Queries multiplied by this instead of 1/√head_dim.
+    pub query_scale: Option<f32>,
+    /// Logits squashed as `c·tanh(logits / c)`.
+    pub final_logit_softcap: Option<f32>,
 }
 
 impl LlamaConfig {
+    /// Whether layer `i` attends through the sliding window.
+    pub fn is_local_layer(&self, i: usize) -> bool {
+        let n = self.variant.sliding_window_pattern;
+        self.variant.sliding_window.is_some() && (n == 0 || i % n < n - 1)
+    }
+
     /// Checks the relations a forward pass relies on.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -65,6 +100,24 @@ impl LlamaConfig {
                 "rope_theta must be positive, found {}",
                 self.rope_theta
             ));
+        }
+        if self.variant.sliding_window == Some(0) {
+            return Err("sliding_window must be positive, found 0".into());
+        }
+        if let Some(t) = self.variant.rope_theta_local
+            && !(t > 0.0 && t.is_finite())
+        {
+            return Err(format!("local rope_theta must be positive, found {t}"));
+        }
+        for (k, v) in [
+            ("query_scale", self.variant.query_scale),
+            ("final_logit_softcap", self.variant.final_logit_softcap),
+        ] {
+            if let Some(x) = v
+                && !(x > 0.0 && x.is_finite())
+            {
+                return Err(format!("{k} must be positive, found {x}"));
+            }
         }
         if self.max_position_embeddings > 1 << 22 {
             return Err(format!(

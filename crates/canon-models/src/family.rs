@@ -84,6 +84,7 @@ impl LlamaTrainConfig {
             rope_layout: RopeLayout::Interleaved,
             max_position_embeddings: self.max_seq_len,
             tie_word_embeddings: self.tie_embeddings,
+            variant: Default::default(),
         }
     }
 

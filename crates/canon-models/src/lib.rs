@@ -28,7 +28,7 @@ use candle_core::Tensor;
 use canon_nn::KvCache;
 
 pub use bert::Bert;
-pub use config::{BertConfig, LlamaConfig};
+pub use config::{BertConfig, LlamaConfig, LlamaVariant};
 pub use family::{ModelConfig, TrainOutput, TrainableLm};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::Llama;
@@ -90,6 +90,16 @@ impl Cache {
             layers: vec![KvCache::new(); n_layers],
         }
     }
+    /// A cache whose layers store keys and values as f16 (half the memory of `new`).
+    pub fn new_f16(n_layers: usize) -> Self {
+        Self {
+            layers: vec![KvCache::new_f16(); n_layers],
+        }
+    }
+    /// Bytes held by the key/value buffers of every layer.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(KvCache::bytes).sum()
+    }
     /// Number of positions already processed.
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, KvCache::len)
@@ -134,6 +144,16 @@ pub trait CausalLm: Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Longest sequence (prompt + generated) the model accepts.
     fn max_seq_len(&self) -> usize;
+    /// Makes `new_cache` store keys and values as f16 (`true`) or f32. Models without the option
+    /// refuse `true`.
+    fn set_kv_f16(&mut self, on: bool) -> Result<()> {
+        if on {
+            return Err(ModelError::Input(
+                "this model has no f16 KV cache option (LLaMA-family models have)".into(),
+            ));
+        }
+        Ok(())
+    }
     /// The adaptable linear layers by their HF module names (`model.layers.0.self_attn.q_proj`),
     /// for LoRA adapters (paper 13). Models without named layers return none.
     fn linear_names(&self) -> Vec<String> {

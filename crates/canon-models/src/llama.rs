@@ -7,6 +7,11 @@
 //! separate one, as SmolLM2). Configured from GGUF metadata, an HF config.json, or a training config
 //! (`configs/llama.toml`, trained from scratch through the same code).
 //!
+//! Gemma 3 runs through the same code, its differences being configuration (`LlamaVariant`):
+//! embeddings × √d, RMSNorm on each head's queries and keys, RMSNorm on the attention and FFN
+//! outputs before their residual adds, a GELU-tanh gated FFN, a sliding window and a smaller RoPE
+//! base on local layers, an optional query scale and final logit soft-capping.
+//!
 //! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
 
 use candle_core::{D, Tensor};
@@ -24,6 +29,11 @@ struct Block {
     o: Linear,
     ffn_norm: RmsNorm,
     ffn: SwiGlu,
+    /// Gemma: per-head query/key norms and the post-attention / post-FFN norms.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    attn_post_norm: Option<RmsNorm>,
+    ffn_post_norm: Option<RmsNorm>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +45,10 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    /// RoPE of local (sliding-window) layers when their base differs.
+    rope_local: Option<Rope>,
+    /// `new_cache` stores keys and values as f16.
+    kv_f16: bool,
 }
 
 impl Llama {
@@ -54,6 +68,14 @@ impl Llama {
         let norm = |name: String| -> Result<RmsNorm> {
             Ok(RmsNorm::new(src.tensor(&name, &[d])?, c.rms_norm_eps))
         };
+        let v = &c.variant;
+        let opt_norm = |on: bool, name: String, n: usize| -> Result<Option<RmsNorm>> {
+            Ok(if on {
+                Some(RmsNorm::new(src.tensor(&name, &[n])?, c.rms_norm_eps))
+            } else {
+                None
+            })
+        };
         let embed_w = src.weight("model.embed_tokens.weight", &[c.vocab_size, d], mode)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -70,6 +92,14 @@ impl Llama {
                     up: lin(format!("{p}.mlp.up_proj.weight"), c.intermediate_size, d)?,
                     down: lin(format!("{p}.mlp.down_proj.weight"), d, c.intermediate_size)?,
                 },
+                q_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.q_norm.weight"), hd)?,
+                k_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.k_norm.weight"), hd)?,
+                attn_post_norm: opt_norm(
+                    v.post_norms,
+                    format!("{p}.self_attn.post_norm.weight"),
+                    d,
+                )?,
+                ffn_post_norm: opt_norm(v.post_norms, format!("{p}.mlp.post_norm.weight"), d)?,
             });
         }
         let lm_head = if !c.tie_word_embeddings && src.has("lm_head.weight") {
@@ -84,18 +114,117 @@ impl Llama {
             c.rope_layout,
             &candle_core::Device::Cpu,
         )?;
+        let rope_local = match v.rope_theta_local {
+            Some(theta) if v.sliding_window.is_some() && theta != c.rope_theta => Some(Rope::new(
+                hd,
+                c.max_position_embeddings,
+                theta,
+                c.rope_layout,
+                &candle_core::Device::Cpu,
+            )?),
+            _ => None,
+        };
         Ok(Self {
             embed: embed_w,
             blocks,
             norm: norm("model.norm.weight".into())?,
             lm_head,
             rope,
+            rope_local,
+            kv_f16: false,
             config,
+        })
+    }
+
+    /// The RoPE tables of layer `l`.
+    fn rope_of(&self, l: usize) -> &Rope {
+        match &self.rope_local {
+            Some(r) if self.config.is_local_layer(l) => r,
+            _ => &self.rope,
+        }
+    }
+
+    /// The attention mask of layer `l` for queries starting at position `offset`.
+    fn mask_of(&self, l: usize, offset: usize, t: usize) -> AttnMask<'static> {
+        match self.config.variant.sliding_window {
+            // A window longer than the sequence masks nothing more than causality.
+            Some(window) if self.config.is_local_layer(l) && offset + t > window => {
+                AttnMask::SlidingCausal { offset, window }
+            }
+            _ => AttnMask::Causal { offset },
+        }
+    }
+
+    /// Per-head norm, RoPE and query scale on `[b, heads, t, hd]` queries and keys.
+    fn prepare_qk(
+        &self,
+        blk: &Block,
+        l: usize,
+        q: &Tensor,
+        k: &Tensor,
+        offset: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (q, k) = match (&blk.q_norm, &blk.k_norm) {
+            (Some(qn), Some(kn)) => (qn.forward(q)?, kn.forward(k)?),
+            _ => (q.clone(), k.clone()),
+        };
+        let rope = self.rope_of(l);
+        let mut q = rope.apply(&q.contiguous()?, offset)?;
+        let k = rope.apply(&k.contiguous()?, offset)?;
+        if let Some(s) = self.config.variant.query_scale {
+            // attention() scales by 1/√hd; this makes the product scale by `s`.
+            q = (q * (f64::from(s) * (self.config.head_dim as f64).sqrt()))?;
+        }
+        Ok((q, k))
+    }
+
+    /// The token embeddings `[n, d]` of `ids` (× √d for Gemma).
+    fn embed_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.embed.rows(ids)?;
+        if self.config.variant.scale_embeddings {
+            Ok((x * (self.config.hidden_size as f64).sqrt())?)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Attention output added to the residual `x` (post-norm first for Gemma), then the FFN.
+    fn residual_ffn(&self, blk: &Block, x: &Tensor, attn_out: Tensor) -> Result<Tensor> {
+        let a = match &blk.attn_post_norm {
+            Some(n) => n.forward(&attn_out)?,
+            None => attn_out,
+        };
+        let x = (x + a)?;
+        let h = blk.ffn_norm.forward(&x)?;
+        let f = if self.config.variant.gelu_tanh_ffn {
+            let g = blk.ffn.gate.forward(&h)?.gelu()?;
+            blk.ffn.down.forward(&(g * blk.ffn.up.forward(&h)?)?)?
+        } else {
+            blk.ffn.forward(&h)?
+        };
+        let f = match &blk.ffn_post_norm {
+            Some(n) => n.forward(&f)?,
+            None => f,
+        };
+        Ok((x + f)?)
+    }
+
+    /// Final norm and output projection (soft-capped for models that ask for it).
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.norm.forward(x)?;
+        let y = self
+            .lm_head
+            .forward(&x)?
+            .to_dtype(candle_core::DType::F32)?;
+        Ok(match self.config.variant.final_logit_softcap {
+            Some(c) => ((y / f64::from(c))?.tanh()? * f64::from(c))?,
+            None => y,
         })
     }
 
     fn block_forward(
         &self,
+        l: usize,
         blk: &Block,
         x: &Tensor,
         cache: &mut canon_nn::KvCache,
@@ -121,14 +250,11 @@ impl Llama {
             .forward(&h)?
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
-        let q = self.rope.apply(&q.contiguous()?, offset)?;
-        let k = self.rope.apply(&k.contiguous()?, offset)?;
+        let (q, k) = self.prepare_qk(blk, l, &q, &k, offset)?;
         let (k, v) = cache.append(&k, &v.contiguous()?)?;
-        let a = attention(&q, &k, &v, AttnMask::Causal { offset })?; // [b, nh, t, hd]
+        let a = attention(&q, &k, &v, self.mask_of(l, offset, t))?; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        let x = (x + blk.o.forward(&a)?)?;
-        let f = blk.ffn.forward(&blk.ffn_norm.forward(&x)?)?;
-        Ok((x + f)?)
+        self.residual_ffn(blk, x, blk.o.forward(&a)?)
     }
 }
 
@@ -154,21 +280,16 @@ impl CausalLm for Llama {
         let (b, _) = ids.dims2()?;
         // [b, t] -> [b·t, d] -> [b, t, d]
         let mut x = self
-            .embed
-            .rows(ids)?
+            .embed_rows(ids)?
             .reshape((b, t, self.config.hidden_size))?;
-        for (blk, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = self.block_forward(blk, &x, kv, offset)?;
+        for (l, (blk, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+            x = self.block_forward(l, blk, &x, kv, offset)?;
         }
         let x = match which {
             Positions::All => x,
             Positions::Last => x.narrow(1, t - 1, 1)?,
         };
-        let x = self.norm.forward(&x)?;
-        Ok(self
-            .lm_head
-            .forward(&x)?
-            .to_dtype(candle_core::DType::F32)?)
+        self.logits(&x)
     }
 
     fn forward_batch(&self, ids: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
@@ -219,7 +340,7 @@ impl CausalLm for Llama {
         );
         let ids_t = Tensor::new(all.as_slice(), &candle_core::Device::Cpu)?;
         // [n, d]: every sequence's new rows, stacked; every linear layer multiplies them at once.
-        let mut x = self.embed.rows(&ids_t)?.reshape((n, d))?;
+        let mut x = self.embed_rows(&ids_t)?.reshape((n, d))?;
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(&x)?;
             let q = blk.q.forward(&h)?;
@@ -234,11 +355,11 @@ impl CausalLm for Llama {
                         .transpose(1, 2)?
                         .contiguous()?)
                 };
-                let qi = self.rope.apply(&heads(&q, nh)?, offset)?;
-                let ki = self.rope.apply(&heads(&k, nkv)?, offset)?;
+                let (qi, ki) =
+                    self.prepare_qk(blk, l, &heads(&q, nh)?, &heads(&k, nkv)?, offset)?;
                 let vi = heads(&v, nkv)?;
                 let (ka, va) = cache.layers[l].append(&ki, &vi)?;
-                let a = attention(&qi, &ka, &va, AttnMask::Causal { offset })?;
+                let a = attention(&qi, &ka, &va, self.mask_of(l, offset, t))?;
                 outs.push(a.transpose(1, 2)?.reshape((t, nh * hd))?);
             }
             let a = if outs.len() == 1 {
@@ -246,9 +367,7 @@ impl CausalLm for Llama {
             } else {
                 Tensor::cat(&outs, 0)?
             };
-            let x1 = (&x + blk.o.forward(&a)?)?;
-            let f = blk.ffn.forward(&blk.ffn_norm.forward(&x1)?)?;
-            x = (x1 + f)?;
+            x = self.residual_ffn(blk, &x, blk.o.forward(&a)?)?;
         }
         // Each sequence's last row.
         let last: Vec<u32> = spans
@@ -256,15 +375,20 @@ impl CausalLm for Llama {
             .map(|&(start, t, _)| (start + t - 1) as u32)
             .collect();
         let last = Tensor::new(last.as_slice(), &candle_core::Device::Cpu)?;
-        let x = self.norm.forward(&x.index_select(&last, 0)?)?;
-        Ok(self
-            .lm_head
-            .forward(&x)?
-            .to_dtype(candle_core::DType::F32)?)
+        self.logits(&x.index_select(&last, 0)?)
     }
 
     fn new_cache(&self) -> Cache {
-        Cache::new(self.blocks.len())
+        if self.kv_f16 {
+            Cache::new_f16(self.blocks.len())
+        } else {
+            Cache::new(self.blocks.len())
+        }
+    }
+
+    fn set_kv_f16(&mut self, on: bool) -> Result<()> {
+        self.kv_f16 = on;
+        Ok(())
     }
 
     fn vocab_size(&self) -> usize {
@@ -385,6 +509,7 @@ pub(crate) mod tests {
             rope_layout: RopeLayout::Interleaved,
             max_position_embeddings: 64,
             tie_word_embeddings: true,
+            variant: Default::default(),
         }
     }
 
@@ -437,6 +562,137 @@ pub(crate) mod tests {
         }
         let inc = Tensor::cat(&steps, 1).unwrap();
         assert_close(&inc, &full, Tol::new(1e-5, 1e-4));
+    }
+
+    /// The tiny model with Gemma 3's block: window 3, every 2nd layer global, its own local RoPE.
+    fn tiny_gemma() -> Llama {
+        let mut cfg = tiny_config(1);
+        cfg.num_hidden_layers = 4;
+        cfg.rope_layout = RopeLayout::HalfSplit;
+        cfg.variant = crate::LlamaVariant {
+            scale_embeddings: true,
+            qk_norm: true,
+            post_norms: true,
+            gelu_tanh_ffn: true,
+            sliding_window: Some(3),
+            sliding_window_pattern: 2,
+            rope_theta_local: Some(100.0),
+            query_scale: Some(0.2),
+            final_logit_softcap: Some(5.0),
+        };
+        Llama::load(
+            cfg,
+            &RandomSource(Default::default()),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gemma_variant_decodes_like_its_full_pass_and_batches_like_one_sequence() {
+        let m = tiny_gemma();
+        assert!(m.config.is_local_layer(0) && !m.config.is_local_layer(1));
+        assert!(m.config.is_local_layer(2) && !m.config.is_local_layer(3));
+        let seq = [3u32, 7, 1, 9, 4, 4, 12, 30, 2, 8];
+        let full = m
+            .forward(&ids(&seq), &mut m.new_cache(), Positions::All)
+            .unwrap();
+        // Soft-capped logits stay inside (-5, 5).
+        let max = full
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max < 5.0, "{max}");
+        let mut cache = m.new_cache();
+        let mut steps = vec![
+            m.forward(&ids(&seq[..4]), &mut cache, Positions::All)
+                .unwrap(),
+        ];
+        for &t in &seq[4..] {
+            steps.push(m.forward(&ids(&[t]), &mut cache, Positions::All).unwrap());
+        }
+        let inc = Tensor::cat(&steps, 1).unwrap();
+        assert_close(&inc, &full, Tol::new(1e-5, 1e-4));
+        // Two sequences in one batch step equal each run alone.
+        let (a, b) = (&seq[..6], &seq[2..9]);
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        let both = m.forward_batch(&[a, b], &mut [&mut ca, &mut cb]).unwrap();
+        for (i, s) in [a, b].into_iter().enumerate() {
+            let alone = m
+                .forward(&ids(s), &mut m.new_cache(), Positions::Last)
+                .unwrap();
+            assert_close(
+                &both.narrow(0, i, 1).unwrap(),
+                &alone.squeeze(0).unwrap(),
+                Tol::new(1e-5, 1e-4),
+            );
+        }
+    }
+
+    #[test]
+    fn the_sliding_window_forgets_old_tokens_on_local_layers_only() {
+        // With every layer local and a window of 3, the last position's logits depend only on the
+        // last 3 + (layers - 1)·2 tokens; a change further back leaves them equal.
+        let mut m = tiny_gemma();
+        m.config.variant.sliding_window_pattern = 0;
+        let a = [5u32, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        let mut b = a;
+        b[0] = 40;
+        let la = m
+            .forward(&ids(&a), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let lb = m
+            .forward(&ids(&b), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        assert_close(&la, &lb, Tol::F32);
+        // With global layers the change reaches the end.
+        m.config.variant.sliding_window_pattern = 2;
+        let la = m
+            .forward(&ids(&a), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let lb = m
+            .forward(&ids(&b), &mut m.new_cache(), Positions::Last)
+            .unwrap();
+        let d = (la - lb)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d > 1e-4, "{d}");
+    }
+
+    #[test]
+    fn an_f16_cache_halves_the_memory_and_stays_close_to_f32() {
+        let mut m = tiny_gemma();
+        let seq = [3u32, 7, 1, 9, 4, 4, 12, 30, 2, 8];
+        let run = |m: &Llama| {
+            let mut c = m.new_cache();
+            let mut out = vec![m.forward(&ids(&seq[..5]), &mut c, Positions::All).unwrap()];
+            for &t in &seq[5..] {
+                out.push(m.forward(&ids(&[t]), &mut c, Positions::All).unwrap());
+            }
+            (Tensor::cat(&out, 1).unwrap(), c.bytes())
+        };
+        let (a, bytes32) = run(&m);
+        m.set_kv_f16(true).unwrap();
+        let (b, bytes16) = run(&m);
+        assert_eq!(2 * bytes16, bytes32);
+        let d = (a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // f16 keeps 11 significant bits: differences of the order of 1e-3 of the activations.
+        assert!(d > 0.0 && d < 1e-2, "{d}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use serde_json::Value as Json;
 
 use crate::source::{GgufSource, SafetensorsSource, WeightMode, llama_gguf_name};
 use crate::{
-    Bert, BertConfig, CausalLm, Llama, LlamaConfig, ModelError, Pooling, Result, SentenceEmbedder,
+    Bert, BertConfig, CausalLm, Llama, LlamaConfig, LlamaVariant, ModelError, Pooling, Result,
+    SentenceEmbedder,
 };
 
 /// What `--model` named.
@@ -182,7 +183,7 @@ fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>> {
 
 /// LLaMA-family hyper-parameters from GGUF metadata (`{arch}.*` keys).
 pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
-    const SUPPORTED: &[&str] = &["llama", "mistral"];
+    const SUPPORTED: &[&str] = &["llama", "mistral", "gemma3"];
     let arch = f
         .get("general.architecture")
         .and_then(Value::as_str)
@@ -233,12 +234,67 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
         head_dim,
         rms_norm_eps: meta_f64(f, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
         rope_theta: meta_f64(f, &k("rope.freq_base"))?.unwrap_or(10000.0) as f32,
-        rope_layout: RopeLayout::Interleaved,
+        // llama.cpp's converter permutes LLaMA's Q/K rows for its interleaved RoPE; Gemma's are
+        // stored as trained and rotated in halves (NeoX).
+        rope_layout: if arch == "gemma3" {
+            RopeLayout::HalfSplit
+        } else {
+            RopeLayout::Interleaved
+        },
         max_position_embeddings: meta_u64(f, &k("context_length"))? as usize,
         tie_word_embeddings: f.tensor_info("output.weight").is_none(),
+        variant: if arch == "gemma3" {
+            gemma3_variant(f, &k)?
+        } else {
+            Default::default()
+        },
     };
     cfg.validate().map_err(|m| meta_err(f, m))?;
     Ok(cfg)
+}
+
+/// Gemma 3's block, as llama.cpp's `gemma3` graph runs it: embeddings × √d, q/k RMS norms, post-norms
+/// around attention and FFN, GELU-tanh gating, a sliding window (`attention.sliding_window`) on
+/// all layers but every `attention.sliding_window_pattern`-th (default 6), local RoPE base
+/// `rope.freq_base_swa` (default 10 000), queries scaled by 1/√key_length (the 62-layer 27B model:
+/// 1/√(d / heads)), optional final logit soft-capping. The converter already folded Gemma's
+/// `(1 + w)` RMSNorm weights into the stored `w`, so the norms are plain RMSNorms here.
+fn gemma3_variant(f: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<LlamaVariant> {
+    let window = meta_u64_opt(f, &k("attention.sliding_window")).filter(|&w| w > 0);
+    let pattern = match f.get(&k("attention.sliding_window_pattern")) {
+        None => 6,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            meta_err(
+                f,
+                format!(
+                    "'{}' should be a layer period (integer), found {}; per-layer lists are not supported",
+                    k("attention.sliding_window_pattern"),
+                    v.type_name()
+                ),
+            )
+        })? as usize,
+    };
+    let layers = meta_u64(f, &k("block_count"))?;
+    let query_scale = if layers == 62 {
+        let d = meta_u64(f, &k("embedding_length"))? as f64;
+        let h = meta_u64(f, &k("attention.head_count"))?.max(1) as f64;
+        Some((1.0 / (d / h).sqrt()) as f32)
+    } else {
+        None
+    };
+    Ok(LlamaVariant {
+        scale_embeddings: true,
+        qk_norm: true,
+        post_norms: true,
+        gelu_tanh_ffn: true,
+        sliding_window: window.map(|w| w as usize),
+        sliding_window_pattern: pattern,
+        rope_theta_local: Some(meta_f64(f, &k("rope.freq_base_swa"))?.unwrap_or(10000.0) as f32),
+        query_scale,
+        final_logit_softcap: meta_f64(f, &k("final_logit_softcapping"))?
+            .filter(|&c| c > 0.0)
+            .map(|c| c as f32),
+    })
 }
 
 /// The `tokenizer.ggml.*` metadata as plain data.
@@ -266,6 +322,16 @@ pub fn gguf_vocab(f: &GgufFile) -> Result<GgufVocab> {
         tokens: strings(f, "tokenizer.ggml.tokens")?,
         token_types,
         merges: strings(f, "tokenizer.ggml.merges")?,
+        scores: match f.get("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_f64().map(|x| x as f32).unwrap_or(f32::NAN))
+                .collect(),
+            _ => Vec::new(),
+        },
+        add_space_prefix: f
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool),
         bos_id: id("tokenizer.ggml.bos_token_id"),
         eos_id: id("tokenizer.ggml.eos_token_id"),
         eot_id: id("tokenizer.ggml.eot_token_id"),
@@ -447,6 +513,7 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         rope_layout: RopeLayout::HalfSplit,
         max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
         tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+        variant: Default::default(),
     };
     let mut tokenizer = hf_tokenizer(dir)?;
     tokenizer.use_post_processor = true;

@@ -84,6 +84,11 @@ pub fn llama_gguf_name(hf: &str) -> String {
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
             "mlp.down_proj.weight" => "ffn_down.weight",
+            // Gemma 3 (Canon's names for the extra norms)
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
+            "self_attn.post_norm.weight" => "post_attention_norm.weight",
+            "mlp.post_norm.weight" => "post_ffw_norm.weight",
             other => other,
         };
         return format!("blk.{layer}.{g}");

@@ -16,6 +16,9 @@ pub enum AttnMask<'a> {
     /// Query `i` sits at absolute position `offset + i` and sees keys `0 ..= offset + i`
     /// (decoders; `offset` is the number of cached positions).
     Causal { offset: usize },
+    /// Causal within a window (sliding-window attention, Gemma's local layers as llama.cpp masks
+    /// them): query `i` at position `p = offset + i` sees keys `p + 1 - window ..= p`.
+    SlidingCausal { offset: usize, window: usize },
     /// `[b, tk]` with 1 for real tokens and 0 for padding (encoders over padded batches).
     Padding(&'a Tensor),
 }
@@ -38,6 +41,29 @@ pub fn causal_mask(tq: usize, tk: usize, offset: usize, device: &Device) -> crat
         .flat_map(|i| {
             (0..tk).map(move |j| {
                 if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(v, (tq, tk), device)
+}
+
+/// The additive mask of `AttnMask::SlidingCausal`: 0 where a query sees a key, −∞ elsewhere.
+pub fn sliding_causal_mask(
+    tq: usize,
+    tk: usize,
+    offset: usize,
+    window: usize,
+    device: &Device,
+) -> crate::Result<Tensor> {
+    let v: Vec<f32> = (0..tq)
+        .flat_map(|i| {
+            let p = offset + i;
+            (0..tk).map(move |j| {
+                if j <= p && p - j < window {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -88,6 +114,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
                 let m = causal_mask(tq, tk, offset, q.device())?.to_dtype(scores.dtype())?;
                 scores = scores.broadcast_add(&m)?;
             }
+        }
+        AttnMask::SlidingCausal { offset, window } => {
+            let m = sliding_causal_mask(tq, tk, offset, window, q.device())?
+                .to_dtype(scores.dtype())?;
+            scores = scores.broadcast_add(&m)?;
         }
         AttnMask::Padding(keep) => {
             // [b, tk] of 1/0 -> additive [b, 1, 1, tk] of 0/−∞ (a large negative keeps the
@@ -245,9 +276,10 @@ fn attention_direct(
     mask: AttnMask<'_>,
     scale: f32,
 ) -> crate::Result<Option<Tensor>> {
-    let offset = match mask {
-        AttnMask::None => None,
-        AttnMask::Causal { offset } => Some(offset),
+    let (offset, window) = match mask {
+        AttnMask::None => (None, None),
+        AttnMask::Causal { offset } => (Some(offset), None),
+        AttnMask::SlidingCausal { offset, window } => (Some(offset), Some(window)),
         AttnMask::Padding(_) => return Ok(None),
     };
     let (b, h, tq, d) = q.dims4()?;
@@ -264,10 +296,13 @@ fn attention_direct(
             let kh = hi / g;
             for i in 0..tq {
                 // Keys 0 ..= offset + i for a causal query, all keys otherwise.
-                let n = offset.map_or(tk, |o| (o + i + 1).min(tk));
+                let end = offset.map_or(tk, |o| (o + i + 1).min(tk));
+                // A sliding window also drops the keys before `end - window`.
+                let lo = window.map_or(0, |w| end.saturating_sub(w));
+                let n = end - lo;
                 let qr = qv.row(bi, hi, i, d);
-                let keys = |j: usize| kv.row(bi, kh, j, d);
-                let vals = |j: usize| vv.row(bi, kh, j, d);
+                let keys = |j: usize| kv.row(bi, kh, lo + j, d);
+                let vals = |j: usize| vv.row(bi, kh, lo + j, d);
                 let o = &mut out[((bi * h + hi) * tq + i) * d..][..d];
                 one_query(qr, &keys, &vals, n, scale, &mut p[..n], o);
             }
@@ -291,7 +326,8 @@ fn attention_gemm(
     let offset = match mask {
         AttnMask::None => None,
         AttnMask::Causal { offset } => Some(offset),
-        AttnMask::Padding(_) => return Ok(None),
+        // Windowed prompts (longer than the window) take the masked matmul path.
+        AttnMask::Padding(_) | AttnMask::SlidingCausal { .. } => return Ok(None),
     };
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
@@ -466,6 +502,40 @@ mod tests {
             let qv = candle_core::Var::from_tensor(&q).unwrap();
             let general = attention(qv.as_tensor(), &k, &v, mask).unwrap();
             assert_close(&direct, &general.detach(), Tol::F32);
+        }
+    }
+
+    #[test]
+    fn a_sliding_window_sees_only_the_last_keys() {
+        let buf = randn(&[1, 4, 9, 8], 11);
+        let (k, v) = (
+            buf.narrow(1, 0, 2).unwrap(),
+            buf.narrow(1, 2, 2).unwrap().contiguous().unwrap(),
+        );
+        let q = randn(&[1, 4, 9, 8], 12);
+        let window = 3;
+        // Query 7 (offset 0) sees keys 5, 6, 7: the same as plain attention over those keys.
+        let want = attention(
+            &q.narrow(2, 7, 1).unwrap(),
+            &k.narrow(2, 5, 3).unwrap(),
+            &v.narrow(2, 5, 3).unwrap(),
+            AttnMask::None,
+        )
+        .unwrap();
+        let all = attention(&q, &k, &v, AttnMask::SlidingCausal { offset: 0, window }).unwrap();
+        assert_close(&all.narrow(2, 7, 1).unwrap(), &want, Tol::F32);
+        // Decoding (direct loops), the masked matmul path and the composed path agree.
+        for (tq, offset) in [(1usize, 8usize), (2, 7), (9, 0), (5, 4)] {
+            let qi = q.narrow(2, 9 - tq, tq).unwrap();
+            let mask = AttnMask::SlidingCausal { offset, window };
+            let direct = attention(&qi, &k, &v, mask).unwrap();
+            let qv = candle_core::Var::from_tensor(&qi).unwrap();
+            let general = attention(qv.as_tensor(), &k, &v, mask).unwrap();
+            assert_close(&direct, &general.detach(), Tol::F32);
+            // A window as long as the context is plain causal attention.
+            let wide = AttnMask::SlidingCausal { offset, window: 9 };
+            let causal = attention(&qi, &k, &v, AttnMask::Causal { offset }).unwrap();
+            assert_close(&attention(&qi, &k, &v, wide).unwrap(), &causal, Tol::F32);
         }
     }
 

@@ -16,6 +16,9 @@ pub struct KvCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
     len: usize,
+    /// Store keys and values as f16 (llama.cpp's default cache type): half the memory; `append`
+    /// and `view` hand them back in the dtype of the keys given (f32 for the attention loops).
+    f16: bool,
 }
 
 /// Positions allocated on first use.
@@ -24,6 +27,28 @@ const FIRST_CAPACITY: usize = 64;
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache that stores keys and values as f16.
+    pub fn new_f16() -> Self {
+        Self {
+            f16: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether keys and values are stored as f16.
+    pub fn is_f16(&self) -> bool {
+        self.f16
+    }
+
+    /// Bytes held by the key and value buffers (their whole capacity).
+    pub fn bytes(&self) -> usize {
+        [&self.k, &self.v]
+            .iter()
+            .filter_map(|t| t.as_ref())
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
     }
 
     /// Number of cached positions.
@@ -73,6 +98,15 @@ impl KvCache {
             self.len = need;
             return Ok((kc, vc));
         }
+        let out_dtype = k.dtype();
+        let (k, v) = if self.f16 {
+            (
+                &k.to_dtype(candle_core::DType::F16)?,
+                &v.to_dtype(candle_core::DType::F16)?,
+            )
+        } else {
+            (k, v)
+        };
         if need > self.capacity() {
             let cap = need.max(2 * self.capacity()).max(FIRST_CAPACITY);
             let grow = |old: &Option<Tensor>| -> crate::Result<Tensor> {
@@ -94,7 +128,11 @@ impl KvCache {
         kb.slice_set(&k.contiguous()?, 2, self.len)?;
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;
-        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+        let (ko, vo) = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
+        if self.f16 {
+            return Ok((ko.to_dtype(out_dtype)?, vo.to_dtype(out_dtype)?));
+        }
+        Ok((ko, vo))
     }
 
     /// The cached keys and values `[b, h_kv, len, d]` (views of the buffers), or `None` when
@@ -102,7 +140,12 @@ impl KvCache {
     pub fn view(&self) -> crate::Result<Option<(Tensor, Tensor)>> {
         match (&self.k, &self.v) {
             (Some(k), Some(v)) if self.len > 0 => {
-                Ok(Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?)))
+                let (k, v) = (k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?);
+                if self.f16 {
+                    let f = candle_core::DType::F32;
+                    return Ok(Some((k.to_dtype(f)?, v.to_dtype(f)?)));
+                }
+                Ok(Some((k, v)))
             }
             _ => Ok(None),
         }
@@ -173,6 +216,36 @@ mod tests {
             assert_close(&ka, &k.narrow(2, 0, at).unwrap(), Tol::EXACT);
             assert_close(&va, &v.narrow(2, 0, at).unwrap(), Tol::EXACT);
         }
+    }
+
+    #[test]
+    fn an_f16_cache_holds_half_the_bytes_and_rounds_to_f16() {
+        let k = randn(&[1, 2, 70, 8], 11);
+        let v = randn(&[1, 2, 70, 8], 12);
+        let (mut a, mut b) = (KvCache::new(), KvCache::new_f16());
+        let mut at = 0;
+        for step in [30, 1, 39] {
+            let (kn, vn) = (
+                k.narrow(2, at, step).unwrap(),
+                v.narrow(2, at, step).unwrap(),
+            );
+            a.append(&kn, &vn).unwrap();
+            let (kb, vb) = b.append(&kn, &vn).unwrap();
+            at += step;
+            assert_eq!(kb.dtype(), candle_core::DType::F32);
+            let round = |t: &Tensor| {
+                t.to_dtype(candle_core::DType::F16)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+            };
+            assert_close(&kb, &round(&k.narrow(2, 0, at).unwrap()), Tol::EXACT);
+            assert_close(&vb, &round(&v.narrow(2, 0, at).unwrap()), Tol::EXACT);
+        }
+        assert!(b.is_f16() && !a.is_f16());
+        assert_eq!(2 * b.bytes(), a.bytes());
+        let (kv, _) = b.view().unwrap().unwrap();
+        assert_eq!(kv.dims(), &[1, 2, 70, 8]);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use crate::{GgufVocab, Result, TextError};
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// Plain-text twin of `inner` that never matches special tokens in the input.
-    literal: tokenizers::Tokenizer,
+    /// Plain-text twin of `inner` that never matches special tokens in the input, built on first
+    /// use (a copy of the vocabulary tables: ~140 MB for a 262k-token vocabulary).
+    literal: std::sync::OnceLock<tokenizers::Tokenizer>,
     pub add_bos: bool,
     /// Let the tokenizer's own post-processor add special tokens (HF folders); GGUF tokenizers
     /// prepend BOS themselves according to `add_bos`.
@@ -38,8 +39,6 @@ fn tok_err(e: impl std::fmt::Display) -> TextError {
 
 impl Tokenizer {
     fn from_inner(inner: tokenizers::Tokenizer) -> Self {
-        let mut literal = inner.clone();
-        literal.set_encode_special_tokens(true);
         let special_ids = inner
             .get_added_tokens_decoder()
             .iter()
@@ -49,7 +48,7 @@ impl Tokenizer {
         Self {
             special_ids,
             inner,
-            literal,
+            literal: std::sync::OnceLock::new(),
             add_bos: false,
             use_post_processor: false,
             bos_id: None,
@@ -87,6 +86,17 @@ impl Tokenizer {
         let text = std::str::from_utf8(bytes).map_err(|e| load(format!("not UTF-8 text: {e}")))?;
         serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| load(format!("not valid JSON: {e}")))?;
+        Self::parse_checked(text, label)
+    }
+
+    /// `parse_json` after the syntax check (documents Canon writes itself skip it: they are
+    /// well-formed by construction, and the check's value tree costs ~100 MB on a 262k-token
+    /// vocabulary).
+    fn parse_checked(text: &str, label: &str) -> Result<Self> {
+        let load = |message: String| TextError::Load {
+            path: label.to_string(),
+            message,
+        };
         let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
             .map_err(|_| load("the tokenizer library rejected this file".into()))?;
         let mut inner = parsed.map_err(|e| load(e.to_string()))?;
@@ -100,7 +110,8 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
         let json = vocab.to_tokenizer_json()?;
-        let mut t = Self::parse_json(json.as_bytes(), "GGUF metadata")?;
+        let mut t = Self::parse_checked(&json, "GGUF metadata")?;
+        drop(json);
         t.add_bos = vocab.add_bos;
         t.bos_id = vocab.bos_id;
         t.eos_id = vocab.eos_id;
@@ -113,13 +124,22 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The plain-text twin, built from `inner` on first use.
+    fn literal_tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.literal.get_or_init(|| {
+            let mut l = self.inner.clone();
+            l.set_encode_special_tokens(true);
+            l
+        })
+    }
+
     /// Tokenizes `text` for a causal LM: BOS first when the model asks for it; special-token texts
     /// (`<|im_start|>`) become their ids when `parse_special`, else they are tokenized as plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
         let t = if parse_special {
             &self.inner
         } else {
-            &self.literal
+            self.literal_tokenizer()
         };
         let enc = t
             .encode_fast(text, self.use_post_processor)
@@ -166,6 +186,8 @@ impl Tokenizer {
     /// A copy that truncates `encode_with_special` output to `max_len` tokens, special tokens
     /// included (the right end is cut, the closing special token kept).
     pub fn with_truncation(&self, max_len: usize) -> Result<Self> {
+        // The plain-text twin stays untruncated, as it was before the twin became lazy.
+        self.literal_tokenizer();
         let mut t = self.clone();
         t.inner
             .with_truncation(Some(tokenizers::TruncationParams {

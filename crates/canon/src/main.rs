@@ -38,6 +38,10 @@ struct Cli {
     /// float32 reference arithmetic (what transformers computes), about 4× the memory and slower.
     #[arg(long = "f32", global = true)]
     f32_weights: bool,
+    /// Element type of the language model's KV cache: f32 (default) or f16 (llama.cpp's default
+    /// `--cache-type-k f16`): half the cache memory, logits within a few hundredths.
+    #[arg(long = "cache-type", global = true, value_name = "TYPE", value_parser = ["f32", "f16"])]
+    cache_type: Option<String>,
     /// Run the model with a LoRA adapter in PEFT's layout (a folder with adapter_config.json and
     /// adapter_model.safetensors) on top of its linear layers.
     #[arg(long, global = true, value_name = "DIR")]
@@ -127,6 +131,8 @@ pub struct Ctx {
     pub f32_weights: bool,
     /// `--lora DIR`: an adapter to attach to the loaded language model.
     pub lora: Option<std::path::PathBuf>,
+    /// `--cache-type f16`: the language model's KV cache stores f16.
+    pub kv_f16: bool,
 }
 
 impl Ctx {
@@ -226,6 +232,11 @@ fn check_global_flags(cli: &Cli) -> Result<(), String> {
             "--lora has no effect on `canon {name}` (it applies to generate, chat, eval and serve); remove it"
         ));
     }
+    if cli.cache_type.is_some() && !(lora_ok && f32_ok) {
+        return Err(format!(
+            "--cache-type has no effect on `canon {name}` (it applies to generate, chat, eval and serve); remove it"
+        ));
+    }
     if cli.f32_weights && !f32_ok {
         return Err(format!(
             "--f32 has no effect on `canon {name}` (it applies to generate, chat, eval, serve and finetune); remove it"
@@ -315,6 +326,7 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         f32_weights: cli.f32_weights,
         lora: cli.lora,
+        kv_f16: cli.cache_type.as_deref() == Some("f16"),
     };
     let result = match cli.command {
         Command::Generate(a) => cmd::generate::run(a, &ctx),

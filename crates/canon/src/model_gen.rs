@@ -15,6 +15,11 @@ pub fn load_lm(model: &str, ctx: &Ctx) -> anyhow::Result<LoadedLm> {
     };
     let mut lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
         .with_context(|| format!("cannot load model '{model}'"))?;
+    if ctx.kv_f16 {
+        lm.model
+            .set_kv_f16(true)
+            .with_context(|| format!("--cache-type f16 with model '{model}'"))?;
+    }
     if let Some(dir) = &ctx.lora {
         let adapter = canon_models::peft::read_adapter(dir)?;
         let n = canon_models::peft::apply_adapter(lm.model.as_mut(), &adapter)

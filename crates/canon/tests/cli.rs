@@ -324,6 +324,34 @@ fn global_flags_a_command_cannot_honour_are_errors() {
     );
     let o = canon(&["--f32", "train", "--config", "c.toml", "--out", "o"], h);
     assert_clean_error(&o, &["--f32", "canon train"]);
+    let o = canon(&["--cache-type", "f16", "info", "--model", "x.gguf"], h);
+    assert_clean_error(&o, &["--cache-type", "canon info"]);
+}
+
+#[test]
+fn an_f16_kv_cache_generates() {
+    let d = tempfile::tempdir().unwrap();
+    let m = tiny(d.path(), "m.gguf", &TinyLlama::default());
+    let m = m.to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi there",
+        "--json",
+        "--max-tokens",
+        "6",
+        "--ignore-eos",
+        "--temperature",
+        "0",
+    ];
+    let f32 = json_out(&canon(&args, d.path()));
+    let mut a = vec!["--cache-type", "f16"];
+    a.extend_from_slice(&args);
+    let f16 = json_out(&canon(&a, d.path()));
+    assert_eq!(f16["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(f32["prompt_tokens"], f16["prompt_tokens"]);
 }
 
 #[test]

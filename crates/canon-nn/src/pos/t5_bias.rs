@@ -162,6 +162,13 @@ pub fn biased_attention(
                 D::Minus1,
             )?
         }
+        AttnMask::SlidingCausal { offset, window } => {
+            let m = crate::attention::sliding_causal_mask(tq, tk, offset, window, q.device())?;
+            candle_nn::ops::softmax(
+                &scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+                D::Minus1,
+            )?
+        }
         AttnMask::Padding(keep) => {
             // [b, tk] of 1/0 -> additive [b, 1, 1, tk] of 0/−1e30 (finite: an all-padding row stays
             // a uniform distribution instead of NaN).

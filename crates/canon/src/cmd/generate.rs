@@ -16,9 +16,10 @@ use crate::{Ctx, model_gen};
   canon generate --model smollm2 --prompt \"The capital of France is\" --max-tokens 48 --temperature 0
   canon generate --model smollm2 --chat --prompt \"Write a haiku about Rust.\"
   canon generate --model ./my-model.gguf --prompt \"Once upon a time\" --seed 7 --json --logprobs 3
-  canon generate --model smollm2 --prompt \"A story:\" --n 8 --temperature 0.8 --seed 1   # 8 samples, batched")]
+  canon generate --model smollm2 --prompt \"A story:\" --n 8 --temperature 0.8 --seed 1   # 8 samples, batched
+  canon generate --model gemma3 --prompt \"The capital of France is\" --temperature 0 --cache-type f16")]
 pub struct GenerateArgs {
-    /// Model: an alias (smollm2), a .gguf file, or an HF-style folder.
+    /// Model: an alias (smollm2, gemma3), a .gguf file, or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
     /// The prompt (read from standard input when omitted).

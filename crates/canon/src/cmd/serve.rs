@@ -118,6 +118,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         quiet: ctx.quiet,
         f32_weights: ctx.f32_weights,
         lora: ctx.lora.clone(),
+        kv_f16: ctx.kv_f16,
     };
     let quiet = ctx.quiet;
     rt.block_on(async move {
