@@ -592,29 +592,6 @@ pub fn precision_at_1(
     })
 }
 
-/// Encodes facts whose object is one token (`encode_label`); returns them and the number dropped.
-pub fn encode_facts(
-    facts: &[Fact],
-    encode_subject: &dyn Fn(&str) -> Result<Vec<u32>>,
-    encode_label: &dyn Fn(&str) -> Result<Vec<u32>>,
-) -> Result<(Vec<EncodedFact>, usize)> {
-    let mut out = Vec::new();
-    let mut dropped = 0;
-    for f in facts {
-        let l = encode_label(&f.object)?;
-        let s = encode_subject(&f.subject)?;
-        if l.len() != 1 || s.is_empty() {
-            dropped += 1;
-            continue;
-        }
-        out.push(EncodedFact {
-            subject: s,
-            label: l[0],
-        });
-    }
-    Ok((out, dropped))
-}
-
 /// Which standard-library module defines each public top-level function: `(function, module)`
 /// for every `def name(` at the start of a line of a top-level `*.py` module of `dir` (modules and
 /// names starting with `_` skipped; a name defined by several modules is dropped as ambiguous).
@@ -704,20 +681,21 @@ pub fn man_section_facts(root: &Path) -> Result<Vec<Fact>> {
         .collect())
 }
 
-/// At most `per_object` facts of each object (seeded choice), then a split by fact: the first
+/// At most `per_object` items of each label (seeded choice), then a split by item: the first
 /// `1 − test_fraction` to train, the rest to test, shuffled by `seed`.
-pub fn balance_and_split(
-    facts: &[EncodedFact],
+pub fn balance_and_split<T: Clone>(
+    items: &[T],
+    label: impl Fn(&T) -> u32,
     per_object: usize,
     test_fraction: f64,
     seed: u64,
-) -> (Vec<EncodedFact>, Vec<EncodedFact>) {
+) -> (Vec<T>, Vec<T>) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut by_label: BTreeMap<u32, Vec<&EncodedFact>> = BTreeMap::new();
-    for f in facts {
-        by_label.entry(f.label).or_default().push(f);
+    let mut by_label: BTreeMap<u32, Vec<&T>> = BTreeMap::new();
+    for f in items {
+        by_label.entry(label(f)).or_default().push(f);
     }
-    let mut kept: Vec<EncodedFact> = Vec::new();
+    let mut kept: Vec<T> = Vec::new();
     for (_, mut v) in by_label {
         v.shuffle(&mut rng);
         kept.extend(v.into_iter().take(per_object).cloned());
@@ -981,11 +959,11 @@ mod tests {
                 label: if i < 40 { 1 } else { 2 },
             })
             .collect();
-        let (tr, te) = balance_and_split(&facts, 10, 0.25, 7);
+        let (tr, te) = balance_and_split(&facts, |f| f.label, 10, 0.25, 7);
         assert_eq!(tr.len() + te.len(), 20);
         assert_eq!(te.len(), 5);
         assert!(tr.iter().all(|f| !te.contains(f)));
-        assert_eq!(balance_and_split(&facts, 10, 0.25, 7).1, te);
+        assert_eq!(balance_and_split(&facts, |f| f.label, 10, 0.25, 7).1, te);
     }
 
     #[test]

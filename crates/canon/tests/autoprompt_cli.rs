@@ -1,0 +1,71 @@
+//! `canon autoprompt` (paper 11) without downloads: its help, and one clear error line for each
+//! kind of bad input, on a tiny random GGUF model and a small folder of Python modules.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use canon_testkit::tiny_gguf::{TinyLlama, write_tiny_llama};
+
+fn canon(args: &[&str], home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(args)
+        .env("CANON_HOME", home)
+        .env("CANON_PYTHON", "/nonexistent/python-for-tests")
+        .output()
+        .expect("run canon")
+}
+
+fn one_error(o: &Output, needle: &str) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !e.contains("panicked"), "{e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    assert!(lines[0].contains(needle), "{}", lines[0]);
+}
+
+#[test]
+fn autoprompt_has_help_and_rejects_bad_input_with_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let o = canon(&["autoprompt", "--help"], d.path());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && help.contains("canon autoprompt --model smollm2"));
+
+    let model = d.path().join("tiny.gguf");
+    write_tiny_llama(&model, &TinyLlama::default()).unwrap();
+    let m = model.to_str().unwrap();
+    let lib = d.path().join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(lib.join("json.py"), "def dumps(obj):\n    pass\n").unwrap();
+    std::fs::write(lib.join("os.py"), "def getcwd():\n    pass\n").unwrap();
+    let s = lib.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["autoprompt", "--model", m, "--stdlib", s, "--steps", "1"];
+        args.extend_from_slice(extra);
+        canon(&args, d.path())
+    };
+    one_error(&run(&["--relation", "capitals"]), "--relation: expected");
+    one_error(
+        &run(&["--template", "[X] [T]"]),
+        "exactly one [X] and one [P]",
+    );
+    one_error(&run(&["--template", "[X] [P]"]), "at least one [T]");
+    one_error(&run(&["--test-fraction", "1.5"]), "--test-fraction");
+    // The tiny model's byte vocabulary has no one-token module names: every fact is dropped.
+    one_error(&run(&[]), "expected facts whose object is one token");
+    let nodir = d.path().join("missing");
+    one_error(
+        &canon(
+            &[
+                "autoprompt",
+                "--model",
+                m,
+                "--relation",
+                "man-section",
+                "--man-dir",
+                nodir.to_str().unwrap(),
+            ],
+            d.path(),
+        ),
+        "expected a man page folder",
+    );
+}
