@@ -83,11 +83,14 @@ pub struct AutopromptArgs {
     pub json: bool,
 }
 
+/// Text to token ids (no special tokens added).
+type Encode = Box<dyn Fn(&str) -> anyhow::Result<Vec<u32>>>;
+
 /// The model and how its tokenizer encodes text.
 struct Loaded {
     name: String,
     slot: Box<dyn SlotLm>,
-    encode: Box<dyn Fn(&str) -> anyhow::Result<Vec<u32>>>,
+    encode: Encode,
     token: Box<dyn Fn(u32) -> String>,
     special: BTreeSet<u32>,
     masked: bool,
@@ -365,6 +368,19 @@ pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let result = autoprompt::search(lm, &trig_c, &train_enc, &init, &exclude, &cfg, &mut |s| {
         pb.set_position(s.step as u64 + 1);
         pb.set_message(format!("batch log-lik {:.3}", s.after));
+        // Without a terminal (a log file), one line a step.
+        if pb.is_hidden() && !ctx.quiet {
+            eprintln!(
+                "canon: step {}/{}: trigger {} {:?} -> {:?}, batch log-likelihood {:.3} -> {:.3}",
+                s.step + 1,
+                a.steps,
+                s.position,
+                (m.token)(s.from),
+                (m.token)(s.to),
+                s.before,
+                s.after
+            );
+        }
     })?;
     pb.finish_and_clear();
     let found = names(&result.triggers);
