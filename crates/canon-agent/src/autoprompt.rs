@@ -828,12 +828,9 @@ mod tests {
         assert_eq!(after.objects, 1.0);
     }
 
-    #[test]
-    fn candidate_ranking_equals_an_explicit_first_order_estimate_on_a_tiny_causal_lm() {
-        use canon_models::family::LlamaTrainConfig;
-        use canon_models::family::ModelConfig;
-        use canon_models::varstore::VarStore;
-        let c = LlamaTrainConfig {
+    fn tiny_llama() -> Box<dyn canon_models::TrainableLm> {
+        use canon_models::family::{LlamaTrainConfig, ModelConfig};
+        let cfg = ModelConfig::Llama(LlamaTrainConfig {
             vocab_size: 40,
             n_layer: 2,
             n_head: 4,
@@ -846,10 +843,65 @@ mod tests {
             rope_theta: 10000.0,
             tie_embeddings: false,
             init_std: 0.3,
+        });
+        cfg.build(&canon_models::VarStore::new_random(11, cfg.init_policy()))
+            .unwrap()
+    }
+
+    #[test]
+    fn running_from_input_embeddings_equals_running_from_ids() {
+        let ids = Tensor::new(&[[3u32, 9, 1, 30, 7]], &Device::Cpu).unwrap();
+        // LLaMA (SmolLM2's family), through the causal slot.
+        let m = tiny_llama();
+        let by_ids = m.forward(&ids, &mut m.new_cache(), Positions::All).unwrap();
+        let x = m.embed(&ids).unwrap();
+        let by_x = m
+            .forward_embeds(&x, &mut m.new_cache(), Positions::All)
+            .unwrap();
+        canon_testkit::assert_close(&by_x, &by_ids, canon_testkit::Tol::EXACT);
+        // BERT with its MLM head, through the masked slot.
+        let cfg = canon_models::BertConfig {
+            vocab_size: 40,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            hidden_act: canon_nn::Activation::Gelu,
+            layer_norm_eps: 1e-12,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
         };
-        let cfg = ModelConfig::Llama(c);
-        let store = VarStore::new_random(11, cfg.init_policy());
-        let model = cfg.build(&store).unwrap();
+        let store =
+            canon_models::VarStore::new_random(5, canon_models::bert_heads::bert_init_policy(0.02));
+        let bert = BertPretraining::load(cfg, &store, false).unwrap();
+        let mask = Tensor::ones((1, 5), DType::U32, &Device::Cpu).unwrap();
+        let by_ids = bert.bert.forward_composed(&ids, None, &mask).unwrap();
+        let lm = MaskedSlot {
+            model: &bert,
+            cls: 1,
+            sep: 2,
+            mask: 3,
+        };
+        let x = lm.embed(&[3, 9, 1, 30, 7]).unwrap().unsqueeze(0).unwrap();
+        let by_x = bert.bert.forward_embeds(&x, None, &mask).unwrap();
+        canon_testkit::assert_close(&by_x, &by_ids, canon_testkit::Tol::EXACT);
+        let lp = lm.slot_log_probs(&x, 2).unwrap();
+        let direct = bert
+            .mlm
+            .forward(&by_ids.narrow(1, 2, 1).unwrap().reshape((1, 16)).unwrap())
+            .unwrap();
+        let p: f32 = lp.exp().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!((p - 1.0).abs() < 1e-5);
+        let (a, b) = (
+            lp.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
+            direct.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn candidate_ranking_equals_an_explicit_first_order_estimate_on_a_tiny_causal_lm() {
+        let model = tiny_llama();
         let lm = CausalSlot(model.as_ref());
         let template = Template::parse("[X] [T] is [P]").unwrap();
         let encode = |_: &str, _: bool| -> Result<Vec<u32>> { Ok(vec![7]) };
