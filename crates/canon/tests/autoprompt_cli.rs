@@ -69,3 +69,53 @@ fn autoprompt_has_help_and_rejects_bad_input_with_one_line() {
         "expected a man page folder",
     );
 }
+
+/// `canon eval cot --write-text`: the generator's problems as a training text whose prefixes are
+/// the zero-shot prompts (paper 18's trained-model comparison reads it as `data.corpus`).
+#[test]
+fn cot_training_text_starts_each_target_at_the_zero_shot_prompt() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("r.txt");
+    let o = canon(
+        &[
+            "eval",
+            "cot",
+            "--generate",
+            "3",
+            "--steps",
+            "2-2",
+            "--write-text",
+            out.to_str().unwrap(),
+            "--text-format",
+            "rationale",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let blocks: Vec<&str> = text.trim_end().split("\n\n").collect();
+    assert_eq!(blocks.len(), 3);
+    for b in blocks {
+        let (q, a) = b.split_once("\nA: ").unwrap();
+        assert!(q.starts_with("Q: ") && q.ends_with("now?"), "{q}");
+        assert!(
+            a.starts_with("Let's think step by step. ") && a.contains(" = "),
+            "{a}"
+        );
+        assert!(a.contains("The answer is "), "{a}");
+    }
+    let o = canon(
+        &[
+            "eval",
+            "cot",
+            "--generate",
+            "3",
+            "--write-text",
+            out.to_str().unwrap(),
+            "--text-format",
+            "essay",
+        ],
+        d.path(),
+    );
+    one_error(&o, "--text-format: expected rationale or direct");
+}
