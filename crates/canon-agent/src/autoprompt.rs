@@ -681,6 +681,16 @@ pub fn man_section_facts(root: &Path) -> Result<Vec<Fact>> {
         .collect())
 }
 
+/// Whether a vocabulary piece starts with a capital letter once the space markers of byte-level
+/// BPE (`Ġ`, a leading space) are removed: the paper's optional filter against proper nouns.
+pub fn is_capitalised(piece: &str) -> bool {
+    piece
+        .trim_start_matches([' ', 'Ġ', '▁'])
+        .chars()
+        .next()
+        .is_some_and(char::is_uppercase)
+}
+
 /// At most `per_object` items of each label (seeded choice), then a split by item: the first
 /// `1 − test_fraction` to train, the rest to test, shuffled by `seed`.
 pub fn balance_and_split<T: Clone>(
@@ -818,6 +828,10 @@ mod tests {
                 s.after >= s.before,
                 "a step lowered the batch likelihood: {s:?}"
             );
+            // A rejected step leaves the trigger as it was.
+            if s.after == s.before {
+                assert_eq!(s.from, s.to, "{s:?}");
+            }
         }
         let after = precision_at_1(&lm, &prompt, test, &r.triggers, &objects, &mut |_| {}).unwrap();
         assert!(
@@ -897,6 +911,85 @@ mod tests {
             direct.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap(),
         );
         assert_eq!(a, b);
+    }
+
+    /// A toy whose label log-likelihood is exactly linear in the input vectors (no
+    /// normalisation): `score_v = Σ_pos x_pos · A_v`.
+    struct Linear {
+        table: Tensor,
+        a: Tensor,
+    }
+
+    impl SlotLm for Linear {
+        fn vocab_size(&self) -> usize {
+            self.table.dim(0).unwrap()
+        }
+        fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+            Ok(self
+                .table
+                .index_select(&Tensor::new(ids, &Device::Cpu)?, 0)?)
+        }
+        fn slot_log_probs(&self, x: &Tensor, _slot: usize) -> Result<Tensor> {
+            Ok(x.sum(1)?.matmul(&self.a.t()?)?)
+        }
+        fn mask_id(&self) -> Option<u32> {
+            Some(0)
+        }
+        fn frame(&self) -> (Vec<u32>, Vec<u32>) {
+            (vec![], vec![])
+        }
+    }
+
+    #[test]
+    fn on_a_linear_toy_the_top_candidate_is_the_exact_best_and_the_sign_matters() {
+        let lm = Linear {
+            table: canon_testkit::randn(&[30, 8], 21),
+            a: canon_testkit::randn(&[30, 8], 22),
+        };
+        let prompt = compile(
+            &Template::parse("[X] [T] [P]").unwrap(),
+            &lm,
+            &|_: &str, _: bool| Ok(vec![]),
+        )
+        .unwrap();
+        let facts = [
+            EncodedFact {
+                subject: vec![4],
+                label: 7,
+            },
+            EncodedFact {
+                subject: vec![9],
+                label: 7,
+            },
+        ];
+        let batch: Vec<&EncodedFact> = facts.iter().collect();
+        let (g, _) = trigger_gradient(&lm, &prompt, &batch, &[1], 0).unwrap();
+        let table = embedding_table(&lm).unwrap();
+        let scores = first_order_scores(&table, 1, &g).unwrap();
+        let all: Vec<u32> = (0..30).collect();
+        let exact = score_options(&lm, &prompt, &batch, &[1], 0, &all).unwrap();
+        let argmax =
+            |v: &[f64]| (0..v.len()).max_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap() as u32;
+        let argmin =
+            |v: &[f64]| (0..v.len()).min_by(|a, b| v[*a].total_cmp(&v[*b])).unwrap() as u32;
+        let none = BTreeSet::new();
+        // The exact best replacement (the current token 1 is not a candidate; it is not the best
+        // here) is the top HotFlip candidate.
+        assert_ne!(argmax(&exact), 1);
+        assert_eq!(top_candidates(&scores, 1, &none, 1), vec![argmax(&exact)]);
+        // The opposite sign (descending the likelihood) selects the exact worst instead.
+        let flipped: Vec<f32> = scores.iter().map(|x| -x).collect();
+        assert_eq!(top_candidates(&flipped, 1, &none, 1), vec![argmin(&exact)]);
+    }
+
+    #[test]
+    fn capitalised_pieces_are_recognised_for_the_filter() {
+        assert!(is_capitalised(" Hello"));
+        assert!(is_capitalised("ĠHello"));
+        assert!(is_capitalised("World"));
+        assert!(!is_capitalised(" hello"));
+        assert!(!is_capitalised("##ing"));
+        assert!(!is_capitalised("('.')"));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct AutopromptArgs {
     /// Let triggers be object tokens (excluded by default, so a trigger is not itself an answer).
     #[arg(long)]
     pub allow_label_triggers: bool,
+    /// Also exclude candidates that start with a capital letter (the paper's filter against
+    /// proper nouns).
+    #[arg(long)]
+    pub filter_capitalised: bool,
     /// Python standard library folder (stdlib-module; default: python3's).
     #[arg(long)]
     pub stdlib: Option<PathBuf>,
@@ -350,6 +354,11 @@ pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut exclude = m.special.clone();
     if !a.allow_label_triggers {
         exclude.extend(objects.iter().copied());
+    }
+    if a.filter_capitalised {
+        exclude.extend(
+            (0..lm.vocab_size() as u32).filter(|i| autoprompt::is_capitalised(&(m.token)(*i))),
+        );
     }
     let train_enc = encode_facts(&trig, &train)?;
     let test_enc = encode_facts(&trig, &test)?;
