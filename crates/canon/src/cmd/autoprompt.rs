@@ -22,7 +22,7 @@ use crate::Ctx;
 #[command(after_help = "Examples:
   canon autoprompt --model smollm2 --relation stdlib-module --steps 30 --seed 0
   canon autoprompt --model runs/minilm-mlm --relation stdlib-module --triggers 5 --json
-  canon autoprompt --model smollm2 --relation man-section --manual \"The manual page of [X] is in section [P]\"
+  canon autoprompt --model runs/minilm-mlm --relation man-section --manual \"[X] is documented in section [P] .\"
 
 Facts: stdlib-module (which top-level module of the Python standard library on this machine
 defines a public function: dumps -> json) or man-section (which section of the manual a page is
@@ -80,6 +80,7 @@ pub struct AutopromptArgs {
     /// Man page root with man1 … man8 (man-section).
     #[arg(long, default_value = "/usr/share/man")]
     pub man_dir: PathBuf,
+    /// Seed of the fact split and of the batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// One JSON object: facts, both prompts' precision, triggers, and the search history.
