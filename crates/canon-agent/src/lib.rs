@@ -3,10 +3,13 @@
 //!
 //! - [`tools`]: the `Tool` seam (JSON-schema arguments, time and output limits) and built-ins.
 //! - [`react`], [`react_data`]: the ReAct loop, its baselines and a multi-hop question set.
+//! - [`autoprompt`]: AutoPrompt's gradient-guided trigger search (paper 11) on causal and masked
+//!   LMs, with fact sets read from the machine.
 //! - [`fewshot`]: tasks (JSONL or generated from data on the machine), K-shot prompts with
 //!   demonstrations drawn from the train split, multiple choice scored by log-likelihood with three
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
+pub mod autoprompt;
 pub mod browser;
 pub mod cot;
 pub mod fewshot;

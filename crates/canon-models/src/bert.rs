@@ -141,17 +141,48 @@ impl Bert {
         type_ids: Option<&Tensor>,
         mask: &Tensor,
     ) -> Result<Tensor> {
+        self.check_input(ids, mask)?;
+        self.forward_embeds(&self.word.forward(ids)?, type_ids, mask)
+    }
+
+    /// [`Bert::forward_composed`] from word embeddings `word: [b, t, d]` (the rows of
+    /// [`Bert::word_embeddings`], or any other vectors) instead of ids: positions and token types
+    /// are added here. Records a backward pass through `word` (AutoPrompt, paper 11).
+    pub fn forward_embeds(
+        &self,
+        word: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        let (b, t) = self.check_input(ids, mask)?;
-        let pos = Tensor::arange(0u32, t as u32, ids.device())?
+        let (b, t, d) = word.dims3()?;
+        if d != c.hidden_size {
+            return Err(ModelError::Input(format!(
+                "expected word vectors of width {}, found {d}",
+                c.hidden_size
+            )));
+        }
+        if t > c.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "{t} tokens exceed the model's {} positions",
+                c.max_position_embeddings
+            )));
+        }
+        if mask.dims() != [b, t] {
+            return Err(ModelError::Input(format!(
+                "attention mask has shape {:?}, expected [{b}, {t}]",
+                mask.dims()
+            )));
+        }
+        let pos = Tensor::arange(0u32, t as u32, word.device())?
             .unsqueeze(0)?
             .broadcast_as((b, t))?
             .contiguous()?;
         let types = match type_ids {
             Some(t) => t.clone(),
-            None => Tensor::zeros((b, t), DType::U32, ids.device())?,
+            None => Tensor::zeros((b, t), DType::U32, word.device())?,
         };
-        let x = (self.word.forward(ids)? + self.position.forward(&pos)?)?;
+        let x = (word + self.position.forward(&pos)?)?;
         let x = (x + self.token_type.forward(&types)?)?;
         // f32 layer norms and GELU through the fused training ops (one pass each way with a
         // backward) instead of chains of composed ops.

@@ -288,6 +288,12 @@ impl CausalLm for TrainedLm {
     fn max_seq_len(&self) -> usize {
         self.0.max_seq_len()
     }
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.0.embed(ids)
+    }
+    fn forward_embeds(&self, x: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor> {
+        self.0.forward_embeds(x, cache, which)
+    }
 }
 
 #[cfg(test)]

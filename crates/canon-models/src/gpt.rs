@@ -343,11 +343,29 @@ impl Gpt {
     fn hidden(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut Cache>,
+        cache: Option<&mut Cache>,
         offset: usize,
         aux: &mut Aux,
     ) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Input(
+                "forward: expected at least one token, found 0".into(),
+            ));
+        }
+        let x = self.wte.forward(ids)?; // [b, t, d]
+        self.hidden_from(x, cache, offset, aux)
+    }
+
+    /// The blocks (and final norm) from input embeddings `x: [b, t, d]`; positions are added here.
+    fn hidden_from(
+        &self,
+        mut x: Tensor,
+        mut cache: Option<&mut Cache>,
+        offset: usize,
+        aux: &mut Aux,
+    ) -> Result<Tensor> {
+        let (_, t, _) = x.dims3()?;
         if t == 0 {
             return Err(ModelError::Input(
                 "forward: expected at least one token, found 0".into(),
@@ -360,7 +378,6 @@ impl Gpt {
                 self.config.max_seq_len
             )));
         }
-        let mut x = self.wte.forward(ids)?; // [b, t, d]
         if let Some(wpe) = &self.wpe {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
@@ -394,6 +411,23 @@ impl CausalLm for Gpt {
         let t = ids.dim(1)?;
         let mut aux = Aux::default();
         let x = self.hidden(ids, Some(cache), offset, &mut aux)?;
+        let x = match which {
+            Positions::All => x,
+            Positions::Last => x.narrow(1, t.saturating_sub(1), 1)?,
+        };
+        Ok(self.head(&x)?.to_dtype(DType::F32)?)
+    }
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.wte.forward(ids)?)
+    }
+    fn forward_embeds(&self, x: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor> {
+        if cache.layers.len() != self.blocks.len() {
+            *cache = self.new_cache();
+        }
+        let offset = cache.len();
+        let t = x.dim(1)?;
+        let mut aux = Aux::default();
+        let x = self.hidden_from(x.clone(), Some(cache), offset, &mut aux)?;
         let x = match which {
             Positions::All => x,
             Positions::Last => x.narrow(1, t.saturating_sub(1), 1)?,

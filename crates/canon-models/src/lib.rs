@@ -162,6 +162,21 @@ pub trait CausalLm: Send + Sync {
     fn linear_mut(&mut self, _name: &str) -> Option<&mut canon_nn::Linear> {
         None
     }
+    /// The input embeddings of `ids: [b, t]`, `[b, t, d]` f32: the rows of the token table that
+    /// `forward` starts from. Gradient-guided prompt search (AutoPrompt, paper 11) differentiates
+    /// with respect to them through [`CausalLm::forward_embeds`]. Models without it say so.
+    fn embed(&self, _ids: &Tensor) -> Result<Tensor> {
+        Err(ModelError::Input(
+            "this model does not expose its input embeddings".into(),
+        ))
+    }
+    /// `forward` from input embeddings `x: [b, t, d]` (as [`CausalLm::embed`] returns them, or
+    /// any other vectors) instead of token ids; records a backward pass when `x` tracks one.
+    fn forward_embeds(&self, _x: &Tensor, _cache: &mut Cache, _which: Positions) -> Result<Tensor> {
+        Err(ModelError::Input(
+            "this model does not run from input embeddings".into(),
+        ))
+    }
     /// One step for several independent sequences: `ids[i]` (at least one token) continues
     /// `caches[i]`. Returns the logits of each sequence's last new position, `[n, vocab]` f32.
     ///

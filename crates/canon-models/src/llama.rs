@@ -260,7 +260,35 @@ impl Llama {
 
 impl CausalLm for Llama {
     fn forward(&self, ids: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
+        let (b, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Input(
+                "forward: expected at least one token, found 0".into(),
+            ));
+        }
+        // [b, t] -> [b·t, d] -> [b, t, d] (scaled by √width for Gemma)
+        let x = self
+            .embed_rows(ids)?
+            .reshape((b, t, self.config.hidden_size))?;
+        self.forward_embeds(&x, cache, which)
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        Ok(self
+            .embed_rows(ids)?
+            .to_dtype(candle_core::DType::F32)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+
+    fn forward_embeds(&self, x: &Tensor, cache: &mut Cache, which: Positions) -> Result<Tensor> {
+        let (_, t, d) = x.dims3()?;
+        if d != self.config.hidden_size {
+            return Err(ModelError::Input(format!(
+                "forward_embeds: expected vectors of width {}, found {d}",
+                self.config.hidden_size
+            )));
+        }
         let offset = cache.len();
         if t == 0 {
             return Err(ModelError::Input(
@@ -277,11 +305,7 @@ impl CausalLm for Llama {
         if cache.layers.len() != self.blocks.len() {
             *cache = self.new_cache();
         }
-        let (b, _) = ids.dims2()?;
-        // [b, t] -> [b·t, d] -> [b, t, d]
-        let mut x = self
-            .embed_rows(ids)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let mut x = x.clone();
         for (l, (blk, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
             x = self.block_forward(l, blk, &x, kv, offset)?;
         }

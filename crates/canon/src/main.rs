@@ -112,6 +112,8 @@ enum Command {
     Agent(cmd::agent::AgentArgs),
     /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
     Toolformer(cmd::toolformer::ToolformerArgs),
+    /// AutoPrompt (paper 11): gradient-guided trigger tokens for fact retrieval vs a hand-written prompt.
+    Autoprompt(cmd::autoprompt::AutopromptArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
@@ -182,6 +184,7 @@ impl Command {
             | Command::Serve(_)
             | Command::Agent(_)
             | Command::Toolformer(_)
+            | Command::Autoprompt(_)
             | Command::Ask(_)
             | Command::Graph(_) => (true, true),
             // --f32: the frozen base dequantized at load.
@@ -355,6 +358,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a, &ctx),
         Command::Agent(a) => cmd::agent::run(a, &ctx),
         Command::Toolformer(a) => cmd::toolformer::run(a, &ctx),
+        Command::Autoprompt(a) => cmd::autoprompt::run(a, &ctx),
         Command::Completions { .. } => Ok(()),
     };
     match result {

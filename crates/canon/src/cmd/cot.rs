@@ -17,6 +17,7 @@ use crate::{Ctx, model_gen};
   canon eval cot --model smollm2 --generate 40 --steps 1-4 --samples 1,3,5,10
   canon eval cot --model smollm2 --problems problems.jsonl --shots 0 --json
   canon eval cot --generate 200 --steps 1-6 --write-problems data/cot/problems.jsonl
+  canon eval cot --generate 20000 --steps 1-4 --seed 777 --write-text runs/cot-data/rationale.txt --text-format rationale
 
 Problems file: one {\"question\": \"...\", \"answer\": \"42\"} a line (answer compared as a number
 where it parses as one). Without --problems, multi-step arithmetic word problems are generated
@@ -51,6 +52,15 @@ pub struct CotArgs {
     /// Write the generated problems (with rationales) to FILE and stop.
     #[arg(long, value_name = "FILE")]
     pub write_problems: Option<PathBuf>,
+    /// Write the generated problems as a training text for `canon train` (`data.corpus`) and
+    /// stop: `rationale` ("Q: ...\nA: Let's think step by step. <rationale>") or `direct`
+    /// ("Q: ...\nA: The answer is N."), one blank line between problems; the prompts that
+    /// `--shots 0` gives (zero-shot CoT and direct) are exactly these prefixes.
+    #[arg(long, value_name = "FILE", requires = "text_format")]
+    pub write_text: Option<PathBuf>,
+    /// The target of --write-text: rationale or direct.
+    #[arg(long, value_name = "rationale|direct")]
+    pub text_format: Option<String>,
     /// One JSON object with every figure and the per-problem answers.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +128,25 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         for p in &problems {
             s.push_str(&serde_json::to_string(p)?);
             s.push('\n');
+        }
+        super::write_atomic(out, &s)?;
+        println!("wrote {} problems to {}", problems.len(), out.display());
+        return Ok(());
+    }
+    if let Some(out) = &a.write_text {
+        let rationale = match a.text_format.as_deref() {
+            Some("rationale") => true,
+            Some("direct") => false,
+            o => anyhow::bail!("--text-format: expected rationale or direct, found {o:?}"),
+        };
+        let mut s = String::new();
+        for p in &problems {
+            let target = if rationale {
+                format!("Let's think step by step. {}", p.rationale)
+            } else {
+                format!("The answer is {}.", p.answer)
+            };
+            s.push_str(&format!("Q: {}\nA: {target}\n\n", p.question));
         }
         super::write_atomic(out, &s)?;
         println!("wrote {} problems to {}", problems.len(), out.display());

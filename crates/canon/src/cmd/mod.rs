@@ -2,6 +2,7 @@ pub mod agent;
 pub mod align;
 pub mod ask;
 pub mod assets;
+pub mod autoprompt;
 pub mod browse;
 pub mod chat;
 pub mod cot;
