@@ -41,6 +41,8 @@ pub enum AgentError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Lines(#[from] canon_fs::lines::LineError),
 }
 
 pub type Result<T> = std::result::Result<T, AgentError>;

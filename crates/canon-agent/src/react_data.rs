@@ -338,10 +338,7 @@ pub fn to_jsonl<T: Serialize>(rows: &[T]) -> String {
 
 /// Reads JSON lines, naming the line of an error.
 pub fn from_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|source| AgentError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = canon_fs::lines::read_text(path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -93,10 +93,7 @@ pub fn parse_jsonl(name: &str, path_label: &str, text: &str) -> Result<Task> {
 
 /// Reads a JSONL task file.
 pub fn load_jsonl(path: &Path) -> Result<Task> {
-    let text = std::fs::read_to_string(path).map_err(|source| AgentError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = canon_fs::lines::read_text(path)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
