@@ -18,6 +18,9 @@ pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
 use std::sync::OnceLock;
 
 use crate::GgmlType;
@@ -74,19 +77,55 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C (x86-64).
     Avx2,
+    /// AVX-512 F/BW/VL/DQ with VNNI (`vpdpbusd`, `vpdpwssd`), on top of AVX2/FMA/F16C (x86-64).
+    Avx512Vnni,
 }
 
 impl Isa {
-    /// The best path this CPU supports (detected once).
+    /// Every path, best last.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+
+    /// The best path this CPU supports (detected once). The environment variable `CANON_ISA`
+    /// (`scalar`, `avx2` or `avx512vnni`) caps the choice, for side-by-side measurements; a value
+    /// this CPU cannot run, or an unknown one, leaves the detected path.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            if Isa::Avx2.available() {
-                Isa::Avx2
-            } else {
-                Isa::Scalar
-            }
+            let detected = Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|i| i.available())
+                .unwrap_or(Isa::Scalar);
+            std::env::var("CANON_ISA")
+                .ok()
+                .and_then(|v| Isa::parse(&v))
+                .filter(|i| i.available())
+                .unwrap_or(detected)
         })
+    }
+
+    /// `scalar`, `avx2` or `avx512vnni` (any case).
+    pub fn parse(name: &str) -> Option<Isa> {
+        match name.to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512vnni" | "avx512" => Some(Isa::Avx512Vnni),
+            _ => None,
+        }
+    }
+
+    /// Whether this path includes AVX2/FMA/F16C (so AVX2-only kernels may run under it).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+
+    /// The CPU extensions this path needs, as named by `/proc/cpuinfo`-style feature names.
+    pub fn extensions(self) -> &'static str {
+        match self {
+            Isa::Scalar => "none",
+            Isa::Avx2 => "avx2 fma f16c",
+            Isa::Avx512Vnni => "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512vnni",
+        }
     }
 
     pub fn available(self) -> bool {
@@ -98,8 +137,17 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512Vnni => false,
         }
     }
 }
@@ -145,7 +193,7 @@ impl Q8Rows {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: Avx2 is chosen only after run-time detection; blocks hold 32 values.
-                Isa::Avx2 => unsafe { avx2::quantize_block(xb, q, d, s) },
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::quantize_block(xb, q, d, s) },
                 _ => quantize_block(xb, q, d, s),
             }
         }
@@ -218,6 +266,11 @@ fn dot_rows(isa: Isa, kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]
             // SAFETY: `Isa::Avx2` is only chosen after run-time detection of avx2, fma and f16c
             // (`Isa::available`).
             unsafe { avx2::dot_rows(kind, w, acts, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            // SAFETY: `Isa::Avx512Vnni` is only chosen after run-time detection of its extensions.
+            unsafe { avx512::dot_rows(kind, w, acts, out) }
         }
         _ => scalar::dot_rows(kind, w, acts, out),
     }
@@ -332,26 +385,37 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     let acts: Vec<ActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
     let out = crate::pool::SyncPtr(y.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if m == 1 && isa == Isa::Avx2 {
+    if m == 1 && isa.has_avx2() {
         let rb = w.row_bytes();
         crate::pool::parallel_for(tasks, &|task| {
             let r0 = task * rows_per_task;
             let r1 = (r0 + rows_per_task).min(n);
             // SAFETY: rows r0..r1 of y belong to this task alone; y has n elements (m = 1).
             let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
-            // SAFETY: Avx2 was detected; the rows hold whole blocks matching the activation row.
-            unsafe { avx2::gemv(w.kind, &w.bytes[r0 * rb..r1 * rb], rb, &acts[0], ys) };
+            let ws = &w.bytes[r0 * rb..r1 * rb];
+            // SAFETY: the path's extensions were detected (`Isa::available`); the rows hold whole
+            // blocks matching the activation row.
+            unsafe {
+                if isa == Isa::Avx512Vnni {
+                    avx512::gemv(w.kind, ws, rb, &acts[0], ys)
+                } else {
+                    avx2::gemv(w.kind, ws, rb, &acts[0], ys)
+                }
+            }
         });
         return;
     }
+    // Activation rows per pass over a weight row: as many as the path keeps accumulators for.
+    const MAX_ROWS: usize = 8;
+    let per_pass = if isa == Isa::Avx512Vnni { MAX_ROWS } else { 4 };
     crate::pool::parallel_for(tasks, &|task| {
         let r0 = task * rows_per_task;
         let r1 = (r0 + rows_per_task).min(n);
-        // Four activation rows at a time against every weight row of the task: the task's weights
-        // stay in L1 while the activations stream.
-        let mut buf = [0.0f32; 4];
-        for t0 in (0..m).step_by(4) {
-            let t1 = (t0 + 4).min(m);
+        // `per_pass` activation rows at a time against every weight row of the task: the task's
+        // weights stay in L1 while the activations stream.
+        let mut buf = [0.0f32; MAX_ROWS];
+        for t0 in (0..m).step_by(per_pass) {
+            let t1 = (t0 + per_pass).min(m);
             for r in r0..r1 {
                 dot_rows(isa, w.kind, w.row(r), &acts[t0..t1], &mut buf[..t1 - t0]);
                 for (j, v) in buf[..t1 - t0].iter().enumerate() {

@@ -35,11 +35,14 @@ fn quantize_matrix(kind: Kind, x: &[f32]) -> Vec<u8> {
 
 fn simd_paths() -> Vec<Isa> {
     let mut v = Vec::new();
-    for isa in [Isa::Avx2] {
+    for isa in [Isa::Avx2, Isa::Avx512Vnni] {
         if isa.available() {
             v.push(isa);
         } else {
-            eprintln!("SKIPPED: {isa:?} kernels not tested, this CPU lacks the instructions");
+            eprintln!(
+                "SKIPPED {isa:?} kernels: CPU lacks one of {}",
+                isa.extensions()
+            );
         }
     }
     v
@@ -181,7 +184,7 @@ fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
             for nb in [1, 2, 3, 18, 48] {
                 let k = nb * 32;
                 let w = random_blocks(kind, &mut rng, nb);
-                for m in 1..=6 {
+                for m in 1..=10 {
                     let mut x = rng.vec(m * k, 1.0);
                     // Extreme activations: a block of a single spike and one of equal magnitudes.
                     x[0] = 1e4;
@@ -293,7 +296,9 @@ fn simd_activation_rounding_equals_scalar() {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `isa` lists only paths this CPU supports; both buffers hold 32 values.
-                Isa::Avx2 => unsafe { avx2::quantize_block(&x, &mut q1, &mut d1, &mut s1) },
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                    avx2::quantize_block(&x, &mut q1, &mut d1, &mut s1)
+                },
                 _ => unreachable!(),
             }
             assert_eq!((q0, d0, s0), (q1, d1, s1), "{isa:?} case {case}");
