@@ -103,7 +103,7 @@ impl GgmlType {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
 
-    fn candle(self) -> GgmlDType {
+    pub(crate) fn candle(self) -> GgmlDType {
         match self {
             // Read by `dequantize` before reaching candle.
             Self::I8 => GgmlDType::F32,

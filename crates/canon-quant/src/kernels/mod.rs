@@ -1,6 +1,7 @@
 //! Matrix products over ggml block formats without dequantizing the matrix.
 //!
-//! `y = x Wᵀ` with `W: [n, k]` in Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks of 32 and `x: [m, k]` in f32.
+//! `y = x Wᵀ` with `W: [n, k]` in Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks of 32 (K-quants: `kquant`)
+//! and `x: [m, k]` in f32.
 //! As in llama.cpp, each activation row is rounded once per product to blocks of 32 signed bytes
 //! with one scale (`d = max|x| / 127`, stored as f16) and, for the formats with a minimum, the
 //! block sum `s = d·Σq` (also f16). A block product is then an integer dot product of 32 byte pairs:
@@ -13,6 +14,7 @@
 //! weight block is unpacked once and multiplied with four activation rows (a GEMM-shaped kernel,
 //! not repeated matrix–vector products).
 
+pub mod kquant;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -36,6 +38,10 @@ pub enum Kind {
     Q5_0,
     Q5_1,
     Q8_0,
+    /// K-quants: super-blocks of 256 (`kquant`).
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl Kind {
@@ -46,6 +52,9 @@ impl Kind {
             GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q5_1 => Self::Q5_1,
             GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4K => Self::Q4K,
+            GgmlType::Q5K => Self::Q5K,
+            GgmlType::Q6K => Self::Q6K,
             _ => return None,
         })
     }
@@ -57,10 +66,23 @@ impl Kind {
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
             Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4K => GgmlType::Q4K,
+            Self::Q5K => GgmlType::Q5K,
+            Self::Q6K => GgmlType::Q6K,
         }
     }
 
-    /// Bytes per block of 32.
+    /// Whether this is a K-quant (blocks of 256, activations in Q8_K).
+    pub fn is_k(self) -> bool {
+        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
+    }
+
+    /// Values per block: 32, or 256 for the K-quants.
+    pub fn block_len(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         self.ggml().type_size()
     }
@@ -248,7 +270,7 @@ pub struct QMatrixRef<'a> {
 
 impl<'a> QMatrixRef<'a> {
     pub fn row_bytes(&self) -> usize {
-        self.cols / QK * self.kind.block_bytes()
+        self.cols / self.kind.block_len() * self.kind.block_bytes()
     }
 
     pub fn row(&self, r: usize) -> &'a [u8] {
@@ -285,6 +307,19 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     debug_assert_eq!(y.len(), m * n);
     if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
+    }
+    if w.kind.is_k() {
+        thread_local! {
+            static SCRATCH_K: std::cell::RefCell<kquant::Q8KRows> =
+                std::cell::RefCell::new(kquant::Q8KRows::default());
+        }
+        return SCRATCH_K.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(x, m, k);
+                matmul_q8k(isa, w, &act, y);
+            }
+            Err(_) => matmul_q8k(isa, w, &kquant::Q8KRows::quantize(x, m, k), y),
+        });
     }
     thread_local! {
         // Decoding runs a few hundred products per token: reuse one activation buffer per thread.
@@ -428,9 +463,52 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     });
 }
 
+/// `y = x Wᵀ` for a K-quant `W` with `x` already rounded to Q8_K (any number of rows).
+pub fn matmul_q8k(isa: Isa, w: QMatrixRef<'_>, act: &kquant::Q8KRows, y: &mut [f32]) {
+    let (n, m) = (w.rows, act.rows);
+    assert_eq!(y.len(), n * m, "matmul_q8k: output length");
+    let threads = crate::pool::pool().threads();
+    let rows_per_task = n.div_ceil(threads * 8).max(4);
+    let tasks = n.div_ceil(rows_per_task);
+    let acts: Vec<kquant::KActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
+    let out = crate::pool::SyncPtr(y.as_mut_ptr());
+    const MAX_ROWS: usize = 8;
+    crate::pool::parallel_for(tasks, &|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        let mut buf = [0.0f32; MAX_ROWS];
+        for t0 in (0..m).step_by(MAX_ROWS) {
+            let t1 = (t0 + MAX_ROWS).min(m);
+            for r in r0..r1 {
+                let (a, o) = (&acts[t0..t1], &mut buf[..t1 - t0]);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the path's extensions were detected (`Isa::available`); the row
+                    // holds whole blocks and every activation row as many.
+                    Isa::Avx512Vnni => unsafe {
+                        kquant::simd::avx512::dot_rows(w.kind, w.row(r), a, o)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe { kquant::simd::avx2::dot_rows(w.kind, w.row(r), a, o) },
+                    _ => kquant::scalar::dot_rows(w.kind, w.row(r), a, o),
+                }
+                for (j, v) in o.iter().enumerate() {
+                    // SAFETY: (t0 + j) < m and r < n index inside y; tasks own disjoint rows r.
+                    unsafe { *out.get().add((t0 + j) * n + r) = *v };
+                }
+            }
+        }
+    });
+}
+
 /// Dequantizes one row of `w` into `out` (`w.cols` values).
 pub fn dequantize_row(w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
-    scalar::dequantize_row(w.kind, w.row(r), out)
+    if w.kind.is_k() {
+        kquant::scalar::dequantize_row(w.kind, w.row(r), out)
+    } else {
+        scalar::dequantize_row(w.kind, w.row(r), out)
+    }
 }
 
 #[cfg(test)]

@@ -7,22 +7,22 @@ use super::*;
 const KINDS: [Kind; 5] = [Kind::Q4_0, Kind::Q4_1, Kind::Q5_0, Kind::Q5_1, Kind::Q8_0];
 
 /// xorshift64*: deterministic test data without dependencies.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn uniform(&mut self) -> f32 {
+    pub fn uniform(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Roughly normal (sum of uniforms), scaled.
-    fn normal(&mut self, scale: f32) -> f32 {
+    pub fn normal(&mut self, scale: f32) -> f32 {
         ((0..4).map(|_| self.uniform()).sum::<f32>() - 2.0) * scale * 1.7
     }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.normal(scale)).collect()
     }
 }
@@ -33,14 +33,14 @@ fn quantize_matrix(kind: Kind, x: &[f32]) -> Vec<u8> {
     out
 }
 
-fn simd_paths() -> Vec<Isa> {
+pub(crate) fn simd_paths(test: &str) -> Vec<Isa> {
     let mut v = Vec::new();
     for isa in [Isa::Avx2, Isa::Avx512Vnni] {
         if isa.available() {
             v.push(isa);
         } else {
             eprintln!(
-                "SKIPPED {isa:?} kernels: CPU lacks one of {}",
+                "SKIPPED {test} ({isa:?}): CPU lacks one of {}",
                 isa.extensions()
             );
         }
@@ -70,6 +70,7 @@ fn round_trip_error_is_within_the_format_step() {
                 Kind::Q4_1 => 0.5 * (hi - lo) / 15.0,
                 Kind::Q5_1 => 0.5 * (hi - lo) / 31.0,
                 Kind::Q8_0 => 0.5 * amax / 127.0,
+                Kind::Q4K | Kind::Q5K | Kind::Q6K => unreachable!("not in KINDS"),
             };
             let bound = err + amax * 2e-3 + 1e-6;
             for (a, b) in xb.iter().zip(yb) {
@@ -179,7 +180,7 @@ fn random_blocks(kind: Kind, rng: &mut Rng, nblocks: usize) -> Vec<u8> {
 #[test]
 fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
     let mut rng = Rng(99);
-    for isa in simd_paths() {
+    for isa in simd_paths("simd_dot_equals_scalar_on_random_and_adversarial_blocks") {
         for kind in KINDS {
             for nb in [1, 2, 3, 18, 48] {
                 let k = nb * 32;
@@ -210,7 +211,7 @@ fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
 #[test]
 fn matmul_equals_row_by_row_scalar_products_for_every_path() {
     let mut rng = Rng(5);
-    let mut paths = simd_paths();
+    let mut paths = simd_paths("matmul_equals_row_by_row_scalar_products_for_every_path");
     paths.push(Isa::Scalar);
     for kind in [Kind::Q4_1, Kind::Q8_0, Kind::Q5_0] {
         let (n, k) = (37, 96);
@@ -278,7 +279,7 @@ fn quantized_product_is_close_to_the_float_product() {
 #[test]
 fn simd_activation_rounding_equals_scalar() {
     let mut rng = Rng(17);
-    for isa in simd_paths() {
+    for isa in simd_paths("simd_activation_rounding_equals_scalar") {
         for case in 0..200 {
             let mut x = rng.vec(32, if case % 2 == 0 { 1.0 } else { 300.0 });
             if case == 0 {
