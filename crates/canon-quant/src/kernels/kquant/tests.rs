@@ -110,10 +110,10 @@ fn scalar_dot_equals_the_f64_product_of_dequantized_values() {
             let x = rng.vec(k, 2.0);
             let act = Q8KRows::quantize(&x, 1, k);
             let (mut want, mut scale) = (0.0f64, 0.0f64);
-            for i in 0..k {
-                let xv = act.d[i / QK_K] as f64 * act.qs[i] as f64;
-                want += wf[i] as f64 * xv;
-                scale += (wf[i] as f64 * xv).abs();
+            for (i, (&wv, &q)) in wf.iter().zip(&act.qs).enumerate() {
+                let xv = act.d[i / QK_K] as f64 * q as f64;
+                want += wv as f64 * xv;
+                scale += (wv as f64 * xv).abs();
             }
             let mut got = [0.0f32];
             scalar::dot_rows(kind, &w, &[act.row(0)], &mut got);
