@@ -504,7 +504,17 @@ pub fn matmul_q8k(isa: Isa, w: QMatrixRef<'_>, act: &kquant::Q8KRows, y: &mut [f
 
 /// Dequantizes one row of `w` into `out` (`w.cols` values).
 pub fn dequantize_row(w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
+    dequantize_row_with(Isa::best(), w, r, out)
+}
+
+/// `dequantize_row` on a given path (K-quants have an AVX2 version; the others are scalar).
+pub fn dequantize_row_with(isa: Isa, w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
     if w.kind.is_k() {
+        #[cfg(target_arch = "x86_64")]
+        if isa.has_avx2() && isa.available() {
+            // SAFETY: AVX2/FMA/F16C were detected (`available`); the row holds whole blocks.
+            return unsafe { kquant::simd::dequantize_row(w.kind, w.row(r), out) };
+        }
         kquant::scalar::dequantize_row(w.kind, w.row(r), out)
     } else {
         scalar::dequantize_row(w.kind, w.row(r), out)

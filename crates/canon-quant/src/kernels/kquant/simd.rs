@@ -295,3 +295,56 @@ k_path!(
     madd_vnni,
     8
 );
+
+/// `dequantize_row` for one format.
+///
+/// # Safety
+/// As `dequantize_row`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_fmt<F: KFmt>(w: &[u8], out: &mut [f32]) {
+    for (blk, o) in w
+        .chunks_exact(F::KIND.block_bytes())
+        .zip(out.chunks_exact_mut(QK_K))
+    {
+        // SAFETY: `blk` is one whole block (chunks_exact).
+        let u = unsafe { F::codes(blk.as_ptr()) };
+        let s = scales(F::KIND, blk);
+        let mut bytes = [0u8; QK_K];
+        for (c, v) in u.iter().enumerate() {
+            // SAFETY: 32 bytes at 32·c inside the 256-byte buffer.
+            unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().add(32 * c) as *mut __m256i, *v) };
+        }
+        for g in 0..16 {
+            let a = _mm256_set1_ps(s.d * s.sc[g] as f32);
+            let b = _mm256_set1_ps(-(s.dmin * s.mn[g] as f32));
+            for h in 0..2 {
+                let at = 16 * g + 8 * h;
+                // SAFETY: 8 bytes at `at` inside `bytes`, 8 floats at `at` inside the block's
+                // 256 outputs.
+                unsafe {
+                    let q = _mm_loadl_epi64(bytes.as_ptr().add(at) as *const __m128i);
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+                    _mm256_storeu_ps(o.as_mut_ptr().add(at), _mm256_fmadd_ps(v, a, b));
+                }
+            }
+        }
+    }
+}
+
+/// Dequantizes one row (`out.len()` values, whole blocks of `kind`), as
+/// `kquant::scalar::dequantize_row` does (to one rounding: one fused multiply-add per value).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds `out.len() / 256` whole blocks of `kind`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_row(kind: Kind, w: &[u8], out: &mut [f32]) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match kind {
+            Kind::Q4K => dequantize_fmt::<Q4K>(w, out),
+            Kind::Q5K => dequantize_fmt::<Q5K>(w, out),
+            Kind::Q6K => dequantize_fmt::<Q6K>(w, out),
+            _ => unreachable!("only K-quant kinds reach the K-quant kernels"),
+        }
+    }
+}

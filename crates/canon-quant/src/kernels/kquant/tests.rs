@@ -68,10 +68,30 @@ fn unpacking_matches_candles_dequantization() {
             let rb = nb * kind.block_bytes();
             scalar::dequantize_row(kind, &bytes[r * rb..(r + 1) * rb], o);
         }
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            // Same formula, different association of the f32 products (Q6_K's −32 offset).
-            let tol = 1e-5 * w.abs().max(1e-3);
-            assert!((g - w).abs() <= tol, "{kind:?} value {i}: {g} vs {w}");
+        let mut paths = vec![(Isa::Scalar, got)];
+        for isa in simd_paths("unpacking_matches_candles_dequantization") {
+            let w = QMatrixRef {
+                kind,
+                rows,
+                cols: k,
+                bytes: &bytes,
+            };
+            let mut v = vec![0.0f32; rows * k];
+            for (r, o) in v.chunks_mut(k).enumerate() {
+                crate::kernels::dequantize_row_with(isa, w, r, o);
+            }
+            paths.push((isa, v));
+        }
+        for (isa, got) in paths {
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // Same formula, different association of the f32 products (Q6_K's −32 offset,
+                // the fused multiply-add).
+                let tol = 1e-5 * w.abs().max(1e-3);
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{isa:?} {kind:?} value {i}: {g} vs {w}"
+                );
+            }
         }
     }
 }
