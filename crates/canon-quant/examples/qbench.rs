@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use canon_quant::Isa;
+use candle_core::{Device, Tensor};
 use canon_quant::kernels::{Kind, QMatrixRef, matmul, scalar};
+use canon_quant::{GgmlTensor, Isa};
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -77,6 +78,31 @@ fn main() {
             cols: k,
             bytes: &bytes,
         };
+        if kind.is_k() {
+            // What a product cost before these kernels: the whole matrix dequantized (candle's
+            // block types) and an f32 matrix product, per call.
+            let t = GgmlTensor::from_bytes(kind.ggml(), &[n, k], &bytes).expect("tensor");
+            let mut cells = Vec::new();
+            for m in [1usize, 2, 4, 8, 64] {
+                let xs = Tensor::from_slice(&x[..m * k], (m, k), &Device::Cpu).expect("x");
+                let run = || {
+                    let dense = t.dequantize_candle().expect("dequantize");
+                    xs.matmul(&dense.t().expect("t")).expect("matmul")
+                };
+                run();
+                let (mut iters, t0) = (0u32, Instant::now());
+                while t0.elapsed() < Duration::from_millis(300) {
+                    run();
+                    iters += 1;
+                }
+                let secs = t0.elapsed().as_secs_f64() / iters as f64;
+                cells.push(format!("{:.0}", (n * m) as f64 / secs / 1e6));
+            }
+            println!(
+                "| {kind:?} | before: dequantize + f32 matmul | {} | |",
+                cells.join(" | ")
+            );
+        }
         for isa in [Isa::Avx2, Isa::Avx512Vnni] {
             if !isa.available() {
                 println!(
