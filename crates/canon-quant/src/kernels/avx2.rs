@@ -368,7 +368,7 @@ pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32
             Kind::Q5_0 => dispatch::<Q50>(w, acts, out),
             Kind::Q5_1 => dispatch::<Q51>(w, acts, out),
             Kind::Q8_0 => dispatch::<Q80>(w, acts, out),
-            Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
                 unreachable!("K-quant kinds take the kquant kernels")
             }
         }
@@ -403,7 +403,7 @@ pub unsafe fn gemv(kind: Kind, w: &[u8], row_bytes: usize, act: &ActRow<'_>, out
             Kind::Q5_0 => gemv_fmt::<Q50>(w, row_bytes, act, out),
             Kind::Q5_1 => gemv_fmt::<Q51>(w, row_bytes, act, out),
             Kind::Q8_0 => gemv_fmt::<Q80>(w, row_bytes, act, out),
-            Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
                 unreachable!("K-quant kinds take the kquant kernels")
             }
         }

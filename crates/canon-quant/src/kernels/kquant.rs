@@ -1,11 +1,14 @@
-//! K-quant products (Q4_K, Q5_K, Q6_K): super-blocks of 256 values in sixteen groups of 16 (or
-//! eight sub-blocks of 32 whose scale applies to two groups).
+//! K-quant products (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): super-blocks of 256 values in sixteen groups
+//! of 16 (or, for Q4_K/Q5_K, eight sub-blocks of 32 whose scale applies to two groups).
 //!
 //! As in llama.cpp, each activation row is rounded once per product to Q8_K: blocks of 256 signed
 //! bytes with an f32 scale `d = max|x|/127` and the sixteen sums of each group of 16 codes
 //! (`bsums`). Every format here is rewritten as unsigned codes `u` with an integer scale `sc` and
 //! an integer minimum `mn` per group, so that a weight is `d·sc·u − dmin·mn`:
 //!
+//!   Q2_K: u = 2-bit code,  sc, mn = the group's 4-bit scale and minimum, d, dmin from the block
+//!   Q3_K: u = 3-bit code (2 low bits + the high-mask bit), sc = the group's 6-bit scale − 32,
+//!         mn = 4·sc, dmin = d (the format's `d·sc·(u − 4)`)
 //!   Q4_K: u = 4-bit code,  sc, mn = the sub-block's 6-bit scale and minimum, d, dmin from the block
 //!   Q5_K: u = 5-bit code,  likewise
 //!   Q6_K: u = 6-bit code,  sc = the group's signed 8-bit scale, mn = 32·sc, dmin = d
@@ -123,6 +126,8 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Byte offsets inside a block: (codes, high bits, scales, d).
 pub fn layout(kind: Kind) -> (usize, usize, usize, usize) {
     match kind {
+        Kind::Q2K => (16, 0, 0, 80),
+        Kind::Q3K => (32, 0, 96, 108),
         Kind::Q4K => (16, 0, 4, 0),
         Kind::Q5K => (48, 16, 4, 0),
         Kind::Q6K => (0, 128, 192, 208),
@@ -130,10 +135,46 @@ pub fn layout(kind: Kind) -> (usize, usize, usize, usize) {
     }
 }
 
+/// Whether the block's minimum term uses `d` itself (`d·sc·(u − c)`): the two integer sums can
+/// then be subtracted before scaling.
+pub fn min_is_d(kind: Kind) -> bool {
+    matches!(kind, Kind::Q3K | Kind::Q6K)
+}
+
+/// Q3_K's sixteen 6-bit scales (stored + 32) from its 12 packed bytes: low nibbles in bytes
+/// 0..8 (groups 0..7 low, 8..15 high nibble), the two high bits of group g in byte 8 + g % 4 at
+/// bit 2·(g / 4).
+fn q3k_scales(q: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (g, o) in out.iter_mut().enumerate() {
+        let low = if g < 8 { q[g] & 0x0F } else { q[g - 8] >> 4 };
+        let high = (q[8 + g % 4] >> (2 * (g / 4))) & 3;
+        *o = low | (high << 4);
+    }
+    out
+}
+
 /// The block's scales in the common form.
 pub fn scales(kind: Kind, b: &[u8]) -> KScales {
     let mut s = KScales::default();
     match kind {
+        Kind::Q2K => {
+            s.d = f16_at(b, 80);
+            s.dmin = f16_at(b, 82);
+            for g in 0..16 {
+                s.sc[g] = (b[g] & 0x0F) as i16;
+                s.mn[g] = (b[g] >> 4) as i16;
+            }
+        }
+        Kind::Q3K => {
+            s.d = f16_at(b, 108);
+            s.dmin = s.d;
+            for (g, &v) in q3k_scales(&b[96..108]).iter().enumerate() {
+                let sc = v as i16 - 32;
+                s.sc[g] = sc;
+                s.mn[g] = 4 * sc;
+            }
+        }
         Kind::Q4K | Kind::Q5K => {
             s.d = f16_at(b, 0);
             s.dmin = f16_at(b, 2);
@@ -163,6 +204,20 @@ pub fn scales(kind: Kind, b: &[u8]) -> KScales {
 /// The block's unsigned codes in natural order.
 pub fn codes(kind: Kind, b: &[u8], u: &mut [u8; QK_K]) {
     match kind {
+        Kind::Q2K | Kind::Q3K => {
+            let qs_at = layout(kind).0;
+            for h in 0..2 {
+                for j in 0..4 {
+                    for l in 0..32 {
+                        let mut v = (b[qs_at + 32 * h + l] >> (2 * j)) & 3;
+                        if kind == Kind::Q3K {
+                            v |= ((b[l] >> (4 * h + j)) & 1) << 2;
+                        }
+                        u[128 * h + 32 * j + l] = v;
+                    }
+                }
+            }
+        }
         Kind::Q4K | Kind::Q5K => {
             let (qs_at, qh_at, _, _) = layout(kind);
             let qs = &b[qs_at..qs_at + 128];
@@ -220,7 +275,7 @@ pub mod scalar {
                     isum += s.sc[g] as i32 * gs;
                     msum += s.mn[g] as i32 * a.bsums[b * 16 + g] as i32;
                 }
-                sum += if kind == Kind::Q6K {
+                sum += if min_is_d(kind) {
                     // dmin = d: subtract in integers, no cancellation between two large floats.
                     a.d[b] * (s.d * (isum - msum) as f32)
                 } else {
@@ -316,6 +371,88 @@ pub mod scalar {
                         }
                     }
                 }
+                Kind::Q2K => {
+                    let mut scale = [0.0f32; 16];
+                    let mut min = [0.0f32; 16];
+                    for (g, grp) in xb.chunks(16).enumerate() {
+                        let lo = grp.iter().copied().fold(0.0f32, f32::min);
+                        let hi = grp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        scale[g] = (hi - lo).max(0.0) / 3.0;
+                        min[g] = -lo;
+                    }
+                    let d = f16_round(scale.iter().copied().fold(0.0, f32::max) / 15.0);
+                    let dmin = f16_round(min.iter().copied().fold(0.0, f32::max) / 15.0);
+                    let q4 = |v: f32, step: f32| {
+                        if step > 0.0 {
+                            (v / step).round().clamp(0.0, 15.0) as u8
+                        } else {
+                            0
+                        }
+                    };
+                    let mut sc = [0u8; 16];
+                    for (g, grp) in xb.chunks(16).enumerate() {
+                        let (ls, lm) = (q4(scale[g], d), q4(min[g], dmin));
+                        sc[g] = ls | (lm << 4);
+                        let (step, off) = (d * ls as f32, dmin * lm as f32);
+                        for (l, &v) in grp.iter().enumerate() {
+                            u[16 * g + l] = if step > 0.0 {
+                                ((v + off) / step).round().clamp(0.0, 3.0) as u8
+                            } else {
+                                0
+                            };
+                        }
+                    }
+                    out.extend_from_slice(&sc);
+                    out.extend_from_slice(&pack_2bit(&u));
+                    put16(out, d);
+                    put16(out, dmin);
+                }
+                Kind::Q3K => {
+                    let mut gscale = [0.0f32; 16];
+                    for (g, grp) in xb.chunks(16).enumerate() {
+                        let max = grp
+                            .iter()
+                            .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+                        gscale[g] = max / -4.0;
+                    }
+                    let amax = gscale.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let d = f16_round(amax / 32.0);
+                    let mut stored = [0u8; 16];
+                    for (g, grp) in xb.chunks(16).enumerate() {
+                        let sc = if d > 0.0 {
+                            (gscale[g] / d).round().clamp(-32.0, 31.0) as i32
+                        } else {
+                            0
+                        };
+                        stored[g] = (sc + 32) as u8;
+                        let step = d * sc as f32;
+                        for (l, &v) in grp.iter().enumerate() {
+                            u[16 * g + l] = if step != 0.0 {
+                                ((v / step).round() + 4.0).clamp(0.0, 7.0) as u8
+                            } else {
+                                4
+                            };
+                        }
+                    }
+                    let mut hmask = [0u8; 32];
+                    for (i, &v) in u.iter().enumerate() {
+                        hmask[i % 32] |= (v >> 2) << (i / 32);
+                    }
+                    let mut sc = [0u8; 12];
+                    for (g, &v) in stored.iter().enumerate() {
+                        if g < 8 {
+                            sc[g] |= v & 0x0F;
+                        } else {
+                            sc[g - 8] |= (v & 0x0F) << 4;
+                        }
+                        sc[8 + g % 4] |= (v >> 4) << (2 * (g / 4));
+                    }
+                    let low: Vec<u8> = u.iter().map(|v| v & 3).collect();
+                    out.extend_from_slice(&hmask);
+                    out.extend_from_slice(&pack_2bit(&low));
+                    out.extend_from_slice(&sc);
+                    put16(out, d);
+                }
                 Kind::Q6K => {
                     let mut gscale = [0.0f32; 16];
                     for (g, grp) in xb.chunks(16).enumerate() {
@@ -363,6 +500,16 @@ pub mod scalar {
             }
         }
     }
+}
+
+/// Q2_K/Q3_K's low bits: value `128·h + 32·j + l` at bits `2j` of byte `32·h + l`.
+fn pack_2bit(u: &[u8]) -> [u8; 64] {
+    let mut qs = [0u8; 64];
+    for (i, &v) in u.iter().enumerate() {
+        let (h, j, l) = (i / 128, (i / 32) % 4, i % 32);
+        qs[32 * h + l] |= (v & 3) << (2 * j);
+    }
+    qs
 }
 
 #[cfg(target_arch = "x86_64")]

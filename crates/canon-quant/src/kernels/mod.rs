@@ -39,6 +39,8 @@ pub enum Kind {
     Q5_1,
     Q8_0,
     /// K-quants: super-blocks of 256 (`kquant`).
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
@@ -52,6 +54,8 @@ impl Kind {
             GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q5_1 => Self::Q5_1,
             GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q2K => Self::Q2K,
+            GgmlType::Q3K => Self::Q3K,
             GgmlType::Q4K => Self::Q4K,
             GgmlType::Q5K => Self::Q5K,
             GgmlType::Q6K => Self::Q6K,
@@ -66,6 +70,8 @@ impl Kind {
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
             Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q2K => GgmlType::Q2K,
+            Self::Q3K => GgmlType::Q3K,
             Self::Q4K => GgmlType::Q4K,
             Self::Q5K => GgmlType::Q5K,
             Self::Q6K => GgmlType::Q6K,
@@ -74,7 +80,10 @@ impl Kind {
 
     /// Whether this is a K-quant (blocks of 256, activations in Q8_K).
     pub fn is_k(self) -> bool {
-        matches!(self, Self::Q4K | Self::Q5K | Self::Q6K)
+        matches!(
+            self,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K
+        )
     }
 
     /// Values per block: 32, or 256 for the K-quants.

@@ -50,7 +50,7 @@ pub fn unpack_block(kind: Kind, b: &[u8], q: &mut [i32; QK]) -> (f32, f32) {
             (f16(b, 0), 0.0)
         }
         // Blocks of 256: `super::kquant` unpacks them.
-        Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+        Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
             q.fill(0);
             (0.0, 0.0)
         }
@@ -143,7 +143,7 @@ pub fn quantize_row(kind: Kind, x: &[f32], out: &mut Vec<u8>) {
                 put16(out, min);
                 pack(kind, &q, out);
             }
-            Kind::Q4K | Kind::Q5K | Kind::Q6K => {}
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {}
         }
     }
 }

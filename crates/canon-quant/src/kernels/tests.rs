@@ -70,7 +70,9 @@ fn round_trip_error_is_within_the_format_step() {
                 Kind::Q4_1 => 0.5 * (hi - lo) / 15.0,
                 Kind::Q5_1 => 0.5 * (hi - lo) / 31.0,
                 Kind::Q8_0 => 0.5 * amax / 127.0,
-                Kind::Q4K | Kind::Q5K | Kind::Q6K => unreachable!("not in KINDS"),
+                Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+                    unreachable!("not in KINDS")
+                }
             };
             let bound = err + amax * 2e-3 + 1e-6;
             for (a, b) in xb.iter().zip(yb) {

@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{KActRow, QK_K, scales};
+use super::{KActRow, QK_K, min_is_d, scales};
 use crate::kernels::Kind;
 
 /// Unpacks one block's codes: 8 × 32 values in natural order.
@@ -19,6 +19,8 @@ trait KFmt {
     unsafe fn codes(p: *const u8) -> [__m256i; 8];
 }
 
+struct Q2K;
+struct Q3K;
 struct Q4K;
 struct Q5K;
 struct Q6K;
@@ -38,6 +40,55 @@ unsafe fn load(p: *const u8) -> __m256i {
 fn high_bits(h: __m256i, shift: i32, mask: i8) -> __m256i {
     let v = _mm256_srl_epi16(h, _mm_cvtsi32_si128(shift));
     _mm256_slli_epi16::<4>(_mm256_and_si256(v, _mm256_set1_epi8(mask)))
+}
+
+/// The 2-bit fields of Q2_K/Q3_K: chunk `4h + j` is bits `2j` of the 32 bytes at `qs + 32h`.
+///
+/// # Safety
+/// AVX2 present; `qs` points at 64 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn two_bit(qs: *const u8) -> [__m256i; 8] {
+    let m = _mm256_set1_epi8(3);
+    let mut u = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        // SAFETY: 32 bytes at 32·h inside the 64 the caller guarantees.
+        let v = unsafe { load(qs.add(32 * h)) };
+        u[4 * h] = _mm256_and_si256(v, m);
+        u[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16::<2>(v), m);
+        u[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+        u[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16::<6>(v), m);
+    }
+    u
+}
+
+impl KFmt for Q2K {
+    const KIND: Kind = Kind::Q2K;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(p: *const u8) -> [__m256i; 8] {
+        // SAFETY: the 64 code bytes start at 16 inside the 84-byte block (caller).
+        unsafe { two_bit(p.add(16)) }
+    }
+}
+
+impl KFmt for Q3K {
+    const KIND: Kind = Kind::Q3K;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn codes(p: *const u8) -> [__m256i; 8] {
+        // SAFETY: the high mask is bytes 0..32 and the low bits 32..96 of the 110-byte block.
+        let (mut u, hm) = unsafe { (two_bit(p.add(32)), load(p)) };
+        for (c, v) in u.iter_mut().enumerate() {
+            // Bit c of each mask byte, moved to bit 2.
+            let b = _mm256_and_si256(
+                _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32)),
+                _mm256_set1_epi8(1),
+            );
+            *v = _mm256_or_si256(*v, _mm256_slli_epi16::<2>(b));
+        }
+        u
+    }
 }
 
 impl KFmt for Q4K {
@@ -209,7 +260,7 @@ macro_rules! k_path {
                         };
                         let msum = _mm256_madd_epi16(mn, bs);
                         let dx = a.d[b];
-                        if F::KIND == Kind::Q6K {
+                        if min_is_d(F::KIND) {
                             // dmin = d: subtract in integers (as the scalar reference does).
                             acc[t] = _mm256_fmadd_ps(
                                 _mm256_cvtepi32_ps(_mm256_sub_epi32(isum, msum)),
@@ -269,6 +320,8 @@ macro_rules! k_path {
                 // SAFETY: forwarded from this function's contract.
                 unsafe {
                     match kind {
+                        Kind::Q2K => dispatch::<Q2K>(w, acts, out),
+                        Kind::Q3K => dispatch::<Q3K>(w, acts, out),
                         Kind::Q4K => dispatch::<Q4K>(w, acts, out),
                         Kind::Q5K => dispatch::<Q5K>(w, acts, out),
                         Kind::Q6K => dispatch::<Q6K>(w, acts, out),
@@ -341,6 +394,8 @@ pub unsafe fn dequantize_row(kind: Kind, w: &[u8], out: &mut [f32]) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match kind {
+            Kind::Q2K => dequantize_fmt::<Q2K>(w, out),
+            Kind::Q3K => dequantize_fmt::<Q3K>(w, out),
             Kind::Q4K => dequantize_fmt::<Q4K>(w, out),
             Kind::Q5K => dequantize_fmt::<Q5K>(w, out),
             Kind::Q6K => dequantize_fmt::<Q6K>(w, out),

@@ -11,7 +11,7 @@ use super::*;
 use crate::kernels::tests::{Rng, simd_paths};
 use crate::kernels::{Isa, QMatrixRef, matmul};
 
-const KINDS: [Kind; 3] = [Kind::Q4K, Kind::Q5K, Kind::Q6K];
+const KINDS: [Kind; 5] = [Kind::Q2K, Kind::Q3K, Kind::Q4K, Kind::Q5K, Kind::Q6K];
 
 /// Random blocks: random bytes except the f16 scales, which get finite values.
 fn random_blocks(kind: Kind, rng: &mut Rng, nb: usize) -> Vec<u8> {
@@ -23,6 +23,11 @@ fn random_blocks(kind: Kind, rng: &mut Rng, nb: usize) -> Vec<u8> {
             blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
         };
         match kind {
+            Kind::Q2K => {
+                put(80, rng.normal(0.01));
+                put(82, rng.normal(0.01));
+            }
+            Kind::Q3K => put(108, rng.normal(0.01)),
             Kind::Q6K => put(208, rng.normal(0.01)),
             _ => {
                 put(0, rng.normal(0.01));
@@ -50,6 +55,19 @@ fn candle_dequantize(kind: Kind, bytes: &[u8], rows: usize, k: usize) -> Vec<f32
         .dequantize(&Device::Cpu)
         .unwrap();
     t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// `Σ|w_i·x_i|` for weight row `w` and activation row `t`: sums of terms of either sign carry an
+/// f32 error proportional to it, not to the result.
+fn magnitude(kind: Kind, w: &[u8], act: &Q8KRows, t: usize) -> f32 {
+    let k = act.nb * QK_K;
+    let mut wf = vec![0.0f32; k];
+    scalar::dequantize_row(kind, w, &mut wf);
+    wf.iter()
+        .zip(&act.qs[t * k..(t + 1) * k])
+        .enumerate()
+        .map(|(i, (w, &q))| (w * act.d[t * act.nb + i / QK_K] * q as f32).abs())
+        .sum()
 }
 
 #[test]
@@ -154,8 +172,6 @@ fn simd_k_dot_equals_scalar() {
             for nb in [1, 2, 5] {
                 let k = nb * QK_K;
                 let w = random_blocks(kind, &mut rng, nb);
-                let mut wf = vec![0.0f32; k];
-                scalar::dequantize_row(kind, &w, &mut wf);
                 for m in 1..=10 {
                     let mut x = rng.vec(m * k, 1.0);
                     x[0] = 1e4; // one block dominated by a spike
@@ -173,14 +189,7 @@ fn simd_k_dot_equals_scalar() {
                         }
                     }
                     for (t, (g, e)) in got.iter().zip(&want).enumerate() {
-                        // Sums of terms of either sign: f32 error scales with Σ|w·x|, not |Σ w·x|.
-                        let mag: f32 = wf
-                            .iter()
-                            .zip(&act.qs[t * k..(t + 1) * k])
-                            .enumerate()
-                            .map(|(i, (w, &q))| (w * act.d[t * nb + i / QK_K] * q as f32).abs())
-                            .sum();
-                        let tol = 2e-5 * e.abs().max(1.0) + 1e-6 * mag;
+                        let tol = 2e-5 * e.abs().max(1.0) + 1e-6 * magnitude(kind, &w, &act, t);
                         assert!(
                             (g - e).abs() <= tol,
                             "{isa:?} {kind:?} nb {nb} m {m}: {g} vs {e}"
@@ -217,8 +226,10 @@ fn matmul_takes_the_k_kernels_on_every_path() {
                         let mut e = [0.0];
                         scalar::dot_rows(kind, w.row(r), &[act.row(t)], &mut e);
                         let g = y[t * n + r];
+                        let tol =
+                            2e-5 * e[0].abs().max(1.0) + 1e-6 * magnitude(kind, w.row(r), &act, t);
                         assert!(
-                            (g - e[0]).abs() <= 2e-5 * e[0].abs().max(1.0),
+                            (g - e[0]).abs() <= tol,
                             "{isa:?} {kind:?} m {m} ({t},{r}): {g} vs {}",
                             e[0]
                         );
@@ -247,6 +258,8 @@ fn row_quantizer_round_trips_and_products_stay_close() {
             // Codes have 15, 31 or 63 steps over the range; the 6/8-bit scales add a relative
             // error of about 1/63 of the largest scale in the block.
             let steps = match kind {
+                Kind::Q2K => 3.0,
+                Kind::Q3K => 7.0,
                 Kind::Q4K => 15.0,
                 Kind::Q5K => 31.0,
                 _ => 63.0,
