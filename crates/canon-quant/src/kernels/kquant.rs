@@ -161,9 +161,9 @@ pub fn scales(kind: Kind, b: &[u8]) -> KScales {
         Kind::Q2K => {
             s.d = f16_at(b, 80);
             s.dmin = f16_at(b, 82);
-            for g in 0..16 {
-                s.sc[g] = (b[g] & 0x0F) as i16;
-                s.mn[g] = (b[g] >> 4) as i16;
+            for (g, &v) in b[..16].iter().enumerate() {
+                s.sc[g] = (v & 0x0F) as i16;
+                s.mn[g] = (v >> 4) as i16;
             }
         }
         Kind::Q3K => {
