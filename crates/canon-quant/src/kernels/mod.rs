@@ -314,7 +314,7 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    if m >= GEMM_MIN_ROWS {
+    if m >= gemm_min_rows(isa) {
         return matmul_dequantized(w, x, m, y);
     }
     if w.kind.is_k() {
@@ -348,6 +348,18 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// scales, while a GEMM reuses each dequantized tile across all rows at full FMA throughput.
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
+
+/// The row count from which `matmul` takes the dequantized GEMM on `isa`: `GEMM_MIN_ROWS`, except
+/// with AVX-512 VNNI, whose 8-bit block product (two blocks per `vpdpbusd`, eight activation rows
+/// per weight pass) outruns the f32 GEMM at every row count measured (README, quantized kernels),
+/// so prompts stay on it too. Each row's result is then the same whatever the number of rows.
+pub fn gemm_min_rows(isa: Isa) -> usize {
+    if isa == Isa::Avx512Vnni {
+        usize::MAX
+    } else {
+        GEMM_MIN_ROWS
+    }
+}
 
 /// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
