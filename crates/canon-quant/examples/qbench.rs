@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use canon_quant::kernels::kquant::Q8KRows;
-use canon_quant::kernels::{Kind, Q8Rows, QMatrixRef, matmul, matmul_q8, matmul_q8k, scalar};
+use canon_quant::kernels::{
+    Kind, Q8Rows, QMatrixRef, matmul, matmul_dequantized, matmul_q8, matmul_q8k, scalar,
+};
 use canon_quant::{GgmlTensor, Isa};
 
 fn cpu_model() -> String {
@@ -48,10 +50,10 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let (n, k) = match args.as_slice() {
-        [n, k] if k % 256 == 0 => (*n, *k),
+        [n, k] if k % 32 == 0 => (*n, *k),
         [] => (1536, 2048),
         _ => {
-            eprintln!("error: expected `n k` with k a multiple of 256, found {args:?}");
+            eprintln!("error: expected `n k` with k a multiple of 32, found {args:?}");
             std::process::exit(2);
         }
     };
@@ -65,8 +67,10 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| format | ISA | m=1 | m=2 | m=4 | m=8 | 8-bit m=64 | GEMM m=256 | GB/s at m=1 |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| format | ISA | m=1 | m=2 | m=4 | m=8 | 8-bit m=64 | 8-bit m=256 | GEMM m=256 | GB/s at m=1 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // Deterministic weights and activations.
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut rnd = move || {
@@ -87,6 +91,9 @@ fn main() {
         Kind::Q6K,
     ];
     for kind in kinds {
+        if k % kind.block_len() != 0 {
+            continue;
+        }
         let mut bytes = Vec::new();
         scalar::quantize_row(kind, &wf, &mut bytes);
         let w = QMatrixRef {
@@ -112,7 +119,7 @@ fn main() {
                 cells.push(format!("{:.1}", (n * m * k) as f64 / secs / 1e9));
             }
             println!(
-                "| {kind:?} | before: dequantize + f32 matmul | {} | — | — | |",
+                "| {kind:?} | before: dequantize + f32 matmul | {} | — | — | — | |",
                 cells.join(" | ")
             );
         }
@@ -126,10 +133,18 @@ fn main() {
             }
             let mut cells = Vec::new();
             let mut gbs = 0.0;
-            for m in [1usize, 2, 4, 8, 64, 256] {
+            for (m, int8) in [
+                (1usize, false),
+                (2, false),
+                (4, false),
+                (8, false),
+                (64, true),
+                (256, true),
+                (256, false),
+            ] {
                 let mut y = vec![0.0f32; m * n];
                 let xs = &x[..m * k];
-                let secs = if m == 64 {
+                let secs = if int8 {
                     // The 8-bit path at prompt sizes (`matmul` takes the GEMM from 16 rows).
                     if kind.is_k() {
                         let mut a = Q8KRows::default();
@@ -144,6 +159,9 @@ fn main() {
                             matmul_q8(isa, w, &a, &mut y)
                         })
                     }
+                } else if m >= 16 {
+                    // The dequantized-tile f32 GEMM (what the scalar and AVX2 paths take here).
+                    best_time(|| matmul_dequantized(w, xs, m, &mut y))
                 } else {
                     best_time(|| matmul(isa, w, xs, m, &mut y))
                 };
