@@ -16,7 +16,9 @@ use std::arch::x86_64::*;
 use super::avx2::{self, Fmt, Q40, Q41, Q50, Q51, Q80};
 use super::{ActRow, Kind, QK};
 
-/// Blocks `b` and `b + 1` of one weight row against `T` activation rows.
+/// Blocks `b` (even) and `b + 1` of one weight row against `T` activation rows: lanes 0..7 of
+/// `acc` take block `b`, lanes 8..15 block `b + 1`; the minimum terms go to `macc_even` and
+/// `macc_odd`.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL/DQ and VNNI (callers check with
@@ -29,7 +31,8 @@ unsafe fn pair_step<F: Fmt, const T: usize>(
     acts: &[ActRow<'_>],
     b: usize,
     acc: &mut [__m512; T],
-    macc: &mut [f32; T],
+    macc_even: &mut [f32; T],
+    macc_odd: &mut [f32; T],
 ) {
     // SAFETY: blocks b and b + 1 lie inside `w`; activation rows hold as many blocks (caller).
     let (v0, d0, m0, v1, d1, m1) = unsafe {
@@ -70,15 +73,20 @@ unsafe fn pair_step<F: Fmt, const T: usize>(
             idx,
             _mm512_castps128_ps512(_mm_castsi128_ps(_mm_cvtsi64_si128(dpair as i64))),
         );
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw, dx), acc[t]);
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(p), acc[t]);
         if F::HAS_MIN {
-            macc[t] += m0 * a.s[b] + m1 * a.s[b + 1];
+            macc_even[t] += m0 * a.s[b];
+            macc_odd[t] += m1 * a.s[b + 1];
         }
     }
 }
 
-/// One weight row against `T` activation rows; pairs of blocks alternate between two
-/// accumulators so that consecutive fused multiply-adds do not wait on each other.
+/// One weight row against `T` activation rows, with the arithmetic of `avx2::dot_n` lane for
+/// lane: AVX2 accumulates even blocks in one register and odd blocks in another, here the low and
+/// high halves of one 512-bit register; `vpdpbusd`'s lane sums equal `maddubs` + `madd`'s (no
+/// saturation either way), the scales are the same f32 products, and the halves are added and
+/// reduced as AVX2 does. Results are therefore bit-identical to the AVX2 path, so a row's result
+/// does not depend on whether it was multiplied alone (AVX2's one-row kernel) or with others.
 ///
 /// # Safety
 /// As `pair_step`'s CPU condition; `acts.len() == T ≤ out.len()`, `w` holds whole blocks of `F`,
@@ -87,35 +95,28 @@ unsafe fn pair_step<F: Fmt, const T: usize>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
     let nb = w.len() / F::BYTES;
-    let mut acc0 = [_mm512_setzero_ps(); T];
-    let mut acc1 = [_mm512_setzero_ps(); T];
+    let mut acc = [_mm512_setzero_ps(); T];
     let mut macc0 = [0.0f32; T];
     let mut macc1 = [0.0f32; T];
     let mut b = 0;
-    while b + 3 < nb {
-        // SAFETY: b + 3 < nb, so blocks b..b+4 lie inside `w`, and the rows match `w` (caller).
-        unsafe {
-            pair_step::<F, T>(w, acts, b, &mut acc0, &mut macc0);
-            pair_step::<F, T>(w, acts, b + 2, &mut acc1, &mut macc1);
-        }
-        b += 4;
-    }
-    if b + 1 < nb {
+    while b + 1 < nb {
         // SAFETY: b + 1 < nb, so both blocks lie inside `w`, and the rows match `w` (caller).
-        unsafe { pair_step::<F, T>(w, acts, b, &mut acc0, &mut macc0) };
+        unsafe { pair_step::<F, T>(w, acts, b, &mut acc, &mut macc0, &mut macc1) };
         b += 2;
     }
-    let mut tail = [_mm256_setzero_ps(); T];
+    let mut lo = [_mm256_setzero_ps(); T];
+    for t in 0..T {
+        lo[t] = _mm512_castps512_ps256(acc[t]);
+    }
     if b < nb {
+        // The last, even block goes where AVX2 puts it: the even-block accumulator.
         // SAFETY: b < nb, so the block lies inside `w`; AVX2/FMA/F16C are part of this path.
-        unsafe { avx2::step::<F, T>(w, acts, b, &mut tail, &mut macc1) };
+        unsafe { avx2::step::<F, T>(w, acts, b, &mut lo, &mut macc0) };
     }
     for t in 0..T {
+        let hi = _mm512_extractf32x8_ps::<1>(acc[t]);
         // SAFETY: the CPU features are guaranteed by the caller (this function's own contract).
-        let tail_sum = unsafe { avx2::hsum(tail[t]) };
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]))
-            + tail_sum
-            + (macc0[t] + macc1[t]);
+        out[t] = unsafe { avx2::hsum(_mm256_add_ps(lo[t], hi)) } + (macc0[t] + macc1[t]);
     }
 }
 
@@ -165,38 +166,6 @@ pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32
             Kind::Q5_0 => dispatch::<Q50>(w, acts, out),
             Kind::Q5_1 => dispatch::<Q51>(w, acts, out),
             Kind::Q8_0 => dispatch::<Q80>(w, acts, out),
-            _ => unreachable!("K-quant kinds take the kquant kernels"),
-        }
-    }
-}
-
-/// `gemv` for one block format.
-///
-/// # Safety
-/// As `gemv`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn gemv_fmt<F: Fmt>(w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
-    let acts = std::slice::from_ref(act);
-    for (row, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
-        // SAFETY: one row of whole blocks against one activation row of the same length (caller).
-        unsafe { dot_n::<F, 1>(row, acts, std::slice::from_mut(o)) };
-    }
-}
-
-/// `out[r] = w_r · act` for consecutive rows `w` (`out.len()` rows of `row_bytes` each).
-///
-/// # Safety
-/// As `dot_rows`.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-pub unsafe fn gemv(kind: Kind, w: &[u8], row_bytes: usize, act: &ActRow<'_>, out: &mut [f32]) {
-    // SAFETY: forwarded from this function's contract; `kind` selects the matching block layout.
-    unsafe {
-        match kind {
-            Kind::Q4_0 => gemv_fmt::<Q40>(w, row_bytes, act, out),
-            Kind::Q4_1 => gemv_fmt::<Q41>(w, row_bytes, act, out),
-            Kind::Q5_0 => gemv_fmt::<Q50>(w, row_bytes, act, out),
-            Kind::Q5_1 => gemv_fmt::<Q51>(w, row_bytes, act, out),
-            Kind::Q8_0 => gemv_fmt::<Q80>(w, row_bytes, act, out),
             _ => unreachable!("K-quant kinds take the kquant kernels"),
         }
     }

@@ -314,7 +314,7 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    if m >= gemm_min_rows(isa) {
+    if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
     }
     if w.kind.is_k() {
@@ -348,18 +348,6 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// scales, while a GEMM reuses each dequantized tile across all rows at full FMA throughput.
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
-
-/// The row count from which `matmul` takes the dequantized GEMM on `isa`: `GEMM_MIN_ROWS`, except
-/// with AVX-512 VNNI, whose 8-bit block product (two blocks per `vpdpbusd`, eight activation rows
-/// per weight pass) outruns the f32 GEMM at every row count measured (README, quantized kernels),
-/// so prompts stay on it too. Each row's result is then the same whatever the number of rows.
-pub fn gemm_min_rows(isa: Isa) -> usize {
-    if isa == Isa::Avx512Vnni {
-        usize::MAX
-    } else {
-        GEMM_MIN_ROWS
-    }
-}
 
 /// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
@@ -461,15 +449,12 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
             // SAFETY: rows r0..r1 of y belong to this task alone; y has n elements (m = 1).
             let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
             let ws = &w.bytes[r0 * rb..r1 * rb];
-            // SAFETY: the path's extensions were detected (`Isa::available`); the rows hold whole
-            // blocks matching the activation row.
-            unsafe {
-                if isa == Isa::Avx512Vnni {
-                    avx512::gemv(w.kind, ws, rb, &acts[0], ys)
-                } else {
-                    avx2::gemv(w.kind, ws, rb, &acts[0], ys)
-                }
-            }
+            // One activation row takes AVX2's kernel on the VNNI path too: with no other row to
+            // share each unpacked pair of blocks, the 512-bit step decoded slower (README), and
+            // its results are bit-identical to AVX2's anyway (`avx512::dot_n`).
+            // SAFETY: AVX2/FMA/F16C are part of both paths and were detected (`Isa::available`);
+            // the rows hold whole blocks matching the activation row.
+            unsafe { avx2::gemv(w.kind, ws, rb, &acts[0], ys) }
         });
         return;
     }

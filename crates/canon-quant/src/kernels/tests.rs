@@ -327,14 +327,7 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
         };
         let x = rng.vec(m * k, 1.0);
         let mut y = vec![0.0; m * n];
-        // The GEMM's threshold is that of the scalar and AVX2 paths.
-        let isa = if Isa::Avx2.available() {
-            Isa::Avx2
-        } else {
-            Isa::Scalar
-        };
-        assert!(m >= gemm_min_rows(isa));
-        matmul(isa, w, &x, m, &mut y);
+        matmul(Isa::best(), w, &x, m, &mut y);
         let mut row = vec![0.0; k];
         for r in 0..n {
             dequantize_row(w, r, &mut row);
@@ -353,35 +346,52 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
     }
 }
 
-/// With AVX-512 VNNI, prompts (many rows) stay on the 8-bit path: every row equals the scalar
-/// block product of that row alone, for the 32-blocks and the K-quants.
+/// The AVX-512 kernels reproduce the AVX2 arithmetic bit for bit, for any number of rows; so a
+/// row's result is the same whether it is multiplied alone (one-row kernel) or in a batch.
 #[test]
-fn vnni_prompts_stay_on_the_8_bit_path() {
-    let isa = Isa::Avx512Vnni;
-    if !isa.available() {
-        eprintln!(
-            "SKIPPED vnni_prompts_stay_on_the_8_bit_path: CPU lacks one of {}",
-            isa.extensions()
-        );
-        return;
-    }
+fn avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch() {
+    let test = "avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch";
     let mut rng = Rng(23);
-    let (n, k, m) = (19, 512, 37);
-    for kind in [Kind::Q4_1, Kind::Q8_0, Kind::Q4K, Kind::Q6K] {
-        let bytes = quantize_matrix(kind, &rng.vec(n * k, 0.3));
-        let w = QMatrixRef {
-            kind,
-            rows: n,
-            cols: k,
-            bytes: &bytes,
-        };
-        let x = rng.vec(m * k, 1.0);
-        let mut y = vec![0.0; m * n];
-        matmul(isa, w, &x, m, &mut y);
-        for t in 0..m {
-            let mut one = vec![0.0; n];
-            matmul(isa, w, &x[t * k..(t + 1) * k], 1, &mut one);
-            assert_eq!(&y[t * n..(t + 1) * n], &one[..], "{kind:?} row {t}");
+    let (n, k, m) = (19, 512, 15);
+    let paths = simd_paths(test);
+    for kind in [
+        Kind::Q4_0,
+        Kind::Q4_1,
+        Kind::Q5_0,
+        Kind::Q5_1,
+        Kind::Q8_0,
+        Kind::Q4K,
+        Kind::Q6K,
+    ] {
+        for nb_extra in [0, 1] {
+            // An odd number of blocks exercises the AVX-512 tail.
+            let k = k + 32 * nb_extra * usize::from(!kind.is_k());
+            let bytes = quantize_matrix(kind, &rng.vec(n * k, 0.3));
+            let w = QMatrixRef {
+                kind,
+                rows: n,
+                cols: k,
+                bytes: &bytes,
+            };
+            let x = rng.vec(m * k, 1.0);
+            let mut results = Vec::new();
+            for &isa in &paths {
+                let mut y = vec![0.0; m * n];
+                matmul(isa, w, &x, m, &mut y);
+                for t in 0..m {
+                    let mut one = vec![0.0; n];
+                    matmul(isa, w, &x[t * k..(t + 1) * k], 1, &mut one);
+                    assert_eq!(&y[t * n..(t + 1) * n], &one[..], "{isa:?} {kind:?} row {t}");
+                }
+                results.push((isa, y));
+            }
+            for pair in results.windows(2) {
+                assert_eq!(
+                    pair[0].1, pair[1].1,
+                    "{kind:?}: {:?} and {:?} differ",
+                    pair[0].0, pair[1].0
+                );
+            }
         }
     }
 }
