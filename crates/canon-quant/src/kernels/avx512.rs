@@ -120,8 +120,13 @@ unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut
     }
 }
 
-/// Activation rows per pass over a weight row: 32 vector registers hold 2·8 accumulators.
+/// Activation rows per pass over a weight row (32 vector registers).
 pub const ROWS: usize = 8;
+
+/// Fewest activation rows worth this kernel: each row has one accumulator chain (to keep AVX2's
+/// summation order), so with 1–3 rows the fused multiply-adds wait on each other and AVX2's
+/// kernel (two chains per row, identical results) is faster (`qbench`).
+pub const MIN_ROWS: usize = 4;
 
 /// `dot_n` for any number of activation rows, `ROWS` at a time.
 ///
