@@ -9,10 +9,12 @@
 //!   symmetric formats (Q4_0, Q5_0, Q8_0):  Σ_blocks d_w·d_x·Σ q_w q_x
 //!   formats with a minimum (Q4_1, Q5_1):   Σ_blocks d_w·d_x·Σ q_w q_x + m_w·s_x
 //!
-//! Two paths compute it: a plain scalar reference (`scalar`) and AVX2 + FMA + F16C (`avx2`), chosen
-//! at run time. The output rows are split over `pool`'s persistent threads; for prompt processing each
-//! weight block is unpacked once and multiplied with four activation rows (a GEMM-shaped kernel,
-//! not repeated matrix–vector products).
+//! Three paths compute it, chosen at run time (`Isa::best`): a plain scalar reference (`scalar`),
+//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI (`avx512`, bit-identical to AVX2, used from 4
+//! activation rows). The output rows are split over `pool`'s persistent threads; with several
+//! activation rows each weight block is unpacked once and multiplied with 4 (AVX2) or 8 (AVX-512)
+//! of them. From `GEMM_MIN_ROWS` rows (prompts) the products run dequantized tiles through an f32
+//! GEMM instead.
 
 pub mod kquant;
 pub mod scalar;
