@@ -12,7 +12,11 @@ Runs alternate peer and Canon, REPEAT times each, and prints medians and ratios 
 > 1 means Canon is faster). Set up the peers first with bench/setup_peers.sh.
 
 Usage:
-  ~/.cache/canon-peers/venv/bin/python bench/compare.py [--repeat 5] [--threads 2]
+  ~/.cache/canon-peers/venv/bin/python bench/compare.py [--repeat 5] [--threads 2] [--isa avx2,avx512vnni]
+
+`--isa` runs Canon once per listed kernel path (the CANON_ISA environment variable) in the same
+interleaved loop, one row per path; without it Canon picks its best path. The CPU model and the
+vector extensions it reports head the table.
 """
 
 import argparse
@@ -46,6 +50,21 @@ def cpu_model():
     return platform.processor()
 
 
+EXTENSIONS = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+              "avx_vnni", "avx512_bf16", "amx_int8"]
+
+
+def cpu_extensions():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [e for e in EXTENSIONS if e in flags]
+    except OSError:
+        pass
+    return []
+
+
 def canon_bin():
     b = os.path.join(ROOT, "target", "release", "canon")
     if not os.path.exists(b):
@@ -71,11 +90,14 @@ def peak_rss_mb(cmd):
     return ru.ru_maxrss / 1024
 
 
-def canon_generate(exe, prompt, max_tokens, threads, extra=()):
+def canon_generate(exe, prompt, max_tokens, threads, extra=(), isa=None):
+    env = dict(os.environ)
+    if isa:
+        env["CANON_ISA"] = isa
     out = subprocess.run(
         [exe, "--quiet", "--threads", str(threads), "generate", "--model", GGUF, "--prompt", prompt,
          "--max-tokens", str(max_tokens), "--temperature", "0", "--json", *extra],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     ).stdout
     return json.loads(out)["timings"]
 
@@ -107,41 +129,53 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", default="", help="comma list of decode,prefill,embed to skip")
+    ap.add_argument("--skip", default="", help="comma list of decode,rss,prefill,embed to skip")
+    ap.add_argument("--isa", default="", help="comma list of Canon kernel paths (scalar,avx2,avx512vnni)")
     a = ap.parse_args()
+    isas = [i for i in a.isa.split(",") if i] or [None]
+
+    def label(isa):
+        return f" [Canon {isa}]" if isa else ""
     skip = set(filter(None, a.skip.split(",")))
     exe = canon_bin()
     subprocess.run([exe, "--quiet", "assets", "fetch", "smollm2"], check=True, capture_output=True)
     subprocess.run([exe, "--quiet", "assets", "fetch", "minilm"], check=True, capture_output=True)
     rows = []
-    print(f"CPU: {cpu_model()}, threads {a.threads}, median of {a.repeat}", flush=True)
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else []
+    print(f"CPU: {cpu_model()} ({' '.join(cpu_extensions())}), threads {a.threads}, "
+          f"median of {a.repeat}, load average at start {' '.join(load)}", flush=True)
 
     if "decode" not in skip:
         p16 = prompt_of(exe, 16)
-        peer, ours = [], []
+        peer, ours = [], {i: [] for i in isas}
         for _ in range(a.repeat):
             peer.append(llama_bench(["-p", "0", "-n", "128", "-d", "16"], a.threads))
-            t = canon_generate(exe, p16, 128, a.threads, ["--ignore-eos"])
-            ours.append(t["decode_tokens"] / t["decode_ms"] * 1e3)
-        rows.append(("decode tg128 @16 (tok/s)", "llama.cpp", peer, ours))
+            for isa in isas:
+                t = canon_generate(exe, p16, 128, a.threads, ["--ignore-eos"], isa)
+                ours[isa].append(t["decode_tokens"] / t["decode_ms"] * 1e3)
+        for isa in isas:
+            rows.append((f"decode tg128 @16 (tok/s){label(isa)}", "llama.cpp", peer, ours[isa]))
         peer, ours = [], []
-        for _ in range(a.repeat):
+        for _ in range(0 if "rss" in skip else a.repeat):
             peer.append(peak_rss_mb([os.path.join(PEERS, "llama.cpp-build", "bin", "llama-bench"),
                                      "-m", GGUF, "-t", str(a.threads), "-r", "1",
                                      "-p", "0", "-n", "128", "-d", "16"]))
             ours.append(peak_rss_mb([exe, "--quiet", "--threads", str(a.threads), "generate",
                                      "--model", GGUF, "--prompt", p16, "--max-tokens", "128",
                                      "--temperature", "0", "--ignore-eos"]))
-        rows.append(("peak RSS while decoding (MB; lower is better)", "llama.cpp", peer, ours))
+        if "rss" not in skip:
+            rows.append(("peak RSS while decoding (MB; lower is better)", "llama.cpp", peer, ours))
 
     if "prefill" not in skip:
         p512 = prompt_of(exe, 512)
-        peer, ours = [], []
+        peer, ours = [], {i: [] for i in isas}
         for _ in range(a.repeat):
             peer.append(llama_bench(["-p", "512", "-n", "0"], a.threads))
-            t = canon_generate(exe, p512, 1, a.threads)
-            ours.append(t["prompt_tokens"] / t["prefill_ms"] * 1e3)
-        rows.append(("prefill pp512 (tok/s)", "llama.cpp", peer, ours))
+            for isa in isas:
+                t = canon_generate(exe, p512, 1, a.threads, (), isa)
+                ours[isa].append(t["prompt_tokens"] / t["prefill_ms"] * 1e3)
+        for isa in isas:
+            rows.append((f"prefill pp512 (tok/s){label(isa)}", "llama.cpp", peer, ours[isa]))
 
     if "embed" not in skip:
         import torch

@@ -116,7 +116,7 @@ impl SyncI32 {
 /// `Σ a_j b_j` of two i8 vectors in i32.
 pub fn dot_i8(isa: Isa, a: &[i8], b: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.has_avx2() {
         // SAFETY: `Isa::Avx2` is only chosen after run-time detection.
         return unsafe { avx2::dot_i8(a, b) };
     }

@@ -103,7 +103,7 @@ impl GgmlType {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
     }
 
-    fn candle(self) -> GgmlDType {
+    pub(crate) fn candle(self) -> GgmlDType {
         match self {
             // Read by `dequantize` before reaching candle.
             Self::I8 => GgmlDType::F32,
@@ -244,11 +244,23 @@ impl GgmlTensor {
         Ok(QTensor::new(storage, self.shape.clone())?.dequantize(&Device::Cpu)?)
     }
 
+    /// Dequantizes through candle's block types (any ggml format, not `I8`; an independent
+    /// implementation: tests and benchmarks compare against it).
+    pub fn dequantize_candle(&self) -> Result<Tensor, QuantError> {
+        let storage = candle_core::quantized::QStorage::from_data(
+            Cow::Borrowed(&self.bytes),
+            &Device::Cpu,
+            self.dtype.candle(),
+        )?;
+        Ok(QTensor::new(storage, self.shape.clone())?.dequantize(&Device::Cpu)?)
+    }
+
     pub fn size_in_bytes(&self) -> usize {
         self.bytes.len()
     }
 
-    /// Whether `matmul` runs on quantized kernels for this format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    /// Whether `matmul` runs on quantized kernels for this format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// Q4_K, Q5_K, Q6_K).
     pub fn has_kernel(&self) -> bool {
         self.as_matrix().is_some()
     }

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use super::{ActRow, Kind, QK};
 
 /// A block format: how to turn one block into 32 bytes plus its scale and minimum.
-trait Fmt {
+pub(super) trait Fmt {
     const HAS_MIN: bool;
     const BYTES: usize;
     /// (values as bytes — unsigned if `HAS_MIN`, signed otherwise —, d, m)
@@ -84,11 +84,11 @@ unsafe fn f16x1(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-struct Q40;
-struct Q41;
-struct Q50;
-struct Q51;
-struct Q80;
+pub(super) struct Q40;
+pub(super) struct Q41;
+pub(super) struct Q50;
+pub(super) struct Q51;
+pub(super) struct Q80;
 
 impl Fmt for Q40 {
     const HAS_MIN: bool = false;
@@ -182,7 +182,7 @@ impl Fmt for Q80 {
 /// The CPU must support AVX2, FMA and F16C (callers check with `is_x86_feature_detected!`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -197,7 +197,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// row of `acts` holds at least `(b + 1)·QK` quantized values and `b + 1` scales.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn step<F: Fmt, const T: usize>(
+pub(super) unsafe fn step<F: Fmt, const T: usize>(
     w: &[u8],
     acts: &[ActRow<'_>],
     b: usize,
@@ -368,6 +368,9 @@ pub unsafe fn dot_rows(kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32
             Kind::Q5_0 => dispatch::<Q50>(w, acts, out),
             Kind::Q5_1 => dispatch::<Q51>(w, acts, out),
             Kind::Q8_0 => dispatch::<Q80>(w, acts, out),
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+                unreachable!("K-quant kinds take the kquant kernels")
+            }
         }
     }
 }
@@ -400,6 +403,9 @@ pub unsafe fn gemv(kind: Kind, w: &[u8], row_bytes: usize, act: &ActRow<'_>, out
             Kind::Q5_0 => gemv_fmt::<Q50>(w, row_bytes, act, out),
             Kind::Q5_1 => gemv_fmt::<Q51>(w, row_bytes, act, out),
             Kind::Q8_0 => gemv_fmt::<Q80>(w, row_bytes, act, out),
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+                unreachable!("K-quant kinds take the kquant kernels")
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Matrix products over ggml block formats without dequantizing the matrix.
 //!
-//! `y = x Wᵀ` with `W: [n, k]` in Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks of 32 and `x: [m, k]` in f32.
+//! `y = x Wᵀ` with `W: [n, k]` in Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 blocks of 32 (K-quants: `kquant`)
+//! and `x: [m, k]` in f32.
 //! As in llama.cpp, each activation row is rounded once per product to blocks of 32 signed bytes
 //! with one scale (`d = max|x| / 127`, stored as f16) and, for the formats with a minimum, the
 //! block sum `s = d·Σq` (also f16). A block product is then an integer dot product of 32 byte pairs:
@@ -8,15 +9,21 @@
 //!   symmetric formats (Q4_0, Q5_0, Q8_0):  Σ_blocks d_w·d_x·Σ q_w q_x
 //!   formats with a minimum (Q4_1, Q5_1):   Σ_blocks d_w·d_x·Σ q_w q_x + m_w·s_x
 //!
-//! Two paths compute it: a plain scalar reference (`scalar`) and AVX2 + FMA + F16C (`avx2`), chosen
-//! at run time. The output rows are split over `pool`'s persistent threads; for prompt processing each
-//! weight block is unpacked once and multiplied with four activation rows (a GEMM-shaped kernel,
-//! not repeated matrix–vector products).
+//! Three paths compute it, chosen at run time (`Isa::best`): a plain scalar reference (`scalar`),
+//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI (`avx512`, bit-identical to AVX2, used from 4
+//! activation rows). The output rows are split over `pool`'s persistent threads; with several
+//! activation rows each weight block is unpacked once and multiplied with 4 (AVX2) or 8 (AVX-512)
+//! of them. From `GEMM_MIN_ROWS` rows (prompts) the products run dequantized tiles through an f32
+//! GEMM instead.
 
+pub mod kquant;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 
 use std::sync::OnceLock;
 
@@ -33,6 +40,12 @@ pub enum Kind {
     Q5_0,
     Q5_1,
     Q8_0,
+    /// K-quants: super-blocks of 256 (`kquant`).
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl Kind {
@@ -43,6 +56,11 @@ impl Kind {
             GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q5_1 => Self::Q5_1,
             GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q2K => Self::Q2K,
+            GgmlType::Q3K => Self::Q3K,
+            GgmlType::Q4K => Self::Q4K,
+            GgmlType::Q5K => Self::Q5K,
+            GgmlType::Q6K => Self::Q6K,
             _ => return None,
         })
     }
@@ -54,10 +72,28 @@ impl Kind {
             Self::Q5_0 => GgmlType::Q5_0,
             Self::Q5_1 => GgmlType::Q5_1,
             Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q2K => GgmlType::Q2K,
+            Self::Q3K => GgmlType::Q3K,
+            Self::Q4K => GgmlType::Q4K,
+            Self::Q5K => GgmlType::Q5K,
+            Self::Q6K => GgmlType::Q6K,
         }
     }
 
-    /// Bytes per block of 32.
+    /// Whether this is a K-quant (blocks of 256, activations in Q8_K).
+    pub fn is_k(self) -> bool {
+        matches!(
+            self,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K
+        )
+    }
+
+    /// Values per block: 32, or 256 for the K-quants.
+    pub fn block_len(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         self.ggml().type_size()
     }
@@ -74,19 +110,55 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C (x86-64).
     Avx2,
+    /// AVX-512 F/BW/VL/DQ with VNNI (`vpdpbusd`, `vpdpwssd`), on top of AVX2/FMA/F16C (x86-64).
+    Avx512Vnni,
 }
 
 impl Isa {
-    /// The best path this CPU supports (detected once).
+    /// Every path, best last.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+
+    /// The best path this CPU supports (detected once). The environment variable `CANON_ISA`
+    /// (`scalar`, `avx2` or `avx512vnni`) caps the choice, for side-by-side measurements; a value
+    /// this CPU cannot run, or an unknown one, leaves the detected path.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            if Isa::Avx2.available() {
-                Isa::Avx2
-            } else {
-                Isa::Scalar
-            }
+            let detected = Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|i| i.available())
+                .unwrap_or(Isa::Scalar);
+            std::env::var("CANON_ISA")
+                .ok()
+                .and_then(|v| Isa::parse(&v))
+                .filter(|i| i.available())
+                .unwrap_or(detected)
         })
+    }
+
+    /// `scalar`, `avx2` or `avx512vnni` (any case).
+    pub fn parse(name: &str) -> Option<Isa> {
+        match name.to_ascii_lowercase().as_str() {
+            "scalar" => Some(Isa::Scalar),
+            "avx2" => Some(Isa::Avx2),
+            "avx512vnni" | "avx512" => Some(Isa::Avx512Vnni),
+            _ => None,
+        }
+    }
+
+    /// Whether this path includes AVX2/FMA/F16C (so AVX2-only kernels may run under it).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
+    }
+
+    /// The CPU extensions this path needs, as named by `/proc/cpuinfo`-style feature names.
+    pub fn extensions(self) -> &'static str {
+        match self {
+            Isa::Scalar => "none",
+            Isa::Avx2 => "avx2 fma f16c",
+            Isa::Avx512Vnni => "avx2 fma f16c avx512f avx512bw avx512vl avx512dq avx512vnni",
+        }
     }
 
     pub fn available(self) -> bool {
@@ -98,8 +170,17 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx2.available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512Vnni => false,
         }
     }
 }
@@ -145,7 +226,7 @@ impl Q8Rows {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: Avx2 is chosen only after run-time detection; blocks hold 32 values.
-                Isa::Avx2 => unsafe { avx2::quantize_block(xb, q, d, s) },
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { avx2::quantize_block(xb, q, d, s) },
                 _ => quantize_block(xb, q, d, s),
             }
         }
@@ -200,7 +281,7 @@ pub struct QMatrixRef<'a> {
 
 impl<'a> QMatrixRef<'a> {
     pub fn row_bytes(&self) -> usize {
-        self.cols / QK * self.kind.block_bytes()
+        self.cols / self.kind.block_len() * self.kind.block_bytes()
     }
 
     pub fn row(&self, r: usize) -> &'a [u8] {
@@ -219,6 +300,17 @@ fn dot_rows(isa: Isa, kind: Kind, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]
             // (`Isa::available`).
             unsafe { avx2::dot_rows(kind, w, acts, out) }
         }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if acts.len() >= avx512::MIN_ROWS => {
+            // SAFETY: `Isa::Avx512Vnni` is only chosen after run-time detection of its extensions.
+            unsafe { avx512::dot_rows(kind, w, acts, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            // Fewer rows: AVX2's kernel, faster there and bit-identical (`avx512::dot_n`).
+            // SAFETY: AVX2/FMA/F16C are part of `Isa::Avx512Vnni`, detected at run time.
+            unsafe { avx2::dot_rows(kind, w, acts, out) }
+        }
         _ => scalar::dot_rows(kind, w, acts, out),
     }
 }
@@ -232,6 +324,19 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     debug_assert_eq!(y.len(), m * n);
     if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
+    }
+    if w.kind.is_k() {
+        thread_local! {
+            static SCRATCH_K: std::cell::RefCell<kquant::Q8KRows> =
+                std::cell::RefCell::new(kquant::Q8KRows::default());
+        }
+        return SCRATCH_K.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(x, m, k);
+                matmul_q8k(isa, w, &act, y);
+            }
+            Err(_) => matmul_q8k(isa, w, &kquant::Q8KRows::quantize(x, m, k), y),
+        });
     }
     thread_local! {
         // Decoding runs a few hundred products per token: reuse one activation buffer per thread.
@@ -321,37 +426,57 @@ pub(crate) fn gemm_dequantized(
     }
 }
 
+/// Weight rows per parallel task: enough tasks to balance the threads, few enough that scheduling
+/// costs little; and when several passes of activation rows go over the task's rows, no more rows
+/// than fit in 256 KiB, so that every pass after the first reads them from the core's L2 cache, not
+/// from memory (a 49,152-row output head would otherwise be streamed once per pass).
+fn rows_per_task(n: usize, row_bytes: usize, m: usize) -> usize {
+    let threads = crate::pool::pool().threads();
+    let balanced = n.div_ceil(threads * 8).max(4);
+    if m <= 8 {
+        balanced
+    } else {
+        balanced.min(((256 << 10) / row_bytes.max(1)).max(4))
+    }
+}
+
 /// `y = x Wᵀ` with `x` already rounded to 8-bit blocks (any number of rows).
 pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     let (n, m) = (w.rows, act.rows);
     assert_eq!(y.len(), n * m, "matmul_q8: output length");
-    let threads = crate::pool::pool().threads();
-    // Enough tasks to balance the threads, few enough that scheduling costs little.
-    let rows_per_task = n.div_ceil(threads * 8).max(4);
+    let rows_per_task = rows_per_task(n, w.row_bytes(), m);
     let tasks = n.div_ceil(rows_per_task);
     let acts: Vec<ActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
     let out = crate::pool::SyncPtr(y.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    if m == 1 && isa == Isa::Avx2 {
+    if m == 1 && isa.has_avx2() {
         let rb = w.row_bytes();
         crate::pool::parallel_for(tasks, &|task| {
             let r0 = task * rows_per_task;
             let r1 = (r0 + rows_per_task).min(n);
             // SAFETY: rows r0..r1 of y belong to this task alone; y has n elements (m = 1).
             let ys = unsafe { std::slice::from_raw_parts_mut(out.get().add(r0), r1 - r0) };
-            // SAFETY: Avx2 was detected; the rows hold whole blocks matching the activation row.
-            unsafe { avx2::gemv(w.kind, &w.bytes[r0 * rb..r1 * rb], rb, &acts[0], ys) };
+            let ws = &w.bytes[r0 * rb..r1 * rb];
+            // One activation row takes AVX2's kernel on the VNNI path too: with no other row to
+            // share each unpacked pair of blocks, the 512-bit step decoded slower (README), and
+            // its results are bit-identical to AVX2's anyway (`avx512::dot_n`).
+            // SAFETY: AVX2/FMA/F16C are part of both paths and were detected (`Isa::available`);
+            // the rows hold whole blocks matching the activation row.
+            unsafe { avx2::gemv(w.kind, ws, rb, &acts[0], ys) }
         });
         return;
     }
+    // Activation rows per pass over a weight row: as many as the path keeps accumulators for.
+    const MAX_ROWS: usize = 8;
+    let per_pass = if isa == Isa::Avx512Vnni { MAX_ROWS } else { 4 };
     crate::pool::parallel_for(tasks, &|task| {
         let r0 = task * rows_per_task;
         let r1 = (r0 + rows_per_task).min(n);
-        // Four activation rows at a time against every weight row of the task: the task's weights
-        // stay in L1 while the activations stream.
-        let mut buf = [0.0f32; 4];
-        for t0 in (0..m).step_by(4) {
-            let t1 = (t0 + 4).min(m);
+        // `per_pass` activation rows at a time against every weight row of the task: the task's
+        // weights stay in L1 while the activations stream.
+        let mut buf = [0.0f32; MAX_ROWS];
+        for t0 in (0..m).step_by(per_pass) {
+            let t1 = (t0 + per_pass).min(m);
             for r in r0..r1 {
                 dot_rows(isa, w.kind, w.row(r), &acts[t0..t1], &mut buf[..t1 - t0]);
                 for (j, v) in buf[..t1 - t0].iter().enumerate() {
@@ -364,9 +489,61 @@ pub fn matmul_q8(isa: Isa, w: QMatrixRef<'_>, act: &Q8Rows, y: &mut [f32]) {
     });
 }
 
+/// `y = x Wᵀ` for a K-quant `W` with `x` already rounded to Q8_K (any number of rows).
+pub fn matmul_q8k(isa: Isa, w: QMatrixRef<'_>, act: &kquant::Q8KRows, y: &mut [f32]) {
+    let (n, m) = (w.rows, act.rows);
+    assert_eq!(y.len(), n * m, "matmul_q8k: output length");
+    let rows_per_task = rows_per_task(n, w.row_bytes(), m);
+    let tasks = n.div_ceil(rows_per_task);
+    let acts: Vec<kquant::KActRow<'_>> = (0..m).map(|t| act.row(t)).collect();
+    let out = crate::pool::SyncPtr(y.as_mut_ptr());
+    const MAX_ROWS: usize = 8;
+    crate::pool::parallel_for(tasks, &|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        let mut buf = [0.0f32; MAX_ROWS];
+        for t0 in (0..m).step_by(MAX_ROWS) {
+            let t1 = (t0 + MAX_ROWS).min(m);
+            for r in r0..r1 {
+                let (a, o) = (&acts[t0..t1], &mut buf[..t1 - t0]);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the path's extensions were detected (`Isa::available`); the row
+                    // holds whole blocks and every activation row as many.
+                    Isa::Avx512Vnni => unsafe {
+                        kquant::simd::avx512::dot_rows(w.kind, w.row(r), a, o)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe { kquant::simd::avx2::dot_rows(w.kind, w.row(r), a, o) },
+                    _ => kquant::scalar::dot_rows(w.kind, w.row(r), a, o),
+                }
+                for (j, v) in o.iter().enumerate() {
+                    // SAFETY: (t0 + j) < m and r < n index inside y; tasks own disjoint rows r.
+                    unsafe { *out.get().add((t0 + j) * n + r) = *v };
+                }
+            }
+        }
+    });
+}
+
 /// Dequantizes one row of `w` into `out` (`w.cols` values).
 pub fn dequantize_row(w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
-    scalar::dequantize_row(w.kind, w.row(r), out)
+    dequantize_row_with(Isa::best(), w, r, out)
+}
+
+/// `dequantize_row` on a given path (K-quants have an AVX2 version; the others are scalar).
+pub fn dequantize_row_with(isa: Isa, w: QMatrixRef<'_>, r: usize, out: &mut [f32]) {
+    if w.kind.is_k() {
+        #[cfg(target_arch = "x86_64")]
+        if isa.has_avx2() && isa.available() {
+            // SAFETY: AVX2/FMA/F16C were detected (`available`); the row holds whole blocks.
+            return unsafe { kquant::simd::dequantize_row(w.kind, w.row(r), out) };
+        }
+        kquant::scalar::dequantize_row(w.kind, w.row(r), out)
+    } else {
+        scalar::dequantize_row(w.kind, w.row(r), out)
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,11 @@ pub fn unpack_block(kind: Kind, b: &[u8], q: &mut [i32; QK]) -> (f32, f32) {
             }
             (f16(b, 0), 0.0)
         }
+        // Blocks of 256: `super::kquant` unpacks them.
+        Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+            q.fill(0);
+            (0.0, 0.0)
+        }
     }
 }
 
@@ -90,6 +95,9 @@ pub fn dequantize_row(kind: Kind, w: &[u8], out: &mut [f32]) {
 /// magnitude as `-8·d` (Q4_0) or `-16·d` (Q5_0); the formats with a minimum spread `[min, max]`
 /// over 15 or 31 steps; Q8_0 uses `d = max|x|/127`.
 pub fn quantize_row(kind: Kind, x: &[f32], out: &mut Vec<u8>) {
+    if kind.is_k() {
+        return super::kquant::scalar::quantize_row(kind, x, out);
+    }
     let put16 = |out: &mut Vec<u8>, v: f32| {
         out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
     };
@@ -135,6 +143,7 @@ pub fn quantize_row(kind: Kind, x: &[f32], out: &mut Vec<u8>) {
                 put16(out, min);
                 pack(kind, &q, out);
             }
+            Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {}
         }
     }
 }

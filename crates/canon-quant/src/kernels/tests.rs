@@ -7,22 +7,22 @@ use super::*;
 const KINDS: [Kind; 5] = [Kind::Q4_0, Kind::Q4_1, Kind::Q5_0, Kind::Q5_1, Kind::Q8_0];
 
 /// xorshift64*: deterministic test data without dependencies.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn uniform(&mut self) -> f32 {
+    pub fn uniform(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Roughly normal (sum of uniforms), scaled.
-    fn normal(&mut self, scale: f32) -> f32 {
+    pub fn normal(&mut self, scale: f32) -> f32 {
         ((0..4).map(|_| self.uniform()).sum::<f32>() - 2.0) * scale * 1.7
     }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.normal(scale)).collect()
     }
 }
@@ -33,13 +33,16 @@ fn quantize_matrix(kind: Kind, x: &[f32]) -> Vec<u8> {
     out
 }
 
-fn simd_paths() -> Vec<Isa> {
+pub(crate) fn simd_paths(test: &str) -> Vec<Isa> {
     let mut v = Vec::new();
-    for isa in [Isa::Avx2] {
+    for isa in [Isa::Avx2, Isa::Avx512Vnni] {
         if isa.available() {
             v.push(isa);
         } else {
-            eprintln!("SKIPPED: {isa:?} kernels not tested, this CPU lacks the instructions");
+            eprintln!(
+                "SKIPPED {test} ({isa:?}): CPU lacks one of {}",
+                isa.extensions()
+            );
         }
     }
     v
@@ -67,6 +70,9 @@ fn round_trip_error_is_within_the_format_step() {
                 Kind::Q4_1 => 0.5 * (hi - lo) / 15.0,
                 Kind::Q5_1 => 0.5 * (hi - lo) / 31.0,
                 Kind::Q8_0 => 0.5 * amax / 127.0,
+                Kind::Q2K | Kind::Q3K | Kind::Q4K | Kind::Q5K | Kind::Q6K => {
+                    unreachable!("not in KINDS")
+                }
             };
             let bound = err + amax * 2e-3 + 1e-6;
             for (a, b) in xb.iter().zip(yb) {
@@ -176,12 +182,12 @@ fn random_blocks(kind: Kind, rng: &mut Rng, nblocks: usize) -> Vec<u8> {
 #[test]
 fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
     let mut rng = Rng(99);
-    for isa in simd_paths() {
+    for isa in simd_paths("simd_dot_equals_scalar_on_random_and_adversarial_blocks") {
         for kind in KINDS {
             for nb in [1, 2, 3, 18, 48] {
                 let k = nb * 32;
                 let w = random_blocks(kind, &mut rng, nb);
-                for m in 1..=6 {
+                for m in 1..=10 {
                     let mut x = rng.vec(m * k, 1.0);
                     // Extreme activations: a block of a single spike and one of equal magnitudes.
                     x[0] = 1e4;
@@ -207,7 +213,7 @@ fn simd_dot_equals_scalar_on_random_and_adversarial_blocks() {
 #[test]
 fn matmul_equals_row_by_row_scalar_products_for_every_path() {
     let mut rng = Rng(5);
-    let mut paths = simd_paths();
+    let mut paths = simd_paths("matmul_equals_row_by_row_scalar_products_for_every_path");
     paths.push(Isa::Scalar);
     for kind in [Kind::Q4_1, Kind::Q8_0, Kind::Q5_0] {
         let (n, k) = (37, 96);
@@ -275,7 +281,7 @@ fn quantized_product_is_close_to_the_float_product() {
 #[test]
 fn simd_activation_rounding_equals_scalar() {
     let mut rng = Rng(17);
-    for isa in simd_paths() {
+    for isa in simd_paths("simd_activation_rounding_equals_scalar") {
         for case in 0..200 {
             let mut x = rng.vec(32, if case % 2 == 0 { 1.0 } else { 300.0 });
             if case == 0 {
@@ -293,7 +299,9 @@ fn simd_activation_rounding_equals_scalar() {
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `isa` lists only paths this CPU supports; both buffers hold 32 values.
-                Isa::Avx2 => unsafe { avx2::quantize_block(&x, &mut q1, &mut d1, &mut s1) },
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+                    avx2::quantize_block(&x, &mut q1, &mut d1, &mut s1)
+                },
                 _ => unreachable!(),
             }
             assert_eq!((q0, d0, s0), (q1, d1, s1), "{isa:?} case {case}");
@@ -332,6 +340,56 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
                 assert!(
                     (y[t * n + r] - e).abs() <= 1e-4 * e.abs().max(1.0),
                     "{kind:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-512 kernels reproduce the AVX2 arithmetic bit for bit, for any number of rows; so a
+/// row's result is the same whether it is multiplied alone (one-row kernel) or in a batch.
+#[test]
+fn avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch() {
+    let test = "avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch";
+    let mut rng = Rng(23);
+    let (n, k, m) = (19, 512, 15);
+    let paths = simd_paths(test);
+    for kind in [
+        Kind::Q4_0,
+        Kind::Q4_1,
+        Kind::Q5_0,
+        Kind::Q5_1,
+        Kind::Q8_0,
+        Kind::Q4K,
+        Kind::Q6K,
+    ] {
+        for nb_extra in [0, 1] {
+            // An odd number of blocks exercises the AVX-512 tail.
+            let k = k + 32 * nb_extra * usize::from(!kind.is_k());
+            let bytes = quantize_matrix(kind, &rng.vec(n * k, 0.3));
+            let w = QMatrixRef {
+                kind,
+                rows: n,
+                cols: k,
+                bytes: &bytes,
+            };
+            let x = rng.vec(m * k, 1.0);
+            let mut results = Vec::new();
+            for &isa in &paths {
+                let mut y = vec![0.0; m * n];
+                matmul(isa, w, &x, m, &mut y);
+                for t in 0..m {
+                    let mut one = vec![0.0; n];
+                    matmul(isa, w, &x[t * k..(t + 1) * k], 1, &mut one);
+                    assert_eq!(&y[t * n..(t + 1) * n], &one[..], "{isa:?} {kind:?} row {t}");
+                }
+                results.push((isa, y));
+            }
+            for pair in results.windows(2) {
+                assert_eq!(
+                    pair[0].1, pair[1].1,
+                    "{kind:?}: {:?} and {:?} differ",
+                    pair[0].0, pair[1].0
                 );
             }
         }

@@ -367,7 +367,7 @@ impl Nf4Tensor {
     pub fn dequantize_row(&self, isa: Isa, r: usize, out: &mut [f32]) {
         let k = self.cols;
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && k.is_multiple_of(BLOCK) {
+        if isa.has_avx2() && k.is_multiple_of(BLOCK) {
             let start = r * k;
             for (j, o) in out.chunks_mut(BLOCK).enumerate() {
                 let b = start / BLOCK + j;
@@ -406,7 +406,7 @@ impl Nf4Tensor {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        if m == 1 && isa == Isa::Avx2 && k.is_multiple_of(BLOCK) {
+        if m == 1 && isa.has_avx2() && k.is_multiple_of(BLOCK) {
             // Decoding: dequantize and multiply in registers, no row buffer.
             let threads = crate::pool::pool().threads();
             let per = n.div_ceil(threads * 8).max(4);
@@ -471,7 +471,7 @@ pub(crate) fn gemv_dequantized(
 /// `Σ a_i b_i` in f32.
 pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa.has_avx2() {
         // SAFETY: `Isa::Avx2` is only chosen after run-time detection.
         return unsafe { avx2::dot(a, b) };
     }
