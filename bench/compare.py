@@ -131,7 +131,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma list of decode,rss,prefill,embed to skip")
     ap.add_argument("--isa", default="", help="comma list of Canon kernel paths (scalar,avx2,avx512vnni)")
+    ap.add_argument("--model", default="", help="a GGUF file for the decode/prefill rows "
+                    "(default: the SmolLM2 Q4_1 asset; e.g. the gemma3 asset's Q4_K_M file)")
     a = ap.parse_args()
+    if a.model:
+        global GGUF
+        GGUF = os.path.abspath(a.model)
     isas = [i for i in a.isa.split(",") if i] or [None]
 
     def label(isa):
