@@ -20,7 +20,11 @@ use rayon::prelude::*;
 mod flash;
 pub use flash::{TrainMask, flash_attention, padding_keep};
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32");
     };
@@ -35,6 +39,71 @@ fn last_dim(l: &Layout) -> usize {
 }
 
 const ROWS_PER_TASK: usize = 16;
+
+/// `c[m×n]` (rows `ldc` apart) `= (c if acc) + alpha · A B` with `A[m×k]` element `(i, l)` at
+/// `a[i·ars + l·acs]` and `B[k×n]` element `(l, j)` at `b[l·brs + j·bcs]`, on the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    (a, ars, acs): (&[f32], usize, usize),
+    (b, brs, bcs): (&[f32], usize, usize),
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // The furthest element each operand touches must lie inside its slice: the callers' shapes
+    // guarantee it, and the raw-pointer product below relies on it.
+    let inside = (m - 1) * ldc + n <= c.len()
+        && (m - 1) * ars + (k - 1) * acs < a.len()
+        && (k - 1) * brs + (n - 1) * bcs < b.len();
+    assert!(inside, "mm: a product out of bounds");
+    // SAFETY: every element read or written lies inside its slice (checked above); `c` does not
+    // alias `a` or `b` (a unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            acc,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The `gemm` crate's thread setting for one large product: rayon's pool when it has threads.
+pub(crate) fn par() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
 
 // ------------------------------------------------------------------ causal softmax
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::mm;
 use crate::fused::{F32Data, exp, sum8};
 use crate::simd::simd_fn;
 
@@ -97,60 +98,18 @@ impl FlashAttention {
     }
 }
 
-/// `c[m×n]` (rows `ldc` apart) `= (c if acc) + alpha · A B` with `A[m×k]` element `(i, l)` at
-/// `a[i·ars + l·acs]` and `B[k×n]` element `(l, j)` at `b[l·brs + j·bcs]`; one thread.
+/// [`mm`] on the calling thread (one rayon task runs one tile).
 #[allow(clippy::too_many_arguments)]
-fn mm(
-    (m, n, k): (usize, usize, usize),
+fn mm1(
+    mnk: (usize, usize, usize),
     c: &mut [f32],
     ldc: usize,
     acc: bool,
-    (a, ars, acs): (&[f32], usize, usize),
-    (b, brs, bcs): (&[f32], usize, usize),
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
     alpha: f32,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            for r in 0..m {
-                c[r * ldc..r * ldc + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    // The furthest element each operand touches must lie inside its slice: the callers' shapes
-    // guarantee it, and the raw-pointer product below relies on it.
-    let inside = (m - 1) * ldc + n <= c.len()
-        && (m - 1) * ars + (k - 1) * acs < a.len()
-        && (k - 1) * brs + (n - 1) * bcs < b.len();
-    assert!(inside, "flash attention: a tile product out of bounds");
-    // SAFETY: every element read or written lies inside its slice (checked above); `c` does not
-    // alias `a` or `b` (a unique borrow).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            acc,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    mm(mnk, c, ldc, acc, a, b, alpha, gemm::Parallelism::None)
 }
 
 /// Visible keys of tile row `r`: `0..nv` through the causal limit, all `n` otherwise.
@@ -313,7 +272,7 @@ impl CustomOp3 for FlashAttention {
                             let (causal0, n) = self.tile_keys(i0, i1, tk);
                             let st = &mut s[..rows * n];
                             // S = scale · Q Kᵀ over the tile's keys.
-                            mm(
+                            mm1(
                                 (rows, n, d),
                                 st,
                                 n,
@@ -324,7 +283,7 @@ impl CustomOp3 for FlashAttention {
                             );
                             softmax_tile(st, n, causal0, keep, &mut l[i0..i1]);
                             // O = P V.
-                            mm(
+                            mm1(
                                 (rows, d, n),
                                 &mut o[i0 * d..i1 * d],
                                 d,
@@ -409,7 +368,7 @@ impl CustomOp3 for FlashAttention {
                                 let (causal0, n) = self.tile_keys(i0, i1, tk);
                                 let (pt, dpt) = (&mut p[..rows * n], &mut dp[..rows * n]);
                                 let ls = &lse[r0 + i0..r0 + i1];
-                                mm(
+                                mm1(
                                     (rows, n, d),
                                     pt,
                                     n,
@@ -420,7 +379,7 @@ impl CustomOp3 for FlashAttention {
                                 );
                                 probs_tile(pt, n, causal0, keep, ls);
                                 // dV += Pᵀ dO
-                                mm(
+                                mm1(
                                     (n, d, rows),
                                     dvh,
                                     d,
@@ -430,7 +389,7 @@ impl CustomOp3 for FlashAttention {
                                     1.0,
                                 );
                                 // dP = dO Vᵀ, then dS = P ⊙ (dP − D)
-                                mm(
+                                mm1(
                                     (rows, n, d),
                                     dpt,
                                     n,
@@ -441,7 +400,7 @@ impl CustomOp3 for FlashAttention {
                                 );
                                 dscores_tile(pt, dpt, n, &dd[r0 + i0..r0 + i1], ls);
                                 // dQ = scale · dS K
-                                mm(
+                                mm1(
                                     (rows, d, n),
                                     &mut dqh[i0 * d..i1 * d],
                                     d,
@@ -451,7 +410,7 @@ impl CustomOp3 for FlashAttention {
                                     self.scale,
                                 );
                                 // dK += scale · dSᵀ Q
-                                mm(
+                                mm1(
                                     (n, d, rows),
                                     dkh,
                                     d,
