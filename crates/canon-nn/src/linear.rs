@@ -60,6 +60,15 @@ impl Weight {
             {
                 frozen_matmul_t(w, x2)
             }
+            Weight::Dense(w)
+                if w.track_op()
+                    && w.dtype() == DType::F32
+                    && x2.dtype() == DType::F32
+                    && w.device().is_cpu()
+                    && x2.device().is_cpu() =>
+            {
+                x2.contiguous()?.apply_op2(&w.contiguous()?, TrainMatmulT)
+            }
             Weight::Dense(w) => x2.matmul(&w.t()?),
             Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
             Weight::Ggml(q) => {
@@ -361,6 +370,90 @@ impl CustomOp3 for LoraMatmul {
     }
 }
 
+/// `x Wᵀ` for a trainable f32 `W: [out, in]` as one op whose backward writes `∂L/∂W = gᵀ x`
+/// straight in `W`'s `[out, in]` layout (candle's matmul of `x` by the view `Wᵀ` forms `xᵀ g`,
+/// `[in, out]`, and adds its transpose through a strided pass) and skips `∂L/∂x = g W` when `x` is
+/// a constant.
+struct TrainMatmulT;
+
+impl candle_core::CustomOp2 for TrainMatmulT {
+    fn name(&self) -> &'static str {
+        "canon-train-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = l1.shape().dims2()?;
+        let (out, in_f) = l2.shape().dims2()?;
+        if k != in_f {
+            candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
+        }
+        let x = crate::train_ops::slice(s1, l1, self.name())?;
+        let w = crate::train_ops::slice(s2, l2, self.name())?;
+        let mut y = vec![0f32; n * out];
+        let par = crate::train_ops::par();
+        crate::train_ops::mm(
+            (n, out, k),
+            &mut y,
+            out,
+            false,
+            (x, k, 1),
+            (w, 1, k),
+            1.0,
+            par,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = x.dims2()?;
+        let (out, _) = w.dims2()?;
+        let g = g.contiguous()?;
+        let what = self.name();
+        let (xd, wd, gd) = (f32_data(x, what)?, f32_data(w, what)?, f32_data(&g, what)?);
+        let par = crate::train_ops::par();
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; n * k];
+            crate::train_ops::mm(
+                (n, k, out),
+                &mut dx,
+                k,
+                false,
+                (&gd, out, 1),
+                (&wd, k, 1),
+                1.0,
+                par,
+            );
+            Some(Tensor::from_vec(dx, (n, k), x.device())?)
+        } else {
+            None
+        };
+        let mut dw = vec![0f32; out * k];
+        crate::train_ops::mm(
+            (out, k, n),
+            &mut dw,
+            k,
+            false,
+            (&gd, 1, out),
+            (&xd, k, 1),
+            1.0,
+            par,
+        );
+        Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// The output shape `[rows, cols]` of every product `LoraMatmul`'s backward runs on this
@@ -597,6 +690,42 @@ mod tests {
             assert!(!shapes.contains(&[out, inp]) && !shapes.contains(&[inp, out]));
             assert_eq!(grads.get(&x).is_some(), tracked);
         }
+    }
+
+    /// A trainable weight's product: output and both gradients equal candle's matmul by `Wᵀ`.
+    #[test]
+    fn trainable_dense_weight_matches_candles_matmul_forward_and_backward() {
+        use candle_core::Var;
+        let w = Var::from_tensor(&randn(&[7, 5], 1)).unwrap();
+        let x = Var::from_tensor(&randn(&[2, 3, 5], 2)).unwrap();
+        let l = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+        let y = l.forward(x.as_tensor()).unwrap();
+        let r = x
+            .as_tensor()
+            .reshape((6, 5))
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .reshape((2, 3, 7))
+            .unwrap();
+        assert_close(&y, &r, Tol::F32);
+        let wt = randn(&[2, 3, 7], 3);
+        let g1 = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&r * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [w.as_tensor(), x.as_tensor()] {
+            assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+        }
+        crate::gradcheck::check_gradients(
+            &[w.clone(), x.clone()],
+            |t| {
+                let l = Linear::new(Weight::Dense(t[0].clone()), None);
+                (l.forward(&t[1])? * &wt)?.sum_all()
+            },
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
     }
 
     #[test]
