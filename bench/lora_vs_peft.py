@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD0 = None
 
 
 def canon_bin():
@@ -139,10 +140,14 @@ def main():
     ap.add_argument("--data", type=Path, help="prompt/completion JSONL (default: made here)")
     ap.add_argument("--gguf", type=Path, help="SmolLM2 GGUF (default: Canon's cached asset)")
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--before", type=Path,
+                    help="a second canon binary (e.g. the build before a change) run the same way, same run")
     args = ap.parse_args()
     if args.steps < 4:
         sys.exit("error: --steps must be at least 4 (the first two steps are warm-up)")
     exe = canon_bin()
+    global LOAD0
+    LOAD0 = os.getloadavg()
     home = Path(os.environ.get("CANON_HOME", Path.home() / ".cache" / "canon"))
     gguf = args.gguf or next((home / "assets").glob("smollm2-*/SmolLM2-135M-Instruct.Q4_1.gguf"), None)
     if gguf is None or not gguf.exists():
@@ -159,12 +164,18 @@ def main():
         res["canon lora (Q4_1 base)"] = canon_run(exe, data, tmp / "q", args.steps, args.threads, "lora", False)
         res["canon lora --f32"] = canon_run(exe, data, tmp / "f", args.steps, args.threads, "lora", True)
         res["canon qlora (NF4)"] = canon_run(exe, data, tmp / "n", args.steps, args.threads, "qlora", False)
+        if args.before:
+            b = str(args.before)
+            res["canon-before lora (Q4_1)"] = canon_run(b, data, tmp / "bq", args.steps, args.threads, "lora", False)
+            res["canon-before lora --f32"] = canon_run(b, data, tmp / "bf", args.steps, args.threads, "lora", True)
+            res["canon-before qlora (NF4)"] = canon_run(b, data, tmp / "bn", args.steps, args.threads, "qlora", False)
         if not args.skip_peft:
             res["peft lora (f32)"] = peft_run(sys.executable, gguf, data, args.steps, args.threads, 1)
     print(f"# {cpu_name()}, {args.threads} threads, {args.steps} steps (medians after 2 warm-up)")
-    print(f"{'system':<24} {'s/step':>8} {'tokens/s':>10} {'peak RSS MiB':>13}")
+    print(f"# load average before and after: {LOAD0} / {os.getloadavg()}")
+    print(f"{'system':<26} {'s/step':>8} {'tokens/s':>10} {'peak RSS MiB':>13}")
     for k, r in res.items():
-        print(f"{k:<24} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['peak_rss_mib']:>13.0f}")
+        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['peak_rss_mib']:>13.0f}")
     if "peft lora (f32)" in res:
         p = res["peft lora (f32)"]
         for k in [k for k in res if k.startswith("canon")]:

@@ -135,12 +135,18 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--before", type=Path,
+                    help="a second canon binary (e.g. the build before a change), timed in the same run")
     a = ap.parse_args()
+    load0 = os.getloadavg()
     if not a.canon.is_file():
         sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
     text, cfg = read_config(a.config)
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup)
     t_tps, n_params, tv = run_torch(cfg, vocab, a.steps, a.threads, a.warmup)
+    b_tps = b_loss = None
+    if a.before:
+        b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
           f"batch {cfg['train']['batch_size']} x block {cfg['train']['block_size']}, {a.threads} threads, "
@@ -148,6 +154,11 @@ def main():
     print(f"canon   median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
     print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
     print(f"ratio canon/pytorch = {cm / tm:.2f}")
+    if b_tps:
+        bm = statistics.median(b_tps)
+        print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "
+              f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}")
+    print(f"load average before and after: {load0} / {os.getloadavg()}")
 
 
 if __name__ == "__main__":
