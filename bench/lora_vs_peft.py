@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,12 +39,23 @@ def canon_bin():
     return str(exe)
 
 
+def child_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+LAST_CPU = [0.0]
+
+
 def peak_rss_mib(cmd, env=None):
-    """Runs cmd under /usr/bin/time and returns (stdout, stderr, peak RSS MiB)."""
+    """Runs cmd under /usr/bin/time and returns (stdout, stderr, peak RSS MiB); the process's CPU
+    seconds (start-up included) go to LAST_CPU."""
+    c0 = child_cpu()
     p = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M"] + cmd, capture_output=True,
                        text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    LAST_CPU[0] = child_cpu() - c0
     m = re.findall(r"MAXRSS (\d+)", p.stderr)
     return p.stdout, p.stderr, int(m[-1]) / 1024 if m else float("nan")
 
@@ -61,6 +73,7 @@ def canon_run(exe, data, out, steps, threads, method, f32):
     rows = [r for r in rows if "tokens_per_s" in r]
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
             "s_per_step": float(m.group(1)) if m else float("nan"),
+            "cpu_s_per_step": LAST_CPU[0] / steps,
             "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
 
 
@@ -123,6 +136,7 @@ def peft_run(venv_python, gguf, data, steps, threads, seed):
     rows = json.loads(stdout.strip().splitlines()[-1])
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
             "s_per_step": statistics.mean(r["step_s"] for r in rows),
+            "cpu_s_per_step": LAST_CPU[0] / steps,
             "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
 
 
@@ -173,9 +187,11 @@ def main():
             res["peft lora (f32)"] = peft_run(sys.executable, gguf, data, args.steps, args.threads, 1)
     print(f"# {cpu_name()}, {args.threads} threads, {args.steps} steps (medians after 2 warm-up)")
     print(f"# load average before and after: {LOAD0} / {os.getloadavg()}")
-    print(f"{'system':<26} {'s/step':>8} {'tokens/s':>10} {'peak RSS MiB':>13}")
+    print("# CPU s/step: the whole process's CPU seconds (start-up included) over the steps")
+    print(f"{'system':<26} {'s/step':>8} {'tokens/s':>10} {'CPU s/step':>11} {'peak RSS MiB':>13}")
     for k, r in res.items():
-        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['peak_rss_mib']:>13.0f}")
+        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['cpu_s_per_step']:>11.2f} "
+              f"{r['peak_rss_mib']:>13.0f}")
     if "peft lora (f32)" in res:
         p = res["peft lora (f32)"]
         for k in [k for k in res if k.startswith("canon")]:
