@@ -90,7 +90,7 @@ impl FlashAttention {
         }
     }
 
-    fn keep_row<'a>(&'a self, bi: usize, tk: usize) -> Option<&'a [f32]> {
+    fn keep_row(&self, bi: usize, tk: usize) -> Option<&[f32]> {
         match &self.mask {
             TrainMask::Padding(k) => k.get(bi * tk..(bi + 1) * tk),
             _ => None,
@@ -328,8 +328,8 @@ impl CustomOp3 for FlashAttention {
         };
         let g = g.contiguous()?;
         let (qd, kd, vd, od, gd) = (data(q)?, data(k)?, data(v)?, data(o)?, data(&g)?);
-        let (qd, kd, vd, od, gd): (&[f32], &[f32], &[f32], &[f32], &[f32]) =
-            (&qd, &kd, &vd, &od, &gd);
+        let (qd, kd, vd): (&[f32], &[f32], &[f32]) = (&qd, &kd, &vd);
+        let (od, gd): (&[f32], &[f32]) = (&od, &gd);
         // D = rowsum(dO ⊙ O) for every query row.
         let mut dd = vec![0f32; b * h * tq];
         if d > 0 {
