@@ -839,6 +839,21 @@ mod tests {
     }
 
     #[test]
+    fn flash_attention_refuses_bad_shapes_with_an_error() {
+        let q = randn(&[1, 2, 3, 4], 1);
+        let none = randn(&[1, 1, 0, 4], 2);
+        let e = flash_attention(&q, &none, &none, TrainMask::None, 0.5).unwrap_err();
+        assert!(e.to_string().contains("at least one key"), "{e}");
+        let k = randn(&[1, 3, 5, 4], 2);
+        let e = flash_attention(&q, &k, &k, TrainMask::None, 0.5).unwrap_err();
+        assert!(e.to_string().contains("multiple of h_kv"), "{e}");
+        let k = randn(&[1, 1, 5, 4], 2);
+        let short = padding_keep(&Tensor::new(&[[1u32, 1]], q.device()).unwrap()).unwrap();
+        let e = flash_attention(&q, &k, &k, short, 0.5).unwrap_err();
+        assert!(e.to_string().contains("padding mask of 2 values"), "{e}");
+    }
+
+    #[test]
     fn finite_differences_through_flash_attention() {
         let keep = Tensor::new(&[[1u32, 1, 0, 1, 1]], &candle_core::Device::Cpu).unwrap();
         for mask in [

@@ -235,6 +235,12 @@ impl CustomOp3 for FlashAttention {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = Dims::from_layouts(l1, l2, l3)?;
+        if dm.tk == 0 {
+            candle_core::bail!(
+                "attention: expected at least one key, found k {:?}",
+                l2.dims()
+            );
+        }
         let q = super::slice(s1, l1, self.name())?;
         let k = super::slice(s2, l2, self.name())?;
         let v = super::slice(s3, l3, self.name())?;
