@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD0 = None
 
 
 def canon_bin():
@@ -37,12 +39,23 @@ def canon_bin():
     return str(exe)
 
 
+def child_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+LAST_CPU = [0.0]
+
+
 def peak_rss_mib(cmd, env=None):
-    """Runs cmd under /usr/bin/time and returns (stdout, stderr, peak RSS MiB)."""
+    """Runs cmd under /usr/bin/time and returns (stdout, stderr, peak RSS MiB); the process's CPU
+    seconds (start-up included) go to LAST_CPU."""
+    c0 = child_cpu()
     p = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M"] + cmd, capture_output=True,
                        text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    LAST_CPU[0] = child_cpu() - c0
     m = re.findall(r"MAXRSS (\d+)", p.stderr)
     return p.stdout, p.stderr, int(m[-1]) / 1024 if m else float("nan")
 
@@ -60,6 +73,7 @@ def canon_run(exe, data, out, steps, threads, method, f32):
     rows = [r for r in rows if "tokens_per_s" in r]
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
             "s_per_step": float(m.group(1)) if m else float("nan"),
+            "cpu_s_per_step": LAST_CPU[0] / steps,
             "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
 
 
@@ -122,6 +136,7 @@ def peft_run(venv_python, gguf, data, steps, threads, seed):
     rows = json.loads(stdout.strip().splitlines()[-1])
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
             "s_per_step": statistics.mean(r["step_s"] for r in rows),
+            "cpu_s_per_step": LAST_CPU[0] / steps,
             "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
 
 
@@ -139,10 +154,14 @@ def main():
     ap.add_argument("--data", type=Path, help="prompt/completion JSONL (default: made here)")
     ap.add_argument("--gguf", type=Path, help="SmolLM2 GGUF (default: Canon's cached asset)")
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--before", type=Path,
+                    help="a second canon binary (e.g. the build before a change) run the same way, same run")
     args = ap.parse_args()
     if args.steps < 4:
         sys.exit("error: --steps must be at least 4 (the first two steps are warm-up)")
     exe = canon_bin()
+    global LOAD0
+    LOAD0 = os.getloadavg()
     home = Path(os.environ.get("CANON_HOME", Path.home() / ".cache" / "canon"))
     gguf = args.gguf or next((home / "assets").glob("smollm2-*/SmolLM2-135M-Instruct.Q4_1.gguf"), None)
     if gguf is None or not gguf.exists():
@@ -159,12 +178,20 @@ def main():
         res["canon lora (Q4_1 base)"] = canon_run(exe, data, tmp / "q", args.steps, args.threads, "lora", False)
         res["canon lora --f32"] = canon_run(exe, data, tmp / "f", args.steps, args.threads, "lora", True)
         res["canon qlora (NF4)"] = canon_run(exe, data, tmp / "n", args.steps, args.threads, "qlora", False)
+        if args.before:
+            b = str(args.before)
+            res["canon-before lora (Q4_1)"] = canon_run(b, data, tmp / "bq", args.steps, args.threads, "lora", False)
+            res["canon-before lora --f32"] = canon_run(b, data, tmp / "bf", args.steps, args.threads, "lora", True)
+            res["canon-before qlora (NF4)"] = canon_run(b, data, tmp / "bn", args.steps, args.threads, "qlora", False)
         if not args.skip_peft:
             res["peft lora (f32)"] = peft_run(sys.executable, gguf, data, args.steps, args.threads, 1)
     print(f"# {cpu_name()}, {args.threads} threads, {args.steps} steps (medians after 2 warm-up)")
-    print(f"{'system':<24} {'s/step':>8} {'tokens/s':>10} {'peak RSS MiB':>13}")
+    print(f"# load average before and after: {LOAD0} / {os.getloadavg()}")
+    print("# CPU s/step: the whole process's CPU seconds (start-up included) over the steps")
+    print(f"{'system':<26} {'s/step':>8} {'tokens/s':>10} {'CPU s/step':>11} {'peak RSS MiB':>13}")
     for k, r in res.items():
-        print(f"{k:<24} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['peak_rss_mib']:>13.0f}")
+        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['cpu_s_per_step']:>11.2f} "
+              f"{r['peak_rss_mib']:>13.0f}")
     if "peft lora (f32)" in res:
         p = res["peft lora (f32)"]
         for k in [k for k in res if k.startswith("canon")]:

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,22 @@ def read_config(path):
         return text, tomllib.loads(text)
     except ImportError:  # Python < 3.11
         sys.exit("needs Python 3.11+ (tomllib)")
+
+
+def child_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def canon_cpu_per_step(canon, cfg_text, steps, threads, warmup):
+    """CPU seconds per training step: two runs (warmup steps, then warmup + steps) differ by
+    `steps` steps and share the start-up. Less sensitive to other processes than wall time."""
+    c0 = child_cpu()
+    run_canon(canon, cfg_text, warmup, threads, 0)
+    c1 = child_cpu()
+    run_canon(canon, cfg_text, warmup + steps, threads, 0)
+    c2 = child_cpu()
+    return ((c2 - c1) - (c1 - c0)) / steps
 
 
 def run_canon(canon, cfg_text, steps, threads, warmup):
@@ -111,11 +128,12 @@ def run_torch(cfg, vocab, steps, threads, warmup):
         [{"params": decay, "weight_decay": o.get("weight_decay", 0.1)},
          {"params": no_decay, "weight_decay": 0.0}],
         lr=t["lr"], betas=(o.get("beta1", 0.9), o.get("beta2", 0.95)), fused=False, foreach=True)
-    tps = []
+    tps, cpu = [], []
     for step in range(1, steps + 1):
         x = torch.randint(0, vocab, (B, block))
         y = torch.randint(0, vocab, (B, block))
         t0 = time.perf_counter()
+        c0 = time.process_time()
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,8 +142,9 @@ def run_torch(cfg, vocab, steps, threads, warmup):
         dt = time.perf_counter() - t0
         if step > warmup:
             tps.append(B * block / dt)
+            cpu.append(time.process_time() - c0)
     n_params = sum(p.numel() for p in model.parameters())
-    return tps, n_params, torch.__version__
+    return tps, n_params, torch.__version__, statistics.median(cpu)
 
 
 def main():
@@ -135,12 +154,20 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="also measure CPU seconds per step (robust on a loaded machine; meaningful at 1 thread)")
+    ap.add_argument("--before", type=Path,
+                    help="a second canon binary (e.g. the build before a change), timed in the same run")
     a = ap.parse_args()
+    load0 = os.getloadavg()
     if not a.canon.is_file():
         sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
     text, cfg = read_config(a.config)
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup)
-    t_tps, n_params, tv = run_torch(cfg, vocab, a.steps, a.threads, a.warmup)
+    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup)
+    b_tps = b_loss = None
+    if a.before:
+        b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
           f"batch {cfg['train']['batch_size']} x block {cfg['train']['block_size']}, {a.threads} threads, "
@@ -148,6 +175,19 @@ def main():
     print(f"canon   median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
     print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
     print(f"ratio canon/pytorch = {cm / tm:.2f}")
+    if b_tps:
+        bm = statistics.median(b_tps)
+        print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "
+              f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}")
+    if a.cpu_time:
+        n = max(a.steps // 2, 3)
+        c_cpu = canon_cpu_per_step(a.canon, text, n, a.threads, a.warmup)
+        line = f"CPU s/step: canon {c_cpu:.3f}, pytorch {t_cpu:.3f} (ratio pytorch/canon {t_cpu / c_cpu:.2f})"
+        if a.before:
+            b_cpu = canon_cpu_per_step(a.before, text, n, a.threads, a.warmup)
+            line += f", before {b_cpu:.3f} (before/canon {b_cpu / c_cpu:.2f})"
+        print(line)
+    print(f"load average before and after: {load0} / {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@
 //! shakespeare-char model (6 layers, 384 wide, batch 8 × 256) and a SmolLM2-135M LoRA step (30
 //! layers, 576 wide, GQA 9/3 heads, SwiGLU 1536, vocabulary 49,152, rank-8 adapters on all seven
 //! projections over a frozen f32 base, batch 4 × 128). Where a fused kernel and the composed candle
-//! ops both exist, both are timed.
+//! ops both exist, both are timed (the composed rows, indented or marked, are not in the total).
 //!
 //! ```sh
-//! cargo run --release -p canon-nn --example train_profile -- [reps] [threads]
+//! cargo run --release -p canon-nn --example train_profile -- [reps] [threads] [all|nanogpt|lora]
 //! ```
 //!
 //! Wall-clock medians: on a shared machine compare figures taken in the same run only. AdamW and
@@ -121,25 +121,30 @@ fn nanogpt(reps: usize) -> Res<()> {
     ] {
         let xi = var(&[n, i], 3, 1.0)?;
         let w = var(&[o, i], 4, 0.02)?;
-        add(
-            name,
-            layers,
-            time(reps, || xi.as_tensor().matmul(&w.as_tensor().t()?))?,
-        );
+        let lin = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+        add(name, layers, time(reps, || lin.forward(xi.as_tensor()))?);
+        if name == "matmul fc1" {
+            add(
+                "  fc1 as candle's matmul by Wᵀ",
+                layers,
+                time(reps, || xi.as_tensor().matmul(&w.as_tensor().t()?))?,
+            );
+        }
     }
     let q = var(&[b, h, t, hd], 5, 1.0)?;
     let k = var(&[b, h, t, hd], 6, 1.0)?;
     let vv = var(&[b, h, t, hd], 7, 1.0)?;
     add(
-        "attention (QKᵀ, fused causal softmax, PV)",
+        "attention (tiled op, causal)",
         layers,
         time(reps, || train_ops::causal_attention(&q, &k, &vv, 0))?,
     );
-    let s = var(&[b, h, t, t], 8, 1.0)?;
     add(
-        "  of which causal softmax (fused)",
+        "  attention composed (QKᵀ, mask, softmax, PV)",
         layers,
-        time(reps, || train_ops::causal_softmax(&s, 0, 0.125))?,
+        time(reps, || {
+            canon_nn::attention::attention_composed(&q, &k, &vv, AttnMask::Causal { offset: 0 })
+        })?,
     );
     let xf = var(&[n, ff], 9, 1.0)?;
     add(
@@ -186,7 +191,7 @@ fn nanogpt(reps: usize) -> Res<()> {
         &rows,
         &[
             "layer norm (composed)",
-            "  of which",
+            "  ",
             "GELU (composed)",
             "cross-entropy (composed)",
         ],
@@ -254,10 +259,17 @@ fn smollm_lora(reps: usize) -> Res<()> {
     let k = var(&[b, hkv, t, hd], 6, 1.0)?;
     let vv = var(&[b, hkv, t, hd], 7, 1.0)?;
     add(
-        "attention (GQA, fused causal softmax)",
+        "attention (GQA, tiled op)",
         layers,
         time(reps, || {
             attention(&q, &k, &vv, AttnMask::Causal { offset: 0 })
+        })?,
+    );
+    add(
+        "  attention composed",
+        layers,
+        time(reps, || {
+            canon_nn::attention::attention_composed(&q, &k, &vv, AttnMask::Causal { offset: 0 })
         })?,
     );
     let a = var(&[n, ff], 8, 1.0)?;
@@ -299,19 +311,28 @@ fn smollm_lora(reps: usize) -> Res<()> {
         1,
         time(reps, || composed_ce(&logits, &targets))?,
     );
+    let rope = canon_nn::Rope::new(
+        hd,
+        t,
+        10000.0,
+        canon_nn::RopeLayout::HalfSplit,
+        &Device::Cpu,
+    )?;
     add(
         "rotary embedding (q and k)",
         layers,
         time(reps, || {
-            let rope = canon_nn::Rope::new(
-                hd,
-                t,
-                10000.0,
-                canon_nn::RopeLayout::HalfSplit,
-                &Device::Cpu,
-            )?;
             let q = rope.apply(&q, 0)?;
             let k = rope.apply(&k, 0)?;
+            q.sum_keepdim(D::Minus1)?.sum_all()? + k.sum_keepdim(D::Minus1)?.sum_all()?
+        })?,
+    );
+    add(
+        "  rotary embedding composed",
+        layers,
+        time(reps, || {
+            let q = rope.apply_composed(&q, 0)?;
+            let k = rope.apply_composed(&k, 0)?;
             q.sum_keepdim(D::Minus1)?.sum_all()? + k.sum_keepdim(D::Minus1)?.sum_all()?
         })?,
     );
@@ -325,6 +346,7 @@ fn smollm_lora(reps: usize) -> Res<()> {
         &rows,
         &[
             "RMS norm (composed)",
+            "  ",
             "SiLU·mul (composed)",
             "cross-entropy (composed)",
         ],
@@ -343,8 +365,13 @@ fn main() -> Res<()> {
             std::env::set_var("CANDLE_NUM_THREADS", th.to_string());
         }
     }
+    let which = args.get(3).map(String::as_str).unwrap_or("all");
     println!("train_profile: {reps} repetitions, medians");
-    nanogpt(reps)?;
-    smollm_lora(reps)?;
+    if which != "lora" {
+        nanogpt(reps)?;
+    }
+    if which != "nanogpt" {
+        smollm_lora(reps)?;
+    }
     Ok(())
 }

@@ -78,12 +78,11 @@ pub fn sliding_causal_mask(
 /// share a K/V head are stacked as `g·tq` query rows against that head (`[b, h, tq, d]` and
 /// `[b, h_kv, g·tq, d]` are the same memory). K and V may be strided views (a preallocated cache).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crate::Result<Tensor> {
-    let (b, h, tq, d) = q.dims4()?;
-    let (_, hkv, tk, _) = k.dims4()?;
+    let (_, h, tq, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
     if hkv == 0 || h % hkv != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
     }
-    let g = h / hkv;
     let scale = 1.0 / (d as f64).sqrt();
     if crate::fused::no_grad(&[q, k, v]) {
         let y = if tq <= DIRECT_MAX_QUERIES {
@@ -95,17 +94,37 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
             return Ok(y);
         }
     }
+    if q.dtype() == DType::F32 && q.device().is_cpu() {
+        // Training (and padded batches): one tiled op with its own backward, no [b, h, tq, tk]
+        // matrix kept.
+        let m = match mask {
+            AttnMask::None => crate::train_ops::TrainMask::None,
+            AttnMask::Causal { offset } => crate::train_ops::TrainMask::Causal { offset },
+            AttnMask::Padding(keep) => crate::train_ops::padding_keep(keep)?,
+        };
+        return crate::train_ops::flash_attention(q, k, v, m, scale);
+    }
+    attention_composed(q, k, v, mask)
+}
+
+/// Eq. 1 through composed candle ops (any dtype or device): the reference the fused paths are
+/// tested against.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+) -> crate::Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, hkv, tk, _) = k.dims4()?;
+    if hkv == 0 || h % hkv != 0 {
+        candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
+    }
+    let g = h / hkv;
+    let scale = 1.0 / (d as f64).sqrt();
     // [b, h, tq, d] -> [b, h_kv, g·tq, d]; x [b, h_kv, d, tk] -> [b, h_kv, g·tq, tk] -> [b, h, tq, tk]
     let qg = q.contiguous()?.reshape((b, hkv, g * tq, d))?;
     let raw = matmul_strided(&qg, &k.t()?)?.reshape((b, h, tq, tk))?;
-    if let AttnMask::Causal { offset } = mask
-        && raw.dtype() == DType::F32
-        && raw.device().is_cpu()
-    {
-        // Training: scale, mask and softmax in one op with its own backward (no mask tensor).
-        let probs = crate::train_ops::causal_softmax(&raw, offset, scale)?;
-        return matmul_strided(&probs.reshape((b, hkv, g * tq, tk))?, v)?.reshape((b, h, tq, d));
-    }
     let mut scores = (raw * scale)?;
     match mask {
         AttnMask::None => {}

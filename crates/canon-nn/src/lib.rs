@@ -20,6 +20,7 @@ pub mod norm;
 pub mod pos;
 pub mod rng;
 pub mod rope;
+mod simd;
 pub mod train_ops;
 
 pub use activation::Activation;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, D, DType, Device, Layout, Shape, Tensor};
 use canon_quant::{GgmlTensor, Int8Tensor, Nf4Tensor};
 
 /// How a weight matrix is stored.
@@ -59,6 +59,15 @@ impl Weight {
                     && x2.dtype() == DType::F32 =>
             {
                 frozen_matmul_t(w, x2)
+            }
+            Weight::Dense(w)
+                if w.track_op()
+                    && w.dtype() == DType::F32
+                    && x2.dtype() == DType::F32
+                    && w.device().is_cpu()
+                    && x2.device().is_cpu() =>
+            {
+                x2.contiguous()?.apply_op2(&w.contiguous()?, TrainMatmulT)
             }
             Weight::Dense(w) => x2.matmul(&w.t()?),
             Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
@@ -147,6 +156,311 @@ impl CustomOp1 for FrozenMatmulT {
     }
 }
 
+/// `y = x Wᵀ + s · (x Aᵀ) Bᵀ` over a frozen dense f32 `W: [out, in]` as one op over `(x, A, B)`
+/// (LoRA training): the three products write into one output buffer, and the backward computes
+/// only what a frozen base needs,
+///
+/// `g_B = g B`, `∂L/∂x = g W + s · g_B A` (skipped when `x` is a constant), `∂L/∂A = s · g_Bᵀ x`,
+/// `∂L/∂B = s · gᵀ (x Aᵀ)`,
+///
+/// with `x Aᵀ` recomputed (`n × r`, cheap) rather than kept. No product of the weight's shape is
+/// ever formed.
+struct LoraMatmul {
+    /// `[out, in]`, contiguous f32.
+    w: Tensor,
+    scale: f32,
+}
+
+fn lora_matmul(w: &Tensor, l: &Lora, x2: &Tensor) -> crate::Result<Tensor> {
+    x2.contiguous()?.apply_op3(
+        &l.a.contiguous()?,
+        &l.b.contiguous()?,
+        LoraMatmul {
+            w: w.contiguous()?,
+            scale: l.scale as f32,
+        },
+    )
+}
+
+/// The contiguous f32 data of a tensor, or an error naming `what`.
+fn f32_data<'a>(t: &'a Tensor, what: &str) -> candle_core::Result<crate::fused::F32Data<'a>> {
+    crate::fused::F32Data::new(t)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected contiguous f32 tensors")))
+}
+
+impl LoraMatmul {
+    fn dims(&self, x: &Layout, a: &Layout, b: &Layout) -> candle_core::Result<[usize; 4]> {
+        let (n, k) = x.shape().dims2()?;
+        let (out, in_f) = self.w.dims2()?;
+        let (r, ia) = a.shape().dims2()?;
+        let (ob, rb) = b.shape().dims2()?;
+        if k != in_f || ia != in_f || ob != out || rb != r {
+            candle_core::bail!(
+                "LoRA matmul: expected x [n, {in_f}], A [r, {in_f}], B [{out}, r], found x {:?}, A {:?}, B {:?}",
+                x.dims(),
+                a.dims(),
+                b.dims()
+            );
+        }
+        Ok([n, in_f, out, r])
+    }
+}
+
+impl CustomOp3 for LoraMatmul {
+    fn name(&self) -> &'static str {
+        "canon-lora-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [n, in_f, out, r] = self.dims(l1, l2, l3)?;
+        let x = crate::train_ops::slice(s1, l1, self.name())?;
+        let a = crate::train_ops::slice(s2, l2, self.name())?;
+        let b = crate::train_ops::slice(s3, l3, self.name())?;
+        let wd = f32_data(&self.w, self.name())?;
+        let par = crate::train_ops::par();
+        let mm = crate::train_ops::mm;
+        let mut y = vec![0f32; n * out];
+        let mut u = vec![0f32; n * r];
+        mm(
+            (n, out, in_f),
+            &mut y,
+            out,
+            false,
+            (x, in_f, 1),
+            (&wd, 1, in_f),
+            1.0,
+            par,
+        );
+        mm(
+            (n, r, in_f),
+            &mut u,
+            r,
+            false,
+            (x, in_f, 1),
+            (a, 1, in_f),
+            1.0,
+            par,
+        );
+        mm(
+            (n, out, r),
+            &mut y,
+            out,
+            true,
+            (&u, r, 1),
+            (b, 1, r),
+            self.scale,
+            par,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [n, in_f, out, r] = self.dims(x.layout(), a.layout(), b.layout())?;
+        let g = g.contiguous()?;
+        let what = self.name();
+        let (xd, ad, bd) = (f32_data(x, what)?, f32_data(a, what)?, f32_data(b, what)?);
+        let (gd, wd) = (f32_data(&g, what)?, f32_data(&self.w, what)?);
+        let par = crate::train_ops::par();
+        #[allow(clippy::too_many_arguments)]
+        fn mm(
+            mnk: (usize, usize, usize),
+            c: &mut [f32],
+            ldc: usize,
+            acc: bool,
+            a: (&[f32], usize, usize),
+            b: (&[f32], usize, usize),
+            alpha: f32,
+            par: gemm::Parallelism,
+        ) {
+            #[cfg(test)]
+            BWD_PRODUCTS.with(|p| p.borrow_mut().push([mnk.0, mnk.1]));
+            crate::train_ops::mm(mnk, c, ldc, acc, a, b, alpha, par)
+        }
+        let s = self.scale;
+        let mut gb = vec![0f32; n * r];
+        mm(
+            (n, r, out),
+            &mut gb,
+            r,
+            false,
+            (&gd, out, 1),
+            (&bd, r, 1),
+            1.0,
+            par,
+        );
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; n * in_f];
+            mm(
+                (n, in_f, out),
+                &mut dx,
+                in_f,
+                false,
+                (&gd, out, 1),
+                (&wd, in_f, 1),
+                1.0,
+                par,
+            );
+            mm(
+                (n, in_f, r),
+                &mut dx,
+                in_f,
+                true,
+                (&gb, r, 1),
+                (&ad, in_f, 1),
+                s,
+                par,
+            );
+            Some(Tensor::from_vec(dx, (n, in_f), x.device())?)
+        } else {
+            None
+        };
+        let mut da = vec![0f32; r * in_f];
+        mm(
+            (r, in_f, n),
+            &mut da,
+            in_f,
+            false,
+            (&gb, 1, r),
+            (&xd, in_f, 1),
+            s,
+            par,
+        );
+        let mut u = vec![0f32; n * r];
+        mm(
+            (n, r, in_f),
+            &mut u,
+            r,
+            false,
+            (&xd, in_f, 1),
+            (&ad, 1, in_f),
+            1.0,
+            par,
+        );
+        let mut db = vec![0f32; out * r];
+        mm(
+            (out, r, n),
+            &mut db,
+            r,
+            false,
+            (&gd, 1, out),
+            (&u, r, 1),
+            s,
+            par,
+        );
+        Ok((
+            dx,
+            Some(Tensor::from_vec(da, (r, in_f), a.device())?),
+            Some(Tensor::from_vec(db, (out, r), b.device())?),
+        ))
+    }
+}
+
+/// `x Wᵀ` for a trainable f32 `W: [out, in]` as one op whose backward writes `∂L/∂W = gᵀ x`
+/// straight in `W`'s `[out, in]` layout (candle's matmul of `x` by the view `Wᵀ` forms `xᵀ g`,
+/// `[in, out]`, and adds its transpose through a strided pass) and skips `∂L/∂x = g W` when `x` is
+/// a constant.
+struct TrainMatmulT;
+
+impl candle_core::CustomOp2 for TrainMatmulT {
+    fn name(&self) -> &'static str {
+        "canon-train-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = l1.shape().dims2()?;
+        let (out, in_f) = l2.shape().dims2()?;
+        if k != in_f {
+            candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
+        }
+        let x = crate::train_ops::slice(s1, l1, self.name())?;
+        let w = crate::train_ops::slice(s2, l2, self.name())?;
+        let mut y = vec![0f32; n * out];
+        let par = crate::train_ops::par();
+        crate::train_ops::mm(
+            (n, out, k),
+            &mut y,
+            out,
+            false,
+            (x, k, 1),
+            (w, 1, k),
+            1.0,
+            par,
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = x.dims2()?;
+        let (out, _) = w.dims2()?;
+        let g = g.contiguous()?;
+        let what = self.name();
+        let (xd, wd, gd) = (f32_data(x, what)?, f32_data(w, what)?, f32_data(&g, what)?);
+        let par = crate::train_ops::par();
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; n * k];
+            crate::train_ops::mm(
+                (n, k, out),
+                &mut dx,
+                k,
+                false,
+                (&gd, out, 1),
+                (&wd, k, 1),
+                1.0,
+                par,
+            );
+            Some(Tensor::from_vec(dx, (n, k), x.device())?)
+        } else {
+            None
+        };
+        let mut dw = vec![0f32; out * k];
+        crate::train_ops::mm(
+            (out, k, n),
+            &mut dw,
+            k,
+            false,
+            (&gd, 1, out),
+            (&xd, k, 1),
+            1.0,
+            par,
+        );
+        Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The output shape `[rows, cols]` of every product `LoraMatmul`'s backward runs on this
+    /// thread (tests count them).
+    static BWD_PRODUCTS: std::cell::RefCell<Vec<[usize; 2]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn quant_err(e: canon_quant::QuantError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
@@ -167,6 +481,20 @@ impl Lora {
     /// `ΔW = scale · B A`, `[out, in]`.
     pub fn delta_weight(&self) -> crate::Result<Tensor> {
         self.b.matmul(&self.a)? * self.scale
+    }
+
+    /// Whether `x Wᵀ + delta(x)` can run as one [`LoraMatmul`]: training (something tracks
+    /// gradients) over a frozen dense f32 base on the CPU, with no active adapter dropout.
+    fn fusable(&self, w: &Tensor, x2: &Tensor) -> bool {
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let dropout_on = self
+            .dropout
+            .as_ref()
+            .is_some_and(|(p, noise)| *p > 0.0 && noise.is_active());
+        !w.track_op()
+            && (x2.track_op() || self.a.track_op() || self.b.track_op())
+            && [w, x2, &self.a, &self.b].into_iter().all(f32_cpu)
+            && !dropout_on
     }
 
     /// `(α/r) · x Aᵀ Bᵀ` for `x: [n, in]`.
@@ -238,10 +566,16 @@ impl Linear {
         let n = x.elem_count() / in_f.max(1);
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;
-        let mut y = self.weight.matmul_t(&x2)?; // [n, out]
-        if let Some(l) = &self.lora {
-            y = (y + l.delta(&x2)?)?;
-        }
+        let mut y = match (&self.weight, &self.lora) {
+            (Weight::Dense(w), Some(l)) if l.fusable(w, &x2) => lora_matmul(w, l, &x2)?,
+            (_, lora) => {
+                let y = self.weight.matmul_t(&x2)?; // [n, out]
+                match lora {
+                    Some(l) => (y + l.delta(&x2)?)?,
+                    None => y,
+                }
+            }
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -317,6 +651,81 @@ mod tests {
             weight_shaped, 0,
             "a frozen weight's gradient was materialised"
         );
+    }
+
+    /// The products the fused LoRA backward runs, counted: none has the frozen weight's shape
+    /// `[out, in]`, and the input gradient's two are skipped when the input is a constant.
+    #[test]
+    fn lora_backward_never_forms_a_weight_gradient_product() {
+        use candle_core::Var;
+        let (n, out, inp, r) = (6, 7, 5, 2);
+        let w = randn(&[out, inp], 1);
+        let a = Var::from_tensor(&randn(&[r, inp], 2)).unwrap();
+        let b = Var::from_tensor(&randn(&[out, r], 3)).unwrap();
+        let mut l = Linear::new(Weight::Dense(w), None);
+        l.set_lora(Lora {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: 2.0,
+            dropout: None,
+        })
+        .unwrap();
+        let x_var = Var::from_tensor(&randn(&[n, inp], 4)).unwrap();
+        for (x, tracked) in [
+            (x_var.as_tensor().clone(), true),
+            (randn(&[n, inp], 4), false),
+        ] {
+            BWD_PRODUCTS.with(|p| p.borrow_mut().clear());
+            let y = l.forward(&x).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let shapes = BWD_PRODUCTS.with(|p| p.borrow().clone());
+            let mut want = vec![[n, r], [r, inp], [n, r], [out, r]];
+            if tracked {
+                want.extend([[n, inp], [n, inp]]);
+            }
+            let (mut got, mut want) = (shapes.clone(), want);
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "backward products {shapes:?}");
+            assert!(!shapes.contains(&[out, inp]) && !shapes.contains(&[inp, out]));
+            assert_eq!(grads.get(&x).is_some(), tracked);
+        }
+    }
+
+    /// A trainable weight's product: output and both gradients equal candle's matmul by `Wᵀ`.
+    #[test]
+    fn trainable_dense_weight_matches_candles_matmul_forward_and_backward() {
+        use candle_core::Var;
+        let w = Var::from_tensor(&randn(&[7, 5], 1)).unwrap();
+        let x = Var::from_tensor(&randn(&[2, 3, 5], 2)).unwrap();
+        let l = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+        let y = l.forward(x.as_tensor()).unwrap();
+        let r = x
+            .as_tensor()
+            .reshape((6, 5))
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .reshape((2, 3, 7))
+            .unwrap();
+        assert_close(&y, &r, Tol::F32);
+        let wt = randn(&[2, 3, 7], 3);
+        let g1 = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&r * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [w.as_tensor(), x.as_tensor()] {
+            assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+        }
+        crate::gradcheck::check_gradients(
+            &[w.clone(), x.clone()],
+            |t| {
+                let l = Linear::new(Weight::Dense(t[0].clone()), None);
+                (l.forward(&t[1])? * &wt)?.sum_all()
+            },
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
     }
 
     #[test]

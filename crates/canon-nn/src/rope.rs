@@ -106,6 +106,24 @@ impl Rope {
             drop(xs);
             return Tensor::from_vec(out, (b, h, t, d), x.device());
         }
+        if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
+            // Training: the same rotation as one op whose backward rotates the gradient back.
+            return x.contiguous()?.apply_op1(RopeOp {
+                cos: self.cos_v.clone(),
+                sin: self.sin_v.clone(),
+                layout: self.layout,
+                offset,
+                t,
+                half,
+            });
+        }
+        self.apply_composed(x, offset)
+    }
+
+    /// [`Rope::apply`] through composed candle ops (any dtype or device): the reference.
+    pub fn apply_composed(&self, x: &Tensor, offset: usize) -> crate::Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        let half = d / 2;
         let dtype = x.dtype();
         let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?; // [t, d/2]
         let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
@@ -127,6 +145,73 @@ impl Rope {
                 Tensor::cat(&[y0, y1], 3)
             }
         }
+    }
+}
+
+/// RoPE on contiguous f32 `[.., t, d]` rows, with its backward: the rotation by `−mθ`,
+/// `dx₀ = g₀ cos + g₁ sin`, `dx₁ = −g₀ sin + g₁ cos`.
+struct RopeOp {
+    cos: std::sync::Arc<Vec<f32>>,
+    sin: std::sync::Arc<Vec<f32>>,
+    layout: RopeLayout,
+    offset: usize,
+    t: usize,
+    half: usize,
+}
+
+impl RopeOp {
+    /// Rotates every row of `x` into `y` by `+mθ` (`sign` 1) or `−mθ` (`sign` −1).
+    fn rotate(&self, x: &[f32], y: &mut [f32], sign: f32) {
+        use rayon::prelude::*;
+        let (d, half, t) = (2 * self.half, self.half, self.t);
+        let rows_per_task = 64;
+        y.par_chunks_mut(d * rows_per_task)
+            .zip(x.par_chunks(d * rows_per_task))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                for (r, (xr, yr)) in xc.chunks_exact(d).zip(yc.chunks_exact_mut(d)).enumerate() {
+                    let pos = self.offset + (c * rows_per_task + r) % t;
+                    let cos = &self.cos[pos * half..(pos + 1) * half];
+                    let sin = &self.sin[pos * half..(pos + 1) * half];
+                    for i in 0..half {
+                        let (a, b) = match self.layout {
+                            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                            RopeLayout::HalfSplit => (i, i + half),
+                        };
+                        let (x0, x1, s) = (xr[a], xr[b], sign * sin[i]);
+                        yr[a] = x0 * cos[i] - x1 * s;
+                        yr[b] = x0 * s + x1 * cos[i];
+                    }
+                }
+            });
+    }
+}
+
+impl candle_core::CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::train_ops::slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        self.rotate(x, &mut y, 1.0);
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = g.contiguous()?;
+        let Some(gd) = crate::fused::F32Data::new(&g) else {
+            candle_core::bail!("rope backward: expected a contiguous f32 gradient");
+        };
+        let mut dx = vec![0f32; gd.len()];
+        self.rotate(&gd, &mut dx, -1.0);
+        drop(gd);
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -161,6 +246,33 @@ mod tests {
             let tracked = candle_core::Var::from_tensor(&x).unwrap();
             let composed = rope.apply(tracked.as_tensor(), 7).unwrap();
             assert_close(&fast, &composed.detach(), Tol::EXACT);
+        }
+    }
+
+    /// The training op equals the composed formula forward and backward, and finite differences.
+    #[test]
+    fn the_training_op_equals_the_composed_formula_and_finite_differences() {
+        use candle_core::Var;
+        for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+            let rope = Rope::new(8, 64, 10000.0, layout, &Device::Cpu).unwrap();
+            let x = Var::from_tensor(&randn(&[2, 3, 5, 8], 9)).unwrap();
+            let w = randn(&[2, 3, 5, 8], 4);
+            let ours = rope.apply(x.as_tensor(), 7).unwrap();
+            let refr = rope.apply_composed(x.as_tensor(), 7).unwrap();
+            assert_close(&ours, &refr, Tol::F32);
+            let g1 = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&refr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let x = x.as_tensor();
+            assert_close(g1.get(x).unwrap(), g2.get(x).unwrap(), Tol::F32);
+            let v = Var::from_tensor(&randn(&[1, 2, 3, 8], 2)).unwrap();
+            crate::gradcheck::check_gradients(
+                &[v],
+                |t| (rope.apply(&t[0], 3)? * randn(&[1, 2, 3, 8], 5))?.sum_all(),
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
         }
     }
 

@@ -17,7 +17,14 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+mod flash;
+pub use flash::{TrainMask, flash_attention, padding_keep};
+
+pub(crate) fn slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32");
     };
@@ -32,6 +39,71 @@ fn last_dim(l: &Layout) -> usize {
 }
 
 const ROWS_PER_TASK: usize = 16;
+
+/// `c[m×n]` (rows `ldc` apart) `= (c if acc) + alpha · A B` with `A[m×k]` element `(i, l)` at
+/// `a[i·ars + l·acs]` and `B[k×n]` element `(l, j)` at `b[l·brs + j·bcs]`, on the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mm(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    (a, ars, acs): (&[f32], usize, usize),
+    (b, brs, bcs): (&[f32], usize, usize),
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // The furthest element each operand touches must lie inside its slice: the callers' shapes
+    // guarantee it, and the raw-pointer product below relies on it.
+    let inside = (m - 1) * ldc + n <= c.len()
+        && (m - 1) * ars + (k - 1) * acs < a.len()
+        && (k - 1) * brs + (n - 1) * bcs < b.len();
+    assert!(inside, "mm: a product out of bounds");
+    // SAFETY: every element read or written lies inside its slice (checked above); `c` does not
+    // alias `a` or `b` (a unique borrow).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            acc,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The `gemm` crate's thread setting for one large product: rayon's pool when it has threads.
+pub(crate) fn par() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
 
 // ------------------------------------------------------------------ causal softmax
 
@@ -154,10 +226,14 @@ pub fn causal_attention_dropout(
     if hkv == 0 || h % hkv != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
     }
+    let scale = 1.0 / (d as f64).sqrt();
+    if dropout.is_none() && q.dtype() == candle_core::DType::F32 && q.device().is_cpu() {
+        return flash_attention(q, k, v, TrainMask::Causal { offset }, scale);
+    }
     let k = crate::attention::repeat_kv(k, h / hkv)?.contiguous()?;
     let v = crate::attention::repeat_kv(v, h / hkv)?.contiguous()?;
     let scores = q.contiguous()?.matmul(&k.t()?)?; // [b, h, tq, tk]
-    let probs = causal_softmax(&scores, offset, 1.0 / (d as f64).sqrt())?;
+    let probs = causal_softmax(&scores, offset, scale)?;
     match dropout {
         Some((p, noise)) => crate::dropout(&probs, p, noise)?.matmul(&v),
         None => probs.matmul(&v),
@@ -289,22 +365,57 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> crate
 
 // ------------------------------------------------------------------ GELU
 
-/// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7).
-fn erf(x: f32) -> f32 {
-    let s = x.signum();
-    let x = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let y = 1.0
-        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_74) * t
-            + 0.254_829_6)
-            * t
-            * (-x * x).exp();
-    s * y
-}
-
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `tanh z = 1 − 2 / (e^{2z} + 1)` on the branch-free exponential (saturates to ±1 where the
+/// exponential clamps).
+#[inline(always)]
+fn tanh_fast<const F: bool>(z: f32) -> f32 {
+    1.0 - 2.0 / (crate::fused::exp::<F>(2.0 * z) + 1.0)
+}
+
+#[inline(always)]
+fn gelu_fwd_impl<const F: bool>(x: &[f32], y: &mut [f32], tanh: bool) {
+    if tanh {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + tanh_fast::<F>(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)));
+        }
+    } else {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + crate::fused::erf::<F>(v * INV_SQRT_2));
+        }
+    }
+}
+
+crate::simd::simd_fn! {
+    /// GELU of `x` into `y` (exact erf form, or the tanh form).
+    fn gelu_fwd => gelu_fwd_impl(x: &[f32], y: &mut [f32], tanh: bool)
+}
+
+#[inline(always)]
+fn gelu_bwd_impl<const F: bool>(x: &[f32], g: &[f32], dx: &mut [f32], tanh: bool) {
+    if tanh {
+        for ((o, &v), &gr) in dx.iter_mut().zip(x).zip(g) {
+            let t = tanh_fast::<F>(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v));
+            let d = 0.5 * (1.0 + t)
+                + 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 0.134_145 * v * v);
+            *o = gr * d;
+        }
+    } else {
+        for ((o, &v), &gr) in dx.iter_mut().zip(x).zip(g) {
+            let d = 0.5 * (1.0 + crate::fused::erf::<F>(v * INV_SQRT_2))
+                + v * INV_SQRT_2PI * crate::fused::exp::<F>(-0.5 * v * v);
+            *o = gr * d;
+        }
+    }
+}
+
+crate::simd::simd_fn! {
+    /// `dx = g · GELU'(x)`.
+    fn gelu_bwd => gelu_bwd_impl(x: &[f32], g: &[f32], dx: &mut [f32], tanh: bool)
+}
 
 struct Gelu {
     tanh: bool,
@@ -318,17 +429,9 @@ impl CustomOp1 for Gelu {
         let x = slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
         let tanh = self.tanh;
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = if tanh {
-                        0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh())
-                    } else {
-                        0.5 * v * (1.0 + erf(v * INV_SQRT_2))
-                    };
-                }
-            });
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(yc, xc)| gelu_fwd(xc, yc, tanh));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -358,20 +461,12 @@ impl CustomOp2 for GeluBwd {
         let g = slice(s2, l2, self.name())?;
         let mut dx = vec![0f32; x.len()];
         let tanh = self.tanh;
-        dx.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
-            .for_each(|(dc, (xc, gc))| {
-                for ((o, &v), &gr) in dc.iter_mut().zip(xc).zip(gc) {
-                    let d = if tanh {
-                        let t = (SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)).tanh();
-                        0.5 * (1.0 + t)
-                            + 0.5 * v * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 0.134_145 * v * v)
-                    } else {
-                        0.5 * (1.0 + erf(v * INV_SQRT_2)) + v * INV_SQRT_2PI * (-0.5 * v * v).exp()
-                    };
-                    *o = gr * d;
-                }
-            });
+        dx.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(
+                x.par_chunks(ELEMS_PER_TASK)
+                    .zip(g.par_chunks(ELEMS_PER_TASK)),
+            )
+            .for_each(|(dc, (xc, gc))| gelu_bwd(xc, gc, dc, tanh));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -651,7 +746,7 @@ mod tests {
         let k = Var::from_tensor(&randn(&[2, 2, 5, 8], 2)).unwrap();
         let v = Var::from_tensor(&randn(&[2, 2, 5, 8], 3)).unwrap();
         let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0).unwrap();
-        let refr = attention(
+        let refr = crate::attention::attention_composed(
             q.as_tensor(),
             k.as_tensor(),
             v.as_tensor(),
@@ -667,6 +762,116 @@ mod tests {
                 g2.get(x.as_tensor()).unwrap(),
                 Tol::new(1e-5, 1e-4),
             );
+        }
+    }
+
+    /// The tiled op against the composed ops, forward and all three gradients, for every mask
+    /// it serves: shapes span several 64-row tiles, grouped K/V heads, a causal offset with
+    /// fewer queries than keys, and a padded batch (a sequence with three real keys).
+    #[test]
+    fn flash_attention_equals_the_composed_ops_for_every_mask() {
+        let keep = Tensor::from_vec(
+            (0..2 * 70)
+                .map(|i| match i / 70 {
+                    0 => u32::from(i % 70 < 50),
+                    _ => u32::from([0, 10, 69].contains(&(i % 70))),
+                })
+                .collect::<Vec<u32>>(),
+            (2, 70),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let cases: Vec<(usize, usize, usize, AttnMask)> = vec![
+            (130, 130, 4, AttnMask::Causal { offset: 0 }),
+            (70, 150, 2, AttnMask::Causal { offset: 80 }),
+            (70, 70, 1, AttnMask::None),
+            (70, 70, 2, AttnMask::Padding(&keep)),
+        ];
+        for (case, (tq, tk, hkv, mask)) in cases.into_iter().enumerate() {
+            let seed = 10 * case as u64;
+            let q = Var::from_tensor(&randn(&[2, 4, tq, 16], seed + 1)).unwrap();
+            let k = Var::from_tensor(&randn(&[2, hkv, tk, 16], seed + 2)).unwrap();
+            let v = Var::from_tensor(&randn(&[2, hkv, tk, 16], seed + 3)).unwrap();
+            let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let ours = attention(qt, kt, vt, mask).unwrap();
+            let refr = crate::attention::attention_composed(qt, kt, vt, mask).unwrap();
+            assert_close(&ours, &refr, Tol::new(1e-5, 1e-4));
+            let g1 = wsum(&ours, seed + 7).unwrap().backward().unwrap();
+            let g2 = wsum(&refr, seed + 7).unwrap().backward().unwrap();
+            for x in [&q, &k, &v] {
+                assert_close(
+                    g1.get(x.as_tensor()).unwrap(),
+                    g2.get(x.as_tensor()).unwrap(),
+                    Tol::new(1e-4, 1e-4),
+                );
+            }
+        }
+    }
+
+    /// A sequence that is all padding: the output averages the values uniformly, as the
+    /// composed ops' `−1e30` mask gives, and the scores get no gradient (the output does not
+    /// depend on them; the composed ops' backward reports a spurious one through the rounded-away
+    /// scores, so only the value gradient is compared with them).
+    #[test]
+    fn flash_attention_over_an_all_padding_sequence() {
+        let keep = Tensor::new(&[[0u32, 0, 0, 0]], &candle_core::Device::Cpu).unwrap();
+        let q = Var::from_tensor(&randn(&[1, 2, 3, 4], 1)).unwrap();
+        let k = Var::from_tensor(&randn(&[1, 2, 4, 4], 2)).unwrap();
+        let v = Var::from_tensor(&randn(&[1, 2, 4, 4], 3)).unwrap();
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let ours = attention(qt, kt, vt, AttnMask::Padding(&keep)).unwrap();
+        let refr =
+            crate::attention::attention_composed(qt, kt, vt, AttnMask::Padding(&keep)).unwrap();
+        assert_close(&ours, &refr, Tol::F32);
+        let mean = vt
+            .mean_keepdim(2)
+            .unwrap()
+            .broadcast_as((1, 2, 3, 4))
+            .unwrap();
+        assert_close(&ours, &mean, Tol::F32);
+        let g1 = wsum(&ours, 4).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 4).unwrap().backward().unwrap();
+        assert_close(g1.get(vt).unwrap(), g2.get(vt).unwrap(), Tol::F32);
+        for x in [qt, kt] {
+            let zero = x.zeros_like().unwrap();
+            assert_close(g1.get(x).unwrap(), &zero, Tol::EXACT);
+        }
+    }
+
+    #[test]
+    fn flash_attention_refuses_bad_shapes_with_an_error() {
+        let q = randn(&[1, 2, 3, 4], 1);
+        let none = randn(&[1, 1, 0, 4], 2);
+        let e = flash_attention(&q, &none, &none, TrainMask::None, 0.5).unwrap_err();
+        assert!(e.to_string().contains("at least one key"), "{e}");
+        let k = randn(&[1, 3, 5, 4], 2);
+        let e = flash_attention(&q, &k, &k, TrainMask::None, 0.5).unwrap_err();
+        assert!(e.to_string().contains("multiple of h_kv"), "{e}");
+        let k = randn(&[1, 1, 5, 4], 2);
+        let short = padding_keep(&Tensor::new(&[[1u32, 1]], q.device()).unwrap()).unwrap();
+        let e = flash_attention(&q, &k, &k, short, 0.5).unwrap_err();
+        assert!(e.to_string().contains("padding mask of 2 values"), "{e}");
+    }
+
+    #[test]
+    fn finite_differences_through_flash_attention() {
+        let keep = Tensor::new(&[[1u32, 1, 0, 1, 1]], &candle_core::Device::Cpu).unwrap();
+        for mask in [
+            TrainMask::Causal { offset: 1 },
+            TrainMask::None,
+            padding_keep(&keep).unwrap(),
+        ] {
+            let q = Var::from_tensor(&randn(&[1, 2, 4, 3], 1)).unwrap();
+            let k = Var::from_tensor(&randn(&[1, 1, 5, 3], 2)).unwrap();
+            let v = Var::from_tensor(&randn(&[1, 1, 5, 3], 3)).unwrap();
+            check_gradients(
+                &[q, k, v],
+                |t| wsum(&flash_attention(&t[0], &t[1], &t[2], mask.clone(), 0.6)?, 5),
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
         }
     }
 

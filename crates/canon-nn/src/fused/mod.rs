@@ -102,13 +102,13 @@ macro_rules! dispatch {
 
 /// `a·b + c`, fused only where the hardware fuses it (a software fma would be slow).
 #[inline(always)]
-fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Sum with eight independent lanes (vectorises; pairwise at the end).
 #[inline(always)]
-fn sum8(x: &[f32]) -> f32 {
+pub(crate) fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut it = x.chunks_exact(8);
     for c in &mut it {
@@ -141,7 +141,7 @@ fn sum_sq_dev8<const F: bool>(x: &[f32], m: f32) -> f32 {
 /// `|r| ≤ ln2/2`, `eʳ` by its Taylor series to r⁷ (truncation < 5e-9), `2ⁿ` through the exponent
 /// bits. Branch-free so that loops over it vectorise.
 #[inline(always)]
-fn exp<const F: bool>(x: f32) -> f32 {
+pub(crate) fn exp<const F: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for |n| ≤ 2⁸.
     const LN2_HI: f32 = 0.693_145_75;
@@ -168,7 +168,7 @@ fn exp<const F: bool>(x: f32) -> f32 {
 /// erf by Abramowitz & Stegun 7.1.26: `erf(z) = 1 − t(a₁ + a₂t + … + a₅t⁴) e^{−z²}`,
 /// `t = 1/(1 + p·z)` for `z ≥ 0`, odd symmetry for `z < 0`; `|error| ≤ 1.5e-7`.
 #[inline(always)]
-fn erf<const F: bool>(z: f32) -> f32 {
+pub(crate) fn erf<const F: bool>(z: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
