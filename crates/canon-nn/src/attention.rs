@@ -97,12 +97,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
     if q.dtype() == DType::F32 && q.device().is_cpu() {
         // Training (and padded batches): one tiled op with its own backward, no [b, h, tq, tk]
         // matrix kept.
+        // (A sliding window, used only at inference, takes the composed ops here.)
         let m = match mask {
-            AttnMask::None => crate::train_ops::TrainMask::None,
-            AttnMask::Causal { offset } => crate::train_ops::TrainMask::Causal { offset },
-            AttnMask::Padding(keep) => crate::train_ops::padding_keep(keep)?,
+            AttnMask::None => Some(crate::train_ops::TrainMask::None),
+            AttnMask::Causal { offset } => Some(crate::train_ops::TrainMask::Causal { offset }),
+            AttnMask::Padding(keep) => Some(crate::train_ops::padding_keep(keep)?),
+            AttnMask::SlidingCausal { .. } => None,
         };
-        return crate::train_ops::flash_attention(q, k, v, m, scale);
+        if let Some(m) = m {
+            return crate::train_ops::flash_attention(q, k, v, m, scale);
+        }
     }
     attention_composed(q, k, v, mask)
 }
