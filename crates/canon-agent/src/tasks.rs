@@ -1,7 +1,10 @@
 //! Few-shot tasks: a user's JSONL file, or a task built from data on this machine.
 //!
-//! JSONL: one object per line, `{"split": "train"|"test", "question": "...", "answer": "...",
-//! "options": ["...", ...]}` (`options` optional; when given, `answer` must be one of them).
+//! JSONL: one object per line, either `{"input": "...", "options": ["...", ...], "label": 1}`
+//! (multiple choice; `label` indexes `options`) or `{"input": "...", "target": "..."}` (free-form),
+//! each with `"split": "train"|"test"` — or without it, when the train and test items are two
+//! files. The older shape `{"question", "answer", "options"?}` (`answer` one of the options) is
+//! read too. Items may have at most [`max_options`] options.
 //!
 //! `man-commands`: the NAME line of every section-1 man page (`ls \- list directory contents`)
 //! becomes "which command does this describe", with the command and three other commands as
@@ -10,6 +13,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -20,68 +24,66 @@ use serde::Deserialize;
 use crate::fewshot::{Item, Task};
 use crate::{AgentError, Result};
 
+/// One JSONL line in either accepted shape: `{"input", "options", "label"}` /
+/// `{"input", "target"}`, or `{"question", "answer", "options"?}`; `split` optional.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
-    split: String,
-    question: String,
-    answer: String,
+    #[serde(default)]
+    split: Option<String>,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    question: Option<String>,
     #[serde(default)]
     options: Vec<String>,
+    #[serde(default)]
+    label: Option<i64>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    answer: Option<String>,
 }
 
-/// Parses a JSONL task; errors name the line.
+/// Default for [`set_max_options`]: multiple-choice items with more options are refused.
+pub const DEFAULT_MAX_OPTIONS: usize = 64;
+
+static MAX_OPTIONS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_OPTIONS);
+
+/// Sets the most options a multiple-choice item may have (the CLI's `--max-options`): every
+/// option is scored with its own forward pass, so the count bounds the work per item.
+pub fn set_max_options(n: usize) {
+    MAX_OPTIONS.store(n.max(2), Ordering::Relaxed);
+}
+
+/// The current options limit.
+pub fn max_options() -> usize {
+    MAX_OPTIONS.load(Ordering::Relaxed)
+}
+
+/// What the lines of a file are, when they carry no `split` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitDefault {
+    /// Every line must say `"split": "train"|"test"`.
+    Required,
+    /// Lines without a `split` are demonstrations (a separate train file).
+    Train,
+    /// Lines without a `split` are test items (a separate test file).
+    Test,
+}
+
+const SHAPES: &str = "{\"input\", \"options\", \"label\"} (multiple choice), {\"input\", \"target\"} (free-form) or {\"question\", \"answer\", \"options\"?}, each with an optional \"split\": \"train\"|\"test\"";
+
+/// Parses a JSONL task whose lines carry their split; errors name the line.
 pub fn parse_jsonl(name: &str, path_label: &str, text: &str) -> Result<Task> {
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    let err = |line: usize, message: String| AgentError::Jsonl {
-        path: path_label.to_string(),
-        line,
-        message,
-    };
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let l: Line = serde_json::from_str(raw).map_err(|e| {
-            err(
-                n,
-                format!(
-                    "expected {{\"split\", \"question\", \"answer\", \"options\"?}}, found {e}"
-                ),
-            )
-        })?;
-        if !l.options.is_empty() && !l.options.contains(&l.answer) {
-            return Err(err(
-                n,
-                format!(
-                    "answer {:?} is not one of the options {:?}",
-                    l.answer, l.options
-                ),
-            ));
-        }
-        if l.options.len() == 1 {
-            return Err(err(n, "expected at least 2 options, found 1".into()));
-        }
-        let item = Item {
-            question: l.question,
-            options: l.options,
-            answer: l.answer,
-        };
-        match l.split.as_str() {
-            "train" => train.push(item),
-            "test" => test.push(item),
-            other => {
-                return Err(err(
-                    n,
-                    format!("expected split \"train\" or \"test\", found {other:?}"),
-                ));
-            }
-        }
-    }
+    let (train, test) = parse_lines(path_label, text, SplitDefault::Required)?;
+    finish(name, path_label, train, test)
+}
+
+fn finish(name: &str, path_label: &str, train: Vec<Item>, test: Vec<Item>) -> Result<Task> {
     if test.is_empty() {
         return Err(AgentError::Task(format!(
-            "{path_label}: expected at least one line with \"split\": \"test\", found none"
+            "{path_label}: expected at least one test item (\"split\": \"test\", or a separate test file), found none"
         )));
     }
     Ok(Task {
@@ -91,14 +93,152 @@ pub fn parse_jsonl(name: &str, path_label: &str, text: &str) -> Result<Task> {
     })
 }
 
-/// Reads a JSONL task file.
+/// The items of one file as (train, test).
+fn parse_lines(
+    path_label: &str,
+    text: &str,
+    default: SplitDefault,
+) -> Result<(Vec<Item>, Vec<Item>)> {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let err = |line: usize, message: String| AgentError::Jsonl {
+        path: path_label.to_string(),
+        line,
+        message,
+    };
+    let max = max_options();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(raw)
+            .map_err(|e| err(n, format!("expected {SHAPES}, found {e}")))?;
+        let question = match (l.input, l.question) {
+            (Some(q), None) | (None, Some(q)) => q,
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    n,
+                    "expected one of \"input\" or \"question\", found both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    n,
+                    format!("expected {SHAPES}, found neither \"input\" nor \"question\""),
+                ));
+            }
+        };
+        if l.options.len() > max {
+            return Err(err(
+                n,
+                format!(
+                    "expected at most {max} options (the limit, --max-options), found {}",
+                    l.options.len()
+                ),
+            ));
+        }
+        if l.options.len() == 1 {
+            return Err(err(n, "expected at least 2 options, found 1".into()));
+        }
+        let answer = match (l.label, l.target, l.answer) {
+            (Some(k), None, None) => {
+                if l.options.is_empty() {
+                    return Err(err(
+                        n,
+                        "expected \"options\" with a \"label\", found no options".into(),
+                    ));
+                }
+                usize::try_from(k)
+                    .ok()
+                    .and_then(|k| l.options.get(k))
+                    .cloned()
+                    .ok_or_else(|| {
+                        err(
+                            n,
+                            format!(
+                                "expected \"label\" to index the {} options (0 to {}), found {k}",
+                                l.options.len(),
+                                l.options.len() - 1
+                            ),
+                        )
+                    })?
+            }
+            (None, Some(a), None) | (None, None, Some(a)) => {
+                if !l.options.is_empty() && !l.options.contains(&a) {
+                    return Err(err(
+                        n,
+                        format!("answer {a:?} is not one of the options {:?}", l.options),
+                    ));
+                }
+                a
+            }
+            (None, None, None) => {
+                return Err(err(
+                    n,
+                    "expected a \"label\" (multiple choice) or a \"target\"/\"answer\", found none"
+                        .into(),
+                ));
+            }
+            _ => {
+                return Err(err(
+                    n,
+                    "expected one of \"label\", \"target\" or \"answer\", found several".into(),
+                ));
+            }
+        };
+        let item = Item {
+            question,
+            options: l.options,
+            answer,
+        };
+        match (l.split.as_deref(), default) {
+            (Some("train"), _) | (None, SplitDefault::Train) => train.push(item),
+            (Some("test"), _) | (None, SplitDefault::Test) => test.push(item),
+            (None, SplitDefault::Required) => {
+                return Err(err(
+                    n,
+                    "expected a \"split\": \"train\"|\"test\" field (or give the train and test items as two files), found none".into(),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(err(
+                    n,
+                    format!("expected split \"train\" or \"test\", found {other:?}"),
+                ));
+            }
+        }
+    }
+    Ok((train, test))
+}
+
+/// Reads a JSONL task file whose lines carry their split.
 pub fn load_jsonl(path: &Path) -> Result<Task> {
     let text = canon_fs::lines::read_text(path)?;
-    let name = path
-        .file_stem()
+    parse_jsonl(&stem(path), &path.display().to_string(), &text)
+}
+
+/// Reads a task given as two files: demonstrations from `train`, test items from `test` (lines
+/// may still carry a `split`, which then wins).
+pub fn load_jsonl_pair(train: &Path, test: &Path) -> Result<Task> {
+    let (mut tr, mut te) = parse_lines(
+        &train.display().to_string(),
+        &canon_fs::lines::read_text(train)?,
+        SplitDefault::Train,
+    )?;
+    let (tr2, te2) = parse_lines(
+        &test.display().to_string(),
+        &canon_fs::lines::read_text(test)?,
+        SplitDefault::Test,
+    )?;
+    tr.extend(tr2);
+    te.extend(te2);
+    finish(&stem(test), &test.display().to_string(), tr, te)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "task".into());
-    parse_jsonl(&name, &path.display().to_string(), &text)
+        .unwrap_or_else(|| "task".into())
 }
 
 /// The (command, description) of a man page's NAME section, from roff source.
@@ -246,6 +386,80 @@ mod tests {
         let t = parse_jsonl("t", "t.jsonl", &text).unwrap();
         assert_eq!((t.train.len(), t.test.len()), (1, 1));
         assert!(t.test[0].options.is_empty());
+    }
+
+    #[test]
+    fn the_input_options_label_shape_and_two_files_are_read() {
+        let text = concat!(
+            r#"{"split":"train","input":"2+2","options":["3","4"],"label":1}"#,
+            "\n",
+            r#"{"split":"test","input":"capital of France","target":"Paris"}"#,
+            "\n"
+        );
+        let t = parse_jsonl("t", "t.jsonl", text).unwrap();
+        assert_eq!(t.train[0].answer, "4");
+        assert_eq!(t.train[0].options, ["3", "4"]);
+        assert_eq!(t.test[0].answer, "Paris");
+        assert!(t.test[0].options.is_empty());
+        for (line, want) in [
+            (
+                r#"{"split":"test","input":"x","options":["a","b"],"label":2}"#,
+                "0 to 1",
+            ),
+            (
+                r#"{"split":"test","input":"x","options":["a","b"],"label":-1}"#,
+                "found -1",
+            ),
+            (r#"{"split":"test","input":"x","label":0}"#, "no options"),
+            (
+                r#"{"split":"test","input":"x","target":"a","label":0,"options":["a","b"]}"#,
+                "several",
+            ),
+            (
+                r#"{"split":"test","input":"x","question":"y","target":"a"}"#,
+                "both",
+            ),
+            (r#"{"input":"x","target":"a"}"#, "two files"),
+            (
+                r#"{"split":"test","prompt":"x","target":"a"}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = parse_jsonl("t", "t.jsonl", line).unwrap_err().to_string();
+            assert!(
+                e.starts_with("t.jsonl:1:") && e.contains(want),
+                "{line}: {e}"
+            );
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (tr, te) = (d.path().join("train.jsonl"), d.path().join("test.jsonl"));
+        std::fs::write(
+            &tr,
+            "{\"input\":\"a\",\"target\":\"b\"}\n{\"input\":\"c\",\"target\":\"d\"}\n",
+        )
+        .unwrap();
+        std::fs::write(&te, "{\"input\":\"e\",\"target\":\"f\"}\n").unwrap();
+        let t = load_jsonl_pair(&tr, &te).unwrap();
+        assert_eq!(
+            (t.train.len(), t.test.len(), t.name.as_str()),
+            (2, 1, "test")
+        );
+    }
+
+    #[test]
+    fn too_many_options_name_the_limit_and_its_flag() {
+        let opts: Vec<String> = (0..=DEFAULT_MAX_OPTIONS)
+            .map(|i| format!("\"o{i}\""))
+            .collect();
+        let line = format!(
+            r#"{{"split":"test","input":"x","options":[{}],"label":0}}"#,
+            opts.join(",")
+        );
+        let e = parse_jsonl("t", "t.jsonl", &line).unwrap_err().to_string();
+        assert!(
+            e.contains("--max-options") && e.contains(&format!("at most {DEFAULT_MAX_OPTIONS}")),
+            "{e}"
+        );
     }
 
     #[test]

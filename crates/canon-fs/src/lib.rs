@@ -97,41 +97,82 @@ fn alive(pid: u32) -> bool {
     proc_root.join(pid.to_string()).exists()
 }
 
+/// A temporary name left by a process: `.NAME.PID.canon-tmp` (a file or folder being written),
+/// or `.NAME.old.PID.canon-tmp` (the earlier folder a commit moved aside). Returns (NAME, moved
+/// aside, PID).
+fn parse_temp_name(n: &str) -> Option<(&str, bool, u32)> {
+    let rest = n.strip_prefix('.')?.strip_suffix(TMP_SUFFIX)?;
+    let (stem, pid) = rest.rsplit_once('.')?;
+    let pid = pid.parse::<u32>().ok()?;
+    Some(match stem.strip_suffix(".old") {
+        Some(name) => (name, true, pid),
+        None => (stem, false, pid),
+    })
+}
+
+/// Handles one entry named like a temporary of a dead process: an earlier folder a killed commit
+/// had moved aside goes back to `dest` when nothing replaced it; anything else is removed.
+fn clean_temp(p: &Path, dest: &Path, moved_aside: bool) {
+    if moved_aside && p.is_dir() && !dest.exists() && fs::rename(p, dest).is_ok() {
+        // The commit died between its two renames: the earlier output goes back.
+        return;
+    }
+    let _ = if p.is_dir() {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    };
+}
+
 /// Removes temporary files and folders that dead processes left for `path`.
 pub fn remove_stale_temps(path: &Path) {
     let Ok(name) = file_name(path) else { return };
-    let prefix = format!(".{}.", name.to_string_lossy());
+    let name = name.to_string_lossy().into_owned();
     let Ok(entries) = fs::read_dir(parent_of(path)) else {
         return;
     };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = n.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some(pid) = rest.strip_suffix(TMP_SUFFIX) else {
-            continue;
-        };
-        // `.NAME.old.PID` is the earlier folder a killed commit had moved aside.
-        let (moved_aside, pid) = match pid.strip_prefix("old.") {
-            Some(p) => (true, p),
-            None => (false, pid),
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
-            continue;
-        };
-        if !alive(pid) {
-            let p = e.path();
-            if moved_aside && !path.exists() && fs::rename(&p, path).is_ok() {
-                // The commit died between its two renames: the earlier output goes back.
-                continue;
-            }
-            let _ = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
+        if let Some((of, moved_aside, pid)) = parse_temp_name(&n)
+            && of == name
+            && !alive(pid)
+        {
+            clean_temp(&e.path(), path, moved_aside);
         }
+    }
+}
+
+/// Removes what dead processes left in `dir`, for every destination in it.
+pub fn remove_stale_temps_in(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some((of, moved_aside, pid)) = parse_temp_name(&n)
+            && !of.is_empty()
+            && !alive(pid)
+        {
+            clean_temp(&e.path(), &dir.join(of), moved_aside);
+        }
+    }
+}
+
+/// Sweeps the folder of `path` for dead processes' temporaries the first time this process writes
+/// into it. Once per folder, not once per write: a folder that receives many small files (a cache
+/// of model calls) would otherwise be listed again for every file.
+fn sweep_once(path: &Path) {
+    static SWEPT: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+        std::sync::Mutex::new(None);
+    let dir = parent_of(path);
+    let key = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+    let first = match SWEPT.lock() {
+        Ok(mut g) => g.get_or_insert_with(Default::default).insert(key),
+        // A writer panicked while holding the lock: sweep again rather than never.
+        Err(_) => true,
+    };
+    if first {
+        remove_stale_temps_in(&dir);
     }
 }
 
@@ -162,7 +203,7 @@ pub fn write_atomic_with<F>(path: &Path, fill: F) -> io::Result<()>
 where
     F: FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 {
-    remove_stale_temps(path);
+    sweep_once(path);
     let tmp = temp_path(path)?;
     let result = (|| {
         let mut w = BufWriter::new(File::create(&tmp)?);
@@ -194,7 +235,7 @@ impl StagedDir {
     /// Starts an empty staging folder for `dest` (which may exist: it stays untouched until the
     /// commit).
     pub fn new(dest: &Path) -> io::Result<Self> {
-        remove_stale_temps(dest);
+        sweep_once(dest);
         let tmp = temp_path(dest)?;
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -329,6 +370,45 @@ mod tests {
         assert!(!dest.join("old.txt").exists());
         assert_eq!(fs::read(dest.join("new.txt")).unwrap(), b"new");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_first_write_into_a_folder_sweeps_it_once_for_every_destination() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dead = 4_194_305 + 11;
+        let a = d.path().join(format!(".a.json.{dead}{TMP_SUFFIX}"));
+        let b = d.path().join(format!(".b.v1.json.{dead}{TMP_SUFFIX}"));
+        let aside = d.path().join(format!(".ix.old.{dead}{TMP_SUFFIX}"));
+        let unrelated = d.path().join(".notes.txt");
+        fs::write(&a, b"x").unwrap();
+        fs::write(&b, b"x").unwrap();
+        fs::create_dir(&aside).unwrap();
+        fs::write(&unrelated, b"keep").unwrap();
+        write_atomic(&d.path().join("c.json"), b"{}").unwrap();
+        assert!(!a.exists() && !b.exists(), "every dead temporary goes");
+        assert!(
+            d.path().join("ix").is_dir(),
+            "a moved-aside folder comes back"
+        );
+        assert!(unrelated.exists());
+        // Later writes into the same folder do not list it again.
+        let late = d.path().join(format!(".a.json.{dead}{TMP_SUFFIX}"));
+        fs::write(&late, b"x").unwrap();
+        write_atomic(&d.path().join("d.json"), b"{}").unwrap();
+        assert!(late.exists(), "swept once per folder per process");
+        assert_eq!(
+            parse_temp_name(".x.old.12.canon-tmp"),
+            Some(("x", true, 12))
+        );
+        assert_eq!(
+            parse_temp_name(".a.b.c.12.canon-tmp"),
+            Some(("a.b.c", false, 12))
+        );
+        assert_eq!(parse_temp_name(".a.canon-tmp"), None);
+        assert_eq!(parse_temp_name("a.12.canon-tmp"), None);
     }
 
     #[test]

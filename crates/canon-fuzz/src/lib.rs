@@ -22,7 +22,154 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sft_jsonl", sft_jsonl),
     ("fewshot_jsonl", fewshot_jsonl),
     ("bm25_index", bm25_index),
+    ("hf_folder", hf_folder),
+    ("rag_index", rag_index),
+    ("humaneval_jsonl", humaneval_jsonl),
 ];
+
+/// Separates the files of a multi-file input (`hf_folder`, `rag_index`, `humaneval_jsonl`).
+pub const FILE_SEPARATOR: &[u8] = b"\n--8<--\n";
+
+/// Splits `data` at [`FILE_SEPARATOR`] into at most `max` files.
+fn files(data: &[u8], max: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while out.len() + 1 < max {
+        match rest
+            .windows(FILE_SEPARATOR.len())
+            .position(|w| w == FILE_SEPARATOR)
+        {
+            Some(i) => {
+                out.push(&rest[..i]);
+                rest = &rest[i + FILE_SEPARATOR.len()..];
+            }
+            None => break,
+        }
+    }
+    out.push(rest);
+    out
+}
+
+static SCRATCH_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Where the targets that read files write their inputs (default: the system's temporary folder,
+/// as `canon-fuzz-PID-TARGET`). Tests point it at a folder they remove; set it before the first
+/// input. False if it was already set.
+pub fn set_scratch_root(dir: &Path) -> bool {
+    SCRATCH_ROOT.set(dir.to_path_buf()).is_ok()
+}
+
+/// A folder of this process for the targets whose parser reads files (made once, reused).
+fn scratch(name: &str) -> Option<std::path::PathBuf> {
+    let root = SCRATCH_ROOT.get_or_init(std::env::temp_dir);
+    let d = root.join(format!("canon-fuzz-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).ok()?;
+    Some(d)
+}
+
+/// Writes `files` as `names` into `dir` (a missing part removes the file: absent files are input
+/// too). False when a write fails.
+fn write_files(dir: &Path, names: &[&str], parts: &[&[u8]]) -> bool {
+    for (i, n) in names.iter().enumerate() {
+        let p = dir.join(n);
+        let ok = match parts.get(i) {
+            Some(b) => std::fs::write(&p, b).is_ok(),
+            None => !p.exists() || std::fs::remove_file(&p).is_ok(),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// A tokenizer.json small enough to write per input: the HF folder loaders need one beside the
+/// config and weights.
+const TINY_TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1,"b":2,"c":3},"unk_token":"[UNK]"}}"#;
+
+/// An HF model folder: `config.json` (the first file), `model.safetensors` (the second),
+/// `tokenizer_config.json` (the third, optional), loaded as a causal LM and as an encoder.
+pub fn hf_folder(data: &[u8]) {
+    let Some(dir) = scratch("hf") else {
+        return;
+    };
+    let parts = files(data, 3);
+    // config.json, model.safetensors, then the fixed tokenizer.json, then tokenizer_config.json
+    // when the input has a third file.
+    let mut all: Vec<&[u8]> = parts.iter().take(2).copied().collect();
+    if all.len() == 2 {
+        all.push(TINY_TOKENIZER_JSON.as_bytes());
+        all.extend(parts.get(2).copied());
+    }
+    if !write_files(
+        &dir,
+        &[
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ],
+        &all,
+    ) {
+        return;
+    }
+    if let Ok(lm) = canon_models::load::load_hf_lm(&dir) {
+        let _ = lm.model.vocab_size();
+    }
+    let _ = canon_models::load::load_hf_encoder(&dir);
+}
+
+/// A `canon index` folder: `meta.json`, `chunks.jsonl`, `vectors.f32`, `bm25.bin`, `hnsw.bin`
+/// (in that order; a missing part is a missing file), opened, then searched every way.
+pub fn rag_index(data: &[u8]) {
+    let Some(dir) = scratch("index") else {
+        return;
+    };
+    let parts = files(data, 5);
+    if !write_files(
+        &dir,
+        &[
+            "meta.json",
+            "chunks.jsonl",
+            "vectors.f32",
+            "bm25.bin",
+            "hnsw.bin",
+        ],
+        &parts,
+    ) {
+        return;
+    }
+    if let Ok(ix) = canon_rag::index::Index::open(&dir, None) {
+        let dim = ix.meta.dim;
+        let mut q = vec![0.0f32; dim];
+        if let Some(x) = q.first_mut() {
+            *x = 1.0;
+        }
+        for mode in [
+            canon_rag::index::Mode::Dense,
+            canon_rag::index::Mode::Bm25,
+            canon_rag::index::Mode::Hybrid,
+        ] {
+            let _ = ix.search("tar extract", Some(&q), mode, 5);
+        }
+        let _ = ix.dense(&q, 3, true);
+    }
+}
+
+/// HumanEval problems (the first file) and completions for them (the second), as read by
+/// `canon eval humaneval`.
+pub fn humaneval_jsonl(data: &[u8]) {
+    let Some(dir) = scratch("humaneval") else {
+        return;
+    };
+    let parts = files(data, 2);
+    if !write_files(&dir, &["problems.jsonl", "samples.jsonl"], &parts) {
+        return;
+    }
+    if let Ok(problems) = canon_eval::humaneval::load_problems(&dir.join("problems.jsonl")) {
+        let _ = canon_eval::humaneval::read_completions(&dir.join("samples.jsonl"), &problems);
+    }
+}
 
 /// The GGUF header: magic, version, metadata (nested arrays, strings), tensor table and offsets.
 pub fn gguf(data: &[u8]) {
@@ -82,7 +229,10 @@ pub fn gguf_vocab(data: &[u8]) {
         add_bos: head & 0x80 != 0,
         add_eos: false,
     };
-    if let Ok(t) = Tokenizer::from_gguf(&vocab) {
+    if let Ok(mut t) = Tokenizer::from_gguf(&vocab) {
+        // One tokenizer per input: without this the `tokenizers` crate's per-thread merge memo
+        // keeps every dropped tokenizer's entries (see `disable_encode_cache`).
+        t.disable_encode_cache();
         let text = String::from_utf8_lossy(rest);
         if let Ok(ids) = t.encode(&text, head & 0x40 != 0) {
             let _ = t.decode(&ids, false);
@@ -93,7 +243,8 @@ pub fn gguf_vocab(data: &[u8]) {
 
 /// A `tokenizer.json`, then encoding a short text.
 pub fn tokenizer_json(data: &[u8]) {
-    if let Ok(t) = Tokenizer::from_json_bytes(data) {
+    if let Ok(mut t) = Tokenizer::from_json_bytes(data) {
+        t.disable_encode_cache();
         if let Ok(ids) = t.encode("Hello, wörld! 123 <|im_start|>", true) {
             let _ = t.decode(&ids, false);
         }

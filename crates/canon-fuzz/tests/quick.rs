@@ -89,10 +89,108 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             ]);
             out.push(b.to_bytes());
         }
+        "hf_folder" => {
+            let sep = canon_fuzz::FILE_SEPARATOR;
+            let st = tiny_llama_safetensors();
+            let config = br#"{"model_type": "llama", "vocab_size": 4, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32, "tie_word_embeddings": true, "eos_token_id": 2}"#;
+            let tcfg = br#"{"bos_token": "a", "eos_token": {"content": "b"}, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}"#;
+            out.push([&config[..], sep, &st, sep, tcfg].concat());
+            let bert = br#"{"model_type": "bert", "vocab_size": 4, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32, "type_vocab_size": 2}"#;
+            out.push([&bert[..], sep, &st].concat());
+        }
+        "rag_index" => {
+            let d = tempfile::tempdir().unwrap();
+            let chunks: Vec<canon_rag::chunk::Chunk> = [
+                "tar extracts archives",
+                "ls lists a directory",
+                "gzip compresses",
+            ]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| canon_rag::chunk::Chunk {
+                path: format!("/doc/{i}"),
+                page: format!("page{i}"),
+                section: "NAME".into(),
+                line_start: 1,
+                line_end: 2,
+                text: t.to_string(),
+            })
+            .collect();
+            let dim = 4;
+            let vectors: Vec<f32> = (0..chunks.len() * dim)
+                .map(|i| ((i * 7 % 5) as f32) / 5.0)
+                .collect();
+            let meta = canon_rag::index::Meta {
+                format: canon_rag::index::FORMAT.into(),
+                version: canon_rag::index::VERSION,
+                model: "minilm".into(),
+                dim,
+                chunks: chunks.len(),
+                man_rendered: false,
+                roots: vec!["/doc".into()],
+                files: Vec::new(),
+                stats: Default::default(),
+            };
+            let ix = d.path().join("ix");
+            canon_rag::index::write_index_with(&ix, &meta, &chunks, &vectors, true).unwrap();
+            let parts: Vec<Vec<u8>> = [
+                "meta.json",
+                "chunks.jsonl",
+                "vectors.f32",
+                "bm25.bin",
+                "hnsw.bin",
+            ]
+            .iter()
+            .map(|f| std::fs::read(ix.join(f)).unwrap())
+            .collect();
+            out.push(parts.join(canon_fuzz::FILE_SEPARATOR));
+        }
+        "humaneval_jsonl" => {
+            let problem = br#"{"task_id": "HumanEval/0", "prompt": "def f(x):\n", "canonical_solution": "    return x\n", "test": "def check(c):\n    assert c(1) == 1\n", "entry_point": "f"}"#;
+            let sample = br#"{"task_id": "HumanEval/0", "completion": "    return x\n"}"#;
+            out.push([&problem[..], canon_fuzz::FILE_SEPARATOR, sample].concat());
+        }
         other => panic!("no seeds for {other}"),
     }
     assert!(!out.is_empty(), "no seeds for {target}");
     out
+}
+
+/// A one-layer LLaMA (vocabulary 4, width 8, 2 heads, 1 KV head) as `model.safetensors` bytes.
+fn tiny_llama_safetensors() -> Vec<u8> {
+    use candle_core::{Device, Tensor};
+    let mut n = 0u32;
+    let mut t = |shape: &[usize]| {
+        let len: usize = shape.iter().product();
+        let v: Vec<f32> = (0..len)
+            .map(|i| {
+                n += 1;
+                (((i as u32 * 31 + n) % 17) as f32 - 8.0) / 40.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let mut m: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+    m.insert("model.embed_tokens.weight".into(), t(&[4, 8]));
+    m.insert("model.norm.weight".into(), t(&[8]));
+    let p = "model.layers.0";
+    for (name, shape) in [
+        ("input_layernorm.weight", vec![8]),
+        ("post_attention_layernorm.weight", vec![8]),
+        ("self_attn.q_proj.weight", vec![8, 8]),
+        ("self_attn.k_proj.weight", vec![4, 8]),
+        ("self_attn.v_proj.weight", vec![4, 8]),
+        ("self_attn.o_proj.weight", vec![8, 8]),
+        ("mlp.gate_proj.weight", vec![16, 8]),
+        ("mlp.up_proj.weight", vec![16, 8]),
+        ("mlp.down_proj.weight", vec![8, 16]),
+    ] {
+        m.insert(format!("{p}.{name}"), t(&shape));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("model.safetensors");
+    candle_core::safetensors::save(&m, &f).unwrap();
+    std::fs::read(f).unwrap()
 }
 
 /// The tokenizer.json a GGUF vocabulary turns into (a real tokenizer.json, small).
@@ -126,6 +224,8 @@ fn canon_models_free_tokenizer(h: &canon_quant::gguf::GgufHeader) -> String {
 
 #[test]
 fn every_target_survives_its_seeds_and_mutations() {
+    let scratch = tempfile::tempdir().unwrap();
+    canon_fuzz::set_scratch_root(scratch.path());
     let write = std::env::var("CANON_FUZZ_WRITE_SEEDS").is_ok_and(|v| v == "1");
     for (i, (name, run)) in TARGETS.iter().enumerate() {
         let seeds = seeds(name);
@@ -157,4 +257,56 @@ fn every_target_survives_its_seeds_and_mutations() {
         }
         eprintln!("{name}: {execs} inputs");
     }
+}
+
+/// The multi-file seeds are valid inputs: the fuzzer starts from a model that loads and an index
+/// that opens, not from an early error.
+#[test]
+fn multi_file_seeds_load() {
+    let sep = canon_fuzz::FILE_SEPARATOR;
+    let split = |b: &[u8]| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut rest = b;
+        while let Some(i) = rest.windows(sep.len()).position(|w| w == sep) {
+            out.push(rest[..i].to_vec());
+            rest = &rest[i + sep.len()..];
+        }
+        out.push(rest.to_vec());
+        out
+    };
+    let d = tempfile::tempdir().unwrap();
+    let hf = split(&seeds("hf_folder")[0]);
+    for (name, b) in ["config.json", "model.safetensors", "tokenizer_config.json"]
+        .iter()
+        .zip(&hf)
+    {
+        std::fs::write(d.path().join(name), b).unwrap();
+    }
+    std::fs::write(
+        d.path().join("tokenizer.json"),
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1,"b":2,"c":3},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let lm = canon_models::load::load_hf_lm(d.path()).unwrap();
+    assert_eq!(lm.model.vocab_size(), 4);
+    assert!(lm.chat_template.is_some());
+
+    let ix = d.path().join("ix");
+    std::fs::create_dir(&ix).unwrap();
+    let parts = split(&seeds("rag_index")[0]);
+    for (name, b) in [
+        "meta.json",
+        "chunks.jsonl",
+        "vectors.f32",
+        "bm25.bin",
+        "hnsw.bin",
+    ]
+    .iter()
+    .zip(&parts)
+    {
+        std::fs::write(ix.join(name), b).unwrap();
+    }
+    let index = canon_rag::index::Index::open(&ix, None).unwrap();
+    assert_eq!(index.chunks.len(), 3);
+    assert!(index.hnsw.is_some());
 }

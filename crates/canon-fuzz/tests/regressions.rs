@@ -10,6 +10,8 @@ use canon_fuzz::TARGETS;
 /// panic at all.
 #[test]
 fn past_crashes_stay_fixed() {
+    let scratch = tempfile::tempdir().unwrap();
+    canon_fuzz::set_scratch_root(scratch.path());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions");
     let mut n = 0;
     for (name, run) in TARGETS {

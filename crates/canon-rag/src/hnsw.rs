@@ -241,7 +241,8 @@ impl Hnsw {
         let mut links = Vec::with_capacity(n.min(1 << 24));
         for _ in 0..n {
             let levels = get()? as usize;
-            if levels > 64 {
+            // Every node is on level 0; no build makes more than 64 levels.
+            if levels == 0 || levels > 64 {
                 return Err(bad());
             }
             let mut node = Vec::with_capacity(levels);
@@ -261,6 +262,19 @@ impl Hnsw {
         }
         if n > 0 && entry >= n {
             return Err(bad());
+        }
+        // A link on level `l` leads to a node that is on level `l` too (the searches follow it
+        // there), and the entry point is on the top level.
+        let top = links.iter().map(Vec::len).max().unwrap_or(0);
+        if n > 0 && links[entry].len() != top {
+            return Err(bad());
+        }
+        for node in &links {
+            for (l, level) in node.iter().enumerate() {
+                if level.iter().any(|&x| links[x as usize].len() <= l) {
+                    return Err(bad());
+                }
+            }
         }
         Ok(Hnsw {
             dim,

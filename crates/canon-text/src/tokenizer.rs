@@ -198,6 +198,22 @@ impl Tokenizer {
         Ok(t)
     }
 
+    /// Turns off the BPE model's memo of already-merged words (on by default: it speeds up
+    /// encoding text with repeated words).
+    ///
+    /// The `tokenizers` crate (0.23.2) keeps that memo in a per-thread map keyed by the model's
+    /// instance and never removes an instance's entry when the model is dropped, so a process that
+    /// builds very many tokenizers (a fuzzer: one per input) grows without bound. With the memo
+    /// off, what remains per dropped model is an empty map entry (about 100 bytes). A process
+    /// that loads a model once is not affected.
+    pub fn disable_encode_cache(&mut self) {
+        for t in std::iter::once(&mut self.inner).chain(self.literal.get_mut()) {
+            let mut model = t.get_model().clone();
+            model.resize_cache(0);
+            t.with_model(model);
+        }
+    }
+
     /// Access to the underlying HF tokenizer (padding, truncation, batches).
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner

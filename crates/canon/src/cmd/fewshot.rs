@@ -16,9 +16,13 @@ use crate::{Ctx, model_gen};
 #[command(after_help = "Examples:
   canon eval fewshot --model smollm2 --task man-commands --shots 4 --limit 200
   canon eval fewshot --model smollm2 --task mytask.jsonl --shots 8 --seed 3 --json
+  canon eval fewshot --model smollm2 --task test.jsonl --train train.jsonl --shots 4
 
 Tasks: man-commands (section-1 man page NAME lines: which command does this describe, 4 options),
-or a JSONL file with lines {\"split\": \"train\"|\"test\", \"question\", \"answer\", \"options\"?}.
+or a JSONL file, one item a line: {\"input\": \"...\", \"options\": [\"...\", ...], \"label\": 1}
+(multiple choice, label = index of the right option) or {\"input\": \"...\", \"target\": \"...\"}
+(free-form), each with \"split\": \"train\"|\"test\" -- or without it, the test items in --task and
+the demonstrations in --train. {\"question\", \"answer\", \"options\"?} lines are read too.
 Prompts are 'Q: ...\\nA: answer' blocks; K demonstrations come from the train split, never the
 test item. Multiple choice is scored by log-likelihood (sum, per-token mean, and unconditional:
 log p(option|prompt) - log p(option|\"Answer:\")); free-form by greedy decoding and exact match.")]
@@ -29,6 +33,13 @@ pub struct FewShotArgs {
     /// `man-commands` or a JSONL task file.
     #[arg(long, value_name = "NAME|FILE.jsonl")]
     pub task: String,
+    /// Demonstrations from this JSONL file (lines without a split are train items); --task then
+    /// holds the test items.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub train: Option<PathBuf>,
+    /// Most options a multiple-choice item may have (each option costs a forward pass).
+    #[arg(long, default_value_t = tasks::DEFAULT_MAX_OPTIONS, value_name = "N")]
+    pub max_options: usize,
     /// Demonstrations per prompt (K).
     #[arg(long, default_value_t = 0)]
     pub shots: usize,
@@ -50,7 +61,10 @@ pub struct FewShotArgs {
 }
 
 pub fn run(a: FewShotArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let task = if a.task == "man-commands" {
+    tasks::set_max_options(a.max_options);
+    let task = if let Some(train) = &a.train {
+        tasks::load_jsonl_pair(train, Path::new(&a.task))?
+    } else if a.task == "man-commands" {
         tasks::man_commands(&a.man_dir, 200, a.seed)?
     } else if a.task.ends_with(".jsonl") || Path::new(&a.task).exists() {
         tasks::load_jsonl(Path::new(&a.task))?
