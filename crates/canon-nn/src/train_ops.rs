@@ -851,7 +851,8 @@ mod tests {
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let cases: Vec<(usize, usize, usize, Vec<usize>, AttnMask, Option<f64>)> = vec![
+        type Case<'a> = (usize, usize, usize, Vec<usize>, AttnMask<'a>, Option<f64>);
+        let cases: Vec<Case> = vec![
             (
                 130,
                 130,
