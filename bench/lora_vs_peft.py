@@ -60,13 +60,13 @@ def peak_rss_mib(cmd, env=None):
     return p.stdout, p.stderr, int(m[-1]) / 1024 if m else float("nan")
 
 
-def canon_run(exe, data, out, steps, threads, method, f32):
+def canon_run(exe, data, out, steps, threads, method, f32, extra=()):
     cmd = [exe, "--threads", str(threads)] + (["--f32"] if f32 else []) + [
         "finetune", "--method", method, "--data", str(data), "--out", str(out),
         "--targets", "all", "--rank", "8", "--alpha", "16", "--batch-size", "4",
         "--max-steps", str(steps), "--eval-every", str(steps), "--checkpoint-every", str(steps),
         "--lr", "5e-4", "--grad-clip", "0.3", "--val-fraction", "0.1",
-    ]
+    ] + list(extra)
     stdout, stderr, rss = peak_rss_mib(cmd)
     m = re.search(r"\(([\d.]+) s/step\)", stdout + stderr)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -154,12 +154,15 @@ def main():
     ap.add_argument("--data", type=Path, help="prompt/completion JSONL (default: made here)")
     ap.add_argument("--gguf", type=Path, help="SmolLM2 GGUF (default: Canon's cached asset)")
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="also run Canon's lora and qlora with --checkpointing (per-block recomputation)")
+    ap.add_argument("--canon", type=Path, help="the canon binary (default: target/release/canon, built if missing)")
     ap.add_argument("--before", type=Path,
                     help="a second canon binary (e.g. the build before a change) run the same way, same run")
     args = ap.parse_args()
     if args.steps < 4:
         sys.exit("error: --steps must be at least 4 (the first two steps are warm-up)")
-    exe = canon_bin()
+    exe = str(args.canon) if args.canon else canon_bin()
     global LOAD0
     LOAD0 = os.getloadavg()
     home = Path(os.environ.get("CANON_HOME", Path.home() / ".cache" / "canon"))
@@ -178,6 +181,10 @@ def main():
         res["canon lora (Q4_1 base)"] = canon_run(exe, data, tmp / "q", args.steps, args.threads, "lora", False)
         res["canon lora --f32"] = canon_run(exe, data, tmp / "f", args.steps, args.threads, "lora", True)
         res["canon qlora (NF4)"] = canon_run(exe, data, tmp / "n", args.steps, args.threads, "qlora", False)
+        if args.checkpointing:
+            ck = ["--checkpointing"]
+            res["canon lora --checkpointing"] = canon_run(exe, data, tmp / "qc", args.steps, args.threads, "lora", False, ck)
+            res["canon qlora --checkpointing"] = canon_run(exe, data, tmp / "nc", args.steps, args.threads, "qlora", False, ck)
         if args.before:
             b = str(args.before)
             res["canon-before lora (Q4_1)"] = canon_run(b, data, tmp / "bq", args.steps, args.threads, "lora", False)

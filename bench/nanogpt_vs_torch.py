@@ -72,7 +72,7 @@ def run_canon(canon, cfg_text, steps, threads, warmup):
     return tps, losses, vocab
 
 
-def run_torch(cfg, vocab, steps, threads, warmup):
+def run_torch(cfg, vocab, steps, threads, warmup, profile=False):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -143,6 +143,21 @@ def run_torch(cfg, vocab, steps, threads, warmup):
         if step > warmup:
             tps.append(B * block / dt)
             cpu.append(time.process_time() - c0)
+    if profile:
+        # PyTorch's own profiler over two more steps: the table to set beside train_profile's.
+        from torch.profiler import ProfilerActivity, profile as tprofile
+
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                x = torch.randint(0, vocab, (B, block))
+                y = torch.randint(0, vocab, (B, block))
+                loss = model(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.get("grad_clip", 1.0))
+                opt.step()
+        print("PyTorch profiler, 2 steps, by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
     n_params = sum(p.numel() for p in model.parameters())
     return tps, n_params, torch.__version__, statistics.median(cpu)
 
@@ -158,13 +173,15 @@ def main():
                     help="also measure CPU seconds per step (robust on a loaded machine; meaningful at 1 thread)")
     ap.add_argument("--before", type=Path,
                     help="a second canon binary (e.g. the build before a change), timed in the same run")
+    ap.add_argument("--torch-profile", action="store_true",
+                    help="print PyTorch's profiler table (2 extra steps, by self CPU time)")
     a = ap.parse_args()
     load0 = os.getloadavg()
     if not a.canon.is_file():
         sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
     text, cfg = read_config(a.config)
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup)
-    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup)
+    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
     b_tps = b_loss = None
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)

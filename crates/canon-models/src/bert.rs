@@ -20,9 +20,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use canon_nn::fused::{self, AttnDims, F32Data, Parallelism};
-use canon_nn::{
-    Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Weight, attention, train_ops,
-};
+use canon_nn::{Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Weight, attention};
 use rayon::prelude::*;
 
 use crate::source::{WeightMode, WeightSource};
@@ -184,15 +182,8 @@ impl Bert {
         };
         let x = (word + self.position.forward(&pos)?)?;
         let x = (x + self.token_type.forward(&types)?)?;
-        // f32 layer norms and GELU through the fused training ops (one pass each way with a
-        // backward) instead of chains of composed ops.
-        let ln = |n: &LayerNorm, x: &Tensor| -> Result<Tensor> {
-            Ok(if x.dtype() == DType::F32 {
-                train_ops::layer_norm(x, &n.weight, n.bias.as_ref(), n.eps)?
-            } else {
-                n.forward(x)?
-            })
-        };
+        // Layer norms and GELU pick their fused kernels themselves (with a backward in training).
+        let ln = |n: &LayerNorm, x: &Tensor| -> Result<Tensor> { Ok(n.forward(x)?) };
         let mut x = ln(&self.emb_norm, &x)?;
         let nh = c.num_attention_heads;
         let hd = c.hidden_size / nh;
@@ -208,7 +199,7 @@ impl Bert {
             let a = a.transpose(1, 2)?.reshape((b, t, c.hidden_size))?;
             let h = ln(&l.attn_norm, &(x + l.o.forward(&a)?)?)?;
             let ff = l.mlp.fc1.forward(&h)?;
-            let ff = l.mlp.fc2.forward(&train_ops::activation(l.mlp.act, &ff)?)?;
+            let ff = l.mlp.fc2.forward(&l.mlp.act.forward(&ff)?)?;
             x = ln(&l.out_norm, &(&h + ff)?)?;
         }
         Ok(x)

@@ -15,7 +15,7 @@
 //! Shapes: hidden `[b, t, d]`; MLM rows `[k, d]` → `[k, vocab]`; pooled `[b, d]` → `[b, classes]`.
 
 use candle_core::{D, Tensor};
-use canon_nn::{Activation, LayerNorm, Linear, train_ops};
+use canon_nn::{Activation, LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
 use crate::source::{WeightMode, WeightSource};
@@ -156,13 +156,8 @@ impl MlmHead {
 
     /// `rows: [k, d]` → logits `[k, vocab]`.
     pub fn forward(&self, rows: &Tensor) -> Result<Tensor> {
-        let h = train_ops::activation(self.act, &self.transform.forward(rows)?)?;
-        let n = &self.norm;
-        let h = if h.dtype() == candle_core::DType::F32 {
-            train_ops::layer_norm(&h, &n.weight, n.bias.as_ref(), n.eps)?
-        } else {
-            n.forward(&h)?
-        };
+        let h = self.act.forward(&self.transform.forward(rows)?)?;
+        let h = self.norm.forward(&h)?;
         Ok(h.matmul(&self.decoder.t()?)?.broadcast_add(&self.bias)?)
     }
 }

@@ -20,8 +20,8 @@
 
 use candle_core::{DType, Tensor};
 use canon_nn::{
-    AttnMask, DenseFfn, Embedding, KvCache, LayerNorm, Linear, Mlp, Moe, Noise, RmsNorm, Rope,
-    RopeLayout, SecondExpert, SwiGlu, Weight, attention, dropout, train_ops,
+    AttnMask, AttnOpts, DenseFfn, Embedding, KvCache, LayerNorm, Linear, Mlp, Moe, Noise, Norm,
+    RmsNorm, Rope, RopeLayout, SecondExpert, SwiGlu, Weight, attend, attention, dropout,
 };
 
 use crate::source::{WeightMode, WeightSource};
@@ -29,25 +29,6 @@ use crate::{Cache, CausalLm, ModelError, Positions, Result};
 
 mod config;
 pub use config::*;
-
-#[derive(Debug, Clone)]
-enum Norm {
-    Layer(LayerNorm),
-    Rms(RmsNorm),
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> canon_nn::Result<Tensor> {
-        match self {
-            // One fused pass each way (with backward) instead of a chain of composed ops.
-            Norm::Layer(n) if x.dtype() == DType::F32 => {
-                train_ops::layer_norm(x, &n.weight, n.bias.as_ref(), n.eps)
-            }
-            Norm::Layer(n) => n.forward(x),
-            Norm::Rms(n) => n.forward(x),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Ffn {
@@ -263,15 +244,18 @@ impl Gpt {
                 let (k, v) = cache.append(&k, &v)?;
                 attention(&q, &k, &v, AttnMask::Causal { offset })?
             }
-            // Training (whole sequences): the fused causal softmax with its backward, dropout on
-            // the attention probabilities.
+            // Training (whole sequences), with dropout on the attention probabilities.
             None => {
-                let probs = if self.config.dropout > 0.0 && self.noise.is_active() {
+                let dropout = if self.config.dropout > 0.0 && self.noise.is_active() {
                     Some((self.config.dropout, &self.noise))
                 } else {
                     None
                 };
-                train_ops::causal_attention_dropout(&q, &k, &v, offset, probs)?
+                let opts = AttnOpts {
+                    dropout,
+                    ..AttnOpts::default()
+                };
+                attend(&q, &k, &v, AttnMask::Causal { offset }, opts)?
             }
         }; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;

@@ -378,3 +378,31 @@ fn dropout_acts_only_while_training_noise_is_seeded() {
         "unseeded (evaluation) is deterministic and dropout-free"
     );
 }
+
+/// The trainable path (weights tracked: fused ops with their backward, the tiled attention op)
+/// equals the inference path (detached weights: inference kernels, attention over a KV cache)
+/// for every block style, rotary and learned positions, grouped K/V heads and MoE.
+#[test]
+fn forward_train_equals_the_inference_path_for_every_preset() {
+    let mut rotary_gqa = tiny(BlockStyle::PreLn);
+    rotary_gqa.positions = PosKind::Rope;
+    rotary_gqa.n_kv_head = Some(2);
+    rotary_gqa.norm = NormKind::RmsNorm;
+    for c in [
+        tiny(BlockStyle::PreLn),
+        tiny(BlockStyle::PostLn),
+        tiny_palm(),
+        tiny_glam(),
+        rotary_gqa,
+    ] {
+        let (m, store) = build(&c, 3);
+        let x = ids(&[1, 5, 2, 7, 3, 9, 4, 11, 6, 0, 8, 13]);
+        let (train, _) = m.forward_train(&x).unwrap();
+        assert!(train.track_op());
+        let inf = Gpt::load(c.clone(), &crate::source::Detached(&store)).unwrap();
+        let mut cache = inf.new_cache();
+        let y = inf.forward(&x, &mut cache, Positions::All).unwrap();
+        assert!(!y.track_op());
+        assert_close(&train.detach(), &y, Tol::new(1e-4, 1e-4));
+    }
+}

@@ -154,6 +154,16 @@ pub trait CausalLm: Send + Sync {
         }
         Ok(())
     }
+    /// Gradient checkpointing per block: while training, each block keeps only its input and
+    /// runs again in the backward. Models without the option refuse `true`.
+    fn set_checkpointing(&mut self, on: bool) -> Result<()> {
+        if on {
+            return Err(ModelError::Input(
+                "this model has no gradient checkpointing option (LLaMA-family models have)".into(),
+            ));
+        }
+        Ok(())
+    }
     /// The adaptable linear layers by their HF module names (`model.layers.0.self_attn.q_proj`),
     /// for LoRA adapters (paper 13). Models without named layers return none.
     fn linear_names(&self) -> Vec<String> {

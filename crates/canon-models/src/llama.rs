@@ -49,6 +49,8 @@ pub struct Llama {
     rope_local: Option<Rope>,
     /// `new_cache` stores keys and values as f16.
     kv_f16: bool,
+    /// Training forwards recompute each block's activations in the backward.
+    checkpointing: bool,
 }
 
 impl Llama {
@@ -132,6 +134,7 @@ impl Llama {
             rope,
             rope_local,
             kv_f16: false,
+            checkpointing: false,
             config,
         })
     }
@@ -222,6 +225,47 @@ impl Llama {
         })
     }
 
+    /// The blocks over whole sequences, each through [`canon_nn::checkpoint::checkpoint`] with
+    /// its adapters as the parameters: only block inputs are kept for the backward, which runs
+    /// each block again. Nothing is cached (training and evaluation passes start at position 0).
+    fn blocks_checkpointed(&self, x: &Tensor) -> Result<Tensor> {
+        let me = std::sync::Arc::new(self.clone());
+        let mut x = x.clone();
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let lins = [
+                &blk.q,
+                &blk.k,
+                &blk.v,
+                &blk.o,
+                &blk.ffn.gate,
+                &blk.ffn.up,
+                &blk.ffn.down,
+            ];
+            let adapters = lins.iter().filter_map(|lin| lin.lora.as_ref());
+            if adapters.clone().any(|a| {
+                a.dropout
+                    .as_ref()
+                    .is_some_and(|(p, n)| *p > 0.0 && n.is_active())
+            }) {
+                return Err(ModelError::Input(
+                    "gradient checkpointing cannot replay LoRA dropout; use a dropout of 0".into(),
+                ));
+            }
+            let params: Vec<Tensor> = adapters
+                .flat_map(|a| [a.a.clone(), a.b.clone()])
+                .filter(Tensor::track_op)
+                .collect();
+            let m = me.clone();
+            let seg: canon_nn::checkpoint::Segment = std::sync::Arc::new(move |x: &Tensor| {
+                let mut kv = canon_nn::KvCache::new();
+                m.block_forward(l, &m.blocks[l], x, &mut kv, 0)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            });
+            x = canon_nn::checkpoint::checkpoint(&x, &params, seg)?;
+        }
+        Ok(x)
+    }
+
     fn block_forward(
         &self,
         l: usize,
@@ -306,8 +350,12 @@ impl CausalLm for Llama {
             *cache = self.new_cache();
         }
         let mut x = x.clone();
-        for (l, (blk, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
-            x = self.block_forward(l, blk, &x, kv, offset)?;
+        if self.checkpointing && offset == 0 {
+            x = self.blocks_checkpointed(&x)?;
+        } else {
+            for (l, (blk, kv)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+                x = self.block_forward(l, blk, &x, kv, offset)?;
+            }
         }
         let x = match which {
             Positions::All => x,
@@ -412,6 +460,11 @@ impl CausalLm for Llama {
 
     fn set_kv_f16(&mut self, on: bool) -> Result<()> {
         self.kv_f16 = on;
+        Ok(())
+    }
+
+    fn set_checkpointing(&mut self, on: bool) -> Result<()> {
+        self.checkpointing = on;
         Ok(())
     }
 
@@ -567,6 +620,33 @@ pub(crate) mod tests {
 
     fn ids(v: &[u32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    }
+
+    /// The trainer's entry (`TrainableLm::forward_train`, tracked weights: fused RMS norm,
+    /// SwiGLU, RoPE and the tiled attention op with grouped K/V heads) equals the inference path.
+    #[test]
+    fn forward_train_equals_the_inference_path() {
+        let cfg = tiny_config(2);
+        let fast = Llama::load(
+            cfg.clone(),
+            &RandomSource(Default::default()),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap();
+        let slow = Llama::load(
+            cfg,
+            &TrackedSource(RandomSource(Default::default())),
+            WeightMode::DequantizeF32,
+        )
+        .unwrap();
+        let x = ids(&[3, 7, 1, 9, 4, 4, 12, 30]);
+        let train = crate::TrainableLm::forward_train(&slow, &x).unwrap().logits;
+        assert!(train.track_op());
+        let y = fast
+            .forward(&x, &mut fast.new_cache(), Positions::All)
+            .unwrap();
+        assert!(!y.track_op());
+        assert_close(&train.detach(), &y, Tol::new(1e-5, 1e-5));
     }
 
     #[test]

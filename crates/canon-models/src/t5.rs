@@ -27,8 +27,9 @@
 //! Shapes: src ids `[b, s]` → encoder states `[b, s, d]`; target ids `[b, t]` → logits `[b, t, V]`.
 
 use candle_core::{DType, Tensor};
-use canon_nn::pos::t5_bias::{RelativeBias, biased_attention};
-use canon_nn::{Activation, AttnMask, Embedding, KvCache, Linear, RmsNorm, Weight, train_ops};
+use canon_nn::attention::{AttnOpts, attend};
+use canon_nn::pos::t5_bias::RelativeBias;
+use canon_nn::{Activation, AttnMask, Embedding, KvCache, Linear, RmsNorm, Weight};
 use serde::{Deserialize, Serialize};
 
 use crate::source::WeightSource;
@@ -43,6 +44,16 @@ pub enum T5Ffn {
     Relu,
     /// T5 v1.1: `W_o (gelu_tanh(W_i0 x) ⊙ W_i1 x)`.
     GatedGelu,
+}
+
+/// T5's attention options: no `1/√d` (folded into the initialisation of `W_q`), the relative
+/// bias (self-attention) added to the scores.
+fn t5_opts(bias: Option<&Tensor>) -> AttnOpts<'_> {
+    AttnOpts {
+        bias,
+        scale: Some(1.0),
+        dropout: None,
+    }
 }
 
 fn d_buckets() -> usize {
@@ -218,7 +229,7 @@ impl Ffn {
         match self {
             Ffn::Relu { wi, wo } => wo.forward(&wi.forward(x)?.relu()?),
             Ffn::GatedGelu { wi_0, wi_1, wo } => {
-                let g = train_ops::activation(Activation::GeluTanh, &wi_0.forward(x)?)?;
+                let g = Activation::GeluTanh.forward(&wi_0.forward(x)?)?;
                 wo.forward(&(g * wi_1.forward(x)?)?)
             }
         }
@@ -380,7 +391,7 @@ impl T5 {
         if let Some(c) = cache {
             (k, v) = c.append(&k, &v)?;
         }
-        let y = biased_attention(&q, &k, &v, bias, mask)?;
+        let y = attend(&q, &k, &v, mask, t5_opts(bias))?;
         Ok(a.o.forward(&self.merge(&y)?)?)
     }
 
@@ -478,7 +489,7 @@ impl T5 {
                         ))
                     })?;
                     let q = self.heads(&blk.cross.q.forward(&h)?)?;
-                    let y = biased_attention(&q, &k, &v, None, AttnMask::Padding(src_mask))?;
+                    let y = attend(&q, &k, &v, AttnMask::Padding(src_mask), t5_opts(None))?;
                     blk.cross.o.forward(&self.merge(&y)?)?
                 }
                 None => {

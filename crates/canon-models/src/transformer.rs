@@ -28,7 +28,6 @@
 use candle_core::{DType, Device, Tensor};
 use canon_nn::{
     Activation, AttnMask, Embedding, LayerNorm, Linear, Mlp, Noise, Weight, attention, dropout,
-    train_ops,
 };
 use serde::{Deserialize, Serialize};
 
@@ -185,38 +184,27 @@ pub fn sinusoid_table(n: usize, d: usize, device: &Device) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone)]
-struct Norm(LayerNorm);
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let n = &self.0;
-        // One fused pass each way with its backward (f32), as gpt.rs does.
-        Ok(train_ops::layer_norm(x, &n.weight, n.bias.as_ref(), n.eps)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 struct EncoderLayer {
     /// Fused `[W_q; W_k; W_v]`, `[3d, d]`.
     qkv: Linear,
     o: Linear,
-    ln_1: Norm,
+    ln_1: LayerNorm,
     ffn: Mlp,
-    ln_2: Norm,
+    ln_2: LayerNorm,
 }
 
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     qkv: Linear,
     o: Linear,
-    ln_1: Norm,
+    ln_1: LayerNorm,
     /// Cross-attention: queries from the decoder, fused `[W_k; W_v]` over the encoder states.
     cross_q: Linear,
     cross_kv: Linear,
     cross_o: Linear,
-    ln_2: Norm,
+    ln_2: LayerNorm,
     ffn: Mlp,
-    ln_3: Norm,
+    ln_3: LayerNorm,
 }
 
 #[derive(Debug, Clone)]
@@ -253,12 +241,12 @@ impl Transformer {
             let b = src.tensor(&format!("{name}.bias"), &[out])?;
             Ok(Linear::new(w, Some(b)))
         };
-        let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm(LayerNorm::new(
+        let norm = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm::new(
                 src.tensor(&format!("{name}.weight"), &[d])?,
                 Some(src.tensor(&format!("{name}.bias"), &[d])?),
                 c.norm_eps,
-            )))
+            ))
         };
         let ffn = |p: &str| -> Result<Mlp> {
             Ok(Mlp {
@@ -421,7 +409,7 @@ impl Transformer {
                     attention(&qkv[0], &k, &v, AttnMask::Causal { offset })?
                 }
                 None if self.unmasked => attention(&qkv[0], &qkv[1], &qkv[2], AttnMask::None)?,
-                None => train_ops::causal_attention(&qkv[0], &qkv[1], &qkv[2], 0)?,
+                None => attention(&qkv[0], &qkv[1], &qkv[2], AttnMask::Causal { offset: 0 })?,
             };
             let a = self.dropped(l.o.forward(&self.merge(&a)?)?)?;
             y = l.ln_1.forward(&(y + a)?)?;

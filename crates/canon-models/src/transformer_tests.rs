@@ -223,3 +223,22 @@ fn decoding_past_the_position_table_is_an_error() {
         .unwrap_err();
     assert!(e.to_string().contains("max_seq_len"), "{e}");
 }
+
+/// The trainable path (tracked weights: fused layer norm and GELU with their backward, the tiled
+/// attention op for the causal and padded masks) equals the inference path (detached weights,
+/// encoder then a cached decode of the whole prefix) on a padded batch.
+#[test]
+fn forward_train_equals_the_inference_path() {
+    let (m, store) = tiny_model(5);
+    let src = ids(&[&[3, 4, 5, 6, 7], &[8, 9, 3, 0, 0]]);
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
+    let tgt = ids(&[&[1, 5, 6, 7], &[1, 9, 4, 3]]);
+    let train = m.forward_train(&src, &mask, &tgt).unwrap();
+    assert!(train.track_op());
+    let inf = Transformer::load(tiny(), &crate::source::Detached(&store)).unwrap();
+    let enc = inf.encode(&src, &mask).unwrap();
+    let mut cache = inf.new_cache();
+    let y = inf.decode(&enc, &mask, &tgt, &mut cache).unwrap();
+    assert!(!y.track_op());
+    assert_close(&train.detach(), &y, Tol::new(1e-4, 1e-4));
+}

@@ -141,3 +141,21 @@ fn bad_config_names_the_field() {
     c.n_head = 3;
     assert!(c.validate().unwrap_err().contains("n_head"));
 }
+
+/// The trainable path (tracked weights: the position terms through the biased tiled attention
+/// op, fused layer norm) equals the same segments run with detached weights (inference
+/// kernels), memory included.
+#[test]
+fn forward_train_equals_the_inference_path() {
+    let (m, store) = model(4);
+    let inf = TransformerXl::load(cfg(4), &crate::source::Detached(&store)).unwrap();
+    for seg in [&S1[..], &S2[..]] {
+        let train = crate::TrainableLm::forward_train(&m, &ids(seg))
+            .unwrap()
+            .logits;
+        assert!(train.track_op());
+        let y = inf.forward_with_memory(&ids(seg)).unwrap();
+        assert!(!y.track_op());
+        assert_close(&train.detach(), &y, Tol::new(1e-4, 1e-4));
+    }
+}

@@ -137,7 +137,9 @@ fn nanogpt(reps: usize) -> Res<()> {
     add(
         "attention (tiled op, causal)",
         layers,
-        time(reps, || train_ops::causal_attention(&q, &k, &vv, 0))?,
+        time(reps, || {
+            canon_nn::attention(&q, &k, &vv, AttnMask::Causal { offset: 0 })
+        })?,
     );
     add(
         "  attention composed (QKᵀ, mask, softmax, PV)",

@@ -1,6 +1,6 @@
 //! Activation functions, chosen by configuration.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,15 +16,20 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// Exact GELU in inference (no gradient tracking, f32 on the CPU) takes the vectorised kernel
-    /// [`crate::fused::gelu_erf`]; everything else candle's element-wise ops, which record a
-    /// backward pass.
+    /// Picks the kernel itself: exact GELU in inference (no gradient tracking, f32 on the CPU)
+    /// takes the vectorised kernel [`crate::fused::gelu_erf`]; GELU (either form) in training on
+    /// f32 CPU tensors the fused op with its own backward ([`crate::train_ops::gelu`]); everything
+    /// else candle's element-wise ops, which record a backward pass.
     pub fn forward(self, x: &Tensor) -> crate::Result<Tensor> {
+        let gelu = matches!(self, Activation::Gelu | Activation::GeluTanh);
         if self == Activation::Gelu
             && !x.track_op()
             && let Some(y) = crate::fused::gelu_erf(x)?
         {
             return Ok(y);
+        }
+        if gelu && x.track_op() && x.dtype() == DType::F32 && x.device().is_cpu() {
+            return crate::train_ops::gelu(x, self == Activation::GeluTanh);
         }
         self.forward_composed(x)
     }

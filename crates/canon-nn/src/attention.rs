@@ -74,41 +74,111 @@ pub fn sliding_causal_mask(
     Tensor::from_vec(v, (tq, tk), device)
 }
 
-/// Grouped-query attention runs without copying K/V heads: the `g = h / h_kv` query heads that
-/// share a K/V head are stacked as `g·tq` query rows against that head (`[b, h, tq, d]` and
-/// `[b, h_kv, g·tq, d]` are the same memory). K and V may be strided views (a preallocated cache).
+/// What [`attend`] takes beyond Q, K, V and the mask.
+#[derive(Clone, Copy, Default)]
+pub struct AttnOpts<'a> {
+    /// Added to the scaled scores, `softmax(scale · Q Kᵀ + bias + M)`; any shape that broadcasts
+    /// to `[b, h, tq, tk]` (T5's relative bias `[1, h, tq, tk]`, Transformer-XL's position terms
+    /// `[b, h, tq, tk]`). Its gradient flows back when it tracks one.
+    pub bias: Option<&'a Tensor>,
+    /// The factor on `Q Kᵀ`; `1/√d` when `None` (T5 uses 1).
+    pub scale: Option<f64>,
+    /// Dropout `(p, noise)` on the attention probabilities (GPT-1); forces the composed path,
+    /// the only one that holds the probabilities.
+    pub dropout: Option<(f64, &'a crate::Noise)>,
+}
+
+/// Eq. 1 with the default scale `1/√d` and no bias: [`attend`] with [`AttnOpts::default`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crate::Result<Tensor> {
-    let (_, h, tq, d) = q.dims4()?;
-    let hkv = k.dim(1)?;
+    attend(q, k, v, mask, AttnOpts::default())
+}
+
+/// The one attention entry point. It picks the path itself:
+/// - nothing tracks gradients, no bias, no dropout: loops over the keys for a few queries
+///   (decoding), two strided matrix products per K/V head otherwise (prompts), on the cache's
+///   views without copies;
+/// - f32 on the CPU (training, padded batches, a bias): the tiled op with its own backward
+///   ([`crate::train_ops::flash_attention`] / [`crate::train_ops::flash_attention_bias`]), no
+///   `[b, h, tq, tk]` matrix kept;
+/// - otherwise (a sliding window, dropout, another dtype or device): [`attention_composed_with`].
+///
+/// Grouped-query attention never copies K/V heads: the `g = h / h_kv` query heads that share a
+/// K/V head are stacked as `g·tq` query rows against that head. K and V may be strided views.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+    opts: AttnOpts<'_>,
+) -> crate::Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, hkv, tk, _) = k.dims4()?;
     if hkv == 0 || h % hkv != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
     }
-    let scale = 1.0 / (d as f64).sqrt();
-    if crate::fused::no_grad(&[q, k, v]) {
-        let y = if tq <= DIRECT_MAX_QUERIES {
-            attention_direct(q, k, v, mask, scale as f32)?
-        } else {
-            attention_gemm(q, k, v, mask, scale as f32)?
-        };
-        if let Some(y) = y {
-            return Ok(y);
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let bias = match opts.bias {
+        Some(bias) => Some(bias_4d(bias, (b, h, tq, tk))?),
+        None => None,
+    };
+    if opts.dropout.is_none() {
+        if bias.is_none() && crate::fused::no_grad(&[q, k, v]) {
+            let y = if tq <= DIRECT_MAX_QUERIES {
+                attention_direct(q, k, v, mask, scale as f32)?
+            } else {
+                attention_gemm(q, k, v, mask, scale as f32)?
+            };
+            if let Some(y) = y {
+                return Ok(y);
+            }
+        }
+        let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && bias.as_ref().is_none_or(cpu_f32) {
+            use crate::train_ops::{
+                TrainMask, flash_attention, flash_attention_bias, padding_keep,
+            };
+            // (A sliding window, used only at inference, takes the composed ops.)
+            let m = match mask {
+                AttnMask::None => Some(TrainMask::None),
+                AttnMask::Causal { offset } => Some(TrainMask::Causal { offset }),
+                AttnMask::Padding(keep) => Some(padding_keep(keep)?),
+                AttnMask::SlidingCausal { .. } => None,
+            };
+            if let Some(m) = m {
+                return match &bias {
+                    None => flash_attention(q, k, v, m, scale),
+                    Some(bias) => flash_attention_bias(q, k, v, bias, m, scale),
+                };
+            }
         }
     }
-    if q.dtype() == DType::F32 && q.device().is_cpu() {
-        // Training (and padded batches): one tiled op with its own backward, no [b, h, tq, tk]
-        // matrix kept.
-        // (A sliding window, used only at inference, takes the composed ops here.)
-        let m = match mask {
-            AttnMask::None => Some(crate::train_ops::TrainMask::None),
-            AttnMask::Causal { offset } => Some(crate::train_ops::TrainMask::Causal { offset }),
-            AttnMask::Padding(keep) => Some(crate::train_ops::padding_keep(keep)?),
-            AttnMask::SlidingCausal { .. } => None,
-        };
-        if let Some(m) = m {
-            return crate::train_ops::flash_attention(q, k, v, m, scale);
+    let opts = AttnOpts {
+        bias: bias.as_ref(),
+        scale: Some(scale),
+        ..opts
+    };
+    attention_composed_with(q, k, v, mask, opts)
+}
+
+/// A bias that broadcasts to `[b, h, tq, tk]` as a rank-4 tensor `[1 or b, 1 or h, tq, tk]`.
+fn bias_4d(bias: &Tensor, (b, h, tq, tk): (usize, usize, usize, usize)) -> crate::Result<Tensor> {
+    let dims = bias.dims();
+    let fits = |have: usize, full: usize| have == 1 || have == full;
+    if dims.len() <= 4 {
+        let mut d4 = [1usize; 4];
+        d4[4 - dims.len()..].copy_from_slice(dims);
+        if fits(d4[0], b) && fits(d4[1], h) && fits(d4[2], tq) && fits(d4[3], tk) {
+            let t = bias.reshape(d4.to_vec())?;
+            return if d4[2] == tq && d4[3] == tk {
+                Ok(t)
+            } else {
+                t.broadcast_as((d4[0], d4[1], tq, tk))?.contiguous()
+            };
         }
     }
-    attention_composed(q, k, v, mask)
+    candle_core::bail!(
+        "attention: expected a bias that broadcasts to [{b}, {h}, {tq}, {tk}], found {dims:?}"
+    )
 }
 
 /// Eq. 1 through composed candle ops (any dtype or device): the reference the fused paths are
@@ -119,41 +189,86 @@ pub fn attention_composed(
     v: &Tensor,
     mask: AttnMask<'_>,
 ) -> crate::Result<Tensor> {
+    attention_composed_with(q, k, v, mask, AttnOpts::default())
+}
+
+/// [`attend`] with the `[b, h, tq, tk]` scores and probabilities materialised: scale, bias and
+/// mask added to `Q Kᵀ`, a softmax (the fused causal one with its backward for f32 on the CPU,
+/// composed ops otherwise), dropout, `P V`. Every mask becomes an additive one here, and only
+/// here.
+pub fn attention_composed_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+    opts: AttnOpts<'_>,
+) -> crate::Result<Tensor> {
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
     if hkv == 0 || h % hkv != 0 {
         candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
     }
     let g = h / hkv;
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let bias = match opts.bias {
+        Some(bias) => Some(bias_4d(bias, (b, h, tq, tk))?),
+        None => None,
+    };
     // [b, h, tq, d] -> [b, h_kv, g·tq, d]; x [b, h_kv, d, tk] -> [b, h_kv, g·tq, tk] -> [b, h, tq, tk]
     let qg = q.contiguous()?.reshape((b, hkv, g * tq, d))?;
     let raw = matmul_strided(&qg, &k.t()?)?.reshape((b, h, tq, tk))?;
-    let mut scores = (raw * scale)?;
-    match mask {
-        AttnMask::None => {}
-        AttnMask::Causal { offset } => {
-            if tq > 1 || offset + tq != tk {
-                let m = causal_mask(tq, tk, offset, q.device())?.to_dtype(scores.dtype())?;
-                scores = scores.broadcast_add(&m)?;
+    let fused_causal = raw.dtype() == DType::F32 && raw.device().is_cpu();
+    let probs = match (mask, bias) {
+        // Scale, causal mask and softmax in one pass with its backward.
+        (AttnMask::Causal { offset }, None) if fused_causal => {
+            crate::train_ops::causal_softmax(&raw, offset, scale)?
+        }
+        (AttnMask::Causal { offset }, Some(bias)) if fused_causal => {
+            crate::train_ops::causal_softmax(&(raw * scale)?.broadcast_add(&bias)?, offset, 1.0)?
+        }
+        (mask, bias) => {
+            let mut scores = (raw * scale)?;
+            if let Some(bias) = bias {
+                scores = scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
             }
+            if let Some(add) = additive_mask(mask, b, tq, tk, q.device())? {
+                scores = scores.broadcast_add(&add.to_dtype(scores.dtype())?)?;
+            }
+            candle_nn::ops::softmax(&scores, D::Minus1)?
         }
-        AttnMask::SlidingCausal { offset, window } => {
-            let m = sliding_causal_mask(tq, tk, offset, window, q.device())?
-                .to_dtype(scores.dtype())?;
-            scores = scores.broadcast_add(&m)?;
-        }
-        AttnMask::Padding(keep) => {
-            // [b, tk] of 1/0 -> additive [b, 1, 1, tk] of 0/−∞ (a large negative keeps the
-            // softmax finite when a row is all padding).
-            let keep = keep.to_dtype(DType::F32)?;
-            let add = ((keep - 1.0)? * 1e30)?.reshape((b, 1, 1, tk))?;
-            scores = scores.broadcast_add(&add.to_dtype(scores.dtype())?)?;
-        }
-    }
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    };
+    let probs = match opts.dropout {
+        Some((p, noise)) => crate::dropout(&probs, p, noise)?,
+        None => probs,
+    };
     // [b, h_kv, g·tq, tk] x [b, h_kv, tk, d] -> [b, h_kv, g·tq, d] -> [b, h, tq, d]
     matmul_strided(&probs.reshape((b, hkv, g * tq, tk))?, v)?.reshape((b, h, tq, d))
+}
+
+/// The mask as additive scores broadcasting to `[b, h, tq, tk]` (0 where a query sees a key):
+/// `[tq, tk]` of 0/−∞ for the causal masks, `[b, 1, 1, tk]` of 0/−1e30 for padding (finite, so a
+/// row of nothing but padding stays a uniform distribution instead of NaN); `None` when every key
+/// is visible.
+pub fn additive_mask(
+    mask: AttnMask<'_>,
+    b: usize,
+    tq: usize,
+    tk: usize,
+    device: &Device,
+) -> crate::Result<Option<Tensor>> {
+    Ok(match mask {
+        AttnMask::None => None,
+        // A single query at the end of its keys sees them all.
+        AttnMask::Causal { offset } if tq == 1 && offset + tq == tk => None,
+        AttnMask::Causal { offset } => Some(causal_mask(tq, tk, offset, device)?),
+        AttnMask::SlidingCausal { offset, window } => {
+            Some(sliding_causal_mask(tq, tk, offset, window, device)?)
+        }
+        AttnMask::Padding(keep) => {
+            let keep = keep.to_dtype(DType::F32)?;
+            Some(((keep - 1.0)? * 1e30)?.reshape((b, 1, 1, tk))?)
+        }
+    })
 }
 
 /// Up to this many queries (decoding) attention runs as plain loops over the cached keys: a few

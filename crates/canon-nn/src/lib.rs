@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod checkpoint;
 pub mod dropout;
 pub mod embedding;
 pub mod ffn;
@@ -24,7 +25,7 @@ mod simd;
 pub mod train_ops;
 
 pub use activation::Activation;
-pub use attention::{AttnMask, attention};
+pub use attention::{AttnMask, AttnOpts, attend, attention};
 pub use dropout::{Noise, dropout};
 pub use embedding::Embedding;
 pub use ffn::{Mlp, SwiGlu};
@@ -32,7 +33,7 @@ pub use kv_cache::KvCache;
 pub use linear::{Linear, Lora, Weight};
 pub use loss::{IGNORE_INDEX, LmLoss, lm_loss, masked_cross_entropy};
 pub use moe::{DenseFfn, Moe, MoeConfig, MoeOutput, SecondExpert};
-pub use norm::{LayerNorm, RmsNorm};
+pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use rng::SplitMix64;
 pub use rope::{Rope, RopeLayout};
 

@@ -156,27 +156,37 @@ impl CustomOp1 for FrozenMatmulT {
     }
 }
 
-/// `y = x Wᵀ + s · (x Aᵀ) Bᵀ` over a frozen dense f32 `W: [out, in]` as one op over `(x, A, B)`
-/// (LoRA training): the three products write into one output buffer, and the backward computes
+/// `y = x Wᵀ + s · (x Aᵀ) Bᵀ` over a frozen `W: [out, in]` as one op over `(x, A, B)` (LoRA and
+/// QLoRA training): the three products write into one output buffer, and the backward computes
 /// only what a frozen base needs,
 ///
 /// `g_B = g B`, `∂L/∂x = g W + s · g_B A` (skipped when `x` is a constant), `∂L/∂A = s · g_Bᵀ x`,
 /// `∂L/∂B = s · gᵀ (x Aᵀ)`,
 ///
 /// with `x Aᵀ` recomputed (`n × r`, cheap) rather than kept. No product of the weight's shape is
-/// ever formed.
+/// ever formed. A dense f32 base multiplies on the `gemm` crate both ways; a quantized base
+/// (GGUF blocks, NF4, int8) multiplies forward on its own kernels (the weight stays quantized) and
+/// forms `g W` in the backward from `BASE_TILE` rows dequantized at a time, so no f32 copy of the
+/// whole weight is ever held.
 struct LoraMatmul {
-    /// `[out, in]`, contiguous f32.
-    w: Tensor,
+    /// `[out, in]`: contiguous f32 when dense.
+    w: Weight,
     scale: f32,
 }
 
-fn lora_matmul(w: &Tensor, l: &Lora, x2: &Tensor) -> crate::Result<Tensor> {
+/// Rows of a quantized base dequantized at once for the input gradient.
+const BASE_TILE: usize = 256;
+
+fn lora_matmul(w: &Weight, l: &Lora, x2: &Tensor) -> crate::Result<Tensor> {
+    let w = match w {
+        Weight::Dense(t) => Weight::Dense(t.contiguous()?),
+        q => q.clone(),
+    };
     x2.contiguous()?.apply_op3(
         &l.a.contiguous()?,
         &l.b.contiguous()?,
         LoraMatmul {
-            w: w.contiguous()?,
+            w,
             scale: l.scale as f32,
         },
     )
@@ -191,7 +201,10 @@ fn f32_data<'a>(t: &'a Tensor, what: &str) -> candle_core::Result<crate::fused::
 impl LoraMatmul {
     fn dims(&self, x: &Layout, a: &Layout, b: &Layout) -> candle_core::Result<[usize; 4]> {
         let (n, k) = x.shape().dims2()?;
-        let (out, in_f) = self.w.dims2()?;
+        let [out, in_f]: [usize; 2] =
+            self.w.shape().try_into().map_err(|_| {
+                candle_core::Error::Msg("LoRA matmul: expected a matrix weight".into())
+            })?;
         let (r, ia) = a.shape().dims2()?;
         let (ob, rb) = b.shape().dims2()?;
         if k != in_f || ia != in_f || ob != out || rb != r {
@@ -224,21 +237,32 @@ impl CustomOp3 for LoraMatmul {
         let x = crate::train_ops::slice(s1, l1, self.name())?;
         let a = crate::train_ops::slice(s2, l2, self.name())?;
         let b = crate::train_ops::slice(s3, l3, self.name())?;
-        let wd = f32_data(&self.w, self.name())?;
         let par = crate::train_ops::par();
         let mm = crate::train_ops::mm;
-        let mut y = vec![0f32; n * out];
+        let mut y = match &self.w {
+            Weight::Dense(w) => {
+                let wd = f32_data(w, self.name())?;
+                let mut y = vec![0f32; n * out];
+                mm(
+                    (n, out, in_f),
+                    &mut y,
+                    out,
+                    false,
+                    (x, in_f, 1),
+                    (&wd, 1, in_f),
+                    1.0,
+                    par,
+                );
+                y
+            }
+            // The quantized kernels on an untracked copy of the input (records nothing).
+            q => {
+                let xt = Tensor::from_slice(x, (n, in_f), &Device::Cpu)?;
+                let y = q.matmul_t(&xt)?.to_dtype(DType::F32)?;
+                y.flatten_all()?.to_vec1::<f32>()?
+            }
+        };
         let mut u = vec![0f32; n * r];
-        mm(
-            (n, out, in_f),
-            &mut y,
-            out,
-            false,
-            (x, in_f, 1),
-            (&wd, 1, in_f),
-            1.0,
-            par,
-        );
         mm(
             (n, r, in_f),
             &mut u,
@@ -274,7 +298,7 @@ impl CustomOp3 for LoraMatmul {
         let g = g.contiguous()?;
         let what = self.name();
         let (xd, ad, bd) = (f32_data(x, what)?, f32_data(a, what)?, f32_data(b, what)?);
-        let (gd, wd) = (f32_data(&g, what)?, f32_data(&self.w, what)?);
+        let gd = f32_data(&g, what)?;
         let par = crate::train_ops::par();
         #[allow(clippy::too_many_arguments)]
         fn mm(
@@ -305,16 +329,41 @@ impl CustomOp3 for LoraMatmul {
         );
         let dx = if x.track_op() {
             let mut dx = vec![0f32; n * in_f];
-            mm(
-                (n, in_f, out),
-                &mut dx,
-                in_f,
-                false,
-                (&gd, out, 1),
-                (&wd, in_f, 1),
-                1.0,
-                par,
-            );
+            match &self.w {
+                Weight::Dense(w) => {
+                    let wd = f32_data(w, what)?;
+                    mm(
+                        (n, in_f, out),
+                        &mut dx,
+                        in_f,
+                        false,
+                        (&gd, out, 1),
+                        (&wd, in_f, 1),
+                        1.0,
+                        par,
+                    );
+                }
+                // g W as Σ over row tiles of g[:, tile] W[tile, :], each tile dequantized alone.
+                q => {
+                    for o0 in (0..out).step_by(BASE_TILE) {
+                        let o1 = (o0 + BASE_TILE).min(out);
+                        let ids: Vec<u32> = (o0 as u32..o1 as u32).collect();
+                        let wt = q.rows(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?;
+                        let wt = wt.to_dtype(DType::F32)?.contiguous()?;
+                        let wt = f32_data(&wt, what)?;
+                        mm(
+                            (n, in_f, o1 - o0),
+                            &mut dx,
+                            in_f,
+                            o0 > 0,
+                            (&gd[o0..], out, 1),
+                            (&wt, in_f, 1),
+                            1.0,
+                            par,
+                        );
+                    }
+                }
+            }
             mm(
                 (n, in_f, r),
                 &mut dx,
@@ -485,15 +534,20 @@ impl Lora {
 
     /// Whether `x Wᵀ + delta(x)` can run as one [`LoraMatmul`]: training (something tracks
     /// gradients) over a frozen dense f32 base on the CPU, with no active adapter dropout.
-    fn fusable(&self, w: &Tensor, x2: &Tensor) -> bool {
+    fn fusable(&self, w: &Weight, x2: &Tensor) -> bool {
         let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
         let dropout_on = self
             .dropout
             .as_ref()
             .is_some_and(|(p, noise)| *p > 0.0 && noise.is_active());
-        !w.track_op()
+        // A dense base must be frozen f32; quantized bases are never variables.
+        let base_ok = match w {
+            Weight::Dense(w) => !w.track_op() && f32_cpu(w),
+            _ => true,
+        };
+        base_ok
             && (x2.track_op() || self.a.track_op() || self.b.track_op())
-            && [w, x2, &self.a, &self.b].into_iter().all(f32_cpu)
+            && [x2, &self.a, &self.b].into_iter().all(f32_cpu)
             && !dropout_on
     }
 
@@ -567,7 +621,7 @@ impl Linear {
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;
         let mut y = match (&self.weight, &self.lora) {
-            (Weight::Dense(w), Some(l)) if l.fusable(w, &x2) => lora_matmul(w, l, &x2)?,
+            (w, Some(l)) if l.fusable(w, &x2) => lora_matmul(w, l, &x2)?,
             (_, lora) => {
                 let y = self.weight.matmul_t(&x2)?; // [n, out]
                 match lora {
@@ -689,6 +743,68 @@ mod tests {
             assert_eq!(got, want, "backward products {shapes:?}");
             assert!(!shapes.contains(&[out, inp]) && !shapes.contains(&[inp, out]));
             assert_eq!(grads.get(&x).is_some(), tracked);
+        }
+    }
+
+    /// LoRA over a quantized base (GGUF Q8_0 and Q4_0 blocks, NF4) as the one fused op: the
+    /// output and the input and adapter gradients equal those over the same weight dequantized
+    /// to a frozen dense f32 tensor (the row-tiled input gradient spans several tiles), and no
+    /// backward product has the weight's shape.
+    #[test]
+    fn lora_over_a_quantized_base_equals_lora_over_its_dequantized_weight() {
+        use candle_core::Var;
+        use canon_quant::{GgmlTensor, GgmlType, Kind, Nf4Tensor};
+        let (n, out, inp, r) = (20, 600, 64, 3);
+        let w = randn(&[out, inp], 21);
+        let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let ggml = |kind: Kind, dtype: GgmlType| {
+            let mut bytes = Vec::new();
+            for row in wv.chunks(inp) {
+                canon_quant::kernels::scalar::quantize_row(kind, row, &mut bytes);
+            }
+            Weight::Ggml(Arc::new(
+                GgmlTensor::from_bytes(dtype, &[out, inp], &bytes).unwrap(),
+            ))
+        };
+        let nf4 = Weight::Nf4(Arc::new(Nf4Tensor::quantize(&wv, out, inp, true).unwrap()));
+        let x = Var::from_tensor(&randn(&[n, inp], 22)).unwrap();
+        let a = Var::from_tensor(&randn(&[r, inp], 23)).unwrap();
+        let b = Var::from_tensor(&randn(&[out, r], 24)).unwrap();
+        let run = |weight: Weight| {
+            let mut l = Linear::new(weight, None);
+            l.set_lora(Lora {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                scale: 0.5,
+                dropout: None,
+            })
+            .unwrap();
+            BWD_PRODUCTS.with(|p| p.borrow_mut().clear());
+            let y = l.forward(x.as_tensor()).unwrap();
+            let g = (y.sqr().unwrap().sum_all().unwrap() * 0.5)
+                .unwrap()
+                .backward()
+                .unwrap();
+            (y, g, BWD_PRODUCTS.with(|p| p.borrow().clone()))
+        };
+        for q in [
+            ggml(Kind::Q8_0, GgmlType::Q8_0),
+            ggml(Kind::Q4_0, GgmlType::Q4_0),
+            nf4,
+        ] {
+            let dense = Weight::Dense(q.to_dense().unwrap());
+            let (yq, gq, shapes) = run(q);
+            // The fused op ran: its backward recorded its products, input gradient in tiles.
+            assert!(
+                shapes.iter().filter(|s| **s == [n, inp]).count() >= 3,
+                "{shapes:?}"
+            );
+            assert!(!shapes.contains(&[out, inp]) && !shapes.contains(&[inp, out]));
+            let (yd, gd, _) = run(dense);
+            assert_close(&yq, &yd, Tol::new(1e-4, 1e-4));
+            for t in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
+                assert_close(gq.get(t).unwrap(), gd.get(t).unwrap(), Tol::new(1e-3, 1e-4));
+            }
         }
     }
 

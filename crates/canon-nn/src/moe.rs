@@ -35,7 +35,7 @@ impl DenseFfn {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         match self {
             DenseFfn::Mlp(m) => {
-                let h = crate::train_ops::activation(m.act, &m.fc1.forward(x)?)?;
+                let h = m.act.forward(&m.fc1.forward(x)?)?;
                 m.fc2.forward(&h)
             }
             DenseFfn::SwiGlu(s) => s.forward(x),

@@ -73,8 +73,10 @@ impl LayerNorm {
         Self { weight, bias, eps }
     }
 
-    /// Inference (nothing tracks gradients) on f32 CPU tensors takes one fused pass
-    /// ([`crate::fused::layer_norm`]); otherwise composed ops that record a backward pass.
+    /// Picks the kernel itself: inference (nothing tracks gradients) on f32 CPU tensors takes one
+    /// fused pass ([`crate::fused::layer_norm`]); training on f32 CPU tensors the fused op with its
+    /// own backward ([`crate::train_ops::layer_norm`]); anything else composed ops that record a
+    /// backward pass.
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         if crate::fused::no_grad(&[x, &self.weight])
             && self.bias.as_ref().is_none_or(|b| !b.track_op())
@@ -82,6 +84,10 @@ impl LayerNorm {
                 crate::fused::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)?
         {
             return Ok(y);
+        }
+        let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        if cpu_f32(x) && cpu_f32(&self.weight) && self.bias.as_ref().is_none_or(cpu_f32) {
+            return crate::train_ops::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps);
         }
         self.forward_composed(x)
     }
@@ -100,6 +106,22 @@ impl LayerNorm {
             None => y,
         };
         y.to_dtype(dtype)
+    }
+}
+
+/// The normalisation a configuration picks: layer norm or RMS norm, each choosing its own kernel.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
     }
 }
 

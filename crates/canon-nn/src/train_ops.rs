@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 mod flash;
-pub use flash::{TrainMask, flash_attention, padding_keep};
+pub use flash::{TrainMask, flash_attention, flash_attention_bias, padding_keep};
 
 pub(crate) fn slice<'a>(
     s: &'a CpuStorage,
@@ -199,45 +199,6 @@ pub fn causal_softmax(x: &Tensor, offset: usize, scale: f64) -> crate::Result<Te
         offset,
         scale: scale as f32,
     })
-}
-
-/// Causal attention `softmax(Q Kᵀ/√d + M) V` for training (`q: [b, h, t, d]`, `k, v: [b, h_kv, t, d]`),
-/// through `causal_softmax`.
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    offset: usize,
-) -> crate::Result<Tensor> {
-    causal_attention_dropout(q, k, v, offset, None)
-}
-
-/// [`causal_attention`] with dropout `(p, noise)` on the attention probabilities (GPT-1's
-/// attention dropout); `None` is exactly `causal_attention`.
-pub fn causal_attention_dropout(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    offset: usize,
-    dropout: Option<(f64, &crate::Noise)>,
-) -> crate::Result<Tensor> {
-    let (_, h, _, d) = q.dims4()?;
-    let hkv = k.dim(1)?;
-    if hkv == 0 || h % hkv != 0 {
-        candle_core::bail!("attention: {h} query heads cannot share {hkv} key/value heads");
-    }
-    let scale = 1.0 / (d as f64).sqrt();
-    if dropout.is_none() && q.dtype() == candle_core::DType::F32 && q.device().is_cpu() {
-        return flash_attention(q, k, v, TrainMask::Causal { offset }, scale);
-    }
-    let k = crate::attention::repeat_kv(k, h / hkv)?.contiguous()?;
-    let v = crate::attention::repeat_kv(v, h / hkv)?.contiguous()?;
-    let scores = q.contiguous()?.matmul(&k.t()?)?; // [b, h, tq, tk]
-    let probs = causal_softmax(&scores, offset, scale)?;
-    match dropout {
-        Some((p, noise)) => crate::dropout(&probs, p, noise)?.matmul(&v),
-        None => probs.matmul(&v),
-    }
 }
 
 // ------------------------------------------------------------------ layer norm
@@ -474,15 +435,6 @@ impl CustomOp2 for GeluBwd {
 /// GELU (exact when `tanh` is false, the tanh approximation otherwise) with a backward pass.
 pub fn gelu(x: &Tensor, tanh: bool) -> crate::Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu { tanh })
-}
-
-/// The activation through a fused kernel where one exists (f32 GELU), else the layer's own.
-pub fn activation(act: crate::Activation, x: &Tensor) -> crate::Result<Tensor> {
-    match (act, x.dtype()) {
-        (crate::Activation::Gelu, candle_core::DType::F32) => gelu(x, false),
-        (crate::Activation::GeluTanh, candle_core::DType::F32) => gelu(x, true),
-        _ => act.forward(x),
-    }
 }
 
 // ------------------------------------------------------------------ RMS norm
@@ -745,7 +697,13 @@ mod tests {
         let q = Var::from_tensor(&randn(&[2, 4, 5, 8], 1)).unwrap();
         let k = Var::from_tensor(&randn(&[2, 2, 5, 8], 2)).unwrap();
         let v = Var::from_tensor(&randn(&[2, 2, 5, 8], 3)).unwrap();
-        let ours = causal_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0).unwrap();
+        let ours = attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            AttnMask::Causal { offset: 0 },
+        )
+        .unwrap();
         let refr = crate::attention::attention_composed(
             q.as_tensor(),
             k.as_tensor(),
@@ -873,6 +831,142 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    /// The biased op against the composed ops (scores materialised, bias and mask added),
+    /// forward and the gradients of Q, K, V and the bias, for biases broadcast over sequences
+    /// and heads (T5), full ones (Transformer-XL), lower-rank ones, with every mask, grouped
+    /// K/V heads and several 64-row tiles.
+    #[test]
+    fn biased_attention_equals_the_composed_ops() {
+        use crate::attention::{AttnOpts, attend, attention_composed_with};
+        let keep = Tensor::from_vec(
+            (0..2 * 70)
+                .map(|i| match i / 70 {
+                    0 => u32::from(i % 70 < 50),
+                    _ => u32::from([0, 10, 69].contains(&(i % 70))),
+                })
+                .collect::<Vec<u32>>(),
+            (2, 70),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        type Case<'a> = (usize, usize, usize, Vec<usize>, AttnMask<'a>, Option<f64>);
+        let cases: Vec<Case> = vec![
+            (
+                130,
+                130,
+                4,
+                vec![1, 4, 130, 130],
+                AttnMask::Causal { offset: 0 },
+                Some(1.0),
+            ),
+            (
+                70,
+                150,
+                2,
+                vec![2, 4, 70, 150],
+                AttnMask::Causal { offset: 80 },
+                None,
+            ),
+            (70, 70, 1, vec![2, 1, 70, 70], AttnMask::None, Some(0.3)),
+            (
+                70,
+                70,
+                2,
+                vec![1, 4, 70, 70],
+                AttnMask::Padding(&keep),
+                Some(1.0),
+            ),
+            (33, 70, 4, vec![70], AttnMask::Padding(&keep), None),
+            (
+                20,
+                20,
+                2,
+                vec![4, 1, 1],
+                AttnMask::Causal { offset: 0 },
+                None,
+            ),
+        ];
+        for (case, (tq, tk, hkv, bshape, mask, scale)) in cases.into_iter().enumerate() {
+            let seed = 100 + 10 * case as u64;
+            let q = Var::from_tensor(&randn(&[2, 4, tq, 16], seed + 1)).unwrap();
+            let k = Var::from_tensor(&randn(&[2, hkv, tk, 16], seed + 2)).unwrap();
+            let v = Var::from_tensor(&randn(&[2, hkv, tk, 16], seed + 3)).unwrap();
+            let bias = Var::from_tensor(&randn(&bshape, seed + 4)).unwrap();
+            let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            let opts = AttnOpts {
+                bias: Some(bias.as_tensor()),
+                scale,
+                dropout: None,
+            };
+            let ours = attend(qt, kt, vt, mask, opts).unwrap();
+            let refr = attention_composed_with(qt, kt, vt, mask, opts).unwrap();
+            assert_close(&ours, &refr, Tol::new(1e-5, 1e-4));
+            let g1 = wsum(&ours, seed + 7).unwrap().backward().unwrap();
+            let g2 = wsum(&refr, seed + 7).unwrap().backward().unwrap();
+            for x in [&q, &k, &v, &bias] {
+                let (a, b) = (
+                    g1.get(x.as_tensor()).unwrap(),
+                    g2.get(x.as_tensor()).unwrap(),
+                );
+                assert_eq!(a.dims(), x.dims(), "case {case}");
+                assert_close(a, b, Tol::new(1e-4, 1e-4));
+            }
+            // Without gradients (inference) the biased op serves too, with the same result.
+            let plain = attend(
+                &qt.detach(),
+                &kt.detach(),
+                &vt.detach(),
+                mask,
+                AttnOpts {
+                    bias: Some(&bias.as_tensor().detach()),
+                    ..opts
+                },
+            )
+            .unwrap();
+            assert_close(&plain, &ours.detach(), Tol::EXACT);
+        }
+    }
+
+    #[test]
+    fn finite_differences_through_biased_flash_attention() {
+        let keep = Tensor::new(&[[1u32, 1, 0, 1, 1]], &candle_core::Device::Cpu).unwrap();
+        for (mask, bshape) in [
+            (TrainMask::Causal { offset: 1 }, [1, 2, 4, 5]),
+            (TrainMask::None, [1, 1, 4, 5]),
+            (padding_keep(&keep).unwrap(), [1, 2, 4, 5]),
+        ] {
+            let q = Var::from_tensor(&randn(&[1, 2, 4, 3], 1)).unwrap();
+            let k = Var::from_tensor(&randn(&[1, 1, 5, 3], 2)).unwrap();
+            let v = Var::from_tensor(&randn(&[1, 1, 5, 3], 3)).unwrap();
+            let bias = Var::from_tensor(&randn(&bshape, 4)).unwrap();
+            check_gradients(
+                &[q, k, v, bias],
+                |t| {
+                    let y = flash_attention_bias(&t[0], &t[1], &t[2], &t[3], mask.clone(), 0.6)?;
+                    wsum(&y, 5)
+                },
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bias_of_the_wrong_shape_is_an_error() {
+        use crate::attention::{AttnOpts, attend};
+        let q = randn(&[2, 2, 3, 4], 1);
+        let k = randn(&[2, 2, 5, 4], 2);
+        let bias = randn(&[3, 2, 3, 5], 3);
+        let opts = AttnOpts {
+            bias: Some(&bias),
+            ..AttnOpts::default()
+        };
+        let e = attend(&q, &k, &k, AttnMask::None, opts).unwrap_err();
+        assert!(e.to_string().contains("broadcasts to [2, 2, 3, 5]"), "{e}");
     }
 
     #[test]

@@ -48,21 +48,24 @@ pub fn rel_attention(
     let mlen = kl - ql;
     let u = u.reshape((1, h, 1, d))?;
     let vb = v_bias.reshape((1, h, 1, d))?;
-    // (a) + (c): [b, h, q, d] x [b, h, d, k] -> [b, h, q, k]
-    let ac = q.broadcast_add(&u)?.contiguous()?.matmul(&k.t()?)?;
     // (b) + (d): [b, h, q, d] x [1→b, h, d, k]
     let rk = r.unsqueeze(0)?.broadcast_as((b, h, kl, d))?.contiguous()?;
     let bd = rel_shift(&q.broadcast_add(&vb)?.contiguous()?.matmul(&rk.t()?)?)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let probs = if q.dtype() == candle_core::DType::F32 {
-        // Scale, mask (j ≤ i + mlen) and softmax in one pass with its backward.
-        crate::train_ops::causal_softmax(&(ac + bd)?, mlen, scale)?
-    } else {
-        let scores = ((ac + bd)? * scale)?;
-        let mask = memory_causal_mask(ql, kl, mlen, q.device())?.to_dtype(scores.dtype())?;
-        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?
+    // (b) + (d) enter as an additive bias on the scaled (a) + (c) scores, with the mask
+    // j ≤ i + mlen; the attention op returns their gradient.
+    let opts = crate::attention::AttnOpts {
+        bias: Some(&(bd * scale)?),
+        scale: Some(scale),
+        dropout: None,
     };
-    probs.matmul(&v.contiguous()?)
+    crate::attention::attend(
+        &q.broadcast_add(&u)?,
+        k,
+        v,
+        crate::AttnMask::Causal { offset: mlen },
+        opts,
+    )
 }
 
 #[cfg(test)]

@@ -16,12 +16,10 @@
 //!   `max_exact = nb/2`; bucket = `base + n` if `n < max_exact`, else
 //!   `base + min(nb − 1, max_exact + ⌊ln(n/max_exact) / ln(max_distance/max_exact) · (nb − max_exact)⌋)`.
 //!
-//! Shapes: table `[num_buckets, h]`; bias `[1, h, tq, tk]`; attention `q: [b, h, tq, d]`,
-//! `k, v: [b, h, tk, d]`.
+//! Shapes: table `[num_buckets, h]`; bias `[1, h, tq, tk]`, handed to
+//! [`crate::attention::attend`] with a scale of 1.
 
-use candle_core::{D, DType, Tensor};
-
-use crate::AttnMask;
+use candle_core::Tensor;
 
 /// The bucket of offset `rp = key − query`, computed in `f64` (see the module header).
 pub fn relative_position_bucket(
@@ -132,55 +130,6 @@ impl RelativeBias {
             .contiguous()?
             .unsqueeze(0)
     }
-}
-
-/// T5 attention: `softmax(Q Kᵀ + B + M) V` with no `1/√d` factor, an optional additive bias `B`
-/// (broadcast to `[b, h, tq, tk]`) and the mask `M`. Written with ops that record a backward pass
-/// (the causal case uses the fused causal softmax of `train_ops`).
-pub fn biased_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-    mask: AttnMask<'_>,
-) -> crate::Result<Tensor> {
-    let (b, _, tq, _) = q.dims4()?;
-    let tk = k.dim(2)?;
-    // [b, h, tq, d] x [b, h, d, tk] -> [b, h, tq, tk]
-    let mut scores = q.contiguous()?.matmul(&k.contiguous()?.t()?)?;
-    if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
-    }
-    let probs = match mask {
-        AttnMask::Causal { offset } if scores.dtype() == DType::F32 && scores.device().is_cpu() => {
-            crate::train_ops::causal_softmax(&scores, offset, 1.0)?
-        }
-        AttnMask::Causal { offset } => {
-            let m = crate::attention::causal_mask(tq, tk, offset, q.device())?;
-            candle_nn::ops::softmax(
-                &scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
-                D::Minus1,
-            )?
-        }
-        AttnMask::SlidingCausal { offset, window } => {
-            let m = crate::attention::sliding_causal_mask(tq, tk, offset, window, q.device())?;
-            candle_nn::ops::softmax(
-                &scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
-                D::Minus1,
-            )?
-        }
-        AttnMask::Padding(keep) => {
-            // [b, tk] of 1/0 -> additive [b, 1, 1, tk] of 0/−1e30 (finite: an all-padding row stays
-            // a uniform distribution instead of NaN).
-            let add = ((keep.to_dtype(DType::F32)? - 1.0)? * 1e30)?.reshape((b, 1, 1, tk))?;
-            candle_nn::ops::softmax(
-                &scores.broadcast_add(&add.to_dtype(scores.dtype())?)?,
-                D::Minus1,
-            )?
-        }
-        AttnMask::None => candle_nn::ops::softmax(&scores, D::Minus1)?,
-    };
-    probs.matmul(&v.contiguous()?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,22 @@
 use super::*;
-use crate::attention::attention;
-use candle_core::{Device, Var};
+use crate::attention::{AttnMask, AttnOpts, attend, attention};
+use candle_core::{DType, Device, Var};
+
+/// T5's attention: no `1/√d`, the bias added to the scores.
+fn biased_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    mask: AttnMask<'_>,
+) -> crate::Result<Tensor> {
+    let opts = AttnOpts {
+        bias,
+        scale: Some(1.0),
+        dropout: None,
+    };
+    attend(q, k, v, mask, opts)
+}
 use canon_testkit::{Tol, assert_close, golden, randn, to_vec};
 
 /// docs/papers/08-t5.md, acceptance: the bucket table.

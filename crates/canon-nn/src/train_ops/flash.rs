@@ -13,6 +13,13 @@
 //! ops' `−1e30` additive mask does, and passes no gradient to the scores. Grouped K/V heads are
 //! read in place (no `repeat_kv` copy); their gradients are summed over the group.
 //!
+//! Additive bias (`flash_attention_bias`): `S = scale · Q Kᵀ + B` with `B` broadcast over
+//! sequences and/or heads; each tile starts from its rows of `B` and the product accumulates onto
+//! them, forward and in the backward's recomputation. The bias gradient is `dS` (`[b, h, tq, tk]`,
+//! written tile by tile, zero where a key is hidden), summed over the broadcast dimensions. K and V
+//! then travel as one `[b, h_kv, tk, 2d]` tensor (three inputs per op) and are read with a row
+//! stride of `2d`.
+//!
 //! Products run on the `gemm` crate, single-threaded inside one rayon task per (sequence, head)
 //! forward and per (sequence, K/V head) backward; every output element is written by one task
 //! in a fixed order, so results do not depend on the thread count.
@@ -43,6 +50,10 @@ pub enum TrainMask {
 struct FlashAttention {
     scale: f32,
     mask: TrainMask,
+    /// `Some((bb, bh))` for the biased form: the op's inputs are `(q, [k | v], bias)` with keys
+    /// and values side by side in one `[b, h_kv, tk, 2d]` tensor and the bias `[bb, bh, tq, tk]`
+    /// (`bb ∈ {1, b}`, `bh ∈ {1, h}`) added to the scaled scores.
+    bias: Option<(usize, usize)>,
     /// Log-sum-exp of each query row's visible scores, `[b·h·tq]`, from the forward for the
     /// backward; `+∞` marks a row without a visible key.
     lse: Mutex<Option<Arc<Vec<f32>>>>,
@@ -220,30 +231,146 @@ simd_fn! {
     fn dscores_tile => dscores_tile_impl(p: &[f32], dp: &mut [f32], n: usize, dd: &[f32], lse: &[f32])
 }
 
-impl CustomOp3 for FlashAttention {
-    fn name(&self) -> &'static str {
-        "flash-attention-train"
+/// Where the keys and values of one op live: `k` rows `ks` apart, `v` rows `vs` apart (the
+/// biased form keeps them side by side in one tensor).
+#[derive(Clone, Copy)]
+struct KvAt {
+    ks: usize,
+    vs: usize,
+    /// Offset of the first value row from the first key row of a head.
+    v_off: usize,
+    /// Elements per K/V head.
+    head: usize,
+}
+
+impl KvAt {
+    fn of(dm: &Dims, packed: bool) -> Self {
+        let (tk, d) = (dm.tk, dm.d);
+        if packed {
+            Self {
+                ks: 2 * d,
+                vs: 2 * d,
+                v_off: d,
+                head: tk * 2 * d,
+            }
+        } else {
+            Self {
+                ks: d,
+                vs: d,
+                v_off: 0,
+                head: tk * d,
+            }
+        }
     }
 
-    fn cpu_fwd(
+    /// The keys and values of K/V head `kv` (`b·h_kv` numbering).
+    fn head<'a>(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dm = Dims::from_layouts(l1, l2, l3)?;
-        if dm.tk == 0 {
+        k: &'a [f32],
+        v: &'a [f32],
+        kv: usize,
+        tk: usize,
+        d: usize,
+    ) -> (&'a [f32], &'a [f32]) {
+        if tk == 0 || d == 0 {
+            return (&[], &[]);
+        }
+        let k0 = kv * self.head;
+        let v0 = k0 + self.v_off;
+        (
+            &k[k0..k0 + (tk - 1) * self.ks + d],
+            &v[v0..v0 + (tk - 1) * self.vs + d],
+        )
+    }
+}
+
+impl FlashAttention {
+    fn dims(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> candle_core::Result<Dims> {
+        let Some((bb, bh)) = self.bias else {
+            return Dims::from_layouts(l1, l2, l3);
+        };
+        let (b, h, tq, d) = l1.shape().dims4()?;
+        let (bk, hkv, tk, d2) = l2.shape().dims4()?;
+        let want = [bb, bh, tq, tk];
+        if bk != b
+            || d2 != 2 * d
+            || hkv == 0
+            || h % hkv != 0
+            || l3.dims() != want
+            || (bb != 1 && bb != b)
+            || (bh != 1 && bh != h)
+        {
             candle_core::bail!(
-                "attention: expected at least one key, found k {:?}",
-                l2.dims()
+                "attention: expected q [b, h, tq, d], [k | v] [b, h_kv, tk, 2d] and a bias [1 or b, 1 or h, tq, tk], found q {:?}, k|v {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
             );
         }
-        let q = super::slice(s1, l1, self.name())?;
-        let k = super::slice(s2, l2, self.name())?;
-        let v = super::slice(s3, l3, self.name())?;
+        Ok(Dims {
+            b,
+            h,
+            hkv,
+            tq,
+            tk,
+            d,
+        })
+    }
+
+    /// The bias plane of (sequence `bi`, head `hi`), `[tq, tk]`.
+    fn bias_plane<'a>(
+        &self,
+        bias: Option<&'a [f32]>,
+        bi: usize,
+        hi: usize,
+        tq: usize,
+        tk: usize,
+    ) -> Option<&'a [f32]> {
+        let (bb, bh) = self.bias?;
+        let p = (if bb == 1 { 0 } else { bi }) * bh + if bh == 1 { 0 } else { hi };
+        bias.and_then(|b| b.get(p * tq * tk..(p + 1) * tq * tk))
+    }
+
+    /// `S = scale · Q Kᵀ (+ B)` for tile rows `i0..i0 + rows` over the first `n` keys.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        &self,
+        st: &mut [f32],
+        (rows, n, d): (usize, usize, usize),
+        i0: usize,
+        qh: &[f32],
+        kh: &[f32],
+        ks: usize,
+        plane: Option<&[f32]>,
+        tk: usize,
+    ) {
+        if let Some(bp) = plane {
+            for r in 0..rows {
+                st[r * n..(r + 1) * n].copy_from_slice(&bp[(i0 + r) * tk..(i0 + r) * tk + n]);
+            }
+        }
+        mm1(
+            (rows, n, d),
+            st,
+            n,
+            plane.is_some(),
+            (&qh[i0 * d..], d, 1),
+            (kh, 1, ks),
+            self.scale,
+        );
+    }
+
+    fn forward(
+        &self,
+        dm: Dims,
+        q: &[f32],
+        (k, v): (&[f32], &[f32]),
+        at: KvAt,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        if dm.tk == 0 {
+            candle_core::bail!("attention: expected at least one key, found none");
+        }
         if let TrainMask::Padding(keep) = &self.mask
             && keep.len() != dm.b * dm.tk
         {
@@ -268,25 +395,16 @@ impl CustomOp3 for FlashAttention {
                     || vec![0f32; BQ * tk],
                     |s, (idx, (o, l))| {
                         let (bi, hi) = (idx / h, idx % h);
-                        let kv0 = (bi * hkv + hi / g) * tk * d;
-                        let (kh, vh) = (&k[kv0..kv0 + tk * d], &v[kv0..kv0 + tk * d]);
+                        let (kh, vh) = at.head(k, v, bi * hkv + hi / g, tk, d);
                         let qh = &q[idx * tq * d..(idx + 1) * tq * d];
                         let keep = self.keep_row(bi, tk);
+                        let plane = self.bias_plane(bias, bi, hi, tq, tk);
                         for i0 in (0..tq).step_by(BQ) {
                             let i1 = (i0 + BQ).min(tq);
                             let rows = i1 - i0;
                             let (causal0, n) = self.tile_keys(i0, i1, tk);
                             let st = &mut s[..rows * n];
-                            // S = scale · Q Kᵀ over the tile's keys.
-                            mm1(
-                                (rows, n, d),
-                                st,
-                                n,
-                                false,
-                                (&qh[i0 * d..], d, 1),
-                                (kh, 1, d),
-                                self.scale,
-                            );
+                            self.scores(st, (rows, n, d), i0, qh, kh, at.ks, plane, tk);
                             softmax_tile(st, n, causal0, keep, &mut l[i0..i1]);
                             // O = P V.
                             mm1(
@@ -295,28 +413,30 @@ impl CustomOp3 for FlashAttention {
                                 d,
                                 false,
                                 (st, n, 1),
-                                (vh, d, 1),
+                                (vh, at.vs, 1),
                                 1.0,
                             );
                         }
                     },
                 );
         }
-        if let Ok(mut slot) = self.lse.lock() {
-            *slot = Some(Arc::new(lse));
-        }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, lse))
     }
 
-    fn bwd(
+    /// `(dQ, dK, dV, dS)`, the last (`[b, h, tq, tk]`, the bias gradient before broadcasting
+    /// is undone) only when `want_ds`.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn backward(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        o: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dm = Dims::from_layouts(q.layout(), k.layout(), v.layout())?;
+        dm: Dims,
+        q: &[f32],
+        (k, v): (&[f32], &[f32]),
+        at: KvAt,
+        bias: Option<&[f32]>,
+        o: &[f32],
+        g: &[f32],
+        want_ds: bool,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
         let Dims {
             b,
             h,
@@ -332,41 +452,51 @@ impl CustomOp3 for FlashAttention {
         let Some(lse) = lse else {
             candle_core::bail!("attention backward: the forward's row statistics are missing");
         };
-        let g = g.contiguous()?;
-        let (qd, kd, vd, od, gd) = (data(q)?, data(k)?, data(v)?, data(o)?, data(&g)?);
-        let (qd, kd, vd): (&[f32], &[f32], &[f32]) = (&qd, &kd, &vd);
-        let (od, gd): (&[f32], &[f32]) = (&od, &gd);
         // D = rowsum(dO ⊙ O) for every query row.
         let mut dd = vec![0f32; b * h * tq];
         if d > 0 {
             dd.par_chunks_mut(256).enumerate().for_each(|(c, dc)| {
                 for (r, x) in dc.iter_mut().enumerate() {
                     let at = (c * 256 + r) * d;
-                    *x = dot(&gd[at..at + d], &od[at..at + d]);
+                    *x = dot(&g[at..at + d], &o[at..at + d]);
                 }
             });
         }
         let grp = h / hkv;
-        let mut dq = vec![0f32; qd.len()];
-        let mut dk = vec![0f32; kd.len()];
-        let mut dv = vec![0f32; vd.len()];
+        let mut dq = vec![0f32; b * h * tq * d];
+        let mut dk = vec![0f32; b * hkv * tk * d];
+        let mut dv = vec![0f32; b * hkv * tk * d];
+        let mut ds = if want_ds {
+            vec![0f32; b * h * tq * tk]
+        } else {
+            Vec::new()
+        };
+        // One chunk of `ds` per task (empty when the bias takes no gradient).
+        let ds_chunk = if want_ds { grp * tq * tk } else { 1 };
+        let mut no_ds = vec![Vec::<f32>::new(); b * hkv];
         if tq > 0 && tk > 0 && d > 0 {
+            let ds_tasks: Vec<&mut [f32]> = if want_ds {
+                ds.chunks_mut(ds_chunk).collect()
+            } else {
+                no_ds.iter_mut().map(|x| x.as_mut_slice()).collect()
+            };
             dq.par_chunks_mut(grp * tq * d)
                 .zip(dk.par_chunks_mut(tk * d))
                 .zip(dv.par_chunks_mut(tk * d))
+                .zip(ds_tasks.into_par_iter())
                 .enumerate()
                 .for_each_init(
                     || (vec![0f32; BQ * tk], vec![0f32; BQ * tk]),
-                    |(p, dp), (task, ((dqg, dkh), dvh))| {
+                    |(p, dp), (task, (((dqg, dkh), dvh), dsg))| {
                         let bi = task / hkv;
-                        let kv0 = task * tk * d;
-                        let (kh, vh) = (&kd[kv0..kv0 + tk * d], &vd[kv0..kv0 + tk * d]);
+                        let (kh, vh) = at.head(k, v, task, tk, d);
                         let keep = self.keep_row(bi, tk);
                         for j in 0..grp {
                             let idx = task * grp + j; // = bi·h + head
                             let r0 = idx * tq;
-                            let qh = &qd[r0 * d..(r0 + tq) * d];
-                            let gh = &gd[r0 * d..(r0 + tq) * d];
+                            let plane = self.bias_plane(bias, bi, idx % h, tq, tk);
+                            let qh = &q[r0 * d..(r0 + tq) * d];
+                            let gh = &g[r0 * d..(r0 + tq) * d];
                             let dqh = &mut dqg[j * tq * d..(j + 1) * tq * d];
                             for i0 in (0..tq).step_by(BQ) {
                                 let i1 = (i0 + BQ).min(tq);
@@ -374,15 +504,7 @@ impl CustomOp3 for FlashAttention {
                                 let (causal0, n) = self.tile_keys(i0, i1, tk);
                                 let (pt, dpt) = (&mut p[..rows * n], &mut dp[..rows * n]);
                                 let ls = &lse[r0 + i0..r0 + i1];
-                                mm1(
-                                    (rows, n, d),
-                                    pt,
-                                    n,
-                                    false,
-                                    (&qh[i0 * d..], d, 1),
-                                    (kh, 1, d),
-                                    self.scale,
-                                );
+                                self.scores(pt, (rows, n, d), i0, qh, kh, at.ks, plane, tk);
                                 probs_tile(pt, n, causal0, keep, ls);
                                 // dV += Pᵀ dO
                                 mm1(
@@ -401,10 +523,18 @@ impl CustomOp3 for FlashAttention {
                                     n,
                                     false,
                                     (&gh[i0 * d..], d, 1),
-                                    (vh, 1, d),
+                                    (vh, 1, at.vs),
                                     1.0,
                                 );
                                 dscores_tile(pt, dpt, n, &dd[r0 + i0..r0 + i1], ls);
+                                if want_ds {
+                                    // The bias gradient is dS itself (keys past the tile stay 0).
+                                    let plane = &mut dsg[j * tq * tk..(j + 1) * tq * tk];
+                                    for r in 0..rows {
+                                        plane[(i0 + r) * tk..(i0 + r) * tk + n]
+                                            .copy_from_slice(&dpt[r * n..(r + 1) * n]);
+                                    }
+                                }
                                 // dQ = scale · dS K
                                 mm1(
                                     (rows, d, n),
@@ -412,7 +542,7 @@ impl CustomOp3 for FlashAttention {
                                     d,
                                     false,
                                     (dpt, n, 1),
-                                    (kh, d, 1),
+                                    (kh, at.ks, 1),
                                     self.scale,
                                 );
                                 // dK += scale · dSᵀ Q
@@ -430,11 +560,93 @@ impl CustomOp3 for FlashAttention {
                     },
                 );
         }
+        Ok((dq, dk, dv, want_ds.then_some(ds)))
+    }
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-attention-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dm = self.dims(l1, l2, l3)?;
+        let q = super::slice(s1, l1, self.name())?;
+        let s2 = super::slice(s2, l2, self.name())?;
+        let s3 = super::slice(s3, l3, self.name())?;
+        let (kv, bias) = match self.bias {
+            None => ((s2, s3), None),
+            Some(_) => ((s2, s2), Some(s3)),
+        };
+        let at = KvAt::of(&dm, self.bias.is_some());
+        let (out, lse) = self.forward(dm, q, kv, at, bias)?;
+        if let Ok(mut slot) = self.lse.lock() {
+            *slot = Some(Arc::new(lse));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = self.dims(q.layout(), a2.layout(), a3.layout())?;
+        let g = g.contiguous()?;
+        let (qd, d2, d3, od, gd) = (data(q)?, data(a2)?, data(a3)?, data(o)?, data(&g)?);
+        let (qd, d2, d3): (&[f32], &[f32], &[f32]) = (&qd, &d2, &d3);
+        let (od, gd): (&[f32], &[f32]) = (&od, &gd);
+        let at = KvAt::of(&dm, self.bias.is_some());
         let dev = q.device();
+        let Some((bb, bh)) = self.bias else {
+            let (dq, dk, dv, _) = self.backward(dm, qd, (d2, d3), at, None, od, gd, false)?;
+            return Ok((
+                Some(Tensor::from_vec(dq, q.shape(), dev)?),
+                Some(Tensor::from_vec(dk, a2.shape(), dev)?),
+                Some(Tensor::from_vec(dv, a3.shape(), dev)?),
+            ));
+        };
+        let want_ds = a3.track_op();
+        let (dq, dk, dv, ds) = self.backward(dm, qd, (d2, d2), at, Some(d3), od, gd, want_ds)?;
+        let Dims {
+            b,
+            h,
+            hkv,
+            tq,
+            tk,
+            d,
+        } = dm;
+        let dk = Tensor::from_vec(dk, (b, hkv, tk, d), dev)?;
+        let dv = Tensor::from_vec(dv, (b, hkv, tk, d), dev)?;
+        let dkv = Tensor::cat(&[&dk, &dv], 3)?;
+        let dbias = match ds {
+            Some(ds) => {
+                let mut t = Tensor::from_vec(ds, (b, h, tq, tk), dev)?;
+                if bb == 1 && b != 1 {
+                    t = t.sum_keepdim(0)?;
+                }
+                if bh == 1 && h != 1 {
+                    t = t.sum_keepdim(1)?;
+                }
+                Some(t)
+            }
+            None => None,
+        };
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+            Some(dkv),
+            dbias,
         ))
     }
 }
@@ -478,6 +690,34 @@ pub fn flash_attention(
         FlashAttention {
             scale: scale as f32,
             mask,
+            bias: None,
+            lse: Mutex::new(None),
+        },
+    )
+}
+
+/// [`flash_attention`] with an additive bias on the scaled scores,
+/// `softmax(scale · Q Kᵀ + B + mask) V`, its gradient flowing into `B` (T5's relative position
+/// bias, Transformer-XL's position terms). `bias: [bb, bh, tq, tk]` with `bb` 1 or `b` and `bh` 1
+/// or `h`; broadcast dimensions receive the sum of their gradients.
+pub fn flash_attention_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    mask: TrainMask,
+    scale: f64,
+) -> crate::Result<Tensor> {
+    let (bb, bh, _, _) = bias.dims4()?;
+    // Keys and values side by side, `[b, h_kv, tk, 2d]`: the op takes three inputs.
+    let kv = Tensor::cat(&[&k.contiguous()?, &v.contiguous()?], 3)?.contiguous()?;
+    q.contiguous()?.apply_op3(
+        &kv,
+        &bias.contiguous()?,
+        FlashAttention {
+            scale: scale as f32,
+            mask,
+            bias: Some((bb, bh)),
             lse: Mutex::new(None),
         },
     )

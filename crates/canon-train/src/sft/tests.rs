@@ -352,3 +352,123 @@ fn bad_adapter_settings_are_clear_errors() {
     let e = attach(lm.model.as_mut(), &spec).unwrap_err().to_string();
     assert!(e.contains("rank must be at least 1"), "{e}");
 }
+
+/// The per-step losses of `steps` AdamW steps (batches drawn from a fixed seed).
+fn loss_curve(obj: &mut SftObjective, steps: usize) -> Vec<f64> {
+    let params = obj.lora.params();
+    let mut opt = Optimizer::new(
+        OptimizerConfig::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        &params,
+    );
+    let mut rng = SplitMix64::new(5);
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let l = obj.train_loss(&mut rng).unwrap();
+        out.push(l.loss);
+        let g = l.total.backward().unwrap();
+        let grads: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| {
+                let t = g
+                    .get(p.var.as_tensor())
+                    .expect("an adapter without a gradient");
+                t.flatten_all().unwrap().to_vec1().unwrap()
+            })
+            .collect();
+        opt.step(&params, &grads, 3e-2).unwrap();
+    }
+    out
+}
+
+/// `--checkpointing`: every block recomputed in the backward gives the losses of the ordinary
+/// run, step after step (LoRA over f32, LoRA over the GGUF blocks kept quantized, QLoRA over
+/// NF4), and refuses LoRA dropout, which it cannot replay.
+#[test]
+fn checkpointing_gives_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    write_tiny_llama(&p, &TinyLlama::default()).unwrap();
+    let records = [
+        ("Q: reverse abc", " A: cba"),
+        ("Q: upper xy", " A: XY"),
+        ("Q: double 7", " A: 14"),
+    ];
+    let run = |mode: WeightMode, nf4: bool, checkpointing: bool| -> Vec<f64> {
+        let mut lm = canon_models::load::load_gguf_lm(&p, mode).unwrap();
+        if nf4 {
+            requantize_nf4(lm.model.as_mut()).unwrap();
+        }
+        let spec = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            targets: parse_targets("all").unwrap(),
+            seed: 1,
+            dropout: 0.0,
+        };
+        let set = attach(lm.model.as_mut(), &spec).unwrap();
+        lm.model.set_checkpointing(checkpointing).unwrap();
+        let train = records
+            .iter()
+            .map(|(p, c)| {
+                let rec = Record::Completion {
+                    prompt: (*p).into(),
+                    completion: (*c).into(),
+                };
+                encode_record(&rec, &lm.tokenizer, None, 64)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>();
+        let mut obj = SftObjective {
+            model: lm.model,
+            lora: set,
+            eval: train.clone(),
+            train,
+            batch_size: 2,
+            pad: 0,
+            eval_batches: 0,
+        };
+        let curve = loss_curve(&mut obj, 8);
+        // Evaluation (no gradients) runs the blocks plainly.
+        assert!(obj.eval_loss().unwrap().is_finite());
+        curve
+    };
+    for (mode, nf4) in [
+        (WeightMode::DequantizeF32, false),
+        (WeightMode::KeepQuantized, false),
+        (WeightMode::KeepQuantized, true),
+    ] {
+        let plain = run(mode, nf4, false);
+        let ckpt = run(mode, nf4, true);
+        assert!(plain[7] < plain[0], "{plain:?}");
+        for (a, b) in plain.iter().zip(&ckpt) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "{plain:?} vs {ckpt:?}"
+            );
+        }
+    }
+    // LoRA dropout draws fresh noise each pass: refused.
+    let mut lm = tiny_lm(dir.path());
+    let spec = LoraSpec {
+        rank: 4,
+        alpha: 8.0,
+        targets: parse_targets("q").unwrap(),
+        seed: 1,
+        dropout: 0.1,
+    };
+    let set = attach(lm.model.as_mut(), &spec).unwrap();
+    set.noise.set(Some(3));
+    lm.model.set_checkpointing(true).unwrap();
+    let x = Tensor::new(&[[5u32, 9, 40, 3]], &Device::Cpu).unwrap();
+    let e = lm
+        .model
+        .forward(&x, &mut lm.model.new_cache(), Positions::All)
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot replay LoRA dropout"), "{e}");
+}

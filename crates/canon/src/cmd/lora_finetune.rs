@@ -48,6 +48,7 @@ pub enum Method {
   canon flan build --tasks docstring_to_name --n 600 --out doc.jsonl
   canon finetune --method lora --data doc.jsonl --out runs/lora --max-steps 150
   canon finetune --method qlora --data doc.jsonl --out runs/qlora --targets all
+  canon finetune --method lora --data doc.jsonl --out runs/lora-ckpt --checkpointing
   canon finetune --resume runs/lora --max-steps 300
   canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
   canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
@@ -114,6 +115,11 @@ pub struct LoraFinetuneArgs {
     /// Global gradient-norm clip (QLoRA: 0.3).
     #[arg(long, default_value_t = 0.3)]
     pub grad_clip: f64,
+    /// Gradient checkpointing: each block keeps only its input for the backward, which runs the
+    /// block again (less memory, about one more forward per step, the same losses). Needs
+    /// --dropout 0.
+    #[arg(long)]
+    pub checkpointing: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
@@ -257,6 +263,15 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         dropout: settings.dropout,
     };
     let set = attach(lm.model.as_mut(), &lora_spec)?;
+    if a.checkpointing {
+        if settings.dropout > 0.0 {
+            bail!(
+                "--checkpointing cannot replay LoRA dropout: expected --dropout 0, found {}",
+                settings.dropout
+            );
+        }
+        lm.model.set_checkpointing(true)?;
+    }
     say(format!(
         "{} on {} ({:.1} s to load): {} adapted layers ({}), rank {}, α {}, {} trainable parameters",
         match settings.method {
