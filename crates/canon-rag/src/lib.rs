@@ -7,7 +7,10 @@
 //! * [`fuse`]: reciprocal rank fusion of several rankings.
 //! * [`index`]: the on-disk index (format version and embedding model id checked at load).
 //! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
+//! * [`answer`]: answering with a real model: retriever, answerer with citations, RAG scoring and
+//!   decoding.
 
+pub mod answer;
 pub mod ask;
 pub mod bm25;
 pub mod chunk;

@@ -11,7 +11,6 @@ use canon_rag::index::Mode;
 use clap::Args;
 use serde_json::json;
 
-use super::ask::{Answerer, Retriever};
 use crate::Ctx;
 
 #[derive(Args, Debug)]
@@ -102,7 +101,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         || methods
             .iter()
             .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
-    let r = Retriever::open(&a.index, need_dense, ctx)?;
+    let r = super::ask::open_retriever(&a.index, need_dense, ctx)?;
     let graph = if methods
         .iter()
         .any(|m| matches!(m, Method::GraphLocal | Method::GraphGlobal))
@@ -112,7 +111,12 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         None
     };
     let mut ans = if a.answer || a.score_options.is_some() {
-        Some(Answerer::load(&a.model, None, a.max_tokens, ctx)?)
+        Some(super::ask::load_answerer(
+            &a.model,
+            None,
+            a.max_tokens,
+            ctx,
+        )?)
     } else {
         None
     };
@@ -189,7 +193,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
                 let top = &hits[..hits.len().min(a.answer_k)];
                 let prior = super::ask::dense_log_prior(&r, &q.question, top)?;
-                let sc = super::ask::rag_candidate_scores(llm, &q.question, top, &prior, &cands)?;
+                let sc = super::ask::candidate_scores(llm, &q.question, top, &prior, &cands)?;
                 let best = |v: &[f64]| {
                     v.iter()
                         .enumerate()

@@ -334,7 +334,7 @@ pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
     let index = Index::open(&a.index, None)?;
     let lg = load_graph(&index)?;
     let g = &lg.g;
-    let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let mut ans = super::ask::load_answerer(&a.model, a.context, a.max_tokens, ctx)?;
     match mode {
         "local" => {
             let m = graph::match_entities_with(g, &lg.entities, &a.question, 10);
