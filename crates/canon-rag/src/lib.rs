@@ -18,6 +18,7 @@ pub mod dense;
 pub mod eval;
 pub mod fuse;
 pub mod graph;
+pub mod graph_answer;
 pub mod hnsw;
 pub mod index;
 pub mod leiden;
