@@ -13,6 +13,7 @@
 pub mod answer;
 pub mod ask;
 pub mod bm25;
+pub mod build;
 pub mod chunk;
 pub mod dense;
 pub mod eval;
