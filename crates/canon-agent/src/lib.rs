@@ -17,6 +17,7 @@ pub mod react;
 pub mod react_data;
 pub mod tasks;
 pub mod toolformer;
+pub mod toolformer_work;
 pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.
