@@ -15,6 +15,7 @@ pub mod cot;
 pub mod fewshot;
 pub mod react;
 pub mod react_data;
+pub mod react_run;
 pub mod tasks;
 pub mod toolformer;
 pub mod toolformer_work;
