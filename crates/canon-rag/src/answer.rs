@@ -211,6 +211,13 @@ impl Answerer {
     }
 }
 
+/// Each continuation's per-token log-probabilities after a context, under a model.
+pub type ContinuationScorer<E> = dyn Fn(
+    &dyn canon_models::CausalLm,
+    &[u32],
+    &[Vec<u32>],
+) -> std::result::Result<Vec<Vec<f64>>, E>;
+
 /// Candidate scores: (RAG-Sequence, RAG-Token, no-retrieval) log-probabilities and the
 /// per-passage sums, for each candidate.
 pub struct CandidateScores {
@@ -233,11 +240,7 @@ pub fn rag_candidate_scores<E>(
     hits: &[Hit],
     log_prior: &[f64],
     candidates: &[String],
-    score: &dyn Fn(
-        &dyn canon_models::CausalLm,
-        &[u32],
-        &[Vec<u32>],
-    ) -> std::result::Result<Vec<Vec<f64>>, E>,
+    score: &ContinuationScorer<E>,
 ) -> Result<CandidateScores>
 where
     E: std::error::Error + Send + Sync + 'static,

@@ -41,16 +41,17 @@ pub enum RunError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    // Boxed: the other crates' errors are large, and this one travels through every caller.
     #[error(transparent)]
-    Train(#[from] canon_train::TrainError),
+    Train(Box<canon_train::TrainError>),
     #[error(transparent)]
-    Model(#[from] canon_models::ModelError),
+    Model(Box<canon_models::ModelError>),
     #[error(transparent)]
-    Infer(#[from] canon_infer::InferError),
+    Infer(Box<canon_infer::InferError>),
     #[error(transparent)]
-    Eval(#[from] canon_eval::EvalError),
+    Eval(Box<canon_eval::EvalError>),
     #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    Tensor(Box<candle_core::Error>),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -58,10 +59,29 @@ pub enum RunError {
     #[error(transparent)]
     TomlWrite(#[from] toml::ser::Error),
     #[error(transparent)]
-    Asset(#[from] canon_assets::AssetError),
+    Asset(Box<canon_assets::AssetError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
+
+macro_rules! boxed_from {
+    ($($t:ty => $v:ident),* $(,)?) => {
+        $(impl From<$t> for RunError {
+            fn from(e: $t) -> Self {
+                RunError::$v(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    canon_train::TrainError => Train,
+    canon_models::ModelError => Model,
+    canon_infer::InferError => Infer,
+    canon_eval::EvalError => Eval,
+    candle_core::Error => Tensor,
+    canon_assets::AssetError => Asset,
+);
 
 /// `Err(RunError::Msg(format!(...)))` from the current function.
 #[macro_export]
