@@ -519,3 +519,86 @@ pub fn rag_decode(
         hypotheses: candidates.iter().map(|(y, l)| (text(y), *l)).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_lm(dir: &std::path::Path) -> LoadedLm {
+        let p = dir.join("tiny.gguf");
+        canon_testkit::tiny_gguf::write_tiny_llama(&p, &Default::default()).expect("write gguf");
+        canon_models::load::load_gguf_lm(&p, canon_models::WeightMode::DequantizeF32).expect("load")
+    }
+
+    #[test]
+    fn the_prompt_budget_is_checked_against_the_context() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let e = Answerer::new(tiny_lm(d.path()), None, 0)
+            .err()
+            .expect("0 tokens");
+        assert!(e.to_string().contains("between 1 and 63"), "{e}");
+        let e = Answerer::new(tiny_lm(d.path()), Some(60), 8)
+            .err()
+            .expect("too long");
+        assert!(e.to_string().contains("at most 56"), "{e}");
+        let a = Answerer::new(tiny_lm(d.path()), None, 8).expect("fits");
+        assert_eq!(a.budget, 56);
+    }
+
+    #[test]
+    fn decoders_parse_and_beams_are_bounded() {
+        assert_eq!(
+            "token".parse::<RagDecoding>().ok(),
+            Some(RagDecoding::Token)
+        );
+        assert_eq!(
+            "sequence-fast".parse::<RagDecoding>().ok(),
+            Some(RagDecoding::Sequence(SeqDecoding::Fast))
+        );
+        assert!("beam".parse::<RagDecoding>().is_err());
+        let d = tempfile::tempdir().expect("tempdir");
+        let a = Answerer::new(tiny_lm(d.path()), None, 4).expect("answerer");
+        let e = rag_decode(&a, &[0.0], vec![vec![5, 6]], RagDecoding::Token, 0)
+            .err()
+            .expect("no beams");
+        assert!(e.to_string().contains("--beams between 1 and 64"), "{e}");
+    }
+
+    /// The per-passage caches follow beam search as it hops between hypotheses: after any
+    /// sequence of prefixes, the next-token distribution equals that of a fresh cache.
+    #[test]
+    fn passage_caches_rewind_to_the_same_log_probabilities() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let lm = tiny_lm(d.path());
+        let prompts = vec![vec![10, 11, 12, 13], vec![20, 21]];
+        let mut hop = DocLm::new(lm.model.as_ref(), prompts.clone()).expect("doc lm");
+        let walk: [(usize, &[u32]); 6] = [
+            (0, &[40, 41, 42]),
+            (1, &[7]),
+            (0, &[40, 50]),
+            (0, &[]),
+            (1, &[7, 8, 9]),
+            (0, &[40, 50, 60]),
+        ];
+        for (z, prefix) in walk {
+            let got = hop.next(z, prefix).expect("next");
+            let mut fresh = DocLm::new(lm.model.as_ref(), prompts.clone()).expect("doc lm");
+            let want = fresh.next(z, prefix).expect("next");
+            assert_eq!(got.len(), want.len());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f64, f64::max);
+            assert!(
+                worst < 1e-4,
+                "passage {z} prefix {prefix:?}: max difference {worst}"
+            );
+            let total: f64 = got.iter().map(|l| l.exp()).sum();
+            assert!(
+                (total - 1.0).abs() < 1e-6,
+                "log-probabilities sum to {total}"
+            );
+        }
+    }
+}
