@@ -558,9 +558,8 @@ mod tests {
         assert!("beam".parse::<RagDecoding>().is_err());
         let d = tempfile::tempdir().expect("tempdir");
         let a = Answerer::new(tiny_lm(d.path()), None, 4).expect("answerer");
-        let e = rag_decode(&a, &[0.0], vec![vec![5, 6]], RagDecoding::Token, 0)
-            .err()
-            .expect("no beams");
+        let e =
+            rag_decode(&a, &[0.0], vec![vec![5, 6]], RagDecoding::Token, 0).expect_err("no beams");
         assert!(e.to_string().contains("--beams between 1 and 64"), "{e}");
     }
 
