@@ -17,6 +17,7 @@ pub mod build;
 pub mod chunk;
 pub mod dense;
 pub mod eval;
+pub mod eval_answer;
 pub mod fuse;
 pub mod graph;
 pub mod graph_answer;

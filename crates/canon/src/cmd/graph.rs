@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use canon_infer::LmGenerator;
 use canon_rag::graph::{self, CachedLlm, ExtractStats, Extraction, KnowledgeGraph, Llm};
-pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, graph_hits, load_graph};
+pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, load_graph};
 use canon_rag::index::Index;
 use clap::{Args, Subcommand};
 use serde_json::json;
