@@ -15,8 +15,10 @@ pub mod cot;
 pub mod fewshot;
 pub mod react;
 pub mod react_data;
+pub mod react_run;
 pub mod tasks;
 pub mod toolformer;
+pub mod toolformer_work;
 pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.

@@ -7,14 +7,20 @@
 //! * [`fuse`]: reciprocal rank fusion of several rankings.
 //! * [`index`]: the on-disk index (format version and embedding model id checked at load).
 //! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
+//! * [`answer`]: answering with a real model: retriever, answerer with citations, RAG scoring and
+//!   decoding.
 
+pub mod answer;
 pub mod ask;
 pub mod bm25;
+pub mod build;
 pub mod chunk;
 pub mod dense;
 pub mod eval;
+pub mod eval_answer;
 pub mod fuse;
 pub mod graph;
+pub mod graph_answer;
 pub mod hnsw;
 pub mod index;
 pub mod leiden;

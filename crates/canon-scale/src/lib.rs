@@ -34,6 +34,10 @@ pub enum ScaleError {
     Plot(#[from] canon_plot::PlotError),
     #[error("data: {0}")]
     Data(String),
+    #[error("{0}")]
+    Msg(String),
+    #[error(transparent)]
+    Lines(#[from] canon_fs::lines::LineError),
 }
 
 pub type Result<T> = std::result::Result<T, ScaleError>;

@@ -18,6 +18,8 @@
 //!   5-gram shingles) detection against evaluation problems.
 //! - `synth`: synthetic textbook passages and exercises from a generating model on rotating
 //!   topics, decontaminated and deduplicated.
+//! - `pipeline`: the stages of `canon data filter` (sample, decontaminate, label, classify, keep)
+//!   and the inputs of `canon data compare`.
 //! - `experiment`: the same model and token budget trained on unfiltered, filtered and filtered +
 //!   synthetic data, compared by held-out loss.
 
@@ -25,5 +27,6 @@ pub mod classify;
 pub mod corpus;
 pub mod dedup;
 pub mod experiment;
+pub mod pipeline;
 pub mod quality;
 pub mod synth;

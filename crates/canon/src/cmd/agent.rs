@@ -3,12 +3,12 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use canon_agent::react::{self, EngineLm, Episode, LoopConfig, Mode, TokenTexts, Wiki, WikiEnv};
+use canon_agent::react::{EngineLm, Episode, LoopConfig, Mode, TokenTexts, Wiki};
 use canon_agent::react_data::{self, Page, Question};
+use canon_agent::react_run::{self, Score};
 use canon_agent::tools::{self, Limits, Toolbox};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -223,31 +223,6 @@ pub struct ReactArgs {
     pub oracle: bool,
 }
 
-fn demos_for(qs: &[Question], wiki: &Arc<Wiki>, mode: Mode, shots: usize) -> Vec<String> {
-    let mut kinds: Vec<&str> = qs.iter().map(|q| q.kind.as_str()).collect();
-    kinds.sort();
-    kinds.dedup();
-    let mut by_kind: Vec<Vec<&Question>> = kinds
-        .iter()
-        .map(|k| {
-            qs.iter()
-                .filter(|q| q.split == "train" && q.kind == *k)
-                .collect()
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while out.len() < shots && by_kind.iter().any(|v| !v.is_empty()) {
-        let k = i % by_kind.len();
-        if !by_kind[k].is_empty() {
-            let q = by_kind[k].remove(0);
-            out.push(react::demonstration(q, &WikiEnv::new(wiki.clone()), mode));
-        }
-        i += 1;
-    }
-    out
-}
-
 fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let modes: Vec<Mode> = if a.mode == "all" {
         vec![Mode::React, Mode::Act, Mode::Cot]
@@ -276,20 +251,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     if a.oracle {
         let out = a.out.as_ref().context("--oracle needs --out FILE")?;
-        let mut text = String::new();
-        for m in &modes {
-            let demos = demos_for(&qs, &wiki, *m, a.shots);
-            for q in &run {
-                let full = react::demonstration(q, &WikiEnv::new(wiki.clone()), *m);
-                let head = format!("Question: {}\n", q.question);
-                let p = react::prompt(*m, &demos, &q.question);
-                let completion = full.strip_prefix(&head).unwrap_or(&full);
-                text.push_str(&serde_json::to_string(
-                    &json!({"prompt": p, "completion": completion}),
-                )?);
-                text.push('\n');
-            }
-        }
+        let text = react_run::oracle_records(&qs, &run, &wiki, &modes, a.shots);
         write_atomic(out, &text)?;
         eprintln!(
             "canon: {} oracle records in {}",
@@ -315,7 +277,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut all: Vec<Episode> = Vec::new();
     let mut scores = Vec::new();
     for m in modes {
-        let demos = demos_for(&qs, &wiki, m, a.shots);
+        let demos = react_run::demos_for(&qs, &wiki, m, a.shots);
         let cfg = LoopConfig {
             mode: m,
             max_steps: a.max_steps,
@@ -324,54 +286,20 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         };
         let pb = progress(ctx, run.len(), &format!("{m:?}"));
         let t0 = Instant::now();
-        let next = AtomicUsize::new(0);
-        let results: Vec<anyhow::Result<(usize, Episode)>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..a.parallel.min(run.len()))
-                .map(|_| {
-                    let mut lm = elm.clone();
-                    let (run, demos, cfg, wiki, next, pb) = (&run, &demos, &cfg, &wiki, &next, &pb);
-                    s.spawn(move || {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= run.len() {
-                                break;
-                            }
-                            let env = WikiEnv::new(wiki.clone());
-                            let tb = react::episode_tools(&env, &[], Limits::default());
-                            let r = react::run_episode(&mut lm, &tb, demos, run[i], cfg)
-                                .map(|e| (i, e))
-                                .map_err(anyhow::Error::from);
-                            pb.inc(1);
-                            out.push(r);
-                        }
-                        out
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .flat_map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        vec![Err(anyhow::anyhow!("an episode thread panicked"))]
-                    })
-                })
-                .collect()
-        });
+        let eps =
+            react_run::run_episodes(&elm, &run, &demos, &cfg, &wiki, a.parallel, &|| pb.inc(1))?;
         pb.finish_and_clear();
-        let mut eps: Vec<(usize, Episode)> = results.into_iter().collect::<anyhow::Result<_>>()?;
-        eps.sort_by_key(|e| e.0);
-        let n = eps.len();
-        let em = eps.iter().filter(|e| e.1.exact_match).count();
-        let finished = eps.iter().filter(|e| e.1.finished).count();
-        let invalid = eps
-            .iter()
-            .flat_map(|e| &e.1.steps)
-            .filter(|s| s.observation.starts_with("Invalid action"))
-            .count();
-        let steps: usize = eps.iter().map(|e| e.1.steps.len()).sum();
+        let sc = Score::of(&eps);
+        let (n, em, finished, steps, invalid) = (
+            sc.questions,
+            sc.correct,
+            sc.finished,
+            sc.steps,
+            sc.invalid_actions,
+        );
         let secs = t0.elapsed().as_secs_f64();
         scores.push(
-            json!({"mode": m, "questions": n, "exact_match": em as f64 / n as f64,
+            json!({"mode": m, "questions": n, "exact_match": sc.exact_match(),
             "correct": em, "finished": finished, "steps": steps, "invalid_actions": invalid,
             "seconds": secs}),
         );
@@ -383,7 +311,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 100.0 * em as f64 / n as f64
             );
         }
-        all.extend(eps.into_iter().map(|e| e.1));
+        all.extend(eps);
     }
     engine.shutdown();
     if let Some(out) = &a.out {

@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use canon_nn::SplitMix64;
-use canon_scale::data::classify::{Logistic, accuracy, filter_indices, roc_auc};
 use canon_scale::data::corpus::{self, Origin};
 use canon_scale::data::dedup::Decontaminator;
-use canon_scale::data::experiment::{Arm, CompareConfig, EvalSet, compare};
-use canon_scale::data::quality::{self, HEURISTIC_METHOD};
+use canon_scale::data::experiment::{CompareConfig, compare};
+use canon_scale::data::pipeline;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use super::write_atomic;
 use crate::{Ctx, model_gen};
@@ -115,48 +113,8 @@ pub struct CompareArgs {
     pub out: PathBuf,
 }
 
-/// One line of snippets.jsonl.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SnippetRow {
-    id: String,
-    /// `train` (may be trained on) or `eval` (held-out files).
-    pool: String,
-    label: u8,
-    score: i32,
-    method: String,
-    /// Classifier probability (training pool only).
-    prob: Option<f64>,
-    kept: bool,
-    /// In the classifier's labelled sample: `fit` or `heldout`.
-    sample: Option<String>,
-    text: String,
-}
-
-fn site_packages_dir(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p.clone());
-    }
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ])
-        .output()
-        .context("cannot run python3 to find site-packages; pass --site-packages DIR")?;
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if !out.status.success() || !p.is_dir() {
-        bail!("python3 did not report a site-packages folder; pass --site-packages DIR");
-    }
-    Ok(p)
-}
-
-fn jsonl<T: Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
-    let mut s = String::new();
-    for r in rows {
-        s += &serde_json::to_string(r)?;
-        s.push('\n');
-    }
-    write_atomic(path, &s)
+fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
+    Ok(pipeline::write_jsonl(path, rows)?)
 }
 
 pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -251,7 +209,7 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let stdlib = super::train::python_stdlib_dir()?;
-    let site = site_packages_dir(&a.site_packages)?;
+    let site = pipeline::site_packages_dir(&a.site_packages)?;
     let c = corpus::collect(
         &[(stdlib, Origin::Stdlib), (site, Origin::SitePackages)],
         200_000,
@@ -267,15 +225,8 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ));
     jsonl(&a.out.join("manifest.jsonl"), &c.manifest)?;
     let all = corpus::snippets(&c, 4, 2000);
-    // A seeded sample, in corpus order.
-    let mut idx: Vec<usize> = (0..all.len()).collect();
     let mut rng = SplitMix64::new(a.seed);
-    for i in (1..idx.len()).rev() {
-        idx.swap(i, rng.below(i + 1));
-    }
-    idx.truncate(a.max_snippets);
-    idx.sort_unstable();
-    let mut sample: Vec<corpus::Snippet> = idx.into_iter().map(|i| all[i].clone()).collect();
+    let mut sample = pipeline::sample_snippets(&all, a.max_snippets, &mut rng);
     say(format!(
         "{} snippets in the corpus; {} sampled",
         all.len(),
@@ -287,20 +238,16 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let problems = canon_eval::humaneval::load_default(ctx.progress()).context(
             "cannot load HumanEval for decontamination (use --no-decontaminate to skip)",
         )?;
-        let texts: Vec<String> = problems
+        let texts: Vec<(String, String)> = problems
             .iter()
-            .map(|p| format!("{}{}", p.prompt, p.canonical_solution))
+            .map(|p| {
+                (
+                    p.task_id.clone(),
+                    format!("{}{}", p.prompt, p.canonical_solution),
+                )
+            })
             .collect();
-        let d = Decontaminator::with_defaults(&texts);
-        sample.retain(|s| match d.check(&s.text) {
-            Some(m) => {
-                contaminated.push(serde_json::json!({
-                    "id": s.id, "task_id": problems[m.problem].task_id, "match": m.kind
-                }));
-                false
-            }
-            None => true,
-        });
+        contaminated = pipeline::decontaminate(&mut sample, &texts);
         say(format!(
             "decontamination against {} HumanEval problems: {} snippets dropped",
             problems.len(),
@@ -308,27 +255,10 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     jsonl(&a.out.join("contaminated.jsonl"), &contaminated)?;
-    // Held-out files: every tenth kept file (by manifest index) never trains any arm.
-    let is_eval = |s: &corpus::Snippet| s.file.is_multiple_of(10);
-    let labels: Vec<quality::Assessment> =
-        sample.iter().map(|s| quality::assess(&s.text)).collect();
-    let train_idx: Vec<usize> = (0..sample.len())
-        .filter(|&i| !is_eval(&sample[i]))
-        .collect();
-    // The labelled sample: the first label_sample training-pool snippets in a seeded order.
-    let mut lab = train_idx.clone();
-    for i in (1..lab.len()).rev() {
-        lab.swap(i, rng.below(i + 1));
-    }
-    lab.truncate(a.label_sample);
-    let n_fit = lab.len() * 4 / 5;
-    let (fit_idx, held_idx) = lab.split_at(n_fit);
+    let plan = pipeline::LabelPlan::new(&sample, a.label_sample, &mut rng);
 
     let enc = model_gen::load_encoder(&a.embed_model, ctx)?;
-    let texts: Vec<String> = train_idx
-        .iter()
-        .map(|&i| sample[i].text.chars().take(a.embed_chars).collect())
-        .collect();
+    let texts = plan.embed_texts(&sample, a.embed_chars);
     let bar = if ctx.quiet {
         ProgressBar::hidden()
     } else {
@@ -344,75 +274,29 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    // Position of each sample index within train_idx (for its embedding).
-    let pos = |i: usize| train_idx.binary_search(&i).ok();
-    let gather = |ids: &[usize]| -> (Vec<Vec<f32>>, Vec<u8>) {
-        ids.iter()
-            .filter_map(|&i| pos(i).map(|p| (emb[p].clone(), labels[i].educational as u8)))
-            .unzip()
-    };
-    let (xf, yf) = gather(fit_idx);
-    let (xh, yh) = gather(held_idx);
-    let model = Logistic::fit(&xf, &yf, 1e-3, 400)?;
-    let ph: Vec<f64> = xh.iter().map(|x| model.prob(x)).collect();
-    let pf: Vec<f64> = xf.iter().map(|x| model.prob(x)).collect();
-    let acc = accuracy(&ph, &yh);
-    let auc = roc_auc(&ph, &yh);
-    let majority = {
-        let pos = yh.iter().filter(|&&y| y == 1).count() as f64 / yh.len().max(1) as f64;
-        pos.max(1.0 - pos)
-    };
+    let cl = pipeline::classify(&sample, &plan, &emb, a.threshold)?;
     say(format!(
         "classifier (logistic regression on {} embeddings): held-out accuracy {:.3} (majority class {:.3}), ROC-AUC {}, training accuracy {:.3}",
         a.embed_model,
-        acc,
-        majority,
-        auc.map_or("-".into(), |v| format!("{v:.3}")),
-        accuracy(&pf, &yf)
+        cl.heldout_accuracy,
+        cl.majority,
+        cl.roc_auc.map_or("-".into(), |v| format!("{v:.3}")),
+        cl.train_accuracy
     ));
-    let probs: Vec<f64> = emb.iter().map(|x| model.prob(x)).collect();
-    let kept: std::collections::HashSet<usize> = filter_indices(&probs, a.threshold)
-        .into_iter()
-        .map(|p| train_idx[p])
-        .collect();
-    let rows: Vec<SnippetRow> = sample
-        .iter()
-        .enumerate()
-        .map(|(i, s)| SnippetRow {
-            id: s.id.clone(),
-            pool: if is_eval(s) { "eval" } else { "train" }.into(),
-            label: labels[i].educational as u8,
-            score: labels[i].score,
-            method: HEURISTIC_METHOD.into(),
-            prob: pos(i).map(|p| probs[p]),
-            kept: kept.contains(&i),
-            sample: if fit_idx.contains(&i) {
-                Some("fit".into())
-            } else if held_idx.contains(&i) {
-                Some("heldout".into())
-            } else {
-                None
-            },
-            text: s.text.clone(),
-        })
-        .collect();
-    jsonl(&a.out.join("snippets.jsonl"), &rows)?;
-    let report = serde_json::json!({
-        "files": c.manifest.len(), "duplicates": c.duplicates, "licence_unknown": unknown,
-        "snippets_in_corpus": all.len(), "sampled": rows.len() + contaminated.len(),
-        "contaminated": contaminated.len(),
-        "train_pool": train_idx.len(), "eval_pool": rows.len() - train_idx.len(),
-        "label_method": HEURISTIC_METHOD,
-        "labelled": lab.len(), "labelled_positive_fraction":
-            lab.iter().filter(|&&i| labels[i].educational).count() as f64 / lab.len().max(1) as f64,
-        "classifier": "logistic regression (L2 1e-3, balanced classes, Adam 400 epochs)",
-        "embedding_model": a.embed_model, "embedded_characters_per_snippet": a.embed_chars,
-        "heldout_accuracy": acc, "heldout_majority_baseline": majority, "heldout_roc_auc": auc,
-        "threshold": a.threshold, "kept": kept.len(),
-    });
+    jsonl(&a.out.join("snippets.jsonl"), &cl.rows)?;
+    let report = pipeline::filter_report(
+        &c,
+        all.len(),
+        contaminated.len(),
+        &plan,
+        &cl,
+        &a.embed_model,
+        a.embed_chars,
+        a.threshold,
+    );
     write_atomic(
         &a.out.join("classifier.json"),
-        &serde_json::to_string_pretty(&serde_json::json!({"model": model, "report": report}))?,
+        &serde_json::to_string_pretty(&serde_json::json!({"model": cl.model, "report": report}))?,
     )?;
     write_atomic(
         &a.out.join("filter-report.json"),
@@ -421,81 +305,19 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     say(format!(
         "filter (p ≥ {}): kept {} of {} training-pool snippets; files in {}",
         a.threshold,
-        kept.len(),
-        train_idx.len(),
+        cl.kept,
+        plan.train_idx.len(),
         a.out.display()
     ));
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
-fn read_rows(path: &Path) -> anyhow::Result<Vec<SnippetRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {} (run canon data filter first)",
-            path.display()
-        )
-    })?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {}: not a snippet row", path.display(), i + 1))
-        })
-        .collect()
-}
-
 fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("cannot read config {}", a.config.display()))?;
     let cfg = CompareConfig::parse(&text, &a.config.display().to_string())?;
-    let rows = read_rows(&a.data.join("snippets.jsonl"))?;
-    let texts = |f: &dyn Fn(&SnippetRow) -> bool| -> Vec<String> {
-        rows.iter()
-            .filter(|r| f(r))
-            .map(|r| r.text.clone())
-            .collect()
-    };
-    let mut arms = vec![
-        Arm {
-            name: "unfiltered".into(),
-            docs: texts(&|r| r.pool == "train"),
-        },
-        Arm {
-            name: "filtered".into(),
-            docs: texts(&|r| r.pool == "train" && r.kept),
-        },
-    ];
-    let synth_path = a.data.join("synthetic.jsonl");
-    if synth_path.is_file() {
-        let text = canon_fs::lines::read_text(&synth_path)?;
-        let mut docs = texts(&|r| r.pool == "train" && r.kept);
-        for (i, l) in text.lines().enumerate() {
-            let item: canon_scale::data::synth::SynthItem =
-                serde_json::from_str(l).with_context(|| {
-                    format!(
-                        "{} line {}: not a synthetic item",
-                        synth_path.display(),
-                        i + 1
-                    )
-                })?;
-            docs.push(item.text);
-        }
-        arms.push(Arm {
-            name: "filtered+synthetic".into(),
-            docs,
-        });
-    }
-    let evals = vec![
-        EvalSet {
-            name: "eval-textbook".into(),
-            docs: texts(&|r| r.pool == "eval" && r.label == 1),
-        },
-        EvalSet {
-            name: "eval-all".into(),
-            docs: texts(&|r| r.pool == "eval"),
-        },
-    ];
+    let (arms, evals) = pipeline::compare_inputs(&a.data)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -536,26 +358,7 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
         eprintln!("canon: interrupted; run the same command again to continue");
         return Ok(());
     };
-    let mut md = String::from(
-        "| training data | snippets | characters | tokens trained | eval-textbook loss | eval-all loss |\n|---|---:|---:|---:|---:|---:|\n",
-    );
-    for r in &res {
-        let get = |k: &str| {
-            r.eval
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or("-".into(), |(_, v)| format!("{v:.4}"))
-        };
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.name,
-            r.train_docs,
-            r.train_tokens,
-            r.tokens_seen,
-            get("eval-textbook"),
-            get("eval-all")
-        );
-    }
+    let md = pipeline::compare_table(&res);
     write_atomic(&a.out.join("compare.md"), &md)?;
     println!("{md}");
     Ok(())

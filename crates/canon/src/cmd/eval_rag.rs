@@ -3,15 +3,14 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::{Context, bail};
-use canon_rag::eval::{Outcome, Summary, read_questions, score, summarize};
+use anyhow::bail;
+use canon_rag::eval::{Summary, read_questions, summarize};
+use canon_rag::eval_answer::{EvalSettings, Method, evaluate_method};
 use canon_rag::index::Mode;
 use clap::Args;
 use serde_json::json;
 
-use super::ask::{Answerer, Retriever};
 use crate::Ctx;
 
 #[derive(Args, Debug)]
@@ -87,140 +86,62 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(l) = a.limit {
         qs.truncate(l);
     }
-    let mut methods = Vec::new();
-    for m in &a.methods {
-        match m.as_str() {
-            "hybrid" | "dense" | "bm25" => methods.push(Method::Flat(m.parse::<Mode>()?)),
-            "graph-local" => methods.push(Method::GraphLocal),
-            "graph-global" => methods.push(Method::GraphGlobal),
-            o => bail!(
-                "expected methods among hybrid, dense, bm25, graph-local, graph-global, found '{o}'"
-            ),
-        }
-    }
+    let methods = a
+        .methods
+        .iter()
+        .map(|m| m.parse::<Method>())
+        .collect::<Result<Vec<_>, _>>()?;
     let need_dense = a.score_options.is_some()
         || methods
             .iter()
             .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
-    let r = Retriever::open(&a.index, need_dense, ctx)?;
-    let graph = if methods
-        .iter()
-        .any(|m| matches!(m, Method::GraphLocal | Method::GraphGlobal))
-    {
+    let r = super::ask::open_retriever(&a.index, need_dense, ctx)?;
+    let graph = if methods.iter().any(Method::is_graph) {
         Some(super::graph::load_graph(&r.index)?)
     } else {
         None
     };
     let mut ans = if a.answer || a.score_options.is_some() {
-        Some(Answerer::load(&a.model, None, a.max_tokens, ctx)?)
+        Some(super::ask::load_answerer(
+            &a.model,
+            None,
+            a.max_tokens,
+            ctx,
+        )?)
     } else {
         None
     };
     let mut lines = String::new();
     let mut sums: Vec<Summary> = Vec::new();
+    let settings = EvalSettings {
+        k: a.k,
+        answer_k: a.answer_k,
+        answer: a.answer,
+        score_options: a.score_options,
+        score: &canon_agent::fewshot::continuation_logprobs,
+    };
+    let echo = a.answer && !ctx.quiet && !std::io::stderr().is_terminal();
     for m in &methods {
         let name = m.name();
         let pb = bar(ctx, qs.len(), &name);
-        let mut outs: Vec<Outcome> = Vec::new();
-        let mut ms = Vec::new();
-        let mut ems = Vec::new();
-        let (mut ann_found, mut ann_total) = (0usize, 0usize);
-        let mut opt_stats = (0usize, 0usize, 0usize, 0usize, 0usize);
-        for q in &qs {
-            pb.inc(1);
-            let t0 = Instant::now();
-            let hits = match m {
-                Method::Flat(mode) => {
-                    let v = if *mode == Mode::Bm25 {
-                        None
-                    } else {
-                        r.embed(&q.question)?
-                    };
-                    ems.push(t0.elapsed().as_secs_f64() * 1e3);
-                    let t1 = Instant::now();
-                    let h = r.index.search(&q.question, v.as_deref(), *mode, a.k)?;
-                    ms.push(t1.elapsed().as_secs_f64() * 1e3);
-                    if let (Some(qv), Mode::Dense, Some(_)) = (&v, mode, &r.index.hnsw) {
-                        let exact: Vec<usize> = r
-                            .index
-                            .dense(qv, a.k, true)
-                            .into_iter()
-                            .map(|x| x.0)
-                            .collect();
-                        ann_found += h.iter().filter(|x| exact.contains(&x.id)).count();
-                        ann_total += exact.len();
-                    }
-                    h
+        let ev = evaluate_method(
+            *m,
+            &qs,
+            &r,
+            graph.as_ref(),
+            ans.as_mut(),
+            &settings,
+            &mut |_| pb.inc(1),
+            &mut |line| {
+                if echo {
+                    eprintln!("{line}");
                 }
-                Method::GraphLocal | Method::GraphGlobal => {
-                    let g = graph.as_ref().context("graph not loaded")?;
-                    super::graph::graph_hits(
-                        g,
-                        &r.index,
-                        &q.question,
-                        matches!(m, Method::GraphGlobal),
-                        a.k,
-                    )
-                }
-            };
-            if !matches!(m, Method::Flat(_)) {
-                ms.push(t0.elapsed().as_secs_f64() * 1e3);
-                ems.push(0.0);
-            }
-            let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
-            if let (Some(nd), Some(llm)) = (a.score_options, ans.as_ref()) {
-                let mut cands = vec![q.answer.clone()];
-                let pool: Vec<&str> = qs
-                    .iter()
-                    .filter(|o| {
-                        o.kind == q.kind && o.answer != q.answer && !q.aliases.contains(&o.answer)
-                    })
-                    .map(|o| o.answer.as_str())
-                    .collect();
-                let qi = qs.iter().position(|o| o.id == q.id).unwrap_or(0);
-                for j in 0..pool.len() {
-                    if cands.len() > nd {
-                        break;
-                    }
-                    let c = pool[(qi * 7 + j * 13) % pool.len()];
-                    if !cands.iter().any(|x| x == c) {
-                        cands.push(c.to_string());
-                    }
-                }
-                let top = &hits[..hits.len().min(a.answer_k)];
-                let prior = super::ask::dense_log_prior(&r, &q.question, top)?;
-                let sc = super::ask::rag_candidate_scores(llm, &q.question, top, &prior, &cands)?;
-                let best = |v: &[f64]| {
-                    v.iter()
-                        .enumerate()
-                        .max_by(|x, y| x.1.total_cmp(y.1))
-                        .map(|x| x.0)
-                };
-                opt_stats.0 += 1;
-                opt_stats.1 += (best(&sc.sequence) == Some(0)) as usize;
-                opt_stats.2 += (best(&sc.token) == Some(0)) as usize;
-                opt_stats.3 += (best(&sc.no_retrieval) == Some(0)) as usize;
-                opt_stats.4 += (sc.sequence[0] > sc.no_retrieval[0]) as usize;
-            }
-            let o = match ans.as_mut().filter(|_| a.answer) {
-                Some(llm) => {
-                    let top = &hits[..hits.len().min(a.answer_k)];
-                    let out = llm.answer(&q.question, top)?;
-                    let cited: Vec<&str> = out.citations.iter().map(|p| p.text.as_str()).collect();
-                    score(q, &pages, Some(&out.answer), &cited)
-                }
-                None => score(q, &pages, None, &[]),
-            };
-            let line = json!({"method": name, "question": q.id, "kind": q.kind, "outcome": o, "pages": pages})
-                .to_string();
-            if a.answer && !ctx.quiet && !std::io::stderr().is_terminal() {
-                eprintln!("{line}");
-            }
-            lines.push_str(&line);
-            lines.push('\n');
-            outs.push(o);
-        }
+                lines.push_str(line);
+                lines.push('\n');
+            },
+        )?;
         pb.finish_and_clear();
+        let (ann_found, ann_total, opt_stats) = (ev.ann_found, ev.ann_total, ev.options);
         if ann_total > 0 && !ctx.quiet {
             eprintln!(
                 "{}",
@@ -236,8 +157,8 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     "no_retrieval_accuracy": opt_stats.3 as f64 / n, "retrieval_raises_answer_logprob": opt_stats.4 as f64 / n}})
             );
         }
-        let mut s = summarize(&name, &outs, &ms);
-        s.p50_embed_ms = canon_rag::eval::median(&ems);
+        let mut s = summarize(&name, &ev.outcomes, &ev.search_ms);
+        s.p50_embed_ms = canon_rag::eval::median(&ev.embed_ms);
         sums.push(s);
     }
     if let Some(p) = &a.out {
@@ -272,22 +193,4 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-enum Method {
-    Flat(Mode),
-    GraphLocal,
-    GraphGlobal,
-}
-
-impl Method {
-    fn name(&self) -> String {
-        match self {
-            Method::Flat(Mode::Hybrid) => "hybrid".into(),
-            Method::Flat(Mode::Dense) => "dense".into(),
-            Method::Flat(Mode::Bm25) => "bm25".into(),
-            Method::GraphLocal => "graph-local".into(),
-            Method::GraphGlobal => "graph-global".into(),
-        }
-    }
 }

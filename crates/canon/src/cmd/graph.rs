@@ -5,13 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use canon_infer::{GenerateRequest, LmGenerator};
-use canon_rag::ask::{Passage, cited};
-use canon_rag::graph::{
-    self, CachedLlm, ExtractStats, Extraction, KeyPoint, KnowledgeGraph, Llm, NO_ANSWER,
-};
-use canon_rag::index::{Hit, Index};
-use canon_text::Message;
+use canon_infer::LmGenerator;
+use canon_rag::graph::{self, CachedLlm, ExtractStats, Extraction, KnowledgeGraph, Llm};
+pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, load_graph};
+use canon_rag::index::Index;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -92,51 +89,6 @@ fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
-}
-
-/// The local model as a chat LLM (its own chat template, greedy).
-pub struct LocalLlm {
-    pub lm: LmGenerator,
-    pub name: String,
-}
-
-impl Llm for LocalLlm {
-    fn chat(
-        &mut self,
-        messages: &[(String, String)],
-        max_tokens: usize,
-    ) -> std::result::Result<String, String> {
-        let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message::new(r, c)).collect();
-        let prompt = match &self.lm.lm.chat_template {
-            Some(t) => t.render(&msgs, true).map_err(|e| e.to_string())?,
-            None => messages
-                .iter()
-                .map(|m| m.1.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        };
-        let n = self
-            .lm
-            .lm
-            .tokenizer
-            .encode(&prompt, true)
-            .map_err(|e| e.to_string())?
-            .len();
-        let max_seq = self.lm.lm.model.max_seq_len();
-        if n + max_tokens > max_seq {
-            return Err(format!(
-                "prompt of {n} tokens and {max_tokens} answer tokens exceed the context of {max_seq}"
-            ));
-        }
-        let req = GenerateRequest::new(prompt, max_tokens);
-        self.lm
-            .generate_streaming(&req, &mut |_| true)
-            .map(|g| g.text)
-            .map_err(|e| e.to_string())
-    }
-    fn id(&self) -> String {
-        format!("local:{}", self.name)
-    }
 }
 
 /// An OpenAI-compatible chat-completions endpoint.
@@ -268,120 +220,20 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A loaded graph with its search indexes (entities; level-0 reports).
-pub struct LoadedGraph {
-    pub g: KnowledgeGraph,
-    entities: canon_rag::bm25::Bm25,
-    reports: (Vec<usize>, canon_rag::bm25::Bm25),
-}
-
-pub fn load_graph(index: &Index) -> anyhow::Result<LoadedGraph> {
-    let g = KnowledgeGraph::load(&index.path, index.meta.chunks)?;
-    Ok(LoadedGraph {
-        entities: graph::entity_index(&g),
-        reports: graph::report_index(&g, 0),
-        g,
-    })
-}
-
-fn hit(index: &Index, id: usize, score: f64) -> Hit {
-    Hit {
-        id,
-        score,
-        chunk: index.chunks[id].clone(),
-    }
-}
-
-/// The text units a graph query rests on, best first: local search's ranked text units, or
-/// global search's top reports' text units (extractive map).
-pub fn graph_hits(
-    lg: &LoadedGraph,
-    index: &Index,
-    question: &str,
-    global: bool,
-    k: usize,
-) -> Vec<Hit> {
-    let g = &lg.g;
-    let mut ids: Vec<usize> = Vec::new();
-    if global {
-        let pts = graph::extractive_map_with(g, &lg.reports, question, k);
-        for p in pts.iter().filter(|p| p.score > 0) {
-            for &u in &g.reports[p.report].text_units {
-                if !ids.contains(&u) {
-                    ids.push(u);
-                }
-                if ids.len() >= k {
-                    break;
-                }
-            }
-            if ids.len() >= k {
-                break;
-            }
-        }
-    } else {
-        let m = graph::match_entities_with(g, &lg.entities, question, 10);
-        ids = graph::local_context(g, &m, k, 10).text_units;
-    }
-    ids.into_iter()
-        .enumerate()
-        .filter(|(_, u)| *u < index.chunks.len())
-        .map(|(r, u)| hit(index, u, 1.0 / (r as f64 + 1.0)))
-        .collect()
-}
-
 /// `canon ask --graph global|local`.
 pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
     let index = Index::open(&a.index, None)?;
     let lg = load_graph(&index)?;
     let g = &lg.g;
-    let mut ans = Answerer::load(&a.model, a.context, a.max_tokens, ctx)?;
+    let mut ans = super::ask::load_answerer(&a.model, a.context, a.max_tokens, ctx)?;
     match mode {
         "local" => {
-            let m = graph::match_entities_with(g, &lg.entities, &a.question, 10);
-            let lc = graph::local_context(g, &m, a.k, 10);
-            // Entities, relationships and community titles: at most half of the budget (the
-            // text units get the rest, as GraphRAG's 0.5 text-unit proportion).
-            let mut pre = String::from("Entities and relationships:\n");
-            for &e in &lc.entities {
-                pre.push_str(&format!(
-                    "- {} ({}): {}\n",
-                    g.entities[e].name,
-                    g.entities[e].kind.to_lowercase(),
-                    g.entities[e].summary(200)
-                ));
-            }
-            for &r in &lc.relations {
-                let rel = &g.relations[r];
-                pre.push_str(&format!(
-                    "- {} — {}: {}\n",
-                    g.entities[rel.source].name,
-                    g.entities[rel.target].name,
-                    rel.descriptions.first().map_or("", |s| s.as_str())
-                ));
-            }
-            for &r in lc.reports.iter().take(3) {
-                pre.push_str(&format!("- community: {}\n", g.reports[r].title));
-            }
-            let half = ans.budget / 2;
-            let mut kept = String::new();
-            for l in pre.lines() {
-                if ans.count(&kept) + ans.count(l) + 1 > half {
-                    break;
-                }
-                kept.push_str(l);
-                kept.push('\n');
-            }
-            let hits: Vec<Hit> = lc
-                .text_units
-                .iter()
-                .enumerate()
-                .map(|(r, &u)| hit(&index, u, 1.0 / (r as f64 + 1.0)))
-                .collect();
-            let out = ans.answer_with(&kept, &a.question, &hits)?;
+            let (out, entities) =
+                canon_rag::graph_answer::local_answer(&mut ans, &index, &lg, &a.question, a.k)?;
             super::ask::print_answer(
                 &out,
                 a.json,
-                json!({"graph": "local", "entities": lc.entities.iter().map(|&e| &g.entities[e].name).collect::<Vec<_>>()}),
+                json!({"graph": "local", "entities": entities}),
             );
             Ok(())
         }
@@ -397,92 +249,34 @@ fn global(
     ans: &mut Answerer,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
-    // Reports of level 0 (leaves above it included), pre-ranked by BM25 against the question;
-    // the top --k * 2 go through the LLM map in batches that fill the context.
-    let pre = graph::extractive_map(g, 0, &a.question, a.k * 2);
-    if pre.is_empty() {
-        bail!("expected community reports in the graph, found none");
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let out = canon_rag::graph_answer::global_answer(
+        ans,
+        g,
+        index,
+        &a.question,
+        a.k,
+        &mut |done, total| {
+            let b = pb.get_or_insert_with(|| bar(ctx, total, "map batches"));
+            b.set_position(done as u64);
+        },
+    )?;
+    if let Some(b) = pb {
+        b.finish_and_clear();
     }
-    let reports: Vec<(usize, String)> = pre
-        .iter()
-        .map(|p| (p.report, g.reports[p.report].text.clone()))
-        .collect();
-    let map_budget = ans
-        .budget
-        .saturating_sub(ans.count(&graph::map_prompt(&a.question, "")));
-    let batches = {
-        let count = |s: &str| ans.count(s);
-        graph::pack(&reports, map_budget, &count)
-    };
-    let mut points: Vec<KeyPoint> = Vec::new();
-    let mut raw: Vec<String> = Vec::new();
-    let pb = bar(ctx, batches.len(), "map batches");
-    let t0 = Instant::now();
-    for b in &batches {
-        let mut text = String::new();
-        for &i in b {
-            // A single report longer than the budget is cut to it.
-            let mut r = reports[i].1.clone();
-            while ans.count(&r) > map_budget && r.len() > 16 {
-                let cut = r.floor_char_boundary(r.len() * 3 / 4);
-                r.truncate(cut);
-            }
-            text.push_str(&r);
-            text.push('\n');
-        }
-        let (out, ..) = ans.complete(&graph::map_prompt(&a.question, &text), 120)?;
-        points.extend(graph::parse_map(&out, reports[b[0]].0));
-        raw.push(out);
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    let map_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let reduced = {
-        let count = |s: &str| ans.count(s);
-        graph::reduce_context(&points, ans.budget.saturating_sub(200), &count)
-    };
-    let (answer, kept) = match reduced {
-        None => (NO_ANSWER.to_string(), Vec::new()),
-        Some((ctx_text, kept)) => {
-            let prompt = format!(
-                "Key points from community reports, most important first:\n{ctx_text}\nQuestion: {}\n\
-Answer using the key points and cite them by number, like [1].",
-                a.question.trim()
-            );
-            (ans.complete(&prompt, a.max_tokens)?.0, kept)
-        }
-    };
-    let cites = cited(&answer, kept.len());
-    let point_json: Vec<serde_json::Value> = kept
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let r = &g.reports[p.report];
-            let pages: Vec<String> = r
-                .text_units
-                .iter()
-                .take(3)
-                .filter_map(|&u| index.chunks.get(u))
-                .map(|c| Passage {
-                    n: 0,
-                    id: 0,
-                    score: 0.0,
-                    page: c.page.clone(),
-                    section: c.section.clone(),
-                    path: String::new(),
-                    lines: [0, 0],
-                    text: String::new(),
-                }
-                .source())
-                .collect();
-            json!({"n": i + 1, "score": p.score, "point": p.text, "report": r.title, "level": r.level, "sources": pages})
-        })
-        .collect();
+    let GlobalAnswer {
+        answer,
+        citations: cites,
+        points: point_json,
+        map_batches,
+        map_outputs: raw,
+        map_ms,
+    } = out;
     if a.json {
         println!(
             "{}",
             json!({"question": a.question.trim(), "answer": answer, "graph": "global", "citations": cites,
-                "points": point_json, "map_batches": batches.len(), "map_outputs": raw, "timings": {"map_ms": map_ms}})
+                "points": point_json, "map_batches": map_batches, "map_outputs": raw, "timings": {"map_ms": map_ms}})
         );
     } else {
         println!("{answer}\n");

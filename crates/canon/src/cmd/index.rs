@@ -1,15 +1,13 @@
 //! `canon index build|update` and `canon search`: retrieval over local documents and man pages.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use canon_rag::chunk::{Chunk, ChunkConfig, chunk_document};
-use canon_rag::index::{
-    FORMAT, FileEntry, Index, Meta, Mode, VERSION, file_stamp, read_meta, write_index_with,
-};
-use canon_rag::reader::{self, ReadStats};
+use anyhow::bail;
+use canon_rag::build::{self, Built, Reuse, Stage};
+use canon_rag::chunk::ChunkConfig;
+use canon_rag::index::{Index, Mode, read_meta};
+use canon_rag::reader;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -127,115 +125,57 @@ fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-struct Built {
-    files: Vec<FileEntry>,
-    chunks: Vec<Chunk>,
-    vectors: Vec<f32>,
-    stats: ReadStats,
+/// A progress bar per build stage, replaced when the stage changes.
+fn stage_bars(ctx: &Ctx) -> impl FnMut(Stage, usize, usize) + '_ {
+    let mut cur: Option<(Stage, indicatif::ProgressBar)> = None;
+    move |stage, done, total| {
+        if cur.as_ref().is_none_or(|(s, _)| *s != stage) {
+            if let Some((_, b)) = cur.take() {
+                b.finish_and_clear();
+            }
+            let what = match stage {
+                Stage::Read => "read files/s",
+                Stage::Embed => "embed chunks/s",
+            };
+            cur = Some((stage, bar(ctx, total, what)));
+        }
+        if let Some((_, b)) = &cur {
+            b.set_position(done as u64);
+            if done == total {
+                b.finish_and_clear();
+            }
+        }
+    }
 }
 
-/// Reads, chunks and embeds `files`; `reuse` maps an unchanged path to its old chunks and vectors.
-#[allow(clippy::too_many_arguments)]
+/// Reads, chunks and embeds `files` with progress bars, and reports the figures on stderr.
 fn build_files(
     files: &[(PathBuf, reader::Kind)],
     render_man: bool,
     cfg: ChunkConfig,
     enc: &canon_models::LoadedEncoder,
     batch_size: usize,
-    reuse: &HashMap<String, (FileEntry, Vec<Chunk>, Vec<f32>)>,
+    reuse: &Reuse,
     ctx: &Ctx,
 ) -> anyhow::Result<Built> {
-    let t0 = Instant::now();
-    let mut stats = ReadStats::default();
-    let mut entries = Vec::new();
-    let mut chunks: Vec<Chunk> = Vec::new();
-    let mut old_vecs: Vec<Option<Vec<f32>>> = Vec::new();
-    let count = |s: &str| {
-        enc.embedder
-            .token_ids(s)
-            .map(|t| t.len())
-            .unwrap_or_else(|_| s.split_whitespace().count())
-    };
-    let pb = bar(ctx, files.len(), "read files/s");
-    for (p, k) in files {
-        pb.inc(1);
-        let key = p.display().to_string();
-        let (size, mtime) = file_stamp(p)?;
-        let start = chunks.len();
-        if let Some((e, cs, vs)) = reuse
-            .get(&key)
-            .filter(|(e, _, _)| e.size == size && e.mtime == mtime)
-        {
-            stats.read += 1;
-            let dim = enc.embedder.dim();
-            for (i, c) in cs.iter().enumerate() {
-                chunks.push(c.clone());
-                old_vecs.push(Some(vs[i * dim..(i + 1) * dim].to_vec()));
-            }
-            entries.push(FileEntry {
-                chunk_start: start,
-                chunk_end: chunks.len(),
-                ..e.clone()
-            });
-            continue;
-        }
-        match reader::read(p, *k, render_man) {
-            Ok(doc) => {
-                stats.read += 1;
-                for c in chunk_document(&doc, cfg, &count) {
-                    chunks.push(c);
-                    old_vecs.push(None);
-                }
-                entries.push(FileEntry {
-                    path: key,
-                    size,
-                    mtime,
-                    chunk_start: start,
-                    chunk_end: chunks.len(),
-                });
-            }
-            Err(s) => stats.count(s),
-        }
-    }
-    pb.finish_and_clear();
-    let read_s = t0.elapsed().as_secs_f64();
-    let todo: Vec<usize> = (0..chunks.len())
-        .filter(|&i| old_vecs[i].is_none())
-        .collect();
-    let dim = enc.embedder.dim();
-    let mut vectors = vec![0f32; chunks.len() * dim];
-    for (i, v) in old_vecs.iter().enumerate() {
-        if let Some(v) = v {
-            vectors[i * dim..(i + 1) * dim].copy_from_slice(v);
-        }
-    }
-    let t1 = Instant::now();
-    let pb = bar(ctx, todo.len(), "embed chunks/s");
-    for group in todo.chunks(batch_size.max(1) * 8) {
-        let texts: Vec<String> = group.iter().map(|&i| chunks[i].indexed_text()).collect();
-        let vs = enc.embedder.embed(&texts, batch_size)?;
-        for (&i, mut v) in group.iter().zip(vs) {
-            canon_rag::dense::normalize(&mut v);
-            vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
-        }
-        pb.inc(group.len() as u64);
-    }
-    pb.finish_and_clear();
-    let embed_s = t1.elapsed().as_secs_f64();
+    let built = build::build_files(
+        files,
+        render_man,
+        cfg,
+        enc,
+        batch_size,
+        reuse,
+        &mut stage_bars(ctx),
+    )?;
     if !ctx.quiet {
         eprintln!(
             "{}",
-            json!({"files_read": stats.read, "skipped": stats.skipped(), "chunks": chunks.len(), "embedded": todo.len(),
-                "read_chunk_s": read_s, "embed_s": embed_s, "chunks_per_s": todo.len() as f64 / embed_s.max(1e-9),
+            json!({"files_read": built.stats.read, "skipped": built.stats.skipped(), "chunks": built.chunks.len(), "embedded": built.embedded,
+                "read_chunk_s": built.read_s, "embed_s": built.embed_s, "chunks_per_s": built.embedded as f64 / built.embed_s.max(1e-9),
                 "threads": ctx.threads})
         );
     }
-    Ok(Built {
-        files: entries,
-        chunks,
-        vectors,
-        stats,
-    })
+    Ok(built)
 }
 
 fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -271,7 +211,7 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if b.dry_run {
         return dry_run(&files, b.man, cfg, &enc, t0, ctx);
     }
-    let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &HashMap::new(), ctx)?;
+    let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &Reuse::new(), ctx)?;
     finish(
         &b.out,
         &b.model,
@@ -292,28 +232,10 @@ fn dry_run(
     t0: Instant,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
-    let mut stats = ReadStats::default();
-    let (mut chunks, mut tokens) = (0usize, 0usize);
-    let count = |s: &str| {
-        enc.embedder
-            .token_ids(s)
-            .map(|t| t.len())
-            .unwrap_or_else(|_| s.split_whitespace().count())
-    };
     let pb = bar(ctx, files.len(), "read files/s");
-    for (p, k) in files {
-        pb.inc(1);
-        match reader::read(p, *k, render_man) {
-            Ok(doc) => {
-                stats.read += 1;
-                for c in chunk_document(&doc, cfg, &count) {
-                    chunks += 1;
-                    tokens += count(&c.indexed_text());
-                }
-            }
-            Err(s) => stats.count(s),
-        }
-    }
+    let (stats, chunks, tokens) = build::dry_run(files, render_man, cfg, enc, &mut |done, _| {
+        pb.set_position(done as u64)
+    });
     pb.finish_and_clear();
     println!(
         "{}",
@@ -334,26 +256,7 @@ fn finish(
     t0: Instant,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
-    if built.chunks.is_empty() {
-        bail!(
-            "expected text to index, found none ({} files skipped)",
-            built.stats.skipped()
-        );
-    }
-    let dim = built.vectors.len() / built.chunks.len();
-    let meta = Meta {
-        format: FORMAT.into(),
-        version: VERSION,
-        model: model.into(),
-        dim,
-        chunks: built.chunks.len(),
-        man_rendered: man,
-        roots,
-        files: built.files,
-        stats: built.stats,
-    };
-    let hnsw = built.chunks.len() >= hnsw_min;
-    write_index_with(out, &meta, &built.chunks, &built.vectors, hnsw)?;
+    let (meta, hnsw) = build::write_built(out, model, man, roots, built, hnsw_min)?;
     if !ctx.quiet {
         eprintln!(
             "{}",
@@ -377,12 +280,7 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
             enc.embedder.dim()
         );
     }
-    let mut reuse = HashMap::new();
-    for e in &meta.files {
-        let cs = old.chunks[e.chunk_start..e.chunk_end].to_vec();
-        let vs = old.vectors()[e.chunk_start * meta.dim..e.chunk_end * meta.dim].to_vec();
-        reuse.insert(e.path.clone(), (e.clone(), cs, vs));
-    }
+    let reuse = build::reuse_of(&old);
     // The chunking limits are not stored; updates use the defaults of `index build`.
     let t0 = Instant::now();
     let built = build_files(
@@ -415,27 +313,9 @@ pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.k == 0 {
         bail!("expected --k of at least 1, found 0");
     }
-    let ix = Index::open(&a.index, None)?;
-    let qvec = if mode == Mode::Bm25 {
-        None
-    } else {
-        let enc = model_gen::load_encoder(&ix.meta.model, ctx)?;
-        if enc.embedder.dim() != ix.meta.dim {
-            bail!(
-                "expected a {}-wide embedding model for this index, found {}",
-                ix.meta.dim,
-                enc.embedder.dim()
-            );
-        }
-        let mut v = enc
-            .embedder
-            .embed(std::slice::from_ref(&a.query), 1)?
-            .into_iter()
-            .next()
-            .context("no query embedding")?;
-        canon_rag::dense::normalize(&mut v);
-        Some(v)
-    };
+    let r = super::ask::open_retriever(&a.index, mode != Mode::Bm25, ctx)?;
+    let qvec = r.embed(&a.query)?;
+    let ix = &r.index;
     let t0 = Instant::now();
     let hits = ix.search(&a.query, qvec.as_deref(), mode, a.k)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -1,6 +1,6 @@
 //! `canon merge`: fold a LoRA adapter into its base model (paper 13, §4.1 — no extra inference
 //! latency). The output GGUF keeps every tensor and all metadata of the input; each adapted matrix
-//! is replaced by `W₀ + (α/r)·B A` in f32.
+//! is replaced by `W₀ + (α/r)·B A` in f32 (`Linear::merged`, the one LoRA merge).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use canon_models::ModelSpec;
 use canon_models::peft::read_adapter;
 use canon_models::source::llama_gguf_name;
+use canon_nn::{Linear, Lora, Weight};
 use canon_quant::gguf::GgufFile;
 use canon_quant::{GgmlTensor, GgmlType};
 use clap::Args;
@@ -81,7 +82,14 @@ pub fn run(args: MergeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 b.dims()
             );
         }
-        let merged = (base + (b.matmul(a)? * adapter.scale)?)?;
+        let mut layer = Linear::new(Weight::Dense(base), None);
+        layer.set_lora(Lora {
+            a: a.clone(),
+            b: b.clone(),
+            scale: adapter.scale,
+            dropout: None,
+        })?;
+        let merged = layer.merged()?.weight.to_dense()?;
         let data: Vec<u8> = merged
             .flatten_all()?
             .to_vec1::<f32>()?

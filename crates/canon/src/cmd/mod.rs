@@ -30,10 +30,6 @@ pub mod tokenize;
 pub mod toolformer;
 pub mod train;
 pub mod train_bert;
-pub mod train_distilbert;
-pub mod train_ernie;
-pub mod train_t5;
-pub mod train_transformer;
 pub mod translate;
 pub mod zero_shot;
 

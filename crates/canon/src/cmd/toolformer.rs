@@ -3,12 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use canon_agent::react_data::{from_jsonl, to_jsonl};
-use canon_agent::toolformer::{
-    self, Candidate, LmScorer, Scorer, StageCounts, Text, top_positions,
-};
-use canon_agent::tools::Toolbox;
+use anyhow::bail;
+use canon_agent::react_data::to_jsonl;
+use canon_agent::toolformer::{StageCounts, Text};
+use canon_agent::toolformer_work as work;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -151,94 +149,42 @@ pub fn run(a: ToolformerArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn data(work: &Path, status: &Path, n: usize, seed: u64) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(status)
-        .with_context(|| format!("cannot read the package database {}", status.display()))?;
-    let texts = toolformer::arithmetic_texts(&text, n, seed, 4);
-    if texts.is_empty() {
-        bail!(
-            "{}: expected packages with Installed-Size fields, found too few",
-            status.display()
-        );
-    }
-    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    write_atomic(&work.join("texts.jsonl"), &to_jsonl(&texts))?;
-    let test = texts.iter().filter(|t| t.split == "test").count();
+    let (n, test) = work::write_texts(work, status, n, seed)?;
     eprintln!(
-        "canon: {} texts ({} train, {test} test) in {}",
-        texts.len(),
-        texts.len() - test,
+        "canon: {n} texts ({} train, {test} test) in {}",
+        n - test,
         work.join("texts.jsonl").display()
     );
     Ok(())
 }
 
-fn load_texts(work: &Path) -> anyhow::Result<Vec<Text>> {
-    let p = work.join("texts.jsonl");
-    if !p.exists() {
-        bail!(
-            "expected {} (run `canon toolformer data --work {}` first), found no file",
-            p.display(),
-            work.display()
-        );
+/// A progress bar driven by `(done, total)` reports.
+fn steps<'a>(ctx: &'a Ctx, what: &'a str) -> impl FnMut(usize, usize) + 'a {
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    move |done, total| {
+        let b = pb.get_or_insert_with(|| super::agent::progress(ctx, total, what));
+        b.set_position(done as u64);
+        if done == total {
+            b.finish_and_clear();
+        }
     }
-    Ok(from_jsonl(&p)?)
-}
-
-fn load_cands(work: &Path) -> anyhow::Result<Vec<Candidate>> {
-    let p = work.join("candidates.jsonl");
-    if !p.exists() {
-        bail!(
-            "expected {} (run `canon toolformer sample` first), found no file",
-            p.display()
-        );
-    }
-    Ok(from_jsonl(&p)?)
 }
 
 fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let texts = load_texts(&a.work)?;
-    let train: Vec<&Text> = texts.iter().filter(|t| t.split == "train").collect();
-    if train.len() < 4 {
-        bail!("expected at least 4 train texts, found {}", train.len());
+    let texts = work::load_texts(&a.work)?;
+    let train = texts.iter().filter(|t| t.split == "train").count();
+    if train < 4 {
+        bail!("expected at least 4 train texts, found {train}");
     }
-    let demos: Vec<&Text> = train[..3].to_vec();
-    let todo: Vec<(usize, &Text)> = texts
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.split == "train")
-        .skip(3)
-        .take(a.limit)
-        .collect();
     let lm = model_gen::load_lm(&a.model, ctx)?;
-    let api: Vec<u32> = ["[", " ["]
-        .iter()
-        .filter_map(|s| lm.tokenizer.encode(s, false).ok())
-        .filter(|ids| ids.len() == 1)
-        .map(|ids| ids[0])
-        .collect();
-    if api.is_empty() {
-        bail!("the tokenizer has no single token for '[': cannot score API positions");
-    }
-    let mut positions = Vec::new();
-    {
-        let mut sc = LmScorer {
-            lm: lm.model.as_ref(),
-            tok: &lm.tokenizer,
-        };
-        let pb = super::agent::progress(ctx, todo.len(), "positions");
-        for (id, t) in &todo {
-            let p = toolformer::calculator_prompt(&demos, &t.text);
-            let c = sc.encode(&p)?;
-            let x = sc.encode(&t.text)?;
-            let probs = sc.next_probs(&c, &x, &api)?;
-            for pos in top_positions(&probs, a.tau_s, a.k) {
-                let offset = toolformer::token_offset(&sc, &x, pos.token)?;
-                positions.push((*id, pos, offset, p.clone()));
-            }
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-    }
+    let (n_texts, positions) = work::sample_positions(
+        &lm,
+        &texts,
+        a.limit,
+        a.tau_s,
+        a.k,
+        &mut steps(ctx, "positions"),
+    )?;
     // Stage 2: m calls per position through the batched engine.
     let engine = canon_infer::Engine::start(
         lm,
@@ -247,58 +193,26 @@ fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let mut cands = Vec::new();
-    let pb = super::agent::progress(ctx, positions.len(), "calls");
-    for (id, pos, offset, prompt) in &positions {
-        let head = texts[*id].text[..*offset].trim_end();
-        let p = format!("{prompt}{head} [");
-        let ids = engine.tokenizer().encode(&p, false)?;
-        let reqs = (0..a.m)
-            .map(|j| {
-                let mut r = canon_infer::Request::new(ids.clone(), 24);
-                r.sampling = canon_infer::SamplingConfig {
-                    temperature: a.temperature,
-                    seed: a.seed.wrapping_add(j as u64),
-                    ..Default::default()
-                };
-                r.stop = vec!["]".into(), "->".into(), "\n".into()];
-                r
-            })
-            .collect();
-        let outs = engine.generate_batch(reqs)?;
-        let mut seen = std::collections::HashSet::new();
-        for o in outs {
-            let sampled = o.text.trim().to_string();
-            if !seen.insert(sampled.clone()) {
-                continue;
-            }
-            let parsed = toolformer::parse_call(&sampled);
-            cands.push(Candidate {
-                text_id: *id,
-                position: *pos,
-                offset: *offset,
-                sampled,
-                tool: parsed.as_ref().map(|p| p.0.clone()),
-                args: parsed.map(|p| p.1),
-                result: None,
-                losses: None,
-                kept: false,
-                control: false,
-            });
-        }
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let cands = work::sample_calls(
+        &engine,
+        &texts,
+        &positions,
+        a.m,
+        a.temperature,
+        a.seed,
+        &mut steps(ctx, "calls"),
+    );
     engine.shutdown();
+    let cands = cands?;
     write_atomic(&a.work.join("candidates.jsonl"), &to_jsonl(&cands))?;
     let counts = StageCounts {
-        texts: todo.len(),
+        texts: n_texts,
         positions: positions.len(),
         sampled: cands.len(),
         parsed: cands.iter().filter(|c| c.tool.is_some()).count(),
         ..Default::default()
     };
-    write_counts(
+    work::write_counts(
         &a.work,
         &counts,
         &json!({"tau_s": a.tau_s, "k": a.k, "m": a.m}),
@@ -310,106 +224,24 @@ fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_counts(work: &Path, c: &StageCounts, settings: &serde_json::Value) -> anyhow::Result<()> {
-    let v = json!({"counts": c, "settings": settings});
-    write_atomic(
-        &work.join("counts.json"),
-        &serde_json::to_string_pretty(&v)?,
-    )
-}
-
-fn read_counts(work: &Path) -> (StageCounts, serde_json::Value) {
-    let v: serde_json::Value = std::fs::read_to_string(work.join("counts.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let c = serde_json::from_value(v["counts"].clone()).unwrap_or_default();
-    (c, v["settings"].clone())
-}
-
 fn execute(work: &Path) -> anyhow::Result<()> {
-    let mut cands = load_cands(work)?;
-    let tb =
-        Toolbox::new(Default::default()).with(std::sync::Arc::new(canon_agent::tools::Calculator));
-    toolformer::execute(&mut cands, &tb, 2);
-    write_atomic(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
-    let (mut c, s) = read_counts(work);
-    c.executed = cands.iter().filter(|c| c.result.is_some()).count();
-    write_counts(work, &c, &s)?;
-    eprintln!("canon: {} of {} calls executed", c.executed, cands.len());
+    let (executed, calls) = work::execute_calls(work)?;
+    eprintln!("canon: {executed} of {calls} calls executed");
     Ok(())
 }
 
 fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()> {
-    let texts = load_texts(work)?;
-    let mut cands = load_cands(work)?;
-    if let Some(c) = cands.iter().find(|c| c.text_id >= texts.len()) {
-        bail!(
-            "candidates.jsonl names text {} but texts.jsonl has {}",
-            c.text_id,
-            texts.len()
-        );
-    }
+    let texts = work::load_texts(work)?;
+    let cands = work::load_cands(work)?;
+    work::check_candidates(&texts, &cands)?;
     let lm = model_gen::load_lm(model, ctx)?;
-    let mut sc = LmScorer {
-        lm: lm.model.as_ref(),
-        tok: &lm.tokenizer,
-    };
-    let strings: Vec<String> = texts.iter().map(|t| t.text.clone()).collect();
-    cands.retain(|c| !c.control);
-    let controls: Vec<Candidate> = cands.iter().filter_map(toolformer::corrupted).collect();
-    cands.extend(controls);
-    toolformer::filter(&mut sc, &strings, &mut cands, tau_f)?;
-    write_atomic(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
-    let mut recs = String::new();
-    let mut with_call = 0;
-    for (i, t) in texts.iter().enumerate() {
-        let mine: Vec<&Candidate> = cands.iter().filter(|c| c.text_id == i).collect();
-        if let Some(aug) = toolformer::augment(&t.text, &mine) {
-            with_call += 1;
-            recs.push_str(&serde_json::to_string(
-                &json!({"prompt": "", "completion": aug}),
-            )?);
-            recs.push('\n');
-        }
-    }
-    write_atomic(&work.join("augmented.jsonl"), &recs)?;
-    let (mut c, mut s) = read_counts(work);
-    c.kept = cands.iter().filter(|c| c.kept && !c.control).count();
-    c.texts_with_a_kept_call = with_call;
-    s["tau_f"] = json!(tau_f);
-    write_counts(work, &c, &s)?;
-    // correct vs corrupted: how often calls whose result equals the text's answer pass
-    let correct = |c: &&Candidate| c.result.as_deref() == Some(texts[c.text_id].answer.as_str());
-    let scored: Vec<&Candidate> = cands
-        .iter()
-        .filter(|c| c.losses.is_some() && !c.control)
-        .collect();
-    let ctrl: Vec<&Candidate> = cands
-        .iter()
-        .filter(|c| c.control && c.losses.is_some())
-        .collect();
-    let (right, wrong): (Vec<&Candidate>, Vec<&Candidate>) =
-        scored.iter().copied().partition(|c| correct(c));
-    let rate = |v: &[&Candidate]| {
-        if v.is_empty() {
-            0.0
-        } else {
-            v.iter().filter(|c| c.kept).count() as f64 / v.len() as f64
-        }
-    };
-    println!(
-        "{}",
-        json!({"counts": c, "tau_f": tau_f,
-            "calls_with_the_right_result": right.len(), "kept_rate_right": rate(&right),
-            "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong),
-            "corrupted_controls": ctrl.len(), "kept_rate_corrupted": rate(&ctrl)})
-    );
+    let summary = work::filter_calls(work, &texts, cands, &lm, tau_f)?;
+    println!("{summary}");
     Ok(())
 }
 
 fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let texts = load_texts(&a.work)?;
+    let texts = work::load_texts(&a.work)?;
     let test: Vec<&Text> = texts
         .iter()
         .filter(|t| t.split == "test")
@@ -426,38 +258,15 @@ fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         engine: engine.clone(),
         texts: texts_tab,
     };
-    let tb = Toolbox::new(Default::default());
-    let pb = super::agent::progress(ctx, test.len(), "eval");
-    let (mut right, mut calls) = (0, 0);
-    let mut rows = String::new();
-    for t in &test {
-        let out = if a.tools {
-            toolformer::infer(&mut elm, &t.prefix, &tb, a.max_tokens)?
-        } else {
-            use canon_agent::react::AgentLm;
-            toolformer::Inference {
-                text: elm.complete(&t.prefix, &["\n".to_string()], a.max_tokens, None)?,
-                call: None,
-            }
-        };
-        // the number the text states: after the call's closing bracket when there is a call
-        let after = match out.text.rfind(']') {
-            Some(i) if out.call.is_some() => &out.text[i + 1..],
-            _ => out.text.as_str(),
-        };
-        let got = toolformer::first_number(after);
-        let ok = got.as_deref() == Some(t.answer.as_str());
-        right += usize::from(ok);
-        calls += usize::from(out.call.is_some());
-        rows.push_str(&serde_json::to_string(
-            &json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
-            "output": out.text, "call": out.call, "number": got, "correct": ok}),
-        )?);
-        rows.push('\n');
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    let out = work::eval_texts(
+        &mut elm,
+        &test,
+        a.tools,
+        a.max_tokens,
+        &mut steps(ctx, "eval"),
+    );
     engine.shutdown();
+    let (right, calls, rows) = out?;
     let file = a.work.join(if a.tools {
         "eval-tools.jsonl"
     } else {

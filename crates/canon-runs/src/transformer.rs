@@ -1,4 +1,4 @@
-//! `canon train` for `family = "transformer"` (paper 1): English→German from the gettext catalogs.
+//! Paper 1's Transformer (`family = "transformer"`): English→German from the gettext catalogs.
 //!
 //! The config has `[model]` (a `TransformerConfig`), `[data]` (a `TranslationDataConfig`: which
 //! catalogs, vocabulary, split fractions), `[train]` (the shared `TrainConfig`; `block_size` is the
@@ -8,24 +8,21 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use canon_infer::seq2seq::{DecodeOptions, translate_ids};
-use canon_models::family::{RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
 use canon_models::source::Detached;
 use canon_models::transformer::{Transformer, TransformerConfig};
 use canon_models::{Seq2SeqLm, VarStore};
 use canon_nn::SplitMix64;
+use canon_train::TrainConfig;
 use canon_train::engine::{BatchLoss, Engine, Objective};
 use canon_train::translation::{
     Batch, Encoded, LengthBuckets, TranslationDataConfig, batch_loss, check_specials, encode_pairs,
     load_pairs, make_batch, train_shared_bpe,
 };
-use canon_train::{Param, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use super::write_atomic;
-use crate::Ctx;
+use crate::{Context, FamilySetup, Report, Result, RunDir, bail, chain, err};
 
 fn d_ls() -> f64 {
     0.1
@@ -55,7 +52,7 @@ impl Default for MtOptions {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtRunConfig {
     pub model: TransformerConfig,
@@ -66,18 +63,14 @@ pub struct MtRunConfig {
 }
 
 /// Reads and checks the whole config (`path` names it in errors).
-pub fn read_mt_config(config: &toml::Value, path: &Path) -> anyhow::Result<MtRunConfig> {
+pub fn parse(config: &toml::Value, path: &Path) -> Result<MtRunConfig> {
     let f = path.display();
     let cfg: MtRunConfig = config
         .clone()
         .try_into()
         .with_context(|| format!("invalid config {f}"))?;
-    cfg.data
-        .validate()
-        .map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
-    cfg.train
-        .validate()
-        .map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    cfg.data.validate().map_err(|m| err!("{f}: {m}"))?;
+    cfg.train.validate().map_err(|m| err!("{f}: {m}"))?;
     let ls = cfg.translation.label_smoothing;
     if !(0.0..1.0).contains(&ls) {
         bail!("{f}: translation.label_smoothing must be in [0, 1), found {ls}");
@@ -119,7 +112,7 @@ impl MtObjective {
         batch_size: usize,
         eval_batches: usize,
         opts: &MtOptions,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         if train.is_empty() || valid.is_empty() {
             bail!("translation: the training and validation splits must not be empty");
         }
@@ -157,13 +150,13 @@ pub fn translate_encoded(
     tok: &Tokenizer,
     srcs: &[Vec<u32>],
     opts: &DecodeOptions,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>> {
     let hyps = translate_ids(model, srcs, pad, opts)?;
     hyps.iter()
         .map(|h| {
             tok.decode(&h.tokens, true)
                 .map(|s| s.trim().to_string())
-                .map_err(|e| anyhow::anyhow!("cannot decode a translation: {e}"))
+                .map_err(|e| err!("cannot decode a translation: {e}"))
         })
         .collect()
 }
@@ -207,7 +200,7 @@ impl Objective for MtObjective {
                 &self.bleu_src,
                 &opts,
             )
-            .map_err(|e| canon_train::TrainError::Data(format!("{e:#}")))?;
+            .map_err(|e| canon_train::TrainError::Data(chain(&e)))?;
             let b = canon_eval::bleu::corpus_bleu(&hyps, &self.bleu_ref)
                 .map_err(canon_train::TrainError::Data)?;
             out.push(("eval_bleu".into(), b.score));
@@ -218,18 +211,13 @@ impl Objective for MtObjective {
 
 /// Builds everything `canon train` needs for a Transformer run (see the module header).
 pub fn setup(
-    config: &toml::Value,
-    config_path: &Path,
-    dir: &Path,
+    mut cfg: MtRunConfig,
+    file: &Path,
+    dir: &RunDir,
     resuming: bool,
-    ctx: &Ctx,
-) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
-    let mut cfg = read_mt_config(config, config_path)?;
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    };
+    report: Report,
+) -> Result<FamilySetup> {
+    let say = |s: String| report.say(s);
     let corpus = load_pairs(&cfg.data)?;
     say(format!(
         "{} catalogs in {}: {} sentence pairs (train {}, valid {}, test {})",
@@ -240,16 +228,11 @@ pub fn setup(
         corpus.valid.len(),
         corpus.test.len()
     ));
-    let tok_path = dir.join(RUN_TOKENIZER_FILE);
     let tok = if resuming {
-        Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tok_path.display()))?
+        dir.read_tokenizer()?
     } else {
         let t = train_shared_bpe(&corpus.train, cfg.data.vocab_size)?;
-        let text = t
-            .to_string(false)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tok_path.display()))?;
-        crate::cmd::write_atomic(&tok_path, &text)?;
+        dir.write_tokenizer(&t)?;
         t
     };
     let (pad, bos, eos) = check_specials(&tok)?;
@@ -257,7 +240,7 @@ pub fn setup(
     (cfg.model.pad_id, cfg.model.bos_id, cfg.model.eos_id) = (pad, bos, eos);
     cfg.model
         .validate()
-        .map_err(|m| anyhow::anyhow!("{}: {m}", config_path.display()))?;
+        .map_err(|m| err!("{}: {m}", file.display()))?;
     let max_len = cfg.train.block_size;
     let (train, dropped) = encode_pairs(&tok, &corpus.train, max_len)?;
     let (valid_all, _) = encode_pairs(&tok, &corpus.valid, usize::MAX)?;
@@ -273,10 +256,7 @@ pub fn setup(
         train.len(),
         dropped
     ));
-    write_atomic(
-        &dir.join(RUN_MODEL_FILE),
-        &serde_json::to_string_pretty(&cfg.model)?,
-    )?;
+    dir.write_model_json(&cfg.model)?;
     let store = VarStore::new_random(cfg.train.seed, cfg.model.init_policy());
     let model = Transformer::load(cfg.model.clone(), &store)?;
     let params = Engine::params_of(&store);

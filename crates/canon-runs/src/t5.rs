@@ -1,4 +1,4 @@
-//! `canon train` for T5 (paper 8): `[t5] stage = "span_corruption"` pre-trains on a corpus with
+//! T5 (paper 8, `[model] family = "t5"`): `[t5] stage = "span_corruption"` pre-trains on a corpus with
 //! span corruption; `stage = "multitask"` trains text-to-text tasks with prefixes, from a
 //! pre-trained run folder (`init_from`) or from scratch.
 //!
@@ -10,18 +10,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use canon_eval::bleu::corpus_bleu;
 use canon_infer::seq2seq::DecodeOptions;
 use canon_models::VarStore;
-use canon_models::family::{
-    CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
-};
+use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE};
 use canon_models::source::Detached;
 use canon_models::t5::{T5, T5Config};
 use canon_nn::SplitMix64;
 use canon_train::TrainError;
-use canon_train::data::{self, Corpus};
 use canon_train::engine::{BatchLoss, Engine, Objective};
 use canon_train::span_corruption::SpanConfig;
 use canon_train::t5_train::tasks::{self, TextRecord};
@@ -29,12 +25,15 @@ use canon_train::t5_train::{
     Mixture, Source, SpecialIds, Stage, T5Objective, encode_records, spread, t5_tokenizer,
 };
 use canon_train::translation::TranslationDataConfig;
-use canon_train::{Param, TokenData, TrainConfig};
+use canon_train::{TokenData, TrainConfig};
 use serde::Deserialize;
 
-use super::train_transformer::translate_encoded;
-use super::write_atomic;
-use crate::Ctx;
+use crate::config::{model_table, optional_table};
+use crate::transformer::translate_encoded;
+use crate::{
+    Context, FamilySetup, Report, Result, RunDir, bail, chain, err, load_text_corpus,
+    python_stdlib_dir,
+};
 
 fn d_vocab() -> usize {
     4096
@@ -67,124 +66,54 @@ fn d_generate() -> usize {
     64
 }
 
-#[derive(Debug, Deserialize)]
+/// The `[data]` table of a T5 run.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DataSection {
+pub struct DataSection {
     /// `python-docs`, `python-stdlib`, or a text file or folder (span corruption; for the multitask
     /// stage from scratch, the tokenizer is trained on the task texts instead).
     #[serde(default)]
-    corpus: Option<String>,
+    pub corpus: Option<String>,
     #[serde(default = "d_vocab")]
-    vocab_size: usize,
+    pub vocab_size: usize,
     #[serde(default = "d_extra")]
-    extra_ids: usize,
+    pub extra_ids: usize,
     #[serde(default = "d_max_bytes")]
-    max_bytes: usize,
+    pub max_bytes: usize,
     #[serde(default = "d_val")]
-    val_fraction: f64,
+    pub val_fraction: f64,
 }
 
-#[derive(Debug, Deserialize)]
+/// The `[t5]` table.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct T5Section {
-    stage: Stage,
+    pub stage: Stage,
     #[serde(default = "d_density")]
-    noise_density: f64,
+    pub noise_density: f64,
     #[serde(default = "d_span")]
-    mean_span: f64,
+    pub mean_span: f64,
     /// A pre-trained run folder (multitask stage).
     #[serde(default)]
-    init_from: Option<PathBuf>,
+    pub init_from: Option<PathBuf>,
     /// `function_name`, `stdlib_group`, `translate_en_de`, `jsonl:PATH` (multitask stage).
     #[serde(default)]
-    tasks: Vec<String>,
+    pub tasks: Vec<String>,
     /// T5's `K` of examples-proportional mixing (0 = no limit).
     #[serde(default)]
-    mixing_cap: usize,
+    pub mixing_cap: usize,
     /// Packages of the `stdlib_group` task.
     #[serde(default = "d_groups")]
-    groups: Vec<String>,
+    pub groups: Vec<String>,
     #[serde(default = "d_snippet")]
-    snippet_bytes: usize,
+    pub snippet_bytes: usize,
     /// The locale root of the `translate_en_de` task's catalogs.
     #[serde(default = "d_locale")]
-    locale_dir: String,
+    pub locale_dir: String,
     /// Held-out examples per task decoded greedily at each evaluation (exact match, and BLEU for
     /// `translate_en_de`); 0 = none.
     #[serde(default = "d_generate")]
-    generate_eval: usize,
-}
-
-fn table<T: serde::de::DeserializeOwned>(
-    cfg: &toml::Value,
-    key: &str,
-    file: &Path,
-) -> anyhow::Result<T> {
-    let v = cfg
-        .get(key)
-        .cloned()
-        .unwrap_or_else(|| toml::Value::Table(Default::default()));
-    v.try_into()
-        .with_context(|| format!("{}: invalid [{key}] table", file.display()))
-}
-
-fn save_tokenizer(tok: &tokenizers::Tokenizer, path: &Path) -> anyhow::Result<()> {
-    let text = tok
-        .to_string(false)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-    crate::cmd::write_atomic(path, &text)
-}
-
-fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
-    tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
-}
-
-/// `model.json`: the T5 config tagged with `"family": "t5"`.
-fn write_model_json(dir: &Path, cfg: &T5Config) -> anyhow::Result<()> {
-    let mut v = serde_json::to_value(cfg)?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("family".into(), "t5".into());
-    }
-    write_atomic(
-        &dir.join(RUN_MODEL_FILE),
-        &serde_json::to_string_pretty(&v)?,
-    )
-}
-
-/// Reads a run folder's `model.json` written by `write_model_json`.
-pub fn read_model_json(dir: &Path) -> anyhow::Result<T5Config> {
-    let p = dir.join(RUN_MODEL_FILE);
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let mut v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", p.display()))?;
-    match v.as_object_mut().and_then(|o| o.remove("family")) {
-        Some(f) if f == "t5" => {}
-        other => bail!("{}: expected family \"t5\", found {other:?}", p.display()),
-    }
-    serde_json::from_value(v).with_context(|| format!("{}: invalid T5 config", p.display()))
-}
-
-/// `[model]` without its `family` key.
-fn model_table(cfg: &toml::Value) -> toml::Value {
-    let mut m = cfg
-        .get("model")
-        .cloned()
-        .unwrap_or_else(|| toml::Value::Table(Default::default()));
-    if let Some(t) = m.as_table_mut() {
-        t.remove("family");
-    }
-    m
-}
-
-fn load_corpus(spec: &str, max_bytes: usize) -> anyhow::Result<Corpus> {
-    Ok(match spec {
-        "python-stdlib" => data::python_stdlib(&super::train::python_stdlib_dir()?, max_bytes)?,
-        "python-docs" => data::python_docs(&super::train::python_stdlib_dir()?, max_bytes)?,
-        p => data::text_path(Path::new(p), max_bytes)
-            .with_context(|| format!("data.corpus = '{p}'"))?,
-    })
+    pub generate_eval: usize,
 }
 
 /// A task's name and its (train, test) records.
@@ -209,7 +138,7 @@ pub fn en_de_catalogs(locale_dir: &str) -> TranslationDataConfig {
 }
 
 /// Builds the (train, test) records of each task named in `[t5] tasks`.
-fn task_records(t: &T5Section, file: &Path) -> anyhow::Result<Vec<TaskSplit>> {
+fn task_records(t: &T5Section, file: &Path) -> Result<Vec<TaskSplit>> {
     if t.tasks.is_empty() {
         bail!(
             "{}: [t5] tasks is empty; name at least one of function_name, stdlib_group, translate_en_de, jsonl:PATH",
@@ -219,11 +148,11 @@ fn task_records(t: &T5Section, file: &Path) -> anyhow::Result<Vec<TaskSplit>> {
     let mut out = Vec::new();
     for name in &t.tasks {
         let (train, test) = match name.as_str() {
-            "function_name" => tasks::function_name_task(&super::train::python_stdlib_dir()?)?,
+            "function_name" => tasks::function_name_task(&python_stdlib_dir()?)?,
             "translate_en_de" => tasks::translation_task(&en_de_data(t))?,
             "stdlib_group" => {
                 let g: Vec<&str> = t.groups.iter().map(String::as_str).collect();
-                tasks::stdlib_group_task(&super::train::python_stdlib_dir()?, &g, t.snippet_bytes)?
+                tasks::stdlib_group_task(&python_stdlib_dir()?, &g, t.snippet_bytes)?
             }
             other => match other.strip_prefix("jsonl:") {
                 Some(p) => tasks::split_every_fourth(tasks::jsonl_records(Path::new(p), other)?),
@@ -238,49 +167,37 @@ fn task_records(t: &T5Section, file: &Path) -> anyhow::Result<Vec<TaskSplit>> {
     Ok(out)
 }
 
-pub fn setup(
-    config: &toml::Value,
-    config_path: &Path,
-    dir: &Path,
-    resuming: bool,
-    ctx: &Ctx,
-) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
+/// The typed sections of a T5 run.
+#[derive(Debug, Clone)]
+pub struct T5RunConfig {
+    /// `[model]` without `family`: `None` when the run starts from `[t5] init_from` (the
+    /// architecture is the pre-trained run's).
+    pub model: Option<T5Config>,
+    pub data: DataSection,
+    pub t5: T5Section,
+    pub train: TrainConfig,
+    /// `noise_density` and `mean_span` of `[t5]`, checked.
+    pub span: SpanConfig,
+}
+
+/// Types and checks a T5 config.
+pub fn parse(config: &toml::Value, config_path: &Path) -> Result<T5RunConfig> {
     let f = config_path.display();
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    };
-    let train: TrainConfig = table(config, "train", config_path)?;
-    train.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
-    let data_cfg: DataSection = table(config, "data", config_path)?;
-    let t5: T5Section = table(config, "t5", config_path)?;
+    let train: TrainConfig = optional_table(config, "train", config_path)?;
+    train.validate().map_err(|m| err!("{f}: {m}"))?;
+    let data: DataSection = optional_table(config, "data", config_path)?;
+    let t5: T5Section = optional_table(config, "t5", config_path)?;
     let span = SpanConfig {
         noise_density: t5.noise_density,
         mean_span: t5.mean_span,
     };
-    span.validate()
-        .map_err(|m| anyhow::anyhow!("{f}: [t5] {m}"))?;
-    let tok_path = dir.join(RUN_TOKENIZER_FILE);
-    let block = train.block_size;
-
-    // The model config, tokenizer and initial weights.
-    let (tok, cfg, store) = match (&t5.init_from, resuming) {
-        (_, true) => {
-            // The checkpoint holds every weight; build the same shapes, then the engine loads it.
-            let tok = load_tokenizer(&tok_path)?;
-            let cfg = read_model_json(dir)?;
-            let store = VarStore::new_random(train.seed, cfg.init_policy());
-            (tok, cfg, store)
-        }
-        (Some(from), false) => {
+    span.validate().map_err(|m| err!("{f}: [t5] {m}"))?;
+    let model = match &t5.init_from {
+        Some(from) => {
             if t5.stage != Stage::Multitask {
                 bail!("{f}: [t5] init_from is for stage = \"multitask\"");
             }
-            let extra: Vec<String> = model_table(config)
-                .as_table()
-                .map(|t| t.keys().cloned().collect())
-                .unwrap_or_default();
+            let extra: Vec<String> = model_table(config).keys().cloned().collect();
             if !extra.is_empty() {
                 bail!(
                     "{f}: with [t5] init_from, [model] takes only `family` (the architecture comes from {}); found {}",
@@ -288,7 +205,58 @@ pub fn setup(
                     extra.join(", ")
                 );
             }
-            let tok = load_tokenizer(&from.join(RUN_TOKENIZER_FILE))?;
+            None
+        }
+        None => Some(
+            toml::Value::Table(model_table(config))
+                .try_into()
+                .with_context(|| format!("{f}: invalid [model] table for family t5"))?,
+        ),
+    };
+    Ok(T5RunConfig {
+        model,
+        data,
+        t5,
+        train,
+        span,
+    })
+}
+
+/// `model.json` of a T5 run folder.
+pub fn read_model_json(dir: &Path) -> Result<T5Config> {
+    RunDir::new(dir).read_model_json_tagged("t5", "T5")
+}
+
+/// Builds everything `canon train` needs for a T5 run (see the module header).
+pub fn setup(
+    run: T5RunConfig,
+    config_path: &Path,
+    dir: &RunDir,
+    resuming: bool,
+    report: Report,
+) -> Result<FamilySetup> {
+    let f = config_path.display();
+    let say = |s: String| report.say(s);
+    let T5RunConfig {
+        model,
+        data: data_cfg,
+        t5,
+        train,
+        span,
+    } = run;
+    let block = train.block_size;
+
+    // The model config, tokenizer and initial weights.
+    let (tok, cfg, store) = match (&t5.init_from, resuming) {
+        (_, true) => {
+            // The checkpoint holds every weight; build the same shapes, then the engine loads it.
+            let tok = dir.read_tokenizer()?;
+            let cfg = read_model_json(dir.path())?;
+            let store = VarStore::new_random(train.seed, cfg.init_policy());
+            (tok, cfg, store)
+        }
+        (Some(from), false) => {
+            let tok = RunDir::new(from).read_tokenizer()?;
             let cfg = read_model_json(from)?;
             let ckpt = from.join(RUN_CHECKPOINT_FILE);
             let store =
@@ -298,15 +266,15 @@ pub fn setup(
             (tok, cfg, store)
         }
         (None, false) => {
-            let mut cfg: T5Config = model_table(config)
-                .try_into()
+            let mut cfg: T5Config = model
+                .clone()
                 .with_context(|| format!("{f}: invalid [model] table for family t5"))?;
             let docs: Vec<String> = match t5.stage {
                 Stage::SpanCorruption => {
                     let spec = data_cfg.corpus.as_deref().with_context(|| {
                         format!("{f}: [data] corpus is required for span corruption")
                     })?;
-                    load_corpus(spec, data_cfg.max_bytes)?.docs
+                    load_text_corpus(spec, data_cfg.max_bytes)?.docs
                 }
                 Stage::Multitask => task_records(&t5, config_path)?
                     .into_iter()
@@ -331,7 +299,7 @@ pub fn setup(
             tok.get_vocab_size(true)
         );
     }
-    cfg.validate().map_err(|m| anyhow::anyhow!("{f}: {m}"))?;
+    cfg.validate().map_err(|m| err!("{f}: {m}"))?;
     if block > cfg.max_seq_len {
         bail!(
             "{f}: train.block_size ({block}) exceeds model.max_seq_len ({})",
@@ -339,8 +307,8 @@ pub fn setup(
         );
     }
     if !resuming {
-        save_tokenizer(&tok, &tok_path)?;
-        write_model_json(dir, &cfg)?;
+        dir.write_tokenizer(&tok)?;
+        dir.write_model_json_tagged("t5", &cfg)?;
     }
     let model = T5::load(cfg.clone(), &store)?;
 
@@ -350,7 +318,7 @@ pub fn setup(
                 .corpus
                 .as_deref()
                 .with_context(|| format!("{f}: [data] corpus is required for span corruption"))?;
-            let corpus = load_corpus(spec, data_cfg.max_bytes)?;
+            let corpus = load_text_corpus(spec, data_cfg.max_bytes)?;
             say(format!(
                 "corpus {}: {} documents, {:.1} MB",
                 corpus.name,
@@ -496,8 +464,9 @@ impl GenerativeEval {
         let pad = self.inner.ids.pad;
         let mut out = Vec::with_capacity(srcs.len());
         for chunk in srcs.chunks(32) {
-            let texts = translate_encoded(&model, pad, &self.tok, chunk, &opts)
-                .map_err(|e| TrainError::Data(format!("decoding held-out examples: {e:#}")))?;
+            let texts = translate_encoded(&model, pad, &self.tok, chunk, &opts).map_err(|e| {
+                TrainError::Data(format!("decoding held-out examples: {}", chain(&e)))
+            })?;
             out.extend(texts.iter().map(|t| squash(t)));
         }
         Ok(out)

@@ -1,4 +1,4 @@
-//! `canon train` for `[model] family = "distilbert"` (paper 7): a student with half the layers of
+//! DistilBERT (paper 7, `[model] family = "distilbert"`): a student with half the layers of
 //! a BERT teacher run (same width and vocabulary, no token types, no pooler), initialised from the
 //! teacher's embeddings, MLM head and one layer out of two, trained with the triple loss.
 //!
@@ -21,37 +21,36 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use canon_models::VarStore;
 use canon_models::bert_heads::{BertPretraining, bert_init_policy};
-use canon_models::family::{RUN_MODEL_FILE, RUN_TOKENIZER_FILE};
+use canon_train::TrainConfig;
 use canon_train::bert_data::{SentenceData, Specials};
 use canon_train::bert_pretrain::{BertRunModel, open_pretrained};
 use canon_train::distill::{
     Distill, DistillWeights, Frozen, init_student, layer_map, student_config,
 };
-use canon_train::engine::{Engine, Objective};
-use canon_train::{Param, TrainConfig};
-use serde::Deserialize;
+use canon_train::engine::Engine;
+use serde::{Deserialize, Serialize};
 
-use super::train_bert::{DataTable, load_corpus, model_dir, sentence_data, table};
-use super::write_atomic;
-use crate::Ctx;
+use crate::bert::{DataTable, load_corpus, sentence_data};
+use crate::config::required_table;
+use crate::{Context, FamilySetup, Report, Result, RunDir, bail, err, model_dir};
 
 fn d_teacher_init() -> String {
     "teacher".into()
 }
 
-#[derive(Debug, Deserialize)]
+/// The `[model]` table of a DistilBERT run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ModelTable {
-    #[allow(dead_code)]
-    family: String,
-    teacher: String,
-    n_layer: Option<usize>,
-    layers: Option<Vec<usize>>,
+pub struct DistilModelTable {
+    pub family: String,
+    /// A BERT run folder with an MLM head, or `minilm`.
+    pub teacher: String,
+    pub n_layer: Option<usize>,
+    pub layers: Option<Vec<usize>>,
     #[serde(default = "d_teacher_init")]
-    student_init: String,
+    pub student_init: String,
 }
 
 fn d_t() -> f64 {
@@ -82,26 +81,28 @@ struct DistillTable {
     restrict_ce_to_mask: bool,
 }
 
-pub fn setup(
-    config: &toml::Value,
-    config_path: &Path,
-    dir: &Path,
-    resuming: bool,
-    ctx: &Ctx,
-) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    };
+/// The typed sections of a DistilBERT run.
+#[derive(Debug, Clone)]
+pub struct DistilRunConfig {
+    pub model: DistilModelTable,
+    pub data: DataTable,
+    pub train: TrainConfig,
+    /// `[distill]`, checked.
+    pub distill: DistillWeights,
+}
+
+/// Types and checks a DistilBERT config.
+pub fn parse(config: &toml::Value, config_path: &Path) -> Result<DistilRunConfig> {
     let f = config_path.display();
-    let m: ModelTable = table(config, "model", config_path)?;
-    let d: DataTable = table(config, "data", config_path)?;
-    let train: TrainConfig = table(config, "train", config_path)?;
-    train.validate().map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
+    let m: DistilModelTable = required_table(config, "model", config_path)?;
+    let d: DataTable = required_table(config, "data", config_path)?;
+    let train: TrainConfig = required_table(config, "train", config_path)?;
+    train.validate().map_err(|e| err!("{f}: {e}"))?;
     let w: DistillTable = match config.get("distill") {
-        Some(_) => table(config, "distill", config_path)?,
-        None => toml::Value::Table(Default::default()).try_into()?,
+        Some(_) => required_table(config, "distill", config_path)?,
+        None => toml::Value::Table(Default::default())
+            .try_into()
+            .context("[distill] defaults")?,
     };
     let weights = DistillWeights {
         temperature: w.temperature,
@@ -110,11 +111,32 @@ pub fn setup(
         alpha_cos: w.alpha_cos,
         restrict_ce_to_mask: w.restrict_ce_to_mask,
     };
-    weights
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{f}: {e}"))?;
+    weights.validate().map_err(|e| err!("{f}: {e}"))?;
+    Ok(DistilRunConfig {
+        model: m,
+        data: d,
+        train,
+        distill: weights,
+    })
+}
 
-    let tdir = model_dir(&m.teacher, ctx)?;
+/// Builds everything `canon train` needs for a DistilBERT run (see the module header).
+pub fn setup(
+    cfg: DistilRunConfig,
+    config_path: &Path,
+    dir: &RunDir,
+    resuming: bool,
+    report: Report,
+) -> Result<FamilySetup> {
+    let say = |s: String| report.say(s);
+    let f = config_path.display();
+    let DistilRunConfig {
+        model: m,
+        data: d,
+        train,
+        distill: weights,
+    } = cfg;
+    let tdir = model_dir(&m.teacher, report.progress)?;
     let t =
         open_pretrained(&tdir).with_context(|| format!("{f}: model.teacher = '{}'", m.teacher))?;
     if !t.has_mlm_head {
@@ -135,7 +157,7 @@ pub fn setup(
             }
             l.clone()
         }
-        None => layer_map(tl, n).map_err(|e| anyhow::anyhow!("{f}: {e}"))?,
+        None => layer_map(tl, n).map_err(|e| err!("{f}: {e}"))?,
     };
     let scfg = student_config(&t.config, n);
     if train.block_size > scfg.max_position_embeddings {
@@ -159,10 +181,7 @@ pub fn setup(
             "random" => say(format!("student: {n} layers, randomly initialised")),
             o => bail!("{f}: model.student_init must be \"teacher\" or \"random\", found \"{o}\""),
         }
-        let tok_path = dir.join(RUN_TOKENIZER_FILE);
-        t.tokenizer
-            .save(&tok_path, false)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tok_path.display()))?;
+        dir.write_tokenizer(&t.tokenizer)?;
     }
     let corpus = load_corpus(&d, config_path)?;
     say(format!(
@@ -180,14 +199,11 @@ pub fn setup(
         data.val.len(),
         SentenceData::tokens(&data.val)
     ));
-    write_atomic(
-        &dir.join(RUN_MODEL_FILE),
-        &serde_json::to_string_pretty(&BertRunModel {
-            family: "distilbert".into(),
-            config: scfg,
-            nsp: false,
-        })?,
-    )?;
+    dir.write_model_json(&BertRunModel {
+        family: "distilbert".into(),
+        config: scfg,
+        nsp: false,
+    })?;
     let params = Engine::params_of(&store);
     say(format!(
         "student {} parameters; T = {}, α_ce {}, α_mlm {}, α_cos {}",

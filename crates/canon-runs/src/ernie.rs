@@ -1,4 +1,4 @@
-//! `canon train` for `[model] family = "ernie"` (paper 6).
+//! ERNIE (paper 6, `[model] family = "ernie"`).
 //!
 //! `[ernie] task = "pretrain"` (default): builds the standard-library knowledge graph and text
 //! (`canon_train::ernie_data`), trains TransE on the graph (`[transe]`, written to
@@ -13,10 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use canon_models::VarStore;
 use canon_models::ernie::{Ernie, ErnieConfig, init_policy};
-use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE};
+use canon_models::family::{CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE};
 use canon_models::source::WeightSource;
 use canon_nn::{Linear, Weight};
 use canon_train::engine::Objective;
@@ -26,18 +25,17 @@ use canon_train::ernie_train::{
     typing_examples, zero_table,
 };
 use canon_train::transe::{TransE, TransEConfig};
-use canon_train::{Engine, Param, TrainConfig};
+use canon_train::{Engine, TrainConfig};
 use serde::Deserialize;
 
-use super::write_atomic;
-use crate::Ctx;
+use crate::{Context, FamilySetup, Report, Result, RunDir, bail, err, python_stdlib_dir};
 
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const TRANSE_FILE: &str = "transe.safetensors";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Task {
+pub enum Task {
     #[default]
     Pretrain,
     Typing,
@@ -50,27 +48,29 @@ fn d_test() -> usize {
     4000
 }
 
-#[derive(Debug, Deserialize)]
+/// The `[data]` table of an ERNIE run.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DataToml {
+pub struct DataToml {
     /// Word vocabulary size (specials included).
     #[serde(default = "d_vocab")]
-    vocab_size: usize,
+    pub vocab_size: usize,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The `[ernie]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ErnieToml {
+pub struct ErnieToml {
     #[serde(default)]
-    task: Task,
+    pub task: Task,
     /// The pre-trained run folder a typing run starts from.
     #[serde(default)]
-    init: Option<PathBuf>,
+    pub init: Option<PathBuf>,
     #[serde(default)]
-    dea: DeaConfig,
+    pub dea: DeaConfig,
     /// Typing: at most this many held-out mentions are scored.
     #[serde(default = "d_test")]
-    max_test: usize,
+    pub max_test: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,7 +85,60 @@ struct RunToml {
     train: TrainConfig,
 }
 
-fn model_config(model: &toml::Value, file: &str) -> anyhow::Result<ErnieConfig> {
+/// The typed sections of an ERNIE run.
+#[derive(Debug, Clone)]
+pub struct ErnieRunConfig {
+    /// `[model]` of a pre-training run; `None` for a typing run, whose model is the pre-trained
+    /// run's (`ernie.init`).
+    pub model: Option<ErnieConfig>,
+    pub data: DataToml,
+    pub transe: TransEConfig,
+    pub ernie: ErnieToml,
+    pub train: TrainConfig,
+}
+
+/// Types and checks an ERNIE config.
+pub fn parse(config: &toml::Value, config_path: &Path) -> Result<ErnieRunConfig> {
+    let file = config_path.display().to_string();
+    let run: RunToml = config
+        .clone()
+        .try_into()
+        .with_context(|| format!("invalid config {file}"))?;
+    run.train.validate().map_err(|m| err!("{file}: {m}"))?;
+    run.transe.validate().map_err(|m| err!("{file}: {m}"))?;
+    let d = run.ernie.dea;
+    if d.replace < 0.0 || d.mask < 0.0 || d.replace + d.mask > 1.0 {
+        bail!("{file}: ernie.dea.replace and ernie.dea.mask must be ≥ 0 and sum to at most 1");
+    }
+    let model = match run.ernie.task {
+        Task::Pretrain => Some(model_config(&run.model, &file)?),
+        Task::Typing => {
+            let init = run.ernie.init.as_ref().with_context(|| {
+                format!("{file}: a typing run needs ernie.init = \"PRETRAINED_RUN_DIR\"")
+            })?;
+            if run
+                .model
+                .as_table()
+                .is_some_and(|t| t.keys().any(|k| k != "family"))
+            {
+                bail!(
+                    "{file}: a typing run takes its model from {}; [model] holds only family",
+                    init.display()
+                );
+            }
+            None
+        }
+    };
+    Ok(ErnieRunConfig {
+        model,
+        data: run.data,
+        transe: run.transe,
+        ernie: run.ernie,
+        train: run.train,
+    })
+}
+
+fn model_config(model: &toml::Value, file: &str) -> Result<ErnieConfig> {
     let mut m = model
         .as_table()
         .with_context(|| format!("{file}: [model] must be a table"))?
@@ -97,28 +150,6 @@ fn model_config(model: &toml::Value, file: &str) -> anyhow::Result<ErnieConfig> 
     Ok(c)
 }
 
-fn read_model_json(path: &Path) -> anyhow::Result<ErnieConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("family");
-    }
-    serde_json::from_value(v).with_context(|| format!("{}: not an ERNIE model", path.display()))
-}
-
-fn write_model_json(dir: &Path, c: &ErnieConfig) -> anyhow::Result<()> {
-    let mut v = serde_json::to_value(c)?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("family".into(), "ernie".into());
-    }
-    write_atomic(
-        &dir.join(RUN_MODEL_FILE),
-        &serde_json::to_string_pretty(&v)?,
-    )
-}
-
 /// Trains TransE (every 50th triple held out for the link-prediction report) or reuses the table.
 fn entity_table(
     kg: &KnowledgeGraph,
@@ -127,7 +158,7 @@ fn entity_table(
     reuse: bool,
     seed: u64,
     say: &dyn Fn(String),
-) -> anyhow::Result<candle_core::Tensor> {
+) -> Result<candle_core::Tensor> {
     if reuse && path.exists() {
         return Ok(TransE::load_entities(path, kg.entities.len(), cfg.dim)?);
     }
@@ -159,7 +190,7 @@ fn entity_table(
 }
 
 /// Copies the parameters of a pre-trained run's checkpoint into `vs` (every name but `skip_prefix`).
-fn load_pretrained(vs: &VarStore, ckpt: &Path, skip_prefix: &str) -> anyhow::Result<()> {
+pub fn load_pretrained(vs: &VarStore, ckpt: &Path, skip_prefix: &str) -> Result<()> {
     let m = candle_core::safetensors::load(ckpt, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot read {}", ckpt.display()))?;
     for (name, var, _) in vs.vars() {
@@ -183,35 +214,17 @@ fn load_pretrained(vs: &VarStore, ckpt: &Path, skip_prefix: &str) -> anyhow::Res
     Ok(())
 }
 
+/// Builds everything `canon train` needs for an ERNIE run (see the module header).
 pub fn setup(
-    config: &toml::Value,
+    run: ErnieRunConfig,
     config_path: &Path,
-    dir: &Path,
+    dir: &RunDir,
     resuming: bool,
-    ctx: &Ctx,
-) -> anyhow::Result<(Vec<Param>, TrainConfig, Box<dyn Objective>)> {
+    report: Report,
+) -> Result<FamilySetup> {
     let file = config_path.display().to_string();
-    let run: RunToml = config
-        .clone()
-        .try_into()
-        .with_context(|| format!("invalid config {file}"))?;
-    run.train
-        .validate()
-        .map_err(|m| anyhow::anyhow!("{file}: {m}"))?;
-    run.transe
-        .validate()
-        .map_err(|m| anyhow::anyhow!("{file}: {m}"))?;
-    let d = run.ernie.dea;
-    if d.replace < 0.0 || d.mask < 0.0 || d.replace + d.mask > 1.0 {
-        bail!("{file}: ernie.dea.replace and ernie.dea.mask must be ≥ 0 and sum to at most 1");
-    }
-    let quiet = ctx.quiet;
-    let say = move |s: String| {
-        if !quiet {
-            eprintln!("canon: {s}");
-        }
-    };
-    let stdlib = super::train::python_stdlib_dir()?;
+    let say = move |s: String| report.say(s);
+    let stdlib = python_stdlib_dir()?;
     let files = stdlib_sources(&stdlib)?;
     let kg = KnowledgeGraph::build(&files);
     let units = text_units(&files);
@@ -226,7 +239,10 @@ pub fn setup(
 
     let (mut mc, vocab, table_src) = match run.ernie.task {
         Task::Pretrain => {
-            let mc = model_config(&run.model, &file)?;
+            let mc = run
+                .model
+                .clone()
+                .with_context(|| format!("{file}: a pre-training run needs a [model] table"))?;
             let vpath = dir.join(VOCAB_FILE);
             let vocab = if resuming {
                 Vocab::load(&vpath)?
@@ -241,30 +257,19 @@ pub fn setup(
                 v.save(&vpath)?;
                 v
             };
-            (mc, vocab, dir.to_path_buf())
+            (mc, vocab, dir.path().to_path_buf())
         }
         Task::Typing => {
             let init = run.ernie.init.clone().with_context(|| {
                 format!("{file}: a typing run needs ernie.init = \"PRETRAINED_RUN_DIR\"")
             })?;
-            if run
-                .model
-                .as_table()
-                .is_some_and(|t| t.keys().any(|k| k != "family"))
-            {
-                bail!(
-                    "{file}: a typing run takes its model from {}; [model] holds only family",
-                    init.display()
-                );
-            }
-            let mc = read_model_json(&init.join(RUN_MODEL_FILE))?;
+            let mc = RunDir::new(&init).read_model_json_untagged("an ERNIE model")?;
             let vocab = Vocab::load(&init.join(VOCAB_FILE))?;
             (mc, vocab, init)
         }
     };
     mc.vocab_size = vocab.len();
-    mc.validate()
-        .map_err(|m| anyhow::anyhow!("{file}: [model] {m}"))?;
+    mc.validate().map_err(|m| err!("{file}: [model] {m}"))?;
     if block > mc.max_position_embeddings {
         bail!(
             "{file}: train.block_size ({block}) exceeds model.max_position_embeddings ({})",
@@ -325,7 +330,7 @@ pub fn setup(
         kinds: kg.entities.iter().map(|e| e.kind).collect(),
         vocab_size: vocab.len(),
     });
-    write_model_json(dir, &mc)?;
+    dir.write_model_json_tagged("ernie", &mc)?;
 
     let vs = VarStore::new_random(seed, init_policy());
     let model = Ernie::load(mc.clone(), &vs)?;

@@ -1,0 +1,141 @@
+//! Running ReAct (paper 23) over a question set: demonstrations drawn one kind after another,
+//! the oracle's trajectories as fine-tuning records, episodes in parallel on the batched engine,
+//! and the per-mode score.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use crate::react::{self, EngineLm, Episode, LoopConfig, Mode, Wiki, WikiEnv};
+use crate::react_data::Question;
+use crate::tools::Limits;
+use crate::{AgentError, Result};
+
+/// `shots` oracle demonstrations of train questions, one kind after another.
+pub fn demos_for(qs: &[Question], wiki: &Arc<Wiki>, mode: Mode, shots: usize) -> Vec<String> {
+    let mut kinds: Vec<&str> = qs.iter().map(|q| q.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    let mut by_kind: Vec<Vec<&Question>> = kinds
+        .iter()
+        .map(|k| {
+            qs.iter()
+                .filter(|q| q.split == "train" && q.kind == *k)
+                .collect()
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < shots && by_kind.iter().any(|v| !v.is_empty()) {
+        let k = i % by_kind.len();
+        if !by_kind[k].is_empty() {
+            let q = by_kind[k].remove(0);
+            out.push(react::demonstration(q, &WikiEnv::new(wiki.clone()), mode));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The oracle's trajectories of `run` under each mode, as JSONL records `{prompt, completion}`
+/// (the prompt holds the demonstrations and the question).
+pub fn oracle_records(
+    qs: &[Question],
+    run: &[&Question],
+    wiki: &Arc<Wiki>,
+    modes: &[Mode],
+    shots: usize,
+) -> String {
+    let mut text = String::new();
+    for m in modes {
+        let demos = demos_for(qs, wiki, *m, shots);
+        for q in run {
+            let full = react::demonstration(q, &WikiEnv::new(wiki.clone()), *m);
+            let head = format!("Question: {}\n", q.question);
+            let p = react::prompt(*m, &demos, &q.question);
+            let completion = full.strip_prefix(&head).unwrap_or(&full);
+            text.push_str(&json!({"prompt": p, "completion": completion}).to_string());
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Runs one episode per question on `parallel` threads sharing the engine; returns the episodes
+/// in question order. `on_done()` is called after each episode.
+pub fn run_episodes(
+    elm: &EngineLm,
+    run: &[&Question],
+    demos: &[String],
+    cfg: &LoopConfig,
+    wiki: &Arc<Wiki>,
+    parallel: usize,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<Vec<Episode>> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Result<(usize, Episode)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..parallel.min(run.len()))
+            .map(|_| {
+                let mut lm = elm.clone();
+                let next = &next;
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= run.len() {
+                            break;
+                        }
+                        let env = WikiEnv::new(wiki.clone());
+                        let tb = react::episode_tools(&env, &[], Limits::default());
+                        let r =
+                            react::run_episode(&mut lm, &tb, demos, run[i], cfg).map(|e| (i, e));
+                        on_done();
+                        out.push(r);
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(AgentError::Task("an episode thread panicked".into()))]
+                })
+            })
+            .collect()
+    });
+    let mut eps: Vec<(usize, Episode)> = results.into_iter().collect::<Result<_>>()?;
+    eps.sort_by_key(|e| e.0);
+    Ok(eps.into_iter().map(|e| e.1).collect())
+}
+
+/// The score of one mode's episodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub questions: usize,
+    pub correct: usize,
+    pub finished: usize,
+    pub steps: usize,
+    pub invalid_actions: usize,
+}
+
+impl Score {
+    pub fn of(eps: &[Episode]) -> Score {
+        Score {
+            questions: eps.len(),
+            correct: eps.iter().filter(|e| e.exact_match).count(),
+            finished: eps.iter().filter(|e| e.finished).count(),
+            steps: eps.iter().map(|e| e.steps.len()).sum(),
+            invalid_actions: eps
+                .iter()
+                .flat_map(|e| &e.steps)
+                .filter(|s| s.observation.starts_with("Invalid action"))
+                .count(),
+        }
+    }
+
+    pub fn exact_match(&self) -> f64 {
+        self.correct as f64 / self.questions as f64
+    }
+}

@@ -1,0 +1,339 @@
+//! Toolformer's pipeline over a work folder (`canon toolformer`): `texts.jsonl`,
+//! `candidates.jsonl` (every call with its position, probability, result, losses and decision),
+//! `augmented.jsonl` and `counts.json`; each stage reads what the previous one wrote, so each can
+//! be rerun alone.
+
+use std::path::Path;
+
+use canon_models::LoadedLm;
+use serde_json::json;
+
+use crate::react::{AgentLm, EngineLm};
+use crate::react_data::{from_jsonl, to_jsonl};
+use crate::toolformer::{
+    self, Candidate, LmScorer, Position, Scorer, StageCounts, Text, top_positions,
+};
+use crate::tools::Toolbox;
+use crate::{AgentError, Result};
+
+/// Writes `text` atomically ("cannot write PATH: ..." on failure).
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    canon_fs::write_atomic(path, text.as_bytes()).map_err(|e| AgentError::Io {
+        path: format!("cannot write {}", path.display()),
+        source: e,
+    })
+}
+
+fn infer_err(e: canon_infer::InferError) -> AgentError {
+    AgentError::Task(e.to_string())
+}
+
+/// Writes `texts.jsonl`: arithmetic texts from the package database at `status`; returns how
+/// many texts and how many of them are test texts.
+pub fn write_texts(work: &Path, status: &Path, n: usize, seed: u64) -> Result<(usize, usize)> {
+    let text = std::fs::read_to_string(status).map_err(|e| AgentError::Io {
+        path: format!("cannot read the package database {}", status.display()),
+        source: e,
+    })?;
+    let texts = toolformer::arithmetic_texts(&text, n, seed, 4);
+    if texts.is_empty() {
+        return Err(AgentError::Task(format!(
+            "{}: expected packages with Installed-Size fields, found too few",
+            status.display()
+        )));
+    }
+    std::fs::create_dir_all(work).map_err(|e| AgentError::Io {
+        path: format!("cannot create {}", work.display()),
+        source: e,
+    })?;
+    write_text(&work.join("texts.jsonl"), &to_jsonl(&texts))?;
+    let test = texts.iter().filter(|t| t.split == "test").count();
+    Ok((texts.len(), test))
+}
+
+/// Reads `texts.jsonl` of a work folder.
+pub fn load_texts(work: &Path) -> Result<Vec<Text>> {
+    let p = work.join("texts.jsonl");
+    if !p.exists() {
+        return Err(AgentError::Task(format!(
+            "expected {} (run `canon toolformer data --work {}` first), found no file",
+            p.display(),
+            work.display()
+        )));
+    }
+    from_jsonl(&p)
+}
+
+/// Reads `candidates.jsonl` of a work folder.
+pub fn load_cands(work: &Path) -> Result<Vec<Candidate>> {
+    let p = work.join("candidates.jsonl");
+    if !p.exists() {
+        return Err(AgentError::Task(format!(
+            "expected {} (run `canon toolformer sample` first), found no file",
+            p.display()
+        )));
+    }
+    from_jsonl(&p)
+}
+
+/// A scored API position of a text: (text index, position, byte offset in the text, prompt).
+pub type ApiPosition = (usize, Position, usize, String);
+
+/// Stage 1: for the training texts after the three demonstrations (at most `limit`), the positions
+/// where the model puts the most probability on `[` (at most `k` per text, p ≥ `tau_s`). Returns
+/// how many texts were scored and the positions. `on_text(done, total)` follows the texts.
+pub fn sample_positions(
+    lm: &LoadedLm,
+    texts: &[Text],
+    limit: usize,
+    tau_s: f64,
+    k: usize,
+    on_text: &mut dyn FnMut(usize, usize),
+) -> Result<(usize, Vec<ApiPosition>)> {
+    let train: Vec<&Text> = texts.iter().filter(|t| t.split == "train").collect();
+    if train.len() < 4 {
+        return Err(AgentError::Task(format!(
+            "expected at least 4 train texts, found {}",
+            train.len()
+        )));
+    }
+    let demos: Vec<&Text> = train[..3].to_vec();
+    let todo: Vec<(usize, &Text)> = texts
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.split == "train")
+        .skip(3)
+        .take(limit)
+        .collect();
+    let api: Vec<u32> = ["[", " ["]
+        .iter()
+        .filter_map(|s| lm.tokenizer.encode(s, false).ok())
+        .filter(|ids| ids.len() == 1)
+        .map(|ids| ids[0])
+        .collect();
+    if api.is_empty() {
+        return Err(AgentError::Task(
+            "the tokenizer has no single token for '[': cannot score API positions".into(),
+        ));
+    }
+    let mut positions = Vec::new();
+    let mut sc = LmScorer {
+        lm: lm.model.as_ref(),
+        tok: &lm.tokenizer,
+    };
+    on_text(0, todo.len());
+    for (n, (id, t)) in todo.iter().enumerate() {
+        let p = toolformer::calculator_prompt(&demos, &t.text);
+        let c = sc.encode(&p)?;
+        let x = sc.encode(&t.text)?;
+        let probs = sc.next_probs(&c, &x, &api)?;
+        for pos in top_positions(&probs, tau_s, k) {
+            let offset = toolformer::token_offset(&sc, &x, pos.token)?;
+            positions.push((*id, pos, offset, p.clone()));
+        }
+        on_text(n + 1, todo.len());
+    }
+    Ok((todo.len(), positions))
+}
+
+/// Stage 2: `m` sampled calls per position through the batched engine (temperature, seeds
+/// `seed + j`), deduplicated per position and parsed. `on_position(done, total)` follows them.
+pub fn sample_calls(
+    engine: &canon_infer::Engine,
+    texts: &[Text],
+    positions: &[ApiPosition],
+    m: usize,
+    temperature: f32,
+    seed: u64,
+    on_position: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Candidate>> {
+    let mut cands = Vec::new();
+    on_position(0, positions.len());
+    for (n, (id, pos, offset, prompt)) in positions.iter().enumerate() {
+        let head = texts[*id].text[..*offset].trim_end();
+        let p = format!("{prompt}{head} [");
+        let ids = engine
+            .tokenizer()
+            .encode(&p, false)
+            .map_err(|e| AgentError::Text(e.to_string()))?;
+        let reqs = (0..m)
+            .map(|j| {
+                let mut r = canon_infer::Request::new(ids.clone(), 24);
+                r.sampling = canon_infer::SamplingConfig {
+                    temperature,
+                    seed: seed.wrapping_add(j as u64),
+                    ..Default::default()
+                };
+                r.stop = vec!["]".into(), "->".into(), "\n".into()];
+                r
+            })
+            .collect();
+        let outs = engine.generate_batch(reqs).map_err(infer_err)?;
+        let mut seen = std::collections::HashSet::new();
+        for o in outs {
+            let sampled = o.text.trim().to_string();
+            if !seen.insert(sampled.clone()) {
+                continue;
+            }
+            let parsed = toolformer::parse_call(&sampled);
+            cands.push(Candidate {
+                text_id: *id,
+                position: *pos,
+                offset: *offset,
+                sampled,
+                tool: parsed.as_ref().map(|p| p.0.clone()),
+                args: parsed.map(|p| p.1),
+                result: None,
+                losses: None,
+                kept: false,
+                control: false,
+            });
+        }
+        on_position(n + 1, positions.len());
+    }
+    Ok(cands)
+}
+
+/// Writes `counts.json` (the stage counts and the settings that produced them).
+pub fn write_counts(work: &Path, c: &StageCounts, settings: &serde_json::Value) -> Result<()> {
+    let v = json!({"counts": c, "settings": settings});
+    let text = serde_json::to_string_pretty(&v).map_err(|e| AgentError::Task(e.to_string()))?;
+    write_text(&work.join("counts.json"), &text)
+}
+
+/// `counts.json` (empty counts when there is none yet).
+pub fn read_counts(work: &Path) -> (StageCounts, serde_json::Value) {
+    let v: serde_json::Value = std::fs::read_to_string(work.join("counts.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let c = serde_json::from_value(v["counts"].clone()).unwrap_or_default();
+    (c, v["settings"].clone())
+}
+
+/// Stage 3: runs every parsed call on the calculator; returns (executed, calls).
+pub fn execute_calls(work: &Path) -> Result<(usize, usize)> {
+    let mut cands = load_cands(work)?;
+    let tb = Toolbox::new(Default::default()).with(std::sync::Arc::new(crate::tools::Calculator));
+    toolformer::execute(&mut cands, &tb, 2);
+    write_text(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
+    let (mut c, s) = read_counts(work);
+    c.executed = cands.iter().filter(|c| c.result.is_some()).count();
+    write_counts(work, &c, &s)?;
+    Ok((c.executed, cands.len()))
+}
+
+/// Checks that every candidate names a text of `texts.jsonl`.
+pub fn check_candidates(texts: &[Text], cands: &[Candidate]) -> Result<()> {
+    if let Some(c) = cands.iter().find(|c| c.text_id >= texts.len()) {
+        return Err(AgentError::Task(format!(
+            "candidates.jsonl names text {} but texts.jsonl has {}",
+            c.text_id,
+            texts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Stage 4: scores every executed call and a corrupted control per call with `lm`, keeps those
+/// with L⁻ − L⁺ ≥ `tau_f`, writes `candidates.jsonl`, `augmented.jsonl` and `counts.json`, and
+/// returns the summary (kept rates of calls with the right result, another result, and controls).
+pub fn filter_calls(
+    work: &Path,
+    texts: &[Text],
+    mut cands: Vec<Candidate>,
+    lm: &LoadedLm,
+    tau_f: f64,
+) -> Result<serde_json::Value> {
+    let mut sc = LmScorer {
+        lm: lm.model.as_ref(),
+        tok: &lm.tokenizer,
+    };
+    let strings: Vec<String> = texts.iter().map(|t| t.text.clone()).collect();
+    cands.retain(|c| !c.control);
+    let controls: Vec<Candidate> = cands.iter().filter_map(toolformer::corrupted).collect();
+    cands.extend(controls);
+    toolformer::filter(&mut sc, &strings, &mut cands, tau_f)?;
+    write_text(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
+    let mut recs = String::new();
+    let mut with_call = 0;
+    for (i, t) in texts.iter().enumerate() {
+        let mine: Vec<&Candidate> = cands.iter().filter(|c| c.text_id == i).collect();
+        if let Some(aug) = toolformer::augment(&t.text, &mine) {
+            with_call += 1;
+            recs.push_str(&json!({"prompt": "", "completion": aug}).to_string());
+            recs.push('\n');
+        }
+    }
+    write_text(&work.join("augmented.jsonl"), &recs)?;
+    let (mut c, mut s) = read_counts(work);
+    c.kept = cands.iter().filter(|c| c.kept && !c.control).count();
+    c.texts_with_a_kept_call = with_call;
+    s["tau_f"] = json!(tau_f);
+    write_counts(work, &c, &s)?;
+    // correct vs corrupted: how often calls whose result equals the text's answer pass
+    let correct = |c: &&Candidate| c.result.as_deref() == Some(texts[c.text_id].answer.as_str());
+    let scored: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.losses.is_some() && !c.control)
+        .collect();
+    let ctrl: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.control && c.losses.is_some())
+        .collect();
+    let (right, wrong): (Vec<&Candidate>, Vec<&Candidate>) =
+        scored.iter().copied().partition(|c| correct(c));
+    let rate = |v: &[&Candidate]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().filter(|c| c.kept).count() as f64 / v.len() as f64
+        }
+    };
+    Ok(json!({"counts": c, "tau_f": tau_f,
+        "calls_with_the_right_result": right.len(), "kept_rate_right": rate(&right),
+        "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong),
+        "corrupted_controls": ctrl.len(), "kept_rate_corrupted": rate(&ctrl)}))
+}
+
+/// Continues each test text's prefix (with the calculator executed on `->` when `tools`), and
+/// checks the number it states; returns (correct, calls made, one JSON row per text).
+pub fn eval_texts(
+    elm: &mut EngineLm,
+    test: &[&Text],
+    tools: bool,
+    max_tokens: usize,
+    on_text: &mut dyn FnMut(usize, usize),
+) -> Result<(usize, usize, String)> {
+    let tb = Toolbox::new(Default::default());
+    let (mut right, mut calls) = (0, 0);
+    let mut rows = String::new();
+    on_text(0, test.len());
+    for (n, t) in test.iter().enumerate() {
+        let out = if tools {
+            toolformer::infer(elm, &t.prefix, &tb, max_tokens)?
+        } else {
+            toolformer::Inference {
+                text: elm.complete(&t.prefix, &["\n".to_string()], max_tokens, None)?,
+                call: None,
+            }
+        };
+        // the number the text states: after the call's closing bracket when there is a call
+        let after = match out.text.rfind(']') {
+            Some(i) if out.call.is_some() => &out.text[i + 1..],
+            _ => out.text.as_str(),
+        };
+        let got = toolformer::first_number(after);
+        let ok = got.as_deref() == Some(t.answer.as_str());
+        right += usize::from(ok);
+        calls += usize::from(out.call.is_some());
+        rows.push_str(
+            &json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
+            "output": out.text, "call": out.call, "number": got, "correct": ok})
+            .to_string(),
+        );
+        rows.push('\n');
+        on_text(n + 1, test.len());
+    }
+    Ok((right, calls, rows))
+}

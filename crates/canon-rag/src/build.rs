@@ -1,0 +1,217 @@
+//! Building and updating an index with a real embedding model: read and chunk the files, embed
+//! the new chunks (reusing the vectors of unchanged files), and write the index.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use canon_models::LoadedEncoder;
+
+use crate::answer::{AnswerError, Result};
+use crate::chunk::{Chunk, ChunkConfig, chunk_document};
+use crate::index::{FORMAT, FileEntry, Index, Meta, VERSION, file_stamp, write_index_with};
+use crate::reader::{self, ReadStats};
+
+/// Files read, chunked and embedded, ready to write as an index.
+pub struct Built {
+    pub files: Vec<FileEntry>,
+    pub chunks: Vec<Chunk>,
+    pub vectors: Vec<f32>,
+    pub stats: ReadStats,
+    /// Chunks embedded now (the rest were reused).
+    pub embedded: usize,
+    pub read_s: f64,
+    pub embed_s: f64,
+}
+
+/// The two stages of a build, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Read,
+    Embed,
+}
+
+/// Unchanged files' entries, chunks and vectors (by path) in an index, for `update`.
+pub type Reuse = HashMap<String, (FileEntry, Vec<Chunk>, Vec<f32>)>;
+
+/// Reads, chunks and embeds `files`; `reuse` maps an unchanged path to its old chunks and vectors.
+///
+/// `progress(stage, done, total)` is called with `done = 0` when a stage starts, after each step,
+/// and with `done = total` when it ends.
+pub fn build_files(
+    files: &[(PathBuf, reader::Kind)],
+    render_man: bool,
+    cfg: ChunkConfig,
+    enc: &LoadedEncoder,
+    batch_size: usize,
+    reuse: &Reuse,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<Built> {
+    let t0 = Instant::now();
+    let mut stats = ReadStats::default();
+    let mut entries = Vec::new();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut old_vecs: Vec<Option<Vec<f32>>> = Vec::new();
+    let count = |s: &str| {
+        enc.embedder
+            .token_ids(s)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.split_whitespace().count())
+    };
+    progress(Stage::Read, 0, files.len());
+    for (n, (p, k)) in files.iter().enumerate() {
+        progress(Stage::Read, n + 1, files.len());
+        let key = p.display().to_string();
+        let (size, mtime) = file_stamp(p)?;
+        let start = chunks.len();
+        if let Some((e, cs, vs)) = reuse
+            .get(&key)
+            .filter(|(e, _, _)| e.size == size && e.mtime == mtime)
+        {
+            stats.read += 1;
+            let dim = enc.embedder.dim();
+            for (i, c) in cs.iter().enumerate() {
+                chunks.push(c.clone());
+                old_vecs.push(Some(vs[i * dim..(i + 1) * dim].to_vec()));
+            }
+            entries.push(FileEntry {
+                chunk_start: start,
+                chunk_end: chunks.len(),
+                ..e.clone()
+            });
+            continue;
+        }
+        match reader::read(p, *k, render_man) {
+            Ok(doc) => {
+                stats.read += 1;
+                for c in chunk_document(&doc, cfg, &count) {
+                    chunks.push(c);
+                    old_vecs.push(None);
+                }
+                entries.push(FileEntry {
+                    path: key,
+                    size,
+                    mtime,
+                    chunk_start: start,
+                    chunk_end: chunks.len(),
+                });
+            }
+            Err(s) => stats.count(s),
+        }
+    }
+    progress(Stage::Read, files.len(), files.len());
+    let read_s = t0.elapsed().as_secs_f64();
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&i| old_vecs[i].is_none())
+        .collect();
+    let dim = enc.embedder.dim();
+    let mut vectors = vec![0f32; chunks.len() * dim];
+    for (i, v) in old_vecs.iter().enumerate() {
+        if let Some(v) = v {
+            vectors[i * dim..(i + 1) * dim].copy_from_slice(v);
+        }
+    }
+    let t1 = Instant::now();
+    progress(Stage::Embed, 0, todo.len());
+    let mut done = 0;
+    for group in todo.chunks(batch_size.max(1) * 8) {
+        let texts: Vec<String> = group.iter().map(|&i| chunks[i].indexed_text()).collect();
+        let vs = enc.embedder.embed(&texts, batch_size)?;
+        for (&i, mut v) in group.iter().zip(vs) {
+            crate::dense::normalize(&mut v);
+            vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+        }
+        done += group.len();
+        progress(Stage::Embed, done, todo.len());
+    }
+    progress(Stage::Embed, todo.len(), todo.len());
+    let embed_s = t1.elapsed().as_secs_f64();
+    Ok(Built {
+        files: entries,
+        chunks,
+        vectors,
+        stats,
+        embedded: todo.len(),
+        read_s,
+        embed_s,
+    })
+}
+
+/// What a build would index: files read (with skip counts), chunks and their tokens, without
+/// embedding anything. `progress(done, total)` follows the files.
+pub fn dry_run(
+    files: &[(PathBuf, reader::Kind)],
+    render_man: bool,
+    cfg: ChunkConfig,
+    enc: &LoadedEncoder,
+    progress: &mut dyn FnMut(usize, usize),
+) -> (ReadStats, usize, usize) {
+    let mut stats = ReadStats::default();
+    let (mut chunks, mut tokens) = (0usize, 0usize);
+    let count = |s: &str| {
+        enc.embedder
+            .token_ids(s)
+            .map(|t| t.len())
+            .unwrap_or_else(|_| s.split_whitespace().count())
+    };
+    progress(0, files.len());
+    for (n, (p, k)) in files.iter().enumerate() {
+        progress(n + 1, files.len());
+        match reader::read(p, *k, render_man) {
+            Ok(doc) => {
+                stats.read += 1;
+                for c in chunk_document(&doc, cfg, &count) {
+                    chunks += 1;
+                    tokens += count(&c.indexed_text());
+                }
+            }
+            Err(s) => stats.count(s),
+        }
+    }
+    (stats, chunks, tokens)
+}
+
+/// Writes `built` as the index `out` (with an HNSW graph from `hnsw_min` chunks on); returns its
+/// metadata and whether it has the graph.
+pub fn write_built(
+    out: &std::path::Path,
+    model: &str,
+    man: bool,
+    roots: Vec<String>,
+    built: Built,
+    hnsw_min: usize,
+) -> Result<(Meta, bool)> {
+    if built.chunks.is_empty() {
+        return Err(AnswerError::Invalid(format!(
+            "expected text to index, found none ({} files skipped)",
+            built.stats.skipped()
+        )));
+    }
+    let dim = built.vectors.len() / built.chunks.len();
+    let meta = Meta {
+        format: FORMAT.into(),
+        version: VERSION,
+        model: model.into(),
+        dim,
+        chunks: built.chunks.len(),
+        man_rendered: man,
+        roots,
+        files: built.files,
+        stats: built.stats,
+    };
+    let hnsw = built.chunks.len() >= hnsw_min;
+    write_index_with(out, &meta, &built.chunks, &built.vectors, hnsw)?;
+    Ok((meta, hnsw))
+}
+
+/// The reusable part of an existing index: each file's entry, chunks and vectors by path.
+pub fn reuse_of(old: &Index) -> Reuse {
+    let meta = &old.meta;
+    let mut reuse = HashMap::new();
+    for e in &meta.files {
+        let cs = old.chunks[e.chunk_start..e.chunk_end].to_vec();
+        let vs = old.vectors()[e.chunk_start * meta.dim..e.chunk_end * meta.dim].to_vec();
+        reuse.insert(e.path.clone(), (e.clone(), cs, vs));
+    }
+    reuse
+}
