@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use crate::fewshot::{Item, Task};
+use crate::fewshot::{Item, Task, format_demo};
 use crate::{AgentError, Result};
 
 #[derive(Deserialize)]
@@ -213,6 +213,101 @@ pub fn man_commands(dir: &Path, train: usize, seed: u64) -> Result<Task> {
         train: items,
         test,
     })
+}
+
+/// Keys of the in-context mapping task: a question's first letter decides its answer.
+pub const ICL_KEYS: &[u8] = b"abcdefgh";
+/// Letters that follow the key in a question and do not matter to the answer.
+pub const ICL_NOISE: &[u8] = b"ijklmnopqrstuvwxyz";
+
+/// A mapping drawn at random: the answer digit of each key (keys may share a digit).
+fn icl_mapping(rng: &mut StdRng) -> Vec<char> {
+    ICL_KEYS
+        .iter()
+        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+        .collect()
+}
+
+/// A question: a key and two noise letters (`cqx`); returns the key's index and the question.
+fn icl_question(rng: &mut StdRng) -> (usize, String) {
+    let k = rng.random_range(0..ICL_KEYS.len());
+    let mut q = String::from(char::from(ICL_KEYS[k]));
+    for _ in 0..2 {
+        q.push(char::from(ICL_NOISE[rng.random_range(0..ICL_NOISE.len())]));
+    }
+    (k, q)
+}
+
+/// Training text for in-context learning: `sequences` blocks, each `demos` demonstrations
+/// (`Q: cqx\nA: 7\n\n`, the few-shot prompt format) of its own randomly drawn mapping from the
+/// first letter to a digit, blocks separated by a `===` line. Only the demonstrations of the same
+/// block tell which digit a key has, so the model can learn the task only in context.
+pub fn icl_training_text(sequences: usize, demos: usize, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut s = String::new();
+    for _ in 0..sequences {
+        let m = icl_mapping(&mut rng);
+        for _ in 0..demos {
+            let (k, q) = icl_question(&mut rng);
+            s.push_str(&format_demo(&Item {
+                question: q,
+                options: Vec::new(),
+                answer: m[k].to_string(),
+            }));
+        }
+        s.push_str("===\n\n");
+    }
+    s
+}
+
+/// The `icl-map` task: one mapping drawn from `seed` (held out from training, whose text is drawn
+/// from another seed), `train` demonstration items and `test` items, all with distinct questions;
+/// free-form answers (one digit).
+pub fn icl_task(train: usize, test: usize, seed: u64) -> Result<Task> {
+    let distinct = ICL_KEYS.len() * ICL_NOISE.len() * ICL_NOISE.len();
+    if train + test > distinct {
+        return Err(AgentError::Task(format!(
+            "icl-map: expected at most {distinct} items, asked for {}",
+            train + test
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1C1_7A5C);
+    let m = icl_mapping(&mut rng);
+    let mut seen = HashSet::new();
+    let mut items = Vec::new();
+    while items.len() < train + test {
+        let (k, q) = icl_question(&mut rng);
+        if seen.insert(q.clone()) {
+            items.push(Item {
+                question: q,
+                options: Vec::new(),
+                answer: m[k].to_string(),
+            });
+        }
+    }
+    let test_items = items.split_off(train);
+    Ok(Task {
+        name: "icl-map".into(),
+        train: items,
+        test: test_items,
+    })
+}
+
+/// Writes a task as JSONL in the format [`parse_jsonl`] reads (train items first).
+pub fn task_jsonl(task: &Task) -> String {
+    let mut s = String::new();
+    for (split, items) in [("train", &task.train), ("test", &task.test)] {
+        for it in items.iter() {
+            let mut v =
+                serde_json::json!({"split": split, "question": it.question, "answer": it.answer});
+            if !it.options.is_empty() {
+                v["options"] = serde_json::json!(it.options);
+            }
+            s.push_str(&v.to_string());
+            s.push('\n');
+        }
+    }
+    s
 }
 
 #[cfg(test)]

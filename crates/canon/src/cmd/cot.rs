@@ -35,6 +35,10 @@ pub struct CotArgs {
     /// Steps of the generated problems, MIN-MAX.
     #[arg(long, default_value = "1-4")]
     pub steps: String,
+    /// Largest count a generated problem reaches (40..=999; 99 gives the two-digit arithmetic
+    /// that the small trained GPTs of configs/cot-gpt*.toml learn).
+    #[arg(long, default_value_t = cot::DEFAULT_MAX_VALUE)]
+    pub max_value: i64,
     /// Worked demonstrations in the prompt (0 = zero-shot "Let's think step by step").
     #[arg(long, default_value_t = 4)]
     pub shots: usize,
@@ -109,8 +113,15 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             a.max_tokens
         );
     }
+    if !(40..=cot::DEFAULT_MAX_VALUE).contains(&a.max_value) {
+        bail!(
+            "--max-value: expected a number between 40 and {}, found {}",
+            cot::DEFAULT_MAX_VALUE,
+            a.max_value
+        );
+    }
     // Demonstrations come from another seed than the test problems, so none is tested.
-    let demos = cot::generate(a.shots, lo, hi, a.seed ^ 0xD3A0);
+    let demos = cot::generate_capped(a.shots, lo, hi, a.max_value, a.seed ^ 0xD3A0);
     let problems: Vec<Problem> = match &a.problems {
         Some(p) => {
             let text = canon_fs::lines::read_text(p)?;
@@ -120,7 +131,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if a.generate == 0 {
                 bail!("--generate must be at least 1");
             }
-            cot::generate(a.generate, lo, hi, a.seed)
+            cot::generate_capped(a.generate, lo, hi, a.max_value, a.seed)
         }
     };
     if let Some(out) = &a.write_problems {
