@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn the_value_cap_bounds_every_intermediate_count() {
+        assert_eq!(
+            generate_capped(50, 1, 6, DEFAULT_MAX_VALUE, 3),
+            generate(50, 1, 6, 3),
+            "the default cap is the plain generator"
+        );
+        for p in generate_capped(300, 1, 6, 99, 4) {
+            let counts = p
+                .rationale
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<i64>().unwrap());
+            for c in counts {
+                assert!((1..=99).contains(&c), "{c} in {}", p.rationale);
+            }
+        }
+    }
+
+    #[test]
     fn answers_are_extracted_and_compared_as_numbers() {
         assert_eq!(
             extract_answer("3 + 4 = 7. The answer is 7.").as_deref(),

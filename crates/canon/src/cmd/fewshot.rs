@@ -16,12 +16,16 @@ use crate::{Ctx, model_gen};
 #[command(after_help = "Examples:
   canon eval fewshot --model smollm2 --task man-commands --shots 4 --limit 200
   canon eval fewshot --model smollm2 --task mytask.jsonl --shots 8 --seed 3 --json
+  canon eval fewshot --model smollm2 --task gettext-de --shots 8 --limit 50
+  canon eval fewshot --model smollm2 --task stdlib-module --shots 4 --limit 50
   canon eval fewshot --model runs/icl-small --task icl-map --shots 4 --seed 1
   canon eval fewshot --task icl-map --write-text runs/icl-data/train.txt --sequences 30000 --seed 1000
 
 Tasks: man-commands (section-1 man page NAME lines: which command does this describe, 4 options),
+gettext-de (the German for an English UI string, from the machine's .mo catalogs, 4 options),
+stdlib-module (which Python standard library module defines a function, 4 options),
 icl-map (a randomly drawn mapping, chosen by --seed, from a question's first letter to a digit:
-'Q: cqx\nA: 7'; the demonstrations are the only way to know it), or a JSONL file with lines {\"split\": \"train\"|\"test\", \"question\", \"answer\", \"options\"?}.
+'Q: cqx\nA: c7'; the demonstrations are the only way to know it), or a JSONL file with lines {\"split\": \"train\"|\"test\", \"question\", \"answer\", \"options\"?}.
 Prompts are 'Q: ...\\nA: answer' blocks; K demonstrations come from the train split, never the
 test item. Multiple choice is scored by log-likelihood (sum, per-token mean, and unconditional:
 log p(option|prompt) - log p(option|\"Answer:\")); free-form by greedy decoding and exact match.")]
@@ -29,7 +33,7 @@ pub struct FewShotArgs {
     /// Model: an alias (smollm2), a .gguf file or an HF-style folder.
     #[arg(long, required_unless_present_any = ["write_text", "write_task"])]
     pub model: Option<String>,
-    /// `man-commands` or a JSONL task file.
+    /// A built-in task (man-commands, gettext-de, stdlib-module, icl-map) or a JSONL task file.
     #[arg(long, value_name = "NAME|FILE.jsonl")]
     pub task: String,
     /// Demonstrations per prompt (K).
@@ -47,6 +51,16 @@ pub struct FewShotArgs {
     /// Man page folder for `man-commands`.
     #[arg(long, default_value = "/usr/share/man/man1", value_name = "DIR")]
     pub man_dir: PathBuf,
+    /// Folder of German gettext catalogs for `gettext-de`.
+    #[arg(
+        long,
+        default_value = "/usr/share/locale/de/LC_MESSAGES",
+        value_name = "DIR"
+    )]
+    pub locale_dir: PathBuf,
+    /// Python standard library folder for `stdlib-module` (default: python3's).
+    #[arg(long, value_name = "DIR")]
+    pub stdlib: Option<PathBuf>,
     /// Write the task's items as JSONL (the format --task FILE.jsonl reads) and stop.
     #[arg(long, value_name = "FILE")]
     pub write_task: Option<PathBuf>,
@@ -86,13 +100,21 @@ pub fn run(a: FewShotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let task = if a.task == "man-commands" {
         tasks::man_commands(&a.man_dir, 200, a.seed)?
+    } else if a.task == "gettext-de" {
+        tasks::gettext_de(&a.locale_dir, 200, a.seed)?
+    } else if a.task == "stdlib-module" {
+        let dir = match &a.stdlib {
+            Some(d) => d.clone(),
+            None => super::train::python_stdlib_dir()?,
+        };
+        tasks::stdlib_module(&dir, 200, a.seed)?
     } else if a.task == "icl-map" {
         tasks::icl_task(40, 100, a.seed)?
     } else if a.task.ends_with(".jsonl") || Path::new(&a.task).exists() {
         tasks::load_jsonl(Path::new(&a.task))?
     } else {
         anyhow::bail!(
-            "--task: expected man-commands, icl-map or a .jsonl file, found {:?}",
+            "--task: expected man-commands, gettext-de, stdlib-module, icl-map or a .jsonl file, found {:?}",
             a.task
         );
     };
