@@ -169,7 +169,7 @@ pub fn man_items(pairs: &[(String, String)], seed: u64) -> Vec<Item> {
 pub fn man_commands(dir: &Path, train: usize, seed: u64) -> Result<Task> {
     let io = |source| AgentError::Io {
         path: dir.display().to_string(),
-        source,
+        error: source,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
@@ -357,7 +357,7 @@ fn plain_ui_pair(id: &str, tr: &str) -> bool {
 pub fn gettext_de(dir: &Path, train: usize, seed: u64) -> Result<Task> {
     let io = |source| AgentError::Io {
         path: dir.display().to_string(),
-        source,
+        error: source,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?

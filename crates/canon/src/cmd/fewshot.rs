@@ -128,6 +128,17 @@ pub fn run(a: FewShotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Checked before the model loads (a test item's own question never counts as a demonstration,
+    // which the evaluation checks item by item).
+    if a.shots > task.train.len() {
+        anyhow::bail!(
+            "--shots {}: expected at most {} demonstrations, the train split of {} has {} items",
+            a.shots,
+            task.train.len(),
+            task.name,
+            task.train.len()
+        );
+    }
     let model = a.model.clone().unwrap_or_default();
     let lm = model_gen::load_lm(&model, ctx)?;
     let pb = if ctx.quiet || !std::io::stderr().is_terminal() {
