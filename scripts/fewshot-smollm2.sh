@@ -12,3 +12,14 @@ for task in gettext-de stdlib-module; do
       --threads "${THREADS:-1}" --json > runs/fewshot-eval/smollm2-$task-k$K.json
   done
 done
+# One plot per task: accuracy against K under each normalisation.
+for task in gettext-de stdlib-module; do
+  for K in 0 1 4 8 16; do
+    f=runs/fewshot-eval/smollm2-$task-k$K.json
+    [ -s "$f" ] || continue
+    jq -c '.shots as $k | [["sum", .accuracy[0]], ["per-token mean", .accuracy[1]], ["unconditional", .accuracy[2]]][] | {normalisation: .[0], k: $k, accuracy: .[1]}' "$f"
+  done > runs/fewshot-eval/$task.jsonl
+  "$C" plot --jsonl runs/fewshot-eval/$task.jsonl --x k --y accuracy --group normalisation \
+    --title "$task: SmolLM2-135M accuracy against K (first $LIMIT test items)" \
+    --out docs/plots/fewshot-k-$task-smollm2.png
+done
