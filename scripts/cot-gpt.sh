@@ -3,7 +3,7 @@
 #   scripts/cot-gpt.sh [CANON_BINARY]          (environment: THREADS, default 1; SKIP_TRAIN=1)
 # 1. writes the two training corpora from the problem generator (seed 777, 1-6 steps, counts <= 99);
 # 2. trains the rationale arm (configs/cot-gpt.toml) and the answer-only arm
-#    (configs/cot-gpt-direct.toml): the same model, steps and tokens;
+#    (configs/cot-gpt-direct.toml): the same model, steps and tokens (500 steps, resumed to 800);
 # 3. evaluates both zero-shot on held-out problems (seed 1) by number of steps;
 # 4. runs self-consistency (m = 1..40 sampled rationales, majority vote) on the rationale arm
 #    against its greedy chain of thought (seed 2);
@@ -21,6 +21,10 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
   done
   "$C" train --config configs/cot-gpt.toml --threads "$T" --out runs/cot-rationale &
   "$C" train --config configs/cot-gpt-direct.toml --threads "$T" --out runs/cot-direct &
+  wait
+  # The reported runs were then resumed to 800 steps (the schedule restarts over 800).
+  "$C" train --resume runs/cot-rationale --max-steps 800 --threads "$T" &
+  "$C" train --resume runs/cot-direct --max-steps 800 --threads "$T" &
   wait
 fi
 # Held-out problems (seed 1; the corpus is seed 777), N problems of 1-6 steps. The answer-only
