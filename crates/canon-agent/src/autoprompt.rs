@@ -598,7 +598,7 @@ pub fn precision_at_1(
 pub fn stdlib_function_facts(dir: &Path) -> Result<Vec<Fact>> {
     let rd = std::fs::read_dir(dir).map_err(|e| AgentError::Io {
         path: dir.display().to_string(),
-        source: e,
+        error: e,
     })?;
     let mut files: Vec<_> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))

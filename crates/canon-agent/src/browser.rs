@@ -184,7 +184,7 @@ impl Site {
             let p = dir.join(rel);
             let text = std::fs::read_to_string(&p).map_err(|source| AgentError::Io {
                 path: p.display().to_string(),
-                source,
+                error: source,
             })?;
             raw.push((rel.clone(), text));
         }
@@ -260,7 +260,7 @@ fn normalize(p: &str) -> String {
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(|source| AgentError::Io {
         path: dir.display().to_string(),
-        source,
+        error: source,
     })?;
     for e in rd.flatten() {
         let p = e.path();

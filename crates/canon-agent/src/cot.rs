@@ -27,32 +27,49 @@ const THINGS: [&str; 8] = [
     "apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards",
 ];
 
+/// The largest count the default generator lets a problem reach.
+pub const DEFAULT_MAX_VALUE: i64 = 999;
+
 /// `n` problems of `min_steps..=max_steps` steps (uniform), reproducible from `seed`. Every
 /// intermediate count stays between 1 and 999 and every division is exact.
 pub fn generate(n: usize, min_steps: usize, max_steps: usize, seed: u64) -> Vec<Problem> {
+    generate_capped(n, min_steps, max_steps, DEFAULT_MAX_VALUE, seed)
+}
+
+/// [`generate`] with every intermediate count kept between 1 and `max_value` (at least 40; a
+/// smaller cap is raised to 40). With the default cap of 999 the problems are exactly
+/// [`generate`]'s; a small cap (e.g. 99) gives the easier arithmetic a tiny model can learn.
+pub fn generate_capped(
+    n: usize,
+    min_steps: usize,
+    max_steps: usize,
+    max_value: i64,
+    seed: u64,
+) -> Vec<Problem> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (lo, hi) = (min_steps.max(1), max_steps.max(min_steps.max(1)));
+    let cap = max_value.max(40);
     (0..n)
         .map(|_| {
             let steps = rng.random_range(lo..=hi);
-            one(&mut rng, steps)
+            one(&mut rng, steps, cap)
         })
         .collect()
 }
 
-fn one(rng: &mut StdRng, steps: usize) -> Problem {
+fn one(rng: &mut StdRng, steps: usize, cap: i64) -> Problem {
     let name = NAMES[rng.random_range(0..NAMES.len())];
     let thing = THINGS[rng.random_range(0..THINGS.len())];
     let mut v: i64 = rng.random_range(2..=30);
     let mut q = format!("{name} has {v} {thing}.");
     let mut r = format!("{name} starts with {v} {thing}.");
     for _ in 0..steps {
-        // Pick an operation that keeps the count in 1..=999 and divisions exact.
+        // Pick an operation that keeps the count in 1..=cap and divisions exact.
         loop {
             match rng.random_range(0..4) {
                 0 => {
                     let k: i64 = rng.random_range(2..=20);
-                    if v + k > 999 {
+                    if v + k > cap {
                         continue;
                     }
                     q.push_str(&format!(" Then {name} gets {k} more."));
@@ -70,7 +87,7 @@ fn one(rng: &mut StdRng, steps: usize) -> Problem {
                 }
                 2 => {
                     let k: i64 = rng.random_range(2..=4);
-                    if v * k > 999 {
+                    if v * k > cap {
                         continue;
                     }
                     q.push_str(&format!(
@@ -286,6 +303,25 @@ mod tests {
                 extract_answer(&p.rationale).as_deref(),
                 Some(p.answer.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn the_value_cap_bounds_every_intermediate_count() {
+        assert_eq!(
+            generate_capped(50, 1, 6, DEFAULT_MAX_VALUE, 3),
+            generate(50, 1, 6, 3),
+            "the default cap is the plain generator"
+        );
+        for p in generate_capped(300, 1, 6, 99, 4) {
+            let counts = p
+                .rationale
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<i64>().unwrap());
+            for c in counts {
+                assert!((1..=99).contains(&c), "{c} in {}", p.rationale);
+            }
         }
     }
 

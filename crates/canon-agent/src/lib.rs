@@ -38,13 +38,18 @@ pub enum AgentError {
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Text(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Lines(#[from] canon_fs::lines::LineError),
+    // The I/O error is part of the message, not a `source`: error lines print the whole chain,
+    // which would repeat it.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Lines(canon_fs::lines::LineError),
+}
+
+impl From<canon_fs::lines::LineError> for AgentError {
+    fn from(e: canon_fs::lines::LineError) -> Self {
+        AgentError::Lines(e)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, AgentError>;

@@ -150,7 +150,10 @@ pub struct Sources<'a> {
 pub fn build(src: &Sources, test_every: u64) -> Result<(Vec<Page>, Vec<Question>)> {
     let io = |p: &Path| {
         let p = p.display().to_string();
-        move |source| AgentError::Io { path: p, source }
+        move |source| AgentError::Io {
+            path: p,
+            error: source,
+        }
     };
     let status = std::fs::read_to_string(src.status).map_err(io(src.status))?;
     let mut pkgs: BTreeMap<String, Pkg> = parse_status(&status)

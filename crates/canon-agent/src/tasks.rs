@@ -15,13 +15,13 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
-use crate::fewshot::{Item, Task};
+use crate::fewshot::{Item, Task, format_demo};
 use crate::{AgentError, Result};
 
 /// One JSONL line in either accepted shape: `{"input", "options", "label"}` /
@@ -309,7 +309,7 @@ pub fn man_items(pairs: &[(String, String)], seed: u64) -> Vec<Item> {
 pub fn man_commands(dir: &Path, train: usize, seed: u64) -> Result<Task> {
     let io = |source| AgentError::Io {
         path: dir.display().to_string(),
-        source,
+        error: source,
     };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
@@ -355,9 +355,485 @@ pub fn man_commands(dir: &Path, train: usize, seed: u64) -> Result<Task> {
     })
 }
 
+/// Multiple-choice items from (subject, answer) pairs: each item asks `question(subject)` with its
+/// answer and three other pairs' answers (distinct) as options, in a seeded order. Pairs are used
+/// in the order given; an item is skipped when fewer than three distinct distractors exist.
+pub fn choice_items(
+    pairs: &[(String, String)],
+    question: &dyn Fn(&str) -> String,
+    seed: u64,
+) -> Vec<Item> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let answers: Vec<&String> = {
+        let mut seen = HashSet::new();
+        pairs
+            .iter()
+            .map(|(_, a)| a)
+            .filter(|a| seen.insert(a.as_str()))
+            .collect()
+    };
+    let mut items = Vec::new();
+    if answers.len() < 4 {
+        return items;
+    }
+    for (subject, answer) in pairs {
+        let mut options = vec![answer.clone()];
+        for j in sample(&mut rng, answers.len(), answers.len()).into_iter() {
+            if options.len() == 4 {
+                break;
+            }
+            if !options.contains(answers[j]) {
+                options.push(answers[j].clone());
+            }
+        }
+        options.shuffle(&mut rng);
+        items.push(Item {
+            question: question(subject),
+            options,
+            answer: answer.clone(),
+        });
+    }
+    items
+}
+
+/// Shuffles `items` with `seed`, keeps `train` for demonstrations and the rest as test items.
+fn split_task(
+    name: &str,
+    mut items: Vec<Item>,
+    train: usize,
+    seed: u64,
+    what: &str,
+) -> Result<Task> {
+    items.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(1)));
+    if items.len() <= train {
+        return Err(AgentError::Task(format!(
+            "{name}: expected more than {train} {what}, found {}",
+            items.len()
+        )));
+    }
+    let test = items.split_off(train);
+    Ok(Task {
+        name: name.into(),
+        train: items,
+        test,
+    })
+}
+
+/// The (original, translation) pairs of a GNU gettext `.mo` catalog (either byte order). The
+/// header entry (empty msgid), entries with a context (`ctxt\x04id`) and plural entries
+/// (`id\0plural`) are skipped, as are strings that are not UTF-8.
+pub fn parse_mo(bytes: &[u8], label: &str) -> Result<Vec<(String, String)>> {
+    let bad =
+        |what: &str| AgentError::Task(format!("{label}: expected a gettext .mo catalog, {what}"));
+    let word = |at: usize, le: bool| -> Result<usize> {
+        let b: [u8; 4] = bytes
+            .get(at..at + 4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                bad(&format!(
+                    "the file ends at byte {} inside its tables",
+                    bytes.len()
+                ))
+            })?;
+        Ok(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as usize)
+    };
+    let le = match bytes.get(0..4) {
+        Some([0xde, 0x12, 0x04, 0x95]) => true,
+        Some([0x95, 0x04, 0x12, 0xde]) => false,
+        _ => return Err(bad("found no magic number 0x950412de")),
+    };
+    let n = word(8, le)?;
+    let (originals, translations) = (word(12, le)?, word(16, le)?);
+    if n > bytes.len() / 8 {
+        return Err(bad(&format!("found {n} strings in {} bytes", bytes.len())));
+    }
+    let string = |table: usize, i: usize| -> Result<Option<String>> {
+        let len = word(table + 8 * i, le)?;
+        let off = word(table + 8 * i + 4, le)?;
+        let raw = bytes
+            .get(off..off.saturating_add(len))
+            .ok_or_else(|| bad(&format!("string {i} lies outside the file")))?;
+        Ok(std::str::from_utf8(raw).ok().map(str::to_string))
+    };
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (Some(id), Some(tr)) = (string(originals, i)?, string(translations, i)?) else {
+            continue;
+        };
+        if id.is_empty() || id.contains('\u{4}') || id.contains('\0') || tr.contains('\0') {
+            continue;
+        }
+        out.push((id, tr));
+    }
+    Ok(out)
+}
+
+/// Whether a UI string pair makes a clean question: one line of 2–40 characters with a letter,
+/// no format directives, markup or accelerator marks, and a translation that differs.
+fn plain_ui_pair(id: &str, tr: &str) -> bool {
+    let plain = |s: &str| {
+        let n = s.chars().count();
+        (2..=40).contains(&n)
+            && s.chars().any(char::is_alphabetic)
+            && !s.chars().any(|c| {
+                matches!(
+                    c,
+                    '%' | '\n' | '\t' | '{' | '}' | '<' | '>' | '_' | '&' | '$' | '\\' | '"'
+                )
+            })
+            && s.trim() == s
+    };
+    plain(id) && plain(tr) && id != tr
+}
+
+/// The `gettext-de` task: the German for an English UI string, from every `.mo` catalog of `dir`
+/// (e.g. `/usr/share/locale/de/LC_MESSAGES`): clean one-line pairs (see `plain_ui_pair`), an
+/// English string whose catalogs disagree on the German dropped, at most one English string per
+/// German one; four options (the translation and three others), `train` demonstration items.
+pub fn gettext_de(dir: &Path, train: usize, seed: u64) -> Result<Task> {
+    let io = |source| AgentError::Io {
+        path: dir.display().to_string(),
+        error: source,
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "mo"))
+        .collect();
+    files.sort();
+    let mut by_id: std::collections::BTreeMap<String, HashSet<String>> = Default::default();
+    for f in &files {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
+        // A catalog that does not parse is skipped: one broken file should not lose the task.
+        let Ok(pairs) = parse_mo(&bytes, &f.display().to_string()) else {
+            continue;
+        };
+        for (id, tr) in pairs {
+            if plain_ui_pair(&id, &tr) {
+                by_id.entry(id).or_default().insert(tr);
+            }
+        }
+    }
+    let mut used = HashSet::new();
+    let pairs: Vec<(String, String)> = by_id
+        .into_iter()
+        .filter(|(_, t)| t.len() == 1)
+        .filter_map(|(id, t)| t.into_iter().next().map(|t| (id, t)))
+        .filter(|(_, t)| used.insert(t.clone()))
+        .collect();
+    let items = choice_items(
+        &pairs,
+        &|en| format!("What is the German for \"{en}\"?"),
+        seed,
+    );
+    split_task(
+        "gettext-de",
+        items,
+        train,
+        seed,
+        &format!("English/German UI strings in {}", dir.display()),
+    )
+}
+
+/// The `stdlib-module` task: which module of the Python standard library in `dir` defines a
+/// public function (names defined by several modules dropped), four modules as options.
+pub fn stdlib_module(dir: &Path, train: usize, seed: u64) -> Result<Task> {
+    let pairs: Vec<(String, String)> = crate::autoprompt::stdlib_function_facts(dir)?
+        .into_iter()
+        .map(|f| (f.subject, f.object))
+        .collect();
+    let items = choice_items(
+        &pairs,
+        &|f| format!("Which Python standard library module defines the function {f}?"),
+        seed,
+    );
+    split_task(
+        "stdlib-module",
+        items,
+        train,
+        seed,
+        &format!("functions in {}", dir.display()),
+    )
+}
+
+/// Keys of the in-context mapping task: a question's first letter decides its answer.
+pub const ICL_KEYS: &[u8] = b"abcdefgh";
+/// Letters that follow the key in a question and do not matter to the answer.
+pub const ICL_NOISE: &[u8] = b"ijklmnopqrstuvwxyz";
+
+/// A mapping drawn at random: the answer of each key, the key followed by its digit (`c7`; keys
+/// may share a digit). Repeating the key puts the digit right after a token that names it, the
+/// pattern an induction head completes, so a small model can learn to read the mapping from the
+/// demonstrations within a short training run.
+fn icl_mapping(rng: &mut StdRng) -> Vec<String> {
+    ICL_KEYS
+        .iter()
+        .map(|&k| format!("{}{}", char::from(k), rng.random_range(0..10u8)))
+        .collect()
+}
+
+/// A question: a key and two noise letters (`cqx`); returns the key's index and the question.
+fn icl_question(rng: &mut StdRng) -> (usize, String) {
+    let k = rng.random_range(0..ICL_KEYS.len());
+    let mut q = String::from(char::from(ICL_KEYS[k]));
+    for _ in 0..2 {
+        q.push(char::from(ICL_NOISE[rng.random_range(0..ICL_NOISE.len())]));
+    }
+    (k, q)
+}
+
+/// Training text for in-context learning: `sequences` blocks, each `demos` demonstrations
+/// (`Q: cqx\nA: c7\n\n`, the few-shot prompt format) of its own randomly drawn mapping from the
+/// first letter to a digit, blocks separated by a `===` line. Only the demonstrations of the same
+/// block tell which digit a key has, so the model can learn the task only in context.
+pub fn icl_training_text(sequences: usize, demos: usize, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut s = String::new();
+    for _ in 0..sequences {
+        let m = icl_mapping(&mut rng);
+        for _ in 0..demos {
+            let (k, q) = icl_question(&mut rng);
+            s.push_str(&format_demo(&Item {
+                question: q,
+                options: Vec::new(),
+                answer: m[k].clone(),
+            }));
+        }
+        s.push_str("===\n\n");
+    }
+    s
+}
+
+/// The `icl-map` task: one mapping drawn from `seed` (held out from training, whose text is drawn
+/// from another seed), `train` demonstration items and `test` items, all with distinct questions;
+/// free-form answers (the key and its digit, `c7`).
+pub fn icl_task(train: usize, test: usize, seed: u64) -> Result<Task> {
+    let distinct = ICL_KEYS.len() * ICL_NOISE.len() * ICL_NOISE.len();
+    if train + test > distinct {
+        return Err(AgentError::Task(format!(
+            "icl-map: expected at most {distinct} items, asked for {}",
+            train + test
+        )));
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1C1_7A5C);
+    let m = icl_mapping(&mut rng);
+    let mut seen = HashSet::new();
+    let mut items = Vec::new();
+    while items.len() < train + test {
+        let (k, q) = icl_question(&mut rng);
+        if seen.insert(q.clone()) {
+            items.push(Item {
+                question: q,
+                options: Vec::new(),
+                answer: m[k].clone(),
+            });
+        }
+    }
+    let test_items = items.split_off(train);
+    Ok(Task {
+        name: "icl-map".into(),
+        train: items,
+        test: test_items,
+    })
+}
+
+/// Writes a task as JSONL in the format [`parse_jsonl`] reads (train items first).
+pub fn task_jsonl(task: &Task) -> String {
+    let mut s = String::new();
+    for (split, items) in [("train", &task.train), ("test", &task.test)] {
+        for it in items.iter() {
+            let mut v =
+                serde_json::json!({"split": split, "question": it.question, "answer": it.answer});
+            if !it.options.is_empty() {
+                v["options"] = serde_json::json!(it.options);
+            }
+            s.push_str(&v.to_string());
+            s.push('\n');
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `.mo` catalog of `pairs` in the given byte order (as msgfmt lays it out: header, the two
+    /// tables, then the strings).
+    fn mo(pairs: &[(&str, &str)], le: bool) -> Vec<u8> {
+        let w = |v: usize| -> [u8; 4] {
+            if le {
+                (v as u32).to_le_bytes()
+            } else {
+                (v as u32).to_be_bytes()
+            }
+        };
+        let n = pairs.len();
+        let (orig, trans) = (28, 28 + 8 * n);
+        let mut data = Vec::new();
+        let mut tables = [Vec::new(), Vec::new()];
+        let base = 28 + 16 * n;
+        for (t, table) in tables.iter_mut().enumerate() {
+            for p in pairs {
+                let s = if t == 0 { p.0 } else { p.1 };
+                table.extend(w(s.len()));
+                table.extend(w(base + data.len()));
+                data.extend(s.as_bytes());
+                data.push(0);
+            }
+        }
+        let mut out = Vec::new();
+        out.extend(w(0x9504_12de));
+        out.extend(w(0));
+        out.extend(w(n));
+        out.extend(w(orig));
+        out.extend(w(trans));
+        out.extend(w(0));
+        out.extend(w(0));
+        out.extend(tables[0].iter());
+        out.extend(tables[1].iter());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn mo_catalogs_parse_in_both_byte_orders() {
+        let pairs = [
+            ("", "Content-Type: text/plain; charset=UTF-8\n"),
+            ("Open file", "Datei öffnen"),
+            ("menu\u{4}Save", "Speichern"),
+            ("%d file\0%d files", "%d Datei\0%d Dateien"),
+            ("Quit", "Beenden"),
+        ];
+        for le in [true, false] {
+            let got = parse_mo(&mo(&pairs, le), "x.mo").unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    ("Open file".to_string(), "Datei öffnen".to_string()),
+                    ("Quit".to_string(), "Beenden".to_string())
+                ],
+                "little-endian {le}"
+            );
+        }
+        let e = parse_mo(b"not a catalog at all", "x.mo")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.mo") && e.contains("magic"), "{e}");
+        let mut cut = mo(&pairs, true);
+        cut.truncate(40);
+        let e = parse_mo(&cut, "x.mo").unwrap_err().to_string();
+        assert!(e.starts_with("x.mo: expected a gettext .mo catalog"), "{e}");
+    }
+
+    #[test]
+    fn gettext_task_keeps_clean_unambiguous_pairs() {
+        let dir = std::env::temp_dir().join(format!("canon-gettext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut a: Vec<(String, String)> = (0..300)
+            .map(|i| (format!("Item number {i}"), format!("Eintrag Nummer {i}")))
+            .collect();
+        a.push(("Save".into(), "Speichern".into()));
+        a.push(("Print %s".into(), "%s drucken".into()));
+        a.push(("_Open".into(), "_Öffnen".into()));
+        let b = [("Save", "Sichern"), ("Close", "Schließen")];
+        let a_ref: Vec<(&str, &str)> = a.iter().map(|(x, y)| (x.as_str(), y.as_str())).collect();
+        std::fs::write(dir.join("a.mo"), mo(&a_ref, true)).unwrap();
+        std::fs::write(dir.join("b.mo"), mo(&b, false)).unwrap();
+        std::fs::write(dir.join("broken.mo"), b"junk").unwrap();
+        let t = gettext_de(&dir, 200, 3).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let all: Vec<&Item> = t.train.iter().chain(&t.test).collect();
+        // 300 numbered items and Close; Save (two translations) and the marked strings dropped.
+        assert_eq!(all.len(), 301);
+        assert!(
+            all.iter()
+                .any(|i| i.question == "What is the German for \"Close\"?")
+        );
+        for i in &all {
+            assert!(!i.question.contains("Save") && !i.question.contains('%'));
+            assert!(!i.question.contains('_'), "{}", i.question);
+            assert_eq!(i.options.len(), 4);
+            assert!(i.options.contains(&i.answer));
+        }
+        let e = gettext_de(Path::new("/no/such/dir"), 200, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn choice_items_have_four_distinct_options_with_the_answer() {
+        let pairs: Vec<(String, String)> = (0..12)
+            .map(|i| (format!("f{i}"), format!("mod{}", i % 5)))
+            .collect();
+        let items = choice_items(&pairs, &|f| format!("Where is {f}?"), 2);
+        assert_eq!(items.len(), 12);
+        for (it, (f, m)) in items.iter().zip(&pairs) {
+            assert_eq!(it.question, format!("Where is {f}?"));
+            assert_eq!(&it.answer, m);
+            let set: HashSet<_> = it.options.iter().collect();
+            assert_eq!(set.len(), 4);
+            assert!(it.options.contains(m));
+        }
+        assert!(choice_items(&pairs[..3], &|f| f.to_string(), 0).is_empty());
+    }
+
+    #[test]
+    fn icl_tasks_follow_one_mapping_per_seed() {
+        let t = icl_task(40, 100, 1).unwrap();
+        assert_eq!((t.train.len(), t.test.len()), (40, 100));
+        let mut key_answer = std::collections::HashMap::new();
+        let mut questions = HashSet::new();
+        for it in t.train.iter().chain(&t.test) {
+            assert!(questions.insert(it.question.clone()), "distinct questions");
+            assert_eq!(it.question.len(), 3);
+            let k = it.question.as_bytes()[0];
+            assert!(ICL_KEYS.contains(&k));
+            assert_eq!(key_answer.entry(k).or_insert(it.answer.clone()), &it.answer);
+        }
+        let again = icl_task(40, 100, 1).unwrap();
+        assert_eq!(t.test, again.test, "reproducible");
+        let other = icl_task(40, 100, 2).unwrap();
+        assert_ne!(
+            t.test.iter().map(|i| &i.answer).collect::<Vec<_>>(),
+            other.test.iter().map(|i| &i.answer).collect::<Vec<_>>()
+        );
+        assert!(icl_task(3000, 10, 0).is_err());
+    }
+
+    #[test]
+    fn icl_training_blocks_each_follow_their_own_mapping() {
+        let text = icl_training_text(50, 20, 9);
+        let blocks: Vec<&str> = text.split("===\n\n").filter(|b| !b.is_empty()).collect();
+        assert_eq!(blocks.len(), 50);
+        let mut mappings = HashSet::new();
+        for b in blocks {
+            let mut m = std::collections::BTreeMap::new();
+            let demos: Vec<&str> = b.split("\n\n").filter(|d| !d.is_empty()).collect();
+            assert_eq!(demos.len(), 20);
+            for d in demos {
+                let (q, a) = d.split_once('\n').unwrap();
+                let (q, a) = (
+                    q.strip_prefix("Q: ").unwrap(),
+                    a.strip_prefix("A: ").unwrap(),
+                );
+                assert_eq!(
+                    m.entry(q.as_bytes()[0]).or_insert(a),
+                    &a,
+                    "one mapping per block"
+                );
+            }
+            mappings.insert(format!("{m:?}"));
+        }
+        assert!(mappings.len() > 45, "blocks draw their own mappings");
+    }
 
     #[test]
     fn jsonl_errors_name_the_line() {

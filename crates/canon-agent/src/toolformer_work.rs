@@ -20,7 +20,7 @@ use crate::{AgentError, Result};
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     canon_fs::write_atomic(path, text.as_bytes()).map_err(|e| AgentError::Io {
         path: format!("cannot write {}", path.display()),
-        source: e,
+        error: e,
     })
 }
 
@@ -33,7 +33,7 @@ fn infer_err(e: canon_infer::InferError) -> AgentError {
 pub fn write_texts(work: &Path, status: &Path, n: usize, seed: u64) -> Result<(usize, usize)> {
     let text = std::fs::read_to_string(status).map_err(|e| AgentError::Io {
         path: format!("cannot read the package database {}", status.display()),
-        source: e,
+        error: e,
     })?;
     let texts = toolformer::arithmetic_texts(&text, n, seed, 4);
     if texts.is_empty() {
@@ -44,7 +44,7 @@ pub fn write_texts(work: &Path, status: &Path, n: usize, seed: u64) -> Result<(u
     }
     std::fs::create_dir_all(work).map_err(|e| AgentError::Io {
         path: format!("cannot create {}", work.display()),
-        source: e,
+        error: e,
     })?;
     write_text(&work.join("texts.jsonl"), &to_jsonl(&texts))?;
     let test = texts.iter().filter(|t| t.split == "test").count();

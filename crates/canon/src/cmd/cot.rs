@@ -35,6 +35,10 @@ pub struct CotArgs {
     /// Steps of the generated problems, MIN-MAX.
     #[arg(long, default_value = "1-4")]
     pub steps: String,
+    /// Largest count a generated problem reaches (40..=999; 99 gives the two-digit arithmetic
+    /// that the small trained GPTs of configs/cot-gpt*.toml learn).
+    #[arg(long, default_value_t = cot::DEFAULT_MAX_VALUE)]
+    pub max_value: i64,
     /// Worked demonstrations in the prompt (0 = zero-shot "Let's think step by step").
     #[arg(long, default_value_t = 4)]
     pub shots: usize,
@@ -109,8 +113,15 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             a.max_tokens
         );
     }
+    if !(40..=cot::DEFAULT_MAX_VALUE).contains(&a.max_value) {
+        bail!(
+            "--max-value: expected a number between 40 and {}, found {}",
+            cot::DEFAULT_MAX_VALUE,
+            a.max_value
+        );
+    }
     // Demonstrations come from another seed than the test problems, so none is tested.
-    let demos = cot::generate(a.shots, lo, hi, a.seed ^ 0xD3A0);
+    let demos = cot::generate_capped(a.shots, lo, hi, a.max_value, a.seed ^ 0xD3A0);
     let problems: Vec<Problem> = match &a.problems {
         Some(p) => {
             let text = canon_fs::lines::read_text(p)?;
@@ -120,7 +131,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if a.generate == 0 {
                 bail!("--generate must be at least 1");
             }
-            cot::generate(a.generate, lo, hi, a.seed)
+            cot::generate_capped(a.generate, lo, hi, a.max_value, a.seed)
         }
     };
     if let Some(out) = &a.write_problems {
@@ -153,11 +164,15 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     let max_m = *a.samples.iter().max().unwrap_or(&1);
+    // Requests per problem: the direct answer, the greedy chain of thought and max_m samples.
+    // Several problems go to the engine together so that small models fill its slots.
+    let per = max_m + 2;
+    let chunk = (32 / per).max(1);
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let engine = canon_infer::Engine::start(
         lm,
         canon_infer::EngineConfig {
-            slots: (max_m + 2).min(15),
+            slots: (chunk * per).min(32),
             ..Default::default()
         },
     )?;
@@ -178,7 +193,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let stops = vec!["\nQ:".to_string(), "\n\n".to_string()];
     let mut rows: Vec<Row> = Vec::new();
-    for (pi, p) in problems.iter().enumerate() {
+    for (ci, group) in problems.chunks(chunk).enumerate() {
         let mut reqs = Vec::new();
         let mut push = |text: String, temperature: f32, seed: u64| -> anyhow::Result<()> {
             let ids = tok.encode(&text, false)?;
@@ -192,35 +207,40 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             reqs.push(r);
             Ok(())
         };
-        // 0: greedy direct answer (few-shot answers only; zero-shot asks for the answer).
-        let direct = if a.shots == 0 {
-            format!("Q: {}\nA: The answer is", p.question)
-        } else {
-            cot::prompt(p, &demos, Style::FewShotDirect)
-        };
-        push(direct, 0.0, 0)?;
-        // 1: greedy chain of thought; 2..: sampled rationales.
-        let cot_prompt = cot::prompt(p, &demos, cot_style);
-        push(cot_prompt.clone(), 0.0, 0)?;
-        for s in 0..max_m {
-            push(
-                cot_prompt.clone(),
-                a.temperature,
-                a.seed.wrapping_mul(1_000_003) ^ ((pi as u64) << 20) ^ s as u64,
-            )?;
+        for (j, p) in group.iter().enumerate() {
+            let pi = ci * chunk + j;
+            // 0: greedy direct answer (few-shot answers only; zero-shot asks for the answer).
+            let direct = if a.shots == 0 {
+                format!("Q: {}\nA: The answer is", p.question)
+            } else {
+                cot::prompt(p, &demos, Style::FewShotDirect)
+            };
+            push(direct, 0.0, 0)?;
+            // 1: greedy chain of thought; 2..: sampled rationales.
+            let cot_prompt = cot::prompt(p, &demos, cot_style);
+            push(cot_prompt.clone(), 0.0, 0)?;
+            for s in 0..max_m {
+                push(
+                    cot_prompt.clone(),
+                    a.temperature,
+                    a.seed.wrapping_mul(1_000_003) ^ ((pi as u64) << 20) ^ s as u64,
+                )?;
+            }
         }
         let outs = engine.generate_batch(reqs)?;
-        let texts: Vec<String> = outs.into_iter().map(|c| c.text).collect();
-        let direct_ans = if a.shots == 0 {
-            cot::extract_answer(&format!("The answer is{}", texts[0]))
-        } else {
-            cot::extract_answer(&texts[0])
-        };
-        let greedy_ans = cot::extract_answer(&texts[1]);
-        let sampled: Vec<Option<String>> =
-            texts[2..].iter().map(|t| cot::extract_answer(t)).collect();
-        rows.push((p, direct_ans, greedy_ans, sampled, texts));
-        pb.inc(1);
+        let all: Vec<String> = outs.into_iter().map(|c| c.text).collect();
+        for (p, texts) in group.iter().zip(all.chunks(per)) {
+            let direct_ans = if a.shots == 0 {
+                cot::extract_answer(&format!("The answer is{}", texts[0]))
+            } else {
+                cot::extract_answer(&texts[0])
+            };
+            let greedy_ans = cot::extract_answer(&texts[1]);
+            let sampled: Vec<Option<String>> =
+                texts[2..].iter().map(|t| cot::extract_answer(t)).collect();
+            rows.push((p, direct_ans, greedy_ans, sampled, texts.to_vec()));
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
     engine.shutdown();
