@@ -18,6 +18,7 @@
 
 pub mod kquant;
 pub mod scalar;
+pub mod tile;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -322,6 +323,22 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
+    if m >= TILE_MIN_ROWS && isa == Isa::Avx512Vnni && tile::form(w.kind).is_some() {
+        thread_local! {
+            static SCRATCH_T: std::cell::RefCell<tile::TileActs> =
+                std::cell::RefCell::new(tile::TileActs::default());
+        }
+        let done = SCRATCH_T.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(x, m, k);
+                tile::matmul(w, &act, y)
+            }
+            Err(_) => tile::matmul(w, &tile::TileActs::quantize(x, m, k), y),
+        });
+        if done {
+            return;
+        }
+    }
     if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
     }
@@ -356,6 +373,10 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// scales, while a GEMM reuses each dequantized tile across all rows at full FMA throughput.
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
+
+/// From this many activation rows on, the AVX-512 VNNI path runs the tile kernel (`tile`) for
+/// every format with a tile form, before the f32 GEMM's threshold.
+pub const TILE_MIN_ROWS: usize = 16;
 
 /// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
