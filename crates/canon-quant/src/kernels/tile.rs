@@ -455,6 +455,239 @@ pub mod avx512 {
         }
     }
 
+    /// Sums of 16 vectors of 8 partial sums (`p[i]` = row `i`): lane `i` of the first result
+    /// holds lanes 0..4 of `p[i]` (codes 0..16), of the second lanes 4..8 (codes 16..32).
+    ///
+    /// # Safety
+    /// CPU as `unpack`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn reduce16(p: &[__m256i; PANEL]) -> (__m512i, __m512i) {
+        let mut lo = [_mm_setzero_si128(); 4];
+        let mut hi = [_mm_setzero_si128(); 4];
+        for q in 0..4 {
+            let a = _mm256_hadd_epi32(p[4 * q], p[4 * q + 1]);
+            let b = _mm256_hadd_epi32(p[4 * q + 2], p[4 * q + 3]);
+            let c = _mm256_hadd_epi32(a, b);
+            lo[q] = _mm256_castsi256_si128(c);
+            hi[q] = _mm256_extracti128_si256::<1>(c);
+        }
+        let join = |v: [__m128i; 4]| {
+            let z = _mm512_castsi128_si512(v[0]);
+            let z = _mm512_inserti32x4::<1>(z, v[1]);
+            let z = _mm512_inserti32x4::<2>(z, v[2]);
+            _mm512_inserti32x4::<3>(z, v[3])
+        };
+        (join(lo), join(hi))
+    }
+
+    /// One block's step of the tile arithmetic for 16 rows: integer sums `i0` (codes 0..16) and
+    /// `i1` (16..32) without the offset, scales `s0`, `s1`; as `rows` does for one activation row.
+    ///
+    /// # Safety
+    /// CPU as `unpack`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn chain_step(
+        mode: Mode,
+        offset: i32,
+        (i0, i1): (__m512i, __m512i),
+        [h0, h1]: [i32; 2],
+        dx: f32,
+        sx: f32,
+        s0: __m512,
+        s1: __m512,
+        acc: __m512,
+    ) -> __m512 {
+        let dx = _mm512_set1_ps(dx);
+        match mode {
+            Mode::Half => {
+                let i0 = _mm512_add_epi32(i0, _mm512_set1_epi32(-offset * h0));
+                let i1 = _mm512_add_epi32(i1, _mm512_set1_epi32(-offset * h1));
+                let a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, dx), acc);
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, dx), a)
+            }
+            _ => {
+                let i = _mm512_add_epi32(
+                    _mm512_add_epi32(i0, i1),
+                    _mm512_set1_epi32(-offset * (h0 + h1)),
+                );
+                let a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(s0, dx), acc);
+                if mode == Mode::Min {
+                    _mm512_fmadd_ps(s1, _mm512_set1_ps(sx), a)
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + 16` (those below `w.rows`) of a legacy format times activation row `t`.
+    ///
+    /// # Safety
+    /// CPU as `unpack`; `act` matches `w`'s width; `y` has `w.rows` values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn gemv_legacy<F: Fmt>(
+        w: QMatrixRef<'_>,
+        r0: usize,
+        act: &TileActs,
+        t: usize,
+        mode: Mode,
+        y: *mut f32,
+    ) {
+        let (nb, k) = (act.nb, act.nb * QK);
+        let valid = PANEL.min(w.rows - r0);
+        let mut acc = _mm512_setzero_ps();
+        let mut p = [_mm256_setzero_si256(); PANEL];
+        let mut s0 = [0.0f32; PANEL];
+        let mut s1 = [0.0f32; PANEL];
+        let rb = w.row_bytes();
+        let base = w.bytes.as_ptr();
+        for b in 0..nb {
+            let at = t * nb + b;
+            // SAFETY: block b of row t lies inside the activation codes.
+            let xq = unsafe { _mm256_loadu_si256(act.qs.as_ptr().add(t * k + b * QK) as *const __m256i) };
+            for i in 0..valid {
+                // SAFETY: row r0 + i < w.rows holds nb blocks of F.
+                let (v, d, m) = unsafe { F::unpack(base.add((r0 + i) * rb + b * F::BYTES)) };
+                let u = if F::HAS_MIN {
+                    v
+                } else {
+                    _mm256_xor_si256(v, _mm256_set1_epi8(-128))
+                };
+                p[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xq);
+                s0[i] = d;
+                s1[i] = m;
+            }
+            // SAFETY: the CPU condition is this function's; the arrays hold 16 values.
+            acc = unsafe {
+                chain_step(
+                    mode,
+                    if F::HAS_MIN { 0 } else { 128 },
+                    reduce16(&p),
+                    act.h[at],
+                    act.d[at],
+                    act.s[at],
+                    _mm512_loadu_ps(s0.as_ptr()),
+                    _mm512_loadu_ps(s1.as_ptr()),
+                    acc,
+                )
+            };
+        }
+        let mask = ((1u32 << valid) - 1) as __mmask16;
+        // SAFETY: y[r0..r0 + valid] lies inside y (caller).
+        unsafe { _mm512_mask_storeu_ps(y.add(r0), mask, acc) };
+    }
+
+    /// As `gemv_legacy` for a K-quant.
+    ///
+    /// # Safety
+    /// As `gemv_legacy`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn gemv_k<F: KFmt>(
+        w: QMatrixRef<'_>,
+        r0: usize,
+        act: &TileActs,
+        t: usize,
+        mode: Mode,
+        offset: i32,
+        y: *mut f32,
+    ) {
+        let (nb, k) = (act.nb, act.nb * QK);
+        let valid = PANEL.min(w.rows - r0);
+        let half = min_is_d(F::KIND);
+        let mut acc = _mm512_setzero_ps();
+        // [chunk][row] partial sums and scales of one super-block.
+        let mut p = [[_mm256_setzero_si256(); PANEL]; 8];
+        let mut s0 = [[0.0f32; PANEL]; 8];
+        let mut s1 = [[0.0f32; PANEL]; 8];
+        let rb = w.row_bytes();
+        let bb = F::KIND.block_bytes();
+        let base = w.bytes.as_ptr();
+        for sb in 0..nb / 8 {
+            // SAFETY: super-block sb of row t lies inside the activation codes.
+            let xq: [__m256i; 8] = std::array::from_fn(|c| unsafe {
+                _mm256_loadu_si256(act.qs.as_ptr().add(t * k + sb * QK_K + c * QK) as *const __m256i)
+            });
+            for i in 0..valid {
+                // SAFETY: row r0 + i < w.rows holds nb / 8 whole blocks of F.
+                let blk = unsafe { std::slice::from_raw_parts(base.add((r0 + i) * rb + sb * bb), bb) };
+                // SAFETY: `blk` is one whole block.
+                let u = unsafe { F::codes(blk.as_ptr()) };
+                for c in 0..8 {
+                    p[c][i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[c], xq[c]);
+                }
+                let s = scales(F::KIND, blk);
+                for c in 0..8 {
+                    [s0[c][i], s1[c][i]] = if half {
+                        [s.d * s.sc[2 * c] as f32, s.d * s.sc[2 * c + 1] as f32]
+                    } else {
+                        [s.d * s.sc[2 * c] as f32, -s.dmin * s.mn[2 * c] as f32]
+                    };
+                }
+            }
+            for c in 0..8 {
+                let at = t * nb + sb * 8 + c;
+                // SAFETY: the CPU condition is this function's; the arrays hold 16 values.
+                acc = unsafe {
+                    chain_step(
+                        mode,
+                        offset,
+                        reduce16(&p[c]),
+                        act.h[at],
+                        act.d[at],
+                        act.s[at],
+                        _mm512_loadu_ps(s0[c].as_ptr()),
+                        _mm512_loadu_ps(s1[c].as_ptr()),
+                        acc,
+                    )
+                };
+            }
+        }
+        let mask = ((1u32 << valid) - 1) as __mmask16;
+        // SAFETY: y[r0..r0 + valid] lies inside y (caller).
+        unsafe { _mm512_mask_storeu_ps(y.add(r0), mask, acc) };
+    }
+
+    /// Activation row `t` against weight rows `r0..r0 + 16` with no unpacked panel: each block's
+    /// integer sums row by row, then the tile kernel's float steps on 16 lanes. The results equal
+    /// the tile kernel's bit for bit (integer sums are exact in any order; the float operations
+    /// are the same, in the same order), so one row decoded alone and the same row in a batch
+    /// agree exactly.
+    ///
+    /// # Safety
+    /// CPU as `unpack`; the format has a tile form; `act` matches `w`'s width; `r0 < w.rows`;
+    /// `y` points at `w.rows` values (row `t` of the output).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub unsafe fn gemv(
+        w: QMatrixRef<'_>,
+        r0: usize,
+        act: &TileActs,
+        t: usize,
+        mode: Mode,
+        offset: i32,
+        y: *mut f32,
+    ) {
+        // SAFETY: forwarded from this function's contract; `kind` selects the block layout.
+        unsafe {
+            match w.kind {
+                Kind::Q4_0 => gemv_legacy::<Q40>(w, r0, act, t, mode, y),
+                Kind::Q4_1 => gemv_legacy::<Q41>(w, r0, act, t, mode, y),
+                Kind::Q5_0 => gemv_legacy::<Q50>(w, r0, act, t, mode, y),
+                Kind::Q5_1 => gemv_legacy::<Q51>(w, r0, act, t, mode, y),
+                Kind::Q8_0 => gemv_legacy::<Q80>(w, r0, act, t, mode, y),
+                Kind::Q3K => gemv_k::<Q3K>(w, r0, act, t, mode, offset, y),
+                Kind::Q4K => gemv_k::<Q4K>(w, r0, act, t, mode, offset, y),
+                Kind::Q5K => gemv_k::<Q5K>(w, r0, act, t, mode, offset, y),
+                Kind::Q6K => gemv_k::<Q6K>(w, r0, act, t, mode, offset, y),
+                Kind::Q2K => {}
+            }
+        }
+    }
+
     /// Every activation row against one unpacked panel.
     ///
     /// # Safety
@@ -525,6 +758,10 @@ pub mod avx512 {
     }
 }
 
+/// Up to this many activation rows, `matmul` runs `avx512::gemv` once per row instead of
+/// unpacking panels (same results, bit for bit).
+pub const GEMV_MAX_ROWS: usize = 3;
+
 /// `y = x Wᵀ` through the tile kernel, with `x` already rounded (`TileActs`). Returns `false`
 /// (and leaves `y`) where the CPU lacks AVX-512 VNNI or the format has no tile form.
 pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
@@ -547,6 +784,20 @@ pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
         thread_local! {
             static PANEL_BUF: std::cell::RefCell<avx512::Panel> =
                 std::cell::RefCell::new(avx512::Panel::default());
+        }
+        if m < GEMV_MAX_ROWS + 1 {
+            crate::pool::parallel_for(tasks, &|task| {
+                for pi in task * per_task..((task + 1) * per_task).min(panels) {
+                    for t in 0..m {
+                        // SAFETY: AVX-512 VNNI was detected above; the format has a tile form;
+                        // tasks own disjoint panels, hence disjoint outputs r0..r0 + 16 of row t.
+                        unsafe {
+                            avx512::gemv(w, pi * PANEL, act, t, mode, offset, out.get().add(t * n))
+                        };
+                    }
+                }
+            });
+            return true;
         }
         crate::pool::parallel_for(tasks, &|task| {
             let run = |p: &mut avx512::Panel| {

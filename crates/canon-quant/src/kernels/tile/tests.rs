@@ -173,3 +173,33 @@ fn prompt_products_stay_near_the_f32_gemm() {
         assert_close_f32(&got, &want, Tol::new(0.02 * scale, 0.0));
     }
 }
+
+/// A row multiplied alone (`avx512::gemv`, no panel) equals the same row among many (the panel
+/// kernel), bit for bit: decoding one sequence or a batch gives the same logits.
+#[test]
+fn one_row_equals_the_same_row_in_a_batch_bit_for_bit() {
+    if !tile_available("one_row_equals_the_same_row_in_a_batch_bit_for_bit") {
+        return;
+    }
+    let mut rng = Rng(17);
+    let (n, k, m) = (40, 768, 11);
+    assert!(m > GEMV_MAX_ROWS);
+    for kind in KINDS {
+        let bytes = random_matrix(kind, &mut rng, n, k);
+        let w = QMatrixRef {
+            kind,
+            rows: n,
+            cols: k,
+            bytes: &bytes,
+        };
+        let x = rng.vec(m * k, 1.0);
+        let mut batch = vec![0.0f32; m * n];
+        assert!(matmul(w, &TileActs::quantize(&x, m, k), &mut batch));
+        for t in 0..m {
+            let mut one = vec![0.0f32; n];
+            let a = TileActs::quantize(&x[t * k..(t + 1) * k], 1, k);
+            assert!(matmul(w, &a, &mut one));
+            assert_close_f32(&one, &batch[t * n..(t + 1) * n], Tol::EXACT);
+        }
+    }
+}
