@@ -46,7 +46,7 @@ fn main() {
         canon_quant::pool::pool().threads(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let ms = [4usize, 8, 16, 32, 64, 256];
+    let ms = [1usize, 2, 4, 8, 16, 64, 256];
     println!(
         "| format | path | {} |",
         ms.iter().map(|m| format!("m={m}")).collect::<Vec<_>>().join(" | ")

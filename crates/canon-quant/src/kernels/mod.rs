@@ -10,11 +10,16 @@
 //!   formats with a minimum (Q4_1, Q5_1):   Σ_blocks d_w·d_x·Σ q_w q_x + m_w·s_x
 //!
 //! Three paths compute it, chosen at run time (`Isa::best`): a plain scalar reference (`scalar`),
-//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI (`avx512`, bit-identical to AVX2, used from 4
-//! activation rows). The output rows are split over `pool`'s persistent threads; with several
-//! activation rows each weight block is unpacked once and multiplied with 4 (AVX2) or 8 (AVX-512)
-//! of them. From `GEMM_MIN_ROWS` rows (prompts) the products run dequantized tiles through an f32
-//! GEMM instead.
+//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI. The output rows are split over `pool`'s
+//! persistent threads.
+//!
+//! On AVX-512 VNNI every format but Q2_K runs `tile` for any number of activation rows: panels
+//! of 16 weight rows unpacked once and multiplied with 8 activation rows per pass (prompts,
+//! batched decoding), and a one-row version with the same arithmetic bit for bit (decoding one
+//! sequence), so a row's result never depends on the rows beside it. Elsewhere (AVX2, scalar,
+//! `CANON_TILE=off`) each weight block is unpacked once and multiplied with 4 (AVX2) or 8
+//! (`avx512`, bit-identical to AVX2, from 4 rows) activation rows, and from `GEMM_MIN_ROWS` rows
+//! (prompts) the products run dequantized tiles through an f32 GEMM.
 
 pub mod kquant;
 pub mod scalar;
@@ -323,7 +328,7 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    if m >= TILE_MIN_ROWS && isa == Isa::Avx512Vnni && tile::form(w.kind).is_some() {
+    if tile::takes(isa, w.kind) {
         thread_local! {
             static SCRATCH_T: std::cell::RefCell<tile::TileActs> =
                 std::cell::RefCell::new(tile::TileActs::default());
@@ -374,9 +379,6 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
 
-/// From this many activation rows on, the AVX-512 VNNI path runs the tile kernel (`tile`) for
-/// every format with a tile form, before the f32 GEMM's threshold.
-pub const TILE_MIN_ROWS: usize = 16;
 
 /// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {

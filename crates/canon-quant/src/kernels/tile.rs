@@ -758,6 +758,28 @@ pub mod avx512 {
     }
 }
 
+/// Whether `kernels::matmul` takes this module's kernels on the AVX-512 VNNI path (for every
+/// row count and every format with a tile form). On by default; the environment variable
+/// `CANON_TILE=off` turns it off (read once), for side-by-side measurements against the
+/// row-at-a-time kernels and the f32 GEMM.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("CANON_TILE").as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
+/// Whether `kernels::matmul` on path `isa` runs this module's kernels for `kind`.
+pub fn takes(isa: super::Isa, kind: Kind) -> bool {
+    isa == super::Isa::Avx512Vnni
+        && super::Isa::best() == super::Isa::Avx512Vnni
+        && enabled()
+        && form(kind).is_some()
+}
+
 /// Up to this many activation rows, `matmul` runs `avx512::gemv` once per row instead of
 /// unpacking panels (same results, bit for bit).
 pub const GEMV_MAX_ROWS: usize = 3;
