@@ -781,8 +781,9 @@ pub fn takes(isa: super::Isa, kind: Kind) -> bool {
 }
 
 /// Up to this many activation rows, `matmul` runs `avx512::gemv` once per row instead of
-/// unpacking panels (same results, bit for bit).
-pub const GEMV_MAX_ROWS: usize = 3;
+/// unpacking panels (same results, bit for bit). From two rows the panel's unpacking is already
+/// cheaper than reading the weights again per row (`tilebench`).
+pub const GEMV_MAX_ROWS: usize = 1;
 
 /// `y = x Wᵀ` through the tile kernel, with `x` already rounded (`TileActs`). Returns `false`
 /// (and leaves `y`) where the CPU lacks AVX-512 VNNI or the format has no tile form.
@@ -807,7 +808,7 @@ pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
             static PANEL_BUF: std::cell::RefCell<avx512::Panel> =
                 std::cell::RefCell::new(avx512::Panel::default());
         }
-        if m < GEMV_MAX_ROWS + 1 {
+        if m <= GEMV_MAX_ROWS {
             crate::pool::parallel_for(tasks, &|task| {
                 for pi in task * per_task..((task + 1) * per_task).min(panels) {
                     for t in 0..m {
