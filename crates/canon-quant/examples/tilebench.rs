@@ -7,10 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use canon_quant::Isa;
 use canon_quant::kernels::kquant::Q8KRows;
 use canon_quant::kernels::tile::{self, TileActs};
-use canon_quant::kernels::{Kind, Q8Rows, QMatrixRef, matmul_dequantized, matmul_q8, matmul_q8k, scalar};
-use canon_quant::Isa;
+use canon_quant::kernels::{
+    Kind, Q8Rows, QMatrixRef, matmul_dequantized, matmul_q8, matmul_q8k, scalar,
+};
 
 fn best_time(mut f: impl FnMut()) -> f64 {
     f();
@@ -27,7 +29,10 @@ fn best_time(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let (n, k) = match args.as_slice() {
         [n, k] if k % 256 == 0 => (*n, *k),
         [] => (1536, 768),
@@ -44,12 +49,18 @@ fn main() {
     println!(
         "threads {}; load {}; W [{n}, {k}]; G multiply-adds/s",
         canon_quant::pool::pool().threads(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let ms = [1usize, 2, 4, 8, 16, 64, 256];
     println!(
         "| format | path | {} |",
-        ms.iter().map(|m| format!("m={m}")).collect::<Vec<_>>().join(" | ")
+        ms.iter()
+            .map(|m| format!("m={m}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let mut rnd = move || {
@@ -60,10 +71,22 @@ fn main() {
     };
     let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
     let x: Vec<f32> = (0..256 * k).map(|_| rnd()).collect();
-    for kind in [Kind::Q4_0, Kind::Q4_1, Kind::Q8_0, Kind::Q4K, Kind::Q5K, Kind::Q6K] {
+    for kind in [
+        Kind::Q4_0,
+        Kind::Q4_1,
+        Kind::Q8_0,
+        Kind::Q4K,
+        Kind::Q5K,
+        Kind::Q6K,
+    ] {
         let mut bytes = Vec::new();
         scalar::quantize_row(kind, &wf, &mut bytes);
-        let w = QMatrixRef { kind, rows: n, cols: k, bytes: &bytes };
+        let w = QMatrixRef {
+            kind,
+            rows: n,
+            cols: k,
+            bytes: &bytes,
+        };
         for path in ["tile", "8-bit rows", "f32 GEMM"] {
             let mut cells = Vec::new();
             for &m in &ms {

@@ -379,7 +379,6 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
 /// Activations then stay in f32 (no 8-bit rounding), which is at least as accurate.
 pub const GEMM_MIN_ROWS: usize = 16;
 
-
 /// `y = x Wᵀ` through f32 tiles of `W` and the `gemm` crate (`gemm_dequantized`).
 pub fn matmul_dequantized(w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     gemm_dequantized(w.rows, w.cols, x, m, y, &|r, out| dequantize_row(w, r, out));

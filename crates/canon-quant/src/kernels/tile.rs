@@ -133,7 +133,11 @@ pub fn row_form(w: QMatrixRef<'_>, r: usize, codes: &mut [u8], scales: &mut [[f3
         for (b, blk) in row.chunks_exact(kind.block_bytes()).enumerate() {
             let (d, m) = super::scalar::unpack_block(kind, blk, &mut q);
             for (o, &v) in codes[b * QK..(b + 1) * QK].iter_mut().zip(&q) {
-                *o = if kind.has_min() { v as u8 } else { (v + 128) as u8 };
+                *o = if kind.has_min() {
+                    v as u8
+                } else {
+                    (v + 128) as u8
+                };
             }
             scales[b] = [d, m];
         }
@@ -218,7 +222,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn stage_legacy<F: Fmt>(row: &[u8], codes: &mut [u8], sc: &mut [[f32; 2]]) {
         let nb = row.len() / F::BYTES;
-        for b in 0..nb {
+        for (b, scb) in sc.iter_mut().enumerate().take(nb) {
             // SAFETY: block b lies inside `row`; the store writes 32 bytes inside `codes`.
             let (d, m) = unsafe {
                 let (v, d, m) = F::unpack(row.as_ptr().add(b * F::BYTES));
@@ -230,7 +234,7 @@ pub mod avx512 {
                 _mm256_storeu_si256(codes.as_mut_ptr().add(b * QK) as *mut __m256i, u);
                 (d, m)
             };
-            sc[b] = [d, m];
+            *scb = [d, m];
         }
     }
 
@@ -349,8 +353,14 @@ pub mod avx512 {
             }
             // SAFETY: lines 8 and 9 are 64 bytes each.
             unsafe {
-                _mm512_store_ps(lines[8].0.as_mut_ptr() as *mut f32, _mm512_loadu_ps(s0.as_ptr()));
-                _mm512_store_ps(lines[9].0.as_mut_ptr() as *mut f32, _mm512_loadu_ps(s1.as_ptr()));
+                _mm512_store_ps(
+                    lines[8].0.as_mut_ptr() as *mut f32,
+                    _mm512_loadu_ps(s0.as_ptr()),
+                );
+                _mm512_store_ps(
+                    lines[9].0.as_mut_ptr() as *mut f32,
+                    _mm512_loadu_ps(s1.as_ptr()),
+                );
             }
         }
     }
@@ -374,6 +384,7 @@ pub mod avx512 {
     /// `valid ≤ 16`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn rows<const MODE: u8, const T: usize>(
         p: &Panel,
         act: &TileActs,
@@ -548,7 +559,9 @@ pub mod avx512 {
         for b in 0..nb {
             let at = t * nb + b;
             // SAFETY: block b of row t lies inside the activation codes.
-            let xq = unsafe { _mm256_loadu_si256(act.qs.as_ptr().add(t * k + b * QK) as *const __m256i) };
+            let xq = unsafe {
+                _mm256_loadu_si256(act.qs.as_ptr().add(t * k + b * QK) as *const __m256i)
+            };
             for i in 0..valid {
                 // SAFETY: row r0 + i < w.rows holds nb blocks of F.
                 let (v, d, m) = unsafe { F::unpack(base.add((r0 + i) * rb + b * F::BYTES)) };
@@ -614,7 +627,8 @@ pub mod avx512 {
             });
             for i in 0..valid {
                 // SAFETY: row r0 + i < w.rows holds nb / 8 whole blocks of F.
-                let blk = unsafe { std::slice::from_raw_parts(base.add((r0 + i) * rb + sb * bb), bb) };
+                let blk =
+                    unsafe { std::slice::from_raw_parts(base.add((r0 + i) * rb + sb * bb), bb) };
                 // SAFETY: `blk` is one whole block.
                 let u = unsafe { F::codes(blk.as_ptr()) };
                 for c in 0..8 {
