@@ -13,13 +13,11 @@
 //! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI. The output rows are split over `pool`'s
 //! persistent threads.
 //!
-//! On AVX-512 VNNI every format but Q2_K runs `tile` for any number of activation rows: panels
-//! of 16 weight rows unpacked once and multiplied with 8 activation rows per pass (prompts,
-//! batched decoding), and a one-row version with the same arithmetic bit for bit (decoding one
-//! sequence), so a row's result never depends on the rows beside it. Elsewhere (AVX2, scalar,
-//! `CANON_TILE=off`) each weight block is unpacked once and multiplied with 4 (AVX2) or 8
-//! (`avx512`, bit-identical to AVX2, from 4 rows) activation rows, and from `GEMM_MIN_ROWS` rows
-//! (prompts) the products run dequantized tiles through an f32 GEMM.
+//! Below `tile::MIN_ROWS` activation rows (decoding) each weight block is unpacked once and
+//! multiplied with 4 (AVX2) or 8 (`avx512`, bit-identical to AVX2, from 4 rows) activation rows.
+//! From there (prompts) the AVX-512 VNNI path runs `tile` for every format but Q2_K (panels of
+//! 16 weight rows unpacked once and multiplied with 8 activation rows per pass), and the other
+//! paths (or `CANON_TILE=off`) run dequantized tiles through an f32 GEMM from `GEMM_MIN_ROWS`.
 
 pub mod kquant;
 pub mod scalar;
@@ -328,7 +326,7 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
-    if tile::takes(isa, w.kind) {
+    if tile::takes(isa, w.kind, m) {
         thread_local! {
             static SCRATCH_T: std::cell::RefCell<tile::TileActs> =
                 std::cell::RefCell::new(tile::TileActs::default());

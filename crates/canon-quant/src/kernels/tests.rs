@@ -237,7 +237,7 @@ fn matmul_equals_row_by_row_scalar_products_for_every_path() {
                 for t in 0..m {
                     for r in 0..n {
                         let mut e = [0.0];
-                        if tile::takes(isa, kind) {
+                        if tile::takes(isa, kind, m) {
                             e[0] = tile_want[t * n + r];
                         } else {
                             scalar::dot_rows(kind, w.row(r), &[act.row(t)], &mut e);
@@ -334,7 +334,7 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
         };
         let x = rng.vec(m * k, 1.0);
         let mut y = vec![0.0; m * n];
-        if tile::takes(Isa::best(), kind) {
+        if tile::takes(Isa::best(), kind, m) {
             // The tile kernel's own tests cover this path; here the f32 GEMM itself.
             matmul_dequantized(w, &x, m, &mut y);
         } else {

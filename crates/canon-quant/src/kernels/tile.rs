@@ -786,9 +786,16 @@ pub fn enabled() -> bool {
     })
 }
 
-/// Whether `kernels::matmul` on path `isa` runs this module's kernels for `kind`.
-pub fn takes(isa: super::Isa, kind: Kind) -> bool {
-    isa == super::Isa::Avx512Vnni
+/// From this many activation rows (prompt chunks), `kernels::matmul` takes the tile kernel on
+/// the AVX-512 VNNI path. Fewer rows (decoding) keep the row-at-a-time kernels: in a loaded
+/// side-by-side run the one-row tile product decoded slower than AVX2's one-row kernel, and the
+/// batched decode rows must stay on the same arithmetic as one row alone (engine tests).
+pub const MIN_ROWS: usize = 16;
+
+/// Whether `kernels::matmul` on path `isa` runs this module's kernels for `m` rows of `kind`.
+pub fn takes(isa: super::Isa, kind: Kind, m: usize) -> bool {
+    m >= MIN_ROWS
+        && isa == super::Isa::Avx512Vnni
         && super::Isa::best() == super::Isa::Avx512Vnni
         && enabled()
         && form(kind).is_some()

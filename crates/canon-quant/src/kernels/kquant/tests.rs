@@ -227,7 +227,7 @@ fn matmul_takes_the_k_kernels_on_every_path() {
                 for t in 0..m {
                     for r in 0..n {
                         let mut e = [0.0];
-                        if crate::kernels::tile::takes(isa, kind) {
+                        if crate::kernels::tile::takes(isa, kind, m) {
                             // Q8 blocks of 32 there, not Q8_K: compare with the tile sums.
                             e[0] = tile_want[t * n + r];
                         } else {
