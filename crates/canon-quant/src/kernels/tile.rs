@@ -1,5 +1,5 @@
-//! Integer GEMM for many activation rows (prompts, batched decoding): tiles of 16 weight rows ×
-//! up to 8 activation rows, on AVX-512 VNNI.
+//! Integer GEMM for many activation rows (prompt chunks, from `MIN_ROWS`): tiles of 16 weight
+//! rows × up to 8 activation rows, on AVX-512 VNNI.
 //!
 //! The block product of `avx512`/`avx2` works along one weight row, so each block costs a scale
 //! multiply, a conversion and a fused multiply-add per activation row for every 32 products. Here
