@@ -15,7 +15,9 @@ Usage:
   ~/.cache/canon-peers/venv/bin/python bench/compare.py [--repeat 5] [--threads 2] [--isa avx2,avx512vnni]
 
 `--isa` runs Canon once per listed kernel path (the CANON_ISA environment variable) in the same
-interleaved loop, one row per path; without it Canon picks its best path. The CPU model and the
+interleaved loop, one row per path; without it Canon picks its best path. A path written
+`avx512vnni+notile` runs with CANON_TILE=off (the row-at-a-time kernels and the f32 GEMM instead of
+the tile kernels), for before/after rows in one run. The CPU model and the
 vector extensions it reports head the table.
 """
 
@@ -93,7 +95,11 @@ def peak_rss_mb(cmd):
 def canon_generate(exe, prompt, max_tokens, threads, extra=(), isa=None):
     env = dict(os.environ)
     if isa:
-        env["CANON_ISA"] = isa
+        # `avx512vnni+notile`: that path with the tile kernels off (CANON_TILE=off).
+        path, _, flag = isa.partition("+")
+        env["CANON_ISA"] = path
+        if flag == "notile":
+            env["CANON_TILE"] = "off"
     out = subprocess.run(
         [exe, "--quiet", "--threads", str(threads), "generate", "--model", GGUF, "--prompt", prompt,
          "--max-tokens", str(max_tokens), "--temperature", "0", "--json", *extra],

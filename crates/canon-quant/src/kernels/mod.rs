@@ -10,14 +10,18 @@
 //!   formats with a minimum (Q4_1, Q5_1):   Σ_blocks d_w·d_x·Σ q_w q_x + m_w·s_x
 //!
 //! Three paths compute it, chosen at run time (`Isa::best`): a plain scalar reference (`scalar`),
-//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI (`avx512`, bit-identical to AVX2, used from 4
-//! activation rows). The output rows are split over `pool`'s persistent threads; with several
-//! activation rows each weight block is unpacked once and multiplied with 4 (AVX2) or 8 (AVX-512)
-//! of them. From `GEMM_MIN_ROWS` rows (prompts) the products run dequantized tiles through an f32
-//! GEMM instead.
+//! AVX2 + FMA + F16C (`avx2`), and AVX-512 + VNNI. The output rows are split over `pool`'s
+//! persistent threads.
+//!
+//! Below `tile::MIN_ROWS` activation rows (decoding) each weight block is unpacked once and
+//! multiplied with 4 (AVX2) or 8 (`avx512`, bit-identical to AVX2, from 4 rows) activation rows.
+//! From there (prompts) the AVX-512 VNNI path runs `tile` for every format but Q2_K (panels of
+//! 16 weight rows unpacked once and multiplied with 8 activation rows per pass), and the other
+//! paths (or `CANON_TILE=off`) run dequantized tiles through an f32 GEMM from `GEMM_MIN_ROWS`.
 
 pub mod kquant;
 pub mod scalar;
+pub mod tile;
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -322,6 +326,22 @@ pub fn matmul(isa: Isa, w: QMatrixRef<'_>, x: &[f32], m: usize, y: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(y.len(), m * n);
+    if tile::takes(isa, w.kind, m) {
+        thread_local! {
+            static SCRATCH_T: std::cell::RefCell<tile::TileActs> =
+                std::cell::RefCell::new(tile::TileActs::default());
+        }
+        let done = SCRATCH_T.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(x, m, k);
+                tile::matmul(w, &act, y)
+            }
+            Err(_) => tile::matmul(w, &tile::TileActs::quantize(x, m, k), y),
+        });
+        if done {
+            return;
+        }
+    }
     if m >= GEMM_MIN_ROWS {
         return matmul_dequantized(w, x, m, y);
     }

@@ -228,13 +228,20 @@ fn matmul_equals_row_by_row_scalar_products_for_every_path() {
         for m in [1, 2, 5, 9] {
             let x = rng.vec(m * k, 1.0);
             let act = Q8Rows::quantize(&x, m, k);
+            let tact = tile::TileActs::quantize(&x, m, k);
+            let mut tile_want = vec![0.0; m * n];
+            tile::reference(w, &tact, &mut tile_want);
             for &isa in &paths {
                 let mut y = vec![0.0; m * n];
                 matmul(isa, w, &x, m, &mut y);
                 for t in 0..m {
                     for r in 0..n {
                         let mut e = [0.0];
-                        scalar::dot_rows(kind, w.row(r), &[act.row(t)], &mut e);
+                        if tile::takes(isa, kind, m) {
+                            e[0] = tile_want[t * n + r];
+                        } else {
+                            scalar::dot_rows(kind, w.row(r), &[act.row(t)], &mut e);
+                        }
                         let g = y[t * n + r];
                         assert!(
                             (g - e[0]).abs() <= 1e-5 * e[0].abs().max(1.0),
@@ -327,7 +334,12 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
         };
         let x = rng.vec(m * k, 1.0);
         let mut y = vec![0.0; m * n];
-        matmul(Isa::best(), w, &x, m, &mut y);
+        if tile::takes(Isa::best(), kind, m) {
+            // The tile kernel's own tests cover this path; here the f32 GEMM itself.
+            matmul_dequantized(w, &x, m, &mut y);
+        } else {
+            matmul(Isa::best(), w, &x, m, &mut y);
+        }
         let mut row = vec![0.0; k];
         for r in 0..n {
             dequantize_row(w, r, &mut row);
@@ -346,8 +358,9 @@ fn many_rows_take_the_dequantized_gemm_and_equal_float_products() {
     }
 }
 
-/// The AVX-512 kernels reproduce the AVX2 arithmetic bit for bit, for any number of rows; so a
-/// row's result is the same whether it is multiplied alone (one-row kernel) or in a batch.
+/// The row-at-a-time AVX-512 kernels reproduce the AVX2 arithmetic bit for bit, for any number
+/// of rows; and on every path a row's result is the same whether it is multiplied alone or in a
+/// batch (on AVX-512 VNNI `matmul` takes the tile kernels, whose own test checks the same).
 #[test]
 fn avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch() {
     let test = "avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch";
@@ -374,16 +387,38 @@ fn avx512_equals_avx2_bit_for_bit_and_rows_do_not_depend_on_the_batch() {
                 bytes: &bytes,
             };
             let x = rng.vec(m * k, 1.0);
+            // The row-at-a-time kernels, as `matmul` runs them below the GEMM's row count.
+            let rows_kernel = |isa: Isa, x: &[f32], m: usize, y: &mut [f32]| {
+                if kind.is_k() {
+                    matmul_q8k(isa, w, &kquant::Q8KRows::quantize(x, m, k), y)
+                } else if m == 1 && isa == Isa::Avx512Vnni {
+                    // `matmul_q8` gives one row AVX2's kernel on the VNNI path (as `matmul`).
+                    matmul_q8(Isa::Avx2, w, &Q8Rows::quantize(x, m, k), y)
+                } else {
+                    matmul_q8(isa, w, &Q8Rows::quantize(x, m, k), y)
+                }
+            };
             let mut results = Vec::new();
             for &isa in &paths {
-                let mut y = vec![0.0; m * n];
-                matmul(isa, w, &x, m, &mut y);
-                for t in 0..m {
-                    let mut one = vec![0.0; n];
-                    matmul(isa, w, &x[t * k..(t + 1) * k], 1, &mut one);
-                    assert_eq!(&y[t * n..(t + 1) * n], &one[..], "{isa:?} {kind:?} row {t}");
+                for product in [0, 1] {
+                    let mut y = vec![0.0; m * n];
+                    let run = |x: &[f32], m: usize, y: &mut [f32]| {
+                        if product == 0 {
+                            rows_kernel(isa, x, m, y)
+                        } else {
+                            matmul(isa, w, x, m, y)
+                        }
+                    };
+                    run(&x, m, &mut y);
+                    for t in 0..m {
+                        let mut one = vec![0.0; n];
+                        run(&x[t * k..(t + 1) * k], 1, &mut one);
+                        assert_eq!(&y[t * n..(t + 1) * n], &one[..], "{isa:?} {kind:?} row {t}");
+                    }
+                    if product == 0 {
+                        results.push((isa, y));
+                    }
                 }
-                results.push((isa, y));
             }
             for pair in results.windows(2) {
                 assert_eq!(

@@ -12,18 +12,18 @@ use super::{KActRow, QK_K, min_is_d, scales};
 use crate::kernels::Kind;
 
 /// Unpacks one block's codes: 8 × 32 values in natural order.
-trait KFmt {
+pub(crate) trait KFmt {
     const KIND: Kind;
     /// # Safety
     /// AVX2 present; `p` points at one whole block.
     unsafe fn codes(p: *const u8) -> [__m256i; 8];
 }
 
-struct Q2K;
-struct Q3K;
-struct Q4K;
-struct Q5K;
-struct Q6K;
+pub(crate) struct Q2K;
+pub(crate) struct Q3K;
+pub(crate) struct Q4K;
+pub(crate) struct Q5K;
+pub(crate) struct Q6K;
 
 /// # Safety
 /// AVX2 present; `p` points at 32 readable bytes.
