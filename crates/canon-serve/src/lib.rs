@@ -7,6 +7,7 @@
 //! `Retry-After`; a client that disconnects mid-stream frees its slot within one engine step.
 
 pub mod api;
+mod rag_routes;
 mod stream;
 mod tool_routes;
 pub mod tools;
@@ -50,6 +51,8 @@ pub struct Loaded {
     pub embedder: Option<(String, LoadedEncoder)>,
     /// Tools the server runs for clients (`GET /v1/tools`, `POST /v1/tools/{name}`).
     pub tools: Option<Arc<canon_agent::tools::Toolbox>>,
+    /// A `canon index` folder with its query encoder, for `/v1/search` and `/v1/ask`.
+    pub retriever: Option<Arc<canon_rag::answer::Retriever>>,
 }
 
 /// How the server listens and what it accepts.
@@ -219,6 +222,8 @@ fn router(state: Shared, max_body: usize) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/tools", get(tool_routes::list))
         .route("/v1/tools/{name}", post(tool_routes::call))
+        .route("/v1/search", post(rag_routes::search))
+        .route("/v1/ask", post(rag_routes::ask))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)

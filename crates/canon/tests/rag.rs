@@ -277,4 +277,82 @@ fn ask_end_to_end_with_real_models() {
         let n = c["n"].as_u64().unwrap() as usize;
         assert!((1..=chunks.len()).contains(&n));
     }
+
+    // The same question through `canon serve --index`: the same passages, an answer citing them.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args([
+            "serve",
+            "--index",
+            "d.idx",
+            "--port",
+            "0",
+            "--parallel",
+            "2",
+        ])
+        .current_dir(p)
+        .env("CANON_HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let body = serde_json::json!({
+        "question": "Which tar option changes to a directory before extracting?",
+        "k": 2,
+        "max_tokens": 40,
+    })
+    .to_string();
+    let post = |body: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        write!(
+            s,
+            "POST /v1/ask HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        Some(r)
+    };
+    let t0 = std::time::Instant::now();
+    let reply = loop {
+        // 503 while the models load.
+        if let Some(r) = post(&body)
+            && (r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+        {
+            break r;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 180,
+            "canon serve never answered /v1/ask"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = &reply[reply.find("\r\n\r\n").unwrap() + 4..];
+    let served: serde_json::Value = serde_json::from_str(json).unwrap();
+    let pages = |a: &serde_json::Value| -> Vec<String> {
+        a.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {} {}", c["page"], c["section"], c["lines"]))
+            .collect()
+    };
+    assert_eq!(pages(&served["passages"]), pages(&v["chunks"]), "{served}");
+    assert!(!served["answer"].as_str().unwrap().is_empty(), "{served}");
+    for c in served["citations"].as_array().unwrap() {
+        assert!(served["passages"].as_array().unwrap().contains(c));
+    }
 }

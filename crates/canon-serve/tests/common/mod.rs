@@ -44,6 +44,18 @@ pub fn start_with(
     ctx: u32,
     tools: Option<std::sync::Arc<canon_agent::tools::Toolbox>>,
 ) -> Running {
+    start_full(slots, queue, api_key, ctx, tools, None)
+}
+
+/// [`start_with`] with an index for `/v1/search` and `/v1/ask`.
+pub fn start_full(
+    slots: usize,
+    queue: usize,
+    api_key: Option<&str>,
+    ctx: u32,
+    tools: Option<std::sync::Arc<canon_agent::tools::Toolbox>>,
+    retriever: Option<std::sync::Arc<canon_rag::answer::Retriever>>,
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_llama(
@@ -100,6 +112,7 @@ pub fn start_with(
                     model_id: "tiny".into(),
                     embedder: None,
                     tools,
+                    retriever,
                 })
             });
             server

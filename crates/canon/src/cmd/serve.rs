@@ -13,6 +13,7 @@ use crate::{Ctx, model_gen};
   canon serve --model smollm2 --embedding-model minilm --parallel 8 --port 9000
   canon serve --model ./my-model.gguf --api-key secret --host 0.0.0.0
   canon serve --model smollm2 --tools --tools-index runs/man-index  # + GET /v1/tools, POST /v1/tools/NAME
+  canon serve --model smollm2 --index runs/man-index       # + POST /v1/search, POST /v1/ask
 
 Then:
   curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -20,7 +21,10 @@ Then:
   open http://127.0.0.1:8080/ for the chat page.
 
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models, /health,
-/metrics (Prometheus), / (chat page); with --tools, GET /v1/tools and POST /v1/tools/NAME. --lora DIR and --f32 (global flags) apply to the model.")]
+/metrics (Prometheus), / (chat page); with --tools, GET /v1/tools and POST /v1/tools/NAME; with
+--index, POST /v1/search {\"query\", \"k\"?, \"mode\"?} (ranked passages) and POST /v1/ask
+{\"question\", \"k\"?, \"mode\"?, \"max_tokens\"?} (an answer citing numbered passages, as canon ask).
+--lora DIR and --f32 (global flags) apply to the model.")]
 pub struct ServeArgs {
     /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
@@ -28,6 +32,10 @@ pub struct ServeArgs {
     /// Also serve /v1/embeddings with this embedding model (e.g. minilm).
     #[arg(long)]
     pub embedding_model: Option<String>,
+    /// A `canon index build` folder: serve POST /v1/search and POST /v1/ask over it (its query
+    /// encoder, named in the index, is loaded too).
+    #[arg(long, value_name = "DIR")]
+    pub index: Option<std::path::PathBuf>,
     /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -129,6 +137,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         println!("canon: listening on http://{addr} (chat page at /, API under /v1)");
         let model = a.model.clone();
         let emb = a.embedding_model.clone();
+        let index = a.index.clone();
         let engine_cfg = EngineConfig {
             slots: a.parallel,
             ctx_size: a.ctx_size,
@@ -142,6 +151,15 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 Some(name) => Some((
                     name.clone(),
                     model_gen::load_encoder(name, &load_ctx).map_err(|e| format!("{e:#}"))?,
+                )),
+                None => None,
+            };
+            let retriever = match &index {
+                Some(dir) => Some(std::sync::Arc::new(
+                    canon_rag::answer::Retriever::open(dir, true, |name| {
+                        model_gen::load_encoder(name, &load_ctx)
+                    })
+                    .map_err(|e| format!("{e:#}"))?,
                 )),
                 None => None,
             };
@@ -162,6 +180,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 model_id: model,
                 embedder,
                 tools,
+                retriever,
             })
         });
         // A model that fails to load stops the server with that error.
