@@ -302,7 +302,12 @@ pub fn train_config(data: &[u8]) {
     if let Ok(c) = toml::from_str::<canon_train::RunConfig>(text) {
         let _ = c.train.validate();
     }
-    let _ = toml::from_str::<toml::Value>(text);
+    // Every family's typed sections (`canon train` reads configs this way).
+    if let Ok(v) = toml::from_str::<toml::Value>(text)
+        && let Ok(c) = canon_runs::RunConfig::parse(&v, Path::new("fuzz.toml"))
+    {
+        let _ = c.train().validate();
+    }
 }
 
 /// Fine-tuning records, one JSON object per line.
