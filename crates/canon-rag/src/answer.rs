@@ -46,6 +46,8 @@ macro_rules! bail {
 pub struct Retriever {
     pub index: Index,
     enc: Option<canon_models::LoadedEncoder>,
+    /// The index's GraphRAG graph, when [`Retriever::with_graph`] found one.
+    pub graph: Option<crate::graph_answer::LoadedGraph>,
 }
 
 impl Retriever {
@@ -74,7 +76,20 @@ impl Retriever {
         } else {
             None
         };
-        Ok(Retriever { index, enc })
+        Ok(Retriever {
+            index,
+            enc,
+            graph: None,
+        })
+    }
+
+    /// Loads the index's GraphRAG graph (`canon graph build`) when the folder has one; an index
+    /// without a graph is returned unchanged, a damaged graph is an error.
+    pub fn with_graph(mut self) -> Result<Self> {
+        if self.index.path.join(crate::graph::GRAPH_FILE).exists() {
+            self.graph = Some(crate::graph_answer::load_graph(&self.index)?);
+        }
+        Ok(self)
     }
 
     /// The normalised query embedding.

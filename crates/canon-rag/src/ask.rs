@@ -68,6 +68,17 @@ pub fn build_prompt(
     build_prompt_with("", question, hits, budget, count)
 }
 
+/// Tokens of the prompt's fixed part (the instruction, a preamble's framing, the question) before
+/// any preamble text or passage.
+pub fn fixed_tokens(with_preamble: bool, question: &str, count: &dyn Fn(&str) -> usize) -> usize {
+    let fixed = if with_preamble {
+        format!("{INSTRUCTION}\n\n\n\nPassages:\n")
+    } else {
+        format!("{INSTRUCTION}\n\n")
+    };
+    count(&fixed) + count(&tail(question.trim()))
+}
+
 /// [`build_prompt`] with extra context (GraphRAG local search's entities and relationships)
 /// between the instruction and the passages; it counts against the budget.
 pub fn build_prompt_with(

@@ -118,21 +118,30 @@ pub fn graph_hits(
         .collect()
 }
 
-/// GraphRAG's local search: the entities matched in the question, their relationships and
-/// communities (at most half of the prompt budget) before the ranked text units; returns the
-/// answer and the matched entities' names.
-pub fn local_answer(
-    ans: &mut Answerer,
+/// What local search puts before the passages: the matched entities, their relationships and
+/// communities (at most half of the prompt tokens left after the instruction and the question,
+/// as GraphRAG's 0.5 text-unit proportion), the ranked text units, and the matched entities'
+/// names.
+#[derive(Debug, Clone)]
+pub struct LocalContext {
+    pub preamble: String,
+    pub hits: Vec<Hit>,
+    pub entities: Vec<String>,
+}
+
+/// Builds GraphRAG's local-search context for `question`.
+pub fn local_context(
     index: &Index,
     lg: &LoadedGraph,
     question: &str,
     k: usize,
-) -> Result<(Answer, Vec<String>)> {
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> LocalContext {
+    let half_budget = budget.saturating_sub(crate::ask::fixed_tokens(true, question, count)) / 2;
     let g = &lg.g;
     let m = graph::match_entities_with(g, &lg.entities, question, 10);
     let lc = graph::local_context(g, &m, k, 10);
-    // Entities, relationships and community titles: at most half of the budget (the
-    // text units get the rest, as GraphRAG's 0.5 text-unit proportion).
     let mut pre = String::from("Entities and relationships:\n");
     for &e in &lc.entities {
         pre.push_str(&format!(
@@ -154,28 +163,50 @@ pub fn local_answer(
     for &r in lc.reports.iter().take(3) {
         pre.push_str(&format!("- community: {}\n", g.reports[r].title));
     }
-    let half = ans.budget / 2;
     let mut kept = String::new();
     for l in pre.lines() {
-        if ans.count(&kept) + ans.count(l) + 1 > half {
+        if count(&kept) + count(l) + 1 > half_budget {
             break;
         }
         kept.push_str(l);
         kept.push('\n');
     }
-    let hits: Vec<Hit> = lc
+    let hits = lc
         .text_units
         .iter()
         .enumerate()
         .map(|(r, &u)| hit(index, u, 1.0 / (r as f64 + 1.0)))
         .collect();
-    let out = ans.answer_with(&kept, question, &hits)?;
-    let names = lc
+    let entities = lc
         .entities
         .iter()
         .map(|&e| g.entities[e].name.clone())
         .collect();
-    Ok((out, names))
+    LocalContext {
+        preamble: kept,
+        hits,
+        entities,
+    }
+}
+
+/// GraphRAG's local search: the entities matched in the question, their relationships and
+/// communities (at most half of the prompt budget) before the ranked text units; returns the
+/// answer and the matched entities' names.
+pub fn local_answer(
+    ans: &mut Answerer,
+    index: &Index,
+    lg: &LoadedGraph,
+    question: &str,
+    k: usize,
+) -> Result<(Answer, Vec<String>)> {
+    // The chat template's own tokens come out of the budget (as `answer_with` counts them).
+    let budget = ans.budget.saturating_sub(ans.count(&ans.render("")?));
+    let lc = {
+        let count = |s: &str| ans.count(s);
+        local_context(index, lg, question, k, budget, &count)
+    };
+    let out = ans.answer_with(&lc.preamble, question, &lc.hits)?;
+    Ok((out, lc.entities))
 }
 
 /// The answer of a global search with its cited key points (JSON records naming report, level
@@ -190,19 +221,27 @@ pub struct GlobalAnswer {
     pub map_ms: f64,
 }
 
-/// GraphRAG's global search: level-0 community reports pre-ranked by BM25 against the question
-/// (the top `2k`), mapped to scored key points by the model in batches that fill the context, then
-/// reduced into one answer citing them. `on_batch(done, total)` reports the map's progress.
-pub fn global_answer(
-    ans: &mut Answerer,
+/// Global search's map stage, ready to run: one user message per batch of reports, with the
+/// report each batch's key points are attributed to.
+#[derive(Debug, Clone)]
+pub struct GlobalMap {
+    pub prompts: Vec<String>,
+    pub first_report: Vec<usize>,
+}
+
+/// Answer tokens each map call may write.
+pub const MAP_TOKENS: usize = 120;
+
+/// Global search's map prompts: level-0 community reports (leaves above it included) pre-ranked
+/// by BM25 against the question (the top `2k`), packed into batches whose user messages fill
+/// `budget` tokens (leave room for [`MAP_TOKENS`] and the chat template).
+pub fn global_map(
     g: &KnowledgeGraph,
-    index: &Index,
     question: &str,
     k: usize,
-    on_batch: &mut dyn FnMut(usize, usize),
-) -> Result<GlobalAnswer> {
-    // Reports of level 0 (leaves above it included), pre-ranked by BM25 against the question;
-    // the top --k * 2 go through the LLM map in batches that fill the context.
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Result<GlobalMap> {
     let pre = graph::extractive_map(g, 0, question, k * 2);
     if pre.is_empty() {
         return Err(AnswerError::Invalid(
@@ -213,53 +252,63 @@ pub fn global_answer(
         .iter()
         .map(|p| (p.report, g.reports[p.report].text.clone()))
         .collect();
-    let map_budget = ans
-        .budget
-        .saturating_sub(ans.count(&graph::map_prompt(question, "")));
-    let batches = {
-        let count = |s: &str| ans.count(s);
-        graph::pack(&reports, map_budget, &count)
-    };
-    let mut points: Vec<KeyPoint> = Vec::new();
-    let mut raw: Vec<String> = Vec::new();
-    on_batch(0, batches.len());
-    let t0 = Instant::now();
+    let map_budget = budget.saturating_sub(count(&graph::map_prompt(question, "")));
+    let batches = graph::pack(&reports, map_budget, count);
+    let mut prompts = Vec::with_capacity(batches.len());
+    let mut first_report = Vec::with_capacity(batches.len());
     for b in &batches {
         let mut text = String::new();
         for &i in b {
             // A single report longer than the budget is cut to it.
             let mut r = reports[i].1.clone();
-            while ans.count(&r) > map_budget && r.len() > 16 {
+            while count(&r) > map_budget && r.len() > 16 {
                 let cut = r.floor_char_boundary(r.len() * 3 / 4);
                 r.truncate(cut);
             }
             text.push_str(&r);
             text.push('\n');
         }
-        let (out, ..) = ans.complete(&graph::map_prompt(question, &text), 120)?;
-        points.extend(graph::parse_map(&out, reports[b[0]].0));
-        raw.push(out);
-        on_batch(raw.len(), batches.len());
+        prompts.push(graph::map_prompt(question, &text));
+        first_report.push(reports[b[0]].0);
     }
-    let map_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let reduced = {
-        let count = |s: &str| ans.count(s);
-        graph::reduce_context(&points, ans.budget.saturating_sub(200), &count)
-    };
-    let (answer, kept) = match reduced {
-        None => (NO_ANSWER.to_string(), Vec::new()),
-        Some((ctx_text, kept)) => {
-            let prompt = format!(
+    Ok(GlobalMap {
+        prompts,
+        first_report,
+    })
+}
+
+/// Global search's reduce stage: the key points parsed from the map outputs, the best of them
+/// (within `budget` tokens) and the user message asking for the answer; `None` for the message
+/// when no point survives (the answer is then [`NO_ANSWER`]).
+pub fn global_reduce(
+    map: &GlobalMap,
+    outputs: &[String],
+    question: &str,
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> (Option<String>, Vec<KeyPoint>) {
+    let points: Vec<KeyPoint> = outputs
+        .iter()
+        .zip(&map.first_report)
+        .flat_map(|(o, &r)| graph::parse_map(o, r))
+        .collect();
+    match graph::reduce_context(&points, budget.saturating_sub(200), count) {
+        None => (None, Vec::new()),
+        Some((ctx_text, kept)) => (
+            Some(format!(
                 "Key points from community reports, most important first:\n{ctx_text}\nQuestion: {}\n\
 Answer using the key points and cite them by number, like [1].",
                 question.trim()
-            );
-            (ans.complete(&prompt, ans.max_tokens)?.0, kept)
-        }
-    };
-    let cites = cited(&answer, kept.len());
-    let point_json: Vec<serde_json::Value> = kept
-        .iter()
+            )),
+            kept,
+        ),
+    }
+}
+
+/// The cited key points as JSON records (number, score, point, report title and level, and up to
+/// three source pages of the report).
+pub fn points_json(g: &KnowledgeGraph, index: &Index, kept: &[KeyPoint]) -> Vec<serde_json::Value> {
+    kept.iter()
         .enumerate()
         .map(|(i, p)| {
             let r = &g.reports[p.report];
@@ -282,12 +331,53 @@ Answer using the key points and cite them by number, like [1].",
                 .collect();
             json!({"n": i + 1, "score": p.score, "point": p.text, "report": r.title, "level": r.level, "sources": pages})
         })
-        .collect();
+        .collect()
+}
+
+/// GraphRAG's global search: level-0 community reports pre-ranked by BM25 against the question
+/// (the top `2k`), mapped to scored key points by the model in batches that fill the context, then
+/// reduced into one answer citing them. `on_batch(done, total)` reports the map's progress.
+pub fn global_answer(
+    ans: &mut Answerer,
+    g: &KnowledgeGraph,
+    index: &Index,
+    question: &str,
+    k: usize,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<GlobalAnswer> {
+    // Map prompts leave room for the map's answer and the chat template's own tokens.
+    let max_seq = ans.lm.lm.model.max_seq_len();
+    let map_budget = ans
+        .budget
+        .min(max_seq.saturating_sub(MAP_TOKENS))
+        .saturating_sub(ans.count(&ans.render("")?));
+    let map = {
+        let count = |s: &str| ans.count(s);
+        global_map(g, question, k, map_budget, &count)?
+    };
+    let mut raw: Vec<String> = Vec::new();
+    on_batch(0, map.prompts.len());
+    let t0 = Instant::now();
+    for p in &map.prompts {
+        let (out, ..) = ans.complete(p, MAP_TOKENS)?;
+        raw.push(out);
+        on_batch(raw.len(), map.prompts.len());
+    }
+    let map_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (prompt, kept) = {
+        let count = |s: &str| ans.count(s);
+        global_reduce(&map, &raw, question, ans.budget, &count)
+    };
+    let answer = match prompt {
+        None => NO_ANSWER.to_string(),
+        Some(p) => ans.complete(&p, ans.max_tokens)?.0,
+    };
+    let cites = cited(&answer, kept.len());
     Ok(GlobalAnswer {
         answer,
         citations: cites,
-        points: point_json,
-        map_batches: batches.len(),
+        points: points_json(g, index, &kept),
+        map_batches: map.prompts.len(),
         map_outputs: raw,
         map_ms,
     })

@@ -13,7 +13,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use canon_rag::answer::Retriever;
-use canon_rag::ask::{build_prompt, cited};
+use canon_rag::ask::{build_prompt_with, cited};
+use canon_rag::graph_answer::MAP_TOKENS;
 use canon_rag::index::{Hit, Mode};
 use canon_text::Message;
 use serde::Deserialize;
@@ -49,6 +50,9 @@ struct AskRequest {
     mode: Option<String>,
     #[serde(default)]
     max_tokens: Option<usize>,
+    /// GraphRAG over the index's graph: `"local"` or `"global"` (as `canon ask --graph`).
+    #[serde(default)]
+    graph: Option<String>,
     /// Accepted for OpenAI-style clients; the served model answers.
     #[serde(default)]
     #[allow(dead_code)]
@@ -185,38 +189,74 @@ async fn ask_inner(
         ));
     }
     let question = req.question.trim().to_string();
-    let hits = search_hits(r, question.clone(), mode, k).await?;
+    if question.is_empty() {
+        return Err(ApiError::invalid(
+            "expected a non-empty question, found an empty one",
+            Some("question"),
+        ));
+    }
+    let graph = match req.graph.as_deref() {
+        None => None,
+        Some(g @ ("local" | "global")) => {
+            if r.graph.is_none() {
+                return Err(ApiError::invalid(
+                    "this server's index has no graph: build one with `canon graph build --index DIR` and restart",
+                    Some("graph"),
+                )
+                .with_code("no_graph"));
+            }
+            Some(g == "global")
+        }
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("expected graph \"local\" or \"global\", found {other:?}"),
+                Some("graph"),
+            ));
+        }
+    };
+    let lm = Gen::new(&l, max_tokens);
+    if graph == Some(true) {
+        return global(st, &l, &r, &lm, &question, k).await;
+    }
+    let (preamble, hits, entities) = match graph {
+        Some(_) => {
+            let Some(lg) = r.graph.as_ref() else {
+                return Err(ApiError::server("graph not loaded"));
+            };
+            let count = |s: &str| lm.count(s);
+            let lc = canon_rag::graph_answer::local_context(
+                &r.index,
+                lg,
+                &question,
+                k,
+                lm.budget.saturating_sub(lm.count(&lm.render("")?)),
+                &count,
+            );
+            (lc.preamble, lc.hits, Some(lc.entities))
+        }
+        None => (
+            String::new(),
+            search_hits(r.clone(), question.clone(), mode, k).await?,
+            None,
+        ),
+    };
 
     // The prompt: numbered passages and the question, within the context left for the answer,
     // as the user message of the model's chat template.
-    let tok = l.engine.tokenizer();
-    let count = |s: &str| tok.encode(s, false).map(|t| t.len()).unwrap_or(s.len());
-    let render = |user: &str| -> Result<String, ApiError> {
-        match &l.chat_template {
-            Some(t) => t
-                .render(&[Message::new("user", user)], true)
-                .map_err(|e| ApiError::server(format!("chat template: {e}"))),
-            None => Ok(user.to_string()),
-        }
+    let overhead = lm.count(&lm.render("")?);
+    let prompt = {
+        let count = |s: &str| lm.count(s);
+        build_prompt_with(
+            &preamble,
+            &question,
+            &hits,
+            lm.budget.saturating_sub(overhead),
+            &count,
+        )
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("question")))?
     };
-    let overhead = count(&render("")?);
-    let budget = (max_len - max_tokens)
-        .min(MAX_PROMPT_TOKENS)
-        .saturating_sub(overhead);
-    let prompt = build_prompt(&question, &hits, budget, &count)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("question")))?;
-    let text = render(&prompt.text)?;
-    let ids = tok
-        .encode(&text, true)
-        .map_err(|e| ApiError::server(format!("cannot tokenize the prompt: {e}")))?;
-    let prompt_tokens = ids.len();
-    let handles = submit_all(&l, vec![canon_infer::Request::new(ids, max_tokens)])?;
-    let mut completion = None;
-    for h in handles {
-        completion = Some(wait(h).await?);
-    }
-    let c = completion.ok_or_else(|| ApiError::server("no completion"))?;
-    let answer = c.text.trim().to_string();
+    let mut outs = lm.run(std::slice::from_ref(&prompt.text), max_tokens).await?;
+    let (answer, prompt_tokens, completion_tokens, finish) = outs.remove(0);
     let citations: Vec<_> = cited(&answer, prompt.passages.len())
         .into_iter()
         .map(|n| prompt.passages[n - 1].clone())
@@ -226,8 +266,8 @@ async fn ask_inner(
         .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
     st.metrics
         .completion_tokens
-        .fetch_add(c.tokens.len() as u64, Ordering::Relaxed);
-    Ok(axum::Json(json!({
+        .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    let mut body = json!({
         "id": st.next_id("ask"),
         "object": "canon.answer",
         "created": now_secs(),
@@ -237,11 +277,159 @@ async fn ask_inner(
         "citations": citations,
         "passages": prompt.passages,
         "dropped_passages": prompt.dropped,
-        "finish_reason": crate::finish_str(c.finish_reason),
+        "finish_reason": finish,
         "usage": {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": c.tokens.len(),
-            "total_tokens": prompt_tokens + c.tokens.len(),
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    });
+    if let Some(names) = entities {
+        body["graph"] = json!("local");
+        body["entities"] = json!(names);
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+/// The served model as `canon ask`'s generator: chat-templated user messages, token counts, and
+/// the prompt budget (the context less the answer, at most [`MAX_PROMPT_TOKENS`]).
+struct Gen<'a> {
+    l: &'a Loaded,
+    budget: usize,
+    max_tokens: usize,
+}
+
+impl<'a> Gen<'a> {
+    fn new(l: &'a Loaded, max_tokens: usize) -> Self {
+        Gen {
+            l,
+            budget: (l.engine.max_len() - max_tokens).min(MAX_PROMPT_TOKENS),
+            max_tokens,
+        }
+    }
+
+    fn count(&self, s: &str) -> usize {
+        self.l
+            .engine
+            .tokenizer()
+            .encode(s, false)
+            .map(|t| t.len())
+            .unwrap_or(s.len())
+    }
+
+    fn render(&self, user: &str) -> Result<String, ApiError> {
+        match &self.l.chat_template {
+            Some(t) => t
+                .render(&[Message::new("user", user)], true)
+                .map_err(|e| ApiError::server(format!("chat template: {e}"))),
+            None => Ok(user.to_string()),
+        }
+    }
+
+    /// Generates greedily from each user message, all submitted at once so the engine batches
+    /// them; per message: (text, prompt tokens, completion tokens, finish reason).
+    async fn run(
+        &self,
+        users: &[String],
+        max_tokens: usize,
+    ) -> Result<Vec<(String, usize, usize, &'static str)>, ApiError> {
+        let max_len = self.l.engine.max_len();
+        let mut reqs = Vec::with_capacity(users.len());
+        let mut lens = Vec::with_capacity(users.len());
+        for u in users {
+            let text = self.render(u)?;
+            let ids = self
+                .l
+                .engine
+                .tokenizer()
+                .encode(&text, true)
+                .map_err(|e| ApiError::server(format!("cannot tokenize the prompt: {e}")))?;
+            if ids.len() + max_tokens > max_len {
+                return Err(ApiError::invalid(
+                    format!(
+                        "expected a prompt that fits the context of {max_len} tokens with {max_tokens} answer tokens, found {} prompt tokens",
+                        ids.len()
+                    ),
+                    Some("max_tokens"),
+                ));
+            }
+            lens.push(ids.len());
+            reqs.push(canon_infer::Request::new(ids, max_tokens));
+        }
+        let handles = submit_all(self.l, reqs)?;
+        let mut out = Vec::with_capacity(handles.len());
+        for (h, n) in handles.into_iter().zip(lens) {
+            let c = wait(h).await?;
+            out.push((
+                c.text.trim().to_string(),
+                n,
+                c.tokens.len(),
+                crate::finish_str(c.finish_reason),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// GraphRAG's global search through the serving engine: the map prompts go in as one batch,
+/// then the reduce prompt.
+async fn global(
+    st: &Shared,
+    l: &Loaded,
+    r: &Retriever,
+    lm: &Gen<'_>,
+    question: &str,
+    k: usize,
+) -> Result<Response, ApiError> {
+    let Some(lg) = r.graph.as_ref() else {
+        return Err(ApiError::server("graph not loaded"));
+    };
+    let count = |s: &str| lm.count(s);
+    let map_budget = (lm.l.engine.max_len().saturating_sub(MAP_TOKENS))
+        .min(MAX_PROMPT_TOKENS)
+        .saturating_sub(lm.count(&lm.render("")?));
+    let map = canon_rag::graph_answer::global_map(&lg.g, question, k, map_budget, &count)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("graph")))?;
+    let outs = lm.run(&map.prompts, MAP_TOKENS).await?;
+    let mut prompt_tokens: usize = outs.iter().map(|o| o.1).sum();
+    let mut completion_tokens: usize = outs.iter().map(|o| o.2).sum();
+    let texts: Vec<String> = outs.into_iter().map(|o| o.0).collect();
+    let (reduce, kept) =
+        canon_rag::graph_answer::global_reduce(&map, &texts, question, lm.budget, &count);
+    let (answer, finish) = match reduce {
+        None => (canon_rag::graph::NO_ANSWER.to_string(), "stop"),
+        Some(p) => {
+            let mut o = lm.run(&[p], lm.max_tokens).await?;
+            let (a, pt, ct, f) = o.remove(0);
+            prompt_tokens += pt;
+            completion_tokens += ct;
+            (a, f)
+        }
+    };
+    let citations = cited(&answer, kept.len());
+    st.metrics
+        .prompt_tokens
+        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+    st.metrics
+        .completion_tokens
+        .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+    Ok(axum::Json(json!({
+        "id": st.next_id("ask"),
+        "object": "canon.answer",
+        "created": now_secs(),
+        "model": l.model_id,
+        "question": question,
+        "graph": "global",
+        "answer": answer,
+        "citations": citations,
+        "points": canon_rag::graph_answer::points_json(&lg.g, &r.index, &kept),
+        "map_batches": map.prompts.len(),
+        "map_outputs": texts,
+        "finish_reason": finish,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         },
     }))
     .into_response())

@@ -7,10 +7,16 @@ use std::sync::Arc;
 
 use canon_rag::answer::{AnswerError, Retriever};
 use canon_rag::chunk::Chunk;
+use canon_rag::graph::{ExtractStats, Extraction, build_graph};
 use canon_rag::index::{FORMAT, Meta, VERSION, write_index_with};
 use serde_json::json;
 
 fn index(dir: &std::path::Path) -> Arc<Retriever> {
+    Arc::new(open_index(dir, false))
+}
+
+/// The small index, with a GraphRAG graph built from hand-written extractions when `graph`.
+fn open_index(dir: &std::path::Path, graph: bool) -> Retriever {
     let texts = [
         (
             "tar",
@@ -54,7 +60,46 @@ fn index(dir: &std::path::Path) -> Arc<Retriever> {
     let no_encoder = |_: &str| -> Result<canon_models::LoadedEncoder, AnswerError> {
         unreachable!("BM25 needs no encoder")
     };
-    Arc::new(Retriever::open(&ix, false, no_encoder).unwrap())
+    if graph {
+        let ent = |n: &str, t: &str, d: &str| (n.to_string(), t.to_string(), d.to_string());
+        let rel = |a: &str, b: &str, d: &str| (a.to_string(), b.to_string(), d.to_string(), 2.0);
+        let units = vec![
+            (
+                0,
+                Extraction {
+                    entities: vec![
+                        ent("TAR", "COMMAND", "tar archives files"),
+                        ent("DIRECTORY", "CONCEPT", "a folder of files"),
+                    ],
+                    relations: vec![rel("TAR", "DIRECTORY", "tar -C changes to a directory")],
+                },
+            ),
+            (
+                1,
+                Extraction {
+                    entities: vec![
+                        ent("GZIP", "COMMAND", "gzip compresses files"),
+                        ent("COMPRESSION", "TOPIC", "making files smaller"),
+                    ],
+                    relations: vec![rel("GZIP", "COMPRESSION", "gzip compresses")],
+                },
+            ),
+            (
+                2,
+                Extraction {
+                    entities: vec![
+                        ent("LS", "COMMAND", "ls lists directory contents"),
+                        ent("DIRECTORY", "CONCEPT", "a folder of files"),
+                    ],
+                    relations: vec![rel("LS", "DIRECTORY", "ls lists a directory")],
+                },
+            ),
+        ];
+        let g = build_graph("test", 3, &units, ExtractStats::default(), 10, 400, 2);
+        g.save(&ix).unwrap();
+    }
+    let r = Retriever::open(&ix, false, no_encoder).unwrap();
+    r.with_graph().unwrap()
 }
 
 #[test]
@@ -130,6 +175,80 @@ fn a_server_without_an_index_says_how_to_get_one() {
     assert_eq!(st, 404, "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("--index"),
+        "{v}"
+    );
+}
+
+#[test]
+fn graphrag_local_and_global_over_http() {
+    let d = tempfile::tempdir().unwrap();
+    let s = common::start_full(
+        4,
+        16,
+        None,
+        512,
+        None,
+        Some(Arc::new(open_index(d.path(), true))),
+    );
+
+    let (st, v) = s.post(
+        "/v1/ask",
+        &json!({"question": "Which command lists a directory?", "graph": "local", "k": 3, "max_tokens": 8}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["graph"], "local", "{v}");
+    let names: Vec<&str> = v["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(names.contains(&"DIRECTORY"), "{v}");
+    let passages = v["passages"].as_array().unwrap();
+    assert!(!passages.is_empty(), "{v}");
+    for c in v["citations"].as_array().unwrap() {
+        assert!(passages.contains(c), "{c} not among {passages:?}");
+    }
+
+    let (st, v) = s.post(
+        "/v1/ask",
+        &json!({"question": "What do the pages say about a directory and compression?", "graph": "global", "k": 4, "max_tokens": 8}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["graph"], "global", "{v}");
+    let batches = v["map_batches"].as_u64().unwrap();
+    assert!(batches >= 1, "{v}");
+    assert_eq!(v["map_outputs"].as_array().unwrap().len() as u64, batches);
+    // Citations number the kept key points.
+    let points = v["points"].as_array().unwrap().len();
+    for c in v["citations"].as_array().unwrap() {
+        let n = c.as_u64().unwrap() as usize;
+        assert!(n >= 1 && n <= points, "{v}");
+    }
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let (st, v) = s.post("/v1/ask", &json!({"question": "tar?", "graph": "wide"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"local\" or \"global\""),
+        "{v}"
+    );
+}
+
+#[test]
+fn graph_questions_need_a_graph() {
+    let d = tempfile::tempdir().unwrap();
+    let s = common::start_full(1, 4, None, 512, None, Some(index(d.path())));
+    let (st, v) = s.post("/v1/ask", &json!({"question": "tar?", "graph": "local"}));
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("canon graph build"),
         "{v}"
     );
 }

@@ -23,7 +23,9 @@ Then:
 Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models, /health,
 /metrics (Prometheus), / (chat page); with --tools, GET /v1/tools and POST /v1/tools/NAME; with
 --index, POST /v1/search {\"query\", \"k\"?, \"mode\"?} (ranked passages) and POST /v1/ask
-{\"question\", \"k\"?, \"mode\"?, \"max_tokens\"?} (an answer citing numbered passages, as canon ask).
+{\"question\", \"k\"?, \"mode\"?, \"max_tokens\"?, \"graph\"?} (an answer citing numbered passages, as
+canon ask; \"graph\": \"local\" or \"global\" runs GraphRAG over the index's graph, built by
+canon graph build, with global search's map prompts batched together).
 --lora DIR and --f32 (global flags) apply to the model.")]
 pub struct ServeArgs {
     /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.
@@ -159,6 +161,8 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     canon_rag::answer::Retriever::open(dir, true, |name| {
                         model_gen::load_encoder(name, &load_ctx)
                     })
+                    .map_err(|e| format!("{e:#}"))?
+                    .with_graph()
                     .map_err(|e| format!("{e:#}"))?,
                 )),
                 None => None,
