@@ -432,6 +432,27 @@ fn fnv(s: &str) -> u64 {
     h
 }
 
+/// A cached call's file name and full request text: two independent 64-bit hashes of (model,
+/// messages, max tokens and, when given, the output's JSON schema); the full request is stored
+/// with the answer and compared on read.
+pub fn call_key(
+    model: &str,
+    messages: &[(String, String)],
+    max_tokens: usize,
+    schema: Option<&serde_json::Value>,
+) -> (String, String) {
+    let mut req =
+        serde_json::json!({"model": model, "messages": messages, "max_tokens": max_tokens});
+    if let Some(s) = schema {
+        req["schema"] = s.clone();
+    }
+    let text = req.to_string();
+    (
+        format!("{:016x}{:016x}", fnv(&text), fnv(&format!("canon{text}"))),
+        text,
+    )
+}
+
 impl<'a> CachedLlm<'a> {
     pub fn new(inner: &'a mut dyn Llm, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -444,12 +465,7 @@ impl<'a> CachedLlm<'a> {
     }
 
     fn key(&self, messages: &[(String, String)], max_tokens: usize) -> (String, String) {
-        let text = serde_json::json!({"model": self.inner.id(), "messages": messages, "max_tokens": max_tokens}).to_string();
-        // Two independent 64-bit hashes; the full request is stored and compared on read.
-        (
-            format!("{:016x}{:016x}", fnv(&text), fnv(&format!("canon{text}"))),
-            text,
-        )
+        call_key(&self.inner.id(), messages, max_tokens, None)
     }
 
     pub fn chat(
@@ -548,11 +564,23 @@ pub struct Entity {
     /// Chunk ids the entity was found in.
     pub text_units: Vec<usize>,
     pub degree: usize,
+    /// The descriptions summarised by a language model (`canon graph summarize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_summary: Option<String>,
+}
+
+/// `s` cut to at most `max_chars` bytes at a character boundary.
+fn cut(s: &str, max_chars: usize) -> String {
+    s[..s.floor_char_boundary(max_chars.min(s.len()))].to_string()
 }
 
 impl Entity {
-    /// The merged description (descriptions joined, at most `max_chars`).
+    /// The merged description: the model's summary when there is one, else the descriptions
+    /// joined; at most `max_chars`.
     pub fn summary(&self, max_chars: usize) -> String {
+        if let Some(t) = &self.llm_summary {
+            return cut(t, max_chars);
+        }
         let mut s = String::new();
         for d in &self.descriptions {
             if s.len() + d.len() + 2 > max_chars && !s.is_empty() {
@@ -575,6 +603,19 @@ pub struct Relation {
     /// Sum of the instances' strengths.
     pub weight: f64,
     pub text_units: Vec<usize>,
+    /// The descriptions summarised by a language model (`canon graph summarize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_summary: Option<String>,
+}
+
+impl Relation {
+    /// The model's summary when there is one, else the first description.
+    pub fn description(&self) -> &str {
+        self.llm_summary
+            .as_deref()
+            .or(self.descriptions.first().map(String::as_str))
+            .unwrap_or("")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -588,6 +629,10 @@ pub struct Report {
     pub rank: f64,
     /// Chunk ids behind the community's elements, most frequent first.
     pub text_units: Vec<usize>,
+    /// The report a language model wrote (`canon graph summarize`); `title` and `text` then
+    /// render it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<crate::graph_llm::LlmReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -619,6 +664,7 @@ pub fn merge(units: &[(usize, Extraction)], min_np_units: usize) -> (Vec<Entity>
                     descriptions: Vec::new(),
                     text_units: Vec::new(),
                     degree: 0,
+                    llm_summary: None,
                 });
                 ents.len() - 1
             });
@@ -651,6 +697,7 @@ pub fn merge(units: &[(usize, Extraction)], min_np_units: usize) -> (Vec<Entity>
                 descriptions: Vec::new(),
                 weight: 0.0,
                 text_units: Vec::new(),
+                llm_summary: None,
             });
             r.weight += w;
             if !d.is_empty() && !r.descriptions.contains(d) {
@@ -745,7 +792,7 @@ pub fn build_report(
                 }
             }
         }
-        let d = r.descriptions.first().cloned().unwrap_or_default();
+        let d = r.description().to_string();
         let line = format!(
             "- {} — {}{}\n",
             ents[r.source].name,
@@ -783,6 +830,7 @@ pub fn build_report(
         text,
         rank: cluster.nodes.iter().map(|&e| ents[e].degree as f64).sum(),
         text_units: units.into_iter().map(|u| u.0).collect(),
+        llm: None,
     }
 }
 

@@ -157,7 +157,7 @@ pub fn local_context(
             "- {} — {}: {}\n",
             g.entities[rel.source].name,
             g.entities[rel.target].name,
-            rel.descriptions.first().map_or("", |s| s.as_str())
+            rel.description()
         ));
     }
     for &r in lc.reports.iter().take(3) {

@@ -21,6 +21,7 @@ pub mod eval_answer;
 pub mod fuse;
 pub mod graph;
 pub mod graph_answer;
+pub mod graph_llm;
 pub mod hnsw;
 pub mod index;
 pub mod leiden;

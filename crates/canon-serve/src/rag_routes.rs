@@ -255,7 +255,9 @@ async fn ask_inner(
         )
         .map_err(|e| ApiError::invalid(e.to_string(), Some("question")))?
     };
-    let mut outs = lm.run(std::slice::from_ref(&prompt.text), max_tokens).await?;
+    let mut outs = lm
+        .run(std::slice::from_ref(&prompt.text), max_tokens)
+        .await?;
     let (answer, prompt_tokens, completion_tokens, finish) = outs.remove(0);
     let citations: Vec<_> = cited(&answer, prompt.passages.len())
         .into_iter()

@@ -116,6 +116,8 @@ fn bm25_graph_and_eval_on_a_small_index() {
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["page"], "gzip(1)");
 
+    let o = canon(&["graph", "summarize", "--index", ix], d.path());
+    assert_clean_error(&o, &["canon graph build"]);
     let o = canon(
         &["graph", "build", "--index", ix, "--max-cluster-size", "3"],
         d.path(),
@@ -134,6 +136,38 @@ fn bm25_graph_and_eval_on_a_small_index() {
         "{names:?}"
     );
     assert!(!g["reports"].as_array().unwrap().is_empty());
+
+    // Summaries and reports: a bad --what is one error line; a server that does not answer
+    // fails each call, counted, and leaves the graph's extractive reports in place.
+    let o = canon(
+        &["graph", "summarize", "--index", ix, "--what", "pictures"],
+        d.path(),
+    );
+    assert_clean_error(&o, &["--what", "pictures"]);
+    let o = canon(
+        &[
+            "graph",
+            "summarize",
+            "--index",
+            ix,
+            "--url",
+            "http://127.0.0.1:9",
+            "--what",
+            "reports",
+            "--limit",
+            "2",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(v["reports"]["calls"], 2, "{v}");
+    assert_eq!(v["reports"]["failed"], 2, "{v}");
+    assert!(
+        v["model_reports"].as_str().unwrap().starts_with("0 of "),
+        "{v}"
+    );
 
     let q = d.path().join("q.jsonl");
     std::fs::write(

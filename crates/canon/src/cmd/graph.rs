@@ -32,6 +32,16 @@ pub enum GraphCmd {
 
 LLM calls are cached under INDEX/llm-cache, so an interrupted build resumes where it stopped.")]
     Build(GraphBuildArgs),
+    /// Summarise merged descriptions and write community reports with a model (title, summary,
+    /// impact rating 0–10, findings; JSON under a schema), bottom-up, calls batched.
+    #[command(after_help = "Examples:
+  canon graph summarize --index man.idx --model smollm2 --limit 40
+  canon graph summarize --index man.idx --what reports --parallel 16
+  canon graph summarize --index man.idx --url http://127.0.0.1:8080 --remote-model gpt-4o-mini
+
+Calls are cached under INDEX/llm-cache (a rerun resumes); graph.json is rewritten after each
+stage. Reports the model garbles keep their extractive text and are counted as failed.")]
+    Summarize(super::graph_summarize::GraphSummarizeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,10 +84,11 @@ pub struct GraphBuildArgs {
 pub fn run(a: GraphArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match a.cmd {
         GraphCmd::Build(b) => build(b, ctx),
+        GraphCmd::Summarize(s) => super::graph_summarize::run(s, ctx),
     }
 }
 
-fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
     if ctx.quiet || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }

@@ -16,6 +16,7 @@ pub mod finetune_bert;
 pub mod flan;
 pub mod generate;
 pub mod graph;
+pub mod graph_summarize;
 pub mod index;
 pub mod info;
 pub mod lora_finetune;

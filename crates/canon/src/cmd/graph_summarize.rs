@@ -1,0 +1,140 @@
+//! `canon graph summarize`: description summaries and community reports written by a model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::bail;
+use canon_infer::{Engine, EngineConfig};
+use canon_rag::graph::{KnowledgeGraph, Llm, approx_tokens};
+use canon_rag::graph_llm::{self, BatchLlm, CachedBatch, EngineLlm, Serial};
+use canon_rag::index::Index;
+use clap::Args;
+use serde_json::json;
+
+use super::graph::{RemoteLlm, bar};
+use crate::{Ctx, model_gen};
+
+#[derive(Args, Debug)]
+pub struct GraphSummarizeArgs {
+    /// The index folder (with graph.json from `canon graph build`).
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Local generating model.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// An OpenAI-compatible server (base URL) to write with instead of a local model.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Model name sent to --url.
+    #[arg(long, default_value = "default")]
+    pub remote_model: String,
+    /// What to write: descriptions, reports, or both (comma-separated).
+    #[arg(long, default_value = "descriptions,reports")]
+    pub what: String,
+    /// Calls decoded together (the local engine's slots).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// At most this many summaries and this many reports (most prominent first).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Tokens of a report's context (entity, relationship and sub-community tables).
+    #[arg(long, default_value_t = 1200)]
+    pub context: usize,
+    /// Budget of the extractive reports rebuilt with the summaries (as `graph build`).
+    #[arg(long, default_value_t = 600)]
+    pub report_tokens: usize,
+}
+
+/// Counts a text's tokens.
+type Counter = dyn Fn(&str) -> usize;
+
+pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let what: Vec<&str> = a.what.split(',').map(str::trim).collect();
+    if let Some(w) = what
+        .iter()
+        .find(|w| !matches!(**w, "descriptions" | "reports"))
+    {
+        bail!("expected --what descriptions, reports or both, found '{w}'");
+    }
+    if a.parallel == 0 || a.context < 100 {
+        bail!(
+            "expected --parallel at least 1 and --context at least 100, found {} and {}",
+            a.parallel,
+            a.context
+        );
+    }
+    let ix = Index::open(&a.index, None)?;
+    let mut g = KnowledgeGraph::load(&a.index, ix.meta.chunks)?;
+    let t0 = Instant::now();
+    let mut remote;
+    let mut serial;
+    let mut local;
+    let (llm, count): (&mut dyn BatchLlm, Box<Counter>) = match &a.url {
+        Some(u) => {
+            remote = RemoteLlm::new(u, &a.remote_model)?;
+            serial = Serial(&mut remote as &mut dyn Llm);
+            (&mut serial, Box::new(approx_tokens))
+        }
+        None => {
+            let lm = model_gen::load_lm(&a.model, ctx)?;
+            let template = lm.chat_template.clone();
+            let cfg = EngineConfig {
+                slots: a.parallel,
+                queue_limit: a.parallel.max(64),
+                ..EngineConfig::default()
+            };
+            local = EngineLlm::new(Engine::start(lm, cfg)?, template, &a.model);
+            let tok = local.engine.tokenizer().clone();
+            (
+                &mut local,
+                Box::new(move |s: &str| tok.encode(s, false).map_or(s.len(), |t| t.len())),
+            )
+        }
+    };
+    let mut cache = CachedBatch::new(llm, &a.index.join("llm-cache"))?;
+    let mut out =
+        json!({"graph": a.index.join(canon_rag::graph::GRAPH_FILE).display().to_string()});
+    if what.contains(&"descriptions") {
+        let pb = bar(ctx, 0, "summaries");
+        let st = graph_llm::summarize_descriptions(
+            &mut g,
+            &mut cache,
+            a.parallel,
+            a.limit,
+            4000,
+            &mut |d, n| {
+                pb.set_length(n as u64);
+                pb.set_position(d as u64);
+            },
+        );
+        pb.finish_and_clear();
+        out["descriptions"] = json!(st);
+        g.save(&a.index)?;
+    }
+    if what.contains(&"reports") {
+        let pb = bar(ctx, 0, "reports");
+        let st = graph_llm::write_reports(
+            &mut g,
+            &mut cache,
+            a.parallel,
+            a.limit,
+            a.context,
+            a.report_tokens,
+            &*count,
+            &mut |d, n| {
+                pb.set_length(n as u64);
+                pb.set_position(d as u64);
+            },
+        );
+        pb.finish_and_clear();
+        out["reports"] = json!(st);
+        g.save(&a.index)?;
+    }
+    let llm_reports = g.reports.iter().filter(|r| r.llm.is_some()).count();
+    out["model_reports"] = json!(format!("{llm_reports} of {}", g.reports.len()));
+    out["cache_hits"] = json!(cache.hits);
+    out["calls_made"] = json!(cache.misses);
+    out["seconds"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    println!("{out}");
+    Ok(())
+}
