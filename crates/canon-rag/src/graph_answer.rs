@@ -232,25 +232,44 @@ pub struct GlobalMap {
 /// Answer tokens each map call may write.
 pub const MAP_TOKENS: usize = 120;
 
-/// Global search's map prompts: level-0 community reports (leaves above it included) pre-ranked
-/// by BM25 against the question (the top `2k`), packed into batches whose user messages fill
-/// `budget` tokens (leave room for [`MAP_TOKENS`] and the chat template).
+/// Global search's map prompts: level-0 community reports (leaves above it included), either all
+/// of them by rank (`all`, GraphRAG's way) or the top `2k` pre-ranked by BM25 against the
+/// question, packed into batches whose user messages fill `budget` tokens (leave room for
+/// [`MAP_TOKENS`] and the chat template).
 pub fn global_map(
     g: &KnowledgeGraph,
     question: &str,
     k: usize,
+    all: bool,
     budget: usize,
     count: &dyn Fn(&str) -> usize,
 ) -> Result<GlobalMap> {
-    let pre = graph::extractive_map(g, 0, question, k * 2);
-    if pre.is_empty() {
-        return Err(AnswerError::Invalid(
-            "expected community reports in the graph, found none".into(),
-        ));
+    let ids: Vec<usize> = if all {
+        let mut ids = graph::report_index(g, 0).0;
+        ids.sort_by(|&a, &b| {
+            g.reports[b]
+                .rank
+                .total_cmp(&g.reports[a].rank)
+                .then(a.cmp(&b))
+        });
+        ids
+    } else {
+        graph::extractive_map(g, 0, question, k * 2)
+            .iter()
+            .map(|p| p.report)
+            .collect()
+    };
+    if ids.is_empty() {
+        let what = if all {
+            "community reports in the graph"
+        } else {
+            "community reports sharing a word with the question"
+        };
+        return Err(AnswerError::Invalid(format!("expected {what}, found none")));
     }
-    let reports: Vec<(usize, String)> = pre
+    let reports: Vec<(usize, String)> = ids
         .iter()
-        .map(|p| (p.report, g.reports[p.report].text.clone()))
+        .map(|&r| (r, g.reports[r].text.clone()))
         .collect();
     let map_budget = budget.saturating_sub(count(&graph::map_prompt(question, "")));
     let batches = graph::pack(&reports, map_budget, count);
@@ -334,8 +353,8 @@ pub fn points_json(g: &KnowledgeGraph, index: &Index, kept: &[KeyPoint]) -> Vec<
         .collect()
 }
 
-/// GraphRAG's global search: level-0 community reports pre-ranked by BM25 against the question
-/// (the top `2k`), mapped to scored key points by the model in batches that fill the context, then
+/// GraphRAG's global search: level-0 community reports (all, or the top `2k` pre-ranked by BM25
+/// against the question), mapped to scored key points by the model in batches that fill the context, then
 /// reduced into one answer citing them. `on_batch(done, total)` reports the map's progress.
 pub fn global_answer(
     ans: &mut Answerer,
@@ -343,6 +362,7 @@ pub fn global_answer(
     index: &Index,
     question: &str,
     k: usize,
+    all: bool,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<GlobalAnswer> {
     // Map prompts leave room for the map's answer and the chat template's own tokens.
@@ -353,7 +373,7 @@ pub fn global_answer(
         .saturating_sub(ans.count(&ans.render("")?));
     let map = {
         let count = |s: &str| ans.count(s);
-        global_map(g, question, k, map_budget, &count)?
+        global_map(g, question, k, all, map_budget, &count)?
     };
     let mut raw: Vec<String> = Vec::new();
     on_batch(0, map.prompts.len());

@@ -53,6 +53,10 @@ struct AskRequest {
     /// GraphRAG over the index's graph: `"local"` or `"global"` (as `canon ask --graph`).
     #[serde(default)]
     graph: Option<String>,
+    /// Global search maps over every level-0 report (GraphRAG's way) instead of the `2k` best
+    /// by BM25.
+    #[serde(default)]
+    all_reports: bool,
     /// Accepted for OpenAI-style clients; the served model answers.
     #[serde(default)]
     #[allow(dead_code)]
@@ -214,9 +218,15 @@ async fn ask_inner(
             ));
         }
     };
+    if req.all_reports && graph != Some(true) {
+        return Err(ApiError::invalid(
+            "expected all_reports only with \"graph\": \"global\"",
+            Some("all_reports"),
+        ));
+    }
     let lm = Gen::new(&l, max_tokens);
     if graph == Some(true) {
-        return global(st, &l, &r, &lm, &question, k).await;
+        return global(st, &l, &r, &lm, &question, k, req.all_reports).await;
     }
     let (preamble, hits, entities) = match graph {
         Some(_) => {
@@ -382,6 +392,7 @@ async fn global(
     lm: &Gen<'_>,
     question: &str,
     k: usize,
+    all: bool,
 ) -> Result<Response, ApiError> {
     let Some(lg) = r.graph.as_ref() else {
         return Err(ApiError::server("graph not loaded"));
@@ -390,7 +401,7 @@ async fn global(
     let map_budget = (lm.l.engine.max_len().saturating_sub(MAP_TOKENS))
         .min(MAX_PROMPT_TOKENS)
         .saturating_sub(lm.count(&lm.render("")?));
-    let map = canon_rag::graph_answer::global_map(&lg.g, question, k, map_budget, &count)
+    let map = canon_rag::graph_answer::global_map(&lg.g, question, k, all, map_budget, &count)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("graph")))?;
     let outs = lm.run(&map.prompts, MAP_TOKENS).await?;
     let mut prompt_tokens: usize = outs.iter().map(|o| o.1).sum();

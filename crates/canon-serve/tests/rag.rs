@@ -227,6 +227,31 @@ fn graphrag_local_and_global_over_http() {
     }
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
+    // Every level-0 report, whatever the question's words.
+    let (st, v) = s.post(
+        "/v1/ask",
+        &json!({"question": "zzz?", "graph": "global", "all_reports": true, "max_tokens": 8}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["map_batches"].as_u64().unwrap() >= 1, "{v}");
+    let (st, v) = s.post(
+        "/v1/ask",
+        &json!({"question": "zzz?", "graph": "global", "max_tokens": 8}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sharing a word"),
+        "{v}"
+    );
+    let (st, v) = s.post(
+        "/v1/ask",
+        &json!({"question": "tar?", "graph": "local", "all_reports": true}),
+    );
+    assert_eq!(st, 400, "{v}");
+
     let (st, v) = s.post("/v1/ask", &json!({"question": "tar?", "graph": "wide"}));
     assert_eq!(st, 400, "{v}");
     assert!(

@@ -211,6 +211,8 @@ fn bad_inputs_are_one_error_line() {
     let p = d.path();
     let o = canon(&["ask", "--index", "nope.idx", "what?"], p);
     assert_clean_error(&o, &["index folder", "nope.idx"]);
+    let o = canon(&["ask", "--index", "nope.idx", "--all-reports", "what?"], p);
+    assert_clean_error(&o, &["--all-reports", "--graph global"]);
     let o = canon(&["ask", "--index", "nope.idx", "  "], p);
     assert_clean_error(&o, &["non-empty question"]);
     let idx = make_index(p);

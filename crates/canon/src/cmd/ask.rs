@@ -60,6 +60,10 @@ pub struct AskArgs {
     /// GraphRAG query over the index's graph (`canon graph build`): global or local.
     #[arg(long)]
     pub graph: Option<String>,
+    /// With --graph global: map over every level-0 community report (GraphRAG's way, one model
+    /// call per batch of reports) instead of the 2×k best by BM25.
+    #[arg(long)]
+    pub all_reports: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -150,6 +154,9 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let chosen = [a.graph.is_some(), !a.candidates.is_empty(), a.rag.is_some()];
     if chosen.iter().filter(|&&x| x).count() > 1 {
         bail!("expected at most one of --graph, --candidate and --rag, found several");
+    }
+    if a.all_reports && a.graph.as_deref() != Some("global") {
+        bail!("expected --all-reports with --graph global, found it without");
     }
     if let Some(g) = &a.graph {
         return super::graph::ask(&a, g, ctx);

@@ -267,6 +267,7 @@ fn global(
         index,
         &a.question,
         a.k,
+        a.all_reports,
         &mut |done, total| {
             let b = pb.get_or_insert_with(|| bar(ctx, total, "map batches"));
             b.set_position(done as u64);
