@@ -270,6 +270,29 @@ pub struct W2sResult {
     pub pgr_logconf: Option<f64>,
 }
 
+/// The results as a text table (one row per task).
+pub fn table(res: &[W2sResult]) -> String {
+    let mut t = format!(
+        "  {:<10} {:>6} {:>7} {:>9} {:>12} {:>8} {:>9} {:>12}\n",
+        "task", "texts", "weak", "w2s xent", "w2s logconf", "ceiling", "PGR xent", "PGR logconf"
+    );
+    let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    for r in res {
+        t.push_str(&format!(
+            "  {:<10} {:>6} {:>7.3} {:>9.3} {:>12.3} {:>8.3} {:>9} {:>12}\n",
+            r.task,
+            r.texts,
+            r.weak,
+            r.w2s_xent,
+            r.w2s_logconf,
+            r.ceiling,
+            f(r.pgr_xent),
+            f(r.pgr_logconf)
+        ));
+    }
+    t
+}
+
 /// Runs the protocol on one task with both feature sets given (`weak_x`, `strong_x`), averaging
 /// accuracies over `seeds` random splits (weak half / strong half / test = 40 / 40 / 20 %).
 pub fn run_task(
