@@ -91,21 +91,17 @@ pub fn experiment_pairs(groups: &[Group], n: usize) -> Vec<(Problem, Vec<u32>, V
 }
 
 /// Agreement of the AI labels with the gold judge on the strictly ranked pairs: (one order, `a`
-/// shown first; both orders averaged). `None` when no pair is strictly ranked.
+/// shown first; both orders averaged; the number of such pairs). An AI label of exactly ½ agrees
+/// with neither order. `None` when no pair is strictly ranked.
 pub fn agreement(pairs: &[LabelledPair]) -> Option<(f64, f64, usize)> {
     let strict: Vec<&LabelledPair> = pairs.iter().filter(|p| p.gold != 0.5).collect();
     if strict.is_empty() {
         return None;
     }
     let n = strict.len() as f64;
-    let one = strict
-        .iter()
-        .filter(|p| (p.p_ab > 0.5) == (p.gold > 0.5))
-        .count() as f64;
-    let both = strict
-        .iter()
-        .filter(|p| (p.ai() > 0.5) == (p.gold > 0.5))
-        .count() as f64;
+    let agrees = |q: f64, gold: f64| (q > 0.5 && gold > 0.5) || (q < 0.5 && gold < 0.5);
+    let one = strict.iter().filter(|p| agrees(p.p_ab, p.gold)).count() as f64;
+    let both = strict.iter().filter(|p| agrees(p.ai(), p.gold)).count() as f64;
     Some((one / n, both / n, strict.len()))
 }
 
@@ -553,7 +549,7 @@ mod tests {
         let (one, both, n) = agreement(&pairs).unwrap();
         assert_eq!(n, 2);
         assert_eq!(one, 0.5);
-        assert_eq!(both, 0.5); // 0.5 > 0.5 is false: agrees with gold 0 only
+        assert_eq!(both, 0.0);
         let good = vec![lp(1.0, 0.8, 0.3), lp(0.0, 0.3, 0.8)];
         assert_eq!(agreement(&good).unwrap(), (1.0, 1.0, 2));
         assert!(agreement(&[lp(0.5, 0.6, 0.4)]).is_none());
