@@ -654,6 +654,103 @@ mod tests {
     }
 
     #[test]
+    fn reward_whitening_keeps_the_mean_and_scales_to_unit_std() {
+        let mut rows = vec![vec![1.0, 2.0], vec![3.0], vec![6.0, 0.0, 0.0]];
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        let mean = flat.iter().sum::<f64>() / 6.0;
+        whiten_rows(&mut rows, false);
+        let w: Vec<f64> = rows.iter().flatten().copied().collect();
+        let m2 = w.iter().sum::<f64>() / 6.0;
+        let sd = (w.iter().map(|x| (x - m2).powi(2)).sum::<f64>() / 6.0).sqrt();
+        assert!(
+            (m2 - mean).abs() < 1e-12 && (sd - 1.0).abs() < 1e-6,
+            "{m2} {sd}"
+        );
+        assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1, 3]);
+        whiten_rows(&mut rows, true);
+        assert!(rows.iter().flatten().sum::<f64>().abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_separate_value_model_trains_beside_a_headless_policy() {
+        let cfg = tiny_config(CharVocab.size(), 1, 16, 16);
+        let reference = Lm::new_random(cfg.clone(), 9).unwrap();
+        let policy = Lm::new_random(cfg.clone(), 9).unwrap();
+        let mut value = Lm::new_random(cfg, 11).unwrap();
+        value.head = Some(ScalarHead::zeros(16).unwrap());
+        let target = CharVocab.encode("7").unwrap()[0];
+        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
+            Ok(resp
+                .iter()
+                .map(|r| 3.0 * r.iter().filter(|&&t| t == target).count() as f64)
+                .collect())
+        };
+        let (train, _) = split(1);
+        let ppo = PpoConfig {
+            rollout_prompts: 16,
+            max_new: 6,
+            minibatches: 2,
+            ppo_epochs: 2,
+            beta: 0.01,
+            whiten_rewards: true,
+            ..PpoConfig::default()
+        };
+        let make = || {
+            PpoObjective::new(
+                &policy,
+                &reference,
+                &reward,
+                &train,
+                &[],
+                &[],
+                &[],
+                None,
+                ppo.clone(),
+                1,
+            )
+            .unwrap()
+        };
+        // Without a head anywhere there is no value function.
+        let mut bare = make();
+        let mut rng = SplitMix64::new(1);
+        match bare.train_batch(&mut rng, 0) {
+            Err(e) => assert!(e.to_string().contains("value"), "{e}"),
+            Ok(_) => panic!("PPO ran without a value function"),
+        }
+        let mut obj = make().with_value_model(&value).unwrap();
+        let params = obj.params();
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"value.head.weight") && !names.contains(&"head.weight"));
+        assert_eq!(params.len(), 2 * policy.params().len() + 2);
+        let w0: Vec<f32> = value
+            .head
+            .as_ref()
+            .unwrap()
+            .w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut engine = Engine::new(params, engine_cfg(8)).unwrap();
+        for _ in 0..8 {
+            let r = engine.train_step(&mut obj).unwrap();
+            assert!(r.get("value_loss").unwrap().is_finite());
+        }
+        let w1: Vec<f32> = value
+            .head
+            .as_ref()
+            .unwrap()
+            .w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(w0 != w1, "the value model's head did not move");
+    }
+
+    #[test]
     fn bad_configs_are_rejected() {
         let c = PpoConfig {
             minibatches: 100,
