@@ -546,34 +546,6 @@ pub fn plot_ppo(metrics: &Path, out: &Path, name: &str) -> Result<Vec<PathBuf>> 
     Ok(vec![p1, p2])
 }
 
-/// Up to `n` held-out pairs of the RM stage for an AI labeller: per prompt, its best and worst
-/// response by the gold judge (when they differ), as (problem, gold winner, gold loser) texts.
-pub fn labeller_pairs(dir: &Path, n: usize) -> Result<Vec<(Problem, String, String)>> {
-    let groups: Groups = read_json(&dir.join("rm/groups.json"), "the RM stage's groups")?;
-    let mut out = Vec::new();
-    for g in groups.val.iter().chain(&groups.train) {
-        if out.len() >= n {
-            break;
-        }
-        let best = (0..g.scores.len())
-            .max_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(b.cmp(&a)));
-        let worst = (0..g.scores.len())
-            .min_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(a.cmp(&b)));
-        if let (Some(w), Some(l)) = (best, worst)
-            && g.scores[w] > g.scores[l]
-        {
-            let t = |i: usize| crate::task::response_text(&g.responses[i]);
-            out.push((g.problem, t(w), t(l)));
-        }
-    }
-    if out.is_empty() {
-        return Err(data_err(
-            "no held-out prompt has two responses of different gold score",
-        ));
-    }
-    Ok(out)
-}
-
 /// Writes any serialisable value as pretty JSON through a temporary file.
 pub fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_json(path, v)
