@@ -11,6 +11,8 @@
 //! - [`sft`], [`rm`], [`dpo`], [`ppo`]: objectives on `canon_train::Engine` (its optimizer,
 //!   schedules, clipping, metrics and checkpoints).
 //! - [`prm`]: process vs outcome reward models and best-of-N on multi-step arithmetic.
+//! - [`rlaif`], [`rlaif_run`]: an LLM as preference labeller and rater; reward models on AI vs
+//!   gold labels, RL with each, and direct RLAIF (paper 29).
 
 pub mod dpo;
 pub mod eval;
@@ -21,6 +23,7 @@ pub mod ppo;
 pub mod prm;
 
 pub mod rlaif;
+pub mod rlaif_run;
 pub mod rm;
 pub mod sft;
 pub mod task;

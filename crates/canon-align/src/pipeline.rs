@@ -28,22 +28,22 @@ use crate::task::{CharVocab, Problem, split};
 use crate::{Result, TrainError, data_err};
 
 /// Seeds of the two evaluation samplings: the SFT baseline's and every trained policy's.
-const BASELINE_SEED: u64 = 0xBA5E_0000_0000_0001;
-const EVAL_SEED: u64 = 0xE7A1_0000_0000_0001;
+pub(crate) const BASELINE_SEED: u64 = 0xBA5E_0000_0000_0001;
+pub(crate) const EVAL_SEED: u64 = 0xE7A1_0000_0000_0001;
 
-fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
+pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| io(path, e))?;
     canon_fs::write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         io(
             path,
@@ -53,7 +53,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
     serde_json::from_str(&text).map_err(|e| io(path, format!("not {what}: {e}")))
 }
 
-fn train_config(steps: u64, lr: f64, seed: u64, eval_every: u64) -> TrainConfig {
+pub(crate) fn train_config(steps: u64, lr: f64, seed: u64, eval_every: u64) -> TrainConfig {
     TrainConfig {
         batch_size: 1,
         block_size: 1,
@@ -98,7 +98,26 @@ impl Report {
     }
 }
 
-fn policy_figures(e: &PolicyEval, baseline: &PolicyEval) -> Vec<(String, f64)> {
+impl std::fmt::Display for Report {
+    /// The stage's header line, then one figure a line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} parameters, {} steps, {:.1} s",
+            self.stage, self.params, self.steps, self.seconds
+        )?;
+        for (k, v) in &self.figures {
+            if v.fract() == 0.0 && v.abs() < 1e12 {
+                writeln!(f, "  {k:<32} {v:.0}")?;
+            } else {
+                writeln!(f, "  {k:<32} {v:.4}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn policy_figures(e: &PolicyEval, baseline: &PolicyEval) -> Vec<(String, f64)> {
     let mut f = e.metrics("test_");
     f.push(("win_rate_vs_sft".into(), e.win_rate(baseline)));
     f
@@ -173,10 +192,16 @@ pub struct RmOpts {
     pub lr: f64,
 }
 
+/// The RM stage's sampled groups (`rm/groups.json`).
 #[derive(Serialize, Deserialize)]
-struct Groups {
-    train: Vec<Group>,
-    val: Vec<Group>,
+pub struct Groups {
+    pub train: Vec<Group>,
+    pub val: Vec<Group>,
+}
+
+/// Reads the RM stage's `rm/groups.json`.
+pub fn load_groups(dir: &Path) -> Result<Groups> {
+    read_json(&dir.join("rm/groups.json"), "the RM stage's groups")
 }
 
 /// Samples K responses per prompt from SFT, ranks them by the gold judge, trains the RM (one
@@ -304,6 +329,15 @@ pub enum RewardKind {
     Gold,
 }
 
+/// Where PPO's value function starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueInit {
+    /// A separate model initialised from the reward model (trunk and head), as InstructGPT does.
+    RewardModel,
+    /// A zero-initialised second head on the policy's trunk (`lm-human-preferences`).
+    PolicyHead,
+}
+
 /// PPO settings.
 #[derive(Debug, Clone)]
 pub struct PpoOpts {
@@ -311,35 +345,38 @@ pub struct PpoOpts {
     pub rollouts: u64,
     pub lr: f64,
     pub reward: RewardKind,
+    pub value: ValueInit,
     pub cfg: PpoConfig,
 }
 
-/// PPO (or PPO-ptx) from SFT against the reward model, into `dir/<name>`; also draws
-/// `ppo.png` (reward, gold, KL) and `ppo_stats.png` (entropy, clip fraction, value loss).
+/// The reward model's scores of responses to problems, as a PPO reward.
+pub fn rm_reward(rm: &Lm) -> impl Fn(&[Problem], &[Vec<u32>]) -> Result<Vec<f64>> + '_ {
+    move |probs: &[Problem], resp: &[Vec<u32>]| {
+        let seqs: Vec<Vec<u32>> = probs
+            .iter()
+            .zip(resp)
+            .map(|(p, r)| [p.prompt_ids(), r.clone()].concat())
+            .collect();
+        crate::rm::score(rm, &seqs)
+    }
+}
+
+/// PPO (or PPO-ptx) from SFT against the reward model (or the gold judge), into `dir/<name>`;
+/// also draws `ppo.png` (reward, gold, KL) and `ppo_stats.png` (entropy, clip fraction, value
+/// loss). With [`ValueInit::RewardModel`] the value model starts from `dir/rm`.
 pub fn ppo(
     dir: &Path,
     seed: u64,
     o: &PpoOpts,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<Report> {
-    let t0 = Instant::now();
-    let (train, test) = split(seed);
-    let reference = Lm::load(&dir.join("sft"))?;
-    let mut policy = Lm::load(&dir.join("sft"))?;
-    policy.head = Some(ScalarHead::zeros(policy.cfg.d_model)?);
+    let rm_dir = dir.join("rm");
     let rm_model = match o.reward {
-        RewardKind::Model => Some(Lm::load(&dir.join("rm"))?),
+        RewardKind::Model => Some(Lm::load(&rm_dir)?),
         RewardKind::Gold => None,
     };
     let reward: Box<RewardFn> = match &rm_model {
-        Some(rm) => Box::new(move |probs: &[Problem], resp: &[Vec<u32>]| {
-            let seqs: Vec<Vec<u32>> = probs
-                .iter()
-                .zip(resp)
-                .map(|(p, r)| [p.prompt_ids(), r.clone()].concat())
-                .collect();
-            crate::rm::score(rm, &seqs)
-        }),
+        Some(rm) => Box::new(rm_reward(rm)),
         None => Box::new(|probs: &[Problem], resp: &[Vec<u32>]| {
             Ok(probs
                 .iter()
@@ -347,6 +384,41 @@ pub fn ppo(
                 .map(|(p, r)| crate::task::judge(p, &crate::task::response_text(r)).score())
                 .collect())
         }),
+    };
+    let value_from = (o.value == ValueInit::RewardModel).then_some(rm_dir.as_path());
+    ppo_with(dir, seed, o, &*reward, value_from, on_step)
+}
+
+/// PPO from `dir/sft` against any reward, into `dir/<name>`; the value function is a separate
+/// model loaded from `value_from` (a reward model's folder) or, when `None`, a zero-initialised
+/// head on the policy (`o.value` is only recorded).
+pub fn ppo_with(
+    dir: &Path,
+    seed: u64,
+    o: &PpoOpts,
+    reward: &RewardFn,
+    value_from: Option<&Path>,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let (train, test) = split(seed);
+    let reference = Lm::load(&dir.join("sft"))?;
+    let mut policy = Lm::load(&dir.join("sft"))?;
+    let value_model = match value_from {
+        Some(p) => {
+            let v = Lm::load(p)?;
+            if v.head.is_none() {
+                return Err(data_err(format!(
+                    "{}: expected a reward model (with a scalar head) to start the value model from",
+                    p.display()
+                )));
+            }
+            Some(v)
+        }
+        None => {
+            policy.head = Some(ScalarHead::zeros(policy.cfg.d_model)?);
+            None
+        }
     };
     let demos = demonstrations(&train, 1, seed)?;
     let val = demonstrations(&test, 1, seed ^ 1)?;
@@ -358,7 +430,7 @@ pub fn ppo(
     let mut obj = PpoObjective::new(
         &policy,
         &reference,
-        &*reward,
+        reward,
         &train,
         &demos,
         &val,
@@ -367,14 +439,21 @@ pub fn ppo(
         o.cfg.clone(),
         EVAL_SEED,
     )?;
+    if let Some(v) = &value_model {
+        obj = obj.with_value_model(v)?;
+    }
     let mut tc = train_config(steps, o.lr, seed, steps / 4);
     tc.schedule = Schedule::Constant { warmup: 0 };
     tc.log_every = 1;
-    let mut engine = Engine::new(policy.params(), tc)?;
+    let mut engine = Engine::new(obj.params(), tc)?;
     let stop = AtomicBool::new(false);
     let files = RunFiles::in_dir(&out);
     engine.run(&mut obj, steps, &stop, &files, on_step)?;
+    policy.head = None;
     policy.save(&out)?;
+    if let Some(v) = &value_model {
+        v.save(&out.join("value"))?;
+    }
     plot_ppo(&files.metrics, &out, &o.name)?;
     let e = evaluate_policy(&policy, &test, EVAL_SEED)?;
     let lines = canon_train::metrics::read_lines(&files.metrics)?;
@@ -383,22 +462,45 @@ pub fn ppo(
     let g = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
         m.get(k).copied().unwrap_or(f64::NAN)
     };
+    // The KL and value loss averaged over the last quarter of the run's steps.
+    let tail = &lines[lines.len() - lines.len().div_ceil(4).min(lines.len())..];
+    let tail_mean = |k: &str| {
+        let v: Vec<f64> = tail
+            .iter()
+            .filter_map(|l| l.extra.get(k).copied())
+            .collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
     let mut figures = vec![
         ("rollouts".into(), o.rollouts as f64),
         ("reward_first_rollout".into(), g(&first, "reward")),
         ("reward_last_rollout".into(), g(&last, "reward")),
         ("kl_last_rollout".into(), g(&last, "kl")),
+        ("kl_last_quarter".into(), tail_mean("kl")),
+        ("value_loss_last_quarter".into(), tail_mean("value_loss")),
         ("entropy_first_rollout".into(), g(&first, "entropy")),
         ("entropy_last_rollout".into(), g(&last, "entropy")),
         ("beta".into(), o.cfg.beta),
         ("ptx_coef".into(), o.cfg.ptx_coef),
+        (
+            "value_from_reward_model".into(),
+            if value_model.is_some() { 1.0 } else { 0.0 },
+        ),
+        (
+            "whiten_rewards".into(),
+            if o.cfg.whiten_rewards { 1.0 } else { 0.0 },
+        ),
         ("sft_pretrain_nll".into(), sft_ptx),
         ("pretrain_nll".into(), mean_nll(&policy, &val, 256)?),
     ];
     figures.extend(policy_figures(&e, &base));
     let r = Report {
         stage: o.name.clone(),
-        params: policy.num_params(),
+        params: policy.num_params() + value_model.as_ref().map_or(0, Lm::num_params),
         steps,
         seconds: t0.elapsed().as_secs_f64(),
         figures,
@@ -442,34 +544,6 @@ pub fn plot_ppo(metrics: &Path, out: &Path, name: &str) -> Result<Vec<PathBuf>> 
         .save(&p2)
         .map_err(|e| io(&p2, e))?;
     Ok(vec![p1, p2])
-}
-
-/// Up to `n` held-out pairs of the RM stage for an AI labeller: per prompt, its best and worst
-/// response by the gold judge (when they differ), as (problem, gold winner, gold loser) texts.
-pub fn labeller_pairs(dir: &Path, n: usize) -> Result<Vec<(Problem, String, String)>> {
-    let groups: Groups = read_json(&dir.join("rm/groups.json"), "the RM stage's groups")?;
-    let mut out = Vec::new();
-    for g in groups.val.iter().chain(&groups.train) {
-        if out.len() >= n {
-            break;
-        }
-        let best = (0..g.scores.len())
-            .max_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(b.cmp(&a)));
-        let worst = (0..g.scores.len())
-            .min_by(|&a, &b| g.scores[a].total_cmp(&g.scores[b]).then(a.cmp(&b)));
-        if let (Some(w), Some(l)) = (best, worst)
-            && g.scores[w] > g.scores[l]
-        {
-            let t = |i: usize| crate::task::response_text(&g.responses[i]);
-            out.push((g.problem, t(w), t(l)));
-        }
-    }
-    if out.is_empty() {
-        return Err(data_err(
-            "no held-out prompt has two responses of different gold score",
-        ));
-    }
-    Ok(out)
 }
 
 /// Writes any serialisable value as pretty JSON through a temporary file.

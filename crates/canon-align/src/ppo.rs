@@ -10,8 +10,11 @@
 //! step of the engine: clipped surrogate + `vf_coef` · clipped value loss (+ PPO-ptx:
 //! `ptx_coef` · the LM loss on a batch of the pretraining text).
 //!
-//! Deviations: the value function is a second scalar head on the policy's trunk (zero-initialised),
-//! as in `lm-human-preferences`, not a separate model initialised from the RM. The KL coefficient
+//! The value function is either a separate model (`PpoObjective::value_model`: InstructGPT
+//! initialises it from the reward model, trunk and head, and trains it alongside the policy) or a
+//! second scalar head on the policy's trunk (zero-initialised, as in `lm-human-preferences`).
+//! `whiten_rewards` whitens the per-token rewards (score plus KL penalty) over every response token
+//! of a rollout before GAE, keeping their mean (TRL's `whiten_rewards`). The KL coefficient
 //! is fixed unless `kl_target` is set, when Ziegler et al.'s adaptive controller
 //! ([`crate::losses::AdaptiveKl`]) moves it after every rollout toward that KL. Every step's `metrics.jsonl` line carries the rollout's
 //! `reward`, `kl`, `entropy`, `gold` and the minibatch's `clipfrac`, `value_loss`, `pg_loss`.
@@ -48,6 +51,8 @@ pub struct PpoConfig {
     /// PPO-ptx: weight γ of the pretraining LM loss (0 = plain PPO).
     pub ptx_coef: f64,
     pub ptx_batch: usize,
+    /// Whiten the per-token rewards of each rollout (std 1, mean kept) before GAE.
+    pub whiten_rewards: bool,
 }
 
 impl Default for PpoConfig {
@@ -67,6 +72,7 @@ impl Default for PpoConfig {
             vf_coef: 0.1,
             ptx_coef: 0.0,
             ptx_batch: 32,
+            whiten_rewards: false,
         }
     }
 }
@@ -161,7 +167,14 @@ fn split_rows(flat: &[f32], seqs: &[Vec<u32>], prompt_len: &[usize]) -> Vec<Vec<
     out
 }
 
-fn score_tokens(lm: &Lm, seqs: &[Vec<u32>], prompt_len: &[usize], values: bool) -> Result<Scored> {
+/// Values come from `values`: `None` = none, `Some(None)` = `lm`'s own head, `Some(Some(m))` = the
+/// head of the separate value model `m`.
+fn score_tokens(
+    lm: &Lm,
+    seqs: &[Vec<u32>],
+    prompt_len: &[usize],
+    values: Option<Option<&Lm>>,
+) -> Result<Scored> {
     let (ids, t) = pad(seqs)?;
     let h = lm.hidden(&ids)?;
     let logits = lm.logits(&h)?;
@@ -173,11 +186,16 @@ fn score_tokens(lm: &Lm, seqs: &[Vec<u32>], prompt_len: &[usize], values: bool) 
         .reshape((seqs.len() * t, v))?
         .index_select(&Tensor::from_slice(&iv, iv.len(), &Device::Cpu)?, 0)?;
     let entropy = entropies(&rows)?;
-    let vals = if values {
-        let fv: Vec<f32> = select(&lm.head_values(&h)?, &iv)?.detach().to_vec1()?;
-        split_rows(&fv, seqs, prompt_len)
-    } else {
-        Vec::new()
+    let vals = match values {
+        None => Vec::new(),
+        Some(m) => {
+            let v = match m {
+                Some(vm) => vm.head_values(&vm.hidden(&ids)?)?,
+                None => lm.head_values(&h)?,
+            };
+            let fv: Vec<f32> = select(&v, &iv)?.detach().to_vec1()?;
+            split_rows(&fv, seqs, prompt_len)
+        }
     };
     Ok(Scored {
         logp: split_rows(&flat_lp, seqs, prompt_len),
@@ -188,8 +206,11 @@ fn score_tokens(lm: &Lm, seqs: &[Vec<u32>], prompt_len: &[usize], values: bool) 
 
 /// PPO on the engine.
 pub struct PpoObjective<'a> {
-    /// The policy with its value head.
+    /// The policy (with its value head unless `value_model` is set).
     pub policy: &'a Lm,
+    /// A separate value model (trunk + scalar head), trained alongside the policy; its parameters
+    /// must be among the engine's (see [`PpoObjective::params`]).
+    pub value_model: Option<&'a Lm>,
     pub reference: &'a Lm,
     pub reward: &'a RewardFn<'a>,
     pub prompts: &'a [Problem],
@@ -222,9 +243,6 @@ impl<'a> PpoObjective<'a> {
         eval_seed: u64,
     ) -> Result<Self> {
         cfg.validate().map_err(data_err)?;
-        if policy.head.is_none() {
-            return Err(data_err("PPO: the policy needs a value head"));
-        }
         if prompts.is_empty() {
             return Err(data_err("PPO: no training prompts"));
         }
@@ -246,10 +264,46 @@ impl<'a> PpoObjective<'a> {
             rollout: None,
             queue: Vec::new(),
             rollouts: 0,
+            value_model: None,
         })
     }
 
+    /// Uses `value` (trunk + scalar head) as the value function instead of the policy's head.
+    pub fn with_value_model(mut self, value: &'a Lm) -> Result<Self> {
+        if value.head.is_none() {
+            return Err(data_err("PPO: the value model has no scalar head"));
+        }
+        self.value_model = Some(value);
+        Ok(self)
+    }
+
+    /// The parameters the optimizer must update: the policy's (its head only when it is the value
+    /// function) and the separate value model's, named `value.*`.
+    pub fn params(&self) -> Vec<canon_train::Param> {
+        match self.value_model {
+            None => self.policy.params(),
+            Some(v) => {
+                let mut p: Vec<canon_train::Param> = self
+                    .policy
+                    .params()
+                    .into_iter()
+                    .filter(|p| !p.name.starts_with("head."))
+                    .collect();
+                p.extend(v.params().into_iter().map(|mut q| {
+                    q.name = format!("value.{}", q.name);
+                    q
+                }));
+                p
+            }
+        }
+    }
+
     fn new_rollout(&mut self, rng: &mut SplitMix64) -> Result<()> {
+        if self.policy.head.is_none() && self.value_model.is_none() {
+            return Err(data_err(
+                "PPO: the policy needs a value head (or a separate value model)",
+            ));
+        }
         let c = &self.cfg;
         let problems: Vec<Problem> = draw(self.prompts, c.rollout_prompts, rng)
             .into_iter()
@@ -270,13 +324,21 @@ impl<'a> PpoObjective<'a> {
             .map(|(p, r)| [p.as_slice(), r.as_slice()].concat())
             .collect();
         let prompt_len: Vec<usize> = prompts.iter().map(Vec::len).collect();
-        let pol = score_tokens(self.policy, &seqs, &prompt_len, true)?;
-        let refs = score_tokens(self.reference, &seqs, &prompt_len, false)?;
+        let pol = score_tokens(self.policy, &seqs, &prompt_len, Some(self.value_model))?;
+        let refs = score_tokens(self.reference, &seqs, &prompt_len, None)?;
         let scores = (self.reward)(&problems, &responses)?;
+        if scores.len() != seqs.len() {
+            return Err(data_err(format!(
+                "PPO: the reward gave {} scores for {} responses",
+                scores.len(),
+                seqs.len()
+            )));
+        }
         let mut adv_rows = Vec::with_capacity(seqs.len());
         let mut ret_rows = Vec::with_capacity(seqs.len());
         let (mut kl, mut non_score) = (0.0, 0.0);
-        for (i, &score) in scores.iter().enumerate().take(seqs.len()) {
+        let mut reward_rows = Vec::with_capacity(seqs.len());
+        for (i, &score) in scores.iter().enumerate() {
             let r = kl_rewards(&pol.logp[i], &refs.logp[i], self.beta, score);
             kl += pol.logp[i]
                 .iter()
@@ -284,19 +346,18 @@ impl<'a> PpoObjective<'a> {
                 .map(|(a, b)| a - b)
                 .sum::<f64>();
             non_score += r.iter().sum::<f64>() - score;
-            let (a, ret) = gae(&r, &pol.values[i], c.gamma, c.lam);
+            reward_rows.push(r);
+        }
+        if c.whiten_rewards {
+            whiten_rows(&mut reward_rows, false);
+        }
+        for (i, r) in reward_rows.iter().enumerate() {
+            let (a, ret) = gae(r, &pol.values[i], c.gamma, c.lam);
             adv_rows.push(a);
             ret_rows.push(ret);
         }
         // Advantages whitened over every token of the rollout.
-        let mut flat: Vec<f64> = adv_rows.iter().flatten().copied().collect();
-        whiten(&mut flat, true);
-        let mut off = 0;
-        for a in adv_rows.iter_mut() {
-            let n = a.len();
-            a.copy_from_slice(&flat[off..off + n]);
-            off += n;
-        }
+        whiten_rows(&mut adv_rows, true);
         let n = seqs.len() as f64;
         let gold = problems
             .iter()
@@ -357,6 +418,18 @@ impl<'a> PpoObjective<'a> {
     }
 }
 
+/// [`whiten`] over every value of every row.
+fn whiten_rows(rows: &mut [Vec<f64>], shift_mean: bool) {
+    let mut flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    whiten(&mut flat, shift_mean);
+    let mut off = 0;
+    for a in rows.iter_mut() {
+        let n = a.len();
+        a.copy_from_slice(&flat[off..off + n]);
+        off += n;
+    }
+}
+
 fn tensor(rows: &[usize], src: &[Vec<f64>]) -> Result<Tensor> {
     let v: Vec<f32> = rows
         .iter()
@@ -386,7 +459,10 @@ impl Objective for PpoObjective<'_> {
         let lp = token_logprobs(&self.policy.logits(&h)?, &ids)?;
         let (ilp, iv) = positions(&seqs, &pl, t);
         let new_lp = select(&lp, &ilp)?;
-        let new_v = select(&self.policy.head_values(&h)?, &iv)?;
+        let new_v = match self.value_model {
+            Some(vm) => select(&vm.head_values(&vm.hidden(&ids)?)?, &iv)?,
+            None => select(&self.policy.head_values(&h)?, &iv)?,
+        };
         let old_lp = tensor(&mb, &ro.old_logp)?;
         let old_v = tensor(&mb, &ro.values)?;
         let adv = tensor(&mb, &ro.adv)?;
@@ -575,6 +651,103 @@ mod tests {
             kl_strong < kl,
             "KL with β=1: {kl_strong}, with β=0.01: {kl}"
         );
+    }
+
+    #[test]
+    fn reward_whitening_keeps_the_mean_and_scales_to_unit_std() {
+        let mut rows = vec![vec![1.0, 2.0], vec![3.0], vec![6.0, 0.0, 0.0]];
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        let mean = flat.iter().sum::<f64>() / 6.0;
+        whiten_rows(&mut rows, false);
+        let w: Vec<f64> = rows.iter().flatten().copied().collect();
+        let m2 = w.iter().sum::<f64>() / 6.0;
+        let sd = (w.iter().map(|x| (x - m2).powi(2)).sum::<f64>() / 6.0).sqrt();
+        assert!(
+            (m2 - mean).abs() < 1e-12 && (sd - 1.0).abs() < 1e-6,
+            "{m2} {sd}"
+        );
+        assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1, 3]);
+        whiten_rows(&mut rows, true);
+        assert!(rows.iter().flatten().sum::<f64>().abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_separate_value_model_trains_beside_a_headless_policy() {
+        let cfg = tiny_config(CharVocab.size(), 1, 16, 16);
+        let reference = Lm::new_random(cfg.clone(), 9).unwrap();
+        let policy = Lm::new_random(cfg.clone(), 9).unwrap();
+        let mut value = Lm::new_random(cfg, 11).unwrap();
+        value.head = Some(ScalarHead::zeros(16).unwrap());
+        let target = CharVocab.encode("7").unwrap()[0];
+        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
+            Ok(resp
+                .iter()
+                .map(|r| 3.0 * r.iter().filter(|&&t| t == target).count() as f64)
+                .collect())
+        };
+        let (train, _) = split(1);
+        let ppo = PpoConfig {
+            rollout_prompts: 16,
+            max_new: 6,
+            minibatches: 2,
+            ppo_epochs: 2,
+            beta: 0.01,
+            whiten_rewards: true,
+            ..PpoConfig::default()
+        };
+        let make = || {
+            PpoObjective::new(
+                &policy,
+                &reference,
+                &reward,
+                &train,
+                &[],
+                &[],
+                &[],
+                None,
+                ppo.clone(),
+                1,
+            )
+            .unwrap()
+        };
+        // Without a head anywhere there is no value function.
+        let mut bare = make();
+        let mut rng = SplitMix64::new(1);
+        match bare.train_batch(&mut rng, 0) {
+            Err(e) => assert!(e.to_string().contains("value"), "{e}"),
+            Ok(_) => panic!("PPO ran without a value function"),
+        }
+        let mut obj = make().with_value_model(&value).unwrap();
+        let params = obj.params();
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        assert!(names.contains(&"value.head.weight") && !names.contains(&"head.weight"));
+        assert_eq!(params.len(), 2 * policy.params().len() + 2);
+        let w0: Vec<f32> = value
+            .head
+            .as_ref()
+            .unwrap()
+            .w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut engine = Engine::new(params, engine_cfg(8)).unwrap();
+        for _ in 0..8 {
+            let r = engine.train_step(&mut obj).unwrap();
+            assert!(r.get("value_loss").unwrap().is_finite());
+        }
+        let w1: Vec<f32> = value
+            .head
+            .as_ref()
+            .unwrap()
+            .w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(w0 != w1, "the value model's head did not move");
     }
 
     #[test]

@@ -6,15 +6,20 @@
 //! does: score both orders and average, `P(A ≻ B) = (P₁(first | A,B) + P₂(second | B,A)) / 2`
 //! ([`crate::losses::debiased_preference`]).
 //!
-//! Reported: the labeller's agreement with the gold judge (accuracy of its arg-max preference on
-//! pairs the judge ranks strictly) from one order and after the order swap.
+//! [`crate::rlaif_run`] reports the labeller's agreement with the gold judge (accuracy of its
+//! arg-max preference on pairs the judge ranks strictly) from one order and after the order swap.
+//!
+//! Direct RLAIF (d-RLAIF) asks the labeller to rate one answer from 1 to 10; the likelihood of
+//! each score is read off the logits ([`LmLabeller::rating_probs`]) and mapped to a reward in
+//! [−1, 1] by [`crate::losses::d_rlaif_reward`]. The experiment that trains reward models on these
+//! labels and runs RL with them is [`crate::rlaif_run`].
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use canon_models::{LoadedLm, Positions};
 use canon_text::Message;
-use serde::{Deserialize, Serialize};
 
-use crate::losses::debiased_preference;
 use crate::task::Problem;
 use crate::{Result, data_err};
 
@@ -41,21 +46,29 @@ fn label_ids(lm: &LoadedLm) -> Result<(u32, u32)> {
     }
 }
 
-/// The labelling prompt for one ordered pair, as token ids.
-pub fn prompt_ids(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<Vec<u32>> {
+/// The labelling prompt for one ordered pair, as text (chat template applied).
+pub fn prompt_text(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<String> {
     let q = format!("What is {} + {}?", p.a, p.b);
     let user = format!(
         "A good answer gives the correct sum, written as just the number followed by a period \
          (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer 1: {first}\n\
          Answer 2: {second}\n\nWhich answer is better? Reply with 1 or 2."
     );
+    Ok(format!("{}Preferred answer: ", render(lm, user)?))
+}
+
+fn render(lm: &LoadedLm, user: String) -> Result<String> {
     let msgs = [Message::new("user", user)];
-    let text = match &lm.chat_template {
+    Ok(match &lm.chat_template {
         Some(t) => t.render(&msgs, true).map_err(|e| data_err(e.to_string()))?,
         None => format!("{}\n", msgs[0].content),
-    };
+    })
+}
+
+/// The labelling prompt for one ordered pair, as token ids.
+pub fn prompt_ids(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<Vec<u32>> {
     lm.tokenizer
-        .encode(&format!("{text}Preferred answer: "), true)
+        .encode(&prompt_text(lm, p, first, second)?, true)
         .map_err(|e| data_err(e.to_string()))
 }
 
@@ -63,105 +76,183 @@ pub fn prompt_ids(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Resu
 pub fn p_first(lm: &LoadedLm, ids: &[u32]) -> Result<f64> {
     let (one, two) = label_ids(lm)?;
     let mut cache = lm.model.new_cache();
-    let t = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
-    let logits: Vec<f32> = lm
-        .model
-        .forward(&t, &mut cache, Positions::Last)?
-        .flatten_all()?
-        .to_vec1()?;
+    let logits = last_logits(lm, ids, &mut cache)?;
     let (a, b) = (logits[one as usize] as f64, logits[two as usize] as f64);
     Ok(1.0 / (1.0 + (b - a).exp()))
 }
 
-/// One labelled pair: the gold winner is `a`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AiLabel {
-    pub problem: Problem,
-    pub a: String,
-    pub b: String,
-    /// `P(first wins)` with `a` shown first, and with `b` shown first.
-    pub p_ab: f64,
-    pub p_ba: f64,
+fn last_logits(lm: &LoadedLm, ids: &[u32], cache: &mut canon_models::Cache) -> Result<Vec<f32>> {
+    if ids.is_empty() {
+        return Err(data_err("the labeller got an empty prompt"));
+    }
+    let t = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+    Ok(lm
+        .model
+        .forward(&t, cache, Positions::Last)?
+        .flatten_all()?
+        .to_vec1()?)
 }
 
-impl AiLabel {
-    /// The debiased `P(a ≻ b)`.
-    pub fn debiased(&self) -> f64 {
-        debiased_preference(self.p_ab, self.p_ba)
+/// The single token of a digit string in the labeller's vocabulary.
+fn digit_id(lm: &LoadedLm, d: u32) -> Result<u32> {
+    let ids: Vec<u32> = lm
+        .tokenizer
+        .encode(&d.to_string(), false)
+        .map_err(|e| data_err(e.to_string()))?
+        .into_iter()
+        .filter(|&t| Some(t) != lm.tokenizer.bos_id)
+        .collect();
+    match ids.as_slice() {
+        [t] => Ok(*t),
+        other => Err(data_err(format!(
+            "the labeller's vocabulary splits the digit '{d}' into {other:?} (expected one token)"
+        ))),
     }
 }
 
-/// Agreement with the gold judge: (single order with the gold winner shown first on even pairs
-/// and second on odd ones, both orders averaged).
-pub fn agreement(labels: &[AiLabel]) -> Option<(f64, f64)> {
-    if labels.is_empty() {
-        return None;
-    }
-    let n = labels.len() as f64;
-    let single = labels
-        .iter()
-        .enumerate()
-        .filter(|(i, l)| {
-            if i % 2 == 0 {
-                l.p_ab > 0.5
-            } else {
-                l.p_ba < 0.5
-            }
-        })
-        .count() as f64
-        / n;
-    let swapped = labels.iter().filter(|l| l.debiased() > 0.5).count() as f64 / n;
-    Some((single, swapped))
+/// Log-softmax of one entry of a logit vector.
+fn log_softmax_at(logits: &[f32], i: usize) -> f64 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - m).exp()).sum();
+    logits[i] as f64 - m - z.ln()
 }
 
-/// Labels every pair (the gold winner `a` first) in both orders.
-pub fn label_pairs(
-    lm: &LoadedLm,
-    pairs: &[(Problem, String, String)],
-    on_pair: &mut dyn FnMut(usize),
-) -> Result<Vec<AiLabel>> {
-    let mut out = Vec::with_capacity(pairs.len());
-    for (i, (p, a, b)) in pairs.iter().enumerate() {
-        let p_ab = p_first(lm, &prompt_ids(lm, p, a, b)?)?;
-        let p_ba = p_first(lm, &prompt_ids(lm, p, b, a)?)?;
-        out.push(AiLabel {
-            problem: *p,
-            a: a.clone(),
-            b: b.clone(),
-            p_ab,
-            p_ba,
-        });
-        on_pair(i + 1);
-    }
-    Ok(out)
+/// The d-RLAIF prompt for one answer, as text (chat template applied).
+pub fn rating_prompt_text(lm: &LoadedLm, p: &Problem, answer: &str) -> Result<String> {
+    let q = format!("What is {} + {}?", p.a, p.b);
+    let user = format!(
+        "A good answer gives the correct sum, written as just the number followed by a period \
+         (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer: {answer}\n\n\
+         Rate the answer from 1 (worst) to 10 (best). Reply with the number only."
+    );
+    Ok(format!("{}Rating: ", render(lm, user)?))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What RLAIF needs from an AI labeller.
+pub trait Labeller {
+    /// A short description (the model's name).
+    fn name(&self) -> String;
+    /// `P(the first answer is better)` for the pair shown in this order.
+    fn p_first(&mut self, p: &Problem, first: &str, second: &str) -> Result<f64>;
+    /// The probabilities of the ratings 1..=10 of one answer (they sum to 1).
+    fn rating_probs(&mut self, p: &Problem, answer: &str) -> Result<[f64; 10]>;
+    /// The d-RLAIF reward of one answer: the expected rating mapped to [−1, 1].
+    fn d_rlaif_reward(&mut self, p: &Problem, answer: &str) -> Result<f64> {
+        Ok(crate::losses::d_rlaif_reward(
+            &self.rating_probs(p, answer)?,
+        ))
+    }
+}
 
-    fn l(p_ab: f64, p_ba: f64) -> AiLabel {
-        AiLabel {
-            problem: Problem { a: 1, b: 2 },
-            a: "3.".into(),
-            b: "4.".into(),
-            p_ab,
-            p_ba,
+/// A causal LM as the labeller (any model `canon_models::load_causal_lm` loads). Ratings are
+/// memoised per (problem, answer): RL samples the same short answers many times.
+pub struct LmLabeller<'a> {
+    pub lm: &'a LoadedLm,
+    digits: [u32; 10],
+    ratings: HashMap<(Problem, String), [f64; 10]>,
+    /// The KV cache of the prompts' shared beginning (everything before `Question:`), by text.
+    prefixes: HashMap<String, canon_models::Cache>,
+    /// Labeller prompts evaluated so far (memoised ratings not counted).
+    pub calls: u64,
+}
+
+impl<'a> LmLabeller<'a> {
+    /// Checks that the labels `1`, `2` and the digits `0`–`9` are single tokens.
+    pub fn new(lm: &'a LoadedLm) -> Result<Self> {
+        label_ids(lm)?;
+        let mut digits = [0u32; 10];
+        for (d, slot) in digits.iter_mut().enumerate() {
+            *slot = digit_id(lm, d as u32)?;
         }
+        Ok(Self {
+            lm,
+            digits,
+            ratings: HashMap::new(),
+            prefixes: HashMap::new(),
+            calls: 0,
+        })
     }
 
-    #[test]
-    fn a_first_position_labeller_agrees_half_the_time_in_one_order_and_never_after_the_swap() {
-        // Always prefers whatever is shown first, at 0.9: one order is right on the even pairs
-        // only; after the swap every pair is a 0.5 tie, which is not agreement.
-        let labels: Vec<AiLabel> = (0..10).map(|_| l(0.9, 0.9)).collect();
-        let (single, swapped) = agreement(&labels).unwrap();
-        assert_eq!(single, 0.5);
-        assert_eq!(swapped, 0.0);
-        assert!((labels[0].debiased() - 0.5).abs() < 1e-12);
-        // A labeller that knows the answer agrees in both.
-        let good: Vec<AiLabel> = (0..4).map(|_| l(0.8, 0.3)).collect();
-        assert_eq!(agreement(&good).unwrap(), (1.0, 1.0));
-        assert!(agreement(&[]).is_none());
+    /// The logits after `text`, reusing the cached KV state of its beginning up to `Question:`
+    /// (the preamble every prompt shares): the beginning and the rest are tokenised separately.
+    /// Returns the cache positioned after `text`.
+    fn logits_after(&mut self, text: &str) -> Result<(Vec<f32>, canon_models::Cache)> {
+        self.calls += 1;
+        let cut = text.find("Question:").unwrap_or(0);
+        let (head, tail) = text.split_at(cut);
+        let mut cache = match self.prefixes.get(head) {
+            Some(c) => c.clone(),
+            None => {
+                let mut c = self.lm.model.new_cache();
+                if !head.is_empty() {
+                    let ids = self
+                        .lm
+                        .tokenizer
+                        .encode(head, true)
+                        .map_err(|e| data_err(e.to_string()))?;
+                    last_logits(self.lm, &ids, &mut c)?;
+                }
+                self.prefixes.insert(head.to_string(), c.clone());
+                c
+            }
+        };
+        let mut ids = self
+            .lm
+            .tokenizer
+            .encode(tail, true)
+            .map_err(|e| data_err(e.to_string()))?;
+        if !head.is_empty()
+            && ids
+                .first()
+                .is_some_and(|&t| Some(t) == self.lm.tokenizer.bos_id)
+        {
+            ids.remove(0);
+        }
+        let logits = last_logits(self.lm, &ids, &mut cache)?;
+        Ok((logits, cache))
+    }
+}
+
+impl Labeller for LmLabeller<'_> {
+    fn name(&self) -> String {
+        self.lm.name.clone()
+    }
+
+    fn p_first(&mut self, p: &Problem, first: &str, second: &str) -> Result<f64> {
+        let (one, two) = label_ids(self.lm)?;
+        let (logits, _) = self.logits_after(&prompt_text(self.lm, p, first, second)?)?;
+        let (a, b) = (logits[one as usize] as f64, logits[two as usize] as f64);
+        Ok(1.0 / (1.0 + (b - a).exp()))
+    }
+
+    /// The likelihood of each rating as a token string after `Rating: `: `2`…`9` are one digit
+    /// token each; `10` is the token `1` followed by `0` (one more decoding step), and the rating
+    /// `1` is the token `1` not followed by `0`. Normalised over the ten ratings.
+    fn rating_probs(&mut self, p: &Problem, answer: &str) -> Result<[f64; 10]> {
+        let key = (*p, answer.to_string());
+        if let Some(r) = self.ratings.get(&key) {
+            return Ok(*r);
+        }
+        let (first, mut cache) = self.logits_after(&rating_prompt_text(self.lm, p, answer)?)?;
+        let next = last_logits(self.lm, &[self.digits[1]], &mut cache)?;
+        let p_zero_after_one = log_softmax_at(&next, self.digits[0] as usize).exp();
+        let mut lik = [0f64; 10];
+        let lp1 = log_softmax_at(&first, self.digits[1] as usize).exp();
+        lik[0] = lp1 * (1.0 - p_zero_after_one);
+        for (r, slot) in lik.iter_mut().enumerate().take(9).skip(1) {
+            *slot = log_softmax_at(&first, self.digits[r + 1] as usize).exp();
+        }
+        lik[9] = lp1 * p_zero_after_one;
+        let z: f64 = lik.iter().sum();
+        if !(z > 0.0 && z.is_finite()) {
+            return Err(data_err(format!(
+                "the labeller gave no probability to any rating 1–10 for {answer:?}"
+            )));
+        }
+        for x in lik.iter_mut() {
+            *x /= z;
+        }
+        self.ratings.insert(key, lik);
+        Ok(lik)
     }
 }

@@ -74,7 +74,7 @@ pub const TEST_PROMPTS: usize = 500;
 pub const MAX_RESPONSE: usize = 12;
 
 /// One addition prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Problem {
     pub a: u32,
     pub b: u32,

@@ -268,19 +268,76 @@ pub struct W2sResult {
     pub ceiling: f64,
     pub pgr_xent: Option<f64>,
     pub pgr_logconf: Option<f64>,
+    /// Bootstrapping: the student on the second half of its data only, taught directly by the weak
+    /// model (the fair baseline), and taught by an intermediate model (see [`run_task`]).
+    pub w2s_logconf_half: f64,
+    pub w2s_bootstrap: f64,
+    pub pgr_logconf_half: Option<f64>,
+    pub pgr_bootstrap: Option<f64>,
 }
 
-/// Runs the protocol on one task with both feature sets given (`weak_x`, `strong_x`), averaging
-/// accuracies over `seeds` random splits (weak half / strong half / test = 40 / 40 / 20 %).
+/// The results as a text table (one row per task).
+pub fn table(res: &[W2sResult]) -> String {
+    let mut t = format!(
+        "  {:<10} {:>6} {:>7} {:>9} {:>12} {:>8} {:>9} {:>12} {:>10} {:>10}\n",
+        "task",
+        "texts",
+        "weak",
+        "w2s xent",
+        "w2s logconf",
+        "ceiling",
+        "PGR xent",
+        "PGR logconf",
+        "PGR half",
+        "PGR boot"
+    );
+    let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    for r in res {
+        t.push_str(&format!(
+            "  {:<10} {:>6} {:>7.3} {:>9.3} {:>12.3} {:>8.3} {:>9} {:>12} {:>10} {:>10}\n",
+            r.task,
+            r.texts,
+            r.weak,
+            r.w2s_xent,
+            r.w2s_logconf,
+            r.ceiling,
+            f(r.pgr_xent),
+            f(r.pgr_logconf),
+            f(r.pgr_logconf_half),
+            f(r.pgr_bootstrap)
+        ));
+    }
+    t
+}
+
+/// Runs the protocol on one task with the three feature sets given (`weak_x`, the intermediate
+/// model's `mid_x`, `strong_x`), averaging accuracies over `seeds` random splits (weak half /
+/// strong half / test = 40 / 40 / 20 %).
+///
+/// Bootstrapping (the paper's §4.3.1, one intermediate step): the strong half is cut in two; an
+/// intermediate model (logistic regression on `mid_x`) learns from the weak model's labels of the
+/// first quarter, and the student learns from the intermediate's labels of the second quarter;
+/// both steps with the confidence loss. Its baseline is the student taught directly by the weak
+/// model on that same second quarter.
 pub fn run_task(
     name: &str,
     weak_x: &[Vec<f32>],
+    mid_x: &[Vec<f32>],
     strong_x: &[Vec<f32>],
     labels: &[u8],
     seeds: u64,
 ) -> Result<W2sResult> {
     let n = labels.len();
+    if weak_x.len() != n || mid_x.len() != n || strong_x.len() != n {
+        return Err(data_err(format!(
+            "weak-to-strong: {n} labels but {} / {} / {} feature rows",
+            weak_x.len(),
+            mid_x.len(),
+            strong_x.len()
+        )));
+    }
     let (mut weak, mut wx, mut wl, mut ceil) = (0.0, 0.0, 0.0, 0.0);
+    let (mut half, mut boot) = (0.0, 0.0);
     for s in 0..seeds {
         let mut idx: Vec<usize> = (0..n).collect();
         let mut rng = SplitMix64::new(0x5EED + s);
@@ -302,9 +359,18 @@ pub fn run_task(
         wx += LogReg::train(&sb, &soft, Loss::Xent, 20, 0.01, s)?.accuracy(&st, &test_l);
         wl += LogReg::train(&sb, &soft, Loss::Logconf, 20, 0.01, s)?.accuracy(&st, &test_l);
         ceil += LogReg::train(&sb, &gold(b), Loss::Xent, 20, 0.01, s)?.accuracy(&st, &test_l);
+        let (b1, b2) = b.split_at(b.len() / 2);
+        let weak_b1: Vec<f64> = b1.iter().map(|&i| wm.p(&weak_x[i])).collect();
+        let mid = LogReg::train(&pick(mid_x, b1), &weak_b1, Loss::Logconf, 20, 0.05, s)?;
+        let mid_b2: Vec<f64> = b2.iter().map(|&i| mid.p(&mid_x[i])).collect();
+        let weak_b2: Vec<f64> = b2.iter().map(|&i| wm.p(&weak_x[i])).collect();
+        let sb2 = pick(strong_x, b2);
+        boot += LogReg::train(&sb2, &mid_b2, Loss::Logconf, 20, 0.01, s)?.accuracy(&st, &test_l);
+        half += LogReg::train(&sb2, &weak_b2, Loss::Logconf, 20, 0.01, s)?.accuracy(&st, &test_l);
     }
     let k = seeds.max(1) as f64;
     let (weak, wx, wl, ceil) = (weak / k, wx / k, wl / k, ceil / k);
+    let (half, boot) = (half / k, boot / k);
     Ok(W2sResult {
         task: name.into(),
         texts: n,
@@ -314,6 +380,10 @@ pub fn run_task(
         ceiling: ceil,
         pgr_xent: pgr(weak, wx, ceil),
         pgr_logconf: pgr(weak, wl, ceil),
+        w2s_logconf_half: half,
+        w2s_bootstrap: boot,
+        pgr_logconf_half: pgr(weak, half, ceil),
+        pgr_bootstrap: pgr(weak, boot, ceil),
     })
 }
 
@@ -326,8 +396,11 @@ pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Resul
     let mut results = Vec::new();
     for t in tasks {
         let weak_x: Vec<Vec<f32>> = t.texts.iter().map(|s| hashed_trigrams(s, 16)).collect();
+        let mid_x: Vec<Vec<f32>> = t.texts.iter().map(|s| hashed_trigrams(s, 256)).collect();
         let strong_x = embed(&t.texts)?;
-        results.push(run_task(&t.name, &weak_x, &strong_x, &t.labels, seeds)?);
+        results.push(run_task(
+            &t.name, &weak_x, &mid_x, &strong_x, &t.labels, seeds,
+        )?);
     }
     std::fs::create_dir_all(out).map_err(|e| data_err(format!("{}: {e}", out.display())))?;
     crate::pipeline::save_json(&out.join("w2s.json"), &results)?;
@@ -345,8 +418,16 @@ pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Resul
         .y_title("PGR")
         .series(canon_plot::Series::bars("cross-entropy on weak labels", bars(&|r| r.pgr_xent)))
         .series(canon_plot::Series::bars("+ auxiliary confidence loss", bars(&|r| r.pgr_logconf)))
+        .series(canon_plot::Series::bars(
+            "confidence loss, half the data",
+            bars(&|r| r.pgr_logconf_half),
+        ))
+        .series(canon_plot::Series::bars(
+            "bootstrapped via 256-bucket trigrams, half the data",
+            bars(&|r| r.pgr_bootstrap),
+        ))
         .footnote(&format!(
-            "weak: logistic regression on 16 hashed char-trigram buckets; strong: linear probe on MiniLM embeddings; mean of {seeds} splits"
+            "weak: logistic regression on 16 hashed char-trigram buckets; intermediate: on 256; strong: linear probe on MiniLM embeddings; mean of {seeds} splits"
         ))
         .save(&png)
         .map_err(|e| data_err(format!("{}: {e}", png.display())))?;
@@ -371,5 +452,37 @@ mod tests {
         let h = hashed_trigrams("Cannot open file", 16);
         assert!((h.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
         assert!(LogReg::train(&[], &[], Loss::Xent, 1, 0.1, 1).is_err());
+    }
+
+    #[test]
+    fn run_task_reports_the_bootstrapped_student_and_rejects_mismatched_features() {
+        // Class = sign of the first coordinate. Weak features see it through noise, the
+        // intermediate more clearly, the strong exactly.
+        let n = 400;
+        let mut rng = SplitMix64::new(5);
+        let y: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let feat = |noise: f64, rng: &mut SplitMix64| -> Vec<Vec<f32>> {
+            y.iter()
+                .map(|&c| {
+                    let s = if c == 1 { 1.0 } else { -1.0 };
+                    let u = rng.next_u64() as f64 / u64::MAX as f64 - 0.5;
+                    vec![(s + noise * u) as f32, 1.0]
+                })
+                .collect()
+        };
+        let (w, m, st) = (
+            feat(4.0, &mut rng),
+            feat(2.5, &mut rng),
+            feat(0.0, &mut rng),
+        );
+        let r = run_task("toy", &w, &m, &st, &y, 2).unwrap();
+        assert!(r.ceiling > 0.95, "{r:?}");
+        assert!(r.weak < r.ceiling);
+        for v in [r.w2s_bootstrap, r.w2s_logconf_half] {
+            assert!((0.0..=1.0).contains(&v), "{r:?}");
+        }
+        assert!(r.pgr_bootstrap.is_some() && r.pgr_logconf_half.is_some());
+        let e = run_task("toy", &w, &m[..10], &st, &y, 1).unwrap_err();
+        assert!(e.to_string().contains("feature rows"), "{e}");
     }
 }

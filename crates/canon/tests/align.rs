@@ -81,11 +81,15 @@ fn the_pipeline_runs_at_toy_size_and_prints_figures() {
         "1",
         "--ptx-coef",
         "0.5",
+        "--value",
+        "head",
+        "--whiten-rewards",
     ]);
     assert!(
         s.contains("kl_last_rollout") && s.contains("pretrain_nll"),
         "{s}"
     );
+    assert!(s.contains("value_from_reward_model          0"), "{s}");
     assert!(Path::new(dir).join("ppo/ppo.png").is_file());
     assert!(Path::new(dir).join("ppo/metrics.jsonl").is_file());
 }
@@ -107,6 +111,11 @@ fn bad_input_ends_in_one_clear_error() {
         "--name",
     );
     clean_error(&canon(&["align", "rm", "--dir", e, "--k", "1"], h), "--k");
+    clean_error(&canon(&["align", "rlaif", "--dir", e], h), "groups.json");
+    clean_error(
+        &canon(&["align", "rlaif", "--dir", e, "--rollouts", "0"], h),
+        "--rollouts",
+    );
     clean_error(
         &canon(&["align", "w2s", "--locale-dir", e], h),
         "gettext catalogs",

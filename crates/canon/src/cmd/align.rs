@@ -1,20 +1,13 @@
-//! `canon align`: learning from preferences in miniature (InstructGPT paper 20, DPO, process
-//! supervision paper 21). Every stage works in one folder (`--dir`) and prints its figures.
-//!
-//! - `sft`: a tiny GPT trained from scratch on mixed-quality demonstrations of the addition task.
-//! - `rm`: K samples per prompt ranked by the gold judge; reward model with the pairwise loss.
-//! - `dpo`: DPO from SFT on the same preference pairs.
-//! - `ppo`: PPO (optionally PPO-ptx) from SFT against the reward model.
-//! - `prm`: process vs outcome reward model vs majority vote, best-of-N on multi-step sums.
-//! - `rlaif`: an LLM as preference labeller (order-swap debiasing), agreement with the gold judge.
-//! - `w2s`: weak-to-strong generalisation (paper 30), PGR with and without the confidence loss.
+//! `canon align`: learning from feedback in miniature (papers 20, 21, 29, 30). The stages live in
+//! `canon_align`; this file holds the arguments, the progress bars and the printing.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use canon_align::pipeline::{self, DpoOpts, PpoOpts, Report, RewardKind, RmOpts, SftOpts};
+use canon_align::pipeline::{self, DpoOpts, PpoOpts, RewardKind, RmOpts, SftOpts, ValueInit};
 use canon_align::ppo::PpoConfig;
+use canon_align::rlaif_run::{RlaifOpts, SoftRmOpts};
 use canon_train::StepReport;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,10 +19,9 @@ use crate::Ctx;
   canon --threads 1 align sft --dir runs/align
   canon --threads 1 align rm --dir runs/align
   canon --threads 1 align dpo --dir runs/align
-  canon --threads 1 align ppo --dir runs/align
-  canon --threads 1 align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
+  canon --threads 1 align ppo --dir runs/align --value rm
   canon --threads 1 align prm --dir runs/prm
-  canon align rlaif --dir runs/align --model smollm2 --pairs 100
+  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120
   canon --threads 1 align w2s --out runs/w2s")]
 pub struct AlignArgs {
     #[command(subcommand)]
@@ -48,8 +40,8 @@ pub enum AlignCommand {
     Ppo(PpoArgs),
     /// Process vs outcome reward models vs majority vote: best-of-N on multi-step sums.
     Prm(PrmArgs),
-    /// RLAIF: an LLM labels the RM stage's held-out pairs; agreement with the gold judge with and
-    /// without the order swap.
+    /// RLAIF: an LLM labels training pairs; reward models on AI vs gold labels, PPO with each,
+    /// and direct RLAIF (the LLM's 1–10 rating as the reward); win rates by the gold judge.
     Rlaif(RlaifArgs),
     /// Weak-to-strong: PGR on three gettext classification tasks, with and without the
     /// auxiliary confidence loss.
@@ -62,47 +54,10 @@ pub enum AlignCommand {
     },
 }
 
-#[derive(Args, Debug)]
-#[command(after_help = "Example:
-  canon align w2s --out runs/w2s --per-class 600 --seeds 5")]
-pub struct W2sArgs {
-    /// Output folder (w2s.json, w2s.png).
-    #[arg(long, value_name = "DIR", default_value = "runs/w2s")]
-    pub out: PathBuf,
-    /// Folder of the gettext catalogs.
-    #[arg(long, default_value = "/usr/share/locale")]
-    pub locale_dir: PathBuf,
-    /// Texts per class and task (at most).
-    #[arg(long, default_value_t = 600)]
-    pub per_class: usize,
-    /// Random splits averaged per task.
-    #[arg(long, default_value_t = 5)]
-    pub seeds: u64,
-    /// The strong model's encoder: an alias (minilm) or an HF-style BERT folder.
-    #[arg(long, default_value = "minilm")]
-    pub encoder: String,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = "Example:
-  canon align rlaif --dir runs/align --model smollm2 --pairs 100")]
-pub struct RlaifArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// The labeller: an alias (smollm2), a .gguf file or an HF-style folder.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// Pairs to label (each scored in both orders).
-    #[arg(long, default_value_t = 100)]
-    pub pairs: usize,
-}
-
 /// The options every stage shares.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Work folder: sft/, rm/, dpo/, ppo/ live here.
+    /// Work folder: sft/, rm/, dpo/, ppo/, rlaif/ live here.
     #[arg(long, value_name = "DIR", default_value = "runs/align")]
     pub dir: PathBuf,
     /// Seed of the prompt split, the data and the initialisation (keep it across stages).
@@ -166,22 +121,9 @@ pub struct DpoArgs {
     pub beta: f64,
 }
 
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon align ppo --dir runs/align --rollouts 40
-  canon align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
-  canon align ppo --dir runs/align --name ppo-gold --reward gold")]
-pub struct PpoArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Sub-folder of --dir for this run.
-    #[arg(long, default_value = "ppo")]
-    pub name: String,
-    /// Rollouts (each: --rollout-prompts samples, then epochs × minibatches optimizer steps).
-    #[arg(long, default_value_t = 40)]
-    pub rollouts: u64,
-    #[arg(long, default_value_t = 64)]
-    pub rollout_prompts: usize,
+/// PPO settings shared by `ppo` and `rlaif`.
+#[derive(Args, Debug, Clone)]
+pub struct PpoKnobs {
     #[arg(long, default_value_t = 4)]
     pub minibatches: usize,
     #[arg(long, default_value_t = 4)]
@@ -191,19 +133,79 @@ pub struct PpoArgs {
     /// Per-token KL coefficient β (the starting value with --kl-target).
     #[arg(long, default_value_t = 0.05)]
     pub beta: f64,
-    /// Adaptive KL (Ziegler et al.): steer β after every rollout toward this mean KL per response,
-    /// in nats (6 in lm-human-preferences); without it β is fixed.
+    /// Adaptive KL (Ziegler et al.): steer β toward this mean KL per response, in nats.
     #[arg(long, value_name = "NATS")]
     pub kl_target: Option<f64>,
     /// Adaptive KL: the controller's horizon, in responses.
     #[arg(long, default_value_t = 10_000.0)]
     pub kl_horizon: f64,
+    /// The value function: `rm` (a separate model initialised from the reward model, as
+    /// InstructGPT) or `head` (a zero-initialised head on the policy's trunk).
+    #[arg(long, default_value = "rm", value_parser = ["rm", "head"])]
+    pub value: String,
+    /// Whiten each rollout's per-token rewards (std 1, mean kept) before GAE.
+    #[arg(long)]
+    pub whiten_rewards: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  canon align ppo --dir runs/align --rollouts 40
+  canon align ppo --dir runs/align --name ppo-head --value head --whiten-rewards
+  canon align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
+  canon align ppo --dir runs/align --name ppo-gold --reward gold")]
+pub struct PpoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub knobs: PpoKnobs,
+    /// Sub-folder of --dir for this run.
+    #[arg(long, default_value = "ppo")]
+    pub name: String,
+    /// Rollouts (each: --rollout-prompts samples, then epochs × minibatches optimizer steps).
+    #[arg(long, default_value_t = 40)]
+    pub rollouts: u64,
+    #[arg(long, default_value_t = 64)]
+    pub rollout_prompts: usize,
     /// PPO-ptx: weight of the LM loss on the pretraining (demonstration) text; 0 = plain PPO.
     #[arg(long, default_value_t = 0.0)]
     pub ptx_coef: f64,
     /// The reward: `rm` (the trained reward model) or `gold` (the judge itself, an upper bound).
     #[arg(long, default_value = "rm", value_parser = ["rm", "gold"])]
     pub reward: String,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Example (SFT and RM stages first; about 15 minutes on 2 cores):
+  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120 --rollouts 12"
+)]
+pub struct RlaifArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub knobs: PpoKnobs,
+    /// The labeller: an alias (smollm2), a .gguf file or an HF-style folder.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Training pairs labelled by the judge and by the labeller (both orders).
+    #[arg(long, default_value_t = 120)]
+    pub pairs: usize,
+    /// Reward-model epochs over the pairs (both reward models).
+    #[arg(long, default_value_t = 4)]
+    pub rm_epochs: u64,
+    #[arg(long, default_value_t = 16)]
+    pub rm_batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub rm_lr: f64,
+    /// PPO rollouts of every arm.
+    #[arg(long, default_value_t = 12)]
+    pub rollouts: u64,
+    #[arg(long, default_value_t = 32)]
+    pub rollout_prompts: usize,
+    /// Skip direct RLAIF (it calls the labeller on every rollout response).
+    #[arg(long)]
+    pub no_d_rlaif: bool,
 }
 
 #[derive(Args, Debug)]
@@ -236,111 +238,138 @@ pub struct PrmArgs {
     pub reuse_generator: bool,
 }
 
-fn bar(ctx: &Ctx, len: u64, what: &str) -> ProgressBar {
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  canon align w2s --out runs/w2s --per-class 600 --seeds 5")]
+pub struct W2sArgs {
+    /// Output folder (w2s.json, w2s.png).
+    #[arg(long, value_name = "DIR", default_value = "runs/w2s")]
+    pub out: PathBuf,
+    /// Folder of the gettext catalogs.
+    #[arg(long, default_value = "/usr/share/locale")]
+    pub locale_dir: PathBuf,
+    /// Texts per class and task (at most).
+    #[arg(long, default_value_t = 600)]
+    pub per_class: usize,
+    /// Random splits averaged per task.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// The strong model's encoder: an alias (minilm) or an HF-style BERT folder.
+    #[arg(long, default_value = "minilm")]
+    pub encoder: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A progress bar whose message, length and position follow `(stage, pos, len)` updates.
+fn bar(ctx: &Ctx) -> ProgressBar {
     if ctx.quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(len);
+    let pb = ProgressBar::new(0);
     let style = ProgressStyle::with_template(
-        "{msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}",
+        "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}",
     )
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
-    pb.set_message(what.to_string());
     pb
 }
 
-fn progress<'a>(pb: &'a ProgressBar) -> impl FnMut(&StepReport) + 'a {
+fn step_cb<'a>(pb: &'a ProgressBar, stage: &'a str, len: u64) -> impl FnMut(&StepReport) + 'a {
+    pb.set_message(stage.to_string());
+    pb.set_length(len);
     move |r: &StepReport| {
+        pb.set_length(pb.length().unwrap_or(0).max(r.step));
         pb.set_position(r.step);
         pb.set_prefix(format!("loss {:.4}", r.loss));
     }
 }
 
-/// Prints a stage's figures, one per line.
-pub fn print_report(r: &Report) {
-    println!(
-        "{}: {} parameters, {} steps, {:.1} s",
-        r.stage, r.params, r.steps, r.seconds
-    );
-    for (k, v) in &r.figures {
-        if v.fract() == 0.0 && v.abs() < 1e12 {
-            println!("  {k:<32} {v:.0}");
-        } else {
-            println!("  {k:<32} {v:.4}");
-        }
+fn ppo_opts(k: &PpoKnobs, name: &str, rollouts: u64, prompts: usize, ptx: f64) -> PpoOpts {
+    let cfg = PpoConfig {
+        rollout_prompts: prompts,
+        minibatches: k.minibatches,
+        ppo_epochs: k.epochs,
+        beta: k.beta,
+        kl_target: k.kl_target,
+        kl_horizon: k.kl_horizon,
+        ptx_coef: ptx,
+        whiten_rewards: k.whiten_rewards,
+        ..PpoConfig::default()
+    };
+    let value = match k.value.as_str() {
+        "head" => ValueInit::PolicyHead,
+        _ => ValueInit::RewardModel,
+    };
+    let (name, lr, reward) = (name.to_string(), k.lr, RewardKind::Model);
+    PpoOpts {
+        name,
+        rollouts,
+        lr,
+        reward,
+        value,
+        cfg,
     }
 }
 
 pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let pb = bar(ctx);
     match a.command {
         AlignCommand::Sft(a) => {
             if a.steps == 0 || a.batch == 0 || a.per_prompt == 0 {
                 bail!("--steps, --batch and --per-prompt must be at least 1");
             }
-            let pb = bar(ctx, a.steps, "sft");
-            let r = pipeline::sft(
-                &a.common.dir,
-                a.common.seed,
-                &SftOpts {
-                    steps: a.steps,
-                    lr: a.lr,
-                    batch: a.batch,
-                    layers: a.layers,
-                    width: a.width,
-                    per_prompt: a.per_prompt,
-                },
-                &mut progress(&pb),
-            )
-            .context("SFT failed")?;
+            let (steps, lr, batch, layers, width, per_prompt) =
+                (a.steps, a.lr, a.batch, a.layers, a.width, a.per_prompt);
+            let o = SftOpts {
+                steps,
+                lr,
+                batch,
+                layers,
+                width,
+                per_prompt,
+            };
+            let c = &a.common;
+            let r = pipeline::sft(&c.dir, c.seed, &o, &mut step_cb(&pb, "sft", a.steps))
+                .context("SFT failed")?;
             pb.finish_and_clear();
-            print_report(&r);
+            print!("{r}");
         }
         AlignCommand::Rm(a) => {
             if a.batch == 0 || a.train_prompts == 0 || a.val_prompts == 0 {
                 bail!("--batch, --train-prompts and --val-prompts must be at least 1");
             }
-            let pb = bar(ctx, 0, "rm");
-            let mut cb = |r: &StepReport| {
-                pb.set_length(pb.length().unwrap_or(0).max(r.step));
-                pb.set_position(r.step);
+            let (k, train_prompts, val_prompts, batch, lr) =
+                (a.k, a.train_prompts, a.val_prompts, a.batch, a.lr);
+            let o = RmOpts {
+                k,
+                train_prompts,
+                val_prompts,
+                batch,
+                lr,
             };
-            let r = pipeline::rm(
-                &a.common.dir,
-                a.common.seed,
-                &RmOpts {
-                    k: a.k,
-                    train_prompts: a.train_prompts,
-                    val_prompts: a.val_prompts,
-                    batch: a.batch,
-                    lr: a.lr,
-                },
-                &mut cb,
-            )
-            .context("reward model failed")?;
+            let c = &a.common;
+            let r = pipeline::rm(&c.dir, c.seed, &o, &mut step_cb(&pb, "rm", 0))
+                .context("reward model failed")?;
             pb.finish_and_clear();
-            print_report(&r);
+            print!("{r}");
         }
         AlignCommand::Dpo(a) => {
             if a.steps == 0 || a.batch == 0 {
                 bail!("--steps and --batch must be at least 1");
             }
-            let pb = bar(ctx, a.steps, "dpo");
-            let r = pipeline::dpo(
-                &a.common.dir,
-                a.common.seed,
-                &DpoOpts {
-                    steps: a.steps,
-                    lr: a.lr,
-                    batch: a.batch,
-                    beta: a.beta,
-                },
-                &mut progress(&pb),
-            )
-            .context("DPO failed")?;
+            let (steps, lr, batch, beta) = (a.steps, a.lr, a.batch, a.beta);
+            let o = DpoOpts {
+                steps,
+                lr,
+                batch,
+                beta,
+            };
+            let c = &a.common;
+            let r = pipeline::dpo(&c.dir, c.seed, &o, &mut step_cb(&pb, "dpo", a.steps))
+                .context("DPO failed")?;
             pb.finish_and_clear();
-            print_report(&r);
+            print!("{r}");
         }
         AlignCommand::Ppo(a) => {
             if a.rollouts == 0 {
@@ -349,79 +378,64 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if a.name.is_empty() || a.name.contains(['/', '\\']) || a.name.starts_with('.') {
                 bail!("--name must be a plain folder name, found {:?}", a.name);
             }
-            let cfg = PpoConfig {
-                rollout_prompts: a.rollout_prompts,
-                minibatches: a.minibatches,
-                ppo_epochs: a.epochs,
-                beta: a.beta,
-                kl_target: a.kl_target,
-                kl_horizon: a.kl_horizon,
-                ptx_coef: a.ptx_coef,
-                ..PpoConfig::default()
-            };
-            if let Err(m) = cfg.validate() {
-                bail!("{m}");
+            let mut o = ppo_opts(&a.knobs, &a.name, a.rollouts, a.rollout_prompts, a.ptx_coef);
+            if a.reward == "gold" {
+                o.reward = RewardKind::Gold;
             }
-            let steps = a.rollouts * cfg.steps_per_rollout();
-            let pb = bar(ctx, steps, "ppo");
-            let r = pipeline::ppo(
-                &a.common.dir,
-                a.common.seed,
-                &PpoOpts {
-                    name: a.name.clone(),
-                    rollouts: a.rollouts,
-                    lr: a.lr,
-                    reward: if a.reward == "gold" {
-                        RewardKind::Gold
-                    } else {
-                        RewardKind::Model
-                    },
-                    cfg,
-                },
-                &mut progress(&pb),
-            )
-            .context("PPO failed")?;
+            o.cfg.validate().map_err(anyhow::Error::msg)?;
+            let steps = a.rollouts * o.cfg.steps_per_rollout();
+            let c = &a.common;
+            let r = pipeline::ppo(&c.dir, c.seed, &o, &mut step_cb(&pb, "ppo", steps))
+                .context("PPO failed")?;
             pb.finish_and_clear();
-            print_report(&r);
-            println!(
-                "  plots: {} and {}",
-                a.common.dir.join(&a.name).join("ppo.png").display(),
-                a.common.dir.join(&a.name).join("ppo_stats.png").display()
-            );
+            print!("{r}");
+            let run = c.dir.join(&a.name);
+            println!("  plots: {}/ppo.png and ppo_stats.png", run.display());
         }
         AlignCommand::Rlaif(a) => {
-            if a.pairs == 0 {
-                bail!("--pairs must be at least 1");
+            if a.rollouts == 0 || a.rm_epochs == 0 || a.rm_batch == 0 {
+                bail!("--rollouts, --rm-epochs and --rm-batch must be at least 1");
             }
-            let pairs = pipeline::labeller_pairs(&a.common.dir, a.pairs)?;
+            let ppo = ppo_opts(&a.knobs, "rlaif", a.rollouts, a.rollout_prompts, 0.0);
+            ppo.cfg.validate().map_err(anyhow::Error::msg)?;
+            let groups = a.common.dir.join("rm/groups.json");
+            if !groups.is_file() {
+                bail!(
+                    "{}: missing (run `canon align sft` and `canon align rm` first)",
+                    groups.display()
+                );
+            }
             let spec = canon_models::ModelSpec::parse(&a.model)?;
-            let lm = canon_models::load_causal_lm(
-                &spec,
-                canon_models::WeightMode::DequantizeF32,
-                ctx.progress(),
-            )
-            .with_context(|| format!("cannot load the labeller {}", a.model))?;
-            let t0 = std::time::Instant::now();
-            let pb = bar(ctx, pairs.len() as u64, "label");
-            let labels =
-                canon_align::rlaif::label_pairs(&lm, &pairs, &mut |i| pb.set_position(i as u64))?;
+            let mode = canon_models::WeightMode::DequantizeF32;
+            let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
+                .with_context(|| format!("cannot load the labeller {}", a.model))?;
+            let mut labeller = canon_align::rlaif::LmLabeller::new(&lm)?;
+            let (epochs, batch, lr) = (a.rm_epochs, a.rm_batch, a.rm_lr);
+            let rm = SoftRmOpts { epochs, batch, lr };
+            let (pairs, d_rlaif) = (a.pairs, !a.no_d_rlaif);
+            let o = RlaifOpts {
+                pairs,
+                rm,
+                ppo,
+                d_rlaif,
+            };
+            let mut on = |stage: &str, pos: u64, len: u64| {
+                if pb.message() != stage {
+                    pb.set_message(stage.to_string());
+                }
+                pb.set_length(len);
+                pb.set_position(pos);
+            };
+            let c = &a.common;
+            let r = canon_align::rlaif_run::run(&c.dir, c.seed, &mut labeller, &o, &mut on)
+                .context("RLAIF experiment failed")?;
             pb.finish_and_clear();
-            let (single, swapped) =
-                canon_align::rlaif::agreement(&labels).context("no pair was labelled")?;
-            let mean_first =
-                labels.iter().map(|l| (l.p_ab + l.p_ba) / 2.0).sum::<f64>() / labels.len() as f64;
-            let out = a.common.dir.join("rlaif_labels.json");
-            pipeline::save_json(&out, &labels)?;
+            print!("{}", r.table());
+            println!("  labeller prompts evaluated: {}", labeller.calls);
             println!(
-                "rlaif: {} pairs labelled by {} in both orders, {:.1} s",
-                labels.len(),
-                lm.name,
-                t0.elapsed().as_secs_f64()
+                "  report and plot: {}/rlaif/{{report.json, rlaif.png}}",
+                c.dir.display()
             );
-            println!("  agreement_one_order              {single:.4}");
-            println!("  agreement_order_swapped          {swapped:.4}");
-            println!("  mean_p_first_shown               {mean_first:.4}");
-            println!("  labels: {}", out.display());
         }
         AlignCommand::W2s(a) => {
             if a.per_class < 20 || a.seeds == 0 {
@@ -438,64 +452,37 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     .map_err(|e| canon_align::TrainError::Data(e.to_string()))
             };
             let res = canon_align::w2s::run(&tasks, &mut embed, a.seeds, &a.out)?;
+            let secs = t0.elapsed().as_secs_f64();
             println!(
-                "w2s: {} tasks, mean of {} splits, {:.1} s (strong = linear probe on {})",
+                "w2s: {} tasks, mean of {} splits, {secs:.1} s (strong = linear probe on {})",
                 res.len(),
                 a.seeds,
-                t0.elapsed().as_secs_f64(),
                 enc.name
             );
-            println!(
-                "  {:<10} {:>6} {:>7} {:>9} {:>12} {:>8} {:>9} {:>12}",
-                "task",
-                "texts",
-                "weak",
-                "w2s xent",
-                "w2s logconf",
-                "ceiling",
-                "PGR xent",
-                "PGR logconf"
-            );
-            let f = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-            for r in &res {
-                println!(
-                    "  {:<10} {:>6} {:>7.3} {:>9.3} {:>12.3} {:>8.3} {:>9} {:>12}",
-                    r.task,
-                    r.texts,
-                    r.weak,
-                    r.w2s_xent,
-                    r.w2s_logconf,
-                    r.ceiling,
-                    f(r.pgr_xent),
-                    f(r.pgr_logconf)
-                );
-            }
+            print!("{}", canon_align::w2s::table(&res));
             println!("  plot: {}", a.out.join("w2s.png").display());
         }
         AlignCommand::PlotPpo { run } => {
-            let name = run
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = run.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_default();
             for p in pipeline::plot_ppo(&run.join("metrics.jsonl"), &run, &name)? {
                 println!("{}", p.display());
             }
         }
         AlignCommand::Prm(a) => {
-            if a.gen_steps == 0
-                || a.verifier_steps == 0
-                || a.train_problems < 10
-                || a.test_problems == 0
-            {
+            if a.gen_steps == 0 || a.verifier_steps == 0 || a.train_problems < 10 {
                 bail!(
-                    "--gen-steps and --verifier-steps must be at least 1, --train-problems at least 10, --test-problems at least 1"
+                    "--gen-steps and --verifier-steps must be at least 1, --train-problems at least 10"
                 );
             }
-            let pb = bar(ctx, a.gen_steps, "generator");
+            if a.test_problems == 0 {
+                bail!("--test-problems must be at least 1");
+            }
             let mut cb = |stage: &str, r: &StepReport| {
                 if pb.message() != stage {
                     pb.set_message(stage.to_string());
-                    pb.set_length(if stage == "generator" {
+                    let gen_stage = stage == "generator";
+                    pb.set_length(if gen_stage {
                         a.gen_steps
                     } else {
                         a.verifier_steps
@@ -504,25 +491,22 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 pb.set_position(r.step);
                 pb.set_prefix(format!("loss {:.4}", r.loss));
             };
-            let (r, _) = canon_align::prm::run(
-                &a.common.dir,
-                a.common.seed,
-                &canon_align::prm::PrmOpts {
-                    gen_steps: a.gen_steps,
-                    verifier_steps: a.verifier_steps,
-                    train_problems: a.train_problems,
-                    samples_per_train_problem: a.samples,
-                    test_problems: a.test_problems,
-                    max_n: a.max_n,
-                    trials: a.trials,
-                    reuse_generator: a.reuse_generator,
-                },
-                &mut cb,
-            )
-            .context("PRM experiment failed")?;
+            let o = canon_align::prm::PrmOpts {
+                gen_steps: a.gen_steps,
+                verifier_steps: a.verifier_steps,
+                train_problems: a.train_problems,
+                samples_per_train_problem: a.samples,
+                test_problems: a.test_problems,
+                max_n: a.max_n,
+                trials: a.trials,
+                reuse_generator: a.reuse_generator,
+            };
+            let c = &a.common;
+            let (r, _) = canon_align::prm::run(&c.dir, c.seed, &o, &mut cb)
+                .context("PRM experiment failed")?;
             pb.finish_and_clear();
-            print_report(&r);
-            println!("  plot: {}", a.common.dir.join("best_of_n.png").display());
+            print!("{r}");
+            println!("  plot: {}", c.dir.join("best_of_n.png").display());
         }
     }
     Ok(())

@@ -1,0 +1,582 @@
+//! RLAIF end to end (Lee et al., 2023, paper 29), in the addition miniature.
+//!
+//! 1. Pairs: for each of the first `pairs` training prompts of the RM stage, two of its sampled
+//!    responses with different texts (the first response and the next one that differs). The gold
+//!    judge gives each pair a hard label (1, 0, or ½ on a tie); the AI labeller gives the debiased
+//!    soft label `P(a ≻ b) = (P₁(a | a,b) + 1 − P₁(b | b,a)) / 2` (both orders, as the paper does).
+//!    The labels are kept in `rlaif/labels.json` and reused by a later run with the same pairs and
+//!    labeller.
+//! 2. Two reward models, identical but for the labels: each starts from the SFT trunk with a zero
+//!    head and is trained on the same pairs with the same soft-label cross-entropy
+//!    ([`crate::losses::soft_pair_loss`], the paper's distillation loss; on hard labels it is the
+//!    usual pairwise loss), then shifted so the SFT demonstrations average 0. Held-out pair
+//!    accuracy is measured on the RM stage's held-out groups (gold rankings).
+//! 3. RL: PPO from SFT against each RM (RLHF-style = gold-label RM, RLAIF = AI-label RM) and
+//!    direct RLAIF (d-RLAIF: the labeller rates each sampled response from 1 to 10; the expected
+//!    rating mapped to [−1, 1] is the reward, no reward model), with the same PPO settings.
+//! 4. The gold judge scores every policy's samples on the held-out prompts; win rates against the
+//!    SFT policy and RLAIF against the RLHF-style policy head to head.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use canon_nn::SplitMix64;
+use canon_plot::{Figure, Series};
+use canon_train::trainer::RunFiles;
+use canon_train::{BatchLoss, Engine, Objective, StepReport};
+use serde::{Deserialize, Serialize};
+
+use crate::eval::evaluate_policy;
+use crate::lm::{Lm, ScalarHead};
+use crate::losses::{debiased_preference, soft_pair_loss};
+use crate::pipeline::{
+    EVAL_SEED, PpoOpts, Report, ValueInit, io, load_groups, ppo_with, read_json, rm_reward,
+    sft_baseline, train_config, write_json,
+};
+use crate::rlaif::Labeller;
+use crate::rm::{Group, normalise, pair_accuracy, rewards};
+use crate::sft::demonstrations;
+use crate::task::{Problem, response_text, split};
+use crate::{Result, data_err};
+
+/// One pair of the experiment with its gold and AI labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledPair {
+    pub problem: Problem,
+    pub a: Vec<u32>,
+    pub b: Vec<u32>,
+    /// The gold judge's `P(a ≻ b)`: 1, 0 or ½ (tie).
+    pub gold: f64,
+    /// The labeller's `P(first wins)` with `a` shown first, and with `b` shown first.
+    pub p_ab: f64,
+    pub p_ba: f64,
+}
+
+impl LabelledPair {
+    /// The AI label: the order-debiased `P(a ≻ b)`.
+    pub fn ai(&self) -> f64 {
+        debiased_preference(self.p_ab, self.p_ba)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct LabelFile {
+    labeller: String,
+    pairs: Vec<LabelledPair>,
+}
+
+/// The pairs of the experiment (unlabelled): `(problem, a, b, gold P(a ≻ b))`.
+pub fn experiment_pairs(groups: &[Group], n: usize) -> Vec<(Problem, Vec<u32>, Vec<u32>, f64)> {
+    let mut out = Vec::new();
+    for g in groups {
+        if out.len() >= n {
+            break;
+        }
+        let Some(first) = g.responses.first() else {
+            continue;
+        };
+        if let Some(j) = (1..g.responses.len()).find(|&j| g.responses[j] != *first) {
+            let gold = match g.scores[0].total_cmp(&g.scores[j]) {
+                std::cmp::Ordering::Greater => 1.0,
+                std::cmp::Ordering::Less => 0.0,
+                std::cmp::Ordering::Equal => 0.5,
+            };
+            out.push((g.problem, first.clone(), g.responses[j].clone(), gold));
+        }
+    }
+    out
+}
+
+/// Agreement of the AI labels with the gold judge on the strictly ranked pairs: (one order, `a`
+/// shown first; both orders averaged; the number of such pairs). An AI label of exactly ½ agrees
+/// with neither order. `None` when no pair is strictly ranked.
+pub fn agreement(pairs: &[LabelledPair]) -> Option<(f64, f64, usize)> {
+    let strict: Vec<&LabelledPair> = pairs.iter().filter(|p| p.gold != 0.5).collect();
+    if strict.is_empty() {
+        return None;
+    }
+    let n = strict.len() as f64;
+    let agrees = |q: f64, gold: f64| (q > 0.5 && gold > 0.5) || (q < 0.5 && gold < 0.5);
+    let one = strict.iter().filter(|p| agrees(p.p_ab, p.gold)).count() as f64;
+    let both = strict.iter().filter(|p| agrees(p.ai(), p.gold)).count() as f64;
+    Some((one / n, both / n, strict.len()))
+}
+
+/// A reward model trained on soft preference labels: each micro-batch is `batch` pairs.
+struct SoftRmObjective<'a> {
+    rm: &'a Lm,
+    pairs: &'a [LabelledPair],
+    labels: Vec<f64>,
+    order: Vec<usize>,
+    batch: usize,
+    val: &'a [Group],
+}
+
+impl Objective for SoftRmObjective<'_> {
+    fn train_batch(&mut self, _rng: &mut SplitMix64, index: u64) -> Result<BatchLoss> {
+        let n = self.order.len();
+        if n == 0 {
+            return Err(data_err("RLAIF reward model: no pairs"));
+        }
+        let start = index as usize * self.batch;
+        let idx: Vec<usize> = (0..self.batch.min(n))
+            .map(|i| self.order[(start + i) % n])
+            .collect();
+        let mut seqs = Vec::with_capacity(2 * idx.len());
+        for side in 0..2 {
+            for &i in &idx {
+                let p = &self.pairs[i];
+                let r = if side == 0 { &p.a } else { &p.b };
+                seqs.push([p.problem.prompt_ids(), r.clone()].concat());
+            }
+        }
+        let r = rewards(self.rm, &seqs)?;
+        let m = idx.len();
+        let p1: Vec<f32> = idx.iter().map(|&i| self.labels[i] as f32).collect();
+        let p1 = Tensor::from_vec(p1, m, &Device::Cpu)?;
+        let loss = soft_pair_loss(&r.narrow(0, 0, m)?, &r.narrow(0, m, m)?, &p1)?;
+        Ok(BatchLoss {
+            loss: loss.to_scalar::<f32>()? as f64,
+            total: loss,
+            tokens: seqs.iter().map(Vec::len).sum(),
+            extra: Vec::new(),
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        let (acc, loss) = pair_accuracy(self.rm, self.val)?;
+        Ok(vec![
+            ("eval_loss".into(), loss),
+            ("eval_pair_accuracy".into(), acc),
+        ])
+    }
+}
+
+/// Reward-model settings of the experiment.
+#[derive(Debug, Clone)]
+pub struct SoftRmOpts {
+    pub epochs: u64,
+    pub batch: usize,
+    pub lr: f64,
+}
+
+/// Trains a reward model from the SFT trunk on `labels[i] = P(a ≻ b)` of `pairs[i]` into `out`;
+/// returns its held-out pair accuracy on `val` (gold rankings).
+#[allow(clippy::too_many_arguments)]
+pub fn train_soft_rm(
+    dir: &Path,
+    out: &Path,
+    seed: u64,
+    pairs: &[LabelledPair],
+    labels: Vec<f64>,
+    val: &[Group],
+    o: &SoftRmOpts,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<f64> {
+    if pairs.is_empty() || labels.len() != pairs.len() {
+        return Err(data_err("RLAIF reward model: no labelled pairs"));
+    }
+    if o.batch == 0 || o.epochs == 0 {
+        return Err(data_err("RLAIF reward model: batch and epochs must be ≥ 1"));
+    }
+    let mut rm = Lm::load(&dir.join("sft"))?;
+    rm.head = Some(ScalarHead::zeros(rm.cfg.d_model)?);
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    let mut rng = SplitMix64::new(seed ^ 0x5AF7);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let steps = o.epochs * pairs.len().div_ceil(o.batch) as u64;
+    let mut obj = SoftRmObjective {
+        rm: &rm,
+        pairs,
+        labels,
+        order,
+        batch: o.batch,
+        val,
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let mut engine = Engine::new(rm.params(), train_config(steps, o.lr, seed, steps / 4))?;
+    let stop = AtomicBool::new(false);
+    engine.run(&mut obj, steps, &stop, &RunFiles::in_dir(out), on_step)?;
+    let (train, _) = split(seed);
+    normalise(
+        &rm,
+        &demonstrations(&train[..train.len().min(1000)], 1, seed)?,
+    )?;
+    let (acc, _) = pair_accuracy(&rm, val)?;
+    rm.save(out)?;
+    Ok(acc)
+}
+
+/// The experiment's settings.
+#[derive(Debug, Clone)]
+pub struct RlaifOpts {
+    /// Training pairs labelled by both the judge and the labeller (one per prompt).
+    pub pairs: usize,
+    pub rm: SoftRmOpts,
+    /// PPO settings shared by every arm (`name` and `reward` are set per arm).
+    pub ppo: PpoOpts,
+    /// Also run direct RLAIF (the labeller scores every rollout response).
+    pub d_rlaif: bool,
+}
+
+/// One policy of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmResult {
+    pub arm: String,
+    /// The reward: `gold-label RM`, `AI-label RM`, `AI rating (d-RLAIF)`.
+    pub reward: String,
+    /// Held-out pair accuracy of the arm's reward model (gold rankings), if it has one.
+    pub rm_pair_accuracy: Option<f64>,
+    pub gold: f64,
+    pub correct: f64,
+    pub on_format: f64,
+    pub win_rate_vs_sft: f64,
+    pub kl_last_quarter: f64,
+    pub seconds: f64,
+}
+
+/// The whole comparison (`rlaif/report.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlaifReport {
+    pub labeller: String,
+    pub pairs: usize,
+    pub strict_pairs: usize,
+    pub agreement_one_order: f64,
+    pub agreement_both_orders: f64,
+    pub mean_p_first_shown: f64,
+    /// Seconds spent labelling pairs (0 when the labels were reused).
+    pub label_seconds: f64,
+    pub sft_gold: f64,
+    pub sft_correct: f64,
+    pub arms: Vec<ArmResult>,
+    /// Win rate of the RLAIF policy over the RLHF-style policy (same prompts, gold judge).
+    pub rlaif_vs_rlhf: f64,
+    /// Win rate of the d-RLAIF policy over the RLHF-style policy, if run.
+    pub d_rlaif_vs_rlhf: Option<f64>,
+}
+
+impl RlaifReport {
+    /// The comparison as a Markdown table, with the labeller's agreement above it.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "labeller {}: {} training pairs ({} strictly ranked by the judge), agreement with the \
+             gold judge {:.3} in one order, {:.3} with the order swap; mean P(first shown wins) \
+             {:.3}; labelling {:.0} s\n\n",
+            self.labeller,
+            self.pairs,
+            self.strict_pairs,
+            self.agreement_one_order,
+            self.agreement_both_orders,
+            self.mean_p_first_shown,
+            self.label_seconds
+        );
+        t.push_str(
+            "| policy | reward | RM held-out pair accuracy | gold score | correct | on-format | \
+             win rate vs SFT | KL (last quarter) | time |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        t.push_str(&format!(
+            "| SFT | — | — | {:.3} | {:.3} | — | — | — | — |\n",
+            self.sft_gold, self.sft_correct
+        ));
+        for a in &self.arms {
+            t.push_str(&format!(
+                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} s |\n",
+                a.arm,
+                a.reward,
+                a.rm_pair_accuracy
+                    .map_or("—".to_string(), |x| format!("{x:.3}")),
+                a.gold,
+                a.correct,
+                a.on_format,
+                a.win_rate_vs_sft,
+                a.kl_last_quarter,
+                a.seconds
+            ));
+        }
+        t.push_str(&format!(
+            "\nRLAIF vs RLHF-style, head to head (gold judge): {:.3}\n",
+            self.rlaif_vs_rlhf
+        ));
+        if let Some(d) = self.d_rlaif_vs_rlhf {
+            t.push_str(&format!("d-RLAIF vs RLHF-style, head to head: {d:.3}\n"));
+        }
+        t
+    }
+}
+
+/// Progress: `(stage, position, length)`.
+pub type Progress<'a> = dyn FnMut(&str, u64, u64) + 'a;
+
+fn label_all(
+    dir: &Path,
+    labeller: &mut dyn Labeller,
+    raw: Vec<(Problem, Vec<u32>, Vec<u32>, f64)>,
+    on: &mut Progress,
+) -> Result<(Vec<LabelledPair>, f64)> {
+    let path = dir.join("rlaif/labels.json");
+    if path.is_file() {
+        let f: LabelFile = read_json(&path, "RLAIF labels")?;
+        let same = f.labeller == labeller.name()
+            && f.pairs.len() == raw.len()
+            && f.pairs
+                .iter()
+                .zip(&raw)
+                .all(|(l, r)| l.problem == r.0 && l.a == r.1 && l.b == r.2);
+        if same {
+            return Ok((f.pairs, 0.0));
+        }
+    }
+    let t0 = Instant::now();
+    let n = raw.len() as u64;
+    let mut pairs = Vec::with_capacity(raw.len());
+    for (i, (problem, a, b, gold)) in raw.into_iter().enumerate() {
+        let (ta, tb) = (response_text(&a), response_text(&b));
+        let p_ab = labeller.p_first(&problem, &ta, &tb)?;
+        let p_ba = labeller.p_first(&problem, &tb, &ta)?;
+        pairs.push(LabelledPair {
+            problem,
+            a,
+            b,
+            gold,
+            p_ab,
+            p_ba,
+        });
+        on("label", i as u64 + 1, n);
+    }
+    write_json(
+        &path,
+        &LabelFile {
+            labeller: labeller.name(),
+            pairs: pairs.clone(),
+        },
+    )?;
+    Ok((pairs, t0.elapsed().as_secs_f64()))
+}
+
+fn arm_result(arm: &str, reward: &str, rm_acc: Option<f64>, r: &Report) -> ArmResult {
+    let g = |k: &str| r.get(k).unwrap_or(f64::NAN);
+    ArmResult {
+        arm: arm.into(),
+        reward: reward.into(),
+        rm_pair_accuracy: rm_acc,
+        gold: g("test_gold"),
+        correct: g("test_correct"),
+        on_format: g("test_on_format"),
+        win_rate_vs_sft: g("win_rate_vs_sft"),
+        kl_last_quarter: g("kl_last_quarter"),
+        seconds: r.seconds,
+    }
+}
+
+/// Runs the comparison in `dir` (which holds `sft/` and `rm/groups.json`), writing
+/// `dir/rlaif/{labels.json, rm-gold, rm-ai, ppo-*, report.json, rlaif.png}`.
+pub fn run(
+    dir: &Path,
+    seed: u64,
+    labeller: &mut dyn Labeller,
+    o: &RlaifOpts,
+    on: &mut Progress,
+) -> Result<RlaifReport> {
+    if o.pairs < 2 {
+        return Err(data_err(format!(
+            "RLAIF: --pairs must be at least 2, found {}",
+            o.pairs
+        )));
+    }
+    let groups = load_groups(dir)?;
+    let raw = experiment_pairs(&groups.train, o.pairs);
+    if raw.len() < 2 {
+        return Err(data_err(
+            "RLAIF: fewer than 2 training prompts have two different sampled responses",
+        ));
+    }
+    let out = dir.join("rlaif");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    let (pairs, label_seconds) = label_all(dir, labeller, raw, on)?;
+    let (one, both, strict) = agreement(&pairs)
+        .ok_or_else(|| data_err("RLAIF: the judge ties every pair; no agreement to measure"))?;
+    let mean_first =
+        pairs.iter().map(|p| (p.p_ab + p.p_ba) / 2.0).sum::<f64>() / pairs.len() as f64;
+
+    let rm_steps = o.rm.epochs * pairs.len().div_ceil(o.rm.batch.max(1)) as u64;
+    let mut rm_acc = Vec::new();
+    for (name, labels) in [
+        ("rm-gold", pairs.iter().map(|p| p.gold).collect::<Vec<_>>()),
+        ("rm-ai", pairs.iter().map(LabelledPair::ai).collect()),
+    ] {
+        let mut cb = |r: &StepReport| on(name, r.step, rm_steps);
+        let acc = train_soft_rm(
+            dir,
+            &out.join(name),
+            seed,
+            &pairs,
+            labels,
+            &groups.val,
+            &o.rm,
+            &mut cb,
+        )?;
+        rm_acc.push(acc);
+    }
+
+    let ppo_steps = o.ppo.rollouts * o.ppo.cfg.steps_per_rollout();
+    let mut arms = Vec::new();
+    let mut policies = Vec::new();
+    for (i, (rm_name, label)) in [("rm-gold", "gold-label RM"), ("rm-ai", "AI-label RM")]
+        .into_iter()
+        .enumerate()
+    {
+        let rm_dir = out.join(rm_name);
+        let rm = Lm::load(&rm_dir)?;
+        let reward = rm_reward(&rm);
+        let name = format!("rlaif/ppo-{rm_name}");
+        let opts = PpoOpts {
+            name: name.clone(),
+            ..o.ppo.clone()
+        };
+        let value_from = (o.ppo.value == ValueInit::RewardModel).then_some(rm_dir.as_path());
+        let mut cb = |r: &StepReport| on(&name, r.step, ppo_steps);
+        let r = ppo_with(dir, seed, &opts, &reward, value_from, &mut cb)?;
+        arms.push(arm_result(
+            if i == 0 { "RLHF-style" } else { "RLAIF" },
+            label,
+            Some(rm_acc[i]),
+            &r,
+        ));
+        policies.push(dir.join(&name));
+    }
+    if o.d_rlaif {
+        let cell = RefCell::new(&mut *labeller);
+        let reward = |probs: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
+            let mut l = cell.borrow_mut();
+            probs
+                .iter()
+                .zip(resp)
+                .map(|(p, r)| l.d_rlaif_reward(p, &response_text(r)))
+                .collect()
+        };
+        let name = "rlaif/ppo-d-rlaif".to_string();
+        let opts = PpoOpts {
+            name: name.clone(),
+            ..o.ppo.clone()
+        };
+        let mut cb = |r: &StepReport| on(&name, r.step, ppo_steps);
+        let r = ppo_with(dir, seed, &opts, &reward, None, &mut cb)?;
+        arms.push(arm_result("d-RLAIF", "AI rating 1–10", None, &r));
+        policies.push(dir.join(&name));
+    }
+
+    let (_, test) = split(seed);
+    let base = sft_baseline(dir, &test)?;
+    let mut evals = Vec::new();
+    for p in &policies {
+        evals.push(evaluate_policy(&Lm::load(p)?, &test, EVAL_SEED)?);
+    }
+    let rlaif_vs_rlhf = evals[1].win_rate(&evals[0]);
+    let d_rlaif_vs_rlhf = evals.get(2).map(|e| e.win_rate(&evals[0]));
+    let report = RlaifReport {
+        labeller: labeller.name(),
+        pairs: pairs.len(),
+        strict_pairs: strict,
+        agreement_one_order: one,
+        agreement_both_orders: both,
+        mean_p_first_shown: mean_first,
+        label_seconds,
+        sft_gold: base.gold,
+        sft_correct: base.correct,
+        arms,
+        rlaif_vs_rlhf,
+        d_rlaif_vs_rlhf,
+    };
+    write_json(&out.join("report.json"), &report)?;
+    plot(&policies, &report, &out.join("rlaif.png"))?;
+    Ok(report)
+}
+
+/// `rlaif.png`: the gold judge's mean score of each arm's rollouts per optimizer step.
+pub fn plot(runs: &[PathBuf], report: &RlaifReport, out: &Path) -> Result<()> {
+    let mut fig = Figure::new(&format!(
+        "RLAIF vs RLHF-style PPO ({} pairs, labeller {})",
+        report.pairs, report.labeller
+    ))
+    .x_title("optimizer step")
+    .y_title("gold score of the rollout (mean of 16 steps)");
+    for (run, arm) in runs.iter().zip(&report.arms) {
+        let lines = canon_train::metrics::read_lines(&run.join("metrics.jsonl"))?;
+        let pts: Vec<(f64, f64)> = lines
+            .iter()
+            .filter_map(|l| l.extra.get("gold").map(|&v| (l.step as f64, v)))
+            .collect();
+        fig = fig.series(Series::line(
+            &format!("{} ({})", arm.arm, arm.reward),
+            canon_plot::moving_average(&pts, 16),
+        ));
+    }
+    let sft: Vec<(f64, f64)> = runs
+        .first()
+        .and_then(|r| canon_train::metrics::read_lines(&r.join("metrics.jsonl")).ok())
+        .map(|l| l.iter().map(|x| (x.step as f64, report.sft_gold)).collect())
+        .unwrap_or_default();
+    fig = fig.series(Series::line("SFT (held-out)", sft));
+    fig.save(out).map_err(|e| io(out, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lp(gold: f64, p_ab: f64, p_ba: f64) -> LabelledPair {
+        LabelledPair {
+            problem: Problem { a: 1, b: 2 },
+            a: vec![1],
+            b: vec![2],
+            gold,
+            p_ab,
+            p_ba,
+        }
+    }
+
+    #[test]
+    fn agreement_counts_strict_pairs_only_and_debiases_by_the_swap() {
+        // A labeller that always prefers the first shown answer (0.9) agrees in one order exactly
+        // when the gold winner is `a`; after the swap it is a 0.5 tie, which is not agreement.
+        let pairs = vec![lp(1.0, 0.9, 0.9), lp(0.0, 0.9, 0.9), lp(0.5, 0.9, 0.9)];
+        let (one, both, n) = agreement(&pairs).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(one, 0.5);
+        assert_eq!(both, 0.0);
+        let good = vec![lp(1.0, 0.8, 0.3), lp(0.0, 0.3, 0.8)];
+        assert_eq!(agreement(&good).unwrap(), (1.0, 1.0, 2));
+        assert!(agreement(&[lp(0.5, 0.6, 0.4)]).is_none());
+        assert!((good[0].ai() - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn experiment_pairs_take_two_different_responses_with_the_gold_order() {
+        let g = |scores: Vec<f64>, resp: Vec<Vec<u32>>| Group {
+            problem: Problem { a: 3, b: 4 },
+            responses: resp,
+            scores,
+        };
+        let groups = vec![
+            g(vec![1.0, 1.0, 3.5], vec![vec![5], vec![5], vec![6]]),
+            g(vec![2.0, 2.0], vec![vec![7], vec![7]]),
+            g(vec![0.0, 3.5], vec![vec![8], vec![9]]),
+            g(vec![3.5, 3.5], vec![vec![8], vec![9]]),
+        ];
+        let p = experiment_pairs(&groups, 10);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].1.clone(), p[0].2.clone(), p[0].3),
+            (vec![5], vec![6], 0.0)
+        );
+        assert_eq!(p[1].3, 0.0); // 0.0 < 3.5: b wins
+        assert_eq!(p[2].3, 0.5);
+        assert_eq!(experiment_pairs(&groups, 1).len(), 1);
+    }
+}
