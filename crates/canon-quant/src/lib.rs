@@ -182,6 +182,8 @@ pub struct GgmlTensor {
     pub dtype: GgmlType,
     pub shape: Vec<usize>,
     bytes: Bytes,
+    /// The panel layout the products read (`kernels::tile::packed`), built once on first use.
+    packed: std::sync::OnceLock<Option<kernels::tile::packed::Packed>>,
 }
 
 impl GgmlTensor {
@@ -214,6 +216,7 @@ impl GgmlTensor {
             dtype,
             shape: shape.to_vec(),
             bytes,
+            packed: std::sync::OnceLock::new(),
         })
     }
 
@@ -276,6 +279,42 @@ impl GgmlTensor {
             cols,
             bytes: &self.bytes,
         })
+    }
+
+    /// The weights in the tile kernel's panel layout, repacked on the first call (every product
+    /// after that reads only this copy), or `None` where this CPU or format has no packed form
+    /// (`kernels::tile::packed::packs`). Where the blocks are a view of a mapped file, the
+    /// file's pages are then released from memory (`MADV_DONTNEED`: the kernel reads them back
+    /// from the file if an embedding lookup or a dequantization needs them), so the packed copy
+    /// replaces the file's blocks in memory instead of adding to them.
+    pub fn packed(&self) -> Option<&kernels::tile::packed::Packed> {
+        self.packed
+            .get_or_init(|| {
+                let w = self.as_matrix()?;
+                let p = kernels::tile::packed::Packed::pack(w)?;
+                if let Bytes::Mapped { map, start, len } = &self.bytes {
+                    // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only drops
+                    // this process's copies of the pages, which later reads fault back in from
+                    // the file unchanged. No reference into the range is used across the call
+                    // in a way that depends on residency. Failure only leaves the pages resident.
+                    #[cfg(unix)]
+                    unsafe {
+                        let _ = map.unchecked_advise_range(
+                            memmap2::UncheckedAdvice::DontNeed,
+                            *start,
+                            *len,
+                        );
+                    }
+                }
+                Some(p)
+            })
+            .as_ref()
+    }
+
+    /// Builds the packed layout now (`packed`), so that the first product does not pay for it.
+    /// Returns the bytes it holds (0 where nothing is packed).
+    pub fn prepack(&self) -> usize {
+        self.packed().map_or(0, |p| p.bytes())
     }
 
     /// Rows `ids` of a 2-D tensor, dequantized: `[ids.len(), cols]` (an embedding lookup).

@@ -26,6 +26,8 @@
 
 use super::{Kind, QK, QMatrixRef};
 
+pub mod packed;
+
 /// Weight rows per panel: one per 32-bit lane of a 512-bit register.
 pub const PANEL: usize = 16;
 
@@ -199,15 +201,15 @@ pub mod avx512 {
     /// 64 aligned bytes.
     #[derive(Clone, Copy)]
     #[repr(C, align(64))]
-    pub struct Line([u8; 64]);
+    pub struct Line(pub(crate) [u8; 64]);
 
     /// Lines per block in a panel: eight code registers, then two scale vectors.
-    const LINES: usize = 10;
+    pub(crate) const LINES: usize = 10;
 
     /// One panel in the transposed layout, plus its row-major staging area.
     #[derive(Default)]
     pub struct Panel {
-        lines: Vec<Line>,
+        pub(crate) lines: Vec<Line>,
         /// `[16, k]` codes, row-major.
         stage: Vec<u8>,
         /// `[16, nb]` scale pairs.
