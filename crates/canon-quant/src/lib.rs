@@ -284,28 +284,32 @@ impl GgmlTensor {
     /// The weights in the tile kernel's panel layout, repacked on the first call (every product
     /// after that reads only this copy), or `None` where this CPU or format has no packed form
     /// (`kernels::tile::packed::packs`). Where the blocks are a view of a mapped file, the
-    /// file's pages are then released from memory (`MADV_DONTNEED`: the kernel reads them back
-    /// from the file if an embedding lookup or a dequantization needs them), so the packed copy
-    /// replaces the file's blocks in memory instead of adding to them.
+    /// file's pages are released from memory as their rows are packed (`MADV_DONTNEED`: the
+    /// kernel reads them back from the file if an embedding lookup or a dequantization needs
+    /// them), so the packed copy replaces the file's blocks in memory instead of adding to them.
     pub fn packed(&self) -> Option<&kernels::tile::packed::Packed> {
         self.packed
             .get_or_init(|| {
                 let w = self.as_matrix()?;
-                let p = kernels::tile::packed::Packed::pack(w)?;
-                if let Bytes::Mapped { map, start, len } = &self.bytes {
-                    // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only drops
-                    // this process's copies of the pages, which later reads fault back in from
-                    // the file unchanged. No reference into the range is used across the call
-                    // in a way that depends on residency. Failure only leaves the pages resident.
-                    #[cfg(unix)]
-                    unsafe {
-                        let _ = map.unchecked_advise_range(
-                            memmap2::UncheckedAdvice::DontNeed,
-                            *start,
-                            *len,
-                        );
+                let rb = w.row_bytes();
+                let release = |r0: usize, r1: usize| {
+                    if let Bytes::Mapped { map, start, .. } = &self.bytes {
+                        // SAFETY: the mapping is read-only and file-backed: MADV_DONTNEED only
+                        // drops this process's copies of the pages, and any later read faults
+                        // them back in from the file unchanged. A failure leaves them resident.
+                        #[cfg(unix)]
+                        unsafe {
+                            let _ = map.unchecked_advise_range(
+                                memmap2::UncheckedAdvice::DontNeed,
+                                start + r0 * rb,
+                                (r1 - r0) * rb,
+                            );
+                        }
+                        #[cfg(not(unix))]
+                        let _ = (map, start, r0, r1, rb);
                     }
-                }
+                };
+                let p = kernels::tile::packed::Packed::pack_releasing(w, &release)?;
                 Some(p)
             })
             .as_ref()

@@ -110,6 +110,15 @@ const fn scale_bytes(mode: u8, half: bool) -> usize {
 impl Packed {
     /// Repacks `w` (all rows, in parallel over the kernel pool), or `None` where `packs` says no.
     pub fn pack(w: QMatrixRef<'_>) -> Option<Packed> {
+        Self::pack_releasing(w, &|_, _| {})
+    }
+
+    /// As `pack`, calling `done(r0, r1)` once rows `r0..r1` of `w` have been read for the last
+    /// time (so that a caller can release their memory while the rest is packed).
+    pub fn pack_releasing(
+        w: QMatrixRef<'_>,
+        done: &(dyn Fn(usize, usize) + Sync),
+    ) -> Option<Packed> {
         if !packs(w.kind) || w.cols % QK != 0 {
             return None;
         }
@@ -187,6 +196,8 @@ impl Packed {
                         }
                     }
                 }
+                let r0 = task * per_task * PANEL;
+                done(r0, ((task + 1) * per_task * PANEL).min(w.rows));
             });
             let offset = offset - base.map_or(0, i32::from);
             Some(Packed {
@@ -204,7 +215,10 @@ impl Packed {
             })
         }
         #[cfg(not(target_arch = "x86_64"))]
-        None
+        {
+            let _ = done;
+            None
+        }
     }
 
     /// Bytes held (codes and scales).
