@@ -281,17 +281,22 @@ mod avx512 {
         _mm512_set1_epi32(unsafe { (q as *const i32).read_unaligned() })
     }
 
-    /// `T` activation rows from `t0` against panel `pi`; writes `y[t, r0..r0 + valid]`. The
+    /// `T` activation rows from `t0` against panel `pi`, whose codes start at `cp` (nibbles if
+    /// `NIB`, else one register per line) and scales at `sp`; writes `y[t, r0..r0 + valid]`. The
     /// float steps are `tile::avx512::rows`', in the same order.
     ///
     /// # Safety
-    /// CPU with the `Isa::Avx512Vnni` extensions; `NIB`, `HALF` and `MODE` are `p`'s; rows
-    /// `t0..t0 + T` exist in `act`, whose width is `p`'s; `y` points at `[act.rows, p.rows]`.
+    /// CPU with the `Isa::Avx512Vnni` extensions; `HALF` and `MODE` are `p`'s, `cp`/`sp` hold
+    /// panel `pi`'s `p.nb` blocks in that layout (`cp` 64-byte aligned); rows `t0..t0 + T` exist
+    /// in `act`, whose width is `p`'s; `y` points at `[act.rows, p.rows]`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool>(
         p: &Packed,
         pi: usize,
+        cp: *const u8,
+        sp: *const u8,
         act: &TileActs,
         t0: usize,
         y: *mut f32,
@@ -302,13 +307,6 @@ mod avx512 {
         let valid = PANEL.min(n - r0);
         let cl = if NIB { 4 } else { 8 };
         let sb = scale_bytes(MODE, HALF);
-        // SAFETY: panel pi's lines start inside the buffers (pi < panels).
-        let (cp, sp) = unsafe {
-            (
-                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
-                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
-            )
-        };
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
@@ -409,13 +407,23 @@ mod avx512 {
     /// As `rows`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-    unsafe fn rows_t<const T: usize>(p: &Packed, pi: usize, act: &TileActs, t0: usize, y: *mut f32) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_t<const T: usize>(
+        p: &Packed,
+        pi: usize,
+        nib: bool,
+        cp: *const u8,
+        sp: *const u8,
+        act: &TileActs,
+        t0: usize,
+        y: *mut f32,
+    ) {
         macro_rules! pick {
             ($($m:literal, $nib:literal, $half:literal);*) => {
-                match (mode_id(p.mode), p.nib, p.half) {
+                match (mode_id(p.mode), nib, p.half) {
                     $(($m, $nib, $half) => {
-                        // SAFETY: the layout parameters are `p`'s; the rest is the caller's.
-                        unsafe { rows::<$m, T, $nib, $half>(p, pi, act, t0, y) }
+                        // SAFETY: the layout parameters are the caller's; so is the rest.
+                        unsafe { rows::<$m, T, $nib, $half>(p, pi, cp, sp, act, t0, y) }
                     })*
                     _ => {}
                 }
@@ -433,6 +441,33 @@ mod avx512 {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
     pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut f32) {
         let m = act.rows;
+        let nb = p.nb;
+        let sb = scale_bytes(mode_id(p.mode), p.half);
+        let cl = if p.nib { 4 } else { 8 };
+        // SAFETY: panel pi's lines start inside the buffers (pi < panels).
+        let (mut cp, sp) = unsafe {
+            (
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+            )
+        };
+        thread_local! {
+            static WIDE: std::cell::RefCell<Vec<Line64>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // More than one pass of activation rows over a nibble panel: its codes are widened to
+        // bytes once (the same integers), instead of once per pass.
+        let mut nib = p.nib;
+        let mut wide = None;
+        if nib && m > 8 {
+            wide = WIDE.with(|w| w.try_borrow_mut().ok().map(|mut w| std::mem::take(&mut *w)));
+            if let Some(buf) = wide.as_mut() {
+                buf.resize(nb * 8, Line64([0; 64]));
+                // SAFETY: the panel holds nb·4 nibble lines; `buf` nb·8 aligned lines.
+                unsafe { widen(cp, nb, buf.as_mut_ptr() as *mut u8) };
+                cp = buf.as_ptr() as *const u8;
+                nib = false;
+            }
+        }
         let mut t0 = 0;
         while t0 < m {
             let left = m - t0;
@@ -440,40 +475,69 @@ mod avx512 {
             let t = unsafe {
                 match left {
                     1 => {
-                        rows_t::<1>(p, pi, act, t0, y);
+                        rows_t::<1>(p, pi, nib, cp, sp, act, t0, y);
                         1
                     }
                     2 => {
-                        rows_t::<2>(p, pi, act, t0, y);
+                        rows_t::<2>(p, pi, nib, cp, sp, act, t0, y);
                         2
                     }
                     3 => {
-                        rows_t::<3>(p, pi, act, t0, y);
+                        rows_t::<3>(p, pi, nib, cp, sp, act, t0, y);
                         3
                     }
                     4 => {
-                        rows_t::<4>(p, pi, act, t0, y);
+                        rows_t::<4>(p, pi, nib, cp, sp, act, t0, y);
                         4
                     }
                     5 => {
-                        rows_t::<5>(p, pi, act, t0, y);
+                        rows_t::<5>(p, pi, nib, cp, sp, act, t0, y);
                         5
                     }
                     6 => {
-                        rows_t::<6>(p, pi, act, t0, y);
+                        rows_t::<6>(p, pi, nib, cp, sp, act, t0, y);
                         6
                     }
                     7 => {
-                        rows_t::<7>(p, pi, act, t0, y);
+                        rows_t::<7>(p, pi, nib, cp, sp, act, t0, y);
                         7
                     }
                     _ => {
-                        rows_t::<8>(p, pi, act, t0, y);
+                        rows_t::<8>(p, pi, nib, cp, sp, act, t0, y);
                         8
                     }
                 }
             };
             t0 += t;
+        }
+        if let Some(buf) = wide {
+            WIDE.with(|w| {
+                if let Ok(mut w) = w.try_borrow_mut() {
+                    *w = buf;
+                }
+            });
+        }
+    }
+
+    /// Nibble lines `[nb, 4]` at `src` to byte lines `[nb, 8]` at `dst` (register `g` in the low
+    /// nibbles of line `g`, `g + 4` in the high ones).
+    ///
+    /// # Safety
+    /// CPU as `rows`; `src` holds `nb·4` and `dst` `nb·8` 64-byte aligned lines.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn widen(src: *const u8, nb: usize, dst: *mut u8) {
+        let low = _mm512_set1_epi8(0x0F);
+        for b in 0..nb {
+            for j in 0..4 {
+                // SAFETY: line j of block b in both buffers (caller).
+                unsafe {
+                    let r = _mm512_load_si512(src.add((b * 4 + j) * 64) as *const __m512i);
+                    let lo = _mm512_and_si512(r, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(r), low);
+                    _mm512_store_si512(dst.add((b * 8 + j) * 64) as *mut __m512i, lo);
+                    _mm512_store_si512(dst.add((b * 8 + j + 4) * 64) as *mut __m512i, hi);
+                }
+            }
         }
     }
 }
