@@ -119,7 +119,7 @@ impl Packed {
         w: QMatrixRef<'_>,
         done: &(dyn Fn(usize, usize) + Sync),
     ) -> Option<Packed> {
-        if !packs(w.kind) || w.cols % QK != 0 {
+        if !packs(w.kind) || !w.cols.is_multiple_of(QK) {
             return None;
         }
         #[cfg(target_arch = "x86_64")]

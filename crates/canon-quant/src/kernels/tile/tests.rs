@@ -252,7 +252,14 @@ fn packed_one_row_equals_the_same_row_in_any_batch() {
     }
     let mut rng = Rng(23);
     let (n, k) = (40, 768);
-    for kind in [Kind::Q4_0, Kind::Q4_1, Kind::Q8_0, Kind::Q5_0, Kind::Q4K, Kind::Q6K] {
+    for kind in [
+        Kind::Q4_0,
+        Kind::Q4_1,
+        Kind::Q8_0,
+        Kind::Q5_0,
+        Kind::Q4K,
+        Kind::Q6K,
+    ] {
         let bytes = random_matrix(kind, &mut rng, n, k);
         let w = QMatrixRef {
             kind,
@@ -295,7 +302,11 @@ fn packed_sizes_replace_the_blocks() {
             continue;
         };
         let ratio = p.bytes() as f64 / bytes.len() as f64;
-        eprintln!("{kind:?}: packed {} bytes, blocks {}, {ratio:.3}×", p.bytes(), bytes.len());
+        eprintln!(
+            "{kind:?}: packed {} bytes, blocks {}, {ratio:.3}×",
+            p.bytes(),
+            bytes.len()
+        );
         match kind {
             Kind::Q4_0 | Kind::Q4_1 | Kind::Q8_0 => assert!(ratio <= 1.0 + 1e-9, "{kind:?}"),
             _ => assert!(ratio <= 1.9, "{kind:?} {ratio}"),
