@@ -789,9 +789,10 @@ pub fn enabled() -> bool {
 }
 
 /// From this many activation rows (prompt chunks), `kernels::matmul` takes the tile kernel on
-/// the AVX-512 VNNI path. Fewer rows (decoding) keep the row-at-a-time kernels: in a loaded
-/// side-by-side run the one-row tile product decoded slower than AVX2's one-row kernel, and the
-/// batched decode rows must stay on the same arithmetic as one row alone (engine tests).
+/// the AVX-512 VNNI path. Fewer rows (decoding) keep the row-at-a-time kernels here: in a loaded
+/// side-by-side run the one-row tile product, unpacking per product, decoded slower than AVX2's
+/// one-row kernel, and the batched decode rows must stay on the same arithmetic as one row alone
+/// (engine tests). Weights repacked once (`packed`) run the tile kernel at every row count.
 pub const MIN_ROWS: usize = 16;
 
 /// Whether `kernels::matmul` on path `isa` runs this module's kernels for `m` rows of `kind`.
