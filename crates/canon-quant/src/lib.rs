@@ -336,8 +336,13 @@ impl GgmlTensor {
             return Ok(all.index_select(&idx, 0)?);
         };
         let mut out = vec![0.0f32; ids.len() * cols];
+        let packed = self.packed.get().and_then(|p| p.as_ref());
         for (&i, row) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
-            kernels::dequantize_row(w, i as usize, row);
+            // From the packed copy where it has the row (same bits), so that a lookup does not
+            // fault the file's released pages back in.
+            if !packed.is_some_and(|p| p.dequantize_row(i as usize, row)) {
+                kernels::dequantize_row(w, i as usize, row);
+            }
         }
         Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }

@@ -221,6 +221,45 @@ impl Packed {
         }
     }
 
+    /// Row `r` dequantized from the packed copy into `out` (`cols` values), for the legacy formats
+    /// (`d·q + m`, the same operations as `scalar::dequantize_row`, so the same bits); `false`
+    /// (and `out` untouched) for the K-quants or a row out of range. Embedding lookups read rows
+    /// here, so the file's released pages stay released.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> bool {
+        if self.kind.is_k() || r >= self.rows || out.len() != self.cols {
+            return false;
+        }
+        let (pi, lane) = (r / PANEL, r % PANEL);
+        let cl = if self.nib { 4 } else { 8 };
+        let m = mode_id(self.mode);
+        let sb = scale_bytes(m, self.half);
+        let codes = as_bytes(&self.codes);
+        let scales = as_bytes(&self.scales);
+        for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+            let blk = pi * self.nb + b;
+            let s = &scales[blk * sb..(blk + 1) * sb];
+            let f16 = |at: usize| half::f16::from_le_bytes([s[at], s[at + 1]]).to_f32();
+            let (d, mn) = if m == 0 {
+                (f16(2 * lane), 0.0)
+            } else {
+                (f16(2 * lane), f16(32 + 2 * lane))
+            };
+            let c = &codes[blk * cl * 64..(blk + 1) * cl * 64];
+            for (g, reg) in o.chunks_exact_mut(4).enumerate() {
+                for (j, v) in reg.iter_mut().enumerate() {
+                    let code = if self.nib {
+                        let byte = c[(g % 4) * 64 + 4 * lane + j];
+                        if g < 4 { byte & 15 } else { byte >> 4 }
+                    } else {
+                        c[g * 64 + 4 * lane + j]
+                    };
+                    *v = d * (code as i32 - self.offset) as f32 + mn;
+                }
+            }
+        }
+        true
+    }
+
     /// Bytes held (codes and scales).
     pub fn bytes(&self) -> usize {
         (self.codes.len() + self.scales.len()) * 64
@@ -262,6 +301,12 @@ impl Packed {
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (n, m);
     }
+}
+
+/// The bytes of a line buffer.
+fn as_bytes(lines: &[Line64]) -> &[u8] {
+    // SAFETY: `Line64` is 64 plain bytes (`repr(C)`), so the buffer is `64·len` initialised bytes.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr() as *const u8, lines.len() * 64) }
 }
 
 #[cfg(target_arch = "x86_64")]
