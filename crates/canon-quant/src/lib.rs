@@ -310,6 +310,9 @@ impl GgmlTensor {
                     }
                 };
                 let p = kernels::tile::packed::Packed::pack_releasing(w, &release)?;
+                // Once more over the whole tensor: the kernel's fault-around maps up to 64 KiB of
+                // cached pages around each fault, so packing later rows mapped earlier ones back.
+                release(0, w.rows);
                 Some(p)
             })
             .as_ref()
