@@ -346,6 +346,9 @@ fn packed_rows_dequantize_to_the_same_bits() {
             let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
             assert_eq!(gb, wb, "{kind:?} row {r}");
         }
-        assert!(!p.dequantize_row(n, &mut got), "a row out of range is declined");
+        assert!(
+            !p.dequantize_row(n, &mut got),
+            "a row out of range is declined"
+        );
     }
 }
