@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def canon_bin():
+    # CANON_BIN names another build (e.g. target/debug/canon).
+    import os
+    if os.environ.get("CANON_BIN"):
+        return os.environ["CANON_BIN"]
     exe = ROOT / "target" / "release" / "canon"
     if not exe.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)

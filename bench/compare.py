@@ -17,7 +17,9 @@ Usage:
 `--isa` runs Canon once per listed kernel path (the CANON_ISA environment variable) in the same
 interleaved loop, one row per path; without it Canon picks its best path. A path written
 `avx512vnni+notile` runs with CANON_TILE=off (the row-at-a-time kernels and the f32 GEMM instead of
-the tile kernels), for before/after rows in one run. The CPU model and the
+the tile kernels), and `avx512vnni+nopack` with CANON_PACK=off (the tile kernels unpacking the
+file's blocks on every product instead of reading weights repacked once), for before/after rows
+in one run. The CPU model and the
 vector extensions it reports head the table.
 """
 
@@ -68,6 +70,9 @@ def cpu_extensions():
 
 
 def canon_bin():
+    # CANON_BIN names another build (e.g. target/debug/canon) for side-by-side rows.
+    if os.environ.get("CANON_BIN"):
+        return os.environ["CANON_BIN"]
     b = os.path.join(ROOT, "target", "release", "canon")
     if not os.path.exists(b):
         subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)
@@ -100,6 +105,8 @@ def canon_generate(exe, prompt, max_tokens, threads, extra=(), isa=None):
         env["CANON_ISA"] = path
         if flag == "notile":
             env["CANON_TILE"] = "off"
+        if flag == "nopack":
+            env["CANON_PACK"] = "off"
     out = subprocess.run(
         [exe, "--quiet", "--threads", str(threads), "generate", "--model", GGUF, "--prompt", prompt,
          "--max-tokens", str(max_tokens), "--temperature", "0", "--json", *extra],

@@ -140,13 +140,14 @@ def main():
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", str(PEERS / "llama.cpp-build" / "bin" / "llama-server")))
+    ap.add_argument("--canon", default="", help="the canon binary (default: target/release/canon, built if missing)")
     args = ap.parse_args()
     if not Path(args.gguf).is_file():
         sys.exit(f"error: no GGUF at {args.gguf} (run `canon assets fetch` or pass --gguf)")
     if not Path(args.llama_server).is_file():
         sys.exit(f"error: no llama-server at {args.llama_server}: run bench/setup_peers.sh first")
-    canon = ROOT / "target" / "release" / "canon"
-    if not canon.exists():
+    canon = Path(args.canon) if args.canon else ROOT / "target" / "release" / "canon"
+    if not args.canon and not canon.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)
     slots = 8
     servers = {

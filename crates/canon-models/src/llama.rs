@@ -418,8 +418,9 @@ impl CausalLm for Llama {
             let q = blk.q.forward(&h)?;
             let k = blk.k.forward(&h)?;
             let v = blk.v.forward(&h)?;
-            let mut outs = Vec::with_capacity(spans.len());
-            for (&(start, t, offset), cache) in spans.iter().zip(caches.iter_mut()) {
+            let one = |&(start, t, offset): &(usize, usize, usize),
+                       cache: &mut Cache|
+             -> Result<Tensor> {
                 // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
                 let heads = |m: &Tensor, h: usize| -> Result<Tensor> {
                     Ok(m.narrow(0, start, t)?
@@ -432,8 +433,25 @@ impl CausalLm for Llama {
                 let vi = heads(&v, nkv)?;
                 let (ka, va) = cache.layers[l].append(&ki, &vi)?;
                 let a = attention(&qi, &ka, &va, self.mask_of(l, offset, t))?;
-                outs.push(a.transpose(1, 2)?.reshape((t, nh * hd))?);
-            }
+                Ok(a.transpose(1, 2)?.reshape((t, nh * hd))?)
+            };
+            // Several sequences: their attention (single-threaded each while decoding) runs on
+            // rayon's threads side by side; each touches only its own cache, so the results do
+            // not depend on how they are spread.
+            let mut outs: Vec<Tensor> = if spans.len() > 1 {
+                use rayon::prelude::*;
+                spans
+                    .par_iter()
+                    .zip(caches.par_iter_mut())
+                    .map(|(span, cache)| one(span, cache))
+                    .collect::<Result<_>>()?
+            } else {
+                spans
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(span, cache)| one(span, cache))
+                    .collect::<Result<_>>()?
+            };
             let a = if outs.len() == 1 {
                 outs.remove(0)
             } else {

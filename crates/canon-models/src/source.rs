@@ -226,7 +226,13 @@ impl WeightSource for GgufSource {
         let q = self.ggml(name, shape)?;
         let float = matches!(q.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
         Ok(match mode {
-            WeightMode::KeepQuantized if !float => Weight::Ggml(Arc::new(q)),
+            WeightMode::KeepQuantized if !float => {
+                // Repacked into the tile kernels' panel layout here, once, where this CPU has
+                // it (the file's blocks are then released from memory): the first product
+                // does not pay for it.
+                q.prepack();
+                Weight::Ggml(Arc::new(q))
+            }
             _ => Weight::Dense(q.dequantize()?),
         })
     }

@@ -1,6 +1,6 @@
-//! Microbenchmark of the products for several activation rows: the tile kernel (AVX-512 VNNI,
-//! `kernels::tile`) against the row-at-a-time 8-bit kernels and the f32 GEMM on dequantized
-//! tiles, to place the switches between them.
+//! Microbenchmark of the products for several activation rows: the tile kernel on weights
+//! repacked once (`tile::packed`) and unpacking them per product (AVX-512 VNNI, `kernels::tile`),
+//! against the row-at-a-time 8-bit kernels and the f32 GEMM on dequantized tiles.
 //!
 //! Usage: `RAYON_NUM_THREADS=1 cargo run --release -p canon-quant --example tilebench [n k]`
 //! (default `W: [1536, 576]`). Prints G multiply-adds per second.
@@ -87,12 +87,17 @@ fn main() {
             cols: k,
             bytes: &bytes,
         };
-        for path in ["tile", "8-bit rows", "f32 GEMM"] {
+        let packed = tile::packed::Packed::pack(w);
+        for path in ["packed", "tile", "8-bit rows", "f32 GEMM"] {
             let mut cells = Vec::new();
             for &m in &ms {
                 let xs = &x[..m * k];
                 let mut y = vec![0.0f32; m * n];
                 let secs = match path {
+                    "packed" => match &packed {
+                        Some(p) => best_time(|| p.matmul(xs, m, &mut y)),
+                        None => f64::NAN,
+                    },
                     "tile" => {
                         let mut a = TileActs::default();
                         best_time(|| {

@@ -182,6 +182,8 @@ pub struct GgmlTensor {
     pub dtype: GgmlType,
     pub shape: Vec<usize>,
     bytes: Bytes,
+    /// The panel layout the products read (`kernels::tile::packed`), built once on first use.
+    packed: std::sync::OnceLock<Option<kernels::tile::packed::Packed>>,
 }
 
 impl GgmlTensor {
@@ -214,6 +216,7 @@ impl GgmlTensor {
             dtype,
             shape: shape.to_vec(),
             bytes,
+            packed: std::sync::OnceLock::new(),
         })
     }
 
@@ -278,6 +281,49 @@ impl GgmlTensor {
         })
     }
 
+    /// The weights in the tile kernel's panel layout, repacked on the first call (every product
+    /// after that reads only this copy), or `None` where this CPU or format has no packed form
+    /// (`kernels::tile::packed::packs`). Where the blocks are a view of a mapped file, the
+    /// file's pages are released from memory as their rows are packed (`MADV_DONTNEED`: the
+    /// kernel reads them back from the file if an embedding lookup or a dequantization needs
+    /// them), so the packed copy replaces the file's blocks in memory instead of adding to them.
+    pub fn packed(&self) -> Option<&kernels::tile::packed::Packed> {
+        self.packed
+            .get_or_init(|| {
+                let w = self.as_matrix()?;
+                let rb = w.row_bytes();
+                let release = |r0: usize, r1: usize| {
+                    if let Bytes::Mapped { map, start, .. } = &self.bytes {
+                        // SAFETY: the mapping is read-only and file-backed: MADV_DONTNEED only
+                        // drops this process's copies of the pages, and any later read faults
+                        // them back in from the file unchanged. A failure leaves them resident.
+                        #[cfg(unix)]
+                        unsafe {
+                            let _ = map.unchecked_advise_range(
+                                memmap2::UncheckedAdvice::DontNeed,
+                                start + r0 * rb,
+                                (r1 - r0) * rb,
+                            );
+                        }
+                        #[cfg(not(unix))]
+                        let _ = (map, start, r0, r1, rb);
+                    }
+                };
+                let p = kernels::tile::packed::Packed::pack_releasing(w, &release)?;
+                // Once more over the whole tensor: the kernel's fault-around maps up to 64 KiB of
+                // cached pages around each fault, so packing later rows mapped earlier ones back.
+                release(0, w.rows);
+                Some(p)
+            })
+            .as_ref()
+    }
+
+    /// Builds the packed layout now (`packed`), so that the first product does not pay for it.
+    /// Returns the bytes it holds (0 where nothing is packed).
+    pub fn prepack(&self) -> usize {
+        self.packed().map_or(0, |p| p.bytes())
+    }
+
     /// Rows `ids` of a 2-D tensor, dequantized: `[ids.len(), cols]` (an embedding lookup).
     pub fn dequantize_rows(&self, ids: &[u32]) -> Result<Tensor, QuantError> {
         let (rows, cols) = match self.shape.as_slice() {
@@ -293,8 +339,13 @@ impl GgmlTensor {
             return Ok(all.index_select(&idx, 0)?);
         };
         let mut out = vec![0.0f32; ids.len() * cols];
+        let packed = self.packed.get().and_then(|p| p.as_ref());
         for (&i, row) in ids.iter().zip(out.chunks_mut(cols.max(1))) {
-            kernels::dequantize_row(w, i as usize, row);
+            // From the packed copy where it has the row (same bits), so that a lookup does not
+            // fault the file's released pages back in.
+            if !packed.is_some_and(|p| p.dequantize_row(i as usize, row)) {
+                kernels::dequantize_row(w, i as usize, row);
+            }
         }
         Ok(Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?)
     }

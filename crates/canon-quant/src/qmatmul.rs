@@ -48,7 +48,10 @@ impl CustomOp1 for QMatMul {
         }
         let m = x.len() / k.max(1);
         let mut y = vec![0.0f32; m * w.rows];
-        kernels::matmul(kernels::Isa::best(), w, x, m, &mut y);
+        match self.0.packed() {
+            Some(p) => p.matmul(x, m, &mut y),
+            None => kernels::matmul(kernels::Isa::best(), w, x, m, &mut y),
+        }
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = w.rows;

@@ -18,6 +18,9 @@
 //! From there (prompts) the AVX-512 VNNI path runs `tile` for every format but Q2_K (panels of
 //! 16 weight rows unpacked once and multiplied with 8 activation rows per pass), and the other
 //! paths (or `CANON_TILE=off`) run dequantized tiles through an f32 GEMM from `GEMM_MIN_ROWS`.
+//! On the AVX-512 VNNI path, `GgmlTensor` products skip all of this for the formats of
+//! `tile::packed`: their weights are repacked once into the tile layout and every row count runs
+//! the tile kernel on that copy.
 
 pub mod kquant;
 pub mod scalar;

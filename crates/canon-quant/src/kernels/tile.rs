@@ -26,6 +26,8 @@
 
 use super::{Kind, QK, QMatrixRef};
 
+pub mod packed;
+
 /// Weight rows per panel: one per 32-bit lane of a 512-bit register.
 pub const PANEL: usize = 16;
 
@@ -199,15 +201,15 @@ pub mod avx512 {
     /// 64 aligned bytes.
     #[derive(Clone, Copy)]
     #[repr(C, align(64))]
-    pub struct Line([u8; 64]);
+    pub struct Line(pub(crate) [u8; 64]);
 
     /// Lines per block in a panel: eight code registers, then two scale vectors.
-    const LINES: usize = 10;
+    pub(crate) const LINES: usize = 10;
 
     /// One panel in the transposed layout, plus its row-major staging area.
     #[derive(Default)]
     pub struct Panel {
-        lines: Vec<Line>,
+        pub(crate) lines: Vec<Line>,
         /// `[16, k]` codes, row-major.
         stage: Vec<u8>,
         /// `[16, nb]` scale pairs.
@@ -787,9 +789,10 @@ pub fn enabled() -> bool {
 }
 
 /// From this many activation rows (prompt chunks), `kernels::matmul` takes the tile kernel on
-/// the AVX-512 VNNI path. Fewer rows (decoding) keep the row-at-a-time kernels: in a loaded
-/// side-by-side run the one-row tile product decoded slower than AVX2's one-row kernel, and the
-/// batched decode rows must stay on the same arithmetic as one row alone (engine tests).
+/// the AVX-512 VNNI path. Fewer rows (decoding) keep the row-at-a-time kernels here: in a loaded
+/// side-by-side run the one-row tile product, unpacking per product, decoded slower than AVX2's
+/// one-row kernel, and the batched decode rows must stay on the same arithmetic as one row alone
+/// (engine tests). Weights repacked once (`packed`) run the tile kernel at every row count.
 pub const MIN_ROWS: usize = 16;
 
 /// Whether `kernels::matmul` on path `isa` runs this module's kernels for `m` rows of `kind`.

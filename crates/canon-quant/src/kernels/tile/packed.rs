@@ -1,0 +1,588 @@
+//! Weights repacked once into the tile kernel's panel layout, so that no product unpacks or
+//! transposes a block again (llama.cpp does the same with its repacked `Q4_0x8`/`Q4_K x8` forms).
+//!
+//! `tile::matmul` unpacks every panel of 16 weight rows into the transposed byte layout on each
+//! product: for a prompt that cost is shared by hundreds of activation rows, but for decoding (one
+//! to fifteen rows) it is most of the work. A `Packed` matrix holds that layout permanently, in
+//! place of the file's blocks for the products:
+//!
+//! - codes: per panel and block of 32, register `g` (codes `4g..4g+4` of each of the 16 rows) as
+//!   in `tile`; the 4-bit formats (Q4_0, Q4_1, Q4_K) keep two registers per 64-byte line, `g` in
+//!   the low nibbles and `g + 4` in the high ones (one shift and two masks unpack them), the other
+//!   formats one register per line;
+//! - scales: the two per-row scale vectors of `tile` (one for the symmetric formats), as f16 for
+//!   the legacy formats (whose scales are f16 in the file, so nothing is rounded) and as f32 for the
+//!   K-quants (super-block scale × 6-bit sub-scale is not an f16).
+//!
+//! Sizes per block of 32 weights × 16 rows, against the file: Q4_0 288 bytes (file 288), Q4_1 320
+//! (320), Q8_0 544 (544), Q5_0 544 (352), Q5_1 576 (384), Q4_K 384 (288), Q5_K 640 (352), Q6_K 640
+//! (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed.
+//!
+//! Every activation row goes through the same operations in the same order whatever the number of
+//! rows, and those are the operations of `tile::matmul` (the 4-bit codes carry an offset smaller
+//! by the same amount, an exact integer change): one sequence decoded alone, the same sequence in
+//! a batch and a prompt chunk give bit-identical products.
+
+use super::{Mode, PANEL, TileActs, form};
+use crate::kernels::{Isa, Kind, QK, QMatrixRef};
+
+/// 64 aligned bytes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Line64([u8; 64]);
+
+/// A matrix `[rows, cols]` in the packed panel layout (module docs).
+pub struct Packed {
+    pub kind: Kind,
+    pub rows: usize,
+    pub cols: usize,
+    mode: Mode,
+    /// The integer offset of the stored codes (`tile::form`'s, less `base` for 4-bit codes).
+    offset: i32,
+    /// Codes stored as nibbles.
+    nib: bool,
+    /// Scales stored as f16.
+    half: bool,
+    nb: usize,
+    panels: usize,
+    codes: Vec<Line64>,
+    scales: Vec<Line64>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packed")
+            .field("kind", &self.kind)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// Whether products repack weights (`GgmlTensor::packed`): on by default where the tile kernel
+/// runs; the environment variable `CANON_PACK=off` turns it off (read once), for side-by-side
+/// measurements against the unpacking kernels.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("CANON_PACK").as_deref(),
+            Ok("off" | "0" | "false")
+        )
+    })
+}
+
+/// Whether `kind` is packed on this CPU (AVX-512 VNNI, tile kernel and packing enabled).
+pub fn packs(kind: Kind) -> bool {
+    Isa::best() == Isa::Avx512Vnni
+        && Isa::Avx512Vnni.available()
+        && super::enabled()
+        && enabled()
+        && form(kind).is_some()
+        && kind != Kind::Q3K
+}
+
+/// The value subtracted from `tile`'s unsigned codes to store them as nibbles, for the 4-bit
+/// formats (`Q4_0`'s codes are `q + 8 + 120`).
+fn nibble_base(kind: Kind) -> Option<u8> {
+    match kind {
+        Kind::Q4_0 => Some(120),
+        Kind::Q4_1 | Kind::Q4K => Some(0),
+        _ => None,
+    }
+}
+
+fn mode_id(mode: Mode) -> u8 {
+    match mode {
+        Mode::Sym => 0,
+        Mode::Min => 1,
+        Mode::Half => 2,
+    }
+}
+
+/// Scale bytes per panel and block.
+const fn scale_bytes(mode: u8, half: bool) -> usize {
+    let vecs = if mode == 0 { 1 } else { 2 };
+    vecs * PANEL * if half { 2 } else { 4 }
+}
+
+impl Packed {
+    /// Repacks `w` (all rows, in parallel over the kernel pool), or `None` where `packs` says no.
+    pub fn pack(w: QMatrixRef<'_>) -> Option<Packed> {
+        Self::pack_releasing(w, &|_, _| {})
+    }
+
+    /// As `pack`, calling `done(r0, r1)` once rows `r0..r1` of `w` have been read for the last
+    /// time (so that a caller can release their memory while the rest is packed).
+    pub fn pack_releasing(
+        w: QMatrixRef<'_>,
+        done: &(dyn Fn(usize, usize) + Sync),
+    ) -> Option<Packed> {
+        if !packs(w.kind) || !w.cols.is_multiple_of(QK) {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (mode, offset) = form(w.kind)?;
+            let base = nibble_base(w.kind);
+            let nib = base.is_some();
+            let half = !w.kind.is_k();
+            let nb = w.cols / QK;
+            let panels = w.rows.div_ceil(PANEL);
+            let cl = if nib { 4 } else { 8 };
+            let sb = scale_bytes(mode_id(mode), half);
+            let mut codes = vec![Line64([0; 64]); panels * nb * cl];
+            let mut scales = vec![Line64([0; 64]); (panels * nb * sb).div_ceil(64)];
+            // Addresses (Send + Sync) of the two buffers; tasks write disjoint panels.
+            let cptr = codes.as_mut_ptr() as usize;
+            let sptr = scales.as_mut_ptr() as usize;
+            let per_task = 8;
+            crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
+                let mut p = super::avx512::Panel::default();
+                for pi in task * per_task..((task + 1) * per_task).min(panels) {
+                    // SAFETY: `packs` checked the AVX-512 VNNI extensions and the tile form.
+                    unsafe { super::avx512::unpack(w, pi * PANEL, &mut p) };
+                    for b in 0..nb {
+                        let lines = &p.lines[b * super::avx512::LINES..];
+                        // SAFETY: panel pi's codes and scales are written by this task alone and
+                        // lie inside the buffers sized above.
+                        let (c, s) = unsafe {
+                            (
+                                std::slice::from_raw_parts_mut(
+                                    (cptr as *mut u8).add((pi * nb + b) * cl * 64),
+                                    cl * 64,
+                                ),
+                                std::slice::from_raw_parts_mut(
+                                    (sptr as *mut u8).add((pi * nb + b) * sb),
+                                    sb,
+                                ),
+                            )
+                        };
+                        match base {
+                            Some(base) => {
+                                for j in 0..4 {
+                                    for i in 0..64 {
+                                        let lo = lines[j].0[i].wrapping_sub(base);
+                                        let hi = lines[j + 4].0[i].wrapping_sub(base);
+                                        c[j * 64 + i] = (lo & 15) | (hi << 4);
+                                    }
+                                }
+                            }
+                            None => {
+                                for g in 0..8 {
+                                    c[g * 64..(g + 1) * 64].copy_from_slice(&lines[g].0);
+                                }
+                            }
+                        }
+                        let vecs = sb / (PANEL * if half { 2 } else { 4 });
+                        for v in 0..vecs {
+                            let line = &lines[8 + v].0;
+                            for i in 0..PANEL {
+                                let f = f32::from_le_bytes([
+                                    line[4 * i],
+                                    line[4 * i + 1],
+                                    line[4 * i + 2],
+                                    line[4 * i + 3],
+                                ]);
+                                if half {
+                                    let h = half::f16::from_f32(f).to_bits().to_le_bytes();
+                                    s[v * 32 + 2 * i..v * 32 + 2 * i + 2].copy_from_slice(&h);
+                                } else {
+                                    s[v * 64 + 4 * i..v * 64 + 4 * i + 4]
+                                        .copy_from_slice(&f.to_le_bytes());
+                                }
+                            }
+                        }
+                    }
+                }
+                let r0 = task * per_task * PANEL;
+                done(r0, ((task + 1) * per_task * PANEL).min(w.rows));
+            });
+            let offset = offset - base.map_or(0, i32::from);
+            Some(Packed {
+                kind: w.kind,
+                rows: w.rows,
+                cols: w.cols,
+                mode,
+                offset,
+                nib,
+                half,
+                nb,
+                panels,
+                codes,
+                scales,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = done;
+            None
+        }
+    }
+
+    /// Row `r` dequantized from the packed copy into `out` (`cols` values), for the legacy formats
+    /// (`d·q + m`, the same operations as `scalar::dequantize_row`, so the same bits); `false`
+    /// (and `out` untouched) for the K-quants or a row out of range. Embedding lookups read rows
+    /// here, so the file's released pages stay released.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> bool {
+        if self.kind.is_k() || r >= self.rows || out.len() != self.cols {
+            return false;
+        }
+        let (pi, lane) = (r / PANEL, r % PANEL);
+        let cl = if self.nib { 4 } else { 8 };
+        let m = mode_id(self.mode);
+        let sb = scale_bytes(m, self.half);
+        let codes = as_bytes(&self.codes);
+        let scales = as_bytes(&self.scales);
+        for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+            let blk = pi * self.nb + b;
+            let s = &scales[blk * sb..(blk + 1) * sb];
+            let f16 = |at: usize| half::f16::from_le_bytes([s[at], s[at + 1]]).to_f32();
+            let (d, mn) = if m == 0 {
+                (f16(2 * lane), 0.0)
+            } else {
+                (f16(2 * lane), f16(32 + 2 * lane))
+            };
+            let c = &codes[blk * cl * 64..(blk + 1) * cl * 64];
+            for (g, reg) in o.chunks_exact_mut(4).enumerate() {
+                for (j, v) in reg.iter_mut().enumerate() {
+                    let code = if self.nib {
+                        let byte = c[(g % 4) * 64 + 4 * lane + j];
+                        if g < 4 { byte & 15 } else { byte >> 4 }
+                    } else {
+                        c[g * 64 + 4 * lane + j]
+                    };
+                    *v = d * (code as i32 - self.offset) as f32 + mn;
+                }
+            }
+        }
+        true
+    }
+
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        (self.codes.len() + self.scales.len()) * 64
+    }
+
+    /// `y = x Wᵀ`: `x: [m, k]` f32 row-major, `y: [m, n]`. Panics never; callers check shapes.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        thread_local! {
+            static ACTS: std::cell::RefCell<TileActs> = std::cell::RefCell::new(TileActs::default());
+        }
+        ACTS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut act) => {
+                act.quantize_into(x, m, self.cols);
+                self.matmul_acts(&act, y)
+            }
+            Err(_) => self.matmul_acts(&TileActs::quantize(x, m, self.cols), y),
+        })
+    }
+
+    /// `y = x Wᵀ` with `x` already rounded (`TileActs` of `self.cols` columns).
+    pub fn matmul_acts(&self, act: &TileActs, y: &mut [f32]) {
+        let (n, m) = (self.rows, act.rows);
+        assert_eq!(y.len(), n * m, "Packed::matmul: output length");
+        assert_eq!(act.nb, self.nb, "Packed::matmul: activation width");
+        #[cfg(target_arch = "x86_64")]
+        {
+            let threads = crate::pool::pool().threads();
+            let per_task = self.panels.div_ceil(threads * 4).max(1);
+            let tasks = self.panels.div_ceil(per_task);
+            let out = crate::pool::SyncPtr(y.as_mut_ptr());
+            crate::pool::parallel_for(tasks, &|task| {
+                for pi in task * per_task..((task + 1) * per_task).min(self.panels) {
+                    // SAFETY: a `Packed` exists only where `packs` found the CPU extensions;
+                    // tasks own disjoint panels, hence disjoint output columns.
+                    unsafe { avx512::panel_times(self, pi, act, out.get()) };
+                }
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (n, m);
+    }
+}
+
+/// The bytes of a line buffer.
+fn as_bytes(lines: &[Line64]) -> &[u8] {
+    // SAFETY: `Line64` is 64 plain bytes (`repr(C)`), so the buffer is `64·len` initialised bytes.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr() as *const u8, lines.len() * 64) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// The four activation codes `4g..4g+4` of a block in every 32-bit lane.
+    ///
+    /// # Safety
+    /// `q` points at 4 readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn bcast(q: *const i8) -> __m512i {
+        // SAFETY: 4 readable bytes (caller); unaligned read.
+        _mm512_set1_epi32(unsafe { (q as *const i32).read_unaligned() })
+    }
+
+    /// `T` activation rows from `t0` against panel `pi`, whose codes start at `cp` (nibbles if
+    /// `NIB`, else one register per line) and scales at `sp`; writes `y[t, r0..r0 + valid]`. The
+    /// float steps are `tile::avx512::rows`', in the same order.
+    ///
+    /// # Safety
+    /// CPU with the `Isa::Avx512Vnni` extensions; `HALF` and `MODE` are `p`'s, `cp`/`sp` hold
+    /// panel `pi`'s `p.nb` blocks in that layout (`cp` 64-byte aligned); rows `t0..t0 + T` exist
+    /// in `act`, whose width is `p`'s; `y` points at `[act.rows, p.rows]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool>(
+        p: &Packed,
+        pi: usize,
+        cp: *const u8,
+        sp: *const u8,
+        act: &TileActs,
+        t0: usize,
+        y: *mut f32,
+    ) {
+        let (nb, n, offset) = (p.nb, p.rows, p.offset);
+        let k = nb * QK;
+        let r0 = pi * PANEL;
+        let valid = PANEL.min(n - r0);
+        let cl = if NIB { 4 } else { 8 };
+        let sb = scale_bytes(MODE, HALF);
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            // SAFETY: block b of panel pi: cl aligned lines and sb scale bytes inside the buffers.
+            let (wv, s0, s1) = unsafe {
+                let l = cp.add(b * cl * 64);
+                let wv: [__m512i; 8] = if NIB {
+                    let r: [__m512i; 4] =
+                        std::array::from_fn(|j| _mm512_load_si512(l.add(j * 64) as *const __m512i));
+                    std::array::from_fn(|g| {
+                        if g < 4 {
+                            _mm512_and_si512(r[g], low)
+                        } else {
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(r[g - 4]), low)
+                        }
+                    })
+                } else {
+                    std::array::from_fn(|g| _mm512_load_si512(l.add(g * 64) as *const __m512i))
+                };
+                let s = sp.add(b * sb);
+                let (s0, s1) = if HALF {
+                    let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i));
+                    let s1 = if MODE == 0 {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i))
+                    };
+                    (s0, s1)
+                } else {
+                    let s0 = _mm512_loadu_ps(s as *const f32);
+                    let s1 = if MODE == 0 {
+                        _mm512_setzero_ps()
+                    } else {
+                        _mm512_loadu_ps(s.add(64) as *const f32)
+                    };
+                    (s0, s1)
+                };
+                (wv, s0, s1)
+            };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let row = t0 + t;
+                let at = row * nb + b;
+                // SAFETY: row < act.rows and b < nb index inside the activation buffers.
+                let (q, [h0, h1], dx) = unsafe {
+                    (
+                        act.qs.as_ptr().add(row * k + b * QK),
+                        *act.h.get_unchecked(at),
+                        _mm512_set1_ps(*act.d.get_unchecked(at)),
+                    )
+                };
+                if MODE == 2 {
+                    let mut i0 = _mm512_set1_epi32(-offset * h0);
+                    let mut i1 = _mm512_set1_epi32(-offset * h1);
+                    for g in 0..4 {
+                        // SAFETY: codes 4g.. and 16 + 4g.. of the block lie inside the row.
+                        unsafe {
+                            i0 = _mm512_dpbusd_epi32(i0, wv[g], bcast(q.add(4 * g)));
+                            i1 = _mm512_dpbusd_epi32(i1, wv[g + 4], bcast(q.add(16 + 4 * g)));
+                        }
+                    }
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, dx), *a);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, dx), *a);
+                } else {
+                    let mut i0 = _mm512_set1_epi32(-offset * (h0 + h1));
+                    let mut i1 = _mm512_setzero_si512();
+                    for g in 0..4 {
+                        // SAFETY: as above.
+                        unsafe {
+                            i0 = _mm512_dpbusd_epi32(i0, wv[g], bcast(q.add(4 * g)));
+                            i1 = _mm512_dpbusd_epi32(i1, wv[g + 4], bcast(q.add(16 + 4 * g)));
+                        }
+                    }
+                    let i = _mm512_add_epi32(i0, i1);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(s0, dx), *a);
+                    if MODE == 1 {
+                        // SAFETY: as above.
+                        let sx = unsafe { _mm512_set1_ps(*act.s.get_unchecked(at)) };
+                        *a = _mm512_fmadd_ps(s1, sx, *a);
+                    }
+                }
+            }
+        }
+        let mask: __mmask16 = if valid >= PANEL {
+            0xFFFF
+        } else {
+            ((1u32 << valid) - 1) as __mmask16
+        };
+        for (t, a) in acc.iter().enumerate() {
+            // SAFETY: y[(t0 + t)·n + r0 ..][..valid] lies inside y (caller); masked lanes are
+            // not written.
+            unsafe { _mm512_mask_storeu_ps(y.add((t0 + t) * n + r0), mask, *a) };
+        }
+    }
+
+    /// `T` rows through the instance of `rows` for `p`'s layout.
+    ///
+    /// # Safety
+    /// As `rows`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_t<const T: usize>(
+        p: &Packed,
+        pi: usize,
+        nib: bool,
+        cp: *const u8,
+        sp: *const u8,
+        act: &TileActs,
+        t0: usize,
+        y: *mut f32,
+    ) {
+        macro_rules! pick {
+            ($($m:literal, $nib:literal, $half:literal);*) => {
+                match (mode_id(p.mode), nib, p.half) {
+                    $(($m, $nib, $half) => {
+                        // SAFETY: the layout parameters are the caller's; so is the rest.
+                        unsafe { rows::<$m, T, $nib, $half>(p, pi, cp, sp, act, t0, y) }
+                    })*
+                    _ => {}
+                }
+            };
+        }
+        pick!(0, true, true; 1, true, true; 1, true, false; 0, false, true;
+              1, false, true; 1, false, false; 2, false, false; 0, false, false;
+              2, false, true; 0, true, false; 2, true, true; 2, true, false);
+    }
+
+    /// Every activation row against panel `pi`, eight rows per pass.
+    ///
+    /// # Safety
+    /// CPU as `rows`; `act` has `p`'s width; `y` points at `[act.rows, p.rows]`; `pi < panels`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut f32) {
+        let m = act.rows;
+        let nb = p.nb;
+        let sb = scale_bytes(mode_id(p.mode), p.half);
+        let cl = if p.nib { 4 } else { 8 };
+        // SAFETY: panel pi's lines start inside the buffers (pi < panels).
+        let (mut cp, sp) = unsafe {
+            (
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+            )
+        };
+        thread_local! {
+            static WIDE: std::cell::RefCell<Vec<Line64>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // More than one pass of activation rows over a nibble panel: its codes are widened to
+        // bytes once (the same integers), instead of once per pass.
+        let mut nib = p.nib;
+        let mut wide = None;
+        if nib && m > 8 {
+            wide = WIDE.with(|w| w.try_borrow_mut().ok().map(|mut w| std::mem::take(&mut *w)));
+            if let Some(buf) = wide.as_mut() {
+                buf.resize(nb * 8, Line64([0; 64]));
+                // SAFETY: the panel holds nb·4 nibble lines; `buf` nb·8 aligned lines.
+                unsafe { widen(cp, nb, buf.as_mut_ptr() as *mut u8) };
+                cp = buf.as_ptr() as *const u8;
+                nib = false;
+            }
+        }
+        let mut t0 = 0;
+        while t0 < m {
+            let left = m - t0;
+            // SAFETY: rows t0..t0 + t exist; the rest is the caller's contract.
+            let t = unsafe {
+                match left {
+                    1 => {
+                        rows_t::<1>(p, pi, nib, cp, sp, act, t0, y);
+                        1
+                    }
+                    2 => {
+                        rows_t::<2>(p, pi, nib, cp, sp, act, t0, y);
+                        2
+                    }
+                    3 => {
+                        rows_t::<3>(p, pi, nib, cp, sp, act, t0, y);
+                        3
+                    }
+                    4 => {
+                        rows_t::<4>(p, pi, nib, cp, sp, act, t0, y);
+                        4
+                    }
+                    5 => {
+                        rows_t::<5>(p, pi, nib, cp, sp, act, t0, y);
+                        5
+                    }
+                    6 => {
+                        rows_t::<6>(p, pi, nib, cp, sp, act, t0, y);
+                        6
+                    }
+                    7 => {
+                        rows_t::<7>(p, pi, nib, cp, sp, act, t0, y);
+                        7
+                    }
+                    _ => {
+                        rows_t::<8>(p, pi, nib, cp, sp, act, t0, y);
+                        8
+                    }
+                }
+            };
+            t0 += t;
+        }
+        if let Some(buf) = wide {
+            WIDE.with(|w| {
+                if let Ok(mut w) = w.try_borrow_mut() {
+                    *w = buf;
+                }
+            });
+        }
+    }
+
+    /// Nibble lines `[nb, 4]` at `src` to byte lines `[nb, 8]` at `dst` (register `g` in the low
+    /// nibbles of line `g`, `g + 4` in the high ones).
+    ///
+    /// # Safety
+    /// CPU as `rows`; `src` holds `nb·4` and `dst` `nb·8` 64-byte aligned lines.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
+    unsafe fn widen(src: *const u8, nb: usize, dst: *mut u8) {
+        let low = _mm512_set1_epi8(0x0F);
+        for b in 0..nb {
+            for j in 0..4 {
+                // SAFETY: line j of block b in both buffers (caller).
+                unsafe {
+                    let r = _mm512_load_si512(src.add((b * 4 + j) * 64) as *const __m512i);
+                    let lo = _mm512_and_si512(r, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(r), low);
+                    _mm512_store_si512(dst.add((b * 8 + j) * 64) as *mut __m512i, lo);
+                    _mm512_store_si512(dst.add((b * 8 + j + 4) * 64) as *mut __m512i, hi);
+                }
+            }
+        }
+    }
+}
