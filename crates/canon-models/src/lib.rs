@@ -14,6 +14,7 @@ pub mod ernie;
 pub mod family;
 pub mod gpt;
 pub mod gpt_tasks;
+pub mod inspect;
 pub mod llama;
 pub mod load;
 pub mod peft;
