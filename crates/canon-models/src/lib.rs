@@ -12,6 +12,7 @@ pub mod bert_heads;
 pub mod config;
 pub mod ernie;
 pub mod family;
+pub mod gguf_out;
 pub mod gpt;
 pub mod gpt_tasks;
 pub mod inspect;
