@@ -163,7 +163,7 @@ pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let (outcome, acc) = ft.run_on_engine(&train, &test, run, &mut |r| {
         let r = BertFinetuneReport::of(r);
-        if !quiet && (r.step % 10 == 0 || r.eval_accuracy.is_some()) {
+        if !quiet && (r.step.is_multiple_of(10) || r.eval_accuracy.is_some()) {
             eprintln!(
                 "canon: step {} loss {:.4}{}",
                 r.step,
