@@ -24,10 +24,11 @@
 //! `embed`/`forward_embeds` (SmolLM2's LLaMA, this project's GPTs); [`MaskedSlot`] adapts BERT with
 //! its MLM head.
 
+use canon_nn::ops::log_softmax_last;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use canon_models::bert_heads::BertPretraining;
 use canon_models::{CausalLm, Positions};
 use rand::SeedableRng;
@@ -158,7 +159,7 @@ impl SlotLm for CausalSlot<'_> {
         }
         let mut cache = self.0.new_cache();
         let logits = self.0.forward_embeds(x, &mut cache, Positions::Last)?; // [b, 1, V]
-        Ok(candle_nn_log_softmax(&logits.squeeze(1)?)?)
+        Ok(log_softmax_last(&logits.squeeze(1)?)?)
     }
     fn mask_id(&self) -> Option<u32> {
         None
@@ -195,7 +196,7 @@ impl SlotLm for MaskedSlot<'_> {
         let hidden = self.model.bert.forward_embeds(x, None, &mask)?;
         let rows = hidden.narrow(1, slot, 1)?.reshape((b, d))?;
         let logits = self.model.mlm.forward(&rows)?;
-        Ok(candle_nn_log_softmax(&logits)?)
+        Ok(log_softmax_last(&logits)?)
     }
     fn mask_id(&self) -> Option<u32> {
         Some(self.mask)
@@ -203,14 +204,6 @@ impl SlotLm for MaskedSlot<'_> {
     fn frame(&self) -> (Vec<u32>, Vec<u32>) {
         (vec![self.cls], vec![self.sep])
     }
-}
-
-/// `log_softmax` over the last axis, composed of candle ops (so it records a backward pass).
-fn candle_nn_log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
 }
 
 /// A template with its literal text tokenized.
@@ -719,6 +712,7 @@ pub fn balance_and_split<T: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::D;
 
     #[test]
     fn templates_parse_render_and_reject_missing_markers() {
@@ -759,7 +753,7 @@ mod tests {
         }
         fn slot_log_probs(&self, x: &Tensor, _slot: usize) -> Result<Tensor> {
             let s = x.sum(1)?; // [b, d]
-            Ok(candle_nn_log_softmax(&s.matmul(&self.a.t()?)?)?)
+            Ok(log_softmax_last(&s.matmul(&self.a.t()?)?)?)
         }
         fn mask_id(&self) -> Option<u32> {
             Some(0)

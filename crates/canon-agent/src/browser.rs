@@ -176,8 +176,7 @@ impl Site {
     /// Reads every `.html`/`.htm`/`.txt` file under `dir` (sorted by path); links resolve by
     /// relative path.
     pub fn load(dir: &Path) -> Result<Site> {
-        let mut files = Vec::new();
-        walk(dir, dir, &mut files)?;
+        let mut files = walk(dir)?;
         files.sort();
         let mut raw = Vec::new();
         for rel in &files {
@@ -257,24 +256,25 @@ fn normalize(p: &str) -> String {
     parts.join("/")
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|source| AgentError::Io {
-        path: dir.display().to_string(),
-        error: source,
+/// The `.html`/`.htm`/`.txt` files under `root`, as `/`-separated relative paths in path order.
+fn walk(root: &Path) -> Result<Vec<String>> {
+    let files = canon_fs::walk_files(
+        root,
+        |_| true,
+        |p| {
+            p.extension()
+                .is_some_and(|x| x == "html" || x == "htm" || x == "txt")
+        },
+    )
+    .map_err(|e| AgentError::Io {
+        path: e.path.display().to_string(),
+        error: e.error,
     })?;
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(root, &p, out)?;
-        } else if p
-            .extension()
-            .is_some_and(|x| x == "html" || x == "htm" || x == "txt")
-            && let Ok(rel) = p.strip_prefix(root)
-        {
-            out.push(rel.to_string_lossy().replace('\\', "/"));
-        }
-    }
-    Ok(())
+    Ok(files
+        .iter()
+        .filter_map(|p| p.strip_prefix(root).ok())
+        .map(|rel| rel.to_string_lossy().replace('\\', "/"))
+        .collect())
 }
 
 /// One browser command.

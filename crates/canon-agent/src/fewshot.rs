@@ -92,14 +92,7 @@ fn log_softmax_at(logits: &[f32], token: u32) -> Result<f64> {
             logits.len()
         )));
     }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits
-        .iter()
-        .map(|&v| (v as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    Ok(logits[t] as f64 - lse)
+    Ok(canon_nn::ops::log_softmax_at(logits, t).unwrap_or(f64::NEG_INFINITY))
 }
 
 fn truncate_cache(cache: &mut Cache, n: usize) -> Result<()> {

@@ -12,6 +12,7 @@
 pub mod autoprompt;
 pub mod browser;
 pub mod cot;
+pub mod cot_run;
 pub mod fewshot;
 pub mod react;
 pub mod react_data;

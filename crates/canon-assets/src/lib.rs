@@ -571,19 +571,13 @@ fn remove_stale_work_dirs(spec: &AssetSpec, parent: &Path) {
 
 /// Every file below `root`, as `/`-separated relative paths.
 fn list_files(root: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).map_err(io_err("cannot list", &d))? {
-            let e = e.map_err(io_err("cannot list", &d))?;
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(root) {
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
+    let files = canon_fs::walk_files(root, |_| true, |_| true)
+        .map_err(|e| io_err("cannot list", &e.path)(e.error))?;
+    let mut out: Vec<String> = files
+        .iter()
+        .filter_map(|p| p.strip_prefix(root).ok())
+        .map(|rel| rel.to_string_lossy().replace('\\', "/"))
+        .collect();
     out.sort();
     Ok(out)
 }

@@ -9,7 +9,7 @@
 //! Deviation from the guide's code: the guide averages per-window mean losses weighted by the window
 //! stride; here the average is over tokens exactly (the same when every window scores equally many).
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use canon_models::{CausalLm, Positions};
 
 use crate::{EvalError, Result};
@@ -104,7 +104,7 @@ pub fn perplexity(
             .squeeze(0)?
             .narrow(0, first - 1 - start, end - first)?
             .to_dtype(candle_core::DType::F32)?; // [s, vocab]
-        let logp = candle_nn_log_softmax(&rows)?;
+        let logp = canon_nn::ops::log_softmax_last(&rows)?;
         let targets = Tensor::new(&ids[first..end], &candle_core::Device::Cpu)?.unsqueeze(1)?; // [s, 1]
         let picked = logp.gather(&targets, 1)?.squeeze(1)?.to_vec1::<f32>()?; // [s]
         nll -= picked.iter().map(|&v| v as f64).sum::<f64>();
@@ -120,14 +120,6 @@ pub fn perplexity(
         context: cfg.context,
         stride: cfg.stride,
     })
-}
-
-/// `log softmax` over the last dimension, composed (max-shifted) from basic ops.
-fn candle_nn_log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let shifted = x.broadcast_sub(&max)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&lse)
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 //! here and means nothing else.
 
 pub mod lines;
+pub mod walk;
+
+pub use walk::{WalkError, walk_files};
 
 use std::ffi::OsString;
 use std::fs::{self, File};

@@ -98,25 +98,7 @@ pub struct Sampler {
     rng: StdRng,
 }
 
-/// Index of the largest value; the first one on ties; NaN never wins.
-pub fn argmax(xs: &[f32]) -> usize {
-    let mut best = 0;
-    let mut bv = f32::NEG_INFINITY;
-    for (i, &x) in xs.iter().enumerate() {
-        if x > bv {
-            bv = x;
-            best = i;
-        }
-    }
-    best
-}
-
-/// `log softmax` of a row, computed stably in f64.
-pub fn log_softmax(xs: &[f32]) -> Vec<f32> {
-    let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = xs.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
-    xs.iter().map(|&x| (x as f64 - lse) as f32).collect()
-}
+pub use canon_nn::ops::{argmax, log_softmax};
 
 impl Sampler {
     pub fn new(cfg: SamplingConfig) -> Result<Self> {

@@ -106,17 +106,8 @@ pub fn pad_batch(srcs: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor
     if s == 0 || srcs.iter().any(Vec::is_empty) {
         return Err(InferError::EmptyPrompt);
     }
-    let b = srcs.len();
-    let mut ids = vec![pad; b * s];
-    let mut mask = vec![0u32; b * s];
-    for (i, src) in srcs.iter().enumerate() {
-        ids[i * s..i * s + src.len()].copy_from_slice(src);
-        mask[i * s..i * s + src.len()].fill(1);
-    }
-    Ok((
-        Tensor::from_vec(ids, (b, s), device)?,
-        Tensor::from_vec(mask, (b, s), device)?,
-    ))
+    let p = canon_nn::ops::pad_batch(srcs, pad, 0);
+    Ok((p.ids_tensor(device)?, p.mask_tensor(1u32, 0u32, device)?))
 }
 
 /// Reorders (and grows or shrinks) every cache layer to the batch rows `rows`.

@@ -14,7 +14,7 @@
 //!
 //! Shapes: hidden `[b, t, d]`; MLM rows `[k, d]` → `[k, vocab]`; pooled `[b, d]` → `[b, classes]`.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use canon_nn::{Activation, LayerNorm, Linear};
 use serde::{Deserialize, Serialize};
 
@@ -275,11 +275,6 @@ pub fn copy_into(store: &VarStore, src: &dyn WeightSource) -> Result<(Vec<String
         }
     }
     Ok((copied, kept))
-}
-
-/// The argmax class of each row of `logits: [n, c]`.
-pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
 
 #[cfg(test)]

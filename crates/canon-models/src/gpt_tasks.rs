@@ -62,20 +62,12 @@ pub fn pad_batch(seqs: &[Vec<u32>], pad: u32) -> Result<(Tensor, Vec<usize>)> {
     if t == 0 {
         return Err(ModelError::Input("task batch: no tokens".into()));
     }
-    let mut ids = Vec::with_capacity(seqs.len() * t);
-    let mut extract = Vec::with_capacity(seqs.len());
-    for s in seqs {
-        if s.is_empty() {
-            return Err(ModelError::Input("task batch: an empty sequence".into()));
-        }
-        extract.push(s.len() - 1);
-        ids.extend_from_slice(s);
-        ids.extend(std::iter::repeat_n(pad, t - s.len()));
+    if seqs.iter().any(Vec::is_empty) {
+        return Err(ModelError::Input("task batch: an empty sequence".into()));
     }
-    Ok((
-        Tensor::from_vec(ids, (seqs.len(), t), &Device::Cpu)?,
-        extract,
-    ))
+    let p = canon_nn::ops::pad_batch(seqs, pad, 0);
+    let extract = p.lens.iter().map(|n| n - 1).collect();
+    Ok((p.ids_tensor(&Device::Cpu)?, extract))
 }
 
 /// `h[i, extract[i], :]` for each row: `[b, t, d]` → `[b, d]`.

@@ -14,7 +14,7 @@
 //!
 //! Shapes: ids `[b, t]` → hidden `[b, t, d]` → logits `[b, t, vocab]`.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use canon_nn::{AttnMask, Linear, RmsNorm, Rope, SwiGlu, Weight, attention};
 
 use crate::source::{WeightMode, WeightSource};
@@ -497,11 +497,8 @@ impl CausalLm for Llama {
     fn linear_names(&self) -> Vec<String> {
         let mut v = Vec::new();
         for i in 0..self.blocks.len() {
-            for m in ATTN_MODULES {
-                v.push(format!("model.layers.{i}.self_attn.{m}"));
-            }
-            for m in MLP_MODULES {
-                v.push(format!("model.layers.{i}.mlp.{m}"));
+            for p in PROJECTIONS {
+                v.push(format!("model.layers.{i}.{p}"));
             }
         }
         v
@@ -524,18 +521,21 @@ impl CausalLm for Llama {
     }
 }
 
-const ATTN_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-const MLP_MODULES: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+/// The linear projections of a LLaMA block, named as under `model.layers.{i}.` in HF checkpoints:
+/// the one list the workspace uses (LoRA targets, adapter files, merging).
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
 
-/// Index of the largest logit in the last position, for tests and greedy decoding.
-pub fn argmax_last(logits: &Tensor) -> Result<u32> {
-    let last = logits.squeeze(0)?;
-    let last = if last.rank() == 2 {
-        last.get(last.dim(0)? - 1)?
-    } else {
-        last
-    };
-    Ok(last.argmax(D::Minus1)?.to_scalar::<u32>()?)
+/// The short name of a projection (`q_proj` for `self_attn.q_proj`).
+pub fn projection_name(p: &str) -> &str {
+    p.rsplit('.').next().unwrap_or(p)
 }
 
 #[cfg(test)]

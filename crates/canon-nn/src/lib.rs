@@ -18,6 +18,7 @@ pub mod linear;
 pub mod loss;
 pub mod moe;
 pub mod norm;
+pub mod ops;
 pub mod pos;
 pub mod rng;
 pub mod rope;

@@ -23,6 +23,7 @@
 //! # Ok::<(), canon_plot::PlotError>(())
 //! ```
 
+pub mod metrics_figure;
 mod render;
 pub mod ticks;
 
@@ -36,6 +37,8 @@ pub enum PlotError {
     Extension { path: PathBuf, found: String },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
     #[error("drawing the figure: {0}")]
     Draw(String),
     #[error("figure size {0}x{1}: expected at least 200x150 pixels and at most 8000x8000")]

@@ -89,11 +89,9 @@ pub fn rag_token_logprob(
         .sum()
 }
 
+/// The first index of the largest value, `None` for an empty row.
 fn argmax(v: &[f64]) -> Option<u32> {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-        .map(|(i, _)| i as u32)
+    (!v.is_empty()).then(|| canon_nn::ops::argmax(v) as u32)
 }
 
 /// RAG-Token greedy decoding: at each step the argmax of the per-step marginal; stops after an `eos` token

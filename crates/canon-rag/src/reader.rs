@@ -99,21 +99,11 @@ pub fn walk(roots: &[PathBuf]) -> Result<Vec<(PathBuf, Kind)>> {
             out.push((r.clone(), kind_of(r).unwrap_or(Kind::Text)));
             continue;
         }
-        let mut stack = vec![r.clone()];
-        while let Some(d) = stack.pop() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
-                .map_err(|e| io_err(&d, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            entries.sort();
-            for p in entries.into_iter().rev() {
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.is_file()
-                    && let Some(k) = kind_of(&p)
-                {
-                    out.push((p, k));
-                }
+        let files = canon_fs::walk_files(r, |_| true, |p| kind_of(p).is_some())
+            .map_err(|e| io_err(&e.path, e.error))?;
+        for p in files {
+            if let Some(k) = kind_of(&p) {
+                out.push((p, k));
             }
         }
     }

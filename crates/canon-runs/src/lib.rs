@@ -18,6 +18,7 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod lora;
 pub mod seq2seq;
 pub mod t5;
 pub mod transformer;

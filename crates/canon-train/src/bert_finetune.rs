@@ -8,15 +8,22 @@
 
 use candle_core::{Device, Tensor};
 use canon_models::VarStore;
-use canon_models::bert_heads::{BertClassifier, argmax_rows, bert_init_policy, copy_into};
+use canon_models::bert_heads::{BertClassifier, bert_init_policy, copy_into};
+use canon_nn::ops::{argmax_rows, pad_batch};
 use canon_nn::{SplitMix64, masked_cross_entropy};
 use serde::Serialize;
 
 use crate::bert_data::Specials;
-use crate::bert_pretrain::{Pretrained, optimizer_step, params_of};
-use crate::finetune::{ClassBalanced, TaskExample, eval_subset};
+use std::sync::atomic::AtomicBool;
+
+use crate::bert_pretrain::{Pretrained, params_of};
+use crate::engine::BatchLoss;
+use crate::finetune::{
+    TaskData, TaskExample, TaskModel, TaskRun, TaskSchedule, TaskState, run_task, task_accuracy,
+};
 use crate::optim::{Optimizer, OptimizerConfig, Param};
-use crate::{Result, Schedule, TrainError};
+use crate::trainer::{Outcome, StepReport};
+use crate::{Result, TrainError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertFinetuneConfig {
@@ -126,53 +133,37 @@ impl BertFinetuner {
     /// `[CLS] text [SEP]` rows, padded: ids and mask `[b, t]`.
     fn inputs(&self, batch: &[&TaskExample]) -> Result<(Tensor, Tensor)> {
         let keep = self.cfg.max_len - 2;
-        let t = batch
+        let sp = &self.specials;
+        let rows: Vec<Vec<u32>> = batch
             .iter()
-            .map(|e| e.parts[0].len().min(keep) + 2)
-            .max()
-            .unwrap_or(2);
-        let b = batch.len();
-        let mut ids = vec![self.specials.pad; b * t];
-        let mut mask = vec![0f32; b * t];
-        for (i, e) in batch.iter().enumerate() {
-            let n = e.parts[0].len().min(keep);
-            ids[i * t] = self.specials.cls;
-            ids[i * t + 1..i * t + 1 + n].copy_from_slice(&e.parts[0][..n]);
-            ids[i * t + 1 + n] = self.specials.sep;
-            mask[i * t..i * t + n + 2].iter_mut().for_each(|m| *m = 1.0);
-        }
+            .map(|e| {
+                let n = e.parts[0].len().min(keep);
+                let mut r = Vec::with_capacity(n + 2);
+                r.push(sp.cls);
+                r.extend_from_slice(&e.parts[0][..n]);
+                r.push(sp.sep);
+                r
+            })
+            .collect();
+        let p = pad_batch(&rows, sp.pad, 2);
         let dev = &Device::Cpu;
-        Ok((
-            Tensor::from_vec(ids, (b, t), dev)?,
-            Tensor::from_vec(mask, (b, t), dev)?,
-        ))
+        Ok((p.ids_tensor(dev)?, p.mask_tensor(1f32, 0f32, dev)?))
     }
 
-    pub fn train_step(&mut self, batch: &[&TaskExample]) -> Result<BertFinetuneReport> {
-        let (ids, mask) = self.inputs(batch)?;
-        let logits = self.model.forward(&ids, &mask)?;
-        let labels: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
-        let (loss, _) = masked_cross_entropy(&logits, &labels, 0.0)?;
-        let l = loss.to_scalar::<f32>()? as f64;
-        if !l.is_finite() {
-            return Err(TrainError::Diverged {
-                step: self.step + 1,
-                loss: l,
-            });
+    /// The engine's view of the hyper-parameters.
+    pub fn schedule(&self) -> TaskSchedule {
+        let c = &self.cfg;
+        TaskSchedule {
+            lr: c.lr,
+            steps: c.steps,
+            warmup: c.warmup,
+            batch_size: c.batch_size,
+            weight_decay: c.weight_decay,
+            grad_clip: c.grad_clip,
+            seed: c.seed,
+            eval_every: c.eval_every,
+            eval_max: c.eval_max,
         }
-        let lr = Schedule::Linear {
-            warmup: self.cfg.warmup,
-        }
-        .lr(self.step, self.cfg.steps, self.cfg.lr);
-        let grad_norm = optimizer_step(&loss, &self.params, &mut self.opt, lr, self.cfg.grad_clip)?;
-        self.step += 1;
-        Ok(BertFinetuneReport {
-            step: self.step,
-            loss: l,
-            lr,
-            grad_norm,
-            eval_accuracy: None,
-        })
     }
 
     pub fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
@@ -186,50 +177,117 @@ impl BertFinetuner {
     }
 
     pub fn accuracy(&self, examples: &[TaskExample]) -> Result<f64> {
-        if examples.is_empty() {
-            return Err(TrainError::Data("no examples to evaluate".into()));
-        }
-        let p = self.predict(examples)?;
-        let right = p
-            .iter()
-            .zip(examples)
-            .filter(|(p, e)| **p == e.label)
-            .count();
-        Ok(right as f64 / examples.len() as f64)
+        task_accuracy(self, examples)
     }
 
-    /// `cfg.steps` class-balanced steps on `train`; held-out accuracy on a fixed subset of `test`
-    /// every `eval_every` steps and on all of `test` at the end (returned).
+    /// Restores weights, optimizer state, step and data order from a checkpoint a run wrote.
+    pub fn resume(&mut self, checkpoint: &std::path::Path) -> Result<()> {
+        let (st, _) = crate::checkpoint::load(checkpoint, &self.params, &mut self.opt)?;
+        self.step = st.step;
+        self.rng = SplitMix64 {
+            state: st.rng_state,
+        };
+        Ok(())
+    }
+
+    /// Trains to `cfg.steps` class-balanced steps on the engine; held-out accuracy on a fixed
+    /// subset of `test` every `eval_every` steps and on all of `test` at the end. With
+    /// `run.files` the engine writes metrics.jsonl, loss.png and the checkpoint (exact resume,
+    /// Ctrl-C). Returns the outcome and the final accuracy.
+    pub fn run_on_engine(
+        &mut self,
+        train: &[TaskExample],
+        test: &[TaskExample],
+        run: TaskRun<'_>,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<(Outcome, Option<f64>)> {
+        if train.is_empty() || test.is_empty() {
+            return Err(TrainError::Data(
+                "the training and held-out splits must not be empty".into(),
+            ));
+        }
+        let sched = self.schedule();
+        let data = TaskData {
+            train,
+            test,
+            labels: self.classes,
+        };
+        let mut opt = std::mem::replace(&mut self.opt, Optimizer::new(sched.optimizer(), &[]));
+        let (mut step, mut rng) = (self.step, self.rng);
+        let state = TaskState {
+            params: &self.params,
+            opt: &mut opt,
+            step: &mut step,
+            rng: &mut rng,
+        };
+        let out = run_task(&*self, state, data, &sched, run, on_step);
+        (self.opt, self.step, self.rng) = (opt, step, rng);
+        out
+    }
+
+    /// [`BertFinetuner::run_on_engine`] writing nothing; returns the final held-out accuracy.
     pub fn run(
         &mut self,
         train: &[TaskExample],
         test: &[TaskExample],
         on_step: &mut dyn FnMut(&BertFinetuneReport) -> Result<()>,
     ) -> Result<f64> {
-        if train.is_empty() || test.is_empty() {
-            return Err(TrainError::Data(
-                "the training and held-out splits must not be empty".into(),
-            ));
-        }
-        let pools = ClassBalanced::new(train, self.classes)?;
-        let subset = eval_subset(test, self.cfg.eval_max);
-        let mut last = None;
-        while self.step < self.cfg.steps {
-            let batch = pools.batch(&mut self.rng, self.cfg.batch_size);
-            let mut r = self.train_step(&batch)?;
-            if r.step == self.cfg.steps {
-                let a = self.accuracy(test)?;
-                last = Some(a);
-                r.eval_accuracy = Some(a);
-            } else if self.cfg.eval_every > 0 && r.step % self.cfg.eval_every == 0 {
-                r.eval_accuracy = Some(self.accuracy(&subset)?);
+        let stop = AtomicBool::new(false);
+        let run = TaskRun {
+            files: None,
+            stop: &stop,
+            block_size: self.cfg.max_len,
+        };
+        let mut failed = None;
+        let (_, acc) = self.run_on_engine(train, test, run, &mut |r| {
+            if failed.is_none() {
+                failed = on_step(&BertFinetuneReport::of(r)).err();
             }
-            on_step(&r)?;
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        match last {
+        match acc {
             Some(a) => Ok(a),
             None => self.accuracy(test),
         }
+    }
+}
+
+impl BertFinetuneReport {
+    /// The fine-tuning view of an engine step.
+    pub fn of(r: &StepReport) -> Self {
+        Self {
+            step: r.step,
+            loss: r.loss,
+            lr: r.lr,
+            grad_norm: r.grad_norm,
+            eval_accuracy: r
+                .eval
+                .iter()
+                .find(|(k, _)| k == "eval_accuracy")
+                .map(|e| e.1),
+        }
+    }
+}
+
+impl TaskModel for BertFinetuner {
+    /// Cross-entropy of the class from the pooled `[CLS]` state.
+    fn batch_loss(&self, batch: &[&TaskExample]) -> Result<BatchLoss> {
+        let (ids, mask) = self.inputs(batch)?;
+        let logits = self.model.forward(&ids, &mask)?;
+        let labels: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
+        let (total, _) = masked_cross_entropy(&logits, &labels, 0.0)?;
+        Ok(BatchLoss {
+            loss: total.to_scalar::<f32>()? as f64,
+            total,
+            tokens: mask.sum_all()?.to_scalar::<f32>()? as usize,
+            extra: Vec::new(),
+        })
+    }
+
+    fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
+        BertFinetuner::predict(self, examples)
     }
 }
 

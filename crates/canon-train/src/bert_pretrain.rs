@@ -11,12 +11,13 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use canon_models::bert_heads::{BertPretraining, argmax_rows, bert_init_policy};
+use canon_models::bert_heads::{BertPretraining, bert_init_policy};
 use canon_models::family::{
     CHECKPOINT_PARAM_PREFIX, RUN_CHECKPOINT_FILE, RUN_MODEL_FILE, RUN_TOKENIZER_FILE,
 };
 use canon_models::source::{SafetensorsSource, WeightSource};
 use canon_models::{BertConfig, VarStore};
+use canon_nn::ops::argmax_rows;
 use canon_nn::{SplitMix64, masked_cross_entropy};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -24,7 +25,7 @@ use tokenizers::Tokenizer;
 use crate::bert_data::{MlmBatch, PairConfig, SentenceData, Specials, collate, draw_example};
 use crate::engine::{BatchLoss, Objective};
 use crate::objectives::mlm::MlmConfig;
-use crate::optim::{Optimizer, Param, clip_global_norm};
+use crate::optim::Param;
 use crate::{Result, TrainError, io_err};
 
 /// `model.json` of a BERT-family run folder (`bert` pre-training or a `distilbert` student).
@@ -138,28 +139,6 @@ pub fn open_pretrained(dir: &Path) -> Result<Pretrained> {
         has_mlm_head,
         nsp,
     })
-}
-
-/// Backward of `total`, clipping to `clip`, and one update of `params` at `lr` (used outside the
-/// engine: fine-tuning and tests). Returns the gradient norm before clipping.
-pub fn optimizer_step(
-    total: &Tensor,
-    params: &[Param],
-    opt: &mut Optimizer,
-    lr: f64,
-    clip: Option<f64>,
-) -> Result<f64> {
-    let gs = total.backward()?;
-    let mut grads = Vec::with_capacity(params.len());
-    for p in params {
-        grads.push(match gs.get(p.var.as_tensor()) {
-            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-            None => vec![0f32; p.var.elem_count()],
-        });
-    }
-    let norm = clip_global_norm(&mut grads, clip);
-    opt.step(params, &grads, lr)?;
-    Ok(norm)
 }
 
 /// The parameters of a variable store, for the optimizer.

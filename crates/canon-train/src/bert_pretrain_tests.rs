@@ -1,7 +1,8 @@
 use super::*;
 use crate::bert_data::train_wordpiece;
 use crate::data::Corpus;
-use crate::optim::OptimizerConfig;
+use crate::engine::step_on_loss;
+use crate::optim::{Optimizer, OptimizerConfig};
 use canon_models::VarStore;
 use canon_models::bert_heads::{BertTrainConfig, bert_init_policy};
 use canon_nn::Activation;
@@ -83,7 +84,7 @@ fn mlm_and_nsp_losses_fall_and_eval_reports_every_metric() {
     for _ in 0..60 {
         let mb = obj.micro_batch(&mut rng).unwrap();
         assert!(mb.tokens > 0 && mb.extra.len() == 2);
-        optimizer_step(&mb.total, &params, &mut opt, 3e-3, Some(1.0)).unwrap();
+        step_on_loss(&mb.total, &params, &mut opt, 3e-3, Some(1.0)).unwrap();
     }
     let after = obj.eval_metrics().unwrap();
     assert!(after[1].1 < before[1].1 - 1.0, "{before:?} -> {after:?}");
@@ -344,7 +345,7 @@ fn synthetic_pretraining(
         // Linear warmup over 100 steps, then linear decay.
         let lr =
             2e-3 * ((step + 1) as f64 / 100.0).min((steps - step) as f64 / (steps - 100) as f64);
-        optimizer_step(&mb.total, &params, &mut opt, lr, Some(1.0)).unwrap();
+        step_on_loss(&mb.total, &params, &mut opt, lr, Some(1.0)).unwrap();
     }
     let m = obj.eval_metrics().unwrap();
     eprintln!("{m:?}");

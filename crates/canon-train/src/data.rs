@@ -40,22 +40,18 @@ impl Corpus {
     }
 }
 
-fn collect_files(dir: &Path, ext: Option<&str>, out: &mut Vec<PathBuf>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
-        if p.is_dir() {
-            if name == "site-packages" || name == "__pycache__" || name.starts_with('.') {
-                continue;
-            }
-            collect_files(&p, ext, out)?;
-        } else if ext.is_none_or(|e| name.ends_with(e)) {
-            out.push(p);
-        }
-    }
-    Ok(())
+/// Files under `dir` (path order) whose name ends with `ext`, skipping `site-packages`,
+/// `__pycache__` and hidden folders.
+fn collect_files(dir: &Path, ext: Option<&str>) -> Result<Vec<PathBuf>> {
+    canon_fs::walk_files(
+        dir,
+        |d| {
+            let name = canon_fs::walk::file_name(d);
+            name != "site-packages" && name != "__pycache__" && !name.starts_with('.')
+        },
+        |f| ext.is_none_or(|e| canon_fs::walk::file_name(f).ends_with(e)),
+    )
+    .map_err(|e| io_err(&e.path, e.error))
 }
 
 /// Reads up to `max_bytes` of text from the files (in a seeded shuffled order, so a byte budget
@@ -84,8 +80,7 @@ fn read_docs(files: Vec<PathBuf>, max_bytes: usize, seed: u64) -> Vec<String> {
 
 /// The Python standard library's sources under `stdlib_dir`.
 pub fn python_stdlib(stdlib_dir: &Path, max_bytes: usize) -> Result<Corpus> {
-    let mut files = Vec::new();
-    collect_files(stdlib_dir, Some(".py"), &mut files)?;
+    let files = collect_files(stdlib_dir, Some(".py"))?;
     let docs = read_docs(files, max_bytes, 0x5eed);
     if docs.is_empty() {
         return Err(TrainError::Data(format!(
@@ -188,7 +183,7 @@ pub fn python_docs(stdlib_dir: &Path, max_bytes: usize) -> Result<Corpus> {
 pub fn text_path(path: &Path, max_bytes: usize) -> Result<Corpus> {
     let mut files = Vec::new();
     if path.is_dir() {
-        collect_files(path, None, &mut files)?;
+        files = collect_files(path, None)?;
     } else if path.is_file() {
         files.push(path.to_path_buf());
     } else {

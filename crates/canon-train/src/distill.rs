@@ -20,9 +20,10 @@
 use std::time::Instant;
 
 use candle_core::{D, DType, Tensor};
-use canon_models::bert_heads::{BertPretraining, argmax_rows, gather_rows};
+use canon_models::bert_heads::{BertPretraining, gather_rows};
 use canon_models::source::WeightSource;
 use canon_models::{BertConfig, Encoder, ModelError, VarStore};
+use canon_nn::ops::argmax_rows;
 use canon_nn::{IGNORE_INDEX, SplitMix64, masked_cross_entropy};
 
 use crate::bert_data::{MlmBatch, PairConfig, SentenceData, Specials, collate, draw_example};

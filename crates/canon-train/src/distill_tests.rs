@@ -1,7 +1,8 @@
 use super::*;
 use crate::bert_data::train_wordpiece;
+use crate::bert_pretrain::params_of;
 use crate::bert_pretrain::tests::{regular_corpus, tiny_cfg};
-use crate::bert_pretrain::{optimizer_step, params_of};
+use crate::engine::step_on_loss;
 use crate::optim::{Optimizer, OptimizerConfig};
 use candle_core::{Device, Var};
 use canon_models::bert_heads::bert_init_policy;
@@ -233,7 +234,7 @@ fn distillation_steps_reduce_the_soft_target_loss() {
     for _ in 0..30 {
         let mb = d.micro_batch(&mut rng).unwrap();
         assert_eq!(mb.extra.len(), 3);
-        optimizer_step(&mb.total, &params, &mut opt, 2e-3, Some(5.0)).unwrap();
+        step_on_loss(&mb.total, &params, &mut opt, 2e-3, Some(5.0)).unwrap();
     }
     let after = get(&d.eval_metrics().unwrap(), "eval_ce_loss");
     assert!(after < 0.7 * before, "{before} -> {after}");

@@ -42,6 +42,12 @@ pub trait Objective {
     /// The loss of training micro-batch `index` (0, 1, 2, … over the whole run, counting the
     /// micro-batches of gradient accumulation), drawing any randomness from `rng`.
     fn train_batch(&mut self, rng: &mut SplitMix64, index: u64) -> Result<BatchLoss>;
+    /// Called once at the start of every optimizer step, before its micro-batches: a hook for
+    /// constraints applied to the parameters between updates (TransE projects its entity vectors
+    /// back onto the unit sphere here).
+    fn before_step(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Held-out evaluation: `("eval_loss", x)` first, then any other metrics
     /// (`("eval_accuracy", 0.83)`); all are logged.
     fn evaluate(&mut self) -> Result<Vec<(String, f64)>>;
@@ -57,6 +63,50 @@ pub trait Objective {
     fn expert_load(&self) -> Vec<Vec<f32>> {
         Vec::new()
     }
+}
+
+/// Backward of `total`, adding each parameter's gradient into `grads` (one flat vector per
+/// parameter). A parameter that did not take part (an expert no token reached) adds nothing.
+pub fn add_grads(total: &Tensor, params: &[Param], grads: &mut [Vec<f32>]) -> Result<()> {
+    let gs = total.backward()?;
+    for (p, g) in params.iter().zip(grads.iter_mut()) {
+        if let Some(gr) = gs.get(p.var.as_tensor()) {
+            let gv: Vec<f32> = gr.flatten_all()?.to_vec1()?;
+            g.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
+        }
+    }
+    Ok(())
+}
+
+/// Clips `grads` by global norm and applies one update at `lr`; returns the norm before clipping.
+pub fn clip_and_step(
+    params: &[Param],
+    opt: &mut Optimizer,
+    mut grads: Vec<Vec<f32>>,
+    lr: f64,
+    clip: Option<f64>,
+) -> Result<f64> {
+    let norm = clip_global_norm(&mut grads, clip);
+    opt.step(params, &grads, lr)?;
+    Ok(norm)
+}
+
+/// The whole gather–clip–step for one loss outside a run (the engine's own step does the same
+/// over its accumulated micro-batches): backward, gradients gathered, clipped by global norm, one
+/// update at `lr`. Returns the gradient norm before clipping.
+pub fn step_on_loss(
+    total: &Tensor,
+    params: &[Param],
+    opt: &mut Optimizer,
+    lr: f64,
+    clip: Option<f64>,
+) -> Result<f64> {
+    let mut grads: Vec<Vec<f32>> = params
+        .iter()
+        .map(|p| vec![0f32; p.var.elem_count()])
+        .collect();
+    add_grads(total, params, &mut grads)?;
+    clip_and_step(params, opt, grads, lr, clip)
 }
 
 pub struct Engine {
@@ -134,6 +184,7 @@ impl Engine {
     /// global norm, one fused update at the scheduled learning rate.
     pub fn train_step(&mut self, obj: &mut dyn Objective) -> Result<StepReport> {
         let t0 = Instant::now();
+        obj.before_step()?;
         let acc = self.cfg.grad_accum;
         let mut grads: Vec<Vec<f32>> = self
             .params
@@ -165,25 +216,13 @@ impl Engine {
             } else {
                 l.total
             };
-            let gs = total.backward()?;
-            for (p, g) in self.params.iter().zip(grads.iter_mut()) {
-                // A parameter that did not take part (an expert no token reached) gets zero.
-                if let Some(gr) = gs.get(p.var.as_tensor()) {
-                    let gv: Vec<f32> = gr.flatten_all()?.to_vec1()?;
-                    if acc == 1 {
-                        *g = gv;
-                    } else {
-                        g.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
-                    }
-                }
-            }
+            add_grads(&total, &self.params, &mut grads)?;
         }
-        let grad_norm = clip_global_norm(&mut grads, self.cfg.grad_clip);
         let lr = self
             .cfg
             .schedule
             .lr(self.step, self.cfg.max_steps, self.cfg.lr);
-        self.opt.step(&self.params, &grads, lr)?;
+        let grad_norm = clip_and_step(&self.params, &mut self.opt, grads, lr, self.cfg.grad_clip)?;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
         Ok(StepReport {

@@ -142,47 +142,45 @@ struct Scope {
 
 /// The `.py` files under `dir` (sorted by module name), skipping test folders and `site-packages`.
 pub fn stdlib_sources(dir: &Path) -> Result<Vec<SourceFile>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) -> Result<()> {
-        let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
-        let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        entries.sort();
-        for p in entries {
-            let name = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
-            if p.is_dir() {
-                let skip = ["site-packages", "__pycache__", "test", "tests", "idle_test"];
-                if !skip.contains(&name) && !name.starts_with('.') && !name.contains('-') {
-                    walk(root, &p, out)?;
-                }
-            } else if let Some(stem) = name.strip_suffix(".py") {
-                let Ok(rel) = p.strip_prefix(root) else {
-                    continue;
-                };
-                let mut parts: Vec<String> = rel
-                    .parent()
-                    .into_iter()
-                    .flat_map(|q| q.iter())
-                    .map(|c| c.to_string_lossy().into_owned())
-                    .collect();
-                if stem != "__init__" {
-                    parts.push(stem.to_string());
-                }
-                if parts.is_empty() || parts.iter().any(|c| !is_identifier(c)) {
-                    continue;
-                }
-                // Non-UTF-8 files are skipped (a few legacy test fixtures).
-                if let Ok(text) = std::fs::read_to_string(&p) {
-                    out.push(SourceFile {
-                        module: parts.join("."),
-                        path: p.clone(),
-                        text,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
+    let files = canon_fs::walk_files(
+        dir,
+        |d| {
+            let name = canon_fs::walk::file_name(d);
+            let skip = ["site-packages", "__pycache__", "test", "tests", "idle_test"];
+            !skip.contains(&name) && !name.starts_with('.') && !name.contains('-')
+        },
+        |f| canon_fs::walk::file_name(f).ends_with(".py"),
+    )
+    .map_err(|e| io_err(&e.path, e.error))?;
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    for p in files {
+        let Some(stem) = canon_fs::walk::file_name(&p).strip_suffix(".py") else {
+            continue;
+        };
+        let Ok(rel) = p.strip_prefix(dir) else {
+            continue;
+        };
+        let mut parts: Vec<String> = rel
+            .parent()
+            .into_iter()
+            .flat_map(|q| q.iter())
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        if stem != "__init__" {
+            parts.push(stem.to_string());
+        }
+        if parts.is_empty() || parts.iter().any(|c| !is_identifier(c)) {
+            continue;
+        }
+        // Non-UTF-8 files are skipped (a few legacy test fixtures).
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            out.push(SourceFile {
+                module: parts.join("."),
+                path: p.clone(),
+                text,
+            });
+        }
+    }
     if out.is_empty() {
         return Err(TrainError::Data(format!(
             "no Python sources under {}",

@@ -235,22 +235,19 @@ pub struct Batch {
 
 /// Pads `ids` and the entity ids `ents` into a batch.
 pub fn pad_batch(rows: &[(Vec<u32>, Vec<i64>)], table: &Tensor) -> Result<Batch> {
-    let b = rows.len();
-    let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(1).max(1);
-    let (mut ids, mut mask, mut ents) = (vec![PAD; b * t], vec![0f32; b * t], vec![-1i64; b * t]);
-    for (i, (x, e)) in rows.iter().enumerate() {
-        ids[i * t..i * t + x.len()].copy_from_slice(x);
-        ents[i * t..i * t + e.len()].copy_from_slice(e);
-        mask[i * t..i * t + x.len()].fill(1.0);
-    }
     let dev = &Device::Cpu;
+    let ids: Vec<&[u32]> = rows.iter().map(|r| r.0.as_slice()).collect();
+    let ids = canon_nn::ops::pad_batch(&ids, PAD, 1);
+    let ents: Vec<&[i64]> = rows.iter().map(|r| r.1.as_slice()).collect();
+    let ents = canon_nn::ops::pad_batch(&ents, -1i64, ids.width);
+    let (b, t) = (ids.rows(), ids.width);
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (b, t), dev)?,
-        mask: Tensor::from_vec(mask, (b, t), dev)?,
-        ents: EntityInput::lookup(table, &ents, b, t)?,
+        ids: ids.ids_tensor(dev)?,
+        mask: ids.mask_tensor(1f32, 0f32, dev)?,
+        ents: EntityInput::lookup(table, &ents.ids, b, t)?,
         b,
         t,
-        tokens: rows.iter().map(|r| r.0.len()).sum(),
+        tokens: ids.lens.iter().sum(),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod tasks;
 use candle_core::{D, DType, Device, Tensor};
 use canon_models::Seq2SeqLm;
 use canon_models::t5::T5;
+use canon_nn::ops::pad_batch;
 use canon_nn::{IGNORE_INDEX, SplitMix64, masked_cross_entropy};
 use serde::{Deserialize, Serialize};
 use tokenizers::{AddedToken, Tokenizer};
@@ -136,31 +137,46 @@ pub fn collate(pairs: &[(Vec<u32>, Vec<u32>)], pad: u32, start: u32) -> Result<S
             "a batch needs at least one example with a non-empty source and target".into(),
         ));
     }
-    let (mut src, mut mask) = (vec![pad; b * s], vec![0u32; b * s]);
-    let (mut tgt_in, mut labels) = (vec![pad; b * t], vec![IGNORE_INDEX; b * t]);
-    let mut tokens = 0;
-    for (i, (x, y)) in pairs.iter().enumerate() {
-        if x.is_empty() || y.is_empty() {
-            return Err(TrainError::Data(format!(
-                "example {i} of the batch has an empty source or target"
-            )));
-        }
-        src[i * s..i * s + x.len()].copy_from_slice(x);
-        mask[i * s..i * s + x.len()].fill(1);
-        tgt_in[i * t] = start;
-        tgt_in[i * t + 1..i * t + y.len()].copy_from_slice(&y[..y.len() - 1]);
-        for (j, &id) in y.iter().enumerate() {
-            labels[i * t + j] = id as i64;
-        }
-        tokens += x.len() + y.len();
+    if let Some(i) = pairs.iter().position(|(x, y)| x.is_empty() || y.is_empty()) {
+        return Err(TrainError::Data(format!(
+            "example {i} of the batch has an empty source or target"
+        )));
     }
+    let srcs: Vec<&[u32]> = pairs.iter().map(|p| p.0.as_slice()).collect();
+    let tgts: Vec<&[u32]> = pairs.iter().map(|p| p.1.as_slice()).collect();
+    seq2seq_batch(&srcs, &tgts, pad, start)
+}
+
+/// Sources and targets (each ending with EOS, none empty) padded into one teacher-forcing batch:
+/// the one seq2seq collation (T5 and the Transformer use it).
+pub fn seq2seq_batch(
+    srcs: &[&[u32]],
+    tgts: &[&[u32]],
+    pad: u32,
+    start: u32,
+) -> Result<Seq2SeqBatch> {
     let dev = Device::Cpu;
+    let src = pad_batch(srcs, pad, 0);
+    let shifted: Vec<Vec<u32>> = tgts
+        .iter()
+        .map(|y| {
+            std::iter::once(start)
+                .chain(y[..y.len().saturating_sub(1)].iter().copied())
+                .collect()
+        })
+        .collect();
+    let tgt_in = pad_batch(&shifted, pad, 0);
+    let labels: Vec<Vec<i64>> = tgts
+        .iter()
+        .map(|y| y.iter().map(|&id| id as i64).collect())
+        .collect();
+    let labels = pad_batch(&labels, IGNORE_INDEX, 0);
     Ok(Seq2SeqBatch {
-        src: Tensor::from_vec(src, (b, s), &dev)?,
-        src_mask: Tensor::from_vec(mask, (b, s), &dev)?,
-        tgt_in: Tensor::from_vec(tgt_in, (b, t), &dev)?,
-        labels,
-        tokens,
+        src: src.ids_tensor(&dev)?,
+        src_mask: src.mask_tensor(1u32, 0u32, &dev)?,
+        tgt_in: tgt_in.ids_tensor(&dev)?,
+        labels: labels.ids,
+        tokens: src.lens.iter().sum::<usize>() + tgt_in.lens.iter().sum::<usize>(),
     })
 }
 

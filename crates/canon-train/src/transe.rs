@@ -20,9 +20,45 @@ use candle_core::{D, Device, Tensor, Var};
 use canon_nn::SplitMix64;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{BatchLoss, Engine, Objective};
 use crate::ernie_data::Triple;
-use crate::optim::{Optimizer, OptimizerConfig, Param};
-use crate::{Result, TrainError, io_err};
+use crate::optim::{OptimizerConfig, Param};
+use crate::{Result, Schedule, TrainConfig, TrainError, io_err};
+
+/// TransE's margin loss on the engine: minibatches of true triples drawn with replacement and
+/// their corrupted copies; the entity vectors are projected onto the unit sphere before each step
+/// (the engine's `before_step` hook).
+pub struct TransEObjective<'a> {
+    pub model: &'a TransE,
+    pub triples: &'a [Triple],
+    pub n_entities: usize,
+    pub batch_size: usize,
+}
+
+impl Objective for TransEObjective<'_> {
+    fn before_step(&mut self) -> Result<()> {
+        self.model.normalize_entities()
+    }
+
+    fn train_batch(&mut self, rng: &mut SplitMix64, _index: u64) -> Result<BatchLoss> {
+        let batch: Vec<Triple> = (0..self.batch_size)
+            .map(|_| self.triples[rng.below(self.triples.len())])
+            .collect();
+        let neg = TransE::corrupt(&batch, self.n_entities, rng);
+        let total = self.model.loss(&batch, &neg)?;
+        Ok(BatchLoss {
+            loss: f64::from(total.to_scalar::<f32>()?),
+            total,
+            tokens: batch.len(),
+            extra: Vec::new(),
+        })
+    }
+
+    /// TransE's held-out measure is link prediction, run by the caller after training.
+    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,7 +276,6 @@ impl TransE {
             ));
         }
         let t0 = std::time::Instant::now();
-        let n_ent = self.entities.dim(0)?;
         let params = vec![
             Param {
                 name: "entities".into(),
@@ -253,31 +288,41 @@ impl TransE {
                 decay: false,
             },
         ];
-        let mut opt = Optimizer::new(cfg.optimizer, &params);
-        let mut rng = SplitMix64::new(seed);
+        let steps = cfg.steps.max(1);
+        let train_cfg = TrainConfig {
+            batch_size: cfg.batch_size,
+            block_size: 1,
+            grad_accum: 1,
+            max_steps: cfg.steps,
+            lr: cfg.lr,
+            schedule: Schedule::Constant { warmup: 0 },
+            optimizer: cfg.optimizer,
+            grad_clip: None,
+            eval_every: steps,
+            eval_batches: 1,
+            log_every: 1,
+            checkpoint_every: steps,
+            seed,
+            z_loss: 0.0,
+            moe_aux_weight: 0.0,
+        };
+        let mut engine = Engine::new(params, train_cfg)?;
+        // Batches and corruptions are drawn from the seed's own stream.
+        engine.rng = SplitMix64::new(seed);
+        let mut obj = TransEObjective {
+            model: self,
+            triples,
+            n_entities: self.entities.dim(0)?,
+            batch_size: cfg.batch_size,
+        };
         let (mut first, mut last) = (f64::NAN, f64::NAN);
-        for step in 0..cfg.steps {
-            self.normalize_entities()?;
-            let batch: Vec<Triple> = (0..cfg.batch_size)
-                .map(|_| triples[rng.below(triples.len())])
-                .collect();
-            let neg = Self::corrupt(&batch, n_ent, &mut rng);
-            let loss = self.loss(&batch, &neg)?;
-            let l = f64::from(loss.to_scalar::<f32>()?);
-            if step == 0 {
-                first = l;
+        while engine.step < cfg.steps {
+            let r = engine.train_step(&mut obj)?;
+            if r.step == 1 {
+                first = r.loss;
             }
-            last = l;
-            on_step(step, l);
-            let g = loss.backward()?;
-            let mut grads = Vec::with_capacity(2);
-            for p in &params {
-                grads.push(match g.get(p.var.as_tensor()) {
-                    Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
-                    None => vec![0.0; p.var.elem_count()],
-                });
-            }
-            opt.step(&params, &grads, cfg.lr)?;
+            last = r.loss;
+            on_step(r.step - 1, r.loss);
         }
         self.normalize_entities()?;
         Ok(TransEReport {

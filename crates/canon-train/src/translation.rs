@@ -27,9 +27,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use canon_models::transformer::Transformer;
-use canon_nn::{IGNORE_INDEX, SplitMix64, masked_cross_entropy};
+use canon_nn::{SplitMix64, masked_cross_entropy};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -460,16 +460,8 @@ pub fn encode_pairs(
 }
 
 /// A padded batch: `src, src_mask: [b, s]`, `tgt_in: [b, t]` (`[bos] + y`, padded), and the labels
-/// `y + [eos]` flattened over `[b·t]` with `IGNORE_INDEX` at padding.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub src: Tensor,
-    pub src_mask: Tensor,
-    pub tgt_in: Tensor,
-    pub labels: Vec<i64>,
-    /// Source plus target tokens (for tokens/s).
-    pub tokens: usize,
-}
+/// `y + [eos]` flattened over `[b·t]` with `IGNORE_INDEX` at padding (T5's batch type).
+pub type Batch = crate::t5_train::Seq2SeqBatch;
 
 pub fn make_batch(items: &[&Encoded], pad: u32, bos: u32) -> Result<Batch> {
     let b = items.len();
@@ -478,29 +470,9 @@ pub fn make_batch(items: &[&Encoded], pad: u32, bos: u32) -> Result<Batch> {
     if b == 0 || s == 0 || t == 0 {
         return Err(TrainError::Data("an empty batch".into()));
     }
-    let mut src = vec![pad; b * s];
-    let mut mask = vec![0u32; b * s];
-    let mut tin = vec![pad; b * t];
-    let mut labels = vec![IGNORE_INDEX; b * t];
-    let mut tokens = 0;
-    for (i, e) in items.iter().enumerate() {
-        src[i * s..i * s + e.src.len()].copy_from_slice(&e.src);
-        mask[i * s..i * s + e.src.len()].fill(1);
-        tin[i * t] = bos;
-        tin[i * t + 1..i * t + e.tgt.len()].copy_from_slice(&e.tgt[..e.tgt.len() - 1]);
-        for (j, &y) in e.tgt.iter().enumerate() {
-            labels[i * t + j] = y as i64;
-        }
-        tokens += e.src.len() + e.tgt.len();
-    }
-    let dev = Device::Cpu;
-    Ok(Batch {
-        src: Tensor::from_vec(src, (b, s), &dev)?,
-        src_mask: Tensor::from_vec(mask, (b, s), &dev)?,
-        tgt_in: Tensor::from_vec(tin, (b, t), &dev)?,
-        labels,
-        tokens,
-    })
+    let srcs: Vec<&[u32]> = items.iter().map(|e| e.src.as_slice()).collect();
+    let tgts: Vec<&[u32]> = items.iter().map(|e| e.tgt.as_slice()).collect();
+    crate::t5_train::seq2seq_batch(&srcs, &tgts, pad, bos)
 }
 
 /// Pairs sorted by length, so that a batch of neighbours carries little padding.

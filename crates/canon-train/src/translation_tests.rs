@@ -1,10 +1,11 @@
 use super::*;
-use crate::bert_pretrain::optimizer_step;
-use crate::engine::Engine;
+use crate::engine::{Engine, step_on_loss};
 use crate::optim::{Optimizer, OptimizerConfig, Param};
 use crate::schedule::Schedule;
+use candle_core::Device;
 use canon_models::VarStore;
 use canon_models::transformer::TransformerConfig;
+use canon_nn::IGNORE_INDEX;
 
 use canon_testkit::write_mo;
 
@@ -303,7 +304,7 @@ fn a_tiny_transformer_learns_word_translation_with_adam_and_the_warmup() {
         model.set_noise(Some(rng.next_u64()));
         let (loss, _, _) = batch_loss(&model, &batch, 0.1).unwrap();
         model.set_noise(None);
-        optimizer_step(&loss, &params, &mut opt, sched.lr(step, 60, 3e-3), None).unwrap();
+        step_on_loss(&loss, &params, &mut opt, sched.lr(step, 60, 3e-3), None).unwrap();
     }
     let after = eval_loss(&model);
     assert!(before > 3.0, "untrained loss {before}");
@@ -360,7 +361,7 @@ fn copy_task(unmasked: bool, steps: usize) -> (f64, f64, f64) {
         let batch = make_batch(&refs, pad, bos).unwrap();
         let (loss, ce, _) = batch_loss(&model, &batch, 0.0).unwrap();
         last = ce;
-        optimizer_step(
+        step_on_loss(
             &loss,
             &params,
             &mut opt,

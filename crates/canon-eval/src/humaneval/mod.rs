@@ -16,7 +16,9 @@ pub mod generate;
 pub mod report;
 
 pub use generate::{GenerationOptions, generate_completions};
-pub use report::{SampleResult, Summary, check_ks, summarize, write_results};
+pub use report::{
+    SampleResult, Summary, check_ks, choose_ks, summarize, write_completions, write_results,
+};
 
 use crate::sandbox::Sandbox;
 use crate::{EvalError, Result};

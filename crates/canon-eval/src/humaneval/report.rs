@@ -75,6 +75,23 @@ pub fn check_ks<'a>(task_ids: impl IntoIterator<Item = &'a str>, ks: &[usize]) -
     check_counts(&per_task(&results), ks)
 }
 
+/// The k values of pass@k: `asked` (checked against the samples' task ids), or those of 1, 10 and
+/// 100 the samples allow.
+pub fn choose_ks(asked: &[usize], task_ids: &[&str]) -> Result<Vec<usize>> {
+    if !asked.is_empty() {
+        check_ks(task_ids.iter().copied(), asked)?;
+        return Ok(asked.to_vec());
+    }
+    let ks: Vec<usize> = [1, 10, 100]
+        .into_iter()
+        .filter(|&k| check_ks(task_ids.iter().copied(), &[k]).is_ok())
+        .collect();
+    if ks.is_empty() {
+        check_ks(task_ids.iter().copied(), &[1])?;
+    }
+    Ok(ks)
+}
+
 fn check_counts(tasks: &[(String, usize, usize)], ks: &[usize]) -> Result<()> {
     if tasks.is_empty() {
         return Err(EvalError::NoSamples);
@@ -125,8 +142,17 @@ pub fn summarize(results: &[SampleResult], ks: &[usize], seconds: f64) -> Result
 
 /// Writes one JSON line per sample, in input order, atomically.
 pub fn write_results(path: &Path, results: &[SampleResult]) -> Result<()> {
+    write_jsonl(path, results)
+}
+
+/// Writes generated samples as JSON lines (what `read_completions` reads back).
+pub fn write_completions(path: &Path, samples: &[super::Sample]) -> Result<()> {
+    write_jsonl(path, samples)
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut out = String::new();
-    for r in results {
+    for r in rows {
         let line = serde_json::to_string(r).map_err(|e| EvalError::Io {
             path: path.to_path_buf(),
             source: e.into(),

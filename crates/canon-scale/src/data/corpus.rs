@@ -59,28 +59,21 @@ pub fn sha256_hex(text: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn walk(dir: &Path, skip_site: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
-        if p.is_symlink() {
-            continue;
-        }
-        if p.is_dir() {
-            if name == "__pycache__"
+/// The `.py` files under `dir` (path order), never following a symbolic link, skipping
+/// `__pycache__`, hidden folders and (for a standard library) its `site-packages`.
+fn walk(dir: &Path, skip_site: bool) -> Result<Vec<PathBuf>> {
+    canon_fs::walk_files(
+        dir,
+        |d| {
+            let name = canon_fs::walk::file_name(d);
+            !(d.is_symlink()
+                || name == "__pycache__"
                 || name.starts_with('.')
-                || (skip_site && (name == "site-packages" || name == "dist-packages"))
-            {
-                continue;
-            }
-            walk(&p, skip_site, out)?;
-        } else if name.ends_with(".py") {
-            out.push(p);
-        }
-    }
-    Ok(())
+                || (skip_site && (name == "site-packages" || name == "dist-packages")))
+        },
+        |f| !f.is_symlink() && canon_fs::walk::file_name(f).ends_with(".py"),
+    )
+    .map_err(|e| io_err(&e.path, e.error))
 }
 
 /// Licence of a distribution from its `METADATA` text.
@@ -167,8 +160,7 @@ pub fn collect(roots: &[(PathBuf, Origin)], max_file_bytes: usize) -> Result<Cod
                 root.display()
             )));
         }
-        let mut files = Vec::new();
-        walk(root, *origin == Origin::Stdlib, &mut files)?;
+        let files = walk(root, *origin == Origin::Stdlib)?;
         let dists = match origin {
             Origin::SitePackages => distributions(root),
             Origin::Stdlib => HashMap::new(),

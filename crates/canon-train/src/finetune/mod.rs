@@ -25,10 +25,16 @@ use canon_models::{ModelConfig, VarStore, WeightMode};
 use canon_nn::{Linear, SplitMix64};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{Optimizer, OptimizerConfig, Param, clip_global_norm};
-use crate::{Result, Schedule, TrainError, io_err};
+use std::sync::atomic::AtomicBool;
 
+use crate::engine::{BatchLoss, step_on_loss};
+use crate::optim::{Optimizer, OptimizerConfig, Param};
+use crate::trainer::{Outcome, StepReport};
+use crate::{Result, TrainError, io_err};
+
+mod objective;
 mod tasks;
+pub use objective::*;
 pub use tasks::*;
 
 /// Which task head and input transformation.
@@ -320,50 +326,59 @@ impl Finetuner {
             .collect()
     }
 
-    /// One optimizer step on `batch`.
+    /// One optimizer step on `batch` (outside a run: tests and probes).
     pub fn train_step(&mut self, batch: &[&TaskExample]) -> Result<FinetuneReport> {
-        let seqs = self.inputs(batch);
-        let labels: Vec<u32> = batch.iter().map(|e| e.label).collect();
-        let (total, clf, lm) = task_loss(
-            &self.model,
-            &self.head,
-            &seqs,
-            self.kind.combine(),
-            &labels,
-            self.cfg.lambda,
-            self.pad,
-        )?;
-        let loss = total.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
+        let l = self.batch_loss(batch)?;
+        if !l.loss.is_finite() {
             return Err(TrainError::Diverged {
                 step: self.step + 1,
-                loss,
+                loss: l.loss,
             });
         }
-        let gs = total.backward()?;
-        let mut grads = Vec::with_capacity(self.params.len());
-        for p in &self.params {
-            grads.push(match gs.get(p.var.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0f32; p.var.elem_count()],
-            });
-        }
-        let grad_norm = clip_global_norm(&mut grads, self.cfg.grad_clip);
-        let lr = Schedule::Linear {
-            warmup: self.cfg.warmup,
-        }
-        .lr(self.step, self.cfg.steps, self.cfg.lr);
-        self.opt.step(&self.params, &grads, lr)?;
+        let lr = self
+            .schedule()
+            .train_config(self.base.max_seq_len)
+            .schedule
+            .lr(self.step, self.cfg.steps, self.cfg.lr);
+        let grad_norm = step_on_loss(
+            &l.total,
+            &self.params,
+            &mut self.opt,
+            lr,
+            self.cfg.grad_clip,
+        )?;
         self.step += 1;
+        let term = |k: &str| {
+            l.extra
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(f64::NAN, |e| e.1)
+        };
         Ok(FinetuneReport {
             step: self.step,
-            loss,
-            clf_loss: clf.to_scalar::<f32>()? as f64,
-            lm_loss: lm.to_scalar::<f32>()? as f64,
+            loss: l.loss,
+            clf_loss: term("clf_loss"),
+            lm_loss: term("lm_loss"),
             lr,
             grad_norm,
             eval_accuracy: None,
         })
+    }
+
+    /// The engine's view of this fine-tuner's hyper-parameters.
+    pub fn schedule(&self) -> TaskSchedule {
+        let c = &self.cfg;
+        TaskSchedule {
+            lr: c.lr,
+            steps: c.steps,
+            warmup: c.warmup,
+            batch_size: c.batch_size,
+            weight_decay: c.weight_decay,
+            grad_clip: c.grad_clip,
+            seed: c.seed,
+            eval_every: c.eval_every,
+            eval_max: c.eval_max,
+        }
     }
 
     /// Predicted class of each example.
@@ -429,49 +444,124 @@ impl Finetuner {
 
     /// Fraction of `examples` classified correctly.
     pub fn accuracy(&self, examples: &[TaskExample]) -> Result<f64> {
-        if examples.is_empty() {
-            return Err(TrainError::Data("no examples to evaluate".into()));
-        }
-        let p = self.predict(examples)?;
-        let right = p
-            .iter()
-            .zip(examples)
-            .filter(|(p, e)| **p == e.label)
-            .count();
-        Ok(right as f64 / examples.len() as f64)
+        task_accuracy(self, examples)
     }
 
-    /// `cfg.steps` steps of class-balanced batches from `train`, with held-out accuracy on `test`
-    /// every `eval_every` steps (a fixed subset of `eval_max`) and on all of `test` at the end.
-    /// Each report goes to `on_step` (and is what a caller writes to `metrics.jsonl`); returns the
-    /// final held-out accuracy.
+    /// Trains to `cfg.steps` steps on the engine with class-balanced batches from `train`,
+    /// held-out accuracy on `test` every `eval_every` steps (a fixed subset of `eval_max`) and on
+    /// all of `test` at the end. With `run.files` the engine writes metrics.jsonl, loss.png and
+    /// the checkpoint (exact resume, Ctrl-C). Returns the outcome and the final accuracy.
+    pub fn run_on_engine(
+        &mut self,
+        train: &[TaskExample],
+        test: &[TaskExample],
+        run: TaskRun<'_>,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<(Outcome, Option<f64>)> {
+        check_split("training", train, self.kind)?;
+        check_split("held-out", test, self.kind)?;
+        let sched = self.schedule();
+        let data = TaskData {
+            train,
+            test,
+            labels: self.kind.labels(),
+        };
+        let mut opt = std::mem::replace(&mut self.opt, Optimizer::new(sched.optimizer(), &[]));
+        let (mut step, mut rng) = (self.step, self.rng);
+        let state = TaskState {
+            params: &self.params,
+            opt: &mut opt,
+            step: &mut step,
+            rng: &mut rng,
+        };
+        let out = run_task(&*self, state, data, &sched, run, on_step);
+        (self.opt, self.step, self.rng) = (opt, step, rng);
+        out
+    }
+
+    /// [`Finetuner::run_on_engine`] writing nothing: each step's report goes to `on_step`;
+    /// returns the final held-out accuracy.
     pub fn run(
         &mut self,
         train: &[TaskExample],
         test: &[TaskExample],
         on_step: &mut dyn FnMut(&FinetuneReport) -> Result<()>,
     ) -> Result<f64> {
-        check_split("training", train, self.kind)?;
-        check_split("held-out", test, self.kind)?;
-        let pools = ClassBalanced::new(train, self.kind.labels())?;
-        let subset = eval_subset(test, self.cfg.eval_max);
-        let mut final_acc = None;
-        while self.step < self.cfg.steps {
-            let batch = pools.batch(&mut self.rng, self.cfg.batch_size);
-            let mut r = self.train_step(&batch)?;
-            if r.step == self.cfg.steps {
-                let a = self.accuracy(test)?;
-                final_acc = Some(a);
-                r.eval_accuracy = Some(a);
-            } else if self.cfg.eval_every > 0 && r.step % self.cfg.eval_every == 0 {
-                r.eval_accuracy = Some(self.accuracy(&subset)?);
+        let stop = AtomicBool::new(false);
+        let run = TaskRun {
+            files: None,
+            stop: &stop,
+            block_size: self.base.max_seq_len,
+        };
+        let mut failed = None;
+        let (_, acc) = self.run_on_engine(train, test, run, &mut |r| {
+            if failed.is_none() {
+                failed = on_step(&FinetuneReport::of(r)).err();
             }
-            on_step(&r)?;
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
-        match final_acc {
+        match acc {
             Some(a) => Ok(a),
             None => self.accuracy(test),
         }
+    }
+}
+
+impl FinetuneReport {
+    /// The fine-tuning view of an engine step.
+    pub fn of(r: &StepReport) -> Self {
+        let term = |k: &str| {
+            r.extra
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(f64::NAN, |e| e.1)
+        };
+        Self {
+            step: r.step,
+            loss: r.loss,
+            clf_loss: term("clf_loss"),
+            lm_loss: term("lm_loss"),
+            lr: r.lr,
+            grad_norm: r.grad_norm,
+            eval_accuracy: r
+                .eval
+                .iter()
+                .find(|(k, _)| k == "eval_accuracy")
+                .map(|e| e.1),
+        }
+    }
+}
+
+impl TaskModel for Finetuner {
+    /// `L3 = L2 + λ·L1` of `batch`, with `clf_loss` (L2) and `lm_loss` (L1) as terms.
+    fn batch_loss(&self, batch: &[&TaskExample]) -> Result<BatchLoss> {
+        let seqs = self.inputs(batch);
+        let tokens = seqs.iter().flatten().map(Vec::len).sum();
+        let labels: Vec<u32> = batch.iter().map(|e| e.label).collect();
+        let (total, clf, lm) = task_loss(
+            &self.model,
+            &self.head,
+            &seqs,
+            self.kind.combine(),
+            &labels,
+            self.cfg.lambda,
+            self.pad,
+        )?;
+        Ok(BatchLoss {
+            loss: total.to_scalar::<f32>()? as f64,
+            total,
+            tokens,
+            extra: vec![
+                ("clf_loss".into(), clf.to_scalar::<f32>()? as f64),
+                ("lm_loss".into(), lm.to_scalar::<f32>()? as f64),
+            ],
+        })
+    }
+
+    fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
+        Finetuner::predict(self, examples)
     }
 }
 

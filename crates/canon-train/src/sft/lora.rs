@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
+use canon_models::llama::{PROJECTIONS, projection_name};
 use canon_models::peft::Adapter;
 use canon_models::{CausalLm, Positions};
 use canon_nn::{Lora, SplitMix64, Weight, masked_cross_entropy};
@@ -23,22 +24,16 @@ use super::{SftExample, collate};
 use crate::optim::Param;
 use crate::{Result, TrainError};
 
-/// The module suffixes of a LLaMA block.
-pub const ALL_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The module suffixes of a LLaMA block (`q_proj` … `down_proj`), from the model's one list.
+pub fn all_targets() -> impl Iterator<Item = &'static str> {
+    PROJECTIONS.iter().map(|p| projection_name(p))
+}
 
 /// Parses `--targets`: `all`, or comma-separated names with or without `_proj` (`q,v`,
 /// `q_proj,gate_proj`).
 pub fn parse_targets(s: &str) -> Result<Vec<String>> {
     if s.trim() == "all" {
-        return Ok(ALL_TARGETS.iter().map(|t| t.to_string()).collect());
+        return Ok(all_targets().map(str::to_string).collect());
     }
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -47,7 +42,7 @@ pub fn parse_targets(s: &str) -> Result<Vec<String>> {
         } else {
             format!("{part}_proj")
         };
-        if !ALL_TARGETS.contains(&name.as_str()) {
+        if !all_targets().any(|t| t == name) {
             return Err(TrainError::Data(format!(
                 "--targets: unknown module '{part}' (expected 'all' or some of q, k, v, o, gate, \
                  up, down)"

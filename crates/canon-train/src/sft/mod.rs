@@ -261,18 +261,13 @@ fn strip_data(e: &TrainError) -> String {
 /// A batch: ids `[b, t]` padded on the right with `pad`, labels `[b·t]` (padding ignored), and the
 /// number of real tokens.
 pub fn collate(batch: &[&SftExample], pad: u32) -> (Vec<u32>, Vec<i64>, usize, usize) {
-    let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(batch.len() * t);
-    let mut labels = Vec::with_capacity(batch.len() * t);
-    let mut real = 0;
-    for e in batch {
-        real += e.ids.len();
-        ids.extend_from_slice(&e.ids);
-        ids.extend(std::iter::repeat_n(pad, t - e.ids.len()));
-        labels.extend_from_slice(&e.labels);
-        labels.extend(std::iter::repeat_n(IGNORE_INDEX, t - e.ids.len()));
-    }
-    (ids, labels, t, real)
+    let ids: Vec<&[u32]> = batch.iter().map(|e| e.ids.as_slice()).collect();
+    let ids = canon_nn::ops::pad_batch(&ids, pad, 0);
+    // Labels are as long as the ids (checked when an example is built).
+    let labels: Vec<&[i64]> = batch.iter().map(|e| e.labels.as_slice()).collect();
+    let labels = canon_nn::ops::pad_batch(&labels, IGNORE_INDEX, ids.width);
+    let real = ids.lens.iter().sum();
+    (ids.ids, labels.ids, ids.width, real)
 }
 
 /// Splits off every `k`-th example (k = round(1 / fraction)) as held-out, in file order.

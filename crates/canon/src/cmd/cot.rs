@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use canon_agent::cot::{self, Problem, Style};
+use canon_agent::cot::{self, Problem};
+use canon_agent::cot_run::{CotRun, CotSummary, run_cot, summarize};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -69,16 +70,6 @@ pub struct CotArgs {
     #[arg(long)]
     pub json: bool,
 }
-
-/// One problem's outcome: the problem, the direct answer, the greedy chain-of-thought answer, the
-/// sampled rationales' answers, and the generated texts (direct, greedy, samples...).
-type Row<'a> = (
-    &'a Problem,
-    Option<String>,
-    Option<String>,
-    Vec<Option<String>>,
-    Vec<String>,
-);
 
 fn parse_steps(s: &str) -> anyhow::Result<(usize, usize)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
@@ -163,20 +154,21 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         println!("wrote {} problems to {}", problems.len(), out.display());
         return Ok(());
     }
-    let max_m = *a.samples.iter().max().unwrap_or(&1);
-    // Requests per problem: the direct answer, the greedy chain of thought and max_m samples.
-    // Several problems go to the engine together so that small models fill its slots.
-    let per = max_m + 2;
-    let chunk = (32 / per).max(1);
+    let o = CotRun {
+        shots: a.shots,
+        samples: *a.samples.iter().max().unwrap_or(&1),
+        temperature: a.temperature,
+        max_tokens: a.max_tokens,
+        seed: a.seed,
+    };
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let engine = canon_infer::Engine::start(
         lm,
         canon_infer::EngineConfig {
-            slots: (chunk * per).min(32),
+            slots: o.engine_slots(),
             ..Default::default()
         },
     )?;
-    let tok = engine.tokenizer().clone();
     let pb = if a.json || ctx.quiet {
         ProgressBar::hidden()
     } else {
@@ -186,96 +178,24 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} problems, {elapsed} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let cot_style = if a.shots == 0 {
-        Style::ZeroShotCot
-    } else {
-        Style::FewShotCot
-    };
-    let stops = vec!["\nQ:".to_string(), "\n\n".to_string()];
-    let mut rows: Vec<Row> = Vec::new();
-    for (ci, group) in problems.chunks(chunk).enumerate() {
-        let mut reqs = Vec::new();
-        let mut push = |text: String, temperature: f32, seed: u64| -> anyhow::Result<()> {
-            let ids = tok.encode(&text, false)?;
-            let mut r = canon_infer::Request::new(ids, a.max_tokens);
-            r.sampling = canon_infer::SamplingConfig {
-                temperature,
-                seed,
-                ..Default::default()
-            };
-            r.stop = stops.clone();
-            reqs.push(r);
-            Ok(())
-        };
-        for (j, p) in group.iter().enumerate() {
-            let pi = ci * chunk + j;
-            // 0: greedy direct answer (few-shot answers only; zero-shot asks for the answer).
-            let direct = if a.shots == 0 {
-                format!("Q: {}\nA: The answer is", p.question)
-            } else {
-                cot::prompt(p, &demos, Style::FewShotDirect)
-            };
-            push(direct, 0.0, 0)?;
-            // 1: greedy chain of thought; 2..: sampled rationales.
-            let cot_prompt = cot::prompt(p, &demos, cot_style);
-            push(cot_prompt.clone(), 0.0, 0)?;
-            for s in 0..max_m {
-                push(
-                    cot_prompt.clone(),
-                    a.temperature,
-                    a.seed.wrapping_mul(1_000_003) ^ ((pi as u64) << 20) ^ s as u64,
-                )?;
-            }
-        }
-        let outs = engine.generate_batch(reqs)?;
-        let all: Vec<String> = outs.into_iter().map(|c| c.text).collect();
-        for (p, texts) in group.iter().zip(all.chunks(per)) {
-            let direct_ans = if a.shots == 0 {
-                cot::extract_answer(&format!("The answer is{}", texts[0]))
-            } else {
-                cot::extract_answer(&texts[0])
-            };
-            let greedy_ans = cot::extract_answer(&texts[1]);
-            let sampled: Vec<Option<String>> =
-                texts[2..].iter().map(|t| cot::extract_answer(t)).collect();
-            rows.push((p, direct_ans, greedy_ans, sampled, texts.to_vec()));
-            pb.inc(1);
-        }
-    }
+    let rows = run_cot(&engine, &problems, &demos, &o, &mut || pb.inc(1));
     pb.finish_and_clear();
     engine.shutdown();
-
-    let n = rows.len() as f64;
-    let acc = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count() as f64 / n;
-    let direct = acc(&|r| cot::is_correct(r.1.as_deref(), &r.0.answer));
-    let greedy = acc(&|r| cot::is_correct(r.2.as_deref(), &r.0.answer));
-    let mut ms: Vec<usize> = a.samples.clone();
-    ms.sort_unstable();
-    ms.dedup();
-    let vote: Vec<(usize, f64)> = ms
-        .iter()
-        .map(|&m| {
-            (
-                m,
-                acc(&|r| cot::is_correct(cot::majority(&r.3[..m]).as_deref(), &r.0.answer)),
-            )
-        })
-        .collect();
-    // By number of steps (generated problems know theirs).
-    let mut by_steps: std::collections::BTreeMap<usize, (usize, usize, usize)> = Default::default();
-    for r in &rows {
-        let e = by_steps.entry(r.0.steps).or_default();
-        e.0 += 1;
-        e.1 += cot::is_correct(r.1.as_deref(), &r.0.answer) as usize;
-        e.2 += cot::is_correct(r.2.as_deref(), &r.0.answer) as usize;
-    }
+    let rows = rows?;
+    let CotSummary {
+        direct,
+        greedy,
+        vote,
+        by_steps,
+    } = summarize(&rows, &a.samples);
     if a.json {
         let per: Vec<_> = rows
             .iter()
             .map(|r| {
-                json!({"question": r.0.question, "answer": r.0.answer, "steps": r.0.steps,
-                    "direct": r.1, "greedy_cot": r.2, "sampled": r.3,
-                    "vote": cot::majority(&r.3), "greedy_cot_text": r.4[1]})
+                json!({"question": r.problem.question, "answer": r.problem.answer,
+                    "steps": r.problem.steps, "direct": r.direct, "greedy_cot": r.greedy,
+                    "sampled": r.sampled, "vote": cot::majority(&r.sampled),
+                    "greedy_cot_text": r.texts[1]})
             })
             .collect();
         println!(

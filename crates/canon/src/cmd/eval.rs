@@ -164,7 +164,7 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .flat_map(|p| std::iter::repeat_n(p.task_id.as_str(), a.samples_per_task))
             .collect(),
     };
-    let ks = choose_ks(&a.k, &task_ids)?;
+    let ks = humaneval::choose_ks(&a.k, &task_ids)?;
 
     // The sandbox first: a missing interpreter should stop us before minutes of generation.
     let cfg = SandboxConfig {
@@ -211,7 +211,7 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             )?;
             pb.finish_and_clear();
             if let Some(path) = &a.save_completions {
-                write_completions(path, &s)?;
+                humaneval::write_completions(path, &s)?;
             }
             s
         }
@@ -261,31 +261,5 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("pass@{k} = {v:.4}");
         }
     }
-    Ok(())
-}
-
-/// The k values: as asked (checked against the samples), or those of 1, 10, 100 the samples allow.
-fn choose_ks(asked: &[usize], task_ids: &[&str]) -> anyhow::Result<Vec<usize>> {
-    if !asked.is_empty() {
-        humaneval::check_ks(task_ids.iter().copied(), asked)?;
-        return Ok(asked.to_vec());
-    }
-    let ks: Vec<usize> = [1, 10, 100]
-        .into_iter()
-        .filter(|&k| humaneval::check_ks(task_ids.iter().copied(), &[k]).is_ok())
-        .collect();
-    if ks.is_empty() {
-        humaneval::check_ks(task_ids.iter().copied(), &[1])?;
-    }
-    Ok(ks)
-}
-
-fn write_completions(path: &std::path::Path, samples: &[Sample]) -> anyhow::Result<()> {
-    let mut out = String::new();
-    for s in samples {
-        out.push_str(&serde_json::to_string(s)?);
-        out.push('\n');
-    }
-    canon_eval::write_atomic(path, out.as_bytes())?;
     Ok(())
 }

@@ -8,18 +8,22 @@
 //! - `choice`: which of `--choices` endings continues a snippet's first half; one
 //!   `[s] context [d] ending [e]` per candidate, softmax across them.
 //!
-//! The loss is `L2 + 0.5·L1`; `--out` receives `metrics.jsonl` (every step and the held-out
-//! accuracy), the fine-tuned weights (`finetuned.safetensors`) and `task.json`.
+//! The loss is `L2 + 0.5·L1`, trained on the shared engine: `--out` receives `metrics.jsonl` (every
+//! step and the held-out accuracy), `loss.png`, the fine-tuned weights with the optimizer state
+//! (`finetuned.safetensors`, also the Ctrl-C checkpoint; `--resume` continues) and `task.json`.
 
-use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use canon_models::family::RUN_TOKENIZER_FILE;
 use canon_train::finetune::{
-    FinetuneConfig, Finetuner, Snippet, TaskExample, TaskKind, TextExample, ending_choices,
-    majority_baseline, module_group_task, similarity_pairs,
+    FINETUNED_FILE, FinetuneConfig, FinetuneReport, Finetuner, Snippet, TaskExample, TaskKind,
+    TaskRun, TextExample, ending_choices, majority_baseline, module_group_task, similarity_pairs,
+    task_files,
 };
+use canon_train::trainer::Outcome;
 use clap::{Args, ValueEnum};
 
 use crate::Ctx;
@@ -70,6 +74,18 @@ pub struct FinetuneArgs {
     pub eval_every: u64,
     #[arg(long, default_value_t = 200)]
     pub eval_max: usize,
+    /// Continue the run in --out (after Ctrl-C, or with a larger --max-steps) from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// A flag that Ctrl-C raises (the engine then checkpoints and stops).
+pub fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,8 +123,21 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Task::Similarity => TaskKind::Similarity { classes: 2 },
         Task::Choice => TaskKind::MultipleChoice { choices: a.choices },
     };
-    let mut ft = Finetuner::from_run(&a.pretrained, kind, cfg)
-        .with_context(|| format!("cannot load the pretrained run {}", a.pretrained.display()))?;
+    let mut ft = if a.resume {
+        let ft = Finetuner::load(&a.out, cfg)
+            .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
+        if ft.kind != kind {
+            bail!(
+                "--resume: {} holds a {:?} task, not {kind:?}",
+                a.out.display(),
+                ft.kind
+            );
+        }
+        ft
+    } else {
+        Finetuner::from_run(&a.pretrained, kind, cfg)
+            .with_context(|| format!("cannot load the pretrained run {}", a.pretrained.display()))?
+    };
     let tok_path = a.pretrained.join(RUN_TOKENIZER_FILE);
     let tok = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tok_path.display()))?;
@@ -183,20 +212,17 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mpath = a.out.join("metrics.jsonl");
-    let mut mfile = std::fs::File::create(&mpath)
-        .with_context(|| format!("cannot write {}", mpath.display()))?;
+    let files = task_files(&a.out, FINETUNED_FILE);
+    let stop = ctrl_c_flag()?;
     let quiet = ctx.quiet;
-    let acc = ft.run(&train, &test, &mut |r| {
-        let line = serde_json::to_string(r).map_err(|e| canon_train::TrainError::Io {
-            path: mpath.display().to_string(),
-            message: e.to_string(),
-        })?;
-        writeln!(mfile, "{line}").map_err(|e| canon_train::TrainError::Io {
-            path: mpath.display().to_string(),
-            message: e.to_string(),
-        })?;
-        if !quiet && (r.step % 10 == 0 || r.eval_accuracy.is_some()) {
+    let run = TaskRun {
+        files: Some(&files),
+        stop: &stop,
+        block_size: ft.base.max_seq_len,
+    };
+    let (outcome, acc) = ft.run_on_engine(&train, &test, run, &mut |r| {
+        let r = FinetuneReport::of(r);
+        if !quiet && (r.step.is_multiple_of(10) || r.eval_accuracy.is_some()) {
             eprintln!(
                 "canon: step {} loss {:.4} (clf {:.4}, lm {:.4}){}",
                 r.step,
@@ -209,13 +235,24 @@ pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 ))
             );
         }
-        Ok(())
     })?;
     ft.save(&a.out)
         .with_context(|| format!("cannot save the fine-tuned model in {}", a.out.display()))?;
+    if outcome == Outcome::Interrupted {
+        println!(
+            "interrupted: checkpoint at step {} in {}; continue with the same command and --resume",
+            ft.step,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let acc = match acc {
+        Some(x) => x,
+        None => ft.accuracy(&test)?,
+    };
     println!(
-        "held-out accuracy {:.1} % on {} examples (majority-class baseline {:.1} %); metrics and \
-         fine-tuned weights in {}",
+        "held-out accuracy {:.1} % on {} examples (majority-class baseline {:.1} %); metrics, \
+         loss.png and fine-tuned weights in {}",
         100.0 * acc,
         test.len(),
         100.0 * baseline,

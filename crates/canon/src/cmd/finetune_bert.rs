@@ -4,16 +4,23 @@
 //! from, held out by file). `--from-scratch` trains the same architecture without the pretrained
 //! weights (the baseline pre-training should beat).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use canon_train::bert_finetune::{BertFinetuneConfig, BertFinetuner};
+use canon_train::bert_finetune::{BertFinetuneConfig, BertFinetuneReport, BertFinetuner};
 use canon_train::bert_pretrain::open_pretrained;
-use canon_train::finetune::{Snippet, TaskExample, majority_baseline, module_group_task};
+use canon_train::finetune::{
+    Snippet, TaskExample, TaskRun, majority_baseline, module_group_task, task_files,
+};
+use canon_train::trainer::Outcome;
 use clap::Args;
 
 use crate::Ctx;
+use crate::cmd::finetune::ctrl_c_flag;
+
+/// The classifier's weights, optimizer state, step and data order in `--out` (the Ctrl-C
+/// checkpoint; `--resume` continues from it).
+const CHECKPOINT_FILE: &str = "classifier.safetensors";
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -24,7 +31,7 @@ pub struct FinetuneBertArgs {
     /// A BERT run folder, `minilm`, or an HF BERT folder.
     #[arg(long, value_name = "RUN_DIR|minilm|DIR")]
     pub model: String,
-    /// Folder for metrics.jsonl.
+    /// Folder for metrics.jsonl, loss.png and the checkpoint.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// The task (only `stdlib-groups` for now).
@@ -58,6 +65,9 @@ pub struct FinetuneBertArgs {
     /// Ignore the pretrained weights (same architecture and vocabulary, random initialisation).
     #[arg(long)]
     pub from_scratch: bool,
+    /// Continue the run in --out (after Ctrl-C, or with a larger --max-steps) from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -138,19 +148,22 @@ pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ));
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let mpath = a.out.join("metrics.jsonl");
-    let mut mfile = std::fs::File::create(&mpath)
-        .with_context(|| format!("cannot write {}", mpath.display()))?;
+    let files = task_files(&a.out, CHECKPOINT_FILE);
+    if a.resume {
+        ft.resume(&files.checkpoint)
+            .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
+    }
+    let stop = ctrl_c_flag()?;
     let quiet = ctx.quiet;
     let t0 = std::time::Instant::now();
-    let acc = ft.run(&train, &test, &mut |r| {
-        let io = |e: String| canon_train::TrainError::Io {
-            path: mpath.display().to_string(),
-            message: e,
-        };
-        let line = serde_json::to_string(r).map_err(|e| io(e.to_string()))?;
-        writeln!(mfile, "{line}").map_err(|e| io(e.to_string()))?;
-        if !quiet && (r.step % 10 == 0 || r.eval_accuracy.is_some()) {
+    let run = TaskRun {
+        files: Some(&files),
+        stop: &stop,
+        block_size: a.max_len,
+    };
+    let (outcome, acc) = ft.run_on_engine(&train, &test, run, &mut |r| {
+        let r = BertFinetuneReport::of(r);
+        if !quiet && (r.step.is_multiple_of(10) || r.eval_accuracy.is_some()) {
             eprintln!(
                 "canon: step {} loss {:.4}{}",
                 r.step,
@@ -161,15 +174,26 @@ pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 ))
             );
         }
-        Ok(())
     })?;
+    if outcome == Outcome::Interrupted {
+        println!(
+            "interrupted: checkpoint at step {} in {}; continue with the same command and --resume",
+            ft.step,
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let acc = match acc {
+        Some(x) => x,
+        None => ft.accuracy(&test)?,
+    };
     println!(
         "held-out accuracy {:.1} % on {} snippets (majority-class baseline {:.1} %); {:.0} s; metrics in {}",
         100.0 * acc,
         test.len(),
         100.0 * baseline,
         t0.elapsed().as_secs_f64(),
-        mpath.display()
+        files.metrics.display()
     );
     Ok(())
 }

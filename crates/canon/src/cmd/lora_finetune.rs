@@ -22,25 +22,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use canon_models::{ModelSpec, WeightMode};
-use canon_train::sft::lora::{LoraSpec, SftObjective, attach, parse_targets, requantize_nf4};
-use canon_train::sft::{load_examples, split_held_out};
+use canon_runs::lora::{
+    Method, Prepared, RunOptions, RunSettings, SETTINGS_FILE, prepare, read_settings,
+};
+use canon_train::sft::lora::parse_targets;
 use canon_train::trainer::RunFiles;
-use canon_train::{Engine, OptimizerConfig, Outcome, Schedule, StepReport, TrainConfig};
+use canon_train::{Engine, Outcome, StepReport};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use super::write_atomic;
 use crate::Ctx;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
     /// Adapters over the frozen base (the file's format; f32 with --f32).
     Lora,
     /// Adapters over the base re-quantized to NF4 (double quantization).
     Qlora,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Lora => Method::Lora,
+            MethodArg::Qlora => Method::Qlora,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -58,7 +66,7 @@ pub struct LoraFinetuneArgs {
     /// 2) and classifier (a BERT run or MiniLM as a classifier, paper 3); see `canon finetune
     /// --method gpt1-heads --help` and `canon finetune --method classifier --help`.
     #[arg(long, value_enum, default_value = "lora")]
-    pub method: Method,
+    pub method: MethodArg,
     /// Base model: an alias (smollm2), a .gguf file or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
@@ -124,37 +132,6 @@ pub struct LoraFinetuneArgs {
     pub seed: u64,
 }
 
-/// The settings of a run, written to `finetune.json`; a resume reads them back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSettings {
-    pub method: Method,
-    pub model: String,
-    pub data: PathBuf,
-    pub eval_data: Option<PathBuf>,
-    pub val_fraction: f64,
-    pub rank: usize,
-    pub alpha: f64,
-    pub targets: Vec<String>,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub max_len: usize,
-    pub grad_clip: f64,
-    pub seed: u64,
-    #[serde(default)]
-    pub dropout: f64,
-    /// `--method lora` with the base dequantized to f32 at load (`--f32`); runs written before
-    /// this field existed had an f32 base.
-    #[serde(default = "yes")]
-    pub f32_base: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-pub const SETTINGS_FILE: &str = "finetune.json";
-
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -170,19 +147,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     };
     let (dir, settings, resuming) = match &a.resume {
-        Some(dir) => {
-            let p = dir.join(SETTINGS_FILE);
-            let text = std::fs::read_to_string(&p).with_context(|| {
-                format!(
-                    "--resume {}: cannot read {} (not a `canon finetune` run folder)",
-                    dir.display(),
-                    p.display()
-                )
-            })?;
-            let s: RunSettings = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid run settings", p.display()))?;
-            (dir.clone(), s, true)
-        }
+        Some(dir) => (dir.clone(), read_settings(dir)?, true),
         None => {
             let dir = a.out.clone().context("--out is required")?;
             if dir.join(SETTINGS_FILE).exists() {
@@ -193,14 +158,14 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 );
             }
             let targets = parse_targets(a.targets.as_deref().unwrap_or(match a.method {
-                Method::Lora => "q,v",
-                Method::Qlora => "all",
+                MethodArg::Lora => "q,v",
+                MethodArg::Qlora => "all",
             }))?;
             if a.rank == 0 {
                 bail!("--rank 0: a LoRA rank must be at least 1");
             }
             let s = RunSettings {
-                method: a.method,
+                method: a.method.into(),
                 model: a.model.clone(),
                 data: a.data.clone().context("--data is required")?,
                 eval_data: a.eval_data.clone(),
@@ -227,123 +192,22 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    if settings.batch_size == 0 || settings.grad_accum == 0 {
-        bail!("--batch-size and --grad-accum must be positive");
-    }
-    if a.eval_every == 0 || a.checkpoint_every == 0 {
-        bail!("--eval-every and --checkpoint-every must be positive");
-    }
-    if !(settings.lr > 0.0 && settings.lr.is_finite()) {
-        bail!("--lr must be positive, found {}", settings.lr);
-    }
-
-    // The base model.
-    let t0 = Instant::now();
-    let spec = ModelSpec::parse(&settings.model)?;
-    let mode = match settings.method {
-        Method::Lora if settings.f32_base => WeightMode::DequantizeF32,
-        Method::Lora | Method::Qlora => WeightMode::KeepQuantized,
-    };
-    let mut lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
-        .with_context(|| format!("cannot load model '{}'", settings.model))?;
-    let base_name = lm.path.display().to_string();
-    if settings.method == Method::Qlora {
-        let bytes = requantize_nf4(lm.model.as_mut())?;
-        say(format!(
-            "QLoRA: {} linear layers re-quantized to NF4 with double quantization ({:.1} MB)",
-            lm.model.linear_names().len(),
-            bytes as f64 / 1e6
-        ));
-    }
-    let lora_spec = LoraSpec {
-        rank: settings.rank,
-        alpha: settings.alpha,
-        targets: settings.targets.clone(),
-        seed: settings.seed,
-        dropout: settings.dropout,
-    };
-    let set = attach(lm.model.as_mut(), &lora_spec)?;
-    if a.checkpointing {
-        if settings.dropout > 0.0 {
-            bail!(
-                "--checkpointing cannot replay LoRA dropout: expected --dropout 0, found {}",
-                settings.dropout
-            );
-        }
-        lm.model.set_checkpointing(true)?;
-    }
-    say(format!(
-        "{} on {} ({:.1} s to load): {} adapted layers ({}), rank {}, α {}, {} trainable parameters",
-        match settings.method {
-            Method::Lora => "LoRA",
-            Method::Qlora => "QLoRA",
-        },
-        lm.name,
-        t0.elapsed().as_secs_f64(),
-        set.modules.len(),
-        settings.targets.join(","),
-        settings.rank,
-        settings.alpha,
-        set.num_params()
-    ));
-
-    // The data.
-    let tmpl = lm.chat_template.as_ref();
-    let (records, dropped) = load_examples(&settings.data, &lm.tokenizer, tmpl, settings.max_len)?;
-    let (train, eval) = match &settings.eval_data {
-        Some(p) => (
-            records,
-            load_examples(p, &lm.tokenizer, tmpl, settings.max_len)?.0,
-        ),
-        None => split_held_out(records, settings.val_fraction)?,
-    };
-    let targets: usize = train.iter().map(|e| e.targets()).sum();
-    say(format!(
-        "{} training records ({} target tokens), {} held-out{}",
-        train.len(),
-        targets,
-        eval.len(),
-        if dropped > 0 {
-            format!("; {dropped} records dropped (no target within --max-len)")
-        } else {
-            String::new()
-        }
-    ));
-    let pad = lm.tokenizer.pad_id.or(lm.tokenizer.eos_id).unwrap_or(0);
-    let mut obj = SftObjective {
-        model: lm.model,
-        lora: set,
-        train,
-        eval,
-        batch_size: settings.batch_size,
-        pad,
-        eval_batches: a.eval_batches,
-    };
-    let cfg = TrainConfig {
-        batch_size: settings.batch_size,
-        block_size: settings.max_len,
-        grad_accum: settings.grad_accum,
+    let opts = RunOptions {
         max_steps: a.max_steps,
-        lr: settings.lr,
-        // QLoRA's recipe: constant rate after a 3 % warmup, no weight decay, clipped gradients.
-        schedule: Schedule::Constant {
-            warmup: (a.max_steps * 3 / 100).max(1),
-        },
-        optimizer: OptimizerConfig::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-        grad_clip: Some(settings.grad_clip),
         eval_every: a.eval_every,
-        eval_batches: a.eval_batches.max(1),
-        log_every: 1,
+        eval_batches: a.eval_batches,
         checkpoint_every: a.checkpoint_every,
-        seed: settings.seed,
-        z_loss: 0.0,
-        moe_aux_weight: 0.0,
+        checkpointing: a.checkpointing,
     };
+    let Prepared {
+        mut obj,
+        cfg,
+        base_name,
+        notes,
+    } = prepare(&settings, &opts, ctx.progress())?;
+    for n in notes {
+        say(n);
+    }
     let mut engine = Engine::new(obj.lora.params(), cfg)?;
     let files = RunFiles::in_dir(&dir);
     if resuming {

@@ -3,10 +3,11 @@
 //! the prediction. Records are JSON lines `{"prompt", "options": [...], "answer"}` (what `canon flan
 //! build --eval-out` writes). The prompt runs once; each option continues its KV cache.
 
+use canon_nn::ops::{log_softmax, log_softmax_last};
 use std::path::PathBuf;
 
 use anyhow::bail;
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use canon_models::{Cache, CausalLm, Positions};
 use canon_train::instruct::rank_classify;
 use clap::Args;
@@ -93,13 +94,6 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<EvalRec>> {
     Ok(out)
 }
 
-fn log_softmax_row(logits: &Tensor) -> anyhow::Result<Vec<f32>> {
-    let l = logits.flatten_all()?.to_vec1::<f32>()?;
-    let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let z = l.iter().map(|x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
-    Ok(l.into_iter().map(|x| x - z).collect())
-}
-
 /// Per option, the log-probabilities of its tokens after `prompt`.
 pub fn option_logprobs(
     model: &dyn CausalLm,
@@ -109,7 +103,8 @@ pub fn option_logprobs(
     let ids =
         |v: &[u32]| -> anyhow::Result<Tensor> { Ok(Tensor::new(v, &Device::Cpu)?.unsqueeze(0)?) };
     let mut cache: Cache = model.new_cache();
-    let first = log_softmax_row(&model.forward(&ids(prompt)?, &mut cache, Positions::Last)?)?;
+    let last = model.forward(&ids(prompt)?, &mut cache, Positions::Last)?;
+    let first = log_softmax(&last.flatten_all()?.to_vec1::<f32>()?);
     let n = prompt.len();
     let mut out = Vec::with_capacity(options.len());
     for o in options {
@@ -120,7 +115,7 @@ pub fn option_logprobs(
         if o.len() > 1 {
             let logits = model.forward(&ids(&o[..o.len() - 1])?, &mut cache, Positions::All)?;
             let rows = logits.squeeze(0)?; // [len − 1, V]
-            let lsm = candle_nn_log_softmax(&rows)?;
+            let lsm = log_softmax_last(&rows)?.to_vec2::<f32>()?;
             for (k, &tok) in o[1..].iter().enumerate() {
                 lp.push(lsm[k][tok as usize] as f64);
             }
@@ -131,13 +126,6 @@ pub fn option_logprobs(
         out.push(lp);
     }
     Ok(out)
-}
-
-fn candle_nn_log_softmax(rows: &Tensor) -> anyhow::Result<Vec<Vec<f32>>> {
-    let m = rows.max_keepdim(D::Minus1)?;
-    let s = rows.broadcast_sub(&m)?;
-    let z = s.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(s.broadcast_sub(&z)?.to_vec2::<f32>()?)
 }
 
 pub fn run(a: ZeroShotArgs, ctx: &Ctx) -> anyhow::Result<()> {
