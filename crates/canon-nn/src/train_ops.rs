@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 mod flash;
+mod sgemm;
 pub use flash::{TrainMask, flash_attention, flash_attention_bias, padding_keep};
 
 pub(crate) fn slice<'a>(
@@ -70,6 +71,16 @@ pub(crate) fn mm(
         && (m - 1) * ars + (k - 1) * acs < a.len()
         && (k - 1) * brs + (n - 1) * bcs < b.len();
     assert!(inside, "mm: a product out of bounds");
+    if own_kernel() {
+        let threads = match par {
+            gemm::Parallelism::Rayon(n) => n.max(1),
+            _ => 1,
+        };
+        // SAFETY: AVX-512F is present (`own_kernel`), every index lies inside its slice (checked
+        // above) and `m, n, k ≥ 1`.
+        unsafe { sgemm::sgemm((m, n, k), c, ldc, acc, (a, ars, acs), (b, brs, bcs), alpha, threads) };
+        return;
+    }
     // SAFETY: every element read or written lies inside its slice (checked above); `c` does not
     // alias `a` or `b` (a unique borrow).
     unsafe {
@@ -95,6 +106,38 @@ pub(crate) fn mm(
             par,
         )
     }
+}
+
+/// Whether `mm` runs the own AVX-512 product (`sgemm`): on CPUs with AVX-512F unless the
+/// environment sets `CANON_GEMM=crate` (the `gemm` crate everywhere, for comparisons).
+fn own_kernel() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| {
+        sgemm::available() && std::env::var("CANON_GEMM").map_or(true, |v| v != "crate")
+    })
+}
+
+/// `mm` for benches: `c[m×n] = (c if acc) + alpha · A B` over strided row-major operands, on the
+/// product the training ops use, split over `threads` rayon tasks. Panics if an operand is too
+/// short for its shape and strides.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn bench_mm(
+    mnk: (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    alpha: f32,
+    threads: usize,
+) {
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    mm(mnk, c, ldc, acc, a, b, alpha, par)
 }
 
 /// The `gemm` crate's thread setting for one large product: rayon's pool when it has threads.
