@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every matrix product of one nanoGPT training step's linears, alone, in PyTorch (its BLAS), on
 the same shapes and operand layouts as `cargo run --release -p canon-nn --example gemm_roofline`:
-`y = x Wᵀ`, `dx = g W`, `dW = gᵀ x`. Prints median milliseconds and GFLOP/s per product.
+`y = x Wᵀ`, `dx = g W`, `dW = gᵀ x` (1 thread: the thread's CPU time; more: wall clock). Prints median milliseconds and GFLOP/s per product.
 
     ~/.cache/canon-peers/venv/bin/python bench/gemm_roofline_torch.py --threads 2
 """
@@ -29,9 +29,11 @@ for name, o, i in [("qkv", 1152, 384), ("attn out", 384, 384), ("fc1", 1536, 384
                         ("dW=gtx", lambda: torch.mm(g.t(), x, out=dw))]:
             ts = []
             for _ in range(a.reps + 1):
-                t = time.perf_counter()
+                # One thread runs on this thread: its CPU time is steadier on a shared machine.
+                clock = time.thread_time if th == 1 else time.perf_counter
+                t = clock()
                 f()
-                ts.append(time.perf_counter() - t)
+                ts.append(clock() - t)
             med = statistics.median(ts[1:])
             total[th] += med
             line += f"  {what} {med * 1e3:.2f} ms {flop / med / 1e9:.0f} GF/s"

@@ -1,6 +1,7 @@
 //! Every matrix product of one nanoGPT training step's linears, alone, on the `gemm` crate exactly as
 //! the training ops call it (`y = x Wᵀ`, `dx = g W`, `dW = gᵀ x`, row-major operands read through
-//! strides, no copies), at 1 and at the given thread count. Prints median milliseconds and GFLOP/s
+//! strides, no copies), at 1 and at the given thread count (1 thread: CPU time of the thread; more:
+//! wall-clock time). `ROOFLINE=canon` runs the training ops' own product instead of the crate. Prints median milliseconds and GFLOP/s
 //! per product, for comparison with `bench/gemm_roofline_torch.py` (PyTorch's BLAS, same shapes).
 //!
 //! ```sh
@@ -55,6 +56,15 @@ fn mm(
     }
 }
 
+/// Nanoseconds this thread has run on a CPU (Linux `schedstat`), or 0 where unavailable: on a
+/// machine shared with other work, single-thread CPU time is steadier than wall-clock time.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
@@ -103,8 +113,19 @@ fn main() {
                 let mut ts = Vec::new();
                 for _ in 0..reps + 1 {
                     let t = Instant::now();
-                    pool.install(&mut run);
-                    ts.push(t.elapsed().as_secs_f64());
+                    let c0 = thread_cpu_ns();
+                    if th == 1 {
+                        run();
+                    } else {
+                        pool.install(&mut run);
+                    }
+                    let cpu = (thread_cpu_ns() - c0) as f64 * 1e-9;
+                    // One thread: its CPU time (wall time if schedstat is missing).
+                    ts.push(if th == 1 && cpu > 0.0 {
+                        cpu
+                    } else {
+                        t.elapsed().as_secs_f64()
+                    });
                 }
                 ts.remove(0);
                 ts.sort_by(f64::total_cmp);

@@ -230,6 +230,17 @@ unsafe fn pack_a(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: us
                 *d = alpha * s;
             }
         }
+    } else if a.cs == 1 {
+        // Row-major A: walk the `mr` rows side by side, so every write is sequential and each
+        // row is read as one stream.
+        let rows: [*const f32; MR] =
+            std::array::from_fn(|i| a.ptr.wrapping_add((ir + i.min(mr - 1)) * a.rs + pc));
+        for (l, d) in ap.chunks_exact_mut(MR).enumerate() {
+            for (d, r) in d.iter_mut().zip(&rows).take(mr) {
+                // SAFETY: each of the first `mr` rows, column `pc + l` (`l < kc`), lies inside A.
+                *d = alpha * unsafe { r.wrapping_add(l).read() };
+            }
+        }
     } else {
         for i in 0..mr {
             let row = (ir + i) * a.rs;
