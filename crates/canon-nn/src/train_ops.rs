@@ -71,7 +71,9 @@ pub(crate) fn mm(
         && (m - 1) * ars + (k - 1) * acs < a.len()
         && (k - 1) * brs + (n - 1) * bcs < b.len();
     assert!(inside, "mm: a product out of bounds");
-    if own_kernel() {
+    // Skinny products (a LoRA adapter's rank-8 side) would fill a fraction of the 14 × 32 tile:
+    // they stay on the crate.
+    if own_kernel() && m >= sgemm::MR && n >= sgemm::NR {
         let threads = match par {
             gemm::Parallelism::Rayon(n) => n.max(1),
             _ => 1,

@@ -19,8 +19,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-const MR: usize = 14;
-const NR: usize = 32;
+pub(crate) const MR: usize = 14;
+pub(crate) const NR: usize = 32;
 const KC: usize = 256;
 const NC: usize = 1536;
 
@@ -133,9 +133,14 @@ pub(crate) unsafe fn sgemm(
             let panels = nc.div_ceil(NR);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let bp = lines(bbuf, panels * NR * kc);
+                let bp = &mut lines(bbuf, panels * NR * kc)[..panels * NR * kc];
                 // SAFETY: the caller keeps every index of B inside `b`.
-                unsafe { pack_b(bp, bm, pc, kc, jc, nc) };
+                let pack = |(p, dst): (usize, &mut [f32])| unsafe { pack_b(dst, p, bm, pc, kc, jc, nc) };
+                if threads == 1 {
+                    bp.chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                } else {
+                    bp.par_chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                }
                 let bp: &[f32] = bp;
                 let load = acc || pc > 0;
                 let body = |t: usize| {
@@ -177,35 +182,31 @@ pub(crate) unsafe fn sgemm(
     });
 }
 
-/// Packs `B[pc .. pc+kc, jc .. jc+nc]` into panels of `NR` columns, `bp[panel][p][j]`, the
+/// Packs panel `p` of `B[pc .. pc+kc, jc .. jc+nc]` (columns `jc + p·NR ..`) as `dst[l][j]`, the
 /// columns past `nc` zero.
 ///
 /// # Safety
 /// Every element named lies inside the operand.
-unsafe fn pack_b(bp: &mut [f32], b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
-    for (p, jr) in (0..nc).step_by(NR).enumerate() {
-        let nr = NR.min(nc - jr);
-        let dst = &mut bp[p * NR * kc..(p + 1) * NR * kc];
-        if b.cs == 1 {
+unsafe fn pack_b(dst: &mut [f32], p: usize, b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let jr = p * NR;
+    let nr = NR.min(nc - jr);
+    if b.cs == 1 {
+        for (l, row) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+            // SAFETY: row `pc + l`, columns `jc + jr ..+ nr` lie inside B (caller).
+            let src =
+                unsafe { std::slice::from_raw_parts(b.ptr.add((pc + l) * b.rs + jc + jr), nr) };
+            row[..nr].copy_from_slice(src);
+            row[nr..].fill(0.0);
+        }
+    } else {
+        if nr < NR {
+            dst.fill(0.0);
+        }
+        for j in 0..nr {
+            let col = (jc + jr + j) * b.cs;
             for l in 0..kc {
-                // SAFETY: row `pc + l`, columns `jc + jr ..+ nr` lie inside B (caller).
-                let src = unsafe {
-                    std::slice::from_raw_parts(b.ptr.add((pc + l) * b.rs + jc + jr), nr)
-                };
-                let row = &mut dst[l * NR..(l + 1) * NR];
-                row[..nr].copy_from_slice(src);
-                row[nr..].fill(0.0);
-            }
-        } else {
-            if nr < NR {
-                dst.fill(0.0);
-            }
-            for j in 0..nr {
-                let col = (jc + jr + j) * b.cs;
-                for l in 0..kc {
-                    // SAFETY: as above.
-                    dst[l * NR + j] = unsafe { *b.ptr.add((pc + l) * b.rs + col) };
-                }
+                // SAFETY: as above.
+                dst[l * NR + j] = unsafe { *b.ptr.add((pc + l) * b.rs + col) };
             }
         }
     }
