@@ -1,7 +1,8 @@
 //! Every matrix product of one nanoGPT training step's linears, alone, on the `gemm` crate exactly as
 //! the training ops call it (`y = x Wᵀ`, `dx = g W`, `dW = gᵀ x`, row-major operands read through
 //! strides, no copies), at 1 and at the given thread count (1 thread: CPU time of the thread; more:
-//! wall-clock time). `ROOFLINE=canon` runs the training ops' own product instead of the crate. Prints median milliseconds and GFLOP/s
+//! wall-clock time). `ROOFLINE=canon` runs the training ops' own f32 product (`CANON_GEMM=own`)
+//! instead of the crate, `ROOFLINE=bf16` their bf16 product (`vdpbf16ps`, f32 accumulation). Prints median milliseconds and GFLOP/s
 //! per product, for comparison with `bench/gemm_roofline_torch.py` (PyTorch's BLAS, same shapes).
 //!
 //! ```sh
@@ -22,7 +23,7 @@ fn mm(
     assert!((m - 1) * ldc + n <= c.len());
     assert!((m - 1) * ars + (k - 1) * acs < a.len());
     assert!((k - 1) * brs + (n - 1) * bcs < b.len());
-    if std::env::var("ROOFLINE").is_ok_and(|v| v == "canon") {
+    if std::env::var("ROOFLINE").is_ok_and(|v| v == "canon" || v == "bf16") {
         let th = match par {
             gemm::Parallelism::Rayon(t) => t,
             _ => 1,
@@ -69,6 +70,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
+    if std::env::var("ROOFLINE").is_ok_and(|v| v == "bf16") {
+        if let Err(e) = canon_nn::train_ops::set_bf16_products(true) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

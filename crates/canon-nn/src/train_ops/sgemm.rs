@@ -45,6 +45,18 @@ thread_local! {
     static PACK_B: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether this CPU can run the bf16 product (AVX-512F and AVX512_BF16's `vdpbf16ps`).
+pub(crate) fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU can run the product (AVX-512F; std caches the CPUID answer).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -107,6 +119,7 @@ pub(crate) unsafe fn sgemm(
     (b, brs, bcs): (&[f32], usize, usize),
     alpha: f32,
     threads: usize,
+    bf16: bool,
 ) {
     let am = Mat {
         ptr: a.as_ptr(),
@@ -133,24 +146,36 @@ pub(crate) unsafe fn sgemm(
             let panels = nc.div_ceil(NR);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let bp = &mut lines(bbuf, panels * NR * kc)[..panels * NR * kc];
-                // SAFETY: the caller keeps every index of B inside `b`.
-                let pack = |(p, dst): (usize, &mut [f32])| unsafe { pack_b(dst, p, bm, pc, kc, jc, nc) };
+                // Packed `k` steps: bf16 panels hold two `k` values per 32-bit slot.
+                let ks = if bf16 { kc.div_ceil(2) } else { kc };
+                let bp = &mut lines(bbuf, panels * NR * ks)[..panels * NR * ks];
+                let pack = |(p, dst): (usize, &mut [f32])| {
+                    if bf16 {
+                        pack_b_bf16(dst, p, bm, pc, kc, jc, nc)
+                    } else {
+                        // SAFETY: the caller keeps every index of B inside `b`.
+                        unsafe { pack_b(dst, p, bm, pc, kc, jc, nc) }
+                    }
+                };
                 if threads == 1 {
-                    bp.chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                    bp.chunks_exact_mut(NR * ks).enumerate().for_each(pack);
                 } else {
-                    bp.par_chunks_exact_mut(NR * kc).enumerate().for_each(pack);
+                    bp.par_chunks_exact_mut(NR * ks).enumerate().for_each(pack);
                 }
                 let bp: &[f32] = bp;
                 let load = acc || pc > 0;
                 let body = |t: usize| {
                     let (r0, r1) = (t * per * MR, ((t + 1) * per * MR).min(m));
                     PACK_A.with_borrow_mut(|abuf| {
-                        let ap = lines(abuf, MR * kc);
+                        let ap = lines(abuf, MR * ks);
                         for ir in (r0..r1).step_by(MR) {
                             let mr = MR.min(m - ir);
-                            // SAFETY: the caller keeps every index of A inside `a`.
-                            unsafe { pack_a(ap, am, ir, mr, pc, kc, alpha) };
+                            if bf16 {
+                                pack_a_bf16(ap, am, ir, mr, pc, kc, alpha);
+                            } else {
+                                // SAFETY: the caller keeps every index of A inside `a`.
+                                unsafe { pack_a(ap, am, ir, mr, pc, kc, alpha) };
+                            }
                             for (p, jr) in (0..nc).step_by(NR).enumerate() {
                                 let nr = NR.min(nc - jr);
                                 // SAFETY: AVX-512F checked by the caller; the tile
@@ -158,9 +183,10 @@ pub(crate) unsafe fn sgemm(
                                 // (caller's bounds) and belongs to this thread's rows.
                                 unsafe {
                                     tile(
-                                        kc,
+                                        ks,
+                                        bf16,
                                         ap.as_ptr(),
-                                        bp.as_ptr().add(p * NR * kc),
+                                        bp.as_ptr().add(p * NR * ks),
                                         out.at(ir * ldc + jc + jr),
                                         ldc,
                                         mr,
@@ -253,6 +279,58 @@ unsafe fn pack_a(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: us
     }
 }
 
+/// `x` rounded to bfloat16 (to nearest, ties to even), as `vcvtneps2bf16` rounds.
+fn bf16_bits(x: f32) -> u32 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return (u >> 16) | 0x40;
+    }
+    u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16
+}
+
+/// Two consecutive `k` values as one 32-bit slot of a bf16 panel (the lower half first), stored in
+/// an f32 buffer by its bits.
+fn bf16_pair(lo: f32, hi: f32) -> f32 {
+    f32::from_bits(bf16_bits(lo) | (bf16_bits(hi) << 16))
+}
+
+/// `pack_b` for the bf16 kernel: `dst[l/2][j]` holds `B[pc+l, j]` and `B[pc+l+1, j]` (the second
+/// zero past `kc`).
+fn pack_b_bf16(dst: &mut [f32], p: usize, b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let jr = p * NR;
+    let nr = NR.min(nc - jr);
+    // SAFETY: row `pc + l` (`l < kc`), column `jc + jr + j` (`j < nr`) lies inside B (the
+    // caller's bounds, as for `pack_b`).
+    let at = |l: usize, j: usize| unsafe { *b.ptr.add((pc + l) * b.rs + (jc + jr + j) * b.cs) };
+    for (l2, row) in dst.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
+        let l = 2 * l2;
+        for (j, d) in row.iter_mut().enumerate() {
+            *d = if j >= nr {
+                0.0
+            } else {
+                bf16_pair(at(l, j), if l + 1 < kc { at(l + 1, j) } else { 0.0 })
+            };
+        }
+    }
+}
+
+/// `pack_a` for the bf16 kernel: `ap[l/2][i]` holds `alpha · A[i, pc+l]` and `alpha · A[i, pc+l+1]`.
+fn pack_a_bf16(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: usize, alpha: f32) {
+    // SAFETY: row `ir + i` (`i < mr`), column `pc + l` (`l < kc`) lies inside A (the caller's
+    // bounds, as for `pack_a`).
+    let at = |i: usize, l: usize| alpha * unsafe { *a.ptr.add((ir + i) * a.rs + (pc + l) * a.cs) };
+    for (l2, d) in ap.chunks_exact_mut(MR).take(kc.div_ceil(2)).enumerate() {
+        let l = 2 * l2;
+        for (i, d) in d.iter_mut().enumerate() {
+            *d = if i >= mr {
+                0.0
+            } else {
+                bf16_pair(at(i, l), if l + 1 < kc { at(i, l + 1) } else { 0.0 })
+            };
+        }
+    }
+}
+
 /// One `mr × nr` tile of `C` (`mr ≤ MR`, `nr ≤ NR`): the full micro-kernel straight into `C` when
 /// the tile is whole, else into a scratch tile whose valid part is added.
 ///
@@ -261,6 +339,7 @@ unsafe fn pack_a(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: us
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     kc: usize,
+    bf16: bool,
     ap: *const f32,
     bp: *const f32,
     c: *mut f32,
@@ -269,14 +348,22 @@ unsafe fn tile(
     nr: usize,
     load: bool,
 ) {
+    let run = |c: *mut f32, ldc: usize, load: bool| {
+        // SAFETY: forwarded from the caller (bf16 panels only when the CPU has AVX512_BF16).
+        unsafe {
+            if bf16 {
+                kernel_bf16(kc, ap, bp, c, ldc, load)
+            } else {
+                kernel(kc, ap, bp, c, ldc, load)
+            }
+        }
+    };
     if mr == MR && nr == NR {
-        // SAFETY: forwarded from the caller.
-        unsafe { kernel(kc, ap, bp, c, ldc, load) };
+        run(c, ldc, load);
         return;
     }
     let mut t = [0f32; MR * NR];
-    // SAFETY: `t` is a whole `MR × NR` tile.
-    unsafe { kernel(kc, ap, bp, t.as_mut_ptr(), NR, false) };
+    run(t.as_mut_ptr(), NR, false);
     for i in 0..mr {
         for j in 0..nr {
             // SAFETY: `(i, j)` lies inside the tile, inside `c` (caller).
@@ -328,6 +415,67 @@ unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: us
             _mm512_storeu_ps(row.wrapping_add(16), v1);
         }
     }
+}
+
+/// The bf16 micro-kernel: `ks` packed steps of two `k` values each, `vdpbf16ps` accumulating
+/// both products of a pair into f32: `C = (C if load) + Σ ap[p] ⊗ bp[p]`.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; `ap` holds `MR · ks` and `bp` `NR · ks` slots; `c` a whole `MR × NR`
+/// tile with rows `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel_bf16(
+    ks: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (ap.cast::<i32>(), bp);
+    for _ in 0..ks {
+        // SAFETY: `a` and `b` stay inside their panels for `ks` steps (caller).
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.wrapping_add(16)));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let ai: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(a.wrapping_add(i).read_unaligned()));
+                r[0] = _mm512_dpbf16_ps(r[0], ai, b0);
+                r[1] = _mm512_dpbf16_ps(r[1], ai, b1);
+            }
+        }
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(NR);
+    }
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: row `i` of the tile lies inside `c` (caller).
+        unsafe {
+            let row = c.wrapping_add(i * ldc);
+            let (mut v0, mut v1) = (r[0], r[1]);
+            if load {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(row));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(row.wrapping_add(16)));
+            }
+            _mm512_storeu_ps(row, v0);
+            _mm512_storeu_ps(row.wrapping_add(16), v1);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_bf16(
+    _ks: usize,
+    _ap: *const f32,
+    _bp: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _load: bool,
+) {
+    unreachable!("sgemm: bf16 products exist on x86-64 only")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -417,6 +565,7 @@ mod tests {
                                 (&b, brs, bcs),
                                 alpha,
                                 threads,
+                                false,
                             )
                         });
                         // The gaps between rows (ldc > n) are never written.
@@ -432,6 +581,63 @@ mod tests {
                     }
                     assert_eq!(outs[0], outs[1], "{m}x{n}x{k}: thread count changed the bits");
                 }
+            }
+        }
+    }
+
+    /// The bf16 product equals an f64 product of the operands rounded to bfloat16 (each product
+    /// of two bf16 values is exact in f32; only the f32 sums differ), on every edge and layout,
+    /// odd depths included; and it stays within bf16 rounding of the f32 product.
+    #[test]
+    fn bf16_product_is_the_product_of_the_rounded_operands() {
+        if !bf16_available() {
+            eprintln!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        let round = |x: f32| f32::from_bits(bf16_bits(x) << 16);
+        assert_eq!(round(1.0), 1.0);
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0); // a tie rounds to even
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        let mut seed = 11u64;
+        for &(m, n, k) in &[(14, 32, 1), (15, 33, 257), (29, 65, 300), (64, 40, 64), (100, 1537, 9)] {
+            for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                let a = rnd(m * k, &mut seed);
+                let b = rnd(k * n, &mut seed);
+                let (ars, acs) = if ta { (1, m) } else { (k, 1) };
+                let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
+                let alpha = 0.5f32;
+                let (mut want, mut full) = (vec![0f32; m * n], vec![0f32; m * n]);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut s, mut f) = (0f64, 0f64);
+                        for l in 0..k {
+                            let (x, y) = (alpha * a[i * ars + l * acs], b[l * brs + j * bcs]);
+                            s += round(x) as f64 * round(y) as f64;
+                            f += x as f64 * y as f64;
+                        }
+                        want[i * n + j] = s as f32;
+                        full[i * n + j] = f as f32;
+                    }
+                }
+                let mut c = vec![0f32; m * n];
+                // SAFETY: AVX512_BF16 checked above; the operands hold every index named.
+                unsafe {
+                    sgemm(
+                        (m, n, k),
+                        &mut c,
+                        n,
+                        false,
+                        (&a, ars, acs),
+                        (&b, brs, bcs),
+                        alpha,
+                        1,
+                        true,
+                    )
+                };
+                assert_close_f32(&c, &want, Tol::F32);
+                // Against the unrounded product: bf16 keeps 8 bits, |error| ≤ ~2^-8 of the terms.
+                let scale = 0.25 * alpha * (k as f32).sqrt();
+                assert_close_f32(&c, &full, Tol::new(0.02 * scale as f64, 0.0));
             }
         }
     }
