@@ -28,7 +28,16 @@ fn mm(
             gemm::Parallelism::Rayon(t) => t,
             _ => 1,
         };
-        canon_nn::train_ops::bench_mm((m, n, k), c, ldc, false, (a, ars, acs), (b, brs, bcs), 1.0, th);
+        canon_nn::train_ops::bench_mm(
+            (m, n, k),
+            c,
+            ldc,
+            false,
+            (a, ars, acs),
+            (b, brs, bcs),
+            1.0,
+            th,
+        );
         return;
     }
     // SAFETY: the asserts above keep every access inside its slice; `c` is a unique borrow.

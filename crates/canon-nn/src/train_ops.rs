@@ -131,9 +131,7 @@ pub(crate) fn mm(
 /// the default; the own kernel is the base of the bf16 products.
 fn own_kernel() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OWN.get_or_init(|| {
-        sgemm::available() && std::env::var("CANON_GEMM").is_ok_and(|v| v == "own")
-    })
+    *OWN.get_or_init(|| sgemm::available() && std::env::var("CANON_GEMM").is_ok_and(|v| v == "own"))
 }
 
 static BF16: AtomicBool = AtomicBool::new(false);

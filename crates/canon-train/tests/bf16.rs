@@ -76,9 +76,7 @@ fn run(d: &TokenData, steps: u64, seed: u64, bf16: bool) -> (Vec<f64>, f64) {
         moe_aux_weight: 0.0,
     };
     let mut t = Trainer::new(&model(d.vocab_size), cfg).unwrap();
-    let losses = (0..steps)
-        .map(|_| t.train_step(d).unwrap().loss)
-        .collect();
+    let losses = (0..steps).map(|_| t.train_step(d).unwrap().loss).collect();
     let eval = t.evaluate(d, 16).unwrap();
     set_bf16_products(false).unwrap();
     (losses, eval)
@@ -105,10 +103,17 @@ fn bf16_products_follow_the_f32_loss_curve() {
     // The switch is live: rounding the operands changes the arithmetic.
     assert_ne!(f32_losses, bf_losses);
     for (i, (a, b)) in f32_losses.iter().zip(&bf_losses).enumerate() {
-        assert!((a - b).abs() <= 0.02 * a, "step {}: f32 {a} vs bf16 {b}", i + 1);
+        assert!(
+            (a - b).abs() <= 0.02 * a,
+            "step {}: f32 {a} vs bf16 {b}",
+            i + 1
+        );
     }
     assert!(f32_losses[29] < f32_losses[0] - 0.5, "{f32_losses:?}");
-    assert!((f32_eval - bf_eval).abs() <= 0.02 * f32_eval, "held-out {f32_eval} vs {bf_eval}");
+    assert!(
+        (f32_eval - bf_eval).abs() <= 0.02 * f32_eval,
+        "held-out {f32_eval} vs {bf_eval}"
+    );
 }
 
 /// The claim over 200 steps and three seeds: the held-out loss with bf16 products is within 2 % of
@@ -129,9 +134,17 @@ fn bf16_products_match_f32_over_200_steps_and_three_seeds() {
             "seed {seed}: train loss f32 {:.4} bf16 {:.4}, held-out f32 {fe:.4} bf16 {be:.4}",
             fl[199], bl[199]
         );
-        assert!((fe - be).abs() <= 0.02 * fe, "seed {seed}: held-out {fe} vs {be}");
+        assert!(
+            (fe - be).abs() <= 0.02 * fe,
+            "seed {seed}: held-out {fe} vs {be}"
+        );
         fs += fe;
         bs += be;
     }
-    assert!((fs - bs).abs() <= 0.01 * fs, "mean held-out {} vs {}", fs / 3.0, bs / 3.0);
+    assert!(
+        (fs - bs).abs() <= 0.01 * fs,
+        "mean held-out {} vs {}",
+        fs / 3.0,
+        bs / 3.0
+    );
 }

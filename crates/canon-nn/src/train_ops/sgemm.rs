@@ -251,8 +251,7 @@ unsafe fn pack_a(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: us
     if a.rs == 1 {
         for l in 0..kc {
             // SAFETY: column `pc + l`, rows `ir ..+ mr` lie inside A (caller).
-            let src =
-                unsafe { std::slice::from_raw_parts(a.ptr.add((pc + l) * a.cs + ir), mr) };
+            let src = unsafe { std::slice::from_raw_parts(a.ptr.add((pc + l) * a.cs + ir), mr) };
             for (d, s) in ap[l * MR..l * MR + mr].iter_mut().zip(src) {
                 *d = alpha * s;
             }
@@ -369,7 +368,11 @@ unsafe fn tile(
             // SAFETY: `(i, j)` lies inside the tile, inside `c` (caller).
             unsafe {
                 let d = c.add(i * ldc + j);
-                *d = if load { *d + t[i * NR + j] } else { t[i * NR + j] };
+                *d = if load {
+                    *d + t[i * NR + j]
+                } else {
+                    t[i * NR + j]
+                };
             }
         }
     }
@@ -570,7 +573,10 @@ mod tests {
                         });
                         // The gaps between rows (ldc > n) are never written.
                         for i in 0..m.saturating_sub(1) {
-                            assert_eq!(&c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc]);
+                            assert_eq!(
+                                &c[i * ldc + n..(i + 1) * ldc],
+                                &c0[i * ldc + n..(i + 1) * ldc]
+                            );
                         }
                         let (got, exp): (Vec<f32>, Vec<f32>) = (0..m)
                             .flat_map(|i| (0..n).map(move |j| i * ldc + j))
@@ -579,7 +585,10 @@ mod tests {
                         assert_close_f32(&got, &exp, Tol::F32);
                         outs.push(c);
                     }
-                    assert_eq!(outs[0], outs[1], "{m}x{n}x{k}: thread count changed the bits");
+                    assert_eq!(
+                        outs[0], outs[1],
+                        "{m}x{n}x{k}: thread count changed the bits"
+                    );
                 }
             }
         }
@@ -599,7 +608,13 @@ mod tests {
         assert_eq!(round(1.0 + 1.0 / 256.0), 1.0); // a tie rounds to even
         assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
         let mut seed = 11u64;
-        for &(m, n, k) in &[(14, 32, 1), (15, 33, 257), (29, 65, 300), (64, 40, 64), (100, 1537, 9)] {
+        for &(m, n, k) in &[
+            (14, 32, 1),
+            (15, 33, 257),
+            (29, 65, 300),
+            (64, 40, 64),
+            (100, 1537, 9),
+        ] {
             for (ta, tb) in [(false, false), (true, true), (false, true)] {
                 let a = rnd(m * k, &mut seed);
                 let b = rnd(k * n, &mut seed);
