@@ -79,11 +79,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let reps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
-    if std::env::var("ROOFLINE").is_ok_and(|v| v == "bf16") {
-        if let Err(e) = canon_nn::train_ops::set_bf16_products(true) {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
+    if std::env::var("ROOFLINE").is_ok_and(|v| v == "bf16")
+        && let Err(e) = canon_nn::train_ops::set_bf16_products(true)
+    {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
