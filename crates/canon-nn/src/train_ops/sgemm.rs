@@ -357,10 +357,17 @@ unsafe fn pairs_across(
         _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb))
     };
     for t in 0..pairs {
-        let (lo, hi) = (src.wrapping_add(2 * t * step), src.wrapping_add((2 * t + 1) * step));
+        let (lo, hi) = (
+            src.wrapping_add(2 * t * step),
+            src.wrapping_add((2 * t + 1) * step),
+        );
         for c in (0..w).step_by(16) {
             let lanes = (w - c).min(16);
-            let m: __mmask16 = if lanes == 16 { 0xffff } else { (1 << lanes) - 1 };
+            let m: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1 << lanes) - 1
+            };
             // SAFETY: lanes `c ..c+lanes` of both rows lie inside the source, and slots
             // `t·w + c ..+lanes` inside `dst` (caller).
             unsafe {
