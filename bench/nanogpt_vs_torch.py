@@ -41,18 +41,18 @@ def child_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def canon_cpu_per_step(canon, cfg_text, steps, threads, warmup):
+def canon_cpu_per_step(canon, cfg_text, steps, threads, warmup, extra=()):
     """CPU seconds per training step: two runs (warmup steps, then warmup + steps) differ by
     `steps` steps and share the start-up. Less sensitive to other processes than wall time."""
     c0 = child_cpu()
-    run_canon(canon, cfg_text, warmup, threads, 0)
+    run_canon(canon, cfg_text, warmup, threads, 0, extra)
     c1 = child_cpu()
-    run_canon(canon, cfg_text, warmup + steps, threads, 0)
+    run_canon(canon, cfg_text, warmup + steps, threads, 0, extra)
     c2 = child_cpu()
     return ((c2 - c1) - (c1 - c0)) / steps
 
 
-def run_canon(canon, cfg_text, steps, threads, warmup):
+def run_canon(canon, cfg_text, steps, threads, warmup, extra=()):
     with tempfile.TemporaryDirectory() as tmp:
         # Log every step; evaluate only at the end (not timed as a training step).
         text = re.sub(r"(?m)^log_every\s*=.*$", "log_every = 1", cfg_text)
@@ -63,7 +63,7 @@ def run_canon(canon, cfg_text, steps, threads, warmup):
         cfg.write_text(text)
         out = Path(tmp) / "run"
         cmd = [str(canon), "--threads", str(threads), "-q", "train", "--config", str(cfg),
-               "--stop-at", str(steps), "--out", str(out)]
+               "--stop-at", str(steps), "--out", str(out), *extra]
         subprocess.run(cmd, check=True)
         lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
         vocab = json.loads((out / "model.json").read_text())["vocab_size"]
@@ -173,6 +173,9 @@ def main():
                     help="also measure CPU seconds per step (robust on a loaded machine; meaningful at 1 thread)")
     ap.add_argument("--before", type=Path,
                     help="a second canon binary (e.g. the build before a change), timed in the same run")
+    ap.add_argument("--canon-args", default="",
+                    help="extra arguments for the --canon binary's `canon train` only, e.g. "
+                         "--canon-args=--bf16 (with --before the same binary: f32 against bf16)")
     ap.add_argument("--torch-profile", action="store_true",
                     help="print PyTorch's profiler table (2 extra steps, by self CPU time)")
     a = ap.parse_args()
@@ -180,7 +183,8 @@ def main():
     if not a.canon.is_file():
         sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
     text, cfg = read_config(a.config)
-    c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup)
+    extra = a.canon_args.split()
+    c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup, extra)
     t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
     b_tps = b_loss = None
     if a.before:
@@ -189,7 +193,7 @@ def main():
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
           f"batch {cfg['train']['batch_size']} x block {cfg['train']['block_size']}, {a.threads} threads, "
           f"{a.steps} steps ({a.warmup} warm-up skipped)")
-    print(f"canon   median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
+    print(f"canon {' '.join(extra)} median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
     print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
     print(f"ratio canon/pytorch = {cm / tm:.2f}")
     if b_tps:
@@ -198,7 +202,7 @@ def main():
               f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}")
     if a.cpu_time:
         n = max(a.steps // 2, 3)
-        c_cpu = canon_cpu_per_step(a.canon, text, n, a.threads, a.warmup)
+        c_cpu = canon_cpu_per_step(a.canon, text, n, a.threads, a.warmup, extra)
         line = f"CPU s/step: canon {c_cpu:.3f}, pytorch {t_cpu:.3f} (ratio pytorch/canon {t_cpu / c_cpu:.2f})"
         if a.before:
             b_cpu = canon_cpu_per_step(a.before, text, n, a.threads, a.warmup)

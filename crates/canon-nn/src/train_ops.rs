@@ -14,10 +14,13 @@
 //! Every kernel takes contiguous f32 on the CPU (inputs are made contiguous first); they are checked
 //! against the composed ops and by finite differences below.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 mod flash;
+mod sgemm;
 pub use flash::{TrainMask, flash_attention, flash_attention_bias, padding_keep};
 
 pub(crate) fn slice<'a>(
@@ -70,6 +73,31 @@ pub(crate) fn mm(
         && (m - 1) * ars + (k - 1) * acs < a.len()
         && (k - 1) * brs + (n - 1) * bcs < b.len();
     assert!(inside, "mm: a product out of bounds");
+    // Skinny products (a LoRA adapter's rank-8 side) would fill a fraction of the 14 × 32 tile:
+    // they stay on the crate, in f32.
+    let bf16 = BF16.load(Ordering::Relaxed);
+    if (bf16 || own_kernel()) && m >= sgemm::MR && n >= sgemm::NR {
+        let threads = match par {
+            gemm::Parallelism::Rayon(n) => n.max(1),
+            _ => 1,
+        };
+        // SAFETY: AVX-512F (and AVX512_BF16 when `bf16`: `set_bf16_products` checked it) is
+        // present, every index lies inside its slice (checked above) and `m, n, k ≥ 1`.
+        unsafe {
+            sgemm::sgemm(
+                (m, n, k),
+                c,
+                ldc,
+                acc,
+                (a, ars, acs),
+                (b, brs, bcs),
+                alpha,
+                threads,
+                bf16,
+            )
+        };
+        return;
+    }
     // SAFETY: every element read or written lies inside its slice (checked above); `c` does not
     // alias `a` or `b` (a unique borrow).
     unsafe {
@@ -95,6 +123,64 @@ pub(crate) fn mm(
             par,
         )
     }
+}
+
+/// Whether `mm` runs the own AVX-512 f32 product (`sgemm`) instead of the `gemm` crate: only when
+/// the environment sets `CANON_GEMM=own` on a CPU with AVX-512F. Measured on the training step's
+/// products (`examples/gemm_roofline.rs`), the crate is as fast in a release build, so it stays
+/// the default; the own kernel is the base of the bf16 products.
+fn own_kernel() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| sgemm::available() && std::env::var("CANON_GEMM").is_ok_and(|v| v == "own"))
+}
+
+static BF16: AtomicBool = AtomicBool::new(false);
+
+/// Mixed precision for training: when on, every product of the training ops with at least 14 rows
+/// and 32 columns (the linears forward and backward, the tiled attention, LoRA's base) rounds its
+/// operands to bfloat16 and accumulates in f32 with AVX512_BF16's `vdpbf16ps`; outputs, weights,
+/// gradients and the optimizer stay f32. Process-wide. Refused on CPUs without AVX512_BF16.
+pub fn set_bf16_products(on: bool) -> std::result::Result<(), Bf16Unsupported> {
+    if on && !sgemm::bf16_available() {
+        return Err(Bf16Unsupported);
+    }
+    BF16.store(on, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the training products run in bf16 (`set_bf16_products`).
+pub fn bf16_products() -> bool {
+    BF16.load(Ordering::Relaxed)
+}
+
+/// `set_bf16_products(true)` on a CPU without the instructions.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "bf16 products need a CPU with AVX-512F and AVX512_BF16 (vdpbf16ps); this one lacks them: train in f32"
+)]
+pub struct Bf16Unsupported;
+
+/// `mm` for benches: `c[m×n] = (c if acc) + alpha · A B` over strided row-major operands, on the
+/// product the training ops use, split over `threads` rayon tasks. Panics if an operand is too
+/// short for its shape and strides.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn bench_mm(
+    mnk: (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    alpha: f32,
+    threads: usize,
+) {
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    mm(mnk, c, ldc, acc, a, b, alpha, par)
 }
 
 /// The `gemm` crate's thread setting for one large product: rayon's pool when it has threads.

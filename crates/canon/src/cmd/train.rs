@@ -19,6 +19,7 @@ use crate::Ctx;
 #[command(after_help = "Examples:
   canon train --config configs/gpt2.toml --out runs/gpt2
   canon train --config configs/nanogpt-bench.toml --max-steps 50 --threads 2 --out /tmp/bench
+  canon train --config configs/nanogpt-bench.toml --bf16 --max-steps 200 --out /tmp/bench-bf16
   canon train --resume runs/gpt2 --max-steps 4000
   canon generate --model runs/gpt2 --prompt \"def \" --max-tokens 200")]
 pub struct TrainArgs {
@@ -40,12 +41,20 @@ pub struct TrainArgs {
     /// Seed for initialisation and data order (overrides train.seed; new runs only).
     #[arg(long, conflicts_with = "resume")]
     pub seed: Option<u64>,
+    /// Mixed precision: the matrix products round their operands to bfloat16 and accumulate in
+    /// f32 (AVX512_BF16's vdpbf16ps); weights, gradients and AdamW stay f32. Off by default;
+    /// refused on CPUs without the instructions. Give it again on --resume to continue alike.
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 /// The Python standard library's folder (used by the commands that read it as data).
 pub(crate) use canon_runs::python_stdlib_dir;
 
 pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    if a.bf16 {
+        canon_nn::train_ops::set_bf16_products(true)?;
+    }
     let (dir, config_path, mut value, resuming) = match (&a.resume, &a.config, &a.out) {
         (Some(dir), _, _) => {
             let run = RunDir::new(dir);
@@ -122,9 +131,14 @@ fn drive(
         say(format!("resumed at step {}", engine.step));
     }
     say(format!(
-        "{} parameters, {} threads",
+        "{} parameters, {} threads{}",
         engine.num_params(),
-        ctx.threads
+        ctx.threads,
+        if canon_nn::train_ops::bf16_products() {
+            ", bf16 products"
+        } else {
+            ""
+        }
     ));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,792 @@
+//! An f32 matrix product for the training ops on AVX-512 CPUs: `C = (C if acc) + alpha · A B` with
+//! both operands read through arbitrary row/column strides (so `x Wᵀ`, `g W` and `gᵀ x` need no
+//! transposed copies), in the layered manner of BLIS (Van Zee & van de Geijn, 2015):
+//!
+//! - `B` is packed once per block of `KC` rows × `NC` columns into panels of `NR = 32` columns
+//!   (`KC × 32`, each `k` step one 128-byte row), shared by every thread;
+//! - each thread takes a contiguous range of `C`'s rows, packs `A` by `MR = 14` rows at a time
+//!   (`KC × 14`, scaled by `alpha`, small enough for L1) and runs the 14 × 32 micro-kernel
+//!   (28 accumulators in `zmm` registers, one broadcast and two FMAs per accumulator pair and
+//!   `k`) across all the block's `B` panels, which stream from L2;
+//! - edge tiles (fewer than 14 rows or 32 columns) are computed whole on zero-padded panels into
+//!   a scratch tile and only their valid part is added to `C`.
+//!
+//! Every element of `C` is summed in the same order (by `KC` blocks, `k` ascending inside one)
+//! whatever the number of threads, so results do not depend on the thread count. Callers check
+//! that the CPU has AVX-512F (`available`) and that every index lies inside the slices.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+pub(crate) const MR: usize = 14;
+pub(crate) const NR: usize = 32;
+const KC: usize = 256;
+const NC: usize = 1536;
+
+/// A 64-byte aligned block of 16 floats: packed panels start on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A reusable aligned buffer of at least `len` floats.
+fn lines(buf: &mut Vec<Line>, len: usize) -> &mut [f32] {
+    let n = len.div_ceil(16);
+    if buf.len() < n {
+        buf.resize(n, Line([0.0; 16]));
+    }
+    // SAFETY: `Line` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64), so `n`
+    // lines are `16 n` contiguous, initialised floats.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), n * 16) }
+}
+
+thread_local! {
+    static PACK_A: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether this CPU can run the bf16 product (AVX-512F and AVX512_BF16's `vdpbf16ps`).
+pub(crate) fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU can run the product (AVX-512F; std caches the CPUID answer).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A strided read-only operand: element `(i, j)` at `ptr[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
+/// The output's base pointer, shared by the threads that write disjoint row ranges of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+impl Out {
+    /// The output pointer moved by `off` elements (through a method, so closures capture the
+    /// whole `Send` wrapper rather than its raw field).
+    ///
+    /// # Safety
+    /// `off` lies inside the output.
+    unsafe fn at(self, off: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.add(off) }
+    }
+}
+
+// SAFETY: the operands are only read, and each thread writes its own rows of the output.
+unsafe impl Send for Mat {}
+// SAFETY: as above.
+unsafe impl Sync for Mat {}
+// SAFETY: as above.
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+
+/// `c[m×n]` (rows `ldc` apart) `= (c if acc) + alpha · A B` with `A[m×k]` element `(i, l)` at
+/// `a[i·ars + l·acs]` and `B[k×n]` element `(l, j)` at `b[l·brs + j·bcs]`, split over `threads`
+/// rayon tasks by rows of `C`.
+///
+/// # Safety
+/// The CPU must have AVX-512F (`available()`); every index the shapes and strides name must lie
+/// inside its slice; `m, n, k ≥ 1`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    (a, ars, acs): (&[f32], usize, usize),
+    (b, brs, bcs): (&[f32], usize, usize),
+    alpha: f32,
+    threads: usize,
+    bf16: bool,
+) {
+    let am = Mat {
+        ptr: a.as_ptr(),
+        rs: ars,
+        cs: acs,
+    };
+    let bm = Mat {
+        ptr: b.as_ptr(),
+        rs: brs,
+        cs: bcs,
+    };
+    let out = Out(c.as_mut_ptr());
+    let tiles = m.div_ceil(MR);
+    // Below ~2 M multiply-adds a thread per half costs more than it saves.
+    let threads = if m * n * k < (1 << 21) {
+        1
+    } else {
+        threads.clamp(1, tiles)
+    };
+    let per = tiles.div_ceil(threads);
+    PACK_B.with_borrow_mut(|bbuf| {
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let panels = nc.div_ceil(NR);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                // Packed `k` steps: bf16 panels hold two `k` values per 32-bit slot.
+                let ks = if bf16 { kc.div_ceil(2) } else { kc };
+                let bp = &mut lines(bbuf, panels * NR * ks)[..panels * NR * ks];
+                let pack = |(p, dst): (usize, &mut [f32])| {
+                    if bf16 {
+                        pack_b_bf16(dst, p, bm, pc, kc, jc, nc)
+                    } else {
+                        // SAFETY: the caller keeps every index of B inside `b`.
+                        unsafe { pack_b(dst, p, bm, pc, kc, jc, nc) }
+                    }
+                };
+                if threads == 1 {
+                    bp.chunks_exact_mut(NR * ks).enumerate().for_each(pack);
+                } else {
+                    bp.par_chunks_exact_mut(NR * ks).enumerate().for_each(pack);
+                }
+                let bp: &[f32] = bp;
+                let load = acc || pc > 0;
+                let body = |t: usize| {
+                    let (r0, r1) = (t * per * MR, ((t + 1) * per * MR).min(m));
+                    PACK_A.with_borrow_mut(|abuf| {
+                        let ap = lines(abuf, MR * ks);
+                        for ir in (r0..r1).step_by(MR) {
+                            let mr = MR.min(m - ir);
+                            if bf16 {
+                                pack_a_bf16(ap, am, ir, mr, pc, kc, alpha);
+                            } else {
+                                // SAFETY: the caller keeps every index of A inside `a`.
+                                unsafe { pack_a(ap, am, ir, mr, pc, kc, alpha) };
+                            }
+                            for (p, jr) in (0..nc).step_by(NR).enumerate() {
+                                let nr = NR.min(nc - jr);
+                                // SAFETY: AVX-512F checked by the caller; the tile
+                                // `[ir, ir + mr) × [jc + jr, jc + jr + nr)` lies inside `c`
+                                // (caller's bounds) and belongs to this thread's rows.
+                                unsafe {
+                                    tile(
+                                        ks,
+                                        bf16,
+                                        ap.as_ptr(),
+                                        bp.as_ptr().add(p * NR * ks),
+                                        out.at(ir * ldc + jc + jr),
+                                        ldc,
+                                        mr,
+                                        nr,
+                                        load,
+                                    )
+                                };
+                            }
+                        }
+                    });
+                };
+                if threads == 1 {
+                    body(0);
+                } else {
+                    (0..threads).into_par_iter().for_each(body);
+                }
+            }
+        }
+    });
+}
+
+/// Packs panel `p` of `B[pc .. pc+kc, jc .. jc+nc]` (columns `jc + p·NR ..`) as `dst[l][j]`, the
+/// columns past `nc` zero.
+///
+/// # Safety
+/// Every element named lies inside the operand.
+unsafe fn pack_b(dst: &mut [f32], p: usize, b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let jr = p * NR;
+    let nr = NR.min(nc - jr);
+    if b.cs == 1 {
+        for (l, row) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+            // SAFETY: row `pc + l`, columns `jc + jr ..+ nr` lie inside B (caller).
+            let src =
+                unsafe { std::slice::from_raw_parts(b.ptr.add((pc + l) * b.rs + jc + jr), nr) };
+            row[..nr].copy_from_slice(src);
+            row[nr..].fill(0.0);
+        }
+    } else {
+        if nr < NR {
+            dst.fill(0.0);
+        }
+        for j in 0..nr {
+            let col = (jc + jr + j) * b.cs;
+            for l in 0..kc {
+                // SAFETY: as above.
+                dst[l * NR + j] = unsafe { *b.ptr.add((pc + l) * b.rs + col) };
+            }
+        }
+    }
+}
+
+/// Packs `alpha · A[ir .. ir+mr, pc .. pc+kc]` as `ap[p][i]` (`MR` per `k` step, rows past `mr`
+/// zero).
+///
+/// # Safety
+/// Every element named lies inside the operand.
+unsafe fn pack_a(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: usize, alpha: f32) {
+    let ap = &mut ap[..MR * kc];
+    if mr < MR {
+        ap.fill(0.0);
+    }
+    if a.rs == 1 {
+        for l in 0..kc {
+            // SAFETY: column `pc + l`, rows `ir ..+ mr` lie inside A (caller).
+            let src = unsafe { std::slice::from_raw_parts(a.ptr.add((pc + l) * a.cs + ir), mr) };
+            for (d, s) in ap[l * MR..l * MR + mr].iter_mut().zip(src) {
+                *d = alpha * s;
+            }
+        }
+    } else if a.cs == 1 {
+        // Row-major A: walk the `mr` rows side by side, so every write is sequential and each
+        // row is read as one stream.
+        let rows: [*const f32; MR] =
+            std::array::from_fn(|i| a.ptr.wrapping_add((ir + i.min(mr - 1)) * a.rs + pc));
+        for (l, d) in ap.chunks_exact_mut(MR).enumerate() {
+            for (d, r) in d.iter_mut().zip(&rows).take(mr) {
+                // SAFETY: each of the first `mr` rows, column `pc + l` (`l < kc`), lies inside A.
+                *d = alpha * unsafe { r.wrapping_add(l).read() };
+            }
+        }
+    } else {
+        for i in 0..mr {
+            let row = (ir + i) * a.rs;
+            for l in 0..kc {
+                // SAFETY: as above.
+                ap[l * MR + i] = alpha * unsafe { *a.ptr.add(row + (pc + l) * a.cs) };
+            }
+        }
+    }
+}
+
+/// `x` rounded to bfloat16 (to nearest, ties to even), as `vcvtneps2bf16` rounds.
+fn bf16_bits(x: f32) -> u32 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return (u >> 16) | 0x40;
+    }
+    u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16
+}
+
+/// Two consecutive `k` values as one 32-bit slot of a bf16 panel (the lower half first), stored in
+/// an f32 buffer by its bits.
+fn bf16_pair(lo: f32, hi: f32) -> f32 {
+    f32::from_bits(bf16_bits(lo) | (bf16_bits(hi) << 16))
+}
+
+/// `pack_b` for the bf16 kernel: `dst[l/2][j]` holds `B[pc+l, j]` and `B[pc+l+1, j]` (the second
+/// zero past `kc`).
+fn pack_b_bf16(dst: &mut [f32], p: usize, b: Mat, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let jr = p * NR;
+    let nr = NR.min(nc - jr);
+    if nr == NR && kc.is_multiple_of(2) && (b.cs == 1 || b.rs == 1) {
+        let at = b.ptr.wrapping_add(pc * b.rs + (jc + jr) * b.cs);
+        // SAFETY: the bf16 packers run only when the CPU has AVX512_BF16 (`set_bf16_products`);
+        // the whole `kc × NR` block lies inside B (caller) and `dst` holds `NR · kc/2` slots.
+        unsafe {
+            if b.cs == 1 {
+                pairs_across(dst, at, b.rs, NR, kc / 2, 1.0)
+            } else {
+                pairs_along(dst, at, b.cs, NR, kc / 2, 1.0)
+            }
+        }
+        return;
+    }
+    // SAFETY: row `pc + l` (`l < kc`), column `jc + jr + j` (`j < nr`) lies inside B (the
+    // caller's bounds, as for `pack_b`).
+    let at = |l: usize, j: usize| unsafe { *b.ptr.add((pc + l) * b.rs + (jc + jr + j) * b.cs) };
+    for (l2, row) in dst.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
+        let l = 2 * l2;
+        for (j, d) in row.iter_mut().enumerate() {
+            *d = if j >= nr {
+                0.0
+            } else {
+                bf16_pair(at(l, j), if l + 1 < kc { at(l + 1, j) } else { 0.0 })
+            };
+        }
+    }
+}
+
+/// bf16 slots of `w` (≤ 32) lanes whose pairs lie in two consecutive rows of the source
+/// (`src[2t·step + lane]` and `src[(2t+1)·step + lane]`, lanes contiguous): `dst[t·w + lane]` for
+/// `t < pairs`, each value times `alpha`, rounded to nearest even as `bf16_bits` does (NaN aside).
+///
+/// # Safety
+/// AVX-512F; every element named lies inside the source; `dst` holds `w · pairs` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pairs_across(
+    dst: &mut [f32],
+    src: *const f32,
+    step: usize,
+    w: usize,
+    pairs: usize,
+    alpha: f32,
+) {
+    use std::arch::x86_64::*;
+    let dst = &mut dst[..w * pairs];
+    let scale = _mm512_set1_ps(alpha);
+    let (one, bias, high) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(0x7fff),
+        _mm512_set1_epi32(0xffff_0000u32 as i32),
+    );
+    // Round-to-nearest-even of each lane's upper 16 bits, in place.
+    let round = |v: __m512| {
+        let u = _mm512_castps_si512(_mm512_mul_ps(v, scale));
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(u), one);
+        _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb))
+    };
+    for t in 0..pairs {
+        let (lo, hi) = (
+            src.wrapping_add(2 * t * step),
+            src.wrapping_add((2 * t + 1) * step),
+        );
+        for c in (0..w).step_by(16) {
+            let lanes = (w - c).min(16);
+            let m: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1 << lanes) - 1
+            };
+            // SAFETY: lanes `c ..c+lanes` of both rows lie inside the source, and slots
+            // `t·w + c ..+lanes` inside `dst` (caller).
+            unsafe {
+                let l = round(_mm512_maskz_loadu_ps(m, lo.wrapping_add(c)));
+                let h = round(_mm512_maskz_loadu_ps(m, hi.wrapping_add(c)));
+                let v = _mm512_or_si512(_mm512_srli_epi32::<16>(l), _mm512_and_si512(h, high));
+                _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(t * w + c).cast(), m, v);
+            }
+        }
+    }
+}
+
+/// bf16 slots of `w` lanes whose pairs lie side by side along each lane's own row (`src[lane·step
+/// + 2t]`, `src[lane·step + 2t + 1]`): `dst[t·w + lane]` for `t < pairs`, times `alpha`, rounded
+/// to nearest even by `vcvtne2ps2bf16` (16 pairs at a time; the rest by `bf16_pair`).
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; every element named lies inside the source; `dst` holds
+/// `w · pairs` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pairs_along(
+    dst: &mut [f32],
+    src: *const f32,
+    step: usize,
+    w: usize,
+    pairs: usize,
+    alpha: f32,
+) {
+    use std::arch::x86_64::*;
+    let dst = &mut dst[..w * pairs];
+    let scale = _mm512_set1_ps(alpha);
+    let mut tmp = [0f32; 16];
+    for lane in 0..w {
+        let row = src.wrapping_add(lane * step);
+        let full = pairs / 16 * 16;
+        for t0 in (0..full).step_by(16) {
+            // SAFETY: values `2·t0 ..+32` of this row lie inside the source (caller).
+            unsafe {
+                let v0 = _mm512_mul_ps(_mm512_loadu_ps(row.wrapping_add(2 * t0)), scale);
+                let v1 = _mm512_mul_ps(_mm512_loadu_ps(row.wrapping_add(2 * t0 + 16)), scale);
+                let bf: __m512 = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+                _mm512_storeu_ps(tmp.as_mut_ptr(), bf);
+            }
+            for (t, v) in tmp.iter().enumerate() {
+                dst[(t0 + t) * w + lane] = *v;
+            }
+        }
+        for t in full..pairs {
+            // SAFETY: as above.
+            let (x, y) = unsafe { (*row.wrapping_add(2 * t), *row.wrapping_add(2 * t + 1)) };
+            dst[t * w + lane] = bf16_pair(alpha * x, alpha * y);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pairs_across(_: &mut [f32], _: *const f32, _: usize, _: usize, _: usize, _: f32) {
+    unreachable!("sgemm: bf16 products exist on x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pairs_along(_: &mut [f32], _: *const f32, _: usize, _: usize, _: usize, _: f32) {
+    unreachable!("sgemm: bf16 products exist on x86-64 only")
+}
+
+/// `pack_a` for the bf16 kernel: `ap[l/2][i]` holds `alpha · A[i, pc+l]` and `alpha · A[i, pc+l+1]`.
+fn pack_a_bf16(ap: &mut [f32], a: Mat, ir: usize, mr: usize, pc: usize, kc: usize, alpha: f32) {
+    if mr == MR && kc.is_multiple_of(2) && (a.cs == 1 || a.rs == 1) {
+        let at = a.ptr.wrapping_add(ir * a.rs + pc * a.cs);
+        // SAFETY: as in `pack_b_bf16`, for the `MR × kc` block of A.
+        unsafe {
+            if a.rs == 1 {
+                pairs_across(ap, at, a.cs, MR, kc / 2, alpha)
+            } else {
+                pairs_along(ap, at, a.rs, MR, kc / 2, alpha)
+            }
+        }
+        return;
+    }
+    // SAFETY: row `ir + i` (`i < mr`), column `pc + l` (`l < kc`) lies inside A (the caller's
+    // bounds, as for `pack_a`).
+    let at = |i: usize, l: usize| alpha * unsafe { *a.ptr.add((ir + i) * a.rs + (pc + l) * a.cs) };
+    for (l2, d) in ap.chunks_exact_mut(MR).take(kc.div_ceil(2)).enumerate() {
+        let l = 2 * l2;
+        for (i, d) in d.iter_mut().enumerate() {
+            *d = if i >= mr {
+                0.0
+            } else {
+                bf16_pair(at(i, l), if l + 1 < kc { at(i, l + 1) } else { 0.0 })
+            };
+        }
+    }
+}
+
+/// One `mr × nr` tile of `C` (`mr ≤ MR`, `nr ≤ NR`): the full micro-kernel straight into `C` when
+/// the tile is whole, else into a scratch tile whose valid part is added.
+///
+/// # Safety
+/// AVX-512F; `ap` holds `MR · kc` and `bp` `NR · kc` floats; the tile lies inside `c`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    kc: usize,
+    bf16: bool,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    load: bool,
+) {
+    let run = |c: *mut f32, ldc: usize, load: bool| {
+        // SAFETY: forwarded from the caller (bf16 panels only when the CPU has AVX512_BF16).
+        unsafe {
+            if bf16 {
+                kernel_bf16(kc, ap, bp, c, ldc, load)
+            } else {
+                kernel(kc, ap, bp, c, ldc, load)
+            }
+        }
+    };
+    if mr == MR && nr == NR {
+        run(c, ldc, load);
+        return;
+    }
+    let mut t = [0f32; MR * NR];
+    run(t.as_mut_ptr(), NR, false);
+    for i in 0..mr {
+        for j in 0..nr {
+            // SAFETY: `(i, j)` lies inside the tile, inside `c` (caller).
+            unsafe {
+                let d = c.add(i * ldc + j);
+                *d = if load {
+                    *d + t[i * NR + j]
+                } else {
+                    t[i * NR + j]
+                };
+            }
+        }
+    }
+}
+
+/// The `MR × NR` micro-kernel: `C = (C if load) + Σ_p ap[p] ⊗ bp[p]`.
+///
+/// # Safety
+/// AVX-512F; `ap` holds `MR · kc` and `bp` `NR · kc` floats; `c` a whole `MR × NR` tile with rows
+/// `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // `wrapping_add` and unaligned reads: the debug profile's pointer checks would otherwise sit
+    // in this loop and push accumulators out of registers.
+    let (mut a, mut b) = (ap, bp);
+    for _ in 0..kc {
+        // SAFETY: `a` and `b` stay inside their panels for `kc` steps (caller).
+        unsafe {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.wrapping_add(16));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(a.wrapping_add(i).read_unaligned());
+                r[0] = _mm512_fmadd_ps(ai, b0, r[0]);
+                r[1] = _mm512_fmadd_ps(ai, b1, r[1]);
+            }
+        }
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(NR);
+    }
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: row `i` of the tile lies inside `c` (caller).
+        unsafe {
+            let row = c.wrapping_add(i * ldc);
+            let (mut v0, mut v1) = (r[0], r[1]);
+            if load {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(row));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(row.wrapping_add(16)));
+            }
+            _mm512_storeu_ps(row, v0);
+            _mm512_storeu_ps(row.wrapping_add(16), v1);
+        }
+    }
+}
+
+/// The bf16 micro-kernel: `ks` packed steps of two `k` values each, `vdpbf16ps` accumulating
+/// both products of a pair into f32: `C = (C if load) + Σ ap[p] ⊗ bp[p]`.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; `ap` holds `MR · ks` and `bp` `NR · ks` slots; `c` a whole `MR × NR`
+/// tile with rows `ldc` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel_bf16(
+    ks: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (ap.cast::<i32>(), bp);
+    for _ in 0..ks {
+        // SAFETY: `a` and `b` stay inside their panels for `ks` steps (caller).
+        unsafe {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.wrapping_add(16)));
+            for (i, r) in acc.iter_mut().enumerate() {
+                let ai: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(a.wrapping_add(i).read_unaligned()));
+                r[0] = _mm512_dpbf16_ps(r[0], ai, b0);
+                r[1] = _mm512_dpbf16_ps(r[1], ai, b1);
+            }
+        }
+        a = a.wrapping_add(MR);
+        b = b.wrapping_add(NR);
+    }
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: row `i` of the tile lies inside `c` (caller).
+        unsafe {
+            let row = c.wrapping_add(i * ldc);
+            let (mut v0, mut v1) = (r[0], r[1]);
+            if load {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(row));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(row.wrapping_add(16)));
+            }
+            _mm512_storeu_ps(row, v0);
+            _mm512_storeu_ps(row.wrapping_add(16), v1);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_bf16(
+    _ks: usize,
+    _ap: *const f32,
+    _bp: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _load: bool,
+) {
+    unreachable!("sgemm: bf16 products exist on x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel(
+    _kc: usize,
+    _ap: *const f32,
+    _bp: *const f32,
+    _c: *mut f32,
+    _ldc: usize,
+    _load: bool,
+) {
+    unreachable!("sgemm: `available()` is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canon_testkit::{Tol, assert_close_f32};
+
+    fn rnd(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every edge of the blocking (rows around `MR`, columns around `NR` and `NC`, depths around
+    /// `KC`), all four operand layouts, accumulation and `alpha`, against an f64 reference; and the
+    /// same bits at 1 and 3 threads.
+    #[test]
+    fn sgemm_matches_a_reference_on_every_edge_and_layout() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        let mut seed = 7u64;
+        let shapes = [
+            (1, 1, 1),
+            (13, 31, 7),
+            (14, 32, 256),
+            (15, 33, 257),
+            (29, 65, 300),
+            (100, 1537, 40),
+            (300, 70, 513),
+            (64, 64, 64),
+        ];
+        for &(m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (acc, alpha) in [(false, 1.0f32), (true, 0.5)] {
+                    let a = rnd(m * k, &mut seed);
+                    let b = rnd(k * n, &mut seed);
+                    // A stored [m, k] or (ta) [k, m]; B stored [k, n] or (tb) [n, k].
+                    let (ars, acs) = if ta { (1, m) } else { (k, 1) };
+                    let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
+                    let ldc = n + 3;
+                    let c0 = rnd((m - 1) * ldc + n, &mut seed);
+                    let mut want = vec![0f32; (m - 1) * ldc + n];
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = 0f64;
+                            for l in 0..k {
+                                s += a[i * ars + l * acs] as f64 * b[l * brs + j * bcs] as f64;
+                            }
+                            let base = if acc { c0[i * ldc + j] as f64 } else { 0.0 };
+                            want[i * ldc + j] = (base + alpha as f64 * s) as f32;
+                        }
+                    }
+                    let mut outs = Vec::new();
+                    for threads in [1, 3] {
+                        let mut c = c0.clone();
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .expect("a rayon pool");
+                        // SAFETY: AVX-512F checked above; the operands hold every index named.
+                        pool.install(|| unsafe {
+                            sgemm(
+                                (m, n, k),
+                                &mut c,
+                                ldc,
+                                acc,
+                                (&a, ars, acs),
+                                (&b, brs, bcs),
+                                alpha,
+                                threads,
+                                false,
+                            )
+                        });
+                        // The gaps between rows (ldc > n) are never written.
+                        for i in 0..m.saturating_sub(1) {
+                            assert_eq!(
+                                &c[i * ldc + n..(i + 1) * ldc],
+                                &c0[i * ldc + n..(i + 1) * ldc]
+                            );
+                        }
+                        let (got, exp): (Vec<f32>, Vec<f32>) = (0..m)
+                            .flat_map(|i| (0..n).map(move |j| i * ldc + j))
+                            .map(|x| (c[x], want[x]))
+                            .unzip();
+                        assert_close_f32(&got, &exp, Tol::F32);
+                        outs.push(c);
+                    }
+                    assert_eq!(
+                        outs[0], outs[1],
+                        "{m}x{n}x{k}: thread count changed the bits"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The bf16 product equals an f64 product of the operands rounded to bfloat16 (each product
+    /// of two bf16 values is exact in f32; only the f32 sums differ), on every edge and layout,
+    /// odd depths included; and it stays within bf16 rounding of the f32 product.
+    #[test]
+    fn bf16_product_is_the_product_of_the_rounded_operands() {
+        if !bf16_available() {
+            eprintln!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        let round = |x: f32| f32::from_bits(bf16_bits(x) << 16);
+        assert_eq!(round(1.0), 1.0);
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0); // a tie rounds to even
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        let mut seed = 11u64;
+        for &(m, n, k) in &[
+            (14, 32, 1),
+            (15, 33, 257),
+            (29, 65, 300),
+            (64, 40, 64),
+            (100, 1537, 9),
+        ] {
+            for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                let a = rnd(m * k, &mut seed);
+                let b = rnd(k * n, &mut seed);
+                let (ars, acs) = if ta { (1, m) } else { (k, 1) };
+                let (brs, bcs) = if tb { (1, k) } else { (n, 1) };
+                let alpha = 0.5f32;
+                let (mut want, mut full) = (vec![0f32; m * n], vec![0f32; m * n]);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut s, mut f) = (0f64, 0f64);
+                        for l in 0..k {
+                            let (x, y) = (alpha * a[i * ars + l * acs], b[l * brs + j * bcs]);
+                            s += round(x) as f64 * round(y) as f64;
+                            f += x as f64 * y as f64;
+                        }
+                        want[i * n + j] = s as f32;
+                        full[i * n + j] = f as f32;
+                    }
+                }
+                let mut c = vec![0f32; m * n];
+                // SAFETY: AVX512_BF16 checked above; the operands hold every index named.
+                unsafe {
+                    sgemm(
+                        (m, n, k),
+                        &mut c,
+                        n,
+                        false,
+                        (&a, ars, acs),
+                        (&b, brs, bcs),
+                        alpha,
+                        1,
+                        true,
+                    )
+                };
+                assert_close_f32(&c, &want, Tol::F32);
+                // Against the unrounded product: bf16 keeps 8 bits, |error| ≤ ~2^-8 of the terms.
+                let scale = 0.25 * alpha * (k as f32).sqrt();
+                assert_close_f32(&c, &full, Tol::new(0.02 * scale as f64, 0.0));
+            }
+        }
+    }
+}
