@@ -10,7 +10,8 @@
 //!   RLAIF order-swap average and soft-label loss (paper 29), PGR and the confidence loss (paper 30).
 //! - [`sft`], [`rm`], [`dpo`], [`ppo`]: objectives on `canon_train::Engine` (its optimizer,
 //!   schedules, clipping, metrics and checkpoints).
-//! - [`prm`]: process vs outcome reward models and best-of-N on multi-step arithmetic.
+//! - [`prm`]: process vs outcome reward models and best-of-N on multi-step arithmetic;
+//!   [`prm_eval`]: the PRM800K best-of-N evaluation protocol, draw for draw.
 //! - [`rlaif`], [`rlaif_run`]: an LLM as preference labeller and rater; reward models on AI vs
 //!   gold labels, RL with each, and direct RLAIF (paper 29).
 
@@ -21,6 +22,7 @@ pub mod losses;
 pub mod pipeline;
 pub mod ppo;
 pub mod prm;
+pub mod prm_eval;
 
 pub mod rlaif;
 pub mod rlaif_run;

@@ -430,7 +430,8 @@ fn sample_all(g: &Lm, problems: &[Chain], k: usize, seed: u64) -> Result<Vec<Vec
 }
 
 /// The whole experiment into `dir`: generator, sampled and labelled solutions, PRM and ORM, the
-/// best-of-N curve (`best_of_n.json`, `best_of_n.png`).
+/// best-of-N curve (`best_of_n.json`, `best_of_n.png`), and the scored test samples in PRM800K's
+/// shape (`scored_test_samples.jsonl`, for [`crate::prm_eval`]).
 pub fn run(
     dir: &Path,
     seed: u64,
@@ -540,6 +541,7 @@ pub fn run(
     // 4. Best-of-N on the test problems.
     let test_samples = sample_all(&g, &test, o.max_n, seed ^ 0x7E)?;
     let mut scored: Scored = Vec::with_capacity(test.len());
+    let mut lines = String::new();
     let mut any_correct = 0usize;
     let mut frac_correct = 0.0;
     for (c, rs) in test.iter().zip(&test_samples) {
@@ -561,6 +563,19 @@ pub fn run(
                 (ch.answer, ch.correct, ps[i], os[i])
             })
             .collect();
+        for x in &row {
+            // PRM800K's scored-samples shape: scores as probabilities (product of the steps'
+            // for the PRM), `answer` null when the solution gave none.
+            let o = serde_json::json!({
+                "problem": c.prompt(),
+                "answer": x.0.map(|a| a.to_string()),
+                "prm_score": x.2.exp(),
+                "orm_score": x.3.exp(),
+                "is_correct": x.1,
+            });
+            lines.push_str(&o.to_string());
+            lines.push('\n');
+        }
         let k = row.iter().filter(|x| x.1).count();
         any_correct += (k > 0) as usize;
         frac_correct += k as f64 / row.len().max(1) as f64;
@@ -571,6 +586,8 @@ pub fn run(
         .take_while(|&n| n <= o.max_n)
         .collect();
     let curve = best_of_n_curve(&scored, &ns, o.trials, seed ^ 0xB0);
+    let sj = dir.join("scored_test_samples.jsonl");
+    canon_plot::write_atomic(&sj, lines.as_bytes()).map_err(|e| io(&sj, e))?;
     let cj = dir.join("best_of_n.json");
     let text = serde_json::to_string_pretty(&curve).map_err(|e| io(&cj, e))?;
     canon_plot::write_atomic(&cj, text.as_bytes()).map_err(|e| io(&cj, e))?;

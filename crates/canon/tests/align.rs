@@ -124,12 +124,73 @@ fn bad_input_ends_in_one_clear_error() {
         &canon(&["align", "plot-ppo", "--run", e], h),
         "metrics.jsonl",
     );
+    clean_error(
+        &canon(&["align", "prm-eval", "--samples", e], h),
+        "scored samples",
+    );
+    let junk = h.join("junk.jsonl");
+    std::fs::write(
+        &junk,
+        "{\"problem\": \"p\", \"answer\": \"1\", \"prm_score\": \"high\"}\n",
+    )
+    .unwrap();
+    clean_error(
+        &canon(
+            &["align", "prm-eval", "--samples", junk.to_str().unwrap()],
+            h,
+        ),
+        "line 1: \"prm_score\" must be a finite number",
+    );
+}
+
+#[test]
+fn prm_eval_runs_the_protocol_on_a_scored_file() {
+    let d = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../goldens/prm800k_eval/samples.jsonl"
+    );
+    let out = d.path().join("out/curves.json");
+    let s = ok(&canon(
+        &[
+            "align",
+            "prm-eval",
+            "--samples",
+            fixture,
+            "--trials",
+            "40",
+            "--total",
+            "16",
+            "--ns",
+            "1,2,3,5,8,12,16",
+            "--seed",
+            "20231",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d.path(),
+    ));
+    assert!(s.contains("8 problems") && s.contains("prm_score"), "{s}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    // The same trials as Python's reference loop (goldens/prm800k_eval/expected.json).
+    let e: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../goldens/prm800k_eval/expected.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v[0]["trials"], e["prm"]);
+    assert_eq!(v[1]["trials"], e["orm"]);
+    assert!(out.with_extension("png").exists());
 }
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
     let d = tempfile::tempdir().unwrap();
-    for sub in ["sft", "rm", "dpo", "ppo", "prm", "rlaif", "w2s"] {
+    for sub in ["sft", "rm", "dpo", "ppo", "prm", "prm-eval", "rlaif", "w2s"] {
         let s = ok(&canon(&["align", sub, "--help"], d.path()));
         assert!(s.contains("Example") && s.contains("canon"), "{sub}: {s}");
     }

@@ -40,6 +40,8 @@ pub enum AlignCommand {
     Ppo(PpoArgs),
     /// Process vs outcome reward models vs majority vote: best-of-N on multi-step sums.
     Prm(PrmArgs),
+    /// PRM800K's best-of-N protocol over a scored-samples file (the paper's evaluation).
+    PrmEval(crate::cmd::prm_eval::PrmEvalArgs),
     /// RLAIF: an LLM labels training pairs; reward models on AI vs gold labels, PPO with each,
     /// and direct RLAIF (the LLM's 1–10 rating as the reward); win rates by the gold judge.
     Rlaif(RlaifArgs),
@@ -469,6 +471,7 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 println!("{}", p.display());
             }
         }
+        AlignCommand::PrmEval(a) => crate::cmd::prm_eval::run(a)?,
         AlignCommand::Prm(a) => {
             if a.gen_steps == 0 || a.verifier_steps == 0 || a.train_problems < 10 {
                 bail!(

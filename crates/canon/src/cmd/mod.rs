@@ -23,6 +23,7 @@ pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;
 pub mod plot;
+pub mod prm_eval;
 pub mod quantize;
 pub mod sampling;
 pub mod scale;
