@@ -576,6 +576,44 @@ impl<'a> Browser<'a> {
         Ok(())
     }
 
+    /// The lines in the current window, without link markers and with runs of whitespace
+    /// collapsed: the texts a `Quote:` of this window can take whole.
+    pub fn visible_lines(&self) -> Vec<String> {
+        let Some(v) = &self.view else {
+            return Vec::new();
+        };
+        let n = v.page.lines.len();
+        let end = (v.cursor + self.cfg.window).min(n);
+        v.page.lines[v.cursor.min(n)..end]
+            .iter()
+            .map(|l| {
+                strip_markers(l)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Links on the open page (0 when none is open).
+    pub fn link_count(&self) -> usize {
+        self.view.as_ref().map_or(0, |v| v.page.links.len())
+    }
+
+    /// Whether a page is open and a previous page exists to go back to.
+    pub fn has_page(&self) -> bool {
+        self.view.is_some()
+    }
+    pub fn can_go_back(&self) -> bool {
+        !self.back.is_empty()
+    }
+
+    /// The limits of this episode.
+    pub fn config(&self) -> BrowserConfig {
+        self.cfg
+    }
+
     /// The state as the model sees it.
     pub fn render(&self) -> String {
         let mut s = format!("Question:\n{}\n\nQuotes:\n", self.question);

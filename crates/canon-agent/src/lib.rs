@@ -1,5 +1,6 @@
 //! Prompting and agent papers: in-context few-shot evaluation (paper 10, GPT-3), tools, ReAct
-//! (paper 23), Toolformer (paper 24) and WebGPT's text browser (paper 17).
+//! (paper 23), Toolformer (paper 24) and WebGPT's text browser (paper 17, [`browser`]; a model drives it in
+//! [`browse_run`]).
 //!
 //! - [`tools`]: the `Tool` seam (JSON-schema arguments, time and output limits) and built-ins.
 //! - [`react`], [`react_data`]: the ReAct loop, its baselines and a multi-hop question set.
@@ -10,6 +11,7 @@
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
 pub mod autoprompt;
+pub mod browse_run;
 pub mod browser;
 pub mod cot;
 pub mod cot_run;
@@ -20,6 +22,7 @@ pub mod react_run;
 pub mod tasks;
 pub mod toolformer;
 pub mod toolformer_work;
+pub mod webgpt;
 pub mod tools;
 
 /// Errors of the prompting library; each says what was expected and what was found.

@@ -152,6 +152,44 @@ fn browser_runs_commands_on_the_example_site() {
         Some(best),
         "ties go to the first"
     );
+    // The model drives: every command it writes is one the browser accepts (the grammar follows
+    // the state), and the action budget ends the episode.
+    let o = canon(
+        &[
+            "agent",
+            "browse",
+            "--site",
+            site.to_str().unwrap(),
+            "--question",
+            "When is 2024-02-28 plus 2 days?",
+            "--json",
+            "--model",
+            model.to_str().unwrap(),
+            "--drive",
+            "--max-actions",
+            "5",
+            "--answer-tokens",
+            "8",
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    assert!(!steps.is_empty() && steps.len() <= 5, "{steps:?}");
+    for s in steps {
+        let obs = s["observation"].as_str().unwrap();
+        assert!(!obs.starts_with("error:"), "{s}");
+    }
+    assert_eq!(v["ended"], "Answer");
+    assert_eq!(v["answers"]["answers"].as_array().unwrap().len(), 1);
+    one_error(
+        &canon(
+            &["agent", "browse", "--site", site.to_str().unwrap(), "--question", "q", "--drive"],
+            d.path(),
+        ),
+        "required arguments",
+    );
     one_error(
         &canon(
             &[

@@ -4,6 +4,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use canon_agent::browse_run;
 use canon_agent::browser::{Browser, BrowserConfig, Site};
 use clap::Args;
 use serde_json::json;
@@ -14,13 +15,18 @@ use serde_json::json;
   canon agent browse --site ./site --question 'Q?' --commands cmds.txt --model smollm2 --n 4   # best-of-4 answer
   printf 'Search rust release\\nClicked on link 0\\nFind in page: released\\nQuote: first released in 2015\\nEnd: Answer\\n' \\
     | canon agent browse --site ./site --question 'When was Rust first released?'
+  # the model browses by itself, then answers (best of 4)
+  canon agent browse --site ./site --question 'When was Rust first released?' --model smollm2 --drive --n 4
 
 The site is a folder of .html/.htm/.txt pages (links between them are followed; others are shown
 but lead nowhere); a BM25 engine serves `Search`. Commands, one per line: Search <query>,
 Clicked on link <id>, Find in page: <text>, Quote: <text>, Scrolled down <1-3>, Scrolled up <1-3>,
 Top, Back, End: Answer | Nonsense | Controversial. After each command the page state is printed as
 the model would see it; at the end, the answer prompt with the quotes as numbered references.
-A malformed or failing command prints an error line and leaves the state unchanged.")]
+A malformed or failing command prints an error line and leaves the state unchanged.
+With --drive the model writes the commands: each turn it reads an instruction, example turns and
+the rendered state, and writes one command under a grammar built from the state (link ids of the
+open page, whole visible lines as quotes, Back only when there is a page to go back to).")]
 pub struct BrowseArgs {
     /// Folder of pages.
     #[arg(long, value_name = "DIR")]
@@ -45,7 +51,10 @@ pub struct BrowseArgs {
     /// After browsing, answer with this model from the answer prompt (best-of-n with --n).
     #[arg(long)]
     pub model: Option<String>,
-    /// Answers sampled (temperature 0.8, seeds 0..n); the one the heuristic scorer prefers is kept
+    /// Let --model write the commands (instead of --commands or standard input).
+    #[arg(long, requires = "model", conflicts_with = "commands")]
+    pub drive: bool,
+    /// Answers sampled (greedy when 1, else temperature 0.8, seeds 0..n); the one the heuristic scorer prefers is kept
     /// (+1 per distinct valid citation [k], -1 per citation of a missing reference; ties: the
     /// first).
     #[arg(long, default_value_t = 1)]
@@ -63,36 +72,69 @@ pub fn run(a: BrowseArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
         bail!("--n must be between 1 and 64, found {}", a.n);
     }
     let site = Site::load(&a.site).with_context(|| format!("--site {}", a.site.display()))?;
-    let lines: Vec<String> = match &a.commands {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        None => std::io::stdin().lock().lines().collect::<Result<_, _>>()?,
-    };
     let cfg = BrowserConfig {
         window: a.window,
         max_actions: a.max_actions,
         max_quote_chars: a.max_quote_chars,
         ..Default::default()
     };
+    let engine = match &a.model {
+        Some(m) => Some(canon_infer::Engine::start(
+            crate::model_gen::load_lm(m, ctx)?,
+            canon_infer::EngineConfig {
+                slots: a.n.min(15),
+                ..Default::default()
+            },
+        )?),
+        None => None,
+    };
     let mut b = Browser::new(&site, &a.question, cfg);
     let mut steps = Vec::new();
-    for l in lines.iter().filter(|l| !l.trim().is_empty()) {
-        if b.ended.is_some() {
-            break;
-        }
-        let obs = b.step(l);
+    let mut show = |command: &str, obs: &str| {
         if !a.json {
-            println!("> {l}\n{obs}\n");
+            println!("> {command}\n{obs}\n");
         }
-        steps.push(json!({"command": l, "observation": obs}));
+        steps.push(json!({"command": command, "observation": obs}));
+    };
+    match (&engine, a.drive) {
+        (Some(e), true) => {
+            let mut lm = browse_run::EngineCommandLm::new(e)?;
+            for t in browse_run::drive(&mut b, &mut lm, browse_run::PromptStyle::FewShot)? {
+                show(&t.command, &t.observation);
+            }
+        }
+        _ => {
+            let lines: Vec<String> = match &a.commands {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+                None => std::io::stdin().lock().lines().collect::<Result<_, _>>()?,
+            };
+            for l in lines.iter().filter(|l| !l.trim().is_empty()) {
+                if b.ended.is_some() {
+                    break;
+                }
+                let obs = b.step(l);
+                show(l, &obs);
+            }
+        }
     }
-    let answers = match &a.model {
-        Some(m) => answer(m, &b.answer_prompt(), b.quotes.len(), &a, ctx)?,
+    let answers = match &engine {
+        Some(e) => serde_json::to_value(browse_run::answer(
+            e,
+            &b.answer_prompt(),
+            b.quotes.len(),
+            a.n,
+            a.answer_tokens,
+            false,
+        )?)?,
         None => serde_json::Value::Null,
     };
+    if let Some(e) = &engine {
+        e.shutdown();
+    }
     if a.json {
         println!(
             "{}",
@@ -113,46 +155,4 @@ pub fn run(a: BrowseArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// n sampled answers, their heuristic scores and the index of the best.
-fn answer(
-    model: &str,
-    prompt: &str,
-    refs: usize,
-    a: &BrowseArgs,
-    ctx: &crate::Ctx,
-) -> anyhow::Result<serde_json::Value> {
-    let lm = crate::model_gen::load_lm(model, ctx)?;
-    let ids = lm.tokenizer.encode(prompt, false)?;
-    let engine = canon_infer::Engine::start(
-        lm,
-        canon_infer::EngineConfig {
-            slots: a.n.min(15),
-            ..Default::default()
-        },
-    )?;
-    let reqs = (0..a.n)
-        .map(|i| {
-            let mut r = canon_infer::Request::new(ids.clone(), a.answer_tokens);
-            r.sampling = canon_infer::SamplingConfig {
-                seed: i as u64,
-                ..Default::default()
-            };
-            r.stop = vec!["\nQuestion:".into()];
-            r
-        })
-        .collect();
-    let outs = engine.generate_batch(reqs)?;
-    engine.shutdown();
-    let texts: Vec<String> = outs
-        .into_iter()
-        .map(|c| c.text.trim().to_string())
-        .collect();
-    let scores: Vec<f64> = texts
-        .iter()
-        .map(|t| canon_agent::browser::heuristic_score(t, refs))
-        .collect();
-    let best = canon_agent::browser::best_of_n(&scores);
-    Ok(json!({"answers": texts, "scores": scores, "best": best}))
 }

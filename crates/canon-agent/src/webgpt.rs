@@ -1,0 +1,381 @@
+//! WebGPT's browsing task in miniature (paper 17): a site built from the local encyclopedia, an
+//! oracle that browses the way a demonstrator would, behaviour-cloning records, and the evaluation
+//! (accuracy and citation correctness at best-of-n).
+//!
+//! **Site.** Every page of the encyclopedia (`react_data::Page`) becomes an HTML page, one sentence
+//! per line, titled by the entity. `Search` runs BM25 over titles and text.
+//!
+//! **Oracle.** The questions of the ReAct set carry the path a lookup takes
+//! (`Search[dpkg-source]`, `Search[dpkg-dev]`, `Finish[Dpkg Developers]`). The oracle turns it
+//! into browser commands: for each `Search[X]`, `Search X`, click the result titled `X`, then
+//! quote the line that leads on (the line naming the next entity) or, on the last page, the line
+//! holding the answer (after `Find in page:` when it is below the window); at the end `End:
+//! Answer`, and the answer is the gold answer citing the quote that holds it (`Dpkg Developers
+//! [2]`). A question whose page is not among the top results of its search is skipped (counted).
+//!
+//! **Grading.** An answer is *accurate* when it contains the gold answer (case and runs of
+//! whitespace ignored); it is *supported* when, in addition, it cites a collected quote that
+//! contains the gold answer and cites no reference that does not exist (WebGPT's human raters
+//! judged factual accuracy and whether claims were supported by the references; this is the
+//! programmatic stand-in).
+
+use serde::Serialize;
+
+use crate::browse_run::{self, Answers, CommandLm, PromptStyle, Turn};
+use crate::browser::{Browser, BrowserConfig, Quote, Site};
+use crate::react_data::{Page, Question};
+use crate::{AgentError, Result};
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A page's text as sentences (split after `". "`).
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while let Some(i) = rest.find(". ") {
+        out.push(rest[..=i].trim().to_string());
+        rest = rest[i + 2..].trim_start();
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+/// The site: one HTML page per encyclopedia page, one sentence per paragraph.
+pub fn site(pages: &[Page]) -> Result<Site> {
+    let raw = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut h = format!(
+                "<html><head><title>{}</title></head><body>",
+                html_escape(&p.title)
+            );
+            for s in sentences(&p.text) {
+                h.push_str(&format!("<p>{}</p>", html_escape(&s)));
+            }
+            h.push_str("</body></html>");
+            (format!("page{i}.html"), h)
+        })
+        .collect();
+    Site::from_texts(raw)
+}
+
+fn norm(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// An oracle episode: each turn's state (the browser before the command) and command, then the
+/// answer prompt and the answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Demo {
+    pub id: String,
+    /// (prompt in the given style, command)
+    pub turns: Vec<(String, String)>,
+    pub answer_prompt: String,
+    pub answer: String,
+}
+
+/// Applies `cmd` and records the turn; an error observation means the oracle went wrong.
+fn oracle_step(
+    b: &mut Browser,
+    cmd: String,
+    style: PromptStyle,
+    turns: &mut Vec<(String, String)>,
+) -> std::result::Result<(), String> {
+    let prompt = browse_run::command_prompt(b, style);
+    let obs = b.step(&cmd);
+    if obs.starts_with("error:") {
+        return Err(obs.lines().next().unwrap_or("").to_string());
+    }
+    turns.push((prompt, cmd));
+    Ok(())
+}
+
+/// The oracle's episode for `q`, or why it could not browse it.
+pub fn oracle(
+    site: &Site,
+    q: &Question,
+    cfg: BrowserConfig,
+    style: PromptStyle,
+) -> std::result::Result<Demo, String> {
+    let searches: Vec<&str> = q
+        .path
+        .iter()
+        .filter_map(|a| a.strip_prefix("Search[")?.strip_suffix(']'))
+        .collect();
+    if searches.is_empty() {
+        return Err(format!("{}: the path has no Search step", q.id));
+    }
+    let mut b = Browser::new(site, &q.question, cfg);
+    let mut turns = Vec::new();
+    for (k, x) in searches.iter().enumerate() {
+        oracle_step(&mut b, format!("Search {x}"), style, &mut turns)?;
+        // The result titled x.
+        let hit = (0..b.link_count()).find(|&i| {
+            let mut probe = Browser::new(site, "", cfg);
+            probe.step(&format!("Search {x}"));
+            probe.step(&format!("Clicked on link {i}"));
+            probe.render().contains(&format!("\nTitle: {x}\n"))
+        });
+        let Some(i) = hit else {
+            return Err(format!("{}: no result titled {x:?} for \"Search {x}\"", q.id));
+        };
+        oracle_step(&mut b, format!("Clicked on link {i}"), style, &mut turns)?;
+        let target = searches.get(k + 1).copied().unwrap_or(q.answer.as_str());
+        let t = norm(target);
+        if !b.visible_lines().iter().any(|l| norm(l).contains(&t)) {
+            oracle_step(&mut b, format!("Find in page: {target}"), style, &mut turns)?;
+        }
+        let Some(line) = b
+            .visible_lines()
+            .into_iter()
+            .find(|l| norm(l).contains(&t))
+        else {
+            return Err(format!("{}: {target:?} is not on the page of {x}", q.id));
+        };
+        oracle_step(&mut b, format!("Quote: {line}"), style, &mut turns)?;
+    }
+    oracle_step(&mut b, "End: Answer".into(), style, &mut turns)?;
+    let gold = norm(&q.answer);
+    let cite = b
+        .quotes
+        .iter()
+        .rposition(|qt| norm(&qt.text).contains(&gold))
+        .map(|k| k + 1)
+        .ok_or_else(|| format!("{}: no quote holds the answer", q.id))?;
+    Ok(Demo {
+        id: q.id.clone(),
+        turns,
+        answer_prompt: b.answer_prompt(),
+        answer: format!("{} [{cite}]", q.answer),
+    })
+}
+
+/// Behaviour-cloning records (`{"prompt", "completion"}` per line): one per command, and one for
+/// the answer. Completions start with a space and end with a newline, as the model is asked to
+/// write them after `Next action:` and `Answer:`.
+pub fn records(demos: &[Demo]) -> String {
+    let mut out = String::new();
+    for d in demos {
+        for (p, c) in &d.turns {
+            out.push_str(&serde_json::json!({"prompt": p, "completion": format!(" {c}\n")}).to_string());
+            out.push('\n');
+        }
+        out.push_str(
+            &serde_json::json!({"prompt": d.answer_prompt, "completion": format!(" {}\n", d.answer)})
+                .to_string(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `answer` is accurate and supported (see the module header).
+pub fn grade(answer: &str, gold: &str, quotes: &[Quote]) -> (bool, bool) {
+    let g = norm(gold);
+    let accurate = !g.is_empty() && norm(answer).contains(&g);
+    let cited = citations(answer);
+    let valid = cited.iter().all(|&k| k >= 1 && k <= quotes.len());
+    let backs = cited
+        .iter()
+        .any(|&k| k >= 1 && k <= quotes.len() && norm(&quotes[k - 1].text).contains(&g));
+    (accurate, accurate && valid && backs)
+}
+
+/// The reference numbers `[k]` an answer cites.
+pub fn citations(answer: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = answer;
+    while let Some(i) = rest.find('[') {
+        rest = &rest[i + 1..];
+        if let Some(j) = rest.find(']')
+            && let Ok(k) = rest[..j].trim().parse::<usize>()
+        {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// One evaluated question.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub id: String,
+    pub question: String,
+    pub gold: String,
+    pub turns: Vec<Turn>,
+    pub quotes: Vec<Quote>,
+    /// Whether some collected quote holds the gold answer.
+    pub found: bool,
+    pub answers: Answers,
+}
+
+/// Browses `q` with `lm` and samples `n` answers from `engine`.
+pub fn evaluate_one(
+    site: &Site,
+    q: &Question,
+    cfg: BrowserConfig,
+    style: PromptStyle,
+    lm: &mut dyn CommandLm,
+    engine: &canon_infer::Engine,
+    n: usize,
+    answer_tokens: usize,
+) -> Result<Outcome> {
+    let mut b = Browser::new(site, &q.question, cfg);
+    let turns = browse_run::drive(&mut b, lm, style)?;
+    let answers = browse_run::answer(
+        engine,
+        &b.answer_prompt(),
+        b.quotes.len(),
+        n,
+        answer_tokens,
+        true,
+    )?;
+    let g = norm(&q.answer);
+    Ok(Outcome {
+        id: q.id.clone(),
+        question: q.question.clone(),
+        gold: q.answer.clone(),
+        found: b.quotes.iter().any(|qt| norm(&qt.text).contains(&g)),
+        turns,
+        quotes: b.quotes,
+        answers,
+    })
+}
+
+/// Accuracy and supported-answer rate at one n.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub n: usize,
+    pub accurate: f64,
+    pub supported: f64,
+}
+
+/// Best-of-n over the first `n` sampled answers of each outcome, for each n.
+pub fn summarize(outcomes: &[Outcome], ns: &[usize]) -> Result<Vec<Row>> {
+    if outcomes.is_empty() {
+        return Err(AgentError::Task("no questions were evaluated".into()));
+    }
+    let total = outcomes.len() as f64;
+    Ok(ns
+        .iter()
+        .map(|&n| {
+            let (mut a, mut s) = (0usize, 0usize);
+            for o in outcomes {
+                if let Some(i) = o.answers.best_of_first(n) {
+                    let (acc, sup) = grade(&o.answers.answers[i], &o.gold, &o.quotes);
+                    a += acc as usize;
+                    s += sup as usize;
+                }
+            }
+            Row {
+                n,
+                accurate: a as f64 / total,
+                supported: s as f64 / total,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages() -> Vec<Page> {
+        let p = |t: &str, x: &str| Page {
+            title: t.into(),
+            text: x.into(),
+        };
+        vec![
+            p("dpkg-source", "dpkg-source is a command: source package tool. The command dpkg-source is provided by the package dpkg-dev. Its manual page is in section 1."),
+            p("dpkg-dev", "dpkg-dev is a Debian package: Debian package development tools. Its version is 1.21.22. It is maintained by Dpkg Developers. It belongs to section utils."),
+            p("tar", "tar is a Debian package: GNU version of the tar archiving utility. Its version is 1.34. It is maintained by Janos Lenart."),
+        ]
+    }
+
+    fn question() -> Question {
+        Question {
+            id: "cmd_maintainer:dpkg-source".into(),
+            split: "test".into(),
+            kind: "cmd_maintainer".into(),
+            entity: "dpkg-source".into(),
+            question: "Who maintains the package that provides the command dpkg-source?".into(),
+            answer: "Dpkg Developers".into(),
+            path: vec![
+                "Search[dpkg-source]".into(),
+                "Search[dpkg-dev]".into(),
+                "Finish[Dpkg Developers]".into(),
+            ],
+            facts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sentences_split_after_periods() {
+        assert_eq!(
+            sentences("A b. Version 1.2.3 here. End"),
+            vec!["A b.", "Version 1.2.3 here.", "End"]
+        );
+    }
+
+    #[test]
+    fn the_oracle_browses_to_the_answer_and_cites_it() {
+        let s = site(&pages()).unwrap();
+        let d = oracle(&s, &question(), BrowserConfig::default(), PromptStyle::Plain).unwrap();
+        let cmds: Vec<&str> = d.turns.iter().map(|t| t.1.as_str()).collect();
+        assert_eq!(cmds[0], "Search dpkg-source");
+        assert!(cmds[1].starts_with("Clicked on link "));
+        assert_eq!(
+            cmds[2],
+            "Quote: The command dpkg-source is provided by the package dpkg-dev."
+        );
+        assert_eq!(cmds[3], "Search dpkg-dev");
+        assert_eq!(cmds[5], "Quote: It is maintained by Dpkg Developers.");
+        assert_eq!(cmds[6], "End: Answer");
+        assert_eq!(d.answer, "Dpkg Developers [2]");
+        // Each prompt is the state before its command, in the plain style.
+        assert!(d.turns[0].0.ends_with("Next action:"));
+        assert!(!d.turns[0].0.contains("tac command"));
+        let recs = records(&[d]);
+        assert_eq!(recs.lines().count(), 8);
+        assert!(recs.contains("\"completion\":\" Dpkg Developers [2]\\n\""));
+        // A question whose page does not exist is refused with the reason.
+        let mut q = question();
+        q.path[0] = "Search[nonexistent-tool]".into();
+        let e = oracle(&s, &q, BrowserConfig::default(), PromptStyle::Plain).unwrap_err();
+        assert!(e.contains("nonexistent-tool"), "{e}");
+    }
+
+    #[test]
+    fn grading_needs_the_answer_and_a_quote_that_holds_it() {
+        let quotes = vec![
+            Quote {
+                title: "a".into(),
+                url: "a".into(),
+                text: "provided by dpkg-dev".into(),
+            },
+            Quote {
+                title: "b".into(),
+                url: "b".into(),
+                text: "It is maintained by Dpkg Developers.".into(),
+            },
+        ];
+        let g = "Dpkg Developers";
+        assert_eq!(grade("dpkg  developers [2]", g, &quotes), (true, true));
+        assert_eq!(grade("Dpkg Developers [1]", g, &quotes), (true, false));
+        assert_eq!(grade("Dpkg Developers", g, &quotes), (true, false));
+        assert_eq!(grade("Dpkg Developers [2][3]", g, &quotes), (true, false));
+        assert_eq!(grade("Janos [2]", g, &quotes), (false, false));
+        assert_eq!(citations("x [1] y [ 2 ] [z] [3"), vec![1, 2]);
+    }
+}
