@@ -321,7 +321,10 @@ pub fn answer(
     let outs = engine
         .generate_batch(reqs)
         .map_err(|e| AgentError::Task(e.to_string()))?;
-    let answers: Vec<String> = outs.into_iter().map(|c| c.text.trim().to_string()).collect();
+    let answers: Vec<String> = outs
+        .into_iter()
+        .map(|c| c.text.trim().to_string())
+        .collect();
     let scores: Vec<f64> = answers
         .iter()
         .map(|t| heuristic_score(t, references))
@@ -386,7 +389,13 @@ mod tests {
         let g1 = command_regex(&b);
         let n = b.link_count();
         assert!(n >= 1, "{}", b.render());
-        assert!(g1.contains(&format!("Clicked on link ({})", (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("|"))), "{g1}");
+        assert!(
+            g1.contains(&format!(
+                "Clicked on link ({})",
+                (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join("|")
+            )),
+            "{g1}"
+        );
         assert!(!g1.contains("Back"), "{g1}");
         b.step("Clicked on link 0");
         let g2 = command_regex(&b);
@@ -406,7 +415,10 @@ mod tests {
             .unwrap();
         c.step(&format!("Clicked on link {cat}"));
         let g = command_regex(&c);
-        assert!(g.contains(r"cat \(1\+1\) concatenates files \[and\] prints them\."), "{g}");
+        assert!(
+            g.contains(r"cat \(1\+1\) concatenates files \[and\] prints them\."),
+            "{g}"
+        );
     }
 
     #[test]
@@ -425,7 +437,11 @@ mod tests {
         };
         let turns = drive(&mut b, &mut lm, PromptStyle::FewShot).unwrap();
         assert_eq!(turns.len(), 5);
-        assert!(turns[1].observation.starts_with("error:"), "{}", turns[1].observation);
+        assert!(
+            turns[1].observation.starts_with("error:"),
+            "{}",
+            turns[1].observation
+        );
         assert_eq!(b.ended.as_deref(), Some("Answer"));
         assert_eq!(b.quotes.len(), 1);
         assert_eq!(b.actions.len(), 4);

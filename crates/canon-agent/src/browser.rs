@@ -424,7 +424,19 @@ impl<'a> Browser<'a> {
     }
 
     fn results_page(&self, q: &str) -> SitePage {
-        let hits = self.site.bm25.search(q, self.cfg.search_results);
+        // A page titled exactly as the query comes first (a search engine's navigational
+        // result), then BM25's ranking.
+        let exact = self
+            .site
+            .pages
+            .iter()
+            .position(|p| p.title.eq_ignore_ascii_case(q.trim()));
+        let mut hits: Vec<(usize, f32)> = exact.map(|i| (i, f32::INFINITY)).into_iter().collect();
+        for h in self.site.bm25.search(q, self.cfg.search_results) {
+            if Some(h.0) != exact && hits.len() < self.cfg.search_results {
+                hits.push(h);
+            }
+        }
         let mut lines = Vec::new();
         let mut links = Vec::new();
         for (i, (doc, _)) in hits.iter().enumerate() {

@@ -22,8 +22,8 @@ pub mod react_run;
 pub mod tasks;
 pub mod toolformer;
 pub mod toolformer_work;
-pub mod webgpt;
 pub mod tools;
+pub mod webgpt;
 
 /// Errors of the prompting library; each says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]

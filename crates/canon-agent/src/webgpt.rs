@@ -33,13 +33,22 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A page's text as sentences (split after `". "`).
+/// A page's text as sentences (split after `". "`, except after a one-letter initial such as
+/// the `Y.` of `Theodore Y. Ts'o`).
 pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text.trim();
-    while let Some(i) = rest.find(". ") {
+    let mut from = 0;
+    while let Some(j) = rest[from..].find(". ") {
+        let i = from + j;
+        let word = rest[..i].rsplit(' ').next().unwrap_or("");
+        if word.chars().count() == 1 && word.chars().all(|c| c.is_uppercase()) {
+            from = i + 2;
+            continue;
+        }
         out.push(rest[..=i].trim().to_string());
         rest = rest[i + 2..].trim_start();
+        from = 0;
     }
     if !rest.is_empty() {
         out.push(rest.to_string());
@@ -128,7 +137,10 @@ pub fn oracle(
             probe.render().contains(&format!("\nTitle: {x}\n"))
         });
         let Some(i) = hit else {
-            return Err(format!("{}: no result titled {x:?} for \"Search {x}\"", q.id));
+            return Err(format!(
+                "{}: no result titled {x:?} for \"Search {x}\"",
+                q.id
+            ));
         };
         oracle_step(&mut b, format!("Clicked on link {i}"), style, &mut turns)?;
         let target = searches.get(k + 1).copied().unwrap_or(q.answer.as_str());
@@ -136,11 +148,7 @@ pub fn oracle(
         if !b.visible_lines().iter().any(|l| norm(l).contains(&t)) {
             oracle_step(&mut b, format!("Find in page: {target}"), style, &mut turns)?;
         }
-        let Some(line) = b
-            .visible_lines()
-            .into_iter()
-            .find(|l| norm(l).contains(&t))
-        else {
+        let Some(line) = b.visible_lines().into_iter().find(|l| norm(l).contains(&t)) else {
             return Err(format!("{}: {target:?} is not on the page of {x}", q.id));
         };
         oracle_step(&mut b, format!("Quote: {line}"), style, &mut turns)?;
@@ -168,7 +176,9 @@ pub fn records(demos: &[Demo]) -> String {
     let mut out = String::new();
     for d in demos {
         for (p, c) in &d.turns {
-            out.push_str(&serde_json::json!({"prompt": p, "completion": format!(" {c}\n")}).to_string());
+            out.push_str(
+                &serde_json::json!({"prompt": p, "completion": format!(" {c}\n")}).to_string(),
+            );
             out.push('\n');
         }
         out.push_str(
@@ -203,6 +213,31 @@ pub fn citations(answer: &str) -> Vec<usize> {
         {
             out.push(k);
         }
+    }
+    out
+}
+
+/// Up to `limit` questions of `split`, taken round-robin over the kinds (each kind in file order),
+/// so a small sample covers every kind.
+pub fn pick<'q>(questions: &'q [Question], split: &str, limit: usize) -> Vec<&'q Question> {
+    let mut kinds: Vec<(&str, Vec<&Question>)> = Vec::new();
+    for q in questions.iter().filter(|q| q.split == split) {
+        match kinds.iter_mut().find(|k| k.0 == q.kind) {
+            Some(k) => k.1.push(q),
+            None => kinds.push((q.kind.as_str(), vec![q])),
+        }
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < limit && kinds.iter().any(|k| i < k.1.len()) {
+        for k in &kinds {
+            if let Some(q) = k.1.get(i)
+                && out.len() < limit
+            {
+                out.push(*q);
+            }
+        }
+        i += 1;
     }
     out
 }
@@ -297,9 +332,18 @@ mod tests {
             text: x.into(),
         };
         vec![
-            p("dpkg-source", "dpkg-source is a command: source package tool. The command dpkg-source is provided by the package dpkg-dev. Its manual page is in section 1."),
-            p("dpkg-dev", "dpkg-dev is a Debian package: Debian package development tools. Its version is 1.21.22. It is maintained by Dpkg Developers. It belongs to section utils."),
-            p("tar", "tar is a Debian package: GNU version of the tar archiving utility. Its version is 1.34. It is maintained by Janos Lenart."),
+            p(
+                "dpkg-source",
+                "dpkg-source is a command: source package tool. The command dpkg-source is provided by the package dpkg-dev. Its manual page is in section 1.",
+            ),
+            p(
+                "dpkg-dev",
+                "dpkg-dev is a Debian package: Debian package development tools. Its version is 1.21.22. It is maintained by Dpkg Developers. It belongs to section utils.",
+            ),
+            p(
+                "tar",
+                "tar is a Debian package: GNU version of the tar archiving utility. Its version is 1.34. It is maintained by Janos Lenart.",
+            ),
         ]
     }
 
@@ -321,17 +365,46 @@ mod tests {
     }
 
     #[test]
+    fn pick_interleaves_kinds() {
+        let mk = |id: &str, kind: &str, split: &str| Question {
+            id: id.into(),
+            kind: kind.into(),
+            split: split.into(),
+            ..question()
+        };
+        let qs = vec![
+            mk("a1", "a", "test"),
+            mk("a2", "a", "test"),
+            mk("a3", "a", "train"),
+            mk("b1", "b", "test"),
+        ];
+        let ids: Vec<&str> = pick(&qs, "test", 3).iter().map(|q| q.id.as_str()).collect();
+        assert_eq!(ids, vec!["a1", "b1", "a2"]);
+        assert!(pick(&qs, "dev", 3).is_empty());
+    }
+
+    #[test]
     fn sentences_split_after_periods() {
         assert_eq!(
             sentences("A b. Version 1.2.3 here. End"),
             vec!["A b.", "Version 1.2.3 here.", "End"]
+        );
+        assert_eq!(
+            sentences("It is maintained by Theodore Y. Ts'o. Next."),
+            vec!["It is maintained by Theodore Y. Ts'o.", "Next."]
         );
     }
 
     #[test]
     fn the_oracle_browses_to_the_answer_and_cites_it() {
         let s = site(&pages()).unwrap();
-        let d = oracle(&s, &question(), BrowserConfig::default(), PromptStyle::Plain).unwrap();
+        let d = oracle(
+            &s,
+            &question(),
+            BrowserConfig::default(),
+            PromptStyle::Plain,
+        )
+        .unwrap();
         let cmds: Vec<&str> = d.turns.iter().map(|t| t.1.as_str()).collect();
         assert_eq!(cmds[0], "Search dpkg-source");
         assert!(cmds[1].starts_with("Clicked on link "));

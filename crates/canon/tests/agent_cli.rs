@@ -185,7 +185,15 @@ fn browser_runs_commands_on_the_example_site() {
     assert_eq!(v["answers"]["answers"].as_array().unwrap().len(), 1);
     one_error(
         &canon(
-            &["agent", "browse", "--site", site.to_str().unwrap(), "--question", "q", "--drive"],
+            &[
+                "agent",
+                "browse",
+                "--site",
+                site.to_str().unwrap(),
+                "--question",
+                "q",
+                "--drive",
+            ],
             d.path(),
         ),
         "required arguments",

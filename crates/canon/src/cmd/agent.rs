@@ -22,7 +22,8 @@ use crate::{Ctx, model_gen};
   canon agent tools --call calculator --args '{\"expression\": \"1/3 + 1/6\"}'
   canon agent questions --out data/react
   canon agent react --data data/react --mode all --shots 3 --limit 12
-  canon agent browse --site data/browse-site --question 'What is 2024-02-28 plus two days?' --commands cmds.txt")]
+  canon agent browse --site data/browse-site --question 'What is 2024-02-28 plus two days?' --commands cmds.txt
+  canon agent webgpt --model smollm2 --split test --limit 30 --out runs/webgpt")]
 pub struct AgentArgs {
     #[command(subcommand)]
     pub cmd: AgentCmd,
@@ -38,6 +39,9 @@ pub enum AgentCmd {
     React(ReactArgs),
     /// WebGPT's text browser over a folder of HTML or text pages, driven by commands.
     Browse(super::browse::BrowseArgs),
+    /// WebGPT's task on the encyclopedia: oracle demonstrations, or a model that browses and
+    /// answers with citations (accuracy and support at best-of-n).
+    Webgpt(super::webgpt::WebgptArgs),
 }
 
 pub fn run(a: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -46,6 +50,7 @@ pub fn run(a: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
         AgentCmd::Questions(q) => run_questions(q, ctx),
         AgentCmd::React(r) => run_react(r, ctx),
         AgentCmd::Browse(b) => super::browse::run(b, ctx),
+        AgentCmd::Webgpt(w) => super::webgpt::run(w, ctx),
     }
 }
 

@@ -33,6 +33,7 @@ pub mod toolformer;
 pub mod train;
 pub mod train_bert;
 pub mod translate;
+pub mod webgpt;
 pub mod zero_shot;
 
 /// Writes `text` to `path` through a temporary file and a rename, so a reader never sees a
