@@ -255,25 +255,32 @@ pub struct Outcome {
     pub answers: Answers,
 }
 
-/// Browses `q` with `lm` and samples `n` answers from `engine`.
+/// How an episode is run and answered.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalConfig {
+    pub browser: BrowserConfig,
+    pub style: PromptStyle,
+    /// Answers sampled.
+    pub n: usize,
+    pub answer_tokens: usize,
+}
+
+/// Browses `q` with `lm` and samples `c.n` answers from `engine`.
 pub fn evaluate_one(
     site: &Site,
     q: &Question,
-    cfg: BrowserConfig,
-    style: PromptStyle,
+    c: EvalConfig,
     lm: &mut dyn CommandLm,
     engine: &canon_infer::Engine,
-    n: usize,
-    answer_tokens: usize,
 ) -> Result<Outcome> {
-    let mut b = Browser::new(site, &q.question, cfg);
-    let turns = browse_run::drive(&mut b, lm, style)?;
+    let mut b = Browser::new(site, &q.question, c.browser);
+    let turns = browse_run::drive(&mut b, lm, c.style)?;
     let answers = browse_run::answer(
         engine,
         &b.answer_prompt(),
         b.quotes.len(),
-        n,
-        answer_tokens,
+        c.n,
+        c.answer_tokens,
         true,
     )?;
     let g = norm(&q.answer);

@@ -149,16 +149,13 @@ pub fn run(a: WebgptArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     let mut lines = String::new();
     for q in &picked {
-        let o = webgpt::evaluate_one(
-            &site,
-            q,
-            cfg,
+        let ec = webgpt::EvalConfig {
+            browser: cfg,
             style,
-            &mut lm,
-            &engine,
-            nmax,
-            a.answer_tokens,
-        )?;
+            n: nmax,
+            answer_tokens: a.answer_tokens,
+        };
+        let o = webgpt::evaluate_one(&site, q, ec, &mut lm, &engine)?;
         lines.push_str(&serde_json::to_string(&o)?);
         lines.push('\n');
         outcomes.push(o);
