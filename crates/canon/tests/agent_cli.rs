@@ -700,3 +700,122 @@ fn fewshot_builtin_tasks_run_and_bad_input_gives_one_line() {
         "--max-value",
     );
 }
+
+#[test]
+fn webgpt_oracle_records_and_a_model_evaluation() {
+    let d = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/react");
+    let out = d.path().join("wg");
+    let o = canon(
+        &[
+            "agent",
+            "webgpt",
+            "--data",
+            data.to_str().unwrap(),
+            "--oracle",
+            "--split",
+            "train",
+            "--limit",
+            "12",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = std::fs::read_to_string(out.join("demos.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = recs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 12 * 5, "{}", rows.len());
+    // Every command record is a state ending at "Next action:"; answers cite a reference.
+    assert!(rows.iter().all(|r| {
+        let p = r["prompt"].as_str().unwrap();
+        p.ends_with("Next action:") || p.ends_with("Answer:")
+    }));
+    assert!(
+        rows.iter()
+            .any(|r| r["completion"].as_str().unwrap().ends_with("[2]\n"))
+    );
+    // A tiny random model browses two test questions: it runs to the end and writes the table.
+    let model = d.path().join("tiny.gguf");
+    write_tiny_llama(
+        &model,
+        &TinyLlama {
+            context_length: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let o = canon(
+        &[
+            "agent",
+            "webgpt",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--style",
+            "plain",
+            "--limit",
+            "2",
+            "--n",
+            "1,2",
+            "--max-actions",
+            "3",
+            "--answer-tokens",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["questions"], 2);
+    assert_eq!(s["best_of_n"].as_array().unwrap().len(), 2);
+    let outcomes = std::fs::read_to_string(out.join("outcomes.jsonl")).unwrap();
+    for l in outcomes.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        for t in v["turns"].as_array().unwrap() {
+            assert!(
+                !t["observation"].as_str().unwrap().starts_with("error:"),
+                "{t}"
+            );
+        }
+        assert_eq!(v["answers"]["answers"].as_array().unwrap().len(), 2);
+    }
+    one_error(
+        &canon(
+            &[
+                "agent",
+                "webgpt",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                "x",
+            ],
+            d.path(),
+        ),
+        "--model",
+    );
+    one_error(
+        &canon(
+            &[
+                "agent",
+                "webgpt",
+                "--data",
+                data.to_str().unwrap(),
+                "--oracle",
+                "--split",
+                "dev",
+                "--out",
+                "x",
+            ],
+            d.path(),
+        ),
+        "split \"dev\"",
+    );
+}
