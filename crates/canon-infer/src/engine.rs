@@ -182,9 +182,10 @@ pub struct StepTimings {
     pub prefill_ns: u64,
     /// `forward_batch` of decode rows, logits copied out.
     pub forward_ns: u64,
-    /// Constraint masks, the sampler and log-probabilities.
+    /// Constraint masks, the sampler, log-probabilities, detokenizing the new token and stop
+    /// strings (the step's sequences side by side).
     pub sample_ns: u64,
-    /// Detokenizing the new token, stop strings, sending the event, finishing requests.
+    /// Sending the step's events and finishing requests.
     pub emit_ns: u64,
     /// The rest of a step: cancellations, admission, locks, statistics.
     pub other_ns: u64,
@@ -210,8 +211,8 @@ impl StepTimings {
         for (name, ns) in [
             ("prefill", self.prefill_ns),
             ("decode forward", self.forward_ns),
-            ("sampling", self.sample_ns),
-            ("detok+emit", self.emit_ns),
+            ("sample+detok", self.sample_ns),
+            ("send events", self.emit_ns),
             ("other", self.other_ns),
         ] {
             out.push_str(&format!(
@@ -753,7 +754,7 @@ impl Worker {
             s.prompt_tokens += prompt.len() as u64;
             s.cached_prompt_tokens += a.cached as u64;
         }
-        self.after_logits(i, row)
+        self.after_rows(vec![(i, row)])
     }
 
     fn decode_group(&mut self, group: &[usize]) -> Result<()> {
@@ -786,47 +787,97 @@ impl Worker {
         self.t.forward_ns += ns_since(t0);
         self.t.decode_passes += 1;
         self.t.decode_rows += group.len() as u64;
-        for ((&i, row), feed) in group.iter().zip(rows).zip(&feeds) {
+        for (&i, feed) in group.iter().zip(&feeds) {
             self.slots[i].ids.push(feed[0]);
-            self.after_logits(i, row)?;
         }
-        Ok(())
+        self.after_rows(group.iter().copied().zip(rows).collect())
     }
 
-    /// Samples slot `i`'s next token from `logits`, emits it, and decides whether to go on.
-    fn after_logits(&mut self, i: usize, mut logits: Vec<f32>) -> Result<()> {
+    /// Samples each listed slot's next token from its logits row and decides whether it goes on
+    /// (the sequences side by side on the kernels' pool: each touches only its own state), then
+    /// sends the step's events together, so the receivers are woken in one burst per step rather
+    /// than once between every two sequences' sampling.
+    fn after_rows(&mut self, rows: Vec<(usize, Vec<f32>)>) -> Result<()> {
         let max_len = self.max_len;
         let tok = self.tok.clone();
-        let slot = &mut self.slots[i];
-        let cache_len = slot.ids.len();
-        let Some(a) = slot.active.as_mut() else {
-            return Ok(());
-        };
-        let outcome = sample_and_emit(a, &tok, &mut logits, cache_len, max_len, &mut self.t);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = a.tx.send(Event::Error(e));
-                slot.active = None;
-                return Ok(());
-            }
-        };
-        match outcome {
-            Outcome::Continue(next) => a.phase = Phase::Decode { feed: next },
-            Outcome::Finished(reason) => {
-                let Some(a) = slot.active.take() else {
-                    return Ok(());
+        let t0 = Instant::now();
+        let results: Vec<(usize, std::result::Result<Sampled, String>)> = {
+            type Work<'a> = (
+                usize,
+                &'a mut Active,
+                Vec<f32>,
+                usize,
+                Option<std::result::Result<Sampled, String>>,
+            );
+            let mut rows = rows.into_iter().peekable();
+            let mut work: Vec<Mutex<Work<'_>>> = Vec::new();
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let Some(&(want, _)) = rows.peek() else {
+                    break;
                 };
-                let generated = a.tokens.len() as u64;
-                let t0 = Instant::now();
-                finish(a, &tok, reason)?;
-                self.t.emit_ns += ns_since(t0);
-                if let Ok(mut s) = self.shared.stats.lock() {
-                    s.requests_finished += 1;
-                    s.generated_tokens += generated;
+                if want != i {
+                    continue;
+                }
+                let Some((_, logits)) = rows.next() else {
+                    break;
+                };
+                let cache_len = slot.ids.len();
+                if let Some(a) = slot.active.as_mut() {
+                    work.push(Mutex::new((i, a, logits, cache_len, None)));
+                }
+            }
+            let run = |j: usize| {
+                let mut w = work[j].lock().unwrap_or_else(|p| p.into_inner());
+                let (_, a, logits, cache_len, out) = &mut *w;
+                *out = Some(sample_one(a, &tok, logits, *cache_len, max_len));
+            };
+            canon_quant::pool::parallel_for(work.len(), &run);
+            work.into_iter()
+                .map(|m| {
+                    let (i, _, _, _, out) = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                    (
+                        i,
+                        out.unwrap_or_else(|| Err("the sampling step did not run".into())),
+                    )
+                })
+                .collect()
+        };
+        let t1 = Instant::now();
+        self.t.sample_ns += t1.duration_since(t0).as_nanos() as u64;
+        for (i, r) in results {
+            let slot = &mut self.slots[i];
+            let Some(a) = slot.active.as_mut() else {
+                continue;
+            };
+            let outcome = match r {
+                Ok(Sampled { event, outcome }) => {
+                    if let Some(e) = event {
+                        let _ = a.tx.send(e);
+                    }
+                    outcome
+                }
+                Err(e) => {
+                    let _ = a.tx.send(Event::Error(e));
+                    slot.active = None;
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Continue(next) => a.phase = Phase::Decode { feed: next },
+                Outcome::Finished(reason) => {
+                    let Some(a) = slot.active.take() else {
+                        continue;
+                    };
+                    let generated = a.tokens.len() as u64;
+                    finish(a, &tok, reason)?;
+                    if let Ok(mut s) = self.shared.stats.lock() {
+                        s.requests_finished += 1;
+                        s.generated_tokens += generated;
+                    }
                 }
             }
         }
+        self.t.emit_ns += ns_since(t1);
         Ok(())
     }
 
@@ -851,20 +902,35 @@ impl Worker {
     }
 }
 
-/// The sampling half of one step for one sequence (the same decisions as `generate_ids`).
-fn sample_and_emit(
+/// One sequence's sampled token: the event to send (none when the sequence ended before a
+/// token) and what follows.
+struct Sampled {
+    event: Option<Event>,
+    outcome: Outcome,
+}
+
+impl From<Outcome> for Sampled {
+    fn from(outcome: Outcome) -> Self {
+        Sampled {
+            event: None,
+            outcome,
+        }
+    }
+}
+
+/// The sampling half of one step for one sequence (the same decisions as `generate_ids`):
+/// constraint, sampler, log-probability, detokenizing and stop strings. Sends nothing.
+fn sample_one(
     a: &mut Active,
     tok: &Tokenizer,
     logits: &mut [f32],
     cache_len: usize,
     max_len: usize,
-    t: &mut StepTimings,
-) -> std::result::Result<Outcome, String> {
-    let t0 = Instant::now();
+) -> std::result::Result<Sampled, String> {
     if let Some(c) = a.req.constraint.as_mut() {
         match c.allowed()? {
             Allowed::All => {}
-            Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop)),
+            Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop).into()),
             allowed @ Allowed::Mask(_) => {
                 for (id, l) in logits.iter_mut().enumerate() {
                     if !allowed.allows(id as u32) {
@@ -882,7 +948,7 @@ fn sample_and_emit(
         a.first_token = Some(Instant::now());
     }
     if !a.req.ignore_eos && tok.eog_ids.contains(&next) {
-        return Ok(Outcome::Finished(FinishReason::Stop));
+        return Ok(Outcome::Finished(FinishReason::Stop).into());
     }
     if let Some(c) = a.req.constraint.as_mut() {
         c.commit(next)?;
@@ -894,8 +960,6 @@ fn sample_and_emit(
     if let (Some(lp), Some(v)) = (&logprob, a.lps.as_mut()) {
         v.push(lp.clone());
     }
-    let t1 = Instant::now();
-    t.sample_ns += t1.duration_since(t0).as_nanos() as u64;
     a.tokens.push(next);
     a.history.push(next);
     let mut hit_stop = false;
@@ -912,20 +976,20 @@ fn sample_and_emit(
         text = out;
         hit_stop = stop;
     }
-    let _ = a.tx.send(Event::Token {
+    let event = Some(Event::Token {
         id: next,
         text,
         logprob,
     });
-    t.emit_ns += ns_since(t1);
-    if hit_stop {
+    let outcome = if hit_stop {
         a.hit_stop_string = true;
-        return Ok(Outcome::Finished(FinishReason::Stop));
-    }
-    if a.tokens.len() >= a.req.max_tokens || cache_len + 1 >= max_len {
-        return Ok(Outcome::Finished(FinishReason::Length));
-    }
-    Ok(Outcome::Continue(next))
+        Outcome::Finished(FinishReason::Stop)
+    } else if a.tokens.len() >= a.req.max_tokens || cache_len + 1 >= max_len {
+        Outcome::Finished(FinishReason::Length)
+    } else {
+        Outcome::Continue(next)
+    };
+    Ok(Sampled { event, outcome })
 }
 
 /// Flushes held-back text and sends `Done`.
