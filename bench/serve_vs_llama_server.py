@@ -9,6 +9,8 @@ medians over --repeat rounds:
   - time to first token, p50 and p95 over the round's requests;
 and, per server, the peak resident memory (VmHWM) with --parallel slots of --ctx tokens each.
 Both servers run with --parallel 8 slots (continuous batching) and --threads.
+With --baseline BIN, a second canon binary (e.g. a build of an earlier commit) is measured in the
+same run under the same load, and a before/after table follows.
 
     bash bench/setup_peers.sh          # builds llama-server into ~/.cache/canon-peers
     python3 bench/serve_vs_llama_server.py --threads 2
@@ -141,6 +143,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", str(PEERS / "llama.cpp-build" / "bin" / "llama-server")))
     ap.add_argument("--canon", default="", help="the canon binary (default: target/release/canon, built if missing)")
+    ap.add_argument("--baseline", default="", help="another canon binary measured in the same run (before/after)")
+    ap.add_argument("--skip-llama", action="store_true", help="measure only canon (and --baseline)")
     args = ap.parse_args()
     if not Path(args.gguf).is_file():
         sys.exit(f"error: no GGUF at {args.gguf} (run `canon assets fetch` or pass --gguf)")
@@ -149,14 +153,24 @@ def main():
     canon = Path(args.canon) if args.canon else ROOT / "target" / "release" / "canon"
     if not args.canon and not canon.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "canon"], cwd=ROOT, check=True)
+    if args.baseline and not Path(args.baseline).is_file():
+        sys.exit(f"error: no canon binary at {args.baseline} (--baseline)")
     slots = 8
+
+    def canon_cmd(binary):
+        return lambda port: [str(binary), "--threads", str(args.threads), "serve", "--model", args.gguf,
+                             "--port", str(port), "--parallel", str(slots), "--ctx-size", str(args.ctx)]
+
     servers = {
-        "canon serve": lambda port: [str(canon), "--threads", str(args.threads), "serve", "--model", args.gguf,
-                                     "--port", str(port), "--parallel", str(slots), "--ctx-size", str(args.ctx)],
+        "canon serve": canon_cmd(canon),
         "llama-server": lambda port: [args.llama_server, "-m", args.gguf, "--port", str(port), "--host", "127.0.0.1",
                                       "--parallel", str(slots), "-c", str(args.ctx * slots), "--threads", str(args.threads),
                                       "--threads-batch", str(args.threads), "--cont-batching", "--no-webui"],
     }
+    if args.skip_llama:
+        del servers["llama-server"]
+    if args.baseline:
+        servers["canon before"] = canon_cmd(args.baseline)
     concs = [int(c) for c in args.concurrency.split(",")]
     table = {}
     rss = {}
@@ -182,7 +196,27 @@ def main():
                 proc.kill()
     print(f"# canon serve vs llama-server — {cpu_name()}, {args.threads} threads, {slots} slots x {args.ctx} ctx,"
           f" {args.max_tokens} tokens per request, {args.requests} requests per client, median of {args.repeat}")
-    print(f"# model: {Path(args.gguf).name}")
+    print(f"# model: {Path(args.gguf).name}; load average at the end: {os.getloadavg()[0]:.1f}")
+    if args.baseline:
+        print(f"# canon before: {args.baseline}")
+        print("| streams | canon before tok/s | canon tok/s | after / before | before TTFT p50/p95 ms | TTFT p50/p95 ms |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for c in concs:
+            a, b = table[("canon serve", c)], table[("canon before", c)]
+            print(f"| {c} | {b[0]:.1f} | {a[0]:.1f} | {a[0] / b[0]:.2f}x | {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |"
+                  f" {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |")
+        c1, cmax = concs[0], concs[-1]
+        print(f"canon before: {cmax}-stream aggregate / {c1}-stream ="
+              f" {table[('canon before', cmax)][0] / table[('canon before', c1)][0]:.2f}x;"
+              f" peak RSS {rss['canon before']:.0f} MB")
+    if args.skip_llama:
+        for c in concs:
+            a = table[("canon serve", c)]
+            print(f"canon C={c}: {a[0]:.1f} tok/s, TTFT p50 {a[1] * 1000:.0f} / p95 {a[2] * 1000:.0f} ms")
+        c1, cmax = concs[0], concs[-1]
+        print(f"canon: {cmax}-stream aggregate / {c1}-stream = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
+              f" peak RSS {rss['canon serve']:.0f} MB")
+        return
     print("| streams | canon tok/s | llama-server tok/s | ratio | canon TTFT p50/p95 ms | llama-server TTFT p50/p95 ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     for c in concs:

@@ -165,6 +165,79 @@ pub struct EngineStats {
     pub decode_tokens_per_s: f64,
 }
 
+/// Where the engine's worker spent its time, summed over steps since the start (or the last
+/// `Engine::reset_timings`). A step is one pass of the worker loop: at most one prefill chunk and
+/// one decode pass over every decoding sequence.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StepTimings {
+    /// Worker steps that did work.
+    pub steps: u64,
+    /// Decode forward passes and the sequences (rows) they advanced.
+    pub decode_passes: u64,
+    pub decode_rows: u64,
+    /// Prefill chunks and their prompt tokens.
+    pub prefill_chunks: u64,
+    pub prefill_tokens: u64,
+    /// `forward_batch` of prompt chunks, logits copied out.
+    pub prefill_ns: u64,
+    /// `forward_batch` of decode rows, logits copied out.
+    pub forward_ns: u64,
+    /// Constraint masks, the sampler, log-probabilities, detokenizing the new token and stop
+    /// strings (the step's sequences side by side).
+    pub sample_ns: u64,
+    /// Sending the step's events and finishing requests.
+    pub emit_ns: u64,
+    /// The rest of a step: cancellations, admission, locks, statistics.
+    pub other_ns: u64,
+    /// Waiting for work with no sequence running.
+    pub idle_ns: u64,
+}
+
+impl StepTimings {
+    /// A table of the time per step and per generated token by phase.
+    pub fn table(&self) -> String {
+        let busy = self.prefill_ns + self.forward_ns + self.sample_ns + self.emit_ns + self.other_ns;
+        let per = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e3 };
+        let mut out = format!(
+            "{} steps, {} decode passes over {} rows ({:.2} rows a pass), {} prefill chunks ({} tokens)\n",
+            self.steps,
+            self.decode_passes,
+            self.decode_rows,
+            if self.decode_passes == 0 { 0.0 } else { self.decode_rows as f64 / self.decode_passes as f64 },
+            self.prefill_chunks,
+            self.prefill_tokens
+        );
+        out.push_str("phase            total ms   share   µs/step   µs/decode row\n");
+        for (name, ns) in [
+            ("prefill", self.prefill_ns),
+            ("decode forward", self.forward_ns),
+            ("sample+detok", self.sample_ns),
+            ("send events", self.emit_ns),
+            ("other", self.other_ns),
+        ] {
+            out.push_str(&format!(
+                "{name:15} {:9.1} {:6.1}% {:9.1} {:13.1}\n",
+                ns as f64 / 1e6,
+                if busy == 0 { 0.0 } else { 100.0 * ns as f64 / busy as f64 },
+                per(ns, self.steps),
+                per(ns, self.decode_rows)
+            ));
+        }
+        out.push_str(&format!(
+            "busy            {:9.1}          {:9.1} {:13.1}\nidle            {:9.1}\n",
+            busy as f64 / 1e6,
+            per(busy, self.steps),
+            per(busy, self.decode_rows),
+            self.idle_ns as f64 / 1e6
+        ));
+        out
+    }
+}
+
+fn ns_since(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
+
 /// The receiving end of a request. Dropping it (or `cancel`) frees the slot within one step.
 pub struct RequestHandle {
     rx: flume::Receiver<Event>,
@@ -224,6 +297,7 @@ struct Shared {
     wake: Condvar,
     stats: Mutex<EngineStats>,
     busy_ns: AtomicU64,
+    timings: Mutex<StepTimings>,
 }
 
 /// A running batched-generation engine. Clones share the same worker.
@@ -262,6 +336,7 @@ impl Engine {
                 ..Default::default()
             }),
             busy_ns: AtomicU64::new(0),
+            timings: Mutex::new(StepTimings::default()),
         });
         let tokenizer = Arc::new(lm.tokenizer.clone());
         let vocab = lm.model.vocab_size();
@@ -369,6 +444,22 @@ impl Engine {
         s
     }
 
+    /// Where the worker's time went since the start or the last `reset_timings`.
+    pub fn timings(&self) -> StepTimings {
+        self.shared
+            .timings
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// Zeroes the step timings (e.g. after a warm-up).
+    pub fn reset_timings(&self) {
+        if let Ok(mut t) = self.shared.timings.lock() {
+            *t = StepTimings::default();
+        }
+    }
+
     /// Stops the worker: queued and running requests end with `Event::Error`.
     pub fn shutdown(&self) {
         if let Ok(mut q) = self.shared.queue.lock() {
@@ -422,6 +513,8 @@ struct Worker {
     max_len: usize,
     shared: Arc<Shared>,
     slots: Vec<Slot>,
+    /// This worker's timings since the last publication to `shared.timings`.
+    t: StepTimings,
 }
 
 /// What a sampled token did to its sequence.
@@ -452,6 +545,7 @@ impl Worker {
             max_len,
             shared,
             slots,
+            t: StepTimings::default(),
         }
     }
 
@@ -459,15 +553,20 @@ impl Worker {
         loop {
             // Wait for work; take new requests into free slots.
             let shared = self.shared.clone();
+            let mut start = Instant::now();
             let shutdown = {
                 let Ok(mut q) = shared.queue.lock() else {
                     return;
                 };
-                while !q.shutdown && q.pending.is_empty() && self.idle() {
-                    q = match shared.wake.wait(q) {
-                        Ok(q) => q,
-                        Err(_) => return,
-                    };
+                if !q.shutdown && q.pending.is_empty() && self.idle() {
+                    while !q.shutdown && q.pending.is_empty() && self.idle() {
+                        q = match shared.wake.wait(q) {
+                            Ok(q) => q,
+                            Err(_) => return,
+                        };
+                    }
+                    self.t.idle_ns += ns_since(start);
+                    start = Instant::now();
                 }
                 if !q.shutdown {
                     self.admit(&mut q.pending);
@@ -487,6 +586,27 @@ impl Worker {
                 .busy_ns
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.publish_busy();
+            self.publish_timings(ns_since(start));
+        }
+    }
+
+    /// Adds this step's timings to the shared ones; `total_ns` is the whole step, so what the
+    /// phases did not account for counts as `other`.
+    fn publish_timings(&mut self, total_ns: u64) {
+        let t = std::mem::take(&mut self.t);
+        let phases = t.prefill_ns + t.forward_ns + t.sample_ns + t.emit_ns;
+        if let Ok(mut s) = self.shared.timings.lock() {
+            s.steps += 1;
+            s.decode_passes += t.decode_passes;
+            s.decode_rows += t.decode_rows;
+            s.prefill_chunks += t.prefill_chunks;
+            s.prefill_tokens += t.prefill_tokens;
+            s.prefill_ns += t.prefill_ns;
+            s.forward_ns += t.forward_ns;
+            s.sample_ns += t.sample_ns;
+            s.emit_ns += t.emit_ns;
+            s.other_ns += total_ns.saturating_sub(phases);
+            s.idle_ns += t.idle_ns;
         }
     }
 
@@ -616,20 +736,25 @@ impl Worker {
         let prompt = &a.req.prompt_ids;
         let end = (next + chunk_len).min(prompt.len());
         let chunk: Vec<u32> = prompt[next..end].to_vec();
+        let t0 = Instant::now();
         let logits = self
             .lm
             .forward_batch(&[chunk.as_slice()], &mut [&mut slot.cache])?;
+        self.t.prefill_chunks += 1;
+        self.t.prefill_tokens += chunk.len() as u64;
         slot.ids.extend_from_slice(&chunk);
         if end < prompt.len() {
+            self.t.prefill_ns += ns_since(t0);
             a.phase = Phase::Prefill { next: end };
             return Ok(());
         }
         let row = logits.flatten_all()?.to_vec1::<f32>()?;
+        self.t.prefill_ns += ns_since(t0);
         if let Ok(mut s) = self.shared.stats.lock() {
             s.prompt_tokens += prompt.len() as u64;
             s.cached_prompt_tokens += a.cached as u64;
         }
-        self.after_logits(i, row)
+        self.after_rows(vec![(i, row)])
     }
 
     fn decode_group(&mut self, group: &[usize]) -> Result<()> {
@@ -644,6 +769,7 @@ impl Worker {
             })
             .collect();
         let ids: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
+        let t0 = Instant::now();
         let logits = {
             let mut caches: Vec<&mut Cache> = Vec::with_capacity(group.len());
             let mut rest: &mut [Slot] = &mut self.slots;
@@ -658,45 +784,100 @@ impl Worker {
             self.lm.forward_batch(&ids, &mut caches)?
         };
         let rows = logits.to_vec2::<f32>()?;
-        for ((&i, row), feed) in group.iter().zip(rows).zip(&feeds) {
+        self.t.forward_ns += ns_since(t0);
+        self.t.decode_passes += 1;
+        self.t.decode_rows += group.len() as u64;
+        for (&i, feed) in group.iter().zip(&feeds) {
             self.slots[i].ids.push(feed[0]);
-            self.after_logits(i, row)?;
         }
-        Ok(())
+        self.after_rows(group.iter().copied().zip(rows).collect())
     }
 
-    /// Samples slot `i`'s next token from `logits`, emits it, and decides whether to go on.
-    fn after_logits(&mut self, i: usize, mut logits: Vec<f32>) -> Result<()> {
+    /// Samples each listed slot's next token from its logits row and decides whether it goes on
+    /// (the sequences side by side on the kernels' pool: each touches only its own state), then
+    /// sends the step's events together, so the receivers are woken in one burst per step rather
+    /// than once between every two sequences' sampling.
+    fn after_rows(&mut self, rows: Vec<(usize, Vec<f32>)>) -> Result<()> {
         let max_len = self.max_len;
         let tok = self.tok.clone();
-        let slot = &mut self.slots[i];
-        let cache_len = slot.ids.len();
-        let Some(a) = slot.active.as_mut() else {
-            return Ok(());
-        };
-        let outcome = sample_and_emit(a, &tok, &mut logits, cache_len, max_len);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = a.tx.send(Event::Error(e));
-                slot.active = None;
-                return Ok(());
-            }
-        };
-        match outcome {
-            Outcome::Continue(next) => a.phase = Phase::Decode { feed: next },
-            Outcome::Finished(reason) => {
-                let Some(a) = slot.active.take() else {
-                    return Ok(());
+        let t0 = Instant::now();
+        let results: Vec<(usize, std::result::Result<Sampled, String>)> = {
+            type Work<'a> = (
+                usize,
+                &'a mut Active,
+                Vec<f32>,
+                usize,
+                Option<std::result::Result<Sampled, String>>,
+            );
+            let mut rows = rows.into_iter().peekable();
+            let mut work: Vec<Mutex<Work<'_>>> = Vec::new();
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let Some(&(want, _)) = rows.peek() else {
+                    break;
                 };
-                let generated = a.tokens.len() as u64;
-                finish(a, &tok, reason)?;
-                if let Ok(mut s) = self.shared.stats.lock() {
-                    s.requests_finished += 1;
-                    s.generated_tokens += generated;
+                if want != i {
+                    continue;
+                }
+                let Some((_, logits)) = rows.next() else {
+                    break;
+                };
+                let cache_len = slot.ids.len();
+                if let Some(a) = slot.active.as_mut() {
+                    work.push(Mutex::new((i, a, logits, cache_len, None)));
+                }
+            }
+            let run = |j: usize| {
+                let mut w = work[j].lock().unwrap_or_else(|p| p.into_inner());
+                let (_, a, logits, cache_len, out) = &mut *w;
+                *out = Some(sample_one(a, &tok, logits, *cache_len, max_len));
+            };
+            canon_quant::pool::parallel_for(work.len(), &run);
+            work.into_iter()
+                .map(|m| {
+                    let (i, _, _, _, out) = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                    (
+                        i,
+                        out.unwrap_or_else(|| Err("the sampling step did not run".into())),
+                    )
+                })
+                .collect()
+        };
+        let t1 = Instant::now();
+        self.t.sample_ns += t1.duration_since(t0).as_nanos() as u64;
+        for (i, r) in results {
+            let slot = &mut self.slots[i];
+            let Some(a) = slot.active.as_mut() else {
+                continue;
+            };
+            let outcome = match r {
+                Ok(Sampled { event, outcome }) => {
+                    if let Some(e) = event {
+                        let _ = a.tx.send(e);
+                    }
+                    outcome
+                }
+                Err(e) => {
+                    let _ = a.tx.send(Event::Error(e));
+                    slot.active = None;
+                    continue;
+                }
+            };
+            match outcome {
+                Outcome::Continue(next) => a.phase = Phase::Decode { feed: next },
+                Outcome::Finished(reason) => {
+                    let Some(a) = slot.active.take() else {
+                        continue;
+                    };
+                    let generated = a.tokens.len() as u64;
+                    finish(a, &tok, reason)?;
+                    if let Ok(mut s) = self.shared.stats.lock() {
+                        s.requests_finished += 1;
+                        s.generated_tokens += generated;
+                    }
                 }
             }
         }
+        self.t.emit_ns += ns_since(t1);
         Ok(())
     }
 
@@ -721,18 +902,35 @@ impl Worker {
     }
 }
 
-/// The sampling half of one step for one sequence (the same decisions as `generate_ids`).
-fn sample_and_emit(
+/// One sequence's sampled token: the event to send (none when the sequence ended before a
+/// token) and what follows.
+struct Sampled {
+    event: Option<Event>,
+    outcome: Outcome,
+}
+
+impl From<Outcome> for Sampled {
+    fn from(outcome: Outcome) -> Self {
+        Sampled {
+            event: None,
+            outcome,
+        }
+    }
+}
+
+/// The sampling half of one step for one sequence (the same decisions as `generate_ids`):
+/// constraint, sampler, log-probability, detokenizing and stop strings. Sends nothing.
+fn sample_one(
     a: &mut Active,
     tok: &Tokenizer,
     logits: &mut [f32],
     cache_len: usize,
     max_len: usize,
-) -> std::result::Result<Outcome, String> {
+) -> std::result::Result<Sampled, String> {
     if let Some(c) = a.req.constraint.as_mut() {
         match c.allowed()? {
             Allowed::All => {}
-            Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop)),
+            Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop).into()),
             allowed @ Allowed::Mask(_) => {
                 for (id, l) in logits.iter_mut().enumerate() {
                     if !allowed.allows(id as u32) {
@@ -750,7 +948,7 @@ fn sample_and_emit(
         a.first_token = Some(Instant::now());
     }
     if !a.req.ignore_eos && tok.eog_ids.contains(&next) {
-        return Ok(Outcome::Finished(FinishReason::Stop));
+        return Ok(Outcome::Finished(FinishReason::Stop).into());
     }
     if let Some(c) = a.req.constraint.as_mut() {
         c.commit(next)?;
@@ -778,19 +976,20 @@ fn sample_and_emit(
         text = out;
         hit_stop = stop;
     }
-    let _ = a.tx.send(Event::Token {
+    let event = Some(Event::Token {
         id: next,
         text,
         logprob,
     });
-    if hit_stop {
+    let outcome = if hit_stop {
         a.hit_stop_string = true;
-        return Ok(Outcome::Finished(FinishReason::Stop));
-    }
-    if a.tokens.len() >= a.req.max_tokens || cache_len + 1 >= max_len {
-        return Ok(Outcome::Finished(FinishReason::Length));
-    }
-    Ok(Outcome::Continue(next))
+        Outcome::Finished(FinishReason::Stop)
+    } else if a.tokens.len() >= a.req.max_tokens || cache_len + 1 >= max_len {
+        Outcome::Finished(FinishReason::Length)
+    } else {
+        Outcome::Continue(next)
+    };
+    Ok(Sampled { event, outcome })
 }
 
 /// Flushes held-back text and sends `Done`.

@@ -13,6 +13,7 @@ pub mod structured;
 pub use constrained::{Allowed, TokenConstraint};
 pub use engine::{
     Completion, Engine, EngineConfig, EngineError, EngineStats, Event, Request, RequestHandle,
+    StepTimings,
 };
 pub use generate::{LmGenerator, Session, generate_ids};
 pub use generator::{FinishReason, GenerateRequest, Generation, TextGenerator, TokenLogprob};

@@ -146,6 +146,14 @@ impl Sampler {
         if c.temperature <= 0.0 {
             return argmax(&l) as u32;
         }
+        let truncates = c.top_k.is_some()
+            || c.top_p.is_some_and(|p| p < 1.0)
+            || c.min_p.is_some_and(|p| p > 0.0);
+        if !truncates {
+            if let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, &mut l) {
+                return id;
+            }
+        }
         // Candidates sorted by logit, highest first (stable: lower id first on ties). Only those
         // within 40·max(1, T) of the largest logit are kept and sorted (a few dozen of a 49k or
         // 262k vocabulary, instead of all): the weight of any other, exp(−40) < 2^−57 of the
@@ -168,9 +176,17 @@ impl Sampler {
             .filter(|(_, x)| !x.is_nan() && **x >= cut)
             .map(|(i, &x)| (i as u32, x))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = c.top_k {
-            cand.truncate(k.max(1));
+        // Highest logit first, lower id first on ties (`total_cmp` order): only the top k need
+        // sorting when top-k is on, and the order is strict, so selecting them first and sorting
+        // those gives the candidates a full sort would.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        match c.top_k {
+            Some(k) if k.max(1) < cand.len() => {
+                cand.select_nth_unstable_by(k.max(1) - 1, order);
+                cand.truncate(k.max(1));
+                cand.sort_unstable_by(order);
+            }
+            _ => sort_candidates(&mut cand),
         }
         let probs = |cand: &[(u32, f32)], t: f32| -> Vec<f64> {
             let m = cand.first().map_or(0.0, |x| x.1) as f64;
@@ -210,6 +226,77 @@ impl Sampler {
             }
         }
         cand.last().map_or(0, |x| x.0)
+    }
+}
+
+/// Temperature sampling with no truncation: softmax(l / T) in one vectorised pass and an
+/// inverse-CDF draw in token order, O(vocabulary) with no sort. A token whose logit in `masked` is
+/// −∞ or NaN (a constraint's mask) is never drawn. `None`, with `l` untouched, when no logit is
+/// finite (the sorted path handles that case).
+fn draw_unsorted(rng: &mut StdRng, temperature: f32, masked: &[f32], l: &mut [f32]) -> Option<u32> {
+    let top = l
+        .iter()
+        .filter(|x| !x.is_nan())
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if !top.is_finite() {
+        return None;
+    }
+    let inv_t = 1.0 / temperature;
+    for x in l.iter_mut() {
+        *x = if x.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            *x * inv_t
+        };
+    }
+    canon_nn::fused::softmax_inplace(l);
+    let u: f64 = rng.random();
+    let live = |i: usize| masked.get(i).is_some_and(|x| *x > f32::NEG_INFINITY);
+    // The probabilities sum to 1 up to rounding: scale the draw by their sum.
+    let total: f64 = l
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| live(i))
+        .map(|(_, &p)| p as f64)
+        .sum();
+    let target = u * total;
+    let mut cum = 0.0f64;
+    let mut last = None;
+    for (i, &p) in l.iter().enumerate() {
+        if p > 0.0 && live(i) {
+            cum += p as f64;
+            last = Some(i as u32);
+            if target < cum {
+                return last;
+            }
+        }
+    }
+    last
+}
+
+/// Sorts candidates by logit, highest first, lower id first on ties: the order of
+/// `b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))`, by one integer sort of packed keys (each key is
+/// unique, so an unstable sort gives that order exactly).
+fn sort_candidates(cand: &mut [(u32, f32)]) {
+    // `total_cmp`'s order as unsigned integers, then flipped for highest first.
+    let desc = |x: f32| {
+        let b = x.to_bits();
+        let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+        !asc
+    };
+    let mut keys: Vec<u64> = cand
+        .iter()
+        .map(|&(id, x)| (u64::from(desc(x)) << 32) | u64::from(id))
+        .collect();
+    keys.sort_unstable();
+    for (c, k) in cand.iter_mut().zip(keys) {
+        let asc = !((k >> 32) as u32);
+        let bits = if asc >> 31 == 1 {
+            asc & 0x7FFF_FFFF
+        } else {
+            !asc
+        };
+        *c = (k as u32, f32::from_bits(bits));
     }
 }
 
@@ -302,8 +389,10 @@ mod tests {
     #[test]
     fn dropping_negligible_candidates_draws_the_same_tokens() {
         let mut noise = StdRng::seed_from_u64(9);
+        // (Without top-k, top-p or min-p, sampling takes the unsorted path: see
+        // `untruncated_draws_follow_softmax_and_skip_masked_tokens`.)
         let configs = [
-            (2.0, None, None, None),
+            (2.0, None, None, Some(1e-12)),
             (0.8, None, Some(0.95), None),
             (1.0, Some(40), Some(0.9), Some(0.05)),
             (0.3, None, None, Some(0.01)),
@@ -401,6 +490,62 @@ mod tests {
             assert!(
                 (f - pi).abs() < 0.015,
                 "token {i}: frequency {f} vs probability {pi}"
+            );
+        }
+    }
+
+    #[test]
+    fn untruncated_draws_follow_softmax_and_skip_masked_tokens() {
+        // Temperature 0.5 doubles the logit gaps.
+        let logits = [1.0f32, 2.0, f32::NEG_INFINITY, 0.5, f32::NAN, 1.5];
+        let mut s = Sampler::new(SamplingConfig { seed: 3, ..cfg(0.5) }).unwrap();
+        let n = 40_000;
+        let draws: Vec<u32> = (0..n).map(|_| s.sample(&logits, &[])).collect();
+        let live = [0usize, 1, 3, 5];
+        let z: f64 = live.iter().map(|&i| (2.0 * logits[i] as f64).exp()).sum();
+        for i in 0..logits.len() {
+            let f = draws.iter().filter(|&&t| t as usize == i).count() as f64 / n as f64;
+            let p = if live.contains(&i) {
+                (2.0 * logits[i] as f64).exp() / z
+            } else {
+                0.0
+            };
+            assert!((f - p).abs() < 0.01, "token {i}: frequency {f} vs {p}");
+            if p == 0.0 {
+                assert_eq!(f, 0.0, "masked token {i} was drawn");
+            }
+        }
+        // One finite logit among masked ones: always that one, whatever the temperature.
+        let mut s = Sampler::new(cfg(3.0)).unwrap();
+        let one = [f32::NEG_INFINITY, -50.0, f32::NEG_INFINITY];
+        assert!((0..100).all(|_| s.sample(&one, &[]) == 1));
+        // No finite logit: the sorted path's answer (the last candidate), no panic.
+        let none = [f32::NEG_INFINITY; 3];
+        let _ = s.sample(&none, &[]);
+    }
+
+    #[test]
+    fn packed_key_sort_orders_as_total_cmp_then_id() {
+        let mut noise = StdRng::seed_from_u64(5);
+        let specials = [0.0f32, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, 1e-30, -1e-30];
+        for round in 0..50 {
+            let mut cand: Vec<(u32, f32)> = (0..500u32)
+                .map(|i| {
+                    let x = match noise.random_range(0..4) {
+                        0 => specials[noise.random_range(0..specials.len())],
+                        // Few distinct values: many ties.
+                        1 => (noise.random_range(0..5) as f32) - 2.0,
+                        _ => (noise.random::<f32>() - 0.5) * 100.0,
+                    };
+                    (i * 7 % 503 + round, x)
+                })
+                .collect();
+            let mut want = cand.clone();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            sort_candidates(&mut cand);
+            assert_eq!(
+                cand.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>(),
+                want.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>()
             );
         }
     }

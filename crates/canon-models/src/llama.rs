@@ -435,15 +435,30 @@ impl CausalLm for Llama {
                 let a = attention(&qi, &ka, &va, self.mask_of(l, offset, t))?;
                 Ok(a.transpose(1, 2)?.reshape((t, nh * hd))?)
             };
-            // Several sequences: their attention (single-threaded each while decoding) runs on
-            // rayon's threads side by side; each touches only its own cache, so the results do
-            // not depend on how they are spread.
+            // Several sequences: their attention (single-threaded each while decoding) runs side
+            // by side on the kernels' pool, the threads that run the matrix products (not on
+            // rayon's, whose workers would wake per layer and compete with the pool's for the
+            // cores); each touches only its own cache, so the results do not depend on how they
+            // are spread.
             let mut outs: Vec<Tensor> = if spans.len() > 1 {
-                use rayon::prelude::*;
-                spans
-                    .par_iter()
-                    .zip(caches.par_iter_mut())
-                    .map(|(span, cache)| one(span, cache))
+                let work: Vec<std::sync::Mutex<(&mut Cache, Option<Result<Tensor>>)>> = caches
+                    .iter_mut()
+                    .map(|c| std::sync::Mutex::new((&mut **c, None)))
+                    .collect();
+                canon_quant::pool::parallel_for(spans.len(), &|i| {
+                    let mut w = work[i].lock().unwrap_or_else(|p| p.into_inner());
+                    let r = one(&spans[i], &mut *w.0);
+                    w.1 = Some(r);
+                });
+                work.into_iter()
+                    .map(|m| {
+                        let (_, r) = m.into_inner().unwrap_or_else(|p| p.into_inner());
+                        r.unwrap_or_else(|| {
+                            Err(ModelError::Input(
+                                "forward_batch: a sequence's attention did not run".into(),
+                            ))
+                        })
+                    })
                     .collect::<Result<_>>()?
             } else {
                 spans

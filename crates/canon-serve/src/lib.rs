@@ -412,6 +412,30 @@ async fn metrics(State(st): State<Shared>) -> Response {
             "Prompt tokens reused from a slot's cache.",
             vec![(String::new(), s.cached_prompt_tokens as f64)],
         );
+        let t = l.engine.timings();
+        let secs = |ns: u64| ns as f64 / 1e9;
+        put(
+            "canon_engine_seconds_total",
+            "counter",
+            "Engine worker time by phase of its steps.",
+            vec![
+                ("{phase=\"prefill\"}".into(), secs(t.prefill_ns)),
+                ("{phase=\"decode_forward\"}".into(), secs(t.forward_ns)),
+                ("{phase=\"sample\"}".into(), secs(t.sample_ns)),
+                ("{phase=\"send\"}".into(), secs(t.emit_ns)),
+                ("{phase=\"other\"}".into(), secs(t.other_ns)),
+                ("{phase=\"idle\"}".into(), secs(t.idle_ns)),
+            ],
+        );
+        put(
+            "canon_engine_decode_rows_total",
+            "counter",
+            "Sequences advanced by decode passes (rows / passes = the batch size).",
+            vec![
+                ("{kind=\"rows\"}".into(), t.decode_rows as f64),
+                ("{kind=\"passes\"}".into(), t.decode_passes as f64),
+            ],
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

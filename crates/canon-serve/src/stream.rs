@@ -37,8 +37,35 @@ struct Choice {
     plain: bool,
 }
 
+/// Where a response's events come from.
+enum Source {
+    /// One choice: its handle, read directly (no forwarding task, no second channel: one
+    /// wake-up per token instead of two). `None` once its last event was read.
+    One(Option<canon_infer::RequestHandle>),
+    /// Several choices, merged by one forwarding task per handle.
+    Many(tokio::sync::mpsc::Receiver<(usize, Event)>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<(usize, Event)> {
+        match self {
+            Source::One(h) => {
+                let e = h.as_ref()?.recv_async().await;
+                if e.as_ref()
+                    .is_none_or(|e| matches!(e, Event::Done(_) | Event::Error(_)))
+                {
+                    // Dropping the handle after its last event cancels nothing that runs.
+                    *h = None;
+                }
+                e.map(|e| (0, e))
+            }
+            Source::Many(rx) => rx.recv().await,
+        }
+    }
+}
+
 struct State {
-    rx: tokio::sync::mpsc::Receiver<(usize, Event)>,
+    rx: Source,
     pending: VecDeque<Result<SseEvent, Infallible>>,
     choices: Vec<Choice>,
     completion_tokens: usize,
@@ -57,23 +84,27 @@ pub(crate) fn stream_response(
     handles: Vec<canon_infer::RequestHandle>,
     meta: StreamMeta,
 ) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Event)>(256);
     let n = handles.len();
-    for (i, h) in handles.into_iter().enumerate() {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(e) = h.recv_async().await {
-                let last = matches!(e, Event::Done(_) | Event::Error(_));
-                if tx.send((i, e)).await.is_err() {
-                    return; // the client left: dropping `h` cancels the request
+    let rx = if n == 1 {
+        Source::One(handles.into_iter().next())
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Event)>(256);
+        for (i, h) in handles.into_iter().enumerate() {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(e) = h.recv_async().await {
+                    let last = matches!(e, Event::Done(_) | Event::Error(_));
+                    if tx.send((i, e)).await.is_err() {
+                        return; // the client left: dropping `h` cancels the request
+                    }
+                    if last {
+                        return;
+                    }
                 }
-                if last {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
+            });
+        }
+        Source::Many(rx)
+    };
     let created = now_secs();
     let meta = std::sync::Arc::new(meta);
     let state = State {
@@ -119,7 +150,7 @@ pub(crate) fn stream_response(
                     s.pending.push_back(data(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null, "logprobs": null}]))));
                     continue;
                 }
-                match s.rx.recv().await {
+                match s.rx.next().await {
                     Some((i, Event::Token { text, logprob, .. })) => {
                         s.completion_tokens += 1;
                         let lp = logprob

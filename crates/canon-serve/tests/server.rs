@@ -312,6 +312,13 @@ fn sixteen_concurrent_clients_and_metrics_that_add_up() {
     assert_eq!(s.metric("canon_completion_tokens_total"), total as f64);
     assert_eq!(s.metric("canon_errors_total{class=\"4xx\"}"), 0.0);
     assert_eq!(s.metric("canon_errors_total{class=\"5xx\"}"), 0.0);
+    // Each request's first token comes from its prefill, every other from a decode row; with 4
+    // slots and 16 clients, decode passes carried several rows.
+    let rows = s.metric("canon_engine_decode_rows_total{kind=\"rows\"}");
+    let passes = s.metric("canon_engine_decode_rows_total{kind=\"passes\"}");
+    assert!(rows >= (total - 48) as f64, "{rows} decode rows for {total} tokens");
+    assert!(passes > 0.0 && rows / passes > 1.0, "{rows} rows in {passes} passes");
+    assert!(s.metric("canon_engine_seconds_total{phase=\"decode_forward\"}") > 0.0);
 }
 
 fn tools_list() -> Value {

@@ -117,8 +117,10 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         api_key: a.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: a.max_body_mib << 20,
     };
+    // One async worker: the engine's thread and the kernels' pool own the cores; HTTP and SSE
+    // are light, and a second worker only adds a thread that preempts the compute.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
