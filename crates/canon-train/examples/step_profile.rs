@@ -1,15 +1,42 @@
 //! Times the phases of one training step of the nanogpt-bench shape (forward, backward, gradient
-//! extraction, optimizer) on random tokens: `cargo run --release -p canon-train --example step_profile`.
+//! extraction, optimizer) on random tokens, as `Engine::train_step` runs them (reused gradient
+//! buffers, clipping folded into the update):
+//!
+//! ```sh
+//! cargo run --release -p canon-train --example step_profile -- [threads] [steps]
+//! ```
+//!
+//! `CANON_STEP_PROFILE_MALLOC=default` leaves the C allocator's settings alone (see
+//! `canon_train::alloc`), to compare.
 
 use std::time::Instant;
+
+use rayon::prelude::*;
 
 use candle_core::{Device, Tensor};
 use canon_models::ModelConfig;
 use canon_models::gpt::{BlockStyle, FfnKind, GptConfig, NormKind, PosKind};
 use canon_nn::{Activation, SplitMix64, lm_loss};
-use canon_train::optim::{Optimizer, OptimizerConfig, Param, clip_global_norm};
+use canon_train::engine::clip_and_step_in_place;
+use canon_train::optim::{Optimizer, OptimizerConfig, Param};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let threads: usize = args.next().map_or(Ok(1), |a| a.parse())?;
+    let steps: usize = args.next().map_or(Ok(6), |a| a.parse())?;
+    // candle's kernels read these at first use, as `canon --threads` sets them (unless the
+    // environment already does, to compare settings).
+    for key in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(key).is_none() {
+            // SAFETY: no other thread exists yet.
+            unsafe { std::env::set_var(key, threads.to_string()) };
+        }
+    }
+    if std::env::var("CANON_STEP_PROFILE_MALLOC").is_ok_and(|v| v == "default") {
+        eprintln!("C allocator: default settings");
+    } else {
+        canon_train::alloc::keep_freed_memory();
+    }
     let cfg = GptConfig {
         vocab_size: 104,
         n_layer: 6,
@@ -48,7 +75,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opt = Optimizer::new(OptimizerConfig::default(), &params);
     let mut rng = SplitMix64::new(3);
     let (b, t) = (8, 256);
-    for it in 0..4 {
+    let mut grads: Vec<Vec<f32>> = params
+        .iter()
+        .map(|p| vec![0f32; p.var.elem_count()])
+        .collect();
+    let mut totals = Vec::new();
+    for it in 0..steps {
         let x: Vec<u32> = (0..b * t).map(|_| rng.below(104) as u32).collect();
         let y: Vec<u32> = (0..b * t).map(|_| rng.below(104) as u32).collect();
         let t0 = Instant::now();
@@ -60,16 +92,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t1 = Instant::now();
         let g = l.cross_entropy.backward()?;
         let t2 = Instant::now();
-        let mut grads: Vec<Vec<f32>> = Vec::new();
-        for p in &params {
-            grads.push(match g.get(p.var.as_tensor()) {
-                Some(gr) => gr.flatten_all()?.to_vec1()?,
-                None => vec![0.0; p.var.elem_count()],
-            });
+        for (p, buf) in params.iter().zip(grads.iter_mut()) {
+            match g.get(p.var.as_tensor()) {
+                Some(gr) => {
+                    let (s, lay) = gr.storage_and_layout();
+                    let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, e))) =
+                        (&*s, lay.contiguous_offsets())
+                    else {
+                        return Err("expected contiguous f32 gradients".into());
+                    };
+                    buf.par_chunks_mut(1 << 14)
+                        .zip(v[a..e].par_chunks(1 << 14))
+                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + 0.0));
+                }
+                None => buf.fill(0.0),
+            }
         }
         let t3 = Instant::now();
-        clip_global_norm(&mut grads, Some(1.0));
-        opt.step(&params, &grads, 1e-3)?;
+        clip_and_step_in_place(&params, &mut opt, &grads, 1e-3, Some(1.0))?;
         let t4 = Instant::now();
         drop(g);
         let t5 = Instant::now();
@@ -83,6 +123,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms(t4, t5),
             ms(t0, t5),
             (b * t) as f64 / (t5 - t0).as_secs_f64()
+        );
+        if it > 0 {
+            totals.push((t5 - t0).as_secs_f64());
+        }
+    }
+    totals.sort_by(f64::total_cmp);
+    if let Some(m) = totals.get(totals.len() / 2) {
+        eprintln!(
+            "median of steps 2..: {:.0} ms = {:.0} tok/s at {threads} threads",
+            m * 1e3,
+            (b * t) as f64 / m
         );
     }
     Ok(())

@@ -17,7 +17,10 @@ use canon_nn::SplitMix64;
 
 use crate::checkpoint::{self, TrainState};
 use crate::metrics::{MetricsFile, MetricsLine, plot_loss, read_lines};
-use crate::optim::{Optimizer, Param, clip_global_norm};
+use candle_core::{CpuStorage, DType, Storage};
+use rayon::prelude::*;
+
+use crate::optim::{Optimizer, Param, clip_factor};
 use crate::trainer::{Outcome, RunFiles, StepReport};
 use crate::{Result, TrainConfig, TrainError};
 
@@ -68,32 +71,88 @@ pub trait Objective {
 /// Backward of `total`, adding each parameter's gradient into `grads` (one flat vector per
 /// parameter). A parameter that did not take part (an expert no token reached) adds nothing.
 pub fn add_grads(total: &Tensor, params: &[Param], grads: &mut [Vec<f32>]) -> Result<()> {
+    accumulate_grads(total, params, grads, false)
+}
+
+/// The gradients of `total` with respect to `params`, added into `grads` (`assign`: written
+/// over them, as `0 + g` would be, so a reused buffer needs no zeroing pass). Each gradient is read
+/// in place from the backward's tensor when it is contiguous f32 (no copy) and added on the rayon
+/// pool in fixed chunks (the same sums at any thread count).
+pub fn accumulate_grads(
+    total: &Tensor,
+    params: &[Param],
+    grads: &mut [Vec<f32>],
+    assign: bool,
+) -> Result<()> {
+    const CHUNK: usize = 1 << 14;
     let gs = total.backward()?;
     for (p, g) in params.iter().zip(grads.iter_mut()) {
-        if let Some(gr) = gs.get(p.var.as_tensor()) {
-            let gv: Vec<f32> = gr.flatten_all()?.to_vec1()?;
-            g.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
+        let Some(gr) = gs.get(p.var.as_tensor()) else {
+            if assign {
+                g.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+            }
+            continue;
+        };
+        let add = |src: &[f32], g: &mut [f32]| {
+            if src.len() != g.len() {
+                return Err(TrainError::Data(format!(
+                    "gradient of {}: {} values for {} parameters",
+                    p.name,
+                    src.len(),
+                    g.len()
+                )));
+            }
+            g.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(|(a, b)| {
+                    if assign {
+                        // `b + 0.0` is `0.0 + b` bit for bit (a −0 gradient becomes +0).
+                        a.iter_mut().zip(b).for_each(|(a, &b)| *a = b + 0.0);
+                    } else {
+                        a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+                    }
+                });
+            Ok(())
+        };
+        let (storage, layout) = gr.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => add(&v[a..b], g)?,
+            _ => {
+                drop(storage);
+                let gv: Vec<f32> = gr.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                add(&gv, g)?
+            }
         }
     }
     Ok(())
 }
 
-/// Clips `grads` by global norm and applies one update at `lr`; returns the norm before clipping.
+/// Clips `grads` to the configured global norm and takes one optimizer step; returns the norm.
 pub fn clip_and_step(
     params: &[Param],
     opt: &mut Optimizer,
-    mut grads: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
     lr: f64,
     clip: Option<f64>,
 ) -> Result<f64> {
-    let norm = clip_global_norm(&mut grads, clip);
-    opt.step(params, &grads, lr)?;
+    clip_and_step_in_place(params, opt, &grads, lr, clip)
+}
+
+/// [`clip_and_step`] on borrowed gradients: the clipping factor is applied as the optimizer reads
+/// each gradient (the same f32 products as scaling the buffers first), so they stay unchanged.
+pub fn clip_and_step_in_place(
+    params: &[Param],
+    opt: &mut Optimizer,
+    grads: &[Vec<f32>],
+    lr: f64,
+    clip: Option<f64>,
+) -> Result<f64> {
+    let (norm, scale) = clip_factor(grads, clip);
+    opt.step_scaled(params, grads, scale, lr)?;
     Ok(norm)
 }
 
-/// The whole gather–clip–step for one loss outside a run (the engine's own step does the same
-/// over its accumulated micro-batches): backward, gradients gathered, clipped by global norm, one
-/// update at `lr`. Returns the gradient norm before clipping.
+/// One optimizer step on the gradients of `total` (fresh buffers), clipped to `clip`.
 pub fn step_on_loss(
     total: &Tensor,
     params: &[Param],
@@ -116,6 +175,8 @@ pub struct Engine {
     /// Steps completed.
     pub step: u64,
     pub rng: SplitMix64,
+    /// Gradient buffers, one per parameter, reused from step to step.
+    grads: Vec<Vec<f32>>,
 }
 
 impl Engine {
@@ -134,12 +195,14 @@ impl Engine {
         let opt = Optimizer::new(cfg.optimizer, &params);
         // The data order has its own stream, derived from the seed.
         let rng = SplitMix64::new(cfg.seed ^ 0xDA7A_0D3D_5EED_0001);
+        crate::alloc::keep_freed_memory();
         Ok(Self {
             params,
             opt,
             cfg,
             step: 0,
             rng,
+            grads: Vec::new(),
         })
     }
 
@@ -186,11 +249,19 @@ impl Engine {
         let t0 = Instant::now();
         obj.before_step()?;
         let acc = self.cfg.grad_accum;
-        let mut grads: Vec<Vec<f32>> = self
-            .params
-            .iter()
-            .map(|p| vec![0f32; p.var.elem_count()])
-            .collect();
+        let mut grads = std::mem::take(&mut self.grads);
+        if grads.len() != self.params.len()
+            || grads
+                .iter()
+                .zip(&self.params)
+                .any(|(g, p)| g.len() != p.var.elem_count())
+        {
+            grads = self
+                .params
+                .iter()
+                .map(|p| vec![0f32; p.var.elem_count()])
+                .collect();
+        }
         let mut loss = 0.0;
         let mut tokens = 0usize;
         let mut extra: Vec<(String, f64)> = Vec::new();
@@ -216,13 +287,15 @@ impl Engine {
             } else {
                 l.total
             };
-            add_grads(&total, &self.params, &mut grads)?;
+            accumulate_grads(&total, &self.params, &mut grads, micro == 0)?;
         }
         let lr = self
             .cfg
             .schedule
             .lr(self.step, self.cfg.max_steps, self.cfg.lr);
-        let grad_norm = clip_and_step(&self.params, &mut self.opt, grads, lr, self.cfg.grad_clip)?;
+        let grad_norm =
+            clip_and_step_in_place(&self.params, &mut self.opt, &grads, lr, self.cfg.grad_clip)?;
+        self.grads = grads;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
         Ok(StepReport {

@@ -16,6 +16,7 @@
 //! - `trainer`: the causal-LM objective over any `TrainableLm` and `Trainer` (engine + objective).
 //! - `objectives`: BERT's masked-LM corruption.
 
+pub mod alloc;
 pub mod bert_data;
 pub mod bert_finetune;
 pub mod bert_pretrain;

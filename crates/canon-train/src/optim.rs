@@ -124,9 +124,21 @@ pub struct Optimizer {
 
 const CHUNK: usize = 1 << 14;
 
+/// A gradient value times the clipping factor, rounded to f32 as a stored clipped gradient would be.
+#[inline(always)]
+fn scaled(g: f32, scale: Option<f32>) -> f32 {
+    match scale {
+        Some(s) => g * s,
+        None => g,
+    }
+}
+
 /// The update of one parameter, run by candle on the variable's own storage.
 struct Update<'a> {
     grad: &'a [f32],
+    /// Global-norm clipping's factor, applied to each gradient value as it is read (`None`: no
+    /// clipping this step).
+    grad_scale: Option<f32>,
     state: Mutex<(&'a mut [f32], &'a mut [f32])>,
     cfg: OptimizerConfig,
     lr: f32,
@@ -172,18 +184,22 @@ impl InplaceOp1 for Update<'_> {
                 } else {
                     1.0
                 };
+                let scale = self.grad_scale;
                 p.par_chunks_mut(CHUNK)
                     .zip(self.grad.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK))
                     .zip(v.par_chunks_mut(CHUNK))
                     .for_each(|(((p, g), m), v)| {
-                        for i in 0..p.len() {
-                            let gi = g[i];
-                            m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                            let mh = m[i] / bc1;
-                            let vh = v[i] / bc2;
-                            p[i] = p[i] * shrink - lr * mh / (vh.sqrt() + eps);
+                        // Zipped iterators (no index checks) let the compiler vectorise the loop;
+                        // the arithmetic and its order are the recurrence's, element by element.
+                        let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+                        for (((p, &g), m), v) in it {
+                            let gi = scaled(g, scale);
+                            *m = b1 * *m + (1.0 - b1) * gi;
+                            *v = b2 * *v + (1.0 - b2) * gi * gi;
+                            let mh = *m / bc1;
+                            let vh = *v / bc2;
+                            *p = *p * shrink - lr * mh / (vh.sqrt() + eps);
                         }
                     });
             }
@@ -193,14 +209,15 @@ impl InplaceOp1 for Update<'_> {
             } => {
                 let mu = momentum as f32;
                 let wd = if self.decay { weight_decay as f32 } else { 0.0 };
+                let scale = self.grad_scale;
                 p.par_chunks_mut(CHUNK)
                     .zip(self.grad.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK))
                     .for_each(|((p, g), b)| {
-                        for i in 0..p.len() {
-                            let gi = g[i] + wd * p[i];
-                            b[i] = mu * b[i] + gi;
-                            p[i] -= lr * b[i];
+                        for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                            let gi = scaled(g, scale) + wd * *p;
+                            *b = mu * *b + gi;
+                            *p -= lr * *b;
                         }
                     });
             }
@@ -226,6 +243,18 @@ impl Optimizer {
 
     /// One update of every parameter with `grads` (same order), in place.
     pub fn step(&mut self, params: &[Param], grads: &[Vec<f32>], lr: f64) -> Result<()> {
+        self.step_scaled(params, grads, None, lr)
+    }
+
+    /// [`Optimizer::step`] with every gradient value multiplied by `grad_scale` as it is read
+    /// (global-norm clipping without a pass that rewrites the gradients; the same f32 products).
+    pub fn step_scaled(
+        &mut self,
+        params: &[Param],
+        grads: &[Vec<f32>],
+        grad_scale: Option<f32>,
+        lr: f64,
+    ) -> Result<()> {
         if params.len() != grads.len() || params.len() != self.m.len() {
             return Err(TrainError::Data(format!(
                 "optimizer: {} parameters, {} gradients, {} states",
@@ -239,6 +268,7 @@ impl Optimizer {
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             let op = Update {
                 grad: g,
+                grad_scale,
                 state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
                 cfg: self.config,
                 lr: lr as f32,
@@ -253,21 +283,46 @@ impl Optimizer {
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: Option<f64>) -> f64 {
-    let sq: f64 = grads
-        .iter()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum();
-    let norm = sq.sqrt();
-    if let Some(c) = max_norm
-        && norm > c
-        && norm.is_finite()
-    {
-        let s = (c / norm) as f32;
-        grads
-            .iter_mut()
-            .for_each(|g| g.iter_mut().for_each(|x| *x *= s));
+    let (norm, scale) = clip_factor(grads, max_norm);
+    if let Some(s) = scale {
+        grads.iter_mut().for_each(|g| {
+            g.par_chunks_mut(CHUNK)
+                .for_each(|c| c.iter_mut().for_each(|x| *x *= s))
+        });
     }
     norm
+}
+
+/// The global L2 norm of `grads` and, when it exceeds `max_norm`, the factor `max_norm / norm`
+/// that clipping multiplies every gradient by. The sum of squares runs in f64 over fixed chunks
+/// of each parameter on the rayon pool and adds the chunks' sums in order, so the norm does not
+/// depend on the thread count.
+pub fn clip_factor(grads: &[Vec<f32>], max_norm: Option<f64>) -> (f64, Option<f32>) {
+    fn sq(c: &[f32]) -> f64 {
+        // Eight running sums (independent additions the CPU overlaps), added at the end.
+        let mut acc = [0f64; 8];
+        let mut it = c.chunks_exact(8);
+        for x in &mut it {
+            for (a, &v) in acc.iter_mut().zip(x) {
+                *a += (v as f64) * (v as f64);
+            }
+        }
+        let tail: f64 = it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+        acc.iter().sum::<f64>() + tail
+    }
+    let sq: f64 = grads
+        .iter()
+        .map(|g| {
+            let parts: Vec<f64> = g.par_chunks(CHUNK).map(sq).collect();
+            parts.iter().sum::<f64>()
+        })
+        .sum();
+    let norm = sq.sqrt();
+    let scale = match max_norm {
+        Some(c) if norm > c && norm.is_finite() => Some((c / norm) as f32),
+        _ => None,
+    };
+    (norm, scale)
 }
 
 #[cfg(test)]
@@ -352,6 +407,68 @@ mod tests {
         let mut g = vec![vec![0.3f32]];
         clip_global_norm(&mut g, Some(1.0));
         assert_eq!(g[0][0], 0.3);
+    }
+
+    #[test]
+    fn the_norm_does_not_depend_on_the_thread_count_and_matches_f64() {
+        let mut rng = canon_nn::SplitMix64::new(5);
+        let grads: Vec<Vec<f32>> = [3usize, 40_000, 70_001, 1]
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.normal() as f32).collect())
+            .collect();
+        let exact: f64 = grads
+            .iter()
+            .flatten()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        let at = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| clip_factor(&grads, Some(1.0)))
+        };
+        let (n1, s1) = at(1);
+        let (n2, s2) = at(2);
+        let (n3, s3) = at(3);
+        assert_eq!((n1.to_bits(), s1), (n2.to_bits(), s2));
+        assert_eq!((n1.to_bits(), s1), (n3.to_bits(), s3));
+        assert!((n1 - exact).abs() <= 1e-12 * exact, "{n1} vs {exact}");
+        assert_eq!(s1, Some((1.0 / n1) as f32));
+        assert_eq!(clip_factor(&grads, Some(1e9)).1, None);
+        assert_eq!(clip_factor(&grads, None).1, None);
+    }
+
+    #[test]
+    fn a_folded_clipping_factor_equals_clipping_the_buffers_first() {
+        let mut rng = canon_nn::SplitMix64::new(9);
+        let init: Vec<f32> = (0..50_000).map(|_| rng.normal() as f32).collect();
+        let grads = vec![init.iter().map(|&x| 3.0 * x).collect::<Vec<f32>>()];
+        for cfg in [
+            OptimizerConfig::default(),
+            OptimizerConfig::Sgd {
+                momentum: 0.9,
+                weight_decay: 0.01,
+            },
+        ] {
+            let a = vec![param(&init, true)];
+            let b = vec![param(&init, true)];
+            let (mut oa, mut ob) = (Optimizer::new(cfg, &a), Optimizer::new(cfg, &b));
+            for _ in 0..3 {
+                let mut clipped = grads.clone();
+                let na = clip_global_norm(&mut clipped, Some(1.0));
+                oa.step(&a, &clipped, 1e-2).unwrap();
+                let (nb, scale) = clip_factor(&grads, Some(1.0));
+                assert!(scale.is_some());
+                ob.step_scaled(&b, &grads, scale, 1e-2).unwrap();
+                assert_eq!(na.to_bits(), nb.to_bits());
+            }
+            let pa: Vec<f32> = a[0].var.as_tensor().to_vec1().unwrap();
+            let pb: Vec<f32> = b[0].var.as_tensor().to_vec1().unwrap();
+            assert!(pa.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(pa.iter().zip(&init).any(|(x, y)| x != y));
+        }
     }
 
     #[test]

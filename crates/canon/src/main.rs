@@ -323,6 +323,11 @@ fn main() -> ExitCode {
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        // candle's pool for element-wise ops spins 25,000 rounds after each op before it parks,
+        // on cores the rayon pool needs for the next kernel (see canon_train::alloc's notes).
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
+        }
     }
     let ctx = Ctx {
         threads,
