@@ -230,11 +230,19 @@ fn dequantize_tile(w: &Weight, r0: usize, in_f: usize, buf: &mut [f32]) -> candl
             let Some(m) = q.as_matrix() else {
                 candle_core::bail!("quantized input gradient: no row kernel for {:?}", q.dtype);
             };
-            buf.par_chunks_mut(in_f).enumerate().for_each(|(i, row)| {
-                if !packed.is_some_and(|p| p.dequantize_row(r0 + i, row)) {
-                    canon_quant::kernels::dequantize_row(m, r0 + i, row);
-                }
-            });
+            // 16-row chunks: the packed copy dequantizes whole panels at once (panel-aligned
+            // when `r0` is a multiple of 16, as every tile start is).
+            const CHUNK: usize = 16;
+            buf.par_chunks_mut(CHUNK * in_f)
+                .enumerate()
+                .for_each(|(c, rows)| {
+                    let first = r0 + c * CHUNK;
+                    if !packed.is_some_and(|p| p.dequantize_rows(first, rows)) {
+                        for (i, row) in rows.chunks_mut(in_f).enumerate() {
+                            canon_quant::kernels::dequantize_row(m, first + i, row);
+                        }
+                    }
+                });
         }
         Weight::Nf4(q) => {
             let isa = canon_quant::Isa::best();
@@ -285,7 +293,9 @@ fn quant_input_grad(
             if buf.len() < len {
                 buf.resize(len, 0.0);
             }
+            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
             dequantize_tile(w, o0, in_f, &mut buf[..len])?;
+            drop(deq);
             bwd_mm(
                 (n, in_f, o1 - o0),
                 dx,

@@ -2,10 +2,9 @@
 //!
 //! Off by default; when on, the training ops add the time they run (forward and backward) to a
 //! process-wide counter per phase. Ops run on the calling thread and parallelise inside, so a
-//! phase's time is the wall-clock time of its calls. A phase timer inside another phase's (the
-//! quantized product inside the LoRA op) is not nested: each op times only its own work, and the
-//! step's time less the sum of the phases is what the other ops (candle's element-wise ops, the
-//! gradient store, copies) took.
+//! phase's time is the wall-clock time of its calls. Phases do not nest, except `Dequantize`,
+//! a part of the two input-gradient phases shown under them; the step's time less the sum of the
+//! phases is what the other ops (candle's element-wise ops, the gradient store, copies) took.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,6 +20,8 @@ pub enum Phase {
     AdapterForward,
     /// The adapters' products in the backward (`g B`, `∂L/∂x` share, `∂L/∂A`, `∂L/∂B`).
     AdapterBackward,
+    /// Of the two input-gradient phases: dequantizing the weight's row tiles (nested in them).
+    Dequantize,
     /// Other frozen linears (the output head), forward.
     FrozenForward,
     /// Other frozen linears (the output head), input gradient.
@@ -45,9 +46,10 @@ pub enum Phase {
     Optimizer,
 }
 
-const PHASES: [Phase; 15] = [
+const PHASES: [Phase; N] = [
     Phase::BaseForward,
     Phase::BaseInputGrad,
+    Phase::Dequantize,
     Phase::AdapterForward,
     Phase::AdapterBackward,
     Phase::FrozenForward,
@@ -70,6 +72,7 @@ impl Phase {
             Phase::BaseInputGrad => "base input gradients (g W)",
             Phase::AdapterForward => "adapter products, forward",
             Phase::AdapterBackward => "adapter products, backward",
+            Phase::Dequantize => "  of which dequantizing row tiles",
             Phase::FrozenForward => "output head, forward",
             Phase::FrozenInputGrad => "output head, input gradient",
             Phase::AttentionForward => "attention, forward",
@@ -90,8 +93,9 @@ impl Phase {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 15] = [const { AtomicU64::new(0) }; 15];
-static CALLS: [AtomicU64; 15] = [const { AtomicU64::new(0) }; 15];
+const N: usize = 16;
+static NANOS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+static CALLS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 
 /// Turns the counters on or off (process-wide).
 pub fn enable(on: bool) {
@@ -173,7 +177,9 @@ pub fn table(steps: u64) -> String {
         ) {
             continue;
         }
-        in_ops += t.seconds;
+        if t.phase != Phase::Dequantize {
+            in_ops += t.seconds;
+        }
         row(t.phase.name(), t.seconds, Some(t.calls));
     }
     row("other ops (element-wise, copies, autograd)", (total - in_ops - get(Phase::Optimizer)).max(0.0), None);
