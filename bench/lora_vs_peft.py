@@ -8,11 +8,15 @@ to f32 by transformers (its usual setting on a CPU); Canon runs three ways: `--m
 kept in the file's Q4_1/Q8_0 blocks), `--f32 --method lora` (base dequantized to f32, PEFT's
 arithmetic), and `--method qlora` (NF4 base).
 
-Printed per system: mean seconds per step, median real (non-padding) tokens/s over the steps after
-the first two (the primary figure: batches differ in length), and peak RSS of the whole process
-(/usr/bin/time). Then the ratios.
+Printed per system: seconds per step (one step's forward, backward, clip and AdamW, as PEFT's loop
+times it; mean and median over all steps, the first included), Canon's wall-clock seconds per
+step of its whole loop (evaluation and checkpoint writes in it), median real (non-padding)
+tokens/s over the steps after the first two (batches differ in length), CPU seconds per step and
+peak RSS of the whole process (/usr/bin/time). Then the ratios, and every step's loss.
 
     ~/.cache/canon-peers/venv/bin/python bench/lora_vs_peft.py --steps 12 --threads 2
+    ~/.cache/canon-peers/venv/bin/python bench/lora_vs_peft.py --steps 20 --lora-only --bf16 \
+        --timings --before OLD_CANON
 
 The records default to `canon flan build --tasks docstring_to_name --n 40` (made by the script).
 """

@@ -233,22 +233,29 @@ fn dequantize_tile(w: &Weight, r0: usize, in_f: usize, buf: &mut [f32]) -> candl
             // 16-row chunks: the packed copy dequantizes whole panels at once (panel-aligned
             // when `r0` is a multiple of 16, as every tile start is).
             const CHUNK: usize = 16;
-            buf.par_chunks_mut(CHUNK * in_f)
-                .enumerate()
-                .for_each(|(c, rows)| {
-                    let first = r0 + c * CHUNK;
-                    if !packed.is_some_and(|p| p.dequantize_rows(first, rows)) {
-                        for (i, row) in rows.chunks_mut(in_f).enumerate() {
-                            canon_quant::kernels::dequantize_row(m, first + i, row);
-                        }
+            let chunk = |(c, rows): (usize, &mut [f32])| {
+                let first = r0 + c * CHUNK;
+                if !packed.is_some_and(|p| p.dequantize_rows(first, rows)) {
+                    for (i, row) in rows.chunks_mut(in_f).enumerate() {
+                        canon_quant::kernels::dequantize_row(m, first + i, row);
                     }
-                });
+                }
+            };
+            // One thread: on the caller (a hand-off to rayon's worker per tile costs a wake-up).
+            if rayon::current_num_threads() > 1 {
+                buf.par_chunks_mut(CHUNK * in_f).enumerate().for_each(chunk);
+            } else {
+                buf.chunks_mut(CHUNK * in_f).enumerate().for_each(chunk);
+            }
         }
         Weight::Nf4(q) => {
             let isa = canon_quant::Isa::best();
-            buf.par_chunks_mut(in_f)
-                .enumerate()
-                .for_each(|(i, row)| q.dequantize_row(isa, r0 + i, row));
+            let row = |(i, row): (usize, &mut [f32])| q.dequantize_row(isa, r0 + i, row);
+            if rayon::current_num_threads() > 1 {
+                buf.par_chunks_mut(in_f).enumerate().for_each(row);
+            } else {
+                buf.chunks_mut(in_f).enumerate().for_each(row);
+            }
         }
         other => {
             let rows = buf.len() / in_f.max(1);
