@@ -8,11 +8,15 @@ to f32 by transformers (its usual setting on a CPU); Canon runs three ways: `--m
 kept in the file's Q4_1/Q8_0 blocks), `--f32 --method lora` (base dequantized to f32, PEFT's
 arithmetic), and `--method qlora` (NF4 base).
 
-Printed per system: mean seconds per step, median real (non-padding) tokens/s over the steps after
-the first two (the primary figure: batches differ in length), and peak RSS of the whole process
-(/usr/bin/time). Then the ratios.
+Printed per system: seconds per step (one step's forward, backward, clip and AdamW, as PEFT's loop
+times it; mean and median over all steps, the first included), Canon's wall-clock seconds per
+step of its whole loop (evaluation and checkpoint writes in it), median real (non-padding)
+tokens/s over the steps after the first two (batches differ in length), CPU seconds per step and
+peak RSS of the whole process (/usr/bin/time). Then the ratios, and every step's loss.
 
     ~/.cache/canon-peers/venv/bin/python bench/lora_vs_peft.py --steps 12 --threads 2
+    ~/.cache/canon-peers/venv/bin/python bench/lora_vs_peft.py --steps 20 --lora-only --bf16 \
+        --timings --before OLD_CANON
 
 The records default to `canon flan build --tasks docstring_to_name --n 40` (made by the script).
 """
@@ -71,10 +75,19 @@ def canon_run(exe, data, out, steps, threads, method, f32, extra=()):
     m = re.search(r"\(([\d.]+) s/step\)", stdout + stderr)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
     rows = [r for r in rows if "tokens_per_s" in r]
+    # One step's time (forward, backward, clip, AdamW: what PEFT's loop times) from its tokens
+    # and tokens/s; the evaluation and checkpoint writes of the run are not in it.
+    step_s, prev = [], 0
+    for r in rows:
+        step_s.append((r["tokens"] - prev) / r["tokens_per_s"])
+        prev = r["tokens"]
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
-            "s_per_step": float(m.group(1)) if m else float("nan"),
+            "s_per_step": statistics.mean(step_s),
+            "median_s_per_step": statistics.median(step_s),
+            "wall_s_per_step": float(m.group(1)) if m else float("nan"),
             "cpu_s_per_step": LAST_CPU[0] / steps,
-            "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
+            "peak_rss_mib": rss, "losses": [r["loss"] for r in rows],
+            "timings": stdout[stdout.find("time per training step"):] if "--timings" in extra else ""}
 
 
 PEFT_WORKER = r'''
@@ -136,6 +149,8 @@ def peft_run(venv_python, gguf, data, steps, threads, seed):
     rows = json.loads(stdout.strip().splitlines()[-1])
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[2:]),
             "s_per_step": statistics.mean(r["step_s"] for r in rows),
+            "median_s_per_step": statistics.median(r["step_s"] for r in rows),
+            "wall_s_per_step": float("nan"),
             "cpu_s_per_step": LAST_CPU[0] / steps,
             "peak_rss_mib": rss, "losses": [r["loss"] for r in rows]}
 
@@ -156,6 +171,12 @@ def main():
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--checkpointing", action="store_true",
                     help="also run Canon's lora and qlora with --checkpointing (per-block recomputation)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also run Canon's lora with --bf16 (bf16 products, f32 accumulation)")
+    ap.add_argument("--lora-only", action="store_true",
+                    help="Canon's --method lora over the file's blocks only (no --f32, no qlora rows)")
+    ap.add_argument("--timings", action="store_true",
+                    help="print Canon lora's step time by phase (canon finetune --timings)")
     ap.add_argument("--canon", type=Path, help="the canon binary (default: target/release/canon, built if missing)")
     ap.add_argument("--before", type=Path,
                     help="a second canon binary (e.g. the build before a change) run the same way, same run")
@@ -178,9 +199,13 @@ def main():
             subprocess.run([exe, "-q", "flan", "build", "--tasks", "docstring_to_name", "--n", "40",
                             "--out", str(data)], check=True, capture_output=True)
         res = {}
-        res["canon lora (Q4_1 base)"] = canon_run(exe, data, tmp / "q", args.steps, args.threads, "lora", False)
-        res["canon lora --f32"] = canon_run(exe, data, tmp / "f", args.steps, args.threads, "lora", True)
-        res["canon qlora (NF4)"] = canon_run(exe, data, tmp / "n", args.steps, args.threads, "qlora", False)
+        tm = ["--timings"] if args.timings else []
+        res["canon lora (Q4_1 base)"] = canon_run(exe, data, tmp / "q", args.steps, args.threads, "lora", False, tm)
+        if args.bf16:
+            res["canon lora --bf16"] = canon_run(exe, data, tmp / "qb", args.steps, args.threads, "lora", False, ["--bf16"] + tm)
+        if not args.lora_only:
+            res["canon lora --f32"] = canon_run(exe, data, tmp / "f", args.steps, args.threads, "lora", True)
+            res["canon qlora (NF4)"] = canon_run(exe, data, tmp / "n", args.steps, args.threads, "qlora", False)
         if args.checkpointing:
             ck = ["--checkpointing"]
             res["canon lora --checkpointing"] = canon_run(exe, data, tmp / "qc", args.steps, args.threads, "lora", False, ck)
@@ -188,23 +213,35 @@ def main():
         if args.before:
             b = str(args.before)
             res["canon-before lora (Q4_1)"] = canon_run(b, data, tmp / "bq", args.steps, args.threads, "lora", False)
-            res["canon-before lora --f32"] = canon_run(b, data, tmp / "bf", args.steps, args.threads, "lora", True)
-            res["canon-before qlora (NF4)"] = canon_run(b, data, tmp / "bn", args.steps, args.threads, "qlora", False)
+            if not args.lora_only:
+                res["canon-before lora --f32"] = canon_run(b, data, tmp / "bf", args.steps, args.threads, "lora", True)
+                res["canon-before qlora (NF4)"] = canon_run(b, data, tmp / "bn", args.steps, args.threads, "qlora", False)
         if not args.skip_peft:
             res["peft lora (f32)"] = peft_run(sys.executable, gguf, data, args.steps, args.threads, 1)
     print(f"# {cpu_name()}, {args.threads} threads, {args.steps} steps (medians after 2 warm-up)")
     print(f"# load average before and after: {LOAD0} / {os.getloadavg()}")
+    print("# s/step: one step's forward + backward + clip + AdamW (mean and median over the steps);")
+    print("# wall s/step: Canon's whole training loop over the steps (evaluation and checkpoints in it);")
     print("# CPU s/step: the whole process's CPU seconds (start-up included) over the steps")
-    print(f"{'system':<26} {'s/step':>8} {'tokens/s':>10} {'CPU s/step':>11} {'peak RSS MiB':>13}")
+    print(f"{'system':<26} {'s/step':>8} {'median':>8} {'wall s/step':>12} {'tokens/s':>10} "
+          f"{'CPU s/step':>11} {'peak RSS MiB':>13}")
     for k, r in res.items():
-        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>10.1f} {r['cpu_s_per_step']:>11.2f} "
-              f"{r['peak_rss_mib']:>13.0f}")
+        print(f"{k:<26} {r['s_per_step']:>8.3f} {r['median_s_per_step']:>8.3f} {r['wall_s_per_step']:>12.3f} "
+              f"{r['tokens_per_s']:>10.1f} {r['cpu_s_per_step']:>11.2f} {r['peak_rss_mib']:>13.0f}")
     if "peft lora (f32)" in res:
         p = res["peft lora (f32)"]
         for k in [k for k in res if k.startswith("canon")]:
             r = res[k]
-            print(f"{k} / peft: tokens/s {r['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
+            print(f"{k} / peft: steps/s {p['s_per_step'] / r['s_per_step']:.2f}x by the mean, "
+                  f"{p['median_s_per_step'] / r['median_s_per_step']:.2f}x by the median; "
+                  f"tokens/s {r['tokens_per_s'] / p['tokens_per_s']:.2f}x, "
                   f"peak RSS {r['peak_rss_mib'] / p['peak_rss_mib']:.2f}x")
+    print("# losses per step:")
+    for k, r in res.items():
+        print(f"{k:<26} " + " ".join(f"{l:.4f}" for l in r["losses"]))
+    for k, r in res.items():
+        if r.get("timings"):
+            print(f"# {k}: " + r["timings"])
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ pub mod moe;
 pub mod norm;
 pub mod ops;
 pub mod pos;
+pub mod profile;
 pub mod rng;
 pub mod rope;
 mod simd;

@@ -70,6 +70,9 @@ impl Weight {
                 x2.contiguous()?.apply_op2(&w.contiguous()?, TrainMatmulT)
             }
             Weight::Dense(w) => x2.matmul(&w.t()?),
+            Weight::Ggml(q) if q.has_kernel() && x2.track_op() && x2.dtype() == DType::F32 => {
+                frozen_quant_matmul_t(self, x2)
+            }
             Weight::Ggml(q) if q.has_kernel() => q.matmul(x2).map_err(quant_err),
             Weight::Ggml(q) => {
                 let w = q.dequantize().map_err(quant_err)?;
@@ -140,6 +143,7 @@ impl CustomOp1 for FrozenMatmulT {
                 "frozen matmul: input rows have {k} values, the weight {in_f} columns"
             );
         }
+        let _t = crate::profile::scope(crate::profile::Phase::FrozenForward);
         // An untracked view of the input: this product records nothing.
         let x = Tensor::from_slice(&xs[start..end], (n, k), &Device::Cpu)?;
         let y = x.matmul(&self.w.t()?)?.flatten_all()?.to_vec1::<f32>()?;
@@ -152,8 +156,183 @@ impl CustomOp1 for FrozenMatmulT {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::FrozenInputGrad);
         Ok(Some(grad_res.matmul(&self.w)?))
     }
+}
+
+/// `x Wᵀ` for a frozen ggml-quantized `W: [out, in]` (the output head over a GGUF table): the
+/// forward runs the quantized kernels (as inference does), the backward only `∂L/∂x = g W`, from
+/// `BASE_TILE` rows of `W` dequantized at a time into a reused buffer, split over the threads
+/// ([`quant_input_grad`]): no f32 copy of the whole table is made per step.
+struct FrozenQuantMatmulT {
+    w: Weight,
+}
+
+fn frozen_quant_matmul_t(w: &Weight, x2: &Tensor) -> crate::Result<Tensor> {
+    x2.contiguous()?
+        .apply_op1(FrozenQuantMatmulT { w: w.clone() })
+}
+
+impl CustomOp1 for FrozenQuantMatmulT {
+    fn name(&self) -> &'static str {
+        "canon-frozen-quant-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::FrozenForward);
+        let x = crate::train_ops::slice(storage, layout, self.name())?;
+        let (n, k) = layout.shape().dims2()?;
+        let Weight::Ggml(q) = &self.w else {
+            candle_core::bail!("frozen quantized matmul: expected ggml blocks");
+        };
+        let xt = Tensor::from_slice(x, (n, k), &Device::Cpu)?;
+        let y = q.matmul(&xt).map_err(quant_err)?.to_dtype(DType::F32)?;
+        let out = y.dim(1)?;
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::FrozenInputGrad);
+        let (n, in_f) = x.dims2()?;
+        let g = g.contiguous()?;
+        let out = g.dim(1)?;
+        let gd = f32_data(&g, self.name())?;
+        let mut dx = vec![0f32; n * in_f];
+        quant_input_grad(&self.w, &gd, n, out, in_f, &mut dx, crate::train_ops::par())?;
+        Ok(Some(Tensor::from_vec(dx, (n, in_f), x.device())?))
+    }
+}
+
+thread_local! {
+    /// The dequantized tile of [`quant_input_grad`], kept between calls (a fresh buffer per tile
+    /// would fault its pages in again each time).
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows `r0..r0 + buf.len() / in_f` of a quantized weight dequantized into `buf`, split over
+/// rayon's threads: ggml blocks from the packed copy where it has them (the same bits as the
+/// file's blocks), NF4 by its row kernel, other formats through `Weight::rows`.
+fn dequantize_tile(w: &Weight, r0: usize, in_f: usize, buf: &mut [f32]) -> candle_core::Result<()> {
+    use rayon::prelude::*;
+    match w {
+        Weight::Ggml(q) if q.has_kernel() => {
+            let packed = q.packed();
+            let Some(m) = q.as_matrix() else {
+                candle_core::bail!("quantized input gradient: no row kernel for {:?}", q.dtype);
+            };
+            // 16-row chunks: the packed copy dequantizes whole panels at once (panel-aligned
+            // when `r0` is a multiple of 16, as every tile start is).
+            const CHUNK: usize = 16;
+            let chunk = |(c, rows): (usize, &mut [f32])| {
+                let first = r0 + c * CHUNK;
+                if !packed.is_some_and(|p| p.dequantize_rows(first, rows)) {
+                    for (i, row) in rows.chunks_mut(in_f).enumerate() {
+                        canon_quant::kernels::dequantize_row(m, first + i, row);
+                    }
+                }
+            };
+            // One thread: on the caller (a hand-off to rayon's worker per tile costs a wake-up).
+            if rayon::current_num_threads() > 1 {
+                buf.par_chunks_mut(CHUNK * in_f).enumerate().for_each(chunk);
+            } else {
+                buf.chunks_mut(CHUNK * in_f).enumerate().for_each(chunk);
+            }
+        }
+        Weight::Nf4(q) => {
+            let isa = canon_quant::Isa::best();
+            let row = |(i, row): (usize, &mut [f32])| q.dequantize_row(isa, r0 + i, row);
+            if rayon::current_num_threads() > 1 {
+                buf.par_chunks_mut(in_f).enumerate().for_each(row);
+            } else {
+                buf.chunks_mut(in_f).enumerate().for_each(row);
+            }
+        }
+        other => {
+            let rows = buf.len() / in_f.max(1);
+            let ids: Vec<u32> = (r0 as u32..(r0 + rows) as u32).collect();
+            let t = other.rows(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?;
+            let t = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if t.len() != buf.len() {
+                candle_core::bail!(
+                    "quantized input gradient: expected {} dequantized values, found {}",
+                    buf.len(),
+                    t.len()
+                );
+            }
+            buf.copy_from_slice(&t);
+        }
+    }
+    Ok(())
+}
+
+/// `dx = g W` for a quantized `W: [out, in]` and `g: [n, out]`, as the sum over row tiles of
+/// `g[:, tile] W[tile, :]`, each tile of `BASE_TILE` rows dequantized alone ([`dequantize_tile`])
+/// into a per-thread buffer reused across calls.
+fn quant_input_grad(
+    w: &Weight,
+    g: &[f32],
+    n: usize,
+    out: usize,
+    in_f: usize,
+    dx: &mut [f32],
+    par: gemm::Parallelism,
+) -> candle_core::Result<()> {
+    TILE.with(|cell| {
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf: &mut Vec<f32> = match guard.as_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        for o0 in (0..out).step_by(BASE_TILE) {
+            let o1 = (o0 + BASE_TILE).min(out);
+            let len = (o1 - o0) * in_f;
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
+            dequantize_tile(w, o0, in_f, &mut buf[..len])?;
+            drop(deq);
+            bwd_mm(
+                (n, in_f, o1 - o0),
+                dx,
+                in_f,
+                o0 > 0,
+                (&g[o0..], out, 1),
+                (&buf[..len], in_f, 1),
+                1.0,
+                par,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `crate::train_ops::mm` for the backward products of this file (tests record their shapes).
+#[allow(clippy::too_many_arguments)]
+fn bwd_mm(
+    mnk: (usize, usize, usize),
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
+    #[cfg(test)]
+    BWD_PRODUCTS.with(|p| p.borrow_mut().push([mnk.0, mnk.1]));
+    crate::train_ops::mm(mnk, c, ldc, acc, a, b, alpha, par)
 }
 
 /// `y = x Wᵀ + s · (x Aᵀ) Bᵀ` over a frozen `W: [out, in]` as one op over `(x, A, B)` (LoRA and
@@ -239,6 +418,7 @@ impl CustomOp3 for LoraMatmul {
         let b = crate::train_ops::slice(s3, l3, self.name())?;
         let par = crate::train_ops::par();
         let mm = crate::train_ops::mm;
+        let base = crate::profile::scope(crate::profile::Phase::BaseForward);
         let mut y = match &self.w {
             Weight::Dense(w) => {
                 let wd = f32_data(w, self.name())?;
@@ -262,6 +442,8 @@ impl CustomOp3 for LoraMatmul {
                 y.flatten_all()?.to_vec1::<f32>()?
             }
         };
+        drop(base);
+        let _t = crate::profile::scope(crate::profile::Phase::AdapterForward);
         let mut u = vec![0f32; n * r];
         mm(
             (n, r, in_f),
@@ -300,21 +482,8 @@ impl CustomOp3 for LoraMatmul {
         let (xd, ad, bd) = (f32_data(x, what)?, f32_data(a, what)?, f32_data(b, what)?);
         let gd = f32_data(&g, what)?;
         let par = crate::train_ops::par();
-        #[allow(clippy::too_many_arguments)]
-        fn mm(
-            mnk: (usize, usize, usize),
-            c: &mut [f32],
-            ldc: usize,
-            acc: bool,
-            a: (&[f32], usize, usize),
-            b: (&[f32], usize, usize),
-            alpha: f32,
-            par: gemm::Parallelism,
-        ) {
-            #[cfg(test)]
-            BWD_PRODUCTS.with(|p| p.borrow_mut().push([mnk.0, mnk.1]));
-            crate::train_ops::mm(mnk, c, ldc, acc, a, b, alpha, par)
-        }
+        let mm = bwd_mm;
+        let adapters = crate::profile::scope(crate::profile::Phase::AdapterBackward);
         let s = self.scale;
         let mut gb = vec![0f32; n * r];
         mm(
@@ -327,8 +496,10 @@ impl CustomOp3 for LoraMatmul {
             1.0,
             par,
         );
+        drop(adapters);
         let dx = if x.track_op() {
             let mut dx = vec![0f32; n * in_f];
+            let base = crate::profile::scope(crate::profile::Phase::BaseInputGrad);
             match &self.w {
                 Weight::Dense(w) => {
                     let wd = f32_data(w, what)?;
@@ -344,26 +515,10 @@ impl CustomOp3 for LoraMatmul {
                     );
                 }
                 // g W as Σ over row tiles of g[:, tile] W[tile, :], each tile dequantized alone.
-                q => {
-                    for o0 in (0..out).step_by(BASE_TILE) {
-                        let o1 = (o0 + BASE_TILE).min(out);
-                        let ids: Vec<u32> = (o0 as u32..o1 as u32).collect();
-                        let wt = q.rows(&Tensor::new(ids.as_slice(), &Device::Cpu)?)?;
-                        let wt = wt.to_dtype(DType::F32)?.contiguous()?;
-                        let wt = f32_data(&wt, what)?;
-                        mm(
-                            (n, in_f, o1 - o0),
-                            &mut dx,
-                            in_f,
-                            o0 > 0,
-                            (&gd[o0..], out, 1),
-                            (&wt, in_f, 1),
-                            1.0,
-                            par,
-                        );
-                    }
-                }
+                q => quant_input_grad(q, &gd, n, out, in_f, &mut dx, par)?,
             }
+            drop(base);
+            let _t = crate::profile::scope(crate::profile::Phase::AdapterBackward);
             mm(
                 (n, in_f, r),
                 &mut dx,
@@ -378,6 +533,7 @@ impl CustomOp3 for LoraMatmul {
         } else {
             None
         };
+        let _t = crate::profile::scope(crate::profile::Phase::AdapterBackward);
         let mut da = vec![0f32; r * in_f];
         mm(
             (r, in_f, n),
@@ -978,6 +1134,38 @@ mod tests {
             * 2.0)
             .unwrap();
         assert_close(&got, &(frozen + adapter).unwrap(), Tol::F32);
+    }
+
+    /// A frozen ggml weight without an adapter (the output head over a GGUF table) under a
+    /// tracked input: the forward is the quantized kernels' product, the backward the input
+    /// gradient only, `g W` from 256-row dequantized tiles (never the whole table, never a
+    /// weight-shaped product), equal to the product with the dequantized matrix.
+    #[test]
+    fn frozen_quantized_head_backward_is_the_input_gradient_from_tiles() {
+        use candle_core::Var;
+        use canon_quant::{GgmlTensor, GgmlType, Kind};
+        let (n, out, inp) = (18, 700, 64);
+        let wv: Vec<f32> = randn(&[out, inp], 31).flatten_all().unwrap().to_vec1().unwrap();
+        let x = Var::from_tensor(&randn(&[n, inp], 32)).unwrap();
+        for (kind, dtype) in [(Kind::Q8_0, GgmlType::Q8_0), (Kind::Q4_1, GgmlType::Q4_1)] {
+            let mut bytes = Vec::new();
+            for row in wv.chunks(inp) {
+                canon_quant::kernels::scalar::quantize_row(kind, row, &mut bytes);
+            }
+            let q = Arc::new(GgmlTensor::from_bytes(dtype, &[out, inp], &bytes).unwrap());
+            let lin = Linear::new(Weight::Ggml(q.clone()), None);
+            BWD_PRODUCTS.with(|p| p.borrow_mut().clear());
+            let y = lin.forward(x.as_tensor()).unwrap();
+            // The forward is the inference product.
+            assert_close(&y, &q.matmul(&x.as_tensor().detach()).unwrap(), Tol::new(0.0, 0.0));
+            let gy = randn(&[n, out], 33);
+            let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let shapes = BWD_PRODUCTS.with(|p| p.borrow().clone());
+            assert_eq!(shapes, vec![[n, inp]; out.div_ceil(BASE_TILE)], "{dtype:?}");
+            let want = gy.matmul(&q.dequantize().unwrap()).unwrap();
+            let dx = g.get(x.as_tensor()).unwrap();
+            assert_close(dx, &want, Tol::new(1e-4, 1e-4));
+        }
     }
 
     #[test]

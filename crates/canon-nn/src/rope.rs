@@ -197,6 +197,7 @@ impl candle_core::CustomOp1 for RopeOp {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Rope);
         let x = crate::train_ops::slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
         self.rotate(x, &mut y, 1.0);
@@ -204,6 +205,7 @@ impl candle_core::CustomOp1 for RopeOp {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::Rope);
         let g = g.contiguous()?;
         let Some(gd) = crate::fused::F32Data::new(&g) else {
             candle_core::bail!("rope backward: expected a contiguous f32 gradient");

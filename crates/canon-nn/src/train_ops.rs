@@ -314,6 +314,7 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let x = slice(s1, l1, self.name())?;
         let w = slice(s2, l2, self.name())?;
         let b = slice(s3, l3, self.name())?;
@@ -343,6 +344,7 @@ impl CustomOp3 for LayerNormOp {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let d = w.elem_count();
         let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
@@ -473,6 +475,7 @@ impl CustomOp1 for Gelu {
         "gelu-train"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
         let x = slice(s, l, self.name())?;
         let mut y = vec![0f32; x.len()];
         let tanh = self.tanh;
@@ -482,6 +485,7 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
         Ok(Some(x.apply_op2_no_bwd(
             &g.contiguous()?,
             &GeluBwd { tanh: self.tanh },
@@ -546,6 +550,7 @@ impl CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let x = slice(s1, l1, self.name())?;
         let w = slice(s2, l2, self.name())?;
         let d = last_dim(l1);
@@ -573,6 +578,7 @@ impl CustomOp2 for RmsNormOp {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let d = w.elem_count();
         let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
@@ -644,6 +650,7 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
         let a = slice(s1, l1, self.name())?;
         let b = slice(s2, l2, self.name())?;
         if l1.dims() != l2.dims() {
@@ -674,6 +681,7 @@ impl CustomOp2 for SiluMul {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
         let av: Vec<f32> = a.flatten_all()?.to_vec1()?;
         let bv: Vec<f32> = b.flatten_all()?.to_vec1()?;
         let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
@@ -719,6 +727,7 @@ impl CustomOp1 for LogSumExp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::CrossEntropy);
         let x = slice(s, l, self.name())?;
         let v = last_dim(l);
         let n = x.len() / v;
@@ -732,6 +741,7 @@ impl CustomOp1 for LogSumExp {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::CrossEntropy);
         // d lse / dx_j = softmax(x)_j = exp(x_j − lse).
         let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let lse: Vec<f32> = y.flatten_all()?.to_vec1()?;

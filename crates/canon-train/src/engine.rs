@@ -267,7 +267,9 @@ impl Engine {
         let mut extra: Vec<(String, f64)> = Vec::new();
         for micro in 0..acc {
             let index = self.step * acc as u64 + micro as u64;
+            let fwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepForward);
             let l = obj.train_batch(&mut self.rng, index)?;
+            drop(fwd);
             if !l.loss.is_finite() {
                 return Err(TrainError::Diverged {
                     step: self.step + 1,
@@ -287,14 +289,17 @@ impl Engine {
             } else {
                 l.total
             };
+            let _bwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepBackward);
             accumulate_grads(&total, &self.params, &mut grads, micro == 0)?;
         }
         let lr = self
             .cfg
             .schedule
             .lr(self.step, self.cfg.max_steps, self.cfg.lr);
+        let upd = canon_nn::profile::scope(canon_nn::profile::Phase::Optimizer);
         let grad_norm =
             clip_and_step_in_place(&self.params, &mut self.opt, &grads, lr, self.cfg.grad_clip)?;
+        drop(upd);
         self.grads = grads;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -354,7 +359,12 @@ impl Engine {
             tokens_seen += r.tokens;
             let last = s == stop_at;
             if s % self.cfg.eval_every == 0 || last {
-                (r.eval_loss, r.eval) = Self::evaluate(obj)?;
+                // Phase timings (`canon_nn::profile`) cover training steps only.
+                let timing = canon_nn::profile::enabled();
+                canon_nn::profile::enable(false);
+                let e = Self::evaluate(obj);
+                canon_nn::profile::enable(timing);
+                (r.eval_loss, r.eval) = e?;
             }
             if s == 1 || s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
                 metrics.append(&MetricsLine {

@@ -578,6 +578,7 @@ impl CustomOp3 for FlashAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::AttentionForward);
         let dm = self.dims(l1, l2, l3)?;
         let q = super::slice(s1, l1, self.name())?;
         let s2 = super::slice(s2, l2, self.name())?;
@@ -602,6 +603,7 @@ impl CustomOp3 for FlashAttention {
         o: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _t = crate::profile::scope(crate::profile::Phase::AttentionBackward);
         let dm = self.dims(q.layout(), a2.layout(), a3.layout())?;
         let g = g.contiguous()?;
         let (qd, d2, d3, od, gd) = (data(q)?, data(a2)?, data(a3)?, data(o)?, data(&g)?);

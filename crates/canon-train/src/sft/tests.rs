@@ -472,3 +472,112 @@ fn checkpointing_gives_the_same_losses() {
         .unwrap_err();
     assert!(e.to_string().contains("cannot replay LoRA dropout"), "{e}");
 }
+
+/// 50 AdamW steps of LoRA (all seven projections) over the tiny model on a fixed seed: the base
+/// dequantized to f32 and the base re-quantized to NF4 (QLoRA, whose input gradient runs through
+/// the tiled dequantizing product). The curves must stay those of the implementation before the
+/// speed work of issue 24 (recorded below from that build): the speed-ups change no arithmetic
+/// beyond summation order, so every step's loss agrees to `CURVE_TOL` relative.
+#[test]
+fn fifty_step_loss_curves_match_the_recorded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tiny.gguf");
+    write_tiny_llama(&p, &TinyLlama::default()).unwrap();
+    let records = [
+        ("Q: reverse abc", " A: cba"),
+        ("Q: upper xy", " A: XY"),
+        ("Q: double 7", " A: 14"),
+        ("Q: first of hello", " A: h"),
+    ];
+    let run = |mode: WeightMode, nf4: bool| -> Vec<f64> {
+        let mut lm = canon_models::load::load_gguf_lm(&p, mode).unwrap();
+        if nf4 {
+            requantize_nf4(lm.model.as_mut()).unwrap();
+        }
+        let spec = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            targets: parse_targets("all").unwrap(),
+            seed: 3,
+            dropout: 0.0,
+        };
+        let set = attach(lm.model.as_mut(), &spec).unwrap();
+        let train = records
+            .iter()
+            .map(|(p, c)| {
+                let rec = Record::Completion {
+                    prompt: (*p).into(),
+                    completion: (*c).into(),
+                };
+                encode_record(&rec, &lm.tokenizer, None, 64)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>();
+        let mut obj = SftObjective {
+            model: lm.model,
+            lora: set,
+            eval: train.clone(),
+            train,
+            batch_size: 2,
+            pad: 0,
+            eval_batches: 0,
+        };
+        loss_curve(&mut obj, 50)
+    };
+    let f32_curve = run(WeightMode::DequantizeF32, false);
+    let nf4_curve = run(WeightMode::KeepQuantized, true);
+    if std::env::var_os("CANON_PRINT_CURVES").is_some() {
+        println!("f32 {f32_curve:?}\nnf4 {nf4_curve:?}");
+    }
+    for (name, got, want) in [
+        ("f32", &f32_curve, &RECORDED_F32[..]),
+        ("nf4", &nf4_curve, &RECORDED_NF4[..]),
+    ] {
+        assert_eq!(got.len(), want.len());
+        assert!(got[49] < 0.7 * got[0], "{name}: the run did not learn: {got:?}");
+        for (step, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= CURVE_TOL * b.abs().max(1.0),
+                "{name} step {}: loss {a} against the recorded {b}",
+                step + 1
+            );
+        }
+    }
+}
+
+/// Relative tolerance of the 50-step curves (float summation order only).
+const CURVE_TOL: f64 = 1e-4;
+/// Recorded from the build before (commit 9a3628e), `CANON_PRINT_CURVES=1`.
+#[allow(clippy::excessive_precision)]
+const RECORDED_F32: [f64; 50] = [
+    5.759965896606445, 5.21759033203125, 4.979137420654297, 4.823153972625732,
+    4.755261421203613, 4.651031494140625, 4.420803546905518, 4.647758483886719,
+    4.305764198303223, 4.420214653015137, 4.1945481300354, 4.159130573272705,
+    4.127833843231201, 4.554817199707031, 4.2828826904296875, 4.081608295440674,
+    4.403523921966553, 4.080824375152588, 4.240523338317871, 4.240669250488281,
+    4.3238983154296875, 4.006410598754883, 3.9440293312072754, 3.7806358337402344,
+    4.152920722961426, 4.002191543579102, 4.154730796813965, 3.887333631515503,
+    4.2048659324646, 4.177801132202148, 3.833880662918091, 3.773411750793457,
+    4.097413539886475, 3.9729971885681152, 3.725827693939209, 3.809349298477173,
+    3.6908442974090576, 3.7800445556640625, 3.6374785900115967, 3.758531093597412,
+    4.123208045959473, 3.944634199142456, 3.8885979652404785, 3.914695978164673,
+    3.8137078285217285, 3.6860830783843994, 3.6414716243743896, 3.646838426589966,
+    3.71799898147583, 3.6534478664398193,
+];
+#[allow(clippy::excessive_precision)]
+const RECORDED_NF4: [f64; 50] = [
+    5.76350736618042, 5.2045793533325195, 4.960313320159912, 4.7979254722595215,
+    4.779829978942871, 4.7218241691589355, 4.510224342346191, 4.715968132019043,
+    4.3869757652282715, 4.427176475524902, 4.2468976974487305, 4.318625450134277,
+    4.057306289672852, 4.478949069976807, 4.304760932922363, 3.9986093044281006,
+    4.219395160675049, 4.087747097015381, 4.124040603637695, 4.205044746398926,
+    4.2531561851501465, 3.9133639335632324, 3.829192638397217, 3.9682674407958984,
+    4.070540428161621, 4.04476261138916, 3.956700086593628, 3.7423038482666016,
+    4.030941009521484, 4.116558074951172, 3.7630913257598877, 3.7314674854278564,
+    4.179359436035156, 3.8782711029052734, 3.7290146350860596, 3.91544771194458,
+    3.7422468662261963, 3.7110557556152344, 3.595402240753174, 3.7639551162719727,
+    4.30072021484375, 4.040173530578613, 4.1933512687683105, 4.085334777832031,
+    3.931715250015259, 3.927912712097168, 3.770942449569702, 3.851213216781616,
+    3.992161512374878, 3.743363380432129,
+];

@@ -57,6 +57,7 @@ impl From<MethodArg> for Method {
   canon finetune --method lora --data doc.jsonl --out runs/lora --max-steps 150
   canon finetune --method qlora --data doc.jsonl --out runs/qlora --targets all
   canon finetune --method lora --data doc.jsonl --out runs/lora-ckpt --checkpointing
+  canon finetune --method lora --data doc.jsonl --out runs/prof --max-steps 6 --timings
   canon finetune --resume runs/lora --max-steps 300
   canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
   canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
@@ -130,6 +131,16 @@ pub struct LoraFinetuneArgs {
     pub checkpointing: bool,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print the training step's time by phase at the end (base and adapter products, attention,
+    /// norms, cross-entropy, optimizer; the first step, which packs the weights, is left out).
+    #[arg(long)]
+    pub timings: bool,
+    /// Mixed-precision products: the f32 products of the step (adapters, the dense base, the
+    /// quantized base's input gradient, attention) round their operands to bf16 and accumulate in
+    /// f32 (AVX512_BF16); weights, gradients and AdamW stay f32. Changes the arithmetic (the loss
+    /// curve moves by bf16 rounding); off by default.
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
@@ -146,6 +157,9 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             eprintln!("canon: {s}");
         }
     };
+    if a.bf16 {
+        canon_nn::train_ops::set_bf16_products(true)?;
+    }
     let (dir, settings, resuming) = match &a.resume {
         Some(dir) => (dir.clone(), read_settings(dir)?, true),
         None => {
@@ -271,7 +285,14 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let start = Instant::now();
     let start_step = engine.step;
     let checkpoint_every = a.checkpoint_every;
+    canon_nn::profile::reset();
+    canon_nn::profile::enable(a.timings);
+    let timed_from = start_step + 1;
     let outcome = engine.run(&mut obj, max_steps, &stop, &files, &mut |r: &StepReport| {
+        if r.step == timed_from {
+            // The first step packs the quantized weights and grows the buffers: left out.
+            canon_nn::profile::reset();
+        }
         first_loss.get_or_insert(r.loss);
         last = (r.loss, r.eval_loss.or(last.1));
         bar.set_position(r.step);
@@ -287,11 +308,31 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             io_error = Some(e);
         }
     })?;
+    canon_nn::profile::enable(false);
     if let Some(e) = io_error {
         return Err(e);
     }
     write_adapter("end of run")?;
     bar.finish_and_clear();
+    let timed = engine.step.saturating_sub(timed_from);
+    if a.timings {
+        if timed == 0 {
+            eprintln!("--timings: no step after the first was run, nothing to show");
+        } else {
+            println!(
+                "time per training step by phase, mean over steps {}..={} ({} threads{}):\n{}",
+                timed_from + 1,
+                engine.step,
+                ctx.threads,
+                if canon_nn::train_ops::bf16_products() {
+                    ", bf16 products"
+                } else {
+                    ""
+                },
+                canon_nn::profile::table(timed)
+            );
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
     let steps_run = engine.step - start_step;
     println!(

@@ -260,6 +260,38 @@ impl Packed {
         true
     }
 
+    /// Rows `r0..r0 + out.len() / cols` dequantized into `out` (row-major), with the bits of
+    /// `dequantize_row`: whole 16-row panels at once with AVX-512 (one pass over each panel's
+    /// lines, no per-value branches), the rest row by row. `false` (and `out` partly written)
+    /// for the K-quants, rows out of range or an `out` that is not whole rows.
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) -> bool {
+        if self.kind.is_k() || self.cols == 0 || !out.len().is_multiple_of(self.cols) {
+            return false;
+        }
+        let r1 = r0 + out.len() / self.cols;
+        if r1 > self.rows {
+            return false;
+        }
+        let mut r = r0;
+        while r < r1 {
+            let at = (r - r0) * self.cols;
+            #[cfg(target_arch = "x86_64")]
+            if r.is_multiple_of(PANEL) && r + PANEL <= r1 && self.half {
+                let dst = &mut out[at..at + PANEL * self.cols];
+                // SAFETY: a `Packed` exists only where `packs` found the AVX-512 extensions;
+                // panel r / PANEL exists (r + PANEL <= rows) and `dst` holds its 16 rows.
+                unsafe { avx512::dequantize_panel(self, r / PANEL, dst.as_mut_ptr()) };
+                r += PANEL;
+                continue;
+            }
+            if !self.dequantize_row(r, &mut out[at..at + self.cols]) {
+                return false;
+            }
+            r += 1;
+        }
+        true
+    }
+
     /// Bytes held (codes and scales).
     pub fn bytes(&self) -> usize {
         (self.codes.len() + self.scales.len()) * 64
@@ -314,6 +346,85 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::*;
+
+    /// Panel `pi`'s 16 rows dequantized into `out` (`[16, p.cols]` row-major): per block and
+    /// register `g`, the 64 codes (4 per row) widened to i32, less the offset, to f32, times the
+    /// row's scale plus its minimum (zero for the symmetric formats), the operations and order of
+    /// `Packed::dequantize_row`, so the same bits.
+    ///
+    /// # Safety
+    /// CPU with AVX-512F/BW and F16C (any CPU a `Packed` exists on); `p.half`; `pi < p.panels`
+    /// with all 16 rows inside `p.rows`; `out` points at `16 · p.cols` writable floats.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
+        let (nb, k) = (p.nb, p.cols);
+        let cl = if p.nib { 4 } else { 8 };
+        let m = mode_id(p.mode);
+        let sb = scale_bytes(m, p.half);
+        // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
+        let (cp, sp) = unsafe {
+            (
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+            )
+        };
+        let off = _mm512_set1_epi32(p.offset);
+        let low = _mm512_set1_epi8(15);
+        // Quarter q of a line holds rows 4q..4q+4, four codes each: their scales repeated 4×.
+        let idx: [__m512i; 4] = std::array::from_fn(|q| {
+            let l = 4 * q as i32;
+            _mm512_setr_epi32(
+                l, l, l, l, l + 1, l + 1, l + 1, l + 1, l + 2, l + 2, l + 2, l + 2, l + 3, l + 3,
+                l + 3, l + 3,
+            )
+        });
+        for b in 0..nb {
+            // SAFETY: block b's scales (16 f16 scales, then 16 minimums when m != 0).
+            let (d, mn) = unsafe {
+                let s = sp.add(b * sb);
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i));
+                let mn = if m == 0 {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i))
+                };
+                (d, mn)
+            };
+            let ds: [__m512; 4] = std::array::from_fn(|q| _mm512_permutexvar_ps(idx[q], d));
+            let ms: [__m512; 4] = std::array::from_fn(|q| _mm512_permutexvar_ps(idx[q], mn));
+            let reg = |g: usize, v: __m512i| {
+                for q in 0..4 {
+                    let c = match q {
+                        0 => _mm512_extracti32x4_epi32::<0>(v),
+                        1 => _mm512_extracti32x4_epi32::<1>(v),
+                        2 => _mm512_extracti32x4_epi32::<2>(v),
+                        _ => _mm512_extracti32x4_epi32::<3>(v),
+                    };
+                    let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(c), off));
+                    let y = _mm512_add_ps(_mm512_mul_ps(ds[q], x), ms[q]);
+                    let col = b * QK + 4 * g;
+                    // SAFETY: rows 4q..4q+4 of the panel, columns col..col+4 < k, inside `out`.
+                    unsafe {
+                        let row = |i: usize| out.add((4 * q + i) * k + col);
+                        _mm_storeu_ps(row(0), _mm512_extractf32x4_ps::<0>(y));
+                        _mm_storeu_ps(row(1), _mm512_extractf32x4_ps::<1>(y));
+                        _mm_storeu_ps(row(2), _mm512_extractf32x4_ps::<2>(y));
+                        _mm_storeu_ps(row(3), _mm512_extractf32x4_ps::<3>(y));
+                    }
+                }
+            };
+            for j in 0..cl {
+                // SAFETY: line j of block b (64-byte aligned lines).
+                let v = unsafe { _mm512_load_si512(cp.add((b * cl + j) * 64) as *const __m512i) };
+                if p.nib {
+                    reg(j, _mm512_and_si512(v, low));
+                    reg(j + 4, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low));
+                } else {
+                    reg(j, v);
+                }
+            }
+        }
+    }
 
     /// The four activation codes `4g..4g+4` of a block in every 32-bit lane.
     ///

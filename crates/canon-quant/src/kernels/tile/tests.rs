@@ -350,5 +350,21 @@ fn packed_rows_dequantize_to_the_same_bits() {
             !p.dequantize_row(n, &mut got),
             "a row out of range is declined"
         );
+        // Whole panels at once (and the rows around them one by one): the same bits, from any
+        // first row.
+        for (r0, rows) in [(0, n), (16, 16), (3, 30), (32, 5), (0, 32)] {
+            let mut many = vec![f32::NAN; rows * k];
+            if !p.dequantize_rows(r0, &mut many) {
+                assert!(kind.is_k(), "{kind:?} declined rows {r0}+{rows}");
+                continue;
+            }
+            for (i, row) in many.chunks(k).enumerate() {
+                dequantize_row_with(Isa::Scalar, w, r0 + i, &mut want);
+                let gb: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(gb, wb, "{kind:?} rows from {r0}: row {}", r0 + i);
+            }
+        }
+        assert!(!p.dequantize_rows(30, &mut vec![0.0; 8 * k]), "rows out of range are declined");
     }
 }
