@@ -337,6 +337,21 @@ pub trait Llm {
     fn id(&self) -> String;
 }
 
+/// A local model's prompt of `prompt` tokens leaves room for `max_tokens` answer tokens within its
+/// context of `context` tokens, or the error naming the three.
+pub fn check_fits(
+    prompt: usize,
+    max_tokens: usize,
+    context: usize,
+) -> std::result::Result<(), String> {
+    if prompt + max_tokens > context {
+        return Err(format!(
+            "prompt of {prompt} tokens and {max_tokens} answer tokens exceed the context of {context}"
+        ));
+    }
+    Ok(())
+}
+
 /// Default entity types (GraphRAG's) plus the ones a manual has.
 pub const ENTITY_TYPES: &[&str] = &[
     "organization",

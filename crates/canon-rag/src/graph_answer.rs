@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use canon_infer::{GenerateRequest, LmGenerator};
-use canon_text::Message;
 use serde_json::json;
 
 use crate::answer::{Answer, AnswerError, Answerer, Result};
@@ -24,15 +23,8 @@ impl Llm for LocalLlm {
         messages: &[(String, String)],
         max_tokens: usize,
     ) -> std::result::Result<String, String> {
-        let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message::new(r, c)).collect();
-        let prompt = match &self.lm.lm.chat_template {
-            Some(t) => t.render(&msgs, true).map_err(|e| e.to_string())?,
-            None => messages
-                .iter()
-                .map(|m| m.1.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        };
+        let prompt = canon_text::chat_prompt(self.lm.lm.chat_template.as_ref(), messages)
+            .map_err(|e| e.to_string())?;
         let n = self
             .lm
             .lm
@@ -40,12 +32,7 @@ impl Llm for LocalLlm {
             .encode(&prompt, true)
             .map_err(|e| e.to_string())?
             .len();
-        let max_seq = self.lm.lm.model.max_seq_len();
-        if n + max_tokens > max_seq {
-            return Err(format!(
-                "prompt of {n} tokens and {max_tokens} answer tokens exceed the context of {max_seq}"
-            ));
-        }
+        graph::check_fits(n, max_tokens, self.lm.lm.model.max_seq_len())?;
         let req = GenerateRequest::new(prompt, max_tokens);
         self.lm
             .generate_streaming(&req, &mut |_| true)

@@ -622,33 +622,14 @@ impl EngineLlm {
     }
 
     fn request(&mut self, c: &Call) -> std::result::Result<canon_infer::Request, String> {
-        let msgs: Vec<canon_text::Message> = c
-            .messages
-            .iter()
-            .map(|(r, t)| canon_text::Message::new(r, t))
-            .collect();
-        let prompt = match &self.template {
-            Some(t) => t.render(&msgs, true).map_err(|e| e.to_string())?,
-            None => c
-                .messages
-                .iter()
-                .map(|m| m.1.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        };
+        let prompt = canon_text::chat_prompt(self.template.as_ref(), &c.messages)
+            .map_err(|e| e.to_string())?;
         let ids = self
             .engine
             .tokenizer()
             .encode(&prompt, true)
             .map_err(|e| e.to_string())?;
-        let max = self.engine.max_len();
-        if ids.len() + c.max_tokens > max {
-            return Err(format!(
-                "prompt of {} tokens and {} answer tokens exceed the context of {max}",
-                ids.len(),
-                c.max_tokens
-            ));
-        }
+        crate::graph::check_fits(ids.len(), c.max_tokens, self.engine.max_len())?;
         let mut req = canon_infer::Request::new(ids, c.max_tokens);
         if let Some(schema) = &c.schema {
             if self.grammar.is_none() {
