@@ -10,6 +10,7 @@
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
 pub mod autoprompt;
+pub mod autoprompt_run;
 pub mod browser;
 pub mod cot;
 pub mod cot_run;

@@ -21,6 +21,7 @@ pub mod ernie;
 pub mod lora;
 pub mod seq2seq;
 pub mod t5;
+pub mod threads;
 pub mod transformer;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod tests;
 
 pub use config::{CAUSAL_FAMILIES, OBJECTIVE_FAMILIES, RunConfig};
 pub use dir::RunDir;
+pub use threads::default_threads;
 
 /// Everything that can go wrong while reading a configuration or building a run.
 #[derive(Debug, thiserror::Error)]
