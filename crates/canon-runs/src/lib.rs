@@ -18,6 +18,7 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod load;
 pub mod lora;
 pub mod seq2seq;
 pub mod t5;
@@ -29,6 +30,7 @@ mod tests;
 
 pub use config::{CAUSAL_FAMILIES, OBJECTIVE_FAMILIES, RunConfig};
 pub use dir::RunDir;
+pub use load::Loader;
 pub use threads::default_threads;
 
 /// Everything that can go wrong while reading a configuration or building a run.

@@ -22,13 +22,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// How models are loaded under the global flags.
+    pub fn loader(&self) -> canon_runs::Loader {
+        canon_runs::Loader {
+            f32_weights: self.f32_weights,
+            kv_f16: self.kv_f16,
+            lora: self.lora.clone(),
+            quiet: self.quiet,
+        }
+    }
+
     /// Where asset-fetch progress goes.
     pub fn progress(&self) -> &'static dyn canon_assets::FetchProgress {
-        if self.quiet {
-            &canon_assets::Quiet
-        } else {
-            &canon_assets::Stderr
-        }
+        self.loader().progress()
     }
 }
 

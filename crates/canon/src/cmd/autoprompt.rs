@@ -155,14 +155,7 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<SlotModel> {
         });
     }
     // A causal LM with dense f32 weights: the gradient runs through every layer.
-    let f32_ctx = Ctx {
-        threads: ctx.threads,
-        quiet: ctx.quiet,
-        f32_weights: true,
-        lora: ctx.lora.clone(),
-        kv_f16: ctx.kv_f16,
-    };
-    let lm = crate::model_gen::load_lm(spec, &f32_ctx)?;
+    let lm = ctx.loader().dense().lm(spec)?;
     let model: &'static dyn canon_models::CausalLm = Box::leak(lm.model);
     // The model must expose its input embeddings.
     model
