@@ -423,8 +423,8 @@ pub fn eval_stage(
             work.display()
         )));
     }
-    let engine = canon_infer::Engine::start(lm, canon_infer::EngineConfig::default())
-        .map_err(infer_err)?;
+    let engine =
+        canon_infer::Engine::start(lm, canon_infer::EngineConfig::default()).map_err(infer_err)?;
     let mut elm = EngineLm {
         engine: engine.clone(),
         texts: std::sync::Arc::new(crate::react::TokenTexts(Vec::new())),
@@ -432,7 +432,11 @@ pub fn eval_stage(
     let out = eval_texts(&mut elm, &test, tools, max_tokens, on_text);
     engine.shutdown();
     let (right, calls, rows) = out?;
-    let file = work.join(if tools { "eval-tools.jsonl" } else { "eval.jsonl" });
+    let file = work.join(if tools {
+        "eval-tools.jsonl"
+    } else {
+        "eval.jsonl"
+    });
     write_text(&file, &rows)?;
     Ok((test.len(), right, calls))
 }

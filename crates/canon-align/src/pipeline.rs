@@ -386,7 +386,10 @@ impl PpoOpts {
             return Err("--rollouts must be at least 1".into());
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
-            return Err(format!("--name must be a plain folder name, found {:?}", self.name));
+            return Err(format!(
+                "--name must be a plain folder name, found {:?}",
+                self.name
+            ));
         }
         self.cfg.validate()
     }

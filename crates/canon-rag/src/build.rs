@@ -317,20 +317,10 @@ pub fn build_and_write(
         reuse,
         progress,
     )?;
-    let (files_read, skipped, chunks) = (
-        built.stats.read,
-        built.stats.skipped(),
-        built.chunks.len(),
-    );
+    let (files_read, skipped, chunks) =
+        (built.stats.read, built.stats.skipped(), built.chunks.len());
     let (embedded, read_s, embed_s) = (built.embedded, built.read_s, built.embed_s);
-    let (meta, hnsw) = write_built(
-        out,
-        spec.model,
-        spec.man,
-        spec.roots,
-        built,
-        spec.hnsw_min,
-    )?;
+    let (meta, hnsw) = write_built(out, spec.model, spec.man, spec.roots, built, spec.hnsw_min)?;
     Ok(Written {
         meta,
         hnsw,

@@ -24,4 +24,3 @@ pub fn default_threads() -> usize {
     }
     cores.len().clamp(1, logical)
 }
-

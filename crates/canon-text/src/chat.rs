@@ -95,7 +95,10 @@ impl ChatTemplate {
 /// The prompt that asks a model for the next assistant turn of `messages` (role, content): its
 /// chat template's rendering, or, for a model without a template, the contents joined by blank
 /// lines. Every "render the chat and generate" caller builds its prompt here.
-pub fn chat_prompt(template: Option<&ChatTemplate>, messages: &[(String, String)]) -> Result<String> {
+pub fn chat_prompt(
+    template: Option<&ChatTemplate>,
+    messages: &[(String, String)],
+) -> Result<String> {
     match template {
         Some(t) => {
             let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message::new(r, c)).collect();

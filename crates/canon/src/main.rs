@@ -58,7 +58,10 @@ fn main() -> ExitCode {
             _ => ExitCode::SUCCESS,
         };
     }
-    let threads = cli.threads.unwrap_or_else(canon_runs::default_threads).max(1);
+    let threads = cli
+        .threads
+        .unwrap_or_else(canon_runs::default_threads)
+        .max(1);
     canon_fs::lines::set_max_line_bytes(cli.max_line_bytes);
     // candle's CPU kernels and rayon read these once, at first use: set them before any work.
     // SAFETY: no other thread exists yet.

@@ -77,11 +77,7 @@ struct Scripted {
     calls: usize,
 }
 impl Llm for Scripted {
-    fn chat(
-        &mut self,
-        _m: &[(String, String)],
-        _t: usize,
-    ) -> std::result::Result<String, String> {
+    fn chat(&mut self, _m: &[(String, String)], _t: usize) -> std::result::Result<String, String> {
         let r = self
             .replies
             .get(self.calls)

@@ -121,9 +121,7 @@ fn reports_parse_validate_and_render() {
     assert_eq!(r.title, "Archivers");
     assert_eq!(r.rating, 7.5);
     let text = render(&r);
-    assert!(
-        text.starts_with("Archivers\ntar and gzip\nImpact 7.5/10: common\n- tar: uses gzip")
-    );
+    assert!(text.starts_with("Archivers\ntar and gzip\nImpact 7.5/10: common\n- tar: uses gzip"));
     assert!(
         parse_report("no json here")
             .unwrap_err()
@@ -202,19 +200,20 @@ fn reports_are_written_bottom_up_and_parents_read_their_childrens_reports() {
     let mut g = hierarchy();
     let prompts = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
     let seen = prompts.clone();
-    let mut m =
-        Scripted {
-            f: Box::new(move |c| {
-                assert!(c.schema.is_some());
-                let mut v = seen.borrow_mut();
-                v.push(c.messages[0].1.clone());
-                Ok(json!({"title": format!("T{}", v.len()), "summary": "a summary", "rating": 5,
+    let mut m = Scripted {
+        f: Box::new(move |c| {
+            assert!(c.schema.is_some());
+            let mut v = seen.borrow_mut();
+            v.push(c.messages[0].1.clone());
+            Ok(
+                json!({"title": format!("T{}", v.len()), "summary": "a summary", "rating": 5,
                 "rating_explanation": "e", "findings": [{"summary": "f", "explanation": "x"}]})
-            .to_string())
-            }),
-            calls: 0,
-            batches: 0,
-        };
+                .to_string(),
+            )
+        }),
+        calls: 0,
+        batches: 0,
+    };
     // 30 words hold a child's tables but not the parent's own.
     let stats = {
         let mut llm = CachedBatch::new(&mut m, dir.path()).unwrap();

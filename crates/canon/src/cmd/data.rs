@@ -199,7 +199,10 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     o.check()?;
     let roots = [
         (super::train::python_stdlib_dir()?, Origin::Stdlib),
-        (pipeline::site_packages_dir(&a.site_packages)?, Origin::SitePackages),
+        (
+            pipeline::site_packages_dir(&a.site_packages)?,
+            Origin::SitePackages,
+        ),
     ];
     // Decontamination against HumanEval prompts + canonical solutions.
     let mut humaneval = || -> canon_scale::Result<Vec<(String, String)>> {
@@ -210,7 +213,12 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         })?;
         Ok(problems
             .iter()
-            .map(|p| (p.task_id.clone(), format!("{}{}", p.prompt, p.canonical_solution)))
+            .map(|p| {
+                (
+                    p.task_id.clone(),
+                    format!("{}{}", p.prompt, p.canonical_solution),
+                )
+            })
             .collect())
     };
     let benchmark: Option<&mut dyn FnMut() -> canon_scale::Result<Vec<(String, String)>>> =

@@ -181,10 +181,15 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         min_phrase_units: b.min_phrase_units,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let built = graph::build_index_graph(&ix, llm.as_mut().map(|l| &mut **l as &mut dyn Llm), &o, &mut |done, n| {
-        let p = pb.get_or_insert_with(|| bar(ctx, n, "extract units/s"));
-        p.set_position(done as u64);
-    })?;
+    let built = graph::build_index_graph(
+        &ix,
+        llm.as_mut().map(|l| &mut **l as &mut dyn Llm),
+        &o,
+        &mut |done, n| {
+            let p = pb.get_or_insert_with(|| bar(ctx, n, "extract units/s"));
+            p.set_position(done as u64);
+        },
+    )?;
     if let Some(p) = pb {
         p.finish_and_clear();
     }

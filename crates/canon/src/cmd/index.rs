@@ -202,7 +202,15 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         hnsw_min: b.hnsw_min,
     };
     let reuse = Reuse::new();
-    let w = build::build_and_write(&b.out, &files, spec, &enc, &reuse, None, &mut stage_bars(ctx))?;
+    let w = build::build_and_write(
+        &b.out,
+        &files,
+        spec,
+        &enc,
+        &reuse,
+        None,
+        &mut stage_bars(ctx),
+    )?;
     report(&b.out, &w, t0, ctx);
     Ok(())
 }
@@ -222,7 +230,15 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let t0 = Instant::now();
     let (files, reuse) = (&plan.files, &plan.reuse);
-    let w = build::build_and_write(&u.index, files, spec, &enc, reuse, Some(meta.dim), &mut stage_bars(ctx))?;
+    let w = build::build_and_write(
+        &u.index,
+        files,
+        spec,
+        &enc,
+        reuse,
+        Some(meta.dim),
+        &mut stage_bars(ctx),
+    )?;
     report(&u.index, &w, t0, ctx);
     Ok(())
 }

@@ -205,8 +205,7 @@ fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let name = lm.name.clone();
     let mut on = steps(ctx, "eval");
-    let (n, right, calls) =
-        work::eval_stage(&a.work, lm, a.limit, a.tools, a.max_tokens, &mut on)?;
+    let (n, right, calls) = work::eval_stage(&a.work, lm, a.limit, a.tools, a.max_tokens, &mut on)?;
     println!(
         "{}",
         json!({"model": name, "lora": ctx.lora, "tools": a.tools, "texts": n,
