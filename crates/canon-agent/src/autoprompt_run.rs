@@ -12,12 +12,14 @@ use crate::autoprompt::{
 };
 use crate::{AgentError, Result};
 
+/// Text to token ids (no special tokens added).
+pub type Encode = Box<dyn Fn(&str) -> Result<Vec<u32>>>;
+
 /// A model with a slot to fill and how its tokenizer reads and writes text.
 pub struct SlotModel {
     pub name: String,
     pub slot: Box<dyn SlotLm>,
-    /// Text to token ids (no special tokens added).
-    pub encode: Box<dyn Fn(&str) -> Result<Vec<u32>>>,
+    pub encode: Encode,
     /// One token's text.
     pub token: Box<dyn Fn(u32) -> String>,
     /// Special tokens (never triggers).

@@ -518,6 +518,12 @@ impl FilterOpts {
     }
 }
 
+/// The benchmark problems to decontaminate against, as (id, text), read when needed.
+pub type Benchmark<'a> = &'a mut dyn FnMut() -> Result<Vec<(String, String)>>;
+
+/// Embeds a batch of texts.
+pub type Embed<'a> = &'a mut dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>>;
+
 /// What `run_filter` reports along the way.
 pub enum FilterEvent {
     /// A line for the log.
@@ -533,8 +539,8 @@ pub enum FilterEvent {
 pub fn run_filter(
     o: &FilterOpts,
     roots: &[(PathBuf, super::corpus::Origin)],
-    benchmark: Option<&mut dyn FnMut() -> Result<Vec<(String, String)>>>,
-    embed: &mut dyn FnMut(&[String]) -> Result<Vec<Vec<f32>>>,
+    benchmark: Option<Benchmark<'_>>,
+    embed: Embed<'_>,
     on: &mut dyn FnMut(FilterEvent),
 ) -> Result<serde_json::Value> {
     use super::corpus;

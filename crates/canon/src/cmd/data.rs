@@ -221,12 +221,11 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
             })
             .collect())
     };
-    let benchmark: Option<&mut dyn FnMut() -> canon_scale::Result<Vec<(String, String)>>> =
-        if a.no_decontaminate {
-            None
-        } else {
-            Some(&mut humaneval)
-        };
+    let benchmark: Option<pipeline::Benchmark<'_>> = if a.no_decontaminate {
+        None
+    } else {
+        Some(&mut humaneval)
+    };
     let mut enc = None;
     let mut embed = |texts: &[String]| -> canon_scale::Result<Vec<Vec<f32>>> {
         if enc.is_none() {

@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use canon_infer::LmGenerator;
 use canon_rag::graph::{self, BuildOpts, KnowledgeGraph, Llm};
-pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, load_graph};
+pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, RemoteLlm, load_graph};
 use canon_rag::index::Index;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -100,62 +100,6 @@ pub(crate) fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
-}
-
-/// An OpenAI-compatible chat-completions endpoint.
-pub struct RemoteLlm {
-    pub url: String,
-    pub model: String,
-    client: reqwest::blocking::Client,
-}
-
-impl RemoteLlm {
-    pub fn new(url: &str, model: &str) -> anyhow::Result<Self> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(600))
-            .build()
-            .context("cannot create an HTTP client")?;
-        Ok(RemoteLlm {
-            url: url.trim_end_matches('/').to_string(),
-            model: model.to_string(),
-            client,
-        })
-    }
-}
-
-impl Llm for RemoteLlm {
-    fn chat(
-        &mut self,
-        messages: &[(String, String)],
-        max_tokens: usize,
-    ) -> std::result::Result<String, String> {
-        let url = if self.url.ends_with("/v1") {
-            format!("{}/chat/completions", self.url)
-        } else {
-            format!("{}/v1/chat/completions", self.url)
-        };
-        let body = json!({
-            "model": self.model, "temperature": 0, "max_tokens": max_tokens,
-            "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
-        });
-        let mut req = self.client.post(&url).json(&body);
-        if let Ok(k) = std::env::var("OPENAI_API_KEY") {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().map_err(|e| format!("{url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: HTTP {status}: {v}"));
-        }
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("{url}: expected choices[0].message.content, found {v}"))
-    }
-    fn id(&self) -> String {
-        format!("remote:{}:{}", self.url, self.model)
-    }
 }
 
 fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
