@@ -11,6 +11,7 @@
 //!   normalisations, free-form answers by greedy decoding and exact match.
 
 pub mod autoprompt;
+pub mod autoprompt_run;
 pub mod browse_run;
 pub mod browser;
 pub mod cot;

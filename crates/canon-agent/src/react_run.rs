@@ -139,3 +139,135 @@ impl Score {
         self.correct as f64 / self.questions as f64
     }
 }
+
+/// The question set in `data` (pages.jsonl, questions.jsonl): the wiki, every question (the
+/// demonstrations come from the train split), and the indices of `split`'s questions, the first
+/// `limit`; none is an error.
+pub fn load_split(
+    data: &std::path::Path,
+    split: &str,
+    limit: Option<usize>,
+) -> Result<(Arc<Wiki>, Vec<Question>, Vec<usize>)> {
+    if split != "test" && split != "train" {
+        return Err(AgentError::Task(format!(
+            "--split: expected train or test, found {split:?}"
+        )));
+    }
+    let pages: Vec<crate::react_data::Page> =
+        crate::react_data::from_jsonl(&data.join("pages.jsonl"))?;
+    let qs: Vec<Question> = crate::react_data::from_jsonl(&data.join("questions.jsonl"))?;
+    let mut run: Vec<usize> = (0..qs.len()).filter(|&i| qs[i].split == split).collect();
+    if let Some(n) = limit {
+        run.truncate(n);
+    }
+    if run.is_empty() {
+        return Err(AgentError::Task(format!(
+            "{}: expected {split} questions, found none",
+            data.display()
+        )));
+    }
+    Ok((Arc::new(Wiki::new(pages)), qs, run))
+}
+
+/// Settings of an evaluation over several modes.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    pub shots: usize,
+    pub max_steps: usize,
+    pub max_tokens: usize,
+    /// Actions constrained to `Name[argument]`.
+    pub constrained: bool,
+    /// Episodes decoding at once on the engine.
+    pub parallel: usize,
+}
+
+impl RunOpts {
+    /// At least one step and one episode at a time.
+    pub fn check(&self) -> Result<()> {
+        if self.max_steps == 0 || self.parallel == 0 {
+            return Err(AgentError::Task(
+                "--max-steps and --parallel must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One mode's result.
+#[derive(Debug, Clone)]
+pub struct ModeRun {
+    pub mode: Mode,
+    pub score: Score,
+    pub seconds: f64,
+}
+
+/// What `run_modes` reports along the way.
+pub enum RunEvent<'a> {
+    /// A mode begins over `n` questions.
+    Start(Mode, usize),
+    /// An episode ended (called from the worker threads).
+    Episode,
+    /// A mode is done.
+    Done(&'a ModeRun),
+}
+
+/// Runs every question of `run` in each of `modes` on `lm` (on the batched engine, `parallel`
+/// episodes at once), with demonstrations from `qs`' train split; returns every episode and each
+/// mode's score.
+pub fn run_modes(
+    lm: canon_models::LoadedLm,
+    qs: &[Question],
+    run: &[&Question],
+    wiki: &Arc<Wiki>,
+    modes: &[Mode],
+    o: &RunOpts,
+    on: &(dyn Fn(RunEvent<'_>) + Sync),
+) -> Result<(Vec<Episode>, Vec<ModeRun>)> {
+    o.check()?;
+    let texts = Arc::new(crate::react::TokenTexts::new(&lm.tokenizer));
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: o.parallel.min(15),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| AgentError::Task(e.to_string()))?;
+    let elm = crate::react::EngineLm {
+        engine: engine.clone(),
+        texts,
+    };
+    let mut all = Vec::new();
+    let mut runs = Vec::new();
+    for &m in modes {
+        let demos = demos_for(qs, wiki, m, o.shots);
+        let cfg = LoopConfig {
+            mode: m,
+            max_steps: o.max_steps,
+            max_tokens: o.max_tokens,
+            constrained: o.constrained,
+        };
+        on(RunEvent::Start(m, run.len()));
+        let t0 = std::time::Instant::now();
+        let eps = run_episodes(&elm, run, &demos, &cfg, wiki, o.parallel, &|| {
+            on(RunEvent::Episode)
+        });
+        let eps = match eps {
+            Ok(e) => e,
+            Err(e) => {
+                engine.shutdown();
+                return Err(e);
+            }
+        };
+        let r = ModeRun {
+            mode: m,
+            score: Score::of(&eps),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        on(RunEvent::Done(&r));
+        runs.push(r);
+        all.extend(eps);
+    }
+    engine.shutdown();
+    Ok((all, runs))
+}

@@ -337,3 +337,106 @@ pub fn eval_texts(
     }
     Ok((right, calls, rows))
 }
+
+/// Settings of the sampling stage.
+#[derive(Debug, Clone)]
+pub struct SampleOpts {
+    /// Texts sampled at most.
+    pub limit: usize,
+    /// τ_s: a position's least probability of `[`.
+    pub tau_s: f64,
+    /// Positions kept per text (top k).
+    pub k: usize,
+    /// Calls sampled per position.
+    pub m: usize,
+    pub temperature: f32,
+    pub seed: u64,
+}
+
+/// Toolformer's sampling stage over the work folder: positions where the model would open a call
+/// (`on_text` follows the texts), then `m` calls per position on the batched engine (`on_position`
+/// follows the positions); writes `candidates.jsonl` and the stage counts, and returns them.
+pub fn sample_stage(
+    work: &Path,
+    lm: LoadedLm,
+    o: &SampleOpts,
+    on_text: &mut dyn FnMut(usize, usize),
+    on_position: &mut dyn FnMut(usize, usize),
+) -> Result<StageCounts> {
+    let texts = load_texts(work)?;
+    let (n_texts, positions) = sample_positions(&lm, &texts, o.limit, o.tau_s, o.k, on_text)?;
+    let engine = canon_infer::Engine::start(
+        lm,
+        canon_infer::EngineConfig {
+            slots: o.m.clamp(1, 15),
+            ..Default::default()
+        },
+    )
+    .map_err(infer_err)?;
+    let cands = sample_calls(
+        &engine,
+        &texts,
+        &positions,
+        o.m,
+        o.temperature,
+        o.seed,
+        on_position,
+    );
+    engine.shutdown();
+    let cands = cands?;
+    write_text(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
+    let counts = StageCounts {
+        texts: n_texts,
+        positions: positions.len(),
+        sampled: cands.len(),
+        parsed: cands.iter().filter(|c| c.tool.is_some()).count(),
+        ..Default::default()
+    };
+    write_counts(
+        work,
+        &counts,
+        &json!({"tau_s": o.tau_s, "k": o.k, "m": o.m}),
+    )?;
+    Ok(counts)
+}
+
+/// Toolformer's evaluation: the first `limit` test texts answered by `lm` on the batched engine,
+/// with or without tool calls; writes `eval.jsonl` or `eval-tools.jsonl` and returns (texts,
+/// correct, calls).
+pub fn eval_stage(
+    work: &Path,
+    lm: LoadedLm,
+    limit: usize,
+    tools: bool,
+    max_tokens: usize,
+    on_text: &mut dyn FnMut(usize, usize),
+) -> Result<(usize, usize, usize)> {
+    let texts = load_texts(work)?;
+    let test: Vec<&Text> = texts
+        .iter()
+        .filter(|t| t.split == "test")
+        .take(limit)
+        .collect();
+    if test.is_empty() {
+        return Err(AgentError::Task(format!(
+            "{}: expected test texts, found none",
+            work.display()
+        )));
+    }
+    let engine =
+        canon_infer::Engine::start(lm, canon_infer::EngineConfig::default()).map_err(infer_err)?;
+    let mut elm = EngineLm {
+        engine: engine.clone(),
+        texts: std::sync::Arc::new(crate::react::TokenTexts(Vec::new())),
+    };
+    let out = eval_texts(&mut elm, &test, tools, max_tokens, on_text);
+    engine.shutdown();
+    let (right, calls, rows) = out?;
+    let file = work.join(if tools {
+        "eval-tools.jsonl"
+    } else {
+        "eval.jsonl"
+    });
+    write_text(&file, &rows)?;
+    Ok((test.len(), right, calls))
+}

@@ -141,6 +141,16 @@ pub struct SftOpts {
     pub per_prompt: usize,
 }
 
+impl SftOpts {
+    /// Steps, batch and demonstrations per prompt are at least 1 (the message names the flags).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.batch == 0 || self.per_prompt == 0 {
+            return Err("--steps, --batch and --per-prompt must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Trains the SFT policy from scratch into `dir/sft`.
 pub fn sft(
     dir: &Path,
@@ -190,6 +200,16 @@ pub struct RmOpts {
     /// Prompts per batch (each with all its C(K,2) comparisons).
     pub batch: usize,
     pub lr: f64,
+}
+
+impl RmOpts {
+    /// Batch and prompt counts are at least 1 (the message names the flags).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.batch == 0 || self.train_prompts == 0 || self.val_prompts == 0 {
+            return Err("--batch, --train-prompts and --val-prompts must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// The RM stage's sampled groups (`rm/groups.json`).
@@ -274,6 +294,16 @@ pub struct DpoOpts {
     pub beta: f64,
 }
 
+impl DpoOpts {
+    /// Steps and batch are at least 1 (the message names the flags).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.batch == 0 {
+            return Err("--steps and --batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// DPO from SFT on the RM stage's preference pairs, into `dir/dpo`.
 pub fn dpo(
     dir: &Path,
@@ -347,6 +377,22 @@ pub struct PpoOpts {
     pub reward: RewardKind,
     pub value: ValueInit,
     pub cfg: PpoConfig,
+}
+
+impl PpoOpts {
+    /// At least one rollout, a plain folder name, and a valid PPO configuration.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.rollouts == 0 {
+            return Err("--rollouts must be at least 1".into());
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            return Err(format!(
+                "--name must be a plain folder name, found {:?}",
+                self.name
+            ));
+        }
+        self.cfg.validate()
+    }
 }
 
 /// The reward model's scores of responses to problems, as a PPO reward.

@@ -321,6 +321,22 @@ pub struct PrmOpts {
     pub reuse_generator: bool,
 }
 
+impl PrmOpts {
+    /// Step and problem counts in range (the message names the flags).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.gen_steps == 0 || self.verifier_steps == 0 || self.train_problems < 10 {
+            return Err(
+                "--gen-steps and --verifier-steps must be at least 1, --train-problems at least 10"
+                    .into(),
+            );
+        }
+        if self.test_problems == 0 {
+            return Err("--test-problems must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Solve rates of the three selectors at one N.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BestOfN {

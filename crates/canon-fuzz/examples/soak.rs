@@ -21,6 +21,8 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 // SAFETY: every call forwards to `System` with the caller's arguments unchanged; the counter
 // is only arithmetic on the sizes.
 unsafe impl GlobalAlloc for Counting {
+    /// # Safety
+    /// The contract of `GlobalAlloc::alloc`, passed on to `System` unchanged.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is; the caller upholds `GlobalAlloc::alloc`'s contract.
         let p = unsafe { System.alloc(layout) };
@@ -29,11 +31,15 @@ unsafe impl GlobalAlloc for Counting {
         }
         p
     }
+    /// # Safety
+    /// The contract of `GlobalAlloc::dealloc`, passed on to `System` unchanged.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as is; `ptr` came from `alloc` with this `layout`.
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
+    /// # Safety
+    /// The contract of `GlobalAlloc::realloc`, passed on to `System` unchanged.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is; the caller upholds `GlobalAlloc::realloc`'s contract.
         let p = unsafe { System.realloc(ptr, layout, new_size) };

@@ -7,7 +7,6 @@
 
 use canon_infer::{GenerateRequest, LmGenerator};
 use canon_models::{LoadedEncoder, LoadedLm};
-use canon_text::Message;
 use serde::Serialize;
 
 use crate::ask::{Passage, build_prompt_with, cited};
@@ -173,10 +172,11 @@ impl Answerer {
 
     /// The chat-templated prompt of a user message (the message itself without a template).
     pub fn render(&self, user: &str) -> Result<String> {
-        Ok(match &self.lm.lm.chat_template {
-            Some(t) => t.render(&[Message::new("user", user)], true)?,
-            None => user.to_string(),
-        })
+        let msgs = [("user".to_string(), user.to_string())];
+        Ok(canon_text::chat_prompt(
+            self.lm.lm.chat_template.as_ref(),
+            &msgs,
+        )?)
     }
 
     /// Generates greedily from a user message, checking the templated prompt fits.

@@ -215,3 +215,120 @@ pub fn reuse_of(old: &Index) -> Reuse {
     }
     reuse
 }
+
+/// The files an index build over `roots` reads: the roots checked and walked, the first `limit`
+/// kept; more than `max_files` (or none) is an error.
+pub fn select_files(
+    roots: &[PathBuf],
+    limit: Option<usize>,
+    max_files: usize,
+) -> Result<Vec<(PathBuf, reader::Kind)>> {
+    reader::check_roots(roots)?;
+    let mut files = reader::walk(roots)?;
+    if let Some(l) = limit {
+        files.truncate(l);
+    }
+    if files.len() > max_files {
+        return Err(AnswerError::Invalid(format!(
+            "--docs hold {} files, more than the limit of {} (--max-files raises it; --limit N \
+             indexes the first N)",
+            files.len(),
+            max_files
+        )));
+    }
+    if files.is_empty() {
+        return Err(AnswerError::Invalid(
+            "expected readable files under --docs, found none".into(),
+        ));
+    }
+    Ok(files)
+}
+
+/// What an update starts from: the old index's metadata, the files now under its roots, and the
+/// old chunks and vectors of each file (reused where the file is unchanged).
+pub struct UpdatePlan {
+    pub meta: Meta,
+    pub files: Vec<(PathBuf, reader::Kind)>,
+    pub reuse: Reuse,
+}
+
+/// Opens the index at `dir` and walks its roots again.
+pub fn plan_update(dir: &std::path::Path) -> Result<UpdatePlan> {
+    let meta = crate::index::read_meta(dir, None)?;
+    let old = Index::open(dir, Some(&meta.model))?;
+    let roots: Vec<PathBuf> = meta.roots.iter().map(PathBuf::from).collect();
+    reader::check_roots(&roots)?;
+    let files = reader::walk(&roots)?;
+    let reuse = reuse_of(&old);
+    Ok(UpdatePlan { meta, files, reuse })
+}
+
+/// An index written: its metadata, whether it has the HNSW graph, and the build's figures.
+pub struct Written {
+    pub meta: Meta,
+    pub hnsw: bool,
+    pub files_read: usize,
+    pub skipped: usize,
+    pub chunks: usize,
+    pub embedded: usize,
+    pub read_s: f64,
+    pub embed_s: f64,
+}
+
+/// How an index is built: the source it names and how its files are chunked and embedded.
+pub struct BuildSpec<'a> {
+    /// The embedding model's name, stored in the index.
+    pub model: &'a str,
+    /// Man pages are rendered before chunking.
+    pub man: bool,
+    /// The roots, as stored in the index (an update walks them again).
+    pub roots: Vec<String>,
+    pub chunk: ChunkConfig,
+    pub batch_size: usize,
+    /// Chunks from which the index gets an HNSW graph.
+    pub hnsw_min: usize,
+}
+
+/// Reads, chunks and embeds `files` (reusing `reuse`'s unchanged files) and writes the index at
+/// `out`. The embedding model must be as wide as `expect_dim` when given (an update).
+pub fn build_and_write(
+    out: &std::path::Path,
+    files: &[(PathBuf, reader::Kind)],
+    spec: BuildSpec<'_>,
+    enc: &LoadedEncoder,
+    reuse: &Reuse,
+    expect_dim: Option<usize>,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+) -> Result<Written> {
+    if let Some(dim) = expect_dim
+        && enc.embedder.dim() != dim
+    {
+        return Err(AnswerError::Invalid(format!(
+            "expected a {dim}-wide embedding model for this index, found {}",
+            enc.embedder.dim()
+        )));
+    }
+    let built = build_files(
+        files,
+        spec.man,
+        spec.chunk,
+        enc,
+        spec.batch_size,
+        reuse,
+        progress,
+    )?;
+    let (files_read, skipped, chunks) =
+        (built.stats.read, built.stats.skipped(), built.chunks.len());
+    let (embedded, read_s, embed_s) = (built.embedded, built.read_s, built.embed_s);
+    let (meta, hnsw) = write_built(out, spec.model, spec.man, spec.roots, built, spec.hnsw_min)?;
+    Ok(Written {
+        meta,
+        hnsw,
+        files_read,
+        skipped,
+        chunks,
+        embedded,
+        read_s,
+        embed_s,
+    })
+}

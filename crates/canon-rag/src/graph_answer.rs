@@ -1,10 +1,9 @@
-//! GraphRAG (paper 31) queries answered with a real model: the local model as the graph builder's
-//! chat LLM, a loaded graph with its search indexes, and local and global search.
+//! GraphRAG (paper 31) with real models: the local model or an OpenAI-compatible endpoint as the
+//! graph builder's chat LLM, a loaded graph with its search indexes, and local and global search.
 
 use std::time::Instant;
 
 use canon_infer::{GenerateRequest, LmGenerator};
-use canon_text::Message;
 use serde_json::json;
 
 use crate::answer::{Answer, AnswerError, Answerer, Result};
@@ -24,15 +23,8 @@ impl Llm for LocalLlm {
         messages: &[(String, String)],
         max_tokens: usize,
     ) -> std::result::Result<String, String> {
-        let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message::new(r, c)).collect();
-        let prompt = match &self.lm.lm.chat_template {
-            Some(t) => t.render(&msgs, true).map_err(|e| e.to_string())?,
-            None => messages
-                .iter()
-                .map(|m| m.1.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        };
+        let prompt = canon_text::chat_prompt(self.lm.lm.chat_template.as_ref(), messages)
+            .map_err(|e| e.to_string())?;
         let n = self
             .lm
             .lm
@@ -40,12 +32,7 @@ impl Llm for LocalLlm {
             .encode(&prompt, true)
             .map_err(|e| e.to_string())?
             .len();
-        let max_seq = self.lm.lm.model.max_seq_len();
-        if n + max_tokens > max_seq {
-            return Err(format!(
-                "prompt of {n} tokens and {max_tokens} answer tokens exceed the context of {max_seq}"
-            ));
-        }
+        graph::check_fits(n, max_tokens, self.lm.lm.model.max_seq_len())?;
         let req = GenerateRequest::new(prompt, max_tokens);
         self.lm
             .generate_streaming(&req, &mut |_| true)
@@ -54,6 +41,62 @@ impl Llm for LocalLlm {
     }
     fn id(&self) -> String {
         format!("local:{}", self.name)
+    }
+}
+
+/// An OpenAI-compatible chat-completions endpoint.
+pub struct RemoteLlm {
+    pub url: String,
+    pub model: String,
+    client: reqwest::blocking::Client,
+}
+
+impl RemoteLlm {
+    pub fn new(url: &str, model: &str) -> Result<Self> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(600))
+            .build()
+            .map_err(|e| AnswerError::Invalid(format!("cannot create an HTTP client: {e}")))?;
+        Ok(RemoteLlm {
+            url: url.trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            client,
+        })
+    }
+}
+
+impl Llm for RemoteLlm {
+    fn chat(
+        &mut self,
+        messages: &[(String, String)],
+        max_tokens: usize,
+    ) -> std::result::Result<String, String> {
+        let url = if self.url.ends_with("/v1") {
+            format!("{}/chat/completions", self.url)
+        } else {
+            format!("{}/v1/chat/completions", self.url)
+        };
+        let body = json!({
+            "model": self.model, "temperature": 0, "max_tokens": max_tokens,
+            "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
+        });
+        let mut req = self.client.post(&url).json(&body);
+        if let Ok(k) = std::env::var("OPENAI_API_KEY") {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().map_err(|e| format!("{url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{url}: HTTP {status}: {v}"));
+        }
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{url}: expected choices[0].message.content, found {v}"))
+    }
+    fn id(&self) -> String {
+        format!("remote:{}:{}", self.url, self.model)
     }
 }
 

@@ -18,9 +18,11 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod load;
 pub mod lora;
 pub mod seq2seq;
 pub mod t5;
+pub mod threads;
 pub mod transformer;
 
 #[cfg(test)]
@@ -28,6 +30,8 @@ mod tests;
 
 pub use config::{CAUSAL_FAMILIES, OBJECTIVE_FAMILIES, RunConfig};
 pub use dir::RunDir;
+pub use load::Loader;
+pub use threads::default_threads;
 
 /// Everything that can go wrong while reading a configuration or building a run.
 #[derive(Debug, thiserror::Error)]

@@ -196,7 +196,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
             .filter(|p| !p.contains(' '));
         ApiError {
             param,
-            ..ApiError::invalid(format!("invalid request: {msg}"), None)
+            ..ApiError::invalid(
+                format!("invalid request: {msg} in the JSON request body"),
+                None,
+            )
         }
     })
 }

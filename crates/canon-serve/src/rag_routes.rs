@@ -20,7 +20,7 @@ use canon_text::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, parse};
 use crate::{Loaded, Shared, body_bytes, now_secs, submit_all, wait};
 
 /// The most passages one request may ask for.
@@ -61,11 +61,6 @@ struct AskRequest {
     #[serde(default)]
     #[allow(dead_code)]
     model: Option<String>,
-}
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("expected a JSON request body: {e}"), None))
 }
 
 fn retriever(l: &Loaded) -> Result<Arc<Retriever>, ApiError> {

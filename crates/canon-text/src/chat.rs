@@ -92,9 +92,48 @@ impl ChatTemplate {
     }
 }
 
+/// The prompt that asks a model for the next assistant turn of `messages` (role, content): its
+/// chat template's rendering, or, for a model without a template, the contents joined by blank
+/// lines. Every "render the chat and generate" caller builds its prompt here.
+pub fn chat_prompt(
+    template: Option<&ChatTemplate>,
+    messages: &[(String, String)],
+) -> Result<String> {
+    match template {
+        Some(t) => {
+            let msgs: Vec<Message> = messages.iter().map(|(r, c)| Message::new(r, c)).collect();
+            t.render(&msgs, true)
+        }
+        None => Ok(messages
+            .iter()
+            .map(|m| m.1.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_prompt_renders_the_template_or_joins_the_contents() {
+        let msgs = vec![
+            ("system".to_string(), "Be brief.".to_string()),
+            ("user".to_string(), "Hi".to_string()),
+        ];
+        assert_eq!(chat_prompt(None, &msgs).unwrap(), "Be brief.\n\nHi");
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            chat_prompt(Some(&t), &msgs).unwrap(),
+            "<system>Be brief.<user>Hi<assistant>"
+        );
+    }
 
     #[test]
     fn a_hostile_template_runs_out_of_fuel_instead_of_hanging() {

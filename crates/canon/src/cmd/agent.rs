@@ -2,13 +2,12 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use canon_agent::react::{EngineLm, Episode, LoopConfig, Mode, TokenTexts, Wiki};
-use canon_agent::react_data::{self, Page, Question};
-use canon_agent::react_run::{self, Score};
+use canon_agent::react::Mode;
+use canon_agent::react_data::{self, Question};
+use canon_agent::react_run::{self, RunEvent, RunOpts};
 use canon_agent::tools::{self, Limits, Toolbox};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -234,26 +233,16 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         vec![a.mode.parse()?]
     };
-    if a.split != "test" && a.split != "train" {
-        bail!("--split: expected train or test, found {:?}", a.split);
-    }
-    if a.max_steps == 0 || a.parallel == 0 {
-        bail!("--max-steps and --parallel must be at least 1");
-    }
-    let pages: Vec<Page> = react_data::from_jsonl(&a.data.join("pages.jsonl"))?;
-    let qs: Vec<Question> = react_data::from_jsonl(&a.data.join("questions.jsonl"))?;
-    let wiki = Arc::new(Wiki::new(pages));
-    let mut run: Vec<&Question> = qs.iter().filter(|q| q.split == a.split).collect();
-    if let Some(n) = a.limit {
-        run.truncate(n);
-    }
-    if run.is_empty() {
-        bail!(
-            "{}: expected {} questions, found none",
-            a.data.display(),
-            a.split
-        );
-    }
+    let o = RunOpts {
+        shots: a.shots,
+        max_steps: a.max_steps,
+        max_tokens: a.max_tokens,
+        constrained: !a.no_constrain,
+        parallel: a.parallel,
+    };
+    o.check()?;
+    let (wiki, qs, idx) = react_run::load_split(&a.data, &a.split, a.limit)?;
+    let run: Vec<&Question> = idx.iter().map(|&i| &qs[i]).collect();
     if a.oracle {
         let out = a.out.as_ref().context("--oracle needs --out FILE")?;
         let text = react_run::oracle_records(&qs, &run, &wiki, &modes, a.shots);
@@ -266,63 +255,45 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     let lm = model_gen::load_lm(&a.model, ctx)?;
-    let texts = Arc::new(TokenTexts::new(&lm.tokenizer));
     let name = lm.name.clone();
-    let engine = canon_infer::Engine::start(
-        lm,
-        canon_infer::EngineConfig {
-            slots: a.parallel.min(15),
-            ..Default::default()
-        },
-    )?;
-    let elm = EngineLm {
-        engine: engine.clone(),
-        texts,
-    };
-    let mut all: Vec<Episode> = Vec::new();
-    let mut scores = Vec::new();
-    for m in modes {
-        let demos = react_run::demos_for(&qs, &wiki, m, a.shots);
-        let cfg = LoopConfig {
-            mode: m,
-            max_steps: a.max_steps,
-            max_tokens: a.max_tokens,
-            constrained: !a.no_constrain,
-        };
-        let pb = progress(ctx, run.len(), &format!("{m:?}"));
-        let t0 = Instant::now();
-        let eps =
-            react_run::run_episodes(&elm, &run, &demos, &cfg, &wiki, a.parallel, &|| pb.inc(1))?;
-        pb.finish_and_clear();
-        let sc = Score::of(&eps);
-        let (n, em, finished, steps, invalid) = (
-            sc.questions,
-            sc.correct,
-            sc.finished,
-            sc.steps,
-            sc.invalid_actions,
-        );
-        let secs = t0.elapsed().as_secs_f64();
-        scores.push(
-            json!({"mode": m, "questions": n, "exact_match": sc.exact_match(),
-            "correct": em, "finished": finished, "steps": steps, "invalid_actions": invalid,
-            "seconds": secs}),
-        );
-        if !a.json {
-            println!(
-                "{name} {m:?} ({} shots, {n} {} questions): exact match {:.1} % ({em}/{n}), finished {finished}, {steps} steps, {invalid} invalid actions, {secs:.0} s",
-                a.shots,
-                a.split,
-                100.0 * em as f64 / n as f64
-            );
+    let pb = std::sync::Mutex::new(ProgressBar::hidden());
+    let on = |e: RunEvent<'_>| {
+        let Ok(mut pb) = pb.lock() else { return };
+        match e {
+            RunEvent::Start(m, n) => *pb = progress(ctx, n, &format!("{m:?}")),
+            RunEvent::Episode => pb.inc(1),
+            RunEvent::Done(r) => {
+                pb.finish_and_clear();
+                let (sc, m, secs) = (&r.score, r.mode, r.seconds);
+                let (n, em) = (sc.questions, sc.correct);
+                if !a.json {
+                    println!(
+                        "{name} {m:?} ({} shots, {n} {} questions): exact match {:.1} % ({em}/{n}), finished {}, {} steps, {} invalid actions, {secs:.0} s",
+                        a.shots,
+                        a.split,
+                        100.0 * em as f64 / n as f64,
+                        sc.finished,
+                        sc.steps,
+                        sc.invalid_actions
+                    );
+                }
+            }
         }
-        all.extend(eps);
-    }
-    engine.shutdown();
+    };
+    let (all, runs) = react_run::run_modes(lm, &qs, &run, &wiki, &modes, &o, &on)?;
     if let Some(out) = &a.out {
         write_atomic(out, &react_data::to_jsonl(&all))?;
     }
     if a.json {
+        let scores: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                let sc = &r.score;
+                json!({"mode": r.mode, "questions": sc.questions, "exact_match": sc.exact_match(),
+                    "correct": sc.correct, "finished": sc.finished, "steps": sc.steps,
+                    "invalid_actions": sc.invalid_actions, "seconds": r.seconds})
+            })
+            .collect();
         println!(
             "{}",
             json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores})

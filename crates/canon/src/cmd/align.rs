@@ -318,19 +318,15 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let pb = bar(ctx);
     match a.command {
         AlignCommand::Sft(a) => {
-            if a.steps == 0 || a.batch == 0 || a.per_prompt == 0 {
-                bail!("--steps, --batch and --per-prompt must be at least 1");
-            }
-            let (steps, lr, batch, layers, width, per_prompt) =
-                (a.steps, a.lr, a.batch, a.layers, a.width, a.per_prompt);
             let o = SftOpts {
-                steps,
-                lr,
-                batch,
-                layers,
-                width,
-                per_prompt,
+                steps: a.steps,
+                lr: a.lr,
+                batch: a.batch,
+                layers: a.layers,
+                width: a.width,
+                per_prompt: a.per_prompt,
             };
+            o.check().map_err(anyhow::Error::msg)?;
             let c = &a.common;
             let r = pipeline::sft(&c.dir, c.seed, &o, &mut step_cb(&pb, "sft", a.steps))
                 .context("SFT failed")?;
@@ -338,18 +334,14 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             print!("{r}");
         }
         AlignCommand::Rm(a) => {
-            if a.batch == 0 || a.train_prompts == 0 || a.val_prompts == 0 {
-                bail!("--batch, --train-prompts and --val-prompts must be at least 1");
-            }
-            let (k, train_prompts, val_prompts, batch, lr) =
-                (a.k, a.train_prompts, a.val_prompts, a.batch, a.lr);
             let o = RmOpts {
-                k,
-                train_prompts,
-                val_prompts,
-                batch,
-                lr,
+                k: a.k,
+                train_prompts: a.train_prompts,
+                val_prompts: a.val_prompts,
+                batch: a.batch,
+                lr: a.lr,
             };
+            o.check().map_err(anyhow::Error::msg)?;
             let c = &a.common;
             let r = pipeline::rm(&c.dir, c.seed, &o, &mut step_cb(&pb, "rm", 0))
                 .context("reward model failed")?;
@@ -357,16 +349,13 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             print!("{r}");
         }
         AlignCommand::Dpo(a) => {
-            if a.steps == 0 || a.batch == 0 {
-                bail!("--steps and --batch must be at least 1");
-            }
-            let (steps, lr, batch, beta) = (a.steps, a.lr, a.batch, a.beta);
             let o = DpoOpts {
-                steps,
-                lr,
-                batch,
-                beta,
+                steps: a.steps,
+                lr: a.lr,
+                batch: a.batch,
+                beta: a.beta,
             };
+            o.check().map_err(anyhow::Error::msg)?;
             let c = &a.common;
             let r = pipeline::dpo(&c.dir, c.seed, &o, &mut step_cb(&pb, "dpo", a.steps))
                 .context("DPO failed")?;
@@ -374,17 +363,11 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             print!("{r}");
         }
         AlignCommand::Ppo(a) => {
-            if a.rollouts == 0 {
-                bail!("--rollouts must be at least 1");
-            }
-            if a.name.is_empty() || a.name.contains(['/', '\\']) || a.name.starts_with('.') {
-                bail!("--name must be a plain folder name, found {:?}", a.name);
-            }
             let mut o = ppo_opts(&a.knobs, &a.name, a.rollouts, a.rollout_prompts, a.ptx_coef);
             if a.reward == "gold" {
                 o.reward = RewardKind::Gold;
             }
-            o.cfg.validate().map_err(anyhow::Error::msg)?;
+            o.check().map_err(anyhow::Error::msg)?;
             let steps = a.rollouts * o.cfg.steps_per_rollout();
             let c = &a.common;
             let r = pipeline::ppo(&c.dir, c.seed, &o, &mut step_cb(&pb, "ppo", steps))
@@ -473,14 +456,17 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         AlignCommand::PrmEval(a) => crate::cmd::prm_eval::run(a)?,
         AlignCommand::Prm(a) => {
-            if a.gen_steps == 0 || a.verifier_steps == 0 || a.train_problems < 10 {
-                bail!(
-                    "--gen-steps and --verifier-steps must be at least 1, --train-problems at least 10"
-                );
-            }
-            if a.test_problems == 0 {
-                bail!("--test-problems must be at least 1");
-            }
+            let o = canon_align::prm::PrmOpts {
+                gen_steps: a.gen_steps,
+                verifier_steps: a.verifier_steps,
+                train_problems: a.train_problems,
+                samples_per_train_problem: a.samples,
+                test_problems: a.test_problems,
+                max_n: a.max_n,
+                trials: a.trials,
+                reuse_generator: a.reuse_generator,
+            };
+            o.check().map_err(anyhow::Error::msg)?;
             let mut cb = |stage: &str, r: &StepReport| {
                 if pb.message() != stage {
                     pb.set_message(stage.to_string());
@@ -493,16 +479,6 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 }
                 pb.set_position(r.step);
                 pb.set_prefix(format!("loss {:.4}", r.loss));
-            };
-            let o = canon_align::prm::PrmOpts {
-                gen_steps: a.gen_steps,
-                verifier_steps: a.verifier_steps,
-                train_problems: a.train_problems,
-                samples_per_train_problem: a.samples,
-                test_problems: a.test_problems,
-                max_n: a.max_n,
-                trials: a.trials,
-                reuse_generator: a.reuse_generator,
             };
             let c = &a.common;
             let (r, _) = canon_align::prm::run(&c.dir, c.seed, &o, &mut cb)

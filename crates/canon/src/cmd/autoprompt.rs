@@ -1,20 +1,18 @@
 //! `canon autoprompt`: AutoPrompt's gradient-guided trigger search (paper 11) for fact retrieval,
-//! against a hand-written prompt, with `canon_agent::autoprompt`.
+//! against a hand-written prompt: the model loads here, the experiment is
+//! `canon_agent::autoprompt_run`.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
-use canon_agent::autoprompt::{
-    self, CausalSlot, EncodedFact, Fact, MaskedSlot, SearchConfig, SlotLm, Template,
-};
+use canon_agent::autoprompt::{self, CausalSlot, MaskedSlot, SearchConfig};
+use canon_agent::autoprompt_run::{self, Event, Opts, SlotModel};
 use canon_models::bert_heads::BertPretraining;
 use canon_models::source::Detached;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use crate::Ctx;
 
@@ -88,19 +86,6 @@ pub struct AutopromptArgs {
     pub json: bool,
 }
 
-/// Text to token ids (no special tokens added).
-type Encode = Box<dyn Fn(&str) -> anyhow::Result<Vec<u32>>>;
-
-/// The model and how its tokenizer encodes text.
-struct Loaded {
-    name: String,
-    slot: Box<dyn SlotLm>,
-    encode: Encode,
-    token: Box<dyn Fn(u32) -> String>,
-    special: BTreeSet<u32>,
-    masked: bool,
-}
-
 fn is_bert_dir(dir: &Path) -> bool {
     let family = std::fs::read_to_string(dir.join("model.json"))
         .ok()
@@ -115,7 +100,7 @@ fn is_bert_dir(dir: &Path) -> bool {
         .is_some_and(|v| v["model_type"].as_str() == Some("bert"))
 }
 
-fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<Loaded> {
+fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<SlotModel> {
     let dir = if spec == "minilm" {
         Some(super::train_bert::model_dir(spec, ctx)?)
     } else {
@@ -146,7 +131,7 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<Loaded> {
             .collect();
         let model: &'static BertPretraining = Box::leak(Box::new(model));
         let tok2 = tok.clone();
-        return Ok(Loaded {
+        return Ok(SlotModel {
             name: dir
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -160,7 +145,7 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<Loaded> {
             encode: Box::new(move |s: &str| {
                 Ok(tok
                     .encode(s.trim_start(), false)
-                    .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                    .map_err(|e| canon_agent::AgentError::Text(format!("tokenizer: {e}")))?
                     .get_ids()
                     .to_vec())
             }),
@@ -170,14 +155,7 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<Loaded> {
         });
     }
     // A causal LM with dense f32 weights: the gradient runs through every layer.
-    let f32_ctx = Ctx {
-        threads: ctx.threads,
-        quiet: ctx.quiet,
-        f32_weights: true,
-        lora: ctx.lora.clone(),
-        kv_f16: ctx.kv_f16,
-    };
-    let lm = crate::model_gen::load_lm(spec, &f32_ctx)?;
+    let lm = ctx.loader().dense().lm(spec)?;
     let model: &'static dyn canon_models::CausalLm = Box::leak(lm.model);
     // The model must expose its input embeddings.
     model
@@ -191,10 +169,13 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<Loaded> {
         .filter(|i| tok.is_special(*i))
         .collect();
     let tok2 = tok.clone();
-    Ok(Loaded {
+    Ok(SlotModel {
         name: lm.name,
         slot: Box::new(CausalSlot(model)),
-        encode: Box::new(move |s: &str| Ok(tok.encode(s, false)?)),
+        encode: Box::new(move |s: &str| {
+            tok.encode(s, false)
+                .map_err(|e| canon_agent::AgentError::Text(e.to_string()))
+        }),
         token: Box::new(move |i| tok2.decode(&[i], false).unwrap_or_default()),
         special,
         masked: false,
@@ -215,11 +196,6 @@ fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
 }
 
 pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    };
     if !(a.test_fraction > 0.0 && a.test_fraction < 1.0) {
         bail!(
             "--test-fraction: expected a share in (0, 1), found {}",
@@ -246,210 +222,69 @@ pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ),
         o => bail!("--relation: expected stdlib-module or man-section, found {o:?}"),
     };
-    let manual = Template::parse(a.manual.as_deref().unwrap_or(manual_default))?;
-    let trig_text = match &a.template {
-        Some(t) => t.clone(),
-        None => {
-            if a.triggers == 0 {
-                bail!("--triggers: expected at least 1, found 0");
-            }
-            format!("[X] {}[P]", "[T] ".repeat(a.triggers))
-        }
-    };
-    let trig = Template::parse(&trig_text)?;
-    if trig.triggers() == 0 {
-        bail!("--template: expected at least one [T], found none in {trig_text:?}");
+    if a.template.is_none() && a.triggers == 0 {
+        bail!("--triggers: expected at least 1, found 0");
     }
+    let o = Opts {
+        relation: a.relation.clone(),
+        manual: a.manual.clone().unwrap_or_else(|| manual_default.into()),
+        template: (a.template.clone())
+            .unwrap_or_else(|| format!("[X] {}[P]", "[T] ".repeat(a.triggers))),
+        search: SearchConfig {
+            steps: a.steps,
+            batch_size: a.batch_size,
+            candidates: a.candidates,
+            seed: a.seed,
+        },
+        init: a.init.clone(),
+        per_object: a.per_object,
+        test_fraction: a.test_fraction,
+        allow_label_triggers: a.allow_label_triggers,
+        filter_capitalised: a.filter_capitalised,
+    };
+    o.check()?;
     let m = load(&a.model, ctx)?;
-    let lm = m.slot.as_ref();
-    // Labels: the object as one token (after a space, as it follows the prompt's text).
-    let mut labelled: Vec<(Fact, u32)> = Vec::new();
-    let mut dropped = 0;
-    for f in facts {
-        let ids = (m.encode)(&format!(" {}", f.object))?;
-        match ids.as_slice() {
-            [id] => labelled.push((f, *id)),
-            _ => dropped += 1,
-        }
-    }
-    let (train, test) =
-        autoprompt::balance_and_split(&labelled, |f| f.1, a.per_object, a.test_fraction, a.seed);
-    let objects: Vec<u32> = labelled
-        .iter()
-        .map(|f| f.1)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if train.is_empty() || test.is_empty() {
-        bail!(
-            "{}: expected facts whose object is one token of the model, found {} ({} dropped)",
-            a.relation,
-            labelled.len(),
-            dropped
-        );
-    }
-    say(format!(
-        "{}: {} facts with a one-token object ({} objects; {dropped} dropped), {} train / {} test after at most {} per object",
-        a.relation,
-        labelled.len(),
-        objects.len(),
-        train.len(),
-        test.len(),
-        a.per_object
-    ));
-    let encode_piece = |s: &str, after_space: bool| -> canon_agent::Result<Vec<u32>> {
-        let text = if after_space {
-            format!(" {s}")
-        } else {
-            s.to_string()
-        };
-        (m.encode)(&text).map_err(|e| canon_agent::AgentError::Text(e.to_string()))
-    };
-    let encode_facts = |t: &Template, v: &[(Fact, u32)]| -> anyhow::Result<Vec<EncodedFact>> {
-        let after_space = t.parts.first() != Some(&autoprompt::Part::Subject);
-        v.iter()
-            .map(|(f, l)| {
-                Ok(EncodedFact {
-                    subject: encode_piece(&f.subject, after_space)?,
-                    label: *l,
-                })
-            })
-            .collect()
-    };
-    let start = Instant::now();
-    // The hand-written prompt.
-    let manual_c = autoprompt::compile(&manual, lm, &encode_piece)?;
-    let pb = bar(ctx, test.len(), "manual prompt");
-    let manual_test = autoprompt::precision_at_1(
-        lm,
-        &manual_c,
-        &encode_facts(&manual, &test)?,
-        &[],
-        &objects,
-        &mut |i| pb.set_position(i as u64),
-    )?;
-    pb.finish_and_clear();
-    say(format!(
-        "manual prompt {:?}: precision@1 {:.1} % (vocabulary), {:.1} % (objects) on {} test facts",
-        manual.render(&[]),
-        100.0 * manual_test.vocabulary,
-        100.0 * manual_test.objects,
-        test.len()
-    ));
-    // AutoPrompt.
-    let trig_c = autoprompt::compile(&trig, lm, &encode_piece)?;
-    let init_id = match (&a.init, lm.mask_id()) {
-        (Some(w), _) => {
-            let ids = encode_piece(w, true)?;
-            match ids.as_slice() {
-                [id] => *id,
-                _ => bail!("--init: expected one token, found {} for {w:?}", ids.len()),
+    let mut pb = ProgressBar::hidden();
+    let r = autoprompt_run::run(&m, facts, &o, &mut |e| match e {
+        Event::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
+        Event::Note(_) => {}
+        Event::Phase(what, len) => pb = bar(ctx, len, what),
+        Event::Pos(i) => pb.set_position(i as u64),
+        Event::Done => pb.finish_and_clear(),
+        Event::Step(s) => {
+            pb.set_position(s.step as u64 + 1);
+            pb.set_message(format!("batch log-lik {:.3}", s.after));
+            // Without a terminal (a log file), one line a step.
+            if pb.is_hidden() && !ctx.quiet {
+                eprintln!(
+                    "canon: step {}/{}: trigger {} {:?} -> {:?}, batch log-likelihood {:.3} -> {:.3}",
+                    s.step + 1,
+                    a.steps,
+                    s.position,
+                    (m.token)(s.from),
+                    (m.token)(s.to),
+                    s.before,
+                    s.after
+                );
             }
-        }
-        (None, Some(mask)) => mask,
-        (None, None) => encode_piece("the", true)?
-            .first()
-            .copied()
-            .context("the tokenizer encodes \"the\" as nothing")?,
-    };
-    let init = vec![init_id; trig_c.n_triggers()];
-    let mut exclude = m.special.clone();
-    if !a.allow_label_triggers {
-        exclude.extend(objects.iter().copied());
-    }
-    if a.filter_capitalised {
-        exclude.extend(
-            (0..lm.vocab_size() as u32).filter(|i| autoprompt::is_capitalised(&(m.token)(*i))),
-        );
-    }
-    let train_enc = encode_facts(&trig, &train)?;
-    let test_enc = encode_facts(&trig, &test)?;
-    let cfg = SearchConfig {
-        steps: a.steps,
-        batch_size: a.batch_size,
-        candidates: a.candidates,
-        seed: a.seed,
-    };
-    let pb = bar(ctx, a.steps, "autoprompt");
-    let names = |ids: &[u32]| -> Vec<String> {
-        ids.iter()
-            .map(|i| (m.token)(*i).trim().to_string())
-            .collect()
-    };
-    let result = autoprompt::search(lm, &trig_c, &train_enc, &init, &exclude, &cfg, &mut |s| {
-        pb.set_position(s.step as u64 + 1);
-        pb.set_message(format!("batch log-lik {:.3}", s.after));
-        // Without a terminal (a log file), one line a step.
-        if pb.is_hidden() && !ctx.quiet {
-            eprintln!(
-                "canon: step {}/{}: trigger {} {:?} -> {:?}, batch log-likelihood {:.3} -> {:.3}",
-                s.step + 1,
-                a.steps,
-                s.position,
-                (m.token)(s.from),
-                (m.token)(s.to),
-                s.before,
-                s.after
-            );
         }
     })?;
-    pb.finish_and_clear();
-    let found = names(&result.triggers);
-    say(format!(
-        "triggers after {} steps: {}",
-        a.steps,
-        trig.render(&found)
-    ));
-    let pb = bar(ctx, test.len(), "autoprompt test");
-    let auto_test = autoprompt::precision_at_1(
-        lm,
-        &trig_c,
-        &test_enc,
-        &result.triggers,
-        &objects,
-        &mut |i| pb.set_position(i as u64),
-    )?;
-    pb.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
     if a.json {
-        let v = json!({
-            "model": m.name,
-            "masked_lm": m.masked,
-            "relation": a.relation,
-            "seed": a.seed,
-            "facts": labelled.len(),
-            "objects": objects.len(),
-            "train": train.len(),
-            "test": test.len(),
-            "manual": {"prompt": manual.render(&[]), "precision_at_1": manual_test.vocabulary, "precision_among_objects": manual_test.objects},
-            "autoprompt": {"template": trig_text, "prompt": trig.render(&found), "triggers": found, "trigger_ids": result.triggers,
-                            "precision_at_1": auto_test.vocabulary, "precision_among_objects": auto_test.objects},
-            "config": cfg,
-            "history": result.history,
-            "seconds": secs,
-        });
-        println!("{v}");
-    } else {
+        println!("{}", r.to_json());
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({} train / {} test facts, seed {}, {:.0} s):",
+        r.model, r.relation, r.train, r.test, a.seed, r.seconds
+    );
+    for (name, prompt, p) in [
+        ("manual    ", &r.manual_prompt, &r.manual),
+        ("autoprompt", &r.prompt, &r.auto),
+    ] {
         println!(
-            "{} on {} ({} train / {} test facts, seed {}, {:.0} s):",
-            m.name,
-            a.relation,
-            train.len(),
-            test.len(),
-            a.seed,
-            secs
-        );
-        println!(
-            "  manual     {:<48} P@1 {:>5.1} % (vocabulary) {:>5.1} % (objects)",
-            manual.render(&[]),
-            100.0 * manual_test.vocabulary,
-            100.0 * manual_test.objects
-        );
-        println!(
-            "  autoprompt {:<48} P@1 {:>5.1} % (vocabulary) {:>5.1} % (objects)",
-            trig.render(&found),
-            100.0 * auto_test.vocabulary,
-            100.0 * auto_test.objects
+            "  {name} {prompt:<48} P@1 {:>5.1} % (vocabulary) {:>5.1} % (objects)",
+            100.0 * p.vocabulary,
+            100.0 * p.objects
         );
     }
     Ok(())

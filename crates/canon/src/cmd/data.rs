@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use canon_nn::SplitMix64;
-use canon_scale::data::corpus::{self, Origin};
+use canon_scale::data::corpus::Origin;
 use canon_scale::data::dedup::Decontaminator;
 use canon_scale::data::experiment::{CompareConfig, compare};
-use canon_scale::data::pipeline;
+use canon_scale::data::pipeline::{self, FilterEvent};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -188,57 +187,31 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    if !(0.0..=1.0).contains(&a.threshold) {
-        bail!("--threshold must be in [0, 1], found {}", a.threshold);
-    }
-    if a.embed_chars == 0 {
-        bail!("--embed-chars must be positive");
-    }
-    if a.label_sample < 10 || a.max_snippets < a.label_sample {
-        bail!(
-            "expected 10 ≤ --label-sample ≤ --max-snippets, found {} and {}",
-            a.label_sample,
-            a.max_snippets
-        );
-    }
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
+    let o = pipeline::FilterOpts {
+        out: a.out.clone(),
+        max_snippets: a.max_snippets,
+        label_sample: a.label_sample,
+        threshold: a.threshold,
+        embed_chars: a.embed_chars,
+        embed_model: a.embed_model.clone(),
+        seed: a.seed,
     };
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let stdlib = super::train::python_stdlib_dir()?;
-    let site = pipeline::site_packages_dir(&a.site_packages)?;
-    let c = corpus::collect(
-        &[(stdlib, Origin::Stdlib), (site, Origin::SitePackages)],
-        200_000,
-    )?;
-    let unknown = c.manifest.iter().filter(|m| m.licence == "unknown").count();
-    say(format!(
-        "corpus: {} files kept ({:.1} MB), {} exact duplicates dropped, {} unreadable; licence unknown for {}",
-        c.manifest.len(),
-        c.texts.iter().map(String::len).sum::<usize>() as f64 / 1e6,
-        c.duplicates,
-        c.unreadable,
-        unknown
-    ));
-    jsonl(&a.out.join("manifest.jsonl"), &c.manifest)?;
-    let all = corpus::snippets(&c, 4, 2000);
-    let mut rng = SplitMix64::new(a.seed);
-    let mut sample = pipeline::sample_snippets(&all, a.max_snippets, &mut rng);
-    say(format!(
-        "{} snippets in the corpus; {} sampled",
-        all.len(),
-        sample.len()
-    ));
+    o.check()?;
+    let roots = [
+        (super::train::python_stdlib_dir()?, Origin::Stdlib),
+        (
+            pipeline::site_packages_dir(&a.site_packages)?,
+            Origin::SitePackages,
+        ),
+    ];
     // Decontamination against HumanEval prompts + canonical solutions.
-    let mut contaminated = Vec::new();
-    if !a.no_decontaminate {
-        let problems = canon_eval::humaneval::load_default(ctx.progress()).context(
-            "cannot load HumanEval for decontamination (use --no-decontaminate to skip)",
-        )?;
-        let texts: Vec<(String, String)> = problems
+    let mut humaneval = || -> canon_scale::Result<Vec<(String, String)>> {
+        let problems = canon_eval::humaneval::load_default(ctx.progress()).map_err(|e| {
+            canon_scale::ScaleError::Msg(format!(
+                "cannot load HumanEval for decontamination (use --no-decontaminate to skip): {e}"
+            ))
+        })?;
+        Ok(problems
             .iter()
             .map(|p| {
                 (
@@ -246,69 +219,42 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
                     format!("{}{}", p.prompt, p.canonical_solution),
                 )
             })
-            .collect();
-        contaminated = pipeline::decontaminate(&mut sample, &texts);
-        say(format!(
-            "decontamination against {} HumanEval problems: {} snippets dropped",
-            problems.len(),
-            contaminated.len()
-        ));
-    }
-    jsonl(&a.out.join("contaminated.jsonl"), &contaminated)?;
-    let plan = pipeline::LabelPlan::new(&sample, a.label_sample, &mut rng);
-
-    let enc = model_gen::load_encoder(&a.embed_model, ctx)?;
-    let texts = plan.embed_texts(&sample, a.embed_chars);
-    let bar = if ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(texts.len() as u64)
+            .collect())
     };
-    bar.set_style(
-        ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut emb = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(64) {
-        emb.extend(enc.embedder.embed(chunk, 16)?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    let cl = pipeline::classify(&sample, &plan, &emb, a.threshold)?;
-    say(format!(
-        "classifier (logistic regression on {} embeddings): held-out accuracy {:.3} (majority class {:.3}), ROC-AUC {}, training accuracy {:.3}",
-        a.embed_model,
-        cl.heldout_accuracy,
-        cl.majority,
-        cl.roc_auc.map_or("-".into(), |v| format!("{v:.3}")),
-        cl.train_accuracy
-    ));
-    jsonl(&a.out.join("snippets.jsonl"), &cl.rows)?;
-    let report = pipeline::filter_report(
-        &c,
-        all.len(),
-        contaminated.len(),
-        &plan,
-        &cl,
-        &a.embed_model,
-        a.embed_chars,
-        a.threshold,
-    );
-    write_atomic(
-        &a.out.join("classifier.json"),
-        &serde_json::to_string_pretty(&serde_json::json!({"model": cl.model, "report": report}))?,
-    )?;
-    write_atomic(
-        &a.out.join("filter-report.json"),
-        &serde_json::to_string_pretty(&report)?,
-    )?;
-    say(format!(
-        "filter (p ≥ {}): kept {} of {} training-pool snippets; files in {}",
-        a.threshold,
-        cl.kept,
-        plan.train_idx.len(),
-        a.out.display()
-    ));
+    let benchmark: Option<pipeline::Benchmark<'_>> = if a.no_decontaminate {
+        None
+    } else {
+        Some(&mut humaneval)
+    };
+    let mut enc = None;
+    let mut embed = |texts: &[String]| -> canon_scale::Result<Vec<Vec<f32>>> {
+        if enc.is_none() {
+            let e = model_gen::load_encoder(&a.embed_model, ctx)
+                .map_err(|e| canon_scale::ScaleError::Msg(format!("{e:#}")))?;
+            enc = Some(e);
+        }
+        let Some(e) = &enc else { return Ok(Vec::new()) };
+        (e.embedder.embed(texts, 16)).map_err(|e| canon_scale::ScaleError::Msg(e.to_string()))
+    };
+    let bar = ProgressBar::hidden();
+    let report = pipeline::run_filter(&o, &roots, benchmark, &mut embed, &mut |e| match e {
+        FilterEvent::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
+        FilterEvent::Note(_) => {}
+        FilterEvent::Embedded(0, n) if !ctx.quiet => {
+            bar.set_length(n as u64);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+        FilterEvent::Embedded(done, n) => {
+            bar.set_position(done as u64);
+            if done == n {
+                bar.finish_and_clear();
+            }
+        }
+    })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use canon_infer::LmGenerator;
-use canon_rag::graph::{self, CachedLlm, ExtractStats, Extraction, KnowledgeGraph, Llm};
-pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, load_graph};
+use canon_rag::graph::{self, BuildOpts, KnowledgeGraph, Llm};
+pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, RemoteLlm, load_graph};
 use canon_rag::index::Index;
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -102,130 +102,56 @@ pub(crate) fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// An OpenAI-compatible chat-completions endpoint.
-pub struct RemoteLlm {
-    pub url: String,
-    pub model: String,
-    client: reqwest::blocking::Client,
-}
-
-impl RemoteLlm {
-    pub fn new(url: &str, model: &str) -> anyhow::Result<Self> {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(600))
-            .build()
-            .context("cannot create an HTTP client")?;
-        Ok(RemoteLlm {
-            url: url.trim_end_matches('/').to_string(),
-            model: model.to_string(),
-            client,
-        })
-    }
-}
-
-impl Llm for RemoteLlm {
-    fn chat(
-        &mut self,
-        messages: &[(String, String)],
-        max_tokens: usize,
-    ) -> std::result::Result<String, String> {
-        let url = if self.url.ends_with("/v1") {
-            format!("{}/chat/completions", self.url)
-        } else {
-            format!("{}/v1/chat/completions", self.url)
-        };
-        let body = json!({
-            "model": self.model, "temperature": 0, "max_tokens": max_tokens,
-            "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
-        });
-        let mut req = self.client.post(&url).json(&body);
-        if let Ok(k) = std::env::var("OPENAI_API_KEY") {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().map_err(|e| format!("{url}: {e}"))?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().map_err(|e| format!("{url}: {e}"))?;
-        if !status.is_success() {
-            return Err(format!("{url}: HTTP {status}: {v}"));
-        }
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("{url}: expected choices[0].message.content, found {v}"))
-    }
-    fn id(&self) -> String {
-        format!("remote:{}:{}", self.url, self.model)
-    }
-}
-
 fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let ix = Index::open(&b.index, None)?;
     let t0 = Instant::now();
-    let mut units: Vec<(usize, Extraction)> = Vec::with_capacity(ix.chunks.len());
-    let mut stats = ExtractStats::default();
-    let extractor = match b.extractor.as_str() {
-        "fast" => "fast".to_string(),
-        "llm" => {
-            let mut llm: Box<dyn Llm> = match &b.url {
-                Some(u) => Box::new(RemoteLlm::new(u, &b.remote_model)?),
-                None => Box::new(LocalLlm {
-                    lm: LmGenerator::new(model_gen::load_lm(&b.model, ctx)?),
-                    name: b.model.clone(),
-                }),
-            };
-            let id = llm.id();
-            let n = b.limit.unwrap_or(ix.chunks.len()).min(ix.chunks.len());
-            let mut cache = CachedLlm::new(llm.as_mut(), &b.index.join("llm-cache"))?;
-            let pb = bar(ctx, n, "extract units/s");
-            for (i, c) in ix.chunks.iter().enumerate().take(n) {
-                let ex = graph::extract_with_gleanings(
-                    &mut cache,
-                    &c.indexed_text(),
-                    b.gleanings,
-                    b.max_tokens,
-                    &mut stats,
-                );
-                units.push((i, ex));
-                pb.inc(1);
-            }
-            pb.finish_and_clear();
-            if !ctx.quiet {
-                eprintln!(
-                    "{}",
-                    json!({"llm": id, "cache_hits": cache.hits, "calls_made": cache.misses, "stats": stats})
-                );
-            }
-            id
-        }
+    let mut llm: Option<Box<dyn Llm>> = match b.extractor.as_str() {
+        "fast" => None,
+        "llm" => Some(match &b.url {
+            Some(u) => Box::new(RemoteLlm::new(u, &b.remote_model)?),
+            None => Box::new(LocalLlm {
+                lm: LmGenerator::new(model_gen::load_lm(&b.model, ctx)?),
+                name: b.model.clone(),
+            }),
+        }),
         o => bail!("expected --extractor fast or llm, found '{o}'"),
     };
-    let done = units.len();
-    for (i, c) in ix.chunks.iter().enumerate().skip(done) {
-        units.push((i, graph::fast_extract(c)));
-    }
-    let t_ex = t0.elapsed().as_secs_f64();
-    let name = if done > 0 && done < ix.chunks.len() {
-        format!("{extractor} (first {done} units), fast (rest)")
-    } else {
-        extractor
+    let o = BuildOpts {
+        gleanings: b.gleanings,
+        max_tokens: b.max_tokens,
+        limit: b.limit,
+        max_cluster_size: b.max_cluster_size,
+        report_tokens: b.report_tokens,
+        min_phrase_units: b.min_phrase_units,
     };
-    let g = graph::build_graph(
-        &name,
-        ix.chunks.len(),
-        &units,
-        stats,
-        b.max_cluster_size,
-        b.report_tokens,
-        b.min_phrase_units,
-    );
+    let mut pb: Option<indicatif::ProgressBar> = None;
+    let built = graph::build_index_graph(
+        &ix,
+        llm.as_mut().map(|l| &mut **l as &mut dyn Llm),
+        &o,
+        &mut |done, n| {
+            let p = pb.get_or_insert_with(|| bar(ctx, n, "extract units/s"));
+            p.set_position(done as u64);
+        },
+    )?;
+    if let Some(p) = pb {
+        p.finish_and_clear();
+    }
+    let g = built.graph;
     g.save(&b.index)?;
     if !ctx.quiet {
+        if let Some(r) = &built.llm {
+            eprintln!(
+                "{}",
+                json!({"llm": r.id, "cache_hits": r.cache_hits, "calls_made": r.calls_made, "stats": r.stats})
+            );
+        }
         eprintln!(
             "{}",
             json!({"graph": b.index.join(graph::GRAPH_FILE).display().to_string(), "extractor": g.extractor,
                 "entities": g.entities.len(), "relationships": g.relations.len(), "communities": g.clusters.len(),
                 "levels": g.levels(), "leaf_communities": g.clusters.iter().filter(|c| c.leaf).count(),
-                "extract_s": t_ex, "total_s": t0.elapsed().as_secs_f64()})
+                "extract_s": built.extract_s, "total_s": t0.elapsed().as_secs_f64()})
         );
     }
     Ok(())

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::bail;
-use canon_rag::build::{self, Built, Reuse, Stage};
+use canon_rag::build::{self, BuildSpec, Reuse, Stage, Written};
 use canon_rag::chunk::ChunkConfig;
-use canon_rag::index::{Index, Mode, read_meta};
-use canon_rag::reader;
+use canon_rag::index::Mode;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -149,33 +148,21 @@ fn stage_bars(ctx: &Ctx) -> impl FnMut(Stage, usize, usize) + '_ {
 }
 
 /// Reads, chunks and embeds `files` with progress bars, and reports the figures on stderr.
-fn build_files(
-    files: &[(PathBuf, reader::Kind)],
-    render_man: bool,
-    cfg: ChunkConfig,
-    enc: &canon_models::LoadedEncoder,
-    batch_size: usize,
-    reuse: &Reuse,
-    ctx: &Ctx,
-) -> anyhow::Result<Built> {
-    let built = build::build_files(
-        files,
-        render_man,
-        cfg,
-        enc,
-        batch_size,
-        reuse,
-        &mut stage_bars(ctx),
-    )?;
-    if !ctx.quiet {
-        eprintln!(
-            "{}",
-            json!({"files_read": built.stats.read, "skipped": built.stats.skipped(), "chunks": built.chunks.len(), "embedded": built.embedded,
-                "read_chunk_s": built.read_s, "embed_s": built.embed_s, "chunks_per_s": built.embedded as f64 / built.embed_s.max(1e-9),
-                "threads": ctx.threads})
-        );
+/// Prints a written index's figures (unless quiet).
+fn report(out: &std::path::Path, w: &Written, t0: Instant, ctx: &Ctx) {
+    if ctx.quiet {
+        return;
     }
-    Ok(built)
+    eprintln!(
+        "{}",
+        json!({"files_read": w.files_read, "skipped": w.skipped, "chunks": w.chunks, "embedded": w.embedded,
+            "read_chunk_s": w.read_s, "embed_s": w.embed_s, "chunks_per_s": w.embedded as f64 / w.embed_s.max(1e-9),
+            "threads": ctx.threads})
+    );
+    eprintln!(
+        "{}",
+        json!({"index": out.display().to_string(), "files": w.meta.files.len(), "chunks": w.meta.chunks, "hnsw": w.hnsw, "stats": w.meta.stats, "total_s": t0.elapsed().as_secs_f64()})
+    );
 }
 
 fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -186,123 +173,74 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
             b.max_tokens
         );
     }
-    reader::check_roots(&b.docs)?;
-    let mut files = reader::walk(&b.docs)?;
-    if let Some(l) = b.limit {
-        files.truncate(l);
-    }
-    if files.len() > b.max_files {
-        bail!(
-            "--docs hold {} files, more than the limit of {} (--max-files raises it; --limit N \
-             indexes the first N)",
-            files.len(),
-            b.max_files
-        );
-    }
-    if files.is_empty() {
-        bail!("expected readable files under --docs, found none");
-    }
+    let files = build::select_files(&b.docs, b.limit, b.max_files)?;
     let enc = model_gen::load_encoder(&b.model, ctx)?;
-    let cfg = ChunkConfig {
+    let chunk = ChunkConfig {
         max_tokens: b.max_tokens,
         overlap: b.overlap,
     };
     let t0 = Instant::now();
     if b.dry_run {
-        return dry_run(&files, b.man, cfg, &enc, t0, ctx);
-    }
-    let built = build_files(&files, b.man, cfg, &enc, b.batch_size, &Reuse::new(), ctx)?;
-    finish(
-        &b.out,
-        &b.model,
-        b.man,
-        b.docs.iter().map(|p| p.display().to_string()).collect(),
-        built,
-        b.hnsw_min,
-        t0,
-        ctx,
-    )
-}
-
-fn dry_run(
-    files: &[(PathBuf, reader::Kind)],
-    render_man: bool,
-    cfg: ChunkConfig,
-    enc: &canon_models::LoadedEncoder,
-    t0: Instant,
-    ctx: &Ctx,
-) -> anyhow::Result<()> {
-    let pb = bar(ctx, files.len(), "read files/s");
-    let (stats, chunks, tokens) = build::dry_run(files, render_man, cfg, enc, &mut |done, _| {
-        pb.set_position(done as u64)
-    });
-    pb.finish_and_clear();
-    println!(
-        "{}",
-        json!({"dry_run": true, "files": files.len(), "stats": stats, "chunks": chunks, "tokens": tokens,
-            "read_chunk_s": t0.elapsed().as_secs_f64(), "threads": ctx.threads})
-    );
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    out: &std::path::Path,
-    model: &str,
-    man: bool,
-    roots: Vec<String>,
-    built: Built,
-    hnsw_min: usize,
-    t0: Instant,
-    ctx: &Ctx,
-) -> anyhow::Result<()> {
-    let (meta, hnsw) = build::write_built(out, model, man, roots, built, hnsw_min)?;
-    if !ctx.quiet {
-        eprintln!(
+        let pb = bar(ctx, files.len(), "read files/s");
+        let (stats, chunks, tokens) = build::dry_run(&files, b.man, chunk, &enc, &mut |done, _| {
+            pb.set_position(done as u64)
+        });
+        pb.finish_and_clear();
+        println!(
             "{}",
-            json!({"index": out.display().to_string(), "files": meta.files.len(), "chunks": meta.chunks, "hnsw": hnsw, "stats": meta.stats, "total_s": t0.elapsed().as_secs_f64()})
+            json!({"dry_run": true, "files": files.len(), "stats": stats, "chunks": chunks, "tokens": tokens,
+                "read_chunk_s": t0.elapsed().as_secs_f64(), "threads": ctx.threads})
         );
+        return Ok(());
     }
+    let spec = BuildSpec {
+        model: &b.model,
+        man: b.man,
+        roots: b.docs.iter().map(|p| p.display().to_string()).collect(),
+        chunk,
+        batch_size: b.batch_size,
+        hnsw_min: b.hnsw_min,
+    };
+    let reuse = Reuse::new();
+    let w = build::build_and_write(
+        &b.out,
+        &files,
+        spec,
+        &enc,
+        &reuse,
+        None,
+        &mut stage_bars(ctx),
+    )?;
+    report(&b.out, &w, t0, ctx);
     Ok(())
 }
 
 fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let meta = read_meta(&u.index, None)?;
-    let old = Index::open(&u.index, Some(&meta.model))?;
-    let roots: Vec<PathBuf> = meta.roots.iter().map(PathBuf::from).collect();
-    reader::check_roots(&roots)?;
-    let files = reader::walk(&roots)?;
+    let plan = build::plan_update(&u.index)?;
+    let meta = &plan.meta;
     let enc = model_gen::load_encoder(&meta.model, ctx)?;
-    if enc.embedder.dim() != meta.dim {
-        bail!(
-            "expected a {}-wide embedding model for this index, found {}",
-            meta.dim,
-            enc.embedder.dim()
-        );
-    }
-    let reuse = build::reuse_of(&old);
     // The chunking limits are not stored; updates use the defaults of `index build`.
+    let spec = BuildSpec {
+        model: &meta.model,
+        man: meta.man_rendered,
+        roots: meta.roots.clone(),
+        chunk: ChunkConfig::default(),
+        batch_size: u.batch_size,
+        hnsw_min: u.hnsw_min,
+    };
     let t0 = Instant::now();
-    let built = build_files(
-        &files,
-        meta.man_rendered,
-        ChunkConfig::default(),
-        &enc,
-        u.batch_size,
-        &reuse,
-        ctx,
-    )?;
-    drop(old);
-    finish(
+    let (files, reuse) = (&plan.files, &plan.reuse);
+    let w = build::build_and_write(
         &u.index,
-        &meta.model,
-        meta.man_rendered,
-        meta.roots.clone(),
-        built,
-        u.hnsw_min,
-        t0,
-        ctx,
-    )
+        files,
+        spec,
+        &enc,
+        reuse,
+        Some(meta.dim),
+        &mut stage_bars(ctx),
+    )?;
+    report(&u.index, &w, t0, ctx);
+    Ok(())
 }
 
 pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {

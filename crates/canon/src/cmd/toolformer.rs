@@ -3,14 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use canon_agent::react_data::to_jsonl;
-use canon_agent::toolformer::{StageCounts, Text};
 use canon_agent::toolformer_work as work;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::write_atomic;
 use crate::{Ctx, model_gen};
 
 #[derive(Args, Debug)]
@@ -171,52 +167,17 @@ fn steps<'a>(ctx: &'a Ctx, what: &'a str) -> impl FnMut(usize, usize) + 'a {
 }
 
 fn sample(a: &SampleArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let texts = work::load_texts(&a.work)?;
-    let train = texts.iter().filter(|t| t.split == "train").count();
-    if train < 4 {
-        bail!("expected at least 4 train texts, found {train}");
-    }
     let lm = model_gen::load_lm(&a.model, ctx)?;
-    let (n_texts, positions) = work::sample_positions(
-        &lm,
-        &texts,
-        a.limit,
-        a.tau_s,
-        a.k,
-        &mut steps(ctx, "positions"),
-    )?;
-    // Stage 2: m calls per position through the batched engine.
-    let engine = canon_infer::Engine::start(
-        lm,
-        canon_infer::EngineConfig {
-            slots: a.m.clamp(1, 15),
-            ..Default::default()
-        },
-    )?;
-    let cands = work::sample_calls(
-        &engine,
-        &texts,
-        &positions,
-        a.m,
-        a.temperature,
-        a.seed,
-        &mut steps(ctx, "calls"),
-    );
-    engine.shutdown();
-    let cands = cands?;
-    write_atomic(&a.work.join("candidates.jsonl"), &to_jsonl(&cands))?;
-    let counts = StageCounts {
-        texts: n_texts,
-        positions: positions.len(),
-        sampled: cands.len(),
-        parsed: cands.iter().filter(|c| c.tool.is_some()).count(),
-        ..Default::default()
+    let o = work::SampleOpts {
+        limit: a.limit,
+        tau_s: a.tau_s,
+        k: a.k,
+        m: a.m,
+        temperature: a.temperature,
+        seed: a.seed,
     };
-    work::write_counts(
-        &a.work,
-        &counts,
-        &json!({"tau_s": a.tau_s, "k": a.k, "m": a.m}),
-    )?;
+    let (mut texts, mut calls) = (steps(ctx, "positions"), steps(ctx, "calls"));
+    let counts = work::sample_stage(&a.work, lm, &o, &mut texts, &mut calls)?;
     eprintln!(
         "canon: {} texts, {} positions, {} distinct sampled calls, {} parsed",
         counts.texts, counts.positions, counts.sampled, counts.parsed
@@ -241,42 +202,14 @@ fn filter(work: &Path, model: &str, tau_f: f64, ctx: &Ctx) -> anyhow::Result<()>
 }
 
 fn eval(a: &EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let texts = work::load_texts(&a.work)?;
-    let test: Vec<&Text> = texts
-        .iter()
-        .filter(|t| t.split == "test")
-        .take(a.limit)
-        .collect();
-    if test.is_empty() {
-        bail!("{}: expected test texts, found none", a.work.display());
-    }
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let name = lm.name.clone();
-    let texts_tab = std::sync::Arc::new(canon_agent::react::TokenTexts(Vec::new()));
-    let engine = canon_infer::Engine::start(lm, canon_infer::EngineConfig::default())?;
-    let mut elm = canon_agent::react::EngineLm {
-        engine: engine.clone(),
-        texts: texts_tab,
-    };
-    let out = work::eval_texts(
-        &mut elm,
-        &test,
-        a.tools,
-        a.max_tokens,
-        &mut steps(ctx, "eval"),
-    );
-    engine.shutdown();
-    let (right, calls, rows) = out?;
-    let file = a.work.join(if a.tools {
-        "eval-tools.jsonl"
-    } else {
-        "eval.jsonl"
-    });
-    write_atomic(&file, &rows)?;
+    let mut on = steps(ctx, "eval");
+    let (n, right, calls) = work::eval_stage(&a.work, lm, a.limit, a.tools, a.max_tokens, &mut on)?;
     println!(
         "{}",
-        json!({"model": name, "lora": ctx.lora, "tools": a.tools, "texts": test.len(),
-            "correct": right, "accuracy": right as f64 / test.len() as f64, "calls": calls})
+        json!({"model": name, "lora": ctx.lora, "tools": a.tools, "texts": n,
+            "correct": right, "accuracy": right as f64 / n as f64, "calls": calls})
     );
     Ok(())
 }

@@ -64,6 +64,8 @@ unsafe fn two_bit(qs: *const u8) -> [__m256i; 8] {
 
 impl KFmt for Q2K {
     const KIND: Kind = Kind::Q2K;
+    /// # Safety
+    /// As [`KFmt::codes`]: AVX2 present; `p` points at one whole block of this format.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
@@ -74,6 +76,8 @@ impl KFmt for Q2K {
 
 impl KFmt for Q3K {
     const KIND: Kind = Kind::Q3K;
+    /// # Safety
+    /// As [`KFmt::codes`]: AVX2 present; `p` points at one whole block of this format.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
@@ -93,6 +97,8 @@ impl KFmt for Q3K {
 
 impl KFmt for Q4K {
     const KIND: Kind = Kind::Q4K;
+    /// # Safety
+    /// As [`KFmt::codes`]: AVX2 present; `p` points at one whole block of this format.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
@@ -110,6 +116,8 @@ impl KFmt for Q4K {
 
 impl KFmt for Q5K {
     const KIND: Kind = Kind::Q5K;
+    /// # Safety
+    /// As [`KFmt::codes`]: AVX2 present; `p` points at one whole block of this format.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
@@ -133,6 +141,8 @@ impl KFmt for Q5K {
 
 impl KFmt for Q6K {
     const KIND: Kind = Kind::Q6K;
+    /// # Safety
+    /// As [`KFmt::codes`]: AVX2 present; `p` points at one whole block of this format.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
