@@ -149,11 +149,10 @@ impl Sampler {
         let truncates = c.top_k.is_some()
             || c.top_p.is_some_and(|p| p < 1.0)
             || c.min_p.is_some_and(|p| p > 0.0);
-        if !truncates {
-            if let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, &mut l) {
+        if !truncates
+            && let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, &mut l) {
                 return id;
             }
-        }
         // Candidates sorted by logit, highest first (stable: lower id first on ties). Only those
         // within 40·max(1, T) of the largest logit are kept and sorted (a few dozen of a 49k or
         // 262k vocabulary, instead of all): the weight of any other, exp(−40) < 2^−57 of the
@@ -503,10 +502,10 @@ mod tests {
         let draws: Vec<u32> = (0..n).map(|_| s.sample(&logits, &[])).collect();
         let live = [0usize, 1, 3, 5];
         let z: f64 = live.iter().map(|&i| (2.0 * logits[i] as f64).exp()).sum();
-        for i in 0..logits.len() {
+        for (i, &logit) in logits.iter().enumerate() {
             let f = draws.iter().filter(|&&t| t as usize == i).count() as f64 / n as f64;
             let p = if live.contains(&i) {
-                (2.0 * logits[i] as f64).exp() / z
+                (2.0 * logit as f64).exp() / z
             } else {
                 0.0
             };

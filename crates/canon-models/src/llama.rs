@@ -20,6 +20,9 @@ use canon_nn::{AttnMask, Linear, RmsNorm, Rope, SwiGlu, Weight, attention};
 use crate::source::{WeightMode, WeightSource};
 use crate::{Cache, CausalLm, LlamaConfig, ModelError, Positions, Result};
 
+/// One sequence's cache and its attention output, filled by a worker of the kernels' pool.
+type SeqSlot<'a> = std::sync::Mutex<(&'a mut Cache, Option<Result<Tensor>>)>;
+
 #[derive(Debug, Clone)]
 struct Block {
     attn_norm: RmsNorm,
@@ -441,7 +444,7 @@ impl CausalLm for Llama {
             // cores); each touches only its own cache, so the results do not depend on how they
             // are spread.
             let mut outs: Vec<Tensor> = if spans.len() > 1 {
-                let work: Vec<std::sync::Mutex<(&mut Cache, Option<Result<Tensor>>)>> = caches
+                let work: Vec<SeqSlot> = caches
                     .iter_mut()
                     .map(|c| std::sync::Mutex::new((&mut **c, None)))
                     .collect();
