@@ -196,14 +196,25 @@ pub struct StepTimings {
 impl StepTimings {
     /// A table of the time per step and per generated token by phase.
     pub fn table(&self) -> String {
-        let busy = self.prefill_ns + self.forward_ns + self.sample_ns + self.emit_ns + self.other_ns;
-        let per = |ns: u64, n: u64| if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1e3 };
+        let busy =
+            self.prefill_ns + self.forward_ns + self.sample_ns + self.emit_ns + self.other_ns;
+        let per = |ns: u64, n: u64| {
+            if n == 0 {
+                0.0
+            } else {
+                ns as f64 / n as f64 / 1e3
+            }
+        };
         let mut out = format!(
             "{} steps, {} decode passes over {} rows ({:.2} rows a pass), {} prefill chunks ({} tokens)\n",
             self.steps,
             self.decode_passes,
             self.decode_rows,
-            if self.decode_passes == 0 { 0.0 } else { self.decode_rows as f64 / self.decode_passes as f64 },
+            if self.decode_passes == 0 {
+                0.0
+            } else {
+                self.decode_rows as f64 / self.decode_passes as f64
+            },
             self.prefill_chunks,
             self.prefill_tokens
         );
@@ -218,7 +229,11 @@ impl StepTimings {
             out.push_str(&format!(
                 "{name:15} {:9.1} {:6.1}% {:9.1} {:13.1}\n",
                 ns as f64 / 1e6,
-                if busy == 0 { 0.0 } else { 100.0 * ns as f64 / busy as f64 },
+                if busy == 0 {
+                    0.0
+                } else {
+                    100.0 * ns as f64 / busy as f64
+                },
                 per(ns, self.steps),
                 per(ns, self.decode_rows)
             ));

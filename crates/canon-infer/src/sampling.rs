@@ -149,10 +149,10 @@ impl Sampler {
         let truncates = c.top_k.is_some()
             || c.top_p.is_some_and(|p| p < 1.0)
             || c.min_p.is_some_and(|p| p > 0.0);
-        if !truncates
-            && let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, &mut l) {
-                return id;
-            }
+        if !truncates && let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, &mut l)
+        {
+            return id;
+        }
         // Candidates sorted by logit, highest first (stable: lower id first on ties). Only those
         // within 40·max(1, T) of the largest logit are kept and sorted (a few dozen of a 49k or
         // 262k vocabulary, instead of all): the weight of any other, exp(−40) < 2^−57 of the
@@ -497,7 +497,11 @@ mod tests {
     fn untruncated_draws_follow_softmax_and_skip_masked_tokens() {
         // Temperature 0.5 doubles the logit gaps.
         let logits = [1.0f32, 2.0, f32::NEG_INFINITY, 0.5, f32::NAN, 1.5];
-        let mut s = Sampler::new(SamplingConfig { seed: 3, ..cfg(0.5) }).unwrap();
+        let mut s = Sampler::new(SamplingConfig {
+            seed: 3,
+            ..cfg(0.5)
+        })
+        .unwrap();
         let n = 40_000;
         let draws: Vec<u32> = (0..n).map(|_| s.sample(&logits, &[])).collect();
         let live = [0usize, 1, 3, 5];
@@ -526,7 +530,16 @@ mod tests {
     #[test]
     fn packed_key_sort_orders_as_total_cmp_then_id() {
         let mut noise = StdRng::seed_from_u64(5);
-        let specials = [0.0f32, -0.0, 1.0, -1.0, f32::INFINITY, f32::NEG_INFINITY, 1e-30, -1e-30];
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-30,
+            -1e-30,
+        ];
         for round in 0..50 {
             let mut cand: Vec<(u32, f32)> = (0..500u32)
                 .map(|i| {
@@ -543,8 +556,12 @@ mod tests {
             want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             sort_candidates(&mut cand);
             assert_eq!(
-                cand.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>(),
-                want.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>()
+                cand.iter()
+                    .map(|c| (c.0, c.1.to_bits()))
+                    .collect::<Vec<_>>(),
+                want.iter()
+                    .map(|c| (c.0, c.1.to_bits()))
+                    .collect::<Vec<_>>()
             );
         }
     }

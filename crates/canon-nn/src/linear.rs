@@ -193,15 +193,13 @@ impl CustomOp1 for FrozenQuantMatmulT {
         let xt = Tensor::from_slice(x, (n, k), &Device::Cpu)?;
         let y = q.matmul(&xt).map_err(quant_err)?.to_dtype(DType::F32)?;
         let out = y.dim(1)?;
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), Shape::from((n, out))))
+        Ok((
+            CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
+            Shape::from((n, out)),
+        ))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let _t = crate::profile::scope(crate::profile::Phase::FrozenInputGrad);
         let (n, in_f) = x.dims2()?;
         let g = g.contiguous()?;
@@ -1145,7 +1143,11 @@ mod tests {
         use candle_core::Var;
         use canon_quant::{GgmlTensor, GgmlType, Kind};
         let (n, out, inp) = (18, 700, 64);
-        let wv: Vec<f32> = randn(&[out, inp], 31).flatten_all().unwrap().to_vec1().unwrap();
+        let wv: Vec<f32> = randn(&[out, inp], 31)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let x = Var::from_tensor(&randn(&[n, inp], 32)).unwrap();
         for (kind, dtype) in [(Kind::Q8_0, GgmlType::Q8_0), (Kind::Q4_1, GgmlType::Q4_1)] {
             let mut bytes = Vec::new();
@@ -1157,7 +1159,11 @@ mod tests {
             BWD_PRODUCTS.with(|p| p.borrow_mut().clear());
             let y = lin.forward(x.as_tensor()).unwrap();
             // The forward is the inference product.
-            assert_close(&y, &q.matmul(&x.as_tensor().detach()).unwrap(), Tol::new(0.0, 0.0));
+            assert_close(
+                &y,
+                &q.matmul(&x.as_tensor().detach()).unwrap(),
+                Tol::new(0.0, 0.0),
+            );
             let gy = randn(&[n, out], 33);
             let g = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
             let shapes = BWD_PRODUCTS.with(|p| p.borrow().clone());

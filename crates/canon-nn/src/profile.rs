@@ -159,9 +159,16 @@ pub fn table(steps: u64) -> String {
     let get = |p: Phase| s.iter().find(|t| t.phase == p).map_or(0.0, |t| t.seconds);
     let steps = steps.max(1) as f64;
     let total = get(Phase::StepForward) + get(Phase::StepBackward) + get(Phase::Optimizer);
-    let mut out = format!("{:<40} {:>9} {:>7} {:>8}\n", "phase", "s/step", "share", "calls");
+    let mut out = format!(
+        "{:<40} {:>9} {:>7} {:>8}\n",
+        "phase", "s/step", "share", "calls"
+    );
     let mut row = |name: &str, sec: f64, calls: Option<u64>| {
-        let share = if total > 0.0 { 100.0 * sec / total } else { 0.0 };
+        let share = if total > 0.0 {
+            100.0 * sec / total
+        } else {
+            0.0
+        };
         let calls = calls.map_or(String::new(), |c| format!("{:.0}", c as f64 / steps));
         out.push_str(&format!(
             "{name:<40} {:>9.4} {:>6.1}% {calls:>8}\n",
@@ -182,7 +189,11 @@ pub fn table(steps: u64) -> String {
         }
         row(t.phase.name(), t.seconds, Some(t.calls));
     }
-    row("other ops (element-wise, copies, autograd)", (total - in_ops - get(Phase::Optimizer)).max(0.0), None);
+    row(
+        "other ops (element-wise, copies, autograd)",
+        (total - in_ops - get(Phase::Optimizer)).max(0.0),
+        None,
+    );
     row(Phase::Optimizer.name(), get(Phase::Optimizer), None);
     row(Phase::StepForward.name(), get(Phase::StepForward), None);
     row(Phase::StepBackward.name(), get(Phase::StepBackward), None);

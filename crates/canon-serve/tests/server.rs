@@ -316,8 +316,14 @@ fn sixteen_concurrent_clients_and_metrics_that_add_up() {
     // slots and 16 clients, decode passes carried several rows.
     let rows = s.metric("canon_engine_decode_rows_total{kind=\"rows\"}");
     let passes = s.metric("canon_engine_decode_rows_total{kind=\"passes\"}");
-    assert!(rows >= (total - 48) as f64, "{rows} decode rows for {total} tokens");
-    assert!(passes > 0.0 && rows / passes > 1.0, "{rows} rows in {passes} passes");
+    assert!(
+        rows >= (total - 48) as f64,
+        "{rows} decode rows for {total} tokens"
+    );
+    assert!(
+        passes > 0.0 && rows / passes > 1.0,
+        "{rows} rows in {passes} passes"
+    );
     assert!(s.metric("canon_engine_seconds_total{phase=\"decode_forward\"}") > 0.0);
 }
 

@@ -307,7 +307,11 @@ pub fn clip_factor(grads: &[Vec<f32>], max_norm: Option<f64>) -> (f64, Option<f3
                 *a += (v as f64) * (v as f64);
             }
         }
-        let tail: f64 = it.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let tail: f64 = it
+            .remainder()
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum();
         acc.iter().sum::<f64>() + tail
     }
     let sq: f64 = grads

@@ -374,8 +374,22 @@ mod avx512 {
         let idx: [__m512i; 4] = std::array::from_fn(|q| {
             let l = 4 * q as i32;
             _mm512_setr_epi32(
-                l, l, l, l, l + 1, l + 1, l + 1, l + 1, l + 2, l + 2, l + 2, l + 2, l + 3, l + 3,
-                l + 3, l + 3,
+                l,
+                l,
+                l,
+                l,
+                l + 1,
+                l + 1,
+                l + 1,
+                l + 1,
+                l + 2,
+                l + 2,
+                l + 2,
+                l + 2,
+                l + 3,
+                l + 3,
+                l + 3,
+                l + 3,
             )
         });
         for b in 0..nb {

@@ -365,6 +365,9 @@ fn packed_rows_dequantize_to_the_same_bits() {
                 assert_eq!(gb, wb, "{kind:?} rows from {r0}: row {}", r0 + i);
             }
         }
-        assert!(!p.dequantize_rows(30, &mut vec![0.0; 8 * k]), "rows out of range are declined");
+        assert!(
+            !p.dequantize_rows(30, &mut vec![0.0; 8 * k]),
+            "rows out of range are declined"
+        );
     }
 }
