@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cpuinfo import cpu_label
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,10 +35,7 @@ def canon_bin():
 
 
 def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_label()
 
 
 def run(cmd):

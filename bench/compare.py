@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from cpuinfo import cpu_extensions, cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("CANON_PEERS", os.path.expanduser("~/.cache/canon-peers"))
 HOME = os.environ.get("CANON_HOME", os.path.expanduser("~/.cache/canon"))
@@ -42,31 +44,6 @@ WORDS = (
     "the model reads a sentence and writes a vector that keeps its meaning close to other "
     "sentences about the same thing while far from those about something else entirely today"
 ).split()
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-EXTENSIONS = ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
-              "avx_vnni", "avx512_bf16", "amx_int8"]
-
-
-def cpu_extensions():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [e for e in EXTENSIONS if e in flags]
-    except OSError:
-        pass
-    return []
 
 
 def canon_bin():

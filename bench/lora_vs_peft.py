@@ -95,6 +95,8 @@ import json, os, statistics, sys, time, resource
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig, get_peft_model
+
+from cpuinfo import cpu_label
 gguf, data, steps, threads, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
@@ -156,10 +158,7 @@ def peft_run(venv_python, gguf, data, steps, threads, seed):
 
 
 def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_label()
 
 
 def main():

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpuinfo import cpu_label
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -190,6 +192,7 @@ def main():
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
+    print(f"CPU: {cpu_label()}")
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
           f"batch {cfg['train']['batch_size']} x block {cfg['train']['block_size']}, {a.threads} threads, "
           f"{a.steps} steps ({a.warmup} warm-up skipped)")

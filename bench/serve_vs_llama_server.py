@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from cpuinfo import cpu_label
+
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(os.environ.get("CANON_PEERS", Path.home() / ".cache" / "canon-peers"))
 
@@ -46,10 +48,7 @@ PROMPTS = [
 
 
 def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_label()
 
 
 def free_port():
