@@ -129,12 +129,14 @@ pub fn command_regex(b: &Browser) -> String {
             alts.push(format!("Clicked on link ({})", ids.join("|")));
         }
         alts.push(format!("Find in page: [^\\n]{{1,{}}}", q.min(40)));
+        // A line already quoted from this page is left out: quoting it again would only spend
+        // an action (the browser keeps a quote once).
         let mut lines: Vec<String> = b
             .visible_lines()
             .into_iter()
             .map(|l| l.chars().take(MAX_QUOTE_CHARS).collect::<String>())
             .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !b.is_quoted(l))
             .collect();
         lines.dedup();
         if !lines.is_empty() {
@@ -400,6 +402,22 @@ mod tests {
         b.step("Clicked on link 0");
         let g2 = command_regex(&b);
         assert!(g2.contains("Back") && g2.contains("Quote: ("), "{g2}");
+        // A quoted line leaves the grammar; the page's other lines stay.
+        let alt = |g: &str, l: &str| {
+            let e = regex_escape(l);
+            [format!("({e}|"), format!("|{e}|"), format!("|{e})")]
+                .iter()
+                .any(|p| g.contains(p.as_str()))
+        };
+        let first = b.visible_lines()[0].clone();
+        assert!(alt(&g2, &first), "{g2}");
+        b.step(&format!("Quote: {first}"));
+        assert!(b.is_quoted(&first));
+        let g3 = command_regex(&b);
+        assert!(!alt(&g3, &first), "{g3}");
+        if let Some(other) = b.visible_lines().iter().find(|l| **l != first) {
+            assert!(alt(&g3, other), "{g3}");
+        }
         // Metacharacters of a visible line are escaped.
         let mut c = Browser::new(&s, "q", BrowserConfig::default());
         c.step("Search cat concatenates");

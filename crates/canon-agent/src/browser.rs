@@ -608,6 +608,17 @@ impl<'a> Browser<'a> {
             .collect()
     }
 
+    /// Whether `text` (whitespace collapsed, as `visible_lines` gives it) is already quoted from
+    /// the open page: quoting it again would change nothing but spend an action.
+    pub fn is_quoted(&self, text: &str) -> bool {
+        let Some(v) = &self.view else {
+            return false;
+        };
+        self.quotes
+            .iter()
+            .any(|q| q.url == v.page.url && q.title == v.page.title && q.text == text)
+    }
+
     /// Links on the open page (0 when none is open).
     pub fn link_count(&self) -> usize {
         self.view.as_ref().map_or(0, |v| v.page.links.len())

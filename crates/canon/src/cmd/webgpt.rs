@@ -201,6 +201,7 @@ pub fn run(a: WebgptArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
         .x_title("n (answers sampled)")
         .y_title("% of questions")
         .log_x()
+        .y_range(0.0, 100.0)
         .series(canon_plot::Series::line_points(
             "accurate",
             pts(&|r| r.accurate),
@@ -210,10 +211,14 @@ pub fn run(a: WebgptArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
             pts(&|r| r.supported),
         ))
         .footnote(&format!(
-            "{model}, {} {} questions, {:?} prompt",
+            "{model}{}, {} {} questions, {} prompt",
+            if ctx.lora.is_some() { " + LoRA" } else { "" },
             outcomes.len(),
             a.split,
-            a.style
+            match style {
+                PromptStyle::FewShot => "few-shot",
+                PromptStyle::Plain => "plain",
+            }
         ))
         .save(&png)?;
     println!(
