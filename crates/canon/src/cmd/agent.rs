@@ -1,6 +1,5 @@
 //! `canon agent`: tools, ReAct (paper 23) and WebGPT's text browser (paper 17).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use canon_agent::react_data::{self, Question};
 use canon_agent::react_run::{self, RunEvent, RunOpts};
 use canon_agent::tools::{self, Limits, Toolbox};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 
 use super::write_atomic;
@@ -260,7 +259,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let on = |e: RunEvent<'_>| {
         let Ok(mut pb) = pb.lock() else { return };
         match e {
-            RunEvent::Start(m, n) => *pb = progress(ctx, n, &format!("{m:?}")),
+            RunEvent::Start(m, n) => *pb = crate::progress::items(ctx.quiet, n, &format!("{m:?}")),
             RunEvent::Episode => pb.inc(1),
             RunEvent::Done(r) => {
                 pb.finish_and_clear();
@@ -300,17 +299,4 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-pub(crate) fn progress(ctx: &Ctx, n: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n as u64);
-    if let Ok(s) = ProgressStyle::with_template(&format!(
-        "{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)"
-    )) {
-        pb.set_style(s.progress_chars("=> "));
-    }
-    pb
 }

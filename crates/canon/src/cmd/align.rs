@@ -1,7 +1,6 @@
 //! `canon align`: learning from feedback in miniature (papers 20, 21, 29, 30). The stages live in
 //! `canon_align`; this file holds the arguments, the progress bars and the printing.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -10,7 +9,7 @@ use canon_align::ppo::PpoConfig;
 use canon_align::rlaif_run::{RlaifOpts, SoftRmOpts};
 use canon_train::StepReport;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -264,17 +263,8 @@ pub struct W2sArgs {
 
 /// A progress bar whose message, length and position follow `(stage, pos, len)` updates.
 fn bar(ctx: &Ctx) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(0);
-    let style = ProgressStyle::with_template(
-        "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
-    pb
+    let t = "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}";
+    crate::progress::bar(ctx.quiet, 0, t)
 }
 
 fn step_cb<'a>(pb: &'a ProgressBar, stage: &'a str, len: u64) -> impl FnMut(&StepReport) + 'a {

@@ -3,7 +3,6 @@
 //! `canon_agent::autoprompt_run`.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -12,7 +11,7 @@ use canon_agent::autoprompt_run::{self, Event, Opts, SlotModel};
 use canon_models::bert_heads::BertPretraining;
 use canon_models::source::Detached;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -182,19 +181,6 @@ fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<SlotModel> {
     })
 }
 
-fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    if let Ok(s) = ProgressStyle::with_template(&format!(
-        "{what} [{{bar:40}}] {{pos}}/{{len}} {{msg}} ({{eta}} left)"
-    )) {
-        pb.set_style(s.progress_chars("=> "));
-    }
-    pb
-}
-
 pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if !(a.test_fraction > 0.0 && a.test_fraction < 1.0) {
         bail!(
@@ -248,7 +234,13 @@ pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let r = autoprompt_run::run(&m, facts, &o, &mut |e| match e {
         Event::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
         Event::Note(_) => {}
-        Event::Phase(what, len) => pb = bar(ctx, len, what),
+        Event::Phase(what, len) => {
+            pb = crate::progress::bar(
+                ctx.quiet,
+                len as u64,
+                &format!("{what} [{{bar:40}}] {{pos}}/{{len}} {{msg}} ({{eta}} left)"),
+            )
+        }
         Event::Pos(i) => pb.set_position(i as u64),
         Event::Done => pb.finish_and_clear(),
         Event::Step(s) => {

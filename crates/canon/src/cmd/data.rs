@@ -12,7 +12,7 @@ use canon_scale::data::dedup::Decontaminator;
 use canon_scale::data::experiment::{CompareConfig, compare};
 use canon_scale::data::pipeline::{self, FilterEvent};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::write_atomic;
 use crate::{Ctx, model_gen};
@@ -148,15 +148,8 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .map_err(|e| format!("chat template: {e}"))
     };
     let mut generator = canon_infer::LmGenerator::new(lm);
-    let bar = if ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.n as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("generating {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
+    let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
     let t0 = std::time::Instant::now();
     let rep = synth::generate(
         &mut generator,
@@ -186,6 +179,8 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+// The callbacks return canon_scale::Result, whose error type is large (clippy result_large_err).
+#[allow(clippy::result_large_err)]
 fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let o = pipeline::FilterOpts {
         out: a.out.clone(),
@@ -243,10 +238,9 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         FilterEvent::Embedded(0, n) if !ctx.quiet => {
             bar.set_length(n as u64);
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            bar.set_style(crate::progress::style(
+                "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+            ));
         }
         FilterEvent::Embedded(done, n) => {
             bar.set_position(done as u64);
@@ -279,17 +273,8 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &a.out,
         &stop,
         &mut |name, steps| {
-            let b = if quiet {
-                ProgressBar::hidden()
-            } else {
-                ProgressBar::new(steps)
-            };
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let t = "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]";
+            let b = crate::progress::bar(quiet, steps, t);
             b.set_prefix(name.to_string());
             bar.replace(b).finish_and_clear();
         },

@@ -1,7 +1,6 @@
 //! `canon eval`: evaluation commands. `humaneval` (paper 14, Codex): generate completions with a
 //! model or read them from a file, run every sample in the sandbox, report pass@k.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use anyhow::{Context, bail};
 use canon_eval::humaneval::{self, GenerationOptions, Problem, Sample};
 use canon_eval::{Sandbox, SandboxConfig};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::{Ctx, model_gen};
 
@@ -122,15 +121,8 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    let style =
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
+    let t = "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)";
+    let pb = crate::progress::bar(ctx.quiet, len as u64, t);
     pb.set_message(what.to_string());
     pb
 }
