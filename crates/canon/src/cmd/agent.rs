@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use canon_agent::react::Mode;
 use canon_agent::react_data::{self, Question};
-use canon_agent::react_run::{self, RunEvent, RunOpts};
+use canon_agent::react_run::{self, ModeRun, RunEvent, RunOpts};
 use canon_agent::tools::{self, Limits, Toolbox};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
@@ -227,11 +226,7 @@ pub struct ReactArgs {
 }
 
 fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let modes: Vec<Mode> = if a.mode == "all" {
-        vec![Mode::React, Mode::Act, Mode::Cot]
-    } else {
-        vec![a.mode.parse()?]
-    };
+    let modes = react_run::parse_modes(&a.mode)?;
     let o = RunOpts {
         shots: a.shots,
         max_steps: a.max_steps,
@@ -284,15 +279,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         write_atomic(out, &react_data::to_jsonl(&all))?;
     }
     if a.json {
-        let scores: Vec<serde_json::Value> = runs
-            .iter()
-            .map(|r| {
-                let sc = &r.score;
-                json!({"mode": r.mode, "questions": sc.questions, "exact_match": sc.exact_match(),
-                    "correct": sc.correct, "finished": sc.finished, "steps": sc.steps,
-                    "invalid_actions": sc.invalid_actions, "seconds": r.seconds})
-            })
-            .collect();
+        let scores: Vec<serde_json::Value> = runs.iter().map(ModeRun::to_json).collect();
         println!(
             "{}",
             json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores})
