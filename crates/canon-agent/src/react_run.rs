@@ -201,6 +201,24 @@ pub struct ModeRun {
     pub seconds: f64,
 }
 
+impl ModeRun {
+    /// The scores as one JSON object (`canon agent react --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let sc = &self.score;
+        json!({"mode": self.mode, "questions": sc.questions, "exact_match": sc.exact_match(),
+            "correct": sc.correct, "finished": sc.finished, "steps": sc.steps,
+            "invalid_actions": sc.invalid_actions, "seconds": self.seconds})
+    }
+}
+
+/// `--mode`: one of react, act, cot, or `all` for the three in that order.
+pub fn parse_modes(mode: &str) -> Result<Vec<Mode>> {
+    if mode == "all" {
+        return Ok(vec![Mode::React, Mode::Act, Mode::Cot]);
+    }
+    Ok(vec![mode.parse()?])
+}
+
 /// What `run_modes` reports along the way.
 pub enum RunEvent<'a> {
     /// A mode begins over `n` questions.
@@ -270,4 +288,35 @@ pub fn run_modes(
     }
     engine.shutdown();
     Ok((all, runs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_scores_print_as_json() {
+        assert_eq!(
+            parse_modes("all").unwrap(),
+            [Mode::React, Mode::Act, Mode::Cot]
+        );
+        assert_eq!(parse_modes("act").unwrap(), [Mode::Act]);
+        let e = parse_modes("x").unwrap_err().to_string();
+        assert_eq!(e, "expected a mode react, act or cot, found 'x'");
+        let r = ModeRun {
+            mode: Mode::Cot,
+            score: Score {
+                questions: 4,
+                correct: 1,
+                finished: 3,
+                steps: 9,
+                invalid_actions: 0,
+            },
+            seconds: 2.0,
+        };
+        let v = r.to_json();
+        assert_eq!(v["exact_match"], 0.25);
+        assert_eq!(v["mode"], serde_json::to_value(Mode::Cot).unwrap());
+        assert_eq!(v["steps"], 9);
+    }
 }

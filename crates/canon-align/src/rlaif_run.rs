@@ -224,6 +224,25 @@ pub struct RlaifOpts {
     pub d_rlaif: bool,
 }
 
+impl RlaifOpts {
+    /// At least one rollout, reward-model epoch and batch, a valid PPO configuration, and the RM
+    /// stage's groups in `dir` (the message names the flags, or the stages to run first).
+    pub fn check(&self, dir: &Path) -> std::result::Result<(), String> {
+        if self.ppo.rollouts == 0 || self.rm.epochs == 0 || self.rm.batch == 0 {
+            return Err("--rollouts, --rm-epochs and --rm-batch must be at least 1".into());
+        }
+        self.ppo.cfg.validate()?;
+        let groups = dir.join("rm/groups.json");
+        if !groups.is_file() {
+            return Err(format!(
+                "{}: missing (run `canon align sft` and `canon align rm` first)",
+                groups.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One policy of the comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmResult {
@@ -529,6 +548,47 @@ pub fn plot(runs: &[PathBuf], report: &RlaifReport, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rlaif_settings_are_checked_before_the_labeller_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = RlaifOpts {
+            pairs: 8,
+            rm: SoftRmOpts {
+                epochs: 1,
+                batch: 4,
+                lr: 1e-3,
+            },
+            ppo: PpoOpts {
+                name: "rlaif".into(),
+                rollouts: 1,
+                lr: 3e-4,
+                reward: crate::pipeline::RewardKind::Model,
+                value: ValueInit::RewardModel,
+                cfg: crate::ppo::PpoConfig::default(),
+            },
+            d_rlaif: true,
+        };
+        let e = o.check(d.path()).unwrap_err();
+        assert!(
+            e.ends_with(
+                "rm/groups.json: missing (run `canon align sft` and `canon align rm` first)"
+            ),
+            "{e}"
+        );
+        std::fs::create_dir_all(d.path().join("rm")).unwrap();
+        std::fs::write(d.path().join("rm/groups.json"), "{}").unwrap();
+        assert_eq!(o.check(d.path()), Ok(()));
+        o.rm.batch = 0;
+        let e = o.check(d.path()).unwrap_err();
+        assert_eq!(
+            e,
+            "--rollouts, --rm-epochs and --rm-batch must be at least 1"
+        );
+        o.rm.batch = 4;
+        o.ppo.cfg.minibatches = 0;
+        assert!(o.check(d.path()).unwrap_err().starts_with("PPO:"));
+    }
 
     fn lp(gold: f64, p_ab: f64, p_ba: f64) -> LabelledPair {
         LabelledPair {

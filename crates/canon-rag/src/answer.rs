@@ -535,9 +535,94 @@ pub fn rag_decode(
     })
 }
 
+/// The candidates' scores as JSON rows (`candidate`, `tokens`, the RAG-Sequence, RAG-Token,
+/// no-retrieval and per-passage log-probabilities), best RAG-Sequence log-probability first.
+pub fn candidate_rows(candidates: &[String], sc: &CandidateScores) -> Vec<serde_json::Value> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    // Stable: equal scores keep the order given; a non-finite score (null in JSON) sorts last.
+    let key = |c: usize| {
+        Some(sc.sequence[c])
+            .filter(|v| v.is_finite())
+            .unwrap_or(f64::MIN)
+    };
+    order.sort_by(|&x, &y| key(y).total_cmp(&key(x)));
+    order
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({"candidate": candidates[c], "tokens": sc.tokens[c],
+                "rag_sequence_logprob": sc.sequence[c],
+                "rag_token_logprob": sc.token[c],
+                "no_retrieval_logprob": sc.no_retrieval[c],
+                "per_passage_logprob": sc.per_passage[c]})
+        })
+        .collect()
+}
+
+/// The retrieved passages numbered from 1 with page, section and p(z|x) = exp(`log_prior`);
+/// `located` adds the file and its line range.
+pub fn passages_json(hits: &[Hit], log_prior: &[f64], located: bool) -> Vec<serde_json::Value> {
+    let rows = hits.iter().zip(log_prior).enumerate();
+    rows.map(|(i, (h, p))| {
+        let c = &h.chunk;
+        let mut v = serde_json::json!({"n": i + 1, "page": c.page, "section": c.section});
+        if located {
+            v["path"] = c.path.clone().into();
+            v["lines"] = serde_json::json!([c.line_start, c.line_end]);
+        }
+        v["p_z_given_x"] = p.exp().into();
+        v
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidate_rows_put_the_best_rag_sequence_score_first() {
+        let sc = CandidateScores {
+            sequence: vec![-3.0, -1.0, -3.0],
+            token: vec![-2.5, -0.5, -2.0],
+            no_retrieval: vec![-4.0, -4.0, -4.0],
+            per_passage: vec![vec![-3.0], vec![-1.0], vec![-3.0]],
+            tokens: vec![2, 1, 3],
+        };
+        let names = ["a", "b", "c"].map(String::from);
+        let rows = candidate_rows(&names, &sc);
+        let order: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r["candidate"].as_str())
+            .collect();
+        assert_eq!(order, ["b", "a", "c"]);
+        assert_eq!(rows[0]["rag_token_logprob"], -0.5);
+        assert_eq!(rows[2]["tokens"], 3);
+    }
+
+    #[test]
+    fn passages_are_numbered_with_their_prior_and_optionally_located() {
+        let chunk = crate::chunk::Chunk {
+            path: "tar.1".into(),
+            page: "tar".into(),
+            section: "OPTIONS".into(),
+            line_start: 3,
+            line_end: 9,
+            text: String::new(),
+        };
+        let hits = [Hit {
+            id: 0,
+            score: 1.0,
+            chunk,
+        }];
+        let v = passages_json(&hits, &[0.0], false);
+        assert_eq!(
+            v[0],
+            serde_json::json!({"n": 1, "page": "tar", "section": "OPTIONS", "p_z_given_x": 1.0})
+        );
+        let v = passages_json(&hits, &[0.0], true);
+        assert_eq!(v[0]["lines"], serde_json::json!([3, 9]));
+        assert_eq!(v[0]["path"], "tar.1");
+    }
 
     fn tiny_lm(dir: &std::path::Path) -> LoadedLm {
         let p = dir.join("tiny.gguf");

@@ -12,6 +12,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
+pub mod autoprompt;
 pub mod bert;
 pub mod causal;
 pub mod config;

@@ -1,15 +1,19 @@
 //! LoRA (paper 13) and QLoRA (paper 27) fine-tuning runs (`canon finetune --method lora|qlora`):
 //! the settings a run folder keeps (`finetune.json`, which a resume must match) and the setup of
 //! a run: the base loaded (QLoRA: re-quantized to NF4), adapters attached, records loaded and
-//! split, and the engine's `SftObjective` and `TrainConfig`.
+//! split, and the engine's `SftObjective` and `TrainConfig`; and the run itself ([`Job`],
+//! [`run_job`]): the settings written or read back, the engine resumed or started, the PEFT adapter
+//! written at every checkpoint and at the end, progress reported through [`Event`]s.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use canon_models::{ModelSpec, WeightMode};
-use canon_train::sft::lora::{LoraSpec, SftObjective, attach, requantize_nf4};
+use canon_train::sft::lora::{LoraSpec, SftObjective, attach, parse_targets, requantize_nf4};
 use canon_train::sft::{load_examples, split_held_out};
-use canon_train::{OptimizerConfig, Schedule, TrainConfig};
+use canon_train::trainer::RunFiles;
+use canon_train::{Engine, OptimizerConfig, Outcome, Schedule, StepReport, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Context, Result, bail};
@@ -52,6 +56,36 @@ fn yes() -> bool {
 }
 
 pub const SETTINGS_FILE: &str = "finetune.json";
+
+impl RunSettings {
+    /// The checks of a new run's settings that need no file (the others run in [`prepare`]).
+    pub fn check(&self) -> Result<()> {
+        if self.rank == 0 {
+            bail!("--rank 0: a LoRA rank must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `--targets` as given, or the method's default: q,v for LoRA, all for QLoRA (as the papers).
+pub fn targets_or_default(method: Method, given: Option<&str>) -> Result<Vec<String>> {
+    Ok(parse_targets(given.unwrap_or(match method {
+        Method::Lora => "q,v",
+        Method::Qlora => "all",
+    }))?)
+}
+
+/// A new run's folder must not hold a run already.
+pub fn check_new_dir(dir: &Path) -> Result<()> {
+    if dir.join(SETTINGS_FILE).exists() {
+        bail!(
+            "--out {}: the folder holds a run already (continue it with --resume {0}, or choose \
+             another folder)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
 /// Reads the settings of the run in `dir`.
 pub fn read_settings(dir: &Path) -> Result<RunSettings> {
@@ -215,4 +249,292 @@ pub fn prepare(
         base_name,
         notes,
     })
+}
+
+/// One invocation: a new run (settings checked, folder free) or the resume of one.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub dir: PathBuf,
+    pub settings: RunSettings,
+    pub resuming: bool,
+    pub opts: RunOptions,
+    /// Time the training step by phase (`canon_nn::profile`), the first step left out.
+    pub timings: bool,
+}
+
+impl Job {
+    /// A new run in `dir` with `settings`.
+    pub fn new(dir: PathBuf, settings: RunSettings, opts: RunOptions) -> Result<Job> {
+        settings.check()?;
+        Ok(Job {
+            dir,
+            settings,
+            resuming: false,
+            opts,
+            timings: false,
+        })
+    }
+
+    /// The resume of the run in `dir`; `f32_base` is whether `--f32` was given, which a run over
+    /// the quantized base cannot take.
+    pub fn resume(dir: PathBuf, f32_base: bool, opts: RunOptions) -> Result<Job> {
+        let settings = read_settings(&dir)?;
+        if f32_base && !settings.f32_base {
+            bail!(
+                "--f32: the run in {} trains over the quantized base; resume it without --f32 (a \
+                 resumed run must keep its base's arithmetic)",
+                dir.display()
+            );
+        }
+        Ok(Job {
+            dir,
+            settings,
+            resuming: true,
+            opts,
+            timings: false,
+        })
+    }
+}
+
+/// What a run reports while it goes.
+pub enum Event<'a> {
+    /// One line of setup (re-quantization, adapters, records, the resumed step).
+    Note(String),
+    /// Training starts at `step` of `max_steps`; from here a raised stop flag ends the run with a
+    /// checkpoint.
+    Start { step: u64, max_steps: u64 },
+    /// A step's report, with the last held-out loss so far.
+    Step(&'a StepReport, Option<f64>),
+}
+
+/// The time of the training step by phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timings {
+    /// The steps timed, `first..=last` (the run's first step, which packs the weights, left out).
+    pub first: u64,
+    pub last: u64,
+    /// `canon_nn::profile::table`.
+    pub table: String,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub outcome: Outcome,
+    /// The step reached, and the step the run started from.
+    pub step: u64,
+    pub start_step: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: f64,
+    pub last_eval: Option<f64>,
+    pub seconds: f64,
+    /// With [`Job::timings`]: `None` when no step after the first ran.
+    pub timings: Option<Timings>,
+}
+
+/// A run that had nothing to train (the adapter written again), or one that trained.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEnd {
+    /// The run was complete at `max_steps` already: the adapter was written again from its last
+    /// checkpoint (a run killed between the two writes ends here).
+    Complete,
+    Trained(Summary),
+}
+
+/// Runs `job`: prepares the objective, resumes from the checkpoint or creates the folder and
+/// writes `finetune.json`, trains to `opts.max_steps` (or until `stop` is raised), and writes the
+/// PEFT adapter whenever the engine checkpoints and at the end.
+pub fn run_job(
+    job: &Job,
+    progress: &dyn canon_assets::FetchProgress,
+    stop: &AtomicBool,
+    on: &mut dyn FnMut(Event<'_>),
+) -> Result<JobEnd> {
+    let (dir, max_steps) = (&job.dir, job.opts.max_steps);
+    let Prepared {
+        mut obj,
+        cfg,
+        base_name,
+        notes,
+    } = prepare(&job.settings, &job.opts, progress)?;
+    for n in notes {
+        on(Event::Note(n));
+    }
+    let mut engine = Engine::new(obj.lora.params(), cfg)?;
+    let files = RunFiles::in_dir(dir);
+    if job.resuming {
+        engine
+            .resume(&mut obj, &files.checkpoint)
+            .with_context(|| format!("cannot resume from {}", files.checkpoint.display()))?;
+        on(Event::Note(format!("resuming at step {}", engine.step)));
+    } else {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(SETTINGS_FILE);
+        canon_fs::write_atomic(
+            &path,
+            serde_json::to_string_pretty(&job.settings)?.as_bytes(),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if engine.step > max_steps || (engine.step == max_steps && !job.resuming) {
+        bail!(
+            "the run is at step {} already; give a larger --max-steps",
+            engine.step
+        );
+    }
+    on(Event::Start {
+        step: engine.step,
+        max_steps,
+    });
+    // The adapters' variables, shared with the objective: the PEFT files are written whenever the
+    // engine checkpoints.
+    let adapters = obj.lora.clone();
+    let write_adapter = |why: &str| -> Result<()> {
+        canon_models::peft::write_adapter(dir, &adapters.to_adapter()?, &base_name)
+            .with_context(|| format!("cannot write the adapter ({why})"))
+    };
+    if engine.step == max_steps {
+        write_adapter("end of run")?;
+        return Ok(JobEnd::Complete);
+    }
+    let mut first_loss = None;
+    let mut last = (f64::NAN, None::<f64>);
+    let mut io_error = None;
+    let start = Instant::now();
+    let start_step = engine.step;
+    let checkpoint_every = job.opts.checkpoint_every;
+    canon_nn::profile::reset();
+    canon_nn::profile::enable(job.timings);
+    let timed_from = start_step + 1;
+    let outcome = engine.run(&mut obj, max_steps, stop, &files, &mut |r: &StepReport| {
+        if r.step == timed_from {
+            // The first step packs the quantized weights and grows the buffers: left out.
+            canon_nn::profile::reset();
+        }
+        first_loss.get_or_insert(r.loss);
+        last = (r.loss, r.eval_loss.or(last.1));
+        on(Event::Step(r, last.1));
+        if (r.step.is_multiple_of(checkpoint_every) || r.step == max_steps)
+            && io_error.is_none()
+            && let Err(e) = write_adapter("checkpoint")
+        {
+            io_error = Some(e);
+        }
+    });
+    canon_nn::profile::enable(false);
+    let outcome = outcome?;
+    if let Some(e) = io_error {
+        return Err(e);
+    }
+    write_adapter("end of run")?;
+    let timed = engine.step.saturating_sub(timed_from);
+    let timings = (job.timings && timed > 0).then(|| Timings {
+        first: timed_from + 1,
+        last: engine.step,
+        table: canon_nn::profile::table(timed),
+    });
+    Ok(JobEnd::Trained(Summary {
+        outcome,
+        step: engine.step,
+        start_step,
+        first_loss,
+        last_loss: last.0,
+        last_eval: last.1,
+        seconds: start.elapsed().as_secs_f64(),
+        timings,
+    }))
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            method: Method::Lora,
+            model: "smollm2".into(),
+            data: "d.jsonl".into(),
+            eval_data: None,
+            val_fraction: 0.1,
+            rank: 8,
+            alpha: 16.0,
+            targets: targets_or_default(Method::Lora, None).unwrap(),
+            lr: 5e-4,
+            batch_size: 4,
+            grad_accum: 1,
+            max_len: 256,
+            grad_clip: 0.3,
+            seed: 1,
+            dropout: 0.0,
+            f32_base: false,
+        }
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            max_steps: 10,
+            eval_every: 5,
+            eval_batches: 1,
+            checkpoint_every: 5,
+            checkpointing: false,
+        }
+    }
+
+    #[test]
+    fn default_targets_follow_the_method() {
+        assert_eq!(
+            targets_or_default(Method::Lora, None).unwrap(),
+            ["q_proj", "v_proj"]
+        );
+        assert_eq!(targets_or_default(Method::Qlora, None).unwrap().len(), 7);
+        assert_eq!(
+            targets_or_default(Method::Qlora, Some("o")).unwrap(),
+            ["o_proj"]
+        );
+        let e = targets_or_default(Method::Lora, Some("x")).unwrap_err();
+        assert!(e.to_string().contains("unknown module 'x'"), "{e}");
+    }
+
+    #[test]
+    fn a_new_run_needs_a_rank_and_a_free_folder() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_new_dir(d.path()).is_ok());
+        let mut s = settings();
+        s.rank = 0;
+        let e = Job::new(d.path().into(), s, opts()).unwrap_err();
+        assert_eq!(e.to_string(), "--rank 0: a LoRA rank must be at least 1");
+        let job = Job::new(d.path().into(), settings(), opts()).unwrap();
+        assert!(!job.resuming);
+        std::fs::write(d.path().join(SETTINGS_FILE), "{}").unwrap();
+        let e = check_new_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("holds a run already"), "{e}");
+    }
+
+    #[test]
+    fn a_resume_keeps_the_base_arithmetic() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Job::resume(d.path().into(), false, opts()).unwrap_err();
+        assert!(
+            e.to_string().contains("not a `canon finetune` run folder"),
+            "{e}"
+        );
+        let text = serde_json::to_string(&settings()).unwrap();
+        std::fs::write(d.path().join(SETTINGS_FILE), text).unwrap();
+        let e = Job::resume(d.path().into(), true, opts()).unwrap_err();
+        assert!(
+            e.to_string().contains("trains over the quantized base"),
+            "{e}"
+        );
+        let job = Job::resume(d.path().into(), false, opts()).unwrap();
+        assert!(job.resuming);
+        assert_eq!(job.settings, settings());
+    }
 }

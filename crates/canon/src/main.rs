@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod model_gen;
+mod progress;
 
 use std::process::ExitCode;
 

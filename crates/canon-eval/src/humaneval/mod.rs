@@ -198,9 +198,97 @@ pub fn score(
         .collect())
 }
 
+/// `--samples-per-task` and `--timeout` are in range (the message names the flag and the value).
+pub fn check_settings(samples_per_task: usize, timeout_s: f64) -> std::result::Result<(), String> {
+    if samples_per_task == 0 {
+        return Err("--samples-per-task must be at least 1, found 0".into());
+    }
+    if !(timeout_s > 0.0 && timeout_s.is_finite()) {
+        return Err(format!(
+            "--timeout must be a positive number of seconds, found {timeout_s}"
+        ));
+    }
+    Ok(())
+}
+
+/// What a run scores, settled before any generation or execution.
+pub struct Plan {
+    pub problems: Vec<Problem>,
+    /// Samples read from a completions file; `None`: generate `samples_per_task` per problem.
+    pub samples: Option<Vec<Sample>>,
+    /// The k of pass@k, checked against the samples there will be.
+    pub ks: Vec<usize>,
+}
+
+/// Reads the problems (`problems`, or the pinned default through `progress`), keeps the first
+/// `limit`, reads `completions` when given, and chooses k from `asked` (`choose_ks`) for the task
+/// ids the samples will have.
+pub fn plan(
+    problems: Option<&Path>,
+    limit: Option<usize>,
+    completions: Option<&Path>,
+    samples_per_task: usize,
+    asked: &[usize],
+    progress: &dyn canon_assets::FetchProgress,
+) -> Result<Plan> {
+    let mut problems = match problems {
+        Some(p) => load_problems(p)?,
+        None => load_default(progress)?,
+    };
+    if let Some(n) = limit {
+        problems.truncate(n);
+    }
+    let samples = match completions {
+        Some(path) => Some(read_completions(path, &problems)?),
+        None => None,
+    };
+    let task_ids: Vec<&str> = match &samples {
+        Some(s) => s.iter().map(|s| s.task_id.as_str()).collect(),
+        None => (problems.iter())
+            .flat_map(|p| std::iter::repeat_n(p.task_id.as_str(), samples_per_task))
+            .collect(),
+    };
+    let ks = choose_ks(asked, &task_ids)?;
+    Ok(Plan {
+        problems,
+        samples,
+        ks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_and_plan_are_checked_before_any_work() {
+        assert_eq!(check_settings(1, 5.0), Ok(()));
+        let e = check_settings(0, 5.0).unwrap_err();
+        assert_eq!(e, "--samples-per-task must be at least 1, found 0");
+        assert!(
+            check_settings(1, f64::NAN)
+                .unwrap_err()
+                .contains("found NaN")
+        );
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("problems.jsonl");
+        let line = |id: &str| {
+            format!(
+                r#"{{"task_id": "{id}", "prompt": "def f():\n", "entry_point": "f", "canonical_solution": "    return 1\n", "test": "def check(c):\n    assert c() == 1\n"}}"#
+            )
+        };
+        std::fs::write(&path, format!("{}\n{}\n", line("T/0"), line("T/1"))).unwrap();
+        let q = canon_assets::Quiet;
+        let p = plan(Some(&path), Some(1), None, 3, &[], &q).unwrap();
+        assert_eq!(p.problems.len(), 1);
+        assert!(p.samples.is_none());
+        assert!(
+            !p.ks.is_empty() && p.ks.iter().all(|&k| k <= 3),
+            "{:?}",
+            p.ks
+        );
+        assert!(plan(Some(&path), None, None, 1, &[2], &q).is_err());
+    }
 
     fn problem() -> Problem {
         Problem {

@@ -1,16 +1,14 @@
 //! `canon agent`: tools, ReAct (paper 23) and WebGPT's text browser (paper 17).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use canon_agent::react::Mode;
 use canon_agent::react_data::{self, Question};
-use canon_agent::react_run::{self, RunEvent, RunOpts};
+use canon_agent::react_run::{self, ModeRun, RunEvent, RunOpts};
 use canon_agent::tools::{self, Limits, Toolbox};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 
 use super::write_atomic;
@@ -228,11 +226,7 @@ pub struct ReactArgs {
 }
 
 fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let modes: Vec<Mode> = if a.mode == "all" {
-        vec![Mode::React, Mode::Act, Mode::Cot]
-    } else {
-        vec![a.mode.parse()?]
-    };
+    let modes = react_run::parse_modes(&a.mode)?;
     let o = RunOpts {
         shots: a.shots,
         max_steps: a.max_steps,
@@ -260,7 +254,7 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let on = |e: RunEvent<'_>| {
         let Ok(mut pb) = pb.lock() else { return };
         match e {
-            RunEvent::Start(m, n) => *pb = progress(ctx, n, &format!("{m:?}")),
+            RunEvent::Start(m, n) => *pb = crate::progress::items(ctx.quiet, n, &format!("{m:?}")),
             RunEvent::Episode => pb.inc(1),
             RunEvent::Done(r) => {
                 pb.finish_and_clear();
@@ -285,32 +279,11 @@ fn run_react(a: ReactArgs, ctx: &Ctx) -> anyhow::Result<()> {
         write_atomic(out, &react_data::to_jsonl(&all))?;
     }
     if a.json {
-        let scores: Vec<serde_json::Value> = runs
-            .iter()
-            .map(|r| {
-                let sc = &r.score;
-                json!({"mode": r.mode, "questions": sc.questions, "exact_match": sc.exact_match(),
-                    "correct": sc.correct, "finished": sc.finished, "steps": sc.steps,
-                    "invalid_actions": sc.invalid_actions, "seconds": r.seconds})
-            })
-            .collect();
+        let scores: Vec<serde_json::Value> = runs.iter().map(ModeRun::to_json).collect();
         println!(
             "{}",
             json!({"model": name, "shots": a.shots, "constrained": !a.no_constrain, "scores": scores})
         );
     }
     Ok(())
-}
-
-pub(crate) fn progress(ctx: &Ctx, n: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(n as u64);
-    if let Ok(s) = ProgressStyle::with_template(&format!(
-        "{what} [{{bar:40}}] {{pos}}/{{len}} ({{eta}} left)"
-    )) {
-        pb.set_style(s.progress_chars("=> "));
-    }
-    pb
 }

@@ -1,7 +1,6 @@
 //! `canon align`: learning from feedback in miniature (papers 20, 21, 29, 30). The stages live in
 //! `canon_align`; this file holds the arguments, the progress bars and the printing.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -10,7 +9,7 @@ use canon_align::ppo::PpoConfig;
 use canon_align::rlaif_run::{RlaifOpts, SoftRmOpts};
 use canon_train::StepReport;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -264,17 +263,8 @@ pub struct W2sArgs {
 
 /// A progress bar whose message, length and position follow `(stage, pos, len)` updates.
 fn bar(ctx: &Ctx) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(0);
-    let style = ProgressStyle::with_template(
-        "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
-    pb
+    let t = "{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left) {prefix}";
+    crate::progress::bar(ctx.quiet, 0, t)
 }
 
 fn step_cb<'a>(pb: &'a ProgressBar, stage: &'a str, len: u64) -> impl FnMut(&StepReport) + 'a {
@@ -378,23 +368,7 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             println!("  plots: {}/ppo.png and ppo_stats.png", run.display());
         }
         AlignCommand::Rlaif(a) => {
-            if a.rollouts == 0 || a.rm_epochs == 0 || a.rm_batch == 0 {
-                bail!("--rollouts, --rm-epochs and --rm-batch must be at least 1");
-            }
             let ppo = ppo_opts(&a.knobs, "rlaif", a.rollouts, a.rollout_prompts, 0.0);
-            ppo.cfg.validate().map_err(anyhow::Error::msg)?;
-            let groups = a.common.dir.join("rm/groups.json");
-            if !groups.is_file() {
-                bail!(
-                    "{}: missing (run `canon align sft` and `canon align rm` first)",
-                    groups.display()
-                );
-            }
-            let spec = canon_models::ModelSpec::parse(&a.model)?;
-            let mode = canon_models::WeightMode::DequantizeF32;
-            let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
-                .with_context(|| format!("cannot load the labeller {}", a.model))?;
-            let mut labeller = canon_align::rlaif::LmLabeller::new(&lm)?;
             let (epochs, batch, lr) = (a.rm_epochs, a.rm_batch, a.rm_lr);
             let rm = SoftRmOpts { epochs, batch, lr };
             let (pairs, d_rlaif) = (a.pairs, !a.no_d_rlaif);
@@ -404,6 +378,12 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 ppo,
                 d_rlaif,
             };
+            o.check(&a.common.dir).map_err(anyhow::Error::msg)?;
+            let spec = canon_models::ModelSpec::parse(&a.model)?;
+            let mode = canon_models::WeightMode::DequantizeF32;
+            let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
+                .with_context(|| format!("cannot load the labeller {}", a.model))?;
+            let mut labeller = canon_align::rlaif::LmLabeller::new(&lm)?;
             let mut on = |stage: &str, pos: u64, len: u64| {
                 if pb.message() != stage {
                     pb.set_message(stage.to_string());

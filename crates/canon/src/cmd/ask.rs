@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 pub use canon_rag::answer::{Answer, Answerer, CandidateScores, Retriever, dense_log_prior};
-use canon_rag::answer::{RagDecoding, passage_prompts, rag_candidate_scores};
+use canon_rag::answer::{
+    RagDecoding, candidate_rows, passage_prompts, passages_json, rag_candidate_scores,
+};
 use canon_rag::ask::Passage;
 use canon_rag::index::{Hit, Mode};
 use clap::Args;
@@ -195,30 +197,8 @@ fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
     let prior = dense_log_prior(&r, &a.question, &hits)?;
     let ans = load_answerer(&a.model, a.context, a.max_tokens, ctx)?;
     let sc = candidate_scores(&ans, &a.question, &hits, &prior, &a.candidates)?;
-    let mut rows: Vec<serde_json::Value> = a
-        .candidates
-        .iter()
-        .enumerate()
-        .map(|(c, text)| {
-            json!({"candidate": text, "tokens": sc.tokens[c],
-                "rag_sequence_logprob": sc.sequence[c],
-                "rag_token_logprob": sc.token[c],
-                "no_retrieval_logprob": sc.no_retrieval[c],
-                "per_passage_logprob": sc.per_passage[c]})
-        })
-        .collect();
-    rows.sort_by(|x, y| {
-        y["rag_sequence_logprob"]
-            .as_f64()
-            .unwrap_or(f64::MIN)
-            .total_cmp(&x["rag_sequence_logprob"].as_f64().unwrap_or(f64::MIN))
-    });
-    let passages: Vec<serde_json::Value> = hits
-        .iter()
-        .zip(&prior)
-        .enumerate()
-        .map(|(i, (h, p))| json!({"n": i + 1, "page": h.chunk.page, "section": h.chunk.section, "p_z_given_x": p.exp()}))
-        .collect();
+    let rows = candidate_rows(&a.candidates, &sc);
+    let passages = passages_json(&hits, &prior, false);
     if a.json {
         println!(
             "{}",
@@ -262,13 +242,7 @@ fn rag_decode(a: &AskArgs, how: &str, mode: Mode, ctx: &Ctx) -> anyhow::Result<(
     let out = canon_rag::answer::rag_decode(&ans, &prior, prompts, decoding, a.beams)?;
     let (answer, lp) = (out.answer, out.logprob);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
-    let passages: Vec<serde_json::Value> = hits
-        .iter()
-        .zip(&prior)
-        .enumerate()
-        .map(|(i, (h, p))| json!({"n": i + 1, "page": h.chunk.page, "section": h.chunk.section, "path": h.chunk.path,
-            "lines": [h.chunk.line_start, h.chunk.line_end], "p_z_given_x": p.exp()}))
-        .collect();
+    let passages = passages_json(&hits, &prior, true);
     let hyps: Vec<serde_json::Value> = out
         .hypotheses
         .iter()

@@ -1,18 +1,14 @@
 //! `canon autoprompt`: AutoPrompt's gradient-guided trigger search (paper 11) for fact retrieval,
-//! against a hand-written prompt: the model loads here, the experiment is
+//! against a hand-written prompt: the model loads in `canon_runs::autoprompt`, the experiment is
 //! `canon_agent::autoprompt_run`.
 
-use std::collections::BTreeSet;
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use canon_agent::autoprompt::{self, CausalSlot, MaskedSlot, SearchConfig};
-use canon_agent::autoprompt_run::{self, Event, Opts, SlotModel};
-use canon_models::bert_heads::BertPretraining;
-use canon_models::source::Detached;
+use anyhow::bail;
+use canon_agent::autoprompt::{self, SearchConfig};
+use canon_agent::autoprompt_run::{self, Event, Opts};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -86,115 +82,6 @@ pub struct AutopromptArgs {
     pub json: bool,
 }
 
-fn is_bert_dir(dir: &Path) -> bool {
-    let family = std::fs::read_to_string(dir.join("model.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["family"].as_str().map(str::to_string));
-    if let Some(f) = family {
-        return f == "bert" || f == "distilbert";
-    }
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["model_type"].as_str() == Some("bert"))
-}
-
-fn load(spec: &str, ctx: &Ctx) -> anyhow::Result<SlotModel> {
-    let dir = if spec == "minilm" {
-        Some(super::train_bert::model_dir(spec, ctx)?)
-    } else {
-        Some(PathBuf::from(spec)).filter(|p| p.is_dir() && is_bert_dir(p))
-    };
-    if let Some(dir) = dir {
-        let p = canon_train::bert_pretrain::open_pretrained(&dir)
-            .with_context(|| format!("cannot load the BERT model {}", dir.display()))?;
-        if !p.has_mlm_head {
-            bail!(
-                "{}: the model has no MLM head (cls.predictions.*); give it one first, e.g. \
-                 canon train --config configs/minilm-mlm.toml --out runs/minilm-mlm",
-                dir.display()
-            );
-        }
-        let model = BertPretraining::load(p.config.clone(), &Detached(&*p.weights), false)?;
-        let tok = p.tokenizer;
-        let id = |t: &str| -> anyhow::Result<u32> {
-            tok.token_to_id(t)
-                .with_context(|| format!("{}: the tokenizer has no {t} token", dir.display()))
-        };
-        let (cls, sep, mask) = (id("[CLS]")?, id("[SEP]")?, id("[MASK]")?);
-        let special: BTreeSet<u32> = (0..tok.get_vocab_size(true) as u32)
-            .filter(|i| {
-                tok.id_to_token(*i)
-                    .is_some_and(|t| t.starts_with('[') && t.ends_with(']'))
-            })
-            .collect();
-        let model: &'static BertPretraining = Box::leak(Box::new(model));
-        let tok2 = tok.clone();
-        return Ok(SlotModel {
-            name: dir
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            slot: Box::new(MaskedSlot {
-                model,
-                cls,
-                sep,
-                mask,
-            }),
-            encode: Box::new(move |s: &str| {
-                Ok(tok
-                    .encode(s.trim_start(), false)
-                    .map_err(|e| canon_agent::AgentError::Text(format!("tokenizer: {e}")))?
-                    .get_ids()
-                    .to_vec())
-            }),
-            token: Box::new(move |i| tok2.id_to_token(i).unwrap_or_default()),
-            special,
-            masked: true,
-        });
-    }
-    // A causal LM with dense f32 weights: the gradient runs through every layer.
-    let lm = ctx.loader().dense().lm(spec)?;
-    let model: &'static dyn canon_models::CausalLm = Box::leak(lm.model);
-    // The model must expose its input embeddings.
-    model
-        .embed(&candle_core::Tensor::new(
-            &[[0u32]],
-            &candle_core::Device::Cpu,
-        )?)
-        .with_context(|| format!("{spec}: AutoPrompt needs the model's input embeddings"))?;
-    let tok = lm.tokenizer;
-    let special: BTreeSet<u32> = (0..model.vocab_size() as u32)
-        .filter(|i| tok.is_special(*i))
-        .collect();
-    let tok2 = tok.clone();
-    Ok(SlotModel {
-        name: lm.name,
-        slot: Box::new(CausalSlot(model)),
-        encode: Box::new(move |s: &str| {
-            tok.encode(s, false)
-                .map_err(|e| canon_agent::AgentError::Text(e.to_string()))
-        }),
-        token: Box::new(move |i| tok2.decode(&[i], false).unwrap_or_default()),
-        special,
-        masked: false,
-    })
-}
-
-fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    if let Ok(s) = ProgressStyle::with_template(&format!(
-        "{what} [{{bar:40}}] {{pos}}/{{len}} {{msg}} ({{eta}} left)"
-    )) {
-        pb.set_style(s.progress_chars("=> "));
-    }
-    pb
-}
-
 pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if !(a.test_fraction > 0.0 && a.test_fraction < 1.0) {
         bail!(
@@ -243,12 +130,18 @@ pub fn run(a: AutopromptArgs, ctx: &Ctx) -> anyhow::Result<()> {
         filter_capitalised: a.filter_capitalised,
     };
     o.check()?;
-    let m = load(&a.model, ctx)?;
+    let m = canon_runs::autoprompt::slot_model(&ctx.loader(), &a.model)?;
     let mut pb = ProgressBar::hidden();
     let r = autoprompt_run::run(&m, facts, &o, &mut |e| match e {
         Event::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
         Event::Note(_) => {}
-        Event::Phase(what, len) => pb = bar(ctx, len, what),
+        Event::Phase(what, len) => {
+            pb = crate::progress::bar(
+                ctx.quiet,
+                len as u64,
+                &format!("{what} [{{bar:40}}] {{pos}}/{{len}} {{msg}} ({{eta}} left)"),
+            )
+        }
         Event::Pos(i) => pb.set_position(i as u64),
         Event::Done => pb.finish_and_clear(),
         Event::Step(s) => {

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use canon_agent::cot::{self, Problem};
 use canon_agent::cot_run::{CotRun, CotSummary, run_cot, summarize};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::{Ctx, model_gen};
@@ -169,14 +168,10 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let pb = if a.json || ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(problems.len() as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} problems, {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let pb = crate::progress::bar(
+        a.json || ctx.quiet,
+        problems.len() as u64,
+        "{bar:30} {pos}/{len} problems, {elapsed} (eta {eta})",
     );
     let rows = run_cot(&engine, &problems, &demos, &o, &mut || pb.inc(1));
     pb.finish_and_clear();

@@ -2,17 +2,16 @@
 //! classifier and filtered set; `compare` trains the same small model on unfiltered and filtered
 //! data for the same number of tokens and compares held-out losses.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use canon_scale::data::corpus::Origin;
-use canon_scale::data::dedup::Decontaminator;
 use canon_scale::data::experiment::{CompareConfig, compare};
 use canon_scale::data::pipeline::{self, FilterEvent};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::write_atomic;
 use crate::{Ctx, model_gen};
@@ -112,8 +111,14 @@ pub struct CompareArgs {
     pub out: PathBuf,
 }
 
-fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> anyhow::Result<()> {
-    Ok(pipeline::write_jsonl(path, rows)?)
+/// HumanEval's problems as (task id, prompt + canonical solution): the decontamination set.
+fn humaneval_pairs(ctx: &Ctx) -> canon_eval::Result<Vec<(String, String)>> {
+    let problems = canon_eval::humaneval::load_default(ctx.progress())?;
+    let text = |p: &canon_eval::humaneval::Problem| format!("{}{}", p.prompt, p.canonical_solution);
+    Ok(problems
+        .iter()
+        .map(|p| (p.task_id.clone(), text(p)))
+        .collect())
 }
 
 pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -126,62 +131,22 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
     use canon_scale::data::synth;
-    if a.n == 0 || a.max_tokens == 0 {
-        bail!("--n and --max-tokens must be positive");
-    }
+    let o = synth::SynthOpts {
+        out: a.out.clone(),
+        model: a.model.clone(),
+        n: a.n,
+        max_tokens: a.max_tokens,
+        seed: a.seed,
+    };
+    o.check()?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let problems = canon_eval::humaneval::load_default(ctx.progress())
-        .context("cannot load HumanEval for decontamination")?;
-    let texts: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}{}", p.prompt, p.canonical_solution))
-        .collect();
-    let deco = Decontaminator::with_defaults(&texts);
+    let benchmark = humaneval_pairs(ctx).context("cannot load HumanEval for decontamination")?;
     let lm = model_gen::load_lm(&a.model, ctx)?;
-    let tmpl = lm
-        .chat_template
-        .clone()
-        .with_context(|| format!("{} has no chat template; synth needs a chat model", a.model))?;
-    let wrap = move |user: &str| -> Result<String, String> {
-        tmpl.render(&[canon_text::chat::Message::new("user", user)], true)
-            .map_err(|e| format!("chat template: {e}"))
-    };
-    let mut generator = canon_infer::LmGenerator::new(lm);
-    let bar = if ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.n as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("generating {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let t0 = std::time::Instant::now();
-    let rep = synth::generate(
-        &mut generator,
-        &wrap,
-        a.n,
-        a.max_tokens,
-        a.seed,
-        &deco,
-        &mut |_| bar.inc(1),
-    )?;
+    let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
+    let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
+    let summary = synth::run(&o, lm, &benchmark, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
-    jsonl(&a.out.join("synthetic.jsonl"), &rep.kept)?;
-    let summary = serde_json::json!({
-        "model": a.model, "requested": a.n, "kept": rep.kept.len(),
-        "duplicates": rep.duplicates, "empty": rep.empty,
-        "contaminated": rep.contaminated.iter()
-            .map(|(i, p)| serde_json::json!({"index": i, "task_id": problems[*p].task_id}))
-            .collect::<Vec<_>>(),
-        "characters": rep.kept.iter().map(|k| k.text.len()).sum::<usize>(),
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
-    write_atomic(
-        &a.out.join("synth-report.json"),
-        &serde_json::to_string_pretty(&summary)?,
-    )?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
@@ -209,20 +174,11 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
     ];
     // Decontamination against HumanEval prompts + canonical solutions.
     let mut humaneval = || -> canon_scale::Result<Vec<(String, String)>> {
-        let problems = canon_eval::humaneval::load_default(ctx.progress()).map_err(|e| {
+        humaneval_pairs(ctx).map_err(|e| {
             canon_scale::ScaleError::Msg(format!(
                 "cannot load HumanEval for decontamination (use --no-decontaminate to skip): {e}"
             ))
-        })?;
-        Ok(problems
-            .iter()
-            .map(|p| {
-                (
-                    p.task_id.clone(),
-                    format!("{}{}", p.prompt, p.canonical_solution),
-                )
-            })
-            .collect())
+        })
     };
     let benchmark: Option<pipeline::Benchmark<'_>> = if a.no_decontaminate {
         None
@@ -246,10 +202,9 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         FilterEvent::Embedded(0, n) if !ctx.quiet => {
             bar.set_length(n as u64);
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            bar.set_style(crate::progress::style(
+                "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+            ));
         }
         FilterEvent::Embedded(done, n) => {
             bar.set_position(done as u64);
@@ -282,17 +237,8 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &a.out,
         &stop,
         &mut |name, steps| {
-            let b = if quiet {
-                ProgressBar::hidden()
-            } else {
-                ProgressBar::new(steps)
-            };
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let t = "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]";
+            let b = crate::progress::bar(quiet, steps, t);
             b.set_prefix(name.to_string());
             bar.replace(b).finish_and_clear();
         },

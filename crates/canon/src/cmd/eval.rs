@@ -1,15 +1,14 @@
 //! `canon eval`: evaluation commands. `humaneval` (paper 14, Codex): generate completions with a
 //! model or read them from a file, run every sample in the sandbox, report pass@k.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use canon_eval::humaneval::{self, GenerationOptions, Problem, Sample};
+use anyhow::Context;
+use canon_eval::humaneval::{self, GenerationOptions, Sample};
 use canon_eval::{Sandbox, SandboxConfig};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::{Ctx, model_gen};
 
@@ -122,49 +121,26 @@ pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn bar(ctx: &Ctx, len: usize, what: &str) -> ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    let style =
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style);
+    let t = "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)";
+    let pb = crate::progress::bar(ctx.quiet, len as u64, t);
     pb.set_message(what.to_string());
     pb
 }
 
 fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    if a.samples_per_task == 0 {
-        bail!("--samples-per-task must be at least 1, found 0");
-    }
-    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        bail!(
-            "--timeout must be a positive number of seconds, found {}",
-            a.timeout
-        );
-    }
-    let mut problems: Vec<Problem> = match &a.problems {
-        Some(p) => humaneval::load_problems(p)?,
-        None => humaneval::load_default(ctx.progress())?,
-    };
-    if let Some(n) = a.limit {
-        problems.truncate(n);
-    }
-    // Which task ids the samples will have, to check k before any work.
-    let samples_from_file = match &a.completions {
-        Some(path) => Some(humaneval::read_completions(path, &problems)?),
-        None => None,
-    };
-    let task_ids: Vec<&str> = match &samples_from_file {
-        Some(s) => s.iter().map(|s| s.task_id.as_str()).collect(),
-        None => problems
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p.task_id.as_str(), a.samples_per_task))
-            .collect(),
-    };
-    let ks = humaneval::choose_ks(&a.k, &task_ids)?;
+    humaneval::check_settings(a.samples_per_task, a.timeout).map_err(anyhow::Error::msg)?;
+    let humaneval::Plan {
+        problems,
+        samples: samples_from_file,
+        ks,
+    } = humaneval::plan(
+        a.problems.as_deref(),
+        a.limit,
+        a.completions.as_deref(),
+        a.samples_per_task,
+        &a.k,
+        ctx.progress(),
+    )?;
 
     // The sandbox first: a missing interpreter should stop us before minutes of generation.
     let cfg = SandboxConfig {

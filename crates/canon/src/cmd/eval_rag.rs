@@ -63,20 +63,6 @@ pub struct EvalRagArgs {
     pub json: bool,
 }
 
-fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.k == 0 || a.answer_k == 0 {
         bail!("expected --k and --answer-k of at least 1");
@@ -123,7 +109,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let echo = a.answer && !ctx.quiet && !std::io::stderr().is_terminal();
     for m in &methods {
         let name = m.name();
-        let pb = bar(ctx, qs.len(), &name);
+        let pb = crate::progress::rate(ctx.quiet, qs.len(), &name);
         let ev = evaluate_method(
             *m,
             &qs,

@@ -1,6 +1,5 @@
 //! `canon eval fewshot`: K-shot in-context evaluation (paper 10, GPT-3) with `canon_agent::fewshot`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -8,7 +7,6 @@ use anyhow::Context;
 use canon_agent::fewshot::{FewShotConfig, NORMALISATIONS, evaluate};
 use canon_agent::tasks;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Ctx, model_gen};
 
@@ -156,17 +154,8 @@ pub fn run(a: FewShotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let model = a.model.clone().unwrap_or_default();
     let lm = model_gen::load_lm(&model, ctx)?;
-    let pb = if ctx.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(0);
-        if let Ok(s) =
-            ProgressStyle::with_template("fewshot [{bar:40}] {pos}/{len} items ({eta} left)")
-        {
-            pb.set_style(s.progress_chars("=> "));
-        }
-        pb
-    };
+    let t = "fewshot [{bar:40}] {pos}/{len} items ({eta} left)";
+    let pb = crate::progress::bar(ctx.quiet, 0, t);
     let start = Instant::now();
     let cfg = FewShotConfig {
         shots: a.shots,

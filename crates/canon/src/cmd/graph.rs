@@ -1,6 +1,5 @@
 //! `canon graph build` and `canon ask --graph global|local`: GraphRAG (paper 31) over an index.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -88,20 +87,6 @@ pub fn run(a: GraphArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
-    if ctx.quiet || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let ix = Index::open(&b.index, None)?;
     let t0 = Instant::now();
@@ -130,7 +115,8 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         llm.as_mut().map(|l| &mut **l as &mut dyn Llm),
         &o,
         &mut |done, n| {
-            let p = pb.get_or_insert_with(|| bar(ctx, n, "extract units/s"));
+            let p =
+                pb.get_or_insert_with(|| crate::progress::rate(ctx.quiet, n, "extract units/s"));
             p.set_position(done as u64);
         },
     )?;
@@ -195,7 +181,8 @@ fn global(
         a.k,
         a.all_reports,
         &mut |done, total| {
-            let b = pb.get_or_insert_with(|| bar(ctx, total, "map batches"));
+            let b =
+                pb.get_or_insert_with(|| crate::progress::rate(ctx.quiet, total, "map batches"));
             b.set_position(done as u64);
         },
     )?;

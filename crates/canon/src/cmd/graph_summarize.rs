@@ -11,7 +11,7 @@ use canon_rag::index::Index;
 use clap::Args;
 use serde_json::json;
 
-use super::graph::{RemoteLlm, bar};
+use super::graph::RemoteLlm;
 use crate::{Ctx, model_gen};
 
 #[derive(Args, Debug)]
@@ -95,7 +95,7 @@ pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut out =
         json!({"graph": a.index.join(canon_rag::graph::GRAPH_FILE).display().to_string()});
     if what.contains(&"descriptions") {
-        let pb = bar(ctx, 0, "summaries");
+        let pb = crate::progress::rate(ctx.quiet, 0, "summaries");
         let st = graph_llm::summarize_descriptions(
             &mut g,
             &mut cache,
@@ -112,7 +112,7 @@ pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         g.save(&a.index)?;
     }
     if what.contains(&"reports") {
-        let pb = bar(ctx, 0, "reports");
+        let pb = crate::progress::rate(ctx.quiet, 0, "reports");
         let st = graph_llm::write_reports(
             &mut g,
             &mut cache,

@@ -110,20 +110,6 @@ pub fn run(a: IndexArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-fn bar(ctx: &Ctx, len: usize, what: &str) -> indicatif::ProgressBar {
-    if ctx.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 /// A progress bar per build stage, replaced when the stage changes.
 fn stage_bars(ctx: &Ctx) -> impl FnMut(Stage, usize, usize) + '_ {
     let mut cur: Option<(Stage, indicatif::ProgressBar)> = None;
@@ -136,7 +122,7 @@ fn stage_bars(ctx: &Ctx) -> impl FnMut(Stage, usize, usize) + '_ {
                 Stage::Read => "read files/s",
                 Stage::Embed => "embed chunks/s",
             };
-            cur = Some((stage, bar(ctx, total, what)));
+            cur = Some((stage, crate::progress::rate(ctx.quiet, total, what)));
         }
         if let Some((_, b)) = &cur {
             b.set_position(done as u64);
@@ -181,7 +167,7 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let t0 = Instant::now();
     if b.dry_run {
-        let pb = bar(ctx, files.len(), "read files/s");
+        let pb = crate::progress::rate(ctx.quiet, files.len(), "read files/s");
         let (stats, chunks, tokens) = build::dry_run(&files, b.man, chunk, &enc, &mut |done, _| {
             pb.set_position(done as u64)
         });

@@ -19,19 +19,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use anyhow::{Context, bail};
-use canon_runs::lora::{
-    Method, Prepared, RunOptions, RunSettings, SETTINGS_FILE, prepare, read_settings,
-};
-use canon_train::sft::lora::parse_targets;
-use canon_train::trainer::RunFiles;
-use canon_train::{Engine, Outcome, StepReport};
+use anyhow::Context;
+use canon_runs::lora::{self, Event, Job, JobEnd, Method, RunOptions, RunSettings};
+use canon_train::Outcome;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 
-use super::write_atomic;
 use crate::Ctx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,50 +137,32 @@ pub struct LoraFinetuneArgs {
     pub bf16: bool,
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let say = |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    };
     if a.bf16 {
         canon_nn::train_ops::set_bf16_products(true)?;
     }
-    let (dir, settings, resuming) = match &a.resume {
-        Some(dir) => (dir.clone(), read_settings(dir)?, true),
+    let opts = RunOptions {
+        max_steps: a.max_steps,
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches,
+        checkpoint_every: a.checkpoint_every,
+        checkpointing: a.checkpointing,
+    };
+    let mut job = match &a.resume {
+        Some(dir) => Job::resume(dir.clone(), ctx.f32_weights, opts)?,
         None => {
             let dir = a.out.clone().context("--out is required")?;
-            if dir.join(SETTINGS_FILE).exists() {
-                bail!(
-                    "--out {}: the folder holds a run already (continue it with --resume {0}, or \
-                     choose another folder)",
-                    dir.display()
-                );
-            }
-            let targets = parse_targets(a.targets.as_deref().unwrap_or(match a.method {
-                MethodArg::Lora => "q,v",
-                MethodArg::Qlora => "all",
-            }))?;
-            if a.rank == 0 {
-                bail!("--rank 0: a LoRA rank must be at least 1");
-            }
+            lora::check_new_dir(&dir)?;
+            let method = a.method.into();
             let s = RunSettings {
-                method: a.method.into(),
+                method,
                 model: a.model.clone(),
+                targets: lora::targets_or_default(method, a.targets.as_deref())?,
                 data: a.data.clone().context("--data is required")?,
                 eval_data: a.eval_data.clone(),
                 val_fraction: a.val_fraction,
                 rank: a.rank,
                 alpha: a.alpha,
-                targets,
                 lr: a.lr,
                 batch_size: a.batch_size,
                 grad_accum: a.grad_accum,
@@ -196,160 +172,77 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 dropout: a.dropout,
                 f32_base: ctx.f32_weights,
             };
-            (dir, s, false)
+            Job::new(dir, s, opts)?
         }
     };
-    if resuming && ctx.f32_weights && !settings.f32_base {
-        bail!(
-            "--f32: the run in {} trains over the quantized base; resume it without --f32 (a \
-             resumed run must keep its base's arithmetic)",
-            dir.display()
-        );
-    }
-    let opts = RunOptions {
-        max_steps: a.max_steps,
-        eval_every: a.eval_every,
-        eval_batches: a.eval_batches,
-        checkpoint_every: a.checkpoint_every,
-        checkpointing: a.checkpointing,
-    };
-    let Prepared {
-        mut obj,
-        cfg,
-        base_name,
-        notes,
-    } = prepare(&settings, &opts, ctx.progress())?;
-    for n in notes {
-        say(n);
-    }
-    let mut engine = Engine::new(obj.lora.params(), cfg)?;
-    let files = RunFiles::in_dir(&dir);
-    if resuming {
-        engine
-            .resume(&mut obj, &files.checkpoint)
-            .with_context(|| format!("cannot resume from {}", files.checkpoint.display()))?;
-        say(format!("resuming at step {}", engine.step));
-    } else {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(
-            &dir.join(SETTINGS_FILE),
-            &serde_json::to_string_pretty(&settings)?,
-        )?;
-    }
-    let max_steps = a.max_steps;
-    if engine.step > max_steps || (engine.step == max_steps && !resuming) {
-        bail!(
-            "the run is at step {} already; give a larger --max-steps",
-            engine.step
-        );
-    }
-
+    job.timings = a.timings;
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let s = stop.clone();
-        let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
-    }
-    let bar = if ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(max_steps);
-        b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b.set_position(engine.step);
-        b
-    };
-    // The adapters' variables, shared with the objective: the PEFT files are written whenever the
-    // engine checkpoints.
-    let adapters = obj.lora.clone();
-    let write_adapter = |why: &str| -> anyhow::Result<()> {
-        canon_models::peft::write_adapter(&dir, &adapters.to_adapter()?, &base_name)
-            .with_context(|| format!("cannot write the adapter ({why})"))
-    };
-    if engine.step == max_steps {
-        // A run killed after its last checkpoint and before its last adapter write ends here: the
-        // adapter is written again from the checkpoint's weights.
-        write_adapter("end of run")?;
-        eprintln!(
-            "the run is complete at step {max_steps}: adapter written again from its last \
-             checkpoint in {} (give a larger --max-steps to train on)",
-            dir.display()
-        );
-        return Ok(());
-    }
-    let mut first_loss = None;
-    let mut last = (f64::NAN, None::<f64>);
-    let mut io_error = None;
-    let start = Instant::now();
-    let start_step = engine.step;
-    let checkpoint_every = a.checkpoint_every;
-    canon_nn::profile::reset();
-    canon_nn::profile::enable(a.timings);
-    let timed_from = start_step + 1;
-    let outcome = engine.run(&mut obj, max_steps, &stop, &files, &mut |r: &StepReport| {
-        if r.step == timed_from {
-            // The first step packs the quantized weights and grows the buffers: left out.
-            canon_nn::profile::reset();
+    let bar = ProgressBar::hidden();
+    let end = lora::run_job(&job, ctx.progress(), &stop, &mut |e| match e {
+        Event::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
+        Event::Note(_) => {}
+        Event::Start { step, max_steps } => {
+            let s = stop.clone();
+            let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
+            if !ctx.quiet {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                bar.set_length(max_steps);
+                let t = "{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]";
+                bar.set_style(crate::progress::style(t));
+                bar.set_position(step);
+            }
         }
-        first_loss.get_or_insert(r.loss);
-        last = (r.loss, r.eval_loss.or(last.1));
-        bar.set_position(r.step);
-        bar.set_message(format!(
-            "loss {:.3}{}",
-            r.loss,
-            last.1.map_or(String::new(), |e| format!(" eval {e:.3}"))
-        ));
-        if (r.step.is_multiple_of(checkpoint_every) || r.step == max_steps)
-            && io_error.is_none()
-            && let Err(e) = write_adapter("checkpoint")
-        {
-            io_error = Some(e);
+        Event::Step(r, eval) => {
+            bar.set_position(r.step);
+            let eval = eval.map_or(String::new(), |e| format!(" eval {e:.3}"));
+            bar.set_message(format!("loss {:.3}{eval}", r.loss));
         }
     })?;
-    canon_nn::profile::enable(false);
-    if let Some(e) = io_error {
-        return Err(e);
-    }
-    write_adapter("end of run")?;
-    bar.finish_and_clear();
-    let timed = engine.step.saturating_sub(timed_from);
-    if a.timings {
-        if timed == 0 {
-            eprintln!("--timings: no step after the first was run, nothing to show");
-        } else {
-            println!(
-                "time per training step by phase, mean over steps {}..={} ({} threads{}):\n{}",
-                timed_from + 1,
-                engine.step,
-                ctx.threads,
-                if canon_nn::train_ops::bf16_products() {
-                    ", bf16 products"
-                } else {
-                    ""
-                },
-                canon_nn::profile::table(timed)
+    let (dir, max_steps) = (&job.dir, a.max_steps);
+    let r = match end {
+        JobEnd::Trained(r) => r,
+        JobEnd::Complete => {
+            eprintln!(
+                "the run is complete at step {max_steps}: adapter written again from its last \
+                 checkpoint in {} (give a larger --max-steps to train on)",
+                dir.display()
             );
+            return Ok(());
         }
+    };
+    bar.finish_and_clear();
+    match (&r.timings, a.timings) {
+        (None, true) => eprintln!("--timings: no step after the first was run, nothing to show"),
+        (Some(t), _) => println!(
+            "time per training step by phase, mean over steps {}..={} ({} threads{}):\n{}",
+            t.first,
+            t.last,
+            ctx.threads,
+            if canon_nn::train_ops::bf16_products() {
+                ", bf16 products"
+            } else {
+                ""
+            },
+            t.table
+        ),
+        (None, false) => {}
     }
-    let secs = start.elapsed().as_secs_f64();
-    let steps_run = engine.step - start_step;
+    let secs = r.seconds;
     println!(
         "{} step {}/{max_steps}: loss {} -> {:.4}, held-out loss {}, {:.0} s ({:.1} s/step), \
          peak RSS {:.0} MiB; adapter in {}",
-        if outcome == Outcome::Interrupted {
+        if r.outcome == Outcome::Interrupted {
             "interrupted at"
         } else {
             "finished"
         },
-        engine.step,
-        first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        last.0,
-        last.1.map_or("-".into(), |e| format!("{e:.4}")),
+        r.step,
+        r.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        r.last_loss,
+        r.last_eval.map_or("-".into(), |e| format!("{e:.4}")),
         secs,
-        secs / steps_run.max(1) as f64,
-        peak_rss_mib().unwrap_or(f64::NAN),
+        secs / (r.step - r.start_step).max(1) as f64,
+        lora::peak_rss_mib().unwrap_or(f64::NAN),
         dir.display()
     );
     Ok(())

@@ -1,14 +1,12 @@
 //! `canon eval perplexity`: sliding-window perplexity of a causal LM on a text file
 //! (`canon_eval::perplexity`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use canon_eval::perplexity::{PerplexityConfig, perplexity};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{Ctx, model_gen};
 
@@ -63,17 +61,8 @@ pub fn run(a: PerplexityArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .unwrap_or_else(|| 1024.min(lm.model.max_seq_len()));
     let stride = a.stride.unwrap_or((context / 2).max(1));
     let cfg = PerplexityConfig { context, stride };
-    let pb = if ctx.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        let pb = ProgressBar::new(0);
-        if let Ok(s) =
-            ProgressStyle::with_template("perplexity [{bar:40}] {pos}/{len} windows ({eta} left)")
-        {
-            pb.set_style(s.progress_chars("=> "));
-        }
-        pb
-    };
+    let t = "perplexity [{bar:40}] {pos}/{len} windows ({eta} left)";
+    let pb = crate::progress::bar(ctx.quiet, 0, t);
     let start = Instant::now();
     let r = perplexity(lm.model.as_ref(), &ids, cfg, &mut |done, total| {
         pb.set_length(total as u64);

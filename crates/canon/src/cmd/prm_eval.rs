@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::bail;
 use canon_align::prm_eval::{self, Method, Protocol};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Which {
@@ -83,12 +82,8 @@ pub fn run(a: PrmEvalArgs) -> anyhow::Result<()> {
         Which::Orm => &[Method::Orm],
         Which::Both => &[Method::Prm, Method::Orm],
     };
-    let pb = ProgressBar::new((a.trials * methods.len()) as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} trials ({eta})")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let t = "{msg} [{bar:30}] {pos}/{len} trials ({eta})";
+    let pb = crate::progress::bar(false, (a.trials * methods.len()) as u64, t);
     let mut curves = Vec::new();
     for (k, &m) in methods.iter().enumerate() {
         pb.set_message(m.key());

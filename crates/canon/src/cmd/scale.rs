@@ -12,7 +12,7 @@ use canon_scale::report::{self, Progress, SweepOutcome};
 use canon_train::data::{self, Corpus};
 use canon_train::{DataConfig, StepReport};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -67,15 +67,8 @@ impl Bars {
 impl Progress for Bars {
     fn run_start(&mut self, p: &RungPlan, index: usize, total: usize) {
         self.bar.finish_and_clear();
-        self.bar = if self.quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(p.steps)
-        };
-        self.bar.set_style(
-            ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let t = "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]";
+        self.bar = crate::progress::bar(self.quiet, p.steps, t);
         self.bar
             .set_prefix(format!("{} ({}/{})", p.name, index + 1, total));
         self.say(&format!(

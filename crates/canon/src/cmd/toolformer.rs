@@ -158,7 +158,7 @@ fn data(work: &Path, status: &Path, n: usize, seed: u64) -> anyhow::Result<()> {
 fn steps<'a>(ctx: &'a Ctx, what: &'a str) -> impl FnMut(usize, usize) + 'a {
     let mut pb: Option<indicatif::ProgressBar> = None;
     move |done, total| {
-        let b = pb.get_or_insert_with(|| super::agent::progress(ctx, total, what));
+        let b = pb.get_or_insert_with(|| crate::progress::items(ctx.quiet, total, what));
         b.set_position(done as u64);
         if done == total {
             b.finish_and_clear();

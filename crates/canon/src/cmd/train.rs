@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use canon_runs::{Report, RunConfig, RunDir};
 use canon_train::{Engine, LmObjective, Objective, Outcome, StepReport, Trainer};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Ctx;
 
@@ -149,15 +148,8 @@ fn drive(
     }
     let max_steps = engine.cfg.max_steps;
     let stop_at = a.stop_at.unwrap_or(max_steps).min(max_steps);
-    let bar = if ctx.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(stop_at)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let t = "{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]";
+    let bar = crate::progress::bar(ctx.quiet, stop_at, t);
     bar.set_position(engine.step);
     let mut last_eval = None;
     let mut last_metrics: Vec<(String, f64)> = Vec::new();

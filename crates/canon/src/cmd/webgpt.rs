@@ -1,7 +1,6 @@
 //! `canon agent webgpt`: WebGPT's browsing task on the encyclopedia (`canon_agent::webgpt`):
 //! oracle demonstrations for behaviour cloning, and the evaluation of a model that browses.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -10,7 +9,6 @@ use canon_agent::browser::BrowserConfig;
 use canon_agent::react_data::{self, Page, Question};
 use canon_agent::webgpt;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::write_atomic;
 
@@ -136,16 +134,8 @@ pub fn run(a: WebgptArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
         },
     )?;
     let mut lm = EngineCommandLm::new(&engine)?;
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::new(picked.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("webgpt [{bar:30}] {pos}/{len} questions ({eta})")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let t = "webgpt [{bar:30}] {pos}/{len} questions ({eta})";
+    let pb = crate::progress::bar(false, picked.len() as u64, t);
     let mut outcomes = Vec::new();
     let mut lines = String::new();
     for q in &picked {
