@@ -37,13 +37,19 @@ macro_rules! simd_fn {
         $vis fn $name($($a: $t),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                /// The body compiled with AVX-512. Safety: the CPU must have AVX-512F, AVX2, FMA.
+                /// The body compiled with AVX-512.
+                ///
+                /// # Safety
+                /// The CPU must have AVX-512F, AVX-512VL, AVX2 and FMA.
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide($($a: $t),*) $(-> $ret)? {
                     $imp::<true>($($a),*)
                 }
-                /// The body compiled with AVX2. Safety: the CPU must have AVX2 and FMA.
+                /// The body compiled with AVX2.
+                ///
+                /// # Safety
+                /// The CPU must have AVX2 and FMA.
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($a: $t),*) $(-> $ret)? {

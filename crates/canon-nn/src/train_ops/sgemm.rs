@@ -424,11 +424,19 @@ unsafe fn pairs_along(
     }
 }
 
+/// Stand-in off x86-64, never called (the callers check `available()` first).
+///
+/// # Safety
+/// Unreachable; the signature matches the x86-64 kernel's.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pairs_across(_: &mut [f32], _: *const f32, _: usize, _: usize, _: usize, _: f32) {
     unreachable!("sgemm: bf16 products exist on x86-64 only")
 }
 
+/// Stand-in off x86-64, never called (the callers check `available()` first).
+///
+/// # Safety
+/// Unreachable; the signature matches the x86-64 kernel's.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn pairs_along(_: &mut [f32], _: *const f32, _: usize, _: usize, _: usize, _: f32) {
     unreachable!("sgemm: bf16 products exist on x86-64 only")
@@ -602,6 +610,10 @@ unsafe fn kernel_bf16(
     }
 }
 
+/// Stand-in off x86-64, never called (the callers check `available()` first).
+///
+/// # Safety
+/// Unreachable; the signature matches the x86-64 kernel's.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_bf16(
     _ks: usize,
@@ -614,6 +626,10 @@ unsafe fn kernel_bf16(
     unreachable!("sgemm: bf16 products exist on x86-64 only")
 }
 
+/// Stand-in off x86-64, never called (the callers check `available()` first).
+///
+/// # Safety
+/// Unreachable; the signature matches the x86-64 kernel's.
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel(
     _kc: usize,
