@@ -477,7 +477,8 @@ fn checkpointing_gives_the_same_losses() {
 /// dequantized to f32 and the base re-quantized to NF4 (QLoRA, whose input gradient runs through
 /// the tiled dequantizing product). The curves must stay those of the implementation before the
 /// speed work of issue 24 (recorded below from that build): the speed-ups change no arithmetic
-/// beyond summation order, so every step's loss agrees to `CURVE_TOL` relative.
+/// beyond summation order, so every step's loss agrees to `CURVE_TOL` relative on a CPU of the
+/// recording's kind, and the first `EXACT_STEPS` do on any (see `EXACT_STEPS`).
 #[test]
 fn fifty_step_loss_curves_match_the_recorded_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -539,9 +540,29 @@ fn fifty_step_loss_curves_match_the_recorded_ones() {
             got[49] < 0.7 * got[0],
             "{name}: the run did not learn: {got:?}"
         );
+        let dev = |a: &f64, b: &f64| (a - b).abs() / b.abs().max(1.0);
+        if std::env::var_os("CANON_PRINT_CURVES").is_some() {
+            let worst = |r: std::ops::Range<usize>| {
+                got[r.clone()]
+                    .iter()
+                    .zip(&want[r])
+                    .map(|(a, b)| dev(a, b))
+                    .fold(0.0f64, f64::max)
+            };
+            println!(
+                "{name}: largest relative deviation {:.2e} over the first {EXACT_STEPS} steps, {:.2e} over all",
+                worst(0..EXACT_STEPS),
+                worst(0..got.len())
+            );
+        }
         for (step, (a, b)) in got.iter().zip(want).enumerate() {
+            let tol = if step < EXACT_STEPS || recording_cpu() {
+                CURVE_TOL
+            } else {
+                DRIFT_TOL
+            };
             assert!(
-                (a - b).abs() <= CURVE_TOL * b.abs().max(1.0),
+                dev(a, b) <= tol,
                 "{name} step {}: loss {a} against the recorded {b}",
                 step + 1
             );
@@ -549,8 +570,31 @@ fn fifty_step_loss_curves_match_the_recorded_ones() {
     }
 }
 
-/// Relative tolerance of the 50-step curves (float summation order only).
+/// Relative tolerance of the first `EXACT_STEPS` steps (float summation order only).
 const CURVE_TOL: f64 = 1e-4;
+/// Steps held to `CURVE_TOL`. The curves were recorded on an AVX-512 VNNI CPU; elsewhere the f32
+/// and quantized products take other kernels (another summation order). Those differ by ~1e-7 at
+/// step 8, and 50 AdamW steps at this learning rate on a 4-record set amplify that: on an
+/// AVX2-only CPU the f32 curve drifts ~1e-3 by the end and the NF4 curve ~8e-2. A change of
+/// arithmetic (not of order) shows from the first step.
+const EXACT_STEPS: usize = 10;
+/// Relative band for the later steps, where the drift above accumulates.
+const DRIFT_TOL: f64 = 0.15;
+
+/// Whether this CPU takes the recording's kernels (AVX-512 VNNI): then every step is held to
+/// `CURVE_TOL`.
+fn recording_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 /// Recorded from the build before (commit 9a3628e), `CANON_PRINT_CURVES=1`.
 #[allow(clippy::excessive_precision)]
 const RECORDED_F32: [f64; 50] = [
