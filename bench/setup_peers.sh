@@ -3,7 +3,7 @@
 #
 # Everything lives OUTSIDE the repository, in ${CANON_PEERS:-$HOME/.cache/canon-peers}:
 #   venv/                      Python venv: torch, transformers, sentence-transformers, accelerate,
-#                              gguf, numpy, jinja2, cmake, ninja, llama-cpp-python (binding only)
+#                              gguf, numpy, jinja2, peft (bench/lora_vs_peft.py), openai, cmake, ninja, llama-cpp-python (binding only)
 #   src/                       the llama-cpp-python sdist
 #   llama-cpp-python-<ver>/    the unpacked sdist (its vendored llama.cpp is what gets built)
 #   llama.cpp-build/bin/       libllama.so, libggml*.so, llama-bench and llama-server
@@ -49,9 +49,9 @@ if [ ! -x "$PY" ]; then
     "$PY_BOOT" -m venv "$VENV"
     "$PY" -m pip install --upgrade pip
 fi
-if ! "$PY" -c 'import torch, transformers, sentence_transformers, accelerate, gguf, numpy, jinja2' 2>/dev/null; then
-    log "installing torch transformers sentence-transformers accelerate gguf numpy jinja2"
-    "$PY" -m pip install torch transformers sentence-transformers accelerate gguf numpy jinja2
+if ! "$PY" -c 'import torch, transformers, sentence_transformers, accelerate, gguf, numpy, jinja2, peft, openai' 2>/dev/null; then
+    log "installing torch transformers sentence-transformers accelerate gguf numpy jinja2 peft openai"
+    "$PY" -m pip install torch transformers sentence-transformers accelerate gguf numpy jinja2 peft openai
 fi
 if [ ! -x "$VENV/bin/cmake" ] || [ ! -x "$VENV/bin/ninja" ]; then
     log "installing cmake ninja into the venv"
