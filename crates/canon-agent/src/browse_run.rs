@@ -203,19 +203,13 @@ impl<'e> EngineCommandLm<'e> {
 
 impl CommandLm for EngineCommandLm<'_> {
     fn command(&mut self, prompt: &str, grammar: &str) -> Result<String> {
-        let ids = self
-            .engine
-            .tokenizer()
-            .encode(prompt, false)
-            .map_err(|e| AgentError::Text(e.to_string()))?;
-        let max_len = self.engine.max_len();
-        if ids.len() + self.max_tokens >= max_len {
-            return Err(AgentError::Task(format!(
-                "the browser prompt has {} tokens; with {} for the command it exceeds the context of {max_len} (use a smaller --window)",
-                ids.len(),
-                self.max_tokens
-            )));
-        }
+        let ids = crate::react::encode_fitting(
+            self.engine,
+            prompt,
+            self.max_tokens,
+            "the browser prompt",
+            "use a smaller --window",
+        )?;
         let constraint = self
             .compiler
             .compile(&Grammar::Regex(grammar.to_string()))
@@ -297,17 +291,7 @@ pub fn answer(
     max_tokens: usize,
     sample: bool,
 ) -> Result<Answers> {
-    let ids = engine
-        .tokenizer()
-        .encode(prompt, false)
-        .map_err(|e| AgentError::Text(e.to_string()))?;
-    if ids.len() + max_tokens >= engine.max_len() {
-        return Err(AgentError::Task(format!(
-            "the answer prompt has {} tokens; with {max_tokens} for the answer it exceeds the context of {}",
-            ids.len(),
-            engine.max_len()
-        )));
-    }
+    let ids = crate::react::encode_fitting(engine, prompt, max_tokens, "the answer prompt", "")?;
     let reqs = (0..n)
         .map(|i| {
             let mut r = Request::new(ids.clone(), max_tokens);

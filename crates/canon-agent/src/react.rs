@@ -402,6 +402,34 @@ pub struct EngineLm {
     pub texts: Arc<TokenTexts>,
 }
 
+/// `prompt`'s token ids, or an error naming `what` when they and `new_tokens` more would not fit
+/// the engine's context (`hint`, when not empty, says what to change).
+pub(crate) fn encode_fitting(
+    engine: &canon_infer::Engine,
+    prompt: &str,
+    new_tokens: usize,
+    what: &str,
+    hint: &str,
+) -> Result<Vec<u32>> {
+    let ids = engine
+        .tokenizer()
+        .encode(prompt, false)
+        .map_err(|e| AgentError::Text(e.to_string()))?;
+    let max_len = engine.max_len();
+    if ids.len() + new_tokens >= max_len {
+        let hint = if hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({hint})")
+        };
+        return Err(AgentError::Task(format!(
+            "{what} has {} tokens; with {new_tokens} new ones it exceeds the context of {max_len}{hint}",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
 impl AgentLm for EngineLm {
     fn complete(
         &mut self,
@@ -410,18 +438,7 @@ impl AgentLm for EngineLm {
         max_tokens: usize,
         actions: Option<&[String]>,
     ) -> Result<String> {
-        let ids = self
-            .engine
-            .tokenizer()
-            .encode(prompt, false)
-            .map_err(|e| AgentError::Text(e.to_string()))?;
-        let max_len = self.engine.max_len();
-        if ids.len() + max_tokens >= max_len {
-            return Err(AgentError::Task(format!(
-                "the prompt has {} tokens; with {max_tokens} new ones it exceeds the context of {max_len}",
-                ids.len()
-            )));
-        }
+        let ids = encode_fitting(&self.engine, prompt, max_tokens, "the prompt", "")?;
         let mut req = canon_infer::Request::new(ids, max_tokens);
         req.stop = stop.to_vec();
         if let Some(names) = actions {
