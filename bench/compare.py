@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from cpuinfo import cpu_extensions, cpu_model
+from cpuinfo import cpu_label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("CANON_PEERS", os.path.expanduser("~/.cache/canon-peers"))
@@ -137,7 +137,7 @@ def main():
     subprocess.run([exe, "--quiet", "assets", "fetch", "minilm"], check=True, capture_output=True)
     rows = []
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else []
-    print(f"CPU: {cpu_model()} ({' '.join(cpu_extensions())}), threads {a.threads}, "
+    print(f"CPU: {cpu_label()}, threads {a.threads}, "
           f"median of {a.repeat}, load average at start {' '.join(load)}", flush=True)
 
     if "decode" not in skip:

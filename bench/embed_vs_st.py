@@ -54,7 +54,7 @@ def main():
     st = SentenceTransformer(compare.MINILM, device="cpu")
     st.encode(sents[:64], batch_size=a.batch_size)  # warm-up
     ntok = [len(x) for x in st.tokenizer(sents)["input_ids"]]
-    print(f"CPU: {compare.cpu_model()}, {os.cpu_count()} logical CPUs, threads {a.threads}, "
+    print(f"CPU: {compare.cpu_label()}, {os.cpu_count()} logical CPUs, threads {a.threads}, "
           f"torch {torch.__version__}, batch {a.batch_size}, {len(sents)} sentences "
           f"of {min(ntok)}-{max(ntok)} tokens", flush=True)
 
