@@ -15,6 +15,9 @@ entry's description are skipped. Pages and entries are drawn with a fixed seed, 
 
 Usage:
   python3 scripts/rag_devset.py --man-dir DIR [--n-name 60] [--n-option 60] [--seed 0] > q.jsonl
+  # training questions for `canon finetune --method rag`, on pages the development set does not use:
+  python3 scripts/rag_devset.py --man-dir DIR --exclude goldens/rag/man-devset.jsonl \
+      --n-name 200 --n-option 400 --per-page 4 --seed 1 --id-prefix train- > train.jsonl
 """
 
 import argparse
@@ -128,7 +131,14 @@ def main():
     ap.add_argument("--n-option", type=int, default=60)
     ap.add_argument("--per-page", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exclude", help="a question file whose pages are left out (a training set "
+                    "disjoint by page from a development set)")
+    ap.add_argument("--id-prefix", default="", help="prefix of the question ids")
     a = ap.parse_args()
+    excluded = set()
+    if a.exclude:
+        with open(a.exclude) as f:
+            excluded = {json.loads(l)["page"] for l in f if l.strip()}
     rng = random.Random(a.seed)
     files = sorted(f for f in os.listdir(a.man_dir) if re.search(r"\.\d\w*(\.gz)?$", f))
     names, options = [], []
@@ -136,6 +146,8 @@ def main():
         base = f[:-3] if f.endswith(".gz") else f
         stem, sec = base.rsplit(".", 1)
         page = f"{stem}({sec})"
+        if page in excluded:
+            continue
         name, entries = parse(read(os.path.join(a.man_dir, f)))
         if name and (" - " in name):
             cmds, desc = name.split(" - ", 1)
@@ -180,7 +192,7 @@ def main():
     rng.shuffle(options)
     out = names[: a.n_name] + options[: a.n_option]
     for i, q in enumerate(out):
-        q = {"id": f"{q['kind']}-{i:03d}", **q}
+        q = {"id": f"{a.id_prefix}{q['kind']}-{i:03d}", **q}
         print(json.dumps(q, ensure_ascii=False))
     print(f"{len(names)} name and {len(options)} option candidates from {len(files)} pages; wrote {len(out)}",
           file=sys.stderr)

@@ -47,6 +47,32 @@ pub struct Retriever {
     enc: Option<canon_models::LoadedEncoder>,
     /// The index's GraphRAG graph, when [`Retriever::with_graph`] found one.
     pub graph: Option<crate::graph_answer::LoadedGraph>,
+    /// The inverse temperature of `p(z|x)` over the dense scores: 1, or what an end-to-end
+    /// trained query encoder was trained with ([`PRIOR_FILE`] in its folder).
+    pub prior_scale: f64,
+}
+
+/// The file in a trained query encoder's folder that records its retrieval prior's scale
+/// (`{"scale": 20.0}`).
+pub const PRIOR_FILE: &str = "rag-prior.json";
+
+/// The prior scale recorded in a query encoder's folder, if it has one.
+pub fn prior_scale_of(dir: &std::path::Path) -> Result<Option<f64>> {
+    let p = dir.join(PRIOR_FILE);
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| AnswerError::Invalid(format!("cannot read {}: {e}", p.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| AnswerError::Invalid(format!("{}: not JSON: {e}", p.display())))?;
+    match v["scale"].as_f64() {
+        Some(s) if s > 0.0 && s.is_finite() => Ok(Some(s)),
+        _ => Err(AnswerError::Invalid(format!(
+            "{}: expected {{\"scale\": a positive number}}, found {v}",
+            p.display()
+        ))),
+    }
 }
 
 impl Retriever {
@@ -79,6 +105,7 @@ impl Retriever {
             index,
             enc,
             graph: None,
+            prior_scale: 1.0,
         })
     }
 
@@ -271,13 +298,7 @@ where
         .collect::<std::result::Result<_, _>>()?;
     let prompt_for = |passage: Option<&Hit>| -> Result<Vec<u32>> {
         let user = match passage {
-            Some(h) => format!(
-                "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
-                h.chunk.page,
-                h.chunk.section,
-                h.chunk.text,
-                question.trim()
-            ),
+            Some(h) => crate::e2e::passage_message(&h.chunk, question),
             None => format!("Question: {}\nAnswer briefly.", question.trim()),
         };
         Ok(tok.encode(&(ans.render(&user)? + "Answer:"), true)?)
@@ -310,7 +331,7 @@ where
     })
 }
 
-/// log p(z|x) ∝ d(z)·q(x) over the retrieved passages, as DPR's inner product.
+/// log p(z|x) ∝ exp(scale · d(z)·q(x)) over the retrieved passages, as DPR's inner product.
 pub fn dense_log_prior(r: &Retriever, question: &str, hits: &[Hit]) -> Result<Vec<f64>> {
     let q = r
         .embed(question)?
@@ -326,7 +347,8 @@ pub fn dense_log_prior(r: &Retriever, question: &str, hits: &[Hit]) -> Result<Ve
                 .sum()
         })
         .collect();
-    Ok(crate::marginal::doc_log_prior(&scores))
+    let scaled: Vec<f64> = scores.iter().map(|s| s * r.prior_scale).collect();
+    Ok(crate::marginal::doc_log_prior(&scaled))
 }
 
 fn lm_of(ans: &Answerer) -> &dyn canon_models::CausalLm {
@@ -428,13 +450,7 @@ pub fn passage_prompts(
     let tok = &ans.lm.lm.tokenizer;
     let mut prompts = Vec::new();
     for h in &hits {
-        let user = format!(
-            "Passage ({}, {}):\n{}\n\nQuestion: {}\nAnswer briefly.",
-            h.chunk.page,
-            h.chunk.section,
-            h.chunk.text,
-            question.trim()
-        );
+        let user = crate::e2e::passage_message(&h.chunk, question);
         let ids = tok.encode(&ans.render(&user)?, true)?;
         if ids.len() + ans.max_tokens > ans.lm.lm.model.max_seq_len() {
             bail!(

@@ -6,6 +6,7 @@
 //! * [`dense`]: exact cosine search over memory-mapped vectors.
 //! * [`fuse`]: reciprocal rank fusion of several rankings.
 //! * [`index`]: the on-disk index (format version and embedding model id checked at load).
+//! * [`e2e`]: the prior and both marginals as tensors, for end-to-end training.
 //! * [`marginal`]: RAG-Sequence and RAG-Token likelihoods and the RAG-Token next-token marginal.
 //! * [`answer`]: answering with a real model: retriever, answerer with citations, RAG scoring and
 //!   decoding.
@@ -16,6 +17,7 @@ pub mod bm25;
 pub mod build;
 pub mod chunk;
 pub mod dense;
+pub mod e2e;
 pub mod eval;
 pub mod eval_answer;
 pub mod fuse;

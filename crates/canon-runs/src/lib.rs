@@ -21,6 +21,7 @@ pub mod distilbert;
 pub mod ernie;
 pub mod load;
 pub mod lora;
+pub mod rag;
 pub mod seq2seq;
 pub mod t5;
 pub mod threads;

@@ -83,8 +83,11 @@ pub enum Command {
     /// BERT classifier fine-tuning (`canon finetune --method classifier`).
     #[command(hide = true)]
     FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
+    /// RAG end-to-end fine-tuning (`canon finetune --method rag`).
+    #[command(name = "finetune-rag", hide = true)]
+    FinetuneRag(cmd::finetune_rag::FinetuneRagArgs),
     /// Fine-tune: LoRA / QLoRA on prompt/completion or chat records, GPT-1's task heads, a BERT
-    /// classifier (--method lora|qlora|gpt1-heads|classifier).
+    /// classifier, RAG end to end (--method lora|qlora|gpt1-heads|classifier|rag).
     Finetune(cmd::lora_finetune::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
@@ -148,6 +151,7 @@ impl Command {
             | Command::Data(_)
             | Command::FinetuneGpt1(_)
             | Command::FinetuneBert(_)
+            | Command::FinetuneRag(_)
             | Command::Flan(_)
             | Command::Assets(_)
             | Command::Info(_)
@@ -201,7 +205,7 @@ pub fn check_global_flags(cli: &Cli) -> Result<(), String> {
 /// Global flags that take a value (the subcommand is the first word after them).
 const GLOBAL_VALUE_FLAGS: [&str; 3] = ["--threads", "--lora", "--max-line-bytes"];
 
-/// `canon finetune --method gpt1-heads|classifier ...` runs the GPT-1 and BERT fine-tuners, whose
+/// `canon finetune --method gpt1-heads|classifier|rag ...` runs the GPT-1, BERT and RAG fine-tuners, whose
 /// flags differ from LoRA's: the words are rewritten to their own (hidden) subcommands before
 /// parsing, so one command family covers every method and `--help` shows the method's own flags.
 pub fn route_finetune_method(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
@@ -237,6 +241,7 @@ pub fn route_finetune_method(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi:
         let target = match value.as_str() {
             "gpt1-heads" => "finetune-gpt1",
             "classifier" => "finetune-bert",
+            "rag" => "finetune-rag",
             _ => return args,
         };
         args.drain(j..j + width);
@@ -265,6 +270,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Data(a) => cmd::data::run(a, ctx),
         Command::FinetuneGpt1(a) => cmd::finetune::run(a, ctx),
         Command::FinetuneBert(a) => cmd::finetune_bert::run(a, ctx),
+        Command::FinetuneRag(a) => cmd::finetune_rag::run(a, ctx),
         Command::Finetune(a) => cmd::lora_finetune::run(a, ctx),
         Command::Flan(a) => cmd::flan::run(a, ctx),
         Command::Quantize(a) => cmd::quantize::run(a, ctx),

@@ -66,18 +66,34 @@ pub struct AskArgs {
     /// call per batch of reports) instead of the 2×k best by BM25.
     #[arg(long)]
     pub all_reports: bool,
+    /// A query encoder folder to embed the question with instead of the index's model (one
+    /// trained by `canon finetune --method rag`, whose retrieval prior scale it carries).
+    #[arg(long, value_name = "DIR")]
+    pub query_encoder: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Opens an index with its query encoder (loaded by the name in the index, for dense search).
+/// Opens an index with its query encoder (for dense search): the one named in the index, or
+/// `query_encoder` (e.g. one trained by `canon finetune --method rag`, whose prior scale it
+/// records).
 pub fn open_retriever(
     path: &std::path::Path,
     need_dense: bool,
+    query_encoder: Option<&std::path::Path>,
     ctx: &Ctx,
 ) -> anyhow::Result<Retriever> {
-    Retriever::open(path, need_dense, |name| model_gen::load_encoder(name, ctx))
+    let mut r = Retriever::open(path, need_dense, |name| match query_encoder {
+        Some(q) => model_gen::load_encoder(&q.display().to_string(), ctx),
+        None => model_gen::load_encoder(name, ctx),
+    })?;
+    if let Some(q) = query_encoder
+        && let Some(s) = canon_rag::answer::prior_scale_of(q)?
+    {
+        r.prior_scale = s;
+    }
+    Ok(r)
 }
 
 /// Loads the generating model with its prompt budget.
@@ -170,7 +186,12 @@ pub fn run(a: AskArgs, ctx: &Ctx) -> anyhow::Result<()> {
         return rag_decode(&a, r, mode, ctx);
     }
     let t0 = Instant::now();
-    let r = open_retriever(&a.index, mode != Mode::Bm25, ctx)?;
+    let r = open_retriever(
+        &a.index,
+        mode != Mode::Bm25,
+        a.query_encoder.as_deref(),
+        ctx,
+    )?;
     let mut ans = load_answerer(&a.model, a.context, a.max_tokens, ctx)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let t1 = Instant::now();
@@ -189,7 +210,7 @@ fn score_candidates(a: &AskArgs, mode: Mode, ctx: &Ctx) -> anyhow::Result<()> {
     if a.candidates.iter().any(|c| c.trim().is_empty()) {
         bail!("expected non-empty --candidate answers, found an empty one");
     }
-    let r = open_retriever(&a.index, true, ctx)?;
+    let r = open_retriever(&a.index, true, a.query_encoder.as_deref(), ctx)?;
     let hits = r.search(&a.question, mode, a.k)?;
     if hits.is_empty() {
         bail!("expected retrieved passages, found none");
@@ -236,7 +257,7 @@ fn rag_decode(a: &AskArgs, how: &str, mode: Mode, ctx: &Ctx) -> anyhow::Result<(
     }
     let decoding: RagDecoding = how.parse()?;
     let ans = load_answerer(&a.model, a.context, a.max_tokens, ctx)?;
-    let r = open_retriever(&a.index, true, ctx)?;
+    let r = open_retriever(&a.index, true, a.query_encoder.as_deref(), ctx)?;
     let (hits, prior, prompts) = passage_prompts(&r, &a.question, mode, a.k, &ans)?;
     let t0 = Instant::now();
     let out = canon_rag::answer::rag_decode(&ans, &prior, prompts, decoding, a.beams)?;

@@ -58,6 +58,9 @@ pub struct EvalRagArgs {
     /// Write one JSON line per question and method.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A query encoder folder instead of the index's model (e.g. from `canon finetune --method rag`).
+    #[arg(long, value_name = "DIR")]
+    pub query_encoder: Option<PathBuf>,
     /// Print the summaries as JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -81,7 +84,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
         || methods
             .iter()
             .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
-    let r = super::ask::open_retriever(&a.index, need_dense, ctx)?;
+    let r = super::ask::open_retriever(&a.index, need_dense, a.query_encoder.as_deref(), ctx)?;
     let graph = if methods.iter().any(Method::is_graph) {
         Some(super::graph::load_graph(&r.index)?)
     } else {

@@ -237,7 +237,7 @@ pub fn search(a: SearchArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.k == 0 {
         bail!("expected --k of at least 1, found 0");
     }
-    let r = super::ask::open_retriever(&a.index, mode != Mode::Bm25, ctx)?;
+    let r = super::ask::open_retriever(&a.index, mode != Mode::Bm25, None, ctx)?;
     let qvec = r.embed(&a.query)?;
     let ix = &r.index;
     let t0 = Instant::now();

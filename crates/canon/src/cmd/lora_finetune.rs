@@ -56,10 +56,10 @@ impl From<MethodArg> for Method {
   canon generate --model smollm2 --lora runs/lora --prompt '...' --temperature 0
   canon merge --model smollm2 --lora runs/lora --out merged.gguf")]
 pub struct LoraFinetuneArgs {
-    /// lora (frozen base in the file's format, f32 with --f32) or qlora (NF4 base). Two more
+    /// lora (frozen base in the file's format, f32 with --f32) or qlora (NF4 base). Three more
     /// methods have flags of their own: gpt1-heads (GPT-1's task heads on a trained GPT run, paper
-    /// 2) and classifier (a BERT run or MiniLM as a classifier, paper 3); see `canon finetune
-    /// --method gpt1-heads --help` and `canon finetune --method classifier --help`.
+    /// 2), classifier (a BERT run or MiniLM as a classifier, paper 3) and rag (query encoder and
+    /// generator end to end over an index, paper 9); see `canon finetune --method NAME --help`.
     #[arg(long, value_enum, default_value = "lora")]
     pub method: MethodArg,
     /// Base model: an alias (smollm2), a .gguf file or an HF-style folder.

@@ -13,6 +13,7 @@ pub mod eval_rag;
 pub mod fewshot;
 pub mod finetune;
 pub mod finetune_bert;
+pub mod finetune_rag;
 pub mod flan;
 pub mod generate;
 pub mod graph;
