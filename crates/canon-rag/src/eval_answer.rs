@@ -177,24 +177,7 @@ where
         }
         let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
         if let (Some(nd), Some(llm)) = (score_options, ans.as_deref()) {
-            let mut cands = vec![q.answer.clone()];
-            let pool: Vec<&str> = qs
-                .iter()
-                .filter(|o| {
-                    o.kind == q.kind && o.answer != q.answer && !q.aliases.contains(&o.answer)
-                })
-                .map(|o| o.answer.as_str())
-                .collect();
-            let qi = qs.iter().position(|o| o.id == q.id).unwrap_or(0);
-            for j in 0..pool.len() {
-                if cands.len() > nd {
-                    break;
-                }
-                let c = pool[(qi * 7 + j * 13) % pool.len()];
-                if !cands.iter().any(|x| x == c) {
-                    cands.push(c.to_string());
-                }
-            }
+            let cands = option_candidates(qs, q, nd);
             let top = &hits[..hits.len().min(answer_k)];
             let prior = dense_log_prior(r, &q.question, top)?;
             let sc = rag_candidate_scores(llm, &q.question, top, &prior, &cands, scorer)?;
