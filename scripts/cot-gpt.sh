@@ -4,7 +4,7 @@
 # 1. writes the two training corpora from the problem generator (seed 777, 1-6 steps of + and -,
 #    every count 1..20);
 # 2. trains the rationale arm (configs/cot-gpt.toml) and the answer-only arm
-#    (configs/cot-gpt-direct.toml) in parallel: the same model, steps and tokens (1,150 steps of
+#    (configs/cot-gpt-direct.toml) in parallel: the same model, steps and tokens (1,000 steps of
 #    4 x 512 characters);
 # 3. evaluates both zero-shot on held-out problems (seed 1) by number of steps;
 # 4. runs self-consistency (m = 1..40 sampled rationales, majority vote) on the rationale arm
@@ -28,11 +28,11 @@ fi
 # Held-out problems (seed 1; the corpus is seed 777), N problems of 1-6 steps. The answer-only
 # arm is asked only for its answer (its rationale outputs are cut at 8 characters and not used).
 "$C" eval cot --model runs/cot-rationale --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
-  --shots 0 --samples 1 --max-tokens 400 --threads "$T" --json > runs/cot-eval/rationale.json &
+  --shots 0 --samples 1 --max-tokens 300 --threads "$T" --json > runs/cot-eval/rationale.json &
 "$C" eval cot --model runs/cot-direct --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
   --shots 0 --samples 1 --max-tokens 8 --threads "$T" --json > runs/cot-eval/direct.json &
 "$C" eval cot --model runs/cot-rationale --generate "$V" --steps 1-6 --max-value 20 --ops +,- --seed 2 \
-  --shots 0 --samples 1,3,5,10,20,40 --max-tokens 400 --threads "$T" --json > runs/cot-eval/vote.json &
+  --shots 0 --samples 1,3,5,10,20,40 --max-tokens 300 --threads "$T" --json > runs/cot-eval/vote.json &
 wait
 {
   jq -c '.by_steps[] | {arm: "rationale then answer (greedy)", steps, accuracy: .greedy_cot}' runs/cot-eval/rationale.json
