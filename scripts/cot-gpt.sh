@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Chain of thought in small GPTs trained for it (paper 18, miniature), one command:
 #   scripts/cot-gpt.sh [CANON_BINARY]          (environment: THREADS, default 1; SKIP_TRAIN=1)
-# 1. writes the two training corpora from the problem generator (seed 777, 1-6 steps, counts <= 99);
+# 1. writes the two training corpora from the problem generator (seed 777, 1-6 steps of + and -,
+#    every count 1..20);
 # 2. trains the rationale arm (configs/cot-gpt.toml) and the answer-only arm
-#    (configs/cot-gpt-direct.toml): the same model, steps and tokens (500 steps, resumed to 800);
+#    (configs/cot-gpt-direct.toml) in parallel: the same model, steps and tokens (1,000 steps of
+#    4 x 512 characters);
 # 3. evaluates both zero-shot on held-out problems (seed 1) by number of steps;
 # 4. runs self-consistency (m = 1..40 sampled rationales, majority vote) on the rationale arm
 #    against its greedy chain of thought (seed 2);
@@ -16,25 +18,21 @@ V=${VOTE_PROBLEMS:-30}
 mkdir -p runs/cot-data runs/cot-eval docs/plots
 if [ -z "${SKIP_TRAIN:-}" ]; then
   for f in rationale direct; do
-    "$C" eval cot --generate 20000 --steps 1-6 --max-value 99 --seed 777 \
+    "$C" eval cot --generate 20000 --steps 1-6 --max-value 20 --ops +,- --seed 777 \
       --write-text runs/cot-data/$f.txt --text-format $f
   done
   "$C" train --config configs/cot-gpt.toml --threads "$T" --out runs/cot-rationale &
   "$C" train --config configs/cot-gpt-direct.toml --threads "$T" --out runs/cot-direct &
   wait
-  # The reported runs were then resumed to 800 steps (the schedule restarts over 800).
-  "$C" train --resume runs/cot-rationale --max-steps 800 --threads "$T" &
-  "$C" train --resume runs/cot-direct --max-steps 800 --threads "$T" &
-  wait
 fi
 # Held-out problems (seed 1; the corpus is seed 777), N problems of 1-6 steps. The answer-only
 # arm is asked only for its answer (its rationale outputs are cut at 8 characters and not used).
-"$C" eval cot --model runs/cot-rationale --generate "$N" --steps 1-6 --max-value 99 --seed 1 \
-  --shots 0 --samples 1 --max-tokens 400 --threads "$T" --json > runs/cot-eval/rationale.json &
-"$C" eval cot --model runs/cot-direct --generate "$N" --steps 1-6 --max-value 99 --seed 1 \
+"$C" eval cot --model runs/cot-rationale --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
+  --shots 0 --samples 1 --max-tokens 300 --threads "$T" --json > runs/cot-eval/rationale.json &
+"$C" eval cot --model runs/cot-direct --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
   --shots 0 --samples 1 --max-tokens 8 --threads "$T" --json > runs/cot-eval/direct.json &
-"$C" eval cot --model runs/cot-rationale --generate "$V" --steps 1-6 --max-value 99 --seed 2 \
-  --shots 0 --samples 1,3,5,10,20,40 --max-tokens 400 --threads "$T" --json > runs/cot-eval/vote.json &
+"$C" eval cot --model runs/cot-rationale --generate "$V" --steps 1-6 --max-value 20 --ops +,- --seed 2 \
+  --shots 0 --samples 1,3,5,10,20,40 --max-tokens 300 --threads "$T" --json > runs/cot-eval/vote.json &
 wait
 {
   jq -c '.by_steps[] | {arm: "rationale then answer (greedy)", steps, accuracy: .greedy_cot}' runs/cot-eval/rationale.json

@@ -46,29 +46,118 @@ pub fn generate_capped(
     max_value: i64,
     seed: u64,
 ) -> Vec<Problem> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (lo, hi) = (min_steps.max(1), max_steps.max(min_steps.max(1)));
-    let cap = max_value.max(40);
-    (0..n)
-        .map(|_| {
-            let steps = rng.random_range(lo..=hi);
-            one(&mut rng, steps, cap)
-        })
-        .collect()
+    let o = GenOptions {
+        max_value: max_value.max(40),
+        ..GenOptions::default()
+    };
+    generate_with(n, min_steps, max_steps, &o, seed).unwrap_or_default()
 }
 
-fn one(rng: &mut StdRng, steps: usize, cap: i64) -> Problem {
+/// The four operations a problem step can take, in the generator's order.
+pub const OPS: [char; 4] = ['+', '-', '*', '/'];
+
+/// The smallest `max_value` [`generate_with`] accepts.
+pub const MIN_MAX_VALUE: i64 = 5;
+
+/// What [`generate_with`] generates: the cap on every count and the operations allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenOptions {
+    /// Every intermediate count stays between 1 and this (at least [`MIN_MAX_VALUE`]).
+    pub max_value: i64,
+    /// The operations a step may take, a subset of [`OPS`] with `-` and one of `+`/`*` at least,
+    /// so that every count has a next step.
+    pub ops: Vec<char>,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_value: DEFAULT_MAX_VALUE,
+            ops: OPS.to_vec(),
+        }
+    }
+}
+
+impl GenOptions {
+    /// Parses an operation list such as `+,-` (commas optional; `x` is `*`).
+    pub fn parse_ops(s: &str) -> Result<Vec<char>, String> {
+        let mut ops = Vec::new();
+        for c in s.chars().filter(|c| !c.is_whitespace() && *c != ',') {
+            let c = if c == 'x' { '*' } else { c };
+            if !OPS.contains(&c) {
+                return Err(format!(
+                    "expected operations from +, -, *, / (comma-separated), found '{c}' in '{s}'"
+                ));
+            }
+            if !ops.contains(&c) {
+                ops.push(c);
+            }
+        }
+        ops.sort_by_key(|c| OPS.iter().position(|o| o == c));
+        Ok(ops)
+    }
+
+    /// Whether the options can generate: the cap large enough, the operations valid.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_value < MIN_MAX_VALUE {
+            return Err(format!(
+                "expected a largest count of at least {MIN_MAX_VALUE}, found {}",
+                self.max_value
+            ));
+        }
+        if let Some(c) = self.ops.iter().find(|c| !OPS.contains(c)) {
+            return Err(format!("expected operations from +, -, *, /, found '{c}'"));
+        }
+        if !self.ops.contains(&'-') || !(self.ops.contains(&'+') || self.ops.contains(&'*')) {
+            return Err(format!(
+                "expected operations that include - and one of + or * (so that every count has \
+                 a next step), found '{}'",
+                self.ops.iter().collect::<String>()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `n` problems of `min_steps..=max_steps` steps (uniform), reproducible from `seed`, with every
+/// intermediate count in `1..=o.max_value` and only the operations `o.ops`. The default options
+/// give exactly [`generate`]'s problems, a cap of 40 or more with all four operations
+/// [`generate_capped`]'s. Errors when the options are out of range.
+pub fn generate_with(
+    n: usize,
+    min_steps: usize,
+    max_steps: usize,
+    o: &GenOptions,
+    seed: u64,
+) -> Result<Vec<Problem>, String> {
+    o.check()?;
+    let mut ops = o.ops.clone();
+    ops.sort_by_key(|c| OPS.iter().position(|x| x == c));
+    ops.dedup();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (lo, hi) = (min_steps.max(1), max_steps.max(min_steps.max(1)));
+    Ok((0..n)
+        .map(|_| {
+            let steps = rng.random_range(lo..=hi);
+            one(&mut rng, steps, o.max_value, &ops)
+        })
+        .collect())
+}
+
+fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
     let name = NAMES[rng.random_range(0..NAMES.len())];
     let thing = THINGS[rng.random_range(0..THINGS.len())];
-    let mut v: i64 = rng.random_range(2..=30);
+    // The start and the amounts added shrink with a small cap (unchanged for caps of 40 or more).
+    let mut v: i64 = rng.random_range(2..=30.min(cap));
+    let max_add = 20.min(cap / 2);
     let mut q = format!("{name} has {v} {thing}.");
     let mut r = format!("{name} starts with {v} {thing}.");
     for _ in 0..steps {
         // Pick an operation that keeps the count in 1..=cap and divisions exact.
         loop {
-            match rng.random_range(0..4) {
-                0 => {
-                    let k: i64 = rng.random_range(2..=20);
+            match ops[rng.random_range(0..ops.len())] {
+                '+' => {
+                    let k: i64 = rng.random_range(2..=max_add);
                     if v + k > cap {
                         continue;
                     }
@@ -76,7 +165,7 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64) -> Problem {
                     r.push_str(&format!(" After getting {k} more: {v} + {k} = {}.", v + k));
                     v += k;
                 }
-                1 => {
+                '-' => {
                     if v < 3 {
                         continue;
                     }
@@ -85,7 +174,7 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64) -> Problem {
                     r.push_str(&format!(" After giving away {k}: {v} - {k} = {}.", v - k));
                     v -= k;
                 }
-                2 => {
+                '*' => {
                     let k: i64 = rng.random_range(2..=4);
                     if v * k > cap {
                         continue;
@@ -97,6 +186,7 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64) -> Problem {
                     v *= k;
                 }
                 _ => {
+                    // '/'
                     let divisors: Vec<i64> = (2..=5).filter(|d| v % d == 0 && v / d >= 1).collect();
                     if divisors.is_empty() {
                         continue;
@@ -323,6 +413,71 @@ mod tests {
                 assert!((1..=99).contains(&c), "{c} in {}", p.rationale);
             }
         }
+    }
+
+    #[test]
+    fn small_caps_and_restricted_operations() {
+        let o = GenOptions {
+            max_value: 20,
+            ops: GenOptions::parse_ops("+,-").unwrap(),
+        };
+        let ps = generate_with(300, 1, 6, &o, 5).unwrap();
+        assert_eq!(ps, generate_with(300, 1, 6, &o, 5).unwrap(), "reproducible");
+        for p in &ps {
+            assert!(!p.rationale.contains(" * ") && !p.rationale.contains(" / "));
+            let counts = p
+                .rationale
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<i64>().unwrap());
+            for c in counts {
+                assert!((1..=20).contains(&c), "{c} in {}", p.rationale);
+            }
+            assert_eq!(extract_answer(&p.rationale), Some(p.answer.clone()));
+        }
+        assert!(ps.iter().any(|p| p.rationale.contains(" + ")));
+        assert!(ps.iter().any(|p| p.rationale.contains(" - ")));
+        // The smallest cap still generates (every count has a next step).
+        let tiny = GenOptions {
+            max_value: MIN_MAX_VALUE,
+            ops: vec!['-', '*'],
+        };
+        assert_eq!(generate_with(50, 6, 6, &tiny, 1).unwrap().len(), 50);
+        // The defaults are the plain generator; caps of 40+ with all operations are generate_capped.
+        assert_eq!(
+            generate_with(40, 1, 6, &GenOptions::default(), 9).unwrap(),
+            generate(40, 1, 6, 9)
+        );
+        let o99 = GenOptions {
+            max_value: 99,
+            ..GenOptions::default()
+        };
+        assert_eq!(
+            generate_with(40, 1, 6, &o99, 9).unwrap(),
+            generate_capped(40, 1, 6, 99, 9)
+        );
+        // Bad options are named.
+        let bad = |max_value, ops: &str| {
+            generate_with(
+                1,
+                1,
+                1,
+                &GenOptions {
+                    max_value,
+                    ops: ops.chars().collect(),
+                },
+                1,
+            )
+            .unwrap_err()
+        };
+        assert!(bad(4, "+-").contains("at least 5"));
+        assert!(bad(20, "+").contains("include -"));
+        assert!(bad(20, "-/").contains("include -"));
+        assert!(GenOptions::parse_ops("+,%").unwrap_err().contains("'%'"));
+        assert_eq!(
+            GenOptions::parse_ops("-, +,x").unwrap(),
+            vec!['+', '-', '*']
+        );
     }
 
     #[test]

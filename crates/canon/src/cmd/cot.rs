@@ -18,6 +18,7 @@ use crate::{Ctx, model_gen};
   canon eval cot --model smollm2 --problems problems.jsonl --shots 0 --json
   canon eval cot --generate 200 --steps 1-6 --write-problems data/cot/problems.jsonl
   canon eval cot --generate 20000 --steps 1-4 --seed 777 --write-text runs/cot-data/rationale.txt --text-format rationale
+  canon eval cot --generate 20000 --steps 1-6 --max-value 20 --ops +,- --write-text runs/cot-data/direct.txt --text-format direct
 
 Problems file: one {\"question\": \"...\", \"answer\": \"42\"} a line (answer compared as a number
 where it parses as one). Without --problems, multi-step arithmetic word problems are generated
@@ -35,10 +36,14 @@ pub struct CotArgs {
     /// Steps of the generated problems, MIN-MAX.
     #[arg(long, default_value = "1-4")]
     pub steps: String,
-    /// Largest count a generated problem reaches (40..=999; 99 gives the two-digit arithmetic
-    /// that the small trained GPTs of configs/cot-gpt*.toml learn).
+    /// Largest count a generated problem reaches (40..=999 for a model's evaluation; down to 5
+    /// with --write-text/--write-problems or --ops; 20 with --ops +,- gives the arithmetic that
+    /// the small trained GPTs of configs/cot-gpt*.toml learn).
     #[arg(long, default_value_t = cot::DEFAULT_MAX_VALUE)]
     pub max_value: i64,
+    /// Operations of the generated problems' steps, from +,-,*,/ (at least - and one of + or *).
+    #[arg(long, default_value = "+,-,*,/")]
+    pub ops: String,
     /// Worked demonstrations in the prompt (0 = zero-shot "Let's think step by step").
     #[arg(long, default_value_t = 4)]
     pub shots: usize,
@@ -103,15 +108,33 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             a.max_tokens
         );
     }
-    if !(40..=cot::DEFAULT_MAX_VALUE).contains(&a.max_value) {
+    let ops = cot::GenOptions::parse_ops(&a.ops).map_err(|e| anyhow::anyhow!("--ops: {e}"))?;
+    // Below 40 only for the generator's outputs or with the operations given (the generator as
+    // the evaluation of a pretrained model sees it stays at 40 or more).
+    let small_ok = a.write_text.is_some() || a.write_problems.is_some() || ops != cot::OPS;
+    let min = if small_ok { cot::MIN_MAX_VALUE } else { 40 };
+    if !(min..=cot::DEFAULT_MAX_VALUE).contains(&a.max_value) {
         bail!(
-            "--max-value: expected a number between 40 and {}, found {}",
+            "--max-value: expected a number between {min} and {}{}, found {}",
             cot::DEFAULT_MAX_VALUE,
+            if small_ok {
+                ""
+            } else {
+                " (down to 5 with --write-text, --write-problems or --ops)"
+            },
             a.max_value
         );
     }
+    let gen_opts = cot::GenOptions {
+        max_value: a.max_value,
+        ops,
+    };
+    gen_opts
+        .check()
+        .map_err(|e| anyhow::anyhow!("--ops: {e}"))?;
     // Demonstrations come from another seed than the test problems, so none is tested.
-    let demos = cot::generate_capped(a.shots, lo, hi, a.max_value, a.seed ^ 0xD3A0);
+    let demos = cot::generate_with(a.shots, lo, hi, &gen_opts, a.seed ^ 0xD3A0)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let problems: Vec<Problem> = match &a.problems {
         Some(p) => {
             let text = canon_fs::lines::read_text(p)?;
@@ -121,7 +144,8 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
             if a.generate == 0 {
                 bail!("--generate must be at least 1");
             }
-            cot::generate_capped(a.generate, lo, hi, a.max_value, a.seed)
+            cot::generate_with(a.generate, lo, hi, &gen_opts, a.seed)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
         }
     };
     if let Some(out) = &a.write_problems {
