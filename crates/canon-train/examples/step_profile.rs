@@ -32,18 +32,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             unsafe { std::env::set_var(key, threads.to_string()) };
         }
     }
-    // `CANON_STEP_PROFILE_POOL=0`: the steps run on the main thread, which hands each parallel
-    // kernel to rayon's workers and waits; by default they run on a worker of a pool of
-    // `threads` threads, as `canon train` runs them.
-    if std::env::var("CANON_STEP_PROFILE_POOL").is_ok_and(|v| v == "0") {
-        eprintln!("steps on the main thread");
-        return run(threads, steps);
+    // By default the steps run on the main thread, which hands each parallel kernel to rayon's
+    // workers and waits, as `canon train` runs them; `CANON_STEP_PROFILE_POOL=1` runs them on a
+    // worker of a pool of `threads` threads instead (the worker takes part in every kernel).
+    if std::env::var("CANON_STEP_PROFILE_POOL").is_ok_and(|v| v == "1") {
+        eprintln!("steps on a rayon worker");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        pool.install(|| run(threads, steps).map_err(|e| e.to_string()))?;
+        return Ok(());
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
-    pool.install(|| run(threads, steps).map_err(|e| e.to_string()))?;
-    Ok(())
+    run(threads, steps)
 }
 
 fn run(threads: usize, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
