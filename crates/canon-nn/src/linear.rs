@@ -598,6 +598,7 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         }
         let x = crate::train_ops::slice(s1, l1, self.name())?;
         let w = crate::train_ops::slice(s2, l2, self.name())?;
+        let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
         let mut y = vec![0f32; n * out];
         let par = crate::train_ops::par();
         crate::train_ops::mm(
@@ -623,6 +624,7 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         let (n, k) = x.dims2()?;
         let (out, _) = w.dims2()?;
         let g = g.contiguous()?;
+        let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
         let what = self.name();
         let (xd, wd, gd) = (f32_data(x, what)?, f32_data(w, what)?, f32_data(&g, what)?);
         let par = crate::train_ops::par();

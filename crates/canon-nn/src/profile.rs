@@ -22,6 +22,10 @@ pub enum Phase {
     AdapterBackward,
     /// Of the two input-gradient phases: dequantizing the weight's row tiles (nested in them).
     Dequantize,
+    /// Trainable linears' products (`x Wᵀ`), forward.
+    TrainForward,
+    /// Trainable linears' products in the backward (`g W` and `gᵀ x`).
+    TrainBackward,
     /// Other frozen linears (the output head), forward.
     FrozenForward,
     /// Other frozen linears (the output head), input gradient.
@@ -52,6 +56,8 @@ const PHASES: [Phase; N] = [
     Phase::Dequantize,
     Phase::AdapterForward,
     Phase::AdapterBackward,
+    Phase::TrainForward,
+    Phase::TrainBackward,
     Phase::FrozenForward,
     Phase::FrozenInputGrad,
     Phase::AttentionForward,
@@ -73,6 +79,8 @@ impl Phase {
             Phase::AdapterForward => "adapter products, forward",
             Phase::AdapterBackward => "adapter products, backward",
             Phase::Dequantize => "  of which dequantizing row tiles",
+            Phase::TrainForward => "trainable products, forward",
+            Phase::TrainBackward => "trainable products, backward",
             Phase::FrozenForward => "output head, forward",
             Phase::FrozenInputGrad => "output head, input gradient",
             Phase::AttentionForward => "attention, forward",
@@ -93,7 +101,7 @@ impl Phase {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
-const N: usize = 16;
+const N: usize = 18;
 static NANOS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 static CALLS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 

@@ -32,6 +32,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             unsafe { std::env::set_var(key, threads.to_string()) };
         }
     }
+    // By default the steps run on the main thread, which hands each parallel kernel to rayon's
+    // workers and waits, as `canon train` runs them; `CANON_STEP_PROFILE_POOL=1` runs them on a
+    // worker of a pool of `threads` threads instead (the worker takes part in every kernel).
+    if std::env::var("CANON_STEP_PROFILE_POOL").is_ok_and(|v| v == "1") {
+        eprintln!("steps on a rayon worker");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        pool.install(|| run(threads, steps).map_err(|e| e.to_string()))?;
+        return Ok(());
+    }
+    run(threads, steps)
+}
+
+fn run(threads: usize, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var("CANON_STEP_PROFILE_MALLOC").is_ok_and(|v| v == "default") {
         eprintln!("C allocator: default settings");
     } else {
@@ -81,16 +96,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let mut totals = Vec::new();
     for it in 0..steps {
+        // Phase timings (`canon_nn::profile`) from the second step on (the first faults pages in).
+        canon_nn::profile::enable(it > 0);
         let x: Vec<u32> = (0..b * t).map(|_| rng.below(104) as u32).collect();
         let y: Vec<u32> = (0..b * t).map(|_| rng.below(104) as u32).collect();
         let t0 = Instant::now();
+        let fwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepForward);
         let xt = Tensor::from_vec(x, (b, t), &Device::Cpu)?;
         let yt = Tensor::from_vec(y, b * t, &Device::Cpu)?;
         let out = model.forward_train(&xt)?;
         let logits = out.logits.reshape((b * t, 104))?;
         let l = lm_loss(&logits, &yt, 0.0)?;
+        drop(fwd);
         let t1 = Instant::now();
+        let bwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepBackward);
         let g = l.cross_entropy.backward()?;
+        drop(bwd);
         let t2 = Instant::now();
         for (p, buf) in params.iter().zip(grads.iter_mut()) {
             match g.get(p.var.as_tensor()) {
@@ -109,7 +130,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let t3 = Instant::now();
+        let upd = canon_nn::profile::scope(canon_nn::profile::Phase::Optimizer);
         clip_and_step_in_place(&params, &mut opt, &grads, 1e-3, Some(1.0))?;
+        drop(upd);
         let t4 = Instant::now();
         drop(g);
         let t5 = Instant::now();
@@ -128,6 +151,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             totals.push((t5 - t0).as_secs_f64());
         }
     }
+    canon_nn::profile::enable(false);
+    eprintln!(
+        "phases over steps 2.. (gradient copy and drop outside them):\n{}",
+        canon_nn::profile::table(steps.saturating_sub(1) as u64)
+    );
     totals.sort_by(f64::total_cmp);
     if let Some(m) = totals.get(totals.len() / 2) {
         eprintln!(
