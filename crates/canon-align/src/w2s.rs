@@ -42,6 +42,15 @@ const ERROR_WORDS: [&str; 8] = [
     "not found",
 ];
 
+/// The experiment's sizes: at least 20 texts per class (each split needs both weak and strong
+/// training texts and a test set) and at least one seed.
+pub fn check(per_class: usize, seeds: u64) -> std::result::Result<(), String> {
+    if per_class < 20 || seeds == 0 {
+        return Err("--per-class must be at least 20 and --seeds at least 1".into());
+    }
+    Ok(())
+}
+
 /// Builds the three tasks from the catalogs under `locale_dir`, at most `per_class` texts per
 /// class each, balanced, shuffled by `seed`.
 pub fn gettext_tasks(locale_dir: &Path, per_class: usize, seed: u64) -> Result<Vec<Task>> {
@@ -437,6 +446,15 @@ pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_wants_twenty_texts_per_class_and_a_seed() {
+        assert!(check(20, 1).is_ok());
+        for (per_class, seeds) in [(19, 1), (20, 0)] {
+            let e = check(per_class, seeds).unwrap_err();
+            assert!(e.contains("--per-class") && e.contains("--seeds"), "{e}");
+        }
+    }
 
     #[test]
     fn logreg_learns_a_separable_set_and_trigrams_are_normalised() {

@@ -8,7 +8,7 @@ mod progress;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Settings every subcommand sees.
 pub struct Ctx {
@@ -39,14 +39,28 @@ impl Ctx {
     }
 }
 
+/// The command line as `Cli::parse` reads it; also names the subcommand for the progress lines.
+fn parse() -> cli::Cli {
+    let args = cli::route_finetune_method(std::env::args_os().collect());
+    let mut m = cli::Cli::command().get_matches_from(args);
+    let mut words = Vec::new();
+    let mut sub = m.subcommand();
+    while let Some((name, inner)) = sub {
+        words.push(name.to_string());
+        sub = inner.subcommand();
+    }
+    progress::set_command(words.join(" "));
+    cli::Cli::from_arg_matches_mut(&mut m)
+        .unwrap_or_else(|e| e.format(&mut cli::Cli::command()).exit())
+}
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse_from(cli::route_finetune_method(std::env::args_os().collect()));
+    let cli = parse();
     if let Err(msg) = cli::check_global_flags(&cli) {
         eprintln!("error: {msg}");
         return ExitCode::FAILURE;
     }
     if let cli::Command::Completions { shell } = &cli.command {
-        use clap::CommandFactory;
         use std::io::Write;
         let mut script = Vec::new();
         clap_complete::generate(*shell, &mut cli::Cli::command(), "canon", &mut script);

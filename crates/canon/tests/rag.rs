@@ -205,6 +205,60 @@ fn bm25_graph_and_eval_on_a_small_index() {
     );
 }
 
+/// Off a terminal (standard error piped) a progress bar prints plain lines: one per 10 % of the
+/// work once `CANON_PROGRESS_SECS` has passed, and the completed count once; `--quiet` none.
+#[test]
+fn progress_off_a_terminal_is_plain_lines_and_quiet_silences_them() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = make_index(d.path());
+    let q = d.path().join("q.jsonl");
+    std::fs::write(
+        &q,
+        "{\"id\":\"a\",\"question\":\"tar change to directory\",\"answer\":\"-C\",\"page\":\"tar(1)\"}\n\
+         {\"id\":\"b\",\"question\":\"compress files\",\"answer\":\"gzip\",\"page\":\"gzip(1)\"}\n",
+    )
+    .unwrap();
+    let run = |quiet: bool, secs: &str| {
+        let mut args = vec!["eval", "rag", "--index", idx.to_str().unwrap()];
+        args.extend(["--questions", q.to_str().unwrap(), "--methods", "bm25"]);
+        if quiet {
+            args.insert(0, "--quiet");
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_canon"))
+            .args(&args)
+            .current_dir(d.path())
+            .env("CANON_HOME", d.path().join("home"))
+            .env("CANON_PROGRESS_SECS", secs)
+            .output()
+            .expect("run canon");
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{e}");
+        e.lines()
+            .filter(|l| l.starts_with("eval rag"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let lines = run(false, "0");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("eval rag bm25: 1/2 (50%) "),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains(" elapsed, ~"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("eval rag bm25: 2/2 (100%) "),
+        "{lines:?}"
+    );
+    assert!(lines[1].ends_with(" elapsed"), "{lines:?}");
+    let lines = run(false, "3600");
+    assert_eq!(lines.len(), 1, "only the end within the hour: {lines:?}");
+    assert!(
+        lines[0].starts_with("eval rag bm25: 2/2 (100%) "),
+        "{lines:?}"
+    );
+    assert!(run(true, "0").is_empty(), "--quiet prints no progress");
+}
+
 #[test]
 fn bad_inputs_are_one_error_line() {
     let d = tempfile::tempdir().unwrap();
@@ -420,7 +474,9 @@ fn graph_build_sends_the_first_units_to_the_llm_and_the_rest_to_the_fast_extract
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let llm: serde_json::Value = serde_json::from_str(err.lines().next().unwrap()).unwrap();
+    // The first JSON line (off a terminal a progress bar's plain lines may come before it).
+    let first = err.lines().find(|l| l.starts_with('{')).unwrap();
+    let llm: serde_json::Value = serde_json::from_str(first).unwrap();
     assert_eq!(llm["llm"], "remote:http://127.0.0.1:9:default", "{llm}");
     assert_eq!(llm["stats"]["calls"], 1, "{llm}");
     assert_eq!(llm["stats"]["failed_units"], 1, "{llm}");

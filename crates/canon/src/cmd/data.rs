@@ -201,7 +201,7 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         FilterEvent::Note(_) => {}
         FilterEvent::Embedded(0, n) if !ctx.quiet => {
             bar.set_length(n as u64);
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_draw_target(crate::progress::target());
             bar.set_style(crate::progress::style(
                 "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
             ));

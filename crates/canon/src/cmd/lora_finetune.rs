@@ -24,7 +24,7 @@ use anyhow::Context;
 use canon_runs::lora::{self, Event, Job, JobEnd, Method, RunOptions, RunSettings};
 use canon_train::Outcome;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget};
+use indicatif::ProgressBar;
 
 use crate::Ctx;
 
@@ -185,7 +185,7 @@ pub fn run(a: LoraFinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
             let s = stop.clone();
             let _ = ctrlc::set_handler(move || s.store(true, Ordering::SeqCst));
             if !ctx.quiet {
-                bar.set_draw_target(ProgressDrawTarget::stderr());
+                bar.set_draw_target(crate::progress::target());
                 bar.set_length(max_steps);
                 let t = "{bar:30} {pos}/{len} steps {msg} [{elapsed}<{eta}]";
                 bar.set_style(crate::progress::style(t));

@@ -18,294 +18,36 @@
 //! Best-of-N: for each test problem 64 samples; for each N, `trials` random subsets of N samples
 //! (without replacement), the pick of each selector, the fraction of problems whose pick is correct.
 //! Samples without a parsable answer are excluded before selection.
+//!
+//! The parts: `task` (the sums, demonstrations, the checker and the labels), `verifier` (the PRM
+//! and ORM heads' objective and scores); the settings, best-of-N and the run are here.
+
+mod task;
+mod verifier;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use canon_nn::SplitMix64;
 use canon_plot::{Figure, Series};
 use canon_train::trainer::RunFiles;
-use canon_train::{
-    BatchLoss, Engine, Objective, OptimizerConfig, Schedule, StepReport, TrainConfig,
-};
+use canon_train::{Engine, OptimizerConfig, Schedule, StepReport, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::lm::{Lm, ScalarHead, pad, tiny_config};
-use crate::losses::{best_of_n, majority, softplus};
+use crate::lm::{Lm, ScalarHead, tiny_config};
+use crate::losses::{best_of_n, majority};
 use crate::pipeline::Report;
-use crate::sft::{Example, SftObjective, draw, mean_nll};
-use crate::task::{BOS, CharVocab, response_ids, response_text};
+use crate::sft::{Example, SftObjective, mean_nll};
+use crate::task::{CharVocab, response_ids, response_text};
 use crate::{Result, TrainError, data_err};
 
-pub const TERMS: usize = 4;
-pub const MAX_TERM: u32 = 20;
-/// Probability that a demonstration's step sum is off (by ±1 or ±2).
-pub const PLANTED_ERROR: f64 = 0.12;
-/// Longest solution the generator may write (tokens).
-pub const MAX_SOLUTION: usize = 44;
-
-/// One multi-step sum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chain {
-    pub terms: [u32; TERMS],
-}
-
-impl Chain {
-    pub fn prompt(&self) -> String {
-        let t: Vec<String> = self.terms.iter().map(|x| format!("{x:02}")).collect();
-        format!("{}=", t.join("+"))
-    }
-    pub fn prompt_ids(&self) -> Vec<u32> {
-        let mut v = vec![BOS];
-        v.extend(CharVocab.encode(&self.prompt()).unwrap_or_default());
-        v
-    }
-    pub fn answer(&self) -> u32 {
-        self.terms.iter().sum()
-    }
-}
-
-/// `n_train` and `n_test` distinct problems drawn by `seed`.
-pub fn chains(seed: u64, n_train: usize, n_test: usize) -> (Vec<Chain>, Vec<Chain>) {
-    let mut rng = SplitMix64::new(seed ^ 0xC4A1_0000_0000_0001);
-    let mut seen = std::collections::HashSet::new();
-    let mut all = Vec::new();
-    let cap = (MAX_TERM as usize).pow(TERMS as u32);
-    while all.len() < (n_train + n_test).min(cap) {
-        let mut terms = [0u32; TERMS];
-        for t in terms.iter_mut() {
-            *t = 1 + rng.below(MAX_TERM as usize) as u32;
-        }
-        if seen.insert(terms) {
-            all.push(Chain { terms });
-        }
-    }
-    let test = all.split_off(all.len().saturating_sub(n_test));
-    (all, test)
-}
-
-/// A demonstration with planted step errors (see the module header).
-pub fn demonstration(c: &Chain, rng: &mut SplitMix64) -> String {
-    let mut s = String::new();
-    let mut prev = c.terms[0];
-    for &y in &c.terms[1..] {
-        let mut z = prev + y;
-        if rng.next_f64() < PLANTED_ERROR {
-            let d = [1i64, -1, 2, -2][rng.below(4)];
-            z = (z as i64 + d).max(0) as u32;
-        }
-        s.push_str(&format!("{prev}+{y}={z};"));
-        prev = z;
-    }
-    s.push_str(&format!("ans {prev}."));
-    s
-}
-
-/// A solution as the checker sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checked {
-    /// Per step: the character index of its last character (`;`, or the answer step's last
-    /// character) and whether it is correct.
-    pub steps: Vec<(usize, bool)>,
-    pub answer: Option<i64>,
-    pub correct: bool,
-}
-
-/// Splits and checks a solution text (see the module header for the step rule).
-pub fn check(c: &Chain, text: &str) -> Checked {
-    let mut steps = Vec::new();
-    let mut prev: Option<i64> = Some(c.terms[0] as i64);
-    let mut pos = 0usize;
-    let mut pieces: Vec<&str> = text.split(';').collect();
-    let last = pieces.pop().unwrap_or("");
-    let mut sums_ok = pieces.len() == TERMS - 1;
-    for (k, p) in pieces.iter().enumerate() {
-        pos += p.chars().count();
-        let parsed = p.split_once('+').and_then(|(x, rest)| {
-            let (y, z) = rest.split_once('=')?;
-            Some((
-                x.parse::<i64>().ok()?,
-                y.parse::<i64>().ok()?,
-                z.parse::<i64>().ok()?,
-            ))
-        });
-        let ok = match parsed {
-            Some((x, y, z)) => {
-                let ok = Some(x) == prev
-                    && c.terms.get(k + 1).map(|&t| t as i64) == Some(y)
-                    && z == x + y;
-                prev = Some(z);
-                ok
-            }
-            None => {
-                prev = None;
-                sums_ok = false;
-                false
-            }
-        };
-        steps.push((pos, ok));
-        pos += 1; // the ';'
-    }
-    let answer = last
-        .strip_prefix("ans ")
-        .and_then(|r| r.strip_suffix('.'))
-        .and_then(|n| n.parse::<i64>().ok());
-    if !last.is_empty() {
-        let end = pos + last.chars().count() - 1;
-        let ok = sums_ok && answer.is_some() && answer == prev;
-        steps.push((end, ok));
-    }
-    Checked {
-        steps,
-        answer,
-        correct: answer == Some(c.answer() as i64),
-    }
-}
-
-/// A solution with the positions the verifier reads and their labels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Labeled {
-    pub ids: Vec<u32>,
-    pub targets: Vec<(usize, f32)>,
-}
-
-/// Which supervision a verifier gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Supervision {
-    Process,
-    Outcome,
-}
-
-/// Labels a sampled solution for a PRM (one target per step) or an ORM (one at the last token).
-pub fn label(c: &Chain, response: &[u32], sup: Supervision) -> Labeled {
-    let mut ids = c.prompt_ids();
-    let pl = ids.len();
-    ids.extend_from_slice(response);
-    let text = response_text(response);
-    let ch = check(c, &text);
-    let targets = match sup {
-        Supervision::Outcome => vec![(ids.len() - 1, ch.correct as u8 as f32)],
-        Supervision::Process => ch
-            .steps
-            .iter()
-            .map(|&(p, ok)| ((pl + p).min(ids.len() - 1), ok as u8 as f32))
-            .collect(),
-    };
-    Labeled { ids, targets }
-}
-
-/// Head logits at every target position of a batch, `[Σ targets]` (graph kept).
-fn verifier_logits(v: &Lm, batch: &[&Labeled]) -> Result<Tensor> {
-    let seqs: Vec<Vec<u32>> = batch.iter().map(|l| l.ids.clone()).collect();
-    let (ids, t) = pad(&seqs)?;
-    let h = v.hidden(&ids)?;
-    let (b, _, d) = h.dims3()?;
-    let flat: Vec<usize> = batch
-        .iter()
-        .enumerate()
-        .flat_map(|(i, l)| l.targets.iter().map(move |&(p, _)| i * t + p))
-        .collect();
-    let rows = h.reshape((b * t, d))?; // [b·t, d]
-    let idx: Vec<u32> = flat.iter().map(|&x| x as u32).collect();
-    let sel = rows.index_select(&Tensor::from_slice(&idx, idx.len(), &Device::Cpu)?, 0)?;
-    v.head
-        .as_ref()
-        .ok_or_else(|| data_err("the verifier has no head"))?
-        .forward(&sel)
-}
-
-/// Binary cross-entropy `y·softplus(−z) + (1−y)·softplus(z)`, mean over targets.
-fn bce(z: &Tensor, y: &[f32]) -> Result<Tensor> {
-    let yt = Tensor::from_slice(y, y.len(), &Device::Cpu)?;
-    let a = (&yt * softplus(&z.neg()?)?)?;
-    let b = (yt.affine(-1.0, 1.0)? * softplus(z)?)?;
-    Ok((a + b)?.mean_all()?)
-}
-
-/// Verifier training on the engine: BCE at every labelled position.
-pub struct VerifierObjective<'a> {
-    pub v: &'a Lm,
-    pub train: &'a [Labeled],
-    pub val: &'a [Labeled],
-    pub batch: usize,
-}
-
-fn accuracy(v: &Lm, data: &[Labeled]) -> Result<(f64, f64)> {
-    let (mut right, mut n, mut loss, mut nb) = (0usize, 0usize, 0.0, 0usize);
-    for chunk in data.chunks(128) {
-        let refs: Vec<&Labeled> = chunk.iter().collect();
-        let z = verifier_logits(v, &refs)?.detach();
-        let y: Vec<f32> = refs
-            .iter()
-            .flat_map(|l| l.targets.iter().map(|t| t.1))
-            .collect();
-        loss += bce(&z, &y)?.to_scalar::<f32>()? as f64;
-        nb += 1;
-        let zv: Vec<f32> = z.to_vec1()?;
-        right += zv
-            .iter()
-            .zip(&y)
-            .filter(|(z, y)| (**z > 0.0) == (**y > 0.5))
-            .count();
-        n += y.len();
-    }
-    Ok((right as f64 / n.max(1) as f64, loss / nb.max(1) as f64))
-}
-
-impl Objective for VerifierObjective<'_> {
-    fn train_batch(&mut self, rng: &mut SplitMix64, _index: u64) -> Result<BatchLoss> {
-        if self.train.is_empty() {
-            return Err(data_err("verifier: no labelled solutions"));
-        }
-        let batch = draw(self.train, self.batch, rng);
-        let z = verifier_logits(self.v, &batch)?;
-        let y: Vec<f32> = batch
-            .iter()
-            .flat_map(|l| l.targets.iter().map(|t| t.1))
-            .collect();
-        let total = bce(&z, &y)?;
-        Ok(BatchLoss {
-            loss: total.to_scalar::<f32>()? as f64,
-            total,
-            tokens: batch.iter().map(|l| l.ids.len()).sum(),
-            extra: Vec::new(),
-        })
-    }
-
-    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
-        let (acc, loss) = accuracy(self.v, self.val)?;
-        Ok(vec![
-            ("eval_loss".into(), loss),
-            ("eval_label_accuracy".into(), acc),
-        ])
-    }
-}
-
-/// Log-scores of solutions under a verifier: the sum of `log σ(z)` over its targets.
-pub fn log_scores(v: &Lm, data: &[Labeled]) -> Result<Vec<f64>> {
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks(128) {
-        let refs: Vec<&Labeled> = chunk.iter().collect();
-        let z: Vec<f32> = verifier_logits(v, &refs)?.detach().to_vec1()?;
-        let mut off = 0;
-        for l in &refs {
-            let k = l.targets.len();
-            // log σ(z) = −softplus(−z)
-            let s: f64 = z[off..off + k]
-                .iter()
-                .map(|&x| {
-                    let x = x as f64;
-                    -((-x).max(0.0) + (1.0 + (-x.abs()).exp()).ln())
-                })
-                .sum();
-            out.push(s);
-            off += k;
-        }
-    }
-    Ok(out)
-}
+pub use task::{
+    Chain, Checked, Labeled, MAX_SOLUTION, MAX_TERM, PLANTED_ERROR, Supervision, TERMS, chains,
+    check, demonstration, label,
+};
+use verifier::accuracy;
+pub use verifier::{VerifierObjective, log_scores};
 
 /// PRM experiment settings.
 #[derive(Debug, Clone)]

@@ -16,201 +16,32 @@
 //!    rating mapped to [−1, 1] is the reward, no reward model), with the same PPO settings.
 //! 4. The gold judge scores every policy's samples on the held-out prompts; win rates against the
 //!    SFT policy and RLAIF against the RLHF-style policy head to head.
+//!
+//! The parts: `pairs` (the experiment's pairs and their labels), `soft_rm` (reward models on soft
+//! labels); the settings, the report, the run and the plot are here.
+
+mod pairs;
+mod soft_rm;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use canon_nn::SplitMix64;
 use canon_plot::{Figure, Series};
-use canon_train::trainer::RunFiles;
-use canon_train::{BatchLoss, Engine, Objective, StepReport};
+use canon_train::StepReport;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::evaluate_policy;
-use crate::lm::{Lm, ScalarHead};
-use crate::losses::{debiased_preference, soft_pair_loss};
+use crate::lm::Lm;
 use crate::pipeline::{
-    EVAL_SEED, PpoOpts, Report, ValueInit, io, load_groups, ppo_with, read_json, rm_reward,
-    sft_baseline, train_config, write_json,
+    EVAL_SEED, PpoOpts, Report, ValueInit, io, load_groups, ppo_with, rm_reward, sft_baseline,
+    write_json,
 };
 use crate::rlaif::Labeller;
-use crate::rm::{Group, normalise, pair_accuracy, rewards};
-use crate::sft::demonstrations;
 use crate::task::{Problem, response_text, split};
 use crate::{Result, data_err};
 
-/// One pair of the experiment with its gold and AI labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LabelledPair {
-    pub problem: Problem,
-    pub a: Vec<u32>,
-    pub b: Vec<u32>,
-    /// The gold judge's `P(a ≻ b)`: 1, 0 or ½ (tie).
-    pub gold: f64,
-    /// The labeller's `P(first wins)` with `a` shown first, and with `b` shown first.
-    pub p_ab: f64,
-    pub p_ba: f64,
-}
-
-impl LabelledPair {
-    /// The AI label: the order-debiased `P(a ≻ b)`.
-    pub fn ai(&self) -> f64 {
-        debiased_preference(self.p_ab, self.p_ba)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct LabelFile {
-    labeller: String,
-    pairs: Vec<LabelledPair>,
-}
-
-/// The pairs of the experiment (unlabelled): `(problem, a, b, gold P(a ≻ b))`.
-pub fn experiment_pairs(groups: &[Group], n: usize) -> Vec<(Problem, Vec<u32>, Vec<u32>, f64)> {
-    let mut out = Vec::new();
-    for g in groups {
-        if out.len() >= n {
-            break;
-        }
-        let Some(first) = g.responses.first() else {
-            continue;
-        };
-        if let Some(j) = (1..g.responses.len()).find(|&j| g.responses[j] != *first) {
-            let gold = match g.scores[0].total_cmp(&g.scores[j]) {
-                std::cmp::Ordering::Greater => 1.0,
-                std::cmp::Ordering::Less => 0.0,
-                std::cmp::Ordering::Equal => 0.5,
-            };
-            out.push((g.problem, first.clone(), g.responses[j].clone(), gold));
-        }
-    }
-    out
-}
-
-/// Agreement of the AI labels with the gold judge on the strictly ranked pairs: (one order, `a`
-/// shown first; both orders averaged; the number of such pairs). An AI label of exactly ½ agrees
-/// with neither order. `None` when no pair is strictly ranked.
-pub fn agreement(pairs: &[LabelledPair]) -> Option<(f64, f64, usize)> {
-    let strict: Vec<&LabelledPair> = pairs.iter().filter(|p| p.gold != 0.5).collect();
-    if strict.is_empty() {
-        return None;
-    }
-    let n = strict.len() as f64;
-    let agrees = |q: f64, gold: f64| (q > 0.5 && gold > 0.5) || (q < 0.5 && gold < 0.5);
-    let one = strict.iter().filter(|p| agrees(p.p_ab, p.gold)).count() as f64;
-    let both = strict.iter().filter(|p| agrees(p.ai(), p.gold)).count() as f64;
-    Some((one / n, both / n, strict.len()))
-}
-
-/// A reward model trained on soft preference labels: each micro-batch is `batch` pairs.
-struct SoftRmObjective<'a> {
-    rm: &'a Lm,
-    pairs: &'a [LabelledPair],
-    labels: Vec<f64>,
-    order: Vec<usize>,
-    batch: usize,
-    val: &'a [Group],
-}
-
-impl Objective for SoftRmObjective<'_> {
-    fn train_batch(&mut self, _rng: &mut SplitMix64, index: u64) -> Result<BatchLoss> {
-        let n = self.order.len();
-        if n == 0 {
-            return Err(data_err("RLAIF reward model: no pairs"));
-        }
-        let start = index as usize * self.batch;
-        let idx: Vec<usize> = (0..self.batch.min(n))
-            .map(|i| self.order[(start + i) % n])
-            .collect();
-        let mut seqs = Vec::with_capacity(2 * idx.len());
-        for side in 0..2 {
-            for &i in &idx {
-                let p = &self.pairs[i];
-                let r = if side == 0 { &p.a } else { &p.b };
-                seqs.push([p.problem.prompt_ids(), r.clone()].concat());
-            }
-        }
-        let r = rewards(self.rm, &seqs)?;
-        let m = idx.len();
-        let p1: Vec<f32> = idx.iter().map(|&i| self.labels[i] as f32).collect();
-        let p1 = Tensor::from_vec(p1, m, &Device::Cpu)?;
-        let loss = soft_pair_loss(&r.narrow(0, 0, m)?, &r.narrow(0, m, m)?, &p1)?;
-        Ok(BatchLoss {
-            loss: loss.to_scalar::<f32>()? as f64,
-            total: loss,
-            tokens: seqs.iter().map(Vec::len).sum(),
-            extra: Vec::new(),
-        })
-    }
-
-    fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
-        let (acc, loss) = pair_accuracy(self.rm, self.val)?;
-        Ok(vec![
-            ("eval_loss".into(), loss),
-            ("eval_pair_accuracy".into(), acc),
-        ])
-    }
-}
-
-/// Reward-model settings of the experiment.
-#[derive(Debug, Clone)]
-pub struct SoftRmOpts {
-    pub epochs: u64,
-    pub batch: usize,
-    pub lr: f64,
-}
-
-/// Trains a reward model from the SFT trunk on `labels[i] = P(a ≻ b)` of `pairs[i]` into `out`;
-/// returns its held-out pair accuracy on `val` (gold rankings).
-#[allow(clippy::too_many_arguments)]
-pub fn train_soft_rm(
-    dir: &Path,
-    out: &Path,
-    seed: u64,
-    pairs: &[LabelledPair],
-    labels: Vec<f64>,
-    val: &[Group],
-    o: &SoftRmOpts,
-    on_step: &mut dyn FnMut(&StepReport),
-) -> Result<f64> {
-    if pairs.is_empty() || labels.len() != pairs.len() {
-        return Err(data_err("RLAIF reward model: no labelled pairs"));
-    }
-    if o.batch == 0 || o.epochs == 0 {
-        return Err(data_err("RLAIF reward model: batch and epochs must be ≥ 1"));
-    }
-    let mut rm = Lm::load(&dir.join("sft"))?;
-    rm.head = Some(ScalarHead::zeros(rm.cfg.d_model)?);
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    let mut rng = SplitMix64::new(seed ^ 0x5AF7);
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    let steps = o.epochs * pairs.len().div_ceil(o.batch) as u64;
-    let mut obj = SoftRmObjective {
-        rm: &rm,
-        pairs,
-        labels,
-        order,
-        batch: o.batch,
-        val,
-    };
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let mut engine = Engine::new(rm.params(), train_config(steps, o.lr, seed, steps / 4))?;
-    let stop = AtomicBool::new(false);
-    engine.run(&mut obj, steps, &stop, &RunFiles::in_dir(out), on_step)?;
-    let (train, _) = split(seed);
-    normalise(
-        &rm,
-        &demonstrations(&train[..train.len().min(1000)], 1, seed)?,
-    )?;
-    let (acc, _) = pair_accuracy(&rm, val)?;
-    rm.save(out)?;
-    Ok(acc)
-}
+pub use pairs::*;
+pub use soft_rm::*;
 
 /// The experiment's settings.
 #[derive(Debug, Clone)]
@@ -330,52 +161,6 @@ impl RlaifReport {
 
 /// Progress: `(stage, position, length)`.
 pub type Progress<'a> = dyn FnMut(&str, u64, u64) + 'a;
-
-fn label_all(
-    dir: &Path,
-    labeller: &mut dyn Labeller,
-    raw: Vec<(Problem, Vec<u32>, Vec<u32>, f64)>,
-    on: &mut Progress,
-) -> Result<(Vec<LabelledPair>, f64)> {
-    let path = dir.join("rlaif/labels.json");
-    if path.is_file() {
-        let f: LabelFile = read_json(&path, "RLAIF labels")?;
-        let same = f.labeller == labeller.name()
-            && f.pairs.len() == raw.len()
-            && f.pairs
-                .iter()
-                .zip(&raw)
-                .all(|(l, r)| l.problem == r.0 && l.a == r.1 && l.b == r.2);
-        if same {
-            return Ok((f.pairs, 0.0));
-        }
-    }
-    let t0 = Instant::now();
-    let n = raw.len() as u64;
-    let mut pairs = Vec::with_capacity(raw.len());
-    for (i, (problem, a, b, gold)) in raw.into_iter().enumerate() {
-        let (ta, tb) = (response_text(&a), response_text(&b));
-        let p_ab = labeller.p_first(&problem, &ta, &tb)?;
-        let p_ba = labeller.p_first(&problem, &tb, &ta)?;
-        pairs.push(LabelledPair {
-            problem,
-            a,
-            b,
-            gold,
-            p_ab,
-            p_ba,
-        });
-        on("label", i as u64 + 1, n);
-    }
-    write_json(
-        &path,
-        &LabelFile {
-            labeller: labeller.name(),
-            pairs: pairs.clone(),
-        },
-    )?;
-    Ok((pairs, t0.elapsed().as_secs_f64()))
-}
 
 fn arm_result(arm: &str, reward: &str, rm_acc: Option<f64>, r: &Report) -> ArmResult {
     let g = |k: &str| r.get(k).unwrap_or(f64::NAN);
@@ -548,6 +333,7 @@ pub fn plot(runs: &[PathBuf], report: &RlaifReport, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rm::Group;
 
     #[test]
     fn rlaif_settings_are_checked_before_the_labeller_loads() {
