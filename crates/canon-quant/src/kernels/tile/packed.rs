@@ -80,7 +80,12 @@ pub fn packs(kind: Kind) -> bool {
         && enabled()
         && form(kind).is_some()
         && kind != Kind::Q3K
-        && (avx512_packs() || (avx2_packs() && nibble_base(kind).is_some()))
+        && (avx512_packs() || (avx2_packs() && avx2_kind(kind)))
+}
+
+/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, and Q8_0 (by the sign trick).
+fn avx2_kind(kind: Kind) -> bool {
+    nibble_base(kind).is_some() || kind == Kind::Q8_0
 }
 
 /// Whether this CPU packs with the AVX-512 VNNI kernels.
@@ -93,7 +98,8 @@ fn avx512_packs() -> bool {
 /// eight rows at once, and the scales are applied per block to eight rows in one vector, where
 /// the row-at-a-time kernel spends a scale multiply, a conversion and a fused multiply-add per
 /// row and block: for decoding several sequences (and prompts) the products cost about half.
-/// 4-bit codes only: eight of their byte-pair sums still fit a 16-bit lane.
+/// 4-bit codes: eight of their byte-pair sums still fit a 16-bit lane; Q8_0 (signed bytes) adds
+/// each register's pair sums into 32 bits (`maddubs` of |w| and x signed by w).
 fn avx2_packs() -> bool {
     Isa::best() == Isa::Avx2 && Isa::Avx2.available()
 }
@@ -154,8 +160,7 @@ impl Packed {
             let sptr = scales.as_mut_ptr() as usize;
             let per_task = 8;
             if !avx512_packs() {
-                // AVX2 (4-bit formats): the same bytes from the plain tile form of each row.
-                let base = base?;
+                // AVX2 (4-bit formats, Q8_0): the same bytes from the plain tile form of each row.
                 crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
                     let mut u = vec![0u8; w.cols];
                     let mut sc = vec![[0.0f32; 2]; nb];
@@ -178,11 +183,21 @@ impl Packed {
                                     )
                                 };
                                 let blk = &u[b * QK..(b + 1) * QK];
-                                for j in 0..4 {
-                                    for jj in 0..4 {
-                                        let lo = blk[4 * j + jj].wrapping_sub(base);
-                                        let hi = blk[4 * (j + 4) + jj].wrapping_sub(base);
-                                        c[j * 64 + 4 * lane + jj] = (lo & 15) | (hi << 4);
+                                match base {
+                                    Some(base) => {
+                                        for j in 0..4 {
+                                            for jj in 0..4 {
+                                                let lo = blk[4 * j + jj].wrapping_sub(base);
+                                                let hi = blk[4 * (j + 4) + jj].wrapping_sub(base);
+                                                c[j * 64 + 4 * lane + jj] = (lo & 15) | (hi << 4);
+                                            }
+                                        }
+                                    }
+                                    None => {
+                                        for g in 0..8 {
+                                            c[g * 64 + 4 * lane..g * 64 + 4 * lane + 4]
+                                                .copy_from_slice(&blk[4 * g..4 * g + 4]);
+                                        }
                                     }
                                 }
                                 let vecs = sb / (PANEL * if half { 2 } else { 4 });
@@ -806,13 +821,13 @@ mod avx2 {
     /// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
     ///
     /// # Safety
-    /// CPU with AVX2, FMA and F16C; `p.nib`; `F16` and `MODE` (0 or 1) are `p`'s; `cp`/`sp` hold
+    /// CPU with AVX2, FMA and F16C; `F16`, `NIB` and `MODE` (0 or 1; 0 when not `NIB`) are `p`'s; `cp`/`sp` hold
     /// panel `pi`'s `p.nb` blocks; rows `t0..t0 + T` exist in `act`, whose width is `p`'s; `y`
     /// points at `[act.rows, p.rows]`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows<const MODE: u8, const T: usize, const F16: bool>(
+    unsafe fn rows<const MODE: u8, const T: usize, const F16: bool, const NIB: bool>(
         p: &Packed,
         half_rows: usize,
         pi: usize,
@@ -832,21 +847,32 @@ mod avx2 {
         let sb = scale_bytes(MODE, F16);
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(-128);
+        let cl = if NIB { 4 } else { 8 };
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..nb {
-            // SAFETY: block b of panel pi: 4 lines and sb scale bytes inside the buffers; this
+            // SAFETY: block b of panel pi: cl lines and sb scale bytes inside the buffers; this
             // half's 32 bytes of each line, its 8 scales (and 8 minimums) of the vectors.
             let (wv, s0, s1) = unsafe {
-                let l = cp.add(b * 4 * 64 + 32 * half_rows);
-                let r: [__m256i; 4] =
-                    std::array::from_fn(|j| _mm256_loadu_si256(l.add(j * 64) as *const __m256i));
-                let wv: [__m256i; 8] = std::array::from_fn(|g| {
-                    if g < 4 {
-                        _mm256_and_si256(r[g], low)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(r[g - 4]), low)
-                    }
-                });
+                let l = cp.add(b * cl * 64 + 32 * half_rows);
+                let wv: [__m256i; 8] = if NIB {
+                    let r: [__m256i; 4] =
+                        std::array::from_fn(
+                            |j| _mm256_loadu_si256(l.add(j * 64) as *const __m256i),
+                        );
+                    std::array::from_fn(|g| {
+                        if g < 4 {
+                            _mm256_and_si256(r[g], low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(r[g - 4]), low)
+                        }
+                    })
+                } else {
+                    // Q8_0's codes u = q + 128 back to the signed q.
+                    std::array::from_fn(|g| {
+                        _mm256_xor_si256(_mm256_loadu_si256(l.add(g * 64) as *const __m256i), flip)
+                    })
+                };
                 let s = sp.add(b * sb);
                 let (s0, s1) = if F16 {
                     let at = |v: usize| s.add(v * 32 + 16 * half_rows) as *const __m128i;
@@ -880,17 +906,33 @@ mod avx2 {
                         _mm256_set1_ps(*act.d.get_unchecked(at)),
                     )
                 };
-                let mut s16 = _mm256_setzero_si256();
-                for (g, w) in wv.iter().enumerate() {
-                    // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
-                    let x =
-                        unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, x));
-                }
-                let i = _mm256_add_epi32(
-                    _mm256_madd_epi16(s16, ones),
-                    _mm256_set1_epi32(-offset * (h0 + h1)),
-                );
+                let i = if NIB {
+                    let mut s16 = _mm256_setzero_si256();
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, x));
+                    }
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(s16, ones),
+                        _mm256_set1_epi32(-offset * (h0 + h1)),
+                    )
+                } else {
+                    // Σ (u − 128)·x, the same integer as Σ u·x − 128·Σx: |w|·(x signed by w).
+                    let mut s32 = _mm256_setzero_si256();
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*w), _mm256_sign_epi8(x, *w));
+                        s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p, ones));
+                    }
+                    let _ = (h0, h1, offset);
+                    s32
+                };
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(s0, dx), *a);
                 if MODE == 1 {
                     // SAFETY: as above.
@@ -929,11 +971,11 @@ mod avx2 {
         for h in 0..2 {
             // SAFETY: the layout parameters are `p`'s; the rest is the caller's contract.
             unsafe {
-                match (mode_id(p.mode), p.half) {
-                    (0, true) => rows::<0, T, true>(p, h, pi, cp, sp, act, t0, y),
-                    (1, true) => rows::<1, T, true>(p, h, pi, cp, sp, act, t0, y),
-                    (0, false) => rows::<0, T, false>(p, h, pi, cp, sp, act, t0, y),
-                    (1, false) => rows::<1, T, false>(p, h, pi, cp, sp, act, t0, y),
+                match (mode_id(p.mode), p.half, p.nib) {
+                    (0, true, true) => rows::<0, T, true, true>(p, h, pi, cp, sp, act, t0, y),
+                    (1, true, true) => rows::<1, T, true, true>(p, h, pi, cp, sp, act, t0, y),
+                    (1, false, true) => rows::<1, T, false, true>(p, h, pi, cp, sp, act, t0, y),
+                    (0, true, false) => rows::<0, T, true, false>(p, h, pi, cp, sp, act, t0, y),
                     _ => {}
                 }
             }
@@ -950,10 +992,11 @@ mod avx2 {
         let m = act.rows;
         let nb = p.nb;
         let sb = scale_bytes(mode_id(p.mode), p.half);
+        let cl = if p.nib { 4 } else { 8 };
         // SAFETY: panel pi's lines start inside the buffers (pi < panels).
         let (cp, sp) = unsafe {
             (
-                (p.codes.as_ptr() as *const u8).add(pi * nb * 4 * 64),
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
                 (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
             )
         };

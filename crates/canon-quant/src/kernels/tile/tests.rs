@@ -372,7 +372,7 @@ fn packed_rows_dequantize_to_the_same_bits() {
     }
 }
 
-/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats are packed for the AVX2 panel
+/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats and Q8_0 are packed for the AVX2 panel
 /// kernel: its products match the plain tile arithmetic (to rounding: fused multiply-adds), one
 /// row alone equals the same row in any batch bit for bit, the packed rows dequantize to the
 /// file's bits, and the other formats stay unpacked.
@@ -405,13 +405,13 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
             };
             let Some(p) = packed::Packed::pack(w) else {
                 assert!(
-                    !matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K),
+                    !matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
                     "{kind:?} was not packed"
                 );
                 continue;
             };
             assert!(
-                matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K),
+                matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
                 "{kind:?} was packed"
             );
             let x = rng.vec(m * k, 1.0);
