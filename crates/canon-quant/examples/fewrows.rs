@@ -98,6 +98,34 @@ fn main() {
             per_row[1] / per_row[0]
         );
     }
+    // Dequantizing whole rows (QLoRA's input gradient, embedding lookups): from the file's
+    // blocks and from the packed copy.
+    {
+        let (n, k) = (1536, 576);
+        let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
+        let mut bytes = Vec::new();
+        scalar::quantize_row(kind, &wf, &mut bytes);
+        let w = QMatrixRef {
+            kind,
+            rows: n,
+            cols: k,
+            bytes: &bytes,
+        };
+        let mut out = vec![0.0f32; n * k];
+        let file = time(|| {
+            for (r, row) in out.chunks_mut(k).enumerate() {
+                canon_quant::kernels::dequantize_row(w, r, row);
+            }
+        });
+        let pk = canon_quant::kernels::tile::packed::Packed::pack(w).map_or(f64::NAN, |p| {
+            time(|| assert!(p.dequantize_rows(0, &mut out)))
+        });
+        println!(
+            "\ndequantize [{n}, {k}]: file blocks {:.0} µs, packed copy {:.0} µs",
+            file * 1e6,
+            pk * 1e6
+        );
+    }
     // Prompt chunks: the 8-bit row kernel against the dequantizing f32 GEMM.
     println!("\n| W [n, k] | m | 8-bit µs | GEMM µs | packed µs |");
     println!("|---|---|---|---|---|");

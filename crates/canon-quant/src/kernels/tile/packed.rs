@@ -327,16 +327,24 @@ impl Packed {
                 (f16(2 * lane), f16(32 + 2 * lane))
             };
             let c = &codes[blk * cl * 64..(blk + 1) * cl * 64];
-            for (g, reg) in o.chunks_exact_mut(4).enumerate() {
-                for (j, v) in reg.iter_mut().enumerate() {
-                    let code = if self.nib {
-                        let byte = c[(g % 4) * 64 + 4 * lane + j];
-                        if g < 4 { byte & 15 } else { byte >> 4 }
-                    } else {
-                        c[g * 64 + 4 * lane + j]
-                    };
-                    *v = d * (code as i32 - self.offset) as f32 + mn;
+            // The row's 32 codes first (four per register), then one branch-free loop over
+            // them that the compiler vectorizes: a QLoRA input gradient dequantizes every row.
+            let mut u = [0u8; QK];
+            if self.nib {
+                for j in 0..4 {
+                    let at = j * 64 + 4 * lane;
+                    for i in 0..4 {
+                        u[4 * j + i] = c[at + i] & 15;
+                        u[16 + 4 * j + i] = c[at + i] >> 4;
+                    }
                 }
+            } else {
+                for (g, reg) in u.chunks_exact_mut(4).enumerate() {
+                    reg.copy_from_slice(&c[g * 64 + 4 * lane..g * 64 + 4 * lane + 4]);
+                }
+            }
+            for (v, &code) in o.iter_mut().zip(&u) {
+                *v = d * (code as i32 - self.offset) as f32 + mn;
             }
         }
         true
