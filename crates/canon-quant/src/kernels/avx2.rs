@@ -189,6 +189,43 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The body of `step`, expanded in place: called as a function, `step` was left out of line
+/// by the compiler for four rows, so every block stored and reloaded the accumulators
+/// (`#[inline(always)]` is not allowed with `#[target_feature]`). Same operations in the
+/// same order, so the results are bit-identical.
+///
+/// Expands to unsafe operations; the caller's contract is `step`'s.
+macro_rules! block_step {
+    ($F:ty, $T:expr, $w:expr, $acts:expr, $b:expr, $acc:expr, $macc:expr) => {{
+        let (w, acts, b) = ($w, $acts, $b);
+        // SAFETY: block b lies inside `w`; activation rows hold as many blocks as `w` (caller).
+        let (v, d, m) = <$F as Fmt>::unpack(w.as_ptr().add(b * <$F as Fmt>::BYTES));
+        let av = if <$F as Fmt>::HAS_MIN {
+            v
+        } else {
+            _mm256_sign_epi8(v, v)
+        };
+        let ones = _mm256_set1_epi16(1);
+        for t in 0..$T {
+            let a: &ActRow<'_> = &acts[t];
+            // SAFETY: row `t` holds at least `(b + 1)·QK` bytes (caller): these 32 are in bounds.
+            let x = _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i);
+            let x = if <$F as Fmt>::HAS_MIN {
+                x
+            } else {
+                _mm256_sign_epi8(x, v)
+            };
+            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(av, x), ones));
+            $acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), p, $acc[t]);
+            if <$F as Fmt>::HAS_MIN {
+                $macc[t] += m * a.s[b];
+            }
+        }
+    }};
+}
+#[allow(unused_imports)]
+use block_step;
+
 /// Block `b` of one weight row against `T` activation rows, accumulated into `acc` (and the
 /// minimum terms into `macc`).
 ///
@@ -204,29 +241,8 @@ pub(super) unsafe fn step<F: Fmt, const T: usize>(
     acc: &mut [__m256; T],
     macc: &mut [f32; T],
 ) {
-    // SAFETY: block b lies inside `w`; activation rows hold as many blocks as `w` (caller).
-    let (v, d, m) = unsafe { F::unpack(w.as_ptr().add(b * F::BYTES)) };
-    let av = if F::HAS_MIN {
-        v
-    } else {
-        _mm256_sign_epi8(v, v)
-    };
-    let ones = _mm256_set1_epi16(1);
-    for t in 0..T {
-        let a = &acts[t];
-        // SAFETY: row `t` holds at least `(b + 1)·QK` bytes (caller), so these 32 are in bounds.
-        let x = unsafe { _mm256_loadu_si256(a.qs.as_ptr().add(b * QK) as *const __m256i) };
-        let x = if F::HAS_MIN {
-            x
-        } else {
-            _mm256_sign_epi8(x, v)
-        };
-        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(av, x), ones));
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), p, acc[t]);
-        if F::HAS_MIN {
-            macc[t] += m * a.s[b];
-        }
-    }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_step!(F, T, w, acts, b, acc, macc) }
 }
 
 /// One weight row against `T` activation rows. Even and odd blocks go to separate accumulators so
@@ -247,14 +263,14 @@ unsafe fn dot_n<F: Fmt, const T: usize>(w: &[u8], acts: &[ActRow<'_>], out: &mut
     while b + 1 < nb {
         // SAFETY: b + 1 < nb, so both blocks lie inside `w`, and the rows match `w` (caller).
         unsafe {
-            step::<F, T>(w, acts, b, &mut acc0, &mut macc0);
-            step::<F, T>(w, acts, b + 1, &mut acc1, &mut macc1);
+            block_step!(F, T, w, acts, b, acc0, macc0);
+            block_step!(F, T, w, acts, b + 1, acc1, macc1);
         }
         b += 2;
     }
     if b < nb {
         // SAFETY: b < nb, so the block lies inside `w`, and the rows match `w` (caller).
-        unsafe { step::<F, T>(w, acts, b, &mut acc0, &mut macc0) };
+        unsafe { block_step!(F, T, w, acts, b, acc0, macc0) };
     }
     for t in 0..T {
         // SAFETY: the CPU features are guaranteed by the caller (this function's own contract).

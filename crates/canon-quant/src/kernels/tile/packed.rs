@@ -73,14 +73,35 @@ pub fn enabled() -> bool {
     })
 }
 
-/// Whether `kind` is packed on this CPU (AVX-512 VNNI, tile kernel and packing enabled).
+/// Whether `kind` is packed on this CPU: every tile format but Q3_K with AVX-512 VNNI, the 4-bit
+/// formats (Q4_0, Q4_1, Q4_K) with AVX2 alone (`avx2_packs`); the tile kernel and packing enabled.
 pub fn packs(kind: Kind) -> bool {
-    Isa::best() == Isa::Avx512Vnni
-        && Isa::Avx512Vnni.available()
-        && super::enabled()
+    super::enabled()
         && enabled()
         && form(kind).is_some()
         && kind != Kind::Q3K
+        && (avx512_packs() || (avx2_packs() && avx2_kind(kind)))
+}
+
+/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, and Q8_0 (by the sign trick).
+fn avx2_kind(kind: Kind) -> bool {
+    nibble_base(kind).is_some() || kind == Kind::Q8_0
+}
+
+/// Whether this CPU packs with the AVX-512 VNNI kernels.
+fn avx512_packs() -> bool {
+    Isa::best() == Isa::Avx512Vnni && Isa::Avx512Vnni.available()
+}
+
+/// Whether this CPU packs the 4-bit formats for the AVX2 panel kernel (`avx2` below): AVX2 is
+/// its best path. There each weight code is multiplied by four activation bytes broadcast to
+/// eight rows at once, and the scales are applied per block to eight rows in one vector, where
+/// the row-at-a-time kernel spends a scale multiply, a conversion and a fused multiply-add per
+/// row and block: for decoding several sequences (and prompts) the products cost about half.
+/// 4-bit codes: eight of their byte-pair sums still fit a 16-bit lane; Q8_0 (signed bytes) adds
+/// each register's pair sums into 32 bits (`maddubs` of |w| and x signed by w).
+fn avx2_packs() -> bool {
+    Isa::best() == Isa::Avx2 && Isa::Avx2.available()
 }
 
 /// The value subtracted from `tile`'s unsigned codes to store them as nibbles, for the 4-bit
@@ -138,67 +159,128 @@ impl Packed {
             let cptr = codes.as_mut_ptr() as usize;
             let sptr = scales.as_mut_ptr() as usize;
             let per_task = 8;
-            crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
-                let mut p = super::avx512::Panel::default();
-                for pi in task * per_task..((task + 1) * per_task).min(panels) {
-                    // SAFETY: `packs` checked the AVX-512 VNNI extensions and the tile form.
-                    unsafe { super::avx512::unpack(w, pi * PANEL, &mut p) };
-                    for b in 0..nb {
-                        let lines = &p.lines[b * super::avx512::LINES..];
-                        // SAFETY: panel pi's codes and scales are written by this task alone and
-                        // lie inside the buffers sized above.
-                        let (c, s) = unsafe {
-                            (
-                                std::slice::from_raw_parts_mut(
-                                    (cptr as *mut u8).add((pi * nb + b) * cl * 64),
-                                    cl * 64,
-                                ),
-                                std::slice::from_raw_parts_mut(
-                                    (sptr as *mut u8).add((pi * nb + b) * sb),
-                                    sb,
-                                ),
-                            )
-                        };
-                        match base {
-                            Some(base) => {
-                                for j in 0..4 {
-                                    for i in 0..64 {
-                                        let lo = lines[j].0[i].wrapping_sub(base);
-                                        let hi = lines[j + 4].0[i].wrapping_sub(base);
-                                        c[j * 64 + i] = (lo & 15) | (hi << 4);
+            if !avx512_packs() {
+                // AVX2 (4-bit formats, Q8_0): the same bytes from the plain tile form of each row.
+                crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
+                    let mut u = vec![0u8; w.cols];
+                    let mut sc = vec![[0.0f32; 2]; nb];
+                    for pi in task * per_task..((task + 1) * per_task).min(panels) {
+                        for lane in 0..PANEL.min(w.rows - pi * PANEL) {
+                            super::row_form(w, pi * PANEL + lane, &mut u, &mut sc);
+                            for b in 0..nb {
+                                // SAFETY: panel pi's codes and scales are written by this task
+                                // alone and lie inside the buffers sized above.
+                                let (c, s) = unsafe {
+                                    (
+                                        std::slice::from_raw_parts_mut(
+                                            (cptr as *mut u8).add((pi * nb + b) * cl * 64),
+                                            cl * 64,
+                                        ),
+                                        std::slice::from_raw_parts_mut(
+                                            (sptr as *mut u8).add((pi * nb + b) * sb),
+                                            sb,
+                                        ),
+                                    )
+                                };
+                                let blk = &u[b * QK..(b + 1) * QK];
+                                match base {
+                                    Some(base) => {
+                                        for j in 0..4 {
+                                            for jj in 0..4 {
+                                                let lo = blk[4 * j + jj].wrapping_sub(base);
+                                                let hi = blk[4 * (j + 4) + jj].wrapping_sub(base);
+                                                c[j * 64 + 4 * lane + jj] = (lo & 15) | (hi << 4);
+                                            }
+                                        }
+                                    }
+                                    None => {
+                                        for g in 0..8 {
+                                            c[g * 64 + 4 * lane..g * 64 + 4 * lane + 4]
+                                                .copy_from_slice(&blk[4 * g..4 * g + 4]);
+                                        }
                                     }
                                 }
-                            }
-                            None => {
-                                for g in 0..8 {
-                                    c[g * 64..(g + 1) * 64].copy_from_slice(&lines[g].0);
-                                }
-                            }
-                        }
-                        let vecs = sb / (PANEL * if half { 2 } else { 4 });
-                        for v in 0..vecs {
-                            let line = &lines[8 + v].0;
-                            for i in 0..PANEL {
-                                let f = f32::from_le_bytes([
-                                    line[4 * i],
-                                    line[4 * i + 1],
-                                    line[4 * i + 2],
-                                    line[4 * i + 3],
-                                ]);
-                                if half {
-                                    let h = half::f16::from_f32(f).to_bits().to_le_bytes();
-                                    s[v * 32 + 2 * i..v * 32 + 2 * i + 2].copy_from_slice(&h);
-                                } else {
-                                    s[v * 64 + 4 * i..v * 64 + 4 * i + 4]
-                                        .copy_from_slice(&f.to_le_bytes());
+                                let vecs = sb / (PANEL * if half { 2 } else { 4 });
+                                for v in 0..vecs {
+                                    let f = sc[b][v];
+                                    if half {
+                                        let h = half::f16::from_f32(f).to_bits().to_le_bytes();
+                                        s[v * 32 + 2 * lane..v * 32 + 2 * lane + 2]
+                                            .copy_from_slice(&h);
+                                    } else {
+                                        s[v * 64 + 4 * lane..v * 64 + 4 * lane + 4]
+                                            .copy_from_slice(&f.to_le_bytes());
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                let r0 = task * per_task * PANEL;
-                done(r0, ((task + 1) * per_task * PANEL).min(w.rows));
-            });
+                    let r0 = task * per_task * PANEL;
+                    done(r0, ((task + 1) * per_task * PANEL).min(w.rows));
+                });
+            } else {
+                crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
+                    let mut p = super::avx512::Panel::default();
+                    for pi in task * per_task..((task + 1) * per_task).min(panels) {
+                        // SAFETY: `packs` checked the AVX-512 VNNI extensions and the tile form.
+                        unsafe { super::avx512::unpack(w, pi * PANEL, &mut p) };
+                        for b in 0..nb {
+                            let lines = &p.lines[b * super::avx512::LINES..];
+                            // SAFETY: panel pi's codes and scales are written by this task alone and
+                            // lie inside the buffers sized above.
+                            let (c, s) = unsafe {
+                                (
+                                    std::slice::from_raw_parts_mut(
+                                        (cptr as *mut u8).add((pi * nb + b) * cl * 64),
+                                        cl * 64,
+                                    ),
+                                    std::slice::from_raw_parts_mut(
+                                        (sptr as *mut u8).add((pi * nb + b) * sb),
+                                        sb,
+                                    ),
+                                )
+                            };
+                            match base {
+                                Some(base) => {
+                                    for j in 0..4 {
+                                        for i in 0..64 {
+                                            let lo = lines[j].0[i].wrapping_sub(base);
+                                            let hi = lines[j + 4].0[i].wrapping_sub(base);
+                                            c[j * 64 + i] = (lo & 15) | (hi << 4);
+                                        }
+                                    }
+                                }
+                                None => {
+                                    for g in 0..8 {
+                                        c[g * 64..(g + 1) * 64].copy_from_slice(&lines[g].0);
+                                    }
+                                }
+                            }
+                            let vecs = sb / (PANEL * if half { 2 } else { 4 });
+                            for v in 0..vecs {
+                                let line = &lines[8 + v].0;
+                                for i in 0..PANEL {
+                                    let f = f32::from_le_bytes([
+                                        line[4 * i],
+                                        line[4 * i + 1],
+                                        line[4 * i + 2],
+                                        line[4 * i + 3],
+                                    ]);
+                                    if half {
+                                        let h = half::f16::from_f32(f).to_bits().to_le_bytes();
+                                        s[v * 32 + 2 * i..v * 32 + 2 * i + 2].copy_from_slice(&h);
+                                    } else {
+                                        s[v * 64 + 4 * i..v * 64 + 4 * i + 4]
+                                            .copy_from_slice(&f.to_le_bytes());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let r0 = task * per_task * PANEL;
+                    done(r0, ((task + 1) * per_task * PANEL).min(w.rows));
+                });
+            }
             let offset = offset - base.map_or(0, i32::from);
             Some(Packed {
                 kind: w.kind,
@@ -245,16 +327,24 @@ impl Packed {
                 (f16(2 * lane), f16(32 + 2 * lane))
             };
             let c = &codes[blk * cl * 64..(blk + 1) * cl * 64];
-            for (g, reg) in o.chunks_exact_mut(4).enumerate() {
-                for (j, v) in reg.iter_mut().enumerate() {
-                    let code = if self.nib {
-                        let byte = c[(g % 4) * 64 + 4 * lane + j];
-                        if g < 4 { byte & 15 } else { byte >> 4 }
-                    } else {
-                        c[g * 64 + 4 * lane + j]
-                    };
-                    *v = d * (code as i32 - self.offset) as f32 + mn;
+            // The row's 32 codes first (four per register), then one branch-free loop over
+            // them that the compiler vectorizes: a QLoRA input gradient dequantizes every row.
+            let mut u = [0u8; QK];
+            if self.nib {
+                for j in 0..4 {
+                    let at = j * 64 + 4 * lane;
+                    for i in 0..4 {
+                        u[4 * j + i] = c[at + i] & 15;
+                        u[16 + 4 * j + i] = c[at + i] >> 4;
+                    }
                 }
+            } else {
+                for (g, reg) in u.chunks_exact_mut(4).enumerate() {
+                    reg.copy_from_slice(&c[g * 64 + 4 * lane..g * 64 + 4 * lane + 4]);
+                }
+            }
+            for (v, &code) in o.iter_mut().zip(&u) {
+                *v = d * (code as i32 - self.offset) as f32 + mn;
             }
         }
         true
@@ -276,7 +366,7 @@ impl Packed {
         while r < r1 {
             let at = (r - r0) * self.cols;
             #[cfg(target_arch = "x86_64")]
-            if r.is_multiple_of(PANEL) && r + PANEL <= r1 && self.half {
+            if r.is_multiple_of(PANEL) && r + PANEL <= r1 && self.half && avx512_packs() {
                 let dst = &mut out[at..at + PANEL * self.cols];
                 // SAFETY: a `Packed` exists only where `packs` found the AVX-512 extensions;
                 // panel r / PANEL exists (r + PANEL <= rows) and `dst` holds its 16 rows.
@@ -322,11 +412,19 @@ impl Packed {
             let per_task = self.panels.div_ceil(threads * 4).max(1);
             let tasks = self.panels.div_ceil(per_task);
             let out = crate::pool::SyncPtr(y.as_mut_ptr());
+            let wide = avx512_packs();
             crate::pool::parallel_for(tasks, &|task| {
                 for pi in task * per_task..((task + 1) * per_task).min(self.panels) {
-                    // SAFETY: a `Packed` exists only where `packs` found the CPU extensions;
-                    // tasks own disjoint panels, hence disjoint output columns.
-                    unsafe { avx512::panel_times(self, pi, act, out.get()) };
+                    // SAFETY: a `Packed` exists only where `packs` found the CPU extensions
+                    // (AVX-512 VNNI, or AVX2 for the 4-bit formats); tasks own disjoint panels,
+                    // hence disjoint output columns.
+                    unsafe {
+                        if wide {
+                            avx512::panel_times(self, pi, act, out.get())
+                        } else {
+                            avx2::panel_times(self, pi, act, out.get())
+                        }
+                    };
                 }
             });
         }
@@ -708,6 +806,232 @@ mod avx512 {
                     _mm512_store_si512(dst.add((b * 8 + j + 4) * 64) as *mut __m512i, hi);
                 }
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The panel kernel on AVX2 alone, for the 4-bit formats. A 64-byte line holds rows 0..8 of a
+    //! panel in its first 32 bytes and rows 8..16 in the others, so each half is one 256-bit
+    //! register of eight rows. Per activation row and block, register `g` (codes `4g..4g+4` of
+    //! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
+    //! 16-bit pair sums per row, the eight registers' sums add up in 16 bits (a 4-bit code times
+    //! a byte of at most 127 in magnitude, two of them eight times: |Σ| ≤ 16·15·127 = 30,480 <
+    //! 2¹⁵), one `madd` by ones finishes each row's 32-term integer sum, and the float steps are
+    //! the AVX-512 kernel's, in the same order: a row's result does not depend on the other rows.
+
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// `T` activation rows from `t0` against half `HALF_ROWS` (0: rows 0..8, 1: rows 8..16) of
+    /// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
+    ///
+    /// # Safety
+    /// CPU with AVX2, FMA and F16C; `F16`, `NIB` and `MODE` (0 or 1; 0 when not `NIB`) are `p`'s; `cp`/`sp` hold
+    /// panel `pi`'s `p.nb` blocks; rows `t0..t0 + T` exist in `act`, whose width is `p`'s; `y`
+    /// points at `[act.rows, p.rows]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const MODE: u8, const T: usize, const F16: bool, const NIB: bool>(
+        p: &Packed,
+        half_rows: usize,
+        pi: usize,
+        cp: *const u8,
+        sp: *const u8,
+        act: &TileActs,
+        t0: usize,
+        y: *mut f32,
+    ) {
+        let (nb, n, offset) = (p.nb, p.rows, p.offset);
+        let k = nb * QK;
+        let r0 = pi * PANEL + 8 * half_rows;
+        if r0 >= n {
+            return;
+        }
+        let valid = 8.min(n - r0);
+        let sb = scale_bytes(MODE, F16);
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(-128);
+        let cl = if NIB { 4 } else { 8 };
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            // SAFETY: block b of panel pi: cl lines and sb scale bytes inside the buffers; this
+            // half's 32 bytes of each line, its 8 scales (and 8 minimums) of the vectors.
+            let (wv, s0, s1) = unsafe {
+                let l = cp.add(b * cl * 64 + 32 * half_rows);
+                let wv: [__m256i; 8] = if NIB {
+                    let r: [__m256i; 4] =
+                        std::array::from_fn(
+                            |j| _mm256_loadu_si256(l.add(j * 64) as *const __m256i),
+                        );
+                    std::array::from_fn(|g| {
+                        if g < 4 {
+                            _mm256_and_si256(r[g], low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(r[g - 4]), low)
+                        }
+                    })
+                } else {
+                    // Q8_0's codes u = q + 128 back to the signed q.
+                    std::array::from_fn(|g| {
+                        _mm256_xor_si256(_mm256_loadu_si256(l.add(g * 64) as *const __m256i), flip)
+                    })
+                };
+                let s = sp.add(b * sb);
+                let (s0, s1) = if F16 {
+                    let at = |v: usize| s.add(v * 32 + 16 * half_rows) as *const __m128i;
+                    let s0 = _mm256_cvtph_ps(_mm_loadu_si128(at(0)));
+                    let s1 = if MODE == 0 {
+                        _mm256_setzero_ps()
+                    } else {
+                        _mm256_cvtph_ps(_mm_loadu_si128(at(1)))
+                    };
+                    (s0, s1)
+                } else {
+                    let at = |v: usize| s.add(v * 64 + 32 * half_rows) as *const f32;
+                    let s0 = _mm256_loadu_ps(at(0));
+                    let s1 = if MODE == 0 {
+                        _mm256_setzero_ps()
+                    } else {
+                        _mm256_loadu_ps(at(1))
+                    };
+                    (s0, s1)
+                };
+                (wv, s0, s1)
+            };
+            for (t, a) in acc.iter_mut().enumerate() {
+                let row = t0 + t;
+                let at = row * nb + b;
+                // SAFETY: row < act.rows and b < nb index inside the activation buffers.
+                let (q, [h0, h1], dx) = unsafe {
+                    (
+                        act.qs.as_ptr().add(row * k + b * QK),
+                        *act.h.get_unchecked(at),
+                        _mm256_set1_ps(*act.d.get_unchecked(at)),
+                    )
+                };
+                let i = if NIB {
+                    let mut s16 = _mm256_setzero_si256();
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, x));
+                    }
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(s16, ones),
+                        _mm256_set1_epi32(-offset * (h0 + h1)),
+                    )
+                } else {
+                    // Σ (u − 128)·x, the same integer as Σ u·x − 128·Σx: |w|·(x signed by w).
+                    let mut s32 = _mm256_setzero_si256();
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*w), _mm256_sign_epi8(x, *w));
+                        s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p, ones));
+                    }
+                    let _ = (h0, h1, offset);
+                    s32
+                };
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(s0, dx), *a);
+                if MODE == 1 {
+                    // SAFETY: as above.
+                    let sx = unsafe { _mm256_set1_ps(*act.s.get_unchecked(at)) };
+                    *a = _mm256_fmadd_ps(s1, sx, *a);
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let mut out = [0.0f32; 8];
+            // SAFETY: `out` holds 8 floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), *a) };
+            for (j, v) in out[..valid].iter().enumerate() {
+                // SAFETY: y[(t0 + t)·n + r0 + j] with r0 + j < n lies inside y (caller).
+                unsafe { *y.add((t0 + t) * n + r0 + j) = *v };
+            }
+        }
+    }
+
+    /// `T` rows through the instance of `rows` for `p`'s layout, both halves of the panel.
+    ///
+    /// # Safety
+    /// As `rows`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_t<const T: usize>(
+        p: &Packed,
+        pi: usize,
+        cp: *const u8,
+        sp: *const u8,
+        act: &TileActs,
+        t0: usize,
+        y: *mut f32,
+    ) {
+        for h in 0..2 {
+            // SAFETY: the layout parameters are `p`'s; the rest is the caller's contract.
+            unsafe {
+                match (mode_id(p.mode), p.half, p.nib) {
+                    (0, true, true) => rows::<0, T, true, true>(p, h, pi, cp, sp, act, t0, y),
+                    (1, true, true) => rows::<1, T, true, true>(p, h, pi, cp, sp, act, t0, y),
+                    (1, false, true) => rows::<1, T, false, true>(p, h, pi, cp, sp, act, t0, y),
+                    (0, true, false) => rows::<0, T, true, false>(p, h, pi, cp, sp, act, t0, y),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Every activation row against panel `pi`, four rows per pass.
+    ///
+    /// # Safety
+    /// CPU with AVX2, FMA and F16C; `p` packed for it (`p.nib`, mode 0 or 1); `act` has `p`'s
+    /// width; `y` points at `[act.rows, p.rows]`; `pi < panels`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut f32) {
+        let m = act.rows;
+        let nb = p.nb;
+        let sb = scale_bytes(mode_id(p.mode), p.half);
+        let cl = if p.nib { 4 } else { 8 };
+        // SAFETY: panel pi's lines start inside the buffers (pi < panels).
+        let (cp, sp) = unsafe {
+            (
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+            )
+        };
+        let mut t0 = 0;
+        while t0 < m {
+            // SAFETY: rows t0..t0 + t exist; the rest is the caller's contract.
+            let t = unsafe {
+                match m - t0 {
+                    1 => {
+                        rows_t::<1>(p, pi, cp, sp, act, t0, y);
+                        1
+                    }
+                    2 => {
+                        rows_t::<2>(p, pi, cp, sp, act, t0, y);
+                        2
+                    }
+                    3 => {
+                        rows_t::<3>(p, pi, cp, sp, act, t0, y);
+                        3
+                    }
+                    _ => {
+                        rows_t::<4>(p, pi, cp, sp, act, t0, y);
+                        4
+                    }
+                }
+            };
+            t0 += t;
         }
     }
 }

@@ -371,3 +371,71 @@ fn packed_rows_dequantize_to_the_same_bits() {
         );
     }
 }
+
+/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats and Q8_0 are packed for the AVX2 panel
+/// kernel: its products match the plain tile arithmetic (to rounding: fused multiply-adds), one
+/// row alone equals the same row in any batch bit for bit, the packed rows dequantize to the
+/// file's bits, and the other formats stay unpacked.
+#[test]
+fn avx2_packed_weights_match_the_reference_and_any_batch() {
+    if !(Isa::Avx2.available() && Isa::best() == Isa::Avx2) {
+        eprintln!(
+            "SKIPPED avx2_packed_weights_match_the_reference_and_any_batch: best path is not AVX2"
+        );
+        return;
+    }
+    let mut rng = Rng(97);
+    let k = 512;
+    for kind in KINDS {
+        for (n, m) in [
+            (16, 1),
+            (40, 2),
+            (33, 7),
+            (48, 13),
+            (17, 20),
+            (64, 37),
+            (8, 3),
+        ] {
+            let bytes = random_matrix(kind, &mut rng, n, k);
+            let w = QMatrixRef {
+                kind,
+                rows: n,
+                cols: k,
+                bytes: &bytes,
+            };
+            let Some(p) = packed::Packed::pack(w) else {
+                assert!(
+                    !matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
+                    "{kind:?} was not packed"
+                );
+                continue;
+            };
+            assert!(
+                matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
+                "{kind:?} was packed"
+            );
+            let x = rng.vec(m * k, 1.0);
+            let act = TileActs::quantize(&x, m, k);
+            let mut got = vec![f32::NAN; m * n];
+            p.matmul(&x, m, &mut got);
+            let mut plain = vec![0.0f32; m * n];
+            reference(w, &act, &mut plain);
+            let scale = plain.iter().fold(0.0f32, |a, v| a.max(v.abs())) as f64;
+            assert_close_f32(&got, &plain, Tol::new(1e-6 * scale.max(1e-3), 1e-5));
+            for t in 0..m {
+                let mut one = vec![f32::NAN; n];
+                p.matmul(&x[t * k..(t + 1) * k], 1, &mut one);
+                assert_close_f32(&one, &got[t * n..(t + 1) * n], Tol::EXACT);
+            }
+            let (mut row, mut want) = (vec![f32::NAN; k], vec![0.0f32; k]);
+            for r in 0..n {
+                if p.dequantize_row(r, &mut row) {
+                    dequantize_row_with(Isa::Scalar, w, r, &mut want);
+                    let gb: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                    let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(gb, wb, "{kind:?} row {r}");
+                }
+            }
+        }
+    }
+}
