@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cpuinfo import cpu_label
+
 ROOT = Path(__file__).resolve().parent.parent
 LOAD0 = None
 
@@ -95,8 +97,6 @@ import json, os, statistics, sys, time, resource
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig, get_peft_model
-
-from cpuinfo import cpu_label
 gguf, data, steps, threads, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(threads)
 torch.manual_seed(seed)
