@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use canon_nn::Linear;
 use canon_plot::{Figure, Series};
+use canon_train::sft::lora::{self, LoraSet, LoraSpec};
 use canon_train::trainer::RunFiles;
 use canon_train::{Engine, OptimizerConfig, Schedule, StepReport, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -466,6 +468,15 @@ pub fn ppo_with(
             None
         }
     };
+    let lora = match o.cfg.lora_rank {
+        0 => None,
+        rank => Some(attach_policy_lora(
+            &mut policy,
+            rank,
+            o.cfg.lora_alpha,
+            seed,
+        )?),
+    };
     let demos = demonstrations(&train, 1, seed)?;
     let val = demonstrations(&test, 1, seed ^ 1)?;
     let base = sft_baseline(dir, &test)?;
@@ -488,6 +499,14 @@ pub fn ppo_with(
     if let Some(v) = &value_model {
         obj = obj.with_value_model(v)?;
     }
+    if let Some(set) = &lora {
+        obj = obj.with_trainable(set.params());
+    }
+    let trained = obj
+        .params()
+        .iter()
+        .map(|p| p.var.elem_count())
+        .sum::<usize>();
     let mut tc = train_config(steps, o.lr, seed, steps / 4);
     tc.schedule = Schedule::Constant { warmup: 0 };
     tc.log_every = 1;
@@ -495,7 +514,11 @@ pub fn ppo_with(
     let stop = AtomicBool::new(false);
     let files = RunFiles::in_dir(&out);
     engine.run(&mut obj, steps, &stop, &files, on_step)?;
+    drop(obj);
     policy.head = None;
+    if let Some(set) = &lora {
+        merge_policy_lora(&mut policy, set)?;
+    }
     policy.save(&out)?;
     if let Some(v) = &value_model {
         v.save(&out.join("value"))?;
@@ -540,6 +563,8 @@ pub fn ppo_with(
             "whiten_rewards".into(),
             if o.cfg.whiten_rewards { 1.0 } else { 0.0 },
         ),
+        ("lora_rank".into(), o.cfg.lora_rank as f64),
+        ("trained_params".into(), trained as f64),
         ("sft_pretrain_nll".into(), sft_ptx),
         ("pretrain_nll".into(), mean_nll(&policy, &val, 256)?),
     ];
@@ -553,6 +578,59 @@ pub fn ppo_with(
     };
     write_json(&out.join("report.json"), &r)?;
     Ok(r)
+}
+
+/// The LoRA targets of the policy's trunk: every dense linear (attention `c_attn`, `c_proj`; MLP
+/// `c_fc`, `c_proj` or SwiGLU `gate`, `up`, `down`).
+const POLICY_LORA_TARGETS: [&str; 6] = ["c_attn", "c_proj", "c_fc", "gate", "up", "down"];
+
+/// Attaches LoRA adapters (rank `rank`, scale `alpha / rank`, A seeded, B zero) to every dense
+/// linear of the policy's trunk and freezes the adapted weights: their forward reads a detached
+/// copy, so the backward computes no gradient for them (only the adapters are trained).
+pub fn attach_policy_lora(policy: &mut Lm, rank: usize, alpha: f64, seed: u64) -> Result<LoraSet> {
+    let names = canon_models::CausalLm::linear_names(&policy.gpt);
+    let targets: Vec<String> = POLICY_LORA_TARGETS
+        .iter()
+        .filter(|t| names.iter().any(|n| n.rsplit('.').next() == Some(**t)))
+        .map(|t| t.to_string())
+        .collect();
+    let spec = LoraSpec {
+        rank,
+        alpha,
+        targets,
+        seed,
+        dropout: 0.0,
+    };
+    let set = lora::attach(&mut policy.gpt, &spec)?;
+    for m in &set.modules {
+        let lin = canon_models::CausalLm::linear_mut(&mut policy.gpt, &m.name)
+            .ok_or_else(|| data_err(format!("the policy lost its layer '{}'", m.name)))?;
+        if let canon_nn::Weight::Dense(w) = &lin.weight {
+            lin.weight = canon_nn::Weight::Dense(w.detach());
+        }
+    }
+    Ok(set)
+}
+
+/// Folds the adapters into the policy's weights (`W ← W + (α/r)·B A`, paper 13 §4.1) and removes
+/// them, so the saved policy is a plain model of the SFT policy's shape.
+pub fn merge_policy_lora(policy: &mut Lm, set: &LoraSet) -> Result<()> {
+    for m in &set.modules {
+        let lin = canon_models::CausalLm::linear_mut(&mut policy.gpt, &m.name)
+            .ok_or_else(|| data_err(format!("the policy lost its layer '{}'", m.name)))?;
+        let merged = lin.merged()?;
+        let key = format!("{}.weight", m.name);
+        let var = policy
+            .store
+            .get(&key)
+            .ok_or_else(|| data_err(format!("the policy has no weight '{key}'")))?;
+        var.set(&merged.weight.to_dense()?)?;
+        *lin = Linear::new(
+            canon_nn::Weight::Dense(var.as_tensor().clone()),
+            lin.bias.clone(),
+        );
+    }
+    Ok(())
 }
 
 /// `ppo.png` and `ppo_stats.png` from a PPO run's metrics.

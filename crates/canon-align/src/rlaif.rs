@@ -9,6 +9,13 @@
 //! [`crate::rlaif_run`] reports the labeller's agreement with the gold judge (accuracy of its
 //! arg-max preference on pairs the judge ranks strictly) from one order and after the order swap.
 //!
+//! Chain-of-thought labelling (the paper's §2.1.2, optional): the labeller first writes a
+//! rationale (the prompt ends with a request to explain which answer is better and
+//! `Rationale:`; greedy decoding for at most `max_tokens` tokens, stopping at end of sequence or a
+//! blank line), then the rationale is kept in the context and the ending `\nPreferred answer: ` is
+//! appended; the preference is read from the label tokens there as without it
+//! ([`LmLabeller::with_chain_of_thought`]).
+//!
 //! Direct RLAIF (d-RLAIF) asks the labeller to rate one answer from 1 to 10; the likelihood of
 //! each score is read off the logits ([`LmLabeller::rating_probs`]) and mapped to a reward in
 //! [−1, 1] by [`crate::losses::d_rlaif_reward`]. The experiment that trains reward models on these
@@ -65,6 +72,22 @@ fn render(lm: &LoadedLm, user: String) -> Result<String> {
     })
 }
 
+/// What follows a chain-of-thought rationale before the label is read.
+pub const COT_ENDING: &str = "\nPreferred answer: ";
+
+/// The chain-of-thought labelling prompt for one ordered pair, as text (chat template applied):
+/// the same question and answers, asking for an explanation first; ends with `Rationale:`.
+pub fn cot_prompt_text(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<String> {
+    let q = format!("What is {} + {}?", p.a, p.b);
+    let user = format!(
+        "A good answer gives the correct sum, written as just the number followed by a period \
+         (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer 1: {first}\n\
+         Answer 2: {second}\n\nCheck each answer's sum and format, explain which answer is \
+         better, then reply with 1 or 2."
+    );
+    Ok(format!("{}Rationale:", render(lm, user)?))
+}
+
 /// The labelling prompt for one ordered pair, as token ids.
 pub fn prompt_ids(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<Vec<u32>> {
     lm.tokenizer
@@ -108,6 +131,17 @@ fn digit_id(lm: &LoadedLm, d: u32) -> Result<u32> {
             "the labeller's vocabulary splits the digit '{d}' into {other:?} (expected one token)"
         ))),
     }
+}
+
+/// The index of the largest logit (the first of equals).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// Log-softmax of one entry of a logit vector.
@@ -154,6 +188,10 @@ pub struct LmLabeller<'a> {
     prefixes: HashMap<String, canon_models::Cache>,
     /// Labeller prompts evaluated so far (memoised ratings not counted).
     pub calls: u64,
+    /// Chain-of-thought labelling: the most rationale tokens (`None`: the label is read at once).
+    cot_tokens: Option<usize>,
+    /// The rationales written so far (chain-of-thought labelling), in call order.
+    pub rationales: Vec<String>,
 }
 
 impl<'a> LmLabeller<'a> {
@@ -170,7 +208,50 @@ impl<'a> LmLabeller<'a> {
             ratings: HashMap::new(),
             prefixes: HashMap::new(),
             calls: 0,
+            cot_tokens: None,
+            rationales: Vec::new(),
         })
+    }
+
+    /// Pairwise labels with a rationale first: at most `max_tokens` greedy tokens after
+    /// `Rationale:` (see [`cot_prompt_text`]), then [`COT_ENDING`] and the label. Errors: 0 tokens.
+    pub fn with_chain_of_thought(mut self, max_tokens: usize) -> Result<Self> {
+        if max_tokens == 0 {
+            return Err(data_err(
+                "chain-of-thought labelling needs at least 1 rationale token, found 0",
+            ));
+        }
+        self.cot_tokens = Some(max_tokens);
+        Ok(self)
+    }
+
+    /// The rationale's tokens, greedy from `logits` (the state after the prompt); every token
+    /// returned is in `cache` afterwards. Stops at the end-of-sequence token (not kept), a blank
+    /// line or `max` tokens.
+    fn rationale(
+        &self,
+        mut logits: Vec<f32>,
+        cache: &mut canon_models::Cache,
+        max: usize,
+    ) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for _ in 0..max {
+            let next = argmax(&logits);
+            if Some(next) == self.lm.tokenizer.eos_id {
+                break;
+            }
+            out.push(next);
+            logits = last_logits(self.lm, &[next], cache)?;
+            let text = self
+                .lm
+                .tokenizer
+                .decode(&out, true)
+                .map_err(|e| data_err(e.to_string()))?;
+            if text.trim_start().contains("\n\n") {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The logits after `text`, reusing the cached KV state of its beginning up to `Question:`
@@ -215,12 +296,41 @@ impl<'a> LmLabeller<'a> {
 
 impl Labeller for LmLabeller<'_> {
     fn name(&self) -> String {
-        self.lm.name.clone()
+        match self.cot_tokens {
+            None => self.lm.name.clone(),
+            Some(n) => format!("{} (chain of thought, {n} tokens)", self.lm.name),
+        }
     }
 
     fn p_first(&mut self, p: &Problem, first: &str, second: &str) -> Result<f64> {
         let (one, two) = label_ids(self.lm)?;
-        let (logits, _) = self.logits_after(&prompt_text(self.lm, p, first, second)?)?;
+        let logits = match self.cot_tokens {
+            None => {
+                self.logits_after(&prompt_text(self.lm, p, first, second)?)?
+                    .0
+            }
+            Some(max) => {
+                let text = cot_prompt_text(self.lm, p, first, second)?;
+                let (logits, mut cache) = self.logits_after(&text)?;
+                let why = self.rationale(logits, &mut cache, max)?;
+                let ending = self
+                    .lm
+                    .tokenizer
+                    .encode(COT_ENDING, false)
+                    .map_err(|e| data_err(e.to_string()))?;
+                let ending: Vec<u32> = ending
+                    .into_iter()
+                    .filter(|&t| Some(t) != self.lm.tokenizer.bos_id)
+                    .collect();
+                let text = self
+                    .lm
+                    .tokenizer
+                    .decode(&why, true)
+                    .map_err(|e| data_err(e.to_string()))?;
+                self.rationales.push(text.trim().to_string());
+                last_logits(self.lm, &ending, &mut cache)?
+            }
+        };
         let (a, b) = (logits[one as usize] as f64, logits[two as usize] as f64);
         Ok(1.0 / (1.0 + (b - a).exp()))
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use canon_align::pipeline::{self, PpoOpts, RewardKind, RmOpts, SftOpts, ValueInit};
 use canon_align::ppo::PpoConfig;
-use canon_align::rlaif::{Labeller, LmLabeller, p_first, prompt_ids, rating_prompt_text};
+use canon_align::rlaif::{
+    COT_ENDING, Labeller, LmLabeller, cot_prompt_text, p_first, prompt_ids, rating_prompt_text,
+};
 use canon_align::rlaif_run::{self, RlaifOpts, SoftRmOpts};
 use canon_align::task::{Problem, judge};
 use canon_models::{LoadedLm, ModelSpec, Positions, WeightMode, load_causal_lm};
@@ -47,6 +49,70 @@ fn softmax_at(l: &[f32], i: usize) -> f64 {
     let m = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let z: f64 = l.iter().map(|&x| (x as f64 - m).exp()).sum();
     (l[i] as f64 - m).exp() / z
+}
+
+/// Chain-of-thought labelling: greedy rationale after the prompt, then the ending, then the
+/// label, with the prefix cache and the rationale's KV state, equals one uncached computation
+/// (greedy decoding by full forward passes, then one pass over prompt + rationale + ending).
+#[test]
+fn chain_of_thought_labels_match_a_direct_computation() {
+    let d = tempfile::tempdir().unwrap();
+    let lm = tiny_lm(d.path());
+    assert!(
+        LmLabeller::new(&lm)
+            .unwrap()
+            .with_chain_of_thought(0)
+            .is_err()
+    );
+    let max = 6;
+    let mut lab = LmLabeller::new(&lm)
+        .unwrap()
+        .with_chain_of_thought(max)
+        .unwrap();
+    assert!(
+        lab.name().contains("chain of thought, 6 tokens"),
+        "{}",
+        lab.name()
+    );
+    let p = Problem { a: 12, b: 30 };
+    let strip = |v: Vec<u32>| -> Vec<u32> {
+        v.into_iter()
+            .filter(|&t| Some(t) != lm.tokenizer.bos_id)
+            .collect()
+    };
+    for (x, y) in [("42.", "sum is 41."), ("sum is 41.", "42.")] {
+        let got = lab.p_first(&p, x, y).unwrap();
+        let text = cot_prompt_text(&lm, &p, x, y).unwrap();
+        let mut ids = lm.tokenizer.encode(&text, true).unwrap();
+        let mut why = Vec::new();
+        for _ in 0..max {
+            let l = full_logits(&lm, &ids);
+            let next = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
+            if Some(next) == lm.tokenizer.eos_id {
+                break;
+            }
+            why.push(next);
+            ids.push(next);
+            if lm
+                .tokenizer
+                .decode(&why, true)
+                .unwrap()
+                .trim_start()
+                .contains("\n\n")
+            {
+                break;
+            }
+        }
+        ids.extend(strip(lm.tokenizer.encode(COT_ENDING, false).unwrap()));
+        let l = full_logits(&lm, &ids);
+        let one = strip(lm.tokenizer.encode("1", false).unwrap())[0] as usize;
+        let two = strip(lm.tokenizer.encode("2", false).unwrap())[0] as usize;
+        let want = 1.0 / (1.0 + (l[two] as f64 - l[one] as f64).exp());
+        check_close(&[got], &[want], Tol::new(1e-5, 1e-4)).unwrap();
+        let last = lab.rationales.last().unwrap();
+        assert_eq!(last, lm.tokenizer.decode(&why, true).unwrap().trim());
+    }
+    assert_eq!(lab.rationales.len(), 2);
 }
 
 #[test]

@@ -427,6 +427,45 @@ impl CausalLm for Gpt {
     fn max_seq_len(&self) -> usize {
         self.config.max_seq_len
     }
+    /// The dense blocks' linears, named as their weights are (less `.weight`):
+    /// `h.{i}.attn.c_attn`, `h.{i}.attn.c_proj`, and `h.{i}.mlp.c_fc` / `h.{i}.mlp.c_proj` (MLP) or
+    /// `h.{i}.mlp.gate` / `.up` / `.down` (SwiGLU). Mixture-of-experts layers' experts and router
+    /// are not listed (LoRA targets dense layers only).
+    fn linear_names(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            v.push(format!("h.{i}.attn.c_attn"));
+            v.push(format!("h.{i}.attn.c_proj"));
+            match &blk.ffn {
+                Ffn::Dense(DenseFfn::Mlp(_)) => {
+                    v.push(format!("h.{i}.mlp.c_fc"));
+                    v.push(format!("h.{i}.mlp.c_proj"));
+                }
+                Ffn::Dense(DenseFfn::SwiGlu(_)) => {
+                    for p in ["gate", "up", "down"] {
+                        v.push(format!("h.{i}.mlp.{p}"));
+                    }
+                }
+                Ffn::Moe(_) => {}
+            }
+        }
+        v
+    }
+    fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        let rest = name.strip_prefix("h.")?;
+        let (i, tail) = rest.split_once('.')?;
+        let blk = self.blocks.get_mut(i.parse::<usize>().ok()?)?;
+        Some(match (tail, &mut blk.ffn) {
+            ("attn.c_attn", _) => &mut blk.c_attn,
+            ("attn.c_proj", _) => &mut blk.c_proj,
+            ("mlp.c_fc", Ffn::Dense(DenseFfn::Mlp(m))) => &mut m.fc1,
+            ("mlp.c_proj", Ffn::Dense(DenseFfn::Mlp(m))) => &mut m.fc2,
+            ("mlp.gate", Ffn::Dense(DenseFfn::SwiGlu(f))) => &mut f.gate,
+            ("mlp.up", Ffn::Dense(DenseFfn::SwiGlu(f))) => &mut f.up,
+            ("mlp.down", Ffn::Dense(DenseFfn::SwiGlu(f))) => &mut f.down,
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]

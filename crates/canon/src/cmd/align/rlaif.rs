@@ -12,7 +12,8 @@ use crate::Ctx;
 #[derive(Args, Debug)]
 #[command(
     after_help = "Example (SFT and RM stages first; about 15 minutes on 2 cores):
-  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120 --rollouts 12"
+  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120 --rollouts 12
+  canon --threads 1 align rlaif --dir runs/align --model gemma3 --pairs 120 --cot-tokens 48"
 )]
 pub struct RlaifArgs {
     #[command(flatten)]
@@ -40,6 +41,10 @@ pub struct RlaifArgs {
     /// Skip direct RLAIF (it calls the labeller on every rollout response).
     #[arg(long)]
     pub no_d_rlaif: bool,
+    /// Chain-of-thought labelling: the labeller writes a rationale of at most this many tokens
+    /// (greedy) before its preference is read; 0 reads it at once.
+    #[arg(long, value_name = "TOKENS", default_value_t = 0)]
+    pub cot_tokens: usize,
 }
 
 pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<()> {
@@ -59,6 +64,9 @@ pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<(
     let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
         .with_context(|| format!("cannot load the labeller {}", a.model))?;
     let mut labeller = canon_align::rlaif::LmLabeller::new(&lm)?;
+    if a.cot_tokens > 0 {
+        labeller = labeller.with_chain_of_thought(a.cot_tokens)?;
+    }
     let mut on = |stage: &str, pos: u64, len: u64| {
         if pb.message() != stage {
             pb.set_message(stage.to_string());
@@ -72,6 +80,9 @@ pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<(
     pb.finish_and_clear();
     print!("{}", r.table());
     println!("  labeller prompts evaluated: {}", labeller.calls);
+    if let Some(why) = labeller.rationales.first() {
+        println!("  first rationale: {why:?}");
+    }
     println!(
         "  report and plot: {}/rlaif/{{report.json, rlaif.png}}",
         c.dir.display()

@@ -89,6 +89,13 @@ pub struct PpoKnobs {
     /// Whiten each rollout's per-token rewards (std 1, mean kept) before GAE.
     #[arg(long)]
     pub whiten_rewards: bool,
+    /// Train the policy as LoRA adapters of this rank on every dense linear, the SFT weights
+    /// frozen (merged into the saved policy); 0 trains all of the policy's parameters.
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    /// LoRA's α (the adapters' update is scaled by α / rank).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +103,7 @@ pub struct PpoKnobs {
   canon align ppo --dir runs/align --rollouts 40
   canon align ppo --dir runs/align --name ppo-head --value head --whiten-rewards
   canon align ppo --dir runs/align --name ppo-ptx --ptx-coef 1
+  canon align ppo --dir runs/align --name ppo-lora --lora-rank 8 --lr 1e-3
   canon align ppo --dir runs/align --name ppo-gold --reward gold")]
 pub struct PpoArgs {
     #[command(flatten)]
@@ -134,6 +142,8 @@ pub(super) fn ppo_opts(
         kl_horizon: k.kl_horizon,
         ptx_coef: ptx,
         whiten_rewards: k.whiten_rewards,
+        lora_rank: k.lora_rank,
+        lora_alpha: k.lora_alpha,
         ..PpoConfig::default()
     };
     let value = match k.value.as_str() {
