@@ -12,8 +12,9 @@
 //!   schedules, clipping, metrics and checkpoints).
 //! - [`prm`]: process vs outcome reward models and best-of-N on multi-step arithmetic;
 //!   [`prm_eval`]: the PRM800K best-of-N evaluation protocol, draw for draw.
-//! - [`rlaif`], [`rlaif_run`]: an LLM as preference labeller and rater; reward models on AI vs
-//!   gold labels, RL with each, and direct RLAIF (paper 29).
+//! - [`rlaif`], [`rlaif_remote`], [`rlaif_run`]: an LLM (local, or an OpenAI-compatible
+//!   endpoint) as preference labeller and rater; reward models on AI vs gold labels, RL with each,
+//!   and direct RLAIF (paper 29).
 
 pub mod dpo;
 pub mod eval;
@@ -25,6 +26,7 @@ pub mod prm;
 pub mod prm_eval;
 
 pub mod rlaif;
+pub mod rlaif_remote;
 pub mod rlaif_run;
 pub mod rm;
 pub mod sft;

@@ -55,13 +55,36 @@ fn label_ids(lm: &LoadedLm) -> Result<(u32, u32)> {
 
 /// The labelling prompt for one ordered pair, as text (chat template applied).
 pub fn prompt_text(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<String> {
+    Ok(format!(
+        "{}Preferred answer: ",
+        render(lm, pair_user_text(p, first, second, false))?
+    ))
+}
+
+/// The labeller's user message for one ordered pair: the preamble, the question, both answers
+/// and the request (to reply with 1 or 2, or with `cot`, to explain first).
+pub fn pair_user_text(p: &Problem, first: &str, second: &str, cot: bool) -> String {
     let q = format!("What is {} + {}?", p.a, p.b);
-    let user = format!(
+    let ask = if cot {
+        "Check each answer's sum and format, explain which answer is better, then reply with 1 or 2."
+    } else {
+        "Which answer is better? Reply with 1 or 2."
+    };
+    format!(
         "A good answer gives the correct sum, written as just the number followed by a period \
          (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer 1: {first}\n\
-         Answer 2: {second}\n\nWhich answer is better? Reply with 1 or 2."
-    );
-    Ok(format!("{}Preferred answer: ", render(lm, user)?))
+         Answer 2: {second}\n\n{ask}"
+    )
+}
+
+/// The d-RLAIF user message for one answer.
+pub fn rating_user_text(p: &Problem, answer: &str) -> String {
+    let q = format!("What is {} + {}?", p.a, p.b);
+    format!(
+        "A good answer gives the correct sum, written as just the number followed by a period \
+         (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer: {answer}\n\n\
+         Rate the answer from 1 (worst) to 10 (best). Reply with the number only."
+    )
 }
 
 fn render(lm: &LoadedLm, user: String) -> Result<String> {
@@ -78,14 +101,10 @@ pub const COT_ENDING: &str = "\nPreferred answer: ";
 /// The chain-of-thought labelling prompt for one ordered pair, as text (chat template applied):
 /// the same question and answers, asking for an explanation first; ends with `Rationale:`.
 pub fn cot_prompt_text(lm: &LoadedLm, p: &Problem, first: &str, second: &str) -> Result<String> {
-    let q = format!("What is {} + {}?", p.a, p.b);
-    let user = format!(
-        "A good answer gives the correct sum, written as just the number followed by a period \
-         (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer 1: {first}\n\
-         Answer 2: {second}\n\nCheck each answer's sum and format, explain which answer is \
-         better, then reply with 1 or 2."
-    );
-    Ok(format!("{}Rationale:", render(lm, user)?))
+    Ok(format!(
+        "{}Rationale:",
+        render(lm, pair_user_text(p, first, second, true))?
+    ))
 }
 
 /// The labelling prompt for one ordered pair, as token ids.
@@ -153,13 +172,10 @@ fn log_softmax_at(logits: &[f32], i: usize) -> f64 {
 
 /// The d-RLAIF prompt for one answer, as text (chat template applied).
 pub fn rating_prompt_text(lm: &LoadedLm, p: &Problem, answer: &str) -> Result<String> {
-    let q = format!("What is {} + {}?", p.a, p.b);
-    let user = format!(
-        "A good answer gives the correct sum, written as just the number followed by a period \
-         (for example \"12.\"), with no other words.\n\nQuestion: {q}\nAnswer: {answer}\n\n\
-         Rate the answer from 1 (worst) to 10 (best). Reply with the number only."
-    );
-    Ok(format!("{}Rating: ", render(lm, user)?))
+    Ok(format!(
+        "{}Rating: ",
+        render(lm, rating_user_text(p, answer))?
+    ))
 }
 
 /// What RLAIF needs from an AI labeller.

@@ -1,6 +1,8 @@
 //! `canon align rlaif`: an LLM labels the preference pairs (`canon_align::rlaif_run`).
 
 use anyhow::Context;
+use canon_align::rlaif::LmLabeller;
+use canon_align::rlaif_remote::RemoteLabeller;
 use canon_align::rlaif_run::{RlaifOpts, SoftRmOpts};
 use clap::Args;
 use indicatif::ProgressBar;
@@ -13,7 +15,8 @@ use crate::Ctx;
 #[command(
     after_help = "Example (SFT and RM stages first; about 15 minutes on 2 cores):
   canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120 --rollouts 12
-  canon --threads 1 align rlaif --dir runs/align --model gemma3 --pairs 120 --cot-tokens 48"
+  canon --threads 1 align rlaif --dir runs/align --model gemma3 --pairs 120 --cot-tokens 48
+  canon --threads 1 align rlaif --dir runs/align --url http://127.0.0.1:8080 --remote-model gpt-4o-mini"
 )]
 pub struct RlaifArgs {
     #[command(flatten)]
@@ -23,6 +26,13 @@ pub struct RlaifArgs {
     /// The labeller: an alias (smollm2), a .gguf file or an HF-style folder.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
+    /// Label with an OpenAI-compatible server (base URL) instead of --model: its chat completions
+    /// with `logprobs` and `top_logprobs` (canon serve, llama-server, vLLM...).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Model name sent to --url.
+    #[arg(long, default_value = "default")]
+    pub remote_model: String,
     /// Training pairs labelled by the judge and by the labeller (both orders).
     #[arg(long, default_value_t = 120)]
     pub pairs: usize,
@@ -59,14 +69,6 @@ pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<(
         d_rlaif,
     };
     o.check(&a.common.dir).map_err(anyhow::Error::msg)?;
-    let spec = canon_models::ModelSpec::parse(&a.model)?;
-    let mode = canon_models::WeightMode::DequantizeF32;
-    let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
-        .with_context(|| format!("cannot load the labeller {}", a.model))?;
-    let mut labeller = canon_align::rlaif::LmLabeller::new(&lm)?;
-    if a.cot_tokens > 0 {
-        labeller = labeller.with_chain_of_thought(a.cot_tokens)?;
-    }
     let mut on = |stage: &str, pos: u64, len: u64| {
         if pb.message() != stage {
             pb.set_message(stage.to_string());
@@ -75,12 +77,34 @@ pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<(
         pb.set_position(pos);
     };
     let c = &a.common;
-    let r = canon_align::rlaif_run::run(&c.dir, c.seed, &mut labeller, &o, &mut on)
-        .context("RLAIF experiment failed")?;
+    let (r, calls, rationale) = match &a.url {
+        Some(url) => {
+            let mut labeller = RemoteLabeller::new(url, &a.remote_model)?;
+            if a.cot_tokens > 0 {
+                labeller = labeller.with_chain_of_thought(a.cot_tokens)?;
+            }
+            let r = canon_align::rlaif_run::run(&c.dir, c.seed, &mut labeller, &o, &mut on)
+                .context("RLAIF experiment failed")?;
+            (r, labeller.calls, labeller.rationales.first().cloned())
+        }
+        None => {
+            let spec = canon_models::ModelSpec::parse(&a.model)?;
+            let mode = canon_models::WeightMode::DequantizeF32;
+            let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
+                .with_context(|| format!("cannot load the labeller {}", a.model))?;
+            let mut labeller = LmLabeller::new(&lm)?;
+            if a.cot_tokens > 0 {
+                labeller = labeller.with_chain_of_thought(a.cot_tokens)?;
+            }
+            let r = canon_align::rlaif_run::run(&c.dir, c.seed, &mut labeller, &o, &mut on)
+                .context("RLAIF experiment failed")?;
+            (r, labeller.calls, labeller.rationales.first().cloned())
+        }
+    };
     pb.finish_and_clear();
     print!("{}", r.table());
-    println!("  labeller prompts evaluated: {}", labeller.calls);
-    if let Some(why) = labeller.rationales.first() {
+    println!("  labeller prompts evaluated: {calls}");
+    if let Some(why) = rationale {
         println!("  first rationale: {why:?}");
     }
     println!(
