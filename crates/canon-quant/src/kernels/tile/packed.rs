@@ -351,8 +351,8 @@ impl Packed {
     }
 
     /// Rows `r0..r0 + out.len() / cols` dequantized into `out` (row-major), with the bits of
-    /// `dequantize_row`: whole 16-row panels at once with AVX-512 (one pass over each panel's
-    /// lines, no per-value branches), the rest row by row. `false` (and `out` partly written)
+    /// `dequantize_row`: whole 16-row panels at once with AVX-512 or AVX2 (one pass over each
+    /// panel's lines, no per-value branches), the rest row by row. `false` (and `out` partly written)
     /// for the K-quants, rows out of range or an `out` that is not whole rows.
     pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) -> bool {
         if self.kind.is_k() || self.cols == 0 || !out.len().is_multiple_of(self.cols) {
@@ -366,13 +366,22 @@ impl Packed {
         while r < r1 {
             let at = (r - r0) * self.cols;
             #[cfg(target_arch = "x86_64")]
-            if r.is_multiple_of(PANEL) && r + PANEL <= r1 && self.half && avx512_packs() {
+            if r.is_multiple_of(PANEL) && r + PANEL <= r1 && self.half {
                 let dst = &mut out[at..at + PANEL * self.cols];
-                // SAFETY: a `Packed` exists only where `packs` found the AVX-512 extensions;
-                // panel r / PANEL exists (r + PANEL <= rows) and `dst` holds its 16 rows.
-                unsafe { avx512::dequantize_panel(self, r / PANEL, dst.as_mut_ptr()) };
-                r += PANEL;
-                continue;
+                if avx512_packs() {
+                    // SAFETY: a `Packed` exists only where `packs` found the AVX-512 extensions;
+                    // panel r / PANEL exists (r + PANEL <= rows) and `dst` holds its 16 rows.
+                    unsafe { avx512::dequantize_panel(self, r / PANEL, dst.as_mut_ptr()) };
+                    r += PANEL;
+                    continue;
+                }
+                if avx2_packs() {
+                    // SAFETY: `avx2_packs` checked AVX2 (with FMA and F16C, see `Isa::Avx2`);
+                    // panel r / PANEL exists (r + PANEL <= rows) and `dst` holds its 16 rows.
+                    unsafe { avx2::dequantize_panel(self, r / PANEL, dst.as_mut_ptr()) };
+                    r += PANEL;
+                    continue;
+                }
             }
             if !self.dequantize_row(r, &mut out[at..at + self.cols]) {
                 return false;
@@ -824,6 +833,99 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::*;
+
+    /// Panel `pi`'s 16 rows dequantized into `out` (`[16, p.cols]` row-major), as the AVX-512
+    /// `dequantize_panel` does it with half the width: per block, half (rows 0..8, 8..16) and
+    /// line, two rows' four codes at a time widened to i32, less the offset, to f32, times the
+    /// row's scale plus its minimum (zero for the symmetric formats): the operations and order
+    /// of `Packed::dequantize_row`, so the same bits. A LoRA/QLoRA input gradient dequantizes
+    /// every row of the frozen base this way.
+    ///
+    /// # Safety
+    /// CPU with AVX2 and F16C; `p.half`; `pi < p.panels` with all 16 rows inside `p.rows`; `out`
+    /// points at `16 · p.cols` writable floats.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
+        let (nb, k) = (p.nb, p.cols);
+        let cl = if p.nib { 4 } else { 8 };
+        let m = mode_id(p.mode);
+        let sb = scale_bytes(m, p.half);
+        // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
+        let (cp, sp) = unsafe {
+            (
+                (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+                (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+            )
+        };
+        let off = _mm256_set1_epi32(p.offset);
+        let low = _mm256_set1_epi8(15);
+        // Quarter q of a half-line holds rows 2q and 2q + 1 (four codes each): scales 2q, 2q + 1
+        // repeated 4×.
+        let idx: [__m256i; 4] = std::array::from_fn(|q| {
+            let l = 2 * q as i32;
+            _mm256_setr_epi32(l, l, l, l, l + 1, l + 1, l + 1, l + 1)
+        });
+        for b in 0..nb {
+            // SAFETY: block b's scales: 16 f16 scales, then 16 minimums when m != 0.
+            let (d, mn) = unsafe {
+                let s = sp.add(b * sb);
+                let half =
+                    |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(s.add(at) as *const __m128i));
+                let d = [half(0), half(16)];
+                let mn = if m == 0 {
+                    [_mm256_setzero_ps(); 2]
+                } else {
+                    [half(32), half(48)]
+                };
+                (d, mn)
+            };
+            for h in 0..2 {
+                let ds: [__m256; 4] =
+                    std::array::from_fn(|q| _mm256_permutevar8x32_ps(d[h], idx[q]));
+                let ms: [__m256; 4] =
+                    std::array::from_fn(|q| _mm256_permutevar8x32_ps(mn[h], idx[q]));
+                let reg = |g: usize, v: __m256i| {
+                    for q in 0..4 {
+                        let lane = if q < 2 {
+                            _mm256_castsi256_si128(v)
+                        } else {
+                            _mm256_extracti128_si256::<1>(v)
+                        };
+                        let c = if q % 2 == 0 {
+                            lane
+                        } else {
+                            _mm_srli_si128::<8>(lane)
+                        };
+                        let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(c), off));
+                        let y = _mm256_add_ps(_mm256_mul_ps(ds[q], x), ms[q]);
+                        let (row, col) = (8 * h + 2 * q, b * QK + 4 * g);
+                        // SAFETY: rows `row`, `row + 1` < 16 of the panel, columns col..col+4 < k,
+                        // inside `out`.
+                        unsafe {
+                            _mm_storeu_ps(out.add(row * k + col), _mm256_castps256_ps128(y));
+                            _mm_storeu_ps(
+                                out.add((row + 1) * k + col),
+                                _mm256_extractf128_ps::<1>(y),
+                            );
+                        }
+                    }
+                };
+                for j in 0..cl {
+                    // SAFETY: half h of line j of block b (64-byte aligned lines, so 32-byte
+                    // aligned halves).
+                    let v = unsafe {
+                        _mm256_load_si256(cp.add((b * cl + j) * 64 + 32 * h) as *const __m256i)
+                    };
+                    if p.nib {
+                        reg(j, _mm256_and_si256(v, low));
+                        reg(j + 4, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+                    } else {
+                        reg(j, v);
+                    }
+                }
+            }
+        }
+    }
 
     /// `T` activation rows from `t0` against half `HALF_ROWS` (0: rows 0..8, 1: rows 8..16) of
     /// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
