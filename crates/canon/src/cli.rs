@@ -64,13 +64,13 @@ pub enum Command {
     /// Sentence embeddings, one JSON line per input text.
     Embed(cmd::embed::EmbedArgs),
     /// Build or update a retrieval index over documents and man pages.
-    Index(cmd::index::IndexArgs),
+    Index(canon_rag::opts::IndexArgs),
     /// Search a retrieval index (hybrid, dense or BM25).
-    Search(cmd::index::SearchArgs),
+    Search(canon_rag::opts::SearchArgs),
     /// GraphRAG: entity graph, Leiden communities and reports over an index (paper 31).
-    Graph(cmd::graph::GraphArgs),
+    Graph(canon_rag::opts::GraphArgs),
     /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
-    Ask(cmd::ask::AskArgs),
+    Ask(canon_rag::opts::AskArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model: HumanEval pass@k, perplexity, zero-/few-shot, chain of thought, RAG.

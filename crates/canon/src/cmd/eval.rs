@@ -29,7 +29,7 @@ pub enum EvalCommand {
     /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
     Fewshot(super::fewshot::FewShotArgs),
     /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
-    Rag(super::eval_rag::EvalRagArgs),
+    Rag(canon_rag::opts::EvalRagArgs),
     /// Chain-of-thought prompting and self-consistency (majority vote over sampled rationales).
     Cot(super::cot::CotArgs),
 }
