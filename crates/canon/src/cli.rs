@@ -102,7 +102,7 @@ pub enum Command {
     /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
     Info(cmd::info::InfoArgs),
     /// An OpenAI-compatible HTTP server with batched generation and a chat page.
-    Serve(cmd::serve::ServeArgs),
+    Serve(canon_serve::opts::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   canon completions bash > ~/.local/share/bash-completion/completions/canon
