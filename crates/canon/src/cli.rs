@@ -58,9 +58,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate text from a prompt (streams by default).
-    Generate(cmd::generate::GenerateArgs),
+    Generate(canon_infer::opts::GenerateArgs),
     /// Multi-turn chat through the model's chat template (terminal or piped stdin).
-    Chat(cmd::chat::ChatArgs),
+    Chat(canon_infer::opts::ChatArgs),
     /// Sentence embeddings, one JSON line per input text.
     Embed(cmd::embed::EmbedArgs),
     /// Build or update a retrieval index over documents and man pages.

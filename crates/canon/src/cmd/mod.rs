@@ -26,7 +26,6 @@ pub mod perplexity;
 pub mod plot;
 pub mod prm_eval;
 pub mod quantize;
-pub mod sampling;
 pub mod scale;
 pub mod serve;
 pub mod tokenize;
