@@ -10,6 +10,7 @@
 
 pub mod bleu;
 pub mod humaneval;
+pub mod opts;
 pub mod pass_at_k;
 pub mod perplexity;
 pub mod sandbox;
