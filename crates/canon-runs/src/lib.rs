@@ -19,13 +19,17 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod heads;
 pub mod load;
 pub mod lora;
+pub mod lora_opts;
 pub mod rag;
 pub mod seq2seq;
 pub mod t5;
 pub mod threads;
+pub mod train_opts;
 pub mod transformer;
+pub mod translate_opts;
 
 #[cfg(test)]
 mod tests;

@@ -76,19 +76,19 @@ pub enum Command {
     /// Evaluate a model: HumanEval pass@k, perplexity, zero-/few-shot, chain of thought, RAG.
     Eval(cmd::eval::EvalArgs),
     /// Train a model family from scratch (or resume a run).
-    Train(cmd::train::TrainArgs),
+    Train(canon_runs::train_opts::TrainArgs),
     /// GPT-1 fine-tuning (`canon finetune --method gpt1-heads`).
     #[command(name = "finetune-gpt1", hide = true)]
-    FinetuneGpt1(cmd::finetune::FinetuneArgs),
+    FinetuneGpt1(canon_runs::heads::FinetuneArgs),
     /// BERT classifier fine-tuning (`canon finetune --method classifier`).
     #[command(hide = true)]
-    FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
+    FinetuneBert(canon_runs::heads::FinetuneBertArgs),
     /// RAG end-to-end fine-tuning (`canon finetune --method rag`).
     #[command(name = "finetune-rag", hide = true)]
-    FinetuneRag(cmd::finetune_rag::FinetuneRagArgs),
+    FinetuneRag(canon_runs::rag::opts::FinetuneRagArgs),
     /// Fine-tune: LoRA / QLoRA on prompt/completion or chat records, GPT-1's task heads, a BERT
     /// classifier, RAG end to end (--method lora|qlora|gpt1-heads|classifier|rag).
-    Finetune(cmd::lora_finetune::LoraFinetuneArgs),
+    Finetune(canon_runs::lora_opts::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
     /// Phi-1 data pipeline: corpus, quality labels, classifier, filter, decontamination, comparison.
@@ -120,7 +120,7 @@ pub enum Command {
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
     Merge(cmd::merge::MergeArgs),
     /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
-    Translate(cmd::translate::TranslateArgs),
+    Translate(canon_runs::translate_opts::TranslateArgs),
     /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
     /// labelling, weak-to-strong.
     Align(cmd::align::AlignArgs),
