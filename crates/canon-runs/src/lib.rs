@@ -13,6 +13,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 pub mod autoprompt;
+pub mod autoprompt_opts;
 pub mod bert;
 pub mod causal;
 pub mod config;
@@ -71,6 +72,8 @@ pub enum RunError {
     TomlWrite(#[from] toml::ser::Error),
     #[error(transparent)]
     Asset(Box<canon_assets::AssetError>),
+    #[error(transparent)]
+    Agent(Box<canon_agent::AgentError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -92,6 +95,7 @@ boxed_from!(
     canon_eval::EvalError => Eval,
     candle_core::Error => Tensor,
     canon_assets::AssetError => Asset,
+    canon_agent::AgentError => Agent,
 );
 
 /// `Err(RunError::Msg(format!(...)))` from the current function.

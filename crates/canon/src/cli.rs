@@ -114,7 +114,7 @@ pub enum Command {
     /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
     Toolformer(cmd::toolformer::ToolformerArgs),
     /// AutoPrompt (paper 11): gradient-guided trigger tokens for fact retrieval vs a hand-written prompt.
-    Autoprompt(cmd::autoprompt::AutopromptArgs),
+    Autoprompt(canon_runs::autoprompt_opts::AutopromptArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
