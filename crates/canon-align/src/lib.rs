@@ -19,6 +19,7 @@ pub mod dpo;
 pub mod eval;
 pub mod lm;
 pub mod losses;
+pub mod opts;
 pub mod pipeline;
 pub mod ppo;
 pub mod prm;

@@ -123,7 +123,7 @@ pub enum Command {
     Translate(canon_runs::translate_opts::TranslateArgs),
     /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
     /// labelling, weak-to-strong.
-    Align(cmd::align::AlignArgs),
+    Align(canon_align::opts::AlignArgs),
 }
 
 impl Command {

@@ -24,7 +24,6 @@ pub mod lora_finetune;
 pub mod merge;
 pub mod perplexity;
 pub mod plot;
-pub mod prm_eval;
 pub mod quantize;
 pub mod scale;
 pub mod serve;

@@ -1,59 +1,13 @@
 //! `canon align rlaif`: an LLM labels the preference pairs (`canon_align::rlaif_run`).
 
 use anyhow::Context;
-use canon_align::rlaif_run::{RlaifOpts, SoftRmOpts};
-use clap::Args;
+use canon_align::opts::RlaifArgs;
 use indicatif::ProgressBar;
 
-use super::Common;
-use super::rlhf::{PpoKnobs, ppo_opts};
 use crate::Ctx;
 
-#[derive(Args, Debug)]
-#[command(
-    after_help = "Example (SFT and RM stages first; about 15 minutes on 2 cores):
-  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120 --rollouts 12"
-)]
-pub struct RlaifArgs {
-    #[command(flatten)]
-    pub common: Common,
-    #[command(flatten)]
-    pub knobs: PpoKnobs,
-    /// The labeller: an alias (smollm2), a .gguf file or an HF-style folder.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// Training pairs labelled by the judge and by the labeller (both orders).
-    #[arg(long, default_value_t = 120)]
-    pub pairs: usize,
-    /// Reward-model epochs over the pairs (both reward models).
-    #[arg(long, default_value_t = 4)]
-    pub rm_epochs: u64,
-    #[arg(long, default_value_t = 16)]
-    pub rm_batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub rm_lr: f64,
-    /// PPO rollouts of every arm.
-    #[arg(long, default_value_t = 12)]
-    pub rollouts: u64,
-    #[arg(long, default_value_t = 32)]
-    pub rollout_prompts: usize,
-    /// Skip direct RLAIF (it calls the labeller on every rollout response).
-    #[arg(long)]
-    pub no_d_rlaif: bool,
-}
-
 pub(super) fn run(a: RlaifArgs, ctx: &Ctx, pb: &ProgressBar) -> anyhow::Result<()> {
-    let ppo = ppo_opts(&a.knobs, "rlaif", a.rollouts, a.rollout_prompts, 0.0);
-    let (epochs, batch, lr) = (a.rm_epochs, a.rm_batch, a.rm_lr);
-    let rm = SoftRmOpts { epochs, batch, lr };
-    let (pairs, d_rlaif) = (a.pairs, !a.no_d_rlaif);
-    let o = RlaifOpts {
-        pairs,
-        rm,
-        ppo,
-        d_rlaif,
-    };
-    o.check(&a.common.dir).map_err(anyhow::Error::msg)?;
+    let o = a.opts().map_err(anyhow::Error::msg)?;
     let spec = canon_models::ModelSpec::parse(&a.model)?;
     let mode = canon_models::WeightMode::DequantizeF32;
     let lm = canon_models::load_causal_lm(&spec, mode, ctx.progress())
