@@ -14,6 +14,7 @@ pub mod opts;
 pub mod pass_at_k;
 pub mod perplexity;
 pub mod sandbox;
+pub mod zero_shot;
 
 pub use pass_at_k::{pass_at_k, pass_at_k_one};
 pub use sandbox::{Outcome, Sandbox, SandboxConfig, SandboxError};
@@ -70,6 +71,8 @@ pub enum EvalError {
     Cancelled,
     #[error(transparent)]
     Lines(#[from] canon_fs::lines::LineError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("perplexity: {0}")]
     Perplexity(String),
     #[error(transparent)]

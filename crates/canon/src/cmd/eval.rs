@@ -26,7 +26,7 @@ pub enum EvalCommand {
     /// Perplexity of a model on a text file, with a sliding window over long texts.
     Perplexity(PerplexityArgs),
     /// Zero-shot rank classification over options (FLAN), e.g. on `canon flan build --eval-out`.
-    ZeroShot(super::zero_shot::ZeroShotArgs),
+    ZeroShot(canon_eval::zero_shot::ZeroShotArgs),
     /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
     Fewshot(super::fewshot::FewShotArgs),
     /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
