@@ -93,11 +93,12 @@ pub enum ServeRunError {
     Tools(String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("cannot listen on {host}:{port}: {source}")]
+    // The cause is part of the message (not a `source`), as the command line prints it once.
+    #[error("cannot listen on {host}:{port}: {error}")]
     Listen {
         host: String,
         port: u16,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Addr(std::io::Error),
@@ -205,10 +206,10 @@ pub fn serve(
     rt.block_on(async move {
         let server = Server::bind(&cfg)
             .await
-            .map_err(|source| ServeRunError::Listen {
+            .map_err(|error| ServeRunError::Listen {
                 host: cfg.host.clone(),
                 port: cfg.port,
-                source,
+                error,
             })?;
         let addr = server.local_addr().map_err(ServeRunError::Addr)?;
         println!("canon: listening on http://{addr} (chat page at /, API under /v1)");
