@@ -12,6 +12,7 @@
 
 pub mod autoprompt;
 pub mod autoprompt_run;
+pub mod browse_opts;
 pub mod browse_run;
 pub mod browser;
 pub mod cot;

@@ -20,6 +20,7 @@ pub mod dpo;
 pub mod eval;
 pub mod lm;
 pub mod losses;
+pub mod opts;
 pub mod pipeline;
 pub mod ppo;
 pub mod prm;

@@ -131,15 +131,22 @@ pub fn sft_baseline(dir: &Path, test: &[Problem]) -> Result<PolicyEval> {
     evaluate_policy(&sft, test, BASELINE_SEED)
 }
 
-/// SFT settings.
+// SFT settings (with the `cli` feature also `canon align sft`'s flags).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct SftOpts {
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1500))]
     pub steps: u64,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3e-3))]
     pub lr: f64,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub batch: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2))]
     pub layers: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub width: usize,
     /// Demonstrations per training prompt.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4))]
     pub per_prompt: usize,
 }
 
@@ -192,15 +199,21 @@ pub fn sft(
     Ok(r)
 }
 
-/// Reward-model settings.
+// Reward-model settings (with the `cli` feature also `canon align rm`'s flags).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RmOpts {
-    /// Responses ranked per prompt (K).
+    /// Responses sampled and ranked per prompt (K); C(K,2) comparisons each.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4))]
     pub k: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1000))]
     pub train_prompts: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 200))]
     pub val_prompts: usize,
-    /// Prompts per batch (each with all its C(K,2) comparisons).
+    /// Prompts per batch.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 8))]
     pub batch: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1e-3))]
     pub lr: f64,
 }
 
@@ -287,12 +300,19 @@ pub fn rm(
     Ok(r)
 }
 
-/// DPO settings.
+// DPO settings (with the `cli` feature also `canon align dpo`'s flags).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DpoOpts {
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 300))]
     pub steps: u64,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3e-4))]
     pub lr: f64,
+    /// Pairs per batch.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
     pub batch: usize,
+    /// DPO's β (strength of the implicit KL constraint).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.1))]
     pub beta: f64,
 }
 

@@ -10,9 +10,11 @@
 
 pub mod bleu;
 pub mod humaneval;
+pub mod opts;
 pub mod pass_at_k;
 pub mod perplexity;
 pub mod sandbox;
+pub mod zero_shot;
 
 pub use pass_at_k::{pass_at_k, pass_at_k_one};
 pub use sandbox::{Outcome, Sandbox, SandboxConfig, SandboxError};
@@ -69,6 +71,8 @@ pub enum EvalError {
     Cancelled,
     #[error(transparent)]
     Lines(#[from] canon_fs::lines::LineError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("perplexity: {0}")]
     Perplexity(String),
     #[error(transparent)]

@@ -6,6 +6,7 @@ pub mod constrained;
 pub mod engine;
 pub mod generate;
 pub mod generator;
+pub mod opts;
 pub mod sampling;
 pub mod seq2seq;
 pub mod structured;

@@ -28,7 +28,9 @@ pub mod hnsw;
 pub mod index;
 pub mod leiden;
 pub mod marginal;
+pub mod opts;
 pub mod reader;
+pub mod render;
 
 /// Errors of the retrieval crate.
 #[derive(Debug, thiserror::Error)]

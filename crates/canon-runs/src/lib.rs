@@ -13,19 +13,24 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 pub mod autoprompt;
+pub mod autoprompt_opts;
 pub mod bert;
 pub mod causal;
 pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod heads;
 pub mod load;
 pub mod lora;
+pub mod lora_opts;
 pub mod rag;
 pub mod seq2seq;
 pub mod t5;
 pub mod threads;
+pub mod train_opts;
 pub mod transformer;
+pub mod translate_opts;
 
 #[cfg(test)]
 mod tests;
@@ -67,6 +72,8 @@ pub enum RunError {
     TomlWrite(#[from] toml::ser::Error),
     #[error(transparent)]
     Asset(Box<canon_assets::AssetError>),
+    #[error(transparent)]
+    Agent(Box<canon_agent::AgentError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -88,6 +95,7 @@ boxed_from!(
     canon_eval::EvalError => Eval,
     candle_core::Error => Tensor,
     canon_assets::AssetError => Asset,
+    canon_agent::AgentError => Agent,
 );
 
 /// `Err(RunError::Msg(format!(...)))` from the current function.

@@ -7,6 +7,7 @@
 //! `Retry-After`; a client that disconnects mid-stream frees its slot within one engine step.
 
 pub mod api;
+pub mod opts;
 mod rag_routes;
 mod stream;
 mod tool_routes;

@@ -58,37 +58,37 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate text from a prompt (streams by default).
-    Generate(cmd::generate::GenerateArgs),
+    Generate(canon_infer::opts::GenerateArgs),
     /// Multi-turn chat through the model's chat template (terminal or piped stdin).
-    Chat(cmd::chat::ChatArgs),
+    Chat(canon_infer::opts::ChatArgs),
     /// Sentence embeddings, one JSON line per input text.
     Embed(cmd::embed::EmbedArgs),
     /// Build or update a retrieval index over documents and man pages.
-    Index(cmd::index::IndexArgs),
+    Index(canon_rag::opts::IndexArgs),
     /// Search a retrieval index (hybrid, dense or BM25).
-    Search(cmd::index::SearchArgs),
+    Search(canon_rag::opts::SearchArgs),
     /// GraphRAG: entity graph, Leiden communities and reports over an index (paper 31).
-    Graph(cmd::graph::GraphArgs),
+    Graph(canon_rag::opts::GraphArgs),
     /// Answer a question from an index's passages, citing them as [n] (RAG, paper 9).
-    Ask(cmd::ask::AskArgs),
+    Ask(canon_rag::opts::AskArgs),
     /// Show how a model's tokenizer splits a text.
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Evaluate a model: HumanEval pass@k, perplexity, zero-/few-shot, chain of thought, RAG.
     Eval(cmd::eval::EvalArgs),
     /// Train a model family from scratch (or resume a run).
-    Train(cmd::train::TrainArgs),
+    Train(canon_runs::train_opts::TrainArgs),
     /// GPT-1 fine-tuning (`canon finetune --method gpt1-heads`).
     #[command(name = "finetune-gpt1", hide = true)]
-    FinetuneGpt1(cmd::finetune::FinetuneArgs),
+    FinetuneGpt1(canon_runs::heads::FinetuneArgs),
     /// BERT classifier fine-tuning (`canon finetune --method classifier`).
     #[command(hide = true)]
-    FinetuneBert(cmd::finetune_bert::FinetuneBertArgs),
+    FinetuneBert(canon_runs::heads::FinetuneBertArgs),
     /// RAG end-to-end fine-tuning (`canon finetune --method rag`).
     #[command(name = "finetune-rag", hide = true)]
-    FinetuneRag(cmd::finetune_rag::FinetuneRagArgs),
+    FinetuneRag(canon_runs::rag::opts::FinetuneRagArgs),
     /// Fine-tune: LoRA / QLoRA on prompt/completion or chat records, GPT-1's task heads, a BERT
     /// classifier, RAG end to end (--method lora|qlora|gpt1-heads|classifier|rag).
-    Finetune(cmd::lora_finetune::LoraFinetuneArgs),
+    Finetune(canon_runs::lora_opts::LoraFinetuneArgs),
     /// FLAN instruction mixtures built from data on this machine.
     Flan(cmd::flan::FlanArgs),
     /// Phi-1 data pipeline: corpus, quality labels, classifier, filter, decontamination, comparison.
@@ -102,7 +102,7 @@ pub enum Command {
     /// What a model holds: architecture, shape, parameters, weight formats, tokenizer.
     Info(cmd::info::InfoArgs),
     /// An OpenAI-compatible HTTP server with batched generation and a chat page.
-    Serve(cmd::serve::ServeArgs),
+    Serve(canon_serve::opts::ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   canon completions bash > ~/.local/share/bash-completion/completions/canon
@@ -114,16 +114,16 @@ pub enum Command {
     /// Toolformer's self-supervised API-call annotation, one stage per subcommand.
     Toolformer(cmd::toolformer::ToolformerArgs),
     /// AutoPrompt (paper 11): gradient-guided trigger tokens for fact retrieval vs a hand-written prompt.
-    Autoprompt(cmd::autoprompt::AutopromptArgs),
+    Autoprompt(canon_runs::autoprompt_opts::AutopromptArgs),
     /// Re-quantize a GGUF model to NF4, LLM.int8() or Q8_0 (a file `--model` loads).
     Quantize(cmd::quantize::QuantizeArgs),
     /// Fold a LoRA adapter (PEFT layout) into a GGUF model.
     Merge(cmd::merge::MergeArgs),
     /// English→German with a trained Transformer run (beam search; --test-bleu for BLEU).
-    Translate(cmd::translate::TranslateArgs),
+    Translate(canon_runs::translate_opts::TranslateArgs),
     /// Alignment in miniature: SFT, reward model, DPO, PPO (InstructGPT), PRM best-of-N, RLAIF
     /// labelling, weak-to-strong.
-    Align(cmd::align::AlignArgs),
+    Align(canon_align::opts::AlignArgs),
 }
 
 impl Command {

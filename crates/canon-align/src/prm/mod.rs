@@ -49,17 +49,34 @@ pub use task::{
 use verifier::accuracy;
 pub use verifier::{VerifierObjective, log_scores};
 
-/// PRM experiment settings.
+// PRM experiment settings (with the `cli` feature also `canon align prm`'s flags).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct PrmOpts {
+    /// Generator training steps (SFT on demonstrations with planted step errors).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1500))]
     pub gen_steps: u64,
+    /// Training steps of each verifier (PRM and ORM get the same budget).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 600))]
     pub verifier_steps: u64,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 2000))]
     pub train_problems: usize,
+    /// Sampled solutions per training problem (the verifiers' data).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "samples", value_name = "SAMPLES", default_value_t = 4)
+    )]
     pub samples_per_train_problem: usize,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 200))]
     pub test_problems: usize,
+    /// Largest N of best-of-N (N = 1, 2, 4, …); also the samples per test problem.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub max_n: usize,
+    /// Random subsets per N.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
     pub trials: usize,
-    /// Reuse the generator already trained in `dir/generator` instead of training one.
+    /// Reuse the generator a previous run left in DIR/generator (retrain only the verifiers).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub reuse_generator: bool,
 }
 

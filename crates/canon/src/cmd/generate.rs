@@ -1,121 +1,17 @@
-//! `canon generate`: text from a prompt, streamed or as one JSON object.
+//! `canon generate`: text from a prompt, streamed or as one JSON object. The settings, the chat
+//! prompt and the JSON are `canon_infer::opts`.
 
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use canon_infer::{GenerateRequest, Generation, LmGenerator};
-use canon_text::Message;
-use clap::Args;
+use canon_infer::opts::{GenerateArgs, build_prompt, generation_json, logprobs_json};
+use canon_infer::{GenerateRequest, LmGenerator};
 use serde_json::json;
 
-use super::sampling::SamplingArgs;
 use crate::{Ctx, model_gen};
 
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon generate --model smollm2 --prompt \"The capital of France is\" --max-tokens 48 --temperature 0
-  canon generate --model smollm2 --chat --prompt \"Write a haiku about Rust.\"
-  canon generate --model ./my-model.gguf --prompt \"Once upon a time\" --seed 7 --json --logprobs 3
-  canon generate --model smollm2 --prompt \"A story:\" --n 8 --temperature 0.8 --seed 1   # 8 samples, batched
-  canon generate --model gemma3 --prompt \"The capital of France is\" --temperature 0 --cache-type f16")]
-pub struct GenerateArgs {
-    /// Model: an alias (smollm2, gemma3), a .gguf file, or an HF-style folder.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// The prompt (read from standard input when omitted).
-    #[arg(long)]
-    pub prompt: Option<String>,
-    /// Wrap the prompt in the model's chat template as a user turn, with the generation prompt.
-    #[arg(long)]
-    pub chat: bool,
-    /// System message for --chat (default: the template's own).
-    #[arg(long, requires = "chat")]
-    pub system: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
-    /// Stop when the text contains this string (repeatable); the string is not printed.
-    #[arg(long = "stop", value_name = "STR")]
-    pub stop: Vec<String>,
-    /// Generate exactly --max-tokens tokens, ignoring end-of-generation tokens.
-    #[arg(long)]
-    pub ignore_eos: bool,
-    /// Print one JSON object at the end instead of streaming.
-    #[arg(long)]
-    pub json: bool,
-    /// With --json: per generated token, its log-probability and the K most likely alternatives.
-    #[arg(long, value_name = "K")]
-    pub logprobs: Option<usize>,
-    /// Sample this many completions of the prompt together (batched generation: one forward pass
-    /// per step for all of them). Completion i uses seed --seed + i.
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    pub n: usize,
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
-}
-
-/// Most completions `--n` generates at once.
-const MAX_N: usize = 256;
-
-pub fn build_prompt(
-    lm: &canon_models::LoadedLm,
-    prompt: &str,
-    chat: bool,
-    system: Option<&str>,
-) -> anyhow::Result<String> {
-    if !chat {
-        return Ok(prompt.to_string());
-    }
-    let tmpl = lm.chat_template.as_ref().with_context(|| {
-        format!(
-            "--chat: the model {} has no chat template",
-            lm.path.display()
-        )
-    })?;
-    let mut msgs = Vec::new();
-    if let Some(s) = system {
-        msgs.push(Message::new("system", s));
-    }
-    msgs.push(Message::new("user", prompt));
-    Ok(tmpl.render(&msgs, true)?)
-}
-
-pub fn generation_json(g: &Generation, tok: &canon_text::Tokenizer) -> serde_json::Value {
-    let mut v = json!({
-        "prompt_tokens": g.prompt_tokens,
-        "tokens": g.tokens,
-        "text": g.text,
-        "finish_reason": g.finish_reason,
-        "timings": {
-            "prompt_tokens": g.prompt_tokens.len(),
-            "prefill_ms": g.prefill_ms,
-            "decode_tokens": g.tokens.len(),
-            "decode_ms": g.decode_ms,
-        },
-    });
-    if let Some(lps) = &g.logprobs {
-        let _ = tok;
-        v["logprobs"] = logprobs_json(lps);
-    }
-    v
-}
-
-/// Per-token log-probabilities with their alternatives, as `--json` prints them.
-fn logprobs_json(lps: &[canon_infer::TokenLogprob]) -> serde_json::Value {
-    lps.iter()
-        .map(|l| {
-            json!({
-                "id": l.token, "token": l.text, "logprob": l.logprob,
-                "top_logprobs": l.top.iter().map(|(id, t, lp)| json!({"id": id, "token": t, "logprob": lp})).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
-}
-
 pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    if a.logprobs.is_some() && !a.json {
-        bail!("--logprobs needs --json (log-probabilities are part of the JSON output)");
-    }
+    a.check()?;
     let sampling = a.sampling.to_config()?;
     let prompt = match &a.prompt {
         Some(p) => p.clone(),
@@ -129,9 +25,7 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("empty prompt: give --prompt TEXT or text on standard input");
     }
-    if a.n == 0 || a.n > MAX_N {
-        bail!("--n must be between 1 and {MAX_N}, found {}", a.n);
-    }
+    a.check_n()?;
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let text = build_prompt(&lm, &prompt, a.chat, a.system.as_deref())?;
     if a.n > 1 {
@@ -148,7 +42,7 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut g = LmGenerator::new(lm);
     if a.json {
         let out = g.generate_streaming(&req, &mut |_| true)?;
-        println!("{}", generation_json(&out, &g.lm.tokenizer));
+        println!("{}", generation_json(&out));
         return Ok(());
     }
     let mut stdout = std::io::stdout().lock();

@@ -1,84 +1,17 @@
 //! `canon graph build` and `canon ask --graph global|local`: GraphRAG (paper 31) over an index.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::bail;
 use canon_infer::LmGenerator;
-use canon_rag::graph::{self, BuildOpts, KnowledgeGraph, Llm};
-pub use canon_rag::graph_answer::{GlobalAnswer, LocalLlm, RemoteLlm, load_graph};
+use canon_rag::answer::Answerer;
+use canon_rag::graph::{self, KnowledgeGraph, Llm};
+pub use canon_rag::graph_answer::{LocalLlm, RemoteLlm, load_graph};
 use canon_rag::index::Index;
-use clap::{Args, Subcommand};
+use canon_rag::opts::{AskArgs, GraphArgs, GraphBuildArgs, GraphCmd};
 use serde_json::json;
 
-use super::ask::{Answerer, AskArgs};
 use crate::{Ctx, model_gen};
-
-#[derive(Args, Debug)]
-pub struct GraphArgs {
-    #[command(subcommand)]
-    pub cmd: GraphCmd,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum GraphCmd {
-    /// Extract entities and relationships from an index's chunks, cluster them with hierarchical
-    /// Leiden and write community reports (graph.json inside the index folder).
-    #[command(after_help = "Examples:
-  canon graph build --index man.idx                                   # fast extractor, no LLM
-  canon graph build --index man.idx --extractor llm --model smollm2 --limit 20
-  canon graph build --index man.idx --extractor llm --url http://127.0.0.1:8080 --remote-model gpt-4o-mini
-
-LLM calls are cached under INDEX/llm-cache, so an interrupted build resumes where it stopped.")]
-    Build(GraphBuildArgs),
-    /// Summarise merged descriptions and write community reports with a model (title, summary,
-    /// impact rating 0–10, findings; JSON under a schema), bottom-up, calls batched.
-    #[command(after_help = "Examples:
-  canon graph summarize --index man.idx --model smollm2 --limit 40
-  canon graph summarize --index man.idx --what reports --parallel 16
-  canon graph summarize --index man.idx --url http://127.0.0.1:8080 --remote-model gpt-4o-mini
-
-Calls are cached under INDEX/llm-cache (a rerun resumes); graph.json is rewritten after each
-stage. Reports the model garbles keep their extractive text and are counted as failed.")]
-    Summarize(super::graph_summarize::GraphSummarizeArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct GraphBuildArgs {
-    /// The index folder.
-    #[arg(long)]
-    pub index: PathBuf,
-    /// fast (structure and noun phrases, no LLM) or llm.
-    #[arg(long, default_value = "fast")]
-    pub extractor: String,
-    /// Local generating model for --extractor llm.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// An OpenAI-compatible server (base URL) to extract with instead of a local model.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Model name sent to --url.
-    #[arg(long, default_value = "default")]
-    pub remote_model: String,
-    /// Extra "what was missed" passes per text unit.
-    #[arg(long, default_value_t = 1)]
-    pub gleanings: usize,
-    /// Most tokens per extraction answer.
-    #[arg(long, default_value_t = 400)]
-    pub max_tokens: usize,
-    /// Communities larger than this are clustered again one level deeper.
-    #[arg(long, default_value_t = 10)]
-    pub max_cluster_size: usize,
-    /// Report budget in tokens.
-    #[arg(long, default_value_t = 600)]
-    pub report_tokens: usize,
-    /// Noun phrases found in fewer text units than this are dropped (fast extractor).
-    #[arg(long, default_value_t = 3)]
-    pub min_phrase_units: usize,
-    /// Only the first N chunks go through the LLM (the rest through the fast extractor).
-    #[arg(long)]
-    pub limit: Option<usize>,
-}
 
 pub fn run(a: GraphArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match a.cmd {
@@ -101,14 +34,7 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }),
         o => bail!("expected --extractor fast or llm, found '{o}'"),
     };
-    let o = BuildOpts {
-        gleanings: b.gleanings,
-        max_tokens: b.max_tokens,
-        limit: b.limit,
-        max_cluster_size: b.max_cluster_size,
-        report_tokens: b.report_tokens,
-        min_phrase_units: b.min_phrase_units,
-    };
+    let o = b.build_opts();
     let mut pb: Option<indicatif::ProgressBar> = None;
     let built = graph::build_index_graph(
         &ix,
@@ -153,11 +79,8 @@ pub fn ask(a: &AskArgs, mode: &str, ctx: &Ctx) -> anyhow::Result<()> {
         "local" => {
             let (out, entities) =
                 canon_rag::graph_answer::local_answer(&mut ans, &index, &lg, &a.question, a.k)?;
-            super::ask::print_answer(
-                &out,
-                a.json,
-                json!({"graph": "local", "entities": entities}),
-            );
+            let extra = json!({"graph": "local", "entities": entities});
+            print!("{}", canon_rag::render::answer(&out, a.json, extra));
             Ok(())
         }
         "global" => global(a, g, &index, &mut ans, ctx),
@@ -189,29 +112,9 @@ fn global(
     if let Some(b) = pb {
         b.finish_and_clear();
     }
-    let GlobalAnswer {
-        answer,
-        citations: cites,
-        points: point_json,
-        map_batches,
-        map_outputs: raw,
-        map_ms,
-    } = out;
-    if a.json {
-        println!(
-            "{}",
-            json!({"question": a.question.trim(), "answer": answer, "graph": "global", "citations": cites,
-                "points": point_json, "map_batches": map_batches, "map_outputs": raw, "timings": {"map_ms": map_ms}})
-        );
-    } else {
-        println!("{answer}\n");
-        println!("Key points:");
-        for p in &point_json {
-            println!(
-                "[{}] ({}) {} — {} {}",
-                p["n"], p["score"], p["point"], p["report"], p["sources"]
-            );
-        }
-    }
+    print!(
+        "{}",
+        canon_rag::render::global_answer(&a.question, &out, a.json)
+    );
     Ok(())
 }

@@ -1,68 +1,22 @@
 //! `canon graph summarize`: description summaries and community reports written by a model.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::bail;
 use canon_infer::{Engine, EngineConfig};
 use canon_rag::graph::{KnowledgeGraph, Llm, approx_tokens};
 use canon_rag::graph_llm::{self, BatchLlm, CachedBatch, EngineLlm, Serial};
 use canon_rag::index::Index;
-use clap::Args;
+use canon_rag::opts::GraphSummarizeArgs;
 use serde_json::json;
 
 use super::graph::RemoteLlm;
 use crate::{Ctx, model_gen};
 
-#[derive(Args, Debug)]
-pub struct GraphSummarizeArgs {
-    /// The index folder (with graph.json from `canon graph build`).
-    #[arg(long)]
-    pub index: PathBuf,
-    /// Local generating model.
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// An OpenAI-compatible server (base URL) to write with instead of a local model.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Model name sent to --url.
-    #[arg(long, default_value = "default")]
-    pub remote_model: String,
-    /// What to write: descriptions, reports, or both (comma-separated).
-    #[arg(long, default_value = "descriptions,reports")]
-    pub what: String,
-    /// Calls decoded together (the local engine's slots).
-    #[arg(long, default_value_t = 8)]
-    pub parallel: usize,
-    /// At most this many summaries and this many reports (most prominent first).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Tokens of a report's context (entity, relationship and sub-community tables).
-    #[arg(long, default_value_t = 1200)]
-    pub context: usize,
-    /// Budget of the extractive reports rebuilt with the summaries (as `graph build`).
-    #[arg(long, default_value_t = 600)]
-    pub report_tokens: usize,
-}
-
 /// Counts a text's tokens.
 type Counter = dyn Fn(&str) -> usize;
 
 pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let what: Vec<&str> = a.what.split(',').map(str::trim).collect();
-    if let Some(w) = what
-        .iter()
-        .find(|w| !matches!(**w, "descriptions" | "reports"))
-    {
-        bail!("expected --what descriptions, reports or both, found '{w}'");
-    }
-    if a.parallel == 0 || a.context < 100 {
-        bail!(
-            "expected --parallel at least 1 and --context at least 100, found {} and {}",
-            a.parallel,
-            a.context
-        );
-    }
+    let stages = a.check()?;
     let ix = Index::open(&a.index, None)?;
     let mut g = KnowledgeGraph::load(&a.index, ix.meta.chunks)?;
     let t0 = Instant::now();
@@ -94,7 +48,7 @@ pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut cache = CachedBatch::new(llm, &a.index.join("llm-cache"))?;
     let mut out =
         json!({"graph": a.index.join(canon_rag::graph::GRAPH_FILE).display().to_string()});
-    if what.contains(&"descriptions") {
+    if stages.descriptions {
         let pb = crate::progress::rate(ctx.quiet, 0, "summaries");
         let st = graph_llm::summarize_descriptions(
             &mut g,
@@ -111,7 +65,7 @@ pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         out["descriptions"] = json!(st);
         g.save(&a.index)?;
     }
-    if what.contains(&"reports") {
+    if stages.reports {
         let pb = crate::progress::rate(ctx.quiet, 0, "reports");
         let st = graph_llm::write_reports(
             &mut g,

@@ -1,42 +1,13 @@
 //! `canon eval perplexity`: sliding-window perplexity of a causal LM on a text file
-//! (`canon_eval::perplexity`).
+//! (`canon_eval::perplexity`); the settings are `canon_eval::opts::PerplexityArgs`.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use canon_eval::perplexity::{PerplexityConfig, perplexity};
-use clap::Args;
+use canon_eval::opts::PerplexityArgs;
+use canon_eval::perplexity::perplexity;
 
 use crate::{Ctx, model_gen};
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon eval perplexity --model smollm2 --text-file /usr/share/common-licenses/GPL-3
-  canon eval perplexity --model smollm2-nf4.gguf --text-file notes.txt --context 512 --stride 256 --json
-
-Every token after the first is scored once, with between context − stride + 1 and context tokens of
-left context; a smaller stride gives more context per token and costs more forward passes.")]
-pub struct PerplexityArgs {
-    /// Model: an alias (smollm2), a .gguf file or an HF-style folder.
-    #[arg(long)]
-    pub model: String,
-    /// UTF-8 text to score.
-    #[arg(long, value_name = "FILE")]
-    pub text_file: PathBuf,
-    /// Most tokens per forward pass (default: 1024, or the model's limit if smaller).
-    #[arg(long, value_name = "N")]
-    pub context: Option<usize>,
-    /// Tokens the window advances by (default: half the context).
-    #[arg(long, value_name = "S")]
-    pub stride: Option<usize>,
-    /// Score only the first N tokens of the text.
-    #[arg(long, value_name = "N")]
-    pub max_tokens: Option<usize>,
-    /// Print one JSON object: {"perplexity", "nll", "tokens", "windows", "context", "stride", ...}.
-    #[arg(long)]
-    pub json: bool,
-}
 
 pub fn run(a: PerplexityArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.text_file)
@@ -56,11 +27,7 @@ pub fn run(a: PerplexityArgs, ctx: &Ctx) -> anyhow::Result<()> {
             ids.len()
         );
     }
-    let context = a
-        .context
-        .unwrap_or_else(|| 1024.min(lm.model.max_seq_len()));
-    let stride = a.stride.unwrap_or((context / 2).max(1));
-    let cfg = PerplexityConfig { context, stride };
+    let cfg = a.config(lm.model.max_seq_len());
     let t = "perplexity [{bar:40}] {pos}/{len} windows ({eta} left)";
     let pb = crate::progress::bar(ctx.quiet, 0, t);
     let start = Instant::now();
@@ -77,10 +44,7 @@ pub fn run(a: PerplexityArgs, ctx: &Ctx) -> anyhow::Result<()> {
         v["seconds"] = serde_json::json!(secs);
         println!("{v}");
     } else {
-        println!(
-            "perplexity {:.4} (mean NLL {:.4} nats) over {} tokens, {} windows of {} (stride {}), {:.1} s",
-            r.perplexity, r.nll, r.tokens, r.windows, r.context, r.stride, secs
-        );
+        println!("{}", r.line(secs));
     }
     Ok(())
 }

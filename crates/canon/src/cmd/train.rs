@@ -2,50 +2,17 @@
 //!
 //! A run folder holds `config.toml` (the resolved configuration), `model.json`, `tokenizer.json`,
 //! `checkpoint.safetensors`, `metrics.jsonl` and `loss.png`; `canon generate --model DIR` loads it.
+//! The settings and the run folder they open are `canon_runs::train_opts`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use canon_runs::train_opts::{OpenedRun, TrainArgs};
 use canon_runs::{Report, RunConfig, RunDir};
 use canon_train::{Engine, LmObjective, Objective, Outcome, StepReport, Trainer};
-use clap::Args;
 
 use crate::Ctx;
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon train --config configs/gpt2.toml --out runs/gpt2
-  canon train --config configs/nanogpt-bench.toml --max-steps 50 --threads 2 --out /tmp/bench
-  canon train --config configs/nanogpt-bench.toml --bf16 --max-steps 200 --out /tmp/bench-bf16
-  canon train --resume runs/gpt2 --max-steps 4000
-  canon generate --model runs/gpt2 --prompt \"def \" --max-tokens 200")]
-pub struct TrainArgs {
-    /// A run configuration (TOML with [model], [data] and [train] tables).
-    #[arg(long, conflicts_with = "resume", required_unless_present = "resume")]
-    pub config: Option<PathBuf>,
-    /// The run folder to create.
-    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-    pub out: Option<PathBuf>,
-    /// Continue the run in this folder from its checkpoint.
-    #[arg(long, value_name = "DIR")]
-    pub resume: Option<PathBuf>,
-    /// Total optimizer steps (overrides train.max_steps; the schedule spans this many).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Stop (with a checkpoint) after this many steps without changing the schedule.
-    #[arg(long, value_name = "STEP")]
-    pub stop_at: Option<u64>,
-    /// Seed for initialisation and data order (overrides train.seed; new runs only).
-    #[arg(long, conflicts_with = "resume")]
-    pub seed: Option<u64>,
-    /// Mixed precision: the matrix products round their operands to bfloat16 and accumulate in
-    /// f32 (AVX512_BF16's vdpbf16ps); weights, gradients and AdamW stay f32. Off by default;
-    /// refused on CPUs without the instructions. Give it again on --resume to continue alike.
-    #[arg(long)]
-    pub bf16: bool,
-}
 
 /// The Python standard library's folder (used by the commands that read it as data).
 pub(crate) use canon_runs::python_stdlib_dir;
@@ -54,34 +21,12 @@ pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.bf16 {
         canon_nn::train_ops::set_bf16_products(true)?;
     }
-    let (dir, config_path, mut value, resuming) = match (&a.resume, &a.config, &a.out) {
-        (Some(dir), _, _) => {
-            let run = RunDir::new(dir);
-            let cfg = run
-                .read_config_value()
-                .with_context(|| format!("{} is not a run folder", dir.display()))?;
-            (run.clone(), run.config_path(), cfg, true)
-        }
-        (None, Some(config), Some(out)) => {
-            let cfg = RunConfig::read_value(config)?;
-            let run = RunDir::new(out);
-            if run.has_checkpoint() {
-                bail!(
-                    "{} already holds a run; continue it with --resume {} or choose another --out",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (run, config.clone(), cfg, false)
-        }
-        _ => bail!("give --config FILE --out DIR, or --resume DIR"),
-    };
-    if let Some(n) = a.max_steps {
-        RunConfig::set_train_key(&mut value, "max_steps", toml::Value::Integer(n as i64))?;
-    }
-    if let Some(s) = a.seed {
-        RunConfig::set_train_key(&mut value, "seed", toml::Value::Integer(s as i64))?;
-    }
+    let OpenedRun {
+        dir,
+        config_path,
+        value,
+        resuming,
+    } = a.open()?;
     let quiet = ctx.quiet;
     let say = move |s: String| {
         if !quiet {

@@ -1,78 +1,19 @@
 //! `canon align`: learning from feedback in miniature (papers 20, 21, 29, 30). The stages live in
-//! `canon_align`; these files hold the arguments, the progress bars and the printing, one file per
-//! subcommand group: `rlhf` (sft, rm, dpo, ppo), `rlaif`, `prm`, `w2s`.
+//! `canon_align`, their settings and flags in `canon_align::opts`; these files hold the progress
+//! bars and the printing, one file per subcommand group: `rlhf` (sft, rm, dpo, ppo), `rlaif`,
+//! `prm` (and prm-eval), `w2s`.
 
 mod prm;
 mod rlaif;
 mod rlhf;
 mod w2s;
 
-use std::path::PathBuf;
-
+use canon_align::opts::{AlignArgs, AlignCommand};
 use canon_align::pipeline;
 use canon_train::StepReport;
-use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 
 use crate::Ctx;
-
-pub use prm::PrmArgs;
-pub use rlaif::RlaifArgs;
-pub use rlhf::{DpoArgs, PpoArgs, RmArgs, SftArgs};
-pub use w2s::W2sArgs;
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples (one thread is fastest for these tiny models):
-  canon --threads 1 align sft --dir runs/align
-  canon --threads 1 align rm --dir runs/align
-  canon --threads 1 align dpo --dir runs/align
-  canon --threads 1 align ppo --dir runs/align --value rm
-  canon --threads 1 align prm --dir runs/prm
-  canon --threads 1 align rlaif --dir runs/align --model smollm2 --pairs 120
-  canon --threads 1 align w2s --out runs/w2s")]
-pub struct AlignArgs {
-    #[command(subcommand)]
-    pub command: AlignCommand,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum AlignCommand {
-    /// Train the SFT policy (a small GPT from scratch) on mixed-quality demonstrations.
-    Sft(SftArgs),
-    /// Train the reward model on K-way rankings of SFT samples (pairwise loss).
-    Rm(RmArgs),
-    /// DPO from the SFT policy on the reward model's preference pairs.
-    Dpo(DpoArgs),
-    /// PPO (or PPO-ptx) from the SFT policy against the reward model.
-    Ppo(PpoArgs),
-    /// Process vs outcome reward models vs majority vote: best-of-N on multi-step sums.
-    Prm(PrmArgs),
-    /// PRM800K's best-of-N protocol over a scored-samples file (the paper's evaluation).
-    PrmEval(crate::cmd::prm_eval::PrmEvalArgs),
-    /// RLAIF: an LLM labels training pairs; reward models on AI vs gold labels, PPO with each,
-    /// and direct RLAIF (the LLM's 1–10 rating as the reward); win rates by the gold judge.
-    Rlaif(RlaifArgs),
-    /// Weak-to-strong: PGR on three gettext classification tasks, with and without the
-    /// auxiliary confidence loss.
-    W2s(W2sArgs),
-    /// Redraw a PPO run's ppo.png and ppo_stats.png from its metrics.jsonl.
-    PlotPpo {
-        /// The PPO run folder (e.g. runs/align/ppo).
-        #[arg(long, value_name = "DIR")]
-        run: PathBuf,
-    },
-}
-
-/// The options every stage shares.
-#[derive(Args, Debug, Clone)]
-pub struct Common {
-    /// Work folder: sft/, rm/, dpo/, ppo/, rlaif/ live here.
-    #[arg(long, value_name = "DIR", default_value = "runs/align")]
-    pub dir: PathBuf,
-    /// Seed of the prompt split, the data and the initialisation (keep it across stages).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
 
 /// A progress bar whose message, length and position follow `(stage, pos, len)` updates.
 pub(super) fn bar(ctx: &Ctx) -> ProgressBar {
@@ -111,7 +52,7 @@ pub fn run(a: AlignArgs, ctx: &Ctx) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AlignCommand::PrmEval(a) => crate::cmd::prm_eval::run(a),
+        AlignCommand::PrmEval(a) => prm::eval(a),
         AlignCommand::Prm(a) => prm::run(a, &pb),
     }
 }
