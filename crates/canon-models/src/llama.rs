@@ -81,21 +81,77 @@ impl Llama {
                 None
             })
         };
+        // Qwen2: biases on q, k and v.
+        let with_bias = |lin: Linear, name: String, out: usize| -> Result<Linear> {
+            Ok(if v.qkv_bias {
+                Linear::new(lin.weight, Some(src.tensor(&name, &[out])?))
+            } else {
+                lin
+            })
+        };
+        // Phi-3: rows `parts[i]` of one stacked matrix, in order, as separate linears.
+        let split = |name: String, parts: &[usize], inp: usize| -> Result<Vec<Linear>> {
+            let total: usize = parts.iter().sum();
+            let mut start = 0;
+            let mut out = Vec::with_capacity(parts.len());
+            for &rows in parts {
+                out.push(Linear::new(
+                    src.weight_rows(&name, &[total, inp], start, rows, mode)?,
+                    None,
+                ));
+                start += rows;
+            }
+            Ok(out)
+        };
+        let ff = c.intermediate_size;
         let embed_w = src.weight("model.embed_tokens.weight", &[c.vocab_size, d], mode)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let attn_norm = norm(format!("{p}.input_layernorm.weight"))?;
+            let qkv_name = format!("{p}.self_attn.qkv_proj.weight");
+            let (q, k, vv) = if v.fused_projections && src.has(&qkv_name) {
+                let mut l = split(qkv_name, &[q_out, kv_out, kv_out], d)?.into_iter();
+                match (l.next(), l.next(), l.next()) {
+                    (Some(q), Some(k), Some(vv)) => (q, k, vv),
+                    _ => return Err(ModelError::Input("internal: qkv split".into())),
+                }
+            } else {
+                (
+                    lin(format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
+                    lin(format!("{p}.self_attn.k_proj.weight"), kv_out, d)?,
+                    lin(format!("{p}.self_attn.v_proj.weight"), kv_out, d)?,
+                )
+            };
+            let q = with_bias(q, format!("{p}.self_attn.q_proj.bias"), q_out)?;
+            let k = with_bias(k, format!("{p}.self_attn.k_proj.bias"), kv_out)?;
+            let vv = with_bias(vv, format!("{p}.self_attn.v_proj.bias"), kv_out)?;
+            let o = lin(format!("{p}.self_attn.o_proj.weight"), d, q_out)?;
+            let ffn_norm = norm(format!("{p}.post_attention_layernorm.weight"))?;
+            let gate_up_name = format!("{p}.mlp.gate_up_proj.weight");
+            let (gate, up) = if v.fused_projections && src.has(&gate_up_name) {
+                let mut l = split(gate_up_name, &[ff, ff], d)?.into_iter();
+                match (l.next(), l.next()) {
+                    (Some(g), Some(u)) => (g, u),
+                    _ => return Err(ModelError::Input("internal: gate/up split".into())),
+                }
+            } else {
+                (
+                    lin(format!("{p}.mlp.gate_proj.weight"), ff, d)?,
+                    lin(format!("{p}.mlp.up_proj.weight"), ff, d)?,
+                )
+            };
             blocks.push(Block {
-                attn_norm: norm(format!("{p}.input_layernorm.weight"))?,
-                q: lin(format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
-                k: lin(format!("{p}.self_attn.k_proj.weight"), kv_out, d)?,
-                v: lin(format!("{p}.self_attn.v_proj.weight"), kv_out, d)?,
-                o: lin(format!("{p}.self_attn.o_proj.weight"), d, q_out)?,
-                ffn_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
+                attn_norm,
+                q,
+                k,
+                v: vv,
+                o,
+                ffn_norm,
                 ffn: SwiGlu {
-                    gate: lin(format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, d)?,
-                    up: lin(format!("{p}.mlp.up_proj.weight"), c.intermediate_size, d)?,
-                    down: lin(format!("{p}.mlp.down_proj.weight"), d, c.intermediate_size)?,
+                    gate,
+                    up,
+                    down: lin(format!("{p}.mlp.down_proj.weight"), d, ff)?,
                 },
                 q_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.q_norm.weight"), hd)?,
                 k_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.k_norm.weight"), hd)?,
@@ -719,6 +775,7 @@ pub(crate) mod tests {
             rope_theta_local: Some(100.0),
             query_scale: Some(0.2),
             final_logit_softcap: Some(5.0),
+            ..Default::default()
         };
         Llama::load(
             cfg,
