@@ -305,3 +305,24 @@ fn configurations_canon_does_not_implement_are_refused_by_key() {
         "{e}"
     );
 }
+
+/// The batched step (`forward_batch`: stacked rows through the biased and split projections)
+/// equals each sequence run alone, on the quantized kernels.
+#[test]
+fn batched_steps_equal_single_sequences_for_qwen2_and_phi3() {
+    for name in ["qwen2.q8_0.gguf", "phi3.q8_0.gguf"] {
+        let lm = gguf(name, WeightMode::KeepQuantized);
+        let m = &lm.model;
+        let (a, b): (&[u32], &[u32]) = (&[5, 17, 200, 31, 9], &[100, 3, 77]);
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        let both = m.forward_batch(&[a, b], &mut [&mut ca, &mut cb]).unwrap();
+        for (i, s) in [a, b].into_iter().enumerate() {
+            let alone = last_logits(&lm, s);
+            assert_close_f32(
+                &row(&both.narrow(0, i, 1).unwrap()),
+                &alone,
+                Tol::new(1e-4, 1e-4),
+            );
+        }
+    }
+}
