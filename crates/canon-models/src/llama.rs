@@ -89,20 +89,6 @@ impl Llama {
                 lin
             })
         };
-        // Phi-3: rows `parts[i]` of one stacked matrix, in order, as separate linears.
-        let split = |name: String, parts: &[usize], inp: usize| -> Result<Vec<Linear>> {
-            let total: usize = parts.iter().sum();
-            let mut start = 0;
-            let mut out = Vec::with_capacity(parts.len());
-            for &rows in parts {
-                out.push(Linear::new(
-                    src.weight_rows(&name, &[total, inp], start, rows, mode)?,
-                    None,
-                ));
-                start += rows;
-            }
-            Ok(out)
-        };
         let ff = c.intermediate_size;
         let embed_w = src.weight("model.embed_tokens.weight", &[c.vocab_size, d], mode)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
@@ -111,11 +97,8 @@ impl Llama {
             let attn_norm = norm(format!("{p}.input_layernorm.weight"))?;
             let qkv_name = format!("{p}.self_attn.qkv_proj.weight");
             let (q, k, vv) = if v.fused_projections && src.has(&qkv_name) {
-                let mut l = split(qkv_name, &[q_out, kv_out, kv_out], d)?.into_iter();
-                match (l.next(), l.next(), l.next()) {
-                    (Some(q), Some(k), Some(vv)) => (q, k, vv),
-                    _ => return Err(ModelError::Input("internal: qkv split".into())),
-                }
+                let [q, k, vv] = split_rows(src, &qkv_name, [q_out, kv_out, kv_out], d, mode);
+                (q?, k?, vv?)
             } else {
                 (
                     lin(format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
@@ -130,11 +113,8 @@ impl Llama {
             let ffn_norm = norm(format!("{p}.post_attention_layernorm.weight"))?;
             let gate_up_name = format!("{p}.mlp.gate_up_proj.weight");
             let (gate, up) = if v.fused_projections && src.has(&gate_up_name) {
-                let mut l = split(gate_up_name, &[ff, ff], d)?.into_iter();
-                match (l.next(), l.next()) {
-                    (Some(g), Some(u)) => (g, u),
-                    _ => return Err(ModelError::Input("internal: gate/up split".into())),
-                }
+                let [gate, up] = split_rows(src, &gate_up_name, [ff, ff], d, mode);
+                (gate?, up?)
             } else {
                 (
                     lin(format!("{p}.mlp.gate_proj.weight"), ff, d)?,
@@ -359,6 +339,25 @@ impl Llama {
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.residual_ffn(blk, x, blk.o.forward(&a)?)
     }
+}
+
+/// Rows `parts[i]` of the stacked matrix `name` (`[Σ parts, inp]`), in order, as separate linears:
+/// Phi-3's fused `qkv_proj` and `gate_up_proj`.
+fn split_rows<const N: usize>(
+    src: &dyn WeightSource,
+    name: &str,
+    parts: [usize; N],
+    inp: usize,
+    mode: WeightMode,
+) -> [Result<Linear>; N] {
+    let total: usize = parts.iter().sum();
+    std::array::from_fn(|i| {
+        let start = parts[..i].iter().sum();
+        Ok(Linear::new(
+            src.weight_rows(name, &[total, inp], start, parts[i], mode)?,
+            None,
+        ))
+    })
 }
 
 impl CausalLm for Llama {
