@@ -25,9 +25,17 @@ pub struct LlamaConfig {
 }
 
 /// What a LLaMA-like family changes in the block, as configuration (Gemma 3, read from `gemma3.*`
-/// GGUF metadata; llama.cpp's `gemma3` graph is the reference).
+/// GGUF metadata; llama.cpp's `gemma3` graph is the reference; Qwen2, Phi-3 and Mistral from GGUF
+/// metadata or an HF config.json).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LlamaVariant {
+    /// Biases on the query, key and value projections (Qwen2).
+    pub qkv_bias: bool,
+    /// Query/key/value stored as one `qkv_proj` matrix and gate/up as one `gate_up_proj` (Phi-3:
+    /// rows of q, then k, then v; of gate, then up); they are split into the separate projections
+    /// at load. Files with separate tensors load too.
+    pub fused_projections: bool,
     /// Token embeddings multiplied by √hidden_size.
     pub scale_embeddings: bool,
     /// RMSNorm over each head's queries and keys before RoPE.

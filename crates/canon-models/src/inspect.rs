@@ -192,6 +192,8 @@ pub fn folder_info(dir: &Path) -> Result<Value> {
         "block_size",
         "vocab_size",
         "rope_theta",
+        "rope_parameters",
+        "sliding_window",
         "tie_word_embeddings",
     ];
     let mut shape = serde_json::Map::new();

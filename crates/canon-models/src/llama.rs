@@ -81,21 +81,57 @@ impl Llama {
                 None
             })
         };
+        // Qwen2: biases on q, k and v.
+        let with_bias = |lin: Linear, name: String, out: usize| -> Result<Linear> {
+            Ok(if v.qkv_bias {
+                Linear::new(lin.weight, Some(src.tensor(&name, &[out])?))
+            } else {
+                lin
+            })
+        };
+        let ff = c.intermediate_size;
         let embed_w = src.weight("model.embed_tokens.weight", &[c.vocab_size, d], mode)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let attn_norm = norm(format!("{p}.input_layernorm.weight"))?;
+            let qkv_name = format!("{p}.self_attn.qkv_proj.weight");
+            let (q, k, vv) = if v.fused_projections && src.has(&qkv_name) {
+                let [q, k, vv] = split_rows(src, &qkv_name, [q_out, kv_out, kv_out], d, mode);
+                (q?, k?, vv?)
+            } else {
+                (
+                    lin(format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
+                    lin(format!("{p}.self_attn.k_proj.weight"), kv_out, d)?,
+                    lin(format!("{p}.self_attn.v_proj.weight"), kv_out, d)?,
+                )
+            };
+            let q = with_bias(q, format!("{p}.self_attn.q_proj.bias"), q_out)?;
+            let k = with_bias(k, format!("{p}.self_attn.k_proj.bias"), kv_out)?;
+            let vv = with_bias(vv, format!("{p}.self_attn.v_proj.bias"), kv_out)?;
+            let o = lin(format!("{p}.self_attn.o_proj.weight"), d, q_out)?;
+            let ffn_norm = norm(format!("{p}.post_attention_layernorm.weight"))?;
+            let gate_up_name = format!("{p}.mlp.gate_up_proj.weight");
+            let (gate, up) = if v.fused_projections && src.has(&gate_up_name) {
+                let [gate, up] = split_rows(src, &gate_up_name, [ff, ff], d, mode);
+                (gate?, up?)
+            } else {
+                (
+                    lin(format!("{p}.mlp.gate_proj.weight"), ff, d)?,
+                    lin(format!("{p}.mlp.up_proj.weight"), ff, d)?,
+                )
+            };
             blocks.push(Block {
-                attn_norm: norm(format!("{p}.input_layernorm.weight"))?,
-                q: lin(format!("{p}.self_attn.q_proj.weight"), q_out, d)?,
-                k: lin(format!("{p}.self_attn.k_proj.weight"), kv_out, d)?,
-                v: lin(format!("{p}.self_attn.v_proj.weight"), kv_out, d)?,
-                o: lin(format!("{p}.self_attn.o_proj.weight"), d, q_out)?,
-                ffn_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
+                attn_norm,
+                q,
+                k,
+                v: vv,
+                o,
+                ffn_norm,
                 ffn: SwiGlu {
-                    gate: lin(format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, d)?,
-                    up: lin(format!("{p}.mlp.up_proj.weight"), c.intermediate_size, d)?,
-                    down: lin(format!("{p}.mlp.down_proj.weight"), d, c.intermediate_size)?,
+                    gate,
+                    up,
+                    down: lin(format!("{p}.mlp.down_proj.weight"), d, ff)?,
                 },
                 q_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.q_norm.weight"), hd)?,
                 k_norm: opt_norm(v.qk_norm, format!("{p}.self_attn.k_norm.weight"), hd)?,
@@ -303,6 +339,25 @@ impl Llama {
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.residual_ffn(blk, x, blk.o.forward(&a)?)
     }
+}
+
+/// Rows `parts[i]` of the stacked matrix `name` (`[Σ parts, inp]`), in order, as separate linears:
+/// Phi-3's fused `qkv_proj` and `gate_up_proj`.
+fn split_rows<const N: usize>(
+    src: &dyn WeightSource,
+    name: &str,
+    parts: [usize; N],
+    inp: usize,
+    mode: WeightMode,
+) -> [Result<Linear>; N] {
+    let total: usize = parts.iter().sum();
+    std::array::from_fn(|i| {
+        let start = parts[..i].iter().sum();
+        Ok(Linear::new(
+            src.weight_rows(name, &[total, inp], start, parts[i], mode)?,
+            None,
+        ))
+    })
 }
 
 impl CausalLm for Llama {
@@ -719,6 +774,7 @@ pub(crate) mod tests {
             rope_theta_local: Some(100.0),
             query_scale: Some(0.2),
             final_logit_softcap: Some(5.0),
+            ..Default::default()
         };
         Llama::load(
             cfg,

@@ -183,7 +183,7 @@ fn strings(f: &GgufFile, key: &str) -> Result<Vec<String>> {
 
 /// LLaMA-family hyper-parameters from GGUF metadata (`{arch}.*` keys).
 pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
-    const SUPPORTED: &[&str] = &["llama", "mistral", "gemma3"];
+    const SUPPORTED: &[&str] = &["llama", "mistral", "gemma3", "qwen2", "phi3"];
     let arch = f
         .get("general.architecture")
         .and_then(Value::as_str)
@@ -214,6 +214,7 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
             ),
         ));
     }
+    refuse_gguf_rope_scaling(f, &k)?;
     let vocab = match meta_u64_opt(f, &k("vocab_size")) {
         Some(v) => v as usize,
         None => match f.get("tokenizer.ggml.tokens") {
@@ -234,23 +235,66 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
         head_dim,
         rms_norm_eps: meta_f64(f, &k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
         rope_theta: meta_f64(f, &k("rope.freq_base"))?.unwrap_or(10000.0) as f32,
-        // llama.cpp's converter permutes LLaMA's Q/K rows for its interleaved RoPE; Gemma's are
-        // stored as trained and rotated in halves (NeoX).
-        rope_layout: if arch == "gemma3" {
+        // llama.cpp's converter permutes LLaMA's Q/K rows for its interleaved RoPE; Gemma's,
+        // Qwen2's and Phi-3's are stored as trained and rotated in halves (NeoX).
+        rope_layout: if matches!(arch.as_str(), "gemma3" | "qwen2" | "phi3") {
             RopeLayout::HalfSplit
         } else {
             RopeLayout::Interleaved
         },
         max_position_embeddings: meta_u64(f, &k("context_length"))? as usize,
         tie_word_embeddings: f.tensor_info("output.weight").is_none(),
-        variant: if arch == "gemma3" {
-            gemma3_variant(f, &k)?
-        } else {
-            Default::default()
+        variant: match arch.as_str() {
+            "gemma3" => gemma3_variant(f, &k)?,
+            _ => LlamaVariant {
+                qkv_bias: arch == "qwen2",
+                fused_projections: arch == "phi3",
+                // A window on every layer (Mistral, Phi-3), where the file gives one.
+                sliding_window: meta_u64_opt(f, &k("attention.sliding_window"))
+                    .filter(|&w| w > 0)
+                    .map(|w| w as usize),
+                sliding_window_pattern: 0,
+                ..Default::default()
+            },
         },
     };
     cfg.validate().map_err(|m| meta_err(f, m))?;
     Ok(cfg)
+}
+
+/// RoPE scaling (linear, YaRN, Phi-3's LongRoPE factors) is not implemented: a file that asks for
+/// it is refused by name rather than run with plain RoPE.
+fn refuse_gguf_rope_scaling(f: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<()> {
+    let key = k("rope.scaling.type");
+    if let Some(t) = f.get(&key).and_then(Value::as_str)
+        && t != "none"
+    {
+        return Err(meta_err(
+            f,
+            format!("'{key}' = \"{t}\": RoPE scaling is not supported (only plain RoPE)"),
+        ));
+    }
+    let key = k("rope.scaling.factor");
+    if let Some(x) = meta_f64(f, &key)?
+        && x != 0.0
+        && x != 1.0
+    {
+        return Err(meta_err(
+            f,
+            format!("'{key}' = {x}: RoPE scaling is not supported (only plain RoPE)"),
+        ));
+    }
+    for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        if f.tensor_info(t).is_some() {
+            return Err(meta_err(
+                f,
+                format!(
+                    "tensor '{t}': LongRoPE (Phi-3 128k rope_scaling) is not supported; the 4k-context models run"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Gemma 3's block, as llama.cpp's `gemma3` graph runs it: embeddings × √d, q/k RMS norms, post-norms
@@ -294,6 +338,7 @@ fn gemma3_variant(f: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<LlamaVaria
         final_logit_softcap: meta_f64(f, &k("final_logit_softcapping"))?
             .filter(|&c| c > 0.0)
             .map(|c| c as f32),
+        ..Default::default()
     })
 }
 
@@ -484,14 +529,14 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     let cfg_path = dir.join("config.json");
     let v = read_json(&cfg_path)?;
     let mt = model_type(&v);
-    if mt != "llama" && mt != "mistral" {
+    if !matches!(mt.as_str(), "llama" | "mistral" | "qwen2" | "phi3") {
         return Err(ModelError::Architecture {
             found: if mt.is_empty() {
                 "(no model_type in config.json)".into()
             } else {
                 mt
             },
-            expected: "llama, mistral (causal LM); bert for embeddings".into(),
+            expected: "llama, mistral, qwen2, phi3 (causal LM); bert for embeddings".into(),
         });
     }
     let c = Cfg {
@@ -500,6 +545,7 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     };
     let d = c.usize("hidden_size")?;
     let nh = c.usize("num_attention_heads")?;
+    let variant = hf_variant(&c, &mt)?;
     let cfg = LlamaConfig {
         vocab_size: c.usize("vocab_size")?,
         hidden_size: d,
@@ -509,11 +555,11 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
         head_dim: c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?,
         rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
-        rope_theta: c.f64_or("rope_theta", 10000.0)? as f32,
+        rope_theta: hf_rope_theta(&c)? as f32,
         rope_layout: RopeLayout::HalfSplit,
         max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
         tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-        variant: Default::default(),
+        variant,
     };
     let mut tokenizer = hf_tokenizer(dir)?;
     tokenizer.use_post_processor = true;
@@ -561,6 +607,101 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
         path: dir.to_path_buf(),
+    })
+}
+
+/// The RoPE base: `rope_theta`, or `rope_parameters.rope_theta` as transformers 5 writes it.
+/// Scaled RoPE (`rope_scaling` / `rope_parameters.rope_type` other than `default`: linear,
+/// dynamic, YaRN, llama3, Phi-3's LongRoPE) and partial rotary embeddings are refused by key.
+fn hf_rope_theta(c: &Cfg) -> Result<f64> {
+    let refuse = |key: &str, found: &Json, what: &str| ModelError::Config {
+        file: c.file.clone(),
+        message: format!("'{key}' = {found}: {what} is not supported (only plain RoPE)"),
+    };
+    let params = &c.v["rope_parameters"];
+    for (key, found) in [
+        ("rope_scaling", &c.v["rope_scaling"]),
+        ("rope_parameters", params),
+    ] {
+        let kind = match found {
+            Json::Null => continue,
+            Json::Object(o) => o
+                .get("rope_type")
+                .or_else(|| o.get("type"))
+                .and_then(Json::as_str)
+                .unwrap_or("default"),
+            _ => return Err(refuse(key, found, "this RoPE setting")),
+        };
+        if kind != "default" {
+            return Err(refuse(key, found, "RoPE scaling"));
+        }
+    }
+    for (key, found) in [
+        ("partial_rotary_factor", &c.v["partial_rotary_factor"]),
+        (
+            "rope_parameters.partial_rotary_factor",
+            &params["partial_rotary_factor"],
+        ),
+    ] {
+        if let Some(x) = found.as_f64()
+            && x != 1.0
+        {
+            return Err(refuse(key, found, "partial rotary embedding"));
+        }
+    }
+    match (&c.v["rope_theta"], &params["rope_theta"]) {
+        (Json::Null, Json::Null) => Ok(10000.0),
+        (Json::Null, t) => t.as_f64().ok_or_else(|| ModelError::Config {
+            file: c.file.clone(),
+            message: format!("'rope_parameters.rope_theta' should be a number, found {t}"),
+        }),
+        _ => c.f64_or("rope_theta", 10000.0),
+    }
+}
+
+/// What a family changes in the LLaMA block, from its config.json: Qwen2's q/k/v biases, Phi-3's
+/// fused projections, Mistral's and Phi-3's sliding window on every layer. Qwen2's per-layer
+/// windows (`use_sliding_window`) and biases in LLaMA/Mistral (`attention_bias`, `mlp_bias`) are
+/// refused by key.
+fn hf_variant(c: &Cfg, model_type: &str) -> Result<LlamaVariant> {
+    let refuse = |key: &str, found: &Json, what: &str| ModelError::Config {
+        file: c.file.clone(),
+        message: format!("'{key}' = {found}: {what} is not supported for {model_type}"),
+    };
+    for key in ["attention_bias", "mlp_bias"] {
+        if c.v[key].as_bool() == Some(true) {
+            return Err(refuse(key, &c.v[key], "biases on these projections"));
+        }
+    }
+    let mut window = match model_type {
+        "mistral" | "phi3" => c.usize_or("sliding_window", 0)?,
+        _ => 0,
+    };
+    if model_type == "qwen2" {
+        if c.v["use_sliding_window"].as_bool() == Some(true) {
+            return Err(refuse(
+                "use_sliding_window",
+                &c.v["use_sliding_window"],
+                "a sliding window on some layers",
+            ));
+        }
+        if let Some(types) = c.v["layer_types"].as_array()
+            && types.iter().any(|t| t.as_str() != Some("full_attention"))
+        {
+            return Err(refuse(
+                "layer_types",
+                &c.v["layer_types"],
+                "a sliding window on some layers",
+            ));
+        }
+        window = 0;
+    }
+    Ok(LlamaVariant {
+        qkv_bias: model_type == "qwen2",
+        fused_projections: model_type == "phi3",
+        sliding_window: (window > 0).then_some(window),
+        sliding_window_pattern: 0,
+        ..Default::default()
     })
 }
 

@@ -36,6 +36,19 @@ pub trait WeightSource {
         let _ = mode;
         Ok(Weight::Dense(self.tensor(name, shape)?))
     }
+    /// Rows `start .. start + rows` of the matrix `name` of shape `shape` (a fused projection,
+    /// split at load), kept quantized when the source can keep whole rows in their format.
+    fn weight_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        rows: usize,
+        mode: WeightMode,
+    ) -> Result<Weight> {
+        let w = self.weight(name, shape, mode)?.to_dense()?;
+        Ok(Weight::Dense(w.narrow(0, start, rows)?.contiguous()?))
+    }
 }
 
 /// Detached views of another source's tensors: same storage (no copy), no autograd tracking. A
@@ -84,6 +97,13 @@ pub fn llama_gguf_name(hf: &str) -> String {
             "mlp.gate_proj.weight" => "ffn_gate.weight",
             "mlp.up_proj.weight" => "ffn_up.weight",
             "mlp.down_proj.weight" => "ffn_down.weight",
+            // Qwen2's biases
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            // Phi-3's fused projections (llama.cpp keeps gate and up stacked in `ffn_up`)
+            "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+            "mlp.gate_up_proj.weight" => "ffn_up.weight",
             // Gemma 3 (Canon's names for the extra norms)
             "self_attn.q_norm.weight" => "attn_q_norm.weight",
             "self_attn.k_norm.weight" => "attn_k_norm.weight",
@@ -230,6 +250,57 @@ impl WeightSource for GgufSource {
                 // Repacked into the tile kernels' panel layout here, once, where this CPU has
                 // it (the file's blocks are then released from memory): the first product
                 // does not pay for it.
+                q.prepack();
+                Weight::Ggml(Arc::new(q))
+            }
+            _ => Weight::Dense(q.dequantize()?),
+        })
+    }
+    fn weight_rows(
+        &self,
+        name: &str,
+        shape: &[usize],
+        start: usize,
+        rows: usize,
+        mode: WeightMode,
+    ) -> Result<Weight> {
+        let gname = (self.map)(name);
+        let (Some(info), [total, cols]) = (self.file.tensor_info(&gname), shape) else {
+            let w = self.weight(name, shape, mode)?.to_dense()?;
+            return Ok(Weight::Dense(w.narrow(0, start, rows)?.contiguous()?));
+        };
+        check_shape(&self.describe(), &gname, shape, &info.shape)?;
+        if start + rows > *total {
+            return Err(ModelError::Config {
+                file: self.describe(),
+                message: format!(
+                    "tensor '{gname}': rows {start}..{} asked, it has {total}",
+                    start + rows
+                ),
+            });
+        }
+        // A row is whole blocks (`from_view` checks it), so a run of rows is a byte range.
+        let dtype = info.dtype;
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let bytes = match self.file.tensor_view(info) {
+            Bytes::Mapped { map, start: s, .. } => Bytes::Mapped {
+                map,
+                start: s + start * row_bytes,
+                len: rows * row_bytes,
+            },
+            Bytes::Owned(v) => Bytes::Owned(
+                v.get(start * row_bytes..(start + rows) * row_bytes)
+                    .ok_or_else(|| ModelError::Config {
+                        file: self.describe(),
+                        message: format!("tensor '{gname}' is shorter than its shape"),
+                    })?
+                    .to_vec(),
+            ),
+        };
+        let q = GgmlTensor::from_view(dtype, &[rows, *cols], bytes)?;
+        let float = matches!(q.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        Ok(match mode {
+            WeightMode::KeepQuantized if !float => {
                 q.prepack();
                 Weight::Ggml(Arc::new(q))
             }

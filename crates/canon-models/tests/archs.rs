@@ -1,0 +1,328 @@
+//! Qwen2, Phi-3 and Mistral through `models::llama` as configuration, from GGUF and HF
+//! safetensors, against the tiny random-weight fixtures of `goldens/archs/gen.py`: last-position
+//! logits against transformers (f32), greedy ids against transformers and llama.cpp (the first
+//! tokens exactly; after a first difference, only at a near-tie of Canon's own logits), and the
+//! configurations Canon does not implement refused by key.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use canon_models::load::{load_gguf_lm, load_hf_lm};
+use canon_models::{LoadedLm, Positions, WeightMode};
+use canon_testkit::{Tol, assert_close_f32, golden, goldens_dir};
+use serde_json::Value;
+
+/// f16-rounded weights in every file, f32 arithmetic on both sides: only summation orders differ.
+const LOGITS_TOL: Tol = Tol::new(1e-4, 1e-4);
+/// Tokens that must equal the reference exactly before any near-tie is allowed.
+const EXACT: usize = 4;
+
+fn dir() -> PathBuf {
+    goldens_dir().join("archs")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array of floats")
+        .iter()
+        .map(|x| x.as_f64().expect("float") as f32)
+        .collect()
+}
+
+fn row(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn last_logits(lm: &LoadedLm, prompt: &[u32]) -> Vec<f32> {
+    let x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let m = &lm.model;
+    row(&m.forward(&x, &mut m.new_cache(), Positions::Last).unwrap())
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding with the KV cache, checked against `reference`: equal for the first `EXACT`
+/// tokens; at a first difference after that, the two picks must be within `near` in Canon's
+/// logits. Returns how many tokens equal the reference.
+fn check_greedy(lm: &LoadedLm, prompt: &[u32], reference: &[u32], near: f32, what: &str) -> usize {
+    let m = &lm.model;
+    let mut cache = m.new_cache();
+    let mut x = Tensor::new(prompt, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    for (step, &want) in reference.iter().enumerate() {
+        let logits = row(&m.forward(&x, &mut cache, Positions::Last).unwrap());
+        let got = argmax(&logits);
+        if got != want {
+            let gap = logits[got as usize] - logits[want as usize];
+            assert!(
+                step >= EXACT && gap < near,
+                "{what}: step {step}: Canon picks {got}, the reference {want} (Canon's gap {gap})"
+            );
+            return step;
+        }
+        x = Tensor::new(&[got], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+    }
+    reference.len()
+}
+
+/// Logits vs transformers and greedy ids vs transformers for every prompt of `arch`.
+fn check_against_hf(lm: &LoadedLm, arch: &str, near: f32, what: &str) -> (f64, usize) {
+    let g = golden("archs/archs.json");
+    let mut worst = 0.0f64;
+    let mut equal = 0;
+    for case in g["models"][arch]["cases"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        let text = case["prompt"].as_str().unwrap();
+        assert_eq!(
+            lm.tokenizer.encode(text, false).unwrap(),
+            prompt,
+            "{what}: tokenization of {text:?}"
+        );
+        let d = assert_close_f32(
+            &last_logits(lm, &prompt),
+            &floats(&case["hf_last_logits"]),
+            LOGITS_TOL,
+        );
+        worst = worst.max(d);
+        equal += check_greedy(lm, &prompt, &ids(&case["hf_greedy"]), near, what);
+    }
+    eprintln!("{what}: max |Δlogit| vs transformers {worst:.2e}, greedy ids equal {equal}/60");
+    (worst, equal)
+}
+
+/// Greedy ids vs llama.cpp's for the GGUF file `name`.
+fn check_against_llama_cpp(lm: &LoadedLm, arch: &str, name: &str, near: f32) -> usize {
+    let g = golden("archs/archs.json");
+    let m = &g["models"][arch];
+    let mut equal = 0;
+    for (case, lc) in m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(m["gguf"][name]["cases"].as_array().unwrap())
+    {
+        let prompt = ids(&case["prompt_ids"]);
+        assert_eq!(
+            ids(&lc["prompt_ids_llamacpp"]),
+            prompt,
+            "{name}: tokenization"
+        );
+        equal += check_greedy(lm, &prompt, &ids(&lc["llamacpp_greedy"]), near, name);
+    }
+    eprintln!("{name}: greedy ids equal to llama.cpp's {equal}/60");
+    equal
+}
+
+fn gguf(name: &str, mode: WeightMode) -> LoadedLm {
+    load_gguf_lm(&dir().join(name), mode).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn hf(name: &str) -> LoadedLm {
+    load_hf_lm(&dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn qwen2_from_hf_safetensors_equals_transformers() {
+    let (_, equal) = check_against_hf(&hf("qwen2-hf"), "qwen2", 0.05, "qwen2-hf");
+    assert_eq!(equal, 60);
+}
+
+#[test]
+fn qwen2_from_gguf_equals_transformers_and_llama_cpp() {
+    let lm = gguf("qwen2.f16.gguf", WeightMode::DequantizeF32);
+    let (_, equal) = check_against_hf(&lm, "qwen2", 0.05, "qwen2.f16.gguf");
+    assert_eq!(equal, 60);
+    assert_eq!(
+        check_against_llama_cpp(&lm, "qwen2", "qwen2.f16.gguf", 0.05),
+        60
+    );
+    // Quantized kernels (8-bit activations, as llama.cpp's) on Q8_0 and Q4_0 files.
+    for name in ["qwen2.q8_0.gguf", "qwen2.q4_0.gguf"] {
+        let lm = gguf(name, WeightMode::KeepQuantized);
+        assert_eq!(check_against_llama_cpp(&lm, "qwen2", name, 0.5), 60);
+    }
+}
+
+#[test]
+fn phi3_from_hf_safetensors_equals_transformers() {
+    let (_, equal) = check_against_hf(&hf("phi3-hf"), "phi3", 0.1, "phi3-hf");
+    assert_eq!(equal, 60);
+}
+
+#[test]
+fn phi3_from_gguf_equals_transformers_and_llama_cpp() {
+    let lm = gguf("phi3.f16.gguf", WeightMode::DequantizeF32);
+    let (_, equal) = check_against_hf(&lm, "phi3", 0.1, "phi3.f16.gguf");
+    assert_eq!(equal, 60);
+    assert_eq!(
+        check_against_llama_cpp(&lm, "phi3", "phi3.f16.gguf", 0.1),
+        60
+    );
+    // The fused Q8_0 matrices split by rows stay Q8_0 blocks on the quantized kernels.
+    let lm = gguf("phi3.q8_0.gguf", WeightMode::KeepQuantized);
+    assert_eq!(
+        check_against_llama_cpp(&lm, "phi3", "phi3.q8_0.gguf", 0.5),
+        60
+    );
+}
+
+#[test]
+fn mistral_sliding_window_equals_transformers() {
+    // Window 4; every prompt is longer, and decoding runs 20 tokens past it.
+    let g = golden("archs/archs.json");
+    for case in g["models"]["mistral"]["cases"].as_array().unwrap() {
+        assert!(ids(&case["prompt_ids"]).len() > 4);
+    }
+    let (_, equal) = check_against_hf(&hf("mistral-hf"), "mistral", 0.1, "mistral-hf");
+    assert_eq!(equal, 60);
+    // Without the window the last prompt's logits move away from transformers': the mask matters.
+    let tmp = tempfile::tempdir().unwrap();
+    let full = edited_hf("mistral-hf", tmp.path(), |c| {
+        c["sliding_window"] = Value::Null;
+    });
+    let lm = load_hf_lm(&full).unwrap();
+    let case = &g["models"]["mistral"]["cases"][2];
+    let a = last_logits(&lm, &ids(&case["prompt_ids"]));
+    let r = floats(&case["hf_last_logits"]);
+    let d = a
+        .iter()
+        .zip(&r)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(d > 0.1, "{d}");
+}
+
+/// Copies the HF folder `name` with its config.json changed by `edit`.
+fn edited_hf(name: &str, tmp: &Path, edit: impl Fn(&mut Value)) -> PathBuf {
+    let src = dir().join(name);
+    let out = tmp.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), out.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    out
+}
+
+fn refusal(dir: &Path) -> String {
+    match load_hf_lm(dir) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn configurations_canon_does_not_implement_are_refused_by_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let longrope = edited_hf("phi3-hf", tmp.path(), |c| {
+        c["rope_parameters"] = serde_json::json!({
+            "rope_type": "longrope", "rope_theta": 10000.0,
+            "short_factor": [1.0, 1.0], "long_factor": [2.0, 2.0]
+        });
+    });
+    let e = refusal(&longrope);
+    assert!(
+        e.contains("rope_parameters") && e.contains("longrope"),
+        "{e}"
+    );
+    let old_style = edited_hf("mistral-hf", tmp.path(), |c| {
+        c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+    });
+    let e = refusal(&old_style);
+    assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+    let swa = edited_hf("qwen2-hf", tmp.path(), |c| {
+        c["use_sliding_window"] = Value::Bool(true);
+    });
+    let e = refusal(&swa);
+    assert!(e.contains("use_sliding_window"), "{e}");
+    let partial = tmp.path().join("partial");
+    std::fs::rename(
+        edited_hf("phi3-hf", tmp.path(), |c| {
+            c["rope_parameters"]["partial_rotary_factor"] = serde_json::json!(0.75);
+        }),
+        &partial,
+    )
+    .unwrap();
+    let e = refusal(&partial);
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+
+    // A GGUF file asking for scaled RoPE.
+    let f = canon_quant::gguf::GgufFile::open(&dir().join("phi3.f16.gguf")).unwrap();
+    let mut meta: Vec<(&str, canon_quant::gguf::Value)> = f
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    meta.push((
+        "phi3.rope.scaling.type",
+        canon_quant::gguf::Value::String("yarn".into()),
+    ));
+    let tensors: Vec<canon_quant::gguf_write::TensorOut> = f
+        .tensors
+        .iter()
+        .map(|t| canon_quant::gguf_write::TensorOut {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            data: f.tensor_bytes(t),
+        })
+        .collect();
+    let path = tmp.path().join("scaled.gguf");
+    canon_quant::gguf_write::write_gguf(&path, &meta, &tensors).unwrap();
+    let e = match load_gguf_lm(&path, WeightMode::DequantizeF32) {
+        Ok(_) => panic!("scaled RoPE loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("phi3.rope.scaling.type") && e.contains("yarn"),
+        "{e}"
+    );
+}
+
+/// The batched step (`forward_batch`: stacked rows through the biased and split projections)
+/// equals each sequence run alone, on the quantized kernels.
+#[test]
+fn batched_steps_equal_single_sequences_for_qwen2_and_phi3() {
+    for name in ["qwen2.q8_0.gguf", "phi3.q8_0.gguf"] {
+        let lm = gguf(name, WeightMode::KeepQuantized);
+        let m = &lm.model;
+        let (a, b): (&[u32], &[u32]) = (&[5, 17, 200, 31, 9], &[100, 3, 77]);
+        let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+        let both = m.forward_batch(&[a, b], &mut [&mut ca, &mut cb]).unwrap();
+        for (i, s) in [a, b].into_iter().enumerate() {
+            let alone = last_logits(&lm, s);
+            assert_close_f32(
+                &row(&both.narrow(0, i, 1).unwrap()),
+                &alone,
+                Tol::new(1e-4, 1e-4),
+            );
+        }
+    }
+}
