@@ -383,6 +383,34 @@ mod tests {
         }
     }
 
+    /// Per-problem pass rates from a planted law: problem `i` has difficulty `d_i` (mean 1) and
+    /// pass rate `exp(−d_i · α · C^(−k))`, so `−E[log pass rate] = α · C^(−k)` exactly; the pass
+    /// rates are then perturbed by 2 % multiplicative noise.
+    #[test]
+    fn the_fit_recovers_a_planted_law_from_synthetic_pass_rates() {
+        let (alpha, k) = (40.0, 0.2);
+        let mut rng = SplitMix64::new(9);
+        let d: Vec<f64> = (0..200).map(|i| 0.5 + (i as f64) / 199.0).collect();
+        let computes: Vec<f64> = (0..6).map(|i| 1e8 * 3f64.powi(i)).collect();
+        let mut pts = Vec::new();
+        for &c in &computes {
+            let m = alpha * c.powf(-k);
+            let rates: Vec<f64> = d
+                .iter()
+                .map(|di| ((-di * m).exp() * (1.0 + 0.02 * rng.normal())).clamp(1e-300, 1.0))
+                .collect();
+            let (v, skipped) = crate::fit::neg_mean_log_pass_rate(&rates, false).unwrap();
+            assert_eq!(skipped, 0);
+            pts.push((c, v));
+        }
+        let f = crate::fit::fit(&pts, crate::fit::Law::Power).unwrap();
+        assert!((-f.params.b - k).abs() < 0.01, "k = {}", -f.params.b);
+        assert!((f.params.a / alpha - 1.0).abs() < 0.1, "α = {}", f.params.a);
+        let target = computes[5] * 30.0;
+        let truth = alpha * target.powf(-k);
+        assert!((f.predict(target) / truth - 1.0).abs() < 0.02);
+    }
+
     #[test]
     fn greedy_fails_when_a_wrong_token_leads() {
         let logits = vec![vec![0.0, 0.0], vec![1.0, 2.0], vec![3.0, 0.0]];

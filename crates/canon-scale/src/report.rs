@@ -742,4 +742,86 @@ lr = 1e-2
         assert_eq!(p.0, steps_first);
         assert_eq!(r2.target.final_loss, r.target.final_loss);
     }
+
+    #[test]
+    fn a_sweep_with_a_capability_task_predicts_it_before_the_target_and_plots_it() {
+        let cfg_text = r#"
+[scale]
+tokens_per_param = 0.5
+bootstrap = 20
+final_eval_batches = 2
+rungs = [
+  { d_model = 8, d_ff = 16 },
+  { d_model = 12, d_ff = 24 },
+  { d_model = 16, d_ff = 32 },
+]
+target = { d_model = 40, d_ff = 80 }
+
+[scale.capability]
+task = "addition"
+max_operand = 9
+heldout = 10
+context = 1
+docs = 20
+lines = 8
+
+[model]
+family = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 8
+d_ff = 16
+max_seq_len = 16
+block = "pre_ln"
+norm = "layer_norm"
+positions = "learned"
+ffn = "mlp"
+bias = false
+tie_embeddings = true
+final_norm = true
+
+[data]
+corpus = "inline"
+tokenizer = "char"
+
+[train]
+batch_size = 2
+block_size = 16
+max_steps = 1
+lr = 1e-2
+"#;
+        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
+        let task = cfg.scale.capability.as_ref().unwrap().task().unwrap();
+        let docs = task.train_docs();
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let SweepOutcome::Done(r) =
+            run_sweep(&cfg, &docs, dir.path(), &stop, &mut Quiet(0)).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
+            let c = x.capability.as_ref().expect("measured on every run");
+            assert_eq!(c.problems, 10);
+            assert!(c.neg_mean_log_pass_rate > 0.0 && c.mean_pass_rate > 0.0);
+        }
+        let cp = r.prediction.capability.as_ref().expect("predicted");
+        assert_eq!(cp.law.law, Law::Power);
+        let cr = r.capability.as_ref().expect("reported");
+        assert_eq!(
+            cr.measured,
+            r.target.capability.as_ref().unwrap().neg_mean_log_pass_rate
+        );
+        assert_eq!(cr.by_points.len(), 1);
+        assert!(markdown(&r).contains("−E[log pass rate]"));
+        assert!(dir.path().join("capability.png").is_file());
+        // The saved prediction carries the capability law (made before the target trained).
+        let saved: SavedPrediction = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("prediction.json")).unwrap(),
+        )
+        .unwrap();
+        let sc = saved.capability.as_ref().expect("saved");
+        assert_eq!(sc.prediction.value, cp.prediction.value);
+        assert_eq!(sc.law.params, cp.law.params);
+    }
 }

@@ -62,8 +62,10 @@ pub struct FilterArgs {
     #[arg(long, default_value = "minilm")]
     pub embed_model: String,
     /// The classifier that filters: the paper's random forest or logistic regression (both are
-    /// fitted on the same embeddings and their held-out accuracies printed).
-    #[arg(long, default_value = "forest", value_parser = ["forest", "logistic"])]
+    /// fitted on the same embeddings and their held-out accuracies printed). Default logistic:
+    /// on the heuristic labels it is more accurate held out (0.650 against the forest's 0.567,
+    /// the majority rate; see README).
+    #[arg(long, default_value = "logistic", value_parser = ["forest", "logistic"])]
     pub classifier: String,
     /// Label the sample with an LLM judge instead of the heuristics: any generating model
     /// `--model` accepts (smollm2, gemma3, a .gguf). It answers "does this code have educational
