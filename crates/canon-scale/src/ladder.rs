@@ -489,5 +489,14 @@ min_lr_ratio = 0.1
             .unwrap_err()
             .to_string();
         assert!(e.contains("scale.target"), "{e}");
+        // A capability prompt longer than the model's context is refused when read.
+        let cap = CFG.replace(
+            "\n[model]",
+            "\n[scale.capability]\ntask = \"addition\"\nmax_operand = 49\ncontext = 3\n\n[model]",
+        );
+        let e = LadderConfig::parse(&cap, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("35 characters") && e.contains("(32)"), "{e}");
+        let ok = cap.replace("context = 3", "context = 2");
+        assert!(LadderConfig::parse(&ok, "x.toml").is_ok());
     }
 }
