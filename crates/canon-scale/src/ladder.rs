@@ -69,6 +69,10 @@ pub struct ScaleSpec {
     pub rungs: Vec<toml::Table>,
     /// `[model]` overrides of the run to predict.
     pub target: toml::Table,
+    /// A pass/fail task whose capability law is measured along the ladder (its problems are then
+    /// the ladder's training data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<crate::capability::CapabilitySpec>,
 }
 
 /// A ladder configuration: `[scale]` plus the shared `[model]`, `[data]` and `[train]`.
@@ -108,6 +112,9 @@ pub struct RungResult {
     pub last_train_loss: f64,
     /// Wall-clock seconds of training (all sessions of a resumed run).
     pub seconds: f64,
+    /// The capability on the held-out problems of `[scale.capability]`, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<crate::capability::Capability>,
 }
 
 fn cfg_err(file: &str, message: impl Into<String>) -> ScaleError {
@@ -166,6 +173,9 @@ impl LadderConfig {
         if s.final_eval_batches == 0 {
             return Err(cfg_err(file, "scale.final_eval_batches must be positive"));
         }
+        if let Some(c) = &s.capability {
+            c.validate().map_err(|m| cfg_err(file, m))?;
+        }
         self.data.validate().map_err(|m| cfg_err(file, m))?;
         self.train.validate().map_err(|m| cfg_err(file, m))?;
         // Every rung must make a valid model config.
@@ -183,6 +193,18 @@ impl LadderConfig {
                     ),
                 )
             })?;
+            if let Some(c) = &s.capability
+                && c.longest_chars() > m.max_seq_len()
+            {
+                return Err(cfg_err(
+                    file,
+                    format!(
+                        "scale.capability: an evaluation sequence may reach {} characters, beyond model.max_seq_len ({}); lower scale.capability.context",
+                        c.longest_chars(),
+                        m.max_seq_len()
+                    ),
+                ));
+            }
             if self.train.block_size > m.max_seq_len() {
                 return Err(cfg_err(
                     file,
@@ -283,12 +305,15 @@ pub fn param_count(model: &ModelConfig) -> Result<usize> {
 }
 
 /// Trains one planned run in `dir` (or resumes it, or returns its saved result).
-/// `on_step` sees every step; `stop` interrupts with a checkpoint (`Ok(None)`).
+/// `on_step` sees every step; `stop` interrupts with a checkpoint (`Ok(None)`). With a `task`,
+/// the run's capability on its held-out problems is measured and saved in `result.json`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_rung(
     plan: &RungPlan,
     tok: &Tokenizer,
     data: &TokenData,
     final_eval_batches: usize,
+    task: Option<&crate::capability::Task>,
     dir: &Path,
     stop: &AtomicBool,
     on_step: &mut dyn FnMut(&StepReport),
@@ -322,6 +347,10 @@ pub fn train_rung(
     fin.eval_batches = final_eval_batches;
     let obj = LmObjective::new(&*trainer.model, data, &fin);
     let final_loss = obj.eval_loss(cfg.train.block_size)?;
+    let capability = match task {
+        Some(t) => Some(crate::capability::evaluate(t, &*trainer.model, tok)?),
+        None => None,
+    };
     let lines = canon_train::metrics::read_lines(&files.metrics)?;
     let last = lines.last();
     let r = RungResult {
@@ -333,6 +362,7 @@ pub fn train_rung(
         final_loss,
         last_train_loss: last.map_or(f64::NAN, |l| l.loss),
         seconds: last.and_then(|l| l.elapsed_s).unwrap_or(0.0),
+        capability,
     };
     let json = serde_json::to_string_pretty(&r).map_err(|e| io_err(&result_path, e))?;
     write_atomic(&result_path, json.as_bytes())?;
@@ -459,5 +489,14 @@ min_lr_ratio = 0.1
             .unwrap_err()
             .to_string();
         assert!(e.contains("scale.target"), "{e}");
+        // A capability prompt longer than the model's context is refused when read.
+        let cap = CFG.replace(
+            "\n[model]",
+            "\n[scale.capability]\ntask = \"addition\"\nmax_operand = 49\ncontext = 3\n\n[model]",
+        );
+        let e = LadderConfig::parse(&cap, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("35 characters") && e.contains("(32)"), "{e}");
+        let ok = cap.replace("context = 3", "context = 2");
+        assert!(LadderConfig::parse(&ok, "x.toml").is_ok());
     }
 }

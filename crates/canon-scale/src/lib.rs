@@ -6,11 +6,14 @@
 //! - `ladder`: a ladder of model sizes trained with one recipe at a fixed number of tokens per
 //!   parameter, each rung a normal run folder (resumable rung by rung), and the prediction of a
 //!   larger target run made and saved before that run is trained.
+//! - `capability`: the capability law measured on a pass/fail task (answer-only addition): the
+//!   exact per-problem pass rate read off the model's probabilities, `−E[log pass rate]`.
 //! - `report`: the scaling plot and the error-versus-ladder-points table.
 //! - `data`: Phi-1's data pipeline (Gunasekar et al., 2023): a deduplicated code corpus with a
 //!   licence manifest, heuristic quality labels, a classifier on embeddings, filtering and
 //!   decontamination against evaluation problems.
 
+pub mod capability;
 pub mod data;
 pub mod fit;
 pub mod ladder;

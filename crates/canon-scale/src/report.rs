@@ -35,6 +35,27 @@ pub struct SavedPrediction {
     pub prediction: Prediction,
     /// Target compute / largest fitted compute.
     pub compute_ratio: f64,
+    /// The capability law's prediction of the target's `−E[log pass rate]`, if configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<CapabilityPrediction>,
+}
+
+/// The capability law `−E[log pass rate] = α·C^(−k)` fitted on the ladder and its prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityPrediction {
+    pub law: crate::fit::Fit,
+    pub prediction: Prediction,
+}
+
+/// The capability prediction against the measured target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityReport {
+    pub measured: f64,
+    pub relative_error: f64,
+    pub inside_delta_interval: Option<bool>,
+    pub inside_bootstrap_interval: Option<bool>,
+    /// Predictions from the smallest k runs, k = 3 … all.
+    pub by_points: Vec<ErrorRow>,
 }
 
 /// The error of a prediction made from the smallest `rungs` runs.
@@ -57,6 +78,8 @@ pub struct SweepReport {
     pub inside_bootstrap_interval: Option<bool>,
     /// Predictions from the smallest k runs, k = 3 … all.
     pub by_points: Vec<ErrorRow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<CapabilityReport>,
 }
 
 /// How a sweep ended.
@@ -99,6 +122,12 @@ pub fn run_sweep(
         data.val.len(),
         data.vocab_size
     ));
+    let task = cfg
+        .scale
+        .capability
+        .as_ref()
+        .map(|c| c.task())
+        .transpose()?;
     let (plans, target) = cfg.plan(data.vocab_size)?;
     let mut all = plans.clone();
     all.push(target.clone());
@@ -113,6 +142,7 @@ pub fn run_sweep(
             &tok,
             &data,
             cfg.scale.final_eval_batches,
+            task.as_ref(),
             &dir,
             stop,
             &mut |r| progress.step(r),
@@ -148,11 +178,26 @@ pub fn run_sweep(
             0x5ca1e,
         )?;
         let largest = pts.iter().map(|p| p.0).fold(0.0, f64::max);
+        let capability = match capability_points(&results)? {
+            Some(cp) => {
+                let (law, prediction) = predict_from_smaller(
+                    &cp,
+                    Law::Power,
+                    target.compute,
+                    cfg.scale.max_fit_fraction,
+                    cfg.scale.bootstrap,
+                    0xca9,
+                )?;
+                Some(CapabilityPrediction { law, prediction })
+            }
+            None => None,
+        };
         let s = SavedPrediction {
             fitted_rungs: results.iter().map(|r| r.name.clone()).collect(),
             law,
             prediction,
             compute_ratio: target.compute / largest,
+            capability,
         };
         to_json(&s, &pred_path)?;
         s
@@ -161,6 +206,12 @@ pub fn run_sweep(
         "predicted final loss of the target ({:.3e} FLOPs, {:.1}× the largest rung): {:.4}",
         target.compute, saved.compute_ratio, saved.prediction.value
     ));
+    if let Some(c) = &saved.capability {
+        progress.note(&format!(
+            "predicted −E[log pass rate] of the target: {:.4}",
+            c.prediction.value
+        ));
+    }
     progress.run_start(&target, total - 1, total);
     let tdir = rung_dir(out, &target);
     let Some(tres) = train_rung(
@@ -168,6 +219,7 @@ pub fn run_sweep(
         &tok,
         &data,
         cfg.scale.final_eval_batches,
+        task.as_ref(),
         &tdir,
         stop,
         &mut |r| progress.step(r),
@@ -180,7 +232,35 @@ pub fn run_sweep(
     to_json(&report, &out.join("report.json"))?;
     write_atomic(&out.join("report.md"), markdown(&report).as_bytes())?;
     plot(&report, &out.join("scaling.png"))?;
+    if report.capability.is_some() {
+        plot_capability(&report, &out.join("capability.png"))?;
+    }
     Ok(SweepOutcome::Done(Box::new(report)))
+}
+
+/// The ladder's `(compute, −E[log pass rate])` points: `None` when no run measured a capability,
+/// an error when only some did.
+pub fn capability_points(rungs: &[RungResult]) -> Result<Option<Vec<(f64, f64)>>> {
+    let have = rungs.iter().filter(|r| r.capability.is_some()).count();
+    if have == 0 {
+        return Ok(None);
+    }
+    if have < rungs.len() {
+        return Err(ScaleError::Data(format!(
+            "{have} of {} ladder runs measured the capability; remove the other runs' result.json to measure it on every run",
+            rungs.len()
+        )));
+    }
+    Ok(Some(
+        rungs
+            .iter()
+            .filter_map(|r| {
+                r.capability
+                    .as_ref()
+                    .map(|c| (r.compute, c.neg_mean_log_pass_rate))
+            })
+            .collect(),
+    ))
 }
 
 /// Re-reads a finished sweep's runs (for re-plotting without training).
@@ -216,7 +296,38 @@ pub fn analyse(
             relative_error: rel(v),
         });
     }
+    let capability = match (&prediction.capability, &target.capability) {
+        (Some(cp), Some(tc)) => {
+            let measured = tc.neg_mean_log_pass_rate;
+            let rel = |p: f64| (p - measured).abs() / measured;
+            let inside =
+                |iv: Option<(f64, f64)>| iv.map(|(lo, hi)| lo <= measured && measured <= hi);
+            let mut by_points = Vec::new();
+            if let Some(cpts) = capability_points(&rungs)? {
+                for k in 3..=cpts.len() {
+                    let f = fit(&cpts[..k], Law::Power)?;
+                    let v = f.predict(target.compute);
+                    by_points.push(ErrorRow {
+                        rungs: k,
+                        compute_ratio: target.compute / cpts[k - 1].0,
+                        predicted: v,
+                        interval: f.delta_interval(target.compute),
+                        relative_error: rel(v),
+                    });
+                }
+            }
+            Some(CapabilityReport {
+                measured,
+                relative_error: rel(cp.prediction.value),
+                inside_delta_interval: inside(cp.prediction.delta_interval),
+                inside_bootstrap_interval: inside(cp.prediction.bootstrap_interval),
+                by_points,
+            })
+        }
+        _ => None,
+    };
     Ok(SweepReport {
+        capability,
         relative_error: rel(prediction.prediction.value),
         inside_delta_interval: inside(prediction.prediction.delta_interval),
         inside_bootstrap_interval: inside(prediction.prediction.bootstrap_interval),
@@ -275,7 +386,143 @@ pub fn markdown(r: &SweepReport) -> String {
             100.0 * e.relative_error
         );
     }
+    if let (Some(cr), Some(cp)) = (&r.capability, &r.prediction.capability) {
+        s += "\nCapability (held-out answer-only additions; pass rate = P(answer) under sampling, greedy = greedy decoding exact):\n\n| run | compute (FLOPs) | −E[log pass rate] | mean pass rate | greedy pass rate |\n|---|---:|---:|---:|---:|\n";
+        for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
+            if let Some(c) = &x.capability {
+                s += &format!(
+                    "| {} | {:.3e} | {:.4} | {:.4} | {:.3} |\n",
+                    x.name,
+                    x.compute,
+                    c.neg_mean_log_pass_rate,
+                    c.mean_pass_rate,
+                    c.greedy_pass_rate
+                );
+            }
+        }
+        let l = &cp.law.params;
+        s += &format!(
+            "\nFit on {} runs: −E[log pass rate] = {:.4e} · C^{:.4}; target predicted {:.4}, 95% interval {} (Jacobian) / {} (bootstrap); measured {:.4}; relative error {:.2}%.\n",
+            r.rungs.len(),
+            l.a,
+            l.b,
+            cp.prediction.value,
+            fmt_iv(cp.prediction.delta_interval),
+            fmt_iv(cp.prediction.bootstrap_interval),
+            cr.measured,
+            100.0 * cr.relative_error
+        );
+        s += "\n| fitted runs (smallest first) | target / largest fitted compute | predicted | 95% interval | relative error |\n|---:|---:|---:|---|---:|\n";
+        for e in &cr.by_points {
+            s += &format!(
+                "| {} | {:.0}× | {:.4} | {} | {:.2}% |\n",
+                e.rungs,
+                e.compute_ratio,
+                e.predicted,
+                fmt_iv(e.interval),
+                100.0 * e.relative_error
+            );
+        }
+    }
     s
+}
+
+/// The capability plot: the ladder's `−E[log pass rate]`, the fitted law with its interval, the
+/// predicted point and the measured one.
+pub fn plot_capability(r: &SweepReport, path: &Path) -> Result<()> {
+    let (Some(cr), Some(cp)) = (&r.capability, &r.prediction.capability) else {
+        return Err(ScaleError::Data(
+            "the sweep measured no capability (no [scale.capability])".into(),
+        ));
+    };
+    let ladder: Vec<(f64, f64)> = r
+        .rungs
+        .iter()
+        .filter_map(|x| {
+            x.capability
+                .as_ref()
+                .map(|c| (x.compute, c.neg_mean_log_pass_rate))
+        })
+        .collect();
+    let c_lo = ladder.first().map_or(1.0, |x| x.0) / 2.0;
+    let c_hi = r.target.compute * 2.0;
+    let n = 60;
+    let curve: Vec<(f64, f64)> = (0..=n)
+        .map(|i| {
+            let c = c_lo * (c_hi / c_lo).powf(i as f64 / n as f64);
+            (c, cp.law.predict(c))
+        })
+        .collect();
+    let band: Vec<(f64, f64, f64)> = curve
+        .iter()
+        .filter_map(|&(c, _)| {
+            cp.law
+                .delta_interval(c)
+                .map(|(lo, hi)| (c, lo.max(1e-6), hi))
+        })
+        .collect();
+    let pc = cp.prediction.compute;
+    let mut fig = Figure::new("Capability law: −E[log pass rate] on held-out additions vs compute")
+        .x_title("training compute C = 6·N·D (FLOPs)")
+        .y_title("−E[log pass rate] (nats)")
+        .log_x()
+        .log_y();
+    if !band.is_empty() {
+        fig = fig.series(
+            Series::band("95% interval of the fit (Jacobian)", band).color(Rgb(31, 119, 180)),
+        );
+    }
+    fig = fig
+        .series(
+            Series::line(
+                &format!(
+                    "fit α·C^(−k): α = {:.3e}, k = {:.3}",
+                    cp.law.params.a, -cp.law.params.b
+                ),
+                curve,
+            )
+            .color(Rgb(31, 119, 180)),
+        )
+        .series(Series::scatter("ladder runs (fitted)", ladder).color(Rgb(44, 160, 44)));
+    if let Some((lo, hi)) = cp
+        .prediction
+        .bootstrap_interval
+        .or(cp.prediction.delta_interval)
+    {
+        fig = fig.series(
+            Series::line_points(
+                "prediction interval (95%)",
+                vec![(pc, lo.max(1e-6)), (pc, hi)],
+            )
+            .color(Rgb(255, 127, 14)),
+        );
+    }
+    fig = fig
+        .series(
+            Series::scatter(
+                &format!("predicted before training: {:.4}", cp.prediction.value),
+                vec![(pc, cp.prediction.value)],
+            )
+            .color(Rgb(255, 127, 14)),
+        )
+        .series(
+            Series::scatter(
+                &format!(
+                    "measured: {:.4} (error {:.2}%)",
+                    cr.measured,
+                    100.0 * cr.relative_error
+                ),
+                vec![(r.target.compute, cr.measured)],
+            )
+            .color(Rgb(214, 39, 40)),
+        )
+        .footnote(&format!(
+            "{} ladder runs trained on answer-only additions; pass rate = exact P(answer) at temperature 1; target = {:.1}× the largest fitted compute",
+            r.rungs.len(),
+            r.prediction.compute_ratio
+        ));
+    fig.save(path)?;
+    Ok(())
 }
 
 /// The ladder, the fit, the predicted point with its interval and the measured point.
@@ -375,6 +622,7 @@ mod tests {
             final_loss: loss,
             last_train_loss: loss,
             seconds: 1.0,
+            capability: None,
         }
     }
 
@@ -395,6 +643,7 @@ mod tests {
             law: f,
             prediction: pred,
             compute_ratio: tc / pts[5].0,
+            capability: None,
         };
         let target = res("target", tc, law(tc) * 1.01);
         let rep = analyse(rungs, target, saved).unwrap();
@@ -492,5 +741,87 @@ lr = 1e-2
         };
         assert_eq!(p.0, steps_first);
         assert_eq!(r2.target.final_loss, r.target.final_loss);
+    }
+
+    #[test]
+    fn a_sweep_with_a_capability_task_predicts_it_before_the_target_and_plots_it() {
+        let cfg_text = r#"
+[scale]
+tokens_per_param = 0.5
+bootstrap = 20
+final_eval_batches = 2
+rungs = [
+  { d_model = 8, d_ff = 16 },
+  { d_model = 12, d_ff = 24 },
+  { d_model = 16, d_ff = 32 },
+]
+target = { d_model = 40, d_ff = 80 }
+
+[scale.capability]
+task = "addition"
+max_operand = 9
+heldout = 10
+context = 1
+docs = 20
+lines = 8
+
+[model]
+family = "gpt"
+n_layer = 1
+n_head = 2
+d_model = 8
+d_ff = 16
+max_seq_len = 16
+block = "pre_ln"
+norm = "layer_norm"
+positions = "learned"
+ffn = "mlp"
+bias = false
+tie_embeddings = true
+final_norm = true
+
+[data]
+corpus = "inline"
+tokenizer = "char"
+
+[train]
+batch_size = 2
+block_size = 16
+max_steps = 1
+lr = 1e-2
+"#;
+        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
+        let task = cfg.scale.capability.as_ref().unwrap().task().unwrap();
+        let docs = task.train_docs();
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let SweepOutcome::Done(r) =
+            run_sweep(&cfg, &docs, dir.path(), &stop, &mut Quiet(0)).unwrap()
+        else {
+            panic!("expected a finished sweep")
+        };
+        for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
+            let c = x.capability.as_ref().expect("measured on every run");
+            assert_eq!(c.problems, 10);
+            assert!(c.neg_mean_log_pass_rate > 0.0 && c.mean_pass_rate > 0.0);
+        }
+        let cp = r.prediction.capability.as_ref().expect("predicted");
+        assert_eq!(cp.law.law, Law::Power);
+        let cr = r.capability.as_ref().expect("reported");
+        assert_eq!(
+            cr.measured,
+            r.target.capability.as_ref().unwrap().neg_mean_log_pass_rate
+        );
+        assert_eq!(cr.by_points.len(), 1);
+        assert!(markdown(&r).contains("−E[log pass rate]"));
+        assert!(dir.path().join("capability.png").is_file());
+        // The saved prediction carries the capability law (made before the target trained).
+        let saved: SavedPrediction = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("prediction.json")).unwrap(),
+        )
+        .unwrap();
+        let sc = saved.capability.as_ref().expect("saved");
+        assert_eq!(sc.prediction.value, cp.prediction.value);
+        assert_eq!(sc.law.params, cp.law.params);
     }
 }

@@ -1,15 +1,99 @@
 //! The quality classifier on embeddings and the filter.
 //!
-//! Logistic regression `p(educational | x) = σ(w·x + b)` on sentence embeddings (MiniLM, 384
-//! dimensions, L2-normalised), trained by full-batch gradient descent with Adam on the mean
-//! cross-entropy plus `λ/2 · |w|²`; classes are weighted to balance them. Deviation from Phi-1:
-//! the paper used a random forest on a code model's embeddings.
+//! Two classifiers on sentence embeddings (MiniLM, 384 dimensions, L2-normalised): the paper's
+//! random forest (`super::forest`) and logistic regression `p(educational | x) = σ(w·x + b)`,
+//! trained by full-batch gradient descent with Adam on the mean cross-entropy plus `λ/2 · |w|²`,
+//! classes weighted to balance them. `canon data filter` fits both, reports both held-out
+//! accuracies, and filters with the one chosen (`QualityModel`).
 //!
 //! The filter keeps exactly the items whose probability is ≥ the threshold, in their order.
 
 use serde::{Deserialize, Serialize};
 
+use super::forest::{Forest, ForestParams};
 use crate::{Result, ScaleError};
+
+/// Which classifier filters the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassifierKind {
+    /// The paper's random forest on embeddings.
+    Forest,
+    /// L2-regularised logistic regression with balanced classes.
+    Logistic,
+}
+
+impl ClassifierKind {
+    pub const ALL: [ClassifierKind; 2] = [ClassifierKind::Forest, ClassifierKind::Logistic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClassifierKind::Forest => "forest",
+            ClassifierKind::Logistic => "logistic",
+        }
+    }
+
+    /// What the report says about the settings.
+    pub fn describe(self) -> String {
+        match self {
+            ClassifierKind::Forest => {
+                let p = ForestParams::default();
+                format!(
+                    "random forest ({} CART trees, Gini, bootstrap samples, ⌈√d⌉ features per split, max depth {})",
+                    p.n_trees, p.max_depth
+                )
+            }
+            ClassifierKind::Logistic => {
+                "logistic regression (L2 1e-3, balanced classes, Adam 400 epochs)".into()
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ClassifierKind {
+    type Err = ScaleError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "forest" => Ok(ClassifierKind::Forest),
+            "logistic" => Ok(ClassifierKind::Logistic),
+            _ => Err(ScaleError::Msg(format!(
+                "classifier: expected forest or logistic, found {s:?}"
+            ))),
+        }
+    }
+}
+
+/// A fitted quality classifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QualityModel {
+    Forest(Forest),
+    Logistic(Logistic),
+}
+
+impl QualityModel {
+    /// Fits the classifier of `kind` on rows `xs` and 0/1 labels `ys`.
+    pub fn fit(kind: ClassifierKind, xs: &[Vec<f32>], ys: &[u8], seed: u64) -> Result<Self> {
+        Ok(match kind {
+            ClassifierKind::Forest => QualityModel::Forest(Forest::fit(
+                xs,
+                ys,
+                ForestParams {
+                    seed,
+                    ..ForestParams::default()
+                },
+            )?),
+            ClassifierKind::Logistic => QualityModel::Logistic(Logistic::fit(xs, ys, 1e-3, 400)?),
+        })
+    }
+
+    pub fn prob(&self, x: &[f32]) -> f64 {
+        match self {
+            QualityModel::Forest(f) => f.prob(x),
+            QualityModel::Logistic(l) => l.prob(x),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logistic {

@@ -9,11 +9,14 @@
 //!   SHA-256 of the content, each file's distribution and licence kept in a manifest (from the
 //!   `*.dist-info` `RECORD` and `METADATA` files); files are cut into snippets at top-level
 //!   definitions.
-//! - `quality`: the labels. Deviation: documented heuristics stand in for the GPT-4 judge (the
-//!   rules are in that module's header); each label records how it was made.
-//! - `classify`: logistic regression on MiniLM sentence embeddings (deviation: the paper used a
-//!   random forest on a code model's embeddings), held-out accuracy and ROC-AUC, and the threshold
-//!   filter that keeps items in order.
+//! - `quality`: the labels. Documented heuristics stand in for the GPT-4 judge (the rules are in
+//!   that module's header); each label records how it was made.
+//! - `judge`: an LLM judge instead (any generating model), the label read from the next-token
+//!   probabilities of `Yes`/`No`, saved with the judge's name and prompt hash.
+//! - `forest`: the paper's random forest (CART trees with Gini, bootstrap samples, √d features
+//!   per split), on MiniLM sentence embeddings (deviation: the paper used a code model's).
+//! - `classify`: logistic regression on the same embeddings, the choice between the two, held-out
+//!   accuracy and ROC-AUC, and the threshold filter that keeps items in order.
 //! - `dedup`: exact (normalised-text hash) and near-duplicate (shared 13-gram, or Jaccard of
 //!   5-gram shingles) detection against evaluation problems.
 //! - `synth`: synthetic textbook passages and exercises from a generating model on rotating
@@ -27,6 +30,8 @@ pub mod classify;
 pub mod corpus;
 pub mod dedup;
 pub mod experiment;
+pub mod forest;
+pub mod judge;
 pub mod pipeline;
 pub mod quality;
 pub mod synth;

@@ -37,10 +37,11 @@ pub enum DataCommand {
 #[command(after_help = "Examples:
   canon data filter --out runs/phi1
   canon data filter --out runs/phi1 --max-snippets 2000 --label-sample 800 --threshold 0.6
+  canon data filter --out runs/phi1-judge --label-sample 200 --judge smollm2
 
 Writes manifest.jsonl (one line per kept file: path, origin, distribution, licence, sha256),
 snippets.jsonl (id, pool, heuristic label, classifier probability, kept), contaminated.jsonl,
-classifier.json and filter-report.md into --out.")]
+classifier.json, labelled-embeddings.json and filter-report.json into --out.")]
 pub struct FilterArgs {
     #[arg(long)]
     pub out: PathBuf,
@@ -60,6 +61,23 @@ pub struct FilterArgs {
     /// Sentence-embedding model.
     #[arg(long, default_value = "minilm")]
     pub embed_model: String,
+    /// The classifier that filters: the paper's random forest or logistic regression (both are
+    /// fitted on the same embeddings and their held-out accuracies printed). Default logistic:
+    /// on the heuristic labels it is more accurate held out (0.650 against the forest's 0.567,
+    /// the majority rate; see README).
+    #[arg(long, default_value = "logistic", value_parser = ["forest", "logistic"])]
+    pub classifier: String,
+    /// Label the sample with an LLM judge instead of the heuristics: any generating model
+    /// `--model` accepts (smollm2, gemma3, a .gguf). It answers "does this code have educational
+    /// value for learning to code?"; the label is P(Yes) against P(No) at the next token.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Characters of each snippet (its head) the judge sees.
+    #[arg(long, default_value_t = 1000)]
+    pub judge_chars: usize,
+    /// The judge's label is educational when P(Yes) ≥ this.
+    #[arg(long, default_value_t = 0.5)]
+    pub judge_threshold: f64,
     /// Site-packages folder (default: what python3 reports).
     #[arg(long)]
     pub site_packages: Option<PathBuf>,
@@ -162,6 +180,8 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         threshold: a.threshold,
         embed_chars: a.embed_chars,
         embed_model: a.embed_model.clone(),
+        classifier: a.classifier.parse()?,
+        judge_threshold: a.judge_threshold,
         seed: a.seed,
     };
     o.check()?;
@@ -195,24 +215,50 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
         let Some(e) = &enc else { return Ok(Vec::new()) };
         (e.embedder.embed(texts, 16)).map_err(|e| canon_scale::ScaleError::Msg(e.to_string()))
     };
+    let mut judge = match &a.judge {
+        Some(m) => Some(canon_scale::data::judge::LmJudge::new(
+            model_gen::load_lm(m, ctx)?,
+            a.judge_chars,
+        )?),
+        None => None,
+    };
+    let judge_dyn = judge
+        .as_mut()
+        .map(|j| j as &mut dyn canon_scale::data::judge::Judge);
     let bar = ProgressBar::hidden();
-    let report = pipeline::run_filter(&o, &roots, benchmark, &mut embed, &mut |e| match e {
-        FilterEvent::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
-        FilterEvent::Note(_) => {}
-        FilterEvent::Embedded(0, n) if !ctx.quiet => {
-            bar.set_length(n as u64);
-            bar.set_draw_target(crate::progress::target());
-            bar.set_style(crate::progress::style(
-                "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
-            ));
-        }
-        FilterEvent::Embedded(done, n) => {
-            bar.set_position(done as u64);
-            if done == n {
-                bar.finish_and_clear();
+    let report = pipeline::run_filter(
+        &o,
+        &roots,
+        benchmark,
+        &mut embed,
+        judge_dyn,
+        &mut |e| match e {
+            FilterEvent::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
+            FilterEvent::Note(_) => {}
+            FilterEvent::Embedded(0, n) if !ctx.quiet => {
+                bar.set_length(n as u64);
+                bar.set_draw_target(crate::progress::target());
+                bar.set_style(crate::progress::style(
+                    "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+                ));
             }
-        }
-    })?;
+            FilterEvent::Embedded(done, n) | FilterEvent::Judged(done, n) if done > 0 => {
+                bar.set_position(done as u64);
+                if done == n {
+                    bar.finish_and_clear();
+                }
+            }
+            FilterEvent::Judged(0, n) if !ctx.quiet => {
+                bar.reset();
+                bar.set_length(n as u64);
+                bar.set_draw_target(crate::progress::target());
+                bar.set_style(crate::progress::style(
+                    "judging {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+                ));
+            }
+            FilterEvent::Embedded(..) | FilterEvent::Judged(..) => {}
+        },
+    )?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

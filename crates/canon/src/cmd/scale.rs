@@ -25,7 +25,8 @@ use crate::Ctx;
 
 Files in --out: one run folder per rung (rung-0 ... and target/, each a normal `canon train` run
 folder plus result.json), prediction.json (written before target/ is trained), report.md,
-report.json and scaling.png.")]
+report.json and scaling.png (with [scale.capability], also capability.png: the capability law
+measured on held-out addition problems).")]
 pub struct ScaleArgs {
     /// A ladder configuration: [model], [data], [train] and a [scale] table.
     #[arg(long, required_unless_present = "replot")]
@@ -104,6 +105,9 @@ pub fn run(a: ScaleArgs, ctx: &Ctx) -> anyhow::Result<()> {
             &serde_json::to_string_pretty(&r)?,
         )?;
         report::plot(&r, &a.out.join("scaling.png"))?;
+        if r.capability.is_some() {
+            report::plot_capability(&r, &a.out.join("capability.png"))?;
+        }
         super::write_atomic(&a.out.join("report.md"), &report::markdown(&r))?;
         println!("{}", report::markdown(&r));
         return Ok(());
@@ -114,7 +118,17 @@ pub fn run(a: ScaleArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     let cfg = LadderConfig::parse(&text, &path.display().to_string())?;
-    let corpus = load_docs(&cfg.data)?;
+    // With [scale.capability], the task's training problems are the ladder's training data.
+    let corpus = match &cfg.scale.capability {
+        Some(c) => Corpus {
+            name: format!(
+                "{} (0..={} operands, training problems)",
+                c.task, c.max_operand
+            ),
+            docs: c.task()?.train_docs(),
+        },
+        None => load_docs(&cfg.data)?,
+    };
     if !ctx.quiet {
         eprintln!(
             "canon: corpus {}: {} documents, {:.1} MB; {} threads",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use canon_nn::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use super::classify::{Logistic, accuracy, filter_indices, roc_auc};
+use super::classify::{ClassifierKind, QualityModel, accuracy, filter_indices, roc_auc};
 use super::corpus::{CodeCorpus, Snippet};
 use super::dedup::Decontaminator;
 use super::quality::{self, Assessment, HEURISTIC_METHOD};
@@ -122,6 +122,7 @@ pub fn is_eval(s: &Snippet) -> bool {
 
 /// The labels of a sample and its split: the training pool, and the labelled sample (the first
 /// `label_sample` training-pool snippets in a seeded order) cut 4:1 into fit and held-out parts.
+#[derive(Clone)]
 pub struct LabelPlan {
     pub labels: Vec<Assessment>,
     /// Sample indices of the training pool, ascending.
@@ -129,6 +130,10 @@ pub struct LabelPlan {
     /// The labelled sample (sample indices).
     pub labelled: Vec<usize>,
     pub n_fit: usize,
+    /// Labels that replace the heuristic ones (a judge's), by sample index, with how they were
+    /// made.
+    pub overrides: std::collections::HashMap<usize, u8>,
+    pub override_method: Option<String>,
 }
 
 impl LabelPlan {
@@ -148,7 +153,32 @@ impl LabelPlan {
             train_idx,
             labelled: lab,
             n_fit,
+            overrides: Default::default(),
+            override_method: None,
         }
+    }
+
+    /// Snippet `i`'s label: the override if there is one, else the heuristic label.
+    pub fn label(&self, i: usize) -> u8 {
+        self.overrides
+            .get(&i)
+            .copied()
+            .unwrap_or(self.labels[i].educational as u8)
+    }
+
+    /// How snippet `i`'s label was made.
+    pub fn method(&self, i: usize) -> String {
+        match (&self.override_method, self.overrides.contains_key(&i)) {
+            (Some(m), true) => m.clone(),
+            _ => HEURISTIC_METHOD.into(),
+        }
+    }
+
+    /// How the labelled sample's labels were made.
+    pub fn sample_method(&self) -> String {
+        self.override_method
+            .clone()
+            .unwrap_or_else(|| HEURISTIC_METHOD.into())
     }
 
     pub fn fit_idx(&self) -> &[usize] {
@@ -168,44 +198,75 @@ impl LabelPlan {
     }
 
     /// Position of a sample index within the training pool (for its embedding).
-    fn pos(&self, i: usize) -> Option<usize> {
+    pub(crate) fn pos(&self, i: usize) -> Option<usize> {
         self.train_idx.binary_search(&i).ok()
     }
 }
 
+/// One classifier's figures on the labelled sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifierScore {
+    pub classifier: ClassifierKind,
+    pub heldout_accuracy: f64,
+    pub heldout_roc_auc: Option<f64>,
+    pub train_accuracy: f64,
+}
+
 /// The fitted classifier, its held-out figures and the filtered rows.
 pub struct Classified {
-    pub model: Logistic,
+    /// The classifier that filtered.
+    pub model: QualityModel,
+    pub kind: ClassifierKind,
     pub heldout_accuracy: f64,
     pub majority: f64,
     pub roc_auc: Option<f64>,
     pub train_accuracy: f64,
+    /// Every classifier's figures (forest and logistic, fitted on the same rows).
+    pub scores: Vec<ClassifierScore>,
     pub rows: Vec<SnippetRow>,
     pub kept: usize,
 }
 
-/// Fits the classifier on the fit part's embeddings (`emb[p]` is training-pool snippet `p`'s),
-/// scores the held-out part, and keeps the training-pool snippets with probability ≥ `threshold`.
+/// Fits both classifiers on the fit part's embeddings (`emb[p]` is training-pool snippet `p`'s),
+/// scores the held-out part, and keeps the training-pool snippets to which the `kind` classifier
+/// gives probability ≥ `threshold`.
 pub fn classify(
     sample: &[Snippet],
     plan: &LabelPlan,
     emb: &[Vec<f32>],
     threshold: f64,
+    kind: ClassifierKind,
+    seed: u64,
 ) -> Result<Classified> {
-    let labels = &plan.labels;
     let gather = |ids: &[usize]| -> (Vec<Vec<f32>>, Vec<u8>) {
         ids.iter()
-            .filter_map(|&i| {
-                plan.pos(i)
-                    .map(|p| (emb[p].clone(), labels[i].educational as u8))
-            })
+            .filter_map(|&i| plan.pos(i).map(|p| (emb[p].clone(), plan.label(i))))
             .unzip()
     };
     let (xf, yf) = gather(plan.fit_idx());
     let (xh, yh) = gather(plan.held_idx());
-    let model = Logistic::fit(&xf, &yf, 1e-3, 400)?;
-    let ph: Vec<f64> = xh.iter().map(|x| model.prob(x)).collect();
-    let pf: Vec<f64> = xf.iter().map(|x| model.prob(x)).collect();
+    let mut chosen = None;
+    let mut scores = Vec::new();
+    for k in ClassifierKind::ALL {
+        let model = QualityModel::fit(k, &xf, &yf, seed)?;
+        let ph: Vec<f64> = xh.iter().map(|x| model.prob(x)).collect();
+        let pf: Vec<f64> = xf.iter().map(|x| model.prob(x)).collect();
+        scores.push(ClassifierScore {
+            classifier: k,
+            heldout_accuracy: accuracy(&ph, &yh),
+            heldout_roc_auc: roc_auc(&ph, &yh),
+            train_accuracy: accuracy(&pf, &yf),
+        });
+        if k == kind {
+            chosen = Some((model, scores.len() - 1));
+        }
+    }
+    let Some((model, si)) = chosen else {
+        return Err(ScaleError::Msg(format!(
+            "classifier {} was not fitted",
+            kind.name()
+        )));
+    };
     let majority = {
         let pos = yh.iter().filter(|&&y| y == 1).count() as f64 / yh.len().max(1) as f64;
         pos.max(1.0 - pos)
@@ -221,9 +282,9 @@ pub fn classify(
         .map(|(i, s)| SnippetRow {
             id: s.id.clone(),
             pool: if is_eval(s) { "eval" } else { "train" }.into(),
-            label: labels[i].educational as u8,
-            score: labels[i].score,
-            method: HEURISTIC_METHOD.into(),
+            label: plan.label(i),
+            score: plan.labels[i].score,
+            method: plan.method(i),
             prob: plan.pos(i).map(|p| probs[p]),
             kept: kept.contains(&i),
             sample: if plan.fit_idx().contains(&i) {
@@ -236,11 +297,14 @@ pub fn classify(
             text: s.text.clone(),
         })
         .collect();
+    let s = &scores[si];
     Ok(Classified {
-        heldout_accuracy: accuracy(&ph, &yh),
+        heldout_accuracy: s.heldout_accuracy,
+        roc_auc: s.heldout_roc_auc,
+        train_accuracy: s.train_accuracy,
         majority,
-        roc_auc: roc_auc(&ph, &yh),
-        train_accuracy: accuracy(&pf, &yf),
+        kind,
+        scores,
         model,
         rows,
         kept: kept.len(),
@@ -266,10 +330,10 @@ pub fn filter_report(
         "snippets_in_corpus": snippets_in_corpus, "sampled": cl.rows.len() + contaminated,
         "contaminated": contaminated,
         "train_pool": plan.train_idx.len(), "eval_pool": cl.rows.len() - plan.train_idx.len(),
-        "label_method": HEURISTIC_METHOD,
+        "label_method": plan.sample_method(),
         "labelled": lab.len(), "labelled_positive_fraction":
-            lab.iter().filter(|&&i| plan.labels[i].educational).count() as f64 / lab.len().max(1) as f64,
-        "classifier": "logistic regression (L2 1e-3, balanced classes, Adam 400 epochs)",
+            lab.iter().filter(|&&i| plan.label(i) == 1).count() as f64 / lab.len().max(1) as f64,
+        "classifier": cl.kind.describe(), "classifiers": cl.scores,
         "embedding_model": embed_model, "embedded_characters_per_snippet": embed_chars,
         "heldout_accuracy": cl.heldout_accuracy, "heldout_majority_baseline": cl.majority,
         "heldout_roc_auc": cl.roc_auc, "threshold": threshold, "kept": cl.kept,
@@ -339,7 +403,7 @@ mod tests {
             positives > 0 && positives < plan.train_idx.len(),
             "both labels occur"
         );
-        let cl = classify(&sample, &plan, &emb, 0.5).expect("fit");
+        let cl = classify(&sample, &plan, &emb, 0.5, ClassifierKind::Logistic, 1).expect("fit");
         assert_eq!(cl.rows.len(), sample.len());
         assert_eq!(cl.kept, positives);
         assert!(cl.heldout_accuracy > 0.99);
