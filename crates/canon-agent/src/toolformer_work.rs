@@ -392,8 +392,14 @@ pub fn eval_texts(
     for (n, t) in test.iter().enumerate() {
         let today = t.today();
         let mut run = |tool: &str, args: &str| {
-            toolformer::run_call(tool, args, today, &tb, 2)
-                .unwrap_or_else(|e| format!("error: {e}"))
+            // a tool's own error text already starts with "error"
+            toolformer::run_call(tool, args, today, &tb, 2).unwrap_or_else(|e| {
+                if e.starts_with("error") {
+                    e
+                } else {
+                    format!("error: {e}")
+                }
+            })
         };
         let out = toolformer::decode_with_calls(lm, &t.prefix, api, rule, max_tokens, &mut run)?;
         // what the text states: after the call's closing bracket when there is a call
