@@ -201,20 +201,42 @@ pub struct StageCounts {
     pub texts_with_a_kept_call: usize,
 }
 
-/// Stage 3: runs each parsed call; a failing call has no result (and is dropped by the filter).
-pub fn execute(cands: &mut [Candidate], tools: &Toolbox, round_places: u32) {
+/// Runs one call: the calculator (exact, rounded to `round_places`), `Calendar()` (the text's
+/// `today` as `Thursday, March 9, 2023`), or a tool of `tools` by name.
+pub fn run_call(
+    tool: &str,
+    args: &str,
+    today: Option<chrono::NaiveDate>,
+    tools: &Toolbox,
+    round_places: u32,
+) -> std::result::Result<String, String> {
+    if tool.eq_ignore_ascii_case("calculator") {
+        return crate::tools::evaluate(args)
+            .map(|r| r.decimal(round_places))
+            .map_err(|e| e.to_string());
+    }
+    if tool.eq_ignore_ascii_case("calendar") && args.trim().is_empty() {
+        return today
+            .map(crate::tools::long_date)
+            .ok_or_else(|| "Calendar() needs the text's date, and this text has none".to_string());
+    }
+    let o = tools.call_text(tool, args);
+    if o.ok { Ok(o.text) } else { Err(o.text) }
+}
+
+/// Stage 3: runs each parsed call (`today(text_id)` is the date `Calendar()` returns for that
+/// text); a failing call has no result (and is dropped by the filter).
+pub fn execute(
+    cands: &mut [Candidate],
+    tools: &Toolbox,
+    round_places: u32,
+    today: &dyn Fn(usize) -> Option<chrono::NaiveDate>,
+) {
     for c in cands.iter_mut() {
         let (Some(tool), Some(args)) = (&c.tool, &c.args) else {
             continue;
         };
-        if tool.eq_ignore_ascii_case("calculator") {
-            c.result = crate::tools::evaluate(args)
-                .ok()
-                .map(|r| r.decimal(round_places));
-            continue;
-        }
-        let o = tools.call_text(tool, args);
-        c.result = o.ok.then_some(o.text);
+        c.result = run_call(tool, args, today(c.text_id), tools, round_places).ok();
     }
 }
 
@@ -380,8 +402,46 @@ pub struct Text {
     /// The text up to the computed number (for held-out evaluation).
     pub prefix: String,
     pub answer: String,
-    /// The expression that computes the answer.
+    /// The expression that computes the answer (the call's arguments; empty for `Calendar()`).
     pub expression: String,
+    /// The tool whose call the text needs: `Calculator` or `Calendar`.
+    #[serde(default = "calculator_name")]
+    pub tool: String,
+    /// The text's "today" (`YYYY-MM-DD`), what `Calendar()` returns for it.
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+fn calculator_name() -> String {
+    "Calculator".into()
+}
+
+impl Text {
+    /// What follows the answer in the text (`" kB."`, `"."`, ...).
+    pub fn suffix(&self) -> &str {
+        self.text
+            .get(self.prefix.len() + 1 + self.answer.len()..)
+            .unwrap_or("")
+    }
+    /// The text's date, when it has one.
+    pub fn today(&self) -> Option<chrono::NaiveDate> {
+        self.date
+            .as_deref()
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    }
+    /// Whether a continuation of `prefix` states the answer: the first number for a numeric
+    /// answer, else the continuation's start.
+    pub fn states_answer(&self, continuation: &str) -> bool {
+        let numeric = self
+            .answer
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-');
+        if numeric {
+            first_number(continuation).as_deref() == Some(self.answer.as_str())
+        } else {
+            continuation.trim_start().starts_with(&self.answer)
+        }
+    }
 }
 
 /// Arithmetic-in-text sentences from the package database's installed sizes: sums, differences,
@@ -474,10 +534,110 @@ pub fn arithmetic_texts(status: &str, n: usize, seed: u64, test_every: u64) -> V
             prefix,
             answer,
             expression,
+            tool: calculator_name(),
+            date: None,
         });
     }
     out.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 1));
     out
+}
+
+/// Texts whose continuation needs the date (the paper's Calendar API): each has its own "today"
+/// (a seeded date in 2000–2029) and names a package from the package database; the continuation
+/// is that day's date, weekday, year or month. `Calendar()` returns the date as
+/// `Thursday, March 9, 2023`. Split by the package named (one in `test_every` to test).
+pub fn calendar_texts(status: &str, n: usize, seed: u64, test_every: u64) -> Vec<Text> {
+    use rand::{Rng, SeedableRng};
+    let mut names: Vec<String> = status
+        .split("\n\n")
+        .filter_map(|b| {
+            b.lines()
+                .find_map(|l| l.strip_prefix("Package:").map(|v| v.trim().to_string()))
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    if names.is_empty() {
+        return out;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xca1e);
+    let Some(base) = chrono::NaiveDate::from_ymd_opt(2000, 1, 1) else {
+        return out;
+    };
+    for i in 0..n {
+        let a = &names[rng.random_range(0..names.len())];
+        let d = base + chrono::Duration::days(rng.random_range(0..10_957i64));
+        let long = crate::tools::long_date(d);
+        let (prefix, answer, suffix) = match rng.random_range(0..5u8) {
+            0 => (
+                format!("The package {a} was upgraded today,"),
+                long,
+                ".".to_string(),
+            ),
+            1 => (
+                "Today is".to_string(),
+                long,
+                format!(", and {a} needs an update."),
+            ),
+            2 => (
+                format!("I am writing this note about {a} on a"),
+                d.format("%A").to_string(),
+                ".".to_string(),
+            ),
+            3 => (
+                format!("The package {a} was installed this year, in"),
+                d.format("%Y").to_string(),
+                ".".to_string(),
+            ),
+            _ => (
+                format!("The changelog of {a} got a new entry this month, in"),
+                d.format("%B").to_string(),
+                ".".to_string(),
+            ),
+        };
+        out.push(Text {
+            id: format!("d{i}"),
+            split: crate::react_data::split_of(a, test_every).into(),
+            text: format!("{prefix} {answer}{suffix}"),
+            prefix,
+            answer,
+            expression: String::new(),
+            tool: "Calendar".into(),
+            date: Some(d.format("%Y-%m-%d").to_string()),
+        });
+    }
+    out
+}
+
+/// The few-shot annotation prompt `P(x)` for the text's tool: [`calculator_prompt`] or
+/// [`calendar_prompt`].
+pub fn annotation_prompt(tool: &str, demos: &[&Text], x: &str) -> String {
+    if tool.eq_ignore_ascii_case("calendar") {
+        calendar_prompt(demos, x)
+    } else {
+        calculator_prompt(demos, x)
+    }
+}
+
+/// The few-shot annotation prompt `P(x)` for the calendar; demonstrations are train texts with
+/// `[Calendar()]` inserted before the date (`demos`: at most 3 are used).
+pub fn calendar_prompt(demos: &[&Text], x: &str) -> String {
+    let mut s = String::from(
+        "Add calls to a Calendar where the text needs today's date. \
+Write [Calendar()] just before the part of the text that the date tells.\n\n",
+    );
+    for d in demos.iter().take(3) {
+        s.push_str(&format!(
+            "Input:\n{}\nOutput:\n{} [Calendar()] {}{}\n\n",
+            d.text,
+            d.prefix,
+            d.answer,
+            d.suffix()
+        ));
+    }
+    s.push_str(&format!("Input:\n{x}\nOutput:\n"));
+    s
 }
 
 /// The few-shot annotation prompt `P(x)` for the calculator; demonstrations are train texts with
@@ -494,7 +654,7 @@ Write [Calculator(expression)] just before the computed number, with the express
             d.prefix,
             d.expression,
             d.answer,
-            &d.text[d.prefix.len() + 1 + d.answer.len()..]
+            d.suffix()
         ));
     }
     s.push_str(&format!("Input:\n{x}\nOutput:\n"));
@@ -548,6 +708,221 @@ pub fn infer(
         text,
         call: Some((tool, args, result)),
     })
+}
+
+/// A model read one token at a time, with the whole next-token distribution (Toolformer's
+/// decoding rule looks past the argmax).
+pub trait StepLm {
+    /// Tokenizes text (no special tokens).
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32]) -> Result<String>;
+    /// Whether `id` ends a generation (end of text).
+    fn is_end(&self, id: u32) -> bool;
+    /// Forgets any context, reads `ids`, and returns the next token's logits.
+    fn start(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Appends `id` to the context and returns the next token's logits.
+    fn push(&mut self, id: u32) -> Result<Vec<f32>>;
+}
+
+/// How decoding treats the API-start token `[`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CallRule {
+    /// Plain greedy decoding: `[` is text like any other and nothing is executed.
+    Off,
+    /// The API-start token is never generated (the paper's "Toolformer (disabled)").
+    Disabled,
+    /// The paper's rule: a call starts wherever an API-start token is among the `k` most likely
+    /// next tokens (`k = 1`: only when it is the argmax), and runs when the model writes `->`.
+    TopK(usize),
+}
+
+/// Whether `id` is among the `k` highest logits (ties rank in its favour).
+pub fn in_top_k(logits: &[f32], id: u32, k: usize) -> bool {
+    let Some(&v) = logits.get(id as usize) else {
+        return false;
+    };
+    logits.iter().filter(|&&x| x > v).count() < k
+}
+
+fn argmax(logits: &[f32], banned: &[u32]) -> Option<u32> {
+    logits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !banned.contains(&(*i as u32)))
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+}
+
+/// Toolformer's inference: greedy decoding of `prompt` until a newline, the end token or
+/// `max_tokens`, where under [`CallRule::TopK`] a call starts at the first step where an
+/// API-start token (`api`: `[` and ` [`) is among the top k (the likelier of them is taken), the
+/// model writes `Tool(args)` and `->`, then `run(tool, args)` is executed and ` -> result]`
+/// inserted, and decoding goes on; one call per input (after it, or after an abandoned call — a
+/// `]` or newline before `->`, or 48 tokens —, decoding is plain greedy). A failing call inserts
+/// `error: ...` as its result.
+pub fn decode_with_calls(
+    lm: &mut dyn StepLm,
+    prompt: &str,
+    api: &[u32],
+    rule: CallRule,
+    max_tokens: usize,
+    run: &mut dyn FnMut(&str, &str) -> String,
+) -> Result<Inference> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Before,
+        InCall { open: usize, tokens: usize },
+        After,
+    }
+    let mut state = if matches!(rule, CallRule::TopK(k) if k > 0) {
+        State::Before
+    } else {
+        State::After
+    };
+    let banned: &[u32] = if rule == CallRule::Disabled { api } else { &[] };
+    let prompt_ids = lm.encode(prompt)?;
+    if prompt_ids.is_empty() {
+        return Err(AgentError::Task(
+            "expected a non-empty prompt to continue, found an empty one".into(),
+        ));
+    }
+    let mut logits = lm.start(&prompt_ids)?;
+    // `fixed`: text settled by an executed call; `ids`: tokens generated since
+    let (mut fixed, mut ids) = (String::new(), Vec::<u32>::new());
+    let mut call = None;
+    let mut text = String::new();
+    for _ in 0..max_tokens {
+        let next = match (&state, rule) {
+            (State::Before, CallRule::TopK(k)) => api
+                .iter()
+                .copied()
+                .filter(|&a| in_top_k(&logits, a, k))
+                .max_by(|a, b| logits[*a as usize].total_cmp(&logits[*b as usize]))
+                .or_else(|| argmax(&logits, &[])),
+            _ => argmax(&logits, banned),
+        };
+        let Some(next) = next else {
+            return Err(AgentError::Task(
+                "the model gave no logits to decode from".into(),
+            ));
+        };
+        if lm.is_end(next) {
+            break;
+        }
+        ids.push(next);
+        text = format!("{fixed}{}", lm.decode(&ids)?);
+        match state {
+            State::Before if api.contains(&next) => {
+                let open = text.rfind('[').unwrap_or(text.len());
+                state = State::InCall { open, tokens: 0 };
+            }
+            State::InCall { open, tokens } => {
+                let inner = &text[(open + 1).min(text.len())..];
+                if let Some(arrow) = inner.find("->") {
+                    let before = &inner[..arrow];
+                    state = State::After;
+                    if let Some((tool, args)) = parse_call(before) {
+                        let result = run(&tool, &args);
+                        fixed = format!("{} -> {result}]", text[..open + 1 + arrow].trim_end());
+                        ids.clear();
+                        text = fixed.clone();
+                        call = Some((tool, args, result));
+                        logits = lm.start(&lm.encode(&format!("{prompt}{fixed}"))?)?;
+                        continue;
+                    }
+                } else if inner.contains(']') || inner.contains('\n') || tokens + 1 >= 48 {
+                    state = State::After;
+                } else {
+                    state = State::InCall {
+                        open,
+                        tokens: tokens + 1,
+                    };
+                }
+            }
+            _ => {}
+        }
+        if !matches!(state, State::InCall { .. })
+            && let Some(nl) = text.find('\n')
+        {
+            text.truncate(nl);
+            break;
+        }
+        logits = lm.push(next)?;
+    }
+    Ok(Inference { text, call })
+}
+
+/// A real model as a [`StepLm`] (a KV cache over the context).
+pub struct LmStepper<'a> {
+    pub lm: &'a dyn canon_models::CausalLm,
+    pub tok: &'a canon_text::Tokenizer,
+    cache: canon_models::Cache,
+    len: usize,
+}
+
+impl<'a> LmStepper<'a> {
+    pub fn new(lm: &'a dyn canon_models::CausalLm, tok: &'a canon_text::Tokenizer) -> Self {
+        LmStepper {
+            lm,
+            tok,
+            cache: lm.new_cache(),
+            len: 0,
+        }
+    }
+
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        use candle_core::{Device, Tensor};
+        if self.len + ids.len() > self.lm.max_seq_len() {
+            return Err(AgentError::Task(format!(
+                "expected at most {} positions, found {}",
+                self.lm.max_seq_len(),
+                self.len + ids.len()
+            )));
+        }
+        let t = Tensor::new(ids, &Device::Cpu)?.unsqueeze(0)?;
+        let out = self
+            .lm
+            .forward(&t, &mut self.cache, canon_models::Positions::Last)?;
+        self.len += ids.len();
+        Ok(out
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?)
+    }
+}
+
+impl StepLm for LmStepper<'_> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tok
+            .encode(text, false)
+            .map_err(|e| AgentError::Text(e.to_string()))
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tok
+            .decode(ids, false)
+            .map_err(|e| AgentError::Text(e.to_string()))
+    }
+    fn is_end(&self, id: u32) -> bool {
+        self.tok.eog_ids.contains(&id)
+    }
+    fn start(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.cache = self.lm.new_cache();
+        self.len = 0;
+        self.feed(ids)
+    }
+    fn push(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.feed(&[id])
+    }
+}
+
+/// The single-token ids of `[` and ` [` (the API-start token with or without a leading space).
+pub fn api_tokens(tok: &canon_text::Tokenizer) -> Vec<u32> {
+    ["[", " ["]
+        .iter()
+        .filter_map(|s| tok.encode(s, false).ok())
+        .filter(|ids| ids.len() == 1)
+        .map(|ids| ids[0])
+        .collect()
 }
 
 /// The first number in `s` (digits with an optional sign and decimal point).
@@ -740,6 +1115,220 @@ mod tests {
         assert!(p.ends_with("Input:\nx\nOutput:\n"));
     }
 
+    /// Word-level tokens with single characters as the fallback; the next token's logits depend
+    /// on how the context ends (a table), so a test can place `[` at any rank.
+    struct Steps {
+        vocab: Vec<String>,
+        rules: Vec<(&'static str, Vec<(&'static str, f32)>)>,
+        ctx: Vec<u32>,
+        starts: Vec<String>,
+    }
+    impl Steps {
+        fn new(rules: Vec<(&'static str, Vec<(&'static str, f32)>)>) -> Steps {
+            let mut vocab: Vec<String> = vec!["<end>".into(), "[".into(), " [".into()];
+            for (_, outs) in &rules {
+                for (t, _) in outs {
+                    if !vocab.iter().any(|v| v == t) {
+                        vocab.push(t.to_string());
+                    }
+                }
+            }
+            for c in 32u8..127 {
+                let c = (c as char).to_string();
+                if !vocab.contains(&c) {
+                    vocab.push(c);
+                }
+            }
+            vocab.push("\n".into());
+            Steps {
+                vocab,
+                rules,
+                ctx: vec![],
+                starts: vec![],
+            }
+        }
+        fn logits(&self) -> Result<Vec<f32>> {
+            let text = self.decode(&self.ctx)?;
+            // `[` and ` [` are unlikely unless a rule says otherwise
+            let mut l = vec![0.0; self.vocab.len()];
+            l[1] = -5.0;
+            l[2] = -5.0;
+            if let Some((_, outs)) = self.rules.iter().find(|(end, _)| text.ends_with(end)) {
+                for (t, v) in outs {
+                    l[self.vocab.iter().position(|x| x == t).unwrap()] = *v;
+                }
+            } else {
+                l[0] = 1.0; // nothing matches: end
+            }
+            Ok(l)
+        }
+    }
+    impl StepLm for Steps {
+        fn encode(&self, text: &str) -> Result<Vec<u32>> {
+            let mut ids = vec![];
+            let mut rest = text;
+            while !rest.is_empty() {
+                let (i, v) = self
+                    .vocab
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter(|(_, v)| rest.starts_with(v.as_str()))
+                    .max_by_key(|(_, v)| v.len())
+                    .unwrap();
+                ids.push(i as u32);
+                rest = &rest[v.len()..];
+            }
+            Ok(ids)
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String> {
+            Ok(ids
+                .iter()
+                .map(|&i| self.vocab[i as usize].as_str())
+                .collect())
+        }
+        fn is_end(&self, id: u32) -> bool {
+            id == 0
+        }
+        fn start(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+            self.starts.push(self.decode(ids)?);
+            self.ctx = ids.to_vec();
+            self.logits()
+        }
+        fn push(&mut self, id: u32) -> Result<Vec<f32>> {
+            self.ctx.push(id);
+            self.logits()
+        }
+    }
+
+    fn share_model() -> Steps {
+        // after "a share of", ` [` is the 3rd most likely token; " 0.5" the argmax
+        Steps::new(vec![
+            (
+                "a share of",
+                vec![(" 0.5", 9.0), (" about", 8.5), (" [", 8.0), (" the", 1.0)],
+            ),
+            (" [", vec![("Calculator(400 / 1400)", 9.0)]),
+            ("1400)", vec![(" ->", 9.0)]),
+            ("0.29]", vec![(" 0.29", 9.0), (" [", 8.9)]),
+            (" 0.29", vec![(" of them.", 9.0)]),
+            (" 0.5", vec![(" of them.", 9.0)]),
+            (" about", vec![(" half.", 9.0)]),
+            ("them.", vec![("\n", 9.0)]),
+            ("half.", vec![("\n", 9.0)]),
+        ])
+    }
+
+    #[test]
+    fn a_call_starts_where_the_api_token_is_in_the_top_k() {
+        let api = [1u32, 2];
+        let prompt = "Out of 1400, 400 passed: a share of";
+        let mut calls = vec![];
+        let mut run = |t: &str, a: &str| {
+            calls.push(format!("{t}({a})"));
+            run_call(t, a, None, &Toolbox::new(Default::default()), 2).unwrap()
+        };
+        // k = 10 (the paper's): ` [` ranks 3rd, so the call starts, runs once on `->`, and its
+        // result is inserted; the second ` [` after the call is not a call
+        let mut lm = share_model();
+        let r = decode_with_calls(&mut lm, prompt, &api, CallRule::TopK(10), 40, &mut run).unwrap();
+        assert_eq!(r.text, " [Calculator(400 / 1400) -> 0.29] 0.29 of them.");
+        assert_eq!(
+            r.call,
+            Some(("Calculator".into(), "400 / 1400".into(), "0.29".into()))
+        );
+        assert_eq!(
+            lm.starts[1],
+            format!("{prompt} [Calculator(400 / 1400) -> 0.29]")
+        );
+        // k = 3 still starts it; k = 2 and k = 1 (greedy) do not
+        let mut lm = share_model();
+        let r = decode_with_calls(&mut lm, prompt, &api, CallRule::TopK(3), 40, &mut run).unwrap();
+        assert!(r.call.is_some());
+        for rule in [CallRule::TopK(2), CallRule::TopK(1), CallRule::Off] {
+            let mut lm = share_model();
+            let r = decode_with_calls(&mut lm, prompt, &api, rule, 40, &mut run).unwrap();
+            assert_eq!(
+                (r.text.as_str(), &r.call),
+                (" 0.5 of them.", &None),
+                "{rule:?}"
+            );
+        }
+        // greedy with `[` the argmax starts a call at k = 1; disabled never writes `[`
+        let top = || {
+            Steps::new(vec![
+                ("share of", vec![(" [", 9.0), (" about", 8.0)]),
+                (" [", vec![("Calculator(400 / 1400)", 9.0)]),
+                ("1400)", vec![(" ->", 9.0)]),
+                ("0.29]", vec![(" 0.29", 9.0)]),
+                (" about", vec![(" half.", 9.0)]),
+            ])
+        };
+        let r = decode_with_calls(&mut top(), prompt, &api, CallRule::TopK(1), 40, &mut run);
+        assert!(r.unwrap().call.is_some());
+        let r = decode_with_calls(&mut top(), prompt, &api, CallRule::Disabled, 40, &mut run);
+        assert_eq!(r.unwrap().text, " about half.");
+        assert_eq!(calls.len(), 3);
+        // a call closed without `->` is abandoned and not run
+        let mut lm = Steps::new(vec![
+            ("share of", vec![(" [", 9.0)]),
+            (" [", vec![("Calculator(400 / 1400)", 9.0)]),
+            ("1400)", vec![("]", 9.0)]),
+            ("1400)]", vec![(" half.", 9.0)]),
+        ]);
+        let r = decode_with_calls(
+            &mut lm,
+            prompt,
+            &api,
+            CallRule::TopK(10),
+            40,
+            &mut |_, _| unreachable!(),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.call),
+            (" [Calculator(400 / 1400)] half.", None)
+        );
+        assert!(in_top_k(&[1.0, 3.0, 2.0], 2, 2) && !in_top_k(&[1.0, 3.0, 2.0], 0, 2));
+    }
+
+    #[test]
+    fn calendar_texts_state_their_date_and_the_calendar_returns_it() {
+        let status = "Package: a\nInstalled-Size: 3\n\nPackage: b\nInstalled-Size: 1\n";
+        let ts = calendar_texts(status, 40, 3, 2);
+        assert_eq!(ts.len(), 40);
+        let tb = Toolbox::new(Default::default());
+        for t in &ts {
+            let today = t.today().unwrap();
+            let long = run_call("Calendar", "", Some(today), &tb, 2).unwrap();
+            assert_eq!(long, crate::tools::long_date(today));
+            // the answer is part of what the calendar says
+            assert!(long.contains(&t.answer), "{t:?}");
+            assert_eq!(t.text, format!("{} {}{}", t.prefix, t.answer, t.suffix()));
+            assert!(t.states_answer(&format!(" {}{}", t.answer, t.suffix())));
+            assert!(!t.states_answer(" never"));
+        }
+        assert!(ts.iter().any(|t| t.split == "test") && ts.iter().any(|t| t.split == "train"));
+        assert!(run_call("Calendar", "", None, &tb, 2).is_err());
+        let p = annotation_prompt("Calendar", &[&ts[0]], "x");
+        assert!(p.contains(&format!("{} [Calendar()] {}", ts[0].prefix, ts[0].answer)));
+        // a Calendar candidate executes with its text's date
+        let mut c = cand("", "");
+        c.tool = Some("Calendar".into());
+        c.result = None;
+        let mut cs = vec![c];
+        execute(&mut cs, &tb, 2, &|_| ts[0].today());
+        assert_eq!(
+            cs[0].result,
+            Some(crate::tools::long_date(ts[0].today().unwrap()))
+        );
+        let numeric = Text {
+            answer: "12.5".into(),
+            ..ts[0].clone()
+        };
+        assert!(numeric.states_answer(" about 12.5 kB") && !numeric.states_answer(" 12.6"));
+    }
+
     struct Script(Vec<String>, Vec<String>);
     impl crate::react::AgentLm for Script {
         fn complete(
@@ -800,7 +1389,7 @@ mod tests {
         let tb = Toolbox::new(Default::default());
         let mut cs = vec![cand("400 / 1400", ""), cand("1 / 0", "")];
         cs.iter_mut().for_each(|c| c.result = None);
-        execute(&mut cs, &tb, 2);
+        execute(&mut cs, &tb, 2, &|_| None);
         assert_eq!(cs[0].result.as_deref(), Some("0.29"));
         assert_eq!(cs[1].result, None);
     }

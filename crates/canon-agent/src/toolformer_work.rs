@@ -8,7 +8,6 @@ use std::path::Path;
 use canon_models::LoadedLm;
 use serde_json::json;
 
-use crate::react::{AgentLm, EngineLm};
 use crate::react_data::{from_jsonl, to_jsonl};
 use crate::toolformer::{
     self, Candidate, LmScorer, Position, Scorer, StageCounts, Text, top_positions,
@@ -28,14 +27,27 @@ fn infer_err(e: canon_infer::InferError) -> AgentError {
     AgentError::Task(e.to_string())
 }
 
-/// Writes `texts.jsonl`: arithmetic texts from the package database at `status`; returns how
-/// many texts and how many of them are test texts.
-pub fn write_texts(work: &Path, status: &Path, n: usize, seed: u64) -> Result<(usize, usize)> {
+/// Writes `texts.jsonl`: `n` arithmetic texts and `calendar` date texts from the package
+/// database at `status`, interleaved in a seeded order; returns how many texts and how many of
+/// them are test texts.
+pub fn write_texts(
+    work: &Path,
+    status: &Path,
+    n: usize,
+    calendar: usize,
+    seed: u64,
+) -> Result<(usize, usize)> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
     let text = std::fs::read_to_string(status).map_err(|e| AgentError::Io {
         path: format!("cannot read the package database {}", status.display()),
         error: e,
     })?;
-    let texts = toolformer::arithmetic_texts(&text, n, seed, 4);
+    let mut texts = toolformer::arithmetic_texts(&text, n, seed, 4);
+    if calendar > 0 && !texts.is_empty() {
+        texts.extend(toolformer::calendar_texts(&text, calendar, seed, 4));
+        texts.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 2));
+    }
     if texts.is_empty() {
         return Err(AgentError::Task(format!(
             "{}: expected packages with Installed-Size fields, found too few",
@@ -76,6 +88,23 @@ pub fn load_cands(work: &Path) -> Result<Vec<Candidate>> {
     from_jsonl(&p)
 }
 
+/// How many texts of each tool the sampling stage annotates (those [`sample_positions`] picks).
+fn annotated_per_tool(texts: &[Text], limit: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut out: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut n = 0;
+    for t in texts.iter().filter(|t| t.split == "train") {
+        let s = seen.entry(t.tool.clone()).or_default();
+        if *s < 3 {
+            *s += 1;
+        } else if n < limit {
+            n += 1;
+            *out.entry(t.tool.clone()).or_default() += 1;
+        }
+    }
+    out
+}
+
 /// A scored API position of a text: (text index, position, byte offset in the text, prompt).
 pub type ApiPosition = (usize, Position, usize, String);
 
@@ -90,27 +119,24 @@ pub fn sample_positions(
     k: usize,
     on_text: &mut dyn FnMut(usize, usize),
 ) -> Result<(usize, Vec<ApiPosition>)> {
-    let train: Vec<&Text> = texts.iter().filter(|t| t.split == "train").collect();
-    if train.len() < 4 {
+    // each tool's first three train texts are its demonstrations
+    let mut demos: std::collections::BTreeMap<&str, Vec<&Text>> = Default::default();
+    let mut todo: Vec<(usize, &Text)> = Vec::new();
+    for (i, t) in texts.iter().enumerate().filter(|(_, t)| t.split == "train") {
+        let d = demos.entry(t.tool.as_str()).or_default();
+        if d.len() < 3 {
+            d.push(t);
+        } else if todo.len() < limit {
+            todo.push((i, t));
+        }
+    }
+    if todo.is_empty() {
         return Err(AgentError::Task(format!(
-            "expected at least 4 train texts, found {}",
-            train.len()
+            "expected train texts beyond each tool's 3 demonstrations, found {} train texts",
+            texts.iter().filter(|t| t.split == "train").count()
         )));
     }
-    let demos: Vec<&Text> = train[..3].to_vec();
-    let todo: Vec<(usize, &Text)> = texts
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.split == "train")
-        .skip(3)
-        .take(limit)
-        .collect();
-    let api: Vec<u32> = ["[", " ["]
-        .iter()
-        .filter_map(|s| lm.tokenizer.encode(s, false).ok())
-        .filter(|ids| ids.len() == 1)
-        .map(|ids| ids[0])
-        .collect();
+    let api = toolformer::api_tokens(&lm.tokenizer);
     if api.is_empty() {
         return Err(AgentError::Task(
             "the tokenizer has no single token for '[': cannot score API positions".into(),
@@ -123,7 +149,7 @@ pub fn sample_positions(
     };
     on_text(0, todo.len());
     for (n, (id, t)) in todo.iter().enumerate() {
-        let p = toolformer::calculator_prompt(&demos, &t.text);
+        let p = toolformer::annotation_prompt(&t.tool, &demos[t.tool.as_str()], &t.text);
         let c = sc.encode(&p)?;
         let x = sc.encode(&t.text)?;
         let probs = sc.next_probs(&c, &x, &api)?;
@@ -211,14 +237,55 @@ pub fn read_counts(work: &Path) -> (StageCounts, serde_json::Value) {
     (c, v["settings"].clone())
 }
 
-/// Stage 3: runs every parsed call on the calculator; returns (executed, calls).
+/// The stage counts per tool of the texts (`Calculator`, `Calendar`): texts and positions as the
+/// sampling stage recorded them in `before`, the rest counted from the candidates.
+pub fn by_tool(
+    texts: &[Text],
+    cands: &[Candidate],
+    before: &serde_json::Value,
+) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut tools: Vec<&str> = texts.iter().map(|t| t.tool.as_str()).collect();
+    tools.sort();
+    tools.dedup();
+    for tool in tools {
+        let mine: Vec<&Candidate> = cands
+            .iter()
+            .filter(|c| !c.control && texts.get(c.text_id).is_some_and(|t| t.tool == tool))
+            .collect();
+        let prev: StageCounts = serde_json::from_value(before[tool].clone()).unwrap_or_default();
+        let c = StageCounts {
+            texts: prev.texts,
+            positions: prev.positions,
+            sampled: mine.len(),
+            parsed: mine.iter().filter(|c| c.tool.is_some()).count(),
+            executed: mine.iter().filter(|c| c.result.is_some()).count(),
+            kept: mine.iter().filter(|c| c.kept).count(),
+            texts_with_a_kept_call: {
+                let mut ids: Vec<usize> =
+                    mine.iter().filter(|c| c.kept).map(|c| c.text_id).collect();
+                ids.sort();
+                ids.dedup();
+                ids.len()
+            },
+        };
+        out.insert(tool.to_string(), json!(c));
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Stage 3: runs every parsed call (the calculator, `Calendar()` with the text's date); returns
+/// (executed, calls).
 pub fn execute_calls(work: &Path) -> Result<(usize, usize)> {
     let mut cands = load_cands(work)?;
+    let texts = load_texts(work)?;
+    check_candidates(&texts, &cands)?;
     let tb = Toolbox::new(Default::default()).with(std::sync::Arc::new(crate::tools::Calculator));
-    toolformer::execute(&mut cands, &tb, 2);
+    toolformer::execute(&mut cands, &tb, 2, &|i| texts.get(i).and_then(Text::today));
     write_text(&work.join("candidates.jsonl"), &to_jsonl(&cands))?;
-    let (mut c, s) = read_counts(work);
+    let (mut c, mut s) = read_counts(work);
     c.executed = cands.iter().filter(|c| c.result.is_some()).count();
+    s["by_tool"] = by_tool(&texts, &cands, &s["by_tool"]);
     write_counts(work, &c, &s)?;
     Ok((c.executed, cands.len()))
 }
@@ -270,6 +337,7 @@ pub fn filter_calls(
     c.kept = cands.iter().filter(|c| c.kept && !c.control).count();
     c.texts_with_a_kept_call = with_call;
     s["tau_f"] = json!(tau_f);
+    s["by_tool"] = by_tool(texts, &cands, &s["by_tool"]);
     write_counts(work, &c, &s)?;
     // correct vs corrupted: how often calls whose result equals the text's answer pass
     let correct = |c: &&Candidate| c.result.as_deref() == Some(texts[c.text_id].answer.as_str());
@@ -290,52 +358,72 @@ pub fn filter_calls(
             v.iter().filter(|c| c.kept).count() as f64 / v.len() as f64
         }
     };
-    Ok(json!({"counts": c, "tau_f": tau_f,
+    Ok(json!({"counts": c, "by_tool": s["by_tool"], "tau_f": tau_f,
         "calls_with_the_right_result": right.len(), "kept_rate_right": rate(&right),
         "calls_with_another_result": wrong.len(), "kept_rate_other": rate(&wrong),
         "corrupted_controls": ctrl.len(), "kept_rate_corrupted": rate(&ctrl)}))
 }
 
-/// Continues each test text's prefix (with the calculator executed on `->` when `tools`), and
-/// checks the number it states; returns (correct, calls made, one JSON row per text).
+/// What an evaluation found: texts, correct answers and calls made, in all and per tool.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EvalSummary {
+    pub texts: usize,
+    pub correct: usize,
+    pub calls: usize,
+    /// Per tool of the texts: (texts, correct, calls).
+    pub by_tool: std::collections::BTreeMap<String, (usize, usize, usize)>,
+}
+
+/// Continues each test text's prefix under `rule` (calls executed with the text's date for
+/// `Calendar()`), and checks that the continuation (after the call, when there is one) states the
+/// answer; returns the summary and one JSON row per text.
 pub fn eval_texts(
-    elm: &mut EngineLm,
+    lm: &mut dyn toolformer::StepLm,
+    api: &[u32],
     test: &[&Text],
-    tools: bool,
+    rule: toolformer::CallRule,
     max_tokens: usize,
     on_text: &mut dyn FnMut(usize, usize),
-) -> Result<(usize, usize, String)> {
+) -> Result<(EvalSummary, String)> {
     let tb = Toolbox::new(Default::default());
-    let (mut right, mut calls) = (0, 0);
+    let mut sum = EvalSummary::default();
     let mut rows = String::new();
     on_text(0, test.len());
     for (n, t) in test.iter().enumerate() {
-        let out = if tools {
-            toolformer::infer(elm, &t.prefix, &tb, max_tokens)?
-        } else {
-            toolformer::Inference {
-                text: elm.complete(&t.prefix, &["\n".to_string()], max_tokens, None)?,
-                call: None,
-            }
+        let today = t.today();
+        let mut run = |tool: &str, args: &str| {
+            // a tool's own error text already starts with "error"
+            toolformer::run_call(tool, args, today, &tb, 2).unwrap_or_else(|e| {
+                if e.starts_with("error") {
+                    e
+                } else {
+                    format!("error: {e}")
+                }
+            })
         };
-        // the number the text states: after the call's closing bracket when there is a call
+        let out = toolformer::decode_with_calls(lm, &t.prefix, api, rule, max_tokens, &mut run)?;
+        // what the text states: after the call's closing bracket when there is a call
         let after = match out.text.rfind(']') {
             Some(i) if out.call.is_some() => &out.text[i + 1..],
             _ => out.text.as_str(),
         };
-        let got = toolformer::first_number(after);
-        let ok = got.as_deref() == Some(t.answer.as_str());
-        right += usize::from(ok);
-        calls += usize::from(out.call.is_some());
+        let ok = t.states_answer(after);
+        sum.texts += 1;
+        sum.correct += usize::from(ok);
+        sum.calls += usize::from(out.call.is_some());
+        let e = sum.by_tool.entry(t.tool.clone()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(ok);
+        e.2 += usize::from(out.call.is_some());
         rows.push_str(
-            &json!({"id": t.id, "prefix": t.prefix, "answer": t.answer,
-            "output": out.text, "call": out.call, "number": got, "correct": ok})
+            &json!({"id": t.id, "tool": t.tool, "prefix": t.prefix, "answer": t.answer,
+            "output": out.text, "call": out.call, "correct": ok})
             .to_string(),
         );
         rows.push('\n');
         on_text(n + 1, test.len());
     }
-    Ok((right, calls, rows))
+    Ok((sum, rows))
 }
 
 /// Settings of the sampling stage.
@@ -365,6 +453,18 @@ pub fn sample_stage(
 ) -> Result<StageCounts> {
     let texts = load_texts(work)?;
     let (n_texts, positions) = sample_positions(&lm, &texts, o.limit, o.tau_s, o.k, on_text)?;
+    let mut before = serde_json::Map::new();
+    for (tool, n) in &annotated_per_tool(&texts, o.limit) {
+        let c = StageCounts {
+            texts: *n,
+            positions: positions
+                .iter()
+                .filter(|p| texts[p.0].tool == *tool)
+                .count(),
+            ..Default::default()
+        };
+        before.insert(tool.clone(), json!(c));
+    }
     let engine = canon_infer::Engine::start(
         lm,
         canon_infer::EngineConfig {
@@ -392,51 +492,59 @@ pub fn sample_stage(
         parsed: cands.iter().filter(|c| c.tool.is_some()).count(),
         ..Default::default()
     };
+    let by = by_tool(&texts, &cands, &serde_json::Value::Object(before));
     write_counts(
         work,
         &counts,
-        &json!({"tau_s": o.tau_s, "k": o.k, "m": o.m}),
+        &json!({"tau_s": o.tau_s, "k": o.k, "m": o.m, "by_tool": by}),
     )?;
     Ok(counts)
 }
 
-/// Toolformer's evaluation: the first `limit` test texts answered by `lm` on the batched engine,
-/// with or without tool calls; writes `eval.jsonl` or `eval-tools.jsonl` and returns (texts,
-/// correct, calls).
+/// Toolformer's evaluation: the first `limit` test texts continued greedily by `lm` under `rule`
+/// ([`toolformer::CallRule::Off`]: plain decoding; `Disabled`: `[` never generated; `TopK(k)`:
+/// calls started by the top-k rule and executed); writes `out` (a file name in the work folder)
+/// with one row per text and returns the summary.
 pub fn eval_stage(
     work: &Path,
-    lm: LoadedLm,
+    lm: &LoadedLm,
     limit: usize,
-    tools: bool,
+    rule: toolformer::CallRule,
     max_tokens: usize,
+    out: &str,
     on_text: &mut dyn FnMut(usize, usize),
-) -> Result<(usize, usize, usize)> {
+) -> Result<EvalSummary> {
     let texts = load_texts(work)?;
-    let test: Vec<&Text> = texts
-        .iter()
-        .filter(|t| t.split == "test")
-        .take(limit)
-        .collect();
+    let test = test_texts(&texts, limit);
     if test.is_empty() {
         return Err(AgentError::Task(format!(
             "{}: expected test texts, found none",
             work.display()
         )));
     }
-    let engine =
-        canon_infer::Engine::start(lm, canon_infer::EngineConfig::default()).map_err(infer_err)?;
-    let mut elm = EngineLm {
-        engine: engine.clone(),
-        texts: std::sync::Arc::new(crate::react::TokenTexts(Vec::new())),
-    };
-    let out = eval_texts(&mut elm, &test, tools, max_tokens, on_text);
-    engine.shutdown();
-    let (right, calls, rows) = out?;
-    let file = work.join(if tools {
-        "eval-tools.jsonl"
-    } else {
-        "eval.jsonl"
-    });
-    write_text(&file, &rows)?;
-    Ok((test.len(), right, calls))
+    let api = toolformer::api_tokens(&lm.tokenizer);
+    let mut step = toolformer::LmStepper::new(lm.model.as_ref(), &lm.tokenizer);
+    let (sum, rows) = eval_texts(&mut step, &api, &test, rule, max_tokens, on_text)?;
+    write_text(&work.join(out), &rows)?;
+    Ok(sum)
+}
+
+/// The first `limit` test texts, taking the tools in turn (so both kinds are evaluated).
+pub fn test_texts(texts: &[Text], limit: usize) -> Vec<&Text> {
+    let mut by: std::collections::BTreeMap<&str, std::collections::VecDeque<&Text>> =
+        Default::default();
+    for t in texts.iter().filter(|t| t.split == "test") {
+        by.entry(t.tool.as_str()).or_default().push_back(t);
+    }
+    let mut out = Vec::new();
+    while out.len() < limit && by.values().any(|q| !q.is_empty()) {
+        for q in by.values_mut() {
+            if out.len() < limit
+                && let Some(t) = q.pop_front()
+            {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
