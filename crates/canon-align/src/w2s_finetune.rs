@@ -353,7 +353,9 @@ impl Objective for FtObjective<'_> {
 
 /// The protocol of [`crate::w2s::run_task`] (same splits, same weak model) with fine-tuned
 /// students: w2s with cross-entropy, w2s with the confidence loss, and the gold ceiling. The
-/// bootstrapping columns are not run here (`NaN`, PGR `None`).
+/// bootstrapping columns are not run here (`NaN`, PGR `None`). `log` receives one line per
+/// student trained.
+#[allow(clippy::too_many_arguments)] // the probe's run_task arguments plus the student's own
 pub fn run_task(
     name: &str,
     weak_x: &[Vec<f32>],
