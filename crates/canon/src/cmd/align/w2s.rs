@@ -10,6 +10,18 @@ use crate::Ctx;
 
 pub(super) fn run(a: W2sArgs, ctx: &Ctx) -> anyhow::Result<()> {
     canon_align::w2s::check(a.per_class, a.seeds).map_err(anyhow::Error::msg)?;
+    let cfg = FtConfig {
+        lr: a.ft_lr,
+        head_lr: a.head_lr,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        max_len: a.max_len,
+        seed: a.seed,
+        ..FtConfig::default()
+    };
+    if a.student == Student::Finetune {
+        cfg.check()?;
+    }
     let tasks = canon_align::w2s::gettext_tasks(&a.locale_dir, a.per_class, a.seed)?;
     let spec = canon_models::ModelSpec::parse(&a.encoder)?;
     let enc = canon_models::load_encoder(&spec, ctx.progress())
@@ -40,16 +52,6 @@ pub(super) fn run(a: W2sArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 normalize: enc.embedder.normalize,
                 pad_id: enc.embedder.pad_id,
             };
-            let cfg = FtConfig {
-                lr: a.ft_lr,
-                head_lr: a.head_lr,
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                max_len: a.max_len,
-                seed: a.seed,
-                ..FtConfig::default()
-            };
-            cfg.check()?;
             let mut tokenize = |texts: &[String]| -> canon_align::Result<Vec<Vec<u32>>> {
                 texts
                     .iter()
