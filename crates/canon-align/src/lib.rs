@@ -33,6 +33,7 @@ pub mod rm;
 pub mod sft;
 pub mod task;
 pub mod w2s;
+pub mod w2s_finetune;
 
 pub use canon_train::{Result, TrainError};
 

@@ -246,7 +246,9 @@ pub struct PrmArgs {
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 #[cfg_attr(
     feature = "cli",
-    command(after_help = "Example:\n  canon align w2s --out runs/w2s --per-class 600 --seeds 5")
+    command(
+        after_help = "Examples:\n  canon align w2s --out runs/w2s --per-class 600 --seeds 5\n  canon align w2s --student finetune --out runs/w2s-ft --per-class 150 --seeds 1 --epochs 3"
+    )
 )]
 pub struct W2sArgs {
     /// Output folder (w2s.json, w2s.png).
@@ -269,6 +271,35 @@ pub struct W2sArgs {
     pub encoder: String,
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub seed: u64,
+    /// The strong student: `probe` (logistic regression on the frozen encoder's embeddings) or
+    /// `finetune` (the encoder's weights trained too, mean-pooled, linear head; AdamW).
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Student::Probe))]
+    pub student: Student,
+    /// finetune: epochs over the student's training texts.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    pub epochs: usize,
+    /// finetune: peak learning rate of the encoder (linear warm-up 10 %, then linear decay).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 5e-5))]
+    pub ft_lr: f64,
+    /// finetune: peak learning rate of the linear head.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1e-2))]
+    pub head_lr: f64,
+    /// finetune: minibatch size.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 16))]
+    pub batch_size: usize,
+    /// finetune: longest input in tokens, [CLS] and [SEP] included.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
+    pub max_len: usize,
+}
+
+/// Which strong student `canon align w2s` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Student {
+    /// Linear probe on frozen sentence embeddings.
+    Probe,
+    /// The whole encoder fine-tuned with a linear head.
+    Finetune,
 }
 
 #[derive(Debug, Clone, Copy)]

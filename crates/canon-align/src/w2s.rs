@@ -319,6 +319,17 @@ pub fn table(res: &[W2sResult]) -> String {
     t
 }
 
+/// Split `s` of `n` texts: a shuffled index list whose first 40 % trains the weak model, the next
+/// 40 % the strong student, and the last 20 % is the test set (shared by every student).
+pub fn split(n: usize, s: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix64::new(0x5EED + s);
+    for i in (1..n).rev() {
+        idx.swap(i, rng.below(i + 1));
+    }
+    idx
+}
+
 /// Runs the protocol on one task with the three feature sets given (`weak_x`, the intermediate
 /// model's `mid_x`, `strong_x`), averaging accuracies over `seeds` random splits (weak half /
 /// strong half / test = 40 / 40 / 20 %).
@@ -348,11 +359,7 @@ pub fn run_task(
     let (mut weak, mut wx, mut wl, mut ceil) = (0.0, 0.0, 0.0, 0.0);
     let (mut half, mut boot) = (0.0, 0.0);
     for s in 0..seeds {
-        let mut idx: Vec<usize> = (0..n).collect();
-        let mut rng = SplitMix64::new(0x5EED + s);
-        for i in (1..n).rev() {
-            idx.swap(i, rng.below(i + 1));
-        }
+        let idx = split(n, s);
         let (a, rest) = idx.split_at(n * 2 / 5);
         let (b, test) = rest.split_at(n * 2 / 5);
         let pick = |xs: &[Vec<f32>], ii: &[usize]| -> Vec<Vec<f32>> {
