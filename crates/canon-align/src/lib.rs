@@ -15,6 +15,9 @@
 //! - [`rlaif`], [`rlaif_remote`], [`rlaif_run`]: an LLM (local, or an OpenAI-compatible
 //!   endpoint) as preference labeller and rater; reward models on AI vs gold labels, RL with each,
 //!   and direct RLAIF (paper 29).
+//! - [`w2s`], [`w2s_finetune`]: weak-to-strong generalisation with a linear-probe or a fine-tuned
+//!   MiniLM student (paper 30).
+//! - [`opts`]: `canon align`'s command line (clap behind the `cli` feature).
 
 pub mod dpo;
 pub mod eval;

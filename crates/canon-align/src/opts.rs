@@ -417,6 +417,13 @@ impl RlaifArgs {
             batch: self.rm_batch,
             lr: self.rm_lr,
         };
+        if let Some(u) = &self.url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!(
+                "--url: expected an http:// or https:// base URL, found {u:?}"
+            ));
+        }
         let o = RlaifOpts {
             pairs: self.pairs,
             rm,

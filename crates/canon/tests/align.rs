@@ -121,6 +121,33 @@ fn bad_input_ends_in_one_clear_error() {
         "gettext catalogs",
     );
     clean_error(
+        &canon(
+            &["align", "w2s", "--student", "finetune", "--epochs", "0"],
+            h,
+        ),
+        "epochs ≥ 1",
+    );
+    clean_error(
+        &canon(
+            &[
+                "align",
+                "ppo",
+                "--dir",
+                e,
+                "--lora-alpha",
+                "0",
+                "--lora-rank",
+                "4",
+            ],
+            h,
+        ),
+        "lora_alpha",
+    );
+    clean_error(
+        &canon(&["align", "rlaif", "--dir", e, "--url", "localhost:1"], h),
+        "--url",
+    );
+    clean_error(
         &canon(&["align", "plot-ppo", "--run", e], h),
         "metrics.jsonl",
     );
