@@ -591,6 +591,17 @@ mod tests {
         (first, last, kl)
     }
 
+    /// The planted reward: how many times the response writes '7'.
+    fn planted_reward() -> impl Fn(&[Problem], &[Vec<u32>]) -> Result<Vec<f64>> {
+        let target = CharVocab.encode("7").unwrap()[0];
+        move |_: &[Problem], resp: &[Vec<u32>]| {
+            Ok(resp
+                .iter()
+                .map(|r| r.iter().filter(|&&t| t == target).count() as f64)
+                .collect())
+        }
+    }
+
     /// As `run_planted`, with the adaptive KL controller when `kl_target` is set; also returns
     /// each rollout's (KL, β used) and β after the last rollout.
     #[allow(clippy::type_complexity)]
@@ -603,14 +614,7 @@ mod tests {
         let reference = Lm::new_random(cfg.clone(), 9).unwrap();
         let mut policy = Lm::new_random(cfg, 9).unwrap();
         policy.head = Some(ScalarHead::zeros(16).unwrap());
-        let target = CharVocab.encode("7").unwrap()[0];
-        // The planted reward: how many times the response writes '7'.
-        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
-            Ok(resp
-                .iter()
-                .map(|r| r.iter().filter(|&&t| t == target).count() as f64)
-                .collect())
-        };
+        let reward = planted_reward();
         let (train, _) = split(1);
         let ppo = PpoConfig {
             rollout_prompts: 32,
@@ -727,13 +731,7 @@ mod tests {
             v
         };
         let before = trunk(&policy);
-        let target = CharVocab.encode("7").unwrap()[0];
-        let reward = move |_: &[Problem], resp: &[Vec<u32>]| -> Result<Vec<f64>> {
-            Ok(resp
-                .iter()
-                .map(|r| r.iter().filter(|&&t| t == target).count() as f64)
-                .collect())
-        };
+        let reward = planted_reward();
         let (train, _) = split(1);
         let ppo = PpoConfig {
             rollout_prompts: 32,

@@ -418,6 +418,27 @@ pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Resul
             &t.name, &weak_x, &mid_x, &strong_x, &t.labels, seeds,
         )?);
     }
+    write_report(
+        &results,
+        out,
+        "Weak-to-strong: performance gap recovered (PGR)",
+        &format!(
+            "weak: logistic regression on 16 hashed char-trigram buckets; intermediate: on 256; strong: linear probe on MiniLM embeddings; mean of {seeds} splits"
+        ),
+        true,
+    )?;
+    Ok(results)
+}
+
+/// Writes `w2s.json` (every task's result) and `w2s.png` into `out`: PGR bars per task with and
+/// without the confidence loss and, when `extras`, the half-data and bootstrapped ones.
+pub(crate) fn write_report(
+    results: &[W2sResult],
+    out: &Path,
+    title: &str,
+    footnote: &str,
+    extras: bool,
+) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| data_err(format!("{}: {e}", out.display())))?;
     crate::pipeline::save_json(&out.join("w2s.json"), &results)?;
     let names: Vec<String> = results.iter().map(|r| r.task.clone()).collect();
@@ -429,25 +450,32 @@ pub fn run(tasks: &[Task], embed: &mut EmbedFn, seeds: u64, out: &Path) -> Resul
             .collect()
     };
     let png = out.join("w2s.png");
-    canon_plot::Figure::new("Weak-to-strong: performance gap recovered (PGR)")
+    let mut fig = canon_plot::Figure::new(title)
         .x_categories(&names)
         .y_title("PGR")
-        .series(canon_plot::Series::bars("cross-entropy on weak labels", bars(&|r| r.pgr_xent)))
-        .series(canon_plot::Series::bars("+ auxiliary confidence loss", bars(&|r| r.pgr_logconf)))
         .series(canon_plot::Series::bars(
-            "confidence loss, half the data",
-            bars(&|r| r.pgr_logconf_half),
+            "cross-entropy on weak labels",
+            bars(&|r| r.pgr_xent),
         ))
         .series(canon_plot::Series::bars(
-            "bootstrapped via 256-bucket trigrams, half the data",
-            bars(&|r| r.pgr_bootstrap),
-        ))
-        .footnote(&format!(
-            "weak: logistic regression on 16 hashed char-trigram buckets; intermediate: on 256; strong: linear probe on MiniLM embeddings; mean of {seeds} splits"
-        ))
+            "+ auxiliary confidence loss",
+            bars(&|r| r.pgr_logconf),
+        ));
+    if extras {
+        fig = fig
+            .series(canon_plot::Series::bars(
+                "confidence loss, half the data",
+                bars(&|r| r.pgr_logconf_half),
+            ))
+            .series(canon_plot::Series::bars(
+                "bootstrapped via 256-bucket trigrams, half the data",
+                bars(&|r| r.pgr_bootstrap),
+            ));
+    }
+    fig.footnote(footnote)
         .save(&png)
         .map_err(|e| data_err(format!("{}: {e}", png.display())))?;
-    Ok(results)
+    Ok(())
 }
 
 #[cfg(test)]

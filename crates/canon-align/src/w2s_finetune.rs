@@ -449,28 +449,16 @@ pub fn run(
             &t.name, &weak_x, &rows, &t.labels, seeds, base, cfg, log,
         )?);
     }
-    std::fs::create_dir_all(out).map_err(|e| data_err(format!("{}: {e}", out.display())))?;
-    crate::pipeline::save_json(&out.join("w2s.json"), &results)?;
-    let names: Vec<String> = results.iter().map(|r| r.task.clone()).collect();
-    let bars = |f: &dyn Fn(&W2sResult) -> Option<f64>| -> Vec<(f64, f64)> {
-        results
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i as f64, f(r).unwrap_or(f64::NAN)))
-            .collect()
-    };
-    let png = out.join("w2s.png");
-    canon_plot::Figure::new("Weak-to-strong, fine-tuned student: performance gap recovered (PGR)")
-        .x_categories(&names)
-        .y_title("PGR")
-        .series(canon_plot::Series::bars("cross-entropy on weak labels", bars(&|r| r.pgr_xent)))
-        .series(canon_plot::Series::bars("+ auxiliary confidence loss", bars(&|r| r.pgr_logconf)))
-        .footnote(&format!(
+    crate::w2s::write_report(
+        &results,
+        out,
+        "Weak-to-strong, fine-tuned student: performance gap recovered (PGR)",
+        &format!(
             "weak: logistic regression on 16 hashed char-trigram buckets; strong: MiniLM fine-tuned (all weights), {} epochs, lr {:e}, head lr {:e}; mean of {seeds} splits",
             cfg.epochs, cfg.lr, cfg.head_lr
-        ))
-        .save(&png)
-        .map_err(|e| data_err(format!("{}: {e}", png.display())))?;
+        ),
+        false,
+    )?;
     Ok(results)
 }
 
