@@ -20,17 +20,36 @@ pub enum RopeLayout {
     HalfSplit,
 }
 
+/// Positions whose angles are kept in a table; later positions (a long context, e.g. Gemma 3's
+/// 32,768) get theirs computed when a call reaches them, by the same f32 formula, so the values
+/// are the same and the tables stay small (2 × 4,096 × d/2 floats: 4 MB at d = 256, against 67 MB
+/// for a full table and its tensor copy).
+pub const ROPE_TABLE_POSITIONS: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// `[max_pos, d/2]`
-    cos: Tensor,
-    sin: Tensor,
-    /// The same tables as plain vectors, for the inference loop.
+    /// `θᵢ`, i = 0..d/2.
+    inv_freq: std::sync::Arc<Vec<f32>>,
+    /// `cos(mθᵢ)` and `sin(mθᵢ)` for `m < min(max_pos, ROPE_TABLE_POSITIONS)`, row-major `[m, i]`.
     cos_v: std::sync::Arc<Vec<f32>>,
     sin_v: std::sync::Arc<Vec<f32>>,
     pub layout: RopeLayout,
     pub dim: usize,
     pub max_pos: usize,
+}
+
+/// `cos(mθᵢ)` and `sin(mθᵢ)` for `m` in `positions`, row-major `[m, i]`.
+fn angles(inv_freq: &[f32], positions: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+    let n = positions.len() * inv_freq.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for m in positions {
+        for &f in inv_freq {
+            let a = m as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
 }
 
 impl Rope {
@@ -39,7 +58,7 @@ impl Rope {
         max_pos: usize,
         base: f32,
         layout: RopeLayout,
-        device: &Device,
+        _device: &Device,
     ) -> crate::Result<Self> {
         if !dim.is_multiple_of(2) || dim == 0 {
             candle_core::bail!(
@@ -50,24 +69,28 @@ impl Rope {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for m in 0..max_pos {
-            for &f in &inv_freq {
-                let a = m as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let (cos, sin) = angles(&inv_freq, 0..max_pos.min(ROPE_TABLE_POSITIONS));
         Ok(Self {
-            cos: Tensor::from_vec(cos.clone(), (max_pos, half), device)?,
-            sin: Tensor::from_vec(sin.clone(), (max_pos, half), device)?,
+            inv_freq: std::sync::Arc::new(inv_freq),
             cos_v: std::sync::Arc::new(cos),
             sin_v: std::sync::Arc::new(sin),
             layout,
             dim,
             max_pos,
         })
+    }
+
+    /// The cos and sin tables for positions `offset..offset + t` and the position their first
+    /// row stands for: the kept tables (first row 0) when they reach that far, else the range
+    /// computed now (first row `offset`).
+    fn tables(&self, offset: usize, t: usize) -> (TableRef, TableRef, usize) {
+        let kept = self.cos_v.len() / self.inv_freq.len().max(1);
+        if offset + t <= kept {
+            (self.cos_v.clone(), self.sin_v.clone(), 0)
+        } else {
+            let (c, s) = angles(&self.inv_freq, offset..offset + t);
+            (std::sync::Arc::new(c), std::sync::Arc::new(s), offset)
+        }
     }
 
     /// Rotates `x: [b, h, t, d]` for positions `offset..offset+t`.
@@ -84,15 +107,16 @@ impl Rope {
             );
         }
         let half = d / 2;
+        let (cos_t, sin_t, first) = self.tables(offset, t);
         if crate::fused::no_grad(&[x])
             && let Some(xs) = crate::fused::F32Data::new(x)
         {
             // Inference: one pass over the rows, the same products as the composed formula.
             let mut out = vec![0.0f32; xs.len()];
             for (r, (xr, yr)) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-                let pos = offset + r % t;
-                let cos = &self.cos_v[pos * half..(pos + 1) * half];
-                let sin = &self.sin_v[pos * half..(pos + 1) * half];
+                let row = offset + r % t - first;
+                let cos = &cos_t[row * half..(row + 1) * half];
+                let sin = &sin_t[row * half..(row + 1) * half];
                 for i in 0..half {
                     let (a, b) = match self.layout {
                         RopeLayout::Interleaved => (2 * i, 2 * i + 1),
@@ -109,10 +133,10 @@ impl Rope {
         if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
             // Training: the same rotation as one op whose backward rotates the gradient back.
             return x.contiguous()?.apply_op1(RopeOp {
-                cos: self.cos_v.clone(),
-                sin: self.sin_v.clone(),
+                cos: cos_t,
+                sin: sin_t,
                 layout: self.layout,
-                offset,
+                offset: offset - first,
                 t,
                 half,
             });
@@ -125,8 +149,13 @@ impl Rope {
         let (b, h, t, d) = x.dims4()?;
         let half = d / 2;
         let dtype = x.dtype();
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?; // [t, d/2]
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
+        let (cos_t, sin_t, first) = self.tables(offset, t);
+        let rows = |v: &[f32]| {
+            let r0 = (offset - first) * half;
+            Tensor::from_slice(&v[r0..r0 + t * half], (t, half), x.device())?.to_dtype(dtype)
+        };
+        let cos = rows(&cos_t)?; // [t, d/2]
+        let sin = rows(&sin_t)?;
         match self.layout {
             RopeLayout::Interleaved => {
                 // [b, h, t, d] -> [b, h, t, d/2, 2]
@@ -147,6 +176,8 @@ impl Rope {
         }
     }
 }
+
+type TableRef = std::sync::Arc<Vec<f32>>;
 
 /// RoPE on contiguous f32 `[.., t, d]` rows, with its backward: the rotation by `−mθ`,
 /// `dx₀ = g₀ cos + g₁ sin`, `dx₁ = −g₀ sin + g₁ cos`.
@@ -319,14 +350,56 @@ mod tests {
         for (layout, off) in [(RopeLayout::Interleaved, 0), (RopeLayout::HalfSplit, 5)] {
             let rope = Rope::new(d, 64, 10000.0, layout, &Device::Cpu).unwrap();
             let ours = rope.apply(&x, off).unwrap();
-            let cos = rope.cos.narrow(0, off, t).unwrap();
-            let sin = rope.sin.narrow(0, off, t).unwrap();
+            let (c, s) = angles(&rope.inv_freq, off..off + t);
+            let cos = Tensor::from_vec(c, (t, d / 2), &Device::Cpu).unwrap();
+            let sin = Tensor::from_vec(s, (t, d / 2), &Device::Cpu).unwrap();
             let fused = match layout {
                 RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin).unwrap(),
                 RopeLayout::HalfSplit => candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap(),
             };
             assert_close(&ours, &fused, Tol::new(1e-6, 1e-6));
         }
+    }
+
+    /// Positions past the kept table (computed per call) rotate exactly as tabled ones would:
+    /// inference loop, training op (forward and backward) and composed formula agree across the
+    /// table's end, bit for bit with a rope whose table is the same numbers.
+    #[test]
+    fn positions_past_the_table_are_computed_the_same_way() {
+        let (t, d) = (12, 16);
+        let off = ROPE_TABLE_POSITIONS - 5;
+        let rope = Rope::new(
+            d,
+            ROPE_TABLE_POSITIONS + 100,
+            10000.0,
+            RopeLayout::Interleaved,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(rope.cos_v.len(), ROPE_TABLE_POSITIONS * d / 2);
+        let x = randn(&[1, 2, t, d], 3);
+        let inference = rope.apply(&x, off).unwrap();
+        let (c, s) = angles(&rope.inv_freq, off..off + t);
+        let cos = Tensor::from_vec(c, (t, d / 2), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(s, (t, d / 2), &Device::Cpu).unwrap();
+        let reference = candle_nn::rotary_emb::rope_i(&x, &cos, &sin).unwrap();
+        assert_close(&inference, &reference, Tol::new(1e-6, 1e-6));
+        assert_close(
+            &rope.apply_composed(&x, off).unwrap(),
+            &reference,
+            Tol::new(1e-6, 1e-6),
+        );
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let y = rope.apply(v.as_tensor(), off).unwrap();
+        assert_close(&y, &reference, Tol::new(1e-6, 1e-6));
+        // The backward rotates back: the gradient of sum(y ⊙ y) is 2x (rotations keep norms).
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g.get(v.as_tensor()).unwrap();
+        assert_close(gx, &(x * 2.0).unwrap(), Tol::new(1e-5, 1e-5));
+        assert!(
+            rope.apply(&randn(&[1, 1, 1, d], 4), ROPE_TABLE_POSITIONS + 100)
+                .is_err()
+        );
     }
 
     #[test]

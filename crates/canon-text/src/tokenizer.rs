@@ -9,8 +9,11 @@ use crate::{GgufVocab, Result, TextError};
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Plain-text twin of `inner` that never matches special tokens in the input, built on first
-    /// use (a copy of the vocabulary tables: ~140 MB for a 262k-token vocabulary).
+    /// use (a copy of the vocabulary tables: ~140 MB for a 262k-token vocabulary), and only for a
+    /// text that holds a special token's text: any other text encodes the same through `inner`.
     literal: std::sync::OnceLock<tokenizers::Tokenizer>,
+    /// Whether an input holds a special token's text.
+    special_texts: SpecialTexts,
     pub add_bos: bool,
     /// Let the tokenizer's own post-processor add special tokens (HF folders); GGUF tokenizers
     /// prepend BOS themselves according to `add_bos`.
@@ -21,6 +24,17 @@ pub struct Tokenizer {
     /// Ids that end a generation.
     pub eog_ids: Vec<u32>,
     special_ids: std::collections::HashSet<u32>,
+}
+
+/// How to tell whether a text holds a special token's text.
+#[derive(Clone)]
+enum SpecialTexts {
+    /// The tokenizer has no special tokens.
+    None,
+    /// Their literal contents, matched in the raw text.
+    Matcher(aho_corasick::AhoCorasick),
+    /// Not decidable on the raw text: assume it does.
+    Unknown,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -39,14 +53,31 @@ fn tok_err(e: impl std::fmt::Display) -> TextError {
 
 impl Tokenizer {
     fn from_inner(inner: tokenizers::Tokenizer) -> Self {
-        let special_ids = inner
-            .get_added_tokens_decoder()
+        let decoder = inner.get_added_tokens_decoder();
+        let specials: Vec<&tokenizers::AddedToken> =
+            decoder.values().filter(|t| t.special).collect();
+        let special_ids = decoder
             .iter()
             .filter(|(_, t)| t.special)
             .map(|(&id, _)| id)
             .collect();
+        // A special token matched after normalization (`normalized: true`) can hide in a text that
+        // does not hold its literal content, and an empty or unbuildable pattern set proves
+        // nothing: then every plain-text encoding goes to the twin, as it always did.
+        let special_texts = if specials.is_empty() {
+            SpecialTexts::None
+        } else if specials
+            .iter()
+            .any(|t| t.normalized || t.content.is_empty())
+        {
+            SpecialTexts::Unknown
+        } else {
+            aho_corasick::AhoCorasick::new(specials.iter().map(|t| t.content.as_str()))
+                .map_or(SpecialTexts::Unknown, SpecialTexts::Matcher)
+        };
         Self {
             special_ids,
+            special_texts,
             inner,
             literal: std::sync::OnceLock::new(),
             add_bos: false,
@@ -109,9 +140,13 @@ impl Tokenizer {
 
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
-        let json = vocab.to_tokenizer_json()?;
-        let mut t = Self::parse_checked(&json, "GGUF metadata")?;
-        drop(json);
+        let inner = std::panic::catch_unwind(|| vocab.to_hf_tokenizer()).map_err(|_| {
+            TextError::Load {
+                path: "GGUF metadata".into(),
+                message: "the tokenizer library rejected this vocabulary".into(),
+            }
+        })??;
+        let mut t = Self::from_inner(inner);
         t.add_bos = vocab.add_bos;
         t.bos_id = vocab.bos_id;
         t.eos_id = vocab.eos_id;
@@ -136,7 +171,12 @@ impl Tokenizer {
     /// Tokenizes `text` for a causal LM: BOS first when the model asks for it; special-token texts
     /// (`<|im_start|>`) become their ids when `parse_special`, else they are tokenized as plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special {
+        let holds_special = match &self.special_texts {
+            SpecialTexts::None => false,
+            SpecialTexts::Matcher(m) => m.is_match(text),
+            SpecialTexts::Unknown => true,
+        };
+        let t = if parse_special || !holds_special {
             &self.inner
         } else {
             self.literal_tokenizer()
