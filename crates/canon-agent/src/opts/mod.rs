@@ -4,3 +4,4 @@
 
 pub mod cot;
 pub mod fewshot;
+pub mod toolformer;
