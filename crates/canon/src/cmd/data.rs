@@ -2,132 +2,19 @@
 //! classifier and filtered set; `compare` trains the same small model on unfiltered and filtered
 //! data for the same number of tokens and compares held-out losses.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use canon_scale::data::corpus::Origin;
-use canon_scale::data::experiment::{CompareConfig, compare};
+use canon_scale::data::experiment::compare;
+use canon_scale::data::opts::{CompareArgs, FilterArgs, SynthArgs};
+pub use canon_scale::data::opts::{DataArgs, DataCommand};
 use canon_scale::data::pipeline::{self, FilterEvent};
-use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 
 use super::write_atomic;
 use crate::{Ctx, model_gen};
-
-#[derive(Args, Debug)]
-pub struct DataArgs {
-    #[command(subcommand)]
-    pub command: DataCommand,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum DataCommand {
-    /// Corpus (stdlib + site-packages, dedup, licence manifest), quality labels, a classifier on
-    /// MiniLM embeddings, decontamination against HumanEval, and the filtered set.
-    Filter(FilterArgs),
-    /// Synthetic textbook passages and exercises from a generating model, decontaminated.
-    Synth(SynthArgs),
-    /// Train one small model per data set for the same number of tokens; compare held-out loss.
-    Compare(CompareArgs),
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon data filter --out runs/phi1
-  canon data filter --out runs/phi1 --max-snippets 2000 --label-sample 800 --threshold 0.6
-  canon data filter --out runs/phi1-judge --label-sample 200 --judge smollm2
-
-Writes manifest.jsonl (one line per kept file: path, origin, distribution, licence, sha256),
-snippets.jsonl (id, pool, heuristic label, classifier probability, kept), contaminated.jsonl,
-classifier.json, labelled-embeddings.json and filter-report.json into --out.")]
-pub struct FilterArgs {
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Snippets sampled from the corpus (seeded) for labelling, embedding and filtering.
-    #[arg(long, default_value_t = 3000)]
-    pub max_snippets: usize,
-    /// Labelled snippets the classifier learns from (80 % train, 20 % held out).
-    #[arg(long, default_value_t = 1200)]
-    pub label_sample: usize,
-    /// Keep snippets whose probability of being educational is at least this.
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f64,
-    /// Characters of each snippet the embedding model sees (its head, cut at a character
-    /// boundary); MiniLM truncates at 256 tokens anyway, and shorter inputs embed much faster.
-    #[arg(long, default_value_t = 400)]
-    pub embed_chars: usize,
-    /// Sentence-embedding model.
-    #[arg(long, default_value = "minilm")]
-    pub embed_model: String,
-    /// The classifier that filters: the paper's random forest or logistic regression (both are
-    /// fitted on the same embeddings and their held-out accuracies printed). Default logistic:
-    /// on the heuristic labels it is more accurate held out (0.650 against the forest's 0.567,
-    /// the majority rate; see README).
-    #[arg(long, default_value = "logistic", value_parser = ["forest", "logistic"])]
-    pub classifier: String,
-    /// Label the sample with an LLM judge instead of the heuristics: any generating model
-    /// `--model` accepts (smollm2, gemma3, a .gguf). It answers "does this code have educational
-    /// value for learning to code?"; the label is P(Yes) against P(No) at the next token.
-    #[arg(long)]
-    pub judge: Option<String>,
-    /// Characters of each snippet (its head) the judge sees.
-    #[arg(long, default_value_t = 1000)]
-    pub judge_chars: usize,
-    /// The judge's label is educational when P(Yes) ≥ this.
-    #[arg(long, default_value_t = 0.5)]
-    pub judge_threshold: f64,
-    /// Site-packages folder (default: what python3 reports).
-    #[arg(long)]
-    pub site_packages: Option<PathBuf>,
-    /// Skip decontamination against HumanEval (when the asset cannot be fetched).
-    #[arg(long)]
-    pub no_decontaminate: bool,
-    #[arg(long, default_value_t = 28)]
-    pub seed: u64,
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon data synth --out runs/phi1 --model smollm2 --n 24 --max-tokens 200
-
-Writes synthetic.jsonl (kept items: index, kind, topic, text) and synth-report.json (counts of
-duplicates, empty outputs and generations that matched a HumanEval problem) into --out;
-`canon data compare` then adds a filtered+synthetic arm.")]
-pub struct SynthArgs {
-    /// The folder of `canon data filter` (the synthetic set is written beside it).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// The generating model (a chat model: its template wraps each prompt).
-    #[arg(long, default_value = "smollm2")]
-    pub model: String,
-    /// Items to generate (topics and kinds rotate).
-    #[arg(long, default_value_t = 24)]
-    pub n: usize,
-    #[arg(long, default_value_t = 200)]
-    pub max_tokens: usize,
-    #[arg(long, default_value_t = 28)]
-    pub seed: u64,
-}
-
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon data compare --data runs/phi1 --config configs/phi1.toml --out runs/phi1/compare
-
-Arms: unfiltered (every training-pool snippet) and filtered (the classifier's kept snippets),
-each trained for train.max_steps steps of the same batch; evaluation sets: held-out files'
-snippets labelled educational (eval-textbook) and all held-out snippets (eval-all).")]
-pub struct CompareArgs {
-    /// The folder `canon data filter` wrote.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// [model] and [train] of the small model.
-    #[arg(long)]
-    pub config: PathBuf,
-    #[arg(long)]
-    pub out: PathBuf,
-}
 
 /// HumanEval's problems as (task id, prompt + canonical solution): the decontamination set.
 fn humaneval_pairs(ctx: &Ctx) -> canon_eval::Result<Vec<(String, String)>> {
@@ -148,22 +35,12 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    use canon_scale::data::synth;
-    let o = synth::SynthOpts {
-        out: a.out.clone(),
-        model: a.model.clone(),
-        n: a.n,
-        max_tokens: a.max_tokens,
-        seed: a.seed,
-    };
-    o.check()?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let o = a.opts()?;
     let benchmark = humaneval_pairs(ctx).context("cannot load HumanEval for decontamination")?;
     let lm = model_gen::load_lm(&a.model, ctx)?;
     let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
     let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
-    let summary = synth::run(&o, lm, &benchmark, &mut |_| bar.inc(1))?;
+    let summary = canon_scale::data::synth::run(&o, lm, &benchmark, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
@@ -173,18 +50,7 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
 // they run once per batch, so the size does not matter here.
 #[allow(clippy::result_large_err)]
 fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let o = pipeline::FilterOpts {
-        out: a.out.clone(),
-        max_snippets: a.max_snippets,
-        label_sample: a.label_sample,
-        threshold: a.threshold,
-        embed_chars: a.embed_chars,
-        embed_model: a.embed_model.clone(),
-        classifier: a.classifier.parse()?,
-        judge_threshold: a.judge_threshold,
-        seed: a.seed,
-    };
-    o.check()?;
+    let o = a.opts()?;
     let roots = [
         (super::train::python_stdlib_dir()?, Origin::Stdlib),
         (
@@ -264,9 +130,7 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("cannot read config {}", a.config.display()))?;
-    let cfg = CompareConfig::parse(&text, &a.config.display().to_string())?;
+    let cfg = a.config()?;
     let (arms, evals) = pipeline::compare_inputs(&a.data)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
