@@ -20,6 +20,7 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod flan_opts;
 pub mod heads;
 pub mod load;
 pub mod lora;
