@@ -21,6 +21,7 @@ pub mod dir;
 pub mod distilbert;
 pub mod ernie;
 pub mod flan_opts;
+pub mod generate;
 pub mod heads;
 pub mod load;
 pub mod lora;
