@@ -12,6 +12,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
+pub mod assets_opts;
 pub mod autoprompt;
 pub mod autoprompt_opts;
 pub mod bert;
@@ -26,6 +27,9 @@ pub mod heads;
 pub mod load;
 pub mod lora;
 pub mod lora_opts;
+pub mod model_opts;
+pub mod plot_opts;
+pub mod quantize_opts;
 pub mod rag;
 pub mod seq2seq;
 pub mod t5;
