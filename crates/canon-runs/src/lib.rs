@@ -29,6 +29,7 @@ pub mod lora;
 pub mod lora_opts;
 pub mod model_opts;
 pub mod plot_opts;
+pub mod progress_line;
 pub mod quantize_opts;
 pub mod rag;
 pub mod seq2seq;
