@@ -24,6 +24,7 @@ pub mod ernie;
 pub mod flan_opts;
 pub mod generate;
 pub mod heads;
+pub mod heads_run;
 pub mod load;
 pub mod lora;
 pub mod lora_opts;
