@@ -21,6 +21,7 @@ pub mod config;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod eval_opts;
 pub mod flan_opts;
 pub mod generate;
 pub mod heads;
