@@ -18,6 +18,7 @@ pub mod autoprompt_opts;
 pub mod bert;
 pub mod causal;
 pub mod config;
+pub mod data_run;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
@@ -83,6 +84,8 @@ pub enum RunError {
     Asset(Box<canon_assets::AssetError>),
     #[error(transparent)]
     Agent(Box<canon_agent::AgentError>),
+    #[error(transparent)]
+    Scale(Box<canon_scale::ScaleError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -105,6 +108,7 @@ boxed_from!(
     candle_core::Error => Tensor,
     canon_assets::AssetError => Asset,
     canon_agent::AgentError => Agent,
+    canon_scale::ScaleError => Scale,
 );
 
 /// `Err(RunError::Msg(format!(...)))` from the current function.

@@ -1,12 +1,13 @@
 //! `canon data`: Phi-1's data pipeline (textbook-quality code). `filter` builds the corpus, labels,
 //! classifier and filtered set; `compare` trains the same small model on unfiltered and filtered
-//! data for the same number of tokens and compares held-out losses.
+//! data for the same number of tokens and compares held-out losses. The settings are
+//! `canon_scale::data::opts`, the filter and synthesis runs `canon_runs::data_run`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use canon_scale::data::corpus::Origin;
+use canon_runs::data_run;
 use canon_scale::data::experiment::compare;
 use canon_scale::data::opts::{CompareArgs, FilterArgs, SynthArgs};
 pub use canon_scale::data::opts::{DataArgs, DataCommand};
@@ -14,17 +15,7 @@ use canon_scale::data::pipeline::{self, FilterEvent};
 use indicatif::ProgressBar;
 
 use super::write_atomic;
-use crate::{Ctx, model_gen};
-
-/// HumanEval's problems as (task id, prompt + canonical solution): the decontamination set.
-fn humaneval_pairs(ctx: &Ctx) -> canon_eval::Result<Vec<(String, String)>> {
-    let problems = canon_eval::humaneval::load_default(ctx.progress())?;
-    let text = |p: &canon_eval::humaneval::Problem| format!("{}{}", p.prompt, p.canonical_solution);
-    Ok(problems
-        .iter()
-        .map(|p| (p.task_id.clone(), text(p)))
-        .collect())
-}
+use crate::Ctx;
 
 pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match a.command {
@@ -35,9 +26,7 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let o = a.opts()?;
-    let benchmark = humaneval_pairs(ctx).context("cannot load HumanEval for decontamination")?;
-    let lm = model_gen::load_lm(&a.model, ctx)?;
+    let (o, benchmark, lm) = data_run::synth_inputs(&a, &ctx.loader())?;
     let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
     let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
     let summary = canon_scale::data::synth::run(&o, lm, &benchmark, &mut |_| bar.inc(1))?;
@@ -46,85 +35,34 @@ fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-// The pipeline's callbacks return canon_scale's error, whose training and model variants are large;
-// they run once per batch, so the size does not matter here.
-#[allow(clippy::result_large_err)]
 fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let o = a.opts()?;
-    let roots = [
-        (super::train::python_stdlib_dir()?, Origin::Stdlib),
-        (
-            pipeline::site_packages_dir(&a.site_packages)?,
-            Origin::SitePackages,
-        ),
-    ];
-    // Decontamination against HumanEval prompts + canonical solutions.
-    let mut humaneval = || -> canon_scale::Result<Vec<(String, String)>> {
-        humaneval_pairs(ctx).map_err(|e| {
-            canon_scale::ScaleError::Msg(format!(
-                "cannot load HumanEval for decontamination (use --no-decontaminate to skip): {e}"
-            ))
-        })
-    };
-    let benchmark: Option<pipeline::Benchmark<'_>> = if a.no_decontaminate {
-        None
-    } else {
-        Some(&mut humaneval)
-    };
-    let mut enc = None;
-    let mut embed = |texts: &[String]| -> canon_scale::Result<Vec<Vec<f32>>> {
-        if enc.is_none() {
-            let e = model_gen::load_encoder(&a.embed_model, ctx)
-                .map_err(|e| canon_scale::ScaleError::Msg(format!("{e:#}")))?;
-            enc = Some(e);
-        }
-        let Some(e) = &enc else { return Ok(Vec::new()) };
-        (e.embedder.embed(texts, 16)).map_err(|e| canon_scale::ScaleError::Msg(e.to_string()))
-    };
-    let mut judge = match &a.judge {
-        Some(m) => Some(canon_scale::data::judge::LmJudge::new(
-            model_gen::load_lm(m, ctx)?,
-            a.judge_chars,
-        )?),
-        None => None,
-    };
-    let judge_dyn = judge
-        .as_mut()
-        .map(|j| j as &mut dyn canon_scale::data::judge::Judge);
     let bar = ProgressBar::hidden();
-    let report = pipeline::run_filter(
-        &o,
-        &roots,
-        benchmark,
-        &mut embed,
-        judge_dyn,
-        &mut |e| match e {
-            FilterEvent::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
-            FilterEvent::Note(_) => {}
-            FilterEvent::Embedded(0, n) if !ctx.quiet => {
-                bar.set_length(n as u64);
-                bar.set_draw_target(crate::progress::target());
-                bar.set_style(crate::progress::style(
-                    "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
-                ));
+    let report = data_run::filter(&a, &ctx.loader(), &mut |e| match e {
+        FilterEvent::Note(s) if !ctx.quiet => eprintln!("canon: {s}"),
+        FilterEvent::Note(_) => {}
+        FilterEvent::Embedded(0, n) if !ctx.quiet => {
+            bar.set_length(n as u64);
+            bar.set_draw_target(crate::progress::target());
+            bar.set_style(crate::progress::style(
+                "embedding {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+            ));
+        }
+        FilterEvent::Embedded(done, n) | FilterEvent::Judged(done, n) if done > 0 => {
+            bar.set_position(done as u64);
+            if done == n {
+                bar.finish_and_clear();
             }
-            FilterEvent::Embedded(done, n) | FilterEvent::Judged(done, n) if done > 0 => {
-                bar.set_position(done as u64);
-                if done == n {
-                    bar.finish_and_clear();
-                }
-            }
-            FilterEvent::Judged(0, n) if !ctx.quiet => {
-                bar.reset();
-                bar.set_length(n as u64);
-                bar.set_draw_target(crate::progress::target());
-                bar.set_style(crate::progress::style(
-                    "judging {bar:30} {pos}/{len} [{elapsed} < {eta}]",
-                ));
-            }
-            FilterEvent::Embedded(..) | FilterEvent::Judged(..) => {}
-        },
-    )?;
+        }
+        FilterEvent::Judged(0, n) if !ctx.quiet => {
+            bar.reset();
+            bar.set_length(n as u64);
+            bar.set_draw_target(crate::progress::target());
+            bar.set_style(crate::progress::style(
+                "judging {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+            ));
+        }
+        FilterEvent::Embedded(..) | FilterEvent::Judged(..) => {}
+    })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -14,9 +14,6 @@ use canon_train::{Engine, LmObjective, Objective, Outcome, StepReport, Trainer};
 
 use crate::Ctx;
 
-/// The Python standard library's folder (used by the commands that read it as data).
-pub(crate) use canon_runs::python_stdlib_dir;
-
 pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.bf16 {
         canon_nn::train_ops::set_bf16_products(true)?;
