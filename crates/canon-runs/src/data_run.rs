@@ -75,17 +75,27 @@ pub fn filter(
     )?)
 }
 
-/// The synthesis run's inputs: its checked options (--out created), the decontamination set and
-/// the generating model (`canon_scale::data::synth::run` then generates).
-pub fn synth_inputs(
-    a: &SynthArgs,
-    loader: &Loader,
-) -> Result<(SynthOpts, Vec<(String, String)>, LoadedLm)> {
+/// What `canon_scale::data::synth::run` generates from.
+pub struct SynthInputs {
+    /// The checked options (--out created).
+    pub opts: SynthOpts,
+    /// The decontamination set: (task id, prompt + canonical solution).
+    pub benchmark: Vec<(String, String)>,
+    /// The generating model.
+    pub lm: LoadedLm,
+}
+
+/// The synthesis run's inputs: its options, HumanEval as the decontamination set, the model.
+pub fn synth_inputs(a: &SynthArgs, loader: &Loader) -> Result<SynthInputs> {
     let o = a.opts()?;
     let benchmark = humaneval_pairs(loader.progress()).map_err(|e| crate::RunError::Context {
         msg: "cannot load HumanEval for decontamination".into(),
         source: Box::new(e),
     })?;
     let lm = loader.lm(&a.model)?;
-    Ok((o, benchmark, lm))
+    Ok(SynthInputs {
+        opts: o,
+        benchmark,
+        lm,
+    })
 }

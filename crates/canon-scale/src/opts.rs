@@ -41,6 +41,9 @@ pub struct ScaleArgs {
     pub replot: bool,
 }
 
+/// Gives Python's standard library folder, or the message saying why it cannot.
+pub type Stdlib = dyn Fn() -> std::result::Result<PathBuf, String>;
+
 impl ScaleArgs {
     /// The ladder configuration read from --config.
     pub fn ladder(&self) -> Result<LadderConfig> {
@@ -75,8 +78,8 @@ impl ScaleArgs {
 }
 
 /// The ladder's training corpus: with `[scale.capability]` the task's training problems, else
-/// `data.corpus` (`stdlib` gives Python's standard library folder).
-pub fn corpus(cfg: &LadderConfig, stdlib: &dyn Fn() -> Result<PathBuf>) -> Result<Corpus> {
+/// `data.corpus` (`stdlib` gives Python's standard library folder, or why it cannot).
+pub fn corpus(cfg: &LadderConfig, stdlib: &Stdlib) -> Result<Corpus> {
     Ok(match &cfg.scale.capability {
         Some(c) => Corpus {
             name: format!(
@@ -90,7 +93,8 @@ pub fn corpus(cfg: &LadderConfig, stdlib: &dyn Fn() -> Result<PathBuf>) -> Resul
 }
 
 /// The documents `data.corpus` names: python-stdlib, python-docs or a text file or folder.
-pub fn load_docs(d: &DataConfig, stdlib: &dyn Fn() -> Result<PathBuf>) -> Result<Corpus> {
+pub fn load_docs(d: &DataConfig, stdlib: &Stdlib) -> Result<Corpus> {
+    let stdlib = || stdlib().map_err(ScaleError::Msg);
     Ok(match d.corpus.as_str() {
         "python-stdlib" => data::python_stdlib(&stdlib()?, d.max_bytes)?,
         "python-docs" => data::python_docs(&stdlib()?, d.max_bytes)?,

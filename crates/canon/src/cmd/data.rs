@@ -26,10 +26,14 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let (o, benchmark, lm) = data_run::synth_inputs(&a, &ctx.loader())?;
+    let data_run::SynthInputs {
+        opts,
+        benchmark,
+        lm,
+    } = data_run::synth_inputs(&a, &ctx.loader())?;
     let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
     let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
-    let summary = canon_scale::data::synth::run(&o, lm, &benchmark, &mut |_| bar.inc(1))?;
+    let summary = canon_scale::data::synth::run(&opts, lm, &benchmark, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())

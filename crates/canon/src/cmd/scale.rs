@@ -17,8 +17,8 @@ use indicatif::ProgressBar;
 use crate::Ctx;
 
 /// Python's standard library folder, for the corpora that read it.
-pub(crate) fn stdlib() -> canon_scale::Result<std::path::PathBuf> {
-    canon_runs::python_stdlib_dir().map_err(|e| canon_scale::ScaleError::Msg(e.to_string()))
+fn stdlib() -> Result<std::path::PathBuf, String> {
+    canon_runs::python_stdlib_dir().map_err(|e| e.to_string())
 }
 
 struct Bars {
