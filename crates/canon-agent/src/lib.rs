@@ -18,6 +18,7 @@ pub mod browser;
 pub mod cot;
 pub mod cot_run;
 pub mod fewshot;
+pub mod opts;
 pub mod react;
 pub mod react_data;
 pub mod react_run;

@@ -12,18 +12,28 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
+pub mod assets_opts;
 pub mod autoprompt;
 pub mod autoprompt_opts;
 pub mod bert;
 pub mod causal;
 pub mod config;
+pub mod data_run;
 pub mod dir;
 pub mod distilbert;
 pub mod ernie;
+pub mod eval_opts;
+pub mod flan_opts;
+pub mod generate;
 pub mod heads;
+pub mod heads_run;
 pub mod load;
 pub mod lora;
 pub mod lora_opts;
+pub mod model_opts;
+pub mod plot_opts;
+pub mod progress_line;
+pub mod quantize_opts;
 pub mod rag;
 pub mod seq2seq;
 pub mod t5;
@@ -74,6 +84,8 @@ pub enum RunError {
     Asset(Box<canon_assets::AssetError>),
     #[error(transparent)]
     Agent(Box<canon_agent::AgentError>),
+    #[error(transparent)]
+    Scale(Box<canon_scale::ScaleError>),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -96,6 +108,7 @@ boxed_from!(
     candle_core::Error => Tensor,
     canon_assets::AssetError => Asset,
     canon_agent::AgentError => Agent,
+    canon_scale::ScaleError => Scale,
 );
 
 /// `Err(RunError::Msg(format!(...)))` from the current function.

@@ -101,6 +101,63 @@ impl TrainArgs {
     }
 }
 
+/// The line of a run that Ctrl-C stopped at `step`.
+pub fn interrupted_line(step: u64, dir: &std::path::Path) -> String {
+    format!(
+        "interrupted: checkpoint at step {step} in {}; continue with canon train --resume {}",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// The line of a finished run: last train loss, last eval loss and metrics, the median tokens/s.
+pub fn done_line(
+    step: u64,
+    loss: Option<f64>,
+    eval: Option<f64>,
+    metrics: &[(String, f64)],
+    median_tps: f64,
+    dir: &std::path::Path,
+) -> String {
+    format!(
+        "done: step {step}, train loss {}, eval loss {}{}, median {median_tps:.0} tokens/s; run folder {}",
+        loss.map_or("-".into(), |l| format!("{l:.4}")),
+        eval.map_or("-".into(), |e| format!("{e:.4}")),
+        metrics
+            .iter()
+            .map(|(k, v)| format!(", {k} {v:.4}"))
+            .collect::<String>(),
+        dir.display()
+    )
+}
+
+/// The progress bar's message: train loss, the last eval loss if any, tokens/s.
+pub fn step_message(loss: f64, eval: Option<f64>, tokens_per_s: f64) -> String {
+    format!(
+        "loss {loss:.3}{} {tokens_per_s:.0} tok/s",
+        eval.map_or(String::new(), |e| format!(" eval {e:.3}"))
+    )
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn run_lines_read_plainly() {
+        let d = std::path::Path::new("runs/x");
+        assert_eq!(
+            done_line(5, Some(1.5), None, &[("acc".into(), 0.5)], 99.6, d),
+            "done: step 5, train loss 1.5000, eval loss -, acc 0.5000, median 100 tokens/s; run folder runs/x"
+        );
+        assert_eq!(
+            step_message(2.0, Some(1.0), 10.0),
+            "loss 2.000 eval 1.000 10 tok/s"
+        );
+        assert!(interrupted_line(3, d).ends_with("canon train --resume runs/x"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

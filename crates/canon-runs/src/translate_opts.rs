@@ -1,13 +1,17 @@
 //! `canon translate`'s settings (with the `cli` feature also its argument struct, the doc
-//! comments being the `--help` text), its decoding options and the test-BLEU report.
+//! comments being the `--help` text), its decoding options, the run it opens and the test-BLEU
+//! run and report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use canon_eval::bleu::Bleu;
+use canon_eval::bleu::{Bleu, corpus_bleu};
 use canon_infer::seq2seq::DecodeOptions;
+use canon_train::translation::load_pairs;
 use serde_json::{Value, json};
 
-use crate::Result;
+use crate::dir::write_atomic;
+use crate::seq2seq::{MtRun, load_run};
+use crate::{Result, bail, err};
 
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -99,4 +103,61 @@ pub fn bleu_json(b: &Bleu, sentences: usize, opts: &DecodeOptions, secs: f64) ->
         "tokenize": "13a",
         "seconds": secs,
     })
+}
+impl TranslateArgs {
+    /// The run in --model, with --prefix checked (a T5 run's task prefix; others take none).
+    pub fn open_run(&self) -> Result<MtRun> {
+        let mut run = load_run(&self.model)?;
+        if let Some(p) = &self.prefix {
+            if run.family != "t5" && !p.is_empty() {
+                bail!(
+                    "--prefix is for T5 runs; {} is a {} run, which takes the English text alone",
+                    self.model.display(),
+                    run.family
+                );
+            }
+            run.prefix = p.clone();
+        }
+        Ok(run)
+    }
+}
+
+/// `--test-bleu`: translates the run's held-out test split (the first `limit` pairs), writes
+/// test_bleu.json and test_translations.tsv (source, reference, hypothesis) into `dir`, and gives
+/// the BLEU line. `on_done(done, total)` is called after each batch of 32.
+pub fn test_bleu(
+    run: &MtRun,
+    dir: &Path,
+    opts: &DecodeOptions,
+    limit: Option<usize>,
+    on_done: &mut dyn FnMut(usize, usize),
+) -> Result<String> {
+    let data = run.test_data(dir)?;
+    let mut test = load_pairs(&data)?.test;
+    if let Some(n) = limit {
+        test.truncate(n);
+    }
+    let (src, refs): (Vec<String>, Vec<String>) = test.into_iter().unzip();
+    let t0 = std::time::Instant::now();
+    let mut hyps = Vec::with_capacity(src.len());
+    for (i, chunk) in src.chunks(32).enumerate() {
+        hyps.extend(run.translate(chunk, opts)?);
+        on_done(i * 32 + chunk.len(), src.len());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let b = corpus_bleu(&hyps, &refs).map_err(|e| err!("{e}"))?;
+    let line = bleu_line(&b, src.len(), opts, secs);
+    let json = bleu_json(&b, src.len(), opts, secs);
+    write_atomic(
+        &dir.join("test_bleu.json"),
+        &serde_json::to_string_pretty(&json)?,
+    )?;
+    let tsv: String = src
+        .iter()
+        .zip(&refs)
+        .zip(&hyps)
+        .map(|((s, r), h)| format!("{s}\t{r}\t{h}\n"))
+        .collect();
+    write_atomic(&dir.join("test_translations.tsv"), &tsv)?;
+    Ok(line)
 }

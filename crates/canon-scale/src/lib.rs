@@ -17,6 +17,7 @@ pub mod capability;
 pub mod data;
 pub mod fit;
 pub mod ladder;
+pub mod opts;
 pub mod report;
 
 pub use fit::{Fit, Law, PowerLaw, Prediction, fit, predict_from_smaller};

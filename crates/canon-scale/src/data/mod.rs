@@ -32,6 +32,7 @@ pub mod dedup;
 pub mod experiment;
 pub mod forest;
 pub mod judge;
+pub mod opts;
 pub mod pipeline;
 pub mod quality;
 pub mod synth;

@@ -3,35 +3,14 @@
 use std::io::{BufRead, Write};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use clap::Args;
+use anyhow::Context;
+pub use canon_runs::model_opts::EmbedArgs;
 use serde_json::json;
 
 use crate::{Ctx, model_gen};
 
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:
-  canon embed --model minilm --text \"A man is eating food.\" --text \"A man is riding a horse.\"
-  cat sentences.txt | canon embed --model minilm > embeddings.jsonl")]
-pub struct EmbedArgs {
-    /// Embedding model: an alias (minilm) or an HF-style BERT folder.
-    #[arg(long, default_value = "minilm")]
-    pub model: String,
-    /// A text to embed (repeatable). Without it, each standard-input line is a text (an empty line too).
-    #[arg(long = "text")]
-    pub text: Vec<String>,
-    /// Texts per forward pass (sorted by length so a batch holds similar lengths).
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Report the time spent embedding on standard error as one JSON line.
-    #[arg(long)]
-    pub timings: bool,
-}
-
 pub fn run(a: EmbedArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1, found 0");
-    }
+    a.check()?;
     let texts: Vec<String> = if a.text.is_empty() {
         std::io::stdin()
             .lock()

@@ -1,39 +1,18 @@
 //! `canon eval`: evaluation commands. `humaneval` (paper 14, Codex): generate completions with a
 //! model or read them from a file, run every sample in the sandbox, report pass@k. The
-//! settings of humaneval and perplexity are `canon_eval::opts`.
+//! settings of humaneval and perplexity are `canon_eval::opts`, the command table
+//! `canon_runs::eval_opts`.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use canon_eval::Sandbox;
 use canon_eval::humaneval::{self, Sample};
-use canon_eval::opts::{HumanevalArgs, PerplexityArgs};
-use clap::{Args, Subcommand};
+use canon_eval::opts::HumanevalArgs;
+pub use canon_runs::eval_opts::{EvalArgs, EvalCommand};
 use indicatif::ProgressBar;
 
 use crate::{Ctx, model_gen};
-
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    #[command(subcommand)]
-    pub command: EvalCommand,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum EvalCommand {
-    /// HumanEval: functional correctness of generated code, pass@k with the unbiased estimator.
-    Humaneval(HumanevalArgs),
-    /// Perplexity of a model on a text file, with a sliding window over long texts.
-    Perplexity(PerplexityArgs),
-    /// Zero-shot rank classification over options (FLAN), e.g. on `canon flan build --eval-out`.
-    ZeroShot(canon_eval::zero_shot::ZeroShotArgs),
-    /// In-context learning as GPT-3 measured it: K demonstrations, then the test item (paper 10).
-    Fewshot(super::fewshot::FewShotArgs),
-    /// Retrieval and answers over a question file: recall@k, MRR, exact match, citations (RAG).
-    Rag(canon_rag::opts::EvalRagArgs),
-    /// Chain-of-thought prompting and self-consistency (majority vote over sampled rationales).
-    Cot(super::cot::CotArgs),
-}
 
 pub fn run(args: EvalArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match args.command {

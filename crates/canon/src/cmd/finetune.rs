@@ -10,16 +10,14 @@
 //!
 //! The loss is `L2 + 0.5·L1`, trained on the shared engine: `--out` receives `metrics.jsonl` (every
 //! step and the held-out accuracy), `loss.png`, the fine-tuned weights with the optimizer state
-//! (`finetuned.safetensors`, also the Ctrl-C checkpoint; `--resume` continues) and `task.json`. The settings and the task's examples are `canon_runs::heads`.
+//! (`finetuned.safetensors`, also the Ctrl-C checkpoint; `--resume` continues) and `task.json`. The settings and the task's examples are `canon_runs::heads`, the run
+//! `canon_runs::heads_run`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
-use canon_models::family::RUN_TOKENIZER_FILE;
+use anyhow::Context;
 use canon_runs::heads::FinetuneArgs;
-use canon_train::finetune::{FINETUNED_FILE, FinetuneReport, Finetuner, TaskRun, task_files};
-use canon_train::trainer::Outcome;
 
 use crate::Ctx;
 
@@ -32,91 +30,22 @@ pub fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let say = |s: String| {
+/// [`ctrl_c_flag`] for the library runs that ask for it.
+pub fn stop_flag() -> canon_runs::Result<Arc<AtomicBool>> {
+    ctrl_c_flag().map_err(|e| canon_runs::RunError::Msg(format!("{e:#}")))
+}
+
+/// `canon: LINE` on standard error unless `--quiet`.
+pub fn say(ctx: &Ctx) -> impl Fn(String) + '_ {
+    move |s: String| {
         if !ctx.quiet {
             eprintln!("canon: {s}");
         }
-    };
-    a.check()?;
-    let (cfg, kind) = (a.config(), a.kind());
-    let mut ft = if a.resume {
-        let ft = Finetuner::load(&a.out, cfg)
-            .with_context(|| format!("--resume: cannot continue the run in {}", a.out.display()))?;
-        if ft.kind != kind {
-            bail!(
-                "--resume: {} holds a {:?} task, not {kind:?}",
-                a.out.display(),
-                ft.kind
-            );
-        }
-        ft
-    } else {
-        Finetuner::from_run(&a.pretrained, kind, cfg)
-            .with_context(|| format!("cannot load the pretrained run {}", a.pretrained.display()))?
-    };
-    let tok_path = a.pretrained.join(RUN_TOKENIZER_FILE);
-    let tok = tokenizers::Tokenizer::from_file(&tok_path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", tok_path.display()))?;
-
-    let stdlib = crate::cmd::train::python_stdlib_dir()?;
-    let data = a.task_data(&stdlib, &tok)?;
-    let (train, test, baseline) = (data.train.as_slice(), data.test.as_slice(), data.baseline);
-    say(a.task_note(&stdlib, &data));
-    say(format!(
-        "{} parameters (3 task tokens and W_y added), λ = {}, {} threads",
-        ft.params.iter().map(|p| p.var.elem_count()).sum::<usize>(),
-        a.lambda,
-        ctx.threads
-    ));
-
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let files = task_files(&a.out, FINETUNED_FILE);
-    let stop = ctrl_c_flag()?;
-    let quiet = ctx.quiet;
-    let run = TaskRun {
-        files: Some(&files),
-        stop: &stop,
-        block_size: ft.base.max_seq_len,
-    };
-    let (outcome, acc) = ft.run_on_engine(train, test, run, &mut |r| {
-        let r = FinetuneReport::of(r);
-        if !quiet && (r.step.is_multiple_of(10) || r.eval_accuracy.is_some()) {
-            eprintln!(
-                "canon: step {} loss {:.4} (clf {:.4}, lm {:.4}){}",
-                r.step,
-                r.loss,
-                r.clf_loss,
-                r.lm_loss,
-                r.eval_accuracy.map_or(String::new(), |x| format!(
-                    " held-out accuracy {:.1} %",
-                    100.0 * x
-                ))
-            );
-        }
-    })?;
-    ft.save(&a.out)
-        .with_context(|| format!("cannot save the fine-tuned model in {}", a.out.display()))?;
-    if outcome == Outcome::Interrupted {
-        println!(
-            "interrupted: checkpoint at step {} in {}; continue with the same command and --resume",
-            ft.step,
-            a.out.display()
-        );
-        return Ok(());
     }
-    let acc = match acc {
-        Some(x) => x,
-        None => ft.accuracy(test)?,
-    };
-    println!(
-        "held-out accuracy {:.1} % on {} examples (majority-class baseline {:.1} %); metrics, \
-         loss.png and fine-tuned weights in {}",
-        100.0 * acc,
-        test.len(),
-        100.0 * baseline,
-        a.out.display()
-    );
+}
+
+pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let line = canon_runs::heads_run::run_gpt1(&a, ctx.threads, &stop_flag, &say(ctx))?;
+    println!("{line}");
     Ok(())
 }

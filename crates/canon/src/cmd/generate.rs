@@ -1,12 +1,13 @@
 //! `canon generate`: text from a prompt, streamed or as one JSON object. The settings, the chat
-//! prompt and the JSON are `canon_infer::opts`.
+//! prompt and the JSON are `canon_infer::opts`; the timing line and the `--n` requests and
+//! output are `canon_runs::generate`.
 
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use canon_infer::opts::{GenerateArgs, build_prompt, generation_json, logprobs_json};
+use canon_infer::opts::{GenerateArgs, build_prompt, generation_json};
 use canon_infer::{GenerateRequest, LmGenerator};
-use serde_json::json;
+use canon_runs::generate::{many_requests, many_text, timing_line};
 
 use crate::{Ctx, model_gen};
 
@@ -55,17 +56,7 @@ pub fn run(a: GenerateArgs, ctx: &Ctx) -> anyhow::Result<()> {
     })?;
     let _ = writeln!(stdout);
     if !ctx.quiet {
-        let tps = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-        eprintln!(
-            "canon: prompt {} tokens in {:.0} ms ({:.1} tok/s), generated {} tokens in {:.0} ms ({:.1} tok/s), finish: {:?}",
-            out.prompt_tokens.len(),
-            out.prefill_ms,
-            tps(out.prompt_tokens.len(), out.prefill_ms),
-            out.tokens.len(),
-            out.decode_ms,
-            tps(out.tokens.len(), out.decode_ms),
-            out.finish_reason
-        );
+        eprintln!("canon: {}", timing_line(&out));
     }
     Ok(())
 }
@@ -78,7 +69,7 @@ fn run_many(
     sampling: canon_infer::SamplingConfig,
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
-    use canon_infer::{Engine, EngineConfig, Request};
+    use canon_infer::{Engine, EngineConfig};
     let ids = lm.tokenizer.encode(&text, true)?;
     if ids.is_empty() {
         bail!("empty prompt: it has no tokens");
@@ -97,59 +88,15 @@ fn run_many(
         },
     )?;
     let t0 = std::time::Instant::now();
-    let reqs = (0..a.n)
-        .map(|i| {
-            let mut r = Request::new(ids.clone(), a.max_tokens);
-            r.sampling = sampling.clone();
-            r.sampling.seed = sampling.seed.wrapping_add(i as u64);
-            r.stop = a.stop.clone();
-            r.ignore_eos = a.ignore_eos;
-            r.logprobs = a.logprobs;
-            r
-        })
-        .collect();
+    let reqs = many_requests(&a, &ids, &sampling);
     let outs = engine
         .generate_batch(reqs)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = t0.elapsed().as_secs_f64();
     engine.shutdown();
     let generated: usize = outs.iter().map(|c| c.tokens.len()).sum();
-    if a.json {
-        let arr: Vec<serde_json::Value> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = json!({
-                    "index": i,
-                    "seed": sampling.seed.wrapping_add(i as u64),
-                    "prompt_tokens": c.prompt_tokens,
-                    "tokens": c.tokens,
-                    "text": c.text,
-                    "finish_reason": c.finish_reason,
-                    "timings": {"ttft_ms": c.ttft_ms, "decode_ms": c.decode_ms},
-                });
-                if let Some(lps) = &c.logprobs {
-                    v["logprobs"] = logprobs_json(lps);
-                }
-                v
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(arr));
-    } else {
-        let mut stdout = std::io::stdout().lock();
-        for (i, c) in outs.iter().enumerate() {
-            let _ = writeln!(
-                stdout,
-                "--- completion {} of {} (seed {}, {} tokens, finish: {:?})",
-                i + 1,
-                a.n,
-                sampling.seed.wrapping_add(i as u64),
-                c.tokens.len(),
-                c.finish_reason
-            );
-            let _ = writeln!(stdout, "{}", c.text);
-        }
-    }
+    // A closed pipe (e.g. `| head`) is the reader's choice, not an error.
+    let _ = std::io::stdout().write_all(many_text(&a, &outs, sampling.seed).as_bytes());
     if !ctx.quiet {
         eprintln!(
             "canon: {} completions, {generated} tokens in {secs:.2} s ({:.1} tok/s aggregate)",

@@ -30,7 +30,6 @@ pub mod serve;
 pub mod tokenize;
 pub mod toolformer;
 pub mod train;
-pub mod train_bert;
 pub mod translate;
 pub mod webgpt;
 pub mod zero_shot;

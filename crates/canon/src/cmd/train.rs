@@ -8,14 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use canon_runs::train_opts::{OpenedRun, TrainArgs};
+use canon_runs::train_opts::{OpenedRun, TrainArgs, done_line, interrupted_line, step_message};
 use canon_runs::{Report, RunConfig, RunDir};
 use canon_train::{Engine, LmObjective, Objective, Outcome, StepReport, Trainer};
 
 use crate::Ctx;
-
-/// The Python standard library's folder (used by the commands that read it as data).
-pub(crate) use canon_runs::python_stdlib_dir;
 
 pub fn run(a: TrainArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.bf16 {
@@ -107,37 +104,22 @@ fn drive(
         }
         tps.push(r.tokens_per_s);
         bar.set_position(r.step);
-        bar.set_message(format!(
-            "loss {:.3}{} {:.0} tok/s",
-            r.loss,
-            last_eval.map_or(String::new(), |e| format!(" eval {e:.3}")),
-            r.tokens_per_s
-        ));
+        bar.set_message(step_message(r.loss, last_eval, r.tokens_per_s));
         last = Some(r.clone());
     })?;
     bar.finish_and_clear();
     tps.sort_by(|a, b| a.total_cmp(b));
     let median = tps.get(tps.len() / 2).copied().unwrap_or(0.0);
-    match outcome {
-        Outcome::Interrupted => say(format!(
-            "interrupted: checkpoint at step {} in {}; continue with canon train --resume {}",
+    say(match outcome {
+        Outcome::Interrupted => interrupted_line(engine.step, dir),
+        Outcome::Finished => done_line(
             engine.step,
-            dir.display(),
-            dir.display()
-        )),
-        Outcome::Finished => say(format!(
-            "done: step {}, train loss {}, eval loss {}{}, median {:.0} tokens/s; run folder {}",
-            engine.step,
-            last.as_ref()
-                .map_or("-".into(), |r| format!("{:.4}", r.loss)),
-            last_eval.map_or("-".into(), |e| format!("{e:.4}")),
-            last_metrics
-                .iter()
-                .map(|(k, v)| format!(", {k} {v:.4}"))
-                .collect::<String>(),
+            last.as_ref().map(|r| r.loss),
+            last_eval,
+            &last_metrics,
             median,
-            dir.display()
-        )),
-    }
+            dir,
+        ),
+    });
     Ok(())
 }

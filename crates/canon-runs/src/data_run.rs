@@ -1,0 +1,101 @@
+//! The runs of `canon data filter` and `canon data synth` (settings in `canon_scale::data::opts`)
+//! with their inputs from the machine and the model loader: the Python roots of the corpus,
+//! HumanEval's problems as the decontamination set, the sentence encoder (loaded at the first
+//! batch), the judge and the generating model.
+
+use canon_models::LoadedLm;
+use canon_scale::ScaleError;
+use canon_scale::data::corpus::Origin;
+use canon_scale::data::judge::{Judge, LmJudge};
+use canon_scale::data::opts::{FilterArgs, SynthArgs};
+use canon_scale::data::pipeline::{self, Benchmark, FilterEvent};
+use canon_scale::data::synth::SynthOpts;
+
+use crate::{Loader, Result, python_stdlib_dir};
+
+/// HumanEval's problems as (task id, prompt + canonical solution): the decontamination set.
+pub fn humaneval_pairs(
+    progress: &dyn canon_assets::FetchProgress,
+) -> canon_eval::Result<Vec<(String, String)>> {
+    let problems = canon_eval::humaneval::load_default(progress)?;
+    let text = |p: &canon_eval::humaneval::Problem| format!("{}{}", p.prompt, p.canonical_solution);
+    Ok(problems
+        .iter()
+        .map(|p| (p.task_id.clone(), text(p)))
+        .collect())
+}
+
+/// Runs the filter pipeline (its report as JSON); `on` sees its notes and progress.
+// The pipeline's callbacks return canon_scale's error, whose training and model variants are
+// large; they run once per batch, so the size does not matter here.
+#[allow(clippy::result_large_err)]
+pub fn filter(
+    a: &FilterArgs,
+    loader: &Loader,
+    on: &mut dyn FnMut(FilterEvent),
+) -> Result<serde_json::Value> {
+    let o = a.opts()?;
+    let roots = [
+        (python_stdlib_dir()?, Origin::Stdlib),
+        (
+            pipeline::site_packages_dir(&a.site_packages)?,
+            Origin::SitePackages,
+        ),
+    ];
+    let mut humaneval = || -> canon_scale::Result<Vec<(String, String)>> {
+        humaneval_pairs(loader.progress()).map_err(|e| {
+            ScaleError::Msg(format!(
+                "cannot load HumanEval for decontamination (use --no-decontaminate to skip): {e}"
+            ))
+        })
+    };
+    let benchmark: Option<Benchmark<'_>> = if a.no_decontaminate {
+        None
+    } else {
+        Some(&mut humaneval)
+    };
+    let mut enc = None;
+    let mut embed = |texts: &[String]| -> canon_scale::Result<Vec<Vec<f32>>> {
+        if enc.is_none() {
+            let e = loader
+                .encoder(&a.embed_model)
+                .map_err(|e| ScaleError::Msg(crate::chain(&e)))?;
+            enc = Some(e);
+        }
+        let Some(e) = &enc else { return Ok(Vec::new()) };
+        (e.embedder.embed(texts, 16)).map_err(|e| ScaleError::Msg(e.to_string()))
+    };
+    let mut judge = match &a.judge {
+        Some(m) => Some(LmJudge::new(loader.lm(m)?, a.judge_chars)?),
+        None => None,
+    };
+    let judge_dyn = judge.as_mut().map(|j| j as &mut dyn Judge);
+    Ok(pipeline::run_filter(
+        &o, &roots, benchmark, &mut embed, judge_dyn, on,
+    )?)
+}
+
+/// What `canon_scale::data::synth::run` generates from.
+pub struct SynthInputs {
+    /// The checked options (--out created).
+    pub opts: SynthOpts,
+    /// The decontamination set: (task id, prompt + canonical solution).
+    pub benchmark: Vec<(String, String)>,
+    /// The generating model.
+    pub lm: LoadedLm,
+}
+
+/// The synthesis run's inputs: its options, HumanEval as the decontamination set, the model.
+pub fn synth_inputs(a: &SynthArgs, loader: &Loader) -> Result<SynthInputs> {
+    let o = a.opts()?;
+    let benchmark = humaneval_pairs(loader.progress()).map_err(|e| crate::RunError::Context {
+        msg: "cannot load HumanEval for decontamination".into(),
+        source: Box::new(e),
+    })?;
+    let lm = loader.lm(&a.model)?;
+    Ok(SynthInputs {
+        opts: o,
+        benchmark,
+        lm,
+    })
+}
