@@ -303,12 +303,8 @@ pub fn pad(seqs: &[Vec<u32>]) -> Result<(Tensor, usize)> {
             seqs.iter().map(Vec::len).collect::<Vec<_>>()
         )));
     }
-    let mut flat = Vec::with_capacity(seqs.len() * t);
-    for s in seqs {
-        flat.extend_from_slice(s);
-        flat.extend(std::iter::repeat_n(PAD, t - s.len()));
-    }
-    Ok((Tensor::from_vec(flat, (seqs.len(), t), &Device::Cpu)?, t))
+    let p = canon_nn::ops::pad_batch(seqs, PAD, 0);
+    Ok((p.ids_tensor(&Device::Cpu)?, t))
 }
 
 /// `log p(ids[p+1] | ids[..=p])` for every position: logits `[b, t, v]`, ids `[b, t]` → `[b, t−1]`.

@@ -257,12 +257,9 @@ impl LogReg {
     }
 
     pub fn accuracy(&self, xs: &[Vec<f32>], labels: &[u8]) -> f64 {
-        let right = xs
-            .iter()
-            .zip(labels)
-            .filter(|(x, y)| (self.p(x) > 0.5) == (**y == 1))
-            .count();
-        right as f64 / xs.len().max(1) as f64
+        let predicted: Vec<bool> = xs.iter().map(|x| self.p(x) > 0.5).collect();
+        let gold: Vec<bool> = labels.iter().take(xs.len()).map(|&y| y == 1).collect();
+        canon_nn::ops::accuracy(&predicted, &gold)
     }
 }
 

@@ -232,13 +232,9 @@ impl FtStudent {
     }
 
     pub fn accuracy(&self, rows: &[Vec<u32>], labels: &[u8]) -> Result<f64> {
-        let p = self.probs(rows)?;
-        let right = p
-            .iter()
-            .zip(labels)
-            .filter(|(p, y)| (**p > 0.5) == (**y == 1))
-            .count();
-        Ok(right as f64 / rows.len().max(1) as f64)
+        let predicted: Vec<bool> = self.probs(rows)?.iter().map(|&p| p > 0.5).collect();
+        let gold: Vec<bool> = labels.iter().take(rows.len()).map(|&y| y == 1).collect();
+        Ok(canon_nn::ops::accuracy(&predicted, &gold))
     }
 
     /// Fine-tunes on `targets` (probability of class 1 per row) with `loss`; returns the mean

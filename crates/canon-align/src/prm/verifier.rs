@@ -48,7 +48,7 @@ pub struct VerifierObjective<'a> {
 }
 
 pub(super) fn accuracy(v: &Lm, data: &[Labeled]) -> Result<(f64, f64)> {
-    let (mut right, mut n, mut loss, mut nb) = (0usize, 0usize, 0.0, 0usize);
+    let (mut predicted, mut gold, mut loss, mut nb) = (Vec::new(), Vec::new(), 0.0, 0usize);
     for chunk in data.chunks(128) {
         let refs: Vec<&Labeled> = chunk.iter().collect();
         let z = verifier_logits(v, &refs)?.detach();
@@ -59,14 +59,13 @@ pub(super) fn accuracy(v: &Lm, data: &[Labeled]) -> Result<(f64, f64)> {
         loss += bce(&z, &y)?.to_scalar::<f32>()? as f64;
         nb += 1;
         let zv: Vec<f32> = z.to_vec1()?;
-        right += zv
-            .iter()
-            .zip(&y)
-            .filter(|(z, y)| (**z > 0.0) == (**y > 0.5))
-            .count();
-        n += y.len();
+        predicted.extend(zv.iter().map(|&z| z > 0.0));
+        gold.extend(y.iter().map(|&y| y > 0.5));
     }
-    Ok((right as f64 / n.max(1) as f64, loss / nb.max(1) as f64))
+    Ok((
+        canon_nn::ops::accuracy(&predicted, &gold),
+        loss / nb.max(1) as f64,
+    ))
 }
 
 impl Objective for VerifierObjective<'_> {

@@ -183,12 +183,9 @@ impl Logistic {
 
 /// Accuracy of probabilities against labels at threshold 0.5.
 pub fn accuracy(probs: &[f64], ys: &[u8]) -> f64 {
-    let ok = probs
-        .iter()
-        .zip(ys)
-        .filter(|(p, y)| (**p >= 0.5) == (**y == 1))
-        .count();
-    ok as f64 / probs.len().max(1) as f64
+    let predicted: Vec<bool> = probs.iter().map(|&p| p >= 0.5).collect();
+    let gold: Vec<bool> = ys.iter().take(probs.len()).map(|&y| y == 1).collect();
+    canon_nn::ops::accuracy(&predicted, &gold)
 }
 
 /// ROC-AUC: the probability that a random positive scores above a random negative (ties ½).
