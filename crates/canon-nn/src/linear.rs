@@ -591,10 +591,21 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, k) = l1.shape().dims2()?;
+        // `x: [..., k]` is read as `[n, k]` rows; the output keeps the leading dimensions.
+        let dims = l1.dims();
+        let Some(&k) = dims.last() else {
+            candle_core::bail!(
+                "linear: expected an input with at least one dimension, found a scalar"
+            );
+        };
+        let n = dims[..dims.len() - 1].iter().product::<usize>();
         let (out, in_f) = l2.shape().dims2()?;
         if k != in_f {
             candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
+        }
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out;
         }
         let x = crate::train_ops::slice(s1, l1, self.name())?;
         let w = crate::train_ops::slice(s2, l2, self.name())?;
@@ -611,7 +622,7 @@ impl candle_core::CustomOp2 for TrainMatmulT {
             1.0,
             par,
         );
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -621,7 +632,8 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = x.dims2()?;
+        let k = x.dim(candle_core::D::Minus1)?;
+        let n = x.elem_count() / k.max(1);
         let (out, _) = w.dims2()?;
         let g = g.contiguous()?;
         let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
@@ -640,7 +652,7 @@ impl candle_core::CustomOp2 for TrainMatmulT {
                 1.0,
                 par,
             );
-            Some(Tensor::from_vec(dx, (n, k), x.device())?)
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
         } else {
             None
         };
@@ -773,6 +785,23 @@ impl Linear {
         let in_f = *dims
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+        // A trainable dense weight without an adapter reads `[..., in]` as it is: the reshapes to
+        // and from `[n, in]` would be two more graph nodes, each with a gradient to allocate and
+        // add in candle's backprop.
+        if let (Weight::Dense(w), None) = (&self.weight, &self.lora)
+            && w.track_op()
+            && w.dtype() == DType::F32
+            && x.dtype() == DType::F32
+            && w.device().is_cpu()
+            && x.device().is_cpu()
+            && dims.len() > 1
+        {
+            let y = x.contiguous()?.apply_op2(&w.contiguous()?, TrainMatmulT)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let n = x.elem_count() / in_f.max(1);
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;
@@ -1038,6 +1067,20 @@ mod tests {
             2e-2,
         )
         .unwrap();
+        // With a trainable bias, on a 3-D input read in place (no reshape nodes).
+        let b = Var::from_tensor(&randn(&[7], 4)).unwrap();
+        let lb = Linear::new(
+            Weight::Dense(w.as_tensor().clone()),
+            Some(b.as_tensor().clone()),
+        );
+        let yb = lb.forward(x.as_tensor()).unwrap();
+        let rb = r.broadcast_add(b.as_tensor()).unwrap();
+        assert_close(&yb, &rb, Tol::F32);
+        let g1 = (&yb * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&rb * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [w.as_tensor(), x.as_tensor(), b.as_tensor()] {
+            assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+        }
     }
 
     #[test]
