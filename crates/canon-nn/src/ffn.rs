@@ -17,6 +17,12 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        // Training: the first product and GELU as one op (one node in candle's backprop).
+        if let Activation::Gelu | Activation::GeluTanh = self.act
+            && let Some(h) = self.fc1.forward_gelu(x, self.act == Activation::GeluTanh)?
+        {
+            return self.fc2.forward(&h);
+        }
         self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
     }
 }

@@ -591,37 +591,7 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        // `x: [..., k]` is read as `[n, k]` rows; the output keeps the leading dimensions.
-        let dims = l1.dims();
-        let Some(&k) = dims.last() else {
-            candle_core::bail!(
-                "linear: expected an input with at least one dimension, found a scalar"
-            );
-        };
-        let n = dims[..dims.len() - 1].iter().product::<usize>();
-        let (out, in_f) = l2.shape().dims2()?;
-        if k != in_f {
-            candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
-        }
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = out;
-        }
-        let x = crate::train_ops::slice(s1, l1, self.name())?;
-        let w = crate::train_ops::slice(s2, l2, self.name())?;
-        let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
-        let mut y = vec![0f32; n * out];
-        let par = crate::train_ops::par();
-        crate::train_ops::mm(
-            (n, out, k),
-            &mut y,
-            out,
-            false,
-            (x, k, 1),
-            (w, 1, k),
-            1.0,
-            par,
-        );
+        let (y, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
@@ -632,43 +602,164 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let k = x.dim(candle_core::D::Minus1)?;
-        let n = x.elem_count() / k.max(1);
-        let (out, _) = w.dims2()?;
         let g = g.contiguous()?;
         let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
-        let what = self.name();
-        let (xd, wd, gd) = (f32_data(x, what)?, f32_data(w, what)?, f32_data(&g, what)?);
-        let par = crate::train_ops::par();
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * k];
-            crate::train_ops::mm(
-                (n, k, out),
-                &mut dx,
-                k,
-                false,
-                (&gd, out, 1),
-                (&wd, k, 1),
-                1.0,
-                par,
-            );
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
+        let gd = f32_data(&g, self.name())?;
+        train_mm_bwd(x, w, &gd, self.name())
+    }
+}
+
+/// `x Wᵀ` for `x: [..., k]` read as `[n, k]` rows and `W: [out, k]`, with the output's dimensions
+/// (the input's, the last one `out`).
+fn train_mm_fwd(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    what: &str,
+) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    let dims = l1.dims();
+    let Some(&k) = dims.last() else {
+        candle_core::bail!("linear: expected an input with at least one dimension, found a scalar");
+    };
+    let n = dims[..dims.len() - 1].iter().product::<usize>();
+    let (out, in_f) = l2.shape().dims2()?;
+    if k != in_f {
+        candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
+    }
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out;
+    }
+    let x = crate::train_ops::slice(s1, l1, what)?;
+    let w = crate::train_ops::slice(s2, l2, what)?;
+    let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
+    let mut y = vec![0f32; n * out];
+    crate::train_ops::mm(
+        (n, out, k),
+        &mut y,
+        out,
+        false,
+        (x, k, 1),
+        (w, 1, k),
+        1.0,
+        crate::train_ops::par(),
+    );
+    Ok((y, out_dims))
+}
+
+/// `GELU(x Wᵀ)` for a trainable f32 `W` as one op: the activation runs on the product's output
+/// while it is in cache-sized chunks of the result, and candle's backprop sees one node instead of
+/// two (no separate gradient for the `[n, out]` pre-activation to allocate and add). The
+/// pre-activation is kept in the op for the backward, as the separate GELU op kept its input.
+struct TrainMatmulTGelu {
+    tanh: bool,
+    z: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl candle_core::CustomOp2 for TrainMatmulTGelu {
+    fn name(&self) -> &'static str {
+        "canon-train-matmul-t-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (z, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
+        let mut y = vec![0f32; z.len()];
+        let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+        y.par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk))
+            .for_each(|(yc, zc)| crate::train_ops::gelu_fwd(zc, yc, tanh));
+        if let Ok(mut slot) = self.z.lock() {
+            *slot = Some(Arc::new(z));
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let g = g.contiguous()?;
+        let gd = f32_data(&g, self.name())?;
+        let z = match self.z.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => None,
         };
-        let mut dw = vec![0f32; out * k];
+        let Some(z) = z else {
+            candle_core::bail!("linear + GELU backward: the forward's pre-activation is missing");
+        };
+        if z.len() != gd.len() {
+            candle_core::bail!(
+                "linear + GELU backward: expected a gradient of {} values, found {}",
+                z.len(),
+                gd.len()
+            );
+        }
+        let mut dz = vec![0f32; z.len()];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::Activations);
+            let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+            dz.par_chunks_mut(chunk)
+                .zip(z.par_chunks(chunk).zip(gd.par_chunks(chunk)))
+                .for_each(|(dc, (zc, gc))| crate::train_ops::gelu_bwd(zc, gc, dc, tanh));
+        }
+        drop(z);
+        let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
+        train_mm_bwd(x, w, &dz, self.name())
+    }
+}
+
+/// `(∂L/∂x, ∂L/∂W)` of `y = x Wᵀ` from `∂L/∂y` (`g: [n, out]`); no input gradient when `x` is a
+/// constant.
+fn train_mm_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    gd: &[f32],
+    what: &str,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let n = x.elem_count() / k.max(1);
+    let (out, _) = w.dims2()?;
+    let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
+    let par = crate::train_ops::par();
+    let dx = if x.track_op() {
+        let mut dx = vec![0f32; n * k];
         crate::train_ops::mm(
-            (out, k, n),
-            &mut dw,
+            (n, k, out),
+            &mut dx,
             k,
             false,
-            (&gd, 1, out),
-            (&xd, k, 1),
+            (gd, out, 1),
+            (&wd, k, 1),
             1.0,
             par,
         );
-        Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
-    }
+        Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+    } else {
+        None
+    };
+    let mut dw = vec![0f32; out * k];
+    crate::train_ops::mm(
+        (out, k, n),
+        &mut dw,
+        k,
+        false,
+        (gd, 1, out),
+        (&xd, k, 1),
+        1.0,
+        par,
+    );
+    Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
 }
 
 #[cfg(test)]
@@ -778,6 +869,31 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         self.weight.shape().first().copied().unwrap_or(0)
+    }
+
+    /// `GELU(x Wᵀ)` as one op with its own backward when it can be (training: a trainable dense
+    /// f32 weight on the CPU, no bias, no adapter; `x: [..., in]` with at least two dimensions);
+    /// `None` otherwise (take `forward` and the activation).
+    pub fn forward_gelu(&self, x: &Tensor, tanh: bool) -> crate::Result<Option<Tensor>> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(None);
+        };
+        let fits = self.lora.is_none()
+            && self.bias.is_none()
+            && w.track_op()
+            && w.dtype() == DType::F32
+            && x.dtype() == DType::F32
+            && w.device().is_cpu()
+            && x.device().is_cpu()
+            && x.rank() > 1;
+        if !fits {
+            return Ok(None);
+        }
+        let op = TrainMatmulTGelu {
+            tanh,
+            z: std::sync::Mutex::new(None),
+        };
+        Ok(Some(x.contiguous()?.apply_op2(&w.contiguous()?, op)?))
     }
 
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
@@ -1081,6 +1197,60 @@ mod tests {
         for t in [w.as_tensor(), x.as_tensor(), b.as_tensor()] {
             assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
         }
+    }
+
+    /// The product and GELU as one op equal the two ops (`forward` then the activation), forward
+    /// and backward, in both GELU forms; finite differences agree; other layers decline it.
+    #[test]
+    fn linear_gelu_equals_the_product_then_the_activation() {
+        use crate::Activation;
+        use candle_core::Var;
+        for act in [Activation::Gelu, Activation::GeluTanh] {
+            let tanh = act == Activation::GeluTanh;
+            let w = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+            let x = Var::from_tensor(&(randn(&[2, 3, 5], 2) * 2.0).unwrap()).unwrap();
+            let l = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+            let y = l.forward_gelu(x.as_tensor(), tanh).unwrap().expect("fused");
+            let r = act.forward(&l.forward(x.as_tensor()).unwrap()).unwrap();
+            assert_eq!(y.dims(), &[2, 3, 9]);
+            assert_close(&y, &r, Tol::F32);
+            let wt = randn(&[2, 3, 9], 3);
+            let g1 = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&r * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [w.as_tensor(), x.as_tensor()] {
+                assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+            }
+            crate::gradcheck::check_gradients(
+                &[w.clone(), x.clone()],
+                |t| {
+                    let l = Linear::new(Weight::Dense(t[0].clone()), None);
+                    // The perturbed evaluations run on constants (the two ops).
+                    let y = match l.forward_gelu(&t[1], tanh)? {
+                        Some(y) => y,
+                        None => act.forward(&l.forward(&t[1])?)?,
+                    };
+                    (y * &wt)?.sum_all()
+                },
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
+        }
+        // A bias, a frozen weight or a 1-D input keep the two ops.
+        let w = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+        let x = randn(&[2, 5], 2);
+        let biased = Linear::new(Weight::Dense(w.as_tensor().clone()), Some(randn(&[9], 4)));
+        assert!(biased.forward_gelu(&x, false).unwrap().is_none());
+        let frozen = Linear::new(Weight::Dense(randn(&[9, 5], 1)), None);
+        assert!(frozen.forward_gelu(&x, false).unwrap().is_none());
+        let dense = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+        assert!(
+            dense
+                .forward_gelu(&randn(&[5], 2), false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -572,7 +572,7 @@ fn gelu_fwd_impl<const F: bool>(x: &[f32], y: &mut [f32], tanh: bool) {
 
 crate::simd::simd_fn! {
     /// GELU of `x` into `y` (exact erf form, or the tanh form).
-    fn gelu_fwd => gelu_fwd_impl(x: &[f32], y: &mut [f32], tanh: bool)
+    pub(crate) fn gelu_fwd => gelu_fwd_impl(x: &[f32], y: &mut [f32], tanh: bool)
 }
 
 #[inline(always)]
@@ -595,7 +595,7 @@ fn gelu_bwd_impl<const F: bool>(x: &[f32], g: &[f32], dx: &mut [f32], tanh: bool
 
 crate::simd::simd_fn! {
     /// `dx = g · GELU'(x)`.
-    fn gelu_bwd => gelu_bwd_impl(x: &[f32], g: &[f32], dx: &mut [f32], tanh: bool)
+    pub(crate) fn gelu_bwd => gelu_bwd_impl(x: &[f32], g: &[f32], dx: &mut [f32], tanh: bool)
 }
 
 struct Gelu {
@@ -768,7 +768,7 @@ fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-const ELEMS_PER_TASK: usize = 1 << 14;
+pub(crate) const ELEMS_PER_TASK: usize = 1 << 14;
 
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
