@@ -187,7 +187,11 @@ def main():
     text, cfg = read_config(a.config)
     extra = a.canon_args.split()
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup, extra)
+    # Peak resident memory (KiB on Linux): the largest waited-for child so far is the Canon run;
+    # PyTorch trains in this process, so its peak is this process's (the interpreter included).
+    c_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
+    t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     b_tps = b_loss = None
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
@@ -199,6 +203,7 @@ def main():
     print(f"canon {' '.join(extra)} median {cm:8.0f} tokens/s  (loss {c_loss[0]:.3f} -> {c_loss[-1]:.3f})")
     print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
     print(f"ratio canon/pytorch = {cm / tm:.2f}")
+    print(f"peak RSS: canon {c_rss / 1024:.0f} MiB, pytorch process {t_rss / 1024:.0f} MiB")
     if b_tps:
         bm = statistics.median(b_tps)
         print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "

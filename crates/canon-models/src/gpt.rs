@@ -224,6 +224,20 @@ impl Gpt {
         let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.n_head, c.n_kv(), c.head_dim());
         let qkv = blk.c_attn.forward(h)?; // [b, t, (nh + 2·nkv)·hd]
+        let drop_attn = self.config.dropout > 0.0 && self.noise.is_active();
+        if kv.is_none()
+            && self.rope.is_none()
+            && !drop_attn
+            && qkv.track_op()
+            && qkv.dtype() == DType::F32
+            && qkv.device().is_cpu()
+        {
+            // Training: split, attention and merge as one op (one node in candle's backprop).
+            let scale = 1.0 / (hd as f64).sqrt();
+            let a =
+                canon_nn::train_ops::packed_causal_attention(&qkv, (nh, nkv, hd), offset, scale)?;
+            return self.dropped(blk.c_proj.forward(&a)?);
+        }
         // [b, t, heads·hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
         let split = |start: usize, heads: usize| -> Result<Tensor> {
             Ok(qkv

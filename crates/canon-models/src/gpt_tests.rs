@@ -406,3 +406,28 @@ fn forward_train_equals_the_inference_path_for_every_preset() {
         assert_close(&train.detach(), &y, Tol::new(1e-4, 1e-4));
     }
 }
+
+/// nanoGPT's block in training (pre-LN, no biases, GELU MLP) reaches candle's backprop as a few
+/// nodes per block: norm, QKV product, attention read from the packed projection, output
+/// product, residual add, norm, the MLP as one op, residual add (and the views a `[b, t, d]`
+/// tensor needs none of). Each node's inputs cost a zero-filled gradient and an add in the
+/// backward, so a regression that splits these ops again shows here.
+#[test]
+fn a_nanogpt_block_is_eight_graph_nodes_in_training() {
+    let nodes = |n_layer: usize| -> usize {
+        let c = GptConfig {
+            n_layer,
+            bias: false,
+            norm_bias: false,
+            activation: Activation::Gelu,
+            ..tiny(BlockStyle::PreLn)
+        };
+        let (m, _s) = build(&c, 5);
+        let x = ids(&[1, 5, 7, 2, 9, 11, 3, 4, 20, 0, 13, 8]);
+        let (logits, _) = m.forward_train(&x).unwrap();
+        let loss = logits.sqr().unwrap().mean_all().unwrap();
+        loss.sorted_nodes().len()
+    };
+    let per_block = nodes(3) - nodes(2);
+    assert_eq!(per_block, 8 + 6, "nodes per block (8 ops + 6 parameters)");
+}

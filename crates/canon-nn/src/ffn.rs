@@ -17,6 +17,17 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        // Training: the whole MLP as one op (one node in candle's backprop), or, when the second
+        // linear has a bias or an adapter, the first product and GELU.
+        if let Activation::Gelu | Activation::GeluTanh = self.act {
+            let tanh = self.act == Activation::GeluTanh;
+            if let Some(y) = self.fc1.forward_gelu_mlp(&self.fc2, x, tanh)? {
+                return Ok(y);
+            }
+            if let Some(h) = self.fc1.forward_gelu(x, tanh)? {
+                return self.fc2.forward(&h);
+            }
+        }
         self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
     }
 }

@@ -591,27 +591,8 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, k) = l1.shape().dims2()?;
-        let (out, in_f) = l2.shape().dims2()?;
-        if k != in_f {
-            candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
-        }
-        let x = crate::train_ops::slice(s1, l1, self.name())?;
-        let w = crate::train_ops::slice(s2, l2, self.name())?;
-        let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
-        let mut y = vec![0f32; n * out];
-        let par = crate::train_ops::par();
-        crate::train_ops::mm(
-            (n, out, k),
-            &mut y,
-            out,
-            false,
-            (x, k, 1),
-            (w, 1, k),
-            1.0,
-            par,
-        );
-        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+        let (y, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -621,42 +602,309 @@ impl candle_core::CustomOp2 for TrainMatmulT {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = x.dims2()?;
-        let (out, _) = w.dims2()?;
         let g = g.contiguous()?;
         let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
-        let what = self.name();
-        let (xd, wd, gd) = (f32_data(x, what)?, f32_data(w, what)?, f32_data(&g, what)?);
-        let par = crate::train_ops::par();
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * k];
+        let gd = f32_data(&g, self.name())?;
+        train_mm_bwd(x, w, &gd, self.name())
+    }
+}
+
+/// `x Wᵀ` for `x: [..., k]` read as `[n, k]` rows and `W: [out, k]`, with the output's dimensions
+/// (the input's, the last one `out`).
+fn train_mm_fwd(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    what: &str,
+) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    let dims = l1.dims();
+    let Some(&k) = dims.last() else {
+        candle_core::bail!("linear: expected an input with at least one dimension, found a scalar");
+    };
+    let n = dims[..dims.len() - 1].iter().product::<usize>();
+    let (out, in_f) = l2.shape().dims2()?;
+    if k != in_f {
+        candle_core::bail!("linear: input rows have {k} values, the weight {in_f} columns");
+    }
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out;
+    }
+    let x = crate::train_ops::slice(s1, l1, what)?;
+    let w = crate::train_ops::slice(s2, l2, what)?;
+    let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
+    let mut y = vec![0f32; n * out];
+    crate::train_ops::mm(
+        (n, out, k),
+        &mut y,
+        out,
+        false,
+        (x, k, 1),
+        (w, 1, k),
+        1.0,
+        crate::train_ops::par(),
+    );
+    Ok((y, out_dims))
+}
+
+/// `GELU(x Wᵀ)` for a trainable f32 `W` as one op: the activation runs on the product's output
+/// while it is in cache-sized chunks of the result, and candle's backprop sees one node instead of
+/// two (no separate gradient for the `[n, out]` pre-activation to allocate and add). The
+/// pre-activation is kept in the op for the backward, as the separate GELU op kept its input.
+struct TrainMatmulTGelu {
+    tanh: bool,
+    z: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl candle_core::CustomOp2 for TrainMatmulTGelu {
+    fn name(&self) -> &'static str {
+        "canon-train-matmul-t-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (z, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
+        let _t = crate::profile::scope(crate::profile::Phase::Activations);
+        let mut y = vec![0f32; z.len()];
+        let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+        y.par_chunks_mut(chunk)
+            .zip(z.par_chunks(chunk))
+            .for_each(|(yc, zc)| crate::train_ops::gelu_fwd(zc, yc, tanh));
+        if let Ok(mut slot) = self.z.lock() {
+            *slot = Some(Arc::new(z));
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let g = g.contiguous()?;
+        let gd = f32_data(&g, self.name())?;
+        let z = match self.z.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => None,
+        };
+        let Some(z) = z else {
+            candle_core::bail!("linear + GELU backward: the forward's pre-activation is missing");
+        };
+        if z.len() != gd.len() {
+            candle_core::bail!(
+                "linear + GELU backward: expected a gradient of {} values, found {}",
+                z.len(),
+                gd.len()
+            );
+        }
+        let mut dz = vec![0f32; z.len()];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::Activations);
+            let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+            dz.par_chunks_mut(chunk)
+                .zip(z.par_chunks(chunk).zip(gd.par_chunks(chunk)))
+                .for_each(|(dc, (zc, gc))| crate::train_ops::gelu_bwd(zc, gc, dc, tanh));
+        }
+        drop(z);
+        let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
+        train_mm_bwd(x, w, &dz, self.name())
+    }
+}
+
+/// The MLP's pre-activation and activation, `[n, d_ff]` each.
+type MlpSaved = Arc<(Vec<f32>, Vec<f32>)>;
+
+/// The GELU MLP `GELU(x W₁ᵀ) W₂ᵀ` with trainable f32 weights as one op: candle's backprop sees
+/// one node with the input and the two weights, not three with the `[n, d_ff]` activations as
+/// inputs (each such input costs a zero-filled gradient and an add). The pre-activation and the
+/// activation are kept in the op for the backward, as the separate ops kept them; the products
+/// are the ones the separate ops ran, so values and gradients are the same.
+struct TrainMlpGelu {
+    tanh: bool,
+    saved: std::sync::Mutex<Option<MlpSaved>>,
+}
+
+impl CustomOp3 for TrainMlpGelu {
+    fn name(&self) -> &'static str {
+        "canon-train-mlp-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (z, mut out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
+        let (d_out, d_ff) = l3.shape().dims2()?;
+        let hidden = out_dims.last().copied().unwrap_or(0);
+        if d_ff != hidden {
+            candle_core::bail!(
+                "MLP: the first weight gives {hidden} hidden features, the second takes {d_ff}"
+            );
+        }
+        let n = z.len() / d_ff.max(1);
+        let mut h = vec![0f32; z.len()];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::Activations);
+            let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+            h.par_chunks_mut(chunk)
+                .zip(z.par_chunks(chunk))
+                .for_each(|(hc, zc)| crate::train_ops::gelu_fwd(zc, hc, tanh));
+        }
+        let w2 = crate::train_ops::slice(s3, l3, self.name())?;
+        let mut y = vec![0f32; n * d_out];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
             crate::train_ops::mm(
-                (n, k, out),
-                &mut dx,
-                k,
+                (n, d_out, d_ff),
+                &mut y,
+                d_out,
                 false,
-                (&gd, out, 1),
-                (&wd, k, 1),
+                (&h, d_ff, 1),
+                (w2, 1, d_ff),
+                1.0,
+                crate::train_ops::par(),
+            );
+        }
+        if let Some(last) = out_dims.last_mut() {
+            *last = d_out;
+        }
+        if let Ok(mut slot) = self.saved.lock() {
+            *slot = Some(Arc::new((z, h)));
+        }
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let what = self.name();
+        let g = g.contiguous()?;
+        let gd = f32_data(&g, what)?;
+        let saved = match self.saved.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => None,
+        };
+        let Some(saved) = saved else {
+            candle_core::bail!("MLP backward: the forward's activations are missing");
+        };
+        let (z, h) = (&saved.0, &saved.1);
+        let (d_out, d_ff) = w2.dims2()?;
+        let n = z.len() / d_ff.max(1);
+        if gd.len() != n * d_out {
+            candle_core::bail!(
+                "MLP backward: expected a gradient of {} values, found {}",
+                n * d_out,
+                gd.len()
+            );
+        }
+        let w2d = f32_data(w2, what)?;
+        let par = crate::train_ops::par();
+        let mut dh = vec![0f32; n * d_ff];
+        let mut dw2 = vec![0f32; d_out * d_ff];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
+            // ∂L/∂h = g W₂, ∂L/∂W₂ = gᵀ h.
+            crate::train_ops::mm(
+                (n, d_ff, d_out),
+                &mut dh,
+                d_ff,
+                false,
+                (&gd, d_out, 1),
+                (&w2d, d_ff, 1),
                 1.0,
                 par,
             );
-            Some(Tensor::from_vec(dx, (n, k), x.device())?)
-        } else {
-            None
-        };
-        let mut dw = vec![0f32; out * k];
+            crate::train_ops::mm(
+                (d_out, d_ff, n),
+                &mut dw2,
+                d_ff,
+                false,
+                (&gd, 1, d_out),
+                (h, d_ff, 1),
+                1.0,
+                par,
+            );
+        }
+        let mut dz = vec![0f32; n * d_ff];
+        {
+            let _t = crate::profile::scope(crate::profile::Phase::Activations);
+            let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+            dz.par_chunks_mut(chunk)
+                .zip(z.par_chunks(chunk).zip(dh.par_chunks(chunk)))
+                .for_each(|(dc, (zc, gc))| crate::train_ops::gelu_bwd(zc, gc, dc, tanh));
+        }
+        drop(dh);
+        let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
+        let (dx, dw1) = train_mm_bwd(x, w1, &dz, what)?;
+        Ok((
+            dx,
+            dw1,
+            Some(Tensor::from_vec(dw2, (d_out, d_ff), w2.device())?),
+        ))
+    }
+}
+
+/// `(∂L/∂x, ∂L/∂W)` of `y = x Wᵀ` from `∂L/∂y` (`g: [n, out]`); no input gradient when `x` is a
+/// constant.
+fn train_mm_bwd(
+    x: &Tensor,
+    w: &Tensor,
+    gd: &[f32],
+    what: &str,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let n = x.elem_count() / k.max(1);
+    let (out, _) = w.dims2()?;
+    let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
+    let par = crate::train_ops::par();
+    let dx = if x.track_op() {
+        let mut dx = vec![0f32; n * k];
         crate::train_ops::mm(
-            (out, k, n),
-            &mut dw,
+            (n, k, out),
+            &mut dx,
             k,
             false,
-            (&gd, 1, out),
-            (&xd, k, 1),
+            (gd, out, 1),
+            (&wd, k, 1),
             1.0,
             par,
         );
-        Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
-    }
+        Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+    } else {
+        None
+    };
+    let mut dw = vec![0f32; out * k];
+    crate::train_ops::mm(
+        (out, k, n),
+        &mut dw,
+        k,
+        false,
+        (gd, 1, out),
+        (&xd, k, 1),
+        1.0,
+        par,
+    );
+    Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
 }
 
 #[cfg(test)]
@@ -768,11 +1016,91 @@ impl Linear {
         self.weight.shape().first().copied().unwrap_or(0)
     }
 
+    /// A trainable dense f32 weight on the CPU without bias or adapter.
+    fn plain_trainable(&self) -> Option<&Tensor> {
+        match (&self.weight, &self.lora, &self.bias) {
+            (Weight::Dense(w), None, None)
+                if w.track_op() && w.dtype() == DType::F32 && w.device().is_cpu() =>
+            {
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
+    /// The GELU MLP `GELU(x W₁ᵀ) W₂ᵀ` of `self` then `second` as one op with its own backward
+    /// when it can be (training: both weights trainable dense f32 on the CPU, no biases or
+    /// adapters; `x: [..., in]` f32 with at least two dimensions); `None` otherwise.
+    pub fn forward_gelu_mlp(
+        &self,
+        second: &Linear,
+        x: &Tensor,
+        tanh: bool,
+    ) -> crate::Result<Option<Tensor>> {
+        let (Some(w1), Some(w2)) = (self.plain_trainable(), second.plain_trainable()) else {
+            return Ok(None);
+        };
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || x.rank() < 2 {
+            return Ok(None);
+        }
+        let op = TrainMlpGelu {
+            tanh,
+            saved: std::sync::Mutex::new(None),
+        };
+        Ok(Some(x.contiguous()?.apply_op3(
+            &w1.contiguous()?,
+            &w2.contiguous()?,
+            op,
+        )?))
+    }
+
+    /// `GELU(x Wᵀ)` as one op with its own backward when it can be (training: a trainable dense
+    /// f32 weight on the CPU, no bias, no adapter; `x: [..., in]` with at least two dimensions);
+    /// `None` otherwise (take `forward` and the activation).
+    pub fn forward_gelu(&self, x: &Tensor, tanh: bool) -> crate::Result<Option<Tensor>> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(None);
+        };
+        let fits = self.lora.is_none()
+            && self.bias.is_none()
+            && w.track_op()
+            && w.dtype() == DType::F32
+            && x.dtype() == DType::F32
+            && w.device().is_cpu()
+            && x.device().is_cpu()
+            && x.rank() > 1;
+        if !fits {
+            return Ok(None);
+        }
+        let op = TrainMatmulTGelu {
+            tanh,
+            z: std::sync::Mutex::new(None),
+        };
+        Ok(Some(x.contiguous()?.apply_op2(&w.contiguous()?, op)?))
+    }
+
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_f = *dims
             .last()
             .ok_or_else(|| candle_core::Error::Msg("linear: scalar input".into()))?;
+        // A trainable dense weight without an adapter reads `[..., in]` as it is: the reshapes to
+        // and from `[n, in]` would be two more graph nodes, each with a gradient to allocate and
+        // add in candle's backprop.
+        if let (Weight::Dense(w), None) = (&self.weight, &self.lora)
+            && w.track_op()
+            && w.dtype() == DType::F32
+            && x.dtype() == DType::F32
+            && w.device().is_cpu()
+            && x.device().is_cpu()
+            && dims.len() > 1
+        {
+            let y = x.contiguous()?.apply_op2(&w.contiguous()?, TrainMatmulT)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let n = x.elem_count() / in_f.max(1);
         // [..., in] -> [n, in]
         let x2 = x.reshape((n, in_f))?;
@@ -1038,6 +1366,133 @@ mod tests {
             2e-2,
         )
         .unwrap();
+        // With a trainable bias, on a 3-D input read in place (no reshape nodes).
+        let b = Var::from_tensor(&randn(&[7], 4)).unwrap();
+        let lb = Linear::new(
+            Weight::Dense(w.as_tensor().clone()),
+            Some(b.as_tensor().clone()),
+        );
+        let yb = lb.forward(x.as_tensor()).unwrap();
+        let rb = r.broadcast_add(b.as_tensor()).unwrap();
+        assert_close(&yb, &rb, Tol::F32);
+        let g1 = (&yb * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&rb * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [w.as_tensor(), x.as_tensor(), b.as_tensor()] {
+            assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+        }
+    }
+
+    /// The product and GELU as one op equal the two ops (`forward` then the activation), forward
+    /// and backward, in both GELU forms; finite differences agree; other layers decline it.
+    #[test]
+    fn linear_gelu_equals_the_product_then_the_activation() {
+        use crate::Activation;
+        use candle_core::Var;
+        for act in [Activation::Gelu, Activation::GeluTanh] {
+            let tanh = act == Activation::GeluTanh;
+            let w = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+            let x = Var::from_tensor(&(randn(&[2, 3, 5], 2) * 2.0).unwrap()).unwrap();
+            let l = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+            let y = l.forward_gelu(x.as_tensor(), tanh).unwrap().expect("fused");
+            let r = act.forward(&l.forward(x.as_tensor()).unwrap()).unwrap();
+            assert_eq!(y.dims(), &[2, 3, 9]);
+            assert_close(&y, &r, Tol::F32);
+            let wt = randn(&[2, 3, 9], 3);
+            let g1 = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&r * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [w.as_tensor(), x.as_tensor()] {
+                assert_close(g1.get(t).unwrap(), g2.get(t).unwrap(), Tol::F32);
+            }
+            crate::gradcheck::check_gradients(
+                &[w.clone(), x.clone()],
+                |t| {
+                    let l = Linear::new(Weight::Dense(t[0].clone()), None);
+                    // The perturbed evaluations run on constants (the two ops).
+                    let y = match l.forward_gelu(&t[1], tanh)? {
+                        Some(y) => y,
+                        None => act.forward(&l.forward(&t[1])?)?,
+                    };
+                    (y * &wt)?.sum_all()
+                },
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
+        }
+        // A bias, a frozen weight or a 1-D input keep the two ops.
+        let w = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+        let x = randn(&[2, 5], 2);
+        let biased = Linear::new(Weight::Dense(w.as_tensor().clone()), Some(randn(&[9], 4)));
+        assert!(biased.forward_gelu(&x, false).unwrap().is_none());
+        let frozen = Linear::new(Weight::Dense(randn(&[9, 5], 1)), None);
+        assert!(frozen.forward_gelu(&x, false).unwrap().is_none());
+        let dense = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+        assert!(
+            dense
+                .forward_gelu(&randn(&[5], 2), false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// The GELU MLP as one op equals the three ops (product, activation, product), forward and
+    /// backward, bit for bit, in both GELU forms; finite differences agree; a bias keeps the
+    /// separate ops.
+    #[test]
+    fn gelu_mlp_equals_the_separate_ops() {
+        use crate::Activation;
+        use candle_core::Var;
+        for act in [Activation::Gelu, Activation::GeluTanh] {
+            let tanh = act == Activation::GeluTanh;
+            let w1 = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+            let w2 = Var::from_tensor(&randn(&[4, 9], 5)).unwrap();
+            let x = Var::from_tensor(&(randn(&[2, 3, 5], 2) * 2.0).unwrap()).unwrap();
+            let l1 = Linear::new(Weight::Dense(w1.as_tensor().clone()), None);
+            let l2 = Linear::new(Weight::Dense(w2.as_tensor().clone()), None);
+            let y = l1
+                .forward_gelu_mlp(&l2, x.as_tensor(), tanh)
+                .unwrap()
+                .expect("fused");
+            let h = l1
+                .forward_gelu(x.as_tensor(), tanh)
+                .unwrap()
+                .expect("fused");
+            let r = l2.forward(&h).unwrap();
+            assert_eq!(y.dims(), &[2, 3, 4]);
+            let bits = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+            assert_eq!(bits(&y), bits(&r));
+            let composed = l2.forward(&act.forward(&l1.forward(x.as_tensor()).unwrap()).unwrap());
+            assert_close(&y, &composed.unwrap(), Tol::F32);
+            let wt = randn(&[2, 3, 4], 3);
+            let g1 = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&r * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [w1.as_tensor(), w2.as_tensor(), x.as_tensor()] {
+                assert_eq!(bits(g1.get(t).unwrap()), bits(g2.get(t).unwrap()));
+            }
+            crate::gradcheck::check_gradients(
+                &[w1.clone(), w2.clone(), x.clone()],
+                |t| {
+                    let l1 = Linear::new(Weight::Dense(t[0].clone()), None);
+                    let l2 = Linear::new(Weight::Dense(t[1].clone()), None);
+                    // The perturbed evaluations run on constants (the separate ops).
+                    let y = match l1.forward_gelu_mlp(&l2, &t[2], tanh)? {
+                        Some(y) => y,
+                        None => l2.forward(&act.forward(&l1.forward(&t[2])?)?)?,
+                    };
+                    (y * &wt)?.sum_all()
+                },
+                1e-2,
+                2e-3,
+                2e-2,
+            )
+            .unwrap();
+        }
+        let w1 = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+        let l1 = Linear::new(Weight::Dense(w1.as_tensor().clone()), None);
+        let biased = Linear::new(Weight::Dense(randn(&[4, 9], 5)), Some(randn(&[4], 6)));
+        let x = randn(&[2, 5], 2);
+        assert!(l1.forward_gelu_mlp(&biased, &x, false).unwrap().is_none());
     }
 
     #[test]

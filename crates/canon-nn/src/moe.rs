@@ -34,10 +34,7 @@ pub enum DenseFfn {
 impl DenseFfn {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
         match self {
-            DenseFfn::Mlp(m) => {
-                let h = m.act.forward(&m.fc1.forward(x)?)?;
-                m.fc2.forward(&h)
-            }
+            DenseFfn::Mlp(m) => m.forward(x),
             DenseFfn::SwiGlu(s) => s.forward(x),
         }
     }
