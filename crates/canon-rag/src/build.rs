@@ -190,6 +190,9 @@ pub struct DryRun {
     /// Distinct chunk texts (what a build embeds) and their tokens.
     pub unique_chunks: usize,
     pub unique_tokens: usize,
+    /// Distinct chunk bodies (section and text, without the page name): what sharing vectors
+    /// between pages' identical passages would embed.
+    pub unique_bodies: usize,
 }
 
 /// What a build would index: files read (with skip counts), chunks and their tokens, and the
@@ -205,6 +208,7 @@ pub fn dry_run(
     let (mut chunks, mut tokens) = (0usize, 0usize);
     let (mut unique_chunks, mut unique_tokens) = (0usize, 0usize);
     let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut bodies: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let count = |s: &str| {
         enc.embedder
             .token_ids(s)
@@ -222,6 +226,9 @@ pub fn dry_run(
                     let n = count(&t);
                     chunks += 1;
                     tokens += n;
+                    bodies.insert(crate::graph::fnv64(
+                        format!("{}\n{}", c.section, c.text).as_bytes(),
+                    ));
                     if seen.insert(crate::graph::fnv64(t.as_bytes())) {
                         unique_chunks += 1;
                         unique_tokens += n;
@@ -237,6 +244,7 @@ pub fn dry_run(
         tokens,
         unique_chunks,
         unique_tokens,
+        unique_bodies: bodies.len(),
     }
 }
 

@@ -75,7 +75,7 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"dry_run": true, "files": files.len(), "stats": d.stats, "chunks": d.chunks, "tokens": d.tokens,
-                "unique_chunks": d.unique_chunks, "unique_tokens": d.unique_tokens,
+                "unique_chunks": d.unique_chunks, "unique_tokens": d.unique_tokens, "unique_bodies": d.unique_bodies,
                 "read_chunk_s": t0.elapsed().as_secs_f64(), "threads": ctx.threads})
         );
         return Ok(());
