@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use canon_models::LoadedEncoder;
+use serde::Serialize;
 
 use crate::answer::{AnswerError, Result};
 use crate::chunk::{Chunk, ChunkConfig, chunk_document};
-use crate::index::{FORMAT, FileEntry, Index, Meta, VERSION, file_stamp, write_index_with};
+use crate::index::{FORMAT, FileEntry, Index, Meta, VERSION, file_stamp, write_index_staged};
 use crate::reader::{self, ReadStats};
 
 /// Files read, chunked and embedded, ready to write as an index.
@@ -20,6 +21,8 @@ pub struct Built {
     pub stats: ReadStats,
     /// Chunks embedded now (the rest were reused).
     pub embedded: usize,
+    /// Distinct texts among them: the model's forward passes (identical texts share one).
+    pub unique_embedded: usize,
     pub read_s: f64,
     pub embed_s: f64,
 }
@@ -113,15 +116,21 @@ pub fn build_files(
     }
     let t1 = Instant::now();
     progress(Stage::Embed, 0, todo.len());
+    // Identical chunk texts (boilerplate shared by many pages) are embedded once; the unique
+    // texts go to the model longest first over the whole build, so each batch pads to a length
+    // close to its rows' own.
+    let plan = embed_plan(&todo, &chunks);
     let mut done = 0;
-    for group in todo.chunks(batch_size.max(1) * 8) {
-        let texts: Vec<String> = group.iter().map(|&i| chunks[i].indexed_text()).collect();
+    for group in plan.unique.chunks(batch_size.max(1) * 8) {
+        let texts: Vec<String> = group.iter().map(|u| chunks[u.0].indexed_text()).collect();
         let vs = enc.embedder.embed(&texts, batch_size)?;
-        for (&i, mut v) in group.iter().zip(vs) {
+        for (u, mut v) in group.iter().zip(vs) {
             crate::dense::normalize(&mut v);
-            vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+            for &i in &plan.copies[u.1] {
+                vectors[i * dim..(i + 1) * dim].copy_from_slice(&v);
+            }
+            done += plan.copies[u.1].len();
         }
-        done += group.len();
         progress(Stage::Embed, done, todo.len());
     }
     progress(Stage::Embed, todo.len(), todo.len());
@@ -132,22 +141,74 @@ pub fn build_files(
         vectors,
         stats,
         embedded: todo.len(),
+        unique_embedded: plan.unique.len(),
         read_s,
         embed_s,
     })
 }
 
-/// What a build would index: files read (with skip counts), chunks and their tokens, without
-/// embedding anything. `progress(done, total)` follows the files.
+/// The embedding work of a build: each distinct text once (`unique`: a representative chunk id
+/// and its slot in `copies`), longest first by token count, and the chunk ids sharing each text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedPlan {
+    pub unique: Vec<(usize, usize)>,
+    pub copies: Vec<Vec<usize>>,
+}
+
+/// Groups the chunks `todo` by identical indexed text (the text the model embeds) and orders the
+/// groups longest first in bytes (a proxy for tokens; ties by first chunk id), for
+/// [`build_files`].
+pub fn embed_plan(todo: &[usize], chunks: &[Chunk]) -> EmbedPlan {
+    let mut slot: HashMap<String, usize> = HashMap::new();
+    let mut copies: Vec<Vec<usize>> = Vec::new();
+    let mut firsts: Vec<(usize, usize, usize)> = Vec::new();
+    for &i in todo {
+        let t = chunks[i].indexed_text();
+        match slot.get(&t) {
+            Some(&s) => copies[s].push(i),
+            None => {
+                let n = t.len();
+                slot.insert(t, copies.len());
+                firsts.push((n, i, copies.len()));
+                copies.push(vec![i]);
+            }
+        }
+    }
+    firsts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    EmbedPlan {
+        unique: firsts.into_iter().map(|(_, i, s)| (i, s)).collect(),
+        copies,
+    }
+}
+
+/// What a build would index, without embedding anything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRun {
+    pub stats: ReadStats,
+    pub chunks: usize,
+    pub tokens: usize,
+    /// Distinct chunk texts (what a build embeds) and their tokens.
+    pub unique_chunks: usize,
+    pub unique_tokens: usize,
+    /// Distinct chunk bodies (section and text, without the page name): what sharing vectors
+    /// between pages' identical passages would embed.
+    pub unique_bodies: usize,
+}
+
+/// What a build would index: files read (with skip counts), chunks and their tokens, and the
+/// distinct texts among them. `progress(done, total)` follows the files.
 pub fn dry_run(
     files: &[(PathBuf, reader::Kind)],
     render_man: bool,
     cfg: ChunkConfig,
     enc: &LoadedEncoder,
     progress: &mut dyn FnMut(usize, usize),
-) -> (ReadStats, usize, usize) {
+) -> DryRun {
     let mut stats = ReadStats::default();
     let (mut chunks, mut tokens) = (0usize, 0usize);
+    let (mut unique_chunks, mut unique_tokens) = (0usize, 0usize);
+    let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut bodies: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let count = |s: &str| {
         enc.embedder
             .token_ids(s)
@@ -161,14 +222,30 @@ pub fn dry_run(
             Ok(doc) => {
                 stats.read += 1;
                 for c in chunk_document(&doc, cfg, &count) {
+                    let t = c.indexed_text();
+                    let n = count(&t);
                     chunks += 1;
-                    tokens += count(&c.indexed_text());
+                    tokens += n;
+                    bodies.insert(crate::graph::fnv64(
+                        format!("{}\n{}", c.section, c.text).as_bytes(),
+                    ));
+                    if seen.insert(crate::graph::fnv64(t.as_bytes())) {
+                        unique_chunks += 1;
+                        unique_tokens += n;
+                    }
                 }
             }
             Err(s) => stats.count(s),
         }
     }
-    (stats, chunks, tokens)
+    DryRun {
+        stats,
+        chunks,
+        tokens,
+        unique_chunks,
+        unique_tokens,
+        unique_bodies: bodies.len(),
+    }
 }
 
 /// Writes `built` as the index `out` (with an HNSW graph from `hnsw_min` chunks on); returns its
@@ -180,6 +257,23 @@ pub fn write_built(
     roots: Vec<String>,
     built: Built,
     hnsw_min: usize,
+) -> Result<(Meta, bool)> {
+    write_built_with(out, model, man, roots, built, hnsw_min, &mut |_, _| Ok(()))
+}
+
+/// Writes more files into an index's staged folder before it replaces the old one:
+/// `extra(folder, chunks)`.
+pub type Extra<'a> = dyn FnMut(&std::path::Path, &[Chunk]) -> Result<()> + 'a;
+
+/// [`write_built`] with [`Extra`] files.
+pub fn write_built_with(
+    out: &std::path::Path,
+    model: &str,
+    man: bool,
+    roots: Vec<String>,
+    built: Built,
+    hnsw_min: usize,
+    extra: &mut Extra<'_>,
 ) -> Result<(Meta, bool)> {
     if built.chunks.is_empty() {
         return Err(AnswerError::Invalid(format!(
@@ -200,7 +294,19 @@ pub fn write_built(
         stats: built.stats,
     };
     let hnsw = built.chunks.len() >= hnsw_min;
-    write_index_with(out, &meta, &built.chunks, &built.vectors, hnsw)?;
+    let chunks = &built.chunks;
+    let mut err: Option<AnswerError> = None;
+    let res = write_index_staged(out, &meta, chunks, &built.vectors, hnsw, &mut |dir| {
+        extra(dir, chunks).map_err(|e| {
+            let m = e.to_string();
+            err = Some(e);
+            crate::RagError::Invalid(m)
+        })
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    res?;
     Ok((meta, hnsw))
 }
 
@@ -271,6 +377,8 @@ pub struct Written {
     pub skipped: usize,
     pub chunks: usize,
     pub embedded: usize,
+    /// Distinct texts embedded (the model's rows).
+    pub unique_embedded: usize,
     pub read_s: f64,
     pub embed_s: f64,
 }
@@ -300,6 +408,30 @@ pub fn build_and_write(
     expect_dim: Option<usize>,
     progress: &mut dyn FnMut(Stage, usize, usize),
 ) -> Result<Written> {
+    build_and_write_with(
+        out,
+        files,
+        spec,
+        enc,
+        reuse,
+        expect_dim,
+        progress,
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// [`build_and_write`] with [`Extra`] files written into the staged index.
+#[allow(clippy::too_many_arguments)]
+pub fn build_and_write_with(
+    out: &std::path::Path,
+    files: &[(PathBuf, reader::Kind)],
+    spec: BuildSpec<'_>,
+    enc: &LoadedEncoder,
+    reuse: &Reuse,
+    expect_dim: Option<usize>,
+    progress: &mut dyn FnMut(Stage, usize, usize),
+    extra: &mut Extra<'_>,
+) -> Result<Written> {
     if let Some(dim) = expect_dim
         && enc.embedder.dim() != dim
     {
@@ -319,8 +451,21 @@ pub fn build_and_write(
     )?;
     let (files_read, skipped, chunks) =
         (built.stats.read, built.stats.skipped(), built.chunks.len());
-    let (embedded, read_s, embed_s) = (built.embedded, built.read_s, built.embed_s);
-    let (meta, hnsw) = write_built(out, spec.model, spec.man, spec.roots, built, spec.hnsw_min)?;
+    let (embedded, unique_embedded, read_s, embed_s) = (
+        built.embedded,
+        built.unique_embedded,
+        built.read_s,
+        built.embed_s,
+    );
+    let (meta, hnsw) = write_built_with(
+        out,
+        spec.model,
+        spec.man,
+        spec.roots,
+        built,
+        spec.hnsw_min,
+        extra,
+    )?;
     Ok(Written {
         meta,
         hnsw,
@@ -328,7 +473,40 @@ pub fn build_and_write(
         skipped,
         chunks,
         embedded,
+        unique_embedded,
         read_s,
         embed_s,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embed_plan_embeds_each_text_once_longest_first() {
+        let c = |page: &str, text: &str| Chunk {
+            path: format!("/m/{page}"),
+            page: page.into(),
+            section: "NAME".into(),
+            line_start: 1,
+            line_end: 1,
+            text: text.into(),
+        };
+        let chunks = vec![
+            c("a(1)", "short"),
+            c("b(1)", "a longer shared text"),
+            c("a(1)", "short"),
+            c("b(1)", "a longer shared text"),
+            c("b(1)", "a longer shared text"),
+            c("c(1)", "mid text"),
+        ];
+        // Chunk 0 was reused from an earlier build: not embedded.
+        let p = embed_plan(&[1, 2, 3, 4, 5], &chunks);
+        let firsts: Vec<usize> = p.unique.iter().map(|u| u.0).collect();
+        assert_eq!(firsts, [1, 5, 2]);
+        let copies: Vec<&Vec<usize>> = p.unique.iter().map(|u| &p.copies[u.1]).collect();
+        assert_eq!(copies, [&vec![1, 3, 4], &vec![5], &vec![2]]);
+        assert_eq!(p.copies.iter().map(Vec::len).sum::<usize>(), 5);
+    }
 }

@@ -9,7 +9,8 @@ use crate::answer::{
     rag_candidate_scores,
 };
 use crate::eval::{Outcome, Question, score};
-use crate::graph_answer::LoadedGraph;
+use crate::graph::EntityMatch;
+use crate::graph_answer::{LoadedGraph, Matching};
 use crate::index::Mode;
 use serde_json::json;
 
@@ -17,7 +18,8 @@ use serde_json::json;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Flat(Mode),
-    GraphLocal,
+    /// GraphRAG local search, entities matched by description embedding or BM25.
+    GraphLocal(EntityMatch),
     GraphGlobal,
 }
 
@@ -26,11 +28,12 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Method> {
         Ok(match s {
             "hybrid" | "dense" | "bm25" => Method::Flat(s.parse::<Mode>()?),
-            "graph-local" => Method::GraphLocal,
+            "graph-local" => Method::GraphLocal(EntityMatch::Embedding),
+            "graph-local-bm25" => Method::GraphLocal(EntityMatch::Bm25),
             "graph-global" => Method::GraphGlobal,
             o => {
                 return Err(AnswerError::Invalid(format!(
-                    "expected methods among hybrid, dense, bm25, graph-local, graph-global, found '{o}'"
+                    "expected methods among hybrid, dense, bm25, graph-local, graph-local-bm25, graph-global, found '{o}'"
                 )));
             }
         })
@@ -43,13 +46,22 @@ impl Method {
             Method::Flat(Mode::Hybrid) => "hybrid".into(),
             Method::Flat(Mode::Dense) => "dense".into(),
             Method::Flat(Mode::Bm25) => "bm25".into(),
-            Method::GraphLocal => "graph-local".into(),
+            Method::GraphLocal(EntityMatch::Embedding) => "graph-local".into(),
+            Method::GraphLocal(EntityMatch::Bm25) => "graph-local-bm25".into(),
             Method::GraphGlobal => "graph-global".into(),
         }
     }
 
     pub fn is_graph(&self) -> bool {
-        matches!(self, Method::GraphLocal | Method::GraphGlobal)
+        matches!(self, Method::GraphLocal(_) | Method::GraphGlobal)
+    }
+
+    /// Whether the method embeds the question.
+    pub fn needs_embedding(&self) -> bool {
+        matches!(
+            self,
+            Method::Flat(Mode::Dense | Mode::Hybrid) | Method::GraphLocal(EntityMatch::Embedding)
+        )
     }
 }
 
@@ -137,13 +149,15 @@ where
     for (line_no, q) in qs.iter().enumerate() {
         on_question(line_no);
         let t0 = Instant::now();
+        let mut qvec: Option<Vec<f32>> = None;
         let hits = match m {
             Method::Flat(mode) => {
-                let v = if *mode == Mode::Bm25 {
+                qvec = if *mode == Mode::Bm25 {
                     None
                 } else {
                     r.embed(&q.question)?
                 };
+                let v = &qvec;
                 ems.push(t0.elapsed().as_secs_f64() * 1e3);
                 let t1 = Instant::now();
                 let h = r.index.search(&q.question, v.as_deref(), *mode, k)?;
@@ -160,21 +174,34 @@ where
                 }
                 h
             }
-            Method::GraphLocal | Method::GraphGlobal => {
+            Method::GraphLocal(how) => {
                 let g = graph.ok_or_else(|| AnswerError::Invalid("graph not loaded".into()))?;
-                crate::graph_answer::graph_hits(
+                qvec = if *how == EntityMatch::Embedding {
+                    r.embed(&q.question)?
+                } else {
+                    None
+                };
+                ems.push(t0.elapsed().as_secs_f64() * 1e3);
+                let t1 = Instant::now();
+                let h = crate::graph_answer::graph_hits(
                     g,
                     &r.index,
                     &q.question,
-                    matches!(m, Method::GraphGlobal),
+                    Some(*how),
+                    qvec.as_deref(),
                     k,
-                )
+                )?;
+                ms.push(t1.elapsed().as_secs_f64() * 1e3);
+                h
+            }
+            Method::GraphGlobal => {
+                let g = graph.ok_or_else(|| AnswerError::Invalid("graph not loaded".into()))?;
+                let h = crate::graph_answer::graph_hits(g, &r.index, &q.question, None, None, k)?;
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                ems.push(0.0);
+                h
             }
         };
-        if !matches!(m, Method::Flat(_)) {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-            ems.push(0.0);
-        }
         let pages: Vec<String> = hits.iter().map(|h| h.chunk.page.clone()).collect();
         if let (Some(nd), Some(llm)) = (score_options, ans.as_deref()) {
             let cands = option_candidates(qs, q, nd);
@@ -194,12 +221,50 @@ where
             opt_stats.4 += (sc.sequence[0] > sc.no_retrieval[0]) as usize;
         }
         let o = match ans.as_deref_mut().filter(|_| answer) {
-            Some(llm) => {
-                let top = &hits[..hits.len().min(answer_k)];
-                let out = llm.answer(&q.question, top)?;
-                let cited: Vec<&str> = out.citations.iter().map(|p| p.text.as_str()).collect();
-                score(q, &pages, Some(&out.answer), &cited)
-            }
+            Some(llm) => match (m, graph) {
+                (Method::GraphLocal(how), Some(g)) => {
+                    let matching = Matching {
+                        how: *how,
+                        qvec: qvec.as_deref(),
+                    };
+                    let (out, _) = crate::graph_answer::local_answer(
+                        llm,
+                        &r.index,
+                        g,
+                        &q.question,
+                        matching,
+                        answer_k,
+                    )?;
+                    let cited: Vec<&str> = out.citations.iter().map(|p| p.text.as_str()).collect();
+                    score(q, &pages, Some(&out.answer), &cited)
+                }
+                (Method::GraphGlobal, Some(g)) => {
+                    // The model maps the top 2 × answer-k reports (pre-ranked by BM25) to scored
+                    // key points and reduces them; the cited "passages" are the key points.
+                    let ga = crate::graph_answer::global_answer(
+                        llm,
+                        &g.g,
+                        &r.index,
+                        &q.question,
+                        answer_k,
+                        false,
+                        &mut |_, _| {},
+                    )?;
+                    let cited: Vec<&str> = ga
+                        .citations
+                        .iter()
+                        .filter_map(|&n| ga.points.get(n.wrapping_sub(1)))
+                        .filter_map(|p| p["point"].as_str())
+                        .collect();
+                    score(q, &pages, Some(&ga.answer), &cited)
+                }
+                _ => {
+                    let top = &hits[..hits.len().min(answer_k)];
+                    let out = llm.answer(&q.question, top)?;
+                    let cited: Vec<&str> = out.citations.iter().map(|p| p.text.as_str()).collect();
+                    score(q, &pages, Some(&out.answer), &cited)
+                }
+            },
             None => score(q, &pages, None, &[]),
         };
         let line =
@@ -224,7 +289,14 @@ mod tests {
 
     #[test]
     fn methods_parse_by_name_and_name_back() {
-        for n in ["hybrid", "dense", "bm25", "graph-local", "graph-global"] {
+        for n in [
+            "hybrid",
+            "dense",
+            "bm25",
+            "graph-local",
+            "graph-local-bm25",
+            "graph-global",
+        ] {
             let m: Method = n.parse().expect("a method");
             assert_eq!(m.name(), n);
             assert_eq!(m.is_graph(), n.starts_with("graph"));

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::answer::{Answer, AnswerError, Answerer, Result};
 use crate::ask::{Passage, cited};
-use crate::graph::{self, KeyPoint, KnowledgeGraph, Llm, NO_ANSWER};
+use crate::graph::{self, EntityMatch, KeyPoint, KnowledgeGraph, Llm, NO_ANSWER};
 use crate::index::{Hit, Index};
 
 /// The local model as a chat LLM (its own chat template, greedy).
@@ -105,15 +105,96 @@ pub struct LoadedGraph {
     pub g: KnowledgeGraph,
     entities: crate::bm25::Bm25,
     reports: (Vec<usize>, crate::bm25::Bm25),
+    /// The entity vectors embed the current descriptions.
+    vectors_fresh: bool,
 }
 
 pub fn load_graph(index: &Index) -> Result<LoadedGraph> {
-    let g = KnowledgeGraph::load(&index.path, index.meta.chunks)?;
-    Ok(LoadedGraph {
+    let g = KnowledgeGraph::load(&index.path, &index.chunks)?;
+    Ok(loaded(g))
+}
+
+/// A graph with its search indexes built.
+pub fn loaded(g: KnowledgeGraph) -> LoadedGraph {
+    LoadedGraph {
         entities: graph::entity_index(&g),
         reports: graph::report_index(&g, 0),
+        vectors_fresh: g.entity_vectors().is_some(),
         g,
-    })
+    }
+}
+
+impl LoadedGraph {
+    /// Embedding matching when the graph has fresh entity vectors, else BM25.
+    pub fn default_match(&self) -> EntityMatch {
+        if self.vectors_fresh {
+            EntityMatch::Embedding
+        } else {
+            EntityMatch::Bm25
+        }
+    }
+
+    /// Local search's entry points: the command entities named in the question, then the best
+    /// `2k` matches by `how` (the question's embedding `qvec` against the entity description
+    /// embeddings, or BM25 over names and descriptions); at most `k`.
+    pub fn match_entities(
+        &self,
+        question: &str,
+        qvec: Option<&[f32]>,
+        how: EntityMatch,
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let g = &self.g;
+        match how {
+            EntityMatch::Bm25 => Ok(graph::match_entities_with(g, &self.entities, question, k)),
+            EntityMatch::Embedding => {
+                let (v, dim) = g
+                    .entity_vectors()
+                    .filter(|_| self.vectors_fresh)
+                    .ok_or_else(|| g.no_vectors_error())?;
+                let q = qvec.ok_or_else(|| {
+                    AnswerError::Invalid(
+                        "expected the question's embedding for --entity-match embedding, found none"
+                            .into(),
+                    )
+                })?;
+                let ranked = graph::match_by_embedding(v, dim, q, k * 2)?
+                    .into_iter()
+                    .map(|h| h.0)
+                    .collect();
+                Ok(graph::merge_matches(
+                    graph::named_entities(g, question),
+                    ranked,
+                    k,
+                ))
+            }
+        }
+    }
+}
+
+/// Embeds every entity's name and merged description ([`graph::entity_text`]) with `enc` (the
+/// index's model `model`), shortest batches padded least (the embedder sorts by length), and
+/// stores the vectors in the graph. `progress(done, total)` after each group.
+pub fn embed_entities(
+    g: &mut KnowledgeGraph,
+    model: &str,
+    enc: &canon_models::LoadedEncoder,
+    batch_size: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let texts: Vec<String> = g.entities.iter().map(graph::entity_text).collect();
+    let dim = enc.embedder.dim();
+    let mut vectors = Vec::with_capacity(texts.len() * dim);
+    let bs = batch_size.max(1);
+    progress(0, texts.len());
+    for group in texts.chunks(bs * 8) {
+        for v in enc.embedder.embed(group, bs)? {
+            vectors.extend_from_slice(&v);
+        }
+        progress(vectors.len() / dim.max(1), texts.len());
+    }
+    g.set_entity_vectors(model, dim, vectors)?;
+    Ok(())
 }
 
 fn hit(index: &Index, id: usize, score: f64) -> Hit {
@@ -124,41 +205,47 @@ fn hit(index: &Index, id: usize, score: f64) -> Hit {
     }
 }
 
-/// The text units a graph query rests on, best first: local search's ranked text units, or
+/// The text units a graph query rests on, best first: local search's ranked text units (entities
+/// matched by `local`'s way, `qvec` being the question's embedding), or with `local` `None`,
 /// global search's top reports' text units (extractive map).
 pub fn graph_hits(
     lg: &LoadedGraph,
     index: &Index,
     question: &str,
-    global: bool,
+    local: Option<EntityMatch>,
+    qvec: Option<&[f32]>,
     k: usize,
-) -> Vec<Hit> {
+) -> Result<Vec<Hit>> {
     let g = &lg.g;
     let mut ids: Vec<usize> = Vec::new();
-    if global {
-        let pts = graph::extractive_map_with(g, &lg.reports, question, k);
-        for p in pts.iter().filter(|p| p.score > 0) {
-            for &u in &g.reports[p.report].text_units {
-                if !ids.contains(&u) {
-                    ids.push(u);
+    match local {
+        None => {
+            let pts = graph::extractive_map_with(g, &lg.reports, question, k);
+            for p in pts.iter().filter(|p| p.score > 0) {
+                for &u in &g.reports[p.report].text_units {
+                    if !ids.contains(&u) {
+                        ids.push(u);
+                    }
+                    if ids.len() >= k {
+                        break;
+                    }
                 }
                 if ids.len() >= k {
                     break;
                 }
             }
-            if ids.len() >= k {
-                break;
-            }
         }
-    } else {
-        let m = graph::match_entities_with(g, &lg.entities, question, 10);
-        ids = graph::local_context(g, &m, k, 10).text_units;
+        Some(how) => {
+            let m = lg.match_entities(question, qvec, how, 10)?;
+            ids = graph::local_context(g, &m, k, 10).text_units;
+        }
     }
-    ids.into_iter()
+    Ok(ids
+        .into_iter()
         .enumerate()
         .filter(|(_, u)| *u < index.chunks.len())
         .map(|(r, u)| hit(index, u, 1.0 / (r as f64 + 1.0)))
-        .collect()
+        .collect())
 }
 
 /// What local search puts before the passages: the matched entities, their relationships and
@@ -170,6 +257,16 @@ pub struct LocalContext {
     pub preamble: String,
     pub hits: Vec<Hit>,
     pub entities: Vec<String>,
+    /// How the entities were matched.
+    pub entity_match: EntityMatch,
+}
+
+/// How local search matches entities: the way, and the question's embedding for
+/// [`EntityMatch::Embedding`].
+#[derive(Debug, Clone, Copy)]
+pub struct Matching<'a> {
+    pub how: EntityMatch,
+    pub qvec: Option<&'a [f32]>,
 }
 
 /// Builds GraphRAG's local-search context for `question`.
@@ -177,13 +274,14 @@ pub fn local_context(
     index: &Index,
     lg: &LoadedGraph,
     question: &str,
+    matching: Matching<'_>,
     k: usize,
     budget: usize,
     count: &dyn Fn(&str) -> usize,
-) -> LocalContext {
+) -> Result<LocalContext> {
     let half_budget = budget.saturating_sub(crate::ask::fixed_tokens(true, question, count)) / 2;
     let g = &lg.g;
-    let m = graph::match_entities_with(g, &lg.entities, question, 10);
+    let m = lg.match_entities(question, matching.qvec, matching.how, 10)?;
     let lc = graph::local_context(g, &m, k, 10);
     let mut pre = String::from("Entities and relationships:\n");
     for &e in &lc.entities {
@@ -225,11 +323,12 @@ pub fn local_context(
         .iter()
         .map(|&e| g.entities[e].name.clone())
         .collect();
-    LocalContext {
+    Ok(LocalContext {
         preamble: kept,
         hits,
         entities,
-    }
+        entity_match: matching.how,
+    })
 }
 
 /// GraphRAG's local search: the entities matched in the question, their relationships and
@@ -240,13 +339,14 @@ pub fn local_answer(
     index: &Index,
     lg: &LoadedGraph,
     question: &str,
+    matching: Matching<'_>,
     k: usize,
 ) -> Result<(Answer, Vec<String>)> {
     // The chat template's own tokens come out of the budget (as `answer_with` counts them).
     let budget = ans.budget.saturating_sub(ans.count(&ans.render("")?));
     let lc = {
         let count = |s: &str| ans.count(s);
-        local_context(index, lg, question, k, budget, &count)
+        local_context(index, lg, question, matching, k, budget, &count)?
     };
     let out = ans.answer_with(&lc.preamble, question, &lc.hits)?;
     Ok((out, lc.entities))

@@ -96,6 +96,19 @@ pub fn write_index_with(
     vectors: &[f32],
     hnsw: bool,
 ) -> Result<()> {
+    write_index_staged(out, meta, chunks, vectors, hnsw, &mut |_| Ok(()))
+}
+
+/// [`write_index_with`], `extra(folder)` writing more files into the staged folder before it
+/// replaces `out` (a graph, a cache carried over), so they swap in with the index or not at all.
+pub fn write_index_staged(
+    out: &Path,
+    meta: &Meta,
+    chunks: &[Chunk],
+    vectors: &[f32],
+    hnsw: bool,
+    extra: &mut dyn FnMut(&Path) -> Result<()>,
+) -> Result<()> {
     if meta.chunks != chunks.len() || vectors.len() != chunks.len() * meta.dim {
         return Err(RagError::Invalid(format!(
             "index rows disagree: {} chunks, {} vector values for width {}",
@@ -152,7 +165,7 @@ pub fn write_index_with(
                 .map_err(|e| RagError::Invalid(e.to_string()))?
                 .as_bytes(),
         )?;
-        Ok(())
+        extra(&tmp)
     })();
     res?;
     staged.commit().map_err(|e| io_err(out, e))?;

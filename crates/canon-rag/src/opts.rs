@@ -171,6 +171,13 @@ pub struct AskArgs {
     /// call per batch of reports) instead of the 2×k best by BM25.
     #[cfg_attr(feature = "cli", arg(long))]
     pub all_reports: bool,
+    /// With --graph local: match the question to entities by the embedding of their
+    /// descriptions (GraphRAG's way; needs a graph built with them) or by BM25.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value = "embedding", value_name = "embedding|bm25")
+    )]
+    pub entity_match: String,
     /// A query encoder folder to embed the question with instead of the index's model (one
     /// trained by `canon finetune --method rag`, whose retrieval prior scale it carries).
     #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
@@ -253,6 +260,12 @@ pub struct GraphBuildArgs {
     /// Only the first N chunks go through the LLM (the rest through the fast extractor).
     #[cfg_attr(feature = "cli", arg(long))]
     pub limit: Option<usize>,
+    /// Do not embed the entity descriptions (local search then matches entities by BM25 only).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_entity_embeddings: bool,
+    /// Embedding batch size for the entity descriptions.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -297,8 +310,10 @@ pub struct GraphSummarizeArgs {
 
 Questions are JSON lines {id, question, answer, aliases?, page, section?, kind?}; `page` names
 the source page as the index does (tar(1)). Retrieval metrics are computed for every method,
-answers only with --answer. Methods: hybrid, dense, bm25, graph-local, graph-global (the graph
-methods need `canon graph build` on the index).")
+answers only with --answer. Methods: hybrid, dense, bm25, graph-local (entities matched by
+description embedding), graph-local-bm25 (by BM25), graph-global (the graph methods need `canon
+graph build` on the index; with --answer, local search answers from its context and global
+search maps the top 2 × --answer-k community reports with the model and reduces them).")
 )]
 pub struct EvalRagArgs {
     /// The index folder.
@@ -415,6 +430,7 @@ impl AskArgs {
                 "expected at most one of --graph, --candidate and --rag, found several".to_string(),
             );
         }
+        self.entity_match.parse::<crate::graph::EntityMatch>()?;
         if self.all_reports && self.graph.as_deref() != Some("global") {
             return invalid("expected --all-reports with --graph global, found it without".into());
         }
@@ -439,6 +455,19 @@ impl AskArgs {
 
 impl GraphBuildArgs {
     /// The graph build's settings.
+    /// How this build is recorded in the graph (for `canon index update`).
+    pub fn recipe(&self) -> crate::graph::GraphRecipe {
+        crate::graph::GraphRecipe {
+            opts: self.build_opts(),
+            llm: (self.extractor == "llm").then(|| crate::graph::LlmSpec {
+                model: self.model.clone(),
+                url: self.url.clone(),
+                remote_model: self.remote_model.clone(),
+            }),
+            entity_embeddings: !self.no_entity_embeddings,
+        }
+    }
+
     pub fn build_opts(&self) -> crate::graph::BuildOpts {
         crate::graph::BuildOpts {
             gleanings: self.gleanings,
@@ -514,6 +543,7 @@ mod tests {
             beams: 1,
             graph: None,
             all_reports: false,
+            entity_match: "embedding".into(),
             query_encoder: None,
             json: false,
         }

@@ -229,14 +229,29 @@ async fn ask_inner(
                 return Err(ApiError::server("graph not loaded"));
             };
             let count = |s: &str| lm.count(s);
+            // Entities by description embedding when the graph has them (BM25 otherwise).
+            let qvec = match lg.default_match() {
+                canon_rag::graph::EntityMatch::Embedding => r
+                    .embed(&question)
+                    .map_err(|e| ApiError::server(e.to_string()))?,
+                canon_rag::graph::EntityMatch::Bm25 => None,
+            };
+            let matching = canon_rag::graph_answer::Matching {
+                how: qvec
+                    .as_ref()
+                    .map_or(canon_rag::graph::EntityMatch::Bm25, |_| lg.default_match()),
+                qvec: qvec.as_deref(),
+            };
             let lc = canon_rag::graph_answer::local_context(
                 &r.index,
                 lg,
                 &question,
+                matching,
                 k,
                 lm.budget.saturating_sub(lm.count(&lm.render("")?)),
                 &count,
-            );
+            )
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("graph")))?;
             (lc.preamble, lc.hits, Some(lc.entities))
         }
         None => (

@@ -119,10 +119,31 @@ fn bm25_graph_and_eval_on_a_small_index() {
     let o = canon(&["graph", "summarize", "--index", ix], d.path());
     assert_clean_error(&o, &["canon graph build"]);
     let o = canon(
-        &["graph", "build", "--index", ix, "--max-cluster-size", "3"],
+        &[
+            "graph",
+            "build",
+            "--index",
+            ix,
+            "--max-cluster-size",
+            "3",
+            "--no-entity-embeddings",
+        ],
         d.path(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Built without entity embeddings, local search by embedding says how to get them.
+    let o = canon(
+        &[
+            "ask",
+            "--index",
+            ix,
+            "--graph",
+            "local",
+            "which option changes directory?",
+        ],
+        d.path(),
+    );
+    assert_clean_error(&o, &["--entity-match bm25", "canon graph build"]);
     let g: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(idx.join("graph.json")).unwrap()).unwrap();
     let names: Vec<&str> = g["entities"]
@@ -185,7 +206,7 @@ fn bm25_graph_and_eval_on_a_small_index() {
             "--questions",
             q.to_str().unwrap(),
             "--methods",
-            "bm25,graph-local,graph-global",
+            "bm25,graph-local-bm25,graph-global",
             "--json",
         ],
         d.path(),
@@ -469,6 +490,7 @@ fn graph_build_sends_the_first_units_to_the_llm_and_the_rest_to_the_fast_extract
             "1",
             "--gleanings",
             "0",
+            "--no-entity-embeddings",
         ],
         d.path(),
     );

@@ -94,6 +94,18 @@ pub struct KnowledgeGraph {
     pub clusters: Vec<Cluster>,
     pub reports: Vec<Report>,
     pub stats: ExtractStats,
+    /// [`chunks_fingerprint`] of the text units the graph was built over (checked at load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_hash: Option<String>,
+    /// How the graph was built, so `canon index update` can build it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<GraphRecipe>,
+    /// The entity description embeddings' record (vectors in their own file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_embedding: Option<EntityEmbedding>,
+    /// Row-major entity vectors (`entity_embedding`'s file, read at load).
+    #[serde(skip)]
+    pub entity_vectors: Vec<f32>,
 }
 
 /// Merges per-unit extractions: entities by exact upper-cased name (the first type seen wins;
@@ -315,19 +327,27 @@ pub fn build_graph(
         clusters,
         reports,
         stats,
+        chunks_hash: None,
+        recipe: None,
+        entity_embedding: None,
+        entity_vectors: Vec::new(),
     }
 }
 
 impl KnowledgeGraph {
-    /// Writes `graph.json` into the index folder atomically.
+    /// Writes the entity vector file (if any) and then `graph.json` into the index folder, each
+    /// atomically, and removes vector files no longer named.
     pub fn save(&self, index_dir: &Path) -> Result<()> {
+        let keep = self.write_entity_vectors(index_dir)?;
         let p = index_dir.join(GRAPH_FILE);
         let s = serde_json::to_string(self).map_err(|e| RagError::Invalid(e.to_string()))?;
-        canon_fs::write_atomic(&p, s.as_bytes()).map_err(|e| io_err(&p, e))
+        canon_fs::write_atomic(&p, s.as_bytes()).map_err(|e| io_err(&p, e))?;
+        remove_other_vector_files(index_dir, keep.as_deref());
+        Ok(())
     }
 
-    /// Reads `graph.json`, checking format, version and that it matches the index's chunk count.
-    pub fn load(index_dir: &Path, chunks: usize) -> Result<KnowledgeGraph> {
+    /// Reads `graph.json` (and its entity vectors), checking format and version only.
+    pub fn load_unchecked(index_dir: &Path) -> Result<KnowledgeGraph> {
         let p = index_dir.join(GRAPH_FILE);
         if !p.exists() {
             return Err(RagError::Invalid(format!(
@@ -337,7 +357,7 @@ impl KnowledgeGraph {
             )));
         }
         let t = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
-        let g: KnowledgeGraph = serde_json::from_str(&t).map_err(|e| {
+        let mut g: KnowledgeGraph = serde_json::from_str(&t).map_err(|e| {
             RagError::Invalid(format!(
                 "expected {GRAPH_FORMAT} JSON in {}, found {e}",
                 p.display()
@@ -349,13 +369,31 @@ impl KnowledgeGraph {
                 g.format, g.version
             )));
         }
-        if g.chunks != chunks {
+        g.read_entity_vectors(index_dir)?;
+        Ok(g)
+    }
+
+    /// Reads `graph.json`, checking format, version and that it was built over `chunks` (their
+    /// count, and their fingerprint when the graph records one).
+    pub fn load(index_dir: &Path, chunks: &[Chunk]) -> Result<KnowledgeGraph> {
+        let g = Self::load_unchecked(index_dir)?;
+        if !g.matches_chunks(chunks) {
             return Err(RagError::Invalid(format!(
-                "expected a graph built over this index's {chunks} chunks, found one over {} (rebuild it with `canon graph build`)",
+                "expected a graph built over this index's {} chunks, found one over {} other chunks (rebuild it with `canon graph build`, or `canon index update`)",
+                chunks.len(),
                 g.chunks
             )));
         }
         Ok(g)
+    }
+
+    /// Whether the graph was built over exactly these text units.
+    pub fn matches_chunks(&self, chunks: &[Chunk]) -> bool {
+        self.chunks == chunks.len()
+            && self
+                .chunks_hash
+                .as_ref()
+                .is_none_or(|h| *h == chunks_fingerprint(chunks))
     }
 
     pub fn levels(&self) -> usize {

@@ -33,6 +33,7 @@ pub struct Extraction {
 }
 
 mod build;
+mod embed;
 mod extract;
 mod fast;
 mod query;
@@ -41,6 +42,7 @@ mod run;
 mod tests;
 
 pub use build::*;
+pub use embed::*;
 pub use extract::*;
 pub use fast::*;
 pub use query::*;

@@ -206,6 +206,17 @@ pub fn entity_index(g: &KnowledgeGraph) -> Bm25 {
 
 /// [`match_entities`] over a prebuilt [`entity_index`].
 pub fn match_entities_with(g: &KnowledgeGraph, bm: &Bm25, question: &str, k: usize) -> Vec<usize> {
+    let ranked: Vec<usize> = bm
+        .search(question, k * 2)
+        .into_iter()
+        .map(|h| h.0)
+        .collect();
+    merge_matches(named_entities(g, question), ranked, k)
+}
+
+/// The command entities named in the question (a word of it, case-insensitive), highest degree
+/// first.
+pub fn named_entities(g: &KnowledgeGraph, question: &str) -> Vec<usize> {
     let q_up = question.to_uppercase();
     let mut named: Vec<usize> = g
         .entities
@@ -221,11 +232,13 @@ pub fn match_entities_with(g: &KnowledgeGraph, bm: &Bm25, question: &str, k: usi
         .map(|(i, _)| i)
         .collect();
     named.sort_by(|&a, &b| g.entities[b].degree.cmp(&g.entities[a].degree));
+    named
+}
+
+/// The named entities, then the ranked ones, without repeats, at most `k`.
+pub fn merge_matches(named: Vec<usize>, ranked: Vec<usize>, k: usize) -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
-    for i in named
-        .into_iter()
-        .chain(bm.search(question, k * 2).into_iter().map(|h| h.0))
-    {
+    for i in named.into_iter().chain(ranked) {
         if !out.contains(&i) {
             out.push(i);
         }

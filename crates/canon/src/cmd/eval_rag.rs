@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 
 use canon_rag::eval::{Summary, read_questions, summarize};
 use canon_rag::eval_answer::{EvalSettings, Method, evaluate_method};
-use canon_rag::index::Mode;
 use canon_rag::opts::EvalRagArgs;
 use canon_rag::render;
 use serde_json::json;
@@ -19,10 +18,7 @@ pub fn run(a: EvalRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(l) = a.limit {
         qs.truncate(l);
     }
-    let need_dense = a.score_options.is_some()
-        || methods
-            .iter()
-            .any(|m| matches!(m, Method::Flat(Mode::Dense | Mode::Hybrid)));
+    let need_dense = a.score_options.is_some() || methods.iter().any(Method::needs_embedding);
     let r = super::ask::open_retriever(&a.index, need_dense, a.query_encoder.as_deref(), ctx)?;
     let graph = if methods.iter().any(Method::is_graph) {
         Some(super::graph::load_graph(&r.index)?)

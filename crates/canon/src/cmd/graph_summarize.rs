@@ -18,7 +18,7 @@ type Counter = dyn Fn(&str) -> usize;
 pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let stages = a.check()?;
     let ix = Index::open(&a.index, None)?;
-    let mut g = KnowledgeGraph::load(&a.index, ix.meta.chunks)?;
+    let mut g = KnowledgeGraph::load(&a.index, &ix.chunks)?;
     let t0 = Instant::now();
     let mut remote;
     let mut serial;
@@ -63,6 +63,19 @@ pub fn run(a: GraphSummarizeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
         pb.finish_and_clear();
         out["descriptions"] = json!(st);
+        // Entity vectors embed the descriptions: embed the summarised ones again.
+        if g.entity_embedding.is_some() && g.entity_vectors().is_none() {
+            let enc = model_gen::load_encoder(&ix.meta.model, ctx)?;
+            let pb = crate::progress::rate(ctx.quiet, g.entities.len(), "embed entities/s");
+            canon_rag::graph_answer::embed_entities(
+                &mut g,
+                &ix.meta.model,
+                &enc,
+                32,
+                &mut |d, _| pb.set_position(d as u64),
+            )?;
+            pb.finish_and_clear();
+        }
         g.save(&a.index)?;
     }
     if stages.reports {

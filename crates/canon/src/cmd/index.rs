@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use canon_rag::build::{self, BuildSpec, Reuse, Stage, Written};
 use canon_rag::chunk::ChunkConfig;
+use canon_rag::graph;
 use canon_rag::index::Mode;
 use canon_rag::opts::{BuildArgs, IndexArgs, IndexCmd, SearchArgs, UpdateArgs};
 use serde_json::json;
@@ -50,6 +51,7 @@ fn report(out: &std::path::Path, w: &Written, t0: Instant, ctx: &Ctx) {
     eprintln!(
         "{}",
         json!({"files_read": w.files_read, "skipped": w.skipped, "chunks": w.chunks, "embedded": w.embedded,
+            "unique_embedded": w.unique_embedded,
             "read_chunk_s": w.read_s, "embed_s": w.embed_s, "chunks_per_s": w.embedded as f64 / w.embed_s.max(1e-9),
             "threads": ctx.threads})
     );
@@ -66,13 +68,14 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let t0 = Instant::now();
     if b.dry_run {
         let pb = crate::progress::rate(ctx.quiet, files.len(), "read files/s");
-        let (stats, chunks, tokens) = build::dry_run(&files, b.man, chunk, &enc, &mut |done, _| {
+        let d = build::dry_run(&files, b.man, chunk, &enc, &mut |done, _| {
             pb.set_position(done as u64)
         });
         pb.finish_and_clear();
         println!(
             "{}",
-            json!({"dry_run": true, "files": files.len(), "stats": stats, "chunks": chunks, "tokens": tokens,
+            json!({"dry_run": true, "files": files.len(), "stats": d.stats, "chunks": d.chunks, "tokens": d.tokens,
+                "unique_chunks": d.unique_chunks, "unique_tokens": d.unique_tokens, "unique_bodies": d.unique_bodies,
                 "read_chunk_s": t0.elapsed().as_secs_f64(), "threads": ctx.threads})
         );
         return Ok(());
@@ -112,9 +115,32 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
         batch_size: u.batch_size,
         hnsw_min: u.hnsw_min,
     };
+    // The index's graph, kept when the chunks are unchanged and otherwise built again the way
+    // it was built (a graph from before recipes were recorded: the fast extractor's defaults).
+    let old_graph = if u.index.join(graph::GRAPH_FILE).exists() {
+        Some(graph::KnowledgeGraph::load_unchecked(&u.index)?)
+    } else {
+        None
+    };
+    let recipe = old_graph.as_ref().map(|g| {
+        g.recipe.clone().unwrap_or(graph::GraphRecipe {
+            opts: graph::BuildOpts {
+                gleanings: 1,
+                max_tokens: 400,
+                limit: None,
+                max_cluster_size: 10,
+                report_tokens: 600,
+                min_phrase_units: 3,
+            },
+            llm: None,
+            entity_embeddings: true,
+        })
+    });
+    let mut llm: Option<Box<dyn graph::Llm>> = None;
+    let mut carried = graph::GraphCarry::None;
     let t0 = Instant::now();
     let (files, reuse) = (&plan.files, &plan.reuse);
-    let w = build::build_and_write(
+    let w = build::build_and_write_with(
         &u.index,
         files,
         spec,
@@ -122,8 +148,39 @@ fn update(u: UpdateArgs, ctx: &Ctx) -> anyhow::Result<()> {
         reuse,
         Some(meta.dim),
         &mut stage_bars(ctx),
+        &mut |dir, chunks| {
+            let mut rebuild = |chunks: &[canon_rag::chunk::Chunk], cache: &std::path::Path| {
+                let r = recipe.as_ref().ok_or_else(|| {
+                    canon_rag::RagError::Invalid("no graph recipe to rebuild with".into())
+                })?;
+                if llm.is_none()
+                    && let Some(spec) = &r.llm
+                {
+                    llm = Some(
+                        super::graph::make_llm(spec, ctx)
+                            .map_err(|e| canon_rag::RagError::Invalid(format!("{e:#}")))?,
+                    );
+                }
+                super::graph::build_graph_with(
+                    chunks,
+                    cache,
+                    r,
+                    llm.as_mut().map(|l| &mut **l as &mut dyn graph::Llm),
+                    Some((meta.model.as_str(), &enc)),
+                    u.batch_size,
+                    ctx,
+                )
+                .map(|b| b.graph)
+                .map_err(|e| canon_rag::RagError::Invalid(format!("{e:#}")))
+            };
+            carried = graph::carry_graph(&u.index, old_graph.as_ref(), dir, chunks, &mut rebuild)?;
+            Ok(())
+        },
     )?;
     report(&u.index, &w, t0, ctx);
+    if !ctx.quiet && carried != graph::GraphCarry::None {
+        eprintln!("{}", json!({"graph": carried}));
+    }
     Ok(())
 }
 
