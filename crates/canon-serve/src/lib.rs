@@ -5,6 +5,12 @@
 //! The listener is bound before the model loads: `/health` answers 503 until the model is ready,
 //! then 200. Bad input gets OpenAI's error object with a 4xx status; a full queue gets 429 with
 //! `Retry-After`; a client that disconnects mid-stream frees its slot within one engine step.
+//!
+//! Modules: `server` (router, listener, load, shutdown), `state` (shared state, errors, auth),
+//! `plan` (API sampling settings to engine requests), `chat`, `completions`, `embeddings`,
+//! `monitor` (health, metrics, models), `stream` (server-sent events), `tool_routes` and
+//! `rag_routes` (optional endpoints), `api` (request types), `tools` (tool calling), `opts`
+//! (`canon serve`'s settings and run).
 
 pub mod api;
 mod chat;
