@@ -6,7 +6,9 @@
 //! A worker thread owns the model and a fixed number of slots. Between steps, queued requests take
 //! free slots (preferring the slot whose cached tokens share the longest prefix with the prompt, which
 //! then skips prefilling that prefix) and finished or cancelled ones leave. A prompt is prefilled in
-//! chunks of `prefill_chunk` tokens, one chunk per step, interleaved with the others' decode steps.
+//! chunks of `prefill_chunk` tokens; a step prefills chunks of waiting prompts while it has done
+//! fewer than `prefill_chunk` tokens (the short prompts of requests that arrive together in one
+//! step, a long one chunk by chunk), interleaved with the others' decode steps.
 //!
 //! Determinism: a request's tokens depend only on the request (its seed included), not on what else
 //! is in the batch. Decode rows are multiplied in groups small enough to stay on the kernels'
@@ -42,7 +44,8 @@ pub struct EngineConfig {
     pub slots: usize,
     /// Longest sequence (prompt + generated) per slot; 0 = the model's context.
     pub ctx_size: usize,
-    /// Prompt tokens prefilled per step for one sequence.
+    /// Prompt tokens per prefill chunk, and the step's budget: a step prefills one chunk of
+    /// each waiting prompt in turn while it has prefilled fewer tokens than this.
     pub prefill_chunk: usize,
     /// Requests waiting for a slot beyond which `submit` refuses (`EngineError::QueueFull`).
     pub queue_limit: usize,
@@ -166,8 +169,8 @@ pub struct EngineStats {
 }
 
 /// Where the engine's worker spent its time, summed over steps since the start (or the last
-/// `Engine::reset_timings`). A step is one pass of the worker loop: at most one prefill chunk and
-/// one decode pass over every decoding sequence.
+/// `Engine::reset_timings`). A step is one pass of the worker loop: prefill chunks (about
+/// `prefill_chunk` tokens) and one decode pass over every decoding sequence.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StepTimings {
     /// Worker steps that did work.
@@ -699,7 +702,8 @@ impl Worker {
         }
     }
 
-    /// One step: drop cancelled requests, one prefill chunk, one decode pass over the others.
+    /// One step: drop cancelled requests, prefill chunks up to the step's token budget, one
+    /// decode pass over the others.
     fn step(&mut self) -> Result<()> {
         for s in self.slots.iter_mut() {
             if s.active
@@ -709,17 +713,25 @@ impl Worker {
                 s.active = None;
             }
         }
-        // Prefill: the first slot still prefilling gets one chunk.
-        if let Some(i) = self.slots.iter().position(|s| {
-            matches!(
-                s.active,
-                Some(Active {
-                    phase: Phase::Prefill { .. },
-                    ..
-                })
-            )
-        }) {
-            self.prefill_chunk(i)?;
+        // Prefill: slots still prefilling, in slot order, one chunk each, while this step has
+        // prefilled fewer than `prefill_chunk` tokens. Requests that arrive together (short
+        // prompts) then all get their first token within one step instead of one per step with
+        // a decode pass of the others between each two; a long prompt still takes one chunk per
+        // step. Each prompt is its own pass and its chunks start where they did (every
+        // `prefill_chunk` tokens), so nothing depends on which prompts share the step.
+        let mut budget = self.cfg.prefill_chunk;
+        for i in 0..self.slots.len() {
+            if budget == 0 {
+                break;
+            }
+            if let Some(Active {
+                phase: Phase::Prefill { .. },
+                ..
+            }) = self.slots[i].active
+            {
+                let done = self.prefill_chunk(i, self.cfg.prefill_chunk)?;
+                budget = budget.saturating_sub(done);
+            }
         }
         // Decode: every slot with a token to feed, in groups of at most GEMM_ROWS_MAX rows.
         let decoding: Vec<usize> = (0..self.slots.len())
@@ -739,14 +751,14 @@ impl Worker {
         Ok(())
     }
 
-    fn prefill_chunk(&mut self, i: usize) -> Result<()> {
-        let chunk_len = self.cfg.prefill_chunk;
+    /// Feeds slot `i` at most `chunk_len` more prompt tokens; returns how many it fed.
+    fn prefill_chunk(&mut self, i: usize, chunk_len: usize) -> Result<usize> {
         let slot = &mut self.slots[i];
         let Some(a) = slot.active.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
         let Phase::Prefill { next } = a.phase else {
-            return Ok(());
+            return Ok(0);
         };
         let prompt = &a.req.prompt_ids;
         let end = (next + chunk_len).min(prompt.len());
@@ -761,7 +773,7 @@ impl Worker {
         if end < prompt.len() {
             self.t.prefill_ns += ns_since(t0);
             a.phase = Phase::Prefill { next: end };
-            return Ok(());
+            return Ok(chunk.len());
         }
         let row = logits.flatten_all()?.to_vec1::<f32>()?;
         self.t.prefill_ns += ns_since(t0);
@@ -769,7 +781,8 @@ impl Worker {
             s.prompt_tokens += prompt.len() as u64;
             s.cached_prompt_tokens += a.cached as u64;
         }
-        self.after_rows(vec![(i, row)])
+        self.after_rows(vec![(i, row)])?;
+        Ok(chunk.len())
     }
 
     fn decode_group(&mut self, group: &[usize]) -> Result<()> {

@@ -59,7 +59,8 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot; beyond, the answer is 429 with Retry-After.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 64))]
     pub max_queue: usize,
-    /// Prompt tokens prefilled per step for one sequence (interleaved with the others' decoding).
+    /// Prompt tokens per prefill chunk and per step, over all new requests (interleaved with the
+    /// others' decoding).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 256))]
     pub prefill_chunk: usize,
     /// Require 'Authorization: Bearer KEY' on the API endpoints.
@@ -107,6 +108,56 @@ pub enum ServeRunError {
     #[error("cannot load the model: {0}")]
     Load(String),
 }
+
+/// What `serve` reports while it runs, for the caller to show (the command line prints each as
+/// `canon: {notice}`, the address on stdout and the rest on stderr).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A note from setting up the tools.
+    Setup(String),
+    /// The listener is bound (before the model loads).
+    Listening(std::net::SocketAddr),
+    /// The model is loaded and the engine runs.
+    Ready {
+        model: String,
+        slots: usize,
+        max_len: usize,
+        embedding_model: Option<String>,
+    },
+    /// Ctrl-C arrived: in-flight requests end and the server stops.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Setup(n) => write!(f, "{n}"),
+            Notice::Listening(addr) => write!(
+                f,
+                "listening on http://{addr} (chat page at /, API under /v1)"
+            ),
+            Notice::Ready {
+                model,
+                slots,
+                max_len,
+                embedding_model,
+            } => {
+                write!(
+                    f,
+                    "ready: model '{model}', {slots} slots of {max_len} tokens"
+                )?;
+                if let Some(e) = embedding_model {
+                    write!(f, ", embeddings '{e}'")?;
+                }
+                Ok(())
+            }
+            Notice::ShuttingDown => write!(f, "shutting down"),
+        }
+    }
+}
+
+/// Receives `serve`'s notices (from the server's threads).
+pub type NoticeFn = Arc<dyn Fn(Notice) + Send + Sync>;
 
 /// Loads a model by name (an alias, a file or a folder); the error is the message to report.
 pub type LoadFn<T> = Arc<dyn Fn(&str) -> Result<T, String> + Send + Sync>;
@@ -179,21 +230,19 @@ impl ServeArgs {
     }
 }
 
-/// Runs `canon serve` until Ctrl-C or a failed load: binds first (printing the address on
-/// stdout), then loads the language model, the embedding model and the index with `lm` and
-/// `encoder` on a blocking thread while `/health` answers 503.
+/// Runs `canon serve` until Ctrl-C or a failed load: binds first (reporting the address to
+/// `notify`), then loads the language model, the embedding model and the index with `lm` and
+/// `encoder` on a blocking thread while `/health` answers 503. Prints nothing itself.
 pub fn serve(
     a: ServeArgs,
-    quiet: bool,
+    notify: NoticeFn,
     lm: LoadFn<LoadedLm>,
     encoder: LoadFn<LoadedEncoder>,
 ) -> Result<(), ServeRunError> {
     a.check()?;
     let (tools, notes) = a.toolbox()?;
-    if !quiet {
-        for n in &notes {
-            eprintln!("canon: {n}");
-        }
+    for n in notes {
+        notify(Notice::Setup(n));
     }
     let cfg = a.serve_config();
     // One async worker: the engine's thread and the kernels' pool own the cores; HTTP and SSE
@@ -212,8 +261,9 @@ pub fn serve(
                 error,
             })?;
         let addr = server.local_addr().map_err(ServeRunError::Addr)?;
-        println!("canon: listening on http://{addr} (chat page at /, API under /v1)");
+        notify(Notice::Listening(addr));
         let engine_cfg = a.engine_config();
+        let on_ready = notify.clone();
         let loader = server.spawn_load(move || {
             let model = a.model.clone();
             let lm = lm(&model)?;
@@ -235,16 +285,12 @@ pub fn serve(
                 None => None,
             };
             let engine = Engine::start(lm, engine_cfg).map_err(|e| e.to_string())?;
-            if !quiet {
-                eprintln!(
-                    "canon: ready: model '{model}', {} slots of {} tokens{}",
-                    engine.stats().slots,
-                    engine.max_len(),
-                    emb.as_ref()
-                        .map(|e| format!(", embeddings '{e}'"))
-                        .unwrap_or_default()
-                );
-            }
+            on_ready(Notice::Ready {
+                model: model.clone(),
+                slots: engine.stats().slots,
+                max_len: engine.max_len(),
+                embedding_model: emb.clone(),
+            });
             Ok(Loaded {
                 engine,
                 chat_template,
@@ -274,7 +320,7 @@ pub fn serve(
         server
             .run(async move {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => eprintln!("canon: shutting down"),
+                    _ = tokio::signal::ctrl_c() => notify(Notice::ShuttingDown),
                     _ = failed.notified() => {}
                 }
             })

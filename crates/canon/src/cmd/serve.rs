@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use canon_serve::opts::{ServeArgs, serve};
+use canon_serve::opts::{Notice, ServeArgs, serve};
 
 use crate::{Ctx, model_gen};
 
@@ -22,5 +22,14 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let encoder = Arc::new(move |m: &str| {
         model_gen::load_encoder(m, &load_ctx).map_err(|e| format!("{e:#}"))
     });
-    Ok(serve(a, ctx.quiet, lm, encoder)?)
+    // The address goes to stdout (scripts read it), always; the other notices to stderr, the
+    // setup and ready lines unless --quiet.
+    let quiet = ctx.quiet;
+    let notify = Arc::new(move |n: Notice| match n {
+        Notice::Listening(_) => println!("canon: {n}"),
+        Notice::ShuttingDown => eprintln!("canon: {n}"),
+        Notice::Setup(_) | Notice::Ready { .. } if !quiet => eprintln!("canon: {n}"),
+        _ => {}
+    });
+    Ok(serve(a, notify, lm, encoder)?)
 }
