@@ -141,12 +141,37 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
 }
 
-/// `prompt` of a text completion: a string or a list of strings.
+/// `prompt` of a text completion, in the OpenAI API's four forms: a string, a list of strings,
+/// a list of token ids, or a list of such lists (ids are used as given: no BOS is added).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+)]
 pub enum Prompt {
     One(String),
     Many(Vec<String>),
+    Ids(Vec<u32>),
+    ManyIds(Vec<Vec<u32>>),
+}
+
+/// One prompt of a [`Prompt`]: text to tokenize, or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl Prompt {
+    /// The prompts one by one.
+    pub fn into_inputs(self) -> Vec<PromptInput> {
+        match self {
+            Prompt::One(p) => vec![PromptInput::Text(p)],
+            Prompt::Many(v) => v.into_iter().map(PromptInput::Text).collect(),
+            Prompt::Ids(ids) => vec![PromptInput::Ids(ids)],
+            Prompt::ManyIds(v) => v.into_iter().map(PromptInput::Ids).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -40,14 +40,11 @@ async fn completions_inner(
     let req: CompletionRequest = api::parse(&body)?;
     let l = st.loaded()?;
     check_model(&l, &req.model)?;
-    let prompts = match req.prompt {
-        api::Prompt::One(p) => vec![p],
-        api::Prompt::Many(v) => v,
-    };
+    let prompts = req.prompt.into_inputs();
     if prompts.is_empty() || prompts.len() > MAX_N {
         return Err(ApiError::invalid(
             format!(
-                "prompt must be a string or a list of 1 to {MAX_N} strings, found {} strings",
+                "prompt must be a string, token ids, or a list of 1 to {MAX_N} of either, found {} prompts",
                 prompts.len()
             ),
             Some("prompt"),
@@ -71,10 +68,33 @@ async fn completions_inner(
     }
     // One plan per prompt; choice index = prompt index · n + sample index.
     let mut plans = Vec::new();
-    for p in &prompts {
-        let ids = l.engine.tokenizer().encode(p, true).map_err(|e| {
-            ApiError::invalid(format!("cannot tokenize the prompt: {e}"), Some("prompt"))
-        })?;
+    let vocab = l.engine.tokenizer().vocab_size();
+    // Each prompt's text, for `echo` (token-id prompts decoded).
+    let mut texts = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let ids = match p {
+            api::PromptInput::Text(p) => {
+                let ids = l.engine.tokenizer().encode(&p, true).map_err(|e| {
+                    ApiError::invalid(format!("cannot tokenize the prompt: {e}"), Some("prompt"))
+                })?;
+                texts.push(p);
+                ids
+            }
+            api::PromptInput::Ids(ids) => {
+                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "prompt token id {bad} is outside the vocabulary of {vocab} tokens"
+                        ),
+                        Some("prompt"),
+                    ));
+                }
+                texts.push(l.engine.tokenizer().decode(&ids, false).map_err(|e| {
+                    ApiError::invalid(format!("cannot decode the prompt: {e}"), Some("prompt"))
+                })?);
+                ids
+            }
+        };
         plans.push(plan(st, &l, ids, req.sampling.clone(), top)?);
     }
     let id = st.next_id("cmpl");
@@ -110,7 +130,7 @@ async fn completions_inner(
             let c = wait(h).await?;
             completion_total += c.tokens.len();
             let text = if req.echo {
-                format!("{}{}", prompts[pi], c.text)
+                format!("{}{}", texts[pi], c.text)
             } else {
                 c.text.clone()
             };

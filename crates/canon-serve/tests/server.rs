@@ -135,6 +135,30 @@ fn openai_shapes_streaming_and_n() {
             .len(),
         5
     );
+    // Prompts as token ids (the OpenAI API's other two forms), used as given.
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": [[5, 6, 7], [8, 9]], "max_tokens": 3, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": [5, 6, 7], "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": [5, 4000000], "max_tokens": 2}),
+    );
+    assert_error(st, &v, 400, "outside the vocabulary");
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": [1.5, "a"], "max_tokens": 2}),
+    );
+    assert_error(st, &v, 400, "a list of token ids");
     let models: Value = client()
         .get(s.url("/v1/models"))
         .send()
