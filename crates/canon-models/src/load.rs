@@ -427,6 +427,11 @@ pub fn load_gguf_lm(path: &Path, mode: WeightMode) -> Result<LoadedLm> {
         .unwrap_or("model")
         .to_string();
     drop(vocab);
+    // The weights are packed while the source is alive: free the vocabulary's metadata arrays
+    // first, which the source never reads (gemma-3-270m: heap peak 292 -> 271 MB by heaptrack;
+    // the process's peak RSS did not move, 353 MB).
+    let mut file = file;
+    file.metadata.retain(|k, _| !k.starts_with("tokenizer."));
     let src = GgufSource::new(file, llama_gguf_name);
     let model = Llama::load(cfg, &src, mode)?;
     // The metadata (vocabulary and merges as strings) goes with the source; the tensors keep
