@@ -3,10 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use canon_infer::{FinishReason, TokenLogprob};
 use canon_text::Message;
@@ -15,7 +12,7 @@ use serde_json::{Value, json};
 use crate::Loaded;
 use crate::api::{self, ApiError, ChatRequest};
 use crate::plan::{check_model, plan, submit_all, wait};
-use crate::state::{Shared, body_bytes, now_secs};
+use crate::state::{Api, Shared, now_secs};
 use crate::stream::{StreamMeta, stream_response};
 use crate::tools::{self, ToolMode};
 
@@ -127,24 +124,13 @@ fn render_chat(
 
 pub(crate) async fn chat(
     State(st): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<Api<ChatRequest>, ApiError>,
 ) -> Response {
     st.metrics.chat_requests.fetch_add(1, Ordering::Relaxed);
-    match chat_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { chat_inner(&st, req?.0).await }.await)
 }
 
-async fn chat_inner(
-    st: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
-    let req: ChatRequest = api::parse(&body)?;
+async fn chat_inner(st: &Shared, req: ChatRequest) -> Result<Response, ApiError> {
     let l = st.loaded()?;
     check_model(&l, &req.model)?;
     let answer_format = tools::response_format(req.response_format.as_ref())?;

@@ -3,41 +3,27 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::api::{self, ApiError, CompletionRequest};
 use crate::plan::{check_model, plan, submit_all, wait};
-use crate::state::{Shared, body_bytes, now_secs};
+use crate::state::{Api, Shared, now_secs};
 use crate::stream::{StreamMeta, stream_response};
 use crate::{MAX_N, finish_str};
 
 pub(crate) async fn completions(
     State(st): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<Api<CompletionRequest>, ApiError>,
 ) -> Response {
     st.metrics
         .completion_requests
         .fetch_add(1, Ordering::Relaxed);
-    match completions_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { completions_inner(&st, req?.0).await }.await)
 }
 
-async fn completions_inner(
-    st: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
-    let req: CompletionRequest = api::parse(&body)?;
+async fn completions_inner(st: &Shared, req: CompletionRequest) -> Result<Response, ApiError> {
     let l = st.loaded()?;
     check_model(&l, &req.model)?;
     let prompts = req.prompt.into_inputs();

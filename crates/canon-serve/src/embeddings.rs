@@ -4,42 +4,28 @@
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::MAX_EMBED_INPUTS;
-use crate::api::{self, ApiError, EmbeddingInput, EmbeddingRequest};
-use crate::state::{Shared, body_bytes};
+use crate::api::{ApiError, EmbeddingInput, EmbeddingRequest};
+use crate::state::{Api, Shared};
 
 pub(crate) async fn embeddings(
     State(st): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<Api<EmbeddingRequest>, ApiError>,
 ) -> Response {
     st.metrics
         .embedding_requests
         .fetch_add(1, Ordering::Relaxed);
-    match embeddings_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { embeddings_inner(&st, req?.0).await }.await)
 }
 
 /// One embedding computation at a time (the encoder runs on every core).
 static EMBED_LOCK: Mutex<()> = Mutex::new(());
 
-async fn embeddings_inner(
-    st: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
-    let req: EmbeddingRequest = api::parse(&body)?;
+async fn embeddings_inner(st: &Shared, req: EmbeddingRequest) -> Result<Response, ApiError> {
     let l = st.loaded()?;
     let Some((name, _)) = &l.embedder else {
         return Err(ApiError::invalid(

@@ -36,7 +36,7 @@ pub use server::Server;
 
 pub(crate) use chat::{chat_logprob, finish_str};
 pub(crate) use plan::{submit_all, wait};
-pub(crate) use state::{Shared, body_bytes, now_secs};
+pub(crate) use state::{Shared, now_secs};
 
 /// Most completions one request may ask for (`n`).
 pub const MAX_N: usize = 16;

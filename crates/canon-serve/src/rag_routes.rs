@@ -7,10 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use canon_rag::answer::Retriever;
 use canon_rag::ask::{build_prompt_with, cited};
@@ -20,8 +17,9 @@ use canon_text::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, parse};
-use crate::{Loaded, Shared, body_bytes, now_secs, submit_all, wait};
+use crate::api::ApiError;
+use crate::state::Api;
+use crate::{Loaded, Shared, now_secs, submit_all, wait};
 
 /// The most passages one request may ask for.
 pub const MAX_K: usize = 50;
@@ -32,7 +30,7 @@ const MAX_PROMPT_TOKENS: usize = 2048;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SearchRequest {
+pub(crate) struct SearchRequest {
     query: String,
     #[serde(default)]
     k: Option<usize>,
@@ -42,7 +40,7 @@ struct SearchRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AskRequest {
+pub(crate) struct AskRequest {
     question: String,
     #[serde(default)]
     k: Option<usize>,
@@ -124,23 +122,12 @@ fn hit_json(h: &Hit) -> Value {
 
 pub(crate) async fn search(
     State(st): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<Api<SearchRequest>, ApiError>,
 ) -> Response {
-    match search_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { search_inner(&st, req?.0).await }.await)
 }
 
-async fn search_inner(
-    st: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
-    let req: SearchRequest = parse(&body)?;
+async fn search_inner(st: &Shared, req: SearchRequest) -> Result<Response, ApiError> {
     let l = st.loaded()?;
     let r = retriever(&l)?;
     let (k, mode) = options(req.k, req.mode.as_deref())?;
@@ -156,23 +143,12 @@ async fn search_inner(
 
 pub(crate) async fn ask(
     State(st): State<Shared>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Result<Api<AskRequest>, ApiError>,
 ) -> Response {
-    match ask_inner(&st, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { ask_inner(&st, req?.0).await }.await)
 }
 
-async fn ask_inner(
-    st: &Shared,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
-    let req: AskRequest = parse(&body)?;
+async fn ask_inner(st: &Shared, req: AskRequest) -> Result<Response, ApiError> {
     let l = st.loaded()?;
     let r = retriever(&l)?;
     let (k, mode) = options(req.k, req.mode.as_deref())?;

@@ -7,12 +7,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use canon_infer::{Grammar, GrammarCompiler};
+use serde::de::DeserializeOwned;
 
 use crate::Loaded;
-use crate::api::ApiError;
+use crate::api::{self, ApiError};
 
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -57,14 +59,12 @@ impl AppState {
         } else {
             self.metrics.errors_4xx.fetch_add(1, Ordering::Relaxed);
         }
-        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut r = (status, axum::Json(e.body())).into_response();
-        if let Some(s) = e.retry_after
-            && let Ok(v) = HeaderValue::from_str(&s.to_string())
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        r
+        e.into_response()
+    }
+
+    /// A route's answer: the response, or its error counted and in OpenAI's shape.
+    pub(crate) fn reply(&self, r: Result<Response, ApiError>) -> Response {
+        r.unwrap_or_else(|e| self.error(e))
     }
 
     /// The loaded model, or 503 while loading (500 when loading failed).
@@ -127,7 +127,49 @@ impl AppState {
     }
 }
 
-pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+impl IntoResponse for ApiError {
+    /// OpenAI's error object with the error's status (and `Retry-After` when it has one). Routes
+    /// answer errors through [`AppState::error`], which also counts them.
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut r = (status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+/// A request body after the check every POST route makes first: the API key (before the body
+/// is read), then a body within the size limit. Handlers take `Result<Authorized, ApiError>` so
+/// that they count the request and answer the error through [`AppState::error`].
+pub(crate) struct Authorized(pub(crate) Bytes);
+
+impl FromRequest<Shared> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Shared) -> Result<Self, ApiError> {
+        st.authorize(req.headers())?;
+        body_bytes(Bytes::from_request(req, st).await).map(Authorized)
+    }
+}
+
+/// An authorized body parsed as the route's JSON request `T` (a JSON object; a wrong field is a
+/// 400 naming it, see [`api::parse`]).
+pub(crate) struct Api<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for Api<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &Shared) -> Result<Self, ApiError> {
+        let Authorized(body) = Authorized::from_request(req, st).await?;
+        api::parse(&body).map(Api)
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         let status = e.status().as_u16();
         if status == 413 {

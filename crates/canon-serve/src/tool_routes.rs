@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::Shared;
 use crate::api::ApiError;
-use crate::{Shared, body_bytes};
+use crate::state::Authorized;
 
 fn toolbox(st: &Shared) -> Result<Arc<canon_agent::tools::Toolbox>, ApiError> {
     let l = st.loaded()?;
@@ -37,29 +37,18 @@ pub(crate) async fn list(State(st): State<Shared>, headers: HeaderMap) -> Respon
         let data: Vec<Value> = tb.specs().iter().map(|s| s.openai()).collect();
         Ok::<_, ApiError>(axum::Json(json!({"object": "list", "data": data})).into_response())
     })();
-    r.unwrap_or_else(|e| st.error(e))
+    st.reply(r)
 }
 
 pub(crate) async fn call(
     State(st): State<Shared>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Authorized, ApiError>,
 ) -> Response {
-    match call_inner(&st, name, &headers, body).await {
-        Ok(r) => r,
-        Err(e) => st.error(e),
-    }
+    st.reply(async { call_inner(&st, name, body?.0).await }.await)
 }
 
-async fn call_inner(
-    st: &Shared,
-    name: String,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    st.authorize(headers)?;
-    let body = body_bytes(body)?;
+async fn call_inner(st: &Shared, name: String, body: Bytes) -> Result<Response, ApiError> {
     let tb = toolbox(st)?;
     if !tb.specs().iter().any(|s| s.name == name) {
         let names: Vec<String> = tb.specs().into_iter().map(|s| s.name).collect();

@@ -236,6 +236,24 @@ fn api_key_is_required_when_set() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Every POST route checks the key before it reads or parses the body, even a route this
+    // server does not run (no embedding model, index or tools here) or a body that is not JSON.
+    for route in [
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/search",
+        "/v1/ask",
+        "/v1/tools/calculator",
+    ] {
+        let r = client()
+            .post(s.url(route))
+            .body("{not json")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{route}");
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{route}");
+    }
     // Health stays open (load balancers probe it).
     assert_eq!(client().get(s.url("/health")).send().unwrap().status(), 200);
 }
