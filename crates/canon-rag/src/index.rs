@@ -200,6 +200,13 @@ pub fn read_meta(dir: &Path, model: Option<&str>) -> Result<Meta> {
             dir.display()
         )));
     }
+    if !mp.is_file() {
+        return Err(RagError::Invalid(format!(
+            "expected an index folder (meta.json, chunks.jsonl, vectors.f32, bm25.bin, as `canon index \
+             build --out` writes it), found no meta.json in {}",
+            dir.display()
+        )));
+    }
     let text = std::fs::read_to_string(&mp).map_err(|e| io_err(&mp, e))?;
     let meta: Meta = serde_json::from_str(&text).map_err(|e| {
         RagError::Invalid(format!(

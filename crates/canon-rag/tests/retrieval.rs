@@ -229,6 +229,14 @@ fn index_round_trip_checks_model_version_and_corruption() {
     std::fs::write(ip.join("vectors.f32"), [0u8; 12]).unwrap();
     assert!(Index::open(&ip, None).is_err());
     assert!(Index::open(&d.path().join("missing"), None).is_err());
+    // An empty folder is named as what it is not: an index folder without its meta.json.
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = Index::open(&empty, None).err().unwrap().to_string();
+    assert!(
+        e.contains("expected an index folder") && e.contains("no meta.json"),
+        "{e}"
+    );
 }
 
 #[test]
