@@ -239,8 +239,12 @@ impl Llama {
         let x = (x + a)?;
         let h = blk.ffn_norm.forward(&x)?;
         let f = if self.config.variant.gelu_tanh_ffn {
-            let g = blk.ffn.gate.forward(&h)?.gelu()?;
-            blk.ffn.down.forward(&(g * blk.ffn.up.forward(&h)?)?)?
+            let (g, u) = (blk.ffn.gate.forward(&h)?, blk.ffn.up.forward(&h)?);
+            let gu = match canon_nn::fused::geglu_tanh(&g, &u)? {
+                Some(t) => t,
+                None => (g.gelu()? * u)?,
+            };
+            blk.ffn.down.forward(&gu)?
         } else {
             blk.ffn.forward(&h)?
         };

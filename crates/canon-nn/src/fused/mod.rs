@@ -215,6 +215,35 @@ dispatch! {
     pub fn bias_gelu_erf_rows / bias_gelu_erf_avx2 => bias_gelu_erf_impl(x: &mut [f32], bias: &[f32])
 }
 
+/// `tanh z` through `exp`: `1 − 2 / (e^{2z} + 1)`, which saturates to ±1 without a branch (the
+/// clamp inside `exp` keeps `e^{2z}` finite). Absolute error a few 1e-7 (relative error is larger
+/// only where `|tanh z|` is itself below ~1e-6, which GELU multiplies by `x` again).
+#[inline(always)]
+pub(crate) fn tanh<const F: bool>(z: f32) -> f32 {
+    1.0 - 2.0 / (exp::<F>(2.0 * z) + 1.0)
+}
+
+/// GELU, tanh approximation (`gelu_pytorch_tanh`, candle's `gelu`):
+/// `½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+#[inline(always)]
+pub(crate) fn gelu_tanh<const F: bool>(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    let z = C * fma::<F>(0.044_715 * x, x * x, x);
+    0.5 * x * (1.0 + tanh::<F>(z))
+}
+
+#[inline(always)]
+fn geglu_tanh_impl<const F: bool>(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh::<F>(*g) * u;
+    }
+}
+
+dispatch! {
+    /// GeGLU in place: `gate ← GELU_tanh(gate) · up` (Gemma's feed-forward), one pass.
+    pub fn geglu_tanh_inplace / geglu_tanh_avx2 => geglu_tanh_impl(gate: &mut [f32], up: &[f32])
+}
+
 // ------------------------------------------------------------------ softmax, layer norm
 
 #[inline(always)]
@@ -435,6 +464,31 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
     out.par_chunks_mut(rows_per_task(n, 1).max(4096))
         .for_each(gelu_erf_inplace);
     Ok(Some(Tensor::from_vec(out, x.shape(), &Device::Cpu)?))
+}
+
+/// `GELU_tanh(gate) · up` of two tensors of one shape with no gradient tracking (the feed-forward
+/// of Gemma: one pass instead of candle's `gelu` and a product, each a whole tensor written and
+/// read again); `None` when either is not f32 on the CPU or the shapes differ.
+pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if gate.shape() != up.shape() || !no_grad(&[gate, up]) {
+        return Ok(None);
+    }
+    for t in [gate, up] {
+        if t.dtype() != DType::F32 || !matches!(t.device(), Device::Cpu) {
+            return Ok(None);
+        }
+    }
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (Some(g), Some(u)) = (F32Data::new(&gate), F32Data::new(&up)) else {
+        return Ok(None);
+    };
+    let mut out = g.to_vec();
+    let n = out.len();
+    let chunk = rows_per_task(n, 1).max(4096);
+    out.par_chunks_mut(chunk)
+        .zip(u.par_chunks(chunk))
+        .for_each(|(o, u)| geglu_tanh_inplace(o, u));
+    Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
 }
 
 #[cfg(test)]

@@ -229,3 +229,48 @@ fn tensor_entry_points_refuse_what_they_cannot_do() {
     let y = layer_norm(&xt, &g, None, 1e-5).unwrap().unwrap();
     assert_eq!(y.dims(), &[2, 8]);
 }
+
+#[test]
+fn tanh_and_geglu_match_candle() {
+    // tanh over its whole range, saturation included.
+    let mut z = -20.0f32;
+    while z < 20.0 {
+        let r = (z as f64).tanh();
+        for t in [tanh::<true>(z), tanh::<false>(z)] {
+            assert!((t as f64 - r).abs() < 5e-7, "tanh({z}) = {t}, expected {r}");
+        }
+        z += 0.0173;
+    }
+    let g = (randn(&[4096], 7) * 3.0).unwrap();
+    let u = randn(&[4096], 8);
+    let reference = to_vec(&(g.gelu().unwrap() * &u).unwrap());
+    for simd in [true, false] {
+        let mut v = to_vec(&g);
+        if simd {
+            geglu_tanh_inplace(&mut v, &to_vec(&u));
+        } else {
+            geglu_tanh_impl::<false>(&mut v, &to_vec(&u));
+        }
+        // |Δtanh| ≤ 5e-7, so |Δ| ≤ ½|x|·|u|·5e-7 plus rounding.
+        assert_close_f32(&v, &reference, Tol::new(5e-6, 2e-6));
+    }
+    let t = geglu_tanh(&g.reshape((64, 64)).unwrap(), &u.reshape((64, 64)).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.dims(), &[64, 64]);
+    assert_close_f32(
+        &to_vec(&t.flatten_all().unwrap()),
+        &reference,
+        Tol::new(5e-6, 2e-6),
+    );
+    // Extremes saturate to x and 0.
+    let mut v = vec![-30.0, 0.0, 30.0];
+    geglu_tanh_inplace(&mut v, &[1.0, 1.0, 1.0]);
+    assert_eq!(v, [-0.0, 0.0, 30.0]);
+    // Different shapes: not this kernel's case.
+    assert!(
+        geglu_tanh(&g, &u.narrow(0, 0, 10).unwrap())
+            .unwrap()
+            .is_none()
+    );
+}
