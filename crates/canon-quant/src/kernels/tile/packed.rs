@@ -16,7 +16,10 @@
 //!
 //! Sizes per block of 32 weights × 16 rows, against the file: Q4_0 288 bytes (file 288), Q4_1 320
 //! (320), Q8_0 544 (544), Q5_0 544 (352), Q5_1 576 (384), Q4_K 384 (288), Q5_K 640 (352), Q6_K 640
-//! (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed.
+//! (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed. For the AVX2 kernel
+//! Q5_0 keeps its file size (352): its codes `q + 16` as the 4-bit formats' two nibble registers
+//! per line, plus a fifth line whose byte `i` holds in bit `g` the fifth bit of register `g`'s
+//! byte `i` (one shift, one mask and one `or` put it back).
 //!
 //! Every activation row goes through the same operations in the same order whatever the number of
 //! rows, and those are the operations of `tile::matmul` (the 4-bit codes carry an offset smaller
@@ -41,6 +44,8 @@ pub struct Packed {
     offset: i32,
     /// Codes stored as nibbles.
     nib: bool,
+    /// Nibbles plus a line of fifth bits (Q5_0 for AVX2, module docs).
+    hi5: bool,
     /// Scales stored as f16.
     half: bool,
     nb: usize,
@@ -74,7 +79,8 @@ pub fn enabled() -> bool {
 }
 
 /// Whether `kind` is packed on this CPU: every tile format but Q3_K with AVX-512 VNNI, the 4-bit
-/// formats (Q4_0, Q4_1, Q4_K) with AVX2 alone (`avx2_packs`); the tile kernel and packing enabled.
+/// formats (Q4_0, Q4_1, Q4_K), Q5_0 and Q8_0 with AVX2 alone (`avx2_packs`); the tile kernel and
+/// packing enabled.
 pub fn packs(kind: Kind) -> bool {
     super::enabled()
         && enabled()
@@ -83,9 +89,18 @@ pub fn packs(kind: Kind) -> bool {
         && (avx512_packs() || (avx2_packs() && avx2_kind(kind)))
 }
 
-/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, and Q8_0 (by the sign trick).
+/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, Q5_0 (nibbles and fifth bits)
+/// and Q8_0 (by the sign trick).
 fn avx2_kind(kind: Kind) -> bool {
-    nibble_base(kind).is_some() || kind == Kind::Q8_0
+    avx2_base(kind).is_some() || kind == Kind::Q8_0
+}
+
+/// `nibble_base` for the AVX2 layout, which also stores Q5_0's codes `q + 128 − 112` in five bits.
+fn avx2_base(kind: Kind) -> Option<u8> {
+    match kind {
+        Kind::Q5_0 => Some(112),
+        _ => nibble_base(kind),
+    }
 }
 
 /// Whether this CPU packs with the AVX-512 VNNI kernels.
@@ -146,12 +161,18 @@ impl Packed {
         #[cfg(target_arch = "x86_64")]
         {
             let (mode, offset) = form(w.kind)?;
-            let base = nibble_base(w.kind);
+            let wide = avx512_packs();
+            let base = if wide {
+                nibble_base(w.kind)
+            } else {
+                avx2_base(w.kind)
+            };
             let nib = base.is_some();
+            let hi5 = !wide && w.kind == Kind::Q5_0;
             let half = !w.kind.is_k();
             let nb = w.cols / QK;
             let panels = w.rows.div_ceil(PANEL);
-            let cl = if nib { 4 } else { 8 };
+            let cl = lines_per_block(nib, hi5);
             let sb = scale_bytes(mode_id(mode), half);
             let mut codes = vec![Line64([0; 64]); panels * nb * cl];
             let mut scales = vec![Line64([0; 64]); (panels * nb * sb).div_ceil(64)];
@@ -159,8 +180,9 @@ impl Packed {
             let cptr = codes.as_mut_ptr() as usize;
             let sptr = scales.as_mut_ptr() as usize;
             let per_task = 8;
-            if !avx512_packs() {
-                // AVX2 (4-bit formats, Q8_0): the same bytes from the plain tile form of each row.
+            if !wide {
+                // AVX2 (4-bit formats, Q5_0, Q8_0): the same bytes from the plain tile form of
+                // each row.
                 crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
                     let mut u = vec![0u8; w.cols];
                     let mut sc = vec![[0.0f32; 2]; nb];
@@ -190,6 +212,16 @@ impl Packed {
                                                 let lo = blk[4 * j + jj].wrapping_sub(base);
                                                 let hi = blk[4 * (j + 4) + jj].wrapping_sub(base);
                                                 c[j * 64 + 4 * lane + jj] = (lo & 15) | (hi << 4);
+                                            }
+                                        }
+                                        if hi5 {
+                                            for jj in 0..4 {
+                                                let mut bits = 0u8;
+                                                for g in 0..8 {
+                                                    let u = blk[4 * g + jj].wrapping_sub(base);
+                                                    bits |= ((u >> 4) & 1) << g;
+                                                }
+                                                c[4 * 64 + 4 * lane + jj] = bits;
                                             }
                                         }
                                     }
@@ -289,6 +321,7 @@ impl Packed {
                 mode,
                 offset,
                 nib,
+                hi5,
                 half,
                 nb,
                 panels,
@@ -312,7 +345,7 @@ impl Packed {
             return false;
         }
         let (pi, lane) = (r / PANEL, r % PANEL);
-        let cl = if self.nib { 4 } else { 8 };
+        let cl = lines_per_block(self.nib, self.hi5);
         let m = mode_id(self.mode);
         let sb = scale_bytes(m, self.half);
         let codes = as_bytes(&self.codes);
@@ -336,6 +369,13 @@ impl Packed {
                     for i in 0..4 {
                         u[4 * j + i] = c[at + i] & 15;
                         u[16 + 4 * j + i] = c[at + i] >> 4;
+                    }
+                }
+                if self.hi5 {
+                    for g in 0..8 {
+                        for i in 0..4 {
+                            u[4 * g + i] |= ((c[4 * 64 + 4 * lane + i] >> g) & 1) << 4;
+                        }
                     }
                 }
             } else {
@@ -439,6 +479,17 @@ impl Packed {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (n, m);
+    }
+}
+
+/// 64-byte lines per block of a panel: nibbles (4), nibbles and fifth bits (5), bytes (8).
+const fn lines_per_block(nib: bool, hi5: bool) -> usize {
+    if hi5 {
+        5
+    } else if nib {
+        4
+    } else {
+        8
     }
 }
 
@@ -821,7 +872,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The panel kernel on AVX2 alone, for the 4-bit formats. A 64-byte line holds rows 0..8 of a
+    //! The panel kernel on AVX2 alone, for the 4-bit formats, Q5_0 and Q8_0. A 64-byte line holds rows 0..8 of a
     //! panel in its first 32 bytes and rows 8..16 in the others, so each half is one 256-bit
     //! register of eight rows. Per activation row and block, register `g` (codes `4g..4g+4` of
     //! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
@@ -847,7 +898,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
         let (nb, k) = (p.nb, p.cols);
-        let cl = if p.nib { 4 } else { 8 };
+        let cl = lines_per_block(p.nib, p.hi5);
         let m = mode_id(p.mode);
         let sb = scale_bytes(m, p.half);
         // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
@@ -910,15 +961,32 @@ mod avx2 {
                         }
                     }
                 };
-                for j in 0..cl {
+                // SAFETY: half h of line 4 of block b (Q5_0's fifth bits; read only when `hi5`).
+                let hv = if p.hi5 {
+                    unsafe {
+                        _mm256_load_si256(cp.add((b * cl + 4) * 64 + 32 * h) as *const __m256i)
+                    }
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for j in 0..if p.nib { 4 } else { 8 } {
                     // SAFETY: half h of line j of block b (64-byte aligned lines, so 32-byte
                     // aligned halves).
                     let v = unsafe {
                         _mm256_load_si256(cp.add((b * cl + j) * 64 + 32 * h) as *const __m256i)
                     };
                     if p.nib {
-                        reg(j, _mm256_and_si256(v, low));
-                        reg(j + 4, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+                        let (lo, hi) = (
+                            _mm256_and_si256(v, low),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(v), low),
+                        );
+                        if p.hi5 {
+                            reg(j, _mm256_or_si256(lo, fifth(hv, j)));
+                            reg(j + 4, _mm256_or_si256(hi, fifth(hv, j + 4)));
+                        } else {
+                            reg(j, lo);
+                            reg(j + 4, hi);
+                        }
                     } else {
                         reg(j, v);
                     }
@@ -927,17 +995,42 @@ mod avx2 {
         }
     }
 
+    /// Bit `g` of every byte of `hv` as that byte's bit 4 (Q5_0's fifth bits, module docs): the
+    /// 16-bit shifts carry bits across bytes only into positions the mask clears.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn fifth(hv: __m256i, g: usize) -> __m256i {
+        let m = _mm256_set1_epi8(0x10);
+        let v = match g {
+            0 => _mm256_slli_epi16::<4>(hv),
+            1 => _mm256_slli_epi16::<3>(hv),
+            2 => _mm256_slli_epi16::<2>(hv),
+            3 => _mm256_slli_epi16::<1>(hv),
+            4 => hv,
+            5 => _mm256_srli_epi16::<1>(hv),
+            6 => _mm256_srli_epi16::<2>(hv),
+            _ => _mm256_srli_epi16::<3>(hv),
+        };
+        _mm256_and_si256(v, m)
+    }
+
     /// `T` activation rows from `t0` against half `HALF_ROWS` (0: rows 0..8, 1: rows 8..16) of
     /// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
     ///
     /// # Safety
-    /// CPU with AVX2, FMA and F16C; `F16`, `NIB` and `MODE` (0 or 1; 0 when not `NIB`) are `p`'s; `cp`/`sp` hold
+    /// CPU with AVX2, FMA and F16C; `F16`, `NIB`, `H5` and `MODE` (0 or 1; 0 when not `NIB`) are `p`'s; `cp`/`sp` hold
     /// panel `pi`'s `p.nb` blocks; rows `t0..t0 + T` exist in `act`, whose width is `p`'s; `y`
     /// points at `[act.rows, p.rows]`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows<const MODE: u8, const T: usize, const F16: bool, const NIB: bool>(
+    unsafe fn rows<
+        const MODE: u8,
+        const T: usize,
+        const F16: bool,
+        const NIB: bool,
+        const H5: bool,
+    >(
         p: &Packed,
         half_rows: usize,
         pi: usize,
@@ -958,7 +1051,7 @@ mod avx2 {
         let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(-128);
-        let cl = if NIB { 4 } else { 8 };
+        let cl = lines_per_block(NIB, H5);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..nb {
             // SAFETY: block b of panel pi: cl lines and sb scale bytes inside the buffers; this
@@ -970,11 +1063,21 @@ mod avx2 {
                         std::array::from_fn(
                             |j| _mm256_loadu_si256(l.add(j * 64) as *const __m256i),
                         );
+                    let hv = if H5 {
+                        _mm256_loadu_si256(l.add(4 * 64) as *const __m256i)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
                     std::array::from_fn(|g| {
-                        if g < 4 {
+                        let v = if g < 4 {
                             _mm256_and_si256(r[g], low)
                         } else {
                             _mm256_and_si256(_mm256_srli_epi16::<4>(r[g - 4]), low)
+                        };
+                        if H5 {
+                            _mm256_or_si256(v, fifth(hv, g))
+                        } else {
+                            v
                         }
                     })
                 } else {
@@ -1016,7 +1119,25 @@ mod avx2 {
                         _mm256_set1_ps(*act.d.get_unchecked(at)),
                     )
                 };
-                let i = if NIB {
+                let i = if H5 {
+                    // Five-bit codes: four registers' pair sums fit 16 bits
+                    // (4·2·31·128 = 31,744 < 2¹⁵), so two partial sums.
+                    let mut s16 = [_mm256_setzero_si256(); 2];
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        s16[g / 4] = _mm256_add_epi16(s16[g / 4], _mm256_maddubs_epi16(*w, x));
+                    }
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(s16[0], ones),
+                            _mm256_madd_epi16(s16[1], ones),
+                        ),
+                        _mm256_set1_epi32(-offset * (h0 + h1)),
+                    )
+                } else if NIB {
                     let mut s16 = _mm256_setzero_si256();
                     for (g, w) in wv.iter().enumerate() {
                         // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
@@ -1081,11 +1202,22 @@ mod avx2 {
         for h in 0..2 {
             // SAFETY: the layout parameters are `p`'s; the rest is the caller's contract.
             unsafe {
-                match (mode_id(p.mode), p.half, p.nib) {
-                    (0, true, true) => rows::<0, T, true, true>(p, h, pi, cp, sp, act, t0, y),
-                    (1, true, true) => rows::<1, T, true, true>(p, h, pi, cp, sp, act, t0, y),
-                    (1, false, true) => rows::<1, T, false, true>(p, h, pi, cp, sp, act, t0, y),
-                    (0, true, false) => rows::<0, T, true, false>(p, h, pi, cp, sp, act, t0, y),
+                match (mode_id(p.mode), p.half, p.nib, p.hi5) {
+                    (0, true, true, true) => {
+                        rows::<0, T, true, true, true>(p, h, pi, cp, sp, act, t0, y)
+                    }
+                    (0, true, true, false) => {
+                        rows::<0, T, true, true, false>(p, h, pi, cp, sp, act, t0, y)
+                    }
+                    (1, true, true, false) => {
+                        rows::<1, T, true, true, false>(p, h, pi, cp, sp, act, t0, y)
+                    }
+                    (1, false, true, false) => {
+                        rows::<1, T, false, true, false>(p, h, pi, cp, sp, act, t0, y)
+                    }
+                    (0, true, false, false) => {
+                        rows::<0, T, true, false, false>(p, h, pi, cp, sp, act, t0, y)
+                    }
                     _ => {}
                 }
             }
@@ -1102,7 +1234,7 @@ mod avx2 {
         let m = act.rows;
         let nb = p.nb;
         let sb = scale_bytes(mode_id(p.mode), p.half);
-        let cl = if p.nib { 4 } else { 8 };
+        let cl = lines_per_block(p.nib, p.hi5);
         // SAFETY: panel pi's lines start inside the buffers (pi < panels).
         let (cp, sp) = unsafe {
             (

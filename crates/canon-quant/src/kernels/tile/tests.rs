@@ -372,7 +372,7 @@ fn packed_rows_dequantize_to_the_same_bits() {
     }
 }
 
-/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats and Q8_0 are packed for the AVX2 panel
+/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats, Q5_0 and Q8_0 are packed for the AVX2 panel
 /// kernel: its products match the plain tile arithmetic (to rounding: fused multiply-adds), one
 /// row alone equals the same row in any batch bit for bit, the packed rows dequantize to the
 /// file's bits, and the other formats stay unpacked.
@@ -405,13 +405,19 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
             };
             let Some(p) = packed::Packed::pack(w) else {
                 assert!(
-                    !matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
+                    !matches!(
+                        kind,
+                        Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q5_0 | Kind::Q8_0
+                    ),
                     "{kind:?} was not packed"
                 );
                 continue;
             };
             assert!(
-                matches!(kind, Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q8_0),
+                matches!(
+                    kind,
+                    Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q5_0 | Kind::Q8_0
+                ),
                 "{kind:?} was packed"
             );
             let x = rng.vec(m * k, 1.0);
@@ -435,6 +441,25 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
                     let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
                     assert_eq!(gb, wb, "{kind:?} row {r}");
                 }
+            }
+            // Whole panels at once (the QLoRA input gradient's path) give the same bits.
+            if n >= 16 {
+                let mut all = vec![f32::NAN; 16 * k];
+                if p.dequantize_rows(0, &mut all) {
+                    for r in 0..16 {
+                        dequantize_row_with(Isa::Scalar, w, r, &mut want);
+                        let gb: Vec<u32> = all[r * k..(r + 1) * k]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect();
+                        let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(gb, wb, "{kind:?} panel row {r}");
+                    }
+                }
+            }
+            // Q5_0's five-bit layout is the file's size (whole panels).
+            if kind == Kind::Q5_0 && n % 16 == 0 {
+                assert_eq!(p.bytes(), bytes.len(), "Q5_0 packed size");
             }
         }
     }
