@@ -79,8 +79,8 @@ pub fn enabled() -> bool {
 }
 
 /// Whether `kind` is packed on this CPU: every tile format but Q3_K with AVX-512 VNNI, the 4-bit
-/// formats (Q4_0, Q4_1, Q4_K), Q5_0 and Q8_0 with AVX2 alone (`avx2_packs`); the tile kernel and
-/// packing enabled.
+/// formats (Q4_0, Q4_1, Q4_K), Q5_0, Q6_K and Q8_0 with AVX2 alone (`avx2_packs`); the tile
+/// kernel and packing enabled.
 pub fn packs(kind: Kind) -> bool {
     super::enabled()
         && enabled()
@@ -89,10 +89,10 @@ pub fn packs(kind: Kind) -> bool {
         && (avx512_packs() || (avx2_packs() && avx2_kind(kind)))
 }
 
-/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, Q5_0 (nibbles and fifth bits)
-/// and Q8_0 (by the sign trick).
+/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, Q5_0 (nibbles and fifth bits),
+/// Q6_K (a byte per code, two scales per block) and Q8_0 (by the sign trick).
 fn avx2_kind(kind: Kind) -> bool {
-    avx2_base(kind).is_some() || kind == Kind::Q8_0
+    avx2_base(kind).is_some() || matches!(kind, Kind::Q6K | Kind::Q8_0)
 }
 
 /// `nibble_base` for the AVX2 layout, which also stores Q5_0's codes `q + 128 − 112` in five bits.
@@ -872,7 +872,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! The panel kernel on AVX2 alone, for the 4-bit formats, Q5_0 and Q8_0. A 64-byte line holds rows 0..8 of a
+    //! The panel kernel on AVX2 alone, for the 4-bit formats, Q5_0, Q6_K and Q8_0. A 64-byte line holds rows 0..8 of a
     //! panel in its first 32 bytes and rows 8..16 in the others, so each half is one 256-bit
     //! register of eight rows. Per activation row and block, register `g` (codes `4g..4g+4` of
     //! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
@@ -1080,6 +1080,9 @@ mod avx2 {
                             v
                         }
                     })
+                } else if MODE == 2 {
+                    // Q6_K's codes u = q + 32 in 0..64, unsigned as they are.
+                    std::array::from_fn(|g| _mm256_loadu_si256(l.add(g * 64) as *const __m256i))
                 } else {
                     // Q8_0's codes u = q + 128 back to the signed q.
                     std::array::from_fn(|g| {
@@ -1119,6 +1122,31 @@ mod avx2 {
                         _mm256_set1_ps(*act.d.get_unchecked(at)),
                     )
                 };
+                if MODE == 2 {
+                    // Six-bit codes, a scale per 16: two registers' pair sums fit 16 bits
+                    // (2·2·63·128 = 32,256 < 2¹⁵); each half its own integer sum and scale.
+                    let mut s16 = [_mm256_setzero_si256(); 4];
+                    for (g, w) in wv.iter().enumerate() {
+                        // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                        let x = unsafe {
+                            _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned())
+                        };
+                        s16[g / 2] = _mm256_add_epi16(s16[g / 2], _mm256_maddubs_epi16(*w, x));
+                    }
+                    let half = |a: __m256i, b: __m256i, h: i32| {
+                        _mm256_add_epi32(
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(a, ones),
+                                _mm256_madd_epi16(b, ones),
+                            ),
+                            _mm256_set1_epi32(-offset * h),
+                        )
+                    };
+                    let (i0, i1) = (half(s16[0], s16[1], h0), half(s16[2], s16[3], h1));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(s0, dx), *a);
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(s1, dx), *a);
+                    continue;
+                }
                 let i = if H5 {
                     // Five-bit codes: four registers' pair sums fit 16 bits
                     // (4·2·31·128 = 31,744 < 2¹⁵), so two partial sums.
@@ -1217,6 +1245,9 @@ mod avx2 {
                     }
                     (0, true, false, false) => {
                         rows::<0, T, true, false, false>(p, h, pi, cp, sp, act, t0, y)
+                    }
+                    (2, false, false, false) => {
+                        rows::<2, T, false, false, false>(p, h, pi, cp, sp, act, t0, y)
                     }
                     _ => {}
                 }
