@@ -961,8 +961,8 @@ mod avx2 {
                         }
                     }
                 };
-                // SAFETY: half h of line 4 of block b (Q5_0's fifth bits; read only when `hi5`).
                 let hv = if p.hi5 {
+                    // SAFETY: half h of line 4 of block b (Q5_0's fifth bits, present when `hi5`).
                     unsafe {
                         _mm256_load_si256(cp.add((b * cl + 4) * 64 + 32 * h) as *const __m256i)
                     }
