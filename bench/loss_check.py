@@ -57,7 +57,8 @@ def train(binary, cfg_text, steps, seed, threads, cache):
                 ev = v
     tps = [l["tokens_per_s"] for l in lines if "tokens_per_s" in l]
     res = {"loss": train_loss[-1] if train_loss else None, "eval_loss": ev,
-           "tokens_per_s": statistics.median(tps) if tps else None}
+           "tokens_per_s": statistics.median(tps) if tps else None,
+           "losses": [l["loss"] for l in lines if "loss" in l and "step" in l]}
     cache.mkdir(parents=True, exist_ok=True)
     key.write_text(json.dumps(res))
     return res
@@ -98,6 +99,9 @@ def main():
         c = mean_sd([r[key] for r in table["after"]])
         print(f"{key:9}: before {b[0]:.4f} ± {b[1]:.4f}, after {c[0]:.4f} ± {c[1]:.4f}, "
               f"difference {c[0] - b[0]:+.4f} (seed sd {max(b[1], c[1]):.4f})")
+    same = sum(b.get("losses") == c.get("losses") and b.get("losses") is not None
+               for b, c in zip(table["before"], table["after"]))
+    print(f"seeds with the same loss at every step in both builds: {same} of {len(seeds)}")
     print(f"load average before and after: {load0} / {os.getloadavg()}")
 
 
