@@ -195,11 +195,14 @@ def main():
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup, extra)
     # Peak resident memory (KiB on Linux) of the Canon run (its own, from wait4); PyTorch trains in this process, so its peak is this process's (the interpreter included).
     c_rss = run_canon.peak_rss_kib
-    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
-    t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The build before runs before PyTorch is loaded: a child's peak RSS on Linux starts from
+    # this process's at the fork.
     b_tps = b_loss = None
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
+        b_rss = run_canon.peak_rss_kib
+    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
+    t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
     print(f"CPU: {cpu_label()}")
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
@@ -213,7 +216,7 @@ def main():
         bm = statistics.median(b_tps)
         print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "
               f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}; "
-              f"peak RSS before {run_canon.peak_rss_kib / 1024:.0f} MiB")
+              f"peak RSS before {b_rss / 1024:.0f} MiB")
     if a.cpu_time:
         n = max(a.steps // 2, 3)
         c_cpu = canon_cpu_per_step(a.canon, text, n, a.threads, a.warmup, extra)
