@@ -66,11 +66,17 @@ def run_canon(canon, cfg_text, steps, threads, warmup, extra=()):
         out = Path(tmp) / "run"
         cmd = [str(canon), "--threads", str(threads), "-q", "train", "--config", str(cfg),
                "--stop-at", str(steps), "--out", str(out), *extra]
-        subprocess.run(cmd, check=True)
+        proc = subprocess.Popen(cmd)
+        # wait4: this child's own peak resident memory (KiB on Linux), not the largest so far.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
         lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
         vocab = json.loads((out / "model.json").read_text())["vocab_size"]
     tps = [l["tokens_per_s"] for l in lines if l["step"] > warmup]
     losses = [l["loss"] for l in lines]
+    run_canon.peak_rss_kib = usage.ru_maxrss
     return tps, losses, vocab
 
 
@@ -187,14 +193,16 @@ def main():
     text, cfg = read_config(a.config)
     extra = a.canon_args.split()
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup, extra)
-    # Peak resident memory (KiB on Linux): the largest waited-for child so far is the Canon run;
-    # PyTorch trains in this process, so its peak is this process's (the interpreter included).
-    c_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
-    t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Peak resident memory (KiB on Linux) of the Canon run (its own, from wait4); PyTorch trains in this process, so its peak is this process's (the interpreter included).
+    c_rss = run_canon.peak_rss_kib
+    # The build before runs before PyTorch is loaded: a child's peak RSS on Linux starts from
+    # this process's at the fork.
     b_tps = b_loss = None
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
+        b_rss = run_canon.peak_rss_kib
+    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
+    t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
     print(f"CPU: {cpu_label()}")
     print(f"config {a.config.name}: vocab {vocab}, {n_params} parameters (PyTorch count), "
@@ -207,7 +215,8 @@ def main():
     if b_tps:
         bm = statistics.median(b_tps)
         print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "
-              f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}")
+              f"ratio before/pytorch = {bm / tm:.2f}, canon/before = {cm / bm:.2f}; "
+              f"peak RSS before {b_rss / 1024:.0f} MiB")
     if a.cpu_time:
         n = max(a.steps // 2, 3)
         c_cpu = canon_cpu_per_step(a.canon, text, n, a.threads, a.warmup, extra)

@@ -908,6 +908,131 @@ pub fn logsumexp(x: &Tensor) -> crate::Result<Tensor> {
     x.contiguous()?.apply_op1(LogSumExp)
 }
 
+// ------------------------------------------------------------------ cross-entropy
+
+/// Per-row cross-entropy `log Σ_j exp(z_j) − z_y` over the last dimension; the row log-sum-exps
+/// are kept for the backward, which writes `g · (softmax(z) − onehot(y))` into one buffer.
+struct CrossEntropyOp {
+    targets: Vec<u32>,
+    lse: std::sync::Mutex<Vec<f32>>,
+}
+
+impl CustomOp1 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "cross-entropy-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _t = crate::profile::scope(crate::profile::Phase::CrossEntropy);
+        let x = slice(s, l, self.name())?;
+        let v = last_dim(l).max(1);
+        let n = x.len() / v;
+        if n != self.targets.len() {
+            candle_core::bail!(
+                "cross_entropy: expected {n} targets for {n} rows of logits, found {}",
+                self.targets.len()
+            );
+        }
+        let mut lse = vec![0f32; n];
+        lse.par_iter_mut()
+            .zip(x.par_chunks(v))
+            .for_each(|(o, xr)| *o = row_lse(xr));
+        // The same subtraction as `lse − gather(z, y)`: the same bits as the composed ops.
+        let out: Vec<f32> = lse
+            .iter()
+            .zip(&self.targets)
+            .enumerate()
+            .map(|(i, (&m, &t))| m - x[i * v + t as usize])
+            .collect();
+        match self.lse.lock() {
+            Ok(mut kept) => *kept = lse,
+            Err(_) => candle_core::bail!("cross_entropy: the kept row log-sum-exps were poisoned"),
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let _t = crate::profile::scope(crate::profile::Phase::CrossEntropy);
+        let lse = match self.lse.lock() {
+            Ok(kept) => kept.clone(),
+            Err(_) => candle_core::bail!("cross_entropy: the kept row log-sum-exps were poisoned"),
+        };
+        let gv: Vec<f32> = g.flatten_all()?.to_vec1()?;
+        if gv.len() != lse.len() {
+            candle_core::bail!(
+                "cross_entropy backward: expected {} row gradients, found {}",
+                lse.len(),
+                gv.len()
+            );
+        }
+        // Rows of (lse, g) beside the logits, read in place by the backward kernel.
+        let aux: Vec<f32> = lse.iter().zip(&gv).flat_map(|(&m, &gi)| [m, gi]).collect();
+        let aux = Tensor::from_vec(aux, (lse.len(), 2), x.device())?;
+        Ok(Some(x.apply_op2_no_bwd(
+            &aux,
+            &CrossEntropyBwd {
+                targets: self.targets.clone(),
+            },
+        )?))
+    }
+}
+
+struct CrossEntropyBwd {
+    targets: Vec<u32>,
+}
+
+impl CustomOp2 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "cross-entropy-train-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let aux = slice(s2, l2, self.name())?;
+        let v = last_dim(l1).max(1);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(v)
+            .zip(x.par_chunks(v))
+            .zip(aux.par_chunks(2).zip(self.targets.par_iter()))
+            .for_each(|((dr, xr), (mg, &t))| {
+                let (m, gi) = (mg[0], mg[1]);
+                for (o, &z) in dr.iter_mut().zip(xr) {
+                    *o = gi * (z - m).exp();
+                }
+                // The composed ops add the gather's −g to the log-sum-exp's gradient.
+                dr[t as usize] += -gi;
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Per-row cross-entropy `log Σ_j exp(z_j) − z_{y_i}` of f32 logits `[n, v]` with targets `[n]`
+/// → `[n]`, as one op: one pass per row forward, and a backward that writes
+/// `g · (softmax(z) − onehot(y))` directly (the composed `logsumexp − gather` keeps a
+/// zero-filled scatter buffer and a sum beside the softmax gradient). Values and gradients are
+/// the same bits as the composed ops.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> crate::Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if targets.len() != n {
+        candle_core::bail!(
+            "cross_entropy: expected {n} targets for {n} rows of logits, found {}",
+            targets.len()
+        );
+    }
+    if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t as usize >= v) {
+        candle_core::bail!("cross_entropy: target {t} at row {i} is outside the vocabulary of {v}");
+    }
+    logits.contiguous()?.apply_op1(CrossEntropyOp {
+        targets: targets.to_vec(),
+        lse: std::sync::Mutex::new(Vec::new()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1517,5 +1642,54 @@ mod tests {
         );
         let x = Var::from_tensor(&randn(&[3, 7], 4)).unwrap();
         check_gradients(&[x], |t| wsum(&logsumexp(&t[0])?, 5), 1e-2, 2e-3, 2e-2).unwrap();
+    }
+
+    /// The fused cross-entropy gives the composed ops' values and gradients bit for bit, and
+    /// passes finite differences.
+    #[test]
+    fn cross_entropy_rows_equals_the_composed_ops_and_finite_differences() {
+        let x = Var::from_tensor(&(randn(&[6, 50], 3) * 5.0).unwrap()).unwrap();
+        let y: Vec<u32> = vec![0, 49, 7, 7, 20, 33];
+        let ours = cross_entropy_rows(x.as_tensor(), &y).unwrap();
+        let yt = Tensor::from_vec(y.clone(), (6, 1), &candle_core::Device::Cpu).unwrap();
+        let picked = x.as_tensor().gather(&yt, 1).unwrap().squeeze(1).unwrap();
+        let refr = (logsumexp(x.as_tensor()).unwrap() - picked).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&ours), bits(&refr));
+        let g1 = ours.mean_all().unwrap().backward().unwrap();
+        let g2 = refr.mean_all().unwrap().backward().unwrap();
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert_eq!(bits(g1), bits(g2));
+        assert_close(g1, g2, Tol::F32);
+        let g1 = wsum(&ours, 2).unwrap().backward().unwrap();
+        let g2 = wsum(&refr, 2).unwrap().backward().unwrap();
+        assert_close(
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+            Tol::F32,
+        );
+        let x = Var::from_tensor(&randn(&[3, 7], 4)).unwrap();
+        check_gradients(
+            &[x],
+            |t| wsum(&cross_entropy_rows(&t[0], &[1, 6, 0])?, 5),
+            1e-2,
+            2e-3,
+            2e-2,
+        )
+        .unwrap();
+        // Wrong target count and an out-of-vocabulary target are errors.
+        assert!(cross_entropy_rows(&randn(&[2, 3], 1), &[0]).is_err());
+        assert!(cross_entropy_rows(&randn(&[2, 3], 1), &[0, 3]).is_err());
     }
 }
