@@ -1,5 +1,6 @@
 //! Figures of run metrics and JSON-lines tables (`canon plot`): one metric of one or more runs
-//! against step, tokens or time, or any two keys of a table, grouped by a third.
+//! against step, tokens or time, or any two keys of a table, grouped by a third (bars when the
+//! x key holds names).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,71 @@ fn metrics_of(run: &Path) -> Result<(PathBuf, String)> {
     Ok((m, name))
 }
 
+/// The group name of a table row (`--group`'s value, or `y_key` without grouping).
+fn group_of(a: &FigureSpec, r: &Map<String, Value>, y_key: &str) -> String {
+    match &a.group {
+        None => y_key.to_string(),
+        Some(k) => match r.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "(none)".to_string(),
+            Some(v) => format!("{k}={v}"),
+        },
+    }
+}
+
+/// A table whose x key holds strings: one bar per category (in the order of first appearance)
+/// and group, the groups side by side.
+fn categorical_figure(
+    a: &FigureSpec,
+    rows: &[Map<String, Value>],
+    x_key: &str,
+    y_key: &str,
+    file: &Path,
+) -> Result<Figure> {
+    require_key(rows, y_key, file)?;
+    if a.log_x || a.smooth > 1 {
+        bail!(
+            "{}: '{x_key}' holds names, not numbers: --log-x and --smooth need a numeric x",
+            file.display()
+        );
+    }
+    let mut cats: Vec<String> = Vec::new();
+    let mut groups: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows {
+        let (Some(Value::String(x)), Some(y)) = (r.get(x_key), num(r, y_key)) else {
+            continue;
+        };
+        let i = match cats.iter().position(|c| c == x) {
+            Some(i) => i,
+            None => {
+                cats.push(x.clone());
+                cats.len() - 1
+            }
+        };
+        let g = group_of(a, r, y_key);
+        match groups.iter_mut().find(|(n, _)| *n == g) {
+            Some((_, p)) => p.push((i as f64, y)),
+            None => groups.push((g, vec![(i as f64, y)])),
+        }
+    }
+    let mut fig = Figure::new(a.title.as_deref().unwrap_or(y_key))
+        .x_title(x_key)
+        .y_title(y_key)
+        .x_categories(&cats);
+    if a.log_y {
+        fig = fig.log_y();
+    }
+    for (name, pts) in groups {
+        let name = if a.group.is_some() {
+            name
+        } else {
+            String::new()
+        };
+        fig = fig.series(Series::bars(&name, pts));
+    }
+    Ok(fig)
+}
+
 /// One metric of each run (a folder holding metrics.jsonl, or the file) against `a.x` (step,
 /// tokens or time), one series per run.
 pub fn runs_figure(a: &FigureSpec) -> Result<Figure> {
@@ -226,7 +292,8 @@ pub fn runs_figure(a: &FigureSpec) -> Result<Figure> {
     Ok(fig)
 }
 
-/// Two keys of a JSON-lines table, one series per value of `a.group`.
+/// Two keys of a JSON-lines table, one series per value of `a.group`: lines with dots when the
+/// x key holds numbers, grouped bars with the names on the x axis when it holds strings.
 pub fn jsonl_figure(a: &FigureSpec, file: &Path) -> Result<Figure> {
     let x_key =
         a.x.clone()
@@ -238,6 +305,15 @@ pub fn jsonl_figure(a: &FigureSpec, file: &Path) -> Result<Figure> {
     if rows.is_empty() {
         bail!("{}: no lines", file.display());
     }
+    if !rows
+        .iter()
+        .any(|r| r.get(&x_key).is_some_and(Value::is_number))
+        && rows
+            .iter()
+            .any(|r| r.get(&x_key).is_some_and(Value::is_string))
+    {
+        return categorical_figure(a, &rows, &x_key, &y_key, file);
+    }
     require_key(&rows, &x_key, file)?;
     require_key(&rows, &y_key, file)?;
     let mut groups: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -245,14 +321,7 @@ pub fn jsonl_figure(a: &FigureSpec, file: &Path) -> Result<Figure> {
         let (Some(x), Some(y)) = (num(r, &x_key), num(r, &y_key)) else {
             continue;
         };
-        let g = match &a.group {
-            None => y_key.clone(),
-            Some(k) => match r.get(k) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => "(none)".to_string(),
-                Some(v) => format!("{k}={v}"),
-            },
-        };
+        let g = group_of(a, r, &y_key);
         match groups.iter_mut().find(|(n, _)| *n == g) {
             Some((_, p)) => p.push((x, y)),
             None => groups.push((g, vec![(x, y)])),
@@ -292,4 +361,60 @@ pub fn jsonl_figure(a: &FigureSpec, file: &Path) -> Result<Figure> {
         fig = fig.series(Series::line_points(&name, pts));
     }
     Ok(fig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(x: &str, y: &str, group: Option<&str>) -> FigureSpec {
+        FigureSpec {
+            x: Some(x.into()),
+            y: Some(y.into()),
+            group: group.map(Into::into),
+            smooth: 1,
+            ..FigureSpec::default()
+        }
+    }
+
+    fn table(lines: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t.jsonl");
+        std::fs::write(&f, lines).unwrap();
+        (d, f)
+    }
+
+    #[test]
+    fn string_x_gives_grouped_bars_in_first_seen_order() {
+        let (_d, f) = table(concat!(
+            "{\"method\":\"ReAct\",\"em\":0.3,\"setup\":\"prompted\"}\n",
+            "{\"method\":\"Act\",\"em\":0.2,\"setup\":\"prompted\"}\n",
+            "{\"method\":\"ReAct\",\"em\":0.5,\"setup\":\"fine-tuned\"}\n",
+            "{\"method\":\"CoT\",\"em\":0.1,\"setup\":\"fine-tuned\"}\n",
+            "{\"method\":\"Act\",\"setup\":\"fine-tuned\"}\n",
+        ));
+        let fig = jsonl_figure(&spec("method", "em", Some("setup")), &f).unwrap();
+        assert_eq!(fig.x.categories, ["ReAct", "Act", "CoT"]);
+        let names: Vec<&str> = fig.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["prompted", "fine-tuned"]);
+        assert_eq!(fig.series[0].points, [(0.0, 0.3), (1.0, 0.2)]);
+        assert_eq!(fig.series[1].points, [(0.0, 0.5), (2.0, 0.1)]);
+        assert!(fig.to_svg().is_ok());
+    }
+
+    #[test]
+    fn numeric_x_still_gives_lines_and_names_reject_log_x() {
+        let (_d, f) = table("{\"k\":2,\"acc\":0.5}\n{\"k\":1,\"acc\":0.25}\n");
+        let fig = jsonl_figure(&spec("k", "acc", None), &f).unwrap();
+        assert!(fig.x.categories.is_empty());
+        assert_eq!(fig.series[0].points, [(1.0, 0.25), (2.0, 0.5)]);
+        let (_d2, g) = table("{\"m\":\"a\",\"acc\":0.5}\n");
+        let mut s = spec("m", "acc", None);
+        s.log_x = true;
+        let e = jsonl_figure(&s, &g).unwrap_err().to_string();
+        assert!(
+            e.contains("'m' holds names") && e.contains("--log-x"),
+            "{e}"
+        );
+    }
 }
