@@ -32,6 +32,8 @@ pub mod lora;
 pub mod lora_opts;
 pub mod model_opts;
 pub mod plot_opts;
+#[cfg(feature = "cli")]
+pub mod progress_draw;
 pub mod progress_line;
 pub mod quantize_opts;
 pub mod rag;
@@ -155,6 +157,26 @@ impl<T> Context<T> for Option<T> {
     fn with_context<C: Display, F: FnOnce() -> C>(self, f: F) -> Result<T> {
         self.ok_or_else(|| RunError::Msg(f().to_string()))
     }
+}
+
+/// The line the binary prints for an error: it and its causes, outermost first, joined by `: `.
+/// A cause whose text the line already holds is left out: error types that print their source
+/// inside their own message and also return it as `source()` would otherwise say it twice.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cur = Some(e);
+    while let Some(cause) = cur {
+        let text = cause.to_string().replace('\n', " ");
+        cur = cause.source();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// An error and its causes on one line, `outer: inner: ...`.
