@@ -216,20 +216,22 @@ pub type FamilySetup = (
 /// Builds the engine's inputs for a family trained through its own objective (every family but the
 /// causal ones, which `causal::prepare` serves). `dir` is the run folder; `resuming` reuses its
 /// tokenizer and vocabulary instead of training new ones.
-/// `file` names the configuration in errors.
+/// `file` names the configuration in errors. `stop` gives the flag that interrupts a training run
+/// inside the setup (ERNIE's TransE) with a checkpoint.
 pub fn setup(
     cfg: RunConfig,
     file: &Path,
     dir: &RunDir,
     resuming: bool,
     report: Report,
+    stop: &dyn Fn() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<FamilySetup> {
     match cfg {
         RunConfig::Transformer(c) => transformer::setup(c, file, dir, resuming, report),
         RunConfig::T5(c) => t5::setup(c, file, dir, resuming, report),
         RunConfig::Bert(c) => bert::setup(c, file, dir, resuming, report),
         RunConfig::DistilBert(c) => distilbert::setup(c, file, dir, resuming, report),
-        RunConfig::Ernie(c) => ernie::setup(c, file, dir, resuming, report),
+        RunConfig::Ernie(c) => ernie::setup(c, file, dir, resuming, report, stop),
         RunConfig::Causal(_) => {
             bail!("the causal families are set up by canon_runs::causal::prepare")
         }

@@ -166,13 +166,23 @@ pub fn train(
         value,
         resuming,
     } = a.open()?;
+    // One flag for the run (ctrlc takes one handler): the setup's own training (ERNIE's TransE)
+    // and the engine's share it.
+    let flag = std::cell::OnceCell::new();
+    let stop_once = || -> Result<Arc<AtomicBool>> {
+        if let Some(f) = flag.get() {
+            return Ok(Arc::clone(f));
+        }
+        let f = stop()?;
+        Ok(Arc::clone(flag.get_or_init(|| f)))
+    };
     let run = Drive {
         dir: &dir,
         resuming,
         stop_at: a.stop_at,
         threads,
         report,
-        stop,
+        stop: &stop_once,
     };
     let cfg = RunConfig::parse(&value, &config_path)?;
     if let RunConfig::Causal(mut cfg) = cfg {
@@ -183,8 +193,10 @@ pub fn train(
         return run.drive(&mut trainer.engine, &mut obj, on);
     }
     dir.create()?;
-    let (params, train_cfg, mut obj) = crate::setup(cfg, &config_path, &dir, resuming, report)?;
+    // Written first, so that a run stopped inside its setup (ERNIE's TransE) can be resumed.
     dir.write_config(&value)?;
+    let (params, train_cfg, mut obj) =
+        crate::setup(cfg, &config_path, &dir, resuming, report, &stop_once)?;
     let mut engine = Engine::new(params, train_cfg)?;
     run.drive(&mut engine, &mut *obj, on)
 }
