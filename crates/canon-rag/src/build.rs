@@ -27,11 +27,33 @@ pub struct Built {
     pub embed_s: f64,
 }
 
-/// The two stages of a build, for progress reports.
+/// The stages of a build (and of a graph built over an index), for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Read,
     Embed,
+    /// A graph's text units through the LLM extractor.
+    Extract,
+    /// A graph's entity descriptions embedded.
+    EmbedEntities,
+    /// A graph's entity descriptions summarised by a model.
+    Summaries,
+    /// A graph's community reports written by a model.
+    Reports,
+}
+
+impl Stage {
+    /// The label of the stage's progress bar.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Read => "read files/s",
+            Stage::Embed => "embed chunks/s",
+            Stage::Extract => "extract units/s",
+            Stage::EmbedEntities => "embed entities/s",
+            Stage::Summaries => "summaries",
+            Stage::Reports => "reports",
+        }
+    }
 }
 
 /// Unchanged files' entries, chunks and vectors (by path) in an index, for `update`.

@@ -26,6 +26,7 @@ pub mod graph_answer;
 pub mod graph_llm;
 pub mod hnsw;
 pub mod index;
+pub mod index_graph;
 pub mod leiden;
 pub mod marginal;
 pub mod opts;

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use crate::answer::{Answer, RagDecoded};
 use crate::ask::Passage;
+use crate::build::{DryRun, Written};
 use crate::eval::Summary;
+use crate::graph::{GRAPH_FILE, IndexGraph};
 use crate::graph_answer::GlobalAnswer;
 use crate::index::Hit;
 
@@ -226,6 +228,45 @@ pub fn option_scoring(
         "no_retrieval_accuracy": counts.3 as f64 / n, "retrieval_raises_answer_logprob": counts.4 as f64 / n}})
 }
 
+/// A written index's figures (`canon index build|update`): the build's line, then the index's.
+pub fn written(out: &std::path::Path, w: &Written, threads: usize, total_s: f64) -> String {
+    let build = json!({"files_read": w.files_read, "skipped": w.skipped, "chunks": w.chunks,
+        "embedded": w.embedded, "unique_embedded": w.unique_embedded, "read_chunk_s": w.read_s,
+        "embed_s": w.embed_s, "chunks_per_s": w.embedded as f64 / w.embed_s.max(1e-9),
+        "threads": threads});
+    let index = json!({"index": out.display().to_string(), "files": w.meta.files.len(),
+        "chunks": w.meta.chunks, "hnsw": w.hnsw, "stats": w.meta.stats, "total_s": total_s});
+    format!("{build}\n{index}\n")
+}
+
+/// `canon index build --dry-run`'s line: what a build of `files` files would index.
+pub fn dry_run(files: usize, d: &DryRun, read_chunk_s: f64, threads: usize) -> String {
+    let v = json!({"dry_run": true, "files": files, "stats": d.stats, "chunks": d.chunks,
+        "tokens": d.tokens, "unique_chunks": d.unique_chunks, "unique_tokens": d.unique_tokens,
+        "unique_bodies": d.unique_bodies, "read_chunk_s": read_chunk_s, "threads": threads});
+    format!("{v}\n")
+}
+
+/// `canon graph build`'s lines for the graph saved in `index`: the LLM's calls (when one
+/// extracted), then the graph's figures.
+pub fn graph_built(index: &std::path::Path, built: &IndexGraph, total_s: f64) -> String {
+    let mut s = String::new();
+    if let Some(r) = &built.llm {
+        let v = json!({"llm": r.id, "cache_hits": r.cache_hits, "calls_made": r.calls_made,
+            "stats": r.stats});
+        let _ = writeln!(s, "{v}");
+    }
+    let g = &built.graph;
+    let v = json!({"graph": index.join(GRAPH_FILE).display().to_string(),
+        "extractor": g.extractor, "entities": g.entities.len(),
+        "relationships": g.relations.len(), "communities": g.clusters.len(),
+        "levels": g.levels(), "leaf_communities": g.clusters.iter().filter(|c| c.leaf).count(),
+        "entity_embeddings": g.entity_embedding.as_ref().map(|e| &e.file),
+        "extract_s": built.extract_s, "total_s": total_s});
+    let _ = writeln!(s, "{v}");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +324,57 @@ mod tests {
         let o = option_scoring("bm25", (4, 2, 1, 0, 3), Some(3));
         assert_eq!(o["option_scoring"]["candidates"], 4);
         assert_eq!(o["option_scoring"]["rag_sequence_accuracy"], 0.5);
+    }
+
+    #[test]
+    fn index_figures_are_one_json_object_a_line() {
+        let d = DryRun {
+            stats: Default::default(),
+            chunks: 10,
+            tokens: 200,
+            unique_chunks: 8,
+            unique_tokens: 150,
+            unique_bodies: 7,
+        };
+        let line = dry_run(3, &d, 0.5, 2);
+        let v: Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(
+            (v["dry_run"].clone(), v["files"].clone()),
+            (json!(true), json!(3))
+        );
+        assert_eq!(v["unique_bodies"], 7);
+        let meta = crate::index::Meta {
+            format: "f".into(),
+            version: 1,
+            model: "minilm".into(),
+            dim: 4,
+            chunks: 10,
+            man_rendered: false,
+            roots: vec![],
+            files: vec![],
+            stats: Default::default(),
+        };
+        let w = Written {
+            meta,
+            hnsw: false,
+            files_read: 3,
+            skipped: 1,
+            chunks: 10,
+            embedded: 10,
+            unique_embedded: 8,
+            read_s: 0.1,
+            embed_s: 2.0,
+        };
+        let text = written(std::path::Path::new("x.idx"), &w, 2, 3.0);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["chunks_per_s"], 5.0);
+        assert_eq!(
+            (lines[1]["index"].clone(), lines[1]["total_s"].clone()),
+            (json!("x.idx"), json!(3.0))
+        );
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! `[ernie] task = "pretrain"` (default): builds the standard-library knowledge graph and text
 //! (`canon_train::ernie_data`), trains TransE on the graph (`[transe]`, written to
-//! `transe.safetensors`; skipped for a plain BERT, `k_layers = 0`), builds the word vocabulary
-//! (`vocab.json`), and pre-trains with MLM + dEA.
+//! `transe.safetensors`; skipped for a plain BERT, `k_layers = 0`) as a run of its own in
+//! `transe/` (metrics.jsonl, loss.png, checkpoint: Ctrl-C stops it with a checkpoint that
+//! `canon train --resume` continues exactly), builds the word vocabulary (`vocab.json`), and
+//! pre-trains with MLM + dEA.
 //!
 //! `[ernie] task = "typing"` with `init = "RUN_DIR"`: fine-tunes the pre-trained run in `RUN_DIR`
 //! (its `model.json`, `vocab.json`, `transe.safetensors` and checkpoint) on mention typing
@@ -12,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use canon_models::VarStore;
 use canon_models::ernie::{Ernie, ErnieConfig, init_policy};
@@ -24,14 +27,17 @@ use canon_train::ernie_train::{
     DeaConfig, ErnieCorpus, PretrainObjective, TypingObjective, Vocab, held_out, sequences,
     typing_examples, zero_table,
 };
+use canon_train::trainer::RunFiles;
 use canon_train::transe::{TransE, TransEConfig};
-use canon_train::{Engine, TrainConfig};
+use canon_train::{Engine, Outcome, TrainConfig};
 use serde::Deserialize;
 
 use crate::{Context, FamilySetup, Report, Result, RunDir, bail, err, python_stdlib_dir};
 
 pub const VOCAB_FILE: &str = "vocab.json";
 pub const TRANSE_FILE: &str = "transe.safetensors";
+/// The folder of the TransE run inside an ERNIE run.
+pub const TRANSE_DIR: &str = "transe";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -150,18 +156,37 @@ fn model_config(model: &toml::Value, file: &str) -> Result<ErnieConfig> {
     Ok(c)
 }
 
+/// How the TransE table is made: trained as a run in `run_dir` (resumed from its checkpoint
+/// when `resuming`), or reused from `path` when `reuse` and it exists.
+struct TableRun<'a> {
+    path: &'a Path,
+    run_dir: &'a Path,
+    reuse: bool,
+    resuming: bool,
+    stop: &'a dyn Fn() -> Result<Arc<AtomicBool>>,
+}
+
 /// Trains TransE (every 50th triple held out for the link-prediction report) or reuses the table.
 fn entity_table(
     kg: &KnowledgeGraph,
     cfg: &TransEConfig,
-    path: &Path,
-    reuse: bool,
+    how: TableRun<'_>,
     seed: u64,
     say: &dyn Fn(String),
 ) -> Result<candle_core::Tensor> {
-    if reuse && path.exists() {
+    let path = how.path;
+    if how.reuse && path.exists() {
         return Ok(TransE::load_entities(path, kg.entities.len(), cfg.dim)?);
     }
+    let files = RunFiles::in_dir(how.run_dir);
+    if !how.resuming && files.checkpoint.exists() {
+        bail!(
+            "{} holds an interrupted TransE run; continue it with --resume or choose another --out",
+            how.run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(how.run_dir)
+        .with_context(|| format!("cannot create {}", how.run_dir.display()))?;
     let (mut train, mut test): (Vec<Triple>, Vec<Triple>) = (Vec::new(), Vec::new());
     for (i, t) in kg.triples.iter().enumerate() {
         let split = if i % 50 == 49 { &mut test } else { &mut train };
@@ -170,7 +195,16 @@ fn entity_table(
     let te = TransE::new(kg.entities.len(), Relation::ALL.len(), cfg, seed)?;
     test.truncate(500);
     let (mr0, h0) = te.link_prediction(&test)?;
-    let rep = te.train(&train, cfg, seed ^ 0x7A5E, &mut |_, _| {})?;
+    let stop = (how.stop)()?;
+    let (rep, outcome) = te.train_run(&train, cfg, seed ^ 0x7A5E, &files, &stop, &mut |_, _| {})?;
+    if outcome == Outcome::Interrupted {
+        let run = path.parent().unwrap_or(how.run_dir);
+        bail!(
+            "interrupted: TransE checkpoint in {}; continue with canon train --resume {}",
+            how.run_dir.display(),
+            run.display()
+        );
+    }
     let (mr, h) = te.link_prediction(&test)?;
     say(format!(
         "TransE: {} steps in {:.1}s, loss {:.4} -> {:.4}; {} held-out triples: mean rank {:.0} -> {:.0} of {}, hits@10 {:.3} -> {:.3}",
@@ -221,6 +255,7 @@ pub fn setup(
     dir: &RunDir,
     resuming: bool,
     report: Report,
+    stop: &dyn Fn() -> Result<Arc<AtomicBool>>,
 ) -> Result<FamilySetup> {
     let file = config_path.display().to_string();
     let say = move |s: String| report.say(s);
@@ -290,14 +325,14 @@ pub fn setup(
     }
     let table = if mc.k_layers > 0 {
         let reuse = resuming || run.ernie.task == Task::Typing;
-        entity_table(
-            &kg,
-            &transe_cfg,
-            &table_src.join(TRANSE_FILE),
+        let how = TableRun {
+            path: &table_src.join(TRANSE_FILE),
+            run_dir: &table_src.join(TRANSE_DIR),
             reuse,
-            seed,
-            &say,
-        )?
+            resuming,
+            stop,
+        };
+        entity_table(&kg, &transe_cfg, how, seed, &say)?
     } else {
         zero_table(kg.entities.len(), mc.entity_dim)?
     };

@@ -32,6 +32,8 @@ pub mod lora;
 pub mod lora_opts;
 pub mod model_opts;
 pub mod plot_opts;
+#[cfg(feature = "cli")]
+pub mod progress_draw;
 pub mod progress_line;
 pub mod quantize_opts;
 pub mod rag;
@@ -157,6 +159,26 @@ impl<T> Context<T> for Option<T> {
     }
 }
 
+/// The line the binary prints for an error: it and its causes, outermost first, joined by `: `.
+/// A cause whose text the line already holds is left out: error types that print their source
+/// inside their own message and also return it as `source()` would otherwise say it twice.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut cur = Some(e);
+    while let Some(cause) = cur {
+        let text = cause.to_string().replace('\n', " ");
+        cur = cause.source();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// An error and its causes on one line, `outer: inner: ...`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -194,20 +216,22 @@ pub type FamilySetup = (
 /// Builds the engine's inputs for a family trained through its own objective (every family but the
 /// causal ones, which `causal::prepare` serves). `dir` is the run folder; `resuming` reuses its
 /// tokenizer and vocabulary instead of training new ones.
-/// `file` names the configuration in errors.
+/// `file` names the configuration in errors. `stop` gives the flag that interrupts a training run
+/// inside the setup (ERNIE's TransE) with a checkpoint.
 pub fn setup(
     cfg: RunConfig,
     file: &Path,
     dir: &RunDir,
     resuming: bool,
     report: Report,
+    stop: &dyn Fn() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<FamilySetup> {
     match cfg {
         RunConfig::Transformer(c) => transformer::setup(c, file, dir, resuming, report),
         RunConfig::T5(c) => t5::setup(c, file, dir, resuming, report),
         RunConfig::Bert(c) => bert::setup(c, file, dir, resuming, report),
         RunConfig::DistilBert(c) => distilbert::setup(c, file, dir, resuming, report),
-        RunConfig::Ernie(c) => ernie::setup(c, file, dir, resuming, report),
+        RunConfig::Ernie(c) => ernie::setup(c, file, dir, resuming, report, stop),
         RunConfig::Causal(_) => {
             bail!("the causal families are set up by canon_runs::causal::prepare")
         }

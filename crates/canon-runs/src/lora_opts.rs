@@ -202,6 +202,56 @@ impl lora::Summary {
     }
 }
 
+/// `canon finetune --method gpt1-heads|classifier|rag ...` runs the GPT-1, BERT and RAG fine-tuners, whose
+/// flags differ from LoRA's: the words are rewritten to their own (hidden) subcommands before
+/// parsing, so one command family covers every method and `--help` shows the method's own flags.
+/// `global_value_flags` are the flags before the subcommand that take a value.
+pub fn route_method(
+    mut args: Vec<std::ffi::OsString>,
+    global_value_flags: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if global_value_flags.contains(&a.as_ref()) {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).is_none_or(|a| a != "finetune") {
+        return args;
+    }
+    let sub = i;
+    let mut j = sub + 1;
+    while j < args.len() {
+        let a = args[j].to_string_lossy().into_owned();
+        let (value, width) = if a == "--method" {
+            match args.get(j + 1) {
+                Some(v) => (v.to_string_lossy().into_owned(), 2),
+                None => break,
+            }
+        } else if let Some(v) = a.strip_prefix("--method=") {
+            (v.to_string(), 1)
+        } else {
+            j += 1;
+            continue;
+        };
+        let target = match value.as_str() {
+            "gpt1-heads" => "finetune-gpt1",
+            "classifier" => "finetune-bert",
+            "rag" => "finetune-rag",
+            _ => return args,
+        };
+        args.drain(j..j + width);
+        args[sub] = target.into();
+        return args;
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +273,25 @@ mod tests {
             "finished step 20/20: loss - -> 1.5000, held-out loss 1.2500, 5 s (0.5 s/step), \
              peak RSS 100 MiB; adapter in runs/l"
         );
+    }
+
+    #[test]
+    fn finetune_methods_route_to_their_own_subcommands() {
+        let argv = |w: &str| -> Vec<std::ffi::OsString> { w.split(' ').map(Into::into).collect() };
+        let flags = ["--threads"];
+        let r = route_method(
+            argv("canon --threads 2 finetune --method=rag --out o"),
+            &flags,
+        );
+        assert_eq!(r, argv("canon --threads 2 finetune-rag --out o"));
+        let r = route_method(
+            argv("canon -q finetune --data d --method gpt1-heads"),
+            &flags,
+        );
+        assert_eq!(r, argv("canon -q finetune-gpt1 --data d"));
+        let lora = argv("canon finetune --method lora --data d");
+        assert_eq!(route_method(lora.clone(), &flags), lora);
+        let other = argv("canon train --method classifier");
+        assert_eq!(route_method(other.clone(), &flags), other);
     }
 }

@@ -210,3 +210,34 @@ fn a_folder_without_model_json_is_not_a_run_folder() {
         crate::chain(&e)
     );
 }
+
+#[derive(Debug)]
+struct Repeats(std::io::Error);
+impl std::fmt::Display for Repeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "x.gguf is not a GGUF file: {}", self.0)
+    }
+}
+impl std::error::Error for Repeats {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[test]
+fn a_cause_already_in_the_error_line_is_said_once() {
+    let io = std::io::Error::other("bad magic\nbytes");
+    let e = crate::RunError::Context {
+        msg: "cannot load model 'x.gguf'".into(),
+        source: Box::new(Repeats(io)),
+    };
+    assert_eq!(
+        crate::error_line(&e),
+        "cannot load model 'x.gguf': x.gguf is not a GGUF file: bad magic bytes"
+    );
+    let plain = crate::RunError::Context {
+        msg: "outer".into(),
+        source: Box::new(std::io::Error::other("inner")),
+    };
+    assert_eq!(crate::error_line(&plain), "outer: inner");
+}

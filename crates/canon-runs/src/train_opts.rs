@@ -3,8 +3,12 @@
 //! or `--resume`'s, with the `--max-steps` and `--seed` overrides applied to the configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use crate::{Context, Result, RunConfig, RunDir, bail};
+use canon_train::{Engine, LmObjective, Objective, Outcome, StepReport, Trainer};
+
+use crate::{Context, Report, Result, RunConfig, RunDir, bail};
 
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -97,6 +101,166 @@ impl TrainArgs {
             config_path,
             value,
             resuming,
+        })
+    }
+}
+
+/// What the training loop reports to the command: where the run starts and stops (for the
+/// progress bar), then each step.
+pub enum TrainEvent<'a> {
+    Start { step: u64, stop_at: u64 },
+    Step(&'a StepReport),
+}
+
+/// What a `canon train` run did.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub outcome: Outcome,
+    /// The step the run stopped at.
+    pub step: u64,
+    /// The last step's report.
+    pub last: Option<StepReport>,
+    /// The last evaluation's loss and metrics.
+    pub last_eval: Option<f64>,
+    pub last_metrics: Vec<(String, f64)>,
+    /// The median of the steps' tokens per second.
+    pub median_tps: f64,
+    pub dir: PathBuf,
+}
+
+impl Trained {
+    /// The run's summary line: [`done_line`] or [`interrupted_line`].
+    pub fn line(&self) -> String {
+        match self.outcome {
+            Outcome::Interrupted => interrupted_line(self.step, &self.dir),
+            Outcome::Finished => done_line(
+                self.step,
+                self.last.as_ref().map(|r| r.loss),
+                self.last_eval,
+                &self.last_metrics,
+                self.median_tps,
+                &self.dir,
+            ),
+        }
+    }
+}
+
+/// `canon train`: opens the run folder, sets its family up, resumes from its checkpoint when
+/// asked, and trains on the engine until the step limit (`--stop-at`, `train.max_steps`) or until
+/// the flag `stop()` returns (called once the run is set up; the binary's Ctrl-C) is raised; a
+/// checkpoint is written either way. `report.say` gets the setup's lines and the parameter
+/// count; `on` the start and each step. `threads` is only reported.
+pub fn train(
+    a: &TrainArgs,
+    threads: usize,
+    report: Report<'_>,
+    stop: &dyn Fn() -> Result<Arc<AtomicBool>>,
+    on: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<Trained> {
+    if a.bf16 {
+        canon_nn::train_ops::set_bf16_products(true).map_err(|e| crate::err!("{e}"))?;
+    }
+    let OpenedRun {
+        dir,
+        config_path,
+        value,
+        resuming,
+    } = a.open()?;
+    // One flag for the run (ctrlc takes one handler): the setup's own training (ERNIE's TransE)
+    // and the engine's share it.
+    let flag = std::cell::OnceCell::new();
+    let stop_once = || -> Result<Arc<AtomicBool>> {
+        if let Some(f) = flag.get() {
+            return Ok(Arc::clone(f));
+        }
+        let f = stop()?;
+        Ok(Arc::clone(flag.get_or_init(|| f)))
+    };
+    let run = Drive {
+        dir: &dir,
+        resuming,
+        stop_at: a.stop_at,
+        threads,
+        report,
+        stop: &stop_once,
+    };
+    let cfg = RunConfig::parse(&value, &config_path)?;
+    if let RunConfig::Causal(mut cfg) = cfg {
+        let data = crate::causal::prepare(&mut cfg, &dir, resuming, report)?;
+        let mut trainer = Trainer::new(&cfg.model, cfg.train.clone())?;
+        let mut obj = LmObjective::new(&*trainer.model, &data, &cfg.train);
+        obj.check()?;
+        return run.drive(&mut trainer.engine, &mut obj, on);
+    }
+    dir.create()?;
+    // Written first, so that a run stopped inside its setup (ERNIE's TransE) can be resumed.
+    dir.write_config(&value)?;
+    let (params, train_cfg, mut obj) =
+        crate::setup(cfg, &config_path, &dir, resuming, report, &stop_once)?;
+    let mut engine = Engine::new(params, train_cfg)?;
+    run.drive(&mut engine, &mut *obj, on)
+}
+
+/// A run on the engine, once its objective is set up.
+struct Drive<'a> {
+    dir: &'a RunDir,
+    resuming: bool,
+    stop_at: Option<u64>,
+    threads: usize,
+    report: Report<'a>,
+    stop: &'a dyn Fn() -> Result<Arc<AtomicBool>>,
+}
+
+impl Drive<'_> {
+    fn drive(
+        &self,
+        engine: &mut Engine,
+        obj: &mut dyn Objective,
+        on: &mut dyn FnMut(TrainEvent<'_>),
+    ) -> Result<Trained> {
+        let files = self.dir.engine_files();
+        if self.resuming {
+            engine.resume(obj, &files.checkpoint)?;
+            self.report.say(format!("resumed at step {}", engine.step));
+        }
+        let bf16 = if canon_nn::train_ops::bf16_products() {
+            ", bf16 products"
+        } else {
+            ""
+        };
+        self.report.say(format!(
+            "{} parameters, {} threads{bf16}",
+            engine.num_params(),
+            self.threads,
+        ));
+        let max_steps = engine.cfg.max_steps;
+        let stop_at = self.stop_at.unwrap_or(max_steps).min(max_steps);
+        let stop = (self.stop)()?;
+        on(TrainEvent::Start {
+            step: engine.step,
+            stop_at,
+        });
+        let (mut last_eval, mut last_metrics) = (None, Vec::new());
+        let mut tps = Vec::new();
+        let mut last: Option<StepReport> = None;
+        let outcome = engine.run(obj, stop_at, &stop, &files, &mut |r| {
+            if r.eval_loss.is_some() {
+                last_eval = r.eval_loss;
+                last_metrics = r.eval.clone();
+            }
+            tps.push(r.tokens_per_s);
+            on(TrainEvent::Step(r));
+            last = Some(r.clone());
+        })?;
+        tps.sort_by(|a, b| a.total_cmp(b));
+        Ok(Trained {
+            outcome,
+            step: engine.step,
+            last,
+            last_eval,
+            last_metrics,
+            median_tps: tps.get(tps.len() / 2).copied().unwrap_or(0.0),
+            dir: self.dir.path().to_path_buf(),
         })
     }
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{D, Device, Tensor, Var};
 use canon_nn::SplitMix64;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{BatchLoss, Engine, Objective};
 use crate::ernie_data::Triple;
 use crate::optim::{OptimizerConfig, Param};
+use crate::trainer::{Outcome, RunFiles};
 use crate::{Result, Schedule, TrainConfig, TrainError, io_err};
 
 /// TransE's margin loss on the engine: minibatches of true triples drawn with replacement and
@@ -262,20 +264,9 @@ impl TransE {
             .collect()
     }
 
-    /// Trains on `triples` for `cfg.steps` minibatches drawn with replacement.
-    pub fn train(
-        &self,
-        triples: &[Triple],
-        cfg: &TransEConfig,
-        seed: u64,
-        on_step: &mut dyn FnMut(u64, f64),
-    ) -> Result<TransEReport> {
-        if triples.is_empty() {
-            return Err(TrainError::Data(
-                "transe: the knowledge graph has no triples".into(),
-            ));
-        }
-        let t0 = std::time::Instant::now();
+    /// The engine over the two tables with `cfg`'s schedule and optimizer (one metrics line per
+    /// step, one checkpoint at the end), drawing batches and corruptions from `seed`'s own stream.
+    fn engine(&self, cfg: &TransEConfig, seed: u64) -> Result<Engine> {
         let params = vec![
             Param {
                 name: "entities".into(),
@@ -307,14 +298,39 @@ impl TransE {
             moe_aux_weight: 0.0,
         };
         let mut engine = Engine::new(params, train_cfg)?;
-        // Batches and corruptions are drawn from the seed's own stream.
         engine.rng = SplitMix64::new(seed);
-        let mut obj = TransEObjective {
+        Ok(engine)
+    }
+
+    fn objective<'a>(
+        &'a self,
+        triples: &'a [Triple],
+        cfg: &TransEConfig,
+    ) -> Result<TransEObjective<'a>> {
+        if triples.is_empty() {
+            return Err(TrainError::Data(
+                "transe: the knowledge graph has no triples".into(),
+            ));
+        }
+        Ok(TransEObjective {
             model: self,
             triples,
             n_entities: self.entities.dim(0)?,
             batch_size: cfg.batch_size,
-        };
+        })
+    }
+
+    /// Trains on `triples` for `cfg.steps` minibatches drawn with replacement.
+    pub fn train(
+        &self,
+        triples: &[Triple],
+        cfg: &TransEConfig,
+        seed: u64,
+        on_step: &mut dyn FnMut(u64, f64),
+    ) -> Result<TransEReport> {
+        let mut obj = self.objective(triples, cfg)?;
+        let t0 = std::time::Instant::now();
+        let mut engine = self.engine(cfg, seed)?;
         let (mut first, mut last) = (f64::NAN, f64::NAN);
         while engine.step < cfg.steps {
             let r = engine.train_step(&mut obj)?;
@@ -330,6 +346,46 @@ impl TransE {
             last_loss: last,
             seconds: t0.elapsed().as_secs_f64(),
         })
+    }
+
+    /// [`TransE::train`] as a run in a folder of its own: `files` receives `metrics.jsonl` (every
+    /// step), `loss.png` and the checkpoint (at the end, or when `stop` is raised). A checkpoint
+    /// already there is resumed exactly: the same tables as a run never stopped. The losses of
+    /// the report are the metrics file's first and last; the entities are projected onto the unit
+    /// sphere when the run finishes. `on_step(steps_done, loss)` follows the steps.
+    pub fn train_run(
+        &self,
+        triples: &[Triple],
+        cfg: &TransEConfig,
+        seed: u64,
+        files: &RunFiles,
+        stop: &AtomicBool,
+        on_step: &mut dyn FnMut(u64, f64),
+    ) -> Result<(TransEReport, Outcome)> {
+        let mut obj = self.objective(triples, cfg)?;
+        let t0 = std::time::Instant::now();
+        let mut engine = self.engine(cfg, seed)?;
+        if files.checkpoint.is_file() {
+            engine.resume(&mut obj, &files.checkpoint)?;
+        }
+        let outcome = engine.run(&mut obj, cfg.steps, stop, files, &mut |r| {
+            on_step(r.step, r.loss)
+        })?;
+        let lines = if files.metrics.is_file() {
+            crate::metrics::read_lines(&files.metrics)?
+        } else {
+            Vec::new()
+        };
+        let loss = |l: Option<&crate::metrics::MetricsLine>| l.map_or(f64::NAN, |l| l.loss);
+        if outcome == Outcome::Finished {
+            self.normalize_entities()?;
+        }
+        let report = TransEReport {
+            first_loss: loss(lines.first()),
+            last_loss: loss(lines.last()),
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        Ok((report, outcome))
     }
 
     /// Raw rank (1 = best) of the true tail of each triple among all entities as tails, and the
@@ -457,6 +513,70 @@ mod tests {
         }
         let f = heads as f64 / 4000.0;
         assert!((f - 0.5).abs() < 0.03, "{f}");
+    }
+
+    #[test]
+    fn a_run_in_a_folder_writes_its_files_and_resumes_exactly_after_a_stop() {
+        let mut triples: Vec<Triple> = (4..20).map(|f| tr(f, 0, f % 4)).collect();
+        triples.extend((0..4).map(|m| tr(m, 1, (m + 1) % 4)));
+        let cfg = TransEConfig {
+            dim: 8,
+            steps: 30,
+            batch_size: 16,
+            ..Default::default()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let files = |name: &str| RunFiles::in_dir(&tmp.path().join(name));
+        let go = AtomicBool::new(false);
+        // Uninterrupted, and as `train` (no folder): the same tables.
+        let whole = TransE::new(20, 2, &cfg, 3).unwrap();
+        let (rep, out) = whole
+            .train_run(&triples, &cfg, 5, &files("whole"), &go, &mut |_, _| {})
+            .unwrap();
+        assert_eq!(out, Outcome::Finished);
+        assert!(rep.last_loss < rep.first_loss, "{rep:?}");
+        let plain = TransE::new(20, 2, &cfg, 3).unwrap();
+        plain.train(&triples, &cfg, 5, &mut |_, _| {}).unwrap();
+        let table = |t: &TransE| {
+            t.entity_table()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(table(&whole), table(&plain));
+        let f = files("whole");
+        assert!(f.checkpoint.is_file() && f.plot.is_file());
+        assert_eq!(crate::metrics::read_lines(&f.metrics).unwrap().len(), 30);
+        // Stopped after step 12 (the Ctrl-C path), then resumed from the checkpoint by fresh tables.
+        let stop = AtomicBool::new(false);
+        let cut = TransE::new(20, 2, &cfg, 3).unwrap();
+        let (_, out) = cut
+            .train_run(&triples, &cfg, 5, &files("cut"), &stop, &mut |s, _| {
+                if s == 12 {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+        assert_eq!(out, Outcome::Interrupted);
+        let resumed = TransE::new(20, 2, &cfg, 99).unwrap();
+        let mut steps = Vec::new();
+        let (rep2, out) = resumed
+            .train_run(&triples, &cfg, 5, &files("cut"), &go, &mut |s, _| {
+                steps.push(s)
+            })
+            .unwrap();
+        assert_eq!(out, Outcome::Finished);
+        assert_eq!(steps.first(), Some(&13));
+        assert_eq!(table(&resumed), table(&whole));
+        assert_eq!(rep2.first_loss, rep.first_loss);
+        assert_eq!(rep2.last_loss, rep.last_loss);
+        assert_eq!(
+            crate::metrics::read_lines(&files("cut").metrics)
+                .unwrap()
+                .len(),
+            30
+        );
     }
 
     #[test]

@@ -203,53 +203,7 @@ pub fn check_global_flags(cli: &Cli) -> Result<(), String> {
 }
 
 /// Global flags that take a value (the subcommand is the first word after them).
-const GLOBAL_VALUE_FLAGS: [&str; 3] = ["--threads", "--lora", "--max-line-bytes"];
-
-/// `canon finetune --method gpt1-heads|classifier|rag ...` runs the GPT-1, BERT and RAG fine-tuners, whose
-/// flags differ from LoRA's: the words are rewritten to their own (hidden) subcommands before
-/// parsing, so one command family covers every method and `--help` shows the method's own flags.
-pub fn route_finetune_method(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    let mut i = 1;
-    while i < args.len() {
-        let a = args[i].to_string_lossy();
-        if GLOBAL_VALUE_FLAGS.contains(&a.as_ref()) {
-            i += 2;
-        } else if a.starts_with('-') {
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    if args.get(i).is_none_or(|a| a != "finetune") {
-        return args;
-    }
-    let sub = i;
-    let mut j = sub + 1;
-    while j < args.len() {
-        let a = args[j].to_string_lossy().into_owned();
-        let (value, width) = if a == "--method" {
-            match args.get(j + 1) {
-                Some(v) => (v.to_string_lossy().into_owned(), 2),
-                None => break,
-            }
-        } else if let Some(v) = a.strip_prefix("--method=") {
-            (v.to_string(), 1)
-        } else {
-            j += 1;
-            continue;
-        };
-        let target = match value.as_str() {
-            "gpt1-heads" => "finetune-gpt1",
-            "classifier" => "finetune-bert",
-            "rag" => "finetune-rag",
-            _ => return args,
-        };
-        args.drain(j..j + width);
-        args[sub] = target.into();
-        return args;
-    }
-    args
-}
+pub const GLOBAL_VALUE_FLAGS: [&str; 3] = ["--threads", "--lora", "--max-line-bytes"];
 
 /// Runs the parsed command.
 pub fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<()> {

@@ -41,7 +41,8 @@ impl Ctx {
 
 /// The command line as `Cli::parse` reads it; also names the subcommand for the progress lines.
 fn parse() -> cli::Cli {
-    let args = cli::route_finetune_method(std::env::args_os().collect());
+    let args = std::env::args_os().collect();
+    let args = canon_runs::lora_opts::route_method(args, &cli::GLOBAL_VALUE_FLAGS);
     let mut m = cli::Cli::command().get_matches_from(args);
     let mut words = Vec::new();
     let mut sub = m.subcommand();
@@ -100,56 +101,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_line(&e));
+            eprintln!("error: {}", canon_runs::error_line(&*e));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// One line for an error and its causes, outermost first, joined by `: `. A cause whose text the
-/// line already holds is left out: error types that print their source inside their own message
-/// and also return it as `source()` would otherwise say it twice.
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string().replace('\n', " ");
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
-#[cfg(test)]
-mod tests {
-    use super::error_line;
-
-    #[derive(Debug)]
-    struct Repeats(std::io::Error);
-    impl std::fmt::Display for Repeats {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "x.gguf is not a GGUF file: {}", self.0)
-        }
-    }
-    impl std::error::Error for Repeats {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn a_cause_already_in_the_line_is_said_once() {
-        let io = std::io::Error::other("bad magic\nbytes");
-        let e = anyhow::Error::new(Repeats(io)).context("cannot load model 'x.gguf'");
-        assert_eq!(
-            error_line(&e),
-            "cannot load model 'x.gguf': x.gguf is not a GGUF file: bad magic bytes"
-        );
-        let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(error_line(&plain), "outer: inner");
     }
 }

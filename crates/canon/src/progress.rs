@@ -7,18 +7,14 @@
 //! done and at least 30 s have passed since the last line (whichever comes later; a bar of unknown
 //! length prints on time alone), and once when the work is complete. `CANON_PROGRESS_SECS` sets
 //! the 30 s. A line starts with the subcommand's words (`set_command`). `--quiet` hides a bar in
-//! both cases. When a line is due and how it reads is `canon_runs::progress_line`.
+//! both cases. When a line is due and how it reads is `canon_runs::progress_line`, the plain
+//! style and draw target `canon_runs::progress_draw`.
 
-use std::cell::Cell;
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use canon_runs::progress_line::{Gate, counts, plain_template};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
-
-/// Seconds between two plain lines unless `CANON_PROGRESS_SECS` says otherwise.
-const EVERY_SECS: u64 = 30;
+use canon_runs::progress_draw::{interval, plain_style, plain_target};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The subcommand's words (`eval cot`), which start every plain line.
 static COMMAND: OnceLock<String> = OnceLock::new();
@@ -33,19 +29,10 @@ fn plain() -> bool {
     !std::io::stderr().is_terminal()
 }
 
-/// The least time between two plain lines: `CANON_PROGRESS_SECS` (whole seconds) or 30 s.
-fn every() -> Duration {
-    let secs = std::env::var("CANON_PROGRESS_SECS")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(EVERY_SECS);
-    Duration::from_secs(secs)
-}
-
 /// Where a bar draws: standard error on a terminal, plain lines on standard error otherwise.
 pub fn target() -> ProgressDrawTarget {
     if plain() {
-        ProgressDrawTarget::term_like(Box::new(PlainLines))
+        plain_target(|line| eprintln!("{line}"))
     } else {
         ProgressDrawTarget::stderr()
     }
@@ -55,7 +42,8 @@ pub fn target() -> ProgressDrawTarget {
 /// the plain-line style built from the template's label (see the module docs).
 pub fn style(template: &str) -> ProgressStyle {
     if plain() {
-        return plain_style(template, every());
+        let every = interval(std::env::var("CANON_PROGRESS_SECS").ok().as_deref());
+        return plain_style(COMMAND.get().map_or("", String::as_str), template, every);
     }
     match ProgressStyle::with_template(template) {
         Ok(s) if template.contains("[{bar") => s.progress_chars("=> "),
@@ -86,80 +74,40 @@ pub fn items(quiet: bool, len: usize, what: &str) -> ProgressBar {
     bar(quiet, len as u64, &t)
 }
 
-thread_local! {
-    /// Set by the plain style's counter when this render is due; the draw target takes it. indicatif
-    /// renders a bar and hands the lines to its target in one call on one thread.
-    static DUE: Cell<bool> = const { Cell::new(false) };
+/// One [`rate`] bar per stage of a library run, replaced when the stage changes and cleared when
+/// the stage's work is done or this value is dropped.
+pub struct Stages {
+    quiet: bool,
+    cur: Option<(&'static str, ProgressBar)>,
 }
 
-/// The plain-line draw target: prints a rendered line when the style marked it due, and ignores
-/// cursor movement and padding.
-#[derive(Debug)]
-struct PlainLines;
+impl Stages {
+    pub fn new(quiet: bool) -> Stages {
+        Stages { quiet, cur: None }
+    }
 
-impl TermLike for PlainLines {
-    fn width(&self) -> u16 {
-        200
-    }
-    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn write_line(&self, s: &str) -> std::io::Result<()> {
-        self.write_str(s)
-    }
-    /// indicatif writes a bar's line, then spaces to the width; a carriage return before.
-    fn write_str(&self, s: &str) -> std::io::Result<()> {
-        if !s.trim().is_empty() && DUE.with(|d| d.replace(false)) {
-            eprintln!("{}", s.trim_end());
+    /// `done` of `total` in the stage `label` names.
+    pub fn on(&mut self, label: &'static str, done: usize, total: usize) {
+        if self.cur.as_ref().is_none_or(|(l, _)| *l != label) {
+            if let Some((_, b)) = self.cur.take() {
+                b.finish_and_clear();
+            }
+            self.cur = Some((label, rate(self.quiet, total, label)));
         }
-        Ok(())
-    }
-    fn clear_line(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The plain-line style for `template`, at most one line per `every` (and per 10 % of the work).
-fn plain_style(template: &str, every: Duration) -> ProgressStyle {
-    let gate = Arc::new(Mutex::new(Gate::default()));
-    let counter = move |s: &ProgressState, w: &mut dyn std::fmt::Write| {
-        let due = match gate.lock() {
-            Ok(mut g) => g.due(s.pos(), s.len(), s.elapsed(), every),
-            Err(_) => false,
-        };
-        if due {
-            DUE.with(|d| d.set(true));
-            let _ = w.write_str(&counts(s.pos(), s.len(), s.elapsed(), s.eta()));
+        if let Some((_, b)) = &self.cur {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            if done == total {
+                b.finish_and_clear();
+            }
         }
-    };
-    let command = COMMAND.get().map_or("", String::as_str);
-    match ProgressStyle::with_template(&plain_template(command, template)) {
-        Ok(s) => s.with_key("canon_counts", counter),
-        Err(_) => ProgressStyle::with_template("{canon_counts}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .with_key("canon_counts", counter),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_plain_template_is_a_valid_style() {
-        let t = plain_template("eval rag", "bm25 {bar:30} {pos}");
-        assert!(ProgressStyle::with_template(&t).is_ok());
+impl Drop for Stages {
+    fn drop(&mut self) {
+        if let Some((_, b)) = self.cur.take() {
+            b.finish_and_clear();
+        }
     }
 }

@@ -37,6 +37,9 @@ pub enum AnswerError {
     /// The continuation scorer's own error.
     #[error(transparent)]
     Scorer(Box<dyn std::error::Error + Send + Sync>),
+    /// The model loader's own error.
+    #[error(transparent)]
+    Load(Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T> = std::result::Result<T, AnswerError>;

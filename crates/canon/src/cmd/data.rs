@@ -3,10 +3,6 @@
 //! data for the same number of tokens and compares held-out losses. The settings are
 //! `canon_scale::data::opts`, the filter and synthesis runs `canon_runs::data_run`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::Context;
 use canon_runs::data_run;
 use canon_scale::data::experiment::compare;
 use canon_scale::data::opts::{CompareArgs, FilterArgs, SynthArgs};
@@ -74,12 +70,7 @@ fn filter(a: FilterArgs, ctx: &Ctx) -> anyhow::Result<()> {
 fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = a.config()?;
     let (arms, evals) = pipeline::compare_inputs(&a.data)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let stop = super::ctrl_c_flag()?;
     let bar = std::cell::RefCell::new(ProgressBar::hidden());
     let quiet = ctx.quiet;
     let res = compare(

@@ -13,36 +13,10 @@
 //! (`finetuned.safetensors`, also the Ctrl-C checkpoint; `--resume` continues) and `task.json`. The settings and the task's examples are `canon_runs::heads`, the run
 //! `canon_runs::heads_run`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::Context;
 use canon_runs::heads::FinetuneArgs;
 
+use super::{say, stop_flag};
 use crate::Ctx;
-
-/// A flag that Ctrl-C raises (the engine then checkpoints and stops).
-pub fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
-    Ok(stop)
-}
-
-/// [`ctrl_c_flag`] for the library runs that ask for it.
-pub fn stop_flag() -> canon_runs::Result<Arc<AtomicBool>> {
-    ctrl_c_flag().map_err(|e| canon_runs::RunError::Msg(format!("{e:#}")))
-}
-
-/// `canon: LINE` on standard error unless `--quiet`.
-pub fn say(ctx: &Ctx) -> impl Fn(String) + '_ {
-    move |s: String| {
-        if !ctx.quiet {
-            eprintln!("canon: {s}");
-        }
-    }
-}
 
 pub fn run(a: FinetuneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let line = canon_runs::heads_run::run_gpt1(&a, ctx.threads, &stop_flag, &say(ctx))?;

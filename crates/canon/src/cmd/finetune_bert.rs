@@ -8,7 +8,7 @@
 use canon_runs::heads::FinetuneBertArgs;
 
 use crate::Ctx;
-use crate::cmd::finetune::{say, stop_flag};
+use crate::cmd::{say, stop_flag};
 
 pub fn run(a: FinetuneBertArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let line =

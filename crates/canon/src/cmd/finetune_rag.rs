@@ -11,7 +11,7 @@ use crate::Ctx;
 
 pub fn run(a: FinetuneRagArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let job = a.job()?;
-    let stop = crate::cmd::finetune::ctrl_c_flag()?;
+    let stop = crate::cmd::ctrl_c_flag()?;
     let mut bar = ProgressBar::hidden();
     let quiet = ctx.quiet;
     let s = rag::run(&job, ctx.progress(), &stop, &mut |e| match e {

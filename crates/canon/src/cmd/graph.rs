@@ -3,12 +3,12 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use canon_infer::LmGenerator;
 use canon_rag::answer::Answerer;
 use canon_rag::graph::{self, KnowledgeGraph, Llm};
-pub use canon_rag::graph_answer::{LocalLlm, RemoteLlm, load_graph};
+pub use canon_rag::graph_answer::load_graph;
 use canon_rag::index::Index;
 use canon_rag::opts::{AskArgs, GraphArgs, GraphBuildArgs, GraphCmd};
+use canon_rag::{index_graph, render};
 use serde_json::json;
 
 use crate::{Ctx, model_gen};
@@ -20,55 +20,6 @@ pub fn run(a: GraphArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-/// The chat model a graph build extracts with.
-pub fn make_llm(spec: &graph::LlmSpec, ctx: &Ctx) -> anyhow::Result<Box<dyn Llm>> {
-    Ok(match &spec.url {
-        Some(u) => Box::new(RemoteLlm::new(u, &spec.remote_model)?),
-        None => Box::new(LocalLlm {
-            lm: LmGenerator::new(model_gen::load_lm(&spec.model, ctx)?),
-            name: spec.model.clone(),
-        }),
-    })
-}
-
-/// Builds the graph over `chunks` as `recipe` says (the LLM's calls cached in `cache_dir`), with
-/// the entity descriptions embedded by `enc` (the index's model `model`) when the recipe asks.
-pub fn build_graph_with(
-    chunks: &[canon_rag::chunk::Chunk],
-    cache_dir: &std::path::Path,
-    recipe: &graph::GraphRecipe,
-    llm: Option<&mut dyn Llm>,
-    enc: Option<(&str, &canon_models::LoadedEncoder)>,
-    batch_size: usize,
-    ctx: &Ctx,
-) -> anyhow::Result<graph::IndexGraph> {
-    let mut pb: Option<indicatif::ProgressBar> = None;
-    let mut built =
-        graph::build_chunks_graph(chunks, cache_dir, llm, &recipe.opts, &mut |done, n| {
-            let p =
-                pb.get_or_insert_with(|| crate::progress::rate(ctx.quiet, n, "extract units/s"));
-            p.set_position(done as u64);
-        })?;
-    if let Some(p) = pb {
-        p.finish_and_clear();
-    }
-    built.graph.recipe = Some(recipe.clone());
-    if recipe.entity_embeddings
-        && let Some((model, enc)) = enc
-    {
-        let pb = crate::progress::rate(ctx.quiet, built.graph.entities.len(), "embed entities/s");
-        canon_rag::graph_answer::embed_entities(
-            &mut built.graph,
-            model,
-            enc,
-            batch_size,
-            &mut |done, _| pb.set_position(done as u64),
-        )?;
-        pb.finish_and_clear();
-    }
-    Ok(built)
-}
-
 fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let ix = Index::open(&b.index, None)?;
     let t0 = Instant::now();
@@ -76,8 +27,9 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         bail!("expected --extractor fast or llm, found '{}'", b.extractor);
     }
     let recipe = b.recipe();
-    let mut llm: Option<Box<dyn Llm>> = match &recipe.llm {
-        Some(spec) => Some(make_llm(spec, ctx)?),
+    let mut load = |m: &str| model_gen::load_lm(m, ctx).map_err(Into::into);
+    let mut llm = match &recipe.llm {
+        Some(spec) => Some(index_graph::make_llm(spec, &mut load)?),
         None => None,
     };
     let enc = if recipe.entity_embeddings {
@@ -85,32 +37,21 @@ fn build(b: GraphBuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } else {
         None
     };
-    let built = build_graph_with(
+    let mut bars = crate::progress::Stages::new(ctx.quiet);
+    let built = index_graph::build_graph(
         &ix.chunks,
         &ix.path.join("llm-cache"),
         &recipe,
         llm.as_mut().map(|l| &mut **l as &mut dyn Llm),
         enc.as_ref().map(|e| (ix.meta.model.as_str(), e)),
         b.batch_size,
-        ctx,
+        &mut |s, d, n| bars.on(s.label(), d, n),
     )?;
-    let g = built.graph;
-    g.save(&b.index)?;
+    drop(bars);
+    built.graph.save(&b.index)?;
     if !ctx.quiet {
-        if let Some(r) = &built.llm {
-            eprintln!(
-                "{}",
-                json!({"llm": r.id, "cache_hits": r.cache_hits, "calls_made": r.calls_made, "stats": r.stats})
-            );
-        }
-        eprintln!(
-            "{}",
-            json!({"graph": b.index.join(graph::GRAPH_FILE).display().to_string(), "extractor": g.extractor,
-                "entities": g.entities.len(), "relationships": g.relations.len(), "communities": g.clusters.len(),
-                "levels": g.levels(), "leaf_communities": g.clusters.iter().filter(|c| c.leaf).count(),
-                "entity_embeddings": g.entity_embedding.as_ref().map(|e| &e.file),
-                "extract_s": built.extract_s, "total_s": t0.elapsed().as_secs_f64()})
-        );
+        let secs = t0.elapsed().as_secs_f64();
+        eprint!("{}", render::graph_built(&b.index, &built, secs));
     }
     Ok(())
 }

@@ -2,10 +2,6 @@
 //! recipe, fits L(C) = a·C^b + c, predicts a larger run before training it, trains it, and reports
 //! the error with a plot.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::Context;
 use canon_scale::ladder::{RungPlan, RungResult};
 use canon_scale::opts;
 pub use canon_scale::opts::ScaleArgs;
@@ -85,12 +81,7 @@ pub fn run(a: ScaleArgs, ctx: &Ctx) -> anyhow::Result<()> {
         print!("{}", opts::plan_table(&rungs, &target));
         return Ok(());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let stop = super::ctrl_c_flag()?;
     let mut bars = Bars {
         quiet: ctx.quiet,
         bar: ProgressBar::hidden(),
