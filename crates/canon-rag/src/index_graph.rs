@@ -168,6 +168,9 @@ pub fn update_index(
 pub type LoadEncoder<'a> = dyn FnMut(&str) -> std::result::Result<LoadedEncoder, Box<dyn std::error::Error + Send + Sync>>
     + 'a;
 
+/// Counts a text's tokens the way the summarizing model does.
+type TokenCount = Box<dyn Fn(&str) -> usize>;
+
 /// `canon graph summarize`: model-written description summaries and community reports for the
 /// graph of the index `a.index` names, through the server at `--url` or the local model `load`
 /// loads (on the batched engine, `--parallel` slots); the LLM's answers are cached in the index.
@@ -185,7 +188,7 @@ pub fn summarize(
     let mut g = KnowledgeGraph::load(&a.index, &ix.chunks)?;
     let t0 = std::time::Instant::now();
     let (mut remote, mut serial, mut local);
-    let (llm, count): (&mut dyn BatchLlm, Box<dyn Fn(&str) -> usize>) = match &a.url {
+    let (llm, count): (&mut dyn BatchLlm, TokenCount) = match &a.url {
         Some(u) => {
             remote = RemoteLlm::new(u, &a.remote_model)?;
             serial = Serial(&mut remote as &mut dyn Llm);

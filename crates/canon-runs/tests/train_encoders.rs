@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use canon_runs::heads::FinetuneBertArgs;
-use canon_runs::train_opts::{TrainArgs, Trained, train};
+use canon_runs::train_opts::{self, TrainArgs, Trained};
 use canon_runs::translate_opts::{TranslateArgs, test_bleu};
 use canon_runs::{Report, Result};
 
@@ -36,7 +36,7 @@ fn train_run(cfg: &Path, out: &Path) -> Result<Trained> {
         say: &|_| {},
         progress: &canon_assets::Quiet,
     };
-    train(&a, 2, report, &no_stop, &mut |_| {})
+    train_opts::train(&a, 2, report, &no_stop, &mut |_| {})
 }
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
