@@ -526,7 +526,11 @@ mod tests {
             ..Default::default()
         };
         let tmp = tempfile::tempdir().unwrap();
-        let files = |name: &str| RunFiles::in_dir(&tmp.path().join(name));
+        let files = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            RunFiles::in_dir(&dir)
+        };
         let go = AtomicBool::new(false);
         // Uninterrupted, and as `train` (no folder): the same tables.
         let whole = TransE::new(20, 2, &cfg, 3).unwrap();
