@@ -1,6 +1,7 @@
 //! Test support shared by every crate: the one tolerance rule (`|a − r| ≤ atol + rtol·|r|`),
 //! seeded random tensors, and reading golden fixtures from `goldens/`.
 
+pub mod runs;
 pub mod tiny_gguf;
 
 use std::path::PathBuf;
