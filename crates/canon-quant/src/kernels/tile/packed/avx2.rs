@@ -1,0 +1,404 @@
+//! The panel kernel on AVX2 alone, for the 4-bit formats, Q5_0, Q6_K and Q8_0. A 64-byte line
+//! holds rows 0..8 of a panel in its first 32 bytes and rows 8..16 in the others, so each half is one 256-bit
+//! register of eight rows. Per activation row and block, register `g` (codes `4g..4g+4` of
+//! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
+//! 16-bit pair sums per row, the eight registers' sums add up in 16 bits (a 4-bit code times
+//! a byte of at most 127 in magnitude, two of them eight times: |Σ| ≤ 16·15·127 = 30,480 <
+//! 2¹⁵), one `madd` by ones finishes each row's 32-term integer sum, and the float steps are
+//! the AVX-512 kernel's, in the same order: a row's result does not depend on the other rows.
+
+use std::arch::x86_64::*;
+
+use super::*;
+
+/// Panel `pi`'s 16 rows dequantized into `out` (`[16, p.cols]` row-major), as the AVX-512
+/// `dequantize_panel` does it with half the width: per block, half (rows 0..8, 8..16) and
+/// line, two rows' four codes at a time widened to i32, less the offset, to f32, times the
+/// row's scale plus its minimum (zero for the symmetric formats): the operations and order
+/// of `Packed::dequantize_row`, so the same bits. A LoRA/QLoRA input gradient dequantizes
+/// every row of the frozen base this way.
+///
+/// # Safety
+/// CPU with AVX2 and F16C; `p.half`; `pi < p.panels` with all 16 rows inside `p.rows`; `out`
+/// points at `16 · p.cols` writable floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
+    let (nb, k) = (p.nb, p.cols);
+    let cl = lines_per_block(p.nib, p.hi5);
+    let m = mode_id(p.mode);
+    let sb = scale_bytes(m, p.half);
+    // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
+    let (cp, sp) = unsafe {
+        (
+            (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+            (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+        )
+    };
+    let off = _mm256_set1_epi32(p.offset);
+    let low = _mm256_set1_epi8(15);
+    // Quarter q of a half-line holds rows 2q and 2q + 1 (four codes each): scales 2q, 2q + 1
+    // repeated 4×.
+    let idx: [__m256i; 4] = std::array::from_fn(|q| {
+        let l = 2 * q as i32;
+        _mm256_setr_epi32(l, l, l, l, l + 1, l + 1, l + 1, l + 1)
+    });
+    for b in 0..nb {
+        // SAFETY: block b's scales: 16 f16 scales, then 16 minimums when m != 0.
+        let (d, mn) = unsafe {
+            let s = sp.add(b * sb);
+            let half = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(s.add(at) as *const __m128i));
+            let d = [half(0), half(16)];
+            let mn = if m == 0 {
+                [_mm256_setzero_ps(); 2]
+            } else {
+                [half(32), half(48)]
+            };
+            (d, mn)
+        };
+        for h in 0..2 {
+            let ds: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(d[h], idx[q]));
+            let ms: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(mn[h], idx[q]));
+            let reg = |g: usize, v: __m256i| {
+                for q in 0..4 {
+                    let lane = if q < 2 {
+                        _mm256_castsi256_si128(v)
+                    } else {
+                        _mm256_extracti128_si256::<1>(v)
+                    };
+                    let c = if q % 2 == 0 {
+                        lane
+                    } else {
+                        _mm_srli_si128::<8>(lane)
+                    };
+                    let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(c), off));
+                    let y = _mm256_add_ps(_mm256_mul_ps(ds[q], x), ms[q]);
+                    let (row, col) = (8 * h + 2 * q, b * QK + 4 * g);
+                    // SAFETY: rows `row`, `row + 1` < 16 of the panel, columns col..col+4 < k,
+                    // inside `out`.
+                    unsafe {
+                        _mm_storeu_ps(out.add(row * k + col), _mm256_castps256_ps128(y));
+                        _mm_storeu_ps(out.add((row + 1) * k + col), _mm256_extractf128_ps::<1>(y));
+                    }
+                }
+            };
+            let hv = if p.hi5 {
+                // SAFETY: half h of line 4 of block b (Q5_0's fifth bits, present when `hi5`).
+                unsafe { _mm256_load_si256(cp.add((b * cl + 4) * 64 + 32 * h) as *const __m256i) }
+            } else {
+                _mm256_setzero_si256()
+            };
+            for j in 0..if p.nib { 4 } else { 8 } {
+                // SAFETY: half h of line j of block b (64-byte aligned lines, so 32-byte
+                // aligned halves).
+                let v = unsafe {
+                    _mm256_load_si256(cp.add((b * cl + j) * 64 + 32 * h) as *const __m256i)
+                };
+                if p.nib {
+                    let (lo, hi) = (
+                        _mm256_and_si256(v, low),
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low),
+                    );
+                    if p.hi5 {
+                        reg(j, _mm256_or_si256(lo, fifth(hv, j)));
+                        reg(j + 4, _mm256_or_si256(hi, fifth(hv, j + 4)));
+                    } else {
+                        reg(j, lo);
+                        reg(j + 4, hi);
+                    }
+                } else {
+                    reg(j, v);
+                }
+            }
+        }
+    }
+}
+
+/// Bit `g` of every byte of `hv` as that byte's bit 4 (Q5_0's fifth bits, module docs): the
+/// 16-bit shifts carry bits across bytes only into positions the mask clears.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth(hv: __m256i, g: usize) -> __m256i {
+    let m = _mm256_set1_epi8(0x10);
+    let v = match g {
+        0 => _mm256_slli_epi16::<4>(hv),
+        1 => _mm256_slli_epi16::<3>(hv),
+        2 => _mm256_slli_epi16::<2>(hv),
+        3 => _mm256_slli_epi16::<1>(hv),
+        4 => hv,
+        5 => _mm256_srli_epi16::<1>(hv),
+        6 => _mm256_srli_epi16::<2>(hv),
+        _ => _mm256_srli_epi16::<3>(hv),
+    };
+    _mm256_and_si256(v, m)
+}
+
+/// `T` activation rows from `t0` against half `HALF_ROWS` (0: rows 0..8, 1: rows 8..16) of
+/// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
+///
+/// # Safety
+/// CPU with AVX2, FMA and F16C; `F16`, `NIB`, `H5` and `MODE` (0 or 1; 0 when not `NIB`) are `p`'s; `cp`/`sp` hold
+/// panel `pi`'s `p.nb` blocks; rows `t0..t0 + T` exist in `act`, whose width is `p`'s; `y`
+/// points at `[act.rows, p.rows]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<const MODE: u8, const T: usize, const F16: bool, const NIB: bool, const H5: bool>(
+    p: &Packed,
+    half_rows: usize,
+    pi: usize,
+    cp: *const u8,
+    sp: *const u8,
+    act: &TileActs,
+    t0: usize,
+    y: *mut f32,
+) {
+    let (nb, n, offset) = (p.nb, p.rows, p.offset);
+    let k = nb * QK;
+    let r0 = pi * PANEL + 8 * half_rows;
+    if r0 >= n {
+        return;
+    }
+    let valid = 8.min(n - r0);
+    let sb = scale_bytes(MODE, F16);
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    let cl = lines_per_block(NIB, H5);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        // SAFETY: block b of panel pi: cl lines and sb scale bytes inside the buffers; this
+        // half's 32 bytes of each line, its 8 scales (and 8 minimums) of the vectors.
+        let (wv, s0, s1) = unsafe {
+            let l = cp.add(b * cl * 64 + 32 * half_rows);
+            let wv: [__m256i; 8] = if NIB {
+                let r: [__m256i; 4] =
+                    std::array::from_fn(|j| _mm256_loadu_si256(l.add(j * 64) as *const __m256i));
+                let hv = if H5 {
+                    _mm256_loadu_si256(l.add(4 * 64) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                std::array::from_fn(|g| {
+                    let v = if g < 4 {
+                        _mm256_and_si256(r[g], low)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(r[g - 4]), low)
+                    };
+                    if H5 {
+                        _mm256_or_si256(v, fifth(hv, g))
+                    } else {
+                        v
+                    }
+                })
+            } else if MODE == 2 {
+                // Q6_K's codes u = q + 32 in 0..64, unsigned as they are.
+                std::array::from_fn(|g| _mm256_loadu_si256(l.add(g * 64) as *const __m256i))
+            } else {
+                // Q8_0's codes u = q + 128 back to the signed q.
+                std::array::from_fn(|g| {
+                    _mm256_xor_si256(_mm256_loadu_si256(l.add(g * 64) as *const __m256i), flip)
+                })
+            };
+            let s = sp.add(b * sb);
+            let (s0, s1) = if F16 {
+                let at = |v: usize| s.add(v * 32 + 16 * half_rows) as *const __m128i;
+                let s0 = _mm256_cvtph_ps(_mm_loadu_si128(at(0)));
+                let s1 = if MODE == 0 {
+                    _mm256_setzero_ps()
+                } else {
+                    _mm256_cvtph_ps(_mm_loadu_si128(at(1)))
+                };
+                (s0, s1)
+            } else {
+                let at = |v: usize| s.add(v * 64 + 32 * half_rows) as *const f32;
+                let s0 = _mm256_loadu_ps(at(0));
+                let s1 = if MODE == 0 {
+                    _mm256_setzero_ps()
+                } else {
+                    _mm256_loadu_ps(at(1))
+                };
+                (s0, s1)
+            };
+            (wv, s0, s1)
+        };
+        for (t, a) in acc.iter_mut().enumerate() {
+            let row = t0 + t;
+            let at = row * nb + b;
+            // SAFETY: row < act.rows and b < nb index inside the activation buffers.
+            let (q, [h0, h1], dx) = unsafe {
+                (
+                    act.qs.as_ptr().add(row * k + b * QK),
+                    *act.h.get_unchecked(at),
+                    _mm256_set1_ps(*act.d.get_unchecked(at)),
+                )
+            };
+            if MODE == 2 {
+                // Six-bit codes, a scale per 16: two registers' pair sums fit 16 bits
+                // (2·2·63·128 = 32,256 < 2¹⁵); each half its own integer sum and scale.
+                let mut s16 = [_mm256_setzero_si256(); 4];
+                for (g, w) in wv.iter().enumerate() {
+                    // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                    let x =
+                        unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
+                    s16[g / 2] = _mm256_add_epi16(s16[g / 2], _mm256_maddubs_epi16(*w, x));
+                }
+                let half = |a: __m256i, b: __m256i, h: i32| {
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones)),
+                        _mm256_set1_epi32(-offset * h),
+                    )
+                };
+                let (i0, i1) = (half(s16[0], s16[1], h0), half(s16[2], s16[3], h1));
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(s0, dx), *a);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(s1, dx), *a);
+                continue;
+            }
+            let i = if H5 {
+                // Five-bit codes: four registers' pair sums fit 16 bits
+                // (4·2·31·128 = 31,744 < 2¹⁵), so two partial sums.
+                let mut s16 = [_mm256_setzero_si256(); 2];
+                for (g, w) in wv.iter().enumerate() {
+                    // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                    let x =
+                        unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
+                    s16[g / 4] = _mm256_add_epi16(s16[g / 4], _mm256_maddubs_epi16(*w, x));
+                }
+                _mm256_add_epi32(
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(s16[0], ones),
+                        _mm256_madd_epi16(s16[1], ones),
+                    ),
+                    _mm256_set1_epi32(-offset * (h0 + h1)),
+                )
+            } else if NIB {
+                let mut s16 = _mm256_setzero_si256();
+                for (g, w) in wv.iter().enumerate() {
+                    // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                    let x =
+                        unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, x));
+                }
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(s16, ones),
+                    _mm256_set1_epi32(-offset * (h0 + h1)),
+                )
+            } else {
+                // Σ (u − 128)·x, the same integer as Σ u·x − 128·Σx: |w|·(x signed by w).
+                let mut s32 = _mm256_setzero_si256();
+                for (g, w) in wv.iter().enumerate() {
+                    // SAFETY: codes 4g..4g + 4 of the block lie inside the row.
+                    let x =
+                        unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
+                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(*w), _mm256_sign_epi8(x, *w));
+                    s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p, ones));
+                }
+                let _ = (h0, h1, offset);
+                s32
+            };
+            *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(s0, dx), *a);
+            if MODE == 1 {
+                // SAFETY: as above.
+                let sx = unsafe { _mm256_set1_ps(*act.s.get_unchecked(at)) };
+                *a = _mm256_fmadd_ps(s1, sx, *a);
+            }
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        let mut out = [0.0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), *a) };
+        for (j, v) in out[..valid].iter().enumerate() {
+            // SAFETY: y[(t0 + t)·n + r0 + j] with r0 + j < n lies inside y (caller).
+            unsafe { *y.add((t0 + t) * n + r0 + j) = *v };
+        }
+    }
+}
+
+/// `T` rows through the instance of `rows` for `p`'s layout, both halves of the panel.
+///
+/// # Safety
+/// As `rows`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_t<const T: usize>(
+    p: &Packed,
+    pi: usize,
+    cp: *const u8,
+    sp: *const u8,
+    act: &TileActs,
+    t0: usize,
+    y: *mut f32,
+) {
+    for h in 0..2 {
+        // SAFETY: the layout parameters are `p`'s; the rest is the caller's contract.
+        unsafe {
+            match (mode_id(p.mode), p.half, p.nib, p.hi5) {
+                (0, true, true, true) => {
+                    rows::<0, T, true, true, true>(p, h, pi, cp, sp, act, t0, y)
+                }
+                (0, true, true, false) => {
+                    rows::<0, T, true, true, false>(p, h, pi, cp, sp, act, t0, y)
+                }
+                (1, true, true, false) => {
+                    rows::<1, T, true, true, false>(p, h, pi, cp, sp, act, t0, y)
+                }
+                (1, false, true, false) => {
+                    rows::<1, T, false, true, false>(p, h, pi, cp, sp, act, t0, y)
+                }
+                (0, true, false, false) => {
+                    rows::<0, T, true, false, false>(p, h, pi, cp, sp, act, t0, y)
+                }
+                (2, false, false, false) => {
+                    rows::<2, T, false, false, false>(p, h, pi, cp, sp, act, t0, y)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every activation row against panel `pi`, four rows per pass.
+///
+/// # Safety
+/// CPU with AVX2, FMA and F16C; `p` packed for it (`p.nib`, mode 0 or 1); `act` has `p`'s
+/// width; `y` points at `[act.rows, p.rows]`; `pi < panels`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut f32) {
+    let m = act.rows;
+    let nb = p.nb;
+    let sb = scale_bytes(mode_id(p.mode), p.half);
+    let cl = lines_per_block(p.nib, p.hi5);
+    // SAFETY: panel pi's lines start inside the buffers (pi < panels).
+    let (cp, sp) = unsafe {
+        (
+            (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
+            (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
+        )
+    };
+    let mut t0 = 0;
+    while t0 < m {
+        // SAFETY: rows t0..t0 + t exist; the rest is the caller's contract.
+        let t = unsafe {
+            match m - t0 {
+                1 => {
+                    rows_t::<1>(p, pi, cp, sp, act, t0, y);
+                    1
+                }
+                2 => {
+                    rows_t::<2>(p, pi, cp, sp, act, t0, y);
+                    2
+                }
+                3 => {
+                    rows_t::<3>(p, pi, cp, sp, act, t0, y);
+                    3
+                }
+                _ => {
+                    rows_t::<4>(p, pi, cp, sp, act, t0, y);
+                    4
+                }
+            }
+        };
+        t0 += t;
+    }
+}
