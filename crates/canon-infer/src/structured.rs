@@ -52,11 +52,19 @@ impl TokenizerEnv for Env {
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
         let text = String::from_utf8_lossy(s);
-        match self.tok.hf().encode_fast(text.as_ref(), false) {
-            Ok(enc) => enc.get_ids().to_vec(),
-            // Falls back to the trie's greedy tokenization (valid, maybe not canonical).
-            Err(_) => self.trie.greedy_tokenize(s),
-        }
+        let ids = match self.tok.hf() {
+            Some(hf) => hf
+                .encode_fast(text.as_ref(), false)
+                .map(|enc| enc.get_ids().to_vec())
+                .map_err(|e| e.to_string()),
+            // SentencePiece vocabularies from GGUF: the same ids without BOS.
+            None => self
+                .tok
+                .encode_with_special(text.as_ref())
+                .map_err(|e| e.to_string()),
+        };
+        // Falls back to the trie's greedy tokenization (valid, maybe not canonical).
+        ids.unwrap_or_else(|_| self.trie.greedy_tokenize(s))
     }
 }
 
@@ -82,14 +90,23 @@ impl std::fmt::Debug for GrammarCompiler {
 impl GrammarCompiler {
     /// Indexes the tokenizer's vocabulary.
     pub fn new(tok: &Tokenizer) -> Result<Self, GrammarError> {
-        let json = tok
-            .hf()
-            .to_string(false)
-            .map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(&json).map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
-        let mut words = llguidance::token_bytes_from_tokenizer_json(&value)
-            .map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
+        let mut words = match (tok.hf(), tok.token_bytes()) {
+            (_, Some(words)) => words,
+            (Some(hf), None) => {
+                let json = hf
+                    .to_string(false)
+                    .map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
+                let value: Value = serde_json::from_str(&json)
+                    .map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
+                llguidance::token_bytes_from_tokenizer_json(&value)
+                    .map_err(|e| GrammarError::Vocabulary(e.to_string()))?
+            }
+            (None, None) => {
+                return Err(GrammarError::Vocabulary(
+                    "the tokenizer exposes neither its tokens' bytes nor an HF form".into(),
+                ));
+            }
+        };
         let vocab = tok.vocab_size().max(words.len());
         words.resize(vocab, Vec::new());
         let mut eog = tok.eog_ids.clone();

@@ -55,6 +55,99 @@ fn gemma3_tokenizes_and_decodes_as_llama_cpp() {
     );
 }
 
+/// The native SentencePiece tokenizer against the HF `tokenizers` form of the same vocabulary
+/// (a byte-fallback BPE whose merges are every split, ranked by score) on many random texts mixing
+/// words, pieces of tokens, special-token texts, unicode and whitespace runs: the same ids, the
+/// same decoded text.
+#[test]
+fn gemma3_native_spm_equals_the_hf_form() {
+    let path = canon_assets::ensure_main("gemma3", &canon_assets::Stderr).expect("fetch gemma3");
+    let file = GgufFile::open(&path).expect("open gemma3");
+    let vocab = gguf_vocab(&file).expect("vocab");
+    let native = Tokenizer::from_gguf(&vocab).expect("native");
+    let hf = Tokenizer::from_gguf_hf(&vocab).expect("hf");
+    assert!(native.hf().is_none() && hf.hf().is_some());
+    let parts = [
+        "the",
+        " The",
+        "quick",
+        "brown",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "fox",
+        "jumps",
+        "über",
+        "naïve",
+        "日本語",
+        "の",
+        "😀",
+        "👍🏽",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<bos>",
+        "<eos>",
+        "user",
+        "model",
+        "def f(x):",
+        "    return x",
+        "12345",
+        "3.14",
+        "...",
+        "—",
+        "«",
+        "»",
+        "https://example.com/a?b=c",
+        "ﬁ",
+        "\u{0301}",
+        "e",
+        "ab",
+        "cab",
+        "Ж",
+        "\r\n",
+        "<0x41>",
+        "<unused0>",
+        "▁",
+        "▁▁",
+        "<",
+        ">",
+        "[",
+        "]",
+    ];
+    let mut state = 0x5851_f42d_4c95_7f2d_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..3000 {
+        let n = (next() % 12) as usize;
+        let text: String = (0..n)
+            .map(|_| parts[(next() % parts.len() as u64) as usize])
+            .collect();
+        for special in [false, true] {
+            let a = native.encode(&text, special).unwrap();
+            let b = hf.encode(&text, special).unwrap();
+            assert_eq!(a, b, "case {i}: {text:?} special {special}");
+            for skip in [false, true] {
+                assert_eq!(
+                    native.decode(&a, skip).unwrap(),
+                    hf.decode(&b, skip).unwrap(),
+                    "case {i}: {text:?} skip {skip}"
+                );
+            }
+        }
+    }
+    for id in (0..vocab.tokens.len() as u32).step_by(97) {
+        assert_eq!(native.id_to_token(id), hf.id_to_token(id));
+        assert_eq!(native.is_special(id), hf.is_special(id), "{id}");
+    }
+    assert_eq!(native.vocab_size(), hf.vocab_size());
+}
+
 /// llama.cpp's own tokenizer test files (`models/ggml-vocab-*.gguf` with `.inp` / `.out`, from a
 /// llama.cpp source tree named by `CANON_LLAMA_CPP_VOCABS`): every SentencePiece vocabulary there
 /// (LLaMA's with `add_space_prefix`, Phi-3's) must give the expected ids (no BOS, special-token

@@ -26,13 +26,26 @@ pub enum RopeLayout {
 /// for a full table and its tensor copy).
 pub const ROPE_TABLE_POSITIONS: usize = 4096;
 
+/// The kept table grows to the positions calls have reached, in steps of this many (rounded up
+/// to a power of two), instead of holding all [`ROPE_TABLE_POSITIONS`] from the start: a short
+/// generation keeps 256 positions (0.25 MB at d = 256, against 4 MB).
+const ROPE_TABLE_STEP: usize = 256;
+
+/// `cos(mθᵢ)` and `sin(mθᵢ)` for the first `positions` positions, row-major `[m, i]`.
+#[derive(Debug)]
+struct Table {
+    positions: usize,
+    cos: TableRef,
+    sin: TableRef,
+}
+
 #[derive(Debug, Clone)]
 pub struct Rope {
     /// `θᵢ`, i = 0..d/2.
     inv_freq: std::sync::Arc<Vec<f32>>,
-    /// `cos(mθᵢ)` and `sin(mθᵢ)` for `m < min(max_pos, ROPE_TABLE_POSITIONS)`, row-major `[m, i]`.
-    cos_v: std::sync::Arc<Vec<f32>>,
-    sin_v: std::sync::Arc<Vec<f32>>,
+    /// The kept table, `m < min(max_pos, ROPE_TABLE_POSITIONS)`, grown on demand and shared by
+    /// clones; every version holds the same numbers for the positions it has.
+    table: std::sync::Arc<std::sync::RwLock<std::sync::Arc<Table>>>,
     pub layout: RopeLayout,
     pub dim: usize,
     pub max_pos: usize,
@@ -69,11 +82,14 @@ impl Rope {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
             .collect();
-        let (cos, sin) = angles(&inv_freq, 0..max_pos.min(ROPE_TABLE_POSITIONS));
+        let table = Table {
+            positions: 0,
+            cos: std::sync::Arc::new(Vec::new()),
+            sin: std::sync::Arc::new(Vec::new()),
+        };
         Ok(Self {
             inv_freq: std::sync::Arc::new(inv_freq),
-            cos_v: std::sync::Arc::new(cos),
-            sin_v: std::sync::Arc::new(sin),
+            table: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(table))),
             layout,
             dim,
             max_pos,
@@ -84,13 +100,48 @@ impl Rope {
     /// row stands for: the kept tables (first row 0) when they reach that far, else the range
     /// computed now (first row `offset`).
     fn tables(&self, offset: usize, t: usize) -> (TableRef, TableRef, usize) {
-        let kept = self.cos_v.len() / self.inv_freq.len().max(1);
-        if offset + t <= kept {
-            (self.cos_v.clone(), self.sin_v.clone(), 0)
-        } else {
-            let (c, s) = angles(&self.inv_freq, offset..offset + t);
-            (std::sync::Arc::new(c), std::sync::Arc::new(s), offset)
+        let end = offset + t;
+        let cap = self.max_pos.min(ROPE_TABLE_POSITIONS);
+        if end <= cap {
+            let kept = self.kept_table(end);
+            return (kept.cos.clone(), kept.sin.clone(), 0);
         }
+        let (c, s) = angles(&self.inv_freq, offset..end);
+        (std::sync::Arc::new(c), std::sync::Arc::new(s), offset)
+    }
+
+    /// The kept table, grown to at least `end` positions (`end` ≤ the cap) if it is shorter.
+    fn kept_table(&self, end: usize) -> std::sync::Arc<Table> {
+        // A poisoned lock still holds a whole table (it is replaced, never edited in place).
+        let current = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if end <= current.positions {
+            return current;
+        }
+        let mut slot = self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if end <= slot.positions {
+            return slot.clone();
+        }
+        let cap = self.max_pos.min(ROPE_TABLE_POSITIONS);
+        let positions = end
+            .max(ROPE_TABLE_STEP)
+            .next_power_of_two()
+            .min(cap)
+            .max(end);
+        let (cos, sin) = angles(&self.inv_freq, 0..positions);
+        let grown = std::sync::Arc::new(Table {
+            positions,
+            cos: std::sync::Arc::new(cos),
+            sin: std::sync::Arc::new(sin),
+        });
+        *slot = grown.clone();
+        grown
     }
 
     /// Rotates `x: [b, h, t, d]` for positions `offset..offset+t`.
@@ -376,7 +427,6 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        assert_eq!(rope.cos_v.len(), ROPE_TABLE_POSITIONS * d / 2);
         let x = randn(&[1, 2, t, d], 3);
         let inference = rope.apply(&x, off).unwrap();
         let (c, s) = angles(&rope.inv_freq, off..off + t);
@@ -400,6 +450,35 @@ mod tests {
             rope.apply(&randn(&[1, 1, 1, d], 4), ROPE_TABLE_POSITIONS + 100)
                 .is_err()
         );
+    }
+
+    /// The kept table grows with the positions reached (a power of two, at least 256, at most the
+    /// cap) and a grown table gives the same rotation as a fresh rope that computes it at once.
+    #[test]
+    fn the_kept_table_grows_with_the_positions_reached() {
+        let d = 8;
+        let rope = Rope::new(d, 5000, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        let kept = |r: &Rope| r.table.read().unwrap().positions;
+        assert_eq!(kept(&rope), 0);
+        let x = randn(&[1, 1, 3, d], 5);
+        let early = rope.apply(&x, 10).unwrap();
+        assert_eq!(kept(&rope), ROPE_TABLE_STEP);
+        let clone = rope.clone();
+        clone.apply(&x, 600).unwrap();
+        assert_eq!(kept(&rope), 1024, "clones share the table");
+        // Rows computed before and after growing are the same numbers.
+        assert_close(&rope.apply(&x, 10).unwrap(), &early, Tol::new(0.0, 0.0));
+        let fresh = Rope::new(d, 5000, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        assert_close(
+            &fresh.apply(&x, 600).unwrap(),
+            &rope.apply(&x, 600).unwrap(),
+            Tol::new(0.0, 0.0),
+        );
+        rope.apply(&x, ROPE_TABLE_POSITIONS - 3).unwrap();
+        assert_eq!(kept(&rope), ROPE_TABLE_POSITIONS);
+        let short = Rope::new(d, 300, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        short.apply(&x, 297).unwrap();
+        assert_eq!(kept(&short), 300, "never past max_pos");
     }
 
     #[test]

@@ -294,6 +294,34 @@ impl GgufFile {
         &self.mmap[info.offset..info.offset + info.n_bytes]
     }
 
+    /// Drops this process's copies of the header's pages (metadata and tensor table: 15 MB for a
+    /// 262k-token vocabulary with its merges) once it is parsed: `metadata` and `tensors` are
+    /// owned copies, so nothing reads those pages again unless asked, and a read faults them back
+    /// from the file unchanged. The tensors' pages are untouched.
+    pub fn release_header_pages(&self) {
+        let end = self
+            .tensors
+            .iter()
+            .map(|t| t.offset)
+            .min()
+            .unwrap_or(self.mmap.len());
+        // Whole pages only: the page holding the first tensor's start keeps its bytes resident.
+        let page = 4096;
+        let end = end / page * page;
+        if end == 0 {
+            return;
+        }
+        // SAFETY: the mapping is read-only and file-backed: MADV_DONTNEED only drops this
+        // process's copies of the pages, and any later read faults them back in from the file
+        // unchanged. A failure leaves them resident.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self
+                .mmap
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, end);
+        }
+    }
+
     /// A tensor's bytes as a view that keeps the mapping alive (no copy: the pages stay the
     /// operating system's file cache, shared between processes, as llama.cpp's mmap loading does).
     pub fn tensor_view(&self, info: &TensorInfo) -> crate::Bytes {

@@ -202,7 +202,7 @@ impl GgufVocab {
     /// Control (3) and user-defined (4) tokens, matched in the text before the model runs (as
     /// llama.cpp partitions the text at them); user-defined ones even when special tokens are read
     /// as plain text. In id order; one list feeds both `tokenizer.json` and the direct build.
-    fn added(&self) -> Vec<Added<'_>> {
+    pub(crate) fn added(&self) -> Vec<Added<'_>> {
         self.tokens
             .iter()
             .enumerate()
@@ -340,19 +340,7 @@ impl GgufVocab {
 
     /// `spm_merges` as (token id, byte offset of the cut).
     fn spm_splits(&self) -> Result<Vec<(usize, usize)>> {
-        if self.scores.len() != self.tokens.len() {
-            return Err(TextError::BadVocab(format!(
-                "{} tokens but {} scores",
-                self.tokens.len(),
-                self.scores.len()
-            )));
-        }
-        if let Some(i) = self.scores.iter().position(|s| !s.is_finite()) {
-            return Err(TextError::BadVocab(format!(
-                "score of token {i} is {}; expected a finite number",
-                self.scores[i]
-            )));
-        }
+        self.check_scores()?;
         let index: std::collections::HashSet<&str> =
             self.tokens.iter().map(String::as_str).collect();
         let mut found: Vec<(usize, usize)> = Vec::new();
@@ -372,8 +360,30 @@ impl GgufVocab {
         Ok(found)
     }
 
-    /// The SentencePiece vocabulary's checks, merges (as `spm_splits`), normalizer and decoder.
-    fn spm_parts(&self) -> Result<SpmParts> {
+    /// One finite score per token.
+    fn check_scores(&self) -> Result<()> {
+        if self.scores.len() != self.tokens.len() {
+            return Err(TextError::BadVocab(format!(
+                "{} tokens but {} scores",
+                self.tokens.len(),
+                self.scores.len()
+            )));
+        }
+        if let Some(i) = self.scores.iter().position(|s| !s.is_finite()) {
+            return Err(TextError::BadVocab(format!(
+                "score of token {i} is {}; expected a finite number",
+                self.scores[i]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks a SentencePiece vocabulary passes before it tokenizes anything: the common
+    /// ones, the unknown id inside the vocabulary, no empty or repeated token, finite scores.
+    pub(crate) fn check_spm(&self) -> Result<()> {
+        if self.model != "llama" {
+            return Err(unsupported_model(&self.model));
+        }
         self.check_common()?;
         let n = self.tokens.len() as u32;
         if let Some(id) = self.unk_id.filter(|&id| id >= n) {
@@ -390,6 +400,12 @@ impl GgufVocab {
             }
         }
         drop(seen);
+        self.check_scores()
+    }
+
+    /// The SentencePiece vocabulary's checks, merges (as `spm_splits`), normalizer and decoder.
+    fn spm_parts(&self) -> Result<SpmParts> {
+        self.check_spm()?;
         let splits = self.spm_splits()?;
         let prefix = self.add_space_prefix.unwrap_or(true);
         let mut normalizers = Vec::new();
@@ -507,10 +523,10 @@ impl GgufVocab {
 }
 
 /// A token matched before the model runs: its id, its text and whether it is special.
-struct Added<'a> {
-    id: usize,
-    content: &'a str,
-    special: bool,
+pub(crate) struct Added<'a> {
+    pub(crate) id: usize,
+    pub(crate) content: &'a str,
+    pub(crate) special: bool,
 }
 
 fn json_err(e: serde_json::Error) -> TextError {

@@ -273,7 +273,18 @@ fn direct_build_equals_the_json_round_trip() {
     spm_u.tokens.push("<start_of_turn>".into());
     spm_u.token_types.push(3);
     spm_u.scores.push(0.0);
-    let vocabs = [spm_vocab(PIECES, false), spm_u, bpe_vocab()];
+    // No byte tokens: characters that are no token become the unknown token (runs fused).
+    let mut spm_nobytes = spm_vocab(PIECES, true);
+    let keep: Vec<usize> = (0..spm_nobytes.tokens.len())
+        .filter(|&i| !spm_nobytes.tokens[i].starts_with("<0x"))
+        .collect();
+    spm_nobytes.tokens = keep
+        .iter()
+        .map(|&i| spm_nobytes.tokens[i].clone())
+        .collect();
+    spm_nobytes.token_types = keep.iter().map(|&i| spm_nobytes.token_types[i]).collect();
+    spm_nobytes.scores = keep.iter().map(|&i| spm_nobytes.scores[i]).collect();
+    let vocabs = [spm_vocab(PIECES, false), spm_u, spm_nobytes, bpe_vocab()];
     let alphabet = [
         "a",
         "b",
@@ -304,7 +315,7 @@ fn direct_build_equals_the_json_round_trip() {
         }
         // The plain-text path with the twin always used (what `encode(_, false)` did before
         // it looked for special texts first).
-        let mut twin = parsed.hf().clone();
+        let mut twin = parsed.hf().unwrap().clone();
         twin.set_encode_special_tokens(true);
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         for _ in 0..2000 {
@@ -324,13 +335,38 @@ fn direct_build_equals_the_json_round_trip() {
                     want.extend(twin.encode_fast(text.as_str(), false).unwrap().get_ids());
                     assert_eq!(a, want, "{} {text:?} (twin)", v.model);
                 }
+                for skip in [false, true] {
+                    assert_eq!(
+                        direct.decode(&a, skip).unwrap(),
+                        parsed.decode(&b, skip).unwrap(),
+                        "{} {text:?} skip {skip}",
+                        v.model
+                    );
+                }
+            }
+        }
+        // Any ids, in or out of the vocabulary, byte tokens in any order: the same text.
+        for _ in 0..500 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let ids: Vec<u32> = (0..(state % 7) as usize)
+                .map(|k| ((state >> (7 * k + 3)) % (v.tokens.len() as u64 + 3)) as u32)
+                .collect();
+            for skip in [false, true] {
                 assert_eq!(
-                    direct.decode(&a, false).unwrap(),
-                    parsed.decode(&b, false).unwrap(),
-                    "{} {text:?}",
+                    direct.decode(&ids, skip).unwrap(),
+                    parsed.decode(&ids, skip).unwrap(),
+                    "{} {ids:?} skip {skip}",
                     v.model
                 );
             }
+        }
+        for id in 0..v.tokens.len() as u32 + 2 {
+            assert_eq!(direct.id_to_token(id), parsed.id_to_token(id));
+        }
+        for t in v.tokens.iter().map(String::as_str).chain(["nope", ""]) {
+            assert_eq!(direct.token_to_id(t), parsed.token_to_id(t), "{t:?}");
         }
     }
 }

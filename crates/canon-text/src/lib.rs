@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod gguf_vocab;
+mod spm;
 pub mod stream;
 pub mod tokenizer;
 

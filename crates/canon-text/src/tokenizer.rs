@@ -2,12 +2,20 @@
 //! generation needs: whether to prepend BOS, which ids end a generation, the special token texts.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::spm::Spm;
 use crate::{GgufVocab, Result, TextError};
 
 #[derive(Clone)]
 pub struct Tokenizer {
+    /// The HF tokenizer (`tokenizer.json`, byte-level BPE vocabularies from GGUF); for a
+    /// SentencePiece GGUF vocabulary only a stand-in never used to encode (`spm` is).
     inner: tokenizers::Tokenizer,
+    /// SentencePiece vocabularies from GGUF, tokenized without the HF tables (`crate::spm`).
+    spm: Option<Arc<Spm>>,
+    /// `with_truncation`'s length for `spm`.
+    spm_truncation: Option<usize>,
     /// Plain-text twin of `inner` that never matches special tokens in the input, built on first
     /// use (a copy of the vocabulary tables: ~140 MB for a 262k-token vocabulary), and only for a
     /// text that holds a special token's text: any other text encodes the same through `inner`.
@@ -79,6 +87,8 @@ impl Tokenizer {
             special_ids,
             special_texts,
             inner,
+            spm: None,
+            spm_truncation: None,
             literal: std::sync::OnceLock::new(),
             add_bos: false,
             use_post_processor: false,
@@ -138,8 +148,33 @@ impl Tokenizer {
         Ok(Self::from_inner(inner))
     }
 
-    /// Builds the tokenizer a GGUF file describes.
+    /// Builds the tokenizer a GGUF file describes: SentencePiece vocabularies (`llama`) natively
+    /// (`crate::spm`: the same ids as the HF form, a sixth of its memory), byte-level BPE through
+    /// the HF `tokenizers` crate.
     pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
+        if vocab.model == "llama" {
+            let spm = Spm::new(vocab)?;
+            let mut t = Self::from_inner(tokenizers::Tokenizer::new(
+                tokenizers::models::bpe::BPE::default(),
+            ));
+            t.special_ids = (0..spm.len() as u32)
+                .filter(|&i| spm.is_special(i))
+                .collect();
+            t.special_texts = SpecialTexts::None;
+            t.spm = Some(Arc::new(spm));
+            t.add_bos = vocab.add_bos;
+            t.bos_id = vocab.bos_id;
+            t.eos_id = vocab.eos_id;
+            t.pad_id = vocab.pad_id;
+            t.eog_ids = vocab.eog_ids();
+            return Ok(t);
+        }
+        Self::from_gguf_hf(vocab)
+    }
+
+    /// [`Self::from_gguf`] through the HF `tokenizers` crate for every supported vocabulary
+    /// (the reference the native SentencePiece tokenizer is tested against).
+    pub fn from_gguf_hf(vocab: &GgufVocab) -> Result<Self> {
         let inner = std::panic::catch_unwind(|| vocab.to_hf_tokenizer()).map_err(|_| {
             TextError::Load {
                 path: "GGUF metadata".into(),
@@ -156,7 +191,10 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.spm {
+            Some(s) => s.len(),
+            None => self.inner.get_vocab_size(true),
+        }
     }
 
     /// The plain-text twin, built from `inner` on first use.
@@ -171,6 +209,14 @@ impl Tokenizer {
     /// Tokenizes `text` for a causal LM: BOS first when the model asks for it; special-token texts
     /// (`<|im_start|>`) become their ids when `parse_special`, else they are tokenized as plain text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        if let Some(spm) = &self.spm {
+            let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+            if self.add_bos {
+                ids.extend(self.bos_id);
+            }
+            ids.extend(spm.encode(text, parse_special));
+            return Ok(ids);
+        }
         let holds_special = match &self.special_texts {
             SpecialTexts::None => false,
             SpecialTexts::Matcher(m) => m.is_match(text),
@@ -194,22 +240,38 @@ impl Tokenizer {
 
     /// Tokenizes with the tokenizer's own post-processor (e.g. `[CLS] … [SEP]` for BERT).
     pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        if let Some(spm) = &self.spm {
+            let mut ids = spm.encode(text, true);
+            if let Some(n) = self.spm_truncation {
+                ids.truncate(n);
+            }
+            return Ok(ids);
+        }
         let enc = self.inner.encode_fast(text, true).map_err(tok_err)?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids to text; special tokens are left out when `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        if let Some(spm) = &self.spm {
+            return Ok(spm.decode(ids, skip_special));
+        }
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
     /// The token's own string in the vocabulary (e.g. `Ġthe`), if the id exists.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.spm {
+            Some(s) => s.id_to_token(id).map(str::to_string),
+            None => self.inner.id_to_token(id),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.spm {
+            Some(s) => s.token_to_id(token),
+            None => self.inner.token_to_id(token),
+        }
     }
 
     /// The text one token stands for on its own (byte-level pieces decoded; may be part of a
@@ -226,6 +288,11 @@ impl Tokenizer {
     /// A copy that truncates `encode_with_special` output to `max_len` tokens, special tokens
     /// included (the right end is cut, the closing special token kept).
     pub fn with_truncation(&self, max_len: usize) -> Result<Self> {
+        if self.spm.is_some() {
+            let mut t = self.clone();
+            t.spm_truncation = Some(max_len);
+            return Ok(t);
+        }
         // The plain-text twin stays untruncated, as it was before the twin became lazy.
         self.literal_tokenizer();
         let mut t = self.clone();
@@ -254,8 +321,21 @@ impl Tokenizer {
         }
     }
 
-    /// Access to the underlying HF tokenizer (padding, truncation, batches).
-    pub fn hf(&self) -> &tokenizers::Tokenizer {
-        &self.inner
+    /// Access to the underlying HF tokenizer (padding, truncation, batches); `None` for a
+    /// SentencePiece vocabulary from GGUF, which is tokenized natively (see
+    /// [`Self::token_bytes`] and [`Self::to_gguf_vocab`]).
+    pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
+        self.spm.is_none().then_some(&self.inner)
+    }
+
+    /// Every token's bytes as generated text spells them (`▁` a space, `<0xNN>` its byte), for
+    /// a SentencePiece vocabulary from GGUF; `None` for the HF-backed tokenizers.
+    pub fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        self.spm.as_ref().map(|s| s.token_bytes())
+    }
+
+    /// The GGUF vocabulary a native SentencePiece tokenizer was built from (`None` otherwise).
+    pub fn to_gguf_vocab(&self) -> Option<GgufVocab> {
+        self.spm.as_ref().map(|s| s.to_vocab())
     }
 }
