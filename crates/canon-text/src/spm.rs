@@ -106,7 +106,7 @@ impl Spm {
             *slot = index
                 .find(h, |&id| {
                     let id = id as usize;
-                    &text[offs[id] as usize..offs[id + 1] as usize] == name
+                    text[offs[id] as usize..offs[id + 1] as usize] == name
                 })
                 .copied();
         }
