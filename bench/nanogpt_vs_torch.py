@@ -54,6 +54,12 @@ def canon_cpu_per_step(canon, cfg_text, steps, threads, warmup, extra=()):
     return ((c2 - c1) - (c1 - c0)) / steps
 
 
+def proc_mem():
+    """This process's resident memory and its peak so far, MiB (VmRSS, VmHWM)."""
+    f = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
+    return tuple(int(f[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+
+
 def run_canon(canon, cfg_text, steps, threads, warmup, extra=()):
     with tempfile.TemporaryDirectory() as tmp:
         # Log every step; evaluate only at the end (not timed as a training step).
@@ -80,7 +86,7 @@ def run_canon(canon, cfg_text, steps, threads, warmup, extra=()):
     return tps, losses, vocab
 
 
-def run_torch(cfg, vocab, steps, threads, warmup, profile=False):
+def run_torch(cfg, vocab, steps, threads, warmup, profile=False, mem=None):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -142,11 +148,19 @@ def run_torch(cfg, vocab, steps, threads, warmup, profile=False):
         y = torch.randint(0, vocab, (B, block))
         t0 = time.perf_counter()
         c0 = time.process_time()
+        if mem is not None and step == 1:
+            mem.append(("step start", proc_mem()))
         loss = model(x, y)
+        if mem is not None and step == 1:
+            mem.append(("forward done", proc_mem()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if mem is not None and step == 1:
+            mem.append(("backward done", proc_mem()))
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.get("grad_clip", 1.0))
         opt.step()
+        if mem is not None and step == 1:
+            mem.append(("update done", proc_mem()))
         dt = time.perf_counter() - t0
         if step > warmup:
             tps.append(B * block / dt)
@@ -184,6 +198,9 @@ def main():
     ap.add_argument("--canon-args", default="",
                     help="extra arguments for the --canon binary's `canon train` only, e.g. "
                          "--canon-args=--bf16 (with --before the same binary: f32 against bf16)")
+    ap.add_argument("--mem-trace", action="store_true",
+                    help="memory by phase of the first step: Canon's CANON_MEM_TRACE lines (stderr) "
+                         "and this process's resident memory / peak around PyTorch's first step")
     ap.add_argument("--torch-profile", action="store_true",
                     help="print PyTorch's profiler table (2 extra steps, by self CPU time)")
     a = ap.parse_args()
@@ -192,6 +209,8 @@ def main():
         sys.exit(f"{a.canon} not found: build it with cargo build --release -p canon")
     text, cfg = read_config(a.config)
     extra = a.canon_args.split()
+    if a.mem_trace:
+        os.environ["CANON_MEM_TRACE"] = "1"
     c_tps, c_loss, vocab = run_canon(a.canon, text, a.steps, a.threads, a.warmup, extra)
     # Peak resident memory (KiB on Linux) of the Canon run (its own, from wait4); PyTorch trains in this process, so its peak is this process's (the interpreter included).
     c_rss = run_canon.peak_rss_kib
@@ -201,7 +220,8 @@ def main():
     if a.before:
         b_tps, b_loss, _ = run_canon(a.before, text, a.steps, a.threads, a.warmup)
         b_rss = run_canon.peak_rss_kib
-    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile)
+    t_mem = [] if a.mem_trace else None
+    t_tps, n_params, tv, t_cpu = run_torch(cfg, vocab, a.steps, a.threads, a.warmup, a.torch_profile, t_mem)
     t_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cm, tm = statistics.median(c_tps), statistics.median(t_tps)
     print(f"CPU: {cpu_label()}")
@@ -212,6 +232,9 @@ def main():
     print(f"pytorch median {tm:8.0f} tokens/s  (torch {tv})")
     print(f"ratio canon/pytorch = {cm / tm:.2f}")
     print(f"peak RSS: canon {c_rss / 1024:.0f} MiB, pytorch process {t_rss / 1024:.0f} MiB")
+    if t_mem:
+        print("pytorch process, first step (rss / peak MiB): "
+              + ", ".join(f"{k} {r:.0f} / {h:.0f}" for k, (r, h) in t_mem))
     if b_tps:
         bm = statistics.median(b_tps)
         print(f"before  median {bm:8.0f} tokens/s  (loss {b_loss[0]:.3f} -> {b_loss[-1]:.3f}); "

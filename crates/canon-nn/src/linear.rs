@@ -652,7 +652,7 @@ fn train_mm_fwd(
 /// pre-activation is kept in the op for the backward, as the separate GELU op kept its input.
 struct TrainMatmulTGelu {
     tanh: bool,
-    z: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
+    z: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl candle_core::CustomOp2 for TrainMatmulTGelu {
@@ -676,7 +676,7 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
             .zip(z.par_chunks(chunk))
             .for_each(|(yc, zc)| crate::train_ops::gelu_fwd(zc, yc, tanh));
         if let Ok(mut slot) = self.z.lock() {
-            *slot = Some(Arc::new(z));
+            *slot = Some(z);
         }
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
@@ -691,12 +691,16 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
         use rayon::prelude::*;
         let g = g.contiguous()?;
         let gd = f32_data(&g, self.name())?;
+        // The backward takes the pre-activation out of the op (it is freed as soon as this
+        // node's backward is done, not when the whole graph goes); a second backward over the
+        // same graph recomputes it (the same product, the same bits).
         let z = match self.z.lock() {
-            Ok(slot) => slot.clone(),
+            Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
-        let Some(z) = z else {
-            candle_core::bail!("linear + GELU backward: the forward's pre-activation is missing");
+        let z = match z {
+            Some(z) => z,
+            None => pre_activation(x, w, self.name())?,
         };
         if z.len() != gd.len() {
             candle_core::bail!(
@@ -720,7 +724,31 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
 }
 
 /// The MLP's pre-activation and activation, `[n, d_ff]` each.
-type MlpSaved = Arc<(Vec<f32>, Vec<f32>)>;
+type MlpSaved = (Vec<f32>, Vec<f32>);
+
+/// `x Wᵀ` for the backward of an op that did not keep it (the forward's product, the same bits).
+fn pre_activation(x: &Tensor, w: &Tensor, what: &str) -> candle_core::Result<Vec<f32>> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let n = x.elem_count() / k.max(1);
+    let (out, in_f) = w.dims2()?;
+    if in_f != k {
+        candle_core::bail!("{what}: input rows have {k} values, the weight {in_f} columns");
+    }
+    let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
+    let mut z = vec![0f32; n * out];
+    let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
+    crate::train_ops::mm(
+        (n, out, k),
+        &mut z,
+        out,
+        false,
+        (&xd, k, 1),
+        (&wd, 1, k),
+        1.0,
+        crate::train_ops::par(),
+    );
+    Ok(z)
+}
 
 /// The GELU MLP `GELU(x W₁ᵀ) W₂ᵀ` with trainable f32 weights as one op: candle's backprop sees
 /// one node with the input and the two weights, not three with the `[n, d_ff]` activations as
@@ -783,7 +811,7 @@ impl CustomOp3 for TrainMlpGelu {
             *last = d_out;
         }
         if let Ok(mut slot) = self.saved.lock() {
-            *slot = Some(Arc::new((z, h)));
+            *slot = Some((z, h));
         }
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
@@ -800,14 +828,26 @@ impl CustomOp3 for TrainMlpGelu {
         let what = self.name();
         let g = g.contiguous()?;
         let gd = f32_data(&g, what)?;
+        // The backward takes the activations out of the op: each is freed as soon as its last
+        // use here is done, not when the whole graph goes (PyTorch frees a node's saved tensors
+        // after its backward too). A second backward over the same graph recomputes them.
         let saved = match self.saved.lock() {
-            Ok(slot) => slot.clone(),
+            Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
-        let Some(saved) = saved else {
-            candle_core::bail!("MLP backward: the forward's activations are missing");
+        let (z, h) = match saved {
+            Some(s) => s,
+            None => {
+                let z = pre_activation(x, w1, what)?;
+                let mut h = vec![0f32; z.len()];
+                let _t = crate::profile::scope(crate::profile::Phase::Activations);
+                let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
+                h.par_chunks_mut(chunk)
+                    .zip(z.par_chunks(chunk))
+                    .for_each(|(hc, zc)| crate::train_ops::gelu_fwd(zc, hc, tanh));
+                (z, h)
+            }
         };
-        let (z, h) = (&saved.0, &saved.1);
         let (d_out, d_ff) = w2.dims2()?;
         let n = z.len() / d_ff.max(1);
         if gd.len() != n * d_out {
@@ -840,11 +880,12 @@ impl CustomOp3 for TrainMlpGelu {
                 d_ff,
                 false,
                 (&gd, 1, d_out),
-                (h, d_ff, 1),
+                (&h, d_ff, 1),
                 1.0,
                 par,
             );
         }
+        drop(h);
         let mut dz = vec![0f32; n * d_ff];
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
@@ -854,6 +895,7 @@ impl CustomOp3 for TrainMlpGelu {
                 .for_each(|(dc, (zc, gc))| crate::train_ops::gelu_bwd(zc, gc, dc, tanh));
         }
         drop(dh);
+        drop(z);
         let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
         let (dx, dw1) = train_mm_bwd(x, w1, &dz, what)?;
         Ok((
@@ -1434,6 +1476,34 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// The fused GELU ops hand their saved activations to the backward (freed there, not with
+    /// the graph); a second backward over the same graph recomputes them and gives the same bits.
+    #[test]
+    fn a_second_backward_recomputes_the_saved_activations() {
+        use candle_core::Var;
+        let bits = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let w1 = Var::from_tensor(&randn(&[9, 5], 1)).unwrap();
+        let w2 = Var::from_tensor(&randn(&[4, 9], 5)).unwrap();
+        let x = Var::from_tensor(&(randn(&[2, 3, 5], 2) * 2.0).unwrap()).unwrap();
+        let l1 = Linear::new(Weight::Dense(w1.as_tensor().clone()), None);
+        let l2 = Linear::new(Weight::Dense(w2.as_tensor().clone()), None);
+        let mlp = l1
+            .forward_gelu_mlp(&l2, x.as_tensor(), false)
+            .unwrap()
+            .unwrap();
+        let h = l1.forward_gelu(x.as_tensor(), false).unwrap().unwrap();
+        let wt = randn(&[2, 3, 4], 3);
+        let wh = randn(&[2, 3, 9], 4);
+        let loss = ((&mlp * &wt).unwrap().sum_all().unwrap()
+            + (&h * &wh).unwrap().sum_all().unwrap())
+        .unwrap();
+        let g1 = loss.backward().unwrap();
+        let g2 = loss.backward().unwrap();
+        for t in [w1.as_tensor(), w2.as_tensor(), x.as_tensor()] {
+            assert_eq!(bits(g1.get(t).unwrap()), bits(g2.get(t).unwrap()));
+        }
     }
 
     /// The GELU MLP as one op equals the three ops (product, activation, product), forward and

@@ -209,6 +209,29 @@ pub fn table(steps: u64) -> String {
     out
 }
 
+/// Whether `CANON_MEM_TRACE` is set (read once): [`mem_mark`] then prints the process's memory.
+pub fn mem_trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CANON_MEM_TRACE").is_some_and(|v| !v.is_empty()))
+}
+
+/// The process's resident memory and its peak so far, in MiB (`VmRSS`, `VmHWM` of
+/// `/proc/self/status`); `None` where that file is not there (outside Linux).
+pub fn resident_mib() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        let kib: f64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,3 +24,32 @@ pub fn keep_freed_memory() {
         }
     });
 }
+
+/// Bytes the C allocator has handed out and not had back (`mallinfo2`: heap blocks in use plus
+/// mmap-ed blocks), in MiB; `None` outside glibc. Resident memory above this is freed memory the
+/// allocator keeps for reuse.
+pub fn heap_in_use_mib() -> Option<f64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (under its own locks).
+        let mi = unsafe { libc::mallinfo2() };
+        Some((mi.uordblks + mi.hblkhd) as f64 / (1024.0 * 1024.0))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// With `CANON_MEM_TRACE` set, prints the process's resident memory, its peak so far and the
+/// allocator's bytes in use at a point of the training step (`mem <label>: …` on stderr).
+pub fn mem_mark(label: &str) {
+    if !canon_nn::profile::mem_trace() {
+        return;
+    }
+    let Some((rss, peak)) = canon_nn::profile::resident_mib() else {
+        return;
+    };
+    let used = heap_in_use_mib().map_or(String::new(), |u| format!(", allocated {u:.0} MiB"));
+    eprintln!("mem {label}: rss {rss:.0} MiB, peak {peak:.0} MiB{used}");
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::Tensor;
+use candle_core::backprop::GradStore;
 use canon_models::VarStore;
 use canon_nn::SplitMix64;
 
@@ -127,6 +128,65 @@ pub fn accumulate_grads(
     Ok(())
 }
 
+/// A parameter's gradient as the optimizer reads it: the backward's own tensor, read in place when
+/// it is contiguous f32, else an owned copy (zeros where the parameter took no part).
+pub enum GradView<'a> {
+    /// The store's tensor (its storage's read guard) and the parameter's range in it.
+    Store(
+        Box<dyn std::ops::Deref<Target = Storage> + 'a>,
+        usize,
+        usize,
+    ),
+    Owned(Vec<f32>),
+}
+
+impl AsRef<[f32]> for GradView<'_> {
+    fn as_ref(&self) -> &[f32] {
+        match self {
+            GradView::Store(s, a, b) => match &***s {
+                Storage::Cpu(CpuStorage::F32(v)) => v.get(*a..*b).unwrap_or(&[]),
+                _ => &[],
+            },
+            GradView::Owned(v) => v,
+        }
+    }
+}
+
+/// The gradients of `params` in a backward's store, without copying them: a step with one
+/// micro-batch updates straight from the store, so no second gradient buffer of the model's size
+/// is ever held. The same values as [`accumulate_grads`] with `assign` (candle's gradient of a
+/// variable is `0 + g`, never −0, so `+ 0.0` changes no bit).
+pub fn grad_views<'a>(gs: &'a GradStore, params: &[Param]) -> Result<Vec<GradView<'a>>> {
+    let mut out = Vec::with_capacity(params.len());
+    for p in params {
+        let n = p.var.elem_count();
+        let Some(gr) = gs.get(p.var.as_tensor()) else {
+            out.push(GradView::Owned(vec![0f32; n]));
+            continue;
+        };
+        if gr.elem_count() != n {
+            return Err(TrainError::Data(format!(
+                "gradient of {}: {} values for {n} parameters",
+                p.name,
+                gr.elem_count()
+            )));
+        }
+        let (storage, layout) = gr.storage_and_layout();
+        let offsets = layout.contiguous_offsets();
+        match (&*storage, offsets) {
+            (Storage::Cpu(CpuStorage::F32(_)), Some((a, b))) => {
+                out.push(GradView::Store(Box::new(storage), a, b))
+            }
+            _ => {
+                drop(storage);
+                let gv: Vec<f32> = gr.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                out.push(GradView::Owned(gv.iter().map(|&x| x + 0.0).collect()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Clips `grads` to the configured global norm and takes one optimizer step; returns the norm.
 pub fn clip_and_step(
     params: &[Param],
@@ -140,10 +200,10 @@ pub fn clip_and_step(
 
 /// [`clip_and_step`] on borrowed gradients: the clipping factor is applied as the optimizer reads
 /// each gradient (the same f32 products as scaling the buffers first), so they stay unchanged.
-pub fn clip_and_step_in_place(
+pub fn clip_and_step_in_place<G: AsRef<[f32]>>(
     params: &[Param],
     opt: &mut Optimizer,
-    grads: &[Vec<f32>],
+    grads: &[G],
     lr: f64,
     clip: Option<f64>,
 ) -> Result<f64> {
@@ -166,6 +226,15 @@ pub fn step_on_loss(
         .collect();
     add_grads(total, params, &mut grads)?;
     clip_and_step(params, opt, grads, lr, clip)
+}
+
+/// Prints a memory mark ([`crate::alloc::mem_mark`]) when dropped.
+struct MemMarkOnDrop(&'static str);
+
+impl Drop for MemMarkOnDrop {
+    fn drop(&mut self) {
+        crate::alloc::mem_mark(self.0);
+    }
 }
 
 pub struct Engine {
@@ -220,6 +289,7 @@ impl Engine {
     }
 
     pub fn save(&self, obj: &dyn Objective, path: &Path) -> Result<()> {
+        let _mark = MemMarkOnDrop("checkpoint saved");
         checkpoint::save(
             path,
             &self.params,
@@ -248,9 +318,15 @@ impl Engine {
     pub fn train_step(&mut self, obj: &mut dyn Objective) -> Result<StepReport> {
         let t0 = Instant::now();
         obj.before_step()?;
+        crate::alloc::mem_mark("step start");
         let acc = self.cfg.grad_accum;
         let mut grads = std::mem::take(&mut self.grads);
-        if grads.len() != self.params.len()
+        // One micro-batch: the update reads the backward's store in place (`grad_views`), and
+        // no gradient buffer of the model's size is kept between steps.
+        let in_place = acc == 1;
+        if in_place {
+            grads = Vec::new();
+        } else if grads.len() != self.params.len()
             || grads
                 .iter()
                 .zip(&self.params)
@@ -265,6 +341,7 @@ impl Engine {
         let mut loss = 0.0;
         let mut tokens = 0usize;
         let mut extra: Vec<(String, f64)> = Vec::new();
+        let mut store: Option<GradStore> = None;
         for micro in 0..acc {
             let index = self.step * acc as u64 + micro as u64;
             let fwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepForward);
@@ -289,17 +366,32 @@ impl Engine {
             } else {
                 l.total
             };
+            crate::alloc::mem_mark("forward done");
             let _bwd = canon_nn::profile::scope(canon_nn::profile::Phase::StepBackward);
-            accumulate_grads(&total, &self.params, &mut grads, micro == 0)?;
+            if in_place {
+                store = Some(total.backward()?);
+            } else {
+                accumulate_grads(&total, &self.params, &mut grads, micro == 0)?;
+            }
+            crate::alloc::mem_mark("backward done");
+            // `total` (and with it the graph's activations) goes here, before the update.
         }
         let lr = self
             .cfg
             .schedule
             .lr(self.step, self.cfg.max_steps, self.cfg.lr);
         let upd = canon_nn::profile::scope(canon_nn::profile::Phase::Optimizer);
-        let grad_norm =
-            clip_and_step_in_place(&self.params, &mut self.opt, &grads, lr, self.cfg.grad_clip)?;
+        let clip = self.cfg.grad_clip;
+        let grad_norm = match &store {
+            Some(gs) => {
+                let views = grad_views(gs, &self.params)?;
+                clip_and_step_in_place(&self.params, &mut self.opt, &views, lr, clip)?
+            }
+            None => clip_and_step_in_place(&self.params, &mut self.opt, &grads, lr, clip)?,
+        };
+        drop(store);
         drop(upd);
+        crate::alloc::mem_mark("update done");
         self.grads = grads;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -364,6 +456,7 @@ impl Engine {
                 canon_nn::profile::enable(false);
                 let e = Self::evaluate(obj);
                 canon_nn::profile::enable(timing);
+                crate::alloc::mem_mark("evaluation done");
                 (r.eval_loss, r.eval) = e?;
             }
             if s == 1 || s % self.cfg.log_every == 0 || r.eval_loss.is_some() || last {
@@ -419,5 +512,45 @@ impl Engine {
             c.seed, c.batch_size, c.block_size, c.grad_accum, c.lr
         );
         plot_loss(&lines, &files.plot, &format!("Loss: {run}"), &[foot])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// `grad_views` reads the same bits `accumulate_grads` writes (with `assign`), including a
+    /// parameter the loss does not reach (zeros) and one used twice (its two contributions).
+    #[test]
+    fn gradients_read_in_place_equal_the_assigned_buffers() {
+        let mk = |name: &str, v: Vec<f32>| Param {
+            name: name.into(),
+            var: Var::from_tensor(&Tensor::new(v.as_slice(), &Device::Cpu).unwrap()).unwrap(),
+            decay: false,
+        };
+        let a = mk("a", (0..50_000).map(|i| (i as f32 * 0.37).sin()).collect());
+        let b = mk("b", (0..50_000).map(|i| (i as f32 * 0.11).cos()).collect());
+        let unused = mk("unused", vec![1.0; 7]);
+        let params = vec![a, b, unused];
+        let loss = || -> Tensor {
+            let (a, b) = (params[0].var.as_tensor(), params[1].var.as_tensor());
+            let ab = (a * b).unwrap();
+            ((&ab * a).unwrap().sum_all().unwrap() - (b.sqr().unwrap().sum_all().unwrap() * 0.5))
+                .unwrap()
+        };
+        let mut bufs: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| vec![f32::NAN; p.var.elem_count()])
+            .collect();
+        accumulate_grads(&loss(), &params, &mut bufs, true).unwrap();
+        let gs = loss().backward().unwrap();
+        let views = grad_views(&gs, &params).unwrap();
+        for (v, b) in views.iter().zip(&bufs) {
+            let got: Vec<u32> = v.as_ref().iter().map(|x| x.to_bits()).collect();
+            let want: Vec<u32> = b.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want);
+        }
+        assert!(views[2].as_ref().iter().all(|&x| x.to_bits() == 0));
     }
 }

@@ -253,10 +253,10 @@ impl Optimizer {
 
     /// [`Optimizer::step`] with every gradient value multiplied by `grad_scale` as it is read
     /// (global-norm clipping without a pass that rewrites the gradients; the same f32 products).
-    pub fn step_scaled(
+    pub fn step_scaled<G: AsRef<[f32]>>(
         &mut self,
         params: &[Param],
-        grads: &[Vec<f32>],
+        grads: &[G],
         grad_scale: Option<f32>,
         lr: f64,
     ) -> Result<()> {
@@ -282,7 +282,7 @@ impl Optimizer {
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
             let lr = self.lr_scales.as_ref().map_or(lr, |s| lr * s[i]);
             let op = Update {
-                grad: g,
+                grad: g.as_ref(),
                 grad_scale,
                 state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
                 cfg: self.config,
@@ -312,7 +312,7 @@ pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: Option<f64>) -> f64 {
 /// that clipping multiplies every gradient by. The sum of squares runs in f64 over fixed chunks
 /// of each parameter on the rayon pool and adds the chunks' sums in order, so the norm does not
 /// depend on the thread count.
-pub fn clip_factor(grads: &[Vec<f32>], max_norm: Option<f64>) -> (f64, Option<f32>) {
+pub fn clip_factor<G: AsRef<[f32]>>(grads: &[G], max_norm: Option<f64>) -> (f64, Option<f32>) {
     fn sq(c: &[f32]) -> f64 {
         // Eight running sums (independent additions the CPU overlaps), added at the end.
         let mut acc = [0f64; 8];
@@ -332,7 +332,7 @@ pub fn clip_factor(grads: &[Vec<f32>], max_norm: Option<f64>) -> (f64, Option<f3
     let sq: f64 = grads
         .iter()
         .map(|g| {
-            let parts: Vec<f64> = g.par_chunks(CHUNK).map(sq).collect();
+            let parts: Vec<f64> = g.as_ref().par_chunks(CHUNK).map(sq).collect();
             parts.iter().sum::<f64>()
         })
         .sum();
