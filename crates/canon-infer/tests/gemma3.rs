@@ -163,3 +163,50 @@ fn gemma3_f16_kv_cache_stays_close_to_f32() {
     eprintln!("f16 vs f32 KV cache: max |logit diff| {worst:.4} over 4 prompts x 24 steps");
     assert!(worst > 0.0 && worst < FP16_KV_TOL, "{worst}");
 }
+
+/// Constrained decoding on a SentencePiece vocabulary (tokenized natively, so the grammar
+/// compiler reads the tokens' bytes from the tokenizer itself: `▁` as a space, `<0xNN>` as its
+/// byte): gemma-3-270m, greedy, a JSON schema; the text must be an object of that schema.
+#[test]
+fn gemma3_constrained_output_obeys_a_json_schema() {
+    use canon_infer::{Engine, EngineConfig, FinishReason, Grammar, GrammarCompiler, Request};
+    let lm = load_causal_lm(
+        &ModelSpec::Alias("gemma3".into()),
+        WeightMode::KeepQuantized,
+        &canon_assets::Stderr,
+    )
+    .expect("load gemma3");
+    assert!(lm.tokenizer.hf().is_none(), "gemma3's vocabulary is native");
+    let prompt = lm
+        .tokenizer
+        .encode("A city and its country as JSON: ", false)
+        .unwrap();
+    let e = Engine::start(
+        lm,
+        EngineConfig {
+            slots: 1,
+            ctx_size: 0,
+            prefill_chunk: 256,
+            queue_limit: 4,
+        },
+    )
+    .unwrap();
+    let c = GrammarCompiler::new(e.tokenizer()).unwrap();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20},
+                       "country": {"type": "string", "maxLength": 20}},
+        "required": ["city", "country"],
+        "additionalProperties": false
+    });
+    let mut r = Request::new(prompt, 80);
+    r.constraint = Some(Box::new(c.compile(&Grammar::JsonSchema(schema)).unwrap()));
+    let out = e.generate_batch(vec![r]).unwrap();
+    let text = &out[0].text;
+    assert_eq!(out[0].finish_reason, FinishReason::Stop, "{text:?}");
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|err| panic!("{err}: {text:?}"));
+    let o = v.as_object().unwrap();
+    assert!(o["city"].is_string() && o["country"].is_string(), "{text}");
+    assert_eq!(o.len(), 2, "{text}");
+    e.shutdown();
+}

@@ -275,6 +275,10 @@ pub fn additive_mask(
 /// thousand multiply-adds per head, where a general matrix product costs more to set up than to run.
 const DIRECT_MAX_QUERIES: usize = 4;
 
+/// Queries per block of the prompt attention (`attention_gemm`): a causal block computes scores
+/// only up to its last query's key.
+const QB: usize = 64;
+
 /// Strided read access to an f32 CPU tensor of rank 4 whose innermost rows are contiguous.
 struct View4<'a> {
     guard: candle_core::StorageRef<'a>,
@@ -449,10 +453,12 @@ fn attention_direct(
     Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
 }
 
-/// Eq. 1 for many queries without gradients (prompt processing): per K/V head, `S = Q Kᵀ` for the
-/// `g·tq` query rows that share it, a causal softmax that only reads the allowed keys (no mask
-/// tensor), and `O = P V`, with both products on the `gemm` crate straight from the cache's
-/// strided views. `None` in the cases `attention_direct` declines.
+/// Eq. 1 for many queries without gradients (prompt processing): per query head (in parallel) and
+/// block of [`QB`] queries, `S = Q Kᵀ` against the keys the block may see (all of them without a
+/// mask, up to its last query's under a causal one), a causal softmax that only reads the allowed
+/// keys (no mask tensor), and `O = P V`, with both products on the `gemm` crate straight from the
+/// cache's strided views (grouped-query heads read their shared K/V head in place). `None` in the
+/// cases `attention_direct` declines.
 fn attention_gemm(
     q: &Tensor,
     k: &Tensor,
@@ -474,91 +480,95 @@ fn attention_gemm(
     let (Some(qv), Some(kv), Some(vv)) = (view4(&qc), view4(k), view4(v)) else {
         return Ok(None);
     };
-    let rows = g * tq;
     let mut out = vec![0.0f32; b * h * tq * d];
-    let mut s = vec![0.0f32; rows * tk];
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    for bi in 0..b {
-        for kh in 0..hkv {
-            // The g query heads of this K/V head are g·tq consecutive rows of q.
-            let qrows = qv.row(bi, kh * g, 0, rows * d);
+    let (ks, vs) = (kv.stride[2] as isize, vv.stride[2] as isize);
+    // One task per (batch, query head), over rayon's threads; inside it, blocks of QB queries.
+    // Under a causal mask a block needs only the keys up to its last query, so its products stop
+    // there: a fresh prompt's masked upper triangle (about half of both products) is never
+    // computed.
+    out.par_chunks_mut(tq * d)
+        .enumerate()
+        .for_each(|(bh, o_head)| {
+            let (bi, hh) = (bh / h, bh % h);
+            let kh = hh / g;
             let krow0 = kv.row(bi, kh, 0, d).as_ptr();
             let vrow0 = vv.row(bi, kh, 0, d).as_ptr();
-            let (ks, vs) = (kv.stride[2] as isize, vv.stride[2] as isize);
-            // S [rows, tk] = Q [rows, d] · Kᵀ [d, tk]
-            // SAFETY: Q is a contiguous [rows, d] block; K rows j < tk start at krow0 + j·ks and
-            // hold d values inside the storage (view4 checked the furthest element); S has
-            // rows·tk elements.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    tk,
-                    d,
-                    s.as_mut_ptr(),
-                    1,
-                    tk as isize,
-                    false,
-                    qrows.as_ptr(),
-                    1,
-                    d as isize,
-                    krow0,
-                    ks,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-            // Row r is query i = r % tq of head r / tq: softmax over its allowed keys, zero after.
-            s.par_chunks_mut(tk).enumerate().for_each(|(r, row)| {
-                let n = offset.map_or(tk, |o| (o + r % tq + 1).min(tk));
-                let (live, dead) = row.split_at_mut(n);
-                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0f32;
-                for x in live.iter_mut() {
-                    *x = ((*x - max) * scale).exp();
-                    sum += *x;
+            let mut s = Vec::new();
+            for i0 in (0..tq).step_by(QB) {
+                let m = QB.min(tq - i0);
+                let kend = offset.map_or(tk, |o| (o + i0 + m).min(tk));
+                let qrows = qv.row(bi, hh, i0, m * d);
+                s.clear();
+                s.resize(m * kend, 0.0f32);
+                // S [m, kend] = Q [m, d] · Kᵀ [d, kend]
+                // SAFETY: Q's m rows of this head are a contiguous [m, d] block; K rows j < kend ≤ tk
+                // start at krow0 + j·ks and hold d values inside the storage (view4 checked the
+                // furthest element); S has m·kend elements.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        kend,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        kend as isize,
+                        false,
+                        qrows.as_ptr(),
+                        1,
+                        d as isize,
+                        krow0,
+                        ks,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
-                let inv = 1.0 / sum;
-                live.iter_mut().for_each(|x| *x *= inv);
-                dead.fill(0.0);
-            });
-            // O [rows, d] = P [rows, tk] · V [tk, d], written to the heads' rows of the output.
-            let o = &mut out[(bi * h + kh * g) * tq * d..][..rows * d];
-            // SAFETY: as above; V rows j < tk start at vrow0 + j·vs; O is a [rows, d] block.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    d,
-                    tk,
-                    o.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    tk as isize,
-                    vrow0,
-                    1,
-                    vs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
+                // Row r is query i0 + r: softmax over its allowed keys, zero after.
+                for (r, row) in s.chunks_mut(kend).enumerate() {
+                    let n = offset.map_or(kend, |o| (o + i0 + r + 1).min(kend));
+                    let (live, dead) = row.split_at_mut(n);
+                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let mut sum = 0.0f32;
+                    for x in live.iter_mut() {
+                        *x = ((*x - max) * scale).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    dead.fill(0.0);
+                }
+                // O [m, d] = P [m, kend] · V [kend, d], this block's rows of the head's output.
+                let o = &mut o_head[i0 * d..(i0 + m) * d];
+                // SAFETY: as above; V rows j < kend start at vrow0 + j·vs; O is an [m, d] block.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        d,
+                        kend,
+                        o.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        kend as isize,
+                        vrow0,
+                        1,
+                        vs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-        }
-    }
+        });
     Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
 }
 
@@ -640,6 +650,34 @@ mod tests {
             let qv = candle_core::Var::from_tensor(&q).unwrap();
             let general = attention(qv.as_tensor(), &k, &v, mask).unwrap();
             assert_close(&direct, &general.detach(), Tol::F32);
+        }
+    }
+
+    /// Prompts longer than one block of queries (`QB`): each causal block stops at its own last
+    /// key, the unmasked ones read every key; all equal the composed path, on strided cache views
+    /// with grouped-query heads, from an empty cache and after a prefix.
+    #[test]
+    fn prompt_blocks_equal_the_composed_path() {
+        let buf = randn(&[1, 2, 400, 8], 21);
+        for (tq, past, mask_causal) in [
+            (150, 0, true),
+            (150, 37, true),
+            (QB, 0, true),
+            (QB + 1, 5, true),
+            (130, 0, false),
+        ] {
+            let tk = past + tq;
+            let k = buf.narrow(2, 0, tk).unwrap();
+            let v = (buf.narrow(2, 0, tk).unwrap() * -0.7).unwrap();
+            let q = randn(&[1, 6, tq, 8], 40 + tq as u64);
+            let mask = if mask_causal {
+                AttnMask::Causal { offset: past }
+            } else {
+                AttnMask::None
+            };
+            let fast = attention(&q, &k, &v, mask).unwrap();
+            let reference = attention_composed(&q, &k, &v, mask).unwrap();
+            assert_close(&fast, &reference, Tol::F32);
         }
     }
 
