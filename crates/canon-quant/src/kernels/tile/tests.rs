@@ -464,3 +464,28 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
         }
     }
 }
+
+/// A prompt's activation rows, rounded on the kernel pool in row groups, hold exactly what each
+/// row rounded alone holds (codes, scales, code sums).
+#[test]
+fn prompt_activations_round_as_rows_alone() {
+    let (rows, k) = (53, 96);
+    let mut st = 0x1234_5678_9abc_def1u64;
+    let x: Vec<f32> = (0..rows * k)
+        .map(|_| {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let all = TileActs::quantize(&x, rows, k);
+    let nb = k / 32;
+    for r in 0..rows {
+        let one = TileActs::quantize(&x[r * k..(r + 1) * k], 1, k);
+        assert_eq!(&all.qs[r * k..(r + 1) * k], &one.qs[..], "row {r}");
+        assert_eq!(&all.d[r * nb..(r + 1) * nb], &one.d[..], "row {r}");
+        assert_eq!(&all.s[r * nb..(r + 1) * nb], &one.s[..], "row {r}");
+        assert_eq!(&all.h[r * nb..(r + 1) * nb], &one.h[..], "row {r}");
+    }
+}
