@@ -28,13 +28,10 @@ impl<'a> Rows<'a> {
         let (guard, layout) = t.storage_and_layout();
         let stride = layout.stride();
         let dims = t.dims();
-        if stride[3] != 1 || dims[0] != 1 || dims.iter().any(|&n| n == 0) {
+        if stride[3] != 1 || dims[0] != 1 || dims.contains(&0) {
             return None;
         }
-        let last = layout.start_offset()
-            + (0..4)
-                .map(|i| (dims[i] - 1) * stride[i])
-                .sum::<usize>();
+        let last = layout.start_offset() + (0..4).map(|i| (dims[i] - 1) * stride[i]).sum::<usize>();
         match &*guard {
             candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if last < v.len() => {}
             _ => return None,
@@ -94,7 +91,9 @@ pub(crate) fn one_row(
         let vbase = vr.start + kh * vr.head + lo * vr.pos;
         let o = &mut out[hi * d..(hi + 1) * d];
         o.fill(0.0);
-        head(qrow, kd, kbase, kr.pos, vd, vbase, vr.pos, n, scale, &mut p, o);
+        head(
+            qrow, kd, kbase, kr.pos, vd, vbase, vr.pos, n, scale, &mut p, o,
+        );
     }
     true
 }
@@ -116,7 +115,7 @@ fn head(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if q.len() % 8 == 0 && q.len() <= 256 && avx2() {
+        if q.len().is_multiple_of(8) && q.len() <= 256 && avx2() {
             // SAFETY: the CPU has AVX2 (checked by `avx2`); the rows read lie inside `kd` and
             // `vd` (the `Rows` views checked the furthest element of each tensor).
             unsafe { head_avx2(q, kd, kbase, kstride, vd, vbase, vstride, n, scale, p, o) };
@@ -297,7 +296,9 @@ mod tests {
     fn randn(shape: &[usize], seed: u64) -> Tensor {
         // A small LCG: values in [-2, 2), different per seed.
         let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..n)
             .map(|_| {
                 s = s
