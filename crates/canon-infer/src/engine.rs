@@ -522,6 +522,8 @@ struct Slot {
     /// The tokens whose states the cache holds.
     ids: Vec<u32>,
     active: Option<Active>,
+    /// When a request last took this slot (`Worker::tick`; 0 = never).
+    used: u64,
 }
 
 struct Worker {
@@ -531,6 +533,8 @@ struct Worker {
     max_len: usize,
     shared: Arc<Shared>,
     slots: Vec<Slot>,
+    /// Requests admitted so far (the slots' recency clock).
+    tick: u64,
     /// This worker's timings since the last publication to `shared.timings`.
     t: StepTimings,
 }
@@ -554,6 +558,7 @@ impl Worker {
                 cache: lm.new_cache(),
                 ids: Vec::new(),
                 active: None,
+                used: 0,
             })
             .collect();
         Self {
@@ -563,6 +568,7 @@ impl Worker {
             max_len,
             shared,
             slots,
+            tick: 0,
             t: StepTimings::default(),
         }
     }
@@ -645,26 +651,15 @@ impl Worker {
                 pending.pop_front();
                 continue;
             }
-            let prompt = &p.req.prompt_ids;
-            let best = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.active.is_none())
-                .map(|(i, s)| {
-                    let common = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-                    (i, common)
-                })
-                .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)));
-            let Some((i, common)) = best else {
+            let Some((i, reuse)) = self.choose_slot(&p.req.prompt_ids) else {
                 return;
             };
             let Some(p) = pending.pop_front() else {
                 return;
             };
-            // At least one prompt token is fed, to get the logits of the first generated token.
-            let reuse = common.min(p.req.prompt_ids.len() - 1);
+            self.tick += 1;
             let slot = &mut self.slots[i];
+            slot.used = self.tick;
             if reuse == 0 {
                 slot.cache.clear();
                 slot.ids.clear();
@@ -699,6 +694,63 @@ impl Worker {
                 tx: p.tx,
                 req: p.req,
             });
+        }
+    }
+
+    /// The free slot for a prompt and how many of its cached positions it reuses (at least one
+    /// prompt token is always fed, to get the first generated token's logits).
+    ///
+    /// The free slot whose cached tokens share the longest prefix with the prompt is the source.
+    /// When taking it would overwrite cached positions beyond the shared prefix (another prompt's
+    /// tail, a finished conversation) and another free slot was used less recently (an empty one
+    /// first), the shared prefix is copied into that slot instead, so the source keeps its whole
+    /// cache for a later request that repeats it: one slot per recent conversation, least
+    /// recently used first out, as llama.cpp's server keeps its slots' prompts. A prompt that
+    /// shares nothing takes the least recently used free slot. `None` when every slot is busy.
+    fn choose_slot(&mut self, prompt: &[u32]) -> Option<(usize, usize)> {
+        let (best, common) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .map(|(i, s)| {
+                let common = s.ids.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                (i, common)
+            })
+            .max_by_key(|&(i, common)| (common, std::cmp::Reverse(i)))?;
+        let reuse = common.min(prompt.len().saturating_sub(1));
+        // The least recently used free slot other than the source (empty slots have used = 0).
+        let spare = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| s.active.is_none() && i != best)
+            .min_by_key(|&(i, s)| (s.used, i))
+            .map(|(i, _)| i);
+        if reuse == 0 {
+            // Nothing to reuse: keep every cache that may serve a later prompt if one is spare.
+            let lru = match spare {
+                Some(j) if self.slots[j].used < self.slots[best].used => j,
+                _ => best,
+            };
+            return Some((lru, 0));
+        }
+        let loses_tail = self.slots[best].ids.len() > reuse;
+        match spare {
+            Some(j) if loses_tail && self.slots[j].used < self.slots[best].used => {
+                match copy_prefix(&self.slots[best].cache, reuse) {
+                    Ok(cache) => {
+                        let ids = self.slots[best].ids[..reuse].to_vec();
+                        let dst = &mut self.slots[j];
+                        dst.cache = cache;
+                        dst.ids = ids;
+                        Some((j, reuse))
+                    }
+                    // Copying failed (it allocates): reuse the source in place, as before.
+                    Err(_) => Some((best, reuse)),
+                }
+            }
+            _ => Some((best, reuse)),
         }
     }
 
@@ -928,6 +980,30 @@ impl Worker {
             }
         }
     }
+}
+
+/// A new cache holding the first `n` positions of `src` (its own buffers: a slot writes its
+/// cache in place, so two slots never share storage).
+fn copy_prefix(src: &Cache, n: usize) -> Result<Cache> {
+    let mut layers = Vec::with_capacity(src.layers.len());
+    for l in &src.layers {
+        let mut kv = if l.is_f16() {
+            canon_nn::KvCache::new_f16()
+        } else {
+            canon_nn::KvCache::new()
+        };
+        if let Some((k, v)) = l.view()? {
+            if k.dim(2)? < n {
+                return Err(InferError::Sampling(format!(
+                    "engine: a cache layer holds {} positions, expected at least {n}",
+                    k.dim(2)?
+                )));
+            }
+            kv.append(&k.narrow(2, 0, n)?, &v.narrow(2, 0, n)?)?;
+        }
+        layers.push(kv);
+    }
+    Ok(Cache { layers })
 }
 
 /// One sequence's sampled token: the event to send (none when the sequence ended before a

@@ -233,6 +233,81 @@ fn a_prompt_extending_a_cached_one_skips_the_shared_prefix() {
 }
 
 #[test]
+fn a_prompt_sharing_part_of_a_cache_copies_it_and_the_source_keeps_its_whole_prompt() {
+    let (_d, p) = tiny();
+    prefix_copy_keeps_the_source(&p, engine(&p, 2, 256));
+}
+
+#[test]
+fn the_prefix_copy_of_an_f16_cache_decodes_like_the_original() {
+    let (_d, p) = tiny();
+    let f16 = |lm: &mut LoadedLm| lm.model.set_kv_f16(true).unwrap();
+    let mut lm = load(&p);
+    f16(&mut lm);
+    let e = Engine::start(
+        lm,
+        EngineConfig {
+            slots: 2,
+            ctx_size: 0,
+            prefill_chunk: 256,
+            queue_limit: 64,
+        },
+    )
+    .unwrap();
+    let a = prompts()[6].clone();
+    let mut b = a[..8].to_vec();
+    b.extend_from_slice(&[200, 201, 202, 203]);
+    let g = SamplingConfig::greedy();
+    let run = |ids: &[u32]| {
+        e.generate_batch(vec![request(ids, g.clone(), 6)])
+            .unwrap()
+            .remove(0)
+    };
+    run(&a);
+    let cb = run(&b);
+    assert_eq!(cb.cached_tokens, 8);
+    // The same prompt on a fresh f16 engine: the copied prefix holds the same values.
+    let mut lm2 = load(&p);
+    f16(&mut lm2);
+    let fresh = Engine::start(lm2, EngineConfig::default()).unwrap();
+    let want = fresh
+        .generate_batch(vec![request(&b, g.clone(), 6)])
+        .unwrap()
+        .remove(0);
+    assert_eq!(cb.tokens, want.tokens);
+    fresh.shutdown();
+    e.shutdown();
+}
+
+fn prefix_copy_keeps_the_source(p: &std::path::Path, e: Engine) {
+    let a = prompts()[6].clone();
+    // B shares A's first 8 tokens, then differs.
+    let mut b = a[..8].to_vec();
+    b.extend_from_slice(&[200, 201, 202, 203]);
+    let g = SamplingConfig::greedy();
+    let run = |ids: &[u32]| {
+        e.generate_batch(vec![request(ids, g.clone(), 6)])
+            .unwrap()
+            .remove(0)
+    };
+    let first = run(&a);
+    assert_eq!(first.cached_tokens, 0);
+    // B reuses the shared 8 tokens from a copy in the empty slot: A's slot keeps all of A.
+    let cb = run(&b);
+    assert_eq!(cb.cached_tokens, 8);
+    assert_eq!(cb.tokens, alone(p, &b, g.clone(), 6));
+    // A again: everything but its last token is still cached, and the text is the same.
+    let again = run(&a);
+    assert_eq!(again.cached_tokens, a.len() - 1);
+    assert_eq!(again.tokens, first.tokens);
+    // A third prompt sharing nothing takes the least recently used slot (B's), so A's stays.
+    let c: Vec<u32> = (0..6).map(|j| 250 - j).collect();
+    assert_eq!(run(&c).cached_tokens, 0);
+    assert_eq!(run(&a).cached_tokens, a.len() - 1);
+    e.shutdown();
+}
+
+#[test]
 fn stop_strings_end_generation_before_the_string_as_the_single_loop_does() {
     let (_d, p) = tiny();
     let lm = load(&p);

@@ -10,6 +10,7 @@
 pub mod bert;
 pub mod bert_heads;
 pub mod config;
+mod decode_attn;
 pub mod ernie;
 pub mod family;
 pub mod gguf_out;
@@ -194,7 +195,8 @@ pub trait CausalLm: Send + Sync {
     ///
     /// The default runs the sequences one after another. A model that overrides it runs them in
     /// one pass, so that each weight matrix is read once per step for all of them (decoding is
-    /// memory-bound); per-sequence results must equal `forward`'s.
+    /// memory-bound); per-sequence results must equal `forward`'s. For inference: an override
+    /// need not record a backward pass (LLaMA's writes the attention rows to a plain buffer).
     fn forward_batch(&self, ids: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
         if ids.len() != caches.len() {
             return Err(ModelError::Input(format!(

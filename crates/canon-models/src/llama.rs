@@ -20,8 +20,9 @@ use canon_nn::{AttnMask, Linear, RmsNorm, Rope, SwiGlu, Weight, attention};
 use crate::source::{WeightMode, WeightSource};
 use crate::{Cache, CausalLm, LlamaConfig, ModelError, Positions, Result};
 
-/// One sequence's cache and its attention output, filled by a worker of the kernels' pool.
-type SeqSlot<'a> = std::sync::Mutex<(&'a mut Cache, Option<Result<Tensor>>)>;
+/// One sequence's cache, its rows of the attention output and the outcome, filled by a worker
+/// of the kernels' pool.
+type SeqSlot<'a> = std::sync::Mutex<(&'a mut Cache, &'a mut [f32], Option<Result<()>>)>;
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -472,6 +473,8 @@ impl CausalLm for Llama {
             c.num_key_value_heads,
             c.head_dim,
         );
+        // `attention`'s default scale, for the decode rows' own loop.
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let ids_t = Tensor::new(all.as_slice(), &candle_core::Device::Cpu)?;
         // [n, d]: every sequence's new rows, stacked; every linear layer multiplies them at once.
         let mut x = self.embed_rows(&ids_t)?.reshape((n, d))?;
@@ -480,60 +483,98 @@ impl CausalLm for Llama {
             let q = blk.q.forward(&h)?;
             let k = blk.k.forward(&h)?;
             let v = blk.v.forward(&h)?;
-            let one = |&(start, t, offset): &(usize, usize, usize),
-                       cache: &mut Cache|
-             -> Result<Tensor> {
-                // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
-                let heads = |m: &Tensor, h: usize| -> Result<Tensor> {
-                    Ok(m.narrow(0, start, t)?
-                        .reshape((1, t, h, hd))?
-                        .transpose(1, 2)?
-                        .contiguous()?)
-                };
-                let (qi, ki) =
-                    self.prepare_qk(blk, l, &heads(&q, nh)?, &heads(&k, nkv)?, offset)?;
-                let vi = heads(&v, nkv)?;
-                let (ka, va) = cache.layers[l].append(&ki, &vi)?;
-                let a = attention(&qi, &ka, &va, self.mask_of(l, offset, t))?;
-                Ok(a.transpose(1, 2)?.reshape((t, nh * hd))?)
+            // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
+            let heads = |m: &Tensor, start: usize, t: usize, h: usize| -> Result<Tensor> {
+                Ok(m.narrow(0, start, t)?
+                    .reshape((1, t, h, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
             };
-            // Several sequences: their attention (single-threaded each while decoding) runs side
-            // by side on the kernels' pool, the threads that run the matrix products (not on
-            // rayon's, whose workers would wake per layer and compete with the pool's for the
-            // cores); each touches only its own cache, so the results do not depend on how they
-            // are spread.
-            let mut outs: Vec<Tensor> = if spans.len() > 1 {
-                let work: Vec<SeqSlot> = caches
-                    .iter_mut()
-                    .map(|c| std::sync::Mutex::new((&mut **c, None)))
-                    .collect();
-                canon_quant::pool::parallel_for(spans.len(), &|i| {
-                    let mut w = work[i].lock().unwrap_or_else(|p| p.into_inner());
-                    let r = one(&spans[i], &mut *w.0);
-                    w.1 = Some(r);
-                });
-                work.into_iter()
-                    .map(|m| {
-                        let (_, r) = m.into_inner().unwrap_or_else(|p| p.into_inner());
+            // One sequence's attention, written to its rows `out` of the step's `[n, nh·hd]`
+            // output. A decode row (t = 1) reads the cache in place (`decode_attn`, the same
+            // arithmetic as `attention`'s loop); a prompt chunk takes `attention`.
+            let one = |&(start, t, offset): &(usize, usize, usize),
+                       cache: &mut Cache,
+                       out: &mut [f32]|
+             -> Result<()> {
+                let (qi, ki) = self.prepare_qk(
+                    blk,
+                    l,
+                    &heads(&q, start, t, nh)?,
+                    &heads(&k, start, t, nkv)?,
+                    offset,
+                )?;
+                let vi = heads(&v, start, t, nkv)?;
+                let (ka, va) = cache.layers[l].append(&ki, &vi)?;
+                let mask = self.mask_of(l, offset, t);
+                if t == 1 {
+                    let lo = match mask {
+                        AttnMask::SlidingCausal { offset, window } => {
+                            (offset + 1).saturating_sub(window)
+                        }
+                        _ => 0,
+                    };
+                    if crate::decode_attn::one_row(&qi, &ka, &va, lo, scale, out) {
+                        return Ok(());
+                    }
+                }
+                let a = attention(&qi, &ka, &va, mask)?
+                    .transpose(1, 2)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                if a.len() != out.len() {
+                    return Err(ModelError::Input(format!(
+                        "forward_batch: attention gave {} values for {} rows of width {}",
+                        a.len(),
+                        t,
+                        nh * hd
+                    )));
+                }
+                out.copy_from_slice(&a);
+                Ok(())
+            };
+            let width = nh * hd;
+            let mut att = vec![0.0f32; n * width];
+            {
+                // Each sequence's rows of `att`, in span order (the spans are consecutive).
+                let mut rows: Vec<&mut [f32]> = Vec::with_capacity(spans.len());
+                let mut rest: &mut [f32] = &mut att;
+                for &(_, t, _) in &spans {
+                    let (mine, tail) = rest.split_at_mut(t * width);
+                    rows.push(mine);
+                    rest = tail;
+                }
+                if spans.len() > 1 {
+                    // Several sequences: their attention (single-threaded each while decoding)
+                    // runs side by side on the kernels' pool, the threads that run the matrix
+                    // products (not on rayon's, whose workers would wake per layer and compete
+                    // with the pool's for the cores); each touches only its own cache and rows,
+                    // so the results do not depend on how they are spread.
+                    let work: Vec<SeqSlot> = caches
+                        .iter_mut()
+                        .zip(rows)
+                        .map(|(c, r)| std::sync::Mutex::new((&mut **c, r, None)))
+                        .collect();
+                    canon_quant::pool::parallel_for(spans.len(), &|i| {
+                        let mut w = work[i].lock().unwrap_or_else(|p| p.into_inner());
+                        let (cache, out, res) = &mut *w;
+                        *res = Some(one(&spans[i], cache, out));
+                    });
+                    for m in work {
+                        let (_, _, r) = m.into_inner().unwrap_or_else(|p| p.into_inner());
                         r.unwrap_or_else(|| {
                             Err(ModelError::Input(
                                 "forward_batch: a sequence's attention did not run".into(),
                             ))
-                        })
-                    })
-                    .collect::<Result<_>>()?
-            } else {
-                spans
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(span, cache)| one(span, cache))
-                    .collect::<Result<_>>()?
-            };
-            let a = if outs.len() == 1 {
-                outs.remove(0)
-            } else {
-                Tensor::cat(&outs, 0)?
-            };
+                        })?;
+                    }
+                } else {
+                    for ((span, cache), out) in spans.iter().zip(caches.iter_mut()).zip(rows) {
+                        one(span, cache, out)?;
+                    }
+                }
+            }
+            let a = Tensor::from_vec(att, (n, width), &candle_core::Device::Cpu)?;
             x = self.residual_ffn(blk, &x, blk.o.forward(&a)?)?;
         }
         // Each sequence's last row.
