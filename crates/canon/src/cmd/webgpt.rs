@@ -95,7 +95,7 @@ pub fn run(a: WebgptArgs, ctx: &crate::Ctx) -> anyhow::Result<()> {
         let rm = RewardModel::load(dir)?;
         if rm.model != model {
             anyhow::bail!(
-                "the reward model in {} reads the features of {:?}; expected --model {:?}",
+                "the reward model in {} reads the features of {:?}: expected --model {:?}, found {model:?}",
                 dir.display(),
                 rm.model,
                 rm.model
