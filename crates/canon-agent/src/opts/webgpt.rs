@@ -59,7 +59,7 @@ pub enum EpisodesArg {
   canon agent webgpt --model smollm2 --split test --limit 30 --out runs/webgpt/prompted
   canon --lora runs/webgpt/lora agent webgpt --model smollm2 --style plain --out runs/webgpt/cloned
   # a reward model from comparisons of a training-split evaluation's answers, then best-of-n by it
-  canon agent webgpt --model smollm2 --episodes oracle-wide --answer-chat --split train --limit 64 --n 4 --out runs/webgpt/rm-data
+  canon agent webgpt --model smollm2 --episodes oracle-wide --answer-chat --split train --limit 40 --n 16 --out runs/webgpt/rm-data
   canon agent webgpt --model smollm2 --train-reward-model runs/webgpt/rm-data --out runs/webgpt/rm
   canon agent webgpt --model smollm2 --rescore runs/webgpt/eval --scorer reward-model --reward-model runs/webgpt/rm --out runs/webgpt/eval-rm
 
