@@ -388,6 +388,27 @@ pub fn std_err(p: f64, n: usize) -> f64 {
     (p * (1.0 - p) / n as f64).max(0.0).sqrt()
 }
 
+/// How often the scores rank an accurate sampled answer above an inaccurate one of the same
+/// question (distinct texts): (accuracy, pairs); `None` without such a pair.
+pub fn sample_pair_accuracy(outcomes: &[Outcome]) -> Option<(f64, usize)> {
+    let (mut right, mut total) = (0usize, 0usize);
+    for o in outcomes {
+        let g = norm(&o.gold);
+        let a = &o.answers.answers;
+        let acc: Vec<bool> = a
+            .iter()
+            .map(|x| !g.is_empty() && norm(x).contains(&g))
+            .collect();
+        for i in (0..a.len()).filter(|&i| acc[i]) {
+            for j in (0..a.len()).filter(|&j| !acc[j] && a[j] != a[i]) {
+                total += 1;
+                right += (o.answers.scores.get(i) > o.answers.scores.get(j)) as usize;
+            }
+        }
+    }
+    (total > 0).then(|| (right as f64 / total as f64, total))
+}
+
 /// Best-of-n over the first `n` sampled answers of each outcome, for each n.
 pub fn summarize(outcomes: &[Outcome], ns: &[usize]) -> Result<Vec<Row>> {
     if outcomes.is_empty() {
@@ -545,5 +566,30 @@ mod tests {
         assert_eq!(grade("Dpkg Developers [2][3]", g, &quotes), (true, false));
         assert_eq!(grade("Janos [2]", g, &quotes), (false, false));
         assert_eq!(citations("x [1] y [ 2 ] [z] [3"), vec![1, 2]);
+    }
+
+    #[test]
+    fn sample_pairs_count_accurate_over_inaccurate() {
+        let o = |answers: &[&str], scores: &[f64]| Outcome {
+            id: "q".into(),
+            question: "q?".into(),
+            gold: "Dpkg Developers".into(),
+            turns: Vec::new(),
+            quotes: Vec::new(),
+            found: false,
+            answer_prompt: String::new(),
+            answers: Answers {
+                answers: answers.iter().map(|s| s.to_string()).collect(),
+                scores: scores.to_vec(),
+                best: None,
+            },
+        };
+        // Two accurate answers, two inaccurate: four pairs, three ranked right.
+        let os = [o(
+            &["Dpkg Developers", "no", "dpkg developers [1]", "[1]"],
+            &[2.0, 1.0, 0.5, 0.0],
+        )];
+        assert_eq!(sample_pair_accuracy(&os), Some((0.75, 4)));
+        assert_eq!(sample_pair_accuracy(&[o(&["no"], &[1.0])]), None);
     }
 }

@@ -359,8 +359,15 @@ impl WebgptArgs {
         }
         let rows = webgpt::summarize(outcomes, &a.n)?;
         let mut by_scorer = Vec::new();
+        let mut pair_acc = serde_json::Map::new();
         for (name, o) in scored {
             by_scorer.push((name.to_string(), webgpt::summarize(o, &a.n)?));
+            if let Some((acc, pairs)) = webgpt::sample_pair_accuracy(o) {
+                pair_acc.insert(
+                    name.to_string(),
+                    serde_json::json!({"accuracy": acc, "pairs": pairs}),
+                );
+            }
         }
         let found = outcomes.iter().filter(|o| o.found).count() as f64 / outcomes.len() as f64;
         let actions: f64 =
@@ -370,6 +377,7 @@ impl WebgptArgs {
             "model": model, "lora": lora, "style": style, "split": a.split,
             "questions": outcomes.len(), "quoted_the_answer": found,
             "turns_per_episode": actions, "scorer": scored[0].0, "best_of_n": rows,
+            "sample_pair_accuracy": pair_acc,
             "by_scorer": by_scorer.iter().map(|(k, r)| (k.clone(), serde_json::json!(r))).collect::<serde_json::Map<_, _>>(),
         });
         write(
@@ -388,6 +396,14 @@ impl WebgptArgs {
                 let _ = writeln!(s, "best-of-n by the {name}:");
             }
             s.push_str(&best_of_n_table(r));
+            if let Some(p) = pair_acc.get(name.as_str()) {
+                let _ = writeln!(
+                    s,
+                    "the {name} ranks an accurate sample above an inaccurate one in {:.1} % of {} pairs",
+                    100.0 * p["accuracy"].as_f64().unwrap_or(0.0),
+                    p["pairs"]
+                );
+            }
         }
         let png = a.out.join("webgpt.png");
         let browsing = match a.episodes {
