@@ -228,7 +228,7 @@ impl CommandLm for EngineCommandLm<'_> {
 }
 
 /// One turn of an episode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Turn {
     pub command: String,
     pub observation: String,
@@ -267,7 +267,7 @@ pub fn drive(b: &mut Browser, lm: &mut dyn CommandLm, style: PromptStyle) -> Res
 }
 
 /// Sampled answers, their scores and the pick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Answers {
     pub answers: Vec<String>,
     pub scores: Vec<f64>,

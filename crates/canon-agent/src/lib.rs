@@ -27,6 +27,7 @@ pub mod toolformer;
 pub mod toolformer_work;
 pub mod tools;
 pub mod webgpt;
+pub mod webgpt_rm;
 
 /// Errors of the prompting library; each says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@
 //! judged factual accuracy and whether claims were supported by the references; this is the
 //! programmatic stand-in).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::browse_run::{self, Answers, CommandLm, PromptStyle, Turn};
 use crate::browser::{Browser, BrowserConfig, Quote, Site};
@@ -76,7 +76,7 @@ pub fn site(pages: &[Page]) -> Result<Site> {
     Site::from_texts(raw)
 }
 
-fn norm(s: &str) -> String {
+pub(crate) fn norm(s: &str) -> String {
     s.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
@@ -243,7 +243,7 @@ pub fn pick<'q>(questions: &'q [Question], split: &str, limit: usize) -> Vec<&'q
 }
 
 /// One evaluated question.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub id: String,
     pub question: String,
@@ -252,7 +252,22 @@ pub struct Outcome {
     pub quotes: Vec<Quote>,
     /// Whether some collected quote holds the gold answer.
     pub found: bool,
+    /// The answer prompt (question and numbered references) as the browser wrote it, before any
+    /// chat template: what a reward model reads before each answer. Empty in outcome files
+    /// written before it was recorded.
+    #[serde(default)]
+    pub answer_prompt: String,
     pub answers: Answers,
+}
+
+/// Who browses an evaluated question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Episodes {
+    /// The model, greedily, under the state's command grammar.
+    Model,
+    /// The oracle's path, but quoting every visible line of each page it opens (as the cloned
+    /// model does), so the answer has to be picked out of many references.
+    OracleWide,
 }
 
 /// How an episode is run and answered.
@@ -260,24 +275,82 @@ pub struct Outcome {
 pub struct EvalConfig {
     pub browser: BrowserConfig,
     pub style: PromptStyle,
+    pub episodes: Episodes,
     /// Answers sampled.
     pub n: usize,
     pub answer_tokens: usize,
 }
 
-/// Browses `q` with `lm` and samples `c.n` answers from `engine`.
+/// The oracle's commands for `q`, replayed with every visible line quoted where the oracle quotes
+/// one line; ends with `End: Answer` (or earlier, at the quote budget).
+pub fn oracle_wide<'s>(
+    site: &'s Site,
+    q: &Question,
+    cfg: BrowserConfig,
+) -> Result<(Browser<'s>, Vec<Turn>)> {
+    let demo = oracle(site, q, cfg, PromptStyle::Plain).map_err(AgentError::Task)?;
+    let mut b = Browser::new(site, &q.question, cfg);
+    let mut turns = Vec::new();
+    for (_, cmd) in &demo.turns {
+        if b.ended.is_some() {
+            break;
+        }
+        let cmds: Vec<String> = if cmd.starts_with("Quote: ") {
+            b.visible_lines()
+                .into_iter()
+                .map(|l| format!("Quote: {l}"))
+                .collect()
+        } else {
+            vec![cmd.clone()]
+        };
+        for c in cmds {
+            if b.ended.is_some() {
+                break;
+            }
+            let observation = b.step(&c);
+            turns.push(Turn {
+                command: c,
+                observation,
+            });
+        }
+    }
+    if b.ended.is_none() {
+        let observation = b.step("End: Answer");
+        turns.push(Turn {
+            command: "End: Answer".into(),
+            observation,
+        });
+    }
+    Ok((b, turns))
+}
+
+/// Browses `q` (with `lm` or the wide oracle, as `c.episodes` says) and samples `c.n` answers
+/// from `engine`; with `chat`, the answer prompt is the user turn of that chat template.
 pub fn evaluate_one(
     site: &Site,
     q: &Question,
     c: EvalConfig,
     lm: &mut dyn CommandLm,
     engine: &canon_infer::Engine,
+    chat: Option<&canon_text::ChatTemplate>,
 ) -> Result<Outcome> {
-    let mut b = Browser::new(site, &q.question, c.browser);
-    let turns = browse_run::drive(&mut b, lm, c.style)?;
+    let (b, turns) = match c.episodes {
+        Episodes::Model => {
+            let mut b = Browser::new(site, &q.question, c.browser);
+            let turns = browse_run::drive(&mut b, lm, c.style)?;
+            (b, turns)
+        }
+        Episodes::OracleWide => oracle_wide(site, q, c.browser)?,
+    };
+    let answer_prompt = b.answer_prompt();
+    let model_prompt = match chat {
+        Some(t) => canon_text::chat_prompt(Some(t), &[("user".into(), answer_prompt.clone())])
+            .map_err(|e| AgentError::Text(e.to_string()))?,
+        None => answer_prompt.clone(),
+    };
     let answers = browse_run::answer(
         engine,
-        &b.answer_prompt(),
+        &model_prompt,
         b.quotes.len(),
         c.n,
         c.answer_tokens,
@@ -291,16 +364,49 @@ pub fn evaluate_one(
         found: b.quotes.iter().any(|qt| norm(&qt.text).contains(&g)),
         turns,
         quotes: b.quotes,
+        answer_prompt,
         answers,
     })
 }
 
-/// Accuracy and supported-answer rate at one n.
+/// Accuracy and supported-answer rate at one n, with their standard errors
+/// (`sqrt(p(1 − p)/questions)`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     pub n: usize,
     pub accurate: f64,
     pub supported: f64,
+    pub accurate_se: f64,
+    pub supported_se: f64,
+}
+
+/// The standard error of a proportion `p` over `n` items.
+pub fn std_err(p: f64, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    (p * (1.0 - p) / n as f64).max(0.0).sqrt()
+}
+
+/// How often the scores rank an accurate sampled answer above an inaccurate one of the same
+/// question (distinct texts): (accuracy, pairs); `None` without such a pair.
+pub fn sample_pair_accuracy(outcomes: &[Outcome]) -> Option<(f64, usize)> {
+    let (mut right, mut total) = (0usize, 0usize);
+    for o in outcomes {
+        let g = norm(&o.gold);
+        let a = &o.answers.answers;
+        let acc: Vec<bool> = a
+            .iter()
+            .map(|x| !g.is_empty() && norm(x).contains(&g))
+            .collect();
+        for i in (0..a.len()).filter(|&i| acc[i]) {
+            for j in (0..a.len()).filter(|&j| !acc[j] && a[j] != a[i]) {
+                total += 1;
+                right += (o.answers.scores.get(i) > o.answers.scores.get(j)) as usize;
+            }
+        }
+    }
+    (total > 0).then(|| (right as f64 / total as f64, total))
 }
 
 /// Best-of-n over the first `n` sampled answers of each outcome, for each n.
@@ -320,10 +426,13 @@ pub fn summarize(outcomes: &[Outcome], ns: &[usize]) -> Result<Vec<Row>> {
                     s += sup as usize;
                 }
             }
+            let (accurate, supported) = (a as f64 / total, s as f64 / total);
             Row {
                 n,
-                accurate: a as f64 / total,
-                supported: s as f64 / total,
+                accurate,
+                supported,
+                accurate_se: std_err(accurate, outcomes.len()),
+                supported_se: std_err(supported, outcomes.len()),
             }
         })
         .collect())
@@ -457,5 +566,30 @@ mod tests {
         assert_eq!(grade("Dpkg Developers [2][3]", g, &quotes), (true, false));
         assert_eq!(grade("Janos [2]", g, &quotes), (false, false));
         assert_eq!(citations("x [1] y [ 2 ] [z] [3"), vec![1, 2]);
+    }
+
+    #[test]
+    fn sample_pairs_count_accurate_over_inaccurate() {
+        let o = |answers: &[&str], scores: &[f64]| Outcome {
+            id: "q".into(),
+            question: "q?".into(),
+            gold: "Dpkg Developers".into(),
+            turns: Vec::new(),
+            quotes: Vec::new(),
+            found: false,
+            answer_prompt: String::new(),
+            answers: Answers {
+                answers: answers.iter().map(|s| s.to_string()).collect(),
+                scores: scores.to_vec(),
+                best: None,
+            },
+        };
+        // Two accurate answers, two inaccurate: four pairs, three ranked right.
+        let os = [o(
+            &["Dpkg Developers", "no", "dpkg developers [1]", "[1]"],
+            &[2.0, 1.0, 0.5, 0.0],
+        )];
+        assert_eq!(sample_pair_accuracy(&os), Some((0.75, 4)));
+        assert_eq!(sample_pair_accuracy(&[o(&["no"], &[1.0])]), None);
     }
 }

@@ -1,5 +1,6 @@
 //! `canon browse` and `canon agent webgpt` end to end without downloads: the browser on the example
-//! site, the oracle's recorded episodes and a model evaluation on a tiny random GGUF model.
+//! site, the oracle's recorded episodes, a model evaluation and the reward model for best-of-n on
+//! a tiny random GGUF model.
 
 use std::path::Path;
 
@@ -268,5 +269,106 @@ fn webgpt_oracle_records_and_a_model_evaluation() {
             d.path(),
         ),
         "split \"dev\"",
+    );
+}
+
+#[test]
+fn webgpt_reward_model_trains_and_rescores_both_ways() {
+    let d = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/react");
+    let model = d.path().join("tiny.gguf");
+    write_tiny_llama(
+        &model,
+        &TinyLlama {
+            context_length: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (data, model) = (data.to_str().unwrap(), model.to_str().unwrap());
+    let dir = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+    let base = ["agent", "webgpt", "--data", data, "--model", model];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        canon(&args, d.path())
+    };
+    // Oracle-wide episodes of three training questions, answers through the chat template.
+    let samples = dir("samples");
+    let o = run(&[
+        "--episodes",
+        "oracle-wide",
+        "--answer-chat",
+        "--split",
+        "train",
+        "--limit",
+        "3",
+        "--n",
+        "2",
+        "--answer-tokens",
+        "4",
+        "--out",
+        &samples,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Comparisons and a head over the tiny model's features.
+    let rm = dir("rm");
+    let o = run(&["--train-reward-model", &samples, "--out", &rm]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = std::fs::read_to_string(Path::new(&rm).join("comparisons.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(cmp.lines().next().unwrap()).unwrap();
+    for k in [
+        "question",
+        "quotes",
+        "answer_a",
+        "answer_b",
+        "preferred",
+        "how",
+    ] {
+        assert!(first.get(k).is_some(), "{k}: {first}");
+    }
+    assert!(Path::new(&rm).join("reward_model.json").is_file());
+    // The same samples scored both ways; the reward model's picks are written.
+    let again = dir("again");
+    let o = run(&[
+        "--rescore",
+        &samples,
+        "--scorer",
+        "reward-model",
+        "--reward-model",
+        &rm,
+        "--n",
+        "1,2",
+        "--out",
+        &again,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&again).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s["scorer"], "reward model");
+    assert_eq!(s["by_scorer"]["heuristic"].as_array().unwrap().len(), 2);
+    assert_eq!(s["by_scorer"]["reward model"].as_array().unwrap().len(), 2);
+    // A missing reward model and a reward-model scorer without one: one clear error each.
+    one_error(
+        &run(&["--reward-model", &dir("nowhere"), "--out", &dir("x")]),
+        "expected a reward model at",
+    );
+    one_error(
+        &run(&["--scorer", "reward-model", "--out", &dir("x")]),
+        "expected --reward-model DIR",
+    );
+    std::fs::write(Path::new(&rm).join("reward_model.json"), "not json").unwrap();
+    one_error(
+        &run(&[
+            "--rescore",
+            &samples,
+            "--reward-model",
+            &rm,
+            "--out",
+            &dir("x"),
+        ]),
+        "expected a reward model in",
     );
 }

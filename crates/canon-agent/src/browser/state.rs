@@ -90,7 +90,7 @@ impl Command {
 }
 
 /// A collected quote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Quote {
     pub title: String,
     pub url: String,
