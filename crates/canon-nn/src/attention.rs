@@ -321,8 +321,11 @@ fn view4(t: &Tensor) -> Option<View4<'_>> {
     })
 }
 
-/// One query row against `n` keys: `o = softmax(scale · q·K) V`, with `p` as scratch.
-fn one_query<'a>(
+/// One query row against `n` keys: `o += softmax(scale · q·K) V` (`o` usually starts at zero),
+/// with `p` (at least `n` values) as scratch; `keys(j)` and `vals(j)` are key and value row `j`.
+/// The one decode-attention kernel: the single-sequence path and the batched decode step of
+/// `canon-models` both call it, so their values are the same bits.
+pub fn one_query<'a>(
     q: &[f32],
     keys: &dyn Fn(usize) -> &'a [f32],
     vals: &dyn Fn(usize) -> &'a [f32],
