@@ -207,16 +207,32 @@ impl Llama {
         k: &Tensor,
         offset: usize,
     ) -> Result<(Tensor, Tensor)> {
+        let rope = self.rope_of(l);
+        // `attention()` scales by 1/√hd; a query scale `s` multiplies the queries by s·√hd.
+        let q_mul = self
+            .config
+            .variant
+            .query_scale
+            .map(|s| f64::from(s) * (self.config.head_dim as f64).sqrt());
+        // Inference: norm, RoPE and scale in one parallel pass per tensor, read straight from the
+        // projection's head view.
+        let (qn, kn) = match (&blk.q_norm, &blk.k_norm) {
+            (Some(qn), Some(kn)) => (Some((&qn.weight, qn.eps)), Some((&kn.weight, kn.eps))),
+            _ => (None, None),
+        };
+        if let Some(qp) = canon_nn::rope::heads_prepared(q, qn, Some((rope, offset)), q_mul)?
+            && let Some(kp) = canon_nn::rope::heads_prepared(k, kn, Some((rope, offset)), None)?
+        {
+            return Ok((qp, kp));
+        }
         let (q, k) = match (&blk.q_norm, &blk.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(q)?, kn.forward(k)?),
             _ => (q.clone(), k.clone()),
         };
-        let rope = self.rope_of(l);
         let mut q = rope.apply(&q.contiguous()?, offset)?;
         let k = rope.apply(&k.contiguous()?, offset)?;
-        if let Some(s) = self.config.variant.query_scale {
-            // attention() scales by 1/√hd; this makes the product scale by `s`.
-            q = (q * (f64::from(s) * (self.config.head_dim as f64).sqrt()))?;
+        if let Some(m) = q_mul {
+            q = (q * m)?;
         }
         Ok((q, k))
     }
@@ -339,7 +355,12 @@ impl Llama {
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?;
         let (q, k) = self.prepare_qk(blk, l, &q, &k, offset)?;
-        let (k, v) = cache.append(&k, &v.contiguous()?)?;
+        // [b, heads, t, hd] contiguous for the cache (one parallel copy for a prompt).
+        let v = match canon_nn::rope::heads_prepared(&v, None, None, None)? {
+            Some(v) => v,
+            None => v.contiguous()?,
+        };
+        let (k, v) = cache.append(&k, &v)?;
         let a = attention(&q, &k, &v, self.mask_of(l, offset, t))?; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.residual_ffn(blk, x, blk.o.forward(&a)?)

@@ -100,7 +100,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
 /// - f32 on the CPU (training, padded batches, a bias): the tiled op with its own backward
 ///   ([`crate::train_ops::flash_attention`] / [`crate::train_ops::flash_attention_bias`]), no
 ///   `[b, h, tq, tk]` matrix kept;
-/// - otherwise (a sliding window, dropout, another dtype or device): [`attention_composed_with`].
+/// - otherwise (a sliding window with gradients, dropout, another dtype or device):
+///   [`attention_composed_with`].
 ///
 /// Grouped-query attention never copies K/V heads: the `g = h / h_kv` query heads that share a
 /// K/V head are stacked as `g·tq` query rows against that head. K and V may be strided views.
@@ -456,12 +457,15 @@ fn attention_direct(
     Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
 }
 
-/// Eq. 1 for many queries without gradients (prompt processing): per query head (in parallel) and
-/// block of [`QB`] queries, `S = Q Kᵀ` against the keys the block may see (all of them without a
-/// mask, up to its last query's under a causal one), a causal softmax that only reads the allowed
-/// keys (no mask tensor), and `O = P V`, with both products on the `gemm` crate straight from the
-/// cache's strided views (grouped-query heads read their shared K/V head in place). `None` in the
-/// cases `attention_direct` declines.
+/// Eq. 1 for many queries without gradients (prompt processing): per query head and block of
+/// [`QB`] queries (the tasks, on the kernel pool, the largest blocks first), `S = Q Kᵀ` against
+/// the keys the block may see (all of them without a mask; up to its last query's under a causal
+/// one; from its first query's window start under a sliding window), a softmax that only reads
+/// each row's allowed keys (no mask tensor), and `O = P V`, with both products on the `gemm` crate
+/// straight from the cache's strided views (grouped-query heads read their shared K/V head in
+/// place). The output is written as `[b, tq, h, d]` and returned as its `[b, h, tq, d]` view, so
+/// the caller's transpose back to rows of `h·d` costs no copy. `None` in the cases
+/// `attention_direct` declines.
 fn attention_gemm(
     q: &Tensor,
     k: &Tensor,
@@ -469,11 +473,10 @@ fn attention_gemm(
     mask: AttnMask<'_>,
     scale: f32,
 ) -> crate::Result<Option<Tensor>> {
-    use rayon::prelude::*;
-    let offset = match mask {
-        AttnMask::None => None,
-        AttnMask::Causal { offset } => Some(offset),
-        // Windowed prompts (longer than the window) take the masked matmul path.
+    let (offset, window) = match mask {
+        AttnMask::None => (None, None),
+        AttnMask::Causal { offset } => (Some(offset), None),
+        AttnMask::SlidingCausal { offset, window } if window > 0 => (Some(offset), Some(window)),
         AttnMask::Padding(_) | AttnMask::SlidingCausal { .. } => return Ok(None),
     };
     let (b, h, tq, d) = q.dims4()?;
@@ -483,97 +486,117 @@ fn attention_gemm(
     let (Some(qv), Some(kv), Some(vv)) = (view4(&qc), view4(k), view4(v)) else {
         return Ok(None);
     };
-    let mut out = vec![0.0f32; b * h * tq * d];
+    let mut out = vec![0.0f32; b * tq * h * d];
     let (ks, vs) = (kv.stride[2] as isize, vv.stride[2] as isize);
-    // One task per (batch, query head), over rayon's threads; inside it, blocks of QB queries.
-    // Under a causal mask a block needs only the keys up to its last query, so its products stop
-    // there: a fresh prompt's masked upper triangle (about half of both products) is never
-    // computed.
-    out.par_chunks_mut(tq * d)
-        .enumerate()
-        .for_each(|(bh, o_head)| {
-            let (bi, hh) = (bh / h, bh % h);
-            let kh = hh / g;
-            let krow0 = kv.row(bi, kh, 0, d).as_ptr();
-            let vrow0 = vv.row(bi, kh, 0, d).as_ptr();
-            let mut s = Vec::new();
-            for i0 in (0..tq).step_by(QB) {
-                let m = QB.min(tq - i0);
-                let kend = offset.map_or(tk, |o| (o + i0 + m).min(tk));
-                let qrows = qv.row(bi, hh, i0, m * d);
-                s.clear();
-                s.resize(m * kend, 0.0f32);
-                // S [m, kend] = Q [m, d] · Kᵀ [d, kend]
-                // SAFETY: Q's m rows of this head are a contiguous [m, d] block; K rows j < kend ≤ tk
-                // start at krow0 + j·ks and hold d values inside the storage (view4 checked the
-                // furthest element); S has m·kend elements.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        kend,
-                        d,
-                        s.as_mut_ptr(),
-                        1,
-                        kend as isize,
-                        false,
-                        qrows.as_ptr(),
-                        1,
-                        d as isize,
-                        krow0,
-                        ks,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                // Row r is query i0 + r: softmax over its allowed keys, zero after.
-                for (r, row) in s.chunks_mut(kend).enumerate() {
-                    let n = offset.map_or(kend, |o| (o + i0 + r + 1).min(kend));
-                    let (live, dead) = row.split_at_mut(n);
-                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let mut sum = 0.0f32;
-                    for x in live.iter_mut() {
-                        *x = ((*x - max) * scale).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    live.iter_mut().for_each(|x| *x *= inv);
-                    dead.fill(0.0);
-                }
-                // O [m, d] = P [m, kend] · V [kend, d], this block's rows of the head's output.
-                let o = &mut o_head[i0 * d..(i0 + m) * d];
-                // SAFETY: as above; V rows j < kend start at vrow0 + j·vs; O is an [m, d] block.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        d,
-                        kend,
-                        o.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        kend as isize,
-                        vrow0,
-                        1,
-                        vs,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+    // Keys `lo..end` that query `i` may see.
+    let allowed = |i: usize| {
+        let end = offset.map_or(tk, |o| (o + i + 1).min(tk));
+        (window.map_or(0, |w| end.saturating_sub(w)), end)
+    };
+    // One task per (batch, query head, block of QB queries); under a causal mask a block needs
+    // only the keys up to its last query, so its products stop there (a fresh prompt's masked upper
+    // triangle, about half of both products, is never computed), and under a sliding window they
+    // start at its first query's window.
+    let blocks = tq.div_ceil(QB);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let row_stride = h * d;
+    canon_quant::pool::parallel_for(b * h * blocks, &|task| {
+        let (bh, blk) = (task / blocks, blocks - 1 - task % blocks);
+        let (bi, hh) = (bh / h, bh % h);
+        let kh = hh / g;
+        let i0 = blk * QB;
+        let m = QB.min(tq - i0);
+        let (klo, _) = allowed(i0);
+        let (_, kend) = allowed(i0 + m - 1);
+        let kw = kend - klo;
+        let krow = kv.row(bi, kh, klo, d).as_ptr();
+        let vrow = vv.row(bi, kh, klo, d).as_ptr();
+        let qrows = qv.row(bi, hh, i0, m * d);
+        let mut s = vec![0.0f32; m * kw];
+        // S [m, kw] = Q [m, d] · Kᵀ [d, kw]
+        // SAFETY: Q's m rows of this head are a contiguous [m, d] block; K rows klo + j for
+        // j < kw (so below tk) start at krow + j·ks and hold d values inside the storage (view4
+        // checked the furthest element); S has m·kw elements.
+        unsafe {
+            gemm::gemm(
+                m,
+                kw,
+                d,
+                s.as_mut_ptr(),
+                1,
+                kw as isize,
+                false,
+                qrows.as_ptr(),
+                1,
+                d as isize,
+                krow,
+                ks,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        // Row r is query i0 + r: softmax over its allowed keys, zero elsewhere.
+        for (r, row) in s.chunks_mut(kw).enumerate() {
+            let (lo, end) = allowed(i0 + r);
+            let (before, rest) = row.split_at_mut(lo - klo);
+            let (live, after) = rest.split_at_mut(end - lo);
+            let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f32;
+            for x in live.iter_mut() {
+                *x = ((*x - max) * scale).exp();
+                sum += *x;
             }
-        });
-    Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
+            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|x| *x *= inv);
+            before.fill(0.0);
+            after.fill(0.0);
+        }
+        // O [m, d] = P [m, kw] · V [kw, d]: rows i0.. of this head in the [b, tq, h, d] output.
+        let o = out_ptr;
+        // SAFETY: as above, V rows klo + j start at vrow + j·vs; the output rows
+        // ((bi·tq + i0 + r)·h + hh)·d .. + d for r < m lie in `out` and belong to this task only
+        // (tasks differ in batch, head or query block).
+        unsafe {
+            gemm::gemm(
+                m,
+                d,
+                kw,
+                o.0.add(((bi * tq + i0) * h + hh) * d),
+                1,
+                row_stride as isize,
+                false,
+                s.as_ptr(),
+                1,
+                kw as isize,
+                vrow,
+                1,
+                vs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    Ok(Some(
+        Tensor::from_vec(out, (b, tq, h, d), q.device())?.transpose(1, 2)?,
+    ))
 }
+
+/// The output of [`attention_gemm`], written by its tasks at disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint rows, and `parallel_for` returns only after all of them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for OutPtr {}
 
 /// A batched matmul that accepts the strided views a cache hands out, copying only when the
 /// layout is one the matmul kernel cannot read.
@@ -658,25 +681,34 @@ mod tests {
 
     /// Prompts longer than one block of queries (`QB`): each causal block stops at its own last
     /// key, the unmasked ones read every key; all equal the composed path, on strided cache views
-    /// with grouped-query heads, from an empty cache and after a prefix.
+    /// with grouped-query heads, from an empty cache and after a prefix; sliding windows shorter
+    /// than a block, longer than one, and longer than the context.
     #[test]
     fn prompt_blocks_equal_the_composed_path() {
         let buf = randn(&[1, 2, 400, 8], 21);
-        for (tq, past, mask_causal) in [
-            (150, 0, true),
-            (150, 37, true),
-            (QB, 0, true),
-            (QB + 1, 5, true),
-            (130, 0, false),
+        // (queries, cached keys before them, Some(window) / None for causal, causal at all)
+        for (tq, past, window, mask_causal) in [
+            (150, 0, None, true),
+            (150, 37, None, true),
+            (QB, 0, None, true),
+            (QB + 1, 5, None, true),
+            (130, 0, None, false),
+            (150, 0, Some(40), true),
+            (150, 37, Some(QB + 3), true),
+            (QB + 1, 5, Some(1), true),
+            (140, 2, Some(500), true),
         ] {
             let tk = past + tq;
             let k = buf.narrow(2, 0, tk).unwrap();
             let v = (buf.narrow(2, 0, tk).unwrap() * -0.7).unwrap();
             let q = randn(&[1, 6, tq, 8], 40 + tq as u64);
-            let mask = if mask_causal {
-                AttnMask::Causal { offset: past }
-            } else {
-                AttnMask::None
+            let mask = match (mask_causal, window) {
+                (true, Some(window)) => AttnMask::SlidingCausal {
+                    offset: past,
+                    window,
+                },
+                (true, None) => AttnMask::Causal { offset: past },
+                (false, _) => AttnMask::None,
             };
             let fast = attention(&q, &k, &v, mask).unwrap();
             let reference = attention_composed(&q, &k, &v, mask).unwrap();

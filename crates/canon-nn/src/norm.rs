@@ -29,15 +29,16 @@ impl RmsNorm {
             && !w.is_empty()
             && xs.len() % w.len() == 0
         {
-            let d = w.len();
-            let mut out = vec![0.0f32; xs.len()];
-            for (xr, yr) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let denom = (ms + self.eps as f32).sqrt();
-                for ((y, v), g) in yr.iter_mut().zip(xr).zip(w.iter()) {
-                    *y = v / denom * g;
+            let (d, eps) = (w.len(), self.eps as f32);
+            // Rows in parallel (a prompt's rows), each task about 32 KiB of them.
+            let rows = crate::fused::par_rows(d);
+            let (xs, w): (&[f32], &[f32]) = (&xs, &w);
+            let out = canon_quant::pool::par_vec_f32(xs.len(), rows * d, &|c, out| {
+                let xs = &xs[c * rows * d..][..out.len()];
+                for (xr, yr) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                    rms_row(xr, yr, w, eps);
                 }
-            }
+            });
             return Tensor::from_vec(out, x.shape(), x.device());
         }
         // Training on f32 CPU tensors: the fused kernel with its own backward.
@@ -58,6 +59,16 @@ impl RmsNorm {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [..., 1]
         let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
         y.broadcast_mul(&self.weight)?.to_dtype(dtype)
+    }
+}
+
+/// One row of the inference RMS norm, `y = x / √(mean(x²) + ε) · g`, in the order the composed
+/// formula rounds (a sequential sum of squares).
+pub fn rms_row(x: &[f32], y: &mut [f32], g: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let denom = (ms + eps).sqrt();
+    for ((y, v), g) in y.iter_mut().zip(x).zip(g) {
+        *y = v / denom * g;
     }
 }
 

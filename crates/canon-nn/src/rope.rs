@@ -162,23 +162,17 @@ impl Rope {
         if crate::fused::no_grad(&[x])
             && let Some(xs) = crate::fused::F32Data::new(x)
         {
-            // Inference: one pass over the rows, the same products as the composed formula.
-            let mut out = vec![0.0f32; xs.len()];
-            for (r, (xr, yr)) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-                let row = offset + r % t - first;
-                let cos = &cos_t[row * half..(row + 1) * half];
-                let sin = &sin_t[row * half..(row + 1) * half];
-                for i in 0..half {
-                    let (a, b) = match self.layout {
-                        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                        RopeLayout::HalfSplit => (i, i + half),
-                    };
-                    let (x0, x1) = (xr[a], xr[b]);
-                    yr[a] = x0 * cos[i] - x1 * sin[i];
-                    yr[b] = x0 * sin[i] + x1 * cos[i];
+            // Inference: one pass over the rows (in parallel for a prompt's), the same products
+            // as the composed formula.
+            let rows = crate::fused::par_rows(d);
+            let xs: &[f32] = &xs;
+            let out = canon_quant::pool::par_vec_f32(xs.len(), rows * d, &|c, out| {
+                let xs = &xs[c * rows * d..][..out.len()];
+                for (r, (xr, yr)) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+                    let row = offset + (c * rows + r) % t - first;
+                    self.rotate_row(xr, yr, &cos_t, &sin_t, row);
                 }
-            }
-            drop(xs);
+            });
             return Tensor::from_vec(out, (b, h, t, d), x.device());
         }
         if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
@@ -193,6 +187,23 @@ impl Rope {
             });
         }
         self.apply_composed(x, offset)
+    }
+
+    /// Rotates one row `x` into `y` by the angles of table row `row` (`x` and `y` may not alias).
+    #[inline]
+    fn rotate_row(&self, x: &[f32], y: &mut [f32], cos_t: &[f32], sin_t: &[f32], row: usize) {
+        let half = self.dim / 2;
+        let cos = &cos_t[row * half..(row + 1) * half];
+        let sin = &sin_t[row * half..(row + 1) * half];
+        for i in 0..half {
+            let (a, b) = match self.layout {
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                RopeLayout::HalfSplit => (i, i + half),
+            };
+            let (x0, x1) = (x[a], x[b]);
+            y[a] = x0 * cos[i] - x1 * sin[i];
+            y[b] = x0 * sin[i] + x1 * cos[i];
+        }
     }
 
     /// [`Rope::apply`] through composed candle ops (any dtype or device): the reference.
@@ -226,6 +237,105 @@ impl Rope {
             }
         }
     }
+}
+
+/// Attention inputs for inference in one parallel pass: `x: [b, h, t, d]` f32 on the CPU with
+/// unit stride in its last dimension (a projection's `[b, t, h·d]` output viewed as heads, or a
+/// contiguous tensor) becomes a new contiguous `[b, h, t, d]` whose rows are RMS-normed by
+/// `norm` (weight `[d]`, ε) if given, rotated by `rope` for positions `offset..offset + t` if
+/// given, and multiplied by `scale` if given — the rounding of [`crate::norm::RmsNorm::forward`],
+/// [`Rope::apply`] and a scalar product applied one after the other, without their three
+/// intermediate tensors and the transposing copy. `None` when a gradient is tracked or the tensor
+/// does not fit (another dtype or device, a strided last dimension), for the caller to compose.
+pub fn heads_prepared(
+    x: &Tensor,
+    norm: Option<(&Tensor, f64)>,
+    rope: Option<(&Rope, usize)>,
+    scale: Option<f64>,
+) -> crate::Result<Option<Tensor>> {
+    use candle_core::{DType, Storage};
+    let mut tracked = vec![x];
+    if let Some((w, _)) = norm {
+        tracked.push(w);
+    }
+    if !crate::fused::no_grad(&tracked) || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    let w = match norm {
+        Some((w, eps)) => match crate::fused::F32Data::new(w) {
+            Some(wd) if wd.len() == d => Some((wd, eps as f32)),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let tables = match rope {
+        Some((r, offset)) => {
+            if d != r.dim {
+                candle_core::bail!("rope: expected head dim {}, found {d}", r.dim);
+            }
+            if offset + t > r.max_pos {
+                candle_core::bail!(
+                    "rope: position {} is beyond the table of {} positions",
+                    offset + t,
+                    r.max_pos
+                );
+            }
+            let (c, s, first) = r.tables(offset, t);
+            Some((r, c, s, offset - first))
+        }
+        None => None,
+    };
+    let (guard, layout) = x.storage_and_layout();
+    let data: &[f32] = match &*guard {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => v,
+        _ => return Ok(None),
+    };
+    let st = layout.stride();
+    if d > 1 && st[3] != 1 {
+        return Ok(None);
+    }
+    let (sb, sh, stt, start) = (st[0], st[1], st[2], layout.start_offset());
+    // The furthest element read must lie in the storage.
+    let last = start + (b - 1) * sb + (h - 1) * sh + (t - 1) * stt + d;
+    if b * h * t * d == 0 || last > data.len() {
+        return Ok(None);
+    }
+    let mul = scale.map(|s| s as f32);
+    let wd: Option<(&[f32], f32)> = w.as_ref().map(|(wd, eps)| (&wd[..], *eps));
+    let rows = crate::fused::par_rows(d);
+    let out = canon_quant::pool::par_vec_f32(b * h * t * d, rows * d, &|c, out| {
+        let mut normed = vec![
+            0.0f32;
+            if wd.is_some() && tables.is_some() {
+                d
+            } else {
+                0
+            }
+        ];
+        for (r, y) in out.chunks_exact_mut(d).enumerate() {
+            let row = c * rows + r;
+            let (bi, hi, ti) = (row / (h * t), (row / t) % h, row % t);
+            let at = start + bi * sb + hi * sh + ti * stt;
+            let xr = &data[at..at + d];
+            match (wd, &tables) {
+                (Some((g, eps)), Some((rope, cos, sin, first))) => {
+                    crate::norm::rms_row(xr, &mut normed, g, eps);
+                    rope.rotate_row(&normed, y, cos, sin, first + ti);
+                }
+                (Some((g, eps)), None) => crate::norm::rms_row(xr, y, g, eps),
+                (None, Some((rope, cos, sin, first))) => {
+                    rope.rotate_row(xr, y, cos, sin, first + ti)
+                }
+                (None, None) => y.copy_from_slice(xr),
+            }
+            if let Some(m) = mul {
+                y.iter_mut().for_each(|v| *v *= m);
+            }
+        }
+    });
+    drop(guard);
+    Ok(Some(Tensor::from_vec(out, (b, h, t, d), x.device())?))
 }
 
 type TableRef = std::sync::Arc<Vec<f32>>;
@@ -319,6 +429,54 @@ mod tests {
             .zip(to_vec(b))
             .map(|(x, y)| *x as f64 * y as f64)
             .sum()
+    }
+
+    /// The fused attention-input pass equals norm, RoPE and scale applied one after the other,
+    /// bit for bit, on a projection's head view (`[b, t, h·d]` seen as `[b, h, t, d]`) and on a
+    /// contiguous tensor, at an offset, with and without each part.
+    #[test]
+    fn heads_prepared_equals_norm_rope_scale_in_turn() {
+        let (b, t, h, d) = (2, 37, 3, 16);
+        let proj = randn(&[b, t, h * d], 5);
+        let view = proj.reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap();
+        let w = (randn(&[d], 6) * 0.3).unwrap();
+        let norm = crate::norm::RmsNorm::new(w.clone(), 1e-6);
+        for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+            let rope = Rope::new(d, 256, 10000.0, layout, &Device::Cpu).unwrap();
+            for (x, offset) in [(view.clone(), 0), (view.contiguous().unwrap(), 11)] {
+                let contiguous = x.contiguous().unwrap();
+                let normed = norm.forward(&contiguous).unwrap();
+                let rotated = rope.apply(&normed, offset).unwrap();
+                let want = (&rotated * 0.7f64).unwrap();
+                let got = heads_prepared(&x, Some((&w, 1e-6)), Some((&rope, offset)), Some(0.7))
+                    .unwrap()
+                    .expect("f32 CPU input takes the fused pass");
+                assert!(got.is_contiguous());
+                assert_eq!(to_vec(&got), to_vec(&want));
+                let rope_only = heads_prepared(&x, None, Some((&rope, offset)), None)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    to_vec(&rope_only),
+                    to_vec(&rope.apply(&contiguous, offset).unwrap())
+                );
+                let norm_only = heads_prepared(&x, Some((&w, 1e-6)), None, None)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(to_vec(&norm_only), to_vec(&normed));
+                let copy = heads_prepared(&x, None, None, None).unwrap().unwrap();
+                assert_eq!(to_vec(&copy), to_vec(&contiguous));
+            }
+            // A position past the table is an error, as for `apply`.
+            assert!(heads_prepared(&view, None, Some((&rope, 250)), None).is_err());
+        }
+        // Gradients take the composed ops.
+        let var = candle_core::Var::from_tensor(&view.contiguous().unwrap()).unwrap();
+        assert!(
+            heads_prepared(var.as_tensor(), None, None, None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

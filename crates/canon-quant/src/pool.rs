@@ -176,9 +176,81 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// A raw pointer to the start of a slice whose disjoint chunks `par_chunks_mut`'s tasks write.
+struct ChunkPtr<T>(*mut T);
+impl<T> Clone for ChunkPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ChunkPtr<T> {}
+// SAFETY: each task builds a slice over its own chunk only; chunks never overlap, and
+// `parallel_for` returns only after every task is done.
+unsafe impl<T: Send> Send for ChunkPtr<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Send> Sync for ChunkPtr<T> {}
+
+/// Runs `f(c, chunk)` for the `c`-th chunk of `chunk` elements of `out` (the last one may be
+/// shorter) on the pool, each chunk on one thread. One chunk runs on the calling thread directly.
+pub fn par_chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let chunk = chunk.max(1);
+    let (len, n) = (out.len(), out.len().div_ceil(chunk));
+    if n <= 1 {
+        if len > 0 {
+            f(0, out);
+        }
+        return;
+    }
+    let ptr = ChunkPtr(out.as_mut_ptr());
+    parallel_for(n, &|c| {
+        let start = c * chunk;
+        let end = (start + chunk).min(len);
+        let p = ptr;
+        // SAFETY: `start..end` lies inside `out` (c < n = ⌈len / chunk⌉), and the chunks of
+        // different `c` are disjoint; `out` is borrowed mutably for the whole call.
+        let part = unsafe { std::slice::from_raw_parts_mut(p.0.add(start), end - start) };
+        f(c, part);
+    });
+}
+
+/// A new vector of `len` values written by `f(c, chunk)` per chunk as [`par_chunks_mut`] does,
+/// each chunk zeroed by its own task first (no serial zero-fill of the whole buffer).
+pub fn par_vec_f32(len: usize, chunk: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    par_chunks_mut(&mut v.spare_capacity_mut()[..len], chunk, &|c, part| {
+        part.fill(std::mem::MaybeUninit::new(0.0));
+        // SAFETY: every element of `part` was just initialised, and `MaybeUninit<f32>` has the
+        // layout of `f32`.
+        let part = unsafe { &mut *(part as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        f(c, part);
+    });
+    // SAFETY: the tasks above initialised all `len` elements (every chunk of `0..len`).
+    unsafe { v.set_len(len) };
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_helpers_visit_every_element_once_in_order() {
+        for (len, chunk) in [(0, 4), (1, 4), (7, 3), (1000, 64), (1000, 1000), (5, 0)] {
+            let mut v = vec![0usize; len];
+            par_chunks_mut(&mut v, chunk, &|c, part| {
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += c * chunk.max(1) + i + 1;
+                }
+            });
+            assert_eq!(v, (1..=len).collect::<Vec<_>>());
+            let w = par_vec_f32(len, chunk, &|c, part| {
+                for (i, x) in part.iter_mut().enumerate() {
+                    *x += (c * chunk.max(1) + i) as f32;
+                }
+            });
+            assert_eq!(w, (0..len).map(|i| i as f32).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn every_index_runs_exactly_once() {

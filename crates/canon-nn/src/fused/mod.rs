@@ -399,6 +399,13 @@ pub use attention::*;
 
 // ------------------------------------------------------------------ tensor-level entry points
 
+/// Rows of width `d` per task of the inference row kernels on the kernel pool
+/// (`canon_quant::pool`): about 32 KiB of f32 each, so a decoded token's one row runs inline and
+/// a prompt's rows spread over the threads.
+pub fn par_rows(d: usize) -> usize {
+    (8192 / d.max(1)).max(1)
+}
+
 /// Rows per parallel task of the tensor-level kernels: enough work to pay for a task.
 fn rows_per_task(rows: usize, d: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
@@ -482,12 +489,14 @@ pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tens
     let (Some(g), Some(u)) = (F32Data::new(&gate), F32Data::new(&up)) else {
         return Ok(None);
     };
-    let mut out = g.to_vec();
-    let n = out.len();
-    let chunk = rows_per_task(n, 1).max(4096);
-    out.par_chunks_mut(chunk)
-        .zip(u.par_chunks(chunk))
-        .for_each(|(o, u)| geglu_tanh_inplace(o, u));
+    // On the kernel pool in chunks of 32 KiB, each task copying its part of the gate first.
+    const CHUNK: usize = 8192;
+    let (g, u): (&[f32], &[f32]) = (&g, &u);
+    let out = canon_quant::pool::par_vec_f32(g.len(), CHUNK, &|c, o| {
+        let at = c * CHUNK;
+        o.copy_from_slice(&g[at..at + o.len()]);
+        geglu_tanh_inplace(o, &u[at..at + o.len()]);
+    });
     Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
 }
 
