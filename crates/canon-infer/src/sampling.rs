@@ -113,8 +113,14 @@ impl Sampler {
 
     /// Picks the next token from `logits` given the ids so far (`history`).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let mut l = logits.to_vec();
         let c = &self.cfg;
+        let penalties = c.repeat_last_n > 0
+            && (c.repeat_penalty != 1.0 || c.presence_penalty != 0.0 || c.frequency_penalty != 0.0);
+        if c.temperature <= 0.0 && !penalties {
+            // Greedy with nothing to adjust: no copy of the logits.
+            return canon_nn::ops::argmax_f32(logits) as u32;
+        }
+        let mut l = logits.to_vec();
         if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
             let start = history.len().saturating_sub(c.repeat_last_n);
             let mut seen = std::collections::HashSet::new();
@@ -144,7 +150,7 @@ impl Sampler {
             }
         }
         if c.temperature <= 0.0 {
-            return argmax(&l) as u32;
+            return canon_nn::ops::argmax_f32(&l) as u32;
         }
         let truncates = c.top_k.is_some()
             || c.top_p.is_some_and(|p| p < 1.0)

@@ -22,6 +22,34 @@ pub fn argmax<T: PartialOrd + Copy>(xs: &[T]) -> usize {
     best
 }
 
+/// [`argmax`] of f32 values, the same index (NaN skipped, the first of equal largest values), in
+/// two passes the compiler vectorises: the largest value over 8 lanes, then its first position.
+/// A 262k-token vocabulary's logits take tens of microseconds instead of hundreds.
+pub fn argmax_f32(xs: &[f32]) -> usize {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            // `>` is false for NaN, so NaN never becomes the maximum.
+            if c[l] > lanes[l] {
+                lanes[l] = c[l];
+            }
+        }
+    }
+    let mut top = f32::NEG_INFINITY;
+    for &x in lanes.iter().chain(tail) {
+        if x > top {
+            top = x;
+        }
+    }
+    if top == f32::NEG_INFINITY {
+        // Only −∞ and NaN: the generic rule (the first non-NaN value, else 0).
+        return argmax(xs);
+    }
+    xs.iter().position(|&x| x == top).unwrap_or(0)
+}
+
 /// The argmax class of each row of `logits: [n, c]`.
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     logits.argmax(D::Minus1)?.to_vec1::<u32>()
@@ -129,6 +157,39 @@ pub fn pad_batch<T: Copy, S: AsRef<[T]>>(seqs: &[S], pad: T, min_width: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_f32_equals_the_generic_argmax() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+        ];
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for len in [0usize, 1, 7, 8, 9, 31, 1000] {
+            for _ in 0..50 {
+                let xs: Vec<f32> = (0..len)
+                    .map(|_| match next() % 4 {
+                        0 => specials[next() % specials.len()],
+                        _ => (next() % 11) as f32 - 5.0,
+                    })
+                    .collect();
+                assert_eq!(argmax_f32(&xs), argmax(&xs), "{xs:?}");
+            }
+        }
+        assert_eq!(argmax_f32(&[f32::NAN, f32::NEG_INFINITY]), 1);
+        assert_eq!(argmax_f32(&[f32::NAN; 3]), 0);
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum_and_skips_nan() {

@@ -90,6 +90,10 @@ fn main() -> ExitCode {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000");
         }
     }
+    // Every command frees and allocates the same large buffers again and again (a prompt's
+    // activations, each decoded token's logits: 1 MB for a 262k vocabulary); keeping freed blocks
+    // for reuse spares the page faults of a fresh mapping each time (see canon_train::alloc).
+    canon_train::alloc::keep_freed_memory();
     let ctx = Ctx {
         threads,
         quiet: cli.quiet,
