@@ -91,8 +91,16 @@ pub(crate) fn one_row(
         let (kp, vp) = (kr.pos, vr.pos);
         canon_nn::attention::one_query(
             qrow,
-            &|j| &kd[kbase + j * kp..][..d],
-            &|j| &vd[vbase + j * vp..][..d],
+            canon_nn::attention::StridedRows {
+                data: kd,
+                start: kbase,
+                stride: kp,
+            },
+            canon_nn::attention::StridedRows {
+                data: vd,
+                start: vbase,
+                stride: vp,
+            },
             n,
             scale,
             &mut p,

@@ -291,6 +291,19 @@ struct View4<'a> {
 }
 
 impl View4<'_> {
+    /// The positions `i2..` of `[i0, i1]` as strided rows.
+    fn strided(&self, i0: usize, i1: usize, i2: usize) -> StridedRows<'_> {
+        let data: &[f32] = match &*self.guard {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v,
+            _ => &[],
+        };
+        StridedRows {
+            data,
+            start: self.start + i0 * self.stride[0] + i1 * self.stride[1] + i2 * self.stride[2],
+            stride: self.stride[2],
+        }
+    }
+
     /// The innermost row at `[i0, i1, i2, 0..n]`.
     fn row(&self, i0: usize, i1: usize, i2: usize, n: usize) -> &[f32] {
         let at = self.start + i0 * self.stride[0] + i1 * self.stride[1] + i2 * self.stride[2];
@@ -325,78 +338,111 @@ fn view4(t: &Tensor) -> Option<View4<'_>> {
     })
 }
 
+/// Rows `j = 0, 1, …` of a strided matrix: row `j` is `data[start + j·stride ..][..d]`
+/// (a K/V cache head's positions, read in place).
+#[derive(Clone, Copy)]
+pub struct StridedRows<'a> {
+    pub data: &'a [f32],
+    pub start: usize,
+    pub stride: usize,
+}
+
+impl StridedRows<'_> {
+    /// Whether rows `0..n` of width `d` lie inside `data`.
+    fn holds(&self, n: usize, d: usize) -> bool {
+        n == 0
+            || (n - 1)
+                .checked_mul(self.stride)
+                .and_then(|x| x.checked_add(self.start + d))
+                .is_some_and(|end| end <= self.data.len())
+    }
+}
+
 /// One query row against `n` keys: `o += softmax(scale · q·K) V` (`o` usually starts at zero),
-/// with `p` (at least `n` values) as scratch; `keys(j)` and `vals(j)` are key and value row `j`.
+/// with `p` (at least `n` values) as scratch; `keys` and `vals` hold key and value rows `0..n`.
 /// The one decode-attention kernel: the single-sequence path and the batched decode step of
-/// `canon-models` both call it, so their values are the same bits.
-pub fn one_query<'a>(
+/// `canon-models` both call it, so their values are the same bits. Panics if a row of `0..n`
+/// lies outside its slice (callers check their views).
+pub fn one_query(
     q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    vals: &dyn Fn(usize) -> &'a [f32],
+    keys: StridedRows<'_>,
+    vals: StridedRows<'_>,
     n: usize,
     scale: f32,
     p: &mut [f32],
     o: &mut [f32],
 ) {
+    let d = q.len();
+    assert!(
+        keys.holds(n, d) && vals.holds(n, o.len()) && p.len() >= n && o.len() == d,
+        "one_query: {n} rows of width {d} do not fit the given views"
+    );
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        }) {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { one_query_avx2(q, keys, vals, n, scale, p, o) };
-        }
+    if crate::fused::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA; the rows were checked above.
+        return unsafe { one_query_avx2(q, keys, vals, n, scale, p, o) };
     }
-    one_query_body(q, keys, vals, n, scale, p, o)
+    // SAFETY: the rows were checked above.
+    unsafe { one_query_body::<false>(q, keys, vals, n, scale, p, o) }
 }
 
 /// `one_query_body` compiled with AVX2 and FMA.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2 and FMA, and the rows must be checked as `one_query` does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn one_query_avx2<'a>(
+unsafe fn one_query_avx2(
     q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    vals: &dyn Fn(usize) -> &'a [f32],
+    keys: StridedRows<'_>,
+    vals: StridedRows<'_>,
     n: usize,
     scale: f32,
     p: &mut [f32],
     o: &mut [f32],
 ) {
-    one_query_body(q, keys, vals, n, scale, p, o)
+    // SAFETY: forwarded from the caller.
+    unsafe { one_query_body::<true>(q, keys, vals, n, scale, p, o) }
 }
 
-/// Compiled twice: for the baseline target and, inlined into `one_query_avx2`, with AVX2.
+/// Compiled twice: for the baseline target and, inlined into `one_query_avx2`, with AVX2. The
+/// scores in eight-lane dot products, the softmax's exponentials by the vectorisable
+/// [`crate::fused::exp`] (about one ulp), the values accumulated row by row.
+///
+/// # Safety
+/// Key rows `0..n` of width `q.len()` and value rows `0..n` of width `o.len()` lie inside their
+/// slices, and `p.len() ≥ n`.
 #[inline(always)]
-fn one_query_body<'a>(
+unsafe fn one_query_body<const F: bool>(
     q: &[f32],
-    keys: &dyn Fn(usize) -> &'a [f32],
-    vals: &dyn Fn(usize) -> &'a [f32],
+    keys: StridedRows<'_>,
+    vals: StridedRows<'_>,
     n: usize,
     scale: f32,
     p: &mut [f32],
     o: &mut [f32],
 ) {
+    let (d, dv) = (q.len(), o.len());
+    #[inline(always)]
+    fn row<'a>(m: &StridedRows<'a>, j: usize, w: usize) -> &'a [f32] {
+        let at = m.start + j * m.stride;
+        // SAFETY: j < n, and the caller checked rows 0..n of width w.
+        unsafe { m.data.get_unchecked(at..at + w) }
+    }
+    let p = &mut p[..n];
     let mut max = f32::NEG_INFINITY;
-    for (j, pj) in p[..n].iter_mut().enumerate() {
-        *pj = dot(q, keys(j)) * scale;
+    for (j, pj) in p.iter_mut().enumerate() {
+        *pj = dot(q, row(&keys, j, d)) * scale;
         max = max.max(*pj);
     }
-    let mut sum = 0.0f32;
-    for pj in &mut p[..n] {
-        *pj = (*pj - max).exp();
-        sum += *pj;
+    for pj in p.iter_mut() {
+        *pj = crate::fused::exp::<F>(*pj - max);
     }
-    let inv = 1.0 / sum;
-    for (j, pj) in p[..n].iter().enumerate() {
+    let inv = 1.0 / crate::fused::sum8(p);
+    for (j, pj) in p.iter().enumerate() {
         let w = pj * inv;
-        for (ov, vv) in o.iter_mut().zip(vals(j)) {
-            *ov += w * vv;
+        for (ov, vv) in o.iter_mut().zip(row(&vals, j, dv)) {
+            *ov = crate::fused::fma::<F>(w, *vv, *ov);
         }
     }
 }
@@ -453,9 +499,9 @@ fn attention_direct(
             let lo = window.map_or(0, |w| end.saturating_sub(w));
             let n = end - lo;
             let qr = qv.row(bi, hi, i, d);
-            let keys = |j: usize| kv.row(bi, kh, lo + j, d);
-            let vals = |j: usize| vv.row(bi, kh, lo + j, d);
-            one_query(qr, &keys, &vals, n, scale, &mut p[..n], o);
+            let keys = kv.strided(bi, kh, lo);
+            let vals = vv.strided(bi, kh, lo);
+            one_query(qr, keys, vals, n, scale, &mut p[..n], o);
         }
     };
     if b * h * tq * tk * d >= DIRECT_PARALLEL_MACS {

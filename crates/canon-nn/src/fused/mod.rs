@@ -68,7 +68,7 @@ impl Deref for F32Data<'_> {
 // ------------------------------------------------------------------ run-time dispatch
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     // std caches the CPUID answer; this is a load and a test.
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
