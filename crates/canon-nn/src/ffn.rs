@@ -54,6 +54,9 @@ impl SwiGlu {
             && g.dims() == u.dims()
         {
             crate::train_ops::silu_mul(&g, &u)?
+        } else if let Some(h) = crate::fused::silu_mul(&g, &u)? {
+            // Inference: one pass on the kernel pool.
+            h
         } else {
             (g.silu()? * u)?
         };

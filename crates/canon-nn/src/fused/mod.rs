@@ -244,6 +244,18 @@ dispatch! {
     pub fn geglu_tanh_inplace / geglu_tanh_avx2 => geglu_tanh_impl(gate: &mut [f32], up: &[f32])
 }
 
+#[inline(always)]
+fn silu_mul_impl<const F: bool>(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp::<F>(-*g)) * u;
+    }
+}
+
+dispatch! {
+    /// SwiGLU's product in place: `gate ← SiLU(gate) · up = gate / (1 + e^(−gate)) · up`, one pass.
+    pub fn silu_mul_inplace / silu_mul_avx2 => silu_mul_impl(gate: &mut [f32], up: &[f32])
+}
+
 // ------------------------------------------------------------------ softmax, layer norm
 
 #[inline(always)]
@@ -477,6 +489,22 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Option<Tensor>> {
 /// of Gemma: one pass instead of candle's `gelu` and a product, each a whole tensor written and
 /// read again); `None` when either is not f32 on the CPU or the shapes differ.
 pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    gated(gate, up, geglu_tanh_inplace)
+}
+
+/// `SiLU(gate) · up` (SwiGLU's product: LLaMA, SmolLM2, Qwen) for tensors with no gradient
+/// tracking, as [`geglu_tanh`] does for GeGLU; `None` when the fused kernel does not apply.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    gated(gate, up, silu_mul_inplace)
+}
+
+/// `f(gate, up)` in place on a copy of the gate, on the kernel pool; `None` unless both are f32
+/// CPU tensors of one shape with no gradient tracking.
+fn gated(
+    gate: &Tensor,
+    up: &Tensor,
+    f: fn(&mut [f32], &[f32]),
+) -> candle_core::Result<Option<Tensor>> {
     if gate.shape() != up.shape() || !no_grad(&[gate, up]) {
         return Ok(None);
     }
@@ -495,7 +523,7 @@ pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tens
     let out = canon_quant::pool::par_vec_f32(g.len(), CHUNK, &|c, o| {
         let at = c * CHUNK;
         o.copy_from_slice(&g[at..at + o.len()]);
-        geglu_tanh_inplace(o, &u[at..at + o.len()]);
+        f(o, &u[at..at + o.len()]);
     });
     Ok(Some(Tensor::from_vec(out, gate.shape(), &Device::Cpu)?))
 }

@@ -274,3 +274,29 @@ fn tanh_and_geglu_match_candle() {
             .is_none()
     );
 }
+
+#[test]
+fn silu_mul_matches_candle() {
+    // Across the exponential's clamp (|x| up to 100) and several chunks of the pool's split.
+    let g = (randn(&[3, 9000], 17) * 12.0).unwrap();
+    let u = randn(&[3, 9000], 18);
+    let reference = to_vec(&(g.silu().unwrap() * &u).unwrap());
+    for simd in [true, false] {
+        let mut v = to_vec(&g);
+        if simd {
+            silu_mul_inplace(&mut v, &to_vec(&u));
+        } else {
+            silu_mul_impl::<false>(&mut v, &to_vec(&u));
+        }
+        assert_close_f32(&v, &reference, Tol::new(1e-6, 2e-6));
+    }
+    let t = silu_mul(&g, &u).unwrap().unwrap();
+    assert_eq!(t.dims(), &[3, 9000]);
+    assert_close_f32(&to_vec(&t), &reference, Tol::new(1e-6, 2e-6));
+    let mut v = vec![-100.0, 0.0, 100.0];
+    silu_mul_inplace(&mut v, &[1.0, 1.0, 1.0]);
+    assert!(v[0].abs() < 1e-30 && v[1] == 0.0 && v[2] == 100.0, "{v:?}");
+    // A tracked gradient is not this kernel's case.
+    let var = candle_core::Var::from_tensor(&g).unwrap();
+    assert!(silu_mul(var.as_tensor(), &u).unwrap().is_none());
+}
