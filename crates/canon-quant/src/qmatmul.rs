@@ -47,11 +47,22 @@ impl CustomOp1 for QMatMul {
             )));
         }
         let m = x.len() / k.max(1);
-        let mut y = vec![0.0f32; m * w.rows];
-        match self.0.packed() {
-            Some(p) => p.matmul(x, m, &mut y),
-            None => kernels::matmul(kernels::Isa::best(), w, x, m, &mut y),
-        }
+        let len = m * w.rows;
+        let y = match self.0.packed() {
+            Some(p) => {
+                // The packed kernels write every output: no zero-fill of a new buffer first.
+                let mut y: Vec<f32> = Vec::with_capacity(len);
+                p.matmul_uninit(x, m, &mut y.spare_capacity_mut()[..len]);
+                // SAFETY: `matmul_uninit` wrote all `len` values.
+                unsafe { y.set_len(len) };
+                y
+            }
+            None => {
+                let mut y = vec![0.0f32; len];
+                kernels::matmul(kernels::Isa::best(), w, x, m, &mut y);
+                y
+            }
+        };
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = w.rows;

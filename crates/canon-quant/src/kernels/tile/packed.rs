@@ -438,29 +438,58 @@ impl Packed {
 
     /// `y = x Wᵀ`: `x: [m, k]` f32 row-major, `y: [m, n]`. Panics never; callers check shapes.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.with_acts(x, m, |act| self.matmul_acts(act, y))
+    }
+
+    /// `f` on `x` rounded to activations, in this thread's reused buffer when it is free.
+    fn with_acts<R>(&self, x: &[f32], m: usize, f: impl FnOnce(&TileActs) -> R) -> R {
         thread_local! {
             static ACTS: std::cell::RefCell<TileActs> = std::cell::RefCell::new(TileActs::default());
         }
         ACTS.with(|cell| match cell.try_borrow_mut() {
             Ok(mut act) => {
                 act.quantize_into(x, m, self.cols);
-                self.matmul_acts(&act, y)
+                f(&act)
             }
-            Err(_) => self.matmul_acts(&TileActs::quantize(x, m, self.cols), y),
+            Err(_) => f(&TileActs::quantize(x, m, self.cols)),
+        })
+    }
+
+    /// [`Packed::matmul`] into memory that need not be initialised (a new output buffer, no
+    /// zero-fill first): every one of the `m·rows` values is written (test
+    /// `packed_products_write_every_output`), so the caller may treat `y` as initialised after.
+    pub fn matmul_uninit(&self, x: &[f32], m: usize, y: &mut [std::mem::MaybeUninit<f32>]) {
+        assert_eq!(y.len(), self.rows * m, "Packed::matmul: output length");
+        self.with_acts(x, m, |act| {
+            assert_eq!(act.nb, self.nb, "Packed::matmul: activation width");
+            // SAFETY: `y` holds rows·m values (checked above); the kernels only write it.
+            unsafe { self.matmul_acts_ptr(act, y.as_mut_ptr().cast()) }
         })
     }
 
     /// `y = x Wᵀ` with `x` already rounded (`TileActs` of `self.cols` columns).
     pub fn matmul_acts(&self, act: &TileActs, y: &mut [f32]) {
-        let (n, m) = (self.rows, act.rows);
-        assert_eq!(y.len(), n * m, "Packed::matmul: output length");
+        assert_eq!(
+            y.len(),
+            self.rows * act.rows,
+            "Packed::matmul: output length"
+        );
         assert_eq!(act.nb, self.nb, "Packed::matmul: activation width");
+        // SAFETY: `y` holds rows·m values (checked above).
+        unsafe { self.matmul_acts_ptr(act, y.as_mut_ptr()) }
+    }
+
+    /// The products of [`Packed::matmul_acts`], written through `y`.
+    ///
+    /// # Safety
+    /// `y` must be valid for writes of `self.rows · act.rows` values, and `act.nb == self.nb`.
+    unsafe fn matmul_acts_ptr(&self, act: &TileActs, y: *mut f32) {
         #[cfg(target_arch = "x86_64")]
         {
             let threads = crate::pool::pool().threads();
             let per_task = self.panels.div_ceil(threads * 4).max(1);
             let tasks = self.panels.div_ceil(per_task);
-            let out = crate::pool::SyncPtr(y.as_mut_ptr());
+            let out = crate::pool::SyncPtr(y);
             let wide = avx512_packs();
             crate::pool::parallel_for(tasks, &|task| {
                 for pi in task * per_task..((task + 1) * per_task).min(self.panels) {
@@ -478,7 +507,7 @@ impl Packed {
             });
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (n, m);
+        let _ = (act, y);
     }
 }
 

@@ -489,3 +489,40 @@ fn prompt_activations_round_as_rows_alone() {
         assert_eq!(&all.h[r * nb..(r + 1) * nb], &one.h[..], "row {r}");
     }
 }
+
+/// `matmul_uninit` (a new output buffer with no zero-fill) writes every output: a buffer of NaN
+/// comes back with exactly `matmul`'s values, for every packed format, ragged row and panel counts.
+#[test]
+fn packed_products_write_every_output() {
+    let mut rng = Rng(131);
+    let k = 256;
+    let mut packed_any = false;
+    for kind in KINDS {
+        for (n, m) in [(16, 1), (33, 7), (17, 5), (64, 9), (8, 2), (100, 1)] {
+            let bytes = random_matrix(kind, &mut rng, n, k);
+            let w = QMatrixRef {
+                kind,
+                rows: n,
+                cols: k,
+                bytes: &bytes,
+            };
+            let Some(p) = packed::Packed::pack(w) else {
+                continue;
+            };
+            packed_any = true;
+            let x = rng.vec(m * k, 1.0);
+            let mut want = vec![0.0f32; m * n];
+            p.matmul(&x, m, &mut want);
+            let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); m * n];
+            p.matmul_uninit(&x, m, &mut got);
+            // SAFETY: the buffer was initialised (to NaN) before the call.
+            let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(gb, wb, "{kind:?} n {n} m {m}");
+        }
+    }
+    if !packed_any {
+        eprintln!("SKIPPED packed_products_write_every_output: no packed kernel on this CPU");
+    }
+}
