@@ -276,8 +276,8 @@ pub fn additive_mask(
 /// thousand multiply-adds per head, where a general matrix product costs more to set up than to run.
 const DIRECT_MAX_QUERIES: usize = 4;
 /// Query-key products (`b·h·tq·tk·d`) from which the direct loops run their heads on the kernel
-/// pool: about 60 µs of work, against a few µs to hand it out.
-const DIRECT_PARALLEL_MACS: usize = 1 << 17;
+/// pool: about 15 µs of work, against a microsecond or two to hand it out.
+const DIRECT_PARALLEL_MACS: usize = 1 << 15;
 
 /// Queries per block of the prompt attention (`attention_gemm`): a causal block computes scores
 /// only up to its last query's key.
