@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Tiny random-weight Qwen2, Phi-3 and Mistral models, and their golden outputs -> goldens/archs/.
+"""Tiny random-weight Qwen2, Phi-3, Mistral and scaled-RoPE LLaMA models, and their golden outputs
+-> goldens/archs/.
 
 No real Qwen2 / Phi-3 weights are needed: the script builds small models with fixed seeds (2 layers,
 d = 64, 4 query heads / 2 KV heads, FFN 128) over a small byte-level BPE vocabulary trained here on
@@ -20,6 +21,9 @@ Weights are scaled so logits spread (std of a few units) and greedy choices are 
 Run with the peers venv:
 
     LLAMA_CPP_LIB_PATH=$CANON_PEERS/llama.cpp-build/bin $CANON_PEERS/venv/bin/python goldens/archs/gen.py
+
+`--only llama3,llamalin` regenerates just those models and merges them into the existing
+archs.json (the other models' files and records stay as they are).
 """
 
 import argparse
@@ -173,6 +177,26 @@ def make_model(arch, vocab, seed):
             **COMMON,
         )
         m = tf.MistralForCausalLM(cfg)
+    elif arch in ("llama3", "llamalin"):
+        # Scaled RoPE: Llama 3's per-frequency factors (an original context of 64 positions, so
+        # that most of these 8 rotary pairs are slowed, one blended) or linear interpolation.
+        scaling = (
+            {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 64}
+            if arch == "llama3"
+            else {"rope_type": "linear", "factor": 4.0}
+        )
+        cfg = tf.LlamaConfig(
+            vocab_size=vocab,
+            rope_theta=50000.0,
+            rope_scaling=scaling,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+            **COMMON,
+        )
+        m = tf.LlamaForCausalLM(cfg)
     else:
         raise ValueError(arch)
     # A tied head favours the current token's own embedding: larger block outputs counter it.
@@ -212,12 +236,47 @@ def gguf_name(hf):
     return "blk.%s.%s" % (parts[2], LAYER_NAMES[".".join(parts[3:])])
 
 
+def llama3_rope_factors(cfg):
+    """The divisors of each rotary frequency for Llama 3's scaling, as llama.cpp's converter
+    writes them into `rope_freqs.weight`."""
+    import math
+
+    sc = cfg.rope_scaling if getattr(cfg, "rope_scaling", None) else cfg.rope_parameters
+    dim = cfg.hidden_size // cfg.num_attention_heads
+    base = float(sc.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
+    factor, low, high = sc["factor"], sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+    old = sc.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for f in freqs.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def permute_llama(a, n_head):
+    """llama.cpp's converter reorders LLaMA's Q/K rows for its interleaved (GPT-J) RoPE."""
+    return a.reshape(n_head, 2, a.shape[0] // n_head // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+
+
+def rope_scaling_of(cfg):
+    sc = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
+    return sc.get("rope_type", sc.get("type", "default"))
+
+
 def write_gguf(model, arch, tok, path, qtype):
     import gguf
 
     cfg = model.config
     tokens, types, merges = vocab_lists(tok)
-    w = gguf.GGUFWriter(path, arch)
+    llama = arch in ("llama3", "llamalin")
+    w = gguf.GGUFWriter(path, "llama" if llama else arch)
     # (not "phi3" in the name: llama.cpp then expects Phi-3's own special tokens)
     w.add_name("tiny random model")
     w.add_context_length(cfg.max_position_embeddings)
@@ -227,7 +286,13 @@ def write_gguf(model, arch, tok, path, qtype):
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_rope_freq_base(float(cfg.rope_theta if hasattr(cfg, "rope_theta") else cfg.rope_parameters["rope_theta"]))
+    theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
+    w.add_rope_freq_base(float(theta))
+    kind = rope_scaling_of(cfg)
+    if kind == "linear":
+        sc = getattr(cfg, "rope_scaling", None) or cfg.rope_parameters
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(sc["factor"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     if arch == "phi3":
         w.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
@@ -241,10 +306,16 @@ def write_gguf(model, arch, tok, path, qtype):
     w.add_eos_token_id(0)
     w.add_add_bos_token(False)
     qt = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(qtype)
+    if kind == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         a = t.detach().float().numpy()
+        if llama and name.endswith("q_proj.weight"):
+            a = permute_llama(a, cfg.num_attention_heads)
+        elif llama and name.endswith("k_proj.weight"):
+            a = permute_llama(a, cfg.num_key_value_heads)
         g = gguf_name(name)
         if a.ndim == 1:
             w.add_tensor(g, a.astype(np.float32))
@@ -307,7 +378,9 @@ def main():
     ap.add_argument("--out-dir", default=HERE)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--only", default="", help="comma list of models to regenerate, merged into the existing archs.json")
     args = ap.parse_args()
+    only = [a for a in args.only.split(",") if a]
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
 
@@ -318,7 +391,17 @@ def main():
 
     out = {"generated_by": "goldens/archs/gen.py", "max_tokens": MAX_TOKENS, "vocab_size": vocab, "models": {}}
     files = {}
-    for seed, arch in enumerate(["qwen2", "phi3", "mistral"], start=1):
+    if only:
+        with open(os.path.join(args.out_dir, "archs.json")) as f:
+            out = json.load(f)
+        files = out.pop("files_sha256")
+        out.pop("packages", None)
+        for arch in only:
+            out["models"].pop(arch, None)
+            files = {k: v for k, v in files.items() if not k.startswith(arch + "-hf/") and not k.startswith(arch + ".")}
+    for seed, arch in enumerate(["qwen2", "phi3", "mistral", "llama3", "llamalin"], start=1):
+        if only and arch not in only:
+            continue
         model = make_model(arch, vocab, seed)
         hf_dir = os.path.join(args.out_dir, "%s-hf" % arch)
         shutil.rmtree(hf_dir, ignore_errors=True)
@@ -376,6 +459,8 @@ def main():
         json.dump(out, f, indent=1)
     # summary
     for arch, rec in out["models"].items():
+        if only and arch not in only:
+            continue
         for i, c in enumerate(rec["cases"]):
             line = "%s case %d: min gap %.3f hf %s" % (arch, i, min(c["hf_gaps"]), c["hf_greedy"][:8])
             print(line, file=sys.stderr)

@@ -56,6 +56,10 @@ pub struct LlamaVariant {
     pub query_scale: Option<f32>,
     /// Logits squashed as `c·tanh(logits / c)`.
     pub final_logit_softcap: Option<f32>,
+    /// Scaled RoPE: each rotary pair's frequency divided by its factor (`head_dim / 2` values;
+    /// linear scaling repeats its factor, Llama 3's differ by frequency). Global layers only
+    /// where local layers have a base of their own (Gemma 3); `None` for plain RoPE.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl LlamaConfig {
@@ -125,6 +129,20 @@ impl LlamaConfig {
                 && !(x > 0.0 && x.is_finite())
             {
                 return Err(format!("{k} must be positive, found {x}"));
+            }
+        }
+        if let Some(f) = &self.variant.rope_freq_factors {
+            if f.len() != self.head_dim / 2 {
+                return Err(format!(
+                    "RoPE frequency factors: expected {} (head_dim / 2), found {}",
+                    self.head_dim / 2,
+                    f.len()
+                ));
+            }
+            if let Some(x) = f.iter().find(|x| !(**x > 0.0 && x.is_finite())) {
+                return Err(format!(
+                    "RoPE frequency factors must be positive, found {x}"
+                ));
             }
         }
         if self.max_position_embeddings > 1 << 22 {

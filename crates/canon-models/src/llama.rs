@@ -149,21 +149,30 @@ impl Llama {
         } else {
             Linear::new(embed_w.clone(), None)
         };
-        let rope = Rope::new(
+        let mut rope = Rope::new(
             hd,
             c.max_position_embeddings,
             c.rope_theta,
             c.rope_layout,
             &candle_core::Device::Cpu,
         )?;
+        if let Some(f) = &v.rope_freq_factors {
+            rope = rope.with_freq_factors(f)?;
+        }
+        // Local layers keep plain RoPE at their own base (Gemma 3 scales only the global ones).
         let rope_local = match v.rope_theta_local {
-            Some(theta) if v.sliding_window.is_some() && theta != c.rope_theta => Some(Rope::new(
-                hd,
-                c.max_position_embeddings,
-                theta,
-                c.rope_layout,
-                &candle_core::Device::Cpu,
-            )?),
+            Some(theta)
+                if v.sliding_window.is_some()
+                    && (theta != c.rope_theta || v.rope_freq_factors.is_some()) =>
+            {
+                Some(Rope::new(
+                    hd,
+                    c.max_position_embeddings,
+                    theta,
+                    c.rope_layout,
+                    &candle_core::Device::Cpu,
+                )?)
+            }
             _ => None,
         };
         Ok(Self {

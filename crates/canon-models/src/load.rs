@@ -214,7 +214,7 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
             ),
         ));
     }
-    refuse_gguf_rope_scaling(f, &k)?;
+    let rope_freq_factors = gguf_rope_scaling(f, &k, head_dim)?;
     let vocab = match meta_u64_opt(f, &k("vocab_size")) {
         Some(v) => v as usize,
         None => match f.get("tokenizer.ggml.tokens") {
@@ -225,7 +225,7 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
                 .unwrap_or(0),
         },
     };
-    let cfg = LlamaConfig {
+    let mut cfg = LlamaConfig {
         vocab_size: vocab,
         hidden_size: d,
         intermediate_size: meta_u64(f, &k("feed_forward_length"))? as usize,
@@ -258,32 +258,65 @@ pub fn llama_config_from_gguf(f: &GgufFile) -> Result<LlamaConfig> {
             },
         },
     };
+    cfg.variant.rope_freq_factors = rope_freq_factors;
     cfg.validate().map_err(|m| meta_err(f, m))?;
     Ok(cfg)
 }
 
-/// RoPE scaling (linear, YaRN, Phi-3's LongRoPE factors) is not implemented: a file that asks for
-/// it is refused by name rather than run with plain RoPE.
-fn refuse_gguf_rope_scaling(f: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<()> {
-    let key = k("rope.scaling.type");
-    if let Some(t) = f.get(&key).and_then(Value::as_str)
-        && t != "none"
-    {
-        return Err(meta_err(
-            f,
-            format!("'{key}' = \"{t}\": RoPE scaling is not supported (only plain RoPE)"),
-        ));
-    }
-    let key = k("rope.scaling.factor");
-    if let Some(x) = meta_f64(f, &key)?
-        && x != 0.0
-        && x != 1.0
-    {
-        return Err(meta_err(
-            f,
-            format!("'{key}' = {x}: RoPE scaling is not supported (only plain RoPE)"),
-        ));
-    }
+/// Scaled RoPE from GGUF, as llama.cpp applies it: `rope.scaling.type = "linear"` with
+/// `rope.scaling.factor` s (every frequency divided by s) and/or a `rope_freqs.weight` tensor of
+/// `head_dim / 2` divisors (Llama 3.1+), combined; `None` for plain RoPE. YaRN and Phi-3's
+/// LongRoPE factors are not implemented: a file that asks for them is refused by name rather
+/// than run with plain RoPE.
+fn gguf_rope_scaling(
+    f: &GgufFile,
+    k: &dyn Fn(&str) -> String,
+    head_dim: usize,
+) -> Result<Option<Vec<f32>>> {
+    let type_key = k("rope.scaling.type");
+    let kind = f.get(&type_key).and_then(Value::as_str).unwrap_or("none");
+    let factor_key = k("rope.scaling.factor");
+    let factor = meta_f64(f, &factor_key)?.filter(|&x| x != 0.0 && x != 1.0);
+    let linear = match (kind, factor) {
+        ("none", None) => None,
+        ("linear", Some(s)) | ("none", Some(s)) if s > 0.0 && s.is_finite() => Some(s as f32),
+        ("linear", None) => None,
+        ("linear" | "none", Some(s)) => {
+            return Err(meta_err(
+                f,
+                format!("'{factor_key}' = {s}: expected a positive scaling factor"),
+            ));
+        }
+        (t, _) => {
+            return Err(meta_err(
+                f,
+                format!(
+                    "'{type_key}' = \"{t}\": this RoPE scaling is not supported (plain, linear and Llama 3's rope_freqs are)"
+                ),
+            ));
+        }
+    };
+    let freqs = match f.tensor_info("rope_freqs.weight") {
+        None => None,
+        Some(info) => {
+            let half = head_dim / 2;
+            if info.dtype != canon_quant::GgmlType::F32 || info.n_bytes != 4 * half {
+                return Err(meta_err(
+                    f,
+                    format!(
+                        "tensor 'rope_freqs.weight': expected {half} f32 values (head_dim / 2), found {:?} of {} bytes",
+                        info.dtype, info.n_bytes
+                    ),
+                ));
+            }
+            Some(
+                f.tensor_bytes(info)
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<f32>>(),
+            )
+        }
+    };
     for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
         if f.tensor_info(t).is_some() {
             return Err(meta_err(
@@ -294,7 +327,12 @@ fn refuse_gguf_rope_scaling(f: &GgufFile, k: &dyn Fn(&str) -> String) -> Result<
             ));
         }
     }
-    Ok(())
+    Ok(match (freqs, linear) {
+        (None, None) => None,
+        (Some(v), None) => Some(v),
+        (None, Some(s)) => Some(vec![s; head_dim / 2]),
+        (Some(v), Some(s)) => Some(v.into_iter().map(|x| x * s).collect()),
+    })
 }
 
 /// Gemma 3's block, as llama.cpp's `gemma3` graph runs it: embeddings × √d, q/k RMS norms, post-norms
@@ -553,7 +591,9 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     };
     let d = c.usize("hidden_size")?;
     let nh = c.usize("num_attention_heads")?;
-    let variant = hf_variant(&c, &mt)?;
+    let mut variant = hf_variant(&c, &mt)?;
+    let head_dim = c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?;
+    variant.rope_freq_factors = hf_rope_factors(&c, head_dim, hf_rope_theta(&c)? as f32)?;
     let cfg = LlamaConfig {
         vocab_size: c.usize("vocab_size")?,
         hidden_size: d,
@@ -561,7 +601,7 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         num_hidden_layers: c.usize("num_hidden_layers")?,
         num_attention_heads: nh,
         num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
-        head_dim: c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?,
+        head_dim,
         rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
         rope_theta: hf_rope_theta(&c)? as f32,
         rope_layout: RopeLayout::HalfSplit,
@@ -619,8 +659,8 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
 }
 
 /// The RoPE base: `rope_theta`, or `rope_parameters.rope_theta` as transformers 5 writes it.
-/// Scaled RoPE (`rope_scaling` / `rope_parameters.rope_type` other than `default`: linear,
-/// dynamic, YaRN, llama3, Phi-3's LongRoPE) and partial rotary embeddings are refused by key.
+/// Scaled RoPE other than linear and Llama 3's (`rope_scaling` / `rope_parameters.rope_type`
+/// dynamic, YaRN, Phi-3's LongRoPE) and partial rotary embeddings are refused by key.
 fn hf_rope_theta(c: &Cfg) -> Result<f64> {
     let refuse = |key: &str, found: &Json, what: &str| ModelError::Config {
         file: c.file.clone(),
@@ -640,7 +680,7 @@ fn hf_rope_theta(c: &Cfg) -> Result<f64> {
                 .unwrap_or("default"),
             _ => return Err(refuse(key, found, "this RoPE setting")),
         };
-        if kind != "default" {
+        if !matches!(kind, "default" | "linear" | "llama3") {
             return Err(refuse(key, found, "RoPE scaling"));
         }
     }
@@ -664,6 +704,63 @@ fn hf_rope_theta(c: &Cfg) -> Result<f64> {
             message: format!("'rope_parameters.rope_theta' should be a number, found {t}"),
         }),
         _ => c.f64_or("rope_theta", 10000.0),
+    }
+}
+
+/// Scaled RoPE from config.json as transformers applies it: `rope_type` (or `type`) `linear`
+/// (every frequency divided by `factor`) or `llama3` (`factor`, `low_freq_factor`,
+/// `high_freq_factor`, `original_max_position_embeddings`), in `rope_scaling` or transformers
+/// 5's `rope_parameters`; `None` for plain RoPE. Other types were refused by [`hf_rope_theta`].
+fn hf_rope_factors(c: &Cfg, head_dim: usize, theta: f32) -> Result<Option<Vec<f32>>> {
+    let scaling = match (&c.v["rope_scaling"], &c.v["rope_parameters"]) {
+        (Json::Object(o), _) | (Json::Null, Json::Object(o)) => o,
+        _ => return Ok(None),
+    };
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    let num = |key: &str, default: Option<f64>| -> Result<f32> {
+        match (scaling.get(key), default) {
+            (Some(v), _) if v.as_f64().is_some_and(|x| x > 0.0 && x.is_finite()) => {
+                Ok(v.as_f64().unwrap_or(1.0) as f32)
+            }
+            (None | Some(Json::Null), Some(d)) => Ok(d as f32),
+            (found, _) => Err(ModelError::Config {
+                file: c.file.clone(),
+                message: format!(
+                    "'rope_scaling.{key}' should be a positive number, found {}",
+                    found.map_or("nothing".to_string(), |v| v.to_string())
+                ),
+            }),
+        }
+    };
+    match kind {
+        "linear" => Ok(Some(vec![num("factor", None)?; head_dim / 2])),
+        "llama3" => {
+            let (low, high) = (
+                num("low_freq_factor", Some(1.0))?,
+                num("high_freq_factor", Some(4.0))?,
+            );
+            if high <= low {
+                return Err(ModelError::Config {
+                    file: c.file.clone(),
+                    message: format!(
+                        "'rope_scaling': high_freq_factor ({high}) must exceed low_freq_factor ({low})"
+                    ),
+                });
+            }
+            Ok(Some(canon_nn::Rope::llama3_factors(
+                head_dim,
+                theta,
+                num("factor", None)?,
+                low,
+                high,
+                num("original_max_position_embeddings", Some(8192.0))?,
+            )))
+        }
+        _ => Ok(None),
     }
 }
 

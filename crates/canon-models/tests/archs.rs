@@ -64,6 +64,18 @@ fn argmax(v: &[f32]) -> u32 {
 /// tokens; at a first difference after that, the two picks must be within `near` in Canon's
 /// logits. Returns how many tokens equal the reference.
 fn check_greedy(lm: &LoadedLm, prompt: &[u32], reference: &[u32], near: f32, what: &str) -> usize {
+    check_greedy_from(lm, prompt, reference, near, EXACT, what)
+}
+
+/// [`check_greedy`] with the first `exact` tokens required equal.
+fn check_greedy_from(
+    lm: &LoadedLm,
+    prompt: &[u32],
+    reference: &[u32],
+    near: f32,
+    exact: usize,
+    what: &str,
+) -> usize {
     let m = &lm.model;
     let mut cache = m.new_cache();
     let mut x = Tensor::new(prompt, &Device::Cpu)
@@ -76,7 +88,7 @@ fn check_greedy(lm: &LoadedLm, prompt: &[u32], reference: &[u32], near: f32, wha
         if got != want {
             let gap = logits[got as usize] - logits[want as usize];
             assert!(
-                step >= EXACT && gap < near,
+                step >= exact && gap < near,
                 "{what}: step {step}: Canon picks {got}, the reference {want} (Canon's gap {gap})"
             );
             return step;
@@ -116,6 +128,17 @@ fn check_against_hf(lm: &LoadedLm, arch: &str, near: f32, what: &str) -> (f64, u
 
 /// Greedy ids vs llama.cpp's for the GGUF file `name`.
 fn check_against_llama_cpp(lm: &LoadedLm, arch: &str, name: &str, near: f32) -> usize {
+    check_against_llama_cpp_from(lm, arch, name, near, EXACT)
+}
+
+/// [`check_against_llama_cpp`] with the first `exact` tokens required equal.
+fn check_against_llama_cpp_from(
+    lm: &LoadedLm,
+    arch: &str,
+    name: &str,
+    near: f32,
+    exact: usize,
+) -> usize {
     let g = golden("archs/archs.json");
     let m = &g["models"][arch];
     let mut equal = 0;
@@ -131,7 +154,7 @@ fn check_against_llama_cpp(lm: &LoadedLm, arch: &str, name: &str, near: f32) -> 
             prompt,
             "{name}: tokenization"
         );
-        equal += check_greedy(lm, &prompt, &ids(&lc["llamacpp_greedy"]), near, name);
+        equal += check_greedy_from(lm, &prompt, &ids(&lc["llamacpp_greedy"]), near, exact, name);
     }
     eprintln!("{name}: greedy ids equal to llama.cpp's {equal}/60");
     equal
@@ -214,6 +237,53 @@ fn mistral_sliding_window_equals_transformers() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max);
     assert!(d > 0.1, "{d}");
+}
+
+/// Scaled RoPE: Llama 3's per-frequency factors (`rope_parameters.rope_type = "llama3"`; GGUF's
+/// `rope_freqs.weight`) and linear interpolation (`"linear"`; GGUF's `rope.scaling.type`), from
+/// both formats, against transformers and llama.cpp; without the scaling the logits move away.
+#[test]
+fn scaled_rope_llama3_and_linear_equal_transformers_and_llama_cpp() {
+    for arch in ["llama3", "llamalin"] {
+        let (_, equal) = check_against_hf(&hf(&format!("{arch}-hf")), arch, 0.05, arch);
+        assert_eq!(equal, 60, "{arch}-hf");
+        let name = format!("{arch}.f16.gguf");
+        let lm = gguf(&name, WeightMode::DequantizeF32);
+        let (_, equal) = check_against_hf(&lm, arch, 0.05, &name);
+        assert_eq!(equal, 60, "{name}");
+        assert_eq!(
+            check_against_llama_cpp(&lm, arch, &name, 0.05),
+            60,
+            "{name}"
+        );
+        // Q8_0 on both sides, summed in different orders: a near-tie (the reference ids have
+        // gaps down to 0.001) may go either way from the first token on.
+        let name = format!("{arch}.q8_0.gguf");
+        let lm = gguf(&name, WeightMode::KeepQuantized);
+        assert!(
+            check_against_llama_cpp_from(&lm, arch, &name, 0.01, 0) >= 30,
+            "{name}"
+        );
+        // Plain RoPE in place of the scaling: the last prompt's logits move away.
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = edited_hf(&format!("{arch}-hf"), tmp.path(), |c| {
+            c["rope_parameters"]["rope_type"] = Value::from("default");
+        });
+        let lm = load_hf_lm(&plain).unwrap();
+        let g = golden("archs/archs.json");
+        let case = &g["models"][arch]["cases"][2];
+        let a = last_logits(&lm, &ids(&case["prompt_ids"]));
+        let r = floats(&case["hf_last_logits"]);
+        let d = a
+            .iter()
+            .zip(&r)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            d > 0.1,
+            "{arch}: plain RoPE within {d} of the scaled logits"
+        );
+    }
 }
 
 /// Copies the HF folder `name` with its config.json changed by `edit`.

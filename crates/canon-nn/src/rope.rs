@@ -96,6 +96,71 @@ impl Rope {
         })
     }
 
+    /// The same RoPE with each pair's frequency divided by `factors[i]` (`d/2` positive values):
+    /// linear position interpolation (every factor `s`: position `m` turns as `m/s` did) and
+    /// Llama 3's per-frequency factors (GGUF's `rope_freqs`, or computed from an HF
+    /// `rope_scaling` of type `llama3`), as llama.cpp's `freq_factors` and transformers'
+    /// scaled `inv_freq` apply them.
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> crate::Result<Self> {
+        if factors.len() != self.inv_freq.len() {
+            candle_core::bail!(
+                "rope: expected {} frequency factors (head dim {} / 2), found {}",
+                self.inv_freq.len(),
+                self.dim,
+                factors.len()
+            );
+        }
+        if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            candle_core::bail!("rope: frequency factors must be positive and finite, found {bad}");
+        }
+        let inv: Vec<f32> = self
+            .inv_freq
+            .iter()
+            .zip(factors)
+            .map(|(t, f)| t / f)
+            .collect();
+        self.inv_freq = std::sync::Arc::new(inv);
+        // The kept table (if any) was built from the old frequencies.
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(Table {
+            positions: 0,
+            cos: std::sync::Arc::new(Vec::new()),
+            sin: std::sync::Arc::new(Vec::new()),
+        });
+        Ok(self)
+    }
+
+    /// Llama 3's per-frequency RoPE factors (transformers' `rope_type: "llama3"`): pairs whose
+    /// wavelength `2π/θᵢ` exceeds `original_max_positions / low_freq_factor` turn `factor` times
+    /// slower, those below `original_max_positions / high_freq_factor` are kept, and the ones
+    /// between blend the two; the divisors of `θᵢ` (what llama.cpp's converter writes as
+    /// `rope_freqs`).
+    pub fn llama3_factors(
+        dim: usize,
+        base: f32,
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_positions: f32,
+    ) -> Vec<f32> {
+        let low_wavelen = original_max_positions / low_freq_factor;
+        let high_wavelen = original_max_positions / high_freq_factor;
+        (0..dim / 2)
+            .map(|i| {
+                let theta = 1.0 / base.powf((2 * i) as f32 / dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / theta;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (original_max_positions / wavelen - low_freq_factor)
+                        / (high_freq_factor - low_freq_factor);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect()
+    }
+
     /// The cos and sin tables for positions `offset..offset + t` and the position their first
     /// row stands for: the kept tables (first row 0) when they reach that far, else the range
     /// computed now (first row `offset`).
@@ -429,6 +494,31 @@ mod tests {
             .zip(to_vec(b))
             .map(|(x, y)| *x as f64 * y as f64)
             .sum()
+    }
+
+    /// Frequency factors divide each pair's angle: a linear factor `s` at position `m·s` gives
+    /// plain RoPE's rotation at `m`; a wrong count or a non-positive factor is an error.
+    #[test]
+    fn frequency_factors_slow_the_rotation() {
+        let d = 8;
+        let plain = Rope::new(d, 64, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        let slow = Rope::new(d, 64, 10000.0, RopeLayout::HalfSplit, &Device::Cpu)
+            .unwrap()
+            .with_freq_factors(&[4.0; 4])
+            .unwrap();
+        let x = randn(&[1, 1, 1, d], 3);
+        let a = plain.apply(&x, 3).unwrap();
+        let b = slow.apply(&x, 12).unwrap();
+        assert_close(&b, &a, Tol::new(1e-5, 1e-5));
+        let r = || Rope::new(d, 64, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+        assert!(r().with_freq_factors(&[1.0; 3]).is_err());
+        assert!(r().with_freq_factors(&[1.0, 0.0, 1.0, 1.0]).is_err());
+        assert!(r().with_freq_factors(&[1.0, f32::NAN, 1.0, 1.0]).is_err());
+        // Llama 3's factors: high frequencies kept, low ones slowed by the factor, one blended.
+        let f = Rope::llama3_factors(16, 50000.0, 8.0, 1.0, 4.0, 64.0);
+        assert_eq!(f[0], 1.0);
+        assert!(f[1] > 1.0 && f[1] < 8.0, "{f:?}");
+        assert!(f[2..].iter().all(|&x| x == 8.0), "{f:?}");
     }
 
     /// The fused attention-input pass equals norm, RoPE and scale applied one after the other,
