@@ -55,7 +55,7 @@ fn rank(answer: &str, gold: &str, quotes: &[Quote]) -> u8 {
 }
 
 /// Each outcome's candidates: its distinct non-empty sampled answers and the three written ones
-/// (see the module header); `other` is another question's gold answer for each outcome.
+/// (see the `webgpt_rm` header); `other` is another question's gold answer for each outcome.
 pub fn candidates(outcomes: &[Outcome]) -> Vec<Candidates> {
     let norm = crate::webgpt::norm;
     outcomes

@@ -15,7 +15,7 @@ pub trait Featurizer {
 }
 
 /// The final hidden state at the last token of `prompt + " " + answer`, from a causal LM with
-/// tied embeddings (see the module header).
+/// tied embeddings (see the `webgpt_rm` header).
 pub struct HiddenStates<'m> {
     model: &'m dyn CausalLm,
     tokenizer: &'m Tokenizer,
