@@ -74,7 +74,8 @@ pub fn gguf_info(path: &Path) -> Result<Value> {
         })
         .collect();
     let shape = match crate::load::llama_config_from_gguf(&f) {
-        Ok(c) => json!({
+        Ok(c) => {
+            let mut shape = json!({
             "layers": c.num_hidden_layers,
             "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size,
@@ -86,7 +87,21 @@ pub fn gguf_info(path: &Path) -> Result<Value> {
             "rms_norm_eps": c.rms_norm_eps,
             "tied_embeddings": c.tie_word_embeddings,
             "vocab_size": c.vocab_size,
-        }),
+            });
+            if let Some(f) = &c.variant.rope_freq_factors {
+                // Scaled RoPE: each rotary pair's frequency divisor (linear: all equal).
+                let shown = if let Some(first) = f.first()
+                    && f.iter().all(|x| x == first)
+                {
+                    format!("{first:.3} (all {} pairs: linear)", f.len())
+                } else {
+                    let v: Vec<String> = f.iter().map(|x| format!("{x:.3}")).collect();
+                    v.join(" ")
+                };
+                shape["rope_freq_divisors"] = Value::String(shown);
+            }
+            shape
+        }
         Err(e) => json!({"unsupported": e.to_string()}),
     };
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);

@@ -1,4 +1,4 @@
-//! `canon info` and `canon generate` on the tiny Qwen2 / Phi-3 fixtures of `goldens/archs/` (GGUF
+//! `canon info` and `canon generate` on the tiny Qwen2 / Phi-3 / scaled-RoPE LLaMA fixtures of `goldens/archs/` (GGUF
 //! and HF folders): the shape is read, and greedy generation gives transformers' ids.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,8 @@ fn info_and_greedy_generate_work_on_qwen2_and_phi3_files() {
         ("qwen2", "qwen2-hf"),
         ("phi3", "phi3.f16.gguf"),
         ("phi3", "phi3-hf"),
+        ("llama3", "llama3.f16.gguf"),
+        ("llamalin", "llamalin-hf"),
     ] {
         let path = fixture(file);
         let path = path.to_str().unwrap();
@@ -37,7 +39,20 @@ fn info_and_greedy_generate_work_on_qwen2_and_phi3_files() {
         let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let text = info.to_string();
         assert!(!text.contains("unsupported"), "{file}: {text}");
-        assert!(text.contains(arch), "{file}: {text}");
+        let family = if arch.starts_with("llama") {
+            "llama"
+        } else {
+            arch
+        };
+        assert!(text.contains(family), "{file}: {text}");
+        if file == "llama3.f16.gguf" {
+            // Llama 3's RoPE factors, as the file's rope_freqs.weight holds them.
+            assert_eq!(
+                info["shape"]["rope_freq_divisors"],
+                "1.000 1.662 8.000 8.000 8.000 8.000 8.000 8.000",
+                "{text}"
+            );
+        }
 
         let case = &g["models"][arch]["cases"][0];
         let o = canon(
