@@ -93,14 +93,7 @@ pub(super) fn attention_gemm(
             let (lo, end) = allowed(i0 + r);
             let (before, rest) = row.split_at_mut(lo - klo);
             let (live, after) = rest.split_at_mut(end - lo);
-            let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            for x in live.iter_mut() {
-                *x = ((*x - max) * scale).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            live.iter_mut().for_each(|x| *x *= inv);
+            crate::fused::scaled_softmax_inplace(live, scale);
             before.fill(0.0);
             after.fill(0.0);
         }

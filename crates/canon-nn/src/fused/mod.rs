@@ -259,6 +259,24 @@ dispatch! {
 // ------------------------------------------------------------------ softmax, layer norm
 
 #[inline(always)]
+fn scaled_softmax_impl<const F: bool>(x: &mut [f32], scale: f32) {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in x.iter_mut() {
+        *v = exp::<F>((*v - m) * scale);
+    }
+    let inv = 1.0 / sum8(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+dispatch! {
+    /// `softmax(scale · x)` of one row in place, as `exp((x − max x) · scale)` normalised (the
+    /// attention scores' softmax with the 1/√d scale folded in; `scale > 0`).
+    pub fn scaled_softmax_inplace / scaled_softmax_avx2 => scaled_softmax_impl(x: &mut [f32], scale: f32)
+}
+
+#[inline(always)]
 fn softmax_impl<const F: bool>(x: &mut [f32]) {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in x.iter_mut() {
