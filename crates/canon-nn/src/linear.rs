@@ -205,7 +205,7 @@ impl CustomOp1 for FrozenQuantMatmulT {
         let g = g.contiguous()?;
         let out = g.dim(1)?;
         let gd = f32_data(&g, self.name())?;
-        let mut dx = vec![0f32; n * in_f];
+        let mut dx = crate::train_ops::zeros(n * in_f);
         quant_input_grad(&self.w, &gd, n, out, in_f, &mut dx, crate::train_ops::par())?;
         Ok(Some(Tensor::from_vec(dx, (n, in_f), x.device())?))
     }
@@ -496,7 +496,7 @@ impl CustomOp3 for LoraMatmul {
         );
         drop(adapters);
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * in_f];
+            let mut dx = crate::train_ops::zeros(n * in_f);
             let base = crate::profile::scope(crate::profile::Phase::BaseInputGrad);
             match &self.w {
                 Weight::Dense(w) => {
@@ -632,7 +632,7 @@ fn train_mm_fwd(
     let x = crate::train_ops::slice(s1, l1, what)?;
     let w = crate::train_ops::slice(s2, l2, what)?;
     let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
-    let mut y = vec![0f32; n * out];
+    let mut y = crate::train_ops::zeros(n * out);
     crate::train_ops::mm(
         (n, out, k),
         &mut y,
@@ -670,7 +670,7 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
         use rayon::prelude::*;
         let (z, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
         let _t = crate::profile::scope(crate::profile::Phase::Activations);
-        let mut y = vec![0f32; z.len()];
+        let mut y = crate::train_ops::zeros(z.len());
         let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
         y.par_chunks_mut(chunk)
             .zip(z.par_chunks(chunk))
@@ -709,7 +709,7 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
                 gd.len()
             );
         }
-        let mut dz = vec![0f32; z.len()];
+        let mut dz = crate::train_ops::zeros(z.len());
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -735,7 +735,7 @@ fn pre_activation(x: &Tensor, w: &Tensor, what: &str) -> candle_core::Result<Vec
         candle_core::bail!("{what}: input rows have {k} values, the weight {in_f} columns");
     }
     let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
-    let mut z = vec![0f32; n * out];
+    let mut z = crate::train_ops::zeros(n * out);
     let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
     crate::train_ops::mm(
         (n, out, k),
@@ -784,7 +784,7 @@ impl CustomOp3 for TrainMlpGelu {
             );
         }
         let n = z.len() / d_ff.max(1);
-        let mut h = vec![0f32; z.len()];
+        let mut h = crate::train_ops::zeros(z.len());
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -793,7 +793,7 @@ impl CustomOp3 for TrainMlpGelu {
                 .for_each(|(hc, zc)| crate::train_ops::gelu_fwd(zc, hc, tanh));
         }
         let w2 = crate::train_ops::slice(s3, l3, self.name())?;
-        let mut y = vec![0f32; n * d_out];
+        let mut y = crate::train_ops::zeros(n * d_out);
         {
             let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
             crate::train_ops::mm(
@@ -839,7 +839,7 @@ impl CustomOp3 for TrainMlpGelu {
             Some(s) => s,
             None => {
                 let z = pre_activation(x, w1, what)?;
-                let mut h = vec![0f32; z.len()];
+                let mut h = crate::train_ops::zeros(z.len());
                 let _t = crate::profile::scope(crate::profile::Phase::Activations);
                 let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
                 h.par_chunks_mut(chunk)
@@ -859,8 +859,8 @@ impl CustomOp3 for TrainMlpGelu {
         }
         let w2d = f32_data(w2, what)?;
         let par = crate::train_ops::par();
-        let mut dh = vec![0f32; n * d_ff];
-        let mut dw2 = vec![0f32; d_out * d_ff];
+        let mut dh = crate::train_ops::zeros(n * d_ff);
+        let mut dw2 = crate::train_ops::zeros(d_out * d_ff);
         {
             let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
             // ∂L/∂h = g W₂, ∂L/∂W₂ = gᵀ h.
@@ -886,7 +886,7 @@ impl CustomOp3 for TrainMlpGelu {
             );
         }
         drop(h);
-        let mut dz = vec![0f32; n * d_ff];
+        let mut dz = crate::train_ops::zeros(n * d_ff);
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -920,7 +920,7 @@ fn train_mm_bwd(
     let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
     let par = crate::train_ops::par();
     let dx = if x.track_op() {
-        let mut dx = vec![0f32; n * k];
+        let mut dx = crate::train_ops::zeros(n * k);
         crate::train_ops::mm(
             (n, k, out),
             &mut dx,
@@ -935,7 +935,7 @@ fn train_mm_bwd(
     } else {
         None
     };
-    let mut dw = vec![0f32; out * k];
+    let mut dw = crate::train_ops::zeros(out * k);
     crate::train_ops::mm(
         (out, k, n),
         &mut dw,
