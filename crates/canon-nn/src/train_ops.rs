@@ -370,6 +370,37 @@ pub(crate) fn par() -> gemm::Parallelism {
     }
 }
 
+/// Two independent products side by side on the rayon pool, each given half of its threads (one
+/// each at 2 threads); one after the other, each on all of them, when the pool has one thread.
+/// The backward's `∂L/∂x = g W` and `∂L/∂W = gᵀ x` have the same number of multiply-adds, so
+/// neither side waits long for the other, and each packs its operands once, where a product split
+/// over the threads (`split_mm`) packs its shared operand in every part — `gᵀ x` shares the whole
+/// `[n, in]` activation. A product's bits do not depend on its thread count (the crate's depth
+/// blocking depends on the depth only: `split_mm`), so the results are those of the two products
+/// run one after the other.
+pub(crate) fn join_products<A, B>(a: A, b: B)
+where
+    A: FnOnce(gemm::Parallelism) + Send,
+    B: FnOnce(gemm::Parallelism) + Send,
+{
+    let t = rayon::current_num_threads();
+    if t < 2 {
+        let p = par();
+        a(p);
+        b(p);
+        return;
+    }
+    let on = |n: usize| {
+        if n > 1 {
+            gemm::Parallelism::Rayon(n)
+        } else {
+            gemm::Parallelism::None
+        }
+    };
+    let (pa, pb) = (on(t / 2), on(t - t / 2));
+    rayon::join(|| a(pa), || b(pb));
+}
+
 // ------------------------------------------------------------------ causal softmax
 
 struct CausalSoftmax {
