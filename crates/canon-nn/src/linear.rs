@@ -205,7 +205,7 @@ impl CustomOp1 for FrozenQuantMatmulT {
         let g = g.contiguous()?;
         let out = g.dim(1)?;
         let gd = f32_data(&g, self.name())?;
-        let mut dx = vec![0f32; n * in_f];
+        let mut dx = crate::train_ops::zeros(n * in_f);
         quant_input_grad(&self.w, &gd, n, out, in_f, &mut dx, crate::train_ops::par())?;
         Ok(Some(Tensor::from_vec(dx, (n, in_f), x.device())?))
     }
@@ -496,7 +496,7 @@ impl CustomOp3 for LoraMatmul {
         );
         drop(adapters);
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * in_f];
+            let mut dx = crate::train_ops::zeros(n * in_f);
             let base = crate::profile::scope(crate::profile::Phase::BaseInputGrad);
             match &self.w {
                 Weight::Dense(w) => {
@@ -632,7 +632,7 @@ fn train_mm_fwd(
     let x = crate::train_ops::slice(s1, l1, what)?;
     let w = crate::train_ops::slice(s2, l2, what)?;
     let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
-    let mut y = vec![0f32; n * out];
+    let mut y = crate::train_ops::zeros(n * out);
     crate::train_ops::mm(
         (n, out, k),
         &mut y,
@@ -670,7 +670,7 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
         use rayon::prelude::*;
         let (z, out_dims) = train_mm_fwd((s1, l1), (s2, l2), self.name())?;
         let _t = crate::profile::scope(crate::profile::Phase::Activations);
-        let mut y = vec![0f32; z.len()];
+        let mut y = crate::train_ops::zeros(z.len());
         let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
         y.par_chunks_mut(chunk)
             .zip(z.par_chunks(chunk))
@@ -709,7 +709,7 @@ impl candle_core::CustomOp2 for TrainMatmulTGelu {
                 gd.len()
             );
         }
-        let mut dz = vec![0f32; z.len()];
+        let mut dz = crate::train_ops::zeros(z.len());
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -735,7 +735,7 @@ fn pre_activation(x: &Tensor, w: &Tensor, what: &str) -> candle_core::Result<Vec
         candle_core::bail!("{what}: input rows have {k} values, the weight {in_f} columns");
     }
     let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
-    let mut z = vec![0f32; n * out];
+    let mut z = crate::train_ops::zeros(n * out);
     let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
     crate::train_ops::mm(
         (n, out, k),
@@ -784,7 +784,7 @@ impl CustomOp3 for TrainMlpGelu {
             );
         }
         let n = z.len() / d_ff.max(1);
-        let mut h = vec![0f32; z.len()];
+        let mut h = crate::train_ops::zeros(z.len());
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -793,7 +793,7 @@ impl CustomOp3 for TrainMlpGelu {
                 .for_each(|(hc, zc)| crate::train_ops::gelu_fwd(zc, hc, tanh));
         }
         let w2 = crate::train_ops::slice(s3, l3, self.name())?;
-        let mut y = vec![0f32; n * d_out];
+        let mut y = crate::train_ops::zeros(n * d_out);
         {
             let _t = crate::profile::scope(crate::profile::Phase::TrainForward);
             crate::train_ops::mm(
@@ -839,7 +839,7 @@ impl CustomOp3 for TrainMlpGelu {
             Some(s) => s,
             None => {
                 let z = pre_activation(x, w1, what)?;
-                let mut h = vec![0f32; z.len()];
+                let mut h = crate::train_ops::zeros(z.len());
                 let _t = crate::profile::scope(crate::profile::Phase::Activations);
                 let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
                 h.par_chunks_mut(chunk)
@@ -858,35 +858,40 @@ impl CustomOp3 for TrainMlpGelu {
             );
         }
         let w2d = f32_data(w2, what)?;
-        let par = crate::train_ops::par();
-        let mut dh = vec![0f32; n * d_ff];
-        let mut dw2 = vec![0f32; d_out * d_ff];
+        let mut dh = crate::train_ops::zeros(n * d_ff);
+        let mut dw2 = crate::train_ops::zeros(d_out * d_ff);
         {
             let _t = crate::profile::scope(crate::profile::Phase::TrainBackward);
-            // ∂L/∂h = g W₂, ∂L/∂W₂ = gᵀ h.
-            crate::train_ops::mm(
-                (n, d_ff, d_out),
-                &mut dh,
-                d_ff,
-                false,
-                (&gd, d_out, 1),
-                (&w2d, d_ff, 1),
-                1.0,
-                par,
-            );
-            crate::train_ops::mm(
-                (d_out, d_ff, n),
-                &mut dw2,
-                d_ff,
-                false,
-                (&gd, 1, d_out),
-                (&h, d_ff, 1),
-                1.0,
-                par,
+            // ∂L/∂h = g W₂, ∂L/∂W₂ = gᵀ h, side by side (the same bits as one after the other).
+            crate::train_ops::join_products(
+                |par| {
+                    crate::train_ops::mm(
+                        (n, d_ff, d_out),
+                        &mut dh,
+                        d_ff,
+                        false,
+                        (&gd, d_out, 1),
+                        (&w2d, d_ff, 1),
+                        1.0,
+                        par,
+                    )
+                },
+                |par| {
+                    crate::train_ops::mm(
+                        (d_out, d_ff, n),
+                        &mut dw2,
+                        d_ff,
+                        false,
+                        (&gd, 1, d_out),
+                        (&h, d_ff, 1),
+                        1.0,
+                        par,
+                    )
+                },
             );
         }
         drop(h);
-        let mut dz = vec![0f32; n * d_ff];
+        let mut dz = crate::train_ops::zeros(n * d_ff);
         {
             let _t = crate::profile::scope(crate::profile::Phase::Activations);
             let (tanh, chunk) = (self.tanh, crate::train_ops::ELEMS_PER_TASK);
@@ -918,34 +923,42 @@ fn train_mm_bwd(
     let n = x.elem_count() / k.max(1);
     let (out, _) = w.dims2()?;
     let (xd, wd) = (f32_data(x, what)?, f32_data(w, what)?);
-    let par = crate::train_ops::par();
-    let dx = if x.track_op() {
-        let mut dx = vec![0f32; n * k];
+    let mut dw = crate::train_ops::zeros(out * k);
+    let dw_product = |dw: &mut [f32], par| {
         crate::train_ops::mm(
-            (n, k, out),
-            &mut dx,
+            (out, k, n),
+            dw,
             k,
             false,
-            (gd, out, 1),
-            (&wd, k, 1),
+            (gd, 1, out),
+            (&xd, k, 1),
             1.0,
             par,
+        )
+    };
+    let dx = if x.track_op() {
+        let mut dx = crate::train_ops::zeros(n * k);
+        // `∂L/∂x = g W` and `∂L/∂W` side by side (the same bits as one after the other).
+        crate::train_ops::join_products(
+            |par| {
+                crate::train_ops::mm(
+                    (n, k, out),
+                    &mut dx,
+                    k,
+                    false,
+                    (gd, out, 1),
+                    (&wd, k, 1),
+                    1.0,
+                    par,
+                )
+            },
+            |par| dw_product(&mut dw, par),
         );
         Some(Tensor::from_vec(dx, x.shape(), x.device())?)
     } else {
+        dw_product(&mut dw, crate::train_ops::par());
         None
     };
-    let mut dw = vec![0f32; out * k];
-    crate::train_ops::mm(
-        (out, k, n),
-        &mut dw,
-        k,
-        false,
-        (gd, 1, out),
-        (&xd, k, 1),
-        1.0,
-        par,
-    );
     Ok((dx, Some(Tensor::from_vec(dw, (out, k), w.device())?)))
 }
 
@@ -1563,6 +1576,49 @@ mod tests {
         let biased = Linear::new(Weight::Dense(randn(&[4, 9], 5)), Some(randn(&[4], 6)));
         let x = randn(&[2, 5], 2);
         assert!(l1.forward_gelu_mlp(&biased, &x, false).unwrap().is_none());
+    }
+
+    /// The backward's two products of a trainable linear (and of the GELU MLP) run side by side
+    /// on a pool of 2 or 3 threads (`train_ops::join_products`), on shapes large enough for a
+    /// product to be split over threads: every gradient has the bits of a 1-thread pool, where
+    /// they run one after the other.
+    #[test]
+    fn backward_products_side_by_side_give_the_one_thread_bits() {
+        use candle_core::Var;
+        let w = Var::from_tensor(&(randn(&[160, 128], 1) * 0.1).unwrap()).unwrap();
+        let w2 = Var::from_tensor(&(randn(&[128, 160], 4) * 0.1).unwrap()).unwrap();
+        let x = Var::from_tensor(&randn(&[2, 160, 128], 2)).unwrap();
+        let wt = randn(&[2, 160, 128], 3);
+        let grads = |threads: usize| -> Vec<Vec<u32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let l1 = Linear::new(Weight::Dense(w.as_tensor().clone()), None);
+                let l2 = Linear::new(Weight::Dense(w2.as_tensor().clone()), None);
+                let y = l2.forward(&l1.forward(x.as_tensor()).unwrap()).unwrap();
+                let m = l1
+                    .forward_gelu_mlp(&l2, x.as_tensor(), false)
+                    .unwrap()
+                    .expect("fused");
+                let loss = ((&y * &wt).unwrap().sum_all().unwrap()
+                    + (&m * &wt).unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = loss.backward().unwrap();
+                [w.as_tensor(), w2.as_tensor(), x.as_tensor()]
+                    .iter()
+                    .map(|t| {
+                        let v: Vec<f32> =
+                            g.get(t).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                        v.iter().map(|f| f.to_bits()).collect()
+                    })
+                    .collect()
+            })
+        };
+        let one = grads(1);
+        assert_eq!(grads(2), one);
+        assert_eq!(grads(3), one);
     }
 
     #[test]

@@ -39,11 +39,58 @@ pub(crate) fn slice<'a>(
     Ok(&v[a..b])
 }
 
+/// A tensor's f32 values for a backward: read in place when the tensor is contiguous f32 on the
+/// CPU (no copy on the calling thread), else copied out.
+pub(crate) enum Values<'a> {
+    InPlace(crate::fused::F32Data<'a>),
+    Copied(Vec<f32>),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::InPlace(d) => d,
+            Values::Copied(v) => v,
+        }
+    }
+}
+
+pub(crate) fn values(t: &Tensor) -> candle_core::Result<Values<'_>> {
+    Ok(match crate::fused::F32Data::new(t) {
+        Some(d) => Values::InPlace(d),
+        None => Values::Copied(t.flatten_all()?.to_vec1()?),
+    })
+}
+
 fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
 
 const ROWS_PER_TASK: usize = 16;
+
+/// Below this many elements [`zeros`] fills on the calling thread (512 KiB).
+const PAR_ZERO_MIN: usize = 1 << 17;
+/// Elements each rayon task of [`zeros`] fills (128 KiB).
+const ZERO_CHUNK: usize = 1 << 15;
+
+/// `vec![0f32; n]`, zero-filled on the rayon pool when `n` is large. `vec!` fills on the calling
+/// thread, and since the allocator keeps freed memory (`canon_train::alloc`) a big buffer costs a
+/// `memset`, not fresh zero pages: the training ops' outputs and gradients come to about a
+/// gigabyte of such fills per nanoGPT step, run while the pool's other threads wait. The values
+/// are the same zeros.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    if n < PAR_ZERO_MIN || rayon::current_num_threads() < 2 {
+        return vec![0f32; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(ZERO_CHUNK)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `n` and the fill above initialised elements `0..n`.
+    unsafe { v.set_len(n) };
+    v
+}
 
 /// `c[m×n]` (rows `ldc` apart) `= (c if acc) + alpha · A B` with `A[m×k]` element `(i, l)` at
 /// `a[i·ars + l·acs]` and `B[k×n]` element `(l, j)` at `b[l·brs + j·bcs]`, on the `gemm` crate.
@@ -323,6 +370,37 @@ pub(crate) fn par() -> gemm::Parallelism {
     }
 }
 
+/// Two independent products side by side on the rayon pool, each given half of its threads (one
+/// each at 2 threads); one after the other, each on all of them, when the pool has one thread.
+/// The backward's `∂L/∂x = g W` and `∂L/∂W = gᵀ x` have the same number of multiply-adds, so
+/// neither side waits long for the other, and each packs its operands once, where a product split
+/// over the threads (`split_mm`) packs its shared operand in every part — `gᵀ x` shares the whole
+/// `[n, in]` activation. A product's bits do not depend on its thread count (the crate's depth
+/// blocking depends on the depth only: `split_mm`), so the results are those of the two products
+/// run one after the other.
+pub(crate) fn join_products<A, B>(a: A, b: B)
+where
+    A: FnOnce(gemm::Parallelism) + Send,
+    B: FnOnce(gemm::Parallelism) + Send,
+{
+    let t = rayon::current_num_threads();
+    if t < 2 {
+        let p = par();
+        a(p);
+        b(p);
+        return;
+    }
+    let on = |n: usize| {
+        if n > 1 {
+            gemm::Parallelism::Rayon(n)
+        } else {
+            gemm::Parallelism::None
+        }
+    };
+    let (pa, pb) = (on(t / 2), on(t - t / 2));
+    rayon::join(|| a(pa), || b(pb));
+}
+
 // ------------------------------------------------------------------ causal softmax
 
 struct CausalSoftmax {
@@ -344,7 +422,7 @@ impl CustomOp1 for CausalSoftmax {
         } else {
             1
         };
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(tk * ROWS_PER_TASK)
             .zip(x.par_chunks(tk * ROWS_PER_TASK))
             .enumerate()
@@ -393,7 +471,7 @@ impl CustomOp2 for SoftmaxBwd {
         let y = slice(s1, l1, self.name())?;
         let g = slice(s2, l2, self.name())?;
         let tk = last_dim(l1);
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = zeros(y.len());
         dx.par_chunks_mut(tk * ROWS_PER_TASK)
             .zip(
                 y.par_chunks(tk * ROWS_PER_TASK)
@@ -454,7 +532,7 @@ impl CustomOp3 for LayerNormOp {
         if w.len() != d || b.len() != d {
             candle_core::bail!("layer norm: parameters of {} for rows of {d}", w.len());
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(yc, xc)| {
@@ -478,10 +556,9 @@ impl CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let d = w.elem_count();
-        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
-        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut dx = vec![0f32; xv.len()];
+        let g = g.contiguous()?;
+        let (xv, wv, gv) = (values(x)?, values(w)?, values(&g)?);
+        let mut dx = zeros(xv.len());
         // Per task: dx rows, and partial sums of dγ and dβ.
         let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(d * ROWS_PER_TASK)
@@ -609,7 +686,7 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let _t = crate::profile::scope(crate::profile::Phase::Activations);
         let x = slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         let tanh = self.tanh;
         y.par_chunks_mut(ELEMS_PER_TASK)
             .zip(x.par_chunks(ELEMS_PER_TASK))
@@ -642,7 +719,7 @@ impl CustomOp2 for GeluBwd {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
         let g = slice(s2, l2, self.name())?;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         let tanh = self.tanh;
         dx.par_chunks_mut(ELEMS_PER_TASK)
             .zip(
@@ -689,7 +766,7 @@ impl CustomOp2 for RmsNormOp {
         if w.len() != d {
             candle_core::bail!("rms norm: a weight of {} for rows of {d}", w.len());
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(yc, xc)| {
@@ -712,10 +789,9 @@ impl CustomOp2 for RmsNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let _t = crate::profile::scope(crate::profile::Phase::Norms);
         let d = w.elem_count();
-        let xv: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let wv: Vec<f32> = w.flatten_all()?.to_vec1()?;
-        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut dx = vec![0f32; xv.len()];
+        let g = g.contiguous()?;
+        let (xv, wv, gv) = (values(x)?, values(w)?, values(&g)?);
+        let mut dx = zeros(xv.len());
         // x̂ = x r; dx = r (g w − x̂ · mean(g w x̂)); dw = Σ_rows g x̂.
         let partial: Vec<Vec<f32>> = dx
             .par_chunks_mut(d * ROWS_PER_TASK)
@@ -792,7 +868,7 @@ impl CustomOp2 for SiluMul {
                 l2.dims()
             );
         }
-        let mut y = vec![0f32; a.len()];
+        let mut y = zeros(a.len());
         y.par_chunks_mut(ELEMS_PER_TASK)
             .zip(
                 a.par_chunks(ELEMS_PER_TASK)
@@ -814,11 +890,10 @@ impl CustomOp2 for SiluMul {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let _t = crate::profile::scope(crate::profile::Phase::Activations);
-        let av: Vec<f32> = a.flatten_all()?.to_vec1()?;
-        let bv: Vec<f32> = b.flatten_all()?.to_vec1()?;
-        let gv: Vec<f32> = g.contiguous()?.flatten_all()?.to_vec1()?;
-        let mut da = vec![0f32; av.len()];
-        let mut db = vec![0f32; av.len()];
+        let g = g.contiguous()?;
+        let (av, bv, gv) = (values(a)?, values(b)?, values(&g)?);
+        let mut da = zeros(av.len());
+        let mut db = zeros(av.len());
         // d silu(a)/da = σ(a) (1 + a (1 − σ(a))).
         da.par_chunks_mut(ELEMS_PER_TASK)
             .zip(db.par_chunks_mut(ELEMS_PER_TASK))
@@ -879,7 +954,7 @@ impl CustomOp1 for LogSumExp {
         let lse: Vec<f32> = y.flatten_all()?.to_vec1()?;
         let gv: Vec<f32> = g.flatten_all()?.to_vec1()?;
         let v = x.dims().last().copied().unwrap_or(1).max(1);
-        let mut dx = vec![0f32; xv.len()];
+        let mut dx = zeros(xv.len());
         dx.par_chunks_mut(v)
             .zip(xv.par_chunks(v))
             .enumerate()
@@ -995,7 +1070,7 @@ impl CustomOp2 for CrossEntropyBwd {
         let x = slice(s1, l1, self.name())?;
         let aux = slice(s2, l2, self.name())?;
         let v = last_dim(l1).max(1);
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = zeros(x.len());
         dx.par_chunks_mut(v)
             .zip(x.par_chunks(v))
             .zip(aux.par_chunks(2).zip(self.targets.par_iter()))
@@ -1040,6 +1115,31 @@ mod tests {
     use crate::{AttnMask, LayerNorm, attention};
     use candle_core::{D, Var};
     use canon_testkit::{Tol, assert_close, randn};
+
+    /// `zeros` gives `n` zeros on the calling thread and on a pool, below and above the size
+    /// where it fills in parallel, including a length that is not a multiple of its chunk, into
+    /// memory that held other values before (the allocator reuses freed blocks).
+    #[test]
+    fn parallel_zero_fill_gives_zeros() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for n in [
+            0,
+            1,
+            1000,
+            PAR_ZERO_MIN - 1,
+            PAR_ZERO_MIN,
+            3 * ZERO_CHUNK + 17 + PAR_ZERO_MIN,
+        ] {
+            drop(vec![7.5f32; n]);
+            for z in [zeros(n), pool.install(|| zeros(n))] {
+                assert_eq!(z.len(), n);
+                assert!(z.iter().all(|v| v.to_bits() == 0));
+            }
+        }
+    }
 
     /// `mm`'s split over rayon tasks (a large product at 2 and 3 threads: rows cut when `C` is
     /// taller, columns when wider, strided and transposed operands, accumulation with `alpha`)

@@ -385,7 +385,7 @@ impl FlashAttention {
             h, hkv, tq, tk, d, ..
         } = dm;
         let g = h / hkv;
-        let mut out = vec![0f32; q.len()];
+        let mut out = super::zeros(q.len());
         let mut lse = vec![0f32; dm.b * h * tq];
         if tq > 0 && d > 0 {
             out.par_chunks_mut(tq * d)
@@ -463,11 +463,11 @@ impl FlashAttention {
             });
         }
         let grp = h / hkv;
-        let mut dq = vec![0f32; b * h * tq * d];
-        let mut dk = vec![0f32; b * hkv * tk * d];
-        let mut dv = vec![0f32; b * hkv * tk * d];
+        let mut dq = super::zeros(b * h * tq * d);
+        let mut dk = super::zeros(b * hkv * tk * d);
+        let mut dv = super::zeros(b * hkv * tk * d);
         let mut ds = if want_ds {
-            vec![0f32; b * h * tq * tk]
+            super::zeros(b * h * tq * tk)
         } else {
             Vec::new()
         };
@@ -760,7 +760,7 @@ fn unpack_qkv(qkv: &[f32], dm: &Dims) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     } = *dm;
     let w = (h + 2 * hkv) * d;
     let plane = |first: usize, heads: usize| -> Vec<f32> {
-        let mut out = vec![0f32; b * heads * tq * d];
+        let mut out = super::zeros(b * heads * tq * d);
         if tq * d > 0 {
             out.par_chunks_mut(tq * d).enumerate().for_each(|(idx, p)| {
                 let (bi, hi) = (idx / heads, idx % heads);
@@ -802,7 +802,7 @@ fn pack_heads(
 
 /// `[b, t, heads·d]` rows as `[b, heads, t, d]` planes.
 fn unpack_heads(src: &[f32], (b, heads, t, d): (usize, usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; b * heads * t * d];
+    let mut out = super::zeros(b * heads * t * d);
     if t * d > 0 {
         let w = heads * d;
         out.par_chunks_mut(t * d).enumerate().for_each(|(idx, p)| {
@@ -856,7 +856,7 @@ impl candle_core::CustomOp1 for PackedAttention {
             *slot = Some(Arc::new(lse));
         }
         let Dims { b, h, tq, d, .. } = dm;
-        let mut y = vec![0f32; b * tq * h * d];
+        let mut y = super::zeros(b * tq * h * d);
         pack_heads(&mut y, &o, (b, h, tq, d), 0, h * d);
         Ok((CpuStorage::F32(y), Shape::from((b, tq, h * d))))
     }
@@ -877,7 +877,7 @@ impl candle_core::CustomOp1 for PackedAttention {
             .inner
             .backward(dm, &q, (&k, &v), at, None, &o, &go, false)?;
         let w = (h + 2 * hkv) * d;
-        let mut dx = vec![0f32; b * tq * w];
+        let mut dx = super::zeros(b * tq * w);
         pack_heads(&mut dx, &dq, (b, h, tq, d), 0, w);
         pack_heads(&mut dx, &dk, (b, hkv, tq, d), h, w);
         pack_heads(&mut dx, &dv, (b, hkv, tq, d), h + hkv, w);
