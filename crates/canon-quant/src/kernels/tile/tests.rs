@@ -524,5 +524,106 @@ fn packed_products_write_every_output() {
     }
     if !packed_any {
         eprintln!("SKIPPED packed_products_write_every_output: no packed kernel on this CPU");
+
+/// The tile arithmetic as the AVX2 panel kernel evaluates it, one activation row and weight row at
+/// a time: exact integer sums per block (per half for Q6_K), then `acc = i·(s₀·dx) + acc` fused,
+/// and for the formats with a minimum `acc = s₁·sx + acc` fused, block by block.
+fn fused_reference(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) {
+    let (mode, o) = form(w.kind).expect("tile form");
+    let (n, k, nb) = (w.rows, w.cols, act.nb);
+    let mut codes = vec![0u8; k];
+    let mut scales = vec![[0.0f32; 2]; nb];
+    for r in 0..n {
+        row_form(w, r, &mut codes, &mut scales);
+        for t in 0..act.rows {
+            let mut acc = 0.0f32;
+            for (b, sc) in scales.iter().enumerate() {
+                let q = &act.qs[t * k + b * QK..t * k + (b + 1) * QK];
+                let u = &codes[b * QK..(b + 1) * QK];
+                let half = |h: usize| -> i32 {
+                    (16 * h..16 * h + 16)
+                        .map(|i| u[i] as i32 * q[i] as i32)
+                        .sum()
+                };
+                let [h0, h1] = act.h[t * nb + b];
+                let dx = act.d[t * nb + b];
+                match mode {
+                    Mode::Sym | Mode::Min => {
+                        let i = half(0) + half(1) - o * (h0 + h1);
+                        acc = (i as f32).mul_add(sc[0] * dx, acc);
+                        if mode == Mode::Min {
+                            acc = sc[1].mul_add(act.s[t * nb + b], acc);
+                        }
+                    }
+                    Mode::Half => {
+                        acc = ((half(0) - o * h0) as f32).mul_add(sc[0] * dx, acc);
+                        acc = ((half(1) - o * h1) as f32).mul_add(sc[1] * dx, acc);
+                    }
+                }
+            }
+            y[t * n + r] = acc;
+        }
+    }
+}
+
+/// The AVX2 panel kernel's products equal the tile arithmetic evaluated with the same fused
+/// steps (`fused_reference`) bit for bit, for every format it packs, 1 to 9 activation rows,
+/// odd row counts (partial panels and half-panels) and several widths, with activation rows at
+/// the extremes of the 8-bit range (every code ±127) next to random ones: the integer sums are
+/// exact however the kernel widens its 16-bit pair sums.
+#[test]
+fn avx2_panel_kernel_equals_the_fused_tile_arithmetic_bit_for_bit() {
+    if !(Isa::Avx2.available() && Isa::best() == Isa::Avx2) {
+        eprintln!(
+            "SKIPPED avx2_panel_kernel_equals_the_fused_tile_arithmetic_bit_for_bit: best path is not AVX2"
+        );
+        return;
+    }
+    let mut rng = Rng(4242);
+    for kind in [
+        Kind::Q4_0,
+        Kind::Q4_1,
+        Kind::Q4K,
+        Kind::Q5_0,
+        Kind::Q6K,
+        Kind::Q8_0,
+    ] {
+        let widths: &[usize] = if kind.is_k() {
+            &[256, 768]
+        } else {
+            &[32, 96, 544]
+        };
+        for &k in widths {
+            for n in [1usize, 7, 9, 16, 23, 41] {
+                let bytes = random_matrix(kind, &mut rng, n, k);
+                let w = QMatrixRef {
+                    kind,
+                    rows: n,
+                    cols: k,
+                    bytes: &bytes,
+                };
+                let p = packed::Packed::pack(w).expect("packed for the AVX2 kernel");
+                for m in 1..=9usize {
+                    let mut x = rng.vec(m * k, 1.0);
+                    for (t, row) in x.chunks_mut(k).enumerate() {
+                        match t % 3 {
+                            // Every code +127 or −127 (all magnitudes equal), signs random or
+                            // all the same.
+                            1 => row.iter_mut().for_each(|v| *v = v.signum()),
+                            2 => row.iter_mut().for_each(|v| *v = 1.0),
+                            _ => {}
+                        }
+                    }
+                    let act = TileActs::quantize(&x, m, k);
+                    let mut got = vec![f32::NAN; m * n];
+                    p.matmul_acts(&act, &mut got);
+                    let mut want = vec![0.0f32; m * n];
+                    fused_reference(w, &act, &mut want);
+                    let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                    let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(gb, wb, "{kind:?} n {n} k {k} m {m}");
+                }
+            }
+        }
     }
 }
