@@ -524,6 +524,8 @@ fn packed_products_write_every_output() {
     }
     if !packed_any {
         eprintln!("SKIPPED packed_products_write_every_output: no packed kernel on this CPU");
+    }
+}
 
 /// The tile arithmetic as the AVX2 panel kernel evaluates it, one activation row and weight row at
 /// a time: exact integer sums per block (per half for Q6_K), then `acc = i·(s₀·dx) + acc` fused,
