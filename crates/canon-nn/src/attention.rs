@@ -292,6 +292,27 @@ const DIRECT_PARALLEL_MACS: usize = 1 << 15;
 /// only up to its last query's key.
 const QB: usize = 64;
 
+/// The loop paths' reading of a mask: `(Some(offset), window)` for causal masks (a window only for
+/// a sliding one), `(None, None)` for none; `None` for a padding mask or an empty window, which
+/// the loop paths leave to the general one.
+fn causal_window(mask: AttnMask<'_>) -> Option<(Option<usize>, Option<usize>)> {
+    match mask {
+        AttnMask::None => Some((None, None)),
+        AttnMask::Causal { offset } => Some((Some(offset), None)),
+        AttnMask::SlidingCausal { offset, window } if window > 0 => {
+            Some((Some(offset), Some(window)))
+        }
+        AttnMask::Padding(_) | AttnMask::SlidingCausal { .. } => None,
+    }
+}
+
+/// Keys `lo..end` of `tk` that query `i` may see: up to itself under a causal mask starting at
+/// `offset` (all keys without one), from `end − window` under a sliding window.
+fn key_range(offset: Option<usize>, window: Option<usize>, tk: usize, i: usize) -> (usize, usize) {
+    let end = offset.map_or(tk, |o| (o + i + 1).min(tk));
+    (window.map_or(0, |w| end.saturating_sub(w)), end)
+}
+
 /// Strided read access to an f32 CPU tensor of rank 4 whose innermost rows are contiguous.
 struct View4<'a> {
     guard: candle_core::StorageRef<'a>,

@@ -212,9 +212,8 @@ impl Rope {
         grown
     }
 
-    /// Rotates `x: [b, h, t, d]` for positions `offset..offset+t`.
-    pub fn apply(&self, x: &Tensor, offset: usize) -> crate::Result<Tensor> {
-        let (b, h, t, d) = x.dims4()?;
+    /// Checks that rows of width `d` at positions `offset..offset + t` can be rotated.
+    fn check(&self, d: usize, offset: usize, t: usize) -> crate::Result<()> {
         if d != self.dim {
             candle_core::bail!("rope: expected head dim {}, found {d}", self.dim);
         }
@@ -225,6 +224,13 @@ impl Rope {
                 self.max_pos
             );
         }
+        Ok(())
+    }
+
+    /// Rotates `x: [b, h, t, d]` for positions `offset..offset+t`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> crate::Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        self.check(d, offset, t)?;
         let half = d / 2;
         let (cos_t, sin_t, first) = self.tables(offset, t);
         if crate::fused::no_grad(&[x])

@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use super::{AttnMask, DIRECT_PARALLEL_MACS, view4};
+use super::{AttnMask, DIRECT_PARALLEL_MACS, causal_window, key_range, view4};
 
 /// Rows `j = 0, 1, …` of a strided matrix: row `j` is `data[start + j·stride ..][..d]`
 /// (a K/V cache head's positions, read in place).
@@ -139,11 +139,8 @@ pub(super) fn attention_direct(
     mask: AttnMask<'_>,
     scale: f32,
 ) -> crate::Result<Option<Tensor>> {
-    let (offset, window) = match mask {
-        AttnMask::None => (None, None),
-        AttnMask::Causal { offset } => (Some(offset), None),
-        AttnMask::SlidingCausal { offset, window } => (Some(offset), Some(window)),
-        AttnMask::Padding(_) => return Ok(None),
+    let Some((offset, window)) = causal_window(mask) else {
+        return Ok(None);
     };
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
@@ -162,9 +159,7 @@ pub(super) fn attention_direct(
         let mut p = vec![0.0f32; tk];
         for (i, o) in o_head.chunks_exact_mut(d).enumerate() {
             // Keys 0 ..= offset + i for a causal query, all keys otherwise.
-            let end = offset.map_or(tk, |o| (o + i + 1).min(tk));
-            // A sliding window also drops the keys before `end - window`.
-            let lo = window.map_or(0, |w| end.saturating_sub(w));
+            let (lo, end) = key_range(offset, window, tk, i);
             let n = end - lo;
             let qr = qv.row(bi, hi, i, d);
             let keys = kv.strided(bi, kh, lo);

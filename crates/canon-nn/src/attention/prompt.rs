@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{AttnMask, QB, view4};
+use super::{AttnMask, QB, causal_window, key_range, view4};
 
 /// Eq. 1 for many queries without gradients (prompt processing): per query head and block of
 /// [`QB`] queries (the tasks, on the kernel pool, the largest blocks first), `S = Q Kᵀ` against
@@ -21,11 +21,8 @@ pub(super) fn attention_gemm(
     mask: AttnMask<'_>,
     scale: f32,
 ) -> crate::Result<Option<Tensor>> {
-    let (offset, window) = match mask {
-        AttnMask::None => (None, None),
-        AttnMask::Causal { offset } => (Some(offset), None),
-        AttnMask::SlidingCausal { offset, window } if window > 0 => (Some(offset), Some(window)),
-        AttnMask::Padding(_) | AttnMask::SlidingCausal { .. } => return Ok(None),
+    let Some((offset, window)) = causal_window(mask) else {
+        return Ok(None);
     };
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
@@ -36,11 +33,7 @@ pub(super) fn attention_gemm(
     };
     let mut out = vec![0.0f32; b * tq * h * d];
     let (ks, vs) = (kv.stride[2] as isize, vv.stride[2] as isize);
-    // Keys `lo..end` that query `i` may see.
-    let allowed = |i: usize| {
-        let end = offset.map_or(tk, |o| (o + i + 1).min(tk));
-        (window.map_or(0, |w| end.saturating_sub(w)), end)
-    };
+    let allowed = |i: usize| key_range(offset, window, tk, i);
     // One task per (batch, query head, block of QB queries); under a causal mask a block needs
     // only the keys up to its last query, so its products stop there (a fresh prompt's masked upper
     // triangle, about half of both products, is never computed), and under a sliding window they

@@ -36,16 +36,7 @@ pub fn heads_prepared(
     };
     let tables = match rope {
         Some((r, offset)) => {
-            if d != r.dim {
-                candle_core::bail!("rope: expected head dim {}, found {d}", r.dim);
-            }
-            if offset + t > r.max_pos {
-                candle_core::bail!(
-                    "rope: position {} is beyond the table of {} positions",
-                    offset + t,
-                    r.max_pos
-                );
-            }
+            r.check(d, offset, t)?;
             let (c, s, first) = r.tables(offset, t);
             Some((r, c, s, offset - first))
         }
