@@ -50,8 +50,8 @@ pub struct Packed {
     half: bool,
     nb: usize,
     panels: usize,
-    codes: Vec<Line64>,
-    scales: Vec<Line64>,
+    codes: LineBuf,
+    scales: LineBuf,
 }
 
 impl std::fmt::Debug for Packed {
@@ -174,8 +174,8 @@ impl Packed {
             let panels = w.rows.div_ceil(PANEL);
             let cl = lines_per_block(nib, hi5);
             let sb = scale_bytes(mode_id(mode), half);
-            let mut codes = vec![Line64([0; 64]); panels * nb * cl];
-            let mut scales = vec![Line64([0; 64]); (panels * nb * sb).div_ceil(64)];
+            let mut codes = LineBuf::zeroed(panels * nb * cl);
+            let mut scales = LineBuf::zeroed((panels * nb * sb).div_ceil(64));
             // Addresses (Send + Sync) of the two buffers; tasks write disjoint panels.
             let cptr = codes.as_mut_ptr() as usize;
             let sptr = scales.as_mut_ptr() as usize;
@@ -527,6 +527,9 @@ fn as_bytes(lines: &[Line64]) -> &[u8] {
     // SAFETY: `Line64` is 64 plain bytes (`repr(C)`), so the buffer is `64·len` initialised bytes.
     unsafe { std::slice::from_raw_parts(lines.as_ptr() as *const u8, lines.len() * 64) }
 }
+
+mod lines;
+pub use lines::LineBuf;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
