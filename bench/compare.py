@@ -3,6 +3,7 @@
 
   - decode: 128 tokens after a 16-token prompt (llama-bench `-p 0 -n 128 -d 16`) vs
     `canon generate --ignore-eos --max-tokens 128` on a 16-token prompt (decode_tokens / decode_ms);
+    `--depth N` puts N tokens in the context first instead of 16;
   - prefill: a 512-token prompt (llama-bench `-p 512 -n 0`) vs `canon generate --max-tokens 1` on a
     512-token prompt (prompt_tokens / prefill_ms);
   - embeddings: 1,000 sentences of ~20 words, batch 32: sentence-transformers `encode` vs
@@ -120,6 +121,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma list of decode,rss,prefill,embed to skip")
+    ap.add_argument("--depth", type=int, default=16,
+                    help="tokens already in the context before the 128 decoded ones (default 16; "
+                    "e.g. 1024 for decoding deep into a conversation)")
     ap.add_argument("--isa", default="", help="comma list of Canon kernel paths (scalar,avx2,avx512vnni)")
     ap.add_argument("--model", default="", help="a GGUF file for the decode/prefill rows "
                     "(default: the SmolLM2 Q4_1 asset; e.g. the gemma3 asset's Q4_K_M file)")
@@ -141,20 +145,21 @@ def main():
           f"median of {a.repeat}, load average at start {' '.join(load)}", flush=True)
 
     if "decode" not in skip:
-        p16 = prompt_of(exe, 16)
+        depth = str(a.depth)
+        p16 = prompt_of(exe, a.depth)
         peer, ours = [], {i: [] for i in isas}
         for _ in range(a.repeat):
-            peer.append(llama_bench(["-p", "0", "-n", "128", "-d", "16"], a.threads))
+            peer.append(llama_bench(["-p", "0", "-n", "128", "-d", depth], a.threads))
             for isa in isas:
                 t = canon_generate(exe, p16, 128, a.threads, ["--ignore-eos"], isa)
                 ours[isa].append(t["decode_tokens"] / t["decode_ms"] * 1e3)
         for isa in isas:
-            rows.append((f"decode tg128 @16 (tok/s){label(isa)}", "llama.cpp", peer, ours[isa]))
+            rows.append((f"decode tg128 @{depth} (tok/s){label(isa)}", "llama.cpp", peer, ours[isa]))
         peer, ours = [], []
         for _ in range(0 if "rss" in skip else a.repeat):
             peer.append(peak_rss_mb([os.path.join(PEERS, "llama.cpp-build", "bin", "llama-bench"),
                                      "-m", GGUF, "-t", str(a.threads), "-r", "1",
-                                     "-p", "0", "-n", "128", "-d", "16"]))
+                                     "-p", "0", "-n", "128", "-d", depth]))
             ours.append(peak_rss_mb([exe, "--quiet", "--threads", str(a.threads), "generate",
                                      "--model", GGUF, "--prompt", p16, "--max-tokens", "128",
                                      "--temperature", "0", "--ignore-eos"]))
