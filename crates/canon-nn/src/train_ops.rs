@@ -16,7 +16,8 @@
 //!
 //! Submodules: `products` (the matrix products and their thread split), `norm` (layer norm, RMS
 //! norm), `activation` (GELU, SiLU·mul), `softmax` (causal softmax, log-sum-exp, cross-entropy),
-//! `flash` (the tiled attention), `sgemm` (the own AVX-512 f32/bf16 kernel).
+//! `flash` (the tiled attention), `residual` (a trainable linear with the residual add folded in),
+//! `sgemm` (the own AVX-512 f32/bf16 kernel).
 
 use candle_core::{CpuStorage, Layout, Tensor};
 use rayon::prelude::*;
@@ -25,6 +26,7 @@ mod activation;
 mod flash;
 mod norm;
 mod products;
+mod residual;
 mod sgemm;
 mod softmax;
 
@@ -36,6 +38,7 @@ pub use flash::{
 pub use norm::{layer_norm, rms_norm};
 pub use products::{Bf16Unsupported, bench_mm, bf16_products, set_bf16_products};
 pub(crate) use products::{join_products, mm, par};
+pub use residual::residual_linear;
 pub use softmax::{causal_softmax, cross_entropy_rows, logsumexp};
 
 pub(crate) fn slice<'a>(
