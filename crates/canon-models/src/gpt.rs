@@ -213,13 +213,21 @@ impl Gpt {
         Ok(dropout(&x, self.config.dropout, &self.noise)?)
     }
 
+    /// `Attn(h)`, or `residual + Attn(h)` when `residual` is given (pre-LN blocks).
     fn attn(
         &self,
         blk: &Block,
         h: &Tensor,
         kv: Option<&mut KvCache>,
         offset: usize,
+        residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let add_residual = |y: Tensor| -> Result<Tensor> {
+            Ok(match residual {
+                Some(r) => (r + y)?,
+                None => y,
+            })
+        };
         let c = &self.config;
         let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.n_head, c.n_kv(), c.head_dim());
@@ -236,7 +244,23 @@ impl Gpt {
             let scale = 1.0 / (hd as f64).sqrt();
             let a =
                 canon_nn::train_ops::packed_causal_attention(&qkv, (nh, nkv, hd), offset, scale)?;
-            return self.dropped(blk.c_proj.forward(&a)?);
+            // The output projection and the residual add as one op (one node fewer in candle's
+            // backprop, whose add would zero-fill and add a gradient for the projection's
+            // output); dropout is off here, so `dropped` would return its input.
+            if let (Some(r), Weight::Dense(w), None, None) = (
+                residual,
+                &blk.c_proj.weight,
+                &blk.c_proj.bias,
+                &blk.c_proj.lora,
+            ) && w.track_op()
+                && w.dtype() == DType::F32
+                && w.device().is_cpu()
+                && r.dtype() == DType::F32
+                && r.device().is_cpu()
+            {
+                return Ok(canon_nn::train_ops::residual_linear(r, &a, w)?);
+            }
+            return add_residual(self.dropped(blk.c_proj.forward(&a)?)?);
         }
         // [b, t, heads·hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
         let split = |start: usize, heads: usize| -> Result<Tensor> {
@@ -273,7 +297,7 @@ impl Gpt {
             }
         }; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        self.dropped(blk.c_proj.forward(&a)?)
+        add_residual(self.dropped(blk.c_proj.forward(&a)?)?)
     }
 
     fn ffn(&self, blk: &Block, h: &Tensor, aux: &mut Aux) -> Result<Tensor> {
@@ -301,17 +325,19 @@ impl Gpt {
     ) -> Result<Tensor> {
         Ok(match (self.config.block, &blk.ln_2) {
             (BlockStyle::PostLn, Some(ln_2)) => {
-                let x = blk.ln_1.forward(&(x + self.attn(blk, x, kv, offset)?)?)?;
+                let x = blk
+                    .ln_1
+                    .forward(&(x + self.attn(blk, x, kv, offset, None)?)?)?;
                 ln_2.forward(&(&x + self.ffn(blk, &x, aux)?)?)?
             }
             (BlockStyle::PreLn, Some(ln_2)) => {
-                let x = (x + self.attn(blk, &blk.ln_1.forward(x)?, kv, offset)?)?;
+                let x = self.attn(blk, &blk.ln_1.forward(x)?, kv, offset, Some(x))?;
                 let f = self.ffn(blk, &ln_2.forward(&x)?, aux)?;
                 (x + f)?
             }
             _ => {
                 let h = blk.ln_1.forward(x)?;
-                let a = self.attn(blk, &h, kv, offset)?;
+                let a = self.attn(blk, &h, kv, offset, None)?;
                 let f = self.ffn(blk, &h, aux)?;
                 ((x + a)? + f)?
             }
