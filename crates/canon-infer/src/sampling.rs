@@ -135,7 +135,7 @@ impl Sampler {
     }
 
     /// `sample` past greedy-without-penalties, with `l` holding a copy of `logits` to adjust.
-    fn pick(&mut self, logits: &[f32], history: &[u32], l: &mut Vec<f32>) -> u32 {
+    fn pick(&mut self, logits: &[f32], history: &[u32], l: &mut [f32]) -> u32 {
         let c = &self.cfg;
         if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
             let start = history.len().saturating_sub(c.repeat_last_n);
@@ -315,8 +315,8 @@ fn draw_unsorted(rng: &mut StdRng, temperature: f32, masked: &[f32], l: &mut [f3
         if s > 0.0 && target < before + s {
             // The draw lands in this block: walk it token by token.
             let mut cum = before;
-            for i in b * BLOCK..((b + 1) * BLOCK).min(n) {
-                let p = l[i];
+            let end = ((b + 1) * BLOCK).min(n);
+            for (i, &p) in l.iter().enumerate().take(end).skip(b * BLOCK) {
                 if p > 0.0 && live(i) {
                     cum += f64::from(p);
                     last = Some(i as u32);
