@@ -22,7 +22,7 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     // (llama-server's default cache type; the decode step reads the f16 rows in place), f32
     // otherwise.
     let f16_by_default = ctx.kv_f16.is_none();
-    let lm = Arc::new(move |m: &str| {
+    let lm = Arc::new(move |m: &str| -> Result<canon_models::LoadedLm, String> {
         let mut lm = model_gen::load_lm(m, &c).map_err(|e| format!("{e:#}"))?;
         if f16_by_default {
             // A model without an f16 cache keeps f32: not an error for a default.
