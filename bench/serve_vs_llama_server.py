@@ -3,14 +3,18 @@
 
 Both servers get the same request mix from this one load script: C concurrent clients (C in
 --concurrency, default 1, 4, 8), each sending --requests streamed chat requests of --max-tokens
-generated tokens (`ignore_eos`, temperature 0.8, a different prompt per request). Reported per C,
-medians over --repeat rounds:
+generated tokens (`ignore_eos`, temperature 0.8, a different prompt per request). All servers are
+started first and stay up; then --repeat rounds (at least 3) each measure every server at every C,
+the servers' order rotated and the C order reversed from one round to the next, so no level's
+rounds run back to back and a slow stretch of a shared machine lands on different levels in
+different rounds. Reported per server and C, medians over the rounds:
   - aggregate decode tokens/s: all generated tokens / wall time of the round;
   - time to first token, p50 and p95 over the round's requests;
-and, per server, the peak resident memory (VmHWM) with --parallel slots of --ctx tokens each.
-Both servers run with --parallel 8 slots (continuous batching) and --threads.
+then the spread of the tokens/s rounds (min, median, max), the ratios (C-max / C-min streams)
+computed from the medians, and, per server, the peak resident memory (VmHWM) with --parallel slots
+of --ctx tokens each. Both servers run with --parallel 8 slots (continuous batching) and --threads.
 With --baseline BIN, a second canon binary (e.g. a build of an earlier commit) is measured in the
-same run under the same load, and a before/after table follows.
+same rounds under the same load, and a before/after table follows.
 
     bash bench/setup_peers.sh          # builds llama-server into ~/.cache/canon-peers
     python3 bench/serve_vs_llama_server.py --threads 2
@@ -139,7 +143,7 @@ def main():
     ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per server and level (at least 3)")
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", str(PEERS / "llama.cpp-build" / "bin" / "llama-server")))
     ap.add_argument("--canon", default="", help="the canon binary (default: target/release/canon, built if missing)")
     ap.add_argument("--baseline", default="", help="another canon binary measured in the same run (before/after)")
@@ -171,30 +175,52 @@ def main():
     if args.baseline:
         servers["canon before"] = canon_cmd(args.baseline)
     concs = [int(c) for c in args.concurrency.split(",")]
-    table = {}
-    rss = {}
+    if args.repeat < 3:
+        sys.exit(f"error: --repeat must be at least 3 (medians of interleaved rounds), found {args.repeat}")
     env = dict(os.environ, LD_LIBRARY_PATH=str(Path(args.llama_server).parent))
-    for name, cmd in servers.items():
-        port = free_port()
-        proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(base, proc, name)
-            one_request(base, PROMPTS[0], 8, 0)  # warm-up
-            for c in concs:
-                rounds = [round_(base, c, args.requests, args.max_tokens, 1000 * r) for r in range(args.repeat)]
-                table[(name, c)] = tuple(statistics.median(x[k] for x in rounds) for k in range(3))
-                print(f"  {name:13s} C={c}: {table[(name, c)][0]:7.1f} tok/s, TTFT p50 {table[(name, c)][1] * 1000:6.0f} ms,"
-                      f" p95 {table[(name, c)][2] * 1000:6.0f} ms", file=sys.stderr)
-            rss[name] = peak_rss_mb(proc.pid)
-        finally:
+    procs = {}
+    bases = {}
+    rounds = {}  # (name, c) -> [(tok/s, ttft p50, ttft p95)] in round order
+    try:
+        for name, cmd in servers.items():
+            port = free_port()
+            procs[name] = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            bases[name] = f"http://127.0.0.1:{port}"
+            wait_ready(bases[name], procs[name], name)
+            one_request(bases[name], PROMPTS[0], 8, 0)  # warm-up
+        names = list(servers)
+        for r in range(args.repeat):
+            order = names[r % len(names):] + names[:r % len(names)]
+            cs = concs if r % 2 == 0 else concs[::-1]
+            for name in order:
+                for c in cs:
+                    got = round_(bases[name], c, args.requests, args.max_tokens, 1000 * r)
+                    rounds.setdefault((name, c), []).append(got)
+                    print(f"  round {r + 1}/{args.repeat} {name:13s} C={c}: {got[0]:7.1f} tok/s,"
+                          f" TTFT p50 {got[1] * 1000:6.0f} ms, p95 {got[2] * 1000:6.0f} ms,"
+                          f" load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        rss = {name: peak_rss_mb(proc.pid) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
             proc.terminate()
+        for proc in procs.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    table = {key: tuple(statistics.median(x[k] for x in rs) for k in range(3)) for key, rs in rounds.items()}
+
+    def spread(name):
+        levels = "; ".join(
+            f"{c}: {min(x[0] for x in rounds[(name, c)]):.1f} / {table[(name, c)][0]:.1f} /"
+            f" {max(x[0] for x in rounds[(name, c)]):.1f}" for c in concs)
+        lo, hi = rounds[(name, concs[0])], rounds[(name, concs[-1])]
+        by_round = ", ".join(f"{b[0] / a[0]:.2f}" for a, b in zip(lo, hi))
+        return f"{levels}; {concs[-1]}/{concs[0]} within each round: {by_round}"
+
     print(f"# canon serve vs llama-server — {cpu_name()}, {args.threads} threads, {slots} slots x {args.ctx} ctx,"
-          f" {args.max_tokens} tokens per request, {args.requests} requests per client, median of {args.repeat}")
+          f" {args.max_tokens} tokens per request, {args.requests} requests per client,"
+          f" medians of {args.repeat} interleaved rounds")
     print(f"# model: {Path(args.gguf).name}; load average at the end: {os.getloadavg()[0]:.1f}")
     if args.baseline:
         print(f"# canon before: {args.baseline}")
@@ -205,15 +231,18 @@ def main():
             print(f"| {c} | {b[0]:.1f} | {a[0]:.1f} | {a[0] / b[0]:.2f}x | {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |"
                   f" {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |")
         c1, cmax = concs[0], concs[-1]
-        print(f"canon before: {cmax}-stream aggregate / {c1}-stream ="
+        print(f"canon before: {cmax}-stream aggregate / {c1}-stream (medians) ="
               f" {table[('canon before', cmax)][0] / table[('canon before', c1)][0]:.2f}x;"
               f" peak RSS {rss['canon before']:.0f} MB")
+    print("# tok/s min / median / max over the rounds, per number of streams:")
+    for name in servers:
+        print(f"#   {name}: {spread(name)}")
     if args.skip_llama:
         for c in concs:
             a = table[("canon serve", c)]
             print(f"canon C={c}: {a[0]:.1f} tok/s, TTFT p50 {a[1] * 1000:.0f} / p95 {a[2] * 1000:.0f} ms")
         c1, cmax = concs[0], concs[-1]
-        print(f"canon: {cmax}-stream aggregate / {c1}-stream = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
+        print(f"canon: {cmax}-stream aggregate / {c1}-stream (medians) = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
               f" peak RSS {rss['canon serve']:.0f} MB")
         return
     print("| streams | canon tok/s | llama-server tok/s | ratio | canon TTFT p50/p95 ms | llama-server TTFT p50/p95 ms |")
@@ -223,7 +252,7 @@ def main():
         print(f"| {c} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |"
               f" {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |")
     c1, cmax = concs[0], concs[-1]
-    print(f"canon: {cmax}-stream aggregate / {c1}-stream = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
+    print(f"canon: {cmax}-stream aggregate / {c1}-stream (medians) = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
           f" llama-server: {table[('llama-server', cmax)][0] / table[('llama-server', c1)][0]:.2f}x")
     print(f"peak RSS: canon serve {rss['canon serve']:.0f} MB, llama-server {rss['llama-server']:.0f} MB")
 

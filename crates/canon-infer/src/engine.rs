@@ -833,7 +833,7 @@ impl Worker {
             s.prompt_tokens += prompt.len() as u64;
             s.cached_prompt_tokens += a.cached as u64;
         }
-        self.after_rows(vec![(i, row)])?;
+        self.after_rows(vec![(i, row.as_slice())])?;
         Ok(chunk.len())
     }
 
@@ -863,21 +863,30 @@ impl Worker {
             }
             self.lm.forward_batch(&ids, &mut caches)?
         };
-        let rows = logits.to_vec2::<f32>()?;
         self.t.forward_ns += ns_since(t0);
         self.t.decode_passes += 1;
         self.t.decode_rows += group.len() as u64;
         for (&i, feed) in group.iter().zip(&feeds) {
             self.slots[i].ids.push(feed[0]);
         }
-        self.after_rows(group.iter().copied().zip(rows).collect())
+        // The rows are read where the forward pass wrote them (no copy of `[rows, vocabulary]`).
+        let vocab = logits.dim(1)?;
+        with_f32_data(&logits, |flat| {
+            self.after_rows(
+                group
+                    .iter()
+                    .copied()
+                    .zip(flat.chunks_exact(vocab))
+                    .collect(),
+            )
+        })?
     }
 
     /// Samples each listed slot's next token from its logits row and decides whether it goes on
     /// (the sequences side by side on the kernels' pool: each touches only its own state), then
     /// sends the step's events together, so the receivers are woken in one burst per step rather
     /// than once between every two sequences' sampling.
-    fn after_rows(&mut self, rows: Vec<(usize, Vec<f32>)>) -> Result<()> {
+    fn after_rows(&mut self, rows: Vec<(usize, &[f32])>) -> Result<()> {
         let max_len = self.max_len;
         let tok = self.tok.clone();
         let t0 = Instant::now();
@@ -885,7 +894,7 @@ impl Worker {
             type Work<'a> = (
                 usize,
                 &'a mut Active,
-                Vec<f32>,
+                &'a [f32],
                 usize,
                 Option<std::result::Result<Sampled, String>>,
             );
@@ -982,6 +991,22 @@ impl Worker {
     }
 }
 
+/// `f(values)` of an f32 tensor's elements in order: the CPU storage read in place when the
+/// tensor is contiguous there, a copy otherwise.
+fn with_f32_data<R>(t: &candle_core::Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (guard, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) =
+            (&*guard, layout.contiguous_offsets())
+            && let Some(data) = v.get(start..end)
+        {
+            return Ok(f(data));
+        }
+    }
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&v))
+}
+
 /// A new cache holding the first `n` positions of `src` (its own buffers: a slot writes its
 /// cache in place, so two slots never share storage).
 fn copy_prefix(src: &Cache, n: usize) -> Result<Cache> {
@@ -1027,26 +1052,32 @@ impl From<Outcome> for Sampled {
 fn sample_one(
     a: &mut Active,
     tok: &Tokenizer,
-    logits: &mut [f32],
+    logits: &[f32],
     cache_len: usize,
     max_len: usize,
 ) -> std::result::Result<Sampled, String> {
-    if let Some(c) = a.req.constraint.as_mut() {
-        match c.allowed()? {
-            Allowed::All => {}
+    // A constraint's mask goes on a copy; unconstrained rows are read where they are.
+    let masked;
+    let logits = match a.req.constraint.as_mut() {
+        None => logits,
+        Some(c) => match c.allowed()? {
+            Allowed::All => logits,
             Allowed::End => return Ok(Outcome::Finished(FinishReason::Stop).into()),
             allowed @ Allowed::Mask(_) => {
-                for (id, l) in logits.iter_mut().enumerate() {
+                let mut m = logits.to_vec();
+                for (id, l) in m.iter_mut().enumerate() {
                     if !allowed.allows(id as u32) {
                         *l = f32::NEG_INFINITY;
                     }
                 }
-                if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                if m.iter().all(|l| *l == f32::NEG_INFINITY) {
                     return Err("the output constraint allows no token of this vocabulary".into());
                 }
+                masked = m;
+                &masked
             }
-        }
-    }
+        },
+    };
     let next = a.sampler.sample(logits, &a.history);
     if a.first_token.is_none() {
         a.first_token = Some(Instant::now());

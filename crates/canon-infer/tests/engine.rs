@@ -78,7 +78,10 @@ fn request(ids: &[u32], s: SamplingConfig, max: usize) -> Request {
 }
 
 fn alone(p: &std::path::Path, ids: &[u32], s: SamplingConfig, max: usize) -> Vec<u32> {
-    let lm = load(p);
+    alone_with(load(p), ids, s, max)
+}
+
+fn alone_with(lm: LoadedLm, ids: &[u32], s: SamplingConfig, max: usize) -> Vec<u32> {
     let mut session = Session::new(lm.model.as_ref());
     let mut req = GenerateRequest::new("", max);
     req.sampling = s;
@@ -124,6 +127,50 @@ fn batched_greedy_and_seeded_sampling_equal_the_single_sequence_loop() {
     let s = e.stats();
     assert_eq!(s.requests_finished, 16);
     assert_eq!(s.generated_tokens, 16 * 16);
+    e.shutdown();
+}
+
+/// With an f16 cache the batched step reads the f16 keys and values in place while the
+/// single-sequence loop converts the cache to f32 per layer: the same ids, greedy and seeded.
+#[test]
+fn with_an_f16_cache_batched_ids_equal_the_single_sequence_loop() {
+    let (_d, p) = tiny();
+    let f16 = || {
+        let mut lm = load(&p);
+        lm.model.set_kv_f16(true).unwrap();
+        lm
+    };
+    let e = Engine::start(
+        f16(),
+        EngineConfig {
+            slots: 8,
+            ctx_size: 0,
+            prefill_chunk: 256,
+            queue_limit: 64,
+        },
+    )
+    .unwrap();
+    for (name, cfg) in [
+        (
+            "greedy",
+            (|_| SamplingConfig::greedy()) as fn(usize) -> SamplingConfig,
+        ),
+        ("seeded", sampling),
+    ] {
+        let reqs: Vec<Request> = prompts()
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| request(ids, cfg(i), 16))
+            .collect();
+        let batched = e.generate_batch(reqs).unwrap();
+        for (i, (ids, c)) in prompts().iter().zip(&batched).enumerate() {
+            assert_eq!(
+                c.tokens,
+                alone_with(f16(), ids, cfg(i), 16),
+                "{name}: prompt {i} differs batched and alone with an f16 cache"
+            );
+        }
+    }
     e.shutdown();
 }
 

@@ -535,7 +535,8 @@ impl CausalLm for Llama {
                     offset,
                 )?;
                 let vi = heads(&v, start, t, nkv)?;
-                let (ka, va) = cache.layers[l].append(&ki, &vi)?;
+                // In the cache's dtype: an f16 cache's decode rows are read in place.
+                let (ka, va) = cache.layers[l].append_stored(&ki, &vi)?;
                 let mask = self.mask_of(l, offset, t);
                 if t == 1 {
                     let lo = match mask {
@@ -548,6 +549,7 @@ impl CausalLm for Llama {
                         return Ok(());
                     }
                 }
+                let (ka, va) = (ka.to_dtype(ki.dtype())?, va.to_dtype(vi.dtype())?);
                 let a = attention(&qi, &ka, &va, mask)?
                     .transpose(1, 2)?
                     .flatten_all()?

@@ -65,8 +65,21 @@ impl KvCache {
     }
 
     /// Appends new keys/values `[b, h_kv, t, d]` and returns the whole cached sequence (views of
-    /// the buffers, `[b, h_kv, len, d]`).
+    /// the buffers, `[b, h_kv, len, d]`), in the dtype of the keys given (an f16 cache's
+    /// positions converted back).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> crate::Result<(Tensor, Tensor)> {
+        let out_dtype = k.dtype();
+        let (ko, vo) = self.append_stored(k, v)?;
+        if ko.dtype() != out_dtype {
+            return Ok((ko.to_dtype(out_dtype)?, vo.to_dtype(out_dtype)?));
+        }
+        Ok((ko, vo))
+    }
+
+    /// [`KvCache::append`] without the conversion back: the whole cached sequence as views of
+    /// the buffers in the dtype they store (f16 for an f16 cache), for loops that read f16 rows
+    /// in place (the batched decode step) instead of converting every position on every step.
+    pub fn append_stored(&mut self, k: &Tensor, v: &Tensor) -> crate::Result<(Tensor, Tensor)> {
         let (b, h, t, d) = k.dims4()?;
         if v.dims4()? != (b, h, t, d) {
             candle_core::bail!(
@@ -98,7 +111,6 @@ impl KvCache {
             self.len = need;
             return Ok((kc, vc));
         }
-        let out_dtype = k.dtype();
         let (k, v) = if self.f16 {
             (
                 &k.to_dtype(candle_core::DType::F16)?,
@@ -128,11 +140,7 @@ impl KvCache {
         kb.slice_set(&k.contiguous()?, 2, self.len)?;
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;
-        let (ko, vo) = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
-        if self.f16 {
-            return Ok((ko.to_dtype(out_dtype)?, vo.to_dtype(out_dtype)?));
-        }
-        Ok((ko, vo))
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 
     /// The cached keys and values `[b, h_kv, len, d]` (views of the buffers), or `None` when
@@ -243,6 +251,21 @@ mod tests {
             assert_close(&vb, &round(&v.narrow(2, 0, at).unwrap()), Tol::EXACT);
         }
         assert!(b.is_f16() && !a.is_f16());
+        // The stored views are the f16 values themselves, the same positions.
+        let (ks, vs) = b
+            .append_stored(&k.narrow(2, 0, 1).unwrap(), &v.narrow(2, 0, 1).unwrap())
+            .unwrap();
+        assert_eq!(ks.dtype(), candle_core::DType::F16);
+        assert_eq!(ks.dims(), &[1, 2, 71, 8]);
+        let back = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+        let (ka, va) = a
+            .append(&k.narrow(2, 0, 1).unwrap(), &v.narrow(2, 0, 1).unwrap())
+            .unwrap();
+        let round = |t: &Tensor| back(&t.to_dtype(candle_core::DType::F16).unwrap());
+        assert_close(&back(&ks), &round(&ka), Tol::EXACT);
+        assert_close(&back(&vs), &round(&va), Tol::EXACT);
+        b.truncate(70).unwrap();
+        a.truncate(70).unwrap();
         assert_eq!(2 * b.bytes(), a.bytes());
         let (kv, _) = b.view().unwrap().unwrap();
         assert_eq!(kv.dims(), &[1, 2, 70, 8]);

@@ -31,7 +31,8 @@ Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/m
 {\"question\", \"k\"?, \"mode\"?, \"max_tokens\"?, \"graph\"?} (an answer citing numbered passages, as
 canon ask; \"graph\": \"local\" or \"global\" runs GraphRAG over the index's graph, built by
 canon graph build, with global search's map prompts batched together).
---lora DIR and --f32 (global flags) apply to the model.")
+--lora DIR and --f32 (global flags) apply to the model. The KV cache stores f16 (llama-server's default
+cache type) where the model has that option; --cache-type f32 (a global flag) keeps f32 keys and values.")
 )]
 pub struct ServeArgs {
     /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.

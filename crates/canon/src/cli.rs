@@ -37,7 +37,8 @@ pub struct Cli {
     #[arg(long = "f32", global = true)]
     pub f32_weights: bool,
     /// Element type of the language model's KV cache: f32 (default) or f16 (llama.cpp's default
-    /// `--cache-type-k f16`): half the cache memory, logits within a few hundredths.
+    /// `--cache-type-k f16`): half the cache memory, logits within a few hundredths. `canon
+    /// serve` defaults to f16 where the model has it (as llama-server); `--cache-type f32` keeps f32.
     #[arg(long = "cache-type", global = true, value_name = "TYPE", value_parser = ["f32", "f16"])]
     pub cache_type: Option<String>,
     /// Run the model with a LoRA adapter in PEFT's layout (a folder with adapter_config.json and

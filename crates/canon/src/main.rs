@@ -18,8 +18,9 @@ pub struct Ctx {
     pub f32_weights: bool,
     /// `--lora DIR`: an adapter to attach to the loaded language model.
     pub lora: Option<std::path::PathBuf>,
-    /// `--cache-type f16`: the language model's KV cache stores f16.
-    pub kv_f16: bool,
+    /// `--cache-type`: the language model's KV cache stores f16 (`Some(true)`) or f32
+    /// (`Some(false)`); `None` when not given (f32, except `canon serve`: f16 where the model has it).
+    pub kv_f16: Option<bool>,
 }
 
 impl Ctx {
@@ -27,7 +28,7 @@ impl Ctx {
     pub fn loader(&self) -> canon_runs::Loader {
         canon_runs::Loader {
             f32_weights: self.f32_weights,
-            kv_f16: self.kv_f16,
+            kv_f16: self.kv_f16 == Some(true),
             lora: self.lora.clone(),
             quiet: self.quiet,
         }
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         f32_weights: cli.f32_weights,
         lora: cli.lora,
-        kv_f16: cli.cache_type.as_deref() == Some("f16"),
+        kv_f16: cli.cache_type.as_deref().map(|t| t == "f16"),
     };
     let result = cli::dispatch(cli.command, &ctx);
     match result {

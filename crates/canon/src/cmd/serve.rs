@@ -18,7 +18,18 @@ pub fn run(a: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         kv_f16: ctx.kv_f16,
     });
     let c = load_ctx.clone();
-    let lm = Arc::new(move |m: &str| model_gen::load_lm(m, &c).map_err(|e| format!("{e:#}")));
+    // Without --cache-type, keys and values are stored as f16 where the model has the option
+    // (llama-server's default cache type; the decode step reads the f16 rows in place), f32
+    // otherwise.
+    let f16_by_default = ctx.kv_f16.is_none();
+    let lm = Arc::new(move |m: &str| -> Result<canon_models::LoadedLm, String> {
+        let mut lm = model_gen::load_lm(m, &c).map_err(|e| format!("{e:#}"))?;
+        if f16_by_default {
+            // A model without an f16 cache keeps f32: not an error for a default.
+            let _ = lm.model.set_kv_f16(true);
+        }
+        Ok(lm)
+    });
     let encoder = Arc::new(move |m: &str| {
         model_gen::load_encoder(m, &load_ctx).map_err(|e| format!("{e:#}"))
     });
