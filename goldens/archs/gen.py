@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Tiny random-weight Qwen2, Phi-3, Mistral and scaled-RoPE LLaMA models, and their golden outputs
--> goldens/archs/.
+"""Tiny random-weight Qwen2, Phi-3, Mistral, scaled-RoPE LLaMA and Gemma 3 models, and their golden
+outputs -> goldens/archs/.
 
 No real Qwen2 / Phi-3 weights are needed: the script builds small models with fixed seeds (2 layers,
 d = 64, 4 query heads / 2 KV heads, FFN 128) over a small byte-level BPE vocabulary trained here on
@@ -232,9 +232,9 @@ def make_model(arch, vocab, seed):
             pad_token_id=0,
         )
         m = tf.Gemma3ForCausalLM(cfg)
-        # Norm weights are HF's w of `norm(x)·(1 + w)`: near 0. The embeddings are multiplied
-        # by sqrt(64) = 8 and each block adds normalized outputs: smaller embeddings keep the
-        # tied head from favouring the current token.
+        # Norm weights are HF's w of `norm(x)·(1 + w)`: near 0, except the norms of the attention
+        # and FFN outputs (near GEMMA_POST_NORM): the embeddings are multiplied by sqrt(64) = 8,
+        # and with the tied head larger block outputs keep the current token from winning.
         randomize(m, seed, 1.0, norm_center=0.0, embed_std=GEMMA_EMBED_STD, post_norm_center=GEMMA_POST_NORM)
         return m.eval().float()
     else:

@@ -1,4 +1,4 @@
-//! Qwen2, Phi-3 and Mistral through `models::llama` as configuration, from GGUF and HF
+//! Qwen2, Phi-3, Mistral, scaled-RoPE LLaMA and Gemma 3 through `models::llama` as configuration, from GGUF and HF
 //! safetensors, against the tiny random-weight fixtures of `goldens/archs/gen.py`: last-position
 //! logits against transformers (f32), greedy ids against transformers and llama.cpp (the first
 //! tokens exactly; after a first difference, only at a near-tie of Canon's own logits), and the
@@ -511,10 +511,13 @@ fn gemma3_multimodal_layout_and_older_config_keys_load_the_same_model() {
     assert!(d > 0.1, "query_pre_attn_scalar 128 within {d}");
 }
 
+/// A config edit and the texts its refusal must contain.
+type Refused = (&'static str, fn(&mut Value), &'static [&'static str]);
+
 #[test]
 fn gemma3_configurations_canon_does_not_implement_are_refused_by_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, fn(&mut Value), &[&str]); 4] = [
+    let cases: [Refused; 4] = [
         // Periodic, but global layers first (0, 2, 4): no `sliding_window_pattern` says that.
         (
             "periodic",
