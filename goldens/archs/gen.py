@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Tiny random-weight Qwen2, Phi-3, Mistral and scaled-RoPE LLaMA models, and their golden outputs
--> goldens/archs/.
+"""Tiny random-weight Qwen2, Phi-3, Mistral, scaled-RoPE LLaMA and Gemma 3 models, and their golden
+outputs -> goldens/archs/.
 
 No real Qwen2 / Phi-3 weights are needed: the script builds small models with fixed seeds (2 layers,
 d = 64, 4 query heads / 2 KV heads, FFN 128) over a small byte-level BPE vocabulary trained here on
@@ -116,18 +116,23 @@ def vocab_lists(tok):
 # ------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------
-def randomize(model, seed, out_scale):
+def randomize(model, seed, out_scale, norm_center=1.0, embed_std=1.0, post_norm_center=None):
     """Weights with spread logits: N(0, 1/fan_in) matrices (the output projections of attention
-    and FFN × `out_scale`), N(0, 1) embeddings, norms near 1, biases N(0, 0.5)."""
+    and FFN × `out_scale`), N(0, embed_std²) embeddings, norms near `norm_center` (1; Gemma's
+    stored `w` of its `(1 + w)` norms near 0; Gemma's norms of the attention and FFN outputs near
+    `post_norm_center`), biases N(0, 0.5)."""
     g = torch.Generator().manual_seed(seed)
+    post = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            if post_norm_center is not None and name.endswith(post):
+                p.copy_(post_norm_center + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("norm.weight"):
+                p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
+                p.copy_(embed_std * torch.randn(p.shape, generator=g))
             else:
                 scale = out_scale if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
                 p.copy_(scale * torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
@@ -197,12 +202,51 @@ def make_model(arch, vocab, seed):
             **COMMON,
         )
         m = tf.LlamaForCausalLM(cfg)
+    elif arch == "gemma3":
+        # Gemma 3's block: 6 layers so that the default pattern of 6 (llama.cpp's fixed one) has
+        # one global layer (5); a 4-token window on the others; head_dim 32 (not d / heads) with
+        # one KV head, as gemma-3-270m; RoPE base 1,000 on local layers and 50,000 with linear
+        # scaling (factor 4) on the global one (Gemma 3 4B+ scale only global layers); final
+        # logit soft-capping. llama.cpp scales queries by 1/sqrt(head_dim) (1/sqrt(d / heads)
+        # only for the 62-layer 27B model), so query_pre_attn_scalar = head_dim here.
+        cfg = tf.Gemma3TextConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            sliding_window=4,
+            max_position_embeddings=256,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+            },
+            final_logit_softcapping=GEMMA_SOFTCAP,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        m = tf.Gemma3ForCausalLM(cfg)
+        # Norm weights are HF's w of `norm(x)·(1 + w)`: near 0, except the norms of the attention
+        # and FFN outputs (near GEMMA_POST_NORM): the embeddings are multiplied by sqrt(64) = 8,
+        # and with the tied head larger block outputs keep the current token from winning.
+        randomize(m, seed, 1.0, norm_center=0.0, embed_std=GEMMA_EMBED_STD, post_norm_center=GEMMA_POST_NORM)
+        return m.eval().float()
     else:
         raise ValueError(arch)
     # A tied head favours the current token's own embedding: larger block outputs counter it.
     randomize(m, seed, 4.0 if cfg.tie_word_embeddings else 1.0)
     return m.eval().float()
 
+
+GEMMA_SOFTCAP = 30.0
+GEMMA_EMBED_STD = 1.0
+GEMMA_POST_NORM = 12.0
 
 GGUF_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -228,12 +272,27 @@ LAYER_NAMES = {
 }
 
 
-def gguf_name(hf):
+# Gemma 3's four block norms and q/k norms (llama.cpp's converter: `ffn_norm` is HF's
+# pre-feedforward norm; `post_attention_layernorm` is the norm of the attention output).
+GEMMA3_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+}
+
+
+def gguf_name(hf, arch=None):
     if hf in GGUF_NAMES:
         return GGUF_NAMES[hf]
     parts = hf.split(".")
     assert parts[0] == "model" and parts[1] == "layers", hf
-    return "blk.%s.%s" % (parts[2], LAYER_NAMES[".".join(parts[3:])])
+    tail = ".".join(parts[3:])
+    if arch == "gemma3" and tail in GEMMA3_LAYER_NAMES:
+        return "blk.%s.%s" % (parts[2], GEMMA3_LAYER_NAMES[tail])
+    return "blk.%s.%s" % (parts[2], LAYER_NAMES[tail])
 
 
 def llama3_rope_factors(cfg):
@@ -285,12 +344,26 @@ def write_gguf(model, arch, tok, path, qtype):
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
-    w.add_rope_freq_base(float(theta))
-    kind = rope_scaling_of(cfg)
-    if kind == "linear":
+    gemma = arch == "gemma3"
+    if gemma:
+        # The keys of the real gemma-3-270m file (no rope.dimension_count), plus the local
+        # RoPE base, the soft-capping and the global layers' linear scaling.
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_sliding_window(cfg.sliding_window)
+        full, local = cfg.rope_parameters["full_attention"], cfg.rope_parameters["sliding_attention"]
+        w.add_rope_freq_base(float(full["rope_theta"]))
+        w.add_rope_freq_base_swa(float(local["rope_theta"]))
+        w.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+        kind = full.get("rope_type", "default")
+        sc = full
+    else:
+        w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+        theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
+        w.add_rope_freq_base(float(theta))
+        kind = rope_scaling_of(cfg)
         sc = getattr(cfg, "rope_scaling", None) or cfg.rope_parameters
+    if kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(sc["factor"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
@@ -312,11 +385,14 @@ def write_gguf(model, arch, tok, path, qtype):
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         a = t.detach().float().numpy()
+        if gemma and name.endswith("norm.weight"):
+            # llama.cpp's converter stores Gemma's `1 + w` (in f32, as transformers adds it).
+            a = a + 1.0
         if llama and name.endswith("q_proj.weight"):
             a = permute_llama(a, cfg.num_attention_heads)
         elif llama and name.endswith("k_proj.weight"):
             a = permute_llama(a, cfg.num_key_value_heads)
-        g = gguf_name(name)
+        g = gguf_name(name, arch)
         if a.ndim == 1:
             w.add_tensor(g, a.astype(np.float32))
         elif qt is not None:
@@ -399,7 +475,7 @@ def main():
         for arch in only:
             out["models"].pop(arch, None)
             files = {k: v for k, v in files.items() if not k.startswith(arch + "-hf/") and not k.startswith(arch + ".")}
-    for seed, arch in enumerate(["qwen2", "phi3", "mistral", "llama3", "llamalin"], start=1):
+    for seed, arch in enumerate(["qwen2", "phi3", "mistral", "llama3", "llamalin", "gemma3"], start=1):
         if only and arch not in only:
             continue
         model = make_model(arch, vocab, seed)

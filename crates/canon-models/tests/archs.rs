@@ -1,4 +1,4 @@
-//! Qwen2, Phi-3 and Mistral through `models::llama` as configuration, from GGUF and HF
+//! Qwen2, Phi-3, Mistral, scaled-RoPE LLaMA and Gemma 3 through `models::llama` as configuration, from GGUF and HF
 //! safetensors, against the tiny random-weight fixtures of `goldens/archs/gen.py`: last-position
 //! logits against transformers (f32), greedy ids against transformers and llama.cpp (the first
 //! tokens exactly; after a first difference, only at a near-tie of Canon's own logits), and the
@@ -393,6 +393,168 @@ fn batched_steps_equal_single_sequences_for_qwen2_and_phi3() {
                 &alone,
                 Tol::new(1e-4, 1e-4),
             );
+        }
+    }
+}
+
+/// Gemma 3 from an HF folder (`gemma3_text`): the `(1 + w)` norms, HF's norm names, per-head
+/// q/k norms, a 4-token window on 5 of 6 layers, RoPE bases 1,000 (local) and 50,000 with linear
+/// scaling ×4 (global only), head_dim 32 ≠ d / heads, final soft-capping, against transformers.
+#[test]
+fn gemma3_from_hf_safetensors_equals_transformers() {
+    let (_, equal) = check_against_hf(&hf("gemma3-hf"), "gemma3", 0.1, "gemma3-hf");
+    assert_eq!(equal, 60);
+}
+
+/// The GGUF files of the same weights (norms stored as `1 + w`, as llama.cpp's converter writes
+/// them): f16 against transformers and llama.cpp, Q8_0 on the quantized kernels against
+/// llama.cpp, and the HF folder and the f16 GGUF giving the same logits.
+#[test]
+fn gemma3_from_gguf_equals_transformers_llama_cpp_and_the_hf_folder() {
+    let lm = gguf("gemma3.f16.gguf", WeightMode::DequantizeF32);
+    let (_, equal) = check_against_hf(&lm, "gemma3", 0.1, "gemma3.f16.gguf");
+    assert_eq!(equal, 60);
+    assert_eq!(
+        check_against_llama_cpp(&lm, "gemma3", "gemma3.f16.gguf", 0.1),
+        60
+    );
+    let folder = hf("gemma3-hf");
+    let g = golden("archs/archs.json");
+    for case in g["models"]["gemma3"]["cases"].as_array().unwrap() {
+        let prompt = ids(&case["prompt_ids"]);
+        assert_close_f32(
+            &last_logits(&lm, &prompt),
+            &last_logits(&folder, &prompt),
+            LOGITS_TOL,
+        );
+    }
+    // Q8_0 on both sides: llama.cpp's own Q8_0 ids part from transformers' at a near-tie (step
+    // 14 of the second prompt); Canon may take either side there.
+    let lm = gguf("gemma3.q8_0.gguf", WeightMode::KeepQuantized);
+    assert!(check_against_llama_cpp(&lm, "gemma3", "gemma3.q8_0.gguf", 0.5) >= 40);
+}
+
+/// Gemma3ForConditionalGeneration's layout (`model_type` gemma3, the text config under
+/// `text_config`, the text tensors under `language_model.model.` as transformers 5.25 saves them,
+/// or `model.language_model.`; vision tensors ignored) and an older config's keys
+/// (`sliding_window_pattern`, `rope_theta`, `rope_local_base_freq`, `rope_scaling`) load the
+/// same model.
+#[test]
+fn gemma3_multimodal_layout_and_older_config_keys_load_the_same_model() {
+    let g = golden("archs/archs.json");
+    let prompt = ids(&g["models"]["gemma3"]["cases"][2]["prompt_ids"]);
+    let want = last_logits(&hf("gemma3-hf"), &prompt);
+    let src = dir().join("gemma3-hf");
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let text_cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for prefix in ["language_model.model.", "model.language_model."] {
+        let out = tmp.path().join(prefix.replace('.', "_"));
+        std::fs::create_dir_all(&out).unwrap();
+        let vision = [0u8; 8];
+        let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, t)| (name.replacen("model.", prefix, 1), t))
+            .collect();
+        tensors.push((
+            "vision_tower.vision_model.post_layernorm.weight".into(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![4], &vision)
+                .unwrap(),
+        ));
+        std::fs::write(
+            out.join("model.safetensors"),
+            safetensors::serialize(tensors, None).unwrap(),
+        )
+        .unwrap();
+        std::fs::copy(src.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+        let cfg = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "model_type": "gemma3",
+            "text_config": text_cfg,
+            "vision_config": {"model_type": "siglip_vision_model"},
+        });
+        std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+        let lm = load_hf_lm(&out).unwrap_or_else(|e| panic!("{prefix}: {e}"));
+        assert_eq!(last_logits(&lm, &prompt), want, "{prefix}");
+    }
+    let old = edited_hf("gemma3-hf", tmp.path(), |c| {
+        let o = c.as_object_mut().unwrap();
+        o.remove("layer_types");
+        o.remove("rope_parameters");
+        o.insert("sliding_window_pattern".into(), Value::from(6));
+        o.insert("rope_theta".into(), Value::from(50000.0));
+        o.insert("rope_local_base_freq".into(), Value::from(1000.0));
+        o.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "linear", "factor": 4.0}),
+        );
+    });
+    assert_eq!(last_logits(&load_hf_lm(&old).unwrap(), &prompt), want);
+    // A query_pre_attn_scalar other than head_dim scales the queries: the logits move.
+    let scaled = tmp.path().join("scaled");
+    std::fs::rename(
+        edited_hf("gemma3-hf", tmp.path(), |c| {
+            c["query_pre_attn_scalar"] = Value::from(128);
+        }),
+        &scaled,
+    )
+    .unwrap();
+    let a = last_logits(&load_hf_lm(&scaled).unwrap(), &prompt);
+    let d = a
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(d > 0.1, "query_pre_attn_scalar 128 within {d}");
+}
+
+/// A config edit and the texts its refusal must contain.
+type Refused = (&'static str, fn(&mut Value), &'static [&'static str]);
+
+#[test]
+fn gemma3_configurations_canon_does_not_implement_are_refused_by_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [Refused; 4] = [
+        // Periodic, but global layers first (0, 2, 4): no `sliding_window_pattern` says that.
+        (
+            "periodic",
+            |c| {
+                c["layer_types"] = serde_json::json!([
+                    "full_attention",
+                    "sliding_attention",
+                    "full_attention",
+                    "sliding_attention",
+                    "full_attention",
+                    "sliding_attention"
+                ]);
+            },
+            &["layer_types", "layer 1"],
+        ),
+        (
+            "act",
+            |c| c["hidden_activation"] = Value::from("gelu"),
+            &["hidden_activation", "gelu_pytorch_tanh", "\"gelu\""],
+        ),
+        (
+            "softcap",
+            |c| c["attn_logit_softcapping"] = Value::from(50.0),
+            &["attn_logit_softcapping", "50"],
+        ),
+        (
+            "yarn",
+            |c| c["rope_parameters"]["full_attention"]["rope_type"] = Value::from("yarn"),
+            &["rope_parameters.full_attention", "yarn"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let d = tmp.path().join(name);
+        std::fs::rename(edited_hf("gemma3-hf", tmp.path(), edit), &d).unwrap();
+        let e = refusal(&d);
+        for n in needles {
+            assert!(e.contains(n), "{name}: {e}");
         }
     }
 }

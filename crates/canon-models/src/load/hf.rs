@@ -1,6 +1,8 @@
 //! Loading an HF-style folder (config.json + model.safetensors + tokenizer.json): a LLaMA-family
 //! causal LM, or a BERT sentence embedder with sentence-transformers' settings.
 
+mod gemma3;
+
 use std::path::Path;
 
 use canon_nn::RopeLayout;
@@ -8,7 +10,7 @@ use canon_text::{ChatTemplate, Tokenizer};
 use serde_json::Value as Json;
 
 use super::{LoadedEncoder, LoadedLm};
-use crate::source::{SafetensorsSource, WeightMode};
+use crate::source::{SafetensorsSource, WeightMode, WeightSource};
 use crate::{
     Bert, BertConfig, Llama, LlamaConfig, LlamaVariant, ModelError, Pooling, Result,
     SentenceEmbedder,
@@ -33,7 +35,7 @@ fn read_json_opt(path: &Path) -> Result<Option<Json>> {
     }
 }
 
-struct Cfg<'a> {
+pub(super) struct Cfg<'a> {
     v: &'a Json,
     file: String,
 }
@@ -95,50 +97,47 @@ fn token_id(tok: &Tokenizer, v: &Json) -> Option<u32> {
     }
 }
 
+/// LLaMA-family models (LLaMA, Mistral, Qwen2, Phi-3) and Gemma 3, as `model_type` names them.
+const CAUSAL_TYPES: &str =
+    "llama, mistral, qwen2, phi3, gemma3_text, gemma3 (causal LM); bert for embeddings";
+
 pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
     let cfg_path = dir.join("config.json");
     let v = read_json(&cfg_path)?;
     let mt = model_type(&v);
-    if !matches!(mt.as_str(), "llama" | "mistral" | "qwen2" | "phi3") {
+    let file = cfg_path.display().to_string();
+    let gemma = matches!(mt.as_str(), "gemma3_text" | "gemma3");
+    if !gemma && !matches!(mt.as_str(), "llama" | "mistral" | "qwen2" | "phi3") {
         return Err(ModelError::Architecture {
             found: if mt.is_empty() {
                 "(no model_type in config.json)".into()
             } else {
                 mt
             },
-            expected: "llama, mistral, qwen2, phi3 (causal LM); bert for embeddings".into(),
+            expected: CAUSAL_TYPES.into(),
         });
     }
+    // Gemma 3's text model: the file itself or its `text_config`.
+    let (text, text_file) = gemma3::text_config(&v, &mt, &file)?;
     let c = Cfg {
-        v: &v,
-        file: cfg_path.display().to_string(),
+        v: text,
+        file: text_file,
     };
-    let d = c.usize("hidden_size")?;
-    let nh = c.usize("num_attention_heads")?;
-    let mut variant = hf_variant(&c, &mt)?;
-    let head_dim = c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?;
-    variant.rope_freq_factors = hf_rope_factors(&c, head_dim, hf_rope_theta(&c)? as f32)?;
-    let cfg = LlamaConfig {
-        vocab_size: c.usize("vocab_size")?,
-        hidden_size: d,
-        intermediate_size: c.usize("intermediate_size")?,
-        num_hidden_layers: c.usize("num_hidden_layers")?,
-        num_attention_heads: nh,
-        num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
-        head_dim,
-        rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
-        rope_theta: hf_rope_theta(&c)? as f32,
-        rope_layout: RopeLayout::HalfSplit,
-        max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
-        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-        variant,
+    let cfg = if gemma {
+        gemma3::gemma3_config(&c, &v)?
+    } else {
+        llama_family_config(&c, &mt)?
     };
     let mut tokenizer = hf_tokenizer(dir)?;
     tokenizer.use_post_processor = true;
     let tcfg = read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let gcfg = read_json_opt(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
     let mut eog: Vec<u32> = Vec::new();
-    for src in [&v["eos_token_id"], &gcfg["eos_token_id"]] {
+    for src in [
+        &v["eos_token_id"],
+        &text["eos_token_id"],
+        &gcfg["eos_token_id"],
+    ] {
         match src {
             Json::Number(n) => eog.extend(n.as_u64().map(|x| x as u32)),
             Json::Array(a) => eog.extend(a.iter().filter_map(|x| x.as_u64().map(|x| x as u32))),
@@ -168,8 +167,12 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
         )?),
         None => None,
     };
-    let src = SafetensorsSource::open_dir(dir)?;
-    let model = Llama::load(cfg, &src, WeightMode::DequantizeF32)?;
+    let src: Box<dyn WeightSource> = if gemma {
+        Box::new(gemma3::Gemma3Source::open(dir)?)
+    } else {
+        Box::new(SafetensorsSource::open_dir(dir)?)
+    };
+    let model = Llama::load(cfg, src.as_ref(), WeightMode::DequantizeF32)?;
     Ok(LoadedLm {
         model: Box::new(model),
         tokenizer,
@@ -179,6 +182,30 @@ pub fn load_hf_lm(dir: &Path) -> Result<LoadedLm> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
         path: dir.to_path_buf(),
+    })
+}
+
+/// A LLaMA, Mistral, Qwen2 or Phi-3 configuration from config.json.
+fn llama_family_config(c: &Cfg, mt: &str) -> Result<LlamaConfig> {
+    let d = c.usize("hidden_size")?;
+    let nh = c.usize("num_attention_heads")?;
+    let mut variant = hf_variant(c, mt)?;
+    let head_dim = c.usize_or("head_dim", d.checked_div(nh).unwrap_or(0))?;
+    variant.rope_freq_factors = hf_rope_factors(c, head_dim, hf_rope_theta(c)? as f32)?;
+    Ok(LlamaConfig {
+        vocab_size: c.usize("vocab_size")?,
+        hidden_size: d,
+        intermediate_size: c.usize("intermediate_size")?,
+        num_hidden_layers: c.usize("num_hidden_layers")?,
+        num_attention_heads: nh,
+        num_key_value_heads: c.usize_or("num_key_value_heads", nh)?,
+        head_dim,
+        rms_norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
+        rope_theta: hf_rope_theta(c)? as f32,
+        rope_layout: RopeLayout::HalfSplit,
+        max_position_embeddings: c.usize_or("max_position_embeddings", 2048)?,
+        tie_word_embeddings: c.v["tie_word_embeddings"].as_bool().unwrap_or(false),
+        variant,
     })
 }
 
