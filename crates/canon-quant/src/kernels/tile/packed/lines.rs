@@ -240,7 +240,11 @@ mod tests {
             assert_eq!(b.as_ptr() as usize % 64, 0);
             #[cfg(target_os = "linux")]
             if arenas_enabled() {
-                assert!(b.in_arena(), "a {}-line buffer fell back to the heap", b.len());
+                assert!(
+                    b.in_arena(),
+                    "a {}-line buffer fell back to the heap",
+                    b.len()
+                );
             }
             assert!(b.iter().all(|l| l.0.iter().all(|&x| x == 0)));
             for l in b.iter_mut() {
