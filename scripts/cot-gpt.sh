@@ -4,8 +4,8 @@
 # 1. writes the two training corpora from the problem generator (seed 777, 1-6 steps of + and -,
 #    every count 1..20);
 # 2. trains the rationale arm (configs/cot-gpt.toml) and the answer-only arm
-#    (configs/cot-gpt-direct.toml) in parallel: the same model, steps and tokens (1,000 steps of
-#    4 x 512 characters);
+#    (configs/cot-gpt-direct.toml) in parallel: the same model, steps and tokens (8,000 steps of
+#    4 x 512 characters, rotary positions);
 # 3. evaluates both zero-shot on held-out problems (seed 1) by number of steps;
 # 4. runs self-consistency (m = 1..40 sampled rationales, majority vote) on the rationale arm
 #    against its greedy chain of thought (seed 2);

@@ -150,9 +150,13 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
     // The start and the amounts added shrink with a small cap (unchanged for caps of 40 or more).
     let mut v: i64 = rng.random_range(2..=30.min(cap));
     let max_add = 20.min(cap / 2);
+    // The rationale restates each sentence of the question, then works its equation: the
+    // question numbers its steps with ordinal words, so the step a rationale is on names the
+    // sentence it reads its amount from.
     let mut q = format!("{name} has {v} {thing}.");
-    let mut r = format!("{name} starts with {v} {thing}.");
-    for _ in 0..steps {
+    let mut r = q.clone();
+    for i in 0..steps {
+        let nth = ordinal(i + 1);
         // Pick an operation that keeps the count in 1..=cap and divisions exact.
         loop {
             match ops[rng.random_range(0..ops.len())] {
@@ -161,8 +165,9 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
                     if v + k > cap {
                         continue;
                     }
-                    q.push_str(&format!(" Then {name} gets {k} more."));
-                    r.push_str(&format!(" After getting {k} more: {v} + {k} = {}.", v + k));
+                    let said = format!("{nth}, {name} gets {k} more");
+                    q.push_str(&format!(" {said}."));
+                    r.push_str(&format!(" {said}: {v} + {k} = {}.", v + k));
                     v += k;
                 }
                 '-' => {
@@ -170,8 +175,9 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
                         continue;
                     }
                     let k: i64 = rng.random_range(1..v);
-                    q.push_str(&format!(" Then {name} gives away {k}."));
-                    r.push_str(&format!(" After giving away {k}: {v} - {k} = {}.", v - k));
+                    let said = format!("{nth}, {name} gives away {k}");
+                    q.push_str(&format!(" {said}."));
+                    r.push_str(&format!(" {said}: {v} - {k} = {}.", v - k));
                     v -= k;
                 }
                 '*' => {
@@ -179,10 +185,9 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
                     if v * k > cap {
                         continue;
                     }
-                    q.push_str(&format!(
-                        " Then the number of {thing} is multiplied by {k}."
-                    ));
-                    r.push_str(&format!(" Multiplied by {k}: {v} * {k} = {}.", v * k));
+                    let said = format!("{nth}, the number of {thing} is multiplied by {k}");
+                    q.push_str(&format!(" {said}."));
+                    r.push_str(&format!(" {said}: {v} * {k} = {}.", v * k));
                     v *= k;
                 }
                 _ => {
@@ -192,10 +197,11 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
                         continue;
                     }
                     let k = divisors[rng.random_range(0..divisors.len())];
-                    q.push_str(&format!(
-                        " Then {name} splits them equally among {k} friends and keeps one share."
-                    ));
-                    r.push_str(&format!(" One of {k} equal shares: {v} / {k} = {}.", v / k));
+                    let said = format!(
+                        "{nth}, {name} splits them equally among {k} friends and keeps one share"
+                    );
+                    q.push_str(&format!(" {said}."));
+                    r.push_str(&format!(" {said}: {v} / {k} = {}.", v / k));
                     v /= k;
                 }
             }
@@ -209,6 +215,55 @@ fn one(rng: &mut StdRng, steps: usize, cap: i64, ops: &[char]) -> Problem {
         answer: v.to_string(),
         rationale: r,
         steps,
+    }
+}
+
+/// The ordinal word of step `n` (1-based), capitalised: `First` … `Twelfth`, `Thirteenth` …
+/// `Ninety-ninth`; `Step N` beyond. Words rather than digits, so that the only digits of a problem
+/// are its counts.
+pub fn ordinal(n: usize) -> String {
+    const FIRST: [&str; 20] = [
+        "",
+        "First",
+        "Second",
+        "Third",
+        "Fourth",
+        "Fifth",
+        "Sixth",
+        "Seventh",
+        "Eighth",
+        "Ninth",
+        "Tenth",
+        "Eleventh",
+        "Twelfth",
+        "Thirteenth",
+        "Fourteenth",
+        "Fifteenth",
+        "Sixteenth",
+        "Seventeenth",
+        "Eighteenth",
+        "Nineteenth",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "Twenty", "Thirty", "Forty", "Fifty", "Sixty", "Seventy", "Eighty", "Ninety",
+    ];
+    const TENTHS: [&str; 10] = [
+        "",
+        "",
+        "Twentieth",
+        "Thirtieth",
+        "Fortieth",
+        "Fiftieth",
+        "Sixtieth",
+        "Seventieth",
+        "Eightieth",
+        "Ninetieth",
+    ];
+    match n {
+        1..=19 => FIRST[n].to_string(),
+        20..=99 if n % 10 == 0 => TENTHS[n / 10].to_string(),
+        20..=99 => format!("{}-{}", TENS[n / 10], FIRST[n % 10].to_lowercase()),
+        _ => format!("Step {n}"),
     }
 }
 
@@ -393,6 +448,55 @@ mod tests {
                 extract_answer(&p.rationale).as_deref(),
                 Some(p.answer.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn ordinal_words() {
+        let got: Vec<String> = [1, 2, 3, 12, 13, 20, 21, 42, 99, 100]
+            .iter()
+            .map(|&n| ordinal(n))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "First",
+                "Second",
+                "Third",
+                "Twelfth",
+                "Thirteenth",
+                "Twentieth",
+                "Twenty-first",
+                "Forty-second",
+                "Ninety-ninth",
+                "Step 100"
+            ]
+        );
+    }
+
+    #[test]
+    fn rationales_restate_each_sentence_of_the_question_before_its_equation() {
+        for p in generate(100, 1, 8, 11) {
+            // The question's sentences, without the closing one that asks for the answer.
+            let q = p.question.rsplit_once(" How many ").unwrap().0;
+            let said: Vec<&str> = q.split_inclusive(". ").map(|x| x.trim()).collect();
+            assert_eq!(said.len(), p.steps + 1, "{}", p.question);
+            // The rationale: the first sentence, then each step's sentence with ": a op b = c."
+            // in place of its full stop, then the answer.
+            let mut want = said[0].to_string();
+            let eqs: Vec<&str> = p
+                .rationale
+                .split(": ")
+                .skip(1)
+                .map(|e| e.split_once('.').unwrap().0)
+                .collect();
+            assert_eq!(eqs.len(), p.steps);
+            for (i, (s, e)) in said[1..].iter().zip(&eqs).enumerate() {
+                assert!(s.starts_with(&format!("{}, ", ordinal(i + 1))), "{s}");
+                want.push_str(&format!(" {}: {e}.", s.trim_end_matches('.')));
+            }
+            want.push_str(&format!(" The answer is {}.", p.answer));
+            assert_eq!(p.rationale, want);
         }
     }
 
