@@ -137,10 +137,11 @@ pub fn attend(
     };
     let direct = opts.dropout.is_none() && bias.is_none() && crate::fused::no_grad(&[q, k, v]);
     // Decoding's loops read f32 or f16 keys and values in place.
-    if direct && tq <= DIRECT_MAX_QUERIES {
-        if let Some(y) = attention_direct(q, k, v, mask, scale as f32)? {
-            return Ok(y);
-        }
+    if direct
+        && tq <= DIRECT_MAX_QUERIES
+        && let Some(y) = attention_direct(q, k, v, mask, scale as f32)?
+    {
+        return Ok(y);
     }
     // Keys and values in another dtype than the queries (an f16 cache that the loops above did
     // not read in place, a prompt's matrix products): converted once here.
@@ -152,10 +153,11 @@ pub fn attend(
     } else {
         (k, v)
     };
-    if direct && tq > DIRECT_MAX_QUERIES {
-        if let Some(y) = attention_gemm(q, k, v, mask, scale as f32)? {
-            return Ok(y);
-        }
+    if direct
+        && tq > DIRECT_MAX_QUERIES
+        && let Some(y) = attention_gemm(q, k, v, mask, scale as f32)?
+    {
+        return Ok(y);
     }
     if opts.dropout.is_none() {
         let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
