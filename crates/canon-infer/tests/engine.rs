@@ -130,8 +130,8 @@ fn batched_greedy_and_seeded_sampling_equal_the_single_sequence_loop() {
     e.shutdown();
 }
 
-/// With an f16 cache the batched step reads the f16 keys and values in place while the
-/// single-sequence loop converts the cache to f32 per layer: the same ids, greedy and seeded.
+/// With an f16 cache the batched step and the single-sequence loop both read the f16 keys and
+/// values in place (each through its own attention entry): the same ids, greedy and seeded.
 #[test]
 fn with_an_f16_cache_batched_ids_equal_the_single_sequence_loop() {
     let (_d, p) = tiny();

@@ -10,7 +10,6 @@
 pub mod bert;
 pub mod bert_heads;
 pub mod config;
-mod decode_attn;
 pub mod ernie;
 pub mod family;
 pub mod gguf_out;

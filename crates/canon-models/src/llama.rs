@@ -369,7 +369,10 @@ impl Llama {
             Some(v) => v,
             None => v.contiguous()?,
         };
-        let (k, v) = cache.append(&k, &v)?;
+        // In the cache's dtype: an f16 cache's keys and values are read in place by decoding's
+        // loops (converted in registers), not converted whole on every step; a prompt's matrix
+        // products convert them once.
+        let (k, v) = cache.append_stored(&k, &v)?;
         let a = attention(&q, &k, &v, self.mask_of(l, offset, t))?; // [b, nh, t, hd]
         let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.residual_ffn(blk, x, blk.o.forward(&a)?)
@@ -521,8 +524,8 @@ impl CausalLm for Llama {
                     .contiguous()?)
             };
             // One sequence's attention, written to its rows `out` of the step's `[n, nh·hd]`
-            // output. A decode row (t = 1) reads the cache in place (`decode_attn`, the same
-            // arithmetic as `attention`'s loop); a prompt chunk takes `attention`.
+            // output. A decode row (t = 1) reads the cache in place (`attention::one_row`, the
+            // same arithmetic as `attention`'s loop); a prompt chunk takes `attention`.
             let one = |&(start, t, offset): &(usize, usize, usize),
                        cache: &mut Cache,
                        out: &mut [f32]|
@@ -545,11 +548,10 @@ impl CausalLm for Llama {
                         }
                         _ => 0,
                     };
-                    if crate::decode_attn::one_row(&qi, &ka, &va, lo, scale, out) {
+                    if canon_nn::attention::one_row(&qi, &ka, &va, lo, scale, out) {
                         return Ok(());
                     }
                 }
-                let (ka, va) = (ka.to_dtype(ki.dtype())?, va.to_dtype(vi.dtype())?);
                 let a = attention(&qi, &ka, &va, mask)?
                     .transpose(1, 2)?
                     .flatten_all()?

@@ -9,12 +9,14 @@
 use candle_core::{D, DType, Device, Tensor};
 
 mod decode;
+#[cfg(test)]
+mod decode_tests;
 mod prompt;
 #[cfg(test)]
 mod tests;
 
 use decode::attention_direct;
-pub use decode::{StridedRows, one_query};
+pub use decode::{KvElem, StridedRows, one_query, one_row};
 use prompt::attention_gemm;
 
 /// Which keys each query may attend to.
@@ -113,7 +115,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask<'_>) -> crat
 ///   [`attention_composed_with`].
 ///
 /// Grouped-query attention never copies K/V heads: the `g = h / h_kv` query heads that share a
-/// K/V head are stacked as `g·tq` query rows against that head. K and V may be strided views.
+/// K/V head are stacked as `g·tq` query rows against that head. K and V may be strided views, and
+/// may be f16 (an f16 cache) with f32 queries: the decode loops read them in place, the other
+/// paths convert them once.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -131,17 +135,31 @@ pub fn attend(
         Some(bias) => Some(bias_4d(bias, (b, h, tq, tk))?),
         None => None,
     };
+    let direct = opts.dropout.is_none() && bias.is_none() && crate::fused::no_grad(&[q, k, v]);
+    // Decoding's loops read f32 or f16 keys and values in place.
+    if direct
+        && tq <= DIRECT_MAX_QUERIES
+        && let Some(y) = attention_direct(q, k, v, mask, scale as f32)?
+    {
+        return Ok(y);
+    }
+    // Keys and values in another dtype than the queries (an f16 cache that the loops above did
+    // not read in place, a prompt's matrix products): converted once here.
+    let (kc, vc);
+    let (k, v) = if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        kc = k.to_dtype(q.dtype())?;
+        vc = v.to_dtype(q.dtype())?;
+        (&kc, &vc)
+    } else {
+        (k, v)
+    };
+    if direct
+        && tq > DIRECT_MAX_QUERIES
+        && let Some(y) = attention_gemm(q, k, v, mask, scale as f32)?
+    {
+        return Ok(y);
+    }
     if opts.dropout.is_none() {
-        if bias.is_none() && crate::fused::no_grad(&[q, k, v]) {
-            let y = if tq <= DIRECT_MAX_QUERIES {
-                attention_direct(q, k, v, mask, scale as f32)?
-            } else {
-                attention_gemm(q, k, v, mask, scale as f32)?
-            };
-            if let Some(y) = y {
-                return Ok(y);
-            }
-        }
         let cpu_f32 = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
         if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && bias.as_ref().is_none_or(cpu_f32) {
             use crate::train_ops::{
@@ -313,39 +331,48 @@ fn key_range(offset: Option<usize>, window: Option<usize>, tk: usize, i: usize) 
     (window.map_or(0, |w| end.saturating_sub(w)), end)
 }
 
-/// Strided read access to an f32 CPU tensor of rank 4 whose innermost rows are contiguous.
-struct View4<'a> {
+/// Strided read access to an f32 (or f16) CPU tensor of rank 4 whose innermost rows are
+/// contiguous.
+struct View4<'a, T = f32> {
     guard: candle_core::StorageRef<'a>,
     start: usize,
     stride: [usize; 4],
+    _elem: std::marker::PhantomData<T>,
 }
 
-impl View4<'_> {
-    /// The positions `i2..` of `[i0, i1]` as strided rows.
-    fn strided(&self, i0: usize, i1: usize, i2: usize) -> StridedRows<'_> {
-        let data: &[f32] = match &*self.guard {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v,
+impl<T: KvElem> View4<'_, T> {
+    fn data(&self) -> &[T] {
+        match &*self.guard {
+            candle_core::Storage::Cpu(s) => T::of(s).unwrap_or(&[]),
             _ => &[],
-        };
+        }
+    }
+
+    /// The positions `i2..` of `[i0, i1]` as strided rows.
+    fn strided(&self, i0: usize, i1: usize, i2: usize) -> StridedRows<'_, T> {
         StridedRows {
-            data,
+            data: self.data(),
             start: self.start + i0 * self.stride[0] + i1 * self.stride[1] + i2 * self.stride[2],
             stride: self.stride[2],
         }
     }
 
     /// The innermost row at `[i0, i1, i2, 0..n]`.
-    fn row(&self, i0: usize, i1: usize, i2: usize, n: usize) -> &[f32] {
+    fn row(&self, i0: usize, i1: usize, i2: usize, n: usize) -> &[T] {
         let at = self.start + i0 * self.stride[0] + i1 * self.stride[1] + i2 * self.stride[2];
-        match &*self.guard {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[at..at + n],
-            _ => &[],
-        }
+        &self.data()[at..at + n]
     }
 }
 
+/// An f32 tensor's [`View4`].
 fn view4(t: &Tensor) -> Option<View4<'_>> {
-    if t.dtype() != DType::F32 || t.rank() != 4 {
+    view4_of::<f32>(t)
+}
+
+/// The [`View4`] of a CPU tensor whose elements are `T`, or `None` for another dtype, device,
+/// rank or a layout whose rows are not contiguous.
+fn view4_of<T: KvElem>(t: &Tensor) -> Option<View4<'_, T>> {
+    if t.rank() != 4 {
         return None;
     }
     let (guard, layout) = t.storage_and_layout();
@@ -357,14 +384,17 @@ fn view4(t: &Tensor) -> Option<View4<'_>> {
             .map(|i| (dims[i].max(1) - 1) * stride[i])
             .sum::<usize>();
     match &*guard {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v))
-            if stride[3] == 1 && dims.iter().all(|&n| n > 0) && last < v.len() => {}
+        candle_core::Storage::Cpu(s)
+            if stride[3] == 1
+                && dims.iter().all(|&n| n > 0)
+                && T::of(s).is_some_and(|v| last < v.len()) => {}
         _ => return None,
     }
     Some(View4 {
         start: layout.start_offset(),
         guard,
         stride,
+        _elem: std::marker::PhantomData,
     })
 }
 

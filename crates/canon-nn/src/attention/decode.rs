@@ -1,21 +1,25 @@
 //! Decoding's attention: a few query rows against the cached keys, as plain loops (`one_query`,
 //! shared with the batched decode step of `canon-models`), heads on the kernel pool for a long
-//! cache.
+//! cache. Keys and values may be f32 or f16 (an f16 cache, llama.cpp's default cache type): f16
+//! rows are read in place and widened to f32 in registers (F16C's `vcvtph2ps` where the CPU has
+//! it), exactly, so an f16 cache gives bit for bit what the same cache converted to f32 gives,
+//! while the loops read half the bytes.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, DType, Tensor};
+use half::f16;
 
-use super::{AttnMask, DIRECT_PARALLEL_MACS, causal_window, key_range, view4};
+use super::{AttnMask, DIRECT_PARALLEL_MACS, causal_window, key_range, view4, view4_of};
 
 /// Rows `j = 0, 1, …` of a strided matrix: row `j` is `data[start + j·stride ..][..d]`
-/// (a K/V cache head's positions, read in place).
+/// (a K/V cache head's positions, read in place), of f32 or f16 elements.
 #[derive(Clone, Copy)]
-pub struct StridedRows<'a> {
-    pub data: &'a [f32],
+pub struct StridedRows<'a, T = f32> {
+    pub data: &'a [T],
     pub start: usize,
     pub stride: usize,
 }
 
-impl StridedRows<'_> {
+impl<T> StridedRows<'_, T> {
     /// Whether rows `0..n` of width `d` lie inside `data`.
     fn holds(&self, n: usize, d: usize) -> bool {
         n == 0
@@ -26,15 +30,182 @@ impl StridedRows<'_> {
     }
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
+
+/// The element types a cache holds keys and values in, f32 and f16: how the decode loops read a
+/// row of them as f32.
+pub trait KvElem: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The elements of a CPU storage of this type.
+    #[doc(hidden)]
+    fn of(s: &CpuStorage) -> Option<&[Self]>;
+
+    /// `q · k` in eight independent lanes, then the lanes in order, then the tail: the same
+    /// arithmetic for either type (f16 widens exactly).
+    ///
+    /// # Safety
+    /// `F = true` only inside a function compiled with this type's fast target features
+    /// ([`KvElem::one_query_unchecked`] arranges it).
+    #[doc(hidden)]
+    unsafe fn dot<const F: bool>(q: &[f32], k: &[Self]) -> f32;
+
+    /// `o[i] = w·v[i] + o[i]` (fused when `F`).
+    ///
+    /// # Safety
+    /// As for [`KvElem::dot`].
+    #[doc(hidden)]
+    unsafe fn axpy<const F: bool>(w: f32, v: &[Self], o: &mut [f32]);
+
+    /// [`one_query`] without its checks, on the fastest body this CPU runs.
+    ///
+    /// # Safety
+    /// Key rows `0..n` of width `q.len()` and value rows `0..n` of width `o.len()` lie inside
+    /// their slices, and `p.len() ≥ n`.
+    #[doc(hidden)]
+    unsafe fn one_query_unchecked(
+        q: &[f32],
+        keys: StridedRows<'_, Self>,
+        vals: StridedRows<'_, Self>,
+        n: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    );
+}
+
+impl KvElem for f32 {
+    fn of(s: &CpuStorage) -> Option<&[f32]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot<const F: bool>(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+
+    #[inline(always)]
+    unsafe fn axpy<const F: bool>(w: f32, v: &[f32], o: &mut [f32]) {
+        for (ov, vv) in o.iter_mut().zip(v) {
+            *ov = crate::fused::fma::<F>(w, *vv, *ov);
+        }
+    }
+
+    unsafe fn one_query_unchecked(
+        q: &[f32],
+        keys: StridedRows<'_, f32>,
+        vals: StridedRows<'_, f32>,
+        n: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::fused::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA; the rows are the caller's to check.
+            return unsafe { one_query_avx2(q, keys, vals, n, scale, p, o) };
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { one_query_body::<false, f32>(q, keys, vals, n, scale, p, o) }
+    }
+}
+
+/// Eight f16 widened to f32: `vcvtph2ps` when `F` (the caller is compiled with F16C), the
+/// scalar conversion otherwise; both exact.
+#[inline(always)]
+unsafe fn widen8<const F: bool>(s: &[f16]) -> [f32; 8] {
+    #[cfg(target_arch = "x86_64")]
+    if F {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps, _mm256_storeu_ps};
+        let mut out = [0.0f32; 8];
+        debug_assert!(s.len() >= 8);
+        // SAFETY: `s` holds at least 8 f16 (16 bytes), read unaligned; the caller guarantees
+        // F16C (`F` is only set inside `one_query_avx2_f16c`).
+        unsafe {
+            let h = _mm_loadu_si128(s.as_ptr().cast::<__m128i>());
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+        return out;
+    }
+    std::array::from_fn(|i| s[i].to_f32())
+}
+
+impl KvElem for f16 {
+    fn of(s: &CpuStorage) -> Option<&[f16]> {
+        match s {
+            CpuStorage::F16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// [`dot`] with the keys widened as they are read.
+    #[inline(always)]
+    unsafe fn dot<const F: bool>(q: &[f32], k: &[f16]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
+        let (qr, kr) = (qc.remainder(), kc.remainder());
+        for (x, y) in qc.zip(kc) {
+            // SAFETY: forwarded from the caller.
+            let y = unsafe { widen8::<F>(y) };
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let tail: f32 = qr.iter().zip(kr).map(|(x, y)| x * y.to_f32()).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    unsafe fn axpy<const F: bool>(w: f32, v: &[f16], o: &mut [f32]) {
+        let n = o.len().min(v.len());
+        let (o, v) = (&mut o[..n], &v[..n]);
+        let mut oc = o.chunks_exact_mut(8);
+        let mut vc = v.chunks_exact(8);
+        for (o8, v8) in (&mut oc).zip(&mut vc) {
+            // SAFETY: forwarded from the caller.
+            let v8 = unsafe { widen8::<F>(v8) };
+            for l in 0..8 {
+                o8[l] = crate::fused::fma::<F>(w, v8[l], o8[l]);
+            }
+        }
+        for (ov, vv) in oc.into_remainder().iter_mut().zip(vc.remainder()) {
+            *ov = crate::fused::fma::<F>(w, vv.to_f32(), *ov);
+        }
+    }
+
+    unsafe fn one_query_unchecked(
+        q: &[f32],
+        keys: StridedRows<'_, f16>,
+        vals: StridedRows<'_, f16>,
+        n: usize,
+        scale: f32,
+        p: &mut [f32],
+        o: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::fused::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c") {
+            // SAFETY: the CPU has AVX2, FMA and F16C; the rows are the caller's to check.
+            return unsafe { one_query_avx2_f16c(q, keys, vals, n, scale, p, o) };
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { one_query_body::<false, f16>(q, keys, vals, n, scale, p, o) }
+    }
+}
+
 /// One query row against `n` keys: `o += softmax(scale · q·K) V` (`o` usually starts at zero),
 /// with `p` (at least `n` values) as scratch; `keys` and `vals` hold key and value rows `0..n`.
 /// The one decode-attention kernel: the single-sequence path and the batched decode step of
 /// `canon-models` both call it, so their values are the same bits. Panics if a row of `0..n`
 /// lies outside its slice (callers check their views).
-pub fn one_query(
+pub fn one_query<T: KvElem>(
     q: &[f32],
-    keys: StridedRows<'_>,
-    vals: StridedRows<'_>,
+    keys: StridedRows<'_, T>,
+    vals: StridedRows<'_, T>,
     n: usize,
     scale: f32,
     p: &mut [f32],
@@ -45,13 +216,8 @@ pub fn one_query(
         keys.holds(n, d) && vals.holds(n, o.len()) && p.len() >= n && o.len() == d,
         "one_query: {n} rows of width {d} do not fit the given views"
     );
-    #[cfg(target_arch = "x86_64")]
-    if crate::fused::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA; the rows were checked above.
-        return unsafe { one_query_avx2(q, keys, vals, n, scale, p, o) };
-    }
     // SAFETY: the rows were checked above.
-    unsafe { one_query_body::<false>(q, keys, vals, n, scale, p, o) }
+    unsafe { T::one_query_unchecked(q, keys, vals, n, scale, p, o) }
 }
 
 /// `one_query_body` compiled with AVX2 and FMA.
@@ -70,10 +236,30 @@ unsafe fn one_query_avx2(
     o: &mut [f32],
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { one_query_body::<true>(q, keys, vals, n, scale, p, o) }
+    unsafe { one_query_body::<true, f32>(q, keys, vals, n, scale, p, o) }
 }
 
-/// Compiled twice: for the baseline target and, inlined into `one_query_avx2`, with AVX2. The
+/// `one_query_body` over f16 rows compiled with AVX2, FMA and F16C.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C, and the rows must be checked as `one_query` does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn one_query_avx2_f16c(
+    q: &[f32],
+    keys: StridedRows<'_, f16>,
+    vals: StridedRows<'_, f16>,
+    n: usize,
+    scale: f32,
+    p: &mut [f32],
+    o: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { one_query_body::<true, f16>(q, keys, vals, n, scale, p, o) }
+}
+
+/// Compiled per element type twice: for the baseline target and, inlined into `one_query_avx2`
+/// (`one_query_avx2_f16c` for f16), with AVX2. The
 /// scores in eight-lane dot products, the softmax's exponentials by the vectorisable
 /// [`crate::fused::exp`] (about one ulp), the values accumulated row by row.
 ///
@@ -81,10 +267,10 @@ unsafe fn one_query_avx2(
 /// Key rows `0..n` of width `q.len()` and value rows `0..n` of width `o.len()` lie inside their
 /// slices, and `p.len() ≥ n`.
 #[inline(always)]
-unsafe fn one_query_body<const F: bool>(
+unsafe fn one_query_body<const F: bool, T: KvElem>(
     q: &[f32],
-    keys: StridedRows<'_>,
-    vals: StridedRows<'_>,
+    keys: StridedRows<'_, T>,
+    vals: StridedRows<'_, T>,
     n: usize,
     scale: f32,
     p: &mut [f32],
@@ -92,7 +278,7 @@ unsafe fn one_query_body<const F: bool>(
 ) {
     let (d, dv) = (q.len(), o.len());
     #[inline(always)]
-    fn row<'a>(m: &StridedRows<'a>, j: usize, w: usize) -> &'a [f32] {
+    fn row<'a, T>(m: &StridedRows<'a, T>, j: usize, w: usize) -> &'a [T] {
         let at = m.start + j * m.stride;
         // SAFETY: j < n, and the caller checked rows 0..n of width w.
         unsafe { m.data.get_unchecked(at..at + w) }
@@ -100,7 +286,8 @@ unsafe fn one_query_body<const F: bool>(
     let p = &mut p[..n];
     let mut max = f32::NEG_INFINITY;
     for (j, pj) in p.iter_mut().enumerate() {
-        *pj = dot(q, row(&keys, j, d)) * scale;
+        // SAFETY: `F` only inside the wrappers compiled with the type's target features.
+        *pj = unsafe { T::dot::<F>(q, row(&keys, j, d)) } * scale;
         max = max.max(*pj);
     }
     for pj in p.iter_mut() {
@@ -108,10 +295,8 @@ unsafe fn one_query_body<const F: bool>(
     }
     let inv = 1.0 / crate::fused::sum8(p);
     for (j, pj) in p.iter().enumerate() {
-        let w = pj * inv;
-        for (ov, vv) in o.iter_mut().zip(row(&vals, j, dv)) {
-            *ov = crate::fused::fma::<F>(w, *vv, *ov);
-        }
+        // SAFETY: as for the scores.
+        unsafe { T::axpy::<F>(pj * inv, row(&vals, j, dv), o) };
     }
 }
 
@@ -130,9 +315,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Eq. 1 with explicit loops, for few queries and no gradients. `None` when a tensor is not an f32
-/// CPU tensor with contiguous rows or the mask is a padding mask (callers use the matmul path).
+/// Eq. 1 with explicit loops, for few queries and no gradients. `None` when Q is not an f32 CPU
+/// tensor, K and V not both f32 or both f16 CPU tensors, one has rows that are not contiguous, or
+/// the mask is a padding mask (callers use the matmul path).
 pub(super) fn attention_direct(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask<'_>,
+    scale: f32,
+) -> crate::Result<Option<Tensor>> {
+    match (k.dtype(), v.dtype()) {
+        (DType::F32, DType::F32) => direct::<f32>(q, k, v, mask, scale),
+        (DType::F16, DType::F16) => direct::<f16>(q, k, v, mask, scale),
+        _ => Ok(None),
+    }
+}
+
+/// [`attention_direct`] over keys and values of type `T`.
+fn direct<T: KvElem>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -144,9 +345,12 @@ pub(super) fn attention_direct(
     };
     let (b, h, tq, d) = q.dims4()?;
     let (_, hkv, tk, _) = k.dims4()?;
+    if v.dims4()? != k.dims4()? || k.dim(3)? != d {
+        return Ok(None);
+    }
     let g = h / hkv;
     let qc = q.contiguous()?;
-    let (Some(qv), Some(kv), Some(vv)) = (view4(&qc), view4(k), view4(v)) else {
+    let (Some(qv), Some(kv), Some(vv)) = (view4(&qc), view4_of::<T>(k), view4_of::<T>(v)) else {
         return Ok(None);
     };
     let mut out = vec![0.0f32; b * h * tq * d];
@@ -175,4 +379,63 @@ pub(super) fn attention_direct(
             .for_each(|(bh, o)| head(bh, o));
     }
     Ok(Some(Tensor::from_vec(out, (b, h, tq, d), q.device())?))
+}
+
+thread_local! {
+    /// The scores of [`one_row`], kept per thread across calls.
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// `out[h·d..] = softmax(scale · q_h · K) V` for each query head `h` of one query row (a decode
+/// step of one sequence), with the `h / hkv` query heads of a K/V head sharing it, over keys
+/// `lo..tk` (`lo > 0` for a sliding window), on the calling thread: the batched decode step of
+/// `canon-models` runs one sequence per pool task with it. `q` is an f32 `[1, h, 1, d]`, `k` and
+/// `v` `[1, hkv, tk, d]`, both f32 or both f16 (an f16 cache read in place; strided views
+/// allowed). Per head the arithmetic is [`attention`](super::attention)'s, so the values are the
+/// same bits. Returns `false`, touching nothing, when a tensor is not a CPU tensor of that form;
+/// the caller then takes the general path.
+pub fn one_row(q: &Tensor, k: &Tensor, v: &Tensor, lo: usize, scale: f32, out: &mut [f32]) -> bool {
+    match (k.dtype(), v.dtype()) {
+        (DType::F32, DType::F32) => one_row_of::<f32>(q, k, v, lo, scale, out),
+        (DType::F16, DType::F16) => one_row_of::<f16>(q, k, v, lo, scale, out),
+        _ => false,
+    }
+}
+
+fn one_row_of<T: KvElem>(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lo: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> bool {
+    let (Ok((1, h, 1, d)), Ok((1, hkv, tk, dk))) = (q.dims4(), k.dims4()) else {
+        return false;
+    };
+    if v.dims4().ok() != Some((1, hkv, tk, d))
+        || dk != d
+        || hkv == 0
+        || h % hkv != 0
+        || lo >= tk
+        || out.len() != h * d
+    {
+        return false;
+    }
+    let (Some(qv), Some(kv), Some(vv)) = (view4(q), view4_of::<T>(k), view4_of::<T>(v)) else {
+        return false;
+    };
+    let g = h / hkv;
+    let n = tk - lo;
+    let mut p = SCORES.take();
+    p.clear();
+    p.resize(n, 0.0);
+    for (hi, o) in out.chunks_exact_mut(d).enumerate() {
+        let kh = hi / g;
+        o.fill(0.0);
+        let (keys, vals) = (kv.strided(0, kh, lo), vv.strided(0, kh, lo));
+        one_query(qv.row(0, hi, 0, d), keys, vals, n, scale, &mut p, o);
+    }
+    SCORES.set(p);
+    true
 }
