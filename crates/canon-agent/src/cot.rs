@@ -261,7 +261,7 @@ pub fn ordinal(n: usize) -> String {
     ];
     match n {
         1..=19 => FIRST[n].to_string(),
-        20..=99 if n % 10 == 0 => TENTHS[n / 10].to_string(),
+        20..=99 if n.is_multiple_of(10) => TENTHS[n / 10].to_string(),
         20..=99 => format!("{}-{}", TENS[n / 10], FIRST[n % 10].to_lowercase()),
         _ => format!("Step {n}"),
     }
