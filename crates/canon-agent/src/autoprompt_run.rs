@@ -41,6 +41,8 @@ pub struct Opts {
     pub init: Option<String>,
     pub per_object: usize,
     pub test_fraction: f64,
+    /// Share of the training facts held out as the dev set that picks the best triggers.
+    pub dev_fraction: f64,
     /// Let triggers be object tokens.
     pub allow_label_triggers: bool,
     /// Exclude candidates that start with a capital letter.
@@ -69,6 +71,7 @@ pub struct Report {
     pub facts: usize,
     pub objects: usize,
     pub train: usize,
+    pub dev: usize,
     pub test: usize,
     pub manual_prompt: String,
     pub manual: Precision,
@@ -92,11 +95,14 @@ impl Report {
             "facts": self.facts,
             "objects": self.objects,
             "train": self.train,
+            "dev": self.dev,
             "test": self.test,
             "manual": {"prompt": self.manual_prompt, "precision_at_1": self.manual.vocabulary,
                        "precision_among_objects": self.manual.objects},
             "autoprompt": {"template": self.template, "prompt": self.prompt,
                            "triggers": self.triggers, "trigger_ids": self.result.triggers,
+                           "last_trigger_ids": self.result.last,
+                           "dev_log_likelihood": self.result.dev,
                            "precision_at_1": self.auto.vocabulary,
                            "precision_among_objects": self.auto.objects},
             "config": self.config,
@@ -151,13 +157,22 @@ pub fn run(
         o.test_fraction,
         o.search.seed,
     );
+    // The dev facts come out of the training split (the paper's 80/20 train/dev split of its
+    // training facts); the test facts are never seen by the search.
+    let (train, dev) = autoprompt::balance_and_split(
+        &train,
+        |f| f.1,
+        usize::MAX,
+        o.dev_fraction,
+        o.search.seed ^ 0x5eed,
+    );
     let objects: Vec<u32> = labelled
         .iter()
         .map(|f| f.1)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    if train.is_empty() || test.is_empty() {
+    if train.is_empty() || dev.is_empty() || test.is_empty() {
         return Err(task(format!(
             "{}: expected facts whose object is one token of the model, found {} ({} dropped)",
             o.relation,
@@ -166,11 +181,12 @@ pub fn run(
         )));
     }
     on(Event::Note(format!(
-        "{}: {} facts with a one-token object ({} objects; {dropped} dropped), {} train / {} test after at most {} per object",
+        "{}: {} facts with a one-token object ({} objects; {dropped} dropped), {} train / {} dev / {} test after at most {} per object",
         o.relation,
         labelled.len(),
         objects.len(),
         train.len(),
+        dev.len(),
         test.len(),
         o.per_object
     )));
@@ -245,12 +261,14 @@ pub fn run(
         );
     }
     let train_enc = encode_facts(&trig, &train)?;
+    let dev_enc = encode_facts(&trig, &dev)?;
     let test_enc = encode_facts(&trig, &test)?;
     on(Event::Phase("autoprompt", o.search.steps));
     let result = autoprompt::search(
         lm,
         &trig_c,
         &train_enc,
+        &dev_enc,
         &init,
         &exclude,
         &o.search,
@@ -262,11 +280,25 @@ pub fn run(
         .iter()
         .map(|i| (m.token)(*i).trim().to_string())
         .collect();
-    on(Event::Note(format!(
-        "triggers after {} steps: {}",
-        o.search.steps,
-        trig.render(&found)
-    )));
+    let last: Vec<String> = result
+        .last
+        .iter()
+        .map(|i| (m.token)(*i).trim().to_string())
+        .collect();
+    on(Event::Note(match result.dev {
+        Some(d) => format!(
+            "triggers after {} steps, best on the {} dev facts (mean label log-likelihood {d:.3}): {}; last: {}",
+            o.search.steps,
+            dev.len(),
+            trig.render(&found),
+            trig.render(&last)
+        ),
+        None => format!(
+            "triggers after {} steps (no step changed a trigger): {}",
+            o.search.steps,
+            trig.render(&found)
+        ),
+    }));
     on(Event::Phase("autoprompt test", test.len()));
     let auto_test = autoprompt::precision_at_1(
         lm,
@@ -284,6 +316,7 @@ pub fn run(
         facts: labelled.len(),
         objects: objects.len(),
         train: train.len(),
+        dev: dev.len(),
         test: test.len(),
         manual_prompt: manual.render(&[]),
         manual: manual_test,

@@ -581,6 +581,11 @@ fn icl_mapping(rng: &mut StdRng) -> Vec<String> {
 /// A question: a key and two noise letters (`cqx`); returns the key's index and the question.
 fn icl_question(rng: &mut StdRng) -> (usize, String) {
     let k = rng.random_range(0..ICL_KEYS.len());
+    icl_question_with(k, rng)
+}
+
+/// A question on key `k`.
+fn icl_question_with(k: usize, rng: &mut StdRng) -> (usize, String) {
     let mut q = String::from(char::from(ICL_KEYS[k]));
     for _ in 0..2 {
         q.push(char::from(ICL_NOISE[rng.random_range(0..ICL_NOISE.len())]));
@@ -592,13 +597,39 @@ fn icl_question(rng: &mut StdRng) -> (usize, String) {
 /// (`Q: cqx\nA: c7\n\n`, the few-shot prompt format) of its own randomly drawn mapping from the
 /// first letter to a digit, blocks separated by a `===` line. Only the demonstrations of the same
 /// block tell which digit a key has, so the model can learn the task only in context.
-pub fn icl_training_text(sequences: usize, demos: usize, seed: u64) -> String {
+///
+/// `keys` sets how many distinct keys a block's questions use, drawn per block between its
+/// bounds (a random subset of the 8; `8..=8` uses them all): fewer keys make a block "bursty"
+/// (Chan et al., 2022), each key recurring more often, so more of the block's digits can be read
+/// from its earlier demonstrations.
+pub fn icl_training_text(
+    sequences: usize,
+    demos: usize,
+    keys: std::ops::RangeInclusive<usize>,
+    seed: u64,
+) -> String {
     let mut rng = StdRng::seed_from_u64(seed);
+    let all_keys = keys == (ICL_KEYS.len()..=ICL_KEYS.len());
     let mut s = String::new();
     for _ in 0..sequences {
         let m = icl_mapping(&mut rng);
+        let subset: Vec<usize> = if all_keys {
+            (0..ICL_KEYS.len()).collect()
+        } else {
+            let n = rng.random_range(keys.clone());
+            let mut ks: Vec<usize> = (0..ICL_KEYS.len()).collect();
+            ks.shuffle(&mut rng);
+            ks.truncate(n);
+            ks
+        };
         for _ in 0..demos {
-            let (k, q) = icl_question(&mut rng);
+            // Every key by default (the stream of the original texts, which drew keys this way).
+            let (k, q) = if all_keys {
+                icl_question(&mut rng)
+            } else {
+                let k = subset[rng.random_range(0..subset.len())];
+                icl_question_with(k, &mut rng)
+            };
             s.push_str(&format_demo(&Item {
                 question: q,
                 options: Vec::new(),
@@ -810,7 +841,7 @@ mod tests {
 
     #[test]
     fn icl_training_blocks_each_follow_their_own_mapping() {
-        let text = icl_training_text(50, 20, 9);
+        let text = icl_training_text(50, 20, 8..=8, 9);
         let blocks: Vec<&str> = text.split("===\n\n").filter(|b| !b.is_empty()).collect();
         assert_eq!(blocks.len(), 50);
         let mut mappings = HashSet::new();
@@ -833,6 +864,23 @@ mod tests {
             mappings.insert(format!("{m:?}"));
         }
         assert!(mappings.len() > 45, "blocks draw their own mappings");
+    }
+
+    #[test]
+    fn bursty_icl_blocks_use_a_subset_of_the_keys() {
+        let text = icl_training_text(200, 20, 2..=3, 5);
+        let mut sizes = HashSet::new();
+        for b in text.split("===\n\n").filter(|b| !b.is_empty()) {
+            let keys: HashSet<u8> = b
+                .split("\n\n")
+                .filter(|d| !d.is_empty())
+                .map(|d| d.as_bytes()[3])
+                .collect();
+            assert!((1..=3).contains(&keys.len()), "{keys:?}");
+            assert!(keys.iter().all(|k| ICL_KEYS.contains(k)));
+            sizes.insert(keys.len());
+        }
+        assert!(sizes.contains(&3), "{sizes:?}");
     }
 
     #[test]

@@ -26,7 +26,11 @@ A causal LM (an alias, .gguf or HF folder; weights dequantized to f32 for the gr
 [P] as the next token, so [P] ends its templates; a BERT run folder with an MLM head (e.g.
 canon train --config configs/minilm-mlm.toml --out runs/minilm-mlm) fills a [MASK] at [P].
 Reported: precision@1 on the held-out facts over the whole vocabulary and among the relation's
-objects, for the hand-written prompt and for the triggers found.")
+objects, for the hand-written prompt and for the triggers found.
+The search follows the paper's reference protocol: each step averages the gradient over
+--accumulation batches of --batch-size training facts, draws one trigger position, scores its
+--candidates best HotFlip replacements on as many other facts, keeps the best if it beats the
+current trigger, and after each change scores the triggers on the dev facts; the best there win.")
 )]
 pub struct AutopromptArgs {
     /// A causal LM (alias, .gguf, HF folder, run folder) or a BERT run folder with an MLM head.
@@ -44,12 +48,16 @@ pub struct AutopromptArgs {
     /// The hand-written prompt it is compared with (default per relation).
     #[cfg_attr(feature = "cli", arg(long))]
     pub manual: Option<String>,
-    /// Trigger updates (each updates one trigger position, in turn).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 30))]
+    /// Search iterations (each may change the trigger at one position drawn at random).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 100))]
     pub steps: usize,
-    /// Facts per step's batch (gradient and candidate scoring).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 8))]
+    /// Facts per batch.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
     pub batch_size: usize,
+    /// Batches per step: the gradient averages over this many batches and the candidates are
+    /// scored on as many others (at most one pass over the training facts each).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub accumulation: usize,
     /// HotFlip candidates scored per step.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
     pub candidates: usize,
@@ -62,6 +70,10 @@ pub struct AutopromptArgs {
     /// Share of the facts held out for the test.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.3))]
     pub test_fraction: f64,
+    /// Share of the remaining facts held out as the dev set: the search keeps the triggers with
+    /// the best mean label log-likelihood there.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.2))]
+    pub dev_fraction: f64,
     /// Let triggers be object tokens (excluded by default, so a trigger is not itself an answer).
     #[cfg_attr(feature = "cli", arg(long))]
     pub allow_label_triggers: bool,
@@ -92,8 +104,18 @@ impl AutopromptArgs {
                 self.test_fraction
             );
         }
-        if self.batch_size == 0 || self.candidates == 0 || self.per_object == 0 {
-            bail!("--batch-size, --candidates and --per-object must be positive");
+        if !(self.dev_fraction > 0.0 && self.dev_fraction < 1.0) {
+            bail!(
+                "--dev-fraction: expected a share in (0, 1), found {}",
+                self.dev_fraction
+            );
+        }
+        if self.batch_size == 0
+            || self.accumulation == 0
+            || self.candidates == 0
+            || self.per_object == 0
+        {
+            bail!("--batch-size, --accumulation, --candidates and --per-object must be positive");
         }
         let (facts, manual_default) = match self.relation.as_str() {
             "stdlib-module" => {
@@ -123,12 +145,14 @@ impl AutopromptArgs {
             search: SearchConfig {
                 steps: self.steps,
                 batch_size: self.batch_size,
+                accumulation: self.accumulation,
                 candidates: self.candidates,
                 seed: self.seed,
             },
             init: self.init.clone(),
             per_object: self.per_object,
             test_fraction: self.test_fraction,
+            dev_fraction: self.dev_fraction,
             allow_label_triggers: self.allow_label_triggers,
             filter_capitalised: self.filter_capitalised,
         };
@@ -141,8 +165,8 @@ impl AutopromptArgs {
 /// among the relation's objects.
 pub fn report_text(r: &Report, seed: u64) -> String {
     let mut s = format!(
-        "{} on {} ({} train / {} test facts, seed {}, {:.0} s):\n",
-        r.model, r.relation, r.train, r.test, seed, r.seconds
+        "{} on {} ({} train / {} dev / {} test facts, seed {}, {:.0} s):\n",
+        r.model, r.relation, r.train, r.dev, r.test, seed, r.seconds
     );
     for (name, prompt, p) in [
         ("manual    ", &r.manual_prompt, &r.manual),

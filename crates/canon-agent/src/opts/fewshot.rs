@@ -92,6 +92,13 @@ pub struct FewShotArgs {
     /// Demonstrations per block of the --write-text training text.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 20))]
     pub demos: usize,
+    /// Distinct keys per block of the --write-text training text, MIN-MAX (or N), drawn per
+    /// block: fewer keys make blocks "bursty", each key recurring more often (8 uses all).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value = "8", value_name = "MIN-MAX")
+    )]
+    pub block_keys: String,
     /// Print one JSON object (accuracies and per-item picks).
     #[cfg_attr(feature = "cli", arg(long))]
     pub json: bool,
@@ -114,7 +121,22 @@ impl FewShotArgs {
                 "--sequences and --demos must be at least 1".into(),
             ));
         }
-        let text = tasks::icl_training_text(self.sequences, self.demos, self.seed);
+        let n = tasks::ICL_KEYS.len();
+        let bad = || {
+            AgentError::Task(format!(
+                "--block-keys: expected N or MIN-MAX with 1 <= MIN <= MAX <= {n}, found {:?}",
+                self.block_keys
+            ))
+        };
+        let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
+        let (lo, hi) = match self.block_keys.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(&self.block_keys)?, num(&self.block_keys)?),
+        };
+        if lo == 0 || lo > hi || hi > n {
+            return Err(bad());
+        }
+        let text = tasks::icl_training_text(self.sequences, self.demos, lo..=hi, self.seed);
         let line = format!(
             "wrote {} blocks of {} demonstrations ({} bytes) to {}",
             self.sequences,
