@@ -39,6 +39,8 @@ pub struct Opts {
     pub search: SearchConfig,
     /// Initial trigger word (default: the mask token, else "the").
     pub init: Option<String>,
+    /// Initial trigger ids, one per `[T]` (instead of `init`).
+    pub init_ids: Option<Vec<u32>>,
     pub per_object: usize,
     pub test_fraction: f64,
     /// Share of the training facts held out as the dev set that picks the best triggers.
@@ -75,6 +77,8 @@ pub struct Report {
     pub test: usize,
     pub manual_prompt: String,
     pub manual: Precision,
+    /// The hand-written prompt's mean label log-likelihood on the dev facts.
+    pub manual_dev_log_likelihood: f64,
     pub template: String,
     pub prompt: String,
     pub triggers: Vec<String>,
@@ -98,13 +102,16 @@ impl Report {
             "dev": self.dev,
             "test": self.test,
             "manual": {"prompt": self.manual_prompt, "precision_at_1": self.manual.vocabulary,
-                       "precision_among_objects": self.manual.objects},
+                       "precision_among_objects": self.manual.objects,
+                       "log_likelihood": self.manual.log_likelihood,
+                       "dev_log_likelihood": self.manual_dev_log_likelihood},
             "autoprompt": {"template": self.template, "prompt": self.prompt,
                            "triggers": self.triggers, "trigger_ids": self.result.triggers,
                            "last_trigger_ids": self.result.last,
                            "dev_log_likelihood": self.result.dev,
                            "precision_at_1": self.auto.vocabulary,
-                           "precision_among_objects": self.auto.objects},
+                           "precision_among_objects": self.auto.objects,
+                           "log_likelihood": self.auto.log_likelihood},
             "config": self.config,
             "history": self.result.history,
             "seconds": self.seconds,
@@ -121,6 +128,15 @@ impl Opts {
             return Err(task(format!(
                 "--template: expected at least one [T], found none in {:?}",
                 self.template
+            )));
+        }
+        if let Some(ids) = &self.init_ids
+            && ids.len() != trig.triggers()
+        {
+            return Err(task(format!(
+                "--init-ids: expected {} ids (one per [T]), found {}",
+                trig.triggers(),
+                ids.len()
             )));
         }
         Ok((manual, trig))
@@ -222,12 +238,16 @@ pub fn run(
         &mut |i| on(Event::Pos(i)),
     )?;
     on(Event::Done);
+    let manual_dev =
+        autoprompt::mean_log_likelihood(lm, &manual_c, &encode_facts(&manual, &dev)?, &[])?;
     on(Event::Note(format!(
-        "manual prompt {:?}: precision@1 {:.1} % (vocabulary), {:.1} % (objects) on {} test facts",
+        "manual prompt {:?}: precision@1 {:.1} % (vocabulary), {:.1} % (objects), mean label log-likelihood {:.3} on {} test facts ({:.3} on the dev facts)",
         manual.render(&[]),
         100.0 * manual_test.vocabulary,
         100.0 * manual_test.objects,
-        test.len()
+        manual_test.log_likelihood,
+        test.len(),
+        manual_dev
     )));
     // AutoPrompt.
     let trig_c = autoprompt::compile(&trig, lm, &encode_piece)?;
@@ -250,7 +270,18 @@ pub fn run(
             .copied()
             .ok_or_else(|| task("the tokenizer encodes \"the\" as nothing".into()))?,
     };
-    let init = vec![init_id; trig_c.n_triggers()];
+    let init = match &o.init_ids {
+        None => vec![init_id; trig_c.n_triggers()],
+        Some(ids) => {
+            if let Some(bad) = ids.iter().find(|i| **i as usize >= lm.vocab_size()) {
+                return Err(task(format!(
+                    "--init-ids: expected ids below the vocabulary size {}, found {bad}",
+                    lm.vocab_size()
+                )));
+            }
+            ids.clone()
+        }
+    };
     let mut exclude = m.special.clone();
     if !o.allow_label_triggers {
         exclude.extend(objects.iter().copied());
@@ -320,6 +351,7 @@ pub fn run(
         test: test.len(),
         manual_prompt: manual.render(&[]),
         manual: manual_test,
+        manual_dev_log_likelihood: manual_dev,
         template: o.template.clone(),
         prompt: trig.render(&found),
         triggers: found,

@@ -64,6 +64,13 @@ pub struct AutopromptArgs {
     /// Initial trigger word (default: [MASK] for a masked LM, "the" for a causal LM).
     #[cfg_attr(feature = "cli", arg(long))]
     pub init: Option<String>,
+    /// Start from these trigger token ids, one per [T], comma-separated (e.g. the trigger_ids of
+    /// an earlier --json report); with --steps 0 this evaluates them on the test facts.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_delimiter = ',', value_name = "ID,ID,...")
+    )]
+    pub init_ids: Option<Vec<u32>>,
     /// At most this many facts of each object.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 12))]
     pub per_object: usize,
@@ -150,6 +157,7 @@ impl AutopromptArgs {
                 seed: self.seed,
             },
             init: self.init.clone(),
+            init_ids: self.init_ids.clone(),
             per_object: self.per_object,
             test_fraction: self.test_fraction,
             dev_fraction: self.dev_fraction,
@@ -173,9 +181,10 @@ pub fn report_text(r: &Report, seed: u64) -> String {
         ("autoprompt", &r.prompt, &r.auto),
     ] {
         s.push_str(&format!(
-            "  {name} {prompt:<48} P@1 {:>5.1} % (vocabulary) {:>5.1} % (objects)\n",
+            "  {name} {prompt:<48} P@1 {:>5.1} % (vocabulary) {:>5.1} % (objects), log-lik {:.3}\n",
             100.0 * p.vocabulary,
-            100.0 * p.objects
+            100.0 * p.objects,
+            p.log_likelihood
         ));
     }
     s

@@ -33,6 +33,15 @@ fn autoprompt_has_help_and_rejects_bad_input_with_one_line() {
     );
     one_error(&run(&["--template", "[X] [P]"]), "at least one [T]");
     one_error(&run(&["--test-fraction", "1.5"]), "--test-fraction");
+    one_error(
+        &run(&["--dev-fraction", "0"]),
+        "--dev-fraction: expected a share",
+    );
+    one_error(&run(&["--accumulation", "0"]), "must be positive");
+    one_error(
+        &run(&["--init-ids", "1,2"]),
+        "--init-ids: expected 5 ids (one per [T]), found 2",
+    );
     // The tiny model's byte vocabulary has no one-token module names: every fact is dropped.
     one_error(&run(&[]), "expected facts whose object is one token");
     let nodir = d.path().join("missing");
@@ -227,6 +236,24 @@ fn fewshot_builtin_tasks_run_and_bad_input_gives_one_line() {
         ),
         "--write-text: expected --task icl-map",
     );
+    for keys in ["0-3", "5-2", "9", "a-b"] {
+        one_error(
+            &canon(
+                &[
+                    "eval",
+                    "fewshot",
+                    "--task",
+                    "icl-map",
+                    "--write-text",
+                    "x.txt",
+                    "--block-keys",
+                    keys,
+                ],
+                d.path(),
+            ),
+            "--block-keys: expected N or MIN-MAX",
+        );
+    }
     one_error(
         &canon(
             &["eval", "cot", "--model", m, "--max-value", "10"],

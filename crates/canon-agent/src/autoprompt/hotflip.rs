@@ -483,6 +483,8 @@ pub struct Precision {
     pub vocabulary: f64,
     /// The arg-max over the relation's objects is the label.
     pub objects: f64,
+    /// Mean label log-likelihood (the search's objective).
+    pub log_likelihood: f64,
     /// Per fact: the predicted id over the vocabulary and over the objects.
     pub predicted: Vec<(u32, u32)>,
 }
@@ -509,6 +511,8 @@ pub fn precision_at_1(
         facts: facts.len(),
         vocabulary: hit(&|s| s.vocabulary),
         objects: hit(&|s| s.objects),
+        log_likelihood: scores.iter().map(|s| s.log_prob as f64).sum::<f64>()
+            / facts.len().max(1) as f64,
         predicted: scores.iter().map(|s| (s.vocabulary, s.objects)).collect(),
     })
 }
