@@ -9,7 +9,9 @@
 # 3. evaluates both zero-shot on held-out problems (seed 1) by number of steps;
 # 4. runs self-consistency (m = 1..40 sampled rationales, majority vote) on the rationale arm
 #    against its greedy chain of thought (seed 2);
-# 5. plots docs/plots/cot-gpt-steps.png and docs/plots/cot-gpt-vote.png.
+# 5. resumes both arms to 16,000 steps (copies in runs/cot-*-16k; the cosine follows the new total)
+#    and evaluates them on the same problems (SKIP_LONG=1 leaves this out);
+# 6. plots docs/plots/cot-gpt-steps.png and docs/plots/cot-gpt-vote.png.
 set -euo pipefail
 C=${1:-canon}
 T=${THREADS:-1}
@@ -34,9 +36,27 @@ fi
 "$C" eval cot --model runs/cot-rationale --generate "$V" --steps 1-6 --max-value 20 --ops +,- --seed 2 \
   --shots 0 --samples 1,3,5,10,20,40 --max-tokens 300 --threads "$T" --json > runs/cot-eval/vote.json &
 wait
+if [ -z "${SKIP_LONG:-}" ]; then
+  for f in rationale direct; do
+    if [ -z "${SKIP_TRAIN:-}" ]; then
+      rm -rf runs/cot-$f-16k && cp -a runs/cot-$f runs/cot-$f-16k
+      "$C" train --resume runs/cot-$f-16k --max-steps 16000 --threads "$T" &
+    fi
+  done
+  wait
+  "$C" eval cot --model runs/cot-rationale-16k --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
+    --shots 0 --samples 1 --max-tokens 300 --threads "$T" --json > runs/cot-eval/rationale-16k.json &
+  "$C" eval cot --model runs/cot-direct-16k --generate "$N" --steps 1-6 --max-value 20 --ops +,- --seed 1 \
+    --shots 0 --samples 1 --max-tokens 8 --threads "$T" --json > runs/cot-eval/direct-16k.json &
+  wait
+fi
 {
-  jq -c '.by_steps[] | {arm: "rationale then answer (greedy)", steps, accuracy: .greedy_cot}' runs/cot-eval/rationale.json
-  jq -c '.by_steps[] | {arm: "answer only", steps, accuracy: .direct}' runs/cot-eval/direct.json
+  jq -c '.by_steps[] | {arm: "rationale then answer (greedy), 8,000 steps", steps, accuracy: .greedy_cot}' runs/cot-eval/rationale.json
+  jq -c '.by_steps[] | {arm: "answer only, 8,000 steps", steps, accuracy: .direct}' runs/cot-eval/direct.json
+  if [ -z "${SKIP_LONG:-}" ]; then
+    jq -c '.by_steps[] | {arm: "rationale then answer (greedy), 16,000 steps", steps, accuracy: .greedy_cot}' runs/cot-eval/rationale-16k.json
+    jq -c '.by_steps[] | {arm: "answer only, 16,000 steps", steps, accuracy: .direct}' runs/cot-eval/direct-16k.json
+  fi
 } > runs/cot-eval/steps.jsonl
 jq -c '.accuracy_greedy_cot as $g | .accuracy_vote[] | ({method: "majority vote of m samples", m, accuracy}, {method: "greedy chain of thought", m, accuracy: $g})' \
   runs/cot-eval/vote.json > runs/cot-eval/vote.jsonl
