@@ -137,6 +137,64 @@ fn scaled(g: f32, scale: Option<f32>) -> f32 {
     }
 }
 
+/// AdamW's per-step constants.
+#[derive(Clone, Copy)]
+struct AdamStep {
+    b1: f32,
+    b2: f32,
+    bc1: f32,
+    bc2: f32,
+    shrink: f32,
+    lr: f32,
+    eps: f32,
+    scale: Option<f32>,
+}
+
+#[inline(always)]
+fn adamw_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+    // Zipped iterators (no index checks) let the compiler vectorise the loop; the arithmetic and
+    // its order are the recurrence's, element by element, without fused multiply-adds, so every
+    // compiled copy below gives the same bits.
+    let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+    for (((p, &g), m), v) in it {
+        let gi = scaled(g, k.scale);
+        *m = k.b1 * *m + (1.0 - k.b1) * gi;
+        *v = k.b2 * *v + (1.0 - k.b2) * gi * gi;
+        let mh = *m / k.bc1;
+        let vh = *v / k.bc2;
+        *p = *p * k.shrink - k.lr * mh / (vh.sqrt() + k.eps);
+    }
+}
+
+/// One chunk of the AdamW update on the widest vector unit the CPU has (the crate is built for
+/// baseline x86-64, whose 4-wide divisions and square roots made this loop compute-bound).
+fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// The CPU must have AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+            adamw_body(p, g, m, v, k)
+        }
+        /// # Safety
+        /// The CPU must have AVX.
+        #[target_feature(enable = "avx")]
+        unsafe fn avx(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: AdamStep) {
+            adamw_body(p, g, m, v, k)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected.
+            return unsafe { wide(p, g, m, v, k) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the feature was detected.
+            return unsafe { avx(p, g, m, v, k) };
+        }
+    }
+    adamw_body(p, g, m, v, k)
+}
+
 /// The update of one parameter, run by candle on the variable's own storage.
 struct Update<'a> {
     grad: &'a [f32],
@@ -188,24 +246,21 @@ impl InplaceOp1 for Update<'_> {
                 } else {
                     1.0
                 };
-                let scale = self.grad_scale;
+                let k = AdamStep {
+                    b1,
+                    b2,
+                    bc1,
+                    bc2,
+                    shrink,
+                    lr,
+                    eps,
+                    scale: self.grad_scale,
+                };
                 p.par_chunks_mut(CHUNK)
                     .zip(self.grad.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK))
                     .zip(v.par_chunks_mut(CHUNK))
-                    .for_each(|(((p, g), m), v)| {
-                        // Zipped iterators (no index checks) let the compiler vectorise the loop;
-                        // the arithmetic and its order are the recurrence's, element by element.
-                        let it = p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
-                        for (((p, &g), m), v) in it {
-                            let gi = scaled(g, scale);
-                            *m = b1 * *m + (1.0 - b1) * gi;
-                            *v = b2 * *v + (1.0 - b2) * gi * gi;
-                            let mh = *m / bc1;
-                            let vh = *v / bc2;
-                            *p = *p * shrink - lr * mh / (vh.sqrt() + eps);
-                        }
-                    });
+                    .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, k));
             }
             OptimizerConfig::Sgd {
                 momentum,

@@ -120,9 +120,28 @@ pub(crate) fn sum8(x: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `Σ a·b` with eight independent lanes (vectorises; pairwise at the end).
+#[inline(always)]
+pub(crate) fn dot8<const F: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] = fma::<F>(x[i], y[i], acc[i]);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// `Σ (x − m)²` with eight lanes.
 #[inline(always)]
-fn sum_sq_dev8<const F: bool>(x: &[f32], m: f32) -> f32 {
+pub(crate) fn sum_sq_dev8<const F: bool>(x: &[f32], m: f32) -> f32 {
     let mut acc = [0f32; 8];
     let mut it = x.chunks_exact(8);
     for c in &mut it {

@@ -35,7 +35,7 @@ mod packed;
 mod tests;
 mod tiles;
 
-use crate::fused::{F32Data, sum8};
+use crate::fused::F32Data;
 pub use packed::packed_causal_attention;
 use tiles::{mm1, softmax_tile};
 
@@ -405,20 +405,7 @@ fn data(t: &Tensor) -> candle_core::Result<F32Data<'_>> {
 
 /// `a · b` in eight lanes.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    sum8(&acc) + tail
+    crate::fused::dot8::<false>(a, b)
 }
 
 /// Attention `softmax(scale · Q Kᵀ + mask) V` with a backward pass, as one tiled op (`q: [b, h,
