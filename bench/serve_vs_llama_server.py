@@ -151,7 +151,7 @@ def main():
     args = ap.parse_args()
     if not Path(args.gguf).is_file():
         sys.exit(f"error: no GGUF at {args.gguf} (run `canon assets fetch` or pass --gguf)")
-    if not Path(args.llama_server).is_file():
+    if not args.skip_llama and not Path(args.llama_server).is_file():
         sys.exit(f"error: no llama-server at {args.llama_server}: run bench/setup_peers.sh first")
     canon = Path(args.canon) if args.canon else ROOT / "target" / "release" / "canon"
     if not args.canon and not canon.exists():
