@@ -169,7 +169,11 @@ fn prompts_arriving_while_others_decode_equal_each_alone() {
         let got = staggered(&e, &ids, greedy);
         for (i, g) in got.iter().enumerate() {
             let w = &want[if greedy { 0 } else { 8 } + i];
-            assert_eq!(g, w, "request {i} ({}, greedy {greedy}) differs from alone", PROMPTS[i]);
+            assert_eq!(
+                g, w,
+                "request {i} ({}, greedy {greedy}) differs from alone",
+                PROMPTS[i]
+            );
         }
         e.shutdown();
     }
@@ -181,8 +185,17 @@ fn prompts_arriving_while_others_decode_equal_each_alone() {
     e.shutdown();
     for (i, p) in ids.iter().enumerate() {
         let e = engine(model(), 4);
-        let w = e.submit(request(p, i, true)).unwrap().wait().unwrap().tokens;
-        assert_eq!(got[i], w, "request {i} ({}) in chunks of 4 differs from alone", PROMPTS[i]);
+        let w = e
+            .submit(request(p, i, true))
+            .unwrap()
+            .wait()
+            .unwrap()
+            .tokens;
+        assert_eq!(
+            got[i], w,
+            "request {i} ({}) in chunks of 4 differs from alone",
+            PROMPTS[i]
+        );
         e.shutdown();
     }
 }
