@@ -59,6 +59,15 @@ pub trait KvElem: Copy + Send + Sync + sealed::Sealed + 'static {
     #[doc(hidden)]
     unsafe fn axpy<const F: bool>(w: f32, v: &[Self], o: &mut [f32]);
 
+    /// Eight elements at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// 8 readable elements at `p`; only inside a function compiled with this type's fast target
+    /// features (AVX2, and F16C for f16).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
     /// [`one_query`] without its checks, on the fastest body this CPU runs.
     ///
     /// # Safety
@@ -94,6 +103,13 @@ impl KvElem for f32 {
         for (ov, vv) in o.iter_mut().zip(v) {
             *ov = crate::fused::fma::<F>(w, *vv, *ov);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: 8 readable floats (caller), unaligned load.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
 
     unsafe fn one_query_unchecked(
@@ -176,6 +192,14 @@ impl KvElem for f16 {
         for (ov, vv) in oc.into_remainder().iter_mut().zip(vc.remainder()) {
             *ov = crate::fused::fma::<F>(w, vv.to_f32(), *ov);
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps};
+        // SAFETY: 8 readable f16 (16 bytes, caller), unaligned; F16C (caller).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
     }
 
     unsafe fn one_query_unchecked(
@@ -285,7 +309,19 @@ unsafe fn one_query_body<const F: bool, T: KvElem>(
     }
     let p = &mut p[..n];
     let mut max = f32::NEG_INFINITY;
-    for (j, pj) in p.iter_mut().enumerate() {
+    // Compiled with AVX2: whole blocks of eight keys at once (`scores8`, the same bits).
+    let mut from = 0;
+    #[cfg(target_arch = "x86_64")]
+    if F && d % 8 == 0 {
+        while from + 8 <= n {
+            // SAFETY: keys from..from + 8 < n of width d (caller); F: AVX2 and the type's
+            // features are enabled in the function this body is inlined into.
+            let m = unsafe { scores8(q, &keys, from, scale, p.as_mut_ptr().add(from)) };
+            max = max.max(m);
+            from += 8;
+        }
+    }
+    for (j, pj) in p.iter_mut().enumerate().skip(from) {
         // SAFETY: `F` only inside the wrappers compiled with the type's target features.
         *pj = unsafe { T::dot::<F>(q, row(&keys, j, d)) } * scale;
         max = max.max(*pj);
@@ -294,9 +330,153 @@ unsafe fn one_query_body<const F: bool, T: KvElem>(
         *pj = crate::fused::exp::<F>(*pj - max);
     }
     let inv = 1.0 / crate::fused::sum8(p);
+    // Compiled with AVX2 and FMA: the output kept in registers over all values (`weighted8`,
+    // the same bits as the row-by-row `axpy`, which reads and writes `o` once per value row).
+    #[cfg(target_arch = "x86_64")]
+    if F && dv % 8 == 0 {
+        // SAFETY: value rows 0..n of width dv (caller); F: AVX2, FMA and the type's features
+        // are enabled in the function this body is inlined into.
+        unsafe { weighted8(p, inv, &vals, o) };
+        return;
+    }
     for (j, pj) in p.iter().enumerate() {
         // SAFETY: as for the scores.
         unsafe { T::axpy::<F>(pj * inv, row(&vals, j, dv), o) };
+    }
+}
+
+/// `o += Σ_j (p_j · inv) v_j` over value rows `0..p.len()`, each output element by the fused
+/// multiply-adds of `axpy` in the same order (value row by value row), with columns in blocks of
+/// up to 64 held in eight registers across all the rows instead of loaded and stored for each.
+/// `o.len()` must be a multiple of 8.
+///
+/// # Safety
+/// Value rows `0..p.len()` of width `o.len()` lie inside `vals`; only inlined into a function
+/// compiled with AVX2, FMA and the type's features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn weighted8<T: KvElem>(
+    p: &[f32],
+    inv: f32,
+    vals: &StridedRows<'_, T>,
+    o: &mut [f32],
+) {
+    /// Columns `c0..c0 + 8·W`.
+    #[inline(always)]
+    unsafe fn block<T: KvElem, const W: usize>(
+        p: &[f32],
+        inv: f32,
+        vals: &StridedRows<'_, T>,
+        o: &mut [f32],
+        c0: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract: columns c0..c0 + 8W inside `o` and every value row.
+        unsafe {
+            let op = o.as_mut_ptr().add(c0);
+            let mut acc: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(op.add(8 * i)));
+            let base = vals.data.as_ptr().add(vals.start + c0);
+            for (j, &pj) in p.iter().enumerate() {
+                let w = _mm256_set1_ps(pj * inv);
+                let v = base.add(j * vals.stride);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, T::load8(v.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(8 * i), *a);
+            }
+        }
+    }
+    let dv = o.len();
+    let mut c0 = 0;
+    // SAFETY: each block covers columns c0..c0 + 8W ≤ dv, inside the caller's rows of width dv.
+    unsafe {
+        while c0 + 64 <= dv {
+            block::<T, 8>(p, inv, vals, o, c0);
+            c0 += 64;
+        }
+        match (dv - c0) / 8 {
+            7 => block::<T, 7>(p, inv, vals, o, c0),
+            6 => block::<T, 6>(p, inv, vals, o, c0),
+            5 => block::<T, 5>(p, inv, vals, o, c0),
+            4 => block::<T, 4>(p, inv, vals, o, c0),
+            3 => block::<T, 3>(p, inv, vals, o, c0),
+            2 => block::<T, 2>(p, inv, vals, o, c0),
+            1 => block::<T, 1>(p, inv, vals, o, c0),
+            _ => {}
+        }
+    }
+}
+
+/// The scores of keys `j0..j0 + 8`, `(T::dot(q, k_j)) · scale` each with `dot`'s operations in
+/// its order (per key eight lanes summed over the groups of eight, then the lanes in order from
+/// the empty sum, then the empty tail), written to `out[0..8]`; returns their maximum. The eight
+/// keys' lanes run side by side and are summed after an 8×8 transpose, instead of one key's lane
+/// sum (a chain of eight dependent adds) at a time. `q.len()` must be a multiple of 8.
+///
+/// # Safety
+/// Keys `j0..j0 + 8` of width `q.len()` lie inside `keys`; `out` has 8 writable floats; only
+/// inlined into a function compiled with AVX2 and the type's features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn scores8<T: KvElem>(
+    q: &[f32],
+    keys: &StridedRows<'_, T>,
+    j0: usize,
+    scale: f32,
+    out: *mut f32,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    // SAFETY: the caller's contract: rows j0..j0 + 8 of width d, AVX2.
+    unsafe {
+        let base = keys.data.as_ptr().add(keys.start + j0 * keys.stride);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..d).step_by(8) {
+            let x = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (k, a) in acc.iter_mut().enumerate() {
+                let y = T::load8(base.add(k * keys.stride + c));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(x, y));
+            }
+        }
+        // Transpose: t[l] holds lane l of the eight keys.
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = acc;
+        let (u0, u1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (u2, u3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (u4, u5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (u6, u7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let s0 = _mm256_shuffle_ps::<0x44>(u0, u2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
+        let s2 = _mm256_shuffle_ps::<0x44>(u1, u3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
+        let s4 = _mm256_shuffle_ps::<0x44>(u4, u6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(u4, u6);
+        let s6 = _mm256_shuffle_ps::<0x44>(u5, u7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(u5, u7);
+        let t = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        // `dot`'s lane sum starts from the empty sum and adds the empty tail: the same value
+        // as `Iterator::sum` gives for no floats.
+        let empty: f32 = [0.0f32; 0].iter().sum();
+        let z = _mm256_set1_ps(empty);
+        let mut sum = z;
+        for tl in t {
+            sum = _mm256_add_ps(sum, tl);
+        }
+        let sc = _mm256_mul_ps(_mm256_add_ps(sum, z), _mm256_set1_ps(scale));
+        _mm256_storeu_ps(out, sc);
+        let mut buf = [0.0f32; 8];
+        _mm256_storeu_ps(buf.as_mut_ptr(), sc);
+        buf.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
     }
 }
 

@@ -202,3 +202,159 @@ fn other_shapes_are_declined() {
     let kh = k.to_dtype(DType::F16).unwrap();
     assert!(!one_row(&q, &kh, &k, 0, 1.0, &mut out));
 }
+
+/// Decoding's scores in blocks of eight keys (`scores8`, lanes summed after a transpose) are, bit
+/// for bit, the per-key dot products they replaced, for f32 and f16 keys in a strided view, widths
+/// 8 to 128, with signed zeros and wide magnitudes among the values.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn eight_key_score_blocks_equal_the_per_key_dots_bit_for_bit() {
+    use super::decode::{StridedRows, scores8};
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+        return;
+    }
+    /// The block's scores and maximum, and each key's `dot` times the scale.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn both<T: KvElem>(
+        q: &[f32],
+        keys: StridedRows<'_, T>,
+        scale: f32,
+    ) -> ([f32; 8], [f32; 8], f32) {
+        let mut blocked = [0.0f32; 8];
+        // SAFETY: keys 0..8 of width q.len() lie in the view (built so below); AVX2/F16C here.
+        let max = unsafe { scores8(q, &keys, 0, scale, blocked.as_mut_ptr()) };
+        let per: [f32; 8] = std::array::from_fn(|j| {
+            let k = &keys.data[keys.start + j * keys.stride..][..q.len()];
+            // SAFETY: compiled with the types' features (this function).
+            unsafe { T::dot::<true>(q, k) * scale }
+        });
+        (blocked, per, max)
+    }
+    for (seed, d) in [8usize, 16, 64, 128].into_iter().enumerate() {
+        let (start, stride) = (5, d + 3);
+        let q = randn(&[d], 100 + seed as u64).to_vec1::<f32>().unwrap();
+        let mut data = randn(&[start + 8 * stride], 200 + seed as u64)
+            .to_vec1::<f32>()
+            .unwrap();
+        // Signed zeros, a huge and a tiny key value among the products.
+        data[start] = -0.0;
+        data[start + stride + 1] = 0.0;
+        data[start + 2 * stride] = 3.0e4;
+        data[start + 3 * stride + d - 1] = -1.0e-6;
+        let scale = 1.0 / (d as f32).sqrt();
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        let (b, p, m) = unsafe {
+            both(
+                &q,
+                StridedRows {
+                    data: data.as_slice(),
+                    start,
+                    stride,
+                },
+                scale,
+            )
+        };
+        assert_same_bits(&b, &p, &format!("f32 keys, width {d}"));
+        assert_eq!(m, p.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)));
+        let halves: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        let (b, p, m) = unsafe {
+            both(
+                &q,
+                StridedRows {
+                    data: halves.as_slice(),
+                    start,
+                    stride,
+                },
+                scale,
+            )
+        };
+        assert_same_bits(&b, &p, &format!("f16 keys, width {d}"));
+        assert_eq!(m, p.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)));
+    }
+}
+
+/// The weighted sum of value rows with the output held in registers (`weighted8`) is, bit for
+/// bit, the row-by-row `axpy` it replaced, for f32 and f16 values in a strided view, widths 8 to
+/// 200 (whole blocks of 64 columns and every remainder of eight), output not starting at zero.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_register_weighted_sum_equals_the_row_by_row_axpy_bit_for_bit() {
+    use super::decode::{StridedRows, weighted8};
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+        return;
+    }
+    /// `o0` plus the weighted rows both ways.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn both<T: KvElem>(
+        p: &[f32],
+        inv: f32,
+        vals: StridedRows<'_, T>,
+        o0: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut fast = o0.to_vec();
+        // SAFETY: rows 0..p.len() of width o0.len() lie in the view (built so below).
+        unsafe { weighted8(p, inv, &vals, &mut fast) };
+        let mut rows = o0.to_vec();
+        for (j, pj) in p.iter().enumerate() {
+            let v = &vals.data[vals.start + j * vals.stride..][..o0.len()];
+            // SAFETY: compiled with the types' features (this function).
+            unsafe { T::axpy::<true>(pj * inv, v, &mut rows) };
+        }
+        (fast, rows)
+    }
+    for (seed, (dv, n)) in [(8usize, 3usize), (64, 37), (128, 9), (200, 70)]
+        .into_iter()
+        .enumerate()
+    {
+        let (start, stride) = (3, dv + 5);
+        let p: Vec<f32> = randn(&[n], 300 + seed as u64)
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.exp())
+            .collect();
+        let inv = 1.0 / p.iter().sum::<f32>();
+        let data = randn(&[start + n * stride], 400 + seed as u64)
+            .to_vec1::<f32>()
+            .unwrap();
+        let o0 = randn(&[dv], 500 + seed as u64).to_vec1::<f32>().unwrap();
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+        let (a, b) = unsafe {
+            both(
+                &p,
+                inv,
+                StridedRows {
+                    data: data.as_slice(),
+                    start,
+                    stride,
+                },
+                &o0,
+            )
+        };
+        assert_same_bits(&a, &b, &format!("f32 values, width {dv}, {n} rows"));
+        let halves: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+        // SAFETY: as above.
+        let (a, b) = unsafe {
+            both(
+                &p,
+                inv,
+                StridedRows {
+                    data: halves.as_slice(),
+                    start,
+                    stride,
+                },
+                &o0,
+            )
+        };
+        assert_same_bits(&a, &b, &format!("f16 values, width {dv}, {n} rows"));
+    }
+}
