@@ -9,7 +9,7 @@
 //! n_layer = 4          # with n_head, d_model, d_ff, max_seq_len; or: init = "minilm"
 //! nsp = true           # sentence pairs + NSP head (default); false: single segments, MLM only
 //! [data]
-//! corpus = "python-docs"   # python-docstrings, or a text file/folder
+//! corpus = "python-docs"   # python-docstrings, python-stdlib (code), or a text file/folder
 //! vocab_size = 8000        # WordPiece vocabulary (ignored with init)
 //! [train]                  # canon_train::TrainConfig; block_size = longest example
 //! ```

@@ -453,8 +453,10 @@ pub fn collate(
     batch
 }
 
-/// Reads the corpus a BERT-family `[data]` table names: `python-docs`, `python-docstrings`, or a
-/// text file or folder.
+/// Reads the corpus a BERT-family `[data]` table names: `python-docs`, `python-docstrings`,
+/// `python-stdlib` (the `.py` sources under the standard library's folder, its `site-packages`
+/// included: code, for a model that should know which module a function comes from), or a text
+/// file or folder.
 pub fn load_corpus(
     corpus: &str,
     stdlib: impl Fn() -> Result<std::path::PathBuf>,
@@ -462,6 +464,7 @@ pub fn load_corpus(
 ) -> Result<Corpus> {
     match corpus {
         "python-docs" => crate::data::python_docs(&stdlib()?, max_bytes),
+        "python-stdlib" => crate::data::python_stdlib(&stdlib()?, max_bytes),
         "python-docstrings" => {
             // Docstrings are a fraction of the sources: read more source than the budget asks.
             let src = crate::data::python_stdlib(&stdlib()?, max_bytes.saturating_mul(10))?;

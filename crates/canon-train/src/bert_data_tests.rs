@@ -180,3 +180,20 @@ fn too_few_documents_is_an_error_naming_the_corpus() {
     let e = SentenceData::encode(&tok, &c, 0.2).unwrap_err().to_string();
     assert!(e.contains("tiny.txt") && e.contains("documents"), "{e}");
 }
+
+#[test]
+fn the_python_stdlib_corpus_is_the_code_under_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("json")).unwrap();
+    std::fs::write(
+        dir.path().join("json/__init__.py"),
+        "def dumps(obj):\n    return str(obj)\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not code").unwrap();
+    let c = load_corpus("python-stdlib", || Ok(dir.path().to_path_buf()), 1 << 20).unwrap();
+    assert_eq!(c.docs.len(), 1, "only the .py file: {:?}", c.docs);
+    assert!(c.docs[0].contains("def dumps(obj):"));
+    let err = load_corpus("python-stdlib", || Ok(dir.path().join("none")), 1 << 20);
+    assert!(err.is_err());
+}
