@@ -162,7 +162,7 @@ fn prompts_arriving_while_others_decode_equal_each_alone() {
         .collect();
     let want = alone(&lm, &ids);
     let lm = std::sync::Mutex::new(Some(lm));
-    let mut model = || lm.lock().unwrap().take().unwrap_or_else(load);
+    let model = || lm.lock().unwrap().take().unwrap_or_else(load);
     // Whole prompts in one chunk: each alone is the single-sequence loop.
     for greedy in [true, false] {
         let e = engine(model(), 256);
