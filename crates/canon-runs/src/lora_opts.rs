@@ -114,9 +114,10 @@ pub struct LoraFinetuneArgs {
     #[cfg_attr(feature = "cli", arg(long))]
     pub timings: bool,
     /// Mixed-precision products: the f32 products of the step (adapters, the dense base, the
-    /// quantized base's input gradient, attention) round their operands to bf16 and accumulate in
-    /// f32 (AVX512_BF16); weights, gradients and AdamW stay f32. Changes the arithmetic (the loss
-    /// curve moves by bf16 rounding); off by default.
+    /// quantized base's input gradient, attention, and the forward product of a base without the
+    /// packed 8-bit kernel, such as QLoRA's NF4: QLoRA's own bf16 compute) round their operands to
+    /// bf16 and accumulate in f32 (AVX512_BF16); weights, gradients and AdamW stay f32. Changes
+    /// the arithmetic (the loss curve moves by bf16 rounding); off by default.
     #[cfg_attr(feature = "cli", arg(long))]
     pub bf16: bool,
 }

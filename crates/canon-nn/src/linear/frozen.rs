@@ -215,6 +215,51 @@ pub(super) fn quant_input_grad(
     })
 }
 
+/// `y = x Wᵀ` (`x: [n, in_f]`, `y: [n, out]`) for a quantized `W` from `BASE_TILE` rows
+/// dequantized at a time ([`dequantize_tile`], as the input gradient takes them) and multiplied on
+/// the training product (`train_ops::mm`): with bf16 products on (`set_bf16_products`), the tiles
+/// and `x` are rounded to bfloat16 there and accumulated in f32, QLoRA's own arithmetic (NF4
+/// storage, bf16 compute), instead of the weight's own f32 product.
+pub(super) fn quant_forward_tiled(
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    out: usize,
+    in_f: usize,
+    y: &mut [f32],
+    par: gemm::Parallelism,
+) -> candle_core::Result<()> {
+    TILE.with(|cell| {
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf: &mut Vec<f32> = match guard.as_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        for o0 in (0..out).step_by(BASE_TILE) {
+            let o1 = (o0 + BASE_TILE).min(out);
+            let len = (o1 - o0) * in_f;
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
+            dequantize_tile(w, o0, in_f, &mut buf[..len])?;
+            drop(deq);
+            crate::train_ops::mm(
+                (n, o1 - o0, in_f),
+                &mut y[o0..],
+                out,
+                false,
+                (x, in_f, 1),
+                (&buf[..len], 1, in_f),
+                1.0,
+                par,
+            );
+        }
+        Ok(())
+    })
+}
+
 /// `crate::train_ops::mm` for the backward products of this module and of LoRA's op (tests
 /// record their shapes).
 #[allow(clippy::too_many_arguments)]

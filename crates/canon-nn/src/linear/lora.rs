@@ -147,6 +147,16 @@ impl CustomOp3 for LoraMatmul {
                 );
                 y
             }
+            // With bf16 products on, a base without the packed 8-bit kernel (NF4, int8, ggml
+            // formats without a packed form) multiplies in bf16 tile by tile, as its input
+            // gradient does; the packed 8-bit kernel is faster than bf16 and stays.
+            q if crate::train_ops::bf16_products()
+                && !matches!(q, Weight::Ggml(g) if g.packed().is_some()) =>
+            {
+                let mut y = vec![0f32; n * out];
+                super::frozen::quant_forward_tiled(q, x, n, out, in_f, &mut y, par)?;
+                y
+            }
             // The quantized kernels on an untracked copy of the input (records nothing).
             q => {
                 let xt = Tensor::from_slice(x, (n, in_f), &Device::Cpu)?;
