@@ -85,14 +85,7 @@ fn eight_prompts_batched_equal_each_alone() {
     let mut got = Vec::new();
     for greedy in [true, false] {
         let model = lm.lock().unwrap().take().unwrap_or_else(load);
-        let e = Engine::start(
-            model,
-            EngineConfig {
-                slots: 8,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let e = engine(model, EngineConfig::default().prefill_chunk);
         let reqs = ids
             .iter()
             .enumerate()

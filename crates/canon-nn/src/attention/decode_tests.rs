@@ -203,6 +203,18 @@ fn other_shapes_are_declined() {
     assert!(!one_row(&q, &kh, &k, 0, 1.0, &mut out));
 }
 
+/// Whether the AVX2 block loops can run here (says so when not).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma_f16c() -> bool {
+    let ok = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    if !ok {
+        eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+    }
+    ok
+}
+
 /// Decoding's scores in blocks of eight keys (`scores8`, lanes summed after a transpose) are, bit
 /// for bit, the per-key dot products they replaced, for f32 and f16 keys in a strided view, widths
 /// 8 to 128, with signed zeros and wide magnitudes among the values.
@@ -210,11 +222,7 @@ fn other_shapes_are_declined() {
 #[test]
 fn eight_key_score_blocks_equal_the_per_key_dots_bit_for_bit() {
     use super::decode::{StridedRows, scores8};
-    if !(is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c"))
-    {
-        eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+    if !avx2_fma_f16c() {
         return;
     }
     /// The block's scores and maximum, and each key's `dot` times the scale.
@@ -285,11 +293,7 @@ fn eight_key_score_blocks_equal_the_per_key_dots_bit_for_bit() {
 #[test]
 fn the_register_weighted_sum_equals_the_row_by_row_axpy_bit_for_bit() {
     use super::decode::{StridedRows, weighted8};
-    if !(is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c"))
-    {
-        eprintln!("skipped: this CPU lacks AVX2, FMA or F16C");
+    if !avx2_fma_f16c() {
         return;
     }
     /// `o0` plus the weighted rows both ways.

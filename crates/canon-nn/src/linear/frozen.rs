@@ -172,9 +172,39 @@ fn dequantize_tile(w: &Weight, r0: usize, in_f: usize, buf: &mut [f32]) -> candl
     Ok(())
 }
 
+/// Calls `f(o0, o1, tile)` for each tile of `BASE_TILE` rows `o0..o1` of a quantized
+/// `W: [out, in_f]`, dequantized alone ([`dequantize_tile`]) into a per-thread buffer reused
+/// across calls: no f32 copy of the whole weight is ever held.
+fn for_each_tile(
+    w: &Weight,
+    out: usize,
+    in_f: usize,
+    mut f: impl FnMut(usize, usize, &[f32]),
+) -> candle_core::Result<()> {
+    TILE.with(|cell| {
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf: &mut Vec<f32> = match guard.as_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        for o0 in (0..out).step_by(BASE_TILE) {
+            let o1 = (o0 + BASE_TILE).min(out);
+            let len = (o1 - o0) * in_f;
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
+            dequantize_tile(w, o0, in_f, &mut buf[..len])?;
+            drop(deq);
+            f(o0, o1, &buf[..len]);
+        }
+        Ok(())
+    })
+}
+
 /// `dx = g W` for a quantized `W: [out, in]` and `g: [n, out]`, as the sum over row tiles of
-/// `g[:, tile] W[tile, :]`, each tile of `BASE_TILE` rows dequantized alone ([`dequantize_tile`])
-/// into a per-thread buffer reused across calls.
+/// `g[:, tile] W[tile, :]` ([`for_each_tile`]).
 pub(super) fn quant_input_grad(
     w: &Weight,
     g: &[f32],
@@ -184,42 +214,25 @@ pub(super) fn quant_input_grad(
     dx: &mut [f32],
     par: gemm::Parallelism,
 ) -> candle_core::Result<()> {
-    TILE.with(|cell| {
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let buf: &mut Vec<f32> = match guard.as_mut() {
-            Ok(b) => b,
-            Err(_) => &mut own,
-        };
-        for o0 in (0..out).step_by(BASE_TILE) {
-            let o1 = (o0 + BASE_TILE).min(out);
-            let len = (o1 - o0) * in_f;
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
-            dequantize_tile(w, o0, in_f, &mut buf[..len])?;
-            drop(deq);
-            bwd_mm(
-                (n, in_f, o1 - o0),
-                dx,
-                in_f,
-                o0 > 0,
-                (&g[o0..], out, 1),
-                (&buf[..len], in_f, 1),
-                1.0,
-                par,
-            );
-        }
-        Ok(())
+    for_each_tile(w, out, in_f, |o0, o1, tile| {
+        bwd_mm(
+            (n, in_f, o1 - o0),
+            dx,
+            in_f,
+            o0 > 0,
+            (&g[o0..], out, 1),
+            (tile, in_f, 1),
+            1.0,
+            par,
+        );
     })
 }
 
-/// `y = x Wᵀ` (`x: [n, in_f]`, `y: [n, out]`) for a quantized `W` from `BASE_TILE` rows
-/// dequantized at a time ([`dequantize_tile`], as the input gradient takes them) and multiplied on
-/// the training product (`train_ops::mm`): with bf16 products on (`set_bf16_products`), the tiles
-/// and `x` are rounded to bfloat16 there and accumulated in f32, QLoRA's own arithmetic (NF4
-/// storage, bf16 compute), instead of the weight's own f32 product.
+/// `y = x Wᵀ` (`x: [n, in_f]`, `y: [n, out]`) for a quantized `W`, tile by tile as the input
+/// gradient takes it ([`for_each_tile`]), on the training product (`train_ops::mm`): with bf16
+/// products on (`set_bf16_products`), the tiles and `x` are rounded to bfloat16 there and
+/// accumulated in f32, QLoRA's own arithmetic (NF4 storage, bf16 compute), instead of the
+/// weight's own f32 product.
 pub(super) fn quant_forward_tiled(
     w: &Weight,
     x: &[f32],
@@ -229,34 +242,17 @@ pub(super) fn quant_forward_tiled(
     y: &mut [f32],
     par: gemm::Parallelism,
 ) -> candle_core::Result<()> {
-    TILE.with(|cell| {
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let buf: &mut Vec<f32> = match guard.as_mut() {
-            Ok(b) => b,
-            Err(_) => &mut own,
-        };
-        for o0 in (0..out).step_by(BASE_TILE) {
-            let o1 = (o0 + BASE_TILE).min(out);
-            let len = (o1 - o0) * in_f;
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            let deq = crate::profile::scope(crate::profile::Phase::Dequantize);
-            dequantize_tile(w, o0, in_f, &mut buf[..len])?;
-            drop(deq);
-            crate::train_ops::mm(
-                (n, o1 - o0, in_f),
-                &mut y[o0..],
-                out,
-                false,
-                (x, in_f, 1),
-                (&buf[..len], 1, in_f),
-                1.0,
-                par,
-            );
-        }
-        Ok(())
+    for_each_tile(w, out, in_f, |o0, o1, tile| {
+        crate::train_ops::mm(
+            (n, o1 - o0, in_f),
+            &mut y[o0..],
+            out,
+            false,
+            (x, in_f, 1),
+            (tile, 1, in_f),
+            1.0,
+            par,
+        );
     })
 }
 

@@ -1,0 +1,138 @@
+//! Decoding's attention loops in blocks for AVX2 (`one_query_body` inlines them where it is
+//! compiled with AVX2): eight keys' scores at a time, and the weighted value rows summed with the
+//! output held in registers, each value by the operations and order of the per-key loops.
+
+use super::{KvElem, StridedRows};
+
+/// The scores of keys `j0..j0 + 8`, `(T::dot(q, k_j)) · scale` each with `dot`'s operations in
+/// its order (per key eight lanes summed over the groups of eight, then the lanes in order from
+/// the empty sum, then the empty tail), written to `out[0..8]`; returns their maximum. The eight
+/// keys' lanes run side by side and are summed after an 8×8 transpose, instead of one key's lane
+/// sum (a chain of eight dependent adds) at a time. `q.len()` must be a multiple of 8.
+///
+/// # Safety
+/// Keys `j0..j0 + 8` of width `q.len()` lie inside `keys`; `out` has 8 writable floats; only
+/// inlined into a function compiled with AVX2 and the type's features.
+#[inline(always)]
+pub(in crate::attention) unsafe fn scores8<T: KvElem>(
+    q: &[f32],
+    keys: &StridedRows<'_, T>,
+    j0: usize,
+    scale: f32,
+    out: *mut f32,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    // SAFETY: the caller's contract: rows j0..j0 + 8 of width d, AVX2.
+    unsafe {
+        let base = keys.data.as_ptr().add(keys.start + j0 * keys.stride);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for c in (0..d).step_by(8) {
+            let x = _mm256_loadu_ps(q.as_ptr().add(c));
+            for (k, a) in acc.iter_mut().enumerate() {
+                let y = T::load8(base.add(k * keys.stride + c));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(x, y));
+            }
+        }
+        // Transpose: t[l] holds lane l of the eight keys.
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = acc;
+        let (u0, u1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (u2, u3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (u4, u5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (u6, u7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let s0 = _mm256_shuffle_ps::<0x44>(u0, u2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
+        let s2 = _mm256_shuffle_ps::<0x44>(u1, u3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
+        let s4 = _mm256_shuffle_ps::<0x44>(u4, u6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(u4, u6);
+        let s6 = _mm256_shuffle_ps::<0x44>(u5, u7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(u5, u7);
+        let t = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        // `dot`'s lane sum starts from the empty sum and adds the empty tail: the same value
+        // as `Iterator::sum` gives for no floats.
+        let empty: f32 = [0.0f32; 0].iter().sum();
+        let z = _mm256_set1_ps(empty);
+        let mut sum = z;
+        for tl in t {
+            sum = _mm256_add_ps(sum, tl);
+        }
+        let sc = _mm256_mul_ps(_mm256_add_ps(sum, z), _mm256_set1_ps(scale));
+        _mm256_storeu_ps(out, sc);
+        std::slice::from_raw_parts(out, 8)
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    }
+}
+
+/// `o += Σ_j (p_j · inv) v_j` over value rows `0..p.len()`, each output element by the fused
+/// multiply-adds of `axpy` in the same order (value row by value row), with columns in blocks of
+/// up to 64 held in eight registers across all the rows instead of loaded and stored for each.
+/// `o.len()` must be a multiple of 8.
+///
+/// # Safety
+/// Value rows `0..p.len()` of width `o.len()` lie inside `vals`; only inlined into a function
+/// compiled with AVX2, FMA and the type's features.
+#[inline(always)]
+pub(in crate::attention) unsafe fn weighted8<T: KvElem>(
+    p: &[f32],
+    inv: f32,
+    vals: &StridedRows<'_, T>,
+    o: &mut [f32],
+) {
+    /// Columns `c0..c0 + 8·W`.
+    #[inline(always)]
+    unsafe fn block<T: KvElem, const W: usize>(
+        p: &[f32],
+        inv: f32,
+        vals: &StridedRows<'_, T>,
+        o: &mut [f32],
+        c0: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract: columns c0..c0 + 8W inside `o` and every value row.
+        unsafe {
+            let op = o.as_mut_ptr().add(c0);
+            let mut acc: [__m256; W] = std::array::from_fn(|i| _mm256_loadu_ps(op.add(8 * i)));
+            let base = vals.data.as_ptr().add(vals.start + c0);
+            for (j, &pj) in p.iter().enumerate() {
+                let w = _mm256_set1_ps(pj * inv);
+                let v = base.add(j * vals.stride);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, T::load8(v.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(8 * i), *a);
+            }
+        }
+    }
+    let dv = o.len();
+    let mut c0 = 0;
+    // SAFETY: each block covers columns c0..c0 + 8W ≤ dv, inside the caller's rows of width dv.
+    unsafe {
+        while c0 + 64 <= dv {
+            block::<T, 8>(p, inv, vals, o, c0);
+            c0 += 64;
+        }
+        match (dv - c0) / 8 {
+            7 => block::<T, 7>(p, inv, vals, o, c0),
+            6 => block::<T, 6>(p, inv, vals, o, c0),
+            5 => block::<T, 5>(p, inv, vals, o, c0),
+            4 => block::<T, 4>(p, inv, vals, o, c0),
+            3 => block::<T, 3>(p, inv, vals, o, c0),
+            2 => block::<T, 2>(p, inv, vals, o, c0),
+            1 => block::<T, 1>(p, inv, vals, o, c0),
+            _ => {}
+        }
+    }
+}
