@@ -192,3 +192,53 @@ fn prompts_arriving_while_others_decode_equal_each_alone() {
         e.shutdown();
     }
 }
+
+/// The engine prefills prompts that arrive together in one pass where the model's rows do not
+/// depend on their batch: SmolLM2's Q4_1 and Q8_0 products on repacked weights. Three prompts
+/// of different lengths in one `forward_batch` pass, then one decode row each, give each prompt
+/// the logits of its own passes, bit for bit.
+#[test]
+fn prompts_sharing_a_pass_get_the_logits_of_their_own_passes() {
+    let lm = load();
+    let packs = [canon_quant::Kind::Q4_1, canon_quant::Kind::Q8_0]
+        .into_iter()
+        .all(canon_quant::kernels::tile::packed::packs);
+    let m = lm.model.as_ref();
+    assert_eq!(m.rows_independent(), packs);
+    if !packs {
+        return;
+    }
+    let ids: Vec<Vec<u32>> = [PROMPTS[0], PROMPTS[3], PROMPTS[5]]
+        .iter()
+        .map(|p| lm.tokenizer.encode(p, true).unwrap())
+        .collect();
+    let bits = |t: candle_core::Tensor| -> Vec<Vec<u32>> {
+        t.to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f32::to_bits).collect())
+            .collect()
+    };
+    let mut alone = Vec::new();
+    for p in &ids {
+        let mut c = m.new_cache();
+        let first = bits(m.forward_batch(&[p.as_slice()], &mut [&mut c]).unwrap());
+        let next = bits(m.forward_batch(&[&[42u32][..]], &mut [&mut c]).unwrap());
+        alone.push((first, next));
+    }
+    let mut caches: Vec<_> = ids.iter().map(|_| m.new_cache()).collect();
+    let slices: Vec<&[u32]> = ids.iter().map(|p| p.as_slice()).collect();
+    let mut refs: Vec<_> = caches.iter_mut().collect();
+    let first = bits(m.forward_batch(&slices, &mut refs).unwrap());
+    let next = bits(
+        m.forward_batch(&[&[42u32][..], &[42], &[42]], &mut refs)
+            .unwrap(),
+    );
+    for (i, (f, n)) in alone.iter().enumerate() {
+        assert!(
+            first[i] == f[0],
+            "prompt {i}: the shared prefill's logits differ"
+        );
+        assert!(next[i] == n[0], "prompt {i}: the next row's logits differ");
+    }
+}

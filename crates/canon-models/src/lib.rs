@@ -189,6 +189,13 @@ pub trait CausalLm: Send + Sync {
             "this model does not run from input embeddings".into(),
         ))
     }
+    /// Whether [`CausalLm::forward_batch`] gives each sequence the same bits whatever else
+    /// shares the pass and however many rows it has: every product on row-independent kernels
+    /// (quantized weights repacked once, no adapter). Batched generation then prefills several
+    /// prompts in one pass. The default, `false`, keeps one prompt per pass.
+    fn rows_independent(&self) -> bool {
+        false
+    }
     /// One step for several independent sequences: `ids[i]` (at least one token) continues
     /// `caches[i]`. Returns the logits of each sequence's last new position, `[n, vocab]` f32.
     ///

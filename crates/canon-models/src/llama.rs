@@ -348,21 +348,10 @@ impl Llama {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let h = blk.attn_norm.forward(x)?;
         // [b, t, heads·hd] -> [b, t, heads, hd] -> [b, heads, t, hd]
-        let q = blk
-            .q
-            .forward(&h)?
-            .reshape((b, t, nh, hd))?
-            .transpose(1, 2)?;
-        let k = blk
-            .k
-            .forward(&h)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?;
-        let v = blk
-            .v
-            .forward(&h)?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?;
+        let [q, k, v] = Linear::forward_shared([&blk.q, &blk.k, &blk.v], &h)?;
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let (q, k) = self.prepare_qk(blk, l, &q, &k, offset)?;
         // [b, heads, t, hd] contiguous for the cache (one parallel copy for a prompt).
         let v = match canon_nn::rope::heads_prepared(&v, None, None, None)? {
@@ -460,6 +449,15 @@ impl CausalLm for Llama {
         self.logits(&x)
     }
 
+    fn rows_independent(&self) -> bool {
+        self.lm_head.rows_independent()
+            && self.blocks.iter().all(|b| {
+                [&b.q, &b.k, &b.v, &b.o, &b.ffn.gate, &b.ffn.up, &b.ffn.down]
+                    .iter()
+                    .all(|l| l.rows_independent())
+            })
+    }
+
     fn forward_batch(&self, ids: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
         let c = &self.config;
         if ids.len() != caches.len() {
@@ -513,9 +511,8 @@ impl CausalLm for Llama {
         let mut x = self.embed_rows(&ids_t)?.reshape((n, d))?;
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(&x)?;
-            let q = blk.q.forward(&h)?;
-            let k = blk.k.forward(&h)?;
-            let v = blk.v.forward(&h)?;
+            // One rounding of `h` and one kernel job for the three products (repacked weights).
+            let [q, k, v] = Linear::forward_shared([&blk.q, &blk.k, &blk.v], &h)?;
             // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
             let heads = |m: &Tensor, start: usize, t: usize, h: usize| -> Result<Tensor> {
                 Ok(m.narrow(0, start, t)?

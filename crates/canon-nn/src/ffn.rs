@@ -44,8 +44,8 @@ pub struct SwiGlu {
 
 impl SwiGlu {
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
-        let g = self.gate.forward(x)?;
-        let u = self.up.forward(x)?;
+        // Repacked quantized weights: `x` rounded once for both products (one kernel job).
+        let [g, u] = Linear::forward_shared([&self.gate, &self.up], x)?;
         // Training on f32 CPU tensors: SiLU and the product in one op with its own backward.
         let h = if (g.track_op() || u.track_op())
             && g.dtype() == candle_core::DType::F32

@@ -171,6 +171,77 @@ impl Linear {
         Ok(Linear::new(Weight::Dense(w), self.bias.clone()))
     }
 
+    /// Whether each row of `forward`'s output has the same bits however many rows the input
+    /// has: quantized weights repacked for the tile or panel kernels (each activation row is
+    /// rounded and accumulated on its own), without an adapter. Dense weights go through a GEMM
+    /// whose blocking, hence rounding, can depend on the number of rows.
+    pub fn rows_independent(&self) -> bool {
+        self.lora.is_none() && matches!(&self.weight, Weight::Ggml(q) if q.packed().is_some())
+    }
+
+    /// `forward` of several layers of one input width on the same `x: [..., in]` (a block's query,
+    /// key and value projections; a feed-forward's gate and up): where every layer is
+    /// [`Linear::rows_independent`] and `x` records no backward pass, `x` is rounded once and one
+    /// kernel job runs all the products (the bits of each layer's own `forward`); otherwise each
+    /// layer's `forward` in turn.
+    pub fn forward_shared<const N: usize>(
+        layers: [&Linear; N],
+        x: &Tensor,
+    ) -> crate::Result<[Tensor; N]> {
+        Self::forward_shared_vec(&layers, x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("linear: one output per layer expected".into()))
+    }
+
+    fn forward_shared_vec(layers: &[&Linear], x: &Tensor) -> crate::Result<Vec<Tensor>> {
+        let packed: Option<Vec<&canon_quant::kernels::tile::packed::Packed>> = layers
+            .iter()
+            .map(|l| match (&l.weight, &l.lora) {
+                (Weight::Ggml(q), None) => q.packed(),
+                _ => None,
+            })
+            .collect();
+        let fits = x.rank() >= 2
+            && x.dtype() == DType::F32
+            && x.device().is_cpu()
+            && !x.track_op()
+            && layers.len() > 1;
+        let (Some(ws), true) = (packed, fits) else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let dims = x.dims().to_vec();
+        let k = dims[dims.len() - 1];
+        let n = x.elem_count() / k.max(1);
+        if ws.iter().any(|w| w.cols != k) {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        }
+        let x = x.contiguous()?;
+        let data = f32_data(&x, "linear")?;
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(n * w.rows)).collect();
+        {
+            let mut ys: Vec<&mut [std::mem::MaybeUninit<f32>]> = outs
+                .iter_mut()
+                .zip(&ws)
+                .map(|(o, w)| &mut o.spare_capacity_mut()[..n * w.rows])
+                .collect();
+            canon_quant::kernels::tile::packed::matmul_shared_uninit(&ws, &data, n, &mut ys);
+        }
+        outs.into_iter()
+            .zip(ws.iter().zip(layers))
+            .map(|(mut o, (w, l))| {
+                // SAFETY: `matmul_shared_uninit` wrote all n·rows values of each output.
+                unsafe { o.set_len(n * w.rows) };
+                let mut shape = dims.clone();
+                shape[dims.len() - 1] = w.rows;
+                let y = Tensor::from_vec(o, shape, x.device())?;
+                match &l.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            })
+            .collect()
+    }
+
     pub fn in_features(&self) -> usize {
         self.weight.shape().last().copied().unwrap_or(0)
     }

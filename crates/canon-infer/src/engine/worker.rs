@@ -65,6 +65,8 @@ pub(super) struct Worker {
     tick: u64,
     /// This worker's timings since the last publication to `shared.timings`.
     t: StepTimings,
+    /// Whether waiting prompts' chunks may share a forward pass (`CausalLm::rows_independent`).
+    rows_independent: bool,
 }
 
 /// What a sampled token did to its sequence.
@@ -81,6 +83,7 @@ impl Worker {
         max_len: usize,
         shared: Arc<Shared>,
     ) -> Self {
+        let rows_independent = lm.rows_independent();
         let slots = (0..cfg.slots)
             .map(|_| Slot {
                 cache: lm.new_cache(),
@@ -98,6 +101,7 @@ impl Worker {
             slots,
             tick: 0,
             t: StepTimings::default(),
+            rows_independent,
         }
     }
 
@@ -297,20 +301,33 @@ impl Worker {
         // prefilled fewer than `prefill_chunk` tokens. Requests that arrive together (short
         // prompts) then all get their first token within one step instead of one per step with
         // a decode pass of the others between each two; a long prompt still takes one chunk per
-        // step. Each prompt is its own pass and its chunks start where they did (every
-        // `prefill_chunk` tokens), so nothing depends on which prompts share the step.
+        // step. A prompt's chunks start where they did (every `prefill_chunk` tokens). Where the
+        // model's rows do not depend on their batch (`rows_independent`: quantized products on
+        // repacked weights) the step's chunks share one pass, which reads the weights once for
+        // all of them; otherwise each prompt is its own pass. Either way nothing depends on
+        // which prompts share the step.
         let mut budget = self.cfg.prefill_chunk;
-        for i in 0..self.slots.len() {
+        let mut picks: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
             if budget == 0 {
                 break;
             }
             if let Some(Active {
-                phase: Phase::Prefill { .. },
+                phase: Phase::Prefill { next },
+                req,
                 ..
-            }) = self.slots[i].active
+            }) = &slot.active
             {
-                let done = self.prefill_chunk(i, self.cfg.prefill_chunk)?;
-                budget = budget.saturating_sub(done);
+                let end = (next + self.cfg.prefill_chunk).min(req.prompt_ids.len());
+                picks.push((i, *next, end));
+                budget = budget.saturating_sub(end - next);
+            }
+        }
+        if self.rows_independent {
+            self.prefill_group(&picks)?;
+        } else {
+            for pick in &picks {
+                self.prefill_group(std::slice::from_ref(pick))?;
             }
         }
         // Decode: every slot with a token to feed, in groups of at most GEMM_ROWS_MAX rows.
@@ -331,38 +348,67 @@ impl Worker {
         Ok(())
     }
 
-    /// Feeds slot `i` at most `chunk_len` more prompt tokens; returns how many it fed.
-    fn prefill_chunk(&mut self, i: usize, chunk_len: usize) -> Result<usize> {
-        let slot = &mut self.slots[i];
-        let Some(a) = slot.active.as_mut() else {
-            return Ok(0);
-        };
-        let Phase::Prefill { next } = a.phase else {
-            return Ok(0);
-        };
-        let prompt = &a.req.prompt_ids;
-        let end = (next + chunk_len).min(prompt.len());
-        let chunk: Vec<u32> = prompt[next..end].to_vec();
+    /// Feeds the prompt chunks `picks` (slot, first position, end) in one forward pass; a
+    /// prompt's last chunk gives its first token. Several chunks share a pass only where the
+    /// model's rows are independent of their batch (`rows_independent`), so each prompt's logits
+    /// are bit for bit those of its own pass.
+    fn prefill_group(&mut self, picks: &[(usize, usize, usize)]) -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let chunks: Vec<Vec<u32>> = picks
+            .iter()
+            .map(|&(i, next, end)| match &self.slots[i].active {
+                Some(a) => a.req.prompt_ids[next..end].to_vec(),
+                None => Vec::new(),
+            })
+            .collect();
+        let ids: Vec<&[u32]> = chunks.iter().map(|c| c.as_slice()).collect();
         let t0 = Instant::now();
-        let logits = self
-            .lm
-            .forward_batch(&[chunk.as_slice()], &mut [&mut slot.cache])?;
-        self.t.prefill_chunks += 1;
-        self.t.prefill_tokens += chunk.len() as u64;
-        slot.ids.extend_from_slice(&chunk);
-        if end < prompt.len() {
-            self.t.prefill_ns += ns_since(t0);
-            a.phase = Phase::Prefill { next: end };
-            return Ok(chunk.len());
+        let logits = {
+            let mut caches: Vec<&mut Cache> = Vec::with_capacity(picks.len());
+            let mut rest: &mut [Slot] = &mut self.slots;
+            let mut base = 0;
+            for &(i, _, _) in picks {
+                let (_, tail) = rest.split_at_mut(i - base);
+                let (one, tail) = tail.split_at_mut(1);
+                caches.push(&mut one[0].cache);
+                rest = tail;
+                base = i + 1;
+            }
+            self.lm.forward_batch(&ids, &mut caches)?
+        };
+        let mut done = Vec::new();
+        for (row, (&(i, _, end), chunk)) in picks.iter().zip(&chunks).enumerate() {
+            self.t.prefill_chunks += 1;
+            self.t.prefill_tokens += chunk.len() as u64;
+            let slot = &mut self.slots[i];
+            slot.ids.extend_from_slice(chunk);
+            let Some(a) = slot.active.as_mut() else {
+                continue;
+            };
+            if end < a.req.prompt_ids.len() {
+                a.phase = Phase::Prefill { next: end };
+                continue;
+            }
+            if let Ok(mut s) = self.shared.stats.lock() {
+                s.prompt_tokens += a.req.prompt_ids.len() as u64;
+                s.cached_prompt_tokens += a.cached as u64;
+            }
+            done.push((i, row));
         }
-        let row = logits.flatten_all()?.to_vec1::<f32>()?;
         self.t.prefill_ns += ns_since(t0);
-        if let Ok(mut s) = self.shared.stats.lock() {
-            s.prompt_tokens += prompt.len() as u64;
-            s.cached_prompt_tokens += a.cached as u64;
+        if done.is_empty() {
+            return Ok(());
         }
-        self.after_rows(vec![(i, row.as_slice())])?;
-        Ok(chunk.len())
+        let vocab = logits.dim(1)?;
+        with_f32_data(&logits, |flat| {
+            self.after_rows(
+                done.iter()
+                    .map(|&(i, row)| (i, &flat[row * vocab..(row + 1) * vocab]))
+                    .collect(),
+            )
+        })?
     }
 
     fn decode_group(&mut self, group: &[usize]) -> Result<()> {

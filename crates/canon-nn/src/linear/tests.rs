@@ -86,3 +86,63 @@ fn nf4_and_int8_weights_multiply_like_their_dequantized_matrices() {
         );
     }
 }
+
+/// `forward_shared` (one rounding of the input, one kernel job for every matrix) gives each
+/// layer the bits of its own `forward`, bias included, at one and at many rows and for a
+/// `[b, t, in]` input; a layer with an adapter sends the whole call back to `forward`.
+#[test]
+fn shared_input_products_equal_each_layers_own_forward() {
+    use canon_quant::{GgmlTensor, GgmlType, Kind};
+    let inp = 96;
+    let ggml = |out: usize, seed: u64, kind: Kind, dtype: GgmlType| {
+        let wv: Vec<f32> = randn(&[out, inp], seed)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut bytes = Vec::new();
+        for row in wv.chunks(inp) {
+            canon_quant::kernels::scalar::quantize_row(kind, row, &mut bytes);
+        }
+        Weight::Ggml(Arc::new(
+            GgmlTensor::from_bytes(dtype, &[out, inp], &bytes).unwrap(),
+        ))
+    };
+    let q = Linear::new(ggml(80, 41, Kind::Q4_1, GgmlType::Q4_1), None);
+    let k = Linear::new(
+        ggml(40, 42, Kind::Q4_1, GgmlType::Q4_1),
+        Some(randn(&[40], 43)),
+    );
+    let v = Linear::new(ggml(24, 44, Kind::Q8_0, GgmlType::Q8_0), None);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    };
+    for shape in [vec![1, inp], vec![9, inp], vec![2, 7, inp]] {
+        let x = randn(&shape, 45);
+        let got = Linear::forward_shared([&q, &k, &v], &x).unwrap();
+        for (g, l) in got.iter().zip([&q, &k, &v]) {
+            let want = l.forward(&x).unwrap();
+            assert_eq!(g.dims(), want.dims());
+            assert_eq!(bits(g), bits(&want), "shape {shape:?}");
+        }
+    }
+    // An adapter on one layer: each layer's own forward.
+    let mut with_lora = k.clone();
+    with_lora
+        .set_lora(Lora {
+            a: randn(&[4, inp], 46),
+            b: randn(&[40, 4], 48),
+            scale: 2.0,
+            dropout: None,
+        })
+        .unwrap();
+    let x = randn(&[3, inp], 47);
+    let got = Linear::forward_shared([&q, &with_lora], &x).unwrap();
+    assert_eq!(bits(&got[1]), bits(&with_lora.forward(&x).unwrap()));
+}
