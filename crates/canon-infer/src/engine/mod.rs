@@ -11,10 +11,11 @@
 //! step, a long one chunk by chunk), interleaved with the others' decode steps.
 //!
 //! Determinism: a request's tokens depend only on the request (its seed included), not on what else
-//! is in the batch. Decode rows are multiplied in groups small enough to stay on the kernels'
-//! row-independent 8-bit path (`GEMM_ROWS_MAX`), and prompts are prefilled one sequence per pass,
-//! or several in one pass where the model says its rows do not depend on their batch
-//! (`CausalLm::rows_independent`: every product on repacked quantized weights), so greedy ids equal
+//! is in the batch. Where the model says its rows do not depend on their batch
+//! (`CausalLm::rows_independent`: every product on repacked quantized weights) all decoding rows
+//! share one pass and the prompts waiting in a step share one prefill pass; otherwise decode rows
+//! are multiplied in even groups small enough to stay on the kernels' row-independent 8-bit path
+//! (`GEMM_ROWS_MAX`) and each prompt is prefilled in its own pass. Either way greedy ids equal
 //! `generate_ids`' for the same prompt (tested on 8 prompts batched and one by one).
 //! One exception, as with llama.cpp's cache reuse: a prompt that reuses a cached prefix recomputes
 //! only its last position, in a one-row pass whose logits can differ in the last bits from a full

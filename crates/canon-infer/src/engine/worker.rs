@@ -330,7 +330,7 @@ impl Worker {
                 self.prefill_group(std::slice::from_ref(pick))?;
             }
         }
-        // Decode: every slot with a token to feed, in groups of at most GEMM_ROWS_MAX rows.
+        // Decode: every slot with a token to feed.
         let decoding: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
                 matches!(
@@ -342,7 +342,16 @@ impl Worker {
                 )
             })
             .collect();
-        for group in decoding.chunks(GEMM_ROWS_MAX) {
+        // Where rows do not depend on their batch every decoding row shares one pass; otherwise
+        // passes of at most GEMM_ROWS_MAX rows, as even as can be (16 rows: 8 + 8, not 15 + 1,
+        // whose one-row pass would read every weight again for a single row).
+        let most = if self.rows_independent {
+            decoding.len().max(1)
+        } else {
+            let passes = decoding.len().div_ceil(GEMM_ROWS_MAX).max(1);
+            decoding.len().div_ceil(passes).max(1)
+        };
+        for group in decoding.chunks(most) {
             self.decode_group(group)?;
         }
         Ok(())

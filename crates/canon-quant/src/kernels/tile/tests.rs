@@ -243,8 +243,9 @@ fn packed_weights_equal_the_tile_kernel_bit_for_bit() {
     }
 }
 
-/// Packed products of one row alone equal the same row among 2..15 (decoding batches) and among
-/// 24 (a prompt chunk), bit for bit: a sequence's logits do not depend on its batch.
+/// Packed products of one row alone equal the same row among 2..15 (decoding batches), among
+/// 24 (a prompt chunk) and among 40 (prompts sharing a pass: their activations rounded over the
+/// pool), bit for bit: a sequence's logits do not depend on its batch.
 #[test]
 fn packed_one_row_equals_the_same_row_in_any_batch() {
     if !tile_available("packed_one_row_equals_the_same_row_in_any_batch") {
@@ -268,7 +269,7 @@ fn packed_one_row_equals_the_same_row_in_any_batch() {
             bytes: &bytes,
         };
         let p = packed::Packed::pack(w).expect("packed");
-        for m in [2, 5, 9, 15, 24] {
+        for m in [2, 5, 9, 15, 24, 40] {
             let x = rng.vec(m * k, 1.0);
             let mut batch = vec![0.0f32; m * n];
             p.matmul(&x, m, &mut batch);
