@@ -11,7 +11,9 @@
 #    reference implementation's full budget (100 steps of 10 accumulated batches of 32 facts, 10
 #    candidates, 5 triggers, dev selection) beside the default hand-written prompt
 #    (runs/autoprompt-bert-man/seedS.json), and two more hand-written prompts on the same held-out
-#    facts: the manuals' own citation `[X] ( [P] )` and `see [X] in section [P]`.
+#    facts: the manuals' own citation `[X] ( [P] )` and `see [X] in section [P]`;
+# 5. plots docs/plots/autoprompt-bert-man-search.png: per seed, the dev facts' mean label
+#    log-likelihood of the best triggers so far and the default hand-written prompt's.
 set -euo pipefail
 C=${1:-canon}
 T=${THREADS:-2}
@@ -48,3 +50,15 @@ for s in $SEEDS; do
       --steps 0 --seed "$s" --manual "$m" --json
   done > runs/autoprompt-bert-man/seed$s-manual.jsonl
 done
+for s in $SEEDS; do
+  r=runs/autoprompt-bert-man/seed$s.json
+  jq -c --arg s "$s" '
+    [foreach .history[] as $h (null;
+       if $h.best then $h.dev else . end;
+       if . == null then empty else {step: $h.step, log_likelihood: ., series: ("seed " + $s + ": AutoPrompt, best so far")} end)] | .[]' "$r"
+  jq -c --arg s "$s" '(.history | length - 1) as $n | .manual.dev_log_likelihood as $m |
+    ({step: 0, log_likelihood: $m}, {step: $n, log_likelihood: $m}) | . + {series: ("seed " + $s + ": hand-written prompt")}' "$r"
+done > runs/autoprompt-bert-man/search.jsonl
+"$C" plot --jsonl runs/autoprompt-bert-man/search.jsonl --x step --y log_likelihood --group series \
+  --title "AutoPrompt on a BERT trained on the manuals: dev facts' mean label log-likelihood" \
+  --out docs/plots/autoprompt-bert-man-search.png
