@@ -11,7 +11,8 @@
 #    reference implementation's full budget (100 steps of 10 accumulated batches of 32 facts, 10
 #    candidates, 5 triggers, dev selection) beside the default hand-written prompt
 #    (runs/autoprompt-bert-man/seedS.json), and two more hand-written prompts on the same held-out
-#    facts: the manuals' own citation `[X] ( [P] )` and `see [X] in section [P]`;
+#    facts: the manuals' own citation `[X] ( [P] )` and `see [X] in section [P]`; then the same
+#    with 30 facts per section (runs/autoprompt-bert-man30);
 # 5. plots docs/plots/autoprompt-bert-man-search.png: per seed, the dev facts' mean label
 #    log-likelihood of the best triggers so far and the default hand-written prompt's.
 set -euo pipefail
@@ -49,6 +50,16 @@ for s in $SEEDS; do
     "$C" --threads "$T" autoprompt --model runs/bert-man --relation man-section --man-dir runs/man-subset \
       --steps 0 --seed "$s" --manual "$m" --json
   done > runs/autoprompt-bert-man/seed$s-manual.jsonl
+done
+# The same with 30 facts per section (63 test facts a seed) in runs/autoprompt-bert-man30.
+mkdir -p runs/autoprompt-bert-man30
+for s in $SEEDS; do
+  "$C" --threads "$T" autoprompt --model runs/bert-man --relation man-section --man-dir runs/man-subset \
+    --per-object 30 --steps 100 --batch-size 32 --accumulation 10 --seed "$s" --json > runs/autoprompt-bert-man30/seed$s.json
+  for m in "[X] ( [P] )" "see [X] in section [P] ."; do
+    "$C" --threads "$T" autoprompt --model runs/bert-man --relation man-section --man-dir runs/man-subset \
+      --per-object 30 --steps 0 --seed "$s" --manual "$m" --json
+  done > runs/autoprompt-bert-man30/seed$s-manual.jsonl
 done
 for s in $SEEDS; do
   r=runs/autoprompt-bert-man/seed$s.json
