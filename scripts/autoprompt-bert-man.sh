@@ -12,7 +12,7 @@
 #    candidates, 5 triggers, dev selection) beside the default hand-written prompt
 #    (runs/autoprompt-bert-man/seedS.json), and two more hand-written prompts on the same held-out
 #    facts: the manuals' own citation `[X] ( [P] )` and `see [X] in section [P]`; then the same
-#    with 30 facts per section (runs/autoprompt-bert-man30);
+#    with 30 facts per section, and a search with a trigger after [P] (runs/autoprompt-bert-man30);
 # 5. plots docs/plots/autoprompt-bert-man-search.png: per seed, the dev facts' mean label
 #    log-likelihood of the best triggers so far and the default hand-written prompt's.
 set -euo pipefail
@@ -60,6 +60,10 @@ for s in $SEEDS; do
     "$C" --threads "$T" autoprompt --model runs/bert-man --relation man-section --man-dir runs/man-subset \
       --per-object 30 --steps 0 --seed "$s" --manual "$m" --json
   done > runs/autoprompt-bert-man30/seed$s-manual.jsonl
+  # A trigger after the slot, so that the search can close the citation's parenthesis.
+  "$C" --threads "$T" autoprompt --model runs/bert-man --relation man-section --man-dir runs/man-subset \
+    --per-object 30 --template "[X] [T] [T] [T] [T] [P] [T]" --steps 100 --batch-size 32 \
+    --accumulation 10 --seed "$s" --json > runs/autoprompt-bert-man30/seed$s-after.json
 done
 for s in $SEEDS; do
   r=runs/autoprompt-bert-man/seed$s.json
