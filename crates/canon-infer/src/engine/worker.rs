@@ -375,16 +375,7 @@ impl Worker {
         let ids: Vec<&[u32]> = chunks.iter().map(|c| c.as_slice()).collect();
         let t0 = Instant::now();
         let logits = {
-            let mut caches: Vec<&mut Cache> = Vec::with_capacity(picks.len());
-            let mut rest: &mut [Slot] = &mut self.slots;
-            let mut base = 0;
-            for &(i, _, _) in picks {
-                let (_, tail) = rest.split_at_mut(i - base);
-                let (one, tail) = tail.split_at_mut(1);
-                caches.push(&mut one[0].cache);
-                rest = tail;
-                base = i + 1;
-            }
+            let mut caches = slot_caches(&mut self.slots, picks.iter().map(|p| p.0));
             self.lm.forward_batch(&ids, &mut caches)?
         };
         let mut done = Vec::new();
@@ -434,16 +425,7 @@ impl Worker {
         let ids: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
         let t0 = Instant::now();
         let logits = {
-            let mut caches: Vec<&mut Cache> = Vec::with_capacity(group.len());
-            let mut rest: &mut [Slot] = &mut self.slots;
-            let mut base = 0;
-            for &i in group {
-                let (_, tail) = rest.split_at_mut(i - base);
-                let (one, tail) = tail.split_at_mut(1);
-                caches.push(&mut one[0].cache);
-                rest = tail;
-                base = i + 1;
-            }
+            let mut caches = slot_caches(&mut self.slots, group.iter().copied());
             self.lm.forward_batch(&ids, &mut caches)?
         };
         self.t.forward_ns += ns_since(t0);
@@ -572,6 +554,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// The caches of slots `idx` (increasing indices), borrowed together.
+fn slot_caches(slots: &mut [Slot], idx: impl Iterator<Item = usize>) -> Vec<&mut Cache> {
+    let mut caches = Vec::new();
+    let mut rest = slots;
+    let mut base = 0;
+    for i in idx {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+        let (one, tail) = tail.split_at_mut(1);
+        caches.push(&mut one[0].cache);
+        rest = tail;
+        base = i + 1;
+    }
+    caches
 }
 
 /// `f(values)` of an f32 tensor's elements in order: the CPU storage read in place when the
