@@ -24,15 +24,6 @@ for s in $SEEDS; do
       --seed "$s" --manual "$m" --json
   done > runs/autoprompt-bert/seed$s-manual.jsonl
 done
-for s in $SEEDS; do
-  r=runs/autoprompt-bert/seed$s.json
-  jq -c --arg s "$s" '
-    [foreach .history[] as $h (null;
-       if $h.best then $h.dev else . end;
-       if . == null then empty else {step: $h.step, log_likelihood: ., series: ("seed " + $s + ": AutoPrompt, best so far")} end)] | .[]' "$r"
-  jq -c --arg s "$s" '(.history | length - 1) as $n | .manual.dev_log_likelihood as $m |
-    ({step: 0, log_likelihood: $m}, {step: $n, log_likelihood: $m}) | . + {series: ("seed " + $s + ": hand-written prompt")}' "$r"
-done > runs/autoprompt-bert/search.jsonl
-"$C" plot --jsonl runs/autoprompt-bert/search.jsonl --x step --y log_likelihood --group series \
-  --title "AutoPrompt on a BERT trained on code: dev facts' mean label log-likelihood" \
-  --out docs/plots/autoprompt-bert-search.png
+SEEDS="$SEEDS" scripts/autoprompt-plot.sh "$C" runs/autoprompt-bert \
+  "AutoPrompt on a BERT trained on code: dev facts' mean label log-likelihood" \
+  docs/plots/autoprompt-bert-search.png

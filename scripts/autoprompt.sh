@@ -15,16 +15,6 @@ for s in $SEEDS; do
   "$C" --threads "$T" autoprompt --model smollm2 --relation stdlib-module --steps 60 \
     --batch-size 32 --accumulation 2 --seed "$s" --json > runs/autoprompt/seed$s.json
 done
-for s in $SEEDS; do
-  r=runs/autoprompt/seed$s.json
-  # The best triggers' dev log-likelihood so far, step by step, from the first change on.
-  jq -c --arg s "$s" '
-    [foreach .history[] as $h (null;
-       if $h.best then $h.dev else . end;
-       if . == null then empty else {step: $h.step, log_likelihood: ., series: ("seed " + $s + ": AutoPrompt, best so far")} end)] | .[]' "$r"
-  jq -c --arg s "$s" '(.history | length - 1) as $n | .manual.dev_log_likelihood as $m |
-    ({step: 0, log_likelihood: $m}, {step: $n, log_likelihood: $m}) | . + {series: ("seed " + $s + ": hand-written prompt")}' "$r"
-done > runs/autoprompt/search.jsonl
-"$C" plot --jsonl runs/autoprompt/search.jsonl --x step --y log_likelihood --group series \
-  --title "AutoPrompt on SmolLM2: dev facts' mean label log-likelihood" \
-  --out docs/plots/autoprompt-search.png
+SEEDS="$SEEDS" scripts/autoprompt-plot.sh "$C" runs/autoprompt \
+  "AutoPrompt on SmolLM2: dev facts' mean label log-likelihood" \
+  docs/plots/autoprompt-search.png
