@@ -514,69 +514,6 @@ impl Packed {
     }
 }
 
-/// `f` on `x: [m, cols]` rounded to activations, in this thread's reused buffer when it is free.
-fn with_acts<R>(x: &[f32], m: usize, cols: usize, f: impl FnOnce(&TileActs) -> R) -> R {
-    thread_local! {
-        static ACTS: std::cell::RefCell<TileActs> = std::cell::RefCell::new(TileActs::default());
-    }
-    ACTS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut act) => {
-            act.quantize_into(x, m, cols);
-            f(&act)
-        }
-        Err(_) => f(&TileActs::quantize(x, m, cols)),
-    })
-}
-
-/// `ys[j] = x W_jᵀ` for matrices of one width sharing their input (a layer's query, key and
-/// value projections; a feed-forward's gate and up): `x: [m, cols]` is rounded once, and one job
-/// on the kernel pool runs every matrix's panels, instead of a rounding and a job per matrix.
-/// Each output gets the bits of [`Packed::matmul`]. `ys[j]` must hold `m · ws[j].rows` values,
-/// all of which are written.
-///
-/// # Panics
-/// When `ws` and `ys` differ in length, the widths differ, or an output has the wrong length.
-pub fn matmul_shared_uninit(
-    ws: &[&Packed],
-    x: &[f32],
-    m: usize,
-    ys: &mut [&mut [std::mem::MaybeUninit<f32>]],
-) {
-    assert_eq!(ws.len(), ys.len(), "matmul_shared: matrices and outputs");
-    let Some(first) = ws.first() else {
-        return;
-    };
-    let cols = first.cols;
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        assert_eq!(w.cols, cols, "matmul_shared: widths differ");
-        assert_eq!(y.len(), w.rows * m, "matmul_shared: output length");
-    }
-    let threads = crate::pool::pool().threads();
-    // (matrix, first panel, end) per task, each matrix cut as `matmul_acts_ptr` cuts it.
-    let mut tasks = Vec::new();
-    for (j, w) in ws.iter().enumerate() {
-        let per_task = w.panels.div_ceil(threads * 4).max(1);
-        let mut p0 = 0;
-        while p0 < w.panels {
-            let p1 = (p0 + per_task).min(w.panels);
-            tasks.push((j, p0, p1));
-            p0 = p1;
-        }
-    }
-    let outs: Vec<crate::pool::SyncPtr> = ys
-        .iter_mut()
-        .map(|y| crate::pool::SyncPtr(y.as_mut_ptr().cast()))
-        .collect();
-    with_acts(x, m, cols, |act| {
-        crate::pool::parallel_for(tasks.len(), &|t| {
-            let (j, p0, p1) = tasks[t];
-            // SAFETY: `outs[j]` holds rows·m values (checked above) and the tasks of one matrix
-            // own disjoint panels; the widths match `act` (rounded at `cols`).
-            unsafe { ws[j].panels_times(p0..p1, act, outs[j].get()) };
-        });
-    });
-}
-
 /// 64-byte lines per block of a panel: nibbles (4), nibbles and fifth bits (5), bytes (8).
 const fn lines_per_block(nib: bool, hi5: bool) -> usize {
     if hi5 {
@@ -596,6 +533,10 @@ fn as_bytes(lines: &[Line64]) -> &[u8] {
 
 mod lines;
 pub use lines::LineBuf;
+
+mod shared;
+pub use shared::matmul_shared_uninit;
+use shared::with_acts;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
