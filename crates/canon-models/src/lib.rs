@@ -34,7 +34,9 @@ pub use config::{BertConfig, LlamaConfig, LlamaVariant};
 pub use family::{ModelConfig, TrainOutput, TrainableLm};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::Llama;
-pub use load::{LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder};
+pub use load::{
+    LoadedEncoder, LoadedLm, ModelSpec, load_causal_lm, load_encoder, load_encoder_named,
+};
 pub use sentence::{Pooling, SentenceEmbedder};
 pub use source::WeightMode;
 pub use varstore::VarStore;
@@ -227,6 +229,13 @@ pub trait Encoder: Send + Sync {
     fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: &Tensor) -> Result<Tensor>;
     fn hidden_size(&self) -> usize;
     fn max_positions(&self) -> usize;
+    /// Runs the linear layers on 8-bit weights (ggml's Q8_0 blocks) from now on, where the model
+    /// has such a path; an error naming why not otherwise.
+    fn use_q8_weights(&mut self) -> Result<()> {
+        Err(ModelError::Input(
+            "expected an encoder with an 8-bit path (BERT), found one without".into(),
+        ))
+    }
 }
 
 /// An encoder-decoder model (the Transformer of paper 1, T5 of paper 8).

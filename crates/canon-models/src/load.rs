@@ -103,6 +103,40 @@ pub fn load_encoder(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<Lo
     }
 }
 
+/// The tag after an embedding model's name that runs it on 8-bit weights (`minilm:q8_0`).
+pub const Q8_TAG: &str = "q8_0";
+
+/// An embedding model named on the command line: what [`ModelSpec::parse`] takes, optionally
+/// followed by `:q8_0` to run its linear layers on 8-bit weights ([`crate::Encoder::use_q8_weights`]).
+/// A name that is an existing path is taken whole. The loaded encoder's `name` carries the tag.
+pub fn load_encoder_named(name: &str, progress: &dyn FetchProgress) -> Result<LoadedEncoder> {
+    let (base, q8) = split_encoder_tag(name)?;
+    let mut enc = load_encoder(&ModelSpec::parse(base)?, progress)?;
+    if q8 {
+        enc.embedder.encoder.use_q8_weights()?;
+        enc.name = format!("{}:{Q8_TAG}", enc.name);
+    }
+    Ok(enc)
+}
+
+/// `name` without its `:q8_0` tag, and whether it had one.
+pub fn split_encoder_tag(name: &str) -> Result<(&str, bool)> {
+    if Path::new(name).exists() {
+        return Ok((name, false));
+    }
+    match name.rsplit_once(':') {
+        Some((base, tag)) if tag.eq_ignore_ascii_case(Q8_TAG) && !base.is_empty() => {
+            Ok((base, true))
+        }
+        Some((base, tag)) if !base.is_empty() && !tag.contains(['/', '\\']) => {
+            Err(ModelError::Input(format!(
+                "expected an embedding model name optionally followed by ':{Q8_TAG}' (8-bit weights), found ':{tag}' after '{base}'"
+            )))
+        }
+        _ => Ok((name, false)),
+    }
+}
+
 /// Only the tokenizer of a model (no weights are read): GGUF metadata or `tokenizer.json`.
 /// Returns the tokenizer and whether the model is an encoder (BERT folders add [CLS]/[SEP]).
 pub fn load_tokenizer(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<(Tokenizer, bool)> {
@@ -128,4 +162,30 @@ pub fn load_tokenizer(spec: &ModelSpec, progress: &dyn FetchProgress) -> Result<
 
 fn unreachable_alias<T>() -> Result<T> {
     Err(ModelError::Input("internal: alias left unresolved".into()))
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::split_encoder_tag;
+
+    #[test]
+    fn the_q8_tag_splits_off_and_other_tags_are_refused() {
+        assert_eq!(split_encoder_tag("minilm").unwrap(), ("minilm", false));
+        assert_eq!(split_encoder_tag("minilm:q8_0").unwrap(), ("minilm", true));
+        assert_eq!(
+            split_encoder_tag("models/bert:Q8_0").unwrap(),
+            ("models/bert", true)
+        );
+        let err = split_encoder_tag("minilm:q4").unwrap_err().to_string();
+        assert!(err.contains("':q8_0'") && err.contains("':q4'"), "{err}");
+        // Not a tag: a colon inside a folder name, or nothing before it.
+        assert_eq!(split_encoder_tag("a:b/c").unwrap(), ("a:b/c", false));
+        assert_eq!(split_encoder_tag(":q8_0").unwrap(), (":q8_0", false));
+        // An existing path is taken whole, colon and all.
+        let dir = std::env::temp_dir().join(format!("canon-tag-{}:q8_0", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = dir.to_string_lossy().into_owned();
+        assert_eq!(split_encoder_tag(&name).unwrap(), (name.as_str(), false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -81,7 +81,28 @@ impl Pool {
     }
 }
 
+thread_local! {
+    /// Whether this thread runs inside a pool task (a worker, or a caller of `parallel_for`, or
+    /// inside `serial`): nested `parallel_for` calls then run serially on it.
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every `parallel_for` it reaches (the kernels' products, activation rounding)
+/// serial on the calling thread: for callers that already split their work across threads
+/// (one task per core) and would otherwise hand each product to the pool from every core at once.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INSIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(INSIDE.with(|c| c.replace(true)));
+    f()
+}
+
 fn worker(s: Arc<Shared>) {
+    INSIDE.with(|c| c.set(true));
     let mut seen = 0u64;
     loop {
         let start = Instant::now();
@@ -135,9 +156,6 @@ pub fn pool() -> &'static Pool {
 /// Runs `f(i)` for every `i < n` on the pool (the calling thread included); returns when all are
 /// done. Calls from inside `f` run serially on the calling thread.
 pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    thread_local! {
-        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     let p = pool();
     if n <= 1 || p.threads == 1 || INSIDE.with(|c| c.get()) {
         (0..n).for_each(f);

@@ -14,7 +14,19 @@ use crate::leiden::Rng;
 use crate::{RagError, Result};
 
 /// Default candidate list size at search time.
-pub const EF_SEARCH: usize = 128;
+pub const EF_SEARCH: usize = 512;
+
+/// The candidate list size searches use: `CANON_HNSW_EF` (read once) or [`EF_SEARCH`].
+pub fn ef_search() -> usize {
+    static EF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EF.get_or_init(|| {
+        std::env::var("CANON_HNSW_EF")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&e| e > 0)
+            .unwrap_or(EF_SEARCH)
+    })
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct HnswConfig {
@@ -57,9 +69,7 @@ impl Ord for Cand {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
+use crate::dense::dot;
 
 fn row(data: &[f32], dim: usize, i: usize) -> &[f32] {
     &data[i * dim..(i + 1) * dim]

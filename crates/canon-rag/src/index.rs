@@ -322,7 +322,7 @@ impl Index {
     /// Dense top-`k`: through the HNSW graph when there is one (unless `exact`), else a scan.
     pub fn dense(&self, q: &[f32], k: usize, exact: bool) -> Vec<(usize, f32)> {
         match &self.hnsw {
-            Some(h) if !exact => h.search(self.vectors(), q, k, crate::hnsw::EF_SEARCH.max(k)),
+            Some(h) if !exact => h.search(self.vectors(), q, k, crate::hnsw::ef_search().max(k)),
             _ => dense::search(self.vectors(), self.meta.dim, q, k),
         }
     }

@@ -73,8 +73,7 @@ impl Loader {
 
     /// The embedding model `model` names (alias or HF-style BERT folder).
     pub fn encoder(&self, model: &str) -> Result<LoadedEncoder> {
-        let spec = ModelSpec::parse(model)?;
-        canon_models::load_encoder(&spec, self.progress())
+        canon_models::load_encoder_named(model, self.progress())
             .with_context(|| format!("cannot load embedding model '{model}'"))
     }
 

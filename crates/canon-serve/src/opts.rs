@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// Language model: an alias (smollm2), a .gguf file, or an HF-style folder.
     #[cfg_attr(feature = "cli", arg(long, default_value = "smollm2"))]
     pub model: String,
-    /// Also serve /v1/embeddings with this embedding model (e.g. minilm).
+    /// Also serve /v1/embeddings with this embedding model (e.g. minilm; minilm:q8_0 on 8-bit
+    /// weights).
     #[cfg_attr(feature = "cli", arg(long))]
     pub embedding_model: Option<String>,
     /// A `canon index build` folder: serve POST /v1/search and POST /v1/ask over it (its query

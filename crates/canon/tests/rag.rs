@@ -515,3 +515,81 @@ fn graph_build_sends_the_first_units_to_the_llm_and_the_rest_to_the_fast_extract
     );
     assert_clean_error(&o, &["--extractor fast or llm", "regex"]);
 }
+
+/// `--model minilm:q8_0`: the index records the tagged name, searches embed the query the same
+/// way, and an unknown tag is one error line.
+#[test]
+fn an_index_built_on_8_bit_weights_records_them_and_searches_with_them() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let docs = p.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for (name, text) in [
+        (
+            "tar.md",
+            "# tar\n\n## Options\n\n-C, --directory=DIR\nchange to directory DIR before extracting.\n",
+        ),
+        (
+            "ls.md",
+            "# ls\n\n## Options\n\n-t\nsort by modification time, newest first.\n",
+        ),
+        (
+            "gzip.md",
+            "# gzip\n\n## Description\n\ngzip reduces the size of the named files.\n",
+        ),
+    ] {
+        std::fs::write(docs.join(name), text).unwrap();
+    }
+    let home = std::env::var("CANON_HOME")
+        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_canon"))
+            .args(args)
+            .current_dir(p)
+            .env("CANON_HOME", &home)
+            .output()
+            .expect("run canon")
+    };
+    let o = run(&[
+        "--quiet",
+        "index",
+        "build",
+        "--docs",
+        "docs",
+        "--out",
+        "q.idx",
+        "--model",
+        "minilm:q8_0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("q.idx/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["model"], "minilm:q8_0");
+    let o = run(&[
+        "--quiet",
+        "search",
+        "--index",
+        "q.idx",
+        "--mode",
+        "dense",
+        "--k",
+        "1",
+        "--json",
+        "how do I shrink files",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hit: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(hit["page"], "gzip", "{hit}");
+    let o = run(&[
+        "index",
+        "build",
+        "--docs",
+        "docs",
+        "--out",
+        "bad.idx",
+        "--model",
+        "minilm:q4",
+    ]);
+    assert_clean_error(&o, &["':q8_0'", "':q4'"]);
+    assert!(!p.join("bad.idx").exists());
+}

@@ -17,13 +17,14 @@ pub struct AttnDims {
 #[derive(Default)]
 struct AttnScratch {
     kept: Vec<usize>,
-    /// One query with its bias added.
+    /// Two queries with their biases added, `[2, head_dim]`.
     q: Vec<f32>,
     /// `Kᵀ` of every head over the kept keys, `[heads, head_dim, nk_padded]` (padding columns
     /// zero).
     kt: Vec<f32>,
     /// `V` of every head over the kept keys, `[heads, nk, head_dim]`.
     v: Vec<f32>,
+    /// Two queries' scores, `[2, nk_padded]`.
     scores: Vec<f32>,
 }
 
@@ -63,8 +64,8 @@ fn self_attention_impl<const F: bool>(
         sc.kt.clear();
         sc.kt.resize(heads * hd * nkp, 0.0);
         sc.v.resize(heads * nk * hd, 0.0);
-        sc.scores.resize(nkp, 0.0);
-        sc.q.resize(hd, 0.0);
+        sc.scores.resize(2 * nkp, 0.0);
+        sc.q.resize(2 * hd, 0.0);
         // One sequential pass over the sequence's rows gathers every head's keys (transposed,
         // `[h][c][j]`) and values (`[h][j][c]`) into small tiles, biases added; reading whole rows
         // in order is what the prefetchers follow, and leaves the rows in cache for the queries.
@@ -93,70 +94,105 @@ fn self_attention_impl<const F: bool>(
                 }
             }
         }
+        // Queries go in pairs: each key and value vector loaded is used by both, and the pair's
+        // eight accumulator chains keep both FMA pipes busy (one query's four chains wait on the
+        // FMA latency). Each query's sums run in the order a query alone would use, so the result
+        // does not depend on the pairing; an odd last query is paired with itself.
         for h in 0..heads {
             let qo = h * hd;
             let kt = &sc.kt[h * hd * nkp..(h + 1) * hd * nkp];
             let vt = &sc.v[h * nk * hd..(h + 1) * nk * hd];
-            for i in 0..t {
-                let q = &qkv[(s * t + i) * stride + qo..][..hd];
-                let q = match bias {
-                    Some(b) => {
-                        for ((dst, &x), bq) in sc.q.iter_mut().zip(q).zip(&b[qo..]) {
-                            *dst = x + bq;
+            let mut i = 0;
+            while i < t {
+                let pair = [i, (i + 1).min(t - 1)];
+                for (r, &qi) in pair.iter().enumerate() {
+                    let q = &qkv[(s * t + qi) * stride + qo..][..hd];
+                    let dst = &mut sc.q[r * hd..(r + 1) * hd];
+                    match bias {
+                        Some(b) => {
+                            for ((dst, &x), bq) in dst.iter_mut().zip(q).zip(&b[qo..]) {
+                                *dst = x + bq;
+                            }
                         }
-                        &sc.q[..]
+                        None => dst.copy_from_slice(q),
                     }
-                    None => q,
-                };
+                }
+                let (q0, q1) = sc.q.split_at(hd);
                 if uniform {
                     sc.scores[..nk].fill(1.0 / nk as f32);
+                    sc.scores[nkp..nkp + nk].fill(1.0 / nk as f32);
                 } else {
                     // s_j = (q · k_j) / √d_k: Σ_c q_c · Kᵀ[c, j..j+32].
                     for g in (0..nkp).step_by(32) {
-                        let mut acc = [[0f32; 8]; 4];
-                        for (c, &qc) in q.iter().enumerate() {
+                        let mut acc = [[[0f32; 8]; 4]; 2];
+                        for (c, (&a0, &a1)) in q0.iter().zip(q1).enumerate() {
                             let k = &kt[c * nkp + g..][..32];
-                            for (a, k8) in acc.iter_mut().zip(k.chunks_exact(8)) {
+                            for (v, k8) in k.chunks_exact(8).enumerate() {
                                 for l in 0..8 {
-                                    a[l] = fma::<F>(qc, k8[l], a[l]);
+                                    acc[0][v][l] = fma::<F>(a0, k8[l], acc[0][v][l]);
+                                    acc[1][v][l] = fma::<F>(a1, k8[l], acc[1][v][l]);
                                 }
                             }
                         }
-                        for (dst, a) in sc.scores[g..g + 32].chunks_exact_mut(8).zip(&acc) {
-                            dst.copy_from_slice(a);
-                        }
-                    }
-                    let p = &mut sc.scores[..nk];
-                    p.iter_mut().for_each(|v| *v *= scale);
-                    softmax_impl::<F>(p);
-                }
-                // o = Σ_j p_j v_j, 32 output columns at a time in registers.
-                let o = &mut out[(s * t + i) * out_stride + h * hd..][..hd];
-                let p = &sc.scores[..nk];
-                let mut c0 = 0;
-                while c0 + 32 <= hd {
-                    let mut acc = [[0f32; 8]; 4];
-                    for (&pj, vrow) in p.iter().zip(vt.chunks_exact(hd)) {
-                        for (a, v8) in acc.iter_mut().zip(vrow[c0..c0 + 32].chunks_exact(8)) {
-                            for l in 0..8 {
-                                a[l] = fma::<F>(pj, v8[l], a[l]);
+                        for (r, acc) in acc.iter().enumerate() {
+                            let row = &mut sc.scores[r * nkp + g..r * nkp + g + 32];
+                            for (dst, a) in row.chunks_exact_mut(8).zip(acc) {
+                                dst.copy_from_slice(a);
                             }
                         }
                     }
-                    for (dst, a) in o[c0..c0 + 32].chunks_exact_mut(8).zip(&acc) {
-                        dst.copy_from_slice(a);
+                    for r in 0..2 {
+                        let p = &mut sc.scores[r * nkp..r * nkp + nk];
+                        p.iter_mut().for_each(|v| *v *= scale);
+                        softmax_impl::<F>(p);
+                    }
+                }
+                // o = Σ_j p_j v_j, 32 output columns of both queries at a time in registers.
+                let (p0, p1) = (&sc.scores[..nk], &sc.scores[nkp..nkp + nk]);
+                let mut res = [[0f32; 32]; 2];
+                let mut c0 = 0;
+                while c0 + 32 <= hd {
+                    let mut acc = [[[0f32; 8]; 4]; 2];
+                    for ((&a0, &a1), vrow) in p0.iter().zip(p1).zip(vt.chunks_exact(hd)) {
+                        for (v, v8) in vrow[c0..c0 + 32].chunks_exact(8).enumerate() {
+                            for l in 0..8 {
+                                acc[0][v][l] = fma::<F>(a0, v8[l], acc[0][v][l]);
+                                acc[1][v][l] = fma::<F>(a1, v8[l], acc[1][v][l]);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        for (dst, a) in res[r].chunks_exact_mut(8).zip(acc) {
+                            dst.copy_from_slice(a);
+                        }
+                    }
+                    for (r, &qi) in pair
+                        .iter()
+                        .enumerate()
+                        .take(if pair[1] > i { 2 } else { 1 })
+                    {
+                        out[(s * t + qi) * out_stride + h * hd + c0..][..32]
+                            .copy_from_slice(&res[r]);
                     }
                     c0 += 32;
                 }
                 if c0 < hd {
-                    let o = &mut o[c0..];
-                    o.fill(0.0);
-                    for (&pj, vrow) in p.iter().zip(vt.chunks_exact(hd)) {
-                        for (o, &v) in o.iter_mut().zip(&vrow[c0..]) {
-                            *o = fma::<F>(pj, v, *o);
+                    for (r, &qi) in pair
+                        .iter()
+                        .enumerate()
+                        .take(if pair[1] > i { 2 } else { 1 })
+                    {
+                        let p = [p0, p1][r];
+                        let o = &mut out[(s * t + qi) * out_stride + h * hd + c0..][..hd - c0];
+                        o.fill(0.0);
+                        for (&pj, vrow) in p.iter().zip(vt.chunks_exact(hd)) {
+                            for (o, &v) in o.iter_mut().zip(&vrow[c0..]) {
+                                *o = fma::<F>(pj, v, *o);
+                            }
                         }
                     }
                 }
+                i += 2;
             }
         }
     }

@@ -207,11 +207,69 @@ pub fn build_report(
     budget: usize,
     count: &dyn Fn(&str) -> usize,
 ) -> Report {
-    let members: BTreeSet<usize> = cluster.nodes.iter().copied().collect();
-    let mut inner: Vec<&Relation> = rels
+    build_report_in(
+        cluster,
+        ents,
+        rels,
+        &incident(ents.len(), rels),
+        budget,
+        count,
+    )
+}
+
+/// For each entity, the relations (indices into `rels`) that touch it.
+pub fn incident(entities: usize, rels: &[Relation]) -> Vec<Vec<usize>> {
+    let mut inc = vec![Vec::new(); entities];
+    for (i, r) in rels.iter().enumerate() {
+        for e in [r.source, r.target] {
+            if let Some(v) = inc.get_mut(e)
+                && v.last() != Some(&i)
+            {
+                v.push(i);
+            }
+        }
+    }
+    inc
+}
+
+/// Every cluster's [`build_report`], the relations' incidence computed once: the work grows with
+/// the members' degrees, not with the number of clusters times the number of relations.
+pub fn build_reports(
+    clusters: &[Cluster],
+    ents: &[Entity],
+    rels: &[Relation],
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Vec<Report> {
+    let inc = incident(ents.len(), rels);
+    clusters
         .iter()
-        .filter(|r| members.contains(&r.source) && members.contains(&r.target))
+        .map(|c| build_report_in(c, ents, rels, &inc, budget, count))
+        .collect()
+}
+
+/// [`build_report`] with the incidence lists of [`incident`].
+pub fn build_report_in(
+    cluster: &Cluster,
+    ents: &[Entity],
+    rels: &[Relation],
+    incident: &[Vec<usize>],
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> Report {
+    let members: BTreeSet<usize> = cluster.nodes.iter().copied().collect();
+    // The relations with both ends in the cluster, in `rels` order (as a scan would find them).
+    let mut ids: Vec<usize> = cluster
+        .nodes
+        .iter()
+        .filter_map(|&e| incident.get(e))
+        .flatten()
+        .copied()
+        .filter(|&i| members.contains(&rels[i].source) && members.contains(&rels[i].target))
         .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut inner: Vec<&Relation> = ids.iter().map(|&i| &rels[i]).collect();
     inner.sort_by(|a, b| {
         let da = ents[a.source].degree + ents[a.target].degree;
         let db = ents[b.source].degree + ents[b.target].degree;
@@ -313,10 +371,13 @@ pub fn build_graph(
             .into_iter()
             .filter(|c| c.nodes.len() > 1 || !g.adj[c.nodes[0]].is_empty())
             .collect();
-    let reports = clusters
-        .iter()
-        .map(|c| build_report(c, &entities, &relations, report_budget, &approx_tokens))
-        .collect();
+    let reports = build_reports(
+        &clusters,
+        &entities,
+        &relations,
+        report_budget,
+        &approx_tokens,
+    );
     KnowledgeGraph {
         format: GRAPH_FORMAT.into(),
         version: GRAPH_VERSION,

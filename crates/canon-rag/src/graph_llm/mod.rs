@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::graph::{KnowledgeGraph, build_report, call_key};
+use crate::graph::{KnowledgeGraph, build_report_in, call_key};
 
 /// One chat call: `(role, content)` messages, an answer length, and optionally a JSON schema the
 /// answer must satisfy (constrained decoding).

@@ -280,16 +280,24 @@ pub fn write_reports(
     progress: &mut dyn FnMut(usize, usize),
 ) -> LlmStats {
     // Extractive texts again, now with the summaries (reports the model wrote stay).
+    let inc = crate::graph::incident(g.entities.len(), &g.relations);
+    let by_id: std::collections::HashMap<usize, usize> = g
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, i))
+        .collect();
     for i in 0..g.reports.len() {
         if g.reports[i].llm.is_some() {
             continue;
         }
         let cid = g.reports[i].cluster;
-        if let Some(c) = g.clusters.iter().find(|c| c.id == cid) {
-            let r = build_report(
+        if let Some(c) = by_id.get(&cid).map(|&j| &g.clusters[j]) {
+            let r = build_report_in(
                 c,
                 &g.entities,
                 &g.relations,
+                &inc,
                 report_budget,
                 &crate::graph::approx_tokens,
             );

@@ -178,19 +178,13 @@ fn hierarchy() -> KnowledgeGraph {
             leaf: true,
         },
     ];
-    g.reports = g
-        .clusters
-        .iter()
-        .map(|c| {
-            build_report(
-                c,
-                &g.entities,
-                &g.relations,
-                300,
-                &crate::graph::approx_tokens,
-            )
-        })
-        .collect();
+    g.reports = crate::graph::build_reports(
+        &g.clusters,
+        &g.entities,
+        &g.relations,
+        300,
+        &crate::graph::approx_tokens,
+    );
     g
 }
 

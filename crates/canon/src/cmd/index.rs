@@ -13,6 +13,9 @@ use serde_json::json;
 use crate::progress::Stages;
 use crate::{Ctx, model_gen};
 
+/// Chunks to embed from which `index build` suggests the 8-bit embedding model.
+const LARGE_BUILD: usize = 20_000;
+
 pub fn run(a: IndexArgs, ctx: &Ctx) -> anyhow::Result<()> {
     match a.cmd {
         IndexCmd::Build(b) => build(b, ctx),
@@ -44,7 +47,16 @@ fn build(b: BuildArgs, ctx: &Ctx) -> anyhow::Result<()> {
         hnsw_min: b.hnsw_min,
     };
     let (reuse, mut bars) = (Reuse::new(), Stages::new(ctx.quiet));
-    let mut on = |s: Stage, d, n| bars.on(s.label(), d, n);
+    let hint = !ctx.quiet && !b.model.to_ascii_lowercase().ends_with(":q8_0");
+    let mut on = |s: Stage, d, n| {
+        if hint && s == Stage::Embed && d == 0 && n >= LARGE_BUILD {
+            eprintln!(
+                "hint: {n} chunks to embed; --model {}:q8_0 runs the embedding model on 8-bit weights, about twice as fast (vectors within about 0.001 of cosine)",
+                b.model
+            );
+        }
+        bars.on(s.label(), d, n)
+    };
     let w = build::build_and_write(&b.out, &files, spec, &enc, &reuse, None, &mut on)?;
     if !ctx.quiet {
         let secs = t0.elapsed().as_secs_f64();
