@@ -49,8 +49,8 @@ pub struct BuildArgs {
     #[cfg_attr(feature = "cli", arg(long))]
     pub out: PathBuf,
     /// Embedding model: an alias (minilm) or an HF-style BERT folder; append `:q8_0` (minilm:q8_0)
-    /// to run its linear layers on 8-bit weights, about twice as fast, vectors within 0.001 of
-    /// cosine of f32's. The index records the name, so searches embed queries the same way.
+    /// to run its linear layers on 8-bit weights, about twice as fast, cosine to the f32 vectors
+    /// about 0.998 or more. The index records the name, so searches embed queries the same way.
     #[cfg_attr(feature = "cli", arg(long, default_value = "minilm"))]
     pub model: String,
     /// Most tokens (embedding tokenizer) per chunk.

@@ -66,7 +66,7 @@ pub struct TokenizeArgs {
 )]
 pub struct EmbedArgs {
     /// Embedding model: an alias (minilm) or an HF-style BERT folder; append `:q8_0` (minilm:q8_0)
-    /// to run its linear layers on 8-bit weights (faster; vectors within 0.001 of cosine of f32's).
+    /// to run its linear layers on 8-bit weights (faster; cosine to the f32 vectors about 0.998 or more).
     #[cfg_attr(feature = "cli", arg(long, default_value = "minilm"))]
     pub model: String,
     /// A text to embed (repeatable). Without it, each standard-input line is a text (an empty line too).

@@ -121,10 +121,11 @@ pub fn extractive_map(
 
 /// The reports of a level (and the leaves above it) with their BM25 index.
 pub fn report_index(g: &KnowledgeGraph, level: usize) -> (Vec<usize>, Bm25) {
+    let leaves = leaf_ids(g);
     let ids: Vec<usize> = (0..g.reports.len())
         .filter(|&i| {
             g.reports[i].level == level
-                || (g.reports[i].level < level && is_leaf(g, g.reports[i].cluster))
+                || (g.reports[i].level < level && leaves.contains(&g.reports[i].cluster))
         })
         .collect();
     let bm = Bm25::build(ids.iter().map(|&i| g.reports[i].text.as_str()));
@@ -179,11 +180,9 @@ pub fn extractive_map_with(
         .collect()
 }
 
-pub(super) fn is_leaf(g: &KnowledgeGraph, cluster: usize) -> bool {
-    g.clusters
-        .iter()
-        .find(|c| c.id == cluster)
-        .is_some_and(|c| c.leaf)
+/// The ids of the leaf clusters (one pass, so that callers test each report in constant time).
+pub(super) fn leaf_ids(g: &KnowledgeGraph) -> std::collections::HashSet<usize> {
+    g.clusters.iter().filter(|c| c.leaf).map(|c| c.id).collect()
 }
 
 /// Local search: the entities matching the question (BM25 over name and description, plus
@@ -218,16 +217,15 @@ pub fn match_entities_with(g: &KnowledgeGraph, bm: &Bm25, question: &str, k: usi
 /// first.
 pub fn named_entities(g: &KnowledgeGraph, question: &str) -> Vec<usize> {
     let q_up = question.to_uppercase();
+    let words: std::collections::HashSet<&str> = q_up
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .collect();
     let mut named: Vec<usize> = g
         .entities
         .iter()
         .enumerate()
         .filter(|(_, e)| {
-            e.kind == "COMMAND"
-                && e.name.len() >= 2
-                && q_up
-                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                    .any(|w| w == e.name)
+            e.kind == "COMMAND" && e.name.len() >= 2 && words.contains(e.name.as_str())
         })
         .map(|(i, _)| i)
         .collect();
@@ -303,13 +301,16 @@ pub fn local_context(
             .then(a.0.cmp(&b.0))
     });
     let text_units: Vec<usize> = units.into_iter().take(max_units).map(|u| u.0).collect();
+    // Each report's cluster looked up once per report (a scan of the clusters per report and
+    // entity took seconds on a graph of 25,000 communities).
+    let by_id: HashMap<usize, &crate::graph::Cluster> =
+        g.clusters.iter().rev().map(|c| (c.id, c)).collect();
     let mut reports = Vec::new();
     for &e in matched {
         for (i, r) in g.reports.iter().enumerate() {
-            if is_leaf(g, r.cluster)
-                && g.clusters
-                    .iter()
-                    .any(|c| c.id == r.cluster && c.nodes.binary_search(&e).is_ok())
+            if by_id
+                .get(&r.cluster)
+                .is_some_and(|c| c.leaf && c.nodes.binary_search(&e).is_ok())
                 && !reports.contains(&i)
             {
                 reports.push(i);
