@@ -19,16 +19,31 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// The golden cases' texts.
+fn golden_texts(cases: &[serde_json::Value]) -> Vec<String> {
+    cases
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A golden case's sentence-transformers embedding.
+fn golden_embedding(c: &serde_json::Value) -> Vec<f32> {
+    c["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 #[test]
 fn embeddings_and_token_ids_match_sentence_transformers() {
     let g = golden("minilm/minilm.json");
     let enc = embedder();
     let cases = g["texts"].as_array().expect("texts");
     assert!(cases.len() >= 20);
-    let texts: Vec<String> = cases
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts = golden_texts(cases);
     let ours = enc.embedder.embed(&texts, 16).unwrap();
     let mut worst = 0.0f64;
     for (c, v) in cases.iter().zip(&ours) {
@@ -44,12 +59,7 @@ fn embeddings_and_token_ids_match_sentence_transformers() {
             ids,
             "token ids of {name}"
         );
-        let r: Vec<f32> = c["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let r = golden_embedding(c);
         let d = assert_close_f32(v, &r, Tol::new(1e-5, 0.0));
         worst = worst.max(d);
         assert!(cosine(v, &r) >= 0.9999, "{name}: cosine {}", cosine(v, &r));
@@ -159,19 +169,11 @@ fn eight_bit_minilm_stays_next_to_the_reference_vectors() {
         .expect("load minilm:q8_0");
     assert!(enc.name.ends_with(":q8_0"), "{}", enc.name);
     let cases = g["texts"].as_array().expect("texts");
-    let texts: Vec<String> = cases
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts = golden_texts(cases);
     let ours = enc.embedder.embed(&texts, 16).unwrap();
     let mut worst = 1.0f64;
     for (c, v) in cases.iter().zip(&ours) {
-        let r: Vec<f32> = c["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let r = golden_embedding(c);
         let cos = cosine(v, &r);
         assert!(cos >= 0.998, "{}: cosine {cos}", c["name"]);
         worst = worst.min(cos);

@@ -18,6 +18,22 @@ fn canon(args: &[&str], dir: &Path) -> Output {
         .expect("run canon")
 }
 
+/// The real asset cache (where the models the other tests fetched are).
+fn asset_home() -> String {
+    std::env::var("CANON_HOME")
+        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()))
+}
+
+/// `canon` in `dir` with the real asset cache.
+fn canon_with_assets(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canon"))
+        .args(args)
+        .current_dir(dir)
+        .env("CANON_HOME", asset_home())
+        .output()
+        .expect("run canon")
+}
+
 fn assert_clean_error(o: &Output, needles: &[&str]) {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "expected failure; stderr: {e}");
@@ -352,16 +368,7 @@ fn ask_end_to_end_with_real_models() {
         "# ls\n\n## Options\n\n-t\nsort by modification time, newest first.\n",
     )
     .unwrap();
-    let home = std::env::var("CANON_HOME")
-        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()));
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_canon"))
-            .args(args)
-            .current_dir(p)
-            .env("CANON_HOME", &home)
-            .output()
-            .expect("run canon")
-    };
+    let run = |args: &[&str]| canon_with_assets(args, p);
     let o = run(&[
         "--quiet", "index", "build", "--docs", "docs", "--out", "d.idx",
     ]);
@@ -401,7 +408,7 @@ fn ask_end_to_end_with_real_models() {
             "2",
         ])
         .current_dir(p)
-        .env("CANON_HOME", &home)
+        .env("CANON_HOME", asset_home())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -540,16 +547,7 @@ fn an_index_built_on_8_bit_weights_records_them_and_searches_with_them() {
     ] {
         std::fs::write(docs.join(name), text).unwrap();
     }
-    let home = std::env::var("CANON_HOME")
-        .unwrap_or_else(|_| format!("{}/.cache/canon", std::env::var("HOME").unwrap_or_default()));
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_canon"))
-            .args(args)
-            .current_dir(p)
-            .env("CANON_HOME", &home)
-            .output()
-            .expect("run canon")
-    };
+    let run = |args: &[&str]| canon_with_assets(args, p);
     let o = run(&[
         "--quiet",
         "index",

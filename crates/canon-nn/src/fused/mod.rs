@@ -120,6 +120,12 @@ pub(crate) fn sum8(x: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `Σ a·b` over eight running lanes (no fused multiply-add, so every CPU gets the same bits): the
+/// plain dot product of the crates above (dense retrieval, HNSW, attention's backward pass).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot8::<false>(a, b)
+}
+
 /// `Σ a·b` with eight independent lanes (vectorises; pairwise at the end).
 #[inline(always)]
 pub(crate) fn dot8<const F: bool>(a: &[f32], b: &[f32]) -> f32 {

@@ -403,10 +403,7 @@ fn data(t: &Tensor) -> candle_core::Result<F32Data<'_>> {
     })
 }
 
-/// `a · b` in eight lanes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    crate::fused::dot8::<false>(a, b)
-}
+use crate::fused::dot;
 
 /// Attention `softmax(scale · Q Kᵀ + mask) V` with a backward pass, as one tiled op (`q: [b, h,
 /// tq, d]`, `k, v: [b, h_kv, tk, d]`, f32 on the CPU; `h` a multiple of `h_kv`).
