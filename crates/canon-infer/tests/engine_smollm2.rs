@@ -195,8 +195,9 @@ fn prompts_arriving_while_others_decode_equal_each_alone() {
 
 /// The engine prefills prompts that arrive together in one pass where the model's rows do not
 /// depend on their batch: SmolLM2's Q4_1 and Q8_0 products on repacked weights. Three prompts
-/// of different lengths in one `forward_batch` pass, then one decode row each, give each prompt
-/// the logits of its own passes, bit for bit.
+/// of different lengths in one `forward_batch` pass, then one decode row each, then a pass mixing
+/// decode rows with a prompt long enough for its attention to run alone on the pool, give each
+/// prompt the logits of its own passes, bit for bit.
 #[test]
 fn prompts_sharing_a_pass_get_the_logits_of_their_own_passes() {
     let lm = load();
@@ -224,8 +225,24 @@ fn prompts_sharing_a_pass_get_the_logits_of_their_own_passes() {
         let mut c = m.new_cache();
         let first = bits(m.forward_batch(&[p.as_slice()], &mut [&mut c]).unwrap());
         let next = bits(m.forward_batch(&[&[42u32][..]], &mut [&mut c]).unwrap());
-        alone.push((first, next));
+        let third = bits(m.forward_batch(&[&[7u32][..]], &mut [&mut c]).unwrap());
+        alone.push((first, next, third));
     }
+    // A prompt long enough that its attention runs alone on the pool, then with decode rows.
+    let long: Vec<u32> = ids
+        .iter()
+        .flatten()
+        .chain(ids.iter().flatten())
+        .copied()
+        .collect();
+    assert!(
+        long.len() * long.len() * 9 * 64 >= 1 << 20,
+        "the long prompt is too short"
+    );
+    let long_alone = {
+        let mut c = m.new_cache();
+        bits(m.forward_batch(&[long.as_slice()], &mut [&mut c]).unwrap())
+    };
     let mut caches: Vec<_> = ids.iter().map(|_| m.new_cache()).collect();
     let slices: Vec<&[u32]> = ids.iter().map(|p| p.as_slice()).collect();
     let mut refs: Vec<_> = caches.iter_mut().collect();
@@ -234,11 +251,38 @@ fn prompts_sharing_a_pass_get_the_logits_of_their_own_passes() {
         m.forward_batch(&[&[42u32][..], &[42], &[42]], &mut refs)
             .unwrap(),
     );
-    for (i, (f, n)) in alone.iter().enumerate() {
+    // One pass mixing decode rows and prompt chunks, as the engine's steps are: decode rows of
+    // the first and third sequences around the long prompt in a fresh cache.
+    let mut fresh = m.new_cache();
+    let mixed = {
+        let [a, b, c] = &mut caches[..] else {
+            unreachable!()
+        };
+        let _ = b;
+        bits(
+            m.forward_batch(
+                &[&[7u32][..], long.as_slice(), &[7]],
+                &mut [a, &mut fresh, c],
+            )
+            .unwrap(),
+        )
+    };
+    for (i, (f, n, t)) in alone.iter().enumerate() {
         assert!(
             first[i] == f[0],
             "prompt {i}: the shared prefill's logits differ"
         );
         assert!(next[i] == n[0], "prompt {i}: the next row's logits differ");
+        if i != 1 {
+            let row = if i == 0 { 0 } else { 2 };
+            assert!(
+                mixed[row] == t[0],
+                "prompt {i}: a decode row beside a prompt chunk differs"
+            );
+        }
     }
+    assert!(
+        mixed[1] == long_alone[0],
+        "a prompt chunk beside decode rows differs from its own pass"
+    );
 }

@@ -12,8 +12,8 @@
 //!
 //! Determinism: a request's tokens depend only on the request (its seed included), not on what else
 //! is in the batch. Where the model says its rows do not depend on their batch
-//! (`CausalLm::rows_independent`: every product on repacked quantized weights) all decoding rows
-//! share one pass and the prompts waiting in a step share one prefill pass; otherwise decode rows
+//! (`CausalLm::rows_independent`: every product on repacked quantized weights) a step is one
+//! pass: the chunks of the prompts waiting in it and every decoding row together; otherwise decode rows
 //! are multiplied in even groups small enough to stay on the kernels' row-independent 8-bit path
 //! (`GEMM_ROWS_MAX`) and each prompt is prefilled in its own pass. Either way greedy ids equal
 //! `generate_ids`' for the same prompt (tested on 8 prompts batched and one by one).
@@ -185,9 +185,10 @@ pub struct StepTimings {
     /// Prefill chunks and their prompt tokens.
     pub prefill_chunks: u64,
     pub prefill_tokens: u64,
-    /// `forward_batch` of prompt chunks, logits copied out.
+    /// `forward_batch` of passes of prompt chunks alone.
     pub prefill_ns: u64,
-    /// `forward_batch` of decode rows, logits copied out.
+    /// `forward_batch` of passes with decode rows (and, where a step is one pass, the prompt
+    /// chunks that shared it).
     pub forward_ns: u64,
     /// Constraint masks, the sampler, log-probabilities, detokenizing the new token and stop
     /// strings (the step's sequences side by side).

@@ -19,6 +19,7 @@ use crate::{FinishReason, InferError, Result, TokenLogprob};
 
 mod passes;
 mod sample;
+use passes::Feed;
 use sample::{Sampled, finish, sample_one};
 
 enum Phase {
@@ -287,8 +288,9 @@ impl Worker {
         }
     }
 
-    /// One step: drop cancelled requests, prefill chunks up to the step's token budget, one
-    /// decode pass over the others.
+    /// One step: drop cancelled requests, then prompt chunks up to the step's token budget and a
+    /// decode row for every other active slot: one pass for all of them where the model's rows
+    /// do not depend on their batch, else a pass per chunk and even decode groups.
     fn step(&mut self) -> Result<()> {
         for s in self.slots.iter_mut() {
             if s.active
@@ -302,13 +304,9 @@ impl Worker {
         // prefilled fewer than `prefill_chunk` tokens. Requests that arrive together (short
         // prompts) then all get their first token within one step instead of one per step with
         // a decode pass of the others between each two; a long prompt still takes one chunk per
-        // step. A prompt's chunks start where they did (every `prefill_chunk` tokens). Where the
-        // model's rows do not depend on their batch (`rows_independent`: quantized products on
-        // repacked weights) the step's chunks share one pass, which reads the weights once for
-        // all of them; otherwise each prompt is its own pass. Either way nothing depends on
-        // which prompts share the step.
+        // step. A prompt's chunks start where they did (every `prefill_chunk` tokens).
         let mut budget = self.cfg.prefill_chunk;
-        let mut picks: Vec<(usize, usize, usize)> = Vec::new();
+        let mut prompts: Vec<(usize, Feed)> = Vec::new();
         for (i, slot) in self.slots.iter().enumerate() {
             if budget == 0 {
                 break;
@@ -320,40 +318,33 @@ impl Worker {
             }) = &slot.active
             {
                 let end = (next + self.cfg.prefill_chunk).min(req.prompt_ids.len());
-                picks.push((i, *next, end));
+                prompts.push((i, Feed::Prompt { next: *next, end }));
                 budget = budget.saturating_sub(end - next);
             }
         }
+        let all: Vec<usize> = (0..self.slots.len()).collect();
         if self.rows_independent {
-            self.prefill_group(&picks)?;
-        } else {
-            for pick in &picks {
-                self.prefill_group(std::slice::from_ref(pick))?;
-            }
+            // Rows that do not depend on their batch (quantized products on repacked weights):
+            // the step's prompt chunks and every decoding slot's token share one pass, which
+            // reads each weight matrix once for all of them. A prompt whose last chunk this is
+            // decodes from the next step on.
+            let mut rows = self.decode_feeds(&all);
+            rows.extend(prompts);
+            rows.sort_by_key(|r| r.0);
+            return self.pass(&rows);
         }
-        // Decode: every slot with a token to feed.
-        let decoding: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                matches!(
-                    self.slots[i].active,
-                    Some(Active {
-                        phase: Phase::Decode { .. },
-                        ..
-                    })
-                )
-            })
-            .collect();
-        // Where rows do not depend on their batch every decoding row shares one pass; otherwise
-        // passes of at most GEMM_ROWS_MAX rows, as even as can be (16 rows: 8 + 8, not 15 + 1,
-        // whose one-row pass would read every weight again for a single row).
-        let most = if self.rows_independent {
-            decoding.len().max(1)
-        } else {
-            let passes = decoding.len().div_ceil(GEMM_ROWS_MAX).max(1);
-            decoding.len().div_ceil(passes).max(1)
-        };
-        for group in decoding.chunks(most) {
-            self.decode_group(group)?;
+        // Otherwise each prompt chunk is its own pass, then the decoding rows (prompts finished
+        // just now included) in passes of at most GEMM_ROWS_MAX rows, as even as can be (16
+        // rows: 8 + 8, not 15 + 1, whose one-row pass would read every weight again for a
+        // single row). Either way nothing depends on which prompts share the step.
+        for p in &prompts {
+            self.pass(std::slice::from_ref(p))?;
+        }
+        let rows = self.decode_feeds(&all);
+        let passes = rows.len().div_ceil(GEMM_ROWS_MAX).max(1);
+        let most = rows.len().div_ceil(passes).max(1);
+        for group in rows.chunks(most) {
+            self.pass(group)?;
         }
         Ok(())
     }

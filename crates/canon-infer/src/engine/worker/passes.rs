@@ -1,36 +1,74 @@
-//! The step's forward passes: prompt chunks (several in one pass where the model's rows do not
-//! depend on their batch) and the decoding rows, each followed by its rows' sampling.
+//! The step's forward passes and their rows' sampling. A pass feeds rows of several slots at
+//! once: prompt chunks and decoding slots' next tokens. Several slots share a pass only where the
+//! model's rows do not depend on their batch (`rows_independent`) or, for decode rows, in groups
+//! the kernels keep row-independent (`GEMM_ROWS_MAX`), so each slot's logits are bit for bit
+//! those of its own pass.
 
 use super::*;
 
+/// What one slot feeds to a pass.
+#[derive(Clone, Copy)]
+pub(super) enum Feed {
+    /// Prompt positions `next..end`; the prompt's last chunk gives its first token.
+    Prompt { next: usize, end: usize },
+    /// The decode step's token.
+    Token(u32),
+}
+
 impl Worker {
-    /// Feeds the prompt chunks `picks` (slot, first position, end) in one forward pass; a
-    /// prompt's last chunk gives its first token. Several chunks share a pass only where the
-    /// model's rows are independent of their batch (`rows_independent`), so each prompt's logits
-    /// are bit for bit those of its own pass.
-    pub(super) fn prefill_group(&mut self, picks: &[(usize, usize, usize)]) -> Result<()> {
-        if picks.is_empty() {
+    /// The decode step's feed of each decoding slot in `slots` (increasing).
+    pub(super) fn decode_feeds(&self, slots: &[usize]) -> Vec<(usize, Feed)> {
+        slots
+            .iter()
+            .filter_map(|&i| match &self.slots[i].active {
+                Some(Active {
+                    phase: Phase::Decode { feed },
+                    ..
+                }) => Some((i, Feed::Token(*feed))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One forward pass over `rows` (slot, feed), in increasing slot order: every row's tokens
+    /// appended to its slot's cache, then the sampling of each decode row and of each prompt
+    /// row whose last chunk this was. A pass with decode rows counts as a decode pass (its time
+    /// under `forward_ns`), one of prompt chunks alone as prefill.
+    pub(super) fn pass(&mut self, rows: &[(usize, Feed)]) -> Result<()> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let chunks: Vec<Vec<u32>> = picks
+        let chunks: Vec<Vec<u32>> = rows
             .iter()
-            .map(|&(i, next, end)| match &self.slots[i].active {
-                Some(a) => a.req.prompt_ids[next..end].to_vec(),
-                None => Vec::new(),
+            .map(|&(i, feed)| match (feed, &self.slots[i].active) {
+                (Feed::Prompt { next, end }, Some(a)) => a.req.prompt_ids[next..end].to_vec(),
+                (Feed::Token(t), _) => vec![t],
+                (Feed::Prompt { .. }, None) => Vec::new(),
             })
             .collect();
         let ids: Vec<&[u32]> = chunks.iter().map(|c| c.as_slice()).collect();
         let t0 = Instant::now();
         let logits = {
-            let mut caches = slot_caches(&mut self.slots, picks.iter().map(|p| p.0));
+            let mut caches = slot_caches(&mut self.slots, rows.iter().map(|r| r.0));
             self.lm.forward_batch(&ids, &mut caches)?
         };
-        let mut done = Vec::new();
-        for (row, (&(i, _, end), chunk)) in picks.iter().zip(&chunks).enumerate() {
-            self.t.prefill_chunks += 1;
-            self.t.prefill_tokens += chunk.len() as u64;
+        let decoding = rows
+            .iter()
+            .filter(|r| matches!(r.1, Feed::Token(_)))
+            .count();
+        let mut sample = Vec::with_capacity(rows.len());
+        for (row, (&(i, feed), chunk)) in rows.iter().zip(&chunks).enumerate() {
             let slot = &mut self.slots[i];
             slot.ids.extend_from_slice(chunk);
+            let end = match feed {
+                Feed::Token(_) => {
+                    sample.push((i, row));
+                    continue;
+                }
+                Feed::Prompt { end, .. } => end,
+            };
+            self.t.prefill_chunks += 1;
+            self.t.prefill_tokens += chunk.len() as u64;
             let Some(a) = slot.active.as_mut() else {
                 continue;
             };
@@ -42,53 +80,25 @@ impl Worker {
                 s.prompt_tokens += a.req.prompt_ids.len() as u64;
                 s.cached_prompt_tokens += a.cached as u64;
             }
-            done.push((i, row));
+            sample.push((i, row));
         }
-        self.t.prefill_ns += ns_since(t0);
-        if done.is_empty() {
+        if decoding > 0 {
+            self.t.forward_ns += ns_since(t0);
+            self.t.decode_passes += 1;
+            self.t.decode_rows += decoding as u64;
+        } else {
+            self.t.prefill_ns += ns_since(t0);
+        }
+        if sample.is_empty() {
             return Ok(());
-        }
-        let vocab = logits.dim(1)?;
-        with_f32_data(&logits, |flat| {
-            self.after_rows(
-                done.iter()
-                    .map(|&(i, row)| (i, &flat[row * vocab..(row + 1) * vocab]))
-                    .collect(),
-            )
-        })?
-    }
-
-    pub(super) fn decode_group(&mut self, group: &[usize]) -> Result<()> {
-        let feeds: Vec<[u32; 1]> = group
-            .iter()
-            .map(|&i| match &self.slots[i].active {
-                Some(Active {
-                    phase: Phase::Decode { feed },
-                    ..
-                }) => [*feed],
-                _ => [0],
-            })
-            .collect();
-        let ids: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
-        let t0 = Instant::now();
-        let logits = {
-            let mut caches = slot_caches(&mut self.slots, group.iter().copied());
-            self.lm.forward_batch(&ids, &mut caches)?
-        };
-        self.t.forward_ns += ns_since(t0);
-        self.t.decode_passes += 1;
-        self.t.decode_rows += group.len() as u64;
-        for (&i, feed) in group.iter().zip(&feeds) {
-            self.slots[i].ids.push(feed[0]);
         }
         // The rows are read where the forward pass wrote them (no copy of `[rows, vocabulary]`).
         let vocab = logits.dim(1)?;
         with_f32_data(&logits, |flat| {
             self.after_rows(
-                group
+                sample
                     .iter()
-                    .copied()
-                    .zip(flat.chunks_exact(vocab))
+                    .map(|&(i, row)| (i, &flat[row * vocab..(row + 1) * vocab]))
                     .collect(),
             )
         })?
