@@ -159,6 +159,15 @@ impl KvCache {
         }
     }
 
+    /// Hints the CPU to bring the cached rows of key/value head `h` towards the core (a decode
+    /// step calls it before the work that precedes its attention, whose first head would
+    /// otherwise wait for memory). Reads nothing.
+    pub fn prefetch_head(&self, h: usize) {
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            crate::attention::prefetch_head(k, v, h, self.len);
+        }
+    }
+
     pub fn clear(&mut self) {
         self.k = None;
         self.v = None;

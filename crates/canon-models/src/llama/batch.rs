@@ -88,6 +88,11 @@ impl Llama {
                        cache: &mut Cache,
                        out: &mut [f32]|
              -> Result<()> {
+                if t == 1 {
+                    // The first K/V head's cached rows towards the core while the rows are
+                    // prepared (`one_row` fetches each next head while it runs this one).
+                    cache.layers[l].prefetch_head(0);
+                }
                 let (qi, ki) = self.prepare_qk(
                     blk,
                     l,

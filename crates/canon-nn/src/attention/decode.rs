@@ -482,10 +482,63 @@ fn one_row_of<T: KvElem>(
     p.resize(n, 0.0);
     for (hi, o) in out.chunks_exact_mut(d).enumerate() {
         let kh = hi / g;
+        if hi % g == 0 && kh + 1 < hkv {
+            // The next K/V head's rows towards the core while this head's queries run: the
+            // cache was last touched a step ago and is usually out of the caches by now.
+            prefetch_rows(&kv.strided(0, kh + 1, lo), n, d);
+            prefetch_rows(&vv.strided(0, kh + 1, lo), n, d);
+        }
         o.fill(0.0);
         let (keys, vals) = (kv.strided(0, kh, lo), vv.strided(0, kh, lo));
         one_query(qv.row(0, hi, 0, d), keys, vals, n, scale, &mut p, o);
     }
     SCORES.set(p);
     true
+}
+
+/// Asks for rows `0..n` of head `h` of a `[1, heads, positions, d]` key and value pair (an f32
+/// or f16 CPU cache buffer) to be brought into the second-level cache: a hint for a decode step
+/// that will read them shortly (nothing is read; anything else is ignored).
+pub fn prefetch_head(k: &Tensor, v: &Tensor, h: usize, n: usize) {
+    fn of<T: KvElem>(t: &Tensor, h: usize, n: usize) {
+        let Ok((1, heads, tk, d)) = t.dims4() else {
+            return;
+        };
+        if h >= heads {
+            return;
+        }
+        if let Some(view) = view4_of::<T>(t) {
+            prefetch_rows(&view.strided(0, h, 0), n.min(tk), d);
+        }
+    }
+    for t in [k, v] {
+        match t.dtype() {
+            DType::F32 => of::<f32>(t, h, n),
+            DType::F16 => of::<f16>(t, h, n),
+            _ => {}
+        }
+    }
+}
+
+/// Asks for rows `0..n` of width `d` of `m` to be brought into the second-level cache (a hint:
+/// nothing is read, and rows outside the slice are skipped).
+fn prefetch_rows<T>(m: &StridedRows<'_, T>, n: usize, d: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let bytes = d * std::mem::size_of::<T>();
+        for j in 0..n {
+            let at = m.start + j * m.stride;
+            let Some(row) = m.data.get(at..at + d) else {
+                return;
+            };
+            let p = row.as_ptr() as *const i8;
+            for off in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch is only a hint; `p + off` lies inside the row.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, n, d);
 }

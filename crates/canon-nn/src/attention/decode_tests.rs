@@ -362,3 +362,36 @@ fn the_register_weighted_sum_equals_the_row_by_row_axpy_bit_for_bit() {
         assert_same_bits(&a, &b, &format!("f16 values, width {dv}, {n} rows"));
     }
 }
+
+/// `prefetch_head` is a hint: any head, length or tensor is accepted, nothing changes, and the
+/// cache reads the same after it.
+#[test]
+fn prefetching_a_cache_head_changes_nothing_and_accepts_anything() {
+    let dev = candle_core::Device::Cpu;
+    for f16_cache in [false, true] {
+        let mut c = if f16_cache {
+            KvCache::new_f16()
+        } else {
+            KvCache::new()
+        };
+        c.prefetch_head(0); // empty: nothing to fetch
+        let k = randn(&[1, 3, 5, 16], 1);
+        let v = randn(&[1, 3, 5, 16], 2);
+        let (k0, v0) = c.append_stored(&k, &v).unwrap();
+        let before = (
+            bits(&k0.to_dtype(DType::F32).unwrap()),
+            bits(&v0.to_dtype(DType::F32).unwrap()),
+        );
+        for h in [0, 2, 3, 99] {
+            c.prefetch_head(h);
+            super::prefetch_head(&k0, &v0, h, 1_000_000);
+        }
+        let (k1, v1) = c.view().unwrap().unwrap();
+        assert_eq!(before, (bits(&k1), bits(&v1)));
+    }
+    // Not a [1, heads, positions, d] f32/f16 CPU tensor: ignored.
+    let odd = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    super::prefetch_head(&odd, &odd, 0, 4);
+    let ints = Tensor::zeros((1, 2, 3, 4), DType::U32, &dev).unwrap();
+    super::prefetch_head(&ints, &ints, 1, 4);
+}
