@@ -98,6 +98,9 @@ pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
     }
 }
 
+/// How many blocks ahead of the one being multiplied the tile kernel asks for the weights.
+const PREFETCH_BLOCKS: usize = 8;
+
 /// The four activation codes `4g..4g+4` of a block in every 32-bit lane.
 ///
 /// # Safety
@@ -138,6 +141,17 @@ unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool
     let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
+        // Several rows: the lines PREFETCH_BLOCKS blocks ahead (into the next panel at the end
+        // of this one: panels lie one after the other), so that memory and the arithmetic
+        // overlap when the weights come from memory (Zen 4, weights of 42 MB, 8 rows: 104 →
+        // 144 G multiply-adds/s a thread). One row keeps to the hardware's own prefetching,
+        // which its faster pass over the lines feeds well (measured 3 % slower with the hint).
+        // A hint only: the address may lie past the buffer.
+        for j in 0..if T > 1 { cl } else { 0 } {
+            _mm_prefetch::<_MM_HINT_T0>(
+                cp.wrapping_add((b + PREFETCH_BLOCKS) * cl * 64 + j * 64) as *const i8
+            );
+        }
         // SAFETY: block b of panel pi: cl aligned lines and sb scale bytes inside the buffers.
         let (wv, s0, s1) = unsafe {
             let l = cp.add(b * cl * 64);
