@@ -148,6 +148,9 @@ fn fifth(hv: __m256i, g: usize) -> __m256i {
     _mm256_and_si256(v, m)
 }
 
+/// How many blocks ahead of the one being multiplied the kernel asks for the weights.
+const PREFETCH_BLOCKS: usize = 8;
+
 /// `T` activation rows from `t0` against half `HALF_ROWS` (0: rows 0..8, 1: rows 8..16) of
 /// panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
 ///
@@ -186,6 +189,14 @@ unsafe fn rows<const MODE: u8, const T: usize, const F16: bool, const NIB: bool,
     );
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
+        // Several rows: this half's lines PREFETCH_BLOCKS blocks ahead, as the AVX-512 kernel
+        // does (there measured); a hint, the address may lie past the buffer.
+        for j in 0..if T > 1 { cl } else { 0 } {
+            _mm_prefetch::<_MM_HINT_T0>(
+                cp.wrapping_add((b + PREFETCH_BLOCKS) * cl * 64 + j * 64 + 32 * half_rows)
+                    as *const i8,
+            );
+        }
         // SAFETY: block b of panel pi: cl lines and sb scale bytes inside the buffers; this
         // half's 32 bytes of each line, its 8 scales (and 8 minimums) of the vectors.
         let (wv, s0, s1) = unsafe {
