@@ -287,29 +287,17 @@ pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut 
     let sb = scale_bytes(mode_id(p.mode), p.half);
     let cl = if p.nib { 4 } else { 8 };
     // SAFETY: panel pi's lines start inside the buffers (pi < panels).
-    let (mut cp, sp) = unsafe {
+    let (cp, sp) = unsafe {
         (
             (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
             (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
         )
     };
-    thread_local! {
-        static WIDE: std::cell::RefCell<Vec<Line64>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    // More than one pass of activation rows over a nibble panel: its codes are widened to
-    // bytes once (the same integers), instead of once per pass.
-    let mut nib = p.nib;
-    let mut wide = None;
-    if nib && m > 8 {
-        wide = WIDE.with(|w| w.try_borrow_mut().ok().map(|mut w| std::mem::take(&mut *w)));
-        if let Some(buf) = wide.as_mut() {
-            buf.resize(nb * 8, Line64([0; 64]));
-            // SAFETY: the panel holds nb·4 nibble lines; `buf` nb·8 aligned lines.
-            unsafe { widen(cp, nb, buf.as_mut_ptr() as *mut u8) };
-            cp = buf.as_ptr() as *const u8;
-            nib = false;
-        }
-    }
+    // Nibble panels stay nibbles whatever the number of rows: widening a panel's codes to bytes
+    // once for several passes of eight rows was slower once the weight lines are prefetched
+    // (Zen 4, 42 MB of weights, 16 rows: Q4_0 93–115 → 169–170, Q4_1 103–104 → 138–149 G
+    // multiply-adds/s a thread; 64 and 256 rows equal or better too).
+    let nib = p.nib;
     let mut t0 = 0;
     while t0 < m {
         let left = m - t0;
@@ -351,34 +339,5 @@ pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut 
             }
         };
         t0 += t;
-    }
-    if let Some(buf) = wide {
-        WIDE.with(|w| {
-            if let Ok(mut w) = w.try_borrow_mut() {
-                *w = buf;
-            }
-        });
-    }
-}
-
-/// Nibble lines `[nb, 4]` at `src` to byte lines `[nb, 8]` at `dst` (register `g` in the low
-/// nibbles of line `g`, `g + 4` in the high ones).
-///
-/// # Safety
-/// CPU as `rows`; `src` holds `nb·4` and `dst` `nb·8` 64-byte aligned lines.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
-unsafe fn widen(src: *const u8, nb: usize, dst: *mut u8) {
-    let low = _mm512_set1_epi8(0x0F);
-    for b in 0..nb {
-        for j in 0..4 {
-            // SAFETY: line j of block b in both buffers (caller).
-            unsafe {
-                let r = _mm512_load_si512(src.add((b * 4 + j) * 64) as *const __m512i);
-                let lo = _mm512_and_si512(r, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(r), low);
-                _mm512_store_si512(dst.add((b * 8 + j) * 64) as *mut __m512i, lo);
-                _mm512_store_si512(dst.add((b * 8 + j + 4) * 64) as *mut __m512i, hi);
-            }
-        }
     }
 }
