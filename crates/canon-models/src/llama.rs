@@ -203,6 +203,24 @@ impl Llama {
         }
     }
 
+    /// The queries' extra multiplier: `attention()` scales by 1/√hd, so a query scale `s`
+    /// multiplies the queries by s·√hd.
+    fn query_mul(&self) -> Option<f64> {
+        self.config
+            .variant
+            .query_scale
+            .map(|s| f64::from(s) * (self.config.head_dim as f64).sqrt())
+    }
+
+    /// The per-head query and key norms (weight, ε), when the block has both.
+    #[allow(clippy::type_complexity)]
+    fn qk_norms(blk: &Block) -> (Option<(&Tensor, f64)>, Option<(&Tensor, f64)>) {
+        match (&blk.q_norm, &blk.k_norm) {
+            (Some(qn), Some(kn)) => (Some((&qn.weight, qn.eps)), Some((&kn.weight, kn.eps))),
+            _ => (None, None),
+        }
+    }
+
     /// Per-head norm, RoPE and query scale on `[b, heads, t, hd]` queries and keys.
     fn prepare_qk(
         &self,
@@ -213,18 +231,10 @@ impl Llama {
         offset: usize,
     ) -> Result<(Tensor, Tensor)> {
         let rope = self.rope_of(l);
-        // `attention()` scales by 1/√hd; a query scale `s` multiplies the queries by s·√hd.
-        let q_mul = self
-            .config
-            .variant
-            .query_scale
-            .map(|s| f64::from(s) * (self.config.head_dim as f64).sqrt());
+        let q_mul = self.query_mul();
         // Inference: norm, RoPE and scale in one parallel pass per tensor, read straight from the
         // projection's head view.
-        let (qn, kn) = match (&blk.q_norm, &blk.k_norm) {
-            (Some(qn), Some(kn)) => (Some((&qn.weight, qn.eps)), Some((&kn.weight, kn.eps))),
-            _ => (None, None),
-        };
+        let (qn, kn) = Self::qk_norms(blk);
         if let Some(qp) = canon_nn::rope::heads_prepared(q, qn, Some((rope, offset)), q_mul)?
             && let Some(kp) = canon_nn::rope::heads_prepared(k, kn, Some((rope, offset)), None)?
         {

@@ -16,7 +16,7 @@ mod prompt;
 mod tests;
 
 use decode::attention_direct;
-pub use decode::{KvElem, StridedRows, one_query, one_row, prefetch_head};
+pub use decode::{KvElem, StridedRows, one_query, one_row, one_row_slice, prefetch_head};
 use prompt::attention_gemm;
 
 /// Which keys each query may attend to.

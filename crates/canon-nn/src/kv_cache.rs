@@ -119,28 +119,109 @@ impl KvCache {
         } else {
             (k, v)
         };
+        let at = self.len;
+        let (kb, vb) = self.reserve((b, h, d), k.dtype(), k.device(), need)?;
+        kb.slice_set(&k.contiguous()?, 2, at)?;
+        vb.slice_set(&v.contiguous()?, 2, at)?;
+        let views = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
+        self.len = need;
+        Ok(views)
+    }
+
+    /// Buffers `[b, h, capacity ≥ need, d]` of `dtype`, grown (doubling, the cached positions
+    /// copied) when they hold fewer than `need` positions.
+    fn reserve(
+        &mut self,
+        (b, h, d): (usize, usize, usize),
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+        need: usize,
+    ) -> crate::Result<(&Tensor, &Tensor)> {
         if need > self.capacity() {
             let cap = need.max(2 * self.capacity()).max(FIRST_CAPACITY);
+            let len = self.len;
             let grow = |old: &Option<Tensor>| -> crate::Result<Tensor> {
-                let buf = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+                let buf = Tensor::zeros((b, h, cap, d), dtype, device)?;
                 if let Some(o) = old
-                    && self.len > 0
+                    && len > 0
                 {
-                    buf.slice_set(&o.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    buf.slice_set(&o.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
                 }
                 Ok(buf)
             };
             self.k = Some(grow(&self.k)?);
             self.v = Some(grow(&self.v)?);
         }
-        let (kb, vb) = match (&self.k, &self.v) {
-            (Some(kb), Some(vb)) => (kb, vb),
+        match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => Ok((kb, vb)),
             _ => candle_core::bail!("kv cache: buffers missing after growth"),
+        }
+    }
+
+    /// Appends one position of a single sequence given as slices, as a decode step holds it:
+    /// `k` and `v` are `heads` rows of width `d` back to back (`[h_kv, d]`), written in place into
+    /// the buffers (rounded to f16 for an f16 cache, as [`KvCache::append`] rounds), with no
+    /// tensor made per call. `Ok(false)`, touching nothing, when the cache holds another batch
+    /// size, shape or dtype than a fresh f32/f16 CPU cache of `[1, heads, t, d]` would (the
+    /// caller then takes [`KvCache::append_stored`]).
+    pub fn append_row(
+        &mut self,
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        d: usize,
+    ) -> crate::Result<bool> {
+        if heads == 0 || d == 0 || k.len() != heads * d || v.len() != heads * d {
+            candle_core::bail!(
+                "kv cache: expected {heads} rows of width {d} for one position, found {} keys and {} values",
+                k.len(),
+                v.len()
+            );
+        }
+        let dtype = if self.f16 {
+            candle_core::DType::F16
+        } else {
+            candle_core::DType::F32
         };
-        kb.slice_set(&k.contiguous()?, 2, self.len)?;
-        vb.slice_set(&v.contiguous()?, 2, self.len)?;
-        self.len = need;
-        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+        if let (Some(kb), Some(vb)) = (&self.k, &self.v) {
+            let fits = |t: &Tensor| {
+                t.dims4()
+                    .ok()
+                    .is_some_and(|(b, h, _, w)| (b, h, w) == (1, heads, d))
+                    && t.dtype() == dtype
+                    && t.device().is_cpu()
+                    && t.is_contiguous()
+            };
+            if !fits(kb) || !fits(vb) {
+                return Ok(false);
+            }
+        }
+        let pos = self.len;
+        let (kb, vb) = self.reserve((1, heads, d), dtype, &candle_core::Device::Cpu, pos + 1)?;
+        kb.inplace_op1(&WriteRow { src: k, pos, d })?;
+        vb.inplace_op1(&WriteRow { src: v, pos, d })?;
+        self.len = pos + 1;
+        Ok(true)
+    }
+
+    /// The attention of one query row (`heads` rows of width `d`, back to back) over the
+    /// cached positions `lo..len` of a single sequence, written to `out` (`[heads·d]`), read in
+    /// place from the buffers ([`crate::attention::one_row_slice`]; f16 rows widened exactly).
+    /// `false`, touching nothing, when the cache is empty or the shapes do not fit.
+    pub fn attend_row(
+        &self,
+        q: &[f32],
+        heads: usize,
+        lo: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) -> bool {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => {
+                crate::attention::one_row_slice(q, heads, k, v, self.len, lo, scale, out)
+            }
+            _ => false,
+        }
     }
 
     /// The cached keys and values `[b, h_kv, len, d]` (views of the buffers), or `None` when
@@ -172,6 +253,53 @@ impl KvCache {
         self.k = None;
         self.v = None;
         self.len = 0;
+    }
+}
+
+/// Writes one position (`[h, d]` rows, f32) into row `pos` of every head of a contiguous
+/// `[1, h, capacity, d]` buffer, converting to the buffer's f32 or f16.
+struct WriteRow<'a> {
+    src: &'a [f32],
+    pos: usize,
+    d: usize,
+}
+
+impl candle_core::InplaceOp1 for WriteRow<'_> {
+    fn name(&self) -> &'static str {
+        "kv-cache-write-row"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let (_, h, cap, d) = layout.shape().dims4()?;
+        let start = layout.start_offset();
+        if d != self.d || self.src.len() != h * d || self.pos >= cap || !layout.is_contiguous() {
+            candle_core::bail!(
+                "kv cache: a row of {} values does not fit {:?}",
+                self.src.len(),
+                layout.shape()
+            );
+        }
+        let at = |hi: usize| start + (hi * cap + self.pos) * d;
+        match storage {
+            candle_core::CpuStorage::F32(buf) => {
+                for (hi, row) in self.src.chunks_exact(d).enumerate() {
+                    buf[at(hi)..at(hi) + d].copy_from_slice(row);
+                }
+            }
+            candle_core::CpuStorage::F16(buf) => {
+                for (hi, row) in self.src.chunks_exact(d).enumerate() {
+                    for (o, &x) in buf[at(hi)..at(hi) + d].iter_mut().zip(row) {
+                        *o = half::f16::from_f32(x);
+                    }
+                }
+            }
+            _ => candle_core::bail!("kv cache: buffers are neither f32 nor f16"),
+        }
+        Ok(())
     }
 }
 
@@ -278,6 +406,85 @@ mod tests {
         assert_eq!(2 * b.bytes(), a.bytes());
         let (kv, _) = b.view().unwrap().unwrap();
         assert_eq!(kv.dims(), &[1, 2, 70, 8]);
+    }
+
+    #[test]
+    fn rows_appended_in_place_equal_appended_tensors_and_attend_as_one_row() {
+        // 150 single positions after a 20-position prompt cross the first capacity and grow;
+        // both cache types; then a truncation and more rows overwrite the dropped positions.
+        let (h, hq, d) = (2, 6, 8);
+        for f16 in [false, true] {
+            let fresh = || {
+                if f16 {
+                    KvCache::new_f16()
+                } else {
+                    KvCache::new()
+                }
+            };
+            let (mut a, mut b) = (fresh(), fresh());
+            let k = randn(&[1, h, 170, d], 31);
+            let v = randn(&[1, h, 170, d], 32);
+            let first = (k.narrow(2, 0, 20).unwrap(), v.narrow(2, 0, 20).unwrap());
+            a.append(&first.0, &first.1).unwrap();
+            b.append(&first.0, &first.1).unwrap();
+            let row = |t: &Tensor, i: usize| -> Vec<f32> {
+                t.narrow(2, i, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            for i in 20..170 {
+                if i == 120 {
+                    a.truncate(100).unwrap();
+                    b.truncate(100).unwrap();
+                }
+                let (kn, vn) = (k.narrow(2, i, 1).unwrap(), v.narrow(2, i, 1).unwrap());
+                let (ka, va) = a.append_stored(&kn, &vn).unwrap();
+                assert!(b.append_row(&row(&k, i), &row(&v, i), h, d).unwrap());
+                assert_eq!(b.len(), a.len());
+                let (kb, vb) = (
+                    b.k.as_ref().unwrap().narrow(2, 0, b.len()).unwrap(),
+                    b.v.as_ref().unwrap().narrow(2, 0, b.len()).unwrap(),
+                );
+                assert_eq!(kb.dtype(), ka.dtype());
+                let f = candle_core::DType::F32;
+                assert_close(
+                    &kb.to_dtype(f).unwrap(),
+                    &ka.to_dtype(f).unwrap(),
+                    Tol::EXACT,
+                );
+                assert_close(
+                    &vb.to_dtype(f).unwrap(),
+                    &va.to_dtype(f).unwrap(),
+                    Tol::EXACT,
+                );
+                // The attention read from the buffers: one_row's bits over the views.
+                let q = randn(&[1, hq, 1, d], i as u64);
+                let qs: Vec<f32> = q.flatten_all().unwrap().to_vec1().unwrap();
+                let lo = i % 7;
+                let (mut want, mut got) = (vec![0.0f32; hq * d], vec![0.0f32; hq * d]);
+                assert!(crate::attention::one_row(&q, &ka, &va, lo, 0.3, &mut want));
+                assert!(b.attend_row(&qs, hq, lo, 0.3, &mut got));
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "f16 {f16} position {i}");
+            }
+        }
+        // Rows of the wrong length are an error; a cache of two sequences, or of other heads,
+        // declines untouched; an empty cache attends to nothing.
+        let mut c = KvCache::new();
+        assert!(!c.attend_row(&[0.0; 8], 1, 0, 1.0, &mut [0.0; 8]));
+        assert!(c.append_row(&[0.0; 7], &[0.0; 8], 1, 8).is_err());
+        c.append(&randn(&[2, 1, 3, 8], 1), &randn(&[2, 1, 3, 8], 2))
+            .unwrap();
+        assert!(!c.append_row(&[0.0; 8], &[0.0; 8], 1, 8).unwrap());
+        assert_eq!(c.len(), 3);
+        let mut c = KvCache::new();
+        c.append(&randn(&[1, 2, 3, 4], 1), &randn(&[1, 2, 3, 4], 2))
+            .unwrap();
+        assert!(!c.append_row(&[0.0; 8], &[0.0; 8], 1, 8).unwrap());
+        assert_eq!(c.len(), 3);
     }
 
     #[test]

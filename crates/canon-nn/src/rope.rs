@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 mod heads;
-pub use heads::heads_prepared;
+pub use heads::{heads_prepared, row_prepared};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

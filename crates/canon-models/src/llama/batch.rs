@@ -2,9 +2,10 @@
 //! sequence share each product, the attention runs per sequence on the kernel pool.
 
 use candle_core::Tensor;
-use canon_nn::{AttnMask, Linear, attention};
+use canon_nn::fused::F32Data;
+use canon_nn::{AttnMask, KvCache, Linear, attention};
 
-use super::Llama;
+use super::{Block, Llama};
 use crate::{Cache, CausalLm, ModelError, Result};
 
 /// One sequence's cache, its rows of the attention output and the outcome, filled by a worker
@@ -74,6 +75,14 @@ impl Llama {
             let h = blk.attn_norm.forward(&x)?;
             // One rounding of `h` and one kernel job for the three products (repacked weights).
             let [q, k, v] = Linear::forward_shared([&blk.q, &blk.k, &blk.v], &h)?;
+            // The products' rows as slices, for the decode rows' tensor-free path (none when a
+            // gradient is tracked: then every row takes the tensor ops).
+            let tracked = q.track_op() || k.track_op() || v.track_op();
+            let (qd, kd, vd) = (F32Data::new(&q), F32Data::new(&k), F32Data::new(&v));
+            let raw = match (&qd, &kd, &vd) {
+                (Some(qd), Some(kd), Some(vd)) if !tracked => Some((&qd[..], &kd[..], &vd[..])),
+                _ => None,
+            };
             // [t, heads·hd] -> [1, heads, t, hd], as `forward` shapes one sequence.
             let heads = |m: &Tensor, start: usize, t: usize, h: usize| -> Result<Tensor> {
                 Ok(m.narrow(0, start, t)?
@@ -92,6 +101,18 @@ impl Llama {
                     // The first K/V head's cached rows towards the core while the rows are
                     // prepared (`one_row` fetches each next head while it runs this one).
                     cache.layers[l].prefetch_head(0);
+                    if let Some((qs, ks, vs)) = raw {
+                        let (wq, wk) = (nh * hd, nkv * hd);
+                        let row = (
+                            &qs[start * wq..(start + 1) * wq],
+                            &ks[start * wk..(start + 1) * wk],
+                            &vs[start * wk..(start + 1) * wk],
+                        );
+                        let kv = &mut cache.layers[l];
+                        if self.decode_row(blk, l, row, offset, kv, scale, out)? {
+                            return Ok(());
+                        }
+                    }
                 }
                 let (qi, ki) = self.prepare_qk(
                     blk,
@@ -181,6 +202,7 @@ impl Llama {
                     }
                 }
             }
+            drop((qd, kd, vd));
             let a = Tensor::from_vec(att, (n, width), &candle_core::Device::Cpu)?;
             x = self.residual_ffn(blk, &x, blk.o.forward(&a)?)?;
         }
@@ -191,5 +213,47 @@ impl Llama {
             .collect();
         let last = Tensor::new(last.as_slice(), &candle_core::Device::Cpu)?;
         self.logits(&x.index_select(&last, 0)?)
+    }
+
+    /// One decode row (one new position of one sequence) without a tensor per step: its query,
+    /// key and value rows (`row`, slices of the step's products) are normed, rotated and scaled
+    /// by the arithmetic `prepare_qk` runs ([`canon_nn::rope::row_prepared`]), the key and value
+    /// written into the cache in place ([`KvCache::append_row`]) and the attention read from
+    /// it ([`KvCache::attend_row`]) into `out`: the same bits as the tensor path, without its
+    /// head views, copies and conversions (a few microseconds a sequence and layer). `Ok(false)`,
+    /// with the cache untouched, when a part does not fit (the caller takes the tensor path).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_row(
+        &self,
+        blk: &Block,
+        l: usize,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        offset: usize,
+        kv: &mut KvCache,
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<bool> {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rope = self.rope_of(l);
+        let (qn, kn) = Self::qk_norms(blk);
+        let (mut qp, mut kp) = (vec![0.0f32; nh * hd], vec![0.0f32; nkv * hd]);
+        let prep = canon_nn::rope::row_prepared;
+        if !prep(q, hd, qn, Some((rope, offset)), self.query_mul(), &mut qp)?
+            || !prep(k, hd, kn, Some((rope, offset)), None, &mut kp)?
+            || !kv.append_row(&kp, v, nkv, hd)?
+        {
+            return Ok(false);
+        }
+        let lo = match self.mask_of(l, offset, 1) {
+            AttnMask::SlidingCausal { offset, window } => (offset + 1).saturating_sub(window),
+            _ => 0,
+        };
+        if kv.attend_row(&qp, nh, lo, scale, out) {
+            return Ok(true);
+        }
+        Err(ModelError::Input(format!(
+            "forward_batch: a decode row of {nh} heads of width {hd} does not fit its cache"
+        )))
     }
 }

@@ -211,6 +211,34 @@ fn gemma_variant_decodes_like_its_full_pass_and_batches_like_one_sequence() {
             Tol::new(1e-5, 1e-4),
         );
     }
+    // Then decode rows together (the tensor-free row path: per-head norms, local and global
+    // RoPE, query scale, the window sliding past old keys) against each sequence's own steps.
+    let mut solo: Vec<_> = [a, b]
+        .iter()
+        .map(|s| {
+            let mut c = m.new_cache();
+            m.forward(&ids(s), &mut c, Positions::Last).unwrap();
+            c
+        })
+        .collect();
+    for (step, t) in [5u32, 11, 0, 6, 6, 19].into_iter().enumerate() {
+        let next = [t, (t + 3) % 32];
+        let rows = m
+            .forward_batch(&[&next[..1], &next[1..]], &mut [&mut ca, &mut cb])
+            .unwrap();
+        for (i, c) in solo.iter_mut().enumerate() {
+            let alone = m
+                .forward(&ids(&next[i..i + 1]), c, Positions::Last)
+                .unwrap();
+            assert_close(
+                &rows.narrow(0, i, 1).unwrap(),
+                &alone.squeeze(0).unwrap(),
+                Tol::new(1e-5, 1e-4),
+            );
+            assert_eq!(c.len(), [a, b][i].len() + step + 1);
+        }
+        assert_eq!((ca.len(), cb.len()), (solo[0].len(), solo[1].len()));
+    }
 }
 
 #[test]

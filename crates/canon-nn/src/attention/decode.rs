@@ -445,34 +445,64 @@ thread_local! {
 /// same bits. Returns `false`, touching nothing, when a tensor is not a CPU tensor of that form;
 /// the caller then takes the general path.
 pub fn one_row(q: &Tensor, k: &Tensor, v: &Tensor, lo: usize, scale: f32, out: &mut [f32]) -> bool {
-    match (k.dtype(), v.dtype()) {
-        (DType::F32, DType::F32) => one_row_of::<f32>(q, k, v, lo, scale, out),
-        (DType::F16, DType::F16) => one_row_of::<f16>(q, k, v, lo, scale, out),
-        _ => false,
-    }
+    let (Ok((1, h, 1, d)), Ok((1, _, tk, _))) = (q.dims4(), k.dims4()) else {
+        return false;
+    };
+    let Some(qv) = view4(q) else {
+        return false;
+    };
+    // The heads back to back (a strided query view is gathered).
+    let qs: Vec<f32> = (0..h).flat_map(|hi| qv.row(0, hi, 0, d)).copied().collect();
+    one_row_slice(&qs, h, k, v, tk, lo, scale, out)
 }
 
-fn one_row_of<T: KvElem>(
-    q: &Tensor,
+/// [`one_row`] with the query row as a slice (`h` heads of the cache's width, back to back) and
+/// the keys `lo..tk` of `k` and `v` (`[1, hkv, ≥ tk, d]`: a cache's whole buffers, of which the
+/// first `tk` positions are filled), as [`crate::KvCache::attend_row`] calls it. The same
+/// arithmetic as [`one_row`]; `false`, touching nothing, when the shapes do not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn one_row_slice(
+    q: &[f32],
+    h: usize,
     k: &Tensor,
     v: &Tensor,
+    tk: usize,
     lo: usize,
     scale: f32,
     out: &mut [f32],
 ) -> bool {
-    let (Ok((1, h, 1, d)), Ok((1, hkv, tk, dk))) = (q.dims4(), k.dims4()) else {
+    match (k.dtype(), v.dtype()) {
+        (DType::F32, DType::F32) => one_row_of::<f32>(q, h, k, v, tk, lo, scale, out),
+        (DType::F16, DType::F16) => one_row_of::<f16>(q, h, k, v, tk, lo, scale, out),
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_row_of<T: KvElem>(
+    q: &[f32],
+    h: usize,
+    k: &Tensor,
+    v: &Tensor,
+    tk: usize,
+    lo: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> bool {
+    let Ok((1, hkv, cap, d)) = k.dims4() else {
         return false;
     };
-    if v.dims4().ok() != Some((1, hkv, tk, d))
-        || dk != d
+    if v.dims4().ok() != Some((1, hkv, cap, d))
+        || tk > cap
         || hkv == 0
-        || h % hkv != 0
+        || !h.is_multiple_of(hkv)
         || lo >= tk
+        || q.len() != h * d
         || out.len() != h * d
     {
         return false;
     }
-    let (Some(qv), Some(kv), Some(vv)) = (view4(q), view4_of::<T>(k), view4_of::<T>(v)) else {
+    let (Some(kv), Some(vv)) = (view4_of::<T>(k), view4_of::<T>(v)) else {
         return false;
     };
     let g = h / hkv;
@@ -480,7 +510,7 @@ fn one_row_of<T: KvElem>(
     let mut p = SCORES.take();
     p.clear();
     p.resize(n, 0.0);
-    for (hi, o) in out.chunks_exact_mut(d).enumerate() {
+    for (hi, (o, qr)) in out.chunks_exact_mut(d).zip(q.chunks_exact(d)).enumerate() {
         let kh = hi / g;
         if hi % g == 0 && kh + 1 < hkv {
             // The next K/V head's rows towards the core while this head's queries run: the
@@ -490,7 +520,7 @@ fn one_row_of<T: KvElem>(
         }
         o.fill(0.0);
         let (keys, vals) = (kv.strided(0, kh, lo), vv.strided(0, kh, lo));
-        one_query(qv.row(0, hi, 0, d), keys, vals, n, scale, &mut p, o);
+        one_query(qr, keys, vals, n, scale, &mut p, o);
     }
     SCORES.set(p);
     true

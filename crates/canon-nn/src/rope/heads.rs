@@ -74,22 +74,87 @@ pub fn heads_prepared(
             let (bi, hi, ti) = (row / (h * t), (row / t) % h, row % t);
             let at = start + bi * sb + hi * sh + ti * stt;
             let xr = &data[at..at + d];
-            match (wd, &tables) {
-                (Some((g, eps)), Some((rope, cos, sin, first))) => {
-                    crate::norm::rms_row(xr, &mut normed, g, eps);
-                    rope.rotate_row(&normed, y, cos, sin, first + ti);
-                }
-                (Some((g, eps)), None) => crate::norm::rms_row(xr, y, g, eps),
-                (None, Some((rope, cos, sin, first))) => {
-                    rope.rotate_row(xr, y, cos, sin, first + ti)
-                }
-                (None, None) => y.copy_from_slice(xr),
-            }
-            if let Some(m) = mul {
-                y.iter_mut().for_each(|v| *v *= m);
-            }
+            let rot = tables
+                .as_ref()
+                .map(|(rope, cos, sin, first)| (*rope, &cos[..], &sin[..], first + ti));
+            prepare_row(xr, y, &mut normed, wd, rot, mul);
         }
     });
     drop(guard);
     Ok(Some(Tensor::from_vec(out, (b, h, t, d), x.device())?))
+}
+
+/// One row of [`heads_prepared`]: RMS norm by `norm`, rotation by table row `rot.3`, then the
+/// scale — the one place this arithmetic is written, so the batched decode rows
+/// ([`row_prepared`]) give the bits the tensor path gives. `normed` is scratch of `d` floats when
+/// both a norm and a rotation apply.
+#[inline]
+fn prepare_row(
+    xr: &[f32],
+    y: &mut [f32],
+    normed: &mut [f32],
+    norm: Option<(&[f32], f32)>,
+    rot: Option<(&Rope, &[f32], &[f32], usize)>,
+    mul: Option<f32>,
+) {
+    match (norm, rot) {
+        (Some((g, eps)), Some((rope, cos, sin, row))) => {
+            crate::norm::rms_row(xr, normed, g, eps);
+            rope.rotate_row(normed, y, cos, sin, row);
+        }
+        (Some((g, eps)), None) => crate::norm::rms_row(xr, y, g, eps),
+        (None, Some((rope, cos, sin, row))) => rope.rotate_row(xr, y, cos, sin, row),
+        (None, None) => y.copy_from_slice(xr),
+    }
+    if let Some(m) = mul {
+        y.iter_mut().for_each(|v| *v *= m);
+    }
+}
+
+/// [`heads_prepared`] for one position given as a slice, as a decode step holds it: `x` is one
+/// row of a projection's output, `heads` rows of width `d` back to back, and `y` (the same length)
+/// receives them normed, rotated for position `pos` and scaled, with the same arithmetic (so the
+/// same bits) as the tensor form gives for that row. `Ok(false)`, touching nothing, when the norm
+/// weight is not an f32 CPU vector of width `d` (the caller then composes); an error when `x`
+/// and `y` are not whole rows of width `d` or `pos` lies beyond the rotation's table.
+pub fn row_prepared(
+    x: &[f32],
+    d: usize,
+    norm: Option<(&Tensor, f64)>,
+    rope: Option<(&Rope, usize)>,
+    scale: Option<f64>,
+    y: &mut [f32],
+) -> crate::Result<bool> {
+    if d == 0 || !x.len().is_multiple_of(d) || y.len() != x.len() {
+        candle_core::bail!(
+            "row_prepared: expected rows of width {d} in and out, found {} and {} values",
+            x.len(),
+            y.len()
+        );
+    }
+    let w = match norm {
+        Some((w, eps)) => match crate::fused::F32Data::new(w) {
+            Some(wd) if wd.len() == d => Some((wd, eps as f32)),
+            _ => return Ok(false),
+        },
+        None => None,
+    };
+    let tables = match rope {
+        Some((r, pos)) => {
+            r.check(d, pos, 1)?;
+            let (c, s, first) = r.tables(pos, 1);
+            Some((r, c, s, pos - first))
+        }
+        None => None,
+    };
+    let wd: Option<(&[f32], f32)> = w.as_ref().map(|(wd, eps)| (&wd[..], *eps));
+    let rot = tables
+        .as_ref()
+        .map(|(r, c, s, row)| (*r, &c[..], &s[..], *row));
+    let mul = scale.map(|s| s as f32);
+    let mut normed = vec![0.0f32; if wd.is_some() && rot.is_some() { d } else { 0 }];
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        prepare_row(xr, yr, &mut normed, wd, rot, mul);
+    }
+    Ok(true)
 }

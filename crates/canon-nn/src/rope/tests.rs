@@ -262,3 +262,68 @@ fn layouts_are_equivalent_up_to_the_row_permutation() {
     let b = rh.apply(&xp, 4).unwrap();
     assert_close(&a, &b, Tol::new(1e-6, 1e-6));
 }
+
+#[test]
+fn row_prepared_gives_the_bits_of_heads_prepared() {
+    // One position of 3 heads, with and without norm and scale, in both layouts, at a position
+    // inside the kept table and one beyond it (computed rows).
+    let d = 8;
+    let w = randn(&[d], 21);
+    for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+        let rope = Rope::new(d, 5000, 10000.0, layout, &Device::Cpu).unwrap();
+        for pos in [0, 37, ROPE_TABLE_POSITIONS + 5] {
+            let x = randn(&[1, 3, 1, d], pos as u64 + 3);
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            for (norm, scale) in [
+                (None, None),
+                (Some((&w, 1e-6)), Some(0.7)),
+                (Some((&w, 1e-6)), None),
+            ] {
+                let want: Vec<f32> = heads_prepared(&x, norm, Some((&rope, pos)), scale)
+                    .unwrap()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut got = vec![f32::NAN; xs.len()];
+                assert!(row_prepared(&xs, d, norm, Some((&rope, pos)), scale, &mut got).unwrap());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{layout:?} pos {pos} norm {}",
+                    norm.is_some()
+                );
+            }
+        }
+    }
+    // A norm weight of another width is declined untouched; rows of the wrong width are an error.
+    let mut y = vec![1.0f32; 2 * d];
+    let narrow = randn(&[d / 2], 1);
+    let rope = Rope::new(d, 64, 10000.0, RopeLayout::HalfSplit, &Device::Cpu).unwrap();
+    assert!(
+        !row_prepared(
+            &vec![0.5; 2 * d],
+            d,
+            Some((&narrow, 1e-6)),
+            None,
+            None,
+            &mut y
+        )
+        .unwrap()
+    );
+    assert!(y.iter().all(|&v| v == 1.0));
+    assert!(
+        row_prepared(
+            &vec![0.5; 2 * d + 1],
+            d,
+            None,
+            Some((&rope, 0)),
+            None,
+            &mut y
+        )
+        .is_err()
+    );
+    assert!(row_prepared(&vec![0.5; 2 * d], d, None, Some((&rope, 64)), None, &mut y).is_err());
+}
