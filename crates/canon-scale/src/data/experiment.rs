@@ -82,6 +82,9 @@ pub struct ArmResult {
     /// (evaluation set, held-out loss in nats/token).
     pub eval: Vec<(String, f64)>,
     pub seconds: f64,
+    /// The training seed (model initialisation and batch order) of this run.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn encode_all(tok: &tokenizers::Tokenizer, docs: &[String]) -> Result<Vec<u32>> {
@@ -95,12 +98,26 @@ fn encode_all(tok: &tokenizers::Tokenizer, docs: &[String]) -> Result<Vec<u32>> 
     Ok(ids)
 }
 
-/// Trains every arm (or reads its result) and evaluates it on every set.
+/// The run folder of `arm` trained with the `i`-th of the seeds: `out/<arm>` for the first (the
+/// config's own seed, so a one-seed comparison extends to more without retraining), then
+/// `out/<arm>-seed<S>`.
+pub fn arm_dir(out: &Path, arm: &str, i: usize, seed: u64) -> std::path::PathBuf {
+    if i == 0 {
+        out.join(arm)
+    } else {
+        out.join(format!("{arm}-seed{seed}"))
+    }
+}
+
+/// Trains every arm with each of `seeds` seeds (`train.seed`, `train.seed + 1`, …; or reads a
+/// finished run's result) and evaluates it on every set. Results come seed by seed, arms in order.
+#[allow(clippy::too_many_arguments)]
 pub fn compare(
     cfg: &CompareConfig,
     arms: &[Arm],
     evals: &[EvalSet],
     out: &Path,
+    seeds: usize,
     stop: &AtomicBool,
     on_arm: &mut dyn FnMut(&str, u64),
     on_step: &mut dyn FnMut(&StepReport),
@@ -121,9 +138,15 @@ pub fn compare(
         .collect::<Result<_>>()?;
     let mut model = cfg.model.clone();
     model.set_vocab_size(vocab);
+    if seeds == 0 {
+        return Err(ScaleError::Data(
+            "the comparison needs at least one seed".into(),
+        ));
+    }
     let mut results = Vec::new();
-    for arm in arms {
-        let dir = out.join(&arm.name);
+    for (i, arm) in (0..seeds).flat_map(|i| arms.iter().map(move |a| (i, a))) {
+        let seed = cfg.train.seed + i as u64;
+        let dir = arm_dir(out, &arm.name, i, seed);
         let rpath = dir.join("result.json");
         if rpath.is_file() {
             let t = std::fs::read_to_string(&rpath).map_err(|e| io_err(&rpath, e))?;
@@ -146,13 +169,16 @@ pub fn compare(
         let run = RunConfig {
             model: model.clone(),
             data: DataConfig {
-                corpus: format!("{}/{}", out.display(), arm.name),
+                corpus: dir.display().to_string(),
                 tokenizer: data::TokenizerKind::Char,
                 vocab_size: vocab,
                 max_bytes: td.train.len().max(1),
                 val_fraction: 0.05,
             },
-            train: cfg.train.clone(),
+            train: TrainConfig {
+                seed,
+                ..cfg.train.clone()
+            },
         };
         let text = toml::to_string_pretty(&run).map_err(|e| io_err(&dir, e))?;
         write_atomic(&dir.join("config.toml"), text.as_bytes())?;
@@ -165,7 +191,12 @@ pub fn compare(
         if files.checkpoint.is_file() {
             trainer.resume(&files.checkpoint)?;
         }
-        on_arm(&arm.name, run.train.max_steps);
+        let label = if seeds > 1 {
+            format!("{} (seed {seed})", arm.name)
+        } else {
+            arm.name.clone()
+        };
+        on_arm(&label, run.train.max_steps);
         if trainer.run(&td, run.train.max_steps, stop, &files, on_step)? == Outcome::Interrupted {
             return Ok(None);
         }
@@ -196,6 +227,7 @@ pub fn compare(
             tokens_seen: lines.last().and_then(|l| l.tokens).unwrap_or(0),
             eval,
             seconds: lines.last().and_then(|l| l.elapsed_s).unwrap_or(0.0),
+            seed,
         };
         let j = serde_json::to_string_pretty(&r).map_err(|e| io_err(&rpath, e))?;
         write_atomic(&rpath, j.as_bytes())?;

@@ -120,6 +120,7 @@ pub struct SynthArgs {
     feature = "cli",
     command(after_help = "Examples:
   canon data compare --data runs/phi1 --config configs/phi1.toml --out runs/phi1/compare
+  canon data compare --data runs/phi1 --config configs/phi1.toml --out runs/phi1/compare --seeds 3
 
 Arms: unfiltered (every training-pool snippet) and filtered (the classifier's kept snippets),
 each trained for train.max_steps steps of the same batch; evaluation sets: held-out files'
@@ -134,6 +135,12 @@ pub struct CompareArgs {
     pub config: PathBuf,
     #[cfg_attr(feature = "cli", arg(long))]
     pub out: PathBuf,
+    /// Train every arm with this many seeds (train.seed, train.seed + 1, ...): the table then
+    /// gives each loss as mean ± standard deviation and each arm's difference from the
+    /// unfiltered arm of the same seed. Finished runs are reused, so a one-seed comparison
+    /// extends to more.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
+    pub seeds: usize,
 }
 
 impl FilterArgs {
@@ -175,6 +182,12 @@ impl SynthArgs {
 impl CompareArgs {
     /// The comparison's configuration read from --config.
     pub fn config(&self) -> Result<CompareConfig> {
+        if !(1..=100).contains(&self.seeds) {
+            return Err(ScaleError::Msg(format!(
+                "--seeds must be between 1 and 100, found {}",
+                self.seeds
+            )));
+        }
         let text = std::fs::read_to_string(&self.config).map_err(|e| {
             ScaleError::Msg(format!("cannot read config {}: {e}", self.config.display()))
         })?;

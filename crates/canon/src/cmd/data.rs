@@ -78,6 +78,7 @@ fn compare_cmd(a: CompareArgs, ctx: &Ctx) -> anyhow::Result<()> {
         &arms,
         &evals,
         &a.out,
+        a.seeds,
         &stop,
         &mut |name, steps| {
             let t = "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]";
