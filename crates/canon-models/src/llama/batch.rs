@@ -101,15 +101,16 @@ impl Llama {
                     // The first K/V head's cached rows towards the core while the rows are
                     // prepared (`one_row` fetches each next head while it runs this one).
                     cache.layers[l].prefetch_head(0);
-                    if let Some((qs, ks, vs)) = raw {
-                        let (wq, wk) = (nh * hd, nkv * hd);
-                        let row = (
-                            &qs[start * wq..(start + 1) * wq],
-                            &ks[start * wk..(start + 1) * wk],
-                            &vs[start * wk..(start + 1) * wk],
-                        );
+                    let (wq, wk) = (nh * hd, nkv * hd);
+                    if let Some((qs, ks, vs)) = raw
+                        && let (Some(qr), Some(kr), Some(vr)) = (
+                            qs.get(start * wq..(start + 1) * wq),
+                            ks.get(start * wk..(start + 1) * wk),
+                            vs.get(start * wk..(start + 1) * wk),
+                        )
+                    {
                         let kv = &mut cache.layers[l];
-                        if self.decode_row(blk, l, row, offset, kv, scale, out)? {
+                        if self.decode_row(blk, l, (qr, kr, vr), offset, kv, scale, out)? {
                             return Ok(());
                         }
                     }
