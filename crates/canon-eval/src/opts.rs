@@ -22,7 +22,7 @@ Every sample runs in its own python3 process under the sandbox (namespaces, cgro
 Landlock, seccomp, whatever this machine grants); missing protections are named on stderr.")
 )]
 pub struct HumanevalArgs {
-    /// Model to generate completions with: an alias (smollm2), a .gguf file or an HF-style folder.
+    /// Model to generate completions with: an alias (smollm2), a .gguf file, an HF-style folder or a `canon train` run folder.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -109,7 +109,7 @@ Every token after the first is scored once, with between context − stride + 1 
 left context; a smaller stride gives more context per token and costs more forward passes.")
 )]
 pub struct PerplexityArgs {
-    /// Model: an alias (smollm2), a .gguf file or an HF-style folder.
+    /// Model: an alias (smollm2), a .gguf file, an HF-style folder or a `canon train` run folder.
     #[cfg_attr(feature = "cli", arg(long))]
     pub model: String,
     /// UTF-8 text to score.

@@ -23,7 +23,7 @@ use crate::{EvalError, Result};
   canon --f32 --lora runs/flan eval zero-shot --model smollm2 --data heldout.jsonl --json")
 )]
 pub struct ZeroShotArgs {
-    /// Model: an alias (smollm2), a .gguf file or an HF-style folder (with --lora: plus adapter).
+    /// Model: an alias (smollm2), a .gguf file, an HF-style folder or a `canon train` run folder (with --lora: plus adapter).
     #[cfg_attr(feature = "cli", arg(long, default_value = "smollm2"))]
     pub model: String,
     /// Records {"prompt", "options", "answer"}, one per line.

@@ -70,7 +70,7 @@ pub struct SamplingArgs {
   canon generate --model gemma3 --prompt \"The capital of France is\" --temperature 0 --cache-type f16")
 )]
 pub struct GenerateArgs {
-    /// Model: an alias (smollm2, gemma3), a .gguf file, or an HF-style folder.
+    /// Model: an alias (smollm2, gemma3), a .gguf file, an HF-style folder, or a `canon train` run folder.
     #[cfg_attr(feature = "cli", arg(long, default_value = "smollm2"))]
     pub model: String,
     /// The prompt (read from standard input when omitted).
@@ -114,7 +114,7 @@ pub struct GenerateArgs {
   printf 'Hi!\\nWhat did I just say?\\n' | canon chat --model smollm2 --temperature 0")
 )]
 pub struct ChatArgs {
-    /// Model: an alias (smollm2), a .gguf file, or an HF-style folder.
+    /// Model: an alias (smollm2), a .gguf file, an HF-style folder, or a `canon train` run folder.
     #[cfg_attr(feature = "cli", arg(long, default_value = "smollm2"))]
     pub model: String,
     /// System message (default: the template's own).

@@ -42,7 +42,7 @@ impl ModelSpec {
         }
         let aliases: Vec<&str> = canon_assets::ASSETS.iter().map(|a| a.name).collect();
         Err(ModelError::Input(format!(
-            "--model '{s}' is neither an existing file or folder nor a known alias (expected a .gguf file, an HF-style folder, or one of: {})",
+            "--model '{s}' is neither an existing file or folder nor a known alias (expected a .gguf file, an HF-style folder, a `canon train` run folder, or one of: {})",
             aliases.join(", ")
         )))
     }
