@@ -27,20 +27,8 @@ pub fn heads_prepared(
         return Ok(None);
     }
     let (b, h, t, d) = x.dims4()?;
-    let w = match norm {
-        Some((w, eps)) => match crate::fused::F32Data::new(w) {
-            Some(wd) if wd.len() == d => Some((wd, eps as f32)),
-            _ => return Ok(None),
-        },
-        None => None,
-    };
-    let tables = match rope {
-        Some((r, offset)) => {
-            r.check(d, offset, t)?;
-            let (c, s, first) = r.tables(offset, t);
-            Some((r, c, s, offset - first))
-        }
-        None => None,
+    let Some((w, tables)) = operands(norm, rope, d, t)? else {
+        return Ok(None);
     };
     let (guard, layout) = x.storage_and_layout();
     let data: &[f32] = match &*guard {
@@ -82,6 +70,40 @@ pub fn heads_prepared(
     });
     drop(guard);
     Ok(Some(Tensor::from_vec(out, (b, h, t, d), x.device())?))
+}
+
+/// The norm weight as f32 data with its ε, and the rotation tables for positions
+/// `offset..offset + t` with the table row of `offset`.
+type Operands<'a> = (
+    Option<(crate::fused::F32Data<'a>, f32)>,
+    Option<(&'a Rope, super::TableRef, super::TableRef, usize)>,
+);
+
+/// What [`heads_prepared`] and [`row_prepared`] read besides the rows: `Ok(None)` when the norm
+/// weight is not an f32 CPU vector of width `d`; an error when the positions lie beyond the
+/// rotation's table.
+fn operands<'a>(
+    norm: Option<(&'a Tensor, f64)>,
+    rope: Option<(&'a Rope, usize)>,
+    d: usize,
+    t: usize,
+) -> crate::Result<Option<Operands<'a>>> {
+    let w = match norm {
+        Some((w, eps)) => match crate::fused::F32Data::new(w) {
+            Some(wd) if wd.len() == d => Some((wd, eps as f32)),
+            _ => return Ok(None),
+        },
+        None => None,
+    };
+    let tables = match rope {
+        Some((r, offset)) => {
+            r.check(d, offset, t)?;
+            let (c, s, first) = r.tables(offset, t);
+            Some((r, c, s, offset - first))
+        }
+        None => None,
+    };
+    Ok(Some((w, tables)))
 }
 
 /// One row of [`heads_prepared`]: RMS norm by `norm`, rotation by table row `rot.3`, then the
@@ -132,20 +154,8 @@ pub fn row_prepared(
             y.len()
         );
     }
-    let w = match norm {
-        Some((w, eps)) => match crate::fused::F32Data::new(w) {
-            Some(wd) if wd.len() == d => Some((wd, eps as f32)),
-            _ => return Ok(false),
-        },
-        None => None,
-    };
-    let tables = match rope {
-        Some((r, pos)) => {
-            r.check(d, pos, 1)?;
-            let (c, s, first) = r.tables(pos, 1);
-            Some((r, c, s, pos - first))
-        }
-        None => None,
+    let Some((w, tables)) = operands(norm, rope, d, 1)? else {
+        return Ok(false);
     };
     let wd: Option<(&[f32], f32)> = w.as_ref().map(|(wd, eps)| (&wd[..], *eps));
     let rot = tables
