@@ -99,3 +99,70 @@ pub fn synth_inputs(a: &SynthArgs, loader: &Loader) -> Result<SynthInputs> {
         lm,
     })
 }
+
+/// `canon data exercises`: the held-out exercise set of a filter folder (see
+/// `canon_scale::data::exercises`), its programs run in the HumanEval sandbox on `jobs` threads;
+/// writes exercises.jsonl, exercises-candidates.jsonl and exercises-report.json into the folder
+/// and returns the report. `on_run(done, total)` after each program.
+#[allow(clippy::result_large_err)]
+pub fn exercises(
+    a: &canon_scale::data::opts::ExercisesArgs,
+    on_run: &(dyn Fn(usize, usize) + Sync),
+) -> Result<serde_json::Value> {
+    use canon_scale::data::exercises;
+    a.check()?;
+    let sandbox = canon_eval::Sandbox::new(canon_eval::SandboxConfig {
+        python: a.python.clone(),
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        ..Default::default()
+    })
+    .map_err(|e| crate::RunError::Context {
+        msg: "cannot set up the sandbox".into(),
+        source: Box::new(e),
+    })?;
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let stdlib = python_stdlib_dir()?;
+    let site = pipeline::site_packages_dir(&a.site_packages)?;
+    let root_of = |o: Origin| -> canon_scale::Result<std::path::PathBuf> {
+        Ok(match o {
+            Origin::Stdlib => stdlib.clone(),
+            Origin::SitePackages => site.clone(),
+        })
+    };
+    let mut run = |programs: &[String]| -> canon_scale::Result<Vec<canon_eval::Outcome>> {
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let n = programs.len();
+        sandbox
+            .run_many(programs, jobs, &|_| {
+                on_run(
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    n,
+                )
+            })
+            .map_err(|e| ScaleError::Msg(format!("sandbox: {e}")))
+    };
+    let built = exercises::build(
+        &a.data,
+        &root_of,
+        a.held_out_only,
+        a.max_prompt_chars,
+        a.max,
+        a.seed,
+        &mut run,
+    )?;
+    pipeline::write_jsonl(&a.data.join("exercises.jsonl"), &built.exercises)?;
+    pipeline::write_jsonl(
+        &a.data.join("exercises-candidates.jsonl"),
+        &built.candidates,
+    )?;
+    let mut report = built.report;
+    report["python"] = serde_json::json!(sandbox.interpreter().display().to_string());
+    report["timeout_s"] = serde_json::json!(a.timeout);
+    pipeline::write_text(
+        &a.data.join("exercises-report.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(report)
+}

@@ -132,48 +132,65 @@ impl Decontaminator {
         Self::new(problems, 13, 5, 0.5)
     }
 
-    /// The first problem `text` is contaminated with, and how.
+    /// The first problem `text` is contaminated with, and how: an exact match before a shared
+    /// long n-gram before the nearest near duplicate.
     pub fn check(&self, text: &str) -> Option<Contamination> {
+        let all = self.check_all(text);
+        let rank = |c: &&Contamination| match c.kind {
+            MatchKind::Exact => 0,
+            MatchKind::NGram => 1,
+            MatchKind::Near { .. } => 2,
+        };
+        let first = all.iter().min_by_key(rank)?;
+        if let MatchKind::Near { .. } = first.kind {
+            let c = |m: &Contamination| match m.kind {
+                MatchKind::Near { containment } => containment,
+                _ => 0.0,
+            };
+            // The highest containment; the first problem among equals.
+            return all
+                .iter()
+                .fold(None::<&Contamination>, |best, m| match best {
+                    Some(b) if c(b) >= c(m) => Some(b),
+                    _ => Some(m),
+                })
+                .cloned();
+        }
+        Some(first.clone())
+    }
+
+    /// Every problem `text` is contaminated with, in problem order, each with its strongest
+    /// match (exact, then a shared long n-gram, then near).
+    pub fn check_all(&self, text: &str) -> Vec<Contamination> {
         let norm = normalise(text);
         let h = sha256_hex(&norm);
-        for (i, (ph, ps)) in self.exact.iter().enumerate() {
-            if *ph == h || (!ps.is_empty() && norm.contains(ps.as_str())) {
-                return Some(Contamination {
-                    problem: i,
-                    kind: MatchKind::Exact,
-                });
-            }
-        }
         let words = word_tokens(text);
         let long: HashSet<u64> = if words.len() >= self.n {
             words.windows(self.n).map(hash_gram).collect()
         } else {
             HashSet::new()
         };
-        for (i, g) in self.long_grams.iter().enumerate() {
-            if g.iter().any(|x| long.contains(x)) {
-                return Some(Contamination {
-                    problem: i,
-                    kind: MatchKind::NGram,
-                });
-            }
+        let sh = grams(&code_tokens(text), self.shingle);
+        let mut out = Vec::new();
+        for (i, ((ph, ps), g)) in self.exact.iter().zip(&self.long_grams).enumerate() {
+            let kind = if *ph == h || (!ps.is_empty() && norm.contains(ps.as_str())) {
+                MatchKind::Exact
+            } else if g.iter().any(|x| long.contains(x)) {
+                MatchKind::NGram
+            } else {
+                let s = &self.shingles[i];
+                if s.is_empty() {
+                    continue;
+                }
+                let c = s.iter().filter(|x| sh.contains(x)).count() as f64 / s.len() as f64;
+                if c < self.containment {
+                    continue;
+                }
+                MatchKind::Near { containment: c }
+            };
+            out.push(Contamination { problem: i, kind });
         }
-        let toks = code_tokens(text);
-        let sh = grams(&toks, self.shingle);
-        let mut best: Option<(usize, f64)> = None;
-        for (i, g) in self.shingles.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            let c = g.iter().filter(|x| sh.contains(x)).count() as f64 / g.len() as f64;
-            if c >= self.containment && best.is_none_or(|b| c > b.1) {
-                best = Some((i, c));
-            }
-        }
-        best.map(|(i, c)| Contamination {
-            problem: i,
-            kind: MatchKind::Near { containment: c },
-        })
+        out
     }
 }
 
@@ -209,6 +226,17 @@ mod tests {
         assert_eq!(d.check(&reflowed).unwrap().kind, MatchKind::Exact);
         let embedded = format!("import os\n\n{PROBLEM}\n\nprint(1)\n");
         assert_eq!(d.check(&embedded).unwrap().problem, 1);
+    }
+
+    #[test]
+    fn check_all_reports_every_problem_a_text_holds() {
+        let d = deco();
+        let both = format!("def add(x, y):\n    return x + y\n\n{PROBLEM}");
+        let all = d.check_all(&both);
+        let got: Vec<(usize, MatchKind)> = all.iter().map(|c| (c.problem, c.kind)).collect();
+        assert_eq!(got, [(0, MatchKind::Exact), (1, MatchKind::Exact)]);
+        assert_eq!(d.check(&both).unwrap().problem, 0);
+        assert!(d.check_all("print('hello')\n").is_empty());
     }
 
     #[test]

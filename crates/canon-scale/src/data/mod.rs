@@ -23,12 +23,15 @@
 //!   topics, decontaminated and deduplicated.
 //! - `pipeline`: the stages of `canon data filter` (sample, decontaminate, label, classify, keep)
 //!   and the inputs of `canon data compare`.
+//! - `exercises`: a held-out exercise set with unit tests: functions of the held-out files whose
+//!   docstrings carry doctest examples, in HumanEval's format, kept only when their tests decide.
 //! - `experiment`: the same model and token budget trained on unfiltered, filtered and filtered +
 //!   synthetic data, compared by held-out loss.
 
 pub mod classify;
 pub mod corpus;
 pub mod dedup;
+pub mod exercises;
 pub mod experiment;
 pub mod forest;
 pub mod judge;

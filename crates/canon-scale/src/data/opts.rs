@@ -26,6 +26,9 @@ pub enum DataCommand {
     Synth(SynthArgs),
     /// Train one small model per data set for the same number of tokens; compare held-out loss.
     Compare(CompareArgs),
+    /// A held-out exercise set with unit tests for `canon eval humaneval --problems`: functions
+    /// of the held-out files whose docstrings carry doctest examples.
+    Exercises(ExercisesArgs),
 }
 
 #[derive(Debug)]
@@ -141,6 +144,76 @@ pub struct CompareArgs {
     /// extends to more.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub seeds: usize,
+}
+
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(
+    feature = "cli",
+    command(after_help = "Examples:
+  canon data exercises --data runs/phi1
+  canon data exercises --data runs/phi1 --max 100
+  canon eval humaneval --problems runs/phi1/exercises.jsonl --model runs/phi1/code/filtered
+
+Every top-level function of the corpus files (manifest.jsonl; --held-out-only: only the
+held-out tenth) whose docstring has doctest examples becomes a candidate: prompt = its imports,
+signature and docstring; canonical solution = its body; test = the docstring's examples run by
+Python's doctest against the completion. A candidate is kept when the function is not in any
+arm's training text (exact, shared 13-gram or near duplicate), its body passes its test twice in
+the sandbox (standard library only, as `canon eval humaneval` runs it), and a body that returns
+None fails it. Writes exercises.jsonl (HumanEval's format), exercises-candidates.jsonl (every candidate's
+verdict) and exercises-report.json into --data.")
+)]
+pub struct ExercisesArgs {
+    /// The folder `canon data filter` wrote (manifest.jsonl, snippets.jsonl).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub data: PathBuf,
+    /// Only the held-out files (every tenth file of the manifest, whose snippets no arm samples);
+    /// by default every file, each exercise checked against the arms' training text instead.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub held_out_only: bool,
+    /// Longest prompt kept, in characters: 1,360 is HumanEval's longest, so a model whose context
+    /// holds HumanEval's prompts holds these.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1360))]
+    pub max_prompt_chars: usize,
+    /// Keep at most this many exercises, a seeded sample (0: every one that qualifies).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
+    pub max: usize,
+    /// Site-packages folder the filter read (default: what python3 reports).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub site_packages: Option<PathBuf>,
+    /// Python interpreter the sandbox runs the programs with.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "python3"))]
+    pub python: PathBuf,
+    /// Seconds each program may run.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3.0))]
+    pub timeout: f64,
+    /// Programs run at once (default: the CPU count).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub jobs: Option<usize>,
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 28))]
+    pub seed: u64,
+}
+
+impl ExercisesArgs {
+    /// The settings are in range.
+    pub fn check(&self) -> Result<()> {
+        if !(self.timeout > 0.0 && self.timeout <= 600.0) {
+            return Err(ScaleError::Msg(format!(
+                "--timeout must be in (0, 600] seconds, found {}",
+                self.timeout
+            )));
+        }
+        if self.max_prompt_chars == 0 {
+            return Err(ScaleError::Msg(
+                "--max-prompt-chars must be at least 1, found 0".into(),
+            ));
+        }
+        if self.jobs == Some(0) {
+            return Err(ScaleError::Msg("--jobs must be at least 1, found 0".into()));
+        }
+        Ok(())
+    }
 }
 
 impl FilterArgs {

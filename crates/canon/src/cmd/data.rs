@@ -1,11 +1,12 @@
 //! `canon data`: Phi-1's data pipeline (textbook-quality code). `filter` builds the corpus, labels,
 //! classifier and filtered set; `compare` trains the same small model on unfiltered and filtered
-//! data for the same number of tokens and compares held-out losses. The settings are
+//! data for the same number of tokens and compares held-out losses; `exercises` builds the
+//! held-out exercise set that `canon eval humaneval --problems` scores. The settings are
 //! `canon_scale::data::opts`, the filter and synthesis runs `canon_runs::data_run`.
 
 use canon_runs::data_run;
 use canon_scale::data::experiment::compare;
-use canon_scale::data::opts::{CompareArgs, FilterArgs, SynthArgs};
+use canon_scale::data::opts::{CompareArgs, ExercisesArgs, FilterArgs, SynthArgs};
 pub use canon_scale::data::opts::{DataArgs, DataCommand};
 use canon_scale::data::pipeline::{self, FilterEvent};
 use indicatif::ProgressBar;
@@ -18,7 +19,25 @@ pub fn run(a: DataArgs, ctx: &Ctx) -> anyhow::Result<()> {
         DataCommand::Filter(f) => filter(f, ctx),
         DataCommand::Compare(c) => compare_cmd(c, ctx),
         DataCommand::Synth(s) => synth_cmd(s, ctx),
+        DataCommand::Exercises(e) => exercises_cmd(e, ctx),
     }
+}
+
+fn exercises_cmd(a: ExercisesArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let bar = ProgressBar::hidden();
+    if !ctx.quiet {
+        bar.set_draw_target(crate::progress::target());
+        bar.set_style(crate::progress::style(
+            "running {bar:30} {pos}/{len} [{elapsed} < {eta}]",
+        ));
+    }
+    let report = data_run::exercises(&a, &|done, n| {
+        bar.set_length(n as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
