@@ -100,6 +100,46 @@ pub fn synth_inputs(a: &SynthArgs, loader: &Loader) -> Result<SynthInputs> {
     })
 }
 
+/// `canon data synth`: generates with the model, runs the exercises' tests in the sandbox (unless
+/// `--no-verify`), writes the folder's files and returns the report. `on_item` sees each
+/// generated item's index.
+#[allow(clippy::result_large_err)]
+pub fn synth(
+    a: &SynthArgs,
+    inputs: SynthInputs,
+    on_item: &mut dyn FnMut(usize),
+) -> Result<serde_json::Value> {
+    let SynthInputs {
+        opts,
+        benchmark,
+        lm,
+    } = inputs;
+    if !opts.verify {
+        return Ok(canon_scale::data::synth::run(
+            &opts, lm, &benchmark, on_item, None,
+        )?);
+    }
+    let sandbox = canon_eval::Sandbox::new(canon_eval::SandboxConfig {
+        python: a.python.clone(),
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        ..Default::default()
+    })
+    .map_err(|e| crate::RunError::Context {
+        msg: "cannot set up the sandbox (--no-verify keeps exercises without running them)".into(),
+        source: Box::new(e),
+    })?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut run = |programs: &[String]| -> canon_scale::Result<Vec<canon_eval::Outcome>> {
+        sandbox
+            .run_many(programs, jobs, &|_| {})
+            .map_err(|e| ScaleError::Msg(format!("sandbox: {e}")))
+    };
+    let mut report = canon_scale::data::synth::run(&opts, lm, &benchmark, on_item, Some(&mut run))?;
+    report["python"] = serde_json::json!(sandbox.interpreter().display().to_string());
+    report["timeout_s"] = serde_json::json!(a.timeout);
+    Ok(report)
+}
+
 /// `canon data exercises`: the held-out exercise set of a filter folder (see
 /// `canon_scale::data::exercises`), its programs run in the HumanEval sandbox on `jobs` threads;
 /// writes exercises.jsonl, exercises-candidates.jsonl and exercises-report.json into the folder

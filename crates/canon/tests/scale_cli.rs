@@ -115,6 +115,28 @@ fn data_exercises_rejects_bad_settings_and_a_missing_filter_folder() {
     assert_clean_error(&o, &["manifest.jsonl", "canon data filter"]);
 }
 
+/// `canon data synth` checks its settings before loading a model or creating --out.
+#[test]
+fn data_synth_rejects_bad_settings_before_loading_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    for (extra, needle) in [
+        (["--n", "0"], "--n and --max-tokens must be positive"),
+        (
+            ["--max-tokens", "0"],
+            "--n and --max-tokens must be positive",
+        ),
+        (["--timeout", "0"], "--timeout must be in (0, 600]"),
+        (["--timeout", "nan"], "--timeout must be in (0, 600]"),
+    ] {
+        let mut args = vec!["data", "synth", "--out", out, "--model", "no-such-model"];
+        args.extend_from_slice(&extra);
+        assert_clean_error(&canon(&args, dir.path()), &[needle]);
+    }
+    assert!(!dir.path().join("out").exists());
+}
+
 /// `canon data exercises` end to end on a made-up filter folder whose "standard library" is one
 /// file: the function with a deciding doctest becomes the one exercise; the one an arm trained
 /// on, the one that needs its module's constant and the one whose test a `None` body passes do

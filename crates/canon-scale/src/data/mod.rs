@@ -20,7 +20,8 @@
 //! - `dedup`: exact (normalised-text hash) and near-duplicate (shared 13-gram, or Jaccard of
 //!   5-gram shingles) detection against evaluation problems.
 //! - `synth`: synthetic textbook passages and exercises from a generating model on rotating
-//!   topics, decontaminated and deduplicated.
+//!   topics (the batched engine), decontaminated and deduplicated; exercises are kept only when
+//!   their own asserts pass in the sandbox and fail a do-nothing body (`synth::verify`).
 //! - `pipeline`: the stages of `canon data filter` (sample, decontaminate, label, classify, keep)
 //!   and the inputs of `canon data compare`.
 //! - `exercises`: a held-out exercise set with unit tests: functions of the held-out files whose

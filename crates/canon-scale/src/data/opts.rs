@@ -96,9 +96,15 @@ pub struct FilterArgs {
     feature = "cli",
     command(after_help = "Examples:
   canon data synth --out runs/phi1 --model smollm2 --n 24 --max-tokens 200
+  canon data synth --out runs/phi1 --model gemma3 --n 96 --max-tokens 320 --timeout 5
 
-Writes synthetic.jsonl (kept items: index, kind, topic, text) and synth-report.json (counts of
-duplicates, empty outputs and generations that matched a HumanEval problem) into --out;
+Items alternate, topic by topic, between textbook passages and exercises (a function with a
+docstring and asserts). Each exercise's code (its fenced blocks, or the whole reply) runs in the
+sandbox, standard library only; it is kept when it defines a function, an assert calls it, the
+asserts pass, and a function that returns None fails them (--no-verify keeps exercises unrun).
+Writes synthetic.jsonl (kept items: index, kind, topic, text), synth-exercises.jsonl (every
+exercise's verdict and the exception it raised) and synth-report.json (counts of duplicates,
+empty outputs, generations that matched a HumanEval problem, and exercise verdicts) into --out;
 `canon data compare` then adds a filtered+synthetic arm.")
 )]
 pub struct SynthArgs {
@@ -115,6 +121,16 @@ pub struct SynthArgs {
     pub max_tokens: usize,
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 28))]
     pub seed: u64,
+    /// Keep exercises without running their tests (by default each exercise's asserts run in
+    /// the sandbox, and only exercises whose tests pass and fail a do-nothing body are kept).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub no_verify: bool,
+    /// Python interpreter the sandbox runs the exercises with.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "python3"))]
+    pub python: PathBuf,
+    /// Seconds each exercise's program may run.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3.0))]
+    pub timeout: f64,
 }
 
 #[derive(Debug)]
@@ -198,12 +214,7 @@ pub struct ExercisesArgs {
 impl ExercisesArgs {
     /// The settings are in range.
     pub fn check(&self) -> Result<()> {
-        if !(self.timeout > 0.0 && self.timeout <= 600.0) {
-            return Err(ScaleError::Msg(format!(
-                "--timeout must be in (0, 600] seconds, found {}",
-                self.timeout
-            )));
-        }
+        check_timeout(self.timeout)?;
         if self.max_prompt_chars == 0 {
             return Err(ScaleError::Msg(
                 "--max-prompt-chars must be at least 1, found 0".into(),
@@ -214,6 +225,16 @@ impl ExercisesArgs {
         }
         Ok(())
     }
+}
+
+/// A sandbox time limit is in (0, 600] seconds.
+fn check_timeout(t: f64) -> Result<()> {
+    if !(t > 0.0 && t <= 600.0) {
+        return Err(ScaleError::Msg(format!(
+            "--timeout must be in (0, 600] seconds, found {t}"
+        )));
+    }
+    Ok(())
 }
 
 impl FilterArgs {
@@ -244,8 +265,10 @@ impl SynthArgs {
             n: self.n,
             max_tokens: self.max_tokens,
             seed: self.seed,
+            verify: !self.no_verify,
         };
         o.check()?;
+        check_timeout(self.timeout)?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| ScaleError::Msg(format!("cannot create {}: {e}", self.out.display())))?;
         Ok(o)

@@ -41,14 +41,10 @@ fn exercises_cmd(a: ExercisesArgs, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let data_run::SynthInputs {
-        opts,
-        benchmark,
-        lm,
-    } = data_run::synth_inputs(&a, &ctx.loader())?;
+    let inputs = data_run::synth_inputs(&a, &ctx.loader())?;
     let t = "generating {bar:30} {pos}/{len} [{elapsed} < {eta}]";
     let bar = crate::progress::bar(ctx.quiet, a.n as u64, t);
-    let summary = canon_scale::data::synth::run(&opts, lm, &benchmark, &mut |_| bar.inc(1))?;
+    let summary = data_run::synth(&a, inputs, &mut |_| bar.inc(1))?;
     bar.finish_and_clear();
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
