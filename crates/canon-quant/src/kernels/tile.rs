@@ -166,4 +166,6 @@ pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
 }
 
 #[cfg(test)]
+mod packed_tests;
+#[cfg(test)]
 mod tests;

@@ -17,6 +17,8 @@
 pub mod lora;
 
 #[cfg(test)]
+mod lora_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::Path;
