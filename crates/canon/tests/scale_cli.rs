@@ -129,6 +129,10 @@ fn data_synth_rejects_bad_settings_before_loading_anything() {
         ),
         (["--timeout", "0"], "--timeout must be in (0, 600]"),
         (["--timeout", "nan"], "--timeout must be in (0, 600]"),
+        (
+            ["--topics", "/nonexistent/topics.txt"],
+            "cannot read --topics",
+        ),
     ] {
         let mut args = vec!["data", "synth", "--out", out, "--model", "no-such-model"];
         args.extend_from_slice(&extra);

@@ -96,10 +96,10 @@ pub struct FilterArgs {
     feature = "cli",
     command(after_help = "Examples:
   canon data synth --out runs/phi1 --model smollm2 --n 24 --max-tokens 200
-  canon data synth --out runs/phi1 --model gemma3 --n 96 --max-tokens 320 --timeout 5
+  canon data synth --out runs/phi1 --n 400 --topics my-topics.txt --timeout 5
 
-Items alternate, topic by topic, between textbook passages and exercises (a function with a
-docstring and asserts). Each exercise's code (its fenced blocks, or the whole reply) runs in the
+Items go through the topics (24 basic-coding topics built in, or --topics FILE) once as textbook
+passages, then once as exercises (a function with a docstring and asserts), and so on. Each exercise's code (its fenced blocks, or the whole reply) runs in the
 sandbox, standard library only; it is kept when it defines a function, an assert calls it, the
 asserts pass, and a function that returns None fails them (--no-verify keeps exercises unrun).
 Writes synthetic.jsonl (kept items: index, kind, topic, text), synth-exercises.jsonl (every
@@ -121,6 +121,11 @@ pub struct SynthArgs {
     pub max_tokens: usize,
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 28))]
     pub seed: u64,
+    /// A file of topics, one a line (`#` comments and blank lines skipped), instead of the 24
+    /// built-in basic-coding topics; items go once through the topics as textbook passages, then
+    /// once as exercises, and so on.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub topics: Option<PathBuf>,
     /// Keep exercises without running their tests (by default each exercise's asserts run in
     /// the sandbox, and only exercises whose tests pass and fail a do-nothing body are kept).
     #[cfg_attr(feature = "cli", arg(long))]
@@ -266,6 +271,13 @@ impl SynthArgs {
             max_tokens: self.max_tokens,
             seed: self.seed,
             verify: !self.no_verify,
+            topics: match &self.topics {
+                Some(p) => crate::data::synth::read_topics(p)?,
+                None => crate::data::synth::TOPICS
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+            },
         };
         o.check()?;
         check_timeout(self.timeout)?;

@@ -48,6 +48,25 @@ pub const TOPICS: &[&str] = &[
     "transposing a matrix stored as lists",
 ];
 
+/// The topics of a `--topics` file: one a line, blank lines and `#` comments skipped.
+pub fn read_topics(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ScaleError::Msg(format!("cannot read --topics {}: {e}", path.display())))?;
+    let topics: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if topics.is_empty() {
+        return Err(ScaleError::Msg(format!(
+            "--topics {}: expected one topic a line, found none",
+            path.display()
+        )));
+    }
+    Ok(topics)
+}
+
 /// What to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,10 +77,11 @@ pub enum SynthKind {
     Exercise,
 }
 
-/// The user prompt for item `i` (topic and kind rotate).
-pub fn prompt(i: usize) -> (SynthKind, &'static str, String) {
-    let topic = TOPICS[i % TOPICS.len()];
-    let kind = if (i / TOPICS.len()).is_multiple_of(2) {
+/// The user prompt for item `i` (topic and kind rotate: one pass over `topics` of textbook
+/// passages, then one of exercises, and so on). `topics` is not empty.
+pub fn prompt(topics: &[String], i: usize) -> (SynthKind, &str, String) {
+    let topic = topics[i % topics.len()].as_str();
+    let kind = if (i / topics.len()).is_multiple_of(2) {
         SynthKind::Textbook
     } else {
         SynthKind::Exercise
@@ -105,12 +125,14 @@ pub type GenerateBatch<'a> = &'a mut dyn FnMut(&[GenerateRequest]) -> Result<Vec
 /// Items generated per batch: the engine's slots, and how often progress is reported.
 pub const BATCH: usize = 8;
 
-/// Generates `n` items through `batch`, [`BATCH`] at a time; `wrap` turns a user prompt into the
+/// Generates `n` items on `topics` through `batch`, [`BATCH`] at a time; `wrap` turns a user prompt into the
 /// model's prompt (its chat template). Drops empty outputs, exact duplicates and anything the
 /// decontaminator flags. Item `i` samples with seed `seed + i`, so a batch gives what one-by-one
 /// generation would.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     batch: GenerateBatch<'_>,
+    topics: &[String],
     wrap: &dyn Fn(&str) -> std::result::Result<String, String>,
     n: usize,
     max_tokens: usize,
@@ -124,7 +146,7 @@ pub fn generate(
         let idx: Vec<usize> = (start..n.min(start + BATCH)).collect();
         let mut reqs = Vec::with_capacity(idx.len());
         for &i in &idx {
-            let (_, _, user) = prompt(i);
+            let (_, _, user) = prompt(topics, i);
             let mut req = GenerateRequest::new(
                 wrap(&user).map_err(|e| ScaleError::Data(format!("prompt {i}: {e}")))?,
                 max_tokens,
@@ -148,7 +170,7 @@ pub fn generate(
         }
         for (i, text) in idx.into_iter().zip(texts) {
             on_item(i);
-            let (kind, topic, _) = prompt(i);
+            let (kind, topic, _) = prompt(topics, i);
             let text = text.trim().to_string();
             if text.is_empty() {
                 rep.empty += 1;
@@ -184,6 +206,8 @@ pub struct SynthOpts {
     pub seed: u64,
     /// Run each exercise's asserts in the sandbox and keep only those that pass and decide.
     pub verify: bool,
+    /// The topics the prompts rotate through ([`TOPICS`] unless `--topics` names a file).
+    pub topics: Vec<String>,
 }
 
 impl SynthOpts {
@@ -193,6 +217,9 @@ impl SynthOpts {
             return Err(ScaleError::Msg(
                 "--n and --max-tokens must be positive".into(),
             ));
+        }
+        if self.topics.is_empty() {
+            return Err(ScaleError::Msg("expected at least one topic".into()));
         }
         Ok(())
     }
@@ -295,7 +322,16 @@ pub fn run(
         Ok(done.into_iter().map(|c| c.text).collect())
     };
     let t0 = std::time::Instant::now();
-    let generated = generate(&mut batch, &wrap, o.n, o.max_tokens, o.seed, &deco, on_item);
+    let generated = generate(
+        &mut batch,
+        &o.topics,
+        &wrap,
+        o.n,
+        o.max_tokens,
+        o.seed,
+        &deco,
+        on_item,
+    );
     engine.shutdown();
     let mut rep = generated?;
     let exercises = match (o.verify, run) {

@@ -1,6 +1,10 @@
 //! The synthesis's tests: generation filters, prompts, options, and the exercise check.
 
 use super::*;
+
+fn default_topics() -> Vec<String> {
+    TOPICS.iter().map(|t| t.to_string()).collect()
+}
 /// Replays fixed outputs, batch by batch, and records the batch sizes.
 fn scripted<'a>(
     outs: &'a [String],
@@ -36,6 +40,7 @@ fn contaminated_and_duplicate_generations_are_dropped() {
     let mut calls = 0;
     let rep = generate(
         &mut g,
+        &default_topics(),
         &|s| Ok(s.to_string()),
         outs.len(),
         50,
@@ -56,9 +61,10 @@ fn contaminated_and_duplicate_generations_are_dropped() {
 
 #[test]
 fn prompts_rotate_topics_and_kinds() {
-    let (k0, t0, _) = prompt(0);
-    let (k1, t1, _) = prompt(1);
-    let (k2, _, p2) = prompt(TOPICS.len());
+    let topics = default_topics();
+    let (k0, t0, _) = prompt(&topics, 0);
+    let (k1, t1, _) = prompt(&topics, 1);
+    let (k2, _, p2) = prompt(&topics, TOPICS.len());
     assert_eq!(k0, SynthKind::Textbook);
     assert_ne!(t0, t1);
     assert_eq!(k1, SynthKind::Textbook);
@@ -75,6 +81,7 @@ fn counts_must_be_positive() {
         max_tokens: 8,
         seed: 0,
         verify: true,
+        topics: default_topics(),
     };
     assert!(o.check().is_ok());
     o.n = 0;
@@ -219,4 +226,40 @@ fn exercises_run_in_the_sandbox() {
         Verdict::Failed(r) => assert!(r.starts_with("failed: SyntaxError"), "{r}"),
         other => panic!("expected a SyntaxError, got {other:?}"),
     }
+}
+
+#[test]
+fn topics_come_from_a_file_one_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("topics.txt");
+    std::fs::write(
+        &p,
+        "# basics\nrecursion\n\n  sorting a dictionary by value  \n",
+    )
+    .unwrap();
+    let topics = read_topics(&p).unwrap();
+    assert_eq!(topics, vec!["recursion", "sorting a dictionary by value"]);
+    // Two topics: textbook passages on both, then exercises on both.
+    let kinds: Vec<(SynthKind, &str)> = (0..4)
+        .map(|i| {
+            let (k, t, _) = prompt(&topics, i);
+            (k, t)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (SynthKind::Textbook, "recursion"),
+            (SynthKind::Textbook, "sorting a dictionary by value"),
+            (SynthKind::Exercise, "recursion"),
+            (SynthKind::Exercise, "sorting a dictionary by value"),
+        ]
+    );
+    std::fs::write(&p, "# only a comment\n\n").unwrap();
+    let e = read_topics(&p).unwrap_err().to_string();
+    assert!(e.contains("expected one topic a line, found none"), "{e}");
+    let e = read_topics(&dir.path().join("missing.txt"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("cannot read --topics"), "{e}");
 }
