@@ -99,9 +99,10 @@ pub struct FilterArgs {
   canon data synth --out runs/phi1 --n 400 --topics my-topics.txt --timeout 5
 
 Items go through the topics (24 basic-coding topics built in, or --topics FILE) once as textbook
-passages, then once as exercises (a function with a docstring and asserts), and so on. Each exercise's code (its fenced blocks, or the whole reply) runs in the
-sandbox, standard library only; it is kept when it defines a function, an assert calls it, the
-asserts pass, and a function that returns None fails them (--no-verify keeps exercises unrun).
+passages, then once as exercises (a function with a docstring and asserts), and so on. Each
+exercise's code (its fenced blocks, or the whole reply) runs in the sandbox, standard library
+only; it is kept when it defines a function, an assert calls it, the asserts pass, and a
+function that returns None fails them (--no-verify keeps exercises unrun).
 Writes synthetic.jsonl (kept items: index, kind, topic, text), synth-exercises.jsonl (every
 exercise's verdict and the exception it raised) and synth-report.json (counts of duplicates,
 empty outputs, generations that matched a HumanEval problem, and exercise verdicts) into --out;
