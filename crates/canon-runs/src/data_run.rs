@@ -100,6 +100,21 @@ pub fn synth_inputs(a: &SynthArgs, loader: &Loader) -> Result<SynthInputs> {
     })
 }
 
+/// The HumanEval sandbox with `python` and a per-program `timeout` in seconds (the rest its
+/// defaults: standard library only); `msg` heads the error when it cannot be set up.
+#[allow(clippy::result_large_err)]
+fn sandbox(python: &std::path::Path, timeout: f64, msg: &str) -> Result<canon_eval::Sandbox> {
+    canon_eval::Sandbox::new(canon_eval::SandboxConfig {
+        python: python.to_path_buf(),
+        timeout: std::time::Duration::from_secs_f64(timeout),
+        ..Default::default()
+    })
+    .map_err(|e| crate::RunError::Context {
+        msg: msg.into(),
+        source: Box::new(e),
+    })
+}
+
 /// `canon data synth`: generates with the model, runs the exercises' tests in the sandbox (unless
 /// `--no-verify`), writes the folder's files and returns the report. `on_item` sees each
 /// generated item's index.
@@ -119,15 +134,11 @@ pub fn synth(
             &opts, lm, &benchmark, on_item, None,
         )?);
     }
-    let sandbox = canon_eval::Sandbox::new(canon_eval::SandboxConfig {
-        python: a.python.clone(),
-        timeout: std::time::Duration::from_secs_f64(a.timeout),
-        ..Default::default()
-    })
-    .map_err(|e| crate::RunError::Context {
-        msg: "cannot set up the sandbox (--no-verify keeps exercises without running them)".into(),
-        source: Box::new(e),
-    })?;
+    let sandbox = sandbox(
+        &a.python,
+        a.timeout,
+        "cannot set up the sandbox (--no-verify keeps exercises without running them)",
+    )?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut run = |programs: &[String]| -> canon_scale::Result<Vec<canon_eval::Outcome>> {
         sandbox
@@ -151,15 +162,7 @@ pub fn exercises(
 ) -> Result<serde_json::Value> {
     use canon_scale::data::exercises;
     a.check()?;
-    let sandbox = canon_eval::Sandbox::new(canon_eval::SandboxConfig {
-        python: a.python.clone(),
-        timeout: std::time::Duration::from_secs_f64(a.timeout),
-        ..Default::default()
-    })
-    .map_err(|e| crate::RunError::Context {
-        msg: "cannot set up the sandbox".into(),
-        source: Box::new(e),
-    })?;
+    let sandbox = sandbox(&a.python, a.timeout, "cannot set up the sandbox")?;
     let jobs = a
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -249,27 +249,32 @@ pub fn keep_verified(
         .filter(|k| k.kind == SynthKind::Exercise)
         .map(|k| k.text.as_str())
         .collect();
-    let verdicts = verify::verify(&replies, run)?;
-    let mut verdicts = verdicts.into_iter();
+    let mut verdicts = verify::verify(&replies, run)?.into_iter();
     let mut checks = Vec::new();
-    items.retain(|k| {
+    let mut kept = Vec::with_capacity(items.len());
+    for k in items.drain(..) {
         if k.kind != SynthKind::Exercise {
-            return true;
+            kept.push(k);
+            continue;
         }
-        let v = verdicts.next().expect("one verdict per exercise");
-        let keep = v.passed();
+        let v = verdicts
+            .next()
+            .ok_or_else(|| ScaleError::Msg(format!("no verdict for exercise {}", k.index)))?;
         checks.push(ExerciseCheck {
             index: k.index,
             topic: k.topic.clone(),
             verdict: v.key().into(),
-            reason: match v {
-                Verdict::Failed(r) => Some(r),
+            reason: match &v {
+                Verdict::Failed(r) => Some(r.clone()),
                 _ => None,
             },
             text: k.text.clone(),
         });
-        keep
-    });
+        if v.passed() {
+            kept.push(k);
+        }
+    }
+    *items = kept;
     Ok(checks)
 }
 

@@ -183,32 +183,35 @@ pub fn verify(replies: &[&str], run: RunPrograms<'_>) -> crate::Result<Vec<Verdi
             batch.len()
         )));
     }
-    let mut it = outcomes.into_iter();
+    // One (program, mutant) pair of outcomes per runnable reply, in order (lengths checked).
+    let mut pairs = outcomes.chunks_exact(2);
     Ok(planned
         .into_iter()
-        .map(|p| match p {
-            Err(v) => v,
-            Ok(_) => {
-                let (prog, mutant) = (it.next().unwrap(), it.next().unwrap());
-                let broken = |o: &Outcome| {
-                    let r = o.result_string();
-                    r.starts_with("failed: SyntaxError")
-                        || r.starts_with("failed: IndentationError")
-                };
-                if !prog.passed() {
-                    Verdict::Failed(prog.result_string())
-                } else if broken(&mutant) {
-                    // The rebinding landed inside a statement this line-based reading did not
-                    // see (a string at column 0 in a body): the check decides nothing.
-                    Verdict::Failed(format!(
-                        "the None-body check did not compile ({})",
-                        mutant.result_string()
-                    ))
-                } else if mutant.passed() {
-                    Verdict::Trivial
-                } else {
-                    Verdict::Passed
-                }
+        .map(|p| {
+            if let Err(v) = p {
+                return v;
+            }
+            // Only a runnable reply takes a pair.
+            let Some([prog, mutant]) = pairs.next() else {
+                return Verdict::Failed("no outcome from the sandbox".into());
+            };
+            let broken = |o: &Outcome| {
+                let r = o.result_string();
+                r.starts_with("failed: SyntaxError") || r.starts_with("failed: IndentationError")
+            };
+            if !prog.passed() {
+                Verdict::Failed(prog.result_string())
+            } else if broken(mutant) {
+                // The rebinding landed inside a statement this line-based reading did not
+                // see (a string at column 0 in a body): the check decides nothing.
+                Verdict::Failed(format!(
+                    "the None-body check did not compile ({})",
+                    mutant.result_string()
+                ))
+            } else if mutant.passed() {
+                Verdict::Trivial
+            } else {
+                Verdict::Passed
             }
         })
         .collect())
