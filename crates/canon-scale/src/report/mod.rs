@@ -56,9 +56,13 @@ pub struct CapabilityReport {
     pub inside_bootstrap_interval: Option<bool>,
     /// Predictions from the smallest k runs, k = 3 … all.
     pub by_points: Vec<ErrorRow>,
+    /// Predictions from the largest k runs, k = 3 … all but one (the smallest runs left out).
+    #[serde(default)]
+    pub by_largest: Vec<ErrorRow>,
 }
 
-/// The error of a prediction made from the smallest `rungs` runs.
+/// The error of a prediction made from `rungs` runs (the smallest ones in `by_points`, the
+/// largest ones in `by_largest`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorRow {
     pub rungs: usize,
@@ -78,6 +82,9 @@ pub struct SweepReport {
     pub inside_bootstrap_interval: Option<bool>,
     /// Predictions from the smallest k runs, k = 3 … all.
     pub by_points: Vec<ErrorRow>,
+    /// Predictions from the largest k runs, k = 3 … all but one (the smallest runs left out).
+    #[serde(default)]
+    pub by_largest: Vec<ErrorRow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<CapabilityReport>,
 }
@@ -280,48 +287,25 @@ pub fn analyse(
     let rel = |p: f64| (p - measured).abs() / measured;
     let inside = |iv: Option<(f64, f64)>| iv.map(|(lo, hi)| lo <= measured && measured <= hi);
     let pts: Vec<(f64, f64)> = rungs.iter().map(|r| (r.compute, r.final_loss)).collect();
-    let mut by_points = Vec::new();
-    for k in 3..=pts.len() {
-        let sub = &pts[..k];
-        let f = fit(sub, Law::PowerPlusConstant)?;
-        let v = f.predict(target.compute);
-        // With 3 points for 3 parameters there is no residual to estimate the noise from (and a
-        // bootstrap of 3 runs rarely draws 3 distinct ones): no interval.
-        let iv = f.delta_interval(target.compute);
-        by_points.push(ErrorRow {
-            rungs: k,
-            compute_ratio: target.compute / sub[k - 1].0,
-            predicted: v,
-            interval: iv,
-            relative_error: rel(v),
-        });
-    }
+    let (by_points, by_largest) =
+        error_rows(&pts, Law::PowerPlusConstant, target.compute, measured)?;
     let capability = match (&prediction.capability, &target.capability) {
         (Some(cp), Some(tc)) => {
             let measured = tc.neg_mean_log_pass_rate;
             let rel = |p: f64| (p - measured).abs() / measured;
             let inside =
                 |iv: Option<(f64, f64)>| iv.map(|(lo, hi)| lo <= measured && measured <= hi);
-            let mut by_points = Vec::new();
-            if let Some(cpts) = capability_points(&rungs)? {
-                for k in 3..=cpts.len() {
-                    let f = fit(&cpts[..k], Law::Power)?;
-                    let v = f.predict(target.compute);
-                    by_points.push(ErrorRow {
-                        rungs: k,
-                        compute_ratio: target.compute / cpts[k - 1].0,
-                        predicted: v,
-                        interval: f.delta_interval(target.compute),
-                        relative_error: rel(v),
-                    });
-                }
-            }
+            let (by_points, by_largest) = match capability_points(&rungs)? {
+                Some(cpts) => error_rows(&cpts, Law::Power, target.compute, measured)?,
+                None => (Vec::new(), Vec::new()),
+            };
             Some(CapabilityReport {
                 measured,
                 relative_error: rel(cp.prediction.value),
                 inside_delta_interval: inside(cp.prediction.delta_interval),
                 inside_bootstrap_interval: inside(cp.prediction.bootstrap_interval),
                 by_points,
+                by_largest,
             })
         }
         _ => None,
@@ -335,11 +319,64 @@ pub fn analyse(
         target,
         prediction,
         by_points,
+        by_largest,
     })
+}
+
+/// Predictions of the target at `target_compute` from subsets of the ladder `pts` (smallest
+/// first), against `measured`: from the smallest k points, k = 3 … all, and from the largest k,
+/// k = 3 … all but one. With as many points as the law has parameters there is no residual to
+/// estimate the noise from (and a bootstrap of so few runs rarely draws distinct ones), so only
+/// the Jacobian interval, where the fit gives one.
+fn error_rows(
+    pts: &[(f64, f64)],
+    law: Law,
+    target_compute: f64,
+    measured: f64,
+) -> Result<(Vec<ErrorRow>, Vec<ErrorRow>)> {
+    let row = |sub: &[(f64, f64)]| -> Result<ErrorRow> {
+        let f = fit(sub, law)?;
+        let v = f.predict(target_compute);
+        Ok(ErrorRow {
+            rungs: sub.len(),
+            compute_ratio: target_compute / sub[sub.len() - 1].0,
+            predicted: v,
+            interval: f.delta_interval(target_compute),
+            relative_error: (v - measured).abs() / measured,
+        })
+    };
+    let n = pts.len();
+    let smallest = (3..=n).map(|k| row(&pts[..k])).collect::<Result<_>>()?;
+    let largest = (3..n).map(|k| row(&pts[n - k..])).collect::<Result<_>>()?;
+    Ok((smallest, largest))
 }
 
 fn fmt_iv(iv: Option<(f64, f64)>) -> String {
     iv.map_or("-".into(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+}
+
+/// The predictions from subsets of the ladder as a Markdown table: the smallest k runs, then
+/// (when there are any) the largest k.
+fn subset_tables(smallest: &[ErrorRow], largest: &[ErrorRow]) -> String {
+    let mut s = String::from(
+        "\n| fitted runs | target / largest fitted compute | predicted | 95% interval | relative error |\n|---|---:|---:|---|---:|\n",
+    );
+    let rows = smallest
+        .iter()
+        .map(|e| ("smallest", e))
+        .chain(largest.iter().map(|e| ("largest", e)));
+    for (which, e) in rows {
+        s += &format!(
+            "| {} {} | {:.0}× | {:.4} | {} | {:.2}% |\n",
+            which,
+            e.rungs,
+            e.compute_ratio,
+            e.predicted,
+            fmt_iv(e.interval),
+            100.0 * e.relative_error
+        );
+    }
+    s
 }
 
 /// The report as Markdown tables.
@@ -375,17 +412,7 @@ pub fn markdown(r: &SweepReport) -> String {
         r.target.final_loss,
         100.0 * r.relative_error
     );
-    s += "\n| fitted runs (smallest first) | target / largest fitted compute | predicted | 95% interval | relative error |\n|---:|---:|---:|---|---:|\n";
-    for e in &r.by_points {
-        s += &format!(
-            "| {} | {:.0}× | {:.4} | {} | {:.2}% |\n",
-            e.rungs,
-            e.compute_ratio,
-            e.predicted,
-            fmt_iv(e.interval),
-            100.0 * e.relative_error
-        );
-    }
+    s += &subset_tables(&r.by_points, &r.by_largest);
     if let (Some(cr), Some(cp)) = (&r.capability, &r.prediction.capability) {
         s += "\nCapability (held-out answer-only additions; pass rate = P(answer) under sampling, greedy = greedy decoding exact):\n\n| run | compute (FLOPs) | −E[log pass rate] | mean pass rate | greedy pass rate |\n|---|---:|---:|---:|---:|\n";
         for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
@@ -412,17 +439,7 @@ pub fn markdown(r: &SweepReport) -> String {
             cr.measured,
             100.0 * cr.relative_error
         );
-        s += "\n| fitted runs (smallest first) | target / largest fitted compute | predicted | 95% interval | relative error |\n|---:|---:|---:|---|---:|\n";
-        for e in &cr.by_points {
-            s += &format!(
-                "| {} | {:.0}× | {:.4} | {} | {:.2}% |\n",
-                e.rungs,
-                e.compute_ratio,
-                e.predicted,
-                fmt_iv(e.interval),
-                100.0 * e.relative_error
-            );
-        }
+        s += &subset_tables(&cr.by_points, &cr.by_largest);
     }
     s
 }
@@ -608,220 +625,4 @@ pub fn plot(r: &SweepReport, path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    fn res(name: &str, compute: f64, loss: f64) -> RungResult {
-        RungResult {
-            name: name.into(),
-            params: 1000,
-            steps: 10,
-            tokens: 20_000,
-            compute,
-            final_loss: loss,
-            last_train_loss: loss,
-            seconds: 1.0,
-            capability: None,
-        }
-    }
-
-    #[test]
-    fn analysis_reports_errors_by_number_of_points() {
-        let law = |c: f64| 2.0 * c.powf(-0.3) + 1.5;
-        let rungs: Vec<RungResult> = (0..6)
-            .map(|i| {
-                let c = 10f64.powf(i as f64 * 0.4);
-                res(&format!("rung-{i}"), c, law(c))
-            })
-            .collect();
-        let pts: Vec<(f64, f64)> = rungs.iter().map(|r| (r.compute, r.final_loss)).collect();
-        let tc = 1e4;
-        let (f, pred) = predict_from_smaller(&pts, Law::PowerPlusConstant, tc, 0.1, 50, 1).unwrap();
-        let saved = SavedPrediction {
-            fitted_rungs: rungs.iter().map(|r| r.name.clone()).collect(),
-            law: f,
-            prediction: pred,
-            compute_ratio: tc / pts[5].0,
-            capability: None,
-        };
-        let target = res("target", tc, law(tc) * 1.01);
-        let rep = analyse(rungs, target, saved).unwrap();
-        assert!((rep.relative_error - 0.01 / 1.01).abs() < 1e-6);
-        assert_eq!(rep.by_points.len(), 4);
-        assert_eq!(rep.by_points[0].rungs, 3);
-        let md = markdown(&rep);
-        assert!(md.contains("| target |"));
-        let dir = tempfile::tempdir().unwrap();
-        plot(&rep, &dir.path().join("s.png")).unwrap();
-        assert!(dir.path().join("s.png").is_file());
-    }
-
-    struct Quiet(usize);
-    impl Progress for Quiet {
-        fn run_start(&mut self, _p: &RungPlan, _i: usize, _n: usize) {}
-        fn step(&mut self, _r: &StepReport) {
-            self.0 += 1;
-        }
-        fn run_done(&mut self, _r: &RungResult) {}
-        fn note(&mut self, _l: &str) {}
-    }
-
-    #[test]
-    fn an_interrupted_sweep_continues_where_it_stopped() {
-        let cfg_text = r#"
-[scale]
-tokens_per_param = 0.5
-bootstrap = 20
-final_eval_batches = 2
-rungs = [
-  { d_model = 8, d_ff = 16 },
-  { d_model = 12, d_ff = 24 },
-  { d_model = 16, d_ff = 32 },
-]
-target = { d_model = 40, d_ff = 80 }
-
-[model]
-family = "gpt"
-n_layer = 1
-n_head = 2
-d_model = 8
-d_ff = 16
-max_seq_len = 16
-block = "pre_ln"
-norm = "layer_norm"
-positions = "learned"
-ffn = "mlp"
-bias = false
-tie_embeddings = true
-final_norm = true
-
-[data]
-corpus = "inline"
-tokenizer = "char"
-
-[train]
-batch_size = 2
-block_size = 16
-max_steps = 1
-lr = 1e-2
-"#;
-        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
-        let docs: Vec<String> = (0..40)
-            .map(|i| format!("def f{i}(x):\n    return x + {i}\n"))
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        // Stopped before the first step: the first rung is left with a checkpoint at step 0.
-        let stop = AtomicBool::new(true);
-        let mut p = Quiet(0);
-        let out = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap();
-        assert!(matches!(out, SweepOutcome::Interrupted));
-        assert!(dir.path().join("rung-0/checkpoint.safetensors").is_file());
-        assert!(!dir.path().join("rung-0/result.json").exists());
-        // Continued: every run finishes; the prediction precedes the target's folder.
-        let stop = AtomicBool::new(false);
-        let SweepOutcome::Done(r) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
-        else {
-            panic!("expected a finished sweep")
-        };
-        let steps_first = p.0;
-        assert!(steps_first > 0);
-        assert_eq!(r.rungs.len(), 3);
-        assert!(dir.path().join("prediction.json").is_file());
-        assert!(dir.path().join("scaling.png").is_file());
-        assert!(
-            r.prediction.compute_ratio >= 10.0,
-            "{}",
-            r.prediction.compute_ratio
-        );
-        // Again: nothing is retrained, the same report comes back.
-        let SweepOutcome::Done(r2) = run_sweep(&cfg, &docs, dir.path(), &stop, &mut p).unwrap()
-        else {
-            panic!("expected a finished sweep")
-        };
-        assert_eq!(p.0, steps_first);
-        assert_eq!(r2.target.final_loss, r.target.final_loss);
-    }
-
-    #[test]
-    fn a_sweep_with_a_capability_task_predicts_it_before_the_target_and_plots_it() {
-        let cfg_text = r#"
-[scale]
-tokens_per_param = 0.5
-bootstrap = 20
-final_eval_batches = 2
-rungs = [
-  { d_model = 8, d_ff = 16 },
-  { d_model = 12, d_ff = 24 },
-  { d_model = 16, d_ff = 32 },
-]
-target = { d_model = 40, d_ff = 80 }
-
-[scale.capability]
-task = "addition"
-max_operand = 9
-heldout = 10
-context = 1
-docs = 20
-lines = 8
-
-[model]
-family = "gpt"
-n_layer = 1
-n_head = 2
-d_model = 8
-d_ff = 16
-max_seq_len = 16
-block = "pre_ln"
-norm = "layer_norm"
-positions = "learned"
-ffn = "mlp"
-bias = false
-tie_embeddings = true
-final_norm = true
-
-[data]
-corpus = "inline"
-tokenizer = "char"
-
-[train]
-batch_size = 2
-block_size = 16
-max_steps = 1
-lr = 1e-2
-"#;
-        let cfg = LadderConfig::parse(cfg_text, "test").unwrap();
-        let task = cfg.scale.capability.as_ref().unwrap().task().unwrap();
-        let docs = task.train_docs();
-        let dir = tempfile::tempdir().unwrap();
-        let stop = AtomicBool::new(false);
-        let SweepOutcome::Done(r) =
-            run_sweep(&cfg, &docs, dir.path(), &stop, &mut Quiet(0)).unwrap()
-        else {
-            panic!("expected a finished sweep")
-        };
-        for x in r.rungs.iter().chain(std::iter::once(&r.target)) {
-            let c = x.capability.as_ref().expect("measured on every run");
-            assert_eq!(c.problems, 10);
-            assert!(c.neg_mean_log_pass_rate > 0.0 && c.mean_pass_rate > 0.0);
-        }
-        let cp = r.prediction.capability.as_ref().expect("predicted");
-        assert_eq!(cp.law.law, Law::Power);
-        let cr = r.capability.as_ref().expect("reported");
-        assert_eq!(
-            cr.measured,
-            r.target.capability.as_ref().unwrap().neg_mean_log_pass_rate
-        );
-        assert_eq!(cr.by_points.len(), 1);
-        assert!(markdown(&r).contains("−E[log pass rate]"));
-        assert!(dir.path().join("capability.png").is_file());
-        // The saved prediction carries the capability law (made before the target trained).
-        let saved: SavedPrediction = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("prediction.json")).unwrap(),
-        )
-        .unwrap();
-        let sc = saved.capability.as_ref().expect("saved");
-        assert_eq!(sc.prediction.value, cp.prediction.value);
-        assert_eq!(sc.law.params, cp.law.params);
-    }
-}
+mod tests;
