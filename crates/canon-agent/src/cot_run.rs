@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use canon_infer::{Engine, Request, SamplingConfig};
+use canon_infer::{Engine, FinishReason, Request, SamplingConfig};
 
 use crate::cot::{self, Problem, Style};
 use crate::{AgentError, Result};
@@ -48,6 +48,9 @@ pub struct CotRow {
     pub sampled: Vec<Option<String>>,
     /// The generated texts: direct, greedy chain of thought, then the samples.
     pub texts: Vec<String>,
+    /// Per text, whether it ended at the length limit (`max_tokens`, or the model's context)
+    /// rather than at a stop: a rationale cut short, whose answer is read from what was written.
+    pub cut: Vec<bool>,
 }
 
 /// Asks every problem (with `demos` as the demonstrations); `on_problem` is called after each.
@@ -106,8 +109,12 @@ pub fn run_cot(
         let outs = engine
             .generate_batch(reqs)
             .map_err(|e| AgentError::Task(e.to_string()))?;
+        let cut: Vec<bool> = outs
+            .iter()
+            .map(|c| c.finish_reason == FinishReason::Length)
+            .collect();
         let all: Vec<String> = outs.into_iter().map(|c| c.text).collect();
-        for (p, texts) in group.iter().zip(all.chunks(per)) {
+        for ((p, texts), cut) in group.iter().zip(all.chunks(per)).zip(cut.chunks(per)) {
             let direct = if o.shots == 0 {
                 cot::extract_answer(&format!("The answer is{}", texts[0]))
             } else {
@@ -119,6 +126,7 @@ pub fn run_cot(
                 greedy: cot::extract_answer(&texts[1]),
                 sampled: texts[2..].iter().map(|t| cot::extract_answer(t)).collect(),
                 texts: texts.to_vec(),
+                cut: cut.to_vec(),
             });
             on_problem();
         }
@@ -135,6 +143,9 @@ pub struct CotSummary {
     pub vote: Vec<(usize, f64)>,
     /// Per number of steps: (problems, direct right, greedy chain of thought right).
     pub by_steps: BTreeMap<usize, (usize, usize, usize)>,
+    /// Greedy rationales and sampled ones that ended at the length limit (see [`CotRow::cut`]).
+    pub cut_greedy: usize,
+    pub cut_sampled: usize,
 }
 
 /// Accuracies of `rows`, with self-consistency votes of each size in `votes`.
@@ -159,11 +170,17 @@ pub fn summarize(rows: &[CotRow], votes: &[usize]) -> CotSummary {
         e.1 += right(&r.direct, r) as usize;
         e.2 += right(&r.greedy, r) as usize;
     }
+    let cut = |r: &CotRow, i: usize| r.cut.get(i).copied().unwrap_or(false);
     CotSummary {
         direct: acc(&|r| right(&r.direct, r)),
         greedy: acc(&|r| right(&r.greedy, r)),
         vote,
         by_steps,
+        cut_greedy: rows.iter().filter(|r| cut(r, 1)).count(),
+        cut_sampled: rows
+            .iter()
+            .map(|r| (2..r.cut.len()).filter(|&i| cut(r, i)).count())
+            .sum(),
     }
 }
 
@@ -187,6 +204,8 @@ mod tests {
                 greedy: s("4"),
                 sampled: vec![s("3"), s("4"), s("3")],
                 texts: vec![],
+                // The greedy rationale and one sample cut at the length limit.
+                cut: vec![false, true, false, true, false],
             },
             CotRow {
                 problem: p("5", 2),
@@ -194,6 +213,7 @@ mod tests {
                 greedy: s("5"),
                 sampled: vec![s("1"), s("5"), s("5")],
                 texts: vec![],
+                cut: vec![true, false, true, true, false],
             },
         ];
         let sum = summarize(&rows, &[3, 1, 3]);
@@ -201,6 +221,8 @@ mod tests {
         assert_eq!(sum.vote, vec![(1, 0.5), (3, 1.0)]);
         assert_eq!(sum.by_steps[&1], (1, 1, 0));
         assert_eq!(sum.by_steps[&2], (1, 0, 1));
+        // A cut direct answer is not counted; greedy rationales 1 of 2, samples 3 of 6.
+        assert_eq!((sum.cut_greedy, sum.cut_sampled), (1, 3));
         let o = CotRun {
             shots: 0,
             samples: 5,

@@ -52,6 +52,20 @@ fn eval_cot_reports_direct_cot_and_vote_accuracy() {
     assert_eq!(votes[1]["m"], 3);
     let per = v["per_problem"].as_array().unwrap();
     assert_eq!(per[0]["sampled"].as_array().unwrap().len(), 3);
+    // Rationales that ended at the 6-token limit are counted, per problem and in all, and a
+    // warning says so.
+    let cut = per
+        .iter()
+        .filter(|p| p["greedy_cot_cut"].as_bool().unwrap())
+        .count();
+    assert_eq!(v["cut_greedy_cot"].as_u64().unwrap() as usize, cut, "{v}");
+    assert!(v["cut_sampled"].as_u64().unwrap() <= 9, "{v}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.contains("warning:") && err.contains("length limit"),
+        cut > 0,
+        "{err}"
+    );
 
     // The generator writes a problems file the command reads back (zero-shot this time).
     let file = d.path().join("p.jsonl");

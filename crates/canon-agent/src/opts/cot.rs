@@ -218,7 +218,10 @@ impl CotArgs {
             greedy,
             vote,
             by_steps,
+            cut_greedy,
+            cut_sampled,
         } = summarize(rows, &a.samples);
+        let sampled = rows.iter().map(|r| r.sampled.len()).sum::<usize>();
         if a.json {
             let per: Vec<_> = rows
                 .iter()
@@ -226,7 +229,8 @@ impl CotArgs {
                     json!({"question": r.problem.question, "answer": r.problem.answer,
                         "steps": r.problem.steps, "direct": r.direct, "greedy_cot": r.greedy,
                         "sampled": r.sampled, "vote": cot::majority(&r.sampled),
-                        "greedy_cot_text": r.texts[1]})
+                        "greedy_cot_text": r.texts[1],
+                        "greedy_cot_cut": r.cut.get(1).copied().unwrap_or(false)})
                 })
                 .collect();
             let v = json!({
@@ -235,6 +239,7 @@ impl CotArgs {
                 "accuracy_direct": direct, "accuracy_greedy_cot": greedy,
                 "accuracy_vote": vote.iter().map(|(m, v)| json!({"m": m, "accuracy": v})).collect::<Vec<_>>(),
                 "by_steps": by_steps.iter().map(|(s, (k, d, c))| json!({"steps": s, "n": k, "direct": *d as f64 / *k as f64, "greedy_cot": *c as f64 / *k as f64})).collect::<Vec<_>>(),
+                "cut_greedy_cot": cut_greedy, "cut_sampled": cut_sampled,
                 "per_problem": per,
             });
             return format!("{v}\n");
@@ -270,12 +275,20 @@ impl CotArgs {
                 a.temperature
             );
         }
+        if cut_greedy + cut_sampled > 0 {
+            let _ = writeln!(
+                s,
+                "  cut at the length limit (--max-tokens {} or the model's context): {cut_greedy} of {} greedy rationales, {cut_sampled} of {sampled} samples; their answers are read from what was written",
+                a.max_tokens,
+                rows.len()
+            );
+        }
         if by_steps.len() > 1 || by_steps.keys().any(|&s| s > 0) {
-            let _ = writeln!(s, "  by steps: steps  n  direct  cot");
+            let _ = writeln!(s, "  by steps: steps     n   direct      cot");
             for (st, (k, d, c)) in &by_steps {
                 let _ = writeln!(
                     s,
-                    "            {st:>5} {k:>2}  {:5.1} % {:5.1} %",
+                    "            {st:>5} {k:>5}  {:5.1} %  {:5.1} %",
                     100.0 * *d as f64 / *k as f64,
                     100.0 * *c as f64 / *k as f64
                 );

@@ -37,6 +37,18 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     });
     pb.finish_and_clear();
     engine.shutdown();
-    print!("{}", a.report(&rows?));
+    let rows = rows?;
+    let cut = rows
+        .iter()
+        .filter(|r| r.cut.get(1).copied().unwrap_or(false))
+        .count();
+    if cut > 0 && !ctx.quiet {
+        eprintln!(
+            "warning: {cut} of {} greedy rationales stopped at the length limit (--max-tokens {} or the model's context) before a stop; their answers are read from what was written",
+            rows.len(),
+            a.max_tokens
+        );
+    }
+    print!("{}", a.report(&rows));
     Ok(())
 }
