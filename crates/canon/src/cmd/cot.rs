@@ -36,6 +36,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         pb.inc(1)
     });
     pb.finish_and_clear();
+    let context = engine.max_len();
     engine.shutdown();
     let rows = rows?;
     let cut = rows
@@ -44,7 +45,7 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .count();
     if cut > 0 && !ctx.quiet {
         eprintln!(
-            "warning: {cut} of {} greedy rationales stopped at the length limit (--max-tokens {} or the model's context) before a stop; their answers are read from what was written",
+            "warning: {cut} of {} greedy rationales stopped at the length limit (--max-tokens {}, or the context of {context} tokens for prompt and answer together) before a stop; their answers are read from what was written",
             rows.len(),
             a.max_tokens
         );
