@@ -39,10 +39,8 @@ pub fn run(a: CotArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let context = engine.max_len();
     engine.shutdown();
     let rows = rows?;
-    let cut = rows
-        .iter()
-        .filter(|r| r.cut.get(1).copied().unwrap_or(false))
-        .count();
+    // One definition of a cut rationale: the summary's.
+    let cut = canon_agent::cot_run::summarize(&rows, &[]).cut_greedy;
     if cut > 0 && !ctx.quiet {
         eprintln!(
             "warning: {cut} of {} greedy rationales stopped at the length limit (--max-tokens {}, or the context of {context} tokens for prompt and answer together) before a stop; their answers are read from what was written",
