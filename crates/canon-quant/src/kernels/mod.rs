@@ -126,7 +126,7 @@ impl Isa {
     pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
 
     /// The best path this CPU supports (detected once). The environment variable `CANON_ISA`
-    /// (`scalar`, `avx2` or `avx512vnni`) caps the choice, for side-by-side measurements; a value
+    /// (`scalar`, `avx2`, `avxvnni` or `avx512vnni`) caps the choice, for side-by-side measurements; a value
     /// this CPU cannot run, or an unknown one, leaves the detected path.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
@@ -144,11 +144,12 @@ impl Isa {
         })
     }
 
-    /// `scalar`, `avx2` or `avx512vnni` (any case).
+    /// `scalar`, `avx2`, `avxvnni` (the AVX2 path with AVX-VNNI, see [`avx_vnni`]) or
+    /// `avx512vnni` (any case).
     pub fn parse(name: &str) -> Option<Isa> {
         match name.to_ascii_lowercase().as_str() {
             "scalar" => Some(Isa::Scalar),
-            "avx2" => Some(Isa::Avx2),
+            "avx2" | "avxvnni" | "avx-vnni" => Some(Isa::Avx2),
             "avx512vnni" | "avx512" => Some(Isa::Avx512Vnni),
             _ => None,
         }
@@ -190,6 +191,24 @@ impl Isa {
             Isa::Avx2 | Isa::Avx512Vnni => false,
         }
     }
+}
+
+/// Whether the AVX2 path multiplies bytes with AVX-VNNI's 256-bit `vpdpbusd` (Intel cores from
+/// Alder Lake and Sapphire Rapids on, AMD from Zen 5): the best path is AVX2 (so on a CPU with
+/// AVX-512 VNNI only under `CANON_ISA=avxvnni`), the CPU has AVX-VNNI, and `CANON_ISA` is not
+/// `avx2`, which keeps the AVX2 instructions alone for side-by-side measurements. Detected once.
+/// Where it is used (the AVX2 panel kernel of packed weights) its integer sums equal the AVX2
+/// ones, so the products keep their bits.
+pub fn avx_vnni() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let detected = std::arch::is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let detected = false;
+        let plain = std::env::var("CANON_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+        detected && !plain && Isa::best() == Isa::Avx2
+    })
 }
 
 /// Activation rows rounded to 8-bit blocks: `x ≈ d·q` per block of 32, plus `s = d·Σq`.

@@ -487,6 +487,38 @@ impl Packed {
         });
     }
 
+    /// `y = x Wᵀ` on one thread through the AVX2 panel kernel, with AVX-VNNI or without it as
+    /// `vnni` says (tests compare the two); `false` where this matrix is not in the AVX2 layout
+    /// or the CPU lacks what `vnni` asks for.
+    #[cfg(test)]
+    pub(super) fn matmul_avx2_kernel(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        vnni: bool,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !avx2_packs() || (vnni && !std::arch::is_x86_feature_detected!("avxvnni")) {
+                return false;
+            }
+            assert_eq!(y.len(), self.rows * m, "output length");
+            self.with_acts(x, m, |act| {
+                for pi in 0..self.panels {
+                    // SAFETY: AVX2 layout and extensions checked above; `y` holds rows·m values.
+                    unsafe { avx2::panel_times(self, pi, act, y.as_mut_ptr(), vnni) };
+                }
+            });
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, m, y, vnni);
+            false
+        }
+    }
+
     /// Panels `range` of this matrix against every row of `act`, written to their columns of
     /// `y` (`[act.rows, self.rows]`).
     ///
@@ -497,14 +529,16 @@ impl Packed {
         #[cfg(target_arch = "x86_64")]
         {
             let wide = avx512_packs();
+            let vnni = !wide && crate::kernels::avx_vnni();
             for pi in range {
                 // SAFETY: a `Packed` exists only where `packs` found the CPU extensions
-                // (AVX-512 VNNI, or AVX2 for the 4-bit formats); the rest is the caller's.
+                // (AVX-512 VNNI, or AVX2 for the 4-bit formats), AVX-VNNI checked by
+                // `avx_vnni`; the rest is the caller's.
                 unsafe {
                     if wide {
                         avx512::panel_times(self, pi, act, y)
                     } else {
-                        avx2::panel_times(self, pi, act, y)
+                        avx2::panel_times(self, pi, act, y, vnni)
                     }
                 };
             }

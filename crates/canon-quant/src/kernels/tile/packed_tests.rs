@@ -270,3 +270,53 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
         }
     }
 }
+
+/// The AVX2 panel kernel with AVX-VNNI's `vpdpbusd` gives the products of the AVX2 instructions
+/// alone bit for bit (the same integer sums, the same float steps), for every format the AVX2
+/// layout packs, 1 to 37 activation rows and partial panels. Runs where AVX2 is the best path
+/// and the CPU has AVX-VNNI (on a CPU with AVX-512: `CANON_ISA=avxvnni`).
+#[test]
+fn avx_vnni_panel_kernel_equals_the_avx2_one_bit_for_bit() {
+    if !(Isa::Avx2.available() && Isa::best() == Isa::Avx2) {
+        eprintln!(
+            "SKIPPED avx_vnni_panel_kernel_equals_the_avx2_one_bit_for_bit: best path is not AVX2"
+        );
+        return;
+    }
+    let mut rng = Rng(131);
+    let k = 384;
+    let mut compared = 0;
+    for kind in KINDS {
+        for (n, m) in [(16, 1), (40, 2), (33, 5), (48, 8), (17, 13), (64, 37)] {
+            let bytes = random_matrix(kind, &mut rng, n, k);
+            let w = QMatrixRef {
+                kind,
+                rows: n,
+                cols: k,
+                bytes: &bytes,
+            };
+            let Some(p) = packed::Packed::pack(w) else {
+                continue;
+            };
+            let x = rng.vec(m * k, 1.0);
+            let mut plain = vec![f32::NAN; m * n];
+            assert!(
+                p.matmul_avx2_kernel(&x, m, &mut plain, false),
+                "{kind:?}: AVX2 layout"
+            );
+            let mut vnni = vec![f32::NAN; m * n];
+            if !p.matmul_avx2_kernel(&x, m, &mut vnni, true) {
+                eprintln!(
+                    "SKIPPED avx_vnni_panel_kernel_equals_the_avx2_one_bit_for_bit: no AVX-VNNI"
+                );
+                return;
+            }
+            assert_close_f32(&vnni, &plain, Tol::EXACT);
+            let mut pooled = vec![f32::NAN; m * n];
+            p.matmul(&x, m, &mut pooled);
+            assert_close_f32(&pooled, &plain, Tol::EXACT);
+            compared += 1;
+        }
+    }
+    assert!(compared >= 30, "only {compared} products compared");
+}
