@@ -3,7 +3,7 @@
 //! for 1, 2, 4, 8 and 12 activation rows, on SmolLM2-135M's shapes, with the path `matmul` takes.
 //!
 //! Usage: `RAYON_NUM_THREADS=1 cargo run --release -p canon-quant --example fewrows [kind]`
-//! (kind: q4_0, q4_1 (default), q5_0, q8_0). Prints µs per product and per activation row.
+//! (kind: q4_0, q4_1 (default), q5_0, q5_1, q8_0, q4_k, q5_k, q6_k). Prints µs per product and per activation row.
 
 use canon_quant::Isa;
 use canon_quant::kernels::{
@@ -41,9 +41,15 @@ fn main() {
         None | Some("q4_1") => Kind::Q4_1,
         Some("q4_0") => Kind::Q4_0,
         Some("q5_0") => Kind::Q5_0,
+        Some("q5_1") => Kind::Q5_1,
         Some("q8_0") => Kind::Q8_0,
+        Some("q4_k") => Kind::Q4K,
+        Some("q5_k") => Kind::Q5K,
+        Some("q6_k") => Kind::Q6K,
         Some(other) => {
-            eprintln!("error: expected q4_0, q4_1, q5_0 or q8_0, found '{other}'");
+            eprintln!(
+                "error: expected q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k or q6_k, found '{other}'"
+            );
             std::process::exit(2);
         }
     };
@@ -117,9 +123,13 @@ fn main() {
                 canon_quant::kernels::dequantize_row(w, r, row);
             }
         });
-        let pk = canon_quant::kernels::tile::packed::Packed::pack(w).map_or(f64::NAN, |p| {
-            time(|| assert!(p.dequantize_rows(0, &mut out)))
-        });
+        // NaN where the matrix is not packed or its packed rows do not dequantize (K-quants:
+        // their rows are read back from the file's blocks).
+        let pk = canon_quant::kernels::tile::packed::Packed::pack(w)
+            .filter(|p| p.dequantize_rows(0, &mut out))
+            .map_or(f64::NAN, |p| {
+                time(|| assert!(p.dequantize_rows(0, &mut out)))
+            });
         println!(
             "\ndequantize [{n}, {k}]: file blocks {:.0} µs, packed copy {:.0} µs",
             file * 1e6,
@@ -145,10 +155,15 @@ fn main() {
             let mut y = vec![0.0f32; m * n];
             let xs = &x[..m * k];
             let mut a = Q8Rows::default();
-            let q8 = time(|| {
-                a.quantize_into(xs, m, k);
-                matmul_q8(isa, w, &a, &mut y)
-            });
+            // The 32-blocks' 8-bit row kernel (the K-quants round activations to Q8_K instead).
+            let q8 = if kind.is_k() {
+                f64::NAN
+            } else {
+                time(|| {
+                    a.quantize_into(xs, m, k);
+                    matmul_q8(isa, w, &a, &mut y)
+                })
+            };
             let gemm = time(|| matmul_dequantized(w, xs, m, &mut y));
             let pk = packed
                 .as_ref()

@@ -17,9 +17,10 @@
 //! Sizes per block of 32 weights × 16 rows, against the file: Q4_0 288 bytes (file 288), Q4_1 320
 //! (320), Q8_0 544 (544), Q5_0 544 (352), Q5_1 576 (384), Q4_K 384 (288), Q5_K 640 (352), Q6_K 640
 //! (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed. For the AVX2 kernel
-//! Q5_0 keeps its file size (352): its codes `q + 16` as the 4-bit formats' two nibble registers
-//! per line, plus a fifth line whose byte `i` holds in bit `g` the fifth bit of register `g`'s
-//! byte `i` (one shift, one mask and one `or` put it back).
+//! the five-bit formats keep their codes (Q5_0's `q + 16`, Q5_1's and Q5_K's `q`, all in 0..32)
+//! as the 4-bit formats' two nibble registers per line, plus a fifth line whose byte `i` holds in
+//! bit `g` the fifth bit of register `g`'s byte `i` (one shift, one mask and one `or` put it
+//! back): Q5_0 352 bytes (its file size), Q5_1 384 (its file size), Q5_K 448 (file 352).
 //!
 //! Every activation row goes through the same operations in the same order whatever the number of
 //! rows, and those are the operations of `tile::matmul` (the 4-bit codes carry an offset smaller
@@ -44,7 +45,7 @@ pub struct Packed {
     offset: i32,
     /// Codes stored as nibbles.
     nib: bool,
-    /// Nibbles plus a line of fifth bits (Q5_0 for AVX2, module docs).
+    /// Nibbles plus a line of fifth bits (the five-bit formats for AVX2, module docs).
     hi5: bool,
     /// Scales stored as f16.
     half: bool,
@@ -79,7 +80,8 @@ pub fn enabled() -> bool {
 }
 
 /// Whether `kind` is packed on this CPU: every tile format but Q3_K with AVX-512 VNNI, the 4-bit
-/// formats (Q4_0, Q4_1, Q4_K), Q5_0, Q6_K and Q8_0 with AVX2 alone (`avx2_packs`); the tile
+/// formats (Q4_0, Q4_1, Q4_K), the five-bit ones (Q5_0, Q5_1, Q5_K), Q6_K and Q8_0 with AVX2
+/// alone (`avx2_packs`); the tile
 /// kernel and packing enabled.
 pub fn packs(kind: Kind) -> bool {
     super::enabled()
@@ -89,16 +91,18 @@ pub fn packs(kind: Kind) -> bool {
         && (avx512_packs() || (avx2_packs() && avx2_kind(kind)))
 }
 
-/// The formats the AVX2 panel kernel multiplies: the 4-bit ones, Q5_0 (nibbles and fifth bits),
+/// The formats the AVX2 panel kernel multiplies: the 4-bit and 5-bit ones (nibbles, and fifth bits),
 /// Q6_K (a byte per code, two scales per block) and Q8_0 (by the sign trick).
 fn avx2_kind(kind: Kind) -> bool {
     avx2_base(kind).is_some() || matches!(kind, Kind::Q6K | Kind::Q8_0)
 }
 
-/// `nibble_base` for the AVX2 layout, which also stores Q5_0's codes `q + 128 − 112` in five bits.
+/// `nibble_base` for the AVX2 layout, which also stores the five-bit codes in nibbles and fifth
+/// bits: Q5_0's `q + 128 − 112`, Q5_1's and Q5_K's `q` (offset 0, a minimum instead).
 fn avx2_base(kind: Kind) -> Option<u8> {
     match kind {
         Kind::Q5_0 => Some(112),
+        Kind::Q5_1 | Kind::Q5K => Some(0),
         _ => nibble_base(kind),
     }
 }
@@ -168,7 +172,7 @@ impl Packed {
                 avx2_base(w.kind)
             };
             let nib = base.is_some();
-            let hi5 = !wide && w.kind == Kind::Q5_0;
+            let hi5 = !wide && matches!(w.kind, Kind::Q5_0 | Kind::Q5_1 | Kind::Q5K);
             let half = !w.kind.is_k();
             let nb = w.cols / QK;
             let panels = w.rows.div_ceil(PANEL);
@@ -181,7 +185,7 @@ impl Packed {
             let sptr = scales.as_mut_ptr() as usize;
             let per_task = 8;
             if !wide {
-                // AVX2 (4-bit formats, Q5_0, Q8_0): the same bytes from the plain tile form of
+                // AVX2 (4- and 5-bit formats, Q6_K, Q8_0): the same bytes from the tile form of
                 // each row.
                 crate::pool::parallel_for(panels.div_ceil(per_task), &|task| {
                     let mut u = vec![0u8; w.cols];

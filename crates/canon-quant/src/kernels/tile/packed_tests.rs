@@ -178,7 +178,7 @@ fn packed_rows_dequantize_to_the_same_bits() {
     }
 }
 
-/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit formats, Q5_0, Q6_K and Q8_0 are packed for the AVX2 panel
+/// On AVX2 alone (or with `CANON_ISA=avx2`) the 4-bit and 5-bit formats, Q6_K and Q8_0 are packed for the AVX2 panel
 /// kernel: its products match the plain tile arithmetic (to rounding: fused multiply-adds), one
 /// row alone equals the same row in any batch bit for bit, the packed rows dequantize to the
 /// file's bits, and the other formats stay unpacked.
@@ -213,7 +213,14 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
                 assert!(
                     !matches!(
                         kind,
-                        Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q5_0 | Kind::Q6K | Kind::Q8_0
+                        Kind::Q4_0
+                            | Kind::Q4_1
+                            | Kind::Q4K
+                            | Kind::Q5_0
+                            | Kind::Q5_1
+                            | Kind::Q5K
+                            | Kind::Q6K
+                            | Kind::Q8_0
                     ),
                     "{kind:?} was not packed"
                 );
@@ -222,7 +229,14 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
             assert!(
                 matches!(
                     kind,
-                    Kind::Q4_0 | Kind::Q4_1 | Kind::Q4K | Kind::Q5_0 | Kind::Q6K | Kind::Q8_0
+                    Kind::Q4_0
+                        | Kind::Q4_1
+                        | Kind::Q4K
+                        | Kind::Q5_0
+                        | Kind::Q5_1
+                        | Kind::Q5K
+                        | Kind::Q6K
+                        | Kind::Q8_0
                 ),
                 "{kind:?} was packed"
             );
@@ -263,9 +277,9 @@ fn avx2_packed_weights_match_the_reference_and_any_batch() {
                     }
                 }
             }
-            // Q5_0's five-bit layout is the file's size (whole panels).
-            if kind == Kind::Q5_0 && n % 16 == 0 {
-                assert_eq!(p.bytes(), bytes.len(), "Q5_0 packed size");
+            // Q5_0's and Q5_1's five-bit layout is the file's size (whole panels).
+            if matches!(kind, Kind::Q5_0 | Kind::Q5_1) && n % 16 == 0 {
+                assert_eq!(p.bytes(), bytes.len(), "{kind:?} packed size");
             }
         }
     }

@@ -326,6 +326,8 @@ fn avx2_panel_kernel_equals_the_fused_tile_arithmetic_bit_for_bit() {
         Kind::Q4_1,
         Kind::Q4K,
         Kind::Q5_0,
+        Kind::Q5_1,
+        Kind::Q5K,
         Kind::Q6K,
         Kind::Q8_0,
     ] {

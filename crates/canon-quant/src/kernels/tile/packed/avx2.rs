@@ -1,4 +1,4 @@
-//! The panel kernel on AVX2 alone, for the 4-bit formats, Q5_0, Q6_K and Q8_0. A 64-byte line
+//! The panel kernel on AVX2 alone, for the 4-bit and 5-bit formats, Q6_K and Q8_0. A 64-byte line
 //! holds rows 0..8 of a panel in its first 32 bytes and rows 8..16 in the others, so each half is one 256-bit
 //! register of eight rows. Per activation row and block, register `g` (codes `4g..4g+4` of
 //! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
@@ -88,7 +88,7 @@ pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
                 }
             };
             let hv = if p.hi5 {
-                // SAFETY: half h of line 4 of block b (Q5_0's fifth bits, present when `hi5`).
+                // SAFETY: half h of line 4 of block b (the fifth bits, present when `hi5`).
                 unsafe { _mm256_load_si256(cp.add((b * cl + 4) * 64 + 32 * h) as *const __m256i) }
             } else {
                 _mm256_setzero_si256()
@@ -132,7 +132,7 @@ fn pair_sum16(s: __m256i) -> __m256i {
     )
 }
 
-/// Bit `g` of every byte of `hv` as that byte's bit 4 (Q5_0's fifth bits, module docs): the
+/// Bit `g` of every byte of `hv` as that byte's bit 4 (the fifth bits, `packed` docs): the
 /// 16-bit shifts carry bits across bytes only into positions the mask clears.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -376,14 +376,17 @@ macro_rules! panel_kernel {
                                 _mm256_add_epi16(s16[g / 4], _mm256_maddubs_epi16(*w, xg(g)));
                         }
                         // Each partial's halves would add in 16 bits too (|Σ| ≤ 31,744), but
-                        // Q5_0's fifth bits already keep the shift pipe busy: `madd` here.
-                        _mm256_add_epi32(
-                            _mm256_add_epi32(
-                                _mm256_madd_epi16(s16[0], ones),
-                                _mm256_madd_epi16(s16[1], ones),
-                            ),
-                            _mm256_set1_epi32(-offset * (h0 + h1)),
-                        )
+                        // the fifth bits already keep the shift pipe busy: `madd` here. Q5_1
+                        // and Q5_K (a minimum) have offset 0.
+                        let s = _mm256_add_epi32(
+                            _mm256_madd_epi16(s16[0], ones),
+                            _mm256_madd_epi16(s16[1], ones),
+                        );
+                        if MODE == 1 {
+                            s
+                        } else {
+                            _mm256_add_epi32(s, _mm256_set1_epi32(-offset * (h0 + h1)))
+                        }
                     } else if NIB {
                         let mut s16 = _mm256_setzero_si256();
                         for (g, w) in wv.iter().enumerate() {
@@ -459,6 +462,12 @@ macro_rules! panel_kernel {
                         }
                         (1, true, true, false) => {
                             $rows::<1, T, true, true, false>(p, h, pi, cp, sp, act, t0, y)
+                        }
+                        (1, true, true, true) => {
+                            $rows::<1, T, true, true, true>(p, h, pi, cp, sp, act, t0, y)
+                        }
+                        (1, false, true, true) => {
+                            $rows::<1, T, false, true, true>(p, h, pi, cp, sp, act, t0, y)
                         }
                         (1, false, true, false) => {
                             $rows::<1, T, false, true, false>(p, h, pi, cp, sp, act, t0, y)
