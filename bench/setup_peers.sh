@@ -6,7 +6,8 @@
 #                              gguf, numpy, jinja2, peft (bench/lora_vs_peft.py), openai, cmake, ninja, llama-cpp-python (binding only)
 #   src/                       the llama-cpp-python sdist
 #   llama-cpp-python-<ver>/    the unpacked sdist (its vendored llama.cpp is what gets built)
-#   llama.cpp-build/bin/       libllama.so, libggml*.so, llama-bench and llama-server
+#   llama.cpp-build/bin/       libllama.so, libggml*.so, llama-bench, llama-server and llama-quantize
+#   llama.cpp-build-<isa>/bin/ the same built for a capped ISA (PEERS_ISA=avx2 or avx2vnni, below)
 #
 # The Python binding is installed WITHOUT its own native library (-DLLAMA_BUILD=OFF); point it at the
 # library built here with LLAMA_CPP_LIB_PATH=<peers>/llama.cpp-build/bin (the script prints the exports).
@@ -21,7 +22,9 @@
 #   CANON_PEERS   target directory (default ~/.cache/canon-peers)
 #   PEERS_JOBS    parallel build jobs (default 2)
 #   PEERS_PYTHON  python used to create the venv (default python3)
-#   PEERS_ISA     auto (default: the reference ISA set minus what /proc/cpuinfo lacks) or full
+#   PEERS_ISA     auto (default: the reference ISA set minus what /proc/cpuinfo lacks), full, or a cap
+#                 for comparisons on a CPU with more: avx2 (AVX/AVX2/FMA/F16C/BMI2) or avx2vnni (the
+#                 same plus AVX-VNNI), no AVX-512; those build into llama.cpp-build-<isa>
 #   PEERS_FORCE_BUILD=1  rebuild llama.cpp even if the libraries exist
 set -euo pipefail
 
@@ -38,6 +41,11 @@ SRC_DIR="$PEERS/src"
 SDIST="$SRC_DIR/llama_cpp_python-$LLAMA_CPP_PY_VERSION.tar.gz"
 TREE="$PEERS/llama-cpp-python-$LLAMA_CPP_PY_VERSION"
 BUILD="$PEERS/llama.cpp-build"
+case "${PEERS_ISA:-auto}" in
+    auto|full) ;;
+    avx2|avx2vnni) BUILD="$PEERS/llama.cpp-build-$PEERS_ISA" ;;
+    *) echo "error: PEERS_ISA must be auto, full, avx2 or avx2vnni, found '$PEERS_ISA'" >&2; exit 2 ;;
+esac
 
 log() { printf '[setup_peers] %s\n' "$*" >&2; }
 
@@ -87,6 +95,9 @@ fi
 ISA_MODE="${PEERS_ISA:-auto}"
 cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
 isa_flag() {  # isa_flag GGML_OPTION cpuinfo-flag
+    case "$ISA_MODE:$1" in
+        avx2:GGML_AVX_VNNI|avx2:GGML_AVX512*|avx2vnni:GGML_AVX512*) echo "-D$1=OFF"; return ;;
+    esac
     if [ "$ISA_MODE" = full ] || [[ "$cpu_flags" == *" $2 "* ]]; then echo "-D$1=ON"; else echo "-D$1=OFF"; fi
 }
 ISA_FLAGS=(
@@ -110,12 +121,12 @@ CMAKE_FLAGS=(
 STAMP="$BUILD/.canon-build-flags"
 want_stamp="$LLAMA_CPP_PY_VERSION ${CMAKE_FLAGS[*]}"
 if [ "${PEERS_FORCE_BUILD:-0}" = 1 ] || [ ! -f "$BUILD/bin/libllama.so" ] || [ ! -x "$BUILD/bin/llama-bench" ] \
-    || [ ! -x "$BUILD/bin/llama-server" ] \
+    || [ ! -x "$BUILD/bin/llama-server" ] || [ ! -x "$BUILD/bin/llama-quantize" ] \
     || [ "$(cat "$STAMP" 2>/dev/null)" != "$want_stamp" ]; then
     log "configuring llama.cpp in $BUILD"
     cmake -S "$TREE/vendor/llama.cpp" -B "$BUILD" "${CMAKE_FLAGS[@]}"
-    log "building llama + llama-bench + llama-server with -j$JOBS (about 20 minutes on 2 cores)"
-    nice -n 10 cmake --build "$BUILD" --target llama llama-bench llama-server -j "$JOBS"
+    log "building llama + llama-bench + llama-server + llama-quantize with -j$JOBS (about 20 minutes on 2 cores)"
+    nice -n 10 cmake --build "$BUILD" --target llama llama-bench llama-server llama-quantize -j "$JOBS"
     printf '%s' "$want_stamp" > "$STAMP"
 else
     log "llama.cpp already built in $BUILD"
