@@ -25,16 +25,20 @@ use canon_models::{ModelConfig, VarStore, WeightMode};
 use canon_nn::{Linear, SplitMix64};
 use serde::{Deserialize, Serialize};
 
-use std::sync::atomic::AtomicBool;
-
 use crate::engine::{BatchLoss, step_on_loss};
 use crate::optim::{Optimizer, OptimizerConfig, Param};
-use crate::trainer::{Outcome, StepReport};
+use crate::trainer::StepReport;
 use crate::{Result, TrainError, io_err};
 
+mod batches;
 mod objective;
+mod persist;
+mod run;
+use run::check_split;
 mod tasks;
+pub use batches::{ClassBalanced, eval_subset};
 pub use objective::*;
+pub use persist::{FINETUNED_FILE, TASK_FILE};
 pub use tasks::*;
 
 /// Which task head and input transformation.
@@ -399,113 +403,9 @@ impl Finetuner {
         Ok(out)
     }
 
-    /// Writes the fine-tuned weights (with optimizer state and step: a checkpoint) to
-    /// `dir/finetuned.safetensors` and the task and model description to `dir/task.json`, each
-    /// atomically.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::checkpoint::save(
-            &dir.join(FINETUNED_FILE),
-            &self.params,
-            &self.opt,
-            crate::checkpoint::TrainState {
-                step: self.step,
-                rng_state: self.rng.state,
-            },
-            &[],
-        )?;
-        let meta = TaskFile {
-            kind: self.kind,
-            base: self.base.clone(),
-        };
-        let path = dir.join(TASK_FILE);
-        let text = serde_json::to_string_pretty(&meta).map_err(|e| io_err(&path, e))?;
-        canon_fs::write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))
-    }
-
-    /// Loads what [`Finetuner::save`] wrote (weights, optimizer state and step), ready to predict
-    /// or to continue.
-    pub fn load(dir: &Path, cfg: FinetuneConfig) -> Result<Self> {
-        let path = dir.join(TASK_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            io_err(
-                &path,
-                format!("{e} (not a fine-tuned folder from `canon finetune-gpt1`)"),
-            )
-        })?;
-        let meta: TaskFile = serde_json::from_str(&text).map_err(|e| io_err(&path, e))?;
-        let mut ft = Self::build(&meta.base, meta.kind, cfg, None)?;
-        let (st, _) = crate::checkpoint::load(&dir.join(FINETUNED_FILE), &ft.params, &mut ft.opt)?;
-        ft.step = st.step;
-        ft.rng = SplitMix64 {
-            state: st.rng_state,
-        };
-        Ok(ft)
-    }
-
     /// Fraction of `examples` classified correctly.
     pub fn accuracy(&self, examples: &[TaskExample]) -> Result<f64> {
         task_accuracy(self, examples)
-    }
-
-    /// Trains to `cfg.steps` steps on the engine with class-balanced batches from `train`,
-    /// held-out accuracy on `test` every `eval_every` steps (a fixed subset of `eval_max`) and on
-    /// all of `test` at the end. With `run.files` the engine writes metrics.jsonl, loss.png and
-    /// the checkpoint (exact resume, Ctrl-C). Returns the outcome and the final accuracy.
-    pub fn run_on_engine(
-        &mut self,
-        train: &[TaskExample],
-        test: &[TaskExample],
-        run: TaskRun<'_>,
-        on_step: &mut dyn FnMut(&StepReport),
-    ) -> Result<(Outcome, Option<f64>)> {
-        check_split("training", train, self.kind)?;
-        check_split("held-out", test, self.kind)?;
-        let sched = self.schedule();
-        let data = TaskData {
-            train,
-            test,
-            labels: self.kind.labels(),
-        };
-        let mut opt = std::mem::replace(&mut self.opt, Optimizer::new(sched.optimizer(), &[]));
-        let (mut step, mut rng) = (self.step, self.rng);
-        let state = TaskState {
-            params: &self.params,
-            opt: &mut opt,
-            step: &mut step,
-            rng: &mut rng,
-        };
-        let out = run_task(&*self, state, data, &sched, run, on_step);
-        (self.opt, self.step, self.rng) = (opt, step, rng);
-        out
-    }
-
-    /// [`Finetuner::run_on_engine`] writing nothing: each step's report goes to `on_step`;
-    /// returns the final held-out accuracy.
-    pub fn run(
-        &mut self,
-        train: &[TaskExample],
-        test: &[TaskExample],
-        on_step: &mut dyn FnMut(&FinetuneReport) -> Result<()>,
-    ) -> Result<f64> {
-        let stop = AtomicBool::new(false);
-        let run = TaskRun {
-            files: None,
-            stop: &stop,
-            block_size: self.base.max_seq_len,
-        };
-        let mut failed = None;
-        let (_, acc) = self.run_on_engine(train, test, run, &mut |r| {
-            if failed.is_none() {
-                failed = on_step(&FinetuneReport::of(r)).err();
-            }
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        match acc {
-            Some(a) => Ok(a),
-            None => self.accuracy(test),
-        }
     }
 }
 
@@ -563,85 +463,6 @@ impl TaskModel for Finetuner {
     fn predict(&self, examples: &[TaskExample]) -> Result<Vec<u32>> {
         Finetuner::predict(self, examples)
     }
-}
-
-fn check_split(what: &str, s: &[TaskExample], kind: TaskKind) -> Result<()> {
-    if s.is_empty() {
-        return Err(TrainError::Data(format!("the {what} split is empty")));
-    }
-    for (i, e) in s.iter().enumerate() {
-        if e.parts.len() != kind.parts() {
-            return Err(TrainError::Data(format!(
-                "example {i} of the {what} split has {} segments; a {kind:?} task needs {}",
-                e.parts.len(),
-                kind.parts()
-            )));
-        }
-        if e.parts.iter().any(Vec::is_empty) {
-            return Err(TrainError::Data(format!(
-                "the {what} split has an example with no tokens (example {i})"
-            )));
-        }
-        if e.label as usize >= kind.labels() {
-            return Err(TrainError::Data(format!(
-                "example {i} of the {what} split has label {}; the task has {}",
-                e.label,
-                kind.labels()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The fine-tuned weights file in a `canon finetune-gpt1 --out` folder.
-pub const FINETUNED_FILE: &str = "finetuned.safetensors";
-/// Training examples grouped by label for class-balanced batches (GPT-1's and BERT's classifier
-/// fine-tuning): row `i` of a batch draws uniformly from class `i mod classes`.
-pub struct ClassBalanced<'a> {
-    by_class: Vec<Vec<&'a TaskExample>>,
-}
-
-impl<'a> ClassBalanced<'a> {
-    /// Errors on a label outside `0..classes` or a class without examples.
-    pub fn new(train: &'a [TaskExample], classes: usize) -> Result<Self> {
-        let mut by_class: Vec<Vec<&TaskExample>> = vec![Vec::new(); classes];
-        for e in train {
-            by_class
-                .get_mut(e.label as usize)
-                .ok_or_else(|| TrainError::Data(format!("label {} ≥ {classes} classes", e.label)))?
-                .push(e);
-        }
-        if let Some(c) = by_class.iter().position(Vec::is_empty) {
-            return Err(TrainError::Data(format!(
-                "the training split has no example of class {c}"
-            )));
-        }
-        Ok(Self { by_class })
-    }
-
-    pub fn batch(&self, rng: &mut SplitMix64, size: usize) -> Vec<&'a TaskExample> {
-        (0..size)
-            .map(|i| {
-                let pool = &self.by_class[i % self.by_class.len()];
-                pool[rng.below(pool.len())]
-            })
-            .collect()
-    }
-}
-
-/// Every `⌈len/eval_max⌉`-th held-out example: the fixed subset scored during training.
-pub fn eval_subset(test: &[TaskExample], eval_max: usize) -> Vec<TaskExample> {
-    let stride = test.len().div_ceil(eval_max.max(1)).max(1);
-    test.iter().step_by(stride).cloned().collect()
-}
-
-/// The task and base-model description next to it.
-pub const TASK_FILE: &str = "task.json";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct TaskFile {
-    kind: TaskKind,
-    base: GptConfig,
 }
 
 #[cfg(test)]
