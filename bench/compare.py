@@ -124,7 +124,7 @@ def main():
     ap.add_argument("--depth", type=int, default=16,
                     help="tokens already in the context before the 128 decoded ones (default 16; "
                     "e.g. 1024 for decoding deep into a conversation)")
-    ap.add_argument("--isa", default="", help="comma list of Canon kernel paths (scalar,avx2,avx512vnni)")
+    ap.add_argument("--isa", default="", help="comma list of Canon kernel paths (scalar,avx2,avxvnni,avx512vnni)")
     ap.add_argument("--model", default="", help="a GGUF file for the decode/prefill rows "
                     "(default: the SmolLM2 Q4_1 asset; e.g. the gemma3 asset's Q4_K_M file)")
     a = ap.parse_args()
