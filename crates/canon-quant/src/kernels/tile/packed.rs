@@ -8,19 +8,20 @@
 //!
 //! - codes: per panel and block of 32, register `g` (codes `4g..4g+4` of each of the 16 rows) as
 //!   in `tile`; the 4-bit formats (Q4_0, Q4_1, Q4_K) keep two registers per 64-byte line, `g` in
-//!   the low nibbles and `g + 4` in the high ones (one shift and two masks unpack them), the other
-//!   formats one register per line;
+//!   the low nibbles and `g + 4` in the high ones (one shift and two masks unpack them); the
+//!   five-bit formats (Q5_0's codes `q + 16`, Q5_1's and Q5_K's `q`, all in 0..32) the same two
+//!   nibble registers per line plus a fifth line whose byte `i` holds in bit `g` the fifth bit of
+//!   register `g`'s byte `i` (one shift, one mask and one `or` put it back); the other formats one
+//!   register per line;
 //! - scales: the two per-row scale vectors of `tile` (one for the symmetric formats), as f16 for
 //!   the legacy formats (whose scales are f16 in the file, so nothing is rounded) and as f32 for the
 //!   K-quants (super-block scale × 6-bit sub-scale is not an f16).
 //!
 //! Sizes per block of 32 weights × 16 rows, against the file: Q4_0 288 bytes (file 288), Q4_1 320
-//! (320), Q8_0 544 (544), Q5_0 544 (352), Q5_1 576 (384), Q4_K 384 (288), Q5_K 640 (352), Q6_K 640
-//! (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed. For the AVX2 kernel
-//! the five-bit formats keep their codes (Q5_0's `q + 16`, Q5_1's and Q5_K's `q`, all in 0..32)
-//! as the 4-bit formats' two nibble registers per line, plus a fifth line whose byte `i` holds in
-//! bit `g` the fifth bit of register `g`'s byte `i` (one shift, one mask and one `or` put it
-//! back): Q5_0 352 bytes (its file size), Q5_1 384 (its file size), Q5_K 448 (file 352).
+//! (320), Q5_0 352 (352), Q5_1 384 (384), Q8_0 544 (544), Q4_K 384 (288), Q5_K 448 (352), Q6_K
+//! 640 (420). Q3_K (which would triple) and Q2_K (no tile form) are not packed. The AVX-512 and
+//! AVX2 kernels read the same layout (a 64-byte line is rows 0..16 to the one, two halves of rows
+//! 0..8 and 8..16 to the other).
 //!
 //! Every activation row goes through the same operations in the same order whatever the number of
 //! rows, and those are the operations of `tile::matmul` (the 4-bit codes carry an offset smaller
@@ -166,13 +167,9 @@ impl Packed {
         {
             let (mode, offset) = form(w.kind)?;
             let wide = avx512_packs();
-            let base = if wide {
-                nibble_base(w.kind)
-            } else {
-                avx2_base(w.kind)
-            };
+            let base = avx2_base(w.kind);
             let nib = base.is_some();
-            let hi5 = !wide && matches!(w.kind, Kind::Q5_0 | Kind::Q5_1 | Kind::Q5K);
+            let hi5 = matches!(w.kind, Kind::Q5_0 | Kind::Q5_1 | Kind::Q5K);
             let half = !w.kind.is_k();
             let nb = w.cols / QK;
             let panels = w.rows.div_ceil(PANEL);
@@ -283,6 +280,16 @@ impl Packed {
                                             let lo = lines[j].0[i].wrapping_sub(base);
                                             let hi = lines[j + 4].0[i].wrapping_sub(base);
                                             c[j * 64 + i] = (lo & 15) | (hi << 4);
+                                        }
+                                    }
+                                    if hi5 {
+                                        for i in 0..64 {
+                                            let mut bits = 0u8;
+                                            for (g, line) in lines[..8].iter().enumerate() {
+                                                let u = line.0[i].wrapping_sub(base);
+                                                bits |= ((u >> 4) & 1) << g;
+                                            }
+                                            c[4 * 64 + i] = bits;
                                         }
                                     }
                                 }

@@ -16,7 +16,7 @@ use super::*;
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
 pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
     let (nb, k) = (p.nb, p.cols);
-    let cl = if p.nib { 4 } else { 8 };
+    let cl = lines_per_block(p.nib, p.hi5);
     let m = mode_id(p.mode);
     let sb = scale_bytes(m, p.half);
     // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
@@ -85,17 +85,49 @@ pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
                 }
             }
         };
-        for j in 0..cl {
+        let hv = if p.hi5 {
+            // SAFETY: line 4 of block b (the fifth bits, present when `hi5`).
+            unsafe { _mm512_load_si512(cp.add((b * cl + 4) * 64) as *const __m512i) }
+        } else {
+            _mm512_setzero_si512()
+        };
+        for j in 0..if p.nib { 4 } else { 8 } {
             // SAFETY: line j of block b (64-byte aligned lines).
             let v = unsafe { _mm512_load_si512(cp.add((b * cl + j) * 64) as *const __m512i) };
             if p.nib {
-                reg(j, _mm512_and_si512(v, low));
-                reg(j + 4, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low));
+                let lo = _mm512_and_si512(v, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                if p.hi5 {
+                    reg(j, _mm512_or_si512(lo, fifth(hv, j)));
+                    reg(j + 4, _mm512_or_si512(hi, fifth(hv, j + 4)));
+                } else {
+                    reg(j, lo);
+                    reg(j + 4, hi);
+                }
             } else {
                 reg(j, v);
             }
         }
     }
+}
+
+/// Bit `g` of every byte of `hv` as that byte's bit 4 (the five-bit formats' fifth bits,
+/// `packed` docs): the 16-bit shifts carry bits across bytes only into positions the mask clears.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")]
+fn fifth(hv: __m512i, g: usize) -> __m512i {
+    let m = _mm512_set1_epi8(0x10);
+    let v = match g {
+        0 => _mm512_slli_epi16::<4>(hv),
+        1 => _mm512_slli_epi16::<3>(hv),
+        2 => _mm512_slli_epi16::<2>(hv),
+        3 => _mm512_slli_epi16::<1>(hv),
+        4 => hv,
+        5 => _mm512_srli_epi16::<1>(hv),
+        6 => _mm512_srli_epi16::<2>(hv),
+        _ => _mm512_srli_epi16::<3>(hv),
+    };
+    _mm512_and_si512(v, m)
 }
 
 /// How many blocks ahead of the one being multiplied the tile kernel asks for the weights.
@@ -113,7 +145,7 @@ unsafe fn bcast(q: *const i8) -> __m512i {
 }
 
 /// `T` activation rows from `t0` against panel `pi`, whose codes start at `cp` (nibbles if
-/// `NIB`, else one register per line) and scales at `sp`; writes `y[t, r0..r0 + valid]`. The
+/// `NIB`, plus a line of fifth bits if `H5`, else one register per line) and scales at `sp`; writes `y[t, r0..r0 + valid]`. The
 /// float steps are `tile::avx512::rows`', in the same order.
 ///
 /// # Safety
@@ -123,7 +155,13 @@ unsafe fn bcast(q: *const i8) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool>(
+unsafe fn rows<
+    const MODE: u8,
+    const T: usize,
+    const NIB: bool,
+    const HALF: bool,
+    const H5: bool,
+>(
     p: &Packed,
     pi: usize,
     cp: *const u8,
@@ -136,7 +174,7 @@ unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool
     let k = nb * QK;
     let r0 = pi * PANEL;
     let valid = PANEL.min(n - r0);
-    let cl = if NIB { 4 } else { 8 };
+    let cl = lines_per_block(NIB, H5);
     let sb = scale_bytes(MODE, HALF);
     let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
@@ -158,11 +196,21 @@ unsafe fn rows<const MODE: u8, const T: usize, const NIB: bool, const HALF: bool
             let wv: [__m512i; 8] = if NIB {
                 let r: [__m512i; 4] =
                     std::array::from_fn(|j| _mm512_load_si512(l.add(j * 64) as *const __m512i));
+                let hv = if H5 {
+                    _mm512_load_si512(l.add(4 * 64) as *const __m512i)
+                } else {
+                    _mm512_setzero_si512()
+                };
                 std::array::from_fn(|g| {
-                    if g < 4 {
+                    let v = if g < 4 {
                         _mm512_and_si512(r[g], low)
                     } else {
                         _mm512_and_si512(_mm512_srli_epi16::<4>(r[g - 4]), low)
+                    };
+                    if H5 {
+                        _mm512_or_si512(v, fifth(hv, g))
+                    } else {
+                        v
                     }
                 })
             } else {
@@ -254,6 +302,7 @@ unsafe fn rows_t<const T: usize>(
     p: &Packed,
     pi: usize,
     nib: bool,
+    hi5: bool,
     cp: *const u8,
     sp: *const u8,
     act: &TileActs,
@@ -261,19 +310,21 @@ unsafe fn rows_t<const T: usize>(
     y: *mut f32,
 ) {
     macro_rules! pick {
-        ($($m:literal, $nib:literal, $half:literal);*) => {
-            match (mode_id(p.mode), nib, p.half) {
-                $(($m, $nib, $half) => {
+        ($($m:literal, $nib:literal, $half:literal, $h5:literal);*) => {
+            match (mode_id(p.mode), nib, p.half, hi5) {
+                $(($m, $nib, $half, $h5) => {
                     // SAFETY: the layout parameters are the caller's; so is the rest.
-                    unsafe { rows::<$m, T, $nib, $half>(p, pi, cp, sp, act, t0, y) }
+                    unsafe { rows::<$m, T, $nib, $half, $h5>(p, pi, cp, sp, act, t0, y) }
                 })*
                 _ => {}
             }
         };
     }
-    pick!(0, true, true; 1, true, true; 1, true, false; 0, false, true;
-          1, false, true; 1, false, false; 2, false, false; 0, false, false;
-          2, false, true; 0, true, false; 2, true, true; 2, true, false);
+    pick!(0, true, true, false; 1, true, true, false; 1, true, false, false;
+          0, false, true, false; 1, false, true, false; 1, false, false, false;
+          2, false, false, false; 0, false, false, false; 2, false, true, false;
+          0, true, false, false; 2, true, true, false; 2, true, false, false;
+          0, true, true, true; 1, true, true, true; 1, true, false, true);
 }
 
 /// Every activation row against panel `pi`, eight rows per pass.
@@ -285,7 +336,7 @@ pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut 
     let m = act.rows;
     let nb = p.nb;
     let sb = scale_bytes(mode_id(p.mode), p.half);
-    let cl = if p.nib { 4 } else { 8 };
+    let cl = lines_per_block(p.nib, p.hi5);
     // SAFETY: panel pi's lines start inside the buffers (pi < panels).
     let (cp, sp) = unsafe {
         (
@@ -305,35 +356,35 @@ pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut 
         let t = unsafe {
             match left {
                 1 => {
-                    rows_t::<1>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<1>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     1
                 }
                 2 => {
-                    rows_t::<2>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<2>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     2
                 }
                 3 => {
-                    rows_t::<3>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<3>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     3
                 }
                 4 => {
-                    rows_t::<4>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<4>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     4
                 }
                 5 => {
-                    rows_t::<5>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<5>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     5
                 }
                 6 => {
-                    rows_t::<6>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<6>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     6
                 }
                 7 => {
-                    rows_t::<7>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<7>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     7
                 }
                 _ => {
-                    rows_t::<8>(p, pi, nib, cp, sp, act, t0, y);
+                    rows_t::<8>(p, pi, nib, p.hi5, cp, sp, act, t0, y);
                     8
                 }
             }
