@@ -46,12 +46,43 @@ pub fn human_count(n: u64) -> String {
 }
 
 /// What a GGUF file holds, from its header.
+/// The kernel path this CPU runs (`CANON_ISA` caps it) and which of the file's block formats the
+/// products repack once at load on it (`repacked`: the panel kernels) or multiply from the file's
+/// blocks (`unpacked`: the row kernels and, for prompts, the dequantizing GEMM), as llama.cpp
+/// prints its system info.
+fn kernels_info(types: impl Iterator<Item = canon_quant::GgmlType>) -> Value {
+    use canon_quant::kernels::{Isa, Kind, avx_vnni, tile::packed::packs};
+    let path = match Isa::best() {
+        Isa::Avx512Vnni => "avx512vnni",
+        Isa::Avx2 if avx_vnni() => "avx2 + avx-vnni",
+        Isa::Avx2 => "avx2",
+        Isa::Scalar => "scalar",
+    };
+    let mut kinds: Vec<Kind> = types.filter_map(Kind::of).collect();
+    kinds.sort_by_key(|k| format!("{k:?}"));
+    kinds.dedup();
+    let list = |want: bool| {
+        let v: Vec<String> = kinds
+            .iter()
+            .filter(|&&k| packs(k) == want)
+            .map(|k| format!("{k:?}"))
+            .collect();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    json!({"path": path, "repacked": list(true), "unpacked": list(false)})
+}
+
 pub fn gguf_info(path: &Path) -> Result<Value> {
     let f = GgufFile::open(path).map_err(|e| io(path, e))?;
     let meta_str = |k: &str| f.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let arch = meta_str("general.architecture").unwrap_or_else(|| "unknown".into());
     let mut formats: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     let mut params = 0u64;
+    let kernels = kernels_info(f.tensors.iter().map(|t| t.dtype));
     for t in &f.tensors {
         let n: u64 = t.shape.iter().map(|&d| d as u64).product();
         params += n;
@@ -115,6 +146,7 @@ pub fn gguf_info(path: &Path) -> Result<Value> {
         "parameters": format!("{} ({params})", human_count(params)),
         "shape": shape,
         "weights": formats,
+        "kernels": kernels,
         "tokenizer": {
             "model": tok_model,
             "bos_id": id("tokenizer.ggml.bos_token_id"),

@@ -295,6 +295,19 @@ fn info_reads_headers_and_names_bad_files() {
         "{v}"
     );
     assert!(v["tokenizer"]["vocab_size"].as_u64().unwrap() > 0, "{v}");
+    // The kernel path, and each block format of the file in exactly one of the two lists.
+    let k = &v["kernels"];
+    let path = k["path"].as_str().unwrap();
+    assert!(
+        ["avx512vnni", "avx2 + avx-vnni", "avx2", "scalar"].contains(&path),
+        "{v}"
+    );
+    let listed = |key: &str, f: &str| k[key].as_str().unwrap().split(", ").any(|x| x == f);
+    for f in v["weights"].as_object().unwrap().keys() {
+        if f.starts_with('Q') {
+            assert!(listed("repacked", f) != listed("unpacked", f), "{f}: {v}");
+        }
+    }
     let o = canon(&["info", "--model", m.to_str().unwrap()], h);
     assert!(String::from_utf8_lossy(&o.stdout).contains("architecture: llama"));
 
