@@ -95,17 +95,7 @@ pub fn packs(kind: Kind) -> bool {
 /// The formats the AVX2 panel kernel multiplies: the 4-bit and 5-bit ones (nibbles, and fifth bits),
 /// Q6_K (a byte per code, two scales per block) and Q8_0 (by the sign trick).
 fn avx2_kind(kind: Kind) -> bool {
-    avx2_base(kind).is_some() || matches!(kind, Kind::Q6K | Kind::Q8_0)
-}
-
-/// `nibble_base` for the AVX2 layout, which also stores the five-bit codes in nibbles and fifth
-/// bits: Q5_0's `q + 128 − 112`, Q5_1's and Q5_K's `q` (offset 0, a minimum instead).
-fn avx2_base(kind: Kind) -> Option<u8> {
-    match kind {
-        Kind::Q5_0 => Some(112),
-        Kind::Q5_1 | Kind::Q5K => Some(0),
-        _ => nibble_base(kind),
-    }
+    nibble_base(kind).is_some() || matches!(kind, Kind::Q6K | Kind::Q8_0)
 }
 
 /// Whether this CPU packs with the AVX-512 VNNI kernels.
@@ -124,12 +114,14 @@ fn avx2_packs() -> bool {
     Isa::best() == Isa::Avx2 && Isa::Avx2.available()
 }
 
-/// The value subtracted from `tile`'s unsigned codes to store them as nibbles, for the 4-bit
-/// formats (`Q4_0`'s codes are `q + 8 + 120`).
+/// The value subtracted from `tile`'s unsigned codes to store them as nibbles (with a line of
+/// fifth bits for the five-bit formats), the same on the AVX-512 and AVX2 layouts: `Q4_0`'s codes
+/// are `q + 8 + 120`, Q5_0's `q + 16 + 112`; the formats with a minimum keep `q` (base 0).
 fn nibble_base(kind: Kind) -> Option<u8> {
     match kind {
         Kind::Q4_0 => Some(120),
-        Kind::Q4_1 | Kind::Q4K => Some(0),
+        Kind::Q5_0 => Some(112),
+        Kind::Q4_1 | Kind::Q4K | Kind::Q5_1 | Kind::Q5K => Some(0),
         _ => None,
     }
 }
@@ -167,7 +159,7 @@ impl Packed {
         {
             let (mode, offset) = form(w.kind)?;
             let wide = avx512_packs();
-            let base = avx2_base(w.kind);
+            let base = nibble_base(w.kind);
             let nib = base.is_some();
             let hi5 = matches!(w.kind, Kind::Q5_0 | Kind::Q5_1 | Kind::Q5K);
             let half = !w.kind.is_k();
