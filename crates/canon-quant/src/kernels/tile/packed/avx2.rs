@@ -11,7 +11,9 @@
 //! other rows, and the integer sums are the same integers, so the products keep their bits.
 //! Where the CPU has AVX-VNNI (`kernels::avx_vnni`) the kernel runs a second instance of the same
 //! code (`panel_kernel!`) whose integer sums are `vpdpbusd`s: the same integers, so again the
-//! same bits, in fewer instructions.
+//! same bits, in fewer instructions. Q8_0 there keeps its stored codes `u = q + 128` and takes
+//! `128 · Σx` off the sum, as the AVX-512 kernel does, instead of moving the weights' signs onto
+//! the activations (`sign` per register and row): half the instructions per row and block.
 
 use std::arch::x86_64::*;
 
@@ -157,32 +159,21 @@ const PREFETCH_BLOCKS: usize = 8;
 /// The integer sum of one activation row's block against the eight weight registers `wv` of a
 /// half panel, with AVX-VNNI's `vpdpbusd` (unsigned weight bytes × signed activation bytes,
 /// four products added into each 32-bit lane): registers `gs` in two interleaved chains, so
-/// that the multiply-adds of one row do not wait on each other. `signed` (Q8_0): the weights are
-/// the magnitudes `aw` and the activations take the signs of `wv` (the same integer as
-/// `Σ q·x`). The integers equal the `maddubs` path's sums exactly: no lane saturates there
+/// that the multiply-adds of one row do not wait on each other. The weights are the stored
+/// unsigned codes (Q8_0's `u = q + 128` too: the caller takes `offset · Σx` off, as the AVX-512
+/// kernel does). The integers equal the `maddubs` path's sums exactly: no lane saturates there
 /// (module docs) and every sum is exact in 32 bits.
 ///
 /// # Safety
 /// CPU with AVX2 and AVX-VNNI; `q` points at the block's 32 activation bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn vnni_sum(
-    wv: &[__m256i; 8],
-    aw: &[__m256i; 8],
-    signed: bool,
-    q: *const i8,
-    gs: std::ops::Range<usize>,
-) -> __m256i {
+unsafe fn vnni_sum(wv: &[__m256i; 8], q: *const i8, gs: std::ops::Range<usize>) -> __m256i {
     let mut s = [_mm256_setzero_si256(); 2];
     for g in gs {
         // SAFETY: codes 4g..4g + 4 of the block lie inside the row (caller).
         let x = unsafe { _mm256_set1_epi32((q.add(4 * g) as *const i32).read_unaligned()) };
-        let (w, x) = if signed {
-            (aw[g], _mm256_sign_epi8(x, wv[g]))
-        } else {
-            (wv[g], x)
-        };
-        s[g % 2] = _mm256_dpbusd_avx_epi32(s[g % 2], w, x);
+        s[g % 2] = _mm256_dpbusd_avx_epi32(s[g % 2], wv[g], x);
     }
     _mm256_add_epi32(s[0], s[1])
 }
@@ -274,6 +265,9 @@ macro_rules! panel_kernel {
                     } else if MODE == 2 {
                         // Q6_K's codes u = q + 32 in 0..64, unsigned as they are.
                         std::array::from_fn(|g| _mm256_loadu_si256(l.add(g * 64) as *const __m256i))
+                    } else if $vnni {
+                        // Q8_0's codes u = q + 128, unsigned as they are for `vpdpbusd`.
+                        std::array::from_fn(|g| _mm256_loadu_si256(l.add(g * 64) as *const __m256i))
                     } else {
                         // Q8_0's codes u = q + 128 back to the signed q.
                         std::array::from_fn(|g| {
@@ -305,8 +299,8 @@ macro_rules! panel_kernel {
                     };
                     (wv, s0, s1)
                 };
-                // Q8_0: the weights' magnitudes, shared by the activation rows.
-                let aw: [__m256i; 8] = if !NIB && MODE == 0 {
+                // Q8_0 without AVX-VNNI: the weights' magnitudes, shared by the activation rows.
+                let aw: [__m256i; 8] = if !$vnni && !NIB && MODE == 0 {
                     std::array::from_fn(|g| _mm256_abs_epi8(wv[g]))
                 } else {
                     [_mm256_setzero_si256(); 8]
@@ -333,12 +327,7 @@ macro_rules! panel_kernel {
                         // (2·2·63·128 = 32,256 < 2¹⁵).
                         let (i0, i1) = if $vnni {
                             // SAFETY: this instance runs with AVX-VNNI; q as above.
-                            unsafe {
-                                (
-                                    vnni_sum(&wv, &aw, false, q, 0..4),
-                                    vnni_sum(&wv, &aw, false, q, 4..8),
-                                )
-                            }
+                            unsafe { (vnni_sum(&wv, q, 0..4), vnni_sum(&wv, q, 4..8)) }
                         } else {
                             let mut s16 = [_mm256_setzero_si256(); 4];
                             for (g, w) in wv.iter().enumerate() {
@@ -361,8 +350,10 @@ macro_rules! panel_kernel {
                     }
                     let i = if $vnni {
                         // SAFETY: this instance runs with AVX-VNNI; q as above.
-                        let s = unsafe { vnni_sum(&wv, &aw, !NIB, q, 0..8) };
-                        if NIB && MODE != 1 {
+                        let s = unsafe { vnni_sum(&wv, q, 0..8) };
+                        // The symmetric formats (Q8_0 included) less offset · Σx; the formats
+                        // with a minimum have offset 0.
+                        if MODE != 1 {
                             _mm256_add_epi32(s, _mm256_set1_epi32(-offset * (h0 + h1)))
                         } else {
                             s
