@@ -8,8 +8,14 @@ started first and stay up; then --repeat rounds (at least 3) each measure every 
 the servers' order rotated and the C order reversed from one round to the next, so no level's
 rounds run back to back and a slow stretch of a shared machine lands on different levels in
 different rounds. Reported per server and C, medians over the rounds:
-  - aggregate decode tokens/s: all generated tokens / wall time of the round;
-  - time to first token, p50 and p95 over the round's requests;
+  - aggregate decode tokens/s: the sum over the C clients of each one's decode rate, its tokens
+    after the first over the time from its first token to its last (summed over its requests):
+    the rate each user sees once text flows, added up;
+  - time to first token, p50 and p95 over the round's requests (where the prompts' processing
+    and the wait for a place in the batch show);
+  - end to end tokens/s: all generated tokens / wall time of the round, which counts the
+    prompts' processing and every request's wait for its first token too (at 8 streams each
+    prompt is processed while the others wait, so this grows less with C than the decode rate);
 then the spread of the tokens/s rounds (min, median, max), the ratios (C-max / C-min streams)
 computed from the medians, and, per server, the peak resident memory (VmHWM) with --parallel slots
 of --ctx tokens each. Both servers run with --parallel 8 slots (continuous batching) and --threads.
@@ -92,7 +98,7 @@ def one_request(base, prompt, max_tokens, seed):
     req = urllib.request.Request(base + "/v1/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    first = None
+    first = last = None
     tokens = 0
     pieces = 0
     with urllib.request.urlopen(req, timeout=600) as r:
@@ -106,21 +112,33 @@ def one_request(base, prompt, max_tokens, seed):
             for c in msg.get("choices") or []:
                 if (c.get("delta") or {}).get("content"):
                     pieces += 1
+                    last = time.perf_counter() - t0
                     if first is None:
-                        first = time.perf_counter() - t0
-    return tokens or pieces, first if first is not None else float("nan")
+                        first = last
+    if first is None:
+        return tokens or pieces, float("nan"), 0.0
+    return tokens or pieces, first, last - first
 
 
 def round_(base, conc, requests, max_tokens, seed0):
     results = []
     lock = threading.Lock()
 
+    rates = []
+
     def client(k):
+        mine = []
         for j in range(requests):
             i = k * requests + j
             out = one_request(base, PROMPTS[i % len(PROMPTS)], max_tokens, seed0 + i)
+            mine.append(out)
             with lock:
                 results.append(out)
+        # This client's decode rate: tokens after each request's first, over those requests'
+        # time from the first token to the last.
+        span = sum(r[2] for r in mine)
+        with lock:
+            rates.append(sum(max(r[0] - 1, 0) for r in mine) / span if span > 0 else 0.0)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(conc)]
     t0 = time.perf_counter()
@@ -132,7 +150,7 @@ def round_(base, conc, requests, max_tokens, seed0):
     toks = sum(r[0] for r in results)
     ttft = sorted(r[1] for r in results)
     p95 = ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))]
-    return toks / wall, statistics.median(ttft), p95
+    return sum(rates), statistics.median(ttft), p95, toks / wall
 
 
 def main():
@@ -180,7 +198,7 @@ def main():
     env = dict(os.environ, LD_LIBRARY_PATH=str(Path(args.llama_server).parent))
     procs = {}
     bases = {}
-    rounds = {}  # (name, c) -> [(tok/s, ttft p50, ttft p95)] in round order
+    rounds = {}  # (name, c) -> [(decode tok/s, ttft p50, ttft p95, end-to-end tok/s)] in round order
     try:
         for name, cmd in servers.items():
             port = free_port()
@@ -196,7 +214,8 @@ def main():
                 for c in cs:
                     got = round_(bases[name], c, args.requests, args.max_tokens, 1000 * r)
                     rounds.setdefault((name, c), []).append(got)
-                    print(f"  round {r + 1}/{args.repeat} {name:13s} C={c}: {got[0]:7.1f} tok/s,"
+                    print(f"  round {r + 1}/{args.repeat} {name:13s} C={c}: decode {got[0]:7.1f} tok/s,"
+                          f" end to end {got[3]:7.1f},"
                           f" TTFT p50 {got[1] * 1000:6.0f} ms, p95 {got[2] * 1000:6.0f} ms,"
                           f" load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         rss = {name: peak_rss_mb(proc.pid) for name, proc in procs.items()}
@@ -208,7 +227,7 @@ def main():
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    table = {key: tuple(statistics.median(x[k] for x in rs) for k in range(3)) for key, rs in rounds.items()}
+    table = {key: tuple(statistics.median(x[k] for x in rs) for k in range(4)) for key, rs in rounds.items()}
 
     def spread(name):
         levels = "; ".join(
@@ -216,7 +235,11 @@ def main():
             f" {max(x[0] for x in rounds[(name, c)]):.1f}" for c in concs)
         lo, hi = rounds[(name, concs[0])], rounds[(name, concs[-1])]
         by_round = ", ".join(f"{b[0] / a[0]:.2f}" for a, b in zip(lo, hi))
-        return f"{levels}; {concs[-1]}/{concs[0]} within each round: {by_round}"
+        e2e = ", ".join(f"{b[3] / a[3]:.2f}" for a, b in zip(lo, hi))
+        return f"{levels}; {concs[-1]}/{concs[0]} within each round: {by_round} (end to end {e2e})"
+
+    def ratio(name, k=0):
+        return table[(name, concs[-1])][k] / table[(name, concs[0])][k]
 
     print(f"# canon serve vs llama-server — {cpu_name()}, {args.threads} threads, {slots} slots x {args.ctx} ctx,"
           f" {args.max_tokens} tokens per request, {args.requests} requests per client,"
@@ -224,36 +247,39 @@ def main():
     print(f"# model: {Path(args.gguf).name}; load average at the end: {os.getloadavg()[0]:.1f}")
     if args.baseline:
         print(f"# canon before: {args.baseline}")
-        print("| streams | canon before tok/s | canon tok/s | after / before | before TTFT p50/p95 ms | TTFT p50/p95 ms |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| streams | canon before decode tok/s | canon decode tok/s | after / before |"
+              " before end to end | end to end | before TTFT p50/p95 ms | TTFT p50/p95 ms |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in concs:
             a, b = table[("canon serve", c)], table[("canon before", c)]
-            print(f"| {c} | {b[0]:.1f} | {a[0]:.1f} | {a[0] / b[0]:.2f}x | {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |"
-                  f" {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |")
+            print(f"| {c} | {b[0]:.1f} | {a[0]:.1f} | {a[0] / b[0]:.2f}x | {b[3]:.1f} | {a[3]:.1f} |"
+                  f" {b[1] * 1000:.0f} / {b[2] * 1000:.0f} | {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |")
         c1, cmax = concs[0], concs[-1]
-        print(f"canon before: {cmax}-stream aggregate / {c1}-stream (medians) ="
-              f" {table[('canon before', cmax)][0] / table[('canon before', c1)][0]:.2f}x;"
-              f" peak RSS {rss['canon before']:.0f} MB")
-    print("# tok/s min / median / max over the rounds, per number of streams:")
+        print(f"canon before: {cmax}-stream aggregate / {c1}-stream (medians) = {ratio('canon before'):.2f}x decode,"
+              f" {ratio('canon before', 3):.2f}x end to end; peak RSS {rss['canon before']:.0f} MB")
+    print("# decode tok/s min / median / max over the rounds, per number of streams:")
     for name in servers:
         print(f"#   {name}: {spread(name)}")
     if args.skip_llama:
         for c in concs:
             a = table[("canon serve", c)]
-            print(f"canon C={c}: {a[0]:.1f} tok/s, TTFT p50 {a[1] * 1000:.0f} / p95 {a[2] * 1000:.0f} ms")
+            print(f"canon C={c}: decode {a[0]:.1f} tok/s, end to end {a[3]:.1f} tok/s,"
+                  f" TTFT p50 {a[1] * 1000:.0f} / p95 {a[2] * 1000:.0f} ms")
         c1, cmax = concs[0], concs[-1]
-        print(f"canon: {cmax}-stream aggregate / {c1}-stream (medians) = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
-              f" peak RSS {rss['canon serve']:.0f} MB")
+        print(f"canon: {cmax}-stream aggregate / {c1}-stream (medians) = {ratio('canon serve'):.2f}x decode,"
+              f" {ratio('canon serve', 3):.2f}x end to end; peak RSS {rss['canon serve']:.0f} MB")
         return
-    print("| streams | canon tok/s | llama-server tok/s | ratio | canon TTFT p50/p95 ms | llama-server TTFT p50/p95 ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| streams | canon decode tok/s | llama-server decode tok/s | ratio | canon end to end |"
+          " llama-server end to end | ratio | canon TTFT p50/p95 ms | llama-server TTFT p50/p95 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in concs:
         a, b = table[("canon serve", c)], table[("llama-server", c)]
-        print(f"| {c} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {a[1] * 1000:.0f} / {a[2] * 1000:.0f} |"
-              f" {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |")
+        print(f"| {c} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {a[3]:.1f} | {b[3]:.1f} | {a[3] / b[3]:.2f}x |"
+              f" {a[1] * 1000:.0f} / {a[2] * 1000:.0f} | {b[1] * 1000:.0f} / {b[2] * 1000:.0f} |")
     c1, cmax = concs[0], concs[-1]
-    print(f"canon: {cmax}-stream aggregate / {c1}-stream (medians) = {table[('canon serve', cmax)][0] / table[('canon serve', c1)][0]:.2f}x;"
-          f" llama-server: {table[('llama-server', cmax)][0] / table[('llama-server', c1)][0]:.2f}x")
+    print(f"{cmax}-stream aggregate / {c1}-stream (medians): canon {ratio('canon serve'):.2f}x decode,"
+          f" {ratio('canon serve', 3):.2f}x end to end; llama-server {ratio('llama-server'):.2f}x decode,"
+          f" {ratio('llama-server', 3):.2f}x end to end")
     print(f"peak RSS: canon serve {rss['canon serve']:.0f} MB, llama-server {rss['llama-server']:.0f} MB")
 
 
