@@ -1,6 +1,6 @@
 //! The few-row quantized products of batched decoding, timed in CPU time of the calling thread
 //! (so that a shared, loaded machine disturbs the figures less than wall time would): `y = x Wᵀ`
-//! for 1, 2, 4, 8 and 12 activation rows, on SmolLM2-135M's shapes, with the path `matmul` takes.
+//! for 1, 2, 4, 6, 8 and 12 activation rows, on SmolLM2-135M's shapes, with the path `matmul` takes.
 //!
 //! Usage: `RAYON_NUM_THREADS=1 cargo run --release -p canon-quant --example fewrows [kind]`
 //! (kind: q4_0, q4_1 (default), q5_0, q5_1, q8_0, q4_k, q5_k, q6_k). Prints µs per product and per activation row.
@@ -69,8 +69,8 @@ fn main() {
         s ^= s << 17;
         (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
-    println!("| W [n, k] | m=1 µs | m=2 | m=4 | m=8 | m=12 | µs/row at m=8 vs m=1 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| W [n, k] | m=1 µs | m=2 | m=4 | m=6 | m=8 | m=12 | µs/row at m=8 vs m=1 |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
         let wf: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..12 * k).map(|_| rnd()).collect();
@@ -85,7 +85,7 @@ fn main() {
         let packed = canon_quant::kernels::tile::packed::Packed::pack(w);
         let mut cells = Vec::new();
         let mut per_row = [0.0f64; 2];
-        for m in [1usize, 2, 4, 8, 12] {
+        for m in [1usize, 2, 4, 6, 8, 12] {
             let mut y = vec![0.0f32; m * n];
             let secs = time(|| match &packed {
                 Some(p) if !unpacked => p.matmul(&x[..m * k], m, &mut y),

@@ -304,7 +304,16 @@ fn avx_vnni_panel_kernel_equals_the_avx2_one_bit_for_bit() {
     let k = 384;
     let mut compared = 0;
     for kind in KINDS {
-        for (n, m) in [(16, 1), (40, 2), (33, 5), (48, 8), (17, 13), (64, 37)] {
+        for (n, m) in [
+            (16, 1),
+            (40, 2),
+            (33, 5),
+            (24, 6),
+            (40, 7),
+            (48, 8),
+            (17, 13),
+            (64, 37),
+        ] {
             let bytes = random_matrix(kind, &mut rng, n, k);
             let w = QMatrixRef {
                 kind,

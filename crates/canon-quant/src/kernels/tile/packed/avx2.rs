@@ -475,7 +475,7 @@ macro_rules! panel_kernel {
             }
         }
 
-        /// Every activation row against panel `pi`, four rows per pass (eight with AVX-VNNI).
+        /// Every activation row against panel `pi`, four rows per pass (up to eight with AVX-VNNI).
         ///
         /// # Safety
         /// CPU with the function's features; `p` packed for the AVX2 layout; `act` has `p`'s
@@ -510,9 +510,21 @@ macro_rules! panel_kernel {
                             $rows_t::<3>(p, pi, cp, sp, act, t0, y);
                             3
                         }
-                        // With `vpdpbusd` (fewer registers per row and block) eight rows
+                        // With `vpdpbusd` (fewer registers per row and block) up to eight rows
                         // share one unpacking of the weights: 3-5 % faster at eight rows than
                         // two passes of four; with `maddubs` 1-2 % slower, so four there.
+                        5 if $vnni => {
+                            $rows_t::<5>(p, pi, cp, sp, act, t0, y);
+                            5
+                        }
+                        6 if $vnni => {
+                            $rows_t::<6>(p, pi, cp, sp, act, t0, y);
+                            6
+                        }
+                        7 if $vnni => {
+                            $rows_t::<7>(p, pi, cp, sp, act, t0, y);
+                            7
+                        }
                         r if $vnni && r >= 8 => {
                             $rows_t::<8>(p, pi, cp, sp, act, t0, y);
                             8
