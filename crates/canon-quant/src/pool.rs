@@ -194,6 +194,27 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// `0..n` cut for [`parallel_for`] by guided self-scheduling: each range takes a share
+/// `1 / (2·threads)` of what is left, so the ranges shrink from a quarter of the work (two
+/// threads) down to single items. Whichever thread starts late or runs slow, the last ranges are
+/// small and the threads finish within about one item of each other, where equal ranges (a few
+/// per thread) leave one thread waiting up to a whole range at the end of every job. One range on
+/// one thread.
+pub fn guided_ranges(n: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = pool().threads();
+    if threads <= 1 {
+        return if n == 0 { Vec::new() } else { vec![0..n] };
+    }
+    let mut v = Vec::new();
+    let mut p0 = 0;
+    while p0 < n {
+        let size = (n - p0).div_ceil(2 * threads);
+        v.push(p0..p0 + size);
+        p0 += size;
+    }
+    v
+}
+
 /// A raw pointer to the start of a slice whose disjoint chunks `par_chunks_mut`'s tasks write.
 struct ChunkPtr<T>(*mut T);
 impl<T> Clone for ChunkPtr<T> {
@@ -250,6 +271,23 @@ pub fn par_vec_f32(len: usize, chunk: usize, f: &(dyn Fn(usize, &mut [f32]) + Sy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guided_ranges_cover_every_item_once_and_shrink() {
+        for n in [0, 1, 2, 3, 7, 72, 192, 6144] {
+            let r = guided_ranges(n);
+            let mut next = 0;
+            for w in &r {
+                assert_eq!(w.start, next, "n {n}: ranges in order, no gap");
+                assert!(!w.is_empty(), "n {n}: no empty range");
+                next = w.end;
+            }
+            assert_eq!(next, n, "n {n}: every item");
+            for pair in r.windows(2) {
+                assert!(pair[1].len() <= pair[0].len(), "n {n}: {r:?} shrink");
+            }
+        }
+    }
 
     #[test]
     fn chunked_helpers_visit_every_element_once_in_order() {

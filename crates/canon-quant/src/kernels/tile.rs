@@ -117,17 +117,15 @@ pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
         assert_eq!(y.len(), n * m, "tile::matmul: output length");
         assert_eq!(act.nb * QK, w.cols, "tile::matmul: activation width");
         let panels = n.div_ceil(PANEL);
-        let threads = crate::pool::pool().threads();
-        let per_task = panels.div_ceil(threads * 4).max(1);
-        let tasks = panels.div_ceil(per_task);
+        let tasks = crate::pool::guided_ranges(panels);
         let out = crate::pool::SyncPtr(y.as_mut_ptr());
         thread_local! {
             static PANEL_BUF: std::cell::RefCell<avx512::Panel> =
                 std::cell::RefCell::new(avx512::Panel::default());
         }
         if m <= GEMV_MAX_ROWS {
-            crate::pool::parallel_for(tasks, &|task| {
-                for pi in task * per_task..((task + 1) * per_task).min(panels) {
+            crate::pool::parallel_for(tasks.len(), &|task| {
+                for pi in tasks[task].clone() {
                     for t in 0..m {
                         // SAFETY: AVX-512 VNNI was detected above; the format has a tile form;
                         // tasks own disjoint panels, hence disjoint outputs r0..r0 + 16 of row t.
@@ -139,9 +137,9 @@ pub fn matmul(w: QMatrixRef<'_>, act: &TileActs, y: &mut [f32]) -> bool {
             });
             return true;
         }
-        crate::pool::parallel_for(tasks, &|task| {
+        crate::pool::parallel_for(tasks.len(), &|task| {
             let run = |p: &mut avx512::Panel| {
-                for pi in task * per_task..((task + 1) * per_task).min(panels) {
+                for pi in tasks[task].clone() {
                     let r0 = pi * PANEL;
                     // SAFETY: AVX-512 VNNI was detected above; the format has a tile form;
                     // tasks own disjoint panels, hence disjoint output columns r0..r0 + 16.

@@ -478,15 +478,12 @@ impl Packed {
     /// # Safety
     /// `y` must be valid for writes of `self.rows · act.rows` values, and `act.nb == self.nb`.
     unsafe fn matmul_acts_ptr(&self, act: &TileActs, y: *mut f32) {
-        let threads = crate::pool::pool().threads();
-        let per_task = self.panels.div_ceil(threads * 4).max(1);
-        let tasks = self.panels.div_ceil(per_task);
+        let tasks = crate::pool::guided_ranges(self.panels);
         let out = crate::pool::SyncPtr(y);
-        crate::pool::parallel_for(tasks, &|task| {
-            let p1 = ((task + 1) * per_task).min(self.panels);
+        crate::pool::parallel_for(tasks.len(), &|task| {
             // SAFETY: tasks own disjoint panels, hence disjoint output columns of `y` (the
             // caller's contract).
-            unsafe { self.panels_times(task * per_task..p1, act, out.get()) };
+            unsafe { self.panels_times(tasks[task].clone(), act, out.get()) };
         });
     }
 

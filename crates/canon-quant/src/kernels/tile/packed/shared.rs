@@ -40,16 +40,21 @@ pub fn matmul_shared_uninit(
         assert_eq!(w.cols, cols, "matmul_shared: widths differ");
         assert_eq!(y.len(), w.rows * m, "matmul_shared: output length");
     }
-    let threads = crate::pool::pool().threads();
-    // (matrix, first panel, end) per task, each matrix cut as `matmul_acts_ptr` cuts it.
+    // (matrix, first panel, end) per task: the matrices' panels one after another, cut by
+    // guided scheduling over all of them (large ranges first, single panels last).
+    let mut starts = Vec::with_capacity(ws.len() + 1);
+    starts.push(0);
+    for w in ws {
+        starts.push(starts.last().copied().unwrap_or(0) + w.panels);
+    }
     let mut tasks = Vec::new();
-    for (j, w) in ws.iter().enumerate() {
-        let per_task = w.panels.div_ceil(threads * 4).max(1);
-        let mut p0 = 0;
-        while p0 < w.panels {
-            let p1 = (p0 + per_task).min(w.panels);
-            tasks.push((j, p0, p1));
-            p0 = p1;
+    for r in crate::pool::guided_ranges(starts[ws.len()]) {
+        // A range that crosses from one matrix into the next becomes one task per matrix.
+        for (j, w) in ws.iter().enumerate() {
+            let (lo, hi) = (r.start.max(starts[j]), r.end.min(starts[j] + w.panels));
+            if lo < hi {
+                tasks.push((j, lo - starts[j], hi - starts[j]));
+            }
         }
     }
     let outs: Vec<crate::pool::SyncPtr> = ys
