@@ -203,7 +203,11 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
 pub fn guided_ranges(n: usize) -> Vec<std::ops::Range<usize>> {
     let threads = pool().threads();
     if threads <= 1 {
-        return if n == 0 { Vec::new() } else { vec![0..n] };
+        return if n == 0 {
+            Vec::new()
+        } else {
+            std::iter::once(0..n).collect()
+        };
     }
     let mut v = Vec::new();
     let mut p0 = 0;

@@ -13,7 +13,7 @@ use super::{AttnMask, DIRECT_PARALLEL_MACS, causal_window, key_range, view4, vie
 #[cfg(target_arch = "x86_64")]
 mod blocks;
 #[cfg(target_arch = "x86_64")]
-pub(super) use blocks::{scores8, weighted8};
+pub(super) use blocks::{lanes_max, scores8, weighted8};
 
 /// Rows `j = 0, 1, …` of a strided matrix: row `j` is `data[start + j·stride ..][..d]`
 /// (a K/V cache head's positions, read in place), of f32 or f16 elements.
@@ -317,14 +317,20 @@ unsafe fn one_query_body<const F: bool, T: KvElem>(
     // Compiled with AVX2: whole blocks of eight keys at once (`scores8`, the same bits).
     let mut from = 0;
     #[cfg(target_arch = "x86_64")]
-    if F && d % 8 == 0 {
+    if F && d % 8 == 0 && n >= 8 {
+        // SAFETY: F: AVX2 is enabled in the function this body is inlined into.
+        let mut vmax = unsafe { std::arch::x86_64::_mm256_set1_ps(f32::NEG_INFINITY) };
         while from + 8 <= n {
             // SAFETY: keys from..from + 8 < n of width d (caller); F: AVX2 and the type's
             // features are enabled in the function this body is inlined into.
-            let m = unsafe { scores8(q, &keys, from, scale, p.as_mut_ptr().add(from)) };
-            max = max.max(m);
+            vmax = unsafe {
+                let sc = scores8(q, &keys, from, scale, p.as_mut_ptr().add(from));
+                std::arch::x86_64::_mm256_max_ps(vmax, sc)
+            };
             from += 8;
         }
+        // SAFETY: as above.
+        max = unsafe { lanes_max(vmax) };
     }
     for (j, pj) in p.iter_mut().enumerate().skip(from) {
         // SAFETY: `F` only inside the wrappers compiled with the type's target features.

@@ -221,7 +221,7 @@ fn avx2_fma_f16c() -> bool {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn eight_key_score_blocks_equal_the_per_key_dots_bit_for_bit() {
-    use super::decode::{StridedRows, scores8};
+    use super::decode::{StridedRows, lanes_max, scores8};
     if !avx2_fma_f16c() {
         return;
     }
@@ -234,7 +234,7 @@ fn eight_key_score_blocks_equal_the_per_key_dots_bit_for_bit() {
     ) -> ([f32; 8], [f32; 8], f32) {
         let mut blocked = [0.0f32; 8];
         // SAFETY: keys 0..8 of width q.len() lie in the view (built so below); AVX2/F16C here.
-        let max = unsafe { scores8(q, &keys, 0, scale, blocked.as_mut_ptr()) };
+        let max = unsafe { lanes_max(scores8(q, &keys, 0, scale, blocked.as_mut_ptr())) };
         let per: [f32; 8] = std::array::from_fn(|j| {
             let k = &keys.data[keys.start + j * keys.stride..][..q.len()];
             // SAFETY: compiled with the types' features (this function).
@@ -394,4 +394,36 @@ fn prefetching_a_cache_head_changes_nothing_and_accepts_anything() {
     super::prefetch_head(&odd, &odd, 0, 4);
     let ints = Tensor::zeros((1, 2, 3, 4), DType::U32, &dev).unwrap();
     super::prefetch_head(&ints, &ints, 1, 4);
+}
+
+/// A NaN among the keys makes every output of the query NaN, on the blocked path (more than
+/// eight keys, the scores' maximum taken lane-wise) as on the per-key loop (fewer than eight),
+/// wherever the NaN sits: the maximum's handling of NaN cannot show.
+#[test]
+fn a_nan_key_makes_the_whole_output_nan_on_every_path() {
+    use super::decode::{StridedRows, one_query};
+    let d = 16;
+    for n in [3usize, 8, 13, 24] {
+        for at in [0, n / 2, n - 1] {
+            let q = randn(&[d], 7).to_vec1::<f32>().unwrap();
+            let mut k = randn(&[n * d], 8).to_vec1::<f32>().unwrap();
+            let v = randn(&[n * d], 9).to_vec1::<f32>().unwrap();
+            k[at * d + 3] = f32::NAN;
+            let (kr, vr) = (
+                StridedRows {
+                    data: k.as_slice(),
+                    start: 0,
+                    stride: d,
+                },
+                StridedRows {
+                    data: v.as_slice(),
+                    start: 0,
+                    stride: d,
+                },
+            );
+            let (mut p, mut o) = (vec![0.0f32; n], vec![0.0f32; d]);
+            one_query(&q, kr, vr, n, 0.25, &mut p, &mut o);
+            assert!(o.iter().all(|x| x.is_nan()), "{n} keys, NaN at {at}: {o:?}");
+        }
+    }
 }

@@ -6,7 +6,9 @@ use super::{KvElem, StridedRows};
 
 /// The scores of keys `j0..j0 + 8`, `(T::dot(q, k_j)) · scale` each with `dot`'s operations in
 /// its order (per key eight lanes summed over the groups of eight, then the lanes in order from
-/// the empty sum, then the empty tail), written to `out[0..8]`; returns their maximum. The eight
+/// the empty sum, then the empty tail), written to `out[0..8]` and returned as a vector (the
+/// caller keeps a running lane-wise maximum over the blocks and reduces it once, instead of a
+/// chain of eight scalar maxima per block). The eight
 /// keys' lanes run side by side and are summed after an 8×8 transpose, instead of one key's lane
 /// sum (a chain of eight dependent adds) at a time. `q.len()` must be a multiple of 8.
 ///
@@ -20,7 +22,7 @@ pub(in crate::attention) unsafe fn scores8<T: KvElem>(
     j0: usize,
     scale: f32,
     out: *mut f32,
-) -> f32 {
+) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let d = q.len();
     // SAFETY: the caller's contract: rows j0..j0 + 8 of width d, AVX2.
@@ -68,9 +70,26 @@ pub(in crate::attention) unsafe fn scores8<T: KvElem>(
         }
         let sc = _mm256_mul_ps(_mm256_add_ps(sum, z), _mm256_set1_ps(scale));
         _mm256_storeu_ps(out, sc);
-        std::slice::from_raw_parts(out, 8)
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        sc
+    }
+}
+
+/// The largest of the eight lanes of `m` (a running maximum of [`scores8`]'s vectors); where a
+/// lane is NaN the result may be NaN or another lane (`vmaxps` returns its second operand when
+/// either is NaN), which changes nothing downstream: a NaN score makes every weight of the
+/// softmax NaN whatever the maximum.
+///
+/// # Safety
+/// Only inlined into a function compiled with AVX2.
+#[inline(always)]
+pub(in crate::attention) unsafe fn lanes_max(m: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: register-only operations; AVX2 (caller).
+    unsafe {
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps::<1>(h, h));
+        _mm_cvtss_f32(h)
     }
 }
 
