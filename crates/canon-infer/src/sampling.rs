@@ -181,7 +181,7 @@ impl Sampler {
         // below, which start at the largest weight (≥ 1, resp. end near 1), so adding it changes
         // no bit. Such a token could only be drawn where rounding left the cumulative sum below
         // the uniform draw; the last kept candidate is returned then.
-        let top = max_ignoring_nan(l);
+        let top = canon_nn::fused::max8(l);
         let cut = if top.is_finite() {
             top - 40.0 * c.temperature.max(1.0)
         } else {
@@ -261,7 +261,7 @@ const BLOCK: usize = 64;
 /// vocabulary), so a seed draws the token the token-by-token walk draws except where the draw
 /// lands that close to a boundary between two tokens.
 fn draw_unsorted(rng: &mut StdRng, temperature: f32, masked: &[f32], l: &mut [f32]) -> Option<u32> {
-    let top = max_ignoring_nan(l);
+    let top = canon_nn::fused::max8(l);
     if !top.is_finite() {
         return None;
     }
@@ -338,23 +338,6 @@ fn draw_unsorted(rng: &mut StdRng, temperature: f32, masked: &[f32], l: &mut [f3
         }
     }
     last
-}
-
-/// The largest non-NaN value (−∞ for none), in eight lanes.
-fn max_ignoring_nan(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let it = x.chunks_exact(8);
-    let tail = it
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for c in it {
-        for k in 0..8 {
-            // `f32::max` ignores a NaN operand.
-            acc[k] = acc[k].max(c[k]);
-        }
-    }
-    acc.iter().fold(tail, |a, &b| a.max(b))
 }
 
 /// Sorts candidates by logit, highest first, lower id first on ties: the order of

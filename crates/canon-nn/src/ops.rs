@@ -67,7 +67,7 @@ pub fn argmax_last(logits: &Tensor) -> Result<u32> {
 
 /// `log Σ exp` of a row, computed stably in f64.
 pub fn log_sum_exp(xs: &[f32]) -> f64 {
-    let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let m = crate::fused::max8(xs) as f64;
     xs.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m
 }
 

@@ -300,3 +300,39 @@ fn silu_mul_matches_candle() {
     let var = candle_core::Var::from_tensor(&g).unwrap();
     assert!(silu_mul(var.as_tensor(), &u).unwrap().is_none());
 }
+
+/// `max8` (eight lanes) is the left-to-right `f32::max` fold, NaN ignored, over lengths around
+/// the lane count and with infinities, NaN and signed zeros among the values.
+#[test]
+fn lane_max_equals_the_sequential_fold() {
+    let mut seed = 11u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 100.0
+    };
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0];
+    for n in [0usize, 1, 7, 8, 9, 16, 31, 100, 49_152] {
+        for case in 0..6 {
+            let mut x: Vec<f32> = (0..n).map(|_| next()).collect();
+            if case > 0 && n > 0 {
+                for j in 0..case.min(n) {
+                    let at = (j * 7919 + case) % n;
+                    x[at] = specials[(j + case) % specials.len()];
+                }
+            }
+            if case == 5 {
+                x.iter_mut().for_each(|v| *v = f32::NAN);
+            }
+            let want = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let got = super::max8(&x);
+            // Equal values; the sign of a zero maximum may differ (either zero is the maximum).
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "n {n} case {case}: {got} vs {want}"
+            );
+            assert!(!got.is_nan(), "n {n} case {case}: NaN is never the maximum");
+        }
+    }
+}
