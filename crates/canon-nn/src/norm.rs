@@ -35,9 +35,7 @@ impl RmsNorm {
             let (xs, w): (&[f32], &[f32]) = (&xs, &w);
             let out = canon_quant::pool::par_vec_f32(xs.len(), rows * d, &|c, out| {
                 let xs = &xs[c * rows * d..][..out.len()];
-                for (xr, yr) in xs.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-                    rms_row(xr, yr, w, eps);
-                }
+                crate::fused::rms_rows(xs, out, d, w, eps);
             });
             return Tensor::from_vec(out, x.shape(), x.device());
         }

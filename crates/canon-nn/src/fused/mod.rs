@@ -472,6 +472,8 @@ pub fn linear(
 
 mod attention;
 pub use attention::*;
+mod rms;
+pub use rms::rms_rows;
 
 // ------------------------------------------------------------------ tensor-level entry points
 
