@@ -291,10 +291,11 @@ impl candle_core::InplaceOp1 for WriteRow<'_> {
                 }
             }
             candle_core::CpuStorage::F16(buf) => {
+                use half::slice::HalfFloatSliceExt;
+                // The slice conversion (eight values per F16C instruction where the CPU has
+                // it), the rounding `f16::from_f32` gives value by value.
                 for (hi, row) in self.src.chunks_exact(d).enumerate() {
-                    for (o, &x) in buf[at(hi)..at(hi) + d].iter_mut().zip(row) {
-                        *o = half::f16::from_f32(x);
-                    }
+                    buf[at(hi)..at(hi) + d].convert_from_f32_slice(row);
                 }
             }
             _ => candle_core::bail!("kv cache: buffers are neither f32 nor f16"),
@@ -360,6 +361,66 @@ mod tests {
             assert_eq!(c.len(), at);
             assert_close(&ka, &k.narrow(2, 0, at).unwrap(), Tol::EXACT);
             assert_close(&va, &v.narrow(2, 0, at).unwrap(), Tol::EXACT);
+        }
+    }
+
+    /// A row written into an f16 cache in place (the slice conversion) holds the bits
+    /// `f16::from_f32` gives value by value: ties, overflow to infinity, subnormals, signed
+    /// zeros, NaN and infinities among ordinary values, widths with and without a tail of eight.
+    #[test]
+    fn rows_written_in_place_round_as_f16_from_f32_does() {
+        for d in [3usize, 8, 13, 64] {
+            let heads = 2;
+            let specials = [
+                1.0 + 1.0 / 2048.0, // a tie at f16's precision
+                65_520.0,           // rounds up to infinity
+                -65_519.0,
+                1e-6,
+                3e-8,
+                -0.0,
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+            ];
+            let row = |seed: usize| -> Vec<f32> {
+                (0..heads * d)
+                    .map(|i| {
+                        if (i + seed).is_multiple_of(3) {
+                            specials[(i + seed) % specials.len()]
+                        } else {
+                            ((i * 37 + seed * 11) % 101) as f32 / 7.0 - 7.0
+                        }
+                    })
+                    .collect()
+            };
+            let mut c = KvCache::new_f16();
+            let (mut ks, mut vs) = (Vec::new(), Vec::new());
+            for pos in 0..3 {
+                let (k, v) = (row(pos), row(pos + 5));
+                assert!(c.append_row(&k, &v, heads, d).unwrap(), "width {d}");
+                ks.push(k);
+                vs.push(v);
+            }
+            let (kt, vt) = c.view().unwrap().unwrap();
+            for (t, rows) in [(kt, &ks), (vt, &vs)] {
+                // [1, heads, 3, d] widened back from f16: exact, so the f16 bits are compared.
+                let got: Vec<u16> = t
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_bits())
+                    .collect();
+                let want: Vec<u16> = (0..heads)
+                    .flat_map(|h| {
+                        rows.iter()
+                            .flat_map(move |r| r[h * d..(h + 1) * d].iter())
+                            .map(|&x| half::f16::from_f32(x).to_bits())
+                    })
+                    .collect();
+                assert_eq!(got, want, "width {d}");
+            }
         }
     }
 
