@@ -474,6 +474,8 @@ mod attention;
 pub use attention::*;
 mod rms;
 pub use rms::rms_rows;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use rms::transpose8;
 
 // ------------------------------------------------------------------ tensor-level entry points
 

@@ -99,11 +99,11 @@ unsafe fn eight_rows(x: &[f32], y: &mut [f32], d: usize, g: &[f32], eps: f32) {
 }
 
 /// Rows of an 8 × 8 block to its columns: element `c` of row `r` becomes element `r` of the
-/// `c`-th result.
+/// `c`-th result (here and in decode attention's eight-key scores).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2")]
-fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+pub(crate) fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     let (u0, u1) = (
         _mm256_unpacklo_ps(r[0], r[1]),

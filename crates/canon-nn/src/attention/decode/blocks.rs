@@ -37,29 +37,7 @@ pub(in crate::attention) unsafe fn scores8<T: KvElem>(
             }
         }
         // Transpose: t[l] holds lane l of the eight keys.
-        let [r0, r1, r2, r3, r4, r5, r6, r7] = acc;
-        let (u0, u1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-        let (u2, u3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-        let (u4, u5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
-        let (u6, u7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
-        let s0 = _mm256_shuffle_ps::<0x44>(u0, u2);
-        let s1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
-        let s2 = _mm256_shuffle_ps::<0x44>(u1, u3);
-        let s3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
-        let s4 = _mm256_shuffle_ps::<0x44>(u4, u6);
-        let s5 = _mm256_shuffle_ps::<0xEE>(u4, u6);
-        let s6 = _mm256_shuffle_ps::<0x44>(u5, u7);
-        let s7 = _mm256_shuffle_ps::<0xEE>(u5, u7);
-        let t = [
-            _mm256_permute2f128_ps::<0x20>(s0, s4),
-            _mm256_permute2f128_ps::<0x20>(s1, s5),
-            _mm256_permute2f128_ps::<0x20>(s2, s6),
-            _mm256_permute2f128_ps::<0x20>(s3, s7),
-            _mm256_permute2f128_ps::<0x31>(s0, s4),
-            _mm256_permute2f128_ps::<0x31>(s1, s5),
-            _mm256_permute2f128_ps::<0x31>(s2, s6),
-            _mm256_permute2f128_ps::<0x31>(s3, s7),
-        ];
+        let t = crate::fused::transpose8(acc);
         // `dot`'s lane sum starts from the empty sum and adds the empty tail: the same value
         // as `Iterator::sum` gives for no floats.
         let empty: f32 = [0.0f32; 0].iter().sum();
