@@ -291,6 +291,53 @@ unsafe fn round_scaled(v: __m256, id: __m256) -> __m256i {
     ))
 }
 
+/// One block of 32 activations at `p` rounded as `super::quantize_block` rounds them: the
+/// codes as four registers of eight i32 (before saturation) and the scale `d = max|x| / 127`
+/// (not yet rounded to f16). Shared by [`quantize_block`] and the tile kernel's row loop.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; 32 readable floats at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn round_block(p: *const f32) -> ([__m256i; 4], f32) {
+    // SAFETY: 32 floats at p (caller), read unaligned.
+    let v = unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    };
+    let sign = _mm256_set1_ps(-0.0);
+    let mut mx = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    let dd = _mm_cvtss_f32(m4) / 127.0;
+    let id = _mm256_set1_ps(if dd > 0.0 { 1.0 / dd } else { 0.0 });
+    // SAFETY: register-only operations; AVX2 (this function's features).
+    let i = v.map(|x| unsafe { round_scaled(x, id) });
+    (i, dd)
+}
+
+/// [`round_block`]'s four registers of i32 codes packed, saturating, to 32 bytes in element
+/// order (the in-lane packs interleave 128-bit halves; the final permute restores the order).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn pack_block(i: [__m256i; 4]) -> __m256i {
+    let p16a = _mm256_packs_epi32(i[0], i[1]);
+    let p16b = _mm256_packs_epi32(i[2], i[3]);
+    let p8 = _mm256_packs_epi16(p16a, p16b);
+    _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
 /// Rounds one block of 32 activations to bytes, as `super::quantize_block` does.
 ///
 /// # Safety
@@ -301,30 +348,7 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) 
     // SAFETY: the caller guarantees 32 values in `x` and `q`; all loads and the store are
     // unaligned and stay within those 32 elements.
     unsafe {
-        let p = x.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
-        let sign = _mm256_set1_ps(-0.0);
-        let mut mx = _mm256_andnot_ps(sign, v[0]);
-        for vi in &v[1..] {
-            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
-        }
-        let m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        let amax = _mm_cvtss_f32(m4);
-        let dd = amax / 127.0;
-        let id = _mm256_set1_ps(if dd > 0.0 { 1.0 / dd } else { 0.0 });
-        let (i0, i1, i2, i3) = (
-            round_scaled(v[0], id),
-            round_scaled(v[1], id),
-            round_scaled(v[2], id),
-            round_scaled(v[3], id),
-        );
+        let ([i0, i1, i2, i3], dd) = round_block(x.as_ptr());
         let sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
         let s4 = _mm_add_epi32(
             _mm256_castsi256_si128(sum),
@@ -333,13 +357,7 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) 
         let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
         let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b10_11_00_01));
         let isum = _mm_cvtsi128_si32(s4);
-        // Pack 4×8 i32 → 32 i8. The in-lane packs interleave 128-bit halves; the final permute
-        // restores element order.
-        let p16a = _mm256_packs_epi32(i0, i1);
-        let p16b = _mm256_packs_epi32(i2, i3);
-        let p8 = _mm256_packs_epi16(p16a, p16b);
-        let p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p8);
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, pack_block([i0, i1, i2, i3]));
         *d = super::f16_round(dd);
         *s = super::f16_round(dd * isum as f32);
     }

@@ -36,8 +36,8 @@ fn quantize_rows(
     }
 }
 
-/// [`quantize_rows`] in one loop compiled with AVX2: each block rounded by the operations of
-/// `avx2::quantize_block` (the same codes and scale), its half sums taken from the stored codes
+/// [`quantize_rows`] in one loop compiled with AVX2: each block rounded by
+/// `avx2::quantize_block`'s own steps (`round_block`, `pack_block`: the same codes and scale), its half sums taken from the stored codes
 /// with `vpsadbw` and its scale rounded to f16 with F16C, instead of a call, a scalar sum of the
 /// codes and a software conversion per block (a third of a decode step's serial work at 8 rows).
 ///
@@ -52,51 +52,20 @@ unsafe fn quantize_rows_avx2(
     hs: &mut [[i32; 2]],
     x: &[f32],
 ) {
+    use super::super::avx2;
     use std::arch::x86_64::*;
     let nb = (x.len() / QK)
         .min(qs.len() / QK)
         .min(ds.len())
         .min(ss.len())
         .min(hs.len());
-    let sign = _mm256_set1_ps(-0.0);
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let flip = _mm256_set1_epi8(i8::MIN);
-    let round = |v: __m256, id: __m256| {
-        _mm256_cvtps_epi32(_mm256_round_ps::<
-            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-        >(_mm256_mul_ps(v, id)))
-    };
     for b in 0..nb {
         // SAFETY: block b < nb: 32 floats of `x` and 32 codes of `qs` at b·32, read and written
         // unaligned.
         unsafe {
-            let p = x.as_ptr().add(b * QK);
-            let v = [
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(p.add(8)),
-                _mm256_loadu_ps(p.add(16)),
-                _mm256_loadu_ps(p.add(24)),
-            ];
-            let mut mx = _mm256_andnot_ps(sign, v[0]);
-            for vi in &v[1..] {
-                mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *vi));
-            }
-            let m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-            let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-            let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-            let dd = _mm_cvtss_f32(m4) / 127.0;
-            let id = _mm256_set1_ps(if dd > 0.0 { 1.0 / dd } else { 0.0 });
-            let i = [
-                round(v[0], id),
-                round(v[1], id),
-                round(v[2], id),
-                round(v[3], id),
-            ];
-            let p8 = _mm256_packs_epi16(
-                _mm256_packs_epi32(i[0], i[1]),
-                _mm256_packs_epi32(i[2], i[3]),
-            );
-            let p8 = _mm256_permutevar8x32_epi32(p8, order);
+            let (i, dd) = avx2::round_block(x.as_ptr().add(b * QK));
+            let p8 = avx2::pack_block(i);
             _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK).cast::<__m256i>(), p8);
             // Codes + 128 as unsigned bytes, summed by eights: Σq over 8 codes + 1024.
             let sad = _mm256_sad_epu8(_mm256_xor_si256(p8, flip), _mm256_setzero_si256());
