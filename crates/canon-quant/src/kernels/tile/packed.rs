@@ -487,19 +487,19 @@ impl Packed {
         });
     }
 
-    /// `y = x Wᵀ` on one thread through the AVX2 panel kernel, with AVX-VNNI or without it as
-    /// `vnni` says (tests compare the two); `false` where this matrix is not in the AVX2 layout
-    /// or the CPU lacks what `vnni` asks for.
-    #[cfg(test)]
+    /// `y = x Wᵀ` on one thread through instance `kernel` of the AVX2 panel kernel (tests
+    /// compare them); `false` where this matrix is not in the AVX2 layout or the CPU lacks
+    /// AVX-VNNI for `Instance::Vnni`.
+    #[cfg(all(test, target_arch = "x86_64"))]
     pub(super) fn matmul_avx2_kernel(
         &self,
         x: &[f32],
         m: usize,
         y: &mut [f32],
-        vnni: bool,
+        kernel: Instance,
     ) -> bool {
-        #[cfg(target_arch = "x86_64")]
         {
+            let vnni = kernel == Instance::Vnni;
             if !avx2_packs() || (vnni && !std::arch::is_x86_feature_detected!("avxvnni")) {
                 return false;
             }
@@ -507,15 +507,10 @@ impl Packed {
             self.with_acts(x, m, |act| {
                 for pi in 0..self.panels {
                     // SAFETY: AVX2 layout and extensions checked above; `y` holds rows·m values.
-                    unsafe { avx2::panel_times(self, pi, act, y.as_mut_ptr(), vnni) };
+                    unsafe { avx2::panel_times(self, pi, act, y.as_mut_ptr(), kernel) };
                 }
             });
             true
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (x, m, y, vnni);
-            false
         }
     }
 
@@ -529,7 +524,7 @@ impl Packed {
         #[cfg(target_arch = "x86_64")]
         {
             let wide = avx512_packs();
-            let vnni = !wide && crate::kernels::avx_vnni();
+            let kernel = avx2::Instance::detect();
             for pi in range {
                 // SAFETY: a `Packed` exists only where `packs` found the CPU extensions
                 // (AVX-512 VNNI, or AVX2 for the 4-bit formats), AVX-VNNI checked by
@@ -538,7 +533,7 @@ impl Packed {
                     if wide {
                         avx512::panel_times(self, pi, act, y)
                     } else {
-                        avx2::panel_times(self, pi, act, y, vnni)
+                        avx2::panel_times(self, pi, act, y, kernel)
                     }
                 };
             }
@@ -577,3 +572,5 @@ mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub use avx2::Instance;

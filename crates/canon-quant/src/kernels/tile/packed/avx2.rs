@@ -4,122 +4,30 @@
 //! each row) meets the four activation bytes `4g..4g+4` broadcast: `maddubs` leaves two
 //! 16-bit pair sums per row, the eight registers' sums add up in 16 bits (a 4-bit code times
 //! a byte of at most 127 in magnitude, two of them eight times: |Σ| ≤ 16·15·127 = 30,480 <
-//! 2¹⁵), and the two halves of each row's lane are widened and added with three shifts and an
-//! add (`pair_sum16`) rather than a `madd` by ones: on Zen 2 `maddubs` and `madd` share one
-//! multiply pipe, which then takes 8 instead of 9 instructions per row and block. The float
+//! 2¹⁵), and the two halves of each row's lane are widened and added into 32 bits. The float
 //! steps are the AVX-512 kernel's, in the same order: a row's result does not depend on the
 //! other rows, and the integer sums are the same integers, so the products keep their bits.
-//! Where the CPU has AVX-VNNI (`kernels::avx_vnni`) the kernel runs a second instance of the same
-//! code (`panel_kernel!`) whose integer sums are `vpdpbusd`s: the same integers, so again the
-//! same bits, in fewer instructions. Q8_0 there keeps its stored codes `u = q + 128` and takes
-//! `128 · Σx` off the sum, as the AVX-512 kernel does, instead of moving the weights' signs onto
-//! the activations (`sign` per register and row): half the instructions per row and block.
+//!
+//! The code (`panel_kernel!`) has three instances, chosen once per CPU (`Instance::detect`),
+//! which form the same integers and so give the same bits:
+//! - `Madd`: the halves widened by one `madd` by ones. On Intel cores, whose two multiply pipes
+//!   also run the vector shifts, this is 6-10 % faster at eight rows than `Shifts` (Xeon family 6
+//!   model 207, Q4_1 `[1536, 576]` and `[49152, 576]`, one thread, the two alternated);
+//! - `Shifts`: three shifts and an add (`pair_sum16`) instead, on AMD's family 17h (Zen to Zen 2),
+//!   where `maddubs` and `madd` share one multiply pipe, which then takes 8 instead of 9
+//!   instructions per row and block;
+//! - `Vnni`, where the CPU has AVX-VNNI (`kernels::avx_vnni`): the integer sums are `vpdpbusd`s,
+//!   in fewer instructions. Q8_0 there keeps its stored codes `u = q + 128` and takes
+//!   `128 · Σx` off the sum, as the AVX-512 kernel does, instead of moving the weights' signs
+//!   onto the activations (`sign` per register and row): half the instructions per row and
+//!   block.
 
 use std::arch::x86_64::*;
 
 use super::*;
 
-/// Panel `pi`'s 16 rows dequantized into `out` (`[16, p.cols]` row-major), as the AVX-512
-/// `dequantize_panel` does it with half the width: per block, half (rows 0..8, 8..16) and
-/// line, two rows' four codes at a time widened to i32, less the offset, to f32, times the
-/// row's scale plus its minimum (zero for the symmetric formats): the operations and order
-/// of `Packed::dequantize_row`, so the same bits. A LoRA/QLoRA input gradient dequantizes
-/// every row of the frozen base this way.
-///
-/// # Safety
-/// CPU with AVX2 and F16C; `p.half`; `pi < p.panels` with all 16 rows inside `p.rows`; `out`
-/// points at `16 · p.cols` writable floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dequantize_panel(p: &Packed, pi: usize, out: *mut f32) {
-    let (nb, k) = (p.nb, p.cols);
-    let cl = lines_per_block(p.nib, p.hi5);
-    let m = mode_id(p.mode);
-    let sb = scale_bytes(m, p.half);
-    // SAFETY: panel pi's lines lie inside the buffers (pi < panels).
-    let (cp, sp) = unsafe {
-        (
-            (p.codes.as_ptr() as *const u8).add(pi * nb * cl * 64),
-            (p.scales.as_ptr() as *const u8).add(pi * nb * sb),
-        )
-    };
-    let off = _mm256_set1_epi32(p.offset);
-    let low = _mm256_set1_epi8(15);
-    // Quarter q of a half-line holds rows 2q and 2q + 1 (four codes each): scales 2q, 2q + 1
-    // repeated 4×.
-    let idx: [__m256i; 4] = std::array::from_fn(|q| {
-        let l = 2 * q as i32;
-        _mm256_setr_epi32(l, l, l, l, l + 1, l + 1, l + 1, l + 1)
-    });
-    for b in 0..nb {
-        // SAFETY: block b's scales: 16 f16 scales, then 16 minimums when m != 0.
-        let (d, mn) = unsafe {
-            let s = sp.add(b * sb);
-            let half = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(s.add(at) as *const __m128i));
-            let d = [half(0), half(16)];
-            let mn = if m == 0 {
-                [_mm256_setzero_ps(); 2]
-            } else {
-                [half(32), half(48)]
-            };
-            (d, mn)
-        };
-        for h in 0..2 {
-            let ds: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(d[h], idx[q]));
-            let ms: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(mn[h], idx[q]));
-            let reg = |g: usize, v: __m256i| {
-                for q in 0..4 {
-                    let lane = if q < 2 {
-                        _mm256_castsi256_si128(v)
-                    } else {
-                        _mm256_extracti128_si256::<1>(v)
-                    };
-                    let c = if q % 2 == 0 {
-                        lane
-                    } else {
-                        _mm_srli_si128::<8>(lane)
-                    };
-                    let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(c), off));
-                    let y = _mm256_add_ps(_mm256_mul_ps(ds[q], x), ms[q]);
-                    let (row, col) = (8 * h + 2 * q, b * QK + 4 * g);
-                    // SAFETY: rows `row`, `row + 1` < 16 of the panel, columns col..col+4 < k,
-                    // inside `out`.
-                    unsafe {
-                        _mm_storeu_ps(out.add(row * k + col), _mm256_castps256_ps128(y));
-                        _mm_storeu_ps(out.add((row + 1) * k + col), _mm256_extractf128_ps::<1>(y));
-                    }
-                }
-            };
-            let hv = if p.hi5 {
-                // SAFETY: half h of line 4 of block b (the fifth bits, present when `hi5`).
-                unsafe { _mm256_load_si256(cp.add((b * cl + 4) * 64 + 32 * h) as *const __m256i) }
-            } else {
-                _mm256_setzero_si256()
-            };
-            for j in 0..if p.nib { 4 } else { 8 } {
-                // SAFETY: half h of line j of block b (64-byte aligned lines, so 32-byte
-                // aligned halves).
-                let v = unsafe {
-                    _mm256_load_si256(cp.add((b * cl + j) * 64 + 32 * h) as *const __m256i)
-                };
-                if p.nib {
-                    let (lo, hi) = (
-                        _mm256_and_si256(v, low),
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), low),
-                    );
-                    if p.hi5 {
-                        reg(j, _mm256_or_si256(lo, fifth(hv, j)));
-                        reg(j + 4, _mm256_or_si256(hi, fifth(hv, j + 4)));
-                    } else {
-                        reg(j, lo);
-                        reg(j + 4, hi);
-                    }
-                } else {
-                    reg(j, v);
-                }
-            }
-        }
-    }
-}
+mod dequant;
+pub(in crate::kernels::tile::packed) use dequant::dequantize_panel;
 
 /// Each 32-bit lane of `s` as the sum of its two signed 16-bit halves, in 32 bits: the integer
 /// `madd(s, ones)`, without the multiply pipe (the high half by an arithmetic shift, the low
@@ -178,12 +86,20 @@ unsafe fn vnni_sum(wv: &[__m256i; 8], q: *const i8, gs: std::ops::Range<usize>) 
     _mm256_add_epi32(s[0], s[1])
 }
 
-/// The panel kernel's three functions, instantiated once with the AVX2 instructions alone and
-/// once with AVX-VNNI as well (`$vnni`): the same layout, loop and float steps; only the integer
-/// sums of a row and block differ in how they are formed (`maddubs` and 16-bit adds, or
-/// `vpdpbusd`), never in their value, so the two give the same bits.
+/// The panel kernel's three functions, instantiated twice with the AVX2 instructions alone (the
+/// 4-bit codes' 16-bit sums widened by `madd`, or by shifts where `$shifts`) and once with
+/// AVX-VNNI as well (`$vnni`): the same layout, loop and float steps; only the integer sums of a
+/// row and block differ in how they are formed, never in their value, so all give the same bits
+/// (module docs).
 macro_rules! panel_kernel {
-    ($features:literal, $vnni:literal, $rows:ident, $rows_t:ident, $panel_times:ident) => {
+    (
+        $features:literal,
+        $vnni:literal,
+        $shifts:literal,
+        $rows:ident,
+        $rows_t:ident,
+        $panel_times:ident
+    ) => {
         /// `T` activation rows from `t0` against half `half_rows` (0: rows 0..8, 1: rows 8..16)
         /// of panel `pi`; writes `y[t, r0..r0 + valid]` for that half's valid rows.
         ///
@@ -383,16 +299,19 @@ macro_rules! panel_kernel {
                         for (g, w) in wv.iter().enumerate() {
                             s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*w, xg(g)));
                         }
-                        // Each 16-bit half holds |Σ| ≤ 30,480 (module docs), widened by shifts.
+                        // Each 16-bit half holds |Σ| ≤ 30,480 (module docs), widened by shifts
+                        // or a `madd` (the instance's choice).
                         // The formats with a minimum (Q4_1, Q4_K) store their codes with
                         // offset 0.
-                        if MODE == 1 {
+                        let w = if $shifts {
                             pair_sum16(s16)
                         } else {
-                            _mm256_add_epi32(
-                                pair_sum16(s16),
-                                _mm256_set1_epi32(-offset * (h0 + h1)),
-                            )
+                            _mm256_madd_epi16(s16, ones)
+                        };
+                        if MODE == 1 {
+                            w
+                        } else {
+                            _mm256_add_epi32(w, _mm256_set1_epi32(-offset * (h0 + h1)))
                         }
                     } else {
                         // Σ (u − 128)·x, the same integer as Σ u·x − 128·Σx: |w|·(x signed by
@@ -483,7 +402,7 @@ macro_rules! panel_kernel {
             }
         }
 
-        /// Every activation row against panel `pi`, four rows per pass (up to eight with AVX-VNNI).
+        /// Every activation row against panel `pi`, up to eight rows per pass (four for `Shifts`).
         ///
         /// # Safety
         /// CPU with the function's features; `p` packed for the AVX2 layout; `act` has `p`'s
@@ -518,22 +437,24 @@ macro_rules! panel_kernel {
                             $rows_t::<3>(p, pi, cp, sp, act, t0, y);
                             3
                         }
-                        // With `vpdpbusd` (fewer registers per row and block) up to eight rows
-                        // share one unpacking of the weights: 3-5 % faster at eight rows than
-                        // two passes of four; with `maddubs` 1-2 % slower, so four there.
-                        5 if $vnni => {
+                        // Up to eight rows share one unpacking of the weights: with `vpdpbusd`
+                        // 3-5 % faster at eight rows than two passes of four; with `maddubs` on
+                        // an Intel core (`Madd`) Q8_0 8-14 % and Q4_1 0-3 % faster (Xeon
+                        // family 6 model 207, the two alternated in one process); on Zen 2
+                        // (`Shifts`) 1-2 % slower, so four there.
+                        5 if $vnni || !$shifts => {
                             $rows_t::<5>(p, pi, cp, sp, act, t0, y);
                             5
                         }
-                        6 if $vnni => {
+                        6 if $vnni || !$shifts => {
                             $rows_t::<6>(p, pi, cp, sp, act, t0, y);
                             6
                         }
-                        7 if $vnni => {
+                        7 if $vnni || !$shifts => {
                             $rows_t::<7>(p, pi, cp, sp, act, t0, y);
                             7
                         }
-                        r if $vnni && r >= 8 => {
+                        r if ($vnni || !$shifts) && r >= 8 => {
                             $rows_t::<8>(p, pi, cp, sp, act, t0, y);
                             8
                         }
@@ -549,28 +470,97 @@ macro_rules! panel_kernel {
     };
 }
 
-panel_kernel!("avx2,fma,f16c", false, rows, rows_t, panel_times_avx2);
+panel_kernel!(
+    "avx2,fma,f16c",
+    false,
+    false,
+    rows,
+    rows_t,
+    panel_times_avx2
+);
+panel_kernel!(
+    "avx2,fma,f16c",
+    false,
+    true,
+    rows_shifts,
+    rows_t_shifts,
+    panel_times_shifts
+);
 panel_kernel!(
     "avx2,fma,f16c,avxvnni",
     true,
+    false,
     rows_vnni,
     rows_t_vnni,
     panel_times_vnni
 );
 
-/// Every activation row against panel `pi`: with AVX-VNNI's `vpdpbusd` when `vnni`, else with
-/// the AVX2 instructions alone (the same bits either way).
+/// The instances of the AVX2 panel kernel: the same layout, loop and integer sums (so the same
+/// bits), formed by AVX-VNNI's `vpdpbusd` (`Vnni`), or by `maddubs` with the 4-bit codes' 16-bit
+/// sums widened by `madd` (`Madd`) or by shifts (`Shifts`, see `pair_sum16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    Vnni,
+    Madd,
+    Shifts,
+}
+
+impl Instance {
+    /// The instance for this CPU (detected once): `Vnni` where `kernels::avx_vnni` says so;
+    /// else `Shifts` on AMD family 17h (Zen, Zen+ and Zen 2: one pipe multiplies bytes and words,
+    /// so a `madd` competes with the `maddubs`), `Madd` elsewhere (Intel's two multiply pipes
+    /// also run the shifts: one `madd` instead of three shifts and an add). The environment
+    /// variable `CANON_WIDEN` (`madd` or `shifts`) overrides the choice without AVX-VNNI, for
+    /// side-by-side measurements.
+    pub fn detect() -> Instance {
+        static ONE: std::sync::OnceLock<Instance> = std::sync::OnceLock::new();
+        *ONE.get_or_init(|| {
+            if crate::kernels::avx_vnni() {
+                return Instance::Vnni;
+            }
+            match std::env::var("CANON_WIDEN").as_deref() {
+                Ok("madd") => Instance::Madd,
+                Ok("shifts") => Instance::Shifts,
+                _ if amd_family_17h() => Instance::Shifts,
+                _ => Instance::Madd,
+            }
+        })
+    }
+}
+
+/// Whether the CPU is AMD's family 17h (Zen to Zen 2).
+fn amd_family_17h() -> bool {
+    // CPUID leaves 0 and 1 exist on every x86-64 CPU.
+    let (v, f) = (__cpuid(0), __cpuid(1));
+    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    // Family: base (bits 8..12) plus extended (bits 20..28) when the base is 0xF.
+    let base = (f.eax >> 8) & 0xF;
+    let family = if base == 0xF {
+        base + ((f.eax >> 20) & 0xFF)
+    } else {
+        base
+    };
+    amd && family == 0x17
+}
+
+/// Every activation row against panel `pi` through instance `kernel`.
 ///
 /// # Safety
-/// CPU with AVX2, FMA and F16C, and AVX-VNNI when `vnni`; `p` packed for the AVX2 layout; `act`
-/// has `p`'s width; `y` points at `[act.rows, p.rows]`; `pi < panels`.
-pub(super) unsafe fn panel_times(p: &Packed, pi: usize, act: &TileActs, y: *mut f32, vnni: bool) {
-    // SAFETY: the caller's contract, with the extensions `vnni` names.
+/// CPU with AVX2, FMA and F16C, and AVX-VNNI for `Instance::Vnni`; `p` packed for the AVX2
+/// layout; `act` has `p`'s width; `y` points at `[act.rows, p.rows]`; `pi < panels`.
+pub(super) unsafe fn panel_times(
+    p: &Packed,
+    pi: usize,
+    act: &TileActs,
+    y: *mut f32,
+    kernel: Instance,
+) {
+    // SAFETY: the caller's contract, with the extensions `kernel` needs.
     unsafe {
-        if vnni {
-            panel_times_vnni(p, pi, act, y)
-        } else {
-            panel_times_avx2(p, pi, act, y)
+        match kernel {
+            Instance::Vnni => panel_times_vnni(p, pi, act, y),
+            Instance::Madd => panel_times_avx2(p, pi, act, y),
+            Instance::Shifts => panel_times_shifts(p, pi, act, y),
         }
     }
 }
