@@ -48,6 +48,13 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// Whether top-k, top-p or min-p cuts the candidates.
+    fn truncates(&self) -> bool {
+        self.top_k.is_some()
+            || self.top_p.is_some_and(|p| p < 1.0)
+            || self.min_p.is_some_and(|p| p > 0.0)
+    }
+
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -96,8 +103,11 @@ impl SamplingConfig {
 pub struct Sampler {
     cfg: SamplingConfig,
     rng: StdRng,
-    /// One row's adjusted logits, then probabilities: kept across calls (no allocation a token).
+    /// One row's adjusted logits: kept across calls (no allocation a token).
     buf: Vec<f32>,
+    /// The untruncated draw's probabilities and block sums (`draw_unsorted`), kept likewise.
+    probs: Vec<f32>,
+    sums: Vec<f64>,
 }
 
 pub use canon_nn::ops::{argmax, log_softmax};
@@ -110,6 +120,8 @@ impl Sampler {
             cfg,
             rng,
             buf: Vec::new(),
+            probs: Vec::new(),
+            sums: Vec::new(),
         })
     }
 
@@ -125,6 +137,19 @@ impl Sampler {
         if c.temperature <= 0.0 && !penalties {
             // Greedy with nothing to adjust: no copy of the logits.
             return canon_nn::ops::argmax_f32(logits) as u32;
+        }
+        if !penalties
+            && !c.truncates()
+            && let Some(id) = draw_unsorted(
+                &mut self.rng,
+                c.temperature,
+                logits,
+                logits,
+                (&mut self.probs, &mut self.sums),
+            )
+        {
+            // Untruncated with nothing to adjust: the logits read where they are.
+            return id;
         }
         let mut l = std::mem::take(&mut self.buf);
         l.clear();
@@ -168,10 +193,15 @@ impl Sampler {
         if c.temperature <= 0.0 {
             return canon_nn::ops::argmax_f32(l) as u32;
         }
-        let truncates = c.top_k.is_some()
-            || c.top_p.is_some_and(|p| p < 1.0)
-            || c.min_p.is_some_and(|p| p > 0.0);
-        if !truncates && let Some(id) = draw_unsorted(&mut self.rng, c.temperature, logits, l) {
+        if !c.truncates()
+            && let Some(id) = draw_unsorted(
+                &mut self.rng,
+                c.temperature,
+                logits,
+                l,
+                (&mut self.probs, &mut self.sums),
+            )
+        {
             return id;
         }
         // Candidates sorted by logit, highest first (stable: lower id first on ties). Only those
@@ -249,63 +279,32 @@ impl Sampler {
 /// Tokens per block of the untruncated draw's cumulative sums.
 const BLOCK: usize = 64;
 
-/// Temperature sampling with no truncation: softmax(l / T) in one vectorised pass and an
-/// inverse-CDF draw in token order, O(vocabulary) with no sort. A token whose logit in `masked` is
-/// −∞ or NaN (a constraint's mask) is never drawn. `None`, with `l` untouched, when no logit is
-/// finite (the sorted path handles that case).
+/// Temperature sampling with no truncation: softmax(l / T) and an inverse-CDF draw in token
+/// order, O(vocabulary) with no sort, in three vectorised passes
+/// ([`canon_nn::fused::tempered_softmax_blocks`]). A token whose logit in `masked` is −∞ or NaN
+/// (a constraint's mask) is never drawn. `None`, with `l` untouched, when no logit is finite
+/// (the sorted path handles that case). `scratch` holds the probabilities and block sums.
 ///
-/// The cumulative probabilities are summed per block of [`BLOCK`] tokens in eight f64 lanes
-/// (vectorised), then block by block, and the draw walks token by token only inside the block it
-/// lands in: the probabilities and the random number are those of a token-by-token walk, and
-/// the sums differ from its sums only by f64 rounding (below 1e-11 of the total for a 262k
-/// vocabulary), so a seed draws the token the token-by-token walk draws except where the draw
-/// lands that close to a boundary between two tokens.
-fn draw_unsorted(rng: &mut StdRng, temperature: f32, masked: &[f32], l: &mut [f32]) -> Option<u32> {
-    let top = canon_nn::fused::max8(l);
-    if !top.is_finite() {
+/// The cumulative probabilities are summed per block of [`BLOCK`] tokens in eight f64 lanes,
+/// then block by block, and the draw walks token by token only inside the block it lands in:
+/// the probabilities and the random number are those of a token-by-token walk, and the sums
+/// differ from its sums only by f64 rounding (below 1e-11 of the total for a 262k vocabulary),
+/// so a seed draws the token the token-by-token walk draws except where the draw lands that
+/// close to a boundary between two tokens.
+fn draw_unsorted(
+    rng: &mut StdRng,
+    temperature: f32,
+    masked: &[f32],
+    l: &[f32],
+    (probs, sums): (&mut Vec<f32>, &mut Vec<f64>),
+) -> Option<u32> {
+    if !canon_nn::fused::tempered_softmax_blocks(l, masked, 1.0 / temperature, BLOCK, probs, sums) {
         return None;
     }
-    let inv_t = 1.0 / temperature;
-    for x in l.iter_mut() {
-        *x = if x.is_nan() {
-            f32::NEG_INFINITY
-        } else {
-            *x * inv_t
-        };
-    }
-    canon_nn::fused::softmax_inplace(l);
     let u: f64 = rng.random();
     let live = |i: usize| masked.get(i).is_some_and(|x| *x > f32::NEG_INFINITY);
-    // A token's probability if it can be drawn, else 0 (vectorisable: a compare and a select).
-    let weight = |p: f32, m: f32| -> f64 {
-        if m > f32::NEG_INFINITY {
-            f64::from(p)
-        } else {
-            0.0
-        }
-    };
     let n = l.len().min(masked.len());
-    let (l, masked) = (&l[..n], &masked[..n]);
-    let sums: Vec<f64> = l
-        .chunks(BLOCK)
-        .zip(masked.chunks(BLOCK))
-        .map(|(p, m)| {
-            let mut acc = [0.0f64; 8];
-            let (pc, mc) = (p.chunks_exact(8), m.chunks_exact(8));
-            let tail: f64 = pc
-                .remainder()
-                .iter()
-                .zip(mc.remainder())
-                .map(|(&p, &m)| weight(p, m))
-                .sum();
-            for (p8, m8) in pc.zip(mc) {
-                for k in 0..8 {
-                    acc[k] += weight(p8[k], m8[k]);
-                }
-            }
-            acc.iter().sum::<f64>() + tail
-        })
-        .collect();
+    let l = &probs[..n];
     // The probabilities sum to 1 up to rounding: scale the draw by their sum.
     let total: f64 = sums.iter().sum();
     let target = u * total;

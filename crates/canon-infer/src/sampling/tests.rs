@@ -173,9 +173,9 @@ fn block_sums_draw_the_tokens_of_the_token_by_token_walk() {
                             }
                         }
                     }
-                    let mut buf = l.clone();
+                    let (mut probs, mut sums) = (Vec::new(), Vec::new());
                     assert_eq!(
-                        draw_unsorted(&mut a, t, &l, &mut buf),
+                        draw_unsorted(&mut a, t, &l, &l, (&mut probs, &mut sums)),
                         draw_token_by_token(&mut b, t, &l),
                         "n {n} spread {spread} T {t} round {round}"
                     );
@@ -188,7 +188,13 @@ fn block_sums_draw_the_tokens_of_the_token_by_token_walk() {
     let none = [f32::NEG_INFINITY, f32::NAN];
     let mut rng = StdRng::seed_from_u64(1);
     assert_eq!(
-        draw_unsorted(&mut rng, 1.0, &none, &mut none.to_vec()),
+        draw_unsorted(
+            &mut rng,
+            1.0,
+            &none,
+            &none,
+            (&mut Vec::new(), &mut Vec::new())
+        ),
         None
     );
 }

@@ -110,6 +110,9 @@ pub(crate) fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 mod lanes;
 pub use lanes::{dot, max8};
+
+mod draw;
+pub use draw::tempered_softmax_blocks;
 pub(crate) use lanes::{dot8, sum_sq_dev8, sum8};
 
 // ------------------------------------------------------------------ exp, erf, GELU

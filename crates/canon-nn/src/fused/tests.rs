@@ -336,3 +336,120 @@ fn lane_max_equals_the_sequential_fold() {
         }
     }
 }
+
+/// The sampler's three-pass tempered softmax gives, bit for bit, the probabilities and block
+/// sums of the eight passes it replaced (copy, maximum, NaN as −∞ and scale, `softmax_inplace`,
+/// the f64 block sums over the live tokens), and refuses where they refused: lengths around
+/// the lanes and blocks, NaN, masked (−∞) and huge logits, temperatures whose scale overflows,
+/// a mask shorter than the row, and rows with no finite maximum.
+#[test]
+fn tempered_softmax_blocks_equals_the_passes_it_replaced() {
+    type Tempered = fn(&[f32], &[f32], f32, usize, &mut Vec<f32>, &mut Vec<f64>) -> bool;
+    fn reference(
+        x: &[f32],
+        live: &[f32],
+        inv_t: f32,
+        block: usize,
+        softmax: fn(&mut [f32]),
+    ) -> Option<(Vec<f32>, Vec<f64>)> {
+        let mut l = x.to_vec();
+        if !max8(&l).is_finite() {
+            return None;
+        }
+        for v in l.iter_mut() {
+            *v = if v.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                *v * inv_t
+            };
+        }
+        softmax(&mut l);
+        let weight = |p: f32, m: f32| {
+            if m > f32::NEG_INFINITY {
+                f64::from(p)
+            } else {
+                0.0
+            }
+        };
+        let n = l.len().min(live.len());
+        let sums = l[..n]
+            .chunks(block)
+            .zip(live[..n].chunks(block))
+            .map(|(p, m)| {
+                let mut acc = [0.0f64; 8];
+                let (pc, mc) = (p.chunks_exact(8), m.chunks_exact(8));
+                let tail: f64 = pc
+                    .remainder()
+                    .iter()
+                    .zip(mc.remainder())
+                    .map(|(&p, &m)| weight(p, m))
+                    .sum();
+                for (p8, m8) in pc.zip(mc) {
+                    for k in 0..8 {
+                        acc[k] += weight(p8[k], m8[k]);
+                    }
+                }
+                acc.iter().sum::<f64>() + tail
+            })
+            .collect();
+        Some((l, sums))
+    }
+    let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let bits64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (mut p, mut sums) = (Vec::new(), Vec::new());
+    let mut checked = 0;
+    for (case, &n) in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000, 49_152]
+        .iter()
+        .enumerate()
+    {
+        let base: Vec<f32> = to_vec(&randn(&[n], 40 + case as u64))
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect();
+        for variant in 0..6 {
+            let mut x = base.clone();
+            for (i, v) in x.iter_mut().enumerate() {
+                match variant {
+                    1 if i % 5 == 2 => *v = f32::NAN,
+                    2 if i % 3 != 0 => *v = f32::NEG_INFINITY,
+                    3 if i % 11 == 4 => *v = 1e37,
+                    4 => {
+                        *v = if i % 2 == 0 {
+                            f32::NAN
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }
+                    5 if i == n / 2 => *v = f32::INFINITY,
+                    _ => {}
+                }
+            }
+            let live_full = x.clone();
+            for live in [&live_full[..], &live_full[..n / 2]] {
+                for inv_t in [1.0f32, 1.25, 1.0 / 0.3, 100.0, 0.01] {
+                    for block in [64usize, 5] {
+                        // The dispatched function (AVX2 here where the CPU has it), and the
+                        // baseline instance against the baseline softmax on every CPU.
+                        let dispatched = tempered_softmax_blocks;
+                        let baseline = draw::tempered::<false>;
+                        for (run, soft) in [
+                            (dispatched as Tempered, softmax_inplace as fn(&mut [f32])),
+                            (baseline, softmax_impl::<false>),
+                        ] {
+                            let want = reference(&x, live, inv_t, block, soft);
+                            let got = run(&x, live, inv_t, block, &mut p, &mut sums);
+                            let at = format!("n {n} variant {variant} 1/T {inv_t} block {block}");
+                            assert_eq!(got, want.is_some(), "{at}");
+                            if let Some((wp, ws)) = want {
+                                assert_eq!(bits32(&p), bits32(&wp), "{at}");
+                                assert_eq!(bits64(&sums), bits64(&ws), "{at}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} rows compared");
+}
