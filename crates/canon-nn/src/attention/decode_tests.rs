@@ -28,7 +28,7 @@ fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
 
 /// Head counts with GQA, head widths 64 (whole groups of eight) and 12 (a remainder, the scalar
 /// tails), and key counts that do and do not cross the cache's first capacity.
-const SHAPES: [(usize, usize, usize); 3] = [(9, 3, 64), (4, 4, 12), (8, 2, 128)];
+const SHAPES: [(usize, usize, usize); 4] = [(9, 3, 64), (4, 4, 12), (8, 2, 128), (14, 2, 32)];
 const KEYS: [usize; 4] = [1, 5, 70, 129];
 
 /// Bit-for-bit `attention` on one query row, on a strided cache view, with a sliding window.
